@@ -1,0 +1,76 @@
+/**
+ * Every failure a user or a calling program can meet carries a stable `code`.
+ * Callers branch on `code`, never on message text. The message says what
+ * happened and what to do about it.
+ *
+ * Codes are grouped by what they concern; the HTTP status is the one the local
+ * API answers with when the error reaches it.
+ */
+export const ERROR_CODES = {
+  // input that can't be understood
+  BAD_REQUEST: 400,
+  PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_VERSION: 400,
+  // invites
+  INVITE_MALFORMED: 400,
+  INVITE_TOO_LARGE: 413,
+  INVITE_BAD_SIGNATURE: 400,
+  INVITE_EXPIRED: 410,
+  INVITE_NOT_YET_VALID: 400,
+  INVITE_USED: 410,
+  INVITE_REVOKED: 410,
+  INVITE_UNKNOWN: 404,
+  INVITE_OWN: 400,
+  INVITE_ISSUER_UNREACHABLE: 502,
+  // redeem protocol
+  PROTOCOL_VIOLATION: 502,
+  // friends
+  FRIEND_UNKNOWN: 404,
+  FRIEND_AMBIGUOUS: 409,
+  FRIEND_NAME_TAKEN: 409,
+  FRIEND_REVOKED: 403,
+  NOT_A_FRIEND: 403,
+  // local API
+  UNAUTHORIZED: 401,
+  FORBIDDEN_ORIGIN: 403,
+  NOT_FOUND: 404,
+  DAEMON_NOT_RUNNING: 503,
+  // home folder and stored state
+  HOME_LOCKED: 409,
+  IDENTITY_CORRUPT: 500,
+  IDENTITY_MISSING: 500,
+  IDENTITY_LOCKED: 401,
+  DATABASE_CORRUPT: 500,
+  INTERNAL: 500
+} as const
+
+export type ErrorCode = keyof typeof ERROR_CODES
+
+export class KithError extends Error {
+  override name = 'KithError'
+  readonly code: ErrorCode
+
+  constructor (code: ErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options)
+    this.code = code
+  }
+
+  get status (): number {
+    return ERROR_CODES[this.code]
+  }
+
+  toJSON (): { code: ErrorCode, message: string } {
+    return { code: this.code, message: this.message }
+  }
+}
+
+export function isErrorCode (value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ERROR_CODES, value)
+}
+
+/** Wraps anything thrown into a KithError, keeping the original as the cause. */
+export function asKithError (err: unknown): KithError {
+  if (err instanceof KithError) return err
+  const message = err instanceof Error ? err.message : String(err)
+  return new KithError('INTERNAL', message, { cause: err })
+}

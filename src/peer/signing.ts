@@ -1,0 +1,51 @@
+import { createHash } from 'node:crypto'
+import nacl from 'tweetnacl'
+
+/**
+ * Domain-separated Ed25519 signatures for kith's signed records.
+ *
+ * The signed message is `"kith/<domain>\0" || sha256(body)`, so a signature
+ * made for one record type (an invite, an address record, a manifest) can never
+ * be replayed as another, whatever the body bytes.
+ *
+ * tweetnacl accepts malleated signatures (S + L), so verification rejects any
+ * signature whose scalar S is not fully reduced (S >= L), as RFC 8032 requires.
+ */
+
+export const SIGNATURE_LENGTH = 64
+export const PUBLIC_KEY_LENGTH = 32
+
+/** The order of the Ed25519 base point, little-endian. */
+const L = Uint8Array.from([
+  0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+  0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10
+])
+
+export type SigningDomain = 'invite/1' | 'address-record/1' | 'manifest/1' | 'redeem/1'
+
+export function signedMessage (domain: SigningDomain, body: Uint8Array): Uint8Array {
+  const prefix = Buffer.from(`kith/${domain}\0`, 'utf8')
+  const digest = createHash('sha256').update(body).digest()
+  return Buffer.concat([prefix, digest])
+}
+
+export function sign (domain: SigningDomain, body: Uint8Array, secretKey: Uint8Array): Uint8Array {
+  return nacl.sign.detached(signedMessage(domain, body), secretKey)
+}
+
+/** True when S, the second half of the signature, is below the group order. */
+export function isCanonicalSignature (signature: Uint8Array): boolean {
+  if (signature.length !== SIGNATURE_LENGTH) return false
+  for (let i = 31; i >= 0; i--) {
+    const s = signature[32 + i]!
+    const l = L[i]!
+    if (s < l) return true
+    if (s > l) return false
+  }
+  return false // S == L
+}
+
+export function verify (domain: SigningDomain, body: Uint8Array, signature: Uint8Array, publicKey: Uint8Array): boolean {
+  if (publicKey.length !== PUBLIC_KEY_LENGTH || !isCanonicalSignature(signature)) return false
+  return nacl.sign.detached.verify(signedMessage(domain, body), signature, publicKey)
+}
