@@ -1,0 +1,102 @@
+import { readFile } from 'node:fs/promises'
+import { request as httpRequest } from 'node:http'
+import { KithError, isErrorCode } from '../../errors.ts'
+import { homePaths } from '../../peer/home.ts'
+
+/**
+ * A client of the local API, found through the home folder's api.json and
+ * api.token. The CLI is built on it; other programs can use it too.
+ */
+export const REQUEST_TIMEOUT_MS = 60_000
+
+export class ApiClient {
+  readonly url: URL
+  private readonly token: string
+  private readonly home: string
+
+  constructor (url: string, token: string, home = '') {
+    this.url = new URL(url)
+    this.token = token
+    this.home = home
+  }
+
+  static async forHome (home: string): Promise<ApiClient> {
+    const paths = homePaths(home)
+    let info: { url?: unknown }
+    let token: string
+    try {
+      info = JSON.parse(await readFile(paths.apiInfo, 'utf8'))
+      token = (await readFile(paths.apiToken, 'utf8')).trim()
+    } catch {
+      throw notRunning(home)
+    }
+    if (typeof info.url !== 'string') throw notRunning(home)
+    return new ApiClient(info.url, token, home)
+  }
+
+  async get<T> (path: string): Promise<T> {
+    return await this.call<T>('GET', path)
+  }
+
+  async call<T> (method: string, path: string, body?: unknown): Promise<T> {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
+    const { status, text } = await new Promise<{ status: number, text: string }>((resolve, reject) => {
+      const req = httpRequest(new URL(path, this.url), {
+        method,
+        headers: {
+          authorization: `Bearer ${this.token}`,
+          ...(payload != null ? { 'content-type': 'application/json', 'content-length': payload.length } : {})
+        },
+        timeout: REQUEST_TIMEOUT_MS
+      }, res => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }))
+        res.on('error', reject)
+      })
+      req.on('timeout', () => req.destroy(new Error('the daemon did not answer in time')))
+      req.on('error', reject)
+      req.end(payload)
+    }).catch(err => {
+      if (['ECONNREFUSED', 'ECONNRESET', 'ENOENT'].includes((err as NodeJS.ErrnoException).code ?? '')) throw notRunning(this.home)
+      throw new KithError('INTERNAL', `the API request failed: ${(err as Error).message}`, { cause: err })
+    })
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch {
+      throw new KithError('INTERNAL', `the daemon answered ${status} with something that is not JSON`)
+    }
+    if (status >= 400) {
+      const error = (json as { error?: { code?: unknown, message?: unknown } }).error
+      const code = isErrorCode(error?.code) ? error.code : 'INTERNAL'
+      throw new KithError(code, typeof error?.message === 'string' ? error.message : `the daemon answered ${status}`)
+    }
+    return json as T
+  }
+
+  /** Server-sent events, parsed; ends when the signal aborts or the daemon stops. */
+  async * events (signal?: AbortSignal): AsyncGenerator<{ type: string, [key: string]: unknown }> {
+    const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+      const req = httpRequest(new URL('/v1/events', this.url), { headers: { authorization: `Bearer ${this.token}` }, signal }, resolve)
+      req.on('error', reject)
+      req.end()
+    })
+    if (res.statusCode !== 200) throw new KithError('UNAUTHORIZED', `the event stream was refused (${res.statusCode ?? 0})`)
+    let buffer = ''
+    for await (const chunk of res) {
+      buffer += (chunk as Buffer).toString('utf8')
+      let end: number
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const frame = buffer.slice(0, end)
+        buffer = buffer.slice(end + 2)
+        const data = frame.split('\n').filter(l => l.startsWith('data: ')).map(l => l.slice(6)).join('\n')
+        if (data !== '') yield JSON.parse(data)
+      }
+    }
+  }
+}
+
+function notRunning (home: string): KithError {
+  return new KithError('DAEMON_NOT_RUNNING', `no kith daemon is running for ${home}; start one with \`kith start${home !== '' ? ` --home ${home}` : ''}\``)
+}

@@ -1,0 +1,123 @@
+import { z } from 'zod'
+import { KithError } from '../../errors.ts'
+import { SERVICES } from '../../trust/grants.ts'
+import { parseInvite, summarise, checkValidity, MAX_INVITE_TEXT } from '../../trust/invite.ts'
+import type { Daemon } from '../daemon.ts'
+
+/**
+ * The API's endpoints, each a path pattern, a zod schema for its body and a
+ * call into the daemon. docs/api.md documents them.
+ */
+export interface RouteContext {
+  params: Record<string, string>
+  body: unknown
+  query: URLSearchParams
+}
+
+export interface Route {
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE'
+  path: RegExp
+  handler: (ctx: RouteContext) => Promise<unknown>
+}
+
+export interface EventSource {
+  on: (event: 'event', listener: (evt: { type: string }) => void) => unknown
+  off: (event: 'event', listener: (evt: { type: string }) => void) => unknown
+}
+
+const grants = z.array(z.enum(SERVICES)).max(SERVICES.length)
+const inviteText = z.string().max(MAX_INVITE_TEXT * 2)
+
+const schemas = {
+  createInvite: z.object({
+    label: z.string().optional(),
+    expiresIn: z.number().int().optional(),
+    uses: z.number().int().optional(),
+    grants: grants.optional()
+  }).strict(),
+  inviteText: z.object({ text: inviteText }).strict(),
+  acceptInvite: z.object({ text: inviteText, label: z.string().optional(), grants: grants.optional() }).strict(),
+  rename: z.object({ label: z.string() }).strict()
+}
+
+function body<T> (schema: z.ZodType<T>, value: unknown): T {
+  const result = schema.safeParse(value)
+  if (!result.success) {
+    const issue = result.error.issues[0]
+    throw new KithError('BAD_REQUEST', `bad request body: ${issue?.path.join('.') || 'body'}: ${issue?.message ?? 'invalid'}`)
+  }
+  return result.data
+}
+
+export function routes (daemon: Daemon): Route[] {
+  const friendView = (name: string): unknown => daemon.view(daemon.friends.resolve(decodeURIComponent(name)))
+  return [
+    { method: 'GET', path: /^\/v1\/status$/, handler: async () => daemon.status() },
+    { method: 'GET', path: /^\/v1\/invites$/, handler: async () => ({ invites: await daemon.listInvites() }) },
+    {
+      method: 'POST',
+      path: /^\/v1\/invites$/,
+      handler: async ({ body: b }) => {
+        const req = body(schemas.createInvite, b)
+        return await daemon.createInvite({
+          ...(req.label != null ? { label: req.label } : {}),
+          ...(req.expiresIn != null ? { expiresIn: req.expiresIn } : {}),
+          ...(req.uses != null ? { uses: req.uses } : {}),
+          ...(req.grants != null ? { grants: req.grants } : {})
+        })
+      }
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/invites\/inspect$/,
+      handler: async ({ body: b }) => {
+        const invite = parseInvite(body(schemas.inviteText, b).text)
+        let validity: { valid: boolean, reason?: string } = { valid: true }
+        try {
+          checkValidity(invite)
+        } catch (err) {
+          validity = { valid: false, reason: (err as KithError).code }
+        }
+        return { invite: summarise(invite), ...validity }
+      }
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/invites\/accept$/,
+      handler: async ({ body: b }) => {
+        const req = body(schemas.acceptInvite, b)
+        return { friend: await daemon.acceptInvite(req.text, req.label, req.grants) }
+      }
+    },
+    {
+      method: 'DELETE',
+      path: /^\/v1\/invites\/(?<id>[^/]+)$/,
+      handler: async ({ params }) => ({ invite: await daemon.revokeInvite(params.id!) })
+    },
+    { method: 'GET', path: /^\/v1\/friends$/, handler: async () => ({ friends: daemon.listFriends() }) },
+    { method: 'GET', path: /^\/v1\/friends\/(?<name>[^/]+)$/, handler: async ({ params }) => ({ friend: friendView(params.name!) }) },
+    {
+      method: 'PATCH',
+      path: /^\/v1\/friends\/(?<name>[^/]+)$/,
+      handler: async ({ params, body: b }) => {
+        const friend = await daemon.friends.rename(decodeURIComponent(params.name!), body(schemas.rename, b).label)
+        return { friend: daemon.view(friend) }
+      }
+    },
+    {
+      method: 'PUT',
+      path: /^\/v1\/friends\/(?<name>[^/]+)\/grants\/(?<service>[^/]+)$/,
+      handler: async ({ params }) => ({ friend: daemon.view(await daemon.friends.grant(decodeURIComponent(params.name!), params.service!)) })
+    },
+    {
+      method: 'DELETE',
+      path: /^\/v1\/friends\/(?<name>[^/]+)\/grants\/(?<service>[^/]+)$/,
+      handler: async ({ params }) => ({ friend: daemon.view(await daemon.friends.ungrant(decodeURIComponent(params.name!), params.service!)) })
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/friends\/(?<name>[^/]+)\/revoke$/,
+      handler: async ({ params }) => ({ friend: await daemon.revokeFriend(decodeURIComponent(params.name!)) })
+    }
+  ]
+}

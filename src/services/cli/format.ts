@@ -1,0 +1,30 @@
+/** Plain-text rendering for the CLI: aligned tables, ages, durations. */
+
+export function table (headers: string[], rows: string[][]): string {
+  if (rows.length === 0) return ''
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
+  const line = (cells: string[]): string => cells.map((c, i) => i === cells.length - 1 ? c : c.padEnd(widths[i]!)).join('  ').trimEnd()
+  return [line(headers), ...rows.map(line)].join('\n')
+}
+
+export function ago (ms: number | null, now = Date.now()): string {
+  if (ms == null) return 'never'
+  const s = Math.max(0, Math.round((now - ms) / 1000))
+  if (s < 60) return `${s}s ago`
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`
+  if (s < 86400) return `${Math.floor(s / 3600)}h ago`
+  return `${Math.floor(s / 86400)}d ago`
+}
+
+export function shortId (peerId: string): string {
+  return peerId.length > 16 ? `${peerId.slice(0, 8)}…${peerId.slice(-6)}` : peerId
+}
+
+const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 7 * 86400 }
+
+/** Parses "90s", "30m", "12h", "7d", "2w" into seconds; undefined if malformed. */
+export function parseDuration (text: string): number | undefined {
+  const match = /^(\d{1,6})([smhdw])$/.exec(text.trim())
+  if (match == null) return undefined
+  return Number(match[1]) * UNITS[match[2]!]!
+}

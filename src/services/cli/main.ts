@@ -1,0 +1,329 @@
+import { readFile, stat, writeFile } from 'node:fs/promises'
+import { Command, CommanderError, Option } from 'commander'
+import { KithError, asKithError } from '../../errors.ts'
+import { resolveHome, homePaths } from '../../peer/home.ts'
+import { loadIdentity } from '../../peer/identity.ts'
+import { SERVICES, parseGrants } from '../../trust/grants.ts'
+import { parseInvite, summarise, checkValidity, MAX_INVITE_TEXT, type InviteSummary } from '../../trust/invite.ts'
+import type { InviteListing } from '../../trust/invite-book.ts'
+import { ApiClient } from '../api/client.ts'
+import type { FriendView, Status } from '../daemon.ts'
+import { runStart } from './start.ts'
+import { table, ago, shortId, parseDuration } from './format.ts'
+
+/**
+ * The `kith` command line: a thin client of the local API (see docs/api.md),
+ * except `start`, which runs the daemon, and `invite show` and `id`, which
+ * work without one.
+ */
+
+interface Globals {
+  home?: string
+  json?: boolean
+  passphraseFile?: string
+}
+
+const program = new Command()
+  .name('kith')
+  .description('A personal peer-to-peer node for a network of friends.')
+  .version('0.1.0')
+  .option('--home <dir>', 'home folder of the node (default: $KITH_HOME or ~/.kith)')
+  .option('--passphrase-file <file>', 'file holding the passphrase that protects the key (or set KITH_PASSPHRASE)')
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride()
+  .configureOutput({ outputError: (text, write) => write(text) })
+
+function globals (cmd: Command): Globals & { home: string } {
+  const opts = cmd.optsWithGlobals<Globals>()
+  return { ...opts, home: resolveHome(opts.home) }
+}
+
+async function client (cmd: Command): Promise<ApiClient> {
+  return await ApiClient.forHome(globals(cmd).home)
+}
+
+async function passphrase (opts: Globals): Promise<string | undefined> {
+  if (opts.passphraseFile != null) {
+    try {
+      return (await readFile(opts.passphraseFile, 'utf8')).replace(/\r?\n$/, '')
+    } catch (err) {
+      throw new KithError('BAD_REQUEST', `can't read the passphrase file ${opts.passphraseFile}: ${(err as Error).message}`)
+    }
+  }
+  return process.env.KITH_PASSPHRASE
+}
+
+function print (json: boolean | undefined, value: unknown, text: () => string): void {
+  if (json === true) console.log(JSON.stringify(value, null, 2))
+  else {
+    const out = text()
+    if (out !== '') console.log(out)
+  }
+}
+
+function grantsOption (values: string[] | undefined): ReturnType<typeof parseGrants> | undefined {
+  if (values == null) return undefined
+  return parseGrants(values.flatMap(v => v.split(',')).filter(v => v !== ''))
+}
+
+async function readInviteFile (file: string): Promise<string> {
+  try {
+    const info = await stat(file)
+    if (info.size > MAX_INVITE_TEXT) {
+      throw new KithError('INVITE_TOO_LARGE', `${file} is ${info.size} bytes, larger than any invite can be; check you chose the right file`)
+    }
+    return await readFile(file, 'utf8')
+  } catch (err) {
+    if (err instanceof KithError) throw err
+    throw new KithError('BAD_REQUEST', `can't read ${file}: ${(err as Error).message}`)
+  }
+}
+
+function describeInvite (invite: InviteSummary, extra = ''): string {
+  return [
+    `invite   ${invite.id}${extra}`,
+    `from     ${invite.name} (${invite.issuer})`,
+    `grants   ${invite.grants.join(', ') || '(none)'}`,
+    `valid    ${invite.notBefore} to ${invite.expires}`,
+    `uses     ${invite.uses}`,
+    ...invite.addrs.map(a => `address  ${a}`)
+  ].join('\n')
+}
+
+function friendRows (friends: FriendView[]): string {
+  return table(
+    ['NAME', 'PEER', 'STATE', 'LINK', 'I GRANT', 'THEY GRANT', 'LAST SEEN'],
+    friends.map(f => [
+      f.label,
+      shortId(f.peerId),
+      f.state,
+      f.link.online ? (f.link.direct === true ? 'direct' : 'relayed') : 'offline',
+      f.grantsToThem.join(',') || '-',
+      f.grantsFromThem.join(',') || '-',
+      f.link.online ? 'now' : ago(f.lastSeen)
+    ])
+  ) || 'no friends yet: make an invite with `kith invite create` and send it to a friend'
+}
+
+// start ----------------------------------------------------------------------
+
+program.command('start')
+  .description('run the node in the foreground (Ctrl-C stops it)')
+  .option('--listen <multiaddr...>', 'libp2p listen addresses (default: /ip4/0.0.0.0/tcp/0, reusing the last port)')
+  .option('--api <host:port>', 'local API address on loopback (default: 127.0.0.1:0)')
+  .option('--name <name>', 'the name friends see in your invites (remembered)')
+  .option('--json', 'print the start-up summary as JSON')
+  .action(async (opts: { listen?: string[], api?: string, name?: string, json?: boolean }, cmd: Command) => {
+    const g = globals(cmd)
+    const pass = await passphrase(g)
+    await runStart({
+      home: g.home,
+      ...(opts.listen != null ? { listen: opts.listen } : {}),
+      ...(opts.api != null ? { api: opts.api } : {}),
+      ...(opts.name != null ? { name: opts.name } : {}),
+      ...(pass != null ? { passphrase: pass } : {}),
+      json: opts.json === true
+    })
+  })
+
+// id, status -------------------------------------------------------------------
+
+program.command('id')
+  .description('print this node\'s peer id (works without a running daemon)')
+  .option('--json', 'print as JSON')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    const g = globals(cmd)
+    let peerId: string
+    try {
+      peerId = (await (await client(cmd)).get<Status>('/v1/status')).peerId
+    } catch (err) {
+      if ((err as KithError).code !== 'DAEMON_NOT_RUNNING') throw err
+      const pass = await passphrase(g)
+      try {
+        peerId = (await loadIdentity(homePaths(g.home).identity, pass)).peerId.toString()
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new KithError('IDENTITY_MISSING', `${g.home} has no identity yet; run \`kith start\` once to make one`)
+        throw e
+      }
+    }
+    print(opts.json, { peerId }, () => peerId)
+  })
+
+program.command('status')
+  .description('identity, addresses and friends online')
+  .option('--json', 'print as JSON')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    const api = await client(cmd)
+    const status = await api.get<Status>('/v1/status')
+    const { friends } = await api.get<{ friends: FriendView[] }>('/v1/friends')
+    const active = friends.filter(f => f.state === 'active')
+    print(opts.json, { ...status, friendLinks: active.map(f => ({ label: f.label, peerId: f.peerId, ...f.link })) }, () => [
+      `peer     ${status.peerId}`,
+      `name     ${status.name}`,
+      `home     ${status.home}`,
+      ...status.addrs.map(a => `listen   ${a}`),
+      `friends  ${status.friends.online} of ${status.friends.total} online`,
+      ...active.map(f => `  ${f.label.padEnd(20)} ${f.link.online ? `${f.link.direct === true ? 'direct' : 'relayed'} since ${ago(f.link.since)} via ${f.link.remoteAddr ?? '?'}` : `offline, last seen ${ago(f.lastSeen)}`}`)
+    ].join('\n'))
+  })
+
+// invites ----------------------------------------------------------------------
+
+const invite = program.command('invite').description('make, inspect, accept and manage invite files')
+
+invite.command('create')
+  .description('write a signed invite file to give a friend')
+  .option('--name <label>', 'what to call the friend who accepts it')
+  .option('--expires <duration>', 'how long it stays valid: 30m, 12h, 7d, 2w', '7d')
+  .option('--uses <n>', 'how many friends may accept it', '1')
+  .addOption(new Option('--grant <service...>', `services to grant (${SERVICES.join(', ')}); default files, locate, relay`))
+  .option('-o, --output <file>', 'write the invite to FILE instead of standard output')
+  .option('--json', 'print the invite details and text as JSON')
+  .action(async (opts: { name?: string, expires: string, uses: string, grant?: string[], output?: string, json?: boolean }, cmd: Command) => {
+    const expiresIn = parseDuration(opts.expires)
+    if (expiresIn == null) throw new KithError('BAD_REQUEST', `--expires wants a duration like 30m, 12h or 7d; got ${JSON.stringify(opts.expires)}`)
+    if (!/^\d{1,4}$/.test(opts.uses)) throw new KithError('BAD_REQUEST', `--uses wants a whole number; got ${JSON.stringify(opts.uses)}`)
+    const grants = grantsOption(opts.grant)
+    const result = await (await client(cmd)).call<{ invite: InviteSummary, text: string }>('POST', '/v1/invites', {
+      ...(opts.name != null ? { label: opts.name } : {}),
+      expiresIn,
+      uses: Number(opts.uses),
+      ...(grants != null ? { grants } : {})
+    })
+    if (opts.output != null) {
+      await writeFile(opts.output, result.text, { mode: 0o600 })
+      print(opts.json, result, () => `${describeInvite(result.invite)}\nwritten to ${opts.output!}; your friend accepts it with: kith invite accept ${opts.output!}`)
+    } else {
+      print(opts.json, result, () => result.text.trimEnd())
+    }
+  })
+
+invite.command('show')
+  .description('verify an invite file and show what it holds (no daemon needed)')
+  .argument('<file>', 'the invite file')
+  .option('--json', 'print as JSON')
+  .action(async (file: string, opts: { json?: boolean }) => {
+    const parsed = parseInvite(await readInviteFile(file))
+    let validity: { valid: boolean, reason?: string, message?: string } = { valid: true }
+    try {
+      checkValidity(parsed)
+    } catch (err) {
+      validity = { valid: false, reason: (err as KithError).code, message: (err as KithError).message }
+    }
+    const summary = summarise(parsed)
+    print(opts.json, { invite: summary, ...validity }, () =>
+      describeInvite(summary, validity.valid ? '  (signature good, valid now)' : `  (signature good, but ${validity.message ?? ''})`))
+  })
+
+invite.command('accept')
+  .description('accept an invite: contacts the issuer and makes you friends')
+  .argument('<file>', 'the invite file')
+  .option('--name <label>', 'what to call this friend (default: the name in the invite)')
+  .addOption(new Option('--grant <service...>', 'services to grant them in return (default: what the invite grants you)'))
+  .option('--json', 'print as JSON')
+  .action(async (file: string, opts: { name?: string, grant?: string[], json?: boolean }, cmd: Command) => {
+    const text = await readInviteFile(file)
+    parseInvite(text) // fail early, before contacting the daemon, on a bad file
+    const grants = grantsOption(opts.grant)
+    const { friend } = await (await client(cmd)).call<{ friend: FriendView }>('POST', '/v1/invites/accept', {
+      text,
+      ...(opts.name != null ? { label: opts.name } : {}),
+      ...(grants != null ? { grants } : {})
+    })
+    print(opts.json, { friend }, () => `you and ${friend.label} are now friends (${friend.peerId})\nyou grant ${friend.grantsToThem.join(', ') || 'nothing'}; they grant ${friend.grantsFromThem.join(', ') || 'nothing'}`)
+  })
+
+invite.command('list')
+  .description('invites you made, and what became of them')
+  .option('--json', 'print as JSON')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    const { invites } = await (await client(cmd)).get<{ invites: InviteListing[] }>('/v1/invites')
+    print(opts.json, { invites }, () => table(['ID', 'FOR', 'STATUS', 'USED', 'EXPIRES', 'GRANTS'],
+      invites.map(i => [i.id, i.label ?? '-', i.status, `${i.used}/${i.uses}`, i.expires, i.grants.join(',')])) || 'no invites yet')
+  })
+
+invite.command('revoke')
+  .description('withdraw an invite so nobody can accept it any more')
+  .argument('<id>', 'the invite id from `kith invite list`')
+  .option('--json', 'print as JSON')
+  .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
+    const result = await (await client(cmd)).call<{ invite: InviteListing }>('DELETE', `/v1/invites/${encodeURIComponent(id)}`)
+    print(opts.json, result, () => `invite ${id} revoked`)
+  })
+
+// friends ----------------------------------------------------------------------
+
+program.command('friends')
+  .description('list your friends')
+  .option('--json', 'print as JSON')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    const { friends } = await (await client(cmd)).get<{ friends: FriendView[] }>('/v1/friends')
+    print(opts.json, { friends }, () => friendRows(friends))
+  })
+
+const friend = program.command('friend').description('rename, grant to, or revoke a friend')
+
+friend.command('rename')
+  .argument('<name>', 'current name or peer id')
+  .argument('<new-name>', 'new name')
+  .option('--json', 'print as JSON')
+  .action(async (name: string, newName: string, opts: { json?: boolean }, cmd: Command) => {
+    const result = await (await client(cmd)).call<{ friend: FriendView }>('PATCH', `/v1/friends/${encodeURIComponent(name)}`, { label: newName })
+    print(opts.json, result, () => `${name} is now called ${result.friend.label}`)
+  })
+
+friend.command('grant')
+  .argument('<name>', 'friend name or peer id')
+  .argument('<service>', SERVICES.join(' | '))
+  .option('--json', 'print as JSON')
+  .action(async (name: string, service: string, opts: { json?: boolean }, cmd: Command) => {
+    parseGrants([service])
+    const result = await (await client(cmd)).call<{ friend: FriendView }>('PUT', `/v1/friends/${encodeURIComponent(name)}/grants/${service}`)
+    print(opts.json, result, () => `${result.friend.label} may now use: ${result.friend.grantsToThem.join(', ') || 'nothing'}`)
+  })
+
+friend.command('ungrant')
+  .argument('<name>', 'friend name or peer id')
+  .argument('<service>', SERVICES.join(' | '))
+  .option('--json', 'print as JSON')
+  .action(async (name: string, service: string, opts: { json?: boolean }, cmd: Command) => {
+    parseGrants([service])
+    const result = await (await client(cmd)).call<{ friend: FriendView }>('DELETE', `/v1/friends/${encodeURIComponent(name)}/grants/${service}`)
+    print(opts.json, result, () => `${result.friend.label} may now use: ${result.friend.grantsToThem.join(', ') || 'nothing'}`)
+  })
+
+friend.command('revoke')
+  .description('end a friendship: cuts their connections now and refuses them from then on')
+  .argument('<name>', 'friend name or peer id')
+  .option('--json', 'print as JSON')
+  .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
+    const result = await (await client(cmd)).call<{ friend: FriendView }>('POST', `/v1/friends/${encodeURIComponent(name)}/revoke`)
+    print(opts.json, result, () => `${result.friend.label} is no longer your friend`)
+  })
+
+// events -----------------------------------------------------------------------
+
+program.command('events')
+  .description('follow friend and status events as they happen (one JSON object a line)')
+  .action(async (_opts: unknown, cmd: Command) => {
+    for await (const evt of (await client(cmd)).events()) console.log(JSON.stringify(evt))
+  })
+
+// run ----------------------------------------------------------------------------
+
+export async function main (argv: string[]): Promise<number> {
+  const json = argv.includes('--json')
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+    return 0
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // help and version end here too, with exit code 0
+      return err.exitCode === 0 ? 0 : 2
+    }
+    const error = asKithError(err)
+    if (json) console.error(JSON.stringify({ error: error.toJSON() }))
+    else console.error(`kith: ${error.message} [${error.code}]`)
+    return 1
+  }
+}

@@ -1,0 +1,92 @@
+import { readFile } from 'node:fs/promises'
+import { KithError } from '../../errors.ts'
+import { homePaths, writeFileAtomic } from '../../peer/home.ts'
+import { Daemon, newToken, writeApiInfo } from '../daemon.ts'
+import { startApiServer } from '../api/server.ts'
+import { routes } from '../api/routes.ts'
+
+/**
+ * `kith start`: runs the node in the foreground until SIGINT or SIGTERM.
+ */
+export const DEFAULT_API = '127.0.0.1:0'
+
+export interface StartOptions {
+  home: string
+  listen?: string[]
+  api?: string
+  name?: string
+  passphrase?: string
+  json?: boolean
+}
+
+export function parseApiAddress (text: string): { host: string, port: number } {
+  const match = /^(?:(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\]):)?(\d{1,5})$/.exec(text)
+  const port = Number(match?.[2])
+  if (match == null || port > 65535) {
+    throw new KithError('BAD_REQUEST', `--api wants HOST:PORT on loopback, such as 127.0.0.1:7070 (port 0 picks a free one); got ${JSON.stringify(text)}`)
+  }
+  const host = match[1] ?? '127.0.0.1'
+  return { host: host === 'localhost' ? '127.0.0.1' : host.replace(/^\[|\]$/g, ''), port }
+}
+
+async function apiToken (path: string): Promise<string> {
+  try {
+    const token = (await readFile(path, 'utf8')).trim()
+    if (token.length >= 32) return token
+  } catch {}
+  const token = newToken()
+  await writeFileAtomic(path, token + '\n', 0o600)
+  return token
+}
+
+export async function runStart (options: StartOptions): Promise<void> {
+  const { host, port } = parseApiAddress(options.api ?? DEFAULT_API)
+  const daemon = await Daemon.start({
+    home: options.home,
+    ...(options.listen != null && options.listen.length > 0 ? { listen: options.listen } : {}),
+    ...(options.name != null ? { name: options.name } : {}),
+    ...(options.passphrase != null ? { passphrase: options.passphrase } : {})
+  })
+  let api
+  try {
+    const paths = homePaths(options.home)
+    api = await startApiServer({ host, port, token: await apiToken(paths.apiToken), routes: routes(daemon), events: daemon })
+    await writeApiInfo(paths, api.url, daemon.identity.peerId.toString())
+  } catch (err) {
+    await daemon.stop()
+    throw new KithError('BAD_REQUEST', `can't start the local API on ${host}:${port}: ${(err as Error).message}`, { cause: err })
+  }
+
+  const status = daemon.status()
+  if (options.json === true) {
+    console.log(JSON.stringify({ ...status, api: api.url }))
+  } else {
+    console.log(`kith node ${status.peerId} (${status.name})`)
+    console.log(`home     ${status.home}`)
+    for (const addr of status.addrs) console.log(`listen   ${addr}`)
+    console.log(`api      ${api.url}`)
+    console.log(`friends  ${status.friends.total}`)
+  }
+  if (options.json !== true) {
+    daemon.on('event', evt => {
+      const who = 'label' in evt ? evt.label : evt.friend.label
+      console.log(`${new Date().toISOString()} ${evt.type} ${who}`)
+    })
+  }
+
+  await new Promise<void>(resolve => {
+    let stopping = false
+    const stop = (signal: string): void => {
+      if (stopping) return
+      stopping = true
+      if (options.json !== true) console.log(`${signal}: stopping`)
+      const done = async (): Promise<void> => {
+        await api.close()
+        await daemon.stop()
+      }
+      done().catch(err => console.error(`kith: error while stopping: ${(err as Error).message}`)).finally(resolve)
+    }
+    process.once('SIGINT', () => stop('SIGINT'))
+    process.once('SIGTERM', () => stop('SIGTERM'))
+  })
+}

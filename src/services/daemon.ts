@@ -1,0 +1,296 @@
+import { EventEmitter } from 'node:events'
+import { access, rm } from 'node:fs/promises'
+import { userInfo } from 'node:os'
+import { randomBytes } from 'node:crypto'
+import { multiaddr } from '@multiformats/multiaddr'
+import { KithError } from '../errors.ts'
+import { homePaths, ensureHome, writeFileAtomic, type HomePaths } from '../peer/home.ts'
+import { openDatabase, sublevel, type Database } from '../peer/database.ts'
+import { loadOrCreateIdentity, type Identity } from '../peer/identity.ts'
+import { createNode, DEFAULT_LISTEN, DHT_PROTOCOL, type KithLibp2p } from '../peer/node.ts'
+import { FriendBook, type Friend, type FriendEvent, checkLabel } from '../trust/friends.ts'
+import { InviteBook, type IssuedInvite, type InviteListing } from '../trust/invite-book.ts'
+import { createInvite, parseInvite, summarise, type InviteSummary, MAX_INVITE_USES, MAX_INVITE_LIFETIME_S, displayName as displayNameSchema } from '../trust/invite.ts'
+import { connectionGater, friendsOnly } from '../trust/gate.ts'
+import { redeemHandler, redeem, REDEEM_PROTOCOL, MAX_INBOUND_REDEEM_STREAMS } from '../trust/redeem.ts'
+import { DEFAULT_GRANTS, type Service } from '../trust/grants.ts'
+import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
+
+/**
+ * The running node: opens the home folder, loads the identity and the friend
+ * graph, starts libp2p with the gate, keeps friends connected, and offers the
+ * operations the local API and the CLI expose.
+ */
+export interface DaemonInit {
+  home: string
+  listen?: string[]
+  passphrase?: string
+  /** display name shown to friends in invites; remembered once set */
+  name?: string
+}
+
+export interface FriendView extends Friend {
+  link: LinkInfo
+}
+
+export interface Status {
+  peerId: string
+  name: string
+  home: string
+  addrs: string[]
+  friends: { total: number, online: number }
+  online: string[]
+  started: string
+}
+
+export interface CreateInviteRequest {
+  label?: string
+  expiresIn?: number
+  uses?: number
+  grants?: Service[]
+}
+
+export type DaemonEvent = FriendEvent | PresenceEvent
+
+interface Meta {
+  peerId?: string
+  name?: string
+  lastPort?: number
+}
+
+export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
+  readonly paths: HomePaths
+  readonly identity: Identity
+  readonly libp2p: KithLibp2p
+  readonly friends: FriendBook
+  readonly invites: InviteBook
+  private readonly db: Database
+  private readonly presence: Presence
+  private readonly meta: Meta
+  private readonly started = new Date()
+
+  private constructor (paths: HomePaths, db: Database, identity: Identity, libp2p: KithLibp2p, friends: FriendBook, invites: InviteBook, meta: Meta) {
+    super()
+    this.paths = paths
+    this.db = db
+    this.identity = identity
+    this.libp2p = libp2p
+    this.friends = friends
+    this.invites = invites
+    this.meta = meta
+    this.presence = new Presence(libp2p, friends)
+  }
+
+  static async start (init: DaemonInit): Promise<Daemon> {
+    const paths = homePaths(init.home)
+    await ensureHome(paths.root)
+    // The database lock is taken first: it is the one-daemon-per-home lock.
+    const db = await openDatabase(paths.db)
+    try {
+      const metaLevel = sublevel<Meta>(db, 'meta')
+      const meta: Meta = await metaLevel.get('node') ?? {}
+      const identity = await loadIdentityGuarded(paths, meta, init.passphrase)
+      if (init.name != null) meta.name = displayNameSchema.parse(init.name)
+      meta.name ??= defaultName()
+      meta.peerId = identity.peerId.toString()
+
+      const friends = new FriendBook(sublevel(db, 'friends'))
+      await friends.load()
+      const invites = new InviteBook(sublevel(db, 'invites'))
+      const libp2p = await startNode(identity, friends, init.listen ?? DEFAULT_LISTEN, meta.lastPort)
+      const port = libp2p.getMultiaddrs().map(a => Number(a.getComponents().find(c => c.name === 'tcp')?.value)).find(p => p > 0)
+      if (port != null) meta.lastPort = port
+      await metaLevel.put('node', meta)
+
+      const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta)
+      await daemon.wire()
+      return daemon
+    } catch (err) {
+      await db.close()
+      throw err
+    }
+  }
+
+  private async wire (): Promise<void> {
+    await this.libp2p.handle(REDEEM_PROTOCOL, redeemHandler({
+      friends: this.friends,
+      invites: this.invites,
+      self: this.identity.peerId.toString(),
+      displayName: () => this.displayName
+    }), { maxInboundStreams: MAX_INBOUND_REDEEM_STREAMS })
+    this.libp2p.use(DHT_PROTOCOL, friendsOnly(this.friends))
+    this.friends.on('event', evt => this.emit('event', evt))
+    this.presence.on('event', evt => this.emit('event', evt))
+    this.presence.start()
+  }
+
+  async stop (): Promise<void> {
+    this.presence.stop()
+    await this.libp2p.stop()
+    await this.db.close()
+    await rm(this.paths.apiInfo, { force: true })
+  }
+
+  get displayName (): string {
+    return this.meta.name ?? defaultName()
+  }
+
+  addrs (): string[] {
+    return this.libp2p.getMultiaddrs().map(a => a.toString())
+  }
+
+  status (): Status {
+    const friends = this.friends.list().filter(f => f.state === 'active')
+    const online = friends.filter(f => this.presence.link(f.peerId).online)
+    return {
+      peerId: this.identity.peerId.toString(),
+      name: this.displayName,
+      home: this.paths.root,
+      addrs: this.addrs(),
+      friends: { total: friends.length, online: online.length },
+      online: online.map(f => f.label),
+      started: this.started.toISOString()
+    }
+  }
+
+  listFriends (): FriendView[] {
+    return this.friends.list().map(f => this.view(f))
+  }
+
+  view (friend: Friend): FriendView {
+    return { ...friend, link: this.presence.link(friend.peerId) }
+  }
+
+  async createInvite (req: CreateInviteRequest): Promise<{ invite: InviteSummary, text: string }> {
+    const now = Date.now()
+    const expiresIn = req.expiresIn ?? 7 * 24 * 3600
+    const uses = req.uses ?? 1
+    if (!Number.isInteger(expiresIn) || expiresIn < 60 || expiresIn > MAX_INVITE_LIFETIME_S) {
+      throw new KithError('BAD_REQUEST', `an invite must last between 1 minute and ${MAX_INVITE_LIFETIME_S / 86400} days`)
+    }
+    if (!Number.isInteger(uses) || uses < 1 || uses > MAX_INVITE_USES) {
+      throw new KithError('BAD_REQUEST', `an invite allows 1 to ${MAX_INVITE_USES} uses`)
+    }
+    const label = req.label != null ? checkLabel(req.label) : null
+    const grants = [...(req.grants ?? DEFAULT_GRANTS)].sort()
+    const { invite, text } = createInvite({
+      secretKey: this.identity.secretKey,
+      publicKey: this.identity.publicKey,
+      name: this.displayName,
+      addrs: dialableAddrs(this.addrs()),
+      notBefore: now,
+      expires: now + expiresIn * 1000,
+      uses,
+      grants
+    })
+    const issued: IssuedInvite = {
+      id: invite.id,
+      secret: Buffer.from(invite.secret).toString('base64'),
+      label,
+      grants,
+      notBefore: invite.notBefore,
+      expires: invite.expires,
+      uses,
+      redeemedBy: [],
+      revoked: false,
+      created: now
+    }
+    await this.invites.add(issued)
+    return { invite: summarise(invite), text }
+  }
+
+  async listInvites (): Promise<InviteListing[]> {
+    return await this.invites.list()
+  }
+
+  async revokeInvite (id: string): Promise<InviteListing> {
+    await this.invites.revoke(id)
+    const listing = (await this.invites.list()).find(i => i.id === id)
+    if (listing == null) throw new KithError('INVITE_UNKNOWN', `no invite with id ${id}`)
+    return listing
+  }
+
+  async acceptInvite (text: string, label?: string, grants?: Service[]): Promise<FriendView> {
+    const invite = parseInvite(text)
+    if (label != null) checkLabel(label)
+    const friend = await redeem({
+      libp2p: this.libp2p,
+      friends: this.friends,
+      invite,
+      ...(label != null ? { label } : {}),
+      ...(grants != null ? { grants } : {}),
+      displayName: this.displayName
+    })
+    return this.view(friend)
+  }
+
+  async revokeFriend (name: string): Promise<FriendView> {
+    const friend = await this.friends.revoke(name)
+    return this.view(friend)
+  }
+}
+
+function defaultName (): string {
+  try {
+    return userInfo().username.slice(0, 64) || 'kith'
+  } catch {
+    return 'kith'
+  }
+}
+
+/** Addresses worth putting in an invite: not the wildcard, loopback last. */
+function dialableAddrs (addrs: string[]): string[] {
+  const withoutPeer = addrs.map(a => multiaddr(a).decapsulateCode(421).toString())
+  const loopback = (a: string): boolean => a.startsWith('/ip4/127.') || a.startsWith('/ip6/::1/')
+  return [...withoutPeer.filter(a => !loopback(a)), ...withoutPeer.filter(loopback)]
+}
+
+async function loadIdentityGuarded (paths: HomePaths, meta: Meta, passphrase?: string): Promise<Identity> {
+  if (meta.peerId != null) {
+    try {
+      await access(paths.identity)
+    } catch {
+      throw new KithError('IDENTITY_MISSING',
+        `the key file ${paths.identity} is missing, but this home belongs to ${meta.peerId}; restore the key file from a backup (kith will not make a new identity here)`)
+    }
+  }
+  const { identity } = await loadOrCreateIdentity(paths.identity, passphrase)
+  if (meta.peerId != null && meta.peerId !== identity.peerId.toString()) {
+    throw new KithError('IDENTITY_CORRUPT',
+      `the key file ${paths.identity} holds ${identity.peerId.toString()}, but this home belongs to ${meta.peerId}; put the right key file back`)
+  }
+  return identity
+}
+
+/**
+ * Starts libp2p. A listen address on port 0 reuses the port of the last run,
+ * so friends find the node where they last saw it; if that port is taken
+ * now, any free port will do.
+ */
+async function startNode (identity: Identity, friends: FriendBook, listen: string[], lastPort?: number): Promise<KithLibp2p> {
+  const gater = connectionGater(friends)
+  const sticky = lastPort != null ? listen.map(a => a.replace(/\/tcp\/0(?=$|\/)/, `/tcp/${lastPort}`)) : listen
+  try {
+    return await createNode({ privateKey: identity.privateKey, listen: sticky, gater })
+  } catch (err) {
+    if (sticky.join() === listen.join()) throw listenError(listen, err)
+  }
+  try {
+    return await createNode({ privateKey: identity.privateKey, listen, gater })
+  } catch (err) {
+    throw listenError(listen, err)
+  }
+}
+
+function listenError (listen: string[], err: unknown): KithError {
+  return new KithError('BAD_REQUEST', `can't listen on ${listen.join(', ')}: ${(err as Error).message}; pick another --listen address`, { cause: err })
+}
+
+/** A random bearer token for the local API, made once per home. */
+export function newToken (): string {
+  return randomBytes(32).toString('base64url')
+}
+
+export async function writeApiInfo (paths: HomePaths, url: string, peerId: string): Promise<void> {
+  await writeFileAtomic(paths.apiInfo, JSON.stringify({ url, pid: process.pid, peerId }) + '\n', 0o600)
+}

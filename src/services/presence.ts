@@ -1,0 +1,166 @@
+import { EventEmitter } from 'node:events'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { Connection, PeerId } from '@libp2p/interface'
+import type { KithLibp2p } from '../peer/node.ts'
+import type { FriendBook, FriendEvent } from '../trust/friends.ts'
+
+/**
+ * Keeps a connection up to every active friend: dials their last known
+ * addresses on start, redials with capped exponential backoff (and jitter)
+ * when a connection drops, learns new addresses from identify, and hangs up
+ * on a friend the moment they are revoked.
+ */
+export const RECONNECT_BASE_MS = 500
+export const RECONNECT_MAX_MS = 30_000
+export const DIAL_TIMEOUT_MS = 10_000
+
+export interface LinkInfo {
+  online: boolean
+  /** ms since epoch the current connection opened */
+  since: number | null
+  direct: boolean | null
+  remoteAddr: string | null
+}
+
+export type PresenceEvent =
+  | { type: 'friend:online', peerId: string, label: string }
+  | { type: 'friend:offline', peerId: string, label: string }
+
+interface Retry {
+  attempt: number
+  timer: NodeJS.Timeout | null
+}
+
+export class Presence extends EventEmitter<{ event: [PresenceEvent] }> {
+  private readonly libp2p: KithLibp2p
+  private readonly friends: FriendBook
+  private readonly retries = new Map<string, Retry>()
+  private readonly onlineSince = new Map<string, number>()
+  private readonly controller = new AbortController()
+  private running = false
+
+  constructor (libp2p: KithLibp2p, friends: FriendBook) {
+    super()
+    this.libp2p = libp2p
+    this.friends = friends
+  }
+
+  start (): void {
+    this.running = true
+    this.libp2p.addEventListener('connection:open', this.onOpen)
+    this.libp2p.addEventListener('connection:close', this.onClose)
+    this.libp2p.addEventListener('peer:identify', this.onIdentify)
+    this.friends.on('event', this.onFriendEvent)
+    for (const friend of this.friends.list()) {
+      if (friend.state === 'active') this.schedule(friend.peerId, 0)
+    }
+  }
+
+  stop (): void {
+    this.running = false
+    this.controller.abort()
+    this.libp2p.removeEventListener('connection:open', this.onOpen)
+    this.libp2p.removeEventListener('connection:close', this.onClose)
+    this.libp2p.removeEventListener('peer:identify', this.onIdentify)
+    this.friends.off('event', this.onFriendEvent)
+    for (const retry of this.retries.values()) if (retry.timer != null) clearTimeout(retry.timer)
+    this.retries.clear()
+  }
+
+  link (peerId: string): LinkInfo {
+    const connections = this.connections(peerId)
+    const best = connections.find(c => c.direct) ?? connections[0]
+    return {
+      online: best != null,
+      since: best != null ? this.onlineSince.get(peerId) ?? null : null,
+      direct: best?.direct ?? null,
+      remoteAddr: best?.remoteAddr.toString() ?? null
+    }
+  }
+
+  private connections (peerId: string): Connection[] {
+    try {
+      return this.libp2p.getConnections(peerIdFromString(peerId)).filter(c => c.status === 'open')
+    } catch {
+      return []
+    }
+  }
+
+  private readonly onOpen = (evt: CustomEvent<Connection>): void => {
+    const peer = evt.detail.remotePeer.toString()
+    const friend = this.friends.get(peer)
+    if (friend?.state !== 'active') return
+    this.clearRetry(peer)
+    if (!this.onlineSince.has(peer)) {
+      this.onlineSince.set(peer, Date.now())
+      this.emit('event', { type: 'friend:online', peerId: peer, label: friend.label })
+    }
+    void this.friends.seen(peer).catch(() => {})
+  }
+
+  private readonly onClose = (evt: CustomEvent<Connection>): void => {
+    const peer = evt.detail.remotePeer.toString()
+    if (this.connections(peer).length > 0) return
+    const friend = this.friends.get(peer)
+    if (this.onlineSince.delete(peer) && friend != null) {
+      this.emit('event', { type: 'friend:offline', peerId: peer, label: friend.label })
+    }
+    if (friend?.state === 'active') this.schedule(peer)
+  }
+
+  private readonly onIdentify = (evt: CustomEvent<{ peerId: PeerId, listenAddrs: Array<{ toString: () => string }> }>): void => {
+    const peer = evt.detail.peerId.toString()
+    if (!this.friends.isActive(peer)) return
+    const addrs = evt.detail.listenAddrs.map(a => a.toString()).filter(a => !a.includes('/p2p-circuit'))
+    void this.friends.seen(peer, addrs).catch(() => {})
+  }
+
+  private readonly onFriendEvent = (evt: FriendEvent): void => {
+    const peer = evt.friend.peerId
+    if (evt.type === 'friend:revoked') {
+      this.clearRetry(peer)
+      this.onlineSince.delete(peer)
+      void this.libp2p.hangUp(peerIdFromString(peer)).catch(() => {})
+    } else if (evt.type === 'friend:added') {
+      // the redeem connection is usually still open; if not, dial
+      if (this.connections(peer).length > 0) this.onOpen(new CustomEvent('connection:open', { detail: this.connections(peer)[0]! }))
+      else this.schedule(peer, 0)
+    }
+  }
+
+  private clearRetry (peer: string): void {
+    const retry = this.retries.get(peer)
+    if (retry?.timer != null) clearTimeout(retry.timer)
+    this.retries.delete(peer)
+  }
+
+  private schedule (peer: string, delay?: number): void {
+    if (!this.running) return
+    const retry = this.retries.get(peer) ?? { attempt: 0, timer: null }
+    if (retry.timer != null) return
+    const backoff = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** retry.attempt)
+    const wait = delay ?? backoff / 2 + Math.random() * backoff / 2
+    retry.timer = setTimeout(() => {
+      retry.timer = null
+      void this.dial(peer)
+    }, wait)
+    retry.timer.unref()
+    this.retries.set(peer, retry)
+  }
+
+  private async dial (peer: string): Promise<void> {
+    const friend = this.friends.get(peer)
+    if (!this.running || friend?.state !== 'active' || this.connections(peer).length > 0) return
+    const retry = this.retries.get(peer)
+    if (retry != null) retry.attempt++
+    try {
+      const peerId = peerIdFromString(peer)
+      const addrs = friend.addrs.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+      if (addrs.length > 0) await this.libp2p.peerStore.merge(peerId, { multiaddrs: addrs })
+      await this.libp2p.dial(peerId, { signal: AbortSignal.any([this.controller.signal, AbortSignal.timeout(DIAL_TIMEOUT_MS)]) })
+    } catch {
+      this.schedule(peer)
+    }
+  }
+}

@@ -1,0 +1,42 @@
+import type { ConnectionGater, PeerId, StreamMiddleware } from '@libp2p/interface'
+import type { FriendBook } from './friends.ts'
+import type { Service } from './grants.ts'
+
+/**
+ * The connection gate. Strangers may connect (they need to, to redeem an
+ * invite) but reach only identify, ping and the redeem protocol; revoked
+ * friends can't connect at all. Friend protocols are wrapped in
+ * `friendsOnly`, which refuses any stream whose remote peer is not an active
+ * friend holding the right grant.
+ */
+export function connectionGater (friends: FriendBook): ConnectionGater {
+  const revoked = (peerId: PeerId): boolean => friends.isRevoked(peerId.toString())
+  return {
+    denyDialPeer: revoked,
+    denyInboundEncryptedConnection: revoked,
+    denyOutboundEncryptedConnection: revoked,
+    denyInboundRelayReservation: (peerId) => !friends.allows(peerId.toString(), 'relay'),
+    denyInboundRelayedConnection: (relay, remotePeer) => !friends.isActive(relay.toString()) && !friends.isActive(remotePeer.toString())
+  }
+}
+
+export class NotAFriendError extends Error {
+  override name = 'NotAFriendError'
+}
+
+/**
+ * Stream middleware letting through only active friends, and, for inbound
+ * streams when `service` is given, only those I granted it. (What a friend
+ * grants me is their node's business: their gate decides.)
+ */
+export function friendsOnly (friends: FriendBook, service?: Service): StreamMiddleware {
+  return (stream, connection, next) => {
+    const peer = connection.remotePeer.toString()
+    const ok = service == null || stream.direction === 'outbound' ? friends.isActive(peer) : friends.allows(peer, service)
+    if (!ok) {
+      stream.abort(new NotAFriendError(service == null ? 'not a friend' : `no ${service} grant`))
+      return
+    }
+    next(stream, connection)
+  }
+}

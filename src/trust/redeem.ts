@@ -1,0 +1,165 @@
+import { z } from 'zod'
+import { lpStream } from '@libp2p/utils'
+import { multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { Connection, Libp2p, Stream, AbortOptions } from '@libp2p/interface'
+import { KithError, isErrorCode, type ErrorCode } from '../errors.ts'
+import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
+import { checkValidity, redeemProof, displayName, type Invite, MAX_INVITE_ADDRS, MAX_ADDR_LENGTH } from './invite.ts'
+import { SERVICES, type Service } from './grants.ts'
+import type { FriendBook, Friend } from './friends.ts'
+import type { InviteBook } from './invite-book.ts'
+
+/**
+ * The redeem protocol: the one friend protocol a stranger may open. The
+ * accepter proves it holds the invite's secret (an HMAC over both peer ids,
+ * see `redeemProof`) over a Noise channel already bound to both identities;
+ * the issuer checks it against its invite book, records the friendship and
+ * answers with its grants. One request, one response:
+ *
+ *   accepter -> issuer  { v, id, proof, name, addrs, grants }
+ *   issuer -> accepter  { v, ok: true, name, grants } | { v, ok: false, code, message }
+ */
+export const REDEEM_PROTOCOL = '/kith/redeem/1.0.0'
+export const MAX_REDEEM_MESSAGE = 8 * 1024
+export const REDEEM_TIMEOUT_MS = 10_000
+export const MAX_INBOUND_REDEEM_STREAMS = 2
+
+const VERSION = 1
+
+const requestSchema = z.object({
+  v: z.literal(VERSION),
+  id: z.string().regex(/^[0-9a-f]{16}$/),
+  proof: z.custom<Uint8Array>(b => b instanceof Uint8Array && b.length === 32, 'must be 32 bytes'),
+  name: displayName,
+  addrs: z.array(z.string().max(MAX_ADDR_LENGTH)).max(MAX_INVITE_ADDRS),
+  grants: z.array(z.enum(SERVICES)).max(SERVICES.length)
+}).strict()
+
+const responseSchema = z.discriminatedUnion('ok', [
+  z.object({ v: z.literal(VERSION), ok: z.literal(true), name: displayName, grants: z.array(z.enum(SERVICES)).max(SERVICES.length) }).strict(),
+  z.object({ v: z.literal(VERSION), ok: z.literal(false), code: z.string().max(64), message: z.string().max(1024) }).strict()
+])
+
+type Request = z.infer<typeof requestSchema>
+type Response = z.infer<typeof responseSchema>
+
+function parse<T> (schema: z.ZodType<T>, bytes: Uint8Array, what: string): T {
+  const result = schema.safeParse(decodeCanonical(bytes, 'PROTOCOL_VIOLATION', what))
+  if (!result.success) throw new KithError('PROTOCOL_VIOLATION', `${what} is malformed: ${result.error.issues[0]?.message ?? ''}`)
+  return result.data
+}
+
+function isValidMultiaddr (s: string): boolean {
+  try { multiaddr(s); return true } catch { return false }
+}
+
+export interface RedeemHandlerInit {
+  friends: FriendBook
+  invites: InviteBook
+  self: string
+  displayName: () => string
+}
+
+/** The issuer's side. */
+export function redeemHandler (init: RedeemHandlerInit) {
+  return async (stream: Stream, connection: Connection): Promise<void> => {
+    const signal = AbortSignal.timeout(REDEEM_TIMEOUT_MS)
+    const lp = lpStream(stream, { maxDataLength: MAX_REDEEM_MESSAGE })
+    let response: Response
+    try {
+      const request: Request = parse(requestSchema, (await lp.read({ signal })).subarray(), 'the redeem request')
+      const accepter = connection.remotePeer
+      if (accepter.publicKey == null) throw new KithError('PROTOCOL_VIOLATION', 'the accepter has no Ed25519 identity')
+      const publicKey = Buffer.from(accepter.publicKey.raw).toString('base64')
+      const addrs = request.addrs.filter(isValidMultiaddr)
+      const invite = await init.invites.redeem(request.id, init.self, accepter.toString(), request.proof, async (invite) => {
+        await init.friends.befriend({
+          peerId: accepter.toString(),
+          publicKey,
+          label: invite.label ?? request.name,
+          grantsToThem: invite.grants,
+          grantsFromThem: request.grants,
+          addrs: addrs.length > 0 ? addrs : [connection.remoteAddr.toString()],
+          via: invite.id
+        })
+      })
+      response = { v: VERSION, ok: true, name: init.displayName(), grants: invite.grants }
+    } catch (err) {
+      const code: ErrorCode = err instanceof KithError ? err.code : 'PROTOCOL_VIOLATION'
+      const message = err instanceof KithError ? err.message : 'the request could not be read'
+      response = { v: VERSION, ok: false, code, message }
+    }
+    try {
+      await lp.write(encodeCanonical(response), { signal })
+      await stream.close({ signal })
+    } catch (err) {
+      stream.abort(err as Error)
+    }
+  }
+}
+
+export interface RedeemInit extends AbortOptions {
+  libp2p: Libp2p
+  friends: FriendBook
+  invite: Invite
+  /** what I call the issuer; defaults to the invite's display name */
+  label?: string
+  /** what I grant the issuer; defaults to the invite's grants */
+  grants?: Service[]
+  displayName: string
+}
+
+/** The accepter's side: dial the issuer, prove the secret, record the friendship. */
+export async function redeem (init: RedeemInit): Promise<Friend> {
+  const { libp2p, invite } = init
+  if (invite.issuer === libp2p.peerId.toString()) {
+    throw new KithError('INVITE_OWN', 'this invite is your own; send it to the friend you made it for')
+  }
+  checkValidity(invite)
+  const signal = init.signal ?? AbortSignal.timeout(REDEEM_TIMEOUT_MS * 2)
+  const issuer = peerIdFromString(invite.issuer)
+  const grants = init.grants ?? invite.grants
+  const addrs = invite.addrs.map(a => multiaddr(a)).map(ma => ma.getComponents().some(c => c.name === 'p2p') ? ma : ma.encapsulate(`/p2p/${invite.issuer}`))
+  let stream: Stream
+  try {
+    if (addrs.length === 0) throw new Error('the invite holds no address')
+    await libp2p.peerStore.merge(issuer, { multiaddrs: addrs.map(a => a.decapsulateCode(421)) })
+    stream = await libp2p.dialProtocol(issuer, REDEEM_PROTOCOL, { signal })
+  } catch (err) {
+    throw new KithError('INVITE_ISSUER_UNREACHABLE',
+      `could not reach ${invite.name} at ${invite.addrs.join(', ') || '(no address)'}: ${(err as Error).message}; make sure their node is running and try again`, { cause: err })
+  }
+  const lp = lpStream(stream, { maxDataLength: MAX_REDEEM_MESSAGE })
+  const request: Request = {
+    v: VERSION,
+    id: invite.id,
+    proof: redeemProof(invite.secret, invite.issuer, libp2p.peerId.toString()),
+    name: init.displayName,
+    addrs: libp2p.getMultiaddrs().map(a => a.decapsulateCode(421).toString()).slice(0, MAX_INVITE_ADDRS),
+    grants
+  }
+  let response: Response
+  try {
+    await lp.write(encodeCanonical(request), { signal })
+    response = parse(responseSchema, (await lp.read({ signal })).subarray(), 'the issuer\'s answer')
+    await stream.close({ signal }).catch(() => {})
+  } catch (err) {
+    stream.abort(err as Error)
+    if (err instanceof KithError) throw err
+    throw new KithError('INVITE_ISSUER_UNREACHABLE', `the issuer dropped the connection during redeem (${(err as Error).message}); try again`, { cause: err })
+  }
+  if (!response.ok) {
+    const code = isErrorCode(response.code) ? response.code : 'PROTOCOL_VIOLATION'
+    throw new KithError(code, `${invite.name} refused the invite: ${response.message}`)
+  }
+  return await init.friends.befriend({
+    peerId: invite.issuer,
+    publicKey: Buffer.from(invite.publicKey).toString('base64'),
+    label: init.label ?? invite.name,
+    grantsToThem: grants,
+    grantsFromThem: response.grants,
+    addrs: invite.addrs,
+    via: invite.id
+  })
+}
