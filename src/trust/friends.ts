@@ -169,7 +169,7 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
 
   private activeFriend (name: string): Friend {
     const friend = this.resolve(name)
-    if (friend.state !== 'active') throw new KithError('FRIEND_REVOKED', `${friend.label} was revoked; invite them again to be friends`)
+    if (friend.state !== 'active') throw new KithError('FRIEND_REVOKED', `${friend.label} was revoked; a revoked friend can't be granted anything`)
     return friend
   }
 }

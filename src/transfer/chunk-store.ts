@@ -1,0 +1,280 @@
+import { randomBytes } from 'node:crypto'
+import { mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
+import { KithError } from '../errors.ts'
+import { MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
+import { chunkId, isId } from './seal.ts'
+
+/**
+ * The encrypted chunk store: sealed chunks as files, indexed in LevelDB.
+ *
+ *   <dir>/tmp/<id>.<random>.tmp    writes in flight; emptied on open
+ *   <dir>/<id[0..2]>/<id>          one sealed chunk, named by its sha256
+ *   db: chunks/<id> -> { size }    the index: a chunk is in the store iff it is here
+ *   db: meta/stats  -> { count, bytes }, updated in the same batch as the index
+ *
+ * A chunk is indexed only after its bytes were checked against its id, written
+ * to a temp file, fsynced, renamed into place and its folder fsynced, so a kill
+ * at any moment leaves at worst an unindexed file (overwritten by the next put
+ * of that id) and never an indexed chunk with bad bytes. Reads verify the hash
+ * again; a chunk damaged on disk is dropped from the index and reported as
+ * CHUNK_CORRUPT, so it gets fetched again.
+ *
+ * The store holds ciphertext only and needs no keys: a node can keep chunks
+ * for friends without reading them.
+ */
+
+export interface ChunkStoreInit {
+  /** Folder for chunk files; created if missing. */
+  dir: string
+  /**
+   * Where the index lives: the daemon hands in a sublevel of its database (or
+   * a whole `Level` in tests). The store makes `chunks` and `meta` sublevels
+   * under it and never closes it.
+   */
+  db: AbstractLevel<any, any, any>
+  /**
+   * fsync each chunk file and its folder before indexing it. Turning this off
+   * keeps kill -9 safety (the page cache survives a killed process) but not
+   * power-loss safety.
+   *
+   * @default true
+   */
+  sync?: boolean
+}
+
+export interface ChunkStoreStats {
+  count: number
+  bytes: number
+}
+
+export interface ChunkInfo {
+  id: string
+  size: number
+}
+
+export interface ChunkStore {
+  /**
+   * Stores a sealed chunk under its id. Throws CHUNK_BAD_ID, CHUNK_TOO_LARGE or
+   * CHUNK_HASH_MISMATCH, having written nothing, if the bytes don't hash to
+   * the id. Resolves true if the chunk is new, false if it was already held.
+   */
+  put: (id: string, sealed: Uint8Array) => Promise<boolean>
+  has: (id: string) => Promise<boolean>
+  /**
+   * The sealed bytes, verified against the id. Throws CHUNK_NOT_FOUND if the
+   * chunk isn't held, CHUNK_CORRUPT (and forgets it) if its file is damaged or
+   * missing.
+   */
+  get: (id: string) => Promise<Uint8Array>
+  /** Resolves true if the chunk was held. */
+  delete: (id: string) => Promise<boolean>
+  /** Every chunk held, in id order. */
+  list: () => AsyncGenerator<ChunkInfo>
+  stats: () => ChunkStoreStats
+}
+
+interface ChunkRecord {
+  size: number
+}
+
+type Sub<V> = AbstractSublevel<AbstractLevel<any, any, any>, any, string, V>
+
+/** Runs tasks one at a time per key; tasks for other keys run alongside. */
+class KeyedMutex {
+  private readonly tails = new Map<string, Promise<unknown>>()
+
+  async run<T> (key: string, task: () => Promise<T>): Promise<T> {
+    const previous = this.tails.get(key) ?? Promise.resolve()
+    const result = previous.then(task, task)
+    const tail = result.then(() => {}, () => {})
+    this.tails.set(key, tail)
+    try {
+      return await result
+    } finally {
+      if (this.tails.get(key) === tail) this.tails.delete(key)
+    }
+  }
+}
+
+function checkId (id: unknown): asserts id is string {
+  if (!isId(id)) throw new KithError('CHUNK_BAD_ID', `${JSON.stringify(String(id).slice(0, 80))} is not a chunk id (64 lowercase hex characters)`)
+}
+
+async function syncDir (path: string): Promise<void> {
+  const handle = await open(path, 'r')
+  try {
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+}
+
+class LevelChunkStore implements ChunkStore {
+  private readonly dir: string
+  private readonly tmp: string
+  private readonly db: AbstractLevel<any, any, any>
+  private readonly index: Sub<ChunkRecord>
+  private readonly meta: Sub<ChunkStoreStats>
+  private readonly sync: boolean
+  private readonly locks = new KeyedMutex()
+  private readonly fanouts = new Set<string>()
+  private current: ChunkStoreStats = { count: 0, bytes: 0 }
+
+  constructor (init: ChunkStoreInit) {
+    this.dir = init.dir
+    this.tmp = join(init.dir, 'tmp')
+    this.db = init.db
+    this.index = init.db.sublevel<string, ChunkRecord>('chunks', { keyEncoding: 'utf8', valueEncoding: 'json' })
+    this.meta = init.db.sublevel<string, ChunkStoreStats>('meta', { keyEncoding: 'utf8', valueEncoding: 'json' })
+    this.sync = init.sync ?? true
+  }
+
+  async open (): Promise<void> {
+    await mkdir(this.tmp, { recursive: true, mode: 0o700 })
+    // Leftovers of writes a kill interrupted: never indexed, so never needed.
+    for (const name of await readdir(this.tmp)) await rm(join(this.tmp, name), { force: true, recursive: true })
+    const stats = await this.meta.get('stats')
+    if (stats !== undefined) {
+      this.current = { count: stats.count, bytes: stats.bytes }
+    } else {
+      // A fresh store, or one from before stats were kept: count once.
+      for await (const [, record] of this.index.iterator()) {
+        this.current.count++
+        this.current.bytes += record.size
+      }
+    }
+  }
+
+  private path (id: string): string {
+    return join(this.dir, id.slice(0, 2), id)
+  }
+
+  /** Index changes go through here one at a time, so the stats row never races. */
+  private async commit (id: string, record: ChunkRecord | undefined, previous: ChunkRecord | undefined): Promise<void> {
+    await this.locks.run('\0index', async () => {
+      const next = { ...this.current }
+      if (previous !== undefined) { next.count--; next.bytes -= previous.size }
+      if (record !== undefined) { next.count++; next.bytes += record.size }
+      await this.db.batch([
+        record !== undefined
+          ? { type: 'put', sublevel: this.index, key: id, value: record }
+          : { type: 'del', sublevel: this.index, key: id },
+        { type: 'put', sublevel: this.meta, key: 'stats', value: next }
+      ])
+      this.current = next
+    })
+  }
+
+  async put (id: string, sealed: Uint8Array): Promise<boolean> {
+    checkId(id)
+    if (!(sealed instanceof Uint8Array) || sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
+      throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
+    }
+    // Copy first: the caller's buffer could change while we wait on the disk.
+    const bytes = Buffer.from(sealed)
+    if (chunkId(bytes) !== id) {
+      throw new KithError('CHUNK_HASH_MISMATCH', `the bytes received for chunk ${id.slice(0, 12)}… do not match its id; they were damaged or forged and were not stored`)
+    }
+    return await this.locks.run(id, async () => {
+      if (await this.index.get(id) !== undefined) return false
+      const fanout = join(this.dir, id.slice(0, 2))
+      if (!this.fanouts.has(fanout)) {
+        await mkdir(fanout, { recursive: true, mode: 0o700 })
+        this.fanouts.add(fanout)
+      }
+      const tmp = join(this.tmp, `${id}.${randomBytes(6).toString('hex')}.tmp`)
+      try {
+        const handle = await open(tmp, 'wx', 0o600)
+        try {
+          await handle.writeFile(bytes)
+          if (this.sync) await handle.sync()
+        } finally {
+          await handle.close()
+        }
+        await rename(tmp, this.path(id))
+      } catch (err) {
+        await rm(tmp, { force: true })
+        throw err
+      }
+      if (this.sync) await syncDir(fanout)
+      await this.commit(id, { size: bytes.length }, undefined)
+      return true
+    })
+  }
+
+  async has (id: string): Promise<boolean> {
+    checkId(id)
+    return await this.index.get(id) !== undefined
+  }
+
+  /** The file's bytes if they are whole and match the id, else undefined. */
+  private async readVerified (id: string, record: ChunkRecord): Promise<Buffer | undefined> {
+    let handle
+    try {
+      handle = await open(this.path(id), 'r')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
+    }
+    try {
+      const { size } = await handle.stat()
+      if (size !== record.size || size > MAX_SEALED_CHUNK_SIZE) return undefined
+      const bytes = Buffer.allocUnsafe(size)
+      const { bytesRead } = await handle.read(bytes, 0, size, 0)
+      if (bytesRead !== size || chunkId(bytes) !== id) return undefined
+      return bytes
+    } finally {
+      await handle.close()
+    }
+  }
+
+  async get (id: string): Promise<Uint8Array> {
+    checkId(id)
+    const record = await this.index.get(id)
+    if (record === undefined) throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not in this store`)
+    const bytes = await this.readVerified(id, record)
+    if (bytes !== undefined) return bytes
+    // Look again under the lock before dropping: a delete or put may have raced us.
+    return await this.locks.run(id, async () => {
+      const again = await this.index.get(id)
+      if (again === undefined) throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not in this store`)
+      const retry = await this.readVerified(id, again)
+      if (retry !== undefined) return retry
+      await this.commit(id, undefined, again)
+      await rm(this.path(id), { force: true })
+      throw new KithError('CHUNK_CORRUPT', `chunk ${id.slice(0, 12)}… was damaged or missing on disk; it was dropped and will be fetched again when needed. If this repeats, check the disk`)
+    })
+  }
+
+  async delete (id: string): Promise<boolean> {
+    checkId(id)
+    return await this.locks.run(id, async () => {
+      const record = await this.index.get(id)
+      // Unindex first: a kill between the two steps leaves an orphan file, never a dangling index row.
+      if (record !== undefined) await this.commit(id, undefined, record)
+      try {
+        await unlink(this.path(id))
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      }
+      return record !== undefined
+    })
+  }
+
+  async * list (): AsyncGenerator<ChunkInfo> {
+    for await (const [id, record] of this.index.iterator()) yield { id, size: record.size }
+  }
+
+  stats (): ChunkStoreStats {
+    return { ...this.current }
+  }
+}
+
+/** Opens (creating if needed) a chunk store, clearing writes a kill left behind. */
+export async function openChunkStore (init: ChunkStoreInit): Promise<ChunkStore> {
+  const store = new LevelChunkStore(init)
+  await store.open()
+  return store
+}

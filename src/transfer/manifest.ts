@@ -1,0 +1,351 @@
+import { KithError } from '../errors.ts'
+import { decodeCanonical, encodeCanonical } from '../peer/canonical.ts'
+import { PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, sign, verify } from '../peer/signing.ts'
+import {
+  ID_LENGTH, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MAX_MANIFEST_BYTES, MAX_PATH_DEPTH,
+  MAX_PATH_LENGTH, MAX_SEGMENT_LENGTH, MAX_SHARE_NAME_LENGTH, MIN_CHUNK_SIZE, PARTIAL_SUFFIX
+} from './constants.ts'
+import { merkleRoot } from './merkle.ts'
+import { isId } from './seal.ts'
+
+/**
+ * Share manifests: what a share holds, signed by its owner.
+ *
+ *   envelope = { body: bstr, pub: bstr(32), sig: bstr(64) }      canonical CBOR
+ *   sig      = Ed25519(owner, "kith/manifest/1\0" || sha256(body))
+ *   body     = { v: 1, share: bstr(32), ver: uint, name: tstr, at: uint,
+ *                cs: uint, entries: [entry], root: bstr(32) }
+ *   entry    = { t: "f", p: tstr, s: uint, x: bool, h: bstr(32), c: bstr(32 * n) }
+ *            | { t: "d", p: tstr }
+ *
+ * `c` is the file's chunk ids concatenated, n = ceil(s / cs); `h` is the sha256
+ * of the whole plaintext file; `root` is the Merkle root (merkle.ts) over every
+ * chunk id of every file in entry order. Entries are sorted by the UTF-8 bytes
+ * of their paths, and an entry's index in that list is the `file` its chunks
+ * are sealed at (seal.ts).
+ *
+ * Decoding checks, in order, each before the next step's work: byte length,
+ * envelope shape, owner, signature, body format version, scalar fields, entry
+ * count, then per entry path rules, order, size and the running chunk count,
+ * all by arithmetic on the claimed sizes. Only then are chunk ids hashed into
+ * the Merkle root and turned into strings.
+ */
+
+export const MANIFEST_FORMAT = 1
+
+export interface ManifestFile {
+  type: 'file'
+  /** Relative POSIX path, validated by `checkPath`. */
+  path: string
+  size: number
+  executable: boolean
+  /** Lowercase hex sha256 of the whole plaintext file. */
+  sha256: string
+  /** Lowercase hex ids of the sealed chunks, in order. */
+  chunks: string[]
+}
+
+export interface ManifestDir {
+  type: 'dir'
+  path: string
+}
+
+export type ManifestEntry = ManifestFile | ManifestDir
+
+export interface Manifest {
+  /** The owner's Ed25519 public key, which signed this manifest. */
+  owner: Uint8Array
+  shareId: string
+  /** Grows with every update of the share; receivers refuse to go back. */
+  version: number
+  name: string
+  /** When this version was made, milliseconds since the epoch (owner's clock). */
+  created: number
+  chunkSize: number
+  entries: ManifestEntry[]
+  /** Lowercase hex Merkle root over all chunk ids. */
+  root: string
+  chunkCount: number
+  totalSize: number
+}
+
+export interface CreateManifestInit {
+  secretKey: Uint8Array
+  publicKey: Uint8Array
+  shareId: string
+  version: number
+  name: string
+  created?: number
+  chunkSize: number
+  /** Already sorted by `comparePaths`; their indexes are the ones chunks were sealed at. */
+  entries: ManifestEntry[]
+}
+
+export interface DecodeManifestOptions {
+  /** If set, the manifest must be signed by this key (MANIFEST_WRONG_OWNER otherwise). */
+  owner?: Uint8Array
+}
+
+interface WireFile { t: 'f', p: string, s: number, x: boolean, h: Uint8Array, c: Uint8Array }
+interface WireDir { t: 'd', p: string }
+interface WireBody {
+  v: number
+  share: Uint8Array
+  ver: number
+  name: string
+  at: number
+  cs: number
+  entries: Array<WireFile | WireDir>
+  root: Uint8Array
+}
+
+const ENVELOPE_KEYS = ['body', 'pub', 'sig']
+const BODY_KEYS = ['v', 'share', 'ver', 'name', 'at', 'cs', 'entries', 'root']
+const FILE_KEYS = ['t', 'p', 's', 'x', 'h', 'c']
+const DIR_KEYS = ['t', 'p']
+// C0 controls, DEL; NUL and backslash are named separately for clearer messages.
+const CONTROL = /[\u0001-\u001f\u007f]/
+
+function malformed (why: string): KithError {
+  return new KithError('MANIFEST_MALFORMED', `this share manifest is not valid (${why}); ask the owner to share it again`)
+}
+
+function limit (why: string): KithError {
+  return new KithError('MANIFEST_LIMIT', `this share manifest is beyond what kith accepts (${why}); the owner should split the share`)
+}
+
+function badPath (path: string, why: string): KithError {
+  const shown = JSON.stringify(path.length > 80 ? path.slice(0, 80) + '…' : path)
+  return new KithError('MANIFEST_BAD_PATH', `the share holds an unsafe path ${shown} (${why}); it was refused so nothing is written outside the destination`)
+}
+
+function isRecord (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array)
+}
+
+/** Exactly these keys, no more, no fewer. */
+function hasKeys (value: Record<string, unknown>, keys: string[]): boolean {
+  const own = Object.keys(value)
+  return own.length === keys.length && keys.every(k => Object.hasOwn(value, k))
+}
+
+function isBytes (value: unknown, length?: number): value is Uint8Array {
+  return value instanceof Uint8Array && (length === undefined || value.length === length)
+}
+
+function isUint (value: unknown, max = Number.MAX_SAFE_INTEGER): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 && value <= max
+}
+
+/**
+ * Throws MANIFEST_BAD_PATH unless `path` is a relative POSIX path that can't
+ * leave the folder it is joined to: no absolute paths, no '.' or '..' or empty
+ * segments, no NUL, backslash or control characters, well-formed Unicode,
+ * within the length and depth caps, and not named like a partial download.
+ */
+export function checkPath (path: unknown): asserts path is string {
+  if (typeof path !== 'string') throw badPath(String(path), 'not text')
+  if (path.length === 0) throw badPath(path, 'empty')
+  if (path.length > MAX_PATH_LENGTH || Buffer.byteLength(path, 'utf8') > MAX_PATH_LENGTH) {
+    throw badPath(path, `longer than ${MAX_PATH_LENGTH} bytes`)
+  }
+  if (!path.isWellFormed()) throw badPath(path, 'not well-formed Unicode')
+  if (path.includes('\0')) throw badPath(path, 'contains NUL')
+  if (path.includes('\\')) throw badPath(path, 'contains a backslash')
+  if (CONTROL.test(path)) throw badPath(path, 'contains a control character')
+  if (path.startsWith('/')) throw badPath(path, 'absolute')
+  const segments = path.split('/')
+  if (segments.length > MAX_PATH_DEPTH) throw badPath(path, `nested deeper than ${MAX_PATH_DEPTH}`)
+  for (const segment of segments) {
+    if (segment === '') throw badPath(path, 'empty segment')
+    if (segment === '.' || segment === '..') throw badPath(path, `'${segment}' segment`)
+    if (Buffer.byteLength(segment, 'utf8') > MAX_SEGMENT_LENGTH) throw badPath(path, `a name longer than ${MAX_SEGMENT_LENGTH} bytes`)
+  }
+  if (path.endsWith(PARTIAL_SUFFIX)) throw badPath(path, `named like a partial download (${PARTIAL_SUFFIX})`)
+}
+
+/** Manifest order: bytewise on UTF-8, so every platform sorts alike. */
+export function comparePaths (a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'))
+}
+
+export function checkShareName (name: unknown): asserts name is string {
+  if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name, 'utf8') > MAX_SHARE_NAME_LENGTH ||
+    !name.isWellFormed() || /[\u0000-\u001f\u007f]/.test(name)) {
+    throw malformed(`a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control characters`)
+  }
+}
+
+/** Chunks a file of `size` bytes has at `chunkSize`. */
+export function chunkCount (size: number, chunkSize: number): number {
+  return Math.ceil(size / chunkSize)
+}
+
+/** Plaintext bytes of chunk `index` of a file: `chunkSize`, except a shorter last one. */
+export function chunkLength (size: number, chunkSize: number, index: number): number {
+  return Math.min(chunkSize, size - index * chunkSize)
+}
+
+function toWire (entry: ManifestEntry): WireFile | WireDir {
+  if (entry.type === 'dir') return { t: 'd', p: entry.path }
+  if (!isId(entry.sha256) || !entry.chunks.every(isId)) {
+    throw new KithError('BAD_REQUEST', `file ${JSON.stringify(entry.path)} has a hash or chunk id that is not 64 lowercase hex characters`)
+  }
+  return {
+    t: 'f',
+    p: entry.path,
+    s: entry.size,
+    x: entry.executable,
+    h: Buffer.from(entry.sha256, 'hex'),
+    c: Buffer.from(entry.chunks.join(''), 'hex')
+  }
+}
+
+/**
+ * Signs a manifest and returns its bytes with the decoded form. The result is
+ * decoded again before it is returned, so a manifest this function makes is
+ * always one `decodeManifest` accepts; errors carry the same codes.
+ */
+export function createManifest (init: CreateManifestInit): { manifest: Manifest, bytes: Uint8Array } {
+  if (!isId(init.shareId)) throw new KithError('BAD_REQUEST', 'a share id must be 64 lowercase hex characters')
+  const ids = Buffer.from(init.entries.flatMap(e => e.type === 'file' ? e.chunks : []).join(''), 'hex')
+  const body: WireBody = {
+    v: MANIFEST_FORMAT,
+    share: Buffer.from(init.shareId, 'hex'),
+    ver: init.version,
+    name: init.name,
+    at: init.created ?? Date.now(),
+    cs: init.chunkSize,
+    entries: init.entries.map(toWire),
+    root: merkleRoot(ids)
+  }
+  const bodyBytes = encodeCanonical(body)
+  const bytes = encodeCanonical({ body: bodyBytes, pub: init.publicKey, sig: sign('manifest/1', bodyBytes, init.secretKey) })
+  return { manifest: decodeManifest(bytes, { owner: init.publicKey }), bytes }
+}
+
+/**
+ * Verifies and parses a manifest. Throws MANIFEST_TOO_LARGE, MANIFEST_MALFORMED,
+ * MANIFEST_WRONG_OWNER, MANIFEST_BAD_SIGNATURE, UNSUPPORTED_VERSION,
+ * MANIFEST_LIMIT or MANIFEST_BAD_PATH; nothing proportional to a claimed size
+ * is allocated before that claim is checked.
+ */
+export function decodeManifest (bytes: Uint8Array, options: DecodeManifestOptions = {}): Manifest {
+  if (!(bytes instanceof Uint8Array)) throw malformed('expected bytes')
+  if (bytes.length > MAX_MANIFEST_BYTES) {
+    throw new KithError('MANIFEST_TOO_LARGE', `this share manifest is ${bytes.length} bytes, more than the ${MAX_MANIFEST_BYTES} kith accepts`)
+  }
+  const envelope = decodeCanonical(bytes, 'MANIFEST_MALFORMED', 'the share manifest')
+  if (!isRecord(envelope) || !hasKeys(envelope, ENVELOPE_KEYS)) throw malformed('the envelope must hold exactly body, pub and sig')
+  const { body: bodyBytes, pub, sig } = envelope
+  if (!isBytes(bodyBytes) || !isBytes(pub, PUBLIC_KEY_LENGTH) || !isBytes(sig, SIGNATURE_LENGTH)) {
+    throw malformed('the envelope fields have the wrong types or lengths')
+  }
+  if (options.owner !== undefined && Buffer.compare(Buffer.from(options.owner), Buffer.from(pub)) !== 0) {
+    throw new KithError('MANIFEST_WRONG_OWNER', 'this share manifest is signed by someone other than the share owner; it was refused')
+  }
+  if (!verify('manifest/1', bodyBytes, sig, pub)) {
+    throw new KithError('MANIFEST_BAD_SIGNATURE', 'the share manifest signature does not match its key: it was altered or forged; ask the owner to share it again')
+  }
+  return parseBody(decodeCanonical(bodyBytes, 'MANIFEST_MALFORMED', 'the share manifest body'), pub)
+}
+
+function parseBody (body: unknown, owner: Uint8Array): Manifest {
+  if (!isRecord(body)) throw malformed('the body is not a map')
+  if (typeof body.v === 'number' && body.v !== MANIFEST_FORMAT) {
+    throw new KithError('UNSUPPORTED_VERSION', `this share manifest has format version ${body.v}, which this kith does not know; upgrade kith`)
+  }
+  if (!hasKeys(body, BODY_KEYS)) throw malformed(`the body must hold exactly ${BODY_KEYS.join(', ')}`)
+  const { share, ver, name, at, cs, entries, root } = body
+  if (!isBytes(share, ID_LENGTH)) throw malformed('the share id must be 32 bytes')
+  if (!isUint(ver) || ver < 1) throw malformed('the version must be a positive integer')
+  checkShareName(name)
+  if (!isUint(at)) throw malformed('the creation time must be a non-negative integer')
+  if (!isUint(cs)) throw malformed('the chunk size must be a non-negative integer')
+  if (cs < MIN_CHUNK_SIZE || cs > MAX_CHUNK_SIZE) throw limit(`chunk size ${cs} is outside ${MIN_CHUNK_SIZE}..${MAX_CHUNK_SIZE}`)
+  if (!isBytes(root, ID_LENGTH)) throw malformed('the Merkle root must be 32 bytes')
+  if (!Array.isArray(entries)) throw malformed('entries must be a list')
+  if (entries.length > MAX_ENTRIES) throw limit(`${entries.length} entries, more than ${MAX_ENTRIES}`)
+
+  // First pass: every check, by arithmetic on claimed sizes; nothing is
+  // allocated per chunk until the running total is known to be within bounds.
+  const files = new Set<string>()
+  let previous: Buffer | undefined
+  let totalChunks = 0
+  let totalSize = 0
+  for (const entry of entries as unknown[]) {
+    if (!isRecord(entry)) throw malformed('an entry is not a map')
+    checkPath(entry.p)
+    const path = entry.p
+    const pathBytes = Buffer.from(path, 'utf8')
+    if (previous !== undefined) {
+      const order = Buffer.compare(previous, pathBytes)
+      if (order === 0) throw badPath(path, 'listed twice')
+      if (order > 0) throw malformed(`entries are not sorted (at ${JSON.stringify(path)})`)
+    }
+    previous = pathBytes
+    // A file can't also be a folder holding other entries.
+    for (let i = path.indexOf('/'); i !== -1; i = path.indexOf('/', i + 1)) {
+      if (files.has(path.slice(0, i))) throw badPath(path, `${JSON.stringify(path.slice(0, i))} is a file, not a folder`)
+    }
+    if (entry.t === 'd') {
+      if (!hasKeys(entry, DIR_KEYS)) throw malformed(`folder ${JSON.stringify(path)} must hold exactly t and p`)
+      continue
+    }
+    if (entry.t !== 'f') throw malformed(`entry ${JSON.stringify(path)} has an unknown type`)
+    if (!hasKeys(entry, FILE_KEYS)) throw malformed(`file ${JSON.stringify(path)} must hold exactly ${FILE_KEYS.join(', ')}`)
+    files.add(path)
+    const { s, x, h, c } = entry
+    if (!isUint(s)) throw malformed(`file ${JSON.stringify(path)} has a size that is not a non-negative integer`)
+    if (s > MAX_FILE_SIZE) throw limit(`file ${JSON.stringify(path)} claims ${s} bytes, more than ${MAX_FILE_SIZE}`)
+    const n = chunkCount(s, cs)
+    totalChunks += n
+    if (totalChunks > MAX_CHUNKS) throw limit(`more than ${MAX_CHUNKS} chunks`)
+    totalSize += s
+    if (typeof x !== 'boolean') throw malformed(`file ${JSON.stringify(path)} has a non-boolean executable flag`)
+    if (!isBytes(h, ID_LENGTH)) throw malformed(`file ${JSON.stringify(path)} has a hash that is not 32 bytes`)
+    if (!isBytes(c) || c.length !== n * ID_LENGTH) {
+      throw malformed(`file ${JSON.stringify(path)} of ${s} bytes must list ${n} chunk ids`)
+    }
+  }
+
+  // Second pass: the lists are known to be small enough to hash and convert.
+  const wire = entries as Array<WireFile | WireDir>
+  const ids = Buffer.alloc(totalChunks * ID_LENGTH)
+  let offset = 0
+  for (const entry of wire) {
+    if (entry.t !== 'f') continue
+    ids.set(entry.c, offset)
+    offset += entry.c.length
+  }
+  if (!merkleRoot(ids).equals(root)) throw malformed('the Merkle root does not match the chunk ids')
+
+  return {
+    owner: Uint8Array.from(owner),
+    shareId: Buffer.from(share).toString('hex'),
+    version: ver,
+    name,
+    created: at,
+    chunkSize: cs,
+    entries: wire.map(entry => entry.t === 'd'
+      ? { type: 'dir', path: entry.p }
+      : {
+          type: 'file',
+          path: entry.p,
+          size: entry.s,
+          executable: entry.x,
+          sha256: Buffer.from(entry.h).toString('hex'),
+          chunks: splitIds(entry.c)
+        }),
+    root: Buffer.from(root).toString('hex'),
+    chunkCount: totalChunks,
+    totalSize
+  }
+}
+
+function splitIds (c: Uint8Array): string[] {
+  const hex = Buffer.from(c.buffer, c.byteOffset, c.length).toString('hex')
+  const out: string[] = new Array(c.length / ID_LENGTH)
+  for (let i = 0; i < out.length; i++) out[i] = hex.slice(i * 64, (i + 1) * 64)
+  return out
+}

@@ -1,0 +1,146 @@
+import { spawn, execFile, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createInterface } from 'node:readline'
+
+/**
+ * Real kith daemons in separate processes, each with its own temp home, driven
+ * through the CLI exactly as a user would. `createTestnet(n)` starts n of them;
+ * `stop()` tears everything down.
+ */
+const ROOT = dirname(dirname(dirname(fileURLToPath(import.meta.url))))
+export const KITH = join(ROOT, 'bin', 'kith.js')
+/** vitest runs under the project's Node 24; child processes use the same binary */
+export const NODE = process.execPath
+
+export interface CliResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+export async function runCli (args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return await new Promise(resolve => {
+    execFile(NODE, [KITH, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+      const code = err == null ? 0 : typeof err.code === 'number' ? err.code : 1
+      resolve({ code, stdout, stderr })
+    })
+  })
+}
+
+/** Polls `check` until it returns a truthy value or the deadline passes. */
+export async function waitFor<T> (check: () => Promise<T | undefined | false | null> | T | undefined | false | null, what: string, timeoutMs = 20_000, intervalMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  while (true) {
+    try {
+      const value = await check()
+      if (value != null && value !== false) return value
+    } catch (err) {
+      last = err
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last != null ? `: ${(last as Error).message}` : ''}`)
+    await new Promise(resolve => setTimeout(resolve, intervalMs))
+  }
+}
+
+export interface StartInfo {
+  peerId: string
+  name: string
+  addrs: string[]
+  api: string
+}
+
+export class TestNode {
+  readonly name: string
+  readonly home: string
+  readonly extraArgs: string[]
+  private proc: ChildProcess | null = null
+  info: StartInfo | null = null
+  output = ''
+
+  constructor (name: string, home: string, extraArgs: string[] = []) {
+    this.name = name
+    this.home = home
+    this.extraArgs = extraArgs
+  }
+
+  get peerId (): string {
+    if (this.info == null) throw new Error(`${this.name} is not running`)
+    return this.info.peerId
+  }
+
+  /** Starts the daemon and resolves once it printed its start-up line. */
+  async start (args: string[] = []): Promise<StartInfo> {
+    const proc = spawn(NODE, [KITH, '--home', this.home, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    this.proc = proc
+    proc.stderr.on('data', (d: Buffer) => { this.output += d.toString() })
+    const lines = createInterface({ input: proc.stdout })
+    this.info = await new Promise<StartInfo>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${this.name} did not start: ${this.output}`)), 30_000)
+      lines.once('line', line => {
+        clearTimeout(timer)
+        try { resolve(JSON.parse(line)) } catch { reject(new Error(`${this.name}: unexpected start-up output ${line}`)) }
+      })
+      proc.once('exit', code => {
+        clearTimeout(timer)
+        reject(new Error(`${this.name} exited with ${code ?? 'signal'}: ${this.output}`))
+      })
+    })
+    lines.on('line', line => { this.output += line + '\n' })
+    return this.info
+  }
+
+  async cli (...args: string[]): Promise<CliResult> {
+    return await runCli(['--home', this.home, ...args])
+  }
+
+  /** Runs a CLI command with --json and returns its parsed output; throws on failure. */
+  async json<T = any> (...args: string[]): Promise<T> {
+    const result = await this.cli(...args, '--json')
+    if (result.code !== 0) throw new Error(`kith ${args.join(' ')} failed (${result.code}): ${result.stderr}`)
+    return JSON.parse(result.stdout) as T
+  }
+
+  /** SIGTERM, and wait for a clean exit. */
+  async stop (): Promise<number | null> {
+    return await this.signal('SIGTERM')
+  }
+
+  /** kill -9: no chance to clean up. */
+  async kill9 (): Promise<number | null> {
+    return await this.signal('SIGKILL')
+  }
+
+  private async signal (signal: NodeJS.Signals): Promise<number | null> {
+    const proc = this.proc
+    if (proc == null || proc.exitCode != null || proc.signalCode != null) return proc?.exitCode ?? null
+    const exited = new Promise<number | null>(resolve => proc.once('exit', code => resolve(code)))
+    proc.kill(signal)
+    const code = await exited
+    this.proc = null
+    return code
+  }
+}
+
+export interface Testnet {
+  nodes: TestNode[]
+  stop: () => Promise<void>
+}
+
+export async function createTestnet (names: string[]): Promise<Testnet> {
+  const base = await mkdtemp(join(tmpdir(), 'kith-testnet-'))
+  const nodes = names.map(name => new TestNode(name, join(base, name)))
+  await Promise.all(nodes.map(async n => await n.start()))
+  return {
+    nodes,
+    stop: async () => {
+      await Promise.all(nodes.map(async n => await n.kill9()))
+      await rm(base, { recursive: true, force: true })
+    }
+  }
+}

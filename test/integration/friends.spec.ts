@@ -1,0 +1,121 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { join } from 'node:path'
+import { createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+
+/**
+ * Three real daemons, driven only through the CLI: A invites B and C, both
+ * accept, A revokes C; every node survives a clean stop and a kill -9.
+ */
+interface FriendJson {
+  peerId: string
+  label: string
+  state: string
+  grantsToThem: string[]
+  grantsFromThem: string[]
+  link: { online: boolean }
+}
+
+async function friends (node: TestNode): Promise<FriendJson[]> {
+  return (await node.json<{ friends: FriendJson[] }>('friends')).friends
+}
+
+async function friendOf (node: TestNode, peerId: string): Promise<FriendJson | undefined> {
+  return (await friends(node)).find(f => f.peerId === peerId)
+}
+
+async function online (node: TestNode, other: TestNode): Promise<boolean> {
+  return (await friendOf(node, other.peerId))?.link.online === true
+}
+
+describe('three friends through the CLI', () => {
+  let net: Testnet
+  let a: TestNode, b: TestNode, c: TestNode
+  let inviteB: string, inviteC: string
+
+  beforeAll(async () => {
+    net = await createTestnet(['alice', 'bob', 'carol'])
+    ;[a, b, c] = net.nodes as [TestNode, TestNode, TestNode]
+    inviteB = join(a.home, 'bob.invite')
+    inviteC = join(a.home, 'carol.invite')
+  })
+
+  afterAll(async () => {
+    await net?.stop()
+  })
+
+  it('A invites B and C, both accept, and all list the right friends and grants', async () => {
+    const made = await a.json('invite', 'create', '--name', 'bob', '--grant', 'files', 'backup', '-o', inviteB)
+    expect(made.invite.grants).toEqual(['backup', 'files'])
+    await a.json('invite', 'create', '--name', 'carol', '--expires', '1h', '-o', inviteC)
+
+    const shown = await b.json('invite', 'show', inviteB)
+    expect(shown.valid).toBe(true)
+    expect(shown.invite.issuer).toBe(a.peerId)
+
+    const acceptedB = await b.json('invite', 'accept', inviteB)
+    expect(acceptedB.friend).toMatchObject({ peerId: a.peerId, label: 'alice', grantsFromThem: ['backup', 'files'], grantsToThem: ['backup', 'files'] })
+    const acceptedC = await c.json('invite', 'accept', inviteC, '--name', 'al', '--grant', 'files')
+    expect(acceptedC.friend).toMatchObject({ peerId: a.peerId, label: 'al', grantsFromThem: ['files', 'locate', 'relay'], grantsToThem: ['files'] })
+
+    const ofA = await friends(a)
+    expect(ofA.map(f => [f.label, f.peerId, f.state, f.grantsToThem, f.grantsFromThem])).toEqual([
+      ['bob', b.peerId, 'active', ['backup', 'files'], ['backup', 'files']],
+      ['carol', c.peerId, 'active', ['files', 'locate', 'relay'], ['files']]
+    ])
+    expect((await friends(b)).map(f => f.peerId)).toEqual([a.peerId])
+    expect((await friends(c)).map(f => f.peerId)).toEqual([a.peerId])
+
+    await waitFor(async () => await online(a, b) && await online(a, c) && await online(b, a) && await online(c, a), 'all links up')
+    const listed = await a.json('invite', 'list')
+    expect(listed.invites.map((i: { label: string, status: string }) => [i.label, i.status]).sort()).toEqual([['bob', 'used'], ['carol', 'used']])
+  })
+
+  it('a second acceptance of a single-use invite fails cleanly and changes nothing', async () => {
+    const before = await friends(a)
+    const again = await c.cli('invite', 'accept', inviteB)
+    expect(again.code).toBe(1)
+    expect(again.stderr).toContain('INVITE_USED')
+    expect(await friends(a)).toEqual(expect.arrayContaining(before.map(f => expect.objectContaining({ peerId: f.peerId, state: f.state, label: f.label }))))
+    expect((await friends(a)).length).toBe(2)
+    expect((await friends(c)).map(f => f.label)).toEqual(['al'])
+  })
+
+  it('a revoked friend is cut off within 5 s and refused afterwards', async () => {
+    const revoked = await a.json('friend', 'revoke', 'carol')
+    expect(revoked.friend.state).toBe('revoked')
+    await waitFor(async () => !(await online(c, a)) && !(await online(a, c)), 'carol cut off', 5_000, 50)
+
+    // carol can't reach alice any more, not even to redeem a fresh invite
+    const fresh = join(a.home, 'carol2.invite')
+    await a.json('invite', 'create', '-o', fresh)
+    const retry = await c.cli('invite', 'accept', fresh)
+    expect(retry.code).toBe(1)
+    expect(retry.stderr).toContain('INVITE_ISSUER_UNREACHABLE')
+    expect((await friendOf(a, c.peerId))?.state).toBe('revoked')
+  })
+
+  it('every node restarts after a clean stop with identity and friends intact, and reconnects', async () => {
+    for (const node of [a, b, c]) {
+      const before = { peerId: node.peerId, friends: (await friends(node)).map(f => [f.peerId, f.label, f.state, f.grantsToThem]) }
+      expect(await node.stop()).toBe(0)
+      const info = await node.start()
+      expect(info.peerId).toBe(before.peerId)
+      expect((await friends(node)).map(f => [f.peerId, f.label, f.state, f.grantsToThem])).toEqual(before.friends)
+    }
+    await waitFor(async () => await online(a, b) && await online(b, a), 'alice and bob reconnected')
+  })
+
+  it('every node restarts after kill -9 with identity and friends intact, and reconnects', async () => {
+    for (const node of [b, a, c]) {
+      const before = { peerId: node.peerId, friends: (await friends(node)).map(f => [f.peerId, f.label, f.state, f.grantsToThem]) }
+      await node.kill9()
+      const info = await node.start()
+      expect(info.peerId).toBe(before.peerId)
+      expect((await friends(node)).map(f => [f.peerId, f.label, f.state, f.grantsToThem])).toEqual(before.friends)
+      await waitFor(async () => await online(a, b) && await online(b, a), `alice and bob reconnected after ${node.name} was killed`)
+    }
+    // revocation holds across restarts
+    expect((await friendOf(a, c.peerId))?.state).toBe('revoked')
+    expect(await online(c, a)).toBe(false)
+  })
+})
