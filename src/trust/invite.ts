@@ -80,7 +80,7 @@ const envelopeSchema = z.object({
 }).strict()
 
 export const displayName = z.string().min(1).max(MAX_NAME_LENGTH)
-  .refine(s => !/[\u0000-\u001f\u007f]/.test(s), 'must not hold control characters')
+  .refine(s => !/\p{Cc}/u.test(s), 'must not hold control characters') // C0, DEL and C1 (e.g. U+009B, a terminal CSI)
 
 const bodySchema = z.object({
   v: z.literal(INVITE_VERSION),

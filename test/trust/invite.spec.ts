@@ -226,6 +226,7 @@ describe('createInvite / parseInvite', () => {
     const bad: Array<[string, Partial<CreateInviteInit>]> = [
       ['an empty name', { name: '' }],
       ['a name with a newline', { name: 'ali\nce' }],
+      ['a name with a C1 control', { name: 'ali\u009bce' }],
       ['a name too long', { name: 'n'.repeat(MAX_NAME_LENGTH + 1) }],
       ['a bad address', { addrs: ['localhost:4001'] }],
       ['an unknown grant', { grants: ['admin' as Service] }],
@@ -589,6 +590,12 @@ describe('body fields (properly signed)', () => {
       expect(err.message).toMatch(/not a valid kith invite/)
     })
   }
+
+  it('accepts ordinary Unicode names', () => {
+    for (const name of ['Zoë', '山田 花子', 'Ольга 🌻', 'a b', 'x'.repeat(MAX_NAME_LENGTH)]) {
+      expect(parseInvite(signedText({ ...baseBody(), name })).name).toBe(name)
+    }
+  })
 
   for (const field of ['name', 'addrs', 'nbf', 'exp', 'secret', 'uses', 'grants']) {
     it(`refuses a body without ${field}`, () => {
