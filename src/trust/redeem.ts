@@ -87,7 +87,7 @@ export function redeemHandler (init: RedeemHandlerInit) {
       response = { v: VERSION, ok: true, name: init.displayName(), grants: invite.grants }
     } catch (err) {
       const code: ErrorCode = err instanceof KithError ? err.code : 'PROTOCOL_VIOLATION'
-      const message = err instanceof KithError ? err.message : 'the request could not be read'
+      const message = err instanceof KithError ? err.message : `the request could not be read (${(err as Error).message})`
       response = { v: VERSION, ok: false, code, message }
     }
     try {
