@@ -8,6 +8,7 @@
  */
 export const ERROR_CODES = {
   // input that can't be understood
+  USAGE: 400,
   BAD_REQUEST: 400,
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_VERSION: 400,

@@ -104,9 +104,15 @@ function checkSecretKey (path: string, secretKey: Uint8Array): Uint8Array {
 export async function loadIdentity (path: string, passphrase?: string): Promise<Identity> {
   const info = await stat(path)
   if (info.size > MAX_IDENTITY_FILE) throw corrupt(path, `file is ${info.size} bytes, far more than a key`)
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    throw new KithError('IDENTITY_CORRUPT', `can't read the key file ${path} (${(err as Error).message}); check its permissions`, { cause: err })
+  }
   let json: unknown
   try {
-    json = JSON.parse(await readFile(path, 'utf8'))
+    json = JSON.parse(text)
   } catch {
     throw corrupt(path, 'not valid JSON; it may be truncated')
   }

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, createPublicKey, verify as cryptoVerify } from 'node:crypto'
 import nacl from 'tweetnacl'
 
 /**
@@ -8,8 +8,10 @@ import nacl from 'tweetnacl'
  * made for one record type (an invite, an address record, a manifest) can never
  * be replayed as another, whatever the body bytes.
  *
- * tweetnacl accepts malleated signatures (S + L), so verification rejects any
- * signature whose scalar S is not fully reduced (S >= L), as RFC 8032 requires.
+ * Signing uses tweetnacl; verification uses node:crypto (OpenSSL), about a
+ * hundred times faster, which matters once many records arrive. Either way a
+ * signature whose scalar S is not fully reduced (S >= L, a malleated copy of
+ * a valid one, which tweetnacl accepts) is rejected first, as RFC 8032 asks.
  */
 
 export const SIGNATURE_LENGTH = 64
@@ -47,5 +49,10 @@ export function isCanonicalSignature (signature: Uint8Array): boolean {
 
 export function verify (domain: SigningDomain, body: Uint8Array, signature: Uint8Array, publicKey: Uint8Array): boolean {
   if (publicKey.length !== PUBLIC_KEY_LENGTH || !isCanonicalSignature(signature)) return false
-  return nacl.sign.detached.verify(signedMessage(domain, body), signature, publicKey)
+  try {
+    const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(publicKey).toString('base64url') }, format: 'jwk' })
+    return cryptoVerify(null, signedMessage(domain, body), key, signature)
+  } catch {
+    return false // not a point on the curve
+  }
 }

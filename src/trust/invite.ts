@@ -79,8 +79,15 @@ const envelopeSchema = z.object({
   sig: bytes(64)
 }).strict()
 
+/**
+ * Names come from other people and end up on terminals: refuse controls (C0,
+ * DEL, C1 such as the CSI U+009B), format characters (bidi overrides such as
+ * U+202E, zero-width characters) and line/paragraph separators.
+ */
+export const UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u
+
 export const displayName = z.string().min(1).max(MAX_NAME_LENGTH)
-  .refine(s => !/\p{Cc}/u.test(s), 'must not hold control characters') // C0, DEL and C1 (e.g. U+009B, a terminal CSI)
+  .refine(s => !UNPRINTABLE.test(s), 'must not hold control, format or line-separator characters')
 
 const bodySchema = z.object({
   v: z.literal(INVITE_VERSION),
@@ -94,10 +101,11 @@ const bodySchema = z.object({
   grants: z.array(z.enum(SERVICES)).max(SERVICES.length)
 }).strict().refine(b => b.exp > b.nbf && b.exp - b.nbf <= MAX_INVITE_LIFETIME_S, 'validity window is empty or too long')
 
-function isMultiaddr (s: string): boolean {
+/** A multiaddr with at least one component, written in its normal form. */
+export function isMultiaddr (s: string): boolean {
   try {
-    multiaddr(s)
-    return true
+    const ma = multiaddr(s)
+    return ma.getComponents().length > 0 && ma.toString() === s
   } catch {
     return false
   }

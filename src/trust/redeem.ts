@@ -5,7 +5,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection, Libp2p, Stream, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode, type ErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
-import { checkValidity, redeemProof, displayName, type Invite, MAX_INVITE_ADDRS, MAX_ADDR_LENGTH } from './invite.ts'
+import { checkValidity, redeemProof, displayName, isMultiaddr, type Invite, MAX_INVITE_ADDRS, MAX_ADDR_LENGTH } from './invite.ts'
 import { SERVICES, type Service } from './grants.ts'
 import type { FriendBook, Friend } from './friends.ts'
 import type { InviteBook } from './invite-book.ts'
@@ -50,10 +50,6 @@ function parse<T> (schema: z.ZodType<T>, bytes: Uint8Array, what: string): T {
   return result.data
 }
 
-function isValidMultiaddr (s: string): boolean {
-  try { multiaddr(s); return true } catch { return false }
-}
-
 export interface RedeemHandlerInit {
   friends: FriendBook
   invites: InviteBook
@@ -72,7 +68,7 @@ export function redeemHandler (init: RedeemHandlerInit) {
       const accepter = connection.remotePeer
       if (accepter.publicKey == null) throw new KithError('PROTOCOL_VIOLATION', 'the accepter has no Ed25519 identity')
       const publicKey = Buffer.from(accepter.publicKey.raw).toString('base64')
-      const addrs = request.addrs.filter(isValidMultiaddr)
+      const addrs = request.addrs.filter(isMultiaddr)
       const invite = await init.invites.redeem(request.id, init.self, accepter.toString(), request.proof, async (invite) => {
         await init.friends.befriend({
           peerId: accepter.toString(),

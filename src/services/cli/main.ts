@@ -31,7 +31,7 @@ const program = new Command()
   .option('--passphrase-file <file>', 'file holding the passphrase that protects the key (or set KITH_PASSPHRASE)')
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride()
-  .configureOutput({ outputError: (text, write) => write(text) })
+  .configureOutput({ outputError: (text, write) => write(`kith: ${text.replace(/^error: /, '').trimEnd()} [USAGE]\n`) })
 
 function globals (cmd: Command): Globals & { home: string } {
   const opts = cmd.optsWithGlobals<Globals>()

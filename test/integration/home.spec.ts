@@ -1,0 +1,114 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest'
+import { mkdtemp, rm, readFile, writeFile, truncate, unlink, readdir } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { runCli, TestNode } from '../helpers/testnet.ts'
+
+/**
+ * The home folder as a user meets it: first start makes an identity, restarts
+ * keep it, and damaged or missing state stops the node with an error naming
+ * the file instead of silently starting over.
+ */
+describe('the home folder', () => {
+  let base: string
+  let node: TestNode
+
+  beforeEach(async () => {
+    base = await mkdtemp(join(tmpdir(), 'kith-home-'))
+    node = new TestNode('home', join(base, 'home'))
+  })
+
+  afterEach(async () => {
+    await node.kill9()
+    await rm(base, { recursive: true, force: true })
+  })
+
+  async function startFails (...extra: string[]): Promise<{ code: number, stderr: string }> {
+    return await runCli(['--home', node.home, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', ...extra])
+  }
+
+  it('keeps one identity across restarts and prints it with `kith id`, also offline', async () => {
+    const first = await node.start()
+    expect((await node.json('id')).peerId).toBe(first.peerId)
+    await node.stop()
+    expect((await node.json('id')).peerId).toBe(first.peerId)
+    expect((await node.start()).peerId).toBe(first.peerId)
+  })
+
+  it('refuses a second daemon on the same home', async () => {
+    await node.start()
+    const second = await startFails()
+    expect(second.code).toBe(1)
+    expect(second.stderr).toContain('HOME_LOCKED')
+  })
+
+  it('refuses to start on a truncated key file, naming it, and keeps the file', async () => {
+    await node.start()
+    await node.stop()
+    const keyFile = join(node.home, 'identity.key')
+    const original = await readFile(keyFile)
+    await truncate(keyFile, 20)
+    const result = await startFails()
+    expect(result.code).toBe(1)
+    expect(result.stderr).toContain('IDENTITY_CORRUPT')
+    expect(result.stderr).toContain(keyFile)
+    expect((await readFile(keyFile)).length).toBe(20)
+    await writeFile(keyFile, original)
+    await node.start()
+  })
+
+  it('refuses to make a new identity when the key file of a used home is missing', async () => {
+    await node.start()
+    await node.stop()
+    await unlink(join(node.home, 'identity.key'))
+    const result = await startFails()
+    expect(result.code).toBe(1)
+    expect(result.stderr).toContain('IDENTITY_MISSING')
+    await expect(readFile(join(node.home, 'identity.key'))).rejects.toThrow()
+  })
+
+  it('refuses to start on a damaged database, naming it', async () => {
+    await node.start()
+    await node.stop()
+    const db = join(node.home, 'db')
+    const manifest = (await readdir(db)).find(f => f.startsWith('MANIFEST-'))!
+    await writeFile(join(db, 'CURRENT'), 'MANIFEST-999999\n')
+    const result = await startFails()
+    expect(result.code).toBe(1)
+    expect(result.stderr).toContain('DATABASE_CORRUPT')
+    expect(result.stderr).toContain(db)
+    await writeFile(join(db, 'CURRENT'), `${manifest}\n`)
+    await node.start()
+  })
+
+  it('seals the key under a passphrase and will not start without it', async () => {
+    const passFile = join(base, 'pass')
+    await writeFile(passFile, 'correct horse battery staple\n')
+    const first = await node.start(['--passphrase-file', passFile])
+    await node.stop()
+    expect(await readFile(join(node.home, 'identity.key'), 'utf8')).toContain('scrypt')
+    const without = await startFails()
+    expect(without.code).toBe(1)
+    expect(without.stderr).toContain('IDENTITY_LOCKED')
+    await writeFile(passFile, 'wrong\n')
+    const wrong = await startFails('--passphrase-file', passFile)
+    expect(wrong.stderr).toContain('IDENTITY_LOCKED')
+    await writeFile(passFile, 'correct horse battery staple\n')
+    expect((await node.start(['--passphrase-file', passFile])).peerId).toBe(first.peerId)
+  })
+
+  it('explains bad arguments with a code and exit status 2 or 1', async () => {
+    const unknown = await runCli(['--home', node.home, 'frobnicate'])
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr).toContain('USAGE')
+    const badApi = await startFails('--api', '8.8.8.8:80')
+    expect(badApi.code).toBe(1)
+    expect(badApi.stderr).toContain('BAD_REQUEST')
+    const badListen = await startFails('--listen', 'not-a-multiaddr')
+    expect(badListen.code).toBe(1)
+    expect(badListen.stderr).toMatch(/can't listen/)
+    const noDaemon = await runCli(['--home', node.home, 'friends'])
+    expect(noDaemon.code).toBe(1)
+    expect(noDaemon.stderr).toContain('DAEMON_NOT_RUNNING')
+  })
+})
