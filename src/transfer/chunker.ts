@@ -103,6 +103,11 @@ async function plan (root: string, skipped: SkippedEntry[], chunkSize: number, o
       try {
         info = await lstat(full)
       } catch (err) {
+        // Gone since readdir, or a name that is not valid UTF-8 (Node decoded it lossily).
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+          skipped.push({ path, reason: 'it vanished while the folder was read, or its name is not valid UTF-8' })
+          continue
+        }
         throw unreadable(path, err)
       }
       if (info.isDirectory()) {

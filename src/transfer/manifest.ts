@@ -187,6 +187,8 @@ export function chunkLength (size: number, chunkSize: number, index: number): nu
 }
 
 function toWire (entry: ManifestEntry): WireFile | WireDir {
+  // Checked here too: encoding would silently replace a lone surrogate.
+  checkPath(entry.path)
   if (entry.type === 'dir') return { t: 'd', p: entry.path }
   if (!isId(entry.sha256) || !entry.chunks.every(isId)) {
     throw new KithError('BAD_REQUEST', `file ${JSON.stringify(entry.path)} has a hash or chunk id that is not 64 lowercase hex characters`)
@@ -208,6 +210,11 @@ function toWire (entry: ManifestEntry): WireFile | WireDir {
  */
 export function createManifest (init: CreateManifestInit): { manifest: Manifest, bytes: Uint8Array } {
   if (!isId(init.shareId)) throw new KithError('BAD_REQUEST', 'a share id must be 64 lowercase hex characters')
+  try {
+    checkShareName(init.name)
+  } catch (err) {
+    throw new KithError('BAD_REQUEST', `a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control characters`, { cause: err })
+  }
   const ids = Buffer.from(init.entries.flatMap(e => e.type === 'file' ? e.chunks : []).join(''), 'hex')
   const body: WireBody = {
     v: MANIFEST_FORMAT,

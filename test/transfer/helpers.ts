@@ -1,0 +1,55 @@
+import { createHash } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import nacl from 'tweetnacl'
+import { expect } from 'vitest'
+import { KithError, type ErrorCode } from '../../src/errors.ts'
+
+/** A deterministic Ed25519 keypair from a one-byte seed. */
+export function keypair (seed = 1): { publicKey: Uint8Array, secretKey: Uint8Array } {
+  return nacl.sign.keyPair.fromSeed(new Uint8Array(32).fill(seed))
+}
+
+/** Deterministic pseudo-random bytes (sha256 in counter mode). */
+export function pseudoRandom (length: number, seed = 'kith'): Buffer {
+  const out = Buffer.alloc(length)
+  for (let at = 0, i = 0; at < length; i++) {
+    at += createHash('sha256').update(`${seed}/${i}`).digest().copy(out, at)
+  }
+  return out
+}
+
+export function hex (byte: number): string {
+  return Buffer.alloc(32, byte).toString('hex')
+}
+
+/** A temp folder, removed by the returned cleanup. */
+export async function tempDir (): Promise<{ dir: string, cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'kith-transfer-'))
+  return { dir, cleanup: async () => rm(dir, { recursive: true, force: true }) }
+}
+
+export function expectCode (fn: () => unknown, code: ErrorCode): KithError {
+  let caught: unknown
+  try {
+    fn()
+  } catch (err) {
+    caught = err
+  }
+  expect(caught, `expected ${code}`).toBeInstanceOf(KithError)
+  expect((caught as KithError).code).toBe(code)
+  return caught as KithError
+}
+
+export async function expectCodeAsync (promise: Promise<unknown>, code: ErrorCode): Promise<KithError> {
+  let caught: unknown
+  try {
+    await promise
+  } catch (err) {
+    caught = err
+  }
+  expect(caught, `expected ${code}`).toBeInstanceOf(KithError)
+  expect((caught as KithError).code).toBe(code)
+  return caught as KithError
+}

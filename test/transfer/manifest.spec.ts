@@ -1,0 +1,278 @@
+import { createHash } from 'node:crypto'
+import { describe, expect, it } from 'vitest'
+import { encodeCanonical } from '../../src/peer/canonical.ts'
+import { sign } from '../../src/peer/signing.ts'
+import {
+  MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MAX_MANIFEST_BYTES, MAX_PATH_DEPTH, MAX_PATH_LENGTH, MAX_SEGMENT_LENGTH,
+  MIN_CHUNK_SIZE
+} from '../../src/transfer/constants.ts'
+import { checkPath, chunkLength, comparePaths, createManifest, decodeManifest, type ManifestEntry } from '../../src/transfer/manifest.ts'
+import { merkleRoot } from '../../src/transfer/merkle.ts'
+import { expectCode, hex, keypair } from './helpers.ts'
+
+const owner = keypair(1)
+const stranger = keypair(2)
+const CS = MIN_CHUNK_SIZE
+const sha = (s: string): Buffer => createHash('sha256').update(s).digest()
+const id = (s: string): string => sha(s).toString('hex')
+
+const entries: ManifestEntry[] = [
+  { type: 'file', path: 'a.txt', size: 0, executable: false, sha256: id(''), chunks: [] },
+  { type: 'dir', path: 'docs' },
+  { type: 'file', path: 'docs/big.bin', size: 2 * CS + 5, executable: false, sha256: id('big'), chunks: [id('c0'), id('c1'), id('c2')] },
+  { type: 'dir', path: 'docs/empty' },
+  { type: 'file', path: 'run.sh', size: 10, executable: true, sha256: id('run'), chunks: [id('c3')] },
+  { type: 'file', path: 'ünïcødé/名前.txt', size: CS, executable: false, sha256: id('u'), chunks: [id('c4')] }
+]
+
+const init = { secretKey: owner.secretKey, publicKey: owner.publicKey, shareId: hex(0x11), version: 4, name: 'Holiday photos', created: 1_700_000_000_000, chunkSize: CS, entries }
+
+// Wire-level helpers: bodies signed by the owner but built by hand, to reach
+// the checks that come after the signature.
+type Wire = Record<string, unknown>
+function wireFile (path: string, size: number, chunks: number, extra: Wire = {}): Wire {
+  return { t: 'f', p: path, s: size, x: false, h: sha(path), c: Buffer.concat(Array.from({ length: chunks }, (_, i) => sha(`${path}/${i}`))), ...extra }
+}
+function wireBody (list: Wire[], extra: Wire = {}): Wire {
+  const ids = Buffer.concat(list.filter(e => e.t === 'f').map(e => e.c as Buffer))
+  const root = ids.length % 32 === 0 ? merkleRoot(ids) : Buffer.alloc(32)
+  return { v: 1, share: Buffer.alloc(32, 0x11), ver: 1, name: 'test', at: 0, cs: CS, entries: list, root, ...extra }
+}
+function signed (body: unknown, key = owner): Uint8Array {
+  const bodyBytes = encodeCanonical(body)
+  return encodeCanonical({ body: bodyBytes, pub: key.publicKey, sig: sign('manifest/1', bodyBytes, key.secretKey) })
+}
+
+describe('manifest codec', () => {
+  it('round-trips', () => {
+    const { manifest, bytes } = createManifest(init)
+    expect(manifest.shareId).toBe(hex(0x11))
+    expect(manifest.version).toBe(4)
+    expect(manifest.name).toBe('Holiday photos')
+    expect(manifest.created).toBe(1_700_000_000_000)
+    expect(manifest.chunkSize).toBe(CS)
+    expect(manifest.entries).toEqual(entries)
+    expect(manifest.chunkCount).toBe(5)
+    expect(manifest.totalSize).toBe(3 * CS + 15)
+    expect(Buffer.from(manifest.owner).equals(Buffer.from(owner.publicKey))).toBe(true)
+    expect(manifest.root).toBe(merkleRoot(Buffer.from(['c0', 'c1', 'c2', 'c3', 'c4'].map(id).join(''), 'hex')).toString('hex'))
+    expect(decodeManifest(bytes)).toEqual(manifest)
+    expect(decodeManifest(bytes, { owner: owner.publicKey })).toEqual(manifest)
+  })
+
+  it('is deterministic and matches the format 1 fixture', () => {
+    const { bytes } = createManifest(init)
+    expect(Buffer.from(createManifest(init).bytes).equals(Buffer.from(bytes))).toBe(true)
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(MANIFEST_FIXTURE_SHA256)
+  })
+
+  it('refuses a manifest signed by someone other than the expected owner', () => {
+    const { bytes } = createManifest({ ...init, secretKey: stranger.secretKey, publicKey: stranger.publicKey })
+    expectCode(() => decodeManifest(bytes, { owner: owner.publicKey }), 'MANIFEST_WRONG_OWNER')
+  })
+
+  it('refuses a signature by another key than the one it names', () => {
+    const bodyBytes = encodeCanonical(wireBody([]))
+    const bytes = encodeCanonical({ body: bodyBytes, pub: owner.publicKey, sig: sign('manifest/1', bodyBytes, stranger.secretKey) })
+    expectCode(() => decodeManifest(bytes), 'MANIFEST_BAD_SIGNATURE')
+  })
+
+  it('checks the signature before parsing the body', () => {
+    const bytes = encodeCanonical({ body: Buffer.from([0xff, 0xff, 0x00]), pub: owner.publicKey, sig: Buffer.alloc(64, 1) })
+    expectCode(() => decodeManifest(bytes), 'MANIFEST_BAD_SIGNATURE')
+  })
+
+  it('refuses a signature made for another record type', () => {
+    const bodyBytes = encodeCanonical(wireBody([]))
+    const bytes = encodeCanonical({ body: bodyBytes, pub: owner.publicKey, sig: sign('invite/1', bodyBytes, owner.secretKey) })
+    expectCode(() => decodeManifest(bytes), 'MANIFEST_BAD_SIGNATURE')
+  })
+
+  it('refuses every single bit flip', () => {
+    const { bytes } = createManifest(init)
+    for (let i = 0; i < bytes.length; i++) {
+      const bad = Buffer.from(bytes)
+      bad[i]! ^= 1 << (i % 8)
+      expect(() => decodeManifest(bad), `byte ${i}`).toThrow(/./)
+      try {
+        decodeManifest(bad)
+      } catch (err) {
+        expect(['MANIFEST_MALFORMED', 'MANIFEST_BAD_SIGNATURE'], `byte ${i}`).toContain((err as { code: string }).code)
+      }
+    }
+  })
+
+  it('refuses every truncation and trailing bytes', () => {
+    const { bytes } = createManifest(init)
+    for (let n = 0; n < bytes.length; n++) expectCode(() => decodeManifest(bytes.subarray(0, n)), 'MANIFEST_MALFORMED')
+    expectCode(() => decodeManifest(Buffer.concat([bytes, Buffer.from([0])])), 'MANIFEST_MALFORMED')
+  })
+
+  it('checks the byte length before decoding', () => {
+    expectCode(() => decodeManifest(new Uint8Array(MAX_MANIFEST_BYTES + 1)), 'MANIFEST_TOO_LARGE')
+  })
+
+  it('refuses a non-canonical envelope or extra fields', () => {
+    const bodyBytes = encodeCanonical(wireBody([]))
+    const sig = sign('manifest/1', bodyBytes, owner.secretKey)
+    expectCode(() => decodeManifest(encodeCanonical({ body: bodyBytes, pub: owner.publicKey, sig, extra: 1 })), 'MANIFEST_MALFORMED')
+    expectCode(() => decodeManifest(encodeCanonical({ body: bodyBytes, pub: owner.publicKey })), 'MANIFEST_MALFORMED')
+    expectCode(() => decodeManifest(encodeCanonical([bodyBytes, owner.publicKey, sig])), 'MANIFEST_MALFORMED')
+    // Keys out of canonical order (canonical is pub, sig, body: shorter keys
+    // first): same content, different bytes.
+    const canonical = Buffer.from(encodeCanonical({ body: bodyBytes, pub: owner.publicKey, sig }))
+    const part = (value: object): Buffer => Buffer.from(encodeCanonical(value)).subarray(1)
+    const swapped = Buffer.concat([Buffer.from([0xa3]), part({ body: bodyBytes }), part({ pub: owner.publicKey }), part({ sig })])
+    expect(swapped.length).toBe(canonical.length)
+    expect(swapped.equals(canonical)).toBe(false)
+    expectCode(() => decodeManifest(swapped), 'MANIFEST_MALFORMED')
+  })
+
+  it('refuses an unknown body format version', () => {
+    expectCode(() => decodeManifest(signed(wireBody([], { v: 2 }))), 'UNSUPPORTED_VERSION')
+  })
+})
+
+describe('manifest limits', () => {
+  it('refuses chunk sizes outside MIN..MAX, zero and huge', () => {
+    for (const cs of [0, 1, MIN_CHUNK_SIZE - 1, MAX_CHUNK_SIZE + 1, 2 ** 40, Number.MAX_SAFE_INTEGER]) {
+      expectCode(() => decodeManifest(signed(wireBody([], { cs }))), 'MANIFEST_LIMIT')
+    }
+    expectCode(() => decodeManifest(signed(wireBody([], { cs: -1 }))), 'MANIFEST_MALFORMED')
+    expectCode(() => decodeManifest(signed(wireBody([], { cs: 65536.5 }))), 'MANIFEST_MALFORMED')
+    expect(decodeManifest(signed(wireBody([], { cs: MAX_CHUNK_SIZE }))).chunkSize).toBe(MAX_CHUNK_SIZE)
+  })
+
+  it('refuses more than MAX_ENTRIES entries', () => {
+    const dirs = Array.from({ length: MAX_ENTRIES + 1 }, (_, i) => ({ t: 'd', p: `d${String(i).padStart(6, '0')}` }))
+    expectCode(() => decodeManifest(signed(wireBody(dirs))), 'MANIFEST_LIMIT')
+  })
+
+  it('refuses a claim of 10^9 chunks at once, before touching chunk lists', () => {
+    // One file claiming 10^9 chunks, with a one-id chunk list.
+    const one = signed(wireBody([wireFile('huge', 1e9 * CS, 1)]))
+    // A thousand files of 10^6 chunks each, still within MAX_FILE_SIZE.
+    const many = signed(wireBody(Array.from({ length: 1000 }, (_, i) => wireFile(`f${String(i).padStart(4, '0')}`, 1e6 * CS, 0))))
+    // Files each under MAX_FILE_SIZE whose sum passes MAX_CHUNKS.
+    const sum = signed(wireBody([wireFile('a', (MAX_CHUNKS - 1) * CS, 0, { c: Buffer.alloc((MAX_CHUNKS - 1) * 32, 1) }), wireFile('b', 2 * CS, 0)]))
+    // Generous bounds (GC pauses on a busy CI); what matters is that nothing
+    // proportional to 10^9 is allocated or looped over.
+    for (const [bytes, bound] of [[one, 200], [many, 1000], [sum, 1000]] as const) {
+      const started = performance.now()
+      expectCode(() => decodeManifest(bytes), 'MANIFEST_LIMIT')
+      expect(performance.now() - started).toBeLessThan(bound)
+    }
+  })
+
+  it('refuses a file larger than MAX_FILE_SIZE', () => {
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('big', MAX_FILE_SIZE + 1, 0)], { cs: MAX_CHUNK_SIZE }))), 'MANIFEST_LIMIT')
+  })
+
+  it('refuses a chunk list that does not match the size', () => {
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', 2 * CS, 1)]))), 'MANIFEST_MALFORMED')
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', 2 * CS, 3)]))), 'MANIFEST_MALFORMED')
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', 0, 1)]))), 'MANIFEST_MALFORMED')
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', 10, 1, { c: Buffer.alloc(31) })]))), 'MANIFEST_MALFORMED')
+  })
+
+  it('refuses a Merkle root that does not match the chunk ids', () => {
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', CS, 1)], { root: Buffer.alloc(32) }))), 'MANIFEST_MALFORMED')
+  })
+
+  it('refuses wrong field types, missing and unknown fields', () => {
+    const cases: Wire[] = [
+      wireBody([], { share: Buffer.alloc(31) }),
+      wireBody([], { ver: 0 }),
+      wireBody([], { ver: 'one' }),
+      wireBody([], { name: '' }),
+      wireBody([], { name: 'bad\nname' }),
+      wireBody([], { name: 'x'.repeat(256) }),
+      wireBody([], { at: -1 }),
+      wireBody([], { entries: {} }),
+      wireBody([], { root: Buffer.alloc(31) }),
+      wireBody([], { extra: true }),
+      wireBody([wireFile('a', 10, 1, { x: 1 })]),
+      wireBody([wireFile('a', 10, 1, { h: Buffer.alloc(31) })]),
+      wireBody([wireFile('a', -1, 0)]),
+      wireBody([wireFile('a', 10, 1, { extra: 1 })]),
+      wireBody([{ t: 'd', p: 'a', s: 1 }]),
+      wireBody([{ t: 'l', p: 'a' }]),
+      wireBody([['a'] as unknown as Wire])
+    ]
+    const { entries: _, ...noEntries } = wireBody([])
+    cases.push(noEntries)
+    for (const [i, body] of cases.entries()) {
+      const err = expectCode(() => decodeManifest(signed(body)), 'MANIFEST_MALFORMED')
+      expect(err.message, `case ${i}`).toMatch(/not valid/)
+    }
+  })
+
+  it('refuses unsorted entries and duplicates', () => {
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('b', 1, 1), wireFile('a', 1, 1)]))), 'MANIFEST_MALFORMED')
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', 1, 1), wireFile('a', 1, 1)]))), 'MANIFEST_BAD_PATH')
+    expectCode(() => decodeManifest(signed(wireBody([{ t: 'd', p: 'a' }, wireFile('a', 1, 1)]))), 'MANIFEST_BAD_PATH')
+    // Bytewise order, not locale order: '-' (0x2d) sorts before '/' (0x2f).
+    expect(decodeManifest(signed(wireBody([{ t: 'd', p: 'a' }, wireFile('a-b', 1, 1), wireFile('a/b', 1, 1)]))).entries.length).toBe(3)
+    expect(comparePaths('Z', 'a')).toBeLessThan(0)
+  })
+
+  it('refuses a file that is also a folder', () => {
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', 1, 1), wireFile('a/b', 1, 1)]))), 'MANIFEST_BAD_PATH')
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', 1, 1), wireFile('a-', 1, 1), { t: 'd', p: 'a/b/c' }]))), 'MANIFEST_BAD_PATH')
+  })
+})
+
+const BAD_PATHS: Array<[string, string]> = [
+  ['', 'empty'],
+  ['/etc/passwd', 'absolute'],
+  ['..', 'parent'],
+  ['../x', 'parent'],
+  ['a/../../x', 'parent inside'],
+  ['.', 'dot'],
+  ['a/./b', 'dot inside'],
+  ['a//b', 'empty segment'],
+  ['a/', 'trailing slash'],
+  ['a\\..\\b', 'backslash'],
+  ['C:\\Windows', 'backslash'],
+  ['a\0b', 'NUL'],
+  ['a\nb', 'newline'],
+  ['a\u001bb', 'escape'],
+  ['a\u007fb', 'DEL'],
+  ['x'.repeat(MAX_PATH_LENGTH + 1), 'too long'],
+  [Array.from({ length: 8 }, () => 'é'.repeat(100)).join('/'), 'too long in bytes'],
+  ['y'.repeat(MAX_SEGMENT_LENGTH + 1), 'segment too long'],
+  [Array.from({ length: MAX_PATH_DEPTH + 1 }, () => 'd').join('/'), 'too deep'],
+  ['photo.jpg.kith-partial', 'partial suffix']
+]
+
+describe('manifest paths', () => {
+  for (const [path, why] of BAD_PATHS) {
+    it(`refuses ${why}: ${JSON.stringify(path.slice(0, 24))}`, () => {
+      expectCode(() => decodeManifest(signed(wireBody([wireFile(path, 1, 1)]))), 'MANIFEST_BAD_PATH')
+      expectCode(() => decodeManifest(signed(wireBody([{ t: 'd', p: path }]))), 'MANIFEST_BAD_PATH')
+      expectCode(() => createManifest({ ...init, entries: [{ type: 'dir', path }] }), 'MANIFEST_BAD_PATH')
+    })
+  }
+
+  it('refuses a path that is not text or not well-formed Unicode', () => {
+    expectCode(() => decodeManifest(signed(wireBody([wireFile('a', 1, 1, { p: 5 })]))), 'MANIFEST_BAD_PATH')
+    expectCode(() => createManifest({ ...init, entries: [{ type: 'dir', path: 'a\ud800' }] }), 'MANIFEST_BAD_PATH')
+    expectCode(() => checkPath('\udc00'), 'MANIFEST_BAD_PATH')
+  })
+
+  it('accepts ordinary names', () => {
+    for (const path of ['a', '.hidden', 'a/.b', '...', 'a..b', 'with space/and:colon', 'x'.repeat(MAX_SEGMENT_LENGTH), '名前/ファイル.txt']) {
+      expect(() => checkPath(path)).not.toThrow()
+    }
+  })
+
+  it('measures chunk lengths', () => {
+    expect(chunkLength(2 * CS + 5, CS, 0)).toBe(CS)
+    expect(chunkLength(2 * CS + 5, CS, 2)).toBe(5)
+    expect(chunkLength(2 * CS, CS, 1)).toBe(CS)
+  })
+})
+
+// sha256 of createManifest(init): a stored format 1 manifest must keep
+// decoding and re-encoding to these bytes. Bump MANIFEST_FORMAT instead.
+const MANIFEST_FIXTURE_SHA256 = '1f8afbdea78174a0a0c64904b663a1df4361c1a219814b51d69ca1753bcc7d00'
