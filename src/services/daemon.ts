@@ -15,6 +15,8 @@ import { connectionGater, friendsOnly } from '../trust/gate.ts'
 import { redeemHandler, redeem, REDEEM_PROTOCOL, MAX_INBOUND_REDEEM_STREAMS } from '../trust/redeem.ts'
 import { DEFAULT_GRANTS, type Service } from '../trust/grants.ts'
 import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
+import { FileService } from './files/file-service.ts'
+import type { TransferEvent } from './files/transfers.ts'
 
 /**
  * The running node: opens the home folder, loads the identity and the friend
@@ -50,7 +52,7 @@ export interface CreateInviteRequest {
   grants?: Service[]
 }
 
-export type DaemonEvent = FriendEvent | PresenceEvent
+export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent
 
 interface Meta {
   peerId?: string
@@ -68,6 +70,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly presence: Presence
   private readonly meta: Meta
   private readonly started = new Date()
+  private fileService: FileService | null = null
 
   private constructor (paths: HomePaths, db: Database, identity: Identity, libp2p: KithLibp2p, friends: FriendBook, invites: InviteBook, meta: Meta) {
     super()
@@ -103,7 +106,12 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       await metaLevel.put('node', meta)
 
       const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta)
-      await daemon.wire()
+      try {
+        await daemon.wire()
+      } catch (err) {
+        await libp2p.stop()
+        throw err
+      }
       return daemon
     } catch (err) {
       await db.close()
@@ -121,11 +129,19 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.libp2p.use(DHT_PROTOCOL, friendsOnly(this.friends))
     this.friends.on('event', evt => this.emit('event', evt))
     this.presence.on('event', evt => this.emit('event', evt))
+    this.fileService = await FileService.start({ db: this.db, home: this.paths.root, identity: this.identity, libp2p: this.libp2p, friends: this.friends })
+    this.fileService.on('event', evt => this.emit('event', evt))
     this.presence.start()
+  }
+
+  get files (): FileService {
+    if (this.fileService == null) throw new KithError('INTERNAL', 'file sharing is not started')
+    return this.fileService
   }
 
   async stop (): Promise<void> {
     this.presence.stop()
+    await this.fileService?.stop()
     await this.libp2p.stop()
     await this.db.close()
     await rm(this.paths.apiInfo, { force: true })

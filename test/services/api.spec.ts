@@ -114,9 +114,10 @@ describe('local API', () => {
     const client = await ApiClient.forHome(node.home)
     const controller = new AbortController()
     const seen: string[] = []
+    const events = await client.events(controller.signal)
     const reading = (async () => {
       try {
-        for await (const evt of client.events(controller.signal)) seen.push(evt.type)
+        for await (const evt of events) seen.push(evt.type)
       } catch {}
     })()
     // a second node redeeming an invite makes friend:added and friend:online

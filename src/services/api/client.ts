@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises'
-import { request as httpRequest } from 'node:http'
+import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { homePaths } from '../../peer/home.ts'
 
@@ -38,7 +38,8 @@ export class ApiClient {
     return await this.call<T>('GET', path)
   }
 
-  async call<T> (method: string, path: string, body?: unknown): Promise<T> {
+  /** `timeoutMs: 0` waits as long as the daemon works (sharing a large folder). */
+  async call<T> (method: string, path: string, body?: unknown, options: { timeoutMs?: number } = {}): Promise<T> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
     const { status, text } = await new Promise<{ status: number, text: string }>((resolve, reject) => {
       const req = httpRequest(new URL(path, this.url), {
@@ -47,7 +48,7 @@ export class ApiClient {
           authorization: `Bearer ${this.token}`,
           ...(payload != null ? { 'content-type': 'application/json', 'content-length': payload.length } : {})
         },
-        timeout: REQUEST_TIMEOUT_MS
+        timeout: options.timeoutMs ?? REQUEST_TIMEOUT_MS
       }, res => {
         const chunks: Buffer[] = []
         res.on('data', (c: Buffer) => chunks.push(c))
@@ -75,15 +76,25 @@ export class ApiClient {
     return json as T
   }
 
-  /** Server-sent events, parsed; ends when the signal aborts or the daemon stops. */
-  async * events (signal?: AbortSignal): AsyncGenerator<{ type: string, [key: string]: unknown }> {
-    const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+  /**
+   * Subscribes to server-sent events. Resolves once the daemon accepted the
+   * subscription, so nothing that happens afterwards is missed; the stream
+   * ends when the signal aborts or the daemon stops.
+   */
+  async events (signal?: AbortSignal): Promise<AsyncGenerator<{ type: string, [key: string]: unknown }>> {
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
       const req = httpRequest(new URL('/v1/events', this.url), { headers: { authorization: `Bearer ${this.token}` }, signal }, resolve)
-      req.on('error', reject)
+      req.on('error', err => reject(['ECONNREFUSED', 'ECONNRESET'].includes((err as NodeJS.ErrnoException).code ?? '') ? notRunning(this.home) : err))
       req.end()
     })
     if (res.statusCode !== 200) throw new KithError('UNAUTHORIZED', `the event stream was refused (${res.statusCode ?? 0})`)
-    let buffer = ''
+    return parseEvents(res)
+  }
+}
+
+async function * parseEvents (res: IncomingMessage): AsyncGenerator<{ type: string, [key: string]: unknown }> {
+  let buffer = ''
+  try {
     for await (const chunk of res) {
       buffer += (chunk as Buffer).toString('utf8')
       let end: number
@@ -94,6 +105,8 @@ export class ApiClient {
         if (data !== '') yield JSON.parse(data)
       }
     }
+  } catch (err) {
+    if ((err as Error).name !== 'AbortError') throw err
   }
 }
 

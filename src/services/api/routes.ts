@@ -1,3 +1,4 @@
+import { isAbsolute } from 'node:path'
 import { z } from 'zod'
 import { KithError } from '../../errors.ts'
 import { SERVICES } from '../../trust/grants.ts'
@@ -37,7 +38,15 @@ const schemas = {
   }).strict(),
   inviteText: z.object({ text: inviteText }).strict(),
   acceptInvite: z.object({ text: inviteText, label: z.string().optional(), grants: grants.optional() }).strict(),
-  rename: z.object({ label: z.string() }).strict()
+  rename: z.object({ label: z.string() }).strict(),
+  share: z.object({ path: z.string().min(1).max(4096), with: z.array(z.string().max(128)).max(1000).optional(), name: z.string().max(255).optional() }).strict(),
+  fetch: z.object({
+    friend: z.string().min(1).max(128),
+    share: z.string().min(1).max(255),
+    path: z.string().max(1024).optional(),
+    dest: z.string().min(1).max(4096).optional(),
+    destDir: z.string().min(1).max(4096).optional()
+  }).strict().refine(r => (r.dest == null) !== (r.destDir == null), 'give exactly one of dest and destDir')
 }
 
 function body<T> (schema: z.ZodType<T>, value: unknown): T {
@@ -118,6 +127,46 @@ export function routes (daemon: Daemon): Route[] {
       method: 'POST',
       path: /^\/v1\/friends\/(?<name>[^/]+)\/revoke$/,
       handler: async ({ params }) => ({ friend: await daemon.revokeFriend(decodeURIComponent(params.name!)) })
+    },
+    { method: 'GET', path: /^\/v1\/friends\/(?<name>[^/]+)\/shares$/, handler: async ({ params }) => await daemon.files.listFriend(decodeURIComponent(params.name!)) },
+    { method: 'GET', path: /^\/v1\/shares$/, handler: async () => ({ shares: await daemon.files.listMine() }) },
+    {
+      method: 'POST',
+      path: /^\/v1\/shares$/,
+      handler: async ({ body: b }) => {
+        const req = body(schemas.share, b)
+        if (!isAbsolute(req.path)) throw new KithError('BAD_REQUEST', 'path must be absolute')
+        return await daemon.files.share({ path: req.path, ...(req.with != null ? { with: req.with } : {}), ...(req.name != null ? { name: req.name } : {}) })
+      }
+    },
+    { method: 'DELETE', path: /^\/v1\/shares\/(?<ref>[^/]+)$/, handler: async ({ params }) => ({ share: await daemon.files.unshare(decodeURIComponent(params.ref!)) }) },
+    { method: 'GET', path: /^\/v1\/transfers$/, handler: async () => ({ transfers: daemon.files.transfers.list(), eta: daemon.files.transfers.queueEta() }) },
+    {
+      method: 'POST',
+      path: /^\/v1\/transfers$/,
+      handler: async ({ body: b }) => {
+        const req = body(schemas.fetch, b)
+        for (const p of [req.dest, req.destDir]) if (p != null && !isAbsolute(p)) throw new KithError('BAD_REQUEST', 'dest and destDir must be absolute paths')
+        return {
+          transfer: await daemon.files.fetch({
+            friend: req.friend,
+            share: req.share,
+            ...(req.path != null ? { path: req.path } : {}),
+            ...(req.dest != null ? { dest: req.dest } : { destDir: req.destDir! })
+          })
+        }
+      }
+    },
+    { method: 'GET', path: /^\/v1\/transfers\/(?<id>[0-9a-f]+)$/, handler: async ({ params }) => ({ transfer: daemon.files.transfers.get(params.id!) }) },
+    {
+      method: 'POST',
+      path: /^\/v1\/transfers\/(?<id>[0-9a-f]+)\/(?<action>pause|resume|cancel)$/,
+      handler: async ({ params }) => {
+        const transfers = daemon.files.transfers
+        const id = params.id!
+        const transfer = params.action === 'pause' ? await transfers.pause(id) : params.action === 'resume' ? await transfers.resume(id) : await transfers.cancel(id)
+        return { transfer }
+      }
     }
   ]
 }

@@ -28,3 +28,23 @@ export function parseDuration (text: string): number | undefined {
   if (match == null) return undefined
   return Number(match[1]) * UNITS[match[2]!]!
 }
+
+/** 1536 -> "1.5 KiB" */
+export function bytes (n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let value = n
+  let unit = 0
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024
+    unit++
+  }
+  return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]!}`
+}
+
+/** 3725 -> "1h02m" */
+export function duration (seconds: number): string {
+  const s = Math.max(0, Math.round(seconds))
+  if (s < 60) return `${s}s`
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`
+  return `${Math.floor(s / 3600)}h${String(Math.floor(s % 3600 / 60)).padStart(2, '0')}m`
+}

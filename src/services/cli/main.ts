@@ -9,6 +9,7 @@ import type { InviteListing } from '../../trust/invite-book.ts'
 import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
 import { runStart } from './start.ts'
+import { fileCommands } from './files.ts'
 import { table, ago, shortId, parseDuration } from './format.ts'
 
 /**
@@ -301,12 +302,14 @@ friend.command('revoke')
     print(opts.json, result, () => `${result.friend.label} is no longer your friend`)
   })
 
+fileCommands(program, client, print)
+
 // events -----------------------------------------------------------------------
 
 program.command('events')
   .description('follow friend and status events as they happen (one JSON object a line)')
   .action(async (_opts: unknown, cmd: Command) => {
-    for await (const evt of (await client(cmd)).events()) console.log(JSON.stringify(evt))
+    for await (const evt of await (await client(cmd)).events()) console.log(JSON.stringify(evt))
   })
 
 // run ----------------------------------------------------------------------------

@@ -69,8 +69,10 @@ export async function runStart (options: StartOptions): Promise<void> {
   }
   if (options.json !== true) {
     daemon.on('event', evt => {
-      const who = 'label' in evt ? evt.label : evt.friend.label
-      console.log(`${new Date().toISOString()} ${evt.type} ${who}`)
+      const at = new Date().toISOString()
+      if ('label' in evt) console.log(`${at} ${evt.type} ${evt.label}`)
+      else if ('friend' in evt) console.log(`${at} ${evt.type} ${evt.friend.label}`)
+      else if (evt.type === 'transfer:state') console.log(`${at} transfer ${evt.transfer.id} ${evt.transfer.state}${evt.transfer.error != null ? ` ${evt.transfer.error.code}` : ''}`)
     })
   }
 

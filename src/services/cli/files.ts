@@ -1,0 +1,181 @@
+import { resolve } from 'node:path'
+import { Command } from 'commander'
+import cliProgress from 'cli-progress'
+import { KithError } from '../../errors.ts'
+import type { ApiClient } from '../api/client.ts'
+import type { ShareView } from '../files/file-service.ts'
+import type { ShareListing } from '../files/share-book.ts'
+import type { Transfer } from '../files/transfers.ts'
+import { table, bytes, duration } from './format.ts'
+
+/**
+ * File commands: share, shares, unshare, ls, fetch, transfers, pause,
+ * resume, cancel. `fetch` follows the daemon's events and draws a progress
+ * bar on a terminal, or prints JSON progress lines with --json.
+ */
+type Print = (json: boolean | undefined, value: unknown, text: () => string) => void
+type Client = (cmd: Command) => Promise<ApiClient>
+
+const FINAL = new Set(['done', 'failed', 'cancelled'])
+
+function transferRows (transfers: Transfer[]): string {
+  return table(['ID', 'FROM', 'SHARE', 'STATE', 'PROGRESS', 'SPEED', 'ETA', 'DEST'], transfers.map(t => [
+    t.id,
+    t.ownerLabel,
+    t.path === '' ? t.shareName : `${t.shareName}/${t.path}`,
+    t.state + (t.error != null ? ` (${t.error.code})` : ''),
+    `${bytes(t.doneBytes)} / ${bytes(t.totalBytes)}`,
+    t.state === 'running' ? `${bytes(t.rate)}/s` : '-',
+    t.state === 'running' && t.eta != null ? duration(t.eta) : '-',
+    t.dest
+  ]))
+}
+
+/** FRIEND:SHARE[/path] */
+export function parseTarget (target: string): { friend: string, share: string, path: string } {
+  const match = /^([^:]+):([^/]+)(?:\/(.*))?$/.exec(target)
+  if (match == null) throw new KithError('USAGE', `fetch wants FRIEND:SHARE or FRIEND:SHARE/path, like alice:photos/2024; got ${JSON.stringify(target)}`)
+  return { friend: match[1]!, share: match[2]!, path: match[3] ?? '' }
+}
+
+async function follow (api: ApiClient, id: string, json: boolean, events: AsyncGenerator<{ type: string, [key: string]: unknown }>, controller: AbortController): Promise<Transfer> {
+  const bar = !json && process.stderr.isTTY
+    ? new cliProgress.SingleBar({
+      format: '{bar} {percentage}% | {done} / {total} | {speed} | ETA {eta_h}',
+      stream: process.stderr,
+      hideCursor: true
+    }, cliProgress.Presets.shades_classic)
+    : null
+  let last: Transfer | null = null
+  const show = (t: Transfer): void => {
+    last = t
+    if (json) console.log(JSON.stringify({ id: t.id, state: t.state, doneBytes: t.doneBytes, totalBytes: t.totalBytes, rate: Math.round(t.rate), eta: t.eta }))
+    if (bar != null) {
+      const payload = { done: bytes(t.doneBytes), total: bytes(t.totalBytes), speed: `${bytes(t.rate)}/s`, eta_h: t.eta != null ? duration(t.eta) : '?' }
+      if (bar.getTotal() !== t.totalBytes) bar.start(Math.max(1, t.totalBytes), t.doneBytes, payload)
+      bar.update(t.doneBytes, payload)
+    }
+  }
+  try {
+    // the transfer may have finished before the event stream caught up
+    const current = (await api.get<{ transfer: Transfer }>(`/v1/transfers/${id}`)).transfer
+    show(current)
+    if (FINAL.has(current.state)) return current
+    for await (const evt of events) {
+      const transfer = (evt as { transfer?: Transfer }).transfer
+      if (transfer?.id !== id) continue
+      show(transfer)
+      if (FINAL.has(transfer.state) || (transfer.state === 'paused' && transfer.error != null)) return transfer
+    }
+    return last ?? current
+  } finally {
+    bar?.stop()
+    controller.abort()
+  }
+}
+
+export function fileCommands (program: Command, client: Client, print: Print): void {
+  program.command('share')
+    .description('share a file or folder with friends (sharing it again publishes its changes)')
+    .argument('<path>', 'file or folder')
+    .option('--with <name...>', 'friends to share with (default: every friend you granted files)')
+    .option('--name <label>', 'the name friends see (default: the file or folder name)')
+    .option('--json', 'print as JSON')
+    .action(async (path: string, opts: { with?: string[], name?: string, json?: boolean }, cmd: Command) => {
+      const result = await (await client(cmd)).call<{ share: ShareView, skipped: Array<{ path: string, reason: string }> }>('POST', '/v1/shares', {
+        path: resolve(path),
+        ...(opts.with != null ? { with: opts.with } : {}),
+        ...(opts.name != null ? { name: opts.name } : {})
+      }, { timeoutMs: 0 })
+      const s = result.share
+      print(opts.json, result, () => [
+        `shared ${s.name} (version ${s.version}, ${bytes(s.size)} in ${s.files} files) as ${s.id.slice(0, 12)}`,
+        `with ${s.with.map(w => w.label).join(', ') || 'nobody yet: grant friends files, then share again'}`,
+        ...result.skipped.map(k => `skipped ${k.path}: ${k.reason}`)
+      ].join('\n'))
+    })
+
+  program.command('shares')
+    .description('what you share')
+    .option('--json', 'print as JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const { shares } = await (await client(cmd)).get<{ shares: ShareView[] }>('/v1/shares')
+      print(opts.json, { shares }, () => table(['ID', 'NAME', 'VERSION', 'SIZE', 'FILES', 'WITH', 'SOURCE'], shares.map(s => [
+        s.id.slice(0, 12), s.name, String(s.version), bytes(s.size), String(s.files), s.with.map(w => w.label).join(',') || '-', s.source
+      ])) || 'you share nothing yet: `kith share PATH`')
+    })
+
+  program.command('unshare')
+    .description('stop sharing something')
+    .argument('<id>', 'share id (or its start) or name')
+    .option('--json', 'print as JSON')
+    .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
+      const result = await (await client(cmd)).call<{ share: ShareView }>('DELETE', `/v1/shares/${encodeURIComponent(id)}`)
+      print(opts.json, result, () => `stopped sharing ${result.share.name}`)
+    })
+
+  program.command('ls')
+    .description('what a friend shares with you')
+    .argument('<friend>', 'friend name or peer id')
+    .option('--json', 'print as JSON')
+    .action(async (friend: string, opts: { json?: boolean }, cmd: Command) => {
+      const result = await (await client(cmd)).get<{ friend: string, shares: ShareListing[] }>(`/v1/friends/${encodeURIComponent(friend)}/shares`)
+      print(opts.json, result, () => table(['ID', 'NAME', 'VERSION', 'SIZE', 'FILES', 'UPDATED'], result.shares.map(s => [
+        s.id.slice(0, 12), s.name, String(s.version), bytes(s.size), String(s.files), s.updated
+      ])) || `${result.friend} shares nothing with you`)
+    })
+
+  program.command('fetch')
+    .description('fetch a friend\'s share, or a file or folder in it, and wait for it (Ctrl-C leaves it running)')
+    .argument('<target>', 'FRIEND:SHARE or FRIEND:SHARE/path')
+    .option('-o, --output <dest>', 'where to put it (default: its name, in the current folder)')
+    .option('--detach', 'queue it and return at once')
+    .option('--json', 'print progress as JSON lines')
+    .action(async (target: string, opts: { output?: string, detach?: boolean, json?: boolean }, cmd: Command) => {
+      const { friend, share, path } = parseTarget(target)
+      const api = await client(cmd)
+      const controller = new AbortController()
+      const events = await api.events(controller.signal) // subscribe first, so no event is missed
+      const { transfer } = await api.call<{ transfer: Transfer }>('POST', '/v1/transfers', {
+        friend,
+        share,
+        ...(path !== '' ? { path } : {}),
+        ...(opts.output != null ? { dest: resolve(opts.output) } : { destDir: process.cwd() })
+      }).catch(err => { controller.abort(); throw err })
+      if (opts.detach === true) {
+        controller.abort()
+        print(opts.json, { transfer }, () => `queued ${transfer.id}: ${transfer.shareName} from ${transfer.ownerLabel} to ${transfer.dest}`)
+        return
+      }
+      const end = await follow(api, transfer.id, opts.json === true, events, controller)
+      if (end.state !== 'done') {
+        throw new KithError(end.error?.code === 'DISK_FULL' ? 'DISK_FULL' : 'TRANSFER_STATE',
+          `transfer ${end.id} is ${end.state}${end.error != null ? `: ${end.error.message}` : ''}`)
+      }
+      if (opts.json !== true) console.log(`fetched ${bytes(end.totalBytes)} to ${end.dest}`)
+    })
+
+  program.command('transfers')
+    .description('fetches, with progress, speed and time left')
+    .option('--json', 'print as JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const result = await (await client(cmd)).get<{ transfers: Transfer[], eta: number | null }>('/v1/transfers')
+      print(opts.json, result, () => {
+        const rows = transferRows(result.transfers)
+        if (rows === '') return 'no transfers'
+        return `${rows}\n\nqueue: ${result.eta == null ? 'time left unknown' : result.eta === 0 ? 'nothing left to fetch' : `${duration(result.eta)} left`}`
+      })
+    })
+
+  for (const action of ['pause', 'resume', 'cancel'] as const) {
+    program.command(action)
+      .description(`${action} a transfer`)
+      .argument('<id>', 'transfer id from `kith transfers`')
+      .option('--json', 'print as JSON')
+      .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
+        if (!/^[0-9a-f]{4,12}$/.test(id)) throw new KithError('USAGE', `a transfer id is 4 to 12 hex digits; got ${JSON.stringify(id)}`)
+        const result = await (await client(cmd)).call<{ transfer: Transfer }>('POST', `/v1/transfers/${id}/${action}`)
+        print(opts.json, result, () => `${result.transfer.id} is ${result.transfer.state}`)
+      })
+  }
+}

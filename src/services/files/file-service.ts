@@ -1,0 +1,132 @@
+import { join } from 'node:path'
+import { EventEmitter } from 'node:events'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { KithError } from '../../errors.ts'
+import { sublevel, type Database } from '../../peer/database.ts'
+import type { Identity } from '../../peer/identity.ts'
+import type { KithLibp2p } from '../../peer/node.ts'
+import type { FriendBook } from '../../trust/friends.ts'
+import { friendsOnly } from '../../trust/gate.ts'
+import { openChunkStore, type ChunkStore } from '../../transfer/chunk-store.ts'
+import { chunkHandler, CHUNK_PROTOCOL } from '../../transfer/chunk-protocol.ts'
+import { ShareBook, listing, type ShareListing } from './share-book.ts'
+import { filesHandler, listShares, FILES_PROTOCOL } from './files-protocol.ts'
+import { Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
+
+/**
+ * File sharing as the daemon offers it: my shares, what friends share with
+ * me, and fetches. Owns the node's one chunk store, which also serves the
+ * chunks of shares I fetched to other friends.
+ */
+export interface ShareView extends ShareListing {
+  source: string
+  with: Array<{ peerId: string, label: string }>
+}
+
+export interface FileServiceInit {
+  db: Database
+  home: string
+  identity: Identity
+  libp2p: KithLibp2p
+  friends: FriendBook
+}
+
+export const MAX_INBOUND_CHUNK_STREAMS = 16
+
+export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
+  readonly store: ChunkStore
+  readonly shares: ShareBook
+  readonly transfers: Transfers
+  private readonly init: FileServiceInit
+
+  private constructor (init: FileServiceInit, store: ChunkStore) {
+    super()
+    this.init = init
+    this.store = store
+    this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'))
+    this.transfers = new Transfers({
+      libp2p: init.libp2p,
+      friends: init.friends,
+      shares: this.shares,
+      store,
+      level: sublevel(init.db, 'transfers'),
+      secretKey: init.identity.secretKey
+    })
+    this.transfers.on('event', evt => this.emit('event', evt))
+  }
+
+  static async start (init: FileServiceInit): Promise<FileService> {
+    const store = await openChunkStore({ dir: join(init.home, 'chunks'), db: sublevel(init.db, 'chunk-index') })
+    const service = new FileService(init, store)
+    const { libp2p, friends } = init
+    await libp2p.handle(FILES_PROTOCOL, filesHandler({ shares: service.shares, friends, secretKey: init.identity.secretKey }), {
+      middleware: [friendsOnly(friends, 'files')]
+    })
+    await libp2p.handle(CHUNK_PROTOCOL, chunkHandler({ store }), {
+      maxInboundStreams: MAX_INBOUND_CHUNK_STREAMS,
+      middleware: [friendsOnly(friends, 'files')]
+    })
+    await service.transfers.start()
+    return service
+  }
+
+  async stop (): Promise<void> {
+    await this.transfers.stop()
+  }
+
+  private view (share: Awaited<ReturnType<ShareBook['list']>>[number]): ShareView {
+    return {
+      ...listing(share),
+      source: share.source,
+      with: share.with.map(peerId => ({ peerId, label: this.init.friends.get(peerId)?.label ?? peerId }))
+    }
+  }
+
+  /**
+   * Shares a path with the named friends; with none named, with every
+   * friend I granted `files`.
+   */
+  async share (req: { path: string, with?: string[], name?: string }): Promise<{ share: ShareView, skipped: Array<{ path: string, reason: string }> }> {
+    const friends = this.init.friends
+    let peers: string[]
+    if (req.with != null && req.with.length > 0) {
+      peers = req.with.map(name => {
+        const friend = friends.resolve(name)
+        if (!friends.allows(friend.peerId, 'files')) {
+          throw new KithError('SHARE_NOT_GRANTED', `${friend.label} has no files grant from you; run \`kith friend grant ${friend.label} files\` first`)
+        }
+        return friend.peerId
+      })
+    } else {
+      peers = friends.list().filter(f => friends.allows(f.peerId, 'files')).map(f => f.peerId)
+    }
+    const { share, skipped } = await this.shares.share({
+      source: req.path,
+      with: peers,
+      ...(req.name != null ? { name: req.name } : {}),
+      secretKey: this.init.identity.secretKey,
+      publicKey: this.init.identity.publicKey,
+      store: this.store
+    })
+    return { share: this.view(share), skipped }
+  }
+
+  async listMine (): Promise<ShareView[]> {
+    return (await this.shares.list()).map(s => this.view(s))
+  }
+
+  async unshare (ref: string): Promise<ShareView> {
+    return this.view(await this.shares.unshare(ref))
+  }
+
+  /** What a friend shares with me, asked of their node. */
+  async listFriend (name: string): Promise<{ friend: string, shares: ShareListing[] }> {
+    const friend = this.init.friends.resolve(name)
+    if (friend.state !== 'active') throw new KithError('FRIEND_REVOKED', `${friend.label} is not your friend any more`)
+    return { friend: friend.label, shares: await listShares(this.init.libp2p, peerIdFromString(friend.peerId)) }
+  }
+
+  async fetch (req: StartFetch): Promise<Transfer> {
+    return await this.transfers.fetch(req)
+  }
+}

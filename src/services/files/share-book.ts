@@ -1,0 +1,171 @@
+import { resolve } from 'node:path'
+import { KithError } from '../../errors.ts'
+import type { Sublevel } from '../../peer/database.ts'
+import { createManifest, decodeManifest, type Manifest } from '../../transfer/manifest.ts'
+import { chunkSource, type ChunkSink } from '../../transfer/chunker.ts'
+import { deriveSealKeys, generateShareId, generateShareKey } from '../../transfer/seal.ts'
+
+/**
+ * The shares I offer, each a signed manifest over sealed chunks in the chunk
+ * store plus the share key, and the manifests friends sent me. Sharing the
+ * same path again makes a new version of the same share.
+ */
+export interface MyShare {
+  id: string
+  name: string
+  /** absolute path of the shared file or folder */
+  source: string
+  /** peer ids of the friends it is shared with */
+  with: string[]
+  /** base64 share key */
+  key: string
+  version: number
+  /** base64 of the signed manifest */
+  manifest: string
+  size: number
+  files: number
+  chunks: number
+  created: number
+  updated: number
+}
+
+export interface ShareListing {
+  id: string
+  name: string
+  version: number
+  size: number
+  files: number
+  chunks: number
+  updated: string
+}
+
+/** A manifest a friend sent me, with the share key wrapped to me. */
+export interface ReceivedManifest {
+  owner: string
+  shareId: string
+  version: number
+  /** base64 */
+  manifest: string
+  /** base64, wrapped to me by the owner */
+  wrappedKey: string
+  received: number
+}
+
+export interface ShareInit {
+  source: string
+  with: string[]
+  name?: string
+  secretKey: Uint8Array
+  publicKey: Uint8Array
+  store: ChunkSink
+  signal?: AbortSignal
+}
+
+export function listing (share: MyShare): ShareListing {
+  return {
+    id: share.id,
+    name: share.name,
+    version: share.version,
+    size: share.size,
+    files: share.files,
+    chunks: share.chunks,
+    updated: new Date(share.updated).toISOString()
+  }
+}
+
+export class ShareBook {
+  private readonly mine: Sublevel<MyShare>
+  private readonly received: Sublevel<ReceivedManifest>
+
+  constructor (mine: Sublevel<MyShare>, received: Sublevel<ReceivedManifest>) {
+    this.mine = mine
+    this.received = received
+  }
+
+  async list (): Promise<MyShare[]> {
+    const out: MyShare[] = []
+    for await (const share of this.mine.values()) out.push(share)
+    return out.sort((a, b) => a.name.localeCompare(b.name))
+  }
+
+  /** Shares a given friend may see. */
+  async listFor (peerId: string): Promise<MyShare[]> {
+    return (await this.list()).filter(s => s.with.includes(peerId))
+  }
+
+  /** By id, or by name when the name is unique. */
+  async resolve (ref: string): Promise<MyShare> {
+    const byId = await this.mine.get(ref)
+    if (byId != null) return byId
+    const shares = await this.list()
+    const matches = shares.filter(s => s.name === ref || s.id.startsWith(ref))
+    if (matches.length === 1) return matches[0]!
+    if (matches.length > 1) throw new KithError('BAD_REQUEST', `more than one share matches ${JSON.stringify(ref)}; use its id from \`kith shares\``)
+    throw new KithError('SHARE_UNKNOWN', `you share nothing called ${JSON.stringify(ref)}; see \`kith shares\``)
+  }
+
+  /**
+   * Chunks, seals and signs a file or folder. Sharing a path already shared
+   * makes the next version of that share (same id and key); `with` then
+   * replaces the friend list only if given.
+   */
+  async share (init: ShareInit): Promise<{ share: MyShare, manifest: Manifest, skipped: Array<{ path: string, reason: string }> }> {
+    const source = resolve(init.source)
+    const previous = (await this.list()).find(s => s.source === source)
+    const id = previous?.id ?? generateShareId()
+    const key = previous != null ? Buffer.from(previous.key, 'base64') : generateShareKey()
+    const version = (previous?.version ?? 0) + 1
+    const result = await chunkSource(source, {
+      keys: deriveSealKeys(key, id),
+      version,
+      store: init.store,
+      ...(init.signal != null ? { signal: init.signal } : {})
+    })
+    const name = init.name ?? previous?.name ?? source.split('/').filter(Boolean).pop() ?? 'share'
+    const { manifest, bytes } = createManifest({
+      secretKey: init.secretKey,
+      publicKey: init.publicKey,
+      shareId: id,
+      version,
+      name,
+      chunkSize: result.chunkSize,
+      entries: result.entries
+    })
+    const now = Date.now()
+    const share: MyShare = {
+      id,
+      name,
+      source,
+      with: init.with.length > 0 || previous == null ? [...new Set(init.with)].sort() : previous.with,
+      key: Buffer.from(key).toString('base64'),
+      version,
+      manifest: Buffer.from(bytes).toString('base64'),
+      size: manifest.totalSize,
+      files: manifest.entries.filter(e => e.type === 'file').length,
+      chunks: manifest.chunkCount,
+      created: previous?.created ?? now,
+      updated: now
+    }
+    await this.mine.put(id, share)
+    return { share, manifest, skipped: result.skipped }
+  }
+
+  async unshare (ref: string): Promise<MyShare> {
+    const share = await this.resolve(ref)
+    await this.mine.del(share.id)
+    return share
+  }
+
+  async saveReceived (received: ReceivedManifest): Promise<void> {
+    await this.received.put(`${received.owner}/${received.shareId}/${received.version}`, received)
+  }
+
+  async getReceived (owner: string, shareId: string, version: number): Promise<ReceivedManifest | undefined> {
+    return await this.received.get(`${owner}/${shareId}/${version}`) ?? undefined
+  }
+
+  /** Decodes a stored manifest, checking again that its owner signed it. */
+  static decode (manifest: string, owner: Uint8Array): Manifest {
+    return decodeManifest(Buffer.from(manifest, 'base64'), { owner })
+  }
+}

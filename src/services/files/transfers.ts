@@ -1,0 +1,376 @@
+import { EventEmitter } from 'node:events'
+import { randomBytes } from 'node:crypto'
+import { mkdir, stat } from 'node:fs/promises'
+import { dirname, join, resolve } from 'node:path'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { KithError, asKithError } from '../../errors.ts'
+import type { Sublevel } from '../../peer/database.ts'
+import { unwrapKey } from '../../peer/key-wrap.ts'
+import type { KithLibp2p } from '../../peer/node.ts'
+import type { FriendBook } from '../../trust/friends.ts'
+import type { ChunkStore } from '../../transfer/chunk-store.ts'
+import { fetchChunks } from '../../transfer/fetcher.ts'
+import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
+import { deriveSealKeys } from '../../transfer/seal.ts'
+import { assembleFile, storeReader } from '../../transfer/assemble.ts'
+import { fetchManifest, listShares } from './files-protocol.ts'
+import { ShareBook } from './share-book.ts'
+
+/**
+ * Fetches of friends' shares: queued, run a few at a time, persisted so they
+ * survive restarts (verified chunks stay in the chunk store; a resumed fetch
+ * asks only for what is missing), paused, resumed and cancelled on request,
+ * and reporting progress as events.
+ */
+export const MAX_ACTIVE_TRANSFERS = 3
+export const PROGRESS_INTERVAL_MS = 250
+
+export type TransferState = 'queued' | 'running' | 'paused' | 'done' | 'failed' | 'cancelled'
+
+export interface Transfer {
+  id: string
+  owner: string
+  ownerLabel: string
+  shareId: string
+  shareName: string
+  version: number
+  /** a file or folder inside the share, or '' for all of it */
+  path: string
+  dest: string
+  state: TransferState
+  totalBytes: number
+  doneBytes: number
+  /** bytes per second, smoothed */
+  rate: number
+  /** seconds, or null when unknown */
+  eta: number | null
+  error: { code: string, message: string } | null
+  created: number
+  updated: number
+}
+
+export type TransferEvent = { type: 'transfer:progress' | 'transfer:state', transfer: Transfer }
+
+export type StartFetch = {
+  friend: string
+  share: string
+  path?: string
+} & ({ dest: string } | { destDir: string })
+
+export interface TransferInit {
+  libp2p: KithLibp2p
+  friends: FriendBook
+  shares: ShareBook
+  store: ChunkStore
+  level: Sublevel<Transfer>
+  secretKey: Uint8Array
+}
+
+interface Running {
+  controller: AbortController
+  done: Promise<void>
+}
+
+const FINAL: TransferState[] = ['done', 'failed', 'cancelled']
+
+export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
+  private readonly init: TransferInit
+  private readonly records = new Map<string, Transfer>()
+  private readonly running = new Map<string, Running>()
+  private stopped = false
+
+  constructor (init: TransferInit) {
+    super()
+    this.init = init
+  }
+
+  /** Loads saved transfers; those that were running or queued go on by themselves. */
+  async start (): Promise<void> {
+    for await (const record of this.init.level.values()) {
+      if (record.state === 'running') record.state = 'queued'
+      this.records.set(record.id, { ...record, rate: 0, eta: null })
+    }
+    this.kick()
+  }
+
+  async stop (): Promise<void> {
+    this.stopped = true
+    const active = [...this.running.values()]
+    for (const run of active) run.controller.abort(new KithError('TRANSFER_STATE', 'the daemon is stopping'))
+    await Promise.allSettled(active.map(async r => await r.done))
+  }
+
+  list (): Transfer[] {
+    return [...this.records.values()].sort((a, b) => a.created - b.created)
+  }
+
+  get (id: string): Transfer {
+    const record = this.records.get(id) ?? [...this.records.values()].find(r => r.id.startsWith(id) && id.length >= 4)
+    if (record == null) throw new KithError('TRANSFER_UNKNOWN', `no transfer ${JSON.stringify(id)}; see \`kith transfers\``)
+    return record
+  }
+
+  /** Queue-wide ETA: bytes left over the sum of current rates. */
+  queueEta (): number | null {
+    const open = this.list().filter(t => !FINAL.includes(t.state) && t.state !== 'paused')
+    const left = open.reduce((sum, t) => sum + Math.max(0, t.totalBytes - t.doneBytes), 0)
+    const rate = open.reduce((sum, t) => sum + t.rate, 0)
+    if (left === 0) return 0
+    return rate > 0 ? left / rate : null
+  }
+
+  /** Resolves the friend and share, pins the share's current manifest, and queues the fetch. */
+  async fetch (req: StartFetch): Promise<Transfer> {
+    const friend = this.init.friends.resolve(req.friend)
+    if (friend.state !== 'active') throw new KithError('FRIEND_REVOKED', `${friend.label} is not your friend any more`)
+    const owner = peerIdFromString(friend.peerId)
+    const listings = await listShares(this.init.libp2p, owner)
+    const matches = listings.filter(s => s.id === req.share || s.name === req.share || (req.share.length >= 6 && s.id.startsWith(req.share)))
+    if (matches.length === 0) throw new KithError('SHARE_UNKNOWN', `${friend.label} shares nothing called ${JSON.stringify(req.share)} with you; see \`kith ls ${friend.label}\``)
+    if (matches.length > 1) throw new KithError('BAD_REQUEST', `${friend.label} shares more than one ${JSON.stringify(req.share)}; use the share id from \`kith ls ${friend.label}\``)
+    const { manifest } = await this.pinManifest(friend.peerId, matches[0]!.id)
+    const path = (req.path ?? '').replace(/^\/+|\/+$/g, '')
+    const selected = select(manifest, path)
+    const dest = 'dest' in req ? resolve(req.dest) : join(resolve(req.destDir), safeName(path === '' ? manifest.name : path.split('/').pop()!))
+    if (await exists(dest)) throw new KithError('DESTINATION_EXISTS', `${dest} already exists; choose another -o or move it away`)
+    const now = Date.now()
+    const record: Transfer = {
+      id: randomBytes(6).toString('hex'),
+      owner: friend.peerId,
+      ownerLabel: friend.label,
+      shareId: manifest.shareId,
+      shareName: manifest.name,
+      version: manifest.version,
+      path,
+      dest,
+      state: 'queued',
+      totalBytes: selected.files.reduce((sum, f) => sum + f.entry.size, 0),
+      doneBytes: 0,
+      rate: 0,
+      eta: null,
+      error: null,
+      created: now,
+      updated: now
+    }
+    await this.save(record, 'transfer:state')
+    this.kick()
+    return record
+  }
+
+  async pause (id: string): Promise<Transfer> {
+    const record = this.get(id)
+    if (FINAL.includes(record.state)) throw new KithError('TRANSFER_STATE', `transfer ${record.id} is ${record.state}; there is nothing to pause`)
+    const run = this.running.get(record.id)
+    await this.save({ ...record, state: 'paused', rate: 0, eta: null }, 'transfer:state')
+    if (run != null) {
+      run.controller.abort(new KithError('TRANSFER_STATE', 'paused'))
+      await run.done.catch(() => {})
+    }
+    return this.get(record.id)
+  }
+
+  async resume (id: string): Promise<Transfer> {
+    const record = this.get(id)
+    if (record.state !== 'paused' && record.state !== 'failed') throw new KithError('TRANSFER_STATE', `transfer ${record.id} is ${record.state}, not paused or failed`)
+    await this.save({ ...record, state: 'queued', error: null }, 'transfer:state')
+    this.kick()
+    return this.get(record.id)
+  }
+
+  async cancel (id: string): Promise<Transfer> {
+    const record = this.get(id)
+    if (FINAL.includes(record.state)) throw new KithError('TRANSFER_STATE', `transfer ${record.id} is already ${record.state}`)
+    const run = this.running.get(record.id)
+    await this.save({ ...record, state: 'cancelled', rate: 0, eta: null }, 'transfer:state')
+    if (run != null) {
+      run.controller.abort(new KithError('TRANSFER_STATE', 'cancelled'))
+      await run.done.catch(() => {})
+    }
+    return this.get(record.id)
+  }
+
+  private async save (record: Transfer, type: TransferEvent['type']): Promise<void> {
+    const updated = { ...record, updated: Date.now() }
+    this.records.set(record.id, updated)
+    await this.init.level.put(record.id, updated)
+    this.emit('event', { type, transfer: updated })
+  }
+
+  private kick (): void {
+    if (this.stopped) return
+    for (const record of this.list()) {
+      if (this.running.size >= MAX_ACTIVE_TRANSFERS) return
+      if (record.state !== 'queued' || this.running.has(record.id)) continue
+      const controller = new AbortController()
+      const done = this.run(record.id, controller.signal).finally(() => {
+        this.running.delete(record.id)
+        this.kick()
+      })
+      this.running.set(record.id, { controller, done })
+    }
+  }
+
+  /** Fetches the share's manifest and key from its owner (or my saved copy) for the given version. */
+  private async pinManifest (owner: string, shareId: string, version?: number): Promise<{ manifest: Manifest, key: Uint8Array }> {
+    const friend = this.init.friends.get(owner)!
+    const ownerKey = Buffer.from(friend.publicKey, 'base64')
+    const saved = version != null ? await this.init.shares.getReceived(owner, shareId, version) : undefined
+    let manifestB64: string
+    let wrapped: string
+    if (saved != null) {
+      manifestB64 = saved.manifest
+      wrapped = saved.wrappedKey
+    } else {
+      const fetched = await fetchManifest(this.init.libp2p, peerIdFromString(owner), shareId)
+      manifestB64 = Buffer.from(fetched.manifest).toString('base64')
+      wrapped = Buffer.from(fetched.key).toString('base64')
+    }
+    const manifest = ShareBook.decode(manifestB64, ownerKey)
+    if (manifest.shareId !== shareId) throw new KithError('PROTOCOL_VIOLATION', 'the owner sent the manifest of another share')
+    if (version != null && manifest.version !== version) {
+      throw new KithError('TRANSFER_STATE', `the share changed (version ${manifest.version}, this fetch is of version ${version}); cancel it and fetch again`)
+    }
+    const key = unwrapKey(Buffer.from(wrapped, 'base64'), ownerKey, this.init.secretKey)
+    if (saved == null) {
+      await this.init.shares.saveReceived({ owner, shareId, version: manifest.version, manifest: manifestB64, wrappedKey: wrapped, received: Date.now() })
+    }
+    return { manifest, key }
+  }
+
+  private async run (id: string, signal: AbortSignal): Promise<void> {
+    let record = this.get(id)
+    await this.save({ ...record, state: 'running' }, 'transfer:state')
+    try {
+      const { manifest, key } = await this.pinManifest(record.owner, record.shareId, record.version)
+      const { files } = select(manifest, record.path)
+      const lengths = new Map<string, number>()
+      for (const { entry } of files) {
+        entry.chunks.forEach((chunk, index) => lengths.set(chunk, chunkLength(entry.size, manifest.chunkSize, index)))
+      }
+      const ids = [...lengths.keys()]
+      let held = 0
+      for (const chunk of ids) if (await this.init.store.has(chunk)) held += lengths.get(chunk)!
+      const meter = new RateMeter()
+      let last = 0
+      const progress = (fetched: number): void => {
+        const now = Date.now()
+        if (now - last < PROGRESS_INTERVAL_MS) return
+        last = now
+        record = this.get(id)
+        if (record.state !== 'running') return
+        const doneBytes = Math.min(record.totalBytes, held + fetched)
+        const rate = meter.sample(doneBytes, now)
+        const eta = rate > 0 ? (record.totalBytes - doneBytes) / rate : null
+        const next = { ...record, doneBytes, rate, eta, updated: now }
+        this.records.set(id, next)
+        this.emit('event', { type: 'transfer:progress', transfer: next })
+      }
+      progress(0)
+      await fetchChunks({
+        libp2p: this.init.libp2p,
+        store: this.init.store,
+        ids,
+        sources: this.sources(record.owner),
+        signal,
+        onProgress: p => progress(p.doneBytes)
+      })
+      await this.assemble(manifest, key, record, files, signal)
+      record = this.get(id)
+      await this.save({ ...record, state: 'done', doneBytes: record.totalBytes, rate: 0, eta: 0 }, 'transfer:state')
+    } catch (err) {
+      record = this.get(id)
+      if (record.state === 'paused' || record.state === 'cancelled' || this.stopped) {
+        if (this.stopped && record.state === 'running') await this.init.level.put(id, { ...record, state: 'queued' })
+        return
+      }
+      const error = describe(err)
+      // a full disk pauses the fetch: free space, then `kith resume`
+      const state: TransferState = error.code === 'DISK_FULL' ? 'paused' : 'failed'
+      await this.save({ ...record, state, error, rate: 0, eta: null }, 'transfer:state')
+    }
+  }
+
+  /** The owner first, then every online friend who granted me files: any of them may hold chunks. */
+  private sources (owner: string): Array<ReturnType<typeof peerIdFromString>> {
+    const others = this.init.friends.list()
+      .filter(f => f.state === 'active' && f.peerId !== owner && f.grantsFromThem.includes('files'))
+      .filter(f => this.init.libp2p.getConnections(peerIdFromString(f.peerId)).length > 0)
+    return [owner, ...others.map(f => f.peerId)].map(p => peerIdFromString(p))
+  }
+
+  private async assemble (manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[], signal: AbortSignal): Promise<void> {
+    const keys = deriveSealKeys(key, manifest.shareId)
+    for (const { entry, index, relative } of files) {
+      const target = relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
+      if (await exists(target)) continue // finished before a restart
+      await mkdir(dirname(target), { recursive: true })
+      await assembleFile(target, entry, manifest.chunkSize, storeReader(this.init.store, keys, manifest, index), { signal })
+    }
+  }
+}
+
+interface Selected {
+  entry: ManifestFile
+  /** the entry's index in the manifest, which its chunks are sealed at */
+  index: number
+  /** path under the destination; '' when the destination is the file itself */
+  relative: string
+}
+
+/** The files a fetch of `path` covers: one file, a folder's files, or everything. */
+export function select (manifest: Manifest, path: string): { files: Selected[] } {
+  const files: Selected[] = []
+  const single = manifest.entries.length === 1 && manifest.entries[0]!.type === 'file' && path === ''
+  manifest.entries.forEach((entry, index) => {
+    if (entry.type !== 'file') return
+    if (single) files.push({ entry, index, relative: '' })
+    else if (path === '') files.push({ entry, index, relative: entry.path })
+    else if (entry.path === path) files.push({ entry, index, relative: '' })
+    else if (entry.path.startsWith(path + '/')) files.push({ entry, index, relative: entry.path.slice(path.length + 1) })
+  })
+  if (files.length === 0 && path !== '' && !manifest.entries.some(e => e.type === 'dir' && e.path === path)) {
+    throw new KithError('SHARE_UNKNOWN', `${JSON.stringify(path)} is not in ${manifest.name}; see \`kith ls\``)
+  }
+  return { files }
+}
+
+/** A share name as a single file name: no separators, never `.` or `..`. */
+function safeName (name: string): string {
+  const cleaned = name.replace(/[/\\\0]/g, '_')
+  return cleaned === '.' || cleaned === '..' || cleaned === '' ? 'share' : cleaned
+}
+
+async function exists (path: string): Promise<boolean> {
+  try {
+    await stat(path)
+    return true
+  } catch {
+    return false
+  }
+}
+
+function describe (err: unknown): { code: string, message: string } {
+  const code = (err as NodeJS.ErrnoException).code
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return { code: 'DISK_FULL', message: `the disk is full (${(err as Error).message}); free some space, then \`kith resume\`` }
+  }
+  const error = asKithError(err)
+  return { code: error.code, message: error.message }
+}
+
+/** Exponentially smoothed rate over progress samples. */
+class RateMeter {
+  private lastBytes = -1
+  private lastTime = 0
+  private rate = 0
+
+  sample (bytes: number, now: number): number {
+    if (this.lastBytes >= 0 && now > this.lastTime) {
+      const instant = (bytes - this.lastBytes) * 1000 / (now - this.lastTime)
+      this.rate = this.rate === 0 ? instant : this.rate * 0.7 + instant * 0.3
+    }
+    this.lastBytes = bytes
+    this.lastTime = now
+    return this.rate
+  }
+}
