@@ -29,6 +29,8 @@ export interface DaemonInit {
   passphrase?: string
   /** display name shown to friends in invites; remembered once set */
   name?: string
+  /** cap on what this node serves, bytes per second */
+  maxUpload?: number
 }
 
 export interface FriendView extends Friend {
@@ -107,7 +109,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
 
       const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta)
       try {
-        await daemon.wire()
+        await daemon.wire(init.maxUpload)
       } catch (err) {
         await libp2p.stop()
         throw err
@@ -119,7 +121,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     }
   }
 
-  private async wire (): Promise<void> {
+  private async wire (maxUpload?: number): Promise<void> {
     await this.libp2p.handle(REDEEM_PROTOCOL, redeemHandler({
       friends: this.friends,
       invites: this.invites,
@@ -129,7 +131,14 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.libp2p.use(DHT_PROTOCOL, friendsOnly(this.friends))
     this.friends.on('event', evt => this.emit('event', evt))
     this.presence.on('event', evt => this.emit('event', evt))
-    this.fileService = await FileService.start({ db: this.db, home: this.paths.root, identity: this.identity, libp2p: this.libp2p, friends: this.friends })
+    this.fileService = await FileService.start({
+      db: this.db,
+      home: this.paths.root,
+      identity: this.identity,
+      libp2p: this.libp2p,
+      friends: this.friends,
+      ...(maxUpload != null ? { maxUpload } : {})
+    })
     this.fileService.on('event', evt => this.emit('event', evt))
     this.presence.start()
   }

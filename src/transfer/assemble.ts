@@ -129,9 +129,19 @@ export async function assembleFile (dest: string, entry: ManifestFile, chunkSize
   await syncDir(folder)
 }
 
-/** A reader that takes sealed chunks from a store (hash-checked there) and opens them at their position. */
-export function storeReader (store: Pick<ChunkStore, 'get'>, keys: SealKeys, manifest: Pick<Manifest, 'shareId' | 'version'>, file: number): ChunkReader {
-  return async (index, id) => openChunk(keys, { shareId: manifest.shareId, version: manifest.version, file, index }, await store.get(id))
+/**
+ * A reader for the file at `manifest.entries[file]` that takes sealed chunks
+ * from a store (hash-checked there) and opens them at their position: the
+ * share, that entry's whole-file sha256, and the chunk's index. Reading fails
+ * with BAD_REQUEST if that entry is not a file.
+ */
+export function storeReader (store: Pick<ChunkStore, 'get'>, keys: SealKeys, manifest: Pick<Manifest, 'shareId' | 'entries'>, file: number): ChunkReader {
+  const entry = manifest.entries[file]
+  const fileHash = entry?.type === 'file' ? entry.sha256 : undefined
+  return async (index, id) => {
+    if (fileHash === undefined) throw new KithError('BAD_REQUEST', `entry ${file} of the manifest is not a file, so it has no chunks to read`)
+    return openChunk(keys, { shareId: manifest.shareId, fileHash, index }, await store.get(id))
+  }
 }
 
 /**

@@ -13,16 +13,27 @@ import { chunkId, sealChunk, type SealKeys } from './seal.ts'
  * Turns a file or folder into sealed chunks and manifest entries.
  *
  * A folder is walked first, without reading any content: entries are sorted by
- * the UTF-8 bytes of their paths (the manifest order, whose indexes the chunks
- * are sealed at), and the entry count and the chunk count implied by the sizes
- * are checked against the manifest limits before a byte is read. Then each file
- * flows through read -> seal -> store one chunk at a time, so memory stays at a
- * few chunks whatever the size of the share.
+ * the UTF-8 bytes of their paths (the manifest order), and the entry count and
+ * the chunk count implied by the sizes are checked against the manifest limits
+ * before a byte is read. Then each file is read twice through one open handle:
+ * once to hash it, because chunks are sealed at (share id, whole-file sha256,
+ * index) (seal.ts), and once more flowing read -> seal -> store one chunk at a
+ * time. Memory stays at a few chunks whatever the size of the share.
+ *
+ * Sealing at the file's content rather than at the manifest version and the
+ * file's place in the entry list means a file left unchanged between versions
+ * of a share seals to the same chunks with the same ids: they are already in
+ * the store, and friends who hold them need not fetch them again.
  *
  * Symlinks, sockets, devices and names a manifest can't carry are skipped and
  * reported, never followed: a share holds exactly what lies inside its folder.
  * A file that changes while it is read fails with SOURCE_CHANGED rather than
- * yield a manifest that matches no version of it.
+ * yield a manifest that matches no version of it: its size and mtime are
+ * checked before, between and after the two passes, its length while each pass
+ * reads, and the second pass hashes the file again and must get the same
+ * sha256 as the first (which catches a same-size rewrite within one mtime
+ * tick). Chunks already stored when such a change is caught are left in the
+ * store, referenced by no manifest.
  */
 
 /** Where sealed chunks go; a ChunkStore is one. */
@@ -32,7 +43,11 @@ export interface ChunkSink {
 
 export interface ChunkSourceInit extends AbortOptions {
   keys: SealKeys
-  /** The manifest version these chunks are sealed for. */
+  /**
+   * The manifest version these chunks are for. Sealing no longer depends on it
+   * (chunks are bound to the file's content, so they carry over between
+   * versions); kept so callers need not change.
+   */
   version: number
   store: ChunkSink
   /** @default CHUNK_SIZE (1 MiB) */
@@ -127,13 +142,19 @@ async function plan (root: string, skipped: SkippedEntry[], chunkSize: number, o
   return planned.sort((a, b) => comparePaths(a.path, b.path))
 }
 
-/** Reads exactly `size` bytes in chunk-sized pieces; fails if the file is shorter or longer. */
-async function * readChunks (handle: FileHandle, path: string, size: number, chunkSize: number, options: AbortOptions): AsyncGenerator<Buffer> {
+/**
+ * Reads exactly `size` bytes in chunk-sized pieces; fails if the file is
+ * shorter or longer. With `reuse`, every piece is the same buffer, overwritten
+ * by the next read: only for consumers done with a piece before asking for the
+ * next.
+ */
+async function * readChunks (handle: FileHandle, path: string, size: number, chunkSize: number, options: AbortOptions, reuse = false): AsyncGenerator<Buffer> {
   const count = chunkCount(size, chunkSize)
+  const shared = reuse && count > 0 ? Buffer.allocUnsafe(Math.min(chunkSize, size)) : undefined
   for (let index = 0; index < count; index++) {
     options.signal?.throwIfAborted()
     const want = chunkLength(size, chunkSize, index)
-    const buffer = Buffer.allocUnsafe(want)
+    const buffer = shared !== undefined ? shared.subarray(0, want) : Buffer.allocUnsafe(want)
     let filled = 0
     while (filled < want) {
       const { bytesRead } = await handle.read(buffer, filled, want - filled, index * chunkSize + filled)
@@ -146,19 +167,26 @@ async function * readChunks (handle: FileHandle, path: string, size: number, chu
   if (bytesRead !== 0) throw changed(path, 'it got longer')
 }
 
-/** Seals each plaintext chunk at its position, feeding the whole-file hash on the way. */
-function sealStage (keys: SealKeys, version: number, file: number, whole: Hash) {
+/** First pass: the sha256 of the whole file, read a chunk at a time into one buffer. */
+async function hashFile (handle: FileHandle, path: string, size: number, chunkSize: number, options: AbortOptions): Promise<string> {
+  const whole = createHash('sha256')
+  for await (const piece of readChunks(handle, path, size, chunkSize, options, true)) whole.update(piece)
+  return whole.digest('hex')
+}
+
+/** Seals each plaintext chunk at its position, feeding the second-pass hash on the way. */
+function sealStage (keys: SealKeys, fileHash: string, whole: Hash) {
   return async function * (source: AsyncIterable<Buffer>): AsyncGenerator<{ id: string, sealed: Uint8Array }> {
     let index = 0
     for await (const plaintext of source) {
       whole.update(plaintext)
-      const sealed = sealChunk(keys, { shareId: keys.shareId, version, file, index: index++ }, plaintext)
+      const sealed = sealChunk(keys, { shareId: keys.shareId, fileHash, index: index++ }, plaintext)
       yield { id: chunkId(sealed), sealed }
     }
   }
 }
 
-async function chunkFile (item: Planned, file: number, init: ChunkSourceInit, chunkSize: number, followLinks: boolean): Promise<ManifestFile> {
+async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: number, followLinks: boolean): Promise<ManifestFile> {
   let handle: FileHandle
   try {
     // Inside a folder, a file swapped for a link since the walk is refused, not followed.
@@ -168,13 +196,22 @@ async function chunkFile (item: Planned, file: number, init: ChunkSourceInit, ch
     throw unreadable(item.path, err)
   }
   try {
-    const before = await handle.stat()
-    if (!before.isFile() || before.size !== item.size || before.mtimeMs !== item.mtimeMs) throw changed(item.path, 'it was modified')
-    const whole = createHash('sha256')
+    // Both passes read through this one handle, so a file replaced by rename
+    // in between is not mixed in; writes in place are caught by the checks.
+    const unchanged = async (): Promise<void> => {
+      const now = await handle.stat()
+      if (!now.isFile() || now.size !== item.size || now.mtimeMs !== item.mtimeMs) throw changed(item.path, 'it was modified')
+    }
+    await unchanged()
+    // Pass 1: the whole-file hash, which every chunk is sealed at.
+    const sha256 = await hashFile(handle, item.path, item.size, chunkSize, init)
+    await unchanged()
+    // Pass 2: read, seal, store; hashed again to prove it read what pass 1 did.
+    const again = createHash('sha256')
     const chunks: string[] = []
     await pipe(
       readChunks(handle, item.path, item.size, chunkSize, init),
-      sealStage(init.keys, init.version, file, whole),
+      sealStage(init.keys, sha256, again),
       async (source) => {
         for await (const { id, sealed } of source) {
           await init.store.put(id, sealed)
@@ -182,9 +219,9 @@ async function chunkFile (item: Planned, file: number, init: ChunkSourceInit, ch
         }
       }
     )
-    const after = await handle.stat()
-    if (after.size !== before.size || after.mtimeMs !== before.mtimeMs) throw changed(item.path, 'it was modified')
-    return { type: 'file', path: item.path, size: item.size, executable: item.executable, sha256: whole.digest('hex'), chunks }
+    await unchanged()
+    if (again.digest('hex') !== sha256) throw changed(item.path, 'its content differs between two reads')
+    return { type: 'file', path: item.path, size: item.size, executable: item.executable, sha256, chunks }
   } finally {
     await handle.close()
   }
@@ -227,13 +264,13 @@ export async function chunkSource (source: string, init: ChunkSourceInit): Promi
   const entries: ManifestEntry[] = []
   let chunkTotal = 0
   let totalSize = 0
-  for (const [file, item] of planned.entries()) {
+  for (const item of planned) {
     init.signal?.throwIfAborted()
     if (item.source === undefined) {
       entries.push({ type: 'dir', path: item.path })
       continue
     }
-    const entry = await chunkFile(item, file, init, chunkSize, followLinks)
+    const entry = await chunkFile(item, init, chunkSize, followLinks)
     chunkTotal += entry.chunks.length
     totalSize += entry.size
     entries.push(entry)

@@ -21,8 +21,9 @@ import { isId } from './seal.ts'
  * `c` is the file's chunk ids concatenated, n = ceil(s / cs); `h` is the sha256
  * of the whole plaintext file; `root` is the Merkle root (merkle.ts) over every
  * chunk id of every file in entry order. Entries are sorted by the UTF-8 bytes
- * of their paths, and an entry's index in that list is the `file` its chunks
- * are sealed at (seal.ts).
+ * of their paths. A file's chunks are sealed at (share, `h`, chunk index)
+ * (seal.ts), not at the version or the entry's index, so a file unchanged
+ * between versions keeps its chunk ids.
  *
  * Decoding checks, in order, each before the next step's work: byte length,
  * envelope shape, owner, signature, body format version, scalar fields, entry
@@ -77,7 +78,7 @@ export interface CreateManifestInit {
   name: string
   created?: number
   chunkSize: number
-  /** Already sorted by `comparePaths`; their indexes are the ones chunks were sealed at. */
+  /** Already sorted by `comparePaths`; each file's chunks sealed at its `sha256` (seal.ts). */
   entries: ManifestEntry[]
 }
 

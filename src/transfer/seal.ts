@@ -6,43 +6,54 @@ import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, MAX_CHUNK_SIZE, SEAL_OVERHEAD } from 
  * Chunk sealing: AES-256-GCM under a per-share key.
  *
  *   sealed = format(1) || nonce(12) || ciphertext || tag(16)
- *   AD     = "kith/chunk/1\0" || format(1) || shareId(32) || version(u64 BE)
- *            || file(u32 BE) || index(u32 BE)                        (62 bytes)
+ *   AD     = "kith/chunk/2\0" || format(1) || shareId(32) || fileHash(32)
+ *            || index(u32 BE)                                        (82 bytes)
  *   nonce  = HMAC-SHA256(nonceKey, AD || plaintext)[0..12]
  *   chunk id = hex(sha256(sealed))
  *
+ * fileHash is the sha256 of the whole plaintext file the chunk is part of (the
+ * manifest entry's `sha256`), index the chunk's place in that file.
+ *
  * The nonce is synthetic (as in SIV): derived from the position and the
  * plaintext, so sealing is deterministic. The same chunk sealed twice (after a
- * crash, or by a second run) gives the same bytes and the same id, while two
- * different plaintexts never share a nonce, even if a version number is reused
- * by mistake. Chunks are sealed once, at share time; everyone holding the share
- * stores and serves those exact sealed bytes, so any holder can serve any
- * fetcher and the id in the manifest pins them.
+ * crash, by a second run, or in the next version of the share) gives the same
+ * bytes and the same id, while two different plaintexts never share a nonce.
+ * Chunks are sealed once, at share time; everyone holding the share stores and
+ * serves those exact sealed bytes, so any holder can serve any fetcher and the
+ * id in the manifest pins them.
  *
- * The AD binds a chunk to its share, manifest version, file and index, so a
- * sealed chunk moved to another place fails to open even for a key holder who
- * skips the id check. Integrity against key holders comes from the signed
- * manifest listing every chunk id; the AEAD keeps the bytes private from peers
- * that store or relay chunks without holding the key.
+ * The AD binds a chunk to its share, the content of its file and its index, so
+ * a sealed chunk moved to another share, another file (other content) or
+ * another index fails to open even for a key holder who skips the id check.
+ * It deliberately leaves out the manifest version and the file's place in the
+ * entry list: a file that is unchanged in the next version of a share, even if
+ * other files were added or removed around it, keeps its chunk ids, so friends
+ * re-fetch only what changed and stores hold one copy for every version. (Two
+ * files of one share with identical content share their chunks too; moving a
+ * chunk between them changes nothing.) Integrity against key holders comes
+ * from the signed manifest listing every chunk id; the AEAD keeps the bytes
+ * private from peers that store or relay chunks without holding the key.
  *
  * Keys: encKey and nonceKey are derived from the 32-byte share key with
  * HKDF-SHA256, salted with the share id, so no key is used for two jobs.
  */
 
-export const SEAL_FORMAT = 1
+/** Format 2: AD binds (share, file sha256, index). Format 1 bound (share, version, file index, index). */
+export const SEAL_FORMAT = 2
 export const SHARE_KEY_LENGTH = 32
 const NONCE_LENGTH = 12
 const TAG_LENGTH = 16
-const AD_DOMAIN = Buffer.from('kith/chunk/1\0', 'utf8')
-export const AD_LENGTH = AD_DOMAIN.length + 1 + ID_LENGTH + 8 + 4 + 4
+const AD_DOMAIN = Buffer.from('kith/chunk/2\0', 'utf8')
+export const AD_LENGTH = AD_DOMAIN.length + 1 + ID_LENGTH + ID_LENGTH + 4
 const MAX_U32 = 0xffff_ffff
 const HEX_ID = /^[0-9a-f]{64}$/
 
-/** Where a chunk belongs. Ids are lowercase hex. */
+/** Where a chunk belongs. Ids and hashes are lowercase hex. */
 export interface ChunkPosition {
   shareId: string
-  version: number
-  file: number
+  /** sha256 of the whole plaintext file the chunk belongs to: the manifest entry's `sha256`. */
+  fileHash: string
+  /** The chunk's index within that file. */
   index: number
 }
 
@@ -78,19 +89,17 @@ export function deriveSealKeys (shareKey: Uint8Array, shareId: string): SealKeys
   return { shareId, enc: derive('enc'), nonce: derive('nonce') }
 }
 
-/** The 62 bytes of associated data for a position; exported for docs and tests. */
+/** The 82 bytes of associated data for a position; exported for docs and tests. */
 export function associatedData (position: ChunkPosition): Buffer {
-  const { shareId, version, file, index } = position
+  const { shareId, fileHash, index } = position
   if (!isId(shareId)) throw new KithError('BAD_REQUEST', 'a share id must be 64 lowercase hex characters')
-  if (!Number.isSafeInteger(version) || version < 1) throw new KithError('BAD_REQUEST', `manifest version ${version} is not a positive integer`)
-  if (!Number.isInteger(file) || file < 0 || file > MAX_U32) throw new KithError('BAD_REQUEST', `file index ${file} is out of range`)
+  if (!isId(fileHash)) throw new KithError('BAD_REQUEST', 'a file hash must be 64 lowercase hex characters')
   if (!Number.isInteger(index) || index < 0 || index > MAX_U32) throw new KithError('BAD_REQUEST', `chunk index ${index} is out of range`)
   const ad = Buffer.alloc(AD_LENGTH)
   let at = AD_DOMAIN.copy(ad, 0)
   at = ad.writeUInt8(SEAL_FORMAT, at)
   at += Buffer.from(shareId, 'hex').copy(ad, at)
-  at = ad.writeBigUInt64BE(BigInt(version), at)
-  at = ad.writeUInt32BE(file, at)
+  at += Buffer.from(fileHash, 'hex').copy(ad, at)
   ad.writeUInt32BE(index, at)
   return ad
 }
@@ -124,7 +133,7 @@ export function sealChunk (keys: SealKeys, position: ChunkPosition, plaintext: U
 /**
  * Opens a sealed chunk at the position it is claimed to hold. Throws
  * CHUNK_DECRYPT_FAILED if the bytes were altered, sealed under another key, or
- * sealed for another share, version, file or index.
+ * sealed for another share, another file content or another index.
  */
 export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint8Array): Uint8Array {
   checkKeys(keys, position)
@@ -132,7 +141,9 @@ export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint
     throw new KithError('CHUNK_DECRYPT_FAILED', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes, not ${sealed.length}`)
   }
   if (sealed[0] !== SEAL_FORMAT) {
-    throw new KithError('UNSUPPORTED_VERSION', `this chunk is sealed with format ${sealed[0]}, which this kith does not know; upgrade kith`)
+    throw new KithError('UNSUPPORTED_VERSION', sealed[0]! < SEAL_FORMAT
+      ? `this chunk is sealed with format ${sealed[0]}, which this kith no longer reads; the owner must share it again`
+      : `this chunk is sealed with format ${sealed[0]}, which this kith does not know; upgrade kith`)
   }
   const ad = associatedData(position)
   const nonce = sealed.subarray(1, 1 + NONCE_LENGTH)
@@ -146,7 +157,7 @@ export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint
     decipher.final() // GCM yields nothing more here; it checks the tag
   } catch {
     plaintext.fill(0) // unauthenticated plaintext never leaves this function
-    throw new KithError('CHUNK_DECRYPT_FAILED', `chunk ${position.index} of file ${position.file} failed authentication: it was altered, or belongs to another share, version or place`)
+    throw new KithError('CHUNK_DECRYPT_FAILED', `chunk ${position.index} of the file with sha256 ${position.fileHash.slice(0, 8)}… failed authentication: it was altered, or belongs to another share, file or place`)
   }
   return plaintext
 }

@@ -70,12 +70,30 @@ describe('assemble', () => {
   })
 
   it('refuses chunks opened at the wrong place or with the wrong key', async () => {
-    // Chunks of file 0 read as if they were file 1's: the AD does not match.
-    await expectCodeAsync(assembleFile(join(out, 'file.bin'), entry(), CS, storeReader(store, keys, manifest, 1)), 'CHUNK_DECRYPT_FAILED')
-    await expectCodeAsync(assembleFile(join(out, 'file.bin'), entry(), CS, storeReader(store, keys, { ...manifest, version: 3 }, 0)), 'CHUNK_DECRYPT_FAILED')
+    // Chunks of one file read as if they were another's (another sha256): the AD does not match.
+    const src = join(dir, 'two')
+    await mkdir(src)
+    await writeFile(join(src, 'a.bin'), pseudoRandom(CS + 1, 'a'))
+    await writeFile(join(src, 'b.bin'), pseudoRandom(CS + 1, 'b'))
+    const { entries } = await chunkSource(src, { keys, version: 2, store, chunkSize: CS })
+    const two = createManifest({ ...owner, shareId, version: 2, name: 'two', chunkSize: CS, entries }).manifest
+    const a = two.entries[0] as ManifestFile
+    await expectCodeAsync(assembleFile(join(out, 'a.bin'), a, CS, storeReader(store, keys, two, 1)), 'CHUNK_DECRYPT_FAILED')
+    // The same chunk ids, but a manifest claiming other content for the file.
+    const claimed: Manifest = { ...manifest, entries: [{ ...entry(), sha256: 'ee'.repeat(32) }] }
+    await expectCodeAsync(assembleFile(join(out, 'file.bin'), entry(), CS, storeReader(store, keys, claimed, 0)), 'CHUNK_DECRYPT_FAILED')
+    // An index that is not a file in the manifest.
+    await expectCodeAsync(assembleFile(join(out, 'file.bin'), entry(), CS, storeReader(store, keys, manifest, 1)), 'BAD_REQUEST')
     const stranger = deriveSealKeys(generateShareKey(), shareId)
     await expectCodeAsync(assembleShare({ store, keys: stranger, manifest, root: out }), 'CHUNK_DECRYPT_FAILED')
     expect(await readdir(out)).toEqual([])
+  })
+
+  it('opens the same chunks under any version and entry index of the same file', async () => {
+    // Chunks are bound to the file's content, not to the manifest version or entry index.
+    const later: Manifest = { ...manifest, version: 7, entries: [{ type: 'dir', path: 'added' }, entry()] }
+    await assembleFile(join(out, 'file.bin'), entry(), CS, storeReader(store, keys, later, 1))
+    expect((await readFile(join(out, 'file.bin'))).equals(data)).toBe(true)
   })
 
   it('leaves an existing destination alone unless told to overwrite', async () => {

@@ -10,8 +10,10 @@ import { expectCode, hex, pseudoRandom } from './helpers.ts'
 const key = new Uint8Array(32).fill(7)
 const shareId = hex(0xaa)
 const otherShare = hex(0xbb)
+const fileHash = hex(0xcc)
+const otherFile = hex(0xdd)
 const keys = deriveSealKeys(key, shareId)
-const at: ChunkPosition = { shareId, version: 3, file: 2, index: 5 }
+const at: ChunkPosition = { shareId, fileHash, index: 5 }
 const plaintext = pseudoRandom(100_000)
 
 describe('seal', () => {
@@ -42,16 +44,19 @@ describe('seal', () => {
 
   it('gives different bytes at different positions', () => {
     const ids = new Set([
-      at, { ...at, index: 6 }, { ...at, file: 3 }, { ...at, version: 4 }
+      at, { ...at, index: 6 }, { ...at, fileHash: otherFile }
     ].map(p => chunkId(sealChunk(keys, p, plaintext))))
+    expect(ids.size).toBe(3)
+    const elsewhere = deriveSealKeys(key, otherShare)
+    ids.add(chunkId(sealChunk(elsewhere, { ...at, shareId: otherShare }, plaintext)))
     expect(ids.size).toBe(4)
   })
 
-  it('refuses a chunk moved to another index, file, version or share', () => {
+  it('refuses a chunk moved to another index, file or share', () => {
     const sealed = sealChunk(keys, at, plaintext)
     expectCode(() => openChunk(keys, { ...at, index: 4 }, sealed), 'CHUNK_DECRYPT_FAILED')
-    expectCode(() => openChunk(keys, { ...at, file: 1 }, sealed), 'CHUNK_DECRYPT_FAILED')
-    expectCode(() => openChunk(keys, { ...at, version: 2 }, sealed), 'CHUNK_DECRYPT_FAILED')
+    // Another file: another whole-file sha256.
+    expectCode(() => openChunk(keys, { ...at, fileHash: otherFile }, sealed), 'CHUNK_DECRYPT_FAILED')
     // Same encryption key, other share id in the AD: the AD alone must refuse it.
     expectCode(() => openChunk({ ...keys, shareId: otherShare }, { ...at, shareId: otherShare }, sealed), 'CHUNK_DECRYPT_FAILED')
     // The same share key used for another share derives other keys.
@@ -81,8 +86,11 @@ describe('seal', () => {
   it('refuses an unknown format, truncation and oversize', () => {
     const sealed = Buffer.from(sealChunk(keys, at, plaintext))
     const future = Buffer.from(sealed)
-    future[0] = 2
-    expectCode(() => openChunk(keys, at, future), 'UNSUPPORTED_VERSION')
+    future[0] = SEAL_FORMAT + 1
+    expect(expectCode(() => openChunk(keys, at, future), 'UNSUPPORTED_VERSION').message).toMatch(/upgrade kith/)
+    const past = Buffer.from(sealed)
+    past[0] = 1 // format 1 bound version and file index instead of the file's hash
+    expect(expectCode(() => openChunk(keys, at, past), 'UNSUPPORTED_VERSION').message).toMatch(/share it again/)
     expectCode(() => openChunk(keys, at, sealed.subarray(0, sealed.length - 1)), 'CHUNK_DECRYPT_FAILED')
     expectCode(() => openChunk(keys, at, sealed.subarray(0, SEAL_OVERHEAD - 1)), 'CHUNK_DECRYPT_FAILED')
     expectCode(() => openChunk(keys, at, Buffer.concat([sealed, Buffer.alloc(1)])), 'CHUNK_DECRYPT_FAILED')
@@ -90,19 +98,23 @@ describe('seal', () => {
   })
 
   it('checks positions and keys', () => {
-    expectCode(() => associatedData({ ...at, version: 0 }), 'BAD_REQUEST')
     expectCode(() => associatedData({ ...at, index: -1 }), 'BAD_REQUEST')
-    expectCode(() => associatedData({ ...at, file: 2 ** 32 }), 'BAD_REQUEST')
+    expectCode(() => associatedData({ ...at, index: 2 ** 32 }), 'BAD_REQUEST')
+    expectCode(() => associatedData({ ...at, index: 1.5 }), 'BAD_REQUEST')
     expectCode(() => associatedData({ ...at, shareId: 'AA'.repeat(32) }), 'BAD_REQUEST')
+    expectCode(() => associatedData({ ...at, fileHash: 'CC'.repeat(32) }), 'BAD_REQUEST')
+    expectCode(() => associatedData({ ...at, fileHash: 'cc'.repeat(31) }), 'BAD_REQUEST')
+    expectCode(() => associatedData({ ...at, fileHash: undefined as unknown as string }), 'BAD_REQUEST')
     expectCode(() => deriveSealKeys(new Uint8Array(31), shareId), 'BAD_REQUEST')
     expect(isId(generateShareId())).toBe(true)
   })
 
   it('lays out the associated data as documented', () => {
-    const ad = associatedData({ shareId, version: 0x0102030405, file: 0x0a0b0c0d, index: 7 })
+    const ad = associatedData({ shareId, fileHash, index: 0x0a0b0c0d })
     expect(ad.length).toBe(AD_LENGTH)
+    expect(AD_LENGTH).toBe(82)
     expect(ad.toString('hex')).toBe(
-      Buffer.from('kith/chunk/1\0').toString('hex') + '01' + shareId + '0000000102030405' + '0a0b0c0d' + '00000007'
+      Buffer.from('kith/chunk/2\0').toString('hex') + '02' + shareId + fileHash + '0a0b0c0d'
     )
   })
 
@@ -111,13 +123,16 @@ describe('seal', () => {
     expect(chunkId(sealed)).toBe(createHash('sha256').update(sealed).digest('hex'))
   })
 
-  it('matches the format 1 fixture', () => {
-    const sealed = sealChunk(keys, { shareId, version: 1, file: 0, index: 0 }, Buffer.from('hello, friend'))
+  it('matches the format 2 fixture', () => {
+    const text = Buffer.from('hello, friend')
+    const position: ChunkPosition = { shareId, fileHash: createHash('sha256').update(text).digest('hex'), index: 0 }
+    const sealed = sealChunk(keys, position, text)
     expect(Buffer.from(sealed).toString('hex')).toBe(SEAL_FIXTURE)
-    expect(Buffer.from(openChunk(keys, { shareId, version: 1, file: 0, index: 0 }, Buffer.from(SEAL_FIXTURE, 'hex'))).toString()).toBe('hello, friend')
+    expect(Buffer.from(openChunk(keys, position, Buffer.from(SEAL_FIXTURE, 'hex'))).toString()).toBe('hello, friend')
   })
 })
 
-// Sealed under key 07*32, share aa*32, version 1, file 0, index 0. If this
-// changes, every chunk id changes: bump SEAL_FORMAT instead.
-const SEAL_FIXTURE = '01baae5e89e8953a1f9ebfca0713b8975c087fe7e53b77c33875239c88717dda1cde26e88ba673f9089d'
+// The only chunk of a file holding 'hello, friend', sealed under key 07*32,
+// share aa*32, fileHash sha256('hello, friend'), index 0. If this changes,
+// every chunk id changes: bump SEAL_FORMAT instead.
+const SEAL_FIXTURE = '0281640ba275373746f8a919b69850877e191d8b85bbe7ffcfbf3b59cf81111a567a72c53b5978e2948f'

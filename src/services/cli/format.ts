@@ -48,3 +48,14 @@ export function duration (seconds: number): string {
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`
   return `${Math.floor(s / 3600)}h${String(Math.floor(s % 3600 / 60)).padStart(2, '0')}m`
 }
+
+const RATE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, k: 1e3, m: 1e6, g: 1e9 }
+
+/** Parses "16MB/s", "512KiB/s", "2.5M" into bytes per second; undefined if malformed or zero. */
+export function parseRate (text: string): number | undefined {
+  const match = /^(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?(?:\/s)?$/i.exec(text.trim())
+  if (match == null) return undefined
+  const unit = RATE_UNITS[(match[2] ?? '').toLowerCase()]
+  const value = Number(match[1]) * (unit ?? NaN)
+  return Number.isFinite(value) && value >= 1 ? Math.round(value) : undefined
+}

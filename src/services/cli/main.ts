@@ -10,7 +10,7 @@ import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
 import { runStart } from './start.ts'
 import { fileCommands } from './files.ts'
-import { table, ago, shortId, parseDuration } from './format.ts'
+import { table, ago, shortId, parseDuration, parseRate } from './format.ts'
 
 /**
  * The `kith` command line: a thin client of the local API (see docs/api.md),
@@ -113,16 +113,20 @@ program.command('start')
   .option('--listen <multiaddr...>', 'libp2p listen addresses (default: /ip4/0.0.0.0/tcp/0, reusing the last port)')
   .option('--api <host:port>', 'local API address on loopback (default: 127.0.0.1:0)')
   .option('--name <name>', 'the name friends see in your invites (remembered)')
+  .option('--max-upload <rate>', 'cap what this node serves to friends, like 10MB/s (default: no cap)')
   .option('--json', 'print the start-up summary as JSON')
-  .action(async (opts: { listen?: string[], api?: string, name?: string, json?: boolean }, cmd: Command) => {
+  .action(async (opts: { listen?: string[], api?: string, name?: string, maxUpload?: string, json?: boolean }, cmd: Command) => {
     const g = globals(cmd)
     const pass = await passphrase(g)
+    const maxUpload = opts.maxUpload != null ? parseRate(opts.maxUpload) : undefined
+    if (opts.maxUpload != null && maxUpload == null) throw new KithError('USAGE', `--max-upload wants a rate like 10MB/s or 512KiB/s; got ${JSON.stringify(opts.maxUpload)}`)
     await runStart({
       home: g.home,
       ...(opts.listen != null ? { listen: opts.listen } : {}),
       ...(opts.api != null ? { api: opts.api } : {}),
       ...(opts.name != null ? { name: opts.name } : {}),
       ...(pass != null ? { passphrase: pass } : {}),
+      ...(maxUpload != null ? { maxUpload } : {}),
       json: opts.json === true
     })
   })

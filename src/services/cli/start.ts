@@ -16,6 +16,8 @@ export interface StartOptions {
   api?: string
   name?: string
   passphrase?: string
+  /** bytes per second */
+  maxUpload?: number
   json?: boolean
 }
 
@@ -45,7 +47,8 @@ export async function runStart (options: StartOptions): Promise<void> {
     home: options.home,
     ...(options.listen != null && options.listen.length > 0 ? { listen: options.listen } : {}),
     ...(options.name != null ? { name: options.name } : {}),
-    ...(options.passphrase != null ? { passphrase: options.passphrase } : {})
+    ...(options.passphrase != null ? { passphrase: options.passphrase } : {}),
+    ...(options.maxUpload != null ? { maxUpload: options.maxUpload } : {})
   })
   let api
   try {

@@ -9,6 +9,7 @@ import type { FriendBook } from '../../trust/friends.ts'
 import { friendsOnly } from '../../trust/gate.ts'
 import { openChunkStore, type ChunkStore } from '../../transfer/chunk-store.ts'
 import { chunkHandler, CHUNK_PROTOCOL } from '../../transfer/chunk-protocol.ts'
+import { TokenBucket } from '../../transfer/token-bucket.ts'
 import { ShareBook, listing, type ShareListing } from './share-book.ts'
 import { filesHandler, listShares, FILES_PROTOCOL } from './files-protocol.ts'
 import { Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
@@ -29,6 +30,8 @@ export interface FileServiceInit {
   identity: Identity
   libp2p: KithLibp2p
   friends: FriendBook
+  /** cap on chunk uploads, bytes per second */
+  maxUpload?: number
 }
 
 export const MAX_INBOUND_CHUNK_STREAMS = 16
@@ -37,12 +40,15 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   readonly store: ChunkStore
   readonly shares: ShareBook
   readonly transfers: Transfers
+  /** what this node serves passes through it; the bandwidth scheduler will replace it */
+  readonly upload: TokenBucket
   private readonly init: FileServiceInit
 
   private constructor (init: FileServiceInit, store: ChunkStore) {
     super()
     this.init = init
     this.store = store
+    this.upload = new TokenBucket(init.maxUpload ?? Infinity)
     this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'))
     this.transfers = new Transfers({
       libp2p: init.libp2p,
@@ -62,7 +68,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     await libp2p.handle(FILES_PROTOCOL, filesHandler({ shares: service.shares, friends, secretKey: init.identity.secretKey }), {
       middleware: [friendsOnly(friends, 'files')]
     })
-    await libp2p.handle(CHUNK_PROTOCOL, chunkHandler({ store }), {
+    await libp2p.handle(CHUNK_PROTOCOL, chunkHandler({ store, beforeSend: async (bytes, _peer, signal) => { await service.upload.take(bytes, signal) } }), {
       maxInboundStreams: MAX_INBOUND_CHUNK_STREAMS,
       middleware: [friendsOnly(friends, 'files')]
     })

@@ -1,0 +1,172 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { join, relative } from 'node:path'
+import { createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+
+/**
+ * Friend-to-friend fetch between real daemons, through the CLI: share, list,
+ * fetch a whole share and a part of it, fetch from a friend who holds the
+ * chunks while the owner is away, pause, resume, cancel, and resume after the
+ * fetcher is killed with -9.
+ */
+async function tree (root: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {}
+  async function walk (dir: string): Promise<void> {
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name)
+      if (entry.isDirectory()) await walk(path)
+      else out[relative(root, path)] = createHash('sha256').update(await readFile(path)).digest('hex')
+    }
+  }
+  await walk(root)
+  return out
+}
+
+async function befriend (issuer: TestNode, accepter: TestNode): Promise<void> {
+  const file = join(issuer.home, `for-${accepter.name}.invite`)
+  await issuer.json('invite', 'create', '--name', accepter.name, '-o', file)
+  await accepter.json('invite', 'accept', file)
+}
+
+async function transfer (node: TestNode, id: string): Promise<any> {
+  return (await node.json<{ transfers: any[] }>('transfers')).transfers.find(t => t.id === id)
+}
+
+async function exists (path: string): Promise<boolean> {
+  return await stat(path).then(() => true, () => false)
+}
+
+describe('fetching friends\' files', () => {
+  let net: Testnet
+  let alice: TestNode, bob: TestNode, carol: TestNode
+  let photos: string
+
+  beforeAll(async () => {
+    net = await createTestnet(['alice', 'bob', 'carol'])
+    ;[alice, bob, carol] = net.nodes as [TestNode, TestNode, TestNode]
+    await befriend(alice, bob)
+    await befriend(alice, carol)
+    await befriend(bob, carol)
+    photos = join(alice.home, 'photos')
+    await mkdir(join(photos, 'sub', 'deep'), { recursive: true })
+    await writeFile(join(photos, 'a.bin'), randomBytes(3 * 1024 * 1024 + 17))
+    await writeFile(join(photos, 'empty.txt'), '')
+    await writeFile(join(photos, 'sub', 'b.txt'), 'hello from alice\n')
+    await writeFile(join(photos, 'sub', 'deep', 'c.bin'), randomBytes(1024 * 1024))
+  })
+
+  afterAll(async () => {
+    await net?.stop()
+  })
+
+  it('shares a folder and a friend lists it', async () => {
+    const shared = await alice.json('share', photos, '--with', 'bob', 'carol')
+    expect(shared.share).toMatchObject({ name: 'photos', version: 1, files: 4, size: 4 * 1024 * 1024 + 17 + 17 })
+    expect(shared.share.with.map((w: { label: string }) => w.label).sort()).toEqual(['bob', 'carol'])
+    expect((await alice.json('shares')).shares.map((s: { name: string }) => s.name)).toEqual(['photos'])
+    const listed = await bob.json('ls', 'alice')
+    expect(listed.shares.map((s: { name: string, files: number }) => [s.name, s.files])).toEqual([['photos', 4]])
+  })
+
+  it('fetches a whole share, verified, identical to the source', async () => {
+    const dest = join(bob.home, 'got-photos')
+    const result = await bob.cli('fetch', 'alice:photos', '-o', dest, '--json')
+    expect(result.code, result.stderr).toBe(0)
+    const lines = result.stdout.trim().split('\n').map(l => JSON.parse(l))
+    expect(lines.at(-1)).toMatchObject({ state: 'done', doneBytes: 4 * 1024 * 1024 + 34 })
+    expect(await tree(dest)).toEqual(await tree(photos))
+  })
+
+  it('fetches one folder of a share', async () => {
+    const dest = join(carol.home, 'just-sub')
+    const result = await carol.cli('fetch', 'alice:photos/sub', '-o', dest)
+    expect(result.code, result.stderr).toBe(0)
+    expect(await tree(dest)).toEqual({ 'b.txt': (await tree(photos))['sub/b.txt'], 'deep/c.bin': (await tree(photos))['sub/deep/c.bin'] })
+  })
+
+  it('refuses bad fetches with clear codes and writes nothing', async () => {
+    const missing = await bob.cli('fetch', 'alice:nothing-here', '-o', join(bob.home, 'x'))
+    expect(missing.code).toBe(1)
+    expect(missing.stderr).toContain('SHARE_UNKNOWN')
+    const stranger = await bob.cli('fetch', 'mallory:photos')
+    expect(stranger.stderr).toContain('FRIEND_UNKNOWN')
+    const syntax = await bob.cli('fetch', 'no-colon-here')
+    expect(syntax.code).toBe(2)
+    expect(syntax.stderr).toContain('USAGE')
+    const taken = await bob.cli('fetch', 'alice:photos', '-o', join(bob.home, 'got-photos'))
+    expect(taken.stderr).toContain('DESTINATION_EXISTS')
+    const notInShare = await bob.cli('fetch', 'alice:photos/../../etc', '-o', join(bob.home, 'y'))
+    expect(notInShare.code).toBe(1)
+    expect(await exists(join(bob.home, 'x'))).toBe(false)
+    expect(await exists(join(bob.home, 'y'))).toBe(false)
+  })
+
+  it('resumes by itself after the fetcher is killed with -9, and never leaves a partial destination', async () => {
+    const big = join(alice.home, 'big.bin')
+    await writeFile(big, randomBytes(48 * 1024 * 1024))
+    // slow alice's uploads so the kill lands mid-transfer
+    await alice.stop()
+    await alice.start(['--max-upload', '16MB/s'])
+    await alice.json('share', big, '--with', 'bob')
+    await waitFor(async () => (await bob.json('friends')).friends.find((f: { label: string, link: { online: boolean } }) => f.label === 'alice')?.link.online, 'bob sees alice')
+    const dest = join(bob.home, 'big.bin')
+    const { transfer: started } = await bob.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
+    const before = await waitFor(async () => {
+      const t = await transfer(bob, started.id)
+      return t?.doneBytes > 8 * 1024 * 1024 ? t : undefined
+    }, 'some progress', 30_000)
+    await bob.kill9()
+    expect(await exists(dest)).toBe(false)
+    await bob.start()
+    const after = await transfer(bob, started.id)
+    expect(['queued', 'running', 'done']).toContain(after.state)
+    const done = await waitFor(async () => {
+      const t = await transfer(bob, started.id)
+      return t?.state === 'done' ? t : undefined
+    }, 'the resumed fetch to finish', 60_000)
+    expect(done.doneBytes).toBe(48 * 1024 * 1024)
+    expect(before.doneBytes).toBeGreaterThan(0)
+    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(big)).digest('hex'))
+  })
+
+  it('goes on from a friend who holds the chunks when the owner vanishes mid-fetch', async () => {
+    // bob fetched big.bin above and now holds its sealed chunks; alice is throttled
+    await alice.json('share', join(alice.home, 'big.bin'), '--with', 'bob', 'carol')
+    const dest = join(carol.home, 'big.bin')
+    const { transfer: started } = await carol.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
+    await waitFor(async () => (await transfer(carol, started.id))?.doneBytes > 0, 'carol under way', 30_000)
+    await alice.kill9()
+    try {
+      const done = await waitFor(async () => {
+        const t = await transfer(carol, started.id)
+        if (t?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(t.error)}`)
+        return t?.state === 'done' ? t : undefined
+      }, 'the fetch to finish from bob', 60_000)
+      expect(done.sources.find((s: { label: string }) => s.label === 'bob')?.bytes).toBeGreaterThan(0)
+      expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(join(alice.home, 'big.bin'))).digest('hex'))
+    } finally {
+      await alice.start(['--max-upload', '16MB/s'])
+    }
+  })
+
+  it('pauses, resumes and cancels a fetch', async () => {
+    const source = join(alice.home, 'big2.bin')
+    await writeFile(source, randomBytes(32 * 1024 * 1024))
+    await alice.json('share', source, '--with', 'carol')
+    const dest = join(carol.home, 'big2.bin')
+    const { transfer: t } = await carol.json('fetch', 'alice:big2.bin', '-o', dest, '--detach')
+    const paused = await carol.json('pause', t.id)
+    expect(paused.transfer.state).toBe('paused')
+    const resumed = await carol.json('resume', t.id)
+    expect(['queued', 'running']).toContain(resumed.transfer.state)
+    const cancelled = await carol.json('cancel', t.id)
+    expect(cancelled.transfer.state).toBe('cancelled')
+    expect(await exists(dest)).toBe(false)
+    const again = await carol.cli('resume', t.id)
+    expect(again.code).toBe(1)
+    expect(again.stderr).toContain('TRANSFER_STATE')
+    const unknown = await carol.cli('pause', 'abcdef')
+    expect(unknown.stderr).toContain('TRANSFER_UNKNOWN')
+  })
+})
