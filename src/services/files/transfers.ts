@@ -311,7 +311,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
 
 interface Selected {
   entry: ManifestFile
-  /** the entry's index in the manifest, which its chunks are sealed at */
+  /** the entry's index in the manifest */
   index: number
   /** path under the destination; '' when the destination is the file itself */
   relative: string
