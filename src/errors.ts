@@ -53,6 +53,17 @@ export const ERROR_CODES = {
   SOURCE_CHANGED: 409,
   FILE_VERIFY_FAILED: 502,
   DESTINATION_EXISTS: 409,
+  // transfer: the chunk protocol and multi-source fetch
+  CHUNK_FRAME_MALFORMED: 400,
+  CHUNK_FRAME_TOO_LARGE: 413,
+  CHUNK_PEER_UNREACHABLE: 502,
+  CHUNK_PEER_REFUSED: 502,
+  CHUNK_PEER_BUSY: 503,
+  CHUNK_PEER_FAILED: 502,
+  CHUNK_PEER_STALLED: 504,
+  FETCH_NO_SOURCE: 502,
+  /** the caller aborted (pause or cancel); 499 as in "client closed request" */
+  FETCH_ABORTED: 499,
   // file sharing
   KEY_UNWRAP_FAILED: 502,
   SHARE_UNKNOWN: 404,

@@ -72,6 +72,11 @@ export class TestNode {
     return this.info.peerId
   }
 
+  /** The running daemon's process id, or undefined when it is not running. */
+  get pid (): number | undefined {
+    return this.proc?.pid
+  }
+
   /** Starts the daemon and resolves once it printed its start-up line. */
   async start (args: string[] = []): Promise<StartInfo> {
     const proc = spawn(NODE, [KITH, '--home', this.home, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {

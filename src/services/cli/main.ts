@@ -331,6 +331,6 @@ export async function main (argv: string[]): Promise<number> {
     const error = asKithError(err)
     if (json) console.error(JSON.stringify({ error: error.toJSON() }))
     else console.error(`kith: ${error.message} [${error.code}]`)
-    return 1
+    return error.code === 'USAGE' ? 2 : 1
   }
 }

@@ -9,7 +9,7 @@ import { unwrapKey } from '../../peer/key-wrap.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import type { FriendBook } from '../../trust/friends.ts'
 import type { ChunkStore } from '../../transfer/chunk-store.ts'
-import { fetchChunks } from '../../transfer/fetcher.ts'
+import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys } from '../../transfer/seal.ts'
 import { assembleFile, storeReader } from '../../transfer/assemble.ts'
@@ -44,9 +44,21 @@ export interface Transfer {
   rate: number
   /** seconds, or null when unknown */
   eta: number | null
+  /** who served this fetch, and how much */
+  sources: TransferSource[]
   error: { code: string, message: string } | null
   created: number
   updated: number
+}
+
+export interface TransferSource {
+  peerId: string
+  label: string
+  /** verified bytes received from this source */
+  bytes: number
+  /** bytes/s, smoothed */
+  rate: number
+  state: 'active' | 'cooling' | 'dropped'
 }
 
 export type TransferEvent = { type: 'transfer:progress' | 'transfer:state', transfer: Transfer }
@@ -88,7 +100,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   async start (): Promise<void> {
     for await (const record of this.init.level.values()) {
       if (record.state === 'running') record.state = 'queued'
-      this.records.set(record.id, { ...record, rate: 0, eta: null })
+      this.records.set(record.id, { ...record, rate: 0, eta: null, sources: record.sources ?? [] })
     }
     this.kick()
   }
@@ -148,6 +160,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       doneBytes: 0,
       rate: 0,
       eta: null,
+      sources: [],
       error: null,
       created: now,
       updated: now
@@ -252,27 +265,29 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       for (const chunk of ids) if (await this.init.store.has(chunk)) held += lengths.get(chunk)!
       const meter = new RateMeter()
       let last = 0
-      const progress = (fetched: number): void => {
+      const label = (peerId: string): string => this.init.friends.get(peerId)?.label ?? peerId
+      const progress = (fetched: number, perSource: FetchProgress['perSource'], force = false): void => {
         const now = Date.now()
-        if (now - last < PROGRESS_INTERVAL_MS) return
+        if (!force && now - last < PROGRESS_INTERVAL_MS) return
         last = now
         record = this.get(id)
         if (record.state !== 'running') return
         const doneBytes = Math.min(record.totalBytes, held + fetched)
         const rate = meter.sample(doneBytes, now)
         const eta = rate > 0 ? (record.totalBytes - doneBytes) / rate : null
-        const next = { ...record, doneBytes, rate, eta, updated: now }
+        const sources = Object.entries(perSource).map(([peerId, p]) => ({ peerId, label: label(peerId), bytes: p.bytes, rate: Math.round(p.rate), state: p.state }))
+        const next = { ...record, doneBytes, rate, eta, sources, updated: now }
         this.records.set(id, next)
         this.emit('event', { type: 'transfer:progress', transfer: next })
       }
-      progress(0)
+      progress(0, {})
       await fetchChunks({
         libp2p: this.init.libp2p,
         store: this.init.store,
         ids,
         sources: this.sources(record.owner),
         signal,
-        onProgress: p => progress(p.doneBytes)
+        onProgress: p => progress(p.doneBytes, p.perSource, p.doneChunks === p.totalChunks)
       })
       await this.assemble(manifest, key, record, files, signal)
       record = this.get(id)

@@ -1,0 +1,887 @@
+import type { PeerId } from '@libp2p/interface'
+import { KithError, asKithError, type ErrorCode } from '../errors.ts'
+import { CHUNK_SIZE } from './constants.ts'
+import type { ChunkStore } from './chunk-store.ts'
+import { askHave, getChunks, MAX_GET_IDS, MAX_HAVE_IDS, type ChunkDialer } from './chunk-protocol.ts'
+import { isId } from './seal.ts'
+
+/**
+ * Multi-source fetch: gets a set of chunks into the local store from every
+ * friend that holds them, at once.
+ *
+ * 1. Ids already in the store are skipped (that is all resuming takes).
+ * 2. Every source is asked HAVE, in batches, in the wanted order; a source is
+ *    put to work as soon as its first batch is answered.
+ * 3. Each source pulls work whenever it has a free request slot
+ *    (`requestsPerSource` GET streams, each of up to `chunksPerRequest`
+ *    chunks): first chunks handed back by failed requests, then the next
+ *    wanted chunks it holds, in order. Faster sources free their slots sooner
+ *    and so take more; when several are free at once the fastest goes first.
+ *    A source's request size shrinks to what it moves in `targetRequestMs`,
+ *    so a slow source never sits on many chunks.
+ * 4. Every chunk goes through `store.put`, which checks sha256(sealed) == id,
+ *    before it counts.
+ * 5. Faults: corrupt bytes or protocol violations drop a source at once.
+ *    Claiming a chunk and then answering MISSING, stalling (no byte for
+ *    `stallTimeoutMs`), moving slower than `minBytesPerSecond` or than
+ *    `slowRatio` of the best other source (measured over `rateWindowMs`),
+ *    and failing to connect or serve are strikes: the source's requests are
+ *    cut, their chunks handed to others, and it waits out a growing cooldown;
+ *    at `maxStrikes` it is dropped. A request that completes takes a strike
+ *    back, so a source that recovers is forgiven. BUSY is no strike: the
+ *    source is asked fewer requests at once, after a pause.
+ * 6. Endgame: once every chunk any source can give is assigned, a source
+ *    with a free slot duplicates in-flight chunks (slowest first, at most
+ *    `endgameCopies` fetchers a chunk). The first verified copy wins; a
+ *    request whose chunks have all arrived elsewhere is aborted, and if it
+ *    had a head start and still moved less than half its bytes, its source
+ *    takes a strike for it.
+ * 7. It ends when every chunk is stored; or, when nothing is in flight and no
+ *    source can still give anything, with FETCH_NO_SOURCE naming what is
+ *    missing (everything obtainable is fetched first); or with FETCH_ABORTED
+ *    on the signal. Chunks stored so far stay stored either way.
+ *
+ * Memory stays bounded whatever the total: per request one frame and the
+ * muxer window (the stream is paused while the store is slower than the
+ * network), plus a few bytes of bookkeeping per wanted chunk.
+ */
+
+/** @see FetchInit.chunksPerRequest */
+export const DEFAULT_CHUNKS_PER_REQUEST = 4
+/** @see FetchInit.requestsPerSource */
+export const DEFAULT_REQUESTS_PER_SOURCE = 2
+/** @see FetchInit.stallTimeoutMs */
+export const DEFAULT_STALL_TIMEOUT_MS = 10_000
+/** @see FetchInit.rateWindowMs */
+export const DEFAULT_RATE_WINDOW_MS = 5_000
+/** @see FetchInit.minBytesPerSecond */
+export const DEFAULT_MIN_BYTES_PER_SECOND = 16 * 1024
+/** @see FetchInit.slowRatio */
+export const DEFAULT_SLOW_RATIO = 0.1
+/** @see FetchInit.maxStrikes */
+export const DEFAULT_MAX_STRIKES = 4
+/** @see FetchInit.retryDelayMs */
+export const DEFAULT_RETRY_DELAY_MS = 500
+/** The longest cooldown after strikes. */
+export const MAX_RETRY_DELAY_MS = 15_000
+/** @see FetchInit.endgameCopies */
+export const DEFAULT_ENDGAME_COPIES = 2
+/** @see FetchInit.targetRequestMs */
+export const DEFAULT_TARGET_REQUEST_MS = 2_000
+/** @see FetchInit.progressIntervalMs */
+export const DEFAULT_PROGRESS_INTERVAL_MS = 100
+/** Penalties kept per source in the report (the count is always exact). */
+const MAX_PENALTIES_KEPT = 32
+/** `store.has` checks run this many at a time when skipping held chunks. */
+const HAS_CONCURRENCY = 64
+
+export interface FetchInit {
+  libp2p: ChunkDialer
+  store: Pick<ChunkStore, 'has' | 'put'>
+  /** Chunk ids wanted, in the order they are preferred (duplicates are ignored). */
+  ids: string[]
+  /** Peers that may hold them; the share owner holds them all. */
+  sources: PeerId[]
+  /** Aborting stops the fetch (pause, cancel): it rejects with FETCH_ABORTED; stored chunks stay. */
+  signal?: AbortSignal
+  /** Called at most every `progressIntervalMs` while chunks arrive, and once at the end. */
+  onProgress?: (progress: FetchProgress) => void
+  /** Chunks asked in one GET stream, at most. @default 4 (MAX_GET_IDS at most) */
+  chunksPerRequest?: number
+  /** GET streams open to one source at once. @default 2 */
+  requestsPerSource?: number
+  /** Ids asked in one HAVE. @default MAX_HAVE_IDS (4096) */
+  haveBatchSize?: number
+  /** A request that receives no byte for this long is cut and its source takes a strike. @default 10000 */
+  stallTimeoutMs?: number
+  /** Span over which a busy source's rate is measured and judged. @default 5000 */
+  rateWindowMs?: number
+  /** A busy source moving less than this (bytes/s) over a window takes a strike. @default 16384 */
+  minBytesPerSecond?: number
+  /**
+   * A busy source moving less than this fraction of the best other source's
+   * rate takes a strike, if another source could take over its chunks.
+   * @default 0.1
+   */
+  slowRatio?: number
+  /** Strikes that drop a source. @default 4 */
+  maxStrikes?: number
+  /** Cooldown after a first strike; doubles with each further one (to 15 s). @default 500 */
+  retryDelayMs?: number
+  /** Concurrent fetchers of one chunk in the endgame. @default 2 */
+  endgameCopies?: number
+  /** A source's requests are sized to take about this long at its measured rate. @default 2000 */
+  targetRequestMs?: number
+  /** @default 100 */
+  progressIntervalMs?: number
+}
+
+export type PenaltyReason =
+  /** sent bytes that don't hash to the id asked (drops at once) */
+  | 'corrupt'
+  /** sent frames that break the protocol (drops at once) */
+  | 'protocol'
+  /** refused our requests as unreadable, or speaks another version (drops at once) */
+  | 'refused'
+  /** said HAVE, then answered MISSING */
+  | 'missing'
+  /** no byte for stallTimeoutMs, or lost an endgame race having sent nothing */
+  | 'stalled'
+  /** below minBytesPerSecond, or far below the other sources */
+  | 'slow'
+  /** answered BUSY: not a strike; the source is asked less at once and after a pause */
+  | 'busy'
+  /** could not be dialled, the stream failed, or the holder could not read its store */
+  | 'failed'
+
+export interface Penalty {
+  reason: PenaltyReason
+  message: string
+  /** ms since the fetch started */
+  atMs: number
+}
+
+export interface SourceProgress {
+  /** verified bytes stored from this source */
+  bytes: number
+  chunks: number
+  inflight: number
+  /** bytes/s, smoothed; 0 until measured */
+  rate: number
+  state: 'active' | 'cooling' | 'dropped'
+}
+
+export interface FetchProgress {
+  /** chunks held, including those held before the fetch */
+  doneChunks: number
+  totalChunks: number
+  /** verified bytes fetched by this run (not counting chunks held before) */
+  doneBytes: number
+  /** chunks that were already in the store */
+  heldChunks: number
+  /** by peer id */
+  perSource: Record<string, SourceProgress>
+}
+
+export interface SourceReport {
+  peer: string
+  /** verified bytes stored from this source */
+  bytes: number
+  chunks: number
+  /** frame bytes received, including duplicates and failed requests */
+  receivedBytes: number
+  requests: number
+  /** chunks it said it held and then answered MISSING */
+  missing: number
+  /** endgame copies that arrived after another source's */
+  duplicates: number
+  /** bytes/s, smoothed; 0 if never measured */
+  rate: number
+  strikes: number
+  penalties: Penalty[]
+  dropped?: Penalty
+}
+
+export interface FetchReport {
+  totalChunks: number
+  heldChunks: number
+  fetchedChunks: number
+  fetchedBytes: number
+  /** received but not stored: endgame duplicates, corrupt and cut-off chunks, frame headers */
+  wastedBytes: number
+  durationMs: number
+  /** until every source still live had answered HAVE for every chunk */
+  haveMs: number | undefined
+  sources: SourceReport[]
+  dropped: Array<{ peer: string } & Penalty>
+}
+
+/** FETCH_NO_SOURCE and FETCH_ABORTED carry what was done and what is missing. */
+export class FetchError extends KithError {
+  readonly report: FetchReport
+  /** ids not fetched */
+  readonly missing: string[]
+
+  constructor (code: ErrorCode, message: string, report: FetchReport, missing: string[], options?: ErrorOptions) {
+    super(code, message, options)
+    this.report = report
+    this.missing = missing
+  }
+}
+
+type Outcome = { code: 'FETCH_NO_SOURCE' | 'FETCH_ABORTED' } | { error: KithError }
+
+const PENDING = 0
+const INFLIGHT = 1
+const DONE = 2
+
+class Source {
+  readonly peer: PeerId
+  readonly key: string
+  /** HAVE answers: bit i set iff the source said it holds wanted[i] */
+  readonly have: Uint8Array
+  /** wanted[0..haveKnown) have been asked */
+  haveKnown = 0
+  asking = false
+  readonly requests = new Set<Request>()
+  /** next wanted index to look at when picking new work */
+  cursor = 0
+  strikes = 0
+  coolUntil = 0
+  /** requests it takes at once; lowered when it answers BUSY, raised again as requests succeed */
+  limit: number
+  busyStreak = 0
+  rate: number | undefined
+  /** rate window, while the source is busy */
+  window: { at: number, received: number } | undefined
+  received = 0
+  bytes = 0
+  chunks = 0
+  requestCount = 0
+  missing = 0
+  duplicates = 0
+  penaltyCount = 0
+  readonly penalties: Penalty[] = []
+  dropped: Penalty | undefined
+
+  constructor (peer: PeerId, total: number, limit: number) {
+    this.peer = peer
+    this.limit = limit
+    this.key = peer.toString()
+    this.have = new Uint8Array(Math.ceil(total / 8))
+  }
+
+  holds (index: number): boolean {
+    return (this.have[index >> 3]! & (0x80 >> (index & 7))) !== 0
+  }
+}
+
+class Request {
+  readonly source: Source
+  readonly indexes: number[]
+  /** indexes neither received by this request nor done elsewhere */
+  readonly open: Set<number>
+  readonly controller = new AbortController()
+  readonly startedAt = Date.now()
+  lastByteAt = Date.now()
+  bytes = 0
+  /** why we cut it, when we did */
+  fault: { reason: PenaltyReason | 'dropped', message: string } | undefined
+  /** every chunk it asked for arrived elsewhere first */
+  winner: Request | undefined
+  promise: Promise<void> = Promise.resolve()
+
+  constructor (source: Source, indexes: number[]) {
+    this.source = source
+    this.indexes = indexes
+    this.open = new Set(indexes)
+  }
+}
+
+function positive (value: number | undefined, fallback: number, name: string, integer = true): number {
+  const v = value ?? fallback
+  if (!(v > 0) || (integer && !Number.isInteger(v))) throw new KithError('BAD_REQUEST', `${name} must be a positive ${integer ? 'integer' : 'number'}, not ${v}`)
+  return v
+}
+
+async function sleep (ms: number, signal: AbortSignal): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', done)
+      resolve()
+    }
+    const timer = setTimeout(done, Math.max(0, ms))
+    signal.addEventListener('abort', done, { once: true })
+  })
+}
+
+function short (id: string): string {
+  return `${id.slice(0, 12)}…`
+}
+
+class Fetch {
+  private readonly init: FetchInit
+  private readonly wanted: string[]
+  private readonly total: number
+  private readonly held: number
+  private readonly n: number
+  private readonly state: Uint8Array
+  private readonly holders: Uint16Array
+  private readonly sizes: Uint32Array
+  private readonly sources: Source[]
+  private readonly inflight = new Map<number, Set<Request>>()
+  private readonly requests = new Set<Request>()
+  private readonly requeued = new Set<number>()
+  private readonly tasks = new Set<Promise<void>>()
+  private readonly halt = new AbortController()
+  private readonly startedAt: number
+  private readonly opt: Required<Omit<FetchInit, 'libp2p' | 'store' | 'ids' | 'sources' | 'signal' | 'onProgress'>>
+  /** pending chunks at least one live source says it holds */
+  private fetchable = 0
+  private doneCount = 0
+  private doneBytes = 0
+  private haveMs: number | undefined
+  private lastProgress = 0
+  private ticker: ReturnType<typeof setInterval> | undefined
+  private coolTimer: ReturnType<typeof setTimeout> | undefined
+  private coolAt = 0
+  private finished = false
+  private outcome: Outcome | undefined
+  private resolveFinished: () => void = () => {}
+
+  constructor (init: FetchInit, wanted: string[], total: number, sources: PeerId[], startedAt: number) {
+    this.init = init
+    this.startedAt = startedAt
+    this.wanted = wanted
+    this.total = total
+    this.n = wanted.length
+    this.held = total - wanted.length
+    this.state = new Uint8Array(this.n)
+    this.holders = new Uint16Array(this.n)
+    this.sizes = new Uint32Array(this.n)
+    this.opt = {
+      chunksPerRequest: Math.min(MAX_GET_IDS, positive(init.chunksPerRequest, DEFAULT_CHUNKS_PER_REQUEST, 'chunksPerRequest')),
+      requestsPerSource: positive(init.requestsPerSource, DEFAULT_REQUESTS_PER_SOURCE, 'requestsPerSource'),
+      haveBatchSize: Math.min(MAX_HAVE_IDS, positive(init.haveBatchSize, MAX_HAVE_IDS, 'haveBatchSize')),
+      stallTimeoutMs: positive(init.stallTimeoutMs, DEFAULT_STALL_TIMEOUT_MS, 'stallTimeoutMs', false),
+      rateWindowMs: positive(init.rateWindowMs, DEFAULT_RATE_WINDOW_MS, 'rateWindowMs', false),
+      minBytesPerSecond: positive(init.minBytesPerSecond, DEFAULT_MIN_BYTES_PER_SECOND, 'minBytesPerSecond', false),
+      slowRatio: positive(init.slowRatio, DEFAULT_SLOW_RATIO, 'slowRatio', false),
+      maxStrikes: positive(init.maxStrikes, DEFAULT_MAX_STRIKES, 'maxStrikes'),
+      retryDelayMs: positive(init.retryDelayMs, DEFAULT_RETRY_DELAY_MS, 'retryDelayMs', false),
+      endgameCopies: positive(init.endgameCopies, DEFAULT_ENDGAME_COPIES, 'endgameCopies'),
+      targetRequestMs: positive(init.targetRequestMs, DEFAULT_TARGET_REQUEST_MS, 'targetRequestMs', false),
+      progressIntervalMs: positive(init.progressIntervalMs, DEFAULT_PROGRESS_INTERVAL_MS, 'progressIntervalMs', false)
+    }
+    this.sources = sources.map(peer => new Source(peer, this.n, this.opt.requestsPerSource))
+  }
+
+  async run (): Promise<FetchReport> {
+    const finished = new Promise<void>(resolve => { this.resolveFinished = resolve })
+    const signal = this.init.signal
+    const onAbort = (): void => { this.finish({ code: 'FETCH_ABORTED' }) }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    const tickMs = Math.max(10, Math.min(250, this.opt.stallTimeoutMs / 4, this.opt.rateWindowMs / 4))
+    this.ticker = setInterval(() => { this.tick() }, tickMs)
+    try {
+      if (signal?.aborted === true) this.finish({ code: 'FETCH_ABORTED' })
+      else {
+        for (const source of this.sources) this.track(this.askTask(source))
+        this.schedule()
+      }
+      await finished
+      // let every request and HAVE unwind, so nothing touches the store after we return
+      while (this.tasks.size > 0) await Promise.allSettled([...this.tasks])
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+      clearInterval(this.ticker)
+      clearTimeout(this.coolTimer)
+    }
+    this.progress(true)
+    const report = this.report()
+    const outcome = this.outcome
+    if (outcome === undefined || this.doneCount === this.n) return report
+    if ('error' in outcome) throw outcome.error
+    const missing: string[] = []
+    for (let i = 0; i < this.n; i++) if (this.state[i] !== DONE) missing.push(this.wanted[i]!)
+    if (outcome.code === 'FETCH_ABORTED') {
+      throw new FetchError('FETCH_ABORTED', `the fetch was stopped with ${missing.length} of ${this.total} chunks to go; the ${this.doneCount + this.held} held are kept for a resume`, report, missing)
+    }
+    const dropped = report.dropped.map(d => `${d.peer}: ${d.reason} (${d.message})`)
+    throw new FetchError('FETCH_NO_SOURCE',
+      `${missing.length} of ${this.total} chunks are held by no reachable source (${missing.slice(0, 3).map(short).join(', ')}${missing.length > 3 ? ', …' : ''}); ` +
+      `the ${this.doneCount + this.held} others are stored. ${dropped.length > 0 ? `Dropped sources: ${dropped.join('; ')}. ` : ''}Try again when the owner is online`,
+      report, missing)
+  }
+
+  private track (task: Promise<void>): void {
+    this.tasks.add(task)
+    void task.finally(() => this.tasks.delete(task))
+  }
+
+  private finish (outcome?: Outcome): void {
+    if (this.finished) return
+    this.finished = true
+    this.outcome = outcome
+    this.halt.abort()
+    for (const request of this.requests) request.controller.abort()
+    this.resolveFinished()
+  }
+
+  private now (): number {
+    return Date.now() - this.startedAt
+  }
+
+  // ---- availability bookkeeping
+
+  private setHave (source: Source, index: number): void {
+    if (source.holds(index)) return
+    source.have[index >> 3]! |= 0x80 >> (index & 7)
+    if (++this.holders[index]! === 1 && this.state[index] === PENDING) this.fetchable++
+  }
+
+  private unsetHave (source: Source, index: number): void {
+    if (!source.holds(index)) return
+    source.have[index >> 3]! &= ~(0x80 >> (index & 7))
+    if (--this.holders[index]! === 0 && this.state[index] === PENDING) {
+      this.fetchable--
+      this.requeued.delete(index)
+    }
+  }
+
+  private claim (index: number, request: Request): void {
+    if (this.state[index] === PENDING) {
+      this.state[index] = INFLIGHT
+      if (this.holders[index]! > 0) this.fetchable--
+      this.requeued.delete(index)
+    }
+    let set = this.inflight.get(index)
+    if (set === undefined) this.inflight.set(index, set = new Set())
+    set.add(request)
+  }
+
+  /** This request no longer waits for `index`; hands it back if nobody else fetches it. */
+  private release (request: Request, index: number): void {
+    if (!request.open.delete(index)) return
+    const set = this.inflight.get(index)
+    set?.delete(request)
+    if (set !== undefined && set.size > 0) return
+    this.inflight.delete(index)
+    if (this.state[index] === INFLIGHT) {
+      this.state[index] = PENDING
+      if (this.holders[index]! > 0) {
+        this.fetchable++
+        this.requeued.add(index)
+      }
+    }
+  }
+
+  private complete (index: number, size: number, request: Request): void {
+    const source = request.source
+    this.state[index] = DONE
+    this.sizes[index] = size
+    this.doneCount++
+    this.doneBytes += size
+    source.bytes += size
+    source.chunks++
+    const others = [...(this.inflight.get(index) ?? [])].filter(r => r !== request)
+    this.release(request, index)
+    for (const other of others) {
+      this.release(other, index)
+      if (other.open.size === 0 && other.winner === undefined && other.fault === undefined) {
+        other.winner = request
+        other.controller.abort()
+      }
+    }
+    this.progress(false)
+    if (this.doneCount === this.n) this.finish()
+  }
+
+  // ---- penalties
+
+  private penalise (source: Source, reason: PenaltyReason, message: string): void {
+    if (source.dropped !== undefined || this.finished) return
+    const penalty: Penalty = { reason, message, atMs: this.now() }
+    source.penaltyCount++
+    if (source.penalties.length < MAX_PENALTIES_KEPT) source.penalties.push(penalty)
+    if (reason === 'busy') {
+      // an honest holder at its limit: ask it less at once, and later
+      source.busyStreak++
+      source.limit = Math.max(1, source.requests.size - 1)
+      source.coolUntil = Date.now() + Math.min(MAX_RETRY_DELAY_MS, this.opt.retryDelayMs * 2 ** (source.busyStreak - 1))
+      return
+    }
+    if (reason === 'corrupt' || reason === 'protocol' || reason === 'refused') {
+      this.drop(source, penalty)
+      return
+    }
+    source.strikes++
+    if (source.strikes >= this.opt.maxStrikes) {
+      this.drop(source, { ...penalty, message: `${message} (strike ${source.strikes} of ${this.opt.maxStrikes})` })
+      return
+    }
+    source.coolUntil = Date.now() + Math.min(MAX_RETRY_DELAY_MS, this.opt.retryDelayMs * 2 ** (source.strikes - 1))
+  }
+
+  private drop (source: Source, penalty: Penalty): void {
+    source.dropped = penalty
+    source.coolUntil = 0
+    for (const request of source.requests) {
+      request.fault ??= { reason: 'dropped', message: penalty.message }
+      request.controller.abort()
+    }
+    for (let i = 0; i < this.n; i++) if (source.holds(i)) this.unsetHave(source, i)
+  }
+
+  /** Cuts a request; its source is penalised when it unwinds. */
+  private cut (request: Request, reason: PenaltyReason, message: string): void {
+    if (request.fault !== undefined || request.winner !== undefined) return
+    request.fault = { reason, message }
+    request.controller.abort()
+  }
+
+  private classify (err: unknown): PenaltyReason {
+    switch ((err as KithError).code) {
+      case 'CHUNK_FRAME_MALFORMED':
+      case 'CHUNK_FRAME_TOO_LARGE':
+        return 'protocol'
+      case 'CHUNK_PEER_REFUSED':
+      case 'UNSUPPORTED_VERSION':
+        return 'refused'
+      case 'CHUNK_PEER_BUSY':
+        return 'busy'
+      case 'CHUNK_PEER_STALLED':
+        return 'stalled'
+      default:
+        return 'failed'
+    }
+  }
+
+  // ---- HAVE
+
+  private async askTask (source: Source): Promise<void> {
+    source.asking = true
+    try {
+      while (source.haveKnown < this.n && source.dropped === undefined && !this.finished) {
+        const from = source.haveKnown
+        const batch = this.wanted.slice(from, from + this.opt.haveBatchSize)
+        try {
+          const held = await askHave(this.init.libp2p, source.peer, batch, { signal: this.halt.signal })
+          if (this.finished || source.dropped !== undefined) return
+          batch.forEach((id, i) => { if (held.has(id)) this.setHave(source, from + i) })
+          source.haveKnown = from + batch.length
+        } catch (err) {
+          if (this.finished) return
+          this.penalise(source, this.classify(err), `HAVE failed: ${(err as Error).message}`)
+          if (source.dropped !== undefined) return
+          await sleep(source.coolUntil - Date.now(), this.halt.signal)
+        }
+        this.schedule()
+      }
+    } finally {
+      source.asking = false
+      if (!this.finished) {
+        if (this.haveMs === undefined && this.sources.every(s => !s.asking)) this.haveMs = this.now()
+        this.schedule()
+      }
+    }
+  }
+
+  // ---- scheduling
+
+  /** Chunks per request for this source: what it moves in targetRequestMs, within 1..chunksPerRequest. */
+  private chunksFor (source: Source): number {
+    if (source.rate === undefined) return this.opt.chunksPerRequest
+    const chunk = this.doneCount > 0 ? this.doneBytes / this.doneCount : CHUNK_SIZE
+    const perRequest = source.rate / this.opt.requestsPerSource * this.opt.targetRequestMs / 1000
+    return Math.max(1, Math.min(this.opt.chunksPerRequest, Math.floor(perRequest / chunk)))
+  }
+
+  private pick (source: Source): number[] {
+    const max = this.chunksFor(source)
+    const picks: number[] = []
+    for (const index of this.requeued) {
+      if (picks.length >= max) break
+      if (this.state[index] !== PENDING || this.holders[index] === 0) {
+        this.requeued.delete(index)
+        continue
+      }
+      if (source.holds(index)) picks.push(index)
+    }
+    while (picks.length < max && source.cursor < source.haveKnown) {
+      const index = source.cursor++
+      if (this.state[index] === PENDING && source.holds(index) && !picks.includes(index)) picks.push(index)
+    }
+    if (picks.length > 0 || this.fetchable > 0) return picks
+    // endgame: everything obtainable is assigned; help with what is in flight, slowest first
+    const candidates: Array<{ index: number, rate: number, startedAt: number }> = []
+    for (const [index, set] of this.inflight) {
+      if (set.size >= this.opt.endgameCopies || !source.holds(index)) continue
+      let mine = false
+      let rate = Infinity
+      let startedAt = Infinity
+      for (const r of set) {
+        if (r.source === source) mine = true
+        rate = Math.min(rate, r.source.rate ?? 0)
+        startedAt = Math.min(startedAt, r.startedAt)
+      }
+      if (!mine) candidates.push({ index, rate, startedAt })
+    }
+    candidates.sort((a, b) => a.rate - b.rate || a.startedAt - b.startedAt || a.index - b.index)
+    return candidates.slice(0, max).map(c => c.index).sort((a, b) => a - b)
+  }
+
+  private schedule (): void {
+    if (this.finished) return
+    if (this.doneCount === this.n) {
+      this.finish()
+      return
+    }
+    const now = Date.now()
+    const live = this.sources.filter(s => s.dropped === undefined)
+    const ready = live
+      .filter(s => s.coolUntil <= now)
+      .sort((a, b) => (b.rate ?? 0) - (a.rate ?? 0) || a.requests.size - b.requests.size)
+    // one request per source per round, so a fast source can't starve the others of a start
+    let started = true
+    while (started) {
+      started = false
+      for (const source of ready) {
+        if (source.requests.size >= source.limit) continue
+        const picks = this.pick(source)
+        if (picks.length === 0) continue
+        this.start(source, picks)
+        started = true
+      }
+    }
+    const cooling = live.filter(s => s.coolUntil > now)
+    if (cooling.length > 0) {
+      const at = Math.min(...cooling.map(s => s.coolUntil))
+      if (this.coolTimer === undefined || at < this.coolAt) {
+        clearTimeout(this.coolTimer)
+        this.coolAt = at
+        this.coolTimer = setTimeout(() => {
+          this.coolTimer = undefined
+          this.schedule()
+        }, at - now)
+      }
+    }
+    if (this.requests.size === 0 && cooling.length === 0 && !live.some(s => s.asking)) {
+      this.finish({ code: 'FETCH_NO_SOURCE' })
+    }
+  }
+
+  private start (source: Source, indexes: number[]): void {
+    const request = new Request(source, indexes)
+    for (const index of indexes) this.claim(index, request)
+    source.requests.add(request)
+    source.requestCount++
+    this.requests.add(request)
+    source.window ??= { at: Date.now(), received: source.received }
+    request.promise = this.runRequest(request)
+    this.track(request.promise)
+  }
+
+  private async runRequest (request: Request): Promise<void> {
+    const source = request.source
+    const ids = request.indexes.map(i => this.wanted[i]!)
+    let k = 0
+    let missing = 0
+    try {
+      const items = getChunks(this.init.libp2p, source.peer, ids, {
+        signal: request.controller.signal,
+        onBytes: bytes => {
+          request.bytes += bytes
+          request.lastByteAt = Date.now()
+          source.received += bytes
+        }
+      })
+      for await (const item of items) {
+        const index = request.indexes[k++]!
+        if ('missing' in item) {
+          missing++
+          source.missing++
+          this.unsetHave(source, index)
+          this.release(request, index)
+          continue
+        }
+        if (this.state[index] !== DONE) {
+          try {
+            await this.init.store.put(item.id, item.sealed)
+          } catch (err) {
+            const code = (err as KithError).code
+            if (code === 'CHUNK_HASH_MISMATCH' || code === 'CHUNK_TOO_LARGE') {
+              request.fault = { reason: 'corrupt', message: `sent bytes for chunk ${short(item.id)} that do not match its id` }
+              throw err
+            }
+            // the local store failed (disk full, closed): not the source's fault, and fatal
+            this.finish({ error: asKithError(err) })
+            return
+          }
+        }
+        if (this.state[index] === DONE) {
+          source.duplicates++
+          this.release(request, index)
+        } else {
+          this.complete(index, item.sealed.byteLength, request)
+        }
+      }
+      if (request.fault === undefined && request.winner === undefined) {
+        if (missing === 0 && source.strikes > 0) source.strikes--
+        source.busyStreak = 0
+        if (source.limit < this.opt.requestsPerSource) source.limit++
+        const ms = Date.now() - request.startedAt
+        if (source.rate === undefined && ms > 0) source.rate = request.bytes * 1000 / ms * source.requests.size
+        if (missing > 0) this.penalise(source, 'missing', `said it held ${missing} chunk(s) it then answered MISSING`)
+      }
+    } catch (err) {
+      if (this.finished || source.dropped !== undefined) return
+      if (request.winner !== undefined) {
+        this.judgeRace(request)
+      } else if (request.fault !== undefined && request.fault.reason !== 'dropped') {
+        this.penalise(source, request.fault.reason, request.fault.message)
+      } else if (request.fault === undefined) {
+        this.penalise(source, this.classify(err), (err as Error).message)
+      }
+    } finally {
+      for (const index of request.indexes) this.release(request, index)
+      source.requests.delete(request)
+      this.requests.delete(request)
+      if (source.requests.size === 0) source.window = undefined
+      this.schedule()
+    }
+  }
+
+  /** A request all of whose chunks arrived elsewhere first: a strike if it had a head start and moved under half. */
+  private judgeRace (request: Request): void {
+    const winner = request.winner!
+    if (request.startedAt > winner.startedAt) return
+    let expected = 0
+    for (const index of request.indexes) expected += this.sizes[index]!
+    if (request.bytes >= expected / 2) return
+    const now = Date.now()
+    const ms = now - request.startedAt
+    if (request.bytes === 0 || now - request.lastByteAt > ms / 2) {
+      this.penalise(request.source, 'stalled', `sent ${request.bytes} of ${expected} bytes and then nothing for ${now - request.lastByteAt} ms while ${winner.source.key} delivered the same chunks`)
+    } else {
+      this.penalise(request.source, 'slow', `sent ${request.bytes} of ${expected} bytes in ${ms} ms while ${winner.source.key} delivered the same chunks`)
+    }
+  }
+
+  // ---- stall and rate checks
+
+  private tick (): void {
+    if (this.finished) return
+    const now = Date.now()
+    for (const request of this.requests) {
+      const idle = now - request.lastByteAt
+      if (idle >= this.opt.stallTimeoutMs) this.cut(request, 'stalled', `no byte for ${idle} ms`)
+    }
+    for (const source of this.sources) {
+      const window = source.window
+      if (source.dropped !== undefined || window === undefined || source.requests.size === 0) continue
+      const elapsed = now - window.at
+      if (elapsed < this.opt.rateWindowMs) continue
+      const rate = (source.received - window.received) * 1000 / elapsed
+      source.window = { at: now, received: source.received }
+      source.rate = source.rate === undefined ? rate : (source.rate + rate) / 2
+      let threshold = this.opt.minBytesPerSecond
+      let why = `under the floor of ${this.opt.minBytesPerSecond} B/s`
+      const best = Math.max(0, ...this.sources.filter(s => s !== source && s.dropped === undefined).map(s => s.rate ?? 0))
+      if (best * this.opt.slowRatio > threshold && this.othersCouldTake(source)) {
+        threshold = best * this.opt.slowRatio
+        why = `under ${this.opt.slowRatio} of the best source's ${Math.round(best)} B/s`
+      }
+      if (rate < threshold) {
+        // nothing at all for most of the window is a stall, a little is slowness
+        let idle = Infinity
+        for (const request of source.requests) idle = Math.min(idle, now - request.lastByteAt)
+        const [reason, message] = idle >= elapsed / 2
+          ? ['stalled', `no byte for ${idle} ms (${Math.round(rate)} B/s over ${elapsed} ms)`] as const
+          : ['slow', `moved ${Math.round(rate)} B/s over ${elapsed} ms, ${why}`] as const
+        for (const request of source.requests) this.cut(request, reason, message)
+      }
+    }
+  }
+
+  private othersCouldTake (source: Source): boolean {
+    for (const request of source.requests) {
+      for (const index of request.open) {
+        if (this.holders[index]! > 1) return true
+      }
+    }
+    return false
+  }
+
+  // ---- progress and report
+
+  progress (final: boolean): void {
+    const onProgress = this.init.onProgress
+    if (onProgress === undefined) return
+    const now = Date.now()
+    if (!final && now - this.lastProgress < this.opt.progressIntervalMs) return
+    this.lastProgress = now
+    const perSource: Record<string, SourceProgress> = {}
+    for (const s of this.sources) {
+      perSource[s.key] = {
+        bytes: s.bytes,
+        chunks: s.chunks,
+        inflight: s.requests.size,
+        rate: s.rate ?? 0,
+        state: s.dropped !== undefined ? 'dropped' : s.coolUntil > now ? 'cooling' : 'active'
+      }
+    }
+    try {
+      onProgress({ doneChunks: this.doneCount + this.held, totalChunks: this.total, doneBytes: this.doneBytes, heldChunks: this.held, perSource })
+    } catch {
+      // a progress listener's bug must not break the fetch
+    }
+  }
+
+  report (): FetchReport {
+    const sources: SourceReport[] = this.sources.map(s => ({
+      peer: s.key,
+      bytes: s.bytes,
+      chunks: s.chunks,
+      receivedBytes: s.received,
+      requests: s.requestCount,
+      missing: s.missing,
+      duplicates: s.duplicates,
+      rate: Math.round(s.rate ?? 0),
+      strikes: s.strikes,
+      penalties: [...s.penalties],
+      ...(s.dropped !== undefined ? { dropped: s.dropped } : {})
+    }))
+    const received = sources.reduce((sum, s) => sum + s.receivedBytes, 0)
+    return {
+      totalChunks: this.total,
+      heldChunks: this.held,
+      fetchedChunks: this.doneCount,
+      fetchedBytes: this.doneBytes,
+      wastedBytes: Math.max(0, received - this.doneBytes),
+      durationMs: this.now(),
+      haveMs: this.haveMs,
+      sources,
+      dropped: sources.filter(s => s.dropped !== undefined).map(s => ({ peer: s.peer, ...s.dropped! }))
+    }
+  }
+}
+
+/**
+ * Fetches `ids` into `store` from `sources`; see the top of this file for how.
+ * Resolves with a report once every chunk is stored. Rejects with a
+ * FetchError: FETCH_NO_SOURCE (after fetching everything obtainable) or
+ * FETCH_ABORTED; with CHUNK_BAD_ID or BAD_REQUEST for bad arguments; or with
+ * the store's own error if the local store fails (a full disk).
+ */
+export async function fetchChunks (init: FetchInit): Promise<FetchReport> {
+  const startedAt = Date.now()
+  const unique: string[] = []
+  const seen = new Set<string>()
+  for (const id of init.ids) {
+    if (!isId(id)) throw new KithError('CHUNK_BAD_ID', `${JSON.stringify(String(id).slice(0, 80))} is not a chunk id (64 lowercase hex characters)`)
+    if (!seen.has(id)) {
+      seen.add(id)
+      unique.push(id)
+    }
+  }
+  seen.clear()
+  const bySource = new Map<string, PeerId>()
+  for (const peer of init.sources) bySource.set(peer.toString(), peer)
+  const sources = [...bySource.values()]
+  if (sources.length > 0xffff) throw new KithError('BAD_REQUEST', `at most ${0xffff} sources`)
+
+  const wanted: string[] = []
+  for (let at = 0; at < unique.length; at += HAS_CONCURRENCY) {
+    const batch = unique.slice(at, at + HAS_CONCURRENCY)
+    const held = await Promise.all(batch.map(async id => await init.store.has(id)))
+    batch.forEach((id, i) => { if (!held[i]) wanted.push(id) })
+  }
+  const fetch = new Fetch(init, wanted, unique.length, sources, startedAt)
+  if (wanted.length === 0) {
+    fetch.progress(true)
+    return { ...fetch.report(), haveMs: 0 }
+  }
+  return await fetch.run()
+}

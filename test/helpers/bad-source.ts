@@ -1,0 +1,114 @@
+// A chunk holder in its own process, serving /kith/chunks/1.0.0 from a chunk
+// store folder with a chosen fault. Prints one JSON line, { peerId, addrs },
+// once it listens; exits when its stdin closes (or on a signal).
+//
+//   node test/helpers/bad-source.ts <mode> <store folder>
+//
+// modes:
+//   good     serves what it holds
+//   corrupt  serves its chunks with the last byte flipped
+//   claims   says HAVE to everything, answers every GET with MISSING
+//   stall    answers HAVE, then sends the first 64 KiB of a GET and nothing more
+//   trickle  answers HAVE, then sends GET answers at 1 byte a second
+//
+// The store folder holds `db` (LevelDB) and `chunks`, as made by
+// test/helpers/chunks.ts; its database must not be open elsewhere.
+import { join } from 'node:path'
+import { Level } from 'level'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { KithError } from '../../src/errors.ts'
+import { createNode } from '../../src/peer/node.ts'
+import { openChunkStore } from '../../src/transfer/chunk-store.ts'
+import { chunkHandler, CHUNK_PROTOCOL, type ChunkHandlerInit } from '../../src/transfer/chunk-protocol.ts'
+
+const [mode, dir] = process.argv.slice(2)
+if (mode === undefined || dir === undefined) {
+  process.stderr.write('usage: bad-source.ts <good|corrupt|claims|stall|trickle> <store folder>\n')
+  process.exit(2)
+}
+
+const db = new Level(join(dir, 'db'))
+const store = await openChunkStore({ dir: join(dir, 'chunks'), db, sync: false })
+
+/** Bytes each stream may send at full speed before the fault starts. */
+const allowance = new WeakMap<AbortSignal, number>()
+function spend (signal: AbortSignal, bytes: number, free: number): boolean {
+  const used = allowance.get(signal) ?? 0
+  allowance.set(signal, used + bytes)
+  return used + bytes <= free
+}
+
+async function sleep (ms: number, signal: AbortSignal): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve() }, ms)
+    const onAbort = (): void => { clearTimeout(timer); reject(signal.reason) }
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
+let handler: ChunkHandlerInit
+switch (mode) {
+  case 'good':
+    handler = { store }
+    break
+  case 'corrupt':
+    handler = {
+      store: {
+        has: async id => await store.has(id),
+        get: async id => {
+          const bytes = Buffer.from(await store.get(id))
+          bytes[bytes.length - 1]! ^= 1
+          return bytes
+        }
+      }
+    }
+    break
+  case 'claims':
+    handler = {
+      store: {
+        has: async () => true,
+        get: async id => { throw new KithError('CHUNK_NOT_FOUND', `no ${id}`) }
+      }
+    }
+    break
+  case 'stall':
+    handler = {
+      store,
+      beforeSend: async (bytes, _peer, signal) => {
+        if (!spend(signal, bytes, 64 * 1024)) await sleep(2 ** 31 - 1, signal)
+      }
+    }
+    break
+  case 'trickle':
+    handler = {
+      store,
+      sendSlice: 1,
+      beforeSend: async (bytes, _peer, signal) => {
+        // a HAVE answer fits the free allowance; chunk data then drips at 1 B/s
+        if (!spend(signal, bytes, 1024)) await sleep(1000, signal)
+      }
+    }
+    break
+  default:
+    process.stderr.write(`unknown mode ${mode}\n`)
+    process.exit(2)
+}
+
+const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+await node.handle(CHUNK_PROTOCOL, chunkHandler(handler), { maxInboundStreams: 64 })
+process.stdout.write(JSON.stringify({ peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(a => a.toString()) }) + '\n')
+
+let stopping = false
+async function stop (): Promise<void> {
+  if (stopping) return
+  stopping = true
+  try {
+    await node.stop()
+    await db.close()
+  } catch {}
+  process.exit(0)
+}
+process.stdin.on('end', () => { void stop() })
+process.stdin.on('close', () => { void stop() })
+process.stdin.resume()
+process.on('SIGTERM', () => { void stop() })

@@ -1,0 +1,132 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { Level } from 'level'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { PeerId } from '@libp2p/interface'
+import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
+import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
+import { chunkHandler, CHUNK_PROTOCOL, type ChunkHandlerInit } from '../../src/transfer/chunk-protocol.ts'
+import { chunkId } from '../../src/transfer/seal.ts'
+
+/**
+ * Helpers for chunk protocol and fetch tests: sealed-like chunks (random
+ * bytes; the store only checks that sha256 matches the id), chunk stores in
+ * temp folders, in-process libp2p nodes serving a store, and chunk holders in
+ * separate processes (test/helpers/bad-source.ts) with a chosen fault.
+ */
+const HERE = dirname(fileURLToPath(import.meta.url))
+export const BAD_SOURCE = join(HERE, 'bad-source.ts')
+
+export interface Chunk {
+  id: string
+  sealed: Buffer
+}
+
+export function makeChunks (count: number, size: number): Chunk[] {
+  return Array.from({ length: count }, () => {
+    const sealed = randomBytes(size)
+    return { id: chunkId(sealed), sealed }
+  })
+}
+
+export interface TempStore {
+  dir: string
+  store: ChunkStore
+  db: Level<string, any>
+  close: () => Promise<void>
+}
+
+/** A chunk store in `dir` (db + chunks), holding `chunks`. */
+export async function openStore (dir: string, chunks: Chunk[] = [], sync = false): Promise<TempStore> {
+  const db = new Level<string, any>(join(dir, 'db'))
+  const store = await openChunkStore({ dir: join(dir, 'chunks'), db, sync })
+  for (const c of chunks) await store.put(c.id, c.sealed)
+  return { dir, store, db, close: async () => { await db.close() } }
+}
+
+export async function tempDir (prefix = 'kith-chunks-'): Promise<{ dir: string, cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  return { dir, cleanup: async () => { await rm(dir, { recursive: true, force: true }) } }
+}
+
+export async function startNode (): Promise<KithLibp2p> {
+  return await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+}
+
+/** Tells `node` where `peer` listens, so dialling the peer id works. */
+export async function learn (node: KithLibp2p, peer: PeerId, addrs: Multiaddr[]): Promise<void> {
+  await node.peerStore.merge(peer, { multiaddrs: addrs })
+}
+
+export interface InProcessSource {
+  node: KithLibp2p
+  peerId: PeerId
+  addrs: Multiaddr[]
+  stop: () => Promise<void>
+}
+
+/** An in-process node serving `store` on the chunk protocol. */
+export async function serve (store: ChunkHandlerInit['store'], init: Omit<ChunkHandlerInit, 'store'> = {}): Promise<InProcessSource> {
+  const node = await startNode()
+  await node.handle(CHUNK_PROTOCOL, chunkHandler({ store, ...init }), { maxInboundStreams: 64 })
+  return { node, peerId: node.peerId, addrs: node.getMultiaddrs(), stop: async () => { await node.stop() } }
+}
+
+export type FaultMode = 'good' | 'corrupt' | 'claims' | 'stall' | 'trickle'
+
+/** A chunk holder in its own process (test/helpers/bad-source.ts). */
+export class SourceProcess {
+  readonly mode: FaultMode
+  readonly proc: ChildProcess
+  peerId!: PeerId
+  addrs: Multiaddr[] = []
+  stderr = ''
+
+  private constructor (mode: FaultMode, proc: ChildProcess) {
+    this.mode = mode
+    this.proc = proc
+  }
+
+  /** Spawns a holder over the store folder `dir` (its db must be closed here). */
+  static async spawn (mode: FaultMode, dir: string): Promise<SourceProcess> {
+    const proc = spawn(process.execPath, [BAD_SOURCE, mode, dir], { stdio: ['pipe', 'pipe', 'pipe'] })
+    const source = new SourceProcess(mode, proc)
+    proc.stderr!.on('data', (d: Buffer) => { source.stderr += d.toString() })
+    const line = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => { reject(new Error(`${mode} source did not start: ${source.stderr}`)) }, 20_000)
+      createInterface({ input: proc.stdout! }).once('line', l => { clearTimeout(timer); resolve(l) })
+      proc.once('exit', code => { clearTimeout(timer); reject(new Error(`${mode} source exited with ${code}: ${source.stderr}`)) })
+    })
+    const info = JSON.parse(line) as { peerId: string, addrs: string[] }
+    source.peerId = peerIdFromString(info.peerId)
+    source.addrs = info.addrs.map(a => multiaddr(a))
+    return source
+  }
+
+  get running (): boolean {
+    return this.proc.exitCode === null && this.proc.signalCode === null
+  }
+
+  async stop (): Promise<void> {
+    if (!this.running) return
+    const exited = new Promise(resolve => this.proc.once('exit', resolve))
+    this.proc.kill('SIGKILL')
+    await exited
+  }
+}
+
+/** Polls `check` until it is truthy or the deadline passes. */
+export async function until (check: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+}

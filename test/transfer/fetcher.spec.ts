@@ -1,0 +1,294 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { cp } from 'node:fs/promises'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { KithLibp2p } from '../../src/peer/node.ts'
+import type { ChunkStore } from '../../src/transfer/chunk-store.ts'
+import type { ServedEvent } from '../../src/transfer/chunk-protocol.ts'
+import { fetchChunks, FetchError, type FetchInit, type FetchProgress, type FetchReport, type SourceReport } from '../../src/transfer/fetcher.ts'
+import { expectCodeAsync } from './helpers.ts'
+import {
+  learn, makeChunks, openStore, serve, startNode, tempDir, SourceProcess,
+  type Chunk, type FaultMode, type InProcessSource, type TempStore
+} from '../helpers/chunks.ts'
+
+/**
+ * Multi-source fetch over real libp2p nodes on 127.0.0.1. Good holders run
+ * in process or as processes; misbehaving holders always run as separate
+ * processes (test/helpers/bad-source.ts) so their faults are real: corrupt
+ * bytes, HAVE without the chunk, a stall, a 1 B/s trickle.
+ */
+const CHUNK = 256 * 1024
+const COUNT = 48
+
+/** Quick fault detection, so tests stay short; the defaults are for real networks. */
+const FAST: Partial<FetchInit> = { stallTimeoutMs: 1000, rateWindowMs: 500, retryDelayMs: 50 }
+
+function source (report: FetchReport, peer: { toString: () => string }): SourceReport {
+  return report.sources.find(s => s.peer === peer.toString())!
+}
+
+async function expectAllStored (store: ChunkStore, chunks: Chunk[]): Promise<void> {
+  for (const c of chunks) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+}
+
+describe('multi-source fetch', () => {
+  let tmp: Awaited<ReturnType<typeof tempDir>>
+  let chunks: Chunk[]
+  let full: TempStore
+  let client: KithLibp2p
+  const procs = new Map<FaultMode, SourceProcess>()
+  let local = 0
+
+  /** A fresh, empty chunk store for one fetch. */
+  async function fresh (): Promise<TempStore> {
+    return await openStore(join(tmp.dir, `local-${local++}`))
+  }
+
+  beforeAll(async () => {
+    tmp = await tempDir()
+    chunks = makeChunks(COUNT, CHUNK)
+    const seed = await openStore(join(tmp.dir, 'seed'), chunks)
+    await seed.close()
+    const modes: FaultMode[] = ['good', 'corrupt', 'claims', 'stall', 'trickle']
+    for (const mode of modes) await cp(join(tmp.dir, 'seed'), join(tmp.dir, `proc-${mode}`), { recursive: true })
+    const started = await Promise.all(modes.map(async mode => await SourceProcess.spawn(mode, join(tmp.dir, `proc-${mode}`))))
+    started.forEach(p => procs.set(p.mode, p))
+    full = await openStore(join(tmp.dir, 'seed'))
+    client = await startNode()
+    for (const p of started) await learn(client, p.peerId, p.addrs)
+  })
+
+  afterAll(async () => {
+    await client?.stop()
+    await Promise.all([...procs.values()].map(async p => { await p.stop() }))
+    await full?.close()
+    await tmp?.cleanup()
+  })
+
+  async function holder (init: Parameters<typeof serve>[1] = {}, store: Pick<ChunkStore, 'get' | 'has'> = full.store): Promise<InProcessSource> {
+    const h = await serve(store, init)
+    await learn(client, h.peerId, h.addrs)
+    return h
+  }
+
+  it('fetches everything from one source, verified, with progress', async () => {
+    const served: ServedEvent[] = []
+    const h = await holder({ onServed: e => served.push(e) })
+    const mine = await fresh()
+    const progress: FetchProgress[] = []
+    try {
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [h.peerId], onProgress: p => progress.push(p), progressIntervalMs: 1 })
+      expect(report).toMatchObject({ totalChunks: COUNT, heldChunks: 0, fetchedChunks: COUNT, fetchedBytes: COUNT * CHUNK, dropped: [] })
+      expect(source(report, h.peerId)).toMatchObject({ chunks: COUNT, bytes: COUNT * CHUNK, penalties: [] })
+      await expectAllStored(mine.store, chunks)
+      const gets = served.filter(e => e.type === 'get')
+      expect(gets.reduce((n, e) => n + e.ids, 0)).toBe(COUNT)
+      expect(progress.at(-1)).toMatchObject({ doneChunks: COUNT, totalChunks: COUNT, doneBytes: COUNT * CHUNK })
+      for (let i = 1; i < progress.length; i++) expect(progress[i]!.doneChunks).toBeGreaterThanOrEqual(progress[i - 1]!.doneChunks)
+    } finally {
+      await h.stop()
+      await mine.close()
+    }
+  })
+
+  it('fetches from three sources, and all of them contribute', async () => {
+    const hs = await Promise.all([holder(), holder(), holder()])
+    const mine = await fresh()
+    try {
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: hs.map(h => h.peerId) })
+      expect(report.fetchedChunks).toBe(COUNT)
+      for (const h of hs) expect(source(report, h.peerId).chunks).toBeGreaterThan(0)
+      expect(report.sources.reduce((n, s) => n + s.chunks, 0)).toBe(COUNT)
+      await expectAllStored(mine.store, chunks)
+    } finally {
+      await Promise.all(hs.map(async h => { await h.stop() }))
+      await mine.close()
+    }
+  })
+
+  const faults: Array<{ mode: FaultMode, what: string, reasons: string[], dropped?: string }> = [
+    { mode: 'corrupt', what: 'sends corrupt bytes', reasons: ['corrupt'], dropped: 'corrupt' },
+    { mode: 'claims', what: 'claims chunks it lacks', reasons: ['missing'] },
+    { mode: 'stall', what: 'stalls', reasons: ['stalled'] },
+    { mode: 'trickle', what: 'trickles at 1 B/s', reasons: ['slow', 'stalled'] }
+  ]
+  for (const { mode, what, reasons, dropped } of faults) {
+    it(`completes from the good source when another one ${what}`, async () => {
+      const good = procs.get('good')!
+      const bad = procs.get(mode)!
+      const mine = await fresh()
+      try {
+        const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [bad.peerId, good.peerId], ...FAST })
+        expect(report.fetchedChunks).toBe(COUNT)
+        await expectAllStored(mine.store, chunks)
+        const b = source(report, bad.peerId)
+        if (process.env.KITH_DEBUG != null) console.log(mode, JSON.stringify(report, null, 1))
+        expect(b.chunks).toBe(0)
+        expect(b.penalties.length, JSON.stringify(b)).toBeGreaterThan(0)
+        expect(reasons).toContain(b.penalties[0]!.reason)
+        if (dropped !== undefined) expect(b.dropped?.reason).toBe(dropped)
+        if (mode === 'claims') expect(b.missing).toBeGreaterThan(0)
+        expect(source(report, good.peerId).chunks).toBe(COUNT)
+        expect(bad.running).toBe(true)
+      } finally {
+        await mine.close()
+      }
+    })
+  }
+
+  it('drops a source that keeps failing, and completes from the rest', async () => {
+    const good = procs.get('good')!
+    const mine = await fresh()
+    try {
+      const report = await fetchChunks({
+        libp2p: client,
+        store: mine.store,
+        ids: chunks.map(c => c.id),
+        sources: [procs.get('corrupt')!.peerId, procs.get('claims')!.peerId, procs.get('stall')!.peerId, procs.get('trickle')!.peerId, good.peerId],
+        ...FAST,
+        maxStrikes: 2
+      })
+      expect(report.fetchedChunks).toBe(COUNT)
+      await expectAllStored(mine.store, chunks)
+      expect(source(report, good.peerId).chunks).toBe(COUNT)
+      for (const mode of ['corrupt', 'claims', 'stall', 'trickle'] as const) {
+        expect(source(report, procs.get(mode)!.peerId).chunks).toBe(0)
+      }
+      expect(report.dropped.map(d => d.peer)).toContain(procs.get('corrupt')!.peerId.toString())
+    } finally {
+      await mine.close()
+    }
+  })
+
+  it('gives up on a source it cannot reach and fetches from the others', async () => {
+    const nobody = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
+    await learn(client, nobody, [multiaddr('/ip4/127.0.0.1/tcp/1')])
+    const h = await holder()
+    const mine = await fresh()
+    try {
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [nobody, h.peerId], ...FAST, maxStrikes: 2 })
+      expect(report.fetchedChunks).toBe(COUNT)
+      expect(source(report, nobody).penalties[0]?.reason).toBe('failed')
+    } finally {
+      await h.stop()
+      await mine.close()
+    }
+  })
+
+  it('duplicates a slow source\'s last chunks in the endgame instead of waiting for them', async () => {
+    // 64 KiB/s: its first request alone (4 chunks, 1 MiB) would take 16 s
+    const slow = await holder({
+      sendSlice: 16 * 1024,
+      beforeSend: async (bytes, _peer, signal) => { await new Promise(resolve => { const t = setTimeout(resolve, bytes / 64); signal.addEventListener('abort', () => { clearTimeout(t); resolve(undefined) }) }) }
+    })
+    const fast = await holder()
+    const mine = await fresh()
+    try {
+      // slowness detection is off (huge window, tiny floor): only the endgame can save the day
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [slow.peerId, fast.peerId], rateWindowMs: 60_000, minBytesPerSecond: 1, stallTimeoutMs: 60_000 })
+      expect(report.fetchedChunks).toBe(COUNT)
+      expect(report.durationMs).toBeLessThan(10_000)
+      expect(source(report, fast.peerId).chunks).toBe(COUNT)
+      // it lost every race it had a head start in
+      expect(source(report, slow.peerId).penalties.map(p => p.reason)).toContain('slow')
+      await expectAllStored(mine.store, chunks)
+    } finally {
+      await slow.stop()
+      await fast.stop()
+      await mine.close()
+    }
+  })
+
+  it('stops on abort, then resumes fetching only the missing chunks', async () => {
+    let servedIds = 0
+    const h = await holder({ onServed: e => { if (e.type === 'get') servedIds += e.held + e.missing } })
+    const mine = await fresh()
+    const controller = new AbortController()
+    let puts = 0
+    const counting: Pick<ChunkStore, 'has' | 'put'> = {
+      has: async id => await mine.store.has(id),
+      put: async (id, sealed) => {
+        const fresh = await mine.store.put(id, sealed)
+        if (++puts === 16) controller.abort()
+        return fresh
+      }
+    }
+    try {
+      const err = await expectCodeAsync(fetchChunks({ libp2p: client, store: counting, ids: chunks.map(c => c.id), sources: [h.peerId], signal: controller.signal }), 'FETCH_ABORTED')
+      expect(err).toBeInstanceOf(FetchError)
+      const stored = (await Promise.all(chunks.map(async c => await mine.store.has(c.id)))).filter(Boolean).length
+      expect(stored).toBeGreaterThanOrEqual(16)
+      expect(stored).toBeLessThan(COUNT)
+      expect((err as FetchError).missing).toHaveLength(COUNT - stored)
+      expect((err as FetchError).report.fetchedChunks).toBe(stored)
+
+      servedIds = 0
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [h.peerId] })
+      expect(report).toMatchObject({ totalChunks: COUNT, heldChunks: stored, fetchedChunks: COUNT - stored })
+      expect(servedIds).toBe(COUNT - stored)
+      await expectAllStored(mine.store, chunks)
+
+      // nothing left to fetch: no request at all
+      servedIds = 0
+      const again = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [h.peerId] })
+      expect(again).toMatchObject({ heldChunks: COUNT, fetchedChunks: 0 })
+      expect(servedIds).toBe(0)
+    } finally {
+      await h.stop()
+      await mine.close()
+    }
+  })
+
+  it('fails with FETCH_NO_SOURCE naming what nobody holds, after fetching the rest', async () => {
+    const partial = await openStore(join(tmp.dir, 'partial'), chunks.slice(2))
+    const h = await holder({}, partial.store)
+    const liar = procs.get('claims')! // says it holds everything, holds nothing
+    const mine = await fresh()
+    const extra = randomBytes(32).toString('hex')
+    try {
+      const ids = [...chunks.map(c => c.id), extra]
+      const err = await expectCodeAsync(fetchChunks({ libp2p: client, store: mine.store, ids, sources: [h.peerId, liar.peerId], ...FAST }), 'FETCH_NO_SOURCE')
+      expect([...(err as FetchError).missing].sort()).toEqual([chunks[0]!.id, chunks[1]!.id, extra].sort())
+      expect(err.message).toContain(chunks[0]!.id.slice(0, 12))
+      await expectAllStored(mine.store, chunks.slice(2))
+      expect(await mine.store.has(chunks[0]!.id)).toBe(false)
+      const report = (err as FetchError).report
+      expect(report.fetchedChunks).toBe(COUNT - 2)
+      expect(source(report, liar.peerId).missing).toBeGreaterThan(0)
+    } finally {
+      await h.stop()
+      await partial.close()
+      await mine.close()
+    }
+  })
+
+  it('fails with FETCH_NO_SOURCE at once when there are no sources, and skips duplicates', async () => {
+    const mine = await fresh()
+    try {
+      const err = await expectCodeAsync(fetchChunks({ libp2p: client, store: mine.store, ids: [chunks[0]!.id, chunks[0]!.id], sources: [] }), 'FETCH_NO_SOURCE')
+      expect((err as FetchError).missing).toEqual([chunks[0]!.id])
+      await expectCodeAsync(fetchChunks({ libp2p: client, store: mine.store, ids: ['nope'], sources: [] }), 'CHUNK_BAD_ID')
+    } finally {
+      await mine.close()
+    }
+  })
+
+  it('backs off a busy holder without dropping it', async () => {
+    const h = await holder({ maxConcurrentGets: 1 })
+    const mine = await fresh()
+    try {
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [h.peerId], requestsPerSource: 3, chunksPerRequest: 2, retryDelayMs: 20 })
+      expect(report.fetchedChunks).toBe(COUNT)
+      const s = source(report, h.peerId)
+      expect(s.dropped).toBeUndefined()
+      expect(s.penalties.some(p => p.reason === 'busy')).toBe(true)
+    } finally {
+      await h.stop()
+      await mine.close()
+    }
+  })
+})
