@@ -64,6 +64,8 @@ export const ERROR_CODES = {
   FETCH_NO_SOURCE: 502,
   /** the caller aborted (pause or cancel); 499 as in "client closed request" */
   FETCH_ABORTED: 499,
+  /** a bandwidth flow was closed (its transfer ended) while a take waited */
+  FLOW_CLOSED: 409,
   // file sharing
   KEY_UNWRAP_FAILED: 502,
   SHARE_UNKNOWN: 404,
@@ -72,6 +74,15 @@ export const ERROR_CODES = {
   TRANSFER_UNKNOWN: 404,
   TRANSFER_STATE: 409,
   DISK_FULL: 507,
+  // locate: signed address records and finding friends who moved
+  RECORD_MALFORMED: 400,
+  RECORD_TOO_LARGE: 413,
+  RECORD_BAD_SIGNATURE: 400,
+  RECORD_WRONG_PEER: 400,
+  RECORD_FUTURE: 400,
+  RECORD_STALE: 409,
+  LOCATE_NOT_GRANTED: 403,
+  LOCATE_FAILED: 502,
   // home folder and stored state
   HOME_LOCKED: 409,
   IDENTITY_CORRUPT: 500,

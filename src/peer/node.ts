@@ -5,11 +5,16 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, type Identify } from '@libp2p/identify'
 import { ping, type Ping } from '@libp2p/ping'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
-import type { ConnectionGater, PrivateKey } from '@libp2p/interface'
+import type { ConnectionGater, PrivateKey, StreamMiddleware } from '@libp2p/interface'
+import { KithError } from '../errors.ts'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { dhtRecordRules } from './address-record.ts'
 
 /**
  * The libp2p node: TCP, Noise, yamux, identify, ping and a Kademlia DHT under
- * kith's own protocol prefix, so it only ever meets other kith nodes.
+ * kith's own protocol prefix, so it only ever meets other kith nodes. The DHT
+ * accepts one kind of record, signed address records (`/kith-addr/...`, see
+ * address-record.ts).
  */
 export const DHT_PROTOCOL = '/kith/kad/1.0.0'
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/0']
@@ -32,7 +37,8 @@ export interface NodeInit {
 }
 
 export async function createNode (init: NodeInit): Promise<KithLibp2p> {
-  return await createLibp2p({
+  const node = await createLibp2p({
+    start: false,
     privateKey: init.privateKey,
     addresses: { listen: init.listen },
     transports: [tcp()],
@@ -46,8 +52,53 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
         protocol: DHT_PROTOCOL,
         clientMode: false,
         // friends are often on the same LAN: keep private addresses
-        peerInfoMapper: passthroughMapper
+        peerInfoMapper: passthroughMapper,
+        // signed address records under /kith-addr/: by signature, then highest seq
+        ...dhtRecordRules(peerIdFromPrivateKey(init.privateKey).toString())
       })
     }
   })
+  fixStreamMiddleware(node)
+  await node.start()
+  return node
+}
+
+/**
+ * Works around two bugs of libp2p 3.3.11's stream middleware, both shown by
+ * test/peer/node.spec.ts:
+ *
+ * - `handle(protocol, handler, { middleware })` never runs that middleware
+ *   (only middleware given to `use()` runs), so a `friendsOnly` gate passed
+ *   to `handle()` let strangers reach the handler.
+ * - For every inbound stream, `Connection.onIncomingStream` pushes the
+ *   protocol handler onto the array `getMiddleware()` returns, which is the
+ *   very array `use()` registered. The array grows with each inbound stream:
+ *   later inbound streams run the handler several times, and outbound streams
+ *   run it too, where it waits for a request that never comes (the DHT
+ *   stalled after its first inbound query).
+ *
+ * The registrar's `getMiddleware` is replaced by one returning a fresh array:
+ * the handler's own middleware, then the `use()` middleware; libp2p runs it
+ * for inbound and outbound streams alike. The gate depends on this, so a
+ * libp2p whose registrar looks different stops the node instead of running
+ * ungated; recheck this when upgrading libp2p.
+ */
+function fixStreamMiddleware (node: Libp2p): void {
+  interface Registrar {
+    getMiddleware?: (protocol: string) => StreamMiddleware[]
+    getHandler?: (protocol: string) => { options?: { middleware?: StreamMiddleware[] } }
+  }
+  const registrar = (node as unknown as { components?: { registrar?: Registrar } }).components?.registrar
+  const getMiddleware = registrar?.getMiddleware
+  const getHandler = registrar?.getHandler
+  if (registrar == null || typeof getMiddleware !== 'function' || typeof getHandler !== 'function') {
+    throw new KithError('INTERNAL', 'this libp2p version has no registrar kith can fix the stream middleware of; the friend gate would not hold, so the node does not start')
+  }
+  registrar.getMiddleware = (protocol: string): StreamMiddleware[] => {
+    let own: StreamMiddleware[] = []
+    try {
+      own = getHandler.call(registrar, protocol).options?.middleware ?? []
+    } catch {} // no handler: an outbound-only protocol
+    return [...own, ...getMiddleware.call(registrar, protocol)]
+  }
 }

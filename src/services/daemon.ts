@@ -16,6 +16,7 @@ import { redeemHandler, redeem, REDEEM_PROTOCOL, MAX_INBOUND_REDEEM_STREAMS } fr
 import { DEFAULT_GRANTS, type Service } from '../trust/grants.ts'
 import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
+import { LocateService } from './locate/index.ts'
 import type { TransferEvent } from './files/transfers.ts'
 
 /**
@@ -31,6 +32,8 @@ export interface DaemonInit {
   name?: string
   /** cap on what this node serves, bytes per second */
   maxUpload?: number
+  /** cap on what this node fetches, bytes per second */
+  maxDownload?: number
 }
 
 export interface FriendView extends Friend {
@@ -73,6 +76,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly meta: Meta
   private readonly started = new Date()
   private fileService: FileService | null = null
+  private locateService: LocateService | null = null
 
   private constructor (paths: HomePaths, db: Database, identity: Identity, libp2p: KithLibp2p, friends: FriendBook, invites: InviteBook, meta: Meta) {
     super()
@@ -109,7 +113,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
 
       const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta)
       try {
-        await daemon.wire(init.maxUpload)
+        await daemon.wire(init.maxUpload, init.maxDownload)
       } catch (err) {
         await libp2p.stop()
         throw err
@@ -121,7 +125,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     }
   }
 
-  private async wire (maxUpload?: number): Promise<void> {
+  private async wire (maxUpload?: number, maxDownload?: number): Promise<void> {
     await this.libp2p.handle(REDEEM_PROTOCOL, redeemHandler({
       friends: this.friends,
       invites: this.invites,
@@ -137,9 +141,12 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       identity: this.identity,
       libp2p: this.libp2p,
       friends: this.friends,
-      ...(maxUpload != null ? { maxUpload } : {})
+      ...(maxUpload != null ? { maxUpload } : {}),
+      ...(maxDownload != null ? { maxDownload } : {})
     })
     this.fileService.on('event', evt => this.emit('event', evt))
+    this.locateService = await LocateService.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, identity: this.identity })
+    this.presence.on('unreachable', peer => this.locateService?.unreachableFriend(peer))
     this.presence.start()
   }
 
@@ -148,8 +155,14 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.fileService
   }
 
+  get locate (): LocateService {
+    if (this.locateService == null) throw new KithError('INTERNAL', 'locate is not started')
+    return this.locateService
+  }
+
   async stop (): Promise<void> {
     this.presence.stop()
+    await this.locateService?.stop()
     await this.fileService?.stop()
     await this.libp2p.stop()
     await this.db.close()

@@ -32,7 +32,11 @@ interface Retry {
   timer: NodeJS.Timeout | null
 }
 
-export class Presence extends EventEmitter<{ event: [PresenceEvent] }> {
+export class Presence extends EventEmitter<{
+  event: [PresenceEvent]
+  /** a dial to a friend at their known addresses failed (peer id); locate listens */
+  unreachable: [string]
+}> {
   private readonly libp2p: KithLibp2p
   private readonly friends: FriendBook
   private readonly retries = new Map<string, Retry>()
@@ -160,6 +164,8 @@ export class Presence extends EventEmitter<{ event: [PresenceEvent] }> {
       if (addrs.length > 0) await this.libp2p.peerStore.merge(peerId, { multiaddrs: addrs })
       await this.libp2p.dial(peerId, { signal: AbortSignal.any([this.controller.signal, AbortSignal.timeout(DIAL_TIMEOUT_MS)]) })
     } catch {
+      if (!this.running) return
+      this.emit('unreachable', peer)
       this.schedule(peer)
     }
   }

@@ -1,5 +1,5 @@
 import type { AbortOptions, Connection, PeerId, Stream, StreamHandler } from '@libp2p/interface'
-import { KithError, type ErrorCode } from '../errors.ts'
+import { KithError } from '../errors.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
 import { isId } from './seal.ts'
@@ -399,8 +399,9 @@ export interface FrameReaderInit {
 /**
  * Reads length-prefixed frames from a libp2p 3 stream with bounded memory.
  * Finishes on 'end' (never on 'remoteCloseWrite', which can fire while data
- * is still buffered), and never buffers more than `highWater` plus what the
- * muxer window lets in before a pause takes effect.
+ * is still buffered). Pausing makes yamux stop granting window, so what a
+ * stream holds is at most `highWater` here plus about two muxer windows (one
+ * dispatched on resume, one landing while paused; 16 MiB each at most).
  */
 export class FrameReader {
   private readonly stream: Stream
@@ -409,6 +410,7 @@ export class FrameReader {
   private ended = false
   private error: Error | undefined
   private wake: (() => void) | undefined
+  private resuming = false
 
   constructor (stream: Stream, init: FrameReaderInit) {
     this.stream = stream
@@ -427,7 +429,10 @@ export class FrameReader {
     this.init.onBytes?.(this.queue.length - before)
     if (this.queue.length > this.init.highWater) {
       if (this.init.pause) {
-        if (this.stream.readStatus === 'readable') this.stream.pause()
+        // never from inside resume(): yamux resumes granting window after the
+        // dispatch, so a pause made during it would leave the stream reading
+        // as paused while the window stays open (resume() pauses again after)
+        if (!this.resuming) this.pause()
       } else if (this.error === undefined) {
         this.error = tooLarge(`more than ${this.init.highWater} bytes arrived unasked`)
         this.stream.abort(this.error)
@@ -453,15 +458,26 @@ export class FrameReader {
     wake?.()
   }
 
+  private pause (): void {
+    if (this.stream.readStatus === 'readable') this.stream.pause()
+  }
+
   private resume (): void {
-    if (this.stream.readStatus === 'paused') this.stream.resume()
+    if (this.stream.readStatus !== 'paused') return
+    this.resuming = true
+    try {
+      this.stream.resume()
+    } finally {
+      this.resuming = false
+    }
+    if (this.queue.length > this.init.highWater) this.pause()
   }
 
   /** The next frame body, or undefined at a clean end of stream between frames. */
   async next (options: AbortOptions = {}): Promise<Uint8Array | undefined> {
     while (true) {
       options.signal?.throwIfAborted()
-      if (this.error !== undefined) throw this.error
+      // whole frames that arrived before a reset are still good
       const head = readLength(i => this.queue.at(i), Math.min(this.queue.length, 8), this.init.maxFrame)
       if (head !== undefined && this.queue.length >= head.size + head.length) {
         this.queue.skip(head.size)
@@ -469,11 +485,15 @@ export class FrameReader {
         if (this.queue.length < this.init.highWater / 2) this.resume()
         return body
       }
+      if (this.error !== undefined) throw this.error
       if (this.ended) {
         if (this.queue.length === 0) return undefined
         throw malformed(`the stream ended in the middle of a frame (${this.queue.length} bytes left over)`)
       }
+      // resume() may hand over buffered data (or the end) at once, with nobody waiting yet
+      const before = this.queue.length
       this.resume()
+      if (this.queue.length !== before || this.ended || this.error !== undefined) continue
       await new Promise<void>((resolve, reject) => {
         const signal = options.signal
         const onAbort = (): void => {
@@ -652,7 +672,7 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
         if (code !== 'CHUNK_FRAME_MALFORMED' && code !== 'CHUNK_FRAME_TOO_LARGE' && code !== 'UNSUPPORTED_VERSION') throw err
         served.error = err as Error
         await sendFrame(stream, encodeResponse({ type: 'error', status: statusOf(err as KithError), message: (err as Error).message }), send)
-        await finish(stream, signal)
+        await finish(stream, signal, stallTimeoutMs)
         return
       } finally {
         clearTimeout(timer)
@@ -661,14 +681,25 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
       served.ids = request.ids.length
       if (request.type === 'have') {
         const held: boolean[] = new Array(request.ids.length).fill(false)
-        for (let i = 0; i < request.ids.length; i += HAVE_CONCURRENCY) {
+        let failed: Error | undefined
+        for (let i = 0; i < request.ids.length && failed === undefined; i += HAVE_CONCURRENCY) {
           const slice = request.ids.slice(i, i + HAVE_CONCURRENCY)
-          const answers = await raceAbort(Promise.all(slice.map(async id => await init.store.has(id))), signal)
-          answers.forEach((h, j) => { held[i + j] = h })
+          try {
+            const answers = await raceAbort(Promise.all(slice.map(async id => await init.store.has(id))), signal)
+            answers.forEach((h, j) => { held[i + j] = h })
+          } catch (err) {
+            if (signal.aborted) throw err
+            failed = err as Error
+          }
         }
-        served.held = held.filter(Boolean).length
-        served.missing = held.length - served.held
-        await sendFrame(stream, encodeResponse({ type: 'have-ok', bits: encodeBits(held) }), send)
+        if (failed !== undefined) {
+          served.error = failed
+          await sendFrame(stream, encodeResponse({ type: 'error', status: STATUS.INTERNAL, message: 'the holder could not read its chunk store' }), send)
+        } else {
+          served.held = held.filter(Boolean).length
+          served.missing = held.length - served.held
+          await sendFrame(stream, encodeResponse({ type: 'have-ok', bits: encodeBits(held) }), send)
+        }
       } else if (gets >= maxGets) {
         served.type = 'refused'
         served.error = new KithError('CHUNK_PEER_BUSY', `already serving ${gets} GETs`)
@@ -700,7 +731,7 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
           gets--
         }
       }
-      await finish(stream, signal)
+      await finish(stream, signal, stallTimeoutMs)
     } catch (err) {
       served.error ??= err as Error
       stream.abort(err as Error)
@@ -714,9 +745,14 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
     }
   }
 
-  /** Closes our end once everything is sent; waits a little for the requester's end, then lets go. */
-  async function finish (stream: Stream, signal: AbortSignal): Promise<void> {
-    await raceAbort(stream.close({ signal }), signal)
+  /**
+   * Closes our end once everything is sent (giving up, and so resetting, if
+   * the requester takes nothing for stallMs); waits a little for the
+   * requester's end, then lets go.
+   */
+  async function finish (stream: Stream, signal: AbortSignal, stallMs: number): Promise<void> {
+    const closing = AbortSignal.any([signal, AbortSignal.timeout(stallMs)])
+    await raceAbort(stream.close({ signal: closing }), closing)
     if (stream.status !== 'open' || stream.remoteWriteStatus === 'closed') return
     const lingered = AbortSignal.any([signal, AbortSignal.timeout(LINGER_MS)])
     try {

@@ -14,11 +14,13 @@ import { isId } from './seal.ts'
  *    put to work as soon as its first batch is answered.
  * 3. Each source pulls work whenever it has a free request slot
  *    (`requestsPerSource` GET streams, each of up to `chunksPerRequest`
- *    chunks): first chunks handed back by failed requests, then the next
+ *    chunks; bigger requests spare the per-stream set-up and window ramp):
+ *    first chunks handed back by failed requests, then the next
  *    wanted chunks it holds, in order. Faster sources free their slots sooner
  *    and so take more; when several are free at once the fastest goes first.
- *    A source's request size shrinks to what it moves in `targetRequestMs`,
- *    so a slow source never sits on many chunks.
+ *    A source's request size follows what it moves in `targetRequestMs`, so
+ *    a slow source never sits on many chunks; near the end what is left is
+ *    shared among all request slots, so no source queues a long tail.
  * 4. Every chunk goes through `store.put`, which checks sha256(sealed) == id,
  *    before it counts.
  * 5. Faults: corrupt bytes or protocol violations drop a source at once.
@@ -31,7 +33,9 @@ import { isId } from './seal.ts'
  *    back, so a source that recovers is forgiven. BUSY is no strike: the
  *    source is asked fewer requests at once, after a pause.
  * 6. Endgame: once every chunk any source can give is assigned, a source
- *    with a free slot duplicates in-flight chunks (slowest first, at most
+ *    with a free slot duplicates in-flight chunks that their fetchers are
+ *    expected to deliver much later than it could itself (judged by position
+ *    in the request's stream and measured rates; latest first; at most
  *    `endgameCopies` fetchers a chunk). The first verified copy wins; a
  *    request whose chunks have all arrived elsewhere is aborted, and if it
  *    had a head start and still moved less than half its bytes, its source
@@ -47,7 +51,9 @@ import { isId } from './seal.ts'
  */
 
 /** @see FetchInit.chunksPerRequest */
-export const DEFAULT_CHUNKS_PER_REQUEST = 4
+export const DEFAULT_CHUNKS_PER_REQUEST = 16
+/** Chunks per request until a source's rate is known. */
+export const FIRST_CHUNKS_PER_REQUEST = 4
 /** @see FetchInit.requestsPerSource */
 export const DEFAULT_REQUESTS_PER_SOURCE = 2
 /** @see FetchInit.stallTimeoutMs */
@@ -70,10 +76,14 @@ export const DEFAULT_ENDGAME_COPIES = 2
 export const DEFAULT_TARGET_REQUEST_MS = 2_000
 /** @see FetchInit.progressIntervalMs */
 export const DEFAULT_PROGRESS_INTERVAL_MS = 100
+/** What opening a GET stream costs before its first byte, roughly (loopback: ~3 ms). */
+const ENDGAME_SETUP_MS = 20
 /** Penalties kept per source in the report (the count is always exact). */
 const MAX_PENALTIES_KEPT = 32
 /** `store.has` checks run this many at a time when skipping held chunks. */
 const HAS_CONCURRENCY = 64
+/** A `beforeReceive` wait at least this long counts as throttling (shorter ones are noise). */
+const THROTTLE_NOTICE_MS = 5
 
 export interface FetchInit {
   libp2p: ChunkDialer
@@ -86,7 +96,12 @@ export interface FetchInit {
   signal?: AbortSignal
   /** Called at most every `progressIntervalMs` while chunks arrive, and once at the end. */
   onProgress?: (progress: FetchProgress) => void
-  /** Chunks asked in one GET stream, at most. @default 4 (MAX_GET_IDS at most) */
+  /**
+   * Chunks asked in one GET stream, at most (MAX_GET_IDS at most). A source's
+   * first requests ask FIRST_CHUNKS_PER_REQUEST (4); once its rate is known,
+   * what it moves in `targetRequestMs`, within 1..chunksPerRequest.
+   * @default 16
+   */
   chunksPerRequest?: number
   /** GET streams open to one source at once. @default 2 */
   requestsPerSource?: number
@@ -114,6 +129,15 @@ export interface FetchInit {
   targetRequestMs?: number
   /** @default 100 */
   progressIntervalMs?: number
+  /**
+   * Called with the size of every chunk received, before it is stored; resolves
+   * when it may be taken. A bandwidth scheduler plugs in here: while it waits
+   * the stream is not read, so the source is held back by backpressure. The
+   * wait is ours, not the source's: it earns no stall or slowness strike.
+   *
+   * @default no throttle
+   */
+  beforeReceive?: (bytes: number, peer: PeerId, signal: AbortSignal) => Promise<void>
 }
 
 export type PenaltyReason =
@@ -243,6 +267,8 @@ class Source {
   penaltyCount = 0
   readonly penalties: Penalty[] = []
   dropped: Penalty | undefined
+  /** when `beforeReceive` last held one of its requests back */
+  throttledAt = -Infinity
 
   constructor (peer: PeerId, total: number, limit: number) {
     this.peer = peer
@@ -270,6 +296,8 @@ class Request {
   /** every chunk it asked for arrived elsewhere first */
   winner: Request | undefined
   promise: Promise<void> = Promise.resolve()
+  /** waiting in `beforeReceive` */
+  throttled = false
 
   constructor (source: Source, indexes: number[]) {
     this.source = source
@@ -316,7 +344,7 @@ class Fetch {
   private readonly tasks = new Set<Promise<void>>()
   private readonly halt = new AbortController()
   private readonly startedAt: number
-  private readonly opt: Required<Omit<FetchInit, 'libp2p' | 'store' | 'ids' | 'sources' | 'signal' | 'onProgress'>>
+  private readonly opt: Required<Omit<FetchInit, 'libp2p' | 'store' | 'ids' | 'sources' | 'signal' | 'onProgress' | 'beforeReceive'>>
   /** pending chunks at least one live source says it holds */
   private fetchable = 0
   private doneCount = 0
@@ -546,8 +574,15 @@ class Fetch {
       while (source.haveKnown < this.n && source.dropped === undefined && !this.finished) {
         const from = source.haveKnown
         const batch = this.wanted.slice(from, from + this.opt.haveBatchSize)
+        // a HAVE gets stallTimeoutMs, like a GET without progress
+        const controller = new AbortController()
+        const stop = (): void => { controller.abort(this.halt.signal.reason) }
+        this.halt.signal.addEventListener('abort', stop, { once: true })
+        const timer = setTimeout(() => {
+          controller.abort(new KithError('CHUNK_PEER_STALLED', `no answer to HAVE within ${this.opt.stallTimeoutMs} ms`))
+        }, this.opt.stallTimeoutMs)
         try {
-          const held = await askHave(this.init.libp2p, source.peer, batch, { signal: this.halt.signal })
+          const held = await askHave(this.init.libp2p, source.peer, batch, { signal: controller.signal })
           if (this.finished || source.dropped !== undefined) return
           batch.forEach((id, i) => { if (held.has(id)) this.setHave(source, from + i) })
           source.haveKnown = from + batch.length
@@ -556,6 +591,9 @@ class Fetch {
           this.penalise(source, this.classify(err), `HAVE failed: ${(err as Error).message}`)
           if (source.dropped !== undefined) return
           await sleep(source.coolUntil - Date.now(), this.halt.signal)
+        } finally {
+          clearTimeout(timer)
+          this.halt.signal.removeEventListener('abort', stop)
         }
         this.schedule()
       }
@@ -572,14 +610,18 @@ class Fetch {
 
   /** Chunks per request for this source: what it moves in targetRequestMs, within 1..chunksPerRequest. */
   private chunksFor (source: Source): number {
-    if (source.rate === undefined) return this.opt.chunksPerRequest
-    const chunk = this.doneCount > 0 ? this.doneBytes / this.doneCount : CHUNK_SIZE
+    if (source.rate === undefined) return Math.min(this.opt.chunksPerRequest, FIRST_CHUNKS_PER_REQUEST)
+    const chunk = this.averageChunk()
     const perRequest = source.rate / this.opt.requestsPerSource * this.opt.targetRequestMs / 1000
     return Math.max(1, Math.min(this.opt.chunksPerRequest, Math.floor(perRequest / chunk)))
   }
 
   private pick (source: Source): number[] {
-    const max = this.chunksFor(source)
+    // near the end, share what is left among all request slots, so no source
+    // queues up a long tail that others then have to duplicate
+    let slots = 0
+    for (const s of this.sources) if (s.dropped === undefined) slots += s.limit
+    const max = Math.min(this.chunksFor(source), Math.max(1, Math.ceil(this.fetchable / Math.max(1, slots))))
     const picks: number[] = []
     for (const index of this.requeued) {
       if (picks.length >= max) break
@@ -594,22 +636,48 @@ class Fetch {
       if (this.state[index] === PENDING && source.holds(index) && !picks.includes(index)) picks.push(index)
     }
     if (picks.length > 0 || this.fetchable > 0) return picks
-    // endgame: everything obtainable is assigned; help with what is in flight, slowest first
-    const candidates: Array<{ index: number, rate: number, startedAt: number }> = []
+    // Endgame: everything obtainable is assigned. Duplicate in-flight chunks
+    // this source holds that their current fetchers are expected to deliver
+    // much later than this source could (a copy costs the receiver as much as
+    // the original, so a close race is a loss), latest first.
+    const now = Date.now()
+    const chunk = this.averageChunk()
+    const mine = source.rate === undefined ? 0 : 2 * (ENDGAME_SETUP_MS + chunk / (source.rate / this.opt.requestsPerSource) * 1000)
+    const candidates: Array<{ index: number, arrival: number }> = []
     for (const [index, set] of this.inflight) {
       if (set.size >= this.opt.endgameCopies || !source.holds(index)) continue
-      let mine = false
-      let rate = Infinity
-      let startedAt = Infinity
+      let arrival = Infinity
+      let skip = false
       for (const r of set) {
-        if (r.source === source) mine = true
-        rate = Math.min(rate, r.source.rate ?? 0)
-        startedAt = Math.min(startedAt, r.startedAt)
+        // held back by our own beforeReceive: its pace is ours, and a copy would only queue behind it
+        if (r.source === source || r.throttled || r.source.throttledAt >= r.startedAt) skip = true
+        arrival = Math.min(arrival, this.arrival(r, index, now, chunk))
       }
-      if (!mine) candidates.push({ index, rate, startedAt })
+      if (!skip && arrival > mine) candidates.push({ index, arrival })
     }
-    candidates.sort((a, b) => a.rate - b.rate || a.startedAt - b.startedAt || a.index - b.index)
-    return candidates.slice(0, max).map(c => c.index).sort((a, b) => a - b)
+    candidates.sort((a, b) => b.arrival - a.arrival || a.index - b.index)
+    // small copies, so estimates are taken again as the race unfolds
+    return candidates.slice(0, Math.min(max, FIRST_CHUNKS_PER_REQUEST)).map(c => c.index).sort((a, b) => a - b)
+  }
+
+  private averageChunk (): number {
+    return this.doneCount > 0 ? this.doneBytes / this.doneCount : CHUNK_SIZE
+  }
+
+  /** When `request` should deliver `index`, in ms from now: it streams its chunks in order. */
+  private arrival (request: Request, index: number, now: number, chunk: number): number {
+    let ahead = 0
+    for (const i of request.indexes) {
+      ahead += this.sizes[i]! > 0 ? this.sizes[i]! : chunk
+      if (i === index) break
+    }
+    const remaining = ahead - request.bytes
+    if (remaining <= 0) return 0
+    const source = request.source
+    const rate = source.rate !== undefined
+      ? source.rate / Math.max(1, source.requests.size)
+      : request.bytes * 1000 / Math.max(1, now - request.startedAt)
+    return rate > 0 ? remaining / rate * 1000 : Infinity
   }
 
   private schedule (): void {
@@ -686,6 +754,7 @@ class Fetch {
           this.release(request, index)
           continue
         }
+        if (this.init.beforeReceive !== undefined) await this.throttle(request, item.sealed.byteLength)
         if (this.state[index] !== DONE) {
           try {
             await this.init.store.put(item.id, item.sealed)
@@ -733,16 +802,35 @@ class Fetch {
     }
   }
 
+  /** Waits for `beforeReceive`; the time is ours, so the request's stall clock restarts after it. */
+  private async throttle (request: Request, bytes: number): Promise<void> {
+    const started = Date.now()
+    request.throttled = true
+    try {
+      await this.init.beforeReceive!(bytes, request.source.peer, request.controller.signal)
+    } finally {
+      request.throttled = false
+      const now = Date.now()
+      if (now - started >= THROTTLE_NOTICE_MS) {
+        request.lastByteAt = Math.max(request.lastByteAt, now)
+        request.source.throttledAt = now
+      }
+    }
+  }
+
   /** A request all of whose chunks arrived elsewhere first: a strike if it had a head start and moved under half. */
   private judgeRace (request: Request): void {
     const winner = request.winner!
     if (request.startedAt > winner.startedAt) return
+    // we held its source back meanwhile: no fault of the source's
+    if (request.source.throttledAt >= request.startedAt) return
     let expected = 0
     for (const index of request.indexes) expected += this.sizes[index]!
     if (request.bytes >= expected / 2) return
     const now = Date.now()
     const ms = now - request.startedAt
-    if (request.bytes === 0 || now - request.lastByteAt > ms / 2) {
+    // next to nothing (a frame header), or nothing for most of its life: a stall
+    if (request.bytes < expected / 100 || now - request.lastByteAt > ms / 2) {
       this.penalise(request.source, 'stalled', `sent ${request.bytes} of ${expected} bytes and then nothing for ${now - request.lastByteAt} ms while ${winner.source.key} delivered the same chunks`)
     } else {
       this.penalise(request.source, 'slow', `sent ${request.bytes} of ${expected} bytes in ${ms} ms while ${winner.source.key} delivered the same chunks`)
@@ -755,6 +843,7 @@ class Fetch {
     if (this.finished) return
     const now = Date.now()
     for (const request of this.requests) {
+      if (request.throttled) continue
       const idle = now - request.lastByteAt
       if (idle >= this.opt.stallTimeoutMs) this.cut(request, 'stalled', `no byte for ${idle} ms`)
     }
@@ -763,6 +852,11 @@ class Fetch {
       if (source.dropped !== undefined || window === undefined || source.requests.size === 0) continue
       const elapsed = now - window.at
       if (elapsed < this.opt.rateWindowMs) continue
+      if (source.throttledAt >= window.at || [...source.requests].some(r => r.throttled)) {
+        // we held it back in this window: its rate says more about our limits than about it
+        source.window = { at: now, received: source.received }
+        continue
+      }
       const rate = (source.received - window.received) * 1000 / elapsed
       source.window = { at: now, received: source.received }
       source.rate = source.rate === undefined ? rate : (source.rate + rate) / 2

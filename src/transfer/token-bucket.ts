@@ -6,12 +6,19 @@
  * limit can change while senders wait.
  */
 export interface Clock {
+  /** monotonic milliseconds; only differences matter */
   now: () => number
   sleep: (ms: number, signal?: AbortSignal) => Promise<void>
+  /**
+   * Wall-clock milliseconds since the epoch, for time-of-day rules.
+   * @default Date.now
+   */
+  wall?: () => number
 }
 
 export const realClock: Clock = {
   now: () => performance.now(),
+  wall: () => Date.now(),
   sleep: async (ms, signal) => await new Promise<void>((resolve, reject) => {
     if (signal?.aborted === true) {
       reject(signal.reason)
@@ -51,9 +58,11 @@ export class TokenBucket {
   }
 
   setRate (rate: number): void {
+    const wasLimited = Number.isFinite(this.rate)
     this.refill()
     this.rate = rate
-    this.tokens = Math.min(this.tokens, this.capacity())
+    // coming out of "no limit", an old debt means nothing: start with a full bucket
+    this.tokens = wasLimited ? Math.min(this.tokens, this.capacity()) : this.capacity()
   }
 
   private capacity (): number {
@@ -64,6 +73,30 @@ export class TokenBucket {
     const now = this.clock.now()
     if (Number.isFinite(this.rate)) this.tokens = Math.min(this.capacity(), this.tokens + (now - this.last) * this.rate / 1000)
     this.last = now
+  }
+
+  /** True when a send may start now: the bucket is not in debt (and the rate is not 0). */
+  ready (): boolean {
+    if (!Number.isFinite(this.rate)) return true
+    if (this.rate <= 0) return false
+    this.refill()
+    // within half a byte: float rounding must not cost a wake-up
+    return this.tokens >= -0.5
+  }
+
+  /** Takes `bytes` without waiting; the bucket may go into debt, which later takers wait off. */
+  consume (bytes: number): void {
+    if (!Number.isFinite(this.rate)) return
+    this.refill()
+    this.tokens -= bytes
+  }
+
+  /** Milliseconds until `ready()`: 0 if it is, Infinity at rate 0. */
+  waitMs (): number {
+    if (!Number.isFinite(this.rate)) return 0
+    if (this.rate <= 0) return Infinity
+    this.refill()
+    return this.tokens >= -0.5 ? 0 : -this.tokens * 1000 / this.rate
   }
 
   /** Waits until `bytes` may be sent. */

@@ -161,6 +161,18 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
     this.byId.set(peerId, updated)
   }
 
+  /**
+   * Records where a friend is now, from an address record they signed (they
+   * need not be connected). Quiet, like `seen`; only active friends.
+   */
+  async moved (peerId: string, addrs: string[]): Promise<void> {
+    const friend = this.byId.get(peerId)
+    if (friend?.state !== 'active' || addrs.length === 0) return
+    const updated = { ...friend, addrs }
+    await this.level.put(peerId, updated)
+    this.byId.set(peerId, updated)
+  }
+
   /** Updates what a friend grants me (they told me over the wire). */
   async setGrantsFromThem (peerId: string, grants: Service[]): Promise<void> {
     const friend = this.byId.get(peerId)

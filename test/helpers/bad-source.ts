@@ -10,6 +10,7 @@
 //   claims   says HAVE to everything, answers every GET with MISSING
 //   stall    answers HAVE, then sends the first 64 KiB of a GET and nothing more
 //   trickle  answers HAVE, then sends GET answers at 1 byte a second
+//   mute     takes every request and never answers
 //
 // The store folder holds `db` (LevelDB) and `chunks`, as made by
 // test/helpers/chunks.ts; its database must not be open elsewhere.
@@ -23,7 +24,7 @@ import { chunkHandler, CHUNK_PROTOCOL, type ChunkHandlerInit } from '../../src/t
 
 const [mode, dir] = process.argv.slice(2)
 if (mode === undefined || dir === undefined) {
-  process.stderr.write('usage: bad-source.ts <good|corrupt|claims|stall|trickle> <store folder>\n')
+  process.stderr.write('usage: bad-source.ts <good|corrupt|claims|stall|trickle|mute> <store folder>\n')
   process.exit(2)
 }
 
@@ -86,6 +87,14 @@ switch (mode) {
       beforeSend: async (bytes, _peer, signal) => {
         // a HAVE answer fits the free allowance; chunk data then drips at 1 B/s
         if (!spend(signal, bytes, 1024)) await sleep(1000, signal)
+      }
+    }
+    break
+  case 'mute':
+    handler = {
+      store: {
+        has: async () => await new Promise<boolean>(() => {}),
+        get: async () => await new Promise<Uint8Array>(() => {})
       }
     }
     break

@@ -79,7 +79,7 @@ export async function serve (store: ChunkHandlerInit['store'], init: Omit<ChunkH
   return { node, peerId: node.peerId, addrs: node.getMultiaddrs(), stop: async () => { await node.stop() } }
 }
 
-export type FaultMode = 'good' | 'corrupt' | 'claims' | 'stall' | 'trickle'
+export type FaultMode = 'good' | 'corrupt' | 'claims' | 'stall' | 'trickle' | 'mute'
 
 /** A chunk holder in its own process (test/helpers/bad-source.ts). */
 export class SourceProcess {

@@ -77,9 +77,14 @@ export class TestNode {
     return this.proc?.pid
   }
 
-  /** Starts the daemon and resolves once it printed its start-up line. */
+  /**
+   * Starts the daemon and resolves once it printed its start-up line. It
+   * listens on 127.0.0.1, port 0 (which reuses the last run's port), unless
+   * `args` or `extraArgs` give `--listen`, which then replaces that default.
+   */
   async start (args: string[] = []): Promise<StartInfo> {
-    const proc = spawn(NODE, [KITH, '--home', this.home, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
+    const listen = [...this.extraArgs, ...args].includes('--listen') ? [] : ['--listen', '/ip4/127.0.0.1/tcp/0']
+    const proc = spawn(NODE, [KITH, '--home', this.home, 'start', ...listen, '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe']
     })
     this.proc = proc

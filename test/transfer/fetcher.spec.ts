@@ -11,7 +11,7 @@ import type { ServedEvent } from '../../src/transfer/chunk-protocol.ts'
 import { fetchChunks, FetchError, type FetchInit, type FetchProgress, type FetchReport, type SourceReport } from '../../src/transfer/fetcher.ts'
 import { expectCodeAsync } from './helpers.ts'
 import {
-  learn, makeChunks, openStore, serve, startNode, tempDir, SourceProcess,
+  learn, makeChunks, openStore, serve, startNode, tempDir, until, SourceProcess,
   type Chunk, type FaultMode, type InProcessSource, type TempStore
 } from '../helpers/chunks.ts'
 
@@ -53,7 +53,7 @@ describe('multi-source fetch', () => {
     chunks = makeChunks(COUNT, CHUNK)
     const seed = await openStore(join(tmp.dir, 'seed'), chunks)
     await seed.close()
-    const modes: FaultMode[] = ['good', 'corrupt', 'claims', 'stall', 'trickle']
+    const modes: FaultMode[] = ['good', 'corrupt', 'claims', 'stall', 'trickle', 'mute']
     for (const mode of modes) await cp(join(tmp.dir, 'seed'), join(tmp.dir, `proc-${mode}`), { recursive: true })
     const started = await Promise.all(modes.map(async mode => await SourceProcess.spawn(mode, join(tmp.dir, `proc-${mode}`))))
     started.forEach(p => procs.set(p.mode, p))
@@ -110,26 +110,29 @@ describe('multi-source fetch', () => {
     }
   })
 
-  const faults: Array<{ mode: FaultMode, what: string, reasons: string[], dropped?: string }> = [
-    { mode: 'corrupt', what: 'sends corrupt bytes', reasons: ['corrupt'], dropped: 'corrupt' },
-    { mode: 'claims', what: 'claims chunks it lacks', reasons: ['missing'] },
-    { mode: 'stall', what: 'stalls', reasons: ['stalled'] },
-    { mode: 'trickle', what: 'trickles at 1 B/s', reasons: ['slow', 'stalled'] }
+  // Content faults are caught by content whatever the timing, so their runs judge timing loosely
+  // (a loaded machine can pause a process for a while) and make no endgame copies (so the bad
+  // answers must arrive); timing faults get quick detection.
+  const LOOSE: Partial<FetchInit> = { stallTimeoutMs: 10_000, rateWindowMs: 10_000, retryDelayMs: 50, endgameCopies: 1 }
+  const faults: Array<{ mode: FaultMode, what: string, reason: string[], dropped?: string, options: Partial<FetchInit> }> = [
+    { mode: 'corrupt', what: 'sends corrupt bytes', reason: ['corrupt'], dropped: 'corrupt', options: LOOSE },
+    { mode: 'claims', what: 'claims chunks it lacks', reason: ['missing'], options: LOOSE },
+    { mode: 'stall', what: 'stalls', reason: ['stalled'], options: FAST },
+    { mode: 'trickle', what: 'trickles at 1 B/s', reason: ['slow', 'stalled'], options: FAST }
   ]
-  for (const { mode, what, reasons, dropped } of faults) {
+  for (const { mode, what, reason, dropped, options } of faults) {
     it(`completes from the good source when another one ${what}`, async () => {
       const good = procs.get('good')!
       const bad = procs.get(mode)!
       const mine = await fresh()
       try {
-        const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [bad.peerId, good.peerId], ...FAST })
+        const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [bad.peerId, good.peerId], ...options })
         expect(report.fetchedChunks).toBe(COUNT)
         await expectAllStored(mine.store, chunks)
         const b = source(report, bad.peerId)
         if (process.env.KITH_DEBUG != null) console.log(mode, JSON.stringify(report, null, 1))
         expect(b.chunks).toBe(0)
-        expect(b.penalties.length, JSON.stringify(b)).toBeGreaterThan(0)
-        expect(reasons).toContain(b.penalties[0]!.reason)
+        expect(b.penalties.some(p => reason.includes(p.reason)), JSON.stringify(b)).toBe(true)
         if (dropped !== undefined) expect(b.dropped?.reason).toBe(dropped)
         if (mode === 'claims') expect(b.missing).toBeGreaterThan(0)
         expect(source(report, good.peerId).chunks).toBe(COUNT)
@@ -164,6 +167,23 @@ describe('multi-source fetch', () => {
     }
   })
 
+  it('gives up on a source that never answers HAVE', async () => {
+    const mute = procs.get('mute')!
+    const mine = await fresh()
+    const other = await fresh()
+    try {
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [mute.peerId, procs.get('good')!.peerId], ...FAST })
+      expect(report.fetchedChunks).toBe(COUNT)
+      const err = await expectCodeAsync(fetchChunks({ libp2p: client, store: other.store, ids: chunks.map(c => c.id), sources: [mute.peerId], ...FAST, stallTimeoutMs: 300, maxStrikes: 2 }), 'FETCH_NO_SOURCE')
+      const m = source((err as FetchError).report, mute.peerId)
+      expect(m.dropped?.reason).toBe('stalled')
+      expect((err as FetchError).missing).toHaveLength(COUNT)
+    } finally {
+      await mine.close()
+      await other.close()
+    }
+  })
+
   it('gives up on a source it cannot reach and fetches from the others', async () => {
     const nobody = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
     await learn(client, nobody, [multiaddr('/ip4/127.0.0.1/tcp/1')])
@@ -193,8 +213,8 @@ describe('multi-source fetch', () => {
       expect(report.fetchedChunks).toBe(COUNT)
       expect(report.durationMs).toBeLessThan(10_000)
       expect(source(report, fast.peerId).chunks).toBe(COUNT)
-      // it lost every race it had a head start in
-      expect(source(report, slow.peerId).penalties.map(p => p.reason)).toContain('slow')
+      // it lost the races it had a head start in
+      expect(source(report, slow.peerId).penalties.some(p => p.reason === 'slow' || p.reason === 'stalled')).toBe(true)
       await expectAllStored(mine.store, chunks)
     } finally {
       await slow.stop()
@@ -204,8 +224,10 @@ describe('multi-source fetch', () => {
   })
 
   it('stops on abort, then resumes fetching only the missing chunks', async () => {
+    const first = await holder()
+    // the resume asks a second holder, so stragglers of the aborted run can't blur the count
     let servedIds = 0
-    const h = await holder({ onServed: e => { if (e.type === 'get') servedIds += e.held + e.missing } })
+    const second = await holder({ onServed: e => { if (e.type === 'get') servedIds += e.held + e.missing } })
     const mine = await fresh()
     const controller = new AbortController()
     let puts = 0
@@ -218,7 +240,7 @@ describe('multi-source fetch', () => {
       }
     }
     try {
-      const err = await expectCodeAsync(fetchChunks({ libp2p: client, store: counting, ids: chunks.map(c => c.id), sources: [h.peerId], signal: controller.signal }), 'FETCH_ABORTED')
+      const err = await expectCodeAsync(fetchChunks({ libp2p: client, store: counting, ids: chunks.map(c => c.id), sources: [first.peerId], signal: controller.signal }), 'FETCH_ABORTED')
       expect(err).toBeInstanceOf(FetchError)
       const stored = (await Promise.all(chunks.map(async c => await mine.store.has(c.id)))).filter(Boolean).length
       expect(stored).toBeGreaterThanOrEqual(16)
@@ -226,19 +248,20 @@ describe('multi-source fetch', () => {
       expect((err as FetchError).missing).toHaveLength(COUNT - stored)
       expect((err as FetchError).report.fetchedChunks).toBe(stored)
 
-      servedIds = 0
-      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [h.peerId] })
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [second.peerId] })
       expect(report).toMatchObject({ totalChunks: COUNT, heldChunks: stored, fetchedChunks: COUNT - stored })
+      await until(() => servedIds >= COUNT - stored, 'the holder to log its GETs')
       expect(servedIds).toBe(COUNT - stored)
       await expectAllStored(mine.store, chunks)
 
       // nothing left to fetch: no request at all
       servedIds = 0
-      const again = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [h.peerId] })
+      const again = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [second.peerId] })
       expect(again).toMatchObject({ heldChunks: COUNT, fetchedChunks: 0 })
       expect(servedIds).toBe(0)
     } finally {
-      await h.stop()
+      await first.stop()
+      await second.stop()
       await mine.close()
     }
   })

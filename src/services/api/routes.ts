@@ -128,6 +128,11 @@ export function routes (daemon: Daemon): Route[] {
       path: /^\/v1\/friends\/(?<name>[^/]+)\/revoke$/,
       handler: async ({ params }) => ({ friend: await daemon.revokeFriend(decodeURIComponent(params.name!)) })
     },
+    {
+      method: 'POST',
+      path: /^\/v1\/friends\/(?<name>[^/]+)\/locate$/,
+      handler: async ({ params }) => ({ locate: await daemon.locate.locate(decodeURIComponent(params.name!)) })
+    },
     { method: 'GET', path: /^\/v1\/friends\/(?<name>[^/]+)\/shares$/, handler: async ({ params }) => await daemon.files.listFriend(decodeURIComponent(params.name!)) },
     { method: 'GET', path: /^\/v1\/shares$/, handler: async () => ({ shares: await daemon.files.listMine() }) },
     {

@@ -10,6 +10,7 @@ import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
 import { runStart } from './start.ts'
 import { fileCommands } from './files.ts'
+import { locateCommand } from './locate.ts'
 import { table, ago, shortId, parseDuration, parseRate } from './format.ts'
 
 /**
@@ -114,12 +115,15 @@ program.command('start')
   .option('--api <host:port>', 'local API address on loopback (default: 127.0.0.1:0)')
   .option('--name <name>', 'the name friends see in your invites (remembered)')
   .option('--max-upload <rate>', 'cap what this node serves to friends, like 10MB/s (default: no cap)')
+  .option('--max-download <rate>', 'cap what this node fetches, like 10MB/s (default: no cap)')
   .option('--json', 'print the start-up summary as JSON')
-  .action(async (opts: { listen?: string[], api?: string, name?: string, maxUpload?: string, json?: boolean }, cmd: Command) => {
+  .action(async (opts: { listen?: string[], api?: string, name?: string, maxUpload?: string, maxDownload?: string, json?: boolean }, cmd: Command) => {
     const g = globals(cmd)
     const pass = await passphrase(g)
     const maxUpload = opts.maxUpload != null ? parseRate(opts.maxUpload) : undefined
     if (opts.maxUpload != null && maxUpload == null) throw new KithError('USAGE', `--max-upload wants a rate like 10MB/s or 512KiB/s; got ${JSON.stringify(opts.maxUpload)}`)
+    const maxDownload = opts.maxDownload != null ? parseRate(opts.maxDownload) : undefined
+    if (opts.maxDownload != null && maxDownload == null) throw new KithError('USAGE', `--max-download wants a rate like 10MB/s or 512KiB/s; got ${JSON.stringify(opts.maxDownload)}`)
     await runStart({
       home: g.home,
       ...(opts.listen != null ? { listen: opts.listen } : {}),
@@ -127,6 +131,7 @@ program.command('start')
       ...(opts.name != null ? { name: opts.name } : {}),
       ...(pass != null ? { passphrase: pass } : {}),
       ...(maxUpload != null ? { maxUpload } : {}),
+      ...(maxDownload != null ? { maxDownload } : {}),
       json: opts.json === true
     })
   })
@@ -307,6 +312,7 @@ friend.command('revoke')
   })
 
 fileCommands(program, client, print)
+locateCommand(program, client, print)
 
 // events -----------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ export interface StartOptions {
   passphrase?: string
   /** bytes per second */
   maxUpload?: number
+  /** bytes per second */
+  maxDownload?: number
   json?: boolean
 }
 
@@ -48,7 +50,8 @@ export async function runStart (options: StartOptions): Promise<void> {
     ...(options.listen != null && options.listen.length > 0 ? { listen: options.listen } : {}),
     ...(options.name != null ? { name: options.name } : {}),
     ...(options.passphrase != null ? { passphrase: options.passphrase } : {}),
-    ...(options.maxUpload != null ? { maxUpload: options.maxUpload } : {})
+    ...(options.maxUpload != null ? { maxUpload: options.maxUpload } : {}),
+    ...(options.maxDownload != null ? { maxDownload: options.maxDownload } : {})
   })
   let api
   try {

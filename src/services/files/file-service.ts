@@ -9,7 +9,7 @@ import type { FriendBook } from '../../trust/friends.ts'
 import { friendsOnly } from '../../trust/gate.ts'
 import { openChunkStore, type ChunkStore } from '../../transfer/chunk-store.ts'
 import { chunkHandler, CHUNK_PROTOCOL } from '../../transfer/chunk-protocol.ts'
-import { TokenBucket } from '../../transfer/token-bucket.ts'
+import { BandwidthScheduler, type Flow, type TrafficClass } from '../../transfer/scheduler/index.ts'
 import { ShareBook, listing, type ShareListing } from './share-book.ts'
 import { filesHandler, listShares, FILES_PROTOCOL } from './files-protocol.ts'
 import { Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
@@ -30,8 +30,10 @@ export interface FileServiceInit {
   identity: Identity
   libp2p: KithLibp2p
   friends: FriendBook
-  /** cap on chunk uploads, bytes per second */
+  /** global cap on what this node serves, bytes per second (`kith start --max-upload`) */
   maxUpload?: number
+  /** global cap on what this node fetches, bytes per second (`kith start --max-download`) */
+  maxDownload?: number
 }
 
 export const MAX_INBOUND_CHUNK_STREAMS = 16
@@ -40,15 +42,17 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   readonly store: ChunkStore
   readonly shares: ShareBook
   readonly transfers: Transfers
-  /** what this node serves passes through it; the bandwidth scheduler will replace it */
-  readonly upload: TokenBucket
+  /** every chunk this node serves or fetches passes through it */
+  readonly bandwidth: BandwidthScheduler
   private readonly init: FileServiceInit
+  /** what I serve, one flow per peer */
+  private readonly uploads = new Map<string, Flow>()
 
   private constructor (init: FileServiceInit, store: ChunkStore) {
     super()
     this.init = init
     this.store = store
-    this.upload = new TokenBucket(init.maxUpload ?? Infinity)
+    this.bandwidth = new BandwidthScheduler({ limits: { upload: init.maxUpload ?? Infinity, download: init.maxDownload ?? Infinity } })
     this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'))
     this.transfers = new Transfers({
       libp2p: init.libp2p,
@@ -56,7 +60,8 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
       shares: this.shares,
       store,
       level: sublevel(init.db, 'transfers'),
-      secretKey: init.identity.secretKey
+      secretKey: init.identity.secretKey,
+      bandwidth: this.bandwidth
     })
     this.transfers.on('event', evt => this.emit('event', evt))
   }
@@ -68,7 +73,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     await libp2p.handle(FILES_PROTOCOL, filesHandler({ shares: service.shares, friends, secretKey: init.identity.secretKey }), {
       middleware: [friendsOnly(friends, 'files')]
     })
-    await libp2p.handle(CHUNK_PROTOCOL, chunkHandler({ store, beforeSend: async (bytes, _peer, signal) => { await service.upload.take(bytes, signal) } }), {
+    await libp2p.handle(CHUNK_PROTOCOL, chunkHandler({ store, beforeSend: async (bytes, peer, signal) => { await service.uploadFlow(peer.toString()).take(bytes, signal) } }), {
       maxInboundStreams: MAX_INBOUND_CHUNK_STREAMS,
       middleware: [friendsOnly(friends, 'files')]
     })
@@ -78,6 +83,24 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
 
   async stop (): Promise<void> {
     await this.transfers.stop()
+    this.bandwidth.close()
+  }
+
+  /** Whose traffic it is. Friends are 'friend'; friends of friends and public content will come with their features. */
+  private classOf (peer: string): TrafficClass {
+    return this.init.friends.isActive(peer) ? 'friend' : 'public'
+  }
+
+  /** The flow what I serve `peer` goes through, made anew if the peer changed class (a revoked friend). */
+  private uploadFlow (peer: string): Flow {
+    const cls = this.classOf(peer)
+    let flow = this.uploads.get(peer)
+    if (flow === undefined || flow.closed || flow.class !== cls) {
+      flow?.close()
+      flow = this.bandwidth.flow({ direction: 'up', peer, class: cls })
+      this.uploads.set(peer, flow)
+    }
+    return flow
   }
 
   private view (share: Awaited<ReturnType<ShareBook['list']>>[number]): ShareView {

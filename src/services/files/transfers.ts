@@ -13,6 +13,7 @@ import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys } from '../../transfer/seal.ts'
 import { assembleFile, storeReader } from '../../transfer/assemble.ts'
+import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
 import { fetchManifest, listShares } from './files-protocol.ts'
 import { ShareBook } from './share-book.ts'
 
@@ -76,6 +77,8 @@ export interface TransferInit {
   store: ChunkStore
   level: Sublevel<Transfer>
   secretKey: Uint8Array
+  /** what fetches receive passes through it; their speed and ETA come from it */
+  bandwidth?: BandwidthScheduler
 }
 
 interface Running {
@@ -264,6 +267,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       let held = 0
       for (const chunk of ids) if (await this.init.store.has(chunk)) held += lengths.get(chunk)!
       const meter = new RateMeter()
+      const bandwidth = this.init.bandwidth
+      // friends' shares are friend traffic; one flow for the fetch, each take naming its source
+      const flow = bandwidth?.flow({ direction: 'down', class: 'friend', label: id })
       let last = 0
       const label = (peerId: string): string => this.init.friends.get(peerId)?.label ?? peerId
       const progress = (fetched: number, perSource: FetchProgress['perSource'], force = false): void => {
@@ -273,22 +279,32 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         record = this.get(id)
         if (record.state !== 'running') return
         const doneBytes = Math.min(record.totalBytes, held + fetched)
-        const rate = meter.sample(doneBytes, now)
-        const eta = rate > 0 ? (record.totalBytes - doneBytes) / rate : null
+        let rate = meter.sample(doneBytes, now)
+        let eta = rate > 0 ? (record.totalBytes - doneBytes) / rate : null
+        if (bandwidth !== undefined && flow !== undefined && !flow.closed) {
+          // the scheduler's view: achieved over its window, time left from this fetch's share of the caps
+          rate = flow.stats().rate
+          eta = bandwidth.eta(flow, record.totalBytes - doneBytes)
+        }
         const sources = Object.entries(perSource).map(([peerId, p]) => ({ peerId, label: label(peerId), bytes: p.bytes, rate: Math.round(p.rate), state: p.state }))
         const next = { ...record, doneBytes, rate, eta, sources, updated: now }
         this.records.set(id, next)
         this.emit('event', { type: 'transfer:progress', transfer: next })
       }
       progress(0, {})
-      await fetchChunks({
-        libp2p: this.init.libp2p,
-        store: this.init.store,
-        ids,
-        sources: this.sources(record.owner),
-        signal,
-        onProgress: p => progress(p.doneBytes, p.perSource, p.doneChunks === p.totalChunks)
-      })
+      try {
+        await fetchChunks({
+          libp2p: this.init.libp2p,
+          store: this.init.store,
+          ids,
+          sources: this.sources(record.owner),
+          signal,
+          onProgress: p => progress(p.doneBytes, p.perSource, p.doneChunks === p.totalChunks),
+          ...(flow !== undefined ? { beforeReceive: async (bytes, peer, s) => { await flow.take(bytes, s, peer.toString()) } } : {})
+        })
+      } finally {
+        flow?.close()
+      }
       await this.assemble(manifest, key, record, files, signal)
       record = this.get(id)
       await this.save({ ...record, state: 'done', doneBytes: record.totalBytes, rate: 0, eta: 0 }, 'transfer:state')

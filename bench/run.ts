@@ -1,0 +1,459 @@
+import { mkdtemp, rm, mkdir } from 'node:fs/promises'
+import { rmSync } from 'node:fs'
+import { tmpdir, cpus, loadavg } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createTestnet, waitFor, NODE, KITH, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
+import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
+
+/**
+ * `npm run bench`: how fast kith moves a file between friends, next to
+ * ceilings measured in the same run on the same machine.
+ *
+ *   npm run bench [-- --section ceilings|fetch|multi|transfer ...]
+ *
+ * Sections (default: all, which is what `transfer` means):
+ *   ceilings  (a) raw TCP socket, (b) one plain libp2p 3 stream in kith's
+ *             configuration; each between two processes on 127.0.0.1, the
+ *             receiver writing to a file on disk
+ *   fetch     share a file (chunk + seal + store), then one friend fetches it
+ *             from its owner; peak memory (VmHWM) of both daemons
+ *   multi     one friend fetches it from three friends at once (the owner and
+ *             two friends who fetched it before), uncapped and with each
+ *             source capped by `kith start --max-upload`
+ * `fetch` and `multi` always measure ceiling (b), the figure they are compared to.
+ *
+ * Environment: BENCH_RUNS (3) runs per figure, the median is reported;
+ * BENCH_SIZE_MIB (1024) file size; BENCH_CAP_MB (40) per-source cap in MB/s
+ * for the capped run; BENCH_CPU_PROF=DIR writes a V8 CPU profile of every kith
+ * daemon into DIR (daemons are then stopped cleanly instead of killed).
+ * MB/s means 10^6 bytes per second, as in DESIGN.md.
+ */
+const HERE = dirname(fileURLToPath(import.meta.url))
+const TCP_PEER = join(HERE, 'tcp-peer.ts')
+const STREAM_PEER = join(HERE, 'stream-peer.ts')
+
+const TARGET_ONE_SOURCE = 0.8
+const TARGET_CAPPED = 0.9
+const TARGET_MEMORY = 200 * MB
+
+function envInt (name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw == null || raw === '') return fallback
+  const value = Number(raw)
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} wants a positive number; got ${JSON.stringify(raw)}`)
+  return value
+}
+
+const SECTIONS = ['ceilings', 'fetch', 'multi'] as const
+type Section = typeof SECTIONS[number]
+
+function parseArgs (argv: string[]): Set<Section> {
+  const picked = new Set<Section>()
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!
+    if (arg === '-h' || arg === '--help') {
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=40 BENCH_CPU_PROF=DIR')
+      process.exit(0)
+    }
+    let value: string | undefined
+    if (arg === '--section' || arg === '-s') value = argv[++i]
+    else if (arg.startsWith('--section=')) value = arg.slice('--section='.length)
+    else throw new Error(`unknown argument ${JSON.stringify(arg)}; try --help`)
+    for (const name of (value ?? '').split(',').filter(Boolean)) {
+      if (name === 'transfer' || name === 'all') SECTIONS.forEach(s => picked.add(s))
+      else if ((SECTIONS as readonly string[]).includes(name)) picked.add(name as Section)
+      else throw new Error(`unknown section ${JSON.stringify(name)}; sections: ${SECTIONS.join(', ')}, transfer (all)`)
+    }
+  }
+  return picked.size === 0 ? new Set(SECTIONS) : picked
+}
+
+function usageError (err: unknown): never {
+  console.error(`bench: ${(err as Error).message}`)
+  process.exit(2)
+}
+
+const sections = (() => { try { return parseArgs(process.argv.slice(2)) } catch (err) { return usageError(err) } })()
+const [RUNS, SIZE, CAP_MB] = (() => {
+  try {
+    return [Math.round(envInt('BENCH_RUNS', 3)), Math.round(envInt('BENCH_SIZE_MIB', 1024) * MiB), envInt('BENCH_CAP_MB', 40)] as const
+  } catch (err) { return usageError(err) }
+})()
+const CPU_PROF = process.env.BENCH_CPU_PROF
+/** a share or fetch slower than 2 MB/s (plus a minute) is taken as stuck */
+const SLOW_MS = 60_000 + SIZE / 2e6 * 1000
+
+function log (message: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`)
+}
+
+// ---------------------------------------------------------------------------
+// results
+
+interface Row {
+  figure: string
+  /** median MB/s, or for memory rows MB */
+  value: number
+  unit: 'MB/s' | 'MB' | 's'
+  samples: number[]
+  ratio?: number
+  of?: string
+  target?: string
+  met?: boolean
+  note?: string
+}
+
+const rows: Row[] = []
+
+function add (row: Row): void {
+  rows.push(row)
+  const ratio = row.ratio != null ? `, ${fmt(row.ratio, 2)} of ${row.of}` : ''
+  log(`=> ${row.figure}: ${fmt(row.value, row.unit === 's' ? 1 : 0)} ${row.unit}${ratio}${row.target != null ? ` (target ${row.target})` : ''}`)
+}
+
+// ---------------------------------------------------------------------------
+// ceilings
+
+interface PeerReport { bytes: number, ms: number, peakRss: number, cpuMs: number }
+
+async function ceilingRun (kind: 'tcp' | 'stream', src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number }> {
+  const out = join(dir, `ceiling-${kind}.out`)
+  const script = kind === 'tcp' ? TCP_PEER : STREAM_PEER
+  const recv = new JsonChild(NODE, [script, 'recv', out])
+  let send: JsonChild | undefined
+  try {
+    const hello = await recv.next<{ port?: number, addr?: string }>(60_000)
+    send = new JsonChild(NODE, [script, 'send', String(kind === 'tcp' ? hello.port : hello.addr), src])
+    const [r, s] = await Promise.all([recv.next<PeerReport>(), send.next<PeerReport>()])
+    if (r.bytes !== SIZE) throw new Error(`${kind} ceiling: the receiver got ${r.bytes} of ${SIZE} bytes`)
+    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms }
+  } finally {
+    await Promise.all([recv.kill(), send?.kill()])
+    await rm(out, { force: true })
+  }
+}
+
+async function ceiling (kind: 'tcp' | 'stream', label: string, src: string, dir: string): Promise<number> {
+  const samples: number[] = []
+  const senders: number[] = []
+  const receivers: number[] = []
+  const loads: string[] = []
+  for (let i = 0; i < RUNS; i++) {
+    const r = await ceilingRun(kind, src, dir)
+    const load = `${fmt(r.senderLoad, 2)}/${fmt(r.receiverLoad, 2)}`
+    log(`${label} run ${i + 1}/${RUNS}: ${fmt(r.mbps)} MB/s; CPU load send/recv ${load}`)
+    samples.push(r.mbps)
+    senders.push(r.sender)
+    receivers.push(r.receiver)
+    loads.push(load)
+  }
+  const value = median(samples)
+  add({ figure: label, value, unit: 'MB/s', samples, note: `peak RSS send/recv ${fmt(Math.max(...senders) / MB)}/${fmt(Math.max(...receivers) / MB)} MB; CPU load send/recv ${loads[samples.indexOf(value)] ?? loads.join(' ')}` })
+  return value
+}
+
+// ---------------------------------------------------------------------------
+// kith daemons
+
+let testnet: Testnet | undefined
+
+async function startNode (node: TestNode, args: string[] = []): Promise<void> {
+  if (CPU_PROF == null) {
+    await node.start(args)
+    return
+  }
+  // the daemon inherits NODE_OPTIONS at spawn time; CLI commands don't
+  const saved = process.env.NODE_OPTIONS
+  process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${CPU_PROF}`.trim()
+  try {
+    await node.start(args)
+    log(`${node.name} is pid ${node.pid}: its profile is ${CPU_PROF}/CPU.*.${node.pid}.*.cpuprofile`)
+  } finally {
+    if (saved == null) delete process.env.NODE_OPTIONS
+    else process.env.NODE_OPTIONS = saved
+  }
+}
+
+async function stopNode (node: TestNode): Promise<void> {
+  await node.stop()
+}
+
+/** Frees the disk a stopped fetcher's chunk store takes; the node is not started again. */
+async function dropChunks (node: TestNode): Promise<void> {
+  await rm(join(node.home, 'chunks'), { recursive: true, force: true })
+}
+
+async function befriend (issuer: TestNode, accepter: TestNode): Promise<void> {
+  const file = join(issuer.home, `for-${accepter.name}.invite`)
+  await issuer.json('invite', 'create', '--name', accepter.name, '-o', file)
+  await accepter.json('invite', 'accept', file)
+}
+
+async function waitOnline (node: TestNode, labels: string[]): Promise<void> {
+  await waitFor(async () => {
+    const { friends } = await node.json<{ friends: Array<{ label: string, link: { online: boolean } }> }>('friends')
+    return labels.every(l => friends.find(f => f.label === l)?.link.online === true)
+  }, `${node.name} to see ${labels.join(', ')} online`, 60_000, 250)
+}
+
+interface FetchResult {
+  /** created -> done of the transfer record: what the daemon spent, assembly included */
+  transferMs: number
+  /** the `kith fetch` command from spawn to exit */
+  wallMs: number
+  sources: Array<{ label: string, bytes: number }> | undefined
+  /** per daemon taking part (sources and fetcher): CPU seconds used during the fetch */
+  cpu: Record<string, number>
+  /** per daemon: VmHWM during the fetch (reset just before it), and VmRSS just before */
+  peak: Record<string, number>
+  before: Record<string, number>
+  peakReset: boolean
+  /** from the last progress line to 'done': assembling the file (give or take the 250 ms progress interval) */
+  assembleMs: number
+}
+
+async function fetchOnce (fetcher: TestNode, sources: TestNode[], target: string, dest: string): Promise<FetchResult> {
+  const all = [...sources, fetcher]
+  let peakReset = true
+  const before: Record<string, number> = {}
+  const cpu: Record<string, number> = {}
+  for (const n of all) {
+    peakReset = (await resetPeakRss(n.pid)) && peakReset
+    before[n.name] = await currentRss(n.pid)
+    cpu[n.name] = await cpuSeconds(n.pid)
+  }
+  // progress lines come every 250 ms while chunks arrive, none while the file is assembled
+  let lastProgressAt = NaN
+  let doneAt = NaN
+  const result = await run(NODE, [KITH, '--home', fetcher.home, 'fetch', target, '-o', dest, '--json'], SLOW_MS, (line, at) => {
+    const t = JSON.parse(line) as { state: string }
+    if (t.state === 'running') lastProgressAt = at
+    if (t.state === 'done') doneAt = at
+  })
+  const peak: Record<string, number> = {}
+  for (const n of all) {
+    cpu[n.name] = (await cpuSeconds(n.pid)) - cpu[n.name]!
+    peak[n.name] = await peakRss(n.pid)
+  }
+  if (result.code !== 0) throw new Error(`kith fetch ${target} failed (${result.code}): ${result.stderr.trim()}`)
+  const lines = result.stdout.trim().split('\n').map(l => JSON.parse(l) as { id: string, state: string, doneBytes: number })
+  const last = lines.at(-1)!
+  if (last.state !== 'done' || last.doneBytes !== SIZE) throw new Error(`kith fetch ended ${JSON.stringify(last)}`)
+  const { transfers } = await fetcher.json<{ transfers: Array<{ id: string, created: number, updated: number, state: string, sources?: Array<{ label: string, bytes: number }> }> }>('transfers')
+  const record = transfers.find(t => t.id === last.id)!
+  return { transferMs: record.updated - record.created, wallMs: result.ms, assembleMs: doneAt - lastProgressAt, sources: record.sources, cpu, peak, before, peakReset }
+}
+
+/** "alice 34% f1 33% f2 33%" of the bytes, when the transfer reports its sources */
+function sourceShares (r: FetchResult): string {
+  return r.sources?.filter(s => s.bytes > 0).map(s => `${s.label} ${fmt(s.bytes / SIZE * 100)}%`).join(' ') ?? ''
+}
+
+/** MB/s while chunks arrive, before the file is assembled from the store */
+function chunkPhase (r: FetchResult): number {
+  return mbps(SIZE, r.transferMs - r.assembleMs)
+}
+
+/** "chunks 14.2 s + assembly 6.1 s": the transfer's two phases */
+function phases (r: FetchResult): string {
+  return `chunks ${fmt((r.transferMs - r.assembleMs) / 1000, 1)} s + assembly ${fmt(r.assembleMs / 1000, 1)} s`
+}
+
+/** CPU seconds per daemon over the transfer's seconds: 1.0 is one core flat out */
+function cpuLoad (r: FetchResult, roles: Record<string, string>): string {
+  return Object.entries(r.cpu).map(([name, s]) => `${roles[name] ?? name} ${fmt(s / (r.transferMs / 1000), 2)}`).join(' ')
+}
+
+async function kith (src: string, streamCeiling: number, work: string): Promise<void> {
+  const oneSource = Math.max(RUNS, sections.has('multi') ? 2 : 1)
+  const fetchers = Array.from({ length: oneSource }, (_, i) => `f${i + 1}`)
+  const multi = sections.has('multi') ? Array.from({ length: RUNS }, (_, i) => `m${i + 1}`) : []
+  const capped = sections.has('multi') ? Array.from({ length: RUNS }, (_, i) => `c${i + 1}`) : []
+  const helpers = ['f1', 'f2']
+
+  log(`starting ${1 + fetchers.length + multi.length + capped.length} kith daemons`)
+  testnet = await createTestnet(['alice', ...fetchers, ...multi, ...capped])
+  const byName = new Map(testnet.nodes.map(n => [n.name, n]))
+  const node = (name: string): TestNode => byName.get(name)!
+  const alice = node('alice')
+  if (CPU_PROF != null) {
+    // restart each daemon with the profiler on
+    for (const n of testnet.nodes) { await n.stop(); await startNode(n) }
+  }
+  for (const name of [...fetchers, ...multi, ...capped]) await befriend(alice, node(name))
+  if (sections.has('multi')) {
+    for (const helper of helpers) for (const name of [...multi, ...capped]) await befriend(node(helper), node(name))
+  }
+
+  // share: chunk + seal + store
+  await resetPeakRss(alice.pid)
+  const shareCpu = await cpuSeconds(alice.pid)
+  const shared = await run(NODE, [KITH, '--home', alice.home, 'share', src, '--with', ...fetchers, ...multi, ...capped, '--json'], SLOW_MS)
+  if (shared.code !== 0) throw new Error(`kith share failed: ${shared.stderr}`)
+  const shareName = (JSON.parse(shared.stdout) as { share: { name: string } }).share.name
+  const sharePeak = await peakRss(alice.pid)
+  const shareLoad = ((await cpuSeconds(alice.pid)) - shareCpu) / (shared.ms / 1000)
+  add({ figure: 'kith share (chunk+seal+store), wall', value: shared.ms / 1000, unit: 's', samples: [shared.ms / 1000], note: `${fmt(mbps(SIZE, shared.ms))} MB/s; owner peak RSS ${fmt(sharePeak / MB)} MB, CPU load ${fmt(shareLoad, 2)}; 1 run` })
+
+  // idle daemons cost CPU on 2 cores: only the ones in use run
+  for (const n of testnet.nodes) if (n !== alice) await stopNode(n)
+
+  const dest = (n: TestNode): string => join(work, `fetched-by-${n.name}`)
+  const target = `alice:${shareName}`
+  const roles: Record<string, string> = { alice: 'owner' }
+
+  // one source
+  const one: FetchResult[] = []
+  for (const name of fetchers) {
+    const f = node(name)
+    await startNode(f)
+    await waitOnline(f, ['alice'])
+    const r = await fetchOnce(f, [alice], target, dest(f))
+    one.push(r)
+    roles[name] = 'fetcher'
+    log(`1-source fetch by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer), ${fmt(mbps(SIZE, r.wallMs))} MB/s (command); ` +
+      `peak RSS owner ${fmt(r.peak.alice! / MB)} MB (${fmt(r.before.alice! / MB)} before), fetcher ${fmt(r.peak[name]! / MB)} MB (${fmt(r.before[name]! / MB)} before)` +
+      `${r.peakReset ? '' : ' (peaks since daemon start)'}; CPU load ${cpuLoad(r, roles)}; ${phases(r)}`)
+    await rm(dest(f), { recursive: true, force: true })
+    await stopNode(f)
+    if (!(sections.has('multi') && helpers.includes(name))) await dropChunks(f)
+  }
+  if (sections.has('fetch')) {
+    const transfer = one.map(r => mbps(SIZE, r.transferMs))
+    const wall = one.map(r => mbps(SIZE, r.wallMs))
+    const ownerLoad = median(one.map(r => r.cpu.alice! / (r.transferMs / 1000)))
+    const fetcherLoad = median(one.map((r, i) => r.cpu[fetchers[i]!]! / (r.transferMs / 1000)))
+    add({ figure: 'kith fetch, 1 source (transfer)', value: median(transfer), unit: 'MB/s', samples: transfer, ratio: median(transfer) / streamCeiling, of: '(b)', target: `>= ${TARGET_ONE_SOURCE}`, met: median(transfer) / streamCeiling >= TARGET_ONE_SOURCE, note: `CPU load owner ${fmt(ownerLoad, 2)}, fetcher ${fmt(fetcherLoad, 2)}; ${phases(one[transfer.indexOf(median(transfer))] ?? one[0]!)}` })
+    add({ figure: 'kith fetch, 1 source (command wall)', value: median(wall), unit: 'MB/s', samples: wall, ratio: median(wall) / streamCeiling, of: '(b)' })
+    const chunks = one.map(chunkPhase)
+    add({ figure: '  of which chunk phase (before assembly)', value: median(chunks), unit: 'MB/s', samples: chunks, ratio: median(chunks) / streamCeiling, of: '(b)' })
+    const senderPeaks = one.map(r => r.peak.alice!)
+    const receiverPeaks = one.map((r, i) => r.peak[fetchers[i]!]!)
+    const sp = Math.max(...senderPeaks)
+    const rp = Math.max(...receiverPeaks)
+    const idle = (xs: number[]): string => `${fmt(median(xs) / MB)} MB before the fetch`
+    add({ figure: 'peak RSS, sending daemon (owner)', value: sp / MB, unit: 'MB', samples: senderPeaks.map(p => p / MB), target: `<= ${TARGET_MEMORY / MB}`, met: sp <= TARGET_MEMORY, note: `max over runs; ${idle(one.map(r => r.before.alice!))}` })
+    add({ figure: 'peak RSS, fetching daemon', value: rp / MB, unit: 'MB', samples: receiverPeaks.map(p => p / MB), target: `<= ${TARGET_MEMORY / MB}`, met: rp <= TARGET_MEMORY, note: `max over runs; ${idle(one.map((r, i) => r.before[fetchers[i]!]!))}` })
+  }
+
+  if (!sections.has('multi')) return
+
+  // three sources: alice and two friends who hold the chunks
+  for (const h of helpers) await startNode(node(h))
+  for (const h of helpers) roles[h] = h
+  const sources = [alice, ...helpers.map(node)]
+  const multiRun = async (names: string[], label: string): Promise<{ results: FetchResult[], note: string }> => {
+    const results: FetchResult[] = []
+    for (const name of names) {
+      const f = node(name)
+      await startNode(f)
+      await waitOnline(f, sources.map(n => n.name))
+      const r = await fetchOnce(f, sources, target, dest(f))
+      results.push(r)
+      roles[name] = 'fetcher'
+      log(`${label} by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer); bytes from ${sourceShares(r) || '(not reported)'}; CPU load ${cpuLoad(r, roles)}; ${phases(r)}`)
+      await rm(dest(f), { recursive: true, force: true })
+      await stopNode(f)
+      await dropChunks(f)
+    }
+    // the run whose speed is the median
+    const speeds = results.map(r => mbps(SIZE, r.transferMs))
+    const mid = results[speeds.indexOf(median(speeds))] ?? results[0]!
+    const shares = sourceShares(mid)
+    return { results, note: `run ${results.indexOf(mid) + 1}: ${shares !== '' ? `bytes from ${shares}; ` : ''}CPU load ${cpuLoad(mid, roles)}; ${phases(mid)}` }
+  }
+  const uncapped = await multiRun(multi, '3-source fetch')
+  const uv = uncapped.results.map(r => mbps(SIZE, r.transferMs))
+  add({ figure: 'kith fetch, 3 sources (transfer)', value: median(uv), unit: 'MB/s', samples: uv, ratio: median(uv) / streamCeiling, of: '(b)', note: uncapped.note })
+  const uc = uncapped.results.map(chunkPhase)
+  add({ figure: '  of which chunk phase (before assembly)', value: median(uc), unit: 'MB/s', samples: uc, ratio: median(uc) / streamCeiling, of: '(b)' })
+
+  // the same with every source capped
+  const cap = `${CAP_MB}MB/s`
+  for (const n of sources) {
+    await stopNode(n)
+    await startNode(n, ['--max-upload', cap])
+  }
+  const cappedRuns = await multiRun(capped, `3-source fetch, ${cap} each`)
+  const cv = cappedRuns.results.map(r => mbps(SIZE, r.transferMs))
+  const sumOfCaps = 3 * CAP_MB
+  add({ figure: `kith fetch, 3 sources capped ${CAP_MB} MB/s each`, value: median(cv), unit: 'MB/s', samples: cv, ratio: median(cv) / sumOfCaps, of: `sum of caps (${sumOfCaps})`, target: `>= ${TARGET_CAPPED}`, met: median(cv) / sumOfCaps >= TARGET_CAPPED, note: cappedRuns.note })
+  const cc = cappedRuns.results.map(chunkPhase)
+  add({ figure: '  of which chunk phase (before assembly)', value: median(cc), unit: 'MB/s', samples: cc, ratio: median(cc) / sumOfCaps, of: `sum of caps (${sumOfCaps})` })
+}
+
+// ---------------------------------------------------------------------------
+
+let work: string | undefined
+let interrupted = false
+
+async function cleanup (): Promise<void> {
+  killChildren()
+  if (testnet != null) {
+    if (CPU_PROF != null) for (const n of testnet.nodes) await n.stop().catch(() => {})
+    await testnet.stop().catch(() => {})
+    testnet = undefined
+  }
+  if (work != null) await rm(work, { recursive: true, force: true }).catch(() => {})
+  work = undefined
+}
+
+process.on('exit', () => {
+  // last resort if something escaped the async clean-up
+  killChildren()
+  for (const n of testnet?.nodes ?? []) if (n.pid != null) { try { process.kill(n.pid, 'SIGKILL') } catch {} }
+  if (testnet?.nodes[0] != null) rmSync(dirname(testnet.nodes[0].home), { recursive: true, force: true })
+  if (work != null) rmSync(work, { recursive: true, force: true })
+})
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    interrupted = true
+    log(`${signal}: cleaning up`)
+    cleanup().finally(() => process.exit(130))
+  })
+}
+
+function report (): void {
+  const lines = table(['figure', 'value', 'runs', 'ratio', 'of', 'target', 'met', 'note'], rows.map(r => [
+    r.figure,
+    `${fmt(r.value, r.unit === 's' ? 1 : 0)} ${r.unit}`,
+    r.samples.map(s => fmt(s, r.unit === 's' ? 1 : 0)).join(' '),
+    r.ratio != null ? fmt(r.ratio, 2) : '',
+    r.of ?? '',
+    r.target ?? '',
+    r.met == null ? '' : r.met ? 'yes' : 'NO',
+    r.note ?? ''
+  ]))
+  console.log(`\nkith transfer benchmark: ${SIZE / MiB} MiB, median of ${RUNS} runs, ${cpus().length} cores, Node ${process.versions.node}, MB = 10^6 bytes`)
+  console.log(`load average (1 min) before the benchmark started: ${fmt(loadAtStart, 1)}${loadAtStart > cpus().length / 2 ? ': other work was running, so figures are noisy' : ''}`)
+  console.log(lines)
+}
+
+const loadAtStart = loadavg()[0]!
+
+async function main (): Promise<void> {
+  if (loadAtStart > cpus().length / 2) log(`load average is ${fmt(loadAtStart, 1)} on ${cpus().length} cores: other work is running and will skew the figures`)
+  work = await mkdtemp(join(tmpdir(), 'kith-bench-'))
+  if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
+  const src = join(work, 'data.bin')
+  log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
+  await writeRandomFile(src, SIZE)
+  let streamCeiling = NaN
+  try {
+    if (sections.has('ceilings')) await ceiling('tcp', 'ceiling (a) raw TCP', src, work)
+    if (sections.size > 0) streamCeiling = await ceiling('stream', 'ceiling (b) libp2p stream', src, work)
+    if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, work)
+  } finally {
+    report()
+  }
+}
+
+try {
+  await main()
+} catch (err) {
+  if (!interrupted) console.error(`bench failed: ${(err as Error).stack ?? String(err)}`)
+  process.exitCode = 1
+} finally {
+  await cleanup()
+}
