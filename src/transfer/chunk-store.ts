@@ -44,6 +44,11 @@ export interface ChunkStoreInit {
   sync?: boolean
 }
 
+export interface PutOptions {
+  /** fsync this chunk whatever the store's default */
+  sync?: boolean
+}
+
 export interface ChunkStoreStats {
   count: number
   bytes: number
@@ -60,7 +65,7 @@ export interface ChunkStore {
    * CHUNK_HASH_MISMATCH, having written nothing, if the bytes don't hash to
    * the id. Resolves true if the chunk is new, false if it was already held.
    */
-  put: (id: string, sealed: Uint8Array) => Promise<boolean>
+  put: (id: string, sealed: Uint8Array, options?: PutOptions) => Promise<boolean>
   has: (id: string) => Promise<boolean>
   /**
    * The sealed bytes, verified against the id. Throws CHUNK_NOT_FOUND if the
@@ -167,7 +172,8 @@ class LevelChunkStore implements ChunkStore {
     })
   }
 
-  async put (id: string, sealed: Uint8Array): Promise<boolean> {
+  async put (id: string, sealed: Uint8Array, options: PutOptions = {}): Promise<boolean> {
+    const sync = options.sync ?? this.sync
     checkId(id)
     if (!(sealed instanceof Uint8Array) || sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
       throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
@@ -189,7 +195,7 @@ class LevelChunkStore implements ChunkStore {
         const handle = await open(tmp, 'wx', 0o600)
         try {
           await handle.writeFile(bytes)
-          if (this.sync) await handle.sync()
+          if (sync) await handle.sync()
         } finally {
           await handle.close()
         }
@@ -198,7 +204,7 @@ class LevelChunkStore implements ChunkStore {
         await rm(tmp, { force: true })
         throw err
       }
-      if (this.sync) await syncDir(fanout)
+      if (sync) await syncDir(fanout)
       await this.commit(id, { size: bytes.length }, undefined)
       return true
     })
