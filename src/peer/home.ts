@@ -52,10 +52,15 @@ export async function writeFileAtomic (path: string, data: string | Uint8Array, 
   }
   await chmod(tmp, mode)
   await rename(tmp, path)
-  const dir = await open(dirname(path), 'r')
+  await syncDir(dirname(path))
+}
+
+/** fsyncs a folder, so a rename or a new file in it survives a power loss. */
+export async function syncDir (path: string): Promise<void> {
+  const handle = await open(path, 'r')
   try {
-    await dir.sync()
+    await handle.sync()
   } finally {
-    await dir.close()
+    await handle.close()
   }
 }

@@ -3,6 +3,7 @@ import { link, lstat, mkdir, open, readdir, rename, rm, unlink, type FileHandle 
 import { dirname, join, resolve, sep } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
+import { syncDir } from '../peer/home.ts'
 import { PARTIAL_SUFFIX } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } from './manifest.ts'
 import type { ChunkStore } from './chunk-store.ts'
@@ -42,15 +43,6 @@ function verifyFailed (path: string, why: string): KithError {
 
 function exists (dest: string): KithError {
   return new KithError('DESTINATION_EXISTS', `${JSON.stringify(dest)} already exists; move it away or choose to overwrite`)
-}
-
-async function syncDir (path: string): Promise<void> {
-  const handle = await open(path, 'r')
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
 }
 
 async function writeAll (handle: FileHandle, data: Uint8Array): Promise<void> {

@@ -3,6 +3,7 @@ import { mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
+import { syncDir } from '../peer/home.ts'
 import { MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import { chunkId, isId } from './seal.ts'
 
@@ -105,15 +106,6 @@ class KeyedMutex {
 
 function checkId (id: unknown): asserts id is string {
   if (!isId(id)) throw new KithError('CHUNK_BAD_ID', `${JSON.stringify(String(id).slice(0, 80))} is not a chunk id (64 lowercase hex characters)`)
-}
-
-async function syncDir (path: string): Promise<void> {
-  const handle = await open(path, 'r')
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
 }
 
 class LevelChunkStore implements ChunkStore {

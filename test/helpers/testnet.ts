@@ -154,3 +154,15 @@ export async function createTestnet (names: string[]): Promise<Testnet> {
     }
   }
 }
+
+/** Makes two nodes friends the way users do: an invite file, accepted. */
+export async function befriend (issuer: TestNode, accepter: TestNode, ...createArgs: string[]): Promise<void> {
+  const file = join(issuer.home, `for-${accepter.name}.invite`)
+  await issuer.json('invite', 'create', '--name', accepter.name, '-o', file, ...createArgs)
+  await accepter.json('invite', 'accept', file)
+}
+
+/** A node's transfer by id, as `kith transfers --json` shows it. */
+export async function transferOf (node: TestNode, id: string): Promise<any> {
+  return (await node.json<{ transfers: any[] }>('transfers')).transfers.find(t => t.id === id)
+}

@@ -3,23 +3,13 @@ import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, befriend, transferOf, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
  * Faults a fetch meets between real daemons: a friend revoked mid-transfer
  * (cut off, the fetch goes on from others) and a full disk (paused with
  * DISK_FULL, state intact, resumable once there is room).
  */
-async function befriend (issuer: TestNode, accepter: TestNode): Promise<void> {
-  const file = join(issuer.home, `for-${accepter.name}.invite`)
-  await issuer.json('invite', 'create', '--name', accepter.name, '-o', file)
-  await accepter.json('invite', 'accept', file)
-}
-
-async function transfer (node: TestNode, id: string): Promise<any> {
-  return (await node.json<{ transfers: any[] }>('transfers')).transfers.find(t => t.id === id)
-}
-
 function sha (bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex')
 }
@@ -57,11 +47,11 @@ describe('fetch faults', () => {
     await waitFor(async () => (await fetcher.json('friends')).friends.every((f: { link: { online: boolean } }) => f.link.online), 'fetcher sees both')
     const dest = join(fetcher.home, 'data.bin')
     const { transfer: t } = await fetcher.json('fetch', 'owner:data.bin', '-o', dest, '--detach')
-    await waitFor(async () => (await transfer(fetcher, t.id))?.sources.find((s: { label: string }) => s.label === 'holder')?.bytes > 0, 'the holder serving', 30_000)
+    await waitFor(async () => (await transferOf(fetcher, t.id))?.sources.find((s: { label: string }) => s.label === 'holder')?.bytes > 0, 'the holder serving', 30_000)
     await holder.json('friend', 'revoke', 'fetcher')
     await waitFor(async () => (await fetcher.json('friends')).friends.find((f: { label: string }) => f.label === 'holder')?.link.online === false, 'the fetcher cut off', 5_000, 50)
     const done = await waitFor(async () => {
-      const now = await transfer(fetcher, t.id)
+      const now = await transferOf(fetcher, t.id)
       if (now?.state === 'failed') throw new Error(JSON.stringify(now.error))
       return now?.state === 'done' ? now : undefined
     }, 'the fetch to finish from the owner', 60_000)
@@ -91,7 +81,7 @@ describe('fetch faults', () => {
       expect(await readdir(small)).toEqual([])
       execFileSync('mount', ['-o', 'remount,size=64m', small])
       await fetcher.json('resume', t.id)
-      await waitFor(async () => (await transfer(fetcher, t.id))?.state === 'done', 'the resumed fetch', 60_000)
+      await waitFor(async () => (await transferOf(fetcher, t.id))?.state === 'done', 'the resumed fetch', 60_000)
       expect(sha(await readFile(dest))).toBe(sha(await readFile(source)))
     } finally {
       execFileSync('umount', ['-l', small])

@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join, relative } from 'node:path'
-import { createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, befriend, transferOf, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
  * Friend-to-friend fetch between real daemons, through the CLI: share, list,
@@ -21,16 +21,6 @@ async function tree (root: string): Promise<Record<string, string>> {
   }
   await walk(root)
   return out
-}
-
-async function befriend (issuer: TestNode, accepter: TestNode): Promise<void> {
-  const file = join(issuer.home, `for-${accepter.name}.invite`)
-  await issuer.json('invite', 'create', '--name', accepter.name, '-o', file)
-  await accepter.json('invite', 'accept', file)
-}
-
-async function transfer (node: TestNode, id: string): Promise<any> {
-  return (await node.json<{ transfers: any[] }>('transfers')).transfers.find(t => t.id === id)
 }
 
 async function exists (path: string): Promise<boolean> {
@@ -113,16 +103,16 @@ describe('fetching friends\' files', () => {
     const dest = join(bob.home, 'big.bin')
     const { transfer: started } = await bob.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
     const before = await waitFor(async () => {
-      const t = await transfer(bob, started.id)
+      const t = await transferOf(bob, started.id)
       return t?.doneBytes > 8 * 1024 * 1024 ? t : undefined
     }, 'some progress', 30_000)
     await bob.kill9()
     expect(await exists(dest)).toBe(false)
     await bob.start()
-    const after = await transfer(bob, started.id)
+    const after = await transferOf(bob, started.id)
     expect(['queued', 'running', 'done']).toContain(after.state)
     const done = await waitFor(async () => {
-      const t = await transfer(bob, started.id)
+      const t = await transferOf(bob, started.id)
       return t?.state === 'done' ? t : undefined
     }, 'the resumed fetch to finish', 60_000)
     expect(done.doneBytes).toBe(48 * 1024 * 1024)
@@ -135,11 +125,11 @@ describe('fetching friends\' files', () => {
     await alice.json('share', join(alice.home, 'big.bin'), '--with', 'bob', 'carol')
     const dest = join(carol.home, 'big.bin')
     const { transfer: started } = await carol.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
-    await waitFor(async () => (await transfer(carol, started.id))?.doneBytes > 0, 'carol under way', 30_000)
+    await waitFor(async () => (await transferOf(carol, started.id))?.doneBytes > 0, 'carol under way', 30_000)
     await alice.kill9()
     try {
       const done = await waitFor(async () => {
-        const t = await transfer(carol, started.id)
+        const t = await transferOf(carol, started.id)
         if (t?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(t.error)}`)
         return t?.state === 'done' ? t : undefined
       }, 'the fetch to finish from bob', 60_000)
@@ -158,11 +148,11 @@ describe('fetching friends\' files', () => {
     const { transfer: t } = await carol.json('fetch', 'alice:big2.bin', '-o', dest, '--detach')
     const paused = await carol.json('pause', t.id)
     expect(paused.transfer.state).toBe('paused')
-    expect((await transfer(carol, t.id)).state).toBe('paused')
+    expect((await transferOf(carol, t.id)).state).toBe('paused')
     expect(await exists(dest)).toBe(false)
     const resumed = await carol.json('resume', t.id)
     expect(['queued', 'running']).toContain(resumed.transfer.state)
-    await waitFor(async () => (await transfer(carol, t.id))?.state === 'done', 'the resumed fetch to finish', 60_000)
+    await waitFor(async () => (await transferOf(carol, t.id))?.state === 'done', 'the resumed fetch to finish', 60_000)
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
     const late = await carol.cli('cancel', t.id)
     expect(late.code).toBe(1)
