@@ -4,15 +4,17 @@ import { tmpdir, cpus, loadavg } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestnet, waitFor, NODE, KITH, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
+import { reachabilityBench, summarise, type ReachRow } from './reachability.ts'
+import { schedulerBench } from './scheduler.ts'
 import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
 /**
  * `npm run bench`: how fast kith moves a file between friends, next to
  * ceilings measured in the same run on the same machine.
  *
- *   npm run bench [-- --section ceilings|fetch|multi|transfer ...]
+ *   npm run bench [-- --section ceilings|fetch|multi|reachability|transfer ...]
  *
- * Sections (default: all, which is what `transfer` means):
+ * Sections (default: all; `transfer` is ceilings, fetch and multi):
  *   ceilings  (a) raw TCP socket, (b) one plain libp2p 3 stream in kith's
  *             configuration; each between two processes on 127.0.0.1, the
  *             receiver writing to a file on disk
@@ -45,7 +47,7 @@ function envInt (name: string, fallback: number): number {
   return value
 }
 
-const SECTIONS = ['ceilings', 'fetch', 'multi'] as const
+const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler'] as const
 type Section = typeof SECTIONS[number]
 
 function parseArgs (argv: string[]): Set<Section> {
@@ -61,9 +63,10 @@ function parseArgs (argv: string[]): Set<Section> {
     else if (arg.startsWith('--section=')) value = arg.slice('--section='.length)
     else throw new Error(`unknown argument ${JSON.stringify(arg)}; try --help`)
     for (const name of (value ?? '').split(',').filter(Boolean)) {
-      if (name === 'transfer' || name === 'all') SECTIONS.forEach(s => picked.add(s))
+      if (name === 'all') SECTIONS.forEach(s => picked.add(s))
+      else if (name === 'transfer') (['ceilings', 'fetch', 'multi'] as const).forEach(s => picked.add(s))
       else if ((SECTIONS as readonly string[]).includes(name)) picked.add(name as Section)
-      else throw new Error(`unknown section ${JSON.stringify(name)}; sections: ${SECTIONS.join(', ')}, transfer (all)`)
+      else throw new Error(`unknown section ${JSON.stringify(name)}; sections: ${SECTIONS.join(', ')}, transfer (ceilings, fetch, multi), all`)
     }
   }
   return picked.size === 0 ? new Set(SECTIONS) : picked
@@ -431,6 +434,7 @@ function report (): void {
 }
 
 const loadAtStart = loadavg()[0]!
+const reachRows: ReachRow[] = []
 
 async function main (): Promise<void> {
   if (loadAtStart > cpus().length / 2) log(`load average is ${fmt(loadAtStart, 1)} on ${cpus().length} cores: other work is running and will skew the figures`)
@@ -438,14 +442,20 @@ async function main (): Promise<void> {
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
   const src = join(work, 'data.bin')
   log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
-  await writeRandomFile(src, SIZE)
+  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler')
+  if (transfer) await writeRandomFile(src, SIZE)
   let streamCeiling = NaN
   try {
     if (sections.has('ceilings')) await ceiling('tcp', 'ceiling (a) raw TCP', src, work)
-    if (sections.size > 0) streamCeiling = await ceiling('stream', 'ceiling (b) libp2p stream', src, work)
+    if (transfer) streamCeiling = await ceiling('stream', 'ceiling (b) libp2p stream', src, work)
     if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, work)
+    // reachability (bench/reachability.ts): BENCH_MOVES (10) moves per figure
+    if (sections.has('reachability')) reachRows.push(...await reachabilityBench(log, Math.round(envInt('BENCH_MOVES', 10))))
+    // scheduler (bench/scheduler.ts): shares, cap accuracy, ETA error; prints its own table
+    if (sections.has('scheduler')) await schedulerBench(log)
   } finally {
-    report()
+    if (transfer) report()
+    if (reachRows.length > 0) console.log(`\nkith reachability benchmark (ms):\n${reachRows.map(summarise).join('\n')}`)
   }
 }
 

@@ -89,6 +89,8 @@ export const ERROR_CODES = {
   IDENTITY_MISSING: 500,
   IDENTITY_LOCKED: 401,
   DATABASE_CORRUPT: 500,
+  /** config.json in the home folder is not JSON or breaks its schema (the message names the file) */
+  CONFIG_INVALID: 400,
   INTERNAL: 500
 } as const
 

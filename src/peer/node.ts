@@ -5,6 +5,8 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, type Identify } from '@libp2p/identify'
 import { ping, type Ping } from '@libp2p/ping'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
+import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
+import { dcutr } from '@libp2p/dcutr'
 import type { ConnectionGater, PrivateKey, StreamMiddleware } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
@@ -26,6 +28,46 @@ export type KithServices = {
   identify: Identify
   ping: Ping
   dht: KadDHT
+  relay: CircuitRelayService
+  dcutr: unknown
+}
+
+/**
+ * What this node, as a circuit relay, gives each relayed connection of a
+ * friend (docs/protocols.md, "Reachability and relays"). js-libp2p's stock
+ * budget is 2 minutes and 128 KiB a connection; kith's default is no limit
+ * at all, for friends I granted `relay` only (the gate refuses everyone
+ * else). Any limit makes libp2p mark the relayed connection "limited", and
+ * kith's bulk protocols (files, chunks) never run on limited connections, so
+ * with a limit set, files move through this relay only after hole punching.
+ */
+export interface RelayBudget {
+  /** ms a relayed connection may last; 0 or absent: no limit */
+  maxDurationMs?: number
+  /** bytes a relayed connection may carry (both ways); 0 or absent: no limit */
+  maxDataBytes?: number
+  /** reservations held at once (friends only) */
+  maxReservations?: number
+  /** a reservation lasts this long unless the friend refreshes it (it does, before it ends) */
+  reservationTtlMs?: number
+}
+
+export const DEFAULT_RELAY_MAX_RESERVATIONS = 64
+export const DEFAULT_RELAY_RESERVATION_TTL_MS = 60 * 60 * 1000
+
+function relayReservations (budget: RelayBudget = {}): NonNullable<Parameters<typeof circuitRelayServer>[0]>['reservations'] {
+  const duration = budget.maxDurationMs ?? 0
+  const data = budget.maxDataBytes ?? 0
+  const limited = duration > 0 || data > 0
+  return {
+    maxReservations: budget.maxReservations ?? DEFAULT_RELAY_MAX_RESERVATIONS,
+    reservationTtl: budget.reservationTtlMs ?? DEFAULT_RELAY_RESERVATION_TTL_MS,
+    applyDefaultLimit: limited,
+    // js-libp2p's server counts the duration in ms (its client reads seconds: a 1000x longer limit, harmless here)
+    // and, with applyDefaultLimit, fills in the stock 2 min / 128 KiB for whichever is unset: "unset" means huge here
+    defaultDurationLimit: duration > 0 ? duration : 365 * 24 * 3600 * 1000,
+    defaultDataLimit: BigInt(data > 0 ? data : Number.MAX_SAFE_INTEGER)
+  }
 }
 
 export type KithLibp2p = Libp2p<KithServices>
@@ -34,6 +76,7 @@ export interface NodeInit {
   privateKey: PrivateKey
   listen: string[]
   gater: ConnectionGater
+  relay?: RelayBudget
 }
 
 export async function createNode (init: NodeInit): Promise<KithLibp2p> {
@@ -41,13 +84,19 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
     start: false,
     privateKey: init.privateKey,
     addresses: { listen: init.listen },
-    transports: [tcp()],
+    // circuit relay: dialing friends through a relay, and listening on the relays
+    // src/services/reachability.ts reserves explicitly (no `/p2p-circuit` discovery)
+    transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux({ streamOptions: { maxReadBufferLength: MAX_READ_BUFFER } })],
     connectionGater: init.gater,
     services: {
       identify: identify({ protocolPrefix: 'kith' }),
       ping: ping({ protocolPrefix: 'kith' }),
+      // relays for friends holding my `relay` grant, only while I am publicly reachable (src/trust/gate.ts)
+      relay: circuitRelayServer({ reservations: relayReservations(init.relay) }),
+      // upgrades relayed connections to direct ones where the NATs allow
+      dcutr: dcutr(),
       dht: kadDHT({
         protocol: DHT_PROTOCOL,
         clientMode: false,

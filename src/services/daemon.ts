@@ -7,7 +7,7 @@ import { KithError } from '../errors.ts'
 import { homePaths, ensureHome, writeFileAtomic, type HomePaths } from '../peer/home.ts'
 import { openDatabase, sublevel, type Database } from '../peer/database.ts'
 import { loadOrCreateIdentity, type Identity } from '../peer/identity.ts'
-import { createNode, DEFAULT_LISTEN, DHT_PROTOCOL, type KithLibp2p } from '../peer/node.ts'
+import { createNode, DEFAULT_LISTEN, DHT_PROTOCOL, type KithLibp2p, type RelayBudget } from '../peer/node.ts'
 import { FriendBook, type Friend, type FriendEvent, checkLabel } from '../trust/friends.ts'
 import { InviteBook, type IssuedInvite, type InviteListing } from '../trust/invite-book.ts'
 import { createInvite, parseInvite, summarise, type InviteSummary, MAX_INVITE_USES, MAX_INVITE_LIFETIME_S, displayName as displayNameSchema } from '../trust/invite.ts'
@@ -17,7 +17,9 @@ import { DEFAULT_GRANTS, type Service } from '../trust/grants.ts'
 import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
 import { LocateService } from './locate/index.ts'
+import { Reachability, allAddrs, type ReachabilityView, type RelayInUse } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
+import { bandwidthView, loadConfig, type BandwidthView, type ConfigFile } from './files/limits.ts'
 
 /**
  * The running node: opens the home folder, loads the identity and the friend
@@ -34,6 +36,8 @@ export interface DaemonInit {
   maxUpload?: number
   /** cap on what this node fetches, bytes per second */
   maxDownload?: number
+  /** what this node gives each relayed connection of a friend (default: no limit) */
+  relay?: RelayBudget
 }
 
 export interface FriendView extends Friend {
@@ -48,6 +52,18 @@ export interface Status {
   friends: { total: number, online: number }
   online: string[]
   started: string
+  /** current rates per direction, class and peer, and the caps in force */
+  bandwidth: BandwidthView
+  /** am I publicly reachable, as friends' dial-backs tell */
+  reachability: ReachabilityView
+  relays: {
+    /** relays I hold a reservation on (behind NAT) */
+    using: RelayInUse[]
+    /** friends holding a reservation on me */
+    serving: Array<{ peerId: string, label: string, expires: number }>
+    /** whether I grant reservations now (only while public) */
+    offering: boolean
+  }
 }
 
 export interface CreateInviteRequest {
@@ -77,8 +93,11 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly started = new Date()
   private fileService: FileService | null = null
   private locateService: LocateService | null = null
+  readonly reachability: Reachability
 
-  private constructor (paths: HomePaths, db: Database, identity: Identity, libp2p: KithLibp2p, friends: FriendBook, invites: InviteBook, meta: Meta) {
+  private readonly relayGate: RelayGate
+
+  private constructor (paths: HomePaths, db: Database, identity: Identity, libp2p: KithLibp2p, friends: FriendBook, invites: InviteBook, meta: Meta, relayGate: RelayGate) {
     super()
     this.paths = paths
     this.db = db
@@ -88,11 +107,15 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.invites = invites
     this.meta = meta
     this.presence = new Presence(libp2p, friends)
+    this.relayGate = relayGate
+    this.reachability = new Reachability({ libp2p, friends, onState: state => { relayGate.relaying = state === 'public' } })
   }
 
   static async start (init: DaemonInit): Promise<Daemon> {
     const paths = homePaths(init.home)
     await ensureHome(paths.root)
+    // a bad config.json stops the start before anything else, naming the file
+    const config = await loadConfig(paths.root)
     // The database lock is taken first: it is the one-daemon-per-home lock.
     const db = await openDatabase(paths.db)
     try {
@@ -106,14 +129,15 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       const friends = new FriendBook(sublevel(db, 'friends'))
       await friends.load()
       const invites = new InviteBook(sublevel(db, 'invites'))
-      const libp2p = await startNode(identity, friends, init.listen ?? DEFAULT_LISTEN, meta.lastPort)
+      const relayGate: RelayGate = { relaying: false }
+      const libp2p = await startNode(identity, friends, init.listen ?? DEFAULT_LISTEN, meta.lastPort, init.relay, relayGate)
       const port = libp2p.getMultiaddrs().map(a => Number(a.getComponents().find(c => c.name === 'tcp')?.value)).find(p => p > 0)
       if (port != null) meta.lastPort = port
       await metaLevel.put('node', meta)
 
-      const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta)
+      const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta, relayGate)
       try {
-        await daemon.wire(init.maxUpload, init.maxDownload)
+        await daemon.wire(init.maxUpload, init.maxDownload, config)
       } catch (err) {
         await libp2p.stop()
         throw err
@@ -125,7 +149,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     }
   }
 
-  private async wire (maxUpload?: number, maxDownload?: number): Promise<void> {
+  private async wire (maxUpload?: number, maxDownload?: number, config: ConfigFile | null = null): Promise<void> {
     await this.libp2p.handle(REDEEM_PROTOCOL, redeemHandler({
       friends: this.friends,
       invites: this.invites,
@@ -142,12 +166,14 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       libp2p: this.libp2p,
       friends: this.friends,
       ...(maxUpload != null ? { maxUpload } : {}),
-      ...(maxDownload != null ? { maxDownload } : {})
+      ...(maxDownload != null ? { maxDownload } : {}),
+      config
     })
     this.fileService.on('event', evt => this.emit('event', evt))
     this.locateService = await LocateService.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, identity: this.identity })
     this.presence.on('unreachable', peer => this.locateService?.unreachableFriend(peer))
     this.presence.start()
+    await this.reachability.start()
   }
 
   get files (): FileService {
@@ -162,6 +188,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
 
   async stop (): Promise<void> {
     this.presence.stop()
+    await this.reachability.stop()
     await this.locateService?.stop()
     await this.fileService?.stop()
     await this.libp2p.stop()
@@ -174,7 +201,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   }
 
   addrs (): string[] {
-    return this.libp2p.getMultiaddrs().map(a => a.toString())
+    // with public listen addresses friends have not confirmed yet: an invite needs them most
+    return allAddrs(this.libp2p)
   }
 
   status (): Status {
@@ -187,7 +215,10 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       addrs: this.addrs(),
       friends: { total: friends.length, online: online.length },
       online: online.map(f => f.label),
-      started: this.started.toISOString()
+      started: this.started.toISOString(),
+      bandwidth: bandwidthView(this.files.bandwidth.stats(), peer => this.friends.get(peer)?.label ?? null),
+      reachability: this.reachability.current,
+      relays: { using: this.reachability.relays(), serving: this.reachability.serving(), offering: this.relayGate.relaying }
     }
   }
 
@@ -305,16 +336,22 @@ async function loadIdentityGuarded (paths: HomePaths, meta: Meta, passphrase?: s
  * so friends find the node where they last saw it; if that port is taken
  * now, any free port will do.
  */
-async function startNode (identity: Identity, friends: FriendBook, listen: string[], lastPort?: number): Promise<KithLibp2p> {
-  const gater = connectionGater(friends)
+/**
+ * Whether a node grants relay reservations now: only while friends' dial-backs
+ * say it is publicly reachable (Reachability sets it).
+ */
+interface RelayGate { relaying: boolean }
+
+async function startNode (identity: Identity, friends: FriendBook, listen: string[], lastPort: number | undefined, relay: RelayBudget | undefined, relayGate: RelayGate): Promise<KithLibp2p> {
+  const gater = connectionGater(friends, { relaying: () => relayGate.relaying })
   const sticky = lastPort != null ? listen.map(a => a.replace(/\/tcp\/0(?=$|\/)/, `/tcp/${lastPort}`)) : listen
   try {
-    return await createNode({ privateKey: identity.privateKey, listen: sticky, gater })
+    return await createNode({ privateKey: identity.privateKey, listen: sticky, gater, ...(relay != null ? { relay } : {}) })
   } catch (err) {
     if (sticky.join() === listen.join()) throw listenError(listen, err)
   }
   try {
-    return await createNode({ privateKey: identity.privateKey, listen, gater })
+    return await createNode({ privateKey: identity.privateKey, listen, gater, ...(relay != null ? { relay } : {}) })
   } catch (err) {
     throw listenError(listen, err)
   }

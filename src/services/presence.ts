@@ -21,7 +21,29 @@ export interface LinkInfo {
   since: number | null
   direct: boolean | null
   remoteAddr: string | null
+  /**
+   * How the connection in use runs: straight to the friend, through a relay,
+   * or straight after a relayed one was upgraded (dcutr's hole punching, or
+   * its direct dial when one side is reachable)
+   */
+  kind: LinkKind | null
+  /** ms since epoch the connection in use opened */
+  kindSince: number | null
+  /** the relay's peer id, for a relayed link */
+  relay: string | null
 }
+
+export type LinkKind = 'direct' | 'relayed' | 'hole-punched'
+
+function relayOf (connection: Connection): string | null {
+  const parts = connection.remoteAddr.getComponents()
+  const at = parts.findIndex(c => c.name === 'p2p-circuit')
+  if (at < 0) return null
+  const relay = parts[at - 1]
+  return relay?.name === 'p2p' ? relay.value ?? null : null
+}
+
+const relayed = (connection: Connection): boolean => connection.remoteAddr.getComponents().some(c => c.name === 'p2p-circuit')
 
 export type PresenceEvent =
   | { type: 'friend:online', peerId: string, label: string }
@@ -41,6 +63,8 @@ export class Presence extends EventEmitter<{
   private readonly friends: FriendBook
   private readonly retries = new Map<string, Retry>()
   private readonly onlineSince = new Map<string, number>()
+  /** direct connections opened while a relayed one to the same friend was up */
+  private readonly upgraded = new WeakSet<Connection>()
   private readonly controller = new AbortController()
   private running = false
 
@@ -74,12 +98,16 @@ export class Presence extends EventEmitter<{
 
   link (peerId: string): LinkInfo {
     const connections = this.connections(peerId)
-    const best = connections.find(c => c.direct) ?? connections[0]
+    const best = connections.find(c => !relayed(c)) ?? connections[0]
+    const kind: LinkKind | null = best == null ? null : relayed(best) ? 'relayed' : this.upgraded.has(best) ? 'hole-punched' : 'direct'
     return {
       online: best != null,
       since: best != null ? this.onlineSince.get(peerId) ?? null : null,
-      direct: best?.direct ?? null,
-      remoteAddr: best?.remoteAddr.toString() ?? null
+      direct: best != null ? !relayed(best) : null,
+      remoteAddr: best?.remoteAddr.toString() ?? null,
+      kind,
+      kindSince: best?.timeline.open ?? null,
+      relay: best != null ? relayOf(best) : null
     }
   }
 
@@ -95,6 +123,7 @@ export class Presence extends EventEmitter<{
     const peer = evt.detail.remotePeer.toString()
     const friend = this.friends.get(peer)
     if (friend?.state !== 'active') return
+    if (!relayed(evt.detail) && this.connections(peer).some(c => c !== evt.detail && relayed(c))) this.upgraded.add(evt.detail)
     this.clearRetry(peer)
     if (!this.onlineSince.has(peer)) {
       this.onlineSince.set(peer, Date.now())
@@ -116,7 +145,9 @@ export class Presence extends EventEmitter<{
   private readonly onIdentify = (evt: CustomEvent<{ peerId: PeerId, listenAddrs: Array<{ toString: () => string }> }>): void => {
     const peer = evt.detail.peerId.toString()
     if (!this.friends.isActive(peer)) return
-    const addrs = evt.detail.listenAddrs.map(a => a.toString()).filter(a => !a.includes('/p2p-circuit'))
+    // relayed addresses (a friend behind NAT) last: they work, but direct ones are better
+    const all = evt.detail.listenAddrs.map(a => a.toString())
+    const addrs = [...all.filter(a => !a.includes('/p2p-circuit')), ...all.filter(a => a.includes('/p2p-circuit'))]
     void this.friends.seen(peer, addrs).catch(() => {})
   }
 

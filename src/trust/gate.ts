@@ -9,13 +9,22 @@ import type { Service } from './grants.ts'
  * `friendsOnly`, which refuses any stream whose remote peer is not an active
  * friend holding the right grant.
  */
-export function connectionGater (friends: FriendBook): ConnectionGater {
+export interface GateOptions {
+  /**
+   * Whether this node relays at all now (kith relays only while it is
+   * publicly reachable); reservations are refused while it returns false.
+   */
+  relaying?: () => boolean
+}
+
+export function connectionGater (friends: FriendBook, options: GateOptions = {}): ConnectionGater {
   const revoked = (peerId: PeerId): boolean => friends.isRevoked(peerId.toString())
   return {
     denyDialPeer: revoked,
     denyInboundEncryptedConnection: revoked,
     denyOutboundEncryptedConnection: revoked,
-    denyInboundRelayReservation: (peerId) => !friends.allows(peerId.toString(), 'relay'),
+    // a reservation: friends I granted `relay`, and only while I relay (publicly reachable)
+    denyInboundRelayReservation: (peerId) => !friends.allows(peerId.toString(), 'relay') || options.relaying?.() === false,
     denyInboundRelayedConnection: (relay, remotePeer) => !friends.isActive(relay.toString()) && !friends.isActive(remotePeer.toString())
   }
 }

@@ -1,6 +1,6 @@
 import { z } from 'zod'
 import { lpStream } from '@libp2p/utils'
-import { multiaddr } from '@multiformats/multiaddr'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection, Libp2p, Stream, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode, type ErrorCode } from '../errors.ts'
@@ -116,11 +116,13 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
   const signal = init.signal ?? AbortSignal.timeout(REDEEM_TIMEOUT_MS * 2)
   const issuer = peerIdFromString(invite.issuer)
   const grants = init.grants ?? invite.grants
-  const addrs = invite.addrs.map(a => multiaddr(a)).map(ma => ma.getComponents().some(c => c.name === 'p2p') ? ma : ma.encapsulate(`/p2p/${invite.issuer}`))
+  // a relayed address names the relay with a /p2p in the middle: only a trailing /p2p is the issuer
+  const endsWithIssuer = (ma: Multiaddr): boolean => { const last = ma.getComponents().at(-1); return last?.name === 'p2p' && last.value === invite.issuer }
+  const addrs = invite.addrs.map(a => multiaddr(a)).map(ma => endsWithIssuer(ma) ? ma : ma.encapsulate(`/p2p/${invite.issuer}`))
   let stream: Stream
   try {
     if (addrs.length === 0) throw new Error('the invite holds no address')
-    await libp2p.peerStore.merge(issuer, { multiaddrs: addrs.map(a => a.decapsulateCode(421)) })
+    await libp2p.peerStore.merge(issuer, { multiaddrs: addrs.map(a => a.decapsulate(`/p2p/${invite.issuer}`)) })
     stream = await libp2p.dialProtocol(issuer, REDEEM_PROTOCOL, { signal })
   } catch (err) {
     throw new KithError('INVITE_ISSUER_UNREACHABLE',

@@ -21,9 +21,11 @@ export interface CliResult {
   stderr: string
 }
 
-export async function runCli (args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+/** `netns`: run inside that Linux network namespace (`ip netns exec NS ...`; root only) */
+export async function runCli (args: string[], env: NodeJS.ProcessEnv = {}, netns?: string): Promise<CliResult> {
+  const [cmd, ...pre] = netns != null ? ['ip', 'netns', 'exec', netns, NODE] : [NODE]
   return await new Promise(resolve => {
-    execFile(NODE, [KITH, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(cmd!, [...pre, KITH, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
       const code = err == null ? 0 : typeof err.code === 'number' ? err.code : 1
       resolve({ code, stdout, stderr })
     })
@@ -57,14 +59,20 @@ export class TestNode {
   readonly name: string
   readonly home: string
   readonly extraArgs: string[]
+  /** the network namespace the daemon and its CLI run in (test/helpers/netns.ts), if any */
+  readonly netns: string | undefined
+  /** extra environment for the daemon, like DEBUG=libp2p:dcutr* */
+  readonly env: NodeJS.ProcessEnv
   private proc: ChildProcess | null = null
   info: StartInfo | null = null
   output = ''
 
-  constructor (name: string, home: string, extraArgs: string[] = []) {
+  constructor (name: string, home: string, extraArgs: string[] = [], options: { netns?: string, env?: NodeJS.ProcessEnv } = {}) {
     this.name = name
     this.home = home
     this.extraArgs = extraArgs
+    this.netns = options.netns
+    this.env = options.env ?? {}
   }
 
   get peerId (): string {
@@ -84,8 +92,11 @@ export class TestNode {
    */
   async start (args: string[] = []): Promise<StartInfo> {
     const listen = [...this.extraArgs, ...args].includes('--listen') ? [] : ['--listen', '/ip4/127.0.0.1/tcp/0']
-    const proc = spawn(NODE, [KITH, '--home', this.home, 'start', ...listen, '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
-      stdio: ['ignore', 'pipe', 'pipe']
+    // `ip netns exec` execs the program: the pid is the daemon's
+    const [cmd, ...pre] = this.netns != null ? ['ip', 'netns', 'exec', this.netns, NODE] : [NODE]
+    const proc = spawn(cmd!, [...pre, KITH, '--home', this.home, 'start', ...listen, '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...this.env }
     })
     this.proc = proc
     proc.stderr.on('data', (d: Buffer) => { this.output += d.toString() })
@@ -106,7 +117,7 @@ export class TestNode {
   }
 
   async cli (...args: string[]): Promise<CliResult> {
-    return await runCli(['--home', this.home, ...args])
+    return await runCli(['--home', this.home, ...args], {}, this.netns)
   }
 
   /** Runs a CLI command with --json and returns its parsed output; throws on failure. */

@@ -3,6 +3,7 @@ import { z } from 'zod'
 import { KithError } from '../../errors.ts'
 import { SERVICES } from '../../trust/grants.ts'
 import { parseInvite, summarise, checkValidity, MAX_INVITE_TEXT } from '../../trust/invite.ts'
+import { PRIORITIES, type Priority } from '../../transfer/scheduler/index.ts'
 import type { Daemon } from '../daemon.ts'
 
 /**
@@ -45,8 +46,11 @@ const schemas = {
     share: z.string().min(1).max(255),
     path: z.string().max(1024).optional(),
     dest: z.string().min(1).max(4096).optional(),
-    destDir: z.string().min(1).max(4096).optional()
-  }).strict().refine(r => (r.dest == null) !== (r.destDir == null), 'give exactly one of dest and destDir')
+    destDir: z.string().min(1).max(4096).optional(),
+    priority: z.enum(PRIORITIES as [Priority, ...Priority[]]).optional(),
+    minRate: z.number().min(0).finite().optional()
+  }).strict().refine(r => (r.dest == null) !== (r.destDir == null), 'give exactly one of dest and destDir'),
+  priority: z.object({ priority: z.enum(PRIORITIES as [Priority, ...Priority[]]) }).strict()
 }
 
 function body<T> (schema: z.ZodType<T>, value: unknown): T {
@@ -157,6 +161,8 @@ export function routes (daemon: Daemon): Route[] {
             friend: req.friend,
             share: req.share,
             ...(req.path != null ? { path: req.path } : {}),
+            ...(req.priority != null ? { priority: req.priority } : {}),
+            ...(req.minRate != null ? { minRate: req.minRate } : {}),
             ...(req.dest != null ? { dest: req.dest } : { destDir: req.destDir! })
           })
         }
@@ -172,6 +178,14 @@ export function routes (daemon: Daemon): Route[] {
         const transfer = params.action === 'pause' ? await transfers.pause(id) : params.action === 'resume' ? await transfers.resume(id) : await transfers.cancel(id)
         return { transfer }
       }
-    }
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/transfers\/(?<id>[0-9a-f]+)\/priority$/,
+      handler: async ({ params, body: b }) => ({ transfer: await daemon.files.transfers.setPriority(params.id!, body(schemas.priority, b).priority) })
+    },
+    // bandwidth limits: the body is a merge patch validated by limits.ts (null clears a setting)
+    { method: 'GET', path: /^\/v1\/limits$/, handler: async () => daemon.files.limits.view() },
+    { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.files.limits.update(b) }
   ]
 }

@@ -6,7 +6,8 @@ import type { ApiClient } from '../api/client.ts'
 import type { ShareView } from '../files/file-service.ts'
 import type { ShareListing } from '../files/share-book.ts'
 import type { Transfer } from '../files/transfers.ts'
-import { table, bytes, duration } from './format.ts'
+import { table, bytes, duration, parseRate } from './format.ts'
+import { PRIORITIES } from '../../transfer/scheduler/index.ts'
 
 /**
  * File commands: share, shares, unshare, ls, fetch, transfers, pause,
@@ -18,15 +19,28 @@ type Client = (cmd: Command) => Promise<ApiClient>
 
 const FINAL = new Set(['done', 'failed', 'cancelled'])
 
+const FLOOR_STATES: Record<string, string> = { ok: 'ok', cap: 'NOT MET: caps too low', 'peer-cap': 'NOT MET: peer cap too low', slow: 'NOT MET: sources too slow' }
+
+/** "2.0 MiB/s ok", or "2.0 MiB/s NOT MET: caps too low (1.6 MiB/s reserved, 1.2 MiB/s achieved)"; '-' without a floor */
+export function floorText (t: Transfer): string {
+  if (t.minRate == null) return '-'
+  const f = t.floor
+  if (f == null) return `${bytes(t.minRate)}/s`
+  const detail = f.state === 'ok' ? '' : ` (${bytes(f.reserved)}/s reserved, ${bytes(f.achieved)}/s achieved)`
+  return `${bytes(t.minRate)}/s ${FLOOR_STATES[f.state] ?? f.state}${detail}`
+}
+
 function transferRows (transfers: Transfer[]): string {
-  return table(['ID', 'FROM', 'SHARE', 'STATE', 'PROGRESS', 'SPEED', 'ETA', 'DEST'], transfers.map(t => [
+  return table(['ID', 'FROM', 'SHARE', 'STATE', 'PRIORITY', 'PROGRESS', 'SPEED', 'ETA', 'FLOOR', 'DEST'], transfers.map(t => [
     t.id,
     t.ownerLabel,
     t.path === '' ? t.shareName : `${t.shareName}/${t.path}`,
     t.state + (t.error != null ? ` (${t.error.code})` : ''),
+    t.priority ?? 'normal',
     `${bytes(t.doneBytes)} / ${bytes(t.totalBytes)}`,
     t.state === 'running' ? `${bytes(t.rate)}/s` : '-',
     t.state === 'running' && t.eta != null ? duration(t.eta) : '-',
+    floorText(t),
     t.dest
   ]))
 }
@@ -41,7 +55,7 @@ export function parseTarget (target: string): { friend: string, share: string, p
 async function follow (api: ApiClient, id: string, json: boolean, events: AsyncGenerator<{ type: string, [key: string]: unknown }>, controller: AbortController): Promise<Transfer> {
   const bar = !json && process.stderr.isTTY
     ? new cliProgress.SingleBar({
-      format: '{bar} {percentage}% | {done} / {total} | {speed} | ETA {eta_h}',
+      format: '{bar} {percentage}% | {done} / {total} | {speed} | ETA {eta_h}{floor}',
       stream: process.stderr,
       hideCursor: true
     }, cliProgress.Presets.shades_classic)
@@ -49,9 +63,9 @@ async function follow (api: ApiClient, id: string, json: boolean, events: AsyncG
   let last: Transfer | null = null
   const show = (t: Transfer): void => {
     last = t
-    if (json) console.log(JSON.stringify({ id: t.id, state: t.state, doneBytes: t.doneBytes, totalBytes: t.totalBytes, rate: Math.round(t.rate), eta: t.eta }))
+    if (json) console.log(JSON.stringify({ id: t.id, state: t.state, doneBytes: t.doneBytes, totalBytes: t.totalBytes, rate: Math.round(t.rate), eta: t.eta, priority: t.priority, floor: t.floor }))
     if (bar != null) {
-      const payload = { done: bytes(t.doneBytes), total: bytes(t.totalBytes), speed: `${bytes(t.rate)}/s`, eta_h: t.eta != null ? duration(t.eta) : '?' }
+      const payload = { done: bytes(t.doneBytes), total: bytes(t.totalBytes), speed: `${bytes(t.rate)}/s`, eta_h: t.eta != null ? duration(t.eta) : '?', floor: t.floor != null && t.floor.state !== 'ok' ? ` | floor ${floorText(t)}` : '' }
       if (bar.getTotal() !== t.totalBytes) bar.start(Math.max(1, t.totalBytes), t.doneBytes, payload)
       bar.update(t.doneBytes, payload)
     }
@@ -130,9 +144,14 @@ export function fileCommands (program: Command, client: Client, print: Print): v
     .argument('<target>', 'FRIEND:SHARE or FRIEND:SHARE/path')
     .option('-o, --output <dest>', 'where to put it (default: its name, in the current folder)')
     .option('--detach', 'queue it and return at once')
+    .option('--priority <level>', `${PRIORITIES.join(' | ')}: who goes first among your fetches (change it later with \`kith priority\`)`, 'normal')
+    .option('--min-rate <rate>', 'ask for at least this rate, like 2MB/s: reserved where the caps allow, reported when it can\'t be met')
     .option('--json', 'print progress as JSON lines')
-    .action(async (target: string, opts: { output?: string, detach?: boolean, json?: boolean }, cmd: Command) => {
+    .action(async (target: string, opts: { output?: string, detach?: boolean, json?: boolean, priority: string, minRate?: string }, cmd: Command) => {
       const { friend, share, path } = parseTarget(target)
+      if (!(PRIORITIES as readonly string[]).includes(opts.priority)) throw new KithError('USAGE', `--priority is one of ${PRIORITIES.join(', ')}; got ${JSON.stringify(opts.priority)}`)
+      const minRate = opts.minRate != null ? parseRate(opts.minRate) : undefined
+      if (opts.minRate != null && minRate == null) throw new KithError('USAGE', `--min-rate wants a rate like 2MB/s; got ${JSON.stringify(opts.minRate)}`)
       const api = await client(cmd)
       const controller = new AbortController()
       const events = await api.events(controller.signal) // subscribe first, so no event is missed
@@ -140,6 +159,8 @@ export function fileCommands (program: Command, client: Client, print: Print): v
         friend,
         share,
         ...(path !== '' ? { path } : {}),
+        priority: opts.priority,
+        ...(minRate != null ? { minRate } : {}),
         ...(opts.output != null ? { dest: resolve(opts.output) } : { destDir: process.cwd() })
       }).catch(err => { controller.abort(); throw err })
       if (opts.detach === true) {

@@ -11,6 +11,7 @@ import type { FriendView, Status } from '../daemon.ts'
 import { runStart } from './start.ts'
 import { fileCommands } from './files.ts'
 import { locateCommand } from './locate.ts'
+import { limitsCommand, bandwidthLines } from './limits.ts'
 import { table, ago, shortId, parseDuration, parseRate } from './format.ts'
 
 /**
@@ -107,6 +108,27 @@ function friendRows (friends: FriendView[]): string {
   ) || 'no friends yet: make an invite with `kith invite create` and send it to a friend'
 }
 
+/** `kith status`: public, behind NAT or unknown; relays I use and serve */
+function reachabilityLines (status: Status): string[] {
+  const r = status.reachability
+  const state = r.state === 'public' ? 'public' : r.state === 'nat' ? 'behind NAT' : 'unknown'
+  const how = r.state === 'public'
+    ? ` (friends reached me at ${r.publicAddrs.join(', ')})`
+    : r.state === 'nat' ? ' (friends could not dial me back)' : ' (no friend has dialed me back at a public IP yet)'
+  return [
+    `reach    ${state}${how}${r.checkedAt != null ? `, checked ${ago(r.checkedAt)}` : ''}`,
+    ...status.relays.using.map(u => `relay    using ${u.label} (${u.addrs.length} relayed address${u.addrs.length === 1 ? '' : 'es'})`),
+    ...(status.relays.offering ? [`relay    offering to friends with the relay grant; ${status.relays.serving.length} reserved${status.relays.serving.length > 0 ? `: ${status.relays.serving.map(s => s.label).join(', ')}` : ''}`] : [])
+  ]
+}
+
+/** "hole-punched since 2m ago via /ip4/..."; "relayed via carol since ..." */
+function linkText (f: FriendView, friends: FriendView[]): string {
+  const kind = f.link.kind ?? (f.link.direct === true ? 'direct' : 'relayed')
+  const relay = f.link.relay != null ? ` through ${friends.find(x => x.peerId === f.link.relay)?.label ?? shortId(f.link.relay)}` : ''
+  return `${kind}${relay} since ${ago(f.link.kindSince ?? f.link.since)} via ${f.link.remoteAddr ?? '?'}`
+}
+
 // start ----------------------------------------------------------------------
 
 program.command('start')
@@ -116,15 +138,22 @@ program.command('start')
   .option('--name <name>', 'the name friends see in your invites (remembered)')
   .option('--max-upload <rate>', 'cap what this node serves to friends, like 10MB/s (default: no cap)')
   .option('--max-download <rate>', 'cap what this node fetches, like 10MB/s (default: no cap)')
+  .option('--relay-max-duration <duration>', 'as a relay, end each relayed connection of a friend after this long, like 12h (default: no limit; any limit keeps file transfers off that relay)')
+  .option('--relay-max-data <size>', 'as a relay, end each relayed connection of a friend after this many bytes, like 50GiB (default: no limit)')
   .option('--json', 'print the start-up summary as JSON')
-  .action(async (opts: { listen?: string[], api?: string, name?: string, maxUpload?: string, maxDownload?: string, json?: boolean }, cmd: Command) => {
+  .action(async (opts: { listen?: string[], api?: string, name?: string, maxUpload?: string, maxDownload?: string, relayMaxDuration?: string, relayMaxData?: string, json?: boolean }, cmd: Command) => {
     const g = globals(cmd)
     const pass = await passphrase(g)
     const maxUpload = opts.maxUpload != null ? parseRate(opts.maxUpload) : undefined
     if (opts.maxUpload != null && maxUpload == null) throw new KithError('USAGE', `--max-upload wants a rate like 10MB/s or 512KiB/s; got ${JSON.stringify(opts.maxUpload)}`)
     const maxDownload = opts.maxDownload != null ? parseRate(opts.maxDownload) : undefined
     if (opts.maxDownload != null && maxDownload == null) throw new KithError('USAGE', `--max-download wants a rate like 10MB/s or 512KiB/s; got ${JSON.stringify(opts.maxDownload)}`)
+    const relayMaxDuration = opts.relayMaxDuration != null ? parseDuration(opts.relayMaxDuration) : undefined
+    if (opts.relayMaxDuration != null && relayMaxDuration == null) throw new KithError('USAGE', `--relay-max-duration wants a duration like 12h or 7d; got ${JSON.stringify(opts.relayMaxDuration)}`)
+    const relayMaxData = opts.relayMaxData != null ? parseRate(opts.relayMaxData) : undefined
+    if (opts.relayMaxData != null && relayMaxData == null) throw new KithError('USAGE', `--relay-max-data wants a size like 50GiB; got ${JSON.stringify(opts.relayMaxData)}`)
     await runStart({
+      ...(relayMaxDuration != null || relayMaxData != null ? { relay: { ...(relayMaxDuration != null ? { maxDurationMs: relayMaxDuration * 1000 } : {}), ...(relayMaxData != null ? { maxDataBytes: relayMaxData } : {}) } } : {}),
       home: g.home,
       ...(opts.listen != null ? { listen: opts.listen } : {}),
       ...(opts.api != null ? { api: opts.api } : {}),
@@ -173,7 +202,10 @@ program.command('status')
       `home     ${status.home}`,
       ...status.addrs.map(a => `listen   ${a}`),
       `friends  ${status.friends.online} of ${status.friends.total} online`,
-      ...active.map(f => `  ${f.label.padEnd(20)} ${f.link.online ? `${f.link.direct === true ? 'direct' : 'relayed'} since ${ago(f.link.since)} via ${f.link.remoteAddr ?? '?'}` : `offline, last seen ${ago(f.lastSeen)}`}`)
+      ...reachabilityLines(status),
+      ...active.map(f => `  ${f.label.padEnd(20)} ${f.link.online ? linkText(f, active) : `offline, last seen ${ago(f.lastSeen)}`}`),
+      'bandwidth (see `kith limits`)',
+      ...bandwidthLines(status.bandwidth).map(l => `  ${l}`)
     ].join('\n'))
   })
 
@@ -313,6 +345,7 @@ friend.command('revoke')
 
 fileCommands(program, client, print)
 locateCommand(program, client, print)
+limitsCommand(program, client, print)
 
 // events -----------------------------------------------------------------------
 

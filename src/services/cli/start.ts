@@ -4,6 +4,7 @@ import { homePaths, writeFileAtomic } from '../../peer/home.ts'
 import { Daemon, newToken, writeApiInfo } from '../daemon.ts'
 import { startApiServer } from '../api/server.ts'
 import { routes } from '../api/routes.ts'
+import type { RelayBudget } from '../../peer/node.ts'
 
 /**
  * `kith start`: runs the node in the foreground until SIGINT or SIGTERM.
@@ -21,6 +22,8 @@ export interface StartOptions {
   /** bytes per second */
   maxDownload?: number
   json?: boolean
+  /** as a relay: each friend's relayed connection's budget */
+  relay?: RelayBudget
 }
 
 export function parseApiAddress (text: string): { host: string, port: number } {
@@ -51,7 +54,8 @@ export async function runStart (options: StartOptions): Promise<void> {
     ...(options.name != null ? { name: options.name } : {}),
     ...(options.passphrase != null ? { passphrase: options.passphrase } : {}),
     ...(options.maxUpload != null ? { maxUpload: options.maxUpload } : {}),
-    ...(options.maxDownload != null ? { maxDownload: options.maxDownload } : {})
+    ...(options.maxDownload != null ? { maxDownload: options.maxDownload } : {}),
+    ...(options.relay != null ? { relay: options.relay } : {})
   })
   let api
   try {

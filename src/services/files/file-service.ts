@@ -13,6 +13,7 @@ import { BandwidthScheduler, type Flow, type TrafficClass } from '../../transfer
 import { ShareBook, listing, type ShareListing } from './share-book.ts'
 import { filesHandler, listShares, FILES_PROTOCOL } from './files-protocol.ts'
 import { Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
+import { LimitsBook, type ConfigFile, type LimitsDoc } from './limits.ts'
 
 /**
  * File sharing as the daemon offers it: my shares, what friends share with
@@ -30,10 +31,12 @@ export interface FileServiceInit {
   identity: Identity
   libp2p: KithLibp2p
   friends: FriendBook
-  /** global cap on what this node serves, bytes per second (`kith start --max-upload`) */
+  /** global cap on what this node serves, bytes per second (`kith start --max-upload`); overrides the stored limits for this run */
   maxUpload?: number
-  /** global cap on what this node fetches, bytes per second (`kith start --max-download`) */
+  /** global cap on what this node fetches, bytes per second (`kith start --max-download`); likewise */
   maxDownload?: number
+  /** config.json of the home folder, if there is one (see limits.ts) */
+  config?: ConfigFile | null
 }
 
 export const MAX_INBOUND_CHUNK_STREAMS = 16
@@ -44,6 +47,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   readonly transfers: Transfers
   /** every chunk this node serves or fetches passes through it */
   readonly bandwidth: BandwidthScheduler
+  private limitsBook: LimitsBook | null = null
   private readonly init: FileServiceInit
   /** what I serve, one flow per peer */
   private readonly uploads = new Map<string, Flow>()
@@ -52,7 +56,8 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     super()
     this.init = init
     this.store = store
-    this.bandwidth = new BandwidthScheduler({ limits: { upload: init.maxUpload ?? Infinity, download: init.maxDownload ?? Infinity } })
+    // limits come from the config file, the database and the start flags once friends resolve (see start)
+    this.bandwidth = new BandwidthScheduler()
     this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'))
     this.transfers = new Transfers({
       libp2p: init.libp2p,
@@ -76,6 +81,14 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     const store = await openChunkStore({ dir: join(init.home, 'chunks'), db: sublevel(init.db, 'chunk-index'), sync: false })
     const service = new FileService(init, store)
     const { libp2p, friends } = init
+    service.limitsBook = await LimitsBook.open({
+      level: sublevel<LimitsDoc>(init.db, 'limits'),
+      bandwidth: service.bandwidth,
+      resolvePeer: name => friends.resolve(name).peerId,
+      label: peer => friends.get(peer)?.label ?? null,
+      config: init.config ?? null,
+      override: { ...(init.maxUpload != null ? { upload: init.maxUpload } : {}), ...(init.maxDownload != null ? { download: init.maxDownload } : {}) }
+    })
     await libp2p.handle(FILES_PROTOCOL, filesHandler({ shares: service.shares, friends, secretKey: init.identity.secretKey }), {
       middleware: [friendsOnly(friends, 'files')]
     })
@@ -85,6 +98,12 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     })
     await service.transfers.start()
     return service
+  }
+
+  /** global, per-peer and time-of-day limits, persisted; `kith limits` */
+  get limits (): LimitsBook {
+    if (this.limitsBook == null) throw new KithError('INTERNAL', 'file sharing is not started')
+    return this.limitsBook
   }
 
   async stop (): Promise<void> {

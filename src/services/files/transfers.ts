@@ -13,7 +13,7 @@ import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys } from '../../transfer/seal.ts'
 import { assembleFile, storeReader } from '../../transfer/assemble.ts'
-import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
+import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
 import { fetchManifest, listShares } from './files-protocol.ts'
 import { ShareBook } from './share-book.ts'
 
@@ -41,10 +41,20 @@ export interface Transfer {
   state: TransferState
   totalBytes: number
   doneBytes: number
-  /** bytes per second, smoothed */
+  /** bytes per second: achieved over the scheduler's 2 s window */
   rate: number
-  /** seconds, or null when unknown */
+  /** seconds, or null when unknown: from this fetch's expected share of the caps (docs/scheduler.md) */
   eta: number | null
+  /** within its class, who goes first; `kith priority ID LEVEL` changes it while it runs */
+  priority: Priority
+  /** minimum rate asked for, bytes/s, or null */
+  minRate: number | null
+  /**
+   * How the floor stands while it runs (and as it last stood after): state
+   * `ok`, `cap` or `peer-cap` (the caps can't reserve all of it), or `slow`
+   * (reserved, but the sources are slower); null without a floor.
+   */
+  floor: FloorReport | null
   /** who served this fetch, and how much */
   sources: TransferSource[]
   error: { code: string, message: string } | null
@@ -68,6 +78,10 @@ export type StartFetch = {
   friend: string
   share: string
   path?: string
+  /** @default 'normal' */
+  priority?: Priority
+  /** bytes/s the fetch asks for at least */
+  minRate?: number
 } & ({ dest: string } | { destDir: string })
 
 export interface TransferInit {
@@ -84,6 +98,8 @@ export interface TransferInit {
 interface Running {
   controller: AbortController
   done: Promise<void>
+  /** its bandwidth flow, once it has one */
+  flow?: Flow
 }
 
 const FINAL: TransferState[] = ['done', 'failed', 'cancelled']
@@ -103,7 +119,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   async start (): Promise<void> {
     for await (const record of this.init.level.values()) {
       if (record.state === 'running') record.state = 'queued'
-      this.records.set(record.id, { ...record, rate: 0, eta: null, sources: record.sources ?? [] })
+      this.records.set(record.id, { ...record, rate: 0, eta: null, sources: record.sources ?? [], priority: record.priority ?? 'normal', minRate: record.minRate ?? null, floor: record.floor ?? null })
     }
     this.kick()
   }
@@ -125,13 +141,39 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     return record
   }
 
-  /** Queue-wide ETA: bytes left over the sum of current rates. */
+  /**
+   * Queue-wide ETA, seconds, from the scheduler's view: the bytes left in
+   * every running and queued fetch over the rate the running ones are
+   * expected to get together (their shares, at most the download cap in
+   * force); never less than the longest running fetch's own ETA. Null when
+   * unknown (nothing moved yet), 0 when nothing is left.
+   */
   queueEta (): number | null {
     const open = this.list().filter(t => !FINAL.includes(t.state) && t.state !== 'paused')
     const left = open.reduce((sum, t) => sum + Math.max(0, t.totalBytes - t.doneBytes), 0)
-    const rate = open.reduce((sum, t) => sum + t.rate, 0)
     if (left === 0) return 0
-    return rate > 0 ? left / rate : null
+    const bandwidth = this.init.bandwidth
+    let rate = 0
+    let longest = 0
+    for (const t of open) {
+      if (t.state !== 'running') continue
+      const flow = this.running.get(t.id)?.flow
+      const share = bandwidth !== undefined && flow !== undefined && !flow.closed ? bandwidth.share(flow) : null
+      rate += share ?? t.rate
+      if (t.eta != null) longest = Math.max(longest, t.eta)
+    }
+    if (bandwidth !== undefined) rate = Math.min(rate, bandwidth.caps().down)
+    return rate > 0 ? Math.max(longest, left / rate) : null
+  }
+
+  /** Changes a fetch's priority; a running one's next slice already goes by it. */
+  async setPriority (id: string, priority: Priority): Promise<Transfer> {
+    if (!PRIORITIES.includes(priority)) throw new KithError('BAD_REQUEST', `a priority is one of ${PRIORITIES.join(', ')}, not ${JSON.stringify(priority)}`)
+    const record = this.get(id)
+    if (FINAL.includes(record.state)) throw new KithError('TRANSFER_STATE', `transfer ${record.id} is already ${record.state}`)
+    this.running.get(record.id)?.flow?.setPriority(priority)
+    await this.save({ ...record, priority }, 'transfer:state')
+    return this.get(record.id)
   }
 
   /** Resolves the friend and share, pins the share's current manifest, and queues the fetch. */
@@ -146,6 +188,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const { manifest } = await this.pinManifest(friend.peerId, matches[0]!.id)
     const path = (req.path ?? '').replace(/^\/+|\/+$/g, '')
     const selected = select(manifest, path)
+    const priority = req.priority ?? 'normal'
+    if (!PRIORITIES.includes(priority)) throw new KithError('BAD_REQUEST', `a priority is one of ${PRIORITIES.join(', ')}, not ${JSON.stringify(priority)}`)
+    if (req.minRate != null && !(req.minRate >= 0 && Number.isFinite(req.minRate))) throw new KithError('BAD_REQUEST', 'minRate is a rate in bytes per second')
     const dest = 'dest' in req ? resolve(req.dest) : join(resolve(req.destDir), safeName(path === '' ? manifest.name : path.split('/').pop()!))
     if (await exists(dest)) throw new KithError('DESTINATION_EXISTS', `${dest} already exists; choose another -o or move it away`)
     const now = Date.now()
@@ -163,6 +208,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       doneBytes: 0,
       rate: 0,
       eta: null,
+      priority,
+      minRate: req.minRate != null && req.minRate > 0 ? req.minRate : null,
+      floor: null,
       sources: [],
       error: null,
       created: now,
@@ -269,7 +317,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       const meter = new RateMeter()
       const bandwidth = this.init.bandwidth
       // friends' shares are friend traffic; one flow for the fetch, each take naming its source
-      const flow = bandwidth?.flow({ direction: 'down', class: 'friend', label: id })
+      const flow = bandwidth?.flow({ direction: 'down', class: 'friend', label: id, priority: record.priority, floor: record.minRate ?? 0 })
+      const entry = this.running.get(id)
+      if (entry !== undefined && flow !== undefined) entry.flow = flow
       let last = 0
       const label = (peerId: string): string => this.init.friends.get(peerId)?.label ?? peerId
       const progress = (fetched: number, perSource: FetchProgress['perSource'], force = false): void => {
@@ -281,13 +331,15 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         const doneBytes = Math.min(record.totalBytes, held + fetched)
         let rate = meter.sample(doneBytes, now)
         let eta = rate > 0 ? (record.totalBytes - doneBytes) / rate : null
+        let floor: FloorReport | null = null
         if (bandwidth !== undefined && flow !== undefined && !flow.closed) {
           // the scheduler's view: achieved over its window, time left from this fetch's share of the caps
           rate = flow.stats().rate
           eta = bandwidth.eta(flow, record.totalBytes - doneBytes)
+          floor = flow.floor()
         }
         const sources = Object.entries(perSource).map(([peerId, p]) => ({ peerId, label: label(peerId), bytes: p.bytes, rate: Math.round(p.rate), state: p.state }))
-        const next = { ...record, doneBytes, rate, eta, sources, updated: now }
+        const next = { ...record, doneBytes, rate, eta, floor, sources, updated: now }
         this.records.set(id, next)
         this.emit('event', { type: 'transfer:progress', transfer: next })
       }

@@ -1,0 +1,436 @@
+import { EventEmitter } from 'node:events'
+import { z } from 'zod'
+import { lpStream, isPrivate } from '@libp2p/utils'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { Connection, Stream, PeerId } from '@libp2p/interface'
+import { KithError, isErrorCode, type ErrorCode } from '../errors.ts'
+import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
+import type { KithLibp2p } from '../peer/node.ts'
+import type { FriendBook, FriendEvent } from '../trust/friends.ts'
+import { friendsOnly } from '../trust/gate.ts'
+
+/**
+ * Reachability and relays (docs/protocols.md, "Reachability and relays").
+ *
+ * - Am I reachable? I ask up to MAX_HELPERS friends, over direct
+ *   connections, to dial me back (`/kith/reach/1.0.0`): each dials the IP it
+ *   sees me at, on my listen ports, with a fresh connection, and says whether
+ *   it got through. A dial-back that reaches me at a public IP makes me
+ *   `public`; dial-backs to public IPs that all fail make me `nat`; dial-backs
+ *   on private IPs only (LAN, loopback) say nothing, and I stay `unknown`.
+ *   libp2p's AutoNAT (@libp2p/autonat 3) would need 4 confirmations from
+ *   distinct peers and ignores private networks: too many for a few friends.
+ * - A `public` node relays for friends it granted `relay` (the gate refuses
+ *   reservations otherwise). A `nat` node reserves a slot on up to MAX_RELAYS
+ *   friends who grant it `relay` and whom it reaches directly at a public IP
+ *   (so they are reachable), by listening on `/p2p/<relay>/p2p-circuit`; the
+ *   relayed addresses join its own, and the locate publisher signs and pushes
+ *   them in its address record.
+ */
+export const REACH_PROTOCOL = '/kith/reach/1.0.0'
+const VERSION = 1
+export const MAX_REACH_MESSAGE = 2048
+export const MAX_REACH_PORTS = 4
+export const REACH_STREAM_TIMEOUT_MS = 12_000
+export const DIAL_BACK_TIMEOUT_MS = 5_000
+/** a friend answers one asker at most this often */
+export const MIN_DIAL_BACK_INTERVAL_MS = 3_000
+export const MAX_HELPERS = 3
+export const MAX_RELAYS = 2
+/** reachability is checked again this often, and when my addresses change */
+export const RECHECK_MS = 10 * 60_000
+/** checks wait this long for things to settle (several friends connecting at start) */
+export const CHECK_DEBOUNCE_MS = 500
+export const RESERVE_RETRY_BASE_MS = 2_000
+export const RESERVE_RETRY_MAX_MS = 5 * 60_000
+
+export type ReachabilityState = 'unknown' | 'public' | 'nat'
+
+export interface DialBackResult {
+  /** the address the friend dialed, /ip4/<ip>/tcp/<port> */
+  addr: string
+  ok: boolean
+}
+
+export interface ReachabilityView {
+  state: ReachabilityState
+  /** ms since epoch of the last check that told something, or null */
+  checkedAt: number | null
+  /** the friends' dial-backs of the last check */
+  evidence: Array<{ peerId: string, label: string, results: DialBackResult[] }>
+  /** where friends reached me at a public IP */
+  publicAddrs: string[]
+}
+
+export interface RelayInUse {
+  peerId: string
+  label: string
+  addrs: string[]
+}
+
+const requestSchema = z.object({ v: z.literal(VERSION), ports: z.array(z.number().int().min(1).max(65535)).min(1).max(MAX_REACH_PORTS) }).strict()
+const failure = z.object({ v: z.literal(VERSION), ok: z.literal(false), code: z.string().max(64), message: z.string().max(1024) }).strict()
+const responseSchema = z.union([
+  z.object({ v: z.literal(VERSION), ok: z.literal(true), results: z.array(z.object({ addr: z.string().max(256), ok: z.boolean() }).strict()).max(MAX_REACH_PORTS) }).strict(),
+  failure
+])
+
+const isCircuit = (ma: Multiaddr): boolean => ma.getComponents().some(c => c.name === 'p2p-circuit')
+
+/** The IP (and its protocol) a connection's remote address names, or null. */
+function ipOf (ma: Multiaddr): { proto: 'ip4' | 'ip6', ip: string } | null {
+  const c = ma.getComponents().find(c => c.name === 'ip4' || c.name === 'ip6')
+  return c?.value != null ? { proto: c.name as 'ip4' | 'ip6', ip: c.value } : null
+}
+
+/** The responder: dial the asker back where I see it, on the ports it names. */
+export function reachHandler (libp2p: KithLibp2p) {
+  const lastAnswered = new Map<string, number>()
+  return async (stream: Stream, connection: Connection): Promise<void> => {
+    const signal = AbortSignal.timeout(REACH_STREAM_TIMEOUT_MS)
+    const lp = lpStream(stream, { maxDataLength: MAX_REACH_MESSAGE })
+    const asker = connection.remotePeer.toString()
+    let response: unknown
+    try {
+      let bytes: Uint8Array
+      try {
+        bytes = (await lp.read({ signal })).subarray()
+      } catch (err) {
+        throw new KithError('PROTOCOL_VIOLATION', `the reach request could not be read (${(err as Error).message})`)
+      }
+      const parsed = requestSchema.safeParse(decodeCanonical(bytes, 'PROTOCOL_VIOLATION', 'the reach request'))
+      if (!parsed.success) throw new KithError('PROTOCOL_VIOLATION', `the reach request is malformed: ${parsed.error.issues[0]?.message ?? ''}`)
+      const ip = ipOf(connection.remoteAddr)
+      if (isCircuit(connection.remoteAddr) || ip == null) throw new KithError('BAD_REQUEST', 'ask for a dial-back over a direct connection')
+      const now = Date.now()
+      if (now - (lastAnswered.get(asker) ?? 0) < MIN_DIAL_BACK_INTERVAL_MS) throw new KithError('BAD_REQUEST', 'asked for a dial-back too often; wait a few seconds')
+      lastAnswered.set(asker, now)
+      if (lastAnswered.size > 1024) lastAnswered.clear()
+      // only ever the IP the asker connects from: a friend can't point me at somebody else
+      const ports = [...new Set(parsed.data.ports)]
+      const results = await Promise.all(ports.map(async port => {
+        const addr = `/${ip.proto}/${ip.ip}/tcp/${port}`
+        try {
+          const back = await libp2p.dial(multiaddr(`${addr}/p2p/${asker}`), { force: true, signal: AbortSignal.any([signal, AbortSignal.timeout(DIAL_BACK_TIMEOUT_MS)]) })
+          const ok = back.remotePeer.equals(connection.remotePeer) && !isCircuit(back.remoteAddr) && back.id !== connection.id
+          if (back.id !== connection.id) await back.close().catch(() => {})
+          return { addr, ok }
+        } catch {
+          return { addr, ok: false }
+        }
+      }))
+      response = { v: VERSION, ok: true, results }
+    } catch (err) {
+      const code: ErrorCode = err instanceof KithError ? err.code : 'INTERNAL'
+      response = { v: VERSION, ok: false, code, message: err instanceof KithError ? err.message : 'the reach request failed' }
+    }
+    try {
+      await lp.write(encodeCanonical(response), { signal })
+      await stream.close({ signal })
+    } catch (err) {
+      stream.abort(err as Error)
+    }
+  }
+}
+
+/** The asker: which of my ports a friend reached at the IP it sees me at. */
+export async function askDialBack (libp2p: KithLibp2p, peer: PeerId, ports: number[], signal?: AbortSignal): Promise<DialBackResult[]> {
+  const timeout = AbortSignal.timeout(REACH_STREAM_TIMEOUT_MS)
+  const all = signal != null ? AbortSignal.any([signal, timeout]) : timeout
+  // over a direct connection only: the friend must see my IP, not a relay's
+  const connection = libp2p.getConnections(peer).find(c => c.status === 'open' && !isCircuit(c.remoteAddr))
+  if (connection == null) throw new KithError('FRIEND_OFFLINE', `no direct connection to ${peer.toString()} to ask for a dial-back`)
+  const stream = await connection.newStream(REACH_PROTOCOL, { signal: all })
+  const lp = lpStream(stream, { maxDataLength: MAX_REACH_MESSAGE })
+  try {
+    await lp.write(encodeCanonical({ v: VERSION, ports: ports.slice(0, MAX_REACH_PORTS) }), { signal: all })
+    const reply = responseSchema.safeParse(decodeCanonical((await lp.read({ signal: all })).subarray(), 'PROTOCOL_VIOLATION', 'the reach answer'))
+    await stream.close({ signal: all }).catch(() => {})
+    if (!reply.success) throw new KithError('PROTOCOL_VIOLATION', `${peer.toString()} sent a malformed reach answer`)
+    if (!reply.data.ok) throw new KithError(isErrorCode(reply.data.code) ? reply.data.code : 'PROTOCOL_VIOLATION', reply.data.message)
+    return reply.data.results
+  } catch (err) {
+    stream.abort(err as Error)
+    throw err
+  }
+}
+
+/** Whether a dial-back address is on a public IP. */
+function publicAddr (addr: string): boolean {
+  try { return !isPrivate(multiaddr(addr)) } catch { return false }
+}
+
+export interface ReachabilityInit {
+  libp2p: KithLibp2p
+  friends: FriendBook
+  /** tells the gate whether to grant relay reservations */
+  onState?: (state: ReachabilityState) => void
+}
+
+export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
+  private readonly libp2p: KithLibp2p
+  private readonly friends: FriendBook
+  private readonly init: ReachabilityInit
+  private view: ReachabilityView = { state: 'unknown', checkedAt: null, evidence: [], publicAddrs: [] }
+  private readonly controller = new AbortController()
+  private checkTimer: NodeJS.Timeout | null = null
+  private periodic: NodeJS.Timeout | null = null
+  private checking = false
+  private recheck = false
+  private lastPorts = ''
+  /** relay peer -> reservation attempt state */
+  private readonly reserving = new Set<string>()
+  private readonly backoff = new Map<string, { attempt: number, until: number }>()
+  private reserveTimer: NodeJS.Timeout | null = null
+  private running = false
+
+  constructor (init: ReachabilityInit) {
+    super()
+    this.init = init
+    this.libp2p = init.libp2p
+    this.friends = init.friends
+  }
+
+  async start (): Promise<void> {
+    await this.libp2p.handle(REACH_PROTOCOL, reachHandler(this.libp2p), {
+      maxInboundStreams: 2,
+      middleware: [friendsOnly(this.friends)]
+    })
+    this.running = true
+    this.libp2p.addEventListener('connection:open', this.onOpen)
+    this.libp2p.addEventListener('self:peer:update', this.onSelfUpdate)
+    this.friends.on('event', this.onFriendEvent)
+    this.lastPorts = this.ports().join()
+    this.periodic = setInterval(() => this.scheduleCheck(), RECHECK_MS)
+    this.periodic.unref()
+    this.scheduleCheck()
+  }
+
+  async stop (): Promise<void> {
+    this.running = false
+    this.controller.abort()
+    for (const t of [this.checkTimer, this.reserveTimer]) if (t != null) clearTimeout(t)
+    if (this.periodic != null) clearInterval(this.periodic)
+    this.libp2p.removeEventListener('connection:open', this.onOpen)
+    this.libp2p.removeEventListener('self:peer:update', this.onSelfUpdate)
+    this.friends.off('event', this.onFriendEvent)
+    await this.libp2p.unhandle(REACH_PROTOCOL).catch(() => {})
+  }
+
+  get current (): ReachabilityView {
+    return this.view
+  }
+
+  /** Relays I hold a reservation on: my relayed listen addresses, grouped by relay. */
+  relays (): RelayInUse[] {
+    const byRelay = new Map<string, string[]>()
+    for (const ma of this.libp2p.getMultiaddrs()) {
+      const parts = ma.getComponents()
+      const at = parts.findIndex(c => c.name === 'p2p-circuit')
+      const relay = at > 0 ? parts[at - 1] : undefined
+      if (relay?.name !== 'p2p' || relay.value == null) continue
+      const list = byRelay.get(relay.value) ?? []
+      list.push(ma.toString())
+      byRelay.set(relay.value, list)
+    }
+    return [...byRelay].map(([peerId, addrs]) => ({ peerId, label: this.friends.get(peerId)?.label ?? peerId, addrs }))
+  }
+
+  /** Friends holding a reservation on me, as their relay. */
+  serving (): Array<{ peerId: string, label: string, expires: number }> {
+    const out: Array<{ peerId: string, label: string, expires: number }> = []
+    for (const [peer, reservation] of this.libp2p.services.relay.reservations.entries()) {
+      const id = peer.toString()
+      out.push({ peerId: id, label: this.friends.get(id)?.label ?? id, expires: reservation.expiry.getTime() })
+    }
+    return out
+  }
+
+  /** Checks now (or right after the check in flight) and resolves with the outcome. */
+  async check (): Promise<ReachabilityView> {
+    if (this.checking) {
+      this.recheck = true
+      return this.view
+    }
+    this.checking = true
+    try {
+      do {
+        this.recheck = false
+        await this.runCheck()
+      } while (this.recheck && this.running)
+    } finally {
+      this.checking = false
+    }
+    return this.view
+  }
+
+  private scheduleCheck (delay = CHECK_DEBOUNCE_MS): void {
+    if (!this.running) return
+    if (this.checkTimer != null) clearTimeout(this.checkTimer)
+    this.checkTimer = setTimeout(() => {
+      this.checkTimer = null
+      this.check().catch(() => {})
+    }, delay)
+    this.checkTimer.unref()
+  }
+
+  /** My TCP listen ports (not relayed addresses). */
+  private ports (): number[] {
+    const ports = new Set<number>()
+    for (const ma of this.libp2p.getMultiaddrs()) {
+      if (isCircuit(ma)) continue
+      const tcp = ma.getComponents().find(c => c.name === 'tcp')
+      if (tcp?.value != null && Number(tcp.value) > 0) ports.add(Number(tcp.value))
+    }
+    return [...ports].slice(0, MAX_REACH_PORTS)
+  }
+
+  /** Friends I am connected to directly, who can dial me back. */
+  private helpers (): string[] {
+    const out: string[] = []
+    for (const friend of this.friends.list()) {
+      if (friend.state !== 'active') continue
+      const direct = this.libp2p.getConnections(peerIdFromString(friend.peerId)).some(c => c.status === 'open' && !isCircuit(c.remoteAddr))
+      if (direct) out.push(friend.peerId)
+    }
+    // prefer friends I reach at a public IP: they see my public IP
+    const publicFirst = (peer: string): number => this.libp2p.getConnections(peerIdFromString(peer)).some(c => c.status === 'open' && !isCircuit(c.remoteAddr) && !isPrivate(c.remoteAddr)) ? 0 : 1
+    return out.sort((a, b) => publicFirst(a) - publicFirst(b)).slice(0, MAX_HELPERS)
+  }
+
+  private async runCheck (): Promise<void> {
+    const ports = this.ports()
+    const helpers = this.helpers()
+    if (ports.length === 0 || helpers.length === 0) return
+    const evidence = (await Promise.all(helpers.map(async peer => {
+      try {
+        const results = await askDialBack(this.libp2p, peerIdFromString(peer), ports, this.controller.signal)
+        return [{ peerId: peer, label: this.friends.get(peer)?.label ?? peer, results }]
+      } catch {
+        return []
+      }
+    }))).flat()
+    if (!this.running) return
+    const results = evidence.flatMap(e => e.results).filter(r => publicAddr(r.addr))
+    // only dial-backs on public IPs tell: LAN or loopback friends always get through
+    if (results.length === 0) return
+    const reached = [...new Set(results.filter(r => r.ok).map(r => r.addr))]
+    // libp2p announces a public listen address only once something confirmed it: a friend just did
+    for (const addr of reached) {
+      try { addressManager(this.libp2p)?.confirmObservedAddr(multiaddr(addr)) } catch {}
+    }
+    const state: ReachabilityState = reached.length > 0 ? 'public' : 'nat'
+    const changed = state !== this.view.state
+    this.view = { state, checkedAt: Date.now(), evidence, publicAddrs: reached }
+    this.init.onState?.(state)
+    if (changed) this.emit('change', this.view)
+    this.reserve()
+  }
+
+  private readonly onOpen = (evt: CustomEvent<Connection>): void => {
+    const connection = evt.detail
+    const peer = connection.remotePeer.toString()
+    if (!this.friends.isActive(peer) || isCircuit(connection.remoteAddr)) return
+    // a friend to ask, or a relay to reserve on
+    if (this.view.state === 'unknown' || this.view.checkedAt == null) this.scheduleCheck()
+    else this.reserve()
+  }
+
+  private readonly onSelfUpdate = (): void => {
+    const ports = this.ports().join()
+    if (ports === this.lastPorts) return // only relayed addresses changed
+    this.lastPorts = ports
+    this.scheduleCheck()
+  }
+
+  private readonly onFriendEvent = (evt: FriendEvent): void => {
+    if (evt.type !== 'friend:added' && evt.type !== 'friend:changed') return
+    // a new friend may dial me back (the redeem connection is still up), or relay for me
+    if (evt.type === 'friend:added' && this.view.checkedAt == null) this.scheduleCheck()
+    else this.reserve()
+  }
+
+  /** Behind NAT: keep reservations on up to MAX_RELAYS reachable friends who grant me `relay`. */
+  private reserve (): void {
+    if (!this.running || this.view.state !== 'nat') return
+    const inUse = new Set(this.relays().map(r => r.peerId))
+    let wanted = MAX_RELAYS - inUse.size - this.reserving.size
+    if (wanted <= 0) return
+    const now = Date.now()
+    let nextRetry = Infinity
+    for (const friend of this.friends.list()) {
+      if (wanted <= 0) break
+      const peer = friend.peerId
+      if (friend.state !== 'active' || !friend.grantsFromThem.includes('relay') || inUse.has(peer) || this.reserving.has(peer)) continue
+      const wait = this.backoff.get(peer)
+      if (wait != null && wait.until > now) {
+        nextRetry = Math.min(nextRetry, wait.until)
+        continue
+      }
+      // a friend I reach directly at a public IP is reachable, and can relay
+      const conn = this.libp2p.getConnections(peerIdFromString(peer)).find(c => c.status === 'open' && !isCircuit(c.remoteAddr) && !isPrivate(c.remoteAddr))
+      if (conn == null) continue
+      wanted--
+      this.reserving.add(peer)
+      const addr = multiaddr(`${conn.remoteAddr.decapsulateCode(421).toString()}/p2p/${peer}/p2p-circuit`)
+      Promise.resolve().then(async () => { await transportManager(this.libp2p).listen([addr]) })
+        .then(() => { this.backoff.delete(peer) })
+        .catch(() => {
+          const attempt = (this.backoff.get(peer)?.attempt ?? 0) + 1
+          this.backoff.set(peer, { attempt, until: Date.now() + Math.min(RESERVE_RETRY_MAX_MS, RESERVE_RETRY_BASE_MS * 2 ** (attempt - 1)) })
+        })
+        .finally(() => {
+          this.reserving.delete(peer)
+          this.scheduleReserve(500)
+        })
+    }
+    if (Number.isFinite(nextRetry)) this.scheduleReserve(nextRetry - now)
+  }
+
+  private scheduleReserve (delay: number): void {
+    if (!this.running) return
+    if (this.reserveTimer != null) clearTimeout(this.reserveTimer)
+    this.reserveTimer = setTimeout(() => {
+      this.reserveTimer = null
+      this.reserve()
+    }, Math.max(0, delay))
+    this.reserveTimer.unref()
+  }
+}
+
+/** libp2p has no public way to listen on a new address once started: its transport manager does it. */
+function transportManager (libp2p: KithLibp2p): { listen: (addrs: Multiaddr[]) => Promise<void> } {
+  const tm = (libp2p as unknown as { components?: { transportManager?: { listen?: (addrs: Multiaddr[]) => Promise<void> } } }).components?.transportManager
+  if (tm?.listen == null) throw new KithError('INTERNAL', 'this libp2p has no transport manager to listen on a relay with')
+  return tm as { listen: (addrs: Multiaddr[]) => Promise<void> }
+}
+
+interface AddressManagerLike {
+  confirmObservedAddr: (addr: Multiaddr) => void
+  getAddressesWithMetadata: () => Array<{ multiaddr: Multiaddr, type: string }>
+}
+
+function addressManager (libp2p: KithLibp2p): AddressManagerLike | undefined {
+  const am = (libp2p as unknown as { components?: { addressManager?: Partial<AddressManagerLike> } }).components?.addressManager
+  return typeof am?.confirmObservedAddr === 'function' && typeof am.getAddressesWithMetadata === 'function' ? am as AddressManagerLike : undefined
+}
+
+/**
+ * Every address I listen on, with those libp2p does not announce yet (a
+ * public IP nobody confirmed), then my relayed ones: what an invite should
+ * carry, since the friend who takes it is the first who can confirm them.
+ */
+export function allAddrs (libp2p: KithLibp2p): string[] {
+  const announced = libp2p.getMultiaddrs().map(a => a.toString())
+  const self = libp2p.peerId.toString()
+  const unconfirmed = (addressManager(libp2p)?.getAddressesWithMetadata() ?? [])
+    .filter(a => a.type === 'transport')
+    .map(a => a.multiaddr.toString())
+    .map(a => a.endsWith(`/p2p/${self}`) ? a : `${a}/p2p/${self}`)
+  return [...new Set([...announced, ...unconfirmed])]
+}
+
+export function isCircuitAddr (ma: Multiaddr): boolean {
+  return isCircuit(ma)
+}

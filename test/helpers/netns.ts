@@ -1,0 +1,122 @@
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+
+/**
+ * Linux network namespaces for NAT tests: a "public" segment (a bridge-less
+ * point-to-point set of veth pairs routed by a hub namespace) and private
+ * LANs behind masquerading routers.
+ *
+ *   [A] 10.1.0.2 --- 10.1.0.1 [router a] 7.7.1.2 --- 7.7.1.1 \
+ *                                                            [hub] 7.7.0.1 --- 7.7.0.10 [R]
+ *   [B] 10.2.0.2 --- 10.2.0.1 [router b] 7.7.2.2 --- 7.7.2.1 /
+ *
+ * The "public" addresses are in 7.7.0.0/16: libp2p (and kith) treat the
+ * documentation ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24) as
+ * private, so a NAT test on those would see no public address at all. The
+ * namespaces have no route to the real internet, so nothing leaves the box.
+ *
+ * Each router masquerades its LAN (iptables -t nat POSTROUTING MASQUERADE)
+ * and forwards nothing inbound that is not part of a connection its LAN
+ * opened: a typical home NAT. Names carry a random suffix; `destroy()`
+ * removes every namespace (and with them their veths) even if set-up failed
+ * halfway.
+ */
+export interface NatTopology {
+  /** namespace names by role */
+  ns: { hub: string, r: string, routerA: string, routerB: string, a: string, b: string }
+  ips: { r: string, a: string, b: string, routerA: string, routerB: string }
+  destroy: () => Promise<void>
+}
+
+export async function sh (cmd: string, args: string[], timeoutMs = 10_000): Promise<string> {
+  return await new Promise((resolve, reject) => {
+    execFile(cmd, args, { timeout: timeoutMs }, (err, stdout, stderr) => {
+      if (err != null) reject(new Error(`${cmd} ${args.join(' ')}: ${stderr.trim() || err.message}`))
+      else resolve(stdout)
+    })
+  })
+}
+
+/** Why namespace tests can't run here, or null when they can. */
+export async function netnsUnavailable (): Promise<string | null> {
+  if (process.platform !== 'linux') return `network namespaces need Linux (this is ${process.platform})`
+  if (process.getuid?.() !== 0) return 'network namespaces need root (CI runs as root)'
+  for (const tool of ['ip', 'iptables']) {
+    try {
+      await sh('sh', ['-c', `command -v ${tool}`])
+    } catch {
+      return `${tool} is missing: apt-get install -y iproute2 iptables`
+    }
+  }
+  const probe = `kithprobe${randomBytes(3).toString('hex')}`
+  try {
+    await sh('ip', ['netns', 'add', probe])
+    await sh('ip', ['netns', 'exec', probe, 'iptables', '-t', 'nat', '-L', '-n'])
+  } catch (err) {
+    return `can't make a network namespace with NAT here: ${(err as Error).message}`
+  } finally {
+    await sh('ip', ['netns', 'del', probe]).catch(() => {})
+  }
+  return null
+}
+
+/** The command prefix that runs a program inside namespace `ns`. */
+export function inNetns (ns: string): string[] {
+  return ['ip', 'netns', 'exec', ns]
+}
+
+export async function createNatTopology (): Promise<NatTopology> {
+  const id = randomBytes(3).toString('hex')
+  const ns = { hub: `kith-hub-${id}`, r: `kith-r-${id}`, routerA: `kith-ra-${id}`, routerB: `kith-rb-${id}`, a: `kith-a-${id}`, b: `kith-b-${id}` }
+  const created: string[] = []
+  const destroy = async (): Promise<void> => {
+    for (const name of created.reverse()) await sh('ip', ['netns', 'del', name]).catch(() => {})
+  }
+  const x = async (name: string, ...args: string[]): Promise<string> => await sh('ip', ['netns', 'exec', name, ...args])
+  // veth names are at most 15 characters
+  let n = 0
+  const link = async (left: string, leftIp: string, right: string, rightIp: string): Promise<void> => {
+    const l = `kv${id}${n}l`
+    const r = `kv${id}${n++}r`
+    await sh('ip', ['link', 'add', l, 'netns', left, 'type', 'veth', 'peer', 'name', r, 'netns', right])
+    await x(left, 'ip', 'addr', 'add', leftIp, 'dev', l)
+    await x(right, 'ip', 'addr', 'add', rightIp, 'dev', r)
+    await x(left, 'ip', 'link', 'set', l, 'up')
+    await x(right, 'ip', 'link', 'set', r, 'up')
+  }
+  try {
+    for (const name of Object.values(ns)) {
+      await sh('ip', ['netns', 'add', name])
+      created.push(name)
+      await x(name, 'ip', 'link', 'set', 'lo', 'up')
+    }
+    // public side: the hub routes between R and the two routers' WAN sides
+    await link(ns.hub, '7.7.0.1/24', ns.r, '7.7.0.10/24')
+    await link(ns.hub, '7.7.1.1/24', ns.routerA, '7.7.1.2/24')
+    await link(ns.hub, '7.7.2.1/24', ns.routerB, '7.7.2.2/24')
+    await x(ns.hub, 'sysctl', '-qw', 'net.ipv4.ip_forward=1')
+    await x(ns.r, 'ip', 'route', 'add', 'default', 'via', '7.7.0.1')
+    // private LANs behind the routers
+    await link(ns.routerA, '10.1.0.1/24', ns.a, '10.1.0.2/24')
+    await link(ns.routerB, '10.2.0.1/24', ns.b, '10.2.0.2/24')
+    await x(ns.a, 'ip', 'route', 'add', 'default', 'via', '10.1.0.1')
+    await x(ns.b, 'ip', 'route', 'add', 'default', 'via', '10.2.0.1')
+    for (const [router, wanGw, lan] of [[ns.routerA, '7.7.1.1', '10.1.0.0/24'], [ns.routerB, '7.7.2.1', '10.2.0.0/24']] as const) {
+      await x(router, 'ip', 'route', 'add', 'default', 'via', wanGw)
+      await x(router, 'sysctl', '-qw', 'net.ipv4.ip_forward=1')
+      await x(router, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', lan, '!', '-d', lan, '-j', 'MASQUERADE')
+      // a home router: only replies come in
+      await x(router, 'iptables', '-A', 'FORWARD', '-s', lan, '-j', 'ACCEPT')
+      await x(router, 'iptables', '-A', 'FORWARD', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT')
+      await x(router, 'iptables', '-P', 'FORWARD', 'DROP')
+    }
+  } catch (err) {
+    await destroy()
+    throw err
+  }
+  return {
+    ns,
+    ips: { r: '7.7.0.10', a: '10.1.0.2', b: '10.2.0.2', routerA: '7.7.1.2', routerB: '7.7.2.2' },
+    destroy
+  }
+}
