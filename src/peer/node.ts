@@ -22,6 +22,12 @@ export const DHT_PROTOCOL = '/kith/kad/1.0.0'
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/0']
 
 /** yamux's max stream window is 16 MiB; a smaller read buffer makes pause() reset the stream. */
+/**
+ * yamux lets a stream's window grow to 16 MiB by default; a fetcher with two
+ * GET streams to each of several sources then holds tens of MiB in flight.
+ * 4 MiB is still far above the bandwidth-delay product of a home link.
+ */
+const MAX_STREAM_WINDOW = 4 * 1024 * 1024
 const MAX_READ_BUFFER = 32 * 1024 * 1024
 
 export type KithServices = {
@@ -88,7 +94,7 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
     // src/services/reachability.ts reserves explicitly (no `/p2p-circuit` discovery)
     transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux({ streamOptions: { maxReadBufferLength: MAX_READ_BUFFER } })],
+    streamMuxers: [yamux({ streamOptions: { maxReadBufferLength: MAX_READ_BUFFER, maxStreamWindowSize: MAX_STREAM_WINDOW } })],
     connectionGater: init.gater,
     services: {
       identify: identify({ protocolPrefix: 'kith' }),
