@@ -4,8 +4,9 @@ import { lpStream, isPrivate } from '@libp2p/utils'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Connection, Stream, PeerId } from '@libp2p/interface'
-import { KithError, isErrorCode, type ErrorCode } from '../errors.ts'
+import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
+import { serveOnce } from '../peer/request-response.ts'
 import type { KithLibp2p } from '../peer/node.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
 import { friendsOnly } from '../trust/gate.ts'
@@ -88,19 +89,8 @@ function ipOf (ma: Multiaddr): { proto: 'ip4' | 'ip6', ip: string } | null {
 export function reachHandler (libp2p: KithLibp2p) {
   const lastAnswered = new Map<string, number>()
   return async (stream: Stream, connection: Connection): Promise<void> => {
-    const signal = AbortSignal.timeout(REACH_STREAM_TIMEOUT_MS)
-    const lp = lpStream(stream, { maxDataLength: MAX_REACH_MESSAGE })
     const asker = connection.remotePeer.toString()
-    let response: unknown
-    try {
-      let bytes: Uint8Array
-      try {
-        bytes = (await lp.read({ signal })).subarray()
-      } catch (err) {
-        throw new KithError('PROTOCOL_VIOLATION', `the reach request could not be read (${(err as Error).message})`)
-      }
-      const parsed = requestSchema.safeParse(decodeCanonical(bytes, 'PROTOCOL_VIOLATION', 'the reach request'))
-      if (!parsed.success) throw new KithError('PROTOCOL_VIOLATION', `the reach request is malformed: ${parsed.error.issues[0]?.message ?? ''}`)
+    await serveOnce(stream, { version: VERSION, schema: requestSchema, maxRequest: MAX_REACH_MESSAGE, timeoutMs: REACH_STREAM_TIMEOUT_MS, what: 'the reach request' }, async (request, signal) => {
       const ip = ipOf(connection.remoteAddr)
       if (isCircuit(connection.remoteAddr) || ip == null) throw new KithError('BAD_REQUEST', 'ask for a dial-back over a direct connection')
       const now = Date.now()
@@ -108,7 +98,7 @@ export function reachHandler (libp2p: KithLibp2p) {
       lastAnswered.set(asker, now)
       if (lastAnswered.size > 1024) lastAnswered.clear()
       // only ever the IP the asker connects from: a friend can't point me at somebody else
-      const ports = [...new Set(parsed.data.ports)]
+      const ports = [...new Set(request.ports)]
       const results = await Promise.all(ports.map(async port => {
         const addr = `/${ip.proto}/${ip.ip}/tcp/${port}`
         try {
@@ -120,17 +110,8 @@ export function reachHandler (libp2p: KithLibp2p) {
           return { addr, ok: false }
         }
       }))
-      response = { v: VERSION, ok: true, results }
-    } catch (err) {
-      const code: ErrorCode = err instanceof KithError ? err.code : 'INTERNAL'
-      response = { v: VERSION, ok: false, code, message: err instanceof KithError ? err.message : 'the reach request failed' }
-    }
-    try {
-      await lp.write(encodeCanonical(response), { signal })
-      await stream.close({ signal })
-    } catch (err) {
-      stream.abort(err as Error)
-    }
+      return { results }
+    })
   }
 }
 

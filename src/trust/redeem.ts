@@ -3,8 +3,9 @@ import { lpStream } from '@libp2p/utils'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection, Libp2p, Stream, AbortOptions } from '@libp2p/interface'
-import { KithError, isErrorCode, type ErrorCode } from '../errors.ts'
+import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
+import { serveOnce } from '../peer/request-response.ts'
 import { checkValidity, redeemProof, displayName, isMultiaddr, type Invite, MAX_INVITE_ADDRS, MAX_ADDR_LENGTH } from './invite.ts'
 import { SERVICES, type Service } from './grants.ts'
 import type { FriendBook, Friend } from './friends.ts'
@@ -60,11 +61,7 @@ export interface RedeemHandlerInit {
 /** The issuer's side. */
 export function redeemHandler (init: RedeemHandlerInit) {
   return async (stream: Stream, connection: Connection): Promise<void> => {
-    const signal = AbortSignal.timeout(REDEEM_TIMEOUT_MS)
-    const lp = lpStream(stream, { maxDataLength: MAX_REDEEM_MESSAGE })
-    let response: Response
-    try {
-      const request: Request = parse(requestSchema, (await lp.read({ signal })).subarray(), 'the redeem request')
+    await serveOnce(stream, { version: VERSION, schema: requestSchema, maxRequest: MAX_REDEEM_MESSAGE, timeoutMs: REDEEM_TIMEOUT_MS, what: 'the redeem request' }, async (request) => {
       const accepter = connection.remotePeer
       if (accepter.publicKey == null) throw new KithError('PROTOCOL_VIOLATION', 'the accepter has no Ed25519 identity')
       const publicKey = Buffer.from(accepter.publicKey.raw).toString('base64')
@@ -80,18 +77,8 @@ export function redeemHandler (init: RedeemHandlerInit) {
           via: invite.id
         })
       })
-      response = { v: VERSION, ok: true, name: init.displayName(), grants: invite.grants }
-    } catch (err) {
-      const code: ErrorCode = err instanceof KithError ? err.code : 'PROTOCOL_VIOLATION'
-      const message = err instanceof KithError ? err.message : `the request could not be read (${(err as Error).message})`
-      response = { v: VERSION, ok: false, code, message }
-    }
-    try {
-      await lp.write(encodeCanonical(response), { signal })
-      await stream.close({ signal })
-    } catch (err) {
-      stream.abort(err as Error)
-    }
+      return { name: init.displayName(), grants: invite.grants }
+    })
   }
 }
 

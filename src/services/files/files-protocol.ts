@@ -1,8 +1,9 @@
 import { z } from 'zod'
 import { lpStream } from '@libp2p/utils'
 import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface'
-import { KithError, isErrorCode, type ErrorCode } from '../../errors.ts'
+import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
+import { serveOnce } from '../../peer/request-response.ts'
 import { wrapKey } from '../../peer/key-wrap.ts'
 import { MAX_MANIFEST_BYTES } from '../../transfer/constants.ts'
 import type { FriendBook } from '../../trust/friends.ts'
@@ -52,34 +53,16 @@ export interface FilesHandlerInit {
 
 export function filesHandler (init: FilesHandlerInit) {
   return async (stream: Stream, connection: Connection): Promise<void> => {
-    const signal = AbortSignal.timeout(FILES_TIMEOUT_MS)
-    const lp = lpStream(stream, { maxDataLength: MAX_FILES_REQUEST })
     const peer = connection.remotePeer.toString()
-    let response: unknown
-    try {
-      const parsed = requestSchema.safeParse(decodeCanonical((await lp.read({ signal })).subarray(), 'PROTOCOL_VIOLATION', 'the files request'))
-      if (!parsed.success) throw new KithError('PROTOCOL_VIOLATION', 'the files request is malformed')
-      const request = parsed.data
+    await serveOnce(stream, { version: VERSION, schema: requestSchema, maxRequest: MAX_FILES_REQUEST, timeoutMs: FILES_TIMEOUT_MS, what: 'the files request' }, async (request) => {
       const visible = await init.shares.listFor(peer)
-      if (request.op === 'list') {
-        response = { v: VERSION, ok: true, shares: visible.map(listing) }
-      } else {
-        const share = visible.find(s => s.id === request.share)
-        if (share == null) throw new KithError('SHARE_UNKNOWN', 'no such share is shared with you')
-        const friend = init.friends.get(peer)!
-        const key = wrapKey(Buffer.from(share.key, 'base64'), Buffer.from(friend.publicKey, 'base64'), init.secretKey)
-        response = { v: VERSION, ok: true, manifest: Buffer.from(share.manifest, 'base64'), key }
-      }
-    } catch (err) {
-      const code: ErrorCode = err instanceof KithError ? err.code : 'PROTOCOL_VIOLATION'
-      response = { v: VERSION, ok: false, code, message: err instanceof KithError ? err.message : `the request could not be read (${(err as Error).message})` }
-    }
-    try {
-      await lp.write(encodeCanonical(response), { signal })
-      await stream.close({ signal })
-    } catch (err) {
-      stream.abort(err as Error)
-    }
+      if (request.op === 'list') return { shares: visible.map(listing) }
+      const share = visible.find(s => s.id === request.share)
+      if (share == null) throw new KithError('SHARE_UNKNOWN', 'no such share is shared with you')
+      const friend = init.friends.get(peer)!
+      const key = wrapKey(Buffer.from(share.key, 'base64'), Buffer.from(friend.publicKey, 'base64'), init.secretKey)
+      return { manifest: Buffer.from(share.manifest, 'base64'), key }
+    })
   }
 }
 

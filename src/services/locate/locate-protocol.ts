@@ -1,8 +1,9 @@
 import { z } from 'zod'
 import { lpStream } from '@libp2p/utils'
 import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface'
-import { KithError, isErrorCode, type ErrorCode } from '../../errors.ts'
+import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
+import { serveOnce } from '../../peer/request-response.ts'
 import { parseAddressRecord, type AddressRecord } from '../../peer/address-record.ts'
 import { LOCATE_PROTOCOL, LOCATE_PROTOCOL_VERSION as VERSION, MAX_LOCATE_MESSAGE, LOCATE_STREAM_TIMEOUT_MS } from './constants.ts'
 
@@ -41,36 +42,14 @@ export interface LocateHandlerInit {
 
 export function locateHandler (init: LocateHandlerInit) {
   return async (stream: Stream, connection: Connection): Promise<void> => {
-    const signal = AbortSignal.timeout(LOCATE_STREAM_TIMEOUT_MS)
-    const lp = lpStream(stream, { maxDataLength: MAX_LOCATE_MESSAGE })
     const remote = connection.remotePeer.toString()
-    let response: unknown
-    try {
-      let bytes: Uint8Array
-      try {
-        bytes = (await lp.read({ signal })).subarray()
-      } catch (err) {
-        throw new KithError('PROTOCOL_VIOLATION', `the locate request could not be read (${(err as Error).message})`)
-      }
-      const parsed = requestSchema.safeParse(decodeCanonical(bytes, 'PROTOCOL_VIOLATION', 'the locate request'))
-      if (!parsed.success) throw new KithError('PROTOCOL_VIOLATION', `the locate request is malformed: ${parsed.error.issues[0]?.message ?? ''}`)
-      const request = parsed.data
+    await serveOnce(stream, { version: VERSION, schema: requestSchema, maxRequest: MAX_LOCATE_MESSAGE, timeoutMs: LOCATE_STREAM_TIMEOUT_MS, what: 'the locate request' }, async (request) => {
       if (request.op === 'push') {
         await init.onPush(parseAddressRecord(request.record, { subject: remote }), remote)
-        response = { v: VERSION, ok: true }
-      } else {
-        response = { v: VERSION, ok: true, record: await init.onQuery(remote, request.peer) }
+        return {}
       }
-    } catch (err) {
-      const code: ErrorCode = err instanceof KithError ? err.code : 'INTERNAL'
-      response = { v: VERSION, ok: false, code, message: err instanceof KithError ? err.message : 'the locate request failed' }
-    }
-    try {
-      await lp.write(encodeCanonical(response), { signal })
-      await stream.close({ signal })
-    } catch (err) {
-      stream.abort(err as Error)
-    }
+      return { record: await init.onQuery(remote, request.peer) }
+    })
   }
 }
 

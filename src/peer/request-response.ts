@@ -1,0 +1,50 @@
+import type { z } from 'zod'
+import { lpStream } from '@libp2p/utils'
+import type { Stream } from '@libp2p/interface'
+import { KithError, type ErrorCode } from '../errors.ts'
+import { encodeCanonical, decodeCanonical } from './canonical.ts'
+
+/**
+ * The answering side of kith's one-request, one-answer protocols (redeem,
+ * files, locate, reach): read one length-prefixed canonical CBOR request
+ * under a size limit, validate it, answer `{ v, ok: true, ...result }` or
+ * `{ v, ok: false, code, message }`, close. Nothing a peer sends can throw out
+ * of here.
+ */
+export interface ServeOnceInit<Req> {
+  /** protocol message version, echoed in `v` */
+  version: number
+  schema: z.ZodType<Req>
+  /** largest request accepted, checked before it is read */
+  maxRequest: number
+  timeoutMs: number
+  /** what the request is called in error messages, e.g. "the locate request" */
+  what: string
+}
+
+export async function serveOnce<Req> (stream: Stream, init: ServeOnceInit<Req>,
+  handle: (request: Req, signal: AbortSignal) => Promise<Record<string, unknown>>): Promise<void> {
+  const signal = AbortSignal.timeout(init.timeoutMs)
+  const lp = lpStream(stream, { maxDataLength: init.maxRequest })
+  let response: Record<string, unknown>
+  try {
+    let bytes: Uint8Array
+    try {
+      bytes = (await lp.read({ signal })).subarray()
+    } catch (err) {
+      throw new KithError('PROTOCOL_VIOLATION', `${init.what} could not be read (${(err as Error).message})`)
+    }
+    const parsed = init.schema.safeParse(decodeCanonical(bytes, 'PROTOCOL_VIOLATION', init.what))
+    if (!parsed.success) throw new KithError('PROTOCOL_VIOLATION', `${init.what} is malformed: ${parsed.error.issues[0]?.message ?? ''}`)
+    response = { v: init.version, ok: true, ...(await handle(parsed.data, signal)) }
+  } catch (err) {
+    const code: ErrorCode = err instanceof KithError ? err.code : 'INTERNAL'
+    response = { v: init.version, ok: false, code, message: err instanceof KithError ? err.message : `${init.what} failed` }
+  }
+  try {
+    await lp.write(encodeCanonical(response), { signal })
+    await stream.close({ signal })
+  } catch (err) {
+    stream.abort(err as Error)
+  }
+}
