@@ -1,10 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { createServer } from 'node:net'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { TestNode, waitFor, NODE, KITH } from '../test/helpers/testnet.ts'
+import { TestNode, waitFor, freePort, NODE, KITH } from '../test/helpers/testnet.ts'
 import { netnsUnavailable, createNatTopology, type NatTopology } from '../test/helpers/netns.ts'
 
 /**
@@ -31,17 +30,6 @@ function percentile (values: number[], p: number): number {
 
 export function summarise (row: ReachRow): string {
   return `${row.figure}: p50 ${percentile(row.samples, 50)} ms, p95 ${percentile(row.samples, 95)} ms over ${row.samples.length} (${row.samples.join(' ')})${row.note != null ? `; ${row.note}` : ''}`
-}
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-    server.on('error', reject)
-  })
 }
 
 /** `kith events` of a node, as a stream of parsed events with their arrival time. */

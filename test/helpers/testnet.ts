@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
+import { createServer } from 'node:net'
 
 /**
  * Real kith daemons in separate processes, each with its own temp home, driven
@@ -176,4 +177,16 @@ export async function befriend (issuer: TestNode, accepter: TestNode, ...createA
 /** A node's transfer by id, as `kith transfers --json` shows it. */
 export async function transferOf (node: TestNode, id: string): Promise<any> {
   return (await node.json<{ transfers: any[] }>('transfers')).transfers.find(t => t.id === id)
+}
+
+/** A TCP port free on 127.0.0.1 right now (for a node that must move to a new port). */
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+    server.on('error', reject)
+  })
 }

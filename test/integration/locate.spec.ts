@@ -1,11 +1,10 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { createServer } from 'node:net'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import nacl from 'tweetnacl'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { createTestnet, waitFor, TestNode, type Testnet } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, freePort, TestNode, type Testnet } from '../helpers/testnet.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 import { KithError } from '../../src/errors.ts'
 import { openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
@@ -53,17 +52,6 @@ async function online (node: TestNode, other: TestNode): Promise<boolean> {
 async function befriend (issuer: TestNode, accepter: TestNode): Promise<void> {
   const { text } = await (await api(issuer)).call<{ text: string }>('POST', '/v1/invites', { label: accepter.name })
   await (await api(accepter)).call('POST', '/v1/invites/accept', { text })
-}
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-    server.on('error', reject)
-  })
 }
 
 function portOf (node: TestNode): number {
