@@ -83,6 +83,13 @@ export const ERROR_CODES = {
   RECORD_STALE: 409,
   LOCATE_NOT_GRANTED: 403,
   LOCATE_FAILED: 502,
+  // hole punching (/kith/punch/1.0.0)
+  PUNCH_MALFORMED: 400,
+  PUNCH_TOO_LARGE: 413,
+  /** the friend won't punch (it doesn't know its public address), or offered an address that isn't public */
+  PUNCH_REFUSED: 502,
+  /** the simultaneous connect got no direct connection in time */
+  PUNCH_FAILED: 504,
   // home folder and stored state
   HOME_LOCKED: 409,
   IDENTITY_CORRUPT: 500,

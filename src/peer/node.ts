@@ -11,9 +11,11 @@ import type { ConnectionGater, PrivateKey, StreamMiddleware } from '@libp2p/inte
 import { KithError } from '../errors.ts'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { dhtRecordRules } from './address-record.ts'
+import { holePunch, type HolePunch } from './hole-punch.ts'
 
 /**
- * The libp2p node: TCP, Noise, yamux, identify, ping and a Kademlia DHT under
+ * The libp2p node: TCP, Noise, yamux, identify, ping, circuit relay, dcutr,
+ * kith's own TCP hole punching, and a Kademlia DHT under
  * kith's own protocol prefix, so it only ever meets other kith nodes. The DHT
  * accepts one kind of record, signed address records (`/kith-addr/...`, see
  * address-record.ts).
@@ -36,6 +38,7 @@ export type KithServices = {
   dht: KadDHT
   relay: CircuitRelayService
   dcutr: unknown
+  punch: HolePunch
 }
 
 /**
@@ -103,6 +106,9 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
       relay: circuitRelayServer({ reservations: relayReservations(init.relay) }),
       // upgrades relayed connections to direct ones where the NATs allow
       dcutr: dcutr(),
+      // TCP hole punching between friends behind NAT, which dcutr can't do on Node (src/peer/hole-punch.ts);
+      // src/services/reachability.ts serves /kith/punch/1.0.0 to friends only and decides when to punch
+      punch: holePunch(),
       dht: kadDHT({
         protocol: DHT_PROTOCOL,
         clientMode: false,

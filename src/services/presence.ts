@@ -23,8 +23,9 @@ export interface LinkInfo {
   remoteAddr: string | null
   /**
    * How the connection in use runs: straight to the friend, through a relay,
-   * or straight after a relayed one was upgraded (dcutr's hole punching, or
-   * its direct dial when one side is reachable)
+   * or straight after a relayed one was upgraded ('hole-punched': kith's own
+   * TCP hole punching, src/peer/hole-punch.ts, or dcutr's direct dial when
+   * one side is reachable)
    */
   kind: LinkKind | null
   /** ms since epoch the connection in use opened */
@@ -48,6 +49,8 @@ const relayed = (connection: Connection): boolean => connection.remoteAddr.getCo
 export type PresenceEvent =
   | { type: 'friend:online', peerId: string, label: string }
   | { type: 'friend:offline', peerId: string, label: string }
+  /** a direct connection opened while the friend was reached through a relay (a hole punch) */
+  | { type: 'friend:link', peerId: string, label: string, kind: 'hole-punched', remoteAddr: string }
 
 interface Retry {
   attempt: number
@@ -99,7 +102,8 @@ export class Presence extends EventEmitter<{
   link (peerId: string): LinkInfo {
     const connections = this.connections(peerId)
     const best = connections.find(c => !relayed(c)) ?? connections[0]
-    const kind: LinkKind | null = best == null ? null : relayed(best) ? 'relayed' : this.upgraded.has(best) ? 'hole-punched' : 'direct'
+    const punched = (c: Connection): boolean => this.upgraded.has(c) || this.libp2p.services.punch.isPunched(c)
+    const kind: LinkKind | null = best == null ? null : relayed(best) ? 'relayed' : punched(best) ? 'hole-punched' : 'direct'
     return {
       online: best != null,
       since: best != null ? this.onlineSince.get(peerId) ?? null : null,
@@ -123,7 +127,10 @@ export class Presence extends EventEmitter<{
     const peer = evt.detail.remotePeer.toString()
     const friend = this.friends.get(peer)
     if (friend?.state !== 'active') return
-    if (!relayed(evt.detail) && this.connections(peer).some(c => c !== evt.detail && relayed(c))) this.upgraded.add(evt.detail)
+    if (!relayed(evt.detail) && this.connections(peer).some(c => c !== evt.detail && relayed(c))) {
+      this.upgraded.add(evt.detail)
+      this.emit('event', { type: 'friend:link', peerId: peer, label: friend.label, kind: 'hole-punched', remoteAddr: evt.detail.remoteAddr.toString() })
+    }
     this.clearRetry(peer)
     if (!this.onlineSince.has(peer)) {
       this.onlineSince.set(peer, Date.now())

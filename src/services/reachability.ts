@@ -10,6 +10,7 @@ import { serveOnce } from '../peer/request-response.ts'
 import type { KithLibp2p } from '../peer/node.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
 import { friendsOnly } from '../trust/gate.ts'
+import { PUNCH_PROTOCOL } from '../peer/hole-punch.ts'
 
 /**
  * Reachability and relays (docs/protocols.md, "Reachability and relays").
@@ -28,6 +29,13 @@ import { friendsOnly } from '../trust/gate.ts'
  *   (so they are reachable), by listening on `/p2p/<relay>/p2p-circuit`; the
  *   relayed addresses join its own, and the locate publisher signs and pushes
  *   them in its address record.
+ * - Hole punching (src/peer/hole-punch.ts): when a friend is connected only
+ *   through a relay, the side that accepted the relayed connection asks the
+ *   other, over it, to punch a direct TCP connection, announcing the public IP
+ *   friends' dial-backs saw it at. A failed punch is tried again after
+ *   PUNCH_RETRY_BASE_MS, doubling to PUNCH_RETRY_MAX_MS, while the link
+ *   stays relayed; a punched connection that closes while the relayed one is
+ *   up is punched again.
  */
 export const REACH_PROTOCOL = '/kith/reach/1.0.0'
 const VERSION = 1
@@ -45,6 +53,10 @@ export const RECHECK_MS = 10 * 60_000
 export const CHECK_DEBOUNCE_MS = 500
 export const RESERVE_RETRY_BASE_MS = 2_000
 export const RESERVE_RETRY_MAX_MS = 5 * 60_000
+/** first punch this long after the relayed link to a friend appears (both sides finish storing the friendship) */
+export const PUNCH_FIRST_DELAY_MS = 300
+export const PUNCH_RETRY_BASE_MS = 2_000
+export const PUNCH_RETRY_MAX_MS = 10 * 60_000
 
 export type ReachabilityState = 'unknown' | 'public' | 'nat'
 
@@ -149,7 +161,11 @@ export interface ReachabilityInit {
   onState?: (state: ReachabilityState) => void
 }
 
-export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
+export class Reachability extends EventEmitter<{
+  change: [ReachabilityView]
+  /** a direct connection to a friend was hole-punched */
+  punched: [{ peerId: string, attempts: number, rttMs: number, ms: number }]
+}> {
   private readonly libp2p: KithLibp2p
   private readonly friends: FriendBook
   private readonly init: ReachabilityInit
@@ -165,6 +181,8 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
   private readonly backoff = new Map<string, { attempt: number, until: number }>()
   private reserveTimer: NodeJS.Timeout | null = null
   private running = false
+  /** friends a punch is under way or scheduled for, and failed punches' backoff */
+  private readonly punches = new Map<string, { attempt: number, timer: NodeJS.Timeout | null, running: boolean }>()
 
   constructor (init: ReachabilityInit) {
     super()
@@ -178,8 +196,16 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
       maxInboundStreams: 2,
       middleware: [friendsOnly(this.friends)]
     })
+    // over relayed connections, which may be limited (a relay with a budget): friends only
+    await this.libp2p.handle(PUNCH_PROTOCOL, this.onPunch, {
+      maxInboundStreams: 1,
+      maxOutboundStreams: 1,
+      runOnLimitedConnection: true,
+      middleware: [friendsOnly(this.friends)]
+    })
     this.running = true
     this.libp2p.addEventListener('connection:open', this.onOpen)
+    this.libp2p.addEventListener('connection:close', this.onClose)
     this.libp2p.addEventListener('self:peer:update', this.onSelfUpdate)
     this.friends.on('event', this.onFriendEvent)
     this.lastPorts = this.ports().join()
@@ -193,10 +219,14 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
     this.controller.abort()
     for (const t of [this.checkTimer, this.reserveTimer]) if (t != null) clearTimeout(t)
     if (this.periodic != null) clearInterval(this.periodic)
+    for (const p of this.punches.values()) if (p.timer != null) clearTimeout(p.timer)
+    this.punches.clear()
     this.libp2p.removeEventListener('connection:open', this.onOpen)
+    this.libp2p.removeEventListener('connection:close', this.onClose)
     this.libp2p.removeEventListener('self:peer:update', this.onSelfUpdate)
     this.friends.off('event', this.onFriendEvent)
     await this.libp2p.unhandle(REACH_PROTOCOL).catch(() => {})
+    await this.libp2p.unhandle(PUNCH_PROTOCOL).catch(() => {})
   }
 
   get current (): ReachabilityView {
@@ -312,7 +342,11 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
   private readonly onOpen = (evt: CustomEvent<Connection>): void => {
     const connection = evt.detail
     const peer = connection.remotePeer.toString()
-    if (!this.friends.isActive(peer) || isCircuit(connection.remoteAddr)) return
+    if (!this.friends.isActive(peer)) return
+    if (isCircuit(connection.remoteAddr)) {
+      this.schedulePunch(peer, PUNCH_FIRST_DELAY_MS)
+      return
+    }
     // a friend to ask, or a relay to reserve on
     if (this.view.state === 'unknown' || this.view.checkedAt == null) this.scheduleCheck()
     else this.reserve()
@@ -325,7 +359,15 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
     this.scheduleCheck()
   }
 
+  private readonly onClose = (evt: CustomEvent<Connection>): void => {
+    const connection = evt.detail
+    const peer = connection.remotePeer.toString()
+    // a punched connection gone while the relayed one stays: punch again
+    if (this.running && this.friends.isActive(peer) && this.libp2p.services.punch.isPunched(connection)) this.schedulePunch(peer, PUNCH_FIRST_DELAY_MS)
+  }
+
   private readonly onFriendEvent = (evt: FriendEvent): void => {
+    if (evt.type === 'friend:added') this.schedulePunch(evt.friend.peerId, PUNCH_FIRST_DELAY_MS)
     if (evt.type !== 'friend:added' && evt.type !== 'friend:changed') return
     // a new friend may dial me back (the redeem connection is still up), or relay for me
     if (evt.type === 'friend:added' && this.view.checkedAt == null) this.scheduleCheck()
@@ -367,6 +409,78 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
         })
     }
     if (Number.isFinite(nextRetry)) this.scheduleReserve(nextRetry - now)
+  }
+
+  /** The public IP friends' dial-backs saw me at (reached or not), or null. */
+  publicIp (): string | null {
+    const addrs = [...this.view.publicAddrs, ...this.view.evidence.flatMap(e => e.results.map(r => r.addr)).filter(publicAddr)]
+    for (const addr of addrs) {
+      try {
+        const ip = ipOf(multiaddr(addr))
+        if (ip != null) return ip.ip
+      } catch {}
+    }
+    return null
+  }
+
+  /** The relayed connection I accepted from a friend I have no direct connection to, or null. */
+  private punchable (peer: string): Connection | null {
+    let connections: Connection[]
+    try { connections = this.libp2p.getConnections(peerIdFromString(peer)).filter(c => c.status === 'open') } catch { return null }
+    if (connections.some(c => !isCircuit(c.remoteAddr))) return null
+    // the side that accepted the relayed connection starts, as with dcutr
+    return connections.find(c => c.direction === 'inbound') ?? null
+  }
+
+  private schedulePunch (peer: string, delay: number): void {
+    if (!this.running || !this.friends.isActive(peer) || this.punchable(peer) == null) return
+    const p = this.punches.get(peer) ?? { attempt: 0, timer: null, running: false }
+    this.punches.set(peer, p)
+    if (p.timer != null || p.running) return
+    p.timer = setTimeout(() => {
+      p.timer = null
+      void this.punch(peer)
+    }, delay)
+    p.timer.unref()
+  }
+
+  /** Punches a direct connection to a friend I reach through a relay only; retried with backoff while that lasts. */
+  private async punch (peer: string): Promise<void> {
+    const p = this.punches.get(peer)
+    const relayed = this.punchable(peer)
+    const ip = this.publicIp()
+    if (p == null || !this.running || !this.friends.isActive(peer) || relayed == null) {
+      this.punches.delete(peer)
+      return
+    }
+    p.running = true
+    let ok = false
+    try {
+      if (ip == null) throw new KithError('PUNCH_REFUSED', 'no friend has told me my public address yet')
+      const signal = this.controller.signal
+      const stream = await relayed.newStream(PUNCH_PROTOCOL, { runOnLimitedConnection: true, signal: AbortSignal.any([signal, AbortSignal.timeout(REACH_STREAM_TIMEOUT_MS)]) })
+      const result = await this.libp2p.services.punch.initiate(stream, relayed, ip, { signal })
+      ok = true
+      this.punches.delete(peer)
+      this.emit('punched', { peerId: peer, attempts: result.attempts, rttMs: result.rttMs, ms: result.ms })
+    } catch {
+    } finally {
+      p.running = false
+    }
+    if (!ok && this.running) {
+      p.attempt++
+      this.schedulePunch(peer, Math.min(PUNCH_RETRY_MAX_MS, PUNCH_RETRY_BASE_MS * 2 ** (p.attempt - 1)))
+    }
+  }
+
+  /** The responder: punch back to a friend who asks over our relayed connection. */
+  private readonly onPunch = async (stream: Stream, connection: Connection): Promise<void> => {
+    if (!isCircuit(connection.remoteAddr)) {
+      stream.abort(new KithError('BAD_REQUEST', 'punch over a relayed connection only'))
+      return
+    }
+    const result = await this.libp2p.services.punch.respond(stream, connection, this.publicIp(), { signal: this.controller.signal })
+    if (result != null) this.emit('punched', { peerId: connection.remotePeer.toString(), attempts: result.attempts, rttMs: result.rttMs, ms: result.ms })
   }
 
   private scheduleReserve (delay: number): void {

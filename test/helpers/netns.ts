@@ -15,9 +15,19 @@ import { randomBytes } from 'node:crypto'
  * private, so a NAT test on those would see no public address at all. The
  * namespaces have no route to the real internet, so nothing leaves the box.
  *
- * Each router masquerades its LAN (iptables -t nat POSTROUTING MASQUERADE)
- * and forwards nothing inbound that is not part of a connection its LAN
- * opened: a typical home NAT. Names carry a random suffix; `destroy()`
+ * Each router masquerades its LAN (iptables -t nat POSTROUTING MASQUERADE,
+ * which keeps a connection's source port when it is free), forwards nothing
+ * inbound that is not part of a connection its LAN opened, and drops
+ * unsolicited packets to itself from the WAN instead of answering them with a
+ * RST: a typical home NAT with a stateful firewall.
+ *
+ * Why drop rather than RST: TCP hole punching needs each side's SYN to leave
+ * its own NAT before the other's arrives there; a router that answers the
+ * early SYN with a RST kills that attempt (both sides then retry). On real
+ * links the SYNs cross in flight (tens of ms apart, the punch starts both
+ * sides within about half a relay round trip); here the namespaces are ~50 µs
+ * apart and this kernel has no netem to add delay, so with RST-answering
+ * routers the punch would succeed only by luck of timing. Names carry a random suffix; `destroy()`
  * removes every namespace (and with them their veths) even if set-up failed
  * halfway.
  */
@@ -109,6 +119,8 @@ export async function createNatTopology (): Promise<NatTopology> {
       await x(router, 'iptables', '-A', 'FORWARD', '-s', lan, '-j', 'ACCEPT')
       await x(router, 'iptables', '-A', 'FORWARD', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT')
       await x(router, 'iptables', '-P', 'FORWARD', 'DROP')
+      // stealth: unsolicited packets to the router itself from outside its LAN are dropped, not answered
+      await x(router, 'iptables', '-A', 'INPUT', '!', '-s', lan, '-m', 'conntrack', '--ctstate', 'NEW,INVALID', '-j', 'DROP')
     }
   } catch (err) {
     await destroy()

@@ -10,8 +10,9 @@ import { netnsUnavailable, createNatTopology, sh, type NatTopology } from '../he
  * Friends behind NAT, on real (namespaced) networks: R on the public
  * segment, A and B each behind its own masquerading router. A and B learn
  * they are behind NAT and R that it is public (friends' dial-backs), reserve
- * on R, make friends with each other through R's relay, try to hole-punch,
- * and A fetches a file from B. A stranger gets no reservation on R.
+ * on R, make friends with each other through R's relay, hole-punch a direct
+ * TCP connection (/kith/punch/1.0.0), and A fetches a file from B over it
+ * with R gone. A stranger gets no reservation on R.
  *
  * Needs root, iproute2 and iptables. Without them the test says why and is
  * skipped, except in CI (CI=true), where it fails.
@@ -47,7 +48,7 @@ if (unavailable != null && inCi) {
       topo = await createNatTopology()
       base = await mkdtemp(join(tmpdir(), 'kith-nat-'))
       await chmod(base, 0o755)
-      const debug = { DEBUG: process.env.KITH_NAT_DEBUG ?? 'libp2p:dcutr*' }
+      const debug = { DEBUG: process.env.KITH_NAT_DEBUG ?? 'kith:punch,libp2p:dcutr' }
       r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env: debug })
       a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env: debug })
       b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env: debug })
@@ -78,10 +79,12 @@ if (unavailable != null && inCi) {
       })
       const tcp = (ns: string, host: string): Promise<string> => sh('ip', ['netns', 'exec', ns, NODE, '-e',
         `const s = require('net').connect(4001, '${host}'); s.setTimeout(1500); s.on('connect', () => process.exit(0)).on('error', () => process.exit(1)).on('timeout', () => process.exit(1))`])
-      await expect(tcp(topo.ns.r, topo.ips.routerA)).rejects.toThrow()
-      await expect(tcp(topo.ns.r, topo.ips.a)).rejects.toThrow()
-      await expect(tcp(topo.ns.a, topo.ips.b)).rejects.toThrow()
-      await expect(tcp(topo.ns.a, topo.ips.routerB)).rejects.toThrow()
+      await Promise.all([
+        expect(tcp(topo.ns.r, topo.ips.routerA)).rejects.toThrow(),
+        expect(tcp(topo.ns.r, topo.ips.a)).rejects.toThrow(),
+        expect(tcp(topo.ns.a, topo.ips.b)).rejects.toThrow(),
+        expect(tcp(topo.ns.a, topo.ips.routerB)).rejects.toThrow()
+      ])
     })
 
     it('A and B befriend R; R learns it is public, A and B that they are behind NAT, and both reserve on R', async () => {
@@ -116,7 +119,7 @@ if (unavailable != null && inCi) {
       expect((await status(r)).relays.serving.map(s => s.label).sort()).toEqual(['alice', 'bob'])
     })
 
-    it('A accepts B\'s invite through R\'s relay; the link is relayed, then hole punching is tried', async () => {
+    it('A accepts B\'s invite through R\'s relay; the link is relayed, then hole-punched into a direct connection', async () => {
       const t0 = Date.now()
       await befriend(b, a).catch(err => {
         if (process.env.KITH_NAT_DEBUG != null) console.log(`A:\n${a.output.slice(-20000)}\nR:\n${r.output.slice(-8000)}\nB:\n${b.output.slice(-8000)}`)
@@ -124,28 +127,44 @@ if (unavailable != null && inCi) {
       })
       await waitFor(async () => (await link(a, 'bob'))?.online === true && (await link(b, 'alice'))?.online === true, 'A and B connected', 20_000, 100)
       timings.relayed = Date.now() - t0
-      const first = await link(a, 'bob')
-      console.log(`A's first link to B: ${JSON.stringify(first)}`)
-      // dcutr: B (inbound on the relay) starts it; give it its 3 attempts of up to 5 s
-      let last = first
+      console.log(`A's first link to B: ${JSON.stringify(await link(a, 'bob'))}`)
+      // B accepted the relayed connection, so B starts the punch; both NATs keep source ports
+      let la: Awaited<ReturnType<typeof link>>
+      let lb: Awaited<ReturnType<typeof link>>
       try {
-        await waitFor(async () => { last = await link(a, 'bob'); return last?.kind === 'hole-punched' }, 'a hole-punched link', 8_000, 250)
-        timings.direct = Date.now() - t0
-      } catch {}
-      console.log(`A's link to B after dcutr: ${JSON.stringify(last)}`)
-      const dcutrLog = [a.output, b.output].join('\n').split('\n').filter(l => l.includes('dcutr')).slice(0, 12).join('\n')
-      console.log(`dcutr log lines:\n${dcutrLog}`)
-      // What is true with js-libp2p 3 over TCP behind these MASQUERADE routers: hole punching never
-      // starts. A NATed node's observed address (router IP:port) is announced only once confirmed,
-      // which it never is (nothing can dial it back), so dcutr's CONNECT carries private and
-      // relayed addresses only and each side gives up with "no dialable multiaddrs". Even with the
-      // address, TCP punching needs the dial to reuse the listen port, which @libp2p/tcp does not
-      // do. So the link stays relayed, and files move over the relay (no budget limit: next test).
-      expect(last?.kind).toBe('relayed')
-      expect(dcutrLog).toMatch(/no dialable multiaddrs|no public addresses/)
+        await waitFor(async () => {
+          [la, lb] = [await link(a, 'bob'), await link(b, 'alice')]
+          return la?.kind === 'hole-punched' && lb?.kind === 'hole-punched'
+        }, 'a hole-punched link on both sides', 15_000, 100)
+      } finally {
+        const punchLog = [a.output, b.output].join('\n').split('\n').filter(l => l.includes('kith:punch')).slice(0, 20).join('\n')
+        console.log(`punch log lines:\n${punchLog}`)
+      }
+      timings.direct = Date.now() - t0
+      console.log(`A's link to B after the punch: ${JSON.stringify(la)}; B's to A: ${JSON.stringify(lb)}`)
+      // straight between the routers' public addresses: no relay in the path
+      expect(la?.relay).toBeNull()
+      expect(la?.remoteAddr).toMatch(new RegExp(`^/ip4/${topo.ips.routerB.replaceAll('.', '\\.')}/tcp/\\d+/p2p/${b.peerId}$`))
+      expect(lb?.remoteAddr).toMatch(new RegExp(`^/ip4/${topo.ips.routerA.replaceAll('.', '\\.')}/tcp/\\d+/p2p/${a.peerId}$`))
     })
 
-    it('A fetches a file from B, over whatever link they have', async () => {
+    it('a stranger reaching B through R\'s relay can\'t use the punch protocol', async () => {
+      const via = `/ip4/${topo.ips.r}/tcp/4001/p2p/${r.peerId}/p2p-circuit/p2p/${b.peerId}`
+      const probe = await sh('ip', ['netns', 'exec', topo.ns.hub, NODE, join(import.meta.dirname, '..', 'helpers', 'punch-probe.ts'), via], 30_000)
+      const result = JSON.parse(probe.trim().split('\n').at(-1)!) as { connected: boolean, answered: boolean, error?: string }
+      console.log(`stranger's punch request to B: ${JSON.stringify(result)}`)
+      // the relay lets anyone connect to B (to redeem an invite); B's gate refuses the stream
+      expect(result.connected).toBe(true)
+      expect(result.answered).toBe(false)
+    })
+
+    it('A fetches a file from B over the punched connection, with R gone', async () => {
+      // with the relay dead, only the direct connection can carry the fetch
+      await r.kill9()
+      await waitFor(async () => {
+        const [la, lb] = [await link(a, 'relay'), await link(a, 'bob')]
+        return la?.online === false && lb?.online === true && lb.kind === 'hole-punched'
+      }, 'A sees R gone and B still there, directly', 15_000, 100)
       const src = join(base, 'photos.bin')
       const data = randomBytes(3 * 1024 * 1024 + 17)
       await writeFile(src, data)
@@ -157,7 +176,9 @@ if (unavailable != null && inCi) {
       expect(result.code, result.stderr).toBe(0)
       timings.fetch3MiB = Date.now() - t0
       expect((await readFile(dest)).equals(data)).toBe(true)
-      console.log(`A fetched 3 MiB from B over a ${(await link(a, 'bob'))?.kind ?? '?'} link in ${timings.fetch3MiB} ms`)
+      const after = await link(a, 'bob')
+      expect(after?.kind).toBe('hole-punched')
+      console.log(`A fetched 3 MiB from B over a ${after?.kind ?? '?'} link (R dead) in ${timings.fetch3MiB} ms`)
     })
   })
 }
