@@ -13,13 +13,18 @@ import { openChunk, type SealKeys } from './seal.ts'
  * Assembling files from verified chunks.
  *
  * A file is written to a hidden sibling of its destination,
- * `.kith-<random>.kith-partial`, checked chunk by chunk for length and as a
- * whole against the manifest's sha256, fsynced, and only then renamed (or,
- * when not overwriting, hard-linked) into place and the folder fsynced. So a
+ * `.kith-<16 hex>.kith-partial`, chunk by chunk in whatever order they come
+ * (each checked for length at its offset), hashed as a whole in order against
+ * the manifest's sha256, fsynced, and only then renamed (or, when not
+ * overwriting, hard-linked) into place and the folder fsynced. So a
  * destination is either absent (or its previous content) or complete and
- * verified; a kill leaves at most a partial file, which `removePartials`
- * clears. The partial sits in the destination's own folder so the final step
- * is a rename within one filesystem.
+ * verified; a kill leaves at most a partial file, which the next run for the
+ * same file replaces (`partialKey`) or `removePartials` clears. The partial
+ * sits in the destination's own folder so the final step is a rename within
+ * one filesystem.
+ *
+ * `ShareAssembly` does this for the files of a fetch while the fetch runs;
+ * `assembleShare` and `assembleFile` do it from a store, in one pass.
  */
 
 /** Plaintext of chunk `index`, whose manifest id is `id`; verified by the reader. */
@@ -45,10 +50,10 @@ function exists (dest: string): KithError {
   return new KithError('DESTINATION_EXISTS', `${JSON.stringify(dest)} already exists; move it away or choose to overwrite`)
 }
 
-async function writeAll (handle: FileHandle, data: Uint8Array): Promise<void> {
+async function writeAll (handle: FileHandle, data: Uint8Array, position: number): Promise<void> {
   let at = 0
   while (at < data.length) {
-    const { bytesWritten } = await handle.write(data, at, data.length - at)
+    const { bytesWritten } = await handle.write(data, at, data.length - at, position + at)
     at += bytesWritten
   }
 }
@@ -83,42 +88,216 @@ async function place (partial: string, dest: string, overwrite: boolean): Promis
   await unlink(partial)
 }
 
+/** Chunk states in a FileAssembly */
+const PENDING = 0
+const WRITING = 1
+const WRITTEN = 2
+
+export interface FileAssemblyOptions {
+  /** @see AssembleOptions.overwrite */
+  overwrite?: boolean
+  /**
+   * Names the partial file (hashed into `.kith-<16 hex>.kith-partial`), so a
+   * later run for the same file reuses the name and replaces what a kill left
+   * behind. Random when absent.
+   */
+  partialKey?: string
+}
+
 /**
- * Writes one file from its chunks to `dest`, verified. Throws
- * FILE_VERIFY_FAILED if a chunk has the wrong length or the whole file the
- * wrong hash, DESTINATION_EXISTS, or whatever the reader throws (such as
+ * One file being assembled as its chunks arrive, in any order. Each chunk's
+ * plaintext (already authenticated by its AEAD tag at its position) has its
+ * length checked and is written at its offset in the partial file; the
+ * whole-file sha256 is computed in order as the written prefix grows, from
+ * the chunk just written when it is the next one, else read back from the
+ * partial (out-of-order arrivals only). `finish` checks that every chunk is in
+ * and the hash matches, fsyncs, and places the file.
+ */
+export class FileAssembly {
+  readonly dest: string
+  readonly entry: ManifestFile
+  private readonly chunkSize: number
+  private readonly partial: string
+  private readonly overwrite: boolean
+  private readonly state: Uint8Array
+  private written = 0
+  private created = false
+  private handle: Promise<FileHandle> | undefined
+  private busy = 0
+  private readonly whole = createHash('sha256')
+  private hashed = 0
+  private hashing: Promise<void> = Promise.resolve()
+  private finishing: Promise<void> | undefined
+
+  constructor (dest: string, entry: ManifestFile, chunkSize: number, options: FileAssemblyOptions = {}) {
+    if (entry.chunks.length !== chunkCount(entry.size, chunkSize)) throw verifyFailed(entry.path, 'its chunk list does not match its size')
+    this.dest = dest
+    this.entry = entry
+    this.chunkSize = chunkSize
+    this.overwrite = options.overwrite ?? false
+    const name = options.partialKey === undefined
+      ? randomBytes(8).toString('hex')
+      : createHash('sha256').update(options.partialKey).digest('hex').slice(0, 16)
+    this.partial = join(dirname(dest), `.kith-${name}${PARTIAL_SUFFIX}`)
+    this.state = new Uint8Array(entry.chunks.length)
+  }
+
+  /** Every chunk is written. */
+  get complete (): boolean {
+    return this.written === this.entry.chunks.length
+  }
+
+  /** Chunk `index` is neither written nor being written. */
+  needs (index: number): boolean {
+    return this.state[index] === PENDING
+  }
+
+  /** The partial's handle is open (see `release`). */
+  get open (): boolean {
+    return this.handle !== undefined
+  }
+
+  /**
+   * Runs `task` with the partial's handle: opened on first use (the partial
+   * created then, replacing one an earlier run with the same key left) and
+   * kept open until `release`, `finish` or `abort`.
+   */
+  private async use<T> (task: (handle: FileHandle) => Promise<T>): Promise<T> {
+    this.busy++
+    try {
+      if (this.handle === undefined) {
+        const opening = this.openPartial()
+        this.handle = opening
+        opening.catch(() => { if (this.handle === opening) this.handle = undefined })
+      }
+      return await task(await this.handle)
+    } finally {
+      this.busy--
+    }
+  }
+
+  private async openPartial (): Promise<FileHandle> {
+    if (this.created) return await open(this.partial, 'r+')
+    await rm(this.partial, { force: true })
+    const handle = await open(this.partial, 'wx+', this.entry.executable ? 0o755 : 0o644)
+    this.created = true
+    return handle
+  }
+
+  /** Closes the partial's handle if nothing is using it; the next use opens it again. */
+  async release (): Promise<void> {
+    const handle = this.handle
+    if (handle === undefined || this.busy > 0) return
+    this.handle = undefined
+    await (await handle).close()
+  }
+
+  /**
+   * Writes chunk `index` (its plaintext); a chunk written before is ignored.
+   * Throws FILE_VERIFY_FAILED if its length is wrong, and whatever the disk
+   * throws (the chunk then counts as not written).
+   */
+  async write (index: number, plaintext: Uint8Array): Promise<void> {
+    if (!Number.isInteger(index) || index < 0 || index >= this.state.length) {
+      throw new KithError('BAD_REQUEST', `${JSON.stringify(this.entry.path)} has no chunk ${index}`)
+    }
+    if (this.state[index] !== PENDING) return
+    const want = chunkLength(this.entry.size, this.chunkSize, index)
+    if (plaintext.length !== want) throw verifyFailed(this.entry.path, `chunk ${index} is ${plaintext.length} bytes, not ${want}`)
+    this.state[index] = WRITING
+    try {
+      await this.use(async handle => { await writeAll(handle, plaintext, index * this.chunkSize) })
+    } catch (err) {
+      this.state[index] = PENDING
+      throw err
+    }
+    this.state[index] = WRITTEN
+    this.written++
+    await this.advance(index, plaintext)
+  }
+
+  /** Hashes the written prefix as far as it reaches; one run at a time, in order. */
+  private async advance (index: number, plaintext: Uint8Array): Promise<void> {
+    this.hashing = this.hashing.then(async () => {
+      while (this.hashed < this.state.length && this.state[this.hashed] === WRITTEN) {
+        const at = this.hashed
+        this.whole.update(at === index ? plaintext : await this.readBack(at))
+        this.hashed++
+      }
+    })
+    await this.hashing
+  }
+
+  private async readBack (index: number): Promise<Uint8Array> {
+    const length = chunkLength(this.entry.size, this.chunkSize, index)
+    const bytes = Buffer.allocUnsafe(length)
+    await this.use(async handle => {
+      let at = 0
+      while (at < length) {
+        const { bytesRead } = await handle.read(bytes, at, length - at, index * this.chunkSize + at)
+        if (bytesRead === 0) throw verifyFailed(this.entry.path, 'its partial file was cut short while it was assembled')
+        at += bytesRead
+      }
+    })
+    return bytes
+  }
+
+  /**
+   * Checks the whole file, then moves it into place: renamed over the
+   * destination when overwriting, else hard-linked (DESTINATION_EXISTS if
+   * something is there). Idempotent. On failure the partial is removed.
+   */
+  async finish (): Promise<void> {
+    this.finishing ??= this.place()
+    await this.finishing
+  }
+
+  private async place (): Promise<void> {
+    try {
+      if (!this.complete) throw verifyFailed(this.entry.path, `${this.entry.chunks.length - this.written} of its chunks never arrived`)
+      await this.hashing
+      if (this.hashed !== this.state.length || this.whole.digest('hex') !== this.entry.sha256) {
+        throw verifyFailed(this.entry.path, 'the whole-file sha256 does not match the manifest')
+      }
+      await this.use(async handle => { await handle.sync() }) // an empty file is created here
+      await this.release()
+      await place(this.partial, this.dest, this.overwrite)
+    } catch (err) {
+      await this.abort()
+      throw err
+    }
+    await syncDir(dirname(this.dest))
+  }
+
+  /** Closes and removes the partial (never the destination). */
+  async abort (): Promise<void> {
+    const handle = this.handle
+    this.handle = undefined
+    if (handle !== undefined) await (await handle).close().catch(() => {})
+    await rm(this.partial, { force: true })
+  }
+}
+
+/**
+ * Writes one file from its chunks to `dest`, verified, reading them in order.
+ * Throws FILE_VERIFY_FAILED if a chunk has the wrong length or the whole file
+ * the wrong hash, DESTINATION_EXISTS, or whatever the reader throws (such as
  * CHUNK_NOT_FOUND); in every case no destination file is created or changed.
  */
 export async function assembleFile (dest: string, entry: ManifestFile, chunkSize: number, read: ChunkReader, options: AssembleOptions = {}): Promise<void> {
-  const overwrite = options.overwrite ?? false
-  if (entry.chunks.length !== chunkCount(entry.size, chunkSize)) throw verifyFailed(entry.path, 'its chunk list does not match its size')
-  if (!overwrite && await isPresent(dest)) throw exists(dest)
-  const folder = dirname(dest)
-  const partial = join(folder, `.kith-${randomBytes(8).toString('hex')}${PARTIAL_SUFFIX}`)
-  const handle = await open(partial, 'wx', entry.executable ? 0o755 : 0o644)
-  let closed = false
+  const file = new FileAssembly(dest, entry, chunkSize, options)
+  if (!(options.overwrite ?? false) && await isPresent(dest)) throw exists(dest)
   try {
-    const whole = createHash('sha256')
     for (const [index, id] of entry.chunks.entries()) {
       options.signal?.throwIfAborted()
-      const plaintext = await read(index, id)
-      const want = chunkLength(entry.size, chunkSize, index)
-      if (plaintext.length !== want) throw verifyFailed(entry.path, `chunk ${index} is ${plaintext.length} bytes, not ${want}`)
-      whole.update(plaintext)
-      await writeAll(handle, plaintext)
+      await file.write(index, await read(index, id))
     }
-    if (whole.digest('hex') !== entry.sha256) throw verifyFailed(entry.path, 'the whole-file sha256 does not match the manifest')
-    await handle.sync()
-    closed = true
-    await handle.close()
     options.signal?.throwIfAborted()
-    await place(partial, dest, overwrite)
   } catch (err) {
-    if (!closed) await handle.close().catch(() => {})
-    await rm(partial, { force: true })
+    await file.abort()
     throw err
   }
-  await syncDir(folder)
+  await file.finish()
 }
 
 /**
@@ -200,4 +379,179 @@ export async function removePartials (dir: string): Promise<number> {
     removed++
   }
   return removed
+}
+
+/** Partials a ShareAssembly keeps open at once; files written out of order past this are reopened. */
+export const MAX_OPEN_PARTIALS = 32
+
+export interface ShareTarget {
+  /** index of a file entry in the manifest */
+  file: number
+  /** where it goes; its folder must exist */
+  dest: string
+}
+
+export interface ShareAssemblyInit {
+  /** where chunks held before (a resumed fetch) are read from */
+  store: Pick<ChunkStore, 'get' | 'has'>
+  keys: SealKeys
+  manifest: Pick<Manifest, 'shareId' | 'chunkSize' | 'entries'>
+  targets: ShareTarget[]
+  /** @see AssembleOptions.overwrite */
+  overwrite?: boolean
+  /**
+   * Names the partial files (with each target's entry index), so a run after
+   * a kill replaces what the killed one left instead of leaving it behind.
+   */
+  partialKey?: string
+}
+
+interface Place {
+  file: FileAssembly
+  index: number
+}
+
+/**
+ * Files of a share assembled while their chunks are fetched: the fetcher
+ * hands each verified sealed chunk to `accept`, which opens it at its
+ * position (a chunk id can stand at several places: identical files) and
+ * writes it into every file that wants it. A file is checked and placed as
+ * soon as its last chunk is in, so the files of a folder appear one by one
+ * and no second pass over the data is needed. Chunks the store held before
+ * the fetch began are read from it by `fill`.
+ */
+export class ShareAssembly {
+  private readonly init: ShareAssemblyInit
+  private readonly files: FileAssembly[] = []
+  private readonly places = new Map<string, Place[]>()
+  private readonly placing = new Set<Promise<void>>()
+  private readonly active = new Set<Promise<void>>()
+  /** files with an open partial, least recently written first */
+  private readonly recent = new Set<FileAssembly>()
+  private failure: unknown
+  private closed = false
+
+  constructor (init: ShareAssemblyInit) {
+    this.init = init
+    const { manifest } = init
+    for (const target of init.targets) {
+      const entry = manifest.entries[target.file]
+      if (entry?.type !== 'file') throw new KithError('BAD_REQUEST', `entry ${target.file} of the manifest is not a file`)
+      const file = new FileAssembly(target.dest, entry, manifest.chunkSize, {
+        overwrite: init.overwrite,
+        ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${target.file}` } : {})
+      })
+      this.files.push(file)
+      entry.chunks.forEach((id, index) => {
+        const list = this.places.get(id)
+        if (list === undefined) this.places.set(id, [{ file, index }])
+        else list.push({ file, index })
+      })
+    }
+  }
+
+  /** Ids of every chunk still wanted, each once. */
+  wanted (): string[] {
+    return [...this.places.entries()].filter(([, list]) => list.some(p => p.file.needs(p.index))).map(([id]) => id)
+  }
+
+  /**
+   * Takes a sealed chunk (its id already checked against its bytes) and writes
+   * it wherever the share wants it; a chunk not wanted, or wanted no more, is
+   * ignored. Throws CHUNK_DECRYPT_FAILED if it does not open at its place,
+   * FILE_VERIFY_FAILED if a file it completes does not verify, or the disk's
+   * error. Once a call fails, every later one throws the same error.
+   */
+  async accept (id: string, sealed: Uint8Array): Promise<void> {
+    const task = this.write(id, sealed)
+    this.active.add(task)
+    try {
+      await task
+    } catch (err) {
+      this.failure ??= err
+      throw err
+    } finally {
+      this.active.delete(task)
+    }
+  }
+
+  private async write (id: string, sealed: Uint8Array): Promise<void> {
+    if (this.failure !== undefined) throw this.failure
+    if (this.closed) throw new KithError('FETCH_ABORTED', 'the assembly was stopped')
+    const list = this.places.get(id)?.filter(p => p.file.needs(p.index))
+    if (list === undefined || list.length === 0) return
+    const first = list[0]!
+    const plaintext = openChunk(this.init.keys, { shareId: this.init.manifest.shareId, fileHash: first.file.entry.sha256, index: first.index }, sealed)
+    for (const { file, index } of list) {
+      await file.write(index, plaintext)
+      if (file.complete) this.place(file)
+      else this.touch(file)
+    }
+  }
+
+  /** Keeps at most MAX_OPEN_PARTIALS partials open, closing the least recently written. */
+  private touch (file: FileAssembly): void {
+    this.recent.delete(file)
+    this.recent.add(file)
+    for (const old of this.recent) {
+      if (this.recent.size <= MAX_OPEN_PARTIALS) break
+      this.recent.delete(old)
+      old.release().catch((err: unknown) => { this.failure ??= err })
+    }
+  }
+
+  /** Checks and places a complete file without holding up the chunk that completed it. */
+  private place (file: FileAssembly): void {
+    this.recent.delete(file)
+    const placing = file.finish()
+    this.placing.add(placing)
+    placing.then(() => this.placing.delete(placing), (err: unknown) => { this.failure ??= err })
+  }
+
+  /**
+   * Writes the chunks the store holds that are still wanted (a resumed
+   * fetch's). With `strict`, a wanted chunk the store lacks is an error
+   * (CHUNK_NOT_FOUND); without, it is left for the fetch.
+   */
+  async fill (options: AbortOptions & { strict?: boolean } = {}): Promise<void> {
+    for (const id of this.wanted()) {
+      options.signal?.throwIfAborted()
+      if (this.closed) return
+      if (!(options.strict ?? false) && !await this.init.store.has(id)) continue
+      let sealed: Uint8Array
+      try {
+        sealed = await this.init.store.get(id)
+      } catch (err) {
+        if (!(options.strict ?? false) && (err as KithError).code === 'CHUNK_NOT_FOUND') continue
+        throw err
+      }
+      await this.accept(id, sealed)
+    }
+  }
+
+  /**
+   * Writes what the fetch left to the store (strictly: every chunk must be
+   * there by now), then waits until every file is checked and placed. Throws
+   * the first error any file met.
+   */
+  async finish (options: AbortOptions = {}): Promise<void> {
+    await this.fill({ ...options, strict: true })
+    for (const file of this.files) if (file.complete) this.place(file)
+    for (const file of this.files) {
+      // a file with no chunks (empty) is complete from the start; the rest were placed above
+      await file.finish()
+    }
+    await Promise.allSettled([...this.placing])
+    if (this.failure !== undefined) throw this.failure
+  }
+
+  /**
+   * Stops: later `accept`s throw, writes in flight are awaited, and every
+   * partial is removed. Files already placed stay.
+   */
+  async abort (): Promise<void> {
+    this.closed = true
+    await Promise.allSettled([...this.active, ...this.placing])
+    await Promise.all(this.files.map(async file => { await file.abort() }))
+  }
 }

@@ -64,6 +64,8 @@ export const LINGER_MS = 5_000
 export const SEND_HIGH_WATER = 4 * 1024 * 1024
 /** Sends are cut into pieces of this size so a `beforeSend` throttle stays smooth. */
 export const SEND_SLICE = 256 * 1024
+/** Chunks a GET reads from the store ahead of the one being sent, so disk latency hides behind the network. */
+export const READ_AHEAD = 2
 /** GET requests one holder serves at once, over all peers; more get ERROR(BUSY). */
 export const MAX_CONCURRENT_GETS = 16
 /** HAVE lookups run this many at a time against the store. */
@@ -630,7 +632,7 @@ type Read = { sealed: Uint8Array } | { missing: true } | { error: Error }
 /**
  * The holder's side of `/kith/chunks/1.0.0`, for `libp2p.handle`. Gating
  * (friends only) and per-connection stream limits are the registrant's job;
- * this bounds each stream's memory (one chunk read ahead, SEND_HIGH_WATER
+ * this bounds each stream's memory (READ_AHEAD chunks read ahead, SEND_HIGH_WATER
  * queued) and the number of GETs served at once. Bad requests get an ERROR
  * frame and a closed stream; nothing a peer sends can throw out of here.
  */
@@ -708,11 +710,18 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
         gets++
         try {
           const ids = request.ids
-          let next: Promise<Read> = read(ids[0]!, signal)
+          // read a few chunks ahead so the disk and the network overlap
+          const ahead: Array<Promise<Read>> = []
+          let asked = 0
+          const fill = (): void => {
+            while (asked < ids.length && ahead.length < READ_AHEAD) {
+              ahead.push(read(ids[asked++]!, signal)) // never rejects: failures are Read values
+            }
+          }
+          fill()
           for (let i = 0; i < ids.length; i++) {
-            const got = await raceAbort(next, signal)
-            // read one chunk ahead so the disk and the network overlap
-            if (i + 1 < ids.length) next = read(ids[i + 1]!, signal)
+            const got = await raceAbort(ahead.shift()!, signal)
+            fill()
             if ('error' in got) {
               served.error = got.error
               await sendFrame(stream, encodeResponse({ type: 'error', status: STATUS.INTERNAL, message: 'the holder could not read its chunk store' }), send)

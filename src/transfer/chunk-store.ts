@@ -48,6 +48,13 @@ export interface ChunkStoreInit {
 export interface PutOptions {
   /** fsync this chunk whatever the store's default */
   sync?: boolean
+  /**
+   * The caller hands the buffer over and never changes it, so the store need
+   * not copy it first (the fetcher's frames are fresh buffers).
+   *
+   * @default false
+   */
+  owned?: boolean
 }
 
 export interface ChunkStoreStats {
@@ -170,8 +177,8 @@ class LevelChunkStore implements ChunkStore {
     if (!(sealed instanceof Uint8Array) || sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
       throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
     }
-    // Copy first: the caller's buffer could change while we wait on the disk.
-    const bytes = Buffer.from(sealed)
+    // Copy first unless handed over: the caller's buffer could change while we wait on the disk.
+    const bytes = options.owned === true ? sealed : Buffer.from(sealed)
     if (chunkId(bytes) !== id) {
       throw new KithError('CHUNK_HASH_MISMATCH', `the bytes received for chunk ${id.slice(0, 12)}… do not match its id; they were damaged or forged and were not stored`)
     }

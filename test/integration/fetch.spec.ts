@@ -117,6 +117,8 @@ describe('fetching friends\' files', () => {
     }, 'the resumed fetch to finish', 60_000)
     expect(done.doneBytes).toBe(48 * 1024 * 1024)
     expect(before.doneBytes).toBeGreaterThan(0)
+    // the partial the killed run was writing beside the destination was replaced, not left behind
+    expect((await readdir(bob.home)).filter(name => name.endsWith('.kith-partial'))).toEqual([])
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(big)).digest('hex'))
   })
 

@@ -5,9 +5,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { assembleFile, assembleShare, removePartials, storeReader } from '../../src/transfer/assemble.ts'
+import { assembleFile, assembleShare, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, storeReader } from '../../src/transfer/assemble.ts'
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
+import { waitFor } from '../helpers/testnet.ts'
 import { expectCodeAsync, keypair, pseudoRandom, tempDir } from './helpers.ts'
 
 const CS = MIN_CHUNK_SIZE
@@ -126,6 +127,106 @@ describe('assemble', () => {
     await writeFile(join(out, 'keep.kith-partial.txt'), 'not ours')
     expect(await removePartials(out)).toBe(1)
     expect(await readdir(out)).toEqual(['keep.kith-partial.txt'])
+  })
+
+
+  describe('while fetching (ShareAssembly)', () => {
+    /** a folder with two identical files (so their chunks share ids), a bigger one and an empty one */
+    async function folder (): Promise<{ manifest: Manifest, contents: Map<string, Buffer> }> {
+      const src = join(dir, 'folder')
+      await mkdir(src)
+      const twin = pseudoRandom(2 * CS + 5, 'twin')
+      const contents = new Map([['big.bin', pseudoRandom(4 * CS + 1, 'big')], ['empty', Buffer.alloc(0)], ['twin1', twin], ['twin2', twin]])
+      for (const [name, bytes] of contents) await writeFile(join(src, name), bytes)
+      const { entries } = await chunkSource(src, { keys, version: 2, store, chunkSize: CS })
+      return { manifest: createManifest({ ...owner, shareId, version: 2, name: 'f', chunkSize: CS, entries }).manifest, contents }
+    }
+
+    const targets = (m: Manifest): Array<{ file: number, dest: string }> =>
+      m.entries.flatMap((e, file) => e.type === 'file' ? [{ file, dest: join(out, e.path) }] : [])
+
+    it('writes chunks in any order, each id once for every place it stands, and verifies every file', async () => {
+      const { manifest: m, contents } = await folder()
+      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      const ids = assembly.wanted()
+      expect(ids.length).toBe(5 + 3) // big: 5 chunks; the twins share 3
+      for (const id of [...ids].reverse()) await assembly.accept(id, await store.get(id))
+      await assembly.accept(ids[0]!, await store.get(ids[0]!)) // a late duplicate is ignored
+      expect(assembly.wanted()).toEqual([])
+      await assembly.finish()
+      expect((await readdir(out)).sort()).toEqual([...contents.keys()].sort())
+      for (const [name, bytes] of contents) expect((await readFile(join(out, name))).equals(bytes)).toBe(true)
+    })
+
+    it('places a file as soon as its last chunk is in', async () => {
+      const { manifest: m } = await folder()
+      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      const twin = (m.entries.find(e => e.path === 'twin1') as ManifestFile).chunks
+      for (const id of twin) await assembly.accept(id, await store.get(id))
+      await waitFor(async () => (await readdir(out)).includes('twin1') && (await readdir(out)).includes('twin2'), 'the twins placed', 5_000)
+      expect((await readdir(out)).filter(n => !n.startsWith('.')).sort()).toEqual(['twin1', 'twin2'])
+      await assembly.finish() // the rest comes from the store
+      expect((await readdir(out)).sort()).toEqual(['big.bin', 'empty', 'twin1', 'twin2'])
+    })
+
+    it('takes what the store already holds (a resumed fetch), and fails strictly on what it lacks', async () => {
+      const { manifest: m } = await folder()
+      const big = (m.entries.find(e => e.path === 'big.bin') as ManifestFile).chunks
+      const sealed = await store.get(big[3]!)
+      await store.delete(big[3]!)
+      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      await assembly.fill()
+      expect(assembly.wanted()).toEqual([big[3]])
+      await expectCodeAsync(new ShareAssembly({ store, keys, manifest: m, targets: targets(m), partialKey: 'other' }).finish(), 'CHUNK_NOT_FOUND')
+      await assembly.accept(big[3]!, sealed)
+      await assembly.finish()
+      expect((await readFile(join(out, 'big.bin'))).length).toBe(4 * CS + 1)
+    })
+
+    it('refuses a chunk that does not open at its place, and leaves no file once aborted', async () => {
+      const { manifest: m } = await folder()
+      const big = (m.entries.find(e => e.path === 'big.bin') as ManifestFile).chunks
+      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      await assembly.accept(big[0]!, await store.get(big[0]!))
+      expect((await readdir(out)).some(n => n.endsWith('.kith-partial'))).toBe(true)
+      const forged = Buffer.from(await store.get(big[1]!))
+      forged[40]! ^= 1
+      await expectCodeAsync(assembly.accept(big[1]!, forged), 'CHUNK_DECRYPT_FAILED')
+      await expectCodeAsync(assembly.accept(big[2]!, await store.get(big[2]!)), 'CHUNK_DECRYPT_FAILED') // stays failed
+      await assembly.abort()
+      expect(await readdir(out)).toEqual([])
+    })
+
+    it('keeps few partials open when many files are written a piece at a time', async () => {
+      const src = join(dir, 'many')
+      await mkdir(src)
+      const count = MAX_OPEN_PARTIALS + 8
+      for (let i = 0; i < count; i++) await writeFile(join(src, `f${i}`), pseudoRandom(CS + i + 1, `f${i}`))
+      const { entries } = await chunkSource(src, { keys, version: 2, store, chunkSize: CS })
+      const m = createManifest({ ...owner, shareId, version: 2, name: 'many', chunkSize: CS, entries }).manifest
+      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      const files = m.entries as ManifestFile[]
+      const fds = async (): Promise<number> => (await readdir('/proc/self/fd')).length
+      const before = await fds()
+      for (const f of files) await assembly.accept(f.chunks[0]!, await store.get(f.chunks[0]!)) // every file half written
+      await waitFor(async () => await fds() - before <= MAX_OPEN_PARTIALS, 'idle partials closed', 5_000)
+      for (const f of [...files].reverse()) await assembly.accept(f.chunks[1]!, await store.get(f.chunks[1]!))
+      await assembly.finish()
+      for (let i = 0; i < count; i++) expect((await readFile(join(out, `f${i}`))).equals(pseudoRandom(CS + i + 1, `f${i}`))).toBe(true)
+      expect((await readdir(out)).length).toBe(count)
+    })
+
+    it('replaces the partial a killed run left, by its key', async () => {
+      const { manifest: m } = await folder()
+      const big = (m.entries.find(e => e.path === 'big.bin') as ManifestFile).chunks
+      const first = new ShareAssembly({ store, keys, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
+      await first.accept(big[0]!, await store.get(big[0]!)) // then "killed": no abort, no finish
+      const left = (await readdir(out)).filter(n => n.endsWith('.kith-partial'))
+      expect(left.length).toBe(1)
+      const second = new ShareAssembly({ store, keys, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
+      await second.finish()
+      expect((await readdir(out)).sort()).toEqual(['big.bin', 'empty', 'twin1', 'twin2'])
+    })
   })
 
   async function chunkSourceFolder (): Promise<Manifest> {

@@ -12,7 +12,7 @@ import type { ChunkStore } from '../../transfer/chunk-store.ts'
 import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys } from '../../transfer/seal.ts'
-import { assembleFile, storeReader } from '../../transfer/assemble.ts'
+import { ShareAssembly, type ShareTarget } from '../../transfer/assemble.ts'
 import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
 import { fetchManifest, listShares } from './files-protocol.ts'
 import { ShareBook } from './share-book.ts'
@@ -344,20 +344,36 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         this.emit('event', { type: 'transfer:progress', transfer: next })
       }
       progress(0, {})
+      // files are written while their chunks arrive; chunks held from before are read back alongside
+      const assembly = await this.assembly(id, manifest, key, record, files)
       try {
+        const filling = assembly.fill({ signal })
+        filling.catch(() => {}) // awaited below; the fetch may fail first
+        const store = this.init.store
         await fetchChunks({
           libp2p: this.init.libp2p,
-          store: this.init.store,
+          store: {
+            has: async chunk => await store.has(chunk),
+            put: async (chunk, sealed) => {
+              const fresh = await store.put(chunk, sealed, { owned: true })
+              await assembly.accept(chunk, sealed)
+              return fresh
+            }
+          },
           ids,
           sources: this.sources(record.owner),
           signal,
           onProgress: p => progress(p.doneBytes, p.perSource, p.doneChunks === p.totalChunks),
           ...(flow !== undefined ? { beforeReceive: async (bytes, peer, s) => { await flow.take(bytes, s, peer.toString()) } } : {})
         })
+        await filling
+        await assembly.finish({ signal })
+      } catch (err) {
+        await assembly.abort()
+        throw err
       } finally {
         flow?.close()
       }
-      await this.assemble(manifest, key, record, files, signal)
       record = this.get(id)
       await this.save({ ...record, state: 'done', doneBytes: record.totalBytes, rate: 0, eta: 0 }, 'transfer:state')
     } catch (err) {
@@ -381,14 +397,16 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     return [owner, ...others.map(f => f.peerId)].map(p => peerIdFromString(p))
   }
 
-  private async assemble (manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[], signal: AbortSignal): Promise<void> {
-    const keys = deriveSealKeys(key, manifest.shareId)
-    for (const { entry, index, relative } of files) {
-      const target = relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
-      if (await exists(target)) continue // finished before a restart
-      await mkdir(dirname(target), { recursive: true })
-      await assembleFile(target, entry, manifest.chunkSize, storeReader(this.init.store, keys, manifest, index), { signal })
+  /** The files of this fetch not already in place, ready to be written as chunks arrive. */
+  private async assembly (id: string, manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[]): Promise<ShareAssembly> {
+    const targets: ShareTarget[] = []
+    for (const { index, relative } of files) {
+      const dest = relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
+      if (await exists(dest)) continue // finished before a restart
+      await mkdir(dirname(dest), { recursive: true })
+      targets.push({ file: index, dest })
     }
+    return new ShareAssembly({ store: this.init.store, keys: deriveSealKeys(key, manifest.shareId), manifest, targets, partialKey: id })
   }
 }
 
