@@ -1,4 +1,4 @@
-import type { PeerId } from '@libp2p/interface'
+import { isPeerId, type PeerId } from '@libp2p/interface'
 import { KithError, asKithError, type ErrorCode } from '../errors.ts'
 import { CHUNK_SIZE } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
@@ -40,14 +40,29 @@ import { isId } from './seal.ts'
  *    request whose chunks have all arrived elsewhere is aborted, and if it
  *    had a head start and still moved less than half its bytes, its source
  *    takes a strike for it.
- * 7. It ends when every chunk is stored; or, when nothing is in flight and no
- *    source can still give anything, with FETCH_NO_SOURCE naming what is
- *    missing (everything obtainable is fetched first); or with FETCH_ABORTED
- *    on the signal. Chunks stored so far stay stored either way.
+ * 7. Sources join while it runs, if the caller gives `discover`. A look
+ *    calls it every `discoverIntervalMs`; at once (at most every second)
+ *    while `short()` says the fetch is below what it wants (a floor the
+ *    sources don't meet); and when nothing can move: nothing in flight, no
+ *    HAVE pending, and every source dropped, cooling or holding nothing still
+ *    missing. Peers it names that the fetch doesn't know yet (not itself, and
+ *    not one it knew before, dropped or not: a dropped source stays dropped)
+ *    are asked HAVE in batches, like the first ones, and join the work loop
+ *    as their answers come. A look also asks HAVE again, for what is still
+ *    missing, of each live source that lacked some of it and was last asked
+ *    at least `recheckMs` ago: a friend fetching the same share gains chunks
+ *    over time. What `discover` throws, or returns that is no peer id, is
+ *    ignored; it gets `stallTimeoutMs` to answer.
+ * 8. It ends when every chunk is stored; or, when nothing is in flight and no
+ *    source can still give anything (and a last look, if `discover` is given,
+ *    brought nothing new), with FETCH_NO_SOURCE naming what is missing
+ *    (everything obtainable is fetched first); or with FETCH_ABORTED on the
+ *    signal. Chunks stored so far stay stored either way.
  *
  * Memory stays bounded whatever the total: per request one frame and the
  * muxer window (the stream is paused while the store is slower than the
- * network), plus a few bytes of bookkeeping per wanted chunk.
+ * network), plus a few bytes of bookkeeping per wanted chunk and a bit per
+ * wanted chunk per source (at most MAX_LATE_SOURCES join late).
  */
 
 /** @see FetchInit.chunksPerRequest */
@@ -76,6 +91,16 @@ export const DEFAULT_ENDGAME_COPIES = 2
 export const DEFAULT_TARGET_REQUEST_MS = 2_000
 /** @see FetchInit.progressIntervalMs */
 export const DEFAULT_PROGRESS_INTERVAL_MS = 100
+/** @see FetchInit.discoverIntervalMs */
+export const DEFAULT_DISCOVER_INTERVAL_MS = 5_000
+/** @see FetchInit.recheckMs */
+export const DEFAULT_RECHECK_MS = 30_000
+/** Looks that `short()` or a starved fetch asks for come at most this often. */
+export const MIN_LOOK_GAP_MS = 1_000
+/** Sources that may join one fetch after it started; further peers `discover` names are ignored. */
+export const MAX_LATE_SOURCES = 256
+/** Entries of one `discover` answer looked at; the rest are ignored. */
+const MAX_DISCOVERED_PER_LOOK = 1024
 /** What opening a GET stream costs before its first byte, roughly (loopback: ~3 ms). */
 const ENDGAME_SETUP_MS = 20
 /** Penalties kept per source in the report (the count is always exact). */
@@ -86,12 +111,44 @@ const HAS_CONCURRENCY = 64
 const THROTTLE_NOTICE_MS = 5
 
 export interface FetchInit {
-  libp2p: ChunkDialer
+  /** Dials sources; its `peerId`, if it has one, is never taken as a source from `discover`. */
+  libp2p: ChunkDialer & { peerId?: PeerId }
   store: Pick<ChunkStore, 'has' | 'put'>
   /** Chunk ids wanted, in the order they are preferred (duplicates are ignored). */
   ids: string[]
-  /** Peers that may hold them; the share owner holds them all. */
+  /** Peers that may hold them at the start; the share owner holds them all. May be empty if `discover` is given. */
   sources: PeerId[]
+  /**
+   * More peers that may hold the chunks, asked while the fetch runs: every
+   * `discoverIntervalMs`, at once (at most every second) while `short()` is
+   * true, and before giving up with FETCH_NO_SOURCE. Peers the fetch already
+   * knows, dropped ones included, are ignored; so are itself and anything
+   * that is not a PeerId. Throwing, or taking longer than `stallTimeoutMs`,
+   * counts as an empty answer. A daemon returns the share owner and the
+   * online friends who granted it files.
+   *
+   * @default no discovery: the sources are fixed, as given
+   */
+  discover?: (signal: AbortSignal) => PeerId[] | Promise<PeerId[]>
+  /**
+   * Says the fetch is below what it wants, so sources should be sought now
+   * rather than at the next interval: wire it to the scheduler flow's floor
+   * (`flow.floor()?.state === 'slow'`). Polled a few times a second; only
+   * used with `discover`. Throwing counts as false.
+   *
+   * @default never short
+   */
+  short?: () => boolean
+  /** A look for sources (`discover`) runs at least this often. @default 5000 */
+  discoverIntervalMs?: number
+  /**
+   * A live source that lacked some chunk still missing is asked HAVE again
+   * for what is missing, at a look, once this long has passed since it was
+   * last asked. Only with `discover`.
+   *
+   * @default 30000
+   */
+  recheckMs?: number
   /** Aborting stops the fetch (pause, cancel): it rejects with FETCH_ABORTED; stored chunks stay. */
   signal?: AbortSignal
   /** Called at most every `progressIntervalMs` while chunks arrive, and once at the end. */
@@ -189,6 +246,10 @@ export interface FetchProgress {
 
 export interface SourceReport {
   peer: string
+  /** ms since the fetch started when it became a source: 0 for those given at the start, more for those `discover` added */
+  joinedAtMs: number
+  /** HAVE asked again for what was still missing (see FetchInit.recheckMs) */
+  rechecks: number
   /** verified bytes stored from this source */
   bytes: number
   chunks: number
@@ -218,6 +279,8 @@ export interface FetchReport {
   haveMs: number | undefined
   sources: SourceReport[]
   dropped: Array<{ peer: string } & Penalty>
+  /** with `discover`: how often it was called, the peers it added, and its failures (throws, timeouts, bad answers) */
+  discovery?: { looks: number, joined: number, failures: number, lastFailure?: string }
 }
 
 /** FETCH_NO_SOURCE and FETCH_ABORTED carry what was done and what is missing. */
@@ -269,10 +332,16 @@ class Source {
   dropped: Penalty | undefined
   /** when `beforeReceive` last held one of its requests back */
   throttledAt = -Infinity
+  /** ms since the fetch started when it joined */
+  readonly joinedAtMs: number
+  /** when it last answered (or failed) a HAVE for everything it was asked */
+  askedAt = 0
+  rechecks = 0
 
-  constructor (peer: PeerId, total: number, limit: number) {
+  constructor (peer: PeerId, total: number, limit: number, joinedAtMs = 0) {
     this.peer = peer
     this.limit = limit
+    this.joinedAtMs = joinedAtMs
     this.key = peer.toString()
     this.have = new Uint8Array(Math.ceil(total / 8))
   }
@@ -344,7 +413,17 @@ class Fetch {
   private readonly tasks = new Set<Promise<void>>()
   private readonly halt = new AbortController()
   private readonly startedAt: number
-  private readonly opt: Required<Omit<FetchInit, 'libp2p' | 'store' | 'ids' | 'sources' | 'signal' | 'onProgress' | 'beforeReceive'>>
+  private readonly opt: Required<Omit<FetchInit, 'libp2p' | 'store' | 'ids' | 'sources' | 'signal' | 'onProgress' | 'beforeReceive' | 'discover' | 'short'>>
+  /** every peer that ever was a source, by string (a dropped one stays known, so it is never re-added) */
+  private readonly known = new Set<string>()
+  private looking = false
+  private lastLookAt: number
+  /** a look was made since nothing could move, and brought nothing new */
+  private stuckLooked = false
+  private looks = 0
+  private joined = 0
+  private lookFailures = 0
+  private lastLookFailure: string | undefined
   /** pending chunks at least one live source says it holds */
   private fetchable = 0
   private doneCount = 0
@@ -380,9 +459,15 @@ class Fetch {
       retryDelayMs: positive(init.retryDelayMs, DEFAULT_RETRY_DELAY_MS, 'retryDelayMs', false),
       endgameCopies: positive(init.endgameCopies, DEFAULT_ENDGAME_COPIES, 'endgameCopies'),
       targetRequestMs: positive(init.targetRequestMs, DEFAULT_TARGET_REQUEST_MS, 'targetRequestMs', false),
-      progressIntervalMs: positive(init.progressIntervalMs, DEFAULT_PROGRESS_INTERVAL_MS, 'progressIntervalMs', false)
+      progressIntervalMs: positive(init.progressIntervalMs, DEFAULT_PROGRESS_INTERVAL_MS, 'progressIntervalMs', false),
+      discoverIntervalMs: positive(init.discoverIntervalMs, DEFAULT_DISCOVER_INTERVAL_MS, 'discoverIntervalMs', false),
+      recheckMs: positive(init.recheckMs, DEFAULT_RECHECK_MS, 'recheckMs', false)
     }
+    if (init.discover !== undefined && typeof init.discover !== 'function') throw new KithError('BAD_REQUEST', 'discover must be a function')
+    if (init.short !== undefined && typeof init.short !== 'function') throw new KithError('BAD_REQUEST', 'short must be a function')
     this.sources = sources.map(peer => new Source(peer, this.n, this.opt.requestsPerSource))
+    for (const source of this.sources) this.known.add(source.key)
+    this.lastLookAt = startedAt
   }
 
   async run (): Promise<FetchReport> {
@@ -568,42 +653,195 @@ class Fetch {
 
   // ---- HAVE
 
+  /** One HAVE of `indexes` to `source`, with stallTimeoutMs to answer; the held ones are marked. */
+  private async askOnce (source: Source, indexes: number[]): Promise<number[]> {
+    // a HAVE gets stallTimeoutMs, like a GET without progress
+    const controller = new AbortController()
+    const stop = (): void => { controller.abort(this.halt.signal.reason) }
+    this.halt.signal.addEventListener('abort', stop, { once: true })
+    const timer = setTimeout(() => {
+      controller.abort(new KithError('CHUNK_PEER_STALLED', `no answer to HAVE within ${this.opt.stallTimeoutMs} ms`))
+    }, this.opt.stallTimeoutMs)
+    try {
+      const held = await askHave(this.init.libp2p, source.peer, indexes.map(i => this.wanted[i]!), { signal: controller.signal })
+      if (this.finished || source.dropped !== undefined) return []
+      const fresh: number[] = []
+      for (const index of indexes) {
+        if (held.has(this.wanted[index]!) && !source.holds(index)) {
+          this.setHave(source, index)
+          fresh.push(index)
+        }
+      }
+      return fresh
+    } finally {
+      clearTimeout(timer)
+      this.halt.signal.removeEventListener('abort', stop)
+    }
+  }
+
   private async askTask (source: Source): Promise<void> {
     source.asking = true
     try {
       while (source.haveKnown < this.n && source.dropped === undefined && !this.finished) {
         const from = source.haveKnown
-        const batch = this.wanted.slice(from, from + this.opt.haveBatchSize)
-        // a HAVE gets stallTimeoutMs, like a GET without progress
-        const controller = new AbortController()
-        const stop = (): void => { controller.abort(this.halt.signal.reason) }
-        this.halt.signal.addEventListener('abort', stop, { once: true })
-        const timer = setTimeout(() => {
-          controller.abort(new KithError('CHUNK_PEER_STALLED', `no answer to HAVE within ${this.opt.stallTimeoutMs} ms`))
-        }, this.opt.stallTimeoutMs)
+        const indexes: number[] = []
+        for (let i = from; i < Math.min(this.n, from + this.opt.haveBatchSize); i++) indexes.push(i)
         try {
-          const held = await askHave(this.init.libp2p, source.peer, batch, { signal: controller.signal })
+          await this.askOnce(source, indexes)
           if (this.finished || source.dropped !== undefined) return
-          batch.forEach((id, i) => { if (held.has(id)) this.setHave(source, from + i) })
-          source.haveKnown = from + batch.length
+          source.haveKnown = from + indexes.length
         } catch (err) {
           if (this.finished) return
           this.penalise(source, this.classify(err), `HAVE failed: ${(err as Error).message}`)
           if (source.dropped !== undefined) return
           await sleep(source.coolUntil - Date.now(), this.halt.signal)
-        } finally {
-          clearTimeout(timer)
-          this.halt.signal.removeEventListener('abort', stop)
         }
         this.schedule()
       }
     } finally {
       source.asking = false
+      source.askedAt = Date.now()
       if (!this.finished) {
         if (this.haveMs === undefined && this.sources.every(s => !s.asking)) this.haveMs = this.now()
         this.schedule()
       }
     }
+  }
+
+  /**
+   * Asks `source` HAVE again for every chunk still missing that it did not
+   * hold, in batches. A failure is a strike like any HAVE's, and ends this
+   * round; the next look may try again.
+   */
+  private async recheckTask (source: Source): Promise<void> {
+    source.asking = true
+    source.rechecks++
+    try {
+      let at = 0
+      while (at < this.n && source.dropped === undefined && !this.finished) {
+        const indexes: number[] = []
+        for (; at < this.n && indexes.length < this.opt.haveBatchSize; at++) {
+          if (this.state[at] !== DONE && !source.holds(at)) indexes.push(at)
+        }
+        if (indexes.length === 0) break
+        try {
+          const fresh = await this.askOnce(source, indexes)
+          // its cursor may have passed them already
+          if (fresh.length > 0) source.cursor = Math.min(source.cursor, fresh[0]!)
+        } catch (err) {
+          if (this.finished) return
+          this.penalise(source, this.classify(err), `HAVE (again) failed: ${(err as Error).message}`)
+          return
+        }
+        this.schedule()
+      }
+    } finally {
+      source.asking = false
+      source.askedAt = Date.now()
+      if (!this.finished) this.schedule()
+    }
+  }
+
+  // ---- discovery
+
+  private isShort (): boolean {
+    if (this.init.short === undefined) return false
+    try {
+      return this.init.short() === true
+    } catch {
+      return false
+    }
+  }
+
+  /** Starts a look for sources, unless one is running. */
+  private look (): void {
+    if (this.looking || this.finished || this.init.discover === undefined) return
+    this.looking = true
+    this.lastLookAt = Date.now()
+    this.looks++
+    this.track(this.lookTask())
+  }
+
+  private async lookTask (): Promise<void> {
+    let found = false
+    try {
+      const peers = await this.discover()
+      if (this.finished) return
+      const self = this.init.libp2p.peerId?.toString()
+      for (const peer of peers) {
+        if (this.joined >= MAX_LATE_SOURCES || this.sources.length >= 0xffff) break
+        const key = peer.toString()
+        if (key === self || this.known.has(key)) continue
+        this.known.add(key)
+        const source = new Source(peer, this.n, this.opt.requestsPerSource, this.now())
+        this.sources.push(source)
+        this.joined++
+        found = true
+        this.track(this.askTask(source))
+      }
+      const now = Date.now()
+      for (const source of this.sources) {
+        if (source.dropped !== undefined || source.asking || source.coolUntil > now || source.haveKnown < this.n || now - source.askedAt < this.opt.recheckMs) continue
+        if (!this.lacksMissing(source)) continue
+        found = true
+        this.track(this.recheckTask(source))
+      }
+    } finally {
+      this.looking = false
+      if (found) this.stuckLooked = false
+      if (!this.finished) this.schedule()
+    }
+  }
+
+  /** What `discover` names, as valid PeerIds, each once; [] when it throws, hangs past stallTimeoutMs or answers garbage. */
+  private async discover (): Promise<PeerId[]> {
+    const controller = new AbortController()
+    const stop = (): void => { controller.abort(this.halt.signal.reason) }
+    this.halt.signal.addEventListener('abort', stop, { once: true })
+    let timer: ReturnType<typeof setTimeout> | undefined
+    try {
+      const answer = await Promise.race([
+        (async () => await this.init.discover!(controller.signal))(),
+        new Promise<never>((_resolve, reject) => {
+          timer = setTimeout(() => { reject(new Error(`no answer within ${this.opt.stallTimeoutMs} ms`)) }, this.opt.stallTimeoutMs)
+          controller.signal.addEventListener('abort', () => { reject(new Error('stopped')) }, { once: true })
+        })
+      ])
+      if (!Array.isArray(answer)) throw new Error(`answered ${answer === null ? 'null' : typeof answer}, not an array of peer ids`)
+      const peers: PeerId[] = []
+      const seen = new Set<string>()
+      let bad = 0
+      for (const peer of answer.slice(0, MAX_DISCOVERED_PER_LOOK)) {
+        if (!isPeerId(peer)) {
+          bad++
+          continue
+        }
+        const key = peer.toString()
+        if (seen.has(key)) continue
+        seen.add(key)
+        peers.push(peer)
+      }
+      if (bad > 0) this.lookFailed(`${bad} of its ${answer.length} answers are not peer ids`)
+      return peers
+    } catch (err) {
+      if (!this.finished) this.lookFailed(err instanceof Error ? err.message : String(err))
+      return []
+    } finally {
+      clearTimeout(timer)
+      this.halt.signal.removeEventListener('abort', stop)
+      controller.abort()
+    }
+  }
+
+  private lookFailed (message: string): void {
+    this.lookFailures++
+    this.lastLookFailure = `discover: ${message}`.slice(0, 300)
+  }
+
+  /** Some chunk not yet stored is one `source` did not say it holds. */
+  private lacksMissing (source: Source): boolean {
+    for (let i = 0; i < this.n; i++) if (this.state[i] !== DONE && !source.holds(i)) return true
+    return false
   }
 
   // ---- scheduling
@@ -715,7 +953,17 @@ class Fetch {
         }, at - now)
       }
     }
-    if (this.requests.size === 0 && cooling.length === 0 && !live.some(s => s.asking)) {
+    if (this.requests.size > 0 || live.some(s => s.asking) || this.looking) return
+    // nothing moves: every source is dropped, cooling, or holds nothing still missing
+    if (this.init.discover === undefined) {
+      if (cooling.length === 0) this.finish({ code: 'FETCH_NO_SOURCE' })
+    } else if (cooling.length > 0) {
+      if (now - this.lastLookAt >= MIN_LOOK_GAP_MS) this.look()
+    } else if (!this.stuckLooked) {
+      // one more look before giving up; it clears the flag if it brings anything new
+      this.stuckLooked = true
+      this.look()
+    } else {
       this.finish({ code: 'FETCH_NO_SOURCE' })
     }
   }
@@ -842,6 +1090,10 @@ class Fetch {
   private tick (): void {
     if (this.finished) return
     const now = Date.now()
+    if (this.init.discover !== undefined && !this.looking) {
+      const since = now - this.lastLookAt
+      if (since >= this.opt.discoverIntervalMs || (since >= MIN_LOOK_GAP_MS && this.isShort())) this.look()
+    }
     for (const request of this.requests) {
       if (request.throttled) continue
       const idle = now - request.lastByteAt
@@ -916,6 +1168,8 @@ class Fetch {
   report (): FetchReport {
     const sources: SourceReport[] = this.sources.map(s => ({
       peer: s.key,
+      joinedAtMs: s.joinedAtMs,
+      rechecks: s.rechecks,
       bytes: s.bytes,
       chunks: s.chunks,
       receivedBytes: s.received,
@@ -937,7 +1191,10 @@ class Fetch {
       durationMs: this.now(),
       haveMs: this.haveMs,
       sources,
-      dropped: sources.filter(s => s.dropped !== undefined).map(s => ({ peer: s.peer, ...s.dropped! }))
+      dropped: sources.filter(s => s.dropped !== undefined).map(s => ({ peer: s.peer, ...s.dropped! })),
+      ...(this.init.discover !== undefined
+        ? { discovery: { looks: this.looks, joined: this.joined, failures: this.lookFailures, ...(this.lastLookFailure !== undefined ? { lastFailure: this.lastLookFailure } : {}) } }
+        : {})
     }
   }
 }
