@@ -362,6 +362,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
           },
           ids,
           sources: this.sources(record.owner),
+          // friends who come online (or gain chunks) while it runs join; and at once when a floor falls short
+          discover: () => this.sources(record.owner),
+          ...(flow !== undefined ? { short: () => flow.floor()?.state === 'slow' } : {}),
           signal,
           onProgress: p => progress(p.doneBytes, p.perSource, p.doneChunks === p.totalChunks),
           ...(flow !== undefined ? { beforeReceive: async (bytes, peer, s) => { await flow.take(bytes, s, peer.toString()) } } : {})
