@@ -163,6 +163,33 @@ describe('fetching friends\' files', () => {
     expect(unknown.stderr).toContain('TRANSFER_UNKNOWN')
   })
 
+  it('takes on a friend who comes online mid-fetch when its floor falls short', async () => {
+    // carol fetched big2.bin above and holds its chunks; bob starts fetching it from alice while carol is away
+    const source = join(alice.home, 'big2.bin')
+    await alice.json('share', source, '--with', 'bob', 'carol')
+    await alice.json('limits', 'set', '--up', '4MB/s')
+    await carol.stop()
+    let carolUp = false
+    try {
+      const dest = join(bob.home, 'big2.bin')
+      const { transfer: t } = await bob.json('fetch', 'alice:big2.bin', '-o', dest, '--detach', '--min-rate', '20MB/s')
+      await waitFor(async () => (await transferOf(bob, t.id))?.doneBytes > 0, 'bob under way', 30_000)
+      await carol.start()
+      carolUp = true
+      const done = await waitFor(async () => {
+        const r = await transferOf(bob, t.id)
+        if (r?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(r.error)}`)
+        return r?.state === 'done' ? r : undefined
+      }, 'the fetch to finish', 60_000)
+      // at 4 MB/s alice alone needs 12 s for 48 MiB: carol joined and carried part of it
+      expect(done.sources.find((s: { label: string }) => s.label === 'carol')?.bytes).toBeGreaterThan(0)
+      expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
+    } finally {
+      await alice.json('limits', 'clear', '--up')
+      if (!carolUp) await carol.start()
+    }
+  })
+
   it('cancels a fetch and leaves no destination', async () => {
     const source = join(alice.home, 'big3.bin')
     await writeFile(source, randomBytes(48 * 1024 * 1024))
