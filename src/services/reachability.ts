@@ -3,7 +3,7 @@ import { z } from 'zod'
 import { lpStream, isPrivate } from '@libp2p/utils'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
-import type { Connection, Stream, PeerId } from '@libp2p/interface'
+import type { Connection, Stream, PeerId, IdentifyResult } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
 import { serveOnce } from '../peer/request-response.ts'
@@ -161,11 +161,7 @@ export interface ReachabilityInit {
   onState?: (state: ReachabilityState) => void
 }
 
-export class Reachability extends EventEmitter<{
-  change: [ReachabilityView]
-  /** a direct connection to a friend was hole-punched */
-  punched: [{ peerId: string, attempts: number, rttMs: number, ms: number }]
-}> {
+export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
   private readonly libp2p: KithLibp2p
   private readonly friends: FriendBook
   private readonly init: ReachabilityInit
@@ -183,6 +179,8 @@ export class Reachability extends EventEmitter<{
   private running = false
   /** friends a punch is under way or scheduled for, and failed punches' backoff */
   private readonly punches = new Map<string, { attempt: number, timer: NodeJS.Timeout | null, running: boolean }>()
+  /** my IP as the last friend at a public IP saw it (identify's observed address), before any dial-back tells */
+  private observed: { ip: string, at: number } | null = null
 
   constructor (init: ReachabilityInit) {
     super()
@@ -206,6 +204,7 @@ export class Reachability extends EventEmitter<{
     this.running = true
     this.libp2p.addEventListener('connection:open', this.onOpen)
     this.libp2p.addEventListener('connection:close', this.onClose)
+    this.libp2p.addEventListener('peer:identify', this.onIdentify)
     this.libp2p.addEventListener('self:peer:update', this.onSelfUpdate)
     this.friends.on('event', this.onFriendEvent)
     this.lastPorts = this.ports().join()
@@ -223,6 +222,7 @@ export class Reachability extends EventEmitter<{
     this.punches.clear()
     this.libp2p.removeEventListener('connection:open', this.onOpen)
     this.libp2p.removeEventListener('connection:close', this.onClose)
+    this.libp2p.removeEventListener('peer:identify', this.onIdentify)
     this.libp2p.removeEventListener('self:peer:update', this.onSelfUpdate)
     this.friends.off('event', this.onFriendEvent)
     await this.libp2p.unhandle(REACH_PROTOCOL).catch(() => {})
@@ -366,6 +366,21 @@ export class Reachability extends EventEmitter<{
     if (this.running && this.friends.isActive(peer) && this.libp2p.services.punch.isPunched(connection)) this.schedulePunch(peer, PUNCH_FIRST_DELAY_MS)
   }
 
+  /**
+   * A friend I reach directly at a public IP sees my public IP: identify tells
+   * it at once, while a dial-back check behind a NAT that drops it takes
+   * DIAL_BACK_TIMEOUT_MS. (libp2p keeps no observed TCP address itself.)
+   */
+  private readonly onIdentify = (evt: CustomEvent<IdentifyResult>): void => {
+    const { connection, observedAddr, peerId } = evt.detail
+    if (observedAddr == null || !this.friends.isActive(peerId.toString())) return
+    if (isCircuit(connection.remoteAddr) || isPrivate(connection.remoteAddr)) return
+    try {
+      const ip = ipOf(observedAddr)
+      if (ip != null && publicAddr(`/${ip.proto}/${ip.ip}/tcp/1`)) this.observed = { ip: ip.ip, at: Date.now() }
+    } catch {}
+  }
+
   private readonly onFriendEvent = (evt: FriendEvent): void => {
     if (evt.type === 'friend:added') this.schedulePunch(evt.friend.peerId, PUNCH_FIRST_DELAY_MS)
     if (evt.type !== 'friend:added' && evt.type !== 'friend:changed') return
@@ -411,8 +426,9 @@ export class Reachability extends EventEmitter<{
     if (Number.isFinite(nextRetry)) this.scheduleReserve(nextRetry - now)
   }
 
-  /** The public IP friends' dial-backs saw me at (reached or not), or null. */
+  /** My public IP as friends saw it last: their dial-backs (reached or not) or a public friend's identify; null if none did. */
   publicIp (): string | null {
+    if (this.observed != null && this.observed.at > (this.view.checkedAt ?? 0)) return this.observed.ip
     const addrs = [...this.view.publicAddrs, ...this.view.evidence.flatMap(e => e.results.map(r => r.addr)).filter(publicAddr)]
     for (const addr of addrs) {
       try {
@@ -420,7 +436,7 @@ export class Reachability extends EventEmitter<{
         if (ip != null) return ip.ip
       } catch {}
     }
-    return null
+    return this.observed?.ip ?? null
   }
 
   /** The relayed connection I accepted from a friend I have no direct connection to, or null. */
@@ -459,10 +475,10 @@ export class Reachability extends EventEmitter<{
       if (ip == null) throw new KithError('PUNCH_REFUSED', 'no friend has told me my public address yet')
       const signal = this.controller.signal
       const stream = await relayed.newStream(PUNCH_PROTOCOL, { runOnLimitedConnection: true, signal: AbortSignal.any([signal, AbortSignal.timeout(REACH_STREAM_TIMEOUT_MS)]) })
-      const result = await this.libp2p.services.punch.initiate(stream, relayed, ip, { signal })
+      // the punched connection announces itself (connection:open); presence reports it as hole-punched
+      await this.libp2p.services.punch.initiate(stream, relayed, ip, { signal })
       ok = true
       this.punches.delete(peer)
-      this.emit('punched', { peerId: peer, attempts: result.attempts, rttMs: result.rttMs, ms: result.ms })
     } catch {
     } finally {
       p.running = false
@@ -479,8 +495,7 @@ export class Reachability extends EventEmitter<{
       stream.abort(new KithError('BAD_REQUEST', 'punch over a relayed connection only'))
       return
     }
-    const result = await this.libp2p.services.punch.respond(stream, connection, this.publicIp(), { signal: this.controller.signal })
-    if (result != null) this.emit('punched', { peerId: connection.remotePeer.toString(), attempts: result.attempts, rttMs: result.rttMs, ms: result.ms })
+    await this.libp2p.services.punch.respond(stream, connection, this.publicIp(), { signal: this.controller.signal })
   }
 
   private scheduleReserve (delay: number): void {

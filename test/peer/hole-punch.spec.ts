@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { encode } from 'cborg'
-import { decodePunchMessage, encodePunchMessage, MAX_PUNCH_MESSAGE, PUNCH_VERSION, type PunchMessage } from '../../src/peer/hole-punch.ts'
+import { decodePunchMessage, encodePunchMessage, simultaneousOpen, MAX_PUNCH_MESSAGE, PUNCH_VERSION, type PunchMessage } from '../../src/peer/hole-punch.ts'
 import { KithError, type ErrorCode } from '../../src/errors.ts'
 
 function rejected (bytes: Uint8Array): KithError {
@@ -87,5 +87,23 @@ describe('punch messages', () => {
     // { "t": "go", "v": 1 } with the keys out of canonical order
     const unsorted = Uint8Array.from(Buffer.from('a2617601617462676f', 'hex'))
     expect(rejected(unsorted).code).toBe('PUNCH_MALFORMED')
+  })
+})
+
+// (the simultaneous open itself is tested where it can be: between NATs in test/integration/nat.spec.ts;
+// on loopback the two SYNs would have to cross within microseconds)
+describe('simultaneousOpen', () => {
+  it('gives up with PUNCH_FAILED when nobody answers', async () => {
+    const { createServer } = await import('node:net')
+    const port = await new Promise<number>(resolve => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const p = (server.address() as { port: number }).port
+        server.close(() => { resolve(p) })
+      })
+    })
+    // nothing listens on port 9 of loopback: every attempt is refused until the window ends
+    const err = await simultaneousOpen({ ip: '127.0.0.1', port: 9 }, port, AbortSignal.timeout(5_000), 300).catch(e => e)
+    expect(err).toBeInstanceOf(KithError)
+    expect((err as KithError).code).toBe('PUNCH_FAILED')
   })
 })
