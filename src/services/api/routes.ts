@@ -65,7 +65,10 @@ function body<T> (schema: z.ZodType<T>, value: unknown): T {
 export function routes (daemon: Daemon): Route[] {
   const friendView = (name: string): unknown => daemon.view(daemon.friends.resolve(decodeURIComponent(name)))
   return [
-    { method: 'GET', path: /^\/v1\/status$/, handler: async () => daemon.status() },
+    // the chunk store's size and last clean-up come from file sharing
+    { method: 'GET', path: /^\/v1\/status$/, handler: async () => ({ ...daemon.status(), store: daemon.files.storeStatus() }) },
+    // frees chunks nothing needs any more, now; answers once that cycle is over
+    { method: 'POST', path: /^\/v1\/gc$/, handler: async () => ({ gc: await daemon.files.collect() }) },
     { method: 'GET', path: /^\/v1\/invites$/, handler: async () => ({ invites: await daemon.listInvites() }) },
     {
       method: 'POST',

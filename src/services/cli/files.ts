@@ -4,6 +4,7 @@ import cliProgress from 'cli-progress'
 import { KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { ShareView } from '../files/file-service.ts'
+import type { GcResult } from '../files/chunk-gc.ts'
 import type { ShareListing } from '../files/share-book.ts'
 import type { Transfer } from '../files/transfers.ts'
 import { table, bytes, duration, parseRate } from './format.ts'
@@ -11,7 +12,7 @@ import { PRIORITIES } from '../../transfer/scheduler/index.ts'
 
 /**
  * File commands: share, shares, unshare, ls, fetch, transfers, pause,
- * resume, cancel. `fetch` follows the daemon's events and draws a progress
+ * resume, cancel, gc. `fetch` follows the daemon's events and draws a progress
  * bar on a terminal, or prints JSON progress lines with --json.
  */
 type Print = (json: boolean | undefined, value: unknown, text: () => string) => void
@@ -43,6 +44,13 @@ function transferRows (transfers: Transfer[]): string {
     floorText(t),
     t.dest
   ]))
+}
+
+/** "freed 12 chunks (12.0 MiB); the store holds 30 chunks (30.0 MiB)" */
+export function gcText (gc: GcResult): string {
+  const plural = (n: number): string => `${n} chunk${n === 1 ? '' : 's'}`
+  return `freed ${plural(gc.freed.chunks)} (${bytes(gc.freed.bytes)}); the store holds ${plural(gc.store.chunks)} (${bytes(gc.store.bytes)})` +
+    (gc.aborted ? '; stopped early, the daemon is stopping' : '')
 }
 
 /** FRIEND:SHARE[/path] */
@@ -186,6 +194,15 @@ export function fileCommands (program: Command, client: Client, print: Print): v
         if (rows === '') return 'no transfers'
         return `${rows}\n\nqueue: ${result.eta == null ? 'time left unknown' : result.eta === 0 ? 'nothing left to fetch' : `${duration(result.eta)} left`}`
       })
+    })
+
+  program.command('gc')
+    .description('free the chunks nothing needs any more: unshared shares, old versions, cancelled fetches')
+    .option('--json', 'print as JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      // a sweep of a large store can take a while: wait as long as the daemon works
+      const result = await (await client(cmd)).call<{ gc: GcResult }>('POST', '/v1/gc', undefined, { timeoutMs: 0 })
+      print(opts.json, result, () => gcText(result.gc))
     })
 
   for (const action of ['pause', 'resume', 'cancel'] as const) {

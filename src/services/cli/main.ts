@@ -10,9 +10,10 @@ import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
 import { runStart } from './start.ts'
 import { fileCommands } from './files.ts'
+import type { StoreStatus } from '../files/file-service.ts'
 import { locateCommand } from './locate.ts'
 import { limitsCommand, bandwidthLines } from './limits.ts'
-import { table, ago, shortId, parseDuration, parseRate } from './format.ts'
+import { table, ago, shortId, parseDuration, parseRate, bytes } from './format.ts'
 
 /**
  * The `kith` command line: a thin client of the local API (see docs/api.md),
@@ -122,6 +123,17 @@ function reachabilityLines (status: Status): string[] {
   ]
 }
 
+/** `kith status`: the chunk store's size and its last clean-up */
+function storeLines (store: StoreStatus | undefined): string[] {
+  if (store == null) return []
+  const last = store.gc.last
+  const gc = store.gc.error != null
+    ? `last clean-up failed: ${store.gc.error.message} [${store.gc.error.code}]`
+    : store.gc.running ? 'cleaning up now' : last != null ? `last clean-up ${ago(last.at)} freed ${last.freed.chunks} (${bytes(last.freed.bytes)})` : 'not cleaned up yet'
+  const total = store.gc.total.chunks > 0 ? `; ${store.gc.total.chunks} (${bytes(store.gc.total.bytes)}) freed since start` : ''
+  return [`chunks   ${store.chunks} (${bytes(store.bytes)}); ${gc}${total}`]
+}
+
 /** "hole-punched since 2m ago via /ip4/..."; "relayed via carol since ..." */
 function linkText (f: FriendView, friends: FriendView[]): string {
   const kind = f.link.kind ?? (f.link.direct === true ? 'direct' : 'relayed')
@@ -193,7 +205,7 @@ program.command('status')
   .option('--json', 'print as JSON')
   .action(async (opts: { json?: boolean }, cmd: Command) => {
     const api = await client(cmd)
-    const status = await api.get<Status>('/v1/status')
+    const status = await api.get<Status & { store?: StoreStatus }>('/v1/status')
     const { friends } = await api.get<{ friends: FriendView[] }>('/v1/friends')
     const active = friends.filter(f => f.state === 'active')
     print(opts.json, { ...status, friendLinks: active.map(f => ({ label: f.label, peerId: f.peerId, ...f.link })) }, () => [
@@ -203,6 +215,7 @@ program.command('status')
       ...status.addrs.map(a => `listen   ${a}`),
       `friends  ${status.friends.online} of ${status.friends.total} online`,
       ...reachabilityLines(status),
+      ...storeLines(status.store),
       ...active.map(f => `  ${f.label.padEnd(20)} ${f.link.online ? linkText(f, active) : `offline, last seen ${ago(f.lastSeen)}`}`),
       'bandwidth (see `kith limits`)',
       ...bandwidthLines(status.bandwidth).map(l => `  ${l}`)

@@ -14,6 +14,7 @@ import { ShareBook, listing, type ShareListing } from './share-book.ts'
 import { filesHandler, listShares, FILES_PROTOCOL } from './files-protocol.ts'
 import { Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
 import { LimitsBook, type ConfigFile, type LimitsDoc } from './limits.ts'
+import { ChunkCollector, liveChunks, type GcResult, type GcStatus } from './chunk-gc.ts'
 
 /**
  * File sharing as the daemon offers it: my shares, what friends share with
@@ -41,12 +42,21 @@ export interface FileServiceInit {
 
 export const MAX_INBOUND_CHUNK_STREAMS = 16
 
+/** `kith status`: what the chunk store holds, and how its last clean-up went */
+export interface StoreStatus {
+  chunks: number
+  bytes: number
+  gc: GcStatus
+}
+
 export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   readonly store: ChunkStore
   readonly shares: ShareBook
   readonly transfers: Transfers
   /** every chunk this node serves or fetches passes through it */
   readonly bandwidth: BandwidthScheduler
+  /** frees chunks nothing needs any more (chunk-gc.ts) */
+  readonly gc: ChunkCollector
   private limitsBook: LimitsBook | null = null
   private readonly init: FileServiceInit
   /** what I serve, one flow per peer */
@@ -59,16 +69,33 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     // limits come from the config file, the database and the start flags once friends resolve (see start)
     this.bandwidth = new BandwidthScheduler()
     this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'))
+    this.gc = new ChunkCollector({
+      store,
+      mark: async () => await liveChunks({
+        shares: this.shares,
+        publicKey: init.identity.publicKey,
+        transfers: () => this.transfers.list(),
+        friends: init.friends
+      })
+    })
     this.transfers = new Transfers({
       libp2p: init.libp2p,
       friends: init.friends,
       shares: this.shares,
-      store,
+      // every chunk a fetch looks at is safe from a sweep under way
+      store: this.gc.guard(store),
       level: sublevel(init.db, 'transfers'),
       secretKey: init.identity.secretKey,
       bandwidth: this.bandwidth
     })
-    this.transfers.on('event', evt => this.emit('event', evt))
+    this.transfers.on('event', evt => {
+      this.emit('event', evt)
+      if (evt.type === 'transfer:state') this.afterTransfer(evt.transfer)
+    })
+    init.friends.on('event', evt => {
+      // a revoked friend's shares are no longer served (chunk-gc.ts)
+      if (evt.type === 'friend:revoked') this.gc.schedule()
+    })
   }
 
   static async start (init: FileServiceInit): Promise<FileService> {
@@ -97,7 +124,27 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
       middleware: [friendsOnly(friends, 'files')]
     })
     await service.transfers.start()
+    // once at start-up, in the background: start is not held up by it
+    setImmediate(() => service.gc.schedule())
     return service
+  }
+
+  /** A cancelled fetch frees what it stored; a newer finished version supersedes older ones. */
+  private afterTransfer (t: Transfer): void {
+    if (t.state === 'cancelled') this.gc.schedule()
+    if (t.state === 'done' && this.transfers.list().some(o => o.id !== t.id && o.state === 'done' && o.owner === t.owner && o.shareId === t.shareId && o.version < t.version)) {
+      this.gc.schedule()
+    }
+  }
+
+  /** Runs a collection now (after one under way, if any) and says what it freed. */
+  async collect (): Promise<GcResult> {
+    return await this.gc.collect()
+  }
+
+  storeStatus (): StoreStatus {
+    const stats = this.store.stats()
+    return { chunks: stats.count, bytes: stats.bytes, gc: this.gc.status() }
   }
 
   /** global, per-peer and time-of-day limits, persisted; `kith limits` */
@@ -107,6 +154,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   }
 
   async stop (): Promise<void> {
+    await this.gc.stop()
     await this.transfers.stop()
     this.bandwidth.close()
   }
@@ -154,14 +202,33 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     } else {
       peers = friends.list().filter(f => friends.allows(f.peerId, 'files')).map(f => f.peerId)
     }
-    const { share, skipped } = await this.shares.share({
-      source: req.path,
-      with: peers,
-      ...(req.name != null ? { name: req.name } : {}),
-      secretKey: this.init.identity.secretKey,
-      publicKey: this.init.identity.publicKey,
-      store: { put: async (id, sealed) => await this.store.put(id, sealed, { sync: true }) }
-    })
+    // the chunks are written before the manifest that refers to them is saved: pinned till then
+    const pin = this.gc.pin()
+    let made
+    try {
+      made = await this.shares.share({
+        source: req.path,
+        with: peers,
+        ...(req.name != null ? { name: req.name } : {}),
+        secretKey: this.init.identity.secretKey,
+        publicKey: this.init.identity.publicKey,
+        store: {
+          put: async (id, sealed) => {
+            await this.gc.use(id, pin)
+            return await this.store.put(id, sealed, { sync: true })
+          }
+        }
+      })
+    } catch (err) {
+      // what a failed share stored is referenced by nothing (released first, so this sweep may take it)
+      pin.release()
+      this.gc.schedule()
+      throw err
+    }
+    pin.release()
+    const { share, skipped } = made
+    // a new version may leave the old one's changed chunks behind
+    if (share.version > 1) this.gc.schedule()
     return { share: this.view(share), skipped }
   }
 
@@ -170,7 +237,9 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   }
 
   async unshare (ref: string): Promise<ShareView> {
-    return this.view(await this.shares.unshare(ref))
+    const share = await this.shares.unshare(ref)
+    this.gc.schedule()
+    return this.view(share)
   }
 
   /** What a friend shares with me, asked of their node. */

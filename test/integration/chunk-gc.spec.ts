@@ -1,0 +1,154 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { mkdir, writeFile, readFile, readdir } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { join } from 'node:path'
+import { createTestnet, waitFor, befriend, transferOf, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { ApiClient } from '../../src/services/api/client.ts'
+
+/**
+ * Freeing the chunk store between real daemons, through the CLI: an unshared
+ * share's chunks go from the owner's store while a friend who fetched it
+ * keeps serving them; a share made while collections run loses nothing; a
+ * daemon killed mid-sweep comes back consistent.
+ */
+const MiB = 1024 * 1024
+const SEAL_OVERHEAD = 29
+
+/** Writes files of random bytes; returns the folder and the sealed size its chunks take in a store. */
+async function folder (root: string, sizes: number[]): Promise<{ root: string, chunks: number, sealed: number }> {
+  await mkdir(root, { recursive: true })
+  let chunks = 0
+  let sealed = 0
+  for (const [i, size] of sizes.entries()) {
+    await writeFile(join(root, `f${i}.bin`), randomBytes(size))
+    const n = Math.ceil(size / MiB)
+    chunks += n
+    sealed += size + n * SEAL_OVERHEAD
+  }
+  return { root, chunks, sealed }
+}
+
+async function sha (path: string): Promise<string> {
+  return createHash('sha256').update(await readFile(path)).digest('hex')
+}
+
+async function store (node: TestNode): Promise<{ chunks: number, bytes: number, gc: any }> {
+  return (await node.json('status')).store
+}
+
+async function finished (node: TestNode, id: string, timeoutMs = 60_000): Promise<any> {
+  return await waitFor(async () => {
+    const t = await transferOf(node, id)
+    if (t?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(t.error)}`)
+    return t?.state === 'done' ? t : undefined
+  }, `transfer ${id} to finish`, timeoutMs)
+}
+
+describe('chunk store collection', () => {
+  let net: Testnet
+  let alice: TestNode, bob: TestNode, carol: TestNode
+
+  beforeAll(async () => {
+    net = await createTestnet(['alice', 'bob', 'carol'])
+    ;[alice, bob, carol] = net.nodes as [TestNode, TestNode, TestNode]
+    await befriend(alice, bob)
+    await befriend(alice, carol)
+    await befriend(bob, carol)
+  })
+
+  afterAll(async () => {
+    await net?.stop()
+  })
+
+  it('collects once at start-up, in the background, and status shows the store', async () => {
+    const s = await waitFor(async () => {
+      const st = await store(alice)
+      return st.gc.last != null ? st : undefined
+    }, 'the start-up collection')
+    expect(s).toMatchObject({ chunks: 0, bytes: 0, gc: { error: null } })
+    const text = await alice.cli('status')
+    expect(text.stdout).toMatch(/^chunks {3}0 \(0 B\); last clean-up/m)
+  })
+
+  it('kith gc frees an unshared share\'s bytes while a friend who fetched it keeps serving them', async () => {
+    const docs = await folder(join(alice.home, 'docs'), [3 * MiB + 1, 2 * MiB, 100_000])
+    await alice.json('share', docs.root, '--with', 'bob', 'carol')
+    expect(await store(alice)).toMatchObject({ chunks: docs.chunks, bytes: docs.sealed })
+
+    // bob fetches all of it; carol starts, slowly, and pauses: her fetch has pinned the manifest
+    const got = await bob.cli('fetch', 'alice:docs', '-o', join(bob.home, 'docs'))
+    expect(got.code, got.stderr).toBe(0)
+    await carol.json('limits', 'set', '--down', '256KB/s')
+    const { transfer: started } = await carol.json('fetch', 'alice:docs', '-o', join(carol.home, 'docs'), '--detach')
+    await carol.json('pause', started.id)
+    await carol.json('limits', 'clear', '--down')
+
+    await alice.json('unshare', 'docs')
+    const { gc } = await alice.json('gc')
+    // the collection after unshare may have freed them before kith gc ran: either way they are gone
+    expect(gc.store).toEqual({ chunks: 0, bytes: 0 })
+    const after = await store(alice)
+    expect(after).toMatchObject({ chunks: 0, bytes: 0 })
+    expect(after.gc.total).toMatchObject({ chunks: docs.chunks, bytes: docs.sealed })
+    expect((await alice.cli('gc')).stdout).toContain('the store holds 0 chunks (0 B)')
+
+    // bob finished fetching it from a friend: he keeps it, and serves it
+    const bobs = (await bob.json('gc')).gc
+    expect(bobs.freed).toEqual({ chunks: 0, bytes: 0 })
+    expect(bobs.store).toEqual({ chunks: docs.chunks, bytes: docs.sealed })
+    await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'bob')?.link.online, 'carol sees bob')
+    await carol.json('resume', started.id)
+    const done = await finished(carol, started.id)
+    const left = done.totalBytes - (done.sources.find((s: any) => s.label === 'alice')?.bytes ?? 0)
+    expect(left).toBeGreaterThan(0)
+    expect(done.sources.find((s: any) => s.label === 'bob')?.bytes).toBeGreaterThan(0)
+    for (const name of ['f0.bin', 'f1.bin', 'f2.bin']) expect(await sha(join(carol.home, 'docs', name))).toBe(await sha(join(docs.root, name)))
+  })
+
+  it('a share made while collections run loses no chunk, and a friend fetches it whole', async () => {
+    const api = await ApiClient.forHome(alice.home)
+    const big = await folder(join(alice.home, 'big'), Array.from({ length: 24 }, (_, i) => 2 * MiB - i))
+    let sharing = true
+    const share = alice.json('share', big.root, '--with', 'bob').finally(() => { sharing = false })
+    let during = 0
+    while (sharing) {
+      const { gc } = await api.call<{ gc: { freed: { chunks: number } } }>('POST', '/v1/gc', undefined, { timeoutMs: 0 })
+      expect(gc.freed.chunks).toBe(0)
+      if (sharing) during++
+    }
+    const made = await share
+    expect(during).toBeGreaterThan(0)
+    expect(made.share.chunks).toBe(big.chunks)
+    expect((await alice.json('gc')).gc.store).toEqual({ chunks: big.chunks, bytes: big.sealed })
+    const got = await bob.cli('fetch', 'alice:big', '-o', join(bob.home, 'big'))
+    expect(got.code, got.stderr).toBe(0)
+    for (const name of ['f0.bin', 'f23.bin']) expect(await sha(join(bob.home, 'big', name))).toBe(await sha(join(big.root, name)))
+  })
+
+  it('a daemon killed mid-sweep restarts with a consistent store', async () => {
+    const before = (await alice.json('gc')).gc.store
+    const keep = await folder(join(alice.home, 'keep'), [3 * MiB + 7, 1000])
+    await alice.json('share', keep.root, '--with', 'carol')
+    const doomed = await folder(join(alice.home, 'doomed'), [40 * MiB])
+    await alice.json('share', doomed.root, '--with', 'bob')
+    expect(await store(alice)).toMatchObject({ chunks: before.chunks + keep.chunks + doomed.chunks })
+    await alice.json('unshare', 'doomed')
+    // the collection after unshare is under way (or done, on a fast day): kill it
+    await alice.kill9()
+    await alice.start()
+    const { gc } = await alice.json('gc')
+    expect(gc.store).toEqual({ chunks: before.chunks + keep.chunks, bytes: before.bytes + keep.sealed })
+    // every indexed chunk has its file; at most the one being deleted was left unindexed
+    let files = 0
+    for (const entry of await readdir(join(alice.home, 'chunks'), { recursive: true, withFileTypes: true })) {
+      if (entry.isFile() && !entry.parentPath.endsWith('tmp')) files++
+    }
+    expect(files - gc.store.chunks).toBeGreaterThanOrEqual(0)
+    expect(files - gc.store.chunks).toBeLessThanOrEqual(1)
+    // what is left is whole: carol fetches from alice what nobody else holds
+    await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'alice')?.link.online, 'carol sees alice')
+    const got = await carol.cli('fetch', 'alice:keep', '-o', join(carol.home, 'keep'))
+    expect(got.code, got.stderr).toBe(0)
+    expect(await sha(join(carol.home, 'keep', 'f0.bin'))).toBe(await sha(join(keep.root, 'f0.bin')))
+  })
+})
