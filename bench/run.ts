@@ -98,7 +98,7 @@ interface Row {
   figure: string
   /** median MB/s, or for memory rows MB */
   value: number
-  unit: 'MB/s' | 'MB' | 's'
+  unit: 'MB/s' | 'MB' | 's' | 'ms/MB'
   samples: number[]
   ratio?: number
   of?: string
@@ -112,7 +112,7 @@ const rows: Row[] = []
 function add (row: Row): void {
   rows.push(row)
   const ratio = row.ratio != null ? `, ${fmt(row.ratio, 2)} of ${row.of}` : ''
-  log(`=> ${row.figure}: ${fmt(row.value, row.unit === 's' ? 1 : 0)} ${row.unit}${ratio}${row.target != null ? ` (target ${row.target})` : ''}`)
+  log(`=> ${row.figure}: ${fmt(row.value, decimals(row.unit))} ${row.unit}${ratio}${row.target != null ? ` (target ${row.target})` : ''}`)
 }
 
 // ---------------------------------------------------------------------------
@@ -120,7 +120,7 @@ function add (row: Row): void {
 
 interface PeerReport { bytes: number, ms: number, peakRss: number, cpuMs: number }
 
-async function ceilingRun (kind: 'tcp' | 'stream', src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number }> {
+async function ceilingRun (kind: 'tcp' | 'stream', src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number }> {
   const out = join(dir, `ceiling-${kind}.out`)
   const script = kind === 'tcp' ? TCP_PEER : STREAM_PEER
   const recv = new JsonChild(NODE, [script, 'recv', out])
@@ -130,7 +130,7 @@ async function ceilingRun (kind: 'tcp' | 'stream', src: string, dir: string): Pr
     send = new JsonChild(NODE, [script, 'send', String(kind === 'tcp' ? hello.port : hello.addr), src])
     const [r, s] = await Promise.all([recv.next<PeerReport>(), send.next<PeerReport>()])
     if (r.bytes !== SIZE) throw new Error(`${kind} ceiling: the receiver got ${r.bytes} of ${SIZE} bytes`)
-    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms }
+    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs }
   } finally {
     await Promise.all([recv.kill(), send?.kill()])
     await rm(out, { force: true })
@@ -144,7 +144,7 @@ async function ceiling (kind: 'tcp' | 'stream', label: string, src: string, dir:
   const loads: string[] = []
   for (let i = 0; i < RUNS; i++) {
     const r = await ceilingRun(kind, src, dir)
-    const load = `${fmt(r.senderLoad, 2)}/${fmt(r.receiverLoad, 2)}`
+    const load = `${fmt(r.senderLoad, 2)}/${fmt(r.receiverLoad, 2)}, both ends ${cpuPerMb(r.cpuMs)}`
     log(`${label} run ${i + 1}/${RUNS}: ${fmt(r.mbps)} MB/s; CPU load send/recv ${load}`)
     samples.push(r.mbps)
     senders.push(r.sender)
@@ -258,9 +258,19 @@ function chunkPhase (r: FetchResult): number {
   return mbps(SIZE, r.transferMs - r.assembleMs)
 }
 
-/** "chunks 14.2 s + assembly 6.1 s": the transfer's two phases */
+/** "chunks 14.2 s + 0.3 s to place": until the last chunk arrived (files are written meanwhile), then the last checks and renames */
 function phases (r: FetchResult): string {
-  return `chunks ${fmt((r.transferMs - r.assembleMs) / 1000, 1)} s + assembly ${fmt(r.assembleMs / 1000, 1)} s`
+  return `chunks ${fmt((r.transferMs - r.assembleMs) / 1000, 1)} s + ${fmt(r.assembleMs / 1000, 1)} s to place`
+}
+
+/** Seconds and ms/MB are small numbers: one decimal */
+function decimals (unit: string): number {
+  return unit === 's' || unit === 'ms/MB' ? 1 : 0
+}
+
+/** CPU ms both ends spent per MB moved: unlike MB/s, barely moved by other work on the machine */
+function cpuPerMb (cpuMs: number): string {
+  return `${fmt(cpuMs / (SIZE / MB), 1)} CPU ms/MB`
 }
 
 /** CPU seconds per daemon over the transfer's seconds: 1.0 is one core flat out */
@@ -330,7 +340,9 @@ async function kith (src: string, streamCeiling: number, work: string): Promise<
     add({ figure: 'kith fetch, 1 source (transfer)', value: median(transfer), unit: 'MB/s', samples: transfer, ratio: median(transfer) / streamCeiling, of: '(b)', target: `>= ${TARGET_ONE_SOURCE}`, met: median(transfer) / streamCeiling >= TARGET_ONE_SOURCE, note: `CPU load owner ${fmt(ownerLoad, 2)}, fetcher ${fmt(fetcherLoad, 2)}; ${phases(one[transfer.indexOf(median(transfer))] ?? one[0]!)}` })
     add({ figure: 'kith fetch, 1 source (command wall)', value: median(wall), unit: 'MB/s', samples: wall, ratio: median(wall) / streamCeiling, of: '(b)' })
     const chunks = one.map(chunkPhase)
-    add({ figure: '  of which chunk phase (before assembly)', value: median(chunks), unit: 'MB/s', samples: chunks, ratio: median(chunks) / streamCeiling, of: '(b)' })
+    add({ figure: '  until the last chunk arrived', value: median(chunks), unit: 'MB/s', samples: chunks, ratio: median(chunks) / streamCeiling, of: '(b)', note: 'files are written while chunks arrive; the rest is the last checks and renames' })
+    const cpu = one.map((r, i) => (r.cpu.alice! + r.cpu[fetchers[i]!]!) * 1000)
+    add({ figure: '  CPU, owner + fetcher', value: median(cpu) / (SIZE / MB), unit: 'ms/MB', samples: cpu.map(c => c / (SIZE / MB)), note: 'compare with the CPU ms/MB of (b) above: on 2 shared cores this bounds MB/s' })
     const senderPeaks = one.map(r => r.peak.alice!)
     const receiverPeaks = one.map((r, i) => r.peak[fetchers[i]!]!)
     const sp = Math.max(...senderPeaks)
@@ -420,8 +432,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 function report (): void {
   const lines = table(['figure', 'value', 'runs', 'ratio', 'of', 'target', 'met', 'note'], rows.map(r => [
     r.figure,
-    `${fmt(r.value, r.unit === 's' ? 1 : 0)} ${r.unit}`,
-    r.samples.map(s => fmt(s, r.unit === 's' ? 1 : 0)).join(' '),
+    `${fmt(r.value, decimals(r.unit))} ${r.unit}`,
+    r.samples.map(s => fmt(s, decimals(r.unit))).join(' '),
     r.ratio != null ? fmt(r.ratio, 2) : '',
     r.of ?? '',
     r.target ?? '',
