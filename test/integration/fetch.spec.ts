@@ -190,6 +190,52 @@ describe('fetching friends\' files', () => {
     }
   })
 
+  it('survives kill -9 at random points of a folder fetch: every file is absent or complete, never partial', async () => {
+    const folder = join(alice.home, 'album')
+    await mkdir(join(folder, 'inner'), { recursive: true })
+    const sizes: Record<string, number> = { 'a.bin': 3 * 1024 * 1024, 'b.bin': 5 * 1024 * 1024 + 1, 'one.txt': 1, 'empty': 0, 'inner/c.bin': 9 * 1024 * 1024 }
+    for (const [name, size] of Object.entries(sizes)) await writeFile(join(folder, name), randomBytes(size))
+    await alice.json('share', folder, '--with', 'bob')
+    await alice.json('limits', 'set', '--up', '4MB/s') // ~4.5 s for the whole album: room for kills
+    const want = await tree(folder)
+    const dest = join(bob.home, 'album-copy')
+    /** Files at the destination, leaving out partials: each must be whole and verified */
+    const check = async (): Promise<string[]> => {
+      if (!await exists(dest)) return []
+      const got = await tree(dest)
+      const placed = Object.keys(got).filter(name => !name.split('/').at(-1)!.endsWith('.kith-partial'))
+      for (const name of placed) expect(got[name], `${name} at the destination`).toBe(want[name])
+      return placed
+    }
+    try {
+      const { transfer: t } = await bob.json('fetch', 'alice:album', '-o', dest, '--detach')
+      const delays: number[] = []
+      for (let kill = 0; kill < 3; kill++) {
+        const before = (await transferOf(bob, t.id))?.doneBytes ?? 0
+        const now = await waitFor(async () => {
+          const r = await transferOf(bob, t.id)
+          return r?.state === 'done' || r?.doneBytes > before ? r : undefined
+        }, 'progress before the kill', 30_000)
+        if (now.state === 'done') break // it finished before this kill: nothing left to interrupt
+        const delay = Math.floor(Math.random() * 700)
+        delays.push(delay)
+        await new Promise(resolve => setTimeout(resolve, delay)) // a random point, not a wait for a condition
+        await bob.kill9()
+        await check()
+        await bob.start()
+      }
+      const done = await waitFor(async () => {
+        const r = await transferOf(bob, t.id)
+        if (r?.state === 'failed') throw new Error(`fetch failed after kills at ${delays.join(', ')} ms: ${JSON.stringify(r.error)}`)
+        return r?.state === 'done' ? r : undefined
+      }, 'the fetch to finish after the kills', 60_000)
+      expect(done.doneBytes).toBe(Object.values(sizes).reduce((a, b) => a + b, 0))
+      expect(await tree(dest)).toEqual(want) // every file, and nothing else: no partial left behind
+    } finally {
+      await alice.json('limits', 'clear', '--up')
+    }
+  })
+
   it('cancels a fetch and leaves no destination', async () => {
     const source = join(alice.home, 'big3.bin')
     await writeFile(source, randomBytes(48 * 1024 * 1024))
