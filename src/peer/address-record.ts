@@ -82,9 +82,15 @@ export function isRecordAddr (s: string): boolean {
   }
 }
 
-/** Drops a trailing /p2p/<id>, as libp2p prints its own addresses. */
+/**
+ * Drops a trailing /p2p/<id>, as libp2p prints its own addresses. Only a
+ * trailing one: a relayed address names its relay with a /p2p in the middle
+ * (`.../p2p/<relay>/p2p-circuit`), and `decapsulateCode` would cut the
+ * circuit off there, leaving the relay's own address.
+ */
 export function withoutPeerId (addr: string): string {
-  return multiaddr(addr).decapsulateCode(421).toString()
+  const ma = multiaddr(addr)
+  return ma.getComponents().at(-1)?.name === 'p2p' ? ma.decapsulateCode(421).toString() : ma.toString()
 }
 
 function malformed (why: string): KithError {

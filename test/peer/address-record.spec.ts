@@ -67,6 +67,15 @@ describe('address records', () => {
     expect(made.addrs[0]).toBe('/ip4/10.0.0.0/tcp/4001')
   })
 
+  it('keeps relayed addresses whole: only a trailing /p2p/<id> goes, with or without one, and stripping twice changes nothing', () => {
+    const relay = peerIdFromPublicKey(publicKeyFromRaw(mallory.publicKey)).toString()
+    const circuit = `/ip4/7.7.0.10/tcp/4001/p2p/${relay}/p2p-circuit`
+    const made = record({ addrs: [`${circuit}/p2p/${alicePeer.toString()}`, circuit] })
+    expect(made.addrs).toEqual([circuit])
+    // what the publisher hands over is already stripped once
+    expect(record({ addrs: made.addrs }).addrs).toEqual([circuit])
+  })
+
   it('refuses a record about someone else than the peer asked about', () => {
     const made = record({ key: mallory })
     expect(codeOf(() => parseAddressRecord(made.bytes, { subject: alicePeer.toString(), now: NOW }))).toBe('RECORD_WRONG_PEER')
