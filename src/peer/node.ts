@@ -63,8 +63,14 @@ export interface RelayBudget {
 
 export const DEFAULT_RELAY_MAX_RESERVATIONS = 64
 export const DEFAULT_RELAY_RESERVATION_TTL_MS = 60 * 60 * 1000
+/**
+ * The longest relayed-connection duration a relay can enforce: js-libp2p's
+ * server arms `AbortSignal.timeout(duration)`, which throws above 2^32 - 1 ms
+ * and, like every Node timer, fires at once above 2^31 - 1 ms (~24.8 days).
+ */
+export const MAX_RELAY_DURATION_MS = 2 ** 31 - 1
 
-function relayReservations (budget: RelayBudget = {}): NonNullable<Parameters<typeof circuitRelayServer>[0]>['reservations'] {
+export function relayReservations (budget: RelayBudget = {}): NonNullable<NonNullable<Parameters<typeof circuitRelayServer>[0]>['reservations']> {
   const duration = budget.maxDurationMs ?? 0
   const data = budget.maxDataBytes ?? 0
   const limited = duration > 0 || data > 0
@@ -73,8 +79,9 @@ function relayReservations (budget: RelayBudget = {}): NonNullable<Parameters<ty
     reservationTtl: budget.reservationTtlMs ?? DEFAULT_RELAY_RESERVATION_TTL_MS,
     applyDefaultLimit: limited,
     // js-libp2p's server counts the duration in ms (its client reads seconds: a 1000x longer limit, harmless here)
-    // and, with applyDefaultLimit, fills in the stock 2 min / 128 KiB for whichever is unset: "unset" means huge here
-    defaultDurationLimit: duration > 0 ? duration : 365 * 24 * 3600 * 1000,
+    // and, with applyDefaultLimit, fills in the stock 2 min / 128 KiB for whichever is unset: "unset" means huge here,
+    // but within a Node timer (a 365-day placeholder made the server reset every relayed connection at once)
+    defaultDurationLimit: Math.min(duration > 0 ? duration : MAX_RELAY_DURATION_MS, MAX_RELAY_DURATION_MS),
     defaultDataLimit: BigInt(data > 0 ? data : Number.MAX_SAFE_INTEGER)
   }
 }

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream, StreamMiddleware } from '@libp2p/interface'
-import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
+import { createNode, relayReservations, MAX_RELAY_DURATION_MS, type KithLibp2p } from '../../src/peer/node.ts'
 import { waitFor } from '../helpers/testnet.ts'
 
 /**
@@ -52,5 +52,29 @@ describe('stream middleware', () => {
     await settle(out)
     expect(handled).toEqual({ x: 3, y: 1 })
     expect(seen).toEqual({ inbound: 4, outbound: 4 })
+  })
+})
+
+describe('relay budgets', () => {
+  it('no limit: relayed connections are not limited', () => {
+    expect(relayReservations({}).applyDefaultLimit).toBe(false)
+  })
+
+  it('a data limit alone leaves a duration the relay server can arm as a timer (it resets the connection otherwise)', () => {
+    const r = relayReservations({ maxDataBytes: 1_000_000 })
+    expect(r.applyDefaultLimit).toBe(true)
+    expect(r.defaultDataLimit).toBe(1_000_000n)
+    expect(r.defaultDurationLimit).toBe(MAX_RELAY_DURATION_MS)
+    // what js-libp2p's server does with it, and how a timer longer than 2^31 - 1 ms fails
+    const signal = AbortSignal.timeout(r.defaultDurationLimit!)
+    expect(signal.aborted).toBe(false)
+    expect(() => AbortSignal.timeout(365 * 24 * 3600 * 1000)).toThrow(RangeError)
+  })
+
+  it('a duration limit beyond a Node timer is capped; a data limit is not', () => {
+    const r = relayReservations({ maxDurationMs: 60 * 24 * 3600 * 1000 })
+    expect(r.defaultDurationLimit).toBe(MAX_RELAY_DURATION_MS)
+    expect(r.defaultDataLimit).toBe(BigInt(Number.MAX_SAFE_INTEGER))
+    expect(relayReservations({ maxDurationMs: 12 * 3600 * 1000 }).defaultDurationLimit).toBe(12 * 3600 * 1000)
   })
 })
