@@ -71,6 +71,8 @@ export const ERROR_CODES = {
   SHARE_UNKNOWN: 404,
   SHARE_NOT_GRANTED: 403,
   FRIEND_OFFLINE: 503,
+  /** the friend is online, but only through a relay whose budget limits the connection: files don't move there */
+  FRIEND_RELAY_LIMITED: 503,
   TRANSFER_UNKNOWN: 404,
   TRANSFER_STATE: 409,
   DISK_FULL: 507,

@@ -17,7 +17,7 @@ import { DEFAULT_GRANTS, type Service } from '../trust/grants.ts'
 import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
 import { LocateService } from './locate/index.ts'
-import { Reachability, allAddrs, type ReachabilityView, type RelayInUse } from './reachability.ts'
+import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
 import { bandwidthView, loadConfig, type BandwidthView, type ConfigFile } from './files/limits.ts'
 
@@ -41,7 +41,8 @@ export interface DaemonInit {
 }
 
 export interface FriendView extends Friend {
-  link: LinkInfo
+  /** how we are connected; `punch`: how hole punching to them went (null if never tried) */
+  link: LinkInfo & { punch: PunchView | null }
 }
 
 export interface Status {
@@ -227,7 +228,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   }
 
   view (friend: Friend): FriendView {
-    return { ...friend, link: this.presence.link(friend.peerId) }
+    return { ...friend, link: { ...this.presence.link(friend.peerId), punch: this.reachability.punchState(friend.peerId) } }
   }
 
   async createInvite (req: CreateInviteRequest): Promise<{ invite: InviteSummary, text: string }> {

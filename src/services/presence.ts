@@ -32,6 +32,12 @@ export interface LinkInfo {
   kindSince: number | null
   /** the relay's peer id, for a relayed link */
   relay: string | null
+  /**
+   * The connection in use has a relay's budget on it (time or bytes): libp2p
+   * then runs only protocols that opt in (identify, ping, hole punching), not
+   * files or chunks. null when offline.
+   */
+  limited: boolean | null
 }
 
 export type LinkKind = 'direct' | 'relayed' | 'hole-punched'
@@ -111,7 +117,8 @@ export class Presence extends EventEmitter<{
       remoteAddr: best?.remoteAddr.toString() ?? null,
       kind,
       kindSince: best?.timeline.open ?? null,
-      relay: best != null ? relayOf(best) : null
+      relay: best != null ? relayOf(best) : null,
+      limited: best != null ? best.limits != null : null
     }
   }
 

@@ -76,6 +76,28 @@ export interface ReachabilityView {
   publicAddrs: string[]
 }
 
+/**
+ * How hole punching to a friend has gone, as either side sees it: punches I
+ * started (as the side that accepted the relayed connection) and those the
+ * friend started that I answered. Shown by `kith status` while the link is
+ * relayed, so a person can tell "not tried yet" from "tried, and the NATs
+ * won't let it through".
+ */
+export interface PunchView {
+  /** punches tried (started or answered) since the daemon started */
+  attempts: number
+  /** failures in a row; 0 after a success */
+  failures: number
+  /** ms since epoch the last punch ended */
+  lastAt: number | null
+  /** why the last punch failed, or null if it succeeded */
+  lastError: { code: string, message: string } | null
+  /** ms since epoch I try again, or null (none scheduled by me: the friend starts punches on our link) */
+  nextAt: number | null
+  /** a punch is under way */
+  running: boolean
+}
+
 export interface RelayInUse {
   peerId: string
   label: string
@@ -179,6 +201,8 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
   private running = false
   /** friends a punch is under way or scheduled for, and failed punches' backoff */
   private readonly punches = new Map<string, { attempt: number, timer: NodeJS.Timeout | null, running: boolean }>()
+  /** how punching to each friend went (kith status) */
+  private readonly punchViews = new Map<string, PunchView>()
   /** my IP as the last friend at a public IP saw it (identify's observed address), before any dial-back tells */
   private observed: { ip: string, at: number } | null = null
 
@@ -231,6 +255,37 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
 
   get current (): ReachabilityView {
     return this.view
+  }
+
+  /** How hole punching to a friend went, or null if no punch was tried or scheduled. */
+  punchState (peer: string): PunchView | null {
+    const view = this.punchViews.get(peer)
+    return view != null ? { ...view } : null
+  }
+
+  private punchView (peer: string): PunchView {
+    let view = this.punchViews.get(peer)
+    if (view == null) {
+      view = { attempts: 0, failures: 0, lastAt: null, lastError: null, nextAt: null, running: false }
+      this.punchViews.set(peer, view)
+    }
+    return view
+  }
+
+  private punchEnded (peer: string, error: unknown): void {
+    const view = this.punchView(peer)
+    view.attempts++
+    view.lastAt = Date.now()
+    view.nextAt = null
+    view.running = false
+    if (error == null) {
+      view.failures = 0
+      view.lastError = null
+    } else {
+      view.failures++
+      const e = error instanceof KithError ? error : new KithError('PUNCH_FAILED', (error as Error)?.message ?? String(error))
+      view.lastError = { code: e.code, message: e.message }
+    }
   }
 
   /** Relays I hold a reservation on: my relayed listen addresses, grouped by relay. */
@@ -453,6 +508,7 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
     const p = this.punches.get(peer) ?? { attempt: 0, timer: null, running: false }
     this.punches.set(peer, p)
     if (p.timer != null || p.running) return
+    this.punchView(peer).nextAt = Date.now() + delay
     p.timer = setTimeout(() => {
       p.timer = null
       void this.punch(peer)
@@ -467,10 +523,14 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
     const ip = this.publicIp()
     if (p == null || !this.running || !this.friends.isActive(peer) || relayed == null) {
       this.punches.delete(peer)
+      const view = this.punchViews.get(peer)
+      if (view != null) view.nextAt = null
       return
     }
     p.running = true
+    Object.assign(this.punchView(peer), { running: true, nextAt: null })
     let ok = false
+    let failure: unknown = null
     try {
       if (ip == null) throw new KithError('PUNCH_REFUSED', 'no friend has told me my public address yet')
       const signal = this.controller.signal
@@ -479,10 +539,14 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
       await this.libp2p.services.punch.initiate(stream, relayed, ip, { signal })
       ok = true
       this.punches.delete(peer)
-    } catch {
+    } catch (err) {
+      failure = err ?? new KithError('PUNCH_FAILED', 'the punch failed')
     } finally {
       p.running = false
     }
+    // the node stopping is no failure to show
+    if (this.running) this.punchEnded(peer, ok ? null : failure)
+    else this.punchView(peer).running = false
     if (!ok && this.running) {
       p.attempt++
       this.schedulePunch(peer, Math.min(PUNCH_RETRY_MAX_MS, PUNCH_RETRY_BASE_MS * 2 ** (p.attempt - 1)))
@@ -495,7 +559,19 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
       stream.abort(new KithError('BAD_REQUEST', 'punch over a relayed connection only'))
       return
     }
-    await this.libp2p.services.punch.respond(stream, connection, this.publicIp(), { signal: this.controller.signal })
+    const peer = connection.remotePeer.toString()
+    const ip = this.publicIp()
+    this.punchView(peer).running = true
+    const result = await this.libp2p.services.punch.respond(stream, connection, ip, { signal: this.controller.signal })
+    if (!this.running) {
+      this.punchView(peer).running = false
+      return
+    }
+    this.punchEnded(peer, result != null
+      ? null
+      : ip == null
+        ? new KithError('PUNCH_REFUSED', 'no friend has told me my public address yet')
+        : new KithError('PUNCH_FAILED', `no direct connection came of the punch ${this.friends.get(peer)?.label ?? peer} started; the NATs may not keep source ports`))
   }
 
   private scheduleReserve (delay: number): void {

@@ -134,11 +134,23 @@ function storeLines (store: StoreStatus | undefined): string[] {
   return [`chunks   ${store.chunks} (${bytes(store.bytes)}); ${gc}${total}`]
 }
 
-/** "hole-punched since 2m ago via /ip4/..."; "relayed via carol since ..." */
+/**
+ * "hole-punched since 2m ago via /ip4/..."; "relayed through carol since ...",
+ * and under a relayed link, lines saying how hole punching went and whether
+ * files can move through that relay (not when its budget limits the connection)
+ */
 function linkText (f: FriendView, friends: FriendView[]): string {
   const kind = f.link.kind ?? (f.link.direct === true ? 'direct' : 'relayed')
-  const relay = f.link.relay != null ? ` through ${friends.find(x => x.peerId === f.link.relay)?.label ?? shortId(f.link.relay)}` : ''
-  return `${kind}${relay} since ${ago(f.link.kindSince ?? f.link.since)} via ${f.link.remoteAddr ?? '?'}`
+  const relayLabel = f.link.relay != null ? friends.find(x => x.peerId === f.link.relay)?.label ?? shortId(f.link.relay) : null
+  const lines = [`${kind}${relayLabel != null ? ` through ${relayLabel}` : ''} since ${ago(f.link.kindSince ?? f.link.since)} via ${f.link.remoteAddr ?? '?'}`]
+  const punch = f.link.punch
+  if (kind === 'relayed' && punch != null && punch.failures > 0 && punch.lastError != null) {
+    const next = punch.running ? 'punching again now' : punch.nextAt != null ? `trying again in ${Math.max(1, Math.round((punch.nextAt - Date.now()) / 1000))}s` : `${f.label} starts the next try`
+    lines.push(`hole punch failed ${punch.failures} time${punch.failures === 1 ? '' : 's'} in a row, last ${ago(punch.lastAt)}: ${punch.lastError.message} [${punch.lastError.code}]; ${next}`)
+  }
+  if (kind === 'relayed' && f.link.limited === true) lines.push(`${relayLabel ?? 'the relay'} limits relayed connections (a relay budget): files can't move until a direct connection opens`)
+  else if (kind === 'relayed' && f.link.limited === false) lines.push(`files move through ${relayLabel ?? 'the relay'} (no relay budget)`)
+  return lines.join(`\n${' '.repeat(23)}`)
 }
 
 // start ----------------------------------------------------------------------

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, stat } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
+import type { Connection } from '@libp2p/interface'
 import { KithError, asKithError } from '../../errors.ts'
 import type { Sublevel } from '../../peer/database.ts'
 import { unwrapKey } from '../../peer/key-wrap.ts'
@@ -181,7 +182,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const friend = this.init.friends.resolve(req.friend)
     if (friend.state !== 'active') throw new KithError('FRIEND_REVOKED', `${friend.label} is not your friend any more`)
     const owner = peerIdFromString(friend.peerId)
-    const listings = await listShares(this.init.libp2p, owner)
+    const listings = await listShares(this.init.libp2p, owner).catch(err => { throw this.relayLimited(friend.peerId, err) ?? err })
     const matches = listings.filter(s => s.id === req.share || s.name === req.share || (req.share.length >= 6 && s.id.startsWith(req.share)))
     if (matches.length === 0) throw new KithError('SHARE_UNKNOWN', `${friend.label} shares nothing called ${JSON.stringify(req.share)} with you; see \`kith ls ${friend.label}\``)
     if (matches.length > 1) throw new KithError('BAD_REQUEST', `${friend.label} shares more than one ${JSON.stringify(req.share)}; use the share id from \`kith ls ${friend.label}\``)
@@ -385,11 +386,39 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         if (this.stopped && record.state === 'running') await this.init.level.put(id, { ...record, state: 'queued' })
         return
       }
-      const error = describe(err)
+      const error = describe(this.relayLimited(record.owner, err) ?? err)
       // a full disk pauses the fetch: free space, then `kith resume`
       const state: TransferState = error.code === 'DISK_FULL' ? 'paused' : 'failed'
       await this.save({ ...record, state, error, rate: 0, eta: null }, 'transfer:state')
     }
+  }
+
+  /**
+   * Why `err` (a failure to reach `peerId`) happened, when the friend is
+   * online only over limited connections: a relay whose budget (time or
+   * bytes) limits each relayed connection. libp2p opens no `files` or
+   * `chunks` stream there, on purpose, since the relay would cut a transfer
+   * off partway; the error says so, and what to do. Null otherwise.
+   */
+  private relayLimited (peerId: string, err: unknown): KithError | null {
+    const code = (err as KithError | undefined)?.code
+    if (code !== 'FRIEND_OFFLINE' && code !== 'FETCH_NO_SOURCE' && code !== 'CHUNK_PEER_UNREACHABLE') return null
+    let open: Connection[]
+    try { open = this.init.libp2p.getConnections(peerIdFromString(peerId)).filter(c => c.status === 'open') } catch { return null }
+    if (open.length === 0 || open.some(c => c.limits == null)) return null
+    const label = (id: string): string => this.init.friends.get(id)?.label ?? id
+    const relays = [...new Set(open.map(c => {
+      const parts = c.remoteAddr.getComponents()
+      const at = parts.findIndex(p => p.name === 'p2p-circuit')
+      const relay = at > 0 ? parts[at - 1]?.value : undefined
+      return relay != null ? label(relay) : 'the'
+    }))].join(' and ')
+    const friend = label(peerId)
+    return new KithError('FRIEND_RELAY_LIMITED',
+      `${friend} is online, but only through ${relays}'s relay, whose budget limits each relayed connection (time or bytes); ` +
+      `kith moves no files over such a connection, as the relay would cut the transfer off partway. ` +
+      `Ask ${relays} to relay without a limit (\`kith start\` without --relay-max-data and --relay-max-duration), or reach ${friend} directly ` +
+      `(the same network, a forwarded port, or NATs that let hole punching through: see \`kith status\`), then fetch again`, { cause: err })
   }
 
   /** The owner first, then every online friend who granted me files: any of them may hold chunks. */
