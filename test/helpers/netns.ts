@@ -1,5 +1,7 @@
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { describe, it } from 'vitest'
+import type { TestNode } from './testnet.ts'
 
 /**
  * Linux network namespaces for NAT tests: a "public" segment (a bridge-less
@@ -27,10 +29,22 @@ import { randomBytes } from 'node:crypto'
  * links the SYNs cross in flight (tens of ms apart, the punch starts both
  * sides within about half a relay round trip); here the namespaces are ~50 µs
  * apart and this kernel has no netem to add delay, so with RST-answering
- * routers the punch would succeed only by luck of timing. Names carry a random suffix; `destroy()`
- * removes every namespace (and with them their veths) even if set-up failed
- * halfway.
+ * routers the punch would succeed only by luck of timing.
+ *
+ * `randomPorts` names routers that map each connection to a random public
+ * port (`MASQUERADE --random-fully`), as carrier-grade and many enterprise
+ * NATs do: the port a host connects from says nothing about the port its
+ * peer sees, so kith's TCP hole punch (which announces the local port) can't
+ * work through them, and friends stay on the relay.
+ *
+ * Names carry a random suffix; `destroy()` removes every namespace (and with
+ * them their veths) even if set-up failed halfway.
  */
+export interface NatTopologyOptions {
+  /** routers that pick a random public port per connection; @default [] (both keep source ports) */
+  randomPorts?: Array<'a' | 'b'>
+}
+
 export interface NatTopology {
   /** namespace names by role */
   ns: { hub: string, r: string, routerA: string, routerB: string, a: string, b: string }
@@ -75,7 +89,8 @@ export function inNetns (ns: string): string[] {
   return ['ip', 'netns', 'exec', ns]
 }
 
-export async function createNatTopology (): Promise<NatTopology> {
+export async function createNatTopology (options: NatTopologyOptions = {}): Promise<NatTopology> {
+  const random = new Set(options.randomPorts ?? [])
   const id = randomBytes(3).toString('hex')
   const ns = { hub: `kith-hub-${id}`, r: `kith-r-${id}`, routerA: `kith-ra-${id}`, routerB: `kith-rb-${id}`, a: `kith-a-${id}`, b: `kith-b-${id}` }
   const created: string[] = []
@@ -111,10 +126,10 @@ export async function createNatTopology (): Promise<NatTopology> {
     await link(ns.routerB, '10.2.0.1/24', ns.b, '10.2.0.2/24')
     await x(ns.a, 'ip', 'route', 'add', 'default', 'via', '10.1.0.1')
     await x(ns.b, 'ip', 'route', 'add', 'default', 'via', '10.2.0.1')
-    for (const [router, wanGw, lan] of [[ns.routerA, '7.7.1.1', '10.1.0.0/24'], [ns.routerB, '7.7.2.1', '10.2.0.0/24']] as const) {
+    for (const [side, router, wanGw, lan] of [['a', ns.routerA, '7.7.1.1', '10.1.0.0/24'], ['b', ns.routerB, '7.7.2.1', '10.2.0.0/24']] as const) {
       await x(router, 'ip', 'route', 'add', 'default', 'via', wanGw)
       await x(router, 'sysctl', '-qw', 'net.ipv4.ip_forward=1')
-      await x(router, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', lan, '!', '-d', lan, '-j', 'MASQUERADE')
+      await x(router, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', lan, '!', '-d', lan, '-j', 'MASQUERADE', ...(random.has(side) ? ['--random-fully'] : []))
       // a home router: only replies come in
       await x(router, 'iptables', '-A', 'FORWARD', '-s', lan, '-j', 'ACCEPT')
       await x(router, 'iptables', '-A', 'FORWARD', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT')
@@ -131,4 +146,51 @@ export async function createNatTopology (): Promise<NatTopology> {
     ips: { r: '7.7.0.10', a: '10.1.0.2', b: '10.2.0.2', routerA: '7.7.1.2', routerB: '7.7.2.2' },
     destroy
   }
+}
+
+/**
+ * A NAT test suite: runs `body` inside `describe(title)` where network
+ * namespaces work; elsewhere says why and skips, except under CI (CI=true or
+ * 1), where it fails.
+ */
+export async function describeNat (file: string, title: string, body: () => void): Promise<void> {
+  const unavailable = await netnsUnavailable()
+  const inCi = process.env.CI === 'true' || process.env.CI === '1'
+  if (unavailable != null && inCi) {
+    describe(title, () => {
+      it('can run here', () => {
+        throw new Error(`the NAT test can't run: ${unavailable}. CI must run as root with iproute2 and iptables (see .ci/run)`)
+      })
+    })
+  } else if (unavailable != null) {
+    console.warn(`SKIPPED ${file}: ${unavailable}`)
+    describe.skip(`${title} (skipped: ${unavailable})`, () => { it('needs network namespaces', () => {}) })
+  } else {
+    describe(title, body)
+  }
+}
+
+/** The parts of `kith status --json` the NAT tests read. */
+export interface NatStatus {
+  reachability: { state: string, publicAddrs: string[] }
+  relays: { using: Array<{ peerId: string, label: string, addrs: string[] }>, serving: Array<{ label: string }>, offering: boolean }
+  addrs: string[]
+  friendLinks: Array<{
+    label: string
+    peerId: string
+    online: boolean
+    kind: string | null
+    relay: string | null
+    remoteAddr: string | null
+    limited?: boolean
+    punch?: { attempts: number, failures: number, lastAt: number | null, lastError: { code: string, message: string } | null, nextAt: number | null, running: boolean } | null
+  }>
+}
+
+export async function natStatus (n: TestNode): Promise<NatStatus> {
+  return await n.json<NatStatus>('status')
+}
+
+export async function friendLink (n: TestNode, label: string): Promise<NatStatus['friendLinks'][number] | undefined> {
+  return (await natStatus(n)).friendLinks.find(f => f.label === label)
 }

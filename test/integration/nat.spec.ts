@@ -1,10 +1,10 @@
-import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdtemp, rm, writeFile, readFile, chmod } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { TestNode, waitFor, NODE } from '../helpers/testnet.ts'
-import { netnsUnavailable, createNatTopology, sh, type NatTopology } from '../helpers/netns.ts'
+import { createNatTopology, describeNat, natStatus as status, friendLink as link, sh, type NatTopology } from '../helpers/netns.ts'
 
 /**
  * Friends behind NAT, on real (namespaced) networks: R on the public
@@ -14,171 +14,149 @@ import { netnsUnavailable, createNatTopology, sh, type NatTopology } from '../he
  * TCP connection (/kith/punch/1.0.0), and A fetches a file from B over it
  * with R gone. A stranger gets no reservation on R.
  *
+ * NATs that change ports, where the punch can't work and files go through
+ * the relay: nat-relay.spec.ts.
+ *
  * Needs root, iproute2 and iptables. Without them the test says why and is
  * skipped, except in CI (CI=true), where it fails.
  */
-const unavailable = await netnsUnavailable()
-const inCi = process.env.CI === 'true' || process.env.CI === '1'
+await describeNat('test/integration/nat.spec.ts', 'friends behind NAT (network namespaces)', () => {
+  let topo: NatTopology
+  let base: string
+  let r: TestNode, a: TestNode, b: TestNode
+  const listen = ['--listen', '/ip4/0.0.0.0/tcp/4001']
+  const timings: Record<string, number> = {}
 
-interface StatusJson {
-  reachability: { state: string, publicAddrs: string[] }
-  relays: { using: Array<{ peerId: string, label: string, addrs: string[] }>, serving: Array<{ label: string }>, offering: boolean }
-  addrs: string[]
-  friendLinks: Array<{ label: string, peerId: string, online: boolean, kind: string | null, relay: string | null, remoteAddr: string | null }>
-}
-
-if (unavailable != null && inCi) {
-  describe('friends behind NAT (network namespaces)', () => {
-    it('can run here', () => {
-      throw new Error(`the NAT test can't run: ${unavailable}. CI must run as root with iproute2 and iptables (see .ci/run)`)
-    })
+  beforeAll(async () => {
+    topo = await createNatTopology()
+    base = await mkdtemp(join(tmpdir(), 'kith-nat-'))
+    await chmod(base, 0o755)
+    const debug = { DEBUG: process.env.KITH_NAT_DEBUG ?? 'kith:punch,libp2p:dcutr' }
+    r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env: debug })
+    a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env: debug })
+    b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env: debug })
+    await Promise.all([r.start(), a.start(), b.start()])
   })
-} else if (unavailable != null) {
-  console.warn(`SKIPPED test/integration/nat.spec.ts: ${unavailable}`)
-  describe.skip(`friends behind NAT (skipped: ${unavailable})`, () => { it('needs network namespaces', () => {}) })
-} else {
-  describe('friends behind NAT (network namespaces)', () => {
-    let topo: NatTopology
-    let base: string
-    let r: TestNode, a: TestNode, b: TestNode
-    const listen = ['--listen', '/ip4/0.0.0.0/tcp/4001']
-    const timings: Record<string, number> = {}
 
-    beforeAll(async () => {
-      topo = await createNatTopology()
-      base = await mkdtemp(join(tmpdir(), 'kith-nat-'))
-      await chmod(base, 0o755)
-      const debug = { DEBUG: process.env.KITH_NAT_DEBUG ?? 'kith:punch,libp2p:dcutr' }
-      r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env: debug })
-      a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env: debug })
-      b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env: debug })
-      await Promise.all([r.start(), a.start(), b.start()])
+  afterAll(async () => {
+    for (const n of [a, b, r]) await n?.kill9().catch(() => {})
+    await topo?.destroy()
+    if (base != null) await rm(base, { recursive: true, force: true })
+    console.log(`NAT timings (ms): ${JSON.stringify(timings)}`)
+  })
+
+  async function befriend (issuer: TestNode, accepter: TestNode): Promise<void> {
+    const file = join(issuer.home, `for-${accepter.name}.invite`)
+    await issuer.json('invite', 'create', '--name', accepter.name, '-o', file)
+    await accepter.json('invite', 'accept', file)
+  }
+
+  it('the namespaces really are NATed: A reaches R, R does not reach A, A does not reach B', async () => {
+    await sh('ip', ['netns', 'exec', topo.ns.a, 'ping', '-c1', '-W1', topo.ips.r]).catch(async () => {
+      // no ping binary: a TCP connect does as well
+      await sh('ip', ['netns', 'exec', topo.ns.a, NODE, '-e', `require('net').connect(4001, '${topo.ips.r}').on('connect', () => process.exit(0)).on('error', () => process.exit(1))`])
     })
+    const tcp = (ns: string, host: string): Promise<string> => sh('ip', ['netns', 'exec', ns, NODE, '-e',
+      `const s = require('net').connect(4001, '${host}'); s.setTimeout(1500); s.on('connect', () => process.exit(0)).on('error', () => process.exit(1)).on('timeout', () => process.exit(1))`])
+    await Promise.all([
+      expect(tcp(topo.ns.r, topo.ips.routerA)).rejects.toThrow(),
+      expect(tcp(topo.ns.r, topo.ips.a)).rejects.toThrow(),
+      expect(tcp(topo.ns.a, topo.ips.b)).rejects.toThrow(),
+      expect(tcp(topo.ns.a, topo.ips.routerB)).rejects.toThrow()
+    ])
+  })
 
-    afterAll(async () => {
-      for (const n of [a, b, r]) await n?.kill9().catch(() => {})
-      await topo?.destroy()
-      if (base != null) await rm(base, { recursive: true, force: true })
-      console.log(`NAT timings (ms): ${JSON.stringify(timings)}`)
+  it('A and B befriend R; R learns it is public, A and B that they are behind NAT, and both reserve on R', async () => {
+    await befriend(r, a)
+    await befriend(r, b)
+    const t0 = Date.now()
+    await waitFor(async () => (await status(r)).reachability.state === 'public', 'R public', 20_000, 200)
+    await waitFor(async () => (await status(a)).reachability.state === 'nat' && (await status(b)).reachability.state === 'nat', 'A and B behind NAT', 20_000, 200)
+    timings.reachability = Date.now() - t0
+    expect((await status(r)).reachability.publicAddrs).toContain(`/ip4/${topo.ips.r}/tcp/4001`)
+    await waitFor(async () => {
+      const [sa, sb] = [await status(a), await status(b)]
+      return sa.relays.using.some(u => u.label === 'relay') && sb.relays.using.some(u => u.label === 'relay')
+    }, 'A and B reserved on R', 30_000, 200)
+    timings.reserved = Date.now() - t0
+    const sr = await status(r)
+    expect(sr.relays.offering).toBe(true)
+    expect(sr.relays.serving.map(s => s.label).sort()).toEqual(['alice', 'bob'])
+    // relayed addresses are among B's own, so they go into its address record and its invites
+    const sb = await status(b)
+    expect(sb.addrs.some(x => x.startsWith(`/ip4/${topo.ips.r}/tcp/4001/p2p/${r.peerId}/p2p-circuit`))).toBe(true)
+    // R itself, public, reserves nowhere
+    expect(sr.relays.using).toEqual([])
+  })
+
+  it('a stranger gets no reservation on R', async () => {
+    const probe = await sh('ip', ['netns', 'exec', topo.ns.hub, NODE, join(import.meta.dirname, '..', 'helpers', 'reserve-probe.ts'), `/ip4/${topo.ips.r}/tcp/4001/p2p/${r.peerId}`], 30_000)
+    const result = JSON.parse(probe.trim().split('\n').at(-1)!) as { ok: boolean, error?: string }
+    console.log(`stranger's reservation attempt on R: ${JSON.stringify(result)}`)
+    expect(result.ok).toBe(false)
+    expect(result.error).toMatch(/PERMISSION_DENIED|denied|refused/i)
+    expect((await status(r)).relays.serving.map(s => s.label).sort()).toEqual(['alice', 'bob'])
+  })
+
+  it('A accepts B\'s invite through R\'s relay; the link is relayed, then hole-punched into a direct connection', async () => {
+    const t0 = Date.now()
+    await befriend(b, a).catch(err => {
+      if (process.env.KITH_NAT_DEBUG != null) console.log(`A:\n${a.output.slice(-20000)}\nR:\n${r.output.slice(-8000)}\nB:\n${b.output.slice(-8000)}`)
+      throw err
     })
-
-    const status = async (n: TestNode): Promise<StatusJson> => await n.json<StatusJson>('status')
-    const link = async (n: TestNode, label: string): Promise<StatusJson['friendLinks'][number] | undefined> =>
-      (await status(n)).friendLinks.find(f => f.label === label)
-
-    async function befriend (issuer: TestNode, accepter: TestNode): Promise<void> {
-      const file = join(issuer.home, `for-${accepter.name}.invite`)
-      await issuer.json('invite', 'create', '--name', accepter.name, '-o', file)
-      await accepter.json('invite', 'accept', file)
+    await waitFor(async () => (await link(a, 'bob'))?.online === true && (await link(b, 'alice'))?.online === true, 'A and B connected', 20_000, 100)
+    timings.relayed = Date.now() - t0
+    console.log(`A's first link to B: ${JSON.stringify(await link(a, 'bob'))}`)
+    // B accepted the relayed connection, so B starts the punch; both NATs keep source ports
+    let la: Awaited<ReturnType<typeof link>>
+    let lb: Awaited<ReturnType<typeof link>>
+    try {
+      await waitFor(async () => {
+        [la, lb] = [await link(a, 'bob'), await link(b, 'alice')]
+        return la?.kind === 'hole-punched' && lb?.kind === 'hole-punched'
+      }, 'a hole-punched link on both sides', 15_000, 100)
+    } finally {
+      const punchLog = [a.output, b.output].join('\n').split('\n').filter(l => l.includes('kith:punch')).slice(0, 20).join('\n')
+      console.log(`punch log lines:\n${punchLog}`)
     }
-
-    it('the namespaces really are NATed: A reaches R, R does not reach A, A does not reach B', async () => {
-      await sh('ip', ['netns', 'exec', topo.ns.a, 'ping', '-c1', '-W1', topo.ips.r]).catch(async () => {
-        // no ping binary: a TCP connect does as well
-        await sh('ip', ['netns', 'exec', topo.ns.a, NODE, '-e', `require('net').connect(4001, '${topo.ips.r}').on('connect', () => process.exit(0)).on('error', () => process.exit(1))`])
-      })
-      const tcp = (ns: string, host: string): Promise<string> => sh('ip', ['netns', 'exec', ns, NODE, '-e',
-        `const s = require('net').connect(4001, '${host}'); s.setTimeout(1500); s.on('connect', () => process.exit(0)).on('error', () => process.exit(1)).on('timeout', () => process.exit(1))`])
-      await Promise.all([
-        expect(tcp(topo.ns.r, topo.ips.routerA)).rejects.toThrow(),
-        expect(tcp(topo.ns.r, topo.ips.a)).rejects.toThrow(),
-        expect(tcp(topo.ns.a, topo.ips.b)).rejects.toThrow(),
-        expect(tcp(topo.ns.a, topo.ips.routerB)).rejects.toThrow()
-      ])
-    })
-
-    it('A and B befriend R; R learns it is public, A and B that they are behind NAT, and both reserve on R', async () => {
-      await befriend(r, a)
-      await befriend(r, b)
-      const t0 = Date.now()
-      await waitFor(async () => (await status(r)).reachability.state === 'public', 'R public', 20_000, 200)
-      await waitFor(async () => (await status(a)).reachability.state === 'nat' && (await status(b)).reachability.state === 'nat', 'A and B behind NAT', 20_000, 200)
-      timings.reachability = Date.now() - t0
-      expect((await status(r)).reachability.publicAddrs).toContain(`/ip4/${topo.ips.r}/tcp/4001`)
-      await waitFor(async () => {
-        const [sa, sb] = [await status(a), await status(b)]
-        return sa.relays.using.some(u => u.label === 'relay') && sb.relays.using.some(u => u.label === 'relay')
-      }, 'A and B reserved on R', 30_000, 200)
-      timings.reserved = Date.now() - t0
-      const sr = await status(r)
-      expect(sr.relays.offering).toBe(true)
-      expect(sr.relays.serving.map(s => s.label).sort()).toEqual(['alice', 'bob'])
-      // relayed addresses are among B's own, so they go into its address record and its invites
-      const sb = await status(b)
-      expect(sb.addrs.some(x => x.startsWith(`/ip4/${topo.ips.r}/tcp/4001/p2p/${r.peerId}/p2p-circuit`))).toBe(true)
-      // R itself, public, reserves nowhere
-      expect(sr.relays.using).toEqual([])
-    })
-
-    it('a stranger gets no reservation on R', async () => {
-      const probe = await sh('ip', ['netns', 'exec', topo.ns.hub, NODE, join(import.meta.dirname, '..', 'helpers', 'reserve-probe.ts'), `/ip4/${topo.ips.r}/tcp/4001/p2p/${r.peerId}`], 30_000)
-      const result = JSON.parse(probe.trim().split('\n').at(-1)!) as { ok: boolean, error?: string }
-      console.log(`stranger's reservation attempt on R: ${JSON.stringify(result)}`)
-      expect(result.ok).toBe(false)
-      expect(result.error).toMatch(/PERMISSION_DENIED|denied|refused/i)
-      expect((await status(r)).relays.serving.map(s => s.label).sort()).toEqual(['alice', 'bob'])
-    })
-
-    it('A accepts B\'s invite through R\'s relay; the link is relayed, then hole-punched into a direct connection', async () => {
-      const t0 = Date.now()
-      await befriend(b, a).catch(err => {
-        if (process.env.KITH_NAT_DEBUG != null) console.log(`A:\n${a.output.slice(-20000)}\nR:\n${r.output.slice(-8000)}\nB:\n${b.output.slice(-8000)}`)
-        throw err
-      })
-      await waitFor(async () => (await link(a, 'bob'))?.online === true && (await link(b, 'alice'))?.online === true, 'A and B connected', 20_000, 100)
-      timings.relayed = Date.now() - t0
-      console.log(`A's first link to B: ${JSON.stringify(await link(a, 'bob'))}`)
-      // B accepted the relayed connection, so B starts the punch; both NATs keep source ports
-      let la: Awaited<ReturnType<typeof link>>
-      let lb: Awaited<ReturnType<typeof link>>
-      try {
-        await waitFor(async () => {
-          [la, lb] = [await link(a, 'bob'), await link(b, 'alice')]
-          return la?.kind === 'hole-punched' && lb?.kind === 'hole-punched'
-        }, 'a hole-punched link on both sides', 15_000, 100)
-      } finally {
-        const punchLog = [a.output, b.output].join('\n').split('\n').filter(l => l.includes('kith:punch')).slice(0, 20).join('\n')
-        console.log(`punch log lines:\n${punchLog}`)
-      }
-      timings.direct = Date.now() - t0
-      console.log(`A's link to B after the punch: ${JSON.stringify(la)}; B's to A: ${JSON.stringify(lb)}`)
-      // straight between the routers' public addresses: no relay in the path
-      expect(la?.relay).toBeNull()
-      expect(la?.remoteAddr).toMatch(new RegExp(`^/ip4/${topo.ips.routerB.replaceAll('.', '\\.')}/tcp/\\d+/p2p/${b.peerId}$`))
-      expect(lb?.remoteAddr).toMatch(new RegExp(`^/ip4/${topo.ips.routerA.replaceAll('.', '\\.')}/tcp/\\d+/p2p/${a.peerId}$`))
-    })
-
-    it('a stranger reaching B through R\'s relay can\'t use the punch protocol', async () => {
-      const via = `/ip4/${topo.ips.r}/tcp/4001/p2p/${r.peerId}/p2p-circuit/p2p/${b.peerId}`
-      const probe = await sh('ip', ['netns', 'exec', topo.ns.hub, NODE, join(import.meta.dirname, '..', 'helpers', 'punch-probe.ts'), via], 30_000)
-      const result = JSON.parse(probe.trim().split('\n').at(-1)!) as { connected: boolean, answered: boolean, error?: string }
-      console.log(`stranger's punch request to B: ${JSON.stringify(result)}`)
-      // the relay lets anyone connect to B (to redeem an invite); B's gate refuses the stream
-      expect(result.connected).toBe(true)
-      expect(result.answered).toBe(false)
-    })
-
-    it('A fetches a file from B over the punched connection, with R gone', async () => {
-      // with the relay dead, only the direct connection can carry the fetch
-      await r.kill9()
-      await waitFor(async () => {
-        const [la, lb] = [await link(a, 'relay'), await link(a, 'bob')]
-        return la?.online === false && lb?.online === true && lb.kind === 'hole-punched'
-      }, 'A sees R gone and B still there, directly', 15_000, 100)
-      const src = join(base, 'photos.bin')
-      const data = randomBytes(3 * 1024 * 1024 + 17)
-      await writeFile(src, data)
-      await chmod(src, 0o644)
-      const shared = await b.json<{ share: { name: string } }>('share', src, '--with', 'alice')
-      const dest = join(base, 'fetched.bin')
-      const t0 = Date.now()
-      const result = await a.cli('fetch', `bob:${shared.share.name}`, '-o', dest, '--json')
-      expect(result.code, result.stderr).toBe(0)
-      timings.fetch3MiB = Date.now() - t0
-      expect((await readFile(dest)).equals(data)).toBe(true)
-      const after = await link(a, 'bob')
-      expect(after?.kind).toBe('hole-punched')
-      console.log(`A fetched 3 MiB from B over a ${after?.kind ?? '?'} link (R dead) in ${timings.fetch3MiB} ms`)
-    })
+    timings.direct = Date.now() - t0
+    console.log(`A's link to B after the punch: ${JSON.stringify(la)}; B's to A: ${JSON.stringify(lb)}`)
+    // straight between the routers' public addresses: no relay in the path
+    expect(la?.relay).toBeNull()
+    expect(la?.remoteAddr).toMatch(new RegExp(`^/ip4/${topo.ips.routerB.replaceAll('.', '\\.')}/tcp/\\d+/p2p/${b.peerId}$`))
+    expect(lb?.remoteAddr).toMatch(new RegExp(`^/ip4/${topo.ips.routerA.replaceAll('.', '\\.')}/tcp/\\d+/p2p/${a.peerId}$`))
   })
-}
+
+  it('a stranger reaching B through R\'s relay can\'t use the punch protocol', async () => {
+    const via = `/ip4/${topo.ips.r}/tcp/4001/p2p/${r.peerId}/p2p-circuit/p2p/${b.peerId}`
+    const probe = await sh('ip', ['netns', 'exec', topo.ns.hub, NODE, join(import.meta.dirname, '..', 'helpers', 'punch-probe.ts'), via], 30_000)
+    const result = JSON.parse(probe.trim().split('\n').at(-1)!) as { connected: boolean, answered: boolean, error?: string }
+    console.log(`stranger's punch request to B: ${JSON.stringify(result)}`)
+    // the relay lets anyone connect to B (to redeem an invite); B's gate refuses the stream
+    expect(result.connected).toBe(true)
+    expect(result.answered).toBe(false)
+  })
+
+  it('A fetches a file from B over the punched connection, with R gone', async () => {
+    // with the relay dead, only the direct connection can carry the fetch
+    await r.kill9()
+    await waitFor(async () => {
+      const [la, lb] = [await link(a, 'relay'), await link(a, 'bob')]
+      return la?.online === false && lb?.online === true && lb.kind === 'hole-punched'
+    }, 'A sees R gone and B still there, directly', 15_000, 100)
+    const src = join(base, 'photos.bin')
+    const data = randomBytes(3 * 1024 * 1024 + 17)
+    await writeFile(src, data)
+    await chmod(src, 0o644)
+    const shared = await b.json<{ share: { name: string } }>('share', src, '--with', 'alice')
+    const dest = join(base, 'fetched.bin')
+    const t0 = Date.now()
+    const result = await a.cli('fetch', `bob:${shared.share.name}`, '-o', dest, '--json')
+    expect(result.code, result.stderr).toBe(0)
+    timings.fetch3MiB = Date.now() - t0
+    expect((await readFile(dest)).equals(data)).toBe(true)
+    const after = await link(a, 'bob')
+    expect(after?.kind).toBe('hole-punched')
+    console.log(`A fetched 3 MiB from B over a ${after?.kind ?? '?'} link (R dead) in ${timings.fetch3MiB} ms`)
+  })
+})

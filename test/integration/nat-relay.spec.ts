@@ -1,0 +1,145 @@
+import { it, expect, beforeAll, afterAll } from 'vitest'
+import { mkdtemp, rm, writeFile, readFile, chmod } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { TestNode, waitFor, befriend } from '../helpers/testnet.ts'
+import { createNatTopology, describeNat, natStatus as status, friendLink as link, type NatTopology } from '../helpers/netns.ts'
+
+/**
+ * Friends behind NATs that hole punching can't get through: R on the public
+ * segment, A and B each behind a router that maps every connection to a
+ * random public port (MASQUERADE --random-fully: carrier-grade and many
+ * enterprise NATs). kith's punch announces the port each side connects from,
+ * so it is tried and fails, and A and B stay on R's relay. Then:
+ *
+ * - with R's default budget (no limit a relayed connection), A fetches a
+ *   multi-MiB file from B through the relay, the link relayed throughout;
+ * - with R restarted with a small budget (`--relay-max-data`), libp2p marks
+ *   the relayed connection limited, kith's files and chunks protocols don't
+ *   run on it (they would stall when the relay cut it), and the fetch fails
+ *   at once with FRIEND_RELAY_LIMITED, which says what to do.
+ *
+ * Needs root, iproute2 and iptables: see nat.spec.ts.
+ */
+const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex')
+
+await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-randomising NATs: files through the relay (network namespaces)', () => {
+  let topo: NatTopology
+  let base: string
+  let r: TestNode, a: TestNode, b: TestNode
+  const listen = ['--listen', '/ip4/0.0.0.0/tcp/4001']
+  const timings: Record<string, number> = {}
+
+  beforeAll(async () => {
+    topo = await createNatTopology({ randomPorts: ['a', 'b'] })
+    base = await mkdtemp(join(tmpdir(), 'kith-nat-relay-'))
+    await chmod(base, 0o755)
+    const debug = { DEBUG: process.env.KITH_NAT_DEBUG ?? 'kith:punch' }
+    r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env: debug })
+    a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env: debug })
+    b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env: debug })
+    await Promise.all([r.start(), a.start(), b.start()])
+  })
+
+  afterAll(async () => {
+    for (const n of [a, b, r]) await n?.kill9().catch(() => {})
+    await topo?.destroy()
+    if (base != null) await rm(base, { recursive: true, force: true })
+    console.log(`NAT relay timings (ms): ${JSON.stringify(timings)}`)
+  })
+
+  const punchLog = (): string => [a.output, b.output].join('\n').split('\n').filter(l => l.includes('kith:punch')).slice(0, 20).join('\n')
+
+  it('A and B reserve on R, befriend each other through its relay, and the punch is tried and fails', async () => {
+    const t0 = Date.now()
+    await befriend(r, a)
+    await befriend(r, b)
+    await waitFor(async () => {
+      const [sa, sb] = [await status(a), await status(b)]
+      return sa.reachability.state === 'nat' && sb.reachability.state === 'nat' &&
+        sa.relays.using.some(u => u.label === 'relay') && sb.relays.using.some(u => u.label === 'relay')
+    }, 'A and B behind NAT and reserved on R', 30_000, 200)
+    timings.reserved = Date.now() - t0
+    await befriend(b, a)
+    await waitFor(async () => (await link(a, 'bob'))?.online === true && (await link(b, 'alice'))?.online === true, 'A and B connected through R', 20_000, 100)
+    timings.relayed = Date.now() - t0
+    try {
+      await waitFor(async () => ((await link(b, 'alice'))?.punch?.failures ?? 0) > 0 && ((await link(a, 'bob'))?.punch?.failures ?? 0) > 0, 'a failed punch on both sides', 20_000, 200)
+    } finally {
+      console.log(`punch log lines:\n${punchLog()}`)
+    }
+    timings.punchFailed = Date.now() - t0
+    const [la, lb] = [await link(a, 'bob'), await link(b, 'alice')]
+    console.log(`A's link to B: ${JSON.stringify(la)}\nB's link to A: ${JSON.stringify(lb)}`)
+    expect(la?.kind).toBe('relayed')
+    expect(la?.relay).toBe(r.peerId)
+    expect(la?.limited).toBe(false)
+    expect(lb?.kind).toBe('relayed')
+    // whichever side accepted the relayed connection punches again later (backing off); the other answers
+    for (const l of [la, lb]) expect(l?.punch?.lastError?.code).toBe('PUNCH_FAILED')
+    expect([la, lb].some(l => l?.punch?.running === true || (l?.punch?.nextAt ?? 0) > (l?.punch?.lastAt ?? Infinity))).toBe(true)
+    const text = (await a.cli('status')).stdout
+    console.log(`kith status on A:\n${text}`)
+    // the relayed link, the failed punch and that files still move, in words
+    expect(text).toMatch(/ bob +relayed through relay since .*\n +hole punch failed \d+ times? in a row, last \d+s ago: .*\[PUNCH_FAILED\]; (?:bob starts the next try|trying again in \d+s|punching again now)\n +files move through relay \(no relay budget\)/)
+  })
+
+  it('with R\'s default budget, A fetches a multi-MiB file from B through the relay', async () => {
+    const src = join(base, 'video.bin')
+    const data = randomBytes(6 * 1024 * 1024 + 5)
+    await writeFile(src, data)
+    await chmod(src, 0o644)
+    const shared = await b.json<{ share: { name: string } }>('share', src, '--with', 'alice')
+    const dest = join(base, 'fetched.bin')
+    const kinds = new Set<string>()
+    let fetching = true
+    const watch = (async () => {
+      while (fetching) {
+        const l = await link(a, 'bob')
+        kinds.add(`${l?.kind ?? 'offline'} via ${l?.relay ?? '-'}`)
+      }
+    })()
+    const t0 = Date.now()
+    const result = await a.cli('fetch', `bob:${shared.share.name}`, '-o', dest, '--json').finally(() => { fetching = false })
+    await watch
+    timings.fetch6MiB = Date.now() - t0
+    expect(result.code, result.stderr).toBe(0)
+    expect(sha256(await readFile(dest))).toBe(sha256(data))
+    // relayed throughout: no direct connection appeared, and the fetch was not cut off
+    expect([...kinds]).toEqual([`relayed via ${r.peerId}`])
+    console.log(`A fetched 6 MiB from B through R's relay in ${timings.fetch6MiB} ms`)
+  })
+
+  it('with R restarted with a small budget, a fetch fails at once with FRIEND_RELAY_LIMITED instead of stalling', async () => {
+    await r.stop()
+    await r.start(['--relay-max-data', '1MB'])
+    const t0 = Date.now()
+    await waitFor(async () => {
+      const la = await link(a, 'bob')
+      return la?.online === true && la.kind === 'relayed' && la.limited === true
+    }, 'A reconnected to B through R, limited', 45_000, 200)
+    timings.limitedRelayed = Date.now() - t0
+    const text = (await a.cli('status')).stdout
+    console.log(`kith status on A:\n${text}`)
+    expect(text).toMatch(/ bob +relayed through relay since .*\n(?: +hole punch failed .*\n)? +relay limits relayed connections \(a relay budget\): files can't move until a direct connection opens/)
+    const dest = join(base, 'fetched-limited.bin')
+    const shares = await b.json<{ shares: Array<{ name: string }> }>('shares')
+    const t1 = Date.now()
+    const result = await a.cli('fetch', `bob:${shares.shares[0]!.name}`, '-o', dest, '--json')
+    timings.limitedFetch = Date.now() - t1
+    console.log(`fetch over the limited relay: code ${result.code}, ${timings.limitedFetch} ms\n${result.stderr}`)
+    expect(result.code).not.toBe(0)
+    const { error } = JSON.parse(result.stderr.trim().split('\n').at(-1)!) as { error: { code: string, message: string } }
+    expect(error.code).toBe('FRIEND_RELAY_LIMITED')
+    expect(error.message).toMatch(/^bob is online, but only through relay's relay, whose budget limits each relayed connection/)
+    expect(error.message).toMatch(/without --relay-max-data and --relay-max-duration/)
+    // at once (libp2p's one dial attempt for an unlimited connection), not after stalling until the
+    // files protocol's 30 s timeout or a relay reset; nothing was queued, nothing written
+    expect(timings.limitedFetch).toBeLessThan(20_000)
+    expect((await a.json<{ transfers: unknown[] }>('transfers')).transfers).toHaveLength(1)
+    await expect(readFile(dest)).rejects.toThrow(/ENOENT/)
+    // the link is still there, still relayed: the failure is the relay's budget, not the friend
+    expect(await link(a, 'bob')).toMatchObject({ online: true, kind: 'relayed', relay: r.peerId, limited: true })
+  })
+})
