@@ -1,7 +1,7 @@
 import { resolve } from 'node:path'
 import { Command } from 'commander'
 import cliProgress from 'cli-progress'
-import { KithError } from '../../errors.ts'
+import { isErrorCode, KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { ShareView } from '../files/file-service.ts'
 import type { GcResult } from '../files/chunk-gc.ts'
@@ -178,7 +178,9 @@ export function fileCommands (program: Command, client: Client, print: Print): v
       }
       const end = await follow(api, transfer.id, opts.json === true, events, controller)
       if (end.state !== 'done') {
-        throw new KithError(end.error?.code === 'DISK_FULL' ? 'DISK_FULL' : 'TRANSFER_STATE',
+        // the transfer's own error code when it has one (DISK_FULL, FRIEND_RELAY_LIMITED, ...), so scripts can act on it
+        const code = end.error?.code
+        throw new KithError(isErrorCode(code) ? code : 'TRANSFER_STATE',
           `transfer ${end.id} is ${end.state}${end.error != null ? `: ${end.error.message}` : ''}`)
       }
       if (opts.json !== true) console.log(`fetched ${bytes(end.totalBytes)} to ${end.dest}`)

@@ -421,11 +421,15 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       `(the same network, a forwarded port, or NATs that let hole punching through: see \`kith status\`), then fetch again`, { cause: err })
   }
 
-  /** The owner first, then every online friend who granted me files: any of them may hold chunks. */
+  /**
+   * The owner first, then every friend who granted me files and is connected
+   * other than through a relay with a budget (no chunk moves over such a
+   * link): any of them may hold chunks.
+   */
   private sources (owner: string): Array<ReturnType<typeof peerIdFromString>> {
     const others = this.init.friends.list()
       .filter(f => f.state === 'active' && f.peerId !== owner && f.grantsFromThem.includes('files'))
-      .filter(f => this.init.libp2p.getConnections(peerIdFromString(f.peerId)).length > 0)
+      .filter(f => this.init.libp2p.getConnections(peerIdFromString(f.peerId)).some(c => c.limits == null))
     return [owner, ...others.map(f => f.peerId)].map(p => peerIdFromString(p))
   }
 
