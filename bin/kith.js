@@ -18,6 +18,16 @@ if (major < 22 || (major === 22 && minor < 18)) {
   for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal))
   child.on('exit', (code, signal) => process.exit(code ?? (signal != null ? 1 : 0)))
 } else {
+  // The daemon runs with a small V8 young generation (4 MiB semi-spaces, not
+  // 16): measured on a 512 MiB fetch, peak RSS 300 -> 250 MB fetching and
+  // 255 -> 200 MB serving, idle 173 -> 154 MB, for ~7% more CPU per MB. A
+  // long-running personal daemon should be light. Heap sizes can't change
+  // once V8 runs, so `kith start` replaces itself (same pid) with the flag.
+  const DAEMON_FLAG = '--max-semi-space-size=4'
+  const args = process.argv.slice(2)
+  if (args.includes('start') && !process.execArgv.some(a => a.startsWith('--max-semi-space-size')) && typeof process.execve === 'function') {
+    process.execve(process.execPath, [process.execPath, ...process.execArgv, DAEMON_FLAG, fileURLToPath(import.meta.url), ...args])
+  }
   const { main } = await import('../src/services/cli/main.ts')
   process.exitCode = await main(process.argv.slice(2))
 }
