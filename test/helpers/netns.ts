@@ -1,7 +1,10 @@
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { chmod, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, it } from 'vitest'
-import type { TestNode } from './testnet.ts'
+import { TestNode } from './testnet.ts'
 
 /**
  * Linux network namespaces for NAT tests: a "public" segment (a bridge-less
@@ -168,6 +171,44 @@ export async function describeNat (file: string, title: string, body: () => void
   } else {
     describe(title, body)
   }
+}
+
+export interface NatFriends {
+  topo: NatTopology
+  /** R, public; A and B, each behind its own router; all listen on port 4001 */
+  r: TestNode
+  a: TestNode
+  b: TestNode
+  /** kills the daemons, removes the namespaces and the homes */
+  stop: () => Promise<void>
+}
+
+/**
+ * The NAT suites' cast: builds the topology and starts R, A and B in it,
+ * each with a home under one temp folder and `DEBUG` set to `debug` (or
+ * KITH_NAT_DEBUG).
+ */
+export async function startNatFriends (options: NatTopologyOptions, debug: string): Promise<NatFriends> {
+  const topo = await createNatTopology(options)
+  const base = await mkdtemp(join(tmpdir(), 'kith-nat-'))
+  await chmod(base, 0o755)
+  const listen = ['--listen', '/ip4/0.0.0.0/tcp/4001']
+  const env = { DEBUG: process.env.KITH_NAT_DEBUG ?? debug }
+  const r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env })
+  const a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env })
+  const b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env })
+  const stop = async (): Promise<void> => {
+    for (const n of [a, b, r]) await n.kill9().catch(() => {})
+    await topo.destroy()
+    await rm(base, { recursive: true, force: true })
+  }
+  try {
+    await Promise.all([r.start(), a.start(), b.start()])
+  } catch (err) {
+    await stop()
+    throw err
+  }
+  return { topo, r, a, b, stop }
 }
 
 /** The parts of `kith status --json` the NAT tests read. */

@@ -1,10 +1,9 @@
 import { it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdtemp, rm, writeFile, readFile, chmod } from 'node:fs/promises'
+import { writeFile, readFile, chmod } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { TestNode, waitFor, befriend } from '../helpers/testnet.ts'
-import { createNatTopology, describeNat, natStatus as status, friendLink as link, type NatTopology } from '../helpers/netns.ts'
+import { waitFor, befriend, type TestNode } from '../helpers/testnet.ts'
+import { startNatFriends, describeNat, natStatus as status, friendLink as link } from '../helpers/netns.ts'
 
 /**
  * Friends behind NATs that hole punching can't get through: R on the public
@@ -25,27 +24,16 @@ import { createNatTopology, describeNat, natStatus as status, friendLink as link
 const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex')
 
 await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-randomising NATs: files through the relay (network namespaces)', () => {
-  let topo: NatTopology
-  let base: string
   let r: TestNode, a: TestNode, b: TestNode
-  const listen = ['--listen', '/ip4/0.0.0.0/tcp/4001']
+  let stop: (() => Promise<void>) | undefined
   const timings: Record<string, number> = {}
 
   beforeAll(async () => {
-    topo = await createNatTopology({ randomPorts: ['a', 'b'] })
-    base = await mkdtemp(join(tmpdir(), 'kith-nat-relay-'))
-    await chmod(base, 0o755)
-    const debug = { DEBUG: process.env.KITH_NAT_DEBUG ?? 'kith:punch' }
-    r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env: debug })
-    a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env: debug })
-    b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env: debug })
-    await Promise.all([r.start(), a.start(), b.start()])
+    ({ r, a, b, stop } = await startNatFriends({ randomPorts: ['a', 'b'] }, 'kith:punch'))
   })
 
   afterAll(async () => {
-    for (const n of [a, b, r]) await n?.kill9().catch(() => {})
-    await topo?.destroy()
-    if (base != null) await rm(base, { recursive: true, force: true })
+    await stop?.()
     console.log(`NAT relay timings (ms): ${JSON.stringify(timings)}`)
   })
 
@@ -86,12 +74,12 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
   })
 
   it('with R\'s default budget, A fetches a multi-MiB file from B through the relay', async () => {
-    const src = join(base, 'video.bin')
+    const src = join(b.home, 'video.bin')
     const data = randomBytes(6 * 1024 * 1024 + 5)
     await writeFile(src, data)
     await chmod(src, 0o644)
     const shared = await b.json<{ share: { name: string } }>('share', src, '--with', 'alice')
-    const dest = join(base, 'fetched.bin')
+    const dest = join(a.home, 'fetched.bin')
     const kinds = new Set<string>()
     let fetching = true
     const watch = (async () => {
@@ -123,7 +111,7 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     const text = (await a.cli('status')).stdout
     console.log(`kith status on A:\n${text}`)
     expect(text).toMatch(/ bob +relayed through relay since .*\n(?: +hole punch failed .*\n)? +relay limits relayed connections \(a relay budget\): files can't move until a direct connection opens/)
-    const dest = join(base, 'fetched-limited.bin')
+    const dest = join(a.home, 'fetched-limited.bin')
     const shares = await b.json<{ shares: Array<{ name: string }> }>('shares')
     const t1 = Date.now()
     const result = await a.cli('fetch', `bob:${shares.shares[0]!.name}`, '-o', dest, '--json')

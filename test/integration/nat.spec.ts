@@ -1,10 +1,9 @@
 import { it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdtemp, rm, writeFile, readFile, chmod } from 'node:fs/promises'
+import { writeFile, readFile, chmod } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { TestNode, waitFor, NODE } from '../helpers/testnet.ts'
-import { createNatTopology, describeNat, natStatus as status, friendLink as link, sh, type NatTopology } from '../helpers/netns.ts'
+import { waitFor, befriend, NODE, type TestNode } from '../helpers/testnet.ts'
+import { startNatFriends, describeNat, natStatus as status, friendLink as link, sh, type NatTopology } from '../helpers/netns.ts'
 
 /**
  * Friends behind NAT, on real (namespaced) networks: R on the public
@@ -22,34 +21,18 @@ import { createNatTopology, describeNat, natStatus as status, friendLink as link
  */
 await describeNat('test/integration/nat.spec.ts', 'friends behind NAT (network namespaces)', () => {
   let topo: NatTopology
-  let base: string
   let r: TestNode, a: TestNode, b: TestNode
-  const listen = ['--listen', '/ip4/0.0.0.0/tcp/4001']
+  let stop: (() => Promise<void>) | undefined
   const timings: Record<string, number> = {}
 
   beforeAll(async () => {
-    topo = await createNatTopology()
-    base = await mkdtemp(join(tmpdir(), 'kith-nat-'))
-    await chmod(base, 0o755)
-    const debug = { DEBUG: process.env.KITH_NAT_DEBUG ?? 'kith:punch,libp2p:dcutr' }
-    r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env: debug })
-    a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env: debug })
-    b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env: debug })
-    await Promise.all([r.start(), a.start(), b.start()])
+    ({ topo, r, a, b, stop } = await startNatFriends({}, 'kith:punch,libp2p:dcutr'))
   })
 
   afterAll(async () => {
-    for (const n of [a, b, r]) await n?.kill9().catch(() => {})
-    await topo?.destroy()
-    if (base != null) await rm(base, { recursive: true, force: true })
+    await stop?.()
     console.log(`NAT timings (ms): ${JSON.stringify(timings)}`)
   })
-
-  async function befriend (issuer: TestNode, accepter: TestNode): Promise<void> {
-    const file = join(issuer.home, `for-${accepter.name}.invite`)
-    await issuer.json('invite', 'create', '--name', accepter.name, '-o', file)
-    await accepter.json('invite', 'accept', file)
-  }
 
   it('the namespaces really are NATed: A reaches R, R does not reach A, A does not reach B', async () => {
     await sh('ip', ['netns', 'exec', topo.ns.a, 'ping', '-c1', '-W1', topo.ips.r]).catch(async () => {
@@ -144,12 +127,12 @@ await describeNat('test/integration/nat.spec.ts', 'friends behind NAT (network n
       const [la, lb] = [await link(a, 'relay'), await link(a, 'bob')]
       return la?.online === false && lb?.online === true && lb.kind === 'hole-punched'
     }, 'A sees R gone and B still there, directly', 15_000, 100)
-    const src = join(base, 'photos.bin')
+    const src = join(b.home, 'photos.bin')
     const data = randomBytes(3 * 1024 * 1024 + 17)
     await writeFile(src, data)
     await chmod(src, 0o644)
     const shared = await b.json<{ share: { name: string } }>('share', src, '--with', 'alice')
-    const dest = join(base, 'fetched.bin')
+    const dest = join(a.home, 'fetched.bin')
     const t0 = Date.now()
     const result = await a.cli('fetch', `bob:${shared.share.name}`, '-o', dest, '--json')
     expect(result.code, result.stderr).toBe(0)
