@@ -156,7 +156,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       invites: this.invites,
       self: this.identity.peerId.toString(),
       displayName: () => this.displayName
-    }), { maxInboundStreams: MAX_INBOUND_REDEEM_STREAMS })
+    }), { maxInboundStreams: MAX_INBOUND_REDEEM_STREAMS, runOnLimitedConnection: true }) // a few hundred bytes: fine over a relay with a budget
     this.libp2p.use(DHT_PROTOCOL, friendsOnly(this.friends))
     this.friends.on('event', evt => this.emit('event', evt))
     this.presence.on('event', evt => this.emit('event', evt))

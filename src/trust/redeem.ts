@@ -110,7 +110,8 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
   try {
     if (addrs.length === 0) throw new Error('the invite holds no address')
     await libp2p.peerStore.merge(issuer, { multiaddrs: addrs.map(a => a.decapsulate(`/p2p/${invite.issuer}`)) })
-    stream = await libp2p.dialProtocol(issuer, REDEEM_PROTOCOL, { signal })
+    // a few hundred bytes: may run over a relayed connection with a budget
+    stream = await libp2p.dialProtocol(issuer, REDEEM_PROTOCOL, { signal, runOnLimitedConnection: true })
   } catch (err) {
     throw new KithError('INVITE_ISSUER_UNREACHABLE',
       `could not reach ${invite.name} at ${invite.addrs.join(', ') || '(no address)'}: ${(err as Error).message}; make sure their node is running and try again`, { cause: err })

@@ -17,7 +17,8 @@ import { startNatFriends, describeNat, natStatus as status, friendLink as link }
  * - with R restarted with a small budget (`--relay-max-data`), libp2p marks
  *   the relayed connection limited, kith's files and chunks protocols don't
  *   run on it (they would stall when the relay cut it), and the fetch fails
- *   at once with FRIEND_RELAY_LIMITED, which says what to do.
+ *   at once with FRIEND_RELAY_LIMITED, which says what to do; small
+ *   exchanges (redeeming an invite) still run over it.
  *
  * Needs root, iproute2 and iptables: see nat.spec.ts.
  */
@@ -129,5 +130,16 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     await expect(readFile(dest)).rejects.toThrow(/ENOENT/)
     // the link is still there, still relayed: the failure is the relay's budget, not the friend
     expect(await link(a, 'bob')).toMatchObject({ online: true, kind: 'relayed', relay: r.peerId, limited: true })
+  })
+
+  it('small exchanges still run over the limited relay: an invite from B is redeemed through it', async () => {
+    // redeem (like locate) is a few hundred bytes, well inside any budget: it opts in to limited
+    // connections. Redeeming again as an existing friend is idempotent and needs the exchange itself.
+    expect(await link(a, 'bob')).toMatchObject({ online: true, kind: 'relayed', limited: true })
+    const file = join(b.home, 'again-for-alice.invite')
+    await b.json('invite', 'create', '--name', 'alice', '-o', file)
+    const accepted = await a.cli('invite', 'accept', file, '--json')
+    expect(accepted.code, accepted.stderr).toBe(0)
+    expect((await a.json<{ friends: Array<{ label: string, state: string }> }>('friends')).friends.find(f => f.label === 'bob')?.state).toBe('active')
   })
 })

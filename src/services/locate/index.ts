@@ -69,6 +69,7 @@ export class LocateService {
       onQuery: async (asker, subject) => await service.onQuery(asker, subject)
     }), {
       maxInboundStreams: MAX_INBOUND_LOCATE_STREAMS,
+      runOnLimitedConnection: true, // small records: fine over a relay with a budget
       middleware: [friendsOnly(init.friends)]
     })
     service.running = true

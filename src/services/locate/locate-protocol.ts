@@ -54,7 +54,7 @@ export function locateHandler (init: LocateHandlerInit) {
 }
 
 export interface Dialer {
-  dialProtocol: (peer: PeerId, protocol: string, options?: AbortOptions) => Promise<Stream>
+  dialProtocol: (peer: PeerId, protocol: string, options?: AbortOptions & { runOnLimitedConnection?: boolean }) => Promise<Stream>
 }
 
 async function exchange<T> (dialer: Dialer, peer: PeerId, request: unknown, schema: z.ZodType<T>, options: AbortOptions): Promise<T> {
@@ -63,7 +63,8 @@ async function exchange<T> (dialer: Dialer, peer: PeerId, request: unknown, sche
     : AbortSignal.timeout(LOCATE_STREAM_TIMEOUT_MS)
   let stream: Stream
   try {
-    stream = await dialer.dialProtocol(peer, LOCATE_PROTOCOL, { signal })
+    // one small record each way: may run over a relayed connection with a budget
+    stream = await dialer.dialProtocol(peer, LOCATE_PROTOCOL, { signal, runOnLimitedConnection: true })
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't open the locate protocol with ${peer.toString()} (${(err as Error).message})`, { cause: err })
   }
