@@ -511,7 +511,8 @@ export class ShareAssembly {
   /**
    * Writes the chunks the store holds that are still wanted (a resumed
    * fetch's). With `strict`, a wanted chunk the store lacks is an error
-   * (CHUNK_NOT_FOUND); without, it is left for the fetch.
+   * (CHUNK_NOT_FOUND, or CHUNK_CORRUPT if damaged on disk); without, it is
+   * left for the fetch (`wanted` still lists it).
    */
   async fill (options: AbortOptions & { strict?: boolean } = {}): Promise<void> {
     for (const id of this.wanted()) {
@@ -522,7 +523,9 @@ export class ShareAssembly {
       try {
         sealed = await this.init.store.get(id)
       } catch (err) {
-        if (!(options.strict ?? false) && (err as KithError).code === 'CHUNK_NOT_FOUND') continue
+        // gone, or damaged on disk (the store then drops it): left for the fetch
+        const code = (err as KithError).code
+        if (!(options.strict ?? false) && (code === 'CHUNK_NOT_FOUND' || code === 'CHUNK_CORRUPT')) continue
         throw err
       }
       await this.accept(id, sealed)

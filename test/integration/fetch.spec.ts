@@ -259,4 +259,42 @@ describe('fetching friends\' files', () => {
       await alice.json('limits', 'clear', '--up')
     }
   })
+
+  it('heals a resumed fetch whose held chunks were damaged on disk meanwhile', async () => {
+    const source = join(alice.home, 'big4.bin')
+    await writeFile(source, randomBytes(24 * 1024 * 1024))
+    await alice.json('share', source, '--with', 'carol')
+    await alice.json('limits', 'set', '--up', '4MB/s')
+    const dest = join(carol.home, 'big4.bin')
+    let t: { id: string }
+    try {
+      ({ transfer: t } = await carol.json('fetch', 'alice:big4.bin', '-o', dest, '--detach'))
+      await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes >= 6 * 1024 * 1024, 'some chunks held', 30_000)
+      await carol.json('pause', t.id)
+    } finally {
+      await alice.json('limits', 'clear', '--up')
+    }
+    // flip a byte in every chunk file carol holds: verify-on-read must catch each one
+    const chunks = join(carol.home, 'chunks')
+    let damaged = 0
+    for (const fanout of await readdir(chunks)) {
+      if (fanout === 'tmp') continue
+      for (const name of await readdir(join(chunks, fanout))) {
+        const path = join(chunks, fanout, name)
+        const bytes = await readFile(path)
+        bytes[100] = bytes[100]! ^ 0xff
+        await writeFile(path, bytes)
+        damaged++
+      }
+    }
+    expect(damaged).toBeGreaterThan(0)
+    await carol.json('resume', t.id)
+    const done = await waitFor(async () => {
+      const r = await transferOf(carol, t.id)
+      if (r?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(r.error)}`)
+      return r?.state === 'done' ? r : undefined
+    }, 'the resumed fetch to finish', 60_000)
+    expect(done.doneBytes).toBe(24 * 1024 * 1024)
+    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
+  })
 })

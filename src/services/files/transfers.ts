@@ -351,26 +351,32 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         const filling = assembly.fill({ signal })
         filling.catch(() => {}) // awaited below; the fetch may fail first
         const store = this.init.store
-        await fetchChunks({
-          libp2p: this.init.libp2p,
-          store: {
-            has: async chunk => await store.has(chunk),
-            put: async (chunk, sealed) => {
-              const fresh = await store.put(chunk, sealed, { owned: true })
-              await assembly.accept(chunk, sealed)
-              return fresh
-            }
-          },
-          ids,
-          sources: this.sources(record.owner),
-          // friends who come online (or gain chunks) while it runs join; and at once when a floor falls short
-          discover: () => this.sources(record.owner),
-          ...(flow !== undefined ? { short: () => flow.floor()?.state === 'slow' } : {}),
-          signal,
-          onProgress: p => progress(p.doneBytes, p.perSource, p.doneChunks === p.totalChunks),
-          ...(flow !== undefined ? { beforeReceive: async (bytes, peer, s) => { await flow.take(bytes, s, peer.toString()) } } : {})
-        })
+        const fetch = async (wanted: string[]): Promise<void> => {
+          await fetchChunks({
+            libp2p: this.init.libp2p,
+            store: {
+              has: async chunk => await store.has(chunk),
+              put: async (chunk, sealed) => {
+                const fresh = await store.put(chunk, sealed, { owned: true })
+                await assembly.accept(chunk, sealed)
+                return fresh
+              }
+            },
+            ids: wanted,
+            sources: this.sources(record.owner),
+            // friends who come online (or gain chunks) while it runs join; and at once when a floor falls short
+            discover: () => this.sources(record.owner),
+            ...(flow !== undefined ? { short: () => flow.floor()?.state === 'slow' } : {}),
+            signal,
+            onProgress: p => progress(p.doneBytes, p.perSource, p.doneChunks === p.totalChunks),
+            ...(flow !== undefined ? { beforeReceive: async (bytes, peer, s) => { await flow.take(bytes, s, peer.toString()) } } : {})
+          })
+        }
+        await fetch(ids)
         await filling
+        // a held chunk found damaged on disk while it was read back was dropped from the store: fetch it again
+        const lost = assembly.wanted()
+        if (lost.length > 0) await fetch(lost)
         await assembly.finish({ signal })
       } catch (err) {
         await assembly.abort()
