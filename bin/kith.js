@@ -26,7 +26,8 @@ if (major < 22 || (major === 22 && minor < 18)) {
   const DAEMON_FLAG = '--max-semi-space-size=4'
   const args = process.argv.slice(2)
   if (args.includes('start') && !process.execArgv.some(a => a.startsWith('--max-semi-space-size')) && typeof process.execve === 'function') {
-    process.execve(process.execPath, [process.execPath, ...process.execArgv, DAEMON_FLAG, fileURLToPath(import.meta.url), ...args])
+    // the environment must be passed on: execve's default is an empty one
+    process.execve(process.execPath, [process.execPath, ...process.execArgv, DAEMON_FLAG, fileURLToPath(import.meta.url), ...args], process.env)
   }
   const { main } = await import('../src/services/cli/main.ts')
   process.exitCode = await main(process.argv.slice(2))

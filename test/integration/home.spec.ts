@@ -97,6 +97,23 @@ describe('the home folder', () => {
     expect((await node.start(['--passphrase-file', passFile])).peerId).toBe(first.peerId)
   })
 
+  it('takes KITH_PASSPHRASE and KITH_HOME from the environment (the daemon re-execs itself and keeps it)', async () => {
+    const home = join(base, 'from-env')
+    const env = { KITH_HOME: home, KITH_PASSPHRASE: 'correct horse battery staple' }
+    const sealed = new TestNode('env', home, [], { env })
+    const first = await sealed.start()
+    await sealed.stop()
+    expect(await readFile(join(home, 'identity.key'), 'utf8')).toContain('scrypt')
+    // no --home anywhere: the daemon found its home and its passphrase in the environment
+    const args = ['start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0']
+    const wrong = await runCli(args, { ...env, KITH_PASSPHRASE: 'wrong' })
+    expect(wrong.code).toBe(1)
+    expect(wrong.stderr).toContain('IDENTITY_LOCKED')
+    expect((await runCli(['id', '--json'], env)).stdout).toContain(first.peerId)
+    expect((await sealed.start()).peerId).toBe(first.peerId)
+    await sealed.stop()
+  })
+
   it('explains bad arguments with a code and exit status 2 or 1', async () => {
     const unknown = await runCli(['--home', node.home, 'frobnicate'])
     expect(unknown.code).toBe(2)
