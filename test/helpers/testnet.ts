@@ -179,6 +179,15 @@ export async function transferOf (node: TestNode, id: string): Promise<any> {
   return (await node.json<{ transfers: any[] }>('transfers')).transfers.find(t => t.id === id)
 }
 
+/** Waits for a transfer to be done and returns it; throws at once if it fails (with `what` and its error). */
+export async function transferDone (node: TestNode, id: string, what = `transfer ${id} to finish`, timeoutMs = 60_000): Promise<any> {
+  return await waitFor(async () => {
+    const t = await transferOf(node, id)
+    if (t?.state === 'failed') throw new Error(`${what}: the fetch failed: ${JSON.stringify(t.error)}`)
+    return t?.state === 'done' ? t : undefined
+  }, what, timeoutMs)
+}
+
 /** A TCP port free on 127.0.0.1 right now (for a node that must move to a new port). */
 export async function freePort (): Promise<number> {
   return await new Promise((resolve, reject) => {

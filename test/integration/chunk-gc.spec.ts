@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, writeFile, readFile, readdir } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { createTestnet, waitFor, befriend, transferOf, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, befriend, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
 /**
@@ -34,14 +34,6 @@ async function sha (path: string): Promise<string> {
 
 async function store (node: TestNode): Promise<{ chunks: number, bytes: number, gc: any }> {
   return (await node.json('status')).store
-}
-
-async function finished (node: TestNode, id: string, timeoutMs = 60_000): Promise<any> {
-  return await waitFor(async () => {
-    const t = await transferOf(node, id)
-    if (t?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(t.error)}`)
-    return t?.state === 'done' ? t : undefined
-  }, `transfer ${id} to finish`, timeoutMs)
 }
 
 describe('chunk store collection', () => {
@@ -98,7 +90,7 @@ describe('chunk store collection', () => {
     expect(bobs.store).toEqual({ chunks: docs.chunks, bytes: docs.sealed })
     await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'bob')?.link.online, 'carol sees bob')
     await carol.json('resume', started.id)
-    const done = await finished(carol, started.id)
+    const done = await transferDone(carol, started.id)
     const left = done.totalBytes - (done.sources.find((s: any) => s.label === 'alice')?.bytes ?? 0)
     expect(left).toBeGreaterThan(0)
     expect(done.sources.find((s: any) => s.label === 'bob')?.bytes).toBeGreaterThan(0)

@@ -3,7 +3,7 @@ import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { createTestnet, waitFor, befriend, transferOf, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, befriend, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
  * Faults a fetch meets between real daemons: a friend revoked mid-transfer
@@ -50,11 +50,7 @@ describe('fetch faults', () => {
     await waitFor(async () => (await transferOf(fetcher, t.id))?.sources.find((s: { label: string }) => s.label === 'holder')?.bytes > 0, 'the holder serving', 30_000)
     await holder.json('friend', 'revoke', 'fetcher')
     await waitFor(async () => (await fetcher.json('friends')).friends.find((f: { label: string }) => f.label === 'holder')?.link.online === false, 'the fetcher cut off', 5_000, 50)
-    const done = await waitFor(async () => {
-      const now = await transferOf(fetcher, t.id)
-      if (now?.state === 'failed') throw new Error(JSON.stringify(now.error))
-      return now?.state === 'done' ? now : undefined
-    }, 'the fetch to finish from the owner', 60_000)
+    const done = await transferDone(fetcher, t.id, 'the fetch to finish from the owner')
     expect(done.sources.find((s: { label: string }) => s.label === 'owner').bytes).toBeGreaterThan(0)
     expect(sha(await readFile(dest))).toBe(sha(await readFile(source)))
   })

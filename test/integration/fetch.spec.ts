@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join, relative } from 'node:path'
-import { createTestnet, waitFor, befriend, transferOf, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, befriend, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
  * Friend-to-friend fetch between real daemons, through the CLI: share, list,
@@ -130,11 +130,7 @@ describe('fetching friends\' files', () => {
     await waitFor(async () => (await transferOf(carol, started.id))?.doneBytes > 0, 'carol under way', 30_000)
     await alice.kill9()
     try {
-      const done = await waitFor(async () => {
-        const t = await transferOf(carol, started.id)
-        if (t?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(t.error)}`)
-        return t?.state === 'done' ? t : undefined
-      }, 'the fetch to finish from bob', 60_000)
+      const done = await transferDone(carol, started.id, 'the fetch to finish from bob')
       expect(done.sources.find((s: { label: string }) => s.label === 'bob')?.bytes).toBeGreaterThan(0)
       expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(join(alice.home, 'big.bin'))).digest('hex'))
     } finally {
@@ -179,11 +175,7 @@ describe('fetching friends\' files', () => {
       await waitFor(async () => (await transferOf(bob, t.id))?.doneBytes > 0, 'bob under way', 30_000)
       await carol.start()
       carolUp = true
-      const done = await waitFor(async () => {
-        const r = await transferOf(bob, t.id)
-        if (r?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(r.error)}`)
-        return r?.state === 'done' ? r : undefined
-      }, 'the fetch to finish', 60_000)
+      const done = await transferDone(bob, t.id, 'the fetch to finish')
       // at 4 MB/s alice alone needs 12 s for 48 MiB: carol joined and carried part of it
       expect(done.sources.find((s: { label: string }) => s.label === 'carol')?.bytes).toBeGreaterThan(0)
       expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
@@ -227,11 +219,7 @@ describe('fetching friends\' files', () => {
         await check()
         await bob.start()
       }
-      const done = await waitFor(async () => {
-        const r = await transferOf(bob, t.id)
-        if (r?.state === 'failed') throw new Error(`fetch failed after kills at ${delays.join(', ')} ms: ${JSON.stringify(r.error)}`)
-        return r?.state === 'done' ? r : undefined
-      }, 'the fetch to finish after the kills', 60_000)
+      const done = await transferDone(bob, t.id, `the fetch to finish after kills at ${delays.join(', ')} ms`)
       expect(done.doneBytes).toBe(Object.values(sizes).reduce((a, b) => a + b, 0))
       expect(await tree(dest)).toEqual(want) // every file, and nothing else: no partial left behind
     } finally {
@@ -289,11 +277,7 @@ describe('fetching friends\' files', () => {
     }
     expect(damaged).toBeGreaterThan(0)
     await carol.json('resume', t.id)
-    const done = await waitFor(async () => {
-      const r = await transferOf(carol, t.id)
-      if (r?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(r.error)}`)
-      return r?.state === 'done' ? r : undefined
-    }, 'the resumed fetch to finish', 60_000)
+    const done = await transferDone(carol, t.id, 'the resumed fetch to finish')
     expect(done.doneBytes).toBe(24 * 1024 * 1024)
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
   })
