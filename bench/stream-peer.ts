@@ -3,6 +3,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Stream } from '@libp2p/interface'
 import { createNode } from '../src/peer/node.ts'
+import { tuneDaemonHeap } from '../src/services/daemon-heap.ts'
 import { MiB, ownPeakRss, cpuMs } from './lib.ts'
 
 /**
@@ -17,12 +18,16 @@ import { MiB, ownPeakRss, cpuMs } from './lib.ts'
  * DESIGN.md's stream traps are respected: the sender waits while more than
  * WRITE_BUFFER_HIGH bytes are queued and awaits onDrain() when send() says
  * false; the receiver pauses while the file lags and finishes on 'end'.
+ * Both ends run with the kith daemon's V8 heap settings (run.ts passes the
+ * startup flags; the runtime ones are set here), as the ceiling must be
+ * measured in kith's own configuration.
  */
 const PROTOCOL = '/kith-bench/stream/1.0.0'
 const WRITE_BUFFER_HIGH = 4 * MiB
 const SEND_SIZE = MiB
 
 const [role, a, b] = process.argv.slice(2)
+tuneDaemonHeap()
 
 /** Resolves on the next 'drain' or 'idle', rejects on 'close'. */
 async function writeProgress (stream: Stream): Promise<void> {

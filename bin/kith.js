@@ -18,29 +18,18 @@ if (major < 22 || (major === 22 && minor < 18)) {
   for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal))
   child.on('exit', (code, signal) => process.exit(code ?? (signal != null ? 1 : 0)))
 } else {
-  // The daemon runs with a small V8 young generation (4 MiB semi-spaces, not
-  // 16): measured on a 512 MiB fetch, peak RSS 300 -> 250 MB fetching and
-  // 255 -> 200 MB serving, idle 173 -> 154 MB, for ~7% more CPU per MB. A
-  // long-running personal daemon should be light. Heap sizes can't change
-  // once V8 runs, so `kith start` replaces itself (same pid) with the flag.
-  const DAEMON_FLAG = '--max-semi-space-size=4'
+  // The daemon's V8 heap is tuned (src/services/daemon-heap.ts): sizes can't
+  // change once V8 runs, so `kith start` replaces itself (same pid) with them.
+  const { DAEMON_STARTUP_FLAGS, tuneDaemonHeap } = await import('../src/services/daemon-heap.ts')
   const args = process.argv.slice(2)
-  if (args.includes('start') && !process.execArgv.some(a => a.startsWith('--max-semi-space-size')) && typeof process.execve === 'function') {
-    // the environment must be passed on: execve's default is an empty one
-    process.execve(process.execPath, [process.execPath, ...process.execArgv, DAEMON_FLAG, fileURLToPath(import.meta.url), ...args], process.env)
-  }
-  // ArrayBuffers count against V8's global heap limit instead of its
-  // external-memory soft limit. A fetch makes a few MiB of short-lived buffers
-  // per 1 MiB chunk (noise output, frames, plaintext); counted the default way
-  // they start a full mark-compact of the whole heap every ~25 MB, and that
-  // marking cost as much CPU as the fetch itself. Measured on a 256 MiB fetch:
-  // CPU (owner + fetcher) 20-24 -> 18 ms/MB, 68-81 -> 86-93 MB/s, for about
-  // 20 MB more peak RSS in the fetcher (garbage waits a little longer). The
-  // flag is V8's, so it is set only on the Node major kith ships with (an
-  // unknown flag would be ignored with a warning).
-  if (args.includes('start') && major === 24) {
-    const { setFlagsFromString } = await import('node:v8')
-    setFlagsFromString('--external-memory-accounted-in-global-limit')
+  if (args.includes('start')) {
+    // a flag already given (by the user, or by the first pass) is left as it is
+    const missing = DAEMON_STARTUP_FLAGS.filter(flag => !process.execArgv.some(a => a.split('=')[0] === flag.split('=')[0]))
+    if (missing.length > 0 && typeof process.execve === 'function') {
+      // the environment must be passed on: execve's default is an empty one
+      process.execve(process.execPath, [process.execPath, ...process.execArgv, ...missing, fileURLToPath(import.meta.url), ...args], process.env)
+    }
+    tuneDaemonHeap()
   }
   const { main } = await import('../src/services/cli/main.ts')
   process.exitCode = await main(process.argv.slice(2))

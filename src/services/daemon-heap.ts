@@ -1,0 +1,31 @@
+import { setFlagsFromString } from 'node:v8'
+
+/**
+ * How the daemon's V8 heap is tuned, in one place: `kith start` (bin/kith.js)
+ * applies it, and so does the benchmark's plain-stream ceiling, so that the
+ * ceiling is measured in the same configuration as kith.
+ *
+ * Startup flags (heap sizes can't change once V8 runs, so `kith start`
+ * re-executes itself with them, same pid):
+ * - `--max-semi-space-size=4`: a small young generation (4 MiB semi-spaces,
+ *   not 16). Measured on a 512 MiB fetch: peak RSS 300 -> 250 MB fetching and
+ *   255 -> 200 MB serving, idle 173 -> 154 MB, for ~7% more CPU per MB.
+ *
+ * Runtime flags (set before the daemon starts work):
+ * - `--external-memory-accounted-in-global-limit`: ArrayBuffers count against
+ *   V8's global heap limit instead of its external-memory soft limit. A libp2p
+ *   stream makes a few MiB of short-lived buffers per MiB moved (Noise output,
+ *   frames, plaintext); counted the default way, they start a full
+ *   mark-compact of the whole heap every ~25 MB, and V8's concurrent marking
+ *   then costs as much CPU as the transfer. Measured: one plain libp2p stream
+ *   (tcp + noise + yamux) 165 -> 280 MB/s, receiver 6.2 -> 3.0 CPU ms/MB; a
+ *   kith fetch 20-24 -> 18 CPU ms/MB (owner + fetcher); fetcher peak RSS
+ *   about 20 MB higher. The flag is V8's, so it is set only on the Node major
+ *   kith ships with (24): an unknown flag is ignored with a warning.
+ */
+export const DAEMON_STARTUP_FLAGS = ['--max-semi-space-size=4']
+
+export function tuneDaemonHeap (): void {
+  if (process.versions.node.split('.')[0] !== '24') return
+  setFlagsFromString('--external-memory-accounted-in-global-limit')
+}
