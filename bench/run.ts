@@ -332,9 +332,12 @@ async function kith (src: string, streamCeiling: number, work: string): Promise<
     log(`1-source fetch by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer), ${fmt(mbps(SIZE, r.wallMs))} MB/s (command); ` +
       `peak RSS owner ${fmt(r.peak.alice! / MB)} MB (${fmt(r.before.alice! / MB)} before), fetcher ${fmt(r.peak[name]! / MB)} MB (${fmt(r.before[name]! / MB)} before)` +
       `${r.peakReset ? '' : ' (peaks since daemon start)'}; CPU load ${cpuLoad(r, roles)}; ${phases(r)}`)
-    await rm(dest(f), { recursive: true, force: true })
     await stopNode(f)
-    if (!(sections.has('multi') && helpers.includes(name))) await dropChunks(f)
+    // a helper of the multi-source runs serves the file it fetched from that file: keep both
+    if (!(sections.has('multi') && helpers.includes(name))) {
+      await rm(dest(f), { recursive: true, force: true })
+      await dropChunks(f)
+    }
   }
   if (sections.has('fetch')) {
     const transfer = one.map(r => mbps(SIZE, r.transferMs))

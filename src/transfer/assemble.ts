@@ -4,10 +4,10 @@ import { dirname, join, resolve, sep } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
-import { PARTIAL_SUFFIX } from './constants.ts'
+import { MAX_SEALED_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } from './manifest.ts'
 import type { ChunkStore } from './chunk-store.ts'
-import { openChunk, type SealKeys } from './seal.ts'
+import { chunkId, openChunk, type SealKeys } from './seal.ts'
 
 /**
  * Assembling files from verified chunks.
@@ -19,11 +19,14 @@ import { openChunk, type SealKeys } from './seal.ts'
  * overwriting, hard-linked) into place and the folder fsynced. So a
  * destination is either absent (or its previous content) or complete and
  * verified; a kill leaves at most a partial file, which the next run for the
- * same file replaces (`partialKey`) or `removePartials` clears. The partial
+ * same file takes over (`partialKey`) or `removePartials` clears. The partial
  * sits in the destination's own folder so the final step is a rename within
  * one filesystem.
  *
- * `ShareAssembly` does this for the files of a fetch while the fetch runs;
+ * `ShareAssembly` does this for the files of a fetch while the fetch runs,
+ * and records in the chunk store that each chunk it wrote is held in its file
+ * (first the partial, then the placed file), so the fetched files themselves
+ * serve the chunks to other friends: no second, sealed copy is written.
  * `assembleShare` and `assembleFile` do it from a store, in one pass.
  */
 
@@ -98,8 +101,9 @@ export interface FileAssemblyOptions {
   overwrite?: boolean
   /**
    * Names the partial file (hashed into `.kith-<16 hex>.kith-partial`), so a
-   * later run for the same file reuses the name and replaces what a kill left
-   * behind. Random when absent.
+   * later run for the same file reuses the name and takes over what a kill
+   * left behind (its chunks are written again; the store may hold some of
+   * them in it). Random when absent.
    */
   partialKey?: string
 }
@@ -117,7 +121,8 @@ export class FileAssembly {
   readonly dest: string
   readonly entry: ManifestFile
   private readonly chunkSize: number
-  private readonly partial: string
+  /** where the file is assembled until it is placed */
+  readonly partial: string
   private readonly overwrite: boolean
   private readonly state: Uint8Array
   private written = 0
@@ -135,10 +140,7 @@ export class FileAssembly {
     this.entry = entry
     this.chunkSize = chunkSize
     this.overwrite = options.overwrite ?? false
-    const name = options.partialKey === undefined
-      ? randomBytes(8).toString('hex')
-      : createHash('sha256').update(options.partialKey).digest('hex').slice(0, 16)
-    this.partial = join(dirname(dest), `.kith-${name}${PARTIAL_SUFFIX}`)
+    this.partial = partialPath(dest, options.partialKey)
     this.state = new Uint8Array(entry.chunks.length)
   }
 
@@ -178,8 +180,15 @@ export class FileAssembly {
 
   private async openPartial (): Promise<FileHandle> {
     if (this.created) return await open(this.partial, 'r+')
-    await rm(this.partial, { force: true })
-    const handle = await open(this.partial, 'wx+', this.entry.executable ? 0o755 : 0o644)
+    let handle: FileHandle
+    try {
+      // one a killed run left: kept, since the store may hold chunks in it; every chunk is written again
+      handle = await open(this.partial, 'r+')
+      await handle.truncate(this.entry.size)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      handle = await open(this.partial, 'wx+', this.entry.executable ? 0o755 : 0o644)
+    }
     this.created = true
     return handle
   }
@@ -276,6 +285,14 @@ export class FileAssembly {
     if (handle !== undefined) await (await handle).close().catch(() => {})
     await rm(this.partial, { force: true })
   }
+}
+
+/** The partial file a FileAssembly for `dest` writes: named by `partialKey`, random without one. */
+export function partialPath (dest: string, partialKey?: string): string {
+  const name = partialKey === undefined
+    ? randomBytes(8).toString('hex')
+    : createHash('sha256').update(partialKey).digest('hex').slice(0, 16)
+  return join(dirname(dest), `.kith-${name}${PARTIAL_SUFFIX}`)
 }
 
 /**
@@ -392,18 +409,28 @@ export interface ShareTarget {
 }
 
 export interface ShareAssemblyInit {
-  /** where chunks held before (a resumed fetch) are read from */
-  store: Pick<ChunkStore, 'get' | 'has'>
+  /**
+   * Where chunks held before (a resumed fetch) are read from, and where the
+   * chunks written are recorded as held in their files.
+   */
+  store: Pick<ChunkStore, 'get' | 'has' | 'putInFile' | 'moveInFile'>
   keys: SealKeys
+  /** peer id of the share's owner (recorded with chunks held in files) */
+  owner: string
   manifest: Pick<Manifest, 'shareId' | 'chunkSize' | 'entries'>
   targets: ShareTarget[]
   /** @see AssembleOptions.overwrite */
   overwrite?: boolean
   /**
    * Names the partial files (with each target's entry index), so a run after
-   * a kill replaces what the killed one left instead of leaving it behind.
+   * a kill takes over what the killed one left instead of leaving it behind.
    */
   partialKey?: string
+}
+
+/** The partial a ShareAssembly with this `partialKey` writes for manifest entry `file` at `dest`. */
+export function sharePartialPath (dest: string, partialKey: string, file: number): string {
+  return partialPath(dest, `${partialKey}\0${file}`)
 }
 
 interface Place {
@@ -428,6 +455,8 @@ export class ShareAssembly {
   private readonly active = new Set<Promise<void>>()
   /** files with an open partial, least recently written first */
   private readonly recent = new Set<FileAssembly>()
+  /** per file, the chunk writes (and their store records) under way */
+  private readonly recording = new Map<FileAssembly, Set<Promise<void>>>()
   private failure: unknown
   private closed = false
 
@@ -456,8 +485,25 @@ export class ShareAssembly {
   }
 
   /**
+   * A chunk as received from a source: checked against its id (throwing
+   * CHUNK_TOO_LARGE or CHUNK_HASH_MISMATCH, as `ChunkStore.put` does, so the
+   * fetcher blames the source), then `accept`ed. For `fetchChunks`' store.
+   */
+  async put (id: string, sealed: Uint8Array): Promise<boolean> {
+    if (sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
+      throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
+    }
+    if (chunkId(sealed) !== id) {
+      throw new KithError('CHUNK_HASH_MISMATCH', `the bytes received for chunk ${id.slice(0, 12)}… do not match its id; they were damaged or forged and were not used`)
+    }
+    await this.accept(id, sealed)
+    return true
+  }
+
+  /**
    * Takes a sealed chunk (its id already checked against its bytes) and writes
-   * it wherever the share wants it; a chunk not wanted, or wanted no more, is
+   * it wherever the share wants it, then records it in the store as held in
+   * the first file it went to; a chunk not wanted, or wanted no more, is
    * ignored. Throws CHUNK_DECRYPT_FAILED if it does not open at its place,
    * FILE_VERIFY_FAILED if a file it completes does not verify, or the disk's
    * error. Once a call fails, every later one throws the same error.
@@ -481,9 +527,22 @@ export class ShareAssembly {
     const list = this.places.get(id)?.filter(p => p.file.needs(p.index))
     if (list === undefined || list.length === 0) return
     const first = list[0]!
-    const plaintext = openChunk(this.init.keys, { shareId: this.init.manifest.shareId, fileHash: first.file.entry.sha256, index: first.index }, sealed)
-    for (const { file, index } of list) {
-      await file.write(index, plaintext)
+    const position = { shareId: this.init.manifest.shareId, fileHash: first.file.entry.sha256, index: first.index }
+    const plaintext = openChunk(this.init.keys, position, sealed)
+    for (const [i, { file, index }] of list.entries()) {
+      // placing the file waits for this: its chunks' records move with it
+      const done = Promise.withResolvers<void>()
+      const pending = this.recording.get(file) ?? new Set()
+      this.recording.set(file, pending.add(done.promise))
+      try {
+        await file.write(index, plaintext)
+        if (i === 0) {
+          await this.init.store.putInFile(id, sealed, { path: file.partial, offset: index * this.init.manifest.chunkSize, position, owner: this.init.owner })
+        }
+      } finally {
+        done.resolve()
+        pending.delete(done.promise)
+      }
       if (file.complete) this.place(file)
       else this.touch(file)
     }
@@ -503,7 +562,10 @@ export class ShareAssembly {
   /** Checks and places a complete file without holding up the chunk that completed it. */
   private place (file: FileAssembly): void {
     this.recent.delete(file)
-    const placing = file.finish()
+    const placing = file.finish().then(async () => {
+      await Promise.all(this.recording.get(file) ?? [])
+      await this.init.store.moveInFile(file.entry.chunks, file.partial, file.dest)
+    })
     this.placing.add(placing)
     placing.then(() => this.placing.delete(placing), (err: unknown) => { this.failure ??= err })
   }
@@ -549,8 +611,20 @@ export class ShareAssembly {
   }
 
   /**
-   * Stops: later `accept`s throw, writes in flight are awaited, and every
-   * partial is removed. Files already placed stay.
+   * Stops but keeps the partials (a paused or failed fetch): later `accept`s
+   * throw, writes in flight are awaited, and the partials are closed. The
+   * store holds the chunks written so far in them, and the next assembly with
+   * the same `partialKey` takes them over.
+   */
+  async close (): Promise<void> {
+    this.closed = true
+    await Promise.allSettled([...this.active, ...this.placing])
+    await Promise.all(this.files.map(async file => { await file.release() }))
+  }
+
+  /**
+   * Stops (a cancelled fetch): later `accept`s throw, writes in flight are
+   * awaited, and every partial is removed. Files already placed stay.
    */
   async abort (): Promise<void> {
     this.closed = true

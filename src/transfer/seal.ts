@@ -118,11 +118,37 @@ export function sealChunk (keys: SealKeys, position: ChunkPosition, plaintext: U
   }
   const ad = associatedData(position)
   const nonce = createHmac('sha256', keys.nonce).update(ad).update(plaintext).digest().subarray(0, NONCE_LENGTH)
+  return sealWith(keys, ad, nonce, plaintext)
+}
+
+/**
+ * Seals a chunk again from its plaintext and the nonce it was sealed with
+ * (`sealedNonce`), skipping the nonce's HMAC pass: for a holder that keeps
+ * the plaintext (a fetched file) instead of the sealed bytes. The result is
+ * the original sealed chunk only if the plaintext is unchanged; callers check
+ * it against the chunk id.
+ */
+export function resealChunk (keys: SealKeys, position: ChunkPosition, plaintext: Uint8Array, nonce: Uint8Array): Uint8Array {
+  checkKeys(keys, position)
+  if (plaintext.length > MAX_CHUNK_SIZE) {
+    throw new KithError('CHUNK_TOO_LARGE', `a chunk holds at most ${MAX_CHUNK_SIZE} bytes, not ${plaintext.length}`)
+  }
+  if (nonce.length !== NONCE_LENGTH) throw new KithError('BAD_REQUEST', `a chunk nonce is ${NONCE_LENGTH} bytes`)
+  return sealWith(keys, associatedData(position), nonce, plaintext)
+}
+
+/** The nonce a sealed chunk carries (a view into it). */
+export function sealedNonce (sealed: Uint8Array): Uint8Array {
+  if (sealed.length < SEAL_OVERHEAD) throw new KithError('CHUNK_DECRYPT_FAILED', `a sealed chunk is at least ${SEAL_OVERHEAD} bytes`)
+  return sealed.subarray(1, 1 + NONCE_LENGTH)
+}
+
+function sealWith (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Uint8Array): Buffer {
   const cipher = createCipheriv('aes-256-gcm', keys.enc, nonce, { authTagLength: TAG_LENGTH })
   cipher.setAAD(ad)
   const sealed = Buffer.allocUnsafe(plaintext.length + SEAL_OVERHEAD)
   sealed[0] = SEAL_FORMAT
-  nonce.copy(sealed, 1)
+  sealed.set(nonce, 1)
   let at = 1 + NONCE_LENGTH
   at += cipher.update(plaintext).copy(sealed, at)
   at += cipher.final().copy(sealed, at)

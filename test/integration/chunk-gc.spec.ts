@@ -78,16 +78,16 @@ describe('chunk store collection', () => {
     await alice.json('unshare', 'docs')
     const { gc } = await alice.json('gc')
     // the collection after unshare may have freed them before kith gc ran: either way they are gone
-    expect(gc.store).toEqual({ chunks: 0, bytes: 0 })
+    expect(gc.store).toEqual({ chunks: 0, bytes: 0, inFiles: 0 })
     const after = await store(alice)
     expect(after).toMatchObject({ chunks: 0, bytes: 0 })
     expect(after.gc.total).toMatchObject({ chunks: docs.chunks, bytes: docs.sealed })
     expect((await alice.cli('gc')).stdout).toContain('the store holds 0 chunks (0 B)')
 
-    // bob finished fetching it from a friend: he keeps it, and serves it
+    // bob finished fetching it from a friend: he keeps it, and serves it from the files he fetched (no sealed copy)
     const bobs = (await bob.json('gc')).gc
     expect(bobs.freed).toEqual({ chunks: 0, bytes: 0 })
-    expect(bobs.store).toEqual({ chunks: docs.chunks, bytes: docs.sealed })
+    expect(bobs.store).toEqual({ chunks: docs.chunks, bytes: 0, inFiles: docs.chunks })
     await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'bob')?.link.online, 'carol sees bob')
     await carol.json('resume', started.id)
     const done = await transferDone(carol, started.id)
@@ -111,7 +111,7 @@ describe('chunk store collection', () => {
     const made = await share
     expect(during).toBeGreaterThan(0)
     expect(made.share.chunks).toBe(big.chunks)
-    expect((await alice.json('gc')).gc.store).toEqual({ chunks: big.chunks, bytes: big.sealed })
+    expect((await alice.json('gc')).gc.store).toEqual({ chunks: big.chunks, bytes: big.sealed, inFiles: 0 })
     const got = await bob.cli('fetch', 'alice:big', '-o', join(bob.home, 'big'))
     expect(got.code, got.stderr).toBe(0)
     for (const name of ['f0.bin', 'f23.bin']) expect(await sha(join(bob.home, 'big', name))).toBe(await sha(join(big.root, name)))
@@ -129,7 +129,7 @@ describe('chunk store collection', () => {
     await alice.kill9()
     await alice.start()
     const { gc } = await alice.json('gc')
-    expect(gc.store).toEqual({ chunks: before.chunks + keep.chunks, bytes: before.bytes + keep.sealed })
+    expect(gc.store).toEqual({ chunks: before.chunks + keep.chunks, bytes: before.bytes + keep.sealed, inFiles: 0 })
     // every indexed chunk has its file; at most the one being deleted was left unindexed
     let files = 0
     for (const entry of await readdir(join(alice.home, 'chunks'), { recursive: true, withFileTypes: true })) {

@@ -72,13 +72,16 @@ describe('fetch faults', () => {
       const t = (await fetcher.json<{ transfers: any[] }>('transfers')).transfers.find(x => x.dest === dest)
       expect(t.state).toBe('paused')
       expect(t.error.code).toBe('DISK_FULL')
-      // nothing half-written is left where the file should be
+      // nothing half-written is where the file should be; only the hidden partial, which the resume takes over
       await expect(stat(dest)).rejects.toThrow()
-      expect(await readdir(small)).toEqual([])
+      const left = await readdir(small)
+      expect(left).toHaveLength(1)
+      expect(left[0]).toMatch(/^\.kith-[0-9a-f]{16}\.kith-partial$/)
       execFileSync('mount', ['-o', 'remount,size=64m', small])
       await fetcher.json('resume', t.id)
       await waitFor(async () => (await transferOf(fetcher, t.id))?.state === 'done', 'the resumed fetch', 60_000)
       expect(sha(await readFile(dest))).toBe(sha(await readFile(source)))
+      expect(await readdir(small)).toEqual(['data.bin'])
     } finally {
       execFileSync('umount', ['-l', small])
     }

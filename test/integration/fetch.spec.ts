@@ -262,20 +262,22 @@ describe('fetching friends\' files', () => {
     } finally {
       await alice.json('limits', 'clear', '--up')
     }
-    // flip a byte in every chunk file carol holds: verify-on-read must catch each one
-    const chunks = join(carol.home, 'chunks')
+    // carol holds the chunks she fetched in the partial file, not as sealed copies
+    const { store } = await carol.json('status')
+    expect(store).toMatchObject({ bytes: 0 })
+    expect(store.inFiles).toBeGreaterThan(0)
+    // flip a byte in every chunk of the partial: verify-on-read (resealed, hashed) must catch each one
+    const partials = (await readdir(carol.home)).filter(name => name.endsWith('.kith-partial'))
+    expect(partials).toHaveLength(1)
+    const path = join(carol.home, partials[0]!)
+    const bytes = await readFile(path)
     let damaged = 0
-    for (const fanout of await readdir(chunks)) {
-      if (fanout === 'tmp') continue
-      for (const name of await readdir(join(chunks, fanout))) {
-        const path = join(chunks, fanout, name)
-        const bytes = await readFile(path)
-        bytes[100] = bytes[100]! ^ 0xff
-        await writeFile(path, bytes)
-        damaged++
-      }
+    for (let at = 100; at < bytes.length; at += 1024 * 1024) {
+      bytes[at] = bytes[at]! ^ 0xff
+      damaged++
     }
-    expect(damaged).toBeGreaterThan(0)
+    await writeFile(path, bytes)
+    expect(damaged).toBeGreaterThanOrEqual(6)
     await carol.json('resume', t.id)
     const done = await transferDone(carol, t.id, 'the resumed fetch to finish')
     expect(done.doneBytes).toBe(24 * 1024 * 1024)

@@ -339,6 +339,8 @@ describe('chunk collector', () => {
       const release = gate()
       const slowStore: ChunkStore = {
         put: store.put.bind(store),
+        putInFile: store.putInFile.bind(store),
+        moveInFile: store.moveInFile.bind(store),
         has: store.has.bind(store),
         get: store.get.bind(store),
         list: () => store.list(),

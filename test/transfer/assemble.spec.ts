@@ -13,6 +13,8 @@ import { expectCodeAsync, keypair, pseudoRandom, tempDir } from './helpers.ts'
 
 const CS = MIN_CHUNK_SIZE
 const owner = keypair(4)
+/** stands in for the owner's peer id, recorded with chunks held in files */
+const OWNER_PEER = 'owner-peer-id'
 
 describe('assemble', () => {
   let dir: string
@@ -147,7 +149,7 @@ describe('assemble', () => {
 
     it('writes chunks in any order, each id once for every place it stands, and verifies every file', async () => {
       const { manifest: m, contents } = await folder()
-      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      const assembly = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m) })
       const ids = assembly.wanted()
       expect(ids.length).toBe(5 + 3) // big: 5 chunks; the twins share 3
       for (const id of [...ids].reverse()) await assembly.accept(id, await store.get(id))
@@ -160,7 +162,7 @@ describe('assemble', () => {
 
     it('places a file as soon as its last chunk is in', async () => {
       const { manifest: m } = await folder()
-      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      const assembly = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m) })
       const twin = (m.entries.find(e => e.path === 'twin1') as ManifestFile).chunks
       for (const id of twin) await assembly.accept(id, await store.get(id))
       await waitFor(async () => (await readdir(out)).includes('twin1') && (await readdir(out)).includes('twin2'), 'the twins placed', 5_000)
@@ -174,10 +176,10 @@ describe('assemble', () => {
       const big = (m.entries.find(e => e.path === 'big.bin') as ManifestFile).chunks
       const sealed = await store.get(big[3]!)
       await store.delete(big[3]!)
-      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      const assembly = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m) })
       await assembly.fill()
       expect(assembly.wanted()).toEqual([big[3]])
-      await expectCodeAsync(new ShareAssembly({ store, keys, manifest: m, targets: targets(m), partialKey: 'other' }).finish(), 'CHUNK_NOT_FOUND')
+      await expectCodeAsync(new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'other' }).finish(), 'CHUNK_NOT_FOUND')
       await assembly.accept(big[3]!, sealed)
       await assembly.finish()
       expect((await readFile(join(out, 'big.bin'))).length).toBe(4 * CS + 1)
@@ -186,7 +188,7 @@ describe('assemble', () => {
     it('refuses a chunk that does not open at its place, and leaves no file once aborted', async () => {
       const { manifest: m } = await folder()
       const big = (m.entries.find(e => e.path === 'big.bin') as ManifestFile).chunks
-      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      const assembly = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m) })
       await assembly.accept(big[0]!, await store.get(big[0]!))
       expect((await readdir(out)).some(n => n.endsWith('.kith-partial'))).toBe(true)
       const forged = Buffer.from(await store.get(big[1]!))
@@ -204,7 +206,7 @@ describe('assemble', () => {
       for (let i = 0; i < count; i++) await writeFile(join(src, `f${i}`), pseudoRandom(CS + i + 1, `f${i}`))
       const { entries } = await chunkSource(src, { keys, version: 2, store, chunkSize: CS })
       const m = createManifest({ ...owner, shareId, version: 2, name: 'many', chunkSize: CS, entries }).manifest
-      const assembly = new ShareAssembly({ store, keys, manifest: m, targets: targets(m) })
+      const assembly = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m) })
       const files = m.entries as ManifestFile[]
       const fds = async (): Promise<number> => (await readdir('/proc/self/fd')).length
       const before = await fds()
@@ -219,11 +221,11 @@ describe('assemble', () => {
     it('replaces the partial a killed run left, by its key', async () => {
       const { manifest: m } = await folder()
       const big = (m.entries.find(e => e.path === 'big.bin') as ManifestFile).chunks
-      const first = new ShareAssembly({ store, keys, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
+      const first = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
       await first.accept(big[0]!, await store.get(big[0]!)) // then "killed": no abort, no finish
       const left = (await readdir(out)).filter(n => n.endsWith('.kith-partial'))
       expect(left.length).toBe(1)
-      const second = new ShareAssembly({ store, keys, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
+      const second = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
       await second.finish()
       expect((await readdir(out)).sort()).toEqual(['big.bin', 'empty', 'twin1', 'twin2'])
     })

@@ -56,7 +56,7 @@ describe('chunk store', () => {
     expect(await store.put(b.id, b.bytes)).toBe(true)
     expect(await store.has(a.id)).toBe(true)
     expect(Buffer.from(await store.get(a.id)).equals(a.bytes)).toBe(true)
-    expect(store.stats()).toEqual({ count: 2, bytes: 6000 })
+    expect(store.stats()).toEqual({ count: 2, bytes: 6000, inFiles: 0 })
     const listed = []
     for await (const info of store.list()) listed.push(info)
     expect(listed).toEqual([a, b].map(c => ({ id: c.id, size: c.bytes.length })).sort((x, y) => x.id < y.id ? -1 : 1))
@@ -66,7 +66,7 @@ describe('chunk store', () => {
     expect(await store.delete(a.id)).toBe(false)
     expect(await store.has(a.id)).toBe(false)
     await expectCodeAsync(store.get(a.id), 'CHUNK_NOT_FOUND')
-    expect(store.stats()).toEqual({ count: 1, bytes: 5000 })
+    expect(store.stats()).toEqual({ count: 1, bytes: 5000, inFiles: 0 })
     expect(await files(chunks)).toEqual([`${b.id.slice(0, 2)}/${b.id}`])
   })
 
@@ -75,7 +75,7 @@ describe('chunk store', () => {
     const results = await Promise.all(Array.from({ length: 5 }, async () => store.put(a.id, a.bytes)))
     expect(results.filter(Boolean)).toHaveLength(1)
     expect(await store.put(a.id, a.bytes)).toBe(false)
-    expect(store.stats()).toEqual({ count: 1, bytes: 1000 })
+    expect(store.stats()).toEqual({ count: 1, bytes: 1000, inFiles: 0 })
   })
 
   it('refuses bytes that do not match the id and changes nothing', async () => {
@@ -90,7 +90,7 @@ describe('chunk store', () => {
     await expectCodeAsync(store.put(a.id, a.bytes.subarray(0, 999)), 'CHUNK_HASH_MISMATCH')
     expect(await store.has(a.id)).toBe(false)
     expect(await files(chunks)).toEqual(before)
-    expect(store.stats()).toEqual({ count: 1, bytes: 1000 })
+    expect(store.stats()).toEqual({ count: 1, bytes: 1000, inFiles: 0 })
   })
 
   it('refuses bad ids and sizes', async () => {
@@ -116,7 +116,7 @@ describe('chunk store', () => {
     await writeFile(path, damaged)
     await expectCodeAsync(store.get(a.id), 'CHUNK_CORRUPT')
     expect(await store.has(a.id)).toBe(false)
-    expect(store.stats()).toEqual({ count: 0, bytes: 0 })
+    expect(store.stats()).toEqual({ count: 0, bytes: 0, inFiles: 0 })
     expect(await files(chunks)).toEqual([])
     await expectCodeAsync(store.get(a.id), 'CHUNK_NOT_FOUND')
     expect(await store.put(a.id, a.bytes)).toBe(true)
@@ -132,14 +132,14 @@ describe('chunk store', () => {
     await rm(join(chunks, b.id.slice(0, 2), b.id))
     await expectCodeAsync(store.get(a.id), 'CHUNK_CORRUPT')
     await expectCodeAsync(store.get(b.id), 'CHUNK_CORRUPT')
-    expect(store.stats()).toEqual({ count: 0, bytes: 0 })
+    expect(store.stats()).toEqual({ count: 0, bytes: 0, inFiles: 0 })
   })
 
   it('survives a reopen with its index and stats', async () => {
     const a = chunk('a')
     await store.put(a.id, a.bytes)
     await reopen()
-    expect(store.stats()).toEqual({ count: 1, bytes: 1000 })
+    expect(store.stats()).toEqual({ count: 1, bytes: 1000, inFiles: 0 })
     expect(Buffer.from(await store.get(a.id)).equals(a.bytes)).toBe(true)
   })
 
@@ -158,7 +158,7 @@ describe('chunk store', () => {
     await expectCodeAsync(store.get(b.id), 'CHUNK_NOT_FOUND')
     expect(await store.put(b.id, b.bytes)).toBe(true)
     expect(await readFile(join(chunks, b.id.slice(0, 2), b.id))).toEqual(b.bytes)
-    expect(store.stats()).toEqual({ count: 2, bytes: 2000 })
+    expect(store.stats()).toEqual({ count: 2, bytes: 2000, inFiles: 0 })
   })
 
   it('keeps a private copy of the bytes it was given', async () => {
@@ -213,6 +213,6 @@ describe('chunk store', () => {
     // Every put that returned is held; at most the one in flight is not.
     for (const id of printed) expect(held).toContain(id)
     expect(held.length - printed.length).toBeLessThanOrEqual(1)
-    expect(reopened.stats()).toEqual({ count: held.length, bytes: held.length * 256 * 1024 })
+    expect(reopened.stats()).toEqual({ count: held.length, bytes: held.length * 256 * 1024, inFiles: 0 })
   })
 })

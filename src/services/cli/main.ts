@@ -131,7 +131,8 @@ function storeLines (store: StoreStatus | undefined): string[] {
     ? `last clean-up failed: ${store.gc.error.message} [${store.gc.error.code}]`
     : store.gc.running ? 'cleaning up now' : last != null ? `last clean-up ${ago(last.at)} freed ${last.freed.chunks} (${bytes(last.freed.bytes)})` : 'not cleaned up yet'
   const total = store.gc.total.chunks > 0 ? `; ${store.gc.total.chunks} (${bytes(store.gc.total.bytes)}) freed since start` : ''
-  return [`chunks   ${store.chunks} (${bytes(store.bytes)}); ${gc}${total}`]
+  const inFiles = store.inFiles > 0 ? `, ${store.inFiles} of them in fetched files` : ''
+  return [`chunks   ${store.chunks} (${bytes(store.bytes)}${inFiles}); ${gc}${total}`]
 }
 
 /**

@@ -64,7 +64,7 @@ export interface GcResult {
   /** live chunks the mark found (some may not be held) */
   live: number
   /** the store after the sweep */
-  store: { chunks: number, bytes: number }
+  store: { chunks: number, bytes: number, inFiles: number }
   /** the sweep stopped early (the daemon is stopping) */
   aborted: boolean
   /** when it finished, ms since the epoch */
@@ -184,6 +184,15 @@ export class ChunkCollector {
         await this.use(id)
         return await store.put(id, sealed, options)
       },
+      putInFile: async (id, sealed, ref) => {
+        await this.use(id)
+        return await store.putInFile(id, sealed, ref)
+      },
+      moveInFile: async (ids, from, to) => {
+        const list = [...ids]
+        for (const id of list) await this.use(id)
+        await store.moveInFile(list, from, to)
+      },
       has: async (id: string) => {
         await this.use(id)
         return await store.has(id)
@@ -229,7 +238,7 @@ export class ChunkCollector {
         try {
           if (await deleting) {
             chunks++
-            bytes += chunk.size
+            if (!chunk.inFile) bytes += chunk.size
           }
         } finally {
           this.deleting.delete(chunk.id)
@@ -240,7 +249,7 @@ export class ChunkCollector {
         freed: { chunks, bytes },
         inUse,
         live: live.size,
-        store: { chunks: stats.count, bytes: stats.bytes },
+        store: { chunks: stats.count, bytes: stats.bytes, inFiles: stats.inFiles },
         aborted: signal.aborted,
         at: Date.now(),
         ms: Date.now() - started

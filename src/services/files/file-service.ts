@@ -45,7 +45,10 @@ export const MAX_INBOUND_CHUNK_STREAMS = 16
 /** `kith status`: what the chunk store holds, and how its last clean-up went */
 export interface StoreStatus {
   chunks: number
+  /** what the store's own sealed chunk files take on disk */
   bytes: number
+  /** of `chunks`, those held in fetched files (no disk of their own) */
+  inFiles: number
   gc: GcStatus
 }
 
@@ -105,8 +108,15 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     // Assembled files are still fsynced before they are moved into place, and
     // chunks of my own shares are fsynced (share() asks for it), since nobody
     // else may hold them. fsync costs ~2 ms a chunk here.
-    const store = await openChunkStore({ dir: join(init.home, 'chunks'), db: sublevel(init.db, 'chunk-index'), sync: false })
-    const service = new FileService(init, store)
+    // chunks held in fetched files are sealed again with their share's keys, which the transfers know
+    let service: FileService | undefined
+    const store = await openChunkStore({
+      dir: join(init.home, 'chunks'),
+      db: sublevel(init.db, 'chunk-index'),
+      sync: false,
+      keys: async (shareId, owner) => await service?.transfers.sealKeys(shareId, owner)
+    })
+    service = new FileService(init, store)
     const { libp2p, friends } = init
     service.limitsBook = await LimitsBook.open({
       level: sublevel<LimitsDoc>(init.db, 'limits'),
@@ -144,7 +154,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
 
   storeStatus (): StoreStatus {
     const stats = this.store.stats()
-    return { chunks: stats.count, bytes: stats.bytes, gc: this.gc.status() }
+    return { chunks: stats.count, bytes: stats.bytes, inFiles: stats.inFiles, gc: this.gc.status() }
   }
 
   /** global, per-peer and time-of-day limits, persisted; `kith limits` */

@@ -164,6 +164,13 @@ export class ShareBook {
     return await this.received.get(`${owner}/${shareId}/${version}`) ?? undefined
   }
 
+  /** Any saved manifest of a friend's share (they all carry the same share key). */
+  async anyReceived (owner: string, shareId: string): Promise<ReceivedManifest | undefined> {
+    const prefix = `${owner}/${shareId}/`
+    for await (const value of this.received.values({ gte: prefix, lt: `${prefix}\xff`, limit: 1 })) return value
+    return undefined
+  }
+
   /** Decodes a stored manifest, checking again that its owner signed it. */
   static decode (manifest: string, owner: Uint8Array): Manifest {
     return decodeManifest(Buffer.from(manifest, 'base64'), { owner })

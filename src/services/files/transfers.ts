@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { mkdir, stat } from 'node:fs/promises'
+import { mkdir, rm, stat } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection } from '@libp2p/interface'
@@ -12,8 +12,8 @@ import type { FriendBook } from '../../trust/friends.ts'
 import type { ChunkStore } from '../../transfer/chunk-store.ts'
 import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
-import { deriveSealKeys } from '../../transfer/seal.ts'
-import { ShareAssembly, type ShareTarget } from '../../transfer/assemble.ts'
+import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
+import { ShareAssembly, sharePartialPath, type ShareTarget } from '../../transfer/assemble.ts'
 import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
 import { fetchManifest, listShares } from './files-protocol.ts'
 import { ShareBook } from './share-book.ts'
@@ -109,6 +109,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   private readonly init: TransferInit
   private readonly records = new Map<string, Transfer>()
   private readonly running = new Map<string, Running>()
+  /** seal keys of friends' shares, by `${owner}/${shareId}`: fetched files serve their chunks with them */
+  private readonly keys = new Map<string, SealKeys>()
   private stopped = false
 
   constructor (init: TransferInit) {
@@ -250,8 +252,22 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     if (run != null) {
       run.controller.abort(new KithError('TRANSFER_STATE', 'cancelled'))
       await run.done.catch(() => {})
+    } else {
+      await this.removePartials(record).catch(() => {}) // a paused, failed or queued fetch's; the run removes its own
     }
     return this.get(record.id)
+  }
+
+  /** Removes the partial files a (not running) fetch left in its destination. */
+  private async removePartials (record: Transfer): Promise<void> {
+    const saved = await this.init.shares.getReceived(record.owner, record.shareId, record.version)
+    const friend = this.init.friends.get(record.owner)
+    if (saved === undefined || friend === undefined) return
+    const manifest = ShareBook.decode(saved.manifest, Buffer.from(friend.publicKey, 'base64'))
+    for (const { index, relative } of select(manifest, record.path).files) {
+      const dest = relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
+      await rm(sharePartialPath(dest, record.id, index), { force: true })
+    }
   }
 
   private async save (record: Transfer, type: TransferEvent['type']): Promise<void> {
@@ -273,6 +289,24 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       })
       this.running.set(record.id, { controller, done })
     }
+  }
+
+  /**
+   * The seal keys of a friend's share I fetched, from a saved manifest; for
+   * the chunk store, which reseals chunks held in fetched files. Undefined if
+   * the owner is no longer a friend or nothing of theirs was saved.
+   */
+  async sealKeys (shareId: string, owner: string): Promise<SealKeys | undefined> {
+    const cached = this.keys.get(`${owner}/${shareId}`)
+    if (cached !== undefined) return cached
+    const friend = this.init.friends.get(owner)
+    if (friend === undefined || friend.state !== 'active') return undefined
+    const saved = await this.init.shares.anyReceived(owner, shareId)
+    if (saved === undefined) return undefined
+    const key = unwrapKey(Buffer.from(saved.wrappedKey, 'base64'), Buffer.from(friend.publicKey, 'base64'), this.init.secretKey)
+    const keys = deriveSealKeys(key, shareId)
+    this.keys.set(`${owner}/${shareId}`, keys)
+    return keys
   }
 
   /** Fetches the share's manifest and key from its owner (or my saved copy) for the given version. */
@@ -354,13 +388,10 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         const fetch = async (wanted: string[]): Promise<void> => {
           await fetchChunks({
             libp2p: this.init.libp2p,
+            // a chunk goes only into its files; the store records it as held there
             store: {
               has: async chunk => await store.has(chunk),
-              put: async (chunk, sealed) => {
-                const fresh = await store.put(chunk, sealed, { owned: true })
-                await assembly.accept(chunk, sealed)
-                return fresh
-              }
+              put: async (chunk, sealed) => await assembly.put(chunk, sealed)
             },
             ids: wanted,
             sources: this.sources(record.owner),
@@ -379,7 +410,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         if (lost.length > 0) await fetch(lost)
         await assembly.finish({ signal })
       } catch (err) {
-        await assembly.abort()
+        // a paused, stopped or failed fetch keeps its partials: the chunks it holds are in them
+        if (this.get(id).state === 'cancelled') await assembly.abort()
+        else await assembly.close()
         throw err
       } finally {
         flow?.close()
@@ -442,13 +475,19 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   /** The files of this fetch not already in place, ready to be written as chunks arrive. */
   private async assembly (id: string, manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[]): Promise<ShareAssembly> {
     const targets: ShareTarget[] = []
-    for (const { index, relative } of files) {
+    for (const { entry, index, relative } of files) {
       const dest = relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
-      if (await exists(dest)) continue // finished before a restart
+      if (await exists(dest)) {
+        // finished before a restart; a kill may have come between placing it and moving its chunks' records
+        await this.init.store.moveInFile(entry.chunks, sharePartialPath(dest, id, index), dest)
+        continue
+      }
       await mkdir(dirname(dest), { recursive: true })
       targets.push({ file: index, dest })
     }
-    return new ShareAssembly({ store: this.init.store, keys: deriveSealKeys(key, manifest.shareId), manifest, targets, partialKey: id })
+    const keys = deriveSealKeys(key, manifest.shareId)
+    this.keys.set(`${record.owner}/${manifest.shareId}`, keys)
+    return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id })
   }
 }
 
