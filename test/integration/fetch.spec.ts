@@ -123,7 +123,7 @@ describe('fetching friends\' files', () => {
   })
 
   it('goes on from a friend who holds the chunks when the owner vanishes mid-fetch', async () => {
-    // bob fetched big.bin above and now holds its sealed chunks; alice is throttled
+    // bob fetched big.bin above and holds its chunks in that file (resealed when served); alice is throttled
     await alice.json('share', join(alice.home, 'big.bin'), '--with', 'bob', 'carol')
     const dest = join(carol.home, 'big.bin')
     const { transfer: started } = await carol.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
@@ -243,6 +243,15 @@ describe('fetching friends\' files', () => {
       const again = await carol.cli('resume', t.id)
       expect(again.code).toBe(1)
       expect(again.stderr).toContain('TRANSFER_STATE')
+      // a paused fetch keeps its partial (its chunks are held there); cancelling it then removes it
+      const folder = join(carol.home, 'cancel-paused')
+      await mkdir(folder)
+      const { transfer: p } = await carol.json('fetch', 'alice:big3.bin', '-o', join(folder, 'big3.bin'), '--detach')
+      await waitFor(async () => (await transferOf(carol, p.id))?.doneBytes > 0, 'the second fetch under way', 30_000)
+      await carol.json('pause', p.id)
+      expect((await readdir(folder)).filter(name => name.endsWith('.kith-partial'))).toHaveLength(1)
+      await carol.json('cancel', p.id)
+      expect(await readdir(folder)).toEqual([])
     } finally {
       await alice.json('limits', 'clear', '--up')
     }
@@ -281,6 +290,41 @@ describe('fetching friends\' files', () => {
     await carol.json('resume', t.id)
     const done = await transferDone(carol, t.id, 'the resumed fetch to finish')
     expect(done.doneBytes).toBe(24 * 1024 * 1024)
+    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
+  })
+
+  it('never serves a fetched file its user changed: those chunks are dropped, and the fetch gets them elsewhere', async () => {
+    const source = join(alice.home, 'edited.bin')
+    await writeFile(source, randomBytes(8 * 1024 * 1024))
+    await alice.json('share', source, '--with', 'bob', 'carol')
+    const bobs = join(bob.home, 'edited.bin')
+    const got = await bob.cli('fetch', 'alice:edited.bin', '-o', bobs)
+    expect(got.code, got.stderr).toBe(0)
+    const held = (await bob.json('status')).store.inFiles
+    // bob edits his copy in place: same size, other bytes
+    await writeFile(bobs, randomBytes(8 * 1024 * 1024))
+    await alice.json('limits', 'set', '--up', '1MB/s')
+    const dest = join(carol.home, 'edited.bin')
+    let t: { id: string }
+    try {
+      ({ transfer: t } = await carol.json('fetch', 'alice:edited.bin', '-o', dest, '--detach'))
+      await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes > 0, 'carol under way', 30_000)
+      await alice.kill9()
+      // bob still says he holds the chunks, but checks each before sending: none goes out, and the fetch runs dry
+      const failed = await waitFor(async () => {
+        const now = await transferOf(carol, t.id)
+        return now?.state === 'failed' ? now : undefined
+      }, 'the fetch to fail without alice', 60_000)
+      expect(failed.error.code).toBe('FETCH_NO_SOURCE')
+      expect(failed.sources.find((s: { label: string }) => s.label === 'bob')?.bytes ?? 0).toBe(0)
+      expect((await bob.json('status')).store.inFiles).toBeLessThan(held)
+    } finally {
+      await alice.start(['--max-upload', '16MB/s'])
+      await alice.json('limits', 'clear', '--up')
+    }
+    await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'alice')?.link.online, 'carol sees alice')
+    await carol.json('resume', t.id)
+    await transferDone(carol, t.id, 'the resumed fetch to finish from alice')
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
   })
 })
