@@ -23,13 +23,13 @@ import { holePunch, type HolePunch } from './hole-punch.ts'
 export const DHT_PROTOCOL = '/kith/kad/1.0.0'
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/0']
 
-/** yamux's max stream window is 16 MiB; a smaller read buffer makes pause() reset the stream. */
 /**
  * yamux lets a stream's window grow to 16 MiB by default; a fetcher with two
  * GET streams to each of several sources then holds tens of MiB in flight.
  * 4 MiB is still far above the bandwidth-delay product of a home link.
  */
 const MAX_STREAM_WINDOW = 4 * 1024 * 1024
+/** Above the largest window: a read buffer smaller than the window makes pause() reset the stream. */
 const MAX_READ_BUFFER = 32 * 1024 * 1024
 
 export type KithServices = {

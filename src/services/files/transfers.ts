@@ -253,13 +253,13 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       run.controller.abort(new KithError('TRANSFER_STATE', 'cancelled'))
       await run.done.catch(() => {})
     } else {
-      await this.removePartials(record).catch(() => {}) // a paused, failed or queued fetch's; the run removes its own
+      await this.dropPartials(record).catch(() => {}) // a paused, failed or queued fetch's; the run removes its own
     }
     return this.get(record.id)
   }
 
   /** Removes the partial files a (not running) fetch left in its destination. */
-  private async removePartials (record: Transfer): Promise<void> {
+  private async dropPartials (record: Transfer): Promise<void> {
     const saved = await this.init.shares.getReceived(record.owner, record.shareId, record.version)
     const friend = this.init.friends.get(record.owner)
     if (saved === undefined || friend === undefined) return
