@@ -1,11 +1,11 @@
-import { mkdir, readFile, readdir, symlink, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { appendFile, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises'
+import { basename, join } from 'node:path'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { assembleFile, assembleShare, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, storeReader } from '../../src/transfer/assemble.ts'
+import { assembleFile, assembleShare, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, sharePartialPath, storeReader } from '../../src/transfer/assemble.ts'
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
 import { waitFor } from '../helpers/testnet.ts'
@@ -228,6 +228,127 @@ describe('assemble', () => {
       const second = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
       await second.finish()
       expect((await readdir(out)).sort()).toEqual(['big.bin', 'empty', 'twin1', 'twin2'])
+    })
+
+    describe('holding the chunks it writes in their files', () => {
+      /** A fetcher's store: empty, its chunks come from `store` (the source) through `put`. */
+      async function fetcherStore (): Promise<ChunkStore> {
+        return await openChunkStore({
+          dir: join(dir, 'fetcher-chunks'),
+          db: db.sublevel('fetcher'),
+          keys: async (share, peer) => share === shareId && peer === OWNER_PEER ? keys : undefined
+        })
+      }
+
+      async function listed (s: ChunkStore): Promise<Array<{ id: string, inFile: boolean }>> {
+        const out = []
+        for await (const { id, inFile } of s.list()) out.push({ id, inFile })
+        return out
+      }
+
+      const chunksOf = (m: Manifest, path: string): string[] => (m.entries.find(e => e.path === path) as ManifestFile).chunks
+      const indexOf = (m: Manifest, path: string): number => m.entries.findIndex(e => e.path === path)
+
+      it('records every chunk put as held in its placed file, writing no sealed copy', async () => {
+        const { manifest: m, contents } = await folder()
+        const fetched = await fetcherStore()
+        const assembly = new ShareAssembly({ store: fetched, keys, owner: OWNER_PEER, manifest: m, targets: targets(m) })
+        const ids = assembly.wanted()
+        for (const id of ids) expect(await assembly.put(id, await store.get(id))).toBe(true)
+        await assembly.finish()
+        expect((await readdir(out)).sort()).toEqual([...contents.keys()].sort())
+        for (const [name, bytes] of contents) expect((await readFile(join(out, name))).equals(bytes)).toBe(true)
+        for (const id of ids) {
+          expect(await fetched.has(id)).toBe(true)
+          expect(Buffer.from(await fetched.get(id)).equals(await store.get(id))).toBe(true)
+        }
+        expect(fetched.stats()).toEqual({ count: ids.length, bytes: 0, inFiles: ids.length })
+        expect((await listed(fetched)).every(c => c.inFile)).toBe(true)
+        expect((await readdir(join(dir, 'fetcher-chunks'), { recursive: true, withFileTypes: true })).filter(e => e.isFile())).toEqual([])
+        // served from the placed file itself: changing it loses the chunk, and the file stays as it is
+        const big = chunksOf(m, 'big.bin')
+        const changed = Buffer.from(contents.get('big.bin')!)
+        changed[CS + 7]! ^= 1 // in chunk 1
+        await writeFile(join(out, 'big.bin'), changed)
+        await expectCodeAsync(fetched.get(big[1]!), 'CHUNK_CORRUPT')
+        expect(await fetched.has(big[1]!)).toBe(false)
+        expect(Buffer.from(await fetched.get(big[0]!)).equals(await store.get(big[0]!))).toBe(true)
+        expect((await readFile(join(out, 'big.bin'))).equals(changed)).toBe(true)
+      })
+
+      it('refuses bytes that do not match the id, writing and recording nothing', async () => {
+        const { manifest: m } = await folder()
+        const big = chunksOf(m, 'big.bin')
+        const fetched = await fetcherStore()
+        const assembly = new ShareAssembly({ store: fetched, keys, owner: OWNER_PEER, manifest: m, targets: targets(m) })
+        const good = Buffer.from(await store.get(big[0]!))
+        await expectCodeAsync(assembly.put(big[0]!, await store.get(big[1]!)), 'CHUNK_HASH_MISMATCH')
+        const flipped = Buffer.from(good)
+        flipped[40]! ^= 1
+        await expectCodeAsync(assembly.put(big[0]!, flipped), 'CHUNK_HASH_MISMATCH')
+        await expectCodeAsync(assembly.put(big[0]!, good.subarray(0, 10)), 'CHUNK_TOO_LARGE')
+        expect(await readdir(out)).toEqual([])
+        expect(await fetched.has(big[0]!)).toBe(false)
+        expect(fetched.stats()).toEqual({ count: 0, bytes: 0, inFiles: 0 })
+        expect(assembly.wanted()).toContain(big[0])
+        // the source is blamed, not the assembly: the right bytes still go in
+        expect(await assembly.put(big[0]!, good)).toBe(true)
+        expect(await fetched.has(big[0]!)).toBe(true)
+        expect(assembly.wanted()).not.toContain(big[0])
+        await assembly.abort()
+      })
+
+      it('keeps its partials when closed, serves their chunks meanwhile, and the next run takes them over', async () => {
+        const { manifest: m, contents } = await folder()
+        const big = chunksOf(m, 'big.bin')
+        const partial = sharePartialPath(join(out, 'big.bin'), 'transfer-1', indexOf(m, 'big.bin'))
+        const fetched = await fetcherStore()
+        const first = new ShareAssembly({ store: fetched, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
+        await first.put(big[0]!, await store.get(big[0]!))
+        await first.put(big[1]!, await store.get(big[1]!))
+        await first.close()
+        await expectCodeAsync(first.put(big[2]!, await store.get(big[2]!)), 'FETCH_ABORTED')
+        expect(await readdir(out)).toEqual([basename(partial)])
+        const before = await stat(partial)
+        expect((await readFile(partial)).subarray(0, 2 * CS).equals(contents.get('big.bin')!.subarray(0, 2 * CS))).toBe(true)
+        // meanwhile the store serves what the partial holds
+        for (const id of big.slice(0, 2)) expect(Buffer.from(await fetched.get(id)).equals(await store.get(id))).toBe(true)
+        expect(await fetched.has(big[2]!)).toBe(false)
+        expect(fetched.stats()).toEqual({ count: 2, bytes: 0, inFiles: 2 })
+
+        await appendFile(partial, Buffer.alloc(3 * CS, 0xee)) // junk past the end: the takeover cuts it off
+        const second = new ShareAssembly({ store: fetched, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
+        await second.fill() // from the partial, through the store
+        expect(second.wanted()).not.toContain(big[0])
+        expect(second.wanted()).not.toContain(big[1])
+        expect((await stat(partial)).ino).toBe(before.ino) // taken over, not replaced
+        for (const id of big.slice(0, 2)) expect(Buffer.from(await fetched.get(id)).equals(await store.get(id))).toBe(true)
+        for (const id of second.wanted()) await second.put(id, await store.get(id))
+        await second.finish()
+        expect((await readdir(out)).sort()).toEqual([...contents.keys()].sort())
+        for (const [name, bytes] of contents) expect((await readFile(join(out, name))).equals(bytes)).toBe(true)
+        // the records followed the file into place
+        for (const id of big) expect(Buffer.from(await fetched.get(id)).equals(await store.get(id))).toBe(true)
+        expect(fetched.stats()).toEqual({ count: 8, bytes: 0, inFiles: 8 })
+      })
+
+      it('removes its partials on abort, keeping the files already placed', async () => {
+        const { manifest: m, contents } = await folder()
+        const big = chunksOf(m, 'big.bin')
+        const twin = chunksOf(m, 'twin1')
+        const fetched = await fetcherStore()
+        const assembly = new ShareAssembly({ store: fetched, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-2' })
+        await assembly.put(big[0]!, await store.get(big[0]!))
+        for (const id of twin) await assembly.put(id, await store.get(id))
+        expect((await readdir(out)).some(n => n.endsWith('.kith-partial'))).toBe(true)
+        await assembly.abort()
+        expect((await readdir(out)).sort()).toEqual(['twin1', 'twin2'])
+        for (const name of ['twin1', 'twin2']) expect((await readFile(join(out, name))).equals(contents.get(name)!)).toBe(true)
+        for (const id of twin) expect(Buffer.from(await fetched.get(id)).equals(await store.get(id))).toBe(true)
+        // the chunk held in the removed partial is held no more
+        await fetched.get(big[0]!).catch(() => {})
+        expect(await fetched.has(big[0]!)).toBe(false)
+      })
     })
   })
 

@@ -1,12 +1,13 @@
 import { spawn } from 'node:child_process'
-import { readdir, readFile, rm, truncate, writeFile, mkdir } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { readdir, readFile, rename, rm, truncate, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MAX_SEALED_CHUNK_SIZE } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
-import { chunkId } from '../../src/transfer/seal.ts'
+import { chunkId, deriveSealKeys, generateShareId, generateShareKey, sealChunk, type SealKeys } from '../../src/transfer/seal.ts'
 import { expectCodeAsync, pseudoRandom, tempDir } from './helpers.ts'
 
 /** Files under `dir`, relative, tmp/ included. */
@@ -59,7 +60,7 @@ describe('chunk store', () => {
     expect(store.stats()).toEqual({ count: 2, bytes: 6000, inFiles: 0 })
     const listed = []
     for await (const info of store.list()) listed.push(info)
-    expect(listed).toEqual([a, b].map(c => ({ id: c.id, size: c.bytes.length })).sort((x, y) => x.id < y.id ? -1 : 1))
+    expect(listed).toEqual([a, b].map(c => ({ id: c.id, size: c.bytes.length, inFile: false })).sort((x, y) => x.id < y.id ? -1 : 1))
     expect(await files(chunks)).toEqual([a.id, b.id].map(id => `${id.slice(0, 2)}/${id}`).sort())
 
     expect(await store.delete(a.id)).toBe(true)
@@ -180,6 +181,197 @@ describe('chunk store', () => {
     } finally {
       await other.close()
     }
+  })
+
+  describe('chunks held in files', () => {
+    const OWNER = 'owner-peer-id'
+    const shareId = generateShareId()
+    const keys = deriveSealKeys(generateShareKey(), shareId)
+    /** what the resolver knows, by `${shareId}/${owner}` */
+    let known: Map<string, SealKeys>
+    let asked: Array<[string, string]>
+    /** a fetched file holding two chunks: 4096 bytes at 0 and 1000 at 4096 */
+    let path: string
+    let content: Buffer
+    let held: Array<{ id: string, sealed: Uint8Array, offset: number, position: { shareId: string, fileHash: string, index: number } }>
+
+    async function openWithKeys (): Promise<void> {
+      await db.close()
+      db = new Level(join(dir, 'db'))
+      store = await openChunkStore({
+        dir: chunks,
+        db: db.sublevel('transfer'),
+        keys: async (share, owner) => {
+          asked.push([share, owner])
+          return known.get(`${share}/${owner}`)
+        }
+      })
+    }
+
+    /** Seals `bytes` as chunks of the file `content` whose plaintext lies at their offsets. */
+    function sealFile (bytes: Buffer, layout: Array<[offset: number, length: number]>): typeof held {
+      const fileHash = createHash('sha256').update(bytes).digest('hex')
+      return layout.map(([offset, length], index) => {
+        const position = { shareId, fileHash, index }
+        const sealed = sealChunk(keys, position, bytes.subarray(offset, offset + length))
+        return { id: chunkId(sealed), sealed, offset, position }
+      })
+    }
+
+    async function putAll (file: string, chunksOfFile: typeof held): Promise<void> {
+      for (const c of chunksOfFile) {
+        expect(await store.putInFile(c.id, c.sealed, { path: file, offset: c.offset, position: c.position, owner: OWNER })).toBe(true)
+      }
+    }
+
+    async function listed (): Promise<unknown[]> {
+      const out = []
+      for await (const info of store.list()) out.push(info)
+      return out
+    }
+
+    beforeEach(async () => {
+      known = new Map([[`${shareId}/${OWNER}`, keys]])
+      asked = []
+      await openWithKeys()
+      await mkdir(join(dir, 'fetched'))
+      path = join(dir, 'fetched', 'file.bin')
+      content = pseudoRandom(4096 + 1000, 'fetched')
+      await writeFile(path, content)
+      held = sealFile(content, [[0, 4096], [4096, 1000]])
+    })
+
+    it('serves them sealed again, byte for byte, and writes no sealed copy', async () => {
+      await putAll(path, held)
+      for (const c of held) {
+        expect(await store.has(c.id)).toBe(true)
+        expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+      }
+      expect(asked).toContainEqual([shareId, OWNER])
+      expect(store.stats()).toEqual({ count: 2, bytes: 0, inFiles: 2 })
+      expect(await listed()).toEqual(held.map(c => ({ id: c.id, size: c.sealed.length, inFile: true })).sort((x, y) => x.id < y.id ? -1 : 1))
+      expect(await files(chunks)).toEqual([])
+      expect((await readFile(path)).equals(content)).toBe(true)
+    })
+
+    it('holds a chunk once, sealed or in a file', async () => {
+      const [first, second] = held as [typeof held[0], typeof held[0]]
+      await putAll(path, [first])
+      expect(await store.putInFile(first.id, first.sealed, { path, offset: first.offset, position: first.position, owner: OWNER })).toBe(false)
+      expect(await store.put(first.id, first.sealed)).toBe(false) // held in the file already: no sealed copy
+      expect(await store.put(second.id, second.sealed)).toBe(true)
+      expect(await store.putInFile(second.id, second.sealed, { path, offset: second.offset, position: second.position, owner: OWNER })).toBe(false)
+      expect(store.stats()).toEqual({ count: 2, bytes: second.sealed.length, inFiles: 1 })
+      expect(await files(chunks)).toEqual([`${second.id.slice(0, 2)}/${second.id}`])
+      expect(await listed()).toEqual([
+        { id: first.id, size: first.sealed.length, inFile: true },
+        { id: second.id, size: second.sealed.length, inFile: false }
+      ].sort((x, y) => x.id < y.id ? -1 : 1))
+    })
+
+    it('drops a chunk whose file changed, and never touches the file', async () => {
+      await putAll(path, held)
+      const changed = Buffer.from(content)
+      changed[100]! ^= 0x01 // in the first chunk
+      await writeFile(path, changed)
+      await expectCodeAsync(store.get(held[0]!.id), 'CHUNK_CORRUPT')
+      expect(await store.has(held[0]!.id)).toBe(false)
+      expect(store.stats()).toEqual({ count: 1, bytes: 0, inFiles: 1 })
+      await expectCodeAsync(store.get(held[0]!.id), 'CHUNK_NOT_FOUND')
+      expect((await readFile(path)).equals(changed)).toBe(true)
+      // the other chunk's bytes are unchanged: still served
+      expect(Buffer.from(await store.get(held[1]!.id)).equals(held[1]!.sealed)).toBe(true)
+      expect(await files(chunks)).toEqual([])
+    })
+
+    it('drops chunks whose file was cut short or went away', async () => {
+      await putAll(path, held)
+      await truncate(path, 4096 + 500)
+      await expectCodeAsync(store.get(held[1]!.id), 'CHUNK_CORRUPT')
+      expect(Buffer.from(await store.get(held[0]!.id)).equals(held[0]!.sealed)).toBe(true)
+      expect((await readFile(path)).equals(content.subarray(0, 4096 + 500))).toBe(true)
+      await rm(path)
+      await expectCodeAsync(store.get(held[0]!.id), 'CHUNK_CORRUPT')
+      expect(await store.has(held[0]!.id)).toBe(false)
+      expect(await store.has(held[1]!.id)).toBe(false)
+      expect(store.stats()).toEqual({ count: 0, bytes: 0, inFiles: 0 })
+    })
+
+    it("counts a chunk as gone when its share's keys are unknown", async () => {
+      await putAll(path, held)
+      known.clear() // say, its owner is no longer a friend
+      await expectCodeAsync(store.get(held[0]!.id), 'CHUNK_CORRUPT')
+      expect(await store.has(held[0]!.id)).toBe(false)
+      expect(asked).toContainEqual([shareId, OWNER])
+      expect(store.stats()).toEqual({ count: 1, bytes: 0, inFiles: 1 })
+      // a store with no resolver at all cannot read them either
+      await db.close()
+      db = new Level(join(dir, 'db'))
+      store = await openChunkStore({ dir: chunks, db: db.sublevel('transfer') })
+      await expectCodeAsync(store.get(held[1]!.id), 'CHUNK_CORRUPT')
+      expect(store.stats()).toEqual({ count: 0, bytes: 0, inFiles: 0 })
+      expect((await readFile(path)).equals(content)).toBe(true)
+    })
+
+    it('only forgets a chunk held in a file on delete; the file stays', async () => {
+      await putAll(path, held)
+      expect(await store.delete(held[0]!.id)).toBe(true)
+      expect(await store.delete(held[0]!.id)).toBe(false)
+      expect(await store.has(held[0]!.id)).toBe(false)
+      await expectCodeAsync(store.get(held[0]!.id), 'CHUNK_NOT_FOUND')
+      expect(store.stats()).toEqual({ count: 1, bytes: 0, inFiles: 1 })
+      expect((await readFile(path)).equals(content)).toBe(true)
+      expect(Buffer.from(await store.get(held[1]!.id)).equals(held[1]!.sealed)).toBe(true)
+    })
+
+    it('follows a file moved with moveInFile, and leaves records of other files alone', async () => {
+      await putAll(path, held)
+      const otherPath = join(dir, 'fetched', 'other.bin')
+      const otherContent = pseudoRandom(3000, 'other')
+      await writeFile(otherPath, otherContent)
+      const other = sealFile(otherContent, [[0, 3000]])
+      await putAll(otherPath, other)
+      const moved = join(dir, 'fetched', 'moved.bin')
+      await rename(path, moved)
+      const unknown = chunk('not held').id
+      await store.moveInFile([...held.map(c => c.id), other[0]!.id, held[0]!.id, unknown], path, moved)
+      for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+      expect(Buffer.from(await store.get(other[0]!.id)).equals(other[0]!.sealed)).toBe(true) // still read from other.bin
+      expect(await store.has(unknown)).toBe(false)
+      expect(store.stats()).toEqual({ count: 3, bytes: 0, inFiles: 3 })
+      // moving from a path the records do not name changes nothing
+      await store.moveInFile(held.map(c => c.id), path, otherPath)
+      for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+      // and the move is in the index, not only in memory
+      await openWithKeys()
+      for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+    })
+
+    it('keeps inFiles across a reopen, and counts them again without a stats row', async () => {
+      await putAll(path, held)
+      const a = chunk('a')
+      await store.put(a.id, a.bytes)
+      expect(store.stats()).toEqual({ count: 3, bytes: 1000, inFiles: 2 })
+      await openWithKeys()
+      expect(store.stats()).toEqual({ count: 3, bytes: 1000, inFiles: 2 })
+      await db.sublevel('transfer').sublevel('meta').del('stats') // a store from before stats were kept
+      await openWithKeys()
+      expect(store.stats()).toEqual({ count: 3, bytes: 1000, inFiles: 2 })
+      for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+    })
+
+    it('refuses a bad offset, id or size, changing nothing', async () => {
+      const [c] = held as [typeof held[0]]
+      const ref = { path, position: c.position, owner: OWNER }
+      await expectCodeAsync(store.putInFile(c.id, c.sealed, { ...ref, offset: -1 }), 'BAD_REQUEST')
+      await expectCodeAsync(store.putInFile(c.id, c.sealed, { ...ref, offset: 1.5 }), 'BAD_REQUEST')
+      await expectCodeAsync(store.putInFile(c.id, c.sealed, { ...ref, offset: Number.NaN }), 'BAD_REQUEST')
+      await expectCodeAsync(store.putInFile(c.id.toUpperCase(), c.sealed, { ...ref, offset: 0 }), 'CHUNK_BAD_ID')
+      await expectCodeAsync(store.putInFile(c.id, new Uint8Array(3), { ...ref, offset: 0 }), 'CHUNK_TOO_LARGE')
+      await expectCodeAsync(store.moveInFile(['xyz'], path, path), 'CHUNK_BAD_ID')
+      expect(await store.has(c.id)).toBe(false)
+      expect(store.stats()).toEqual({ count: 0, bytes: 0, inFiles: 0 })
+    })
   })
 
   it('loses nothing indexed when its writer is killed -9 mid-put', async () => {

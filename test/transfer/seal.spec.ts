@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
 import { MAX_CHUNK_SIZE, SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import {
-  AD_LENGTH, SEAL_FORMAT, associatedData, chunkId, deriveSealKeys, generateShareId, generateShareKey, isId, openChunk, sealChunk,
-  type ChunkPosition
+  AD_LENGTH, SEAL_FORMAT, associatedData, chunkId, deriveSealKeys, generateShareId, generateShareKey, isId, openChunk, resealChunk, sealChunk,
+  sealedNonce, type ChunkPosition
 } from '../../src/transfer/seal.ts'
 import { expectCode, hex, pseudoRandom } from './helpers.ts'
 
@@ -121,6 +121,51 @@ describe('seal', () => {
   it('names a chunk by the sha256 of its sealed bytes', () => {
     const sealed = sealChunk(keys, at, plaintext)
     expect(chunkId(sealed)).toBe(createHash('sha256').update(sealed).digest('hex'))
+  })
+
+  describe('sealing again from the plaintext and its nonce (resealChunk)', () => {
+    it('gives back the very bytes sealChunk gave, for chunks of many sizes', () => {
+      for (const size of [0, 1, 16, 4096, 100_000]) {
+        const data = pseudoRandom(size, `r${size}`)
+        const sealed = sealChunk(keys, at, data)
+        const nonce = sealedNonce(sealed)
+        expect(Buffer.from(nonce).equals(sealed.subarray(1, 13))).toBe(true)
+        const again = resealChunk(keys, at, Buffer.from(data), Buffer.from(nonce))
+        expect(Buffer.from(again).equals(sealed)).toBe(true)
+        expect(chunkId(again)).toBe(chunkId(sealed))
+      }
+    })
+
+    it('gives another chunk (another id) for a changed plaintext or another place', () => {
+      const sealed = sealChunk(keys, at, plaintext)
+      const nonce = sealedNonce(sealed)
+      const changed = Buffer.from(plaintext)
+      changed[77_777]! ^= 0x10
+      const fromChanged = resealChunk(keys, at, changed, nonce)
+      expect(fromChanged.length).toBe(sealed.length)
+      expect(chunkId(fromChanged)).not.toBe(chunkId(sealed))
+      expect(chunkId(resealChunk(keys, { ...at, index: 6 }, plaintext, nonce))).not.toBe(chunkId(sealed))
+      expect(chunkId(resealChunk(keys, { ...at, fileHash: otherFile }, plaintext, nonce))).not.toBe(chunkId(sealed))
+      // a nonce other than the one it was sealed with
+      const otherNonce = Buffer.from(nonce)
+      otherNonce[0]! ^= 1
+      expect(chunkId(resealChunk(keys, at, plaintext, otherNonce))).not.toBe(chunkId(sealed))
+    })
+
+    it('refuses a nonce of the wrong length', () => {
+      const nonce = sealedNonce(sealChunk(keys, at, plaintext))
+      expectCode(() => resealChunk(keys, at, plaintext, nonce.subarray(0, 11)), 'BAD_REQUEST')
+      expectCode(() => resealChunk(keys, at, plaintext, Buffer.concat([nonce, Buffer.alloc(1)])), 'BAD_REQUEST')
+      expectCode(() => resealChunk(keys, at, plaintext, new Uint8Array(0)), 'BAD_REQUEST')
+    })
+
+    it("refuses keys of another share, an oversized plaintext and a too-short sealed chunk's nonce", () => {
+      const nonce = sealedNonce(sealChunk(keys, at, plaintext))
+      expectCode(() => resealChunk(deriveSealKeys(key, otherShare), at, plaintext, nonce), 'BAD_REQUEST')
+      expectCode(() => resealChunk(keys, { ...at, shareId: otherShare }, plaintext, nonce), 'BAD_REQUEST')
+      expectCode(() => resealChunk(keys, at, Buffer.alloc(MAX_CHUNK_SIZE + 1), nonce), 'CHUNK_TOO_LARGE')
+      expectCode(() => sealedNonce(new Uint8Array(SEAL_OVERHEAD - 1)), 'CHUNK_DECRYPT_FAILED')
+    })
   })
 
   it('matches the format 2 fixture', () => {
