@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { createTestnet, waitFor, NODE, KITH, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
 import { reachabilityBench, summarise, type ReachRow } from './reachability.ts'
 import { schedulerBench } from './scheduler.ts'
-import { DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
+import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
 /**
@@ -127,11 +127,12 @@ async function ceilingRun (kind: 'tcp' | 'stream', src: string, dir: string): Pr
   const script = kind === 'tcp' ? TCP_PEER : STREAM_PEER
   // the plain stream runs in the daemon's heap configuration (as `kith start` does)
   const flags = kind === 'tcp' ? [] : DAEMON_STARTUP_FLAGS
-  const recv = new JsonChild(NODE, [...flags, script, 'recv', out])
+  const env = kind === 'tcp' ? {} : DAEMON_ENV
+  const recv = new JsonChild(NODE, [...flags, script, 'recv', out], env)
   let send: JsonChild | undefined
   try {
     const hello = await recv.next<{ port?: number, addr?: string }>(60_000)
-    send = new JsonChild(NODE, [...flags, script, 'send', String(kind === 'tcp' ? hello.port : hello.addr), src])
+    send = new JsonChild(NODE, [...flags, script, 'send', String(kind === 'tcp' ? hello.port : hello.addr), src], env)
     const [r, s] = await Promise.all([recv.next<PeerReport>(), send.next<PeerReport>()])
     if (r.bytes !== SIZE) throw new Error(`${kind} ceiling: the receiver got ${r.bytes} of ${SIZE} bytes`)
     return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs }

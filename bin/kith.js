@@ -18,16 +18,17 @@ if (major < 22 || (major === 22 && minor < 18)) {
   for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal))
   child.on('exit', (code, signal) => process.exit(code ?? (signal != null ? 1 : 0)))
 } else {
-  // The daemon's V8 heap is tuned (src/services/daemon-heap.ts): sizes can't
-  // change once V8 runs, so `kith start` replaces itself (same pid) with them.
-  const { DAEMON_STARTUP_FLAGS, tuneDaemonHeap } = await import('../src/services/daemon-heap.ts')
+  // The daemon's memory is tuned (src/services/daemon-heap.ts): heap sizes and
+  // malloc's settings can't change once the process runs, so `kith start`
+  // replaces itself (same pid) with them.
+  const { DAEMON_ENV, DAEMON_STARTUP_FLAGS, tuneDaemonHeap } = await import('../src/services/daemon-heap.ts')
   const args = process.argv.slice(2)
   if (args.includes('start')) {
     // a flag already given (by the user, or by the first pass) is left as it is
     const missing = DAEMON_STARTUP_FLAGS.filter(flag => !process.execArgv.some(a => a.split('=')[0] === flag.split('=')[0]))
     if (missing.length > 0 && typeof process.execve === 'function') {
       // the environment must be passed on: execve's default is an empty one
-      process.execve(process.execPath, [process.execPath, ...process.execArgv, ...missing, fileURLToPath(import.meta.url), ...args], process.env)
+      process.execve(process.execPath, [process.execPath, ...process.execArgv, ...missing, fileURLToPath(import.meta.url), ...args], { ...DAEMON_ENV, ...process.env })
     }
     tuneDaemonHeap()
   }

@@ -1,7 +1,7 @@
 import { setFlagsFromString } from 'node:v8'
 
 /**
- * How the daemon's V8 heap is tuned, in one place: `kith start` (bin/kith.js)
+ * How the daemon's memory is tuned, in one place: `kith start` (bin/kith.js)
  * applies it, and so does the benchmark's plain-stream ceiling, so that the
  * ceiling is measured in the same configuration as kith.
  *
@@ -24,6 +24,18 @@ import { setFlagsFromString } from 'node:v8'
  *   kith ships with (24): an unknown flag is ignored with a warning.
  */
 export const DAEMON_STARTUP_FLAGS = ['--max-semi-space-size=4']
+
+/**
+ * Environment the daemon starts with (a variable the user set wins):
+ * - `MALLOC_MMAP_THRESHOLD_=131072` (glibc; others ignore it): allocations of
+ *   128 KiB and more, such as the 1 MiB buffers of chunks, are mapped and
+ *   unmapped one by one, so freed ones go back to the system. By default glibc
+ *   raises that threshold after the first such buffer is freed and serves the
+ *   next ones from its heap, which then never shrinks. Measured on a 512 MiB
+ *   share and fetch: the owner's resident memory before the fetch 154-247 ->
+ *   137-140 MB, its peak 204-248 -> 187-189 MB; CPU per MB unchanged.
+ */
+export const DAEMON_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: '131072' }
 
 export function tuneDaemonHeap (): void {
   if (process.versions.node.split('.')[0] !== '24') return

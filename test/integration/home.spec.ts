@@ -111,6 +111,11 @@ describe('the home folder', () => {
     expect(wrong.stderr).toContain('IDENTITY_LOCKED')
     expect((await runCli(['id', '--json'], env)).stdout).toContain(first.peerId)
     expect((await sealed.start()).peerId).toBe(first.peerId)
+    // the re-exec'd daemon (same pid) runs with its memory settings (src/services/daemon-heap.ts)
+    const environ = (await readFile(`/proc/${sealed.pid}/environ`, 'utf8')).split('\0')
+    expect(environ).toContain('MALLOC_MMAP_THRESHOLD_=131072')
+    expect(environ).toContain(`KITH_HOME=${home}`)
+    expect((await readFile(`/proc/${sealed.pid}/cmdline`, 'utf8')).split('\0')).toContain('--max-semi-space-size=4')
     await sealed.stop()
   })
 
