@@ -567,7 +567,10 @@ export class ShareAssembly {
       await this.init.store.moveInFile(file.entry.chunks, file.partial, file.dest)
     })
     this.placing.add(placing)
-    placing.then(() => this.placing.delete(placing), (err: unknown) => { this.failure ??= err })
+    placing.then(() => this.placing.delete(placing), (err: unknown) => {
+      this.placing.delete(placing)
+      this.failure ??= err
+    })
   }
 
   /**
@@ -618,8 +621,15 @@ export class ShareAssembly {
    */
   async close (): Promise<void> {
     this.closed = true
-    await Promise.allSettled([...this.active, ...this.placing])
+    await this.settle()
     await Promise.all(this.files.map(async file => { await file.release() }))
+  }
+
+  /** Waits until no write and no placing is under way (a write that completes a file starts a placing). */
+  private async settle (): Promise<void> {
+    while (this.active.size > 0 || this.placing.size > 0) {
+      await Promise.allSettled([...this.active, ...this.placing])
+    }
   }
 
   /**
@@ -628,7 +638,7 @@ export class ShareAssembly {
    */
   async abort (): Promise<void> {
     this.closed = true
-    await Promise.allSettled([...this.active, ...this.placing])
+    await this.settle()
     await Promise.all(this.files.map(async file => { await file.abort() }))
   }
 }

@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { lstat, mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
-import { MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
+import { MAX_SEALED_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
 import { chunkId, isId, resealChunk, sealedNonce, type ChunkPosition, type SealKeys } from './seal.ts'
 
 /**
@@ -118,7 +119,8 @@ export interface ChunkStore {
    * the chunk as received, already checked against its id, whose plaintext
    * the caller has written at `ref.offset` of `ref.path`. Only its size and
    * nonce are kept. Resolves false, changing nothing, if the chunk is held
-   * already.
+   * already: sealed, or in a file that is not a partial. A chunk held in
+   * another fetch's partial (`.kith-partial`) is taken over by this file.
    */
   putInFile: (id: string, sealed: Uint8Array, ref: Omit<FileRef, 'nonce'>) => Promise<boolean>
   /**
@@ -126,6 +128,7 @@ export interface ChunkStore {
    * instead (a partial renamed into place). Others are left alone.
    */
   moveInFile: (ids: Iterable<string>, from: string, to: string) => Promise<void>
+  /** Held: indexed, and if held in a file, that file is still there. */
   has: (id: string) => Promise<boolean>
   /**
    * The sealed bytes, verified against the id. Throws CHUNK_NOT_FOUND if the
@@ -275,8 +278,11 @@ class LevelChunkStore implements ChunkStore {
     if (!Number.isSafeInteger(ref.offset) || ref.offset < 0) throw new KithError('BAD_REQUEST', `offset ${ref.offset} is not a file position`)
     const file: FileRef = { ...ref, nonce: Buffer.from(sealedNonce(sealed)).toString('hex') }
     return await this.locks.run(id, async () => {
-      if (await this.index.get(id) !== undefined) return false
-      await this.commit(id, { size: sealed.length, file }, undefined)
+      const held = await this.index.get(id)
+      // held in another fetch's partial: this file takes it over (that fetch may be cancelled; a placed file stays)
+      const replace = held?.file !== undefined && held.file.path !== file.path && held.file.path.endsWith(PARTIAL_SUFFIX)
+      if (held !== undefined && !replace) return false
+      await this.commit(id, { size: sealed.length, file }, held)
       return true
     })
   }
@@ -294,7 +300,10 @@ class LevelChunkStore implements ChunkStore {
 
   async has (id: string): Promise<boolean> {
     checkId(id)
-    return await this.index.get(id) !== undefined
+    const record = await this.index.get(id)
+    if (record === undefined) return false
+    // a fetched file the user deleted or replaced holds nothing (get drops the row when asked)
+    return record.file === undefined || await isRegularFile(record.file.path)
   }
 
   /** The file's bytes if they are whole and match the id, else undefined. */
@@ -325,13 +334,14 @@ class LevelChunkStore implements ChunkStore {
     if (keys === undefined) return undefined
     let handle
     try {
-      handle = await open(ref.path, 'r')
+      // not through a symlink, and never blocking on a FIFO the user put there
+      handle = await open(ref.path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code
-      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EACCES') return undefined
+      if (GONE.has((err as NodeJS.ErrnoException).code ?? '')) return undefined
       throw err
     }
     try {
+      if (!(await handle.stat()).isFile()) return undefined
       const plaintext = Buffer.allocUnsafe(size - SEAL_OVERHEAD)
       let at = 0
       while (at < plaintext.length) {
@@ -358,6 +368,10 @@ class LevelChunkStore implements ChunkStore {
       if (again === undefined) throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not in this store`)
       const retry = await this.readVerified(id, again)
       if (retry !== undefined) return retry
+      if (again.file !== undefined && again.file.path.endsWith(PARTIAL_SUFFIX) && !await isRegularFile(again.file.path)) {
+        // a partial being placed (its record moves with it) or removed (collected later): not dropped
+        throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is in a partial file that is being placed or was removed`)
+      }
       await this.commit(id, undefined, again)
       if (again.file !== undefined) {
         throw new KithError('CHUNK_CORRUPT', `chunk ${id.slice(0, 12)}… was held in ${again.file.path}, which changed or went away (or its share's key is gone); it was dropped and will be fetched again when needed`)
@@ -389,6 +403,17 @@ class LevelChunkStore implements ChunkStore {
 
   stats (): ChunkStoreStats {
     return { ...this.current }
+  }
+}
+
+/** Errors opening a chunk's file that mean it no longer holds the chunk. */
+const GONE = new Set(['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EISDIR', 'ELOOP', 'ENXIO'])
+
+async function isRegularFile (path: string): Promise<boolean> {
+  try {
+    return (await lstat(path)).isFile()
+  } catch {
+    return false
   }
 }
 

@@ -26,6 +26,8 @@ import { ShareBook } from './share-book.ts'
  */
 export const MAX_ACTIVE_TRANSFERS = 3
 export const PROGRESS_INTERVAL_MS = 250
+/** Fetches again what was held but found damaged or gone while read back, this many times at most before failing. */
+export const MAX_REFETCH_PASSES = 3
 
 export type TransferState = 'queued' | 'running' | 'paused' | 'done' | 'failed' | 'cancelled'
 
@@ -297,10 +299,10 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
    * the owner is no longer a friend or nothing of theirs was saved.
    */
   async sealKeys (shareId: string, owner: string): Promise<SealKeys | undefined> {
-    const cached = this.keys.get(`${owner}/${shareId}`)
-    if (cached !== undefined) return cached
     const friend = this.init.friends.get(owner)
     if (friend === undefined || friend.state !== 'active') return undefined
+    const cached = this.keys.get(`${owner}/${shareId}`)
+    if (cached !== undefined) return cached
     const saved = await this.init.shares.anyReceived(owner, shareId)
     if (saved === undefined) return undefined
     const key = unwrapKey(Buffer.from(saved.wrappedKey, 'base64'), Buffer.from(friend.publicKey, 'base64'), this.init.secretKey)
@@ -346,9 +348,13 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       for (const { entry } of files) {
         entry.chunks.forEach((chunk, index) => lengths.set(chunk, chunkLength(entry.size, manifest.chunkSize, index)))
       }
-      const ids = [...lengths.keys()]
-      let held = 0
-      for (const chunk of ids) if (await this.init.store.has(chunk)) held += lengths.get(chunk)!
+      // files are written while their chunks arrive; chunks held from before are read back alongside
+      const assembly = await this.assembly(id, manifest, key, record, files)
+      // what files placed before a restart hold is done; of the rest, what the store holds is read back, not fetched
+      const ids = assembly.wanted()
+      let missing = 0
+      for (const chunk of ids) if (!await this.init.store.has(chunk)) missing += lengths.get(chunk)!
+      const held = Math.max(0, record.totalBytes - missing)
       const meter = new RateMeter()
       const bandwidth = this.init.bandwidth
       // friends' shares are friend traffic; one flow for the fetch, each take naming its source
@@ -379,8 +385,6 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         this.emit('event', { type: 'transfer:progress', transfer: next })
       }
       progress(0, {})
-      // files are written while their chunks arrive; chunks held from before are read back alongside
-      const assembly = await this.assembly(id, manifest, key, record, files)
       try {
         const filling = assembly.fill({ signal })
         filling.catch(() => {}) // awaited below; the fetch may fail first
@@ -405,9 +409,12 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         }
         await fetch(ids)
         await filling
-        // a held chunk found damaged on disk while it was read back was dropped from the store: fetch it again
-        const lost = assembly.wanted()
-        if (lost.length > 0) await fetch(lost)
+        // a held chunk found damaged or gone while it was read back was dropped from the store: fetch it again
+        for (let pass = 0; pass < MAX_REFETCH_PASSES; pass++) {
+          const lost = assembly.wanted()
+          if (lost.length === 0) break
+          await fetch(lost)
+        }
         await assembly.finish({ signal })
       } catch (err) {
         // a paused, stopped or failed fetch keeps its partials: the chunks it holds are in them
@@ -478,8 +485,10 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     for (const { entry, index, relative } of files) {
       const dest = relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
       if (await exists(dest)) {
-        // finished before a restart; a kill may have come between placing it and moving its chunks' records
-        await this.init.store.moveInFile(entry.chunks, sharePartialPath(dest, id, index), dest)
+        // finished before a restart; a kill may have come between placing it, moving its chunks' records and unlinking the partial
+        const partial = sharePartialPath(dest, id, index)
+        await this.init.store.moveInFile(entry.chunks, partial, dest)
+        await rm(partial, { force: true })
         continue
       }
       await mkdir(dirname(dest), { recursive: true })
