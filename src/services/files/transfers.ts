@@ -26,6 +26,8 @@ import { ShareBook } from './share-book.ts'
  */
 export const MAX_ACTIVE_TRANSFERS = 3
 export const PROGRESS_INTERVAL_MS = 250
+/** A start removes partials of fetches cancelled this recently (a kill may have come between the cancel and the removal). */
+const CANCELLED_CLEANUP_MS = 7 * 24 * 3600 * 1000
 /** Fetches again what was held but found damaged or gone while read back, this many times at most before failing. */
 export const MAX_REFETCH_PASSES = 3
 
@@ -120,12 +122,20 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     this.init = init
   }
 
-  /** Loads saved transfers; those that were running or queued go on by themselves. */
+  /**
+   * Loads saved transfers; those that were running or queued go on by
+   * themselves. Partials of fetches cancelled lately are removed again, in the
+   * background: a kill right after a cancel may have left them.
+   */
   async start (): Promise<void> {
     for await (const record of this.init.level.values()) {
       if (record.state === 'running') record.state = 'queued'
       this.records.set(record.id, { ...record, rate: 0, eta: null, sources: record.sources ?? [], priority: record.priority ?? 'normal', minRate: record.minRate ?? null, floor: record.floor ?? null })
     }
+    const recent = [...this.records.values()].filter(r => r.state === 'cancelled' && Date.now() - r.updated < CANCELLED_CLEANUP_MS)
+    setImmediate(() => {
+      void (async () => { for (const record of recent) await this.dropPartials(record).catch(() => {}) })()
+    })
     this.kick()
   }
 
