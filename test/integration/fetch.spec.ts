@@ -2,6 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join, relative } from 'node:path'
+import { openDatabase, sublevel } from '../../src/peer/database.ts'
 import { createTestnet, waitFor, befriend, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
@@ -255,6 +256,33 @@ describe('fetching friends\' files', () => {
     } finally {
       await alice.json('limits', 'clear', '--up')
     }
+  })
+
+  it('a start removes the partials of a fetch cancelled just before a kill', async () => {
+    const source = join(alice.home, 'big5.bin')
+    await writeFile(source, randomBytes(24 * 1024 * 1024))
+    await alice.json('share', source, '--with', 'carol')
+    const folder = join(carol.home, 'cancel-killed')
+    await mkdir(folder)
+    await alice.json('limits', 'set', '--up', '2MB/s')
+    let t: { id: string }
+    try {
+      ({ transfer: t } = await carol.json('fetch', 'alice:big5.bin', '-o', join(folder, 'big5.bin'), '--detach'))
+      await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes > 0, 'the fetch under way', 30_000)
+      await carol.json('pause', t.id)
+    } finally {
+      await alice.json('limits', 'clear', '--up')
+    }
+    expect((await readdir(folder)).filter(name => name.endsWith('.kith-partial'))).toHaveLength(1)
+    await carol.stop()
+    // the cancel was saved, and the daemon died before it removed the partial
+    const db = await openDatabase(join(carol.home, 'db'))
+    const transfers = sublevel<Record<string, unknown>>(db, 'transfers')
+    const saved = await transfers.get(t.id)
+    await transfers.put(t.id, { ...saved, state: 'cancelled', updated: Date.now() })
+    await db.close()
+    await carol.start()
+    await waitFor(async () => (await readdir(folder)).length === 0, 'the partial removed at start', 10_000)
   })
 
   it('heals a resumed fetch whose held chunks were damaged on disk meanwhile', async () => {
