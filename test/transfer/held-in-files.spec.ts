@@ -58,6 +58,16 @@ function assembly (store: Pick<ChunkStore, 'get' | 'has' | 'putInFile' | 'moveIn
   return new ShareAssembly({ store, keys, owner: OWNER, manifest, targets: [{ file: fileIndex(), dest }], partialKey })
 }
 
+/** A fetch of the whole file into `out/a.bin`, done: its chunks are held there. */
+async function fetchWhole (): Promise<{ store: ChunkStore, dest: string }> {
+  const store = await fetcherStore()
+  const dest = join(out, 'a.bin')
+  const a = assembly(store, dest, 't1')
+  for (const id of a.wanted()) await a.put(id, await source.get(id))
+  await a.finish()
+  return { store, dest }
+}
+
 /** A store whose putInFile for the last chunk waits at a gate; `entered` resolves when it gets there. */
 function gatedLastRecord (store: ChunkStore): { store: ChunkStore, entered: Promise<void>, release: () => void } {
   const entered = Promise.withResolvers<void>()
@@ -110,11 +120,7 @@ describe('chunks held in fetched files', () => {
   })
 
   it('a fetched file replaced by a folder is dropped, and a second fetch of the share is not upset by it', async () => {
-    const store = await fetcherStore()
-    const dest = join(out, 'a.bin')
-    const a = assembly(store, dest, 't1')
-    for (const id of a.wanted()) await a.put(id, await source.get(id))
-    await a.finish()
+    const { store, dest } = await fetchWhole()
     await rm(dest)
     await mkdir(dest)
     const first = entry().chunks[0]!
@@ -151,11 +157,7 @@ describe('chunks held in fetched files', () => {
   })
 
   it('a fetched file the user deleted counts as not held', async () => {
-    const store = await fetcherStore()
-    const dest = join(out, 'a.bin')
-    const a = assembly(store, dest, 't1')
-    for (const id of a.wanted()) await a.put(id, await source.get(id))
-    await a.finish()
+    const { store, dest } = await fetchWhole()
     await rm(dest)
     for (const id of entry().chunks) expect(await store.has(id)).toBe(false)
   })
