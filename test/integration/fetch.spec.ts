@@ -3,6 +3,7 @@ import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join, relative } from 'node:path'
 import { openDatabase, sublevel } from '../../src/peer/database.ts'
+import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { createTestnet, waitFor, befriend, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
@@ -161,6 +162,30 @@ describe('fetching friends\' files', () => {
     expect(late.stderr).toContain('TRANSFER_STATE')
     const unknown = await carol.cli('pause', 'abcdef')
     expect(unknown.stderr).toContain('TRANSFER_UNKNOWN')
+  })
+
+  it('a resumed fetch does not fetch again what it held: the chunks in its kept partial are read back', async () => {
+    const source = join(alice.home, 'resumed.bin')
+    await writeFile(source, randomBytes(16 * 1024 * 1024))
+    await alice.json('share', source, '--with', 'carol')
+    const dest = join(carol.home, 'resumed.bin')
+    await alice.json('limits', 'set', '--up', '2MB/s')
+    let t: { id: string }
+    let held: number
+    try {
+      ({ transfer: t } = await carol.json('fetch', 'alice:resumed.bin', '-o', dest, '--detach'))
+      await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes >= 4 * 1024 * 1024, 'a quarter fetched', 30_000)
+      held = (await carol.json('pause', t.id)).transfer.doneBytes
+    } finally {
+      await alice.json('limits', 'clear', '--up')
+    }
+    await carol.json('resume', t.id)
+    const done = await transferDone(carol, t.id, 'the resumed fetch to finish')
+    // the resumed run's sources sent only what was not held at the pause (both counted as sealed bytes)
+    const sent = done.sources.reduce((sum: number, s: { bytes: number }) => sum + s.bytes, 0)
+    expect(held).toBeGreaterThanOrEqual(4 * 1024 * 1024)
+    expect(sent + held).toBeLessThanOrEqual(16 * (1024 * 1024 + SEAL_OVERHEAD))
+    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
   })
 
   it('takes on a friend who comes online mid-fetch when its floor falls short', async () => {
