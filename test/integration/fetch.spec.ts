@@ -52,6 +52,25 @@ describe('fetching friends\' files', () => {
     await net?.stop()
   })
 
+  /**
+   * alice shares a new file of `mib` MiB of random bytes with carol; carol
+   * fetches it to `dest` while alice's upload is capped at `up`, and pauses
+   * it once `held` bytes are in. Returns the paused transfer and its doneBytes.
+   */
+  async function pausedFetch (name: string, mib: number, dest: string, held: number, up = '2MB/s'): Promise<{ t: { id: string }, source: string, held: number }> {
+    const source = join(alice.home, name)
+    await writeFile(source, randomBytes(mib * 1024 * 1024))
+    await alice.json('share', source, '--with', 'carol')
+    await alice.json('limits', 'set', '--up', up)
+    try {
+      const { transfer: t } = await carol.json('fetch', `alice:${name}`, '-o', dest, '--detach')
+      await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes >= held, `${held} bytes held`, 30_000)
+      return { t, source, held: (await carol.json('pause', t.id)).transfer.doneBytes }
+    } finally {
+      await alice.json('limits', 'clear', '--up')
+    }
+  }
+
   it('shares a folder and a friend lists it', async () => {
     const shared = await alice.json('share', photos, '--with', 'bob', 'carol')
     expect(shared.share).toMatchObject({ name: 'photos', version: 1, files: 4, size: 4 * 1024 * 1024 + 17 + 17 })
@@ -165,20 +184,8 @@ describe('fetching friends\' files', () => {
   })
 
   it('a resumed fetch does not fetch again what it held: the chunks in its kept partial are read back', async () => {
-    const source = join(alice.home, 'resumed.bin')
-    await writeFile(source, randomBytes(16 * 1024 * 1024))
-    await alice.json('share', source, '--with', 'carol')
     const dest = join(carol.home, 'resumed.bin')
-    await alice.json('limits', 'set', '--up', '2MB/s')
-    let t: { id: string }
-    let held: number
-    try {
-      ({ transfer: t } = await carol.json('fetch', 'alice:resumed.bin', '-o', dest, '--detach'))
-      await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes >= 4 * 1024 * 1024, 'a quarter fetched', 30_000)
-      held = (await carol.json('pause', t.id)).transfer.doneBytes
-    } finally {
-      await alice.json('limits', 'clear', '--up')
-    }
+    const { t, source, held } = await pausedFetch('resumed.bin', 16, dest, 4 * 1024 * 1024)
     await carol.json('resume', t.id)
     const done = await transferDone(carol, t.id, 'the resumed fetch to finish')
     // the resumed run's sources sent only what was not held at the pause (both counted as sealed bytes)
@@ -284,20 +291,9 @@ describe('fetching friends\' files', () => {
   })
 
   it('a start removes the partials of a fetch cancelled just before a kill', async () => {
-    const source = join(alice.home, 'big5.bin')
-    await writeFile(source, randomBytes(24 * 1024 * 1024))
-    await alice.json('share', source, '--with', 'carol')
     const folder = join(carol.home, 'cancel-killed')
     await mkdir(folder)
-    await alice.json('limits', 'set', '--up', '2MB/s')
-    let t: { id: string }
-    try {
-      ({ transfer: t } = await carol.json('fetch', 'alice:big5.bin', '-o', join(folder, 'big5.bin'), '--detach'))
-      await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes > 0, 'the fetch under way', 30_000)
-      await carol.json('pause', t.id)
-    } finally {
-      await alice.json('limits', 'clear', '--up')
-    }
+    const { t } = await pausedFetch('big5.bin', 24, join(folder, 'big5.bin'), 1)
     expect((await readdir(folder)).filter(name => name.endsWith('.kith-partial'))).toHaveLength(1)
     await carol.stop()
     // the cancel was saved, and the daemon died before it removed the partial
@@ -311,19 +307,8 @@ describe('fetching friends\' files', () => {
   })
 
   it('heals a resumed fetch whose held chunks were damaged on disk meanwhile', async () => {
-    const source = join(alice.home, 'big4.bin')
-    await writeFile(source, randomBytes(24 * 1024 * 1024))
-    await alice.json('share', source, '--with', 'carol')
-    await alice.json('limits', 'set', '--up', '4MB/s')
     const dest = join(carol.home, 'big4.bin')
-    let t: { id: string }
-    try {
-      ({ transfer: t } = await carol.json('fetch', 'alice:big4.bin', '-o', dest, '--detach'))
-      await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes >= 6 * 1024 * 1024, 'some chunks held', 30_000)
-      await carol.json('pause', t.id)
-    } finally {
-      await alice.json('limits', 'clear', '--up')
-    }
+    const { t, source } = await pausedFetch('big4.bin', 24, dest, 6 * 1024 * 1024, '4MB/s')
     // carol holds the chunks she fetched in the partial file, not as sealed copies
     const { store } = await carol.json('status')
     expect(store).toMatchObject({ bytes: 0 })
