@@ -16,8 +16,8 @@ import { startNatFriends, describeNat, natStatus as status, friendLink as link, 
  * NATs that change ports, where the punch can't work and files go through
  * the relay: nat-relay.spec.ts.
  *
- * Needs root, iproute2 and iptables. Without them the test says why and is
- * skipped, except in CI (CI=true), where it fails.
+ * Needs root, iproute2 and iptables. Without them it fails, saying what is
+ * missing.
  */
 await describeNat('test/integration/nat.spec.ts', 'friends behind NAT (network namespaces)', () => {
   let topo: NatTopology
