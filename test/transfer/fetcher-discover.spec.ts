@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import type { PeerId } from '@libp2p/interface'
 import type { KithLibp2p } from '../../src/peer/node.ts'
 import type { ChunkStore } from '../../src/transfer/chunk-store.ts'
-import { fetchChunks, FetchError, type FetchReport, type SourceReport } from '../../src/transfer/fetcher.ts'
+import { fetchChunks, FetchError, type FetchInit, type FetchReport, type SourceReport } from '../../src/transfer/fetcher.ts'
 import { expectCodeAsync } from './helpers.ts'
 import {
   learn, makeChunks, openStore, serve, startNode, tempDir, until, SourceProcess,
@@ -57,6 +57,11 @@ describe('multi-source fetch: sources joining while it runs', () => {
     return await openStore(join(tmp.dir, `local-${local++}`))
   }
 
+  /** Every chunk, fetched by the client into `mine`; `init` names the sources and the case's options. */
+  async function fetchAll (mine: TempStore, init: Omit<FetchInit, 'libp2p' | 'store' | 'ids'>): Promise<FetchReport> {
+    return await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), ...init })
+  }
+
   beforeAll(async () => {
     tmp = await tempDir()
     chunks = makeChunks(COUNT, CHUNK)
@@ -102,10 +107,7 @@ describe('multi-source fetch: sources joining while it runs', () => {
     let slowBytes = 0
     const calls: number[] = []
     try {
-      const report = await fetchChunks({
-        libp2p: client,
-        store: mine.store,
-        ids: chunks.map(c => c.id),
+      const report = await fetchAll(mine, {
         sources: [slow.peerId],
         ...PATIENT,
         discoverIntervalMs: 100,
@@ -143,10 +145,7 @@ describe('multi-source fetch: sources joining while it runs', () => {
     const mine = await fresh()
     const events: string[] = []
     try {
-      const report = await fetchChunks({
-        libp2p: client,
-        store: mine.store,
-        ids: chunks.map(c => c.id),
+      const report = await fetchAll(mine, {
         sources: [slow.peerId],
         ...PATIENT,
         // far beyond the test's timeout: only short() can bring the fast source in time
@@ -180,10 +179,7 @@ describe('multi-source fetch: sources joining while it runs', () => {
     const mine = await fresh()
     let calls = 0
     try {
-      const report = await fetchChunks({
-        libp2p: client,
-        store: mine.store,
-        ids: chunks.map(c => c.id),
+      const report = await fetchAll(mine, {
         sources: [corrupt.peerId],
         retryDelayMs: 50,
         endgameCopies: 1,
@@ -216,10 +212,7 @@ describe('multi-source fetch: sources joining while it runs', () => {
     const mine = await fresh()
     let calls = 0
     try {
-      const err = await expectCodeAsync(fetchChunks({
-        libp2p: client,
-        store: mine.store,
-        ids: chunks.map(c => c.id),
+      const err = await expectCodeAsync(fetchAll(mine, {
         sources: [corrupt.peerId],
         retryDelayMs: 50,
         endgameCopies: 1,
@@ -248,7 +241,7 @@ describe('multi-source fetch: sources joining while it runs', () => {
     const good = await holder()
     const mine = await fresh()
     try {
-      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [], discover: () => [good.peerId] })
+      const report = await fetchAll(mine, { sources: [], discover: () => [good.peerId] })
       expect(report.fetchedChunks).toBe(COUNT)
       expect(source(report, good.peerId)).toMatchObject({ chunks: COUNT })
       await expectAllStored(mine.store, chunks)
@@ -273,10 +266,7 @@ describe('multi-source fetch: sources joining while it runs', () => {
       async () => await new Promise(() => {})
     ]
     try {
-      const report = await fetchChunks({
-        libp2p: client,
-        store: mine.store,
-        ids: chunks.map(c => c.id),
+      const report = await fetchAll(mine, {
         sources: [slow.peerId],
         ...PATIENT,
         stallTimeoutMs: 2_000,
@@ -307,10 +297,7 @@ describe('multi-source fetch: sources joining while it runs', () => {
     const friend = await holder({}, gaining.store)
     const mine = await fresh()
     try {
-      const fetching = fetchChunks({
-        libp2p: client,
-        store: mine.store,
-        ids: chunks.map(c => c.id),
+      const fetching = fetchAll(mine, {
         sources: [slow.peerId, friend.peerId],
         ...PATIENT,
         discoverIntervalMs: 100,
