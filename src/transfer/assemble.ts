@@ -4,10 +4,10 @@ import { dirname, join, resolve, sep } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
-import { MAX_SEALED_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
+import { PARTIAL_SUFFIX } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } from './manifest.ts'
 import type { ChunkStore } from './chunk-store.ts'
-import { chunkId, openChunk, type SealKeys } from './seal.ts'
+import { openChunk, verifySealed, type SealKeys } from './seal.ts'
 
 /**
  * Assembling files from verified chunks.
@@ -490,12 +490,7 @@ export class ShareAssembly {
    * fetcher blames the source), then `accept`ed. For `fetchChunks`' store.
    */
   async put (id: string, sealed: Uint8Array): Promise<boolean> {
-    if (sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
-      throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
-    }
-    if (chunkId(sealed) !== id) {
-      throw new KithError('CHUNK_HASH_MISMATCH', `the bytes received for chunk ${id.slice(0, 12)}… do not match its id; they were damaged or forged and were not used`)
-    }
+    verifySealed(id, sealed)
     await this.accept(id, sealed)
     return true
   }
@@ -564,6 +559,7 @@ export class ShareAssembly {
     this.recent.delete(file)
     const placing = file.finish().then(async () => {
       await Promise.all(this.recording.get(file) ?? [])
+      this.recording.delete(file)
       await this.init.store.moveInFile(file.entry.chunks, file.partial, file.dest)
     })
     this.placing.add(placing)

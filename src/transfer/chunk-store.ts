@@ -6,7 +6,7 @@ import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
 import { MAX_SEALED_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
-import { chunkId, isId, resealChunk, sealedNonce, type ChunkPosition, type SealKeys } from './seal.ts'
+import { checkSealedSize, chunkId, isId, resealChunk, sealedNonce, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
 
 /**
  * The encrypted chunk store: sealed chunks as files, indexed in LevelDB.
@@ -235,14 +235,10 @@ class LevelChunkStore implements ChunkStore {
   async put (id: string, sealed: Uint8Array, options: PutOptions = {}): Promise<boolean> {
     const sync = options.sync ?? this.sync
     checkId(id)
-    if (!(sealed instanceof Uint8Array) || sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
-      throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
-    }
+    checkSealedSize(sealed)
     // Copy first unless handed over: the caller's buffer could change while we wait on the disk.
     const bytes = options.owned === true ? sealed : Buffer.from(sealed)
-    if (chunkId(bytes) !== id) {
-      throw new KithError('CHUNK_HASH_MISMATCH', `the bytes received for chunk ${id.slice(0, 12)}… do not match its id; they were damaged or forged and were not stored`)
-    }
+    verifySealed(id, bytes)
     return await this.locks.run(id, async () => {
       if (await this.index.get(id) !== undefined) return false
       const fanout = join(this.dir, id.slice(0, 2))
@@ -272,9 +268,7 @@ class LevelChunkStore implements ChunkStore {
 
   async putInFile (id: string, sealed: Uint8Array, ref: Omit<FileRef, 'nonce'>): Promise<boolean> {
     checkId(id)
-    if (!(sealed instanceof Uint8Array) || sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
-      throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
-    }
+    checkSealedSize(sealed)
     if (!Number.isSafeInteger(ref.offset) || ref.offset < 0) throw new KithError('BAD_REQUEST', `offset ${ref.offset} is not a file position`)
     const file: FileRef = { ...ref, nonce: Buffer.from(sealedNonce(sealed)).toString('hex') }
     return await this.locks.run(id, async () => {

@@ -188,6 +188,25 @@ export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint
   return plaintext
 }
 
+/** Throws CHUNK_TOO_LARGE unless `sealed` has the size a sealed chunk can have. */
+export function checkSealedSize (sealed: Uint8Array): void {
+  if (!(sealed instanceof Uint8Array) || sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
+    throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
+  }
+}
+
+/**
+ * Checks bytes received for chunk `id`: CHUNK_TOO_LARGE for an impossible
+ * size, CHUNK_HASH_MISMATCH if they don't hash to the id. Whoever sent them
+ * is to blame.
+ */
+export function verifySealed (id: string, sealed: Uint8Array): void {
+  checkSealedSize(sealed)
+  if (chunkId(sealed) !== id) {
+    throw new KithError('CHUNK_HASH_MISMATCH', `the bytes received for chunk ${id.slice(0, 12)}… do not match its id; they were damaged or forged and were not kept`)
+  }
+}
+
 /** The id of a sealed chunk: lowercase hex sha256 of its sealed bytes. */
 export function chunkId (sealed: Uint8Array): string {
   return hash('sha256', sealed, 'hex')
