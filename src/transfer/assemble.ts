@@ -132,6 +132,7 @@ export class FileAssembly {
   private readonly whole = createHash('sha256')
   private hashed = 0
   private hashing: Promise<void> = Promise.resolve()
+  private readBuffer: Buffer | undefined
   private finishing: Promise<void> | undefined
 
   constructor (dest: string, entry: ManifestFile, chunkSize: number, options: FileAssemblyOptions = {}) {
@@ -195,6 +196,7 @@ export class FileAssembly {
 
   /** Closes the partial's handle if nothing is using it; the next use opens it again. */
   async release (): Promise<void> {
+    this.readBuffer = undefined
     const handle = this.handle
     if (handle === undefined || this.busy > 0) return
     this.handle = undefined
@@ -237,9 +239,11 @@ export class FileAssembly {
     await this.hashing
   }
 
+  /** Reads a written chunk back for the hash, into one buffer reused for every chunk (advance hashes one at a time). */
   private async readBack (index: number): Promise<Uint8Array> {
     const length = chunkLength(this.entry.size, this.chunkSize, index)
-    const bytes = Buffer.allocUnsafe(length)
+    this.readBuffer ??= Buffer.allocUnsafe(this.chunkSize)
+    const bytes = this.readBuffer.subarray(0, length)
     await this.use(async handle => {
       let at = 0
       while (at < length) {
@@ -280,6 +284,7 @@ export class FileAssembly {
 
   /** Closes and removes the partial (never the destination). */
   async abort (): Promise<void> {
+    this.readBuffer = undefined
     const handle = this.handle
     this.handle = undefined
     if (handle !== undefined) await (await handle).close().catch(() => {})
