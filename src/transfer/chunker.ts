@@ -1,13 +1,13 @@
 import { createHash, type Hash } from 'node:crypto'
 import { constants } from 'node:fs'
-import { lstat, open, readdir, stat, type FileHandle } from 'node:fs/promises'
+import { lstat, open, readdir, realpath, stat, type FileHandle } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { pipe } from 'it-pipe'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MIN_CHUNK_SIZE } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, comparePaths, type ManifestEntry, type ManifestFile } from './manifest.ts'
-import { chunkId, sealChunk, type SealKeys } from './seal.ts'
+import { chunkId, sealChunk, type ChunkPosition, type SealKeys } from './seal.ts'
 
 /**
  * Turns a file or folder into sealed chunks and manifest entries.
@@ -36,9 +36,20 @@ import { chunkId, sealChunk, type SealKeys } from './seal.ts'
  * store, referenced by no manifest.
  */
 
-/** Where sealed chunks go; a ChunkStore is one. */
+/** Where a chunk's plaintext lies on disk, and the position it is sealed at. */
+export interface ChunkPlace {
+  /** the shared file, links resolved */
+  path: string
+  offset: number
+  position: ChunkPosition
+}
+
+/**
+ * Where sealed chunks go: a ChunkStore keeps the sealed bytes (`put`) or only
+ * where their plaintext lies (`putInFile`, as kith does for its own shares).
+ */
 export interface ChunkSink {
-  put: (id: string, sealed: Uint8Array) => Promise<unknown>
+  put: (id: string, sealed: Uint8Array, place: ChunkPlace) => Promise<unknown>
 }
 
 export interface ChunkSourceInit extends AbortOptions {
@@ -176,12 +187,13 @@ async function hashFile (handle: FileHandle, path: string, size: number, chunkSi
 
 /** Seals each plaintext chunk at its position, feeding the second-pass hash on the way. */
 function sealStage (keys: SealKeys, fileHash: string, whole: Hash) {
-  return async function * (source: AsyncIterable<Buffer>): AsyncGenerator<{ id: string, sealed: Uint8Array }> {
+  return async function * (source: AsyncIterable<Buffer>): AsyncGenerator<{ id: string, sealed: Uint8Array, position: ChunkPosition }> {
     let index = 0
     for await (const plaintext of source) {
       whole.update(plaintext)
-      const sealed = sealChunk(keys, { shareId: keys.shareId, fileHash, index: index++ }, plaintext)
-      yield { id: chunkId(sealed), sealed }
+      const position = { shareId: keys.shareId, fileHash, index: index++ }
+      const sealed = sealChunk(keys, position, plaintext)
+      yield { id: chunkId(sealed), sealed, position }
     }
   }
 }
@@ -213,8 +225,8 @@ async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: numbe
       readChunks(handle, item.path, item.size, chunkSize, init),
       sealStage(init.keys, sha256, again),
       async (source) => {
-        for await (const { id, sealed } of source) {
-          await init.store.put(id, sealed)
+        for await (const { id, sealed, position } of source) {
+          await init.store.put(id, sealed, { path: item.source!, offset: position.index * chunkSize, position })
           chunks.push(id)
         }
       }
@@ -239,8 +251,10 @@ export async function chunkSource (source: string, init: ChunkSourceInit): Promi
     throw new KithError('BAD_REQUEST', `chunk size must be ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE} bytes, not ${chunkSize}`)
   }
   let info
+  let real: string
   try {
     info = await stat(source) // the source itself may be a link the user chose
+    real = await realpath(source) // what the store records where chunks lie
   } catch (err) {
     throw unreadable(source, err)
   }
@@ -248,14 +262,14 @@ export async function chunkSource (source: string, init: ChunkSourceInit): Promi
   let planned: Planned[]
   let followLinks = false
   if (info.isDirectory()) {
-    planned = await plan(source, skipped, chunkSize, init)
+    planned = await plan(real, skipped, chunkSize, init)
   } else if (info.isFile()) {
     const path = basename(source)
     checkPath(path)
     if (info.size > MAX_FILE_SIZE || chunkCount(info.size, chunkSize) > MAX_CHUNKS) {
       throw tooMany(`a file of ${info.size} bytes, more than ${Math.min(MAX_FILE_SIZE, MAX_CHUNKS * chunkSize)}`)
     }
-    planned = [{ path, source, size: info.size, executable: (info.mode & 0o111) !== 0, mtimeMs: info.mtimeMs }]
+    planned = [{ path, source: real, size: info.size, executable: (info.mode & 0o111) !== 0, mtimeMs: info.mtimeMs }]
     followLinks = true
   } else {
     throw new KithError('SOURCE_UNREADABLE', `${JSON.stringify(source)} is neither a file nor a folder`)

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, writeFile, readFile, readdir } from 'node:fs/promises'
+import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { createTestnet, waitFor, befriend, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
@@ -7,25 +7,31 @@ import { ApiClient } from '../../src/services/api/client.ts'
 
 /**
  * Freeing the chunk store between real daemons, through the CLI: an unshared
- * share's chunks go from the owner's store while a friend who fetched it
- * keeps serving them; a share made while collections run loses nothing; a
- * daemon killed mid-sweep comes back consistent.
+ * share's chunks go from the owner's store (its files stay) while a friend
+ * who fetched it keeps serving them; a share made while collections run loses
+ * nothing; a daemon killed mid-sweep comes back consistent. Shared files hold
+ * their own chunks, so sharing writes no chunk files.
  */
 const MiB = 1024 * 1024
-const SEAL_OVERHEAD = 29
 
-/** Writes files of random bytes; returns the folder and the sealed size its chunks take in a store. */
-async function folder (root: string, sizes: number[]): Promise<{ root: string, chunks: number, sealed: number }> {
+/** Writes files of random bytes; returns the folder and how many chunks it makes. */
+async function folder (root: string, sizes: number[]): Promise<{ root: string, chunks: number }> {
   await mkdir(root, { recursive: true })
   let chunks = 0
-  let sealed = 0
   for (const [i, size] of sizes.entries()) {
     await writeFile(join(root, `f${i}.bin`), randomBytes(size))
-    const n = Math.ceil(size / MiB)
-    chunks += n
-    sealed += size + n * SEAL_OVERHEAD
+    chunks += Math.ceil(size / MiB)
   }
-  return { root, chunks, sealed }
+  return { root, chunks }
+}
+
+/** Sealed chunk files in a home's store (temporary files aside). */
+async function chunkFiles (node: TestNode): Promise<number> {
+  let files = 0
+  for (const entry of await readdir(join(node.home, 'chunks'), { recursive: true, withFileTypes: true })) {
+    if (entry.isFile() && !entry.parentPath.endsWith('tmp')) files++
+  }
+  return files
 }
 
 async function sha (path: string): Promise<string> {
@@ -64,8 +70,10 @@ describe('chunk store collection', () => {
 
   it('kith gc frees an unshared share\'s bytes while a friend who fetched it keeps serving them', async () => {
     const docs = await folder(join(alice.home, 'docs'), [3 * MiB + 1, 2 * MiB, 100_000])
+    const sums = await Promise.all(['f0.bin', 'f1.bin', 'f2.bin'].map(async name => await sha(join(docs.root, name))))
     await alice.json('share', docs.root, '--with', 'bob', 'carol')
-    expect(await store(alice)).toMatchObject({ chunks: docs.chunks, bytes: docs.sealed })
+    expect(await store(alice)).toMatchObject({ chunks: docs.chunks, bytes: 0, inFiles: docs.chunks })
+    expect(await chunkFiles(alice)).toBe(0)
 
     // bob fetches all of it; carol starts, slowly, and pauses: her fetch has pinned the manifest
     const got = await bob.cli('fetch', 'alice:docs', '-o', join(bob.home, 'docs'))
@@ -81,8 +89,10 @@ describe('chunk store collection', () => {
     expect(gc.store).toEqual({ chunks: 0, bytes: 0, inFiles: 0 })
     const after = await store(alice)
     expect(after).toMatchObject({ chunks: 0, bytes: 0 })
-    expect(after.gc.total).toMatchObject({ chunks: docs.chunks, bytes: docs.sealed })
+    expect(after.gc.total).toMatchObject({ chunks: docs.chunks, bytes: 0 })
     expect((await alice.cli('gc')).stdout).toContain('the store holds 0 chunks (0 B)')
+    // freeing a share's chunks never touches the shared files
+    expect(await Promise.all(['f0.bin', 'f1.bin', 'f2.bin'].map(async name => await sha(join(docs.root, name))))).toEqual(sums)
 
     // bob finished fetching it from a friend: he keeps it, and serves it from the files he fetched (no sealed copy)
     const bobs = (await bob.json('gc')).gc
@@ -94,7 +104,7 @@ describe('chunk store collection', () => {
     const left = done.totalBytes - (done.sources.find((s: any) => s.label === 'alice')?.bytes ?? 0)
     expect(left).toBeGreaterThan(0)
     expect(done.sources.find((s: any) => s.label === 'bob')?.bytes).toBeGreaterThan(0)
-    for (const name of ['f0.bin', 'f1.bin', 'f2.bin']) expect(await sha(join(carol.home, 'docs', name))).toBe(await sha(join(docs.root, name)))
+    for (const [i, name] of ['f0.bin', 'f1.bin', 'f2.bin'].entries()) expect(await sha(join(carol.home, 'docs', name))).toBe(sums[i])
   })
 
   it('a share made while collections run loses no chunk, and a friend fetches it whole', async () => {
@@ -111,7 +121,7 @@ describe('chunk store collection', () => {
     const made = await share
     expect(during).toBeGreaterThan(0)
     expect(made.share.chunks).toBe(big.chunks)
-    expect((await alice.json('gc')).gc.store).toEqual({ chunks: big.chunks, bytes: big.sealed, inFiles: 0 })
+    expect((await alice.json('gc')).gc.store).toEqual({ chunks: big.chunks, bytes: 0, inFiles: big.chunks })
     const got = await bob.cli('fetch', 'alice:big', '-o', join(bob.home, 'big'))
     expect(got.code, got.stderr).toBe(0)
     for (const name of ['f0.bin', 'f23.bin']) expect(await sha(join(bob.home, 'big', name))).toBe(await sha(join(big.root, name)))
@@ -129,14 +139,12 @@ describe('chunk store collection', () => {
     await alice.kill9()
     await alice.start()
     const { gc } = await alice.json('gc')
-    expect(gc.store).toEqual({ chunks: before.chunks + keep.chunks, bytes: before.bytes + keep.sealed, inFiles: 0 })
-    // every indexed chunk has its file; at most the one being deleted was left unindexed
-    let files = 0
-    for (const entry of await readdir(join(alice.home, 'chunks'), { recursive: true, withFileTypes: true })) {
-      if (entry.isFile() && !entry.parentPath.endsWith('tmp')) files++
-    }
-    expect(files - gc.store.chunks).toBeGreaterThanOrEqual(0)
-    expect(files - gc.store.chunks).toBeLessThanOrEqual(1)
+    expect(gc.store).toEqual({ chunks: before.chunks + keep.chunks, bytes: before.bytes, inFiles: before.inFiles + keep.chunks })
+    // every chunk indexed as sealed has its file; at most the one being deleted was left unindexed
+    const files = await chunkFiles(alice)
+    expect(files - (gc.store.chunks - gc.store.inFiles)).toBeGreaterThanOrEqual(0)
+    expect(files - (gc.store.chunks - gc.store.inFiles)).toBeLessThanOrEqual(1)
+    expect(await stat(join(doomed.root, 'f0.bin'))).toMatchObject({ size: 40 * MiB })
     // what is left is whole: carol fetches from alice what nobody else holds
     await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'alice')?.link.online, 'carol sees alice')
     const got = await carol.cli('fetch', 'alice:keep', '-o', join(carol.home, 'keep'))

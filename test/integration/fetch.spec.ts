@@ -4,6 +4,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { join, relative } from 'node:path'
 import { openDatabase, sublevel } from '../../src/peer/database.ts'
 import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
+import { sharePartialPath } from '../../src/transfer/assemble.ts'
 import { createTestnet, waitFor, befriend, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
@@ -364,5 +365,42 @@ describe('fetching friends\' files', () => {
     await carol.json('resume', t.id)
     await transferDone(carol, t.id, 'the resumed fetch to finish from alice')
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
+  })
+
+  it('serves shared files from the files themselves: one changed since it was shared is refused until it is shared again', async () => {
+    const MiB = 1024 * 1024
+    const source = join(alice.home, 'live.bin')
+    const first = randomBytes(4 * MiB)
+    await writeFile(source, first)
+    const before = (await alice.json('status')).store
+    const { share } = await alice.json('share', source, '--with', 'bob')
+    // no sealed copy: the store records where each chunk lies in the file
+    expect((await alice.json('status')).store).toMatchObject({ bytes: before.bytes, inFiles: before.inFiles + share.chunks })
+    // alice edits the file after sharing it: same size, 100 other bytes in its third chunk
+    const edited = Buffer.from(first).fill(7, 2 * MiB, 2 * MiB + 100)
+    await writeFile(source, edited)
+    const dest = join(bob.home, 'live.bin')
+    const { transfer: t } = await bob.json('fetch', 'alice:live.bin', '-o', dest, '--detach')
+    const failed = await waitFor(async () => {
+      const now = await transferOf(bob, t.id)
+      return now?.state === 'failed' ? now : undefined
+    }, 'the fetch of the changed file to fail', 60_000)
+    expect(failed.error.code).toBe('FETCH_NO_SOURCE')
+    expect(failed.error.message).toMatch(/share it again/)
+    // the three unchanged chunks came; the changed one was refused, and alice's store forgot it
+    expect(failed.doneBytes).toBe(3 * (MiB + SEAL_OVERHEAD))
+    expect((await alice.json('status')).store.inFiles).toBe(before.inFiles + share.chunks - 1)
+    expect(await exists(dest)).toBe(false)
+    // a failed fetch keeps its partial for a resume; cancelling it removes it
+    expect(await exists(sharePartialPath(dest, t.id, 0))).toBe(true)
+    await bob.json('cancel', t.id)
+    expect(await exists(sharePartialPath(dest, t.id, 0))).toBe(false)
+    // shared again: a new version, fetched whole, and the file was never touched by kith
+    const again = await alice.json('share', source)
+    expect(again.share.version).toBe(share.version + 1)
+    const got = await bob.cli('fetch', 'alice:live.bin', '-o', dest)
+    expect(got.code, got.stderr).toBe(0)
+    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(edited).digest('hex'))
+    expect((await readFile(source)).equals(edited)).toBe(true)
   })
 })

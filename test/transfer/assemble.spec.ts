@@ -9,7 +9,7 @@ import { assembleFile, assembleShare, MAX_OPEN_PARTIALS, removePartials, ShareAs
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
 import { waitFor } from '../helpers/testnet.ts'
-import { expectCodeAsync, keypair, pseudoRandom, tempDir } from './helpers.ts'
+import { expectCodeAsync, keypair, pseudoRandom, sealedSink, tempDir } from './helpers.ts'
 
 const CS = MIN_CHUNK_SIZE
 const owner = keypair(4)
@@ -35,7 +35,7 @@ describe('assemble', () => {
     store = await openChunkStore({ dir: join(dir, 'chunks'), db })
     data = pseudoRandom(3 * CS + 99)
     await writeFile(join(dir, 'file.bin'), data)
-    const { entries } = await chunkSource(join(dir, 'file.bin'), { keys, version: 2, store, chunkSize: CS })
+    const { entries } = await chunkSource(join(dir, 'file.bin'), { keys, version: 2, store: sealedSink(store), chunkSize: CS })
     manifest = createManifest({ ...owner, shareId, version: 2, name: 'one file', chunkSize: CS, entries }).manifest
   })
 
@@ -78,7 +78,7 @@ describe('assemble', () => {
     await mkdir(src)
     await writeFile(join(src, 'a.bin'), pseudoRandom(CS + 1, 'a'))
     await writeFile(join(src, 'b.bin'), pseudoRandom(CS + 1, 'b'))
-    const { entries } = await chunkSource(src, { keys, version: 2, store, chunkSize: CS })
+    const { entries } = await chunkSource(src, { keys, version: 2, store: sealedSink(store), chunkSize: CS })
     const two = createManifest({ ...owner, shareId, version: 2, name: 'two', chunkSize: CS, entries }).manifest
     const a = two.entries[0] as ManifestFile
     await expectCodeAsync(assembleFile(join(out, 'a.bin'), a, CS, storeReader(store, keys, two, 1)), 'CHUNK_DECRYPT_FAILED')
@@ -140,7 +140,7 @@ describe('assemble', () => {
       const twin = pseudoRandom(2 * CS + 5, 'twin')
       const contents = new Map([['big.bin', pseudoRandom(4 * CS + 1, 'big')], ['empty', Buffer.alloc(0)], ['twin1', twin], ['twin2', twin]])
       for (const [name, bytes] of contents) await writeFile(join(src, name), bytes)
-      const { entries } = await chunkSource(src, { keys, version: 2, store, chunkSize: CS })
+      const { entries } = await chunkSource(src, { keys, version: 2, store: sealedSink(store), chunkSize: CS })
       return { manifest: createManifest({ ...owner, shareId, version: 2, name: 'f', chunkSize: CS, entries }).manifest, contents }
     }
 
@@ -204,7 +204,7 @@ describe('assemble', () => {
       await mkdir(src)
       const count = MAX_OPEN_PARTIALS + 8
       for (let i = 0; i < count; i++) await writeFile(join(src, `f${i}`), pseudoRandom(CS + i + 1, `f${i}`))
-      const { entries } = await chunkSource(src, { keys, version: 2, store, chunkSize: CS })
+      const { entries } = await chunkSource(src, { keys, version: 2, store: sealedSink(store), chunkSize: CS })
       const m = createManifest({ ...owner, shareId, version: 2, name: 'many', chunkSize: CS, entries }).manifest
       const assembly = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m) })
       const files = m.entries as ManifestFile[]
@@ -356,7 +356,7 @@ describe('assemble', () => {
     const src = join(dir, 'src')
     await mkdir(join(src, 'sub'), { recursive: true })
     await writeFile(join(src, 'sub', 'f.txt'), 'inside')
-    const { entries } = await chunkSource(src, { keys, version: 2, store, chunkSize: CS })
+    const { entries } = await chunkSource(src, { keys, version: 2, store: sealedSink(store), chunkSize: CS })
     return createManifest({ ...owner, shareId, version: 2, name: 'folder', chunkSize: CS, entries }).manifest
   }
 })

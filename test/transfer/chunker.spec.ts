@@ -9,7 +9,7 @@ import { chunkSource, type ChunkSink } from '../../src/transfer/chunker.ts'
 import { assembleShare } from '../../src/transfer/assemble.ts'
 import { createManifest, decodeManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey, openChunk } from '../../src/transfer/seal.ts'
-import { expectCodeAsync, keypair, pseudoRandom, tempDir } from './helpers.ts'
+import { expectCodeAsync, keypair, pseudoRandom, sealedSink, tempDir } from './helpers.ts'
 
 const CS = MIN_CHUNK_SIZE
 const owner = keypair(3)
@@ -35,7 +35,7 @@ describe('chunker', () => {
 
   /** Chunk, sign, decode (as a receiver would), assemble into `out`. */
   async function roundTrip (source: string, out: string) {
-    const result = await chunkSource(source, { keys, version: 1, store, chunkSize: CS })
+    const result = await chunkSource(source, { keys, version: 1, store: sealedSink(store), chunkSize: CS })
     const { bytes } = createManifest({ ...owner, shareId, version: 1, name: 'test', chunkSize: CS, entries: result.entries })
     const manifest = decodeManifest(bytes, { owner: owner.publicKey })
     await assembleShare({ store, keys, manifest, root: out })
@@ -96,9 +96,9 @@ describe('chunker', () => {
 
   it('seals deterministically: a second run yields the same ids and stores nothing new', async () => {
     await writeFile(join(dir, 'f'), pseudoRandom(2 * CS + 7))
-    const first = await chunkSource(join(dir, 'f'), { keys, version: 1, store, chunkSize: CS })
+    const first = await chunkSource(join(dir, 'f'), { keys, version: 1, store: sealedSink(store), chunkSize: CS })
     const count = store.stats().count
-    const second = await chunkSource(join(dir, 'f'), { keys, version: 1, store, chunkSize: CS })
+    const second = await chunkSource(join(dir, 'f'), { keys, version: 1, store: sealedSink(store), chunkSize: CS })
     expect(second.entries).toEqual(first.entries)
     expect(store.stats().count).toBe(count)
   })
@@ -110,7 +110,7 @@ describe('chunker', () => {
     await writeFile(join(src, 'sub', 'same.bin'), same)
     await writeFile(join(src, 'edited.bin'), pseudoRandom(CS + 1, 'edited v1'))
     const share = async (version: number) => {
-      const result = await chunkSource(src, { keys, version, store, chunkSize: CS })
+      const result = await chunkSource(src, { keys, version, store: sealedSink(store), chunkSize: CS })
       const { bytes } = createManifest({ ...owner, shareId, version, name: 'test', chunkSize: CS, entries: result.entries })
       return decodeManifest(bytes, { owner: owner.publicKey })
     }
@@ -202,16 +202,16 @@ describe('chunker', () => {
   })
 
   it('reports a missing source and a bad chunk size', async () => {
-    await expectCodeAsync(chunkSource(join(dir, 'nope'), { keys, version: 1, store }), 'SOURCE_UNREADABLE')
+    await expectCodeAsync(chunkSource(join(dir, 'nope'), { keys, version: 1, store: sealedSink(store) }), 'SOURCE_UNREADABLE')
     await writeFile(join(dir, 'f'), 'x')
-    await expectCodeAsync(chunkSource(join(dir, 'f'), { keys, version: 1, store, chunkSize: 0 }), 'BAD_REQUEST')
+    await expectCodeAsync(chunkSource(join(dir, 'f'), { keys, version: 1, store: sealedSink(store), chunkSize: 0 }), 'BAD_REQUEST')
   })
 
   it('stops when aborted', async () => {
     await writeFile(join(dir, 'f'), pseudoRandom(2 * CS))
     const controller = new AbortController()
     controller.abort()
-    await expect(chunkSource(join(dir, 'f'), { keys, version: 1, store, chunkSize: CS, signal: controller.signal })).rejects.toThrow(/abort/i)
+    await expect(chunkSource(join(dir, 'f'), { keys, version: 1, store: sealedSink(store), chunkSize: CS, signal: controller.signal })).rejects.toThrow(/abort/i)
     expect(store.stats().count).toBe(0)
   })
 })

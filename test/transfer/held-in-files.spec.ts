@@ -8,7 +8,7 @@ import { chunkSource } from '../../src/transfer/chunker.ts'
 import { ShareAssembly, sharePartialPath } from '../../src/transfer/assemble.ts'
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
-import { keypair, pseudoRandom, tempDir } from './helpers.ts'
+import { keypair, pseudoRandom, sealedSink, tempDir } from './helpers.ts'
 
 /**
  * Chunks held in fetched files, where a fetch's assembly and the store meet:
@@ -37,7 +37,7 @@ beforeEach(async () => {
   source = await openChunkStore({ dir: join(dir, 'chunks'), db: db.sublevel('source') })
   await mkdir(join(dir, 'f'))
   await writeFile(join(dir, 'f', 'a.bin'), pseudoRandom(3 * CS + 7, 'a'))
-  const { entries } = await chunkSource(join(dir, 'f'), { keys, version: 1, store: source, chunkSize: CS })
+  const { entries } = await chunkSource(join(dir, 'f'), { keys, version: 1, store: sealedSink(source), chunkSize: CS })
   manifest = createManifest({ ...owner, shareId, version: 1, name: 'f', chunkSize: CS, entries }).manifest
 })
 

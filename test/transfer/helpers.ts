@@ -5,6 +5,8 @@ import { join } from 'node:path'
 import nacl from 'tweetnacl'
 import { expect } from 'vitest'
 import { KithError, type ErrorCode } from '../../src/errors.ts'
+import type { ChunkStore } from '../../src/transfer/chunk-store.ts'
+import type { ChunkSink } from '../../src/transfer/chunker.ts'
 
 /** A deterministic Ed25519 keypair from a one-byte seed. */
 export function keypair (seed = 1): { publicKey: Uint8Array, secretKey: Uint8Array } {
@@ -52,4 +54,9 @@ export async function expectCodeAsync (promise: Promise<unknown>, code: ErrorCod
   expect(caught, `expected ${code}`).toBeInstanceOf(KithError)
   expect((caught as KithError).code).toBe(code)
   return caught as KithError
+}
+
+/** A chunker sink that keeps the sealed bytes in `store` (kith's own shares are held in their files instead). */
+export function sealedSink (store: ChunkStore): ChunkSink {
+  return { put: async (id, sealed) => await store.put(id, sealed) }
 }

@@ -8,6 +8,7 @@ import type { KithLibp2p } from '../../peer/node.ts'
 import type { FriendBook } from '../../trust/friends.ts'
 import { friendsOnly } from '../../trust/gate.ts'
 import { openChunkStore, type ChunkStore } from '../../transfer/chunk-store.ts'
+import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
 import { chunkHandler, CHUNK_PROTOCOL } from '../../transfer/chunk-protocol.ts'
 import { BandwidthScheduler, type Flow, type TrafficClass } from '../../transfer/scheduler/index.ts'
 import { ShareBook, listing, type ShareListing } from './share-book.ts'
@@ -47,7 +48,7 @@ export interface StoreStatus {
   chunks: number
   /** what the store's own sealed chunk files take on disk */
   bytes: number
-  /** of `chunks`, those held in fetched files (no disk of their own) */
+  /** of `chunks`, those held in files: my shared files and fetched files (no disk of their own) */
   inFiles: number
   gc: GcStatus
 }
@@ -64,10 +65,14 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   private readonly init: FileServiceInit
   /** what I serve, one flow per peer */
   private readonly uploads = new Map<string, Flow>()
+  /** my peer id: the owner of my shares' chunks */
+  private readonly me: string
+  private readonly ownKeys = new Map<string, SealKeys>()
 
   private constructor (init: FileServiceInit, store: ChunkStore) {
     super()
     this.init = init
+    this.me = init.identity.peerId.toString()
     this.store = store
     // limits come from the config file, the database and the start flags once friends resolve (see start)
     this.bandwidth = new BandwidthScheduler()
@@ -102,19 +107,19 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   }
 
   static async start (init: FileServiceInit): Promise<FileService> {
-    // Fetched chunks are not fsynced one by one: a killed process loses
-    // nothing (the page cache survives it), and after a power loss every read
-    // re-verifies the hash, so a damaged chunk is dropped and fetched again.
-    // Assembled files are still fsynced before they are moved into place, and
-    // chunks of my own shares are fsynced (share() asks for it), since nobody
-    // else may hold them. fsync costs ~2 ms a chunk here.
-    // chunks held in fetched files are sealed again with their share's keys, which the transfers know
+    // Sealed chunks (fetched before they could be held in files, backups)
+    // are not fsynced one by one: a killed process loses nothing (the page
+    // cache survives it), and after a power loss every read re-verifies the
+    // hash, so a damaged chunk is dropped and fetched again. Assembled files
+    // are fsynced before they are moved into place.
+    // Chunks held in files (my shared files, fetched files) are sealed again
+    // with their share's keys when asked for.
     let service: FileService | undefined
     const store = await openChunkStore({
       dir: join(init.home, 'chunks'),
       db: sublevel(init.db, 'chunk-index'),
       sync: false,
-      keys: async (shareId, owner) => await service?.transfers.sealKeys(shareId, owner)
+      keys: async (shareId, owner) => await service?.sealKeys(shareId, owner)
     })
     service = new FileService(init, store)
     const { libp2p, friends } = init
@@ -150,6 +155,19 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   /** Runs a collection now (after one under way, if any) and says what it freed. */
   async collect (): Promise<GcResult> {
     return await this.gc.collect()
+  }
+
+  /** A share's keys: mine from my share book, a friend's from the manifest they sent (while they are a friend). */
+  async sealKeys (shareId: string, owner: string): Promise<SealKeys | undefined> {
+    if (owner !== this.me) return await this.transfers.sealKeys(shareId, owner)
+    const share = await this.shares.getMine(shareId)
+    if (share === undefined) return undefined
+    let keys = this.ownKeys.get(share.key)
+    if (keys === undefined) {
+      keys = deriveSealKeys(Buffer.from(share.key, 'base64'), shareId)
+      this.ownKeys.set(share.key, keys)
+    }
+    return keys
   }
 
   storeStatus (): StoreStatus {
@@ -222,10 +240,12 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
         ...(req.name != null ? { name: req.name } : {}),
         secretKey: this.init.identity.secretKey,
         publicKey: this.init.identity.publicKey,
+        // served from the shared files themselves: no sealed copy (a file
+        // changed since is no longer served; sharing it again makes a new version)
         store: {
-          put: async (id, sealed) => {
+          put: async (id, sealed, place) => {
             await this.gc.use(id, pin)
-            return await this.store.put(id, sealed, { sync: true })
+            return await this.store.putInFile(id, sealed, { ...place, owner: this.me })
           }
         }
       })

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path'
 import { KithError } from '../../errors.ts'
-import type { Sublevel } from '../../peer/database.ts'
+import { getOrUndefined, type Sublevel } from '../../peer/database.ts'
 import { createManifest, decodeManifest, type Manifest } from '../../transfer/manifest.ts'
 import { chunkSource, type ChunkSink } from '../../transfer/chunker.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../transfer/seal.ts'
@@ -86,6 +86,10 @@ export class ShareBook {
     const out: MyShare[] = []
     for await (const share of this.mine.values()) out.push(share)
     return out.sort((a, b) => a.name.localeCompare(b.name))
+  }
+
+  async getMine (id: string): Promise<MyShare | undefined> {
+    return await getOrUndefined(this.mine, id)
   }
 
   /** Shares a given friend may see. */

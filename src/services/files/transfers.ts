@@ -258,7 +258,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
 
   async cancel (id: string): Promise<Transfer> {
     const record = this.get(id)
-    if (FINAL.includes(record.state)) throw new KithError('TRANSFER_STATE', `transfer ${record.id} is already ${record.state}`)
+    // a failed fetch may still be resumed, so it may be cancelled (its partials removed)
+    if (record.state === 'done' || record.state === 'cancelled') throw new KithError('TRANSFER_STATE', `transfer ${record.id} is already ${record.state}`)
     const run = this.running.get(record.id)
     await this.save({ ...record, state: 'cancelled', rate: 0, eta: null }, 'transfer:state')
     if (run != null) {
