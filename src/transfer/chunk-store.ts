@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
-import { MAX_SEALED_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
+import { MAX_SEALED_CHUNK_SIZE, MIN_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
 import { checkSealedSize, chunkId, isId, resealChunk, sealedNonce, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
 
 /**
@@ -187,6 +187,7 @@ class LevelChunkStore implements ChunkStore {
   private readonly locks = new KeyedMutex()
   private readonly fanouts = new Set<string>()
   private readonly keys: ChunkStoreInit['keys']
+  private readonly scratch = new ScratchBuffers()
   private current: ChunkStoreStats = { count: 0, bytes: 0, inFiles: 0 }
 
   constructor (init: ChunkStoreInit) {
@@ -334,9 +335,10 @@ class LevelChunkStore implements ChunkStore {
       if (GONE.has((err as NodeJS.ErrnoException).code ?? '')) return undefined
       throw err
     }
+    const buffer = this.scratch.take(size - SEAL_OVERHEAD)
     try {
       if (!(await handle.stat()).isFile()) return undefined
-      const plaintext = Buffer.allocUnsafe(size - SEAL_OVERHEAD)
+      const plaintext = buffer.subarray(0, size - SEAL_OVERHEAD)
       let at = 0
       while (at < plaintext.length) {
         const { bytesRead } = await handle.read(plaintext, at, plaintext.length - at, ref.offset + at)
@@ -346,6 +348,8 @@ class LevelChunkStore implements ChunkStore {
       const sealed = resealChunk(keys, ref.position, plaintext, Buffer.from(ref.nonce, 'hex'))
       return chunkId(sealed) === id ? sealed : undefined
     } finally {
+      // the plaintext is not needed once sealed again (or given up on)
+      this.scratch.give(buffer)
       await handle.close()
     }
   }
@@ -399,6 +403,28 @@ class LevelChunkStore implements ChunkStore {
     return { ...this.current }
   }
 }
+
+/**
+ * Buffers for plaintext read from files and sealed again at once, reused
+ * rather than made anew for every chunk served (fewer large buffers for the
+ * garbage collector to find, so less resident memory while serving).
+ */
+class ScratchBuffers {
+  private readonly free: Buffer[] = []
+
+  /** A buffer of at least `size` bytes; hand it back with `give` when done with it. */
+  take (size: number): Buffer {
+    const buffer = this.free.pop()
+    return buffer !== undefined && buffer.length >= size ? buffer : Buffer.allocUnsafeSlow(size)
+  }
+
+  give (buffer: Buffer): void {
+    if (buffer.length >= MIN_CHUNK_SIZE && this.free.length < MAX_SCRATCH_BUFFERS) this.free.push(buffer)
+  }
+}
+
+/** Plaintext buffers kept for reuse: about as many as chunks are read at once (READ_AHEAD per GET stream). */
+const MAX_SCRATCH_BUFFERS = 4
 
 /** Errors opening a chunk's file that mean it no longer holds the chunk. */
 const GONE = new Set(['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EISDIR', 'ELOOP', 'ENXIO'])
