@@ -26,15 +26,16 @@ import { checkSealedSize, chunkId, isId, resealChunk, sealedNonce, verifySealed,
  * The store holds ciphertext only and needs no keys: a node can keep chunks
  * for friends without reading them.
  *
- * A chunk can also be held in a file: a fetched file already holds the
- * plaintext of its chunks, so instead of a second, sealed copy the index
+ * A chunk can also be held in a file: a shared file or a fetched file already
+ * holds the plaintext of its chunks, so instead of a second, sealed copy the index
  * records where the plaintext lies and the nonce it was sealed with
  * (`putInFile`), and `get` seals it again with the share's keys (from
  * `init.keys`) and checks the result against the id, as for any chunk. A file
  * that changed, moved or went away makes its chunks fail that check: they
  * are dropped from the index, and the file itself is never touched. Writing
  * each fetched byte once instead of twice is most of what a fetch costs in
- * CPU beyond the network, and it halves the disk a fetch uses.
+ * CPU beyond the network, and it halves the disk a fetch uses; sharing writes
+ * nothing but the index.
  *
  *   db: chunks/<id> -> { size, file: { path, offset, position, owner, nonce } }
  */
@@ -62,6 +63,8 @@ export interface ChunkStoreInit {
    * chunk then counts as gone. Without it, chunks in files are never readable.
    */
   keys?: (shareId: string, owner: string) => Promise<SealKeys | undefined>
+  /** Told of every chunk held in a file that `get` found gone (its row then dropped). */
+  onDropped?: (id: string, file: FileRef) => void
 }
 
 /** Where the plaintext of a chunk held in a file lies. */
@@ -90,12 +93,25 @@ export interface PutOptions {
   owned?: boolean
 }
 
+export interface PutInFileOptions {
+  /**
+   * The caller has just read this chunk at `ref` (sharing a file): a chunk
+   * held elsewhere (another file, which may have been renamed or changed
+   * since, or a sealed copy, which is then deleted) is pointed here instead.
+   * Without it, a chunk already held stays where it is, unless it is held in
+   * another fetch's partial.
+   *
+   * @default false
+   */
+  replace?: boolean
+}
+
 export interface ChunkStoreStats {
   /** chunks held, sealed or in files */
   count: number
   /** bytes of sealed chunk files: what the store itself takes on disk */
   bytes: number
-  /** of `count`, the chunks held in files (fetched files) rather than sealed */
+  /** of `count`, the chunks held in files (shared or fetched) rather than sealed */
   inFiles: number
 }
 
@@ -120,9 +136,10 @@ export interface ChunkStore {
    * the caller has written at `ref.offset` of `ref.path`. Only its size and
    * nonce are kept. Resolves false, changing nothing, if the chunk is held
    * already: sealed, or in a file that is not a partial. A chunk held in
-   * another fetch's partial (`.kith-partial`) is taken over by this file.
+   * another fetch's partial (`.kith-partial`) is taken over by this file, and
+   * with `replace` (sharing) any chunk held elsewhere is.
    */
-  putInFile: (id: string, sealed: Uint8Array, ref: Omit<FileRef, 'nonce'>) => Promise<boolean>
+  putInFile: (id: string, sealed: Uint8Array, ref: Omit<FileRef, 'nonce'>, options?: PutInFileOptions) => Promise<boolean>
   /**
    * Points the given chunks that are held in file `from` at file `to`
    * instead (a partial renamed into place). Others are left alone.
@@ -188,6 +205,7 @@ class LevelChunkStore implements ChunkStore {
   private readonly fanouts = new Set<string>()
   private readonly keys: ChunkStoreInit['keys']
   private readonly scratch = new ScratchBuffers()
+  private readonly onDropped: ChunkStoreInit['onDropped']
   private current: ChunkStoreStats = { count: 0, bytes: 0, inFiles: 0 }
 
   constructor (init: ChunkStoreInit) {
@@ -198,6 +216,7 @@ class LevelChunkStore implements ChunkStore {
     this.meta = init.db.sublevel<string, ChunkStoreStats>('meta', { keyEncoding: 'utf8', valueEncoding: 'json' })
     this.sync = init.sync ?? true
     this.keys = init.keys
+    this.onDropped = init.onDropped
   }
 
   async open (): Promise<void> {
@@ -267,17 +286,21 @@ class LevelChunkStore implements ChunkStore {
     })
   }
 
-  async putInFile (id: string, sealed: Uint8Array, ref: Omit<FileRef, 'nonce'>): Promise<boolean> {
+  async putInFile (id: string, sealed: Uint8Array, ref: Omit<FileRef, 'nonce'>, options: PutInFileOptions = {}): Promise<boolean> {
     checkId(id)
     checkSealedSize(sealed)
     if (!Number.isSafeInteger(ref.offset) || ref.offset < 0) throw new KithError('BAD_REQUEST', `offset ${ref.offset} is not a file position`)
     const file: FileRef = { ...ref, nonce: Buffer.from(sealedNonce(sealed)).toString('hex') }
     return await this.locks.run(id, async () => {
       const held = await this.index.get(id)
-      // held in another fetch's partial: this file takes it over (that fetch may be cancelled; a placed file stays)
-      const replace = held?.file !== undefined && held.file.path !== file.path && held.file.path.endsWith(PARTIAL_SUFFIX)
+      const replace = options.replace === true
+        ? held !== undefined && (held.file?.path !== file.path || held.file.offset !== file.offset)
+        // held in another fetch's partial: this file takes it over (that fetch may be cancelled; a placed file stays)
+        : held?.file !== undefined && held.file.path !== file.path && held.file.path.endsWith(PARTIAL_SUFFIX)
       if (held !== undefined && !replace) return false
       await this.commit(id, { size: sealed.length, file }, held)
+      // a sealed copy this replaces goes (a kill before leaves an unindexed file, as a kill mid-delete does)
+      if (held !== undefined && held.file === undefined) await rm(this.path(id), { force: true })
       return true
     })
   }
@@ -372,6 +395,7 @@ class LevelChunkStore implements ChunkStore {
       }
       await this.commit(id, undefined, again)
       if (again.file !== undefined) {
+        this.onDropped?.(id, again.file)
         throw new KithError('CHUNK_CORRUPT', `chunk ${id.slice(0, 12)}… was held in ${again.file.path}, which changed or went away (or its share's key is gone); it was dropped and will be fetched again when needed`)
       }
       await rm(this.path(id), { force: true })

@@ -504,7 +504,7 @@ class Fetch {
     const dropped = report.dropped.map(d => `${d.peer}: ${d.reason} (${d.message})`)
     throw new FetchError('FETCH_NO_SOURCE',
       `${missing.length} of ${this.total} chunks are held by no reachable source (${missing.slice(0, 3).map(short).join(', ')}${missing.length > 3 ? ', …' : ''}); ` +
-      `the ${this.doneCount + this.held} others are stored. ${dropped.length > 0 ? `Dropped sources: ${dropped.join('; ')}. ` : ''}Try again when the owner is online; if they are, the file may have changed since they shared it, and they should share it again`,
+      `the ${this.doneCount + this.held} others are stored. ${dropped.length > 0 ? `Dropped sources: ${dropped.join('; ')}. ` : ''}Try again when the owner is online; if they are online and answered MISSING, the file may have changed since they shared it, and they should share it again`,
       report, missing)
   }
 

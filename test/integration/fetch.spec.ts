@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
+import { mkdir, writeFile, readFile, readdir, rename, rm, stat } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join, relative } from 'node:path'
 import { openDatabase, sublevel } from '../../src/peer/database.ts'
@@ -391,6 +391,10 @@ describe('fetching friends\' files', () => {
     expect(failed.doneBytes).toBe(3 * (MiB + SEAL_OVERHEAD))
     expect((await alice.json('status')).store.inFiles).toBe(before.inFiles + share.chunks - 1)
     expect(await exists(dest)).toBe(false)
+    // alice is told which file changed, and what to do
+    const mine = await waitFor(async () => (await alice.json('shares')).shares.find((s: any) => s.id === share.id && s.changed !== null), 'alice to see the share changed')
+    expect(mine.changed.paths).toEqual([source])
+    expect((await alice.cli('shares')).stdout).toContain(`${source} changed since version ${share.version} was shared, so friends can't fetch what changed; run \`kith share ${source}\``)
     // a failed fetch keeps its partial for a resume; cancelling it removes it
     expect(await exists(sharePartialPath(dest, t.id, 0))).toBe(true)
     await bob.json('cancel', t.id)
@@ -398,9 +402,31 @@ describe('fetching friends\' files', () => {
     // shared again: a new version, fetched whole, and the file was never touched by kith
     const again = await alice.json('share', source)
     expect(again.share.version).toBe(share.version + 1)
+    expect(again.share.changed).toBeNull()
     const got = await bob.cli('fetch', 'alice:live.bin', '-o', dest)
     expect(got.code, got.stderr).toBe(0)
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(edited).digest('hex'))
     expect((await readFile(source)).equals(edited)).toBe(true)
+  })
+
+  it('serves a folder shared again after a file in it was renamed and a duplicate removed', async () => {
+    const MiB = 1024 * 1024
+    const logs = join(alice.home, 'logs')
+    await mkdir(logs)
+    const day1 = randomBytes(2 * MiB + 5)
+    const twin = randomBytes(MiB + 3)
+    await writeFile(join(logs, 'app.log'), day1)
+    await writeFile(join(logs, 'a.bin'), twin)
+    await writeFile(join(logs, 'b.bin'), twin)
+    await alice.json('share', logs, '--with', 'bob')
+    // the log rotates (app.log -> app.log.1, a fresh app.log) and one of two identical files goes
+    await rename(join(logs, 'app.log'), join(logs, 'app.log.1'))
+    await writeFile(join(logs, 'app.log'), randomBytes(MiB))
+    await rm(join(logs, 'b.bin'))
+    await alice.json('share', logs)
+    const dest = join(bob.home, 'logs')
+    const got = await bob.cli('fetch', 'alice:logs', '-o', dest)
+    expect(got.code, got.stderr).toBe(0)
+    expect(await tree(dest)).toEqual(await tree(logs))
   })
 })

@@ -269,6 +269,26 @@ describe('chunk store', () => {
       ].sort((x, y) => x.id < y.id ? -1 : 1))
     })
 
+    it('with replace (sharing), points a chunk held elsewhere or sealed at where it was just read, and deletes the sealed copy', async () => {
+      const [first, second] = held as [typeof held[0], typeof held[0]]
+      // first is held in a file since renamed; second as a sealed copy (kith before shares were held in files)
+      const old = join(dir, 'fetched', 'old-name.bin')
+      await putAll(old, [first])
+      expect(await store.put(second.id, second.sealed)).toBe(true)
+      expect(store.stats()).toEqual({ count: 2, bytes: second.sealed.length, inFiles: 1 })
+      const at = (c: typeof first) => ({ path, offset: c.offset, position: c.position, owner: OWNER })
+      // without replace, both stay where they are
+      expect(await store.putInFile(first.id, first.sealed, at(first))).toBe(false)
+      expect(await store.putInFile(second.id, second.sealed, at(second))).toBe(false)
+      // with it, both move here; the same place again changes nothing
+      expect(await store.putInFile(first.id, first.sealed, at(first), { replace: true })).toBe(true)
+      expect(await store.putInFile(second.id, second.sealed, at(second), { replace: true })).toBe(true)
+      expect(await store.putInFile(second.id, second.sealed, at(second), { replace: true })).toBe(false)
+      expect(store.stats()).toEqual({ count: 2, bytes: 0, inFiles: 2 })
+      expect(await files(chunks)).toEqual([])
+      for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+    })
+
     it('drops a chunk whose file changed, and never touches the file', async () => {
       await putAll(path, held)
       const changed = Buffer.from(content)

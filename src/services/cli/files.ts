@@ -7,7 +7,7 @@ import type { ShareView } from '../files/file-service.ts'
 import type { GcResult } from '../files/chunk-gc.ts'
 import type { ShareListing } from '../files/share-book.ts'
 import type { Transfer } from '../files/transfers.ts'
-import { table, bytes, duration, parseRate } from './format.ts'
+import { table, bytes, duration, parseRate, shellArg } from './format.ts'
 import { PRIORITIES } from '../../transfer/scheduler/index.ts'
 
 /**
@@ -122,9 +122,13 @@ export function fileCommands (program: Command, client: Client, print: Print): v
     .option('--json', 'print as JSON')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       const { shares } = await (await client(cmd)).get<{ shares: ShareView[] }>('/v1/shares')
-      print(opts.json, { shares }, () => table(['ID', 'NAME', 'VERSION', 'SIZE', 'FILES', 'WITH', 'SOURCE'], shares.map(s => [
-        s.id.slice(0, 12), s.name, String(s.version), bytes(s.size), String(s.files), s.with.map(w => w.label).join(',') || '-', s.source
-      ])) || 'you share nothing yet: `kith share PATH`')
+      print(opts.json, { shares }, () => [
+        table(['ID', 'NAME', 'VERSION', 'SIZE', 'FILES', 'WITH', 'SOURCE'], shares.map(s => [
+          s.id.slice(0, 12), s.name, String(s.version) + (s.changed !== null ? ' (changed)' : ''), bytes(s.size), String(s.files), s.with.map(w => w.label).join(',') || '-', s.source
+        ])) || 'you share nothing yet: `kith share PATH`',
+        ...shares.filter(s => s.changed !== null).map(s =>
+          `${s.name}: ${s.changed!.paths.join(', ')} changed since version ${s.version} was shared, so friends can't fetch what changed; run \`kith share ${shellArg(s.source)}\` to share the new content`)
+      ].join('\n'))
     })
 
   program.command('unshare')

@@ -59,3 +59,8 @@ export function parseRate (text: string): number | undefined {
   const value = Number(match[1]) * (unit ?? NaN)
   return Number.isFinite(value) && value >= 1 ? Math.round(value) : undefined
 }
+
+/** `arg` as one word for a POSIX shell, for commands printed as advice. */
+export function shellArg (arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`
+}

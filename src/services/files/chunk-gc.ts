@@ -184,9 +184,9 @@ export class ChunkCollector {
         await this.use(id)
         return await store.put(id, sealed, options)
       },
-      putInFile: async (id, sealed, ref) => {
+      putInFile: async (id, sealed, ref, options) => {
         await this.use(id)
-        return await store.putInFile(id, sealed, ref)
+        return await store.putInFile(id, sealed, ref, options)
       },
       moveInFile: async (ids, from, to) => {
         const list = [...ids]

@@ -7,7 +7,7 @@ import type { Identity } from '../../peer/identity.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import type { FriendBook } from '../../trust/friends.ts'
 import { friendsOnly } from '../../trust/gate.ts'
-import { openChunkStore, type ChunkStore } from '../../transfer/chunk-store.ts'
+import { openChunkStore, type ChunkStore, type FileRef } from '../../transfer/chunk-store.ts'
 import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
 import { chunkHandler, CHUNK_PROTOCOL } from '../../transfer/chunk-protocol.ts'
 import { BandwidthScheduler, type Flow, type TrafficClass } from '../../transfer/scheduler/index.ts'
@@ -25,6 +25,8 @@ import { ChunkCollector, liveChunks, type GcResult, type GcStatus } from './chun
 export interface ShareView extends ShareListing {
   source: string
   with: Array<{ peerId: string, label: string }>
+  /** files found changed since this version was made, so not served where they changed: share it again */
+  changed: { at: string, paths: string[] } | null
 }
 
 export interface FileServiceInit {
@@ -67,7 +69,9 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   private readonly uploads = new Map<string, Flow>()
   /** my peer id: the owner of my shares' chunks */
   private readonly me: string
+  /** my shares' keys by share id, while the share exists */
   private readonly ownKeys = new Map<string, SealKeys>()
+  private ownKeysGeneration = 0
 
   private constructor (init: FileServiceInit, store: ChunkStore) {
     super()
@@ -119,7 +123,8 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
       dir: join(init.home, 'chunks'),
       db: sublevel(init.db, 'chunk-index'),
       sync: false,
-      keys: async (shareId, owner) => await service?.sealKeys(shareId, owner)
+      keys: async (shareId, owner) => await service?.sealKeys(shareId, owner),
+      onDropped: (id, file) => { service?.noteDropped(id, file) }
     })
     service = new FileService(init, store)
     const { libp2p, friends } = init
@@ -160,14 +165,30 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   /** A share's keys: mine from my share book, a friend's from the manifest they sent (while they are a friend). */
   async sealKeys (shareId: string, owner: string): Promise<SealKeys | undefined> {
     if (owner !== this.me) return await this.transfers.sealKeys(shareId, owner)
+    const cached = this.ownKeys.get(shareId)
+    if (cached !== undefined) return cached
+    // a share record holds its whole manifest: read once, not for every chunk served
+    const generation = this.ownKeysGeneration
     const share = await this.shares.getMine(shareId)
     if (share === undefined) return undefined
-    let keys = this.ownKeys.get(share.key)
-    if (keys === undefined) {
-      keys = deriveSealKeys(Buffer.from(share.key, 'base64'), shareId)
-      this.ownKeys.set(share.key, keys)
-    }
+    const keys = deriveSealKeys(Buffer.from(share.key, 'base64'), shareId)
+    // not kept if a share or unshare ran meanwhile: it may have been removed
+    if (generation === this.ownKeysGeneration) this.ownKeys.set(shareId, keys)
     return keys
+  }
+
+  /** After my shares change: keys are looked up again. */
+  private forgetOwnKeys (): void {
+    this.ownKeys.clear()
+    this.ownKeysGeneration++
+  }
+
+  /** A file of one of my shares no longer holds its chunk: `kith shares` says so until the share's next version. */
+  private noteDropped (id: string, file: FileRef): void {
+    if (file.owner !== this.me) return
+    this.shares.markChanged(file.position.shareId, id, file.path, this.init.identity.publicKey).catch(() => {
+      // only a note for the user; the chunk is already not served
+    })
   }
 
   storeStatus (): StoreStatus {
@@ -208,7 +229,8 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     return {
       ...listing(share),
       source: share.source,
-      with: share.with.map(peerId => ({ peerId, label: this.init.friends.get(peerId)?.label ?? peerId }))
+      with: share.with.map(peerId => ({ peerId, label: this.init.friends.get(peerId)?.label ?? peerId })),
+      changed: share.changed !== undefined ? { at: new Date(share.changed.at).toISOString(), paths: share.changed.paths } : null
     }
   }
 
@@ -245,7 +267,8 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
         store: {
           put: async (id, sealed, place) => {
             await this.gc.use(id, pin)
-            return await this.store.putInFile(id, sealed, { ...place, owner: this.me })
+            // just read there: a row left pointing elsewhere (a renamed file, a duplicate, a sealed copy) moves here
+            return await this.store.putInFile(id, sealed, { ...place, owner: this.me }, { replace: true })
           }
         }
       })
@@ -256,6 +279,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
       throw err
     }
     pin.release()
+    this.forgetOwnKeys()
     const { share, skipped } = made
     // a new version may leave the old one's changed chunks behind
     if (share.version > 1) this.gc.schedule()
@@ -268,6 +292,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
 
   async unshare (ref: string): Promise<ShareView> {
     const share = await this.shares.unshare(ref)
+    this.forgetOwnKeys()
     this.gc.schedule()
     return this.view(share)
   }

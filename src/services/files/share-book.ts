@@ -6,9 +6,9 @@ import { chunkSource, type ChunkSink } from '../../transfer/chunker.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../transfer/seal.ts'
 
 /**
- * The shares I offer, each a signed manifest over sealed chunks in the chunk
- * store plus the share key, and the manifests friends sent me. Sharing the
- * same path again makes a new version of the same share.
+ * The shares I offer, each a signed manifest over chunks the chunk store holds
+ * in the shared files, plus the share key, and the manifests friends sent me.
+ * Sharing the same path again makes a new version of the same share.
  */
 export interface MyShare {
   id: string
@@ -27,7 +27,20 @@ export interface MyShare {
   chunks: number
   created: number
   updated: number
+  /** files found changed since this version was made (so not served where they changed); gone with the next version */
+  changed?: ShareChange
 }
+
+/** Shared files that no longer hold what the share's newest version says: `kith share` of it again serves them. */
+export interface ShareChange {
+  /** when the first was found (ms) */
+  at: number
+  /** absolute paths, at most MAX_CHANGED_PATHS */
+  paths: string[]
+}
+
+/** Changed files remembered per share, so a share of many files stays a small record. */
+const MAX_CHANGED_PATHS = 10
 
 export interface ShareListing {
   id: string
@@ -76,6 +89,7 @@ export function listing (share: MyShare): ShareListing {
 export class ShareBook {
   private readonly mine: Sublevel<MyShare>
   private readonly received: Sublevel<ReceivedManifest>
+  private writing: Promise<unknown> = Promise.resolve()
 
   constructor (mine: Sublevel<MyShare>, received: Sublevel<ReceivedManifest>) {
     this.mine = mine
@@ -150,14 +164,39 @@ export class ShareBook {
       created: previous?.created ?? now,
       updated: now
     }
-    await this.mine.put(id, share)
+    await this.exclusive(async () => { await this.mine.put(id, share) })
     return { share, manifest, skipped: result.skipped }
   }
 
+  /**
+   * Notes that `path` no longer holds chunk `chunkId` of share `id`, if that
+   * chunk is in its newest version (a row of an older one may linger until
+   * collected). Returns whether the share's record changed.
+   */
+  async markChanged (id: string, chunkId: string, path: string, ownerKey: Uint8Array): Promise<boolean> {
+    return await this.exclusive(async () => {
+      const share = await this.getMine(id)
+      if (share === undefined || share.changed?.paths.includes(path) === true || (share.changed?.paths.length ?? 0) >= MAX_CHANGED_PATHS) return false
+      const manifest = ShareBook.decode(share.manifest, ownerKey)
+      if (!manifest.entries.some(e => e.type === 'file' && e.chunks.includes(chunkId))) return false
+      await this.mine.put(id, { ...share, changed: { at: share.changed?.at ?? Date.now(), paths: [...(share.changed?.paths ?? []), path] } })
+      return true
+    })
+  }
+
   async unshare (ref: string): Promise<MyShare> {
-    const share = await this.resolve(ref)
-    await this.mine.del(share.id)
-    return share
+    return await this.exclusive(async () => {
+      const share = await this.resolve(ref)
+      await this.mine.del(share.id)
+      return share
+    })
+  }
+
+  /** Runs read-modify-writes of my shares one at a time, so none undoes another (a note on a share just replaced or removed). */
+  private async exclusive<T> (task: () => Promise<T>): Promise<T> {
+    const run = this.writing.then(task)
+    this.writing = run.catch(() => {})
+    return await run
   }
 
   async saveReceived (received: ReceivedManifest): Promise<void> {

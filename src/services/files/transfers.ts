@@ -265,9 +265,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     if (run != null) {
       run.controller.abort(new KithError('TRANSFER_STATE', 'cancelled'))
       await run.done.catch(() => {})
-    } else {
-      await this.dropPartials(record).catch(() => {}) // a paused, failed or queued fetch's; the run removes its own
     }
+    // a paused, failed or queued fetch's; a run removes its own, unless it had just ended (failed) as the cancel came
+    await this.dropPartials(record).catch(() => {})
     return this.get(record.id)
   }
 
