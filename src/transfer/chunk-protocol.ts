@@ -246,11 +246,7 @@ export function encodeResponse (response: ChunkResponse): Uint8Array[] {
     case 'have-ok':
       return [header(KIND_HAVE_OK), response.bits]
     case 'chunk':
-      if (!isId(response.id)) throw new KithError('CHUNK_BAD_ID', 'not a chunk id')
-      if (response.sealed.length < SEAL_OVERHEAD || response.sealed.length > MAX_SEALED_CHUNK_SIZE) {
-        throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes, not ${response.sealed.length}`)
-      }
-      return [header(KIND_CHUNK, response.id), response.sealed]
+      return encodeChunk(response.id, [response.sealed])
     case 'missing':
       if (!isId(response.id)) throw new KithError('CHUNK_BAD_ID', 'not a chunk id')
       return [header(KIND_MISSING, response.id)]
@@ -259,6 +255,16 @@ export function encodeResponse (response: ChunkResponse): Uint8Array[] {
       return [out, Uint8Array.of(response.status), Buffer.from(cleanText(response.message, MAX_ERROR_MESSAGE), 'utf8')]
     }
   }
+}
+
+/** A CHUNK response whose sealed bytes are given in pieces (joined in order), sent without joining them. */
+export function encodeChunk (id: string, sealed: Uint8Array[]): Uint8Array[] {
+  if (!isId(id)) throw new KithError('CHUNK_BAD_ID', 'not a chunk id')
+  const size = sealed.reduce((sum, p) => sum + p.byteLength, 0)
+  if (size < SEAL_OVERHEAD || size > MAX_SEALED_CHUNK_SIZE) {
+    throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes, not ${size}`)
+  }
+  return [header(KIND_CHUNK, id), ...sealed]
 }
 
 export function decodeResponse (body: Uint8Array): ChunkResponse {
@@ -606,7 +612,8 @@ export interface ServedEvent {
 }
 
 export interface ChunkHandlerInit {
-  store: Pick<ChunkStore, 'get' | 'has'>
+  /** a store with `getParts` (a ChunkStore) hands chunks over in pieces, saving a copy of each */
+  store: Pick<ChunkStore, 'get' | 'has'> & Partial<Pick<ChunkStore, 'getParts'>>
   /**
    * Called before every slice is sent, with its size; resolve when it may go.
    * A bandwidth scheduler (a token bucket) plugs in here. The signal aborts
@@ -627,7 +634,7 @@ export interface ChunkHandlerInit {
   onServed?: (event: ServedEvent) => void
 }
 
-type Read = { sealed: Uint8Array } | { missing: true } | { error: Error }
+type Read = { sealed: Uint8Array[] } | { missing: true } | { error: Error }
 
 /**
  * The holder's side of `/kith/chunks/1.0.0`, for `libp2p.handle`. Gating
@@ -644,7 +651,8 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
 
   async function read (id: string, signal: AbortSignal): Promise<Read> {
     try {
-      return { sealed: await raceAbort(init.store.get(id), signal) }
+      const store = init.store
+      return { sealed: await raceAbort(store.getParts !== undefined ? store.getParts(id) : store.get(id).then(bytes => [bytes]), signal) }
     } catch (err) {
       const code = (err as KithError).code
       if (code === 'CHUNK_NOT_FOUND' || code === 'CHUNK_CORRUPT' || code === 'CHUNK_BAD_ID') return { missing: true }
@@ -732,8 +740,8 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
               await sendFrame(stream, encodeResponse({ type: 'missing', id: ids[i]! }), send)
             } else {
               served.held++
-              served.bytes += got.sealed.byteLength
-              await sendFrame(stream, encodeResponse({ type: 'chunk', id: ids[i]!, sealed: got.sealed }), send)
+              served.bytes += got.sealed.reduce((sum, p) => sum + p.byteLength, 0)
+              await sendFrame(stream, encodeChunk(ids[i]!, got.sealed), send)
             }
           }
         } finally {

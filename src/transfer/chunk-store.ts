@@ -6,7 +6,7 @@ import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
 import { MAX_SEALED_CHUNK_SIZE, MIN_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
-import { checkSealedSize, chunkId, isId, resealChunk, sealedNonce, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
+import { checkSealedSize, chunkId, isId, resealChunkParts, sealedNonce, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
 
 /**
  * The encrypted chunk store: sealed chunks as files, indexed in LevelDB.
@@ -153,6 +153,11 @@ export interface ChunkStore {
    * missing, or (held in a file) that file changed or its keys are unknown.
    */
   get: (id: string) => Promise<Uint8Array>
+  /**
+   * `get` in pieces that join to the sealed bytes, for a caller that sends
+   * them on: a chunk sealed again from its file is not copied into one buffer.
+   */
+  getParts: (id: string) => Promise<Uint8Array[]>
   /** Resolves true if the chunk was held. A chunk held in a file is only forgotten; the file stays. */
   delete: (id: string) => Promise<boolean>
   /** Every chunk held, in id order. */
@@ -324,8 +329,8 @@ class LevelChunkStore implements ChunkStore {
     return record.file === undefined || await isRegularFile(record.file.path)
   }
 
-  /** The file's bytes if they are whole and match the id, else undefined. */
-  private async readVerified (id: string, record: ChunkRecord): Promise<Uint8Array | undefined> {
+  /** The chunk's bytes (in pieces, in order) if they are whole and match the id, else undefined. */
+  private async readVerified (id: string, record: ChunkRecord): Promise<Uint8Array[] | undefined> {
     if (record.file !== undefined) return await this.readInFile(id, record.size, record.file)
     let handle
     try {
@@ -340,14 +345,14 @@ class LevelChunkStore implements ChunkStore {
       const bytes = Buffer.allocUnsafe(size)
       const { bytesRead } = await handle.read(bytes, 0, size, 0)
       if (bytesRead !== size || chunkId(bytes) !== id) return undefined
-      return bytes
+      return [bytes]
     } finally {
       await handle.close()
     }
   }
 
   /** A chunk held in a file, sealed again; undefined if the file no longer holds it. */
-  private async readInFile (id: string, size: number, ref: FileRef): Promise<Uint8Array | undefined> {
+  private async readInFile (id: string, size: number, ref: FileRef): Promise<Uint8Array[] | undefined> {
     const keys = await this.keys?.(ref.position.shareId, ref.owner)
     if (keys === undefined) return undefined
     let handle
@@ -368,7 +373,7 @@ class LevelChunkStore implements ChunkStore {
         if (bytesRead === 0) return undefined
         at += bytesRead
       }
-      const sealed = resealChunk(keys, ref.position, plaintext, Buffer.from(ref.nonce, 'hex'))
+      const sealed = resealChunkParts(keys, ref.position, plaintext, Buffer.from(ref.nonce, 'hex'))
       return chunkId(sealed) === id ? sealed : undefined
     } finally {
       // the plaintext is not needed once sealed again (or given up on)
@@ -378,6 +383,11 @@ class LevelChunkStore implements ChunkStore {
   }
 
   async get (id: string): Promise<Uint8Array> {
+    const parts = await this.getParts(id)
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+  }
+
+  async getParts (id: string): Promise<Uint8Array[]> {
     checkId(id)
     const record = await this.index.get(id)
     if (record === undefined) throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not in this store`)

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hash, hkdfSync, randomBytes, type KeyObject } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hash, hkdfSync, randomBytes, type KeyObject } from 'node:crypto'
 import { KithError } from '../errors.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, MAX_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 
@@ -129,12 +129,20 @@ export function sealChunk (keys: SealKeys, position: ChunkPosition, plaintext: U
  * it against the chunk id.
  */
 export function resealChunk (keys: SealKeys, position: ChunkPosition, plaintext: Uint8Array, nonce: Uint8Array): Uint8Array {
+  return Buffer.concat(resealChunkParts(keys, position, plaintext, nonce))
+}
+
+/**
+ * `resealChunk` as its pieces in order (format and nonce, ciphertext, tag),
+ * without joining them: for a holder that sends the chunk on at once.
+ */
+export function resealChunkParts (keys: SealKeys, position: ChunkPosition, plaintext: Uint8Array, nonce: Uint8Array): Uint8Array[] {
   checkKeys(keys, position)
   if (plaintext.length > MAX_CHUNK_SIZE) {
     throw new KithError('CHUNK_TOO_LARGE', `a chunk holds at most ${MAX_CHUNK_SIZE} bytes, not ${plaintext.length}`)
   }
   if (nonce.length !== NONCE_LENGTH) throw new KithError('BAD_REQUEST', `a chunk nonce is ${NONCE_LENGTH} bytes`)
-  return sealWith(keys, associatedData(position), nonce, plaintext)
+  return sealParts(keys, associatedData(position), nonce, plaintext)
 }
 
 /** The nonce a sealed chunk carries (a view into it). */
@@ -144,16 +152,20 @@ export function sealedNonce (sealed: Uint8Array): Uint8Array {
 }
 
 function sealWith (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Uint8Array): Buffer {
+  return Buffer.concat(sealParts(keys, ad, nonce, plaintext))
+}
+
+/** A sealed chunk in pieces: format byte and nonce, ciphertext, then what `final` adds (nothing for GCM) and the tag. */
+function sealParts (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Uint8Array): Buffer[] {
   const cipher = createCipheriv('aes-256-gcm', keys.enc, nonce, { authTagLength: TAG_LENGTH })
   cipher.setAAD(ad)
-  const sealed = Buffer.allocUnsafe(plaintext.length + SEAL_OVERHEAD)
-  sealed[0] = SEAL_FORMAT
-  sealed.set(nonce, 1)
-  let at = 1 + NONCE_LENGTH
-  at += cipher.update(plaintext).copy(sealed, at)
-  at += cipher.final().copy(sealed, at)
-  cipher.getAuthTag().copy(sealed, at)
-  return sealed
+  const head = Buffer.allocUnsafe(1 + NONCE_LENGTH)
+  head[0] = SEAL_FORMAT
+  head.set(nonce, 1)
+  const body = cipher.update(plaintext)
+  const final = cipher.final()
+  const tag = cipher.getAuthTag()
+  return [head, body, final.length > 0 ? Buffer.concat([final, tag]) : tag]
 }
 
 /**
@@ -207,7 +219,10 @@ export function verifySealed (id: string, sealed: Uint8Array): void {
   }
 }
 
-/** The id of a sealed chunk: lowercase hex sha256 of its sealed bytes. */
-export function chunkId (sealed: Uint8Array): string {
-  return hash('sha256', sealed, 'hex')
+/** The id of a sealed chunk: lowercase hex sha256 of its sealed bytes (given whole, or in pieces in order). */
+export function chunkId (sealed: Uint8Array | Uint8Array[]): string {
+  if (sealed instanceof Uint8Array) return hash('sha256', sealed, 'hex')
+  const digest = createHash('sha256')
+  for (const part of sealed) digest.update(part)
+  return digest.digest('hex')
 }

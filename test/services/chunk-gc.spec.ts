@@ -343,6 +343,7 @@ describe('chunk collector', () => {
         moveInFile: store.moveInFile.bind(store),
         has: store.has.bind(store),
         get: store.get.bind(store),
+        getParts: store.getParts.bind(store),
         list: () => store.list(),
         stats: () => store.stats(),
         delete: async (x: string) => {

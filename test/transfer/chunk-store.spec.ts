@@ -246,6 +246,11 @@ describe('chunk store', () => {
       for (const c of held) {
         expect(await store.has(c.id)).toBe(true)
         expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+        // in pieces for sending, not joined into one buffer
+        const parts = await store.getParts(c.id)
+        expect(parts.length).toBeGreaterThan(1)
+        expect(Buffer.concat(parts).equals(c.sealed)).toBe(true)
+        expect(chunkId(parts)).toBe(c.id)
       }
       expect(asked).toContainEqual([shareId, OWNER])
       expect(store.stats()).toEqual({ count: 2, bytes: 0, inFiles: 2 })

@@ -201,6 +201,10 @@ export class ChunkCollector {
         await this.use(id)
         return await store.get(id)
       },
+      getParts: async (id: string) => {
+        await this.use(id)
+        return await store.getParts(id)
+      },
       delete: async (id: string) => await store.delete(id),
       list: () => store.list(),
       stats: () => store.stats()
