@@ -79,6 +79,17 @@ export interface FileRef {
   owner: string
   /** the 12-byte nonce it was sealed with, hex */
   nonce: string
+  /**
+   * The file's size and mtime when the chunk was last known to be in it (not
+   * for a partial still being written): `has` checks the chunk's bytes again
+   * only when they differ.
+   */
+  seen?: FileSeen
+}
+
+export interface FileSeen {
+  size: number
+  mtimeMs: number
 }
 
 export interface PutOptions {
@@ -311,12 +322,17 @@ class LevelChunkStore implements ChunkStore {
   }
 
   async moveInFile (ids: Iterable<string>, from: string, to: string): Promise<void> {
+    // placed and complete: its size and mtime from now on say whether it was written to since
+    const seen = await seenOf(to)
     for (const id of new Set(ids)) {
       checkId(id)
       await this.locks.run(id, async () => {
         const record = await this.index.get(id)
         if (record?.file?.path !== from) return
-        await this.index.put(id, { ...record, file: { ...record.file, path: to } })
+        const file: FileRef = { ...record.file, path: to }
+        if (seen !== undefined) file.seen = seen
+        else delete file.seen
+        await this.index.put(id, { ...record, file })
       })
     }
   }
@@ -325,8 +341,26 @@ class LevelChunkStore implements ChunkStore {
     checkId(id)
     const record = await this.index.get(id)
     if (record === undefined) return false
-    // a fetched file the user deleted or replaced holds nothing (get drops the row when asked)
-    return record.file === undefined || await isRegularFile(record.file.path)
+    if (record.file === undefined) return true
+    // a file the user deleted or replaced holds nothing (get drops the row when asked)
+    const now = await seenOf(record.file.path)
+    if (now === undefined) return false
+    const seen = record.file.seen
+    if (seen === undefined || (seen.size === now.size && seen.mtimeMs === now.mtimeMs)) return true
+    // Written to since: check the chunk's bytes now (get drops it if they changed),
+    // so a HAVE answer stays true and a friend is not blamed for a MISSING later.
+    try {
+      await this.getParts(id)
+    } catch (err) {
+      const code = (err as KithError).code
+      if (code === 'CHUNK_CORRUPT' || code === 'CHUNK_NOT_FOUND') return false
+      throw err
+    }
+    await this.locks.run(id, async () => {
+      const again = await this.index.get(id)
+      if (again?.file?.path === record.file!.path) await this.index.put(id, { ...again, file: { ...again.file, seen: now } })
+    })
+    return true
   }
 
   /** The chunk's bytes (in pieces, in order) if they are whole and match the id, else undefined. */
@@ -462,6 +496,16 @@ const MAX_SCRATCH_BUFFERS = 4
 
 /** Errors opening a chunk's file that mean it no longer holds the chunk. */
 const GONE = new Set(['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EISDIR', 'ELOOP', 'ENXIO'])
+
+/** Size and mtime of a regular file (links not followed), or undefined if there is none at `path`. */
+async function seenOf (path: string): Promise<FileSeen | undefined> {
+  try {
+    const info = await lstat(path)
+    return info.isFile() ? { size: info.size, mtimeMs: info.mtimeMs } : undefined
+  } catch {
+    return undefined
+  }
+}
 
 async function isRegularFile (path: string): Promise<boolean> {
   try {

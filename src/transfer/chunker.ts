@@ -42,6 +42,8 @@ export interface ChunkPlace {
   path: string
   offset: number
   position: ChunkPosition
+  /** the file's size and mtime as read (checked unchanged around both passes) */
+  seen: { size: number, mtimeMs: number }
 }
 
 /**
@@ -226,7 +228,7 @@ async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: numbe
       sealStage(init.keys, sha256, again),
       async (source) => {
         for await (const { id, sealed, position } of source) {
-          await init.store.put(id, sealed, { path: item.source!, offset: position.index * chunkSize, position })
+          await init.store.put(id, sealed, { path: item.source!, offset: position.index * chunkSize, position, seen: { size: item.size, mtimeMs: item.mtimeMs } })
           chunks.push(id)
         }
       }

@@ -429,4 +429,25 @@ describe('fetching friends\' files', () => {
     expect(got.code, got.stderr).toBe(0)
     expect(await tree(dest)).toEqual(await tree(logs))
   })
+
+  it('an owner who edited many files of a shared folder still serves the rest, and is not blamed for the edited ones', async () => {
+    const batch = join(alice.home, 'batch')
+    await mkdir(batch)
+    const names = Array.from({ length: 24 }, (_, i) => `p${String(i).padStart(2, '0')}.jpg`)
+    for (const name of names) await writeFile(join(batch, name), randomBytes(10_000))
+    await alice.json('share', batch, '--with', 'bob')
+    // a batch edit of the first 20 (same sizes, other bytes)
+    for (const name of names.slice(0, 20)) await writeFile(join(batch, name), randomBytes(10_000))
+    const dest = join(bob.home, 'batch')
+    const { transfer: t } = await bob.json('fetch', 'alice:batch', '-o', dest, '--detach')
+    const failed = await waitFor(async () => {
+      const now = await transferOf(bob, t.id)
+      return now?.state === 'failed' ? now : undefined
+    }, 'the fetch to end', 60_000)
+    expect(failed.error.code).toBe('FETCH_NO_SOURCE')
+    // alice said she no longer holds the edited ones, so she was never dropped: the 4 others all came
+    expect(failed.error.message, failed.error.message).not.toContain('Dropped sources')
+    expect(failed.doneBytes, JSON.stringify(failed)).toBe(4 * (10_000 + SEAL_OVERHEAD))
+    expect((await readdir(dest)).filter(n => !n.endsWith('.kith-partial')).sort()).toEqual(names.slice(20))
+  })
 })

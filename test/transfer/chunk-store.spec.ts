@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { readdir, readFile, rename, rm, truncate, writeFile, mkdir } from 'node:fs/promises'
+import { readdir, readFile, rename, rm, stat, truncate, utimes, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Level } from 'level'
@@ -292,6 +292,41 @@ describe('chunk store', () => {
       expect(store.stats()).toEqual({ count: 2, bytes: 0, inFiles: 2 })
       expect(await files(chunks)).toEqual([])
       for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+    })
+
+    it('answers has() from the file\'s size and mtime, and checks the bytes again only once they differ', async () => {
+      const dropped: string[] = []
+      await db.close()
+      db = new Level(join(dir, 'db'))
+      store = await openChunkStore({
+        dir: chunks,
+        db: db.sublevel('transfer'),
+        keys: async (share, owner) => { asked.push([share, owner]); return known.get(`${share}/${owner}`) },
+        onDropped: id => { dropped.push(id) }
+      })
+      const info = await stat(path)
+      for (const c of held) {
+        expect(await store.putInFile(c.id, c.sealed, { path, offset: c.offset, position: c.position, owner: OWNER, seen: { size: info.size, mtimeMs: info.mtimeMs } })).toBe(true)
+      }
+      // unchanged: no read at all
+      for (const c of held) expect(await store.has(c.id)).toBe(true)
+      expect(asked).toEqual([])
+      // touched, same bytes: checked once, then trusted again
+      const later = new Date(info.mtimeMs + 5000)
+      await utimes(path, later, later)
+      for (const c of held) expect(await store.has(c.id)).toBe(true)
+      expect(asked.length).toBe(2)
+      for (const c of held) expect(await store.has(c.id)).toBe(true)
+      expect(asked.length).toBe(2)
+      // the first chunk's bytes changed: not held (dropped, and the owner told), the second still is
+      const changed = Buffer.from(content)
+      changed[10]! ^= 0x01
+      await writeFile(path, changed)
+      expect(await store.has(held[0]!.id)).toBe(false)
+      expect(await store.has(held[1]!.id)).toBe(true)
+      expect(dropped).toEqual([held[0]!.id])
+      expect(store.stats()).toEqual({ count: 1, bytes: 0, inFiles: 1 })
+      expect((await readFile(path)).equals(changed)).toBe(true)
     })
 
     it('drops a chunk whose file changed, and never touches the file', async () => {

@@ -374,7 +374,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       if (entry !== undefined && flow !== undefined) entry.flow = flow
       let last = 0
       const label = (peerId: string): string => this.init.friends.get(peerId)?.label ?? peerId
+      let latest: { fetched: number, perSource: FetchProgress['perSource'] } = { fetched: 0, perSource: {} }
       const progress = (fetched: number, perSource: FetchProgress['perSource'], force = false): void => {
+        latest = { fetched, perSource }
         const now = Date.now()
         if (!force && now - last < PROGRESS_INTERVAL_MS) return
         last = now
@@ -428,6 +430,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         }
         await assembly.finish({ signal })
       } catch (err) {
+        // what it got before it ended, which the last (throttled) progress may not show yet
+        progress(latest.fetched, latest.perSource, true)
         // a paused, stopped or failed fetch keeps its partials: the chunks it holds are in them
         if (this.get(id).state === 'cancelled') await assembly.abort()
         else await assembly.close()
