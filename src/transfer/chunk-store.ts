@@ -6,7 +6,7 @@ import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
 import { MAX_SEALED_CHUNK_SIZE, MIN_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
-import { checkSealedSize, chunkId, isId, resealChunkParts, sealedNonce, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
+import { checkSealedSize, chunkId, isId, resealChunkParts, sealedNonce, sealedSize, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
 
 /**
  * The encrypted chunk store: sealed chunks as files, indexed in LevelDB.
@@ -150,7 +150,7 @@ export interface ChunkStore {
    * another fetch's partial (`.kith-partial`) is taken over by this file, and
    * with `replace` (sharing) any chunk held elsewhere is.
    */
-  putInFile: (id: string, sealed: Uint8Array, ref: Omit<FileRef, 'nonce'>, options?: PutInFileOptions) => Promise<boolean>
+  putInFile: (id: string, sealed: Uint8Array | Uint8Array[], ref: Omit<FileRef, 'nonce'>, options?: PutInFileOptions) => Promise<boolean>
   /**
    * Points the given chunks that are held in file `from` at file `to`
    * instead (a partial renamed into place). Others are left alone.
@@ -302,7 +302,7 @@ class LevelChunkStore implements ChunkStore {
     })
   }
 
-  async putInFile (id: string, sealed: Uint8Array, ref: Omit<FileRef, 'nonce'>, options: PutInFileOptions = {}): Promise<boolean> {
+  async putInFile (id: string, sealed: Uint8Array | Uint8Array[], ref: Omit<FileRef, 'nonce'>, options: PutInFileOptions = {}): Promise<boolean> {
     checkId(id)
     checkSealedSize(sealed)
     if (!Number.isSafeInteger(ref.offset) || ref.offset < 0) throw new KithError('BAD_REQUEST', `offset ${ref.offset} is not a file position`)
@@ -314,7 +314,7 @@ class LevelChunkStore implements ChunkStore {
         // held in another fetch's partial: this file takes it over (that fetch may be cancelled; a placed file stays)
         : held?.file !== undefined && held.file.path !== file.path && held.file.path.endsWith(PARTIAL_SUFFIX)
       if (held !== undefined && !replace) return false
-      await this.commit(id, { size: sealed.length, file }, held)
+      await this.commit(id, { size: sealedSize(sealed), file }, held)
       // a sealed copy this replaces goes (a kill before leaves an unindexed file, as a kill mid-delete does)
       if (held !== undefined && held.file === undefined) await rm(this.path(id), { force: true })
       return true

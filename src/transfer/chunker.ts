@@ -7,7 +7,7 @@ import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MIN_CHUNK_SIZE } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, comparePaths, type ManifestEntry, type ManifestFile } from './manifest.ts'
-import { chunkId, sealChunk, type ChunkPosition, type SealKeys } from './seal.ts'
+import { chunkId, sealChunkParts, type ChunkPosition, type SealKeys } from './seal.ts'
 
 /**
  * Turns a file or folder into sealed chunks and manifest entries.
@@ -51,7 +51,8 @@ export interface ChunkPlace {
  * where their plaintext lies (`putInFile`, as kith does for its own shares).
  */
 export interface ChunkSink {
-  put: (id: string, sealed: Uint8Array, place: ChunkPlace) => Promise<unknown>
+  /** `sealed` in pieces (joined in order): a sink that only records where the chunk lies needs no copy */
+  put: (id: string, sealed: Uint8Array[], place: ChunkPlace) => Promise<unknown>
 }
 
 export interface ChunkSourceInit extends AbortOptions {
@@ -189,12 +190,12 @@ async function hashFile (handle: FileHandle, path: string, size: number, chunkSi
 
 /** Seals each plaintext chunk at its position, feeding the second-pass hash on the way. */
 function sealStage (keys: SealKeys, fileHash: string, whole: Hash) {
-  return async function * (source: AsyncIterable<Buffer>): AsyncGenerator<{ id: string, sealed: Uint8Array, position: ChunkPosition }> {
+  return async function * (source: AsyncIterable<Buffer>): AsyncGenerator<{ id: string, sealed: Uint8Array[], position: ChunkPosition }> {
     let index = 0
     for await (const plaintext of source) {
       whole.update(plaintext)
       const position = { shareId: keys.shareId, fileHash, index: index++ }
-      const sealed = sealChunk(keys, position, plaintext)
+      const sealed = sealChunkParts(keys, position, plaintext)
       yield { id: chunkId(sealed), sealed, position }
     }
   }
@@ -224,7 +225,8 @@ async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: numbe
     const again = createHash('sha256')
     const chunks: string[] = []
     await pipe(
-      readChunks(handle, item.path, item.size, chunkSize, init),
+      // one buffer for every chunk: each is sealed (into new buffers) before the next is read
+      readChunks(handle, item.path, item.size, chunkSize, init, true),
       sealStage(init.keys, sha256, again),
       async (source) => {
         for await (const { id, sealed, position } of source) {

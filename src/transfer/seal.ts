@@ -112,13 +112,18 @@ function checkKeys (keys: SealKeys, position: ChunkPosition): void {
 
 /** Seals one plaintext chunk at its position. Deterministic for given keys, position and bytes. */
 export function sealChunk (keys: SealKeys, position: ChunkPosition, plaintext: Uint8Array): Uint8Array {
+  return Buffer.concat(sealChunkParts(keys, position, plaintext))
+}
+
+/** `sealChunk` as its pieces in order (format and nonce, ciphertext, tag), not joined. */
+export function sealChunkParts (keys: SealKeys, position: ChunkPosition, plaintext: Uint8Array): Uint8Array[] {
   checkKeys(keys, position)
   if (plaintext.length > MAX_CHUNK_SIZE) {
     throw new KithError('CHUNK_TOO_LARGE', `a chunk holds at most ${MAX_CHUNK_SIZE} bytes, not ${plaintext.length}`)
   }
   const ad = associatedData(position)
   const nonce = createHmac('sha256', keys.nonce).update(ad).update(plaintext).digest().subarray(0, NONCE_LENGTH)
-  return sealWith(keys, ad, nonce, plaintext)
+  return sealParts(keys, ad, nonce, plaintext)
 }
 
 /**
@@ -146,9 +151,15 @@ export function resealChunkParts (keys: SealKeys, position: ChunkPosition, plain
 }
 
 /** The nonce a sealed chunk carries (a view into it). */
-export function sealedNonce (sealed: Uint8Array): Uint8Array {
-  if (sealed.length < SEAL_OVERHEAD) throw new KithError('CHUNK_DECRYPT_FAILED', `a sealed chunk is at least ${SEAL_OVERHEAD} bytes`)
-  return sealed.subarray(1, 1 + NONCE_LENGTH)
+export function sealedNonce (sealed: Uint8Array | Uint8Array[]): Uint8Array {
+  if (sealedSize(sealed) < SEAL_OVERHEAD) throw new KithError('CHUNK_DECRYPT_FAILED', `a sealed chunk is at least ${SEAL_OVERHEAD} bytes`)
+  const first = sealed instanceof Uint8Array ? sealed : sealed[0]!.length > NONCE_LENGTH ? sealed[0]! : Buffer.concat(sealed).subarray(0, 1 + NONCE_LENGTH)
+  return first.subarray(1, 1 + NONCE_LENGTH)
+}
+
+/** Bytes in a sealed chunk given whole or in pieces. */
+export function sealedSize (sealed: Uint8Array | Uint8Array[]): number {
+  return sealed instanceof Uint8Array ? sealed.length : sealed.reduce((sum, part) => sum + part.length, 0)
 }
 
 function sealWith (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Uint8Array): Buffer {
@@ -201,8 +212,9 @@ export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint
 }
 
 /** Throws CHUNK_TOO_LARGE unless `sealed` has the size a sealed chunk can have. */
-export function checkSealedSize (sealed: Uint8Array): void {
-  if (!(sealed instanceof Uint8Array) || sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
+export function checkSealedSize (sealed: Uint8Array | Uint8Array[]): void {
+  const size = sealed instanceof Uint8Array || Array.isArray(sealed) ? sealedSize(sealed) : -1
+  if (size < SEAL_OVERHEAD || size > MAX_SEALED_CHUNK_SIZE) {
     throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
   }
 }

@@ -95,7 +95,7 @@ describe('chunk collector', () => {
           put: async (id, sealed) => {
             await gc.use(id, pin)
             await pinned?.(pin)
-            return await into.put(id, sealed, { sync: false })
+            return await into.put(id, Buffer.concat(sealed), { sync: false })
           }
         }
       })

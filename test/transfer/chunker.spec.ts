@@ -175,7 +175,7 @@ describe('chunker', () => {
   it('fails with SOURCE_CHANGED if a file grows while it is read', async () => {
     const path = join(dir, 'growing')
     await writeFile(path, pseudoRandom(3 * CS))
-    const sink: ChunkSink = { put: async (id, sealed) => { await appendFile(path, 'more'); return store.put(id, sealed) } }
+    const sink: ChunkSink = { put: async (id, sealed) => { await appendFile(path, 'more'); return store.put(id, Buffer.concat(sealed)) } }
     await expectCodeAsync(chunkSource(path, { keys, version: 1, store: sink, chunkSize: CS }), 'SOURCE_CHANGED')
   })
 
@@ -194,7 +194,7 @@ describe('chunker', () => {
           await handle.close()
           await utimes(path, 1_700_000_000, 1_700_000_000)
         }
-        return store.put(id, sealed)
+        return store.put(id, Buffer.concat(sealed))
       }
     }
     const err = await expectCodeAsync(chunkSource(path, { keys, version: 1, store: sink, chunkSize: CS }), 'SOURCE_CHANGED')

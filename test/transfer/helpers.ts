@@ -58,5 +58,5 @@ export async function expectCodeAsync (promise: Promise<unknown>, code: ErrorCod
 
 /** A chunker sink that keeps the sealed bytes in `store` (kith's own shares are held in their files instead). */
 export function sealedSink (store: ChunkStore): ChunkSink {
-  return { put: async (id, sealed) => await store.put(id, sealed) }
+  return { put: async (id, sealed) => await store.put(id, Buffer.concat(sealed)) }
 }
