@@ -188,6 +188,15 @@ export async function transferDone (node: TestNode, id: string, what = `transfer
   }, what, timeoutMs)
 }
 
+/** Waits for a transfer to fail; one that finishes instead is an error. */
+export async function transferFailed (node: TestNode, id: string, what = `transfer ${id} to fail`, timeoutMs = 60_000): Promise<any> {
+  return await waitFor(async () => {
+    const t = await transferOf(node, id)
+    if (t?.state === 'done') throw new Error(`${what}: the fetch finished`)
+    return t?.state === 'failed' ? t : undefined
+  }, what, timeoutMs)
+}
+
 /** A TCP port free on 127.0.0.1 right now (for a node that must move to a new port). */
 export async function freePort (): Promise<number> {
   return await new Promise((resolve, reject) => {

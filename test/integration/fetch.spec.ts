@@ -5,7 +5,7 @@ import { join, relative } from 'node:path'
 import { openDatabase, sublevel } from '../../src/peer/database.ts'
 import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { sharePartialPath } from '../../src/transfer/assemble.ts'
-import { createTestnet, waitFor, befriend, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, befriend, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
  * Friend-to-friend fetch between real daemons, through the CLI: share, list,
@@ -349,11 +349,8 @@ describe('fetching friends\' files', () => {
       ({ transfer: t } = await carol.json('fetch', 'alice:edited.bin', '-o', dest, '--detach'))
       await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes > 0, 'carol under way', 30_000)
       await alice.kill9()
-      // bob still says he holds the chunks, but checks each before sending: none goes out, and the fetch runs dry
-      const failed = await waitFor(async () => {
-        const now = await transferOf(carol, t.id)
-        return now?.state === 'failed' ? now : undefined
-      }, 'the fetch to fail without alice', 60_000)
+      // bob's file was written to since he fetched it, so he checks each chunk before he claims or sends it: none goes out, and the fetch runs dry
+      const failed = await transferFailed(carol, t.id, 'the fetch to fail without alice')
       expect(failed.error.code).toBe('FETCH_NO_SOURCE')
       expect(failed.sources.find((s: { label: string }) => s.label === 'bob')?.bytes ?? 0).toBe(0)
       expect((await bob.json('status')).store.inFiles).toBeLessThan(held)
@@ -381,10 +378,7 @@ describe('fetching friends\' files', () => {
     await writeFile(source, edited)
     const dest = join(bob.home, 'live.bin')
     const { transfer: t } = await bob.json('fetch', 'alice:live.bin', '-o', dest, '--detach')
-    const failed = await waitFor(async () => {
-      const now = await transferOf(bob, t.id)
-      return now?.state === 'failed' ? now : undefined
-    }, 'the fetch of the changed file to fail', 60_000)
+    const failed = await transferFailed(bob, t.id, 'the fetch of the changed file to fail')
     expect(failed.error.code).toBe('FETCH_NO_SOURCE')
     expect(failed.error.message).toMatch(/share it again/)
     // the three unchanged chunks came; the changed one was refused, and alice's store forgot it
@@ -440,10 +434,7 @@ describe('fetching friends\' files', () => {
     for (const name of names.slice(0, 20)) await writeFile(join(batch, name), randomBytes(10_000))
     const dest = join(bob.home, 'batch')
     const { transfer: t } = await bob.json('fetch', 'alice:batch', '-o', dest, '--detach')
-    const failed = await waitFor(async () => {
-      const now = await transferOf(bob, t.id)
-      return now?.state === 'failed' ? now : undefined
-    }, 'the fetch to end', 60_000)
+    const failed = await transferFailed(bob, t.id, 'the fetch to end')
     expect(failed.error.code).toBe('FETCH_NO_SOURCE')
     // alice said she no longer holds the edited ones, so she was never dropped: the 4 others all came
     expect(failed.error.message, failed.error.message).not.toContain('Dropped sources')
