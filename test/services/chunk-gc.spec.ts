@@ -263,6 +263,30 @@ describe('chunk collector', () => {
       expect(await held(store)).toEqual(ids(v2))
     })
 
+    it('names the manifests the live chunks come from, and the others can be pruned', async () => {
+      const v1 = await receive()
+      transfer('t1', v1, 'done')
+      await writeFile(join(shared, 'one.bin'), pseudoRandom(MiB + 1, 'one changed'))
+      const v2 = await receive()
+      transfer('t2', v2, 'done')
+      await writeFile(join(shared, 'one.bin'), pseudoRandom(MiB + 1, 'one changed again'))
+      const v3 = await receive()
+      transfer('t3', v3, 'paused')
+      const key = (m: Manifest): string => `${FRIEND}/${m.shareId}/${m.version}`
+      const used = new Set<string>()
+      await liveChunks({ shares, publicKey: me.publicKey, transfers: () => transfers, friends: { get: () => ({ publicKey: Buffer.from(friendKeys.publicKey).toString('base64') }), isActive: () => true }, manifestsUsed: used })
+      // the open fetch's and the newest finished version's; v1 is superseded
+      expect(used).toEqual(new Set([key(v2), key(v3)]))
+      // received just now: kept whatever the set says
+      expect(await shares.pruneReceived(used, Date.now() - 3600_000)).toBe(0)
+      expect(await shares.pruneReceived(used, Date.now() + 1)).toBe(1)
+      expect(await shares.getReceived(FRIEND, v1.shareId, v1.version)).toBeUndefined()
+      for (const m of [v2, v3]) expect((await shares.getReceived(FRIEND, m.shareId, m.version))?.version).toBe(m.version)
+      // and the collector still marks from what is left
+      expect((await gc.collect()).freed.chunks).toBeGreaterThan(0)
+      expect(await held(store)).toEqual(new Set([...ids(v2), ...ids(v3)]))
+    })
+
     it('deletes nothing when a manifest an open fetch needs is missing', async () => {
       const v1 = await receive()
       transfer('t1', v1, 'done')

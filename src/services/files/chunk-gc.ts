@@ -284,6 +284,8 @@ export interface LiveInit {
     get: (peerId: string) => { publicKey: string } | undefined
     isActive: (peerId: string) => boolean
   }
+  /** filled with the received manifests (`owner/shareId/version`) the live chunks come from */
+  manifestsUsed?: Set<string>
 }
 
 const OPEN: ReadonlySet<Transfer['state']> = new Set(['queued', 'running', 'paused', 'failed'])
@@ -314,6 +316,7 @@ export async function liveChunks (init: LiveInit): Promise<Set<string>> {
   const manifests = new Map<string, Manifest>()
   const received = async (t: Pick<Transfer, 'id' | 'owner' | 'shareId' | 'version'>): Promise<Manifest> => {
     const key = `${t.owner}/${t.shareId}/${t.version}`
+    init.manifestsUsed?.add(key)
     let manifest = manifests.get(key)
     if (manifest !== undefined) return manifest
     const saved = await init.shares.getReceived(t.owner, t.shareId, t.version)

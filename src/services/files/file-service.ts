@@ -13,7 +13,7 @@ import { chunkHandler, CHUNK_PROTOCOL } from '../../transfer/chunk-protocol.ts'
 import { BandwidthScheduler, type Flow, type TrafficClass } from '../../transfer/scheduler/index.ts'
 import { ShareBook, listing, type ShareListing } from './share-book.ts'
 import { filesHandler, listShares, FILES_PROTOCOL } from './files-protocol.ts'
-import { Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
+import { CANCELLED_CLEANUP_MS, Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
 import { LimitsBook, type ConfigFile, type LimitsDoc } from './limits.ts'
 import { ChunkCollector, liveChunks, type GcResult, type GcStatus } from './chunk-gc.ts'
 
@@ -44,6 +44,9 @@ export interface FileServiceInit {
 }
 
 export const MAX_INBOUND_CHUNK_STREAMS = 16
+
+/** A friend's manifest received this recently is kept whatever the collector finds (a fetch may be starting from it). */
+const RECEIVED_GRACE_MS = 3600 * 1000
 
 /** `kith status`: what the chunk store holds, and how its last clean-up went */
 export interface StoreStatus {
@@ -83,12 +86,26 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'))
     this.gc = new ChunkCollector({
       store,
-      mark: async () => await liveChunks({
-        shares: this.shares,
-        publicKey: init.identity.publicKey,
-        transfers: () => this.transfers.list(),
-        friends: init.friends
-      })
+      mark: async () => {
+        const used = new Set<string>()
+        const live = await liveChunks({
+          shares: this.shares,
+          publicKey: init.identity.publicKey,
+          transfers: () => this.transfers.list(),
+          friends: init.friends,
+          manifestsUsed: used
+        })
+        // Friends' manifests go with the chunks they list: kept are those of open
+        // fetches and of the newest finished version of each share (as marked),
+        // of recent cancels (a start removes their partials), and any received in
+        // the last hour (a fetch may be starting from it).
+        const now = Date.now()
+        for (const t of this.transfers.list()) {
+          if (t.state === 'cancelled' && now - t.updated < CANCELLED_CLEANUP_MS) used.add(`${t.owner}/${t.shareId}/${t.version}`)
+        }
+        await this.shares.pruneReceived(used, now - RECEIVED_GRACE_MS)
+        return live
+      }
     })
     this.transfers = new Transfers({
       libp2p: init.libp2p,

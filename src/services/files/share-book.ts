@@ -207,6 +207,23 @@ export class ShareBook {
     return await this.received.get(`${owner}/${shareId}/${version}`) ?? undefined
   }
 
+  /**
+   * Forgets the manifests friends sent me that are not in `keep`
+   * (`owner/shareId/version`) and were received before `receivedBefore`.
+   * Returns how many went.
+   */
+  async pruneReceived (keep: ReadonlySet<string>, receivedBefore: number): Promise<number> {
+    const doomed: string[] = []
+    // keys first: a manifest can be megabytes, and most are kept
+    for await (const key of this.received.keys()) {
+      if (keep.has(key)) continue
+      const value = await getOrUndefined(this.received, key)
+      if (value !== undefined && value.received < receivedBefore) doomed.push(key)
+    }
+    if (doomed.length > 0) await this.received.batch(doomed.map(key => ({ type: 'del' as const, key })))
+    return doomed.length
+  }
+
   /** Any saved manifest of a friend's share (they all carry the same share key). */
   async anyReceived (owner: string, shareId: string): Promise<ReceivedManifest | undefined> {
     const prefix = `${owner}/${shareId}/`

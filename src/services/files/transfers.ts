@@ -27,7 +27,7 @@ import { ShareBook } from './share-book.ts'
 export const MAX_ACTIVE_TRANSFERS = 3
 export const PROGRESS_INTERVAL_MS = 250
 /** A start removes partials of fetches cancelled this recently (a kill may have come between the cancel and the removal). */
-const CANCELLED_CLEANUP_MS = 7 * 24 * 3600 * 1000
+export const CANCELLED_CLEANUP_MS = 7 * 24 * 3600 * 1000
 /** Fetches again what was held but found damaged or gone while read back, this many times at most before failing. */
 export const MAX_REFETCH_PASSES = 3
 
