@@ -37,7 +37,7 @@ import { checkSealedSize, chunkId, isId, resealChunkParts, sealedNonce, sealedSi
  * CPU beyond the network, and it halves the disk a fetch uses; sharing writes
  * nothing but the index.
  *
- *   db: chunks/<id> -> { size, file: { path, offset, position, owner, nonce } }
+ *   db: chunks/<id> -> { size, file: { path, offset, position, owner, nonce, seen? } }
  */
 
 export interface ChunkStoreInit {
@@ -310,7 +310,8 @@ class LevelChunkStore implements ChunkStore {
     return await this.locks.run(id, async () => {
       const held = await this.index.get(id)
       const replace = options.replace === true
-        ? held !== undefined && (held.file?.path !== file.path || held.file.offset !== file.offset)
+        ? held !== undefined && (held.file?.path !== file.path || held.file.offset !== file.offset ||
+          held.file.seen?.size !== file.seen?.size || held.file.seen?.mtimeMs !== file.seen?.mtimeMs)
         // held in another fetch's partial: this file takes it over (that fetch may be cancelled; a placed file stays)
         : held?.file !== undefined && held.file.path !== file.path && held.file.path.endsWith(PARTIAL_SUFFIX)
       if (held !== undefined && !replace) return false

@@ -289,6 +289,8 @@ describe('chunk store', () => {
       expect(await store.putInFile(first.id, first.sealed, at(first), { replace: true })).toBe(true)
       expect(await store.putInFile(second.id, second.sealed, at(second), { replace: true })).toBe(true)
       expect(await store.putInFile(second.id, second.sealed, at(second), { replace: true })).toBe(false)
+      // the same place with the file's newer size and mtime (shared again after a touch): those are taken
+      expect(await store.putInFile(second.id, second.sealed, { ...at(second), seen: { size: content.length, mtimeMs: 1 } }, { replace: true })).toBe(true)
       expect(store.stats()).toEqual({ count: 2, bytes: 0, inFiles: 2 })
       expect(await files(chunks)).toEqual([])
       for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
