@@ -131,6 +131,12 @@ export interface FetchInit {
    */
   discover?: (signal: AbortSignal) => PeerId[] | Promise<PeerId[]>
   /**
+   * How errors name a source (a daemon gives its friends' labels).
+   *
+   * @default its peer id
+   */
+  name?: (peer: string) => string
+  /**
    * Says the fetch is below what it wants, so sources should be sought now
    * rather than at the next interval: wire it to the scheduler flow's floor
    * (`flow.floor()?.state === 'slow'`). Polled a few times a second; only
@@ -413,7 +419,7 @@ class Fetch {
   private readonly tasks = new Set<Promise<void>>()
   private readonly halt = new AbortController()
   private readonly startedAt: number
-  private readonly opt: Required<Omit<FetchInit, 'libp2p' | 'store' | 'ids' | 'sources' | 'signal' | 'onProgress' | 'beforeReceive' | 'discover' | 'short'>>
+  private readonly opt: Required<Omit<FetchInit, 'libp2p' | 'store' | 'ids' | 'sources' | 'signal' | 'onProgress' | 'beforeReceive' | 'discover' | 'short' | 'name'>>
   /** every peer that ever was a source, by string (a dropped one stays known, so it is never re-added) */
   private readonly known = new Set<string>()
   private looking = false
@@ -501,7 +507,7 @@ class Fetch {
     if (outcome.code === 'FETCH_ABORTED') {
       throw new FetchError('FETCH_ABORTED', `the fetch was stopped with ${missing.length} of ${this.total} chunks to go; the ${this.doneCount + this.held} held are kept for a resume`, report, missing)
     }
-    const dropped = report.dropped.map(d => `${d.peer}: ${d.reason} (${d.message})`)
+    const dropped = report.dropped.map(d => `${this.init.name?.(d.peer) ?? d.peer}: ${d.reason} (${d.message})`)
     throw new FetchError('FETCH_NO_SOURCE',
       `${missing.length} of ${this.total} chunks are held by no reachable source (${missing.slice(0, 3).map(short).join(', ')}${missing.length > 3 ? ', …' : ''}); ` +
       `the ${this.doneCount + this.held} others are stored. ${dropped.length > 0 ? `Dropped sources: ${dropped.join('; ')}. ` : ''}Try again when the owner is online; if they are online and answered MISSING, the file may have changed since they shared it, and they should share it again`,

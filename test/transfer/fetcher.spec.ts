@@ -177,9 +177,11 @@ describe('multi-source fetch', () => {
     try {
       const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [mute.peerId, procs.get('good')!.peerId], ...FAST })
       expect(report.fetchedChunks).toBe(COUNT)
-      const err = await expectCodeAsync(fetchChunks({ libp2p: client, store: other.store, ids: chunks.map(c => c.id), sources: [mute.peerId], ...FAST, stallTimeoutMs: 300, maxStrikes: 2 }), 'FETCH_NO_SOURCE')
+      const err = await expectCodeAsync(fetchChunks({ libp2p: client, store: other.store, ids: chunks.map(c => c.id), sources: [mute.peerId], ...FAST, stallTimeoutMs: 300, maxStrikes: 2, name: peer => peer === mute.peerId.toString() ? 'muriel' : peer }), 'FETCH_NO_SOURCE')
       const m = source((err as FetchError).report, mute.peerId)
       expect(m.dropped?.reason).toBe('stalled')
+      // named as the caller names it
+      expect(err.message).toContain('Dropped sources: muriel: stalled')
       expect((err as FetchError).missing).toHaveLength(COUNT)
     } finally {
       await mine.close()

@@ -412,6 +412,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
             },
             ids: wanted,
             sources: this.sources(record.owner),
+            name: label,
             // friends who come online (or gain chunks) while it runs join; and at once when a floor falls short
             discover: () => this.sources(record.owner),
             ...(flow !== undefined ? { short: () => flow.floor()?.state === 'slow' } : {}),
