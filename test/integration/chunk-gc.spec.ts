@@ -151,4 +151,30 @@ describe('chunk store collection', () => {
     expect(got.code, got.stderr).toBe(0)
     expect(await sha(join(carol.home, 'keep', 'f0.bin'))).toBe(await sha(join(keep.root, 'f0.bin')))
   })
+
+  it('a daemon killed in the middle of a share restarts consistent, and the share made again is fetched whole', async () => {
+    const before = (await alice.json('gc')).gc.store
+    // 256 MiB: sharing takes a second or more, and the API is asked every 10 ms
+    const big = await folder(join(alice.home, 'interrupted'), Array.from({ length: 16 }, () => 16 * MiB))
+    const api = await ApiClient.forHome(alice.home)
+    const sharing = alice.json('share', big.root, '--with', 'bob').catch(() => null)
+    // some of its chunks are recorded, the manifest not yet: kill it
+    await waitFor(async () => (await api.get<{ store: { chunks: number } }>('/v1/status')).store.chunks > before.chunks, 'the share under way', 30_000, 10)
+    await alice.kill9()
+    expect(await sharing).toBeNull()
+    await alice.start()
+    // the start-up collection forgets what no manifest refers to; the files are untouched and nothing was written
+    await waitFor(async () => {
+      const s = await store(alice)
+      return s.gc.last != null && s.chunks === before.chunks ? s : undefined
+    }, 'the start-up collection')
+    expect((await alice.json('shares')).shares.map((s: any) => s.name)).not.toContain('interrupted')
+    expect(await chunkFiles(alice)).toBe(before.chunks - before.inFiles)
+    const made = await alice.json('share', big.root, '--with', 'bob')
+    expect(made.share.chunks).toBe(big.chunks)
+    await waitFor(async () => (await bob.json('friends')).friends.find((f: any) => f.label === 'alice')?.link.online, 'bob sees alice')
+    const got = await bob.cli('fetch', 'alice:interrupted', '-o', join(bob.home, 'interrupted'))
+    expect(got.code, got.stderr).toBe(0)
+    for (const name of ['f0.bin', 'f15.bin']) expect(await sha(join(bob.home, 'interrupted', name))).toBe(await sha(join(big.root, name)))
+  })
 })
