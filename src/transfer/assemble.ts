@@ -492,7 +492,8 @@ export class ShareAssembly {
   /**
    * A chunk as received from a source: checked against its id (throwing
    * CHUNK_TOO_LARGE or CHUNK_HASH_MISMATCH, as `ChunkStore.put` does, so the
-   * fetcher blames the source), then `accept`ed. For `fetchChunks`' store.
+   * fetcher blames the source), then `accept`ed. For `fetchChunks`' store:
+   * nothing refers to `sealed` once it resolves (the fetcher reuses it).
    */
   async put (id: string, sealed: Uint8Array): Promise<boolean> {
     verifySealed(id, sealed)

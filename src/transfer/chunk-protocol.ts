@@ -3,6 +3,7 @@ import { KithError } from '../errors.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
 import { isId } from './seal.ts'
+import type { BufferPool } from './buffer-pool.ts'
 
 /**
  * The chunk protocol: moves sealed chunks between friends. It holds no policy
@@ -369,15 +370,15 @@ class ByteQueue {
     this.offset = n
   }
 
-  /** Removes and returns the next n bytes; a view when they lie in one buffer, else one copy. */
-  take (n: number): Uint8Array {
+  /** Removes and returns the next n bytes; a view when they lie in one buffer, else one copy (into a buffer from `pool` if given). */
+  take (n: number, pool?: BufferPool): Uint8Array {
     const first = this.bufs[0]!
     if (this.offset + n <= first.byteLength) {
       const out = first.subarray(this.offset, this.offset + n)
       this.skip(n)
       return out
     }
-    const out = Buffer.allocUnsafe(n)
+    const out = pool !== undefined ? pool.take(n) : Buffer.allocUnsafe(n)
     let filled = 0
     while (filled < n) {
       const buf = this.bufs[0]!
@@ -402,6 +403,8 @@ export interface FrameReaderInit {
   pause: boolean
   /** called with the size of every piece received, for progress and stall detection */
   onBytes?: (bytes: number) => void
+  /** where frame bodies that must be copied together go (see GetChunksOptions.buffers) */
+  buffers?: BufferPool
 }
 
 /**
@@ -489,7 +492,7 @@ export class FrameReader {
       const head = readLength(i => this.queue.at(i), Math.min(this.queue.length, 8), this.init.maxFrame)
       if (head !== undefined && this.queue.length >= head.size + head.length) {
         this.queue.skip(head.size)
-        const body = this.queue.take(head.length)
+        const body = this.queue.take(head.length, this.init.buffers)
         if (this.queue.length < this.init.highWater / 2) this.resume()
         return body
       }
@@ -786,6 +789,11 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
 export interface GetChunksOptions extends AbortOptions {
   /** Called with the size of every piece received: progress and stall detection. */
   onBytes?: (bytes: number) => void
+  /**
+   * Frames are copied into buffers from here; the caller gives each chunk's
+   * `sealed` back once nothing refers to it, and the next frame reuses it.
+   */
+  buffers?: BufferPool
 }
 
 async function open (libp2p: ChunkDialer, peer: PeerId, options: AbortOptions): Promise<Stream> {
@@ -868,7 +876,7 @@ export async function * getChunks (libp2p: ChunkDialer, peer: PeerId, ids: strin
   for (let at = 0; at < ids.length; at += MAX_GET_IDS) {
     const batch = ids.slice(at, at + MAX_GET_IDS)
     const stream = await open(libp2p, peer, options)
-    const reader = new FrameReader(stream, { maxFrame: MAX_RESPONSE_FRAME, highWater: MAX_RESPONSE_FRAME + 16, pause: true, onBytes: options.onBytes })
+    const reader = new FrameReader(stream, { maxFrame: MAX_RESPONSE_FRAME, highWater: MAX_RESPONSE_FRAME + 16, pause: true, onBytes: options.onBytes, buffers: options.buffers })
     let complete = false
     try {
       try {

@@ -5,7 +5,8 @@ import { join } from 'node:path'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
-import { MAX_SEALED_CHUNK_SIZE, MIN_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
+import { BufferPool } from './buffer-pool.ts'
+import { MAX_SEALED_CHUNK_SIZE, PARTIAL_SUFFIX, SEAL_OVERHEAD } from './constants.ts'
 import { checkSealedSize, chunkId, isId, resealChunkParts, sealedNonce, sealedSize, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
 
 /**
@@ -95,13 +96,6 @@ export interface FileSeen {
 export interface PutOptions {
   /** fsync this chunk whatever the store's default */
   sync?: boolean
-  /**
-   * The caller hands the buffer over and never changes it, so the store need
-   * not copy it first (the fetcher's frames are fresh buffers).
-   *
-   * @default false
-   */
-  owned?: boolean
 }
 
 export interface PutInFileOptions {
@@ -220,7 +214,8 @@ class LevelChunkStore implements ChunkStore {
   private readonly locks = new KeyedMutex()
   private readonly fanouts = new Set<string>()
   private readonly keys: ChunkStoreInit['keys']
-  private readonly scratch = new ScratchBuffers()
+  /** plaintext read from files to be sealed again: about as many as chunks are read at once (READ_AHEAD per GET stream) */
+  private readonly scratch = new BufferPool(4)
   private readonly onDropped: ChunkStoreInit['onDropped']
   private current: ChunkStoreStats = { count: 0, bytes: 0, inFiles: 0 }
 
@@ -272,8 +267,8 @@ class LevelChunkStore implements ChunkStore {
     const sync = options.sync ?? this.sync
     checkId(id)
     checkSealedSize(sealed)
-    // Copy first unless handed over: the caller's buffer could change while we wait on the disk.
-    const bytes = options.owned === true ? sealed : Buffer.from(sealed)
+    // Copied first: the caller's buffer may change while we wait on the disk (the fetcher reuses its frames).
+    const bytes = Buffer.from(sealed)
     verifySealed(id, bytes)
     return await this.locks.run(id, async () => {
       if (await this.index.get(id) !== undefined) return false
@@ -398,10 +393,9 @@ class LevelChunkStore implements ChunkStore {
       if (GONE.has((err as NodeJS.ErrnoException).code ?? '')) return undefined
       throw err
     }
-    const buffer = this.scratch.take(size - SEAL_OVERHEAD)
+    const plaintext = this.scratch.take(size - SEAL_OVERHEAD)
     try {
       if (!(await handle.stat()).isFile()) return undefined
-      const plaintext = buffer.subarray(0, size - SEAL_OVERHEAD)
       let at = 0
       while (at < plaintext.length) {
         const { bytesRead } = await handle.read(plaintext, at, plaintext.length - at, ref.offset + at)
@@ -412,7 +406,7 @@ class LevelChunkStore implements ChunkStore {
       return chunkId(sealed) === id ? sealed : undefined
     } finally {
       // the plaintext is not needed once sealed again (or given up on)
-      this.scratch.give(buffer)
+      this.scratch.give(plaintext)
       await handle.close()
     }
   }
@@ -473,27 +467,6 @@ class LevelChunkStore implements ChunkStore {
   }
 }
 
-/**
- * Buffers for plaintext read from files and sealed again at once, reused
- * rather than made anew for every chunk served (fewer large buffers for the
- * garbage collector to find, so less resident memory while serving).
- */
-class ScratchBuffers {
-  private readonly free: Buffer[] = []
-
-  /** A buffer of at least `size` bytes; hand it back with `give` when done with it. */
-  take (size: number): Buffer {
-    const buffer = this.free.pop()
-    return buffer !== undefined && buffer.length >= size ? buffer : Buffer.allocUnsafeSlow(size)
-  }
-
-  give (buffer: Buffer): void {
-    if (buffer.length >= MIN_CHUNK_SIZE && this.free.length < MAX_SCRATCH_BUFFERS) this.free.push(buffer)
-  }
-}
-
-/** Plaintext buffers kept for reuse: about as many as chunks are read at once (READ_AHEAD per GET stream). */
-const MAX_SCRATCH_BUFFERS = 4
 
 /** Errors opening a chunk's file that mean it no longer holds the chunk. */
 const GONE = new Set(['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EISDIR', 'ELOOP', 'ENXIO'])

@@ -4,6 +4,7 @@ import { CHUNK_SIZE } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
 import { askHave, getChunks, MAX_GET_IDS, MAX_HAVE_IDS, type ChunkDialer } from './chunk-protocol.ts'
 import { isId } from './seal.ts'
+import { BufferPool } from './buffer-pool.ts'
 
 /**
  * Multi-source fetch: gets a set of chunks into the local store from every
@@ -65,6 +66,9 @@ import { isId } from './seal.ts'
  * wanted chunk per source (at most MAX_LATE_SOURCES join late).
  */
 
+/** Frame buffers a fetch keeps for reuse: about one per request in flight. */
+const MAX_FRAME_BUFFERS = 8
+
 /** @see FetchInit.chunksPerRequest */
 export const DEFAULT_CHUNKS_PER_REQUEST = 16
 /** Chunks per request until a source's rate is known. */
@@ -113,6 +117,10 @@ const THROTTLE_NOTICE_MS = 5
 export interface FetchInit {
   /** Dials sources; its `peerId`, if it has one, is never taken as a source from `discover`. */
   libp2p: ChunkDialer & { peerId?: PeerId }
+  /**
+   * Where chunks go. `put` must not refer to `sealed` once it resolves: the
+   * fetch reuses that buffer for a later frame (ChunkStore.put copies it).
+   */
   store: Pick<ChunkStore, 'has' | 'put'>
   /** Chunk ids wanted, in the order they are preferred (duplicates are ignored). */
   ids: string[]
@@ -419,6 +427,8 @@ class Fetch {
   private readonly tasks = new Set<Promise<void>>()
   private readonly halt = new AbortController()
   private readonly startedAt: number
+  /** frame buffers, reused across this fetch's requests (each chunk's given back once stored) */
+  private readonly frames = new BufferPool(MAX_FRAME_BUFFERS)
   private readonly opt: Required<Omit<FetchInit, 'libp2p' | 'store' | 'ids' | 'sources' | 'signal' | 'onProgress' | 'beforeReceive' | 'discover' | 'short' | 'name'>>
   /** every peer that ever was a source, by string (a dropped one stays known, so it is never re-added) */
   private readonly known = new Set<string>()
@@ -993,6 +1003,7 @@ class Fetch {
     try {
       const items = getChunks(this.init.libp2p, source.peer, ids, {
         signal: request.controller.signal,
+        buffers: this.frames,
         onBytes: bytes => {
           request.bytes += bytes
           request.lastByteAt = Date.now()
@@ -1023,11 +1034,14 @@ class Fetch {
             return
           }
         }
+        const size = item.sealed.byteLength
+        // stored (the store copies, or has used the bytes by the time put resolves) or not needed: the next frame may reuse them
+        this.frames.give(item.sealed)
         if (this.state[index] === DONE) {
           source.duplicates++
           this.release(request, index)
         } else {
-          this.complete(index, item.sealed.byteLength, request)
+          this.complete(index, size, request)
         }
       }
       if (request.fault === undefined && request.winner === undefined) {

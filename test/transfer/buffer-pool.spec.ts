@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest'
+import { BufferPool } from '../../src/transfer/buffer-pool.ts'
+
+describe('buffer pool', () => {
+  it('hands a given-back buffer out again, and only once', () => {
+    const pool = new BufferPool(2)
+    const a = pool.take(1000)
+    expect(a.length).toBe(1000)
+    pool.give(a.subarray(10)) // any view of it
+    const b = pool.take(800)
+    expect(b.buffer).toBe(a.buffer)
+    expect(b.length).toBe(800)
+    pool.give(b)
+    pool.give(b) // twice: ignored
+    const c = pool.take(1000)
+    const d = pool.take(1000)
+    expect(c.buffer).toBe(a.buffer)
+    expect(d.buffer).not.toBe(a.buffer)
+  })
+
+  it('ignores buffers it did not make, keeps at most max, and makes a bigger one when needed', () => {
+    const pool = new BufferPool(1)
+    pool.give(Buffer.alloc(4096))
+    const a = pool.take(100)
+    const b = pool.take(100)
+    pool.give(a)
+    pool.give(b) // over max: left to the collector
+    const small = pool.take(50)
+    expect(small.buffer).toBe(a.buffer)
+    pool.give(small)
+    const big = pool.take(5000) // the kept one is too small
+    expect(big.buffer).not.toBe(a.buffer)
+    expect(big.length).toBe(5000)
+  })
+})
