@@ -111,7 +111,14 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
     if (addrs.length === 0) throw new Error('the invite holds no address')
     await libp2p.peerStore.merge(issuer, { multiaddrs: addrs.map(a => a.decapsulate(`/p2p/${invite.issuer}`)) })
     // a few hundred bytes: may run over a relayed connection with a budget
-    stream = await libp2p.dialProtocol(issuer, REDEEM_PROTOCOL, { signal, runOnLimitedConnection: true })
+    const open = async (): Promise<Stream> => await libp2p.dialProtocol(issuer, REDEEM_PROTOCOL, { signal, runOnLimitedConnection: true })
+    try {
+      stream = await open()
+    } catch (err) {
+      // closed while it was being opened (a relay ending a budgeted connection, a duplicate dropped): once more
+      if ((err as Error).name !== 'ConnectionClosedError' || signal.aborted) throw err
+      stream = await open()
+    }
   } catch (err) {
     throw new KithError('INVITE_ISSUER_UNREACHABLE',
       `could not reach ${invite.name} at ${invite.addrs.join(', ') || '(no address)'}: ${(err as Error).message}; make sure their node is running and try again`, { cause: err })
