@@ -2,7 +2,7 @@ import type { AbortOptions, Connection, PeerId, Stream, StreamHandler } from '@l
 import { KithError } from '../errors.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
-import { isId } from './seal.ts'
+import { checkSealedSize, isId, sealedSize } from './seal.ts'
 import type { BufferPool } from './buffer-pool.ts'
 
 /**
@@ -261,10 +261,7 @@ export function encodeResponse (response: ChunkResponse): Uint8Array[] {
 /** A CHUNK response whose sealed bytes are given in pieces (joined in order), sent without joining them. */
 export function encodeChunk (id: string, sealed: Uint8Array[]): Uint8Array[] {
   if (!isId(id)) throw new KithError('CHUNK_BAD_ID', 'not a chunk id')
-  const size = sealed.reduce((sum, p) => sum + p.byteLength, 0)
-  if (size < SEAL_OVERHEAD || size > MAX_SEALED_CHUNK_SIZE) {
-    throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes, not ${size}`)
-  }
+  checkSealedSize(sealed)
   return [header(KIND_CHUNK, id), ...sealed]
 }
 
@@ -615,8 +612,8 @@ export interface ServedEvent {
 }
 
 export interface ChunkHandlerInit {
-  /** a store with `getParts` (a ChunkStore) hands chunks over in pieces, saving a copy of each */
-  store: Pick<ChunkStore, 'get' | 'has'> & Partial<Pick<ChunkStore, 'getParts'>>
+  /** chunks are sent as `getParts` hands them over, in pieces, without joining them */
+  store: Pick<ChunkStore, 'getParts' | 'has'>
   /**
    * Called before every slice is sent, with its size; resolve when it may go.
    * A bandwidth scheduler (a token bucket) plugs in here. The signal aborts
@@ -654,8 +651,7 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
 
   async function read (id: string, signal: AbortSignal): Promise<Read> {
     try {
-      const store = init.store
-      return { sealed: await raceAbort(store.getParts !== undefined ? store.getParts(id) : store.get(id).then(bytes => [bytes]), signal) }
+      return { sealed: await raceAbort(init.store.getParts(id), signal) }
     } catch (err) {
       const code = (err as KithError).code
       if (code === 'CHUNK_NOT_FOUND' || code === 'CHUNK_CORRUPT' || code === 'CHUNK_BAD_ID') return { missing: true }
@@ -743,7 +739,7 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
               await sendFrame(stream, encodeResponse({ type: 'missing', id: ids[i]! }), send)
             } else {
               served.held++
-              served.bytes += got.sealed.reduce((sum, p) => sum + p.byteLength, 0)
+              served.bytes += sealedSize(got.sealed)
               await sendFrame(stream, encodeChunk(ids[i]!, got.sealed), send)
             }
           }

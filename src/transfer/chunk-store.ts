@@ -428,7 +428,7 @@ class LevelChunkStore implements ChunkStore {
       if (again === undefined) throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not in this store`)
       const retry = await this.readVerified(id, again)
       if (retry !== undefined) return retry
-      if (again.file !== undefined && again.file.path.endsWith(PARTIAL_SUFFIX) && !await isRegularFile(again.file.path)) {
+      if (again.file !== undefined && again.file.path.endsWith(PARTIAL_SUFFIX) && await seenOf(again.file.path) === undefined) {
         // a partial being placed (its record moves with it) or removed (collected later): not dropped
         throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is in a partial file that is being placed or was removed`)
       }
@@ -481,13 +481,6 @@ async function seenOf (path: string): Promise<FileSeen | undefined> {
   }
 }
 
-async function isRegularFile (path: string): Promise<boolean> {
-  try {
-    return (await lstat(path)).isFile()
-  } catch {
-    return false
-  }
-}
 
 function add (a: ChunkStoreStats, b: ChunkStoreStats, sign: 1 | -1): ChunkStoreStats {
   return { count: a.count + sign * b.count, bytes: a.bytes + sign * b.bytes, inFiles: a.inFiles + sign * b.inFiles }

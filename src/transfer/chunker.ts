@@ -8,6 +8,7 @@ import { KithError } from '../errors.ts'
 import { CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MIN_CHUNK_SIZE } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, comparePaths, type ManifestEntry, type ManifestFile } from './manifest.ts'
 import { chunkId, sealChunkParts, type ChunkPosition, type SealKeys } from './seal.ts'
+import type { FileSeen } from './chunk-store.ts'
 
 /**
  * Turns a file or folder into sealed chunks and manifest entries.
@@ -43,7 +44,7 @@ export interface ChunkPlace {
   offset: number
   position: ChunkPosition
   /** the file's size and mtime as read (checked unchanged around both passes) */
-  seen: { size: number, mtimeMs: number }
+  seen: FileSeen
 }
 
 /**

@@ -162,10 +162,6 @@ export function sealedSize (sealed: Uint8Array | Uint8Array[]): number {
   return sealed instanceof Uint8Array ? sealed.length : sealed.reduce((sum, part) => sum + part.length, 0)
 }
 
-function sealWith (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Uint8Array): Buffer {
-  return Buffer.concat(sealParts(keys, ad, nonce, plaintext))
-}
-
 /** A sealed chunk in pieces: format byte and nonce, ciphertext, then what `final` adds (nothing for GCM) and the tag. */
 function sealParts (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Uint8Array): Buffer[] {
   const cipher = createCipheriv('aes-256-gcm', keys.enc, nonce, { authTagLength: TAG_LENGTH })

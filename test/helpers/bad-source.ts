@@ -56,10 +56,10 @@ switch (mode) {
     handler = {
       store: {
         has: async id => await store.has(id),
-        get: async id => {
+        getParts: async id => {
           const bytes = Buffer.from(await store.get(id))
           bytes[bytes.length - 1]! ^= 1
-          return bytes
+          return [bytes]
         }
       }
     }
@@ -68,7 +68,7 @@ switch (mode) {
     handler = {
       store: {
         has: async () => true,
-        get: async id => { throw new KithError('CHUNK_NOT_FOUND', `no ${id}`) }
+        getParts: async id => { throw new KithError('CHUNK_NOT_FOUND', `no ${id}`) }
       }
     }
     break
@@ -94,7 +94,7 @@ switch (mode) {
     handler = {
       store: {
         has: async () => await new Promise<boolean>(() => {}),
-        get: async () => await new Promise<Uint8Array>(() => {})
+        getParts: async () => await new Promise<Uint8Array[]>(() => {})
       }
     }
     break

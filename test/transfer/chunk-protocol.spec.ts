@@ -342,7 +342,7 @@ describe('chunk protocol over libp2p', () => {
     const gate = new Promise<void>(resolve => { release = resolve })
     const slow = await serve({
       has: async i => await held.store.has(i),
-      get: async i => { await gate; return await held.store.get(i) }
+      getParts: async i => { await gate; return await held.store.getParts(i) }
     }, { maxConcurrentGets: 1 })
     await learn(client, slow.peerId, slow.addrs)
     try {

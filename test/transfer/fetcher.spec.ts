@@ -73,7 +73,7 @@ describe('multi-source fetch', () => {
     await tmp?.cleanup()
   })
 
-  async function holder (init: Parameters<typeof serve>[1] = {}, store: Pick<ChunkStore, 'get' | 'has'> = full.store): Promise<InProcessSource> {
+  async function holder (init: Parameters<typeof serve>[1] = {}, store: Pick<ChunkStore, 'getParts' | 'has'> = full.store): Promise<InProcessSource> {
     const h = await serve(store, init)
     await learn(client, h.peerId, h.addrs)
     return h
