@@ -481,7 +481,6 @@ async function seenOf (path: string): Promise<FileSeen | undefined> {
   }
 }
 
-
 function add (a: ChunkStoreStats, b: ChunkStoreStats, sign: 1 | -1): ChunkStoreStats {
   return { count: a.count + sign * b.count, bytes: a.bytes + sign * b.bytes, inFiles: a.inFiles + sign * b.inFiles }
 }

@@ -211,7 +211,7 @@ export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint
 export function checkSealedSize (sealed: Uint8Array | Uint8Array[]): void {
   const size = sealed instanceof Uint8Array || Array.isArray(sealed) ? sealedSize(sealed) : -1
   if (size < SEAL_OVERHEAD || size > MAX_SEALED_CHUNK_SIZE) {
-    throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes`)
+    throw new KithError('CHUNK_TOO_LARGE', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes, not ${size < 0 ? 'a byte array' : size}`)
   }
 }
 
