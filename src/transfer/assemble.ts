@@ -7,6 +7,7 @@ import { syncDir } from '../peer/home.ts'
 import { PARTIAL_SUFFIX } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } from './manifest.ts'
 import type { ChunkStore } from './chunk-store.ts'
+import { BufferPool } from './buffer-pool.ts'
 import { openChunk, verifySealed, type SealKeys } from './seal.ts'
 
 /**
@@ -462,6 +463,8 @@ export class ShareAssembly {
   private readonly recent = new Set<FileAssembly>()
   /** per file, the chunk writes (and their store records) under way */
   private readonly recording = new Map<FileAssembly, Set<Promise<void>>>()
+  /** plaintext buffers, reused from chunk to chunk: about one per chunk being written at once */
+  private readonly plaintexts = new BufferPool(8)
   private failure: unknown
   private closed = false
 
@@ -529,23 +532,28 @@ export class ShareAssembly {
     if (list === undefined || list.length === 0) return
     const first = list[0]!
     const position = { shareId: this.init.manifest.shareId, fileHash: first.file.entry.sha256, index: first.index }
-    const plaintext = openChunk(this.init.keys, position, sealed)
-    for (const [i, { file, index }] of list.entries()) {
-      // placing the file waits for this: its chunks' records move with it
-      const done = Promise.withResolvers<void>()
-      const pending = this.recording.get(file) ?? new Set()
-      this.recording.set(file, pending.add(done.promise))
-      try {
-        await file.write(index, plaintext)
-        if (i === 0) {
-          await this.init.store.putInFile(id, sealed, { path: file.partial, offset: index * this.init.manifest.chunkSize, position, owner: this.init.owner })
+    // a reused buffer: what is written and hashed is done with when write() resolves
+    const plaintext = openChunk(this.init.keys, position, sealed, this.plaintexts)
+    try {
+      for (const [i, { file, index }] of list.entries()) {
+        // placing the file waits for this: its chunks' records move with it
+        const done = Promise.withResolvers<void>()
+        const pending = this.recording.get(file) ?? new Set()
+        this.recording.set(file, pending.add(done.promise))
+        try {
+          await file.write(index, plaintext)
+          if (i === 0) {
+            await this.init.store.putInFile(id, sealed, { path: file.partial, offset: index * this.init.manifest.chunkSize, position, owner: this.init.owner })
+          }
+        } finally {
+          done.resolve()
+          pending.delete(done.promise)
         }
-      } finally {
-        done.resolve()
-        pending.delete(done.promise)
+        if (file.complete) this.place(file)
+        else this.touch(file)
       }
-      if (file.complete) this.place(file)
-      else this.touch(file)
+    } finally {
+      this.plaintexts.give(plaintext)
     }
   }
 

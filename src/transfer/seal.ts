@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hash, hkdfSync, randomBytes, type KeyObject } from 'node:crypto'
 import { KithError } from '../errors.ts'
+import type { BufferPool } from './buffer-pool.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, MAX_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 
 /**
@@ -43,6 +44,8 @@ export const SEAL_FORMAT = 2
 export const SHARE_KEY_LENGTH = 32
 const NONCE_LENGTH = 12
 const TAG_LENGTH = 16
+/** plaintext produced per call when opening into a pooled buffer */
+const OPEN_SLICE = 64 * 1024
 const AD_DOMAIN = Buffer.from('kith/chunk/2\0', 'utf8')
 export const AD_LENGTH = AD_DOMAIN.length + 1 + ID_LENGTH + ID_LENGTH + 4
 const MAX_U32 = 0xffff_ffff
@@ -180,7 +183,7 @@ function sealParts (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Ui
  * CHUNK_DECRYPT_FAILED if the bytes were altered, sealed under another key, or
  * sealed for another share, another file content or another index.
  */
-export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint8Array): Uint8Array {
+export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint8Array, into?: BufferPool): Uint8Array {
   checkKeys(keys, position)
   if (sealed.length < SEAL_OVERHEAD || sealed.length > MAX_SEALED_CHUNK_SIZE) {
     throw new KithError('CHUNK_DECRYPT_FAILED', `a sealed chunk is ${SEAL_OVERHEAD} to ${MAX_SEALED_CHUNK_SIZE} bytes, not ${sealed.length}`)
@@ -197,7 +200,16 @@ export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint
   const decipher = createDecipheriv('aes-256-gcm', keys.enc, nonce, { authTagLength: TAG_LENGTH })
   decipher.setAAD(ad)
   decipher.setAuthTag(tag)
-  const plaintext = decipher.update(body)
+  let plaintext: Uint8Array
+  if (into === undefined) {
+    plaintext = decipher.update(body)
+  } else {
+    // in slices, so what node:crypto allocates dies young; the whole lands in a reused buffer
+    plaintext = into.take(body.length)
+    for (let at = 0; at < body.length; at += OPEN_SLICE) {
+      plaintext.set(decipher.update(body.subarray(at, at + OPEN_SLICE)), at)
+    }
+  }
   try {
     decipher.final() // GCM yields nothing more here; it checks the tag
   } catch {

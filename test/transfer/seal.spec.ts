@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
+import { BufferPool } from '../../src/transfer/buffer-pool.ts'
 import { MAX_CHUNK_SIZE, SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import {
   AD_LENGTH, SEAL_FORMAT, associatedData, chunkId, deriveSealKeys, generateShareId, generateShareKey, isId, openChunk, resealChunk, sealChunk,
@@ -25,6 +26,32 @@ describe('seal', () => {
       expect(sealed[0]).toBe(SEAL_FORMAT)
       expect(Buffer.from(openChunk(keys, at, sealed)).equals(data)).toBe(true)
     }
+  })
+
+  it('opens into a pooled buffer, in slices, to the same bytes, reusing the buffer given back', () => {
+    const pool = new BufferPool(2)
+    let previous: Uint8Array | undefined
+    for (const size of [0, 1, 65_535, 65_536, 65_537, 200_000, 1 << 20]) {
+      const data = pseudoRandom(size, `p${size}`)
+      const opened = openChunk(keys, at, sealChunk(keys, at, data), pool)
+      expect(Buffer.from(opened).equals(data)).toBe(true)
+      if (previous !== undefined && previous.buffer.byteLength >= size) expect(opened.buffer).toBe(previous.buffer)
+      pool.give(opened)
+      previous = opened
+    }
+  })
+
+  it('wipes the pooled buffer it opened into when a chunk fails authentication', () => {
+    const pool = new BufferPool(1)
+    const taken: Buffer[] = []
+    const take = pool.take.bind(pool)
+    pool.take = (size: number) => { const b = take(size); taken.push(b); return b }
+    const bad = Buffer.from(sealChunk(keys, at, plaintext))
+    bad[bad.length - 1]! ^= 1
+    expectCode(() => openChunk(keys, at, bad, pool), 'CHUNK_DECRYPT_FAILED')
+    expect(taken).toHaveLength(1)
+    expect(taken[0]!.length).toBe(plaintext.length)
+    expect(taken[0]!.every(b => b === 0)).toBe(true)
   })
 
   it('is deterministic, so every holder serves the same bytes under the same id', () => {
