@@ -24,7 +24,11 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *   multi     one friend fetches it from three friends at once (the owner and
  *             two friends who fetched it before), uncapped and with each
  *             source capped by `kith start --max-upload`
- * `fetch` and `multi` always measure ceiling (b), the figure they are compared to.
+ * `fetch` and `multi` always measure ceiling (b), the figure they are compared to;
+ * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
+ * (bench/chunk-path-peer.ts: read, seal, hash; verify, open, write, hash the
+ * file), so the gap between (b) and a fetch splits into what any encrypted,
+ * verified fetch to disk costs and what kith's own machinery adds.
  *
  * Environment: BENCH_RUNS (3) runs per figure, the median is reported;
  * BENCH_SIZE_MIB (1024) file size; BENCH_CAP_MB per-source cap in MB/s (default:
@@ -36,6 +40,7 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
 const HERE = dirname(fileURLToPath(import.meta.url))
 const TCP_PEER = join(HERE, 'tcp-peer.ts')
 const STREAM_PEER = join(HERE, 'stream-peer.ts')
+const CHUNK_PATH_PEER = join(HERE, 'chunk-path-peer.ts')
 
 const TARGET_ONE_SOURCE = 0.8
 const TARGET_CAPPED = 0.9
@@ -122,9 +127,11 @@ function add (row: Row): void {
 
 interface PeerReport { bytes: number, ms: number, peakRss: number, cpuMs: number }
 
-async function ceilingRun (kind: 'tcp' | 'stream', src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number }> {
+type CeilingKind = 'tcp' | 'stream' | 'chunk-path'
+
+async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number }> {
   const out = join(dir, `ceiling-${kind}.out`)
-  const script = kind === 'tcp' ? TCP_PEER : STREAM_PEER
+  const script = { tcp: TCP_PEER, stream: STREAM_PEER, 'chunk-path': CHUNK_PATH_PEER }[kind]
   // the plain stream runs in the daemon's heap configuration (as `kith start` does)
   const flags = kind === 'tcp' ? [] : DAEMON_STARTUP_FLAGS
   const env = kind === 'tcp' ? {} : DAEMON_ENV
@@ -142,7 +149,7 @@ async function ceilingRun (kind: 'tcp' | 'stream', src: string, dir: string): Pr
   }
 }
 
-async function ceiling (kind: 'tcp' | 'stream', label: string, src: string, dir: string): Promise<number> {
+async function ceiling (kind: CeilingKind, label: string, src: string, dir: string): Promise<number> {
   const samples: number[] = []
   const senders: number[] = []
   const receivers: number[] = []
@@ -283,7 +290,7 @@ function cpuLoad (r: FetchResult, roles: Record<string, string>): string {
   return Object.entries(r.cpu).map(([name, s]) => `${roles[name] ?? name} ${fmt(s / (r.transferMs / 1000), 2)}`).join(' ')
 }
 
-async function kith (src: string, streamCeiling: number, work: string): Promise<void> {
+async function kith (src: string, streamCeiling: number, pathCeiling: number, work: string): Promise<void> {
   const oneSource = Math.max(RUNS, sections.has('multi') ? 2 : 1)
   const fetchers = Array.from({ length: oneSource }, (_, i) => `f${i + 1}`)
   const multi = sections.has('multi') ? Array.from({ length: RUNS }, (_, i) => `m${i + 1}`) : []
@@ -346,6 +353,7 @@ async function kith (src: string, streamCeiling: number, work: string): Promise<
     const ownerLoad = median(one.map(r => r.cpu.alice! / (r.transferMs / 1000)))
     const fetcherLoad = median(one.map((r, i) => r.cpu[fetchers[i]!]! / (r.transferMs / 1000)))
     add({ figure: 'kith fetch, 1 source (transfer)', value: median(transfer), unit: 'MB/s', samples: transfer, ratio: median(transfer) / streamCeiling, of: '(b)', target: `>= ${TARGET_ONE_SOURCE}`, met: median(transfer) / streamCeiling >= TARGET_ONE_SOURCE, note: `CPU load owner ${fmt(ownerLoad, 2)}, fetcher ${fmt(fetcherLoad, 2)}; ${phases(one[transfer.indexOf(median(transfer))] ?? one[0]!)}` })
+    add({ figure: '  the same against (c)', value: median(transfer), unit: 'MB/s', samples: transfer, ratio: median(transfer) / pathCeiling, of: '(c)', note: 'what kith adds to the chunk path: requests, scheduling, store records, partial files' })
     add({ figure: 'kith fetch, 1 source (command wall)', value: median(wall), unit: 'MB/s', samples: wall, ratio: median(wall) / streamCeiling, of: '(b)' })
     const chunks = one.map(chunkPhase)
     add({ figure: '  until the last chunk arrived', value: median(chunks), unit: 'MB/s', samples: chunks, ratio: median(chunks) / streamCeiling, of: '(b)', note: 'files are written while chunks arrive; the rest is the last checks and renames' })
@@ -471,7 +479,8 @@ async function main (): Promise<void> {
   try {
     if (sections.has('ceilings')) await ceiling('tcp', 'ceiling (a) raw TCP', src, work)
     if (transfer) streamCeiling = await ceiling('stream', 'ceiling (b) libp2p stream', src, work)
-    if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, work)
+    const pathCeiling = sections.has('fetch') ? await ceiling('chunk-path', 'ceiling (c) chunk path on (b)', src, work) : NaN
+    if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, pathCeiling, work)
     // reachability (bench/reachability.ts): BENCH_MOVES (10) moves per figure
     if (sections.has('reachability')) reachRows.push(...await reachabilityBench(log, Math.round(envInt('BENCH_MOVES', 10))))
     // scheduler (bench/scheduler.ts): shares, cap accuracy, ETA error; prints its own table
