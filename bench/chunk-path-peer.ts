@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto'
-import { open, type FileHandle } from 'node:fs/promises'
+import { open } from 'node:fs/promises'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Stream } from '@libp2p/interface'
 import { createNode } from '../src/peer/node.ts'
 import { tuneDaemonHeap } from '../src/services/daemon-heap.ts'
+import { writeAll } from '../src/transfer/assemble.ts'
 import { BufferPool } from '../src/transfer/buffer-pool.ts'
 import { FrameReader, MAX_RESPONSE_FRAME, decodeResponse, encodeChunk, sendFrame } from '../src/transfer/chunk-protocol.ts'
 import { CHUNK_SIZE } from '../src/transfer/constants.ts'
@@ -39,13 +40,6 @@ const [role, a, b] = process.argv.slice(2)
 tuneDaemonHeap()
 
 const place = (index: number): ChunkPosition => ({ shareId: SHARE_ID, fileHash: FILE_HASH, index })
-
-async function writeAll (handle: FileHandle, data: Uint8Array, position: number): Promise<void> {
-  for (let at = 0; at < data.length;) {
-    const { bytesWritten } = await handle.write(data, at, data.length - at, position + at)
-    at += bytesWritten
-  }
-}
 
 const node = await createNode({
   privateKey: await generateKeyPair('Ed25519'),

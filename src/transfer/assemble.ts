@@ -54,7 +54,8 @@ function exists (dest: string): KithError {
   return new KithError('DESTINATION_EXISTS', `${JSON.stringify(dest)} already exists; move it away or choose to overwrite`)
 }
 
-async function writeAll (handle: FileHandle, data: Uint8Array, position: number): Promise<void> {
+/** Writes all of `data` at `position` (a write may take less than it is given). */
+export async function writeAll (handle: FileHandle, data: Uint8Array, position: number): Promise<void> {
   let at = 0
   while (at < data.length) {
     const { bytesWritten } = await handle.write(data, at, data.length - at, position + at)
