@@ -20,8 +20,22 @@ import { setFlagsFromString } from 'node:v8'
  *   then costs as much CPU as the transfer. Measured: one plain libp2p stream
  *   (tcp + noise + yamux) 165 -> 280 MB/s, receiver 6.2 -> 3.0 CPU ms/MB; a
  *   kith fetch 20-24 -> 18 CPU ms/MB (owner + fetcher); fetcher peak RSS
- *   about 20 MB higher. The flag is V8's, so it is set only on the Node major
- *   kith ships with (24): an unknown flag is ignored with a warning.
+ *   about 20 MB higher.
+ * - `--heap-growing-percent=100`: after each full collection the next one is
+ *   due at twice the size that survived, instead of V8's own factor (here
+ *   about 1.5: a 43 MB limit for a 28 MB heap). A serving daemon's global size swings
+ *   by tens of MB with the buffers in flight (many already dead, waiting for
+ *   a scavenge), so with the tight limit it ran 7-8 mark-compacts a second
+ *   (`--trace-incremental-marking`: 70-84 MB against a limit of 53-70 MB,
+ *   with a 28 MB heap) and its GC threads took a third of a core. Measured,
+ *   1 GiB from one friend, A/B interleaved: 103-109 -> 117-130 MB/s, owner +
+ *   fetcher 15.3-16.3 -> 12.1-13.6 CPU ms/MB; peak RSS owner 195-205 ->
+ *   201-222 MB, fetcher 248-254 -> 256-283 MB. An owner idle after serving
+ *   keeps more garbage until its next collection: 155-157 -> 181-184 MB
+ *   resident (144 after a forced full GC either way).
+ *
+ * These flags are V8's, so they are set only on the Node major kith ships
+ * with (24): an unknown flag is ignored with a warning.
  */
 export const DAEMON_STARTUP_FLAGS = ['--max-semi-space-size=4']
 
@@ -40,4 +54,5 @@ export const DAEMON_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESH
 export function tuneDaemonHeap (): void {
   if (process.versions.node.split('.')[0] !== '24') return
   setFlagsFromString('--external-memory-accounted-in-global-limit')
+  setFlagsFromString('--heap-growing-percent=100')
 }
