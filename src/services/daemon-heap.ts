@@ -23,11 +23,11 @@ import { setFlagsFromString } from 'node:v8'
  *   about 20 MB higher.
  * - `--heap-growing-percent=100`: after each full collection the next one is
  *   due at twice the size that survived, instead of V8's own factor (here
- *   about 1.5: a 43 MB limit for a 28 MB heap). A serving daemon's global size swings
- *   by tens of MB with the buffers in flight (many already dead, waiting for
- *   a scavenge), so with the tight limit it ran 7-8 mark-compacts a second
- *   (`--trace-incremental-marking`: 70-84 MB against a limit of 53-70 MB,
- *   with a 28 MB heap) and its GC threads took a third of a core. Measured,
+ *   about 1.5: a 43 MB limit for a 28 MB heap). A serving daemon's global
+ *   size swings by tens of MB with the buffers in flight (many already dead,
+ *   waiting for a scavenge), so with the tight limit it ran 7-8
+ *   mark-compacts a second (`--trace-incremental-marking`: 70-84 MB against
+ *   a limit of 53-70 MB) and its GC threads took a third of a core. Measured,
  *   1 GiB from one friend, A/B interleaved: 103-109 -> 117-130 MB/s, owner +
  *   fetcher 15.3-16.3 -> 12.1-13.6 CPU ms/MB; peak RSS owner 195-205 ->
  *   201-222 MB, fetcher 248-254 -> 256-283 MB. An owner idle after serving
