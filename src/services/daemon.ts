@@ -20,6 +20,7 @@ import { LocateService } from './locate/index.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
 import { bandwidthView, loadConfig, type BandwidthView, type ConfigFile } from './files/limits.ts'
+import { releaseMemoryWhenQuiet } from './daemon-heap.ts'
 
 /**
  * The running node: opens the home folder, loads the identity and the friend
@@ -93,6 +94,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly meta: Meta
   private readonly started = new Date()
   private fileService: FileService | null = null
+  /** gives memory back after a burst of traffic */
+  private memory: { stop: () => void } | undefined
   private locateService: LocateService | null = null
   readonly reachability: Reachability
 
@@ -171,6 +174,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       config
     })
     this.fileService.on('event', evt => this.emit('event', evt))
+    const bandwidth = this.fileService.bandwidth
+    this.memory = releaseMemoryWhenQuiet({ rate: () => { const { up, down } = bandwidth.stats(); return up.rate + down.rate } })
     this.locateService = await LocateService.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, identity: this.identity })
     this.presence.on('unreachable', peer => this.locateService?.unreachableFriend(peer))
     this.presence.start()
@@ -188,6 +193,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   }
 
   async stop (): Promise<void> {
+    this.memory?.stop()
     this.presence.stop()
     await this.reachability.stop()
     await this.locateService?.stop()

@@ -115,7 +115,9 @@ describe('the home folder', () => {
     const environ = (await readFile(`/proc/${sealed.pid}/environ`, 'utf8')).split('\0')
     expect(environ).toContain('MALLOC_MMAP_THRESHOLD_=131072')
     expect(environ).toContain(`KITH_HOME=${home}`)
-    expect((await readFile(`/proc/${sealed.pid}/cmdline`, 'utf8')).split('\0')).toContain('--max-semi-space-size=4')
+    const cmdline = (await readFile(`/proc/${sealed.pid}/cmdline`, 'utf8')).split('\0')
+    expect(cmdline).toContain('--max-semi-space-size=4')
+    expect(cmdline).toContain('--expose-gc')
     await sealed.stop()
   })
 
