@@ -182,6 +182,9 @@ function sealParts (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Ui
  * Opens a sealed chunk at the position it is claimed to hold. Throws
  * CHUNK_DECRYPT_FAILED if the bytes were altered, sealed under another key, or
  * sealed for another share, another file content or another index.
+ * With `into`, the plaintext lands in a buffer taken from that pool (decrypted
+ * in OPEN_SLICE pieces, so nothing chunk-sized is made per call); the caller
+ * gives it back once done with it.
  */
 export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint8Array, into?: BufferPool): Uint8Array {
   checkKeys(keys, position)
