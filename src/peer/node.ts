@@ -132,6 +132,15 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
 }
 
 /**
+ * The libp2p release `fixStreamMiddleware` (and reachability.ts's use of the
+ * transport and address managers) was written against. package.json pins it
+ * exactly; test/peer/node.spec.ts fails if the installed libp2p differs or
+ * if libp2p stops calling the patched hook, so an upgrade is a deliberate
+ * change that rechecks these.
+ */
+export const LIBP2P_CHECKED_VERSION = '3.3.11'
+
+/**
  * Works around two bugs of libp2p 3.3.11's stream middleware, both shown by
  * test/peer/node.spec.ts:
  *

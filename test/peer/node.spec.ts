@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream, StreamMiddleware } from '@libp2p/interface'
-import { createNode, relayReservations, MAX_RELAY_DURATION_MS, type KithLibp2p } from '../../src/peer/node.ts'
+import { readFileSync } from 'node:fs'
+import { createNode, relayReservations, MAX_RELAY_DURATION_MS, LIBP2P_CHECKED_VERSION, type KithLibp2p } from '../../src/peer/node.ts'
 import { waitFor } from '../helpers/testnet.ts'
 
 /**
@@ -52,6 +53,65 @@ describe('stream middleware', () => {
     await settle(out)
     expect(handled).toEqual({ x: 3, y: 1 })
     expect(seen).toEqual({ inbound: 4, outbound: 4 })
+  })
+})
+
+/**
+ * A guard for libp2p upgrades: kith replaces the registrar's `getMiddleware`
+ * and reaches into the transport and address managers. If libp2p moves
+ * them, or stops calling the hook, these fail here instead of the friend gate
+ * quietly letting strangers through.
+ */
+describe('the libp2p internals kith relies on', () => {
+  const installed = (name: string): string => (JSON.parse(readFileSync(new URL(`../../node_modules/${name}/package.json`, import.meta.url), 'utf8')) as { version: string }).version
+  const declared = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { dependencies: Record<string, string> }).dependencies
+
+  it('libp2p is the release the workaround was checked against, pinned exactly', () => {
+    expect(installed('libp2p'), 'recheck fixStreamMiddleware (src/peer/node.ts) against this libp2p, then update LIBP2P_CHECKED_VERSION').toBe(LIBP2P_CHECKED_VERSION)
+    for (const [name, range] of Object.entries(declared)) {
+      if (name === 'libp2p' || name.startsWith('@libp2p/') || name.startsWith('@chainsafe/libp2p-')) {
+        expect(range, `${name} must be pinned to one version`).toMatch(/^\d+\.\d+\.\d+$/)
+        expect(installed(name), `${name}: installed differs from package.json; run npm install`).toBe(range)
+      }
+    }
+  })
+
+  it('libp2p calls the patched getMiddleware for inbound and outbound streams', async () => {
+    const make = async (): Promise<KithLibp2p> => await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+    const [x, y] = [await make(), await make()]
+    try {
+      interface Registrar { getMiddleware: (protocol: string) => StreamMiddleware[] }
+      const registrarOf = (node: KithLibp2p): Registrar => (node as unknown as { components: { registrar: Registrar } }).components.registrar
+      const calls: string[] = []
+      for (const [name, node] of [['x', x], ['y', y]] as const) {
+        const registrar = registrarOf(node)
+        // the node's own getMiddleware is kith's replacement, not the prototype's
+        expect(Object.hasOwn(registrar, 'getMiddleware')).toBe(true)
+        const patched = registrar.getMiddleware
+        registrar.getMiddleware = (protocol) => { calls.push(`${name} ${protocol}`); return patched.call(registrar, protocol) }
+      }
+      const protocol = '/test/hook/1.0.0'
+      await x.handle(protocol, async (stream) => { await stream.close() })
+      const stream = await y.dialProtocol(x.getMultiaddrs()[0]!, protocol)
+      await stream.close({ signal: AbortSignal.timeout(2_000) }).catch(() => {})
+      await waitFor(() => calls.includes(`x ${protocol}`), 'libp2p to ask x for the inbound stream\'s middleware', 2_000, 10)
+      expect(calls).toContain(`y ${protocol}`)
+    } finally {
+      await x.stop()
+      await y.stop()
+    }
+  })
+
+  it('the transport and address managers reachability.ts uses are there', async () => {
+    const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+    try {
+      const components = (node as unknown as { components: Record<string, Record<string, unknown>> }).components
+      expect(typeof components.transportManager?.listen).toBe('function')
+      expect(typeof components.addressManager?.confirmObservedAddr).toBe('function')
+      expect(typeof components.addressManager?.getAddressesWithMetadata).toBe('function')
+    } finally {
+      await node.stop()
+    }
   })
 })
 
