@@ -36,6 +36,12 @@ export const ERROR_CODES = {
   FORBIDDEN_ORIGIN: 403,
   NOT_FOUND: 404,
   DAEMON_NOT_RUNNING: 503,
+  /** a percent-escape in the path or query that does not decode (like `%zz` or `%ff`) */
+  URL_MALFORMED: 400,
+  /** every event stream slot is taken (see docs/api.md) */
+  EVENT_STREAMS_FULL: 503,
+  /** api.token can be read by other users: the CLI won't send it */
+  TOKEN_NOT_PRIVATE: 403,
   // transfer
   MANIFEST_MALFORMED: 400,
   MANIFEST_TOO_LARGE: 413,
@@ -98,6 +104,10 @@ export const ERROR_CODES = {
   IDENTITY_MISSING: 500,
   IDENTITY_LOCKED: 401,
   DATABASE_CORRUPT: 500,
+  /** the home has an identity but its database folder is gone: kith won't start an empty node with an old identity */
+  DATABASE_MISSING: 500,
+  /** something in the home folder belongs to another user, or its mode can't be made private */
+  HOME_NOT_PRIVATE: 500,
   /** config.json in the home folder is not JSON or breaks its schema (the message names the file) */
   CONFIG_INVALID: 400,
   INTERNAL: 500
