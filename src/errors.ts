@@ -91,6 +91,8 @@ export const ERROR_CODES = {
   RECORD_STALE: 409,
   LOCATE_NOT_GRANTED: 403,
   LOCATE_FAILED: 502,
+  /** a DHT peer put more records than this node holds (src/peer/datastore.ts) */
+  DHT_STORE_FULL: 507,
   // hole punching (/kith/punch/1.0.0)
   PUNCH_MALFORMED: 400,
   PUNCH_TOO_LARGE: 413,
