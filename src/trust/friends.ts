@@ -111,6 +111,21 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
     return friend
   }
 
+  /**
+   * Records the friendship a redeemed invite makes (the issuer's side). A
+   * stranger becomes a friend with the invite's grants. A friendship that
+   * exists is left exactly as it is: redeeming again, the same invite or
+   * another, must not bring back a grant removed since. A revoked friend is
+   * refused (the gate already keeps them out; this holds if it did not).
+   */
+  async admit (init: Omit<Friend, 'state' | 'lastSeen' | 'since'>): Promise<Friend> {
+    const existing = this.byId.get(init.peerId)
+    if (existing?.state === 'revoked') {
+      throw new KithError('FRIEND_REVOKED', 'this node ended its friendship with you; an invite does not bring it back')
+    }
+    return existing ?? await this.befriend(init)
+  }
+
   /** Adds a friend, or makes a known one active again with the new grants. */
   async befriend (init: Omit<Friend, 'state' | 'lastSeen' | 'since'>): Promise<Friend> {
     const existing = this.byId.get(init.peerId)

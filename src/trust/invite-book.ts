@@ -88,8 +88,8 @@ export class InviteBook {
    * Checks a redeem attempt and, if it holds, spends one use. The caller
    * passes `commit`, which must make the friendship durable; the use is
    * recorded only if it succeeds. A peer that already redeemed this invite
-   * may redeem it again without spending another use (its first answer may
-   * have been lost).
+   * may redeem it again within its window without spending another use (its
+   * first answer may have been lost); `commit` must then change nothing.
    */
   async redeem (id: string, issuer: string, accepter: string, proof: Uint8Array,
     commit: (invite: IssuedInvite) => Promise<void>, now = Date.now()): Promise<IssuedInvite> {
@@ -99,12 +99,10 @@ export class InviteBook {
         throw new KithError('INVITE_UNKNOWN', 'the issuer does not know this invite, or the proof is wrong; ask for a fresh invite')
       }
       if (invite.revoked) throw new KithError('INVITE_REVOKED', 'the issuer revoked this invite; ask for a fresh one')
+      checkValidity(invite, now)
       const again = invite.redeemedBy.includes(accepter)
-      if (!again) {
-        checkValidity(invite, now)
-        if (invite.redeemedBy.length >= invite.uses) {
-          throw new KithError('INVITE_USED', 'this invite was already used as many times as it allows; ask for a fresh one')
-        }
+      if (!again && invite.redeemedBy.length >= invite.uses) {
+        throw new KithError('INVITE_USED', 'this invite was already used as many times as it allows; ask for a fresh one')
       }
       await commit(invite)
       if (again) return invite

@@ -42,7 +42,7 @@ const responseSchema = z.discriminatedUnion('ok', [
   z.object({ v: z.literal(VERSION), ok: z.literal(false), code: z.string().max(64), message: z.string().max(1024) }).strict()
 ])
 
-type Request = z.infer<typeof requestSchema>
+export type RedeemRequest = z.infer<typeof requestSchema>
 type Response = z.infer<typeof responseSchema>
 
 function parse<T> (schema: z.ZodType<T>, bytes: Uint8Array, what: string): T {
@@ -58,26 +58,49 @@ export interface RedeemHandlerInit {
   displayName: () => string
 }
 
+/** Who is redeeming: the peer at the other end of the Noise channel. */
+export interface Accepter {
+  peerId: string
+  /** Ed25519 public key, base64 */
+  publicKey: string
+  /** the address their connection came from, kept when they announce none */
+  remoteAddr: string
+}
+
+/**
+ * The issuer's decision on one redeem request: checks it against the invite
+ * book and records the friendship. A friend who redeems again (the same
+ * invite, or another) changes nothing: the answer carries the grants they
+ * hold now, not the invite's.
+ */
+export async function answerRedeem (init: RedeemHandlerInit, request: RedeemRequest, accepter: Accepter, now = Date.now()): Promise<{ name: string, grants: Service[] }> {
+  const addrs = request.addrs.filter(isMultiaddr)
+  let friend: Friend | undefined
+  await init.invites.redeem(request.id, init.self, accepter.peerId, request.proof, async (invite) => {
+    friend = await init.friends.admit({
+      peerId: accepter.peerId,
+      publicKey: accepter.publicKey,
+      label: invite.label ?? request.name,
+      grantsToThem: invite.grants,
+      grantsFromThem: request.grants,
+      addrs: addrs.length > 0 ? addrs : [accepter.remoteAddr],
+      via: invite.id
+    })
+  }, now)
+  return { name: init.displayName(), grants: friend!.grantsToThem }
+}
+
 /** The issuer's side. */
 export function redeemHandler (init: RedeemHandlerInit) {
   return async (stream: Stream, connection: Connection): Promise<void> => {
     await serveOnce(stream, { version: VERSION, schema: requestSchema, maxRequest: MAX_REDEEM_MESSAGE, timeoutMs: REDEEM_TIMEOUT_MS, what: 'the redeem request' }, async (request) => {
-      const accepter = connection.remotePeer
-      if (accepter.publicKey == null) throw new KithError('PROTOCOL_VIOLATION', 'the accepter has no Ed25519 identity')
-      const publicKey = Buffer.from(accepter.publicKey.raw).toString('base64')
-      const addrs = request.addrs.filter(isMultiaddr)
-      const invite = await init.invites.redeem(request.id, init.self, accepter.toString(), request.proof, async (invite) => {
-        await init.friends.befriend({
-          peerId: accepter.toString(),
-          publicKey,
-          label: invite.label ?? request.name,
-          grantsToThem: invite.grants,
-          grantsFromThem: request.grants,
-          addrs: addrs.length > 0 ? addrs : [connection.remoteAddr.toString()],
-          via: invite.id
-        })
+      const peer = connection.remotePeer
+      if (peer.publicKey == null) throw new KithError('PROTOCOL_VIOLATION', 'the accepter has no Ed25519 identity')
+      return await answerRedeem(init, request, {
+        peerId: peer.toString(),
+        publicKey: Buffer.from(peer.publicKey.raw).toString('base64'),
+        remoteAddr: connection.remoteAddr.toString()
       })
-      return { name: init.displayName(), grants: invite.grants }
     })
   }
 }
@@ -124,7 +147,7 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
       `could not reach ${invite.name} at ${invite.addrs.join(', ') || '(no address)'}: ${(err as Error).message}; make sure their node is running and try again`, { cause: err })
   }
   const lp = lpStream(stream, { maxDataLength: MAX_REDEEM_MESSAGE })
-  const request: Request = {
+  const request: RedeemRequest = {
     v: VERSION,
     id: invite.id,
     proof: redeemProof(invite.secret, invite.issuer, libp2p.peerId.toString()),

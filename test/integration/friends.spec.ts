@@ -80,6 +80,15 @@ describe('three friends through the CLI', () => {
     expect((await friends(c)).map(f => f.label)).toEqual(['al'])
   })
 
+  it('a friend who accepts the same invite again gets no removed grant back, and spends no use', async () => {
+    await a.json('friend', 'ungrant', 'bob', 'backup')
+    const again = await b.json('invite', 'accept', inviteB)
+    expect(again.friend).toMatchObject({ peerId: a.peerId, grantsFromThem: ['files'] })
+    expect(await friendOf(a, b.peerId)).toMatchObject({ state: 'active', grantsToThem: ['files'] })
+    const listed = await a.json('invite', 'list')
+    expect(listed.invites.find((i: { label: string }) => i.label === 'bob')).toMatchObject({ used: 1, uses: 1 })
+  })
+
   it('a revoked friend is cut off within 5 s and refused afterwards', async () => {
     const revoked = await a.json('friend', 'revoke', 'carol')
     expect(revoked.friend.state).toBe('revoked')
