@@ -87,6 +87,18 @@ export class TestNode {
   }
 
   /**
+   * How the daemon ended, if it ended by itself (a crash): "exit code 1" or
+   * "signal SIGABRT"; null while it runs, and after `stop()` or `kill9()`.
+   */
+  get exited (): string | null {
+    const proc = this.proc
+    if (proc == null) return null
+    if (proc.exitCode != null) return `exit code ${proc.exitCode}`
+    if (proc.signalCode != null) return `signal ${proc.signalCode}`
+    return null
+  }
+
+  /**
    * Starts the daemon and resolves once it printed its start-up line. It
    * listens on 127.0.0.1, port 0 (which reuses the last run's port), unless
    * `args` or `extraArgs` give `--listen`, which then replaces that default.
