@@ -5,6 +5,7 @@ import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { KithError } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from './canonical.ts'
 import { sign, verify, PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH } from './signing.ts'
+import { isSafeText } from './text.ts'
 
 /**
  * Signed address records: where a node can be reached now, signed by the node
@@ -73,6 +74,8 @@ const bodySchema = z.object({
 
 /** A multiaddr in normal form that does not end in /p2p/... (the subject is implied). */
 export function isRecordAddr (s: string): boolean {
+  // a DNS name may hold anything, and addresses are shown to people
+  if (!isSafeText(s)) return false
   try {
     const ma = multiaddr(s)
     const components = ma.getComponents()

@@ -5,6 +5,7 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { TimeoutError, type AbortOptions, type ComponentLogger, type Connection, type Logger, type Stream, type Upgrader } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from './canonical.ts'
+import { safeText } from './text.ts'
 
 /**
  * TCP hole punching between two friends behind NAT (docs/protocols.md,
@@ -55,7 +56,7 @@ const messageSchema = z.discriminatedUnion('t', [
   /** responder -> initiator: where I will connect from */
   z.object({ v: version, t: z.literal('answer'), ...endpoint }).strict(),
   /** responder -> initiator: I won't punch (no public address known, ...) */
-  z.object({ v: version, t: z.literal('refuse'), code: z.string().min(1).max(64), message: z.string().max(160) }).strict(),
+  z.object({ v: version, t: z.literal('refuse'), code: safeText(64, 1), message: safeText(160) }).strict(),
   /** initiator -> responder: connect now */
   z.object({ v: version, t: z.literal('go') }).strict()
 ])

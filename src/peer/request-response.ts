@@ -1,8 +1,9 @@
-import type { z } from 'zod'
+import { z } from 'zod'
 import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
 import { KithError, type ErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from './canonical.ts'
+import { cleanText, safeText } from './text.ts'
 
 /**
  * The answering side of kith's one-request, one-answer protocols (redeem,
@@ -11,6 +12,23 @@ import { encodeCanonical, decodeCanonical } from './canonical.ts'
  * `{ v, ok: false, code, message }`, close. Nothing a peer sends can throw out
  * of here.
  */
+/** Longest message in a failure answer; what is sent is cut to it. */
+export const MAX_FAILURE_MESSAGE = 1024
+
+/**
+ * The failure answer every one of these protocols shares. The message is a
+ * friend's text that may reach a terminal: safe text only (src/peer/text.ts).
+ * The code is mapped to a local code by the asker (`isErrorCode`).
+ */
+export function failureSchema (version: number) {
+  return z.object({
+    v: z.literal(version),
+    ok: z.literal(false),
+    code: z.string().regex(/^[A-Z][A-Z0-9_]{0,63}$/, 'must be an error code'),
+    message: safeText(MAX_FAILURE_MESSAGE)
+  }).strict()
+}
+
 export interface ServeOnceInit<Req> {
   /** protocol message version, echoed in `v` */
   version: number
@@ -39,7 +57,8 @@ export async function serveOnce<Req> (stream: Stream, init: ServeOnceInit<Req>,
     response = { v: init.version, ok: true, ...(await handle(parsed.data, signal)) }
   } catch (err) {
     const code: ErrorCode = err instanceof KithError ? err.code : 'INTERNAL'
-    response = { v: init.version, ok: false, code, message: err instanceof KithError ? err.message : `${init.what} failed` }
+    // cleaned, so the asker never refuses the answer over a name quoted in it
+    response = { v: init.version, ok: false, code, message: cleanText(err instanceof KithError ? err.message : `${init.what} failed`, MAX_FAILURE_MESSAGE) }
   }
   try {
     await lp.write(encodeCanonical(response), { signal })

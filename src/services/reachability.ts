@@ -6,7 +6,8 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Connection, Stream, PeerId, IdentifyResult } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
-import { serveOnce } from '../peer/request-response.ts'
+import { failureSchema, serveOnce } from '../peer/request-response.ts'
+import { safeText } from '../peer/text.ts'
 import type { KithLibp2p } from '../peer/node.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
 import { friendsOnly } from '../trust/gate.ts'
@@ -105,9 +106,9 @@ export interface RelayInUse {
 }
 
 const requestSchema = z.object({ v: z.literal(VERSION), ports: z.array(z.number().int().min(1).max(65535)).min(1).max(MAX_REACH_PORTS) }).strict()
-const failure = z.object({ v: z.literal(VERSION), ok: z.literal(false), code: z.string().max(64), message: z.string().max(1024) }).strict()
-const responseSchema = z.union([
-  z.object({ v: z.literal(VERSION), ok: z.literal(true), results: z.array(z.object({ addr: z.string().max(256), ok: z.boolean() }).strict()).max(MAX_REACH_PORTS) }).strict(),
+const failure = failureSchema(VERSION)
+export const responseSchema = z.union([
+  z.object({ v: z.literal(VERSION), ok: z.literal(true), results: z.array(z.object({ addr: safeText(256), ok: z.boolean() }).strict()).max(MAX_REACH_PORTS) }).strict(),
   failure
 ])
 

@@ -1,5 +1,6 @@
 import type { AbortOptions, Connection, PeerId, Stream, StreamHandler } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
+import { cleanText } from '../peer/text.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
 import { checkSealedSize, isId, sealedSize } from './seal.ts'
@@ -231,14 +232,6 @@ function header (kind: number, id?: string): Uint8Array {
   out[1] = kind
   if (id !== undefined) out.write(id, 2, 'hex')
   return out
-}
-
-/** Strips control and format characters and cuts to `max` UTF-8 bytes (at a character boundary). */
-function cleanText (text: string, max: number): string {
-  const clean = text.replace(/[\p{Cc}\p{Cf}]/gu, ' ')
-  const bytes = Buffer.from(clean, 'utf8')
-  if (bytes.length <= max) return clean
-  return new TextDecoder().decode(bytes.subarray(0, max)).replace(/\uFFFD+$/, '')
 }
 
 /** A response body as parts (no length prefix); a CHUNK's sealed bytes are not copied. */

@@ -1,6 +1,7 @@
 import { KithError } from '../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../peer/canonical.ts'
 import { PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, sign, verify } from '../peer/signing.ts'
+import { isSafeText } from '../peer/text.ts'
 import {
   ID_LENGTH, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MAX_MANIFEST_BYTES, MAX_PATH_DEPTH,
   MAX_PATH_LENGTH, MAX_SEGMENT_LENGTH, MAX_SHARE_NAME_LENGTH, MIN_CHUNK_SIZE, PARTIAL_SUFFIX
@@ -104,8 +105,6 @@ const ENVELOPE_KEYS = ['body', 'pub', 'sig']
 const BODY_KEYS = ['v', 'share', 'ver', 'name', 'at', 'cs', 'entries', 'root']
 const FILE_KEYS = ['t', 'p', 's', 'x', 'h', 'c']
 const DIR_KEYS = ['t', 'p']
-// C0 controls, DEL; NUL and backslash are named separately for clearer messages.
-const CONTROL = /[\u0001-\u001f\u007f]/
 
 function malformed (why: string): KithError {
   return new KithError('MANIFEST_MALFORMED', `this share manifest is not valid (${why}); ask the owner to share it again`)
@@ -141,7 +140,8 @@ function isUint (value: unknown, max = Number.MAX_SAFE_INTEGER): value is number
 /**
  * Throws MANIFEST_BAD_PATH unless `path` is a relative POSIX path that can't
  * leave the folder it is joined to: no absolute paths, no '.' or '..' or empty
- * segments, no NUL, backslash or control characters, well-formed Unicode,
+ * segments, no NUL or backslash, safe text (src/peer/text.ts: no control,
+ * format or line-separator characters), well-formed Unicode,
  * within the length and depth caps, and not named like a partial download.
  */
 export function checkPath (path: unknown): asserts path is string {
@@ -153,7 +153,8 @@ export function checkPath (path: unknown): asserts path is string {
   if (!path.isWellFormed()) throw badPath(path, 'not well-formed Unicode')
   if (path.includes('\0')) throw badPath(path, 'contains NUL')
   if (path.includes('\\')) throw badPath(path, 'contains a backslash')
-  if (CONTROL.test(path)) throw badPath(path, 'contains a control character')
+  // NUL and backslash are named above for clearer messages; the rest of src/peer/text.ts's rule here
+  if (!isSafeText(path)) throw badPath(path, 'contains a control, format (such as bidi override) or line-separator character')
   if (path.startsWith('/')) throw badPath(path, 'absolute')
   const segments = path.split('/')
   if (segments.length > MAX_PATH_DEPTH) throw badPath(path, `nested deeper than ${MAX_PATH_DEPTH}`)
@@ -172,8 +173,8 @@ export function comparePaths (a: string, b: string): number {
 
 export function checkShareName (name: unknown): asserts name is string {
   if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name, 'utf8') > MAX_SHARE_NAME_LENGTH ||
-    !name.isWellFormed() || /[\u0000-\u001f\u007f]/.test(name)) {
-    throw malformed(`a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control characters`)
+    !isSafeText(name)) {
+    throw malformed(`a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control, format or line-separator characters`)
   }
 }
 
@@ -214,7 +215,7 @@ export function createManifest (init: CreateManifestInit): { manifest: Manifest,
   try {
     checkShareName(init.name)
   } catch (err) {
-    throw new KithError('BAD_REQUEST', `a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control characters`, { cause: err })
+    throw new KithError('BAD_REQUEST', `a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control, format or line-separator characters`, { cause: err })
   }
   const ids = Buffer.from(init.entries.flatMap(e => e.type === 'file' ? e.chunks : []).join(''), 'hex')
   const body: WireBody = {

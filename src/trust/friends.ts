@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { KithError } from '../errors.ts'
 import type { Sublevel } from '../peer/database.ts'
 import { isService, type Service } from './grants.ts'
-import { UNPRINTABLE } from './invite.ts'
+import { isSafeText } from '../peer/text.ts'
 
 /**
  * The friend graph: who my friends are and what each of us grants the other.
@@ -37,7 +37,7 @@ export type FriendEvent =
 export const MAX_LABEL_LENGTH = 64
 
 export function checkLabel (label: unknown): string {
-  if (typeof label !== 'string' || label.length === 0 || label.length > MAX_LABEL_LENGTH || UNPRINTABLE.test(label)) {
+  if (typeof label !== 'string' || label.length === 0 || label.length > MAX_LABEL_LENGTH || !isSafeText(label)) {
     throw new KithError('BAD_REQUEST', `a friend name must be 1 to ${MAX_LABEL_LENGTH} printable characters`)
   }
   if (label.startsWith('12D3Koo')) {

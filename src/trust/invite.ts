@@ -6,6 +6,7 @@ import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { KithError } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
 import { sign, verify } from '../peer/signing.ts'
+import { isSafeText, safeText } from '../peer/text.ts'
 import { SERVICES, type Service } from './grants.ts'
 
 /**
@@ -79,15 +80,8 @@ const envelopeSchema = z.object({
   sig: bytes(64)
 }).strict()
 
-/**
- * Names come from other people and end up on terminals: refuse controls (C0,
- * DEL, C1 such as the CSI U+009B), format characters (bidi overrides such as
- * U+202E, zero-width characters) and line/paragraph separators.
- */
-export const UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u
-
-export const displayName = z.string().min(1).max(MAX_NAME_LENGTH)
-  .refine(s => !UNPRINTABLE.test(s), 'must not hold control, format or line-separator characters')
+/** Names come from other people and end up on terminals: safe text only (src/peer/text.ts). */
+export const displayName = safeText(MAX_NAME_LENGTH, 1)
 
 const bodySchema = z.object({
   v: z.literal(INVITE_VERSION),
@@ -101,8 +95,9 @@ const bodySchema = z.object({
   grants: z.array(z.enum(SERVICES)).max(SERVICES.length)
 }).strict().refine(b => b.exp > b.nbf && b.exp - b.nbf <= MAX_INVITE_LIFETIME_S, 'validity window is empty or too long')
 
-/** A multiaddr with at least one component, written in its normal form. */
+/** A multiaddr with at least one component, written in its normal form, of safe text (a DNS name may hold anything). */
 export function isMultiaddr (s: string): boolean {
+  if (!isSafeText(s)) return false
   try {
     const ma = multiaddr(s)
     return ma.getComponents().length > 0 && ma.toString() === s

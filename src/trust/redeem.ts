@@ -5,7 +5,8 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection, Libp2p, Stream, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
-import { serveOnce } from '../peer/request-response.ts'
+import { failureSchema, serveOnce } from '../peer/request-response.ts'
+import { safeText } from '../peer/text.ts'
 import { checkValidity, redeemProof, displayName, isMultiaddr, type Invite, MAX_INVITE_ADDRS, MAX_ADDR_LENGTH } from './invite.ts'
 import { SERVICES, type Service } from './grants.ts'
 import type { FriendBook, Friend } from './friends.ts'
@@ -28,22 +29,24 @@ export const MAX_INBOUND_REDEEM_STREAMS = 2
 
 const VERSION = 1
 
-const requestSchema = z.object({
+/** The request, as the issuer parses it (exported for tests). */
+export const redeemRequestSchema = z.object({
   v: z.literal(VERSION),
   id: z.string().regex(/^[0-9a-f]{16}$/),
   proof: z.custom<Uint8Array>(b => b instanceof Uint8Array && b.length === 32, 'must be 32 bytes'),
   name: displayName,
-  addrs: z.array(z.string().max(MAX_ADDR_LENGTH)).max(MAX_INVITE_ADDRS),
+  addrs: z.array(safeText(MAX_ADDR_LENGTH)).max(MAX_INVITE_ADDRS),
   grants: z.array(z.enum(SERVICES)).max(SERVICES.length)
 }).strict()
 
-const responseSchema = z.discriminatedUnion('ok', [
+/** The answer, as the accepter parses it (exported for tests). */
+export const redeemResponseSchema = z.discriminatedUnion('ok', [
   z.object({ v: z.literal(VERSION), ok: z.literal(true), name: displayName, grants: z.array(z.enum(SERVICES)).max(SERVICES.length) }).strict(),
-  z.object({ v: z.literal(VERSION), ok: z.literal(false), code: z.string().max(64), message: z.string().max(1024) }).strict()
+  failureSchema(VERSION)
 ])
 
-export type RedeemRequest = z.infer<typeof requestSchema>
-type Response = z.infer<typeof responseSchema>
+export type RedeemRequest = z.infer<typeof redeemRequestSchema>
+type Response = z.infer<typeof redeemResponseSchema>
 
 function parse<T> (schema: z.ZodType<T>, bytes: Uint8Array, what: string): T {
   const result = schema.safeParse(decodeCanonical(bytes, 'PROTOCOL_VIOLATION', what))
@@ -93,7 +96,7 @@ export async function answerRedeem (init: RedeemHandlerInit, request: RedeemRequ
 /** The issuer's side. */
 export function redeemHandler (init: RedeemHandlerInit) {
   return async (stream: Stream, connection: Connection): Promise<void> => {
-    await serveOnce(stream, { version: VERSION, schema: requestSchema, maxRequest: MAX_REDEEM_MESSAGE, timeoutMs: REDEEM_TIMEOUT_MS, what: 'the redeem request' }, async (request) => {
+    await serveOnce(stream, { version: VERSION, schema: redeemRequestSchema, maxRequest: MAX_REDEEM_MESSAGE, timeoutMs: REDEEM_TIMEOUT_MS, what: 'the redeem request' }, async (request) => {
       const peer = connection.remotePeer
       if (peer.publicKey == null) throw new KithError('PROTOCOL_VIOLATION', 'the accepter has no Ed25519 identity')
       return await answerRedeem(init, request, {
@@ -158,7 +161,7 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
   let response: Response
   try {
     await lp.write(encodeCanonical(request), { signal })
-    response = parse(responseSchema, (await lp.read({ signal })).subarray(), 'the issuer\'s answer')
+    response = parse(redeemResponseSchema, (await lp.read({ signal })).subarray(), 'the issuer\'s answer')
     await stream.close({ signal }).catch(() => {})
   } catch (err) {
     stream.abort(err as Error)

@@ -89,6 +89,14 @@ describe('three friends through the CLI', () => {
     expect(listed.invites.find((i: { label: string }) => i.label === 'bob')).toMatchObject({ used: 1, uses: 1 })
   })
 
+  it('a name with terminal escapes in it comes back from the daemon printed escaped', async () => {
+    const named = await a.cli('friend', 'rename', 'mal\u001b[2Jlory\u202egnp.exe\u009b', 'x')
+    expect(named.code).toBe(1)
+    expect(named.stderr).toContain('FRIEND_UNKNOWN')
+    expect(named.stderr).toContain('mal\\u001b[2Jlory\\u202egnp.exe\\x9b')
+    expect(named.stderr).not.toMatch(/[\u001b\u202e\u009b]/)
+  })
+
   it('a revoked friend is cut off within 5 s and refused afterwards', async () => {
     const revoked = await a.json('friend', 'revoke', 'carol')
     expect(revoked.friend.state).toBe('revoked')

@@ -186,6 +186,8 @@ describe('manifest limits', () => {
       wireBody([], { ver: 'one' }),
       wireBody([], { name: '' }),
       wireBody([], { name: 'bad\nname' }),
+      wireBody([], { name: 'bad\u202ename' }),
+      wireBody([], { name: 'bad\u0085name' }),
       wireBody([], { name: 'x'.repeat(256) }),
       wireBody([], { at: -1 }),
       wireBody([], { entries: {} }),
@@ -238,6 +240,13 @@ const BAD_PATHS: Array<[string, string]> = [
   ['a\nb', 'newline'],
   ['a\u001bb', 'escape'],
   ['a\u007fb', 'DEL'],
+  ['a\u009b2Jb', 'C1 CSI'],
+  ['invoice\u202efdp.exe', 'bidi override'],
+  ['a\u2067b', 'bidi isolate'],
+  ['a\u200fb', 'bidi mark'],
+  ['a\u200bb', 'zero-width space'],
+  ['a\u2028b', 'line separator'],
+  ['a\u{e0041}b', 'tag character'],
   ['x'.repeat(MAX_PATH_LENGTH + 1), 'too long'],
   [Array.from({ length: 8 }, () => 'é'.repeat(100)).join('/'), 'too long in bytes'],
   ['y'.repeat(MAX_SEGMENT_LENGTH + 1), 'segment too long'],
@@ -261,7 +270,7 @@ describe('manifest paths', () => {
   })
 
   it('accepts ordinary names', () => {
-    for (const path of ['a', '.hidden', 'a/.b', '...', 'a..b', 'with space/and:colon', 'x'.repeat(MAX_SEGMENT_LENGTH), '名前/ファイル.txt']) {
+    for (const path of ['a', '.hidden', 'a/.b', '...', 'a..b', 'with space/and:colon', 'x'.repeat(MAX_SEGMENT_LENGTH), '名前/ファイル.txt', 'می‌خواهم.txt', '👨‍👩‍👧.jpg']) {
       expect(() => checkPath(path)).not.toThrow()
     }
   })

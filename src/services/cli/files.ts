@@ -7,7 +7,7 @@ import type { ShareView } from '../files/file-service.ts'
 import type { GcResult } from '../files/chunk-gc.ts'
 import type { ShareListing } from '../files/share-book.ts'
 import type { Transfer } from '../files/transfers.ts'
-import { table, bytes, duration, parseRate, shellArg } from './format.ts'
+import { table, bytes, duration, parseRate, shellArg, terminalJson, terminalText } from './format.ts'
 import { PRIORITIES } from '../../transfer/scheduler/index.ts'
 
 /**
@@ -71,7 +71,7 @@ async function follow (api: ApiClient, id: string, json: boolean, events: AsyncG
   let last: Transfer | null = null
   const show = (t: Transfer): void => {
     last = t
-    if (json) console.log(JSON.stringify({ id: t.id, state: t.state, doneBytes: t.doneBytes, totalBytes: t.totalBytes, rate: Math.round(t.rate), eta: t.eta, priority: t.priority, floor: t.floor }))
+    if (json) console.log(terminalJson({ id: t.id, state: t.state, doneBytes: t.doneBytes, totalBytes: t.totalBytes, rate: Math.round(t.rate), eta: t.eta, priority: t.priority, floor: t.floor }))
     if (bar != null) {
       const payload = { done: bytes(t.doneBytes), total: bytes(t.totalBytes), speed: `${bytes(t.rate)}/s`, eta_h: t.eta != null ? duration(t.eta) : '?', floor: t.floor != null && t.floor.state !== 'ok' ? ` | floor ${floorText(t)}` : '' }
       if (bar.getTotal() !== t.totalBytes) bar.start(Math.max(1, t.totalBytes), t.doneBytes, payload)
@@ -187,7 +187,7 @@ export function fileCommands (program: Command, client: Client, print: Print): v
         throw new KithError(isErrorCode(code) ? code : 'TRANSFER_STATE',
           `transfer ${end.id} is ${end.state}${end.error != null ? `: ${end.error.message}` : ''}`)
       }
-      if (opts.json !== true) console.log(`fetched ${bytes(end.totalBytes)} to ${end.dest}`)
+      if (opts.json !== true) console.log(terminalText(`fetched ${bytes(end.totalBytes)} to ${end.dest}`))
     })
 
   program.command('transfers')

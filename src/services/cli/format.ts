@@ -1,7 +1,32 @@
-/** Plain-text rendering for the CLI: aligned tables, ages, durations. */
+import { escapeForTerminal, replaceUnsafe } from '../../peer/text.ts'
 
+/** Plain-text rendering for the CLI: aligned tables, ages, durations, and escaping. */
+
+/**
+ * Text the CLI prints, with every character that would act on the terminal
+ * (src/peer/text.ts) shown as an escape, except the newlines the CLI itself
+ * puts between lines. Names, labels and messages come from friends: parsers
+ * refuse unsafe ones, and this catches whatever got past.
+ */
+export function terminalText (text: string): string {
+  return text.split('\n').map(escapeForTerminal).join('\n')
+}
+
+/**
+ * JSON the CLI prints: JSON.stringify escapes C0 controls but leaves DEL, C1,
+ * bidi and other format characters raw; each becomes a \uXXXX escape (per
+ * UTF-16 unit), which is the same JSON value.
+ */
+export function terminalJson (value: unknown, indent?: number): string {
+  const escape = (c: string): string => c.split('').map(unit => `\\u${unit.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')
+  // the only raw newlines are the indentation's: JSON.stringify escapes those in strings
+  return JSON.stringify(value, null, indent).split('\n').map(line => replaceUnsafe(line, escape)).join('\n')
+}
+
+/** Columns padded to line up; cells escaped first (terminalText), so the padding counts what shows. */
 export function table (headers: string[], rows: string[][]): string {
   if (rows.length === 0) return ''
+  rows = rows.map(r => r.map(escapeForTerminal))
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
   const line = (cells: string[]): string => cells.map((c, i) => i === cells.length - 1 ? c : c.padEnd(widths[i]!)).join('  ').trimEnd()
   return [line(headers), ...rows.map(line)].join('\n')

@@ -13,7 +13,7 @@ import { fileCommands } from './files.ts'
 import type { StoreStatus } from '../files/file-service.ts'
 import { locateCommand } from './locate.ts'
 import { limitsCommand, bandwidthLines } from './limits.ts'
-import { table, ago, shortId, parseDuration, parseRate, bytes } from './format.ts'
+import { table, ago, shortId, parseDuration, parseRate, bytes, terminalJson, terminalText } from './format.ts'
 
 /**
  * The `kith` command line: a thin client of the local API (see docs/api.md),
@@ -57,11 +57,12 @@ async function passphrase (opts: Globals): Promise<string | undefined> {
   return process.env.KITH_PASSPHRASE
 }
 
+/** Everything a command prints goes through here, escaped (format.ts): names and messages may come from friends. */
 function print (json: boolean | undefined, value: unknown, text: () => string): void {
-  if (json === true) console.log(JSON.stringify(value, null, 2))
+  if (json === true) console.log(terminalJson(value, 2))
   else {
     const out = text()
-    if (out !== '') console.log(out)
+    if (out !== '') console.log(terminalText(out))
   }
 }
 
@@ -378,7 +379,7 @@ limitsCommand(program, client, print)
 program.command('events')
   .description('follow friend and status events as they happen (one JSON object a line)')
   .action(async (_opts: unknown, cmd: Command) => {
-    for await (const evt of await (await client(cmd)).events()) console.log(JSON.stringify(evt))
+    for await (const evt of await (await client(cmd)).events()) console.log(terminalJson(evt))
   })
 
 // run ----------------------------------------------------------------------------
@@ -394,8 +395,8 @@ export async function main (argv: string[]): Promise<number> {
       return err.exitCode === 0 ? 0 : 2
     }
     const error = asKithError(err)
-    if (json) console.error(JSON.stringify({ error: error.toJSON() }))
-    else console.error(`kith: ${error.message} [${error.code}]`)
+    if (json) console.error(terminalJson({ error: error.toJSON() }))
+    else console.error(terminalText(`kith: ${error.message} [${error.code}]`))
     return error.code === 'USAGE' ? 2 : 1
   }
 }

@@ -5,6 +5,7 @@ import { Daemon, newToken, writeApiInfo } from '../daemon.ts'
 import { startApiServer } from '../api/server.ts'
 import { routes } from '../api/routes.ts'
 import type { RelayBudget } from '../../peer/node.ts'
+import { terminalText } from './format.ts'
 
 /**
  * `kith start`: runs the node in the foreground until SIGINT or SIGTERM.
@@ -80,8 +81,9 @@ export async function runStart (options: StartOptions): Promise<void> {
   if (options.json !== true) {
     daemon.on('event', evt => {
       const at = new Date().toISOString()
-      if ('label' in evt) console.log(`${at} ${evt.type} ${evt.label}`)
-      else if ('friend' in evt) console.log(`${at} ${evt.type} ${evt.friend.label}`)
+      // labels came from friends' display names: escaped like all the CLI prints
+      if ('label' in evt) console.log(terminalText(`${at} ${evt.type} ${evt.label}`))
+      else if ('friend' in evt) console.log(terminalText(`${at} ${evt.type} ${evt.friend.label}`))
       else if (evt.type === 'transfer:state') console.log(`${at} transfer ${evt.transfer.id} ${evt.transfer.state}${evt.transfer.error != null ? ` ${evt.transfer.error.code}` : ''}`)
     })
   }

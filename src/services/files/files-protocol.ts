@@ -3,7 +3,8 @@ import { lpStream } from '@libp2p/utils'
 import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
-import { serveOnce } from '../../peer/request-response.ts'
+import { failureSchema, serveOnce } from '../../peer/request-response.ts'
+import { safeText } from '../../peer/text.ts'
 import { wrapKey } from '../../peer/key-wrap.ts'
 import { MAX_MANIFEST_BYTES } from '../../transfer/constants.ts'
 import type { FriendBook } from '../../trust/friends.ts'
@@ -33,16 +34,17 @@ const requestSchema = z.discriminatedUnion('op', [
 
 const listingSchema = z.object({
   id: z.string().regex(/^[0-9a-f]{64}$/),
-  name: z.string().max(1024),
+  name: safeText(1024, 1),
   version: z.number().int().min(1),
   size: z.number().int().min(0),
   files: z.number().int().min(0),
   chunks: z.number().int().min(0),
-  updated: z.string().max(64)
+  updated: safeText(64)
 }).strict()
 
-const failure = z.object({ v: z.literal(VERSION), ok: z.literal(false), code: z.string().max(64), message: z.string().max(1024) }).strict()
-const listResponse = z.union([z.object({ v: z.literal(VERSION), ok: z.literal(true), shares: z.array(listingSchema).max(10_000) }).strict(), failure])
+const failure = failureSchema(VERSION)
+/** The answer to `list`, as the asker parses it (exported for tests). */
+export const listResponse = z.union([z.object({ v: z.literal(VERSION), ok: z.literal(true), shares: z.array(listingSchema).max(10_000) }).strict(), failure])
 const manifestResponse = z.union([z.object({ v: z.literal(VERSION), ok: z.literal(true), manifest: z.instanceof(Uint8Array), key: z.instanceof(Uint8Array) }).strict(), failure])
 
 export interface FilesHandlerInit {

@@ -3,7 +3,7 @@ import { lpStream } from '@libp2p/utils'
 import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
-import { serveOnce } from '../../peer/request-response.ts'
+import { failureSchema, serveOnce } from '../../peer/request-response.ts'
 import { parseAddressRecord, type AddressRecord } from '../../peer/address-record.ts'
 import { LOCATE_PROTOCOL, LOCATE_PROTOCOL_VERSION as VERSION, MAX_LOCATE_MESSAGE, LOCATE_STREAM_TIMEOUT_MS } from './constants.ts'
 
@@ -29,7 +29,7 @@ const requestSchema = z.discriminatedUnion('op', [
   z.object({ v: z.literal(VERSION), op: z.literal('query'), peer: peerIdText }).strict()
 ])
 
-const failure = z.object({ v: z.literal(VERSION), ok: z.literal(false), code: z.string().max(64), message: z.string().max(1024) }).strict()
+const failure = failureSchema(VERSION)
 const pushResponse = z.union([z.object({ v: z.literal(VERSION), ok: z.literal(true) }).strict(), failure])
 const queryResponse = z.union([z.object({ v: z.literal(VERSION), ok: z.literal(true), record: z.union([recordBytes, z.null()]) }).strict(), failure])
 
