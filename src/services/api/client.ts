@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises'
+import { readFile, stat } from 'node:fs/promises'
 import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { homePaths } from '../../peer/home.ts'
@@ -31,6 +31,7 @@ export class ApiClient {
       throw notRunning(home)
     }
     if (typeof info.url !== 'string') throw notRunning(home)
+    await checkPrivate(paths.apiToken)
     return new ApiClient(info.url, token, home)
   }
 
@@ -87,7 +88,16 @@ export class ApiClient {
       req.on('error', err => reject(['ECONNREFUSED', 'ECONNRESET'].includes((err as NodeJS.ErrnoException).code ?? '') ? notRunning(this.home) : err))
       req.end()
     })
-    if (res.statusCode !== 200) throw new KithError('UNAUTHORIZED', `the event stream was refused (${res.statusCode ?? 0})`)
+    if (res.statusCode !== 200) {
+      const chunks: Buffer[] = []
+      for await (const chunk of res) chunks.push(chunk as Buffer)
+      let error: { code?: unknown, message?: unknown } | undefined
+      try {
+        error = JSON.parse(Buffer.concat(chunks).toString('utf8')).error
+      } catch {}
+      throw new KithError(isErrorCode(error?.code) ? error.code : 'INTERNAL',
+        typeof error?.message === 'string' ? error.message : `the event stream was refused (${res.statusCode ?? 0})`)
+    }
     return parseEvents(res)
   }
 }
@@ -107,6 +117,18 @@ async function * parseEvents (res: IncomingMessage): AsyncGenerator<{ type: stri
     }
   } catch (err) {
     if ((err as Error).name !== 'AbortError') throw err
+  }
+}
+
+/**
+ * The token lets whoever holds it drive the node: one that other users can
+ * read is not sent. (The daemon makes it 0600, with a new token, on start.)
+ */
+async function checkPrivate (tokenFile: string): Promise<void> {
+  const mode = (await stat(tokenFile)).mode & 0o777
+  if ((mode & 0o077) !== 0) {
+    throw new KithError('TOKEN_NOT_PRIVATE',
+      `the API token ${tokenFile} can be read by other users (mode ${mode.toString(8).padStart(4, '0')}); run \`chmod 600 ${tokenFile}\`, or restart the daemon, which makes it private with a new token`)
   }
 }
 

@@ -11,6 +11,7 @@ import type { Daemon } from '../daemon.ts'
  * call into the daemon. docs/api.md documents them.
  */
 export interface RouteContext {
+  /** the path's named groups, percent-decoded (the server refuses an escape that does not decode) */
   params: Record<string, string>
   body: unknown
   query: URLSearchParams
@@ -63,7 +64,7 @@ function body<T> (schema: z.ZodType<T>, value: unknown): T {
 }
 
 export function routes (daemon: Daemon): Route[] {
-  const friendView = (name: string): unknown => daemon.view(daemon.friends.resolve(decodeURIComponent(name)))
+  const friendView = (name: string): unknown => daemon.view(daemon.friends.resolve(name))
   return [
     // the chunk store's size and last clean-up come from file sharing
     { method: 'GET', path: /^\/v1\/status$/, handler: async () => ({ ...daemon.status(), store: daemon.files.storeStatus() }) },
@@ -116,31 +117,31 @@ export function routes (daemon: Daemon): Route[] {
       method: 'PATCH',
       path: /^\/v1\/friends\/(?<name>[^/]+)$/,
       handler: async ({ params, body: b }) => {
-        const friend = await daemon.friends.rename(decodeURIComponent(params.name!), body(schemas.rename, b).label)
+        const friend = await daemon.friends.rename(params.name!, body(schemas.rename, b).label)
         return { friend: daemon.view(friend) }
       }
     },
     {
       method: 'PUT',
       path: /^\/v1\/friends\/(?<name>[^/]+)\/grants\/(?<service>[^/]+)$/,
-      handler: async ({ params }) => ({ friend: daemon.view(await daemon.friends.grant(decodeURIComponent(params.name!), params.service!)) })
+      handler: async ({ params }) => ({ friend: daemon.view(await daemon.friends.grant(params.name!, params.service!)) })
     },
     {
       method: 'DELETE',
       path: /^\/v1\/friends\/(?<name>[^/]+)\/grants\/(?<service>[^/]+)$/,
-      handler: async ({ params }) => ({ friend: daemon.view(await daemon.friends.ungrant(decodeURIComponent(params.name!), params.service!)) })
+      handler: async ({ params }) => ({ friend: daemon.view(await daemon.friends.ungrant(params.name!, params.service!)) })
     },
     {
       method: 'POST',
       path: /^\/v1\/friends\/(?<name>[^/]+)\/revoke$/,
-      handler: async ({ params }) => ({ friend: await daemon.revokeFriend(decodeURIComponent(params.name!)) })
+      handler: async ({ params }) => ({ friend: await daemon.revokeFriend(params.name!) })
     },
     {
       method: 'POST',
       path: /^\/v1\/friends\/(?<name>[^/]+)\/locate$/,
-      handler: async ({ params }) => ({ locate: await daemon.locate.locate(decodeURIComponent(params.name!)) })
+      handler: async ({ params }) => ({ locate: await daemon.locate.locate(params.name!) })
     },
-    { method: 'GET', path: /^\/v1\/friends\/(?<name>[^/]+)\/shares$/, handler: async ({ params }) => await daemon.files.listFriend(decodeURIComponent(params.name!)) },
+    { method: 'GET', path: /^\/v1\/friends\/(?<name>[^/]+)\/shares$/, handler: async ({ params }) => await daemon.files.listFriend(params.name!) },
     { method: 'GET', path: /^\/v1\/shares$/, handler: async () => ({ shares: await daemon.files.listMine() }) },
     {
       method: 'POST',
@@ -151,7 +152,7 @@ export function routes (daemon: Daemon): Route[] {
         return await daemon.files.share({ path: req.path, ...(req.with != null ? { with: req.with } : {}), ...(req.name != null ? { name: req.name } : {}) })
       }
     },
-    { method: 'DELETE', path: /^\/v1\/shares\/(?<ref>[^/]+)$/, handler: async ({ params }) => ({ share: await daemon.files.unshare(decodeURIComponent(params.ref!)) }) },
+    { method: 'DELETE', path: /^\/v1\/shares\/(?<ref>[^/]+)$/, handler: async ({ params }) => ({ share: await daemon.files.unshare(params.ref!) }) },
     { method: 'GET', path: /^\/v1\/transfers$/, handler: async () => ({ transfers: daemon.files.transfers.list(), eta: daemon.files.transfers.queueEta() }) },
     {
       method: 'POST',

@@ -8,9 +8,38 @@ import type { Route, EventSource } from './routes.ts'
  * The local HTTP API: loopback only, bearer token, JSON in and out, and a
  * server-sent event stream. Requests with a foreign Host header (DNS
  * rebinding) or any Origin header (a web page) are refused before routing.
+ *
+ * Any local program can connect, token or not, so what a connection may hold
+ * is bounded (ApiLimits, docs/api.md): sockets at once, time to send a
+ * request, event streams at once, and what an event stream may have waiting
+ * for a client that does not read.
  */
 export const MAX_BODY_BYTES = 64 * 1024
 export const SSE_KEEPALIVE_MS = 15_000
+
+export interface ApiLimits {
+  /** sockets open at once; more are closed as they connect @default 64 */
+  maxConnections: number
+  /** time from a socket's opening (or its previous request) to a request's complete headers; then 408 and closed @default 10 s */
+  headersTimeoutMs: number
+  /** time to send a whole request, body included @default 30 s */
+  requestTimeoutMs: number
+  /** an idle keep-alive socket between requests is closed after this @default 5 s */
+  keepAliveTimeoutMs: number
+  /** event streams open at once; one more is refused with EVENT_STREAMS_FULL @default 16 */
+  maxEventStreams: number
+  /** bytes an event stream may have waiting for a client that stopped reading; past it the stream is closed @default 1 MiB */
+  maxEventBacklog: number
+}
+
+export const API_LIMITS: Readonly<ApiLimits> = {
+  maxConnections: 64,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  maxEventStreams: 16,
+  maxEventBacklog: 1024 * 1024
+}
 
 export interface ApiServerInit {
   host: string
@@ -18,21 +47,33 @@ export interface ApiServerInit {
   token: string
   routes: Route[]
   events: EventSource
+  /** @default API_LIMITS */
+  limits?: Partial<ApiLimits>
 }
 
 export interface ApiServer {
   url: string
+  /** event streams open now */
+  eventStreams: () => number
   close: () => Promise<void>
 }
 
 export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
   const token = Buffer.from(init.token)
+  const limits: ApiLimits = { ...API_LIMITS, ...init.limits }
   const streams = new Set<ServerResponse>()
   let allowedHosts: Set<string> = new Set()
 
-  const server: Server = createServer((req, res) => {
+  const server: Server = createServer({
+    // how often the headers and request timeouts are checked: a fraction of the shorter one
+    connectionsCheckingInterval: Math.max(50, Math.min(1000, limits.headersTimeoutMs / 4))
+  }, (req, res) => {
     handle(req, res).catch(err => sendError(res, asKithError(err)))
   })
+  server.maxConnections = limits.maxConnections
+  server.headersTimeout = limits.headersTimeoutMs
+  server.requestTimeout = limits.requestTimeoutMs
+  server.keepAliveTimeout = limits.keepAliveTimeoutMs
 
   async function handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (!allowedHosts.has(req.headers.host ?? '')) {
@@ -46,7 +87,7 @@ export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
     if (auth.length !== expected.length || !timingSafeEqual(auth, expected)) {
       throw new KithError('UNAUTHORIZED', 'missing or wrong API token; send "Authorization: Bearer <token>" with the token from api.token in the kith home folder')
     }
-    const url = new URL(req.url ?? '/', 'http://localhost')
+    const url = parseUrl(req.url ?? '/')
     if (req.method === 'GET' && url.pathname === '/v1/events') {
       openEventStream(res)
       return
@@ -56,7 +97,9 @@ export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
       const match = route.path.exec(url.pathname)
       if (match == null) continue
       const body = req.method === 'GET' || req.method === 'DELETE' ? undefined : await readJson(req)
-      const result = await route.handler({ params: match.groups ?? {}, body, query: url.searchParams })
+      // matched on the raw path (an escaped "/" stays inside its segment), then decoded once, here
+      const params = Object.fromEntries(Object.entries(match.groups ?? {}).map(([k, v]) => [k, decodeURIComponent(v)]))
+      const result = await route.handler({ params, body, query: url.searchParams })
       sendJson(res, 200, result)
       return
     }
@@ -64,19 +107,29 @@ export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
   }
 
   function openEventStream (res: ServerResponse): void {
+    if (streams.size >= limits.maxEventStreams) {
+      throw new KithError('EVENT_STREAMS_FULL', `${limits.maxEventStreams} event streams are open already; close one (each \`kith events\` holds one) and try again`)
+    }
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' })
-    res.write(': kith events\n\n')
     streams.add(res)
-    const keepalive = setInterval(() => res.write(': keepalive\n\n'), SSE_KEEPALIVE_MS)
+    const keepalive = setInterval(() => send(res, ': keepalive\n\n'), SSE_KEEPALIVE_MS)
     res.on('close', () => {
       clearInterval(keepalive)
       streams.delete(res)
     })
+    send(res, ': kith events\n\n')
+  }
+
+  /** Writes to an event stream; one whose client stopped reading is closed, not buffered without end. */
+  function send (res: ServerResponse, frame: string): void {
+    res.write(frame)
+    // what the response and its socket hold that the client has not taken
+    if (res.writableLength > limits.maxEventBacklog) res.destroy()
   }
 
   const onEvent = (evt: { type: string }): void => {
     const frame = `event: ${evt.type}\ndata: ${JSON.stringify(evt)}\n\n`
-    for (const res of streams) res.write(frame)
+    for (const res of streams) send(res, frame)
   }
   init.events.on('event', onEvent)
 
@@ -92,6 +145,7 @@ export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
   allowedHosts = new Set([`${hostPart}:${address.port}`, `localhost:${address.port}`])
   return {
     url: `http://${hostPart}:${address.port}`,
+    eventStreams: () => streams.size,
     close: async () => {
       init.events.off('event', onEvent)
       for (const res of streams) res.end()
@@ -99,6 +153,31 @@ export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
       await new Promise<void>(resolve => server.close(() => resolve()))
     }
   }
+}
+
+/**
+ * The request's URL. A percent-escape that does not decode (`%zz`, or `%ff`,
+ * not UTF-8) is refused here, so no handler meets one.
+ */
+function parseUrl (raw: string): URL {
+  let url: URL
+  try {
+    url = new URL(raw, 'http://localhost')
+  } catch {
+    throw malformedUrl()
+  }
+  for (const part of [url.pathname, ...url.search.slice(1).split(/[&=]/)]) {
+    try {
+      decodeURIComponent(part.replaceAll('+', ' '))
+    } catch {
+      throw malformedUrl()
+    }
+  }
+  return url
+}
+
+function malformedUrl (): KithError {
+  return new KithError('URL_MALFORMED', 'the request path or query has a percent-escape that does not decode to UTF-8 text; encode names with encodeURIComponent')
 }
 
 async function readJson (req: IncomingMessage): Promise<unknown> {
@@ -137,5 +216,7 @@ function sendError (res: ServerResponse, err: KithError): void {
     res.destroy()
     return
   }
+  // a caller without the right to be here keeps no socket open
+  if (err.code === 'UNAUTHORIZED' || err.code === 'FORBIDDEN_ORIGIN') res.setHeader('connection', 'close')
   sendJson(res, err.status, { error: err.toJSON() })
 }
