@@ -59,6 +59,8 @@ export const ERROR_CODES = {
   SOURCE_CHANGED: 409,
   FILE_VERIFY_FAILED: 502,
   DESTINATION_EXISTS: 409,
+  /** a symbolic link where a fetch would write (a folder, the destination, a partial): never followed */
+  DESTINATION_LINK: 409,
   // transfer: the chunk protocol and multi-source fetch
   CHUNK_FRAME_MALFORMED: 400,
   CHUNK_FRAME_TOO_LARGE: 413,

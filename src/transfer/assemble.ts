@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { link, lstat, mkdir, open, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
-import { dirname, join, resolve, sep } from 'node:path'
+import { link, lstat, mkdir, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
+import { dirname, join, resolve } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
@@ -9,6 +9,7 @@ import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } 
 import type { ChunkStore } from './chunk-store.ts'
 import { BufferPool } from './buffer-pool.ts'
 import { openChunk, verifySealed, type SealKeys } from './seal.ts'
+import { checkUnder, openNoFollow, prepareUnder } from './destination.ts'
 
 /**
  * Assembling files from verified chunks.
@@ -23,6 +24,10 @@ import { openChunk, verifySealed, type SealKeys } from './seal.ts'
  * same file takes over (`partialKey`) or `removePartials` clears. The partial
  * sits in the destination's own folder so the final step is a rename within
  * one filesystem.
+ *
+ * Every folder on the way and the partial itself are checked paths
+ * (destination.ts): a symbolic link planted there is refused with
+ * DESTINATION_LINK, never followed.
  *
  * `ShareAssembly` does this for the files of a fetch while the fetch runs,
  * and records in the chunk store that each chunk it wrote is held in its file
@@ -73,7 +78,18 @@ async function isPresent (path: string): Promise<boolean> {
   }
 }
 
-/** Moves a verified partial into place, without clobbering unless asked. */
+/** The verified file waits in its partial: something else took its destination meanwhile. */
+class Taken extends KithError {
+  constructor (dest: string, partial: string) {
+    super('DESTINATION_EXISTS', `${JSON.stringify(dest)} already exists and is not the file being fetched; kith left it as it is. ` +
+      `Move it away, then resume: the fetched file waits, complete and verified, in ${JSON.stringify(partial)}`)
+  }
+}
+
+/**
+ * Moves a verified partial into place, without clobbering unless asked
+ * (a link at `dest` is replaced as a name, never followed).
+ */
 async function place (partial: string, dest: string, overwrite: boolean): Promise<void> {
   if (overwrite) {
     await rename(partial, dest)
@@ -83,10 +99,10 @@ async function place (partial: string, dest: string, overwrite: boolean): Promis
     await link(partial, dest) // atomic: fails with EEXIST rather than replace
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
-    if (code === 'EEXIST') throw exists(dest)
+    if (code === 'EEXIST') throw new Taken(dest, partial)
     if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'EMLINK') throw err
     // A filesystem without hard links: check, then rename (racy only against other local writers).
-    if (await isPresent(dest)) throw exists(dest)
+    if (await isPresent(dest)) throw new Taken(dest, partial)
     await rename(partial, dest)
     return
   }
@@ -108,6 +124,13 @@ export interface FileAssemblyOptions {
    * them in it). Random when absent.
    */
   partialKey?: string
+  /**
+   * The destination root `dest` lies under: every folder between them is
+   * checked again (real folders, no links) right before the partial is
+   * opened and before the file is placed. Without it, only the partial
+   * itself is opened without following links.
+   */
+  root?: string
 }
 
 /**
@@ -126,6 +149,7 @@ export class FileAssembly {
   /** where the file is assembled until it is placed */
   readonly partial: string
   private readonly overwrite: boolean
+  private readonly root: string | undefined
   private readonly state: Uint8Array
   private written = 0
   private created = false
@@ -143,6 +167,7 @@ export class FileAssembly {
     this.entry = entry
     this.chunkSize = chunkSize
     this.overwrite = options.overwrite ?? false
+    this.root = options.root
     this.partial = partialPath(dest, options.partialKey)
     this.state = new Uint8Array(entry.chunks.length)
   }
@@ -182,18 +207,31 @@ export class FileAssembly {
   }
 
   private async openPartial (): Promise<FileHandle> {
-    if (this.created) return await open(this.partial, 'r+')
+    await this.checkFolders()
+    if (this.created) return await openNoFollow(this.partial, 'existing')
     let handle: FileHandle
     try {
       // one a killed run left: kept, since the store may hold chunks in it; every chunk is written again
-      handle = await open(this.partial, 'r+')
-      await handle.truncate(this.entry.size)
+      handle = await openNoFollow(this.partial, 'existing')
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-      handle = await open(this.partial, 'wx+', this.entry.executable ? 0o755 : 0o644)
+      handle = await openNoFollow(this.partial, 'create', this.entry.executable ? 0o755 : 0o644)
+      this.created = true
+      return handle
+    }
+    try {
+      await handle.truncate(this.entry.size)
+    } catch (err) {
+      await handle.close()
+      throw err
     }
     this.created = true
     return handle
+  }
+
+  /** Every folder between the root and the file is still a real folder (see FileAssemblyOptions.root). */
+  private async checkFolders (): Promise<void> {
+    if (this.root !== undefined) await checkUnder(this.root, dirname(this.dest))
   }
 
   /** Closes the partial's handle if nothing is using it; the next use opens it again. */
@@ -276,9 +314,12 @@ export class FileAssembly {
       }
       await this.use(async handle => { await handle.sync() }) // an empty file is created here
       await this.release()
+      await this.checkFolders()
       await place(this.partial, this.dest, this.overwrite)
     } catch (err) {
-      await this.abort()
+      // a verified file whose destination is taken waits in its partial for a resume; otherwise it is gone
+      if (err instanceof Taken) await this.release()
+      else await this.abort()
       throw err
     }
     await syncDir(dirname(this.dest))
@@ -308,7 +349,7 @@ export function partialPath (dest: string, partialKey?: string): string {
  * the wrong hash, DESTINATION_EXISTS, or whatever the reader throws (such as
  * CHUNK_NOT_FOUND); in every case no destination file is created or changed.
  */
-export async function assembleFile (dest: string, entry: ManifestFile, chunkSize: number, read: ChunkReader, options: AssembleOptions = {}): Promise<void> {
+export async function assembleFile (dest: string, entry: ManifestFile, chunkSize: number, read: ChunkReader, options: AssembleOptions & Pick<FileAssemblyOptions, 'root'> = {}): Promise<void> {
   const file = new FileAssembly(dest, entry, chunkSize, options)
   if (!(options.overwrite ?? false) && await isPresent(dest)) throw exists(dest)
   try {
@@ -340,34 +381,12 @@ export function storeReader (store: Pick<ChunkStore, 'get'>, keys: SealKeys, man
 }
 
 /**
- * Resolves `path` under `root` and makes its parent folders, refusing any
- * step that is not a real folder (a link or a file in the way), so nothing is
- * written outside `root` even if the destination already holds links.
+ * `path` (a manifest path, checked) under `root`, its folders made and
+ * checked on the way: real folders, no links (destination.ts).
  */
 async function prepare (root: string, path: string, isDir: boolean): Promise<string> {
   checkPath(path)
-  const target = resolve(root, ...path.split('/'))
-  if (!target.startsWith(root.endsWith(sep) ? root : root + sep)) {
-    throw new KithError('MANIFEST_BAD_PATH', `${JSON.stringify(path)} would land outside the destination folder; it was refused`)
-  }
-  const segments = path.split('/')
-  const folders = isDir ? segments : segments.slice(0, -1)
-  let at = root
-  for (const segment of folders) {
-    at = join(at, segment)
-    let info
-    try {
-      info = await lstat(at)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-      await mkdir(at, { mode: 0o755 }).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'EEXIST') throw e })
-      info = await lstat(at)
-    }
-    if (!info.isDirectory()) {
-      throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(at)} is in the way (it is ${info.isSymbolicLink() ? 'a link' : 'not a folder'}); move it away and try again`)
-    }
-  }
-  return target
+  return await prepareUnder(root, path.split('/'), { dir: isDir })
 }
 
 export interface AssembleShareInit extends AssembleOptions {
@@ -390,7 +409,7 @@ export async function assembleShare (init: AssembleShareInit): Promise<void> {
     init.signal?.throwIfAborted()
     const target = await prepare(root, entry.path, entry.type === 'dir')
     if (entry.type === 'dir') continue
-    await assembleFile(target, entry, init.manifest.chunkSize, storeReader(init.store, init.keys, init.manifest, file), init)
+    await assembleFile(target, entry, init.manifest.chunkSize, storeReader(init.store, init.keys, init.manifest, file), { ...init, root })
   }
 }
 
@@ -433,6 +452,12 @@ export interface ShareAssemblyInit {
    * a kill takes over what the killed one left instead of leaving it behind.
    */
   partialKey?: string
+  /**
+   * The destination root every target lies under (prepared with
+   * `prepareUnder`); the folders between are checked again before each
+   * partial is opened and each file placed. @see FileAssemblyOptions.root
+   */
+  root?: string
 }
 
 /** The partial a ShareAssembly with this `partialKey` writes for manifest entry `file` at `dest`. */
@@ -477,6 +502,7 @@ export class ShareAssembly {
       if (entry?.type !== 'file') throw new KithError('BAD_REQUEST', `entry ${target.file} of the manifest is not a file`)
       const file = new FileAssembly(target.dest, entry, manifest.chunkSize, {
         overwrite: init.overwrite,
+        ...(init.root !== undefined ? { root: init.root } : {}),
         ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${target.file}` } : {})
       })
       this.files.push(file)

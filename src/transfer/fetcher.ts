@@ -60,6 +60,11 @@ import { BufferPool } from './buffer-pool.ts'
  *    (everything obtainable is fetched first); or with FETCH_ABORTED on the
  *    signal. Chunks stored so far stay stored either way.
  *
+ * Every duration and deadline (stalls, rate windows, cooldowns, looks) is
+ * measured on the monotonic clock, `performance.now()`: a step of the wall
+ * clock neither cuts a source that is moving, nor ends a cooldown early, nor
+ * hides a stall.
+ *
  * Memory stays bounded whatever the total: per request one frame and the
  * muxer window (the stream is paused while the store is slower than the
  * network), plus a few bytes of bookkeeping per wanted chunk and a bit per
@@ -371,8 +376,8 @@ class Request {
   /** indexes neither received by this request nor done elsewhere */
   readonly open: Set<number>
   readonly controller = new AbortController()
-  readonly startedAt = Date.now()
-  lastByteAt = Date.now()
+  readonly startedAt = performance.now()
+  lastByteAt = performance.now()
   bytes = 0
   /** why we cut it, when we did */
   fault: { reason: PenaltyReason | 'dropped', message: string } | undefined
@@ -445,7 +450,7 @@ class Fetch {
   private doneCount = 0
   private doneBytes = 0
   private haveMs: number | undefined
-  private lastProgress = 0
+  private lastProgress = -Infinity
   private ticker: ReturnType<typeof setInterval> | undefined
   private coolTimer: ReturnType<typeof setTimeout> | undefined
   private coolAt = 0
@@ -492,7 +497,7 @@ class Fetch {
     const onAbort = (): void => { this.finish({ code: 'FETCH_ABORTED' }) }
     signal?.addEventListener('abort', onAbort, { once: true })
     const tickMs = Math.max(10, Math.min(250, this.opt.stallTimeoutMs / 4, this.opt.rateWindowMs / 4))
-    this.ticker = setInterval(() => { this.tick() }, tickMs)
+    this.ticker = setInterval(() => { this.guarded(() => { this.tick() }) }, tickMs)
     try {
       if (signal?.aborted === true) this.finish({ code: 'FETCH_ABORTED' })
       else {
@@ -524,9 +529,27 @@ class Fetch {
       report, missing)
   }
 
+  /**
+   * Keeps a background task (a request, a HAVE, a look) until it settles. A
+   * task handles its own failures; one that throws anyway (a bug, a store
+   * that throws where it should not) ends the fetch with that error rather
+   * than escaping as an unhandled rejection.
+   */
   private track (task: Promise<void>): void {
     this.tasks.add(task)
-    void task.finally(() => this.tasks.delete(task))
+    task.then(() => { this.tasks.delete(task) }, (err: unknown) => {
+      this.tasks.delete(task)
+      this.finish({ error: asKithError(err) })
+    })
+  }
+
+  /** Runs a timer's work; a throw there (a bug) ends the fetch with it instead of the process. */
+  private guarded (work: () => void): void {
+    try {
+      work()
+    } catch (err) {
+      this.finish({ error: asKithError(err) })
+    }
   }
 
   private finish (outcome?: Outcome): void {
@@ -539,7 +562,7 @@ class Fetch {
   }
 
   private now (): number {
-    return Date.now() - this.startedAt
+    return performance.now() - this.startedAt
   }
 
   // ---- availability bookkeeping
@@ -618,7 +641,7 @@ class Fetch {
       // an honest holder at its limit: ask it less at once, and later
       source.busyStreak++
       source.limit = Math.max(1, source.requests.size - 1)
-      source.coolUntil = Date.now() + Math.min(MAX_RETRY_DELAY_MS, this.opt.retryDelayMs * 2 ** (source.busyStreak - 1))
+      source.coolUntil = performance.now() + Math.min(MAX_RETRY_DELAY_MS, this.opt.retryDelayMs * 2 ** (source.busyStreak - 1))
       return
     }
     if (reason === 'corrupt' || reason === 'protocol' || reason === 'refused') {
@@ -630,7 +653,7 @@ class Fetch {
       this.drop(source, { ...penalty, message: `${message} (strike ${source.strikes} of ${this.opt.maxStrikes})` })
       return
     }
-    source.coolUntil = Date.now() + Math.min(MAX_RETRY_DELAY_MS, this.opt.retryDelayMs * 2 ** (source.strikes - 1))
+    source.coolUntil = performance.now() + Math.min(MAX_RETRY_DELAY_MS, this.opt.retryDelayMs * 2 ** (source.strikes - 1))
   }
 
   private drop (source: Source, penalty: Penalty): void {
@@ -710,13 +733,13 @@ class Fetch {
           if (this.finished) return
           this.penalise(source, this.classify(err), `HAVE failed: ${(err as Error).message}`)
           if (source.dropped !== undefined) return
-          await sleep(source.coolUntil - Date.now(), this.halt.signal)
+          await sleep(source.coolUntil - performance.now(), this.halt.signal)
         }
         this.schedule()
       }
     } finally {
       source.asking = false
-      source.askedAt = Date.now()
+      source.askedAt = performance.now()
       if (!this.finished) {
         if (this.haveMs === undefined && this.sources.every(s => !s.asking)) this.haveMs = this.now()
         this.schedule()
@@ -753,7 +776,7 @@ class Fetch {
       }
     } finally {
       source.asking = false
-      source.askedAt = Date.now()
+      source.askedAt = performance.now()
       if (!this.finished) this.schedule()
     }
   }
@@ -773,7 +796,7 @@ class Fetch {
   private look (): void {
     if (this.looking || this.finished || this.init.discover === undefined) return
     this.looking = true
-    this.lastLookAt = Date.now()
+    this.lastLookAt = performance.now()
     this.looks++
     this.track(this.lookTask())
   }
@@ -795,7 +818,7 @@ class Fetch {
         found = true
         this.track(this.askTask(source))
       }
-      const now = Date.now()
+      const now = performance.now()
       for (const source of this.sources) {
         if (source.dropped !== undefined || source.asking || source.coolUntil > now || source.haveKnown < this.n || now - source.askedAt < this.opt.recheckMs) continue
         if (!this.lacksMissing(source)) continue
@@ -894,7 +917,7 @@ class Fetch {
     // this source holds that their current fetchers are expected to deliver
     // much later than this source could (a copy costs the receiver as much as
     // the original, so a close race is a loss), latest first.
-    const now = Date.now()
+    const now = performance.now()
     const chunk = this.averageChunk()
     const mine = source.rate === undefined ? 0 : 2 * (ENDGAME_SETUP_MS + chunk / (source.rate / this.opt.requestsPerSource) * 1000)
     const candidates: Array<{ index: number, arrival: number }> = []
@@ -940,7 +963,7 @@ class Fetch {
       this.finish()
       return
     }
-    const now = Date.now()
+    const now = performance.now()
     const live = this.sources.filter(s => s.dropped === undefined)
     const ready = live
       .filter(s => s.coolUntil <= now)
@@ -965,7 +988,7 @@ class Fetch {
         this.coolAt = at
         this.coolTimer = setTimeout(() => {
           this.coolTimer = undefined
-          this.schedule()
+          this.guarded(() => { this.schedule() })
         }, at - now)
       }
     }
@@ -990,7 +1013,7 @@ class Fetch {
     source.requests.add(request)
     source.requestCount++
     this.requests.add(request)
-    source.window ??= { at: Date.now(), received: source.received }
+    source.window ??= { at: performance.now(), received: source.received }
     request.promise = this.runRequest(request)
     this.track(request.promise)
   }
@@ -1006,7 +1029,7 @@ class Fetch {
         buffers: this.frames,
         onBytes: bytes => {
           request.bytes += bytes
-          request.lastByteAt = Date.now()
+          request.lastByteAt = performance.now()
           source.received += bytes
         }
       })
@@ -1048,7 +1071,7 @@ class Fetch {
         if (missing === 0 && source.strikes > 0) source.strikes--
         source.busyStreak = 0
         if (source.limit < this.opt.requestsPerSource) source.limit++
-        const ms = Date.now() - request.startedAt
+        const ms = performance.now() - request.startedAt
         if (source.rate === undefined && ms > 0) source.rate = request.bytes * 1000 / ms * source.requests.size
         if (missing > 0) this.penalise(source, 'missing', `said it held ${missing} chunk(s) it then answered MISSING`)
       }
@@ -1072,13 +1095,13 @@ class Fetch {
 
   /** Waits for `beforeReceive`; the time is ours, so the request's stall clock restarts after it. */
   private async throttle (request: Request, bytes: number): Promise<void> {
-    const started = Date.now()
+    const started = performance.now()
     request.throttled = true
     try {
       await this.init.beforeReceive!(bytes, request.source.peer, request.controller.signal)
     } finally {
       request.throttled = false
-      const now = Date.now()
+      const now = performance.now()
       if (now - started >= THROTTLE_NOTICE_MS) {
         request.lastByteAt = Math.max(request.lastByteAt, now)
         request.source.throttledAt = now
@@ -1095,7 +1118,7 @@ class Fetch {
     let expected = 0
     for (const index of request.indexes) expected += this.sizes[index]!
     if (request.bytes >= expected / 2) return
-    const now = Date.now()
+    const now = performance.now()
     const ms = now - request.startedAt
     // next to nothing (a frame header), or nothing for most of its life: a stall
     if (request.bytes < expected / 100 || now - request.lastByteAt > ms / 2) {
@@ -1109,7 +1132,7 @@ class Fetch {
 
   private tick (): void {
     if (this.finished) return
-    const now = Date.now()
+    const now = performance.now()
     if (this.init.discover !== undefined && !this.looking) {
       const since = now - this.lastLookAt
       if (since >= this.opt.discoverIntervalMs || (since >= MIN_LOOK_GAP_MS && this.isShort())) this.look()
@@ -1165,7 +1188,7 @@ class Fetch {
   progress (final: boolean): void {
     const onProgress = this.init.onProgress
     if (onProgress === undefined) return
-    const now = Date.now()
+    const now = performance.now()
     if (!final && now - this.lastProgress < this.opt.progressIntervalMs) return
     this.lastProgress = now
     const perSource: Record<string, SourceProgress> = {}
@@ -1227,7 +1250,7 @@ class Fetch {
  * the store's own error if the local store fails (a full disk).
  */
 export async function fetchChunks (init: FetchInit): Promise<FetchReport> {
-  const startedAt = Date.now()
+  const startedAt = performance.now()
   const unique: string[] = []
   const seen = new Set<string>()
   for (const id of init.ids) {

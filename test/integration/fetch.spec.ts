@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, writeFile, readFile, readdir, rename, rm, stat } from 'node:fs/promises'
+import { mkdir, writeFile, readFile, readdir, rename, rm, stat, symlink } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join, relative } from 'node:path'
 import { openDatabase, sublevel } from '../../src/peer/database.ts'
@@ -24,6 +24,10 @@ async function tree (root: string): Promise<Record<string, string>> {
   }
   await walk(root)
   return out
+}
+
+async function sha (path: string): Promise<string> {
+  return createHash('sha256').update(await readFile(path)).digest('hex')
 }
 
 async function exists (path: string): Promise<boolean> {
@@ -61,6 +65,12 @@ describe('fetching friends\' files', () => {
   async function pausedFetch (name: string, mib: number, dest: string, held: number, up = '2MB/s'): Promise<{ t: { id: string }, source: string, held: number }> {
     const source = join(alice.home, name)
     await writeFile(source, randomBytes(mib * 1024 * 1024))
+    return await pausedFetchOf(name, dest, held, up)
+  }
+
+  /** As pausedFetch, of what alice already has at `name` in her home (a file or a folder). */
+  async function pausedFetchOf (name: string, dest: string, held: number, up = '2MB/s'): Promise<{ t: { id: string }, source: string, held: number }> {
+    const source = join(alice.home, name)
     await alice.json('share', source, '--with', 'carol')
     await alice.json('limits', 'set', '--up', up)
     try {
@@ -194,6 +204,62 @@ describe('fetching friends\' files', () => {
     expect(held).toBeGreaterThanOrEqual(4 * 1024 * 1024)
     expect(sent + held).toBeLessThanOrEqual(16 * (1024 * 1024 + SEAL_OVERHEAD))
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
+  })
+
+  it('a resumed fetch takes a file at its destination as done only if it is the very file; another is left alone', async () => {
+    const dest = join(carol.home, 'planted.bin')
+    const { t, source } = await pausedFetch('planted.bin', 24, dest, 1024 * 1024, '1MB/s')
+    await writeFile(dest, 'not the file being fetched')
+    await carol.json('resume', t.id)
+    const failed = await transferFailed(carol, t.id, 'the resumed fetch to stop at the file in its way')
+    expect(failed.error.code).toBe('DESTINATION_EXISTS')
+    expect(await readFile(dest, 'utf8')).toBe('not the file being fetched')
+    // moved away, the next resume places the fetched file
+    await rm(dest)
+    await carol.json('resume', t.id)
+    await transferDone(carol, t.id, 'the fetch resumed again')
+    expect(await sha(dest)).toBe(await sha(source))
+  })
+
+  it('never writes through a link planted at a partial', async () => {
+    const victim = join(carol.home, 'victim.txt')
+    await writeFile(victim, 'precious')
+    const file = join(carol.home, 'linked.bin')
+    const { t } = await pausedFetch('linked.bin', 24, file, 1024 * 1024, '1MB/s')
+    // a link where the paused fetch's partial was, pointing at a file outside the destination
+    const partial = sharePartialPath(file, t.id, 0)
+    await rm(partial)
+    await symlink(victim, partial)
+    await carol.json('resume', t.id)
+    expect((await transferFailed(carol, t.id, 'the fetch to refuse the linked partial')).error.code).toBe('DESTINATION_LINK')
+    expect(await readFile(victim, 'utf8')).toBe('precious')
+  })
+
+  it('never writes through a link planted at a folder in the destination, or at the destination itself', async () => {
+    const outside = join(carol.home, 'outside')
+    await mkdir(outside)
+    const shared = join(alice.home, 'tree')
+    await mkdir(join(shared, 'sub'), { recursive: true })
+    await writeFile(join(shared, 'a.bin'), randomBytes(24 * 1024 * 1024))
+    await writeFile(join(shared, 'sub', 'b.bin'), randomBytes(1024 * 1024))
+    const dest = join(carol.home, 'tree')
+    const { t } = await pausedFetchOf('tree', dest, 1024 * 1024, '1MB/s')
+    // a folder in it swapped for a link to a folder outside
+    await rm(join(dest, 'sub'), { recursive: true })
+    await symlink(outside, join(dest, 'sub'))
+    await carol.json('resume', t.id)
+    expect((await transferFailed(carol, t.id, 'the fetch to refuse the linked folder')).error.code).toBe('DESTINATION_LINK')
+    // the destination itself swapped for a link to a folder outside
+    await rm(dest, { recursive: true })
+    await symlink(outside, dest)
+    await carol.json('resume', t.id)
+    expect((await transferFailed(carol, t.id, 'the fetch to refuse the linked destination')).error.code).toBe('DESTINATION_LINK')
+    expect(await readdir(outside)).toEqual([])
+    // with the link gone, it finishes
+    await rm(dest)
+    await carol.json('resume', t.id)
+    await transferDone(carol, t.id, 'the fetch resumed without the links')
+    expect(await tree(dest)).toEqual(await tree(shared))
   })
 
   it('takes on a friend who comes online mid-fetch when its floor falls short', async () => {
@@ -440,5 +506,22 @@ describe('fetching friends\' files', () => {
     expect(failed.error.message, failed.error.message).not.toContain('Dropped sources')
     expect(failed.doneBytes, JSON.stringify(failed)).toBe(4 * (10_000 + SEAL_OVERHEAD))
     expect((await readdir(dest)).filter(n => !n.endsWith('.kith-partial')).sort()).toEqual(names.slice(20))
+  })
+
+  it('a friend removed from a share gets none of its next version, sealed under a new key; the friend who stays fetches it', async () => {
+    const source = join(alice.home, 'keyed.bin')
+    await writeFile(source, randomBytes(2 * 1024 * 1024 + 9))
+    await alice.json('share', source, '--with', 'bob', 'carol')
+    const first = await carol.cli('fetch', 'alice:keyed.bin', '-o', join(carol.home, 'keyed-1.bin'))
+    expect(first.code, first.stderr).toBe(0)
+    const v2 = await alice.json('share', source, '--with', 'carol')
+    expect(v2.share.version).toBe(2)
+    expect((await bob.json('ls', 'alice')).shares.map((s: { name: string }) => s.name)).not.toContain('keyed.bin')
+    const dest = join(carol.home, 'keyed-2.bin')
+    const { transfer: t } = await carol.json('fetch', 'alice:keyed.bin', '-o', dest, '--detach')
+    const done = await transferDone(carol, t.id, 'the second version to arrive')
+    // the same bytes under a new key are new chunks: nothing of version 1 carol holds could stand in
+    expect(done.sources.reduce((sum: number, s: { bytes: number }) => sum + s.bytes, 0)).toBe(done.totalBytes)
+    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
   })
 })

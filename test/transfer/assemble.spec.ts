@@ -1,4 +1,4 @@
-import { appendFile, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises'
+import { appendFile, mkdir, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -114,7 +114,7 @@ describe('assemble', () => {
     const outside = join(dir, 'outside')
     await mkdir(outside)
     await symlink(outside, join(out, 'sub'))
-    await expectCodeAsync(assembleShare({ store, keys, manifest: folder, root: out }), 'DESTINATION_EXISTS')
+    await expectCodeAsync(assembleShare({ store, keys, manifest: folder, root: out }), 'DESTINATION_LINK')
     expect(await readdir(outside)).toEqual([])
   })
 
@@ -228,6 +228,50 @@ describe('assemble', () => {
       const second = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-1' })
       await second.finish()
       expect((await readdir(out)).sort()).toEqual(['big.bin', 'empty', 'twin1', 'twin2'])
+    })
+
+    it('never writes through a link planted at a partial, nor through a folder swapped for a link', async () => {
+      const { manifest: m } = await folder()
+      const big = m.entries.findIndex(e => e.path === 'big.bin')
+      const bigChunks = (m.entries[big] as ManifestFile).chunks
+      const outside = join(dir, 'outside')
+      await mkdir(outside)
+      const victim = join(outside, 'victim.txt')
+      await writeFile(victim, 'precious')
+      // a link where the next run's partial will be, pointing at a file outside the destination
+      await symlink(victim, sharePartialPath(join(out, 'big.bin'), 'transfer-2', big))
+      const planted = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-2', root: out })
+      await expectCodeAsync(planted.accept(bigChunks[0]!, await store.get(bigChunks[0]!)), 'DESTINATION_LINK')
+      await planted.close()
+      expect(await readFile(victim, 'utf8')).toBe('precious')
+
+      // the destination's folder itself swapped for a link once the fetch is under way
+      const sub = join(out, 'sub')
+      await mkdir(sub)
+      const twin = m.entries.findIndex(e => e.path === 'twin1')
+      const swapped = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: { ...m, entries: m.entries.map(e => e.path === 'twin1' ? { ...e, path: 'sub/twin1' } : e) }, targets: [{ file: twin, dest: join(sub, 'twin1') }], partialKey: 'transfer-3', root: out })
+      await rm(sub, { recursive: true })
+      await symlink(outside, sub)
+      const twinChunks = (m.entries[twin] as ManifestFile).chunks
+      await expectCodeAsync(swapped.accept(twinChunks[0]!, await store.get(twinChunks[0]!)), 'DESTINATION_LINK')
+      await swapped.close()
+      expect(await readdir(outside)).toEqual(['victim.txt'])
+    })
+
+    it('keeps a verified file in its partial when something took its destination meanwhile', async () => {
+      const { manifest: m } = await folder()
+      const assembly = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m), partialKey: 'transfer-4', root: out })
+      await writeFile(join(out, 'big.bin'), 'the user\'s own')
+      await expectCodeAsync(assembly.finish(), 'DESTINATION_EXISTS')
+      expect(await readFile(join(out, 'big.bin'), 'utf8')).toBe('the user\'s own')
+      const big = m.entries.findIndex(e => e.path === 'big.bin')
+      const partial = sharePartialPath(join(out, 'big.bin'), 'transfer-4', big)
+      expect((await stat(partial)).size).toBe(4 * CS + 1)
+      // moved away, a resume places it from the partial (its chunks read back from the store)
+      await rm(join(out, 'big.bin'))
+      const resumed = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m).filter(t => t.file === big), partialKey: 'transfer-4', root: out })
+      await resumed.finish()
+      expect((await readFile(join(out, 'big.bin'))).length).toBe(4 * CS + 1)
     })
 
     describe('holding the chunks it writes in their files', () => {

@@ -218,7 +218,7 @@ export class ChunkCollector {
   }
 
   private async run (): Promise<GcResult> {
-    const started = Date.now()
+    const started = performance.now()
     const cycle: Cycle = { touched: new Set() }
     this.cycle = cycle
     const signal = this.controller.signal
@@ -256,7 +256,7 @@ export class ChunkCollector {
         store: { chunks: stats.count, bytes: stats.bytes, inFiles: stats.inFiles },
         aborted: signal.aborted,
         at: Date.now(),
-        ms: Date.now() - started
+        ms: Math.round(performance.now() - started)
       }
       this.lastResult = result
       this.total.cycles++

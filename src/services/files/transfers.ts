@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { mkdir, rm, stat } from 'node:fs/promises'
-import { dirname, join, resolve } from 'node:path'
+import { lstat, mkdir, rm } from 'node:fs/promises'
+import { basename, dirname, join, resolve } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection } from '@libp2p/interface'
 import { KithError, asKithError } from '../../errors.ts'
@@ -14,6 +14,7 @@ import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
 import { ShareAssembly, sharePartialPath, type ShareTarget } from '../../transfer/assemble.ts'
+import { checkUnder, compareFile, prepareUnder } from '../../transfer/destination.ts'
 import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
 import { fetchManifest, listShares } from './files-protocol.ts'
 import { ShareBook } from './share-book.ts'
@@ -113,8 +114,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   private readonly init: TransferInit
   private readonly records = new Map<string, Transfer>()
   private readonly running = new Map<string, Running>()
-  /** seal keys of friends' shares, by `${owner}/${shareId}`: fetched files serve their chunks with them */
-  private readonly keys = new Map<string, SealKeys>()
+  /** seal keys of friends' shares, newest first, by `${owner}/${shareId}`: fetched files serve their chunks with them */
+  private readonly keys = new Map<string, SealKeys[]>()
   private stopped = false
 
   constructor (init: TransferInit) {
@@ -132,9 +133,13 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       if (record.state === 'running') record.state = 'queued'
       this.records.set(record.id, { ...record, rate: 0, eta: null, sources: record.sources ?? [], priority: record.priority ?? 'normal', minRate: record.minRate ?? null, floor: record.floor ?? null })
     }
+    // `updated` is a stored timestamp, so this window is on the wall clock
     const recent = [...this.records.values()].filter(r => r.state === 'cancelled' && Date.now() - r.updated < CANCELLED_CLEANUP_MS)
     setImmediate(() => {
-      void (async () => { for (const record of recent) await this.dropPartials(record).catch(() => {}) })()
+      const clearing = async (): Promise<void> => {
+        for (const record of recent) await this.dropPartials(record).catch(() => {})
+      }
+      clearing().catch(() => {}) // each removal is best effort; nothing here may end the daemon
     })
     this.kick()
   }
@@ -278,7 +283,9 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     if (saved === undefined || friend === undefined) return
     const manifest = ShareBook.decode(saved.manifest, Buffer.from(friend.publicKey, 'base64'))
     for (const { index, relative } of select(manifest, record.path).files) {
-      const dest = relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
+      const dest = destOf(record, relative)
+      // never through a link planted on the way: that partial is not ours to remove
+      if (!await checkUnder(dirname(record.dest), dirname(dest)).then(() => true, () => false)) continue
       await rm(sharePartialPath(dest, record.id, index), { force: true })
     }
   }
@@ -296,7 +303,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       if (this.running.size >= MAX_ACTIVE_TRANSFERS) return
       if (record.state !== 'queued' || this.running.has(record.id)) continue
       const controller = new AbortController()
-      const done = this.run(record.id, controller.signal).finally(() => {
+      // a run records its own outcome; if even that fails (the database), it must not end the daemon
+      const done = this.run(record.id, controller.signal).catch((err: unknown) => { this.unrecorded(record.id, err) }).finally(() => {
         this.running.delete(record.id)
         this.kick()
       })
@@ -305,20 +313,40 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   }
 
   /**
-   * The seal keys of a friend's share I fetched, from a saved manifest; for
-   * the chunk store, which reseals chunks held in fetched files. Undefined if
-   * the owner is no longer a friend or nothing of theirs was saved.
+   * A run that threw instead of recording how it ended: its database write
+   * failed (a full disk, a closed or damaged database). The transfer ends in
+   * memory as the run would have ended it (failed, or paused by a full
+   * disk), with the error, and an event says so; writing the record is tried
+   * once more, in the background. Logged, since the record on disk may be
+   * stale until then. Never throws.
    */
-  async sealKeys (shareId: string, owner: string): Promise<SealKeys | undefined> {
+  private unrecorded (id: string, err: unknown): void {
+    console.error(`kith: transfer ${id} ended with an error that could not be recorded: ${err instanceof Error ? err.stack ?? err.message : String(err)}`)
+    const record = this.records.get(id)
+    if (record === undefined || this.stopped || (record.state !== 'running' && record.state !== 'queued')) return
+    const error = describe(err)
+    const next: Transfer = { ...record, state: error.code === 'DISK_FULL' ? 'paused' : 'failed', error, rate: 0, eta: null, updated: Date.now() }
+    this.records.set(id, next)
+    try {
+      this.emit('event', { type: 'transfer:state', transfer: next })
+    } catch {}
+    this.init.level.put(id, next).catch(() => {})
+  }
+
+  /**
+   * The seal keys of a friend's share I fetched, newest version first, from
+   * the manifests I saved (a share gets a new key when its owner removes a
+   * friend from it); for the chunk store, which reseals chunks held in
+   * fetched files. Empty if the owner is no longer a friend or nothing of
+   * theirs was saved.
+   */
+  async sealKeys (shareId: string, owner: string): Promise<SealKeys[]> {
     const friend = this.init.friends.get(owner)
-    if (friend === undefined || friend.state !== 'active') return undefined
+    if (friend === undefined || friend.state !== 'active') return []
     const cached = this.keys.get(`${owner}/${shareId}`)
     if (cached !== undefined) return cached
-    const saved = await this.init.shares.anyReceived(owner, shareId)
-    if (saved === undefined) return undefined
-    const key = unwrapKey(Buffer.from(saved.wrappedKey, 'base64'), Buffer.from(friend.publicKey, 'base64'), this.init.secretKey)
-    const keys = deriveSealKeys(key, shareId)
-    this.keys.set(`${owner}/${shareId}`, keys)
+    const keys = await this.init.shares.receivedKeys(owner, shareId, Buffer.from(friend.publicKey, 'base64'), this.init.secretKey)
+    if (keys.length > 0) this.keys.set(`${owner}/${shareId}`, keys)
     return keys
   }
 
@@ -372,12 +400,13 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       const flow = bandwidth?.flow({ direction: 'down', class: 'friend', label: id, priority: record.priority, floor: record.minRate ?? 0 })
       const entry = this.running.get(id)
       if (entry !== undefined && flow !== undefined) entry.flow = flow
-      let last = 0
+      let last = -Infinity
       const label = (peerId: string): string => this.init.friends.get(peerId)?.label ?? peerId
       let latest: { fetched: number, perSource: FetchProgress['perSource'] } = { fetched: 0, perSource: {} }
       const progress = (fetched: number, perSource: FetchProgress['perSource'], force = false): void => {
         latest = { fetched, perSource }
-        const now = Date.now()
+        // intervals and rates on the monotonic clock; `updated` is a timestamp for people
+        const now = performance.now()
         if (!force && now - last < PROGRESS_INTERVAL_MS) return
         last = now
         record = this.get(id)
@@ -393,7 +422,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
           floor = flow.floor()
         }
         const sources = Object.entries(perSource).map(([peerId, p]) => ({ peerId, label: label(peerId), bytes: p.bytes, rate: Math.round(p.rate), state: p.state }))
-        const next = { ...record, doneBytes, rate, eta, floor, sources, updated: now }
+        const next = { ...record, doneBytes, rate, eta, floor, sources, updated: Date.now() }
         this.records.set(id, next)
         this.emit('event', { type: 'transfer:progress', transfer: next })
       }
@@ -495,24 +524,40 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     return [owner, ...others.map(f => f.peerId)].map(p => peerIdFromString(p))
   }
 
-  /** The files of this fetch not already in place, ready to be written as chunks arrive. */
+  /**
+   * The files of this fetch not already in place, ready to be written as
+   * chunks arrive. Everything is written under the folder the destination
+   * was named in (the root, taken as the user gave it), through checked
+   * paths: a link planted at the destination, at a folder in it or at a
+   * partial is refused with DESTINATION_LINK (destination.ts).
+   *
+   * A file already at its destination counts as done only if it is the
+   * very file (its size and whole-file sha256 match the manifest's): one
+   * this fetch placed before a restart. Anything else there is left
+   * untouched; the file is fetched into its partial as usual, and placing it
+   * then fails with DESTINATION_EXISTS, the verified file waiting in its
+   * partial until the other is moved away and the fetch resumed.
+   */
   private async assembly (id: string, manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[]): Promise<ShareAssembly> {
+    const root = dirname(record.dest)
+    await mkdir(root, { recursive: true })
     const targets: ShareTarget[] = []
     for (const { entry, index, relative } of files) {
-      const dest = relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
-      if (await exists(dest)) {
-        // finished before a restart; a kill may have come between placing it, moving its chunks' records and unlinking the partial
+      const segments = [basename(record.dest), ...(relative === '' ? [] : relative.split('/'))]
+      const dest = await prepareUnder(root, segments)
+      if (await compareFile(dest, entry) === 'same') {
+        // placed before a restart; a kill may have come between placing it, moving its chunks' records and unlinking the partial
         const partial = sharePartialPath(dest, id, index)
         await this.init.store.moveInFile(entry.chunks, partial, dest)
         await rm(partial, { force: true })
         continue
       }
-      await mkdir(dirname(dest), { recursive: true })
       targets.push({ file: index, dest })
     }
     const keys = deriveSealKeys(key, manifest.shareId)
-    this.keys.set(`${record.owner}/${manifest.shareId}`, keys)
-    return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id })
+    // this version's key (its manifest is saved by now) joins the share's keys at the next look-up
+    this.keys.delete(`${record.owner}/${manifest.shareId}`)
+    return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id, root })
   }
 }
 
@@ -547,9 +592,15 @@ function safeName (name: string): string {
   return cleaned === '.' || cleaned === '..' || cleaned === '' ? 'share' : cleaned
 }
 
+/** Where the file at `relative` (as `select` gives it) of a fetch goes. */
+function destOf (record: Pick<Transfer, 'dest'>, relative: string): string {
+  return relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
+}
+
+/** Anything at `path`, a dangling link included. */
 async function exists (path: string): Promise<boolean> {
   try {
-    await stat(path)
+    await lstat(path)
     return true
   } catch {
     return false
@@ -561,11 +612,26 @@ function describe (err: unknown): { code: string, message: string } {
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return { code: 'DISK_FULL', message: `the disk is full (${(err as Error).message}); free some space, then \`kith resume\`` }
   }
+  const database = databaseFailure(err)
+  if (database !== undefined) {
+    return /No space left|quota exceeded/i.test(database.message)
+      ? { code: 'DISK_FULL', message: `the disk holding kith's database is full (${database.message}); free some space, then \`kith resume\`` }
+      : { code: 'INTERNAL', message: `kith's database could not be written (${database.message}); the fetch stopped. See the daemon's log` }
+  }
   const error = asKithError(err)
   return { code: error.code, message: error.message }
 }
 
-/** Exponentially smoothed rate over progress samples. */
+/** The LevelDB error (code LEVEL_*) behind `err`, if one is: a write the database refused. */
+function databaseFailure (err: unknown): Error | undefined {
+  for (let at = err, depth = 0; at instanceof Error && depth < 4; at = at.cause, depth++) {
+    const code = (at as NodeJS.ErrnoException).code
+    if (typeof code === 'string' && code.startsWith('LEVEL_')) return at
+  }
+  return undefined
+}
+
+/** Exponentially smoothed rate over progress samples (times from performance.now). */
 class RateMeter {
   private lastBytes = -1
   private lastTime = 0

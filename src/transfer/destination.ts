@@ -1,0 +1,159 @@
+import { createHash } from 'node:crypto'
+import { constants, type Stats } from 'node:fs'
+import { lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { KithError } from '../errors.ts'
+import type { ManifestFile } from './manifest.ts'
+
+/**
+ * Checked paths under a destination folder.
+ *
+ * A fetch writes below one folder, its root, and only through real folders:
+ * every path component under the root is looked at with lstat (never
+ * followed), a missing folder is made, and a symbolic link anywhere on the
+ * way (a folder, the destination itself, a partial file) is refused with
+ * DESTINATION_LINK. Files are opened with O_NOFOLLOW and must be regular
+ * files. So a link planted in a destination, by another local user or
+ * program, can't lead a write (or a truncation) outside it.
+ *
+ * The root itself, the folder the user named, is taken as it is: a link
+ * there, or above it, is the user's own choice.
+ *
+ * Node has no openat(), so a component swapped for a link between the check
+ * and the open is not caught by the open itself; callers check again right
+ * before they open and before they place (`checkUnder`), which leaves that
+ * window as small as a few system calls.
+ */
+
+/** What `compareFile` reads at a time. */
+const COMPARE_BUFFER = 1024 * 1024
+
+function linkRefused (path: string): KithError {
+  return new KithError('DESTINATION_LINK', `${JSON.stringify(path)} is a symbolic link; kith never writes through a link in a destination (it could lead outside it). Remove the link, then resume`)
+}
+
+function inTheWay (path: string): KithError {
+  return new KithError('DESTINATION_EXISTS', `${JSON.stringify(path)} is in the way (it is not a folder); move it away, then resume`)
+}
+
+function checkSegment (segment: string): void {
+  if (segment === '' || segment === '.' || segment === '..' || segment.includes('/') || segment.includes('\0')) {
+    throw new KithError('MANIFEST_BAD_PATH', `${JSON.stringify(segment)} is not a name a destination may hold`)
+  }
+}
+
+async function lstatOrUndefined (path: string): Promise<Stats | undefined> {
+  try {
+    return await lstat(path)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw err
+  }
+}
+
+/**
+ * `segments` below `root` as a path, with every folder on the way made if
+ * missing and checked: a real folder, never a link. With `dir`, the last
+ * segment is a folder too; else it is the file's name, which may be absent
+ * or a regular file (the caller decides what an existing file means) but
+ * not a link (DESTINATION_LINK) or anything else (DESTINATION_EXISTS).
+ */
+export async function prepareUnder (root: string, segments: string[], options: { dir?: boolean } = {}): Promise<string> {
+  for (const segment of segments) checkSegment(segment)
+  const dir = options.dir ?? false
+  const folders = dir ? segments : segments.slice(0, -1)
+  let at = root
+  for (const segment of folders) {
+    at = join(at, segment)
+    let info = await lstatOrUndefined(at)
+    if (info === undefined) {
+      await mkdir(at, { mode: 0o755 }).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err })
+      info = await lstat(at)
+    }
+    if (info.isSymbolicLink()) throw linkRefused(at)
+    if (!info.isDirectory()) throw inTheWay(at)
+  }
+  if (dir) return at
+  const target = join(at, segments.at(-1)!)
+  const info = await lstatOrUndefined(target)
+  if (info?.isSymbolicLink() === true) throw linkRefused(target)
+  if (info !== undefined && !info.isFile()) throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(target)} is in the way (it is not a regular file); move it away, then resume`)
+  return target
+}
+
+/**
+ * Checks, without making anything, that every folder from `root` down to
+ * `folder` (a path under `root`) is a real folder, not a link. Throws
+ * DESTINATION_LINK or DESTINATION_EXISTS, or ENOENT if one is gone.
+ */
+export async function checkUnder (root: string, folder: string): Promise<void> {
+  if (folder === root) return
+  const prefix = root.endsWith('/') ? root : root + '/'
+  if (!folder.startsWith(prefix)) throw new KithError('MANIFEST_BAD_PATH', `${JSON.stringify(folder)} is not under the destination ${JSON.stringify(root)}`)
+  let at = root
+  for (const segment of folder.slice(prefix.length).split('/')) {
+    at = join(at, segment)
+    const info = await lstat(at)
+    if (info.isSymbolicLink()) throw linkRefused(at)
+    if (!info.isDirectory()) throw inTheWay(at)
+  }
+}
+
+/**
+ * Opens a file without following a link at its last component:
+ * `existing` opens one that is there (read and write), `create` makes a new
+ * one (failing with EEXIST if anything is there, a dangling link included).
+ * A link gives DESTINATION_LINK; anything but a regular file,
+ * DESTINATION_EXISTS.
+ */
+export async function openNoFollow (path: string, how: 'existing' | 'create' | 'read', mode = 0o644): Promise<FileHandle> {
+  const { O_RDWR, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = constants
+  // O_NONBLOCK: a FIFO planted there must not hang the open; it is refused below
+  const flags = how === 'create'
+    ? O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW
+    : (how === 'read' ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_NONBLOCK
+  let handle: FileHandle
+  try {
+    handle = await open(path, flags, mode)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
+    throw err
+  }
+  try {
+    if (!(await handle.stat()).isFile()) throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(path)} is in the way (it is not a regular file); move it away, then resume`)
+  } catch (err) {
+    await handle.close()
+    throw err
+  }
+  return handle
+}
+
+/**
+ * What is at `path` compared with the manifest's `entry`: nothing, the
+ * very file (same size and whole-file sha256, read in full), or something
+ * else. A link there is DESTINATION_LINK, never followed.
+ */
+export async function compareFile (path: string, entry: Pick<ManifestFile, 'size' | 'sha256'>): Promise<'absent' | 'same' | 'differs'> {
+  let handle: FileHandle
+  try {
+    handle = await openNoFollow(path, 'read')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent'
+    if ((err as KithError).code === 'DESTINATION_EXISTS') return 'differs'
+    throw err
+  }
+  try {
+    if ((await handle.stat()).size !== entry.size) return 'differs'
+    const hash = createHash('sha256')
+    const buffer = Buffer.allocUnsafe(Math.min(COMPARE_BUFFER, Math.max(1, entry.size)))
+    for (let at = 0; ;) {
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, at)
+      if (bytesRead === 0) break
+      hash.update(buffer.subarray(0, bytesRead))
+      at += bytesRead
+    }
+    return hash.digest('hex') === entry.sha256 ? 'same' : 'differs'
+  } finally {
+    await handle.close()
+  }
+}

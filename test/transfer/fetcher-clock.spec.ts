@@ -1,0 +1,153 @@
+import { describe, it, expect, beforeAll, afterAll, afterEach, vi } from 'vitest'
+import { join } from 'node:path'
+import type { KithLibp2p } from '../../src/peer/node.ts'
+import type { ChunkHandlerInit } from '../../src/transfer/chunk-protocol.ts'
+import { fetchChunks, FetchError, type FetchInit } from '../../src/transfer/fetcher.ts'
+import { learn, makeChunks, openStore, serve, startNode, tempDir, type Chunk, type InProcessSource, type TempStore } from '../helpers/chunks.ts'
+
+/**
+ * The fetcher measures stalls, slowness and cooldowns on the monotonic
+ * clock: a step of the wall clock (NTP, a suspended laptop's catch-up, a user
+ * setting the date) must neither cut a source that is moving, nor end a
+ * cooldown early, nor hide a source that stalls. The wall clock is stepped
+ * here as the system would step it: `Date.now()` jumps, `performance.now()`
+ * does not.
+ */
+const CHUNK = 256 * 1024
+const COUNT = 48
+const HOUR = 3600 * 1000
+
+/** Makes `Date.now()` run `offset` ms away from the real wall clock from now on. */
+function stepWallClock (offset: number): void {
+  const real = Date.now.bind(Date)
+  vi.spyOn(Date, 'now').mockImplementation(() => real() + offset)
+}
+
+/** A beforeSend that sends at about `bytesPerSecond`, and stops at once on abort. */
+function pace (bytesPerSecond: number): ChunkHandlerInit['beforeSend'] {
+  return async (bytes, _peer, signal) => {
+    await new Promise<void>(resolve => {
+      const timer = setTimeout(resolve, bytes * 1000 / bytesPerSecond)
+      signal.addEventListener('abort', () => { clearTimeout(timer); resolve() }, { once: true })
+    })
+  }
+}
+
+describe('fetch timing across wall clock steps', () => {
+  let tmp: Awaited<ReturnType<typeof tempDir>>
+  let chunks: Chunk[]
+  let full: TempStore
+  let client: KithLibp2p
+  let local = 0
+  const holders: InProcessSource[] = []
+
+  async function holder (init: Omit<ChunkHandlerInit, 'store'> = {}): Promise<InProcessSource> {
+    const h = await serve(full.store, init)
+    holders.push(h)
+    await learn(client, h.peerId, h.addrs)
+    return h
+  }
+
+  beforeAll(async () => {
+    tmp = await tempDir()
+    chunks = makeChunks(COUNT, CHUNK)
+    full = await openStore(join(tmp.dir, 'seed'), chunks)
+    client = await startNode()
+  })
+
+  afterEach(async () => {
+    vi.restoreAllMocks()
+    await Promise.all(holders.splice(0).map(async h => { await h.stop() }))
+  })
+
+  afterAll(async () => {
+    await client?.stop()
+    await full?.close()
+    await tmp?.cleanup()
+  })
+
+  it('a step forward by an hour neither cuts a moving source nor ends a cooldown early', async () => {
+    // answers BUSY to all but one GET at a time, so it cools down after its first answers
+    const busy = await holder({ maxConcurrentGets: 1, beforeSend: pace(4 * 1024 * 1024) })
+    const steady = await holder({ beforeSend: pace(8 * 1024 * 1024) })
+    const mine: TempStore = await openStore(join(tmp.dir, `local-${local++}`))
+    let stepped = false
+    try {
+      const init: FetchInit = {
+        libp2p: client,
+        store: mine.store,
+        ids: chunks.map(c => c.id),
+        sources: [busy.peerId, steady.peerId],
+        requestsPerSource: 3,
+        chunksPerRequest: 2,
+        // a BUSY cools its source for 15 s (the longest cooldown): far longer than this fetch
+        retryDelayMs: 15_000,
+        stallTimeoutMs: 2_000,
+        rateWindowMs: 500,
+        progressIntervalMs: 10,
+        onProgress: p => {
+          if (stepped || p.perSource[busy.peerId.toString()]?.state !== 'cooling') return
+          stepped = true
+          stepWallClock(HOUR)
+        }
+      }
+      const report = await fetchChunks(init)
+      expect(stepped).toBe(true)
+      expect(report.fetchedChunks).toBe(COUNT)
+      const b = report.sources.find(s => s.peer === busy.peerId.toString())!
+      const s = report.sources.find(x => x.peer === steady.peerId.toString())!
+      // the step cut nobody as stalled or slow
+      expect(s.penalties).toEqual([])
+      expect(b.penalties.every(p => p.reason === 'busy')).toBe(true)
+      // and the busy source's cooldown did not end: it got its first three requests (two answered BUSY) and no more
+      expect(b.requests).toBe(3)
+    } finally {
+      await mine.close()
+    }
+  })
+
+  it('a step back by an hour does not hide a source that stalls', async () => {
+    // answers HAVE, sends its first chunk of a GET, then nothing
+    const sent = new WeakMap<AbortSignal, number>()
+    const staller = await holder({
+      beforeSend: async (bytes, _peer, signal) => {
+        const before = sent.get(signal) ?? 0
+        sent.set(signal, before + bytes)
+        if (before <= CHUNK) return
+        await new Promise<void>(resolve => { signal.addEventListener('abort', () => { resolve() }, { once: true }) })
+      }
+    })
+    const mine: TempStore = await openStore(join(tmp.dir, `local-${local++}`))
+    let stepped = false
+    try {
+      const fetching = fetchChunks({
+        libp2p: client,
+        store: mine.store,
+        ids: chunks.map(c => c.id),
+        sources: [staller.peerId],
+        requestsPerSource: 1,
+        stallTimeoutMs: 1_000,
+        rateWindowMs: 500,
+        maxStrikes: 1,
+        // the first chunk is in, the source stalls from here on: the wall clock goes back an hour
+        beforeReceive: async () => {
+          if (stepped) return
+          stepped = true
+          stepWallClock(-HOUR)
+        }
+      })
+      const outcome = await Promise.race([
+        fetching.then(() => 'done', (err: unknown) => err),
+        new Promise(resolve => { setTimeout(resolve, 10_000, 'still waiting after 10 s') })
+      ])
+      expect(stepped).toBe(true)
+      expect(outcome).toBeInstanceOf(FetchError)
+      expect((outcome as FetchError).code).toBe('FETCH_NO_SOURCE')
+      expect((outcome as FetchError).report.dropped[0]?.reason).toBe('stalled')
+      expect((outcome as FetchError).report.fetchedChunks).toBe(1)
+      fetching.catch(() => {})
+    } finally {
+      await mine.close()
+    }
+  })
+})
