@@ -56,9 +56,16 @@ export function fuzz<Ts> (property: fc.IProperty<Ts>, scale = 1): void {
   if (details.failed) throw new Error(`${fc.defaultReportMessage(details) ?? 'property failed'}\n${replay(details)}`, { cause: details.errorInstance })
 }
 
-/** Checks an asynchronous property; on failure throws the report with its seed and replay command. */
-export async function fuzzAsync<Ts> (property: fc.IAsyncProperty<Ts>, scale = 1): Promise<void> {
-  const details = await fc.check(property, parameters<Ts>(scale))
+/** A case of an asynchronous property that takes longer than this has hung. */
+export const CASE_TIMEOUT_MS = 10_000
+
+/**
+ * Checks an asynchronous property; a case that runs past `timeoutMs` fails
+ * (a hang is a finding too). On failure throws the report with its seed and
+ * replay command.
+ */
+export async function fuzzAsync<Ts> (property: fc.IAsyncProperty<Ts>, scale = 1, timeoutMs = CASE_TIMEOUT_MS): Promise<void> {
+  const details = await fc.check(property, { ...parameters<Ts>(scale), plugins: [fc.timeout(timeoutMs)] })
   if (details.failed) throw new Error(`${await fc.asyncDefaultReportMessage(details) ?? 'property failed'}\n${replay(details)}`, { cause: details.errorInstance })
 }
 
