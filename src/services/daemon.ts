@@ -4,8 +4,8 @@ import { userInfo } from 'node:os'
 import { randomBytes } from 'node:crypto'
 import { multiaddr } from '@multiformats/multiaddr'
 import { KithError } from '../errors.ts'
-import { homePaths, ensureHome, writeFileAtomic, type HomePaths } from '../peer/home.ts'
-import { openDatabase, sublevel, type Database } from '../peer/database.ts'
+import { homePaths, ensureHome, makeHomePrivate, writeFileAtomic, PRIVATE_UMASK, type HomePaths } from '../peer/home.ts'
+import { openHomeDatabase, sublevel, type Database } from '../peer/database.ts'
 import { loadOrCreateIdentity, type Identity } from '../peer/identity.ts'
 import { createNode, DEFAULT_LISTEN, DHT_PROTOCOL, type KithLibp2p, type RelayBudget } from '../peer/node.ts'
 import { FriendBook, type Friend, type FriendEvent, checkLabel } from '../trust/friends.ts'
@@ -100,6 +100,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   readonly reachability: Reachability
 
   private readonly relayGate: RelayGate
+  /** what in the home other users could read before this start made it private (home.ts) */
+  loosened: string[] = []
 
   private constructor (paths: HomePaths, db: Database, identity: Identity, libp2p: KithLibp2p, friends: FriendBook, invites: InviteBook, meta: Meta, relayGate: RelayGate) {
     super()
@@ -117,11 +119,15 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
 
   static async start (init: DaemonInit): Promise<Daemon> {
     const paths = homePaths(init.home)
+    // what the daemon writes from now on is born private: LevelDB's files, chunks, api.*
+    process.umask(PRIVATE_UMASK)
     await ensureHome(paths.root)
+    const loosened = await makeHomePrivate(paths.root)
     // a bad config.json stops the start before anything else, naming the file
     const config = await loadConfig(paths.root)
     // The database lock is taken first: it is the one-daemon-per-home lock.
-    const db = await openDatabase(paths.db)
+    // The database is made on first start only, and checked before it opens.
+    const db = await openHomeDatabase(paths)
     try {
       const metaLevel = sublevel<Meta>(db, 'meta')
       const meta: Meta = await metaLevel.get('node') ?? {}
@@ -140,6 +146,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       await metaLevel.put('node', meta)
 
       const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta, relayGate)
+      daemon.loosened = loosened
       try {
         await daemon.wire(init.maxUpload, init.maxDownload, config)
       } catch (err) {

@@ -17,8 +17,8 @@ import { table, ago, shortId, parseDuration, parseRate, bytes, terminalJson, ter
 
 /**
  * The `kith` command line: a thin client of the local API (see docs/api.md),
- * except `start`, which runs the daemon, and `invite show` and `id`, which
- * work without one.
+ * except `start`, which runs the daemon, `repair`, which must run without
+ * one, and `invite show` and `id`, which work without one.
  */
 
 interface Globals {
@@ -233,6 +233,24 @@ program.command('status')
       ...active.map(f => `  ${f.label.padEnd(20)} ${f.link.online ? linkText(f, active) : `offline, last seen ${ago(f.lastSeen)}`}`),
       'bandwidth (see `kith limits`)',
       ...bandwidthLines(status.bandwidth).map(l => `  ${l}`)
+    ].join('\n'))
+  })
+
+program.command('repair')
+  .description('salvage what can be read of a damaged database (the daemon must be stopped)')
+  .option('--json', 'print what was done as JSON')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    // loaded only here: it brings LevelDB
+    const { repairDatabase } = await import('../../peer/database.ts')
+    const report = await repairDatabase(homePaths(globals(cmd).home).db)
+    print(opts.json, report, () => [
+      `repaired ${report.db}`,
+      ...(report.problems.length === 0 ? ['found    nothing damaged; the database was rebuilt all the same'] : report.problems.map(p => `found    ${p}`)),
+      ...report.logs.flatMap(l => l.dropped.map(d => `dropped  ${l.log}: the ${d.what} at ${d.at}`)),
+      ...report.salvaged.map(t => `dropped  ${t.table}: ${t.blocks} damaged block${t.blocks === 1 ? '' : 's'}, kept the rest`),
+      ...report.lost.map(t => `dropped  ${t.table}: unreadable (${t.why}); moved to lost/`),
+      ...report.leveldb.map(line => `leveldb  ${line}`),
+      `records  ${Object.entries(report.records).map(([name, n]) => `${name} ${n}`).join(', ') || 'none'}`
     ].join('\n'))
   })
 

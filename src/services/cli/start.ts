@@ -37,12 +37,19 @@ export function parseApiAddress (text: string): { host: string, port: number } {
   return { host: host === 'localhost' ? '127.0.0.1' : host.replace(/^\[|\]$/g, ''), port }
 }
 
-async function apiToken (path: string): Promise<string> {
-  try {
-    const token = (await readFile(path, 'utf8')).trim()
-    if (token.length >= 32) return token
-  } catch {}
-  const token = newToken()
+/**
+ * The API token, made once per home and written again (0600) on every start.
+ * One that other users could read before this start made the home private
+ * is replaced: anyone who read it could drive the node.
+ */
+async function apiToken (path: string, exposed: boolean): Promise<string> {
+  let token: string | undefined
+  if (!exposed) {
+    try {
+      token = (await readFile(path, 'utf8')).trim()
+    } catch {}
+  }
+  if (token == null || token.length < 32) token = newToken()
   await writeFileAtomic(path, token + '\n', 0o600)
   return token
 }
@@ -58,10 +65,11 @@ export async function runStart (options: StartOptions): Promise<void> {
     ...(options.maxDownload != null ? { maxDownload: options.maxDownload } : {}),
     ...(options.relay != null ? { relay: options.relay } : {})
   })
+  const paths = homePaths(options.home)
   let api
   try {
-    const paths = homePaths(options.home)
-    api = await startApiServer({ host, port, token: await apiToken(paths.apiToken), routes: routes(daemon), events: daemon })
+    const token = await apiToken(paths.apiToken, daemon.loosened.includes(paths.apiToken))
+    api = await startApiServer({ host, port, token, routes: routes(daemon), events: daemon })
     await writeApiInfo(paths, api.url, daemon.identity.peerId.toString())
   } catch (err) {
     await daemon.stop()
@@ -77,6 +85,10 @@ export async function runStart (options: StartOptions): Promise<void> {
     for (const addr of status.addrs) console.log(`listen   ${addr}`)
     console.log(`api      ${api.url}`)
     console.log(`friends  ${status.friends.total}`)
+    if (daemon.loosened.length > 0) {
+      const count = daemon.loosened.length
+      console.log(`private  other users could read ${count} ${count === 1 ? 'entry' : 'entries'} in the home: made private again${daemon.loosened.includes(paths.apiToken) ? ', with a new API token' : ''}`)
+    }
   }
   if (options.json !== true) {
     daemon.on('event', evt => {
