@@ -204,6 +204,7 @@ async function sampleProcess (d: Daemon): Promise<void> {
 }
 
 async function startDaemon (d: Daemon): Promise<void> {
+  if (stopping) throw new Error('the soak is stopping')
   await d.node.start()
   d.api = await ApiClient.forHome(d.node.home)
   d.up = true
@@ -227,6 +228,16 @@ async function restart (d: Daemon, how: 'kill' | 'stop'): Promise<void> {
   await sleep(rng.int(0, 2000))
   await startDaemon(d)
   await checkNode(d)
+}
+
+/**
+ * An invite from `issuer`, naming the accepter `label`, accepted with the
+ * default grants: what `befriend` does through the CLI, through the API the
+ * CLI uses (two fewer processes to start on a busy machine).
+ */
+async function invite (issuer: { api: ApiClient }, accepter: { api: ApiClient }, label: string): Promise<void> {
+  const { text } = await issuer.api.call<{ text: string }>('POST', '/v1/invites', { label })
+  await accepter.api.call('POST', '/v1/invites/accept', { text })
 }
 
 async function listFriends (d: Daemon | { api: ApiClient }): Promise<Array<ListedFriend & { link: { online: boolean } }>> {
@@ -449,7 +460,7 @@ const actions: Record<Kind, () => Promise<void>> = {
     const accepter = rng.pick(up().filter(o => o !== issuer && friendModel.isActive(issuer, o) && friendModel.isActive(o, issuer)))
     const keep = [...friendModel.side(accepter, issuer)!.grantsToThem]
     note(`${issuer.name} invites ${accepter.name} afresh, who accepts (default grants)`)
-    await befriend(issuer.node, accepter.node)
+    await invite(issuer, accepter, accepter.name)
     friendModel.reinvited(issuer, accepter, DEFAULT_GRANTS)
     for (const service of new Set([...keep, ...DEFAULT_GRANTS])) {
       const on = keep.includes(service)
@@ -470,6 +481,7 @@ const actions: Record<Kind, () => Promise<void>> = {
   async revoke () {
     const host = rng.pick(up())
     const name = `guest${++stats.guests}`
+    if (stopping) return
     const guest = new TestNode(name, join(dirname(daemons[0]!.node.home), name), ['--max-download', GUEST_RATE])
     guests.add(guest)
     const big = bigFiles.get(host.name)!
@@ -478,12 +490,12 @@ const actions: Record<Kind, () => Promise<void>> = {
     try {
       await guest.start()
       const gapi = await ApiClient.forHome(guest.home)
-      await befriend(host.node, guest)
+      await invite(host, { api: gapi }, name)
       const g: Peer = { name, peerId: guest.peerId }
       friendModel.befriended(host, g, DEFAULT_GRANTS, DEFAULT_GRANTS)
       // the host's largest file under another name: a share of its own, nothing copied
       await link(big.path, linked)
-      shareId = (await host.node.json<{ share: { id: string } }>('share', linked, '--with', name)).share.id
+      shareId = (await host.api.call<{ share: { id: string } }>('POST', '/v1/shares', { path: linked, with: [name] })).share.id
       const { transfer } = await gapi.call<{ transfer: Transfer }>('POST', '/v1/transfers', { friend: host.name, share: `${name}.bin`, dest: join(work!, 'guests', name, `${name}.bin`) })
       note(`${name} befriends ${host.name} and fetches ${name}.bin (${fmt(big.share.files[0]!.size / MiB, 1)} MiB at ${GUEST_RATE})`)
       await waitFor(async () => (await gapi.get<{ transfer: Transfer }>(`/v1/transfers/${transfer.id}`)).transfer.doneBytes > 0, `${name}'s fetch to move`, 30_000, 100)
@@ -504,7 +516,7 @@ const actions: Record<Kind, () => Promise<void>> = {
         await restart(host, 'kill')
       }
       try {
-        await befriend(host.node, guest)
+        await invite(host, { api: gapi }, name)
         violation(host.name, `revoked ${name} became a friend again by accepting a fresh invite`)
       } catch (err) {
         note(`${name}'s fresh invite refused: ${(err as Error).message.replace(/\s+/g, ' ')}`)
@@ -832,6 +844,8 @@ async function cleanup (): Promise<void> {
   guests.clear()
   await testnet?.stop().catch(() => {})
   testnet = undefined
+  // a restart under way when the run was interrupted may have started one again
+  for (const d of daemons) await d.node.kill9().catch(() => {})
   for (const dir of mounts) { try { execFileSync('umount', ['-l', dir]) } catch {} }
   mounts.clear()
   if (work != null) await rm(work, { recursive: true, force: true }).catch(() => {})
@@ -840,7 +854,7 @@ async function cleanup (): Promise<void> {
 
 process.on('exit', () => {
   // last resort if something escaped the async clean-up
-  for (const n of [...guests, ...testnet?.nodes ?? []]) if (n.pid != null) { try { process.kill(n.pid, 'SIGKILL') } catch {} }
+  for (const n of [...guests, ...daemons.map(d => d.node)]) if (n.pid != null) { try { process.kill(n.pid, 'SIGKILL') } catch {} }
   for (const dir of mounts) { try { execFileSync('umount', ['-l', dir]) } catch {} }
   if (testnet?.nodes[0] != null) rmSync(dirname(testnet.nodes[0].home), { recursive: true, force: true })
   if (work != null) rmSync(work, { recursive: true, force: true })
