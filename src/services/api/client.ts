@@ -116,7 +116,8 @@ async function * parseEvents (res: IncomingMessage): AsyncGenerator<{ type: stri
       }
     }
   } catch (err) {
-    if ((err as Error).name !== 'AbortError') throw err
+    if ((err as Error).name === 'AbortError') return
+    throw new KithError('INTERNAL', `the event stream broke off (${(err as Error).message}): the daemon stopped, or closed it because this client did not read it in time`, { cause: err })
   }
 }
 
