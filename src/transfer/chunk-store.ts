@@ -59,11 +59,14 @@ export interface ChunkStoreInit {
    */
   sync?: boolean
   /**
-   * The keys of a share, for chunks held in files (`putInFile`); undefined
-   * when they are unknown (say, its owner is no longer a friend), and the
-   * chunk then counts as gone. Without it, chunks in files are never readable.
+   * The keys of a share, for chunks held in files (`putInFile`): one, or
+   * every key it had, newest first (a share's key changes when its owner
+   * removes a friend from it; each is tried until one gives the chunk's id).
+   * Undefined or none when they are unknown (say, its owner is no longer a
+   * friend), and the chunk then counts as gone. Without it, chunks in files
+   * are never readable.
    */
-  keys?: (shareId: string, owner: string) => Promise<SealKeys | undefined>
+  keys?: (shareId: string, owner: string) => Promise<SealKeys | readonly SealKeys[] | undefined>
   /** Told of every chunk held in a file that `get` found gone (its row then dropped). */
   onDropped?: (id: string, file: FileRef) => void
 }
@@ -383,8 +386,9 @@ class LevelChunkStore implements ChunkStore {
 
   /** A chunk held in a file, sealed again; undefined if the file no longer holds it. */
   private async readInFile (id: string, size: number, ref: FileRef): Promise<Uint8Array[] | undefined> {
-    const keys = await this.keys?.(ref.position.shareId, ref.owner)
-    if (keys === undefined) return undefined
+    const found = await this.keys?.(ref.position.shareId, ref.owner)
+    const ring = found === undefined ? [] : Array.isArray(found) ? found : [found as SealKeys]
+    if (ring.length === 0) return undefined
     let handle
     try {
       // not through a symlink, and never blocking on a FIFO the user put there
@@ -402,8 +406,12 @@ class LevelChunkStore implements ChunkStore {
         if (bytesRead === 0) return undefined
         at += bytesRead
       }
-      const sealed = resealChunkParts(keys, ref.position, plaintext, Buffer.from(ref.nonce, 'hex'))
-      return chunkId(sealed) === id ? sealed : undefined
+      const nonce = Buffer.from(ref.nonce, 'hex')
+      for (const keys of ring) {
+        const sealed = resealChunkParts(keys, ref.position, plaintext, nonce)
+        if (chunkId(sealed) === id) return sealed
+      }
+      return undefined
     } finally {
       // the plaintext is not needed once sealed again (or given up on)
       this.scratch.give(plaintext)

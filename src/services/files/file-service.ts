@@ -58,6 +58,23 @@ export interface StoreStatus {
   gc: GcStatus
 }
 
+/**
+ * Who a share goes to: the named friends, each of whom must hold my `files`
+ * grant (SHARE_NOT_GRANTED otherwise), or, with none named, every friend who
+ * does. A revoked friend, or one whose grant I removed, is never among them,
+ * so the next version of a share they had gets a new key (share-book.ts).
+ */
+export function shareRecipients (friends: FriendBook, names?: string[]): string[] {
+  if (names == null || names.length === 0) return friends.list().filter(f => friends.allows(f.peerId, 'files')).map(f => f.peerId)
+  return names.map(name => {
+    const friend = friends.resolve(name)
+    if (!friends.allows(friend.peerId, 'files')) {
+      throw new KithError('SHARE_NOT_GRANTED', `${friend.label} has no files grant from you; run \`kith friend grant ${friend.label} files\` first`)
+    }
+    return friend.peerId
+  })
+}
+
 export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   readonly store: ChunkStore
   readonly shares: ShareBook
@@ -179,8 +196,12 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     return await this.gc.collect()
   }
 
-  /** A share's keys: mine from my share book, a friend's from the manifest they sent (while they are a friend). */
-  async sealKeys (shareId: string, owner: string): Promise<SealKeys | undefined> {
+  /**
+   * A share's keys: mine from my share book (its key now: older versions'
+   * chunks under a key since replaced are no longer served), a friend's from
+   * the manifests they sent, newest first (while they are a friend).
+   */
+  async sealKeys (shareId: string, owner: string): Promise<SealKeys | readonly SealKeys[] | undefined> {
     if (owner !== this.me) return await this.transfers.sealKeys(shareId, owner)
     const cached = this.ownKeys.get(shareId)
     if (cached !== undefined) return cached
@@ -256,19 +277,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
    * friend I granted `files`.
    */
   async share (req: { path: string, with?: string[], name?: string }): Promise<{ share: ShareView, skipped: Array<{ path: string, reason: string }> }> {
-    const friends = this.init.friends
-    let peers: string[]
-    if (req.with != null && req.with.length > 0) {
-      peers = req.with.map(name => {
-        const friend = friends.resolve(name)
-        if (!friends.allows(friend.peerId, 'files')) {
-          throw new KithError('SHARE_NOT_GRANTED', `${friend.label} has no files grant from you; run \`kith friend grant ${friend.label} files\` first`)
-        }
-        return friend.peerId
-      })
-    } else {
-      peers = friends.list().filter(f => friends.allows(f.peerId, 'files')).map(f => f.peerId)
-    }
+    const peers = shareRecipients(this.init.friends, req.with)
     // the chunks are written before the manifest that refers to them is saved: pinned till then
     const pin = this.gc.pin()
     let made

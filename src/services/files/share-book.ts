@@ -1,9 +1,10 @@
 import { resolve } from 'node:path'
 import { KithError } from '../../errors.ts'
 import { getOrUndefined, type Sublevel } from '../../peer/database.ts'
+import { unwrapKey } from '../../peer/key-wrap.ts'
 import { createManifest, decodeManifest, type Manifest } from '../../transfer/manifest.ts'
 import { chunkSource, type ChunkSink } from '../../transfer/chunker.ts'
-import { deriveSealKeys, generateShareId, generateShareKey } from '../../transfer/seal.ts'
+import { deriveSealKeys, generateShareId, generateShareKey, type SealKeys } from '../../transfer/seal.ts'
 
 /**
  * The shares I offer, each a signed manifest over chunks the chunk store holds
@@ -17,7 +18,7 @@ export interface MyShare {
   source: string
   /** peer ids of the friends it is shared with */
   with: string[]
-  /** base64 share key */
+  /** base64 share key: the same from version to version until a friend is removed from `with` */
   key: string
   version: number
   /** base64 of the signed manifest */
@@ -66,6 +67,7 @@ export interface ReceivedManifest {
 
 export interface ShareInit {
   source: string
+  /** peer ids of the friends to share it with, all of them: a friend left out loses the share, and the key of its next versions */
   with: string[]
   name?: string
   secretKey: Uint8Array
@@ -123,15 +125,22 @@ export class ShareBook {
   }
 
   /**
-   * Chunks, seals and signs a file or folder. Sharing a path already shared
-   * makes the next version of that share (same id and key); `with` then
-   * replaces the friend list only if given.
+   * Chunks, seals and signs a file or folder for the friends in `with`.
+   * Sharing a path already shared makes the next version of that share (same
+   * id). Its key stays while no friend is dropped, so unchanged files keep
+   * their chunk ids and friends fetch only what changed. A friend the last
+   * version was shared with who is not in `with` (left out, or, as the file
+   * service sees to, revoked or no longer granted `files`) still holds that
+   * key: the new version gets a new one, which they never get, so nothing of
+   * it opens for them. Its chunks are all new, and friends fetch it whole.
    */
   async share (init: ShareInit): Promise<{ share: MyShare, manifest: Manifest, skipped: Array<{ path: string, reason: string }> }> {
     const source = resolve(init.source)
     const previous = (await this.list()).find(s => s.source === source)
     const id = previous?.id ?? generateShareId()
-    const key = previous != null ? Buffer.from(previous.key, 'base64') : generateShareKey()
+    const recipients = [...new Set(init.with)].sort()
+    const dropped = previous?.with.filter(peer => !recipients.includes(peer)) ?? []
+    const key = previous != null && dropped.length === 0 ? Buffer.from(previous.key, 'base64') : generateShareKey()
     const version = (previous?.version ?? 0) + 1
     const result = await chunkSource(source, {
       keys: deriveSealKeys(key, id),
@@ -154,7 +163,7 @@ export class ShareBook {
       id,
       name,
       source,
-      with: init.with.length > 0 || previous == null ? [...new Set(init.with)].sort() : previous.with,
+      with: recipients,
       key: Buffer.from(key).toString('base64'),
       version,
       manifest: Buffer.from(bytes).toString('base64'),
@@ -224,11 +233,23 @@ export class ShareBook {
     return doomed.length
   }
 
-  /** Any saved manifest of a friend's share (they all carry the same share key). */
-  async anyReceived (owner: string, shareId: string): Promise<ReceivedManifest | undefined> {
+  /**
+   * The seal keys of a friend's share, from the manifests of it I saved,
+   * newest version first and each once. Versions share a key until the owner
+   * removes a friend from the share; a fetched file of an older version
+   * holds chunks sealed under an older key.
+   */
+  async receivedKeys (owner: string, shareId: string, ownerKey: Uint8Array, secretKey: Uint8Array): Promise<SealKeys[]> {
     const prefix = `${owner}/${shareId}/`
-    for await (const value of this.received.values({ gte: prefix, lt: `${prefix}\xff`, limit: 1 })) return value
-    return undefined
+    const saved: ReceivedManifest[] = []
+    for await (const value of this.received.values({ gte: prefix, lt: `${prefix}\xff` })) saved.push(value)
+    const keys = new Map<string, SealKeys>()
+    for (const received of saved.sort((a, b) => b.version - a.version)) {
+      const key = unwrapKey(Buffer.from(received.wrappedKey, 'base64'), ownerKey, secretKey)
+      const hex = Buffer.from(key).toString('hex')
+      if (!keys.has(hex)) keys.set(hex, deriveSealKeys(key, shareId))
+    }
+    return [...keys.values()]
   }
 
   /** Decodes a stored manifest, checking again that its owner signed it. */
