@@ -674,10 +674,8 @@ async function makeShares (d: Daemon): Promise<void> {
   ]
   for (const [rel, size] of layout) files.push({ ...await writeSource(join(folder, rel), size), rel })
   list.push({ owner: d.name, name: basename(folder), kind: 'folder', files, dirs: ['a', 'b', 'b/c'] })
-  for (const share of list) {
-    const others = daemons.filter(o => o !== d).map(o => o.name)
-    await d.node.json('share', join(dir, share.name), '--with', ...others)
-  }
+  const others = daemons.filter(o => o !== d).map(o => o.name)
+  for (const share of list) await d.api.call('POST', '/v1/shares', { path: join(dir, share.name), with: others }, { timeoutMs: 0 })
   shares.set(d.name, list)
 }
 
