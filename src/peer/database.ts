@@ -1,5 +1,6 @@
-import { access, mkdir, readdir, readFile, rename, open as openFile, rm, symlink } from 'node:fs/promises'
-import { join } from 'node:path'
+import { access, mkdir, mkdtemp, readdir, readFile, rename, open as openFile, rm, symlink } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
 import { Level } from 'level'
 import type { AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
@@ -183,14 +184,14 @@ function repairLog (text: string): string[] {
  * Runs `task` holding the database's lock, so no daemon opens it meanwhile
  * and a running one is reported as such (HOME_LOCKED) rather than as damage.
  * LevelDB takes its lock with fcntl on `LOCK`, which Node can't call: a tiny
- * LevelDB of our own whose LOCK is a link to the real one takes the same lock.
+ * LevelDB of our own (in a temp folder) whose LOCK is a link to the real one
+ * takes the same lock.
  * It is released before the real database is opened: fcntl locks belong to
  * the process, and closing either would drop the other's.
  */
 async function withLock<T> (path: string, task: () => Promise<T>): Promise<T> {
-  const probe = `${path}.lock`
-  await rm(probe, { recursive: true, force: true })
-  await mkdir(probe, { recursive: true })
+  // a folder of its own per call: two starts at once must not share one
+  const probe = await mkdtemp(join(tmpdir(), 'kith-db-lock-'))
   try {
     try {
       await (await openFile(join(path, 'LOCK'), 'a')).close() // as LevelDB would make it
@@ -198,7 +199,7 @@ async function withLock<T> (path: string, task: () => Promise<T>): Promise<T> {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new KithError('DATABASE_MISSING', `there is no database in ${path}; restore the folder from a backup`)
       throw err
     }
-    await symlink(join(path, 'LOCK'), join(probe, 'LOCK'))
+    await symlink(resolve(path, 'LOCK'), join(probe, 'LOCK'))
     const holder = new Level(probe, { createIfMissing: true })
     try {
       await holder.open()

@@ -172,7 +172,7 @@ describe('the home folder', () => {
     expect((await node.start()).peerId).toBe(first.peerId)
     const ids = (await node.json('invite', 'list')).invites.map((i: { id: string }) => i.id)
     expect(ids).toEqual([kept])
-  })
+  }, 120_000) // nine kith processes, one after another
 
   it('seals the key under a passphrase and will not start without it', async () => {
     const passFile = join(base, 'pass')
