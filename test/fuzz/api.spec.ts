@@ -254,7 +254,7 @@ describe('local API, fuzzed on a real daemon', () => {
       if (reply.status > 0 && reply.status < 400) throw new Error(`${how}: ${req.method} ${req.path} was answered ${reply.status}`)
       const code = (reply.body as { error?: { code?: string } })?.error?.code
       if (code !== undefined) expect(['UNAUTHORIZED', 'FORBIDDEN_ORIGIN']).toContain(code)
-    }), 0.3)
+    }), 0.2)
   })
 
   it('answers any request with the token with a typed error or a success, never a 500, and a refused one changes nothing', async () => {
@@ -265,7 +265,7 @@ describe('local API, fuzzed on a real daemon', () => {
       checkReply(reply, req)
       if (reply.status >= 400) expect(await state(), `${req.method} ${req.path} was refused but changed state`).toBe(before)
       expect(node.exited).toBeNull()
-    }), 0.3)
+    }), 0.2)
   })
 
   it('refuses a body over MAX_BODY_BYTES with 413 PAYLOAD_TOO_LARGE from its declared length, before reading it', async () => {

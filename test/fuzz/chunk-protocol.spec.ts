@@ -253,7 +253,7 @@ describe('chunk streams, fuzzed over libp2p', () => {
       const want = model(bytes, MAX_FRAME)
       expect(got.bodies).toEqual(want.bodies)
       expect(got.end).toBe(want.end)
-    }), 0.3)
+    }), 0.2)
   })
 
   it('the holder answers any bytes with frames a requester can read, or resets the stream; it keeps serving', async () => {
@@ -282,7 +282,7 @@ describe('chunk streams, fuzzed over libp2p', () => {
         reader.dispose()
       }
       expect(await askHave(client, holder.peerId, [chunks[0]!.id], { signal: AbortSignal.timeout(5000) })).toEqual(new Set([chunks[0]!.id]))
-    }), 0.3)
+    }), 0.2)
   })
 
   it('a requester fed any answer by a hostile holder fails with a KithError or yields only what it asked for', async () => {
@@ -311,6 +311,6 @@ describe('chunk streams, fuzzed over libp2p', () => {
       } catch (err) {
         checkRejection(err, undefined, join(split))
       }
-    }), 0.3)
+    }), 0.2)
   })
 })

@@ -115,6 +115,6 @@ describe('the punch responder, fuzzed over libp2p', () => {
         const answer = decodePunchMessage((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray())
         expect(answer).toMatchObject({ t: 'refuse', code: 'PUNCH_REFUSED' })
       }
-    }), 0.3)
+    }), 0.2)
   })
 })

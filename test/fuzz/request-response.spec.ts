@@ -169,7 +169,7 @@ describe('request/response protocols, fuzzed over libp2p', () => {
         } else {
           expect(reply.ok).toBe(true)
         }
-      }), 0.3)
+      }), 0.2)
     })
   }
 
@@ -180,7 +180,7 @@ describe('request/response protocols, fuzzed over libp2p', () => {
       const lp = await send(stream, { framed: true, bytes: encodeCanonical(request) }, p.max)
       const reply = decodeCanonical((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray(), 'PROTOCOL_VIOLATION', 'the answer') as Record<string, unknown>
       expect(reply.code, String(reply.message)).not.toBe('PROTOCOL_VIOLATION')
-    }), 0.3)
+    }), 0.2)
   })
 
   /** An invite naming the hostile peer as its issuer, so that redeem() dials it. */
@@ -239,6 +239,6 @@ describe('request/response protocols, fuzzed over libp2p', () => {
         const got = await calls.query()
         expect(got === null ? null : Buffer.from(got).toString('hex')).toBe(a.record === null ? null : Buffer.from(a.record as Uint8Array).toString('hex'))
       }
-    }), 0.3)
+    }), 0.2)
   })
 })
