@@ -50,6 +50,8 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
   private readonly level: Sublevel<Friend>
   /** in-memory mirror: the friend count of a personal node is small */
   private readonly byId = new Map<string, Friend>()
+  /** the change under way; the next one waits for it (see `serial`) */
+  private writing: Promise<unknown> = Promise.resolve()
 
   constructor (level: Sublevel<Friend>) {
     super()
@@ -104,6 +106,21 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
     }
   }
 
+  /**
+   * Runs one change of the book after the one before it, so that it reads
+   * what that one wrote. Changes come at the same moment (a grant from the
+   * API while presence records that the friend connected, a revocation
+   * while locate records where they moved): each writes the whole record,
+   * so without this the later one wrote back what it had read before the
+   * other, and the grant or the revocation was lost, in memory and on disk.
+   */
+  private async serial<T> (change: () => Promise<T>): Promise<T> {
+    const run = this.writing.then(change)
+    this.writing = run.catch(() => {})
+    return await run
+  }
+
+  /** Within `serial` only. */
   private async save (friend: Friend, type: FriendEvent['type']): Promise<Friend> {
     await this.level.put(friend.peerId, friend)
     this.byId.set(friend.peerId, friend)
@@ -119,15 +136,21 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
    * refused (the gate already keeps them out; this holds if it did not).
    */
   async admit (init: Omit<Friend, 'state' | 'lastSeen' | 'since'>): Promise<Friend> {
-    const existing = this.byId.get(init.peerId)
-    if (existing?.state === 'revoked') {
-      throw new KithError('FRIEND_REVOKED', 'this node ended its friendship with you; an invite does not bring it back')
-    }
-    return existing ?? await this.befriend(init)
+    return await this.serial(async () => {
+      const existing = this.byId.get(init.peerId)
+      if (existing?.state === 'revoked') {
+        throw new KithError('FRIEND_REVOKED', 'this node ended its friendship with you; an invite does not bring it back')
+      }
+      return existing ?? await this.add(init)
+    })
   }
 
   /** Adds a friend, or makes a known one active again with the new grants. */
   async befriend (init: Omit<Friend, 'state' | 'lastSeen' | 'since'>): Promise<Friend> {
+    return await this.serial(async () => await this.add(init))
+  }
+
+  private async add (init: Omit<Friend, 'state' | 'lastSeen' | 'since'>): Promise<Friend> {
     const existing = this.byId.get(init.peerId)
     const friend: Friend = {
       ...init,
@@ -140,40 +163,50 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
   }
 
   async rename (name: string, label: string): Promise<Friend> {
-    const friend = this.resolve(name)
-    checkLabel(label)
-    if (this.freeLabel(label, friend.peerId) !== label) {
-      throw new KithError('FRIEND_NAME_TAKEN', `another friend is already called ${label}`)
-    }
-    return await this.save({ ...friend, label }, 'friend:changed')
+    return await this.serial(async () => {
+      const friend = this.resolve(name)
+      checkLabel(label)
+      if (this.freeLabel(label, friend.peerId) !== label) {
+        throw new KithError('FRIEND_NAME_TAKEN', `another friend is already called ${label}`)
+      }
+      return await this.save({ ...friend, label }, 'friend:changed')
+    })
   }
 
   async grant (name: string, service: string): Promise<Friend> {
-    const friend = this.activeFriend(name)
-    if (!isService(service)) throw new KithError('BAD_REQUEST', `unknown service ${JSON.stringify(service)}`)
-    if (friend.grantsToThem.includes(service)) return friend
-    return await this.save({ ...friend, grantsToThem: [...friend.grantsToThem, service].sort() }, 'friend:changed')
+    return await this.serial(async () => {
+      const friend = this.activeFriend(name)
+      if (!isService(service)) throw new KithError('BAD_REQUEST', `unknown service ${JSON.stringify(service)}`)
+      if (friend.grantsToThem.includes(service)) return friend
+      return await this.save({ ...friend, grantsToThem: [...friend.grantsToThem, service].sort() }, 'friend:changed')
+    })
   }
 
   async ungrant (name: string, service: string): Promise<Friend> {
-    const friend = this.activeFriend(name)
-    if (!isService(service)) throw new KithError('BAD_REQUEST', `unknown service ${JSON.stringify(service)}`)
-    return await this.save({ ...friend, grantsToThem: friend.grantsToThem.filter(s => s !== service) }, 'friend:changed')
+    return await this.serial(async () => {
+      const friend = this.activeFriend(name)
+      if (!isService(service)) throw new KithError('BAD_REQUEST', `unknown service ${JSON.stringify(service)}`)
+      return await this.save({ ...friend, grantsToThem: friend.grantsToThem.filter(s => s !== service) }, 'friend:changed')
+    })
   }
 
   async revoke (name: string): Promise<Friend> {
-    const friend = this.resolve(name)
-    if (friend.state === 'revoked') return friend
-    return await this.save({ ...friend, state: 'revoked', grantsToThem: [], grantsFromThem: [] }, 'friend:revoked')
+    return await this.serial(async () => {
+      const friend = this.resolve(name)
+      if (friend.state === 'revoked') return friend
+      return await this.save({ ...friend, state: 'revoked', grantsToThem: [], grantsFromThem: [] }, 'friend:revoked')
+    })
   }
 
   /** Records that a friend was seen, and where. Quiet: no event, it happens often. */
   async seen (peerId: string, addrs?: string[]): Promise<void> {
-    const friend = this.byId.get(peerId)
-    if (friend == null) return
-    const updated = { ...friend, lastSeen: Date.now(), addrs: addrs != null && addrs.length > 0 ? addrs : friend.addrs }
-    await this.level.put(peerId, updated)
-    this.byId.set(peerId, updated)
+    await this.serial(async () => {
+      const friend = this.byId.get(peerId)
+      if (friend == null) return
+      const updated = { ...friend, lastSeen: Date.now(), addrs: addrs != null && addrs.length > 0 ? addrs : friend.addrs }
+      await this.level.put(peerId, updated)
+      this.byId.set(peerId, updated)
+    })
   }
 
   /**
@@ -181,18 +214,22 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
    * need not be connected). Quiet, like `seen`; only active friends.
    */
   async moved (peerId: string, addrs: string[]): Promise<void> {
-    const friend = this.byId.get(peerId)
-    if (friend?.state !== 'active' || addrs.length === 0) return
-    const updated = { ...friend, addrs }
-    await this.level.put(peerId, updated)
-    this.byId.set(peerId, updated)
+    await this.serial(async () => {
+      const friend = this.byId.get(peerId)
+      if (friend?.state !== 'active' || addrs.length === 0) return
+      const updated = { ...friend, addrs }
+      await this.level.put(peerId, updated)
+      this.byId.set(peerId, updated)
+    })
   }
 
   /** Updates what a friend grants me (they told me over the wire). */
   async setGrantsFromThem (peerId: string, grants: Service[]): Promise<void> {
-    const friend = this.byId.get(peerId)
-    if (friend?.state !== 'active') return
-    await this.save({ ...friend, grantsFromThem: grants }, 'friend:changed')
+    await this.serial(async () => {
+      const friend = this.byId.get(peerId)
+      if (friend?.state !== 'active') return
+      await this.save({ ...friend, grantsFromThem: grants }, 'friend:changed')
+    })
   }
 
   private activeFriend (name: string): Friend {
