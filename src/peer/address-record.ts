@@ -33,6 +33,8 @@ export const MAX_RECORD_ADDRS = 16
 export const MAX_RECORD_ADDR_LENGTH = 256
 /** How far ahead of my clock a record's time may be. */
 export const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+/** The latest time a record may carry: the last millisecond a Date can show (year 275760). */
+export const MAX_RECORD_TIME_MS = 8.64e15
 /** DHT records live under `/kith-addr/<peer id multihash bytes>`. */
 export const DHT_RECORD_NAMESPACE = 'kith-addr'
 
@@ -69,7 +71,7 @@ const bodySchema = z.object({
   pub: bytesOf(PUBLIC_KEY_LENGTH),
   addrs: z.array(z.string().max(MAX_RECORD_ADDR_LENGTH).refine(isRecordAddr, 'must be a multiaddr in normal form, without a trailing /p2p')).max(MAX_RECORD_ADDRS),
   seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  t: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
+  t: z.number().int().min(0).max(MAX_RECORD_TIME_MS)
 }).strict()
 
 /** A multiaddr in normal form that does not end in /p2p/... (the subject is implied). */
