@@ -731,6 +731,7 @@ async function setUp (): Promise<void> {
   }, 'the warm-up fetches', 60_000, 250)
   await sleep(3000)
   for (const d of daemons) {
+    for (const p of friendModel.check(d.name, await listFriends(d))) violation(d.name, `after the set-up: ${p}`)
     d.fdStart = await fdCount(d.node.pid)
     await sampleProcess(d)
   }
