@@ -586,8 +586,15 @@ const actions: Record<Kind, () => Promise<void>> = {
     }
     execFileSync('mount', ['-o', `remount,size=${Math.ceil(size / MiB) + 8}m`, dir])
     await observe(fetch, t)
-    if (t.state === 'paused') await observe(fetch, (await d.api.call<{ transfer: Transfer }>('POST', `/v1/transfers/${fetch.id}/resume`)).transfer)
-    note(`f${fetch.n}: tmpfs enlarged, resumed`)
+    if (t.state !== 'paused') return
+    try {
+      await observe(fetch, (await d.api.call<{ transfer: Transfer }>('POST', `/v1/transfers/${fetch.id}/resume`)).transfer)
+      note(`f${fetch.n}: tmpfs enlarged, resumed`)
+    } catch (err) {
+      // a fetch may go on by itself once there is room
+      if (codeOf(err) !== 'TRANSFER_STATE') throw err
+      note(`f${fetch.n}: tmpfs enlarged; it went on by itself`)
+    }
   },
 
   /** A person deletes what they fetched: the chunks it held are no longer served from there. */
