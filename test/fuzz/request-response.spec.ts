@@ -17,6 +17,7 @@ import { ShareBook } from '../../src/services/files/share-book.ts'
 import { FILES_PROTOCOL, MAX_FILES_REQUEST, fetchManifest, filesHandler, listResponse, listShares } from '../../src/services/files/files-protocol.ts'
 import { LOCATE_PROTOCOL, MAX_LOCATE_MESSAGE } from '../../src/services/locate/constants.ts'
 import { locateHandler, pushRecord, queryRecord } from '../../src/services/locate/locate-protocol.ts'
+import { MAX_REACH_MESSAGE, MAX_REACH_PORTS, REACH_PROTOCOL, askDialBack, reachHandler, responseSchema as reachResponse } from '../../src/services/reachability.ts'
 import { RecordStore } from '../../src/services/locate/record-store.ts'
 import { learn, startNode, tempDir } from '../helpers/chunks.ts'
 import { anyText, cborBytes, grants, humanText, keys, mutateField, peerId, signFast } from './arbitraries.ts'
@@ -24,7 +25,7 @@ import { checkRejection, flipBit, fuzzAsync } from './budget.ts'
 
 /**
  * Every one-request, one-answer protocol (src/peer/request-response.ts
- * `serveOnce`: redeem, files, locate), from both ends, over real libp2p
+ * `serveOnce`: redeem, files, locate, reach), from both ends, over real libp2p
  * streams: the answering side fed any request, and the asking side fed any
  * answer by a hostile peer.
  */
@@ -58,6 +59,12 @@ const PROTOCOLS: Protocol[] = [
     id: LOCATE_PROTOCOL,
     max: MAX_LOCATE_MESSAGE,
     valid: fc.oneof(peerId.map(peer => ({ v: 1, op: 'query', peer })), record.map(r => ({ v: 1, op: 'push', record: r })))
+  },
+  {
+    // a valid one makes the server dial the asker back at 127.0.0.1 (at most once every few seconds)
+    id: REACH_PROTOCOL,
+    max: MAX_REACH_MESSAGE,
+    valid: fc.array(fc.integer({ min: 1, max: 65535 }), { minLength: 1, maxLength: MAX_REACH_PORTS }).map(ports => ({ v: 1, ports }))
   }
 ]
 
@@ -131,6 +138,7 @@ describe('request/response protocols, fuzzed over libp2p', () => {
       onPush: async (r, from) => { await records.offer(r, from) },
       onQuery: async (_asker, subject) => (await records.get(subject))?.bytes ?? null
     }))
+    await server.handle(REACH_PROTOCOL, reachHandler(server))
     hostile = await startNode()
     for (const p of PROTOCOLS) {
       await hostile.handle(p.id, async (stream: Stream) => {
@@ -198,7 +206,12 @@ describe('request/response protocols, fuzzed over libp2p', () => {
     list: async () => await listShares(client, hostile.peerId, { signal: AbortSignal.timeout(5000) }),
     manifest: async () => await fetchManifest(client, hostile.peerId, 'ab'.repeat(32), { signal: AbortSignal.timeout(5000) }),
     push: async () => { await pushRecord(client, hostile.peerId, new Uint8Array(10), { signal: AbortSignal.timeout(5000) }) },
-    query: async () => await queryRecord(client, hostile.peerId, hostile.peerId.toString(), { signal: AbortSignal.timeout(5000) })
+    query: async () => await queryRecord(client, hostile.peerId, hostile.peerId.toString(), { signal: AbortSignal.timeout(5000) }),
+    reach: async () => {
+      // a dial-back is asked over a direct connection only
+      await client.dial(hostile.peerId)
+      return await askDialBack(client, hostile.peerId, [1], AbortSignal.timeout(5000))
+    }
   }
 
   /** Valid answers to each call, for the hostile peer to damage. */
@@ -209,11 +222,15 @@ describe('request/response protocols, fuzzed over libp2p', () => {
     list: fc.oneof(fc.array(listing, { maxLength: 3 }).map(shares => ({ v: 1, ok: true, shares })), failure),
     manifest: fc.oneof(fc.record({ v: fc.constant(1), ok: fc.constant(true), manifest: fc.uint8Array({ maxLength: 50 }), key: fc.uint8Array({ maxLength: 50 }) }), failure),
     push: fc.oneof(fc.constant({ v: 1, ok: true }), failure),
-    query: fc.oneof(fc.record({ v: fc.constant(1), ok: fc.constant(true), record: fc.oneof(fc.constant(null), fc.uint8Array({ maxLength: 50 })) }), failure)
+    query: fc.oneof(fc.record({ v: fc.constant(1), ok: fc.constant(true), record: fc.oneof(fc.constant(null), fc.uint8Array({ maxLength: 50 })) }), failure),
+    reach: fc.oneof(fc.array(fc.record({ addr: fc.constantFrom('/ip4/127.0.0.1/tcp/1', '/ip4/7.7.7.7/tcp/4001'), ok: fc.boolean() }), { maxLength: MAX_REACH_PORTS })
+      .map(results => ({ v: 1, ok: true, results })), failure)
   }
 
   it('the asking side fails with a KithError on any answer a hostile peer sends, or takes a well-formed one', async () => {
-    const scenario = fc.constantFrom(...Object.keys(calls) as Array<keyof typeof calls>).chain(call => sent(answers[call], 1024).map(message => ({ call, message })))
+    // reach's asker is left out until it types stream errors (the test below)
+    const asked = (Object.keys(calls) as Array<keyof typeof calls>).filter(c => c !== 'reach')
+    const scenario = fc.constantFrom(...asked).chain(call => sent(answers[call], 1024).map(message => ({ call, message })))
     await fuzzAsync(fc.asyncProperty(scenario, async ({ call, message }) => {
       answer = message
       try {
@@ -224,8 +241,23 @@ describe('request/response protocols, fuzzed over libp2p', () => {
     }), 0.5)
   })
 
+  // Found by the property above: askDialBack (src/services/reachability.ts) lets the stream's own error out
+  // (UnexpectedEOFError when the friend closes without answering) where the other askers throw FRIEND_OFFLINE.
+  // Its one caller swallows every error, so nothing breaks; left to reachability.ts's owner. Once it throws
+  // a KithError this fails: make it an ordinary `it` and put reach back into the property above.
+  it.fails('the reach asker fails with a KithError when the friend closes without answering', async () => {
+    answer = { framed: false, bytes: new Uint8Array() }
+    try {
+      await calls.reach()
+    } catch (err) {
+      checkRejection(err)
+      return
+    }
+    throw new Error('an empty answer was taken')
+  })
+
   it('round-trip: the asking side returns exactly what a valid answer holds', async () => {
-    const scenario = fc.constantFrom('redeem', 'list', 'query' as const).chain(call => answers[call].filter(a => a.ok === true).map(a => ({ call, a })))
+    const scenario = fc.constantFrom('redeem', 'list', 'query', 'reach' as const).chain(call => answers[call].filter(a => a.ok === true).map(a => ({ call, a })))
     await fuzzAsync(fc.asyncProperty(scenario, async ({ call, a }) => {
       answer = { framed: true, bytes: encodeCanonical(a) }
       if (call === 'redeem') {
@@ -235,6 +267,9 @@ describe('request/response protocols, fuzzed over libp2p', () => {
       } else if (call === 'list') {
         expect(listResponse.safeParse(a).success).toBe(true)
         expect(await calls.list()).toEqual(a.shares)
+      } else if (call === 'reach') {
+        expect(reachResponse.safeParse(a).success).toBe(true)
+        expect(await calls.reach()).toEqual(a.results)
       } else {
         const got = await calls.query()
         expect(got === null ? null : Buffer.from(got).toString('hex')).toBe(a.record === null ? null : Buffer.from(a.record as Uint8Array).toString('hex'))
