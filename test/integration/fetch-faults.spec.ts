@@ -1,17 +1,39 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
+import { mkdir, open, writeFile, readFile, readdir, rm, stat } from 'node:fs/promises'
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { join } from 'node:path'
-import { createTestnet, waitFor, befriend, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { dirname, join } from 'node:path'
+import { createTestnet, waitFor, befriend, transferOf, transferDone, TestNode, type Testnet } from '../helpers/testnet.ts'
 
 /**
  * Faults a fetch meets between real daemons: a friend revoked mid-transfer
- * (cut off, the fetch goes on from others) and a full disk (paused with
- * DISK_FULL, state intact, resumable once there is room).
+ * (cut off, the fetch goes on from others), a full disk (paused with
+ * DISK_FULL, state intact, going on by itself once there is room), and a
+ * database that can't be written mid-fetch (the fetch ends with an error, the
+ * daemon stays up).
  */
 function sha (bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex')
+}
+
+/** Writes `path` until its disk has no byte left (ENOSPC), in ever smaller pieces. */
+async function fillDisk (path: string): Promise<void> {
+  const file = await open(path, 'w')
+  try {
+    for (let piece = 1024 * 1024; piece >= 512; piece /= 2) {
+      const bytes = Buffer.alloc(piece, 1)
+      while (true) {
+        try {
+          await file.write(bytes)
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
+          break
+        }
+      }
+    }
+  } finally {
+    await file.close()
+  }
 }
 
 describe('fetch faults', () => {
@@ -55,7 +77,7 @@ describe('fetch faults', () => {
     expect(sha(await readFile(dest))).toBe(sha(await readFile(source)))
   })
 
-  it('pauses with DISK_FULL when the destination fills up, and resumes once there is room', async () => {
+  it('pauses with DISK_FULL when the destination fills up, and goes on by itself once there is room', async () => {
     // never passes without running: it mounts a small tmpfs, which needs root
     if (process.getuid?.() !== 0) throw new Error('this test mounts a small tmpfs and needs root: run the tests as root (`sudo npm test`)')
     const small = join(fetcher.home, 'small-disk')
@@ -74,13 +96,57 @@ describe('fetch faults', () => {
       const left = await readdir(small)
       expect(left).toHaveLength(1)
       expect(left[0]).toMatch(/^\.kith-[0-9a-f]{16}\.kith-partial$/)
+      // room again: no `kith resume` needed
       execFileSync('mount', ['-o', 'remount,size=64m', small])
-      await fetcher.json('resume', t.id)
-      await waitFor(async () => (await transferOf(fetcher, t.id))?.state === 'done', 'the resumed fetch', 60_000)
+      await waitFor(async () => (await transferOf(fetcher, t.id))?.state === 'done', 'the fetch to go on by itself', 60_000)
       expect(sha(await readFile(dest))).toBe(sha(await readFile(source)))
       expect(await readdir(small)).toEqual(['data.bin'])
     } finally {
       execFileSync('umount', ['-l', small])
+    }
+  })
+
+  it('a fetch whose database writes fail ends with an error event; the daemon stays up, answers, and goes on once there is room', async () => {
+    // never passes without running: it mounts a small tmpfs, which needs root
+    if (process.getuid?.() !== 0) throw new Error('this test mounts a small tmpfs and needs root: run the tests as root (`sudo npm test`)')
+    // a node whose home (its LevelDB) is on a small disk of its own; what it fetches goes elsewhere
+    const disk = join(dirname(fetcher.home), 'victim-disk')
+    await mkdir(disk, { recursive: true })
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', disk])
+    const victim = new TestNode('victim', join(disk, 'home'))
+    try {
+      await victim.start()
+      await befriend(owner, victim)
+      const file = join(owner.home, 'db-fault.bin')
+      await writeFile(file, randomBytes(24 * 1024 * 1024))
+      await owner.json('share', file, '--with', 'victim')
+      await owner.json('limits', 'set', '--up', '1MB/s')
+      const dest = join(dirname(fetcher.home), 'db-fault.bin')
+      const { transfer: t } = await victim.json('fetch', 'owner:db-fault.bin', '-o', dest, '--detach')
+      await waitFor(async () => (await transferOf(victim, t.id))?.doneBytes > 0, 'the fetch under way', 30_000)
+      // every chunk it stores is recorded in LevelDB: from now on those writes fail
+      const filler = join(disk, 'filler')
+      await fillDisk(filler)
+      const ended = await waitFor(async () => {
+        const now = await transferOf(victim, t.id)
+        return now?.error != null ? now : undefined
+      }, 'the fetch to end with an error', 30_000)
+      expect(ended.error.code).toBe('DISK_FULL')
+      expect(ended.state).toBe('paused')
+      expect(victim.exited).toBeNull()
+      expect((await victim.json('status')).peerId).toBe(victim.peerId)
+      // nothing reached the last resort: the failure was the fetch's, handled
+      expect(victim.output).not.toContain('BUG')
+      // room again: the fetch goes on by itself and finishes
+      await owner.json('limits', 'clear', '--up')
+      await rm(filler)
+      await transferDone(victim, t.id, 'the fetch to go on once the disk has room')
+      expect(sha(await readFile(dest))).toBe(sha(await readFile(file)))
+      expect(victim.exited).toBeNull()
+    } finally {
+      await owner.json('limits', 'clear', '--up').catch(() => {})
+      await victim.kill9()
+      execFileSync('umount', ['-l', disk])
     }
   })
 })

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { lstat, mkdir, rm } from 'node:fs/promises'
+import { lstat, mkdir, rm, statfs } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection } from '@libp2p/interface'
@@ -31,6 +31,10 @@ export const PROGRESS_INTERVAL_MS = 250
 export const CANCELLED_CLEANUP_MS = 7 * 24 * 3600 * 1000
 /** Fetches again what was held but found damaged or gone while read back, this many times at most before failing. */
 export const MAX_REFETCH_PASSES = 3
+/** How often fetches paused by a full disk look for room again. */
+export const DISK_RECHECK_MS = 2_000
+/** Room a fetch paused by a full disk wants beyond what it still has to write (and on the database's disk) before it goes on by itself. */
+export const DISK_MARGIN_BYTES = 8 * 1024 * 1024
 
 export type TransferState = 'queued' | 'running' | 'paused' | 'done' | 'failed' | 'cancelled'
 
@@ -99,6 +103,8 @@ export interface TransferInit {
   secretKey: Uint8Array
   /** what fetches receive passes through it; their speed and ETA come from it */
   bandwidth?: BandwidthScheduler
+  /** the home folder (the database's disk): a fetch paused by a full disk waits for room there too */
+  home?: string
 }
 
 interface Running {
@@ -117,6 +123,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   /** seal keys of friends' shares, newest first, by `${owner}/${shareId}`: fetched files serve their chunks with them */
   private readonly keys = new Map<string, SealKeys[]>()
   private stopped = false
+  /** looks for room while some fetch is paused by a full disk */
+  private diskTimer: ReturnType<typeof setTimeout> | undefined
 
   constructor (init: TransferInit) {
     super()
@@ -142,10 +150,12 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       clearing().catch(() => {}) // each removal is best effort; nothing here may end the daemon
     })
     this.kick()
+    this.watchDisk()
   }
 
   async stop (): Promise<void> {
     this.stopped = true
+    clearTimeout(this.diskTimer)
     const active = [...this.running.values()]
     for (const run of active) run.controller.abort(new KithError('TRANSFER_STATE', 'the daemon is stopping'))
     await Promise.allSettled(active.map(async r => await r.done))
@@ -245,7 +255,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const record = this.get(id)
     if (FINAL.includes(record.state)) throw new KithError('TRANSFER_STATE', `transfer ${record.id} is ${record.state}; there is nothing to pause`)
     const run = this.running.get(record.id)
-    await this.save({ ...record, state: 'paused', rate: 0, eta: null }, 'transfer:state')
+    // a pause asked for replaces one a full disk made: it waits for `kith resume`, not for room
+    await this.save({ ...record, state: 'paused', error: null, rate: 0, eta: null }, 'transfer:state')
     if (run != null) {
       run.controller.abort(new KithError('TRANSFER_STATE', 'paused'))
       await run.done.catch(() => {})
@@ -293,8 +304,46 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   private async save (record: Transfer, type: TransferEvent['type']): Promise<void> {
     const updated = { ...record, updated: Date.now() }
     this.records.set(record.id, updated)
-    await this.init.level.put(record.id, updated)
-    this.emit('event', { type, transfer: updated })
+    try {
+      await this.init.level.put(record.id, updated)
+    } finally {
+      // the transfer is in this state now, recorded or not (a database write can fail): say so
+      this.emit('event', { type, transfer: updated })
+      if (pausedByFullDisk(updated)) this.watchDisk()
+    }
+  }
+
+  /**
+   * While some fetch is paused by a full disk, looks every DISK_RECHECK_MS
+   * for room: once the disk of its destination has what the fetch still has
+   * to write and DISK_MARGIN_BYTES more (and the home's disk the margin), it
+   * goes on by itself. `kith resume` needs no room; `kith pause` stops the
+   * waiting.
+   */
+  private watchDisk (): void {
+    if (this.stopped || this.diskTimer !== undefined) return
+    if (!this.list().some(pausedByFullDisk)) return
+    this.diskTimer = setTimeout(() => {
+      this.lookForRoom().catch(() => {}).finally(() => {
+        this.diskTimer = undefined
+        this.watchDisk()
+      })
+    }, DISK_RECHECK_MS)
+    this.diskTimer.unref()
+  }
+
+  private async lookForRoom (): Promise<void> {
+    for (const record of this.list().filter(pausedByFullDisk)) {
+      if (this.stopped) return
+      const left = Math.max(0, record.totalBytes - record.doneBytes)
+      if (await freeBytes(dirname(record.dest)) < left + DISK_MARGIN_BYTES) continue
+      if (this.init.home !== undefined && await freeBytes(this.init.home) < DISK_MARGIN_BYTES) continue
+      // it may have been resumed, paused or cancelled meanwhile
+      const now = this.get(record.id)
+      if (!pausedByFullDisk(now)) continue
+      await this.save({ ...now, state: 'queued', error: null }, 'transfer:state')
+      this.kick()
+    }
   }
 
   private kick (): void {
@@ -313,12 +362,13 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   }
 
   /**
-   * A run that threw instead of recording how it ended: its database write
-   * failed (a full disk, a closed or damaged database). The transfer ends in
-   * memory as the run would have ended it (failed, or paused by a full
-   * disk), with the error, and an event says so; writing the record is tried
-   * once more, in the background. Logged, since the record on disk may be
-   * stale until then. Never throws.
+   * A run that threw instead of recording how it ended: a database write
+   * failed (a full disk, a closed or damaged database). If the run got as
+   * far as its last state (save keeps it in memory and sends the event even
+   * when the write fails), that stands; else the transfer ends in memory as
+   * the run would have ended it (failed, or paused by a full disk), with an
+   * event, and writing the record is tried once more in the background.
+   * Logged, since the record on disk may be stale. Never throws.
    */
   private unrecorded (id: string, err: unknown): void {
     console.error(`kith: transfer ${id} ended with an error that could not be recorded: ${err instanceof Error ? err.stack ?? err.message : String(err)}`)
@@ -331,6 +381,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       this.emit('event', { type: 'transfer:state', transfer: next })
     } catch {}
     this.init.level.put(id, next).catch(() => {})
+    if (pausedByFullDisk(next)) this.watchDisk()
   }
 
   /**
@@ -478,7 +529,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         return
       }
       const error = describe(this.relayLimited(record.owner, err) ?? err)
-      // a full disk pauses the fetch: free space, then `kith resume`
+      // a full disk pauses the fetch; it goes on by itself once there is room (watchDisk)
       const state: TransferState = error.code === 'DISK_FULL' ? 'paused' : 'failed'
       await this.save({ ...record, state, error, rate: 0, eta: null }, 'transfer:state')
     }
@@ -592,6 +643,20 @@ function safeName (name: string): string {
   return cleaned === '.' || cleaned === '..' || cleaned === '' ? 'share' : cleaned
 }
 
+function pausedByFullDisk (record: Transfer): boolean {
+  return record.state === 'paused' && record.error?.code === 'DISK_FULL'
+}
+
+/** Bytes an unprivileged writer may still use on the disk holding `path`; 0 if it can't be told. */
+async function freeBytes (path: string): Promise<number> {
+  try {
+    const stats = await statfs(path)
+    return stats.bavail * stats.bsize
+  } catch {
+    return 0
+  }
+}
+
 /** Where the file at `relative` (as `select` gives it) of a fetch goes. */
 function destOf (record: Pick<Transfer, 'dest'>, relative: string): string {
   return relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
@@ -610,12 +675,12 @@ async function exists (path: string): Promise<boolean> {
 function describe (err: unknown): { code: string, message: string } {
   const code = (err as NodeJS.ErrnoException).code
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return { code: 'DISK_FULL', message: `the disk is full (${(err as Error).message}); free some space, then \`kith resume\`` }
+    return { code: 'DISK_FULL', message: `the disk is full (${(err as Error).message}); the fetch goes on by itself once there is room (or \`kith resume\`)` }
   }
   const database = databaseFailure(err)
   if (database !== undefined) {
     return /No space left|quota exceeded/i.test(database.message)
-      ? { code: 'DISK_FULL', message: `the disk holding kith's database is full (${database.message}); free some space, then \`kith resume\`` }
+      ? { code: 'DISK_FULL', message: `the disk holding kith's database is full (${database.message}); the fetch goes on by itself once there is room (or \`kith resume\`)` }
       : { code: 'INTERNAL', message: `kith's database could not be written (${database.message}); the fetch stopped. See the daemon's log` }
   }
   const error = asKithError(err)
