@@ -4,6 +4,7 @@ import { homePaths, writeFileAtomic } from '../../peer/home.ts'
 import { Daemon, newToken, writeApiInfo } from '../daemon.ts'
 import { startApiServer } from '../api/server.ts'
 import { routes } from '../api/routes.ts'
+import { installLastResort } from '../last-resort.ts'
 import type { RelayBudget } from '../../peer/node.ts'
 import { terminalText } from './format.ts'
 
@@ -56,6 +57,8 @@ async function apiToken (path: string, exposed: boolean): Promise<string> {
 
 export async function runStart (options: StartOptions): Promise<void> {
   const { host, port } = parseApiAddress(options.api ?? DEFAULT_API)
+  // a bug in background work is logged, never the end of the node (last-resort.ts)
+  installLastResort()
   const daemon = await Daemon.start({
     home: options.home,
     ...(options.listen != null && options.listen.length > 0 ? { listen: options.listen } : {}),
