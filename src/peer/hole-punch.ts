@@ -133,7 +133,7 @@ async function connectOnce (remote: Endpoint, localPort: number, deadline: numbe
       }
       resolve(socket)
     }
-    const timer = setTimeout(() => { fail(new TimeoutError('no answer')) }, Math.max(0, deadline - Date.now()))
+    const timer = setTimeout(() => { fail(new TimeoutError('no answer')) }, Math.max(0, deadline - performance.now()))
     socket.once('error', fail)
     socket.once('connect', connected)
     signal.addEventListener('abort', onAbort, { once: true })
@@ -147,10 +147,10 @@ async function connectOnce (remote: Endpoint, localPort: number, deadline: numbe
  * attempt pending, and the other side's SYN completes it.
  */
 export async function simultaneousOpen (remote: Endpoint, localPort: number, signal: AbortSignal, windowMs = PUNCH_WINDOW_MS): Promise<{ socket: net.Socket, attempts: number }> {
-  const deadline = Date.now() + windowMs
+  const deadline = performance.now() + windowMs
   let attempts = 0
   let last: unknown
-  while (Date.now() < deadline) {
+  while (performance.now() < deadline) {
     signal.throwIfAborted()
     attempts++
     try {
@@ -159,7 +159,7 @@ export async function simultaneousOpen (remote: Endpoint, localPort: number, sig
       if (signal.aborted || (err instanceof KithError)) throw err
       last = err
     }
-    if (Date.now() + PUNCH_RETRY_MS >= deadline) break
+    if (performance.now() + PUNCH_RETRY_MS >= deadline) break
     await pause(PUNCH_RETRY_MS + Math.random() * PUNCH_RETRY_MS, signal)
   }
   throw new KithError('PUNCH_FAILED', `no direct connection to ${remote.ip}:${remote.port} from port ${localPort} after ${attempts} attempts in ${windowMs} ms (${(last as Error | undefined)?.message ?? 'no attempt'}); the NATs may not keep source ports`)
@@ -290,7 +290,7 @@ class DefaultHolePunch implements HolePunch {
   }
 
   private async runInitiator (stream: Stream, relayed: Connection, publicIp: string, options: AbortOptions): Promise<PunchResult> {
-    const t0 = Date.now()
+    const t0 = performance.now()
     const signal = this.signal(options)
     const lp = lpStream(stream, { maxDataLength: MAX_PUNCH_MESSAGE })
     let remote: Endpoint
@@ -298,10 +298,10 @@ class DefaultHolePunch implements HolePunch {
     let rttMs: number
     try {
       localPort = await freeLocalPort(publicIp)
-      const sent = Date.now()
+      const sent = performance.now()
       await lp.write(encodePunchMessage({ v: PUNCH_VERSION, t: 'offer', ip: publicIp, port: localPort }), { signal })
       const reply = await readMessage(lp, signal)
-      rttMs = Date.now() - sent
+      rttMs = Math.round(performance.now() - sent)
       if (reply.t === 'refuse') throw new KithError('PUNCH_REFUSED', `the friend won't punch: ${reply.message} [${reply.code}]`)
       if (reply.t !== 'answer') throw new KithError('PUNCH_MALFORMED', `expected an answer, got ${reply.t}`)
       remote = checkEndpoint(reply)
@@ -316,12 +316,12 @@ class DefaultHolePunch implements HolePunch {
     this.log('punching to %s:%d from port %d (relay rtt %d ms)', remote.ip, remote.port, localPort, rttMs)
     const { socket, attempts } = await simultaneousOpen(remote, localPort, signal, this.windowMs)
     const connection = await this.upgrade(socket, remote, relayed, true, signal)
-    this.log('punched %p at %s:%d as initiator: %d attempts, %d ms', relayed.remotePeer, remote.ip, remote.port, attempts, Date.now() - t0)
-    return { connection, attempts, rttMs, ms: Date.now() - t0 }
+    this.log('punched %p at %s:%d as initiator: %d attempts, %d ms', relayed.remotePeer, remote.ip, remote.port, attempts, Math.round(performance.now() - t0))
+    return { connection, attempts, rttMs, ms: Math.round(performance.now() - t0) }
   }
 
   async respond (stream: Stream, relayed: Connection, publicIp: string | null, options: AbortOptions = {}): Promise<PunchResult | null> {
-    const t0 = Date.now()
+    const t0 = performance.now()
     const signal = this.signal(options)
     const lp = lpStream(stream, { maxDataLength: MAX_PUNCH_MESSAGE })
     let remote: Endpoint
@@ -349,8 +349,8 @@ class DefaultHolePunch implements HolePunch {
       this.log('punching to %s:%d from port %d', remote.ip, remote.port, localPort)
       const { socket, attempts } = await simultaneousOpen(remote, localPort, signal, this.windowMs)
       const connection = await this.upgrade(socket, remote, relayed, false, signal)
-      this.log('punched %p at %s:%d as responder: %d attempts, %d ms', relayed.remotePeer, remote.ip, remote.port, attempts, Date.now() - t0)
-      return { connection, attempts, rttMs: 0, ms: Date.now() - t0 }
+      this.log('punched %p at %s:%d as responder: %d attempts, %d ms', relayed.remotePeer, remote.ip, remote.port, attempts, Math.round(performance.now() - t0))
+      return { connection, attempts, rttMs: 0, ms: Math.round(performance.now() - t0) }
     } catch (err) {
       this.log('punch to %p failed - %e', relayed.remotePeer, err)
       return null
