@@ -132,7 +132,8 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
       store: this.gc.guard(store),
       level: sublevel(init.db, 'transfers'),
       secretKey: init.identity.secretKey,
-      bandwidth: this.bandwidth
+      bandwidth: this.bandwidth,
+      home: init.home
     })
     this.transfers.on('event', evt => {
       this.emit('event', evt)
