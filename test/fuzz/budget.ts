@@ -69,13 +69,23 @@ export async function fuzzAsync<Ts> (property: fc.IAsyncProperty<Ts>, scale = 1,
   if (details.failed) throw new Error(`${await fc.asyncDefaultReportMessage(details) ?? 'property failed'}\n${replay(details)}`, { cause: details.errorInstance })
 }
 
+/** An input as a failure message shows it: bytes in hex, records as JSON with their bytes in hex, cut to a readable length. */
 function show (input: unknown): string {
-  if (input instanceof Uint8Array) {
-    const hex = Buffer.from(input).toString('hex')
-    return `0x${hex.length > 400 ? hex.slice(0, 400) + `… (${input.length} bytes)` : hex}`
+  const bytes = (b: Uint8Array): string => {
+    const hex = Buffer.from(b).toString('hex')
+    return `0x${hex.length > 400 ? hex.slice(0, 400) + `… (${b.length} bytes)` : hex}`
   }
-  const text = typeof input === 'string' ? JSON.stringify(input) : String(input)
-  return text.length > 400 ? text.slice(0, 400) + '…' : text
+  if (input instanceof Uint8Array) return bytes(input)
+  let text: string
+  try {
+    text = typeof input === 'object' && input !== null
+      // the holder's own field, before a Buffer's toJSON turns it into { type, data }
+      ? JSON.stringify(input, function (this: Record<string, unknown>, key, value: unknown) { const raw = this[key]; return raw instanceof Uint8Array ? bytes(raw) : value })
+      : typeof input === 'string' ? JSON.stringify(input) : String(input)
+  } catch {
+    text = String(input)
+  }
+  return text.length > 600 ? text.slice(0, 600) + '…' : text
 }
 
 /**
@@ -89,7 +99,7 @@ export function rejects (fn: () => unknown, codes?: readonly ErrorCode[], input?
   } catch (err) {
     return checkRejection(err, codes, input)
   }
-  throw new Error(`accepted ${show(input)}: returned ${show(JSON.stringify(returned, (_k, v: unknown) => v instanceof Uint8Array ? show(v) : v))}`)
+  throw new Error(`accepted ${show(input)}: returned ${show(returned)}`)
 }
 
 export async function rejectsAsync (fn: () => Promise<unknown>, codes?: readonly ErrorCode[], input?: unknown): Promise<KithError> {
