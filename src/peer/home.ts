@@ -43,6 +43,30 @@ export const PRIVATE_DIR_MODE = 0o700
 export const PRIVATE_FILE_MODE = 0o600
 /** The process umask of a daemon, so LevelDB's and the chunk store's new files are born private. */
 export const PRIVATE_UMASK = 0o077
+
+/** The umask the user started kith with, before `makeProcessPrivate` replaced it (null: not replaced). */
+let userUmask: number | null = null
+
+/**
+ * Makes what this process writes from now on private (umask 077): LevelDB's
+ * new files, chunks, api.*. The user's own umask is remembered for the files
+ * kith makes for them outside the home (`userMode`).
+ */
+export function makeProcessPrivate (): void {
+  const before = process.umask(PRIVATE_UMASK)
+  userUmask ??= before
+}
+
+/**
+ * The mode a file or folder kith makes for the user (a fetched file, its
+ * folders) should be given: `mode` under the user's own umask, not the
+ * daemon's private one, so a fetched photo reads like any other file of
+ * theirs. Null while the process umask is the user's own: what the system
+ * applied is already right.
+ */
+export function userMode (mode: number): number | null {
+  return userUmask === null ? null : mode & ~userUmask
+}
 /** lstat/chmod calls in flight while walking the home (the chunk store may hold many files) */
 const WALK_CONCURRENCY = 32
 

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { link, lstat, mkdir, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
+import { link, lstat, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
@@ -9,7 +9,7 @@ import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } 
 import type { ChunkStore } from './chunk-store.ts'
 import { BufferPool } from './buffer-pool.ts'
 import { openChunk, verifySealed, type SealKeys } from './seal.ts'
-import { checkUnder, openNoFollow, prepareUnder } from './destination.ts'
+import { checkUnder, makeRoot, openNoFollow, prepareUnder } from './destination.ts'
 
 /**
  * Assembling files from verified chunks.
@@ -404,7 +404,7 @@ export interface AssembleShareInit extends AssembleOptions {
  */
 export async function assembleShare (init: AssembleShareInit): Promise<void> {
   const root = resolve(init.root)
-  await mkdir(root, { recursive: true })
+  await makeRoot(root)
   for (const [file, entry] of init.manifest.entries.entries()) {
     init.signal?.throwIfAborted()
     const target = await prepare(root, entry.path, entry.type === 'dir')

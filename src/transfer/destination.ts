@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto'
 import { constants, type Stats } from 'node:fs'
-import { lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
-import { join } from 'node:path'
+import { chmod, lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import { KithError } from '../errors.ts'
+import { userMode } from '../peer/home.ts'
 import type { ManifestFile } from './manifest.ts'
 
 /**
@@ -67,7 +68,8 @@ export async function prepareUnder (root: string, segments: string[], options: {
     at = join(at, segment)
     let info = await lstatOrUndefined(at)
     if (info === undefined) {
-      await mkdir(at, { mode: 0o755 }).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err })
+      const made = await mkdir(at, { mode: 0o755 }).then(() => true, (err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err; return false })
+      if (made) await giveUserMode(at)
       info = await lstat(at)
     }
     if (info.isSymbolicLink()) throw linkRefused(at)
@@ -79,6 +81,40 @@ export async function prepareUnder (root: string, segments: string[], options: {
   if (info?.isSymbolicLink() === true) throw linkRefused(target)
   if (info !== undefined && !info.isFile()) throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(target)} is in the way (it is not a regular file); move it away, then resume`)
   return target
+}
+
+/**
+ * A folder just made for the user gets their umask's mode, not the daemon's
+ * private one (home.ts `userMode`). Opened without following a link, so a
+ * link swapped in meanwhile is left alone (and refused by the lstat after).
+ */
+async function giveUserMode (folder: string): Promise<void> {
+  const wanted = userMode(0o777)
+  if (wanted === null) return
+  const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = constants
+  const handle = await open(folder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW).catch(() => null)
+  if (handle === null) return
+  try {
+    await handle.chmod(wanted)
+  } finally {
+    await handle.close()
+  }
+}
+
+/**
+ * Makes a destination's root folder and the folders above it that are
+ * missing, with the user's mode (the root is the user's choice: links on the
+ * way are followed).
+ */
+export async function makeRoot (root: string): Promise<void> {
+  const first = await mkdir(root, { recursive: true })
+  if (first === undefined) return
+  const wanted = userMode(0o777)
+  if (wanted === null) return
+  for (let at = root; ; at = dirname(at)) {
+    await chmod(at, wanted)
+    if (at === first || at === dirname(at)) break
+  }
 }
 
 /**
@@ -115,6 +151,8 @@ export async function openNoFollow (path: string, how: 'existing' | 'create' | '
   let handle: FileHandle
   try {
     handle = await open(path, flags, mode)
+    const wanted = how === 'create' ? userMode(mode) : null
+    if (wanted !== null) await handle.chmod(wanted)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
     throw err

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { lstat, mkdir, rm, statfs } from 'node:fs/promises'
+import { lstat, rm, statfs } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection } from '@libp2p/interface'
@@ -14,7 +14,7 @@ import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
 import { ShareAssembly, sharePartialPath, type ShareTarget } from '../../transfer/assemble.ts'
-import { checkUnder, compareFile, prepareUnder } from '../../transfer/destination.ts'
+import { checkUnder, compareFile, makeRoot, prepareUnder } from '../../transfer/destination.ts'
 import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
 import { fetchManifest, listShares } from './files-protocol.ts'
 import { ShareBook } from './share-book.ts'
@@ -591,7 +591,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
    */
   private async assembly (id: string, manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[]): Promise<ShareAssembly> {
     const root = dirname(record.dest)
-    await mkdir(root, { recursive: true })
+    await makeRoot(root)
     const targets: ShareTarget[] = []
     for (const { entry, index, relative } of files) {
       const segments = [basename(record.dest), ...(relative === '' ? [] : relative.split('/'))]
