@@ -4,6 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import {
   ADDRESS_RECORD_VERSION, MAX_CLOCK_SKEW_MS, MAX_RECORD_ADDRS, MAX_RECORD_BYTES, MAX_RECORD_TIME_MS, createAddressRecord, dhtRecordKey,
   dhtRecordRules, isRecordAddr, parseAddressRecord, type AddressRecord
@@ -11,7 +12,8 @@ import {
 import { encodeCanonical } from '../../src/peer/canonical.ts'
 import { openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
 import { RecordStore } from '../../src/services/locate/record-store.ts'
-import { cborBytes, keys, mutateField, multiaddrText, signFast, type Keys } from './arbitraries.ts'
+import { isMultiaddr } from '../../src/trust/invite.ts'
+import { anyText, cborBytes, keys, mutateField, multiaddrText, signFast, type Keys } from './arbitraries.ts'
 import { flipBit, fuzz, fuzzAsync, rejects, rejectsAsync, rejectsOrValid } from './budget.ts'
 
 /**
@@ -104,6 +106,29 @@ describe('address records, fuzzed', () => {
       rejects(() => parseAddressRecord(m.bytes, { subject: other.peerId, now: NOW }), ['RECORD_WRONG_PEER'])
       const t = m.body.t as number
       rejects(() => parseAddressRecord(m.bytes, { now: t - MAX_CLOCK_SKEW_MS - ahead }), ['RECORD_FUTURE'])
+    }))
+  })
+})
+
+describe('addresses from outside, fuzzed', () => {
+  /** Multiaddr text with one character changed, dropped or added: near misses of real addresses. */
+  const nearMiss = fc.tuple(multiaddrText, fc.nat(), fc.constantFrom('change', 'drop', 'add'), fc.string({ unit: 'binary', minLength: 1, maxLength: 1 }))
+    .map(([text, at, how, c]) => {
+      const i = at % (text.length + 1)
+      return how === 'drop' ? text.slice(0, i) + text.slice(i + 1) : text.slice(0, i) + c + text.slice(how === 'change' ? i + 1 : i)
+    })
+
+  it('takes any text as an address in normal form or refuses it, never throws (records and invites)', () => {
+    fuzz(fc.property(fc.oneof(nearMiss, anyText(80), multiaddrText), text => {
+      for (const accepts of [isRecordAddr, isMultiaddr]) {
+        let ok: boolean
+        try {
+          ok = accepts(text)
+        } catch (err) {
+          throw new Error(`${accepts.name}(${JSON.stringify(text)}) threw ${String(err)}`)
+        }
+        if (ok) expect(multiaddr(text).toString()).toBe(text)
+      }
     }))
   })
 })
