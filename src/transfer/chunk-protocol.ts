@@ -70,6 +70,14 @@ export const SEND_SLICE = 256 * 1024
 export const READ_AHEAD = 2
 /** GET requests one holder serves at once, over all peers; more get ERROR(BUSY). */
 export const MAX_CONCURRENT_GETS = 16
+/**
+ * GET requests one holder serves one peer at once; more get ERROR(BUSY). So
+ * one friend, however many streams and connections it opens, holds at most
+ * this many of the MAX_CONCURRENT_GETS slots (and their send buffers), and
+ * the others' fetches go on. An honest daemon asks at most this many: 2 per
+ * fetch (fetcher.ts), 3 fetches at once (transfers.ts).
+ */
+export const MAX_GETS_PER_PEER = 6
 /** HAVE lookups run this many at a time against the store. */
 const HAVE_CONCURRENCY = 32
 
@@ -617,6 +625,8 @@ export interface ChunkHandlerInit {
   beforeSend?: BeforeSend
   /** @default MAX_CONCURRENT_GETS */
   maxConcurrentGets?: number
+  /** @default MAX_GETS_PER_PEER */
+  maxGetsPerPeer?: number
   /** @default SEND_SLICE */
   sendSlice?: number
   /** @default REQUEST_TIMEOUT_MS */
@@ -633,14 +643,17 @@ type Read = { sealed: Uint8Array[] } | { missing: true } | { error: Error }
  * The holder's side of `/kith/chunks/1.0.0`, for `libp2p.handle`. Gating
  * (friends only) and per-connection stream limits are the registrant's job;
  * this bounds each stream's memory (READ_AHEAD chunks read ahead, SEND_HIGH_WATER
- * queued) and the number of GETs served at once. Bad requests get an ERROR
+ * queued) and the number of GETs served at once, in all and to each peer. Bad requests get an ERROR
  * frame and a closed stream; nothing a peer sends can throw out of here.
  */
 export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
   const maxGets = init.maxConcurrentGets ?? MAX_CONCURRENT_GETS
+  const maxPerPeer = init.maxGetsPerPeer ?? MAX_GETS_PER_PEER
   const requestTimeoutMs = init.requestTimeoutMs ?? REQUEST_TIMEOUT_MS
   const stallTimeoutMs = init.sendStallTimeoutMs ?? SEND_STALL_TIMEOUT_MS
   let gets = 0
+  /** GETs being served, by peer */
+  const getsOf = new Map<string, number>()
 
   async function read (id: string, signal: AbortSignal): Promise<Read> {
     try {
@@ -702,12 +715,16 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
           served.missing = held.length - served.held
           await sendFrame(stream, encodeResponse({ type: 'have-ok', bits: encodeBits(held) }), send)
         }
-      } else if (gets >= maxGets) {
+      } else if (gets >= maxGets || (getsOf.get(peer.toString()) ?? 0) >= maxPerPeer) {
+        const yours = getsOf.get(peer.toString()) ?? 0
+        const message = yours >= maxPerPeer ? `already serving you ${yours} chunk requests` : `already serving ${gets} chunk requests`
         served.type = 'refused'
-        served.error = new KithError('CHUNK_PEER_BUSY', `already serving ${gets} GETs`)
-        await sendFrame(stream, encodeResponse({ type: 'error', status: STATUS.BUSY, message: `already serving ${gets} chunk requests` }), send)
+        served.error = new KithError('CHUNK_PEER_BUSY', message)
+        await sendFrame(stream, encodeResponse({ type: 'error', status: STATUS.BUSY, message }), send)
       } else {
+        const key = peer.toString()
         gets++
+        getsOf.set(key, (getsOf.get(key) ?? 0) + 1)
         try {
           const ids = request.ids
           // read a few chunks ahead so the disk and the network overlap
@@ -738,6 +755,9 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
           }
         } finally {
           gets--
+          const left = (getsOf.get(key) ?? 1) - 1
+          if (left > 0) getsOf.set(key, left)
+          else getsOf.delete(key)
         }
       }
       await finish(stream, signal, stallTimeoutMs)
