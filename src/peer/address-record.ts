@@ -242,10 +242,12 @@ export const MAX_DHT_SEQ_MEMORY = 4096
  * the highest this node has seen valid for that subject (kad-dht stores any
  * valid PUT over what it holds, so without this a friend could put back an
  * older record). A node takes no record about itself from others (`self`):
- * it puts its own, unvalidated, and is the authority on where it is. The
+ * it puts its own, unvalidated, and is the authority on where it is. With
+ * `subjects`, a record about a peer it refuses (not one of my friends) is
+ * NOT_A_FRIEND: a friend can't make me hold records of strangers. The
  * selector picks the highest seq.
  */
-export function dhtRecordRules (self?: string): {
+export function dhtRecordRules (self?: string, subjects?: (peerId: string) => boolean): {
   validators: Record<string, (key: Uint8Array, value: Uint8Array) => Promise<void>>
   selectors: Record<string, (key: Uint8Array, records: Uint8Array[]) => number>
 } {
@@ -253,6 +255,7 @@ export function dhtRecordRules (self?: string): {
   const validate = async (key: Uint8Array, value: Uint8Array): Promise<void> => {
     const record = parseForKey(key, value)
     if (record.peerId === self) throw new KithError('RECORD_WRONG_PEER', 'this node keeps its own address record in the DHT itself')
+    if (subjects != null && !subjects(record.peerId)) throw new KithError('NOT_A_FRIEND', `this node keeps DHT records of its friends only, and ${record.peerId} is not one`)
     const seen = highest.get(record.peerId)
     if (seen != null && record.seq < seen) {
       throw new KithError('RECORD_STALE', `a DHT record of ${record.peerId} with seq ${record.seq} is older than the ${seen} already seen`)

@@ -3,7 +3,6 @@ import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, type Identify } from '@libp2p/identify'
-import { ping, type Ping } from '@libp2p/ping'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
 import { dcutr } from '@libp2p/dcutr'
@@ -12,16 +11,40 @@ import { KithError } from '../errors.ts'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { dhtRecordRules } from './address-record.ts'
 import { holePunch, type HolePunch } from './hole-punch.ts'
+import { ping, type Ping } from './ping.ts'
+import { NodeDatastore } from './datastore.ts'
+import { dialPolicyFor, isDialable, type DialPolicy } from './dial-policy.ts'
 
 /**
- * The libp2p node: TCP, Noise, yamux, identify, ping, circuit relay, dcutr,
- * kith's own TCP hole punching, and a Kademlia DHT under
+ * The libp2p node: TCP, Noise, yamux, identify, a bounded ping (ping.ts),
+ * circuit relay, dcutr, kith's own TCP hole punching, and a Kademlia DHT under
  * kith's own protocol prefix, so it only ever meets other kith nodes. The DHT
  * accepts one kind of record, signed address records (`/kith-addr/...`, see
- * address-record.ts).
+ * address-record.ts), in a bounded store (datastore.ts). Every dial follows
+ * the dial policy (dial-policy.ts), and nothing from outside is resolved in
+ * DNS.
  */
 export const DHT_PROTOCOL = '/kith/kad/1.0.0'
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/0']
+
+/**
+ * Connection slots (docs/security.md, "Strangers"). Strangers hold at most a
+ * few of them after their handshake (src/services/connection-slots.ts) and
+ * friends' peers carry a tag that makes libp2p's pruning close strangers'
+ * connections first, so strangers can't fill the node and lock friends out.
+ */
+/** Connections held at once; beyond it libp2p refuses inbound connections and prunes the least valued. */
+export const MAX_CONNECTIONS = 256
+/** Inbound connections still in their Noise and yamux handshake, from everyone at once. */
+export const MAX_PENDING_INBOUND = 64
+/** New inbound connections one IP address may open per second (libp2p's default). */
+export const INBOUND_PER_HOST_PER_SECOND = 5
+/**
+ * An inbound connection finishes its handshake within this (libp2p: 10 s);
+ * with INBOUND_PER_HOST_PER_SECOND, one IP holds at most 25 of the
+ * MAX_PENDING_INBOUND handshakes.
+ */
+export const INBOUND_UPGRADE_TIMEOUT_MS = 5_000
 
 /**
  * yamux lets a stream's window grow to 16 MiB by default; a fetcher with two
@@ -93,22 +116,49 @@ export interface NodeInit {
   listen: string[]
   gater: ConnectionGater
   relay?: RelayBudget
+  /** which addresses may be dialled; @default dialPolicyFor(listen) */
+  dialPolicy?: DialPolicy
+  /** @default MAX_CONNECTIONS */
+  maxConnections?: number
+  /**
+   * Which peers' address records the DHT takes (my friends'); a record
+   * about anyone else is refused. @default every peer but me
+   */
+  dhtSubjects?: (peerId: string) => boolean
+  /** @default a new one */
+  datastore?: NodeDatastore
 }
 
 export async function createNode (init: NodeInit): Promise<KithLibp2p> {
+  const policy = init.dialPolicy ?? dialPolicyFor(init.listen)
+  const self = peerIdFromPrivateKey(init.privateKey).toString()
   const node = await createLibp2p({
     start: false,
     privateKey: init.privateKey,
     addresses: { listen: init.listen },
+    datastore: init.datastore ?? new NodeDatastore(),
+    connectionManager: {
+      maxConnections: init.maxConnections ?? MAX_CONNECTIONS,
+      maxIncomingPendingConnections: MAX_PENDING_INBOUND,
+      inboundConnectionThreshold: INBOUND_PER_HOST_PER_SECOND,
+      inboundUpgradeTimeout: INBOUND_UPGRADE_TIMEOUT_MS,
+      // no dnsaddr lookups: the dial policy refuses every name, and this resolver would look it up before the gate sees it
+      resolvers: {}
+    },
     // circuit relay: dialing friends through a relay, and listening on the relays
     // src/services/reachability.ts reserves explicitly (no `/p2p-circuit` discovery)
     transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux({ streamOptions: { maxReadBufferLength: MAX_READ_BUFFER, maxStreamWindowSize: MAX_STREAM_WINDOW } })],
-    connectionGater: init.gater,
+    connectionGater: {
+      ...init.gater,
+      // every dial libp2p makes, whoever asked for it: presence, locate, redeem, the DHT, dcutr
+      denyDialMultiaddr: async (ma) => !isDialable(ma, policy) || (await init.gater.denyDialMultiaddr?.(ma)) === true
+    },
     services: {
       identify: identify({ protocolPrefix: 'kith' }),
-      ping: ping({ protocolPrefix: 'kith' }),
+      // kad-dht pings its contacts; the daemon lets friends only (src/services/daemon.ts)
+      ping: ping(),
       // relays for friends holding my `relay` grant, only while I am publicly reachable (src/trust/gate.ts)
       relay: circuitRelayServer({ reservations: relayReservations(init.relay) }),
       // upgrades relayed connections to direct ones where the NATs allow
@@ -122,7 +172,7 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
         // friends are often on the same LAN: keep private addresses
         peerInfoMapper: passthroughMapper,
         // signed address records under /kith-addr/: by signature, then highest seq
-        ...dhtRecordRules(peerIdFromPrivateKey(init.privateKey).toString())
+        ...dhtRecordRules(self, init.dhtSubjects)
       })
     }
   })

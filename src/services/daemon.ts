@@ -8,6 +8,10 @@ import { homePaths, ensureHome, makeHomePrivate, makeProcessPrivate, writeFileAt
 import { openHomeDatabase, sublevel, type Database } from '../peer/database.ts'
 import { loadOrCreateIdentity, type Identity } from '../peer/identity.ts'
 import { createNode, DEFAULT_LISTEN, DHT_PROTOCOL, type KithLibp2p, type RelayBudget } from '../peer/node.ts'
+import { PING_PROTOCOL } from '../peer/ping.ts'
+import { NodeDatastore } from '../peer/datastore.ts'
+import { dialPolicyFor, type DialPolicy } from '../peer/dial-policy.ts'
+import { ConnectionSlots } from './connection-slots.ts'
 import { FriendBook, type Friend, type FriendEvent, checkLabel } from '../trust/friends.ts'
 import { InviteBook, type IssuedInvite, type InviteListing } from '../trust/invite-book.ts'
 import { createInvite, parseInvite, summarise, type InviteSummary, MAX_INVITE_USES, MAX_INVITE_LIFETIME_S, displayName as displayNameSchema } from '../trust/invite.ts'
@@ -100,10 +104,14 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   readonly reachability: Reachability
 
   private readonly relayGate: RelayGate
+  /** which addresses from outside are dialled, and the datastore holding the DHT's records */
+  private readonly net: NetParts
+  /** friends' peers tagged, strangers' connections bounded */
+  private readonly slots: ConnectionSlots
   /** what in the home other users could read before this start made it private (home.ts) */
   loosened: string[] = []
 
-  private constructor (paths: HomePaths, db: Database, identity: Identity, libp2p: KithLibp2p, friends: FriendBook, invites: InviteBook, meta: Meta, relayGate: RelayGate) {
+  private constructor (paths: HomePaths, db: Database, identity: Identity, libp2p: KithLibp2p, friends: FriendBook, invites: InviteBook, meta: Meta, relayGate: RelayGate, net: NetParts) {
     super()
     this.paths = paths
     this.db = db
@@ -112,7 +120,9 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.friends = friends
     this.invites = invites
     this.meta = meta
-    this.presence = new Presence(libp2p, friends)
+    this.net = net
+    this.slots = new ConnectionSlots({ libp2p, friends })
+    this.presence = new Presence(libp2p, friends, net.dialPolicy)
     this.relayGate = relayGate
     this.reachability = new Reachability({ libp2p, friends, onState: state => { relayGate.relaying = state === 'public' } })
   }
@@ -140,12 +150,14 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       await friends.load()
       const invites = new InviteBook(sublevel(db, 'invites'))
       const relayGate: RelayGate = { relaying: false }
-      const libp2p = await startNode(identity, friends, init.listen ?? DEFAULT_LISTEN, meta.lastPort, init.relay, relayGate)
+      const listen = init.listen ?? DEFAULT_LISTEN
+      const net: NetParts = { dialPolicy: dialPolicyFor(listen), datastore: new NodeDatastore() }
+      const libp2p = await startNode(identity, friends, listen, meta.lastPort, init.relay, relayGate, net)
       const port = libp2p.getMultiaddrs().map(a => Number(a.getComponents().find(c => c.name === 'tcp')?.value)).find(p => p > 0)
       if (port != null) meta.lastPort = port
       await metaLevel.put('node', meta)
 
-      const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta, relayGate)
+      const daemon = new Daemon(paths, db, identity, libp2p, friends, invites, meta, relayGate, net)
       daemon.loosened = loosened
       try {
         await daemon.wire(init.maxUpload, init.maxDownload, config)
@@ -161,6 +173,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   }
 
   private async wire (maxUpload?: number, maxDownload?: number, config: ConfigFile | null = null): Promise<void> {
+    this.slots.start()
     await this.libp2p.handle(REDEEM_PROTOCOL, redeemHandler({
       friends: this.friends,
       invites: this.invites,
@@ -168,6 +181,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       displayName: () => this.displayName
     }), { maxInboundStreams: MAX_INBOUND_REDEEM_STREAMS, runOnLimitedConnection: true }) // a few hundred bytes: fine over a relay with a budget
     this.libp2p.use(DHT_PROTOCOL, friendsOnly(this.friends))
+    this.libp2p.use(PING_PROTOCOL, friendsOnly(this.friends))
     this.friends.on('event', evt => this.emit('event', evt))
     this.presence.on('event', evt => this.emit('event', evt))
     this.fileService = await FileService.start({
@@ -183,7 +197,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.fileService.on('event', evt => this.emit('event', evt))
     const bandwidth = this.fileService.bandwidth
     this.memory = releaseMemoryWhenQuiet({ rate: () => { const { up, down } = bandwidth.stats(); return up.rate + down.rate } })
-    this.locateService = await LocateService.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, identity: this.identity })
+    this.locateService = await LocateService.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, identity: this.identity, dialPolicy: this.net.dialPolicy, dhtRecords: this.net.datastore })
     this.presence.on('unreachable', peer => this.locateService?.unreachableFriend(peer))
     this.presence.start()
     await this.reachability.start()
@@ -202,6 +216,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   async stop (): Promise<void> {
     this.memory?.stop()
     this.presence.stop()
+    this.slots.stop()
     await this.reachability.stop()
     await this.locateService?.stop()
     await this.fileService?.stop()
@@ -302,7 +317,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       invite,
       ...(label != null ? { label } : {}),
       ...(grants != null ? { grants } : {}),
-      displayName: this.displayName
+      displayName: this.displayName,
+      dialPolicy: this.net.dialPolicy
     })
     return this.view(friend)
   }
@@ -356,16 +372,23 @@ async function loadIdentityGuarded (paths: HomePaths, meta: Meta, passphrase?: s
  */
 interface RelayGate { relaying: boolean }
 
-async function startNode (identity: Identity, friends: FriendBook, listen: string[], lastPort: number | undefined, relay: RelayBudget | undefined, relayGate: RelayGate): Promise<KithLibp2p> {
+interface NetParts {
+  dialPolicy: DialPolicy
+  datastore: NodeDatastore
+}
+
+async function startNode (identity: Identity, friends: FriendBook, listen: string[], lastPort: number | undefined, relay: RelayBudget | undefined, relayGate: RelayGate, net: NetParts): Promise<KithLibp2p> {
   const gater = connectionGater(friends, { relaying: () => relayGate.relaying })
   const sticky = lastPort != null ? listen.map(a => a.replace(/\/tcp\/0(?=$|\/)/, `/tcp/${lastPort}`)) : listen
+  // the DHT keeps address records of my friends only
+  const common = { privateKey: identity.privateKey, gater, ...net, dhtSubjects: (peer: string) => friends.isActive(peer), ...(relay != null ? { relay } : {}) }
   try {
-    return await createNode({ privateKey: identity.privateKey, listen: sticky, gater, ...(relay != null ? { relay } : {}) })
+    return await createNode({ ...common, listen: sticky })
   } catch (err) {
     if (sticky.join() === listen.join()) throw listenError(listen, err)
   }
   try {
-    return await createNode({ privateKey: identity.privateKey, listen, gater, ...(relay != null ? { relay } : {}) })
+    return await createNode({ ...common, listen })
   } catch (err) {
     throw listenError(listen, err)
   }

@@ -1,15 +1,16 @@
 import { EventEmitter } from 'node:events'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { multiaddr } from '@multiformats/multiaddr'
 import type { Connection, PeerId } from '@libp2p/interface'
 import type { KithLibp2p } from '../peer/node.ts'
+import { dialable, type DialPolicy } from '../peer/dial-policy.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
 
 /**
  * Keeps a connection up to every active friend: dials their last known
  * addresses on start, redials with capped exponential backoff (and jitter)
  * when a connection drops, learns new addresses from identify, and hangs up
- * on a friend the moment they are revoked.
+ * on a friend the moment they are revoked. Only addresses the dial policy
+ * allows are learned and dialled (src/peer/dial-policy.ts).
  */
 export const RECONNECT_BASE_MS = 500
 export const RECONNECT_MAX_MS = 30_000
@@ -70,6 +71,7 @@ export class Presence extends EventEmitter<{
 }> {
   private readonly libp2p: KithLibp2p
   private readonly friends: FriendBook
+  private readonly dialPolicy: DialPolicy
   private readonly retries = new Map<string, Retry>()
   private readonly onlineSince = new Map<string, number>()
   /** direct connections opened while a relayed one to the same friend was up */
@@ -77,10 +79,11 @@ export class Presence extends EventEmitter<{
   private readonly controller = new AbortController()
   private running = false
 
-  constructor (libp2p: KithLibp2p, friends: FriendBook) {
+  constructor (libp2p: KithLibp2p, friends: FriendBook, dialPolicy: DialPolicy) {
     super()
     this.libp2p = libp2p
     this.friends = friends
+    this.dialPolicy = dialPolicy
   }
 
   start (): void {
@@ -160,7 +163,7 @@ export class Presence extends EventEmitter<{
     const peer = evt.detail.peerId.toString()
     if (!this.friends.isActive(peer)) return
     // relayed addresses (a friend behind NAT) last: they work, but direct ones are better
-    const all = evt.detail.listenAddrs.map(a => a.toString())
+    const all = dialable(evt.detail.listenAddrs.map(a => a.toString()), this.dialPolicy).addrs.map(a => a.toString())
     const addrs = [...all.filter(a => !a.includes('/p2p-circuit')), ...all.filter(a => a.includes('/p2p-circuit'))]
     void this.friends.seen(peer, addrs).catch(() => {})
   }
@@ -205,7 +208,7 @@ export class Presence extends EventEmitter<{
     if (retry != null) retry.attempt++
     try {
       const peerId = peerIdFromString(peer)
-      const addrs = friend.addrs.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+      const { addrs } = dialable(friend.addrs, this.dialPolicy)
       if (addrs.length > 0) await this.libp2p.peerStore.merge(peerId, { multiaddrs: addrs })
       await this.libp2p.dial(peerId, { signal: AbortSignal.any([this.controller.signal, AbortSignal.timeout(DIAL_TIMEOUT_MS)]) })
     } catch {

@@ -4,10 +4,11 @@ import type { Service } from './grants.ts'
 
 /**
  * The connection gate. Strangers may connect (they need to, to redeem an
- * invite) but reach only identify, ping and the redeem protocol; revoked
- * friends can't connect at all. Friend protocols are wrapped in
- * `friendsOnly`, which refuses any stream whose remote peer is not an active
- * friend holding the right grant.
+ * invite) but reach only identify and the redeem protocol (and only a few of
+ * them at a time, briefly: src/services/connection-slots.ts); revoked
+ * friends can't connect at all; my relay carries friends only. Friend
+ * protocols are wrapped in `friendsOnly`, which refuses any stream whose
+ * remote peer is not an active friend holding the right grant.
  */
 export interface GateOptions {
   /**
@@ -25,6 +26,9 @@ export function connectionGater (friends: FriendBook, options: GateOptions = {})
     denyOutboundEncryptedConnection: revoked,
     // a reservation: friends I granted `relay`, and only while I relay (publicly reachable)
     denyInboundRelayReservation: (peerId) => !friends.allows(peerId.toString(), 'relay') || options.relaying?.() === false,
+    // a relayed connection through me: from a friend, to a friend I granted `relay` (who holds the reservation);
+    // my relay is a service to my friends, not to whoever wants to reach them
+    denyOutboundRelayedConnection: (source, destination) => !friends.isActive(source.toString()) || !friends.allows(destination.toString(), 'relay'),
     denyInboundRelayedConnection: (relay, remotePeer) => !friends.isActive(relay.toString()) && !friends.isActive(remotePeer.toString())
   }
 }

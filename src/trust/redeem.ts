@@ -1,11 +1,11 @@
 import { z } from 'zod'
 import { lpStream } from '@libp2p/utils'
-import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
-import { peerIdFromString } from '@libp2p/peer-id'
+import type { Multiaddr } from '@multiformats/multiaddr'
 import type { Connection, Libp2p, Stream, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../peer/request-response.ts'
+import { dialable, MAX_INVITE_DIALS, type DialPolicy } from '../peer/dial-policy.ts'
 import { safeText } from '../peer/text.ts'
 import { checkValidity, redeemProof, displayName, isMultiaddr, type Invite, MAX_INVITE_ADDRS, MAX_ADDR_LENGTH } from './invite.ts'
 import { SERVICES, type Service } from './grants.ts'
@@ -117,6 +117,11 @@ export interface RedeemInit extends AbortOptions {
   /** what I grant the issuer; defaults to the invite's grants */
   grants?: Service[]
   displayName: string
+  /**
+   * Which of the invite's addresses may be dialled (src/peer/dial-policy.ts).
+   * @default loopback allowed; the node's own gate still refuses what its policy refuses
+   */
+  dialPolicy?: DialPolicy
 }
 
 /** The accepter's side: dial the issuer, prove the secret, record the friendship. */
@@ -127,17 +132,18 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
   }
   checkValidity(invite)
   const signal = init.signal ?? AbortSignal.timeout(REDEEM_TIMEOUT_MS * 2)
-  const issuer = peerIdFromString(invite.issuer)
   const grants = init.grants ?? invite.grants
   // a relayed address names the relay with a /p2p in the middle: only a trailing /p2p is the issuer
   const endsWithIssuer = (ma: Multiaddr): boolean => { const last = ma.getComponents().at(-1); return last?.name === 'p2p' && last.value === invite.issuer }
-  const addrs = invite.addrs.map(a => multiaddr(a)).map(ma => endsWithIssuer(ma) ? ma : ma.encapsulate(`/p2p/${invite.issuer}`))
+  // the invite is a stranger's word: only addresses the dial policy allows, at most MAX_INVITE_DIALS of them
+  const { addrs: allowed, refused } = dialable(invite.addrs, init.dialPolicy ?? { loopback: true }, MAX_INVITE_DIALS)
+  const addrs = allowed.map(ma => endsWithIssuer(ma) ? ma : ma.encapsulate(`/p2p/${invite.issuer}`))
   let stream: Stream
   try {
-    if (addrs.length === 0) throw new Error('the invite holds no address')
-    await libp2p.peerStore.merge(issuer, { multiaddrs: addrs.map(a => a.decapsulate(`/p2p/${invite.issuer}`)) })
+    if (invite.addrs.length === 0) throw new Error('the invite holds no address')
+    if (addrs.length === 0) throw new Error(`none of the invite's addresses may be dialled (${refused.map(r => `${r.addr}: ${r.why}`).join('; ')})`)
     // a few hundred bytes: may run over a relayed connection with a budget
-    const open = async (): Promise<Stream> => await libp2p.dialProtocol(issuer, REDEEM_PROTOCOL, { signal, runOnLimitedConnection: true })
+    const open = async (): Promise<Stream> => await libp2p.dialProtocol(addrs, REDEEM_PROTOCOL, { signal, runOnLimitedConnection: true })
     try {
       stream = await open()
     } catch (err) {

@@ -1,8 +1,8 @@
 /**
  * A stranger asking a NATed friend to hole-punch: `node test/helpers/punch-probe.ts
  * /ip4/<relay>/tcp/<port>/p2p/<relay>/p2p-circuit/p2p/<target>`. Connects to
- * the target through the relay (anyone may), opens /kith/punch/1.0.0 on that
- * relayed connection and sends a well-formed offer. Prints one JSON line,
+ * the target through the relay (a kith relay refuses strangers), opens
+ * /kith/punch/1.0.0 on that relayed connection and sends a well-formed offer. Prints one JSON line,
  * { connected, answered, error }, and exits. Used by
  * test/integration/nat.spec.ts inside a network namespace.
  */

@@ -11,7 +11,8 @@ import { startNatFriends, describeNat, natStatus as status, friendLink as link, 
  * they are behind NAT and R that it is public (friends' dial-backs), reserve
  * on R, make friends with each other through R's relay, hole-punch a direct
  * TCP connection (/kith/punch/1.0.0), and A fetches a file from B over it
- * with R gone. A stranger gets no reservation on R.
+ * with R gone. A stranger gets no reservation on R, and no relayed
+ * connection through it.
  *
  * NATs that change ports, where the punch can't work and files go through
  * the relay: nat-relay.spec.ts.
@@ -110,13 +111,14 @@ await describeNat('test/integration/nat.spec.ts', 'friends behind NAT (network n
     expect(lb?.remoteAddr).toMatch(new RegExp(`^/ip4/${topo.ips.routerA.replaceAll('.', '\\.')}/tcp/\\d+/p2p/${a.peerId}$`))
   })
 
-  it('a stranger reaching B through R\'s relay can\'t use the punch protocol', async () => {
+  it('a stranger can\'t reach B through R\'s relay, let alone ask it to punch', async () => {
     const via = `/ip4/${topo.ips.r}/tcp/4001/p2p/${r.peerId}/p2p-circuit/p2p/${b.peerId}`
     const probe = await sh('ip', ['netns', 'exec', topo.ns.hub, NODE, join(import.meta.dirname, '..', 'helpers', 'punch-probe.ts'), via], 30_000)
     const result = JSON.parse(probe.trim().split('\n').at(-1)!) as { connected: boolean, answered: boolean, error?: string }
     console.log(`stranger's punch request to B: ${JSON.stringify(result)}`)
-    // the relay lets anyone connect to B (to redeem an invite); B's gate refuses the stream
-    expect(result.connected).toBe(true)
+    // R relays from its friends only (and B's gate would refuse the punch stream to a stranger anyway)
+    expect(result.connected).toBe(false)
+    expect(result.error).toMatch(/PERMISSION_DENIED|denied/i)
     expect(result.answered).toBe(false)
   })
 

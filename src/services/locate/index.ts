@@ -3,6 +3,8 @@ import { sublevel, type Database } from '../../peer/database.ts'
 import type { Identity } from '../../peer/identity.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import type { AddressRecord } from '../../peer/address-record.ts'
+import type { DialPolicy } from '../../peer/dial-policy.ts'
+import type { NodeDatastore } from '../../peer/datastore.ts'
 import type { Connection } from '@libp2p/interface'
 import type { FriendBook, FriendEvent } from '../../trust/friends.ts'
 import { friendsOnly } from '../../trust/gate.ts'
@@ -21,7 +23,9 @@ export type { LocateReport, LocateStep } from './locator.ts'
  * - My record: signed at start and on every address change, pushed to
  *   friends as they connect, put into the DHT (publisher.ts).
  * - Friends' records: the newest verified one per friend, in LevelDB
- *   (record-store.ts); a friend's push updates their addresses.
+ *   (record-store.ts); a friend's push updates their addresses. Records of
+ *   peers who are not my friends are refused, here and in the DHT, and a
+ *   revoked friend's are forgotten in both.
  * - Answering: a friend I granted `locate` may ask where one of MY friends
  *   is; I answer with the newest record I verified, or null (also for
  *   peers who are not my friends, so the answer doesn't tell whom I know).
@@ -33,6 +37,10 @@ export interface LocateServiceInit {
   libp2p: KithLibp2p
   friends: FriendBook
   identity: Identity
+  /** which of a record's addresses may be dialled (src/peer/dial-policy.ts) */
+  dialPolicy: DialPolicy
+  /** the node's datastore, to forget a revoked friend's DHT record; none: the DHT keeps it until it expires */
+  dhtRecords?: Pick<NodeDatastore, 'dropRecord'>
   /**
    * Publish records to and look them up in the DHT.
    *
@@ -57,13 +65,16 @@ export class LocateService {
   private constructor (init: LocateServiceInit) {
     this.init = init
     const dht = init.dht ?? true
-    this.store = new RecordStore(sublevel<StoredRecord>(init.db, 'address-records'))
+    const self = init.identity.peerId.toString()
+    this.store = new RecordStore(sublevel<StoredRecord>(init.db, 'address-records'), peer => peer === self || init.friends.isActive(peer))
     this.publisher = new Publisher({ libp2p: init.libp2p, friends: init.friends, store: this.store, identity: init.identity, dht })
-    this.locator = new Locator({ libp2p: init.libp2p, friends: init.friends, store: this.store, dht })
+    this.locator = new Locator({ libp2p: init.libp2p, friends: init.friends, store: this.store, dht, dialPolicy: init.dialPolicy })
   }
 
   static async start (init: LocateServiceInit): Promise<LocateService> {
     const service = new LocateService(init)
+    // friends revoked while the node was down
+    await service.store.prune()
     await init.libp2p.handle(LOCATE_PROTOCOL, locateHandler({
       onPush: async (record, from) => { await service.onPush(record, from) },
       onQuery: async (asker, subject) => await service.onQuery(asker, subject)
@@ -130,7 +141,11 @@ export class LocateService {
   }
 
   private readonly onFriendEvent = (evt: FriendEvent): void => {
-    if (evt.type === 'friend:revoked') this.unreachable.delete(evt.friend.peerId)
+    if (evt.type !== 'friend:revoked') return
+    const peer = evt.friend.peerId
+    this.unreachable.delete(peer)
+    this.init.dhtRecords?.dropRecord(peer)
+    void this.store.drop(peer).catch(() => {})
   }
 
   /**

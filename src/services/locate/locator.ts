@@ -1,8 +1,8 @@
 import { peerIdFromString } from '@libp2p/peer-id'
-import { multiaddr } from '@multiformats/multiaddr'
 import { KithError, asKithError, type ErrorCode } from '../../errors.ts'
 import { parseAddressRecord, type AddressRecord } from '../../peer/address-record.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
+import { dialable, type DialPolicy } from '../../peer/dial-policy.ts'
 import type { FriendBook, Friend } from '../../trust/friends.ts'
 import type { RecordStore } from './record-store.ts'
 import { queryRecord } from './locate-protocol.ts'
@@ -69,6 +69,8 @@ export interface LocatorInit {
   store: RecordStore
   /** look in the DHT when friends don't know */
   dht: boolean
+  /** which of a record's addresses may be dialled (src/peer/dial-policy.ts) */
+  dialPolicy: DialPolicy
 }
 
 export interface LocateOptions {
@@ -236,9 +238,11 @@ export class Locator {
 
   private async dial (target: string, addrs: string[], outer?: AbortSignal): Promise<{ ok: boolean, remoteAddr?: string, error?: StepError, ms: number }> {
     const started = Date.now()
-    const targets = addrs.flatMap(a => { try { return [multiaddr(a).encapsulate(`/p2p/${target}`)] } catch { return [] } })
+    const { addrs: allowed, refused } = dialable(addrs, this.init.dialPolicy)
+    const targets = allowed.map(a => a.encapsulate(`/p2p/${target}`))
     if (targets.length === 0) {
-      return { ok: false, error: { code: 'LOCATE_FAILED', message: 'no address to dial' }, ms: 0 }
+      const why = refused.length > 0 ? ` (${refused.map(r => `${r.addr}: ${r.why}`).join('; ')})` : ''
+      return { ok: false, error: { code: 'LOCATE_FAILED', message: `no address to dial${why}` }, ms: 0 }
     }
     const signal = outer != null ? AbortSignal.any([outer, AbortSignal.timeout(LOCATE_DIAL_TIMEOUT_MS)]) : AbortSignal.timeout(LOCATE_DIAL_TIMEOUT_MS)
     try {
@@ -255,12 +259,13 @@ export class Locator {
 
 /**
  * Makes a newly stored record's addresses the friend's addresses, in the
- * friend book and in libp2p's peer store.
+ * friend book and in libp2p's peer store: those the dial policy allows (the
+ * record keeps them all, signed, for friends it is passed on to).
  */
-export async function applyRecord (init: Pick<LocatorInit, 'libp2p' | 'friends'>, record: AddressRecord): Promise<void> {
-  if (record.addrs.length === 0) return
-  await init.friends.moved(record.peerId, record.addrs)
+export async function applyRecord (init: Pick<LocatorInit, 'libp2p' | 'friends' | 'dialPolicy'>, record: AddressRecord): Promise<void> {
+  const multiaddrs = dialable(record.addrs, init.dialPolicy).addrs
+  if (multiaddrs.length === 0) return
+  await init.friends.moved(record.peerId, multiaddrs.map(a => a.toString()))
   // replace, not merge: the stale addresses may belong to somebody else now
-  const multiaddrs = record.addrs.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
   await init.libp2p.peerStore.patch(peerIdFromString(record.peerId), { multiaddrs }).catch(() => {})
 }

@@ -8,6 +8,11 @@ import type { Sublevel } from '../../peer/database.ts'
  * when read back, so a damaged database yields no record rather than a wrong
  * one. A record replaces the stored one only if its seq is higher; offers for
  * one peer are applied one at a time.
+ *
+ * Only peers `keeps` allows are stored (my friends and me): an offer about
+ * anyone else is NOT_A_FRIEND, and `drop` / `prune` forget a revoked
+ * friend's record. So the store holds one record (at most MAX_RECORD_BYTES)
+ * per friend, however many records friends send.
  */
 export interface StoredRecord {
   /** the signed envelope, base64 */
@@ -20,10 +25,13 @@ export interface StoredRecord {
 
 export class RecordStore {
   private readonly level: Sublevel<StoredRecord>
+  private readonly keeps: (peerId: string) => boolean
   private readonly locks = new Map<string, Promise<unknown>>()
 
-  constructor (level: Sublevel<StoredRecord>) {
+  /** `keeps`: whose records are stored; @default everyone's */
+  constructor (level: Sublevel<StoredRecord>, keeps: (peerId: string) => boolean = () => true) {
     this.level = level
+    this.keeps = keeps
   }
 
   async get (peerId: string): Promise<AddressRecord | undefined> {
@@ -48,6 +56,7 @@ export class RecordStore {
    * throws RECORD_STALE. The record must already be verified.
    */
   async offer (record: AddressRecord, from: string): Promise<void> {
+    if (!this.keeps(record.peerId)) throw new KithError('NOT_A_FRIEND', `${record.peerId} is not a friend: this node keeps address records of its friends only`)
     await this.serial(record.peerId, async () => {
       checkReplaces(record, await this.get(record.peerId))
       await this.level.put(record.peerId, { record: Buffer.from(record.bytes).toString('base64'), received: Date.now(), from })
@@ -63,6 +72,22 @@ export class RecordStore {
       if (err instanceof KithError && err.code === 'RECORD_STALE') return false
       throw err
     }
+  }
+
+  /** Forgets the record of `peerId` (a friend revoked). */
+  async drop (peerId: string): Promise<void> {
+    await this.serial(peerId, async () => { await this.level.del(peerId) })
+  }
+
+  /** Forgets every record `keeps` no longer allows (friends revoked while the node was down); resolves to how many. */
+  async prune (): Promise<number> {
+    let dropped = 0
+    for await (const peerId of this.level.keys()) {
+      if (this.keeps(peerId)) continue
+      await this.drop(peerId)
+      dropped++
+    }
+    return dropped
   }
 
   private async serial<T> (key: string, fn: () => Promise<T>): Promise<T> {

@@ -44,6 +44,25 @@ describe('the record store', () => {
     expect((await store.get(rec(1).peerId))?.seq).toBe(9)
   })
 
+  it('keeps records of friends only: another peer\'s is refused, and a revoked friend\'s is forgotten (drop, prune)', async () => {
+    const other = nacl.sign.keyPair.fromSeed(new Uint8Array(32).fill(4))
+    const otherRecord = createAddressRecord({ secretKey: other.secretKey, publicKey: other.publicKey, addrs: ['/ip4/10.0.0.9/tcp/4001'], seq: 1 })
+    const friends = new Set([rec(1).peerId, otherRecord.peerId])
+    const level = sublevel<StoredRecord>(db, 'address-records')
+    const kept = new RecordStore(level, peer => friends.has(peer))
+    await kept.offer(rec(1), 'x')
+    await kept.offer(otherRecord, 'x')
+    friends.delete(otherRecord.peerId)
+    await expect(kept.offer(createAddressRecord({ secretKey: other.secretKey, publicKey: other.publicKey, addrs: [], seq: 2 }), 'x')).rejects.toMatchObject({ code: 'NOT_A_FRIEND' })
+    expect((await kept.get(otherRecord.peerId))?.seq).toBe(1)
+    // revoked while the node was down: forgotten at the next start
+    expect(await kept.prune()).toBe(1)
+    expect(await kept.get(otherRecord.peerId)).toBeUndefined()
+    await kept.drop(rec(1).peerId)
+    expect(await kept.get(rec(1).peerId)).toBeUndefined()
+    expect(await level.keys().all()).toEqual([])
+  })
+
   it('reads a damaged stored record as no record', async () => {
     const r = rec(5)
     await sublevel<StoredRecord>(db, 'address-records').put(r.peerId, { record: Buffer.from(r.bytes.subarray(0, 40)).toString('base64'), received: 0, from: 'x' })

@@ -1,0 +1,90 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
+import { openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
+import { FriendBook } from '../../src/trust/friends.ts'
+import { connectionGater } from '../../src/trust/gate.ts'
+import { ConnectionSlots, FRIEND_TAG, FRIEND_TAG_VALUE } from '../../src/services/connection-slots.ts'
+import { HostilePeer } from '../helpers/hostile-peer.ts'
+import { waitFor } from '../helpers/testnet.ts'
+
+/**
+ * Connection slots on a real node (src/services/connection-slots.ts), with
+ * real peers connecting over TCP: strangers get a few connections for a
+ * short while; friends are tagged, so libp2p's pruning closes strangers'
+ * connections first. Small limits and a short grace period keep it quick;
+ * test/integration/strangers.spec.ts floods a daemon at its real limits.
+ */
+describe('connection slots', () => {
+  let base: string
+  let db: Database
+  let friends: FriendBook
+  const nodes: KithLibp2p[] = []
+  const slots: ConnectionSlots[] = []
+  const peers: HostilePeer[] = []
+
+  const peer = async (listen = false): Promise<HostilePeer> => {
+    const p = await HostilePeer.start({ listen })
+    peers.push(p)
+    return p
+  }
+  const befriend = async (p: HostilePeer): Promise<void> => {
+    await friends.befriend({ peerId: p.peerId, publicKey: Buffer.from(p.node.peerId.publicKey!.raw).toString('base64'), label: p.peerId.slice(-8), grantsToThem: [], grantsFromThem: [], addrs: [], via: 'test' })
+  }
+  const node = async (maxConnections: number, maxStrangers: number, graceMs: number): Promise<{ node: KithLibp2p, addr: string }> => {
+    const n = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: connectionGater(friends), maxConnections })
+    nodes.push(n)
+    const s = new ConnectionSlots({ libp2p: n, friends, maxStrangers, graceMs })
+    s.start()
+    slots.push(s)
+    return { node: n, addr: n.getMultiaddrs()[0]!.toString() }
+  }
+
+  beforeAll(async () => {
+    base = await mkdtemp(join(tmpdir(), 'kith-slots-'))
+    db = await openDatabase(join(base, 'db'))
+    friends = new FriendBook(sublevel(db, 'friends'))
+    await friends.load()
+  })
+
+  afterAll(async () => {
+    for (const s of slots) s.stop()
+    await Promise.all([...peers, ...nodes].map(async p => await p.stop()))
+    await db?.close()
+    await rm(base, { recursive: true, force: true })
+  })
+
+  it('holds a few strangers, closes them after the grace period, and keeps one that became a friend meanwhile', async () => {
+    const { addr } = await node(100, 2, 3_000)
+    const [s1, s2, s3, s4] = [await peer(), await peer(), await peer(), await peer()]
+    // s1 connects as a stranger and redeems an invite, as it were: a friend now, it holds no stranger's slot
+    await s1.connect(addr)
+    await befriend(s1)
+    for (const s of [s2, s3, s4]) await s.connect(addr).catch(() => {})
+    // the third stranger is closed as soon as it opens
+    await waitFor(() => [s2, s3, s4].filter(s => s.openConnections(addr).length > 0).length === 2, 'two strangers held', 2_000, 10)
+    expect(s4.openConnections(addr).length).toBe(0)
+    await waitFor(() => s2.openConnections(addr).length === 0 && s3.openConnections(addr).length === 0, 'the strangers closed after their grace period', 6_000, 10)
+    // s1 opened first, so its grace period is over too
+    expect(s1.openConnections(addr).length).toBe(1)
+  })
+
+  it('tags friends so that pruning closes strangers\' connections first', async () => {
+    const { node: n, addr } = await node(3, 100, 60_000)
+    const friend = await peer(true)
+    await befriend(friend)
+    const strangers = [await peer(), await peer(), await peer()]
+    for (const s of strangers) await s.connect(addr)
+    // full: libp2p refuses inbound connections now, so the node dials its friend, one over the limit;
+    // the friend's connection is the newest, which libp2p would prune first without the tag
+    await n.dial(friend.node.getMultiaddrs()[0]!)
+    await waitFor(() => n.getConnections().length <= 3, 'pruning back to three connections', 3_000, 10)
+    // the pruned side learns it a moment later
+    await waitFor(() => strangers.filter(s => s.openConnections(addr).length > 0).length === 2, 'one stranger pruned', 3_000, 10)
+    expect(friend.openConnections(addr).length).toBe(1)
+    expect((await n.peerStore.get(friend.node.peerId)).tags.get(FRIEND_TAG)?.value).toBe(FRIEND_TAG_VALUE)
+  })
+})
