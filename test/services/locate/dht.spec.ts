@@ -193,6 +193,15 @@ describe('what a node\'s DHT store holds', () => {
     expect(a.datastore.recordUsage.bytes).toBe(before)
   })
 
+  it('keeps no provider records: kith provides nothing through the DHT', async () => {
+    // kad-dht's provider store, the same path a friend's ADD_PROVIDER takes
+    await expect((async () => { for await (const _ of a.node.services.dht.provide(b.node.peerId.toCID())) {} })())
+      .rejects.toMatchObject({ code: 'DHT_STORE_FULL' })
+    let providers = 0
+    for await (const _ of a.datastore.queryKeys({ prefix: '/dht/provider/' })) providers++
+    expect(providers).toBe(0)
+  })
+
   it('forgets a friend\'s record when the friend is revoked', async () => {
     const p = paper[2]!
     expect(a.datastore.recordUsage.records).toBe(3)
