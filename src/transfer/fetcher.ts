@@ -315,7 +315,8 @@ export class FetchError extends KithError {
   }
 }
 
-type Outcome = { code: 'FETCH_NO_SOURCE' | 'FETCH_ABORTED' } | { error: KithError }
+/** `error`: a KithError, or the local store's own error as it threw it (a full disk's ENOSPC) */
+type Outcome = { code: 'FETCH_NO_SOURCE' | 'FETCH_ABORTED' } | { error: Error }
 
 const PENDING = 0
 const INFLIGHT = 1
@@ -1052,8 +1053,9 @@ class Fetch {
               request.fault = { reason: 'corrupt', message: `sent bytes for chunk ${short(item.id)} that do not match its id` }
               throw err
             }
-            // the local store failed (disk full, closed): not the source's fault, and fatal
-            this.finish({ error: asKithError(err) })
+            // the local store failed (disk full, closed): not the source's fault, and fatal. Its own
+            // error goes to the caller as it is, so a full disk's ENOSPC stays one (DISK_FULL, a pause)
+            this.finish({ error: err instanceof Error ? err : asKithError(err) })
             return
           }
         }

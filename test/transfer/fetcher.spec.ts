@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { cp } from 'node:fs/promises'
+import { cp, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -267,6 +267,23 @@ describe('multi-source fetch', () => {
     } finally {
       await first.stop()
       await second.stop()
+      await mine.close()
+    }
+  })
+
+  it('rejects with the local store\'s own error when the store fails: a full disk stays ENOSPC', async () => {
+    // /dev/full answers every write with ENOSPC, as a full disk does: the caller tells DISK_FULL by that code
+    const h = await holder()
+    const mine = await fresh()
+    const diskFull: Pick<ChunkStore, 'has' | 'put'> = {
+      has: async id => await mine.store.has(id),
+      put: async (_id, sealed) => { await writeFile('/dev/full', sealed); return true }
+    }
+    try {
+      const err = await fetchChunks({ libp2p: client, store: diskFull, ids: chunks.map(c => c.id), sources: [h.peerId] }).then(() => null, (e: unknown) => e)
+      expect((err as NodeJS.ErrnoException).code).toBe('ENOSPC')
+    } finally {
+      await h.stop()
       await mine.close()
     }
   })
