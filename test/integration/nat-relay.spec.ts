@@ -2,7 +2,7 @@ import { it, expect, beforeAll, afterAll } from 'vitest'
 import { writeFile, readFile, chmod } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { waitFor, befriend, type TestNode } from '../helpers/testnet.ts'
+import { waitFor, befriend, transferOf, transferDone, type TestNode } from '../helpers/testnet.ts'
 import { startNatFriends, describeNat, natStatus as status, friendLink as link } from '../helpers/netns.ts'
 
 /**
@@ -18,7 +18,9 @@ import { startNatFriends, describeNat, natStatus as status, friendLink as link }
  *   the relayed connection limited, kith's files and chunks protocols don't
  *   run on it (they would stall when the relay cut it), and the fetch fails
  *   at once with FRIEND_RELAY_LIMITED, which says what to do; small
- *   exchanges (redeeming an invite) still run over it.
+ *   exchanges (redeeming an invite) still run over it; a fetch queued before
+ *   (here: paused, then resumed) waits, and goes on by itself once R relays
+ *   without a budget again.
  *
  * Needs root, iproute2 and iptables: see nat.spec.ts.
  */
@@ -100,6 +102,26 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     console.log(`A fetched 6 MiB from B through R's relay in ${timings.fetch6MiB} ms`)
   })
 
+  /** A's fetch from B, paused while R relays without a budget; the last test resumes it once R has one */
+  let paused: { id: string, src: string, dest: string } | undefined
+
+  it('a fetch through the relay is paused while R has no budget', async () => {
+    const src = join(b.home, 'later.bin')
+    await writeFile(src, randomBytes(4 * 1024 * 1024))
+    await chmod(src, 0o644)
+    await b.json('share', src, '--with', 'alice')
+    await b.json('limits', 'set', '--up', '256KB/s')
+    try {
+      const dest = join(a.home, 'later.bin')
+      const { transfer } = await a.json<{ transfer: { id: string } }>('fetch', 'bob:later.bin', '-o', dest, '--detach')
+      await waitFor(async () => (await transferOf(a, transfer.id))?.doneBytes > 0, 'the fetch under way', 30_000, 200)
+      expect((await a.json<{ transfer: { state: string } }>('pause', transfer.id)).transfer.state).toBe('paused')
+      paused = { id: transfer.id, src, dest }
+    } finally {
+      await b.json('limits', 'clear', '--up')
+    }
+  })
+
   it('with R restarted with a small budget, a fetch fails at once with FRIEND_RELAY_LIMITED instead of stalling', async () => {
     await r.stop()
     await r.start(['--relay-max-data', '1MB'])
@@ -126,7 +148,7 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     // at once (libp2p's one dial attempt for an unlimited connection), not after stalling until the
     // files protocol's 30 s timeout or a relay reset; nothing was queued, nothing written
     expect(timings.limitedFetch).toBeLessThan(20_000)
-    expect((await a.json<{ transfers: unknown[] }>('transfers')).transfers).toHaveLength(1)
+    expect((await a.json<{ transfers: unknown[] }>('transfers')).transfers).toHaveLength(2)
     await expect(readFile(dest)).rejects.toThrow(/ENOENT/)
     // the link is still there, still relayed: the failure is the relay's budget, not the friend
     expect(await link(a, 'bob')).toMatchObject({ online: true, kind: 'relayed', relay: r.peerId, limited: true })
@@ -142,4 +164,22 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     expect(accepted.code, accepted.stderr).toBe(0)
     expect((await a.json<{ friends: Array<{ label: string, state: string }> }>('friends')).friends.find(f => f.label === 'bob')?.state).toBe('active')
   })
+
+  it('a fetch resumed over the limited relay waits, and goes on by itself once R relays without a budget', async () => {
+    expect(paused).toBeDefined()
+    const { id, src, dest } = paused!
+    await a.json('resume', id)
+    const waiting = await waitFor(async () => {
+      const t = await transferOf(a, id)
+      return t?.state === 'paused' && t.error?.code === 'FRIEND_RELAY_LIMITED' ? t : undefined
+    }, 'the fetch to wait for a link without a budget', 45_000, 200)
+    expect(waiting.error.message).toMatch(/goes on by itself once a connection to bob without such a limit opens/)
+    // R relays without a budget again: A and B are relayed again, unlimited, and nobody resumes the fetch
+    const t0 = Date.now()
+    await r.stop()
+    await r.start()
+    await transferDone(a, id, 'the fetch to go on by itself', 90_000)
+    timings.limitLifted = Date.now() - t0
+    expect(sha256(await readFile(dest))).toBe(sha256(await readFile(src)))
+  }, 150_000)
 })

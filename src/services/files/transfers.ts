@@ -125,6 +125,12 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   private stopped = false
   /** looks for room while some fetch is paused by a full disk */
   private diskTimer: ReturnType<typeof setTimeout> | undefined
+  /** goes on with the fetches waiting for a connection without limits to their owner */
+  private readonly onConnection = (evt: CustomEvent<Connection>): void => {
+    const connection = evt.detail
+    if (connection.limits != null) return
+    this.resumeWaitingFor(connection.remotePeer.toString()).catch(() => {}) // a failed save leaves the fetch waiting
+  }
 
   constructor (init: TransferInit) {
     super()
@@ -151,11 +157,17 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     })
     this.kick()
     this.watchDisk()
+    this.init.libp2p.addEventListener('connection:open', this.onConnection)
+    // a link without limits may be up already
+    for (const owner of new Set(this.list().filter(waitingForLink).map(r => r.owner))) {
+      if (this.hasUnlimitedLink(owner)) await this.resumeWaitingFor(owner)
+    }
   }
 
   async stop (): Promise<void> {
     this.stopped = true
     clearTimeout(this.diskTimer)
+    this.init.libp2p.removeEventListener('connection:open', this.onConnection)
     const active = [...this.running.values()]
     for (const run of active) run.controller.abort(new KithError('TRANSFER_STATE', 'the daemon is stopping'))
     await Promise.allSettled(active.map(async r => await r.done))
@@ -310,6 +322,28 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       // the transfer is in this state now, recorded or not (a database write can fail): say so
       this.emit('event', { type, transfer: updated })
       if (pausedByFullDisk(updated)) this.watchDisk()
+    }
+  }
+
+  /**
+   * Fetches paused because `owner` was reached only over a relay with a
+   * budget (FRIEND_RELAY_LIMITED) go on: a connection without limits to it
+   * is open. `kith pause` stops the waiting.
+   */
+  private async resumeWaitingFor (owner: string): Promise<void> {
+    for (const record of this.list()) {
+      if (this.stopped) return
+      if (record.owner !== owner || !waitingForLink(record)) continue
+      await this.save({ ...record, state: 'queued', error: null }, 'transfer:state')
+    }
+    this.kick()
+  }
+
+  private hasUnlimitedLink (peer: string): boolean {
+    try {
+      return this.init.libp2p.getConnections(peerIdFromString(peer)).some(c => c.status === 'open' && c.limits == null)
+    } catch {
+      return false
     }
   }
 
@@ -528,9 +562,13 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
         if (this.stopped && record.state === 'running') await this.init.level.put(id, { ...record, state: 'queued' })
         return
       }
-      const error = describe(this.relayLimited(record.owner, err) ?? err)
-      // a full disk pauses the fetch; it goes on by itself once there is room (watchDisk)
-      const state: TransferState = error.code === 'DISK_FULL' ? 'paused' : 'failed'
+      const limited = this.relayLimited(record.owner, err)
+      const error = limited !== null
+        ? { code: limited.code, message: `${limited.message}. This fetch waits, and goes on by itself once a connection to ${record.ownerLabel} without such a limit opens` }
+        : describe(err)
+      // a full disk, or a friend reached only over a relay with a budget, pauses the fetch: it goes on by
+      // itself once there is room (watchDisk) or a connection without limits opens (onConnection)
+      const state: TransferState = error.code === 'DISK_FULL' || error.code === 'FRIEND_RELAY_LIMITED' ? 'paused' : 'failed'
       await this.save({ ...record, state, error, rate: 0, eta: null }, 'transfer:state')
     }
   }
@@ -645,6 +683,10 @@ function safeName (name: string): string {
 
 function pausedByFullDisk (record: Transfer): boolean {
   return record.state === 'paused' && record.error?.code === 'DISK_FULL'
+}
+
+function waitingForLink (record: Transfer): boolean {
+  return record.state === 'paused' && record.error?.code === 'FRIEND_RELAY_LIMITED'
 }
 
 /** Bytes an unprivileged writer may still use on the disk holding `path`; 0 if it can't be told. */
