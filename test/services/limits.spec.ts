@@ -33,7 +33,7 @@ describe('bandwidth limits', () => {
       download: 3e6,
       peers: { p1: { upload: 'unlimited', download: 1e6 }, p2: { download: 7 } },
       schedule: config.schedule,
-      classWeights: { friend: 4, foaf: 2, public: 2 }
+      classWeights: { friend: 4, foaf: 2, public: 2, backup: 2 }
     })
     const update = toUpdate(e)
     expect(update.peers!.p1).toEqual({ upload: Infinity, download: 1e6 })
@@ -88,6 +88,10 @@ describe('bandwidth limits', () => {
         expect(bandwidth.caps()).toEqual({ up: 2e6, down: Infinity })
         const cleared = await b.update({ peers: { bob: null }, schedule: null })
         expect(cleared.limits.peers).toEqual({ 'peer-bob': { upload: 1e6 } }) // the config file's cap stays
+        // the backup class is set like the others (`kith limits set --weights backup=0.5`)
+        const weighted = await b.update({ classWeights: { backup: 0.5 } })
+        expect(weighted.limits.classWeights).toMatchObject({ friend: 8, backup: 0.5 })
+        expect(bandwidth.limits().classWeights.backup).toBe(0.5)
       } finally {
         bandwidth.close()
         await db.close()

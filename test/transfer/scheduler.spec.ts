@@ -62,6 +62,28 @@ describe('bandwidth scheduler', () => {
     for (const f of flows) await f.stop()
   })
 
+  it('makes backups yield to friends\' fetches by their weight (8:2 by default, as set), and gives them all when friends are idle', async () => {
+    const { clock, scheduler } = setup({ download: 10 * MB })
+    expect(scheduler.limits().classWeights.backup).toBeLessThan(scheduler.limits().classWeights.friend)
+    const backup = backlog(scheduler.flow({ direction: 'down', peer: 'host', class: 'backup' }), clock, 256 * 1024)
+    await clock.advance(1000)
+    // alone, a backup takes the whole cap
+    const [alone] = await measure(clock, 10_000, [backup])
+    expect(alone! / 10).toBeGreaterThan(9.9 * MB)
+    const fetch = backlog(scheduler.flow({ direction: 'down', peer: 'friend', class: 'friend' }), clock)
+    await clock.advance(1000)
+    const got = shares(await measure(clock, 60_000, [fetch, backup]))
+    expect(Math.abs(got[1]! - 2 / 10) / (2 / 10)).toBeLessThan(0.01)
+    // the weight is the user's: backup=1 against friend=8 is 1/9
+    scheduler.setLimits({ classWeights: { backup: 1 } })
+    await clock.advance(1000)
+    const after = shares(await measure(clock, 60_000, [fetch, backup]))
+    expect(Math.abs(after[1]! - 1 / 9) / (1 / 9)).toBeLessThan(0.01)
+    expect(scheduler.stats().down.classes.backup).toMatchObject({ weight: 1, flows: 1 })
+    await fetch.stop()
+    await backup.stop()
+  })
+
   it('gives idle classes\' bandwidth to the busy ones (work conserving)', async () => {
     const { clock, scheduler } = setup({ upload: 10 * MB })
     const foaf = backlog(scheduler.flow({ direction: 'up', class: 'foaf' }), clock)

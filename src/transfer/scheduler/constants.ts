@@ -4,8 +4,12 @@ import type { Priority, TrafficClass } from './types.ts'
  * Defaults and named limits of the bandwidth scheduler. See docs/scheduler.md.
  */
 
-/** Under contention, bytes go to the classes in this ratio (friends dominate; nobody starves). */
-export const DEFAULT_CLASS_WEIGHTS: Readonly<Record<TrafficClass, number>> = { friend: 8, foaf: 2, public: 1 }
+/**
+ * Under contention, bytes go to the classes in this ratio (friends dominate;
+ * nobody starves). Backups yield to friends' fetches 2:8 and go on at a
+ * fifth of the contended bandwidth.
+ */
+export const DEFAULT_CLASS_WEIGHTS: Readonly<Record<TrafficClass, number>> = { friend: 8, foaf: 2, public: 1, backup: 2 }
 
 /**
  * Within a class, bytes go to flows in this ratio. Weighted, not strict: an

@@ -5,9 +5,15 @@
 /** 'up': what this node serves; 'down': what it fetches. */
 export type Direction = 'up' | 'down'
 
-/** Whose traffic it is: friend > friend of a friend > anyone else (public content). */
-export type TrafficClass = 'friend' | 'foaf' | 'public'
-export const TRAFFIC_CLASSES: readonly TrafficClass[] = ['friend', 'foaf', 'public']
+/**
+ * Whose traffic it is, or what it is for: friend > friend of a friend >
+ * anyone else (public content); `backup` is bulk traffic that can wait
+ * (backups to and from friends' disks), below interactive fetches. The
+ * scheduler knows a class only as a name with a weight. The order breaks
+ * ties and orders floors.
+ */
+export type TrafficClass = 'friend' | 'foaf' | 'public' | 'backup'
+export const TRAFFIC_CLASSES: readonly TrafficClass[] = ['friend', 'foaf', 'public', 'backup']
 
 /** Within a class, who goes first; changeable while a flow runs. */
 export type Priority = 'urgent' | 'normal' | 'background'
@@ -45,7 +51,7 @@ export interface Limits {
   peers: Record<string, PeerLimits>
   /** @default [] */
   schedule: ScheduleRule[]
-  /** @default DEFAULT_CLASS_WEIGHTS (8:2:1) */
+  /** @default DEFAULT_CLASS_WEIGHTS (friend 8, foaf 2, public 1, backup 2) */
   classWeights: Record<TrafficClass, number>
   /** @default DEFAULT_PRIORITY_WEIGHTS (64:8:1) */
   priorityWeights: Record<Priority, number>
