@@ -224,7 +224,10 @@ describe('fetching friends\' files', () => {
   it('never writes through a link planted at a partial', async () => {
     const victim = join(carol.home, 'victim.txt')
     await writeFile(victim, 'precious')
-    const file = join(carol.home, 'linked.bin')
+    // a folder of its own, so the planted link is no other test's partial
+    const folder = join(carol.home, 'linked')
+    await mkdir(folder)
+    const file = join(folder, 'linked.bin')
     const { t } = await pausedFetch('linked.bin', 24, file, 1024 * 1024, '1MB/s')
     // a link where the paused fetch's partial was, pointing at a file outside the destination
     const partial = sharePartialPath(file, t.id, 0)
@@ -232,6 +235,10 @@ describe('fetching friends\' files', () => {
     await symlink(victim, partial)
     await carol.json('resume', t.id)
     expect((await transferFailed(carol, t.id, 'the fetch to refuse the linked partial')).error.code).toBe('DESTINATION_LINK')
+    expect(await readFile(victim, 'utf8')).toBe('precious')
+    // a cancel removes the link as it would the partial, and never what it points at
+    await carol.json('cancel', t.id)
+    expect(await readdir(folder)).toEqual([])
     expect(await readFile(victim, 'utf8')).toBe('precious')
   })
 
