@@ -28,7 +28,7 @@ export const DHT_PROTOCOL = '/kith/kad/1.0.0'
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/0']
 
 /**
- * Connection slots (docs/security.md, "Strangers"). Strangers hold at most a
+ * Connection slots (docs/security.md, hole 3). Strangers hold at most a
  * few of them after their handshake (src/services/connection-slots.ts) and
  * friends' peers carry a tag that makes libp2p's pruning close strangers'
  * connections first, so strangers can't fill the node and lock friends out.
@@ -159,7 +159,7 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
       identify: identify({ protocolPrefix: 'kith' }),
       // kad-dht pings its contacts; the daemon lets friends only (src/services/daemon.ts)
       ping: ping(),
-      // relays for friends holding my `relay` grant, only while I am publicly reachable (src/trust/gate.ts)
+      // relays for friends holding my `relay` grant, from my friends only, while I am publicly reachable (src/trust/gate.ts)
       relay: circuitRelayServer({ reservations: relayReservations(init.relay) }),
       // upgrades relayed connections to direct ones where the NATs allow
       dcutr: dcutr(),
