@@ -5,7 +5,7 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { TimeoutError, type AbortOptions, type ComponentLogger, type Connection, type Logger, type Stream, type Upgrader } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from './canonical.ts'
-import { safeText } from './text.ts'
+import { safeText } from './safe-text.ts'
 
 /**
  * TCP hole punching between two friends behind NAT (docs/protocols.md,

@@ -3,7 +3,8 @@ import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
 import { KithError, type ErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from './canonical.ts'
-import { cleanText, safeText } from './text.ts'
+import { cleanText } from './text.ts'
+import { safeText } from './safe-text.ts'
 
 /**
  * The answering side of kith's one-request, one-answer protocols (redeem,

@@ -1,5 +1,3 @@
-import { z } from 'zod'
-
 /**
  * Text from outside (friends' display names, share names and paths, the
  * messages in their error answers, addresses) ends up on terminals and in
@@ -21,10 +19,12 @@ import { z } from 'zod'
  * words and emoji sequences need them, and they only join or part the glyphs
  * beside them; they neither move the cursor nor reorder anything.
  *
- * Parsers refuse unsafe text (`safeText`, `isSafeText`); what kith prints of
- * outside text is escaped too (`escapeForTerminal`), in case something got
- * past a parser; what kith sends is cleaned first (`cleanText`), so its own
- * messages are never refused.
+ * Parsers refuse unsafe text (`isSafeText`, and zod's `safeText` in
+ * safe-text.ts); what kith prints of outside text is escaped too
+ * (`escapeForTerminal`), in case something got past a parser; what kith sends
+ * is cleaned first (`cleanText`), so its own messages are never refused.
+ * No zod here: the CLI escapes all it prints with this file, and loads no
+ * more than it needs (test/services/cli-thin.spec.ts).
  */
 const UNSAFE = /[[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]--[\u200C\u200D]]/v
 const UNSAFE_ALL = new RegExp(UNSAFE.source, 'gv')
@@ -34,11 +34,6 @@ export const SAFE_TEXT_RULE = 'must not hold control, format (such as bidi overr
 
 export function isSafeText (text: string): boolean {
   return !UNSAFE.test(text)
-}
-
-/** A zod string of `min` to `max` UTF-16 units of safe text. */
-export function safeText (max: number, min = 0): z.ZodType<string> {
-  return z.string().min(min).max(max).refine(isSafeText, SAFE_TEXT_RULE)
 }
 
 function hex (n: number, width: number): string {

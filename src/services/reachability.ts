@@ -7,7 +7,7 @@ import type { Connection, Stream, PeerId, IdentifyResult } from '@libp2p/interfa
 import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../peer/request-response.ts'
-import { safeText } from '../peer/text.ts'
+import { safeText } from '../peer/safe-text.ts'
 import type { KithLibp2p } from '../peer/node.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
 import { friendsOnly } from '../trust/gate.ts'

@@ -6,8 +6,10 @@ import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { KithError } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
 import { sign, verify } from '../peer/signing.ts'
-import { isSafeText, safeText } from '../peer/text.ts'
+import { isSafeText } from '../peer/text.ts'
+import { safeText } from '../peer/safe-text.ts'
 import { SERVICES, type Service } from './grants.ts'
+import { CLOCK_SKEW_S, INVITE_VERSION, MAX_ADDR_LENGTH, MAX_INVITE_ADDRS, MAX_INVITE_LIFETIME_S, MAX_INVITE_TEXT, MAX_INVITE_USES, MAX_NAME_LENGTH, SECRET_LENGTH } from './invite-constants.ts'
 
 /**
  * Invite files: a signed, versioned, canonical CBOR record, armoured as base64
@@ -21,17 +23,7 @@ import { SERVICES, type Service } from './grants.ts'
  * from the secret (never from signature bytes, which are malleable).
  */
 
-export const INVITE_VERSION = 1
-/** Whole armoured text, checked before anything is parsed. */
-export const MAX_INVITE_TEXT = 16 * 1024
-export const MAX_INVITE_ADDRS = 16
-export const MAX_ADDR_LENGTH = 256
-export const MAX_NAME_LENGTH = 64
-export const MAX_INVITE_USES = 1000
-export const MAX_INVITE_LIFETIME_S = 365 * 24 * 3600
-/** Clock skew tolerated on either side of the validity window. */
-export const CLOCK_SKEW_S = 5 * 60
-export const SECRET_LENGTH = 32
+export * from './invite-constants.ts'
 
 const BEGIN = '-----BEGIN KITH INVITE-----'
 const END = '-----END KITH INVITE-----'

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { SAFE_TEXT_RULE, cleanText, escapeForTerminal, isSafeText, safeText } from '../../src/peer/text.ts'
+import { SAFE_TEXT_RULE, cleanText, escapeForTerminal, isSafeText } from '../../src/peer/text.ts'
+import { safeText } from '../../src/peer/safe-text.ts'
 
 /** Every code point from `from` to `to`, as one-character strings. */
 function range (from: number, to: number): string[] {

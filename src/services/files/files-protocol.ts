@@ -4,7 +4,7 @@ import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface
 import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../../peer/request-response.ts'
-import { safeText } from '../../peer/text.ts'
+import { safeText } from '../../peer/safe-text.ts'
 import { wrapKey } from '../../peer/key-wrap.ts'
 import { MAX_MANIFEST_BYTES } from '../../transfer/constants.ts'
 import type { FriendBook } from '../../trust/friends.ts'
