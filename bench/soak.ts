@@ -384,6 +384,44 @@ const serves = (owner: Daemon, fetcher: Daemon): boolean =>
 const openOn = (d: Daemon): FetchModel[] => fetchesOf(d).filter(f => isOpen(f) && f.intent === 'finish')
 const inState = (...states: string[]): FetchModel[] => fetches.filter(f => f.intent === 'finish' && states.includes(f.state) && daemon(f.node).up)
 
+/** Waits until a fetch has moved bytes, or is over, or 15 s passed: what comes next then lands mid-transfer. */
+async function moving (f: FetchModel): Promise<void> {
+  const d = daemon(f.node)
+  await waitFor(async () => {
+    const { transfer } = await d.api.get<{ transfer: Transfer }>(`/v1/transfers/${f.id}`)
+    await observe(f, transfer)
+    return transfer.doneBytes > 0 || transfer.state === 'done' || transfer.state === 'failed' || transfer.state === 'cancelled'
+  }, `f${f.n} to move`, 15_000, 50).catch(() => {})
+}
+
+/**
+ * Starts a fetch of one of the larger files that `d` takes part in, fetching
+ * or serving it, and waits until it moves: fetches here finish in a second or
+ * two, so a kill or a pause meant for the middle of a transfer needs one.
+ */
+async function busy (d: Daemon): Promise<void> {
+  const fetching = rng.chance(0.5)
+  const pairs: Array<[Daemon, Daemon]> = fetching
+    ? up().filter(o => o !== d && serves(o, d)).map(o => [d, o])
+    : up().filter(x => x !== d && serves(d, x) && openOn(x).length < MAX_OPEN_FETCHES).map(x => [x, d])
+  if (pairs.length === 0) return
+  const [fetcher, owner] = rng.pick(pairs)
+  const share = rng.pick(shares.get(owner.name)!.filter(s => s.kind === 'file' && s.files[0]!.size >= 4 * MiB))
+  await moving(await startFetch(fetcher, owner, share, '', rng.pick(PRIORITIES)))
+}
+
+async function pauseFetch (f: FetchModel): Promise<void> {
+  note(`pause f${f.n} (${f.state})`)
+  await observe(f, (await daemon(f.node).api.call<{ transfer: Transfer }>('POST', `/v1/transfers/${f.id}/pause`)).transfer)
+}
+
+async function cancelFetch (f: FetchModel): Promise<void> {
+  note(`cancel f${f.n} (${f.state})`)
+  const { transfer } = await daemon(f.node).api.call<{ transfer: Transfer }>('POST', `/v1/transfers/${f.id}/cancel`)
+  f.intent = 'cancel'
+  await observe(f, transfer)
+}
+
 function feasible (kind: Kind): boolean {
   switch (kind) {
     case 'fetch': return up().some(d => openOn(d).length < MAX_OPEN_FETCHES && up().some(o => o !== d && serves(o, d)))
@@ -409,13 +447,16 @@ const actions: Record<Kind, () => Promise<void>> = {
       if (what === 'dir') path = rng.pick(share.dirs)
       if (what === 'file') path = rng.pick(share.files).rel
     }
-    await startFetch(d, owner, share, path, rng.pick(PRIORITIES))
+    const f = await startFetch(d, owner, share, path, rng.pick(PRIORITIES))
+    // now and then paused or cancelled once it moves (most are over before a later action could)
+    if (!rng.chance(0.3)) return
+    const cancel = rng.chance(0.4)
+    await moving(f)
+    if (isOpen(f)) await (cancel ? cancelFetch(f) : pauseFetch(f))
   },
 
   async pause () {
-    const f = rng.pick(inState('queued', 'running'))
-    note(`pause f${f.n}`)
-    await observe(f, (await daemon(f.node).api.call<{ transfer: Transfer }>('POST', `/v1/transfers/${f.id}/pause`)).transfer)
+    await pauseFetch(rng.pick(inState('queued', 'running')))
   },
 
   async resume () {
@@ -425,11 +466,7 @@ const actions: Record<Kind, () => Promise<void>> = {
   },
 
   async cancel () {
-    const f = rng.pick(inState('queued', 'running', 'paused', 'failed'))
-    note(`cancel f${f.n} (${f.state})`)
-    const { transfer } = await daemon(f.node).api.call<{ transfer: Transfer }>('POST', `/v1/transfers/${f.id}/cancel`)
-    f.intent = 'cancel'
-    await observe(f, transfer)
+    await cancelFetch(rng.pick(inState('queued', 'running', 'paused', 'failed')))
   },
 
   async priority () {
@@ -534,13 +571,15 @@ const actions: Record<Kind, () => Promise<void>> = {
 
   async kill () {
     const d = rng.pick(up())
-    note(`kill -9 ${d.name} (${openOn(d).length} open fetches)`)
+    if (rng.chance(0.6)) await busy(d)
+    note(`kill -9 ${d.name} (${openOn(d).length} open fetches of its own)`)
     await restart(d, 'kill')
   },
 
   async restart () {
     const d = rng.pick(up())
-    note(`restart ${d.name} cleanly (${openOn(d).length} open fetches)`)
+    if (rng.chance(0.6)) await busy(d)
+    note(`restart ${d.name} cleanly (${openOn(d).length} open fetches of its own)`)
     await restart(d, 'stop')
   },
 
