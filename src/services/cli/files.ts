@@ -1,6 +1,5 @@
 import { resolve } from 'node:path'
 import { Command } from 'commander'
-import cliProgress from 'cli-progress'
 import { isErrorCode, KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { ShareView } from '../files/file-service.ts'
@@ -8,7 +7,7 @@ import type { GcResult } from '../files/chunk-gc.ts'
 import type { ShareListing } from '../files/share-book.ts'
 import type { Transfer } from '../files/transfers.ts'
 import { table, bytes, duration, parseRate, shellArg, terminalJson, terminalText } from './format.ts'
-import { PRIORITIES } from '../../transfer/scheduler/index.ts'
+import { PRIORITIES } from '../../transfer/scheduler/types.ts'
 
 /**
  * File commands: share, shares, unshare, ls, fetch, transfers, pause,
@@ -61,7 +60,9 @@ export function parseTarget (target: string): { friend: string, share: string, p
 }
 
 async function follow (api: ApiClient, id: string, json: boolean, events: AsyncGenerator<{ type: string, [key: string]: unknown }>, controller: AbortController): Promise<Transfer> {
-  const bar = !json && process.stderr.isTTY
+  // loaded only here: the one command that draws a bar
+  const cliProgress = !json && process.stderr.isTTY ? (await import('cli-progress')).default : null
+  const bar = cliProgress != null
     ? new cliProgress.SingleBar({
       format: '{bar} {percentage}% | {done} / {total} | {speed} | ETA {eta_h}{floor}',
       stream: process.stderr,

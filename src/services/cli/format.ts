@@ -1,4 +1,5 @@
 import { escapeForTerminal, replaceUnsafe } from '../../peer/text.ts'
+import type { LimitRate } from '../files/limits.ts'
 
 /** Plain-text rendering for the CLI: aligned tables, ages, durations, and escaping. */
 
@@ -83,6 +84,16 @@ export function parseRate (text: string): number | undefined {
   const unit = RATE_UNITS[(match[2] ?? '').toLowerCase()]
   const value = Number(match[1]) * (unit ?? NaN)
   return Number.isFinite(value) && value >= 1 ? Math.round(value) : undefined
+}
+
+/** "10MB/s", "512KiB/s", "0", "unlimited" (or a number of bytes/s) as a LimitRate (limits.ts); undefined if malformed. */
+export function parseLimitRate (value: unknown): LimitRate | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : undefined
+  if (typeof value !== 'string') return undefined
+  const text = value.trim().toLowerCase()
+  if (text === 'unlimited' || text === 'none' || text === 'off') return 'unlimited'
+  if (/^0+(?:\.0+)?\s*(?:[kmg]i?b?|b)?(?:\/s)?$/.test(text)) return 0
+  return parseRate(text)
 }
 
 /** `arg` as one word for a POSIX shell, for commands printed as advice. */

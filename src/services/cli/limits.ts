@@ -1,10 +1,10 @@
 import { Command } from 'commander'
 import { KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
-import { formatRule, parseLimitRate, type BandwidthView, type LaneView, type LimitRate, type LimitsPatch, type LimitsView } from '../files/limits.ts'
-import { PRIORITIES, TRAFFIC_CLASSES } from '../../transfer/scheduler/index.ts'
+import type { BandwidthView, LaneView, LimitRate, LimitsPatch, LimitsView, RuleDoc } from '../files/limits.ts'
+import { PRIORITIES, TRAFFIC_CLASSES } from '../../transfer/scheduler/types.ts'
 import type { Transfer } from '../files/transfers.ts'
-import { table } from './format.ts'
+import { parseLimitRate, table } from './format.ts'
 
 /**
  * `kith limits` (show), `kith limits set`, `kith limits clear`, and
@@ -22,6 +22,11 @@ export function showRate (rate: LimitRate | number | null | undefined): string {
     if (rate >= size) return `${Number((rate / size).toFixed(rate / size < 10 ? 2 : 1))} ${unit}`
   }
   return `${Math.round(rate)} B/s`
+}
+
+/** "23:00-07:00 up=unlimited down=2 MB/s" */
+function formatRule (rule: RuleDoc, show: (rate: LimitRate) => string): string {
+  return [`${rule.from}-${rule.to}`, ...(rule.upload !== undefined ? [`up=${show(rule.upload)}`] : []), ...(rule.download !== undefined ? [`down=${show(rule.download)}`] : [])].join(' ')
 }
 
 function lane (name: string, l: LaneView): string[] {

@@ -2,13 +2,12 @@ import { readFile, stat, writeFile } from 'node:fs/promises'
 import { Command, CommanderError, Option } from 'commander'
 import { KithError, asKithError } from '../../errors.ts'
 import { resolveHome, homePaths } from '../../peer/home.ts'
-import { loadIdentity } from '../../peer/identity.ts'
 import { SERVICES, parseGrants } from '../../trust/grants.ts'
-import { parseInvite, summarise, checkValidity, MAX_INVITE_TEXT, type InviteSummary } from '../../trust/invite.ts'
+import { MAX_INVITE_TEXT } from '../../trust/invite-constants.ts'
+import type { InviteSummary } from '../../trust/invite.ts'
 import type { InviteListing } from '../../trust/invite-book.ts'
 import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
-import { runStart } from './start.ts'
 import { fileCommands } from './files.ts'
 import type { StoreStatus } from '../files/file-service.ts'
 import { locateCommand } from './locate.ts'
@@ -19,6 +18,14 @@ import { table, ago, shortId, parseDuration, parseRate, bytes, terminalJson, ter
  * The `kith` command line: a thin client of the local API (see docs/api.md),
  * except `start`, which runs the daemon, `repair`, which must run without
  * one, and `invite show` and `id`, which work without one.
+ *
+ * A thin client loads like one: this file and what it imports at the top
+ * (files.ts, limits.ts, locate.ts, format.ts, the API client) stay clear of
+ * libp2p, LevelDB, zod and the daemon, which the four commands above import
+ * inside their actions, only when they run. A command that only asks the
+ * daemon then answers in under twice the time a bare Node process takes to
+ * make one request to the API (test/services/cli-thin.spec.ts guards what
+ * loads, `npm run bench -- --section cli` measures the time).
  */
 
 interface Globals {
@@ -178,6 +185,7 @@ program.command('start')
     if (opts.relayMaxDuration != null && relayMaxDuration == null) throw new KithError('USAGE', `--relay-max-duration wants a duration like 12h or 7d; got ${JSON.stringify(opts.relayMaxDuration)}`)
     const relayMaxData = opts.relayMaxData != null ? parseRate(opts.relayMaxData) : undefined
     if (opts.relayMaxData != null && relayMaxData == null) throw new KithError('USAGE', `--relay-max-data wants a size like 50GiB; got ${JSON.stringify(opts.relayMaxData)}`)
+    const { runStart } = await import('./start.ts')
     await runStart({
       ...(relayMaxDuration != null || relayMaxData != null ? { relay: { ...(relayMaxDuration != null ? { maxDurationMs: relayMaxDuration * 1000 } : {}), ...(relayMaxData != null ? { maxDataBytes: relayMaxData } : {}) } } : {}),
       home: g.home,
@@ -204,6 +212,7 @@ program.command('id')
     } catch (err) {
       if ((err as KithError).code !== 'DAEMON_NOT_RUNNING') throw err
       const pass = await passphrase(g)
+      const { loadIdentity } = await import('../../peer/identity.ts')
       try {
         peerId = (await loadIdentity(homePaths(g.home).identity, pass)).peerId.toString()
       } catch (e) {
@@ -290,6 +299,7 @@ invite.command('show')
   .argument('<file>', 'the invite file')
   .option('--json', 'print as JSON')
   .action(async (file: string, opts: { json?: boolean }) => {
+    const { parseInvite, summarise, checkValidity } = await import('../../trust/invite.ts')
     const parsed = parseInvite(await readInviteFile(file))
     let validity: { valid: boolean, reason?: string, message?: string } = { valid: true }
     try {
@@ -309,8 +319,8 @@ invite.command('accept')
   .addOption(new Option('--grant <service...>', 'services to grant them in return (default: what the invite grants you)'))
   .option('--json', 'print as JSON')
   .action(async (file: string, opts: { name?: string, grant?: string[], json?: boolean }, cmd: Command) => {
+    // the daemon checks the invite: parsing it here would load its crypto
     const text = await readInviteFile(file)
-    parseInvite(text) // fail early, before contacting the daemon, on a bad file
     const grants = grantsOption(opts.grant)
     const { friend } = await (await client(cmd)).call<{ friend: FriendView }>('POST', '/v1/invites/accept', {
       text,

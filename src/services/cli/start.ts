@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises'
+import module from 'node:module'
 import { KithError } from '../../errors.ts'
 import { homePaths, writeFileAtomic } from '../../peer/home.ts'
 import { Daemon, newToken, writeApiInfo } from '../daemon.ts'
@@ -78,6 +79,10 @@ export async function runStart (options: StartOptions): Promise<void> {
     await daemon.stop()
     throw new KithError('BAD_REQUEST', `can't start the local API on ${host}:${port}: ${(err as Error).message}`, { cause: err })
   }
+
+  // what Node compiled to start the daemon, kept for the next start now (bin/kith.js enables the
+  // cache); at exit would be too late for a daemon that is killed
+  module.flushCompileCache?.()
 
   const status = daemon.status()
   if (options.json === true) {

@@ -7,7 +7,7 @@ import {
   DEFAULT_CLASS_WEIGHTS, DEFAULT_PRIORITY_WEIGHTS, TRAFFIC_CLASSES, parseTime,
   type BandwidthScheduler, type LimitsUpdate, type PeerLimits, type Priority, type SchedulerStats, type TrafficClass
 } from '../../transfer/scheduler/index.ts'
-import { parseRate } from '../cli/format.ts'
+import { parseLimitRate } from '../cli/format.ts'
 
 /**
  * The node's bandwidth limits, from three layers (docs/scheduler.md):
@@ -54,16 +54,6 @@ export function configPath (home: string): string {
   return join(home, CONFIG_FILE)
 }
 
-/** "10MB/s", "512KiB/s", "0", "unlimited" (or a number of bytes/s) as a LimitRate; undefined if malformed. */
-export function parseLimitRate (value: unknown): LimitRate | undefined {
-  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : undefined
-  if (typeof value !== 'string') return undefined
-  const text = value.trim().toLowerCase()
-  if (text === 'unlimited' || text === 'none' || text === 'off') return 'unlimited'
-  if (/^0+(?:\.0+)?\s*(?:[kmg]i?b?|b)?(?:\/s)?$/.test(text)) return 0
-  return parseRate(text)
-}
-
 /** "23:00-07:00 up=unlimited down=2MB/s" as a rule; throws BAD_REQUEST naming what is wrong. */
 export function parseRule (text: string): RuleDoc {
   const [span, ...parts] = text.trim().split(/\s+/)
@@ -81,10 +71,6 @@ export function parseRule (text: string): RuleDoc {
     else rule.download = rate
   }
   return rule
-}
-
-export function formatRule (rule: RuleDoc, show: (rate: LimitRate) => string = String): string {
-  return [`${rule.from}-${rule.to}`, ...(rule.upload !== undefined ? [`up=${show(rule.upload)}`] : []), ...(rule.download !== undefined ? [`down=${show(rule.download)}`] : [])].join(' ')
 }
 
 // ---- schemas (config file and API bodies)
