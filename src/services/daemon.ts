@@ -20,10 +20,11 @@ import { redeemHandler, redeem, REDEEM_PROTOCOL, MAX_INBOUND_REDEEM_STREAMS } fr
 import { DEFAULT_GRANTS, type Service } from '../trust/grants.ts'
 import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
+import { transferEngine, type TransferEngine } from './engine/index.ts'
 import { LocateService } from './locate/index.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
-import { bandwidthView, loadConfig, type BandwidthView, type ConfigFile } from './files/limits.ts'
+import { loadConfig, type BandwidthView, type ConfigFile } from './files/limits.ts'
 import { releaseMemoryWhenQuiet } from './daemon-heap.ts'
 
 /**
@@ -97,6 +98,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly presence: Presence
   private readonly meta: Meta
   private readonly started = new Date()
+  private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
   /** gives memory back after a burst of traffic */
   private memory: { stop: () => void } | undefined
@@ -184,23 +186,37 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.libp2p.use(PING_PROTOCOL, friendsOnly(this.friends))
     this.friends.on('event', evt => this.emit('event', evt))
     this.presence.on('event', evt => this.emit('event', evt))
+    // the engine before the services that plug into it, and stopped after them
+    const engine = transferEngine({
+      ...(maxUpload != null ? { maxUpload } : {}),
+      ...(maxDownload != null ? { maxDownload } : {}),
+      config
+    })({ db: this.db, home: this.paths.root, libp2p: this.libp2p, friends: this.friends })
+    this.transferEngine = engine
+    await engine.start()
     this.fileService = await FileService.start({
       db: this.db,
       home: this.paths.root,
       identity: this.identity,
       libp2p: this.libp2p,
       friends: this.friends,
-      ...(maxUpload != null ? { maxUpload } : {}),
-      ...(maxDownload != null ? { maxDownload } : {}),
-      config
+      engine
     })
     this.fileService.on('event', evt => this.emit('event', evt))
-    const bandwidth = this.fileService.bandwidth
+    // every service has registered: collection may run
+    engine.afterStart()
+    const bandwidth = engine.bandwidth
     this.memory = releaseMemoryWhenQuiet({ rate: () => { const { up, down } = bandwidth.stats(); return up.rate + down.rate } })
     this.locateService = await LocateService.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, identity: this.identity, dialPolicy: this.net.dialPolicy, dhtRecords: this.net.datastore })
     this.presence.on('unreachable', peer => this.locateService?.unreachableFriend(peer))
     this.presence.start()
     await this.reachability.start()
+  }
+
+  /** the store, scheduler, chunk protocol, limits and collection every service shares */
+  get engine (): TransferEngine {
+    if (this.transferEngine == null) throw new KithError('INTERNAL', 'the transfer engine is not started')
+    return this.transferEngine
   }
 
   get files (): FileService {
@@ -219,7 +235,9 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.slots.stop()
     await this.reachability.stop()
     await this.locateService?.stop()
+    await this.transferEngine?.beforeStop()
     await this.fileService?.stop()
+    await this.transferEngine?.stop()
     await this.libp2p.stop()
     await this.db.close()
     await rm(this.paths.apiInfo, { force: true })
@@ -245,7 +263,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       friends: { total: friends.length, online: online.length },
       online: online.map(f => f.label),
       started: this.started.toISOString(),
-      bandwidth: bandwidthView(this.files.bandwidth.stats(), peer => this.friends.get(peer)?.label ?? null),
+      bandwidth: this.engine.bandwidthView(),
       reachability: this.reachability.current,
       relays: { using: this.reachability.relays(), serving: this.reachability.serving(), offering: this.relayGate.relaying }
     }

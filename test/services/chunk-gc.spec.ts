@@ -7,7 +7,8 @@ import { assembleShare } from '../../src/transfer/assemble.ts'
 import { decodeManifest, type Manifest } from '../../src/transfer/manifest.ts'
 import { chunkId, deriveSealKeys } from '../../src/transfer/seal.ts'
 import { ShareBook, type MyShare } from '../../src/services/files/share-book.ts'
-import { ChunkCollector, liveChunks, type Pin } from '../../src/services/files/chunk-gc.ts'
+import { ChunkCollector, type Pin } from '../../src/services/engine/collector.ts'
+import { liveChunks } from '../../src/services/files/live-chunks.ts'
 import type { Transfer } from '../../src/services/files/transfers.ts'
 import { expectCodeAsync, keypair, pseudoRandom, tempDir } from '../transfer/helpers.ts'
 
@@ -124,6 +125,7 @@ describe('chunk collector', () => {
         }
       })
     })
+    gc.start()
   })
 
   afterEach(async () => {
@@ -341,6 +343,7 @@ describe('chunk collector', () => {
           return live
         }
       })
+      slow.start()
       gc = slow // share() pins through it
       const cycle = slow.collect()
       await marked.wait
@@ -388,6 +391,7 @@ describe('chunk collector', () => {
           return new Set()
         }
       })
+      slow.start()
       const guarded = slow.guard(store)
       const cycle = slow.collect()
       await marked.wait
@@ -424,6 +428,7 @@ describe('chunk collector', () => {
           return new Set()
         }
       })
+      counting.start()
       const a = counting.collect()
       const b = counting.collect()
       const c = counting.collect()

@@ -4,7 +4,7 @@ import type { PeerId, Stream } from '@libp2p/interface'
 import type { KithLibp2p } from '../../src/peer/node.ts'
 import { CHUNK_PROTOCOL, MAX_GET_IDS, MAX_GETS_PER_PEER, chunkHandler, encodeRequest, frame } from '../../src/transfer/chunk-protocol.ts'
 import { fetchChunks } from '../../src/transfer/fetcher.ts'
-import { MAX_INBOUND_CHUNK_STREAMS } from '../../src/services/files/file-service.ts'
+import { MAX_INBOUND_CHUNK_STREAMS } from '../../src/services/engine/constants.ts'
 import { learn, makeChunks, openStore, startNode, tempDir, until, type Chunk, type TempStore } from '../helpers/chunks.ts'
 
 /**
@@ -45,7 +45,7 @@ describe('a flood of chunk streams from one friend', () => {
     chunks = makeChunks(COUNT, CHUNK)
     full = await openStore(join(tmp.dir, 'seed'), chunks)
     holder = await startNode()
-    // as the daemon registers it (file-service.ts), gate aside
+    // as the daemon's transfer engine registers it (services/engine), gate aside
     await holder.handle(CHUNK_PROTOCOL, chunkHandler({ store: full.store, beforeSend: watch }), { maxInboundStreams: MAX_INBOUND_CHUNK_STREAMS })
     hostile = await startNode()
     honest = await startNode()

@@ -67,9 +67,9 @@ export function routes (daemon: Daemon): Route[] {
   const friendView = (name: string): unknown => daemon.view(daemon.friends.resolve(name))
   return [
     // the chunk store's size and last clean-up come from file sharing
-    { method: 'GET', path: /^\/v1\/status$/, handler: async () => ({ ...daemon.status(), store: daemon.files.storeStatus() }) },
+    { method: 'GET', path: /^\/v1\/status$/, handler: async () => ({ ...daemon.status(), store: daemon.engine.storeStatus() }) },
     // frees chunks nothing needs any more, now; answers once that cycle is over
-    { method: 'POST', path: /^\/v1\/gc$/, handler: async () => ({ gc: await daemon.files.collect() }) },
+    { method: 'POST', path: /^\/v1\/gc$/, handler: async () => ({ gc: await daemon.engine.collect() }) },
     { method: 'GET', path: /^\/v1\/invites$/, handler: async () => ({ invites: await daemon.listInvites() }) },
     {
       method: 'POST',
@@ -189,7 +189,7 @@ export function routes (daemon: Daemon): Route[] {
       handler: async ({ params, body: b }) => ({ transfer: await daemon.files.transfers.setPriority(params.id!, body(schemas.priority, b).priority) })
     },
     // bandwidth limits: the body is a merge patch validated by limits.ts (null clears a setting)
-    { method: 'GET', path: /^\/v1\/limits$/, handler: async () => daemon.files.limits.view() },
-    { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.files.limits.update(b) }
+    { method: 'GET', path: /^\/v1\/limits$/, handler: async () => daemon.engine.limits.view() },
+    { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.engine.limits.update(b) }
   ]
 }

@@ -1,4 +1,3 @@
-import { join } from 'node:path'
 import { EventEmitter } from 'node:events'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { KithError } from '../../errors.ts'
@@ -7,20 +6,21 @@ import type { Identity } from '../../peer/identity.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import type { FriendBook } from '../../trust/friends.ts'
 import { friendsOnly } from '../../trust/gate.ts'
-import { openChunkStore, type ChunkStore, type FileRef } from '../../transfer/chunk-store.ts'
+import type { FileRef } from '../../transfer/chunk-store.ts'
 import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
-import { chunkHandler, CHUNK_PROTOCOL } from '../../transfer/chunk-protocol.ts'
-import { BandwidthScheduler, type Flow, type TrafficClass } from '../../transfer/scheduler/index.ts'
+import type { TransferEngine } from '../engine/index.ts'
 import { ShareBook, listing, type ShareListing } from './share-book.ts'
 import { filesHandler, listShares, FILES_PROTOCOL } from './files-protocol.ts'
 import { CANCELLED_CLEANUP_MS, Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
-import { LimitsBook, type ConfigFile, type LimitsDoc } from './limits.ts'
-import { ChunkCollector, liveChunks, type GcResult, type GcStatus } from './chunk-gc.ts'
+import { liveChunks } from './live-chunks.ts'
 
 /**
  * File sharing as the daemon offers it: my shares, what friends share with
- * me, and fetches. Owns the node's one chunk store, which also serves the
- * chunks of shares I fetched to other friends.
+ * me, and fetches. One service plugged into the transfer engine
+ * (services/engine): it keeps its share book, the files protocol and its
+ * transfers, and declares to the engine the chunks it keeps alive
+ * (live-chunks.ts) and its shares' keys, with which the engine's chunk
+ * protocol serves my shares and what I fetched to other friends.
  */
 export interface ShareView extends ShareListing {
   source: string
@@ -35,28 +35,12 @@ export interface FileServiceInit {
   identity: Identity
   libp2p: KithLibp2p
   friends: FriendBook
-  /** global cap on what this node serves, bytes per second (`kith start --max-upload`); overrides the stored limits for this run */
-  maxUpload?: number
-  /** global cap on what this node fetches, bytes per second (`kith start --max-download`); likewise */
-  maxDownload?: number
-  /** config.json of the home folder, if there is one (see limits.ts) */
-  config?: ConfigFile | null
+  /** the daemon's transfer engine, started: its store, scheduler and collector */
+  engine: TransferEngine
 }
-
-export const MAX_INBOUND_CHUNK_STREAMS = 16
 
 /** A friend's manifest received this recently is kept whatever the collector finds (a fetch may be starting from it). */
 const RECEIVED_GRACE_MS = 3600 * 1000
-
-/** `kith status`: what the chunk store holds, and how its last clean-up went */
-export interface StoreStatus {
-  chunks: number
-  /** what the store's own sealed chunk files take on disk */
-  bytes: number
-  /** of `chunks`, those held in files: my shared files and fetched files (no disk of their own) */
-  inFiles: number
-  gc: GcStatus
-}
 
 /**
  * Who a share goes to: the named friends, each of whom must hold my `files`
@@ -76,63 +60,31 @@ export function shareRecipients (friends: FriendBook, names?: string[]): string[
 }
 
 export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
-  readonly store: ChunkStore
   readonly shares: ShareBook
   readonly transfers: Transfers
-  /** every chunk this node serves or fetches passes through it */
-  readonly bandwidth: BandwidthScheduler
-  /** frees chunks nothing needs any more (chunk-gc.ts) */
-  readonly gc: ChunkCollector
-  private limitsBook: LimitsBook | null = null
+  private readonly engine: TransferEngine
   private readonly init: FileServiceInit
-  /** what I serve, one flow per peer */
-  private readonly uploads = new Map<string, Flow>()
   /** my peer id: the owner of my shares' chunks */
   private readonly me: string
   /** my shares' keys by share id, while the share exists */
   private readonly ownKeys = new Map<string, SealKeys>()
   private ownKeysGeneration = 0
 
-  private constructor (init: FileServiceInit, store: ChunkStore) {
+  private constructor (init: FileServiceInit) {
     super()
     this.init = init
+    this.engine = init.engine
     this.me = init.identity.peerId.toString()
-    this.store = store
-    // limits come from the config file, the database and the start flags once friends resolve (see start)
-    this.bandwidth = new BandwidthScheduler()
     this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'))
-    this.gc = new ChunkCollector({
-      store,
-      mark: async () => {
-        const used = new Set<string>()
-        const live = await liveChunks({
-          shares: this.shares,
-          publicKey: init.identity.publicKey,
-          transfers: () => this.transfers.list(),
-          friends: init.friends,
-          manifestsUsed: used
-        })
-        // Friends' manifests go with the chunks they list: kept are those of open
-        // fetches and of the newest finished version of each share (as marked),
-        // of recent cancels (a start removes their partials), and any received in
-        // the last hour (a fetch may be starting from it).
-        const now = Date.now()
-        for (const t of this.transfers.list()) {
-          if (t.state === 'cancelled' && now - t.updated < CANCELLED_CLEANUP_MS) used.add(`${t.owner}/${t.shareId}/${t.version}`)
-        }
-        await this.shares.pruneReceived(used, now - RECEIVED_GRACE_MS)
-        return live
-      }
-    })
     this.transfers = new Transfers({
       libp2p: init.libp2p,
       friends: init.friends,
       shares: this.shares,
       // every chunk a fetch looks at is safe from a sweep under way
-      store: this.gc.guard(store),
+      store: init.engine.guardedStore,
       level: sublevel(init.db, 'transfers'),
       secretKey: init.identity.secretKey,
-      bandwidth: this.bandwidth,
+      bandwidth: init.engine.bandwidth,
       home: init.home
     })
     this.transfers.on('event', evt => {
@@ -140,61 +92,55 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
       if (evt.type === 'transfer:state') this.afterTransfer(evt.transfer)
     })
     init.friends.on('event', evt => {
-      // a revoked friend's shares are no longer served (chunk-gc.ts)
-      if (evt.type === 'friend:revoked') this.gc.schedule()
+      // a revoked friend's shares are no longer served (live-chunks.ts)
+      if (evt.type === 'friend:revoked') this.engine.collector.schedule()
     })
   }
 
+  /** Plugs into the started engine, serves the files protocol and resumes transfers. */
   static async start (init: FileServiceInit): Promise<FileService> {
-    // Sealed chunks (fetched before they could be held in files, backups)
-    // are not fsynced one by one: a killed process loses nothing (the page
-    // cache survives it), and after a power loss every read re-verifies the
-    // hash, so a damaged chunk is dropped and fetched again. Assembled files
-    // are fsynced before they are moved into place.
-    // Chunks held in files (my shared files, fetched files) are sealed again
-    // with their share's keys when asked for.
-    let service: FileService | undefined
-    const store = await openChunkStore({
-      dir: join(init.home, 'chunks'),
-      db: sublevel(init.db, 'chunk-index'),
-      sync: false,
-      keys: async (shareId, owner) => await service?.sealKeys(shareId, owner),
-      onDropped: (id, file) => { service?.noteDropped(id, file) }
+    const service = new FileService(init)
+    init.engine.register({
+      name: 'files',
+      liveChunks: async live => { await service.liveChunks(live) },
+      sealKeys: async (shareId, owner) => await service.sealKeys(shareId, owner),
+      onDropped: (id, file) => { service.noteDropped(id, file) }
     })
-    service = new FileService(init, store)
     const { libp2p, friends } = init
-    service.limitsBook = await LimitsBook.open({
-      level: sublevel<LimitsDoc>(init.db, 'limits'),
-      bandwidth: service.bandwidth,
-      resolvePeer: name => friends.resolve(name).peerId,
-      label: peer => friends.get(peer)?.label ?? null,
-      config: init.config ?? null,
-      override: { ...(init.maxUpload != null ? { upload: init.maxUpload } : {}), ...(init.maxDownload != null ? { download: init.maxDownload } : {}) }
-    })
     await libp2p.handle(FILES_PROTOCOL, filesHandler({ shares: service.shares, friends, secretKey: init.identity.secretKey }), {
       middleware: [friendsOnly(friends, 'files')]
     })
-    await libp2p.handle(CHUNK_PROTOCOL, chunkHandler({ store, beforeSend: async (bytes, peer, signal) => { await service.uploadFlow(peer.toString()).take(bytes, signal) } }), {
-      maxInboundStreams: MAX_INBOUND_CHUNK_STREAMS,
-      middleware: [friendsOnly(friends, 'files')]
-    })
     await service.transfers.start()
-    // once at start-up, in the background: start is not held up by it
-    setImmediate(() => service.gc.schedule())
     return service
+  }
+
+  /** File sharing's live chunks for a collection (live-chunks.ts); received manifests no longer needed go with them. */
+  private async liveChunks (live: Set<string>): Promise<void> {
+    const used = new Set<string>()
+    await liveChunks({
+      shares: this.shares,
+      publicKey: this.init.identity.publicKey,
+      transfers: () => this.transfers.list(),
+      friends: this.init.friends,
+      manifestsUsed: used
+    }, live)
+    // Friends' manifests go with the chunks they list: kept are those of open
+    // fetches and of the newest finished version of each share (as marked),
+    // of recent cancels (a start removes their partials), and any received in
+    // the last hour (a fetch may be starting from it).
+    const now = Date.now()
+    for (const t of this.transfers.list()) {
+      if (t.state === 'cancelled' && now - t.updated < CANCELLED_CLEANUP_MS) used.add(`${t.owner}/${t.shareId}/${t.version}`)
+    }
+    await this.shares.pruneReceived(used, now - RECEIVED_GRACE_MS)
   }
 
   /** A cancelled fetch frees what it stored; a newer finished version supersedes older ones. */
   private afterTransfer (t: Transfer): void {
-    if (t.state === 'cancelled') this.gc.schedule()
+    if (t.state === 'cancelled') this.engine.collector.schedule()
     if (t.state === 'done' && this.transfers.list().some(o => o.id !== t.id && o.state === 'done' && o.owner === t.owner && o.shareId === t.shareId && o.version < t.version)) {
-      this.gc.schedule()
+      this.engine.collector.schedule()
     }
-  }
-
-  /** Runs a collection now (after one under way, if any) and says what it freed. */
-  async collect (): Promise<GcResult> {
-    return await this.gc.collect()
   }
 
   /**
@@ -230,38 +176,9 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     })
   }
 
-  storeStatus (): StoreStatus {
-    const stats = this.store.stats()
-    return { chunks: stats.count, bytes: stats.bytes, inFiles: stats.inFiles, gc: this.gc.status() }
-  }
-
-  /** global, per-peer and time-of-day limits, persisted; `kith limits` */
-  get limits (): LimitsBook {
-    if (this.limitsBook == null) throw new KithError('INTERNAL', 'file sharing is not started')
-    return this.limitsBook
-  }
-
+  /** Stops the transfers; the engine's collection was stopped before (daemon.ts). */
   async stop (): Promise<void> {
-    await this.gc.stop()
     await this.transfers.stop()
-    this.bandwidth.close()
-  }
-
-  /** Whose traffic it is. Friends are 'friend'; friends of friends and public content will come with their features. */
-  private classOf (peer: string): TrafficClass {
-    return this.init.friends.isActive(peer) ? 'friend' : 'public'
-  }
-
-  /** The flow what I serve `peer` goes through, made anew if the peer changed class (a revoked friend). */
-  private uploadFlow (peer: string): Flow {
-    const cls = this.classOf(peer)
-    let flow = this.uploads.get(peer)
-    if (flow === undefined || flow.closed || flow.class !== cls) {
-      flow?.close()
-      flow = this.bandwidth.flow({ direction: 'up', peer, class: cls })
-      this.uploads.set(peer, flow)
-    }
-    return flow
   }
 
   private view (share: Awaited<ReturnType<ShareBook['list']>>[number]): ShareView {
@@ -280,7 +197,8 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   async share (req: { path: string, with?: string[], name?: string }): Promise<{ share: ShareView, skipped: Array<{ path: string, reason: string }> }> {
     const peers = shareRecipients(this.init.friends, req.with)
     // the chunks are written before the manifest that refers to them is saved: pinned till then
-    const pin = this.gc.pin()
+    const gc = this.engine.collector
+    const pin = gc.pin()
     let made
     try {
       made = await this.shares.share({
@@ -293,23 +211,23 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
         // changed since is no longer served; sharing it again makes a new version)
         store: {
           put: async (id, sealed, place) => {
-            await this.gc.use(id, pin)
+            await gc.use(id, pin)
             // just read there: a row left pointing elsewhere (a renamed file, a duplicate, a sealed copy) moves here
-            return await this.store.putInFile(id, sealed, { ...place, owner: this.me }, { replace: true })
+            return await this.engine.store.putInFile(id, sealed, { ...place, owner: this.me }, { replace: true })
           }
         }
       })
     } catch (err) {
       // what a failed share stored is referenced by nothing (released first, so this sweep may take it)
       pin.release()
-      this.gc.schedule()
+      gc.schedule()
       throw err
     }
     pin.release()
     this.forgetOwnKeys()
     const { share, skipped } = made
     // a new version may leave the old one's changed chunks behind
-    if (share.version > 1) this.gc.schedule()
+    if (share.version > 1) gc.schedule()
     return { share: this.view(share), skipped }
   }
 
@@ -320,7 +238,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   async unshare (ref: string): Promise<ShareView> {
     const share = await this.shares.unshare(ref)
     this.forgetOwnKeys()
-    this.gc.schedule()
+    this.engine.collector.schedule()
     return this.view(share)
   }
 
