@@ -20,11 +20,10 @@ import { redeemHandler, redeem, REDEEM_PROTOCOL, MAX_INBOUND_REDEEM_STREAMS } fr
 import { DEFAULT_GRANTS, type Service } from '../trust/grants.ts'
 import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
-import { transferEngine, type TransferEngine } from './engine/index.ts'
+import { loadConfig, transferEngine, type BandwidthView, type ConfigFile, type TransferEngine } from './engine/index.ts'
 import { LocateService } from './locate/index.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
-import { loadConfig, type BandwidthView, type ConfigFile } from './files/limits.ts'
 import { releaseMemoryWhenQuiet } from './daemon-heap.ts'
 
 /**

@@ -1,5 +1,5 @@
 import { escapeForTerminal, replaceUnsafe } from '../../peer/text.ts'
-import type { LimitRate } from '../files/limits.ts'
+import type { LimitRate } from '../engine/limits.ts'
 
 /** Plain-text rendering for the CLI: aligned tables, ages, durations, and escaping. */
 

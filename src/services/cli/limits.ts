@@ -1,7 +1,7 @@
 import { Command } from 'commander'
 import { KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
-import type { BandwidthView, LaneView, LimitRate, LimitsPatch, LimitsView, RuleDoc } from '../files/limits.ts'
+import type { BandwidthView, LaneView, LimitRate, LimitsPatch, LimitsView, RuleDoc } from '../engine/limits.ts'
 import { PRIORITIES, TRAFFIC_CLASSES } from '../../transfer/scheduler/types.ts'
 import type { Transfer } from '../files/transfers.ts'
 import { parseLimitRate, table } from './format.ts'

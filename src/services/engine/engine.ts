@@ -6,7 +6,7 @@ import { openChunkStore, type ChunkStore, type FileRef } from '../../transfer/ch
 import { chunkHandler, CHUNK_PROTOCOL } from '../../transfer/chunk-protocol.ts'
 import type { SealKeys } from '../../transfer/seal.ts'
 import { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
-import { LimitsBook, bandwidthView, type BandwidthView, type LimitsDoc } from '../files/limits.ts'
+import { LimitsBook, bandwidthView, type BandwidthView, type LimitsDoc } from './limits.ts'
 import { ChunkCollector, type GcResult } from './collector.ts'
 import { MAX_INBOUND_CHUNK_STREAMS } from './constants.ts'
 import { UploadFlows } from './uploads.ts'

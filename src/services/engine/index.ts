@@ -23,11 +23,12 @@ import type { FriendBook } from '../../trust/friends.ts'
 import type { ChunkStore, FileRef } from '../../transfer/chunk-store.ts'
 import type { SealKeys } from '../../transfer/seal.ts'
 import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
-import type { BandwidthView, ConfigFile, LimitsBook } from '../files/limits.ts'
+import type { BandwidthView, ConfigFile, LimitsBook } from './limits.ts'
 import type { ChunkCollector, GcResult, GcStatus } from './collector.ts'
 import { Engine } from './engine.ts'
 
 export type { GcResult, GcStatus, Pin } from './collector.ts'
+export { loadConfig, type BandwidthView, type ConfigFile, type LimitsView } from './limits.ts'
 export { MAX_INBOUND_CHUNK_STREAMS } from './constants.ts'
 
 /**
