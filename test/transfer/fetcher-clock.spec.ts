@@ -68,7 +68,7 @@ describe('fetch timing across wall clock steps', () => {
 
   it('a step forward by an hour neither cuts a moving source nor ends a cooldown early', async () => {
     // answers BUSY to all but one GET at a time, so it cools down after its first answers
-    const busy = await holder({ maxConcurrentGets: 1, beforeSend: pace(4 * 1024 * 1024) })
+    const busy = await holder({ maxConcurrentGets: 1, sendSlice: 16 * 1024, beforeSend: pace(512 * 1024) })
     const steady = await holder({ beforeSend: pace(8 * 1024 * 1024) })
     const mine: TempStore = await openStore(join(tmp.dir, `local-${local++}`))
     let stepped = false
@@ -84,6 +84,8 @@ describe('fetch timing across wall clock steps', () => {
         retryDelayMs: 15_000,
         stallTimeoutMs: 2_000,
         rateWindowMs: 500,
+        // the busy source is slow on purpose (its first GET must outlast the next two, so they find it busy): not a fault here
+        slowRatio: 0.01,
         progressIntervalMs: 10,
         onProgress: p => {
           if (stepped || p.perSource[busy.peerId.toString()]?.state !== 'cooling') return
