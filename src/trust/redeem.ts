@@ -153,7 +153,7 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
     }
   } catch (err) {
     throw new KithError('INVITE_ISSUER_UNREACHABLE',
-      `could not reach ${invite.name} at ${invite.addrs.join(', ') || '(no address)'}: ${(err as Error).message}; make sure their node is running and try again`, { cause: err })
+      `could not reach ${invite.name} at ${invite.addrs.join(', ') || '(no address)'}: ${reason(err)}; make sure their node is running and try again (a node that ended its friendship with you refuses your connections)`, { cause: err })
   }
   const lp = lpStream(stream, { maxDataLength: MAX_REDEEM_MESSAGE })
   const request: RedeemRequest = {
@@ -172,7 +172,7 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
   } catch (err) {
     stream.abort(err as Error)
     if (err instanceof KithError) throw err
-    throw new KithError('INVITE_ISSUER_UNREACHABLE', `the issuer dropped the connection during redeem (${(err as Error).message}); try again`, { cause: err })
+    throw new KithError('INVITE_ISSUER_UNREACHABLE', `the issuer dropped the connection during redeem (${reason(err)}); try again`, { cause: err })
   }
   if (!response.ok) {
     const code = isErrorCode(response.code) ? response.code : 'PROTOCOL_VIOLATION'
@@ -187,4 +187,16 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
     addrs: invite.addrs,
     via: invite.id
   })
+}
+
+/**
+ * An error in words. libp2p's dial errors may carry none of their own: a
+ * connection the other side's gate closes during the handshake, or an
+ * AggregateError of each address's failure.
+ */
+function reason (err: unknown): string {
+  if (err instanceof AggregateError && err.errors.length > 0) return err.errors.map(reason).join('; ')
+  const e = err as Partial<Error> | null
+  const words = [e?.name, e?.message].filter(w => typeof w === 'string' && w !== '' && w !== 'Error')
+  return words.length > 0 ? words.join(': ') : String(err)
 }

@@ -108,6 +108,9 @@ describe('three friends through the CLI', () => {
     const retry = await c.cli('invite', 'accept', fresh)
     expect(retry.code).toBe(1)
     expect(retry.stderr).toContain('INVITE_ISSUER_UNREACHABLE')
+    // the refusal says what happened in words, not `undefined`, and names the likely cause
+    expect(retry.stderr).not.toContain('undefined')
+    expect(retry.stderr).toContain('a node that ended its friendship with you refuses your connections')
     expect((await friendOf(a, c.peerId))?.state).toBe('revoked')
   })
 
