@@ -128,8 +128,9 @@ export function reachHandler (libp2p: KithLibp2p) {
     await serveOnce(stream, { version: VERSION, schema: requestSchema, maxRequest: MAX_REACH_MESSAGE, timeoutMs: REACH_STREAM_TIMEOUT_MS, what: 'the reach request' }, async (request, signal) => {
       const ip = ipOf(connection.remoteAddr)
       if (isCircuit(connection.remoteAddr) || ip == null) throw new KithError('BAD_REQUEST', 'ask for a dial-back over a direct connection')
-      const now = Date.now()
-      if (now - (lastAnswered.get(asker) ?? 0) < MIN_DIAL_BACK_INTERVAL_MS) throw new KithError('BAD_REQUEST', 'asked for a dial-back too often; wait a few seconds')
+      // monotonic: a wall clock step must neither lift nor stretch the limit
+      const now = performance.now()
+      if (now - (lastAnswered.get(asker) ?? -Infinity) < MIN_DIAL_BACK_INTERVAL_MS) throw new KithError('BAD_REQUEST', 'asked for a dial-back too often; wait a few seconds')
       lastAnswered.set(asker, now)
       if (lastAnswered.size > 1024) lastAnswered.clear()
       // only ever the IP the asker connects from: a friend can't point me at somebody else
@@ -451,7 +452,8 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
     const inUse = new Set(this.relays().map(r => r.peerId))
     let wanted = MAX_RELAYS - inUse.size - this.reserving.size
     if (wanted <= 0) return
-    const now = Date.now()
+    // backoff deadlines are on the monotonic clock
+    const now = performance.now()
     let nextRetry = Infinity
     for (const friend of this.friends.list()) {
       if (wanted <= 0) break
@@ -472,7 +474,7 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
         .then(() => { this.backoff.delete(peer) })
         .catch(() => {
           const attempt = (this.backoff.get(peer)?.attempt ?? 0) + 1
-          this.backoff.set(peer, { attempt, until: Date.now() + Math.min(RESERVE_RETRY_MAX_MS, RESERVE_RETRY_BASE_MS * 2 ** (attempt - 1)) })
+          this.backoff.set(peer, { attempt, until: performance.now() + Math.min(RESERVE_RETRY_MAX_MS, RESERVE_RETRY_BASE_MS * 2 ** (attempt - 1)) })
         })
         .finally(() => {
           this.reserving.delete(peer)

@@ -160,13 +160,13 @@ export class LocateService {
       current.rerun = true
       return
     }
-    if (!force && Date.now() - (this.lastAuto.get(peer) ?? 0) < AUTO_LOCATE_MIN_INTERVAL_MS) return
+    if (!force && performance.now() - (this.lastAuto.get(peer) ?? -Infinity) < AUTO_LOCATE_MIN_INTERVAL_MS) return
     const entry = { rerun: false }
     this.auto.set(peer, entry)
     const run = async (): Promise<void> => {
       do {
         entry.rerun = false
-        this.lastAuto.set(peer, Date.now())
+        this.lastAuto.set(peer, performance.now())
         const friend = this.init.friends.get(peer)
         if (!this.running || friend?.state !== 'active' || !this.unreachable.has(peer)) return
         const report = await this.locator.locate(friend, { signal: this.controller.signal })

@@ -96,7 +96,7 @@ export class Locator {
   }
 
   async locate (friend: Friend, options: LocateOptions = {}): Promise<LocateReport> {
-    const started = Date.now()
+    const started = performance.now()
     const { libp2p, friends, store } = this.init
     const target = friend.peerId
     const steps: LocateStep[] = []
@@ -110,7 +110,7 @@ export class Locator {
         remoteAddr,
         record: known != null ? { ...recordInfo(known.record), from: known.from === 'dht' ? 'dht' : friends.get(known.from)?.label ?? known.from } : null,
         steps,
-        ms: Date.now() - started,
+        ms: Math.round(performance.now() - started),
         ...(error != null ? { error } : {})
       }
     }
@@ -192,7 +192,7 @@ export class Locator {
   }
 
   private async ask (friend: Friend, target: string, signal: AbortSignal): Promise<{ step: LocateStep, record: AddressRecord | null, from: string }> {
-    const started = Date.now()
+    const started = performance.now()
     const base = { step: 'ask' as const, peerId: friend.peerId, label: friend.label }
     let bytes: Uint8Array | null
     try {
@@ -200,19 +200,19 @@ export class Locator {
     } catch (err) {
       const error = stepError(err)
       const result = error.code === 'FRIEND_OFFLINE' || error.code === 'PROTOCOL_VIOLATION' ? 'unreachable' : 'refused'
-      return { step: { ...base, result, error, ms: Date.now() - started }, record: null, from: friend.peerId }
+      return { step: { ...base, result, error, ms: Math.round(performance.now() - started) }, record: null, from: friend.peerId }
     }
-    if (bytes == null) return { step: { ...base, result: 'none', ms: Date.now() - started }, record: null, from: friend.peerId }
+    if (bytes == null) return { step: { ...base, result: 'none', ms: Math.round(performance.now() - started) }, record: null, from: friend.peerId }
     try {
       const record = parseAddressRecord(bytes, { subject: target })
-      return { step: { ...base, result: 'record', record: recordInfo(record), ms: Date.now() - started }, record, from: friend.peerId }
+      return { step: { ...base, result: 'record', record: recordInfo(record), ms: Math.round(performance.now() - started) }, record, from: friend.peerId }
     } catch (err) {
-      return { step: { ...base, result: 'rejected', error: stepError(err), ms: Date.now() - started }, record: null, from: friend.peerId }
+      return { step: { ...base, result: 'rejected', error: stepError(err), ms: Math.round(performance.now() - started) }, record: null, from: friend.peerId }
     }
   }
 
   private async fromDht (target: string, outer?: AbortSignal): Promise<{ step: LocateStep, record: AddressRecord | null }> {
-    const started = Date.now()
+    const started = performance.now()
     const dht = this.init.libp2p.services.dht
     if (!this.init.dht || dhtPeers(dht) === 0) {
       return { step: { step: 'dht', result: 'skipped', records: 0, ms: 0 }, record: null }
@@ -231,13 +231,13 @@ export class Locator {
     }
     const result = best != null ? 'record' : error != null ? 'rejected' : 'none'
     return {
-      step: { step: 'dht', result, records: found.length, ...(best != null ? { record: recordInfo(best) } : {}), ...(error != null && best == null ? { error } : {}), ms: Date.now() - started },
+      step: { step: 'dht', result, records: found.length, ...(best != null ? { record: recordInfo(best) } : {}), ...(error != null && best == null ? { error } : {}), ms: Math.round(performance.now() - started) },
       record: best
     }
   }
 
   private async dial (target: string, addrs: string[], outer?: AbortSignal): Promise<{ ok: boolean, remoteAddr?: string, error?: StepError, ms: number }> {
-    const started = Date.now()
+    const started = performance.now()
     const { addrs: allowed, refused } = dialable(addrs, this.init.dialPolicy)
     const targets = allowed.map(a => a.encapsulate(`/p2p/${target}`))
     if (targets.length === 0) {
@@ -249,10 +249,10 @@ export class Locator {
       // dialing multiaddrs ending in /p2p/<target>: the Noise handshake must prove that peer id
       const connection = await this.init.libp2p.dial(targets, { signal })
       if (connection.remotePeer.toString() !== target) throw new KithError('LOCATE_FAILED', `reached ${connection.remotePeer.toString()} instead`)
-      return { ok: true, remoteAddr: connection.remoteAddr.toString(), ms: Date.now() - started }
+      return { ok: true, remoteAddr: connection.remoteAddr.toString(), ms: Math.round(performance.now() - started) }
     } catch (err) {
       const error = err instanceof KithError ? stepError(err) : { code: 'FRIEND_OFFLINE' as const, message: (err as Error).message }
-      return { ok: false, error, ms: Date.now() - started }
+      return { ok: false, error, ms: Math.round(performance.now() - started) }
     }
   }
 }
