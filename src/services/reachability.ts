@@ -158,7 +158,12 @@ export async function askDialBack (libp2p: KithLibp2p, peer: PeerId, ports: numb
   // over a direct connection only: the friend must see my IP, not a relay's
   const connection = libp2p.getConnections(peer).find(c => c.status === 'open' && !isCircuit(c.remoteAddr))
   if (connection == null) throw new KithError('FRIEND_OFFLINE', `no direct connection to ${peer.toString()} to ask for a dial-back`)
-  const stream = await connection.newStream(REACH_PROTOCOL, { signal: all })
+  let stream: Stream
+  try {
+    stream = await connection.newStream(REACH_PROTOCOL, { signal: all })
+  } catch (err) {
+    throw new KithError('FRIEND_OFFLINE', `can't ask ${peer.toString()} for a dial-back (${(err as Error).message})`, { cause: err })
+  }
   const lp = lpStream(stream, { maxDataLength: MAX_REACH_MESSAGE })
   try {
     await lp.write(encodeCanonical({ v: VERSION, ports: ports.slice(0, MAX_REACH_PORTS) }), { signal: all })
@@ -169,7 +174,9 @@ export async function askDialBack (libp2p: KithLibp2p, peer: PeerId, ports: numb
     return reply.data.results
   } catch (err) {
     stream.abort(err as Error)
-    throw err
+    if (err instanceof KithError) throw err
+    // the stream's own errors (an answer cut short, a reset) are the friend's connection failing, like the other askers say
+    throw new KithError('FRIEND_OFFLINE', `the connection to ${peer.toString()} broke while asking for a dial-back (${(err as Error).message})`, { cause: err })
   }
 }
 

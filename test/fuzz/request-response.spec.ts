@@ -228,8 +228,7 @@ describe('request/response protocols, fuzzed over libp2p', () => {
   }
 
   it('the asking side fails with a KithError on any answer a hostile peer sends, or takes a well-formed one', async () => {
-    // reach's asker is left out until it types stream errors (the test below)
-    const asked = (Object.keys(calls) as Array<keyof typeof calls>).filter(c => c !== 'reach')
+    const asked = Object.keys(calls) as Array<keyof typeof calls>
     const scenario = fc.constantFrom(...asked).chain(call => sent(answers[call], 1024).map(message => ({ call, message })))
     await fuzzAsync(fc.asyncProperty(scenario, async ({ call, message }) => {
       answer = message
@@ -241,11 +240,9 @@ describe('request/response protocols, fuzzed over libp2p', () => {
     }), 0.5)
   })
 
-  // Found by the property above: askDialBack (src/services/reachability.ts) lets the stream's own error out
+  // Found by the property above: askDialBack (src/services/reachability.ts) let the stream's own error out
   // (UnexpectedEOFError when the friend closes without answering) where the other askers throw FRIEND_OFFLINE.
-  // Its one caller swallows every error, so nothing breaks; left to reachability.ts's owner. Once it throws
-  // a KithError this fails: make it an ordinary `it` and put reach back into the property above.
-  it.fails('the reach asker fails with a KithError when the friend closes without answering', async () => {
+  it('the reach asker fails with a KithError when the friend closes without answering', async () => {
     answer = { framed: false, bytes: new Uint8Array() }
     try {
       await calls.reach()
