@@ -37,15 +37,15 @@ export class Engine implements TransferEngine {
     this.uploads = new UploadFlows(this.bandwidth, peer => components.friends.isActive(peer) ? 'friend' : 'public')
   }
 
-  private get started (): Parts {
+  private get ready (): Parts {
     if (this.parts == null) throw new KithError('INTERNAL', 'the transfer engine is not started')
     return this.parts
   }
 
-  get store (): ChunkStore { return this.started.store }
-  get guardedStore (): ChunkStore { return this.started.guardedStore }
-  get collector (): ChunkCollector { return this.started.collector }
-  get limits (): LimitsBook { return this.started.limits }
+  get store (): ChunkStore { return this.ready.store }
+  get guardedStore (): ChunkStore { return this.ready.guardedStore }
+  get collector (): ChunkCollector { return this.ready.collector }
+  get limits (): LimitsBook { return this.ready.limits }
 
   async start (): Promise<void> {
     const { db, home, libp2p, friends } = this.components
@@ -86,7 +86,7 @@ export class Engine implements TransferEngine {
   }
 
   afterStart (): void {
-    const { collector } = this.started
+    const { collector } = this.ready
     collector.start()
     // once at start-up, in the background: start is not held up by it
     collector.schedule()
@@ -120,11 +120,11 @@ export class Engine implements TransferEngine {
   }
 
   async collect (): Promise<GcResult> {
-    return await this.started.collector.collect()
+    return await this.ready.collector.collect()
   }
 
   storeStatus (): StoreStatus {
-    const { store, collector } = this.started
+    const { store, collector } = this.ready
     const stats = store.stats()
     return { chunks: stats.count, bytes: stats.bytes, inFiles: stats.inFiles, gc: collector.status() }
   }
