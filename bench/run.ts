@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { createTestnet, waitFor, NODE, KITH, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
 import { reachabilityBench, summarise, type ReachRow } from './reachability.ts'
 import { schedulerBench } from './scheduler.ts'
+import { cliBench } from './cli.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
@@ -13,7 +14,7 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * `npm run bench`: how fast kith moves a file between friends, next to
  * ceilings measured in the same run on the same machine.
  *
- *   npm run bench [-- --section ceilings|fetch|multi|reachability|transfer ...]
+ *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|transfer ...]
  *
  * Sections (default: all; `transfer` is ceilings, fetch and multi):
  *   ceilings  (a) raw TCP socket, (b) one plain libp2p 3 stream in kith's
@@ -24,6 +25,9 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *   multi     one friend fetches it from three friends at once (the owner and
  *             two friends who fetched it before), uncapped and with each
  *             source capped by `kith start --max-upload`
+ *   cli       how fast `kith status`, `friends`, `transfers`, `--help` answer,
+ *             against a bare Node request to the same API; the daemon's time
+ *             to start (bench/cli.ts)
  * `fetch` and `multi` always measure ceiling (b), the figure they are compared to;
  * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
  * (bench/chunk-path-peer.ts: read, seal, hash; verify, open, write, hash the
@@ -54,7 +58,7 @@ function envInt (name: string, fallback: number): number {
   return value
 }
 
-const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler'] as const
+const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli'] as const
 type Section = typeof SECTIONS[number]
 
 function parseArgs (argv: string[]): Set<Section> {
@@ -62,7 +66,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR')
       process.exit(0)
     }
     let value: string | undefined
@@ -473,7 +477,7 @@ async function main (): Promise<void> {
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
   const src = join(work, 'data.bin')
   log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
-  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler')
+  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli')
   if (transfer) await writeRandomFile(src, SIZE)
   let streamCeiling = NaN
   try {
@@ -485,6 +489,8 @@ async function main (): Promise<void> {
     if (sections.has('reachability')) reachRows.push(...await reachabilityBench(log, Math.round(envInt('BENCH_MOVES', 10))))
     // scheduler (bench/scheduler.ts): shares, cap accuracy, ETA error; prints its own table
     if (sections.has('scheduler')) await schedulerBench(log)
+    // cli (bench/cli.ts): commands against a bare request, daemon start; prints its own table
+    if (sections.has('cli')) await cliBench(log)
   } finally {
     if (transfer) report()
     if (reachRows.length > 0) console.log(`\nkith reachability benchmark (ms):\n${reachRows.map(summarise).join('\n')}`)

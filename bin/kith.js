@@ -4,8 +4,8 @@
 # JavaScript (to it, the line above is a string and these lines a comment).
 # kith runs on the Node.js 24 that npm installs beside it
 # (node_modules/.bin/node): exec that one at once, whatever Node comes first on
-# PATH, since a Node started only to hand over (under `#!/usr/bin/env node`)
-# cost about as long as the whole command (npm run bench -- --section cli).
+# PATH: a Node started only to hand over (under `#!/usr/bin/env node`) cost
+# two thirds of what the whole command takes (npm run bench -- --section cli).
 # Folders are cut with ${x%/*}, not dirname: each program started costs.
 # These lines must never hold a star followed by a slash: it ends the comment.
 self=$0

@@ -1,0 +1,246 @@
+import { spawn, execFileSync } from 'node:child_process'
+import { accessSync, constants, readFileSync } from 'node:fs'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import { delimiter, dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { TestNode, NODE, KITH } from '../test/helpers/testnet.ts'
+import { fmt, median, table } from './lib.ts'
+
+/**
+ * The cli section of `npm run bench` (`--section cli`), also runnable alone:
+ * `node bench/cli.ts`.
+ *
+ *   start     a daemon's time to start: `kith start` spawned to its start-up
+ *             line, in a new home (identity and database made), again in
+ *             the same home, and so with the compile cache off;
+ *             BENCH_CLI_STARTS (3) of each
+ *   commands  `kith status`, `friends`, `transfers` and `--help` against that
+ *             daemon, spawned to exit, next to a bare Node 24 process that
+ *             reads the same api.json and api.token and makes one request to
+ *             the same API: the floor any Node client has. Target: each
+ *             command within 3x that floor. Every command runs with Node's
+ *             compile cache warm (primed by an unmeasured round) and cold
+ *             (an empty cache each run: the first run after an install or a
+ *             cleaned temp folder), and `status` also with the cache off
+ *             (NODE_DISABLE_COMPILE_CACHE=1), which shows what the cache saves
+ *   hand-over `kith status` run as a shell runs it (bin/kith.js's `#!` line),
+ *             PATH without node_modules (npm run puts node_modules/.bin, and
+ *             so Node 24, first), when the shell's `node` is another one (an
+ *             older Node used to start only to hand over); and that Node
+ *             bare; and `npx kith status` (npm exec, as the README shows it)
+ *
+ * Each figure is the median of BENCH_CLI_RUNS (10) runs, taken in rounds (one
+ * run of every figure per round) so load from other work spreads evenly; the
+ * ratios, not the milliseconds, are what compare between runs on a shared
+ * machine. Beside wall time, the CPU time (user + system) of each command and
+ * the processes it started, from this process's children times in
+ * /proc/self/stat (Linux only), and its ratio to the bare request's: under
+ * heavy load from other work, wall times stretch with the run queue while CPU
+ * time barely moves.
+ */
+const RUNS = Math.max(1, Math.round(Number(process.env.BENCH_CLI_RUNS ?? 10)))
+const STARTS = Math.max(1, Math.round(Number(process.env.BENCH_CLI_STARTS ?? 3)))
+const TARGET = 3
+/** the thin commands the target is for */
+const COMMANDS = [['status'], ['friends'], ['transfers'], ['--help']]
+
+type Log = (message: string) => void
+
+/** The node's compile cache goes to os.tmpdir() unless NODE_COMPILE_CACHE says otherwise: TMPDIR picks it. */
+type Cache = 'warm' | 'cold' | 'off'
+
+interface Figure {
+  name: string
+  command: string
+  args: string[]
+  cache: Cache | null
+  env?: NodeJS.ProcessEnv
+  target: boolean
+  wall: number[]
+  cpu: number[]
+}
+
+/** CPU seconds (user + system) of this process's waited-for children so far; NaN off Linux. */
+function childrenCpu (): number {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // cutime and cstime, in USER_HZ (100) ticks
+    return (Number(fields[13]) + Number(fields[14])) / 100
+  } catch {
+    return NaN
+  }
+}
+
+async function timed (command: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ ms: number, cpuMs: number }> {
+  // from the checkout, where npx finds kith
+  const cwd = dirname(dirname(KITH))
+  const cpuBefore = childrenCpu()
+  const started = performance.now()
+  const proc = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env, cwd })
+  let out = ''
+  proc.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  proc.stderr.on('data', (d: Buffer) => { out += d.toString() })
+  const code = await new Promise<number | null>(resolve => proc.once('close', code => resolve(code)))
+  const ms = performance.now() - started
+  if (code !== 0) throw new Error(`${command} ${args.join(' ')} exited with ${code}: ${out.slice(-2000)}`)
+  return { ms, cpuMs: (childrenCpu() - cpuBefore) * 1000 }
+}
+
+/** PATH as a user's shell has it: without the node_modules/.bin that npm run puts first */
+const SHELL_PATH = (process.env.PATH ?? '').split(delimiter).filter(dir => dir !== '' && !dir.split(/[\\/]/).includes('node_modules')).join(delimiter)
+
+/** The first program `name` on the shell's PATH, if any. */
+function onPath (name: string): string | null {
+  for (const dir of SHELL_PATH.split(delimiter)) {
+    try {
+      accessSync(join(dir, name), constants.X_OK)
+      return join(dir, name)
+    } catch {}
+  }
+  return null
+}
+
+/** The shell's `node`, and its version, if it is not the Node 24 running this. */
+function systemNode (): { path: string, version: string } | null {
+  const path = onPath('node')
+  if (path == null) return null
+  const version = execFileSync(path, ['-p', 'process.versions.node'], { encoding: 'utf8' }).trim()
+  return version === process.versions.node ? null : { path, version }
+}
+
+/** One request to the API, the way any Node client would make it: no TypeScript, nothing but node:http. */
+const BARE_CLIENT = `
+const { readFileSync } = require('node:fs'), { join } = require('node:path'), { get } = require('node:http')
+const home = process.argv[1]
+const { url } = JSON.parse(readFileSync(join(home, 'api.json'), 'utf8'))
+const token = readFileSync(join(home, 'api.token'), 'utf8').trim()
+get(new URL('/v1/status', url), { headers: { authorization: 'Bearer ' + token } }, res => {
+  let body = ''
+  res.on('data', d => { body += d })
+  res.on('end', () => { if (res.statusCode !== 200) process.exitCode = 1; console.log(body) })
+})`
+
+interface Starts { node: TestNode, fresh: number[], again: number[], uncached: number[] }
+
+/** `kith start` to its start-up line: in a new home, again in the same home, and again without the compile cache. */
+async function daemonStarts (log: Log, work: string): Promise<Starts> {
+  const starts: Omit<Starts, 'node'> = { fresh: [], again: [], uncached: [] }
+  let node: TestNode | undefined
+  const time = async (n: TestNode, into: number[]): Promise<void> => {
+    const started = performance.now()
+    await n.start()
+    into.push(performance.now() - started)
+  }
+  for (let i = 0; i < STARTS; i++) {
+    if (node != null) await node.stop()
+    const home = join(work, `home${i + 1}`)
+    node = new TestNode(`cli${i + 1}`, home)
+    await time(node, starts.fresh)
+    await node.stop()
+    const uncached = new TestNode(`cli${i + 1}`, home, [], { env: { NODE_DISABLE_COMPILE_CACHE: '1' } })
+    await time(uncached, starts.uncached)
+    await uncached.stop()
+    await time(node, starts.again)
+    log(`daemon start ${i + 1}/${STARTS}: new home ${fmt(starts.fresh.at(-1)!)} ms, same home ${fmt(starts.again.at(-1)!)} ms, without the compile cache ${fmt(starts.uncached.at(-1)!)} ms`)
+  }
+  return { node: node!, ...starts }
+}
+
+export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${m}\n`)): Promise<string> {
+  const load = loadavg()[0]!
+  const work = await mkdtemp(join(tmpdir(), 'kith-bench-cli-'))
+  let node: TestNode | undefined
+  try {
+    const starts = await daemonStarts(log, work)
+    node = starts.node
+    const home = node.home
+    // the children choose their compile cache through TMPDIR alone
+    const env: NodeJS.ProcessEnv = { ...process.env }
+    delete env.NODE_COMPILE_CACHE
+    delete env.NODE_DISABLE_COMPILE_CACHE
+    const warmDir = join(work, 'warm')
+    await mkdir(warmDir)
+
+    const figures: Figure[] = [{ name: 'bare Node 24, one request', command: NODE, args: ['-e', BARE_CLIENT, home], cache: null, target: false, wall: [], cpu: [] }]
+    for (const args of COMMANDS) {
+      for (const cache of ['warm', 'cold'] as const) {
+        figures.push({ name: `kith ${args.join(' ')}`, command: NODE, args: [KITH, '--home', home, ...args], cache, target: true, wall: [], cpu: [] })
+      }
+    }
+    figures.push({ name: 'kith status', command: NODE, args: [KITH, '--home', home, 'status'], cache: 'off', env: { NODE_DISABLE_COMPILE_CACHE: '1' }, target: false, wall: [], cpu: [] })
+    const shell = { PATH: SHELL_PATH }
+    const other = systemNode()
+    if (other != null) {
+      figures.push(
+        { name: `Node ${other.version} bare (node -e 0)`, command: other.path, args: ['-e', '0'], cache: null, env: shell, target: false, wall: [], cpu: [] },
+        { name: `kith status from a shell, its node ${other.version}`, command: KITH, args: ['--home', home, 'status'], cache: 'warm', env: shell, target: false, wall: [], cpu: [] }
+      )
+    } else {
+      log('hand-over: no other Node on PATH outside node_modules; not measured')
+    }
+    const npx = onPath('npx')
+    if (npx != null) figures.push({ name: 'npx kith status', command: npx, args: ['kith', '--home', home, 'status'], cache: 'warm', env: shell, target: false, wall: [], cpu: [] })
+
+    const run = async (f: Figure, round: number): Promise<{ ms: number, cpuMs: number }> => {
+      const cold = f.cache === 'cold' ? join(work, `cold-${round}`) : null
+      if (cold != null) await mkdir(cold)
+      try {
+        return await timed(f.command, f.args, { ...env, ...f.env, ...(f.cache != null ? { TMPDIR: cold ?? warmDir } : {}) })
+      } finally {
+        if (cold != null) await rm(cold, { recursive: true, force: true })
+      }
+    }
+    log(`warm-up round (primes the compile cache); then ${RUNS} rounds of ${figures.length} figures`)
+    for (const f of figures) await run(f, -1)
+    for (let round = 0; round < RUNS; round++) {
+      // a different order each round, so no figure always follows the same one
+      for (let i = 0; i < figures.length; i++) {
+        const f = figures[(i + round) % figures.length]!
+        const r = await run(f, round)
+        f.wall.push(r.ms)
+        f.cpu.push(r.cpuMs)
+      }
+      log(`round ${round + 1}/${RUNS}: ${figures.map(f => fmt(f.wall.at(-1)!)).join(' ')} ms`)
+    }
+
+    const floor = median(figures[0]!.wall)
+    const cpuFloor = median(figures[0]!.cpu)
+    const rows = figures.map(f => {
+      const ratio = median(f.wall) / floor
+      return [
+        f.name,
+        f.cache ?? '',
+        fmt(median(f.wall)),
+        fmt(ratio, 2),
+        f.target ? `<= ${TARGET}` : '',
+        f.target ? (ratio <= TARGET ? 'yes' : 'NO') : '',
+        fmt(median(f.cpu)),
+        fmt(median(f.cpu) / cpuFloor, 2),
+        f.wall.map(v => fmt(v)).join(' ')
+      ]
+    })
+    const startFigures: Array<[string, number[]]> = [['new home', starts.fresh], ['same home again', starts.again], ['same home, compile cache off', starts.uncached]]
+    const text = [
+      `\nkith CLI benchmark: median of ${RUNS} runs, ${cpus().length} cores, Node ${process.versions.node}; ratio = wall time / the bare request's`,
+      `load average (1 min) at the start: ${fmt(load, 1)}${load > cpus().length / 2 ? ': other work was running, so milliseconds are noisy; compare ratios' : ''}`,
+      `daemon start (kith start to its start-up line), median of ${STARTS}: ${startFigures.map(([what, v]) => `${what} ${fmt(median(v))} ms (${v.map(x => fmt(x)).join(' ')})`).join('; ')}`,
+      table(['figure', 'cache', 'ms', 'ratio', 'target', 'met', 'CPU ms', 'CPU ratio', 'runs (ms)'], rows)
+    ].join('\n')
+    console.log(text)
+    return text
+  } finally {
+    await node?.stop().catch(() => {})
+    await rm(work, { recursive: true, force: true })
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  try {
+    await cliBench()
+  } catch (err) {
+    console.error(`bench failed: ${(err as Error).stack ?? String(err)}`)
+    process.exitCode = 1
+  }
+}
