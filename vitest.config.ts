@@ -1,12 +1,32 @@
 import { defineConfig } from 'vitest/config'
 
+/**
+ * Specs that start daemon processes (kith daemons through test/helpers/testnet.ts,
+ * or the peer processes of test/helpers/chunks.ts) or need root: the slow part
+ * of the suite. A spec under test/integration/ is one by its folder (put new
+ * ones there); the few elsewhere are named here. `npm run test:unit` runs every
+ * other spec (the "unit" project); `npm test` runs both projects.
+ */
+const daemonSpecs = [
+  'test/integration/**',
+  'test/fuzz/api.spec.ts', // fuzzes a real daemon's local API
+  'test/services/api.spec.ts',
+  'test/services/cli-*.spec.ts', // runs bin/kith.js
+  'test/trust/gate.spec.ts',
+  'test/transfer/fetcher.spec.ts', // misbehaving sources, each a process of its own
+  'test/transfer/fetcher-discover.spec.ts'
+]
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.spec.ts'],
     pool: 'forks',
     // integration tests start several node processes each; on 2 cores, two files at a time is plenty
     maxWorkers: 2,
     testTimeout: 60_000,
-    hookTimeout: 60_000
+    hookTimeout: 60_000,
+    projects: [
+      { extends: true, test: { name: 'unit', include: ['test/**/*.spec.ts'], exclude: daemonSpecs } },
+      { extends: true, test: { name: 'daemon', include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob) } }
+    ]
   }
 })
