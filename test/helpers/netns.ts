@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, it } from 'vitest'
+import { describeNeeding, needsCommands, needsRoot } from './needs.ts'
 import { TestNode } from './testnet.ts'
 
 /**
@@ -66,15 +66,8 @@ export async function sh (cmd: string, args: string[], timeoutMs = 10_000): Prom
 
 /** Why namespace tests can't run here, or null when they can. */
 export async function netnsUnavailable (): Promise<string | null> {
-  if (process.platform !== 'linux') return `network namespaces need Linux (this is ${process.platform})`
-  if (process.getuid?.() !== 0) return 'network namespaces need root (CI runs as root)'
-  for (const tool of ['ip', 'iptables']) {
-    try {
-      await sh('sh', ['-c', `command -v ${tool}`])
-    } catch {
-      return `${tool} is missing: apt-get install -y iproute2 iptables`
-    }
-  }
+  const missing = needsRoot('making network namespaces') ?? needsCommands(['ip', 'iptables'])
+  if (missing != null) return missing
   const probe = `kithprobe${randomBytes(3).toString('hex')}`
   try {
     await sh('ip', ['netns', 'add', probe])
@@ -153,20 +146,12 @@ export async function createNatTopology (options: NatTopologyOptions = {}): Prom
 
 /**
  * A NAT test suite: runs `body` inside `describe(title)` where network
- * namespaces work; elsewhere it fails, saying what is missing. It is never
- * skipped: a machine that can't run it must not look as if it passed.
+ * namespaces work; elsewhere it skips, saying what is missing, or fails under
+ * CI (test/helpers/needs.ts).
  */
 export async function describeNat (file: string, title: string, body: () => void): Promise<void> {
   const unavailable = await netnsUnavailable()
-  if (unavailable == null) {
-    describe(title, body)
-    return
-  }
-  describe(title, () => {
-    it('can run here', () => {
-      throw new Error(`${file} can't run: ${unavailable}. Run the tests as root with iproute2 and iptables installed (\`sudo npm test\`; .ci/run installs them)`)
-    })
-  })
+  describeNeeding(title, [unavailable == null ? null : `${file}: ${unavailable}`], body)
 }
 
 export interface NatFriends {

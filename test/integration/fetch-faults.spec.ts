@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { dirname, join } from 'node:path'
 import { createTestnet, waitFor, befriend, transferOf, transferDone, TestNode, type Testnet } from '../helpers/testnet.ts'
+import { needsRoot, requireOrSkip } from '../helpers/needs.ts'
 
 /**
  * Faults a fetch meets between real daemons: a friend revoked mid-transfer
@@ -77,9 +78,8 @@ describe('fetch faults', () => {
     expect(sha(await readFile(dest))).toBe(sha(await readFile(source)))
   })
 
-  it('pauses with DISK_FULL when the destination fills up, and goes on by itself once there is room', async () => {
-    // never passes without running: it mounts a small tmpfs, which needs root
-    if (process.getuid?.() !== 0) throw new Error('this test mounts a small tmpfs and needs root: run the tests as root (`sudo npm test`)')
+  it('pauses with DISK_FULL when the destination fills up, and goes on by itself once there is room', async (ctx) => {
+    requireOrSkip(ctx, needsRoot('mounting a small tmpfs'))
     const small = join(fetcher.home, 'small-disk')
     await mkdir(small, { recursive: true })
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', small])
@@ -106,9 +106,8 @@ describe('fetch faults', () => {
     }
   })
 
-  it('a fetch whose database writes fail ends with an error event; the daemon stays up, answers, and goes on once there is room', async () => {
-    // never passes without running: it mounts a small tmpfs, which needs root
-    if (process.getuid?.() !== 0) throw new Error('this test mounts a small tmpfs and needs root: run the tests as root (`sudo npm test`)')
+  it('a fetch whose database writes fail ends with an error event; the daemon stays up, answers, and goes on once there is room', async (ctx) => {
+    requireOrSkip(ctx, needsRoot('mounting a small tmpfs'))
     // a node whose home (its LevelDB) is on a small disk of its own; what it fetches goes elsewhere
     const disk = join(dirname(fetcher.home), 'victim-disk')
     await mkdir(disk, { recursive: true })

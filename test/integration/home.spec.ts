@@ -3,6 +3,7 @@ import { mkdtemp, mkdir, rm, readFile, writeFile, truncate, unlink, readdir, ren
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { runCli, TestNode } from '../helpers/testnet.ts'
+import { needsRoot, requireOrSkip } from '../helpers/needs.ts'
 
 /** Every path under `root` (itself included) with its permission bits; links are not followed. */
 async function modes (root: string): Promise<Map<string, number>> {
@@ -116,10 +117,7 @@ describe('the home folder', () => {
   })
 
   it('refuses a home where something belongs to another user', async (ctx) => {
-    if (process.getuid?.() !== 0) {
-      if (process.env.CI === 'true') throw new Error('this test needs root to give a file to another user (CI runs as root)')
-      ctx.skip('needs root to give a file to another user')
-    }
+    requireOrSkip(ctx, needsRoot('giving a file to another user'))
     await mkdir(node.home, { mode: 0o700 })
     const config = join(node.home, 'config.json')
     await writeFile(config, '{}\n', { mode: 0o600 })

@@ -17,8 +17,8 @@ import { startNatFriends, describeNat, natStatus as status, friendLink as link, 
  * NATs that change ports, where the punch can't work and files go through
  * the relay: nat-relay.spec.ts.
  *
- * Needs root, iproute2 and iptables. Without them it fails, saying what is
- * missing.
+ * Needs root, iproute2 and iptables. Without them it is skipped, saying what
+ * is missing; under CI it fails instead (test/helpers/needs.ts).
  */
 await describeNat('test/integration/nat.spec.ts', 'friends behind NAT (network namespaces)', () => {
   let topo: NatTopology

@@ -1,0 +1,68 @@
+import { execFileSync } from 'node:child_process'
+import { describe, it, type TestContext } from 'vitest'
+
+/**
+ * Tests that need something of the machine (root, iproute2, iptables): where it
+ * is missing they skip, printing why, so `npm test` is green on a fresh clone;
+ * under CI (the CI variable set, as .ci/run does) they fail instead, since a
+ * machine that can't run them must not look as if they passed there.
+ *
+ * Each `needs*` function returns what is missing, in words, or null.
+ */
+
+export const underCi = process.env.CI != null && !['', '0', 'false'].includes(process.env.CI)
+
+/** Missing unless this process runs as root; `what` says what root is for. */
+export function needsRoot (what: string): string | null {
+  if (process.platform !== 'linux') return `${what} needs Linux (this is ${process.platform})`
+  return process.getuid?.() === 0 ? null : `${what} needs root (run the tests as root: \`sudo npm test\`; CI runs as root)`
+}
+
+/** Missing unless every command is on the PATH. */
+export function needsCommands (commands: string[]): string | null {
+  const absent = commands.filter(cmd => {
+    try {
+      execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' })
+      return false
+    } catch {
+      return true
+    }
+  })
+  return absent.length === 0 ? null : `${absent.join(' and ')} missing (apt-get install -y iproute2 iptables; .ci/run installs them)`
+}
+
+/** The first thing missing, or null. */
+function first (missing: Array<string | null>): string | null {
+  return missing.find(m => m != null) ?? null
+}
+
+/**
+ * In a test: returns when nothing is missing; otherwise skips the test,
+ * printing the reason, or under CI fails with it.
+ */
+export function requireOrSkip (ctx: TestContext, ...missing: Array<string | null>): void {
+  const reason = first(missing)
+  if (reason == null) return
+  if (underCi) throw new Error(`can't run here under CI: ${reason}`)
+  console.warn(`skipped "${ctx.task.name}": ${reason}`)
+  ctx.skip(reason)
+}
+
+/**
+ * A suite: `describe(title, body)` when nothing is missing; otherwise the suite
+ * is skipped with the reason printed, or under CI it holds one test that fails
+ * with it.
+ */
+export function describeNeeding (title: string, missing: Array<string | null>, body: () => void): void {
+  const reason = first(missing)
+  if (reason == null) {
+    describe(title, body)
+  } else if (underCi) {
+    describe(title, () => {
+      it('can run here', () => { throw new Error(`can't run here under CI: ${reason}`) })
+    })
+  } else {
+    console.warn(`skipped "${title}": ${reason}`)
+    describe.skip(`${title} (skipped: ${reason})`, body)
+  }
+}
