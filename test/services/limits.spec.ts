@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { Level } from 'level'
 import { BandwidthScheduler, ManualClock } from '../../src/transfer/scheduler/index.ts'
 import { LimitsBook, applyPatch, effective, loadConfig, parseRule, toUpdate, type LimitsDoc } from '../../src/services/engine/limits.ts'
-import { parseLimitRate } from '../../src/services/cli/format.ts'
+import { parseLimitRate } from '../../src/services/engine/rate-text.ts'
 import { KithError } from '../../src/errors.ts'
 import type { Sublevel } from '../../src/peer/database.ts'
 

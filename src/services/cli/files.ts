@@ -6,7 +6,8 @@ import type { ShareView } from '../files/file-service.ts'
 import type { GcResult } from '../engine/collector.ts'
 import type { ShareListing } from '../files/share-book.ts'
 import type { Transfer } from '../files/transfers.ts'
-import { table, bytes, duration, parseRate, shellArg, terminalJson, terminalText } from './format.ts'
+import { table, bytes, duration, shellArg, terminalJson, terminalText } from './format.ts'
+import { parseRate } from '../engine/rate-text.ts'
 import { PRIORITIES } from '../../transfer/scheduler/types.ts'
 
 /**

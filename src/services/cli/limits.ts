@@ -4,7 +4,8 @@ import type { ApiClient } from '../api/client.ts'
 import type { BandwidthView, LaneView, LimitRate, LimitsPatch, LimitsView, RuleDoc } from '../engine/limits.ts'
 import { PRIORITIES, TRAFFIC_CLASSES } from '../../transfer/scheduler/types.ts'
 import type { Transfer } from '../files/transfers.ts'
-import { parseLimitRate, table } from './format.ts'
+import { table } from './format.ts'
+import { parseLimitRate } from '../engine/rate-text.ts'
 
 /**
  * `kith limits` (show), `kith limits set`, `kith limits clear`, and

@@ -12,7 +12,8 @@ import { fileCommands } from './files.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import { locateCommand } from './locate.ts'
 import { limitsCommand, bandwidthLines } from './limits.ts'
-import { table, ago, shortId, parseDuration, parseRate, bytes, terminalJson, terminalText } from './format.ts'
+import { table, ago, shortId, parseDuration, bytes, terminalJson, terminalText } from './format.ts'
+import { parseRate } from '../engine/rate-text.ts'
 
 /**
  * The `kith` command line: a thin client of the local API (see docs/api.md),

@@ -7,7 +7,7 @@ import {
   DEFAULT_CLASS_WEIGHTS, DEFAULT_PRIORITY_WEIGHTS, TRAFFIC_CLASSES, parseTime,
   type BandwidthScheduler, type LimitsUpdate, type PeerLimits, type Priority, type SchedulerStats, type TrafficClass
 } from '../../transfer/scheduler/index.ts'
-import { parseLimitRate } from '../cli/format.ts'
+import { parseLimitRate } from './rate-text.ts'
 
 /**
  * The node's bandwidth limits, from three layers (docs/scheduler.md):
