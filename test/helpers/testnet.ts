@@ -209,14 +209,21 @@ export async function transferFailed (node: TestNode, id: string, what = `transf
   }, what, timeoutMs)
 }
 
-/** A TCP port free on 127.0.0.1 right now (for a node that must move to a new port). */
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
+/**
+ * A TCP port free on 127.0.0.1 right now (for a node that must move to a new
+ * port), other than those in `avoid`: a port a stopped node just gave up is
+ * free again, and the system may well hand it out next.
+ */
+export async function freePort (avoid: number[] = []): Promise<number> {
+  while (true) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const server = createServer()
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as { port: number }
+        server.close(() => resolve(port))
+      })
+      server.on('error', reject)
     })
-    server.on('error', reject)
-  })
+    if (!avoid.includes(port)) return port
+  }
 }

@@ -93,7 +93,8 @@ describe('finding friends who moved', () => {
     await Promise.all([b.stop(), c.stop()])
     // a stranger takes over C's old port before either comes back
     await stranger.start(listenOn(oldC))
-    const [newB, newC] = [await freePort(), await freePort()]
+    const newB = await freePort([oldB, oldC])
+    const newC = await freePort([oldB, oldC, newB])
     const spawned = Date.now()
     await Promise.all([b.start(listenOn(newB)), c.start(listenOn(newC))])
     const up = Date.now()

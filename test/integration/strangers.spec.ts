@@ -98,7 +98,8 @@ describe('strangers against a daemon', () => {
       const before = opened
       await waitFor(() => opened >= before + 2 * MAX_STRANGER_CONNECTIONS, 'the flood to go on', 30_000, 20)
       expect(connection.status).toBe('open')
-      expect(held()).toBeLessThanOrEqual(MAX_STRANGER_CONNECTIONS)
+      // seen from the strangers' side: one just opened may be counted before alice's close of it arrives
+      await waitFor(() => held() <= MAX_STRANGER_CONNECTIONS, `alice to hold at most ${MAX_STRANGER_CONNECTIONS} strangers' connections, still`, 5_000, 20)
       await waitFor(async () => await online(alice, friend.peerId), 'alice to list the friend online')
     } finally {
       flooding = false
