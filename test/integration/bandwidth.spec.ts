@@ -3,6 +3,7 @@ import { writeFile, readFile } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { sha } from '../helpers/files.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
 /**
@@ -20,10 +21,6 @@ import { ApiClient } from '../../src/services/api/client.ts'
 const MB = 1_000_000
 const MiB = 1024 * 1024
 const SIZE = 12 * MiB
-
-async function sha (path: string): Promise<string> {
-  return createHash('sha256').update(await readFile(path)).digest('hex')
-}
 
 /** GET through the API: polling with the CLI would spawn a process every time, loading the box */
 async function api<T = any> (node: TestNode, path: string): Promise<T> {

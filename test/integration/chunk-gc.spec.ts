@@ -1,8 +1,9 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises'
-import { createHash, randomBytes } from 'node:crypto'
+import { mkdir, writeFile, readdir, stat } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { createTestnet, waitFor, befriend, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { sha } from '../helpers/files.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
 /**
@@ -32,10 +33,6 @@ async function chunkFiles (node: TestNode): Promise<number> {
     if (entry.isFile() && !entry.parentPath.endsWith('tmp')) files++
   }
   return files
-}
-
-async function sha (path: string): Promise<string> {
-  return createHash('sha256').update(await readFile(path)).digest('hex')
 }
 
 async function store (node: TestNode): Promise<{ chunks: number, bytes: number, gc: any }> {

@@ -1,11 +1,12 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, writeFile, readFile, readdir, rm, stat, symlink } from 'node:fs/promises'
+import { mkdir, writeFile, readFile, readdir, rm, symlink } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
-import { join, relative } from 'node:path'
+import { join } from 'node:path'
 import { openDatabase, sublevel } from '../../src/peer/database.ts'
 import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { sharePartialPath } from '../../src/transfer/assemble.ts'
 import { createTestnet, waitFor, befriend, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { exists, sha, tree } from '../helpers/files.ts'
 
 /**
  * Friend-to-friend fetch between real daemons, through the CLI: what a fetch
@@ -14,26 +15,6 @@ import { createTestnet, waitFor, befriend, transferOf, transferDone, transferFai
  * planted in a destination. Apart from fetch.spec.ts so the two run side by
  * side.
  */
-async function tree (root: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {}
-  async function walk (dir: string): Promise<void> {
-    for (const entry of await readdir(dir, { withFileTypes: true })) {
-      const path = join(dir, entry.name)
-      if (entry.isDirectory()) await walk(path)
-      else out[relative(root, path)] = createHash('sha256').update(await readFile(path)).digest('hex')
-    }
-  }
-  await walk(root)
-  return out
-}
-
-async function sha (path: string): Promise<string> {
-  return createHash('sha256').update(await readFile(path)).digest('hex')
-}
-
-async function exists (path: string): Promise<boolean> {
-  return await stat(path).then(() => true, () => false)
-}
 
 describe('fetching friends\' files: resuming, cancelling, destinations', () => {
   let net: Testnet

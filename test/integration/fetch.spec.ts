@@ -1,10 +1,11 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, writeFile, readFile, readdir, rename, rm, stat } from 'node:fs/promises'
+import { mkdir, writeFile, readFile, readdir, rename, rm } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
-import { join, relative } from 'node:path'
+import { join } from 'node:path'
 import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { sharePartialPath } from '../../src/transfer/assemble.ts'
 import { createTestnet, waitFor, befriend, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { exists, tree } from '../helpers/files.ts'
 
 /**
  * Friend-to-friend fetch between real daemons, through the CLI: share, list,
@@ -13,22 +14,6 @@ import { createTestnet, waitFor, befriend, transferOf, transferDone, transferFai
  * is killed with -9, and what a holder serves from files that changed.
  * Resuming, cancelling and destinations are in fetch-resume.spec.ts.
  */
-async function tree (root: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {}
-  async function walk (dir: string): Promise<void> {
-    for (const entry of await readdir(dir, { withFileTypes: true })) {
-      const path = join(dir, entry.name)
-      if (entry.isDirectory()) await walk(path)
-      else out[relative(root, path)] = createHash('sha256').update(await readFile(path)).digest('hex')
-    }
-  }
-  await walk(root)
-  return out
-}
-
-async function exists (path: string): Promise<boolean> {
-  return await stat(path).then(() => true, () => false)
-}
 
 describe('fetching friends\' files', () => {
   let net: Testnet

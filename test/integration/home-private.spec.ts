@@ -1,8 +1,8 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest'
-import { mkdtemp, mkdir, rm, readFile, writeFile, readdir, rename, chmod, chown, lstat } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { mkdir, readFile, writeFile, readdir, rename, chmod, chown, lstat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { runCli, TestNode } from '../helpers/testnet.ts'
+import { type CliResult, type TestNode } from '../helpers/testnet.ts'
+import { freshHome, startFailing, type FreshHome } from '../helpers/home.ts'
 import { needsRoot, requireOrSkip } from '../helpers/needs.ts'
 
 /** Every path under `root` (itself included) with its permission bits; links are not followed. */
@@ -25,22 +25,19 @@ async function modes (root: string): Promise<Map<string, number>> {
  * run side by side.
  */
 describe('the home folder: its database and its privacy', () => {
-  let base: string
+  let home: FreshHome
   let node: TestNode
 
   beforeEach(async () => {
-    base = await mkdtemp(join(tmpdir(), 'kith-home-'))
-    node = new TestNode('home', join(base, 'home'))
+    home = await freshHome()
+    node = home.node
   })
 
   afterEach(async () => {
-    await node.kill9()
-    await rm(base, { recursive: true, force: true })
+    await home.remove()
   })
 
-  async function startFails (...extra: string[]): Promise<{ code: number, stderr: string }> {
-    return await runCli(['--home', node.home, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', ...extra])
-  }
+  const startFails = async (...extra: string[]): Promise<CliResult> => await startFailing(node, ...extra)
 
   it('refuses to start on a damaged database, naming it', async () => {
     await node.start()

@@ -1,8 +1,8 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest'
-import { mkdtemp, rm, readFile, writeFile, truncate, unlink } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, writeFile, truncate, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
-import { runCli, TestNode } from '../helpers/testnet.ts'
+import { runCli, TestNode, type CliResult } from '../helpers/testnet.ts'
+import { freshHome, startFailing, type FreshHome } from '../helpers/home.ts'
 
 /**
  * The home folder as a user meets it: first start makes an identity, restarts
@@ -10,22 +10,19 @@ import { runCli, TestNode } from '../helpers/testnet.ts'
  * the file instead of silently starting over.
  */
 describe('the home folder', () => {
-  let base: string
+  let home: FreshHome
   let node: TestNode
 
   beforeEach(async () => {
-    base = await mkdtemp(join(tmpdir(), 'kith-home-'))
-    node = new TestNode('home', join(base, 'home'))
+    home = await freshHome()
+    node = home.node
   })
 
   afterEach(async () => {
-    await node.kill9()
-    await rm(base, { recursive: true, force: true })
+    await home.remove()
   })
 
-  async function startFails (...extra: string[]): Promise<{ code: number, stderr: string }> {
-    return await runCli(['--home', node.home, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', ...extra])
-  }
+  const startFails = async (...extra: string[]): Promise<CliResult> => await startFailing(node, ...extra)
 
   it('keeps one identity across restarts and prints it with `kith id`, also offline', async () => {
     const first = await node.start()
@@ -68,7 +65,7 @@ describe('the home folder', () => {
   })
 
   it('seals the key under a passphrase and will not start without it', async () => {
-    const passFile = join(base, 'pass')
+    const passFile = join(home.base, 'pass')
     await writeFile(passFile, 'correct horse battery staple\n')
     const first = await node.start(['--passphrase-file', passFile])
     await node.stop()
@@ -84,12 +81,12 @@ describe('the home folder', () => {
   })
 
   it('takes KITH_PASSPHRASE and KITH_HOME from the environment (the daemon re-execs itself and keeps it)', async () => {
-    const home = join(base, 'from-env')
-    const env = { KITH_HOME: home, KITH_PASSPHRASE: 'correct horse battery staple' }
-    const sealed = new TestNode('env', home, [], { env })
+    const envHome = join(home.base, 'from-env')
+    const env = { KITH_HOME: envHome, KITH_PASSPHRASE: 'correct horse battery staple' }
+    const sealed = new TestNode('env', envHome, [], { env })
     const first = await sealed.start()
     await sealed.stop()
-    expect(await readFile(join(home, 'identity.key'), 'utf8')).toContain('scrypt')
+    expect(await readFile(join(envHome, 'identity.key'), 'utf8')).toContain('scrypt')
     // no --home anywhere: the daemon found its home and its passphrase in the environment
     const args = ['start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0']
     const wrong = await runCli(args, { ...env, KITH_PASSPHRASE: 'wrong' })
@@ -100,7 +97,7 @@ describe('the home folder', () => {
     // the re-exec'd daemon (same pid) runs with its memory settings (src/services/daemon-heap.ts)
     const environ = (await readFile(`/proc/${sealed.pid}/environ`, 'utf8')).split('\0')
     expect(environ).toContain('MALLOC_MMAP_THRESHOLD_=131072')
-    expect(environ).toContain(`KITH_HOME=${home}`)
+    expect(environ).toContain(`KITH_HOME=${envHome}`)
     const cmdline = (await readFile(`/proc/${sealed.pid}/cmdline`, 'utf8')).split('\0')
     expect(cmdline).toContain('--max-semi-space-size=4')
     expect(cmdline).toContain('--expose-gc')
