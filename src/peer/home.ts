@@ -50,11 +50,18 @@ let userUmask: number | null = null
 /**
  * Makes what this process writes from now on private (umask 077): LevelDB's
  * new files, chunks, api.*. The user's own umask is remembered for the files
- * kith makes for them outside the home (`userMode`).
+ * kith makes for them outside the home (`userMode`). Returns what puts the
+ * process back as it was (a daemon never does; a test sharing its process
+ * with others must).
  */
-export function makeProcessPrivate (): void {
+export function makeProcessPrivate (): () => void {
   const before = process.umask(PRIVATE_UMASK)
+  const remembered = userUmask
   userUmask ??= before
+  return () => {
+    process.umask(before)
+    userUmask = remembered
+  }
 }
 
 /**

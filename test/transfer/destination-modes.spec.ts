@@ -8,19 +8,24 @@ import { makeRoot, openNoFollow, prepareUnder } from '../../src/transfer/destina
 /**
  * The daemon runs with umask 077 so its home stays private; the files it
  * fetches for the user still get the user's own umask (here 022), as any
- * other file of theirs would. (Its own process: vitest runs each file in a
- * fork of its own, so the umask set here stays here.)
+ * other file of theirs would.
  */
 const modeOf = async (path: string): Promise<number> => (await stat(path)).mode & 0o777
 
 describe('fetched files and folders get the user umask, not the daemon private one', () => {
   let base: string
+  let restoreUmask: () => void
+  let restorePrivate: () => void
   beforeAll(async () => {
-    process.umask(0o022)
-    makeProcessPrivate()
+    const before = process.umask(0o022)
+    restoreUmask = () => { process.umask(before) }
+    restorePrivate = makeProcessPrivate()
     base = await mkdtemp(join(tmpdir(), 'kith-modes-'))
   })
   afterAll(async () => {
+    // the unit project shares worker processes between files: leave the process as it was
+    restorePrivate()
+    restoreUmask()
     await rm(base, { recursive: true, force: true })
   })
 
