@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto'
 import nacl from 'tweetnacl'
 import { describe, expect, it } from 'vitest'
+import { codeOf } from '../helpers/errors.ts'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
-import { KithError, type ErrorCode } from '../../src/errors.ts'
 import { encodeCanonical } from '../../src/peer/canonical.ts'
 import { sign, type SigningDomain } from '../../src/peer/signing.ts'
 import {
@@ -39,16 +39,6 @@ function envelope (body: Record<string, unknown>, signer = alice, domain: Signin
 
 function body (fields: Record<string, unknown> = {}): Record<string, unknown> {
   return { v: 1, pub: alice.publicKey, addrs: ADDRS, seq: 7, t: NOW, ...fields }
-}
-
-function codeOf (fn: () => unknown): ErrorCode | 'ok' {
-  try {
-    fn()
-    return 'ok'
-  } catch (err) {
-    if (!(err instanceof KithError)) throw err
-    return err.code
-  }
 }
 
 describe('address records', () => {

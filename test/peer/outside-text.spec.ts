@@ -1,6 +1,6 @@
 import nacl from 'tweetnacl'
 import { describe, expect, it } from 'vitest'
-import { KithError } from '../../src/errors.ts'
+import { codeOf } from '../helpers/errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../src/peer/canonical.ts'
 import { sign } from '../../src/peer/signing.ts'
 import { failureSchema, MAX_FAILURE_MESSAGE } from '../../src/peer/request-response.ts'
@@ -39,16 +39,6 @@ const keys = nacl.sign.keyPair.fromSeed(new Uint8Array(32).fill(7))
 /** The bytes a peer would send: canonical CBOR, decoded as the receiver does. */
 function wire (value: unknown): unknown {
   return decodeCanonical(encodeCanonical(value), 'PROTOCOL_VIOLATION', 'the message')
-}
-
-function codeOf (fn: () => unknown): string {
-  try {
-    fn()
-    return 'ok'
-  } catch (err) {
-    if (!(err instanceof KithError)) throw err
-    return err.code
-  }
 }
 
 function invite (fields: Record<string, unknown>): string {
