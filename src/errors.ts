@@ -84,17 +84,6 @@ export const ERROR_CODES = {
   TRANSFER_UNKNOWN: 404,
   TRANSFER_STATE: 409,
   DISK_FULL: 507,
-  // downloads (src/services/downloads)
-  /** not a URL, too long, or carrying what a download URL may not (the message says which) */
-  URL_INVALID: 400,
-  /** no add-on takes this URL's scheme (or its module is not in this build) */
-  URL_UNSUPPORTED: 400,
-  /** the downloaded file's sha256 is not the one asked for (--checksum): nothing was kept */
-  CHECKSUM_MISMATCH: 502,
-  DOWNLOAD_UNKNOWN: 404,
-  DOWNLOAD_STATE: 409,
-  /** the destination's disk has less free space than downloads.minFreeBytes: the queue waits for room */
-  DISK_LOW: 507,
   // locate: signed address records and finding friends who moved
   RECORD_MALFORMED: 400,
   RECORD_TOO_LARGE: 413,
@@ -113,6 +102,24 @@ export const ERROR_CODES = {
   PUNCH_REFUSED: 502,
   /** the simultaneous connect got no direct connection in time */
   PUNCH_FAILED: 504,
+  // backup: blobs, trees and snapshots (src/services/backup/), runs and restores
+  BLOB_MALFORMED: 400,
+  /** a blob failed authentication: altered, swapped for another, or not sealed by this owner */
+  BLOB_OPEN_FAILED: 502,
+  TREE_MALFORMED: 400,
+  TREE_TOO_LARGE: 413,
+  SNAPSHOT_MALFORMED: 400,
+  SNAPSHOT_TOO_LARGE: 413,
+  SNAPSHOT_BAD_SIGNATURE: 400,
+  /** a snapshot signed by someone else, or whose seq or id differs from the one the index names (a rollback or a swap) */
+  SNAPSHOT_MISMATCH: 409,
+  SNAPSHOT_UNKNOWN: 404,
+  /** no friend granted me backup (or none of those named with --to), or fewer than the replicas asked */
+  BACKUP_NO_HOSTS: 409,
+  /** a blob could not be placed on as many hosts as asked (they refused, are full or offline) */
+  BACKUP_PLACEMENT_FAILED: 502,
+  /** a run, restore or forget is already under way */
+  BACKUP_BUSY: 409,
   // home folder and stored state
   HOME_LOCKED: 409,
   IDENTITY_CORRUPT: 500,
