@@ -132,6 +132,23 @@ export const ERROR_CODES = {
   HOME_NOT_PRIVATE: 500,
   /** config.json in the home folder is not JSON or breaks its schema (the message names the file) */
   CONFIG_INVALID: 400,
+  // download add-ons (src/services/downloads/<scheme>.ts): what the origin server said
+  /** the server has no such file or folder */
+  REMOTE_NOT_FOUND: 404,
+  /** the server refused the credentials (or asked for some and none were given) */
+  REMOTE_AUTH_FAILED: 401,
+  /** the server could not be reached, or failed in a way kith can't name more closely (the message quotes it) */
+  REMOTE_FAILED: 502,
+  /** the object changed at the origin while it was being fetched (its length, or what a resume would join to) */
+  REMOTE_CHANGED: 409,
+  /** an SSH server whose host key is not in known_hosts: refused unless the user accepts it */
+  HOST_KEY_UNKNOWN: 403,
+  /** an SSH server whose host key differs from the one known_hosts holds for it */
+  HOST_KEY_CHANGED: 403,
+  /** an HLS playlist kith can't read */
+  PLAYLIST_MALFORMED: 502,
+  /** an HLS playlist of a kind kith does not download (live, encrypted) */
+  PLAYLIST_UNSUPPORTED: 400,
   INTERNAL: 500
 } as const
 
