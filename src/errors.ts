@@ -120,6 +120,18 @@ export const ERROR_CODES = {
   BACKUP_PLACEMENT_FAILED: 502,
   /** a run, restore or forget is already under way */
   BACKUP_BUSY: 409,
+  // backup hosting: the host book and /kith/backup/1.0.0 (src/services/backup/host*.ts, protocol.ts)
+  /** the host has not granted this friend backup (or I asked a stranger) */
+  BACKUP_NOT_GRANTED: 403,
+  /** the blob would take the owner past the quota the host granted; the host wrote nothing */
+  QUOTA_EXCEEDED: 507,
+  /** the host holds no such blob (or recovery record) for this owner */
+  BLOB_MISSING: 404,
+  /** the bytes a host sent do not hash to the blob's id: altered or swapped */
+  BLOB_CORRUPT: 502,
+  /** a signed backup request whose counter is not above the last one the host accepted: a replay */
+  BACKUP_REPLAYED: 409,
+  BACKUP_BAD_SIGNATURE: 400,
   // home folder and stored state
   HOME_LOCKED: 409,
   IDENTITY_CORRUPT: 500,
