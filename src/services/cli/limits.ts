@@ -76,7 +76,7 @@ function weightsOption (text: string): Record<string, number> {
   for (const part of text.split(',').filter(Boolean)) {
     const match = /^(\w+)=(\d+(?:\.\d+)?)$/.exec(part.trim())
     if (match == null || !(TRAFFIC_CLASSES as readonly string[]).includes(match[1]!) || !(Number(match[2]) > 0)) {
-      throw new KithError('USAGE', `--weights wants CLASS=N,... with classes ${TRAFFIC_CLASSES.join(', ')}, like friend=8,foaf=2,public=1,backup=2; got ${JSON.stringify(text)}`)
+      throw new KithError('USAGE', `--weights wants CLASS=N,... with classes ${TRAFFIC_CLASSES.join(', ')}, like friend=8,foaf=2,public=1,backup=2,service=8; got ${JSON.stringify(text)}`)
     }
     out[match[1]!] = Number(match[2])
   }
@@ -102,7 +102,7 @@ export function limitsCommand (program: Command, client: Client, print: Print): 
     .option('--down <rate>', 'download cap')
     .option('--peer <name>', 'a friend (name or peer id) whose own caps --up and --down set')
     .option('--schedule <rule...>', 'time-of-day rules replacing the schedule, like "23:00-07:00 up=unlimited down=unlimited" (local time, first match wins)')
-    .option('--weights <weights>', 'class weights, like friend=8,foaf=2,public=1,backup=2')
+    .option('--weights <weights>', 'class weights, like friend=8,foaf=2,public=1,backup=2,service=8')
     .option('--json', 'print as JSON')
     .action(async (opts: { up?: string, down?: string, peer?: string, schedule?: string[], weights?: string }, cmd: Command) => {
       const up = rateOption('--up', opts.up)

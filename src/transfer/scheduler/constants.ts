@@ -7,9 +7,11 @@ import type { Priority, TrafficClass } from './types.ts'
 /**
  * Under contention, bytes go to the classes in this ratio (friends dominate;
  * nobody starves). Backups yield to friends' fetches 2:8 and go on at a
- * fifth of the contended bandwidth.
+ * fifth of the contended bandwidth. Friend services weigh what friends'
+ * fetches weigh: both are a friend waiting on this node, and a page they
+ * browse should not crawl behind a file they fetch (nor the other way).
  */
-export const DEFAULT_CLASS_WEIGHTS: Readonly<Record<TrafficClass, number>> = { friend: 8, foaf: 2, public: 1, backup: 2 }
+export const DEFAULT_CLASS_WEIGHTS: Readonly<Record<TrafficClass, number>> = { friend: 8, foaf: 2, public: 1, backup: 2, service: 8 }
 
 /**
  * Within a class, bytes go to flows in this ratio. Weighted, not strict: an

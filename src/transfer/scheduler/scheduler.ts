@@ -24,7 +24,7 @@ import {
  *   1. floors: a flow served less than its reserved floor goes first
  *      (reservations are admitted against the caps, see reserveFloors);
  *   2. classes: start-time fair queueing over byte slices, weights 8:2:1 by
- *      default (friend, foaf, public; backup 2);
+ *      default (friend, foaf, public; backup 2, service 8);
  *   3. within a class, the same over flows, weighted by priority (64:8:1).
  *
  * A take is granted in slices of ~10 ms at the applicable cap, each slice
@@ -107,7 +107,7 @@ class Lane {
     this.direction = direction
     this.bucket = new TokenBucket(Infinity, { clock, burstSeconds: BURST_SECONDS })
     const node = (): ClassNode => ({ finish: 0, v: 0, flows: new Set(), meter: new RateMeter() })
-    this.classes = { friend: node(), foaf: node(), public: node(), backup: node() }
+    this.classes = { friend: node(), foaf: node(), public: node(), backup: node(), service: node() }
   }
 
   peerCap (peer: string | undefined): Rate {

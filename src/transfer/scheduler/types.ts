@@ -8,12 +8,15 @@ export type Direction = 'up' | 'down'
 /**
  * Whose traffic it is, or what it is for: friend > friend of a friend >
  * anyone else (public content); `backup` is bulk traffic that can wait
- * (backups to and from friends' disks), below interactive fetches. The
- * scheduler knows a class only as a name with a weight. The order breaks
- * ties and orders floors.
+ * (backups to and from friends' disks), below interactive fetches;
+ * `service` is what friend services carry (a friend's browser on my blog,
+ * src/services/expose): a friend's interactive traffic, weighted like their
+ * fetches, in a class of its own so it shows apart and can be weighted
+ * apart. The scheduler knows a class only as a name with a weight. The
+ * order breaks ties and orders floors.
  */
-export type TrafficClass = 'friend' | 'foaf' | 'public' | 'backup'
-export const TRAFFIC_CLASSES: readonly TrafficClass[] = ['friend', 'foaf', 'public', 'backup']
+export type TrafficClass = 'friend' | 'foaf' | 'public' | 'backup' | 'service'
+export const TRAFFIC_CLASSES: readonly TrafficClass[] = ['friend', 'foaf', 'public', 'backup', 'service']
 
 /** Within a class, who goes first; changeable while a flow runs. */
 export type Priority = 'urgent' | 'normal' | 'background'
@@ -51,7 +54,7 @@ export interface Limits {
   peers: Record<string, PeerLimits>
   /** @default [] */
   schedule: ScheduleRule[]
-  /** @default DEFAULT_CLASS_WEIGHTS (friend 8, foaf 2, public 1, backup 2) */
+  /** @default DEFAULT_CLASS_WEIGHTS (friend 8, foaf 2, public 1, backup 2, service 8) */
   classWeights: Record<TrafficClass, number>
   /** @default DEFAULT_PRIORITY_WEIGHTS (64:8:1) */
   priorityWeights: Record<Priority, number>
