@@ -84,6 +84,17 @@ export const ERROR_CODES = {
   TRANSFER_UNKNOWN: 404,
   TRANSFER_STATE: 409,
   DISK_FULL: 507,
+  // downloads (src/services/downloads)
+  /** not a URL, too long, or carrying what a download URL may not (the message says which) */
+  URL_INVALID: 400,
+  /** no add-on takes this URL's scheme (or its module is not in this build) */
+  URL_UNSUPPORTED: 400,
+  /** the downloaded file's sha256 is not the one asked for (--checksum): nothing was kept */
+  CHECKSUM_MISMATCH: 502,
+  DOWNLOAD_UNKNOWN: 404,
+  DOWNLOAD_STATE: 409,
+  /** the destination's disk has less free space than downloads.minFreeBytes: the queue waits for room */
+  DISK_LOW: 507,
   // locate: signed address records and finding friends who moved
   RECORD_MALFORMED: 400,
   RECORD_TOO_LARGE: 413,
