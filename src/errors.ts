@@ -131,6 +131,21 @@ export const ERROR_CODES = {
   BACKUP_PLACEMENT_FAILED: 502,
   /** a run, restore or forget is already under way */
   BACKUP_BUSY: 409,
+  // backup recovery: the phrase (src/peer/phrase.ts) and the recovery record (services/backup/recovery.ts)
+  PHRASE_MALFORMED: 400,
+  PHRASE_WORD_COUNT: 400,
+  /** a word outside the BIP39 English list; the message names it and the nearest words */
+  PHRASE_UNKNOWN_WORD: 400,
+  PHRASE_CHECKSUM: 400,
+  RECOVERY_MALFORMED: 400,
+  RECOVERY_TOO_LARGE: 413,
+  RECOVERY_BAD_SIGNATURE: 400,
+  /** a record older than (or as old as) one already seen: a replay or a rollback */
+  RECOVERY_STALE: 409,
+  /** the friend asked keeps no recovery record for this identity */
+  RECOVERY_NOT_FOUND: 404,
+  /** kith restore makes a new home: it refuses one that already holds an identity or a database */
+  HOME_NOT_EMPTY: 409,
   // backup hosting: the host book and /kith/backup/1.0.0 (src/services/backup/host*.ts, protocol.ts)
   /** the host has not granted this friend backup (or I asked a stranger) */
   BACKUP_NOT_GRANTED: 403,

@@ -139,8 +139,9 @@ export async function loadIdentity (path: string, passphrase?: string): Promise<
   return fromSecretKey(checkSecretKey(path, opened))
 }
 
-export async function createIdentity (path: string, passphrase?: string): Promise<Identity> {
-  const { secretKey } = nacl.sign.keyPair()
+/** A new key file; from `seed` (32 bytes, as a recovery phrase gives back) when there is one, else random. */
+export async function createIdentity (path: string, passphrase?: string, seed?: Uint8Array): Promise<Identity> {
+  const { secretKey } = seed != null ? nacl.sign.keyPair.fromSeed(seed) : nacl.sign.keyPair()
   await writeFileAtomic(path, await serialise(secretKey, passphrase), 0o600)
   return fromSecretKey(secretKey)
 }

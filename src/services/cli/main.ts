@@ -224,6 +224,29 @@ program.command('id')
     print(opts.json, { peerId }, () => peerId)
   })
 
+const key = program.command('key').description('this node\'s secret key')
+
+key.command('phrase')
+  .description('print the 24-word recovery phrase of this node\'s key (works without a running daemon)')
+  .option('--json', 'print as JSON')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    const g = globals(cmd)
+    const { loadIdentity } = await import('../../peer/identity.ts')
+    const { seedToPhrase } = await import('../../peer/phrase.ts')
+    let words: string[]
+    try {
+      words = seedToPhrase((await loadIdentity(homePaths(g.home).identity, await passphrase(g))).secretKey.subarray(0, 32))
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new KithError('IDENTITY_MISSING', `${g.home} has no identity yet; run \`kith start\` once to make one`)
+      throw e
+    }
+    const warning = 'Write these 24 words down and keep them offline. They ARE this node: whoever reads them can open your backups and ' +
+      'speak to your friends as you. With them and one friend\'s address, `kith restore --phrase-file FILE --via ADDRESS` brings this node back.'
+    if (opts.json !== true) console.error(terminalText(warning))
+    print(opts.json, { words, warning }, () => Array.from({ length: 6 }, (_, row) =>
+      [0, 6, 12, 18].map(col => `${String(row + col + 1).padStart(2)}. ${words[row + col]!.padEnd(9)}`).join(' ').trimEnd()).join('\n'))
+  })
+
 program.command('status')
   .description('identity, addresses and friends online')
   .option('--json', 'print as JSON')
