@@ -95,6 +95,26 @@ export const ERROR_CODES = {
   DOWNLOAD_STATE: 409,
   /** the destination's disk has less free space than downloads.minFreeBytes: the queue waits for room */
   DISK_LOW: 507,
+  // downloads: the HTTP engine (src/services/downloads/http); the retried ones are final once retries run out
+  /** the server refused the file (404, 403, 410...; the message names the status): not retried */
+  HTTP_STATUS: 502,
+  /** the server failed (5xx, 408) on every attempt */
+  HTTP_SERVER_ERROR: 502,
+  /** the server answered 429 or 503 (Retry-After honoured) on every attempt */
+  HTTP_BUSY: 503,
+  HTTP_CONNECT_FAILED: 502,
+  /** no byte (or no answer) within settings.readTimeoutMs, on every attempt */
+  HTTP_TIMEOUT: 504,
+  /** connections broke mid-response on every attempt */
+  HTTP_CONNECTION_LOST: 502,
+  /** an answer that can't be used: a Content-Range other than the one asked, a redirect without Location */
+  HTTP_BAD_RESPONSE: 502,
+  HTTP_REDIRECT_LOOP: 508,
+  HTTP_TOO_MANY_REDIRECTS: 502,
+  /** the file kept changing at the origin while it was downloaded (the download restarted each time) */
+  HTTP_ORIGIN_CHANGED: 409,
+  /** a proxy setting that is not an http:// or https:// URL (SOCKS is not supported) */
+  PROXY_UNSUPPORTED: 400,
   // locate: signed address records and finding friends who moved
   RECORD_MALFORMED: 400,
   RECORD_TOO_LARGE: 413,
