@@ -1,0 +1,76 @@
+import { createCipheriv, createHash, randomBytes } from 'node:crypto'
+import { beforeAll, describe, expect, it } from 'vitest'
+import { BACKUP_CDC_SIZES, cdcChunks, gearTable, type CdcSizes } from '../../src/transfer/cdc.ts'
+
+/** Deterministic pseudo-random bytes (AES-CTR of zeros under a fixed key). */
+function bytes (length: number, seed = 1): Uint8Array {
+  const key = Buffer.alloc(32, seed)
+  return new Uint8Array(createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(length)))
+}
+
+const gearA = gearTable(bytes(1024, 7))
+const gearB = gearTable(bytes(1024, 8))
+
+async function cut (data: Uint8Array, gear: Int32Array, sizes: CdcSizes = BACKUP_CDC_SIZES, piece = 100_000): Promise<Uint8Array[]> {
+  function * pieces (): Generator<Uint8Array> {
+    for (let i = 0; i < data.length; i += piece) yield data.subarray(i, i + piece)
+  }
+  const out: Uint8Array[] = []
+  for await (const chunk of cdcChunks(pieces(), gear, sizes)) out.push(chunk)
+  return out
+}
+
+const lengths = (chunks: Uint8Array[]): number[] => chunks.map(c => c.length)
+const hashes = (chunks: Uint8Array[]): string[] => chunks.map(c => createHash('sha256').update(c).digest('hex'))
+
+describe('keyed FastCDC', () => {
+  const data = bytes(12 * 1024 * 1024)
+  /** data cut under key A, read 100 000 bytes at a time */
+  let base: Uint8Array[] = []
+  beforeAll(async () => { base = await cut(data, gearA) })
+
+  it('cuts the same stream the same way under one key, whatever the read sizes, and loses no byte', async () => {
+    const b = await cut(data, gearA, BACKUP_CDC_SIZES, 4 * 1024 * 1024 + 17)
+    expect(lengths(base)).toEqual(lengths(b))
+    expect(Buffer.concat(base).equals(data)).toBe(true)
+  })
+
+  it('keeps sizes within 256 KiB..4 MiB, about 1 MiB on average; only the last chunk may be short', async () => {
+    const chunks = base
+    const { min, max } = BACKUP_CDC_SIZES
+    for (const c of chunks.slice(0, -1)) {
+      expect(c.length).toBeGreaterThanOrEqual(min)
+      expect(c.length).toBeLessThanOrEqual(max)
+    }
+    const mean = data.length / chunks.length
+    expect(mean).toBeGreaterThan(0.7 * 1024 * 1024)
+    expect(mean).toBeLessThan(1.8 * 1024 * 1024)
+  })
+
+  it('cuts elsewhere under another key: boundaries depend on the key, not only the content', async () => {
+    const a = lengths(base)
+    const b = lengths(await cut(data, gearB))
+    const ends = (ls: number[]): Set<number> => { let at = 0; return new Set(ls.map(l => (at += l))) }
+    const shared = [...ends(a)].filter(e => ends(b).has(e) && e !== data.length)
+    expect(shared.length).toBeLessThanOrEqual(1)
+  })
+
+  it('forces a cut at max on data with no boundary, and leaves a short stream whole', async () => {
+    const zeros = new Uint8Array(9 * 1024 * 1024)
+    // a gear table whose every entry sets the top bit never brings the top bits to zero
+    const flat = new Int32Array(256).fill(-0x80000000)
+    expect(lengths(await cut(zeros, flat))).toEqual([4, 4, 1].map(n => n * 1024 * 1024))
+    expect(lengths(await cut(data.subarray(0, 1000), gearA))).toEqual([1000])
+    expect(await cut(new Uint8Array(0), gearA)).toEqual([])
+  })
+
+  it('an insertion early in a file changes only the chunks around it: the rest deduplicate', async () => {
+    const before = hashes(base)
+    const changed = Buffer.concat([data.subarray(0, 1_500_000), randomBytes(100), data.subarray(1_500_000)])
+    const after = hashes(await cut(changed, gearA))
+    const old = new Set(before)
+    const fresh = after.filter(h => !old.has(h))
+    expect(fresh.length).toBeGreaterThanOrEqual(1)
+    expect(fresh.length).toBeLessThanOrEqual(3)
+  })
+})
