@@ -9,10 +9,10 @@ import { exists, tree } from '../helpers/files.ts'
 
 /**
  * Friend-to-friend fetch between real daemons, through the CLI: share, list,
- * fetch a whole share and a part of it, fetch from a friend who holds the
- * chunks while the owner is away, pause and resume, resume after the fetcher
- * is killed with -9, and what a holder serves from files that changed.
- * Resuming, cancelling and destinations are in fetch-resume.spec.ts.
+ * fetch a whole share and a part of it, refuse bad fetches, and what a holder
+ * serves from files that changed. Resuming, cancelling and destinations are
+ * in fetch-resume.spec.ts; kills in fetch-kill.spec.ts; pausing and floors in
+ * fetch-control.spec.ts.
  */
 
 describe('fetching friends\' files', () => {
@@ -78,141 +78,6 @@ describe('fetching friends\' files', () => {
     expect(notInShare.code).toBe(1)
     expect(await exists(join(bob.home, 'x'))).toBe(false)
     expect(await exists(join(bob.home, 'y'))).toBe(false)
-  })
-
-  it('resumes by itself after the fetcher is killed with -9, and never leaves a partial destination', async () => {
-    const big = join(alice.home, 'big.bin')
-    await writeFile(big, randomBytes(48 * 1024 * 1024))
-    // slow alice's uploads so the kill lands mid-transfer
-    await alice.stop()
-    await alice.start(['--max-upload', '16MB/s'])
-    await alice.json('share', big, '--with', 'bob')
-    await waitFor(async () => (await bob.json('friends')).friends.find((f: { label: string, link: { online: boolean } }) => f.label === 'alice')?.link.online, 'bob sees alice')
-    const dest = join(bob.home, 'big.bin')
-    const { transfer: started } = await bob.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
-    const before = await waitFor(async () => {
-      const t = await transferOf(bob, started.id)
-      return t?.doneBytes > 8 * 1024 * 1024 ? t : undefined
-    }, 'some progress', 30_000)
-    await bob.kill9()
-    expect(await exists(dest)).toBe(false)
-    await bob.start()
-    const after = await transferOf(bob, started.id)
-    expect(['queued', 'running', 'done']).toContain(after.state)
-    const done = await waitFor(async () => {
-      const t = await transferOf(bob, started.id)
-      return t?.state === 'done' ? t : undefined
-    }, 'the resumed fetch to finish', 60_000)
-    expect(done.doneBytes).toBe(48 * 1024 * 1024)
-    expect(before.doneBytes).toBeGreaterThan(0)
-    // the partial the killed run was writing beside the destination was replaced, not left behind
-    expect((await readdir(bob.home)).filter(name => name.endsWith('.kith-partial'))).toEqual([])
-    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(big)).digest('hex'))
-  })
-
-  it('goes on from a friend who holds the chunks when the owner vanishes mid-fetch', async () => {
-    // bob fetched big.bin above and holds its chunks in that file (resealed when served); alice is throttled
-    await alice.json('share', join(alice.home, 'big.bin'), '--with', 'bob', 'carol')
-    const dest = join(carol.home, 'big.bin')
-    const { transfer: started } = await carol.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
-    await waitFor(async () => (await transferOf(carol, started.id))?.doneBytes > 0, 'carol under way', 30_000)
-    await alice.kill9()
-    try {
-      const done = await transferDone(carol, started.id, 'the fetch to finish from bob')
-      expect(done.sources.find((s: { label: string }) => s.label === 'bob')?.bytes).toBeGreaterThan(0)
-      expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(join(alice.home, 'big.bin'))).digest('hex'))
-    } finally {
-      await alice.start(['--max-upload', '16MB/s'])
-    }
-  })
-
-  it('pauses and resumes a fetch', async () => {
-    const source = join(alice.home, 'big2.bin')
-    await writeFile(source, randomBytes(48 * 1024 * 1024))
-    await alice.json('share', source, '--with', 'carol')
-    const dest = join(carol.home, 'big2.bin')
-    // slow enough that the fetch can't end before the pause lands, however loaded the machine
-    await alice.json('limits', 'set', '--up', '2MB/s')
-    const { transfer: t } = await carol.json('fetch', 'alice:big2.bin', '-o', dest, '--detach')
-    const paused = await carol.json('pause', t.id)
-    await alice.json('limits', 'clear', '--up')
-    expect(paused.transfer.state).toBe('paused')
-    expect((await transferOf(carol, t.id)).state).toBe('paused')
-    expect(await exists(dest)).toBe(false)
-    const resumed = await carol.json('resume', t.id)
-    expect(['queued', 'running']).toContain(resumed.transfer.state)
-    await waitFor(async () => (await transferOf(carol, t.id))?.state === 'done', 'the resumed fetch to finish', 60_000)
-    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
-    const late = await carol.cli('cancel', t.id)
-    expect(late.code).toBe(1)
-    expect(late.stderr).toContain('TRANSFER_STATE')
-    const unknown = await carol.cli('pause', 'abcdef')
-    expect(unknown.stderr).toContain('TRANSFER_UNKNOWN')
-  })
-
-  it('takes on a friend who comes online mid-fetch when its floor falls short', async () => {
-    // carol fetched big2.bin above and holds its chunks; bob starts fetching it from alice while carol is away
-    const source = join(alice.home, 'big2.bin')
-    await alice.json('share', source, '--with', 'bob', 'carol')
-    await alice.json('limits', 'set', '--up', '4MB/s')
-    await carol.stop()
-    let carolUp = false
-    try {
-      const dest = join(bob.home, 'big2.bin')
-      const { transfer: t } = await bob.json('fetch', 'alice:big2.bin', '-o', dest, '--detach', '--min-rate', '20MB/s')
-      await waitFor(async () => (await transferOf(bob, t.id))?.doneBytes > 0, 'bob under way', 30_000)
-      await carol.start()
-      carolUp = true
-      const done = await transferDone(bob, t.id, 'the fetch to finish')
-      // at 4 MB/s alice alone needs 12 s for 48 MiB: carol joined and carried part of it
-      expect(done.sources.find((s: { label: string }) => s.label === 'carol')?.bytes).toBeGreaterThan(0)
-      expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
-    } finally {
-      await alice.json('limits', 'clear', '--up')
-      if (!carolUp) await carol.start()
-    }
-  })
-
-  it('survives kill -9 at random points of a folder fetch: every file is absent or complete, never partial', async () => {
-    const folder = join(alice.home, 'album')
-    await mkdir(join(folder, 'inner'), { recursive: true })
-    const sizes: Record<string, number> = { 'a.bin': 3 * 1024 * 1024, 'b.bin': 5 * 1024 * 1024 + 1, 'one.txt': 1, 'empty': 0, 'inner/c.bin': 9 * 1024 * 1024 }
-    for (const [name, size] of Object.entries(sizes)) await writeFile(join(folder, name), randomBytes(size))
-    await alice.json('share', folder, '--with', 'bob')
-    await alice.json('limits', 'set', '--up', '4MB/s') // ~4.5 s for the whole album: room for kills
-    const want = await tree(folder)
-    const dest = join(bob.home, 'album-copy')
-    /** Files at the destination, leaving out partials: each must be whole and verified */
-    const check = async (): Promise<string[]> => {
-      if (!await exists(dest)) return []
-      const got = await tree(dest)
-      const placed = Object.keys(got).filter(name => !name.split('/').at(-1)!.endsWith('.kith-partial'))
-      for (const name of placed) expect(got[name], `${name} at the destination`).toBe(want[name])
-      return placed
-    }
-    try {
-      const { transfer: t } = await bob.json('fetch', 'alice:album', '-o', dest, '--detach')
-      const delays: number[] = []
-      for (let kill = 0; kill < 3; kill++) {
-        const before = (await transferOf(bob, t.id))?.doneBytes ?? 0
-        const now = await waitFor(async () => {
-          const r = await transferOf(bob, t.id)
-          return r?.state === 'done' || r?.doneBytes > before ? r : undefined
-        }, 'progress before the kill', 30_000)
-        if (now.state === 'done') break // it finished before this kill: nothing left to interrupt
-        const delay = Math.floor(Math.random() * 700)
-        delays.push(delay)
-        await new Promise(resolve => setTimeout(resolve, delay)) // a random point, not a wait for a condition
-        await bob.kill9()
-        await check()
-        await bob.start()
-      }
-      const done = await transferDone(bob, t.id, `the fetch to finish after kills at ${delays.join(', ')} ms`)
-      expect(done.doneBytes).toBe(Object.values(sizes).reduce((a, b) => a + b, 0))
-      expect(await tree(dest)).toEqual(want) // every file, and nothing else: no partial left behind
-    } finally {
-      await alice.json('limits', 'clear', '--up')
-    }
   })
 
   it('never serves a fetched file its user changed: those chunks are dropped, and the fetch gets them elsewhere', async () => {
