@@ -1,0 +1,124 @@
+/**
+ * The partial file of a one-stream add-on (ftp, sftp, webdav, s3, hls):
+ * what is already in it is where a resumed download starts, and every byte
+ * received passes the bandwidth scheduler (`ctx.take`) before it is written
+ * there.
+ *
+ * The file is opened without following links (src/transfer/destination.ts)
+ * and synced before the writer finishes, so what a resume trusts was on disk.
+ * A resume trusts it only while the origin's validator is the one saved when
+ * it was fetched (a file changed at the origin starts over, instead of
+ * joining two versions) and it is no longer than the object.
+ */
+import { mkdir, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Writable } from 'node:stream'
+import { KithError } from '../../errors.ts'
+import { openNoFollow } from '../../transfer/destination.ts'
+import type { DownloadContext } from './addon.ts'
+
+/** Counts what a download has (before and after a resume) and reports it. */
+export class Progress {
+  done = 0
+  readonly #ctx: DownloadContext
+  readonly #total: number | null
+  readonly #name: string | undefined
+
+  constructor (ctx: DownloadContext, total: number | null, name?: string) {
+    this.#ctx = ctx
+    this.#total = total
+    this.#name = name
+  }
+
+  add (bytes: number): void {
+    this.done += bytes
+    this.#ctx.progress({ done: this.done, total: this.#total, name: this.#name })
+  }
+}
+
+/** What the origin said the object was when the bytes in the partial were fetched. */
+export interface Origin {
+  /** its length, when the origin tells */
+  size: number | null
+  /** what changes when the object changes (an ETag, a modification time and size); null when the origin gives none */
+  validator: string | null
+}
+
+/**
+ * Opens `path` for writing at its end. What is in it is kept only if it can
+ * be vouched for: the validator saved in `stateDir` when it was fetched is
+ * the origin's today, and it is no longer than the object. Otherwise the
+ * file is emptied and the download starts over. Returns the handle and where
+ * the download goes on from.
+ */
+export async function openPartial (path: string, stateDir: string, origin: Origin): Promise<{ handle: FileHandle, at: number }> {
+  const saved = join(stateDir, 'origin.json')
+  const before = await readFile(saved, 'utf8').then(text => (JSON.parse(text) as { validator?: unknown }).validator, () => undefined)
+  const same = before === origin.validator
+  if (!same) {
+    await mkdir(stateDir, { recursive: true })
+    await writeFile(saved + '.new', JSON.stringify({ validator: origin.validator }))
+    await rename(saved + '.new', saved)
+  }
+  let handle: FileHandle
+  try {
+    handle = await openNoFollow(path, 'existing')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    return { handle: await openNoFollow(path, 'create'), at: 0 }
+  }
+  let at = (await handle.stat()).size
+  if (!same || (origin.size !== null && at > origin.size)) {
+    await handle.truncate(0)
+    at = 0
+  }
+  return { handle, at }
+}
+
+/**
+ * A stream that writes into `handle` from `at` on: each chunk waits for the
+ * scheduler (`ctx.take`) first, so the origin is read only as fast as the
+ * download's flow allows (the stream's backpressure reaches the socket). It
+ * syncs and closes the file when it ends or fails; `ctx.signal` fails it.
+ */
+export function partialWriter (handle: FileHandle, at: number, ctx: DownloadContext, progress: Progress): Writable {
+  let position = at
+  const close = (err: Error | null, callback: (err?: Error | null) => void): void => {
+    handle.sync().finally(() => handle.close()).then(() => callback(err), closeErr => callback(err ?? closeErr))
+  }
+  return new Writable({
+    signal: ctx.signal,
+    write (chunk: Buffer, _encoding, callback) {
+      ctx.take(chunk.length, ctx.signal)
+        .then(async () => {
+          let written = 0
+          while (written < chunk.length) {
+            const { bytesWritten } = await handle.write(chunk, written, chunk.length - written, position + written)
+            written += bytesWritten
+          }
+          position += chunk.length
+          progress.add(chunk.length)
+        })
+        .then(() => callback(), callback)
+    },
+    final (callback) { close(null, callback) },
+    destroy (err, callback) {
+      // final has closed the file already when the stream ended normally
+      if (err === null && this.writableFinished) callback(null)
+      else close(err, callback)
+    }
+  })
+}
+
+/**
+ * What a download rejects with: the signal's reason once it aborted (pause,
+ * cancel, stop), else `err` as it is.
+ */
+export function abortReason (signal: AbortSignal, err: unknown): unknown {
+  return signal.aborted ? signal.reason : err
+}
+
+/** The origin sent a different length than it announced. */
+export function lengthChanged (what: string, expected: number, got: number): KithError {
+  return new KithError('REMOTE_CHANGED', `${what} was ${expected} bytes when the download started and ${got} now: it changed at the origin; start the download again`)
+}
