@@ -1,0 +1,100 @@
+import { describe, it, expect } from 'vitest'
+import { randomBytes } from 'node:crypto'
+import nacl from 'tweetnacl'
+import { privateKeyFromRaw } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import type { Identity } from '../../../src/peer/identity.ts'
+import { sealRecovery, openRecovery, nextRecoverySeq, MAX_RECOVERY_RECORD, type RecoveryContent } from '../../../src/services/backup/recovery.ts'
+import { codeOf } from '../../helpers/errors.ts'
+
+function identity (): Identity {
+  const { secretKey, publicKey } = nacl.sign.keyPair()
+  const privateKey = privateKeyFromRaw(secretKey)
+  return { privateKey, peerId: peerIdFromPrivateKey(privateKey), secretKey, publicKey }
+}
+
+const hex32 = (): string => randomBytes(32).toString('hex')
+
+function content (me: Identity, friend: Identity): RecoveryContent {
+  return {
+    created: Date.now(),
+    name: 'alice',
+    friends: [{
+      peerId: friend.peerId.toString(),
+      publicKey: Buffer.from(friend.publicKey).toString('base64'),
+      label: 'bob',
+      grantsToThem: ['backup', 'files'],
+      grantsFromThem: ['backup'],
+      state: 'active',
+      addrs: ['/ip4/127.0.0.1/tcp/4001'],
+      lastSeen: null,
+      since: 1,
+      via: 'inv1'
+    }],
+    blobs: [
+      [hex32(), { kind: 'data', sealedId: hex32(), size: 1 << 20, root: hex32(), hosts: [friend.peerId.toString()] }],
+      [hex32(), { kind: 'snapshot', sealedId: hex32(), size: 300, root: hex32(), hosts: [friend.peerId.toString(), me.peerId.toString()] }]
+    ],
+    snapshots: [{ seq: 1, id: hex32(), created: 5, label: null, paths: ['/home/a'], tree: hex32(), stats: { files: 1, dirs: 1, bytes: 9, blobs: 3 } }]
+  }
+}
+
+describe('recovery record', () => {
+  const me = identity()
+  const bob = identity()
+  // keys.ts derives it from the seed; any 32 bytes do here
+  const key = randomBytes(32)
+  const owner = me.peerId.toString()
+  const made = content(me, bob)
+  const record = sealRecovery(made, { identity: me, key, seq: 7 })
+
+  it('opens to what was sealed, with its seq', () => {
+    const opened = openRecovery(record, { owner, key })
+    expect(opened.seq).toBe(7)
+    expect(opened.content).toEqual(made)
+    expect(openRecovery(record, { owner, key, after: 6 }).seq).toBe(7)
+  })
+
+  it('refuses a replay: a record at or below the seq already seen', () => {
+    expect(codeOf(() => openRecovery(record, { owner, key, after: 7 }))).toBe('RECOVERY_STALE')
+    const older = sealRecovery(made, { identity: me, key, seq: 3 })
+    expect(codeOf(() => openRecovery(older, { owner, key, after: 7 }))).toBe('RECOVERY_STALE')
+    expect(nextRecoverySeq(7)).toBeGreaterThan(7)
+    expect(nextRecoverySeq(Number.MAX_SAFE_INTEGER - 5)).toBe(Number.MAX_SAFE_INTEGER - 4)
+  })
+
+  it('refuses every single bit flip, truncations and another owner', () => {
+    // every byte of the header, a spread of the body, the whole signature
+    const positions = new Set<number>()
+    for (let i = 0; i < 40; i++) positions.add(i)
+    for (let i = 40; i < record.length; i += 13) positions.add(i)
+    for (let i = record.length - 64; i < record.length; i++) positions.add(i)
+    for (const at of positions) {
+      const bad = Uint8Array.from(record)
+      bad[at]! ^= 1 << (at % 8)
+      expect(codeOf(() => openRecovery(bad, { owner, key })), `bit flip at ${at}`).not.toBe('ok')
+    }
+    for (const cut of [0, 4, 13, 25, 100, record.length - 64, record.length - 1]) {
+      expect(codeOf(() => openRecovery(record.subarray(0, cut), { owner, key })), `cut at ${cut}`).not.toBe('ok')
+    }
+    expect(codeOf(() => openRecovery(record, { owner: bob.peerId.toString(), key }))).toBe('RECOVERY_BAD_SIGNATURE')
+    // bob's own record, under his keys: not mine even if I had his key
+    const bobs = sealRecovery(made, { identity: bob, key, seq: 9 })
+    expect(codeOf(() => openRecovery(bobs, { owner, key }))).toBe('RECOVERY_BAD_SIGNATURE')
+    // signed by me, sealed under another key
+    const otherKey = sealRecovery(made, { identity: me, key: randomBytes(32), seq: 9 })
+    expect(codeOf(() => openRecovery(otherKey, { owner, key }))).toBe('RECOVERY_MALFORMED')
+  })
+
+  it('refuses oversize, another version, bad content, without allocating for it', () => {
+    expect(codeOf(() => openRecovery(new Uint8Array(MAX_RECOVERY_RECORD + 1), { owner, key }))).toBe('RECOVERY_TOO_LARGE')
+    const v2 = Uint8Array.from(record)
+    v2[4] = 2
+    expect(codeOf(() => openRecovery(v2, { owner, key }))).toBe('UNSUPPORTED_VERSION')
+    expect(codeOf(() => openRecovery(randomBytes(500), { owner, key }))).toBe('RECOVERY_MALFORMED')
+    // well signed and sealed, but a friend in a state no kith writes
+    const broken = content(me, bob)
+    const sealed = sealRecovery({ ...broken, friends: [{ ...broken.friends[0]!, state: 'gone' as 'active' }] }, { identity: me, key, seq: 11 })
+    expect(codeOf(() => openRecovery(sealed, { owner, key }))).toBe('RECOVERY_MALFORMED')
+  })
+})
