@@ -1,0 +1,30 @@
+/** Named limits of the HTTP download engine (docs/downloads.md, "HTTP engine"). */
+
+/**
+ * A file is split over several connections only when each would get at least
+ * this much: below it, a new connection's handshake and slow start cost more
+ * than its share saves. The file's size divided by this caps the connections.
+ */
+export const MIN_SPLIT_SIZE = 1024 * 1024
+/**
+ * An idle connection takes over half of the busiest connection's remaining
+ * range, but never leaves either with less than this (aria2 splits the same
+ * way; smaller pieces would reconnect more than they help).
+ */
+export const MIN_STEAL_SIZE = 256 * 1024
+/** the write-back cache's memory, whatever the connection count: connections wait for it (backpressure) */
+export const CACHE_BUDGET = 16 * 1024 * 1024
+/** what one connection gathers before one write; smaller when the budget is shared by many */
+export const MAX_BLOCK = 1024 * 1024
+/** the least one connection's block may be, even with many connections */
+export const MIN_BLOCK = 64 * 1024
+/** the control file (the ranges safely on disk) is saved at most this often, after an fdatasync of the partial */
+export const CONTROL_INTERVAL_MS = 1000
+/** redirects followed per request; more is an error (HTTP_TOO_MANY_REDIRECTS) */
+export const MAX_REDIRECTS = 10
+/** first backoff; doubled per failed attempt, with jitter, up to settings.maxRetryWaitMs */
+export const RETRY_BASE_MS = 250
+/** times a download starts over because the file changed at the origin, before HTTP_ORIGIN_CHANGED */
+export const MAX_RESTARTS = 3
+/** what the hash catch-up reads at a time at the end */
+export const HASH_READ_BLOCK = 1024 * 1024

@@ -1,0 +1,71 @@
+import { Resolver } from 'node:dns'
+import { isIP, type LookupFunction } from 'node:net'
+import { EnvHttpProxyAgent, type Dispatcher } from 'undici'
+import { KithError } from '../../../errors.ts'
+import type { DownloadSettings } from '../addon.ts'
+
+/**
+ * The undici dispatcher one download uses: its proxies (settings first, then
+ * HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY as config.json's defaults
+ * already hold them), IPv4 only when IPv6 is switched off, the configured DNS
+ * servers instead of the system's, and the connect and read timeouts.
+ * Closed by the caller when the download ends.
+ */
+export function makeDispatcher (settings: DownloadSettings): Dispatcher {
+  const { http, https, all, noProxy } = settings.proxy
+  const httpProxy = checkProxy(http ?? all)
+  const httpsProxy = checkProxy(https ?? all)
+  const family = settings.ipv6 ? 0 : 4
+  const lookup = settings.dns.length > 0 ? serverLookup(settings.dns) : undefined
+  return new EnvHttpProxyAgent({
+    // '' (not undefined) so undici does not read the environment behind the settings' back
+    httpProxy: httpProxy ?? '',
+    httpsProxy: httpsProxy ?? '',
+    noProxy: noProxy ?? '',
+    connect: { timeout: settings.connectTimeoutMs, family, ...(lookup != null ? { lookup } : {}) },
+    headersTimeout: settings.readTimeoutMs,
+    bodyTimeout: settings.readTimeoutMs
+  })
+}
+
+/** undici's proxy agents speak to HTTP(S) proxies; a SOCKS ALL_PROXY is refused in words. */
+function checkProxy (url: string | null): string | null {
+  if (url == null || url === '') return null
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    throw new KithError('PROXY_UNSUPPORTED', `the proxy ${JSON.stringify(url)} is not a URL; set it as http://HOST:PORT`)
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    throw new KithError('PROXY_UNSUPPORTED', `the proxy ${JSON.stringify(url)} is ${parsed.protocol.slice(0, -1)}; kith's HTTP downloads go through http:// or https:// proxies only`)
+  }
+  return url
+}
+
+/**
+ * A `lookup` for net.connect that asks the given DNS servers ("IP" or
+ * "IP:PORT") instead of the system resolver; IPv4 addresses first, IPv6 ones
+ * only when the connection may use them (family 0 or 6).
+ */
+export function serverLookup (servers: readonly string[]): LookupFunction {
+  const resolver = new Resolver()
+  resolver.setServers([...servers])
+  return (hostname, options, callback) => {
+    const done = callback as (err: NodeJS.ErrnoException | null, address: string | Array<{ address: string, family: number }>, family?: number) => void
+    const literal = isIP(hostname)
+    const answer = (list: Array<{ address: string, family: number }>): void => {
+      if (list.length === 0) {
+        const err: NodeJS.ErrnoException = new Error(`${hostname}: no address from the DNS servers ${servers.join(', ')}`)
+        err.code = 'ENOTFOUND'
+        done(err, '')
+      } else if (options.all === true) done(null, list)
+      else done(null, list[0]!.address, list[0]!.family)
+    }
+    if (literal !== 0) { answer([{ address: hostname, family: literal }]); return }
+    const family = options.family === 'IPv4' ? 4 : options.family === 'IPv6' ? 6 : (options.family ?? 0)
+    const v4 = new Promise<string[]>(resolve => family === 6 ? resolve([]) : resolver.resolve4(hostname, (err, a) => resolve(err != null ? [] : a)))
+    const v6 = new Promise<string[]>(resolve => family === 4 ? resolve([]) : resolver.resolve6(hostname, (err, a) => resolve(err != null ? [] : a)))
+    void Promise.all([v4, v6]).then(([a, b]) => answer([...a.map(address => ({ address, family: 4 })), ...b.map(address => ({ address, family: 6 }))]))
+  }
+}

@@ -1,0 +1,322 @@
+import { randomBytes, createHash } from 'node:crypto'
+import { once } from 'node:events'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { createServer, type Server } from 'node:http'
+import { connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { KithError } from '../../../src/errors.ts'
+import type { DownloadProgress, DownloadResult, DownloadSettings } from '../../../src/services/downloads/addon.ts'
+import { httpAddon } from '../../../src/services/downloads/http/index.ts'
+import { Planner } from '../../../src/services/downloads/http/segments.ts'
+import { RangeSet } from '../../../src/services/downloads/http/ranges.ts'
+import { backoffMs, parseRetryAfter } from '../../../src/services/downloads/http/retry.ts'
+import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
+import { startFaultServer, type Fault, type FaultServer } from '../../helpers/fault-server.ts'
+import { needsNginx, startNginx, type Nginx } from '../../helpers/nginx.ts'
+import { describeNeeding } from '../../helpers/needs.ts'
+
+/**
+ * The HTTP download engine driven directly, as the queue drives it: a real
+ * bandwidth scheduler flow behind ctx.take, a temp partial and state folder,
+ * against real nginx and against a fault server of the test's own.
+ */
+
+const MiB = 1024 * 1024
+const SETTINGS: DownloadSettings = {
+  proxy: { http: null, https: null, all: null, noProxy: null },
+  ipv6: true,
+  dns: [],
+  connectTimeoutMs: 5000,
+  readTimeoutMs: 5000,
+  retries: 3,
+  maxRetryWaitMs: 100
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+
+let dir: string
+const bandwidth = new BandwidthScheduler()
+
+beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), 'kith-http-')) })
+afterAll(async () => {
+  bandwidth.close()
+  await rm(dir, { recursive: true, force: true })
+})
+
+interface Run {
+  partial: string
+  stateDir: string
+  /** bytes passed to ctx.take */
+  taken: number
+  progress: DownloadProgress[]
+}
+
+let runs = 0
+function newRun (): Run {
+  const n = ++runs
+  return { partial: join(dir, `${n}.partial`), stateDir: join(dir, `${n}.state`), taken: 0, progress: [] }
+}
+
+/** Runs the add-on once into `run`'s partial; with `abortAfter`, aborts once that many bytes were taken. */
+async function download (url: string, run: Run, options: { connections?: number, settings?: Partial<DownloadSettings>, abortAfter?: number } = {}): Promise<DownloadResult> {
+  const { mkdir } = await import('node:fs/promises')
+  await mkdir(run.stateDir, { recursive: true })
+  const controller = new AbortController()
+  const flow = bandwidth.flow({ direction: 'down', class: 'public' })
+  run.taken = 0
+  try {
+    const parsed = new URL(url)
+    httpAddon.check?.(parsed, {})
+    return await httpAddon.download({ id: 'a1b2c3d4e5f6', url: parsed, connections: options.connections ?? 4, options: {} }, {
+      partial: run.partial,
+      stateDir: run.stateDir,
+      signal: controller.signal,
+      take: async (bytes, signal) => {
+        run.taken += bytes
+        if (options.abortAfter != null && run.taken > options.abortAfter) controller.abort(new KithError('FETCH_ABORTED', 'paused by the test'))
+        await flow.take(bytes, signal)
+      },
+      progress: p => { run.progress.push(p) },
+      settings: { ...SETTINGS, ...options.settings }
+    })
+  } finally {
+    flow.close()
+  }
+}
+
+async function codeOf (p: Promise<unknown>): Promise<string> {
+  return await p.then(() => 'ok', (err: unknown) => (err as KithError).code ?? String(err))
+}
+
+describe('HTTP engine parts', () => {
+  it('reads Retry-After in both forms and caps backoff', () => {
+    expect(parseRetryAfter('3')).toBe(3000)
+    const now = Date.parse('Sun, 06 Dec 2026 10:00:00 GMT')
+    expect(parseRetryAfter('Sun, 06 Dec 2026 10:00:05 GMT', now)).toBe(5000)
+    expect(parseRetryAfter('Sun, 06 Dec 2026 09:00:00 GMT', now)).toBe(0)
+    expect(parseRetryAfter('soon')).toBeNull()
+    expect(parseRetryAfter('-1')).toBeNull()
+    expect(backoffMs(1, 10_000, 30_000)).toBe(10_000)
+    for (let attempt = 1; attempt < 40; attempt++) {
+      const ms = backoffMs(attempt, 5000)
+      expect(ms).toBeGreaterThan(0)
+      expect(ms).toBeLessThanOrEqual(5000)
+    }
+    expect(backoffMs(3, 60_000, null, () => 0)).toBe(500)
+  })
+
+  it('keeps ranges merged and splits the busiest segment in halves', () => {
+    const set = new RangeSet([[10, 20], [0, 5], [5, 10], [30, 40]])
+    expect(set.list()).toEqual([[0, 20], [30, 40]])
+    expect(set.gaps(50)).toEqual([[20, 30], [40, 50]])
+    expect(set.prefix).toBe(20)
+    const planner = new Planner([[0, 8 * MiB]])
+    const first = planner.next()!
+    const second = planner.next()!
+    expect([first.cursor, first.end, second.cursor, second.end]).toEqual([0, 4 * MiB, 4 * MiB, 8 * MiB])
+    second.cursor = 8 * MiB - 100 * 1024 // nearly done: nothing left there worth splitting
+    expect(planner.next()!.cursor).toBe(2 * MiB)
+    planner.release(second)
+    expect(planner.unassigned).toBe(100 * 1024)
+  })
+})
+
+describeNeeding('HTTP engine against nginx', [needsNginx()], () => {
+  let nginx: Nginx
+  const content = randomBytes(8 * MiB + 12345)
+  beforeAll(async () => {
+    const root = join(dir, 'www')
+    const { mkdir } = await import('node:fs/promises')
+    await mkdir(root)
+    await writeFile(join(root, 'file.bin'), content)
+    nginx = await startNginx({ root })
+  })
+  afterAll(async () => { await nginx?.stop() })
+
+  it('splits a file over 8 connections, every byte through the scheduler, and returns its sha256', async () => {
+    const run = newRun()
+    const result = await download(`${nginx.url}/file.bin`, run, { connections: 8 })
+    expect(result).toEqual({ size: content.length, sha256: sha(content), name: 'file.bin', kind: 'file' })
+    expect(sha(await readFile(run.partial))).toBe(sha(content))
+    expect(run.taken).toBe(content.length)
+    expect(run.progress.at(-1)).toMatchObject({ done: content.length, total: content.length })
+    const ranged = (await nginx.accessLog()).filter(l => l.startsWith('206 "bytes='))
+    expect(ranged.length).toBeGreaterThanOrEqual(8)
+  })
+
+  it('resumes after an abort and fetches again only the unfinished ranges', async () => {
+    const run = newRun()
+    expect(await codeOf(download(`${nginx.url}/file.bin`, run, { connections: 4, abortAfter: 3 * MiB }))).toBe('FETCH_ABORTED')
+    const control = JSON.parse(await readFile(join(run.stateDir, 'http.control.json'), 'utf8')) as { done: Array<[number, number]> }
+    const kept = new RangeSet(control.done).size
+    expect(kept).toBeGreaterThan(MiB)
+    run.progress.length = 0
+    const result = await download(`${nginx.url}/file.bin`, run, { connections: 4 })
+    expect(result.sha256).toBe(sha(content))
+    expect(sha(await readFile(run.partial))).toBe(sha(content))
+    expect(run.taken).toBe(content.length - kept)
+    expect(run.progress[0]!.done).toBe(kept)
+  })
+})
+
+describe('HTTP engine against a faulty server', () => {
+  let server: FaultServer
+  let faults: (path: string, index: number, range: string | undefined) => Fault | undefined = () => undefined
+  const a = randomBytes(3 * MiB + 777)
+  const b = randomBytes(a.length)
+  beforeAll(async () => {
+    server = await startFaultServer((req, index) => faults(req.url ?? '', index, req.headers.range))
+  })
+  afterAll(async () => { await server?.stop() })
+
+  /** a fresh path holding `content`, with `fault` deciding per request (its index among this path's requests) */
+  function serve (content: Buffer, fault: (n: number, range: string | undefined) => Fault | undefined = () => undefined): string {
+    const path = `/f${++runs}`
+    server.files.set(path, content)
+    let n = 0
+    const before = faults
+    faults = (p, index, range) => p === path ? fault(n++, range) : before(p, index, range)
+    return path
+  }
+
+  const requests = (path: string): number => server.log.filter(e => e.path === path).length
+
+  it('survives connections dropped mid-piece', async () => {
+    const path = serve(a, n => n < 3 ? { kind: 'drop', after: 200 * 1024 } : undefined)
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 3 })
+    expect(result.sha256).toBe(sha(a))
+    expect(sha(await readFile(run.partial))).toBe(sha(a))
+    expect(run.taken).toBe(a.length)
+  })
+
+  it('takes a 200 answer to the first Range request as "no ranges": one connection', async () => {
+    const path = serve(a, () => ({ kind: 'ignore-range' }))
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 4 })
+    expect(result.sha256).toBe(sha(a))
+    expect(requests(path)).toBe(1)
+  })
+
+  it('starts over on one connection when a later Range request gets 200', async () => {
+    const path = serve(a, (n, range) => range != null && range !== 'bytes=0-' ? { kind: 'ignore-range' } : undefined)
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 3 })
+    expect(result.sha256).toBe(sha(a))
+    expect(sha(await readFile(run.partial))).toBe(sha(a))
+  })
+
+  it('restarts cleanly when the file changes at the origin between pieces', async () => {
+    let path = ''
+    path = serve(a, n => { if (n === 2) server.files.set(path, b); return undefined })
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 3 })
+    expect(result.sha256).toBe(sha(b))
+    expect(sha(await readFile(run.partial))).toBe(sha(b))
+    expect(server.log.some(e => e.path === path && e.ifRange != null && e.status === 200)).toBe(true)
+  })
+
+  it('restarts cleanly when the file changed while the download was paused', async () => {
+    const path = serve(a)
+    const run = newRun()
+    expect(await codeOf(download(server.url + path, run, { connections: 2, abortAfter: MiB }))).toBe('FETCH_ABORTED')
+    server.files.set(path, b)
+    const result = await download(server.url + path, run, { connections: 2 })
+    expect(result.sha256).toBe(sha(b))
+    expect(sha(await readFile(run.partial))).toBe(sha(b))
+  })
+
+  it('waits as Retry-After says, in seconds and as an HTTP-date, on 503 and 429', async () => {
+    const date = new Date(Math.ceil(Date.now() / 1000) * 1000 + 2000).toUTCString()
+    const path = serve(a, n => n === 0 ? { kind: 'status', status: 503, retryAfter: '1' } : n === 1 ? { kind: 'status', status: 429, retryAfter: date } : undefined)
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 1, settings: { maxRetryWaitMs: 5000 } })
+    expect(result.sha256).toBe(sha(a))
+    const [first, second, third] = server.log.filter(e => e.path === path)
+    expect(second!.at - first!.at).toBeGreaterThanOrEqual(950)
+    expect(third!.at - second!.at).toBeGreaterThanOrEqual(950)
+  })
+
+  it('gives up after its retries with a stable code', async () => {
+    const path = serve(a, () => ({ kind: 'status', status: 429, retryAfter: '0' }))
+    expect(await codeOf(download(server.url + path, newRun(), { settings: { retries: 2 } }))).toBe('HTTP_BUSY')
+    expect(requests(path)).toBe(3)
+    const missing = serve(a, () => ({ kind: 'status', status: 404 }))
+    expect(await codeOf(download(server.url + missing, newRun()))).toBe('HTTP_STATUS')
+    expect(requests(missing)).toBe(1)
+  })
+
+  it('follows redirects, and calls a loop an error', async () => {
+    const path = serve(a)
+    serve(a, () => ({ kind: 'redirect', to: path }))
+    const hop = `/f${runs}`
+    const result = await download(`${server.url}${serve(a, () => ({ kind: 'redirect', to: hop }))}`, newRun(), { connections: 2 })
+    expect(result.sha256).toBe(sha(a))
+    const loopA = `/f${runs + 1}`
+    const loopB = `/f${runs + 2}`
+    serve(a, () => ({ kind: 'redirect', to: loopB }))
+    serve(a, () => ({ kind: 'redirect', to: loopA }))
+    expect(await codeOf(download(server.url + loopA, newRun()))).toBe('HTTP_REDIRECT_LOOP')
+  })
+
+  it('keeps exactly Content-Length bytes of a server that sends more', async () => {
+    const path = serve(a, () => ({ kind: 'extra', extra: 4096 }))
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 3 })
+    expect(result).toMatchObject({ size: a.length, sha256: sha(a) })
+    expect((await readFile(run.partial)).length).toBe(a.length)
+  })
+
+  it('retries a stalled connection after the read timeout', async () => {
+    const path = serve(a, n => n === 1 ? { kind: 'stall', after: 64 * 1024 } : undefined)
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 3, settings: { readTimeoutMs: 400 } })
+    expect(result.sha256).toBe(sha(a))
+  })
+
+  it('downloads a body of unknown length on one connection', async () => {
+    const path = serve(a, () => ({ kind: 'chunked' }))
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 4 })
+    expect(result).toMatchObject({ size: a.length, sha256: sha(a) })
+  })
+
+  it('goes through the HTTP proxy the settings name, unless NO_PROXY names the host', async () => {
+    const tunnels: string[] = []
+    const proxy: Server = createServer()
+    proxy.on('connect', (req, client, head) => {
+      tunnels.push(req.url ?? '')
+      const [host, port] = (req.url ?? '').split(':')
+      const upstream = connect(Number(port), host, () => {
+        client.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+        upstream.write(head)
+        upstream.pipe(client).pipe(upstream)
+      })
+      upstream.on('error', () => client.destroy())
+      client.on('error', () => upstream.destroy())
+    })
+    proxy.listen(0, '127.0.0.1')
+    await once(proxy, 'listening')
+    const proxyUrl = `http://127.0.0.1:${(proxy.address() as { port: number }).port}`
+    try {
+      const path = serve(a)
+      const result = await download(server.url + path, newRun(), { connections: 2, settings: { proxy: { http: proxyUrl, https: null, all: null, noProxy: null } } })
+      expect(result.sha256).toBe(sha(a))
+      expect(tunnels.length).toBeGreaterThan(0)
+      tunnels.length = 0
+      await download(server.url + path, newRun(), { connections: 2, settings: { proxy: { http: null, https: null, all: proxyUrl, noProxy: '127.0.0.1' } } })
+      expect(tunnels).toEqual([])
+      expect(await codeOf(download(server.url + path, newRun(), { settings: { proxy: { http: null, https: null, all: 'socks5://127.0.0.1:1080', noProxy: null } } }))).toBe('PROXY_UNSUPPORTED')
+    } finally {
+      proxy.closeAllConnections()
+      proxy.close()
+    }
+  })
+
+  it('refuses URLs that are not http(s) or carry credentials, before any request', () => {
+    expect(() => httpAddon.check!(new URL('ftp://example.org/x'), {})).toThrow(expect.objectContaining({ code: 'URL_UNSUPPORTED' }))
+    expect(() => httpAddon.check!(new URL('http://me:secret@example.org/x'), {})).toThrow(expect.objectContaining({ code: 'URL_INVALID' }))
+  })
+})
