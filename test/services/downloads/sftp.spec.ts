@@ -1,0 +1,93 @@
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import { fingerprint } from '../../../src/services/downloads/known-hosts.ts'
+import { sftpAddon } from '../../../src/services/downloads/sftp.ts'
+import { scratch, type Scratch } from '../../helpers/addon-context.ts'
+import { describeNeeding, needsCommands } from '../../helpers/needs.ts'
+import { freePort, startServer, type ServerProcess } from '../../helpers/servers.ts'
+
+/**
+ * The sftp add-on against a real OpenSSH sshd on 127.0.0.1 (a high port, run
+ * as the current user, a host key and a user key made here), driven
+ * directly with a real bandwidth scheduler behind ctx.take.
+ */
+describeNeeding('sftp add-on against sshd', [needsCommands(['sshd', 'ssh-keygen'])], () => {
+  const SIZE = 1024 * 1024 + 5
+  let dir: string
+  let server: ServerProcess
+  let content: Buffer
+  let url: string
+  let options: Record<string, unknown>
+  let hostPrint: string
+  let s: Scratch
+
+  const keygen = (file: string): void => { execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', file], { stdio: 'ignore' }) }
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'kith-sshd-'))
+    content = randomBytes(SIZE)
+    await writeFile(join(dir, 'big.bin'), content)
+    keygen(join(dir, 'host'))
+    keygen(join(dir, 'user'))
+    keygen(join(dir, 'other'))
+    await writeFile(join(dir, 'authorized_keys'), await readFile(join(dir, 'user.pub')))
+    const port = await freePort()
+    const hostPub = (await readFile(join(dir, 'host.pub'), 'utf8')).trim()
+    hostPrint = fingerprint(Buffer.from(hostPub.split(' ')[1], 'base64'))
+    await writeFile(join(dir, 'known_hosts'), `# the test's server\n[127.0.0.1]:${port} ${hostPub}\n`)
+    await writeFile(join(dir, 'sshd_config'), [
+      `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${join(dir, 'host')}`, `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+      'StrictModes no', 'UsePAM no', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'PermitRootLogin prohibit-password',
+      `PidFile ${join(dir, 'sshd.pid')}`, 'Subsystem sftp internal-sftp', 'LogLevel ERROR', ''
+    ].join('\n'))
+    // sshd started as root wants its privilege separation folder (Debian makes it at boot, a container may lack it)
+    if (process.getuid?.() === 0) await mkdir('/run/sshd', { recursive: true, mode: 0o755 })
+    server = await startServer(execFileSync('sh', ['-c', 'command -v sshd']).toString().trim(), ['-D', '-e', '-f', join(dir, 'sshd_config')], port)
+    url = `sftp://127.0.0.1:${port}${join(dir, 'big.bin')}`
+    options = { keyFile: join(dir, 'user'), knownHosts: join(dir, 'known_hosts') }
+    s = await scratch()
+  })
+  afterAll(async () => {
+    await s?.cleanup()
+    await server?.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('downloads a file with key auth and a known host key; a resume after an abort reads only the rest', async () => {
+    await expect(s.run(sftpAddon, url, options, 256 * 1024)).rejects.toThrow('aborted by the test')
+    const kept = (await stat(s.partial)).size
+    expect(kept).toBeGreaterThan(0)
+    expect(kept).toBeLessThan(SIZE)
+    const resumed = await s.run(sftpAddon, url, options)
+    expect(resumed.result).toEqual({ size: SIZE, name: 'big.bin', kind: 'file' })
+    expect(resumed.taken).toBe(SIZE - kept)
+    expect(resumed.progress.at(-1)).toEqual({ done: SIZE, total: SIZE, name: 'big.bin' })
+    expect((await readFile(s.partial)).equals(content)).toBe(true)
+  })
+
+  it('refuses an unknown host key (until its fingerprint is accepted) and a changed one', async () => {
+    await rm(s.partial, { force: true })
+    await writeFile(join(dir, 'empty_known_hosts'), '')
+    const unknown = { ...options, knownHosts: join(dir, 'empty_known_hosts') }
+    const err = await s.run(sftpAddon, url, unknown).catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'HOST_KEY_UNKNOWN' })
+    expect((err as Error).message).toContain(hostPrint)
+    expect((await s.run(sftpAddon, url, { ...unknown, hostKey: hostPrint })).result.size).toBe(SIZE)
+
+    const otherPub = (await readFile(join(dir, 'other.pub'), 'utf8')).trim()
+    await writeFile(join(dir, 'changed_known_hosts'), `${new URL(url).host.replace(/^(.*):(\d+)$/, '[$1]:$2')} ${otherPub}\n`)
+    await expect(s.run(sftpAddon, url, { ...options, knownHosts: join(dir, 'changed_known_hosts') })).rejects.toMatchObject({ code: 'HOST_KEY_CHANGED' })
+  })
+
+  it('refuses a key the server does not take, a missing file and bad options with typed errors', async () => {
+    await expect(s.run(sftpAddon, url, { ...options, keyFile: join(dir, 'other') })).rejects.toMatchObject({ code: 'REMOTE_AUTH_FAILED' })
+    await expect(s.run(sftpAddon, url.replace('big.bin', 'nothing.bin'), options)).rejects.toMatchObject({ code: 'REMOTE_NOT_FOUND' })
+    for (const [bad, opts] of [[url, { hostKey: 'MD5:ab' }], [url, { keyfile: 'x' }], [url.replace('big.bin', ''), {}]] as const) {
+      expect(() => sftpAddon.check!(new URL(bad), opts)).toThrow(expect.objectContaining({ code: 'URL_INVALID' }))
+    }
+  })
+})
