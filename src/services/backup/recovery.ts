@@ -51,7 +51,8 @@ export interface RecoveryContent {
   name: string
   friends: Friend[]
   blobs: Array<[string, BlobRecord]>
-  snapshots: SnapshotRecord[]
+  /** each snapshot with the plaintext ids of every blob it needs (OwnerIndex.snapshotBlobs) */
+  snapshots: Array<{ record: SnapshotRecord, needs: string[] }>
 }
 
 export interface OpenedRecovery {
@@ -79,14 +80,10 @@ const friendWire = z.object({
   via: text(256)
 }).strict()
 
+// the snapshot record's own fields are owner-index.ts's business (and signed and sealed by me): checked loosely here
 const snapshotWire = z.object({
-  seq: count,
-  id: text(64),
-  created: ms,
-  label: text(255).nullable(),
-  paths: z.array(text(4096)).max(1024),
-  tree: text(64),
-  stats: z.object({ files: count, dirs: count, bytes: count, blobs: count }).strict()
+  r: z.looseObject({ seq: count, id: text(64), created: ms }),
+  n: z.array(count).max(10_000_000)
 }).strict()
 
 const contentWire = z.object({
@@ -114,6 +111,12 @@ function toWire (content: RecoveryContent): unknown {
     }
     return i
   }
+  const blobAt = new Map(content.blobs.map(([id], i) => [id, i]))
+  const blobIndex = (id: string): number => {
+    const i = blobAt.get(id)
+    if (i == null) throw new KithError('INTERNAL', `a snapshot needs blob ${id}, which the index does not hold`)
+    return i
+  }
   return {
     v: RECOVERY_VERSION,
     created: content.created,
@@ -125,7 +128,7 @@ function toWire (content: RecoveryContent): unknown {
     })),
     blobs: content.blobs.map(([id, r]) => [unhex(id), KINDS.indexOf(r.kind), unhex(r.sealedId), r.size, unhex(r.root), r.hosts.map(indexOf)]),
     hosts,
-    snapshots: content.snapshots.map(s => ({ seq: s.seq, id: s.id, created: s.created, label: s.label, paths: s.paths, tree: s.tree, stats: { ...s.stats } }))
+    snapshots: content.snapshots.map(s => ({ r: JSON.parse(JSON.stringify(s.record)) as unknown, n: s.needs.map(id => blobIndex(id)) }))
   }
 }
 
@@ -144,7 +147,15 @@ function fromWire (value: unknown): RecoveryContent {
     })
     return [hex(id), { kind: KINDS[kind]!, sealedId: hex(sealedId), size, root: hex(root), hosts }]
   })
-  return { created: w.created, name: w.name, friends: w.friends, blobs, snapshots: w.snapshots }
+  const snapshots = w.snapshots.map(s => ({
+    record: s.r as unknown as SnapshotRecord,
+    needs: s.n.map(i => {
+      const blob = blobs[i]
+      if (blob == null) throw new KithError('RECOVERY_MALFORMED', `the recovery record names blob ${i} of ${blobs.length}`)
+      return blob[0]
+    })
+  }))
+  return { created: w.created, name: w.name, friends: w.friends, blobs, snapshots }
 }
 
 // --- sealing and opening

@@ -16,6 +16,8 @@ function identity (): Identity {
 const hex32 = (): string => randomBytes(32).toString('hex')
 
 function content (me: Identity, friend: Identity): RecoveryContent {
+  const data = hex32()
+  const snap = hex32()
   return {
     created: Date.now(),
     name: 'alice',
@@ -32,10 +34,13 @@ function content (me: Identity, friend: Identity): RecoveryContent {
       via: 'inv1'
     }],
     blobs: [
-      [hex32(), { kind: 'data', sealedId: hex32(), size: 1 << 20, root: hex32(), hosts: [friend.peerId.toString()] }],
-      [hex32(), { kind: 'snapshot', sealedId: hex32(), size: 300, root: hex32(), hosts: [friend.peerId.toString(), me.peerId.toString()] }]
+      [data, { kind: 'data', sealedId: hex32(), size: 1 << 20, root: hex32(), hosts: [friend.peerId.toString()] }],
+      [snap, { kind: 'snapshot', sealedId: hex32(), size: 300, root: hex32(), hosts: [friend.peerId.toString(), me.peerId.toString()] }]
     ],
-    snapshots: [{ seq: 1, id: hex32(), created: 5, label: null, paths: ['/home/a'], tree: hex32(), stats: { files: 1, dirs: 1, bytes: 9, blobs: 3 } }]
+    snapshots: [{
+      record: { seq: 1, id: snap, created: 5, label: null, paths: ['/home/a'], tree: [hex32()], stats: { files: 1, dirs: 1, links: 0, bytes: 9, blobs: 3 } },
+      needs: [snap, data]
+    }]
   }
 }
 

@@ -1,0 +1,100 @@
+/**
+ * One audit of one host (docs/backup.md, "Audits"): does it still hold what
+ * I placed there, bit for bit?
+ *
+ * I pick up to AUDIT_BLOBS of the blobs my index says it holds, uniformly at
+ * random, and AUDIT_LEAVES random 4 KiB leaves of each; the host answers
+ * each (blob, leaf) with the leaf's bytes and its Merkle path, which I check
+ * against the audit root I kept when I sealed the blob (audit-tree.ts). A
+ * host that dropped, truncated, corrupted or swapped a blob, or that answers
+ * without reading the data, cannot produce a path to that root. It costs the
+ * host at most AUDIT_BLOBS reads of a blob, and me the 32-byte roots I
+ * already keep; the challenges are fresh each time, so old answers are no
+ * use to a host. A blob that fails is known lost on that host; a host with
+ * any failure is "failing" until an audit passes (repair.ts moves its blobs).
+ *
+ * Sampling finds a host that lost a fraction f of my blobs with probability
+ * about 1 - (1 - f)^AUDIT_BLOBS per audit: a daily audit finds a host that
+ * lost a tenth of them within a week with probability above 0.999.
+ */
+import { randomInt } from 'node:crypto'
+import { asKithError } from '../../errors.ts'
+import { leafCount, verifyAudit } from './audit-tree.ts'
+import type { BackupClient } from './protocol.ts'
+import type { OwnerIndex } from './owner-index.ts'
+
+/** blobs challenged per audit */
+export const AUDIT_BLOBS = 16
+/** leaves challenged per blob (AUDIT_BLOBS * AUDIT_LEAVES <= 32, the host's bound) */
+export const AUDIT_LEAVES = 2
+
+export interface AuditFailure {
+  /** plaintext id (my index's key) */
+  id: string
+  sealedId: string
+  leaf: number
+  /** missing: the host says it has no such blob; wrong: its answer does not lead to the root */
+  why: 'missing' | 'wrong'
+}
+
+export interface AuditOutcome {
+  host: string
+  /** ms since the epoch */
+  at: number
+  /** the host answered and every answer checked out */
+  ok: boolean
+  challenges: number
+  /** blobs challenged */
+  blobs: number
+  failures: AuditFailure[]
+  /** why the audit could not run (host unreachable, a protocol error); then ok is false and failures empty */
+  error: { code: string, message: string } | null
+}
+
+interface Candidate { id: string, sealedId: string, size: number, root: string }
+
+/** Up to `k` of the blobs on `host`, uniformly (reservoir sampling: one pass, k kept). */
+async function sample (index: OwnerIndex, host: string, k: number): Promise<Candidate[]> {
+  const kept: Candidate[] = []
+  let seen = 0
+  for await (const [id, r] of index.blobsOn(host)) {
+    if (r.size === 0) continue
+    seen++
+    const c = { id, sealedId: r.sealedId, size: r.size, root: r.root }
+    if (kept.length < k) kept.push(c)
+    else {
+      const j = randomInt(seen)
+      if (j < k) kept[j] = c
+    }
+  }
+  return kept
+}
+
+export async function auditHost (host: BackupClient, index: OwnerIndex, signal?: AbortSignal): Promise<AuditOutcome> {
+  const at = Date.now()
+  const picked = await sample(index, host.peer, AUDIT_BLOBS)
+  const challenges = picked.flatMap(c => {
+    const leaves = leafCount(c.size)
+    const chosen = new Set<number>()
+    while (chosen.size < Math.min(AUDIT_LEAVES, leaves)) chosen.add(randomInt(leaves))
+    return [...chosen].map(leaf => ({ blob: c, leaf }))
+  })
+  const base = { host: host.peer, at, challenges: challenges.length, blobs: picked.length }
+  let results
+  try {
+    results = challenges.length === 0
+      ? (await host.usage(signal), []) // nothing placed there yet: at least it answers
+      : await host.audit(challenges.map(c => ({ id: c.blob.sealedId, leaf: c.leaf })), signal)
+  } catch (err) {
+    const e = asKithError(err)
+    return { ...base, ok: false, failures: [], error: { code: e.code, message: e.message } }
+  }
+  const failures: AuditFailure[] = []
+  results.forEach((r, i) => {
+    const { blob, leaf } = challenges[i]!
+    const fail = (why: AuditFailure['why']): void => { failures.push({ id: blob.id, sealedId: blob.sealedId, leaf, why }) }
+    if (r.answer == null) fail('missing')
+    else if (!verifyAudit(Buffer.from(blob.root, 'hex'), leaf, leafCount(blob.size), r.answer)) fail('wrong')
+  })
+  return { ...base, ok: failures.length === 0, failures, error: null }
+}
