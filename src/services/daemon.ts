@@ -24,6 +24,7 @@ import { loadConfig, transferEngine, type BandwidthView, type ConfigFile, type T
 import { LocateService } from './locate/index.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
+import { DownloadService, type DownloadEvent } from './downloads/index.ts'
 import { releaseMemoryWhenQuiet } from './daemon-heap.ts'
 
 /**
@@ -79,7 +80,7 @@ export interface CreateInviteRequest {
   grants?: Service[]
 }
 
-export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent
+export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent | DownloadEvent
 
 interface Meta {
   peerId?: string
@@ -99,6 +100,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly started = new Date()
   private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
+  private downloadService: DownloadService | null = null
   /** gives memory back after a burst of traffic */
   private memory: { stop: () => void } | undefined
   private locateService: LocateService | null = null
@@ -202,6 +204,9 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       engine
     })
     this.fileService.on('event', evt => this.emit('event', evt))
+    // downloads share the engine's scheduler and, for kith:// URLs and the one queue, file sharing
+    this.downloadService = await DownloadService.start({ db: this.db, home: this.paths.root, engine, files: this.fileService, config })
+    this.downloadService.on('event', evt => this.emit('event', evt))
     // every service has registered: collection may run
     engine.afterStart()
     const bandwidth = engine.bandwidth
@@ -223,6 +228,11 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.fileService
   }
 
+  get downloads (): DownloadService {
+    if (this.downloadService == null) throw new KithError('INTERNAL', 'downloads are not started')
+    return this.downloadService
+  }
+
   get locate (): LocateService {
     if (this.locateService == null) throw new KithError('INTERNAL', 'locate is not started')
     return this.locateService
@@ -235,6 +245,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     await this.reachability.stop()
     await this.locateService?.stop()
     await this.transferEngine?.beforeStop()
+    await this.downloadService?.stop()
     await this.fileService?.stop()
     await this.transferEngine?.stop()
     await this.libp2p.stop()

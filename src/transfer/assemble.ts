@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { link, lstat, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
+import { lstat, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
@@ -9,7 +9,7 @@ import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } 
 import type { ChunkStore } from './chunk-store.ts'
 import { BufferPool } from './buffer-pool.ts'
 import { openChunk, verifySealed, type SealKeys } from './seal.ts'
-import { checkUnder, makeRoot, openNoFollow, prepareUnder } from './destination.ts'
+import { DestinationTaken, checkUnder, isPresent, makeRoot, openNoFollow, placeFile, prepareUnder } from './destination.ts'
 
 /**
  * Assembling files from verified chunks.
@@ -66,47 +66,6 @@ export async function writeAll (handle: FileHandle, data: Uint8Array, position: 
     const { bytesWritten } = await handle.write(data, at, data.length - at, position + at)
     at += bytesWritten
   }
-}
-
-async function isPresent (path: string): Promise<boolean> {
-  try {
-    await lstat(path)
-    return true
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false
-    throw err
-  }
-}
-
-/** The verified file waits in its partial: something else took its destination meanwhile. */
-class Taken extends KithError {
-  constructor (dest: string, partial: string) {
-    super('DESTINATION_EXISTS', `${JSON.stringify(dest)} already exists and is not the file being fetched; kith left it as it is. ` +
-      `Move it away, then resume: the fetched file waits, complete and verified, in ${JSON.stringify(partial)}`)
-  }
-}
-
-/**
- * Moves a verified partial into place, without clobbering unless asked
- * (a link at `dest` is replaced as a name, never followed).
- */
-async function place (partial: string, dest: string, overwrite: boolean): Promise<void> {
-  if (overwrite) {
-    await rename(partial, dest)
-    return
-  }
-  try {
-    await link(partial, dest) // atomic: fails with EEXIST rather than replace
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'EEXIST') throw new Taken(dest, partial)
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'EMLINK') throw err
-    // A filesystem without hard links: check, then rename (racy only against other local writers).
-    if (await isPresent(dest)) throw new Taken(dest, partial)
-    await rename(partial, dest)
-    return
-  }
-  await unlink(partial)
 }
 
 /** Chunk states in a FileAssembly */
@@ -315,10 +274,10 @@ export class FileAssembly {
       await this.use(async handle => { await handle.sync() }) // an empty file is created here
       await this.release()
       await this.checkFolders()
-      await place(this.partial, this.dest, this.overwrite)
+      await placeFile(this.partial, this.dest, this.overwrite)
     } catch (err) {
       // a verified file whose destination is taken waits in its partial for a resume; otherwise it is gone
-      if (err instanceof Taken) await this.release()
+      if (err instanceof DestinationTaken) await this.release()
       else await this.abort()
       throw err
     }

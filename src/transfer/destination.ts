@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { constants, type Stats } from 'node:fs'
-import { chmod, lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
+import { chmod, link, lstat, mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { KithError } from '../errors.ts'
 import { userMode } from '../peer/home.ts'
@@ -133,6 +133,49 @@ export async function checkUnder (root: string, folder: string): Promise<void> {
     if (info.isSymbolicLink()) throw linkRefused(at)
     if (!info.isDirectory()) throw inTheWay(at)
   }
+}
+
+/** Whether anything is at `path` (a dangling link included). */
+export async function isPresent (path: string): Promise<boolean> {
+  try {
+    await lstat(path)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false
+    throw err
+  }
+}
+
+/** The verified file waits in its partial: something else took its destination meanwhile. */
+export class DestinationTaken extends KithError {
+  constructor (dest: string, partial: string) {
+    super('DESTINATION_EXISTS', `${JSON.stringify(dest)} already exists and is not the file being fetched; kith left it as it is. ` +
+      `Move it away, then resume: the fetched file waits, complete and verified, in ${JSON.stringify(partial)}`)
+  }
+}
+
+/**
+ * Moves a verified partial (a file, or a folder) into place in the same
+ * folder, without clobbering unless asked (a link at `dest` is replaced as
+ * a name, never followed). Fetched shares and downloads both place this way.
+ */
+export async function placeFile (partial: string, dest: string, overwrite: boolean): Promise<void> {
+  if (overwrite) {
+    await rename(partial, dest)
+    return
+  }
+  try {
+    await link(partial, dest) // atomic: fails with EEXIST rather than replace
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'EEXIST') throw new DestinationTaken(dest, partial)
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'EMLINK') throw err
+    // A filesystem without hard links (or a folder): check, then rename (racy only against other local writers).
+    if (await isPresent(dest)) throw new DestinationTaken(dest, partial)
+    await rename(partial, dest)
+    return
+  }
+  await unlink(partial)
 }
 
 /**

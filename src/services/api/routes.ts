@@ -5,6 +5,7 @@ import { SERVICES } from '../../trust/grants.ts'
 import { parseInvite, summarise, checkValidity, MAX_INVITE_TEXT } from '../../trust/invite.ts'
 import { PRIORITIES, type Priority } from '../../transfer/scheduler/index.ts'
 import type { Daemon } from '../daemon.ts'
+import { MAX_URL_LENGTH, MAX_URLS_PER_REQUEST } from '../downloads/constants.ts'
 
 /**
  * The API's endpoints, each a path pattern, a zod schema for its body and a
@@ -51,7 +52,17 @@ const schemas = {
     priority: z.enum(PRIORITIES as [Priority, ...Priority[]]).optional(),
     minRate: z.number().min(0).finite().optional()
   }).strict().refine(r => (r.dest == null) !== (r.destDir == null), 'give exactly one of dest and destDir'),
-  priority: z.object({ priority: z.enum(PRIORITIES as [Priority, ...Priority[]]) }).strict()
+  priority: z.object({ priority: z.enum(PRIORITIES as [Priority, ...Priority[]]) }).strict(),
+  // URLs and the rest are checked by the download service (typed URL_INVALID, URL_UNSUPPORTED...); sizes here
+  download: z.object({
+    urls: z.array(z.string().max(MAX_URL_LENGTH)).min(1).max(MAX_URLS_PER_REQUEST),
+    dest: z.string().min(1).max(4096),
+    priority: z.enum(PRIORITIES as [Priority, ...Priority[]]).optional(),
+    limit: z.union([z.number(), z.string().max(32)]).optional(),
+    connections: z.number().int().optional(),
+    checksum: z.string().max(100).optional(),
+    options: z.record(z.string().max(64), z.unknown()).optional()
+  }).strict()
 }
 
 function body<T> (schema: z.ZodType<T>, value: unknown): T {
@@ -187,6 +198,26 @@ export function routes (daemon: Daemon): Route[] {
       method: 'POST',
       path: /^\/v1\/transfers\/(?<id>[0-9a-f]+)\/priority$/,
       handler: async ({ params, body: b }) => ({ transfer: await daemon.files.transfers.setPriority(params.id!, body(schemas.priority, b).priority) })
+    },
+    // downloads (docs/downloads.md); pause, resume, cancel and priority also take a friend fetch's id: one queue
+    { method: 'GET', path: /^\/v1\/downloads$/, handler: async () => ({ downloads: daemon.downloads.list(), fetches: daemon.files.transfers.list(), ...daemon.downloads.outlook() }) },
+    {
+      method: 'POST',
+      path: /^\/v1\/downloads$/,
+      handler: async ({ body: b }) => {
+        return await daemon.downloads.add(body(schemas.download, b))
+      }
+    },
+    { method: 'GET', path: /^\/v1\/downloads\/(?<id>[0-9a-f]{4,12})$/, handler: async ({ params }) => daemon.downloads.find(params.id!) },
+    {
+      method: 'POST',
+      path: /^\/v1\/downloads\/(?<id>[0-9a-f]{4,12})\/(?<action>pause|resume|cancel)$/,
+      handler: async ({ params }) => await daemon.downloads.control(params.id!, params.action as 'pause' | 'resume' | 'cancel')
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/downloads\/(?<id>[0-9a-f]{4,12})\/priority$/,
+      handler: async ({ params, body: b }) => await daemon.downloads.setPriority(params.id!, body(schemas.priority, b).priority)
     },
     // bandwidth limits: the body is a merge patch validated by limits.ts (null clears a setting)
     { method: 'GET', path: /^\/v1\/limits$/, handler: async () => daemon.engine.limits.view() },

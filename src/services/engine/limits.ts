@@ -105,7 +105,8 @@ export const limitsSchema = z.object({
   classWeights: z.partialRecord(classKey, weight).optional()
 }).strict()
 
-export const configSchema = z.object({ limits: limitsSchema.optional() }).strict()
+/** `downloads` is the download queue's section, checked by src/services/downloads/settings.ts when the queue starts */
+export const configSchema = z.object({ limits: limitsSchema.optional(), downloads: z.unknown().optional() }).strict()
 
 export const patchSchema = z.object({
   upload: rate.nullable().optional(),
@@ -118,6 +119,8 @@ export const patchSchema = z.object({
 export interface ConfigFile {
   path: string
   limits: LimitsDoc
+  /** the `downloads` section as written (downloads/settings.ts checks it) */
+  downloads?: unknown
 }
 
 /**
@@ -145,7 +148,7 @@ export async function loadConfig (home: string): Promise<ConfigFile | null> {
     const issue = result.error.issues[0]
     throw new KithError('CONFIG_INVALID', `${path}: ${issue?.path.join('.') || '(top level)'}: ${issue?.message ?? 'invalid'}; see docs/scheduler.md`)
   }
-  return { path, limits: clean(result.data.limits ?? {}) }
+  return { path, limits: clean(result.data.limits ?? {}), ...(result.data.downloads !== undefined ? { downloads: result.data.downloads } : {}) }
 }
 
 /** Drops undefined fields (zod leaves them out already; this keeps the type exact). */

@@ -1,0 +1,150 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { randomBytes, createHash } from 'node:crypto'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Level } from 'level'
+import type { Sublevel } from '../../../src/peer/database.ts'
+import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
+import { DOWNLOAD_RECORD_VERSION, DownloadBook, type Download } from '../../../src/services/downloads/download-book.ts'
+import { DownloadQueue } from '../../../src/services/downloads/queue.ts'
+import { addonFor } from '../../../src/services/downloads/registry.ts'
+import { queueSettings, type QueueSettings } from '../../../src/services/downloads/settings.ts'
+import { until } from '../../helpers/chunks.ts'
+import { rangeServer, type RangeServer } from '../../helpers/range-server.ts'
+
+/**
+ * The download queue on real parts: a LevelDB book in a temp folder, the
+ * real bandwidth scheduler, the real HTTP add-on (loaded by the registry)
+ * against a real node:http server with Range.
+ */
+const FILE = randomBytes(256 * 1024)
+const SHA = createHash('sha256').update(FILE).digest('hex')
+
+describe('the download queue', () => {
+  let server: RangeServer
+  let slow: RangeServer
+  let root: string
+  let db: Level<string, unknown>
+
+  beforeAll(async () => {
+    server = await rangeServer({ '/a.bin': FILE })
+    // 256 KiB at 512 KiB/s: half a second, time to pause, reprioritise and cancel it
+    slow = await rangeServer({ '/slow.bin': FILE }, { bytesPerSecond: 512 * 1024 })
+    root = await mkdtemp(join(tmpdir(), 'kith-queue-'))
+    db = new Level<string, unknown>(join(root, 'db'), { valueEncoding: 'json' })
+    await db.open()
+  })
+
+  afterAll(async () => {
+    await server?.close()
+    await slow?.close()
+    await db?.close()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  let n = 0
+  /** a queue over its own sublevel and folder; `settings` may be changed by the test while it runs */
+  async function queue (settings: QueueSettings = queueSettings({ minFreeBytes: 0 }, 'config.json'), name = `q${n++}`): Promise<{ q: DownloadQueue, book: DownloadBook, dir: string, settings: QueueSettings }> {
+    const book = new DownloadBook(db.sublevel<string, Download>(name, { valueEncoding: 'json' }) as unknown as Sublevel<Download>)
+    await book.load()
+    const dir = join(root, name)
+    const q = new DownloadQueue({ book, bandwidth: new BandwidthScheduler(), settings, stateRoot: join(root, name + '-state'), addonFor, diskRecheckMs: 100 })
+    q.start()
+    return { q, book, dir, settings }
+  }
+
+  function record (id: string, url: string, dir: string, extra: Partial<Download> = {}): Download {
+    return { v: DOWNLOAD_RECORD_VERSION, id, url, dir, name: null, state: 'queued', priority: 'normal', limit: null, connections: 2, checksum: null, options: {}, totalBytes: null, doneBytes: 0, rate: 0, eta: null, sha256: null, kind: null, error: null, created: Date.now(), updated: Date.now(), ...extra }
+  }
+
+  const state = (q: DownloadQueue, id: string): string => q.get(id).state
+
+  it('downloads into place under the origin\'s name, verifies the checksum asked, and keeps the record across a reopen', async () => {
+    const { q, dir } = await queue(undefined, 'done')
+    await q.add(record('aaaaaaaaaaa1', server.url('/a.bin'), dir, { checksum: `sha256:${SHA}` }))
+    await until(() => state(q, 'aaaaaaaaaaa1') === 'done', 'the download to finish')
+    expect((await readFile(join(dir, 'a.bin'))).equals(FILE)).toBe(true)
+    expect(await readdir(dir)).toEqual(['a.bin']) // no partial left
+    const done = q.get('aaaaaaaaaaa1')
+    expect(done).toMatchObject({ name: 'a.bin', sha256: SHA, doneBytes: FILE.length, totalBytes: FILE.length, kind: 'file', error: null })
+    await q.stop()
+    const again = new DownloadBook(db.sublevel<string, Download>('done', { valueEncoding: 'json' }) as unknown as Sublevel<Download>)
+    await again.load()
+    expect(again.get('aaaa')).toMatchObject({ state: 'done', name: 'a.bin' })
+  })
+
+  it('a checksum mismatch keeps nothing and says so', async () => {
+    const { q, dir } = await queue()
+    await q.add(record('bbbbbbbbbbb1', server.url('/a.bin'), dir, { checksum: `sha256:${'0'.repeat(64)}` }))
+    await until(() => state(q, 'bbbbbbbbbbb1') === 'failed', 'the download to fail')
+    expect(q.get('bbbbbbbbbbb1').error?.code).toBe('CHECKSUM_MISMATCH')
+    expect(q.get('bbbbbbbbbbb1').error?.message).toMatch(/nothing was kept/)
+    expect(await readdir(dir)).toEqual([])
+    await q.stop()
+  })
+
+  it('an origin error fails it with the add-on\'s code; resume tries again', async () => {
+    const { q, dir } = await queue()
+    await q.add(record('ccccccccccc1', server.url('/missing.bin'), dir))
+    await until(() => state(q, 'ccccccccccc1') === 'failed', 'the download to fail')
+    expect(q.get('ccccccccccc1').error?.code).toMatch(/^HTTP_/)
+    await q.resume('ccccccccccc1')
+    await until(() => state(q, 'ccccccccccc1') === 'failed', 'the download to fail again')
+    await q.stop()
+  })
+
+  it('pauses, changes priority, resumes from what it has, and cancels leaving nothing', async () => {
+    const { q, dir } = await queue()
+    await q.add(record('ddddddddddd1', slow.url('/slow.bin'), dir, { name: 'slow.bin' }))
+    await until(() => q.get('ddddddddddd1').doneBytes > 0, 'some bytes')
+    expect((await q.setPriority('ddddddddddd1', 'urgent')).priority).toBe('urgent')
+    expect((await q.pause('ddddddddddd1')).state).toBe('paused')
+    const before = slow.hits.get('/slow.bin') ?? 0
+    await expect(q.pause('ddddddddddd1')).resolves.toMatchObject({ state: 'paused' })
+    await q.resume('ddddddddddd1')
+    await until(() => state(q, 'ddddddddddd1') === 'done', 'the resumed download to finish')
+    expect((slow.hits.get('/slow.bin') ?? 0)).toBeGreaterThan(before)
+    expect((await readFile(join(dir, 'slow.bin'))).equals(FILE)).toBe(true)
+    await expect(q.cancel('ddddddddddd1')).rejects.toMatchObject({ code: 'DOWNLOAD_STATE' })
+
+    await q.add(record('ddddddddddd2', slow.url('/slow.bin'), dir, { name: 'slow2.bin' }))
+    await until(() => q.get('ddddddddddd2').doneBytes > 0, 'some bytes')
+    expect((await q.cancel('ddddddddddd2')).state).toBe('cancelled')
+    expect(await readdir(dir)).toEqual(['slow.bin'])
+    await expect(q.resume('ddddddddddd2')).rejects.toMatchObject({ code: 'DOWNLOAD_STATE' })
+    await q.stop()
+  })
+
+  it('goes on after a restart from the same book and partial', async () => {
+    const first = await queue(undefined, 'restart')
+    await first.q.add(record('eeeeeeeeeee1', slow.url('/slow.bin'), first.dir, { name: 'r.bin' }))
+    await until(() => first.q.get('eeeeeeeeeee1').doneBytes > 64 * 1024, 'some bytes')
+    await first.q.stop()
+    expect((await readdir(first.dir)).some(f => f.endsWith('.kith-partial'))).toBe(true)
+    const second = await queue(undefined, 'restart')
+    expect(['queued', 'running']).toContain(state(second.q, 'eeeeeeeeeee1'))
+    await until(() => state(second.q, 'eeeeeeeeeee1') === 'done', 'the download to finish after the restart')
+    expect((await readFile(join(second.dir, 'r.bin'))).equals(FILE)).toBe(true)
+    await second.q.stop()
+  })
+
+  it('waits while the disk is low, says why, and goes on by itself once there is room', async () => {
+    const settings = queueSettings({ minFreeBytes: Number.MAX_SAFE_INTEGER }, 'config.json')
+    const { q, dir } = await queue(settings)
+    await q.add(record('fffffffffff1', server.url('/a.bin'), dir))
+    await until(() => q.get('fffffffffff1').error?.code === 'DISK_LOW', 'the low-disk pause')
+    expect(q.get('fffffffffff1').state).toBe('paused')
+    expect(q.get('fffffffffff1').error?.message).toMatch(/minFreeBytes/)
+    // room returns: here by lowering the threshold the queue reads at each look
+    settings.minFreeBytes = 0
+    await until(() => state(q, 'fffffffffff1') === 'done', 'the download to go on by itself', 15_000)
+    await q.stop()
+  })
+
+  it('refuses a stored record of a version it does not know', async () => {
+    const level = db.sublevel<string, unknown>('future', { valueEncoding: 'json' })
+    await level.put('abcdefabcdef', { v: 99, id: 'abcdefabcdef' })
+    await expect(new DownloadBook(level as unknown as Sublevel<Download>).load()).rejects.toMatchObject({ code: 'DATABASE_CORRUPT' })
+  })
+})
