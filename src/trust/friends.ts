@@ -223,11 +223,11 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
     })
   }
 
-  /** Updates what a friend grants me (they told me over the wire). */
+  /** Updates what a friend grants me (they told me over the wire: grant-sync.ts); sorted, as they come from there. */
   async setGrantsFromThem (peerId: string, grants: Service[]): Promise<void> {
     await this.serial(async () => {
       const friend = this.byId.get(peerId)
-      if (friend?.state !== 'active') return
+      if (friend?.state !== 'active' || friend.grantsFromThem.join(',') === grants.join(',')) return
       await this.save({ ...friend, grantsFromThem: grants }, 'friend:changed')
     })
   }
