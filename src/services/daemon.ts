@@ -17,6 +17,7 @@ import { InviteBook, type IssuedInvite, type InviteListing } from '../trust/invi
 import { createInvite, parseInvite, summarise, type InviteSummary, MAX_INVITE_USES, MAX_INVITE_LIFETIME_S, displayName as displayNameSchema } from '../trust/invite.ts'
 import { connectionGater, friendsOnly } from '../trust/gate.ts'
 import { redeemHandler, redeem, REDEEM_PROTOCOL, MAX_INBOUND_REDEEM_STREAMS } from '../trust/redeem.ts'
+import { GrantSync } from '../trust/grant-sync.ts'
 import { DEFAULT_GRANTS, type Service } from '../trust/grants.ts'
 import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
@@ -24,7 +25,6 @@ import { loadConfig, transferEngine, type BandwidthView, type ConfigFile, type T
 import { LocateService } from './locate/index.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
-import { DownloadService, type DownloadEvent } from './downloads/index.ts'
 import { releaseMemoryWhenQuiet } from './daemon-heap.ts'
 
 /**
@@ -80,7 +80,7 @@ export interface CreateInviteRequest {
   grants?: Service[]
 }
 
-export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent | DownloadEvent
+export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent
 
 interface Meta {
   peerId?: string
@@ -100,7 +100,6 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly started = new Date()
   private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
-  private downloadService: DownloadService | null = null
   /** gives memory back after a burst of traffic */
   private memory: { stop: () => void } | undefined
   private locateService: LocateService | null = null
@@ -111,6 +110,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly net: NetParts
   /** friends' peers tagged, strangers' connections bounded */
   private readonly slots: ConnectionSlots
+  /** friends tell each other what they grant (grantsFromThem) */
+  private readonly grantSync: GrantSync
   /** what in the home other users could read before this start made it private (home.ts) */
   loosened: string[] = []
 
@@ -125,6 +126,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.meta = meta
     this.net = net
     this.slots = new ConnectionSlots({ libp2p, friends })
+    this.grantSync = new GrantSync({ libp2p, friends })
     this.presence = new Presence(libp2p, friends, net.dialPolicy)
     this.relayGate = relayGate
     this.reachability = new Reachability({ libp2p, friends, onState: state => { relayGate.relaying = state === 'public' } })
@@ -183,6 +185,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       self: this.identity.peerId.toString(),
       displayName: () => this.displayName
     }), { maxInboundStreams: MAX_INBOUND_REDEEM_STREAMS, runOnLimitedConnection: true }) // a few hundred bytes: fine over a relay with a budget
+    await this.grantSync.start()
     this.libp2p.use(DHT_PROTOCOL, friendsOnly(this.friends))
     this.libp2p.use(PING_PROTOCOL, friendsOnly(this.friends))
     this.friends.on('event', evt => this.emit('event', evt))
@@ -204,9 +207,6 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       engine
     })
     this.fileService.on('event', evt => this.emit('event', evt))
-    // downloads share the engine's scheduler and, for kith:// URLs and the one queue, file sharing
-    this.downloadService = await DownloadService.start({ db: this.db, home: this.paths.root, engine, files: this.fileService, config })
-    this.downloadService.on('event', evt => this.emit('event', evt))
     // every service has registered: collection may run
     engine.afterStart()
     const bandwidth = engine.bandwidth
@@ -228,11 +228,6 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.fileService
   }
 
-  get downloads (): DownloadService {
-    if (this.downloadService == null) throw new KithError('INTERNAL', 'downloads are not started')
-    return this.downloadService
-  }
-
   get locate (): LocateService {
     if (this.locateService == null) throw new KithError('INTERNAL', 'locate is not started')
     return this.locateService
@@ -242,10 +237,10 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.memory?.stop()
     this.presence.stop()
     this.slots.stop()
+    await this.grantSync.stop()
     await this.reachability.stop()
     await this.locateService?.stop()
     await this.transferEngine?.beforeStop()
-    await this.downloadService?.stop()
     await this.fileService?.stop()
     await this.transferEngine?.stop()
     await this.libp2p.stop()
