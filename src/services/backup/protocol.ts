@@ -1,0 +1,437 @@
+import { lpStream } from '@libp2p/utils'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { z } from 'zod'
+import type { AbortOptions, Connection, PeerId, Stream } from '@libp2p/interface'
+import { KithError, isErrorCode, type ErrorCode } from '../../errors.ts'
+import { MAX_FAILURE_MESSAGE } from '../../peer/request-response.ts'
+import { cleanText } from '../../peer/text.ts'
+import type { ChunkStore } from '../../transfer/chunk-store.ts'
+import { MAX_SEALED_CHUNK_SIZE } from '../../transfer/constants.ts'
+import { chunkId } from '../../transfer/seal.ts'
+import type { BandwidthScheduler, Flow } from '../../transfer/scheduler/index.ts'
+import { auditProof, leafCount, type AuditAnswer } from './audit-tree.ts'
+import type { HostBook } from './host-book.ts'
+import {
+  BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_RECORD_SIZE, REQUEST_TIMEOUT_MS,
+  decodeHeader, encodeHeader, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest, writeBody,
+  type BackupRequest, type Frames
+} from './wire.ts'
+
+/**
+ * `/kith/backup/1.0.0`, both ends: the host's handler (served to friends I
+ * granted backup, each seeing only its own blobs, keyed by the connection's
+ * remote peer, never by anything in the request) and the owner's client.
+ * The messages and limits are in wire.ts; the host's policy in host-book.ts.
+ * Every byte either way goes through the bandwidth scheduler in class 'backup'.
+ */
+export { BACKUP_PROTOCOL, MAX_INBOUND_BACKUP_STREAMS } from './wire.ts'
+
+/** What the handler needs of the friend book. */
+export interface BackupFriends {
+  allows: (peerId: string, service: 'backup') => boolean
+  get: (peerId: string) => { publicKey: string } | undefined
+}
+
+export interface BackupHandlerInit {
+  book: HostBook
+  /** the engine's store as fetches see it (guardedStore): a blob being written is safe from a collection */
+  store: ChunkStore
+  bandwidth: BandwidthScheduler
+  friends: BackupFriends
+  /** this host's peer id: signed requests must name it */
+  self: string
+}
+
+/** Reads and writes one stream's frames, each counted in the 'backup' class. */
+class Framed {
+  readonly lp: ReturnType<typeof lpStream>
+  readonly up: Flow
+  readonly down: Flow
+
+  constructor (stream: Stream, bandwidth: BandwidthScheduler, peer: string, maxBody: number) {
+    // the read buffer holds at most one announced body (the sender waits for `go` before sending one)
+    this.lp = lpStream(stream, { maxDataLength: MAX_HEADER, maxBufferSize: maxBody + MAX_HEADER })
+    this.up = bandwidth.flow({ direction: 'up', peer, class: 'backup' })
+    this.down = bandwidth.flow({ direction: 'down', peer, class: 'backup' })
+  }
+
+  get frames (): Frames { return this.lp }
+
+  async send (message: Record<string, unknown>, signal: AbortSignal): Promise<void> {
+    const bytes = encodeHeader({ v: BACKUP_VERSION, ...message })
+    await this.up.take(bytes.length, signal)
+    await this.lp.write(bytes, { signal })
+  }
+
+  async receive (signal: AbortSignal): Promise<Uint8Array> {
+    const frame = await this.lp.read({ signal })
+    await this.down.take(frame.byteLength, signal)
+    return frame.subarray()
+  }
+
+  close (): void {
+    this.up.close()
+    this.down.close()
+  }
+}
+
+function failureOf (err: unknown): { ok: false, code: ErrorCode, message: string } {
+  if (err instanceof KithError) return { ok: false, code: err.code, message: cleanText(err.message, MAX_FAILURE_MESSAGE) }
+  const name = (err as Error)?.name
+  if (name === 'InvalidDataLengthError' || name === 'StreamBufferError') return { ok: false, code: 'PAYLOAD_TOO_LARGE', message: `a backup message was larger than ${MAX_HEADER} bytes` }
+  return { ok: false, code: 'INTERNAL', message: 'the backup request failed on the host' }
+}
+
+export function backupHandler (init: BackupHandlerInit) {
+  return async (stream: Stream, connection: Connection): Promise<void> => {
+    const owner = connection.remotePeer.toString()
+    const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
+    const io = new Framed(stream, init.bandwidth, owner, MAX_RECORD_SIZE)
+    try {
+      let frame: Uint8Array
+      try {
+        frame = await io.receive(AbortSignal.any([signal, AbortSignal.timeout(HEADER_TIMEOUT_MS)]))
+      } catch (err) {
+        if (err instanceof Error && err.name === 'InvalidDataLengthError') throw err
+        throw new KithError('PROTOCOL_VIOLATION', `the backup request could not be read (${(err as Error).message})`)
+      }
+      // checked here rather than by libp2p middleware so it binds inbound streams only (see docs/backup.md)
+      if (!init.friends.allows(owner, 'backup')) throw new KithError('BACKUP_NOT_GRANTED', 'this node has not granted you backup')
+      const request = decodeHeader(frame, requestSchema, 'the backup request')
+      await serve(init, io, owner, request, signal)
+    } catch (err) {
+      try {
+        await io.send(failureOf(err), signal)
+      } catch {
+        stream.abort(err as Error)
+      }
+    } finally {
+      io.close()
+    }
+    try {
+      await stream.close({ signal })
+    } catch (err) {
+      stream.abort(err as Error)
+    }
+  }
+}
+
+async function serve (init: BackupHandlerInit, io: Framed, owner: string, request: BackupRequest, signal: AbortSignal): Promise<void> {
+  const { book, store } = init
+  switch (request.op) {
+    case 'usage': {
+      await io.send({ ok: true, ...book.usage(owner) }, signal)
+      return
+    }
+    case 'has': {
+      await io.send({ ok: true, held: await book.has(owner, request.ids) }, signal)
+      return
+    }
+    case 'put': {
+      const { id, size } = request
+      if (await book.reserve(owner, id, size) === 'held') {
+        const { used, quota } = book.usage(owner)
+        await io.send({ ok: true, stored: false, used, quota }, signal)
+        return
+      }
+      try {
+        await io.send({ ok: true, go: true }, signal)
+        const sealed = await readBody(io.frames, size, io.down, signal, 'the owner')
+        await store.put(id, sealed)
+        await book.commit(owner, id)
+      } catch (err) {
+        await book.release(owner, id)
+        throw err
+      }
+      const { used, quota } = book.usage(owner)
+      await io.send({ ok: true, stored: true, used, quota }, signal)
+      return
+    }
+    case 'get': {
+      const sealed = await readHeld(init, owner, request.id)
+      await io.send({ ok: true, size: sealed.length }, signal)
+      await writeBody(io.frames, sealed, io.up, signal)
+      return
+    }
+    case 'remove': {
+      checkSignature(init, owner, signedBody('remove', init.self, request.counter, request.ids), request.sig)
+      await io.send({ ok: true, ...await book.remove(owner, request.ids, request.counter) }, signal)
+      return
+    }
+    case 'list': {
+      await io.send({ ok: true, ...await book.list(owner, request.after, request.limit) }, signal)
+      return
+    }
+    case 'audit': {
+      const answers: Array<Record<string, unknown>> = []
+      let answered = 0
+      for (const { id, leaf } of request.challenges) {
+        let sealed: Uint8Array | null = null
+        try {
+          sealed = await readHeld(init, owner, id)
+        } catch (err) {
+          if (!(err instanceof KithError && err.code === 'BLOB_MISSING')) throw err
+        }
+        if (sealed === null || leaf >= leafCount(sealed.length)) {
+          answers.push({ id, leaf, missing: true })
+          continue
+        }
+        const proof = auditProof(sealed, leaf)
+        answers.push({ id, leaf, leafBytes: proof.leaf, path: proof.path })
+        answered++
+      }
+      await book.audited(owner, { challenges: request.challenges.length, answered })
+      await io.send({ ok: true, answers }, signal)
+      return
+    }
+    case 'put-record': {
+      // refused before the bytes move if the counter is stale; checked again as it is kept
+      if (request.counter <= book.usage(owner).counter) throw new KithError('BACKUP_REPLAYED', 'this recovery record is not newer than the one kept here')
+      await io.send({ ok: true, go: true }, signal)
+      const record = await readBody(io.frames, request.size, io.down, signal, 'the owner')
+      checkSignature(init, owner, signedBody('put-record', init.self, request.counter, record), request.sig)
+      await book.putRecord(owner, record, request.counter)
+      await io.send({ ok: true }, signal)
+      return
+    }
+    case 'get-record': {
+      const record = await book.getRecord(owner)
+      if (record === null) throw new KithError('BLOB_MISSING', 'this node keeps no recovery record for you')
+      await io.send({ ok: true, size: record.length }, signal)
+      await writeBody(io.frames, record, io.up, signal)
+    }
+  }
+}
+
+/** An owner's blob, read from the store; one the store lost is dropped from the book (BLOB_MISSING). */
+async function readHeld (init: BackupHandlerInit, owner: string, id: string): Promise<Uint8Array> {
+  if (!await init.book.held(owner, id)) throw new KithError('BLOB_MISSING', `this node holds no blob ${id} for you`)
+  try {
+    return await init.store.get(id)
+  } catch (err) {
+    if (!(err instanceof KithError) || (err.code !== 'CHUNK_NOT_FOUND' && err.code !== 'CHUNK_CORRUPT')) throw err
+    await init.book.drop(owner, [id])
+    throw new KithError('BLOB_MISSING', `this node lost blob ${id} (${err.code}); place it again`)
+  }
+}
+
+function checkSignature (init: BackupHandlerInit, owner: string, body: Uint8Array, sig: Uint8Array): void {
+  const friend = init.friends.get(owner)
+  if (friend == null || !verifyRequest(body, sig, Buffer.from(friend.publicKey, 'base64'))) {
+    throw new KithError('BACKUP_BAD_SIGNATURE', 'the request is not signed by your key for this host; nothing was changed')
+  }
+}
+
+// the owner's side ------------------------------------------------------------
+
+interface Dialer {
+  dialProtocol: (peer: PeerId, protocol: string, options?: AbortOptions) => Promise<Stream>
+}
+
+export interface BackupClientInit {
+  libp2p: Dialer
+  bandwidth: BandwidthScheduler
+  /** the host */
+  peer: PeerId | string
+  /** signs remove and putRecord; without it those two throw INTERNAL */
+  identity?: { secretKey: Uint8Array }
+}
+
+export interface Usage {
+  used: number
+  quota: number
+  blobs: number
+  lastWrite: number | null
+  /** the last signed counter the host accepted from me */
+  counter: number
+}
+
+export interface AuditResult {
+  id: string
+  leaf: number
+  answer: AuditAnswer | null
+}
+
+/** One host, as its owner sees it (docs/backup.md, "Wire protocol"). */
+export interface BackupClient {
+  readonly peer: string
+  usage: (signal?: AbortSignal) => Promise<Usage>
+  has: (ids: string[], signal?: AbortSignal) => Promise<boolean[]>
+  put: (id: string, sealed: Uint8Array, signal?: AbortSignal) => Promise<{ stored: boolean, used: number, quota: number }>
+  /** verified against `id` (BLOB_CORRUPT otherwise) */
+  get: (id: string, signal?: AbortSignal) => Promise<Uint8Array>
+  remove: (ids: string[], signal?: AbortSignal) => Promise<{ freed: number, used: number }>
+  list: (after?: string, limit?: number, signal?: AbortSignal) => Promise<{ ids: Array<{ id: string, size: number }>, next: string | null }>
+  audit: (challenges: Array<{ id: string, leaf: number }>, signal?: AbortSignal) => Promise<AuditResult[]>
+  putRecord: (record: Uint8Array, signal?: AbortSignal) => Promise<void>
+  getRecord: (signal?: AbortSignal) => Promise<Uint8Array | null>
+}
+
+/** The last counter signed for each host in this process: two requests in one millisecond still go up. */
+const lastCounters = new Map<string, number>()
+
+function nextCounter (host: string, floor = 0): number {
+  const next = Math.max(Date.now(), (lastCounters.get(host) ?? 0) + 1, floor + 1)
+  lastCounters.set(host, next)
+  return next
+}
+
+export function backupClient (init: BackupClientInit): BackupClient {
+  const peerId = typeof init.peer === 'string' ? peerIdFromString(init.peer) : init.peer
+  const host = peerId.toString()
+
+  /** One request: opens a stream, runs `talk`, closes; failures come out as KithErrors. */
+  async function exchange<T> (what: string, outer: AbortSignal | undefined, talk: (io: Framed, answer: <S>(schema: z.ZodType<S>) => Promise<S>, signal: AbortSignal) => Promise<T>): Promise<T> {
+    const signal = outer != null ? AbortSignal.any([outer, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) : AbortSignal.timeout(REQUEST_TIMEOUT_MS)
+    let stream: Stream
+    try {
+      stream = await init.libp2p.dialProtocol(peerId, BACKUP_PROTOCOL, { signal })
+    } catch (err) {
+      throw new KithError('FRIEND_OFFLINE', `can't reach backup host ${host} (${(err as Error).message}); they may be offline`, { cause: err })
+    }
+    const io = new Framed(stream, init.bandwidth, host, MAX_RECORD_SIZE)
+    const answer = async <S>(schema: z.ZodType<S>): Promise<S> => {
+      const frame = await io.receive(AbortSignal.any([signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]))
+      const reply = decodeHeader(frame, z.union([schema, responseSchemas.failure]), `${host}'s answer to ${what}`) as S | z.infer<typeof responseSchemas.failure>
+      if ((reply as { ok: boolean }).ok === false) {
+        const failure = reply as z.infer<typeof responseSchemas.failure>
+        throw new KithError(isErrorCode(failure.code) ? failure.code : 'PROTOCOL_VIOLATION', `backup host ${host}: ${failure.message}`)
+      }
+      return reply as S
+    }
+    try {
+      const result = await talk(io, answer, signal)
+      await stream.close({ signal }).catch(() => {})
+      return result
+    } catch (err) {
+      stream.abort(err as Error)
+      if (err instanceof KithError) throw err
+      if (signal.aborted && outer?.aborted === true) throw new KithError('FETCH_ABORTED', `${what} was cancelled`, { cause: err })
+      throw new KithError('FRIEND_OFFLINE', `the connection to backup host ${host} broke during ${what} (${(err as Error).message})`, { cause: err })
+    } finally {
+      io.close()
+    }
+  }
+
+  /** Sends `body` after the host's go; if the host refused meanwhile, its answer is the error. */
+  async function sendBody (io: Framed, body: Uint8Array, signal: AbortSignal, answer: <S>(schema: z.ZodType<S>) => Promise<S>): Promise<void> {
+    try {
+      await writeBody(io.frames, body, io.up, signal)
+    } catch (err) {
+      await answer(responseSchemas.done)
+      throw err
+    }
+  }
+
+  function secretKey (): Uint8Array {
+    if (init.identity == null) throw new KithError('INTERNAL', 'this backup client was made without the identity that signs removes and recovery records')
+    return init.identity.secretKey
+  }
+
+  /** Runs a signed request, once more with a counter above the host's if the host saw a later one (another process of mine, a clock set back). */
+  async function signed<T> (run: (counter: number) => Promise<T>): Promise<T> {
+    try {
+      return await run(nextCounter(host))
+    } catch (err) {
+      if (!(err instanceof KithError && err.code === 'BACKUP_REPLAYED')) throw err
+      const { counter } = await client.usage()
+      return await run(nextCounter(host, counter))
+    }
+  }
+
+  const client: BackupClient = {
+    peer: host,
+
+    async usage (signal) {
+      return await exchange('usage', signal, async (io, answer, s) => {
+        await io.send({ op: 'usage' }, s)
+        const { used, quota, blobs, lastWrite, counter } = await answer(responseSchemas.usage)
+        return { used, quota, blobs, lastWrite, counter }
+      })
+    },
+
+    async has (ids, signal) {
+      return await exchange('has', signal, async (io, answer, s) => {
+        await io.send({ op: 'has', ids }, s)
+        const { held } = await answer(responseSchemas.has)
+        if (held.length !== ids.length) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} answered ${held.length} of ${ids.length} ids`)
+        return held
+      })
+    },
+
+    async put (id, sealed, signal) {
+      return await exchange('put', signal, async (io, answer, s) => {
+        await io.send({ op: 'put', id, size: sealed.length }, s)
+        const first = await answer(z.union([responseSchemas.go, responseSchemas.stored]))
+        if (!('go' in first)) return { stored: first.stored, used: first.used, quota: first.quota }
+        await sendBody(io, sealed, s, answer)
+        const { stored, used, quota } = await answer(responseSchemas.stored)
+        return { stored, used, quota }
+      })
+    },
+
+    async get (id, signal) {
+      return await exchange('get', signal, async (io, answer, s) => {
+        await io.send({ op: 'get', id }, s)
+        const { size } = await answer(responseSchemas.body)
+        if (size > MAX_SEALED_CHUNK_SIZE) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} announced a ${size}-byte blob, more than a sealed blob can be`)
+        const sealed = await readBody(io.frames, size, io.down, s, `backup host ${host}`)
+        if (chunkId(sealed) !== id) throw new KithError('BLOB_CORRUPT', `backup host ${host} sent bytes that are not blob ${id}; it is damaged or swapped there`)
+        return sealed
+      })
+    },
+
+    async remove (ids, signal) {
+      const key = secretKey()
+      return await signed(async counter => await exchange('remove', signal, async (io, answer, s) => {
+        await io.send({ op: 'remove', ids, counter, sig: signRequest(signedBody('remove', host, counter, ids), key) }, s)
+        const { freed, used } = await answer(responseSchemas.remove)
+        return { freed, used }
+      }))
+    },
+
+    async list (after, limit = 1000, signal) {
+      return await exchange('list', signal, async (io, answer, s) => {
+        await io.send({ op: 'list', after: after ?? null, limit }, s)
+        const { ids, next } = await answer(responseSchemas.list)
+        return { ids, next }
+      })
+    },
+
+    async audit (challenges, signal) {
+      return await exchange('audit', signal, async (io, answer, s) => {
+        await io.send({ op: 'audit', challenges }, s)
+        const { answers } = await answer(responseSchemas.audit)
+        if (answers.length !== challenges.length || answers.some((a, i) => a.id !== challenges[i]!.id || a.leaf !== challenges[i]!.leaf)) {
+          throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} answered other challenges than those asked`)
+        }
+        return answers.map(a => ({ id: a.id, leaf: a.leaf, answer: 'missing' in a ? null : { leaf: a.leafBytes, path: a.path } }))
+      })
+    },
+
+    async putRecord (record, signal) {
+      if (record.length === 0 || record.length > MAX_RECORD_SIZE) throw new KithError('PAYLOAD_TOO_LARGE', `a recovery record is 1 to ${MAX_RECORD_SIZE} bytes`)
+      const key = secretKey()
+      await signed(async counter => await exchange('putRecord', signal, async (io, answer, s) => {
+        await io.send({ op: 'put-record', size: record.length, counter, sig: signRequest(signedBody('put-record', host, counter, record), key) }, s)
+        await answer(responseSchemas.go)
+        await sendBody(io, record, s, answer)
+        await answer(responseSchemas.done)
+      }))
+    },
+
+    async getRecord (signal) {
+      try {
+        return await exchange('getRecord', signal, async (io, answer, s) => {
+          await io.send({ op: 'get-record' }, s)
+          const { size } = await answer(responseSchemas.body)
+          return await readBody(io.frames, size, io.down, s, `backup host ${host}`)
+        })
+      } catch (err) {
+        if (err instanceof KithError && err.code === 'BLOB_MISSING') return null
+        throw err
+      }
+    }
+  }
+  return client
+}

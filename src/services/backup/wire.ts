@@ -1,0 +1,169 @@
+import { createHash } from 'node:crypto'
+import { z } from 'zod'
+import type { LengthPrefixedStream } from '@libp2p/utils'
+import { KithError } from '../../errors.ts'
+import { decodeCanonical, encodeCanonical } from '../../peer/canonical.ts'
+import { failureSchema } from '../../peer/request-response.ts'
+import { sign, verify, SIGNATURE_LENGTH } from '../../peer/signing.ts'
+import { MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from '../../transfer/constants.ts'
+import type { Flow } from '../../transfer/scheduler/index.ts'
+
+/**
+ * `/kith/backup/1.0.0`: the messages, their limits and the signed requests
+ * (protocol.ts moves them; docs/backup.md, "Wire protocol").
+ *
+ * Every message is one length-prefixed frame. A header is canonical CBOR;
+ * bulk bytes (a blob, a recovery record) follow their header as frames of at
+ * most BODY_SLICE bytes, their total announced in the header and checked
+ * against its limit before anything is allocated. One request per stream:
+ *
+ *   owner -> { v:1, op:'usage' }                          host -> { v, ok, used, quota, blobs, lastWrite, counter }
+ *   owner -> { v:1, op:'has', ids }                       host -> { v, ok, held: bool[] }
+ *   owner -> { v:1, op:'put', id, size }                  host -> { v, ok, go:true } | { v, ok, stored:false, used, quota }
+ *   owner -> body (size bytes)                            host -> { v, ok, stored:true, used, quota }
+ *   owner -> { v:1, op:'get', id }                        host -> { v, ok, size }, body
+ *   owner -> { v:1, op:'remove', ids, counter, sig }      host -> { v, ok, freed, used }
+ *   owner -> { v:1, op:'list', after, limit }             host -> { v, ok, ids:[{id,size}], next }
+ *   owner -> { v:1, op:'audit', challenges:[{id,leaf}] }  host -> { v, ok, answers:[{id,leaf,leafBytes,path}|{id,leaf,missing:true}] }
+ *   owner -> { v:1, op:'put-record', size, counter, sig } host -> { v, ok, go:true }
+ *   owner -> body (size bytes)                            host -> { v, ok }
+ *   owner -> { v:1, op:'get-record' }                     host -> { v, ok, size, counter }, body
+ *   any refusal                                           host -> { v, ok:false, code, message }
+ *
+ * `put` asks before sending: the host reserves the quota (or says it holds
+ * the blob already) first, so a refused or duplicate blob costs no transfer.
+ *
+ * remove and put-record are signed by the owner (domain 'backup-request/1')
+ * over { op, host, counter, ids | sha256 }: bound to one host, and refused
+ * unless the counter is above the last the host accepted from this owner, so
+ * a replayed delete deletes nothing.
+ */
+export const BACKUP_PROTOCOL = '/kith/backup/1.0.0'
+export const BACKUP_VERSION = 1
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+/** Ids in one has or remove: 4096 × 64 hex characters, about 270 KiB of header. */
+export const MAX_BATCH_IDS = 4096
+/** Blobs one list answer names at most. */
+export const MAX_LIST_LIMIT = 1000
+/** Challenges in one audit: each costs the host one blob read. */
+export const MAX_AUDIT_CHALLENGES = 32
+/** The largest recovery record a host keeps (opaque sealed bytes). */
+export const MAX_RECORD_SIZE = 16 * MiB
+/** The largest header frame: a full has or remove. */
+export const MAX_HEADER = 320 * KiB
+/** Bulk bytes travel in frames of at most this; each goes through the bandwidth scheduler on its own. */
+export const BODY_SLICE = 256 * KiB
+/** Longest wait for a request's header once the stream is open, and for each answer the owner waits on. */
+export const HEADER_TIMEOUT_MS = 10_000
+/** Longest a whole request may take, bulk bytes included (4 MiB at 35 KB/s). */
+export const REQUEST_TIMEOUT_MS = 120_000
+/** Backup streams one host serves at once, over all owners; a blob in flight holds up to its size in memory. */
+export const MAX_INBOUND_BACKUP_STREAMS = 16
+
+const hexId = z.string().regex(/^[0-9a-f]{64}$/, 'must be a 64-character hex id')
+const counter = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER)
+const signature = z.instanceof(Uint8Array).refine(s => s.length === SIGNATURE_LENGTH, 'must be a 64-byte signature')
+const v = z.literal(BACKUP_VERSION)
+
+export const requestSchema = z.discriminatedUnion('op', [
+  z.object({ v, op: z.literal('usage') }).strict(),
+  z.object({ v, op: z.literal('has'), ids: z.array(hexId).min(1).max(MAX_BATCH_IDS) }).strict(),
+  z.object({ v, op: z.literal('put'), id: hexId, size: z.number().int().min(SEAL_OVERHEAD).max(MAX_SEALED_CHUNK_SIZE) }).strict(),
+  z.object({ v, op: z.literal('get'), id: hexId }).strict(),
+  z.object({ v, op: z.literal('remove'), ids: z.array(hexId).min(1).max(MAX_BATCH_IDS), counter, sig: signature }).strict(),
+  z.object({ v, op: z.literal('list'), after: hexId.nullable(), limit: z.number().int().min(1).max(MAX_LIST_LIMIT) }).strict(),
+  z.object({ v, op: z.literal('audit'), challenges: z.array(z.object({ id: hexId, leaf: z.number().int().min(0).max(0xffff_ffff) }).strict()).min(1).max(MAX_AUDIT_CHALLENGES) }).strict(),
+  z.object({ v, op: z.literal('put-record'), size: z.number().int().min(1).max(MAX_RECORD_SIZE), counter, sig: signature }).strict(),
+  z.object({ v, op: z.literal('get-record') }).strict()
+])
+export type BackupRequest = z.infer<typeof requestSchema>
+
+const failure = failureSchema(BACKUP_VERSION)
+const ok = z.literal(true)
+const bytes = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
+const when = z.number().int().min(0).nullable()
+
+/** The answers, as the owner parses them; each also admits the shared failure answer. */
+export const responseSchemas = {
+  usage: z.object({ v, ok, used: bytes, quota: bytes, blobs: bytes, lastWrite: when, counter: z.number().int().min(0) }).strict(),
+  has: z.object({ v, ok, held: z.array(z.boolean()).max(MAX_BATCH_IDS) }).strict(),
+  go: z.object({ v, ok, go: z.literal(true) }).strict(),
+  stored: z.object({ v, ok, stored: z.boolean(), used: bytes, quota: bytes }).strict(),
+  body: z.object({ v, ok, size: z.number().int().min(1).max(MAX_RECORD_SIZE) }).strict(),
+  remove: z.object({ v, ok, freed: bytes, used: bytes }).strict(),
+  list: z.object({ v, ok, ids: z.array(z.object({ id: hexId, size: bytes }).strict()).max(MAX_LIST_LIMIT), next: hexId.nullable() }).strict(),
+  audit: z.object({
+    v,
+    ok,
+    answers: z.array(z.union([
+      z.object({ id: hexId, leaf: z.number().int().min(0), leafBytes: z.instanceof(Uint8Array), path: z.array(z.instanceof(Uint8Array)).max(64) }).strict(),
+      z.object({ id: hexId, leaf: z.number().int().min(0), missing: z.literal(true) }).strict()
+    ])).max(MAX_AUDIT_CHALLENGES)
+  }).strict(),
+  done: z.object({ v, ok }).strict(),
+  failure
+} as const
+
+/** Encodes a header frame's body. */
+export function encodeHeader (message: Record<string, unknown>): Uint8Array {
+  return encodeCanonical(message)
+}
+
+/** Decodes and checks a header with `schema`; anything else is PROTOCOL_VIOLATION naming `what`. */
+export function decodeHeader<T> (frame: Uint8Array, schema: z.ZodType<T>, what: string): T {
+  const parsed = schema.safeParse(decodeCanonical(frame, 'PROTOCOL_VIOLATION', what))
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    throw new KithError('PROTOCOL_VIOLATION', `${what} is malformed: ${issue?.path.join('.') ?? ''} ${issue?.message ?? ''}`.trim())
+  }
+  return parsed.data
+}
+
+/** What an owner signs for a remove or a put-record: bound to the op, the host and the counter. */
+export function signedBody (op: 'remove' | 'put-record', host: string, count: number, subject: string[] | Uint8Array): Uint8Array {
+  const what = Array.isArray(subject) ? { ids: subject } : { sha256: createHash('sha256').update(subject).digest() }
+  return encodeCanonical({ op, host, counter: count, ...what })
+}
+
+export function signRequest (body: Uint8Array, secretKey: Uint8Array): Uint8Array {
+  return sign('backup-request/1', body, secretKey)
+}
+
+export function verifyRequest (body: Uint8Array, sig: Uint8Array, publicKey: Uint8Array): boolean {
+  return verify('backup-request/1', body, sig, publicKey)
+}
+
+/** The part of lpStream bulk transfer needs. */
+export type Frames = Pick<LengthPrefixedStream, 'read' | 'write'>
+
+/** Sends `data` as body frames, each taken from `flow` (the 'backup' class) before it goes. */
+export async function writeBody (lp: Frames, data: Uint8Array, flow: Flow, signal: AbortSignal): Promise<void> {
+  for (let at = 0; at < data.length; at += BODY_SLICE) {
+    const slice = data.subarray(at, Math.min(data.length, at + BODY_SLICE))
+    await flow.take(slice.length, signal)
+    await lp.write(slice, { signal })
+  }
+}
+
+/**
+ * Reads exactly `size` body bytes (already checked against its limit) into
+ * one buffer, counting each frame on `flow`. A frame that would run past
+ * `size`, or an empty one, is PROTOCOL_VIOLATION.
+ */
+export async function readBody (lp: Frames, size: number, flow: Flow, signal: AbortSignal, what: string): Promise<Uint8Array> {
+  const out = Buffer.allocUnsafe(size)
+  let at = 0
+  while (at < size) {
+    const frame = await lp.read({ signal })
+    if (frame.byteLength === 0 || frame.byteLength > size - at) {
+      throw new KithError('PROTOCOL_VIOLATION', `${what} sent ${frame.byteLength === 0 ? 'an empty frame' : 'more bytes than it announced'}`)
+    }
+    out.set(frame.subarray(), at)
+    at += frame.byteLength
+    await flow.take(frame.byteLength, signal)
+  }
+  return out
+}

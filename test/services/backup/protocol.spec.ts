@@ -1,0 +1,290 @@
+import { randomBytes } from 'node:crypto'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import nacl from 'tweetnacl'
+import { privateKeyFromRaw } from '@libp2p/crypto/keys'
+import { lpStream } from '@libp2p/utils'
+import { openDatabase, sublevel, type Database } from '../../../src/peer/database.ts'
+import { createNode, type KithLibp2p } from '../../../src/peer/node.ts'
+import { decodeCanonical, encodeCanonical } from '../../../src/peer/canonical.ts'
+import { connectionGater } from '../../../src/trust/gate.ts'
+import { FriendBook } from '../../../src/trust/friends.ts'
+import type { Service } from '../../../src/trust/grants.ts'
+import { transferEngine, type TransferEngine } from '../../../src/services/engine/index.ts'
+import { BackupHost } from '../../../src/services/backup/host.ts'
+import { backupClient, type BackupClient } from '../../../src/services/backup/protocol.ts'
+import { auditRoot, leafCount, verifyAudit } from '../../../src/services/backup/audit-tree.ts'
+import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
+import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
+import { chunkId } from '../../../src/transfer/seal.ts'
+import { tempDir } from '../../helpers/chunks.ts'
+import { KithError } from '../../../src/errors.ts'
+
+/**
+ * The backup protocol between real libp2p nodes in this process: a host with
+ * a real LevelDB home, the engine's real chunk store and its BackupHost, and
+ * owners that are its friends (granted backup or not) or strangers.
+ */
+
+interface Peer {
+  node: KithLibp2p
+  peerId: string
+  secretKey: Uint8Array
+  publicKey: string
+}
+
+async function peer (gater = {}): Promise<Peer> {
+  const { secretKey, publicKey } = nacl.sign.keyPair()
+  const node = await createNode({ privateKey: privateKeyFromRaw(secretKey), listen: ['/ip4/127.0.0.1/tcp/0'], gater })
+  await node.start()
+  return { node, peerId: node.peerId.toString(), secretKey, publicKey: Buffer.from(publicKey).toString('base64') }
+}
+
+const codeOf = (err: unknown): string => err instanceof KithError ? err.code : `not a KithError: ${String(err)}`
+
+const blob = (size: number): { id: string, sealed: Buffer } => {
+  const sealed = randomBytes(size)
+  return { id: chunkId(sealed), sealed }
+}
+
+describe('backup protocol', () => {
+  let tmp: Awaited<ReturnType<typeof tempDir>>
+  let db: Database
+  let friends: FriendBook
+  let host: Peer
+  let engine: TransferEngine
+  let backup: BackupHost
+  let alice: Peer, bob: Peer, carol: Peer, stranger: Peer
+  const bandwidth = new BandwidthScheduler()
+
+  const clientOf = (p: Peer): BackupClient => {
+    return backupClient({ libp2p: p.node, bandwidth, peer: host.peerId, identity: { secretKey: p.secretKey } })
+  }
+
+  /** One raw request on a fresh stream: the frames given, then the host's first answer, decoded. */
+  async function raw (from: Peer, frames: Uint8Array[]): Promise<Record<string, unknown>> {
+    const stream = await from.node.dialProtocol(host.node.peerId, BACKUP_PROTOCOL)
+    const lp = lpStream(stream, { maxDataLength: 2 * MAX_HEADER })
+    for (const f of frames) await lp.write(f)
+    const answer = decodeCanonical((await lp.read()).subarray(), 'PROTOCOL_VIOLATION', 'answer') as Record<string, unknown>
+    stream.abort(new Error('done'))
+    return answer
+  }
+
+  beforeAll(async () => {
+    tmp = await tempDir('kith-backup-protocol-')
+    db = await openDatabase(join(tmp.dir, 'db'))
+    friends = new FriendBook(sublevel(db, 'friends'))
+    await friends.load()
+    host = await peer(connectionGater(friends))
+    engine = transferEngine()({ db, home: tmp.dir, libp2p: host.node, friends })
+    await engine.start()
+    backup = await BackupHost.start({ db, home: tmp.dir, libp2p: host.node, friends, engine, graceMs: 0 })
+    engine.afterStart()
+    ;[alice, bob, carol, stranger] = await Promise.all([peer(), peer(), peer(), peer()])
+    const befriend = async (p: Peer, label: string, grants: Service[]): Promise<void> => {
+      await friends.befriend({ peerId: p.peerId, publicKey: p.publicKey, label, grantsToThem: grants, grantsFromThem: [], addrs: [], via: 'test' })
+      await p.node.peerStore.merge(host.node.peerId, { multiaddrs: host.node.getMultiaddrs() })
+    }
+    await befriend(alice, 'alice', ['backup', 'files'])
+    await befriend(bob, 'bob', ['backup'])
+    await befriend(carol, 'carol', ['files']) // a friend, but not granted backup
+    await stranger.node.peerStore.merge(host.node.peerId, { multiaddrs: host.node.getMultiaddrs() })
+  })
+
+  afterAll(async () => {
+    await Promise.all([alice, bob, carol, stranger].map(async p => { await p.node.stop() }))
+    await engine.beforeStop()
+    await backup.stop()
+    await engine.stop()
+    await host.node.stop()
+    await db.close()
+    bandwidth.close()
+    await tmp.cleanup()
+  })
+
+  it('puts, finds, lists, gets, audits and removes an owner\'s blobs', async () => {
+    const client = clientOf(alice)
+    const blobs = [blob(100), blob(BODY_SLICE * 2 + 17), blob(64 * 1024)]
+    for (const b of blobs) expect(await client.put(b.id, b.sealed)).toMatchObject({ stored: true })
+    const total = blobs.reduce((n, b) => n + b.sealed.length, 0)
+    // a blob held already moves no bytes and costs nothing more
+    expect(await client.put(blobs[0]!.id, blobs[0]!.sealed)).toMatchObject({ stored: false, used: total })
+    expect(await client.usage()).toMatchObject({ used: total, blobs: 3 })
+    expect(await client.has([blobs[1]!.id, blob(10).id])).toEqual([true, false])
+
+    const sorted = blobs.map(b => ({ id: b.id, size: b.sealed.length })).sort((a, b) => a.id < b.id ? -1 : 1)
+    const page = await client.list(undefined, 2)
+    expect(page).toEqual({ ids: sorted.slice(0, 2), next: sorted[1]!.id })
+    expect(await client.list(page.next!, 2)).toEqual({ ids: sorted.slice(2), next: null })
+
+    for (const b of blobs) expect(Buffer.from(await client.get(b.id))).toEqual(b.sealed)
+
+    const big = blobs[1]!
+    const n = leafCount(big.sealed.length)
+    const results = await client.audit([{ id: big.id, leaf: 0 }, { id: big.id, leaf: n - 1 }, { id: big.id, leaf: n }, { id: blob(10).id, leaf: 0 }])
+    expect(results.map(r => r.answer === null)).toEqual([false, false, true, true])
+    expect(verifyAudit(auditRoot(big.sealed), 0, n, results[0]!.answer!)).toBe(true)
+    expect(verifyAudit(auditRoot(big.sealed), n - 1, n, results[1]!.answer!)).toBe(true)
+    expect(backup.hosted().find(h => h.peerId === alice.peerId)?.trail.at(-1)).toMatchObject({ challenges: 4, answered: 2 })
+
+    expect(await client.remove([blobs[0]!.id, blob(10).id])).toEqual({ freed: 100, used: total - 100 })
+    expect(await client.has([blobs[0]!.id])).toEqual([false])
+    expect(codeOf(await client.get(blobs[0]!.id).catch(e => e))).toBe('BLOB_MISSING')
+
+    expect(await client.getRecord()).toBeNull()
+    await client.putRecord(Buffer.from('record one'))
+    await client.putRecord(Buffer.from('record two'))
+    expect(Buffer.from((await client.getRecord())!).toString()).toBe('record two')
+  })
+
+  it('refuses strangers and friends not granted backup, and shows no owner another\'s blobs or record', async () => {
+    const b = blob(5000)
+    await clientOf(alice).put(b.id, b.sealed)
+    for (const outsider of [stranger, carol]) {
+      const client = clientOf(outsider)
+      for (const call of [client.usage(), client.put(blob(50).id, blob(50).sealed), client.get(b.id), client.getRecord(), client.list()]) {
+        expect(codeOf(await call.catch(e => e))).toBe('BACKUP_NOT_GRANTED')
+      }
+    }
+    const other = clientOf(bob)
+    expect(await other.has([b.id])).toEqual([false])
+    expect(codeOf(await other.get(b.id).catch(e => e))).toBe('BLOB_MISSING')
+    expect((await other.list()).ids.map(x => x.id)).not.toContain(b.id)
+    expect(await other.getRecord()).toBeNull()
+    expect((await other.audit([{ id: b.id, leaf: 0 }]))[0]!.answer).toBeNull()
+    // removing it as bob frees nothing of alice's
+    expect((await other.remove([b.id])).freed).toBe(0)
+    expect(await clientOf(alice).has([b.id])).toEqual([true])
+  })
+
+  it('keeps used within the quota, exactly, under concurrent puts; quota 0 stops new writes', async () => {
+    const size = 100 * 1024
+    await backup.setQuota('bob', 5 * size + size / 2)
+    const client = clientOf(bob)
+    const before = (await client.usage()).used
+    expect(before).toBe(0)
+    const blobs = Array.from({ length: 12 }, () => blob(size))
+    const outcomes = await Promise.all(blobs.map(async b => await client.put(b.id, b.sealed).then(() => 'ok', e => codeOf(e))))
+    expect(outcomes.filter(o => o === 'ok')).toHaveLength(5)
+    expect(outcomes.filter(o => o === 'QUOTA_EXCEEDED')).toHaveLength(7)
+    const usage = await client.usage()
+    const listed = (await client.list()).ids
+    expect(usage).toMatchObject({ used: 5 * size, blobs: 5, quota: 5 * size + size / 2 })
+    expect(listed.reduce((n, x) => n + x.size, 0)).toBe(usage.used)
+    for (const { id } of listed) expect(await engine.store.has(id)).toBe(true)
+
+    await backup.setQuota('bob', 0)
+    const late = blob(100)
+    expect(codeOf(await client.put(late.id, late.sealed).catch(e => e))).toBe('QUOTA_EXCEEDED')
+    // what is stored stays readable and removable
+    expect((await client.remove([listed[0]!.id])).freed).toBe(size)
+    await backup.setQuota('bob', 10 * size)
+  })
+
+  it('refuses truncated, bit-flipped, oversize and unknown requests, and lying bodies, changing nothing', async () => {
+    const client = clientOf(bob)
+    const before = await client.usage()
+    const good = encodeCanonical({ v: 1, op: 'usage' })
+    expect(await raw(bob, [good.subarray(0, good.length - 1)])).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
+    const flipped = Uint8Array.from(good)
+    flipped[3]! ^= 0x20
+    expect(await raw(bob, [flipped])).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
+    expect(await raw(bob, [encodeCanonical({ v: 2, op: 'usage' })])).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
+    expect(await raw(bob, [encodeCanonical({ v: 1, op: 'format-disk' })])).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
+    expect(await raw(bob, [new Uint8Array(MAX_HEADER + 1)])).toMatchObject({ ok: false, code: 'PAYLOAD_TOO_LARGE' })
+    // a blob bigger (or smaller) than any sealed blob is refused before a byte of it moves
+    expect(await raw(bob, [encodeCanonical({ v: 1, op: 'put', id: blob(1).id, size: 64 * 1024 * 1024 })])).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
+    expect(await raw(bob, [encodeCanonical({ v: 1, op: 'put', id: blob(1).id, size: 28 })])).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
+
+    // a body longer than announced, and one whose bytes are not the id
+    const b = blob(1000)
+    const put = encodeCanonical({ v: 1, op: 'put', id: b.id, size: 1000 })
+    const stream = await bob.node.dialProtocol(host.node.peerId, BACKUP_PROTOCOL)
+    const lp = lpStream(stream)
+    await lp.write(put)
+    expect(decodeCanonical((await lp.read()).subarray(), 'PROTOCOL_VIOLATION', 'go')).toMatchObject({ ok: true, go: true })
+    await lp.write(Buffer.concat([b.sealed, Buffer.alloc(1)]))
+    expect(decodeCanonical((await lp.read()).subarray(), 'PROTOCOL_VIOLATION', 'answer')).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
+    stream.abort(new Error('done'))
+    expect(await client.put(b.id, blob(1000).sealed).catch(e => codeOf(e))).toBe('CHUNK_HASH_MISMATCH')
+
+    // removes: another key, another host, a replay
+    const ids = [blob(3).id]
+    const forged = { v: 1, op: 'remove', ids, counter: Date.now() + 10_000, sig: signRequest(signedBody('remove', host.peerId, Date.now() + 10_000, ids), alice.secretKey) }
+    expect(await raw(bob, [encodeCanonical(forged)])).toMatchObject({ ok: false, code: 'BACKUP_BAD_SIGNATURE' })
+    const elsewhere = { ...forged, sig: signRequest(signedBody('remove', alice.peerId, forged.counter, ids), bob.secretKey) }
+    expect(await raw(bob, [encodeCanonical(elsewhere)])).toMatchObject({ ok: false, code: 'BACKUP_BAD_SIGNATURE' })
+    const signed = { ...forged, sig: signRequest(signedBody('remove', host.peerId, forged.counter, ids), bob.secretKey) }
+    expect(await raw(bob, [encodeCanonical(signed)])).toMatchObject({ ok: true })
+    expect(await raw(bob, [encodeCanonical(signed)])).toMatchObject({ ok: false, code: 'BACKUP_REPLAYED' })
+    // the client steps over a counter the host saw from elsewhere
+    const kept = blob(40)
+    await client.put(kept.id, kept.sealed)
+    expect(await client.remove([kept.id])).toMatchObject({ freed: 40 })
+
+    const after = await client.usage()
+    expect(after.used).toBe(before.used)
+    expect(after.blobs).toBe(before.blobs)
+  })
+
+  it('tells the owner a host sent bytes that are not the blob', async () => {
+    const liar = await peer()
+    await liar.node.handle(BACKUP_PROTOCOL, async stream => {
+      const lp = lpStream(stream)
+      await lp.read()
+      await lp.write(encodeCanonical({ v: 1, ok: true, size: 100 }))
+      await lp.write(randomBytes(100))
+      await stream.close()
+    })
+    await alice.node.peerStore.merge(liar.node.peerId, { multiaddrs: liar.node.getMultiaddrs() })
+    const client = backupClient({ libp2p: alice.node, bandwidth, peer: liar.node.peerId })
+    expect(codeOf(await client.get(blob(100).id).catch(e => e))).toBe('BLOB_CORRUPT')
+    await liar.node.stop()
+  })
+
+  it('moves every byte through the bandwidth scheduler in class backup, both ends', async () => {
+    /** counts what flows of `scheduler` are granted, by direction and class */
+    const spy = (scheduler: BandwidthScheduler): Map<string, number> => {
+      const taken = new Map<string, number>()
+      const flow = scheduler.flow.bind(scheduler)
+      scheduler.flow = init => {
+        const f = flow(init)
+        const take = f.take.bind(f)
+        f.take = async (bytes, signal, p) => {
+          const key = `${f.direction} ${f.class}`
+          taken.set(key, (taken.get(key) ?? 0) + bytes)
+          await take(bytes, signal, p)
+        }
+        return f
+      }
+      return taken
+    }
+    const owner = new BandwidthScheduler()
+    const ownerTaken = spy(owner)
+    const hostTaken = spy(engine.bandwidth)
+    const client = backupClient({ libp2p: alice.node, bandwidth: owner, peer: host.peerId })
+    const b = blob(300 * 1024)
+    await client.put(b.id, b.sealed)
+    await client.get(b.id)
+    owner.close()
+    for (const taken of [ownerTaken, hostTaken]) {
+      expect([...taken.keys()].every(k => k.endsWith(' backup'))).toBe(true)
+      expect(taken.get('up backup')).toBeGreaterThan(b.sealed.length)
+      expect(taken.get('down backup')).toBeGreaterThan(b.sealed.length)
+    }
+  })
+
+  it('deletes a revoked friend\'s blobs and record after the grace period (0 here)', async () => {
+    const b = blob(2000)
+    const client = clientOf(bob)
+    await client.put(b.id, b.sealed)
+    await client.putRecord(Buffer.from('bob'))
+    await friends.revoke('bob')
+    await backup.sweep()
+    expect(backup.hosted().find(h => h.peerId === bob.peerId)).toBeUndefined()
+    const live = new Set<string>()
+    await backup.book.liveChunks(live)
+    expect(live.has(b.id)).toBe(false)
+  })
+})
