@@ -37,7 +37,7 @@ describeNeeding('sftp add-on against sshd', [needsCommands(['sshd', 'ssh-keygen'
     await writeFile(join(dir, 'authorized_keys'), await readFile(join(dir, 'user.pub')))
     const port = await freePort()
     const hostPub = (await readFile(join(dir, 'host.pub'), 'utf8')).trim()
-    hostPrint = fingerprint(Buffer.from(hostPub.split(' ')[1], 'base64'))
+    hostPrint = fingerprint(Buffer.from(hostPub.split(' ')[1] ?? '', 'base64'))
     await writeFile(join(dir, 'known_hosts'), `# the test's server\n[127.0.0.1]:${port} ${hostPub}\n`)
     await writeFile(join(dir, 'sshd_config'), [
       `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${join(dir, 'host')}`, `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
