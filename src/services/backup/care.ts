@@ -1,0 +1,226 @@
+/**
+ * Looking after my backups once they are placed (docs/backup.md, "Audits",
+ * "Repair", "Recovery"): audits every host on a schedule (every
+ * `auditEveryMs`, 24 h by default, jittered by a tenth so friends' audits
+ * don't line up), repairs what audits or silence show missing, and pushes the
+ * recovery record to every host after each run, repair or forget.
+ *
+ * It works on the owner index that BackupService keeps, under the service's
+ * lock (a run and a repair must not both change a blob's hosts), and through
+ * the service's host clients (the engine's scheduler, class `backup`).
+ */
+import { asKithError } from '../../errors.ts'
+import type { Database } from '../../peer/database.ts'
+import type { Identity } from '../../peer/identity.ts'
+import type { FriendBook } from '../../trust/friends.ts'
+import { auditHost, type AuditOutcome } from './audit.ts'
+import { CareBook } from './care-book.ts'
+import { health, type Health } from './health.ts'
+import { deriveBackupKey } from './keys.ts'
+import type { LevelOwnerIndex } from './owner-index.ts'
+import type { BackupClient } from './protocol.ts'
+import { nextRecoverySeq, sealRecovery, type RecoveryContent } from './recovery.ts'
+import { repair, DEFAULT_REPLICAS, DEFAULT_UNREACHABLE_MS, type RepairReport } from './repair.ts'
+
+export const DEFAULT_AUDIT_EVERY_MS = 24 * 3600 * 1000
+/** how long a host gets to answer an audit */
+const AUDIT_TIMEOUT_MS = 60_000
+/** the scheduler looks again at least this often (a host added, a clock moved) */
+const MAX_SLEEP_MS = 3600_000
+
+/** What care needs of BackupService. */
+export interface CareService {
+  readonly index: LevelOwnerIndex
+  client: (peer: string) => BackupClient
+  /** runs `work` when no run, restore or forget is under way, and keeps them out meanwhile */
+  exclusive: <T>(work: () => Promise<T>) => Promise<T>
+  on: (event: 'event', listener: (evt: { type: string, job?: { op: string, state: string } }) => void) => unknown
+}
+
+export interface BackupCareInit {
+  db: Database
+  identity: Identity
+  friends: FriendBook
+  service: CareService
+  /** the name friends see (goes in the recovery record) */
+  name: () => string
+  /** @default DEFAULT_AUDIT_EVERY_MS (24 h); 0 turns scheduled audits off */
+  auditEveryMs?: number
+  /** @default DEFAULT_UNREACHABLE_MS (7 days) */
+  unreachableAfterMs?: number
+  /** @default DEFAULT_REPLICAS (2) */
+  replicas?: number
+}
+
+export interface AuditReport {
+  audits: AuditOutcome[]
+  repair: RepairReport | null
+}
+
+export interface PushReport {
+  seq: number
+  bytes: number
+  hosts: Array<{ peer: string, ok: boolean, error: { code: string, message: string } | null }>
+}
+
+export class BackupCare {
+  readonly book: CareBook
+  private readonly init: BackupCareInit
+  private readonly controller = new AbortController()
+  private timer: NodeJS.Timeout | undefined
+  private pushing: Promise<unknown> = Promise.resolve()
+  private auditing: Promise<unknown> = Promise.resolve()
+
+  constructor (init: BackupCareInit) {
+    this.init = init
+    this.book = new CareBook(init.db)
+  }
+
+  start (): void {
+    // a finished run changed the index: hosts should hold a record of it
+    this.init.service.on('event', evt => {
+      if (evt.type === 'backup:job' && evt.job?.op === 'run' && evt.job.state === 'done') void this.pushRecovery().catch(() => {})
+    })
+    this.schedule()
+  }
+
+  stop (): void {
+    this.controller.abort()
+    clearTimeout(this.timer)
+  }
+
+  /** Friends who grant me backup now: where repair places blobs and recovery records go. */
+  hosts (): string[] {
+    return this.init.friends.list().filter(f => f.state === 'active' && f.grantsFromThem.includes('backup')).map(f => f.peerId)
+  }
+
+  /** Hosts to audit: those granting me backup, and any other my index places blobs on. */
+  private async auditees (): Promise<string[]> {
+    const all = new Set(this.hosts())
+    for await (const [, r] of this.init.service.index.blobs()) for (const h of r.hosts) all.add(h)
+    return [...all]
+  }
+
+  /**
+   * Audits one host (by name or peer id) or all of them now, then repairs what
+   * the audits found and pushes a fresh recovery record if anything moved.
+   */
+  async audit (name?: string): Promise<AuditReport> {
+    const peers = name != null ? [this.init.friends.resolve(name).peerId] : await this.auditees()
+    return await this.auditPeers(peers, true)
+  }
+
+  /** One audit pass at a time; `mustRepair` false: a pass that finds the service busy leaves repair to the next one. */
+  private async auditPeers (peers: string[], mustRepair: boolean): Promise<AuditReport> {
+    const run = this.auditing.then(async () => {
+      const audits: AuditOutcome[] = []
+      for (const peer of peers) {
+        const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(AUDIT_TIMEOUT_MS)])
+        const outcome = await auditHost(this.init.service.client(peer), this.init.service.index, signal)
+        await this.book.recordAudit(outcome)
+        audits.push(outcome)
+      }
+      let report: RepairReport | null = null
+      try {
+        report = await this.repair()
+      } catch (err) {
+        if (mustRepair || asKithError(err).code !== 'BACKUP_BUSY') throw err
+      }
+      return { audits, repair: report }
+    })
+    this.auditing = run.catch(() => {})
+    return await run
+  }
+
+  /** Re-places what failing, unreachable or losing hosts held; pushes a new record if anything moved. */
+  async repair (): Promise<RepairReport> {
+    const report = await this.init.service.exclusive(async () => await repair({
+      index: this.init.service.index,
+      care: this.book,
+      client: peer => this.init.service.client(peer),
+      hosts: () => this.hosts(),
+      replicas: this.init.replicas ?? DEFAULT_REPLICAS,
+      unreachableAfterMs: this.init.unreachableAfterMs ?? DEFAULT_UNREACHABLE_MS,
+      signal: this.controller.signal
+    }))
+    if (report.placed > 0 || report.lost > 0) void this.pushRecovery().catch(() => {})
+    return report
+  }
+
+  async health (): Promise<Health> {
+    return await health({
+      index: this.init.service.index,
+      care: this.book,
+      friends: this.init.friends,
+      hosts: this.hosts(),
+      replicas: this.init.replicas ?? DEFAULT_REPLICAS,
+      unreachableAfterMs: this.init.unreachableAfterMs ?? DEFAULT_UNREACHABLE_MS,
+      auditEveryMs: this.init.auditEveryMs ?? DEFAULT_AUDIT_EVERY_MS
+    })
+  }
+
+  /** What the recovery record holds now. */
+  async content (): Promise<RecoveryContent> {
+    const index = this.init.service.index
+    const blobs: RecoveryContent['blobs'] = []
+    for await (const entry of index.blobs()) blobs.push(entry)
+    const snapshots: RecoveryContent['snapshots'] = []
+    for (const record of await index.snapshots()) snapshots.push({ record, needs: [...await index.snapshotBlobs(record.seq)] })
+    return { created: Date.now(), name: this.init.name(), friends: this.init.friends.list(), blobs, snapshots }
+  }
+
+  /** Seals a new recovery record and gives it to every host; one push at a time, in order. */
+  async pushRecovery (): Promise<PushReport> {
+    const run = this.pushing.then(async () => {
+      const { identity } = this.init
+      const seq = nextRecoverySeq(await this.book.recoverySeq())
+      const key = deriveBackupKey(identity.secretKey.subarray(0, 32), 'recovery')
+      const record = sealRecovery(await this.content(), { identity, key, seq })
+      await this.book.setRecoverySeq(seq)
+      const hosts = await Promise.all(this.hosts().map(async peer => {
+        try {
+          await this.init.service.client(peer).putRecord(record, this.controller.signal)
+          return { peer, ok: true, error: null }
+        } catch (err) {
+          const e = asKithError(err)
+          return { peer, ok: false, error: { code: e.code, message: e.message } }
+        }
+      }))
+      return { seq, bytes: record.length, hosts }
+    })
+    this.pushing = run.catch(() => {})
+    return await run
+  }
+
+  /** Sleeps until the next host is due an audit (jittered), audits the due ones, and again. */
+  private schedule (): void {
+    const every = this.init.auditEveryMs ?? DEFAULT_AUDIT_EVERY_MS
+    if (every <= 0 || this.controller.signal.aborted) return
+    const plan = async (): Promise<number> => {
+      const cares = await this.book.all()
+      let soonest = Date.now() + MAX_SLEEP_MS
+      const due: string[] = []
+      for (const peer of await this.auditees()) {
+        let care = cares.get(peer)
+        // a host never audited is first audited a period after I first saw it (its blobs were just placed)
+        if (care == null) await this.book.put(peer, care = await this.book.host(peer))
+        const last = care.trail.at(-1)?.at ?? care.firstSeen
+        // jitter: each host's period is stretched or shrunk by up to a tenth, differently each time
+        const at = last + every * (0.9 + 0.2 * Math.random())
+        if (at <= Date.now()) due.push(peer)
+        else soonest = Math.min(soonest, at)
+      }
+      if (due.length > 0 && !this.controller.signal.aborted) await this.auditPeers(due, false).catch(() => {})
+      return Math.max(1000, soonest - Date.now())
+    }
+    const tick = (): void => {
+      plan().catch(() => MAX_SLEEP_MS).then(wait => {
+        if (this.controller.signal.aborted) return
+        this.timer = setTimeout(tick, Math.min(wait, MAX_SLEEP_MS))
+        this.timer.unref()
+      }, () => {})
+    }
+    this.timer = setTimeout(tick, 1000)
+    this.timer.unref()
+  }
+}
