@@ -2,8 +2,10 @@
 ':' /*
 # The `kith` command. A shell runs these lines, Node reads the file as
 # JavaScript (to it, the line above is a string and these lines a comment).
-# kith runs on the Node.js 24 that npm installs beside it
-# (node_modules/.bin/node): exec that one at once, whatever Node comes first on
+# kith runs on the Node.js 24 that npm installs beside it (the `node`
+# package: node_modules/.bin/node in a checkout or a global install, one
+# folder up where npm hoisted it, as npx does): exec that one at once,
+# whatever Node comes first on
 # PATH: a Node started only to hand over (under `#!/usr/bin/env node`) cost
 # two thirds of what the whole command takes (npm run bench -- --section cli).
 # Folders are cut with ${x%/*}, not dirname: each program started costs.
@@ -18,10 +20,11 @@ while [ -h "$self" ]; do
   esac
 done
 node=${self%/*}/../node_modules/.bin/node
+[ -x "$node" ] || node=${self%/*}/../../.bin/node
 [ -x "$node" ] || node=node
 exec "$node" "$self" "$@"
 */
-import { lstatSync, mkdirSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync } from 'node:fs'
 import module from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -50,20 +53,35 @@ function enableCompileCache () {
   if (info?.isDirectory() === true && info.uid === uid && (info.mode & 0o022) === 0) module.enableCompileCache(dir)
 }
 
+/**
+ * A checkout runs its TypeScript as it is; an installed package runs the
+ * JavaScript `npm pack` built (dist/, tsconfig.build.json), since Node strips
+ * types only outside node_modules. The package ships no src/.
+ */
+const fromSource = existsSync(new URL('../src/services/cli/main.ts', import.meta.url))
+const program = (path) => fromSource ? `../src/${path}.ts` : `../dist/${path}.js`
+
 const [major, minor] = process.versions.node.split('.').map(Number)
 if (major < 22 || (major === 22 && minor < 18)) {
   // run by an older Node (`node bin/kith.js`, or where no shell reads the
-  // lines above): hand over to node_modules' Node 24
+  // lines above): hand over to the `node` package's Node 24, wherever npm put it
   const { spawn } = await import('node:child_process')
+  const { createRequire } = await import('node:module')
   const { fileURLToPath } = await import('node:url')
-  const { dirname, join } = await import('node:path')
+  const { dirname } = await import('node:path')
   const root = dirname(dirname(fileURLToPath(import.meta.url)))
-  const node = join(root, 'node_modules', '.bin', 'node')
-  const child = spawn(node, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' })
-  child.on('error', () => {
-    console.error(`kith: needs Node.js 22.18 or newer (this is ${process.versions.node}); run \`npm install\` in ${root} first`)
+  const needs = () => {
+    console.error(`kith: needs Node.js 22.18 or newer (this is ${process.versions.node}); run \`npm install\` in ${root}, which brings Node 24`)
     process.exit(1)
-  })
+  }
+  let node
+  try {
+    node = createRequire(import.meta.url).resolve('node/bin/node')
+  } catch {
+    needs()
+  }
+  const child = spawn(node, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' })
+  child.on('error', needs)
   for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal))
   child.on('exit', (code, signal) => process.exit(code ?? (signal != null ? 1 : 0)))
 } else {
@@ -73,7 +91,7 @@ if (major < 22 || (major === 22 && minor < 18)) {
     // The daemon's memory is tuned (src/services/daemon-heap.ts): heap sizes and
     // malloc's settings can't change once the process runs, so `kith start`
     // replaces itself (same pid) with them.
-    const { DAEMON_ENV, DAEMON_STARTUP_FLAGS, tuneDaemonHeap } = await import('../src/services/daemon-heap.ts')
+    const { DAEMON_ENV, DAEMON_STARTUP_FLAGS, tuneDaemonHeap } = await import(program('services/daemon-heap'))
     const { fileURLToPath } = await import('node:url')
     // a flag already given (by the user, or by the first pass) is left as it is
     const missing = DAEMON_STARTUP_FLAGS.filter(flag => !process.execArgv.some(a => a.split('=')[0] === flag.split('=')[0]))
@@ -83,6 +101,6 @@ if (major < 22 || (major === 22 && minor < 18)) {
     }
     tuneDaemonHeap()
   }
-  const { main } = await import('../src/services/cli/main.ts')
+  const { main } = await import(program('services/cli/main'))
   process.exitCode = await main(args)
 }

@@ -42,6 +42,10 @@ export const ERROR_CODES = {
   EVENT_STREAMS_FULL: 503,
   /** api.token can be read by other users: the CLI won't send it */
   TOKEN_NOT_PRIVATE: 403,
+  /** `kith stop` asked, and the daemon's process had not ended by the deadline */
+  DAEMON_STILL_RUNNING: 504,
+  /** a dashboard login link that is unknown, used already or too old (docs/dashboard.md) */
+  LOGIN_LINK_INVALID: 401,
   // transfer
   MANIFEST_MALFORMED: 400,
   MANIFEST_TOO_LARGE: 413,

@@ -4,13 +4,14 @@ import { KithError } from '../../errors.ts'
 import { homePaths, writeFileAtomic } from '../../peer/home.ts'
 import { Daemon, newToken, writeApiInfo } from '../daemon.ts'
 import { startApiServer } from '../api/server.ts'
-import { routes } from '../api/routes.ts'
+import { routes, type Route } from '../api/routes.ts'
 import { installLastResort } from '../last-resort.ts'
 import type { RelayBudget } from '../../peer/node.ts'
 import { terminalText } from './format.ts'
 
 /**
- * `kith start`: runs the node in the foreground until SIGINT or SIGTERM.
+ * `kith start`: runs the node in the foreground until SIGINT, SIGTERM or
+ * `kith stop` (POST /v1/stop).
  */
 export const DEFAULT_API = '127.0.0.1:0'
 
@@ -70,10 +71,20 @@ export async function runStart (options: StartOptions): Promise<void> {
     ...(options.relay != null ? { relay: options.relay } : {})
   })
   const paths = homePaths(options.home)
+  let requestStop = (_why: string): void => {}
+  // `kith stop`: answered first, then the node stops as on SIGTERM
+  const stopRoute: Route = {
+    method: 'POST',
+    path: /^\/v1\/stop$/,
+    handler: async () => {
+      setImmediate(() => requestStop('kith stop'))
+      return { stopping: true, pid: process.pid }
+    }
+  }
   let api
   try {
     const token = await apiToken(paths.apiToken, daemon.loosened.includes(paths.apiToken))
-    api = await startApiServer({ host, port, token, routes: routes(daemon), events: daemon })
+    api = await startApiServer({ host, port, token, routes: [...routes(daemon), stopRoute], events: daemon })
     await writeApiInfo(paths, api.url, daemon.identity.peerId.toString())
   } catch (err) {
     await daemon.stop()
@@ -120,6 +131,7 @@ export async function runStart (options: StartOptions): Promise<void> {
       }
       done().catch(err => console.error(`kith: error while stopping: ${(err as Error).message}`)).finally(resolve)
     }
+    requestStop = stop
     process.once('SIGINT', () => stop('SIGINT'))
     process.once('SIGTERM', () => stop('SIGTERM'))
   })

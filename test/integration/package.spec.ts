@@ -1,0 +1,91 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, readlink, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { delimiter, dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { waitFor } from '../helpers/testnet.ts'
+
+/**
+ * kith as a user installs it (issue 17): `npm pack` builds the JavaScript
+ * (prepack, tsconfig.build.json) and packs what users need; `npm install -g`
+ * of the tarball into a fresh prefix; then the installed `kith` starts a node,
+ * answers `kith status` and stops it with `kith stop`. Node strips types only
+ * outside node_modules, so this fails on a package that ships TypeScript.
+ *
+ * The user's environment is this one without node_modules/.bin on the PATH:
+ * npm and `node` are the system's (Node 20 on the machine it was written on),
+ * and the installed kith must run on the Node 24 that its `node` dependency
+ * brings. `--prefer-offline` draws on npm's cache, which `npm ci` filled.
+ */
+const ROOT = dirname(dirname(dirname(fileURLToPath(import.meta.url))))
+const userPath = (process.env.PATH ?? '').split(delimiter).filter(dir => !dir.includes(join('node_modules', '.bin'))).join(delimiter)
+const userEnv = { ...process.env, PATH: userPath }
+
+async function run (cmd: string, args: string[], options: { cwd?: string } = {}): Promise<{ code: number, stdout: string, stderr: string }> {
+  return await new Promise(resolve => {
+    execFile(cmd, args, { env: userEnv, timeout: 240_000, maxBuffer: 16 * 1024 * 1024, ...options }, (err, stdout, stderr) => {
+      resolve({ code: err == null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr })
+    })
+  })
+}
+
+describe('the npm package', () => {
+  let dir: string
+  let prefix: string
+  let kith: string
+  let packed: { filename: string, files: Array<{ path: string }> }
+  let daemon: ChildProcess | undefined
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'kith-package-'))
+    prefix = join(dir, 'prefix')
+    kith = join(prefix, 'bin', 'kith')
+    const pack = await run('npm', ['pack', '--json', '--pack-destination', dir], { cwd: ROOT })
+    expect(pack.stderr.match(/error.*/gi) ?? [], pack.stderr).toEqual([])
+    expect(pack.code).toBe(0)
+    packed = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('[')))[0]
+    const install = await run('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', join(dir, packed.filename)])
+    expect(install.code, install.stderr).toBe(0)
+  }, 300_000)
+
+  afterAll(async () => {
+    daemon?.kill('SIGKILL')
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('carries the built JavaScript, its source maps and type declarations, and no sources, tests, benchmarks or CI', () => {
+    const files = packed.files.map(f => f.path)
+    expect(files).toContain('bin/kith.js')
+    expect(files).toEqual(expect.arrayContaining(['dist/services/cli/main.js', 'dist/services/cli/main.js.map', 'dist/services/cli/main.d.ts', 'dist/services/daemon.js']))
+    expect(files.filter(f => /^(src|test|bench|\.ci|scratch|node_modules)\//.test(f) || f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([])
+  })
+
+  it('installs a kith that starts a node on the Node 24 it brings, answers status, and stops with kith stop', async () => {
+    const home = join(dir, 'home')
+    daemon = spawn(kith, ['--home', home, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--json'], { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    daemon.stdout!.on('data', (c: Buffer) => { out += c.toString() })
+    daemon.stderr!.on('data', (c: Buffer) => { out += c.toString() })
+    const exited = new Promise<number | null>(resolve => daemon!.on('exit', code => resolve(code)))
+    const started = await waitFor(() => out.includes('\n') ? JSON.parse(out.slice(0, out.indexOf('\n'))) as { peerId: string } : undefined, `the installed kith to start (it printed: ${out})`, 60_000)
+
+    // the daemon runs on the package's Node 24, not on the Node first on the user's PATH
+    if (process.platform === 'linux') {
+      expect(await readlink(`/proc/${daemon.pid!}/exe`)).toContain(join(prefix, 'lib', 'node_modules', 'kith', 'node_modules', 'node'))
+    }
+
+    const status = await run(kith, ['--home', home, 'status', '--json'])
+    expect(status.stderr).toBe('')
+    expect(JSON.parse(status.stdout).peerId).toBe(started.peerId)
+
+    const stop = await run(kith, ['--home', home, 'stop', '--json'])
+    expect(stop.stderr).toBe('')
+    expect(JSON.parse(stop.stdout)).toEqual({ stopped: true, pid: daemon.pid })
+    expect(await exited).toBe(0)
+    daemon = undefined
+    // the home is whole: the installed kith reads the same identity from it
+    const again = await run(kith, ['--home', home, 'id', '--json'])
+    expect(JSON.parse(again.stdout).peerId).toBe(started.peerId)
+  })
+})
