@@ -30,6 +30,8 @@ export interface BackupHostInit {
 /** What `kith backup hosted` lists: the host book's view, with the friend's name. */
 export interface HostedFriend extends HostedView {
   name: string | null
+  /** when what they left here will be deleted (goneSince + the grace period), ms since the epoch; null while granted */
+  deleteAt: number | null
 }
 
 export class BackupHost {
@@ -86,7 +88,8 @@ export class BackupHost {
         views.set(friend.peerId, { peerId: friend.peerId, quota: this.book.quotaOf(friend.peerId), used: 0, blobs: 0, lastWrite: null, lastAudit: null, record: null, goneSince: null, trail: [] })
       }
     }
-    return [...views.values()].map(view => ({ ...view, name: friends.get(view.peerId)?.label ?? null }))
+    const grace = this.init.graceMs ?? DEFAULT_GRACE_MS
+    return [...views.values()].map(view => ({ ...view, name: friends.get(view.peerId)?.label ?? null, deleteAt: view.goneSince != null ? view.goneSince + grace : null }))
   }
 
   async stop (): Promise<void> {
