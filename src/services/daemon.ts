@@ -23,6 +23,7 @@ import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
 import { loadConfig, transferEngine, type BandwidthView, type ConfigFile, type TransferEngine } from './engine/index.ts'
 import { LocateService } from './locate/index.ts'
+import { BackupHost } from './backup/host.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
 import { releaseMemoryWhenQuiet } from './daemon-heap.ts'
@@ -100,6 +101,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly started = new Date()
   private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
+  private backupHost: BackupHost | null = null
   /** gives memory back after a burst of traffic */
   private memory: { stop: () => void } | undefined
   private locateService: LocateService | null = null
@@ -207,6 +209,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       engine
     })
     this.fileService.on('event', evt => this.emit('event', evt))
+    // backup hosting: friends' sealed blobs in the engine's store, within the quotas I grant (docs/backup.md, Host)
+    this.backupHost = await BackupHost.start({ db: this.db, home: this.paths.root, libp2p: this.libp2p, friends: this.friends, engine })
     // every service has registered: collection may run
     engine.afterStart()
     const bandwidth = engine.bandwidth
@@ -228,6 +232,12 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.fileService
   }
 
+  /** backup hosting: what I keep for friends (src/services/backup/host.ts) */
+  get hosting (): BackupHost {
+    if (this.backupHost == null) throw new KithError('INTERNAL', 'backup hosting is not started')
+    return this.backupHost
+  }
+
   get locate (): LocateService {
     if (this.locateService == null) throw new KithError('INTERNAL', 'locate is not started')
     return this.locateService
@@ -241,6 +251,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     await this.reachability.stop()
     await this.locateService?.stop()
     await this.transferEngine?.beforeStop()
+    await this.backupHost?.stop()
     await this.fileService?.stop()
     await this.transferEngine?.stop()
     await this.libp2p.stop()

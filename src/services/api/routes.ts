@@ -5,6 +5,7 @@ import { SERVICES } from '../../trust/grants.ts'
 import { parseInvite, summarise, checkValidity, MAX_INVITE_TEXT } from '../../trust/invite.ts'
 import { PRIORITIES, type Priority } from '../../transfer/scheduler/index.ts'
 import type { Daemon } from '../daemon.ts'
+import { backupHostRoutes } from './backup-host-routes.ts'
 import { MAX_URL_LENGTH, MAX_URLS_PER_REQUEST } from '../downloads/constants.ts'
 
 /**
@@ -221,6 +222,8 @@ export function routes (daemon: Daemon): Route[] {
     },
     // bandwidth limits: the body is a merge patch validated by limits.ts (null clears a setting)
     { method: 'GET', path: /^\/v1\/limits$/, handler: async () => daemon.engine.limits.view() },
-    { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.engine.limits.update(b) }
+    { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.engine.limits.update(b) },
+    // backups I keep for friends (backup-host-routes.ts)
+    ...backupHostRoutes(daemon)
   ]
 }

@@ -11,6 +11,7 @@ import type { FriendView, Status } from '../daemon.ts'
 import { fileCommands } from './files.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import { locateCommand } from './locate.ts'
+import { backupHostCommands } from './backup-host.ts'
 import { limitsCommand, bandwidthLines } from './limits.ts'
 import { table, ago, shortId, parseDuration, bytes, terminalJson, terminalText } from './format.ts'
 import { parseRate } from '../engine/rate-text.ts'
@@ -52,25 +53,6 @@ function globals (cmd: Command): Globals & { home: string } {
 
 async function client (cmd: Command): Promise<ApiClient> {
   return await ApiClient.forHome(globals(cmd).home)
-}
-
-/** how long `kith stop` waits for the daemon to close its stores and end */
-const STOP_DEADLINE_MS = 60_000
-
-/** Resolves once the process is gone; polled, as nothing tells another process's end. */
-async function processEnded (pid: number, deadlineMs: number): Promise<void> {
-  const start = performance.now()
-  for (;;) {
-    try {
-      process.kill(pid, 0)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ESRCH') return
-    }
-    if (performance.now() - start > deadlineMs) {
-      throw new KithError('DAEMON_STILL_RUNNING', `the daemon (process ${pid}) was asked to stop and is still running after ${deadlineMs / 1000} s; see what it printed, or end it with \`kill ${pid}\``)
-    }
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
 }
 
 async function passphrase (opts: Globals): Promise<string | undefined> {
@@ -288,15 +270,6 @@ program.command('status')
     ].join('\n'))
   })
 
-program.command('stop')
-  .description('stop the running daemon cleanly (as Ctrl-C in its terminal would), and wait until it has')
-  .option('--json', 'print as JSON')
-  .action(async (opts: { json?: boolean }, cmd: Command) => {
-    const { pid } = await (await client(cmd)).call<{ pid: number }>('POST', '/v1/stop')
-    await processEnded(pid, STOP_DEADLINE_MS)
-    print(opts.json, { stopped: true, pid }, () => `stopped the daemon (process ${pid})`)
-  })
-
 program.command('repair')
   .description('salvage what can be read of a damaged database (the daemon must be stopped)')
   .option('--json', 'print what was done as JSON')
@@ -453,6 +426,7 @@ friend.command('revoke')
 fileCommands(program, client, print)
 locateCommand(program, client, print)
 limitsCommand(program, client, print)
+backupHostCommands(program, client, print)
 
 // events -----------------------------------------------------------------------
 
