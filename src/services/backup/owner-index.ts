@@ -7,6 +7,8 @@
  * blob records its sealed id (what hosts key by), size, audit root and the
  * hosts verified to hold it.
  */
+import { KithError } from '../../errors.ts'
+import { sublevel, type Database, type Sublevel } from '../../peer/database.ts'
 
 /** What a blob holds: a data chunk, a tree (folder listing) or a snapshot. */
 export type BlobKind = 'data' | 'tree' | 'snapshot'
@@ -34,9 +36,9 @@ export interface SnapshotRecord {
   created: number
   label: string | null
   paths: string[]
-  /** plaintext id of the root tree blob */
-  tree: string
-  stats: { files: number, dirs: number, bytes: number, blobs: number }
+  /** plaintext ids of the root tree's blobs */
+  tree: string[]
+  stats: { files: number, dirs: number, links: number, bytes: number, blobs: number }
 }
 
 export interface OwnerIndex {
@@ -58,8 +60,122 @@ export interface OwnerIndex {
   snapshotBlobs: (seq: number) => Promise<Set<string>>
   /** snapshots, oldest first */
   snapshots: () => Promise<SnapshotRecord[]>
-  /** one snapshot by seq or by a prefix of its id (SNAPSHOT_UNKNOWN otherwise) */
+  /** one snapshot by seq, "latest", or a prefix of its id (SNAPSHOT_UNKNOWN otherwise) */
   snapshot: (ref: string | number) => Promise<SnapshotRecord>
   /** the next snapshot's seq (one past the highest ever made, forgotten ones included) */
   nextSeq: () => Promise<number>
+  /** records a snapshot (a run that finished, or one brought back by kith restore) and moves nextSeq past it */
+  putSnapshot: (record: SnapshotRecord) => Promise<void>
+}
+
+/** Snapshot seqs as keys that sort as numbers. */
+function seqKey (seq: number): string {
+  return seq.toString().padStart(12, '0')
+}
+
+export interface OwnerIndexLevels {
+  blobs: Sublevel<BlobRecord>
+  snapshots: Sublevel<SnapshotRecord>
+  /** `${seqKey}!${id}` for every blob a snapshot needs (its kind as the value) */
+  needs: Sublevel<BlobKind>
+  /** 'seq': the next snapshot's seq */
+  meta: Sublevel<number>
+}
+
+/** The owner index in the home's LevelDB (sublevels backup-*). */
+export class LevelOwnerIndex implements OwnerIndex {
+  private readonly levels: OwnerIndexLevels
+
+  constructor (levels: OwnerIndexLevels) {
+    this.levels = levels
+  }
+
+  static open (db: Database): LevelOwnerIndex {
+    return new LevelOwnerIndex({
+      blobs: sublevel<BlobRecord>(db, 'backup-blobs'),
+      snapshots: sublevel<SnapshotRecord>(db, 'backup-snapshots'),
+      needs: sublevel<BlobKind>(db, 'backup-needs'),
+      meta: sublevel<number>(db, 'backup-meta')
+    })
+  }
+
+  async blob (id: string): Promise<BlobRecord | undefined> {
+    return await this.levels.blobs.get(id)
+  }
+
+  async putBlob (id: string, record: BlobRecord): Promise<void> {
+    await this.levels.blobs.put(id, record)
+  }
+
+  async addHost (id: string, host: string): Promise<void> {
+    const record = await this.blob(id)
+    if (record == null) throw new KithError('INTERNAL', `blob ${id} is not in the backup index`)
+    if (record.hosts.includes(host)) return
+    await this.putBlob(id, { ...record, hosts: [...record.hosts, host] })
+  }
+
+  async removeHost (id: string, host: string): Promise<void> {
+    const record = await this.blob(id)
+    if (record == null || !record.hosts.includes(host)) return
+    await this.putBlob(id, { ...record, hosts: record.hosts.filter(h => h !== host) })
+  }
+
+  async deleteBlob (id: string): Promise<void> {
+    await this.levels.blobs.del(id)
+  }
+
+  async * blobs (): AsyncIterable<[string, BlobRecord]> {
+    yield * this.levels.blobs.iterator()
+  }
+
+  async * blobsOn (host: string): AsyncIterable<[string, BlobRecord]> {
+    for await (const [id, record] of this.levels.blobs.iterator()) if (record.hosts.includes(host)) yield [id, record]
+  }
+
+  async snapshotBlobs (seq: number): Promise<Set<string>> {
+    const prefix = `${seqKey(seq)}!`
+    const ids = new Set<string>()
+    for await (const key of this.levels.needs.keys({ gt: prefix, lt: `${prefix}~` })) ids.add(key.slice(prefix.length))
+    return ids
+  }
+
+  /** Records blobs the snapshot `seq` (made now, or being made) needs. */
+  async addNeeds (seq: number, blobs: Array<[string, BlobKind]>): Promise<void> {
+    await this.levels.needs.batch(blobs.map(([id, kind]) => ({ type: 'put' as const, key: `${seqKey(seq)}!${id}`, value: kind })))
+  }
+
+  /** Forgets what the snapshot `seq` needs (it was forgotten, or a killed run left a partial list). */
+  async clearNeeds (seq: number): Promise<void> {
+    const prefix = `${seqKey(seq)}!`
+    await this.levels.needs.clear({ gt: prefix, lt: `${prefix}~` })
+  }
+
+  async snapshots (): Promise<SnapshotRecord[]> {
+    return await this.levels.snapshots.values().all()
+  }
+
+  async snapshot (ref: string | number): Promise<SnapshotRecord> {
+    const all = await this.snapshots()
+    const text = String(ref)
+    const found = /^\d+$/.test(text)
+      ? all.filter(s => s.seq === Number(text))
+      : text === 'latest' ? all.slice(-1) : all.filter(s => text.length >= 4 && s.id.startsWith(text.toLowerCase()))
+    if (found.length === 1) return found[0]!
+    if (found.length > 1) throw new KithError('SNAPSHOT_UNKNOWN', `${JSON.stringify(text)} names ${found.length} snapshots; give more of the id, or the number`)
+    throw new KithError('SNAPSHOT_UNKNOWN', `no snapshot ${JSON.stringify(text)}; kith backup list shows them (by number, id, or "latest")`)
+  }
+
+  async putSnapshot (record: SnapshotRecord): Promise<void> {
+    await this.levels.snapshots.put(seqKey(record.seq), record)
+    if (record.seq >= await this.nextSeq()) await this.levels.meta.put('seq', record.seq + 1)
+  }
+
+  async deleteSnapshot (seq: number): Promise<void> {
+    await this.levels.snapshots.del(seqKey(seq))
+    await this.clearNeeds(seq)
+  }
+
+  async nextSeq (): Promise<number> {
+    return await this.levels.meta.get('seq') ?? 1
+  }
 }

@@ -1,0 +1,160 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { createCipheriv } from 'node:crypto'
+import { chmod, lstat, mkdir, readdir, readFile, readlink, symlink, utimes, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { befriend, createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+
+/**
+ * Backups between real daemons: an owner and two friends who granted it
+ * backup. One run of a tree with every kind of entry, listed, browsed and
+ * restored identical; a second run of the tree slightly changed sends only
+ * the new pieces; forget removes what only the first snapshot needed and
+ * frees the hosts' quota.
+ */
+
+/** Deterministic pseudo-random bytes. */
+function bytes (length: number, seed: number): Buffer {
+  return createCipheriv('aes-256-ctr', Buffer.alloc(32, seed), Buffer.alloc(16)).update(Buffer.alloc(length))
+}
+
+interface Seen { type: string, mode: number, mtimeMs: number, size: number, content?: string, target?: string }
+
+/** Everything under `root` that a restore must reproduce, by relative path. */
+async function describeTree (root: string, prefix = ''): Promise<Record<string, Seen>> {
+  const out: Record<string, Seen> = {}
+  for (const name of (await readdir(join(root, prefix))).sort()) {
+    const rel = join(prefix, name)
+    const info = await lstat(join(root, rel))
+    const seen: Seen = { type: info.isDirectory() ? 'dir' : info.isSymbolicLink() ? 'link' : 'file', mode: info.mode & 0o7777, mtimeMs: info.mtimeMs, size: info.size }
+    if (info.isSymbolicLink()) { seen.target = await readlink(join(root, rel)); delete (seen as Partial<Seen>).mode; delete (seen as Partial<Seen>).size }
+    if (info.isFile()) seen.content = (await readFile(join(root, rel))).toString('base64').slice(0, 64) + (await readFile(join(root, rel))).length
+    out[rel] = seen
+    if (info.isDirectory()) Object.assign(out, await describeTree(root, rel))
+  }
+  return out
+}
+
+/** Trees alike: the same entries, each the same but for mtimes within 2 µs (kith keeps microseconds; utimes takes a double of seconds). */
+function expectSameTree (restored: Record<string, Seen>, source: Record<string, Seen>): void {
+  expect(Object.keys(restored)).toEqual(Object.keys(source))
+  for (const [path, seen] of Object.entries(source)) {
+    const { mtimeMs, ...rest } = restored[path]!
+    expect({ path, ...rest }).toEqual({ path, ...seen, mtimeMs: undefined })
+    expect(Math.abs(mtimeMs - seen.mtimeMs), `${path}: mtime ${mtimeMs} vs ${seen.mtimeMs}`).toBeLessThan(0.002)
+  }
+}
+
+/** The last line of a --json run or restore: its result. */
+function result (stdout: string): any {
+  return JSON.parse(stdout.trim().split('\n').at(-1)!).result
+}
+
+async function used (host: TestNode, owner: TestNode): Promise<number> {
+  const { hosted } = await host.json<{ hosted: Array<{ peerId: string, used: number }> }>('backup', 'hosted')
+  return hosted.find(h => h.peerId === owner.peerId)?.used ?? 0
+}
+
+describe('backup: run, list, ls, restore and forget between real daemons', () => {
+  let net: Testnet
+  let owner: TestNode
+  let hosts: TestNode[]
+  let src: string
+  let firstSent = 0
+
+  beforeAll(async () => {
+    net = await createTestnet(['owner', 'h1', 'h2'])
+    const [o, h1, h2] = net.nodes as [TestNode, TestNode, TestNode]
+    owner = o
+    hosts = [h1, h2]
+    for (const host of hosts) await befriend(host, owner, '--grant', 'backup')
+    await waitFor(async () => {
+      const { friends } = await owner.json<{ friends: Array<{ grantsFromThem: string[], link: { online: boolean } }> }>('friends')
+      return friends.filter(f => f.grantsFromThem.includes('backup') && f.link.online).length === 2
+    }, 'the owner to see both hosts online with a backup grant')
+
+    src = join(owner.home, '..', 'tree')
+    await mkdir(join(src, 'docs', 'deep'), { recursive: true })
+    await mkdir(join(src, 'empty'))
+    await writeFile(join(src, 'big.bin'), bytes(6 * 1024 * 1024, 1))
+    await writeFile(join(src, 'docs', 'a.txt'), 'hello\n')
+    await writeFile(join(src, 'docs', 'deep', 'b.bin'), bytes(300_000, 2))
+    await writeFile(join(src, 'docs', 'copy.bin'), bytes(300_000, 2)) // the same content twice: stored once
+    await writeFile(join(src, 'zero'), '')
+    await writeFile(join(src, 'run.sh'), '#!/bin/sh\necho hi\n')
+    await chmod(join(src, 'run.sh'), 0o750)
+    await chmod(join(src, 'docs', 'a.txt'), 0o600)
+    await symlink('docs/a.txt', join(src, 'link'))
+    await symlink('/nowhere/at/all', join(src, 'dangling'))
+    await chmod(join(src, 'docs', 'deep'), 0o700)
+    for (const [i, rel] of ['big.bin', 'docs/a.txt', 'docs/deep/b.bin', 'zero', 'docs/deep', 'empty', 'docs'].entries()) {
+      const t = new Date(Date.UTC(2020, 0, 1 + i, 12, 0, 0, 250))
+      await utimes(join(src, rel), t, t)
+    }
+  }, 120_000)
+
+  afterAll(async () => {
+    await net?.stop()
+  })
+
+  it('run -> list -> ls -> restore gives an identical tree: contents, modes, mtimes, links, empty folders', async () => {
+    const run = await owner.cli('backup', 'run', src, '--name', 'first', '--json')
+    expect(run.stderr).toBe('')
+    expect(run.code).toBe(0)
+    const first = result(run.stdout)
+    expect(first.snapshot.seq).toBe(1)
+    expect(first.snapshot.stats.files).toBe(6)
+    expect(first.skipped).toEqual([])
+    // every blob on both hosts; the duplicate file added nothing
+    expect(first.newBlobs).toBe(first.blobs)
+    firstSent = first.sentBytes
+    expect(firstSent).toBeGreaterThan(2 * (6 * 1024 * 1024 + 300_000))
+    expect(firstSent).toBeLessThan(2 * (6 * 1024 * 1024 + 2 * 300_000))
+
+    const { snapshots } = await owner.json<{ snapshots: any[] }>('backup', 'list')
+    expect(snapshots.map(s => [s.seq, s.label, s.paths])).toEqual([[1, 'first', [src]]])
+
+    const ls = await owner.json<{ entries: Array<{ name: string, type: string }> }>('backup', 'ls', '1', 'tree/docs')
+    expect(ls.entries.map(e => `${e.name}:${e.type}`)).toEqual(['a.txt:file', 'copy.bin:file', 'deep:dir'])
+
+    const out = join(owner.home, '..', 'restored')
+    const restore = await owner.cli('backup', 'restore', 'latest', '-o', out, '--json')
+    expect(restore.code).toBe(0)
+    expect(result(restore.stdout)).toMatchObject({ files: 6, links: 2 })
+    expectSameTree(await describeTree(join(out, 'tree')), await describeTree(src))
+  }, 120_000)
+
+  it('a second run of a slightly changed tree sends only the new pieces, and restores the new tree', async () => {
+    const big = await readFile(join(src, 'big.bin'))
+    await writeFile(join(src, 'big.bin'), Buffer.concat([big.subarray(0, 3_000_000), Buffer.from('a few new bytes'), big.subarray(3_000_000)]))
+    await writeFile(join(src, 'docs', 'new.txt'), 'new\n')
+    const second = result((await owner.cli('backup', 'run', src, '--json')).stdout)
+    expect(second.snapshot.seq).toBe(2)
+    // the changed chunk or two of big.bin (4 MiB at most each), new.txt, the trees on the way, the snapshot: on two hosts
+    expect(second.newBlobs).toBeLessThanOrEqual(8)
+    expect(second.sentBytes).toBeLessThan(firstSent / 2)
+
+    const out = join(owner.home, '..', 'restored-2')
+    const restore = await owner.cli('backup', 'restore', '2', '--path', 'tree/docs', '-o', out, '--json')
+    expect(restore.code).toBe(0)
+    expectSameTree(await describeTree(join(out, 'docs')), await describeTree(join(src, 'docs')))
+  }, 120_000)
+
+  it('forget drops the first snapshot and frees, on each host, what only it needed', async () => {
+    const before = await Promise.all(hosts.map(async h => await used(h, owner)))
+    const forget = await owner.json<any>('backup', 'forget', '--keep-last', '1')
+    expect(forget.forgotten.map((s: any) => s.seq)).toEqual([1])
+    expect(forget.failed).toEqual([])
+    expect(forget.removedBlobs).toBeGreaterThan(0)
+    for (const [i, host] of hosts.entries()) {
+      const freed = forget.freed[host.peerId] as number
+      expect(freed).toBeGreaterThan(0)
+      expect(await used(host, owner)).toBe(before[i]! - freed)
+    }
+    const { snapshots } = await owner.json<{ snapshots: any[] }>('backup', 'list')
+    expect(snapshots.map(s => s.seq)).toEqual([2])
+    // what snapshot 2 needs is still there
+    const out = join(owner.home, '..', 'restored-3')
+    expect((await owner.cli('backup', 'restore', '2', '-o', out)).code).toBe(0)
+    expectSameTree(await describeTree(join(out, 'tree')), await describeTree(src))
+  }, 120_000)
+})
