@@ -23,6 +23,7 @@ import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
 import { loadConfig, transferEngine, type BandwidthView, type ConfigFile, type TransferEngine } from './engine/index.ts'
 import { LocateService } from './locate/index.ts'
+import { BackupService, type BackupEvent } from './backup/index.ts'
 import { BackupHost } from './backup/host.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
@@ -81,7 +82,7 @@ export interface CreateInviteRequest {
   grants?: Service[]
 }
 
-export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent
+export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent | BackupEvent
 
 interface Meta {
   peerId?: string
@@ -101,6 +102,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly started = new Date()
   private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
+  private backupService: BackupService | null = null
   private backupHost: BackupHost | null = null
   /** gives memory back after a burst of traffic */
   private memory: { stop: () => void } | undefined
@@ -209,6 +211,9 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       engine
     })
     this.fileService.on('event', evt => this.emit('event', evt))
+    // the backups I make, placed on friends who granted me backup (src/services/backup)
+    this.backupService = await BackupService.start({ db: this.db, identity: this.identity, libp2p: this.libp2p, friends: this.friends, engine })
+    this.backupService.on('event', evt => this.emit('event', evt))
     // backup hosting: friends' sealed blobs in the engine's store, within the quotas I grant (docs/backup.md, Host)
     this.backupHost = await BackupHost.start({ db: this.db, home: this.paths.root, libp2p: this.libp2p, friends: this.friends, engine })
     // every service has registered: collection may run
@@ -238,6 +243,11 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.backupHost
   }
 
+  get backup (): BackupService {
+    if (this.backupService == null) throw new KithError('INTERNAL', 'backup is not started')
+    return this.backupService
+  }
+
   get locate (): LocateService {
     if (this.locateService == null) throw new KithError('INTERNAL', 'locate is not started')
     return this.locateService
@@ -252,6 +262,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     await this.locateService?.stop()
     await this.transferEngine?.beforeStop()
     await this.backupHost?.stop()
+    await this.backupService?.stop()
     await this.fileService?.stop()
     await this.transferEngine?.stop()
     await this.libp2p.stop()
