@@ -6,6 +6,7 @@ import { parseInvite, summarise, checkValidity, MAX_INVITE_TEXT } from '../../tr
 import { PRIORITIES, type Priority } from '../../transfer/scheduler/index.ts'
 import type { Daemon } from '../daemon.ts'
 import { backupHostRoutes } from './backup-host-routes.ts'
+import { backupRoutes } from './backup-routes.ts'
 import { MAX_URL_LENGTH, MAX_URLS_PER_REQUEST } from '../downloads/constants.ts'
 
 /**
@@ -223,6 +224,8 @@ export function routes (daemon: Daemon): Route[] {
     // bandwidth limits: the body is a merge patch validated by limits.ts (null clears a setting)
     { method: 'GET', path: /^\/v1\/limits$/, handler: async () => daemon.engine.limits.view() },
     { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.engine.limits.update(b) },
+    // backups I make (backup-routes.ts)
+    ...backupRoutes(daemon),
     // backups I keep for friends (backup-host-routes.ts)
     ...backupHostRoutes(daemon)
   ]
