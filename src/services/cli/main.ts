@@ -11,6 +11,7 @@ import type { FriendView, Status } from '../daemon.ts'
 import { fileCommands } from './files.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import { locateCommand } from './locate.ts'
+import { backupCommand } from './backup.ts'
 import { backupHostCommands } from './backup-host.ts'
 import { limitsCommand, bandwidthLines } from './limits.ts'
 import { table, ago, shortId, parseDuration, bytes, terminalJson, terminalText } from './format.ts'
@@ -426,6 +427,7 @@ friend.command('revoke')
 fileCommands(program, client, print)
 locateCommand(program, client, print)
 limitsCommand(program, client, print)
+backupCommand(program, client, print)
 backupHostCommands(program, client, print)
 
 // events -----------------------------------------------------------------------
