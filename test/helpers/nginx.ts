@@ -9,7 +9,8 @@ import { freePort, startServer, type ServerProcess } from './servers.ts'
  * started on 127.0.0.1 on a free port, in the foreground as the current user,
  * with its config, pid file, temp folders and logs in a temp folder, serving
  * `root`. `server` is added inside the server block (`limit_rate 10m;`,
- * `location /dav { dav_methods PUT; }`), `http` inside the http block.
+ * `location /dav { dav_methods PUT; }`), `http` inside the http block,
+ * `main` at the top (`load_module` lines).
  *
  *   const nginx = await startNginx({ root })
  *   await fetch(`${nginx.url}/file.bin`)
@@ -32,6 +33,8 @@ export interface NginxOptions {
   server?: string
   /** inside `http { }` */
   http?: string
+  /** at the top of nginx.conf, outside every block (`load_module ...;`) */
+  main?: string
 }
 
 const CANDIDATES = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/bin/nginx']
@@ -80,6 +83,7 @@ function config (dir: string, port: number, options: NginxOptions): string {
   // as root, nginx's workers would switch to nobody, who can't read a private temp folder
   const user = process.getuid?.() === 0 ? 'user root;' : ''
   return `
+${options.main ?? ''}
 ${user}
 daemon off;
 master_process on;

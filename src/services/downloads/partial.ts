@@ -12,7 +12,8 @@
  */
 import { mkdir, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
+import { Writable, type Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { KithError } from '../../errors.ts'
 import { openNoFollow } from '../../transfer/destination.ts'
 import type { DownloadContext } from './addon.ts'
@@ -121,4 +122,51 @@ export function abortReason (signal: AbortSignal, err: unknown): unknown {
 /** The origin sent a different length than it announced. */
 export function lengthChanged (what: string, expected: number, got: number): KithError {
   return new KithError('REMOTE_CHANGED', `${what} was ${expected} bytes when the download started and ${got} now: it changed at the origin; start the download again`)
+}
+
+/** A file at the origin, as a listing or a HEAD/stat gives it. */
+export interface RemoteFile {
+  /** its path under a folder download, one name per segment; its name alone for a one-file download */
+  segments: string[]
+  size: number
+  /** what changes when the file changes (ETag, modification time), or null */
+  validator: string | null
+}
+
+/**
+ * The body of `file` from byte `at` on; `from` is where the body really
+ * starts: `at`, or 0 when the server sent the whole file instead.
+ */
+export type FetchFrom = (file: RemoteFile, at: number) => Promise<{ body: Readable, from: number }>
+
+/**
+ * Fetches `file` into `path` for an add-on that reads ranges (webdav, s3):
+ * resumes from what the partial holds while `stateDir`'s validator is the
+ * origin's, and starts over if the server sends the whole file instead of the
+ * rest. `progress` counts what the file holds.
+ */
+export async function fetchInto (path: string, stateDir: string, file: RemoteFile, ctx: DownloadContext, progress: Progress, fetchFrom: FetchFrom): Promise<void> {
+  const { handle, at } = await openPartial(path, stateDir, { size: file.size, validator: file.validator })
+  progress.add(at)
+  if (at === file.size) {
+    await handle.close()
+    return
+  }
+  let start = at
+  try {
+    const { body, from } = await fetchFrom(file, at)
+    if (from !== at) {
+      await handle.truncate(from)
+      progress.add(from - at)
+      start = from
+    }
+    const before = progress.done
+    await pipeline(body, partialWriter(handle, start, ctx, progress))
+    const got = start + progress.done - before
+    if (got !== file.size) throw lengthChanged(file.segments.join('/'), file.size, got)
+  } catch (err) {
+    // the writer closes the file once it has it; before that, it is ours to close
+    await handle.close().catch(() => {})
+    throw err
+  }
 }
