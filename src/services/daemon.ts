@@ -24,6 +24,7 @@ import { FileService } from './files/file-service.ts'
 import { loadConfig, transferEngine, type BandwidthView, type ConfigFile, type TransferEngine } from './engine/index.ts'
 import { LocateService } from './locate/index.ts'
 import { BackupService, type BackupEvent } from './backup/index.ts'
+import { BackupCare } from './backup/care.ts'
 import { BackupHost } from './backup/host.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
@@ -103,6 +104,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
   private backupService: BackupService | null = null
+  private backupCare: BackupCare | null = null
   private backupHost: BackupHost | null = null
   /** gives memory back after a burst of traffic */
   private memory: { stop: () => void } | undefined
@@ -214,6 +216,16 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     // the backups I make, placed on friends who granted me backup (src/services/backup)
     this.backupService = await BackupService.start({ db: this.db, identity: this.identity, libp2p: this.libp2p, friends: this.friends, engine })
     this.backupService.on('event', evt => this.emit('event', evt))
+    // audits, repair and the recovery record of those backups (docs/backup.md, Audits, Repair, Recovery)
+    const backup = this.backupService
+    this.backupCare = new BackupCare({
+      db: this.db,
+      identity: this.identity,
+      friends: this.friends,
+      service: { index: backup.index, client: peer => backup.client(peer), exclusive: async work => await backup.exclusive(work), on: (e, l) => backup.on(e, l) },
+      name: () => this.displayName
+    })
+    this.backupCare.start()
     // backup hosting: friends' sealed blobs in the engine's store, within the quotas I grant (docs/backup.md, Host)
     this.backupHost = await BackupHost.start({ db: this.db, home: this.paths.root, libp2p: this.libp2p, friends: this.friends, engine })
     // every service has registered: collection may run
@@ -235,6 +247,12 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   get files (): FileService {
     if (this.fileService == null) throw new KithError('INTERNAL', 'file sharing is not started')
     return this.fileService
+  }
+
+  /** audits, repair, health and the recovery record of my backups (src/services/backup/care.ts) */
+  get care (): BackupCare {
+    if (this.backupCare == null) throw new KithError('INTERNAL', 'backup care is not started')
+    return this.backupCare
   }
 
   /** backup hosting: what I keep for friends (src/services/backup/host.ts) */
@@ -262,6 +280,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     await this.locateService?.stop()
     await this.transferEngine?.beforeStop()
     await this.backupHost?.stop()
+    this.backupCare?.stop()
     await this.backupService?.stop()
     await this.fileService?.stop()
     await this.transferEngine?.stop()

@@ -7,6 +7,7 @@ import { PRIORITIES, type Priority } from '../../transfer/scheduler/index.ts'
 import type { Daemon } from '../daemon.ts'
 import { backupHostRoutes } from './backup-host-routes.ts'
 import { backupRoutes } from './backup-routes.ts'
+import { backupCareRoutes } from './backup-care-routes.ts'
 import { MAX_URL_LENGTH, MAX_URLS_PER_REQUEST } from '../downloads/constants.ts'
 
 /**
@@ -226,6 +227,8 @@ export function routes (daemon: Daemon): Route[] {
     { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.engine.limits.update(b) },
     // backups I make (backup-routes.ts)
     ...backupRoutes(daemon),
+    // audits, health, the ledger (backup-care-routes.ts)
+    ...backupCareRoutes(daemon),
     // backups I keep for friends (backup-host-routes.ts)
     ...backupHostRoutes(daemon)
   ]

@@ -150,3 +150,24 @@ function whyShort (s: { lost: number, short: number, wanted: number, usable: str
   }
   return `${s.short} blob${s.short === 1 ? ' is' : 's are'} short of copies; repair places them at the next audit (\`kith backup audit\` does it now)`
 }
+
+/** One friend in `kith backup ledger`: what I keep for them beside what they keep for me. */
+export interface LedgerRow {
+  peerId: string
+  name: string | null
+  /** as their host: bytes and blobs I hold for them, the quota I gave; null if I host nothing for them */
+  forThem: { used: number, quota: number, blobs: number } | null
+  /** as my host: bytes and blobs my index places there, and how its audits go; null if nothing */
+  forMe: { bytes: number, blobs: number, state: HostHealth['state'] } | null
+}
+
+export function ledger (hosted: Array<{ peerId: string, name: string | null, used: number, quota: number, blobs: number }>, hosts: HostHealth[]): LedgerRow[] {
+  const rows = new Map<string, LedgerRow>()
+  for (const h of hosted) rows.set(h.peerId, { peerId: h.peerId, name: h.name, forThem: { used: h.used, quota: h.quota, blobs: h.blobs }, forMe: null })
+  for (const h of hosts) {
+    if (h.blobs === 0 && !h.granting) continue
+    const row = rows.get(h.peerId) ?? { peerId: h.peerId, name: h.name, forThem: null, forMe: null }
+    rows.set(h.peerId, { ...row, name: row.name ?? h.name, forMe: { bytes: h.bytes, blobs: h.blobs, state: h.state } })
+  }
+  return [...rows.values()].sort((a, b) => (a.name ?? a.peerId).localeCompare(b.name ?? b.peerId))
+}

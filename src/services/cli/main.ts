@@ -12,6 +12,7 @@ import { fileCommands } from './files.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import { locateCommand } from './locate.ts'
 import { backupCommand } from './backup.ts'
+import { backupCareCommands } from './backup-care.ts'
 import { backupHostCommands } from './backup-host.ts'
 import { limitsCommand, bandwidthLines } from './limits.ts'
 import { table, ago, shortId, parseDuration, bytes, terminalJson, terminalText } from './format.ts'
@@ -428,6 +429,7 @@ fileCommands(program, client, print)
 locateCommand(program, client, print)
 limitsCommand(program, client, print)
 backupCommand(program, client, print)
+backupCareCommands(program.commands.find(c => c.name() === 'backup')!, client, print)
 backupHostCommands(program, client, print)
 
 // events -----------------------------------------------------------------------

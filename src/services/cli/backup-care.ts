@@ -1,0 +1,78 @@
+import type { Command } from 'commander'
+import type { ApiClient } from '../api/client.ts'
+import type { AuditReport } from '../backup/care.ts'
+import type { AuditOutcome } from '../backup/audit.ts'
+import type { Health, LedgerRow } from '../backup/health.ts'
+import { ago, bytes, shortId, table } from './format.ts'
+
+/**
+ * `kith backup audit|health|ledger`: looking after backups once placed
+ * (docs/backup.md, Audits and Repair), added to `kith backup`.
+ */
+type Print = (json: boolean | undefined, value: unknown, text: () => string) => void
+type Client = (cmd: Command) => Promise<ApiClient>
+
+function auditText (a: AuditOutcome): string {
+  if (a.error != null) return `no answer: ${a.error.message} [${a.error.code}]`
+  if (a.ok) return a.challenges === 0 ? 'answers (nothing placed there yet)' : `passed ${a.challenges} challenges on ${a.blobs} blobs`
+  const missing = a.failures.filter(f => f.why === 'missing').length
+  return `FAILED ${a.failures.length} of ${a.challenges} challenges (${missing} missing, ${a.failures.length - missing} wrong data)`
+}
+
+export function backupCareCommands (backup: Command, client: Client, print: Print): void {
+  backup.command('audit')
+    .description('challenge hosts now to prove they hold your blobs, then repair what failed')
+    .argument('[name]', 'one friend (default: every host)')
+    .option('--json', 'print as JSON')
+    .action(async (name: string | undefined, opts: { json?: boolean }, cmd: Command) => {
+      const api = await client(cmd)
+      const report = await api.call<AuditReport>('POST', '/v1/backup/audits', name != null ? { friend: name } : {})
+      const { friends } = await api.get<{ friends: Array<{ peerId: string, label: string }> }>('/v1/friends')
+      const label = (peer: string): string => friends.find(f => f.peerId === peer)?.label ?? shortId(peer)
+      print(opts.json, report, () => [
+        ...(report.audits.length === 0 ? ['no host holds anything for you yet'] : report.audits.map(a => `${label(a.host).padEnd(20)} ${auditText(a)}`)),
+        ...(report.repair != null && report.repair.short > 0
+          ? [`repair: ${report.repair.short} blob(s) short of copies, ${report.repair.placed} copies placed, ${report.repair.unmet} still short (see \`kith backup health\`)`]
+          : [])
+      ].join('\n'))
+      if (report.audits.some(a => !a.ok)) process.exitCode = 1
+    })
+
+  backup.command('health')
+    .description('per host what it holds and how its audits go; per snapshot whether its copies are all there')
+    .option('--json', 'print as JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const h = await (await client(cmd)).get<Health>('/v1/backup/health')
+      print(opts.json, h, () => [
+        table(['HOST', 'STATE', 'PLACED', 'BLOBS', 'LAST AUDIT', 'RESULT'], h.hosts.map(x => [
+          x.name ?? shortId(x.peerId),
+          x.state + (x.full ? ' (quota full)' : '') + (x.granting ? '' : ' (no grant)'),
+          bytes(x.bytes),
+          String(x.blobs),
+          x.lastAudit != null ? ago(x.lastAudit.at) : '-',
+          x.lastAudit != null ? auditText(x.lastAudit) : '-'
+        ])) || 'no backup hosts: ask a friend to run `kith friend grant YOURNAME backup`',
+        '',
+        table(['SNAPSHOT', 'LABEL', 'COPIES', 'STATUS'], h.snapshots.map(s => [
+          `${s.seq} ${s.id.slice(0, 8)}`,
+          s.label ?? '-',
+          `${s.fewest}/${s.wanted}`,
+          s.met ? 'ok' : s.why ?? 'short'
+        ])) || 'no snapshots yet'
+      ].join('\n'))
+    })
+
+  backup.command('ledger')
+    .description('what you keep for each friend beside what they keep for you')
+    .option('--json', 'print as JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const { friends } = await (await client(cmd)).get<{ friends: LedgerRow[] }>('/v1/backup/ledger')
+      print(opts.json, { friends }, () => table(['FRIEND', 'I KEEP FOR THEM', 'QUOTA', 'THEY KEEP FOR ME', 'THEIR STATE'], friends.map(f => [
+        f.name ?? shortId(f.peerId),
+        f.forThem != null ? `${bytes(f.forThem.used)} (${f.forThem.blobs} blobs)` : '-',
+        f.forThem != null ? bytes(f.forThem.quota) : '-',
+        f.forMe != null ? `${bytes(f.forMe.bytes)} (${f.forMe.blobs} blobs)` : '-',
+        f.forMe?.state ?? '-'
+      ])) || 'no backups either way yet')
+    })
+}
