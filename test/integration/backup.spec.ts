@@ -2,6 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createCipheriv } from 'node:crypto'
 import { chmod, lstat, mkdir, readdir, readFile, readlink, symlink, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { ApiClient } from '../../src/services/api/client.ts'
 import { befriend, createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
@@ -50,7 +51,7 @@ function result (stdout: string): any {
 }
 
 async function used (host: TestNode, owner: TestNode): Promise<number> {
-  const { hosted } = await host.json<{ hosted: Array<{ peerId: string, used: number }> }>('backup', 'hosted')
+  const { hosted } = await (await ApiClient.forHome(host.home)).get<{ hosted: Array<{ peerId: string, used: number }> }>('/v1/backup/hosted')
   return hosted.find(h => h.peerId === owner.peerId)?.used ?? 0
 }
 
@@ -66,9 +67,10 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const [o, h1, h2] = net.nodes as [TestNode, TestNode, TestNode]
     owner = o
     hosts = [h1, h2]
-    for (const host of hosts) await befriend(host, owner, '--grant', 'backup')
+    await Promise.all(hosts.map(async host => await befriend(host, owner, '--grant', 'backup')))
+    const api = await ApiClient.forHome(owner.home)
     await waitFor(async () => {
-      const { friends } = await owner.json<{ friends: Array<{ grantsFromThem: string[], link: { online: boolean } }> }>('friends')
+      const { friends } = await api.get<{ friends: Array<{ grantsFromThem: string[], link: { online: boolean } }> }>('/v1/friends')
       return friends.filter(f => f.grantsFromThem.includes('backup') && f.link.online).length === 2
     }, 'the owner to see both hosts online with a backup grant')
 
