@@ -1,0 +1,221 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { spawn } from 'node:child_process'
+import { createServer, connect, type Server, type Socket } from 'node:net'
+import { mkdir, open, readFile, writeFile } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { join } from 'node:path'
+import { once } from 'node:events'
+import { createTestnet, befriend, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { startNginx, needsNginx, type Nginx } from '../helpers/nginx.ts'
+import { freePort } from '../helpers/servers.ts'
+import { needsCommands, describeNeeding } from '../helpers/needs.ts'
+import { ApiClient } from '../../src/services/api/client.ts'
+
+/**
+ * Friend services between two real daemons: alice exposes a real nginx and a
+ * TCP echo server; bob reaches them through `kith connect`, with curl and
+ * raw sockets. A page is browsed; a service not granted to bob is refused, as
+ * is one whose program is down (at once, with the reason in `kith
+ * connections`); half-close passes through and backpressure holds both ways
+ * (a reader that stops makes the sender stop); a 128 MiB response streams
+ * with the daemons' peak RSS bounded; 50 connections run at once; the port
+ * is kept across a restart; taking the grant back, then revoking the
+ * friend, cuts an open download within 5 s.
+ */
+const MiB = 1024 * 1024
+const BIG = 64 * MiB
+
+/** Through the API: the CLI is exercised once per command; a process per poll would load the box */
+async function api<T = any> (node: TestNode, path: string, method = 'GET', body?: unknown): Promise<T> {
+  return await (await ApiClient.forHome(node.home)).call<T>(method, path, body)
+}
+
+interface Curl { code: number, stdout: Buffer, stderr: string }
+
+function curl (args: string[], timeoutMs = 60_000): Promise<Curl> & { child: ReturnType<typeof spawn> } {
+  const child = spawn('curl', ['-sS', '--max-time', String(timeoutMs / 1000), ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const out: Buffer[] = []
+  let stderr = ''
+  child.stdout!.on('data', (d: Buffer) => out.push(d))
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
+  const done = new Promise<Curl>(resolve => child.once('close', code => resolve({ code: code ?? -1, stdout: Buffer.concat(out), stderr })))
+  return Object.assign(done, { child })
+}
+
+/** Peak resident memory of a process so far, from /proc (VmHWM), in bytes. */
+async function peakRss (pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8')
+  return Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) * 1024
+}
+
+async function sha (file: string): Promise<string> {
+  return createHash('sha256').update(await readFile(file)).digest('hex')
+}
+
+describeNeeding('friend services between real daemons', [needsNginx(), needsCommands(['curl'])], () => {
+  let net: Testnet
+  let alice: TestNode, bob: TestNode
+  let nginx: Nginx
+  let echo: Server
+  let root: string
+  let blog: number
+
+  beforeAll(async () => {
+    net = await createTestnet(['alice', 'bob'])
+    ;[alice, bob] = net.nodes as [TestNode, TestNode]
+    root = join(alice.home, 'www')
+    await mkdir(join(root, 'slow'), { recursive: true })
+    await writeFile(join(root, 'index.html'), '<h1>alice\'s blog</h1>\n')
+    await writeFile(join(root, 'small.txt'), randomBytes(4 * 1024))
+    // the big file, written in pieces, not held in this process
+    const file = await open(join(root, 'big.bin'), 'w')
+    for (let i = 0; i < BIG / (8 * MiB); i++) await file.write(randomBytes(8 * MiB))
+    await file.close()
+    await writeFile(join(root, 'slow', 'long.bin'), randomBytes(4 * MiB))
+    nginx = await startNginx({ root, server: 'location /slow/ { limit_rate 256k; } location = /small.txt { limit_rate 4k; }' })
+    // an echo server that reads only while its writes drain: it passes backpressure on
+    echo = createServer({ allowHalfOpen: true }, socket => {
+      socket.on('error', () => {})
+      socket.pipe(socket)
+    })
+    echo.listen(0, '127.0.0.1')
+    await once(echo, 'listening')
+    await befriend(alice, bob)
+    await alice.json('expose', 'blog', '--port', String(nginx.port), '--to', 'bob', '--description', 'my blog')
+    await api(alice, '/v1/services/echo', 'PUT', { port: (echo.address() as { port: number }).port, to: ['bob'] })
+    blog = await freePort()
+  }, 60_000)
+
+  afterAll(async () => {
+    await net?.stop()
+    await nginx?.stop()
+    echo?.close()
+  })
+
+  it('lets a granted friend browse a page through kith connect, and lists what is offered', async () => {
+    const offered = await bob.json('services', 'alice')
+    expect(offered.services).toEqual([{ name: 'blog', description: 'my blog' }, { name: 'echo', description: '' }])
+    const { connection } = await bob.json('connect', 'alice:blog', '--port', String(blog))
+    expect(connection).toMatchObject({ friend: 'alice', service: 'blog', host: '127.0.0.1', port: blog, listening: true })
+    const page = await curl([`http://127.0.0.1:${blog}/`])
+    expect(page.stderr).toBe('')
+    expect(page.stdout.toString()).toBe('<h1>alice\'s blog</h1>\n')
+    // the grant shows with the others, and the traffic in its own class
+    const { friends } = await api(alice, '/v1/friends')
+    expect(friends[0].services).toEqual(['blog', 'echo'])
+    expect((await api(bob, '/v1/status')).bandwidth.down.classes.service).toBeDefined()
+    const again = await curl([`http://127.0.0.1:${blog}/index.html`])
+    expect(again.stdout.toString()).toContain('alice')
+    expect((await api(bob, '/v1/connections')).connections[0].bytesDown).toBeGreaterThan(0)
+  })
+
+  it('refuses a service not granted, and a service whose program is down, at once and saying why', async () => {
+    const closed = await freePort()
+    await api(alice, '/v1/services/private', 'PUT', { port: nginx.port })
+    await api(alice, '/v1/services/down', 'PUT', { port: closed, to: ['bob'] })
+    expect((await api(bob, '/v1/friends/alice/services')).services.map((s: { name: string }) => s.name)).toEqual(['blog', 'down', 'echo'])
+    const { connection: priv } = await api(bob, '/v1/connections', 'POST', { friend: 'alice', service: 'private' })
+    const refused = await curl([`http://127.0.0.1:${priv.port}/`])
+    expect(refused.code).not.toBe(0)
+    expect(refused.stdout.length).toBe(0)
+    const err = await waitFor(async () => (await api(bob, '/v1/connections')).connections.find((c: any) => c.service === 'private')?.error, 'the refusal recorded')
+    expect(err.code).toBe('SERVICE_UNKNOWN')
+    const { connection: down } = await api(bob, '/v1/connections', 'POST', { friend: 'alice', service: 'down' })
+    const failed = await curl([`http://127.0.0.1:${down.port}/`])
+    expect(failed.code).not.toBe(0)
+    const downErr = await waitFor(async () => (await api(bob, '/v1/connections')).connections.find((c: any) => c.service === 'down')?.error, 'the refusal recorded')
+    expect(downErr.code).toBe('SERVICE_DOWN')
+    expect(downErr.message).toMatch(/not running/)
+    const text = await bob.cli('connections')
+    expect(text.stdout).toMatch(/alice:down .*SERVICE_DOWN/)
+  })
+
+  it('passes half-close through and holds backpressure both ways (a TCP echo)', async () => {
+    const { connection } = await api(bob, '/v1/connections', 'POST', { friend: 'alice', service: 'echo' })
+    const socket: Socket = connect({ port: connection.port, host: '127.0.0.1', allowHalfOpen: true })
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    // write 64 MiB without reading: the echo blocks on us, so writing must stall short of it, at what
+    // the kernel buffers of three loopback connections (some 30 MiB here) and kith's bounded ones hold
+    const sent = randomBytes(64 * MiB)
+    let written = 0
+    let stalled = false
+    for (let at = 0; at < sent.length; at += MiB) {
+      written += MiB
+      if (!socket.write(sent.subarray(at, at + MiB))) {
+        await Promise.race([once(socket, 'drain'), new Promise(resolve => setTimeout(resolve, 1000))])
+        if (socket.writableNeedDrain) { stalled = true; break }
+      }
+    }
+    if (process.env.KITH_DEBUG != null) console.log(`stalled after ${written / MiB} MiB`)
+    expect(stalled).toBe(true)
+    expect(written).toBeLessThan(sent.length)
+    // now read: everything comes back, then the rest is written and our FIN is passed on; the echo's FIN comes back
+    const got: Buffer[] = []
+    socket.on('data', (d: Buffer) => got.push(d))
+    if (socket.writableNeedDrain) await once(socket, 'drain')
+    socket.end(sent.subarray(written))
+    await once(socket, 'end')
+    expect(Buffer.concat(got).equals(sent)).toBe(true)
+    socket.destroy()
+  })
+
+  it('streams a 128 MiB response with bounded memory, and carries 50 connections at once', async () => {
+    const dest = join(bob.home, 'big.bin')
+    const before = { alice: await peakRss(alice.pid!), bob: await peakRss(bob.pid!) }
+    const got = await curl(['-o', dest, `http://127.0.0.1:${blog}/big.bin`], 120_000)
+    expect(got.stderr).toBe('')
+    expect(await sha(dest)).toBe(await sha(join(root, 'big.bin')))
+    const after = { alice: await peakRss(alice.pid!), bob: await peakRss(bob.pid!) }
+    if (process.env.KITH_DEBUG != null) console.log('peak RSS before/after', before, after)
+    // far below the 128 MiB that moved: a few buffers per connection, not the response
+    expect(after.alice - before.alice).toBeLessThan(64 * MiB)
+    expect(after.bob - before.bob).toBeLessThan(64 * MiB)
+
+    // 50 at once: each answer is rate-limited by nginx (~2 s), so all are open together
+    const url = `http://127.0.0.1:${blog}/small.txt`
+    const many = curl(['-Z', '--parallel-immediate', '--parallel-max', '50', ...Array.from({ length: 50 }, (_, i) => ['-o', join(bob.home, `small-${i}.txt`), url]).flat()], 60_000)
+    await waitFor(async () => (await api(alice, '/v1/services')).services.find((s: any) => s.name === 'blog').open >= 50, '50 connections open at alice', 20_000, 50)
+    const result = await many
+    expect(result.code).toBe(0)
+    const want = await readFile(join(root, 'small.txt'))
+    for (let i = 0; i < 50; i++) expect((await readFile(join(bob.home, `small-${i}.txt`))).equals(want)).toBe(true)
+  })
+
+  it('keeps the port across a restart', async () => {
+    const t0 = performance.now()
+    await bob.stop()
+    const t1 = performance.now()
+    await bob.start()
+    if (process.env.KITH_DEBUG != null) console.log(`stop ${Math.round(t1 - t0)} ms, start ${Math.round(performance.now() - t1)} ms`)
+    const page = await waitFor(async () => {
+      const r = await curl([`http://127.0.0.1:${blog}/`], 10_000)
+      return r.code === 0 ? r : undefined
+    }, 'the page through the kept port after the restart')
+    expect(page.stdout.toString()).toContain('alice')
+  })
+
+  it('cuts an open download within 5 s when the grant is taken back, and when the friend is revoked', async () => {
+    const url = `http://127.0.0.1:${blog}/slow/long.bin`
+    const cutBy = async (action: () => Promise<unknown>, what: string): Promise<Curl> => {
+      const download = curl([url], 60_000)
+      await waitFor(async () => (await api(alice, '/v1/services')).services.find((s: any) => s.name === 'blog').open >= 1 &&
+        (await api(bob, '/v1/connections')).connections.find((c: any) => c.service === 'blog').open >= 1, 'the download under way')
+      let ended = false
+      void download.then(() => { ended = true })
+      await action()
+      await waitFor(() => ended, `the download cut after ${what}`, 5_000, 50)
+      return await download
+    }
+    const ungranted = await cutBy(async () => await alice.json('friend', 'ungrant', 'bob', 'service:blog'), 'the grant was taken back')
+    expect(ungranted.code).not.toBe(0)
+    expect(ungranted.stdout.length).toBeLessThan(4 * MiB)
+    const refused = await curl([url])
+    expect(refused.code).not.toBe(0)
+    expect((await api(bob, '/v1/friends/alice/services')).services.map((s: { name: string }) => s.name)).not.toContain('blog')
+
+    await api(alice, '/v1/friends/bob/grants/service:blog', 'PUT')
+    const revoked = await cutBy(async () => await alice.json('friend', 'revoke', 'bob'), 'the friend was revoked')
+    expect(revoked.code).not.toBe(0)
+  })
+})
