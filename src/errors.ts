@@ -88,6 +88,20 @@ export const ERROR_CODES = {
   TRANSFER_UNKNOWN: 404,
   TRANSFER_STATE: 409,
   DISK_FULL: 507,
+  // friend services (src/services/expose)
+  /** no service of that name is offered to you (unknown and not granted answer alike), or you expose none of that name */
+  SERVICE_UNKNOWN: 404,
+  /** the program behind an exposed service refused or did not accept the connection */
+  SERVICE_DOWN: 502,
+  /** the friend holds the most connections to services one friend may */
+  SERVICE_BUSY: 503,
+  /** the other side of a service connection took nothing for a long time */
+  SERVICE_STALLED: 504,
+  /** `kith connect` of a friend's service kept on another port already */
+  CONNECT_EXISTS: 409,
+  CONNECT_UNKNOWN: 404,
+  /** the local port asked for is taken by another program */
+  PORT_IN_USE: 409,
   // downloads (src/services/downloads)
   /** not a URL, too long, or carrying what a download URL may not (the message says which) */
   URL_INVALID: 400,

@@ -23,6 +23,7 @@ import { Presence, type LinkInfo, type PresenceEvent } from './presence.ts'
 import { FileService } from './files/file-service.ts'
 import { loadConfig, transferEngine, type BandwidthView, type ConfigFile, type TransferEngine } from './engine/index.ts'
 import { LocateService } from './locate/index.ts'
+import { FriendServices } from './expose/index.ts'
 import { BackupService, type BackupEvent } from './backup/index.ts'
 import { BackupCare } from './backup/care.ts'
 import { BackupHost } from './backup/host.ts'
@@ -50,6 +51,8 @@ export interface DaemonInit {
 }
 
 export interface FriendView extends Friend {
+  /** my exposed services granted to them (per-service grants, `service:NAME`: src/services/expose) */
+  services: string[]
   /** how we are connected; `punch`: how hole punching to them went (null if never tried) */
   link: LinkInfo & { punch: PunchView | null }
 }
@@ -103,6 +106,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly started = new Date()
   private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
+  private friendServices: FriendServices | null = null
   private backupService: BackupService | null = null
   private backupCare: BackupCare | null = null
   private backupHost: BackupHost | null = null
@@ -213,6 +217,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       engine
     })
     this.fileService.on('event', evt => this.emit('event', evt))
+    // friend services: a local app offered to chosen friends, friends' apps on local ports; traffic through the engine's scheduler
+    this.friendServices = await FriendServices.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, bandwidth: engine.bandwidth })
     // the backups I make, placed on friends who granted me backup (src/services/backup)
     this.backupService = await BackupService.start({ db: this.db, identity: this.identity, libp2p: this.libp2p, friends: this.friends, engine })
     this.backupService.on('event', evt => this.emit('event', evt))
@@ -266,6 +272,12 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.backupService
   }
 
+  /** friend services: what I expose, what I connect to (src/services/expose) */
+  get services (): FriendServices {
+    if (this.friendServices == null) throw new KithError('INTERNAL', 'friend services are not started')
+    return this.friendServices
+  }
+
   get locate (): LocateService {
     if (this.locateService == null) throw new KithError('INTERNAL', 'locate is not started')
     return this.locateService
@@ -282,6 +294,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     await this.backupHost?.stop()
     this.backupCare?.stop()
     await this.backupService?.stop()
+    await this.friendServices?.stop()
     await this.fileService?.stop()
     await this.transferEngine?.stop()
     await this.libp2p.stop()
@@ -320,7 +333,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   }
 
   view (friend: Friend): FriendView {
-    return { ...friend, link: { ...this.presence.link(friend.peerId), punch: this.reachability.punchState(friend.peerId) } }
+    return { ...friend, services: this.friendServices?.grantedTo(friend.peerId) ?? [], link: { ...this.presence.link(friend.peerId), punch: this.reachability.punchState(friend.peerId) } }
   }
 
   async createInvite (req: CreateInviteRequest): Promise<{ invite: InviteSummary, text: string }> {

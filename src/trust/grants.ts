@@ -12,6 +12,22 @@ import { KithError } from '../errors.ts'
 export const SERVICES = ['files', 'backup', 'relay', 'locate'] as const
 export type Service = typeof SERVICES[number]
 
+/**
+ * Per-service grants of friend services (src/services/expose) are not in
+ * SERVICES: `service:NAME` names one service I expose, and who holds it is
+ * kept with that service (its list of friends), not in the friend record.
+ * Invites don't carry them and grant sync doesn't tell them: a friend learns
+ * what I offer them by asking (`kith services`). They are granted and
+ * revoked with the same commands and endpoints as the others (`kith friend
+ * grant bob service:blog`), and shown beside them (`kith friends`).
+ */
+export const SERVICE_GRANT_PREFIX = 'service:'
+
+/** The service named by a `service:NAME` grant, or null for any other grant. */
+export function serviceGrant (value: string): string | null {
+  return value.startsWith(SERVICE_GRANT_PREFIX) ? value.slice(SERVICE_GRANT_PREFIX.length) : null
+}
+
 /** What an invite grants when `--grant` is not given. */
 export const DEFAULT_GRANTS: readonly Service[] = ['files', 'locate', 'relay']
 

@@ -1,7 +1,7 @@
 import { isAbsolute } from 'node:path'
 import { z } from 'zod'
 import { KithError } from '../../errors.ts'
-import { SERVICES } from '../../trust/grants.ts'
+import { SERVICES, serviceGrant } from '../../trust/grants.ts'
 import { parseInvite, summarise, checkValidity, MAX_INVITE_TEXT } from '../../trust/invite.ts'
 import { PRIORITIES, type Priority } from '../../transfer/scheduler/index.ts'
 import type { Daemon } from '../daemon.ts'
@@ -56,6 +56,14 @@ const schemas = {
     minRate: z.number().min(0).finite().optional()
   }).strict().refine(r => (r.dest == null) !== (r.destDir == null), 'give exactly one of dest and destDir'),
   priority: z.object({ priority: z.enum(PRIORITIES as [Priority, ...Priority[]]) }).strict(),
+  // friend services: names, ports and hosts are checked by src/services/expose/names.ts (BAD_REQUEST); sizes here
+  expose: z.object({
+    port: z.number().int(),
+    host: z.string().max(253).optional(),
+    description: z.string().max(200).optional(),
+    to: z.array(z.string().max(128)).max(256).optional()
+  }).strict(),
+  connect: z.object({ friend: z.string().min(1).max(128), service: z.string().min(1).max(63), port: z.number().int().optional() }).strict(),
   // URLs and the rest are checked by the download service (typed URL_INVALID, URL_UNSUPPORTED...); sizes here
   download: z.object({
     urls: z.array(z.string().max(MAX_URL_LENGTH)).min(1).max(MAX_URLS_PER_REQUEST),
@@ -138,12 +146,21 @@ export function routes (daemon: Daemon): Route[] {
     {
       method: 'PUT',
       path: /^\/v1\/friends\/(?<name>[^/]+)\/grants\/(?<service>[^/]+)$/,
-      handler: async ({ params }) => ({ friend: daemon.view(await daemon.friends.grant(params.name!, params.service!)) })
+      handler: async ({ params }) => {
+        // `service:NAME`: the per-service grant of a friend service (grants.ts)
+        const service = serviceGrant(params.service!)
+        if (service != null) await daemon.services.grant(params.name!, service)
+        return { friend: service != null ? friendView(params.name!) : daemon.view(await daemon.friends.grant(params.name!, params.service!)) }
+      }
     },
     {
       method: 'DELETE',
       path: /^\/v1\/friends\/(?<name>[^/]+)\/grants\/(?<service>[^/]+)$/,
-      handler: async ({ params }) => ({ friend: daemon.view(await daemon.friends.ungrant(params.name!, params.service!)) })
+      handler: async ({ params }) => {
+        const service = serviceGrant(params.service!)
+        if (service != null) await daemon.services.ungrant(params.name!, service)
+        return { friend: service != null ? friendView(params.name!) : daemon.view(await daemon.friends.ungrant(params.name!, params.service!)) }
+      }
     },
     {
       method: 'POST',
@@ -222,6 +239,14 @@ export function routes (daemon: Daemon): Route[] {
       path: /^\/v1\/downloads\/(?<id>[0-9a-f]{4,12})\/priority$/,
       handler: async ({ params, body: b }) => await daemon.downloads.setPriority(params.id!, body(schemas.priority, b).priority)
     },
+    // friend services (docs/services.md)
+    { method: 'GET', path: /^\/v1\/services$/, handler: async () => ({ services: daemon.services.list() }) },
+    { method: 'PUT', path: /^\/v1\/services\/(?<name>[^/]+)$/, handler: async ({ params, body: b }) => ({ service: await daemon.services.expose({ name: params.name!, ...body(schemas.expose, b) }) }) },
+    { method: 'DELETE', path: /^\/v1\/services\/(?<name>[^/]+)$/, handler: async ({ params }) => ({ service: await daemon.services.unexpose(params.name!) }) },
+    { method: 'GET', path: /^\/v1\/friends\/(?<name>[^/]+)\/services$/, handler: async ({ params }) => await daemon.services.offeredBy(params.name!) },
+    { method: 'GET', path: /^\/v1\/connections$/, handler: async () => ({ connections: daemon.services.connections() }) },
+    { method: 'POST', path: /^\/v1\/connections$/, handler: async ({ body: b }) => ({ connection: await daemon.services.connect(body(schemas.connect, b)) }) },
+    { method: 'DELETE', path: /^\/v1\/connections\/(?<friend>[^/]+)\/(?<service>[^/]+)$/, handler: async ({ params }) => ({ connection: await daemon.services.disconnect(params.friend!, params.service!) }) },
     // bandwidth limits: the body is a merge patch validated by limits.ts (null clears a setting)
     { method: 'GET', path: /^\/v1\/limits$/, handler: async () => daemon.engine.limits.view() },
     { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.engine.limits.update(b) },

@@ -2,13 +2,15 @@ import { readFile, stat, writeFile } from 'node:fs/promises'
 import { Command, CommanderError, Option } from 'commander'
 import { KithError, asKithError } from '../../errors.ts'
 import { resolveHome, homePaths } from '../../peer/home.ts'
-import { SERVICES, parseGrants } from '../../trust/grants.ts'
+import { SERVICES, parseGrants, serviceGrant } from '../../trust/grants.ts'
+import { checkServiceName } from '../expose/names.ts'
 import { MAX_INVITE_TEXT } from '../../trust/invite-constants.ts'
 import type { InviteSummary } from '../../trust/invite.ts'
 import type { InviteListing } from '../../trust/invite-book.ts'
 import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
 import { fileCommands } from './files.ts'
+import { exposeCommands } from './expose.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import { locateCommand } from './locate.ts'
 import { backupCommand } from './backup.ts'
@@ -114,7 +116,7 @@ function friendRows (friends: FriendView[]): string {
       shortId(f.peerId),
       f.state,
       f.link.online ? (f.link.direct === true ? 'direct' : 'relayed') : 'offline',
-      f.grantsToThem.join(',') || '-',
+      [...f.grantsToThem, ...(f.services ?? []).map(s => `service:${s}`)].join(',') || '-',
       f.grantsFromThem.join(',') || '-',
       f.link.online ? 'now' : ago(f.lastSeen)
     ])
@@ -398,23 +400,34 @@ friend.command('rename')
 
 friend.command('grant')
   .argument('<name>', 'friend name or peer id')
-  .argument('<service>', SERVICES.join(' | '))
+  .argument('<service>', `${SERVICES.join(' | ')} | service:NAME (a service you expose)`)
   .option('--json', 'print as JSON')
   .action(async (name: string, service: string, opts: { json?: boolean }, cmd: Command) => {
-    parseGrants([service])
+    checkGrant(service)
     const result = await (await client(cmd)).call<{ friend: FriendView }>('PUT', `/v1/friends/${encodeURIComponent(name)}/grants/${service}`)
-    print(opts.json, result, () => `${result.friend.label} may now use: ${result.friend.grantsToThem.join(', ') || 'nothing'}`)
+    print(opts.json, result, () => `${result.friend.label} may now use: ${grantList(result.friend)}`)
   })
 
 friend.command('ungrant')
   .argument('<name>', 'friend name or peer id')
-  .argument('<service>', SERVICES.join(' | '))
+  .argument('<service>', `${SERVICES.join(' | ')} | service:NAME (cuts their open connections to it)`)
   .option('--json', 'print as JSON')
   .action(async (name: string, service: string, opts: { json?: boolean }, cmd: Command) => {
-    parseGrants([service])
+    checkGrant(service)
     const result = await (await client(cmd)).call<{ friend: FriendView }>('DELETE', `/v1/friends/${encodeURIComponent(name)}/grants/${service}`)
-    print(opts.json, result, () => `${result.friend.label} may now use: ${result.friend.grantsToThem.join(', ') || 'nothing'}`)
+    print(opts.json, result, () => `${result.friend.label} may now use: ${grantList(result.friend)}`)
   })
+
+/** one of SERVICES, or `service:NAME` (a per-service grant of friend services, grants.ts) */
+function checkGrant (grant: string): void {
+  const service = serviceGrant(grant)
+  if (service != null) checkServiceName(service)
+  else parseGrants([grant])
+}
+
+function grantList (f: FriendView): string {
+  return [...f.grantsToThem, ...(f.services ?? []).map(s => `service:${s}`)].join(', ') || 'nothing'
+}
 
 friend.command('revoke')
   .description('end a friendship: cuts their connections now and refuses them from then on')
@@ -426,6 +439,7 @@ friend.command('revoke')
   })
 
 fileCommands(program, client, print)
+exposeCommands(program, client, print)
 locateCommand(program, client, print)
 limitsCommand(program, client, print)
 backupCommand(program, client, print)
