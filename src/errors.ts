@@ -196,6 +196,8 @@ export const ERROR_CODES = {
   /** a signed backup request whose counter is not above the last one the host accepted: a replay */
   BACKUP_REPLAYED: 409,
   BACKUP_BAD_SIGNATURE: 400,
+  /** the host serves as many backup requests of this friend (or recovery records) as it takes at once; try again shortly */
+  BACKUP_HOST_BUSY: 503,
   // home folder and stored state
   HOME_LOCKED: 409,
   IDENTITY_CORRUPT: 500,
