@@ -201,8 +201,8 @@ class Walk {
       if (info.isDirectory()) return { ...common, type: 'dir', tree: await this.dir(path) }
       if (info.isFile()) return { ...common, type: 'file', ...await this.file(path) }
     } catch (err) {
-      if (err instanceof KithError && err.code !== 'SOURCE_UNREADABLE') throw err
-      if ((err as Error).name === 'AbortError') throw err
+      // a file or folder that can't be read is left out; anything else (a host, the index, an abort) ends the run
+      if (!isSourceError(err)) throw err
       this.skip(path, err)
       return null
     }
@@ -261,6 +261,12 @@ class Walk {
     this.lastReport = now
     this.options.onProgress?.({ doneBytes: this.stats.bytes, totalBytes: Math.max(this.total, this.stats.bytes), files: this.stats.files, sentBytes: this.placer.sentBytes })
   }
+}
+
+/** An error of the file system about one path (it has a syscall), or a file found unreadable. */
+function isSourceError (err: unknown): boolean {
+  if (err instanceof KithError) return err.code === 'SOURCE_UNREADABLE'
+  return typeof (err as NodeJS.ErrnoException).syscall === 'string'
 }
 
 /** Bytes of regular files under the paths (lstat only): the progress bar's total. */
