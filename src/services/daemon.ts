@@ -29,6 +29,7 @@ import { BackupCare } from './backup/care.ts'
 import { BackupHost } from './backup/host.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
+import { DownloadService, type DownloadEvent } from './downloads/index.ts'
 import { releaseMemoryWhenQuiet } from './daemon-heap.ts'
 
 /**
@@ -86,7 +87,7 @@ export interface CreateInviteRequest {
   grants?: Service[]
 }
 
-export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent | BackupEvent
+export type DaemonEvent = FriendEvent | PresenceEvent | TransferEvent | DownloadEvent | BackupEvent
 
 interface Meta {
   peerId?: string
@@ -106,6 +107,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private readonly started = new Date()
   private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
+  private downloadService: DownloadService | null = null
   private friendServices: FriendServices | null = null
   private backupService: BackupService | null = null
   private backupCare: BackupCare | null = null
@@ -217,6 +219,9 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       engine
     })
     this.fileService.on('event', evt => this.emit('event', evt))
+    // downloads share the engine's scheduler and, for kith:// URLs and the one queue, file sharing
+    this.downloadService = await DownloadService.start({ db: this.db, home: this.paths.root, engine, files: this.fileService, config })
+    this.downloadService.on('event', evt => this.emit('event', evt))
     // friend services: a local app offered to chosen friends, friends' apps on local ports; traffic through the engine's scheduler
     this.friendServices = await FriendServices.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, bandwidth: engine.bandwidth })
     // the backups I make, placed on friends who granted me backup (src/services/backup)
@@ -278,6 +283,11 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.friendServices
   }
 
+  get downloads (): DownloadService {
+    if (this.downloadService == null) throw new KithError('INTERNAL', 'downloads are not started')
+    return this.downloadService
+  }
+
   get locate (): LocateService {
     if (this.locateService == null) throw new KithError('INTERNAL', 'locate is not started')
     return this.locateService
@@ -295,6 +305,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.backupCare?.stop()
     await this.backupService?.stop()
     await this.friendServices?.stop()
+    await this.downloadService?.stop()
     await this.fileService?.stop()
     await this.transferEngine?.stop()
     await this.libp2p.stop()

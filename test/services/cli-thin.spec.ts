@@ -49,7 +49,7 @@ describe('the CLI loads only what its command needs', () => {
     await net?.stop()
   })
 
-  const thin = [['--help'], ['status'], ['friends'], ['transfers'], ['limits'], ['id'], ['invite', 'create', '--json']]
+  const thin = [['--help'], ['status'], ['friends'], ['transfers'], ['downloads'], ['limits'], ['id'], ['invite', 'create', '--json']]
   it.each(thin.map(args => ({ command: args.join(' '), args })))('kith $command loads neither libp2p, LevelDB, zod nor the daemon', async ({ args }) => {
     const run = await kithListingModules(node, args)
     expect(run.stderr).toBe('')

@@ -66,7 +66,8 @@ const schemas = {
   connect: z.object({ friend: z.string().min(1).max(128), service: z.string().min(1).max(63), port: z.number().int().optional() }).strict(),
   // URLs and the rest are checked by the download service (typed URL_INVALID, URL_UNSUPPORTED...); sizes here
   download: z.object({
-    urls: z.array(z.string().max(MAX_URL_LENGTH)).min(1).max(MAX_URLS_PER_REQUEST),
+    // a URL is checked (URL_INVALID past MAX_URL_LENGTH) by the service; this bounds the body
+    urls: z.array(z.string().max(4 * MAX_URL_LENGTH)).min(1).max(MAX_URLS_PER_REQUEST),
     dest: z.string().min(1).max(4096),
     priority: z.enum(PRIORITIES as [Priority, ...Priority[]]).optional(),
     limit: z.union([z.number(), z.string().max(32)]).optional(),

@@ -11,8 +11,9 @@ import { parseRate } from '../engine/rate-text.ts'
 import { PRIORITIES } from '../../transfer/scheduler/types.ts'
 
 /**
- * File commands: share, shares, unshare, ls, fetch, transfers, pause,
- * resume, cancel, gc. `fetch` follows the daemon's events and draws a progress
+ * File commands: share, shares, unshare, ls, fetch, transfers, gc (pause,
+ * resume, cancel and priority, for fetches and downloads alike, are in
+ * downloads.ts). `fetch` follows the daemon's events and draws a progress
  * bar on a terminal, or prints JSON progress lines with --json.
  */
 type Print = (json: boolean | undefined, value: unknown, text: () => string) => void
@@ -212,16 +213,4 @@ export function fileCommands (program: Command, client: Client, print: Print): v
       const result = await (await client(cmd)).call<{ gc: GcResult }>('POST', '/v1/gc', undefined, { timeoutMs: 0 })
       print(opts.json, result, () => gcText(result.gc))
     })
-
-  for (const action of ['pause', 'resume', 'cancel'] as const) {
-    program.command(action)
-      .description(`${action} a transfer`)
-      .argument('<id>', 'transfer id from `kith transfers`')
-      .option('--json', 'print as JSON')
-      .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
-        if (!/^[0-9a-f]{4,12}$/.test(id)) throw new KithError('USAGE', `a transfer id is 4 to 12 hex digits; got ${JSON.stringify(id)}`)
-        const result = await (await client(cmd)).call<{ transfer: Transfer }>('POST', `/v1/transfers/${id}/${action}`)
-        print(opts.json, result, () => `${result.transfer.id} is ${result.transfer.state}`)
-      })
-  }
 }

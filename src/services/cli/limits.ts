@@ -3,7 +3,6 @@ import { KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { BandwidthView, LaneView, LimitRate, LimitsPatch, LimitsView, RuleDoc } from '../engine/limits.ts'
 import { PRIORITIES, TRAFFIC_CLASSES } from '../../transfer/scheduler/types.ts'
-import type { Transfer } from '../files/transfers.ts'
 import { table } from './format.ts'
 import { parseLimitRate } from '../engine/rate-text.ts'
 
@@ -146,17 +145,5 @@ export function limitsCommand (program: Command, client: Client, print: Print): 
       if (Object.keys(patch).length === 0) throw new KithError('USAGE', 'limits clear wants --up, --down, --peer NAME, --schedule, --weights or --all')
       const view = await (await client(cmd)).call<LimitsView>('PUT', '/v1/limits', patch)
       print(json(cmd), view, () => describe(view))
-    })
-
-  program.command('priority')
-    .description('change a transfer\'s priority while it runs: urgent, normal or background')
-    .argument('<id>', 'transfer id from `kith transfers`')
-    .argument('<level>', PRIORITIES.join(' | '))
-    .option('--json', 'print as JSON')
-    .action(async (id: string, level: string, opts: { json?: boolean }, cmd: Command) => {
-      if (!/^[0-9a-f]{4,12}$/.test(id)) throw new KithError('USAGE', `a transfer id is 4 to 12 hex digits; got ${JSON.stringify(id)}`)
-      if (!(PRIORITIES as readonly string[]).includes(level)) throw new KithError('USAGE', `a priority is one of ${PRIORITIES.join(', ')}; got ${JSON.stringify(level)}`)
-      const result = await (await client(cmd)).call<{ transfer: Transfer }>('POST', `/v1/transfers/${id}/priority`, { priority: level })
-      print(opts.json, result, () => `${result.transfer.id} is now ${result.transfer.priority}`)
     })
 }

@@ -10,6 +10,7 @@ import type { InviteListing } from '../../trust/invite-book.ts'
 import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
 import { fileCommands } from './files.ts'
+import { downloadCommands } from './downloads.ts'
 import { exposeCommands } from './expose.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import { locateCommand } from './locate.ts'
@@ -439,6 +440,7 @@ friend.command('revoke')
   })
 
 fileCommands(program, client, print)
+downloadCommands(program, client, print)
 exposeCommands(program, client, print)
 locateCommand(program, client, print)
 limitsCommand(program, client, print)

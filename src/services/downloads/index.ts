@@ -25,7 +25,8 @@ import { DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MAX_OPTIONS_BYTES, MAX_URLS_PER_R
 import { DOWNLOAD_RECORD_VERSION, DownloadBook, publicView, type Download } from './download-book.ts'
 import { isKithUrl, parseKithUrl, type KithTarget } from './kith-url.ts'
 import { parseRate } from '../engine/rate-text.ts'
-import { parseChecksum, safeName } from './place.ts'
+import { parseChecksum } from './checksum.ts'
+import { safeName } from './place.ts'
 import { DownloadQueue, type DownloadEvent } from './queue.ts'
 import { addonFor, checkUrl, parseUrl } from './registry.ts'
 import { queueSettings } from './settings.ts'
@@ -220,7 +221,7 @@ export class DownloadService extends EventEmitter<{ event: [DownloadEvent] }> {
     try {
       transfers.get(id)
     } catch {
-      throw new KithError('DOWNLOAD_UNKNOWN', `no download or friend fetch ${JSON.stringify(id)}; see \`kith downloads\``)
+      throw new KithError('TRANSFER_UNKNOWN', `no download or friend fetch ${JSON.stringify(id)}; see \`kith downloads\``)
     }
     return transfers
   }

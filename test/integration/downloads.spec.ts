@@ -1,0 +1,129 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { createTestnet, befriend, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { rangeServer, type RangeServer } from '../helpers/range-server.ts'
+import { ApiClient } from '../../src/services/api/client.ts'
+
+/**
+ * The download service end to end: real daemons, the CLI as a user runs
+ * it, the real HTTP add-on against a real node:http server with Range, and
+ * a friend's share through kith:// in the same queue.
+ */
+const SMALL = randomBytes(200 * 1024)
+const BIG = randomBytes(512 * 1024)
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+
+describe('downloads', () => {
+  let net: Testnet
+  let dl: TestNode, friend: TestNode
+  let server: RangeServer
+  let slow: RangeServer
+
+  beforeAll(async () => {
+    ;[net, server, slow] = await Promise.all([
+      createTestnet(['dl', 'friend']),
+      rangeServer({ '/small.bin': SMALL, '/big.bin': BIG }),
+      // 512 KiB at 256 KiB/s a connection: about two seconds on one, time to kill the daemon midway
+      rangeServer({ '/big.bin': BIG }, { bytesPerSecond: 256 * 1024 })
+    ])
+    ;[dl, friend] = net.nodes as [TestNode, TestNode]
+  })
+
+  afterAll(async () => {
+    await net?.stop()
+    await server?.close()
+    await slow?.close()
+  })
+
+  // polled through the API: a CLI process per look would cost more than the downloads
+  const downloadOf = async (id: string): Promise<any> => (await (await ApiClient.forHome(dl.home)).get<{ download?: unknown }>(`/v1/downloads/${id}`)).download
+
+  it('kith get puts the file in place, verified; a checksum mismatch keeps nothing and says so', async () => {
+    const dir = join(dl.home, 'got')
+    await mkdir(dir)
+    const ok = await dl.cli('get', server.url('/small.bin'), '-o', join(dir, 'small.bin'), '--checksum', `sha256:${sha(SMALL)}`)
+    expect(ok.stderr).toBe('')
+    expect(ok.code).toBe(0)
+    expect(ok.stdout).toMatch(/downloaded 200 KiB to .*small\.bin/)
+    expect((await readFile(join(dir, 'small.bin'))).equals(SMALL)).toBe(true)
+
+    const bad = await dl.cli('get', server.url('/small.bin'), '-o', join(dir, 'other.bin'), '--checksum', `sha256:${'a'.repeat(64)}`)
+    expect(bad.code).toBe(1)
+    expect(bad.stderr).toContain('CHECKSUM_MISMATCH')
+    expect(bad.stderr).toMatch(/nothing was kept/)
+    expect(await readdir(dir)).toEqual(['small.bin'])
+  })
+
+  it('bad URLs and unsupported schemes are typed errors, and nothing is queued', async () => {
+    const api = await ApiClient.forHome(dl.home)
+    const before = (await api.get<{ downloads: unknown[] }>('/v1/downloads')).downloads.length
+    const refused = async (urls: string[], extra: Record<string, unknown> = {}): Promise<string> =>
+      await api.call('POST', '/v1/downloads', { urls, dest: join(dl.home, 'never'), ...extra }).then(() => 'queued', (err: { code: string }) => err.code)
+    expect(await refused(['not a url'])).toBe('URL_INVALID')
+    expect(await refused(['gopher://example.org/x'])).toBe('URL_UNSUPPORTED')
+    expect(await refused(['kith://only-a-friend'])).toBe('URL_INVALID')
+    // one bad URL among good ones: none is queued
+    expect(await refused([server.url('/small.bin'), 'gopher://example.org/x'])).toBe('URL_UNSUPPORTED')
+    expect(await refused(['https://user:secret@example.org/x'])).toBe('URL_INVALID')
+    expect(await refused([`https://example.org/${'x'.repeat(9000)}`])).toBe('URL_INVALID')
+    expect(await refused([server.url('/small.bin')], { checksum: 'md5:abc' })).toBe('BAD_REQUEST')
+    expect(await refused([server.url('/small.bin')], { connections: 0 })).toBe('BAD_REQUEST')
+    expect(await refused([server.url('/small.bin')], { dest: 'relative/path' })).toBe('BAD_REQUEST')
+    // a friend's share is verified against its signed manifest: no checksum, limit or connections
+    expect(await refused(['kith://friend/shared.bin'], { checksum: `sha256:${'0'.repeat(64)}` })).toBe('BAD_REQUEST')
+    expect((await api.get<{ downloads: unknown[] }>('/v1/downloads')).downloads.length).toBe(before)
+    // and from the CLI, as a person meets them
+    const cli = await dl.cli('get', 'gopher://example.org/x')
+    expect(cli.code).not.toBe(0)
+    expect(cli.stderr).toMatch(/URL_UNSUPPORTED/)
+    expect((await dl.cli('get', server.url('/small.bin'), '--limit', 'fast')).stderr).toContain('USAGE')
+  })
+
+  it('pause, priority and resume from the CLI, then kill -9 mid-download: the restarted daemon goes on from what it had; cancel keeps nothing', async () => {
+    const dest = join(dl.home, 'killed.bin')
+    const served = (): number => slow.hits.get('/big.bin') ?? 0
+    const { downloads: [d] } = await dl.json('get', slow.url('/big.bin'), '-o', dest, '--detach', '--connections', '1', '--priority', 'background')
+    expect(d).toMatchObject({ state: 'queued', priority: 'background', connections: 1, dest })
+    expect((await dl.json('priority', d.id, 'urgent')).download.priority).toBe('urgent')
+    expect((await dl.json('pause', d.id)).download.state).toBe('paused')
+    expect(['queued', 'running']).toContain((await dl.json('resume', d.id)).download.state)
+    await waitFor(async () => (await downloadOf(d.id))?.doneBytes >= 128 * 1024, 'a quarter of it')
+    const before = served()
+    await dl.kill9()
+    await dl.start()
+    const listing = await dl.json('downloads')
+    expect(listing.downloads.find((x: any) => x.id === d.id)).toMatchObject({ priority: 'urgent', url: slow.url('/big.bin') })
+    expect(listing).toHaveProperty('eta')
+    await waitFor(async () => (await downloadOf(d.id))?.state === 'done', 'the download to finish after the restart')
+    expect((await readFile(dest)).equals(BIG)).toBe(true)
+    // the restart asked again, from what it had
+    expect(served()).toBeGreaterThan(before)
+
+    // its own --limit keeps this one running while it is cancelled
+    const { downloads: [c] } = await dl.json('get', server.url('/big.bin'), '-o', join(dl.home, 'cancelled.bin'), '--detach', '--limit', '64KiB/s')
+    expect(c.limit).toBe(64 * 1024)
+    await waitFor(async () => (await downloadOf(c.id))?.doneBytes > 0, 'some bytes')
+    expect((await dl.json('cancel', c.id)).download.state).toBe('cancelled')
+    expect((await readdir(dl.home)).filter(f => f.startsWith('cancelled') || f.endsWith('.kith-partial'))).toEqual([])
+    expect((await dl.cli('cancel', c.id)).stderr).toContain('DOWNLOAD_STATE')
+  })
+
+  it('kith://FRIEND/SHARE is a friend fetch in the same queue: listed, and paused or cancelled by the same commands', async () => {
+    await befriend(friend, dl)
+    const source = join(friend.home, 'shared.bin')
+    await writeFile(source, SMALL)
+    await friend.json('share', source, '--with', 'dl')
+    const dest = join(dl.home, 'from-friend.bin')
+    const run = await dl.cli('get', 'kith://friend/shared.bin', '-o', dest)
+    expect(run.stderr).toBe('')
+    expect(run.code).toBe(0)
+    expect((await readFile(dest)).equals(SMALL)).toBe(true)
+    const listing = await (await ApiClient.forHome(dl.home)).get<{ fetches: any[] }>('/v1/downloads')
+    const fetch = listing.fetches.find((t: any) => t.dest === dest)
+    expect(fetch).toMatchObject({ state: 'done', ownerLabel: 'friend' })
+    // `kith pause` finds a friend fetch's id as well as a download's
+    expect((await dl.cli('pause', fetch.id)).stderr).toContain('TRANSFER_STATE')
+  })
+})
