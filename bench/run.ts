@@ -7,6 +7,7 @@ import { createTestnet, waitFor, NODE, KITH, type Testnet, type TestNode } from 
 import { reachabilityBench, summarise, type ReachRow } from './reachability.ts'
 import { schedulerBench } from './scheduler.ts'
 import { cliBench } from './cli.ts'
+import { exposeBench } from './expose.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
@@ -14,7 +15,7 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * `npm run bench`: how fast kith moves a file between friends, next to
  * ceilings measured in the same run on the same machine.
  *
- *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|transfer ...]
+ *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|transfer ...]
  *
  * Sections (default: all; `transfer` is ceilings, fetch and multi):
  *   ceilings  (a) raw TCP socket, (b) one plain libp2p 3 stream in kith's
@@ -28,6 +29,9 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *   cli       how fast `kith status`, `friends`, `transfers`, `--help` answer,
  *             against a bare Node request to the same API; the daemon's time
  *             to start (bench/cli.ts)
+ *   expose    a 1 GiB HTTP response through `kith connect` against one plain
+ *             libp2p stream, and a small request's latency against a direct
+ *             one (bench/expose.ts)
  * `fetch` and `multi` always measure ceiling (b), the figure they are compared to;
  * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
  * (bench/chunk-path-peer.ts: read, seal, hash; verify, open, write, hash the
@@ -58,7 +62,7 @@ function envInt (name: string, fallback: number): number {
   return value
 }
 
-const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli'] as const
+const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli', 'expose'] as const
 type Section = typeof SECTIONS[number]
 
 function parseArgs (argv: string[]): Set<Section> {
@@ -66,7 +70,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR')
       process.exit(0)
     }
     let value: string | undefined
@@ -477,7 +481,7 @@ async function main (): Promise<void> {
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
   const src = join(work, 'data.bin')
   log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
-  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli')
+  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose')
   if (transfer) await writeRandomFile(src, SIZE)
   let streamCeiling = NaN
   try {
@@ -491,6 +495,8 @@ async function main (): Promise<void> {
     if (sections.has('scheduler')) await schedulerBench(log)
     // cli (bench/cli.ts): commands against a bare request, daemon start; prints its own table
     if (sections.has('cli')) await cliBench(log)
+    // expose (bench/expose.ts): a big HTTP response through kith connect against one plain stream, small-request latency; prints its own table
+    if (sections.has('expose')) await exposeBench(log)
   } finally {
     if (transfer) report()
     if (reachRows.length > 0) console.log(`\nkith reachability benchmark (ms):\n${reachRows.map(summarise).join('\n')}`)
