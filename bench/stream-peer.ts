@@ -48,6 +48,8 @@ async function writeProgress (stream: Stream): Promise<void> {
 const node = await createNode({
   privateKey: await generateKeyPair('Ed25519'),
   listen: role === 'recv' ? ['/ip4/127.0.0.1/tcp/0'] : [],
+  // the sender listens nowhere, so the default policy would refuse to dial the receiver on loopback
+  dialPolicy: { loopback: true },
   gater: {}
 })
 
