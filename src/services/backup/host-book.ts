@@ -264,7 +264,7 @@ export class HostBook {
   /** The owner's held blobs in id order, after `after`. */
   async list (owner: string, after: string | null, limit: number): Promise<{ ids: Array<{ id: string, size: number }>, next: string | null }> {
     const ids: Array<{ id: string, size: number }> = []
-    const range = { gt: after != null ? rowKey(owner, after) : `${owner}/`, lt: `${owner}0`, limit: limit + 1 }
+    const range = { gt: after != null ? rowKey(owner, after) : `${owner}/`, lt: `${owner}0` }
     let more = false
     for await (const [key, row] of this.rows.iterator(range)) {
       if (row.pending === true) continue

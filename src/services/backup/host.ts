@@ -38,6 +38,7 @@ export class BackupHost {
   readonly book: HostBook
   private readonly init: BackupHostInit
   private timer: NodeJS.Timeout | undefined
+  private readonly onFriend = (): void => { void this.sweep() }
   private sweeping: Promise<unknown> = Promise.resolve()
 
   private constructor (init: BackupHostInit) {
@@ -58,9 +59,9 @@ export class BackupHost {
       self: libp2p.peerId.toString()
     }), { maxInboundStreams: MAX_INBOUND_BACKUP_STREAMS })
     // a revoked friend's data is looked at when it happens (starting the grace period) and every hour
-    friends.on('event', () => { host.sweep() })
-    host.sweep()
-    host.timer = setInterval(() => { host.sweep() }, init.sweepEveryMs ?? 3600_000)
+    friends.on('event', host.onFriend)
+    void host.sweep()
+    host.timer = setInterval(host.onFriend, init.sweepEveryMs ?? 3600_000)
     host.timer.unref()
     return host
   }
@@ -94,6 +95,7 @@ export class BackupHost {
 
   async stop (): Promise<void> {
     clearInterval(this.timer)
+    this.init.friends.off('event', this.onFriend)
     await this.init.libp2p.unhandle(BACKUP_PROTOCOL).catch(() => {})
     await this.sweeping
   }

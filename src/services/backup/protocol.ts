@@ -12,7 +12,8 @@ import type { BandwidthScheduler, Flow } from '../../transfer/scheduler/index.ts
 import { auditProof, leafCount, type AuditAnswer } from './audit-tree.ts'
 import type { HostBook } from './host-book.ts'
 import {
-  BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_RECORD_SIZE, REQUEST_TIMEOUT_MS,
+  BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_RECORD_SIZE, MAX_RECORDS_IN_FLIGHT, MAX_STREAMS_PER_OWNER,
+  REQUEST_TIMEOUT_MS, STALL_TIMEOUT_MS,
   decodeHeader, encodeHeader, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest, writeBody,
   type BackupRequest, type Frames
 } from './wire.ts'
@@ -59,13 +60,15 @@ class Framed {
 
   async send (message: Record<string, unknown>, signal: AbortSignal): Promise<void> {
     const bytes = encodeHeader({ v: BACKUP_VERSION, ...message })
-    await this.up.take(bytes.length, signal)
-    await this.lp.write(bytes, { signal })
+    const step = AbortSignal.any([signal, AbortSignal.timeout(STALL_TIMEOUT_MS)])
+    await this.up.take(bytes.length, step)
+    await this.lp.write(bytes, { signal: step })
   }
 
   async receive (signal: AbortSignal): Promise<Uint8Array> {
-    const frame = await this.lp.read({ signal })
-    await this.down.take(frame.byteLength, signal)
+    const step = AbortSignal.any([signal, AbortSignal.timeout(STALL_TIMEOUT_MS)])
+    const frame = await this.lp.read({ signal: step })
+    await this.down.take(frame.byteLength, step)
     return frame.subarray()
   }
 
@@ -83,11 +86,16 @@ function failureOf (err: unknown): { ok: false, code: ErrorCode, message: string
 }
 
 export function backupHandler (init: BackupHandlerInit) {
+  /** streams being served, per owner */
+  const active = new Map<string, number>()
+  const limits: Limits = { records: 0 }
   return async (stream: Stream, connection: Connection): Promise<void> => {
     const owner = connection.remotePeer.toString()
     const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
     const io = new Framed(stream, init.bandwidth, owner, MAX_RECORD_SIZE)
+    active.set(owner, (active.get(owner) ?? 0) + 1)
     try {
+      if (active.get(owner)! > MAX_STREAMS_PER_OWNER) throw new KithError('BACKUP_HOST_BUSY', `this node serves at most ${MAX_STREAMS_PER_OWNER} of your backup requests at once; try again when one is done`)
       let frame: Uint8Array
       try {
         frame = await io.receive(AbortSignal.any([signal, AbortSignal.timeout(HEADER_TIMEOUT_MS)]))
@@ -98,7 +106,7 @@ export function backupHandler (init: BackupHandlerInit) {
       // checked here rather than by libp2p middleware so it binds inbound streams only (see docs/backup.md)
       if (!init.friends.allows(owner, 'backup')) throw new KithError('BACKUP_NOT_GRANTED', 'this node has not granted you backup')
       const request = decodeHeader(frame, requestSchema, 'the backup request')
-      await serve(init, io, owner, request, signal)
+      await serve(init, limits, io, owner, request, signal)
     } catch (err) {
       try {
         await io.send(failureOf(err), signal)
@@ -107,6 +115,9 @@ export function backupHandler (init: BackupHandlerInit) {
       }
     } finally {
       io.close()
+      const left = active.get(owner)! - 1
+      if (left === 0) active.delete(owner)
+      else active.set(owner, left)
     }
     try {
       await stream.close({ signal })
@@ -116,7 +127,13 @@ export function backupHandler (init: BackupHandlerInit) {
   }
 }
 
-async function serve (init: BackupHandlerInit, io: Framed, owner: string, request: BackupRequest, signal: AbortSignal): Promise<void> {
+/** What one handler shares across its streams. */
+interface Limits {
+  /** recovery records being received now */
+  records: number
+}
+
+async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner: string, request: BackupRequest, signal: AbortSignal): Promise<void> {
   const { book, store } = init
   switch (request.op) {
     case 'usage': {
@@ -187,10 +204,16 @@ async function serve (init: BackupHandlerInit, io: Framed, owner: string, reques
     case 'put-record': {
       // refused before the bytes move if the counter is stale; checked again as it is kept
       if (request.counter <= book.usage(owner).counter) throw new KithError('BACKUP_REPLAYED', 'this recovery record is not newer than the one kept here')
-      await io.send({ ok: true, go: true }, signal)
-      const record = await readBody(io.frames, request.size, io.down, signal, 'the owner')
-      checkSignature(init, owner, signedBody('put-record', init.self, request.counter, record), request.sig)
-      await book.putRecord(owner, record, request.counter)
+      if (limits.records >= MAX_RECORDS_IN_FLIGHT) throw new KithError('BACKUP_HOST_BUSY', 'this node is receiving other recovery records; try again shortly')
+      limits.records++
+      try {
+        await io.send({ ok: true, go: true }, signal)
+        const record = await readBody(io.frames, request.size, io.down, signal, 'the owner')
+        checkSignature(init, owner, signedBody('put-record', init.self, request.counter, record), request.sig)
+        await book.putRecord(owner, record, request.counter)
+      } finally {
+        limits.records--
+      }
       await io.send({ ok: true }, signal)
       return
     }
@@ -291,7 +314,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
     }
     const io = new Framed(stream, init.bandwidth, host, MAX_RECORD_SIZE)
     const answer = async <S>(schema: z.ZodType<S>): Promise<S> => {
-      const frame = await io.receive(AbortSignal.any([signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]))
+      const frame = await io.receive(signal)
       const reply = decodeHeader(frame, z.union([schema, responseSchemas.failure]), `${host}'s answer to ${what}`) as S | z.infer<typeof responseSchemas.failure>
       if ((reply as { ok: boolean }).ok === false) {
         const failure = reply as z.infer<typeof responseSchemas.failure>

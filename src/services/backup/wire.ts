@@ -56,12 +56,18 @@ export const MAX_RECORD_SIZE = 16 * MiB
 export const MAX_HEADER = 320 * KiB
 /** Bulk bytes travel in frames of at most this; each goes through the bandwidth scheduler on its own. */
 export const BODY_SLICE = 256 * KiB
-/** Longest wait for a request's header once the stream is open, and for each answer the owner waits on. */
+/** Longest wait for a request's header once the stream is open. */
 export const HEADER_TIMEOUT_MS = 10_000
-/** Longest a whole request may take, bulk bytes included (4 MiB at 35 KB/s). */
-export const REQUEST_TIMEOUT_MS = 120_000
+/** Longest wait for any one frame (or for the bandwidth scheduler to let it go) before the request is given up. */
+export const STALL_TIMEOUT_MS = 60_000
+/** Longest a whole request may take, bulk bytes included: a 16 MiB record at 30 KB/s. */
+export const REQUEST_TIMEOUT_MS = 600_000
 /** Backup streams one host serves at once, over all owners; a blob in flight holds up to its size in memory. */
 export const MAX_INBOUND_BACKUP_STREAMS = 16
+/** Of those, the most one owner holds: one friend can't take every slot. */
+export const MAX_STREAMS_PER_OWNER = 8
+/** Recovery records being received at once, over all owners (16 MiB of memory each). */
+export const MAX_RECORDS_IN_FLIGHT = 2
 
 const hexId = z.string().regex(/^[0-9a-f]{64}$/, 'must be a 64-character hex id')
 const counter = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER)
@@ -143,8 +149,9 @@ export type Frames = Pick<LengthPrefixedStream, 'read' | 'write'>
 export async function writeBody (lp: Frames, data: Uint8Array, flow: Flow, signal: AbortSignal): Promise<void> {
   for (let at = 0; at < data.length; at += BODY_SLICE) {
     const slice = data.subarray(at, Math.min(data.length, at + BODY_SLICE))
-    await flow.take(slice.length, signal)
-    await lp.write(slice, { signal })
+    const step = AbortSignal.any([signal, AbortSignal.timeout(STALL_TIMEOUT_MS)])
+    await flow.take(slice.length, step)
+    await lp.write(slice, { signal: step })
   }
 }
 
@@ -157,13 +164,14 @@ export async function readBody (lp: Frames, size: number, flow: Flow, signal: Ab
   const out = Buffer.allocUnsafe(size)
   let at = 0
   while (at < size) {
-    const frame = await lp.read({ signal })
+    const step = AbortSignal.any([signal, AbortSignal.timeout(STALL_TIMEOUT_MS)])
+    const frame = await lp.read({ signal: step })
     if (frame.byteLength === 0 || frame.byteLength > size - at) {
       throw new KithError('PROTOCOL_VIOLATION', `${what} sent ${frame.byteLength === 0 ? 'an empty frame' : 'more bytes than it announced'}`)
     }
     out.set(frame.subarray(), at)
     at += frame.byteLength
-    await flow.take(frame.byteLength, signal)
+    await flow.take(frame.byteLength, step)
   }
   return out
 }

@@ -14,7 +14,7 @@ import { transferEngine, type TransferEngine } from '../../../src/services/engin
 import { BackupHost } from '../../../src/services/backup/host.ts'
 import { backupClient, type BackupClient } from '../../../src/services/backup/protocol.ts'
 import { auditRoot, leafCount, verifyAudit } from '../../../src/services/backup/audit-tree.ts'
-import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
+import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, MAX_STREAMS_PER_OWNER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
 import { chunkId } from '../../../src/transfer/seal.ts'
 import { tempDir } from '../../helpers/chunks.ts'
@@ -143,9 +143,8 @@ describe('backup protocol', () => {
     await clientOf(alice).put(b.id, b.sealed)
     for (const outsider of [stranger, carol]) {
       const client = clientOf(outsider)
-      for (const call of [client.usage(), client.put(blob(50).id, blob(50).sealed), client.get(b.id), client.getRecord(), client.list()]) {
-        expect(codeOf(await call.catch(e => e))).toBe('BACKUP_NOT_GRANTED')
-      }
+      const calls: Array<Promise<unknown>> = [client.usage(), client.put(b.id, b.sealed), client.get(b.id), client.getRecord(), client.list(), client.has([b.id])]
+      expect(await Promise.all(calls.map(async call => await call.then(() => 'ok', codeOf)))).toEqual(calls.map(() => 'BACKUP_NOT_GRANTED'))
     }
     const other = clientOf(bob)
     expect(await other.has([b.id])).toEqual([false])
@@ -164,10 +163,11 @@ describe('backup protocol', () => {
     const client = clientOf(bob)
     const before = (await client.usage()).used
     expect(before).toBe(0)
-    const blobs = Array.from({ length: 12 }, () => blob(size))
+    // as many at once as the host serves one owner (MAX_STREAMS_PER_OWNER)
+    const blobs = Array.from({ length: MAX_STREAMS_PER_OWNER }, () => blob(size))
     const outcomes = await Promise.all(blobs.map(async b => await client.put(b.id, b.sealed).then(() => 'ok', e => codeOf(e))))
     expect(outcomes.filter(o => o === 'ok')).toHaveLength(5)
-    expect(outcomes.filter(o => o === 'QUOTA_EXCEEDED')).toHaveLength(7)
+    expect(outcomes.filter(o => o === 'QUOTA_EXCEEDED')).toHaveLength(MAX_STREAMS_PER_OWNER - 5)
     const usage = await client.usage()
     const listed = (await client.list()).ids
     expect(usage).toMatchObject({ used: 5 * size, blobs: 5, quota: 5 * size + size / 2 })
