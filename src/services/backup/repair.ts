@@ -10,7 +10,8 @@
  * checks the content address; repair checks the audit root as well) and puts
  * it on other friends who granted me backup, least loaded first, until the
  * target is met or nobody is left; only then does it drop the bad hosts from
- * the blob's record. Bytes come from a replica, never from the source files:
+ * the blob's record. A failing host still serves as a source (the bytes are
+ * checked), it only no longer counts as a copy. Bytes come from a replica, never from the source files:
  * those may have changed since, and the snapshot must stay what it was. A
  * blob with no good replica left is dropped from the bad hosts' records, so
  * the next `kith backup run` of the same files seals and places it again
@@ -84,9 +85,11 @@ export async function repair (init: RepairInit): Promise<RepairReport> {
     const badHere = r.hosts.filter(h => bad(h) || lostOn(h, id))
     const good = r.hosts.filter(h => !badHere.includes(h))
     let need = targetOf(r, replicas) - good.length
-    const sealed = await fetchGood(init, id, r, good, offline)
+    // a failing or silent host may still hold this blob intact: the bytes are checked, so it can be the source
+    const sources = [...good, ...badHere.filter(h => !lostOn(h, id))]
+    const sealed = await fetchGood(init, id, r, sources, offline)
     if (sealed === 'none') {
-      // no good replica anywhere: forget the bad ones so the next run places the blob again
+      // no intact copy anywhere: forget the bad ones so the next run places the blob again
       for (const h of badHere) {
         await init.index.removeHost(id, h)
         if (lostOn(h, id)) settledAdd(settled, h, id)
@@ -155,12 +158,12 @@ function settledAdd (settled: Map<string, Set<string>>, host: string, id: string
 }
 
 /**
- * The sealed bytes from a good host, checked against the audit root. 'offline'
+ * The sealed bytes from the first source that has them intact, checked against the audit root. 'offline'
  * when none gave them but one could not be reached (it may come back); 'none'
- * when every good host answered without them (each is marked as having lost it).
+ * when every source answered without them (each is marked as having lost it).
  */
-async function fetchGood (init: RepairInit, id: string, r: BlobRecord, good: string[], offline: Set<string>): Promise<Uint8Array | 'none' | 'offline'> {
-  for (const h of good) {
+async function fetchGood (init: RepairInit, id: string, r: BlobRecord, sources: string[], offline: Set<string>): Promise<Uint8Array | 'none' | 'offline'> {
+  for (const h of sources) {
     if (offline.has(h)) continue
     try {
       const sealed = await init.client(h).get(r.sealedId, init.signal)
@@ -174,5 +177,5 @@ async function fetchGood (init: RepairInit, id: string, r: BlobRecord, good: str
     const care = await init.care.host(h)
     if (!care.lost.includes(id)) await init.care.put(h, { ...care, lost: [...care.lost, id] })
   }
-  return good.some(h => offline.has(h)) ? 'offline' : 'none'
+  return sources.some(h => offline.has(h)) ? 'offline' : 'none'
 }

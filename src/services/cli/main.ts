@@ -253,6 +253,42 @@ key.command('phrase')
       [0, 6, 12, 18].map(col => `${String(row + col + 1).padStart(2)}. ${words[row + col]!.padEnd(9)}`).join(' ').trimEnd()).join('\n'))
   })
 
+program.command('restore')
+  .description('bring this node back in a new, empty home from its recovery phrase and one friend who hosts backups for it')
+  .requiredOption('--phrase-file <file>', 'file holding the 24 words `kith key phrase` printed')
+  .requiredOption('--via <multiaddr>', 'a friend\'s address ending in /p2p/PEERID (any friend who hosts a backup for you)')
+  .option('--listen <multiaddr...>', 'libp2p listen addresses while restoring (default: as kith start)')
+  .option('--json', 'print the result as JSON')
+  .action(async (opts: { phraseFile: string, via: string, listen?: string[], json?: boolean }, cmd: Command) => {
+    const g = globals(cmd)
+    const { MAX_PHRASE_TEXT } = await import('../../peer/phrase.ts')
+    let phrase: string
+    try {
+      if ((await stat(opts.phraseFile)).size > MAX_PHRASE_TEXT) throw new KithError('PHRASE_MALFORMED', `${opts.phraseFile} is far larger than 24 words; check you chose the right file`)
+      phrase = await readFile(opts.phraseFile, 'utf8')
+    } catch (err) {
+      if (err instanceof KithError) throw err
+      throw new KithError('BAD_REQUEST', `can't read the phrase file ${opts.phraseFile}: ${(err as Error).message}`)
+    }
+    const pass = await passphrase(g)
+    const { recoverHome } = await import('../backup/recover-home.ts')
+    const result = await recoverHome({
+      home: g.home,
+      phrase,
+      via: opts.via,
+      ...(pass != null ? { passphrase: pass } : {}),
+      ...(opts.listen != null ? { listen: opts.listen } : {}),
+      onStep: text => { if (opts.json !== true) console.error(terminalText(text)) }
+    })
+    print(opts.json, result, () => [
+      `restored ${result.peerId} (${result.name}) in ${g.home}`,
+      `record   ${result.record.seq}, made ${ago(result.record.created)}, from ${shortId(result.record.from)}`,
+      `friends  ${result.friends}`,
+      `backups  ${result.snapshots} snapshot${result.snapshots === 1 ? '' : 's'}, ${result.blobs} blobs`,
+      'start the node with `kith start`; then `kith backup list` and `kith backup restore SNAPSHOT -o DIR`'
+    ].join('\n'))
+  })
+
 program.command('status')
   .description('identity, addresses and friends online')
   .option('--json', 'print as JSON')
