@@ -10,9 +10,11 @@ import type { InviteListing } from '../../trust/invite-book.ts'
 import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
 import { fileCommands } from './files.ts'
+import { exposeCommands } from './expose.ts'
 import { downloadCommands } from './downloads.ts'
 import { exposeCommands } from './expose.ts'
 import type { StoreStatus } from '../engine/index.ts'
+import type { ServicesSummary } from '../expose/index.ts'
 import { locateCommand } from './locate.ts'
 import { backupCommand } from './backup.ts'
 import { backupCareCommands } from './backup-care.ts'
@@ -294,7 +296,7 @@ program.command('status')
   .option('--json', 'print as JSON')
   .action(async (opts: { json?: boolean }, cmd: Command) => {
     const api = await client(cmd)
-    const status = await api.get<Status & { store?: StoreStatus }>('/v1/status')
+    const status = await api.get<Status & { store?: StoreStatus, services?: ServicesSummary }>('/v1/status')
     const { friends } = await api.get<{ friends: FriendView[] }>('/v1/friends')
     const active = friends.filter(f => f.state === 'active')
     print(opts.json, { ...status, friendLinks: active.map(f => ({ label: f.label, peerId: f.peerId, ...f.link })) }, () => [
@@ -305,6 +307,9 @@ program.command('status')
       `friends  ${status.friends.online} of ${status.friends.total} online`,
       ...reachabilityLines(status),
       ...storeLines(status.store),
+      ...(status.services != null && (status.services.exposed > 0 || status.services.connected > 0)
+        ? [`services ${status.services.exposed} exposed (${status.services.serving} connections from friends), ${status.services.connected} connected (${status.services.carrying} connections to friends); see \`kith expose --list\`, \`kith connections\``]
+        : []),
       ...active.map(f => `  ${f.label.padEnd(20)} ${f.link.online ? linkText(f, active) : `offline, last seen ${ago(f.lastSeen)}`}`),
       'bandwidth (see `kith limits`)',
       ...bandwidthLines(status.bandwidth).map(l => `  ${l}`)
@@ -476,6 +481,7 @@ friend.command('revoke')
   })
 
 fileCommands(program, client, print)
+exposeCommands(program, client, print)
 downloadCommands(program, client, print)
 exposeCommands(program, client, print)
 locateCommand(program, client, print)
