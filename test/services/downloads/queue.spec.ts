@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { randomBytes, createHash } from 'node:crypto'
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
@@ -9,6 +9,7 @@ import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
 import { DOWNLOAD_RECORD_VERSION, DownloadBook, type Download } from '../../../src/services/downloads/download-book.ts'
 import { DownloadQueue } from '../../../src/services/downloads/queue.ts'
 import { addonFor } from '../../../src/services/downloads/registry.ts'
+import { downloadPartial } from '../../../src/services/downloads/place.ts'
 import { queueSettings, type QueueSettings } from '../../../src/services/downloads/settings.ts'
 import { until } from '../../helpers/chunks.ts'
 import { rangeServer, type RangeServer } from '../../helpers/range-server.ts'
@@ -139,6 +140,20 @@ describe('the download queue', () => {
     // room returns: here by lowering the threshold the queue reads at each look
     settings.minFreeBytes = 0
     await until(() => state(q, 'fffffffffff1') === 'done', 'the download to go on by itself', 15_000)
+    await q.stop()
+  })
+
+  it('never writes through a link planted at its partial, and places nothing', async () => {
+    const { q, dir } = await queue()
+    await mkdir(dir, { recursive: true })
+    const outside = join(root, 'outside.txt')
+    await writeFile(outside, 'not yours')
+    await symlink(outside, downloadPartial(dir, 'ggggggggggg1'))
+    await q.add(record('ggggggggggg1', server.url('/a.bin'), dir, { name: 'g.bin' }))
+    await until(() => state(q, 'ggggggggggg1') === 'failed', 'the download to fail')
+    expect(q.get('ggggggggggg1').error?.code).toBe('DESTINATION_LINK')
+    expect(await readFile(outside, 'utf8')).toBe('not yours')
+    expect(await readdir(dir)).not.toContain('g.bin')
     await q.stop()
   })
 
