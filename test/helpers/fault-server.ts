@@ -39,6 +39,8 @@ export interface Served {
   bytes: number
   /** performance.now() when it came */
   at: number
+  /** Date.now() when it came, to compare with an HTTP-date */
+  wall: number
 }
 
 export interface FaultServer {
@@ -55,12 +57,13 @@ export function etagOf (content: Buffer): string {
   return `"${createHash('sha256').update(content).digest('hex').slice(0, 16)}"`
 }
 
-export async function startFaultServer (fault: (req: IncomingMessage, index: number) => Fault | undefined = () => undefined): Promise<FaultServer> {
+/** `host`: where to listen, 127.0.0.1 unless a test wants ::1 */
+export async function startFaultServer (fault: (req: IncomingMessage, index: number) => Fault | undefined = () => undefined, host = '127.0.0.1'): Promise<FaultServer> {
   const files = new Map<string, Buffer>()
   const log: Served[] = []
   const sockets = new Set<Socket>()
   const server = createServer((req, res) => {
-    const entry: Served = { path: req.url ?? '', range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined, status: 0, bytes: 0, at: performance.now() }
+    const entry: Served = { path: req.url ?? '', range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined, status: 0, bytes: 0, at: performance.now(), wall: Date.now() }
     log.push(entry)
     serve(req, res, entry, fault(req, log.length - 1))
   })
@@ -120,11 +123,11 @@ export async function startFaultServer (fault: (req: IncomingMessage, index: num
     res.end(body)
   }
 
-  server.listen(0, '127.0.0.1')
+  server.listen(0, host)
   await once(server, 'listening')
   const { port } = server.address() as { port: number }
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
     files,
     log,
     sent: path => log.filter(e => e.path === path).reduce((sum, e) => sum + e.bytes, 0),

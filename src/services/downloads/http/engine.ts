@@ -4,10 +4,10 @@ import type { Dispatcher } from 'undici'
 import { KithError } from '../../../errors.ts'
 import type { DownloadContext, DownloadJob, DownloadResult } from '../addon.ts'
 import { CONTROL_INTERVAL_MS, MAX_RESTARTS, MIN_SPLIT_SIZE } from './constants.ts'
-import { loadControl, saveControl, CONTROL_VERSION } from './control-file.ts'
+import { bootId, CONTROL_VERSION, loadControl, saveControl } from './control-file.ts'
 import { makeDispatcher } from './dispatcher.ts'
 import { HashCursor } from './hash-cursor.ts'
-import { RangeSet } from './ranges.ts'
+import { RangeSet, type Range } from './ranges.ts'
 import { discard, HttpError, isRetryable, networkError, open, OriginChanged, type Opened } from './request.ts'
 import { backoffMs, wait } from './retry.ts'
 import { Planner, type Segment } from './segments.ts'
@@ -24,7 +24,8 @@ import { fsError, WriteCache, type Gatherer } from './write-cache.ts'
  * missing (segments.ts); a 200 means one connection from byte 0. Each
  * connection writes through the write-back cache, retries with backoff, and
  * gives its range back when it gives up. The control file is saved every
- * CONTROL_INTERVAL_MS after an fdatasync, and when the attempt ends.
+ * CONTROL_INTERVAL_MS, and after an fdatasync when the attempt ends
+ * (control-file.ts says why not more often).
  *
  * The file changing at the origin (other validators, another size, a 416)
  * starts the download over from nothing, at most MAX_RESTARTS times; a server
@@ -80,6 +81,9 @@ class Attempt {
   private readonly stop = new AbortController()
   private readonly signal: AbortSignal
   private saving: Promise<void> = Promise.resolve()
+  private bootId: string | null = null
+  /** ranges known to be on the disk (the last fdatasync's) */
+  private synced: Range[] = []
   private lastError: unknown
 
   private readonly job: DownloadJob
@@ -102,10 +106,14 @@ class Attempt {
 
   async run (): Promise<DownloadResult> {
     const control = this.fresh ? null : await loadControl(this.ctx.stateDir, this.job.url.href)
+    this.bootId = await bootId()
     this.fh = await openFile(this.ctx.partial, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o644).catch((err: unknown) => { throw fsError(err, this.ctx.partial) })
     let timer: NodeJS.Timeout | undefined
     try {
-      const done = new RangeSet(control?.done)
+      // what was written survives a kill -9 in the page cache, not a reboot (control-file.ts)
+      const sameBoot = control?.bootId != null && control.bootId === this.bootId
+      const done = new RangeSet(sameBoot ? control.done : control?.synced)
+      this.synced = control?.synced ?? []
       // a partial shorter than the control file says was not written as it says: start over
       if (control == null || (await this.fh.stat()).size < done.last) {
         await this.fh.truncate(0)
@@ -123,14 +131,13 @@ class Attempt {
       const size = this.total ?? this.cache.done.size
       if (this.cache.done.size !== size || this.cache.done.prefix !== size) throw new KithError('INTERNAL', `the download ended with ${this.cache.done.size} of ${size} bytes written`)
       await this.fh.truncate(size)
-      await this.fh.datasync()
       const sha256 = await this.hash.finish(this.fh, size, this.ctx.signal)
-      await this.save()
+      await this.save(true)
       return { size, sha256, kind: 'file', ...(this.name != null ? { name: this.name } : {}) }
     } catch (err) {
       if (timer != null) clearInterval(timer)
       // keep what is resumable: the ranges written so far, once on disk
-      if (!(err instanceof OriginChanged) && !(err instanceof RangesRefused)) await this.save().catch(() => {})
+      if (!(err instanceof OriginChanged) && !(err instanceof RangesRefused)) await this.save(true).catch(() => {})
       throw this.ctx.signal.aborted ? this.ctx.signal.reason : err
     } finally {
       await this.saving.catch(() => {})
@@ -138,15 +145,18 @@ class Attempt {
     }
   }
 
-  /** Saves the control file after an fdatasync; saves never overlap. */
-  private save (): Promise<void> {
+  /** Saves the control file; `durable`: after an fdatasync of the partial, so what is written counts as synced. Saves never overlap. */
+  private async save (durable = false): Promise<void> {
     this.saving = this.saving.catch(() => {}).then(async () => {
       if (this.validators == null) return
       const done = this.cache.done.list()
-      await this.fh.datasync()
-      await saveControl(this.ctx.stateDir, { version: CONTROL_VERSION, url: this.job.url.href, total: this.total, validators: this.validators, done })
+      if (durable) {
+        await this.fh.datasync()
+        this.synced = done
+      }
+      await saveControl(this.ctx.stateDir, { version: CONTROL_VERSION, url: this.job.url.href, total: this.total, validators: this.validators, bootId: this.bootId, done, synced: this.synced })
     })
-    return this.saving
+    await this.saving
   }
 
   private async fetch (): Promise<void> {

@@ -12,13 +12,11 @@ export class HashCursor {
   private readonly hash: Hash = createHash('sha256')
   private at = 0
 
-  /** `buffers` were just written at `offset` */
-  written (offset: number, buffers: readonly Buffer[]): void {
+  /** `data` was just written at `offset` */
+  written (offset: number, data: Buffer): void {
     if (offset !== this.at) return
-    for (const b of buffers) {
-      this.hash.update(b)
-      this.at += b.length
-    }
+    this.hash.update(data)
+    this.at += data.length
   }
 
   /** reads what was not hashed on the way, up to `size`; the hex digest */

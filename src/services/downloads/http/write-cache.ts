@@ -5,20 +5,22 @@ import type { HashCursor } from './hash-cursor.ts'
 import { RangeSet } from './ranges.ts'
 
 /**
- * The write-back cache: each connection gathers the pieces it receives
- * (undici hands over ~16-64 KiB at a time) into one block, written with a
- * single positioned writev once full, or when the connection's bytes stop
+ * The write-back cache: each connection copies the pieces it receives
+ * (undici hands over ~16-64 KiB at a time) into a block of its own, written
+ * with one positioned write once full, or when the connection's bytes stop
  * being contiguous, or when it ends. Fewer, larger writes at few places
- * instead of one small random write per piece.
+ * instead of one small random write per piece; and the pieces die young, so
+ * the garbage collector frees them cheaply.
  *
- * Memory stays within the budget whatever the connection count: each
- * connection's block is the budget shared out (at most MAX_BLOCK, at least
- * MIN_BLOCK), and a connection awaits its block's write before it reads more
- * from its socket, which is the backpressure: the kernel's TCP window then
- * slows the server.
+ * Each connection has two blocks: one is written while the other fills, so
+ * the socket is read during the write. Memory stays within the budget
+ * whatever the connection count: the blocks are the budget shared out (at
+ * most MAX_BLOCK, at least MIN_BLOCK each), and a connection whose two blocks
+ * are both busy waits for its write before it reads more from its socket:
+ * that is the backpressure, the kernel's TCP window then slows the server.
  *
- * `done` holds what has been written (not yet necessarily fsync'ed: the
- * control file is saved only after an fdatasync, see engine.ts).
+ * `done` holds what has been written (not yet necessarily on the disk: see
+ * the control file's boot id in control-file.ts).
  */
 export class WriteCache {
   readonly done: RangeSet
@@ -30,7 +32,7 @@ export class WriteCache {
     this.fh = fh
     this.hash = hash
     this.done = done
-    this.blockSize = Math.max(MIN_BLOCK, Math.min(MAX_BLOCK, Math.floor(budget / Math.max(1, connections))))
+    this.blockSize = Math.max(MIN_BLOCK, Math.min(MAX_BLOCK, Math.floor(budget / (2 * Math.max(1, connections)))))
   }
 
   /** a gatherer for one connection */
@@ -38,26 +40,28 @@ export class WriteCache {
     return new Gatherer(this)
   }
 
-  /** @internal */
-  async write (offset: number, buffers: Buffer[], size: number): Promise<void> {
+  /** @internal writes `data` at `offset` in full */
+  async write (offset: number, data: Buffer): Promise<void> {
     let at = 0
-    // writev may write less than asked (rarely, on regular files): go on from where it stopped
-    while (at < size) {
-      const rest = at === 0 ? buffers : sliceFrom(buffers, at)
-      const { bytesWritten } = await this.fh.writev(rest, offset + at).catch((err: unknown) => { throw fsError(err, 'the partial file') })
-      if (bytesWritten === 0) throw new Error('writev wrote nothing')
+    // a write may be short (rarely, on regular files): go on from where it stopped
+    while (at < data.length) {
+      const { bytesWritten } = await this.fh.write(data, at, data.length - at, offset + at).catch((err: unknown) => { throw fsError(err, 'the partial file') })
+      if (bytesWritten === 0) throw new Error('write wrote nothing')
       at += bytesWritten
     }
-    this.done.add(offset, offset + size)
-    this.hash.written(offset, buffers)
+    this.done.add(offset, offset + data.length)
+    this.hash.written(offset, data)
   }
 }
 
 export class Gatherer {
+  private readonly cache: WriteCache
+  /** the block filling, and the spare (null while it is being written) */
+  private block: Buffer | null = null
+  private spare: Buffer | null = null
   private start = 0
   private size = 0
-  private chunks: Buffer[] = []
-  private readonly cache: WriteCache
+  private writing: Promise<void> | null = null
 
   constructor (cache: WriteCache) {
     this.cache = cache
@@ -66,30 +70,36 @@ export class Gatherer {
   /** Adds `chunk`, the bytes at `offset`; resolves once the gatherer may take more. */
   async push (offset: number, chunk: Buffer): Promise<void> {
     if (this.size > 0 && this.start + this.size !== offset) await this.flush()
-    if (this.size === 0) this.start = offset
-    this.chunks.push(chunk)
-    this.size += chunk.length
-    if (this.size >= this.cache.blockSize) await this.flush()
+    let at = 0
+    while (at < chunk.length) {
+      if (this.size === 0) this.start = offset + at
+      this.block ??= Buffer.allocUnsafe(this.cache.blockSize)
+      const n = chunk.copy(this.block, this.size, at)
+      this.size += n
+      at += n
+      if (this.size === this.block.length) await this.send()
+    }
   }
 
-  /** Writes what it holds (the bytes are good whatever stopped the connection). */
+  /** Writes what it holds (the bytes are good whatever stopped the connection), and waits for every write. */
   async flush (): Promise<void> {
-    if (this.size === 0) return
-    const { start, chunks, size } = this
-    this.chunks = []
-    this.size = 0
-    await this.cache.write(start, chunks, size)
+    if (this.size > 0) await this.send()
+    await this.writing
   }
-}
 
-function sliceFrom (buffers: Buffer[], skip: number): Buffer[] {
-  const out: Buffer[] = []
-  for (const b of buffers) {
-    if (skip >= b.length) { skip -= b.length; continue }
-    out.push(skip > 0 ? b.subarray(skip) : b)
-    skip = 0
+  /** Starts writing the filling block, after the previous write ends; fills the spare meanwhile. */
+  private async send (): Promise<void> {
+    await this.writing
+    const block = this.block!
+    const data = block.subarray(0, this.size)
+    const start = this.start
+    this.block = this.spare
+    this.spare = null
+    this.size = 0
+    this.writing = this.cache.write(start, data).then(() => { this.spare = block })
+    // a failed write surfaces at the next send or flush
+    this.writing.catch(() => {})
   }
-  return out
 }
 
 /** A file system error met while writing as a KithError where it has one (a full disk, a link in the way). */

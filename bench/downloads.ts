@@ -1,0 +1,147 @@
+import { spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
+import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
+import { NODE } from '../test/helpers/testnet.ts'
+import { fmt, JsonChild, MB, MiB, mbps, median, table, writeRandomFile } from './lib.ts'
+
+/**
+ * The downloads section of `npm run bench` (`--section downloads`): a file
+ * served by a real nginx on 127.0.0.1, fetched by kith's HTTP engine with 1
+ * and 8 connections, next to curl and aria2c (-x8 -s8) in the same run, on
+ * the same machine, to the same disk:
+ *
+ *   uncapped   BENCH_SIZE_MIB (1024) MiB from nginx; MB/s (median of
+ *              BENCH_RUNS, 3) and each one's ratio to aria2c's; peak RSS.
+ *              Target: kith at 8 connections >= 0.9 of aria2c, peak RSS
+ *              <= 150 MB.
+ *   limited    nginx `limit_rate 10m` (per connection), a smaller file
+ *              (BENCH_LIMITED_MIB, 128): kith at 8 connections against 1.
+ *              Target: >= 6x.
+ *
+ * kith's figures are its engine driven directly (test/helpers/http-get.ts, the
+ * queue's way: a bandwidth scheduler flow, the write-back cache, SHA-256),
+ * not `kith get` through a daemon: the daemon's queue was not there when this
+ * was written. Every download's file is checked against the source's
+ * SHA-256. Peak RSS of kith's child is its own getrusage figure; of curl and
+ * aria2c, VmHWM read from /proc every 20 ms until they exit (a lower bound).
+ */
+const HERE = dirname(fileURLToPath(import.meta.url))
+const GET = join(HERE, '..', 'test', 'helpers', 'http-get.ts')
+const TARGET_RATIO = 0.9
+const TARGET_RSS = 150 * MB
+const TARGET_LIMITED = 6
+
+type Log = (message: string) => void
+
+interface Sample { ms: number, peakRss: number, cpuMs?: number }
+
+export interface DownloadsRow { figure: string, value: number, unit: 'MB/s' | 'MB' | 'x', samples: number[], ratio?: number, of?: string, target?: string, met?: boolean, note?: string }
+
+async function sha256 (path: string): Promise<string> {
+  const hash = createHash('sha256')
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer)
+  return hash.digest('hex')
+}
+
+/** Runs a command to its exit, polling its VmHWM; rejects on a non-zero exit. */
+async function timed (command: string, args: string[]): Promise<Sample> {
+  const started = performance.now()
+  const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  let peakRss = 0
+  const poll = setInterval(() => {
+    readFile(`/proc/${child.pid}/status`, 'utf8').then(s => {
+      const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(s)
+      if (m != null) peakRss = Math.max(peakRss, Number(m[1]) * 1024)
+    }, () => {})
+  }, 20)
+  const code = await new Promise<number | null>(resolve => child.once('close', resolve))
+  clearInterval(poll)
+  const ms = performance.now() - started
+  if (code !== 0) throw new Error(`${command} exited with ${code}: ${stderr.slice(-2000)}`)
+  return { ms, peakRss }
+}
+
+async function kith (url: string, out: string, connections: number): Promise<Sample> {
+  const child = new JsonChild(NODE, [...DAEMON_STARTUP_FLAGS, GET, url, out, String(connections)], DAEMON_ENV)
+  const r = await child.next<{ bytes: number, ms: number, peakRss: number, cpuMs: number }>()
+  return { ms: r.ms, peakRss: r.peakRss, cpuMs: r.cpuMs }
+}
+
+export async function downloadsBench (log: Log, runs: number, sizeBytes: number, limitedBytes: number): Promise<DownloadsRow[]> {
+  const missing = needsNginx()
+  if (missing != null) throw new Error(missing)
+  const work = await mkdtemp(join(tmpdir(), 'kith-bench-dl-'))
+  const root = join(work, 'www')
+  const outDir = join(work, 'out')
+  await mkdir(root)
+  await mkdir(outDir)
+  const rows: DownloadsRow[] = []
+  const nginx = await startNginx({ root, server: `location /limited/ { alias ${root}/; limit_rate 10m; }` })
+  try {
+    log(`downloads: writing ${sizeBytes / MiB} MiB and ${limitedBytes / MiB} MiB of random data`)
+    await writeRandomFile(join(root, 'big.bin'), sizeBytes)
+    await writeRandomFile(join(root, 'small.bin'), limitedBytes)
+    const want = { big: await sha256(join(root, 'big.bin')), small: await sha256(join(root, 'small.bin')) }
+
+    const out = join(outDir, 'file')
+    type Tool = { name: string, file: 'big' | 'small', limited: boolean, go: (url: string) => Promise<Sample> }
+    const tools: Tool[] = [
+      { name: 'curl', file: 'big', limited: false, go: async url => await timed('curl', ['-sS', '--fail', '-o', out, url]) },
+      { name: 'aria2c -x8 -s8', file: 'big', limited: false, go: async url => await timed('aria2c', ['-x8', '-s8', '--file-allocation=none', '--allow-overwrite=true', '--auto-file-renaming=false', '--summary-interval=0', '--console-log-level=warn', '-q', '-d', outDir, '-o', 'file', url]) },
+      { name: 'kith engine, 1 connection', file: 'big', limited: false, go: async url => await kith(url, out, 1) },
+      { name: 'kith engine, 8 connections', file: 'big', limited: false, go: async url => await kith(url, out, 8) },
+      { name: 'kith engine, 1 connection, limit_rate 10m', file: 'small', limited: true, go: async url => await kith(url, out, 1) },
+      { name: 'kith engine, 8 connections, limit_rate 10m', file: 'small', limited: true, go: async url => await kith(url, out, 8) }
+    ]
+    const samples = new Map<string, Sample[]>(tools.map(t => [t.name, []]))
+    // rounds: one run of each per round, so load from other work spreads evenly
+    for (let round = 1; round <= runs; round++) {
+      for (const tool of tools) {
+        const url = `${nginx.url}/${tool.limited ? 'limited/' : ''}${tool.file}.bin`
+        await rm(out, { force: true })
+        const s = await tool.go(url)
+        const bytes = (await stat(out)).size
+        const expected = tool.file === 'big' ? sizeBytes : limitedBytes
+        if (bytes !== expected || await sha256(out) !== want[tool.file]) throw new Error(`${tool.name}: the file is not the source (${bytes} of ${expected} bytes)`)
+        samples.get(tool.name)!.push(s)
+        log(`downloads round ${round}/${runs}: ${tool.name}: ${fmt(mbps(bytes, s.ms))} MB/s, peak RSS ${fmt(s.peakRss / MB)} MB${s.cpuMs != null ? `, CPU ${fmt(s.cpuMs / s.ms, 2)} of a core` : ''}`)
+      }
+      await rm(out, { force: true })
+    }
+    const rate = (name: string, bytes: number): number[] => samples.get(name)!.map(s => mbps(bytes, s.ms))
+    const aria = median(rate('aria2c -x8 -s8', sizeBytes))
+    for (const tool of tools.filter(t => !t.limited)) {
+      const values = rate(tool.name, sizeBytes)
+      const value = median(values)
+      const rss = Math.max(...samples.get(tool.name)!.map(s => s.peakRss))
+      const eight = tool.name === 'kith engine, 8 connections'
+      rows.push({
+        figure: `downloads: ${tool.name}`,
+        value,
+        unit: 'MB/s',
+        samples: values,
+        ratio: value / aria,
+        of: 'aria2c -x8 -s8',
+        ...(eight ? { target: `>= ${TARGET_RATIO} of aria2c, peak RSS <= ${TARGET_RSS / MB} MB`, met: value / aria >= TARGET_RATIO && rss <= TARGET_RSS } : {}),
+        note: `peak RSS ${fmt(rss / MB)} MB`
+      })
+    }
+    const one = median(rate('kith engine, 1 connection, limit_rate 10m', limitedBytes))
+    const eight = median(rate('kith engine, 8 connections, limit_rate 10m', limitedBytes))
+    rows.push({ figure: 'downloads: kith engine, limit_rate 10m, 1 connection', value: one, unit: 'MB/s', samples: rate('kith engine, 1 connection, limit_rate 10m', limitedBytes) })
+    rows.push({ figure: 'downloads: kith engine, limit_rate 10m, 8 connections', value: eight, unit: 'MB/s', samples: rate('kith engine, 8 connections, limit_rate 10m', limitedBytes), ratio: eight / one, of: '1 connection', target: `>= ${TARGET_LIMITED}x`, met: eight / one >= TARGET_LIMITED })
+    log('\n' + table(['figure', 'MB/s', 'ratio', 'note'], rows.map(r => [r.figure, fmt(r.value), r.ratio != null ? `${fmt(r.ratio, 2)} of ${r.of}` : '', r.note ?? ''])))
+    return rows
+  } finally {
+    await nginx.stop()
+    await rm(work, { recursive: true, force: true })
+  }
+}
