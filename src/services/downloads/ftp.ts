@@ -48,6 +48,13 @@ function target (url: URL, options: Readonly<Record<string, unknown>>): FtpTarge
   return { host: url.hostname.replace(/^\[|\]$/g, ''), port: url.port === '' ? 21 : Number(url.port), path, name, user, password, secure: scheme === 'ftps', ca }
 }
 
+/** The ftps authority file of option ca. */
+async function readCa (path: string): Promise<Buffer> {
+  return await readFile(path).catch((err: Error) => {
+    throw new KithError('URL_INVALID', `the ftps option ca names ${path}, which can't be read: ${err.message}`)
+  })
+}
+
 /** basic-ftp's failures, as KithErrors with codes; `what` names the file or server. */
 function ftpError (err: unknown, what: string): unknown {
   if (err instanceof KithError) return err
@@ -74,7 +81,7 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
       user: t.user,
       password: t.password,
       secure: t.secure,
-      secureOptions: t.ca === undefined ? undefined : { ca: await readFile(t.ca), servername: t.host }
+      secureOptions: t.ca === undefined ? undefined : { ca: await readCa(t.ca) }
     })
     const size = await client.size(t.path)
     // MDTM with the size tells a changed file; a server without MDTM has only the size
