@@ -81,7 +81,7 @@ describe('downloads', () => {
     expect((await dl.cli('get', server.url('/small.bin'), '--limit', 'fast')).stderr).toContain('USAGE')
   })
 
-  it('pause, priority and resume from the CLI, then kill -9 mid-download: the restarted daemon goes on from what it had; cancel keeps nothing', async () => {
+  it('pause, priority, resume and limit from the CLI, then kill -9 mid-download: the restarted daemon goes on from what it had; cancel keeps nothing', async () => {
     const dest = join(dl.home, 'killed.bin')
     const served = (): number => slow.hits.get('/big.bin') ?? 0
     const { downloads: [d] } = await dl.json('get', slow.url('/big.bin'), '-o', dest, '--detach', '--connections', '1', '--priority', 'background')
@@ -105,6 +105,7 @@ describe('downloads', () => {
     const { downloads: [c] } = await dl.json('get', server.url('/big.bin'), '-o', join(dl.home, 'cancelled.bin'), '--detach', '--limit', '64KiB/s')
     expect(c.limit).toBe(64 * 1024)
     await waitFor(async () => (await downloadOf(c.id))?.doneBytes > 0, 'some bytes')
+    expect((await dl.json('limit', c.id, '32KiB/s')).download.limit).toBe(32 * 1024)
     expect((await dl.json('cancel', c.id)).download.state).toBe('cancelled')
     expect((await readdir(dl.home)).filter(f => f.startsWith('cancelled') || f.endsWith('.kith-partial'))).toEqual([])
     expect((await dl.cli('cancel', c.id)).stderr).toContain('DOWNLOAD_STATE')

@@ -74,7 +74,8 @@ const schemas = {
     connections: z.number().int().optional(),
     checksum: z.string().max(100).optional(),
     options: z.record(z.string().max(64), z.unknown()).optional()
-  }).strict()
+  }).strict(),
+  downloadLimit: z.object({ limit: z.union([z.number(), z.string().max(32)]).nullable() }).strict()
 }
 
 function body<T> (schema: z.ZodType<T>, value: unknown): T {
@@ -239,6 +240,11 @@ export function routes (daemon: Daemon): Route[] {
       method: 'POST',
       path: /^\/v1\/downloads\/(?<id>[0-9a-f]{4,12})\/priority$/,
       handler: async ({ params, body: b }) => await daemon.downloads.setPriority(params.id!, body(schemas.priority, b).priority)
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/downloads\/(?<id>[0-9a-f]{4,12})\/limit$/,
+      handler: async ({ params, body: b }) => await daemon.downloads.setLimit(params.id!, body(schemas.downloadLimit, b).limit)
     },
     // friend services (docs/services.md)
     { method: 'GET', path: /^\/v1\/services$/, handler: async () => ({ services: daemon.services.list() }) },

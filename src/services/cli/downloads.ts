@@ -11,7 +11,7 @@ import { PRIORITIES } from '../../transfer/scheduler/types.ts'
 import { bytes, duration, table, terminalJson, terminalText } from './format.ts'
 
 /**
- * Download commands: get, downloads, and pause, resume, cancel and priority,
+ * Download commands: get, downloads, limit, and pause, resume, cancel and priority,
  * which act on downloads and friend fetches alike (one queue, one id space).
  * `get` follows the daemon's events and draws one progress bar over what it
  * queued, or prints JSON progress lines with --json. Thin: types and light
@@ -200,5 +200,19 @@ export function downloadCommands (program: Command, client: Client, print: Print
       const result = await (await client(cmd)).call<Controlled>('POST', `/v1/downloads/${id}/priority`, { priority: level })
       const item = itemOf(result)
       print(opts.json, result, () => `${item.id} is now ${item.priority}`)
+    })
+
+  program.command('limit')
+    .description('change one download\'s own speed limit while it runs (the node\'s caps are `kith limits`)')
+    .argument('<id>', 'id from `kith downloads`')
+    .argument('<rate>', 'like 2MB/s, or none')
+    .option('--json', 'print as JSON')
+    .action(async (id: string, rate: string, opts: { json?: boolean }, cmd: Command) => {
+      checkId(id)
+      const limit = rate === 'none' || rate === 'unlimited' ? null : parseRate(rate)
+      if (limit === undefined) throw new KithError('USAGE', `a rate is like 2MB/s, or none; got ${JSON.stringify(rate)}`)
+      const result = await (await client(cmd)).call<{ download: DownloadView }>('POST', `/v1/downloads/${id}/limit`, { limit })
+      const d = result.download
+      print(opts.json, result, () => `${d.id} ${d.limit === null ? 'has no limit of its own' : `is limited to ${bytes(d.limit)}/s`}`)
     })
 }

@@ -194,6 +194,17 @@ export class DownloadService extends EventEmitter<{ event: [DownloadEvent] }> {
     return { transfer: await this.fetchesOr(id).setPriority(id, priority) }
   }
 
+  /** A download's own limit (bytes/s or a rate like '2MB/s'; null for none). Friend fetches have none of their own. */
+  async setLimit (id: string, limit: number | string | null): Promise<Controlled> {
+    const rate = typeof limit === 'string' ? parseRate(limit) : limit
+    if (rate === undefined) throw new KithError('BAD_REQUEST', `limit is a rate like 2MB/s, or bytes per second, or null for none; got ${JSON.stringify(limit)}`)
+    if (this.book.find(id) === undefined) {
+      this.fetchesOr(id)
+      throw new KithError('BAD_REQUEST', `${id} is a friend fetch: it has no limit of its own (friends' fetches share the caps by class; see \`kith limits\`)`)
+    }
+    return { download: publicView(await this.queue.setLimit(id, rate)) }
+  }
+
   /**
    * The whole queue's time left, downloads and friend fetches together:
    * the bytes left in every running or queued one of known size over the

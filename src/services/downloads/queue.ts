@@ -128,6 +128,20 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
     return await this.save({ ...record, priority })
   }
 
+  /** Changes a download's own limit (bytes/s, null for none); a running one goes by it from its next take. */
+  async setLimit (id: string, limit: number | null): Promise<Download> {
+    if (limit !== null && !(limit >= 1 && Number.isFinite(limit))) throw new KithError('BAD_REQUEST', 'a limit is a rate in bytes per second, at least 1, or null for none')
+    const record = this.get(id)
+    if (FINAL_STATES.includes(record.state)) throw new KithError('DOWNLOAD_STATE', `download ${record.id} is already ${record.state}`)
+    const run = this.running.get(record.id)
+    if (run !== undefined) {
+      if (limit === null) run.limiter = null
+      else if (run.limiter === null) run.limiter = new TokenBucket(limit)
+      else run.limiter.setRate(limit)
+    }
+    return await this.save({ ...record, limit })
+  }
+
   /**
    * What the queue still has to move, for the whole queue's ETA (index.ts):
    * bytes left in downloads of known size that are running or queued, the

@@ -100,6 +100,9 @@ describe('the download queue', () => {
     await q.add(record('ddddddddddd1', slow.url('/slow.bin'), dir, { name: 'slow.bin' }))
     await until(() => q.get('ddddddddddd1').doneBytes > 0, 'some bytes')
     expect((await q.setPriority('ddddddddddd1', 'urgent')).priority).toBe('urgent')
+    expect((await q.setLimit('ddddddddddd1', 10 * 1024 * 1024)).limit).toBe(10 * 1024 * 1024)
+    expect((await q.setLimit('ddddddddddd1', null)).limit).toBe(null)
+    await expect(q.setLimit('ddddddddddd1', 0)).rejects.toMatchObject({ code: 'BAD_REQUEST' })
     expect((await q.pause('ddddddddddd1')).state).toBe('paused')
     const before = slow.hits.get('/slow.bin') ?? 0
     await expect(q.pause('ddddddddddd1')).resolves.toMatchObject({ state: 'paused' })
