@@ -135,6 +135,8 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     // the changed chunk or two of big.bin (4 MiB at most each), new.txt, the trees on the way, the snapshot: on two hosts
     expect(second.newBlobs).toBeLessThanOrEqual(8)
     expect(second.sentBytes).toBeLessThan(firstSent / 2)
+    // only the two changed files were read again
+    expect(second.readBytes).toBe(6 * 1024 * 1024 + 'a few new bytes'.length + 'new\n'.length)
 
     const out = join(owner.home, '..', 'restored-2')
     const restore = await owner.cli('backup', 'restore', '2', '--path', 'tree/docs', '-o', out, '--json')

@@ -19,6 +19,7 @@ import type { Identity } from '../../peer/identity.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import type { FriendBook } from '../../trust/friends.ts'
 import type { TransferEngine } from '../engine/index.ts'
+import { FileCache } from './file-cache.ts'
 import { forgetSnapshots, type ForgetOptions, type ForgetResult } from './forget.ts'
 import { deriveBackupKeys, type BackupKeys } from './keys.ts'
 import { LevelOwnerIndex, type SnapshotRecord } from './owner-index.ts'
@@ -112,6 +113,7 @@ export class BackupService extends EventEmitter<{ event: [BackupEvent] }> {
       publicKey: identity.publicKey,
       keys: deriveBackupKeys(identity.secretKey.subarray(0, 32)),
       index: LevelOwnerIndex.open(init.db),
+      files: new FileCache(init.db),
       host: peer => this.client(peer)
     }
   }

@@ -4,6 +4,7 @@
  */
 import { KithError, asKithError } from '../../errors.ts'
 import { openBlob } from './blob.ts'
+import type { FileCache } from './file-cache.ts'
 import type { BackupKeys } from './keys.ts'
 import type { BlobKind, LevelOwnerIndex } from './owner-index.ts'
 import type { BackupClient } from './protocol.ts'
@@ -17,6 +18,8 @@ export interface BackupParts {
   publicKey: Uint8Array
   keys: BackupKeys
   index: LevelOwnerIndex
+  /** what files held when last read: unchanged files are not read again */
+  files: FileCache
   /** the client for one host (peer id) */
   host: (peer: string) => BackupClient
 }

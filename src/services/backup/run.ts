@@ -11,7 +11,7 @@
  * bottom up; the signed snapshot blob comes last, after every blob it needs
  * is placed, and only then is the snapshot in the index.
  */
-import { createReadStream } from 'node:fs'
+import { createReadStream, type BigIntStats } from 'node:fs'
 import { lstat, readdir, readlink } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { createHash } from 'node:crypto'
@@ -64,6 +64,8 @@ export interface RunResult {
   blobs: number
   newBlobs: number
   sentBytes: number
+  /** bytes read from files: files unchanged since a run read them are not read again */
+  readBytes: number
   /** what was left out, and why (sockets, unreadable files...) */
   skipped: Array<{ path: string, reason: string }>
 }
@@ -111,6 +113,27 @@ class Placer {
     const tracked = job.finally(() => { this.running.delete(tracked) })
     this.running.add(tracked)
     return id
+  }
+
+  /**
+   * True when every one of `ids` (a file's data blobs, from the file cache)
+   * is on enough hosts: they are then counted as this snapshot's without
+   * reading the file. False sends the caller back to the file.
+   */
+  async placed (ids: string[]): Promise<boolean> {
+    this.check()
+    for (const id of ids) {
+      if (this.seen.has(id)) continue
+      const record = await this.parts.index.blob(id)
+      if (record == null || record.kind !== 'data' || record.hosts.length < this.options.replicas) return false
+    }
+    for (const id of ids) {
+      if (this.seen.has(id)) continue
+      this.seen.add(id)
+      this.needs.push([id, 'data'])
+    }
+    if (this.needs.length >= NEEDS_BATCH) await this.flushNeeds()
+    return true
   }
 
   /** Waits for every placement under way; throws the first failure. */
@@ -184,6 +207,7 @@ class Placer {
 class Walk {
   readonly stats: SnapshotStats = { files: 0, dirs: 0, links: 0, bytes: 0 }
   readonly skipped: Array<{ path: string, reason: string }> = []
+  readBytes = 0
   private readonly placer: Placer
   private readonly parts: BackupParts
   private readonly options: RunOptions
@@ -215,7 +239,7 @@ class Walk {
         return { ...common, type: 'symlink', target }
       }
       if (info.isDirectory()) return { ...common, type: 'dir', tree: await this.dir(path) }
-      if (info.isFile()) return { ...common, type: 'file', ...await this.file(path) }
+      if (info.isFile()) return { ...common, type: 'file', ...await this.file(path, info) }
     } catch (err) {
       // a file or folder that can't be read is left out; anything else (a host, the index, an abort) ends the run
       if (!isSourceError(err)) throw err
@@ -245,7 +269,15 @@ class Walk {
     return ids
   }
 
-  private async file (path: string): Promise<{ size: number, chunks: string[] }> {
+  private async file (path: string, info: BigIntStats): Promise<{ size: number, chunks: string[] }> {
+    const known = await this.parts.files.chunks(path, info)
+    if (known != null && await this.placer.placed(known)) {
+      const size = Number(info.size)
+      this.stats.files++
+      this.stats.bytes += size
+      this.report()
+      return { size, chunks: known }
+    }
     const chunks: string[] = []
     let size = 0
     const stream = createReadStream(path, { highWaterMark: READ_SIZE, ...(this.options.signal != null ? { signal: this.options.signal } : {}) })
@@ -253,6 +285,7 @@ class Walk {
       for await (const chunk of cdcChunks(stream, this.parts.keys.gear)) {
         chunks.push(await this.placer.place('data', chunk))
         size += chunk.length
+        this.readBytes += chunk.length
         this.stats.bytes += chunk.length
         this.report()
       }
@@ -263,6 +296,7 @@ class Walk {
       throw err
     }
     this.stats.files++
+    await this.parts.files.remember(path, info, chunks)
     return { size, chunks }
   }
 
@@ -326,7 +360,7 @@ export async function runBackup (parts: BackupParts, options: RunOptions): Promi
     const snapshot: SnapshotRecord = { seq, id, created: at, label: options.label, paths: options.paths, tree, stats: { ...walk.stats, blobs: placer.blobs } }
     await index.putSnapshot(snapshot)
     walk.report(true)
-    return { snapshot, blobs: placer.blobs, newBlobs: placer.newBlobs, sentBytes: placer.sentBytes, skipped: walk.skipped }
+    return { snapshot, blobs: placer.blobs, newBlobs: placer.newBlobs, sentBytes: placer.sentBytes, readBytes: walk.readBytes, skipped: walk.skipped }
   } catch (err) {
     await placer.settle()
     throw err

@@ -103,7 +103,7 @@ export function backupCommand (program: Command, client: Client, print: Print): 
       if (opts.json === true) { console.log(terminalJson({ result: r })); return }
       print(false, { result: r }, () => [
         `snapshot ${r.snapshot.seq} (${r.snapshot.id.slice(0, 12)}): ${r.snapshot.stats.files} files, ${bytes(r.snapshot.stats.bytes)}`,
-        `${r.newBlobs} of ${r.blobs} pieces were new; sent ${bytes(r.sentBytes)}`,
+        `${r.newBlobs} of ${r.blobs} pieces were new; read ${bytes(r.readBytes)} (unchanged files are not read again), sent ${bytes(r.sentBytes)}`,
         ...r.skipped.map(s => `skipped ${s.path}: ${s.reason}`)
       ].join('\n'))
     })
