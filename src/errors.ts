@@ -184,6 +184,8 @@ export const ERROR_CODES = {
   RECOVERY_NOT_FOUND: 404,
   /** kith restore makes a new home: it refuses one that already holds an identity or a database */
   HOME_NOT_EMPTY: 409,
+  /** a host failed `kith backup audit` (or could not be reached): the report says which and how */
+  BACKUP_AUDIT_FAILED: 502,
   // backup hosting: the host book and /kith/backup/1.0.0 (src/services/backup/host*.ts, protocol.ts)
   /** the host has not granted this friend backup (or I asked a stranger) */
   BACKUP_NOT_GRANTED: 403,

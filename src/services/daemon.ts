@@ -260,6 +260,12 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.fileService
   }
 
+  /** Sets the name friends see in my invites, kept across restarts (kith restore brings the old one back). */
+  async setDisplayName (name: string): Promise<void> {
+    this.meta.name = displayNameSchema.parse(name)
+    await sublevel<Meta>(this.db, 'meta').put('node', this.meta)
+  }
+
   /** audits, repair, health and the recovery record of my backups (src/services/backup/care.ts) */
   get care (): BackupCare {
     if (this.backupCare == null) throw new KithError('INTERNAL', 'backup care is not started')

@@ -12,7 +12,7 @@
  *     answers;
  *  5. writes the friend book (revoked friends stay revoked), the backup index
  *     (blobs, hosts, snapshots and what each needs) and the record's seq, so
- *     the next record pushed is newer than any a host holds; then the name;
+ *     the next record pushed is newer than any a host holds, and the name;
  *  6. stops the node: `kith start` runs it, and `kith backup list|restore` work.
  */
 import { access } from 'node:fs/promises'
@@ -96,7 +96,7 @@ export async function recoverHome (opts: RecoverHomeOptions): Promise<RecoverHom
   step(`identity ${owner} made from the phrase`)
   const start = { home: opts.home, ...(opts.passphrase != null ? { passphrase: opts.passphrase } : {}), ...(opts.listen != null ? { listen: opts.listen } : {}) }
 
-  let daemon = await Daemon.start(start)
+  const daemon = await Daemon.start(start)
   let result: RecoverHomeResult
   try {
     const key = deriveBackupKey(seed, 'recovery')
@@ -142,6 +142,7 @@ export async function recoverHome (opts: RecoverHomeOptions): Promise<RecoverHom
       await index.putSnapshot(s.record)
     }
     await daemon.care.book.setRecoverySeq(best.seq)
+    await daemon.setDisplayName(content.name)
     result = {
       peerId: owner,
       name: content.name,
@@ -151,11 +152,6 @@ export async function recoverHome (opts: RecoverHomeOptions): Promise<RecoverHom
       blobs: content.blobs.length
     }
   } finally {
-    await daemon.stop()
-  }
-  // the name friends knew: kept by the daemon's own start
-  if (result.name !== daemon.displayName) {
-    daemon = await Daemon.start({ ...start, name: result.name })
     await daemon.stop()
   }
   return result

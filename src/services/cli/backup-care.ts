@@ -1,4 +1,5 @@
 import type { Command } from 'commander'
+import { KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { AuditReport } from '../backup/care.ts'
 import type { AuditOutcome } from '../backup/audit.ts'
@@ -35,7 +36,10 @@ export function backupCareCommands (backup: Command, client: Client, print: Prin
           ? [`repair: ${report.repair.short} blob(s) short of copies, ${report.repair.placed} copies placed, ${report.repair.unmet} still short (see \`kith backup health\`)`]
           : [])
       ].join('\n'))
-      if (report.audits.some(a => !a.ok)) process.exitCode = 1
+      const failed = report.audits.filter(a => !a.ok)
+      if (failed.length > 0) {
+        throw new KithError('BACKUP_AUDIT_FAILED', `${failed.map(a => label(a.host)).join(', ')} failed the audit or did not answer; \`kith backup health\` shows what is missing and where it was copied`)
+      }
     })
 
   backup.command('health')
