@@ -5,6 +5,7 @@
  *
  *   https://host/path/video.m3u8     (any http(s) URL ending in .m3u8)
  *   hls+https://host/path/playlist   (hls+http:// too: an HLS playlist whatever its name)
+ *   hls://host/path/playlist         (the same as hls+https://)
  *
  * The joined file is the segments' bytes end to end: MPEG-TS segments join
  * into a playable .ts; fMP4 segments after their initialisation section
@@ -39,11 +40,12 @@ interface HlsState {
   length: number
 }
 
-/** The http(s) URL of the playlist (hls+https://x is https://x). */
+/** The http(s) URL of the playlist. */
 function playlistUrl (url: URL, options: Readonly<Record<string, unknown>>): { url: URL, maxBandwidth: number | undefined } {
   const opts = new AddonOptions('hls', options, OPTIONS)
   const maxBandwidth = opts.integer('maxBandwidth', 1, Number.MAX_SAFE_INTEGER)
-  const href = url.href.replace(/^hls\+/i, '')
+  // hls+https://x is https://x; hls://x is https://x as well
+  const href = url.protocol.toLowerCase() === 'hls:' ? 'https:' + url.href.slice(4) : url.href.replace(/^hls\+/i, '')
   const plain = new URL(href)
   if (plain.protocol !== 'http:' && plain.protocol !== 'https:') throw new KithError('URL_INVALID', `an HLS playlist is fetched over http(s): give https://.../video.m3u8 or hls+https://... (not ${url.protocol}//)`)
   if (plain.hostname === '') throw new KithError('URL_INVALID', 'an HLS URL names a host, like https://example.org/video.m3u8')

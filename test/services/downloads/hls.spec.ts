@@ -83,5 +83,6 @@ describeNeeding('hls add-on against nginx', [needsNginx()], () => {
     }
     expect(() => hlsAddon.check!(new URL(`${nginx.url}/master.m3u8`), { maxBandwidth: -1 })).toThrow(expect.objectContaining({ code: 'URL_INVALID' }))
     expect(() => hlsAddon.check!(new URL('hls+ftp://x/a.m3u8'), {})).toThrow(expect.objectContaining({ code: 'URL_INVALID' }))
+    expect(() => hlsAddon.check!(new URL('hls://example.org/a.m3u8'), {})).not.toThrow()
   })
 })
