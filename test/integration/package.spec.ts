@@ -54,10 +54,10 @@ describe('the npm package', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  it('carries the built JavaScript, its source maps and type declarations, and no sources, tests, benchmarks or CI', () => {
+  it('carries the built JavaScript, its source maps and type declarations, the dashboard\'s pages, and no sources, tests, benchmarks or CI', () => {
     const files = packed.files.map(f => f.path)
     expect(files).toContain('bin/kith.js')
-    expect(files).toEqual(expect.arrayContaining(['dist/services/cli/main.js', 'dist/services/cli/main.js.map', 'dist/services/cli/main.d.ts', 'dist/services/daemon.js']))
+    expect(files).toEqual(expect.arrayContaining(['dist/services/cli/main.js', 'dist/services/cli/main.js.map', 'dist/services/cli/main.d.ts', 'dist/services/daemon.js', 'web/dashboard/index.html', 'web/dashboard/app.js']))
     expect(files.filter(f => /^(src|test|bench|\.ci|scratch|node_modules)\//.test(f) || f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([])
   })
 

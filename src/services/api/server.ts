@@ -3,11 +3,14 @@ import { timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { KithError, asKithError } from '../../errors.ts'
 import type { Route, EventSource } from './routes.ts'
+import { createDashboard, type Dashboard } from './dashboard.ts'
 
 /**
  * The local HTTP API: loopback only, bearer token, JSON in and out, and a
  * server-sent event stream. Requests with a foreign Host header (DNS
- * rebinding) or any Origin header (a web page) are refused before routing.
+ * rebinding) or any Origin header (a web page) are refused before routing,
+ * except the web dashboard's own, which hold a session cookie instead of the
+ * token and are checked by dashboard.ts (origin, CSRF header).
  *
  * Any local program can connect, token or not, so what a connection may hold
  * is bounded (ApiLimits, docs/api.md): sockets at once, time to send a
@@ -49,6 +52,8 @@ export interface ApiServerInit {
   events: EventSource
   /** @default API_LIMITS */
   limits?: Partial<ApiLimits>
+  /** serve the web dashboard (dashboard.ts) beside the API */
+  dashboard?: boolean
 }
 
 export interface ApiServer {
@@ -63,6 +68,7 @@ export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
   const limits: ApiLimits = { ...API_LIMITS, ...init.limits }
   const streams = new Set<ServerResponse>()
   let allowedHosts: Set<string> = new Set()
+  let dashboard: Dashboard | null = null
 
   const server: Server = createServer({
     // how often the headers and request timeouts are checked: a fraction of the shorter one
@@ -79,15 +85,33 @@ export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
     if (!allowedHosts.has(req.headers.host ?? '')) {
       throw new KithError('FORBIDDEN_ORIGIN', 'the Host header does not name this API; use the address in api.json')
     }
-    if (req.headers.origin != null) {
-      throw new KithError('FORBIDDEN_ORIGIN', 'requests from web pages are refused; call the API from a local program')
+    if (dashboard?.serves((req.url ?? '/').split('?')[0]!) === true) {
+      await dashboard.page(req, res, parseUrl(req.url ?? '/'))
+      return
     }
-    const auth = Buffer.from(req.headers.authorization ?? '')
-    const expected = Buffer.concat([Buffer.from('Bearer '), token])
-    if (auth.length !== expected.length || !timingSafeEqual(auth, expected)) {
-      throw new KithError('UNAUTHORIZED', 'missing or wrong API token; send "Authorization: Bearer <token>" with the token from api.token in the kith home folder')
+    const session = dashboard?.session(req) ?? null
+    if (session != null) {
+      dashboard!.check(req, session)
+    } else {
+      if (req.headers.origin != null) {
+        throw new KithError('FORBIDDEN_ORIGIN', 'requests from web pages are refused; call the API from a local program')
+      }
+      const auth = Buffer.from(req.headers.authorization ?? '')
+      const expected = Buffer.concat([Buffer.from('Bearer '), token])
+      if (auth.length !== expected.length || !timingSafeEqual(auth, expected)) {
+        throw new KithError('UNAUTHORIZED', 'missing or wrong API token; send "Authorization: Bearer <token>" with the token from api.token in the kith home folder')
+      }
     }
     const url = parseUrl(req.url ?? '/')
+    if (dashboard != null && req.method === 'POST' && url.pathname === '/v1/dashboard/login') {
+      if (session != null) throw new KithError('UNAUTHORIZED', 'login links are made with the API token (kith open), not from the dashboard')
+      sendJson(res, 200, dashboard.loginLink())
+      return
+    }
+    if (session != null && req.method === 'POST' && url.pathname === '/v1/dashboard/logout') {
+      dashboard!.logout(res, session)
+      return
+    }
     if (req.method === 'GET' && url.pathname === '/v1/events') {
       openEventStream(res)
       return
@@ -143,6 +167,7 @@ export async function startApiServer (init: ApiServerInit): Promise<ApiServer> {
   const address = server.address() as AddressInfo
   const hostPart = address.family === 'IPv6' ? `[${address.address}]` : address.address
   allowedHosts = new Set([`${hostPart}:${address.port}`, `localhost:${address.port}`])
+  if (init.dashboard === true) dashboard = createDashboard(`http://${hostPart}:${address.port}`, [...allowedHosts].map(h => `http://${h}`))
   return {
     url: `http://${hostPart}:${address.port}`,
     eventStreams: () => streams.size,

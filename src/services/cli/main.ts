@@ -16,6 +16,7 @@ import { exposeCommands } from './expose.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import type { ServicesSummary } from '../expose/index.ts'
 import { locateCommand } from './locate.ts'
+import { openCommand } from './open.ts'
 import { backupCommand } from './backup.ts'
 import { backupCareCommands } from './backup-care.ts'
 import { backupHostCommands } from './backup-host.ts'
@@ -485,6 +486,7 @@ exposeCommands(program, client, print)
 downloadCommands(program, client, print)
 exposeCommands(program, client, print)
 locateCommand(program, client, print)
+openCommand(program, client, print)
 limitsCommand(program, client, print)
 backupCommand(program, client, print)
 backupCareCommands(program.commands.find(c => c.name() === 'backup')!, client, print)

@@ -84,7 +84,7 @@ export async function runStart (options: StartOptions): Promise<void> {
   let api
   try {
     const token = await apiToken(paths.apiToken, daemon.loosened.includes(paths.apiToken))
-    api = await startApiServer({ host, port, token, routes: [...routes(daemon), stopRoute], events: daemon })
+    api = await startApiServer({ host, port, token, routes: [...routes(daemon), stopRoute], events: daemon, dashboard: true })
     await writeApiInfo(paths, api.url, daemon.identity.peerId.toString())
   } catch (err) {
     await daemon.stop()
