@@ -81,34 +81,35 @@ describe('downloads', () => {
     expect((await dl.cli('get', server.url('/small.bin'), '--limit', 'fast')).stderr).toContain('USAGE')
   })
 
-  it('pause, priority, resume and limit from the CLI, then kill -9 mid-download: the restarted daemon goes on from what it had; cancel keeps nothing', async () => {
+  it('pause, priority, resume, limit and cancel from the CLI on a running download; cancel keeps nothing', async () => {
+    // its own --limit keeps it running (16 s for all of it) while the commands act on it
+    const { downloads: [c] } = await dl.json('get', server.url('/big.bin'), '-o', join(dl.home, 'cancelled.bin'), '--detach', '--limit', '32KiB/s', '--priority', 'background')
+    expect(c).toMatchObject({ state: 'queued', priority: 'background', limit: 32 * 1024, dest: join(dl.home, 'cancelled.bin') })
+    expect((await dl.json('priority', c.id, 'urgent')).download.priority).toBe('urgent')
+    expect((await dl.json('pause', c.id)).download.state).toBe('paused')
+    expect(['queued', 'running']).toContain((await dl.json('resume', c.id)).download.state)
+    expect((await dl.json('limit', c.id, '16KiB/s')).download.limit).toBe(16 * 1024)
+    await waitFor(async () => (await downloadOf(c.id))?.doneBytes > 0, 'some bytes')
+    const listing = await dl.json('downloads')
+    expect(listing.downloads.find((x: any) => x.id === c.id)).toMatchObject({ state: 'running', priority: 'urgent' })
+    expect(listing).toHaveProperty('eta')
+    expect((await dl.json('cancel', c.id)).download.state).toBe('cancelled')
+    expect((await readdir(dl.home)).filter(f => f.startsWith('cancelled') || f.endsWith('.kith-partial'))).toEqual([])
+    expect((await dl.cli('cancel', c.id)).stderr).toContain('DOWNLOAD_STATE')
+  })
+
+  it('kill -9 mid-download: the restarted daemon goes on from what it had', async () => {
     const dest = join(dl.home, 'killed.bin')
     const served = (): number => slow.hits.get('/big.bin') ?? 0
-    const { downloads: [d] } = await dl.json('get', slow.url('/big.bin'), '-o', dest, '--detach', '--connections', '1', '--priority', 'background')
-    expect(d).toMatchObject({ state: 'queued', priority: 'background', connections: 1, dest })
-    expect((await dl.json('priority', d.id, 'urgent')).download.priority).toBe('urgent')
-    expect((await dl.json('pause', d.id)).download.state).toBe('paused')
-    expect(['queued', 'running']).toContain((await dl.json('resume', d.id)).download.state)
+    const { downloads: [d] } = await dl.json('get', slow.url('/big.bin'), '-o', dest, '--detach', '--connections', '1')
     await waitFor(async () => (await downloadOf(d.id))?.doneBytes >= 128 * 1024, 'a quarter of it')
     const before = served()
     await dl.kill9()
     await dl.start()
-    const listing = await dl.json('downloads')
-    expect(listing.downloads.find((x: any) => x.id === d.id)).toMatchObject({ priority: 'urgent', url: slow.url('/big.bin') })
-    expect(listing).toHaveProperty('eta')
     await waitFor(async () => (await downloadOf(d.id))?.state === 'done', 'the download to finish after the restart')
     expect((await readFile(dest)).equals(BIG)).toBe(true)
     // the restart asked again, from what it had
     expect(served()).toBeGreaterThan(before)
-
-    // its own --limit keeps this one running while it is cancelled
-    const { downloads: [c] } = await dl.json('get', server.url('/big.bin'), '-o', join(dl.home, 'cancelled.bin'), '--detach', '--limit', '64KiB/s')
-    expect(c.limit).toBe(64 * 1024)
-    await waitFor(async () => (await downloadOf(c.id))?.doneBytes > 0, 'some bytes')
-    expect((await dl.json('limit', c.id, '32KiB/s')).download.limit).toBe(32 * 1024)
-    expect((await dl.json('cancel', c.id)).download.state).toBe('cancelled')
-    expect((await readdir(dl.home)).filter(f => f.startsWith('cancelled') || f.endsWith('.kith-partial'))).toEqual([])
-    expect((await dl.cli('cancel', c.id)).stderr).toContain('DOWNLOAD_STATE')
   })
 
   it('kith://FRIEND/SHARE is a friend fetch in the same queue: listed, and paused or cancelled by the same commands', async () => {
