@@ -88,13 +88,13 @@ export function backupCommand (program: Command, client: Client, print: Print): 
     .description('back up files and folders as a new snapshot: only what changed since the last one is sent')
     .argument('<path...>', 'files and folders')
     .option('--to <name...>', 'friends to place it on (default: every friend who granted you backup)')
-    .option('--replicas <n>', 'copies of each piece, on different friends', '2')
+    .option('--replicas <n>', 'copies of each piece, on different friends (default: 2, or 1 when one friend hosts)')
     .option('--name <label>', 'a name for the snapshot')
     .option('--json', 'print progress and the result as JSON lines')
-    .action(async (paths: string[], opts: { to?: string[], replicas: string, name?: string, json?: boolean }, cmd: Command) => {
+    .action(async (paths: string[], opts: { to?: string[], replicas?: string, name?: string, json?: boolean }, cmd: Command) => {
       const end = await runJob(await client(cmd), '/v1/backup/runs', {
         paths: paths.map(p => resolve(p)),
-        replicas: whole(opts.replicas, '--replicas'),
+        ...(opts.replicas != null ? { replicas: whole(opts.replicas, '--replicas') } : {}),
         ...(opts.to != null ? { to: opts.to } : {}),
         ...(opts.name != null ? { name: opts.name } : {})
       }, opts.json === true)
