@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -58,9 +57,8 @@ describe('backup host under kill -9', () => {
     ownerDb = await openDatabase(join(host.home, '..', 'owner-db'))
     const friends = new FriendBook(sublevel(ownerDb, 'friends'))
     await friends.load()
-    const file = join(host.home, 'for-owner.invite')
-    await host.json('invite', 'create', '--name', 'owner', '-o', file)
-    await redeem({ libp2p: ownerNode, friends, invite: parseInvite(await readFile(file, 'utf8')), displayName: 'owner' })
+    const { text } = await (await ApiClient.forHome(host.home)).call<{ text: string }>('POST', '/v1/invites', { label: 'owner' })
+    await redeem({ libp2p: ownerNode, friends, invite: parseInvite(text), displayName: 'owner' })
     const grant = await host.cli('friend', 'grant', 'owner', 'backup', '--quota', '3MB')
     expect(grant.code, grant.stderr).toBe(0)
     await learnHost()
@@ -125,7 +123,7 @@ describe('backup host under kill -9', () => {
     const late = randomBytes(100)
     expect(codeOf(await client.put(chunkId(late), late).catch(e => e))).toBe('QUOTA_EXCEEDED')
     const api = await ApiClient.forHome(host.home)
-    const bad = await api.call('PUT', '/v1/friends/owner/quota', { quota: 'lots' }).catch(e => e)
+    const bad = await api.call('PUT', '/v1/friends/owner/quota', { quota: 'lots' }).catch((e: Error) => e)
     expect(codeOf(bad)).toBe('BAD_REQUEST')
     expect(bad.message).toMatch(/20GB/)
     const { hosted } = await host.json<{ hosted: Array<{ name: string, used: number, quota: number }> }>('backup', 'hosted')
