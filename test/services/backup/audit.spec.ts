@@ -1,0 +1,146 @@
+import { describe, it, expect, beforeAll, beforeEach, afterAll } from 'vitest'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createHash, randomBytes } from 'node:crypto'
+import { openDatabase, type Database } from '../../../src/peer/database.ts'
+import { LevelOwnerIndex } from '../../../src/services/backup/owner-index.ts'
+import { auditProof, auditRoot } from '../../../src/services/backup/audit-tree.ts'
+import { auditHost } from '../../../src/services/backup/audit.ts'
+import { CareBook } from '../../../src/services/backup/care-book.ts'
+import { repair } from '../../../src/services/backup/repair.ts'
+import type { BackupClient } from '../../../src/services/backup/protocol.ts'
+import { KithError } from '../../../src/errors.ts'
+
+/**
+ * Audits and repair against hosts that misbehave in ways a real daemon
+ * won't on its own: one answers challenges without holding the data (random
+ * leaves, made-up paths), one answers for a blob with another blob's proof
+ * (swapped), one says it has nothing. The index and care book are real
+ * (LevelDB in a temp folder); hosts are the BackupClient surface over a map
+ * (the wire is test/integration/backup-care.spec.ts's business).
+ */
+
+type Behaviour = 'honest' | 'no-data' | 'swapped' | 'dropped'
+
+function host (peer: string, behaviour: Behaviour, quota = Infinity): BackupClient & { held: Map<string, Uint8Array> } {
+  const held = new Map<string, Uint8Array>()
+  const used = (): number => [...held.values()].reduce((n, b) => n + b.length, 0)
+  const refuse = (): never => { throw new KithError('INTERNAL', 'not used here') }
+  return {
+    peer,
+    held,
+    usage: async () => ({ used: used(), quota, blobs: held.size, lastWrite: null, counter: 0 }),
+    has: async ids => ids.map(id => held.has(id)),
+    put: async (id, sealed) => {
+      if (used() + sealed.length > quota) throw new KithError('QUOTA_EXCEEDED', 'full')
+      held.set(id, sealed)
+      return { stored: true, used: used(), quota }
+    },
+    get: async id => {
+      const sealed = held.get(id)
+      if (sealed == null || behaviour === 'dropped') throw new KithError('BLOB_MISSING', 'no such blob')
+      return sealed
+    },
+    remove: refuse,
+    list: refuse,
+    audit: async challenges => challenges.map(({ id, leaf }) => {
+      const sealed = held.get(id)
+      if (sealed == null || behaviour === 'dropped') return { id, leaf, answer: null }
+      const proof = auditProof(sealed, leaf)
+      if (behaviour === 'no-data') return { id, leaf, answer: { leaf: randomBytes(proof.leaf.length), path: proof.path.map(() => randomBytes(32)) } }
+      if (behaviour === 'swapped') {
+        const other = [...held.entries()].find(([k]) => k !== id)![1]
+        return { id, leaf, answer: auditProof(other, Math.min(leaf, Math.ceil(other.length / 4096) - 1)) }
+      }
+      return { id, leaf, answer: proof }
+    }),
+    putRecord: refuse,
+    getRecord: refuse
+  }
+}
+
+describe('audits and repair', () => {
+  let dir: string
+  let db: Database
+  let index: LevelOwnerIndex
+  let care: CareBook
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'kith-audit-'))
+  })
+
+  /** Each test its own database: repair walks every blob of the index. */
+  beforeEach(async (ctx) => {
+    await db?.close()
+    db = await openDatabase(join(dir, ctx.task.id), 'new')
+    index = LevelOwnerIndex.open(db)
+    care = new CareBook(db)
+  })
+
+  afterAll(async () => {
+    await db?.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  /** Places `count` blobs of about 20 KiB on the given hosts. */
+  async function place (count: number, hosts: Array<ReturnType<typeof host>>): Promise<string[]> {
+    const ids: string[] = []
+    for (let i = 0; i < count; i++) {
+      const sealed = randomBytes(20_000 + i)
+      const sealedId = createHash('sha256').update(sealed).digest('hex')
+      const id = randomBytes(32).toString('hex')
+      await index.putBlob(id, { kind: 'data', sealedId, size: sealed.length, root: Buffer.from(auditRoot(sealed)).toString('hex'), hosts: [] })
+      for (const h of hosts) {
+        h.held.set(sealedId, sealed)
+        await index.addHost(id, h.peer)
+      }
+      ids.push(id)
+    }
+    return ids
+  }
+
+  it('passes an honest host and fails one without the data, a swapper and a dropper', async () => {
+    const honest = host('honest', 'honest')
+    const noData = host('no-data', 'no-data')
+    const swapped = host('swapped', 'swapped')
+    const dropped = host('dropped', 'dropped')
+    await place(5, [honest, noData, swapped, dropped])
+    const good = await auditHost(honest, index)
+    expect(good).toMatchObject({ ok: true, blobs: 5, challenges: 10, failures: [], error: null })
+    for (const [h, why] of [[noData, 'wrong'], [swapped, 'wrong'], [dropped, 'missing']] as const) {
+      const outcome = await auditHost(h, index)
+      expect(outcome.ok, h.peer).toBe(false)
+      expect(outcome.failures).toHaveLength(10)
+      expect(new Set(outcome.failures.map(f => f.why))).toEqual(new Set([why]))
+    }
+    const down = host('down', 'honest')
+    await place(1, [down])
+    down.audit = async () => { throw new KithError('FRIEND_OFFLINE', 'unreachable') }
+    expect(await auditHost(down, index)).toMatchObject({ ok: false, failures: [], error: { code: 'FRIEND_OFFLINE' } })
+  })
+
+  it('re-places a failing host\'s blobs on another friend, and says when quotas are full', async () => {
+    const a = host('a', 'honest')
+    const bad = host('bad', 'no-data')
+    const c = host('c', 'honest')
+    const tight = host('tight', 'honest', 10_000)
+    const clients = new Map([a, bad, c, tight].map(h => [h.peer, h]))
+    const ids = await place(3, [a, bad])
+    await care.recordAudit(await auditHost(bad, index))
+    expect((await care.host('bad')).failing).toBe(true)
+
+    // only a full host to move to: nothing placed, and that is the reason
+    const full = await repair({ index, care, client: p => clients.get(p)!, hosts: () => ['a', 'bad', 'tight'] })
+    expect(full).toMatchObject({ placed: 0, lost: 0, reasons: { quotaFull: 3 } })
+    expect((await care.host('tight')).full).toBe(true)
+
+    const report = await repair({ index, care, client: p => clients.get(p)!, hosts: () => ['a', 'bad', 'c', 'tight'] })
+    expect(report).toMatchObject({ placed: 3, unmet: 0, lost: 0 })
+    for (const id of ids) {
+      const record = (await index.blob(id))!
+      expect(record.hosts.sort()).toEqual(['a', 'c'])
+      expect(c.held.has(record.sealedId)).toBe(true)
+    }
+  })
+})
