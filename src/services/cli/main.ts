@@ -63,6 +63,25 @@ async function client (cmd: Command): Promise<ApiClient> {
   return await ApiClient.forHome(globals(cmd).home)
 }
 
+/** how long `kith stop` waits for the daemon to close its stores and end */
+const STOP_DEADLINE_MS = 60_000
+
+/** Resolves once the process is gone; polled, as nothing tells another process's end. */
+async function processEnded (pid: number, deadlineMs: number): Promise<void> {
+  const start = performance.now()
+  for (;;) {
+    try {
+      process.kill(pid, 0)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') return
+    }
+    if (performance.now() - start > deadlineMs) {
+      throw new KithError('DAEMON_STILL_RUNNING', `the daemon (process ${pid}) was asked to stop and is still running after ${deadlineMs / 1000} s; see what it printed, or end it with \`kill ${pid}\``)
+    }
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}
+
 async function passphrase (opts: Globals): Promise<string | undefined> {
   if (opts.passphraseFile != null) {
     try {
@@ -315,6 +334,15 @@ program.command('status')
       'bandwidth (see `kith limits`)',
       ...bandwidthLines(status.bandwidth).map(l => `  ${l}`)
     ].join('\n'))
+  })
+
+program.command('stop')
+  .description('stop the running daemon cleanly (as Ctrl-C in its terminal would), and wait until it has')
+  .option('--json', 'print as JSON')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    const { pid } = await (await client(cmd)).call<{ pid: number }>('POST', '/v1/stop')
+    await processEnded(pid, STOP_DEADLINE_MS)
+    print(opts.json, { stopped: true, pid }, () => `stopped the daemon (process ${pid})`)
   })
 
 program.command('repair')
