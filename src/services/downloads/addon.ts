@@ -11,8 +11,6 @@
  * This file holds types only, and stays light: the CLI and every add-on
  * import it.
  */
-import type { Priority } from '../../transfer/scheduler/types.ts'
-
 export interface DownloadAddon {
   /** URL schemes it takes, without the colon, lower case, e.g. ['http', 'https'] */
   schemes: readonly string[]
@@ -108,18 +106,4 @@ export interface DownloadSettings {
   retries: number
   /** cap on how long one backoff (or Retry-After) waits @default 60000 */
   maxRetryWaitMs: number
-}
-
-/** What a download request asks for; shared by the API, the CLI and the queue. */
-export interface DownloadRequest {
-  url: string
-  /** a file path, or an existing folder (the origin's name is used in it); default the daemon's downloads folder */
-  dest?: string
-  priority?: Priority
-  /** bytes/s cap for this download alone */
-  limit?: number
-  connections?: number
-  /** 'sha256:HEX' */
-  checksum?: string
-  options?: Record<string, unknown>
 }

@@ -20,7 +20,6 @@ import { PRIORITIES, type Priority } from '../../transfer/scheduler/index.ts'
 import type { ConfigFile, TransferEngine } from '../engine/index.ts'
 import type { FileService } from '../files/file-service.ts'
 import type { Transfer } from '../files/transfers.ts'
-import type { DownloadRequest } from './addon.ts'
 import { DEFAULT_CONNECTIONS, MAX_CONNECTIONS, MAX_OPTIONS_BYTES, MAX_URLS_PER_REQUEST } from './constants.ts'
 import { DOWNLOAD_RECORD_VERSION, DownloadBook, publicView, type Download } from './download-book.ts'
 import { isKithUrl, parseKithUrl, type KithTarget } from './kith-url.ts'
@@ -35,11 +34,19 @@ export type { DownloadEvent } from './queue.ts'
 export type DownloadView = ReturnType<typeof publicView>
 
 /** What POST /v1/downloads takes: one or more URLs to the same destination. */
-export type AddRequest = Omit<DownloadRequest, 'url' | 'dest' | 'limit'> & {
+export interface AddRequest {
   urls: string[]
+  /** absolute: a file path for one URL, or a folder (existing, or ending in /) where each goes under the origin's name */
   dest: string
-  /** bytes/s, or a rate like '2MB/s' */
+  priority?: Priority | undefined
+  /** bytes/s for each download alone, or a rate like '2MB/s' */
   limit?: number | string | undefined
+  /** 1 to MAX_CONNECTIONS @default DEFAULT_CONNECTIONS */
+  connections?: number | undefined
+  /** 'sha256:HEX', for one URL */
+  checksum?: string | undefined
+  /** add-on options, as given */
+  options?: Record<string, unknown> | undefined
 }
 
 export interface DownloadServiceInit {
