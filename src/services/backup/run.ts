@@ -15,13 +15,12 @@ import { createReadStream, type BigIntStats } from 'node:fs'
 import { lstat, readdir, readlink } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { createHash } from 'node:crypto'
-import { setTimeout } from 'node:timers/promises'
 import { KithError, asKithError } from '../../errors.ts'
 import { cdcChunks } from '../../transfer/cdc.ts'
 import { auditRoot } from './audit-tree.ts'
 import { blobId, sealBlob } from './blob.ts'
 import type { BlobKind, SnapshotRecord } from './owner-index.ts'
-import type { BackupParts } from './parts.ts'
+import { unlessBusy, type BackupParts } from './parts.ts'
 import { encodeSnapshot, type SnapshotStats } from './snapshot.ts'
 import { encodeTree, micros, type TreeEntry } from './tree.ts'
 
@@ -31,9 +30,6 @@ const PLACING = 4
 const PROGRESS_EVERY_MS = 250
 /** Blob needs written to the index in batches of this many. */
 const NEEDS_BATCH = 512
-/** A host busy with my other requests is asked again this many times, waiting a little longer each time. */
-const BUSY_TRIES = 5
-const BUSY_WAIT_MS = 200
 /** Bytes read from a file at a time. */
 const READ_SIZE = 1024 * 1024
 
@@ -159,18 +155,6 @@ class Placer {
     if (batch.length > 0) await this.parts.index.addNeeds(this.seq, batch)
   }
 
-  /** A put, tried again a few times while the host says it is busy with my other requests. */
-  private async put (host: string, sealedId: string, sealed: Uint8Array): Promise<{ stored: boolean }> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.parts.host(host).put(sealedId, sealed, this.options.signal)
-      } catch (err) {
-        if (!(err instanceof KithError && err.code === 'BACKUP_HOST_BUSY') || attempt >= BUSY_TRIES) throw err
-        await setTimeout(BUSY_WAIT_MS * attempt, undefined, this.options.signal != null ? { signal: this.options.signal } : {})
-      }
-    }
-  }
-
   private async send (id: string, kind: BlobKind, plaintext: Uint8Array): Promise<void> {
     const { index } = this.parts
     const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext)
@@ -185,7 +169,7 @@ class Placer {
       if (hosts.length >= this.options.replicas) break
       if (hosts.includes(host) || this.dropped.has(host)) continue
       try {
-        const answer = await this.put(host, sealed.sealedId, sealed.sealed)
+        const answer = await unlessBusy(async () => await this.parts.host(host).put(sealed.sealedId, sealed.sealed, this.options.signal), this.options.signal)
         if (answer.stored) this.sentBytes += sealed.sealed.length
         await index.addHost(id, host)
         hosts.push(host)
