@@ -4,7 +4,7 @@ import { rm, statfs } from 'node:fs/promises'
 import { join } from 'node:path'
 import { KithError } from '../../errors.ts'
 import { syncDir } from '../../peer/home.ts'
-import { openNoFollow, placeFile } from '../../transfer/destination.ts'
+import { DestinationTaken, openNoFollow, placeFile } from '../../transfer/destination.ts'
 import { partialPath } from '../../transfer/assemble.ts'
 import type { DownloadResult } from './addon.ts'
 
@@ -28,14 +28,25 @@ export async function hashFile (path: string, signal?: AbortSignal): Promise<str
   return hash.digest('hex')
 }
 
+/** Names tried in turn for a file named by its origin, as browsers do: `a.iso`, `a (1).iso`, ... */
+export const NUMBERED_NAMES = 100
+
+/** `name` with ` (n)` before its extension; `name` itself for 0. */
+export function numbered (name: string, n: number): string {
+  if (n === 0) return name
+  const dot = name.lastIndexOf('.')
+  return dot > 0 ? `${name.slice(0, dot)} (${n})${name.slice(dot)}` : `${name} (${n})`
+}
+
 /**
  * Verifies `partial` against `checksum` (hex, or null when none was asked),
- * fsyncs it and moves it to `dest` without clobbering. A mismatch removes the
- * partial and throws CHECKSUM_MISMATCH; something already at `dest` leaves the
- * verified partial waiting and throws DESTINATION_EXISTS. Returns the sha256
- * when one is known.
+ * fsyncs it and moves it into `dir` under the first of `names` that nothing
+ * holds, without clobbering. A mismatch removes the partial and throws
+ * CHECKSUM_MISMATCH; when every name is taken, the verified partial waits and
+ * DESTINATION_EXISTS says so. Returns the name used and the sha256 when one is
+ * known.
  */
-export async function verifyAndPlace (partial: string, dest: string, result: DownloadResult, checksum: string | null, signal: AbortSignal): Promise<string | null> {
+export async function verifyAndPlace (partial: string, dir: string, names: readonly string[], result: DownloadResult, checksum: string | null, signal: AbortSignal): Promise<{ name: string, sha256: string | null }> {
   let sha256 = result.sha256?.toLowerCase() ?? null
   if (checksum !== null) {
     if (result.kind === 'tree') {
@@ -56,9 +67,17 @@ export async function verifyAndPlace (partial: string, dest: string, result: Dow
       await handle.close()
     }
   }
-  await placeFile(partial, dest, false)
-  await syncDir(join(dest, '..'))
-  return sha256
+  for (const [i, name] of names.entries()) {
+    try {
+      await placeFile(partial, join(dir, name), false)
+    } catch (err) {
+      if (err instanceof DestinationTaken && i < names.length - 1) continue
+      throw err
+    }
+    await syncDir(dir)
+    return { name, sha256 }
+  }
+  throw new KithError('INTERNAL', 'no name to place the download under')
 }
 
 /** Bytes an unprivileged writer may still use on the disk holding `path`; Infinity if it can't be told (never pause on a guess). */

@@ -8,7 +8,7 @@ import { TokenBucket } from '../../transfer/token-bucket.ts'
 import type { DownloadAddon, DownloadContext, DownloadProgress } from './addon.ts'
 import { FINAL_STATES, type Download, type DownloadBook } from './download-book.ts'
 import { DISK_RECHECK_MS, PROGRESS_INTERVAL_MS } from './constants.ts'
-import { downloadPartial, freeBytes, safeName, urlName, verifyAndPlace } from './place.ts'
+import { NUMBERED_NAMES, downloadPartial, freeBytes, numbered, safeName, urlName, verifyAndPlace } from './place.ts'
 import type { QueueSettings } from './settings.ts'
 
 /**
@@ -260,9 +260,11 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
       const result = await addon.download({ id, url, connections: record.connections, options: record.options }, ctx)
       progress({ done: result.size, total: result.size }, true)
       record = this.get(id)
-      const name = record.name ?? safeName(result.name) ?? originName ?? urlName(url) ?? `download-${id}`
-      const dest = join(record.dir, name)
-      const sha256 = await verifyAndPlace(partial, dest, result, record.checksum === null ? null : record.checksum.slice('sha256:'.length).toLowerCase(), signal)
+      // a name the user gave is that name or nothing; one from the origin steps aside from files already there
+      const origin = safeName(result.name) ?? originName ?? urlName(url) ?? `download-${id}`
+      const names = record.name !== null ? [record.name] : Array.from({ length: NUMBERED_NAMES }, (_, n) => numbered(origin, n))
+      const checksum = record.checksum === null ? null : record.checksum.slice('sha256:'.length).toLowerCase()
+      const { name, sha256 } = await verifyAndPlace(partial, record.dir, names, result, checksum, signal)
       await rm(stateDir, { recursive: true, force: true })
       await this.save({ ...this.get(id), name, state: 'done', kind: result.kind, sha256, doneBytes: result.size, totalBytes: result.size, rate: 0, eta: 0, error: null })
     } catch (err) {

@@ -75,6 +75,18 @@ describe('the download queue', () => {
     expect(again.get('aaaa')).toMatchObject({ state: 'done', name: 'a.bin' })
   })
 
+  it('a name from the origin steps aside from a file already there, as browsers do', async () => {
+    const { q, dir } = await queue()
+    await mkdir(dir, { recursive: true })
+    await writeFile(join(dir, 'a.bin'), 'already here')
+    await q.add(record('hhhhhhhhhhh1', server.url('/a.bin'), dir))
+    await until(() => state(q, 'hhhhhhhhhhh1') === 'done', 'the download to finish')
+    expect(q.get('hhhhhhhhhhh1').name).toBe('a (1).bin')
+    expect(await readFile(join(dir, 'a.bin'), 'utf8')).toBe('already here')
+    expect((await readFile(join(dir, 'a (1).bin'))).equals(FILE)).toBe(true)
+    await q.stop()
+  })
+
   it('a checksum mismatch keeps nothing and says so', async () => {
     const { q, dir } = await queue()
     await q.add(record('bbbbbbbbbbb1', server.url('/a.bin'), dir, { checksum: `sha256:${'0'.repeat(64)}` }))
