@@ -40,7 +40,7 @@ describe('downloads', () => {
   // polled through the API: a CLI process per look would cost more than the downloads
   const downloadOf = async (id: string): Promise<any> => (await (await ApiClient.forHome(dl.home)).get<{ download?: unknown }>(`/v1/downloads/${id}`)).download
 
-  it('kith get puts the file in place, verified; a checksum mismatch keeps nothing and says so', async () => {
+  it('kith get puts files in place, verified; a checksum mismatch keeps nothing and says so', async () => {
     const dir = join(dl.home, 'got')
     await mkdir(dir)
     const ok = await dl.cli('get', server.url('/small.bin'), '-o', join(dir, 'small.bin'), '--checksum', `sha256:${sha(SMALL)}`)
@@ -54,6 +54,12 @@ describe('downloads', () => {
     expect(bad.stderr).toContain('CHECKSUM_MISMATCH')
     expect(bad.stderr).toMatch(/nothing was kept/)
     expect(await readdir(dir)).toEqual(['small.bin'])
+
+    // several URLs into a folder, each under its origin's name, one bar over both
+    const many = await dl.cli('get', server.url('/small.bin'), server.url('/big.bin'), '-o', join(dl.home, 'many') + '/')
+    expect(many.code).toBe(0)
+    expect((await readdir(join(dl.home, 'many'))).sort()).toEqual(['big.bin', 'small.bin'])
+    expect((await readFile(join(dl.home, 'many', 'big.bin'))).equals(BIG)).toBe(true)
   })
 
   it('bad URLs and unsupported schemes are typed errors, and nothing is queued', async () => {
