@@ -28,6 +28,7 @@ import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from
 import { MAX_PLAYLIST_BYTES, parsePlaylist, pickVariant, type Piece } from './hls-playlist.ts'
 import { AddonOptions } from './options.ts'
 import { abortReason } from './partial.ts'
+import { readBody } from './read-body.ts'
 
 const OPTIONS = ['maxBandwidth'] as const
 
@@ -76,18 +77,9 @@ async function get (url: URL, signal: AbortSignal, headers: Record<string, strin
 /** A playlist's text, through the scheduler, refused past MAX_PLAYLIST_BYTES before it is all read. */
 async function fetchPlaylist (url: URL, ctx: DownloadContext): Promise<string> {
   const response = await get(url, ctx.signal)
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of response.body ?? []) {
-    size += chunk.length
-    if (size > MAX_PLAYLIST_BYTES) {
-      await response.body?.cancel().catch(() => {})
-      throw new KithError('PLAYLIST_MALFORMED', `the HLS playlist ${url.href} is over ${MAX_PLAYLIST_BYTES} bytes; kith takes playlists up to that size`)
-    }
-    await ctx.take(chunk.length, ctx.signal)
-    chunks.push(Buffer.from(chunk))
-  }
-  return Buffer.concat(chunks).toString('utf8')
+  const text = await readBody(response.body, MAX_PLAYLIST_BYTES, ctx, () =>
+    new KithError('PLAYLIST_MALFORMED', `the HLS playlist ${url.href} is over ${MAX_PLAYLIST_BYTES} bytes; kith takes playlists up to that size`))
+  return text.toString('utf8')
 }
 
 /** Fetches one piece into `path` (through a .part file renamed once whole and synced); returns its length. */

@@ -19,6 +19,7 @@ import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
 import { AddonOptions, decodedPath } from './options.ts'
 import { abortReason, fetchInto, Progress, type FetchFrom, type RemoteFile } from './partial.ts'
+import { readBody } from './read-body.ts'
 import { s3Config, checkEndpoint, type S3Config } from './s3-config.ts'
 import { checkTreeSize, downloadTree } from './tree.ts'
 
@@ -26,6 +27,8 @@ const OPTIONS = ['region', 'endpoint', 'profile', 'pathStyle'] as const
 /** bytes of one ListObjectsV2 answer, checked before it is parsed (1000 keys of up to 1 KiB each and their fields) */
 const MAX_LISTING_BYTES = 4 * 1024 * 1024
 /** S3's bucket names: 3 to 63 of lower case letters, digits, dots and hyphens */
+/** bytes of an S3 error document read for its <Code> */
+const MAX_ERROR_BYTES = 64 * 1024
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/
 
 interface S3Target {
@@ -56,8 +59,8 @@ function objectUrl (config: S3Config, bucket: string, key: string): URL {
 }
 
 /** S3's answer to a failed request, as a KithError naming S3's code. */
-async function s3Error (response: Response, what: string): Promise<KithError> {
-  const text = await response.text().catch(() => '')
+async function s3Error (response: Response, what: string, ctx: DownloadContext): Promise<KithError> {
+  const text = (await readBody(response.body, MAX_ERROR_BYTES, ctx, () => new KithError('REMOTE_FAILED', 'too long')).catch(() => Buffer.alloc(0))).toString('utf8')
   const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1] ?? `HTTP ${response.status}`
   if (response.status === 404) return new KithError('REMOTE_NOT_FOUND', `S3 has no ${what} (${code})`)
   if (response.status === 401 || response.status === 403) {
@@ -106,7 +109,7 @@ class S3 {
   async head (bucket: string, key: string): Promise<RemoteFile | null> {
     const response = await this.request(objectUrl(this.#config, bucket, key), 'HEAD')
     if (response.status === 404) return null
-    if (!response.ok) throw await s3Error(response, `s3://${bucket}/${key}`)
+    if (!response.ok) throw await s3Error(response, `s3://${bucket}/${key}`, this.#ctx)
     const size = Number(response.headers.get('content-length'))
     if (!Number.isSafeInteger(size) || size < 0) throw new KithError('REMOTE_FAILED', `S3 gave no length for s3://${bucket}/${key}`)
     return { segments: [key.split('/').at(-1)!], size, validator: response.headers.get('etag') }
@@ -122,11 +125,9 @@ class S3 {
       if (prefix !== '') url.searchParams.set('prefix', prefix)
       if (token !== undefined) url.searchParams.set('continuation-token', token)
       const response = await this.request(url, 'GET')
-      if (!response.ok) throw await s3Error(response, `the listing of s3://${bucket}/${prefix}`)
-      const length = Number(response.headers.get('content-length') ?? 0)
-      if (length > MAX_LISTING_BYTES) throw new KithError('REMOTE_FAILED', `S3 sent a listing of ${length} bytes; kith reads pages up to ${MAX_LISTING_BYTES}`)
-      const xml = await response.text()
-      if (xml.length > MAX_LISTING_BYTES) throw new KithError('REMOTE_FAILED', `S3 sent a listing over ${MAX_LISTING_BYTES} bytes; kith reads pages up to that`)
+      if (!response.ok) throw await s3Error(response, `the listing of s3://${bucket}/${prefix}`, this.#ctx)
+      const xml = (await readBody(response.body, MAX_LISTING_BYTES, this.#ctx, () =>
+        new KithError('REMOTE_FAILED', `S3 sent a listing page over ${MAX_LISTING_BYTES} bytes; kith reads pages up to that`))).toString('utf8')
       for (const [, entry] of xml.matchAll(/<Contents>([\s\S]*?)<\/Contents>/g)) {
         const key = tag(entry!, 'Key')
         const size = Number(tag(entry!, 'Size'))
@@ -150,7 +151,7 @@ class S3 {
         if (file.validator !== null) headers['If-Range'] = file.validator
       }
       const response = await this.request(objectUrl(this.#config, bucket, key), 'GET', headers)
-      if (!response.ok) throw await s3Error(response, `s3://${bucket}/${key}`)
+      if (!response.ok) throw await s3Error(response, `s3://${bucket}/${key}`, this.#ctx)
       // 200 to a Range: the object changed (If-Range) or the server takes no ranges
       return { body: Readable.from(response.body ?? []), from: response.status === 206 ? at : 0 }
     }
