@@ -8,6 +8,7 @@ import { reachabilityBench, summarise, type ReachRow } from './reachability.ts'
 import { schedulerBench } from './scheduler.ts'
 import { cliBench } from './cli.ts'
 import { exposeBench } from './expose.ts'
+import { downloadsBench } from './downloads.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
@@ -15,7 +16,7 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * `npm run bench`: how fast kith moves a file between friends, next to
  * ceilings measured in the same run on the same machine.
  *
- *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|transfer ...]
+ *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|transfer ...]
  *
  * Sections (default: all; `transfer` is ceilings, fetch and multi):
  *   ceilings  (a) raw TCP socket, (b) one plain libp2p 3 stream in kith's
@@ -32,6 +33,10 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *   expose    a 1 GiB HTTP response through `kith connect` against one plain
  *             libp2p stream, and a small request's latency against a direct
  *             one (bench/expose.ts)
+ *   downloads a file from nginx with `kith get` (and the HTTP engine alone) at 1 and 8
+ *             connections against curl and aria2c -x8 -s8, and 8 against 1
+ *             under nginx's limit_rate 10m (bench/downloads.ts;
+ *             BENCH_LIMITED_MIB, 128, for that file)
  * `fetch` and `multi` always measure ceiling (b), the figure they are compared to;
  * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
  * (bench/chunk-path-peer.ts: read, seal, hash; verify, open, write, hash the
@@ -62,7 +67,7 @@ function envInt (name: string, fallback: number): number {
   return value
 }
 
-const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli', 'expose'] as const
+const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli', 'expose', 'downloads'] as const
 type Section = typeof SECTIONS[number]
 
 function parseArgs (argv: string[]): Set<Section> {
@@ -70,7 +75,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128')
       process.exit(0)
     }
     let value: string | undefined
@@ -481,7 +486,7 @@ async function main (): Promise<void> {
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
   const src = join(work, 'data.bin')
   log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
-  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose')
+  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads')
   if (transfer) await writeRandomFile(src, SIZE)
   let streamCeiling = NaN
   try {
@@ -497,6 +502,8 @@ async function main (): Promise<void> {
     if (sections.has('cli')) await cliBench(log)
     // expose (bench/expose.ts): a big HTTP response through kith connect against one plain stream, small-request latency; prints its own table
     if (sections.has('expose')) await exposeBench(log)
+    // downloads (bench/downloads.ts): kith get and kith's HTTP engine against curl and aria2c from nginx; prints its own table
+    if (sections.has('downloads')) await downloadsBench(log, RUNS, SIZE, Math.round(envInt('BENCH_LIMITED_MIB', 128) * MiB))
   } finally {
     if (transfer) report()
     if (reachRows.length > 0) console.log(`\nkith reachability benchmark (ms):\n${reachRows.map(summarise).join('\n')}`)
