@@ -236,9 +236,14 @@ class Walk {
 
   /** A folder's tree blobs, its entries placed first. */
   private async dir (path: string): Promise<string[]> {
-    const names = (await readdir(path)).sort()
     const entries: TreeEntry[] = []
-    for (const name of names) {
+    for (const raw of await readdir(path, { encoding: 'buffer' })) {
+      const name = raw.toString('utf8')
+      // Node can't name such a file again (it reads names as UTF-8), nor can a tree hold it
+      if (!Buffer.from(name, 'utf8').equals(raw)) {
+        this.skipped.push({ path: join(path, name), reason: 'its name is not UTF-8 text' })
+        continue
+      }
       const entry = await this.entry(join(path, name), name)
       if (entry != null) entries.push(entry)
     }
