@@ -78,7 +78,7 @@ async function follow (api: ApiClient, items: Item[], json: boolean, events: Asy
   // loaded only here: the one command that draws a bar
   const cliProgress = !json && process.stderr.isTTY ? (await import('cli-progress')).default : null
   const bar = cliProgress != null
-    ? new cliProgress.SingleBar({ format: '{bar} {percentage}% | {done} / {total} | {speed} | ETA {eta_h}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic)
+    ? new cliProgress.SingleBar({ format: '{bar} {percentage}% | {got} / {size} | {speed} | ETA {eta_h}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic)
     : null
   const state = new Map(items.map(i => [i.id, i]))
   const ended = (i: Item): boolean => FINAL.has(i.state) || (i.state === 'paused' && i.error != null)
@@ -90,7 +90,7 @@ async function follow (api: ApiClient, items: Item[], json: boolean, events: Asy
     const total = all.every(a => a.total !== null) ? all.reduce((s, a) => s + a.total!, 0) : null
     const done = all.reduce((s, a) => s + a.done, 0)
     const eta = all.some(a => a.eta === null && !ended(a)) ? null : Math.max(0, ...all.map(a => a.eta ?? 0))
-    const payload = { done: bytes(done), total: total === null ? '?' : bytes(total), speed: `${bytes(all.reduce((s, a) => s + a.rate, 0))}/s`, eta_h: eta !== null ? duration(eta) : '?' }
+    const payload = { got: bytes(done), size: total === null ? '?' : bytes(total), speed: `${bytes(all.reduce((s, a) => s + a.rate, 0))}/s`, eta_h: eta !== null ? duration(eta) : '?' }
     const size = Math.max(1, total ?? done)
     if (bar.getTotal() !== size) bar.start(size, done, payload)
     bar.update(done, payload)

@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs'
 import { rm, statfs } from 'node:fs/promises'
 import { join } from 'node:path'
 import { KithError } from '../../errors.ts'
-import { syncDir } from '../../peer/home.ts'
+import { syncDir, userMode } from '../../peer/home.ts'
 import { DestinationTaken, openNoFollow, placeFile } from '../../transfer/destination.ts'
 import { partialPath } from '../../transfer/assemble.ts'
 import type { DownloadResult } from './addon.ts'
@@ -62,6 +62,9 @@ export async function verifyAndPlace (partial: string, dir: string, names: reado
   if (result.kind === 'file') {
     const handle = await openNoFollow(partial, 'existing')
     try {
+      // the daemon's umask is private; the file is the user's, with their own umask's mode
+      const mode = userMode(0o644)
+      if (mode !== null) await handle.chmod(mode)
       await handle.sync()
     } finally {
       await handle.close()
