@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createTestnet, befriend, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { rangeServer, type RangeServer } from '../helpers/range-server.ts'
@@ -14,6 +14,8 @@ import { ApiClient } from '../../src/services/api/client.ts'
 const SMALL = randomBytes(200 * 1024)
 const BIG = randomBytes(512 * 1024)
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+/** the umask the daemons start with (this process's; the daemon makes its own private and keeps this one for the user's files) */
+const USER_UMASK = process.umask()
 
 describe('downloads', () => {
   let net: Testnet
@@ -48,6 +50,8 @@ describe('downloads', () => {
     expect(ok.code).toBe(0)
     expect(ok.stdout).toMatch(/downloaded 200 KiB to .*small\.bin/)
     expect((await readFile(join(dir, 'small.bin'))).equals(SMALL)).toBe(true)
+    // the user's file, with their umask's mode, not the daemon's private one
+    expect((await stat(join(dir, 'small.bin'))).mode & 0o777).toBe(0o644 & ~USER_UMASK)
 
     const bad = await dl.cli('get', server.url('/small.bin'), '-o', join(dir, 'other.bin'), '--checksum', `sha256:${'a'.repeat(64)}`)
     expect(bad.code).toBe(1)
