@@ -132,6 +132,22 @@ describe('the download queue', () => {
     await q.stop()
   })
 
+  it('runs no more at once than maxActive; the rest wait their turn, and count in the queue\'s outlook', async () => {
+    const { q, dir } = await queue(queueSettings({ minFreeBytes: 0, maxActive: 1 }, 'config.json'))
+    await q.add(record('iiiiiiiiiii1', slow.url('/slow.bin'), dir, { name: 'i1.bin' }))
+    await q.add(record('iiiiiiiiiii2', slow.url('/slow.bin'), dir, { name: 'i2.bin' }))
+    await until(() => q.get('iiiiiiiiiii1').doneBytes > 0, 'some bytes of the first')
+    expect(state(q, 'iiiiiiiiiii2')).toBe('queued')
+    const outlook = q.outlook()
+    expect(outlook.left).toBeGreaterThan(0)
+    // the second has not started: its size is not known yet
+    expect(outlook.unknown).toBe(1)
+    await until(() => state(q, 'iiiiiiiiiii2') === 'running', 'the second to start once the first is done')
+    expect(state(q, 'iiiiiiiiiii1')).toBe('done')
+    await q.cancel('iiiiiiiiiii2')
+    await q.stop()
+  })
+
   it('goes on after a restart from the same book and partial', async () => {
     const first = await queue(undefined, 'restart')
     await first.q.add(record('eeeeeeeeeee1', slow.url('/slow.bin'), first.dir, { name: 'r.bin' }))
