@@ -22,9 +22,11 @@
 import { createHash } from 'node:crypto'
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { fetch, type Dispatcher, type Response } from 'undici'
 import { KithError } from '../../errors.ts'
 import { openNoFollow } from '../../transfer/destination.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
+import { makeDispatcher } from './http/dispatcher.ts'
 import { MAX_PLAYLIST_BYTES, parsePlaylist, pickVariant, type Piece } from './hls-playlist.ts'
 import { AddonOptions } from './options.ts'
 import { abortReason } from './partial.ts'
@@ -53,19 +55,25 @@ function playlistUrl (url: URL, options: Readonly<Record<string, unknown>>): { u
   return { url: plain, maxBandwidth }
 }
 
+/** undici's fetch fails with 'fetch failed'; the cause says why (ECONNREFUSED...). */
+function whyFailed (err: unknown): string {
+  const e = err as Error & { cause?: Error & { code?: string } }
+  return e.cause?.code ?? e.cause?.message ?? e.message
+}
+
 function httpError (status: number, url: URL): KithError {
   if (status === 404 || status === 410) return new KithError('REMOTE_NOT_FOUND', `the server has nothing at ${url.href} (HTTP ${status})`)
   if (status === 401 || status === 403) return new KithError('REMOTE_AUTH_FAILED', `the server refused ${url.href} (HTTP ${status})`)
   return new KithError('REMOTE_FAILED', `the server answered ${url.href} with HTTP ${status}`)
 }
 
-async function get (url: URL, signal: AbortSignal, headers: Record<string, string> = {}): Promise<Response> {
+async function get (url: URL, signal: AbortSignal, dispatcher: Dispatcher, headers: Record<string, string> = {}): Promise<Response> {
   let response: Response
   try {
-    response = await fetch(url, { signal, headers, redirect: 'follow' })
+    response = await fetch(url, { signal, headers, redirect: 'follow', dispatcher })
   } catch (err) {
     if (signal.aborted) throw signal.reason
-    throw new KithError('REMOTE_FAILED', `fetching ${url.href} failed: ${(err as Error).message}`, { cause: err })
+    throw new KithError('REMOTE_FAILED', `fetching ${url.href} failed: ${whyFailed(err)}`, { cause: err })
   }
   if (!response.ok) {
     await response.body?.cancel()
@@ -75,17 +83,17 @@ async function get (url: URL, signal: AbortSignal, headers: Record<string, strin
 }
 
 /** A playlist's text, through the scheduler, refused past MAX_PLAYLIST_BYTES before it is all read. */
-async function fetchPlaylist (url: URL, ctx: DownloadContext): Promise<string> {
-  const response = await get(url, ctx.signal)
+async function fetchPlaylist (url: URL, ctx: DownloadContext, dispatcher: Dispatcher): Promise<string> {
+  const response = await get(url, ctx.signal, dispatcher)
   const text = await readBody(response.body, MAX_PLAYLIST_BYTES, ctx, () =>
     new KithError('PLAYLIST_MALFORMED', `the HLS playlist ${url.href} is over ${MAX_PLAYLIST_BYTES} bytes; kith takes playlists up to that size`))
   return text.toString('utf8')
 }
 
 /** Fetches one piece into `path` (through a .part file renamed once whole and synced); returns its length. */
-async function fetchPiece (piece: Piece, path: string, ctx: DownloadContext, signal: AbortSignal, onBytes: (n: number) => void): Promise<number> {
+async function fetchPiece (piece: Piece, path: string, ctx: DownloadContext, dispatcher: Dispatcher, signal: AbortSignal, onBytes: (n: number) => void): Promise<number> {
   const headers: Record<string, string> = piece.range === undefined ? {} : { Range: `bytes=${piece.range.offset}-${piece.range.offset + piece.range.length - 1}` }
-  const response = await get(piece.url, signal, headers)
+  const response = await get(piece.url, signal, dispatcher, headers)
   if (piece.range !== undefined && response.status !== 206) {
     await response.body?.cancel()
     throw new KithError('REMOTE_FAILED', `the server sent the whole of ${piece.url.href} where the playlist asks for a byte range of it (HTTP ${response.status}); kith can't cut it`)
@@ -122,13 +130,15 @@ async function saveState (stateDir: string, state: HlsState): Promise<void> {
 async function download (job: DownloadJob, ctx: DownloadContext): Promise<DownloadResult> {
   const { url, maxBandwidth } = playlistUrl(job.url, job.options)
   const pieceDir = join(ctx.stateDir, 'pieces')
+  // the HTTP engine's: proxies, IPv6, DNS servers and timeouts from the settings
+  const dispatcher = makeDispatcher(ctx.settings)
   try {
     let mediaUrl = url
-    let text = await fetchPlaylist(url, ctx)
+    let text = await fetchPlaylist(url, ctx, dispatcher)
     let playlist = parsePlaylist(text, url)
     if (playlist.kind === 'master') {
       mediaUrl = pickVariant(playlist.variants, maxBandwidth).url
-      text = await fetchPlaylist(mediaUrl, ctx)
+      text = await fetchPlaylist(mediaUrl, ctx, dispatcher)
       playlist = parsePlaylist(text, mediaUrl)
       if (playlist.kind === 'master') throw new KithError('PLAYLIST_MALFORMED', `the HLS variant ${mediaUrl.href} is a master playlist again`)
     }
@@ -184,7 +194,7 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
       const worker = async (): Promise<void> => {
         for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
           const path = join(pieceDir, String(i))
-          const size = await fetchPiece(pieces[i]!, path, ctx, signal, report)
+          const size = await fetchPiece(pieces[i]!, path, ctx, dispatcher, signal, report)
           waiting.set(i, size)
           // one join at a time, in order
           joining = joining.then(join_)
@@ -207,6 +217,8 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
     return { size: length, name, kind: 'file' }
   } catch (err) {
     throw abortReason(ctx.signal, err)
+  } finally {
+    await dispatcher.destroy().catch(() => {})
   }
 }
 

@@ -15,8 +15,10 @@
  */
 import { Readable } from 'node:stream'
 import { AwsClient } from 'aws4fetch'
+import { fetch, type Dispatcher, type Response } from 'undici'
 import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
+import { makeDispatcher } from './http/dispatcher.ts'
 import { AddonOptions, decodedPath } from './options.ts'
 import { abortReason, fetchInto, Progress, type FetchFrom, type RemoteFile } from './partial.ts'
 import { readBody } from './read-body.ts'
@@ -88,21 +90,30 @@ class S3 {
   readonly #aws: AwsClient | null
   readonly #config: S3Config
   readonly #ctx: DownloadContext
+  readonly #dispatcher: Dispatcher
 
   constructor (config: S3Config, ctx: DownloadContext) {
     this.#config = config
     this.#ctx = ctx
-    this.#aws = config.credentials === null ? null : new AwsClient({ ...config.credentials, service: 's3', region: config.region, retries: ctx.settings.retries })
+    this.#aws = config.credentials === null ? null : new AwsClient({ ...config.credentials, service: 's3', region: config.region })
+    this.#dispatcher = makeDispatcher(ctx.settings)
   }
 
   async request (url: URL, method: string, headers: Record<string, string> = {}): Promise<Response> {
-    const init = { method, headers, signal: this.#ctx.signal }
+    const signal = this.#ctx.signal
     try {
-      return this.#aws === null ? await fetch(url, init) : await this.#aws.fetch(url, init)
+      // signed by aws4fetch, sent by undici through the download's dispatcher (proxies, DNS, IPv6, timeouts)
+      const signed = this.#aws === null ? null : await this.#aws.sign(url, { method, headers })
+      return await fetch(url, { method, headers: signed === null ? headers : Object.fromEntries(signed.headers), signal, dispatcher: this.#dispatcher })
     } catch (err) {
-      if (this.#ctx.signal.aborted) throw this.#ctx.signal.reason
-      throw new KithError('REMOTE_FAILED', `S3 at ${url.host} can't be reached: ${(err as Error).message}`, { cause: err })
+      if (signal.aborted) throw signal.reason
+      const e = err as Error & { cause?: Error & { code?: string } }
+      throw new KithError('REMOTE_FAILED', `S3 at ${url.host} can't be reached: ${e.cause?.code ?? e.cause?.message ?? e.message}`, { cause: err })
     }
+  }
+
+  async close (): Promise<void> {
+    await this.#dispatcher.destroy().catch(() => {})
   }
 
   /** The object's size and ETag, or null when there is none of that key. */
@@ -160,9 +171,10 @@ class S3 {
 
 async function download (job: DownloadJob, ctx: DownloadContext): Promise<DownloadResult> {
   const t = target(job.url, job.options)
+  let s3: S3 | undefined
   try {
     const config = await s3Config({ profile: t.options.string('profile'), region: t.options.string('region'), endpoint: t.options.string('endpoint'), pathStyle: t.options.boolean('pathStyle') })
-    const s3 = new S3(config, ctx)
+    s3 = new S3(config, ctx)
     const object = t.key === '' || t.key.endsWith('/') ? null : await s3.head(t.bucket, t.key)
     if (object !== null) {
       const progress = new Progress(ctx, object.size, object.segments[0])
@@ -176,6 +188,8 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
     return await downloadTree(files, name, ctx, s3.fetchFrom(t.bucket, prefix))
   } catch (err) {
     throw abortReason(ctx.signal, err)
+  } finally {
+    await s3?.close()
   }
 }
 
