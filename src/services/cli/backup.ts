@@ -143,6 +143,17 @@ export function backupCommand (program: Command, client: Client, print: Print): 
         (r.skipped > 0 ? `; ${r.skipped} were there already` : '')))
     })
 
+  backup.command('jobs')
+    .description('backup runs and restores since the daemon started, with progress, speed and time left')
+    .option('--json', 'print as JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const result = await (await client(cmd)).get<{ jobs: BackupJob[] }>('/v1/backup/jobs')
+      print(opts.json, result, () => table(['ID', 'WHAT', 'STATE', 'PROGRESS', 'SPEED', 'ETA'], result.jobs.map(j => [
+        j.id, j.op, j.state + (j.error != null ? ` (${j.error.code})` : ''), `${bytes(j.doneBytes)} / ${bytes(j.totalBytes)}`,
+        j.state === 'running' ? `${bytes(j.rate)}/s` : '-', j.state === 'running' && j.eta != null ? duration(j.eta) : '-'
+      ])) || 'no backup runs or restores since the daemon started')
+    })
+
   backup.command('forget')
     .description('drop old snapshots and free what only they needed on your hosts')
     .option('--keep-last <n>', 'keep the newest N snapshots')
