@@ -228,12 +228,11 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.backupService = await BackupService.start({ db: this.db, identity: this.identity, libp2p: this.libp2p, friends: this.friends, engine })
     this.backupService.on('event', evt => this.emit('event', evt))
     // audits, repair and the recovery record of those backups (docs/backup.md, Audits, Repair, Recovery)
-    const backup = this.backupService
     this.backupCare = new BackupCare({
       db: this.db,
       identity: this.identity,
       friends: this.friends,
-      service: { index: backup.index, client: peer => backup.client(peer), exclusive: async work => await backup.exclusive(work), on: (e, l) => backup.on(e, l) },
+      service: this.backupService,
       name: () => this.displayName
     })
     this.backupCare.start()

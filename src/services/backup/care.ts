@@ -3,7 +3,8 @@
  * "Repair", "Recovery"): audits every host on a schedule (every
  * `auditEveryMs`, 24 h by default, jittered by a tenth so friends' audits
  * don't line up), repairs what audits or silence show missing, and pushes the
- * recovery record to every host after each run, repair or forget.
+ * recovery record to every host after each run and each repair that moved
+ * blobs; and keeps the scheduled runs (schedule.ts).
  *
  * It works on the owner index that BackupService keeps, under the service's
  * lock (a run and a repair must not both change a blob's hosts), and through
@@ -21,6 +22,7 @@ import type { LevelOwnerIndex } from './owner-index.ts'
 import type { BackupClient } from './protocol.ts'
 import { nextRecoverySeq, sealRecovery, type RecoveryContent } from './recovery.ts'
 import { repair, DEFAULT_REPLICAS, DEFAULT_UNREACHABLE_MS, type RepairReport } from './repair.ts'
+import { BackupSchedules, type Runner } from './schedule.ts'
 
 export const DEFAULT_AUDIT_EVERY_MS = 24 * 3600 * 1000
 /** how long a host gets to answer an audit */
@@ -35,6 +37,8 @@ export interface CareService {
   /** runs `work` when no run, restore or forget is under way, and keeps them out meanwhile */
   exclusive: <T>(work: () => Promise<T>) => Promise<T>
   on: (event: 'event', listener: (evt: { type: string, job?: { op: string, state: string } }) => void) => unknown
+  /** starts a run (scheduled backups) */
+  run: Runner['run']
 }
 
 export interface BackupCareInit {
@@ -65,6 +69,8 @@ export interface PushReport {
 
 export class BackupCare {
   readonly book: CareBook
+  /** `kith backup schedule`: runs on a period, kept across restarts */
+  readonly schedules: BackupSchedules
   private readonly init: BackupCareInit
   private readonly controller = new AbortController()
   private timer: NodeJS.Timeout | undefined
@@ -74,6 +80,7 @@ export class BackupCare {
   constructor (init: BackupCareInit) {
     this.init = init
     this.book = new CareBook(init.db)
+    this.schedules = new BackupSchedules(init.db, init.service)
   }
 
   start (): void {
@@ -82,9 +89,11 @@ export class BackupCare {
       if (evt.type === 'backup:job' && evt.job?.op === 'run' && evt.job.state === 'done') void this.pushRecovery().catch(() => {})
     })
     this.schedule()
+    this.schedules.start()
   }
 
   stop (): void {
+    this.schedules.stop()
     this.controller.abort()
     clearTimeout(this.timer)
   }

@@ -4,11 +4,14 @@ import type { ApiClient } from '../api/client.ts'
 import type { AuditReport } from '../backup/care.ts'
 import type { AuditOutcome } from '../backup/audit.ts'
 import type { Health, LedgerRow } from '../backup/health.ts'
-import { ago, bytes, shortId, table } from './format.ts'
+import type { Schedule } from '../backup/schedule.ts'
+import { resolve } from 'node:path'
+import { ago, bytes, duration, parseDuration, shortId, table } from './format.ts'
 
 /**
- * `kith backup audit|health|ledger`: looking after backups once placed
- * (docs/backup.md, Audits and Repair), added to `kith backup`.
+ * `kith backup audit|health|ledger|schedule|schedules|unschedule`: looking
+ * after backups once placed (docs/backup.md, Audits and Repair), and runs on
+ * a period; added to `kith backup`.
  */
 type Print = (json: boolean | undefined, value: unknown, text: () => string) => void
 type Client = (cmd: Command) => Promise<ApiClient>
@@ -78,5 +81,50 @@ export function backupCareCommands (backup: Command, client: Client, print: Prin
         f.forMe != null ? `${bytes(f.forMe.bytes)} (${f.forMe.blobs} blobs)` : '-',
         f.forMe?.state ?? '-'
       ])) || 'no backups either way yet')
+    })
+
+  backup.command('schedule')
+    .description('back up these paths every period, kept across restarts (the first run one period from now)')
+    .argument('<paths...>', 'files or folders')
+    .requiredOption('--every <duration>', 'how often: 30m, 1h, 1d, 1w')
+    .option('--to <name...>', 'friends to place it on (default: every friend who granted you backup)')
+    .option('--replicas <n>', 'copies of each piece (default 2)')
+    .option('--name <label>', 'a label for its snapshots')
+    .option('--json', 'print as JSON')
+    .action(async (paths: string[], opts: { every: string, to?: string[], replicas?: string, name?: string, json?: boolean }, cmd: Command) => {
+      const every = parseDuration(opts.every)
+      if (every == null || every < 60) throw new KithError('USAGE', `--every wants a duration of a minute or more, like 30m, 1h or 1d; got ${JSON.stringify(opts.every)}`)
+      if (opts.replicas != null && !/^\d{1,2}$/.test(opts.replicas)) throw new KithError('USAGE', `--replicas wants a whole number; got ${JSON.stringify(opts.replicas)}`)
+      const { schedule } = await (await client(cmd)).call<{ schedule: Schedule }>('POST', '/v1/backup/schedules', {
+        paths: paths.map(p => resolve(p)),
+        everyMs: every * 1000,
+        ...(opts.to != null ? { to: opts.to } : {}),
+        ...(opts.replicas != null ? { replicas: Number(opts.replicas) } : {}),
+        ...(opts.name != null ? { name: opts.name } : {})
+      })
+      print(opts.json, { schedule }, () => `schedule ${schedule.id}: ${schedule.paths.join(', ')} every ${duration(schedule.everyMs / 1000)}, first run ${new Date(schedule.next).toISOString()}`)
+    })
+
+  backup.command('schedules')
+    .description('list scheduled backups and how their last run went')
+    .option('--json', 'print as JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const { schedules } = await (await client(cmd)).get<{ schedules: Schedule[] }>('/v1/backup/schedules')
+      print(opts.json, { schedules }, () => table(['ID', 'EVERY', 'PATHS', 'NEXT', 'LAST'], schedules.map(s => [
+        s.id,
+        duration(s.everyMs / 1000),
+        s.paths.join(', '),
+        new Date(s.next).toISOString(),
+        s.last == null ? '-' : s.last.ok ? `started ${ago(s.last.at)} (job ${s.last.job ?? '?'})` : `${ago(s.last.at)}: ${s.last.error?.message ?? ''} [${s.last.error?.code ?? ''}]`
+      ])) || 'no scheduled backups; add one with `kith backup schedule PATH --every 1d`')
+    })
+
+  backup.command('unschedule')
+    .description('remove a scheduled backup (its snapshots stay)')
+    .argument('<id>', 'the id `kith backup schedules` shows')
+    .option('--json', 'print as JSON')
+    .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
+      const { schedule } = await (await client(cmd)).call<{ schedule: Schedule }>('DELETE', `/v1/backup/schedules/${encodeURIComponent(id)}`)
+      print(opts.json, { schedule }, () => `schedule ${schedule.id} removed`)
     })
 }
