@@ -12,12 +12,12 @@ type Print = (json: boolean | undefined, value: unknown, text: () => string) => 
 type Client = (cmd: Command) => Promise<ApiClient>
 
 /** Sets a friend's backup quota through the API; resolves to what the host book says now. */
-export async function setQuota (api: ApiClient, name: string, size: string): Promise<HostedFriend> {
+async function setQuota (api: ApiClient, name: string, size: string): Promise<HostedFriend> {
   const { hosted } = await api.call<{ hosted: HostedFriend }>('PUT', `/v1/friends/${encodeURIComponent(name)}/quota`, { quota: size })
   return hosted
 }
 
-export function quotaLine (h: HostedFriend): string {
+function quotaLine (h: HostedFriend): string {
   return `${h.name ?? shortId(h.peerId)} may keep up to ${bytes(h.quota)} of backups here (${bytes(h.used)} used)${h.quota === 0 ? '; no new writes' : ''}`
 }
 
