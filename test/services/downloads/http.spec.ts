@@ -321,6 +321,14 @@ describe('HTTP engine against a faulty server', () => {
     expect(result.sha256).toBe(sha(a))
   })
 
+  it('downloads an empty file, answered 416 to its Range request', async () => {
+    const path = serve(Buffer.alloc(0))
+    const run = newRun()
+    expect(await download(server.url + path, run)).toMatchObject({ size: 0, sha256: sha(Buffer.alloc(0)) })
+    expect(server.log.find(e => e.path === path)!.status).toBe(416)
+    expect((await readFile(run.partial)).length).toBe(0)
+  })
+
   it('downloads a body of unknown length on one connection', async () => {
     const path = serve(a, () => ({ kind: 'chunked' }))
     const run = newRun()

@@ -242,10 +242,12 @@ class Attempt {
       for await (const chunk of opened.body as AsyncIterable<Buffer>) {
         if (segment.cursor >= segment.end) break
         await this.ctx.take(Math.min(chunk.length, segment.end - segment.cursor), this.signal)
-        // another connection may have taken over the tail meanwhile
+        // another connection may have taken over the tail meanwhile; the bytes are claimed before the
+        // write awaits, so a split meanwhile starts past them (a failed write ends the attempt anyway)
         const piece = chunk.subarray(0, Math.min(chunk.length, segment.end - segment.cursor))
-        await gather.push(segment.cursor, piece)
+        const at = segment.cursor
         segment.cursor += piece.length
+        await gather.push(at, piece)
         this.received += piece.length
         this.ctx.progress({ done: this.base + this.received, total: this.total })
         if (segment.cursor >= segment.end) break

@@ -94,6 +94,8 @@ export async function open (url: URL, want: Want, dispatcher: Dispatcher, signal
       continue
     }
     if (status === 200 || status === 206) return read(res, status, at, want)
+    // an empty file has no byte 0 to give: some servers say 416 with "bytes */0" where others say 200
+    if (status === 416 && want.start === 0 && /\/0$/.test(one(res.headers['content-range']) ?? '')) return read(res, 200, at, want)
     discard(res.body)
     throw statusError(status, res.headers, at, want)
   }
