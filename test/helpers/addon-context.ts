@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { DownloadAddon, DownloadContext, DownloadProgress, DownloadResult, DownloadSettings } from '../../src/services/downloads/addon.ts'
@@ -47,6 +47,8 @@ export async function scratch (name = 'download'): Promise<Scratch> {
   const bandwidth = new BandwidthScheduler()
   let last = 0
   const run = async (addon: DownloadAddon, url: string, options: Record<string, unknown> = {}, abortAfter?: number): Promise<AddonRun> => {
+    // the queue makes the state folder before each call
+    await mkdir(stateDir, { recursive: true })
     const controller = new AbortController()
     const flow = bandwidth.flow({ direction: 'down', class: 'public' })
     const progress: DownloadProgress[] = []

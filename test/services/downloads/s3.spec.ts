@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { createServer, type Server } from 'node:http'
+import { createServer, type IncomingMessage, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { AwsClient, AwsV4Signer } from 'aws4fetch'
 import S3rver from 's3rver'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { httpAddon } from '../../../src/services/downloads/http/index.ts'
 import { s3Addon } from '../../../src/services/downloads/s3.ts'
 import { scratch, type Scratch } from '../../helpers/addon-context.ts'
 import { freePort } from '../../helpers/servers.ts'
@@ -21,21 +22,33 @@ import { freePort } from '../../helpers/servers.ts'
 const SECRET = 'kith-test-secret'
 const SAVED = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_CONFIG_FILE', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_S3']
 
-/** Answers GET and HEAD of /bucket/ok.bin when the request's SigV4 signature is right for SECRET; 403 SignatureDoesNotMatch otherwise. */
+/** The authorization a request should carry if signed with SECRET: the header's, or a presigned URL's signature. */
+async function expectedSignature (req: IncomingMessage): Promise<{ given: string, expected: string | null }> {
+  const url = new URL(req.url!, `http://${req.headers.host!}`)
+  const query = url.searchParams.get('X-Amz-Signature')
+  const auth = req.headers.authorization ?? ''
+  const credential = /^([^/]+)\/\d{8}\/([^/]+)\/([^/]+)\//.exec(query !== null ? url.searchParams.get('X-Amz-Credential') ?? '' : /Credential=([^,]+)/.exec(auth)?.[1] ?? '')
+  if (credential === null) return { given: query ?? auth, expected: null }
+  const common = { method: req.method!, accessKeyId: credential[1]!, secretAccessKey: SECRET, region: credential[2]!, service: credential[3]! }
+  if (query !== null) {
+    url.searchParams.delete('X-Amz-Signature')
+    const signed = await new AwsV4Signer({ ...common, url: url.href, signQuery: true, datetime: url.searchParams.get('X-Amz-Date') ?? '' }).sign()
+    return { given: query, expected: signed.url.searchParams.get('X-Amz-Signature') }
+  }
+  const headers: Record<string, string> = {}
+  for (const name of /SignedHeaders=([^,]+)/.exec(auth)?.[1]?.split(';') ?? []) if (name !== 'host') headers[name] = String(req.headers[name])
+  const signed = await new AwsV4Signer({ ...common, url: url.href, headers, datetime: req.headers['x-amz-date'] as string }).sign()
+  return { given: auth, expected: signed.headers.get('authorization') }
+}
+
+/** Answers GET and HEAD of /bucket/ok.bin when the request's SigV4 signature (header or presigned) is right for SECRET; 403 SignatureDoesNotMatch otherwise. */
 function sigV4Server (body: Buffer): Server {
   return createServer((req, res) => {
     void (async () => {
-      const auth = req.headers.authorization ?? ''
-      const signed = /SignedHeaders=([^,]+)/.exec(auth)?.[1]?.split(';') ?? []
-      const credential = /Credential=([^/]+)\/\d{8}\/([^/]+)\/([^/]+)\//.exec(auth)
-      const headers: Record<string, string> = {}
-      for (const name of signed) if (name !== 'host') headers[name] = String(req.headers[name])
-      const expected = credential === null
-        ? null
-        : (await new AwsV4Signer({ method: req.method!, url: `http://${req.headers.host!}${req.url!}`, headers, accessKeyId: credential[1]!, secretAccessKey: SECRET, region: credential[2]!, service: credential[3]!, datetime: req.headers['x-amz-date'] as string }).sign()).headers.get('authorization')
-      if (expected === null || expected !== auth) {
+      const { given, expected } = await expectedSignature(req)
+      if (expected === null || expected !== given) {
         res.writeHead(403, { 'content-type': 'application/xml' }).end('<Error><Code>SignatureDoesNotMatch</Code></Error>')
-      } else if (req.url === '/bucket/ok.bin') {
+      } else if (new URL(req.url!, 'http://x').pathname === '/bucket/ok.bin') {
         res.writeHead(200, { 'content-length': body.length, etag: '"e1"' }).end(req.method === 'HEAD' ? undefined : body)
       } else {
         res.writeHead(404).end('<Error><Code>NoSuchKey</Code></Error>')
@@ -131,5 +144,17 @@ describe('s3 add-on against s3rver and a SigV4-checking server', () => {
     for (const [url, options] of [['s3://Not_A_Bucket/x', {}], ['s3://key:secret@photos/x', {}], ['s3://photos/x?X-Amz-Signature=1', {}], ['s3://photos/x', { endpoint: 'ftp://x' }], ['s3://photos/x', { secret: 'no' }]] as const) {
       expect(() => s3Addon.check!(new URL(url), options)).toThrow(expect.objectContaining({ code: 'URL_INVALID' }))
     }
+  })
+
+  it('a presigned URL is an https:// URL the HTTP engine downloads as it is; a tampered one is refused', async () => {
+    await rm(s.partial, { recursive: true, force: true })
+    await rm(s.stateDir, { recursive: true, force: true })
+    const aws = new AwsClient({ accessKeyId: 'S3RVER', secretAccessKey: SECRET, service: 's3', region: 'us-east-1' })
+    const presigned = (await aws.sign(`${checkerEndpoint}/bucket/ok.bin`, { aws: { signQuery: true } })).url
+    expect((await s.run(httpAddon, presigned)).result.size).toBe(objects['big.bin']!.length)
+    expect((await readFile(s.partial)).equals(objects['big.bin']!)).toBe(true)
+    await rm(s.partial)
+    await rm(s.stateDir, { recursive: true })
+    await expect(s.run(httpAddon, presigned.replace(/X-Amz-Signature=[0-9a-f]/, m => m.endsWith('0') ? m.slice(0, -1) + '1' : m.slice(0, -1) + '0'))).rejects.toMatchObject({ code: 'HTTP_STATUS' })
   })
 })
