@@ -313,14 +313,16 @@ export class HostBook {
   /**
    * Deletes what owners no longer granted backup left here once `graceMs`
    * has passed since I first saw them without it (a grant given back in time
-   * keeps everything). Resolves to the owners whose data was deleted.
+   * keeps everything). Their quota and counter stay: the quota as I set it,
+   * the counter so no request they signed before is ever accepted again.
+   * Resolves to the owners whose data was deleted.
    */
   async sweep (allowed: (owner: string) => boolean, graceMs: number): Promise<string[]> {
     const deleted: string[] = []
     for (const owner of [...this.docs.keys()]) {
       await this.serial(owner, async () => {
         const doc = this.doc(owner)
-        if (allowed(owner)) {
+        if (allowed(owner) || (doc.blobs === 0 && doc.record === null)) {
           if (doc.goneSince !== null) await this.save(owner, { ...doc, goneSince: null })
           return
         }
@@ -334,18 +336,14 @@ export class HostBook {
         const keys: string[] = []
         for await (const key of this.rows.keys({ gt: `${owner}/`, lt: `${owner}0` })) keys.push(key)
         await rm(this.recordPath(owner), { force: true })
-        await this.db.batch([
-          ...keys.map(key => ({ type: 'del' as const, sublevel: this.rows, key })),
-          { type: 'del' as const, sublevel: this.owners, key: owner }
-        ] as never)
-        this.docs.delete(owner)
+        await this.save(owner, { ...this.doc(owner), used: 0, blobs: 0, record: null, goneSince: null, trail: [] }, keys.map(key => ({ type: 'del' as const, key })))
         deleted.push(owner)
       })
     }
     return deleted
   }
 
-  /** Every owner I keep something for, or granted a quota. */
+  /** Every owner I keep something for, or set a quota for. */
   hosted (): HostedView[] {
     return [...this.docs].map(([peerId, doc]) => ({
       peerId,

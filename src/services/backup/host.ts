@@ -77,7 +77,8 @@ export class BackupHost {
   async setQuota (name: string, bytes: number): Promise<HostedFriend> {
     const friend = this.init.friends.resolve(name)
     await this.book.setQuota(friend.peerId, bytes)
-    return this.hosted().find(h => h.peerId === friend.peerId)!
+    const view = this.book.hosted().find(h => h.peerId === friend.peerId)!
+    return { ...view, name: friend.label, deleteAt: null }
   }
 
   hosted (): HostedFriend[] {
@@ -90,7 +91,9 @@ export class BackupHost {
       }
     }
     const grace = this.init.graceMs ?? DEFAULT_GRACE_MS
-    return [...views.values()].map(view => ({ ...view, name: friends.get(view.peerId)?.label ?? null, deleteAt: view.goneSince != null ? view.goneSince + grace : null }))
+    return [...views.values()]
+      .filter(view => friends.allows(view.peerId, 'backup') || view.blobs > 0 || view.record !== null)
+      .map(view => ({ ...view, name: friends.get(view.peerId)?.label ?? null, deleteAt: view.goneSince != null ? view.goneSince + grace : null }))
   }
 
   async stop (): Promise<void> {

@@ -87,9 +87,15 @@ describe('host book', () => {
     await book.sweep(() => granted, grace)
     now += grace
     expect(await book.sweep(() => granted, grace)).toEqual([OWNER])
-    expect(book.hosted()).toEqual([])
+    expect(book.hosted()[0]).toMatchObject({ used: 0, blobs: 0, record: null, goneSince: null })
     expect(await book.getRecord(OWNER)).toBeNull()
-    expect(book.usage(OWNER)).toMatchObject({ used: 0, quota: DEFAULT_QUOTA })
+    expect(await book.has(OWNER, [a!.id])).toEqual([false])
+    // the counter stays, so nothing they signed before is accepted again
+    expect(book.usage(OWNER)).toMatchObject({ used: 0, quota: DEFAULT_QUOTA, counter: 5 })
+    // nothing left: later sweeps leave them be
+    now += 10 * grace
+    expect(await book.sweep(() => granted, grace)).toEqual([])
+    expect(book.hosted()[0]!.goneSince).toBeNull()
   })
 
   it('keeps owners apart and removes only with a counter above the last', async () => {
