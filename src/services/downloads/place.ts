@@ -96,7 +96,6 @@ export async function freeBytes (path: string): Promise<number> {
 /** An origin's name for a file as a single safe file name, or null if nothing usable is left. */
 export function safeName (name: string | undefined | null): string | null {
   if (name == null) return null
-  // eslint-disable-next-line no-control-regex
   const cleaned = name.replace(/[/\\\0-\x1f\x7f]/g, '_').trim().slice(0, 200)
   if (cleaned === '' || cleaned === '.' || cleaned === '..' || cleaned.startsWith('.kith-')) return null
   return cleaned
