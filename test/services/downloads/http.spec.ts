@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { randomBytes, createHash } from 'node:crypto'
 import { once } from 'node:events'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -10,7 +10,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { KithError } from '../../../src/errors.ts'
 import type { DownloadProgress, DownloadResult, DownloadSettings } from '../../../src/services/downloads/addon.ts'
 import { httpAddon } from '../../../src/services/downloads/http/index.ts'
+import { CACHE_BUDGET, MAX_BLOCK, MIN_BLOCK } from '../../../src/services/downloads/http/constants.ts'
+import { HashCursor } from '../../../src/services/downloads/http/hash-cursor.ts'
 import { Planner } from '../../../src/services/downloads/http/segments.ts'
+import { WriteCache } from '../../../src/services/downloads/http/write-cache.ts'
 import { RangeSet } from '../../../src/services/downloads/http/ranges.ts'
 import { backoffMs, parseRetryAfter } from '../../../src/services/downloads/http/retry.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
@@ -123,6 +126,20 @@ describe('HTTP engine parts', () => {
     expect(planner.next()!.cursor).toBe(2 * MiB)
     planner.release(second)
     expect(planner.unassigned).toBe(100 * 1024)
+  })
+
+  it('shares the write-back cache budget out: two blocks per connection, within it whatever the count', async () => {
+    const fh = await open(join(dir, 'budget'), 'w')
+    try {
+      for (const n of [1, 2, 4, 8, 16, 64]) {
+        const cache = new WriteCache(fh, n, new HashCursor())
+        expect(cache.blockSize).toBeGreaterThanOrEqual(MIN_BLOCK)
+        expect(cache.blockSize).toBeLessThanOrEqual(MAX_BLOCK)
+        expect(2 * n * cache.blockSize).toBeLessThanOrEqual(CACHE_BUDGET)
+      }
+    } finally {
+      await fh.close()
+    }
   })
 })
 
