@@ -149,8 +149,7 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
     await page.fill('input[name="destDir"]', dest)
     await page.click('form[data-form="fetch"] button')
     // the row moves on by the event stream alone; at 1 MB/s (the cap set above) it runs 4 s
-    // (an expression the page evaluates: this file is not compiled with the DOM's types)
-    await page.waitForFunction('Number(document.querySelector(\'tbody tr[data-state="running"] progress\')?.getAttribute("value")) > 0', undefined, { timeout: 15_000 })
+    await waitFor(async () => Number(await page.locator('tbody tr[data-state="running"] progress').getAttribute('value', { timeout: 15_000 })) > 0, 'the fetch to show progress', 15_000)
     await page.click('tbody tr button[data-action="pause"]')
     await page.waitForSelector('tbody tr[data-state="paused"]')
     await shoot('transfers')

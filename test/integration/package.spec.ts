@@ -61,14 +61,15 @@ describe('the npm package', () => {
     expect(files.filter(f => /^(src|test|bench|\.ci|scratch|node_modules)\//.test(f) || f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([])
   })
 
-  it('installs a kith that starts a node on the Node 24 it brings, answers status, and stops with kith stop', async () => {
+  it('installs a kith that starts a node on the Node 24 it brings, answers status, serves the dashboard, and stops with kith stop', async () => {
     const home = join(dir, 'home')
     daemon = spawn(kith, ['--home', home, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--json'], { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
     let out = ''
+    let err = ''
     daemon.stdout!.on('data', (c: Buffer) => { out += c.toString() })
-    daemon.stderr!.on('data', (c: Buffer) => { out += c.toString() })
+    daemon.stderr!.on('data', (c: Buffer) => { err += c.toString() })
     const exited = new Promise<number | null>(resolve => daemon!.on('exit', code => resolve(code)))
-    const started = await waitFor(() => out.includes('\n') ? JSON.parse(out.slice(0, out.indexOf('\n'))) as { peerId: string } : undefined, `the installed kith to start (it printed: ${out})`, 60_000)
+    const started = await waitFor(() => out.includes('\n') ? JSON.parse(out.slice(0, out.indexOf('\n'))) as { peerId: string } : undefined, `the installed kith to start (it printed: ${out}${err})`, 60_000)
 
     // the daemon runs on the package's Node 24, not on the Node first on the user's PATH
     if (process.platform === 'linux') {
@@ -79,6 +80,15 @@ describe('the npm package', () => {
     expect(status.stderr).toBe('')
     expect(JSON.parse(status.stdout).peerId).toBe(started.peerId)
 
+    // the dashboard's pages and its QR library come from the package too
+    const link = JSON.parse((await run(kith, ['--home', home, 'open', '--no-browser', '--json'])).stdout) as { url: string }
+    const login = await fetch(link.url, { redirect: 'manual' })
+    expect(login.status).toBe(303)
+    const cookie = login.headers.get('set-cookie')!.split(';')[0]!
+    for (const page of ['/', '/ui/app.js', '/ui/vendor/lean-qr.mjs']) {
+      expect((await fetch(new URL(page, link.url), { headers: { cookie } })).status).toBe(200)
+    }
+
     const stop = await run(kith, ['--home', home, 'stop', '--json'])
     expect(stop.stderr).toBe('')
     expect(JSON.parse(stop.stdout)).toEqual({ stopped: true, pid: daemon.pid })
@@ -87,5 +97,5 @@ describe('the npm package', () => {
     // the home is whole: the installed kith reads the same identity from it
     const again = await run(kith, ['--home', home, 'id', '--json'])
     expect(JSON.parse(again.stdout).peerId).toBe(started.peerId)
-  })
+  }, 120_000)
 })

@@ -119,11 +119,13 @@ export function createDashboard (origin: string, origins: string[]): Dashboard {
 
   async function page (req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
     if (req.method !== 'GET' && req.method !== 'HEAD') throw new KithError('NOT_FOUND', `the dashboard's pages are only read: ${req.method ?? ''} ${url.pathname}`)
-    if (url.pathname === '/login') {
+    // GET only: a HEAD (a link preview, say) must not spend the code
+    if (url.pathname === '/login' && req.method === 'GET') {
       login(res, url.searchParams.get('code') ?? '')
       return
     }
-    const file = FILES[url.pathname]!
+    const file = FILES[url.pathname]
+    if (file == null) throw new KithError('NOT_FOUND', 'open the login link with GET, in a browser')
     const s = session(req)
     if (s == null || fromElsewhere(req, ['same-origin', 'none'])) {
       sendPage(res, 401, '<h1>Log in first</h1><p>Run <code>kith open</code> and open the link it prints: the dashboard needs it each time.</p>')
