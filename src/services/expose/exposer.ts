@@ -198,7 +198,6 @@ export class Exposer {
       }
       return
     }
-    socket.on('error', () => {})
     const flows = this.flows(peer, tunnel.service)
     try {
       await splice({ socket, stream, inbox, ...flows, signal: AbortSignal.any([tunnel.controller.signal, this.stopping.signal]) })

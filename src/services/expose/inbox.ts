@@ -6,7 +6,12 @@ import { KithError } from '../../errors.ts'
  * they arrive; above `highWater` the stream is paused, so yamux stops
  * granting window and the sender waits. Read the opening header with
  * `header()`, then the raw bytes with `next()`. Finishes on 'end' (never on
- * 'remoteCloseWrite', which can fire while data is still buffered).
+ * 'remoteCloseWrite', which can fire while data is still buffered), and
+ * cleanly only if the other side closed its writing end: a connection that
+ * closes under the stream (a relay's budget spent, the network gone) ends it
+ * too, with no error from libp2p, and must not pass for the service's FIN,
+ * or a response cut short would look whole to the local side. (Made as the
+ * stream opens, before any FIN can come.)
  */
 export class Inbox {
   private readonly stream: Stream
@@ -14,6 +19,8 @@ export class Inbox {
   private readonly chunks: Uint8Array[] = []
   private length = 0
   private ended = false
+  /** the other side closed its writing end (a FIN), as opposed to the connection closing under the stream */
+  private finished = false
   private error: Error | undefined
   private wake: (() => void) | undefined
   private resuming = false
@@ -22,9 +29,9 @@ export class Inbox {
     this.stream = stream
     this.highWater = highWater
     stream.addEventListener('message', this.onMessage)
+    stream.addEventListener('remoteCloseWrite', this.onFin)
     stream.addEventListener('end', this.onEnd)
     stream.addEventListener('close', this.onClose)
-    if (stream.readableEnded) this.ended = true
   }
 
   /** bytes queued here */
@@ -46,14 +53,19 @@ export class Inbox {
     this.length += buf.byteLength
   }
 
+  private readonly onFin = (): void => {
+    this.finished = true
+  }
+
   private readonly onEnd = (): void => {
+    if (!this.finished) this.error ??= cutOff()
     this.ended = true
     this.notify()
   }
 
   private readonly onClose = (evt: Event & { error?: Error }): void => {
     if (evt.error != null) this.error ??= evt.error
-    else if (this.stream.readBufferLength === 0) this.ended = true
+    else if (this.stream.readBufferLength === 0) this.onEnd()
     this.notify()
   }
 
@@ -158,10 +170,15 @@ export class Inbox {
 
   dispose (): void {
     this.stream.removeEventListener('message', this.onMessage)
+    this.stream.removeEventListener('remoteCloseWrite', this.onFin)
     this.stream.removeEventListener('end', this.onEnd)
     this.stream.removeEventListener('close', this.onClose)
     this.notify()
   }
+}
+
+function cutOff (): KithError {
+  return new KithError('FRIEND_OFFLINE', 'the connection to the friend closed under this stream (the network, or a relay whose budget ran out)')
 }
 
 /** Frames a header: 2-byte big-endian length, then the bytes. */

@@ -19,6 +19,8 @@ export async function connectLocal (host: string, port: number, service: string,
       socket.off('connect', onConnect)
       socket.off('error', onError)
       if (err === undefined) {
+        // from here on the splice reports failures; an error must never go unheard (it would end the process)
+        socket.on('error', () => {})
         resolve(socket)
         return
       }

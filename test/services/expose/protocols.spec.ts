@@ -31,7 +31,8 @@ import { KithError } from '../../../src/errors.ts'
  * name) is answered PROTOCOL_VIOLATION before alice's program sees a
  * connection; a service not granted and one not exposed answer alike; the
  * per-friend cap answers SERVICE_BUSY; a program that is down answers
- * SERVICE_DOWN; a catalog answer with unsafe text is refused by the asker.
+ * SERVICE_DOWN; a connection closed under a stream is a failure, never a
+ * clean end; a catalog answer with unsafe text is refused by the asker.
  */
 /** The code of the KithError `promise` rejects with, or 'ok' (anything else fails the test). */
 async function codeOf (promise: Promise<unknown>): Promise<string> {
@@ -118,7 +119,7 @@ describe('friend services on the wire', () => {
     const before = served.length
     const good = encodeCanonical({ v: 1, service: 'echo' })
     const flipped = Uint8Array.from(good)
-    flipped[2] ^= 0x40
+    flipped[2] = flipped[2]! ^ 0x40
     const cases: Array<[string, Uint8Array, boolean]> = [
       ['oversize', Uint8Array.of(0xff, 0xff, ...good), false],
       ['zero length', Uint8Array.of(0, 0), false],
@@ -153,6 +154,16 @@ describe('friend services on the wire', () => {
       t.inbox.dispose()
       t.stream.abort(new Error('done'))
     }
+  })
+
+  it('takes a connection closed under a stream for a failure, not for the service\'s end', async () => {
+    const { stream, inbox } = await openTunnel(bob, alice.peerId, 'echo', AbortSignal.timeout(15_000))
+    stream.send(new TextEncoder().encode('hello'))
+    expect(new TextDecoder().decode(await inbox.next(AbortSignal.timeout(15_000)))).toBe('hello')
+    // cut as a relay's spent budget cuts it: no FIN of the stream, the connection gone underneath
+    for (const connection of alice.getConnections(bob.peerId)) connection.abort(new Error('cut'))
+    expect(await codeOf(inbox.next(AbortSignal.timeout(15_000)))).toBe('FRIEND_OFFLINE')
+    inbox.dispose()
   })
 
   it('refuses a catalog answer carrying unsafe text, or a name that is not one', async () => {
