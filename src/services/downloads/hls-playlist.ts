@@ -50,7 +50,8 @@ function malformed (where: URL, why: string): KithError {
   return new KithError('PLAYLIST_MALFORMED', `the HLS playlist ${where.href} ${why}`)
 }
 
-function resolve (uri: string, base: URL): URL {
+function resolve (uri: unknown, base: URL): URL {
+  if (typeof uri !== 'string' || uri === '') throw malformed(base, 'has an entry without a URI')
   let url: URL
   try {
     url = new URL(uri, base)
@@ -61,17 +62,25 @@ function resolve (uri: string, base: URL): URL {
   return url
 }
 
-function range (byterange: { length: number, offset: number } | undefined): Piece['range'] {
-  return byterange === undefined ? undefined : { offset: byterange.offset, length: byterange.length }
+function range (byterange: { length: number, offset: number } | undefined, base: URL): Piece['range'] {
+  if (byterange === undefined) return undefined
+  const { offset, length } = byterange
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length <= 0) throw malformed(base, 'has a byte range (EXT-X-BYTERANGE) that is not one')
+  return { offset, length }
 }
 
 /** Parses the playlist `text` fetched from `base`. */
 export function parsePlaylist (text: string, base: URL): Playlist {
   if (!text.trimStart().startsWith('#EXTM3U')) throw malformed(base, 'does not start with #EXTM3U; is it an HLS playlist?')
-  const parser = new Parser()
-  parser.push(text)
-  parser.end()
-  const manifest = parser.manifest as Manifest
+  let manifest: Manifest
+  try {
+    const parser = new Parser()
+    parser.push(text)
+    parser.end()
+    manifest = parser.manifest as Manifest
+  } catch (err) {
+    throw new KithError('PLAYLIST_MALFORMED', `the HLS playlist ${base.href} can't be read: ${(err as Error).message}`, { cause: err })
+  }
   const variants = manifest.playlists ?? []
   if (variants.length > 0) {
     return { kind: 'master', variants: variants.map(v => ({ url: resolve(v.uri, base), bandwidth: v.attributes?.BANDWIDTH ?? 0 })) }
@@ -84,13 +93,13 @@ export function parsePlaylist (text: string, base: URL): Playlist {
   if (segments.length >= MAX_PIECES) throw malformed(base, `has ${segments.length} segments; kith takes up to ${MAX_PIECES - 1}`)
   const pieces: Piece[] = []
   const map = segments[0]?.map
-  if (map !== undefined) pieces.push({ url: resolve(map.uri, base), range: range(map.byterange) })
+  if (map !== undefined) pieces.push({ url: resolve(map.uri, base), range: range(map.byterange, base) })
   for (const segment of segments) {
     if (segment.key !== undefined && segment.key.method !== 'NONE') {
       throw new KithError('PLAYLIST_UNSUPPORTED', `the HLS playlist ${base.href} is encrypted (EXT-X-KEY ${segment.key.method}); kith does not download encrypted streams`)
     }
     if (segment.map?.uri !== map?.uri) throw new KithError('PLAYLIST_UNSUPPORTED', `the HLS playlist ${base.href} changes its initialisation section (EXT-X-MAP) midway; kith can't join that into one file`)
-    pieces.push({ url: resolve(segment.uri, base), range: range(segment.byterange) })
+    pieces.push({ url: resolve(segment.uri, base), range: range(segment.byterange, base) })
   }
   return { kind: 'media', pieces, fmp4: map !== undefined }
 }
