@@ -66,7 +66,7 @@ async function follow (api: ApiClient, id: string, json: boolean, events: AsyncG
   const cliProgress = !json && process.stderr.isTTY ? (await import('cli-progress')).default : null
   const bar = cliProgress != null
     ? new cliProgress.SingleBar({
-      format: '{bar} {percentage}% | {done} / {total} | {speed} | ETA {eta_h}{floor}',
+      format: '{bar} {percentage}% | {got} / {size} | {speed} | ETA {eta_h}{floor}',
       stream: process.stderr,
       hideCursor: true
     }, cliProgress.Presets.shades_classic)
@@ -76,7 +76,7 @@ async function follow (api: ApiClient, id: string, json: boolean, events: AsyncG
     last = t
     if (json) console.log(terminalJson({ id: t.id, state: t.state, doneBytes: t.doneBytes, totalBytes: t.totalBytes, rate: Math.round(t.rate), eta: t.eta, priority: t.priority, floor: t.floor }))
     if (bar != null) {
-      const payload = { done: bytes(t.doneBytes), total: bytes(t.totalBytes), speed: `${bytes(t.rate)}/s`, eta_h: t.eta != null ? duration(t.eta) : '?', floor: t.floor != null && t.floor.state !== 'ok' ? ` | floor ${floorText(t)}` : '' }
+      const payload = { got: bytes(t.doneBytes), size: bytes(t.totalBytes), speed: `${bytes(t.rate)}/s`, eta_h: t.eta != null ? duration(t.eta) : '?', floor: t.floor != null && t.floor.state !== 'ok' ? ` | floor ${floorText(t)}` : '' }
       if (bar.getTotal() !== t.totalBytes) bar.start(Math.max(1, t.totalBytes), t.doneBytes, payload)
       bar.update(t.doneBytes, payload)
     }
