@@ -36,7 +36,7 @@ const ROUTES = [
   'GET /v1/shares', 'POST /v1/shares', 'DELETE /v1/shares/{x}', 'GET /v1/transfers', 'POST /v1/transfers', 'GET /v1/transfers/{x}',
   'POST /v1/transfers/{x}/pause', 'POST /v1/transfers/{x}/resume', 'POST /v1/transfers/{x}/cancel', 'POST /v1/transfers/{x}/priority',
   'GET /v1/limits', 'PUT /v1/limits', 'GET /v1/downloads', 'POST /v1/downloads', 'GET /v1/downloads/{x}', 'POST /v1/downloads/{x}/pause',
-  'POST /v1/downloads/{x}/resume', 'POST /v1/downloads/{x}/cancel', 'POST /v1/downloads/{x}/priority'
+  'POST /v1/downloads/{x}/resume', 'POST /v1/downloads/{x}/cancel', 'POST /v1/downloads/{x}/priority', 'POST /v1/downloads/{x}/limit'
 ]
 
 /** Valid bodies of the routes that take one: what the fuzzer damages. Paths for shares are filled in per run. */
@@ -51,6 +51,7 @@ const BODIES: Record<string, fc.Arbitrary<Record<string, unknown>>> = {
   // URLs that fail at once (nothing listens on port 1; no add-on takes gopher) into a folder that can't be made
   'POST /v1/downloads': fc.record({ urls: fc.array(fc.constantFrom('http://127.0.0.1:1/x', 'gopher://x/y', 'not a url', 'kith://a/b', 'ftp://127.0.0.1:1/x'), { minLength: 1, maxLength: 3 }), dest: fc.constant('/nonexistent/kith-fuzz/'), priority: fc.constantFrom('urgent', 'normal', 'low'), limit: fc.constantFrom('1MB/s', 5, 'fast'), connections: fc.integer({ min: -1, max: 20 }), checksum: fc.constantFrom('sha256:' + '0'.repeat(64), 'md5:x') }, { requiredKeys: ['urls', 'dest'] }),
   'POST /v1/downloads/{x}/priority': fc.constantFrom('high', 'normal', 'low').map(priority => ({ priority })),
+  'POST /v1/downloads/{x}/limit': fc.constantFrom('1MB/s', 0, null, 'fast', 1e300).map(limit => ({ limit })),
   'PUT /v1/limits': fc.record({ up: fc.constantFrom('1MB/s', null, 'unlimited', 5), down: fc.constantFrom('2MB/s', null) }, { requiredKeys: [] })
 }
 
