@@ -24,8 +24,12 @@ import { unlessBusy, type BackupParts } from './parts.ts'
 import { encodeSnapshot, type SnapshotStats } from './snapshot.ts'
 import { encodeTree, micros, type TreeEntry } from './tree.ts'
 
-/** Blobs sealed and being placed at once: each holds up to 8 MiB (plaintext and sealed). */
-const PLACING = 4
+/**
+ * Blobs sealed and being placed at once, each to its hosts in parallel: each
+ * holds up to 8 MiB (plaintext and sealed), and asks each host at most once
+ * at a time (a host serves 8 requests of one owner at once).
+ */
+const PLACING = 6
 /** How often progress is reported, ms. */
 const PROGRESS_EVERY_MS = 250
 /** Blob needs written to the index in batches of this many. */
@@ -165,19 +169,27 @@ class Placer {
       await index.putBlob(id, record)
     }
     const hosts = [...record.hosts]
-    for (const host of hostOrder(this.options.hosts, id)) {
-      if (hosts.length >= this.options.replicas) break
-      if (hosts.includes(host) || this.dropped.has(host)) continue
-      try {
-        const answer = await unlessBusy(async () => await this.parts.host(host).put(sealed.sealedId, sealed.sealed, this.options.signal), this.options.signal)
-        if (answer.stored) this.sentBytes += sealed.sealed.length
-        await index.addHost(id, host)
-        hosts.push(host)
-      } catch (err) {
-        if (this.options.signal?.aborted === true) throw err
-        const error = asKithError(err)
-        this.dropped.set(host, `${error.code}: ${error.message}`)
-      }
+    const candidates = hostOrder(this.options.hosts, id).filter(host => !hosts.includes(host))
+    // the copies still wanted go out at once; a host that fails is replaced by the next candidate
+    let recorded = Promise.resolve()
+    while (hosts.length < this.options.replicas) {
+      const batch = candidates.filter(host => !this.dropped.has(host)).slice(0, this.options.replicas - hosts.length)
+      if (batch.length === 0) break
+      for (const host of batch) candidates.splice(candidates.indexOf(host), 1)
+      await Promise.all(batch.map(async host => {
+        try {
+          const answer = await unlessBusy(async () => await this.parts.host(host).put(sealed.sealedId, sealed.sealed, this.options.signal), this.options.signal)
+          if (answer.stored) this.sentBytes += sealed.sealed.length
+          // one index write at a time per blob: addHost reads, then writes the record
+          recorded = recorded.catch(() => {}).then(async () => { await index.addHost(id, host) })
+          await recorded
+          hosts.push(host)
+        } catch (err) {
+          if (this.options.signal?.aborted === true) throw err
+          const error = asKithError(err)
+          this.dropped.set(host, `${error.code}: ${error.message}`)
+        }
+      }))
     }
     if (hosts.length < this.options.replicas) {
       const why = [...this.dropped].map(([host, reason]) => `${host} ${reason}`).join('; ')
