@@ -56,22 +56,29 @@ export async function openPartial (path: string, stateDir: string, origin: Origi
   const saved = join(stateDir, 'origin.json')
   const before = await readFile(saved, 'utf8').then(text => (JSON.parse(text) as { validator?: unknown }).validator, () => undefined)
   const same = before === origin.validator
-  if (!same) {
-    await mkdir(stateDir, { recursive: true })
-    await writeFile(saved + '.new', JSON.stringify({ validator: origin.validator }))
-    await rename(saved + '.new', saved)
-  }
   let handle: FileHandle
+  let at = 0
   try {
     handle = await openNoFollow(path, 'existing')
+    at = (await handle.stat()).size
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-    return { handle: await openNoFollow(path, 'create'), at: 0 }
+    handle = await openNoFollow(path, 'create')
   }
-  let at = (await handle.stat()).size
-  if (!same || (origin.size !== null && at > origin.size)) {
-    await handle.truncate(0)
-    at = 0
+  try {
+    if (at > 0 && (!same || (origin.size !== null && at > origin.size))) {
+      await handle.truncate(0)
+      at = 0
+    }
+    // saved only once the bytes of another version are gone: a crash in between must not vouch for them
+    if (!same) {
+      await mkdir(stateDir, { recursive: true })
+      await writeFile(saved + '.new', JSON.stringify({ validator: origin.validator }))
+      await rename(saved + '.new', saved)
+    }
+  } catch (err) {
+    await handle.close()
+    throw err
   }
   return { handle, at }
 }
