@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
@@ -60,6 +60,21 @@ describeNeeding('webdav add-on against nginx', [needsNginx(), needsDavExt()], ()
     expect(resumed.result).toEqual({ size, name: 'big.bin', kind: 'file' })
     expect(resumed.taken).toBe(size - kept)
     expect((await readFile(s.partial)).equals(await readFile(join(root, 'dav', 'big.bin')))).toBe(true)
+  })
+
+  it('starts over when the file changed at the origin since the abort (its ETag), instead of joining two versions', async () => {
+    await rm(s.partial)
+    await rm(s.stateDir, { recursive: true })
+    const size = 2 * 1024 * 1024 + 3
+    await writeFile(join(root, 'dav', 'changing.bin'), randomBytes(size))
+    await expect(s.run(webdavAddon, `${dav}/dav/changing.bin`, {}, 512 * 1024)).rejects.toThrow('aborted by the test')
+    expect((await stat(s.partial)).size).toBeGreaterThan(0)
+    const now = randomBytes(size)
+    await writeFile(join(root, 'dav', 'changing.bin'), now)
+    await utimes(join(root, 'dav', 'changing.bin'), new Date(), new Date(Date.now() + 5000))
+    const again = await s.run(webdavAddon, `${dav}/dav/changing.bin`)
+    expect(again.taken).toBe(size)
+    expect((await readFile(s.partial)).equals(now)).toBe(true)
   })
 
   it('downloads a collection as a folder (PROPFIND a level at a time); a resume fetches only what is missing', async () => {
