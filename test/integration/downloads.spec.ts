@@ -1,8 +1,10 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
-import { createTestnet, befriend, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createTestnet, befriend, waitFor, TestNode, type Testnet } from '../helpers/testnet.ts'
 import { rangeServer, type RangeServer } from '../helpers/range-server.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
@@ -16,25 +18,34 @@ const BIG = randomBytes(512 * 1024)
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 /** the umask the daemons start with (this process's; the daemon makes its own private and keeps this one for the user's files) */
 const USER_UMASK = process.umask()
+/** lists every module the daemon loaded, as it exits (test/helpers/module-log.ts) */
+const MODULE_LOG = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'module-log.ts')
 
 describe('downloads', () => {
   let net: Testnet
   let dl: TestNode, friend: TestNode
   let server: RangeServer
   let slow: RangeServer
+  let base: string | undefined
 
   beforeAll(async () => {
+    // dl lists the modules it loads (the last test reads the list)
+    base = await mkdtemp(join(tmpdir(), 'kith-downloads-'))
+    dl = new TestNode('dl', join(base, 'dl'), [], { env: { NODE_OPTIONS: `--import ${MODULE_LOG}`, KITH_MODULE_LOG: join(base, 'dl-modules.log') } })
     ;[net, server, slow] = await Promise.all([
-      createTestnet(['dl', 'friend']),
+      createTestnet(['friend']),
       rangeServer({ '/small.bin': SMALL, '/big.bin': BIG }),
       // 512 KiB at 256 KiB/s a connection: about two seconds on one, time to kill the daemon midway
-      rangeServer({ '/big.bin': BIG }, { bytesPerSecond: 256 * 1024 })
+      rangeServer({ '/big.bin': BIG }, { bytesPerSecond: 256 * 1024 }),
+      dl.start()
     ])
-    ;[dl, friend] = net.nodes as [TestNode, TestNode]
+    friend = net.nodes[0]!
   })
 
   afterAll(async () => {
+    await dl?.kill9()
     await net?.stop()
+    if (base !== undefined) await rm(base, { recursive: true, force: true })
     await server?.close()
     await slow?.close()
   })
@@ -137,5 +148,14 @@ describe('downloads', () => {
     expect(fetch).toMatchObject({ state: 'done', ownerLabel: 'friend' })
     // `kith pause` finds a friend fetch's id as well as a download's
     expect((await dl.cli('pause', fetch.id)).stderr).toContain('TRANSFER_STATE')
+  })
+
+  it('loads the add-on of a scheme only once a URL of it is queued', async () => {
+    // stopped cleanly, the daemon (started again after the kill above) writes the modules it loaded
+    await dl.stop()
+    const modules = (await readFile(join(base!, 'dl-modules.log'), 'utf8')).split('\n')
+    expect(modules.some(m => m.endsWith('/src/services/downloads/http/index.ts'))).toBe(true)
+    const others = /\/node_modules\/(?:basic-ftp|ssh2|aws4fetch|webdav|m3u8-parser)\/|\/src\/services\/downloads\/(?:ftp|sftp|s3|webdav|hls)\.ts$/
+    expect(modules.filter(m => others.test(m))).toEqual([])
   })
 })
