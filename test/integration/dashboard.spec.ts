@@ -180,6 +180,7 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
     const headers = { cookie: `${cookie.name}=${cookie.value}`, 'content-type': 'application/json' }
     expect(await raw(`${api}/v1/invites`, 'POST', { ...headers, origin: 'http://127.0.0.1:1' }, '{}')).toMatchObject({ status: 403, json: { error: { code: 'FORBIDDEN_ORIGIN' } } })
     expect(await raw(`${api}/v1/invites`, 'POST', { ...headers, origin: api }, '{}')).toMatchObject({ status: 403, json: { error: { code: 'FORBIDDEN_ORIGIN' } } })
+    expect(await raw(`${api}/v1/status`, 'GET', { ...headers, 'sec-fetch-site': 'same-site' })).toMatchObject({ status: 403, json: { error: { code: 'FORBIDDEN_ORIGIN' } } })
     expect(await raw(`${api}/v1/dashboard/login`, 'POST', { ...headers, origin: api, 'x-kith-csrf': await page.getAttribute('meta[name="kith-csrf"]', 'content') ?? '' })).toMatchObject({ status: 401 })
     expect((await alice.json('invite', 'list')).invites.length).toBe(before)
     // the same cookie and header from the dashboard's own origin do work
