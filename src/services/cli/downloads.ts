@@ -171,8 +171,12 @@ export function downloadCommands (program: Command, client: Client, print: Print
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       const result = await (await client(cmd)).get<{ downloads: DownloadView[], fetches: Transfer[] } & QueueOutlook>('/v1/downloads')
       print(opts.json, result, () => {
-        const text = rows([...result.downloads.map(fromDownload), ...result.fetches.map(fromTransfer)])
-        return text === '' ? 'the queue is empty: `kith get URL`' : `${text}\n\n${queueText(result)}`
+        const items = [...result.downloads.map(fromDownload), ...result.fetches.map(fromTransfer)]
+        const text = rows(items)
+        if (text === '') return 'the queue is empty: `kith get URL`'
+        // why what waits or failed is waiting or failed (a low disk, an origin's answer), in words
+        const why = items.filter(i => i.error != null && (i.state === 'paused' || i.state === 'failed')).map(i => `${i.id}: ${i.error!.message}`)
+        return [text, '', queueText(result), ...(why.length > 0 ? ['', ...why] : [])].join('\n')
       })
     })
 
