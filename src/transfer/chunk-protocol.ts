@@ -3,7 +3,7 @@ import { KithError } from '../errors.ts'
 import { cleanText } from '../peer/text.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
-import { checkSealedSize, isId, sealedSize } from './seal.ts'
+import { checkSealedSize, isId, sealedSize, SEAL_FORMAT } from './seal.ts'
 import type { BufferPool } from './buffer-pool.ts'
 
 /**
@@ -657,7 +657,12 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
 
   async function read (id: string, signal: AbortSignal): Promise<Read> {
     try {
-      return { sealed: await raceAbort(init.store.getParts(id), signal) }
+      const sealed = await raceAbort(init.store.getParts(id), signal)
+      // Only chunks sealed for sharing go out here. The store also holds other
+      // sealed blobs (friends' backups) that their owner alone may read back,
+      // over their own protocol: to this one they are missing.
+      if (sealed[0]?.[0] !== SEAL_FORMAT) return { missing: true }
+      return { sealed }
     } catch (err) {
       const code = (err as KithError).code
       if (code === 'CHUNK_NOT_FOUND' || code === 'CHUNK_CORRUPT' || code === 'CHUNK_BAD_ID') return { missing: true }

@@ -13,7 +13,7 @@ import type { PeerId } from '@libp2p/interface'
 import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkHandler, CHUNK_PROTOCOL, type ChunkHandlerInit } from '../../src/transfer/chunk-protocol.ts'
-import { chunkId } from '../../src/transfer/seal.ts'
+import { chunkId, SEAL_FORMAT } from '../../src/transfer/seal.ts'
 
 /**
  * Helpers for chunk protocol and fetch tests: sealed-like chunks (random
@@ -29,9 +29,11 @@ export interface Chunk {
   sealed: Buffer
 }
 
+/** Random chunks shaped like a share's sealed chunks: their first byte is the seal format, which the chunk protocol serves. */
 export function makeChunks (count: number, size: number): Chunk[] {
   return Array.from({ length: count }, () => {
     const sealed = randomBytes(size)
+    sealed[0] = SEAL_FORMAT
     return { id: chunkId(sealed), sealed }
   })
 }

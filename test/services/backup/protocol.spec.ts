@@ -16,7 +16,7 @@ import { backupClient, type BackupClient } from '../../../src/services/backup/pr
 import { auditRoot, leafCount, verifyAudit } from '../../../src/services/backup/audit-tree.ts'
 import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, MAX_STREAMS_PER_OWNER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
-import { askHave } from '../../../src/transfer/chunk-protocol.ts'
+import { askHave, getChunks } from '../../../src/transfer/chunk-protocol.ts'
 import { chunkId } from '../../../src/transfer/seal.ts'
 import { tempDir } from '../../helpers/chunks.ts'
 import { KithError } from '../../../src/errors.ts'
@@ -156,6 +156,10 @@ describe('backup protocol', () => {
     // the backup grant opens no way into the chunk protocol (friends granted files only)
     expect(await askHave(bob.node, host.node.peerId, [b.id]).then(() => 'answered', () => 'refused')).toBe('refused')
     expect(await askHave(alice.node, host.node.peerId, [b.id]).then(() => 'answered', () => 'refused')).toBe('answered')
+    // and a friend granted files who knows a blob's sealed id gets no bytes of it there: only shared chunks go out
+    const items = []
+    for await (const item of getChunks(alice.node, host.node.peerId, [b.id])) items.push(item)
+    expect(items).toEqual([{ id: b.id, missing: true }])
     // removing it as bob frees nothing of alice's
     expect((await other.remove([b.id])).freed).toBe(0)
     expect(await clientOf(alice).has([b.id])).toEqual([true])
