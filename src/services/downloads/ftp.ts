@@ -17,7 +17,7 @@ import { Client, FTPError } from 'basic-ftp'
 import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
 import { AddonOptions, decodedPath, needHost, userInfo } from './options.ts'
-import { abortReason, lengthChanged, openPartial, partialWriter, Progress } from './partial.ts'
+import { abortReason, lengthChanged, openPartial, Progress, writeWith } from './partial.ts'
 
 const OPTIONS = ['user', 'password', 'ca'] as const
 
@@ -89,7 +89,7 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
     const { handle, at } = await openPartial(ctx.partial, ctx.stateDir, { size, validator: `${size} ${modified}` })
     const progress = new Progress(ctx, size, t.name)
     progress.add(at)
-    if (at < size) await client.downloadTo(partialWriter(handle, at, ctx, progress), t.path, at)
+    if (at < size) await writeWith(handle, at, ctx, progress, async writer => await client.downloadTo(writer, t.path, at))
     else await handle.close()
     if (progress.done !== size) throw lengthChanged(what, size, progress.done)
     return { size, name: t.name, kind: 'file' }

@@ -10,6 +10,7 @@
  * it was fetched (a file changed at the origin starts over, instead of
  * joining two versions) and it is no longer than the object.
  */
+import { once } from 'node:events'
 import { mkdir, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Writable, type Readable } from 'node:stream'
@@ -89,7 +90,7 @@ export async function openPartial (path: string, stateDir: string, origin: Origi
  * download's flow allows (the stream's backpressure reaches the socket). It
  * syncs and closes the file when it ends or fails; `ctx.signal` fails it.
  */
-export function partialWriter (handle: FileHandle, at: number, ctx: DownloadContext, progress: Progress): Writable {
+function partialWriter (handle: FileHandle, at: number, ctx: DownloadContext, progress: Progress): Writable {
   let position = at
   const close = (err: Error | null, callback: (err?: Error | null) => void): void => {
     handle.sync().finally(() => handle.close()).then(() => callback(err), closeErr => callback(err ?? closeErr))
@@ -116,6 +117,24 @@ export function partialWriter (handle: FileHandle, at: number, ctx: DownloadCont
       else close(err, callback)
     }
   })
+}
+
+/**
+ * Runs `pump` with a partialWriter into `handle` from `at`, and returns only
+ * once the file is closed, also when `pump` fails: no write of this run can
+ * land after the download has settled (and a resume has begun).
+ */
+export async function writeWith (handle: FileHandle, at: number, ctx: DownloadContext, progress: Progress, pump: (writer: Writable) => Promise<unknown>): Promise<void> {
+  const writer = partialWriter(handle, at, ctx, progress)
+  try {
+    await pump(writer)
+  } finally {
+    if (!writer.closed) {
+      const closed = once(writer, 'close').catch(() => {})
+      writer.destroy()
+      await closed
+    }
+  }
 }
 
 /**
@@ -168,7 +187,7 @@ export async function fetchInto (path: string, stateDir: string, file: RemoteFil
       start = from
     }
     const before = progress.done
-    await pipeline(body, partialWriter(handle, start, ctx, progress))
+    await writeWith(handle, start, ctx, progress, async writer => { await pipeline(body, writer) })
     const got = start + progress.done - before
     if (got !== file.size) throw lengthChanged(file.segments.join('/'), file.size, got)
   } catch (err) {

@@ -21,7 +21,7 @@ import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
 import { checkHostKey, readKnownHosts } from './known-hosts.ts'
 import { AddonOptions, decodedPath, needHost, userInfo } from './options.ts'
-import { abortReason, lengthChanged, openPartial, partialWriter, Progress } from './partial.ts'
+import { abortReason, lengthChanged, openPartial, Progress, writeWith } from './partial.ts'
 
 const OPTIONS = ['user', 'password', 'keyFile', 'passphrase', 'knownHosts', 'hostKey'] as const
 /** tried in this order when no keyFile is given, as ssh does */
@@ -141,7 +141,7 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
     const { handle, at } = await openPartial(ctx.partial, ctx.stateDir, { size: stats.size, validator: `${stats.size} ${stats.mtime}` })
     const progress = new Progress(ctx, stats.size, t.name)
     progress.add(at)
-    if (at < stats.size) await pipeline(sftp.createReadStream(t.path, { start: at }), partialWriter(handle, at, ctx, progress))
+    if (at < stats.size) await writeWith(handle, at, ctx, progress, async writer => { await pipeline(sftp.createReadStream(t.path, { start: at }), writer) })
     else await handle.close()
     if (progress.done !== stats.size) throw lengthChanged(what, stats.size, progress.done)
     return { size: stats.size, name: t.name, kind: 'file' }
