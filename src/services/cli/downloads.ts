@@ -65,7 +65,7 @@ function rows (items: Item[]): string {
 
 /** "12s left", with what the ETA leaves out */
 export function queueText (outlook: QueueOutlook): string {
-  const eta = outlook.eta == null ? 'time left unknown' : outlook.eta === 0 ? 'nothing left to download' : `${duration(outlook.eta)} left`
+  const eta = outlook.eta == null ? 'time left unknown' : outlook.eta === 0 ? 'nothing running or queued' : `${duration(outlook.eta)} left`
   return `queue: ${eta}` + (outlook.unknownSizes > 0 ? ` (${outlook.unknownSizes} of unknown size not counted)` : '')
 }
 
