@@ -1,5 +1,5 @@
 /**
- * The partial file of a one-stream add-on (ftp, sftp, webdav, s3, hls):
+ * The partial file of a one-stream add-on (ftp, sftp, webdav, s3):
  * what is already in it is where a resumed download starts, and every byte
  * received passes the bandwidth scheduler (`ctx.take`) before it is written
  * there.
