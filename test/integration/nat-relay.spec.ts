@@ -2,7 +2,9 @@ import { it, expect, beforeAll, afterAll } from 'vitest'
 import { writeFile, readFile, chmod } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { waitFor, befriend, transferOf, transferDone, type TestNode } from '../helpers/testnet.ts'
+import { spawn, execFile, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { waitFor, befriend, transferOf, transferDone, NODE, type TestNode } from '../helpers/testnet.ts'
 import { startNatFriends, describeNat, natStatus as status, friendLink as link } from '../helpers/netns.ts'
 
 /**
@@ -13,12 +15,15 @@ import { startNatFriends, describeNat, natStatus as status, friendLink as link }
  * so it is tried and fails, and A and B stay on R's relay. Then:
  *
  * - with R's default budget (no limit a relayed connection), A fetches a
- *   multi-MiB file from B through the relay, the link relayed throughout;
+ *   multi-MiB file from B through the relay, the link relayed throughout,
+ *   and reaches a web page B exposes (`kith expose`, `kith connect`);
  * - with R restarted with a small budget (`--relay-max-data`), libp2p marks
  *   the relayed connection limited, kith's files and chunks protocols don't
  *   run on it (they would stall when the relay cut it), and the fetch fails
  *   at once with FRIEND_RELAY_LIMITED, which says what to do; small
- *   exchanges (redeeming an invite) still run over it; a fetch queued before
+ *   exchanges (redeeming an invite, a small page of B's service) still run
+ *   over it, while a response larger than the budget is cut and reported
+ *   FRIEND_RELAY_LIMITED in `kith connections`; a fetch queued before
  *   (here: paused, then resumed) waits, and goes on by itself once R relays
  *   without a budget again.
  *
@@ -102,6 +107,35 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     console.log(`A fetched 6 MiB from B through R's relay in ${timings.fetch6MiB} ms`)
   })
 
+  /** a web server in B's namespace, exposed to A as bob:web; A's local port for it */
+  let web: ChildProcess | undefined
+  let webPort = 0
+
+  afterAll(() => { web?.kill() })
+
+  /** curl in A's namespace: the body, or the failure */
+  const curlInA = async (path: string): Promise<{ code: number, body: string, stderr: string }> => await new Promise(resolve => {
+    execFile('ip', ['netns', 'exec', a.netns!, 'curl', '-sS', '--max-time', '30', `http://127.0.0.1:${webPort}${path}`], { maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+      resolve({ code: err == null ? 0 : typeof err.code === 'number' ? err.code : 1, body: stdout, stderr })
+    })
+  })
+
+  it('A reaches a web page B exposes, through the relay', async () => {
+    const port = 18_080
+    web = spawn('ip', ['netns', 'exec', b.netns!, NODE, '-e',
+      `require('node:http').createServer((q, s) => s.end(q.url === '/big' ? Buffer.alloc(3e6, 120) : 'hello from behind a NAT')).listen(${port}, '127.0.0.1', () => console.log('up'))`],
+    { stdio: ['ignore', 'pipe', 'inherit'] })
+    await once(web.stdout!, 'data')
+    await b.json('expose', 'web', '--port', String(port), '--to', 'alice')
+    webPort = (await a.json<{ connection: { port: number } }>('connect', 'bob:web')).connection.port
+    const page = await curlInA('/')
+    expect(page.stderr).toBe('')
+    expect(page.body).toBe('hello from behind a NAT')
+    const big = await curlInA('/big')
+    expect(big.body.length).toBe(3e6)
+    expect(await link(a, 'bob')).toMatchObject({ kind: 'relayed', relay: r.peerId, limited: false })
+  })
+
   /** A's fetch from B, paused while R relays without a budget; the last test resumes it once R has one */
   let paused: { id: string, src: string, dest: string } | undefined
 
@@ -163,6 +197,20 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     const accepted = await a.cli('invite', 'accept', file, '--json')
     expect(accepted.code, accepted.stderr).toBe(0)
     expect((await a.json<{ friends: Array<{ label: string, state: string }> }>('friends')).friends.find(f => f.label === 'bob')?.state).toBe('active')
+  })
+
+  it('a small page of B\'s service still comes over the limited relay; a response beyond the budget is cut, and says why', async () => {
+    // a budget spent by earlier exchanges ends that relayed connection; A and B relay again on a new one
+    const page = await waitFor(async () => {
+      const r = await curlInA('/')
+      return r.code === 0 ? r : undefined
+    }, 'the small page over the limited relay', 45_000, 500)
+    expect(page.body).toBe('hello from behind a NAT')
+    const big = await curlInA('/big')
+    expect(big.code).not.toBe(0)
+    const error = await waitFor(async () => (await a.json<{ connections: Array<{ service: string, error: { code: string, message: string } | null }> }>('connections'))
+      .connections.find(c => c.service === 'web' && c.error?.code === 'FRIEND_RELAY_LIMITED')?.error, 'the cut reported', 30_000, 500)
+    expect(error.message).toMatch(/reached only through a relay whose budget limits each relayed connection/)
   })
 
   it('a fetch resumed over the limited relay waits, and goes on by itself once R relays without a budget', async () => {
