@@ -1,6 +1,6 @@
 import { it, expect, beforeAll, afterAll } from 'vitest'
 import { execFileSync } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { createServer, request, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -16,7 +16,7 @@ import { sha } from '../helpers/files.ts'
  * driven by playwright-core, against two real daemons: log in through the
  * one-time link `kith open` prints; make an invite and see its QR code; see
  * the friend come online once they accept it; change a limit; fetch a file
- * and watch it run, pause, resume and finish; and the refusals: a page
+ * and watch it run, pause, resume and finish; download a URL; and the refusals: a page
  * without login, a used link, and requests from another page of the same
  * site (another port of 127.0.0.1: SameSite cookies don't tell ports apart).
  * A screenshot of each page is kept in test-artifacts/dashboard/.
@@ -56,6 +56,8 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
   let page: Page
   let elsewhere: Server
   let api: string
+  /** what the page elsewhere also serves: a file to download */
+  const webFile = randomBytes(1_000_000)
 
   async function shoot (name: string): Promise<void> {
     await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true })
@@ -80,7 +82,10 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
     context = await browser.newContext({ viewport: { width: 1200, height: 800 } })
     page = await context.newPage()
     // a page of the same site as the API (127.0.0.1) on another port
-    elsewhere = createServer((_req, res) => res.end('<!doctype html><title>elsewhere</title>'))
+    elsewhere = createServer((req, res) => {
+      if (req.url === '/file.bin') res.writeHead(200, { 'content-length': webFile.length, 'content-type': 'application/octet-stream' }).end(req.method === 'HEAD' ? undefined : webFile)
+      else res.end('<!doctype html><title>elsewhere</title>')
+    })
     await new Promise<void>(resolve => elsewhere.listen(0, '127.0.0.1', resolve))
   })
 
@@ -159,6 +164,18 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
     expect(await sha(join(dest, 'big.bin'))).toBe(await sha(join(dir, 'big.bin')))
     await open('shares')
     await shoot('shares')
+  })
+
+  it('downloads a URL, its row moving live until the file is whole', async () => {
+    const into = join(alice.home, 'web')
+    await open('downloads')
+    await page.fill('textarea[name="urls"]', `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}/file.bin`)
+    await page.fill('input[name="dest"]', `${into}/`)
+    await page.click('form[data-form="download"] button')
+    await page.waitForSelector('tbody tr[data-state="done"]', { timeout: 20_000 })
+    expect(await page.getAttribute('tbody tr progress', 'value')).toBe('100')
+    expect(await sha(join(into, 'file.bin'))).toBe(createHash('sha256').update(webFile).digest('hex'))
+    await shoot('downloads')
   })
 
   it('refuses requests from other pages of the same site, and changes made without the CSRF header', async () => {

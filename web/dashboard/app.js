@@ -177,6 +177,22 @@ const pages = {
         <tbody>${transfers.map(transferRow)}</tbody></table>`}`
   },
 
+  async downloads () {
+    const { downloads, eta } = await api('GET', '/v1/downloads')
+    return html`<h2>Download from the web</h2>
+      <form data-form="download">
+        <label>URLs, one a line (http, https, ftp, sftp, s3, webdav, hls, kith)<textarea name="urls" required></textarea></label>
+        <label>Into (absolute: a file for one URL, or a folder ending in /)<input name="dest" required size="40"></label>
+        <label>Priority<select name="priority"><option>urgent</option><option selected>normal</option><option>background</option></select></label>
+        <button>Download</button>
+      </form>
+      <h2>Downloads</h2>
+      <p>Queue, with friend fetches: ${eta == null ? 'no estimate' : `about ${duration(eta)} left`}</p>
+      ${downloads.length === 0 ? html`<p>None yet.</p>` : html`<table>
+        <thead><tr><th scope="col">Id</th><th scope="col">URL</th><th scope="col">State</th><th scope="col">Progress</th><th scope="col">Speed</th><th scope="col">ETA</th><th scope="col">Priority</th><th scope="col"></th></tr></thead>
+        <tbody>${downloads.map(downloadRow)}</tbody></table>`}`
+  },
+
   async limits () {
     const view = await api('GET', '/v1/limits')
     const l = view.limits
@@ -207,6 +223,19 @@ function transferRow (t) {
     <td class="speed">${running ? rate(t.rate) : '-'}</td><td class="eta">${running ? duration(t.eta) : '-'}</td>
     <td>${running ? html`<select data-action="priority" data-id="${t.id}" aria-label="Priority of ${t.id}">${['urgent', 'normal', 'background'].map(p => html`<option ${p === t.priority ? raw('selected') : ''}>${p}</option>`)}</select>` : t.priority}</td>
     <td>${running ? html`<button data-action="pause" data-id="${t.id}">Pause</button> ` : ''}${t.state === 'paused' ? html`<button data-action="resume" data-id="${t.id}">Resume</button> ` : ''}${running || t.state === 'paused' ? html`<button data-action="cancel" data-id="${t.id}">Cancel</button>` : ''}</td>
+  </tr>`
+}
+
+function downloadRow (d) {
+  const pct = d.totalBytes > 0 ? Math.floor(100 * d.doneBytes / d.totalBytes) : (d.state === 'done' ? 100 : 0)
+  const running = d.state === 'running' || d.state === 'queued'
+  return html`<tr id="d-${d.id}" data-state="${d.state}">
+    <td class="mono">${d.id}</td><td class="mono">${d.url}</td>
+    <td>${d.state}${d.error ? html` <span class="bad" title="${d.error.message}">${d.error.code}</span>` : ''}</td>
+    <td><progress max="100" value="${pct}" aria-label="${d.name ?? d.url} ${pct}%">${pct}%</progress> ${bytes(d.doneBytes)} of ${d.totalBytes == null ? 'unknown' : bytes(d.totalBytes)}</td>
+    <td>${running ? rate(d.rate) : '-'}</td><td>${running ? duration(d.eta) : '-'}</td>
+    <td>${running ? html`<select data-action="download-priority" data-id="${d.id}" aria-label="Priority of ${d.id}">${['urgent', 'normal', 'background'].map(p => html`<option ${p === d.priority ? raw('selected') : ''}>${p}</option>`)}</select>` : d.priority}</td>
+    <td>${running ? html`<button data-action="download-pause" data-id="${d.id}">Pause</button> ` : ''}${d.state === 'paused' ? html`<button data-action="download-resume" data-id="${d.id}">Resume</button> ` : ''}${running || d.state === 'paused' ? html`<button data-action="download-cancel" data-id="${d.id}">Cancel</button>` : ''}</td>
   </tr>`
 }
 
@@ -259,6 +288,7 @@ main.addEventListener('click', event => {
   if (action === 'revoke-invite') act(`Revoke invite ${id}`, () => api('DELETE', `/v1/invites/${enc(id)}`))
   if (action === 'unshare') act('Unshare', () => api('DELETE', `/v1/shares/${enc(id)}`))
   if (['pause', 'resume', 'cancel'].includes(action)) act(`${action[0].toUpperCase()}${action.slice(1)} ${id}`, () => api('POST', `/v1/transfers/${id}/${action}`))
+  if (['download-pause', 'download-resume', 'download-cancel'].includes(action)) act(`${action.slice(9)} ${id}`, () => api('POST', `/v1/downloads/${id}/${action.slice(9)}`))
   if (action === 'copy') {
     const text = document.getElementById('invite-text')
     text.select()
@@ -269,6 +299,8 @@ main.addEventListener('click', event => {
 main.addEventListener('change', event => {
   const s = event.target.closest('select[data-action="priority"]')
   if (s != null) act(`Priority of ${s.dataset.id}`, () => api('POST', `/v1/transfers/${s.dataset.id}/priority`, { priority: s.value }))
+  const d = event.target.closest('select[data-action="download-priority"]')
+  if (d != null) act(`Priority of ${d.dataset.id}`, () => api('POST', `/v1/downloads/${d.dataset.id}/priority`, { priority: d.value }))
 })
 
 main.addEventListener('submit', event => {
@@ -286,6 +318,7 @@ main.addEventListener('submit', event => {
     case 'share': return act('Share', () => api('POST', '/v1/shares', { path: v('path'), ...(v('name') ? { name: v('name') } : {}) }))
     case 'fetch': return act('Fetch', () => api('POST', '/v1/transfers', { friend: v('friend'), share: v('share'), ...(v('path') ? { path: v('path') } : {}), destDir: v('destDir'), priority: v('priority') }))
     // a bare number is bytes/s; text like 10MB/s or unlimited is the daemon's to read; empty clears the setting
+    case 'download': return act('Download', () => api('POST', '/v1/downloads', { urls: v('urls').split('\n').map(u => u.trim()).filter(Boolean), dest: v('dest'), priority: v('priority') }))
     case 'limits': return act('Save caps', () => api('PUT', '/v1/limits', { upload: capOf(v('upload')), download: capOf(v('download')) }))
     case 'schedule': {
       const rules = v('rules').split('\n').map(l => l.trim()).filter(Boolean)
@@ -346,13 +379,18 @@ window.addEventListener('hashchange', async () => {
 const events = new EventSource('/v1/events')
 events.addEventListener('open', () => { live.textContent = 'live' })
 events.addEventListener('error', () => { live.textContent = 'reconnecting…' })
+events.addEventListener('download:progress', event => {
+  const { download } = JSON.parse(event.data)
+  const row = document.getElementById(`d-${download.id}`)
+  if (row != null && current() === 'downloads') row.outerHTML = downloadRow(download).text
+})
 events.addEventListener('transfer:progress', event => {
   const { transfer } = JSON.parse(event.data)
   const row = document.getElementById(`t-${transfer.id}`)
   if (row != null && current() === 'transfers') row.outerHTML = transferRow(transfer).text
 })
 // a change of state, of friends or of their links: the page is drawn again, unless the user is typing in it
-for (const type of ['transfer:state', 'friend:added', 'friend:changed', 'friend:revoked', 'friend:online', 'friend:offline']) {
+for (const type of ['transfer:state', 'download:state', 'friend:added', 'friend:changed', 'friend:revoked', 'friend:online', 'friend:offline']) {
   events.addEventListener(type, () => {
     if (!main.contains(document.activeElement) || document.activeElement === main || document.activeElement.tagName === 'BUTTON') render()
   })
