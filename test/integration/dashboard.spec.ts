@@ -178,6 +178,13 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
     await shoot('downloads')
   })
 
+  it('shows backup health, the ledger and the jobs, here with nothing backed up yet', async () => {
+    await open('backups')
+    expect(await page.textContent('main')).toContain('No host yet')
+    expect(await page.locator('main h2').allTextContents()).toEqual(['Backup health', 'Ledger', 'Recent jobs'])
+    await shoot('backups')
+  })
+
   it('refuses requests from other pages of the same site, and changes made without the CSRF header', async () => {
     const before = (await alice.json('invite', 'list')).invites.length
     const other = await context.newPage()

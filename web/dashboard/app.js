@@ -193,6 +193,32 @@ const pages = {
         <tbody>${downloads.map(downloadRow)}</tbody></table>`}`
   },
 
+  async backups () {
+    const [health, { friends }, { jobs }] = await Promise.all([api('GET', '/v1/backup/health'), api('GET', '/v1/backup/ledger'), api('GET', '/v1/backup/jobs')])
+    return html`<h2>Backup health</h2>
+      <p>Each snapshot wants ${health.replicas} copies; a host is unreachable after ${duration(health.unreachableAfterMs / 1000)} without contact, and audited every ${duration(health.auditEveryMs / 1000)}.</p>
+      <button data-action="audit">Audit every host now</button>
+      <h3>Hosts (friends who keep your backups)</h3>
+      ${health.hosts.length === 0 ? html`<p>No host yet: grant a friend <code>backup</code> and run <code>kith backup</code>.</p>` : html`<table>
+        <thead><tr><th scope="col">Host</th><th scope="col">State</th><th scope="col">Keeps</th><th scope="col">Last audit</th><th scope="col">Last contact</th><th scope="col">Lost</th></tr></thead>
+        <tbody>${health.hosts.map(h => html`<tr><td>${h.name}</td><td class="${h.state === 'ok' ? 'online' : 'bad'}">${h.state}${h.full ? ' (full)' : ''}${h.granting ? '' : ', not granting'}</td><td>${bytes(h.bytes)} in ${h.blobs} blobs</td>
+          <td>${h.lastAudit == null ? 'never' : `${ago(h.lastAudit.at)}: ${h.lastAudit.ok ? 'passed' : `failed${h.lastAudit.error ? ` (${h.lastAudit.error.code})` : ''}`}`}</td><td>${ago(h.lastContact)}</td><td>${h.lost}</td></tr>`)}</tbody></table>`}
+      <h3>Snapshots</h3>
+      ${health.snapshots.length === 0 ? html`<p>No snapshot yet.</p>` : html`<table>
+        <thead><tr><th scope="col">#</th><th scope="col">Label</th><th scope="col">Made</th><th scope="col">Copies</th><th scope="col">Short</th><th scope="col">Lost</th><th scope="col">Why</th></tr></thead>
+        <tbody>${health.snapshots.map(sn => html`<tr><td>${sn.seq}</td><td>${sn.label ?? sn.id}</td><td>${ago(sn.created)}</td><td class="${sn.met ? 'online' : 'bad'}">fewest ${sn.fewest} of ${sn.wanted}</td><td>${sn.short}</td><td>${sn.lost}</td><td>${sn.why ?? ''}</td></tr>`)}</tbody></table>`}
+      <h2>Ledger</h2>
+      ${friends.length === 0 ? html`<p>Nothing kept either way.</p>` : html`<table>
+        <thead><tr><th scope="col">Friend</th><th scope="col">You keep for them</th><th scope="col">They keep for you</th></tr></thead>
+        <tbody>${friends.map(f => html`<tr><td>${f.name}</td><td>${f.forThem == null ? '-' : `${bytes(f.forThem.used)} of ${f.forThem.quota == null ? 'no quota' : bytes(f.forThem.quota)}`}</td><td>${f.forMe == null ? '-' : `${bytes(f.forMe.bytes)} (${f.forMe.state})`}</td></tr>`)}</tbody></table>`}
+      <h2>Recent jobs</h2>
+      ${jobs.length === 0 ? html`<p>None since the daemon started.</p>` : html`<table>
+        <thead><tr><th scope="col">Id</th><th scope="col">What</th><th scope="col">Started</th><th scope="col">State</th><th scope="col">Progress</th><th scope="col">Speed</th><th scope="col">ETA</th></tr></thead>
+        <tbody>${jobs.map(j => html`<tr><td class="mono">${j.id}</td><td>${j.op}</td><td>${ago(j.started)}</td><td>${j.state}${j.error ? html` <span class="bad">${j.error.code}</span>` : ''}</td>
+          <td><progress max="100" value="${j.totalBytes > 0 ? Math.floor(100 * j.doneBytes / j.totalBytes) : 0}" aria-label="job ${j.id}"></progress> ${bytes(j.doneBytes)} of ${bytes(j.totalBytes)}, ${j.files} files</td>
+          <td>${j.state === 'running' ? rate(j.rate) : '-'}</td><td>${j.state === 'running' ? duration(j.eta) : '-'}</td></tr>`)}</tbody></table>`}`
+  },
+
   async limits () {
     const view = await api('GET', '/v1/limits')
     const l = view.limits
@@ -289,6 +315,7 @@ main.addEventListener('click', event => {
   if (action === 'unshare') act('Unshare', () => api('DELETE', `/v1/shares/${enc(id)}`))
   if (['pause', 'resume', 'cancel'].includes(action)) act(`${action[0].toUpperCase()}${action.slice(1)} ${id}`, () => api('POST', `/v1/transfers/${id}/${action}`))
   if (['download-pause', 'download-resume', 'download-cancel'].includes(action)) act(`${action.slice(9)} ${id}`, () => api('POST', `/v1/downloads/${id}/${action.slice(9)}`))
+  if (action === 'audit') act('Audit', () => api('POST', '/v1/backup/audits', {}))
   if (action === 'copy') {
     const text = document.getElementById('invite-text')
     text.select()
@@ -389,10 +416,17 @@ events.addEventListener('transfer:progress', event => {
   const row = document.getElementById(`t-${transfer.id}`)
   if (row != null && current() === 'transfers') row.outerHTML = transferRow(transfer).text
 })
-// a change of state, of friends or of their links: the page is drawn again, unless the user is typing in it
-for (const type of ['transfer:state', 'download:state', 'friend:added', 'friend:changed', 'friend:revoked', 'friend:online', 'friend:offline']) {
+// a change of state, of friends or of their links: the pages that show it are drawn again, unless the user is typing in them
+const redraws = {
+  'transfer:state': ['transfers', 'downloads', 'status'],
+  'download:state': ['downloads'],
+  'backup:job': ['backups'],
+  ...Object.fromEntries(['friend:added', 'friend:changed', 'friend:revoked', 'friend:online', 'friend:offline'].map(t => [t, Object.keys(pages)]))
+}
+for (const [type, shownOn] of Object.entries(redraws)) {
   events.addEventListener(type, () => {
-    if (!main.contains(document.activeElement) || document.activeElement === main || document.activeElement.tagName === 'BUTTON') render()
+    const typing = main.contains(document.activeElement) && document.activeElement !== main && document.activeElement.tagName !== 'BUTTON'
+    if (shownOn.includes(current()) && !typing) render()
   })
 }
 
