@@ -12,7 +12,6 @@ import type { FriendView, Status } from '../daemon.ts'
 import { fileCommands } from './files.ts'
 import { exposeCommands } from './expose.ts'
 import { downloadCommands } from './downloads.ts'
-import { exposeCommands } from './expose.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import type { ServicesSummary } from '../expose/index.ts'
 import { locateCommand } from './locate.ts'
@@ -512,7 +511,6 @@ friend.command('revoke')
 fileCommands(program, client, print)
 exposeCommands(program, client, print)
 downloadCommands(program, client, print)
-exposeCommands(program, client, print)
 locateCommand(program, client, print)
 openCommand(program, client, print)
 limitsCommand(program, client, print)
