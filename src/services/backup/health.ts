@@ -43,7 +43,7 @@ export interface SnapshotHealth {
   met: boolean
   /** blobs below their count */
   short: number
-  /** blobs no good host holds */
+  /** blobs no host holds any more, as far as audits know */
   lost: number
   /** why the count is not met, and what to do; null when met */
   why: string | null
@@ -111,13 +111,15 @@ export async function health (init: HealthInit): Promise<Health> {
     const needs = await init.index.snapshotBlobs(s.seq)
     for (const id of needs) {
       const r = blobs.get(id)
-      const good = r == null ? [] : r.hosts.filter(h => !bad(h) && cares.get(h)?.lost.includes(id) !== true)
+      const intact = r == null ? [] : r.hosts.filter(h => cares.get(h)?.lost.includes(id) !== true)
+      const good = intact.filter(h => !bad(h))
       const target = r == null ? init.replicas : targetOf(r, init.replicas)
       wanted = Math.max(wanted, target)
       for (const h of r?.hosts ?? []) holders.add(h)
       fewest = Math.min(fewest, good.length)
       if (good.length < target) short++
-      if (good.length === 0) lost++
+      // no copy left that is not known lost (a failing host's copy may still be intact: repair tries it)
+      if (intact.length === 0) lost++
     }
     if (needs.size === 0) fewest = 0
     const met = short === 0 && needs.size > 0

@@ -85,9 +85,11 @@ export async function repair (init: RepairInit): Promise<RepairReport> {
     const badHere = r.hosts.filter(h => bad(h) || lostOn(h, id))
     const good = r.hosts.filter(h => !badHere.includes(h))
     let need = targetOf(r, replicas) - good.length
+    const pool = available.filter(h => !r.hosts.includes(h)).sort((a, b) => (load.get(a) ?? 0) - (load.get(b) ?? 0))
     // a failing or silent host may still hold this blob intact: the bytes are checked, so it can be the source
     const sources = [...good, ...badHere.filter(h => !lostOn(h, id))]
-    const sealed = await fetchGood(init, id, r, sources, offline)
+    // nowhere to put it: fetch nothing (only what is known lost leaves the record)
+    const sealed = pool.length === 0 && sources.length > 0 ? 'nowhere' : await fetchGood(init, id, r, sources, offline)
     if (sealed === 'none') {
       // no intact copy anywhere: forget the bad ones so the next run places the blob again
       for (const h of badHere) {
@@ -103,15 +105,14 @@ export async function repair (init: RepairInit): Promise<RepairReport> {
       report.reasons.offline++
       continue
     }
-    const pool = available.filter(h => !r.hosts.includes(h)).sort((a, b) => (load.get(a) ?? 0) - (load.get(b) ?? 0))
     let sawFull = false
     let sawOffline = false
-    for (const h of pool) {
+    for (const h of sealed === 'nowhere' ? [] : pool) {
       if (need === 0) break
       if (full.has(h)) { sawFull = true; continue }
       if (offline.has(h)) { sawOffline = true; continue }
       try {
-        await init.client(h).put(r.sealedId, sealed, init.signal)
+        await init.client(h).put(r.sealedId, sealed as Uint8Array, init.signal)
         await init.index.addHost(id, h)
         load.set(h, (load.get(h) ?? 0) + r.size)
         report.placed++

@@ -1,0 +1,173 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { createCipheriv } from 'node:crypto'
+import { mkdir, readdir, readFile, rm, stat, writeFile, open } from 'node:fs/promises'
+import { join } from 'node:path'
+import { ApiClient } from '../../src/services/api/client.ts'
+import { befriend, createTestnet, runCli, waitFor, TestNode, type Testnet } from '../helpers/testnet.ts'
+
+/**
+ * Looking after backups between real daemons: an owner and two friends who
+ * granted it backup, h1 and h2, hold a snapshot. On disk, h1 loses a blob and
+ * h2's copy of another is corrupted: `kith backup audit` finds both, health
+ * shows them failing and the snapshot short with no other host to repair
+ * onto. A third friend, h3, grants backup: the next audit passes h1 and h2
+ * on what they still hold, and repair copies the two damaged blobs onto h3;
+ * the snapshot restores whole. Then the owner's machine is gone: from the
+ * phrase and h3's address alone a new home gets the identity, the friends
+ * and the snapshot list back. A phrase nobody hosts for is a clear error.
+ * (h3 starts late: four daemons starting at once on a loaded machine take
+ * longer than the helper waits.)
+ */
+
+function bytes (length: number, seed: number): Buffer {
+  return createCipheriv('aes-256-ctr', Buffer.alloc(32, seed), Buffer.alloc(16)).update(Buffer.alloc(length))
+}
+
+/** Sealed blobs a host keeps (all of them the owner's here), the larger ones first. */
+async function blobFiles (host: TestNode): Promise<string[]> {
+  const root = join(host.home, 'chunks')
+  const files: Array<{ path: string, size: number }> = []
+  for (const fan of await readdir(root)) {
+    if (!/^[0-9a-f]{2}$/.test(fan)) continue
+    for (const name of await readdir(join(root, fan))) files.push({ path: join(root, fan, name), size: (await stat(join(root, fan, name))).size })
+  }
+  return files.sort((a, b) => b.size - a.size || a.path.localeCompare(b.path)).map(f => f.path)
+}
+
+/** The last line of stderr as JSON (Node may print warnings above it). */
+function lastJson (text: string): any {
+  return JSON.parse(text.trim().split('\n').at(-1)!)
+}
+
+describe('backup care: audits, repair, health, recovery from the phrase', () => {
+  let net: Testnet
+  let owner: TestNode
+  let h1: TestNode, h2: TestNode
+  let h3: TestNode | undefined
+  let src: string
+  let reborn: TestNode | undefined
+
+  const backupFriendsOnline = async (n: number): Promise<void> => {
+    const api = await ApiClient.forHome(owner.home)
+    await waitFor(async () => {
+      const { friends } = await api.get<{ friends: Array<{ grantsFromThem: string[], link: { online: boolean } }> }>('/v1/friends')
+      return friends.filter(f => f.grantsFromThem.includes('backup') && f.link.online).length === n
+    }, `the owner to see ${n} hosts online with a backup grant`)
+  }
+
+  beforeAll(async () => {
+    net = await createTestnet(['owner', 'h1', 'h2'])
+    ;[owner, h1, h2] = net.nodes as [TestNode, TestNode, TestNode]
+    await Promise.all([h1, h2].map(async host => await befriend(host, owner, '--grant', 'backup')))
+    await backupFriendsOnline(2)
+    src = join(owner.home, '..', 'tree')
+    await mkdir(src, { recursive: true })
+    for (let i = 0; i < 4; i++) await writeFile(join(src, `f${i}.bin`), bytes(700_000, i + 1))
+    const run = await owner.cli('backup', 'run', src, '--json')
+    expect(run.code, run.stderr).toBe(0)
+  })
+
+  afterAll(async () => {
+    await reborn?.kill9()
+    await h3?.kill9()
+    await net?.stop()
+  })
+
+  it('finds a dropped and a corrupted blob, shows the hosts failing, repairs onto a third host', async () => {
+    const before = await owner.json('backup', 'health')
+    expect(before.snapshots).toMatchObject([{ met: true, fewest: 2, wanted: 2 }])
+    const placed = before.hosts.find((h: any) => h.name === 'h1').blobs
+    expect(placed).toBeGreaterThanOrEqual(6) // 4 files, a tree and a snapshot at least
+    expect(before.hosts.find((h: any) => h.name === 'h1')).toMatchObject({ state: 'unaudited' })
+
+    const dropped = (await blobFiles(h1))[0]!
+    const corrupted = (await blobFiles(h2))[1]!
+    const idOf = (path: string): string => path.split('/').at(-1)!
+    expect(idOf(corrupted)).not.toBe(idOf(dropped))
+    await rm(dropped)
+    const fd = await open(corrupted, 'r+')
+    await fd.write(Buffer.from([0xff, 0x00, 0xff]), 0, 3, 100_000)
+    await fd.close()
+
+    const audit = await owner.cli('backup', 'audit', '--json')
+    expect(lastJson(audit.stderr).error.code).toBe('BACKUP_AUDIT_FAILED')
+    const report = JSON.parse(audit.stdout)
+    const of = (host: TestNode): any => report.audits.find((a: any) => a.host === host.peerId)
+    expect(of(h1)).toMatchObject({ ok: false, error: null })
+    expect(of(h1).failures.map((f: any) => f.sealedId)).toContain(idOf(dropped))
+    expect(of(h2)).toMatchObject({ ok: false, error: null })
+    expect(of(h2).failures.map((f: any) => f.sealedId)).toContain(idOf(corrupted))
+    // both hosts failing and nobody else: nothing can move yet
+    expect(report.repair).toMatchObject({ short: placed, placed: 0, lost: 0, reasons: { noOtherHost: placed } })
+
+    const health = await owner.json('backup', 'health')
+    const host = (h: any, name: string): any => h.hosts.find((x: any) => x.name === name)
+    expect(host(health, 'h1')).toMatchObject({ state: 'failing' })
+    expect(host(health, 'h2')).toMatchObject({ state: 'failing' })
+    expect(health.snapshots).toMatchObject([{ met: false, fewest: 0, wanted: 2 }])
+    expect(health.snapshots[0].why).toMatch(/^no other host/)
+    expect((await owner.cli('backup', 'health')).stdout).toMatch(/h1\s+failing/)
+
+    // a third friend grants backup: the next audit passes h1 and h2 on what they still hold, repair copies the rest to h3
+    h3 = new TestNode('h3', join(owner.home, '..', 'h3'))
+    await h3.start()
+    await befriend(h3, owner, '--grant', 'backup')
+    await backupFriendsOnline(3)
+    const again = await owner.json('backup', 'audit')
+    expect(again.audits.map((a: any) => a.ok)).toEqual([true, true, true])
+    expect(again.repair).toMatchObject({ short: 2, placed: 2, unmet: 0, lost: 0 })
+    const healed = await owner.json('backup', 'health')
+    expect(host(healed, 'h3')).toMatchObject({ state: 'ok', blobs: 2 })
+    expect(healed.snapshots).toMatchObject([{ met: true, fewest: 2 }])
+    const ledger = await owner.json('backup', 'ledger')
+    // each granted the other backup; h3 keeps the two copies for the owner
+    expect(ledger.friends.find((f: any) => f.name === 'h3')).toMatchObject({ forThem: { used: 0, blobs: 0 }, forMe: { blobs: 2, state: 'ok' } })
+
+    const out = join(owner.home, '..', 'restored')
+    const restore = await owner.cli('backup', 'restore', 'latest', '-o', out, '--json')
+    expect(restore.code, restore.stderr).toBe(0)
+    for (let i = 0; i < 4; i++) expect((await readFile(join(out, 'tree', `f${i}.bin`))).equals(bytes(700_000, i + 1))).toBe(true)
+  })
+
+  it('brings the node back in a new home from the phrase and one friend\'s address', async () => {
+    const { words } = await owner.json<{ words: string[] }>('key', 'phrase')
+    expect(words).toHaveLength(24)
+    const snapshots = (await owner.json('backup', 'list')).snapshots
+    const phraseFile = join(owner.home, '..', 'phrase.txt')
+    await writeFile(phraseFile, words.join(' ') + '\n')
+    // h3 got the recovery record the repair pushed
+    await waitFor(async () => (await h3!.json('backup', 'hosted')).hosted.find((h: any) => h.peerId === owner.peerId)?.record != null, 'h3 to hold the owner\'s recovery record')
+    const via = h3!.info!.addrs.find(a => a.startsWith('/ip4/127.0.0.1/'))!
+    const ownerId = owner.peerId
+    await owner.stop() // the old machine is gone
+
+    const home = join(owner.home, '..', 'reborn')
+    const restored = await runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--listen', '/ip4/127.0.0.1/tcp/0', '--json'])
+    expect(restored.code, restored.stderr).toBe(0)
+    expect(JSON.parse(restored.stdout)).toMatchObject({ peerId: ownerId, name: 'owner', friends: 3, snapshots: 1 })
+    // never over a home that has a node
+    const twice = await runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--json'])
+    expect(lastJson(twice.stderr).error.code).toBe('HOME_NOT_EMPTY')
+
+    reborn = new TestNode('owner', home)
+    await reborn.start()
+    expect(reborn.peerId).toBe(ownerId)
+    expect((await reborn.json('backup', 'list')).snapshots).toEqual(snapshots)
+    expect((await reborn.json('friends')).friends.map((f: any) => f.label).sort()).toEqual(['h1', 'h2', 'h3'])
+  })
+
+  it('says so when nobody hosts for a phrase, and names a mistyped word', async () => {
+    const via = h3!.info!.addrs.find(a => a.startsWith('/ip4/127.0.0.1/'))!
+    const { seedToPhrase } = await import('../../src/peer/phrase.ts')
+    const phraseFile = join(h1.home, '..', 'stranger-phrase.txt')
+    const words = seedToPhrase(bytes(32, 99))
+    await writeFile(phraseFile, words.join(' '))
+    const stranger = await runCli(['--home', join(h1.home, '..', 'stranger'), 'restore', '--phrase-file', phraseFile, '--via', via, '--listen', '/ip4/127.0.0.1/tcp/0', '--json'])
+    expect(stranger.code).toBe(1)
+    expect(lastJson(stranger.stderr).error.code).toBe('RECOVERY_NOT_FOUND')
+
+    await writeFile(phraseFile, ['abandn', ...words.slice(1)].join(' '))
+    const typo = await runCli(['--home', join(h1.home, '..', 'typo'), 'restore', '--phrase-file', phraseFile, '--via', via])
+    expect(typo.stderr).toMatch(/word 1, "abandn".*did you mean abandon.*\[PHRASE_UNKNOWN_WORD\]/)
+  })
+})
