@@ -1,7 +1,8 @@
 /**
  * sftp:// (docs/downloads.md, "Protocol add-ons"): one file over SSH with
  * ssh2, read from the offset the partial ends at (SFTP reads name their
- * offset, so a resume fetches only the rest).
+ * offset, so a resume fetches only the rest), several reads in flight
+ * (sftp-read.ts).
  *
  *   sftp://[user[:password]@]host[:port]/absolute/path
  *   sftp://host/~/path/in/home
@@ -15,6 +16,7 @@
 import { readFile } from 'node:fs/promises'
 import { homedir, userInfo as osUser } from 'node:os'
 import { join } from 'node:path'
+import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { Client, type ConnectConfig, type SFTPWrapper } from 'ssh2'
 import { KithError } from '../../errors.ts'
@@ -22,6 +24,7 @@ import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from
 import { checkHostKey, readKnownHosts } from './known-hosts.ts'
 import { AddonOptions, decodedPath, needHost, userInfo } from './options.ts'
 import { abortReason, lengthChanged, openPartial, Progress, writeWith } from './partial.ts'
+import { readAhead } from './sftp-read.ts'
 
 const OPTIONS = ['user', 'password', 'keyFile', 'passphrase', 'knownHosts', 'hostKey'] as const
 /** tried in this order when no keyFile is given, as ssh does */
@@ -138,11 +141,16 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
     const stats = await new Promise<{ size: number, mtime: number }>((resolve, reject) => {
       sftp.stat(t.path, (err, s) => { if (err != null) reject(err); else resolve(s) })
     })
+    const remote = await new Promise<Buffer>((resolve, reject) => {
+      sftp.open(t.path, 'r', (err, h) => { if (err != null) reject(err); else resolve(h) })
+    })
     const { handle, at } = await openPartial(ctx.partial, ctx.stateDir, { size: stats.size, validator: `${stats.size} ${stats.mtime}` })
     const progress = new Progress(ctx, stats.size, t.name)
     progress.add(at)
-    if (at < stats.size) await writeWith(handle, at, ctx, progress, async writer => { await pipeline(sftp.createReadStream(t.path, { start: at }), writer) })
+    if (at < stats.size) await writeWith(handle, at, ctx, progress, async writer => { await pipeline(Readable.from(readAhead(sftp, remote, at, stats.size)), writer) })
     else await handle.close()
+    // the remote file is closed with the connection (finally); its own close is not waited for
+    sftp.close(remote, () => {})
     if (progress.done !== stats.size) throw lengthChanged(what, stats.size, progress.done)
     return { size: stats.size, name: t.name, kind: 'file' }
   } catch (err) {
