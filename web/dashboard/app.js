@@ -288,7 +288,9 @@ function plot (dir, title) {
 function plotElement (dir) {
   const series = { total: history.map(h => h[dir].rate ?? 0) }
   for (const c of CLASSES) series[c] = history.map(h => h[dir].classes?.[c]?.rate ?? 0)
-  const max = Math.max(1, ...series.total)
+  const peak = Math.max(0, ...series.total)
+  // the scale: the peak, or 1 B/s while nothing moved
+  const max = Math.max(1, peak)
   const now = history.at(-1)?.[dir]
   const wrap = document.createElement('figure')
   wrap.id = `plot-${dir}`
@@ -296,8 +298,8 @@ function plotElement (dir) {
     const points = values.map((v, i) => `${(HISTORY - values.length + i) / HISTORY * 600},${150 - v / max * 140}`).join(' ')
     return `<polyline class="c-${name}" points="${points}"></polyline>`
   }).join('')
-  wrap.innerHTML = `<svg class="plot" viewBox="0 0 600 150" preserveAspectRatio="none" role="img" aria-label="${escape(`${dir === 'up' ? 'upload' : 'download'} now ${rate(now?.rate ?? 0)}, peak ${rate(max)}`)}">${lines}</svg>
-    <figcaption class="legend">${Object.keys(series).map(n => `<span class="c-${n}">— ${n} ${escape(rate(n === 'total' ? now?.rate ?? 0 : now?.classes?.[n]?.rate ?? 0))}</span>`).join('')} (peak ${escape(rate(max))}, cap ${escape(rate(now?.cap ?? null))})</figcaption>`
+  wrap.innerHTML = `<svg class="plot" viewBox="0 0 600 150" preserveAspectRatio="none" role="img" aria-label="${escape(`${dir === 'up' ? 'upload' : 'download'} now ${rate(now?.rate ?? 0)}, peak ${rate(peak)}`)}">${lines}</svg>
+    <figcaption class="legend">${Object.keys(series).map(n => `<span class="c-${n}">— ${n} ${escape(rate(n === 'total' ? now?.rate ?? 0 : now?.classes?.[n]?.rate ?? 0))}</span>`).join('')} (peak ${escape(rate(peak))} since the page opened, cap ${escape(rate(now?.cap ?? null))})</figcaption>`
   return wrap
 }
 
