@@ -55,6 +55,9 @@ export class FriendBook extends EventEmitter<{ event: [FriendEvent] }> {
 
   constructor (level: Sublevel<Friend>) {
     super()
+    // every service of the daemon follows the friend book (11 today): that is not a leak, so
+    // Node's warning at 10 would only be noise on stderr; a real leak still shows past this
+    this.setMaxListeners(32)
     this.level = level
   }
 
