@@ -3,8 +3,9 @@
  * "Repair", "Recovery"): audits every host on a schedule (every
  * `auditEveryMs`, 24 h by default, jittered by a tenth so friends' audits
  * don't line up), repairs what audits or silence show missing, and pushes the
- * recovery record to every host after each run and each repair that moved
- * blobs; and keeps the scheduled runs (schedule.ts).
+ * recovery record to every host after each run and each audit pass (so a
+ * forget or a new friend reaches it within a day); and keeps the scheduled
+ * runs (schedule.ts).
  *
  * It works on the owner index that BackupService keeps, under the service's
  * lock (a run and a repair must not both change a blob's hosts), and through
@@ -135,15 +136,17 @@ export class BackupCare {
       } catch (err) {
         if (mustRepair || asKithError(err).code !== 'BACKUP_BUSY') throw err
       }
+      // hosts get a fresh record after each pass: it also carries what changed without a run (a forget, new friends)
+      void this.pushRecovery().catch(() => {})
       return { audits, repair: report }
     })
     this.auditing = run.catch(() => {})
     return await run
   }
 
-  /** Re-places what failing, unreachable or losing hosts held; pushes a new record if anything moved. */
+  /** Re-places what failing, unreachable or losing hosts held (the audit pass then pushes a new record). */
   async repair (): Promise<RepairReport> {
-    const report = await this.init.service.exclusive(async () => await repair({
+    return await this.init.service.exclusive(async () => await repair({
       index: this.init.service.index,
       care: this.book,
       client: peer => this.init.service.client(peer),
@@ -152,8 +155,6 @@ export class BackupCare {
       unreachableAfterMs: this.init.unreachableAfterMs ?? DEFAULT_UNREACHABLE_MS,
       signal: this.controller.signal
     }))
-    if (report.placed > 0 || report.lost > 0) void this.pushRecovery().catch(() => {})
-    return report
   }
 
   async health (): Promise<Health> {
