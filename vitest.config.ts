@@ -6,6 +6,10 @@ import { defineConfig } from 'vitest/config'
  * of the suite. A spec under test/integration/ is one by its folder (put new
  * ones there); the few elsewhere are named here. `npm run test:unit` runs every
  * other spec (the "unit" project); `npm test` runs both projects.
+ *
+ * test/package/ packs and installs kith as a user would (npm pack, npm install
+ * -g, a build, a Node binary): a minute of npm's work that the inner loop and
+ * `npm test` do without. `npm run test:package` runs it, and so does CI.
  */
 const daemonSpecs = [
   'test/integration/**',
@@ -27,8 +31,9 @@ export default defineConfig({
     projects: [
       // the unit specs share their worker's module cache (no fresh import of libp2p and level per file):
       // 40% less CPU; each file still sets up and tears down its own nodes and stores
-      { extends: true, test: { name: 'unit', include: ['test/**/*.spec.ts'], exclude: daemonSpecs, isolate: false } },
-      { extends: true, test: { name: 'daemon', include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob) } }
+      { extends: true, test: { name: 'unit', include: ['test/**/*.spec.ts'], exclude: [...daemonSpecs, 'test/package/**'], isolate: false } },
+      { extends: true, test: { name: 'daemon', include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob) } },
+      { extends: true, test: { name: 'package', include: ['test/package/*.spec.ts'], testTimeout: 300_000, hookTimeout: 300_000 } }
     ]
   }
 })
