@@ -20,7 +20,7 @@
  * since (its sha256) starts the download over.
  */
 import { createHash } from 'node:crypto'
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fetch, type Dispatcher, type Response } from 'undici'
 import { KithError } from '../../errors.ts'
@@ -33,6 +33,8 @@ import { abortReason } from './partial.ts'
 import { readBody } from './read-body.ts'
 
 const OPTIONS = ['maxBandwidth'] as const
+/** bytes copied at a time from a waiting segment into the partial */
+const COPY_BLOCK = 1024 * 1024
 
 interface HlsState {
   /** sha256 of the media playlist the pieces come from */
@@ -117,6 +119,22 @@ async function fetchPiece (piece: Piece, path: string, ctx: DownloadContext, dis
   return length
 }
 
+/** Copies the file at `path` into `partial` from `at`, a block at a time (a segment may be large). */
+async function appendFile (partial: FileHandle, path: string, at: number, buffer: Buffer): Promise<void> {
+  const piece = await open(path, 'r')
+  try {
+    for (let offset = 0; ;) {
+      const { bytesRead } = await piece.read(buffer, 0, buffer.length, offset)
+      if (bytesRead === 0) return
+      let written = 0
+      while (written < bytesRead) written += (await partial.write(buffer, written, bytesRead - written, at + offset + written)).bytesWritten
+      offset += bytesRead
+    }
+  } finally {
+    await piece.close()
+  }
+}
+
 async function readState (stateDir: string): Promise<HlsState | undefined> {
   return await readFile(join(stateDir, 'hls.json'), 'utf8').then(text => JSON.parse(text) as HlsState, () => undefined)
 }
@@ -164,6 +182,7 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
       // a tail written after the state was last saved is cut off; a partial shorter than the state says starts over
       if ((await partial.stat()).size < length) { joined = 0; length = 0 }
       await partial.truncate(length)
+      const buffer = Buffer.allocUnsafe(COPY_BLOCK)
       const waiting = new Map<number, number>()
       for (const file of await readdir(pieceDir)) {
         const index = Number(file)
@@ -174,10 +193,10 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
       report(0)
 
       // appends every piece that is whole and next in order, saving the state after each
-      const join_ = async (): Promise<void> => {
+      const appendReady = async (): Promise<void> => {
         for (let size = waiting.get(joined); size !== undefined; size = waiting.get(joined)) {
           const path = join(pieceDir, String(joined))
-          await partial.write(await readFile(path), 0, size, length)
+          await appendFile(partial, path, length, buffer)
           await partial.sync()
           length += size
           waiting.delete(joined)
@@ -186,7 +205,7 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
           await rm(path)
         }
       }
-      await join_()
+      await appendReady()
       const todo = pieces.map((_, i) => i).filter(i => i >= joined && !waiting.has(i))
       const failed = new AbortController()
       const signal = AbortSignal.any([ctx.signal, failed.signal])
@@ -197,7 +216,7 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
           const size = await fetchPiece(pieces[i]!, path, ctx, dispatcher, signal, report)
           waiting.set(i, size)
           // one join at a time, in order
-          joining = joining.then(join_)
+          joining = joining.then(appendReady)
           await joining
         }
       }
