@@ -29,6 +29,11 @@ import { cpuSeconds, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRs
  * kernel's writeback of dirty pages sets everyone's rate (dd managed 120 MB/s
  * here while others wrote), not the downloaders.
  *
+ * Two ceilings in the same run show what any Node process gets: a plain
+ * node:net socket and an undici request, each on one connection, dropping
+ * the bytes (bench/http-drain.ts); kith's rows give their ratio to the
+ * undici one.
+ *
  * kith is measured twice: `kith get` through a real daemon (the queue, the
  * scheduler flow, the checksum and the move into place; the time is the
  * download record's, created to done, so the CLI's own start is not in it;
@@ -40,6 +45,7 @@ import { cpuSeconds, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRs
  */
 const HERE = dirname(fileURLToPath(import.meta.url))
 const GET = join(HERE, '..', 'test', 'helpers', 'http-get.ts')
+const DRAIN = join(HERE, 'http-drain.ts')
 const TARGET_RATIO = 0.9
 const TARGET_RSS = 150 * MB
 const TARGET_LIMITED = 6
@@ -90,6 +96,14 @@ async function kithGet (node: TestNode, url: string, out: string, connections: n
   return { ms, peakRss: await peakRss(node.pid), cpuMs: ((await cpuSeconds(node.pid)) - cpu) * 1000 }
 }
 
+/** a Node process receiving the file and dropping it (bench/http-drain.ts): the ceiling of anything built on Node */
+async function drain (mode: 'net' | 'undici', url: string, size: number): Promise<Sample> {
+  const child = new JsonChild(NODE, [DRAIN, mode, url])
+  const r = await child.next<{ bytes: number, ms: number, peakRss: number }>()
+  if (r.bytes < size) throw new Error(`${mode} drain got ${r.bytes} of ${size} bytes`)
+  return { ms: r.ms, peakRss: r.peakRss }
+}
+
 async function kith (url: string, out: string, connections: number): Promise<Sample> {
   const child = new JsonChild(NODE, [...DAEMON_STARTUP_FLAGS, GET, url, out, String(connections)], DAEMON_ENV)
   const r = await child.next<{ bytes: number, ms: number, peakRss: number, cpuMs: number }>()
@@ -116,8 +130,10 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
     const want = { big: await sha256(join(root, 'big.bin')), small: await sha256(join(root, 'small.bin')) }
 
     const out = join(outDir, 'file')
-    type Tool = { name: string, file: 'big' | 'small', limited: boolean, go: (url: string) => Promise<Sample> }
+    type Tool = { name: string, file: 'big' | 'small', limited: boolean, writes?: false, go: (url: string) => Promise<Sample> }
     const tools: Tool[] = [
+      { name: 'ceiling: node:net socket, 1 connection, bytes dropped', file: 'big', limited: false, writes: false, go: async url => await drain('net', url, sizeBytes) },
+      { name: 'ceiling: undici request, 1 connection, body dropped', file: 'big', limited: false, writes: false, go: async url => await drain('undici', url, sizeBytes) },
       { name: 'curl', file: 'big', limited: false, go: async url => await timed('curl', ['-sS', '--fail', '-o', out, url]) },
       { name: 'aria2c -x8 -s8', file: 'big', limited: false, go: async url => await timed('aria2c', ['-x8', '-s8', '--file-allocation=none', '--allow-overwrite=true', '--auto-file-renaming=false', '--summary-interval=0', '--console-log-level=warn', '-q', '-d', outDir, '-o', 'file', url]) },
       { name: 'kith get, 1 connection', file: 'big', limited: false, go: async url => await kithGet(daemon, url, out, 1) },
@@ -134,9 +150,9 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         const url = `${nginx.url}/${tool.limited ? 'limited/' : ''}${tool.file}.bin`
         await rm(out, { force: true })
         const s = await tool.go(url)
-        const bytes = (await stat(out)).size
         const expected = tool.file === 'big' ? sizeBytes : limitedBytes
-        if (bytes !== expected || await sha256(out) !== want[tool.file]) throw new Error(`${tool.name}: the file is not the source (${bytes} of ${expected} bytes)`)
+        const bytes = tool.writes === false ? expected : (await stat(out)).size
+        if (tool.writes !== false && (bytes !== expected || await sha256(out) !== want[tool.file])) throw new Error(`${tool.name}: the file is not the source (${bytes} of ${expected} bytes)`)
         samples.get(tool.name)!.push(s)
         log(`downloads round ${round}/${runs}: ${tool.name}: ${fmt(mbps(bytes, s.ms))} MB/s, peak RSS ${fmt(s.peakRss / MB)} MB${s.cpuMs != null ? `, CPU ${fmt(s.cpuMs / s.ms, 2)} of a core` : ''}`)
       }
@@ -149,6 +165,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
       const value = median(values)
       const rss = Math.max(...samples.get(tool.name)!.map(s => s.peakRss))
       const eight = tool.name === 'kith get, 8 connections'
+      const undici = median(rate('ceiling: undici request, 1 connection, body dropped', sizeBytes))
       rows.push({
         figure: `downloads: ${tool.name}`,
         value,
@@ -157,7 +174,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         ratio: value / aria,
         of: 'aria2c -x8 -s8',
         ...(eight ? { target: `>= ${TARGET_RATIO} of aria2c, peak RSS <= ${TARGET_RSS / MB} MB`, met: value / aria >= TARGET_RATIO && rss <= TARGET_RSS } : {}),
-        note: `peak RSS ${fmt(rss / MB)} MB`
+        note: `peak RSS ${fmt(rss / MB)} MB${tool.name.startsWith('kith') ? `; ${fmt(value / undici, 2)} of the undici ceiling` : ''}`
       })
     }
     const one = median(rate('kith get, 1 connection, limit_rate 10m', limitedBytes))
