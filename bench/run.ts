@@ -9,6 +9,7 @@ import { schedulerBench } from './scheduler.ts'
 import { cliBench } from './cli.ts'
 import { exposeBench } from './expose.ts'
 import { downloadsBench } from './downloads.ts'
+import { backupBench } from './backup.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
@@ -16,7 +17,7 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * `npm run bench`: how fast kith moves a file between friends, next to
  * ceilings measured in the same run on the same machine.
  *
- *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|transfer ...]
+ *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|backup|transfer ...]
  *
  * Sections (default: all; `transfer` is ceilings, fetch and multi):
  *   ceilings  (a) raw TCP socket, (b) one plain libp2p 3 stream in kith's
@@ -37,6 +38,9 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *             connections against curl and aria2c -x8 -s8, and 8 against 1
  *             under nginx's limit_rate 10m (bench/downloads.ts;
  *             BENCH_LIMITED_MIB, 128, for that file)
+ *   backup    a BENCH_SIZE_MIB mixed tree backed up to two friends, changed by 1%,
+ *             backed up again and restored, against restic to a local
+ *             repository; peak RSS of each daemon (bench/backup.ts)
  * `fetch` and `multi` always measure ceiling (b), the figure they are compared to;
  * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
  * (bench/chunk-path-peer.ts: read, seal, hash; verify, open, write, hash the
@@ -67,7 +71,7 @@ function envInt (name: string, fallback: number): number {
   return value
 }
 
-const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli', 'expose', 'downloads'] as const
+const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli', 'expose', 'downloads', 'backup'] as const
 type Section = typeof SECTIONS[number]
 
 function parseArgs (argv: string[]): Set<Section> {
@@ -75,7 +79,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|backup|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128')
       process.exit(0)
     }
     let value: string | undefined
@@ -486,7 +490,7 @@ async function main (): Promise<void> {
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
   const src = join(work, 'data.bin')
   log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
-  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads')
+  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads' && s !== 'backup')
   if (transfer) await writeRandomFile(src, SIZE)
   let streamCeiling = NaN
   try {
@@ -504,6 +508,8 @@ async function main (): Promise<void> {
     if (sections.has('expose')) await exposeBench(log)
     // downloads (bench/downloads.ts): kith get and kith's HTTP engine against curl and aria2c from nginx; prints its own table
     if (sections.has('downloads')) await downloadsBench(log, RUNS, SIZE, Math.round(envInt('BENCH_LIMITED_MIB', 128) * MiB))
+    // backup (bench/backup.ts): kith backup to two friends against restic to a local repository; prints its own table
+    if (sections.has('backup')) await backupBench(log, work, SIZE)
   } finally {
     if (transfer) report()
     if (reachRows.length > 0) console.log(`\nkith reachability benchmark (ms):\n${reachRows.map(summarise).join('\n')}`)

@@ -1,0 +1,168 @@
+import { randomFillSync } from 'node:crypto'
+import { mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
+import { ApiClient } from '../src/services/api/client.ts'
+import { fmt, MB, MiB, mbps, peakRss, run, table } from './lib.ts'
+
+/**
+ * The backup section of `npm run bench` (`--section backup`): kith's backup
+ * to two friends against restic (Debian's `restic`) backing up the same tree
+ * to a local repository, in the same run, on the same machine:
+ *
+ *   first backup   a BENCH_SIZE_MIB (1024) MiB mixed tree (many small files,
+ *                  medium ones, a few large ones; random bytes and text);
+ *                  MB/s of plaintext read, and kith's ratio to restic's.
+ *                  Target: >= 0.5 while kith sends every byte to two hosts.
+ *   second backup  after 1% of the bytes changed (64 KiB patches in the large
+ *                  and medium files, a few new small files): bytes kith sent
+ *                  for one copy (sentBytes / 2) over bytes changed, beside
+ *                  restic's added repository size over bytes changed.
+ *                  Target: kith within 10% of restic.
+ *   restore        the latest snapshot to a new folder, MB/s; ratio to restic.
+ *                  Target: >= 0.5.
+ *   memory         peak RSS (VmHWM) of the owner's and each host's daemon.
+ *                  Target: <= 250 MB each.
+ *
+ * restic runs with RESTIC_PASSWORD set and its cache in the work folder; its
+ * repository is on the same disk as kith's homes. kith's hosts run on the same
+ * machine, so every byte is encrypted once and stored twice here, against
+ * restic's once.
+ */
+const TARGET_FIRST = 0.5
+const TARGET_RESTORE = 0.5
+const TARGET_RSS = 250 * MB
+
+type Log = (message: string) => void
+
+/** Deterministic-enough random bytes; `text` makes a compressible file of words. */
+function content (size: number, text: boolean): Buffer {
+  if (!text) return randomFillSync(Buffer.allocUnsafe(size))
+  const words = ['kith', 'backup', 'friend', 'chunk', 'seal', 'audit', 'restore', 'host', 'quota', 'phrase']
+  let s = ''
+  while (s.length < size) s += words[Math.floor(Math.random() * words.length)]! + (Math.random() < 0.1 ? '\n' : ' ')
+  return Buffer.from(s.slice(0, size))
+}
+
+/** A mixed tree of about `total` bytes: 10% small files, 40% medium, 50% large; a tenth of them text. */
+async function makeTree (root: string, total: number): Promise<{ files: string[], bytes: number }> {
+  const files: string[] = []
+  let bytes = 0
+  const add = async (dir: string, name: string, size: number): Promise<void> => {
+    await mkdir(join(root, dir), { recursive: true })
+    const path = join(root, dir, name)
+    await writeFile(path, content(size, files.length % 10 === 0))
+    files.push(path)
+    bytes += size
+  }
+  for (let i = 0; bytes < total * 0.1; i++) await add(`small/${i % 20}`, `s${i}.dat`, 4096 + Math.floor(Math.random() * 60_000))
+  for (let i = 0; bytes < total * 0.5; i++) await add(`medium/${i % 5}`, `m${i}.dat`, 256 * 1024 + Math.floor(Math.random() * 4 * MiB))
+  for (let i = 0; bytes < total; i++) await add('large', `l${i}.dat`, Math.min(total - bytes, 32 * MiB + Math.floor(Math.random() * 32 * MiB)))
+  return { files, bytes }
+}
+
+/** Changes about 1% of the tree's bytes: 64 KiB patches in files of 1 MiB or more, and a few new small files. */
+async function changeTree (root: string, files: string[], total: number): Promise<number> {
+  const PATCH = 64 * 1024
+  let changed = 0
+  const big = []
+  for (const f of files) if ((await stat(f)).size >= MiB) big.push(f)
+  while (changed < total * 0.009) {
+    const f = big[Math.floor(Math.random() * big.length)]!
+    const size = (await stat(f)).size
+    const fh = await open(f, 'r+')
+    await fh.write(randomFillSync(Buffer.allocUnsafe(PATCH)), 0, PATCH, Math.floor(Math.random() * (size - PATCH)))
+    await fh.close()
+    changed += PATCH
+  }
+  await mkdir(join(root, 'new'), { recursive: true })
+  for (let i = 0; changed < total * 0.01; i++) {
+    const size = 16 * 1024 + Math.floor(Math.random() * 48 * 1024)
+    await writeFile(join(root, 'new', `n${i}.dat`), content(size, false))
+    changed += size
+  }
+  return changed
+}
+
+async function duBytes (dir: string): Promise<number> {
+  let n = 0
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name)
+    n += e.isDirectory() ? await duBytes(p) : (await stat(p)).size
+  }
+  return n
+}
+
+/** The job a `kith backup run|restore --json` ends with (its last line). */
+function lastJob (stdout: string): any {
+  return JSON.parse(stdout.trim().split('\n').at(-1)!)
+}
+
+export async function backupBench (log: Log, work: string, size: number): Promise<void> {
+  const restic = await run('restic', ['version']).catch(() => ({ code: 127, stdout: '', stderr: '', ms: 0 }))
+  if (restic.code !== 0) throw new Error('the backup section needs restic (Debian: apt-get install restic) as its reference')
+  const root = join(work, 'backup-bench')
+  const tree = join(root, 'tree')
+  const repo = join(root, 'restic-repo')
+  process.env.RESTIC_PASSWORD = 'bench'
+  process.env.RESTIC_CACHE_DIR = join(root, 'restic-cache')
+  log(`backup: writing a ${fmt(size / MiB)} MiB mixed tree`)
+  const made = await makeTree(tree, size)
+  log(`backup: ${made.files.length} files, ${fmt(made.bytes / MiB)} MiB; ${restic.stdout.trim()}`)
+
+  const net = await createTestnet(['owner', 'h1', 'h2'])
+  const [owner, h1, h2] = net.nodes as [TestNode, TestNode, TestNode]
+  try {
+    await Promise.all([h1, h2].map(async h => await befriend(h, owner, '--grant', 'backup')))
+    await Promise.all([h1, h2].map(async h => await h.json('friend', 'quota', 'owner', `${Math.ceil(size * 3 / MB)}MB`)))
+    const api = await ApiClient.forHome(owner.home)
+    await waitFor(async () => {
+      const { friends } = await api.get<{ friends: Array<{ grantsFromThem: string[], link: { online: boolean } }> }>('/v1/friends')
+      return friends.filter(f => f.grantsFromThem.includes('backup') && f.link.online).length === 2
+    }, 'the owner to see both hosts with a backup grant', 60_000)
+
+    const must = (r: { code: number, stderr: string }, what: string): void => { if (r.code !== 0) throw new Error(`${what} failed: ${r.stderr.slice(-2000)}`) }
+    // timed like restic: the whole command, from its process start to its exit
+    const kith = async (...args: string[]): Promise<{ code: number, stdout: string, stderr: string, ms: number }> => await run(NODE, [KITH, '--home', owner.home, ...args, '--json'])
+    must(await run('restic', ['init', '--repo', repo]), 'restic init')
+    log('backup: restic, first backup')
+    const r1 = await run('restic', ['backup', '--repo', repo, '--quiet', tree]); must(r1, 'restic backup')
+    const repo1 = await duBytes(repo)
+    log('backup: kith, first backup to two friends')
+    const k1 = await kith('backup', 'run', tree); must(k1, 'kith backup run')
+    const first = lastJob(k1.stdout).result as { sentBytes: number, readBytes: number }
+
+    const changed = await changeTree(tree, made.files, made.bytes)
+    log(`backup: changed ${fmt(changed / MiB, 1)} MiB; second backups`)
+    const r2 = await run('restic', ['backup', '--repo', repo, '--quiet', tree]); must(r2, 'restic backup (second)')
+    const resticAdded = await duBytes(repo) - repo1
+    const k2 = await kith('backup', 'run', tree); must(k2, 'kith backup run (second)')
+    const second = lastJob(k2.stdout).result as { sentBytes: number }
+
+    log('backup: restores')
+    const rr = await run('restic', ['restore', 'latest', '--repo', repo, '--target', join(root, 'restic-out')]); must(rr, 'restic restore')
+    const kr = await kith('backup', 'restore', 'latest', '-o', join(root, 'kith-out')); must(kr, 'kith backup restore')
+
+    const firstMs = k1.ms
+    const rss = await Promise.all([owner, h1, h2].map(async n => await peakRss(n.pid)))
+    const kFirst = mbps(made.bytes, firstMs)
+    const rFirst = mbps(made.bytes, r1.ms)
+    const total2 = made.bytes + changed
+    const kRestore = mbps(total2, kr.ms)
+    const rRestore = mbps(total2, rr.ms)
+    const kithPerChanged = second.sentBytes / 2 / changed
+    const resticPerChanged = resticAdded / changed
+    const rows = [
+      ['first backup (MB/s)', fmt(kFirst, 1), fmt(rFirst, 1), fmt(kFirst / rFirst, 2), `>= ${TARGET_FIRST}`, kFirst / rFirst >= TARGET_FIRST ? 'yes' : 'NO'],
+      ['second: sent / changed', fmt(kithPerChanged, 2), fmt(resticPerChanged, 2), fmt(kithPerChanged / resticPerChanged, 2), '<= 1.10', kithPerChanged / resticPerChanged <= 1.1 ? 'yes' : 'NO'],
+      ['restore (MB/s)', fmt(kRestore, 1), fmt(rRestore, 1), fmt(kRestore / rRestore, 2), `>= ${TARGET_RESTORE}`, kRestore / rRestore >= TARGET_RESTORE ? 'yes' : 'NO'],
+      ...(['owner', 'h1', 'h2'] as const).map((n, i) => [`peak RSS ${n} (MB)`, fmt(rss[i]! / MB), '-', '-', `<= ${TARGET_RSS / MB}`, rss[i]! <= TARGET_RSS ? 'yes' : 'NO'])
+    ]
+    console.log(`\nkith backup benchmark: ${fmt(made.bytes / MiB)} MiB in ${made.files.length} files, ${fmt(changed / MiB, 1)} MiB changed; ` +
+      `kith sent ${fmt(first.sentBytes / MiB)} MiB (two copies) the first time, ${fmt(second.sentBytes / MiB, 1)} MiB the second; restic's repository grew ${fmt(repo1 / MiB)} then ${fmt(resticAdded / MiB, 1)} MiB`)
+    console.log(table(['figure', 'kith', 'restic', 'ratio', 'target', 'met'], rows))
+  } finally {
+    await net.stop()
+    await rm(root, { recursive: true, force: true })
+  }
+}
