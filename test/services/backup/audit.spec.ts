@@ -143,4 +143,20 @@ describe('audits and repair', () => {
       expect(c.held.has(record.sealedId)).toBe(true)
     }
   })
+
+  it('treats a host silent past the threshold as gone, and copies from it while it still answers', async () => {
+    const a = host('a', 'honest')
+    const silent = host('silent', 'honest')
+    const c = host('c', 'honest')
+    const clients = new Map([a, silent, c].map(h => [h.peer, h]))
+    const ids = await place(2, [a, silent])
+    const week = 7 * 24 * 3600 * 1000
+    await care.put('silent', { ...await care.host('silent'), lastContact: Date.now() - week - 60_000 })
+    await care.put('a', { ...await care.host('a'), lastContact: Date.now() })
+    // a longer threshold: nothing to do
+    expect(await repair({ index, care, client: p => clients.get(p)!, hosts: () => ['a', 'silent', 'c'], unreachableAfterMs: 2 * week })).toMatchObject({ short: 0 })
+    const report = await repair({ index, care, client: p => clients.get(p)!, hosts: () => ['a', 'silent', 'c'] })
+    expect(report).toMatchObject({ short: 2, placed: 2, unmet: 0 })
+    for (const id of ids) expect((await index.blob(id))!.hosts.sort()).toEqual(['a', 'c'])
+  })
 })
