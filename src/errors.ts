@@ -133,6 +133,23 @@ export const ERROR_CODES = {
   HTTP_ORIGIN_CHANGED: 409,
   /** a proxy setting that is not an http:// or https:// URL (SOCKS is not supported) */
   PROXY_UNSUPPORTED: 400,
+  // the local proxy (src/services/proxy, docs/proxy.md)
+  /** a /proxy query kith can't read: a pair without '=', an unknown key, an escape that does not decode, too long */
+  PROXY_BAD_QUERY: 400,
+  /** a /proxy query without a url= */
+  PROXY_NO_URL: 400,
+  /** service= other than min_rate_data or streaming */
+  PROXY_BAD_SERVICE: 400,
+  /** qos= other than a whole number of bytes per second */
+  PROXY_BAD_QOS: 400,
+  /** a browser request from another site (Origin, Sec-Fetch-Site): the proxy serves local programs */
+  PROXY_CROSS_SITE: 403,
+  /** a Host header other than 127.0.0.1:PORT or localhost:PORT (DNS rebinding) */
+  PROXY_BAD_HOST: 421,
+  /** the origin is on a loopback, private or link-local address (allowed only by config.json's proxy.allowPrivateOrigins) */
+  PROXY_ORIGIN_PRIVATE: 403,
+  /** the proxy answers GET and HEAD only */
+  PROXY_METHOD: 405,
   // locate: signed address records and finding friends who moved
   RECORD_MALFORMED: 400,
   RECORD_TOO_LARGE: 413,

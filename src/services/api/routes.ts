@@ -91,7 +91,7 @@ export function routes (daemon: Daemon): Route[] {
   const friendView = (name: string): unknown => daemon.view(daemon.friends.resolve(name))
   return [
     // the chunk store's size and last clean-up come from file sharing
-    { method: 'GET', path: /^\/v1\/status$/, handler: async () => ({ ...daemon.status(), store: daemon.engine.storeStatus(), services: daemon.services.summary() }) },
+    { method: 'GET', path: /^\/v1\/status$/, handler: async () => ({ ...daemon.status(), store: daemon.engine.storeStatus(), services: daemon.services.summary(), proxy: daemon.proxy?.info ?? null }) },
     // frees chunks nothing needs any more, now; answers once that cycle is over
     { method: 'POST', path: /^\/v1\/gc$/, handler: async () => ({ gc: await daemon.engine.collect() }) },
     { method: 'GET', path: /^\/v1\/invites$/, handler: async () => ({ invites: await daemon.listInvites() }) },

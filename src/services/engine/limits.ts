@@ -106,7 +106,7 @@ export const limitsSchema = z.object({
 }).strict()
 
 /** `downloads` is the download queue's section, checked by src/services/downloads/settings.ts when the queue starts */
-export const configSchema = z.object({ limits: limitsSchema.optional(), downloads: z.unknown().optional() }).strict()
+export const configSchema = z.object({ limits: limitsSchema.optional(), downloads: z.unknown().optional(), proxy: z.unknown().optional() }).strict()
 
 export const patchSchema = z.object({
   upload: rate.nullable().optional(),
@@ -121,6 +121,8 @@ export interface ConfigFile {
   limits: LimitsDoc
   /** the `downloads` section as written (downloads/settings.ts checks it) */
   downloads?: unknown
+  /** the `proxy` section as written (proxy/settings.ts checks it) */
+  proxy?: unknown
 }
 
 /**
@@ -148,7 +150,7 @@ export async function loadConfig (home: string): Promise<ConfigFile | null> {
     const issue = result.error.issues[0]
     throw new KithError('CONFIG_INVALID', `${path}: ${issue?.path.join('.') || '(top level)'}: ${issue?.message ?? 'invalid'}; see docs/scheduler.md`)
   }
-  return { path, limits: clean(result.data.limits ?? {}), ...(result.data.downloads !== undefined ? { downloads: result.data.downloads } : {}) }
+  return { path, limits: clean(result.data.limits ?? {}), ...(result.data.downloads !== undefined ? { downloads: result.data.downloads } : {}), ...(result.data.proxy !== undefined ? { proxy: result.data.proxy } : {}) }
 }
 
 /** Drops undefined fields (zod leaves them out already; this keeps the type exact). */

@@ -1,6 +1,6 @@
 import { Resolver } from 'node:dns'
 import { isIP, type LookupFunction } from 'node:net'
-import { EnvHttpProxyAgent, type Dispatcher } from 'undici'
+import { buildConnector, EnvHttpProxyAgent, type Dispatcher } from 'undici'
 import { KithError } from '../../../errors.ts'
 import type { DownloadSettings } from '../addon.ts'
 
@@ -10,21 +10,42 @@ import type { DownloadSettings } from '../addon.ts'
  * already hold them), IPv4 only when IPv6 is switched off, the configured DNS
  * servers instead of the system's, and the connect and read timeouts.
  * Closed by the caller when the download ends.
+ *
+ * `guard`, when given, sees every direct connection once it is made (the
+ * address actually connected to, after DNS) and may refuse it by returning
+ * an error: the local proxy refuses private origins this way, so a name that
+ * resolves to a public address first and a private one later can't slip by.
+ * Connections to a configured proxy server are not guarded (the proxy
+ * resolves the origin's name).
  */
-export function makeDispatcher (settings: DownloadSettings): Dispatcher {
+export function makeDispatcher (settings: DownloadSettings, guard?: ConnectGuard): Dispatcher {
   const { http, https, all, noProxy } = settings.proxy
   const httpProxy = checkProxy(http ?? all)
   const httpsProxy = checkProxy(https ?? all)
   const family = settings.ipv6 ? 0 : 4
   const lookup = settings.dns.length > 0 ? serverLookup(settings.dns) : undefined
+  const connect = { timeout: settings.connectTimeoutMs, family, ...(lookup != null ? { lookup } : {}) }
   return new EnvHttpProxyAgent({
     // '' (not undefined) so undici does not read the environment behind the settings' back
     httpProxy: httpProxy ?? '',
     httpsProxy: httpsProxy ?? '',
     noProxy: noProxy ?? '',
-    connect: { timeout: settings.connectTimeoutMs, family, ...(lookup != null ? { lookup } : {}) },
+    connect: guard != null ? guarded(buildConnector(connect), guard) : connect,
     headersTimeout: settings.readTimeoutMs,
     bodyTimeout: settings.readTimeoutMs
+  })
+}
+
+/** Looks at a connection just made: an Error refuses it (the request fails with that error). */
+export type ConnectGuard = (address: { address: string, family: string, hostname: string }) => Error | null
+
+function guarded (connector: buildConnector.connector, guard: ConnectGuard): buildConnector.connector {
+  return (options, callback) => connector(options, (err, socket) => {
+    if (err != null || socket == null) { callback(err ?? new Error('no socket'), null); return }
+    const refusal = guard({ address: socket.remoteAddress ?? '', family: socket.remoteFamily ?? '', hostname: options.hostname })
+    if (refusal == null) { callback(null, socket); return }
+    socket.destroy()
+    callback(refusal, null)
   })
 }
 

@@ -1,0 +1,183 @@
+import { createHash, randomBytes, type Hash } from 'node:crypto'
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { syncDir } from '../../peer/home.ts'
+import type { Sublevel } from '../../peer/database.ts'
+import type { Validators } from '../downloads/http/validators.ts'
+
+/**
+ * What the proxy fetched whole, kept for the next request of the same URL
+ * class (docs/proxy.md, "The cache"): one file per entry in the home's
+ * proxy-cache folder, indexed in LevelDB by the class's URLs, the origin's
+ * validators (ETag, Last-Modified), the length and the sha256 of the bytes.
+ * An entry is written to a partial, fsynced and renamed before the index
+ * names it, so a kill -9 leaves whole entries or none (start-up removes
+ * what the index does not name). Bounded by size; least recently used go
+ * first.
+ */
+export const CACHE_RECORD_VERSION = 1
+
+export interface CacheEntry {
+  v: typeof CACHE_RECORD_VERSION
+  id: string
+  /** the equivalence class it was fetched for */
+  urls: string[]
+  etag: string | null
+  lastModified: string | null
+  length: number
+  contentType: string | null
+  sha256: string
+  /** wall-clock ms of the last use: orders eviction across restarts */
+  lastUsed: number
+}
+
+export interface CacheInit {
+  level: Sublevel<CacheEntry>
+  dir: string
+  maxBytes: number
+}
+
+export class ProxyCache {
+  private readonly init: CacheInit
+  private readonly entries = new Map<string, CacheEntry>()
+
+  private constructor (init: CacheInit) {
+    this.init = init
+  }
+
+  static async open (init: CacheInit): Promise<ProxyCache> {
+    await mkdir(init.dir, { recursive: true, mode: 0o700 })
+    const cache = new ProxyCache(init)
+    for await (const [id, entry] of init.level.iterator()) {
+      const size = await stat(join(init.dir, id)).then(s => s.size, () => -1)
+      if (entry?.v !== CACHE_RECORD_VERSION || entry.id !== id || size !== entry.length) await init.level.del(id)
+      else cache.entries.set(id, entry)
+    }
+    // partials of fetches a stop or crash cut short, files whose index entry never landed
+    for (const name of await readdir(init.dir)) {
+      if (!cache.entries.has(name)) await rm(join(init.dir, name), { force: true })
+    }
+    await cache.evict()
+    return cache
+  }
+
+  /** The entry for the class: one whose URLs share one with it. */
+  find (urls: readonly URL[]): CacheEntry | null {
+    for (const entry of this.entries.values()) {
+      if (urls.some(u => entry.urls.includes(u.href))) return entry
+    }
+    return null
+  }
+
+  path (entry: CacheEntry): string {
+    return join(this.init.dir, entry.id)
+  }
+
+  /** bytes held now */
+  get size (): number {
+    let total = 0
+    for (const e of this.entries.values()) total += e.length
+    return total
+  }
+
+  get count (): number {
+    return this.entries.size
+  }
+
+  async touch (entry: CacheEntry): Promise<void> {
+    if (!this.entries.has(entry.id)) return
+    entry.lastUsed = Date.now()
+    await this.init.level.put(entry.id, entry)
+  }
+
+  async remove (entry: CacheEntry): Promise<void> {
+    this.entries.delete(entry.id)
+    await this.init.level.del(entry.id)
+    await rm(join(this.init.dir, entry.id), { force: true })
+  }
+
+  /**
+   * A writer for a whole file of `length` bytes fetched for `urls`, or null
+   * when it would not fit the bound (or its length is unknown).
+   */
+  async writer (urls: readonly URL[], validators: Validators, length: number | null, contentType: string | null): Promise<CacheWriter | null> {
+    if (length == null || length > this.init.maxBytes || (validators.etag == null && validators.lastModified == null)) return null
+    const id = randomBytes(12).toString('hex')
+    const partial = join(this.init.dir, `${id}.partial`)
+    const file = await open(partial, 'wx', 0o600)
+    return new CacheWriter(file, partial, async sha256 => {
+      const entry: CacheEntry = { v: CACHE_RECORD_VERSION, id, urls: urls.map(u => u.href), ...validators, length, contentType, sha256, lastUsed: Date.now() }
+      await rename(partial, join(this.init.dir, id))
+      await syncDir(this.init.dir)
+      // an older version of the class goes: one entry per class, never two versions to mix
+      for (const old of [...this.entries.values()]) {
+        if (old.urls.some(u => entry.urls.includes(u))) await this.remove(old)
+      }
+      await this.init.level.put(id, entry)
+      this.entries.set(id, entry)
+      await this.evict(id)
+    }, length)
+  }
+
+  /** Drops least recently used entries until the bound holds (never `keep`, just written). */
+  private async evict (keep?: string): Promise<void> {
+    const byAge = [...this.entries.values()].sort((a, b) => a.lastUsed - b.lastUsed)
+    let total = this.size
+    for (const entry of byAge) {
+      if (total <= this.init.maxBytes) return
+      if (entry.id === keep) continue
+      total -= entry.length
+      await this.remove(entry)
+    }
+  }
+}
+
+/** Bytes of one fetch on their way into the cache: hashed as written; committed only whole. */
+export class CacheWriter {
+  private readonly file: FileHandle
+  private readonly partial: string
+  private readonly onCommit: (sha256: string) => Promise<void>
+  private readonly length: number
+  private readonly hash: Hash = createHash('sha256')
+  private written = 0
+  private ended = false
+
+  constructor (file: FileHandle, partial: string, onCommit: (sha256: string) => Promise<void>, length: number) {
+    this.file = file
+    this.partial = partial
+    this.onCommit = onCommit
+    this.length = length
+  }
+
+  async write (chunk: Uint8Array): Promise<void> {
+    this.hash.update(chunk)
+    this.written += chunk.length
+    await this.file.write(chunk)
+  }
+
+  /** every byte of the announced length written */
+  get complete (): boolean {
+    return this.written === this.length
+  }
+
+  /** Keeps it when every byte of the announced length came, and no more. */
+  async commit (): Promise<void> {
+    if (this.ended) return
+    this.ended = true
+    if (this.written !== this.length) { await this.drop(); return }
+    await this.file.sync()
+    await this.file.close()
+    await this.onCommit(this.hash.digest('hex'))
+  }
+
+  async abort (): Promise<void> {
+    if (this.ended) return
+    this.ended = true
+    await this.drop()
+  }
+
+  private async drop (): Promise<void> {
+    await this.file.close().catch(() => {})
+    await rm(this.partial, { force: true })
+  }
+}

@@ -1,0 +1,18 @@
+/** Named limits of the local proxy (docs/proxy.md). */
+
+/** a /proxy request line's query longer than this is PROXY_BAD_QUERY, refused before it is split */
+export const MAX_QUERY_LENGTH = 64 * 1024
+/** url= values one request may name (one equivalence class) */
+export const MAX_CLASS_URLS = 16
+/** qos above this (1 TB/s) is not a rate any link has: PROXY_BAD_QOS */
+export const MAX_QOS = 1e12
+/** the cache's size when config.json says nothing: 1 GiB */
+export const DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
+/** the name of the cache folder in the home */
+export const CACHE_DIR = 'proxy-cache'
+/** the file in the home naming the proxy's address, as api.json names the API's */
+export const PROXY_INFO = 'proxy.json'
+/** what an origin may take to answer the cache's conditional HEAD before the entry is not trusted */
+export const REVALIDATE_TIMEOUT_MS = 10_000
+/** requests served at once; more wait in the kernel's accept queue */
+export const MAX_CONNECTIONS = 256

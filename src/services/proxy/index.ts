@@ -1,0 +1,129 @@
+/**
+ * The local proxy (docs/proxy.md): BitTorrent DNA's URL form on
+ * 127.0.0.1, so any program (a download manager, a player, curl) hands kith
+ * a URL and gets the bytes, through the engine's bandwidth scheduler and
+ * the HTTP engine's network settings, kept in a bounded cache for the next
+ * request of the same file.
+ *
+ *   const proxy = await ProxyService.start({ db, home, bandwidth, config })
+ *   proxy.info   // { url: 'http://127.0.0.1:PORT', port }, also in HOME/proxy.json
+ *   await proxy.stop()
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { join } from 'node:path'
+import { rm } from 'node:fs/promises'
+import { interceptors, type Dispatcher } from 'undici'
+import { asKithError, KithError } from '../../errors.ts'
+import { sublevel, type Database } from '../../peer/database.ts'
+import { writeFileAtomic } from '../../peer/home.ts'
+import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
+import type { ConfigFile } from '../engine/index.ts'
+import { makeDispatcher } from '../downloads/http/dispatcher.ts'
+import { MAX_REDIRECTS } from '../downloads/http/constants.ts'
+import { queueSettings } from '../downloads/settings.ts'
+import type { DownloadSettings } from '../downloads/addon.ts'
+import { ProxyCache, type CacheEntry } from './cache.ts'
+import { CACHE_DIR, MAX_CONNECTIONS, PROXY_INFO } from './constants.ts'
+import { checkCaller, checkOriginHost, originGuard } from './guard.ts'
+import { parseProxyQuery } from './query.ts'
+import { OriginStatus, serve } from './serve.ts'
+import { proxySettings, type ProxySettings } from './settings.ts'
+
+export interface ProxyServiceInit {
+  db: Database
+  home: string
+  bandwidth: BandwidthScheduler
+  config: ConfigFile | null
+  /** the HTTP engine's network settings @default config.json's `downloads` section, as the download queue reads it */
+  network?: DownloadSettings
+}
+
+export interface ProxyInfo {
+  /** http://127.0.0.1:PORT: requests go to URL/proxy?url=... */
+  url: string
+  port: number
+  /** entries and bytes in the cache */
+  cache: { entries: number, bytes: number }
+}
+
+export class ProxyService {
+  private readonly server: Server
+  private readonly dispatcher: Dispatcher
+  private readonly cache: ProxyCache
+  private readonly settings: ProxySettings
+  private readonly infoPath: string
+  private readonly stopping = new AbortController()
+  private port = 0
+
+  private constructor (server: Server, dispatcher: Dispatcher, cache: ProxyCache, settings: ProxySettings, infoPath: string) {
+    this.server = server
+    this.dispatcher = dispatcher
+    this.cache = cache
+    this.settings = settings
+    this.infoPath = infoPath
+  }
+
+  static async start (init: ProxyServiceInit): Promise<ProxyService> {
+    const configPath = init.config?.path ?? join(init.home, 'config.json')
+    const settings = proxySettings(init.config?.proxy, configPath)
+    // the HTTP engine's network settings (proxies, IPv6, DNS, timeouts), with the private-origin guard on each connection
+    const network = init.network ?? queueSettings(init.config?.downloads, configPath).network
+    const dispatcher = makeDispatcher(network, originGuard(settings.allowPrivateOrigins)).compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
+    const cache = await ProxyCache.open({ level: sublevel<CacheEntry>(init.db, 'proxy-cache'), dir: join(init.home, CACHE_DIR), maxBytes: settings.cacheBytes })
+    const server = createServer()
+    server.maxConnections = MAX_CONNECTIONS
+    const service = new ProxyService(server, dispatcher, cache, settings, join(init.home, PROXY_INFO))
+    server.on('request', (req, res) => {
+      service.handle(req, res, init.bandwidth).catch(err => service.fail(res, asKithError(err)))
+    })
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', err => reject(new KithError((err as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'PORT_IN_USE' : 'INTERNAL', `the local proxy can't listen on 127.0.0.1:${settings.port}: ${err.message}; set another "proxy": {"port": N} in config.json (0: any free port)`)))
+      server.listen(settings.port, '127.0.0.1', resolve)
+    })
+    service.port = (server.address() as { port: number }).port
+    await writeFileAtomic(service.infoPath, JSON.stringify({ url: service.url, port: service.port, pid: process.pid }) + '\n', 0o600)
+    return service
+  }
+
+  get url (): string {
+    return `http://127.0.0.1:${this.port}`
+  }
+
+  get info (): ProxyInfo {
+    return { url: this.url, port: this.port, cache: { entries: this.cache.count, bytes: this.cache.size } }
+  }
+
+  async stop (): Promise<void> {
+    this.stopping.abort(new KithError('FETCH_ABORTED', 'the daemon is stopping'))
+    this.server.closeAllConnections()
+    await new Promise<void>(resolve => this.server.close(() => resolve()))
+    await this.dispatcher.close().catch(() => {})
+    await rm(this.infoPath, { force: true })
+  }
+
+  private async handle (req: IncomingMessage, res: ServerResponse, bandwidth: BandwidthScheduler): Promise<void> {
+    checkCaller(req.headers, this.port)
+    const raw = req.url ?? '/'
+    const q = raw.indexOf('?')
+    const path = q < 0 ? raw : raw.slice(0, q)
+    if (path !== '/proxy') throw new KithError('NOT_FOUND', `no such path ${JSON.stringify(path.slice(0, 100))}; the proxy answers /proxy?url=ENCODED_URL (docs/proxy.md)`)
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw new KithError('PROXY_METHOD', `the proxy answers GET and HEAD, not ${req.method ?? ''}`)
+    const query = parseProxyQuery(q < 0 ? '' : raw.slice(q + 1))
+    for (const url of query.urls) checkOriginHost(url, this.settings.allowPrivateOrigins)
+    await serve(req, res, query, { dispatcher: this.dispatcher, cache: this.cache, bandwidth, signal: this.stopping.signal })
+  }
+
+  /** An error as its status and a small JSON body with the stable code; once bytes went, a cut connection. */
+  private fail (res: ServerResponse, err: KithError): void {
+    if (res.headersSent) { res.destroy(); return }
+    const body = JSON.stringify({ error: err.toJSON() }) + '\n'
+    res.writeHead(err.status, {
+      ...(err instanceof OriginStatus ? err.headers : {}),
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+      'x-kith-error': err.code,
+      ...(err.code === 'PROXY_CROSS_SITE' || err.code === 'PROXY_BAD_HOST' ? { connection: 'close' } : {})
+    })
+    res.end(body)
+  }
+}

@@ -1,0 +1,207 @@
+import type { IncomingMessage, ServerResponse, OutgoingHttpHeaders, IncomingHttpHeaders } from 'node:http'
+import { createReadStream } from 'node:fs'
+import { pipeline } from 'node:stream/promises'
+import { request, type Dispatcher } from 'undici'
+import { KithError } from '../../errors.ts'
+import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
+import { discard, HttpError, networkError } from '../downloads/http/request.ts'
+import { sameVersion, validatorsOf } from '../downloads/http/validators.ts'
+import type { CacheEntry, ProxyCache } from './cache.ts'
+import { serviceFor } from './content-kind.ts'
+import type { ProxyQuery } from './query.ts'
+import { fromStart, parseRange, resolveRange } from './range.ts'
+import { REVALIDATE_TIMEOUT_MS } from './constants.ts'
+
+/**
+ * One /proxy request answered (docs/proxy.md): from the cache when the
+ * origin confirms the kept version is current (a conditional HEAD), else
+ * from the first origin of the class that answers, its bytes streamed to
+ * the client as they arrive through a bandwidth flow of the engine's
+ * scheduler (class public; urgent for streaming; qos as the flow's floor),
+ * and kept in the cache when the whole file went by.
+ */
+export interface ServeContext {
+  dispatcher: Dispatcher
+  cache: ProxyCache
+  bandwidth: BandwidthScheduler
+  /** aborts on the service's stop */
+  signal: AbortSignal
+}
+
+const USER_AGENT = 'kith-proxy (https://github.com/kith)'
+/** what goes from the origin's answer to the client's */
+const PASSED = ['content-length', 'content-type', 'etag', 'last-modified', 'accept-ranges', 'content-range'] as const
+
+export async function serve (req: IncomingMessage, res: ServerResponse, query: ProxyQuery, ctx: ServeContext): Promise<void> {
+  // the client going away stops the fetch for it (what it got whole is in the cache already); the service's stop stops all
+  const controller = new AbortController()
+  const signal = AbortSignal.any([controller.signal, ctx.signal])
+  res.on('close', () => { if (!res.writableFinished) controller.abort(new KithError('FETCH_ABORTED', 'the client closed the connection')) })
+  const head = req.method === 'HEAD'
+  const range = parseRange(one(req.headers.range))
+
+  const entry = ctx.cache.find(query.urls)
+  if (entry != null) {
+    if (await current(entry, query.urls, ctx.dispatcher, signal)) {
+      await ctx.cache.touch(entry)
+      await fromCache(res, ctx.cache.path(entry), entry, range, head, serviceFor(query.service, query.urls[0]!, entry.contentType))
+      return
+    }
+    // the origin has another version now (or can't say): never serve the old one
+    await ctx.cache.remove(entry)
+  }
+
+  const { answer, url } = await openOrigin(query.urls, head ? 'HEAD' : 'GET', range != null ? one(req.headers.range)! : null, ctx.dispatcher, signal)
+  const service = serviceFor(query.service, url, one(answer.headers['content-type']) ?? null)
+  const headers: OutgoingHttpHeaders = { 'x-kith-source': 'origin', 'x-kith-service': service }
+  for (const name of PASSED) {
+    const value = one(answer.headers[name])
+    if (value != null) headers[name] = value
+  }
+  res.writeHead(answer.statusCode, headers)
+  if (head) { discard(answer.body); res.end(); return }
+  // the status goes out now: a player sees its answer begin (time to first byte), and a failure from here on is a cut a client can tell
+  res.flushHeaders()
+
+  const total = answer.statusCode === 200 ? numberOf(answer.headers['content-length']) : totalOf(answer.headers['content-range'])
+  const whole = fromStart(range) && (answer.statusCode === 200 || /^bytes 0-/.test(one(answer.headers['content-range']) ?? ''))
+  const writer = whole ? await ctx.cache.writer(query.urls, validatorsOf(answer.headers), total, one(answer.headers['content-type']) ?? null) : null
+  const flow = ctx.bandwidth.flow({ direction: 'down', class: 'public', priority: service === 'streaming' ? 'urgent' : 'normal', label: 'proxy', ...(query.qos > 0 ? { floor: query.qos } : {}) })
+  try {
+    for await (const chunk of answer.body as AsyncIterable<Buffer>) {
+      if (res.destroyed) break
+      await flow.take(chunk.length, signal)
+      if (writer != null) {
+        await writer.write(chunk)
+        // kept before the last byte goes: what a client has whole is in the cache
+        if (writer.complete) await writer.commit()
+      }
+      if (!res.write(chunk)) await drained(res)
+    }
+    if (res.destroyed) throw new KithError('FETCH_ABORTED', 'the client closed the connection')
+    await writer?.commit()
+    res.end()
+  } catch (err) {
+    // the status is sent: a cut connection is the one way left to say the bytes are not whole (curl: "partial file")
+    await writer?.abort()
+    discard(answer.body)
+    res.destroy()
+    if (!signal.aborted) console.error(`kith proxy: ${url.href} failed mid-way: ${(err as Error).message}`)
+  } finally {
+    flow.close()
+  }
+}
+
+/**
+ * The first origin of the class that answers with bytes; statuses other
+ * than 200 and 206, and network failures, move on to the next. When all
+ * fail, the last origin's status (as HTTP_STATUS with that status) or
+ * network error is thrown.
+ */
+async function openOrigin (urls: readonly URL[], method: 'GET' | 'HEAD', range: string | null, dispatcher: Dispatcher, signal: AbortSignal): Promise<{ answer: Dispatcher.ResponseData, url: URL }> {
+  let last: unknown = null
+  for (const url of urls) {
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity' }
+    if (range != null) headers.range = range
+    try {
+      const answer = await request(url, { method, headers, dispatcher, signal })
+      if (answer.statusCode === 200 || answer.statusCode === 206) return { answer, url }
+      discard(answer.body)
+      last = new OriginStatus(answer.statusCode, url, answer.headers)
+    } catch (err) {
+      last = networkError(err, url, signal)
+      if (signal.aborted) throw last
+    }
+  }
+  throw last
+}
+
+/** The origin's own refusal (404, 416, 500...), answered to the client with that status. */
+export class OriginStatus extends HttpError {
+  readonly httpStatus: number
+  readonly headers: OutgoingHttpHeaders
+
+  constructor (status: number, url: URL, headers: IncomingHttpHeaders) {
+    super('HTTP_STATUS', `${url.href} answered ${status}; a client may fetch the origin itself`)
+    this.httpStatus = status
+    const contentRange = one(headers['content-range'])
+    this.headers = contentRange != null ? { 'content-range': contentRange } : {}
+  }
+
+  override get status (): number {
+    return this.httpStatus
+  }
+}
+
+/**
+ * Whether the kept entry is the version the origin has now: a HEAD with
+ * If-None-Match (ETag) or If-Modified-Since; 304, or 200 with the same
+ * validators and length, says yes. Any failure says no.
+ */
+async function current (entry: CacheEntry, urls: readonly URL[], dispatcher: Dispatcher, signal: AbortSignal): Promise<boolean> {
+  const url = urls.find(u => entry.urls.includes(u.href)) ?? urls[0]!
+  const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity' }
+  if (entry.etag != null) headers['if-none-match'] = entry.etag
+  else if (entry.lastModified != null) headers['if-modified-since'] = entry.lastModified
+  try {
+    const answer = await request(url, { method: 'HEAD', headers, dispatcher, signal: AbortSignal.any([signal, AbortSignal.timeout(REVALIDATE_TIMEOUT_MS)]) })
+    discard(answer.body)
+    if (answer.statusCode === 304) return entry.etag == null || one(answer.headers.etag) == null || one(answer.headers.etag) === entry.etag
+    if (answer.statusCode !== 200) return false
+    const seen = validatorsOf(answer.headers)
+    const length = numberOf(answer.headers['content-length'])
+    return (seen.etag != null || seen.lastModified != null) && sameVersion(entry, seen) && (length == null || length === entry.length)
+  } catch {
+    if (signal.aborted) throw signal.reason
+    return false
+  }
+}
+
+async function fromCache (res: ServerResponse, path: string, entry: CacheEntry, range: ReturnType<typeof parseRange>, head: boolean, service: string): Promise<void> {
+  const headers: OutgoingHttpHeaders = { 'x-kith-source': 'cache', 'x-kith-service': service, 'accept-ranges': 'bytes' }
+  if (entry.contentType != null) headers['content-type'] = entry.contentType
+  if (entry.etag != null) headers.etag = entry.etag
+  if (entry.lastModified != null) headers['last-modified'] = entry.lastModified
+  let first = 0
+  let last = entry.length - 1
+  let status = 200
+  if (range != null) {
+    const span = resolveRange(range, entry.length)
+    if (span == null) {
+      res.writeHead(416, { ...headers, 'content-range': `bytes */${entry.length}`, 'content-length': 0 })
+      res.end()
+      return
+    }
+    [first, last] = span
+    status = 206
+    headers['content-range'] = `bytes ${first}-${last}/${entry.length}`
+  }
+  headers['content-length'] = Math.max(0, last - first + 1)
+  res.writeHead(status, headers)
+  if (head || entry.length === 0) { res.end(); return }
+  // local disk to a local program: no network byte moves, so no flow
+  await pipeline(createReadStream(path, { start: first, end: last }), res).catch(() => res.destroy())
+}
+
+/** Until the client took what was written (or went away); listeners removed, as a body has many chunks. */
+async function drained (res: ServerResponse): Promise<void> {
+  await new Promise<void>(resolve => {
+    const done = (): void => { res.off('drain', done); res.off('close', done); resolve() }
+    res.on('drain', done)
+    res.on('close', done)
+  })
+}
+
+function one (value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value
+}
+
+function numberOf (value: string | string[] | undefined): number | null {
+  const text = one(value)
+  return text != null && /^\d+$/.test(text) ? Number(text) : null
+}
+
+function totalOf (value: string | string[] | undefined): number | null {
+  const m = /\/(\d+)$/.exec(one(value) ?? '')
+  return m == null ? null : Number(m[1])
+}

@@ -1,0 +1,241 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, readFile, rm, writeFile, utimes } from 'node:fs/promises'
+import { request as httpRequest } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Level } from 'level'
+import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
+import { ProxyService } from '../../../src/services/proxy/index.ts'
+import { queueSettings } from '../../../src/services/downloads/settings.ts'
+import { startNginx, needsNginx, type Nginx } from '../../helpers/nginx.ts'
+import { needsCommands, describeNeeding } from '../../helpers/needs.ts'
+import { startFaultServer, type FaultServer } from '../../helpers/fault-server.ts'
+import { startDnsServer, type DnsServer } from '../../helpers/dns-server.ts'
+
+/**
+ * The local proxy in-process on real parts: a LevelDB in a temp folder, the
+ * real bandwidth scheduler, a real nginx origin, curl and wget as the
+ * clients, node:http for the headers a browser would send, the tests' own
+ * fault server for an origin that dies mid-way, the tests' DNS server for a
+ * name that resolves to loopback.
+ */
+const BIG = randomBytes(3 * 1024 * 1024 + 17)
+const SMALL = randomBytes(64 * 1024)
+
+interface Answer { status: number, headers: Record<string, string | string[] | undefined>, body: Buffer }
+
+/** One request with the headers we choose (Host, Origin...), as a browser or a hostile page would send them. */
+async function get (port: number, path: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Answer> {
+  return await new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, method, headers }, res => {
+      const parts: Buffer[] = []
+      res.on('data', (d: Buffer) => parts.push(d))
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts) }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+async function run (cmd: string, args: string[]): Promise<{ code: number, stdout: Buffer, stderr: string }> {
+  return await new Promise(resolve => {
+    execFile(cmd, args, { encoding: 'buffer', maxBuffer: 64 * 1024 * 1024, timeout: 30_000 }, (err, stdout, stderr) => {
+      resolve({ code: err == null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr: stderr.toString() })
+    })
+  })
+}
+
+const enc = encodeURIComponent
+
+describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget'])], () => {
+  let root: string
+  let site: string
+  let db: Level<string, unknown>
+  let nginx: Nginx
+  let fault: FaultServer
+  let dns: DnsServer
+  let proxy: ProxyService
+  let strict: ProxyService
+  let base: string
+
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'kith-proxy-'))
+    site = join(root, 'site')
+    await mkdir(site)
+    await writeFile(join(site, 'big.bin'), BIG)
+    await writeFile(join(site, 'small.bin'), SMALL)
+    await writeFile(join(site, 'film.mp4'), SMALL)
+    await writeFile(join(site, 'changing.bin'), SMALL)
+    nginx = await startNginx({ root: site })
+    fault = await startFaultServer(req => req.url === '/dies.bin' ? { kind: 'drop', after: 100_000 } : undefined)
+    fault.files.set('/dies.bin', BIG)
+    dns = await startDnsServer({ 'rebind.test': { a: ['127.0.0.1'] } })
+    db = new Level<string, unknown>(join(root, 'db'), { valueEncoding: 'json' })
+    await db.open()
+    const bandwidth = new BandwidthScheduler()
+    // loopback origins allowed, as a LAN's own server would need
+    proxy = await ProxyService.start({ db, home: join(root, 'home'), bandwidth, config: { path: 'config.json', limits: {}, proxy: { allowPrivateOrigins: true } } })
+    // the default: private origins refused; names resolved by the tests' DNS server
+    strict = await ProxyService.start({ db, home: join(root, 'home2'), bandwidth, config: null, network: { ...queueSettings({}, 'config.json').network, dns: [dns.address] } })
+    base = `${proxy.url}/proxy`
+  })
+
+  afterAll(async () => {
+    await proxy?.stop()
+    await strict?.stop()
+    await db?.close()
+    await nginx?.stop()
+    await fault?.stop()
+    await dns?.stop()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  it('writes its address to proxy.json in the home', async () => {
+    const info = JSON.parse(await readFile(join(root, 'home', 'proxy.json'), 'utf8'))
+    expect(info).toMatchObject({ url: proxy.url, port: proxy.info.port, pid: process.pid })
+  })
+
+  it('serves a whole file to curl byte for byte, passing the origin\'s headers, then serves it from the cache after a conditional HEAD', async () => {
+    const url = `${base}?service=min_rate_data&url=${enc(`${nginx.url}/big.bin`)}&qos=50000`
+    const first = await run('curl', ['-sS', '-D', '-', '-o', join(root, 'curl1'), url])
+    expect(first.code).toBe(0)
+    const headers = first.stdout.toString()
+    expect(headers).toMatch(/^HTTP\/1.1 200/)
+    expect(headers).toMatch(new RegExp(`content-length: ${BIG.length}\\r`, 'i'))
+    expect(headers).toMatch(/etag: "/i)
+    expect(headers).toMatch(/accept-ranges: bytes/i)
+    expect(headers).toMatch(/x-kith-source: origin/i)
+    expect((await readFile(join(root, 'curl1'))).equals(BIG)).toBe(true)
+    expect(proxy.info.cache.entries).toBe(1)
+
+    const before = (await nginx.accessLog()).length
+    const second = await run('curl', ['-sS', '-D', '-', '-o', join(root, 'curl2'), url])
+    expect(second.code).toBe(0)
+    expect(second.stdout.toString()).toMatch(/x-kith-source: cache/i)
+    expect((await readFile(join(root, 'curl2'))).equals(BIG)).toBe(true)
+    // the origin saw one request more, a HEAD answered 304 with no body
+    const log = (await nginx.accessLog()).slice(before)
+    expect(log).toHaveLength(1)
+    expect(log[0]).toMatch(/^304 "-" 0 /)
+  })
+
+  it('serves wget the same bytes (url= values in any order with the other pairs)', async () => {
+    const out = join(root, 'wget1')
+    const r = await run('wget', ['-q', '-O', out, `${base}?url=${enc(`${nginx.url}/small.bin`)}&service=min_rate_data`])
+    expect(r.code).toBe(0)
+    expect((await readFile(out)).equals(SMALL)).toBe(true)
+  })
+
+  it('answers a player\'s Range requests with 206 and the right bytes, from the origin and then from the cache', async () => {
+    const url = `${base}?url=${enc(`${nginx.url}/film.mp4`)}`
+    // no service=: the .mp4 extension says it streams
+    const a = await get(proxy.info.port, new URL(url).pathname + new URL(url).search, { host: `127.0.0.1:${proxy.info.port}`, range: 'bytes=1000-1999' })
+    expect(a.status).toBe(206)
+    expect(a.headers['content-range']).toBe(`bytes 1000-1999/${SMALL.length}`)
+    expect(a.headers['x-kith-service']).toBe('streaming')
+    expect(a.body.equals(SMALL.subarray(1000, 2000))).toBe(true)
+    // a player's first request, bytes=0-: the whole file goes by and is kept
+    const b = await run('curl', ['-sS', '-r', '0-', '-o', join(root, 'film'), '-w', '%{http_code}', url])
+    expect(b.stdout.toString()).toBe('206')
+    expect((await readFile(join(root, 'film'))).equals(SMALL)).toBe(true)
+    const c = await run('curl', ['-sS', '-r', '60000-', '-D', '-', url])
+    expect(c.stdout.toString()).toMatch(/^HTTP\/1.1 206/)
+    expect(c.stdout.toString()).toMatch(/x-kith-source: cache/i)
+    expect(c.stdout.subarray(c.stdout.indexOf('\r\n\r\n') + 4).equals(SMALL.subarray(60000))).toBe(true)
+    const past = await run('curl', ['-sS', '-r', `${SMALL.length}-`, '-o', '/dev/null', '-w', '%{http_code}', url])
+    expect(past.stdout.toString()).toBe('416')
+  })
+
+  it('never serves the cached bytes once the origin file changed (new ETag)', async () => {
+    const url = `${base}?url=${enc(`${nginx.url}/changing.bin`)}`
+    expect((await run('curl', ['-sS', url])).stdout.equals(SMALL)).toBe(true)
+    const next = randomBytes(SMALL.length)
+    await writeFile(join(site, 'changing.bin'), next)
+    // a new mtime: nginx's ETag is mtime-length
+    await utimes(join(site, 'changing.bin'), new Date(), new Date(Date.now() + 5000))
+    const r = await run('curl', ['-sS', '-D', '-', url])
+    expect(r.stdout.toString()).toMatch(/x-kith-source: origin/i)
+    expect(r.stdout.subarray(r.stdout.indexOf('\r\n\r\n') + 4).equals(next)).toBe(true)
+    const again = await run('curl', ['-sS', '-D', '-', url])
+    expect(again.stdout.toString()).toMatch(/x-kith-source: cache/i)
+    expect(again.stdout.subarray(again.stdout.indexOf('\r\n\r\n') + 4).equals(next)).toBe(true)
+  })
+
+  it('cuts the connection when the origin dies mid-way (curl: partial file), and keeps nothing of it', async () => {
+    const url = `${base}?url=${enc(`${fault.url}/dies.bin`)}`
+    const entries = proxy.info.cache.entries
+    const r = await run('curl', ['-sS', '-o', '/dev/null', url])
+    expect(r.code).toBe(18)
+    expect(proxy.info.cache.entries).toBe(entries)
+  })
+
+  it('passes the origin\'s refusal on with its status, and tries the next origin of the class first', async () => {
+    const missing = await get(proxy.info.port, `/proxy?url=${enc(`${nginx.url}/nope.bin`)}`, { host: `localhost:${proxy.info.port}` })
+    expect(missing.status).toBe(404)
+    expect(JSON.parse(missing.body.toString()).error.code).toBe('HTTP_STATUS')
+    const r = await run('curl', ['-sS', '-D', '-', `${base}?url=${enc(`${nginx.url}/nope.bin`)}&url=${enc(`${nginx.url}/small.bin`)}`])
+    expect(r.stdout.toString()).toMatch(/^HTTP\/1.1 200/)
+    expect(r.stdout.subarray(r.stdout.indexOf('\r\n\r\n') + 4).equals(SMALL)).toBe(true)
+  })
+
+  it('refuses bad queries with a status and a stable code, before any origin is asked', async () => {
+    const cases: Array<[string, number, string]> = [
+      ['/proxy', 400, 'PROXY_NO_URL'],
+      ['/proxy?service=streaming', 400, 'PROXY_NO_URL'],
+      [`/proxy?url=${enc(nginx.url)}&service=fast`, 400, 'PROXY_BAD_SERVICE'],
+      [`/proxy?url=${enc(nginx.url)}&qos=-1`, 400, 'PROXY_BAD_QOS'],
+      [`/proxy?url=${enc(nginx.url)}&qos=1.5`, 400, 'PROXY_BAD_QOS'],
+      [`/proxy?url=${enc(nginx.url)}&speed=1`, 400, 'PROXY_BAD_QUERY'],
+      [`/proxy?url=${enc(nginx.url)}&&qos=1`, 400, 'PROXY_BAD_QUERY'],
+      ['/proxy?url=%zz', 400, 'PROXY_BAD_QUERY'],
+      ['/proxy?url=not%20a%20url', 400, 'URL_INVALID'],
+      [`/proxy?url=${enc('http://me:secret@example.org/a')}`, 400, 'URL_INVALID'],
+      [`/proxy?url=${enc('ftp://example.org/a')}`, 400, 'URL_UNSUPPORTED'],
+      [`/proxy?url=${enc('file:///etc/passwd')}`, 400, 'URL_UNSUPPORTED'],
+      [`/proxy?${Array.from({ length: 17 }, (_, i) => `url=${enc(`${nginx.url}/${i}`)}`).join('&')}`, 400, 'PROXY_BAD_QUERY'],
+      ['/other', 404, 'NOT_FOUND']
+    ]
+    const before = (await nginx.accessLog()).length
+    for (const [path, status, code] of cases) {
+      const r = await get(proxy.info.port, path, { host: `127.0.0.1:${proxy.info.port}` })
+      expect({ path, status: r.status, code: JSON.parse(r.body.toString()).error.code }).toEqual({ path, status, code })
+      expect(r.headers['x-kith-error']).toBe(code)
+    }
+    const post = await get(proxy.info.port, `/proxy?url=${enc(nginx.url)}`, { host: `127.0.0.1:${proxy.info.port}` }, 'POST')
+    expect(post.status).toBe(405)
+    expect((await nginx.accessLog()).length).toBe(before)
+  })
+
+  it('refuses cross-site browser requests and DNS-rebinding Host headers', async () => {
+    const path = `/proxy?url=${enc(`${nginx.url}/small.bin`)}`
+    const port = proxy.info.port
+    const cases: Array<[Record<string, string>, number, string]> = [
+      [{ host: `127.0.0.1:${port}`, origin: 'https://evil.example' }, 403, 'PROXY_CROSS_SITE'],
+      [{ host: `127.0.0.1:${port}`, origin: 'null' }, 403, 'PROXY_CROSS_SITE'],
+      [{ host: `127.0.0.1:${port}`, 'sec-fetch-site': 'cross-site' }, 403, 'PROXY_CROSS_SITE'],
+      [{ host: `127.0.0.1:${port}`, 'sec-fetch-site': 'same-site' }, 403, 'PROXY_CROSS_SITE'],
+      [{ host: `evil.example:${port}` }, 421, 'PROXY_BAD_HOST'],
+      [{ host: '127.0.0.1' }, 421, 'PROXY_BAD_HOST']
+    ]
+    for (const [headers, status, code] of cases) {
+      const r = await get(port, path, headers)
+      expect({ headers, status: r.status, code: JSON.parse(r.body.toString()).error.code }).toEqual({ headers, status, code })
+    }
+    // its own page, and a user typing the URL (Sec-Fetch-Site: none), are served
+    expect((await get(port, path, { host: `localhost:${port}`, origin: `http://localhost:${port}`, 'sec-fetch-site': 'same-origin' })).status).toBe(200)
+    expect((await get(port, path, { host: `127.0.0.1:${port}`, 'sec-fetch-site': 'none' })).status).toBe(200)
+  })
+
+  it('refuses origins on loopback by default: a literal, localhost, and a name whose DNS answer is loopback (checked on the address connected to)', async () => {
+    const port = strict.info.port
+    for (const origin of [`${nginx.url}/small.bin`, `http://localhost:${nginx.port}/small.bin`, `http://[::1]:${nginx.port}/small.bin`, `http://rebind.test:${nginx.port}/small.bin`]) {
+      const r = await get(port, `/proxy?url=${enc(origin)}`, { host: `127.0.0.1:${port}` })
+      expect({ origin, status: r.status, code: JSON.parse(r.body.toString()).error.code }).toEqual({ origin, status: 403, code: 'PROXY_ORIGIN_PRIVATE' })
+    }
+    // the name was looked up: it was the connect-time check that refused it
+    expect(dns.asked.some(q => q.startsWith('rebind.test'))).toBe(true)
+  })
+})
