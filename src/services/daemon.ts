@@ -30,6 +30,7 @@ import { BackupHost } from './backup/host.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
 import { DownloadService, type DownloadEvent } from './downloads/index.ts'
+import { ProxyService } from './proxy/index.ts'
 import { releaseMemoryWhenQuiet } from './daemon-heap.ts'
 
 /**
@@ -108,6 +109,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
   private transferEngine: TransferEngine | null = null
   private fileService: FileService | null = null
   private downloadService: DownloadService | null = null
+  private proxyService: ProxyService | null = null
   private friendServices: FriendServices | null = null
   private backupService: BackupService | null = null
   private backupCare: BackupCare | null = null
@@ -222,6 +224,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     // downloads share the engine's scheduler and, for kith:// URLs and the one queue, file sharing
     this.downloadService = await DownloadService.start({ db: this.db, home: this.paths.root, engine, files: this.fileService, config })
     this.downloadService.on('event', evt => this.emit('event', evt))
+    // the DNA-style local proxy on 127.0.0.1: URLs in, bytes out through the scheduler, kept in its cache (docs/proxy.md)
+    this.proxyService = await ProxyService.start({ db: this.db, home: this.paths.root, bandwidth: engine.bandwidth, config })
     // friend services: a local app offered to chosen friends, friends' apps on local ports; traffic through the engine's scheduler
     this.friendServices = await FriendServices.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, bandwidth: engine.bandwidth })
     // the backups I make, placed on friends who granted me backup (src/services/backup)
@@ -288,6 +292,11 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     return this.friendServices
   }
 
+  /** the local proxy (src/services/proxy); null until started */
+  get proxy (): ProxyService | null {
+    return this.proxyService
+  }
+
   get downloads (): DownloadService {
     if (this.downloadService == null) throw new KithError('INTERNAL', 'downloads are not started')
     return this.downloadService
@@ -310,6 +319,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     this.backupCare?.stop()
     await this.backupService?.stop()
     await this.friendServices?.stop()
+    await this.proxyService?.stop()
     await this.downloadService?.stop()
     await this.fileService?.stop()
     await this.transferEngine?.stop()

@@ -14,6 +14,7 @@ import { exposeCommands } from './expose.ts'
 import { downloadCommands } from './downloads.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import type { ServicesSummary } from '../expose/index.ts'
+import type { ProxyInfo } from '../proxy/index.ts'
 import { locateCommand } from './locate.ts'
 import { openCommand } from './open.ts'
 import { backupCommand } from './backup.ts'
@@ -315,7 +316,7 @@ program.command('status')
   .option('--json', 'print as JSON')
   .action(async (opts: { json?: boolean }, cmd: Command) => {
     const api = await client(cmd)
-    const status = await api.get<Status & { store?: StoreStatus, services?: ServicesSummary }>('/v1/status')
+    const status = await api.get<Status & { store?: StoreStatus, services?: ServicesSummary, proxy?: ProxyInfo | null }>('/v1/status')
     const { friends } = await api.get<{ friends: FriendView[] }>('/v1/friends')
     const active = friends.filter(f => f.state === 'active')
     print(opts.json, { ...status, friendLinks: active.map(f => ({ label: f.label, peerId: f.peerId, ...f.link })) }, () => [
@@ -329,6 +330,7 @@ program.command('status')
       ...(status.services != null && (status.services.exposed > 0 || status.services.connected > 0)
         ? [`services ${status.services.exposed} exposed (${status.services.serving} connections from friends), ${status.services.connected} connected (${status.services.carrying} connections to friends); see \`kith expose --list\`, \`kith connections\``]
         : []),
+      ...(status.proxy != null ? [`proxy    ${status.proxy.url}/proxy?url=ENCODED_URL (${status.proxy.cache.entries} cached, ${bytes(status.proxy.cache.bytes)}; docs/proxy.md)`] : []),
       ...active.map(f => `  ${f.label.padEnd(20)} ${f.link.online ? linkText(f, active) : `offline, last seen ${ago(f.lastSeen)}`}`),
       'bandwidth (see `kith limits`)',
       ...bandwidthLines(status.bandwidth).map(l => `  ${l}`)
