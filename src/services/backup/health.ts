@@ -19,8 +19,12 @@ export interface HostHealth {
   /** sealed bytes and blobs my index places there */
   bytes: number
   blobs: number
-  /** ok: last audit passed; failing: it failed; unreachable: no answer within the threshold; unaudited: none yet */
-  state: 'ok' | 'failing' | 'unreachable' | 'unaudited'
+  /**
+   * ok: the last audit passed; failing: it failed; offline: the last audit
+   * found no answer (still counted as a copy); unreachable: no answer for
+   * longer than the threshold (no longer counted); unaudited: none yet
+   */
+  state: 'ok' | 'failing' | 'offline' | 'unreachable' | 'unaudited'
   lastAudit: AuditOutcome | null
   /** ms since the epoch */
   lastContact: number | null
@@ -84,9 +88,9 @@ export async function health (init: HealthInit): Promise<Health> {
   const hosts: HostHealth[] = [...peers].map(peerId => {
     const care = cares.get(peerId)
     const lastAudit = care?.trail.at(-1) ?? null
-    const state: HostHealth['state'] = care == null || (lastAudit == null && !bad(peerId))
-      ? 'unaudited'
-      : care.failing ? 'failing' : bad(peerId) ? 'unreachable' : 'ok'
+    const state: HostHealth['state'] = care?.failing === true
+      ? 'failing'
+      : bad(peerId) ? 'unreachable' : lastAudit == null ? 'unaudited' : lastAudit.error != null ? 'offline' : 'ok'
     return {
       peerId,
       name: init.friends.get(peerId)?.label ?? null,
