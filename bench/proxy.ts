@@ -1,0 +1,95 @@
+import { spawn } from 'node:child_process'
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
+import { TestNode } from '../test/helpers/testnet.ts'
+import { fmt, MiB, mbps, median, table, writeRandomFile } from './lib.ts'
+
+/**
+ * The proxy section of `npm run bench` (`--section proxy`): one file served
+ * by a real nginx on 127.0.0.1, fetched by curl straight from nginx (the
+ * ceiling) and by curl through a real daemon's local proxy, in the same run,
+ * on the same machine, to the same tmpfs:
+ *
+ *   throughput  BENCH_PROXY_MIB (256) MiB, origin only (the cache is off,
+ *               cacheBytes 0, so every run goes to nginx): MB/s, median of
+ *               BENCH_RUNS, and the proxy's ratio to direct curl. Target
+ *               (issue 15): >= 0.9.
+ *   first byte  service=streaming, `curl -r 0-`: curl's time_starttransfer
+ *               through the proxy against straight to nginx (ms, median).
+ *
+ * Not measured (not built yet): offload to friends at qos=1, and the qos
+ * floor with friends capped below it (docs/proxy.md, "Not done").
+ */
+const TARGET_RATIO = 0.9
+
+type Log = (message: string) => void
+
+interface Curl { ms: number, ttfbMs: number, bytes: number }
+
+async function curl (args: string[]): Promise<Curl> {
+  const started = performance.now()
+  const child = spawn('curl', ['-sS', '--fail', '-w', '%{time_starttransfer} %{size_download}', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { err += d.toString() })
+  const code = await new Promise<number | null>(resolve => child.once('close', resolve))
+  const ms = performance.now() - started
+  if (code !== 0) throw new Error(`curl ${args.join(' ')} exited with ${code}: ${err}`)
+  const [ttfb, bytes] = out.trim().split(' ').map(Number)
+  return { ms, ttfbMs: ttfb! * 1000, bytes: bytes! }
+}
+
+export async function proxyBench (log: Log, runs: number): Promise<void> {
+  const missing = needsNginx()
+  if (missing != null) throw new Error(missing)
+  const size = Math.round(Number(process.env.BENCH_PROXY_MIB ?? 256) * MiB)
+  const work = await mkdtemp(join(process.env.BENCH_DL_DIR ?? (await stat('/dev/shm').then(() => '/dev/shm', () => tmpdir())), 'kith-bench-proxy-'))
+  const root = join(work, 'www')
+  await mkdir(root)
+  const node = new TestNode('proxy', join(work, 'home'))
+  await mkdir(node.home, { mode: 0o700 })
+  await writeFile(join(node.home, 'config.json'), JSON.stringify({ proxy: { allowPrivateOrigins: true, cacheBytes: 0 } }))
+  const nginx = await startNginx({ root })
+  try {
+    await node.start()
+    log(`proxy: writing ${size / MiB} MiB of random data`)
+    await writeRandomFile(join(root, 'big.bin'), size)
+    await writeRandomFile(join(root, 'film.mp4'), 8 * MiB)
+    const proxy = (await node.json('status')).proxy.url as string
+    const via = (url: string, extra = ''): string => `${proxy}/proxy?url=${encodeURIComponent(url)}${extra}`
+    const out = join(work, 'out')
+    const samples: Record<string, Curl[]> = { direct: [], proxied: [], ttfbDirect: [], ttfbProxied: [] }
+    for (let round = 1; round <= runs; round++) {
+      for (const [name, url] of [['direct', `${nginx.url}/big.bin`], ['proxied', via(`${nginx.url}/big.bin`, '&service=min_rate_data')]] as const) {
+        await rm(out, { force: true })
+        const s = await curl(['-o', out, url])
+        if (s.bytes !== size) throw new Error(`${name}: ${s.bytes} bytes, not ${size}`)
+        samples[name]!.push(s)
+        log(`proxy: round ${round}, ${name}: ${fmt(mbps(size, s.ms))} MB/s`)
+      }
+      samples.ttfbDirect!.push(await curl(['-r', '0-', '-o', '/dev/null', `${nginx.url}/film.mp4`]))
+      samples.ttfbProxied!.push(await curl(['-r', '0-', '-o', '/dev/null', via(`${nginx.url}/film.mp4`, '&service=streaming')]))
+    }
+    const rate = (name: string): number => median(samples[name]!.map(s => mbps(size, s.ms)))
+    const ttfb = (name: string): number => median(samples[name]!.map(s => s.ttfbMs))
+    const direct = rate('direct')
+    const proxied = rate('proxied')
+    const ratio = proxied / direct
+    console.log(`\nkith local proxy benchmark (${size / MiB} MiB from nginx on 127.0.0.1, median of ${runs}; MB/s = 10^6 B/s):\n${table(
+      ['figure', 'value', 'ratio', 'target'],
+      [
+        ['curl straight from nginx (ceiling)', `${fmt(direct)} MB/s`, '1.00', ''],
+        ['curl through kith proxy, origin only', `${fmt(proxied)} MB/s`, fmt(ratio, 2), `>= ${TARGET_RATIO} ${ratio >= TARGET_RATIO ? 'met' : 'NOT met'}`],
+        ['first byte, curl -r 0- straight (8 MiB .mp4)', `${fmt(ttfb('ttfbDirect'), 1)} ms`, '', ''],
+        ['first byte, curl -r 0- through proxy, service=streaming', `${fmt(ttfb('ttfbProxied'), 1)} ms`, fmt(ttfb('ttfbProxied') / ttfb('ttfbDirect'), 1), '']
+      ]
+    )}`)
+  } finally {
+    await node.kill9()
+    await nginx.stop()
+    await rm(work, { recursive: true, force: true })
+  }
+}
