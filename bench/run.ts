@@ -10,6 +10,7 @@ import { cliBench } from './cli.ts'
 import { exposeBench } from './expose.ts'
 import { downloadsBench } from './downloads.ts'
 import { backupBench } from './backup.ts'
+import { proxyBench } from './proxy.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
@@ -17,7 +18,7 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * `npm run bench`: how fast kith moves a file between friends, next to
  * ceilings measured in the same run on the same machine.
  *
- *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|backup|transfer ...]
+ *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]
  *
  * Sections (default: all; `transfer` is ceilings, fetch and multi):
  *   ceilings  (a) raw TCP socket, (b) one plain libp2p 3 stream in kith's
@@ -41,6 +42,9 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *   backup    a BENCH_SIZE_MIB mixed tree backed up to two friends, changed by 1%,
  *             backed up again and restored, against restic to a local
  *             repository; peak RSS of each daemon (bench/backup.ts)
+ *   proxy     a file from nginx with curl through the daemon's local proxy
+ *             (origin only) against curl straight from nginx, and streaming
+ *             time to first byte (bench/proxy.ts; BENCH_PROXY_MIB, 256)
  * `fetch` and `multi` always measure ceiling (b), the figure they are compared to;
  * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
  * (bench/chunk-path-peer.ts: read, seal, hash; verify, open, write, hash the
@@ -71,7 +75,7 @@ function envInt (name: string, fallback: number): number {
   return value
 }
 
-const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli', 'expose', 'downloads', 'backup'] as const
+const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli', 'expose', 'downloads', 'backup', 'proxy'] as const
 type Section = typeof SECTIONS[number]
 
 function parseArgs (argv: string[]): Set<Section> {
@@ -79,7 +83,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|backup|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128')
       process.exit(0)
     }
     let value: string | undefined
@@ -490,7 +494,7 @@ async function main (): Promise<void> {
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
   const src = join(work, 'data.bin')
   log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
-  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads' && s !== 'backup')
+  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads' && s !== 'backup' && s !== 'proxy')
   if (transfer) await writeRandomFile(src, SIZE)
   let streamCeiling = NaN
   try {
@@ -510,6 +514,8 @@ async function main (): Promise<void> {
     if (sections.has('downloads')) await downloadsBench(log, RUNS, SIZE, Math.round(envInt('BENCH_LIMITED_MIB', 128) * MiB))
     // backup (bench/backup.ts): kith backup to two friends against restic to a local repository; prints its own table
     if (sections.has('backup')) await backupBench(log, work, SIZE)
+    // proxy (bench/proxy.ts): curl through the local proxy against curl straight from nginx; prints its own table
+    if (sections.has('proxy')) await proxyBench(log, RUNS)
   } finally {
     if (transfer) report()
     if (reachRows.length > 0) console.log(`\nkith reachability benchmark (ms):\n${reachRows.map(summarise).join('\n')}`)
