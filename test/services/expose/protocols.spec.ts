@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createServer, type Server, type Socket } from 'node:net'
+import { createServer, connect, type Server, type Socket } from 'node:net'
 import { once } from 'node:events'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -31,7 +31,8 @@ import { KithError } from '../../../src/errors.ts'
  * name) is answered PROTOCOL_VIOLATION before alice's program sees a
  * connection; a service not granted and one not exposed answer alike; the
  * per-friend cap answers SERVICE_BUSY; a program that is down answers
- * SERVICE_DOWN; a connection closed under a stream is a failure, never a
+ * SERVICE_DOWN; a port kept for a friend's service survives a restart (the
+ * same LevelDB); a connection closed under a stream is a failure, never a
  * clean end; a catalog answer with unsafe text is refused by the asker.
  */
 /** The code of the KithError `promise` rejects with, or 'ok' (anything else fails the test). */
@@ -51,13 +52,14 @@ describe('friend services on the wire', () => {
   let alice: KithLibp2p
   let bob: KithLibp2p
   let services: FriendServices
+  let friends: FriendBook
   let echo: Server
   const served: Socket[] = []
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'kith-expose-'))
     db = await openDatabase(join(dir, 'alice'))
-    const friends = new FriendBook(sublevel(db, 'friends'))
+    friends = new FriendBook(sublevel(db, 'friends'))
     await friends.load()
     const aliceKey = await generateKeyPair('Ed25519')
     const bobKey: PrivateKey = await generateKeyPair('Ed25519')
@@ -154,6 +156,23 @@ describe('friend services on the wire', () => {
       t.inbox.dispose()
       t.stream.abort(new Error('done'))
     }
+  })
+
+  it('keeps a connected port across a restart, until disconnected', async () => {
+    const kept = await services.connect({ friend: 'bob', service: 'web' })
+    expect(kept).toMatchObject({ service: 'web', host: '127.0.0.1', listening: true })
+    await services.stop()
+    services = await FriendServices.start({ db, libp2p: alice, friends, bandwidth: new BandwidthScheduler() })
+    expect(services.connections()).toEqual([{ ...kept, error: null }])
+    const socket = connect(kept.port, '127.0.0.1')
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    socket.destroy()
+    await services.disconnect('bob', 'web')
+    expect(services.connections()).toEqual([])
+    await services.stop()
+    services = await FriendServices.start({ db, libp2p: alice, friends, bandwidth: new BandwidthScheduler() })
+    expect(services.connections()).toEqual([])
   })
 
   it('takes a connection closed under a stream for a failure, not for the service\'s end', async () => {
