@@ -113,7 +113,7 @@ export class BackupCare {
 
   /**
    * Audits one host (by name or peer id) or all of them now, then repairs what
-   * the audits found and pushes a fresh recovery record if anything moved.
+   * the audits found and pushes a fresh recovery record.
    */
   async audit (name?: string): Promise<AuditReport> {
     const peers = name != null ? [this.init.friends.resolve(name).peerId] : await this.auditees()
@@ -123,13 +123,12 @@ export class BackupCare {
   /** One audit pass at a time; `mustRepair` false: a pass that finds the service busy leaves repair to the next one. */
   private async auditPeers (peers: string[], mustRepair: boolean): Promise<AuditReport> {
     const run = this.auditing.then(async () => {
-      const audits: AuditOutcome[] = []
-      for (const peer of peers) {
+      // hosts at once: one that is offline costs its timeout, not everyone's
+      const audits = await Promise.all(peers.map(async peer => {
         const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(AUDIT_TIMEOUT_MS)])
-        const outcome = await auditHost(this.init.service.client(peer), this.init.service.index, signal)
-        await this.book.recordAudit(outcome)
-        audits.push(outcome)
-      }
+        return await auditHost(this.init.service.client(peer), this.init.service.index, signal)
+      }))
+      for (const outcome of audits) await this.book.recordAudit(outcome)
       let report: RepairReport | null = null
       try {
         report = await this.repair()
