@@ -145,12 +145,10 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     const restored = await runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--listen', '/ip4/127.0.0.1/tcp/0', '--json'])
     expect(restored.code, restored.stderr).toBe(0)
     expect(JSON.parse(restored.stdout)).toMatchObject({ peerId: ownerId, name: 'owner', friends: 3, snapshots: 1 })
-    // never over a home that has a node
-    const twice = await runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--json'])
-    expect(lastJson(twice.stderr).error.code).toBe('HOME_NOT_EMPTY')
-
+    // never over a home that has a node (checked while that node starts: the check comes before anything else)
     reborn = new TestNode('owner', home)
-    await reborn.start()
+    const [twice] = await Promise.all([runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--json']), reborn.start()])
+    expect(lastJson(twice.stderr).error.code).toBe('HOME_NOT_EMPTY')
     expect(reborn.peerId).toBe(ownerId)
     expect((await reborn.json('backup', 'list')).snapshots).toEqual(snapshots)
     expect((await reborn.json('friends')).friends.map((f: any) => f.label).sort()).toEqual(['h1', 'h2', 'h3'])
@@ -162,12 +160,14 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     const phraseFile = join(h1.home, '..', 'stranger-phrase.txt')
     const words = seedToPhrase(bytes(32, 99))
     await writeFile(phraseFile, words.join(' '))
-    const stranger = await runCli(['--home', join(h1.home, '..', 'stranger'), 'restore', '--phrase-file', phraseFile, '--via', via, '--listen', '/ip4/127.0.0.1/tcp/0', '--json'])
+    const typoFile = join(h1.home, '..', 'typo-phrase.txt')
+    await writeFile(typoFile, ['abandn', ...words.slice(1)].join(' '))
+    const [stranger, typo] = await Promise.all([
+      runCli(['--home', join(h1.home, '..', 'stranger'), 'restore', '--phrase-file', phraseFile, '--via', via, '--listen', '/ip4/127.0.0.1/tcp/0', '--json']),
+      runCli(['--home', join(h1.home, '..', 'typo'), 'restore', '--phrase-file', typoFile, '--via', via])
+    ])
     expect(stranger.code).toBe(1)
     expect(lastJson(stranger.stderr).error.code).toBe('RECOVERY_NOT_FOUND')
-
-    await writeFile(phraseFile, ['abandn', ...words.slice(1)].join(' '))
-    const typo = await runCli(['--home', join(h1.home, '..', 'typo'), 'restore', '--phrase-file', phraseFile, '--via', via])
     expect(typo.stderr).toMatch(/word 1, "abandn".*did you mean abandon.*\[PHRASE_UNKNOWN_WORD\]/)
   })
 })
