@@ -1,4 +1,7 @@
 import { spawn } from 'node:child_process'
+import { createServer } from 'node:http'
+import { pipeline } from 'node:stream/promises'
+import { Agent, request } from 'undici'
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -16,6 +19,9 @@ import { fmt, MiB, mbps, median, table, writeRandomFile } from './lib.ts'
  *               cacheBytes 0, so every run goes to nginx): MB/s, median of
  *               BENCH_RUNS, and the proxy's ratio to direct curl. Target
  *               (issue 15): >= 0.9.
+ *               A second ceiling shows what any Node relay gets here: undici
+ *               to node:http with stream.pipeline, in this process, nothing
+ *               else (curl from nginx uses sendfile; a relay copies twice).
  *   first byte  service=streaming, `curl -r 0-`: curl's time_starttransfer
  *               through the proxy against straight to nginx (ms, median).
  *
@@ -53,6 +59,15 @@ export async function proxyBench (log: Log, runs: number): Promise<void> {
   await mkdir(node.home, { mode: 0o700 })
   await writeFile(join(node.home, 'config.json'), JSON.stringify({ proxy: { allowPrivateOrigins: true, cacheBytes: 0 } }))
   const nginx = await startNginx({ root })
+  const agent = new Agent()
+  const relay = createServer((req, res) => {
+    void request(`${nginx.url}${req.url ?? '/'}`, { dispatcher: agent }).then(async answer => {
+      res.writeHead(answer.statusCode, { 'content-length': String(answer.headers['content-length']) })
+      await pipeline(answer.body, res)
+    }).catch(() => res.destroy())
+  })
+  await new Promise<void>(resolve => relay.listen(0, '127.0.0.1', resolve))
+  const relayUrl = `http://127.0.0.1:${(relay.address() as { port: number }).port}`
   try {
     await node.start()
     log(`proxy: writing ${size / MiB} MiB of random data`)
@@ -61,9 +76,9 @@ export async function proxyBench (log: Log, runs: number): Promise<void> {
     const proxy = (await node.json('status')).proxy.url as string
     const via = (url: string, extra = ''): string => `${proxy}/proxy?url=${encodeURIComponent(url)}${extra}`
     const out = join(work, 'out')
-    const samples: Record<string, Curl[]> = { direct: [], proxied: [], ttfbDirect: [], ttfbProxied: [] }
+    const samples: Record<string, Curl[]> = { direct: [], relay: [], proxied: [], ttfbDirect: [], ttfbProxied: [] }
     for (let round = 1; round <= runs; round++) {
-      for (const [name, url] of [['direct', `${nginx.url}/big.bin`], ['proxied', via(`${nginx.url}/big.bin`, '&service=min_rate_data')]] as const) {
+      for (const [name, url] of [['direct', `${nginx.url}/big.bin`], ['relay', `${relayUrl}/big.bin`], ['proxied', via(`${nginx.url}/big.bin`, '&service=min_rate_data')]] as const) {
         await rm(out, { force: true })
         const s = await curl(['-o', out, url])
         if (s.bytes !== size) throw new Error(`${name}: ${s.bytes} bytes, not ${size}`)
@@ -76,19 +91,24 @@ export async function proxyBench (log: Log, runs: number): Promise<void> {
     const rate = (name: string): number => median(samples[name]!.map(s => mbps(size, s.ms)))
     const ttfb = (name: string): number => median(samples[name]!.map(s => s.ttfbMs))
     const direct = rate('direct')
+    const nodeRelay = rate('relay')
     const proxied = rate('proxied')
     const ratio = proxied / direct
     console.log(`\nkith local proxy benchmark (${size / MiB} MiB from nginx on 127.0.0.1, median of ${runs}; MB/s = 10^6 B/s):\n${table(
       ['figure', 'value', 'ratio', 'target'],
       [
         ['curl straight from nginx (ceiling)', `${fmt(direct)} MB/s`, '1.00', ''],
+        ['curl through a bare Node relay (ceiling 2)', `${fmt(nodeRelay)} MB/s`, fmt(nodeRelay / direct, 2), ''],
         ['curl through kith proxy, origin only', `${fmt(proxied)} MB/s`, fmt(ratio, 2), `>= ${TARGET_RATIO} ${ratio >= TARGET_RATIO ? 'met' : 'NOT met'}`],
+        ['  the same, against the bare Node relay', '', fmt(proxied / nodeRelay, 2), ''],
         ['first byte, curl -r 0- straight (8 MiB .mp4)', `${fmt(ttfb('ttfbDirect'), 1)} ms`, '', ''],
         ['first byte, curl -r 0- through proxy, service=streaming', `${fmt(ttfb('ttfbProxied'), 1)} ms`, fmt(ttfb('ttfbProxied') / ttfb('ttfbDirect'), 1), '']
       ]
     )}`)
   } finally {
     await node.kill9()
+    relay.close()
+    await agent.close()
     await nginx.stop()
     await rm(work, { recursive: true, force: true })
   }
