@@ -115,7 +115,8 @@ export class ProxyService {
 
   /** An error as its status and a small JSON body with the stable code; once bytes went, a cut connection. */
   private fail (res: ServerResponse, err: KithError): void {
-    if (res.headersSent) { res.destroy(); return }
+    // a client gone already hears nothing; one that has the status already can only be cut off
+    if (res.headersSent || res.destroyed) { res.destroy(); return }
     const body = JSON.stringify({ error: err.toJSON() }) + '\n'
     res.writeHead(err.status, {
       ...(err instanceof OriginStatus ? err.headers : {}),

@@ -122,6 +122,14 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     expect(log[0]).toMatch(/^304 "-" 0 /)
   })
 
+  it('answers HEAD with the origin\'s headers and no body, from the origin and from the cache', async () => {
+    const origin = await run('curl', ['-sS', '-I', `${base}?url=${enc(`${nginx.url}/film.mp4`)}`])
+    expect(origin.stdout.toString()).toMatch(new RegExp(`^HTTP/1.1 200[^]*content-length: ${SMALL.length}\\r`, 'i'))
+    const cached = await run('curl', ['-sS', '-I', `${base}?url=${enc(`${nginx.url}/big.bin`)}`])
+    expect(cached.stdout.toString()).toMatch(/x-kith-source: cache/i)
+    expect(cached.stdout.toString()).toMatch(new RegExp(`content-length: ${BIG.length}\\r`, 'i'))
+  })
+
   it('serves wget the same bytes (url= values in any order with the other pairs)', async () => {
     const out = join(root, 'wget1')
     const r = await run('wget', ['-q', '-O', out, `${base}?url=${enc(`${nginx.url}/small.bin`)}&service=min_rate_data`])
