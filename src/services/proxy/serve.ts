@@ -11,6 +11,7 @@ import { serviceFor } from './content-kind.ts'
 import type { ProxyQuery } from './query.ts'
 import { fromStart, parseRange, resolveRange } from './range.ts'
 import { REVALIDATE_TIMEOUT_MS } from './constants.ts'
+import { MAX_REDIRECTS } from '../downloads/http/constants.ts'
 
 /**
  * One /proxy request answered (docs/proxy.md): from the cache when the
@@ -107,10 +108,16 @@ async function openOrigin (urls: readonly URL[], method: 'GET' | 'HEAD', range: 
       const answer = await request(url, { method, headers, dispatcher, signal })
       if (answer.statusCode === 200 || answer.statusCode === 206) return { answer, url }
       discard(answer.body)
-      last = new OriginStatus(answer.statusCode, url, answer.headers)
+      // a redirect still standing once the interceptor stopped following: past the limit
+      last = answer.statusCode >= 300 && answer.statusCode < 400
+        ? new HttpError('HTTP_TOO_MANY_REDIRECTS', `${url.href} redirected more than ${MAX_REDIRECTS} times`)
+        : new OriginStatus(answer.statusCode, url, answer.headers)
     } catch (err) {
-      last = networkError(err, url, signal)
-      if (signal.aborted) throw last
+      if (signal.aborted) throw signal.reason
+      // undici's redirect interceptor refuses a Location that is not http(s), and a loop
+      last = (err as { code?: string }).code === 'UND_ERR_INVALID_ARG'
+        ? new HttpError('HTTP_BAD_RESPONSE', `${url.href} redirects where the proxy does not follow (${(err as Error).message}); it follows http and https redirects only`)
+        : networkError(err, url, signal)
     }
   }
   throw last

@@ -70,7 +70,7 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     await writeFile(join(site, 'film.mp4'), SMALL)
     await writeFile(join(site, 'changing.bin'), SMALL)
     nginx = await startNginx({ root: site })
-    fault = await startFaultServer(req => req.url === '/dies.bin' ? { kind: 'drop', after: 100_000 } : undefined)
+    fault = await startFaultServer(req => req.url === '/dies.bin' ? { kind: 'drop', after: 100_000 } : req.url === '/to-file' ? { kind: 'redirect', to: 'file:///etc/passwd' } : req.url === '/to-small' ? { kind: 'redirect', to: `${nginx.url}/small.bin` } : undefined)
     fault.files.set('/dies.bin', BIG)
     dns = await startDnsServer({ 'rebind.test': { a: ['127.0.0.1'] } })
     db = new Level<string, unknown>(join(root, 'db'), { valueEncoding: 'json' })
@@ -187,6 +187,14 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     const r = await run('curl', ['-sS', '-D', '-', `${base}?url=${enc(`${nginx.url}/nope.bin`)}&url=${enc(`${nginx.url}/small.bin`)}`])
     expect(r.stdout.toString()).toMatch(/^HTTP\/1.1 200/)
     expect(r.stdout.subarray(r.stdout.indexOf('\r\n\r\n') + 4).equals(SMALL)).toBe(true)
+  })
+
+  it('follows redirects to http(s) and refuses one to another scheme', async () => {
+    const ok = await run('curl', ['-sS', `${base}?url=${enc(`${fault.url}/to-small`)}`])
+    expect(ok.stdout.equals(SMALL)).toBe(true)
+    const file = await get(proxy.info.port, `/proxy?url=${enc(`${fault.url}/to-file`)}`, { host: `127.0.0.1:${proxy.info.port}` })
+    expect(file.status).toBe(502)
+    expect(JSON.parse(file.body.toString()).error.code).toBe('HTTP_BAD_RESPONSE')
   })
 
   it('refuses bad queries with a status and a stable code, before any origin is asked', async () => {
