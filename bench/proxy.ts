@@ -1,13 +1,11 @@
 import { spawn } from 'node:child_process'
-import { createServer } from 'node:http'
-import { pipeline } from 'node:stream/promises'
-import { Agent, request } from 'undici'
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
-import { TestNode } from '../test/helpers/testnet.ts'
-import { fmt, MiB, mbps, median, table, writeRandomFile } from './lib.ts'
+import { NODE, TestNode } from '../test/helpers/testnet.ts'
+import { fmt, JsonChild, MiB, mbps, median, table, writeRandomFile } from './lib.ts'
 
 /**
  * The proxy section of `npm run bench` (`--section proxy`): one file served
@@ -20,8 +18,9 @@ import { fmt, MiB, mbps, median, table, writeRandomFile } from './lib.ts'
  *               BENCH_RUNS, and the proxy's ratio to direct curl. Target
  *               (issue 15): >= 0.9.
  *               A second ceiling shows what any Node relay gets here: undici
- *               to node:http with stream.pipeline, in this process, nothing
- *               else (curl from nginx uses sendfile; a relay copies twice).
+ *               to node:http with stream.pipeline in a process of its own,
+ *               nothing else (bench/http-relay.ts; curl from nginx uses
+ *               sendfile, a relay copies every byte in and out).
  *   first byte  service=streaming, `curl -r 0-`: curl's time_starttransfer
  *               through the proxy against straight to nginx (ms, median).
  *
@@ -29,6 +28,7 @@ import { fmt, MiB, mbps, median, table, writeRandomFile } from './lib.ts'
  * floor with friends capped below it (docs/proxy.md, "Not done").
  */
 const TARGET_RATIO = 0.9
+const RELAY = join(dirname(fileURLToPath(import.meta.url)), 'http-relay.ts')
 
 type Log = (message: string) => void
 
@@ -59,16 +59,9 @@ export async function proxyBench (log: Log, runs: number): Promise<void> {
   await mkdir(node.home, { mode: 0o700 })
   await writeFile(join(node.home, 'config.json'), JSON.stringify({ proxy: { allowPrivateOrigins: true, cacheBytes: 0 } }))
   const nginx = await startNginx({ root })
-  const agent = new Agent()
-  const relay = createServer((req, res) => {
-    void request(`${nginx.url}${req.url ?? '/'}`, { dispatcher: agent }).then(async answer => {
-      res.writeHead(answer.statusCode, { 'content-length': String(answer.headers['content-length']) })
-      await pipeline(answer.body, res)
-    }).catch(() => res.destroy())
-  })
-  await new Promise<void>(resolve => relay.listen(0, '127.0.0.1', resolve))
-  const relayUrl = `http://127.0.0.1:${(relay.address() as { port: number }).port}`
+  const relay = new JsonChild(NODE, [RELAY, nginx.url])
   try {
+    const relayUrl = (await relay.next<{ url: string }>(30_000)).url
     await node.start()
     log(`proxy: writing ${size / MiB} MiB of random data`)
     await writeRandomFile(join(root, 'big.bin'), size)
@@ -107,8 +100,7 @@ export async function proxyBench (log: Log, runs: number): Promise<void> {
     )}`)
   } finally {
     await node.kill9()
-    relay.close()
-    await agent.close()
+    await relay.kill()
     await nginx.stop()
     await rm(work, { recursive: true, force: true })
   }
