@@ -93,7 +93,8 @@ export class ProxyCache {
   async remove (entry: CacheEntry): Promise<void> {
     this.entries.delete(entry.id)
     await this.init.level.del(entry.id)
-    await rm(join(this.init.dir, entry.id), { force: true })
+    // out of the index is what counts: a file left behind is swept at the next start
+    await rm(join(this.init.dir, entry.id), { force: true }).catch(() => {})
   }
 
   /**
@@ -165,9 +166,15 @@ export class CacheWriter {
     if (this.ended) return
     this.ended = true
     if (this.written !== this.length) { await this.drop(); return }
-    await this.file.sync()
-    await this.file.close()
-    await this.onCommit(this.hash.digest('hex'))
+    try {
+      await this.file.sync()
+      await this.file.close()
+      await this.onCommit(this.hash.digest('hex'))
+    } catch (err) {
+      // a file renamed before the index failed is an orphan the next start removes
+      await this.drop()
+      throw err
+    }
   }
 
   async abort (): Promise<void> {

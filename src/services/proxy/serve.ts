@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse, OutgoingHttpHeaders, IncomingHttpHeaders } from 'node:http'
-import { createReadStream } from 'node:fs'
+import { open, type FileHandle } from 'node:fs/promises'
 import { pipeline } from 'node:stream/promises'
 import { request, type Dispatcher } from 'undici'
 import { KithError } from '../../errors.ts'
@@ -43,12 +43,15 @@ export async function serve (req: IncomingMessage, res: ServerResponse, query: P
 
   const entry = ctx.cache.find(query.urls)
   if (entry != null) {
-    if (await current(entry, query.urls, ctx.dispatcher, signal)) {
+    // opened before anything is answered: a file gone from under the index is fetched again, not a broken answer
+    const file = await open(ctx.cache.path(entry), 'r').catch(() => null)
+    if (file != null && await current(entry, query.urls, ctx.dispatcher, signal).catch(async err => { await file.close(); throw err })) {
       await ctx.cache.touch(entry)
-      await fromCache(res, ctx.cache.path(entry), entry, range, head, serviceFor(query.service, query.urls[0]!, entry.contentType))
+      await fromCache(res, file, entry, range, head, serviceFor(query.service, query.urls[0]!, entry.contentType))
       return
     }
-    // the origin has another version now (or can't say): never serve the old one
+    await file?.close()
+    // the origin has another version now (or can't say), or the file is gone: never serve the old one
     await ctx.cache.remove(entry)
   }
 
@@ -66,21 +69,28 @@ export async function serve (req: IncomingMessage, res: ServerResponse, query: P
 
   const total = answer.statusCode === 200 ? numberOf(answer.headers['content-length']) : totalOf(answer.headers['content-range'])
   const whole = fromStart(range) && (answer.statusCode === 200 || /^bytes 0-/.test(one(answer.headers['content-range']) ?? ''))
-  const writer = whole ? await ctx.cache.writer(query.urls, validatorsOf(answer.headers), total, one(answer.headers['content-type']) ?? null) : null
+  // the cache is a by-product: a disk that fails it (full, unwritable) stops the keeping, never the client's answer
+  let writer = whole ? await ctx.cache.writer(query.urls, validatorsOf(answer.headers), total, one(answer.headers['content-type']) ?? null).catch(cacheFailed) : null
+  const keep = async (chunk: Buffer): Promise<void> => {
+    try {
+      await writer!.write(chunk)
+      // kept before the last byte goes: what a client has whole is in the cache
+      if (writer!.complete) await writer!.commit()
+    } catch (err) {
+      await writer!.abort()
+      writer = cacheFailed(err)
+    }
+  }
   const flow = ctx.bandwidth.flow({ direction: 'down', class: 'public', priority: service === 'streaming' ? 'urgent' : 'normal', label: 'proxy', ...(query.qos > 0 ? { floor: query.qos } : {}) })
   try {
     for await (const chunk of answer.body as AsyncIterable<Buffer>) {
       if (res.destroyed) break
       await flow.take(chunk.length, signal)
-      if (writer != null) {
-        await writer.write(chunk)
-        // kept before the last byte goes: what a client has whole is in the cache
-        if (writer.complete) await writer.commit()
-      }
+      if (writer != null) await keep(chunk)
       if (!res.write(chunk)) await drained(res)
     }
     if (res.destroyed) throw new KithError('FETCH_ABORTED', 'the client closed the connection')
-    await writer?.commit()
+    await writer?.commit().catch(cacheFailed)
     res.end()
   } catch (err) {
     // the status is sent: a cut connection is the one way left to say the bytes are not whole (curl: "partial file")
@@ -164,7 +174,7 @@ async function current (entry: CacheEntry, urls: readonly URL[], dispatcher: Dis
   }
 }
 
-async function fromCache (res: ServerResponse, path: string, entry: CacheEntry, range: ReturnType<typeof parseRange>, head: boolean, service: string): Promise<void> {
+async function fromCache (res: ServerResponse, file: FileHandle, entry: CacheEntry, range: ReturnType<typeof parseRange>, head: boolean, service: string): Promise<void> {
   const headers: OutgoingHttpHeaders = { 'x-kith-source': 'cache', 'x-kith-service': service, 'accept-ranges': 'bytes' }
   if (entry.contentType != null) headers['content-type'] = entry.contentType
   if (entry.etag != null) headers.etag = entry.etag
@@ -175,6 +185,7 @@ async function fromCache (res: ServerResponse, path: string, entry: CacheEntry, 
   if (range != null) {
     const span = resolveRange(range, entry.length)
     if (span == null) {
+      await file.close()
       res.writeHead(416, { ...headers, 'content-range': `bytes */${entry.length}`, 'content-length': 0 })
       res.end()
       return
@@ -185,9 +196,14 @@ async function fromCache (res: ServerResponse, path: string, entry: CacheEntry, 
   }
   headers['content-length'] = Math.max(0, last - first + 1)
   res.writeHead(status, headers)
-  if (head || entry.length === 0) { res.end(); return }
-  // local disk to a local program: no network byte moves, so no flow
-  await pipeline(createReadStream(path, { start: first, end: last }), res).catch(() => res.destroy())
+  if (head || entry.length === 0) { await file.close(); res.end(); return }
+  // local disk to a local program: no network byte moves, so no flow (the stream closes the file)
+  await pipeline(file.createReadStream({ start: first, end: last }), res).catch(() => res.destroy())
+}
+
+function cacheFailed (err: unknown): null {
+  console.error(`kith proxy: the cache could not keep a file: ${(err as Error).message}`)
+  return null
 }
 
 /** Until the client took what was written (or went away); listeners removed, as a body has many chunks. */

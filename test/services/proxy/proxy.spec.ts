@@ -245,6 +245,28 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     expect((await get(port, path, { host: `127.0.0.1:${port}`, 'sec-fetch-site': 'none' })).status).toBe(200)
   })
 
+  it('still answers whole when the cache can\'t keep the file (its folder replaced by a file: ENOTDIR, even for root)', async () => {
+    const dir = join(root, 'home', 'proxy-cache')
+    const entries = proxy.info.cache.entries
+    await rm(dir, { recursive: true, force: true })
+    await writeFile(dir, '')
+    try {
+      // not in the cache yet (another query string is another URL)
+      const r = await run('curl', ['-sS', '-D', '-', `${base}?url=${enc(`${nginx.url}/small.bin?fresh`)}&qos=1`])
+      expect(r.code).toBe(0)
+      expect(r.stdout.subarray(r.stdout.indexOf('\r\n\r\n') + 4).equals(SMALL)).toBe(true)
+      expect(proxy.info.cache.entries).toBe(entries)
+      // in the index, its file gone with the folder: fetched again from the origin, the entry dropped
+      const gone = await run('curl', ['-sS', '-D', '-', `${base}?url=${enc(`${nginx.url}/big.bin`)}`])
+      expect(gone.stdout.toString()).toMatch(/x-kith-source: origin/i)
+      expect(gone.stdout.subarray(gone.stdout.indexOf('\r\n\r\n') + 4).equals(BIG)).toBe(true)
+      expect(proxy.info.cache.entries).toBe(entries - 1)
+    } finally {
+      await rm(dir, { force: true })
+      await mkdir(dir)
+    }
+  })
+
   it('refuses origins on loopback by default: a literal, localhost, and a name whose DNS answer is loopback (checked on the address connected to)', async () => {
     const port = strict.info.port
     for (const origin of [`${nginx.url}/small.bin`, `http://localhost:${nginx.port}/small.bin`, `http://[::1]:${nginx.port}/small.bin`, `http://rebind.test:${nginx.port}/small.bin`]) {
