@@ -87,6 +87,9 @@ export class ProxyCache {
   async touch (entry: CacheEntry): Promise<void> {
     if (!this.entries.has(entry.id)) return
     entry.lastUsed = Date.now()
+    // the map's order is the order of use too, so two uses in one millisecond still evict in order
+    this.entries.delete(entry.id)
+    this.entries.set(entry.id, entry)
     await this.init.level.put(entry.id, entry)
   }
 

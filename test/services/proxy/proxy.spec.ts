@@ -267,6 +267,21 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     }
   })
 
+  it('stays within its bound, dropping the least recently used entry first', async () => {
+    const small = await ProxyService.start({ db, home: join(root, 'home3'), bandwidth: new BandwidthScheduler(), config: { path: 'config.json', limits: {}, proxy: { allowPrivateOrigins: true, cacheBytes: Math.floor(2.5 * SMALL.length) } } })
+    try {
+      const url = (n: number): string => `${small.url}/proxy?url=${enc(`${nginx.url}/small.bin?${n}`)}`
+      const source = async (n: number): Promise<string> => /x-kith-source: (\w+)/i.exec((await run('curl', ['-sS', '-D', '-', '-o', '/dev/null', url(n)])).stdout.toString())![1]!
+      expect([await source(1), await source(2), await source(3)]).toEqual(['origin', 'origin', 'origin'])
+      expect(small.info.cache).toEqual({ entries: 2, bytes: 2 * SMALL.length })
+      // 1 went; 2 is used now, so 3 is the oldest when 4 comes
+      expect([await source(2), await source(4)]).toEqual(['cache', 'origin'])
+      expect([await source(2), await source(3)]).toEqual(['cache', 'origin'])
+    } finally {
+      await small.stop()
+    }
+  })
+
   it('refuses origins on loopback by default: a literal, localhost, and a name whose DNS answer is loopback (checked on the address connected to)', async () => {
     const port = strict.info.port
     for (const origin of [`${nginx.url}/small.bin`, `http://localhost:${nginx.port}/small.bin`, `http://[::1]:${nginx.port}/small.bin`, `http://rebind.test:${nginx.port}/small.bin`]) {
