@@ -34,7 +34,7 @@ describe('bandwidth limits', () => {
       download: 3e6,
       peers: { p1: { upload: 'unlimited', download: 1e6 }, p2: { download: 7 } },
       schedule: config.schedule,
-      classWeights: { friend: 4, foaf: 2, public: 2, backup: 2 }
+      classWeights: { friend: 4, foaf: 2, public: 2, backup: 2, service: 8 }
     })
     const update = toUpdate(e)
     expect(update.peers!.p1).toEqual({ upload: Infinity, download: 1e6 })
