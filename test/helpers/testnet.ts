@@ -186,6 +186,16 @@ export async function befriend (issuer: TestNode, accepter: TestNode, ...createA
   await accepter.json('invite', 'accept', file)
 }
 
+/** Three daemons, alice, bob and carol, each a friend of the other two (invites with the default grants). */
+export async function threeFriends (): Promise<{ net: Testnet, alice: TestNode, bob: TestNode, carol: TestNode }> {
+  const net = await createTestnet(['alice', 'bob', 'carol'])
+  const [alice, bob, carol] = net.nodes as [TestNode, TestNode, TestNode]
+  await befriend(alice, bob)
+  await befriend(alice, carol)
+  await befriend(bob, carol)
+  return { net, alice, bob, carol }
+}
+
 /** A node's transfer by id, as `kith transfers --json` shows it. */
 export async function transferOf (node: TestNode, id: string): Promise<any> {
   return (await node.json<{ transfers: any[] }>('transfers')).transfers.find(t => t.id === id)

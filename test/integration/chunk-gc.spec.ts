@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, writeFile, readdir, stat } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { createTestnet, waitFor, befriend, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { threeFriends, waitFor, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { sha } from '../helpers/files.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
@@ -44,11 +44,7 @@ describe('chunk store collection', () => {
   let alice: TestNode, bob: TestNode, carol: TestNode
 
   beforeAll(async () => {
-    net = await createTestnet(['alice', 'bob', 'carol'])
-    ;[alice, bob, carol] = net.nodes as [TestNode, TestNode, TestNode]
-    await befriend(alice, bob)
-    await befriend(alice, carol)
-    await befriend(bob, carol)
+    ;({ net, alice, bob, carol } = await threeFriends())
   })
 
   afterAll(async () => {

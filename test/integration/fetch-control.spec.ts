@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { writeFile, readFile } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { createTestnet, waitFor, befriend, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { threeFriends, waitFor, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { exists } from '../helpers/files.ts'
 
 /**
@@ -16,11 +16,7 @@ describe('pausing a friend\'s fetch, and its floor', () => {
   let alice: TestNode, bob: TestNode, carol: TestNode
 
   beforeAll(async () => {
-    net = await createTestnet(['alice', 'bob', 'carol'])
-    ;[alice, bob, carol] = net.nodes as [TestNode, TestNode, TestNode]
-    await befriend(alice, bob)
-    await befriend(alice, carol)
-    await befriend(bob, carol)
+    ;({ net, alice, bob, carol } = await threeFriends())
   })
 
   afterAll(async () => {

@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { sharePartialPath } from '../../src/transfer/assemble.ts'
-import { createTestnet, waitFor, befriend, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { threeFriends, waitFor, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { exists, tree } from '../helpers/files.ts'
 
 /**
@@ -21,11 +21,7 @@ describe('fetching friends\' files', () => {
   let photos: string
 
   beforeAll(async () => {
-    net = await createTestnet(['alice', 'bob', 'carol'])
-    ;[alice, bob, carol] = net.nodes as [TestNode, TestNode, TestNode]
-    await befriend(alice, bob)
-    await befriend(alice, carol)
-    await befriend(bob, carol)
+    ;({ net, alice, bob, carol } = await threeFriends())
     photos = join(alice.home, 'photos')
     await mkdir(join(photos, 'sub', 'deep'), { recursive: true })
     await writeFile(join(photos, 'a.bin'), randomBytes(3 * 1024 * 1024 + 17))
