@@ -113,6 +113,30 @@ async function follow (api: ApiClient, items: Item[], json: boolean, events: Asy
   }
 }
 
+/**
+ * `-O KEY=VALUE` on `kith get`: one add-on option (docs/downloads.md lists
+ * each add-on's). VALUE is `true`, `false` or a whole number as such, a
+ * JSON string in double quotes as that string (`-O passphrase='"1234"'`),
+ * anything else as text. Collected into `options`, later ones winning.
+ */
+export function addonOption (text: string, options: Record<string, unknown> = {}): Record<string, unknown> {
+  const at = text.indexOf('=')
+  const key = at > 0 ? text.slice(0, at) : ''
+  if (!/^[A-Za-z][A-Za-z0-9]{0,63}$/.test(key)) throw new KithError('USAGE', `-O wants KEY=VALUE with an option name such as hostKey or keyFile; got ${JSON.stringify(text)}`)
+  const raw = text.slice(at + 1)
+  let value: unknown = raw
+  if (raw === 'true' || raw === 'false') value = raw === 'true'
+  else if (/^-?[0-9]{1,15}$/.test(raw)) value = Number(raw)
+  else if (raw.length >= 2 && raw.startsWith('"') && raw.endsWith('"')) {
+    try {
+      value = JSON.parse(raw)
+    } catch {
+      throw new KithError('USAGE', `-O ${key}: ${raw} is not a JSON string`)
+    }
+  }
+  return { ...options, [key]: value }
+}
+
 export function downloadCommands (program: Command, client: Client, print: Print): void {
   program.command('get')
     .description('download URLs through the daemon\'s queue and wait for them (Ctrl-C leaves them queued); kith://FRIEND/SHARE/path fetches a friend\'s share')
@@ -122,9 +146,10 @@ export function downloadCommands (program: Command, client: Client, print: Print
     .option('--limit <rate>', 'cap this download alone, like 2MB/s (the node\'s caps apply too)')
     .option('--connections <n>', `connections per download, 1 to ${MAX_CONNECTIONS} (protocols that can split)`, String(DEFAULT_CONNECTIONS))
     .option('--checksum <sha256:HEX>', 'verify the file before it is placed; a mismatch keeps nothing')
+    .option('-O, --option <key=value>', 'an add-on option, repeatable: -O keyFile=~/.ssh/id_ed25519, -O hostKey=SHA256:..., -O profile=work (docs/downloads.md)', addonOption)
     .option('--detach', 'queue and return at once')
     .option('--json', 'print progress as JSON lines')
-    .action(async (urls: string[], opts: { output?: string, priority: string, limit?: string, connections: string, checksum?: string, detach?: boolean, json?: boolean }, cmd: Command) => {
+    .action(async (urls: string[], opts: { output?: string, priority: string, limit?: string, connections: string, checksum?: string, option?: Record<string, unknown>, detach?: boolean, json?: boolean }, cmd: Command) => {
       if (!(PRIORITIES as readonly string[]).includes(opts.priority)) throw new KithError('USAGE', `--priority is one of ${PRIORITIES.join(', ')}; got ${JSON.stringify(opts.priority)}`)
       const limit = opts.limit != null ? parseRate(opts.limit) : undefined
       if (opts.limit != null && limit == null) throw new KithError('USAGE', `--limit wants a rate like 2MB/s; got ${JSON.stringify(opts.limit)}`)
@@ -148,7 +173,8 @@ export function downloadCommands (program: Command, client: Client, print: Print
         priority: opts.priority,
         ...(limit != null ? { limit } : {}),
         ...(explicit ? { connections } : {}),
-        ...(opts.checksum != null ? { checksum: opts.checksum } : {})
+        ...(opts.checksum != null ? { checksum: opts.checksum } : {}),
+        ...(opts.option != null ? { options: opts.option } : {})
       }).catch(err => { controller.abort(); throw err })
       const items = [...queued.downloads.map(fromDownload), ...queued.transfers.map(fromTransfer)]
       if (events === null) {

@@ -4,6 +4,7 @@ import { parseKithUrl } from '../../../src/services/downloads/kith-url.ts'
 import { parseChecksum } from '../../../src/services/downloads/checksum.ts'
 import { queueSettings } from '../../../src/services/downloads/settings.ts'
 import { numbered, safeName, urlName } from '../../../src/services/downloads/place.ts'
+import { addonOption } from '../../../src/services/cli/downloads.ts'
 import { codeOf } from '../../helpers/errors.ts'
 
 /** What the download queue takes from outside before anything is queued: URLs, checksums, settings, names from origins. */
@@ -63,5 +64,18 @@ describe('download input', () => {
     expect(numbered('a.tar.gz', 2)).toBe('a.tar (2).gz')
     expect(numbered('.bashrc', 1)).toBe('.bashrc (1)')
     expect(numbered('README', 3)).toBe('README (3)')
+  })
+
+  it('reads kith get\'s -O KEY=VALUE add-on options: booleans, whole numbers, quoted strings, text', () => {
+    let options = addonOption('hostKey=SHA256:abc=def')
+    options = addonOption('maxBandwidth=800000', options)
+    options = addonOption('passive=false', options)
+    options = addonOption('passphrase="1234"', options)
+    options = addonOption('profile=work', options)
+    options = addonOption('profile=home', options)
+    expect(options).toEqual({ hostKey: 'SHA256:abc=def', maxBandwidth: 800000, passive: false, passphrase: '1234', profile: 'home' })
+    for (const bad of ['novalue', '=x', '1key=x', 'a-b=x', 'k="a"b"']) {
+      expect(codeOf(() => addonOption(bad)), bad).toBe('USAGE')
+    }
   })
 })
