@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest'
-import { parseUrl, addonFor, addonScheme } from '../../../src/services/downloads/registry.ts'
+import { parseUrl, addonFor, addonScheme, checkUrl } from '../../../src/services/downloads/registry.ts'
 import { parseKithUrl } from '../../../src/services/downloads/kith-url.ts'
 import { parseChecksum } from '../../../src/services/downloads/checksum.ts'
 import { queueSettings } from '../../../src/services/downloads/settings.ts'
@@ -77,5 +77,12 @@ describe('download input', () => {
     for (const bad of ['novalue', '=x', '1key=x', 'a-b=x', 'k="a"b"']) {
       expect(codeOf(() => addonOption(bad)), bad).toBe('USAGE')
     }
+  })
+
+  it('refuses an option the http add-on does not take, rather than ignoring it', async () => {
+    const err = await checkUrl(new URL('http://example.org/f'), { hostKey: 'SHA256:x' }).catch(e => e)
+    expect(codeOf(() => { throw err })).toBe('URL_INVALID')
+    expect(String(err.message)).toContain('has no option "hostKey"')
+    await expect(checkUrl(new URL('http://example.org/f'), {})).resolves.toBeDefined()
   })
 })
