@@ -18,7 +18,10 @@ export function needsRoot (what: string): string | null {
   return process.getuid?.() === 0 ? null : `${what} needs root (run the tests as root: \`sudo npm test\`; CI runs as root)`
 }
 
-/** Missing unless every command is on the PATH. */
+/** The Debian package that brings each command the tests run (the rest: a package of the command's own name). */
+const PACKAGE_OF: Readonly<Record<string, string>> = { ip: 'iproute2', sshd: 'openssh-server', 'ssh-keygen': 'openssh-client', aria2c: 'aria2' }
+
+/** Missing unless every command is on the PATH; the reason names the packages to install. */
 export function needsCommands (commands: string[]): string | null {
   const absent = commands.filter(cmd => {
     try {
@@ -28,7 +31,8 @@ export function needsCommands (commands: string[]): string | null {
       return true
     }
   })
-  return absent.length === 0 ? null : `${absent.join(' and ')} missing (apt-get install -y iproute2 iptables; .ci/run installs them)`
+  const packages = [...new Set(absent.map(cmd => PACKAGE_OF[cmd] ?? cmd))]
+  return absent.length === 0 ? null : `${absent.join(' and ')} missing (apt-get install -y ${packages.join(' ')}; .ci/run installs them)`
 }
 
 /** The first thing missing, or null. */
