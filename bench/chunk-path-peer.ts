@@ -44,6 +44,8 @@ const place = (index: number): ChunkPosition => ({ shareId: SHARE_ID, fileHash: 
 const node = await createNode({
   privateKey: await generateKeyPair('Ed25519'),
   listen: role === 'recv' ? ['/ip4/127.0.0.1/tcp/0'] : [],
+  // the sender listens nowhere, so the default policy would refuse to dial the receiver on loopback
+  dialPolicy: { loopback: true },
   gater: {}
 })
 
