@@ -203,6 +203,46 @@ export class HostBook {
     })
   }
 
+  /**
+   * reserve for many blobs in one step and one LevelDB batch (put-many), in
+   * order: each is 'held' (nothing reserved), 'go' (its bytes now counted),
+   * 'full' when it would take the owner past the quota (a smaller one after
+   * it may still fit), or 'busy' when another request is writing it.
+   */
+  async reserveMany (owner: string, blobs: Array<{ id: string, size: number }>): Promise<Array<'go' | 'held' | 'full' | 'busy'>> {
+    return await this.serial(owner, async () => {
+      const rows = await this.rows.getMany(blobs.map(b => rowKey(owner, b.id)))
+      const doc = this.doc(owner)
+      const quota = this.quotaOf(owner)
+      const at = this.now()
+      let { used, blobs: count } = doc
+      const ops: Array<{ type: 'put', key: string, value: BlobRow }> = []
+      const status = blobs.map(({ id, size }, i) => {
+        const row = rows[i]
+        if (row?.pending === true) return 'busy'
+        if (row !== undefined) return 'held'
+        if (used + size > quota) return 'full'
+        used += size
+        count += 1
+        ops.push({ type: 'put', key: rowKey(owner, id), value: { size, at, pending: true } })
+        return 'go'
+      })
+      if (ops.length > 0) await this.save(owner, { ...doc, used, blobs: count }, ops)
+      return status
+    })
+  }
+
+  /** Reserved blobs now in the store, in one LevelDB batch. */
+  async commitMany (owner: string, ids: string[]): Promise<void> {
+    if (ids.length === 0) return
+    await this.serial(owner, async () => {
+      const rows = await this.rows.getMany(ids.map(id => rowKey(owner, id)))
+      const at = this.now()
+      const ops = ids.flatMap((id, i) => rows[i] === undefined ? [] : [{ type: 'put' as const, key: rowKey(owner, id), value: { size: rows[i]!.size, at } }])
+      await this.save(owner, { ...this.doc(owner), lastWrite: at }, ops)
+    })
+  }
+
   /** The reserved blob is in the store. */
   async commit (owner: string, id: string): Promise<void> {
     await this.serial(owner, async () => {
@@ -255,6 +295,12 @@ export class HostBook {
   async has (owner: string, ids: string[]): Promise<boolean[]> {
     const rows = await this.rows.getMany(ids.map(id => rowKey(owner, id)))
     return rows.map(row => row !== undefined && row.pending !== true)
+  }
+
+  /** The sealed sizes of the held ones of `ids` (null: not held, or still being written). */
+  async sizes (owner: string, ids: string[]): Promise<Array<number | null>> {
+    const rows = await this.rows.getMany(ids.map(id => rowKey(owner, id)))
+    return rows.map(row => row !== undefined && row.pending !== true ? row.size : null)
   }
 
   async held (owner: string, id: string): Promise<boolean> {

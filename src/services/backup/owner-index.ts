@@ -107,6 +107,11 @@ export class LevelOwnerIndex implements OwnerIndex {
     await this.levels.blobs.put(id, record)
   }
 
+  /** Writes many blob records in one LevelDB batch (a run records each host's confirmed blobs this way). */
+  async putBlobs (records: Array<[string, BlobRecord]>): Promise<void> {
+    if (records.length > 0) await this.levels.blobs.batch(records.map(([key, value]) => ({ type: 'put' as const, key, value })))
+  }
+
   async addHost (id: string, host: string): Promise<void> {
     const record = await this.blob(id)
     if (record == null) throw new KithError('INTERNAL', `blob ${id} is not in the backup index`)

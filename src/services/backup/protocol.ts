@@ -12,7 +12,7 @@ import type { BandwidthScheduler, Flow } from '../../transfer/scheduler/index.ts
 import { auditProof, leafCount, type AuditAnswer } from './audit-tree.ts'
 import type { HostBook } from './host-book.ts'
 import {
-  BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_RECORD_SIZE, MAX_RECORDS_IN_FLIGHT, MAX_STREAMS_PER_OWNER,
+  BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_MANY_BYTES, MAX_RECORD_SIZE, MAX_RECORDS_IN_FLIGHT, MAX_STREAMS_PER_OWNER,
   REQUEST_TIMEOUT_MS, STALL_TIMEOUT_MS,
   decodeHeader, encodeHeader, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest, writeBody,
   type BackupRequest, type Frames
@@ -164,6 +164,14 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
       await io.send({ ok: true, stored: true, used, quota }, signal)
       return
     }
+    case 'put-many': {
+      await putMany(init, io, owner, request.blobs, signal)
+      return
+    }
+    case 'get-many': {
+      await getMany(init, io, owner, request.ids, signal)
+      return
+    }
     case 'get': {
       const sealed = await readHeld(init, owner, request.id)
       await io.send({ ok: true, size: sealed.length }, signal)
@@ -226,6 +234,72 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
   }
 }
 
+/** Sealed bytes a put-many has read and is writing to the store at once (fsyncs overlap). */
+const STORE_AHEAD_BYTES = 8 * 1024 * 1024
+const STORE_AHEAD_BLOBS = 16
+
+/**
+ * put-many: every blob reserved (or found held, or refused) in one step and
+ * one LevelDB batch; then the 'go' bodies, in order, each stored while the
+ * next is read; then every stored blob committed in one batch. Whatever
+ * was reserved and not stored (a bad body, a cut stream) is given back, so
+ * the quota stays exact; a kill -9 in between is reconciled at start.
+ */
+async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blobs: Array<{ id: string, size: number }>, signal: AbortSignal): Promise<void> {
+  const { book, store } = init
+  const status = await book.reserveMany(owner, blobs)
+  const go = blobs.filter((_, i) => status[i] === 'go')
+  const stored: string[] = []
+  try {
+    await io.send({ ok: true, status, used: book.usage(owner).used, quota: book.quotaOf(owner) }, signal)
+    const writing = new Set<Promise<void>>()
+    let writingBytes = 0
+    let failure: unknown = null
+    for (const { id, size } of go) {
+      const sealed = await readBody(io.frames, size, io.down, signal, 'the owner')
+      while (writing.size > 0 && (writingBytes + size > STORE_AHEAD_BYTES || writing.size >= STORE_AHEAD_BLOBS)) await Promise.race(writing)
+      if (failure != null) break
+      writingBytes += size
+      const write: Promise<void> = store.put(id, sealed)
+        .then(() => { stored.push(id) }, err => { failure ??= err })
+        .finally(() => { writingBytes -= size; writing.delete(write) })
+      writing.add(write)
+    }
+    await Promise.all(writing)
+    if (failure != null) throw failure
+  } finally {
+    await book.commitMany(owner, stored)
+    const kept = new Set(stored)
+    const unstored = go.filter(b => !kept.has(b.id)).map(b => b.id)
+    if (unstored.length > 0) await book.drop(owner, unstored, true)
+  }
+  const { used, quota } = book.usage(owner)
+  await io.send({ ok: true, stored: stored.length, used, quota }, signal)
+}
+
+/** get-many: each blob in turn (one read ahead), or missing; the held ones hold MAX_MANY_BYTES at most. */
+async function getMany (init: BackupHandlerInit, io: Framed, owner: string, ids: string[], signal: AbortSignal): Promise<void> {
+  const total = (await init.book.sizes(owner, ids)).reduce<number>((sum, size) => sum + (size ?? 0), 0)
+  if (total > MAX_MANY_BYTES) throw new KithError('PAYLOAD_TOO_LARGE', `these blobs hold ${total} bytes, more than the ${MAX_MANY_BYTES} one get-many may; ask for fewer at once`)
+  const read = (id: string): Promise<Uint8Array | null> => readHeld(init, owner, id).catch(err => {
+    if (err instanceof KithError && err.code === 'BLOB_MISSING') return null
+    throw err
+  })
+  let next: Promise<Uint8Array | null> | null = read(ids[0]!)
+  for (let i = 0; i < ids.length; i++) {
+    const current: Promise<Uint8Array | null> = next!
+    next = i + 1 < ids.length ? read(ids[i + 1]!) : null
+    next?.catch(() => {}) // awaited in turn; a failure must not go unhandled if this one fails first
+    const sealed = await current
+    if (sealed === null) {
+      await io.send({ ok: true, missing: true }, signal)
+      continue
+    }
+    await io.send({ ok: true, size: sealed.length }, signal)
+    await writeBody(io.frames, sealed, io.up, signal)
+  }
+}
+
 /** An owner's blob, read from the store; one the store lost is dropped from the book (BLOB_MISSING). */
 async function readHeld (init: BackupHandlerInit, owner: string, id: string): Promise<Uint8Array> {
   if (!await init.book.held(owner, id)) throw new KithError('BLOB_MISSING', `this node holds no blob ${id} for you`)
@@ -269,6 +343,8 @@ export interface Usage {
   counter: number
 }
 
+export type PutStatus = 'go' | 'held' | 'full' | 'busy'
+
 export interface AuditResult {
   id: string
   leaf: number
@@ -283,6 +359,14 @@ export interface BackupClient {
   put: (id: string, sealed: Uint8Array, signal?: AbortSignal) => Promise<{ stored: boolean, used: number, quota: number }>
   /** verified against `id` (BLOB_CORRUPT otherwise) */
   get: (id: string, signal?: AbortSignal) => Promise<Uint8Array>
+  /**
+   * Many blobs in one request (at most MAX_MANY_BLOBS and MAX_MANY_BYTES):
+   * per blob, 'go' (sent and stored now), 'held' (it was already), 'full'
+   * (past the quota, not sent) or 'busy' (another request is writing it).
+   */
+  putMany: (blobs: Array<{ id: string, sealed: Uint8Array }>, signal?: AbortSignal) => Promise<{ status: PutStatus[], used: number, quota: number }>
+  /** Many blobs in one request, each verified against its id: the bytes, or BLOB_MISSING / BLOB_CORRUPT for that one */
+  getMany: (ids: string[], signal?: AbortSignal) => Promise<Array<Uint8Array | KithError>>
   remove: (ids: string[], signal?: AbortSignal) => Promise<{ freed: number, used: number }>
   list: (after?: string, limit?: number, signal?: AbortSignal) => Promise<{ ids: Array<{ id: string, size: number }>, next: string | null }>
   audit: (challenges: Array<{ id: string, leaf: number }>, signal?: AbortSignal) => Promise<AuditResult[]>
@@ -401,6 +485,43 @@ export function backupClient (init: BackupClientInit): BackupClient {
         const sealed = await readBody(io.frames, size, io.down, s, `backup host ${host}`)
         if (chunkId(sealed) !== id) throw new KithError('BLOB_CORRUPT', `backup host ${host} sent bytes that are not blob ${id}; it is damaged or swapped there`)
         return sealed
+      })
+    },
+
+    async putMany (blobs, signal) {
+      return await exchange('put-many', signal, async (io, answer, s) => {
+        await io.send({ op: 'put-many', blobs: blobs.map(b => ({ id: b.id, size: b.sealed.length })) }, s)
+        const { status } = await answer(responseSchemas.statuses)
+        if (status.length !== blobs.length) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} answered ${status.length} of ${blobs.length} blobs`)
+        let sent = 0
+        for (const [i, blob] of blobs.entries()) {
+          if (status[i] !== 'go') continue
+          await sendBody(io, blob.sealed, s, answer)
+          sent++
+        }
+        const { stored, used, quota } = await answer(responseSchemas.storedMany)
+        if (stored !== sent) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} stored ${stored} of the ${sent} blobs sent`)
+        return { status, used, quota }
+      })
+    },
+
+    async getMany (ids, signal) {
+      return await exchange('get-many', signal, async (io, answer, s) => {
+        await io.send({ op: 'get-many', ids }, s)
+        const out: Array<Uint8Array | KithError> = []
+        let total = 0
+        for (const id of ids) {
+          const item = await answer(responseSchemas.item)
+          if ('missing' in item) {
+            out.push(new KithError('BLOB_MISSING', `backup host ${host} holds no blob ${id} for me`))
+            continue
+          }
+          total += item.size
+          if (total > MAX_MANY_BYTES) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} sent more than the ${MAX_MANY_BYTES} bytes one get-many holds`)
+          const sealed = await readBody(io.frames, item.size, io.down, s, `backup host ${host}`)
+          out.push(chunkId(sealed) === id ? sealed : new KithError('BLOB_CORRUPT', `backup host ${host} sent bytes that are not blob ${id}; it is damaged or swapped there`))
+        }
+        return out
       })
     },
 

@@ -17,19 +17,25 @@ import { basename, join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { KithError, asKithError } from '../../errors.ts'
 import { cdcChunks } from '../../transfer/cdc.ts'
+import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
 import { auditRoot } from './audit-tree.ts'
 import { blobId, sealBlob } from './blob.ts'
 import type { BlobKind, SnapshotRecord } from './owner-index.ts'
 import { unlessBusy, type BackupParts } from './parts.ts'
+import type { PutStatus } from './protocol.ts'
+import { MAX_MANY_BLOBS } from './wire.ts'
 import { encodeSnapshot, type SnapshotStats } from './snapshot.ts'
 import { encodeTree, micros, type TreeEntry } from './tree.ts'
 
 /**
- * Blobs sealed and being placed at once, each to its hosts in parallel: each
- * holds up to 8 MiB (plaintext and sealed), and asks each host at most once
- * at a time (a host serves 8 requests of one owner at once).
+ * Sealed bytes of blobs not yet on enough hosts, at most: the owner's memory
+ * bound for placing (each copy shares one buffer). The walk waits for room.
  */
-const PLACING = 6
+const IN_FLIGHT_BYTES = 32 * 1024 * 1024
+/** A put-many carries about this many sealed bytes (or MAX_MANY_BLOBS blobs) at most. */
+const BATCH_BYTES = 4 * 1024 * 1024
+/** put-many requests in flight to one host (a host serves 8 requests of one owner at once). */
+const REQUESTS_PER_HOST = 3
 /** How often progress is reported, ms. */
 const PROGRESS_EVERY_MS = 250
 /** Blob needs written to the index in batches of this many. */
@@ -76,13 +82,45 @@ function hostOrder (hosts: string[], id: string): string[] {
   return [...hosts].sort((a, b) => score(a) < score(b) ? -1 : 1)
 }
 
+/** A blob sealed and being placed: on `hosts` (confirmed), asked of `trying` hosts now. */
+interface Placing {
+  id: string
+  kind: BlobKind
+  sealedId: string
+  sealed: Uint8Array
+  root: string
+  hosts: string[]
+  /** hosts not asked yet, in rendezvous order */
+  candidates: string[]
+  trying: number
+}
+
+/** One host's put-many queue. */
+interface HostQueue {
+  waiting: Placing[]
+  inFlight: number
+}
+
+/**
+ * Places blobs on hosts, many per request: each host has a queue, and a
+ * put-many leaves as soon as fewer than REQUESTS_PER_HOST are in flight to
+ * that host, carrying whatever waits (so requests grow when the host is the
+ * bottleneck, and a slow walk is not held back). Each answer's confirmed
+ * blobs go into the index in one LevelDB batch.
+ */
 class Placer {
   private readonly parts: BackupParts
   private readonly options: RunOptions
   private readonly seq: number
   private readonly seen = new Set<string>()
-  private readonly running = new Set<Promise<void>>()
   private needs: Array<[string, BlobKind]> = []
+  private readonly queues = new Map<string, HostQueue>()
+  private readonly outstanding = new Set<Placing>()
+  private inFlightBytes = 0
+  /** place() calls waiting for room, and finish() calls waiting for the last blob */
+  private waiters: Array<() => void> = []
+  /** index writes, one after the other (each writes the blobs' hosts as they are then) */
+  private writes: Promise<void> = Promise.resolve()
   /** hosts that refused or failed during this run, and why: not asked again */
   private readonly dropped = new Map<string, string>()
   private failure: unknown = null
@@ -107,11 +145,28 @@ class Placer {
     if (this.needs.length >= NEEDS_BATCH) await this.flushNeeds()
     const record = await this.parts.index.blob(id)
     if (record != null && record.hosts.length >= this.options.replicas) return id
-    while (this.running.size >= PLACING) await Promise.race(this.running)
-    this.check()
-    const job = this.send(id, kind, plaintext).catch(err => { this.failure ??= err })
-    const tracked = job.finally(() => { this.running.delete(tracked) })
-    this.running.add(tracked)
+    const size = plaintext.length + SEAL_OVERHEAD
+    while (this.inFlightBytes > 0 && this.inFlightBytes + size > IN_FLIGHT_BYTES) {
+      await new Promise<void>(resolve => this.waiters.push(resolve))
+      this.check()
+    }
+    const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext)
+    // sealing is deterministic: the same blob has the same sealed id, so hosts already listed still hold it
+    const known = record?.sealedId === sealed.sealedId ? record : null
+    const blob: Placing = {
+      id,
+      kind,
+      sealedId: sealed.sealedId,
+      sealed: sealed.sealed,
+      root: known?.root ?? Buffer.from(auditRoot(sealed.sealed)).toString('hex'),
+      hosts: [...known?.hosts ?? []],
+      candidates: [],
+      trying: 0
+    }
+    blob.candidates = hostOrder(this.options.hosts, id).filter(host => !blob.hosts.includes(host))
+    this.inFlightBytes += sealed.sealed.length
+    this.outstanding.add(blob)
+    this.dispatch(blob)
     return id
   }
 
@@ -138,14 +193,15 @@ class Placer {
 
   /** Waits for every placement under way; throws the first failure. */
   async finish (): Promise<void> {
-    await Promise.all(this.running)
+    await this.settle()
     this.check()
     await this.flushNeeds()
   }
 
   /** Lets placements under way end (after a failure elsewhere) without hiding that failure. */
   async settle (): Promise<void> {
-    await Promise.allSettled(this.running)
+    while (this.outstanding.size > 0) await new Promise<void>(resolve => this.waiters.push(resolve))
+    await this.writes
   }
 
   private check (): void {
@@ -159,44 +215,99 @@ class Placer {
     if (batch.length > 0) await this.parts.index.addNeeds(this.seq, batch)
   }
 
-  private async send (id: string, kind: BlobKind, plaintext: Uint8Array): Promise<void> {
-    const { index } = this.parts
-    const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext)
-    let record = await index.blob(id)
-    // sealing is deterministic: the same blob has the same sealed id, so hosts already listed still hold it
-    if (record?.sealedId !== sealed.sealedId) {
-      record = { kind, sealedId: sealed.sealedId, size: sealed.sealed.length, root: Buffer.from(auditRoot(sealed.sealed)).toString('hex'), hosts: [] }
-      await index.putBlob(id, record)
+  private wake (): void {
+    const waiters = this.waiters
+    this.waiters = []
+    for (const resolve of waiters) resolve()
+  }
+
+  /** Asks as many more hosts as the blob still lacks, or ends it: placed, or failed. */
+  private dispatch (blob: Placing): void {
+    // each host's answer dispatches the blob once its index write is done: the last one ends it
+    if (!this.outstanding.has(blob)) return
+    const stopped = this.failure != null || this.options.signal?.aborted === true
+    while (!stopped && blob.hosts.length + blob.trying < this.options.replicas) {
+      const host = blob.candidates.find(h => !this.dropped.has(h))
+      if (host == null) break
+      blob.candidates.splice(blob.candidates.indexOf(host), 1)
+      blob.trying++
+      this.queue(host).waiting.push(blob)
+      this.pump(host)
     }
-    const hosts = [...record.hosts]
-    const candidates = hostOrder(this.options.hosts, id).filter(host => !hosts.includes(host))
-    // the copies still wanted go out at once; a host that fails is replaced by the next candidate
-    let recorded = Promise.resolve()
-    while (hosts.length < this.options.replicas) {
-      const batch = candidates.filter(host => !this.dropped.has(host)).slice(0, this.options.replicas - hosts.length)
-      if (batch.length === 0) break
-      for (const host of batch) candidates.splice(candidates.indexOf(host), 1)
-      await Promise.all(batch.map(async host => {
-        try {
-          const answer = await unlessBusy(async () => await this.parts.host(host).put(sealed.sealedId, sealed.sealed, this.options.signal), this.options.signal)
-          if (answer.stored) this.sentBytes += sealed.sealed.length
-          // one index write at a time per blob: addHost reads, then writes the record
-          recorded = recorded.catch(() => {}).then(async () => { await index.addHost(id, host) })
-          await recorded
-          hosts.push(host)
-        } catch (err) {
-          if (this.options.signal?.aborted === true) throw err
-          const error = asKithError(err)
-          this.dropped.set(host, `${error.code}: ${error.message}`)
-        }
-      }))
-    }
-    if (hosts.length < this.options.replicas) {
+    if (blob.trying > 0) return
+    if (blob.hosts.length >= this.options.replicas) {
+      this.newBlobs++
+    } else if (!stopped) {
       const why = [...this.dropped].map(([host, reason]) => `${host} ${reason}`).join('; ')
-      throw new KithError('BACKUP_PLACEMENT_FAILED', `a ${kind} blob is on ${hosts.length} of the ${this.options.replicas} hosts asked${why !== '' ? ` (${why})` : ''}. ` +
+      this.failure ??= new KithError('BACKUP_PLACEMENT_FAILED', `a ${blob.kind} blob is on ${blob.hosts.length} of the ${this.options.replicas} hosts asked${why !== '' ? ` (${why})` : ''}. ` +
         'What was placed is kept: run the backup again once hosts have room or are back, or ask for fewer --replicas')
     }
-    this.newBlobs++
+    this.outstanding.delete(blob)
+    this.inFlightBytes -= blob.sealed.length
+    this.wake()
+  }
+
+  private queue (host: string): HostQueue {
+    let queue = this.queues.get(host)
+    if (queue == null) this.queues.set(host, queue = { waiting: [], inFlight: 0 })
+    return queue
+  }
+
+  /** Sends what waits for `host` while it has fewer than REQUESTS_PER_HOST requests in flight. */
+  private pump (host: string): void {
+    const queue = this.queue(host)
+    if (this.dropped.has(host) || this.failure != null || this.options.signal?.aborted === true) {
+      const waiting = queue.waiting.splice(0)
+      for (const blob of waiting) blob.trying--
+      for (const blob of waiting) this.dispatch(blob)
+      return
+    }
+    while (queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
+      let bytes = 0
+      let count = 0
+      while (count < queue.waiting.length && count < MAX_MANY_BLOBS && (count === 0 || bytes + queue.waiting[count]!.sealed.length <= BATCH_BYTES)) {
+        bytes += queue.waiting[count]!.sealed.length
+        count++
+      }
+      const batch = queue.waiting.splice(0, count)
+      queue.inFlight++
+      void this.send(host, batch).finally(() => {
+        queue.inFlight--
+        this.pump(host)
+      })
+    }
+  }
+
+  private async send (host: string, batch: Placing[]): Promise<void> {
+    const { signal } = this.options
+    let status: PutStatus[] | null = null
+    try {
+      status = (await unlessBusy(async () => await this.parts.host(host).putMany(batch.map(b => ({ id: b.sealedId, sealed: b.sealed })), signal), signal)).status
+    } catch (err) {
+      if (signal?.aborted === true) this.failure ??= err
+      const error = asKithError(err)
+      this.dropped.set(host, `${error.code}: ${error.message}`)
+    }
+    const confirmed: Placing[] = []
+    for (const [i, blob] of batch.entries()) {
+      blob.trying--
+      const answer = status?.[i]
+      if (answer === 'go' || answer === 'held') {
+        blob.hosts.push(host)
+        confirmed.push(blob)
+        if (answer === 'go') this.sentBytes += blob.sealed.length
+      } else if (answer === 'full') {
+        this.dropped.set(host, 'QUOTA_EXCEEDED: the quota this friend granted you is full')
+      }
+    }
+    // a host's copy is in the index the moment the host confirms it (and before the blob counts as placed)
+    if (confirmed.length > 0) {
+      this.writes = this.writes.then(async () => {
+        await this.parts.index.putBlobs(confirmed.map(b => [b.id, { kind: b.kind, sealedId: b.sealedId, size: b.sealed.length, root: b.root, hosts: [...b.hosts] }]))
+      }).catch(err => { this.failure ??= err })
+      await this.writes
+    }
+    for (const blob of batch) this.dispatch(blob)
   }
 }
 

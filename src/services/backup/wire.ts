@@ -22,6 +22,9 @@ import type { Flow } from '../../transfer/scheduler/index.ts'
  *   owner -> { v:1, op:'put', id, size }                  host -> { v, ok, go:true } | { v, ok, stored:false, used, quota }
  *   owner -> body (size bytes)                            host -> { v, ok, stored:true, used, quota }
  *   owner -> { v:1, op:'get', id }                        host -> { v, ok, size }, body
+ *   owner -> { v:1, op:'put-many', blobs:[{id,size}] }    host -> { v, ok, status:['go'|'held'|'full'|'busy'], used, quota }
+ *   owner -> the bodies of the 'go' blobs, in order       host -> { v, ok, stored, used, quota }
+ *   owner -> { v:1, op:'get-many', ids }                  host -> per id, in order: { v, ok, size }, body | { v, ok, missing:true }
  *   owner -> { v:1, op:'remove', ids, counter, sig }      host -> { v, ok, freed, used }
  *   owner -> { v:1, op:'list', after, limit }             host -> { v, ok, ids:[{id,size}], next }
  *   owner -> { v:1, op:'audit', challenges:[{id,leaf}] }  host -> { v, ok, answers:[{id,leaf,leafBytes,path}|{id,leaf,missing:true}] }
@@ -48,6 +51,10 @@ const MiB = 1024 * KiB
 export const MAX_BATCH_IDS = 4096
 /** Blobs one list answer names at most. */
 export const MAX_LIST_LIMIT = 1000
+/** Blobs in one put-many or get-many. */
+export const MAX_MANY_BLOBS = 256
+/** Sealed bytes one put-many announces, or one get-many's blobs hold, at most. */
+export const MAX_MANY_BYTES = 16 * MiB
 /** Challenges in one audit: each costs the host one blob read. */
 export const MAX_AUDIT_CHALLENGES = 32
 /** The largest recovery record a host keeps (opaque sealed bytes). */
@@ -79,6 +86,11 @@ export const requestSchema = z.discriminatedUnion('op', [
   z.object({ v, op: z.literal('has'), ids: z.array(hexId).min(1).max(MAX_BATCH_IDS) }).strict(),
   z.object({ v, op: z.literal('put'), id: hexId, size: z.number().int().min(SEAL_OVERHEAD).max(MAX_SEALED_CHUNK_SIZE) }).strict(),
   z.object({ v, op: z.literal('get'), id: hexId }).strict(),
+  z.object({ v, op: z.literal('put-many'), blobs: z.array(z.object({ id: hexId, size: z.number().int().min(SEAL_OVERHEAD).max(MAX_SEALED_CHUNK_SIZE) }).strict()).min(1).max(MAX_MANY_BLOBS) }).strict()
+    .refine(r => r.blobs.reduce((sum, b) => sum + b.size, 0) <= MAX_MANY_BYTES, `announces more than ${MAX_MANY_BYTES} bytes`)
+    .refine(r => new Set(r.blobs.map(b => b.id)).size === r.blobs.length, 'names a blob twice'),
+  z.object({ v, op: z.literal('get-many'), ids: z.array(hexId).min(1).max(MAX_MANY_BLOBS) }).strict()
+    .refine(r => new Set(r.ids).size === r.ids.length, 'names a blob twice'),
   z.object({ v, op: z.literal('remove'), ids: z.array(hexId).min(1).max(MAX_BATCH_IDS), counter, sig: signature }).strict(),
   z.object({ v, op: z.literal('list'), after: hexId.nullable(), limit: z.number().int().min(1).max(MAX_LIST_LIMIT) }).strict(),
   z.object({ v, op: z.literal('audit'), challenges: z.array(z.object({ id: hexId, leaf: z.number().int().min(0).max(0xffff_ffff) }).strict()).min(1).max(MAX_AUDIT_CHALLENGES) }).strict(),
@@ -98,6 +110,14 @@ export const responseSchemas = {
   has: z.object({ v, ok, held: z.array(z.boolean()).max(MAX_BATCH_IDS) }).strict(),
   go: z.object({ v, ok, go: z.literal(true) }).strict(),
   stored: z.object({ v, ok, stored: z.boolean(), used: bytes, quota: bytes }).strict(),
+  /** put-many's first answer: per blob, send it ('go', reserved), held already, past the quota, or being written by another request */
+  statuses: z.object({ v, ok, status: z.array(z.enum(['go', 'held', 'full', 'busy'])).max(MAX_MANY_BLOBS), used: bytes, quota: bytes }).strict(),
+  storedMany: z.object({ v, ok, stored: z.number().int().min(0).max(MAX_MANY_BLOBS), used: bytes, quota: bytes }).strict(),
+  /** one blob of a get-many */
+  item: z.union([
+    z.object({ v, ok, size: z.number().int().min(SEAL_OVERHEAD).max(MAX_SEALED_CHUNK_SIZE) }).strict(),
+    z.object({ v, ok, missing: z.literal(true) }).strict()
+  ]),
   body: z.object({ v, ok, size: z.number().int().min(1).max(MAX_RECORD_SIZE) }).strict(),
   remove: z.object({ v, ok, freed: bytes, used: bytes }).strict(),
   list: z.object({ v, ok, ids: z.array(z.object({ id: hexId, size: bytes }).strict()).max(MAX_LIST_LIMIT), next: hexId.nullable() }).strict(),

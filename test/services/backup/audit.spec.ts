@@ -42,6 +42,8 @@ function host (peer: string, behaviour: Behaviour, quota = Infinity): BackupClie
       if (sealed == null || behaviour === 'dropped') throw new KithError('BLOB_MISSING', 'no such blob')
       return sealed
     },
+    putMany: refuse,
+    getMany: refuse,
     remove: refuse,
     list: refuse,
     audit: async challenges => challenges.map(({ id, leaf }) => {
