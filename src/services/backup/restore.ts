@@ -22,15 +22,18 @@ import { dirname, join } from 'node:path'
 import { KithError } from '../../errors.ts'
 import { PARTIAL_SUFFIX } from '../../transfer/constants.ts'
 import { checkUnder, makeRoot, openNoFollow, placeFile, prepareUnder } from '../../transfer/destination.ts'
+import { BlobGetter, ByteBudget } from './getter.ts'
 import { fetchBlob, type BackupParts } from './parts.ts'
 import { decodeSnapshot, type Snapshot } from './snapshot.ts'
 import { decodeTree, MAX_TREE_BYTES, type TreeEntry } from './tree.ts'
 import type { SnapshotRecord } from './owner-index.ts'
 
-/** Files written at once: small files' round trips and fsyncs overlap. */
-const FILES_AT_ONCE = 3
-/** Chunks of one file fetched ahead of the one being written (FILES_AT_ONCE x PREFETCH requests, below a host's 8 per owner). */
-const PREFETCH = 2
+/** Files written at once: small files' gets share requests, and their fsyncs overlap. */
+const FILES_AT_ONCE = 16
+/** Chunks of one file fetched ahead of the one being written. */
+const PREFETCH = 4
+/** Sealed bytes fetched (or being fetched) and not yet written, at most, over all files: the memory bound. */
+const AHEAD_BYTES = 32 * 1024 * 1024
 const PROGRESS_EVERY_MS = 250
 
 export interface RestoreOptions {
@@ -116,9 +119,14 @@ async function plan (parts: BackupParts, entries: TreeEntry[], signal?: AbortSig
 
 const seconds = (micros: number): number => micros / 1e6
 
+/** A chunk fetched ahead: its plaintext or why not, and the budget it took. */
+interface Ahead { size: number, data?: Uint8Array, error?: unknown }
+
 class Restorer {
   private readonly parts: BackupParts
   private readonly options: RestoreOptions
+  private readonly getter: BlobGetter
+  private readonly budget = new ByteBudget(AHEAD_BYTES)
   private readonly total: number
   private done = 0
   private lastReport = 0
@@ -128,6 +136,7 @@ class Restorer {
     this.parts = parts
     this.options = options
     this.total = total
+    this.getter = new BlobGetter(parts, options.signal)
   }
 
   async item ({ segments, entry }: Item): Promise<void> {
@@ -177,26 +186,46 @@ class Restorer {
     await rm(partial, { force: true })
     const handle = await openNoFollow(partial, 'create', 0o600)
     let written = 0
+    const ahead: Array<Promise<Ahead>> = []
+    // each file takes the budget for its chunks in order, so the chunk it waits on is never behind its later ones
+    let taking: Promise<unknown> = Promise.resolve()
+    const fetch = (i: number): void => {
+      if (i >= entry.chunks.length) return
+      const id = entry.chunks[i]!
+      const took = taking.then(async () => {
+        const size = (await this.parts.index.blob(id))?.size ?? 0
+        await this.budget.take(size)
+        return size
+      })
+      taking = took.catch(() => {})
+      ahead.push(took.then(async size => {
+        try {
+          return { size, data: await this.getter.get(id, 'data') }
+        } catch (error) {
+          return { size, error }
+        }
+      }, error => ({ size: 0, error })))
+    }
     try {
-      const ahead: Array<Promise<Uint8Array>> = []
-      const fetch = (i: number): void => {
-        if (i >= entry.chunks.length) return
-        const data = fetchBlob(this.parts, entry.chunks[i]!, 'data', this.options.signal)
-        data.catch(() => {}) // awaited in turn below; a failure ahead of that must not go unhandled
-        ahead.push(data)
-      }
       for (let i = 0; i < Math.min(PREFETCH, entry.chunks.length); i++) fetch(i)
       for (let i = 0; i < entry.chunks.length; i++) {
-        const data = await ahead.shift()!
+        const got = await ahead.shift()!
         fetch(i + PREFETCH)
-        await handle.write(data)
-        written += data.length
-        this.progress(data.length)
+        try {
+          if (got.error !== undefined) throw got.error
+          await handle.write(got.data!)
+        } finally {
+          this.budget.give(got.size)
+        }
+        written += got.data!.length
+        this.progress(got.data!.length)
       }
       if (written !== entry.size) throw new KithError('FILE_VERIFY_FAILED', `${JSON.stringify(dest)}: the snapshot says ${entry.size} bytes, its chunks hold ${written}`)
       await handle.sync()
       await handle.chmod(entry.mode)
     } catch (err) {
+      // what is still being fetched gives its budget back when it lands
+      for (const rest of ahead.splice(0)) void rest.then(got => { this.budget.give(got.size) })
       await handle.close()
       await rm(partial, { force: true })
       throw err

@@ -1,0 +1,157 @@
+/**
+ * Fetching many blobs back, many per request (a restore's data blobs).
+ *
+ * Each blob starts at one of its hosts (rotated by its id, so a restore reads
+ * from all of them) and waits in that host's queue; a get-many leaves as soon
+ * as fewer than REQUESTS_PER_HOST are in flight to that host, carrying what
+ * waits (up to BATCH_BYTES), so requests grow when the host is the
+ * bottleneck. Every blob is checked as fetchBlob checks it (the client the
+ * sealed id, openBlob the seal and the keyed id); a host that fails a blob,
+ * or the whole request, hands it to the next of its hosts.
+ */
+import { KithError, asKithError } from '../../errors.ts'
+import { openBlob } from './blob.ts'
+import type { BlobKind, BlobRecord } from './owner-index.ts'
+import { unlessBusy, type BackupParts } from './parts.ts'
+import { MAX_MANY_BLOBS } from './wire.ts'
+
+/** get-many requests in flight to one host (a host serves 8 requests of one owner at once). */
+const REQUESTS_PER_HOST = 3
+/** A get-many asks for about this many sealed bytes at most (the host's limit is MAX_MANY_BYTES). */
+const BATCH_BYTES = 8 * 1024 * 1024
+
+interface Want {
+  id: string
+  kind: BlobKind
+  record: BlobRecord
+  /** its hosts, in the order they are tried */
+  order: string[]
+  tried: number
+  failures: string[]
+  resolve: (plaintext: Uint8Array) => void
+  reject: (err: unknown) => void
+}
+
+interface HostQueue {
+  waiting: Want[]
+  inFlight: number
+}
+
+export class BlobGetter {
+  private readonly parts: BackupParts
+  private readonly signal: AbortSignal | undefined
+  private readonly queues = new Map<string, HostQueue>()
+
+  constructor (parts: BackupParts, signal?: AbortSignal) {
+    this.parts = parts
+    this.signal = signal
+  }
+
+  /** A blob's plaintext, verified; BLOB_MISSING once every host holding it failed (each named). */
+  async get (id: string, kind: BlobKind): Promise<Uint8Array> {
+    const record = await this.parts.index.blob(id)
+    if (record == null) throw new KithError('BLOB_MISSING', `blob ${id.slice(0, 12)}… (${kind}) is not in this node's backup index; was the snapshot forgotten?`)
+    if (record.kind !== kind) throw new KithError('BLOB_OPEN_FAILED', `blob ${id.slice(0, 12)}… is a ${record.kind} blob, not a ${kind} blob`)
+    if (record.hosts.length === 0) throw new KithError('BLOB_MISSING', `no host holds blob ${id.slice(0, 12)}… (${kind}). kith backup health shows the hosts`)
+    const first = Number.parseInt(id.slice(0, 8), 16) % record.hosts.length
+    const order = [...record.hosts.slice(first), ...record.hosts.slice(0, first)]
+    return await new Promise<Uint8Array>((resolve, reject) => {
+      this.enqueue({ id, kind, record, order, tried: 0, failures: [], resolve, reject })
+    })
+  }
+
+  private enqueue (want: Want): void {
+    const host = want.order[want.tried]!
+    let queue = this.queues.get(host)
+    if (queue == null) this.queues.set(host, queue = { waiting: [], inFlight: 0 })
+    queue.waiting.push(want)
+    this.pump(host, queue)
+  }
+
+  private pump (host: string, queue: HostQueue): void {
+    while (queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
+      let bytes = 0
+      let count = 0
+      while (count < queue.waiting.length && count < MAX_MANY_BLOBS && (count === 0 || bytes + queue.waiting[count]!.record.size <= BATCH_BYTES)) {
+        bytes += queue.waiting[count]!.record.size
+        count++
+      }
+      const batch = queue.waiting.splice(0, count)
+      queue.inFlight++
+      void this.send(host, batch).finally(() => {
+        queue.inFlight--
+        this.pump(host, queue)
+      })
+    }
+  }
+
+  private async send (host: string, batch: Want[]): Promise<void> {
+    let answers: Array<Uint8Array | KithError>
+    try {
+      answers = await unlessBusy(async () => await this.parts.host(host).getMany(batch.map(w => w.record.sealedId), this.signal), this.signal)
+    } catch (err) {
+      for (const want of batch) this.failed(want, host, err)
+      return
+    }
+    for (const [i, want] of batch.entries()) {
+      const answer = answers[i]!
+      if (answer instanceof KithError) {
+        this.failed(want, host, answer)
+        continue
+      }
+      try {
+        want.resolve(openBlob(this.parts.keys, this.parts.owner, want.kind, want.id, answer))
+      } catch (err) {
+        this.failed(want, host, err)
+      }
+    }
+  }
+
+  /** The next of the blob's hosts, or BLOB_MISSING naming what each said. */
+  private failed (want: Want, host: string, err: unknown): void {
+    if (this.signal?.aborted === true) {
+      want.reject(err)
+      return
+    }
+    const error = asKithError(err)
+    want.failures.push(`${host}: ${error.code} ${error.message}`)
+    want.tried++
+    if (want.tried < want.order.length) {
+      this.enqueue(want)
+      return
+    }
+    want.reject(new KithError('BLOB_MISSING', `no host gave back blob ${want.id.slice(0, 12)}… (${want.kind}): ${want.failures.join('; ')}. kith backup health shows the hosts`))
+  }
+}
+
+/**
+ * Bytes granted in the order asked (first come, first served), at most
+ * `limit` at once, or one grant of any size when nothing is held: restore
+ * takes a blob's size before fetching it and gives it back once written.
+ */
+export class ByteBudget {
+  private readonly limit: number
+  private held = 0
+  private readonly waiting: Array<{ bytes: number, grant: () => void }> = []
+
+  constructor (limit: number) {
+    this.limit = limit
+  }
+
+  async take (bytes: number): Promise<void> {
+    if (this.waiting.length === 0 && (this.held === 0 || this.held + bytes <= this.limit)) {
+      this.held += bytes
+      return
+    }
+    await new Promise<void>(resolve => this.waiting.push({ bytes, grant: resolve }))
+  }
+
+  give (bytes: number): void {
+    this.held -= bytes
+    while (this.waiting.length > 0 && (this.held === 0 || this.held + this.waiting[0]!.bytes <= this.limit)) {
+      const next = this.waiting.shift()!
+      this.held += next.bytes
+      next.grant()
+    }
+  }
+}
