@@ -10,6 +10,7 @@ import { HashCursor } from './hash-cursor.ts'
 import { RangeSet, type Range } from './ranges.ts'
 import { discard, HttpError, isRetryable, networkError, open, OriginChanged, type Opened } from './request.ts'
 import { backoffMs, wait } from './retry.ts'
+import { bodyReceived } from './scavenge.ts'
 import { Planner, type Segment } from './segments.ts'
 import type { Validators } from './validators.ts'
 import { fsError, WriteCache, type Gatherer } from './write-cache.ts'
@@ -247,6 +248,7 @@ class Attempt {
         const piece = chunk.subarray(0, Math.min(chunk.length, segment.end - segment.cursor))
         const at = segment.cursor
         segment.cursor += piece.length
+        bodyReceived(chunk.length)
         await gather.push(at, piece)
         this.received += piece.length
         this.ctx.progress({ done: this.base + this.received, total: this.total })
