@@ -150,6 +150,10 @@ export const ERROR_CODES = {
   PROXY_ORIGIN_PRIVATE: 403,
   /** the proxy answers GET and HEAD only */
   PROXY_METHOD: 405,
+  /** a friend asked the swarm for a file or chunk this node does not hold (any longer) */
+  SWARM_NOT_HELD: 404,
+  /** a friend's hash list not signed by them, malformed, or for another file */
+  SWARM_BAD_LIST: 502,
   // locate: signed address records and finding friends who moved
   RECORD_MALFORMED: 400,
   RECORD_TOO_LARGE: 413,

@@ -23,7 +23,7 @@ const L = Uint8Array.from([
   0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10
 ])
 
-export type SigningDomain = 'invite/1' | 'address-record/1' | 'manifest/1' | 'redeem/1' | 'backup-request/1' | 'backup-snapshot/1' | 'backup-recovery/1'
+export type SigningDomain = 'invite/1' | 'address-record/1' | 'manifest/1' | 'redeem/1' | 'backup-request/1' | 'backup-snapshot/1' | 'backup-recovery/1' | 'swarm-list/1'
 
 export function signedMessage (domain: SigningDomain, body: Uint8Array): Uint8Array {
   const prefix = Buffer.from(`kith/${domain}\0`, 'utf8')

@@ -224,8 +224,9 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     // downloads share the engine's scheduler and, for kith:// URLs and the one queue, file sharing
     this.downloadService = await DownloadService.start({ db: this.db, home: this.paths.root, engine, files: this.fileService, config })
     this.downloadService.on('event', evt => this.emit('event', evt))
-    // the DNA-style local proxy on 127.0.0.1: URLs in, bytes out through the scheduler, kept in its cache (docs/proxy.md)
-    this.proxyService = await ProxyService.start({ db: this.db, home: this.paths.root, bandwidth: engine.bandwidth, config })
+    // the DNA-style local proxy on 127.0.0.1: URLs in, bytes out through the scheduler, kept in its cache and
+    // offered to friends, friends who hold a file serving it first (docs/proxy.md)
+    this.proxyService = await ProxyService.start({ db: this.db, home: this.paths.root, bandwidth: engine.bandwidth, config, friends: { libp2p: this.libp2p, friends: this.friends, secretKey: this.identity.secretKey } })
     // friend services: a local app offered to chosen friends, friends' apps on local ports; traffic through the engine's scheduler
     this.friendServices = await FriendServices.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, bandwidth: engine.bandwidth })
     // the backups I make, placed on friends who granted me backup (src/services/backup)

@@ -1,5 +1,5 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -166,10 +166,21 @@ export interface Testnet {
   stop: () => Promise<void>
 }
 
-export async function createTestnet (names: string[]): Promise<Testnet> {
+export interface TestnetOptions {
+  /** run on each node's home (made, mode 0700) before its daemon starts: a config.json, say */
+  before?: (node: TestNode) => Promise<void>
+}
+
+export async function createTestnet (names: string[], options: TestnetOptions = {}): Promise<Testnet> {
   const base = await mkdtemp(join(tmpdir(), 'kith-testnet-'))
   const nodes = names.map(name => new TestNode(name, join(base, name)))
-  await Promise.all(nodes.map(async n => await n.start()))
+  await Promise.all(nodes.map(async n => {
+    if (options.before != null) {
+      await mkdir(n.home, { mode: 0o700 })
+      await options.before(n)
+    }
+    await n.start()
+  }))
   return {
     nodes,
     stop: async () => {
@@ -187,8 +198,8 @@ export async function befriend (issuer: TestNode, accepter: TestNode, ...createA
 }
 
 /** Three daemons, alice, bob and carol, each a friend of the other two (invites with the default grants). */
-export async function threeFriends (): Promise<{ net: Testnet, alice: TestNode, bob: TestNode, carol: TestNode }> {
-  const net = await createTestnet(['alice', 'bob', 'carol'])
+export async function threeFriends (options: TestnetOptions = {}): Promise<{ net: Testnet, alice: TestNode, bob: TestNode, carol: TestNode }> {
+  const net = await createTestnet(['alice', 'bob', 'carol'], options)
   const [alice, bob, carol] = net.nodes as [TestNode, TestNode, TestNode]
   await befriend(alice, bob)
   await befriend(alice, carol)

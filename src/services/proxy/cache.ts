@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { syncDir } from '../../peer/home.ts'
 import type { Sublevel } from '../../peer/database.ts'
 import type { Validators } from '../downloads/http/validators.ts'
+import { ChunkHasher } from './swarm/hash-list.ts'
 
 /**
  * What the proxy fetched whole, kept for the next request of the same URL
@@ -35,6 +36,10 @@ export interface CacheInit {
   level: Sublevel<CacheEntry>
   dir: string
   maxBytes: number
+  /** told of each entry kept, with its file and its chunks' hashes (the swarm index records it) */
+  onKept?: (entry: CacheEntry, path: string, chunks: Uint8Array) => Promise<void>
+  /** told of each file that goes (evicted, replaced, gone) */
+  onRemoved?: (path: string) => Promise<void>
 }
 
 export class ProxyCache {
@@ -96,6 +101,7 @@ export class ProxyCache {
   async remove (entry: CacheEntry): Promise<void> {
     this.entries.delete(entry.id)
     await this.init.level.del(entry.id)
+    await this.init.onRemoved?.(join(this.init.dir, entry.id))
     // out of the index is what counts: a file left behind is swept at the next start
     await rm(join(this.init.dir, entry.id), { force: true }).catch(() => {})
   }
@@ -109,7 +115,7 @@ export class ProxyCache {
     const id = randomBytes(12).toString('hex')
     const partial = join(this.init.dir, `${id}.partial`)
     const file = await open(partial, 'wx', 0o600)
-    return new CacheWriter(file, partial, async sha256 => {
+    return new CacheWriter(file, partial, async (sha256, chunks) => {
       const entry: CacheEntry = { v: CACHE_RECORD_VERSION, id, urls: urls.map(u => u.href), ...validators, length, contentType, sha256, lastUsed: Date.now() }
       await rename(partial, join(this.init.dir, id))
       await syncDir(this.init.dir)
@@ -120,6 +126,8 @@ export class ProxyCache {
       await this.init.level.put(id, entry)
       this.entries.set(id, entry)
       await this.evict(id)
+      // friends may ask for it now; not being able to offer it never fails the keeping
+      if (this.entries.has(id)) await this.init.onKept?.(entry, join(this.init.dir, id), chunks).catch(err => { console.error(`kith proxy: the swarm index could not record a file: ${(err as Error).message}`) })
     }, length)
   }
 
@@ -140,13 +148,15 @@ export class ProxyCache {
 export class CacheWriter {
   private readonly file: FileHandle
   private readonly partial: string
-  private readonly onCommit: (sha256: string) => Promise<void>
+  private readonly onCommit: (sha256: string, chunks: Uint8Array) => Promise<void>
   private readonly length: number
   private readonly hash: Hash = createHash('sha256')
+  /** the swarm's hash list, made as the bytes go by */
+  private readonly chunks = new ChunkHasher()
   private written = 0
   private ended = false
 
-  constructor (file: FileHandle, partial: string, onCommit: (sha256: string) => Promise<void>, length: number) {
+  constructor (file: FileHandle, partial: string, onCommit: (sha256: string, chunks: Uint8Array) => Promise<void>, length: number) {
     this.file = file
     this.partial = partial
     this.onCommit = onCommit
@@ -155,6 +165,7 @@ export class CacheWriter {
 
   async write (chunk: Uint8Array): Promise<void> {
     this.hash.update(chunk)
+    this.chunks.update(chunk)
     this.written += chunk.length
     await this.file.write(chunk)
   }
@@ -172,7 +183,7 @@ export class CacheWriter {
     try {
       await this.file.sync()
       await this.file.close()
-      await this.onCommit(this.hash.digest('hex'))
+      await this.onCommit(this.hash.digest('hex'), this.chunks.digest())
     } catch (err) {
       // a file renamed before the index failed is an orphan the next start removes
       await this.drop()

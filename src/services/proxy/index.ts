@@ -3,9 +3,11 @@
  * 127.0.0.1, so any program (a download manager, a player, curl) hands kith
  * a URL and gets the bytes, through the engine's bandwidth scheduler and
  * the HTTP engine's network settings, kept in a bounded cache for the next
- * request of the same file.
+ * request of the same file. With `friends` given, what the cache keeps is
+ * offered to friends, and friends who hold a file serve it first (the
+ * friend swarm, swarm/).
  *
- *   const proxy = await ProxyService.start({ db, home, bandwidth, config })
+ *   const proxy = await ProxyService.start({ db, home, bandwidth, config, friends: { libp2p, friends, secretKey } })
  *   proxy.info   // { url: 'http://127.0.0.1:PORT', port }, also in HOME/proxy.json
  *   await proxy.stop()
  */
@@ -28,6 +30,7 @@ import { checkCaller, checkOriginHost, originGuard } from './guard.ts'
 import { parseProxyQuery } from './query.ts'
 import { OriginStatus, serve } from './serve.ts'
 import { proxySettings, type ProxySettings } from './settings.ts'
+import { Swarm, type SwarmInit, type SwarmStats } from './swarm/index.ts'
 
 export interface ProxyServiceInit {
   db: Database
@@ -36,6 +39,8 @@ export interface ProxyServiceInit {
   config: ConfigFile | null
   /** the HTTP engine's network settings @default config.json's `downloads` section, as the download queue reads it */
   network?: DownloadSettings
+  /** the friend swarm's parts; absent: origin only, nothing offered */
+  friends?: Pick<SwarmInit, 'libp2p' | 'friends' | 'secretKey'>
 }
 
 export interface ProxyInfo {
@@ -44,6 +49,8 @@ export interface ProxyInfo {
   port: number
   /** entries and bytes in the cache */
   cache: { entries: number, bytes: number }
+  /** what friends may fetch from this node, and where the swarm answers' bytes came from; null without the swarm */
+  swarm: SwarmStats | null
 }
 
 export class ProxyService {
@@ -51,12 +58,14 @@ export class ProxyService {
   private readonly dispatcher: Dispatcher
   private readonly cache: ProxyCache
   private readonly settings: ProxySettings
+  private readonly swarm: Swarm | null
   private readonly infoPath: string
   private readonly stopping = new AbortController()
   private port = 0
 
-  private constructor (server: Server, dispatcher: Dispatcher, cache: ProxyCache, settings: ProxySettings, infoPath: string) {
+  private constructor (server: Server, dispatcher: Dispatcher, cache: ProxyCache, settings: ProxySettings, swarm: Swarm | null, infoPath: string) {
     this.server = server
+    this.swarm = swarm
     this.dispatcher = dispatcher
     this.cache = cache
     this.settings = settings
@@ -69,10 +78,21 @@ export class ProxyService {
     // the HTTP engine's network settings (proxies, IPv6, DNS, timeouts), with the private-origin guard on each connection
     const network = init.network ?? queueSettings(init.config?.downloads, configPath).network
     const dispatcher = makeDispatcher(network, originGuard(settings.allowPrivateOrigins)).compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
-    const cache = await ProxyCache.open({ level: sublevel<CacheEntry>(init.db, 'proxy-cache'), dir: join(init.home, CACHE_DIR), maxBytes: settings.cacheBytes })
+    const swarm = init.friends != null ? await Swarm.start({ ...init.friends, db: init.db, bandwidth: init.bandwidth, serve: settings.serveFriends }) : null
+    const cache = await ProxyCache.open({
+      level: sublevel<CacheEntry>(init.db, 'proxy-cache'),
+      dir: join(init.home, CACHE_DIR),
+      maxBytes: settings.cacheBytes,
+      ...(swarm != null
+        ? {
+            onKept: async (entry, path, chunks) => { await swarm.index.record({ urls: entry.urls, etag: entry.etag, lastModified: entry.lastModified, hash: entry.sha256, chunks, path, length: entry.length }) },
+            onRemoved: async path => { await swarm.index.forget(path) }
+          }
+        : {})
+    })
     const server = createServer()
     server.maxConnections = MAX_CONNECTIONS
-    const service = new ProxyService(server, dispatcher, cache, settings, join(init.home, PROXY_INFO))
+    const service = new ProxyService(server, dispatcher, cache, settings, swarm, join(init.home, PROXY_INFO))
     server.on('request', (req, res) => {
       service.handle(req, res, init.bandwidth).catch(err => service.fail(res, asKithError(err)))
     })
@@ -90,13 +110,14 @@ export class ProxyService {
   }
 
   get info (): ProxyInfo {
-    return { url: this.url, port: this.port, cache: { entries: this.cache.count, bytes: this.cache.size } }
+    return { url: this.url, port: this.port, cache: { entries: this.cache.count, bytes: this.cache.size }, swarm: this.swarm?.stats ?? null }
   }
 
   async stop (): Promise<void> {
     this.stopping.abort(new KithError('FETCH_ABORTED', 'the daemon is stopping'))
     this.server.closeAllConnections()
     await new Promise<void>(resolve => this.server.close(() => resolve()))
+    await this.swarm?.stop()
     await this.dispatcher.close().catch(() => {})
     await rm(this.infoPath, { force: true })
   }
@@ -110,7 +131,7 @@ export class ProxyService {
     if (req.method !== 'GET' && req.method !== 'HEAD') throw new KithError('PROXY_METHOD', `the proxy answers GET and HEAD, not ${req.method ?? ''}`)
     const query = parseProxyQuery(q < 0 ? '' : raw.slice(q + 1))
     for (const url of query.urls) checkOriginHost(url, this.settings.allowPrivateOrigins)
-    await serve(req, res, query, { dispatcher: this.dispatcher, cache: this.cache, bandwidth, signal: this.stopping.signal })
+    await serve(req, res, query, { dispatcher: this.dispatcher, cache: this.cache, bandwidth, signal: this.stopping.signal, swarm: this.swarm })
   }
 
   /** An error as its status and a small JSON body with the stable code; once bytes went, a cut connection. */

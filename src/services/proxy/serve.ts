@@ -11,6 +11,8 @@ import { serviceFor } from './content-kind.ts'
 import type { ProxyQuery } from './query.ts'
 import { fromStart, parseRange, resolveRange } from './range.ts'
 import { REVALIDATE_TIMEOUT_MS } from './constants.ts'
+import type { Swarm } from './swarm/index.ts'
+import { answerFromSwarm } from './swarm/answer.ts'
 import { MAX_REDIRECTS } from '../downloads/http/constants.ts'
 
 /**
@@ -19,7 +21,9 @@ import { MAX_REDIRECTS } from '../downloads/http/constants.ts'
  * from the first origin of the class that answers, its bytes streamed to
  * the client as they arrive through a bandwidth flow of the engine's
  * scheduler (class public; urgent for streaming; qos as the flow's floor),
- * and kept in the cache when the whole file went by.
+ * and kept in the cache when the whole file went by. Before the origin,
+ * friends who hold the file are asked (swarm/answer.ts): their verified
+ * chunks, the origin topping up by qos.
  */
 export interface ServeContext {
   dispatcher: Dispatcher
@@ -27,6 +31,8 @@ export interface ServeContext {
   bandwidth: BandwidthScheduler
   /** aborts on the service's stop */
   signal: AbortSignal
+  /** the friend swarm; null: origin only */
+  swarm: Swarm | null
 }
 
 const USER_AGENT = 'kith-proxy (https://github.com/kith)'
@@ -53,6 +59,22 @@ export async function serve (req: IncomingMessage, res: ServerResponse, query: P
     await file?.close()
     // the origin has another version now (or can't say), or the file is gone: never serve the old one
     await ctx.cache.remove(entry)
+  }
+
+  if (ctx.swarm != null && !head) {
+    const answered = await answerFromSwarm(res, {
+      swarm: ctx.swarm,
+      urls: query.urls,
+      range,
+      qos: query.qos,
+      service: (url, contentType) => serviceFor(query.service, url, contentType),
+      dispatcher: ctx.dispatcher,
+      cache: ctx.cache,
+      bandwidth: ctx.bandwidth,
+      userAgent: USER_AGENT,
+      signal
+    })
+    if (answered) return
   }
 
   const { answer, url } = await openOrigin(query.urls, head ? 'HEAD' : 'GET', range != null ? one(req.headers.range)! : null, ctx.dispatcher, signal)

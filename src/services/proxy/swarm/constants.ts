@@ -1,0 +1,25 @@
+/** Named limits of the friend swarm behind the local proxy (docs/proxy.md, "The friend swarm"; docs/protocols.md). */
+
+export const SWARM_PROTOCOL = '/kith/swarm/1.0.0'
+/** bytes per chunk of a hash list; one chunk is one request and one SHA-256 */
+export const SWARM_CHUNK_SIZE = 1024 * 1024
+/** chunks one hash list may name (64 GiB at 1 MiB): its list is at most 2 MiB of hashes */
+export const MAX_SWARM_CHUNKS = 65_536
+/** holdings one answer to `who` may name */
+export const MAX_HOLDINGS = 16
+/** a request (`who` names at most MAX_CLASS_URLS URLs of MAX_URL_LENGTH) is refused above this before it is read */
+export const MAX_SWARM_REQUEST = 160 * 1024
+/** an answer (a hash list of MAX_SWARM_CHUNKS hashes, or one chunk) is refused above this before it is read */
+export const MAX_SWARM_RESPONSE = MAX_SWARM_CHUNKS * 32 + 64 * 1024
+/** validators (ETag, Last-Modified) longer than this are not indexed nor accepted */
+export const MAX_VALIDATOR_LENGTH = 256
+/** what a friend may take to answer one question or one chunk */
+export const SWARM_TIMEOUT_MS = 30_000
+/** how long the proxy waits for friends to say who holds a URL class before it goes to the origin alone */
+export const ASK_DEADLINE_MS = 1_500
+/** chunks asked of one friend at once */
+export const PER_FRIEND_REQUESTS = 2
+/** chunks fetched ahead of what the client took: bounds the memory one request holds (16 MiB) */
+export const WINDOW_CHUNKS = 16
+/** streams a node answers at once on the swarm protocol */
+export const MAX_INBOUND_SWARM_STREAMS = 64

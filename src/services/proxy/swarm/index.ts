@@ -1,0 +1,135 @@
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
+import { sublevel, type Database } from '../../../peer/database.ts'
+import type { KithLibp2p } from '../../../peer/node.ts'
+import type { BandwidthScheduler } from '../../../transfer/scheduler/index.ts'
+import type { FriendBook } from '../../../trust/friends.ts'
+import { friendsOnly } from '../../../trust/gate.ts'
+import { ASK_DEADLINE_MS, MAX_INBOUND_SWARM_STREAMS, SWARM_PROTOCOL } from './constants.ts'
+import { openHashList, type HashList } from './hash-list.ts'
+import { SwarmIndex, type Holding, type HoldingRecord } from './holdings.ts'
+import { askList, askWho, swarmHandler, type Dialer } from './protocol.ts'
+
+/**
+ * The friend swarm behind the local proxy (docs/proxy.md, "The friend
+ * swarm"): the index of what this node holds, served to friends on
+ * `/kith/swarm/1.0.0` (unless config.json says `proxy.serveFriends: false`),
+ * and the asking side: which online friends hold a URL class, and a hash
+ * list one of them signed.
+ *
+ *   const swarm = await Swarm.start({ db, libp2p, friends, secretKey, bandwidth, serve: true })
+ *   const held = await swarm.holders(urls, signal)   // hash -> { holding, friends }
+ *   const { list, from } = await swarm.hashList(hash, friends, signal)
+ */
+export interface SwarmInit {
+  db: Database
+  libp2p: KithLibp2p
+  friends: FriendBook
+  /** this node's identity key: it signs the hash lists it serves */
+  secretKey: Uint8Array
+  bandwidth: BandwidthScheduler
+  /** answer friends' questions and serve them chunks @default true */
+  serve: boolean
+}
+
+export interface Held {
+  holding: Holding
+  friends: PeerId[]
+}
+
+/** bytes the proxy's swarm answers took from friends and from the origin since the start */
+export interface SwarmStats {
+  held: number
+  fromFriends: number
+  fromOrigin: number
+}
+
+export class Swarm {
+  readonly index: SwarmIndex
+  private readonly init: SwarmInit
+  private fromFriends = 0
+  private fromOrigin = 0
+
+  private constructor (init: SwarmInit, index: SwarmIndex) {
+    this.init = init
+    this.index = index
+  }
+
+  static async start (init: SwarmInit): Promise<Swarm> {
+    const index = await SwarmIndex.open(sublevel<HoldingRecord>(init.db, 'swarm-index'), init.secretKey)
+    if (init.serve) {
+      await init.libp2p.handle(SWARM_PROTOCOL, swarmHandler({ index, bandwidth: init.bandwidth }), {
+        maxInboundStreams: MAX_INBOUND_SWARM_STREAMS,
+        // friends I granted files, as for shared files; strangers never reach it
+        middleware: [friendsOnly(init.friends, 'files')]
+      })
+    }
+    return new Swarm(init, index)
+  }
+
+  async stop (): Promise<void> {
+    if (this.init.serve) await this.init.libp2p.unhandle(SWARM_PROTOCOL).catch(() => {})
+  }
+
+  get dialer (): Dialer {
+    return this.init.libp2p
+  }
+
+  get stats (): SwarmStats {
+    return { held: this.index.count, fromFriends: this.fromFriends, fromOrigin: this.fromOrigin }
+  }
+
+  counted (source: 'friend' | 'origin', bytes: number): void {
+    if (source === 'friend') this.fromFriends += bytes
+    else this.fromOrigin += bytes
+  }
+
+  /** Friends connected now who grant me files: the ones worth asking. */
+  private online (): PeerId[] {
+    const seen = new Set<string>()
+    const out: PeerId[] = []
+    for (const connection of this.init.libp2p.getConnections()) {
+      const peer = connection.remotePeer.toString()
+      const friend = this.init.friends.get(peer)
+      if (seen.has(peer) || connection.status !== 'open' || friend?.state !== 'active' || !friend.grantsFromThem.includes('files')) continue
+      seen.add(peer)
+      out.push(peerIdFromString(peer))
+    }
+    return out
+  }
+
+  /**
+   * Who of my online friends holds the URL class, by content hash; friends
+   * that don't answer within ASK_DEADLINE_MS are left out.
+   */
+  async holders (urls: readonly string[], signal: AbortSignal): Promise<Map<string, Held>> {
+    const held = new Map<string, Held>()
+    const deadline = AbortSignal.any([signal, AbortSignal.timeout(ASK_DEADLINE_MS)])
+    await Promise.all(this.online().map(async peer => {
+      const holdings = await askWho(this.init.libp2p, peer, urls, { signal: deadline }).catch(() => [])
+      for (const holding of holdings) {
+        const entry = held.get(holding.hash) ?? { holding, friends: [] }
+        // the same content hash under other validators is another claim: the first one stands
+        if (entry.holding.length === holding.length && entry.holding.etag === holding.etag && entry.holding.lastModified === holding.lastModified) entry.friends.push(peer)
+        held.set(holding.hash, entry)
+      }
+    }))
+    return held
+  }
+
+  /** The hash list of `hash` from the first of `friends` whose list is signed by them and whole; null when none. */
+  async hashList (hash: string, friends: readonly PeerId[], signal: AbortSignal): Promise<{ list: HashList, from: PeerId } | null> {
+    for (const peer of friends) {
+      const publicKey = this.init.friends.get(peer.toString())?.publicKey
+      if (publicKey == null) continue
+      try {
+        const signed = await askList(this.init.libp2p, peer, hash, { signal: AbortSignal.any([signal, AbortSignal.timeout(ASK_DEADLINE_MS * 2)]) })
+        return { list: openHashList(signed, Buffer.from(publicKey, 'base64'), hash), from: peer }
+      } catch (err) {
+        if (signal.aborted) throw signal.reason
+        console.error(`kith proxy: no usable hash list from ${peer.toString()}: ${(err as Error).message}`)
+      }
+    }
+    return null
+  }
+}

@@ -1,0 +1,225 @@
+import type { PeerId } from '@libp2p/interface'
+import { KithError } from '../../../errors.ts'
+import type { BandwidthScheduler, Priority } from '../../../transfer/scheduler/index.ts'
+import { RATE_WINDOW_MS } from '../../../transfer/scheduler/index.ts'
+import { PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
+import { chunkMatches, chunkSpan, type HashList } from './hash-list.ts'
+import { askChunk, type Dialer } from './protocol.ts'
+
+/**
+ * The multi-source pull of one proxy request (docs/proxy.md, "The friend
+ * swarm"): chunks `from`..`to` of a verified hash list, yielded in order
+ * (playback order), each checked against the list before it is used.
+ * Friends holding the file each work on the lowest chunks not taken yet,
+ * a few at a time; one that sends a wrong chunk or fails is dropped and
+ * its chunk goes back for another source. The origin tops up by qos:
+ * - qos 0: the origin is one more source at full speed; friends take
+ *   what they are fast enough to take.
+ * - qos N: the origin takes a chunk whenever what arrived over the last
+ *   rate window (RATE_WINDOW_MS) is under N B/s; qos 1: only when nothing
+ *   at all came for a window (friends stalled).
+ * - whatever qos, the origin takes over once no friend is left.
+ * Origin chunks are checked against the list too: an origin that changed
+ * its file mid-way is never mixed in (it is dropped; friends finish, or
+ * the pull fails).
+ */
+export interface PullInit {
+  list: HashList
+  /** first and last chunk, inclusive */
+  from: number
+  to: number
+  /** friends holding the file under validators the origin matches */
+  friends: PeerId[]
+  dialer: Dialer
+  /** chunk `index` from the origin, through the origin's own flow */
+  origin: (index: number, signal: AbortSignal) => Promise<Uint8Array>
+  bandwidth: BandwidthScheduler
+  qos: number
+  priority: Priority
+  /** chunks already in hand (the origin sample) */
+  have?: Map<number, Uint8Array>
+  signal: AbortSignal
+  /** told of every verified chunk: who it came from */
+  onChunk?: (from: 'friend' | 'origin', bytes: number) => void
+}
+
+export async function * pull (init: PullInit): AsyncGenerator<Uint8Array> {
+  const run = new Pull(init)
+  try {
+    yield * run.chunks()
+  } finally {
+    run.stop()
+  }
+}
+
+class Pull {
+  private readonly init: PullInit
+  private readonly stopping = new AbortController()
+  private readonly signal: AbortSignal
+  /** chunks nobody is fetching, lowest first */
+  private readonly todo: number[] = []
+  private readonly done = new Map<number, Uint8Array>()
+  private readonly alive = new Set<string>()
+  /** chunks a source failed: the origin takes them whatever qos says */
+  private readonly orphans = new Set<number>()
+  private readonly arrivals: Array<[number, number]> = []
+  private readonly started = performance.now()
+  private next: number
+  private originOk = true
+  private failure: unknown = null
+  private wake: () => void = () => {}
+  private changed: Promise<void>
+
+  constructor (init: PullInit) {
+    this.init = init
+    this.signal = AbortSignal.any([init.signal, this.stopping.signal])
+    this.next = init.from
+    for (let i = init.from; i <= init.to; i++) {
+      const had = init.have?.get(i)
+      if (had != null) this.done.set(i, had)
+      else this.todo.push(i)
+    }
+    this.changed = new Promise(resolve => { this.wake = resolve })
+  }
+
+  stop (): void {
+    this.stopping.abort(new KithError('FETCH_ABORTED', 'the proxy request ended'))
+    this.notify()
+  }
+
+  async * chunks (): AsyncGenerator<Uint8Array> {
+    const friendFlow = this.init.bandwidth.flow({ direction: 'down', class: 'friend', priority: this.init.priority, label: 'proxy-swarm' })
+    const workers: Array<Promise<void>> = []
+    for (const peer of this.init.friends) {
+      this.alive.add(peer.toString())
+      for (let n = 0; n < PER_FRIEND_REQUESTS; n++) workers.push(this.friendWorker(peer, friendFlow))
+    }
+    workers.push(this.originWorker())
+    try {
+      while (this.next <= this.init.to) {
+        const bytes = this.done.get(this.next)
+        if (bytes != null) {
+          this.done.delete(this.next)
+          this.next++
+          this.notify()
+          yield bytes
+          continue
+        }
+        if (this.failure != null) throw this.failure
+        this.signal.throwIfAborted()
+        await this.changed
+      }
+    } finally {
+      this.stop()
+      friendFlow.close()
+      await Promise.allSettled(workers)
+    }
+  }
+
+  private notify (): void {
+    const wake = this.wake
+    this.changed = new Promise(resolve => { this.wake = resolve })
+    wake()
+  }
+
+  /** The lowest chunk nobody fetches, within the window ahead of the client; null when none now. */
+  private take (): number | null {
+    const first = this.todo[0]
+    if (first == null || first >= this.next + WINDOW_CHUNKS) return null
+    this.todo.shift()
+    return first
+  }
+
+  private giveBack (index: number): void {
+    this.orphans.add(index)
+    const at = this.todo.findIndex(i => i > index)
+    this.todo.splice(at < 0 ? this.todo.length : at, 0, index)
+    this.notify()
+  }
+
+  private arrived (index: number, bytes: Uint8Array, from: 'friend' | 'origin'): void {
+    this.orphans.delete(index)
+    this.done.set(index, bytes)
+    this.arrivals.push([performance.now(), bytes.length])
+    this.init.onChunk?.(from, bytes.length)
+    this.notify()
+  }
+
+  private async idle (ms?: number): Promise<void> {
+    const changed = this.changed
+    if (ms == null) { await changed; return }
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([changed, new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })])
+    clearTimeout(timer)
+  }
+
+  private async friendWorker (peer: PeerId, flow: ReturnType<BandwidthScheduler['flow']>): Promise<void> {
+    const name = peer.toString()
+    const { list } = this.init
+    while (!this.signal.aborted && this.alive.has(name)) {
+      const index = this.take()
+      if (index == null) {
+        if (this.todo.length === 0) return
+        await this.idle()
+        continue
+      }
+      const [first, end] = chunkSpan(list, index)
+      try {
+        await flow.take(end - first, this.signal, name)
+        const bytes = await askChunk(this.init.dialer, peer, list.hash, index, { signal: this.signal })
+        if (!chunkMatches(list, index, bytes)) throw new KithError('SWARM_BAD_LIST', `${name} sent chunk ${index} not matching its hash list`)
+        this.arrived(index, bytes, 'friend')
+      } catch (err) {
+        this.giveBack(index)
+        if (this.signal.aborted) return
+        // a wrong chunk, a refusal, a friend gone: no more chunks from them in this pull
+        // (its other request in flight may fail too: said once)
+        if (this.alive.delete(name)) console.error(`kith proxy: friend ${name} dropped from a swarm pull: ${(err as Error).message}`)
+        if (this.alive.size === 0 && !this.originOk) this.failure = err
+        this.notify()
+      }
+    }
+  }
+
+  /** Whether the origin should take a chunk now (see the class comment). */
+  private originDue (): boolean {
+    if (this.init.qos === 0 || this.alive.size === 0 || this.orphans.size > 0) return true
+    const now = performance.now()
+    if (now - this.started < RATE_WINDOW_MS) return false
+    let bytes = 0
+    for (const [at, n] of this.arrivals) if (at >= now - RATE_WINDOW_MS) bytes += n
+    return bytes * 1000 / RATE_WINDOW_MS < this.init.qos
+  }
+
+  private async originWorker (): Promise<void> {
+    while (!this.signal.aborted && this.originOk) {
+      if (!this.originDue()) { await this.idle(100); continue }
+      const index = this.orphans.size > 0 && this.todo.includes(Math.min(...this.orphans)) ? this.takeOrphan() : this.take()
+      if (index == null) {
+        if (this.todo.length === 0) return
+        await this.idle(100)
+        continue
+      }
+      try {
+        const bytes = await this.init.origin(index, this.signal)
+        if (!chunkMatches(this.init.list, index, bytes)) throw new KithError('HTTP_BAD_RESPONSE', `the origin's chunk ${index} is not the version the download began with; it changed mid-way`)
+        this.arrived(index, bytes, 'origin')
+      } catch (err) {
+        this.giveBack(index)
+        if (this.signal.aborted) return
+        this.originOk = false
+        if (this.alive.size === 0) this.failure = err
+        this.notify()
+      }
+    }
+    // no source left at all: the pull fails (the answer is cut, a client can tell)
+    if (!this.signal.aborted && this.alive.size === 0 && this.failure == null) this.failure = new KithError('HTTP_BAD_RESPONSE', 'neither friends nor the origin can give the rest of the file')
+    this.notify()
+  }
+
+  private takeOrphan (): number {
+    const index = Math.min(...[...this.orphans].filter(i => this.todo.includes(i)))
+    this.todo.splice(this.todo.indexOf(index), 1)
+    return index
+  }
+}

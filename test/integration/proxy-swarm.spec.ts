@@ -1,0 +1,168 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { execFile, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, open, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { threeFriends, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { startNginx, needsNginx, type Nginx } from '../helpers/nginx.ts'
+import { needsCommands, describeNeeding } from '../helpers/needs.ts'
+
+/**
+ * The friend swarm behind the local proxy, with real daemons (alice, bob
+ * and carol, friends of each other) and a real nginx origin whose access
+ * log counts the bytes it sent: bob and carol fetch a file through their
+ * proxies, then alice's proxy takes it from them, checking every chunk.
+ */
+const MiB = 1024 * 1024
+const SMALL = 12 * MiB + 1234
+const LARGE = 28 * MiB
+
+async function curl (args: string[]): Promise<{ code: number, stderr: string }> {
+  return await new Promise(resolve => {
+    execFile('curl', ['-sS', ...args], { timeout: 60_000 }, (err, _stdout, stderr) => {
+      resolve({ code: err == null ? 0 : typeof err.code === 'number' ? err.code : 1, stderr })
+    })
+  })
+}
+
+describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsCommands(['curl'])], () => {
+  let base: string
+  let net: Testnet
+  let alice: TestNode, bob: TestNode, carol: TestNode
+  let nginx: Nginx
+  const files = new Map<string, Buffer>()
+
+  beforeAll(async () => {
+    base = await mkdtemp(join(tmpdir(), 'kith-swarm-'))
+    await mkdir(join(base, 'site'))
+    for (const [name, size] of [['offload.bin', SMALL], ['wrong.bin', SMALL], ['changed.bin', SMALL], ['vanish.bin', LARGE]] as const) {
+      files.set(name, randomBytes(size))
+      await writeFile(join(base, 'site', name), files.get(name)!)
+    }
+    // nginx is on 127.0.0.1: private origins must be allowed for it
+    const config = JSON.stringify({ proxy: { allowPrivateOrigins: true, cacheBytes: 256 * MiB } })
+    ;[nginx, { net, alice, bob, carol }] = await Promise.all([
+      startNginx({ root: join(base, 'site') }),
+      threeFriends({ before: async node => { await writeFile(join(node.home, 'config.json'), config) } })
+    ])
+    // alice asks friends who are online and grant her files
+    await waitFor(async () => {
+      const friends = (await alice.json('friends')).friends as any[]
+      return friends.length === 2 && friends.every(f => f.link.online === true && f.grantsFromThem.includes('files'))
+    }, 'alice sees bob and carol online, granting her files')
+    // bob and carol fetched every file through their proxies: they hold them
+    for (const node of [bob, carol]) {
+      for (const name of files.keys()) {
+        const got = await curl(['-o', join(base, `${node.name}-${name}`), await proxied(node, name)])
+        expect(got.code, got.stderr).toBe(0)
+      }
+      expect((await node.json('status')).proxy.swarm.held).toBe(files.size)
+    }
+  }, 60_000)
+
+  afterAll(async () => {
+    await net?.stop()
+    await nginx?.stop()
+    if (base != null) await rm(base, { recursive: true, force: true })
+  })
+
+  async function proxied (node: TestNode, name: string, query = ''): Promise<string> {
+    const { url } = JSON.parse(await readFile(join(node.home, 'proxy.json'), 'utf8'))
+    return `${url}/proxy?url=${encodeURIComponent(`${nginx.url}/${name}`)}${query}`
+  }
+
+  /** bytes nginx sent for `name` from the log line `from` on */
+  async function originBytes (name: string, from: number): Promise<number> {
+    const lines = (await nginx.accessLog()).slice(from)
+    void name
+    return lines.reduce((sum, line) => sum + Number(line.split(' ').at(-3)), 0)
+  }
+
+  async function fetchAs (node: TestNode, name: string, query: string, extra: string[] = []): Promise<{ body: Buffer, headers: string, origin: number }> {
+    const mark = (await nginx.accessLog()).length
+    const out = join(base, `got-${node.name}-${name}`)
+    const got = await curl(['-D', `${out}.headers`, '-o', out, ...extra, await proxied(node, name, query)])
+    expect(got.code, got.stderr).toBe(0)
+    return { body: await readFile(out), headers: await readFile(`${out}.headers`, 'utf8'), origin: await originBytes(name, mark) }
+  }
+
+  it('offloads at qos=1: the origin sends one sampled chunk, friends the rest, every byte right', async () => {
+    const got = await fetchAs(alice, 'offload.bin', '&qos=1')
+    expect(got.body.equals(files.get('offload.bin')!)).toBe(true)
+    expect(got.headers).toMatch(/x-kith-source: friends/i)
+    // the cross-check's one chunk of 13
+    expect(got.origin).toBeLessThanOrEqual(MiB)
+    const { swarm } = (await alice.json('status')).proxy
+    expect(swarm.fromFriends).toBeGreaterThanOrEqual(SMALL - MiB)
+    // kept and offered in turn
+    expect(swarm.held).toBe(1)
+  })
+
+  it('answers a Range request from friends with 206 and the bytes asked', async () => {
+    const file = files.get('offload.bin')!
+    // bob asks: alice and carol hold it now
+    const got = await fetchAs(bob, 'offload.bin', '&qos=1', ['-r', `${3 * MiB - 5}-${5 * MiB + 7}`])
+    expect(got.headers).toMatch(/^HTTP\/1\.1 206/)
+    expect(got.body.equals(file.subarray(3 * MiB - 5, 5 * MiB + 8))).toBe(true)
+  })
+
+  it('drops a friend whose file went bad on disk (same size and mtime) and still gives the right bytes', async () => {
+    const name = 'wrong.bin'
+    const { swarm } = (await carol.json('status')).proxy
+    expect(swarm.held).toBeGreaterThan(0)
+    // carol's cache file of wrong.bin: the one of its size in proxy-cache, damaged in every chunk, its mtime put back
+    const path = await cacheFileOf(carol, files.get(name)!)
+    const before = await stat(path)
+    const file = await open(path, 'r+')
+    for (let at = 0; at < before.size; at += MiB) await file.write(Buffer.from([0xff ^ files.get(name)![at]!]), 0, 1, at)
+    await file.close()
+    // seconds as numbers: a Date would round the mtime down a millisecond
+    await utimes(path, before.atimeMs / 1000, before.mtimeMs / 1000)
+
+    const got = await fetchAs(alice, name, '&qos=1')
+    expect(got.body.equals(files.get(name)!)).toBe(true)
+    // carol still offered it (the stat check passed), sent a chunk not matching her own list, and was dropped
+    expect(alice.output).toContain(`friend ${carol.peerId} dropped from a swarm pull`)
+    expect(alice.output).toMatch(/sent chunk \d+ not matching its hash list/)
+  })
+
+  it('never mixes a changed origin file with friends\' old chunks', async () => {
+    const name = 'changed.bin'
+    const fresh = randomBytes(SMALL)
+    await writeFile(join(base, 'site', name), fresh)
+    // nginx's ETag is mtime and size: a rewrite within the same second could keep it
+    const later = new Date(Date.now() + 10_000)
+    await utimes(join(base, 'site', name), later, later)
+    const got = await fetchAs(alice, name, '&qos=1')
+    expect(got.body.equals(fresh)).toBe(true)
+    expect(got.headers).toMatch(/x-kith-source: origin/i)
+  })
+
+  it('completes from the origin when the friends vanish mid-download', async () => {
+    const name = 'vanish.bin'
+    const out = join(base, 'vanish-got')
+    const mark = (await nginx.accessLog()).length
+    // a slow client: the pull stays WINDOW_CHUNKS ahead of it, so most of the file is still to come when friends go
+    const client = spawn('curl', ['-sS', '--limit-rate', '8M', '-D', `${out}.headers`, '-o', out, await proxied(alice, name, '&qos=1')], { stdio: ['ignore', 'ignore', 'pipe'] })
+    const exited = new Promise<number | null>(resolve => client.once('exit', code => resolve(code)))
+    await waitFor(async () => (await stat(out).catch(() => null))?.size ?? 0 > 2 * MiB, 'the client has 2 MiB', 20_000, 20)
+    await Promise.all([bob.kill9(), carol.kill9()])
+    expect(await exited).toBe(0)
+    expect((await readFile(out)).equals(files.get(name)!)).toBe(true)
+    expect(await readFile(`${out}.headers`, 'utf8')).toMatch(/x-kith-source: friends/i)
+    // the origin gave what the friends could not
+    expect(await originBytes(name, mark)).toBeGreaterThan(4 * MiB)
+  })
+
+  /** The file in a node's proxy cache holding `content` (found by its size; the test's files differ in size or content). */
+  async function cacheFileOf (node: TestNode, content: Buffer): Promise<string> {
+    const { readdir } = await import('node:fs/promises')
+    const dir = join(node.home, 'proxy-cache')
+    for (const entry of await readdir(dir)) {
+      const bytes = await readFile(join(dir, entry))
+      if (bytes.equals(content)) return join(dir, entry)
+    }
+    throw new Error(`${node.name} does not keep that file`)
+  }
+})
