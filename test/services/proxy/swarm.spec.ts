@@ -1,0 +1,192 @@
+import fc from 'fast-check'
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { createHash, randomBytes } from 'node:crypto'
+import { appendFile, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import nacl from 'tweetnacl'
+import { lpStream } from '@libp2p/utils'
+import { KithError } from '../../../src/errors.ts'
+import { decodeCanonical, encodeCanonical } from '../../../src/peer/canonical.ts'
+import { openDatabase, sublevel, type Database } from '../../../src/peer/database.ts'
+import type { KithLibp2p } from '../../../src/peer/node.ts'
+import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
+import { FriendBook } from '../../../src/trust/friends.ts'
+import { friendsOnly } from '../../../src/trust/gate.ts'
+import { MAX_SWARM_REQUEST, SWARM_CHUNK_SIZE, SWARM_PROTOCOL } from '../../../src/services/proxy/swarm/constants.ts'
+import { ChunkHasher, chunkMatches, openHashList, signHashList, type HashList } from '../../../src/services/proxy/swarm/hash-list.ts'
+import { SwarmIndex, type HoldingRecord } from '../../../src/services/proxy/swarm/holdings.ts'
+import { askChunk, askList, askWho, chunkAnswer, listAnswer, parseAnswer, swarmHandler, whoAnswer } from '../../../src/services/proxy/swarm/protocol.ts'
+import { learn, startNode, tempDir } from '../../helpers/chunks.ts'
+import { checkRejection, flipBit, fuzz, fuzzAsync, rejects } from '../../fuzz/budget.ts'
+
+/**
+ * The friend swarm's parts below the proxy: the signed hash list (every
+ * truncation and bit flip refused), the index (a real LevelDB, real files:
+ * a changed or vanished file is dropped), and /kith/swarm/1.0.0 between two
+ * in-process libp2p nodes behind the friends-only gate (strangers refused,
+ * any request answered with a typed code, any answer parsed or refused).
+ */
+const URL_A = 'https://example.com/a.bin'
+const keys = nacl.sign.keyPair()
+
+function listOf (bytes: Buffer, etag: string | null = '"v1"'): HashList {
+  const hasher = new ChunkHasher()
+  hasher.update(bytes)
+  return { hash: createHash('sha256').update(bytes).digest('hex'), length: bytes.length, chunkSize: SWARM_CHUNK_SIZE, chunks: hasher.digest(), etag, lastModified: null, urls: [URL_A] }
+}
+
+describe('the signed hash list', () => {
+  const bytes = randomBytes(2 * SWARM_CHUNK_SIZE + 17)
+  const list = listOf(bytes)
+  const signed = signHashList(list, keys.secretKey)
+
+  it('opens with the signer\'s key, and its chunks check against the bytes', () => {
+    const opened = openHashList(signed, keys.publicKey, list.hash)
+    expect(opened).toEqual({ ...list, chunks: new Uint8Array(list.chunks) })
+    for (let i = 0; i < 3; i++) expect(chunkMatches(opened, i, bytes.subarray(i * SWARM_CHUNK_SIZE, (i + 1) * SWARM_CHUNK_SIZE))).toBe(true)
+    const bad = Buffer.from(bytes.subarray(0, SWARM_CHUNK_SIZE))
+    bad[5]! ^= 1
+    expect(chunkMatches(opened, 0, bad)).toBe(false)
+    expect(chunkMatches(opened, 2, bytes.subarray(2 * SWARM_CHUNK_SIZE, 2 * SWARM_CHUNK_SIZE + 16))).toBe(false)
+  })
+
+  it('is refused with SWARM_BAD_LIST: another key, another hash, any truncation or bit flip of body or signature', () => {
+    rejects(() => openHashList(signed, nacl.sign.keyPair().publicKey, list.hash), ['SWARM_BAD_LIST'])
+    rejects(() => openHashList(signed, keys.publicKey, '00'.repeat(32)), ['SWARM_BAD_LIST'])
+    fuzz(fc.property(fc.nat(signed.body.length - 1), n => { rejects(() => openHashList({ body: signed.body.subarray(0, n), sig: signed.sig }, keys.publicKey, list.hash), ['SWARM_BAD_LIST']) }))
+    fuzz(fc.property(fc.nat(signed.body.length * 8 - 1), bit => { rejects(() => openHashList({ body: flipBit(signed.body, bit), sig: signed.sig }, keys.publicKey, list.hash), ['SWARM_BAD_LIST']) }))
+    fuzz(fc.property(fc.nat(64 * 8 - 1), bit => { rejects(() => openHashList({ body: signed.body, sig: flipBit(signed.sig, bit) }, keys.publicKey, list.hash), ['SWARM_BAD_LIST']) }))
+  })
+
+  it('is refused when signed but inconsistent: too few chunk hashes for the length, another chunk size', () => {
+    const short = signHashList({ ...list, chunks: list.chunks.subarray(0, 64) }, keys.secretKey)
+    expect(rejects(() => openHashList(short, keys.publicKey, list.hash), ['SWARM_BAD_LIST']).message).toMatch(/2 chunk hashes for/)
+    const odd = signHashList({ ...list, chunkSize: 4096 }, keys.secretKey)
+    rejects(() => openHashList(odd, keys.publicKey, list.hash), ['SWARM_BAD_LIST'])
+  })
+
+  it('cuts the same chunks whatever pieces the bytes arrive in', () => {
+    const data = randomBytes(3 * SWARM_CHUNK_SIZE + 5)
+    const whole = listOf(data).chunks
+    fuzz(fc.property(fc.array(fc.integer({ min: 1, max: 3 * SWARM_CHUNK_SIZE }), { minLength: 1, maxLength: 6 }), cuts => {
+      const hasher = new ChunkHasher()
+      let at = 0
+      for (const cut of cuts) { hasher.update(data.subarray(at, Math.min(data.length, at + cut))); at = Math.min(data.length, at + cut) }
+      hasher.update(data.subarray(at))
+      expect(hasher.digest().equals(Buffer.from(whole))).toBe(true)
+    }), 0.1)
+  })
+})
+
+describe('the swarm index and protocol', () => {
+  let tmp: Awaited<ReturnType<typeof tempDir>>
+  let db: Database
+  let index: SwarmIndex
+  let server: KithLibp2p
+  let friend: KithLibp2p
+  let stranger: KithLibp2p
+  const bytes = randomBytes(SWARM_CHUNK_SIZE + 1000)
+  const list = listOf(bytes)
+  let file: string
+
+  beforeAll(async () => {
+    tmp = await tempDir('kith-swarm-')
+    db = await openDatabase(join(tmp.dir, 'db'))
+    file = join(tmp.dir, 'a.bin')
+    await writeFile(file, bytes)
+    index = await SwarmIndex.open(sublevel<HoldingRecord>(db, 'swarm-index'), keys.secretKey)
+    await index.record({ urls: [URL_A], etag: '"v1"', lastModified: null, hash: list.hash, chunks: list.chunks, path: file, length: bytes.length })
+    ;[server, friend, stranger] = await Promise.all([startNode(), startNode(), startNode()])
+    const friends = new FriendBook(sublevel(db, 'friends'))
+    await friends.load()
+    await friends.befriend({ peerId: friend.peerId.toString(), publicKey: Buffer.from(randomBytes(32)).toString('base64'), label: 'friend', grantsToThem: ['files'], grantsFromThem: ['files'], addrs: [], via: 'test' })
+    await server.handle(SWARM_PROTOCOL, swarmHandler({ index, bandwidth: new BandwidthScheduler() }), { middleware: [friendsOnly(friends, 'files')] })
+    for (const node of [friend, stranger]) await learn(node, server.peerId, server.getMultiaddrs())
+  })
+
+  afterAll(async () => {
+    await Promise.all([server, friend, stranger].map(async n => await n?.stop()))
+    await db?.close()
+    await tmp?.cleanup()
+  })
+
+  it('tells a friend who holds the class, gives the signed list and each chunk from the file itself', async () => {
+    expect(await askWho(friend, server.peerId, ['https://other.example/x', URL_A])).toEqual([{ hash: list.hash, length: bytes.length, etag: '"v1"', lastModified: null }])
+    expect(await askWho(friend, server.peerId, ['https://other.example/x'])).toEqual([])
+    const opened = openHashList(await askList(friend, server.peerId, list.hash), keys.publicKey, list.hash)
+    const got = Buffer.concat([await askChunk(friend, server.peerId, list.hash, 0), await askChunk(friend, server.peerId, list.hash, 1)])
+    expect(got.equals(bytes)).toBe(true)
+    expect(chunkMatches(opened, 1, got.subarray(SWARM_CHUNK_SIZE))).toBe(true)
+    const past = await askChunk(friend, server.peerId, list.hash, 2).catch(err => err)
+    expect(past).toBeInstanceOf(KithError)
+    expect(past.code).toBe('SWARM_NOT_HELD')
+  })
+
+  it('refuses a stranger at the gate', async () => {
+    const err = await askWho(stranger, server.peerId, [URL_A]).catch(e => e)
+    expect(err).toBeInstanceOf(KithError)
+    expect(err.code).toBe('FRIEND_OFFLINE')
+  })
+
+  it('answers any request with a well-formed answer, a typed refusal for a malformed one', async () => {
+    const valid = fc.oneof(
+      fc.constant(encodeCanonical({ v: 1, op: 'who', urls: [URL_A] })),
+      fc.nat(3).map(index => encodeCanonical({ v: 1, op: 'chunk', hash: list.hash, index })),
+      fc.constant(encodeCanonical({ v: 1, op: 'list', hash: list.hash }))
+    )
+    const damaged = fc.oneof(
+      valid.chain(b => fc.nat(b.length * 8 - 1).map(bit => flipBit(b, bit))),
+      valid.chain(b => fc.nat(b.length - 1).map(n => b.subarray(0, n))),
+      fc.uint8Array({ maxLength: 200 })
+    )
+    await fuzzAsync(fc.asyncProperty(damaged, async request => {
+      const stream = await friend.dialProtocol(server.peerId, SWARM_PROTOCOL)
+      const lp = lpStream(stream, { maxDataLength: 4 * SWARM_CHUNK_SIZE })
+      await lp.write(request)
+      const reply = decodeCanonical((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray(), 'PROTOCOL_VIOLATION', 'the answer') as Record<string, unknown>
+      expect(reply.v).toBe(1)
+      if (reply.ok === false) expect(['PROTOCOL_VIOLATION', 'SWARM_NOT_HELD']).toContain(reply.code)
+    }), 0.3)
+  })
+
+  it('refuses a request over the size limit before reading it', async () => {
+    const stream = await friend.dialProtocol(server.peerId, SWARM_PROTOCOL)
+    const lp = lpStream(stream, { maxDataLength: MAX_SWARM_REQUEST * 2 })
+    await lp.write(encodeCanonical({ v: 1, op: 'who', urls: ['x'.repeat(MAX_SWARM_REQUEST)] }))
+    const reply = decodeCanonical((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray(), 'PROTOCOL_VIOLATION', 'the answer') as Record<string, unknown>
+    expect(reply).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
+  })
+
+  it('the asking side takes a well-formed answer or fails with a KithError, whatever the bytes', () => {
+    const answers = fc.oneof(
+      fc.constant({ schema: whoAnswer, value: { v: 1, ok: true, holdings: [{ hash: list.hash, length: 5, etag: null, lastModified: 'Tue, 01 Dec 2026 10:00:00 GMT' }] } }),
+      fc.constant({ schema: listAnswer, value: { v: 1, ok: true, body: new Uint8Array(40), sig: new Uint8Array(64) } }),
+      fc.constant({ schema: chunkAnswer, value: { v: 1, ok: true, bytes: new Uint8Array(100) } }),
+      fc.constant({ schema: chunkAnswer, value: { v: 1, ok: false, code: 'SWARM_NOT_HELD', message: 'gone' } })
+    )
+    fuzz(fc.property(answers.chain(a => { const b = encodeCanonical(a.value); return fc.nat(b.length * 8 - 1).chain(bit => fc.nat(b.length).map(cut => ({ a, bytes: [flipBit(b, bit), b.subarray(0, cut)] }))) }), ({ a, bytes }) => {
+      for (const b of bytes) {
+        try {
+          parseAnswer(b, a.schema, 'peer')
+        } catch (err) {
+          checkRejection(err)
+        }
+      }
+    }))
+    // a chunk larger than a chunk is refused, whatever its signature would say
+    rejects(() => parseAnswer(encodeCanonical({ v: 1, ok: true, bytes: new Uint8Array(SWARM_CHUNK_SIZE + 1) }), chunkAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
+  })
+
+  it('drops a holding whose file changed or vanished, when asked and across a restart', async () => {
+    await appendFile(file, 'more')
+    expect(await askWho(friend, server.peerId, [URL_A])).toEqual([])
+    expect(index.count).toBe(0)
+    // recorded again, then the file goes while the index is closed
+    await writeFile(file, bytes)
+    await index.record({ urls: [URL_A], etag: '"v1"', lastModified: null, hash: list.hash, chunks: list.chunks, path: file, length: bytes.length })
+    expect(index.count).toBe(1)
+    await rm(file)
+    const reopened = await SwarmIndex.open(sublevel<HoldingRecord>(db, 'swarm-index'), keys.secretKey)
+    expect(reopened.count).toBe(0)
+  })
+})
