@@ -7,6 +7,15 @@
  */
 export const MIN_SPLIT_SIZE = 1024 * 1024
 /**
+ * With several connections, each request is for at most this much, the
+ * first free bytes in file order: so the file fills from its start and its
+ * SHA-256 is computed during the download rather than after it (measured,
+ * 1 GiB from nginx: hashing it whole at the end took ~0.8 s of a ~3.8 s
+ * download). The price is one request (a round trip on a kept-alive
+ * connection) per piece: at 50 ms and 10 MB/s per connection, 3%.
+ */
+export const MAX_PIECE = 16 * 1024 * 1024
+/**
  * An idle connection takes over half of the busiest connection's remaining
  * range, but never leaves either with less than this (aria2 splits the same
  * way; smaller pieces would reconnect more than they help).

@@ -3,7 +3,7 @@ import { open as openFile, type FileHandle } from 'node:fs/promises'
 import type { Dispatcher } from 'undici'
 import { KithError } from '../../../errors.ts'
 import type { DownloadContext, DownloadJob, DownloadResult } from '../addon.ts'
-import { CONTROL_INTERVAL_MS, MAX_RESTARTS, MIN_SPLIT_SIZE } from './constants.ts'
+import { CONTROL_INTERVAL_MS, MAX_PIECE, MAX_RESTARTS, MIN_SPLIT_SIZE } from './constants.ts'
 import { bootId, CONTROL_VERSION, loadControl, saveControl } from './control-file.ts'
 import { makeDispatcher } from './dispatcher.ts'
 import { HashCursor } from './hash-cursor.ts'
@@ -142,6 +142,7 @@ class Attempt {
       throw this.ctx.signal.aborted ? this.ctx.signal.reason : err
     } finally {
       await this.saving.catch(() => {})
+      await this.hash.stop()
       await this.fh.close()
     }
   }
@@ -175,9 +176,11 @@ class Attempt {
     }
     this.total = probe.total
     const ranged = probe.status === 206 && this.total != null && !this.single
-    this.planner = new Planner(this.total != null ? this.cache.done.gaps(this.total) : [[0, Infinity]])
     const left = this.total != null ? this.total - this.cache.done.size : Infinity
     const connections = ranged ? Math.max(1, Math.min(this.job.connections, Math.floor(left / MIN_SPLIT_SIZE))) : 1
+    // pieces in file order, when there are several connections to share them (constants.ts, MAX_PIECE)
+    const piece = connections > 1 ? Math.min(MAX_PIECE, Math.ceil(left / connections)) : Infinity
+    this.planner = new Planner(this.total != null ? this.cache.done.gaps(this.total) : [[0, Infinity]], piece)
     this.cache = new WriteCache(this.fh, connections, this.hash, this.cache.done)
     await this.save()
     const workers = [this.worker(probe, ranged)]

@@ -5,12 +5,14 @@ import type { Range } from './ranges.ts'
  * Which connection fetches which bytes (aria2's segment logic, simplified).
  *
  * What is left to fetch starts as free ranges. An idle connection takes the
- * first free range whole; with none left, it takes over the second half of
- * the busy range with the most bytes still to come (a slow or stalled
- * connection's range is that one, since it does not shrink). So N
- * connections split one file into N parts by halving, and the fast finish
- * the slow ones' work. A connection that fails gives its unfetched rest back
- * as a free range, for whoever is idle first (itself after its backoff).
+ * first free bytes, at most `piece` of them (one request each), so the file
+ * fills from its start on and its SHA-256, computed in file order, follows
+ * the download instead of waiting for its end (hash-cursor.ts). With none
+ * free, it takes over the second half of the busy range with the most bytes
+ * still to come (a slow or stalled connection's range is that one, since it
+ * does not shrink), so the fast finish the slow ones' work. A connection that
+ * fails gives its unfetched rest back as a free range, for whoever is idle
+ * first (itself after its backoff).
  */
 export class Segment {
   /** next byte to receive */
@@ -31,15 +33,24 @@ export class Segment {
 export class Planner {
   private readonly free: Array<[number, number]>
   private readonly active = new Set<Segment>()
+  private readonly piece: number
 
-  constructor (gaps: readonly Range[]) {
+  /** `piece`: the most bytes one segment takes from a free range (Infinity: the range whole) */
+  constructor (gaps: readonly Range[], piece = Infinity) {
     this.free = gaps.map(([s, e]) => [s, e])
+    this.piece = piece
   }
 
   /** work for an idle connection, or null when nothing is left to take */
   next (minSteal = MIN_STEAL_SIZE): Segment | null {
-    const range = this.free.shift()
-    if (range != null) return this.track(new Segment(range[0], range[1]))
+    const range = this.free[0]
+    if (range != null) {
+      const end = Math.min(range[1], range[0] + this.piece)
+      const segment = new Segment(range[0], end)
+      if (end === range[1]) this.free.shift()
+      else range[0] = end
+      return this.track(segment)
+    }
     let busiest: Segment | undefined
     for (const s of this.active) if (busiest == null || s.remaining > busiest.remaining) busiest = s
     if (busiest == null || busiest.remaining < 2 * minSteal) return null

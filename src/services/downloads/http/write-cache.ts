@@ -51,6 +51,7 @@ export class WriteCache {
     }
     this.done.add(offset, offset + data.length)
     this.hash.written(offset, data)
+    this.hash.follow(this.fh, this.done.prefix)
   }
 }
 
