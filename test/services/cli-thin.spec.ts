@@ -49,8 +49,12 @@ describe('the CLI loads only what its command needs', () => {
     await net?.stop()
   })
 
-  const thin = [['--help'], ['status'], ['friends'], ['transfers'], ['downloads'], ['limits'], ['id'], ['invite', 'create', '--json']]
-  it.each(thin.map(args => ({ command: args.join(' '), args })))('kith $command loads neither libp2p, LevelDB, zod nor the daemon', async ({ args }) => {
+  // and beside main.ts, format.ts and command-index.ts, only the command modules it runs (command-index.ts)
+  const thin: Array<[string[], string[]]> = [
+    [['--help'], []], [['status'], ['limits.ts']], [['friends'], []], [['transfers'], ['files.ts']], [['downloads'], ['downloads.ts']],
+    [['limits'], ['limits.ts']], [['id'], []], [['invite', 'create', '--json'], []]
+  ]
+  it.each(thin.map(([args, own]) => ({ command: args.join(' '), args, own })))('kith $command loads neither libp2p, LevelDB, zod, the daemon nor other commands\' modules', async ({ args, own }) => {
     const run = await kithListingModules(node, args)
     expect(run.stderr).toBe('')
     expect(run.code).toBe(0)
@@ -58,6 +62,8 @@ describe('the CLI loads only what its command needs', () => {
     expect(run.modules.some(m => m.endsWith('/src/services/cli/main.ts'))).toBe(true)
     expect(run.modules.some(m => m.includes('/node_modules/commander/'))).toBe(true)
     expect(run.modules.filter(m => HEAVY.test(m))).toEqual([])
+    const cli = run.modules.filter(m => m.includes('/src/services/cli/')).map(m => m.slice(m.lastIndexOf('/') + 1))
+    expect(cli.sort()).toEqual(['command-index.ts', 'format.ts', 'main.ts', ...own].sort())
   })
 
   it('kith invite accept leaves the invite to the daemon to check, and loads nothing heavy', async () => {
@@ -114,6 +120,13 @@ describe.skipIf(process.getuid == null)('the CLI\'s compile cache', () => {
     await chmod(cache, 0o777)
     expect(await helpWithTmp(tmp)).toBe(0)
     expect(await readdir(cache)).toEqual([])
+  })
+
+  it('is done without where it can\'t be a folder, and kith works all the same', async () => {
+    const tmp = join(base, 'a-file')
+    await mkdir(tmp)
+    await writeFile(join(tmp, `kith-compile-cache-${uid}`), '')
+    expect(await helpWithTmp(tmp)).toBe(0)
   })
 })
 

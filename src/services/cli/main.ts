@@ -1,5 +1,5 @@
 import { readFile, stat, writeFile } from 'node:fs/promises'
-import { Command, CommanderError, Option } from 'commander'
+import { Command, CommanderError, Help, Option } from 'commander'
 import { KithError, asKithError } from '../../errors.ts'
 import { resolveHome, homePaths } from '../../peer/home.ts'
 import { SERVICES, parseGrants, serviceGrant } from '../../trust/grants.ts'
@@ -9,20 +9,12 @@ import type { InviteSummary } from '../../trust/invite.ts'
 import type { InviteListing } from '../../trust/invite-book.ts'
 import { ApiClient } from '../api/client.ts'
 import type { FriendView, Status } from '../daemon.ts'
-import { fileCommands } from './files.ts'
-import { exposeCommands } from './expose.ts'
-import { downloadCommands } from './downloads.ts'
 import type { StoreStatus } from '../engine/index.ts'
 import type { ServicesSummary } from '../expose/index.ts'
 import type { ProxyInfo } from '../proxy/index.ts'
-import { locateCommand } from './locate.ts'
-import { openCommand } from './open.ts'
-import { backupCommand } from './backup.ts'
-import { backupCareCommands } from './backup-care.ts'
-import { backupHostCommands } from './backup-host.ts'
-import { limitsCommand, bandwidthLines } from './limits.ts'
 import { table, ago, shortId, parseDuration, bytes, terminalJson, terminalText } from './format.ts'
 import { parseRate } from '../engine/rate-text.ts'
+import { COMMAND_MODULES, commandWord } from './command-index.ts'
 
 /**
  * The `kith` command line: a thin client of the local API (see docs/api.md),
@@ -30,12 +22,13 @@ import { parseRate } from '../engine/rate-text.ts'
  * one, and `invite show` and `id`, which work without one.
  *
  * A thin client loads like one: this file and what it imports at the top
- * (files.ts, limits.ts, locate.ts, format.ts, the API client) stay clear of
- * libp2p, LevelDB, zod and the daemon, which the four commands above import
- * inside their actions, only when they run. A command that only asks the
- * daemon then answers in under twice the time a bare Node process takes to
- * make one request to the API (test/services/cli-thin.spec.ts guards what
- * loads, `npm run bench -- --section cli` measures the time).
+ * (format.ts, the API client, command-index.ts) stay clear of libp2p,
+ * LevelDB, zod and the daemon, which the four commands above import inside
+ * their actions, only when they run; and the commands kept in modules of
+ * their own (files.ts, downloads.ts, backup.ts...) load only when one of
+ * theirs runs (command-index.ts), as each module's compile costs on a cold
+ * start. test/services/cli-thin.spec.ts guards what loads,
+ * `npm run bench -- --section cli` measures the time.
  */
 
 interface Globals {
@@ -318,6 +311,7 @@ program.command('status')
     const api = await client(cmd)
     const status = await api.get<Status & { store?: StoreStatus, services?: ServicesSummary, proxy?: ProxyInfo | null }>('/v1/status')
     const { friends } = await api.get<{ friends: FriendView[] }>('/v1/friends')
+    const { bandwidthLines } = await import('./limits.ts')
     const active = friends.filter(f => f.state === 'active')
     print(opts.json, { ...status, friendLinks: active.map(f => ({ label: f.label, peerId: f.peerId, ...f.link })) }, () => [
       `peer     ${status.peerId}`,
@@ -510,19 +504,9 @@ friend.command('revoke')
     print(opts.json, result, () => `${result.friend.label} is no longer your friend`)
   })
 
-fileCommands(program, client, print)
-exposeCommands(program, client, print)
-downloadCommands(program, client, print)
-locateCommand(program, client, print)
-openCommand(program, client, print)
-limitsCommand(program, client, print)
-backupCommand(program, client, print)
-backupCareCommands(program.commands.find(c => c.name() === 'backup')!, client, print)
-backupHostCommands(program, client, print)
-
 // events -----------------------------------------------------------------------
 
-program.command('events')
+const events = new Command('events')
   .description('follow friend and status events as they happen (one JSON object a line)')
   .action(async (_opts: unknown, cmd: Command) => {
     for await (const evt of await (await client(cmd)).events()) console.log(terminalJson(evt))
@@ -530,9 +514,31 @@ program.command('events')
 
 // run ----------------------------------------------------------------------------
 
+/**
+ * The commands of other modules (command-index.ts): the module of the command
+ * that runs (and of one asked for help) is loaded; the others stand in
+ * `kith --help` as their help lines only.
+ */
+async function addCommandModules (argv: string[]): Promise<void> {
+  const word = commandWord(program, argv)
+  for (const mod of COMMAND_MODULES) {
+    if (word != null && (word in mod.makes || mod.extends?.includes(word) === true)) await mod.register(program, client, print)
+    else {
+      for (const [name, [term, description]] of Object.entries(mod.makes)) helpLines.set(program.command(name).description(description), term)
+    }
+  }
+  program.addCommand(events)
+}
+
+/** commands not loaded -> their help term ("get [options] <url...>") */
+const helpLines = new Map<Command, string>()
+const help = new Help()
+program.configureHelp({ subcommandTerm: cmd => helpLines.get(cmd) ?? help.subcommandTerm(cmd) })
+
 export async function main (argv: string[]): Promise<number> {
   const json = argv.includes('--json')
   try {
+    await addCommandModules(argv)
     await program.parseAsync(argv, { from: 'user' })
     return 0
   } catch (err) {
