@@ -123,35 +123,3 @@ export class BlobGetter {
     want.reject(new KithError('BLOB_MISSING', `no host gave back blob ${want.id.slice(0, 12)}… (${want.kind}): ${want.failures.join('; ')}. kith backup health shows the hosts`))
   }
 }
-
-/**
- * Bytes granted in the order asked (first come, first served), at most
- * `limit` at once, or one grant of any size when nothing is held: restore
- * takes a blob's size before fetching it and gives it back once written.
- */
-export class ByteBudget {
-  private readonly limit: number
-  private held = 0
-  private readonly waiting: Array<{ bytes: number, grant: () => void }> = []
-
-  constructor (limit: number) {
-    this.limit = limit
-  }
-
-  async take (bytes: number): Promise<void> {
-    if (this.waiting.length === 0 && (this.held === 0 || this.held + bytes <= this.limit)) {
-      this.held += bytes
-      return
-    }
-    await new Promise<void>(resolve => this.waiting.push({ bytes, grant: resolve }))
-  }
-
-  give (bytes: number): void {
-    this.held -= bytes
-    while (this.waiting.length > 0 && (this.held === 0 || this.held + this.waiting[0]!.bytes <= this.limit)) {
-      const next = this.waiting.shift()!
-      this.held += next.bytes
-      next.grant()
-    }
-  }
-}

@@ -12,14 +12,15 @@
  * is placed, and only then is the snapshot in the index.
  */
 import { createReadStream, type BigIntStats } from 'node:fs'
-import { lstat, readdir, readlink } from 'node:fs/promises'
+import { lstat, open, readdir, readlink } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { KithError, asKithError } from '../../errors.ts'
-import { cdcChunks } from '../../transfer/cdc.ts'
+import { BACKUP_CDC_SIZES, cdcChunks } from '../../transfer/cdc.ts'
 import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
 import { auditRoot } from './audit-tree.ts'
 import { blobId, sealBlob } from './blob.ts'
+import { ByteBudget } from './budget.ts'
 import type { BlobKind, SnapshotRecord } from './owner-index.ts'
 import { unlessBusy, type BackupParts } from './parts.ts'
 import type { PutStatus } from './protocol.ts'
@@ -42,6 +43,13 @@ const PROGRESS_EVERY_MS = 250
 const NEEDS_BATCH = 512
 /** Bytes read from a file at a time. */
 const READ_SIZE = 1024 * 1024
+/**
+ * Entries of one folder looked at at once, and bytes of files read at once
+ * (a file bigger than this is read alone): small files' lstats, reads and
+ * index look-ups overlap instead of each waiting on the last.
+ */
+const ENTRIES_AT_ONCE = 16
+const READ_BUDGET = 8 * 1024 * 1024
 
 export interface RunOptions {
   /** absolute paths */
@@ -319,6 +327,8 @@ class Walk {
   private readonly parts: BackupParts
   private readonly options: RunOptions
   private readonly total: number
+  /** bytes of the files being read now */
+  private readonly reading = new ByteBudget(READ_BUDGET)
   private lastReport = 0
 
   constructor (parts: BackupParts, options: RunOptions, placer: Placer, total: number) {
@@ -357,9 +367,9 @@ class Walk {
     return null
   }
 
-  /** A folder's tree blobs, its entries placed first. */
+  /** A folder's tree blobs, its entries placed first (ENTRIES_AT_ONCE looked at together, kept in listing order). */
   private async dir (path: string): Promise<string[]> {
-    const entries: TreeEntry[] = []
+    const names: string[] = []
     for (const raw of await readdir(path, { encoding: 'buffer' })) {
       const name = raw.toString('utf8')
       // Node can't name such a file again (it reads names as UTF-8), nor can a tree hold it
@@ -367,11 +377,24 @@ class Walk {
         this.skipped.push({ path: join(path, name), reason: 'its name is not UTF-8 text' })
         continue
       }
-      const entry = await this.entry(join(path, name), name)
-      if (entry != null) entries.push(entry)
+      names.push(name)
     }
+    const found: Array<TreeEntry | null> = new Array(names.length).fill(null)
+    let next = 0
+    let failure: unknown = null
+    await Promise.all(Array.from({ length: Math.min(ENTRIES_AT_ONCE, names.length) }, async () => {
+      while (failure == null && next < names.length) {
+        const i = next++
+        try {
+          found[i] = await this.entry(join(path, names[i]!), names[i]!)
+        } catch (err) {
+          failure ??= err
+        }
+      }
+    }))
+    if (failure != null) throw failure
     this.stats.dirs++
-    return await this.tree(entries)
+    return await this.tree(found.filter(entry => entry != null))
   }
 
   /** Places a listing as tree blobs (cut like file content, so a big folder that changed a little shares blobs). */
@@ -392,9 +415,10 @@ class Walk {
     }
     const chunks: string[] = []
     let size = 0
-    const stream = createReadStream(path, { highWaterMark: READ_SIZE, ...(this.options.signal != null ? { signal: this.options.signal } : {}) })
+    const budget = Math.min(Number(info.size), READ_BUDGET)
+    await this.reading.take(budget)
     try {
-      for await (const chunk of cdcChunks(stream, this.parts.keys.gear)) {
+      for await (const chunk of await this.pieces(path, info)) {
         chunks.push(await this.placer.place('data', chunk))
         size += chunk.length
         this.readBytes += chunk.length
@@ -402,14 +426,47 @@ class Walk {
         this.report()
       }
     } catch (err) {
-      stream.destroy()
       const code = (err as NodeJS.ErrnoException).code
       if (code === 'EACCES' || code === 'EPERM' || code === 'EIO') throw new KithError('SOURCE_UNREADABLE', `can't read it (${code})`, { cause: err })
       throw err
+    } finally {
+      this.reading.give(budget)
     }
     this.stats.files++
     await this.parts.files.remember(path, info, chunks)
     return { size, chunks }
+  }
+
+  /**
+   * A file's chunks. One no bigger than the chunker's minimum is one chunk:
+   * read whole, with no stream or chunker buffers (most files of a tree are
+   * small). One that grew past it since lstat goes through the chunker.
+   */
+  private async pieces (path: string, info: BigIntStats): Promise<AsyncIterable<Uint8Array> | Iterable<Uint8Array>> {
+    const signal = this.options.signal != null ? { signal: this.options.signal } : {}
+    if (info.size <= BigInt(BACKUP_CDC_SIZES.min)) {
+      const handle = await open(path, 'r')
+      try {
+        const buffer = Buffer.allocUnsafe(BACKUP_CDC_SIZES.min + 1)
+        let length = 0
+        for (let n = -1; n !== 0 && length < buffer.length;) {
+          n = (await handle.read(buffer, length, buffer.length - length, null)).bytesRead
+          length += n
+        }
+        if (length <= BACKUP_CDC_SIZES.min) return length > 0 ? [buffer.subarray(0, length)] : []
+      } finally {
+        await handle.close()
+      }
+    }
+    const stream = createReadStream(path, { highWaterMark: READ_SIZE, ...signal })
+    const gear = this.parts.keys.gear
+    return (async function * () {
+      try {
+        yield * cdcChunks(stream, gear)
+      } finally {
+        stream.destroy()
+      }
+    })()
   }
 
   private skip (path: string, err: unknown): void {
