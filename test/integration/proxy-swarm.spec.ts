@@ -59,7 +59,7 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
       }
       expect((await node.json('status')).proxy.swarm.held).toBe(files.size)
     }
-  }, 60_000)
+  }, 120_000)
 
   afterAll(async () => {
     await net?.stop()

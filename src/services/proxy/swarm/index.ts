@@ -117,19 +117,38 @@ export class Swarm {
     return held
   }
 
-  /** The hash list of `hash` from the first of `friends` whose list is signed by them and whole; null when none. */
+  /**
+   * The hash list of `hash`, signed by the friend who gave it and whole;
+   * null when none is. With two holders or more, two lists from different
+   * friends must agree chunk for chunk: one friend can't make a forged
+   * list pass alone (the origin's sample checks one chunk only).
+   */
   async hashList (hash: string, friends: readonly PeerId[], signal: AbortSignal): Promise<{ list: HashList, from: PeerId } | null> {
+    let first: { list: HashList, from: PeerId } | null = null
     for (const peer of friends) {
       const publicKey = this.init.friends.get(peer.toString())?.publicKey
       if (publicKey == null) continue
+      let list: HashList
       try {
         const signed = await askList(this.init.libp2p, peer, hash, { signal: AbortSignal.any([signal, AbortSignal.timeout(ASK_DEADLINE_MS * 2)]) })
-        return { list: openHashList(signed, Buffer.from(publicKey, 'base64'), hash), from: peer }
+        list = openHashList(signed, Buffer.from(publicKey, 'base64'), hash)
       } catch (err) {
         if (signal.aborted) throw signal.reason
         console.error(`kith proxy: no usable hash list from ${peer.toString()}: ${(err as Error).message}`)
+        continue
       }
+      if (first == null) {
+        first = { list, from: peer }
+        continue
+      }
+      if (sameList(first.list, list)) return first
+      console.error(`kith proxy: ${first.from.toString()} and ${peer.toString()} gave different hash lists for one file; the origin serves it`)
+      return null
     }
-    return null
+    return first
   }
+}
+
+function sameList (a: HashList, b: HashList): boolean {
+  return a.length === b.length && a.etag === b.etag && a.lastModified === b.lastModified && Buffer.compare(Buffer.from(a.chunks), Buffer.from(b.chunks)) === 0
 }

@@ -19,9 +19,11 @@ import { askChunk, type Dialer } from './protocol.ts'
  *   rate window (RATE_WINDOW_MS) is under N B/s; qos 1: only when nothing
  *   at all came for a window (friends stalled).
  * - whatever qos, the origin takes over once no friend is left.
- * Origin chunks are checked against the list too: an origin that changed
- * its file mid-way is never mixed in (it is dropped; friends finish, or
- * the pull fails).
+ * Origin chunks come under If-Range and are checked against the list too:
+ * an origin that changed its file mid-way is never mixed in (it is
+ * dropped; friends finish, or the pull fails), and an origin chunk of the
+ * same version that does not match the list fails the pull (the list was
+ * forged, so friends' chunks can't be trusted either).
  */
 export interface PullInit {
   list: HashList
@@ -202,7 +204,13 @@ class Pull {
       }
       try {
         const bytes = await this.init.origin(index, this.signal)
-        if (!chunkMatches(this.init.list, index, bytes)) throw new KithError('HTTP_BAD_RESPONSE', `the origin's chunk ${index} is not the version the download began with; it changed mid-way`)
+        if (!chunkMatches(this.init.list, index, bytes)) {
+          // the origin confirmed the version (If-Range, validators, length): the list is what is wrong, and so may be
+          // every friend's chunk checked against it; nothing more goes to the client
+          this.failure = new KithError('SWARM_BAD_LIST', `the origin's chunk ${index} of the same version does not match the friends' hash list`)
+          this.notify()
+          return
+        }
         this.arrived(index, bytes, 'origin')
       } catch (err) {
         this.giveBack(index)
