@@ -22,15 +22,16 @@ export const MAX_PIECE = 16 * 1024 * 1024
  */
 export const MIN_STEAL_SIZE = 256 * 1024
 /**
- * the write-back cache's memory (received pieces not yet written), whatever
- * the connection count: connections wait for it (backpressure). 8 MiB: at 8
- * connections, writes of 512 KiB, as fast on the page cache as 1 MiB ones
+ * the write-back cache's memory, whatever the connection count: connections
+ * wait for it (backpressure). 4 MiB: blocks of 256 KiB at 8 connections;
+ * the memory a download adds to the daemon is mostly this and what
+ * scavenge.ts lets wait
  */
-export const CACHE_BUDGET = 8 * 1024 * 1024
+export const CACHE_BUDGET = 4 * 1024 * 1024
 /** what one connection gathers before one write; smaller when the budget is shared by many */
 export const MAX_BLOCK = 1024 * 1024
-/** the least one connection's batch may be, even with many connections */
-export const MIN_BLOCK = 64 * 1024
+/** the least one connection's block may be, even with many connections */
+export const MIN_BLOCK = 32 * 1024
 /** the control file (the ranges safely on disk) is saved at most this often, after an fdatasync of the partial */
 export const CONTROL_INTERVAL_MS = 1000
 /** redirects followed per request; more is an error (HTTP_TOO_MANY_REDIRECTS) */
