@@ -86,7 +86,10 @@ export function openBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: str
     const decipher = createDecipheriv('aes-256-gcm', keys.seal, nonce)
     decipher.setAAD(associatedData(owner, kind, idBytes))
     decipher.setAuthTag(sealed.subarray(sealed.length - TAG_LENGTH))
-    plaintext = Buffer.concat([decipher.update(sealed.subarray(1 + NONCE_LENGTH, sealed.length - TAG_LENGTH)), decipher.final()])
+    const body = decipher.update(sealed.subarray(1 + NONCE_LENGTH, sealed.length - TAG_LENGTH))
+    const last = decipher.final()
+    // GCM's final() hands back nothing: no second copy of the plaintext
+    plaintext = last.length === 0 ? body : Buffer.concat([body, last])
   } catch {
     throw failed()
   }

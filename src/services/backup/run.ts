@@ -32,9 +32,9 @@ import { encodeTree, micros, type TreeEntry } from './tree.ts'
  * Sealed bytes of blobs not yet on enough hosts, at most: the owner's memory
  * bound for placing (each copy shares one buffer). The walk waits for room.
  */
-const IN_FLIGHT_BYTES = 32 * 1024 * 1024
+const IN_FLIGHT_BYTES = 16 * 1024 * 1024
 /** A put-many carries about this many sealed bytes (or MAX_MANY_BLOBS blobs) at most. */
-const BATCH_BYTES = 4 * 1024 * 1024
+const BATCH_BYTES = 2 * 1024 * 1024
 /** put-many requests in flight to one host (a host serves 8 requests of one owner at once). */
 const REQUESTS_PER_HOST = 3
 /** How often progress is reported, ms. */
@@ -49,7 +49,7 @@ const READ_SIZE = 1024 * 1024
  * index look-ups overlap instead of each waiting on the last.
  */
 const ENTRIES_AT_ONCE = 16
-const READ_BUDGET = 8 * 1024 * 1024
+const READ_BUDGET = 1024 * 1024
 
 export interface RunOptions {
   /** absolute paths */
