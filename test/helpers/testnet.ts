@@ -16,6 +16,21 @@ export const KITH = join(ROOT, 'bin', 'kith.js')
 /** vitest runs under the project's Node 24; child processes use the same binary */
 export const NODE = process.execPath
 
+/**
+ * Every daemon this test process started that has not exited: killed when the
+ * test process ends before its tests could stop them (a set-up that timed out,
+ * a failed start, vitest ending the worker with SIGTERM), so no daemon
+ * outlives its test and loads the machine for the files after it.
+ */
+const live = new Set<ChildProcess>()
+const killLive = (): void => { for (const proc of live) proc.kill('SIGKILL') }
+process.once('exit', killLive)
+process.once('SIGTERM', () => {
+  killLive()
+  // the default action, now that this listener is gone: the worker ends as it would have
+  process.kill(process.pid, 'SIGTERM')
+})
+
 export interface CliResult {
   code: number
   stdout: string
@@ -112,19 +127,27 @@ export class TestNode {
       env: { ...process.env, ...this.env }
     })
     this.proc = proc
+    live.add(proc)
+    proc.once('exit', () => live.delete(proc))
     proc.stderr.on('data', (d: Buffer) => { this.output += d.toString() })
     const lines = createInterface({ input: proc.stdout })
-    this.info = await new Promise<StartInfo>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${this.name} did not start: ${this.output}`)), 30_000)
-      lines.once('line', line => {
-        clearTimeout(timer)
-        try { resolve(JSON.parse(line)) } catch { reject(new Error(`${this.name}: unexpected start-up output ${line}`)) }
+    try {
+      this.info = await new Promise<StartInfo>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${this.name} did not start: ${this.output}`)), 30_000)
+        lines.once('line', line => {
+          clearTimeout(timer)
+          try { resolve(JSON.parse(line)) } catch { reject(new Error(`${this.name}: unexpected start-up output ${line}`)) }
+        })
+        proc.once('exit', code => {
+          clearTimeout(timer)
+          reject(new Error(`${this.name} exited with ${code ?? 'signal'}: ${this.output}`))
+        })
       })
-      proc.once('exit', code => {
-        clearTimeout(timer)
-        reject(new Error(`${this.name} exited with ${code ?? 'signal'}: ${this.output}`))
-      })
-    })
+    } catch (err) {
+      // a daemon that did not start as expected is not left running
+      await this.kill9()
+      throw err
+    }
     lines.on('line', line => { this.output += line + '\n' })
     return this.info
   }
@@ -174,20 +197,24 @@ export interface TestnetOptions {
 export async function createTestnet (names: string[], options: TestnetOptions = {}): Promise<Testnet> {
   const base = await mkdtemp(join(tmpdir(), 'kith-testnet-'))
   const nodes = names.map(name => new TestNode(name, join(base, name)))
-  await Promise.all(nodes.map(async n => {
+  const stop = async (): Promise<void> => {
+    await Promise.all(nodes.map(async n => await n.kill9()))
+    await rm(base, { recursive: true, force: true })
+  }
+  const started = await Promise.allSettled(nodes.map(async n => {
     if (options.before != null) {
       await mkdir(n.home, { mode: 0o700 })
       await options.before(n)
     }
     await n.start()
   }))
-  return {
-    nodes,
-    stop: async () => {
-      await Promise.all(nodes.map(async n => await n.kill9()))
-      await rm(base, { recursive: true, force: true })
-    }
+  const failed = started.find(s => s.status === 'rejected')
+  if (failed != null) {
+    // the nodes that did start are stopped: the caller gets no testnet to stop
+    await stop()
+    throw failed.reason
   }
+  return { nodes, stop }
 }
 
 /** Makes two nodes friends the way users do: an invite file, accepted. */
@@ -201,9 +228,14 @@ export async function befriend (issuer: TestNode, accepter: TestNode, ...createA
 export async function threeFriends (options: TestnetOptions = {}): Promise<{ net: Testnet, alice: TestNode, bob: TestNode, carol: TestNode }> {
   const net = await createTestnet(['alice', 'bob', 'carol'], options)
   const [alice, bob, carol] = net.nodes as [TestNode, TestNode, TestNode]
-  await befriend(alice, bob)
-  await befriend(alice, carol)
-  await befriend(bob, carol)
+  try {
+    await befriend(alice, bob)
+    await befriend(alice, carol)
+    await befriend(bob, carol)
+  } catch (err) {
+    await net.stop()
+    throw err
+  }
   return { net, alice, bob, carol }
 }
 
