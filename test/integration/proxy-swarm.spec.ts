@@ -40,6 +40,9 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
       files.set(name, randomBytes(size))
       await writeFile(join(base, 'site', name), files.get(name)!)
     }
+    // fetched by kith get, not through a proxy
+    const got = randomBytes(3 * MiB + 5)
+    await writeFile(join(base, 'site', 'got.bin'), got)
     // nginx is on 127.0.0.1: private origins must be allowed for it
     const config = JSON.stringify({ proxy: { allowPrivateOrigins: true, cacheBytes: 256 * MiB } })
     ;[nginx, { net, alice, bob, carol }] = await Promise.all([
@@ -105,6 +108,17 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
     const got = await fetchAs(bob, 'offload.bin', '&qos=1', ['-r', `${3 * MiB - 5}-${5 * MiB + 7}`])
     expect(got.headers).toMatch(/^HTTP\/1\.1 206/)
     expect(got.body.equals(file.subarray(3 * MiB - 5, 5 * MiB + 8))).toBe(true)
+  })
+
+  it('offers what kith get fetched over http: alice takes it from bob', async () => {
+    const content = await readFile(join(base, 'site', 'got.bin'))
+    const got = await bob.cli('get', `${nginx.url}/got.bin`, '-o', join(base, 'bob-got.bin'))
+    expect(got.code, got.stderr).toBe(0)
+    await waitFor(async () => (await bob.json('status')).proxy.swarm.held === files.size + 1, 'bob offers the file kith get placed')
+    const pulled = await fetchAs(alice, 'got.bin', '&qos=1')
+    expect(pulled.body.equals(content)).toBe(true)
+    expect(pulled.headers).toMatch(/x-kith-source: friends/i)
+    expect(pulled.origin).toBeLessThanOrEqual(MiB)
   })
 
   it('drops a friend whose file went bad on disk (same size and mtime) and still gives the right bytes', async () => {

@@ -11,6 +11,8 @@
  * This file holds types only, and stays light: the CLI and every add-on
  * import it.
  */
+import type { Validators } from './http/validators.ts'
+
 export interface DownloadAddon {
   /** URL schemes it takes, without the colon, lower case, e.g. ['http', 'https'] */
   schemes: readonly string[]
@@ -85,6 +87,8 @@ export interface DownloadResult {
   name?: string
   /** 'tree': `partial` is a folder (an S3 prefix, a WebDAV collection) */
   kind: 'file' | 'tree'
+  /** the origin's ETag and Last-Modified of the version fetched (http, https): what the proxy's friend swarm offers it under */
+  validators?: Validators
 }
 
 /**

@@ -26,7 +26,7 @@ import { isKithUrl, parseKithUrl, type KithTarget } from './kith-url.ts'
 import { parseRate } from '../engine/rate-text.ts'
 import { parseChecksum } from './checksum.ts'
 import { safeName } from './place.ts'
-import { DownloadQueue, type DownloadEvent } from './queue.ts'
+import { DownloadQueue, type DownloadEvent, type QueueInit } from './queue.ts'
 import { addonFor, checkUrl, parseUrl } from './registry.ts'
 import { queueSettings } from './settings.ts'
 
@@ -55,6 +55,8 @@ export interface DownloadServiceInit {
   engine: TransferEngine
   files: FileService
   config: ConfigFile | null
+  /** told of each http(s) file placed whole and verified (queue.ts) */
+  onVerified?: QueueInit['onVerified']
 }
 
 /** The whole queue (downloads and friend fetches): seconds left, or null when unknown. */
@@ -86,7 +88,7 @@ export class DownloadService extends EventEmitter<{ event: [DownloadEvent] }> {
     await book.load()
     const stateRoot = join(init.home, 'downloads')
     await mkdir(stateRoot, { recursive: true })
-    const queue = new DownloadQueue({ book, bandwidth: init.engine.bandwidth, settings, stateRoot, addonFor })
+    const queue = new DownloadQueue({ book, bandwidth: init.engine.bandwidth, settings, stateRoot, addonFor, ...(init.onVerified != null ? { onVerified: init.onVerified } : {}) })
     const service = new DownloadService(init, book, queue)
     queue.start()
     return service

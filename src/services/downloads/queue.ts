@@ -10,6 +10,7 @@ import { FINAL_STATES, type Download, type DownloadBook } from './download-book.
 import { DISK_RECHECK_MS, PROGRESS_INTERVAL_MS } from './constants.ts'
 import { NUMBERED_NAMES, downloadPartial, freeBytes, numbered, safeName, urlName, verifyAndPlace } from './place.ts'
 import type { QueueSettings } from './settings.ts'
+import type { Validators } from './http/validators.ts'
 
 /**
  * The download queue: runs a few downloads at a time (settings.maxActive),
@@ -39,6 +40,17 @@ export interface QueueInit {
   addonFor: (url: URL) => Promise<DownloadAddon>
   /** how often free space is looked at while anything runs or waits for room @default DISK_RECHECK_MS */
   diskRecheckMs?: number
+  /** told of each file placed whole and verified whose origin gave validators (the proxy's friend swarm offers it) */
+  onVerified?: (file: VerifiedDownload) => void
+}
+
+/** A file a download placed whole and verified, with the origin's validators of its version. */
+export interface VerifiedDownload {
+  url: URL
+  path: string
+  size: number
+  sha256: string
+  validators: Validators
 }
 
 interface Running {
@@ -267,6 +279,7 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
       const { name, sha256 } = await verifyAndPlace(partial, record.dir, names, result, checksum, signal)
       await rm(stateDir, { recursive: true, force: true })
       await this.save({ ...this.get(id), name, state: 'done', kind: result.kind, sha256, doneBytes: result.size, totalBytes: result.size, rate: 0, eta: 0, error: null })
+      if (result.kind === 'file' && result.validators != null && sha256 != null) this.init.onVerified?.({ url, path: join(record.dir, name), size: result.size, sha256, validators: result.validators })
     } catch (err) {
       record = this.get(id)
       if (record.state === 'cancelled') {

@@ -134,7 +134,7 @@ class Attempt {
       await this.fh.truncate(size)
       const sha256 = await this.hash.finish(this.fh, size, this.ctx.signal)
       await this.save(true)
-      return { size, sha256, kind: 'file', ...(this.name != null ? { name: this.name } : {}) }
+      return { size, sha256, kind: 'file', ...(this.validators != null ? { validators: this.validators } : {}), ...(this.name != null ? { name: this.name } : {}) }
     } catch (err) {
       if (timer != null) clearInterval(timer)
       // keep what is resumable: the ranges written so far, once on disk

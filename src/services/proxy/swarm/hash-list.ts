@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
 import { z } from 'zod'
 import { KithError } from '../../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../../peer/canonical.ts'
@@ -93,6 +94,17 @@ export function openHashList (signed: SignedHashList, publicKey: Uint8Array, has
   const list: HashList = { hash: Buffer.from(body.hash).toString('hex'), length: body.length, chunkSize: body.chunkSize, chunks: body.chunks, etag: body.etag, lastModified: body.lastModified, urls: body.urls }
   if (list.hash !== hash) throw new KithError('SWARM_BAD_LIST', 'a friend sent the hash list of another file than the one asked for')
   return list
+}
+
+/** A file's SHA-256 and its chunks' hashes, read once (a file `kith get` placed, offered to friends). */
+export async function hashFile (path: string, signal?: AbortSignal): Promise<{ sha256: string, chunks: Buffer }> {
+  const whole = createHash('sha256')
+  const chunks = new ChunkHasher()
+  for await (const piece of createReadStream(path, { highWaterMark: SWARM_CHUNK_SIZE, ...(signal != null ? { signal } : {}) }) as AsyncIterable<Buffer>) {
+    whole.update(piece)
+    chunks.update(piece)
+  }
+  return { sha256: whole.digest('hex'), chunks: chunks.digest() }
 }
 
 /** SHA-256 of each SWARM_CHUNK_SIZE piece of a stream of bytes, as they go by (the proxy's cache writer feeds it). */

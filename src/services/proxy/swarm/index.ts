@@ -6,7 +6,7 @@ import type { BandwidthScheduler } from '../../../transfer/scheduler/index.ts'
 import type { FriendBook } from '../../../trust/friends.ts'
 import { friendsOnly } from '../../../trust/gate.ts'
 import { ASK_DEADLINE_MS, MAX_INBOUND_SWARM_STREAMS, SWARM_PROTOCOL } from './constants.ts'
-import { openHashList, type HashList } from './hash-list.ts'
+import { hashFile, openHashList, type HashList } from './hash-list.ts'
 import { SwarmIndex, type Holding, type HoldingRecord } from './holdings.ts'
 import { askList, askWho, swarmHandler, type Dialer } from './protocol.ts'
 
@@ -82,6 +82,19 @@ export class Swarm {
   counted (source: 'friend' | 'origin', bytes: number): void {
     if (source === 'friend') this.fromFriends += bytes
     else this.fromOrigin += bytes
+  }
+
+  /**
+   * Offers a file `kith get` placed whole and verified (the queue's
+   * onVerified): hashed in chunks, recorded unless it changed since (its
+   * SHA-256 is not the one the download verified). Not offered when this
+   * node does not serve the swarm.
+   */
+  async offer (file: { urls: string[], path: string, size: number, sha256: string, etag: string | null, lastModified: string | null }): Promise<void> {
+    if (!this.init.serve || file.size === 0) return
+    const { sha256, chunks } = await hashFile(file.path)
+    if (sha256 !== file.sha256) return
+    await this.index.record({ urls: file.urls, etag: file.etag, lastModified: file.lastModified, hash: sha256, chunks, path: file.path, length: file.size })
   }
 
   /** Friends connected now who grant me files: the ones worth asking. */
