@@ -40,7 +40,8 @@ export interface Scratch {
   cleanup: () => Promise<void>
 }
 
-export async function scratch (name = 'download'): Promise<Scratch> {
+/** `settings` over SETTINGS: a download's network settings (proxies, DNS servers...) */
+export async function scratch (name = 'download', settings: Partial<DownloadSettings> = {}): Promise<Scratch> {
   const dir = await mkdtemp(join(tmpdir(), 'kith-addon-'))
   const partial = join(dir, name + '.partial')
   const stateDir = join(dir, 'state')
@@ -63,7 +64,7 @@ export async function scratch (name = 'download'): Promise<Scratch> {
         await flow.take(bytes, signal)
       },
       progress: p => { progress.push(p) },
-      settings: SETTINGS
+      settings: { ...SETTINGS, ...settings }
     }
     try {
       const parsed = new URL(url)

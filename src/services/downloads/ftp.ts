@@ -11,12 +11,17 @@
  *
  * No user: anonymous. Options: user, password (instead of the URL's), ca (a
  * PEM file of the authority to trust for ftps).
+ *
+ * The host is resolved with the downloads' DNS servers and connected to over
+ * IPv4 only when IPv6 is off (network.ts); a proxy that applies (ALL_PROXY)
+ * is refused: basic-ftp can't go through one.
  */
 import { readFile } from 'node:fs/promises'
 import { Client, FTPError } from 'basic-ftp'
 import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
 import { AddonOptions, decodedPath, needHost, userInfo } from './options.ts'
+import { connectAddress, family, refuseProxy } from './network.ts'
 import { abortReason, lengthChanged, openPartial, Progress, writeWith } from './partial.ts'
 
 const OPTIONS = ['user', 'password', 'ca'] as const
@@ -69,19 +74,23 @@ function ftpError (err: unknown, what: string): unknown {
 
 async function download (job: DownloadJob, ctx: DownloadContext): Promise<DownloadResult> {
   const t = target(job.url, job.options)
+  refuseProxy(job.url, ctx.settings, 'ftp')
   const client = new Client(ctx.settings.readTimeoutMs)
+  // control and data connections alike (basic-ftp connects each with it)
+  if (family(ctx.settings) === 4) client.ftp.ipFamily = 4
   const closeOnAbort = (): void => { client.close() }
   ctx.signal.addEventListener('abort', closeOnAbort, { once: true })
   const what = `${t.host}:${t.port}/${t.path}`
   try {
     ctx.signal.throwIfAborted()
     await client.access({
-      host: t.host,
+      host: await connectAddress(t.host, ctx.settings),
       port: t.port,
       user: t.user,
       password: t.password,
       secure: t.secure,
-      secureOptions: t.ca === undefined ? undefined : { ca: await readCa(t.ca) }
+      // the certificate is checked against the URL's name, also when the DNS servers gave the address
+      secureOptions: { host: t.host, ...(t.ca === undefined ? {} : { ca: await readCa(t.ca) }) }
     })
     const size = await client.size(t.path)
     // MDTM with the size tells a changed file; a server without MDTM has only the size

@@ -12,6 +12,10 @@
  * (option hostKey). Authentication: the key file given (option keyFile, with
  * passphrase), else the ssh-agent (SSH_AUTH_SOCK) and ~/.ssh/id_ed25519,
  * id_ecdsa, id_rsa; a password (the URL's or the option) last.
+ *
+ * The host is resolved with the downloads' DNS servers and connected to over
+ * IPv4 only when IPv6 is off (network.ts); a proxy that applies (ALL_PROXY)
+ * is refused (docs/downloads.md says why).
  */
 import { readFile } from 'node:fs/promises'
 import { homedir, userInfo as osUser } from 'node:os'
@@ -22,6 +26,7 @@ import { Client, type ConnectConfig, type SFTPWrapper } from 'ssh2'
 import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
 import { checkHostKey, readKnownHosts } from './known-hosts.ts'
+import { connectAddress, family, refuseProxy } from './network.ts'
 import { AddonOptions, decodedPath, needHost, userInfo } from './options.ts'
 import { abortReason, lengthChanged, openPartial, Progress, writeWith } from './partial.ts'
 import { readAhead } from './sftp-read.ts'
@@ -99,8 +104,9 @@ async function connect (client: Client, t: SftpTarget, ctx: DownloadContext): Pr
   const knownHosts = await readKnownHosts(t.knownHosts)
   let refused: unknown
   const config: ConnectConfig = {
-    host: t.host,
+    host: await connectAddress(t.host, ctx.settings),
     port: t.port,
+    forceIPv4: family(ctx.settings) === 4,
     username: t.user,
     password: t.password,
     privateKey: await privateKey(t),
@@ -129,6 +135,7 @@ async function connect (client: Client, t: SftpTarget, ctx: DownloadContext): Pr
 
 async function download (job: DownloadJob, ctx: DownloadContext): Promise<DownloadResult> {
   const t = target(job.url, job.options)
+  refuseProxy(job.url, ctx.settings, 'sftp')
   const what = `${t.host}:${t.port} ${t.path}`
   const client = new Client()
   // a late error (the connection dropped while closing) must not go unhandled

@@ -10,11 +10,18 @@
  * level (Depth: 1) at a time, since servers often refuse Depth: infinity,
  * and downloads as a folder (tree.ts). Options: user, password (instead of
  * the URL's); HTTP Basic or Digest, as the server asks.
+ *
+ * WebDAV is HTTP: its requests go through the HTTP add-on's dispatcher
+ * (http/dispatcher.ts), so the downloads' proxies, DNS servers, IPv4-only
+ * switch and timeouts apply as they do to http:// (route.ts). What listings
+ * (PROPFIND) bring passes the bandwidth scheduler too, not only the files.
  */
 import { Readable } from 'node:stream'
 import { createClient, type FileStat, type WebDAVClient } from 'webdav'
 import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
+import { makeDispatcher } from './http/dispatcher.ts'
+import { WebdavRoute } from './webdav-route.ts'
 import { AddonOptions, decodedPath, needHost, userInfo } from './options.ts'
 import { abortReason, fetchInto, Progress, type RemoteFile } from './partial.ts'
 import { checkTreeSize, downloadTree } from './tree.ts'
@@ -49,7 +56,8 @@ function davError (err: unknown, what: string): unknown {
   const status = (err as { status?: number }).status
   if (status === 401 || status === 403) return new KithError('REMOTE_AUTH_FAILED', `the WebDAV server refused access to ${what} (HTTP ${status}); check the user name and password`, { cause: err })
   if (status === 404) return new KithError('REMOTE_NOT_FOUND', `the WebDAV server has nothing at ${what}`, { cause: err })
-  const message = err instanceof Error ? err.message : String(err)
+  // undici's fetch fails with "fetch failed"; the why (refused, no such host, an untrusted certificate) is its cause
+  const message = err instanceof Error ? ((err.cause as Error | undefined)?.message ?? err.message) : String(err)
   return new KithError('REMOTE_FAILED', `WebDAV with ${what} failed: ${message}`, { cause: err })
 }
 
@@ -80,8 +88,14 @@ async function list (client: WebDAVClient, root: string, signal: AbortSignal): P
 
 async function download (job: DownloadJob, ctx: DownloadContext): Promise<DownloadResult> {
   const t = target(job.url, job.options)
-  const client = createClient(t.base, { username: t.user, password: t.password })
   const what = `${t.base}${t.path}`
+  let route: WebdavRoute
+  try {
+    route = new WebdavRoute(makeDispatcher(ctx.settings), ctx.take)
+  } catch (err) {
+    throw davError(err, what)
+  }
+  const client = createClient(t.base, { username: t.user, password: t.password, httpAgent: route, httpsAgent: route })
   try {
     const stat = await client.stat(t.path, { signal: ctx.signal }) as FileStat
     const fetchFrom = async (file: RemoteFile, at: number): Promise<{ body: Readable, from: number }> => {
@@ -101,6 +115,8 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
     return { size: stat.size, name: stat.basename, kind: 'file' }
   } catch (err) {
     throw abortReason(ctx.signal, davError(err, what))
+  } finally {
+    await route.close()
   }
 }
 

@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { ftpAddon } from '../../../src/services/downloads/ftp.ts'
 import { scratch, type Scratch } from '../../helpers/addon-context.ts'
+import { startDnsServer } from '../../helpers/dns-server.ts'
 import { sha } from '../../helpers/files.ts'
 import { describeNeeding, needsCommands } from '../../helpers/needs.ts'
 import { freePort, startServer, type ServerProcess } from '../../helpers/servers.ts'
@@ -67,6 +68,26 @@ describeNeeding('ftp add-on against vsftpd', [needsCommands(['vsftpd', 'openssl'
     expect(resumed.taken).toBe(SIZE - kept)
     expect(resumed.progress[0]).toEqual({ done: kept, total: SIZE, name: 'big.bin' })
     expect((await readFile(s.partial)).equals(content)).toBe(true)
+  })
+
+  it('resolves with the DNS servers of the settings; refuses a proxy it can\'t go through unless NO_PROXY names the host', async () => {
+    const dns = await startDnsServer({ 'ftp.kith.test': { a: ['127.0.0.1'] } })
+    const none = { http: null, https: null, all: null, noProxy: null }
+    const named = await scratch('named', { dns: [dns.address] })
+    const proxied = await scratch('proxied', { proxy: { ...none, all: 'socks5://127.0.0.1:1080' } })
+    const exempt = await scratch('exempt', { proxy: { ...none, all: 'socks5://127.0.0.1:1080', noProxy: 'localhost, 127.0.0.1' } })
+    try {
+      expect((await named.run(ftpAddon, `ftp://ftp.kith.test:${base.split(':')[1]!}/big.bin`)).result.size).toBe(SIZE)
+      expect(dns.asked).toContain('ftp.kith.test 1')
+      const refused = await proxied.run(ftpAddon, `ftp://${base}/big.bin`).catch((e: unknown) => e)
+      expect(refused).toMatchObject({ code: 'PROXY_UNSUPPORTED' })
+      expect((refused as Error).message).toMatch(/socks5:\/\/127\.0\.0\.1:1080.*NO_PROXY/)
+      expect(proxied.lastTaken()).toBe(0)
+      expect((await exempt.run(ftpAddon, `ftp://${base}/big.bin`)).result.size).toBe(SIZE)
+    } finally {
+      for (const run of [named, proxied, exempt]) await run.cleanup()
+      await dns.stop()
+    }
   })
 
   it('refuses a missing file, a refused login, an untrusted certificate and bad URLs with typed errors', async () => {

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest'
 import { fingerprint } from '../../../src/services/downloads/known-hosts.ts'
 import { sftpAddon } from '../../../src/services/downloads/sftp.ts'
 import { scratch, type Scratch } from '../../helpers/addon-context.ts'
+import { startDnsServer } from '../../helpers/dns-server.ts'
 import { describeNeeding, needsCommands } from '../../helpers/needs.ts'
 import { freePort, startServer, type ServerProcess } from '../../helpers/servers.ts'
 
@@ -72,6 +73,25 @@ describeNeeding('sftp add-on against sshd', [needsCommands(['sshd', 'ssh-keygen'
     expect(resumed.taken).toBe(SIZE - kept)
     expect(resumed.progress.at(-1)).toEqual({ done: SIZE, total: SIZE, name: 'big.bin' })
     expect((await readFile(s.partial)).equals(content)).toBe(true)
+  })
+
+  it('resolves with the DNS servers of the settings (the host key checked for the URL\'s name); refuses a proxy it can\'t go through', async () => {
+    const dns = await startDnsServer({ 'ssh.kith.test': { a: ['127.0.0.1'] } })
+    const named = await scratch('named', { dns: [dns.address], ipv6: false })
+    const proxied = await scratch('proxied', { proxy: { http: null, https: null, all: 'http://127.0.0.1:3128', noProxy: 'example.org' } })
+    try {
+      const byName = url.replace('127.0.0.1', 'ssh.kith.test')
+      // known_hosts holds the key for 127.0.0.1, not for this name: it is checked for the name the URL gives
+      await expect(named.run(sftpAddon, byName, options)).rejects.toMatchObject({ code: 'HOST_KEY_UNKNOWN' })
+      expect((await named.run(sftpAddon, byName, { ...options, hostKey: hostPrint })).result.size).toBe(SIZE)
+      expect(dns.asked).toContain('ssh.kith.test 1')
+      expect(dns.asked).not.toContain('ssh.kith.test 28')
+      await expect(proxied.run(sftpAddon, url, options)).rejects.toMatchObject({ code: 'PROXY_UNSUPPORTED' })
+    } finally {
+      await named.cleanup()
+      await proxied.cleanup()
+      await dns.stop()
+    }
   })
 
   it('refuses a changed host key, a key the server does not take, a missing file and bad options with typed errors', async () => {

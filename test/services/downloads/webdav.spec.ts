@@ -6,6 +6,8 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { webdavAddon } from '../../../src/services/downloads/webdav.ts'
 import { scratch, type Scratch } from '../../helpers/addon-context.ts'
+import { startConnectProxy } from '../../helpers/connect-proxy.ts'
+import { startDnsServer } from '../../helpers/dns-server.ts'
 import { tree } from '../../helpers/files.ts'
 import { describeNeeding } from '../../helpers/needs.ts'
 import { needsNginx, startNginx, type Nginx } from '../../helpers/nginx.ts'
@@ -50,15 +52,22 @@ describeNeeding('webdav add-on against nginx', [needsNginx(), needsDavExt()], ()
     await rm(root, { recursive: true, force: true })
   })
 
+  /** bytes of PROPFIND answers (207) nginx sent since its access log had `from` lines: listings pass the scheduler too */
+  const listed = async (from: number): Promise<number> =>
+    (await nginx.accessLog()).slice(from).filter(line => line.startsWith('207 ')).reduce((sum, line) => sum + Number(line.split(' ')[2]), 0)
+
   it('downloads a file; a resume after an abort fetches only the rest', async () => {
     const size = 2 * 1024 * 1024 + 3
     await expect(s.run(webdavAddon, `${dav}/dav/big.bin`, {}, 512 * 1024)).rejects.toThrow('aborted by the test')
     const kept = (await stat(s.partial)).size
     expect(kept).toBeGreaterThan(0)
     expect(kept).toBeLessThan(size)
+    const log = (await nginx.accessLog()).length
     const resumed = await s.run(webdavAddon, `${dav}/dav/big.bin`)
     expect(resumed.result).toEqual({ size, name: 'big.bin', kind: 'file' })
-    expect(resumed.taken).toBe(size - kept)
+    const listing = await listed(log)
+    expect(listing).toBeGreaterThan(0)
+    expect(resumed.taken).toBe(size - kept + listing)
     expect((await readFile(s.partial)).equals(await readFile(join(root, 'dav', 'big.bin')))).toBe(true)
   })
 
@@ -72,8 +81,9 @@ describeNeeding('webdav add-on against nginx', [needsNginx(), needsDavExt()], ()
     const now = randomBytes(size)
     await writeFile(join(root, 'dav', 'changing.bin'), now)
     await utimes(join(root, 'dav', 'changing.bin'), new Date(), new Date(Date.now() + 5000))
+    const log = (await nginx.accessLog()).length
     const again = await s.run(webdavAddon, `${dav}/dav/changing.bin`)
-    expect(again.taken).toBe(size)
+    expect(again.taken).toBe(size + await listed(log))
     expect((await readFile(s.partial)).equals(now)).toBe(true)
   })
 
@@ -88,10 +98,39 @@ describeNeeding('webdav add-on against nginx', [needsNginx(), needsDavExt()], ()
     }
     expect(kept).toBeGreaterThan(0)
     expect(kept).toBeLessThan(total)
+    const log = (await nginx.accessLog()).length
     const resumed = await s.run(webdavAddon, `${dav}/dav/folder`)
     expect(resumed.result).toEqual({ size: total, name: 'folder', kind: 'tree' })
-    expect(resumed.taken).toBe(total - kept)
+    // a stat and three levels of listing
+    expect((await nginx.accessLog()).slice(log).filter(line => line.startsWith('207 '))).toHaveLength(4)
+    expect(resumed.taken).toBe(total - kept + await listed(log))
     expect(await tree(s.partial)).toEqual(await tree(join(root, 'dav', 'folder')))
+  })
+
+  it('goes through the proxy and the DNS servers of the download settings, as http:// does', async () => {
+    const proxy = await startConnectProxy()
+    const dns = await startDnsServer({ 'dav.kith.test': { a: ['127.0.0.1'] } })
+    const none = { http: null, https: null, all: null, noProxy: null }
+    const runs: Scratch[] = []
+    const using = async (settings: Parameters<typeof scratch>[1]): Promise<Scratch> => { runs.push(await scratch('dav', settings)); return runs.at(-1)! }
+    try {
+      const file = `${dav}/dav/folder/a.bin`
+      expect((await (await using({ proxy: { ...none, http: proxy.url } })).run(webdavAddon, file)).result.size).toBe(700_000)
+      // the stat, then the file: each request through the proxy
+      expect(proxy.tunnels.length).toBeGreaterThan(0)
+      expect(new Set(proxy.tunnels)).toEqual(new Set([`127.0.0.1:${nginx.port}`]))
+      proxy.tunnels.length = 0
+      expect((await (await using({ proxy: { ...none, all: proxy.url, noProxy: '127.0.0.1' } })).run(webdavAddon, file)).result.size).toBe(700_000)
+      expect(proxy.tunnels).toEqual([])
+      await expect((await using({ proxy: { ...none, all: 'socks5://127.0.0.1:1080' } })).run(webdavAddon, file)).rejects.toMatchObject({ code: 'PROXY_UNSUPPORTED' })
+      const named = await (await using({ dns: [dns.address] })).run(webdavAddon, `webdav://dav.kith.test:${nginx.port}/dav/folder/a.bin`)
+      expect(named.result.size).toBe(700_000)
+      expect(dns.asked).toContain('dav.kith.test 1')
+    } finally {
+      for (const run of runs) await run.cleanup()
+      await dns.stop()
+      await proxy.stop()
+    }
   })
 
   it('logs in with Basic auth; refuses a wrong password, a missing path and bad options with typed errors', async () => {

@@ -1,0 +1,64 @@
+/**
+ * The download settings (settings.ts) for add-ons that open their own TCP
+ * connections (ftp, sftp): the DNS servers and the IPv4-only switch as the
+ * HTTP add-on honours them (http/dispatcher.ts resolves with the same
+ * lookup), and proxies, which these add-ons can't go through: a proxy that
+ * applies to the URL is refused in words, never silently bypassed.
+ */
+import { KithError } from '../../errors.ts'
+import type { DownloadSettings } from './addon.ts'
+import { serverLookup } from './http/dispatcher.ts'
+
+/** the address family to connect with: 4 when IPv6 is switched off, else either (0) */
+export function family (settings: DownloadSettings): 0 | 4 {
+  return settings.ipv6 ? 0 : 4
+}
+
+/**
+ * What to connect to for `host`: with DNS servers configured, the address
+ * they give (IPv4 only when IPv6 is off); else `host` itself, which the
+ * system resolves when the connection is made with `family(settings)`.
+ */
+export async function connectAddress (host: string, settings: DownloadSettings): Promise<string> {
+  if (settings.dns.length === 0) return host
+  const lookup = serverLookup(settings.dns)
+  return await new Promise((resolve, reject) => {
+    lookup(host, { family: family(settings) }, (err, address) => {
+      if (err != null) reject(new KithError('REMOTE_FAILED', `${host}: the DNS servers ${settings.dns.join(', ')} have no address for it; check the URL, or downloads.dns in config.json`, { cause: err }))
+      else resolve(address as string)
+    })
+  })
+}
+
+/**
+ * Refuses a download whose URL a configured proxy applies to: ALL_PROXY
+ * (downloads.proxy.all) applies to every scheme but http and https, unless
+ * NO_PROXY names the host. `what` names the add-on ("sftp").
+ */
+export function refuseProxy (url: URL, settings: DownloadSettings, what: string): void {
+  const proxy = settings.proxy.all
+  if (proxy == null || proxy === '' || exempt(url, settings.proxy.noProxy)) return
+  throw new KithError('PROXY_UNSUPPORTED', `ALL_PROXY (or downloads.proxy.all) is ${proxy}, and kith's ${what} downloads can't go through a proxy; ` +
+    `to connect to ${url.hostname} directly, add it to NO_PROXY (or downloads.proxy.noProxy in config.json)`)
+}
+
+/**
+ * Whether NO_PROXY names the URL's host, as curl reads it: entries split by
+ * commas or spaces, `*` for every host, a name for itself and the names under
+ * it (`.example.org` and `*.example.org` too), an optional `:port`.
+ */
+export function exempt (url: URL, noProxy: string | null): boolean {
+  if (noProxy == null) return false
+  const host = url.hostname.replace(/^\[|\]$/g, '').toLowerCase()
+  return noProxy.split(/[\s,]+/).filter(Boolean).some(raw => {
+    if (raw === '*') return true
+    let entry = raw.toLowerCase()
+    let port: string | undefined
+    const bracketed = /^\[(.+)\](?::(\d+))?$/.exec(entry)
+    if (bracketed != null) [entry, port] = [bracketed[1]!, bracketed[2]]
+    else if (/^[^:]+:\d+$/.test(entry)) [entry, port] = entry.split(':') as [string, string]
+    if (port !== undefined && port !== url.port) return false
+    entry = entry.replace(/^\*?\./, '')
+    return host === entry || host.endsWith(`.${entry}`)
+  })
+}

@@ -1,0 +1,26 @@
+import { describe, it, expect } from 'vitest'
+import { exempt, refuseProxy } from '../../../src/services/downloads/network.ts'
+import { SETTINGS } from '../../helpers/addon-context.ts'
+
+describe('proxies for add-ons that can\'t use one (network.ts)', () => {
+  it('reads NO_PROXY as curl does: names and the names under them, *, ports, IPv6 in brackets', () => {
+    const url = (u: string): URL => new URL(u)
+    expect(exempt(url('sftp://files.example.org/x'), 'example.org')).toBe(true)
+    expect(exempt(url('sftp://files.example.org/x'), '.example.org')).toBe(true)
+    expect(exempt(url('sftp://files.example.org/x'), '*.example.org')).toBe(true)
+    expect(exempt(url('sftp://badexample.org/x'), 'example.org')).toBe(false)
+    expect(exempt(url('ftp://Host.Lan:2121/x'), 'a.b, host.lan:2121')).toBe(true)
+    expect(exempt(url('ftp://host.lan:21/x'), 'host.lan:2121')).toBe(false)
+    expect(exempt(url('ftp://[::1]:2121/x'), '[::1]:2121')).toBe(true)
+    expect(exempt(url('ftp://10.0.0.1/x'), '*')).toBe(true)
+    expect(exempt(url('ftp://10.0.0.1/x'), null)).toBe(false)
+  })
+
+  it('refuses only where ALL_PROXY applies, in words that say what to do', () => {
+    const none = { http: null, https: null, all: null, noProxy: null }
+    expect(() => { refuseProxy(new URL('sftp://h/x'), { ...SETTINGS, proxy: { ...none, http: 'http://p:3128' } }, 'sftp') }).not.toThrow()
+    expect(() => { refuseProxy(new URL('sftp://h/x'), { ...SETTINGS, proxy: { ...none, all: 'socks5://p:1080', noProxy: 'h' } }, 'sftp') }).not.toThrow()
+    expect(() => { refuseProxy(new URL('sftp://h/x'), { ...SETTINGS, proxy: { ...none, all: 'socks5://p:1080' } }, 'sftp') })
+      .toThrow(expect.objectContaining({ code: 'PROXY_UNSUPPORTED', message: expect.stringMatching(/add it to NO_PROXY/) }))
+  })
+})
