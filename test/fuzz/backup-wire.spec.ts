@@ -1,10 +1,11 @@
 import fc from 'fast-check'
+import type { z } from 'zod'
 import { describe, expect, it } from 'vitest'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { encodeCanonical } from '../../src/peer/canonical.ts'
 import { BandwidthScheduler } from '../../src/transfer/scheduler/index.ts'
 import {
-  MAX_AUDIT_CHALLENGES, MAX_BATCH_IDS, decodeHeader, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest,
+  MAX_AUDIT_CHALLENGES, MAX_BATCH_IDS, MAX_MANY_BLOBS, MAX_MANY_BYTES, decodeHeader, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest,
   type Frames
 } from '../../src/services/backup/wire.ts'
 import { cborBytes, keys, mutateField } from './arbitraries.ts'
@@ -30,7 +31,10 @@ const request: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
   fc.tuple(fc.option(hexId), fc.integer({ min: 1, max: 1000 })).map(([after, limit]) => ({ v: 1, op: 'list', after, limit })),
   fc.array(fc.record({ id: hexId, leaf: fc.nat(1023) }), { minLength: 1, maxLength: 4 }).map(challenges => ({ v: 1, op: 'audit', challenges })),
   fc.tuple(fc.integer({ min: 1, max: 16 * 1024 * 1024 }), counter, sig).map(([size, c, s]) => ({ v: 1, op: 'put-record', size, counter: c, sig: s })),
-  fc.constant({ v: 1, op: 'get-record' })
+  fc.constant({ v: 1, op: 'get-record' }),
+  fc.uniqueArray(fc.record({ id: hexId, size: fc.integer({ min: 29, max: 4 * 1024 * 1024 + 29 }) }), { minLength: 1, maxLength: 4, selector: b => b.id })
+    .map(blobs => ({ v: 1, op: 'put-many', blobs })),
+  fc.uniqueArray(hexId, { minLength: 1, maxLength: 8 }).map(i => ({ v: 1, op: 'get-many', ids: i }))
 )
 const decode = (bytes: Uint8Array): unknown => decodeHeader(bytes, requestSchema, 'the backup request')
 const isRequest = (value: unknown): void => { expect(requestSchema.safeParse(value).success).toBe(true) }
@@ -69,13 +73,35 @@ describe('backup wire codecs', () => {
       { v: 1, op: 'put-record', size: 16 * 1024 * 1024 + 1, counter: 1, sig: new Uint8Array(64) },
       { v: 1, op: 'audit', challenges: Array.from({ length: MAX_AUDIT_CHALLENGES + 1 }, () => ({ id, leaf: 0 })) },
       { v: 1, op: 'list', after: null, limit: 1001 },
-      { v: 1, op: 'remove', ids: [id], counter: 0, sig: new Uint8Array(64) }
+      { v: 1, op: 'remove', ids: [id], counter: 0, sig: new Uint8Array(64) },
+      // put-many: more blobs or bytes than one may carry, a blob named twice; get-many likewise
+      { v: 1, op: 'put-many', blobs: Array.from({ length: MAX_MANY_BLOBS + 1 }, (_, i) => ({ id: i.toString(16).padStart(64, '0'), size: 100 })) },
+      { v: 1, op: 'put-many', blobs: Array.from({ length: 5 }, (_, i) => ({ id: i.toString(16).padStart(64, '0'), size: MAX_MANY_BYTES / 4 })) },
+      { v: 1, op: 'put-many', blobs: [{ id, size: 100 }, { id, size: 100 }] },
+      { v: 1, op: 'get-many', ids: Array.from({ length: MAX_MANY_BLOBS + 1 }, (_, i) => i.toString(16).padStart(64, '0')) },
+      { v: 1, op: 'get-many', ids: [id, id] }
     ]) rejects(() => decode(encodeCanonical(r)), ['PROTOCOL_VIOLATION'], r)
   })
 
   it('refuses an answer that is not one, on the owner\'s side', () => {
-    const schema = responseSchemas.usage
-    fuzz(fc.property(cborBytes, bytes => { rejectsOrValid(() => decodeHeader(bytes, schema, 'the answer'), ['PROTOCOL_VIOLATION'], v => { expect(schema.safeParse(v).success).toBe(true) }, bytes) }))
+    const schemas: Array<z.ZodType<unknown>> = [responseSchemas.usage, responseSchemas.statuses, responseSchemas.storedMany, responseSchemas.item]
+    for (const schema of schemas) {
+      fuzz(fc.property(cborBytes, bytes => { rejectsOrValid(() => decodeHeader(bytes, schema, 'the answer'), ['PROTOCOL_VIOLATION'], v => { expect(schema.safeParse(v).success).toBe(true) }, bytes) }))
+    }
+    // put-many's and get-many's answers, truncated or bit-flipped
+    const answers: Array<[Record<string, unknown>, z.ZodType<unknown>]> = [
+      [{ v: 1, ok: true, status: ['go', 'held', 'full', 'busy'], used: 10, quota: 20 }, responseSchemas.statuses],
+      [{ v: 1, ok: true, size: 4096 }, responseSchemas.item]
+    ]
+    for (const [answer, schema] of answers) {
+      const bytes = encodeCanonical(answer)
+      for (let n = 0; n < bytes.length; n++) rejects(() => decodeHeader(bytes.subarray(0, n), schema, 'the answer'), ['PROTOCOL_VIOLATION'], n)
+      fuzz(fc.property(withFlip(fc.constant(bytes)), ([, flipped]) => {
+        rejectsOrValid(() => decodeHeader(flipped, schema, 'the answer'), ['PROTOCOL_VIOLATION'], v => { expect(schema.safeParse(v).success).toBe(true) }, flipped)
+      }))
+    }
+    // a blob announced bigger than a sealed blob can be
+    rejects(() => decodeHeader(encodeCanonical({ v: 1, ok: true, size: 4 * 1024 * 1024 + 30 }), responseSchemas.item, 'the answer'), ['PROTOCOL_VIOLATION'])
   })
 
   it('binds a signed request to its op, host, counter and subject', () => {

@@ -255,17 +255,23 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
     const writing = new Set<Promise<void>>()
     let writingBytes = 0
     let failure: unknown = null
-    for (const { id, size } of go) {
-      const sealed = await readBody(io.frames, size, io.down, signal, 'the owner')
-      while (writing.size > 0 && (writingBytes + size > STORE_AHEAD_BYTES || writing.size >= STORE_AHEAD_BLOBS)) await Promise.race(writing)
-      if (failure != null) break
-      writingBytes += size
-      const write: Promise<void> = store.put(id, sealed)
-        .then(() => { stored.push(id) }, err => { failure ??= err })
-        .finally(() => { writingBytes -= size; writing.delete(write) })
-      writing.add(write)
+    try {
+      for (const { id, size } of go) {
+        const sealed = await readBody(io.frames, size, io.down, signal, 'the owner')
+        // checked now, not only by the store a moment later: a bad body ends the request before the next is awaited
+        if (chunkId(sealed) !== id) throw new KithError('CHUNK_HASH_MISMATCH', `the bytes sent as blob ${id} are not it; nothing of it was kept`)
+        while (writing.size > 0 && (writingBytes + size > STORE_AHEAD_BYTES || writing.size >= STORE_AHEAD_BLOBS)) await Promise.race(writing)
+        if (failure != null) break
+        writingBytes += size
+        const write: Promise<void> = store.put(id, sealed)
+          .then(() => { stored.push(id) }, err => { failure ??= err })
+          .finally(() => { writingBytes -= size; writing.delete(write) })
+        writing.add(write)
+      }
+    } finally {
+      // whatever reached the store is committed below, even when the request fails
+      await Promise.all(writing)
     }
-    await Promise.all(writing)
     if (failure != null) throw failure
   } finally {
     await book.commitMany(owner, stored)

@@ -14,7 +14,7 @@ import { transferEngine, type TransferEngine } from '../../../src/services/engin
 import { BackupHost } from '../../../src/services/backup/host.ts'
 import { backupClient, type BackupClient } from '../../../src/services/backup/protocol.ts'
 import { auditRoot, leafCount, verifyAudit } from '../../../src/services/backup/audit-tree.ts'
-import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, MAX_STREAMS_PER_OWNER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
+import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, MAX_MANY_BYTES, MAX_STREAMS_PER_OWNER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
 import { askHave, getChunks } from '../../../src/transfer/chunk-protocol.ts'
 import { chunkId } from '../../../src/transfer/seal.ts'
@@ -281,6 +281,53 @@ describe('backup protocol', () => {
       expect(taken.get('up backup')).toBeGreaterThan(b.sealed.length)
       expect(taken.get('down backup')).toBeGreaterThan(b.sealed.length)
     }
+  })
+
+  it('put-many and get-many: many blobs a request, the quota exact under concurrent batches, a bad body gives back what it did not store', async () => {
+    const client = clientOf(bob)
+    const size = 50 * 1024
+    const start = (await client.usage()).used
+    await backup.setQuota('bob', start + 5 * size + size / 2)
+    // two batches at once against room for 5 of their 8 blobs (one blob in both): 5 reserved, whichever wins
+    const shared = blob(size)
+    const batches = [[shared, blob(size), blob(size), blob(size)], [blob(size), shared, blob(size), blob(size), blob(size)]]
+    const answers = await Promise.all(batches.map(async b => await client.putMany(b)))
+    const go = answers.flatMap(a => a.status).filter(s => s === 'go').length
+    expect(go).toBe(5)
+    // 8 distinct blobs, 5 fit: the other 3 were refused before a byte of them moved
+    expect(answers.flatMap(a => a.status).filter(s => s === 'full').length).toBeGreaterThanOrEqual(3)
+    const usage = await client.usage()
+    expect(usage.used).toBe(start + 5 * size)
+    const listed = (await client.list()).ids
+    expect(listed.reduce((n, x) => n + x.size, 0)).toBe(usage.used)
+    for (const { id } of listed) expect(await engine.store.has(id)).toBe(true)
+
+    // get-many: each blob verified, or missing, in the order asked
+    const stored = [...new Map(batches.flat().map(x => [x.id, x])).values()].filter(x => listed.some(l => l.id === x.id))
+    const unknown = blob(100)
+    const got = await client.getMany([...stored.map(b => b.id), unknown.id])
+    expect(got.slice(0, -1).map(g => Buffer.from(g as Uint8Array))).toEqual(stored.map(b => b.sealed))
+    expect(codeOf(got.at(-1))).toBe('BLOB_MISSING')
+
+    // a body that is not its blob: the one before it is kept, it and the rest are given back
+    await backup.setQuota('bob', start + 100 * size)
+    const [a, b, c] = [blob(1000), blob(1000), blob(1000)]
+    const stream = await bob.node.dialProtocol(host.node.peerId, BACKUP_PROTOCOL)
+    const lp = lpStream(stream)
+    await lp.write(encodeCanonical({ v: 1, op: 'put-many', blobs: [a, b, c].map(x => ({ id: x.id, size: 1000 })) }))
+    expect(decodeCanonical((await lp.read()).subarray(), 'PROTOCOL_VIOLATION', 'status')).toMatchObject({ ok: true, status: ['go', 'go', 'go'] })
+    await lp.write(a.sealed)
+    await lp.write(blob(1000).sealed)
+    expect(decodeCanonical((await lp.read()).subarray(), 'PROTOCOL_VIOLATION', 'answer')).toMatchObject({ ok: false, code: 'CHUNK_HASH_MISMATCH' })
+    stream.abort(new Error('done'))
+    expect(await client.has([a.id, b.id, c.id])).toEqual([true, false, false])
+    expect((await client.usage()).used).toBe(start + 5 * size + 1000)
+
+    // get-many of more bytes than one answer may hold is refused before a blob is read
+    const bigs = Array.from({ length: 5 }, () => blob(MAX_MANY_BYTES / 4 - 1000))
+    for (const part of [bigs.slice(0, 3), bigs.slice(3)]) await clientOf(alice).putMany(part)
+    expect(codeOf(await clientOf(alice).getMany(bigs.map(x => x.id)).catch(e => e))).toBe('PAYLOAD_TOO_LARGE')
+    await clientOf(alice).remove(bigs.map(x => x.id))
   })
 
   it('deletes a revoked friend\'s blobs and record after the grace period (0 here)', async () => {
