@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { constants } from 'node:fs'
-import { lstat, mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises'
+import { lstat, mkdir, open, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
@@ -221,6 +221,11 @@ class LevelChunkStore implements ChunkStore {
   private readonly scratch = new BufferPool(4)
   private readonly onDropped: ChunkStoreInit['onDropped']
   private current: ChunkStoreStats = { count: 0, bytes: 0, inFiles: 0 }
+  /** index changes waiting for the batch being written (see commit) */
+  private readonly changes: Change[] = []
+  private writing: Promise<void> | undefined
+  /** files that hold chunks, open for reading while chunks are read from them in a row */
+  private readonly handles = new ReadHandles()
 
   constructor (init: ChunkStoreInit) {
     this.dir = init.dir
@@ -250,20 +255,57 @@ class LevelChunkStore implements ChunkStore {
     return join(this.dir, id.slice(0, 2), id)
   }
 
-  /** Index changes go through here one at a time, so the stats row never races. */
+  /**
+   * Index changes go through here, so the stats row never races. Changes
+   * asked for while a batch is being written wait and go together in the
+   * next one (a group commit): a fetch records one chunk per chunk it writes,
+   * and many small files would otherwise cost one database write each. Each
+   * caller holds its chunk's lock until its own change is written, so a batch
+   * never holds two changes of one chunk. A batch that fails fails every
+   * change in it, and the stats stay as they were.
+   */
   private async commit (id: string, record: ChunkRecord | undefined, previous: ChunkRecord | undefined): Promise<void> {
-    await this.locks.run('\0index', async () => {
+    await this.write({ id, record, previous, stats: true })
+  }
+
+  /** A row change that leaves the stats as they are (a chunk held in a file moved, or seen again). */
+  private async rewrite (id: string, record: ChunkRecord): Promise<void> {
+    await this.write({ id, record, previous: undefined, stats: false })
+  }
+
+  private async write (change: Omit<Change, 'done'>): Promise<void> {
+    const done = Promise.withResolvers<void>()
+    this.changes.push({ ...change, done })
+    if (this.writing === undefined) {
+      this.writing = this.drain().finally(() => { this.writing = undefined })
+    }
+    await done.promise
+  }
+
+  private async drain (): Promise<void> {
+    while (this.changes.length > 0) {
+      const changes = this.changes.splice(0, MAX_BATCH)
       let next = this.current
-      if (previous !== undefined) next = add(next, weight(previous), -1)
-      if (record !== undefined) next = add(next, weight(record), 1)
-      await this.db.batch([
-        record !== undefined
-          ? { type: 'put', sublevel: this.index, key: id, value: record }
-          : { type: 'del', sublevel: this.index, key: id },
-        { type: 'put', sublevel: this.meta, key: 'stats', value: next }
-      ])
+      const ops: any[] = []
+      for (const c of changes) {
+        if (c.stats) {
+          if (c.previous !== undefined) next = add(next, weight(c.previous), -1)
+          if (c.record !== undefined) next = add(next, weight(c.record), 1)
+        }
+        ops.push(c.record !== undefined
+          ? { type: 'put', sublevel: this.index, key: c.id, value: c.record }
+          : { type: 'del', sublevel: this.index, key: c.id })
+      }
+      if (changes.some(c => c.stats)) ops.push({ type: 'put', sublevel: this.meta, key: 'stats', value: next })
+      try {
+        await this.db.batch(ops)
+      } catch (err) {
+        for (const c of changes) c.done.reject(err)
+        continue
+      }
       this.current = next
-    })
+      for (const c of changes) c.done.resolve()
+    }
   }
 
   async put (id: string, sealed: Uint8Array, options: PutOptions = {}): Promise<boolean> {
@@ -323,16 +365,21 @@ class LevelChunkStore implements ChunkStore {
   async moveInFile (ids: Iterable<string>, from: string, to: string): Promise<void> {
     // placed and complete: its size and mtime from now on say whether it was written to since
     const seen = await seenOf(to)
-    for (const id of new Set(ids)) {
-      checkId(id)
-      await this.locks.run(id, async () => {
-        const record = await this.index.get(id)
-        if (record?.file?.path !== from) return
-        const file: FileRef = { ...record.file, path: to }
-        if (seen !== undefined) file.seen = seen
-        else delete file.seen
-        await this.index.put(id, { ...record, file })
-      })
+    const unique = [...new Set(ids)]
+    unique.forEach(checkId)
+    this.handles.forget(from)
+    // many at once, so their rows go in a few batches rather than one write per chunk
+    for (let at = 0; at < unique.length; at += MAX_BATCH) {
+      await Promise.all(unique.slice(at, at + MAX_BATCH).map(async id => {
+        await this.locks.run(id, async () => {
+          const record = await this.index.get(id)
+          if (record?.file?.path !== from) return
+          const file: FileRef = { ...record.file, path: to }
+          if (seen !== undefined) file.seen = seen
+          else delete file.seen
+          await this.rewrite(id, { ...record, file })
+        })
+      }))
     }
   }
 
@@ -346,6 +393,8 @@ class LevelChunkStore implements ChunkStore {
     if (now === undefined) return false
     const seen = record.file.seen
     if (seen === undefined || (seen.size === now.size && seen.mtimeMs === now.mtimeMs)) return true
+    // a handle kept open from before the change would read the file as it was
+    this.handles.forget(record.file.path)
     // Written to since: check the chunk's bytes now (get drops it if they changed),
     // so a HAVE answer stays true and a friend is not blamed for a MISSING later.
     try {
@@ -357,7 +406,7 @@ class LevelChunkStore implements ChunkStore {
     }
     await this.locks.run(id, async () => {
       const again = await this.index.get(id)
-      if (again?.file?.path === record.file!.path) await this.index.put(id, { ...again, file: { ...again.file, seen: now } })
+      if (again?.file?.path === record.file!.path) await this.rewrite(id, { ...again, file: { ...again.file, seen: now } })
     })
     return true
   }
@@ -389,23 +438,18 @@ class LevelChunkStore implements ChunkStore {
     const found = await this.keys?.(ref.position.shareId, ref.owner)
     const ring = found === undefined ? [] : Array.isArray(found) ? found : [found as SealKeys]
     if (ring.length === 0) return undefined
-    let handle
-    try {
-      // not through a symlink, and never blocking on a FIFO the user put there
-      handle = await open(ref.path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
-    } catch (err) {
-      if (GONE.has((err as NodeJS.ErrnoException).code ?? '')) return undefined
-      throw err
-    }
     const plaintext = this.scratch.take(size - SEAL_OVERHEAD)
     try {
-      if (!(await handle.stat()).isFile()) return undefined
-      let at = 0
-      while (at < plaintext.length) {
-        const { bytesRead } = await handle.read(plaintext, at, plaintext.length - at, ref.offset + at)
-        if (bytesRead === 0) return undefined
-        at += bytesRead
-      }
+      const read = await this.handles.use(ref.path, async handle => {
+        let at = 0
+        while (at < plaintext.length) {
+          const { bytesRead } = await handle.read(plaintext, at, plaintext.length - at, ref.offset + at)
+          if (bytesRead === 0) return false
+          at += bytesRead
+        }
+        return true
+      })
+      if (read !== true) return undefined
       const nonce = Buffer.from(ref.nonce, 'hex')
       for (const keys of ring) {
         const sealed = resealChunkParts(keys, ref.position, plaintext, nonce)
@@ -415,7 +459,6 @@ class LevelChunkStore implements ChunkStore {
     } finally {
       // the plaintext is not needed once sealed again (or given up on)
       this.scratch.give(plaintext)
-      await handle.close()
     }
   }
 
@@ -475,6 +518,149 @@ class LevelChunkStore implements ChunkStore {
   }
 }
 
+
+/** Index changes in one database batch, at most. */
+const MAX_BATCH = 256
+
+interface Change {
+  id: string
+  /** the new row; undefined deletes it */
+  record: ChunkRecord | undefined
+  previous: ChunkRecord | undefined
+  /** whether the change counts in the stats row */
+  stats: boolean
+  done: PromiseWithResolvers<void>
+}
+
+/** How long a read handle stays open, at most, once opened. */
+export const READ_HANDLE_MS = 1_000
+/** Read handles kept open at once. */
+const MAX_READ_HANDLES = 16
+
+interface Opened {
+  handle: FileHandle
+  dev: number
+  ino: number
+}
+
+interface OpenFile {
+  opened: Promise<Opened | undefined>
+  users: number
+  /** no new reads; closed once its last reader is done */
+  retired: boolean
+}
+
+/**
+ * Files holding chunks, kept open while their chunks are read one after
+ * another (a GET of a big file reads many from the same file): a read costs
+ * one lstat of the path rather than an open, a stat and a close. The lstat
+ * must find the very file the handle has open (same device and inode), so a
+ * file deleted or replaced under its path is seen at once, as with an open
+ * per read; bytes changed in place fail the chunk's hash either way. A handle
+ * is closed READ_HANDLE_MS after it was opened (once nothing reads through
+ * it), so no file is held open for long. Opened as before: never through a
+ * symlink, never blocking on a FIFO, regular files only.
+ */
+class ReadHandles {
+  private readonly files = new Map<string, OpenFile>()
+
+  /** Runs `task` with an open handle on `path`; undefined if there is no regular file there. */
+  async use<T> (path: string, task: (handle: FileHandle) => Promise<T>): Promise<T | undefined> {
+    const kept = this.files.get(path)
+    if (kept !== undefined) {
+      const now = await lstat(path).catch(() => undefined)
+      const opened = await kept.opened.catch(() => undefined)
+      if (now === undefined || !now.isFile()) {
+        this.retire(path, kept)
+        return undefined
+      }
+      if (opened !== undefined && !kept.retired && opened.dev === now.dev && opened.ino === now.ino) {
+        return await this.run(kept, opened.handle, task)
+      }
+      this.retire(path, kept)
+    }
+    const file: OpenFile = { opened: openRegular(path), users: 0, retired: false }
+    this.files.set(path, file)
+    setTimeout(() => { this.retire(path, file) }, READ_HANDLE_MS).unref()
+    this.trim()
+    file.users++
+    let opened: Opened | undefined
+    try {
+      opened = await file.opened
+    } catch (err) {
+      this.release(path, file, true)
+      throw err
+    }
+    if (opened === undefined) {
+      this.release(path, file, true)
+      return undefined
+    }
+    file.users--
+    return await this.run(file, opened.handle, task)
+  }
+
+  private async run<T> (file: OpenFile, handle: FileHandle, task: (handle: FileHandle) => Promise<T>): Promise<T> {
+    file.users++
+    try {
+      return await task(handle)
+    } finally {
+      file.users--
+      if (file.retired) this.closeIfIdle(file)
+    }
+  }
+
+  private release (path: string, file: OpenFile, retire: boolean): void {
+    file.users--
+    if (retire) this.retire(path, file)
+  }
+
+  /** The next read of `path` opens it again. */
+  forget (path: string): void {
+    const file = this.files.get(path)
+    if (file !== undefined) this.retire(path, file)
+  }
+
+  private retire (path: string, file: OpenFile): void {
+    if (this.files.get(path) === file) this.files.delete(path)
+    if (file.retired) return
+    file.retired = true
+    this.closeIfIdle(file)
+  }
+
+  private closeIfIdle (file: OpenFile): void {
+    if (file.users > 0) return
+    file.opened.then(async opened => { await opened?.handle.close() }).catch(() => {})
+  }
+
+  /** Retires the least recently opened past MAX_READ_HANDLES; an idle one closes at once. */
+  private trim (): void {
+    for (const [path, file] of this.files) {
+      if (this.files.size <= MAX_READ_HANDLES) break
+      this.retire(path, file)
+    }
+  }
+}
+
+/** A read handle on the regular file at `path`, or undefined if there is none (or it can't be read). */
+async function openRegular (path: string): Promise<Opened | undefined> {
+  let handle: FileHandle
+  try {
+    // not through a symlink, and never blocking on a FIFO the user put there
+    handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+  } catch (err) {
+    if (GONE.has((err as NodeJS.ErrnoException).code ?? '')) return undefined
+    throw err
+  }
+  try {
+    const info = await handle.stat()
+    if (info.isFile()) return { handle, dev: info.dev, ino: info.ino }
+  } catch (err) {
+    await handle.close()
+    throw err
+  }
+  await handle.close()
+  return undefined
+}
 
 /** Errors opening a chunk's file that mean it no longer holds the chunk. */
 const GONE = new Set(['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EISDIR', 'ELOOP', 'ENXIO'])
