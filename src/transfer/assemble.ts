@@ -573,13 +573,15 @@ export class ShareAssembly {
    * Writes the chunks the store holds that are still wanted (a resumed
    * fetch's). With `strict`, a wanted chunk the store lacks is an error
    * (CHUNK_NOT_FOUND, or CHUNK_CORRUPT if damaged on disk); without, it is
-   * left for the fetch (`wanted` still lists it).
+   * left for the fetch (`wanted` still lists it). `held`: the ids the caller
+   * just found in the store, so the store is not asked again for each (one
+   * gone since is left for the fetch, as without it).
    */
-  async fill (options: AbortOptions & { strict?: boolean } = {}): Promise<void> {
+  async fill (options: AbortOptions & { strict?: boolean, held?: ReadonlySet<string> } = {}): Promise<void> {
     for (const id of this.wanted()) {
       options.signal?.throwIfAborted()
       if (this.closed) return
-      if (!(options.strict ?? false) && !await this.init.store.has(id)) continue
+      if (!(options.strict ?? false) && !(options.held?.has(id) ?? await this.init.store.has(id))) continue
       let sealed: Uint8Array
       try {
         sealed = await this.init.store.get(id)

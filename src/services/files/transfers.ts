@@ -35,6 +35,8 @@ export const MAX_REFETCH_PASSES = 3
 export const DISK_RECHECK_MS = 2_000
 /** Room a fetch paused by a full disk wants beyond what it still has to write (and on the database's disk) before it goes on by itself. */
 export const DISK_MARGIN_BYTES = 8 * 1024 * 1024
+/** `store.has` checks run this many at a time when a fetch starts. */
+const HAS_CONCURRENCY = 64
 
 export type TransferState = 'queued' | 'running' | 'paused' | 'done' | 'failed' | 'cancelled'
 
@@ -122,6 +124,11 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   private readonly running = new Map<string, Running>()
   /** seal keys of friends' shares, newest first, by `${owner}/${shareId}`: fetched files serve their chunks with them */
   private readonly keys = new Map<string, SealKeys[]>()
+  /**
+   * Manifests just pinned by `fetch`, with the files selected, for the run
+   * that follows (a few: a run decodes its own from the saved copy otherwise).
+   */
+  private readonly pinned = new Map<string, Pinned>()
   private stopped = false
   /** looks for room while some fetch is paused by a full disk */
   private diskTimer: ReturnType<typeof setTimeout> | undefined
@@ -227,7 +234,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const matches = listings.filter(s => s.id === req.share || s.name === req.share || (req.share.length >= 6 && s.id.startsWith(req.share)))
     if (matches.length === 0) throw new KithError('SHARE_UNKNOWN', `${friend.label} shares nothing called ${JSON.stringify(req.share)} with you; see \`kith ls ${friend.label}\``)
     if (matches.length > 1) throw new KithError('BAD_REQUEST', `${friend.label} shares more than one ${JSON.stringify(req.share)}; use the share id from \`kith ls ${friend.label}\``)
-    const { manifest } = await this.pinManifest(friend.peerId, matches[0]!.id)
+    const pinned = await this.pinManifest(friend.peerId, matches[0]!.id)
+    const { manifest } = pinned
     const path = (req.path ?? '').replace(/^\/+|\/+$/g, '')
     const selected = select(manifest, path)
     const priority = req.priority ?? 'normal'
@@ -258,7 +266,15 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       created: now,
       updated: now
     }
-    await this.save(record, 'transfer:state')
+    // its run takes the manifest from here rather than decoding (and selecting from) it again
+    this.pinned.set(record.id, { ...pinned, files: selected.files })
+    for (const old of this.pinned.keys()) if (this.pinned.size > MAX_ACTIVE_TRANSFERS) this.pinned.delete(old)
+    try {
+      await this.save(record, 'transfer:state')
+    } catch (err) {
+      this.pinned.delete(record.id)
+      throw err
+    }
     this.kick()
     return record
   }
@@ -462,12 +478,18 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     return { manifest, key }
   }
 
+  /** A fetch's manifest (its pinned version, from my saved copy) and the files it selects. */
+  private async pin (record: Transfer): Promise<Pinned> {
+    const { manifest, key } = await this.pinManifest(record.owner, record.shareId, record.version)
+    return { manifest, key, files: select(manifest, record.path).files }
+  }
+
   private async run (id: string, signal: AbortSignal): Promise<void> {
     let record = this.get(id)
     await this.save({ ...record, state: 'running' }, 'transfer:state')
     try {
-      const { manifest, key } = await this.pinManifest(record.owner, record.shareId, record.version)
-      const { files } = select(manifest, record.path)
+      const { manifest, key, files } = this.pinned.get(id) ?? await this.pin(record)
+      this.pinned.delete(id)
       const lengths = new Map<string, number>()
       for (const { entry } of files) {
         entry.chunks.forEach((chunk, index) => lengths.set(chunk, chunkLength(entry.size, manifest.chunkSize, index)))
@@ -476,8 +498,10 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       const assembly = await this.assembly(id, manifest, key, record, files)
       // what files placed before a restart hold is done; of the rest, what the store holds is read back, not fetched
       const ids = assembly.wanted()
+      // asked once here: the fetch and the read-back go by this answer
+      const inStore = await heldOf(this.init.store, ids)
       let missing = 0
-      for (const chunk of ids) if (!await this.init.store.has(chunk)) missing += lengths.get(chunk)!
+      for (const chunk of ids) if (!inStore.has(chunk)) missing += lengths.get(chunk)!
       const held = Math.max(0, record.totalBytes - missing)
       const meter = new RateMeter()
       const bandwidth = this.init.bandwidth
@@ -513,7 +537,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       }
       progress(0, {})
       try {
-        const filling = assembly.fill({ signal })
+        const filling = assembly.fill({ signal, held: inStore })
         filling.catch(() => {}) // awaited below; the fetch may fail first
         const store = this.init.store
         const fetch = async (wanted: string[]): Promise<void> => {
@@ -521,7 +545,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
             libp2p: this.init.libp2p,
             // a chunk goes only into its files; the store records it as held there
             store: {
-              has: async chunk => await store.has(chunk),
+              // what was not in the store a moment ago is not asked again
+              has: async chunk => inStore.has(chunk) && await store.has(chunk),
               put: async (chunk, sealed) => await assembly.put(chunk, sealed)
             },
             ids: wanted,
@@ -648,6 +673,23 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     this.keys.delete(`${record.owner}/${manifest.shareId}`)
     return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id, root })
   }
+}
+
+interface Pinned {
+  manifest: Manifest
+  key: Uint8Array
+  files: Selected[]
+}
+
+/** Which of `ids` the store holds, asked a few at a time. */
+async function heldOf (store: Pick<ChunkStore, 'has'>, ids: string[]): Promise<Set<string>> {
+  const held = new Set<string>()
+  for (let at = 0; at < ids.length; at += HAS_CONCURRENCY) {
+    const batch = ids.slice(at, at + HAS_CONCURRENCY)
+    const answers = await Promise.all(batch.map(async id => await store.has(id)))
+    batch.forEach((id, i) => { if (answers[i] === true) held.add(id) })
+  }
+  return held
 }
 
 interface Selected {
