@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { threeFriends, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { startNginx, needsNginx, type Nginx } from '../helpers/nginx.ts'
 import { needsCommands, describeNeeding } from '../helpers/needs.ts'
+import { ApiClient } from '../../src/services/api/client.ts'
 
 /**
  * The friend swarm behind the local proxy, with real daemons (alice, bob
@@ -17,6 +18,7 @@ import { needsCommands, describeNeeding } from '../helpers/needs.ts'
 const MiB = 1024 * 1024
 const SMALL = 12 * MiB + 1234
 const LARGE = 28 * MiB
+const FLOOR = 12 * MiB
 
 async function curl (args: string[]): Promise<{ code: number, stderr: string }> {
   return await new Promise(resolve => {
@@ -36,7 +38,7 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
   beforeAll(async () => {
     base = await mkdtemp(join(tmpdir(), 'kith-swarm-'))
     await mkdir(join(base, 'site'))
-    for (const [name, size] of [['offload.bin', SMALL], ['wrong.bin', SMALL], ['changed.bin', SMALL], ['vanish.bin', LARGE]] as const) {
+    for (const [name, size] of [['offload.bin', SMALL], ['wrong.bin', SMALL], ['changed.bin', SMALL], ['floor.bin', FLOOR], ['vanish.bin', LARGE]] as const) {
       files.set(name, randomBytes(size))
       await writeFile(join(base, 'site', name), files.get(name)!)
     }
@@ -60,7 +62,7 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
         const got = await curl(['-o', join(base, `${node.name}-${name}`), await proxied(node, name)])
         expect(got.code, got.stderr).toBe(0)
       }
-      expect((await node.json('status')).proxy.swarm.held).toBe(files.size)
+      expect((await proxyStatus(node)).swarm.held).toBe(files.size)
     }
   }, 120_000)
 
@@ -69,6 +71,11 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
     await nginx?.stop()
     if (base != null) await rm(base, { recursive: true, force: true })
   })
+
+  /** `kith status --json`'s proxy part, from the API (no CLI process to start) */
+  async function proxyStatus (node: TestNode): Promise<any> {
+    return (await (await ApiClient.forHome(node.home)).get<{ proxy: any }>('/v1/status')).proxy
+  }
 
   async function proxied (node: TestNode, name: string, query = ''): Promise<string> {
     const { url } = JSON.parse(await readFile(join(node.home, 'proxy.json'), 'utf8'))
@@ -96,7 +103,7 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
     expect(got.headers).toMatch(/x-kith-source: friends/i)
     // the cross-check's one chunk of 13
     expect(got.origin).toBeLessThanOrEqual(MiB)
-    const { swarm } = (await alice.json('status')).proxy
+    const { swarm } = (await proxyStatus(alice))
     expect(swarm.fromFriends).toBeGreaterThanOrEqual(SMALL - MiB)
     // kept and offered in turn
     expect(swarm.held).toBe(1)
@@ -114,7 +121,7 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
     const content = await readFile(join(base, 'site', 'got.bin'))
     const got = await bob.cli('get', `${nginx.url}/got.bin`, '-o', join(base, 'bob-got.bin'))
     expect(got.code, got.stderr).toBe(0)
-    await waitFor(async () => (await bob.json('status')).proxy.swarm.held === files.size + 1, 'bob offers the file kith get placed')
+    await waitFor(async () => (await proxyStatus(bob)).swarm.held === files.size + 1, 'bob offers the file kith get placed')
     const pulled = await fetchAs(alice, 'got.bin', '&qos=1')
     expect(pulled.body.equals(content)).toBe(true)
     expect(pulled.headers).toMatch(/x-kith-source: friends/i)
@@ -123,7 +130,7 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
 
   it('drops a friend whose file went bad on disk (same size and mtime) and still gives the right bytes', async () => {
     const name = 'wrong.bin'
-    const { swarm } = (await carol.json('status')).proxy
+    const { swarm } = (await proxyStatus(carol))
     expect(swarm.held).toBeGreaterThan(0)
     // carol's cache file of wrong.bin: the one of its size in proxy-cache, damaged in every chunk, its mtime put back
     const path = await cacheFileOf(carol, files.get(name)!)
@@ -151,6 +158,27 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
     const got = await fetchAs(alice, name, '&qos=1')
     expect(got.body.equals(fresh)).toBe(true)
     expect(got.headers).toMatch(/x-kith-source: origin/i)
+  })
+
+  it('holds the qos floor with the origin when friends are capped below it', async () => {
+    const name = 'floor.bin'
+    // alice may take 2 MB/s from each friend: 4 MB/s in all, under the 6 MB/s asked
+    const api = await ApiClient.forHome(alice.home)
+    await api.call('PUT', '/v1/limits', { peers: { bob: { download: 2e6 }, carol: { download: 2e6 } } })
+    try {
+      const before = (await proxyStatus(alice)).swarm
+      const got = await fetchAs(alice, name, '&qos=6000000')
+      expect(got.body.equals(files.get(name)!)).toBe(true)
+      expect(got.headers).toMatch(/x-kith-source: friends/i)
+      const after = (await proxyStatus(alice)).swarm
+      // friends gave what their caps let through (the origin waits a 2 s window before it tops up),
+      // and the origin topped up: more than the one chunk of the cross-check
+      expect(after.fromFriends - before.fromFriends).toBeGreaterThan(0)
+      expect(got.origin).toBeGreaterThan(MiB)
+      expect(after.fromFriends - before.fromFriends + after.fromOrigin - before.fromOrigin).toBe(FLOOR)
+    } finally {
+      await api.call('PUT', '/v1/limits', { peers: null })
+    }
   })
 
   it('completes from the origin when the friends vanish mid-download', async () => {

@@ -19,6 +19,9 @@ import { askChunk, type Dialer } from './protocol.ts'
  *   rate window (RATE_WINDOW_MS) is under N B/s; qos 1: only when nothing
  *   at all came for a window (friends stalled).
  * - whatever qos, the origin takes over once no friend is left.
+ * When the origin is due and no chunk is free, it fetches the chunk the
+ * client waits for if a friend is still on it (a slow or stalled friend
+ * holding the client up); the first copy to arrive is used.
  * Origin chunks come under If-Range and are checked against the list too:
  * an origin that changed its file mid-way is never mixed in (it is
  * dropped; friends finish, or the pull fails), and an origin chunk of the
@@ -62,6 +65,10 @@ class Pull {
   private readonly todo: number[] = []
   private readonly done = new Map<number, Uint8Array>()
   private readonly alive = new Set<string>()
+  /** chunks friends are fetching now */
+  private readonly atFriends = new Set<number>()
+  /** chunks the origin fetched while a friend was on them too */
+  private readonly doubled = new Set<number>()
   /** chunks a source failed: the origin takes them whatever qos says */
   private readonly orphans = new Set<number>()
   private readonly arrivals: Array<[number, number]> = []
@@ -133,13 +140,20 @@ class Pull {
   }
 
   private giveBack (index: number): void {
+    // the other copy came already, or one is on its way
+    if (this.have(index) || this.todo.includes(index) || this.atFriends.has(index)) return
     this.orphans.add(index)
     const at = this.todo.findIndex(i => i > index)
     this.todo.splice(at < 0 ? this.todo.length : at, 0, index)
     this.notify()
   }
 
+  private have (index: number): boolean {
+    return index < this.next || this.done.has(index)
+  }
+
   private arrived (index: number, bytes: Uint8Array, from: 'friend' | 'origin'): void {
+    if (this.have(index)) return
     this.orphans.delete(index)
     this.done.set(index, bytes)
     this.arrivals.push([performance.now(), bytes.length])
@@ -166,12 +180,15 @@ class Pull {
         continue
       }
       const [first, end] = chunkSpan(list, index)
+      this.atFriends.add(index)
       try {
         await flow.take(end - first, this.signal, name)
         const bytes = await askChunk(this.init.dialer, peer, list.hash, index, { signal: this.signal })
         if (!chunkMatches(list, index, bytes)) throw new KithError('SWARM_BAD_LIST', `${name} sent chunk ${index} not matching its hash list`)
+        this.atFriends.delete(index)
         this.arrived(index, bytes, 'friend')
       } catch (err) {
+        this.atFriends.delete(index)
         this.giveBack(index)
         if (this.signal.aborted) return
         // a wrong chunk, a refusal, a friend gone: no more chunks from them in this pull
@@ -196,9 +213,10 @@ class Pull {
   private async originWorker (): Promise<void> {
     while (!this.signal.aborted && this.originOk) {
       if (!this.originDue()) { await this.idle(100); continue }
-      const index = this.orphans.size > 0 && this.todo.includes(Math.min(...this.orphans)) ? this.takeOrphan() : this.take()
+      const index = this.orphans.size > 0 && this.todo.includes(Math.min(...this.orphans)) ? this.takeOrphan() : this.take() ?? this.double()
       if (index == null) {
-        if (this.todo.length === 0) return
+        // every chunk is in or on its way from a friend the origin already doubled
+        if (this.todo.length === 0 && this.atFriends.size === 0) return
         await this.idle(100)
         continue
       }
@@ -223,6 +241,13 @@ class Pull {
     // no source left at all: the pull fails (the answer is cut, a client can tell)
     if (!this.signal.aborted && this.alive.size === 0 && this.failure == null) this.failure = new KithError('HTTP_BAD_RESPONSE', 'neither friends nor the origin can give the rest of the file')
     this.notify()
+  }
+
+  /** The chunk the client waits for, when a friend is on it and the origin has not fetched it too; null otherwise. */
+  private double (): number | null {
+    if (!this.atFriends.has(this.next) || this.doubled.has(this.next)) return null
+    this.doubled.add(this.next)
+    return this.next
   }
 
   private takeOrphan (): number {
