@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
 import { createTestnet, KITH, NODE, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
-import { cpuSeconds, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRss, run, table, writeRandomFile } from './lib.ts'
+import { cpuSeconds, currentRss, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRss, run, table, writeRandomFile } from './lib.ts'
 
 /**
  * The downloads section of `npm run bench` (`--section downloads`): a file
@@ -32,7 +32,20 @@ import { cpuSeconds, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRs
  * Two ceilings in the same run show what any Node process gets: a plain
  * node:net socket and an undici request, each on one connection, dropping
  * the bytes (bench/http-drain.ts); kith's rows give their ratio to the
- * undici one.
+ * undici one (and to curl's).
+ *
+ * Between the undici ceiling and the engine, three stages on 8 connections,
+ * each adding one part of the engine to the one before (bench/http-stages.ts):
+ * undici alone (8 ranges, bodies dropped), + the scheduler's take per chunk,
+ * + the write-back cache and its positioned writes. Then "engine alone" adds
+ * pieces in file order, the SHA-256 and the control file, and "kith get" the
+ * daemon around it. Each row gives its CPU per MB (all its threads), which
+ * the load of other work on the machine skews less than its rate.
+ *
+ * After each `kith get` the bench waits for the daemon to be idle and gives
+ * the CPU that took ("after it was done"): the proxy's swarm reads and hashes
+ * every placed file to offer it to friends (src/services/proxy/swarm/), and
+ * would otherwise run during the next tool's measurement.
  *
  * kith is measured twice: `kith get` through a real daemon (the queue, the
  * scheduler flow, the checksum and the move into place; the time is the
@@ -46,13 +59,16 @@ import { cpuSeconds, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRs
 const HERE = dirname(fileURLToPath(import.meta.url))
 const GET = join(HERE, '..', 'test', 'helpers', 'http-get.ts')
 const DRAIN = join(HERE, 'http-drain.ts')
+const STAGES = join(HERE, 'http-stages.ts')
 const TARGET_RATIO = 0.9
+const UNDICI = 'ceiling: undici request, 1 connection, body dropped'
 const TARGET_RSS = 150 * MB
 const TARGET_LIMITED = 6
 
 type Log = (message: string) => void
 
-interface Sample { ms: number, peakRss: number, cpuMs?: number }
+/** rssBefore: the daemon's resident memory when the download started (what the download adds is peakRss - rssBefore) */
+interface Sample { ms: number, peakRss: number, cpuMs?: number, rssBefore?: number, afterCpuMs?: number }
 
 export interface DownloadsRow { figure: string, value: number, unit: 'MB/s' | 'MB' | 'x', samples: number[], ratio?: number, of?: string, target?: string, met?: boolean, note?: string }
 
@@ -85,6 +101,7 @@ async function timed (command: string, args: string[]): Promise<Sample> {
 /** `kith get` through the daemon; the record's created -> updated (done) is the time */
 async function kithGet (node: TestNode, url: string, out: string, connections: number): Promise<Sample> {
   await resetPeakRss(node.pid)
+  const rssBefore = await currentRss(node.pid)
   const cpu = await cpuSeconds(node.pid)
   const r = await run(NODE, [KITH, '--home', node.home, 'get', url, '-o', out, '--connections', String(connections), '--json'])
   if (r.code !== 0) throw new Error(`kith get failed (${r.code}): ${r.stderr.trim()}`)
@@ -93,7 +110,27 @@ async function kithGet (node: TestNode, url: string, out: string, connections: n
   const record = downloads.find(d => d.id === id)
   if (record?.state !== 'done') throw new Error(`kith get ${url}: the download ended ${JSON.stringify(record)}`)
   const ms = record.updated - record.created
-  return { ms, peakRss: await peakRss(node.pid), cpuMs: ((await cpuSeconds(node.pid)) - cpu) * 1000 }
+  const sample = { ms, peakRss: await peakRss(node.pid), cpuMs: ((await cpuSeconds(node.pid)) - cpu) * 1000, rssBefore }
+  return { ...sample, afterCpuMs: await settle(node.pid) }
+}
+
+/**
+ * Waits until the daemon is idle again (under 20 ms of CPU in 500 ms, or 60
+ * s), so the work it does after a download is done (the proxy's swarm
+ * hashes a placed file to offer it to friends) is not measured as the next
+ * tool's; returns the CPU ms that took.
+ */
+async function settle (pid: number | undefined): Promise<number> {
+  const start = await cpuSeconds(pid)
+  const deadline = performance.now() + 60_000
+  let last = start
+  while (performance.now() < deadline) {
+    await new Promise(resolve => setTimeout(resolve, 500))
+    const now = await cpuSeconds(pid)
+    if (now - last < 0.02) break
+    last = now
+  }
+  return (last - start) * 1000
 }
 
 /** a Node process receiving the file and dropping it (bench/http-drain.ts): the ceiling of anything built on Node */
@@ -102,6 +139,14 @@ async function drain (mode: 'net' | 'undici', url: string, size: number): Promis
   const r = await child.next<{ bytes: number, ms: number, peakRss: number }>()
   if (r.bytes < size) throw new Error(`${mode} drain got ${r.bytes} of ${size} bytes`)
   return { ms: r.ms, peakRss: r.peakRss }
+}
+
+/** one stage of the engine, in a process of its own started as the daemon is (bench/http-stages.ts) */
+async function stage (mode: 'drain' | 'take' | 'write', url: string, size: number, out: string, connections: number): Promise<Sample> {
+  const child = new JsonChild(NODE, [...DAEMON_STARTUP_FLAGS, STAGES, mode, url, String(size), String(connections), out], DAEMON_ENV)
+  const r = await child.next<{ bytes: number, ms: number, peakRss: number, cpuMs: number }>()
+  if (r.bytes !== size) throw new Error(`stage ${mode} got ${r.bytes} of ${size} bytes`)
+  return { ms: r.ms, peakRss: r.peakRss, cpuMs: r.cpuMs }
 }
 
 async function kith (url: string, out: string, connections: number): Promise<Sample> {
@@ -133,9 +178,12 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
     type Tool = { name: string, file: 'big' | 'small', limited: boolean, writes?: false, go: (url: string) => Promise<Sample> }
     const tools: Tool[] = [
       { name: 'ceiling: node:net socket, 1 connection, bytes dropped', file: 'big', limited: false, writes: false, go: async url => await drain('net', url, sizeBytes) },
-      { name: 'ceiling: undici request, 1 connection, body dropped', file: 'big', limited: false, writes: false, go: async url => await drain('undici', url, sizeBytes) },
+      { name: UNDICI, file: 'big', limited: false, writes: false, go: async url => await drain('undici', url, sizeBytes) },
       { name: 'curl', file: 'big', limited: false, go: async url => await timed('curl', ['-sS', '--fail', '-o', out, url]) },
       { name: 'aria2c -x8 -s8', file: 'big', limited: false, go: async url => await timed('aria2c', ['-x8', '-s8', '--file-allocation=none', '--allow-overwrite=true', '--auto-file-renaming=false', '--summary-interval=0', '--console-log-level=warn', '-q', '-d', outDir, '-o', 'file', url]) },
+      { name: 'stage 1: undici, 8 connections, bodies dropped', file: 'big', limited: false, writes: false, go: async url => await stage('drain', url, sizeBytes, out, 8) },
+      { name: 'stage 2: + scheduler take per chunk', file: 'big', limited: false, writes: false, go: async url => await stage('take', url, sizeBytes, out, 8) },
+      { name: 'stage 3: + write-back cache, positioned writes', file: 'big', limited: false, go: async url => await stage('write', url, sizeBytes, out, 8) },
       { name: 'kith get, 1 connection', file: 'big', limited: false, go: async url => await kithGet(daemon, url, out, 1) },
       { name: 'kith get, 8 connections', file: 'big', limited: false, go: async url => await kithGet(daemon, url, out, 8) },
       { name: 'kith engine alone, 1 connection', file: 'big', limited: false, go: async url => await kith(url, out, 1) },
@@ -154,18 +202,23 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         const bytes = tool.writes === false ? expected : (await stat(out)).size
         if (tool.writes !== false && (bytes !== expected || await sha256(out) !== want[tool.file])) throw new Error(`${tool.name}: the file is not the source (${bytes} of ${expected} bytes)`)
         samples.get(tool.name)!.push(s)
-        log(`downloads round ${round}/${runs}: ${tool.name}: ${fmt(mbps(bytes, s.ms))} MB/s, peak RSS ${fmt(s.peakRss / MB)} MB${s.cpuMs != null ? `, CPU ${fmt(s.cpuMs / s.ms, 2)} of a core` : ''}`)
+        log(`downloads round ${round}/${runs}: ${tool.name}: ${fmt(mbps(bytes, s.ms))} MB/s, peak RSS ${fmt(s.peakRss / MB)} MB${s.rssBefore != null ? ` (${fmt(s.rssBefore / MB)} MB before)` : ''}${s.cpuMs != null ? `, CPU ${fmt(s.cpuMs / s.ms, 2)} of a core` : ''}`)
       }
       await rm(out, { force: true })
     }
     const rate = (name: string, bytes: number): number[] => samples.get(name)!.map(s => mbps(bytes, s.ms))
     const aria = median(rate('aria2c -x8 -s8', sizeBytes))
+    const curl = median(rate('curl', sizeBytes))
+    const undici = median(rate(UNDICI, sizeBytes))
     for (const tool of tools.filter(t => !t.limited)) {
       const values = rate(tool.name, sizeBytes)
       const value = median(values)
       const rss = Math.max(...samples.get(tool.name)!.map(s => s.peakRss))
+      const before = samples.get(tool.name)!.find(s => s.peakRss === rss)?.rssBefore
+      const cpu = median(samples.get(tool.name)!.flatMap(s => s.cpuMs != null ? [s.cpuMs / (sizeBytes / MB)] : []))
+      const after = median(samples.get(tool.name)!.flatMap(s => s.afterCpuMs != null ? [s.afterCpuMs / (sizeBytes / MB)] : []))
       const eight = tool.name === 'kith get, 8 connections'
-      const undici = median(rate('ceiling: undici request, 1 connection, body dropped', sizeBytes))
+      const ours = tool.name.startsWith('kith') || tool.name.startsWith('stage')
       rows.push({
         figure: `downloads: ${tool.name}`,
         value,
@@ -173,8 +226,14 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         samples: values,
         ratio: value / aria,
         of: 'aria2c -x8 -s8',
-        ...(eight ? { target: `>= ${TARGET_RATIO} of aria2c, peak RSS <= ${TARGET_RSS / MB} MB`, met: value / aria >= TARGET_RATIO && rss <= TARGET_RSS } : {}),
-        note: `peak RSS ${fmt(rss / MB)} MB${tool.name.startsWith('kith') ? `; ${fmt(value / undici, 2)} of the undici ceiling` : ''}`
+        ...(eight ? { target: `>= ${TARGET_RATIO} of aria2c (>= ${TARGET_RATIO} of the undici ceiling), peak RSS <= ${TARGET_RSS / MB} MB`, met: value / aria >= TARGET_RATIO && rss <= TARGET_RSS } : {}),
+        note: [
+          `peak RSS ${fmt(rss / MB)} MB${before != null ? ` (${fmt(before / MB)} MB before it)` : ''}`,
+          ...(Number.isFinite(cpu) ? [`CPU ${fmt(cpu, 2)} ms/MB`] : []),
+          ...(Number.isFinite(after) ? [`then ${fmt(after, 2)} ms/MB after it was done`] : []),
+          ...(ours ? [`${fmt(value / undici, 2)} of the undici ceiling`, `${fmt(value / curl, 2)} of curl`] : []),
+          ...(eight ? [`undici ceiling: ${value / undici >= TARGET_RATIO ? 'met' : 'NOT met'}`] : [])
+        ].join('; ')
       })
     }
     const one = median(rate('kith get, 1 connection, limit_rate 10m', limitedBytes))
