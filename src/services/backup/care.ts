@@ -85,9 +85,11 @@ export class BackupCare {
   }
 
   start (): void {
-    // a finished run changed the index: hosts should hold a record of it
+    // a finished run or a forget changed the index: hosts should hold a record of it at once
+    // (a record older than a forget names blobs the hosts no longer keep)
     this.init.service.on('event', evt => {
-      if (evt.type === 'backup:job' && evt.job?.op === 'run' && evt.job.state === 'done') void this.pushRecovery().catch(() => {})
+      const changed = (evt.type === 'backup:job' && evt.job?.op === 'run' && evt.job.state === 'done') || evt.type === 'backup:forgotten'
+      if (changed) void this.pushRecovery().catch(() => {})
     })
     this.schedule()
     this.schedules.start()

@@ -8,7 +8,7 @@ import type { FriendBook } from '../../trust/friends.ts'
 import type { AuditOutcome } from './audit.ts'
 import type { CareBook } from './care-book.ts'
 import type { BlobRecord, OwnerIndex } from './owner-index.ts'
-import { isBadHost, targetOf } from './repair.ts'
+import { isBadHost, targetOf, wantedCopies } from './repair.ts'
 
 export interface HostHealth {
   peerId: string
@@ -106,18 +106,19 @@ export async function health (init: HealthInit): Promise<Health> {
 
   const usable = init.hosts.filter(h => !bad(h))
   const snapshots: SnapshotHealth[] = []
+  const copies = await wantedCopies(init.index)
   for (const s of await init.index.snapshots()) {
     let fewest = Infinity
     let short = 0
     let lost = 0
-    let wanted = init.replicas
+    let wanted = s.replicas ?? init.replicas
     const holders = new Set<string>()
     const needs = await init.index.snapshotBlobs(s.seq)
     for (const id of needs) {
       const r = blobs.get(id)
       const intact = r == null ? [] : r.hosts.filter(h => cares.get(h)?.lost.includes(id) !== true)
       const good = intact.filter(h => !bad(h))
-      const target = r == null ? init.replicas : targetOf(r, init.replicas)
+      const target = r == null ? wanted : targetOf(r, init.replicas, copies.get(id))
       wanted = Math.max(wanted, target)
       for (const h of r?.hosts ?? []) holders.add(h)
       fewest = Math.min(fewest, good.length)

@@ -83,7 +83,7 @@ export interface BackupJob {
 }
 
 /** A job's progress or end; a snapshot made (OWNER-CARE's audits and recovery record follow it). */
-export type BackupEvent = { type: 'backup:job', job: BackupJob } | { type: 'backup:snapshot', snapshot: SnapshotRecord }
+export type BackupEvent = { type: 'backup:job', job: BackupJob } | { type: 'backup:snapshot', snapshot: SnapshotRecord } | { type: 'backup:forgotten', result: ForgetResult }
 
 export interface LsEntry {
   name: string
@@ -179,7 +179,9 @@ export class BackupService extends EventEmitter<{ event: [BackupEvent] }> {
   }
 
   async forget (options: ForgetOptions): Promise<ForgetResult> {
-    return await this.exclusive(async () => await forgetSnapshots(this.parts, options, this.controller.signal))
+    const result = await this.exclusive(async () => await forgetSnapshots(this.parts, options, this.controller.signal))
+    if (result.forgotten.length > 0) this.emit('event', { type: 'backup:forgotten', result })
+    return result
   }
 
   async list (): Promise<SnapshotRecord[]> {

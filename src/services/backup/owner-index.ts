@@ -39,6 +39,8 @@ export interface SnapshotRecord {
   /** plaintext ids of the root tree's blobs */
   tree: string[]
   stats: { files: number, dirs: number, links: number, bytes: number, blobs: number }
+  /** copies of each blob the run asked for (--replicas): what repair keeps; absent in snapshots made before it was kept */
+  replicas?: number
 }
 
 export interface OwnerIndex {

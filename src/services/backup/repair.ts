@@ -3,7 +3,9 @@
  * host lost blobs, fails audits, or has not answered for `unreachableAfterMs`
  * (7 days by default).
  *
- * A blob's target is the number of hosts it was placed on, and at least
+ * A blob's target is the most copies any snapshot needing it asked for
+ * (`kith backup run --replicas`, kept in the snapshot's record); for one an
+ * older snapshot needs, the number of hosts it was placed on, and at least
  * `replicas` (the run's default, 2). Its good hosts are those neither
  * failing, unreachable past the threshold, nor known to have lost it. For a
  * blob short of its target, repair fetches it from a good host (the client
@@ -56,8 +58,27 @@ export function isBadHost (care: HostCare | undefined, unreachableAfterMs: numbe
   return care.failing || now - (care.lastContact ?? care.firstSeen) > unreachableAfterMs
 }
 
-export function targetOf (record: BlobRecord, replicas: number): number {
-  return Math.max(record.hosts.length, replicas)
+/**
+ * The copies a blob should have: the most any snapshot needing it asked for
+ * (`wanted`, from wantedCopies); for a blob a snapshot from before runs kept
+ * their --replicas needs, the hosts it was placed on and at least `replicas`.
+ */
+export function targetOf (record: BlobRecord, replicas: number, wanted?: number): number {
+  return wanted ?? Math.max(record.hosts.length, replicas)
+}
+
+/** Per blob, the most copies any snapshot needing it asked for; blobs an older snapshot (no replicas kept) needs are left out. */
+export async function wantedCopies (index: Pick<OwnerIndex, 'snapshots' | 'snapshotBlobs'>): Promise<Map<string, number>> {
+  const wanted = new Map<string, number>()
+  const legacy = new Set<string>()
+  for (const s of await index.snapshots()) {
+    for (const id of await index.snapshotBlobs(s.seq)) {
+      if (s.replicas == null) legacy.add(id)
+      else wanted.set(id, Math.max(wanted.get(id) ?? 0, s.replicas))
+    }
+  }
+  for (const id of legacy) wanted.delete(id)
+  return wanted
 }
 
 export async function repair (init: RepairInit): Promise<RepairReport> {
@@ -72,10 +93,11 @@ export async function repair (init: RepairInit): Promise<RepairReport> {
   // bytes each host holds for me, to fill the least loaded first
   const load = new Map<string, number>(available.map(h => [h, 0]))
   const work: Array<[string, BlobRecord]> = []
+  const wanted = await wantedCopies(init.index)
   for await (const [id, r] of init.index.blobs()) {
     for (const h of r.hosts) load.set(h, (load.get(h) ?? 0) + r.size)
     const good = r.hosts.filter(h => !bad(h) && !lostOn(h, id))
-    if (good.length < targetOf(r, replicas)) work.push([id, r])
+    if (good.length < targetOf(r, replicas, wanted.get(id))) work.push([id, r])
   }
   const report: RepairReport = { short: work.length, placed: 0, unmet: 0, lost: 0, reasons: { noOtherHost: 0, quotaFull: 0, offline: 0 } }
   const settled = new Map<string, Set<string>>() // host -> lost ids now dealt with
@@ -84,7 +106,7 @@ export async function repair (init: RepairInit): Promise<RepairReport> {
     init.signal?.throwIfAborted()
     const badHere = r.hosts.filter(h => bad(h) || lostOn(h, id))
     const good = r.hosts.filter(h => !badHere.includes(h))
-    let need = targetOf(r, replicas) - good.length
+    let need = targetOf(r, replicas, wanted.get(id)) - good.length
     const pool = available.filter(h => !r.hosts.includes(h)).sort((a, b) => (load.get(a) ?? 0) - (load.get(b) ?? 0))
     // a failing or silent host may still hold this blob intact: the bytes are checked, so it can be the source
     const sources = [...good, ...badHere.filter(h => !lostOn(h, id))]
@@ -130,7 +152,7 @@ export async function repair (init: RepairInit): Promise<RepairReport> {
       }
     }
     // the bad hosts give way to as many new ones as were placed (lost copies always: they are gone)
-    let replaced = targetOf(r, replicas) - good.length - need
+    let replaced = targetOf(r, replicas, wanted.get(id)) - good.length - need
     for (const h of badHere) {
       if (lostOn(h, id) || replaced > 0) {
         if (!lostOn(h, id)) replaced--

@@ -526,7 +526,7 @@ export async function runBackup (parts: BackupParts, options: RunOptions): Promi
     const snapshotBytes = encodeSnapshot({ owner: parts.owner, seq, at, label: options.label, paths: options.paths, tree, stats: walk.stats }, parts.secretKey)
     const id = await placer.place('snapshot', snapshotBytes)
     await placer.finish()
-    const snapshot: SnapshotRecord = { seq, id, created: at, label: options.label, paths: options.paths, tree, stats: { ...walk.stats, blobs: placer.blobs } }
+    const snapshot: SnapshotRecord = { seq, id, created: at, label: options.label, paths: options.paths, tree, stats: { ...walk.stats, blobs: placer.blobs }, replicas: options.replicas }
     await index.putSnapshot(snapshot)
     walk.report(true)
     return { snapshot, blobs: placer.blobs, newBlobs: placer.newBlobs, sentBytes: placer.sentBytes, readBytes: walk.readBytes, skipped: walk.skipped }

@@ -161,4 +161,21 @@ describe('audits and repair', () => {
     expect(report).toMatchObject({ short: 2, placed: 2, unmet: 0 })
     for (const id of ids) expect((await index.blob(id))!.hosts.sort()).toEqual(['a', 'c'])
   })
+  it('repairs to the copies the snapshot asked for (--replicas), and to 2 for a snapshot that did not say', async () => {
+    const a = host('a', 'honest')
+    const c = host('c', 'honest')
+    const clients = new Map([a, c].map(h => [h.peer, h]))
+    const [one] = await place(1, [a])
+    const snapshot = { id: randomBytes(32).toString('hex'), created: 1, label: null, paths: ['/x'], tree: [], stats: { files: 1, dirs: 0, links: 0, bytes: 1, blobs: 1 } }
+    await index.putSnapshot({ ...snapshot, seq: 1, replicas: 1 })
+    await index.addNeeds(1, [[one!, 'data']])
+    const run = async (): Promise<unknown> => await repair({ index, care, client: p => clients.get(p)!, hosts: () => ['a', 'c'] })
+    // one copy asked for, one held: nothing to do (before, repair made a second copy nobody asked for)
+    expect(await run()).toMatchObject({ short: 0, placed: 0 })
+    // a snapshot from before runs kept --replicas also needs it: at least 2
+    await index.putSnapshot({ ...snapshot, seq: 2 })
+    await index.addNeeds(2, [[one!, 'data']])
+    expect(await run()).toMatchObject({ short: 1, placed: 1 })
+    expect((await index.blob(one!))!.hosts.sort()).toEqual(['a', 'c'])
+  })
 })
