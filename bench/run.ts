@@ -11,6 +11,7 @@ import { exposeBench } from './expose.ts'
 import { downloadsBench } from './downloads.ts'
 import { backupBench } from './backup.ts'
 import { proxyBench } from './proxy.ts'
+import { smallFilesBench } from './smallfiles.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
@@ -18,7 +19,7 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * `npm run bench`: how fast kith moves a file between friends, next to
  * ceilings measured in the same run on the same machine.
  *
- *   npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]
+ *   npm run bench [-- --section ceilings|fetch|multi|smallfiles|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]
  *
  * Sections (default: all; `transfer` is ceilings, fetch and multi):
  *   ceilings  (a) raw TCP socket, (b) one plain libp2p 3 stream in kith's
@@ -29,6 +30,9 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *   multi     one friend fetches it from three friends at once (the owner and
  *             two friends who fetched it before), uncapped and with each
  *             source capped by `kith start --max-upload`
+ *   smallfiles BENCH_SMALL_FILES (100,000) files of 4 KiB shared and fetched
+ *             whole by a friend, against `tar | tar` of the same tree;
+ *             files per second and peak RSS of both daemons (bench/smallfiles.ts)
  *   cli       how fast `kith status`, `friends`, `transfers`, `--help` answer,
  *             against a bare Node request to the same API; the daemon's time
  *             to start (bench/cli.ts)
@@ -75,7 +79,7 @@ function envInt (name: string, fallback: number): number {
   return value
 }
 
-const SECTIONS = ['ceilings', 'fetch', 'multi', 'reachability', 'scheduler', 'cli', 'expose', 'downloads', 'backup', 'proxy'] as const
+const SECTIONS = ['ceilings', 'fetch', 'multi', 'smallfiles', 'reachability', 'scheduler', 'cli', 'expose', 'downloads', 'backup', 'proxy'] as const
 type Section = typeof SECTIONS[number]
 
 function parseArgs (argv: string[]): Set<Section> {
@@ -83,7 +87,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|smallfiles|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128 BENCH_SMALL_FILES=100000')
       process.exit(0)
     }
     let value: string | undefined
@@ -494,7 +498,7 @@ async function main (): Promise<void> {
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
   const src = join(work, 'data.bin')
   log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
-  const transfer = [...sections].some(s => s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads' && s !== 'backup' && s !== 'proxy')
+  const transfer = [...sections].some(s => s !== 'smallfiles' && s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads' && s !== 'backup' && s !== 'proxy')
   if (transfer) await writeRandomFile(src, SIZE)
   let streamCeiling = NaN
   try {
@@ -502,6 +506,8 @@ async function main (): Promise<void> {
     if (transfer) streamCeiling = await ceiling('stream', 'ceiling (b) libp2p stream', src, work)
     const pathCeiling = sections.has('fetch') ? await ceiling('chunk-path', 'ceiling (c) chunk path on (b)', src, work) : NaN
     if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, pathCeiling, work)
+    // smallfiles (bench/smallfiles.ts): many small files shared and fetched against tar | tar; prints its own table
+    if (sections.has('smallfiles')) await smallFilesBench(log, work, Math.round(envInt('BENCH_SMALL_FILES', 100_000)))
     // reachability (bench/reachability.ts): BENCH_MOVES (10) moves per figure
     if (sections.has('reachability')) reachRows.push(...await reachabilityBench(log, Math.round(envInt('BENCH_MOVES', 10))))
     // scheduler (bench/scheduler.ts): shares, cap accuracy, ETA error; prints its own table

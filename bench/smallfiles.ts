@@ -1,0 +1,104 @@
+import { randomFillSync } from 'node:crypto'
+import { mkdir, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
+import { cpuSeconds, fmt, MB, peakRss, resetPeakRss, run, table } from './lib.ts'
+
+/**
+ * The small-files section of `npm run bench` (`--section smallfiles`): a
+ * share of BENCH_SMALL_FILES (100,000) files of 4 KiB, in folders of 1,000,
+ * shared by one daemon and fetched whole by a friend on 127.0.0.1, against a
+ * local `tar -cf - | tar -xf -` copy of the same tree (the ceiling: no
+ * network, no crypto, no verification):
+ *
+ *   share          files per second hashed, sealed and indexed (`kith share`)
+ *   fetch          files per second fetched, verified and placed (the
+ *                  transfer record's created -> done); target >= 3,000
+ *   tar | tar      files per second, and the fetch's ratio to it
+ *   memory         peak RSS (VmHWM) of each daemon while sharing and while
+ *                  fetching; target <= 200 MB, whatever the number of files
+ *   CPU            CPU ms per file, owner and fetcher
+ */
+const TARGET_FILES_PER_S = 3000
+const TARGET_RSS = 200 * MB
+const FILE_SIZE = 4096
+const PER_FOLDER = 1000
+
+type Log = (message: string) => void
+
+async function makeTree (root: string, count: number): Promise<void> {
+  const bytes = Buffer.allocUnsafe(FILE_SIZE)
+  for (let i = 0; i < count; i++) {
+    const dir = join(root, `d${String(Math.floor(i / PER_FOLDER)).padStart(4, '0')}`)
+    if (i % PER_FOLDER === 0) await mkdir(dir, { recursive: true })
+    await writeFile(join(dir, `f${String(i).padStart(6, '0')}.dat`), randomFillSync(bytes))
+  }
+}
+
+async function waitOnline (node: TestNode, label: string): Promise<void> {
+  await waitFor(async () => {
+    const { friends } = await node.json<{ friends: Array<{ label: string, link: { online: boolean } }> }>('friends')
+    return friends.find(f => f.label === label)?.link.online === true
+  }, `${node.name} to see ${label} online`, 60_000, 250)
+}
+
+export async function smallFilesBench (log: Log, work: string, count: number): Promise<void> {
+  const root = join(work, 'smallfiles-bench')
+  const tree = join(root, 'tree')
+  log(`smallfiles: writing ${count} files of ${FILE_SIZE} bytes`)
+  await makeTree(tree, count)
+  const slow = 120_000 + count * 10 // 100 files a second at worst, plus two minutes
+
+  log('smallfiles: tar | tar')
+  await mkdir(join(root, 'tar-out'))
+  const tar = await run('sh', ['-c', `tar -C '${tree}' -cf - . | tar -C '${join(root, 'tar-out')}' -xf -`], slow)
+  if (tar.code !== 0) throw new Error(`tar | tar failed: ${tar.stderr}`)
+  await rm(join(root, 'tar-out'), { recursive: true, force: true })
+
+  const net = await createTestnet(['owner', 'friend'])
+  const [owner, friend] = net.nodes as [TestNode, TestNode]
+  try {
+    await befriend(owner, friend)
+    await waitOnline(friend, 'owner')
+    const must = (r: { code: number, stderr: string }, what: string): void => { if (r.code !== 0) throw new Error(`${what} failed: ${r.stderr.slice(-2000)}`) }
+
+    log('smallfiles: kith share')
+    await resetPeakRss(owner.pid)
+    const shareCpu = await cpuSeconds(owner.pid)
+    const shared = await run(NODE, [KITH, '--home', owner.home, 'share', tree, '--with', 'friend', '--json'], slow)
+    must(shared, 'kith share')
+    const shareCpuS = await cpuSeconds(owner.pid) - shareCpu
+    const sharePeak = await peakRss(owner.pid)
+    const name = (JSON.parse(shared.stdout) as { share: { name: string } }).share.name
+
+    log('smallfiles: kith fetch')
+    for (const n of [owner, friend]) await resetPeakRss(n.pid)
+    const cpu = await Promise.all([owner, friend].map(async n => await cpuSeconds(n.pid)))
+    const fetched = await run(NODE, [KITH, '--home', friend.home, 'fetch', `owner:${name}`, '-o', join(root, 'fetched'), '--json'], slow)
+    must(fetched, 'kith fetch')
+    const fetchCpu = await Promise.all([owner, friend].map(async (n, i) => await cpuSeconds(n.pid) - cpu[i]!))
+    const peaks = await Promise.all([owner, friend].map(async n => await peakRss(n.pid)))
+    const last = JSON.parse(fetched.stdout.trim().split('\n').at(-1)!) as { id: string, state: string }
+    if (last.state !== 'done') throw new Error(`kith fetch ended ${JSON.stringify(last)}`)
+    const { transfers } = await friend.json<{ transfers: Array<{ id: string, created: number, updated: number }> }>('transfers')
+    const record = transfers.find(t => t.id === last.id)!
+    const fetchMs = record.updated - record.created
+
+    const perS = (ms: number): number => count / (ms / 1000)
+    const tarRate = perS(tar.ms)
+    const rows = [
+      ['tar | tar (files/s)', fmt(tarRate), '', '', '', `${fmt(tar.ms / 1000, 1)} s`],
+      ['kith share (files/s)', fmt(perS(shared.ms)), fmt(perS(shared.ms) / tarRate, 3), '', '', `${fmt(shared.ms / 1000, 1)} s; owner ${fmt(shareCpuS * 1000 / count, 2)} CPU ms/file`],
+      ['kith fetch (files/s)', fmt(perS(fetchMs)), fmt(perS(fetchMs) / tarRate, 3), `>= ${TARGET_FILES_PER_S}`, perS(fetchMs) >= TARGET_FILES_PER_S ? 'yes' : 'NO',
+        `${fmt(fetchMs / 1000, 1)} s (command ${fmt(fetched.ms / 1000, 1)} s); CPU ms/file owner ${fmt(fetchCpu[0]! * 1000 / count, 2)}, fetcher ${fmt(fetchCpu[1]! * 1000 / count, 2)}`],
+      ['peak RSS owner, sharing (MB)', fmt(sharePeak / MB), '', `<= ${TARGET_RSS / MB}`, sharePeak <= TARGET_RSS ? 'yes' : 'NO', ''],
+      ['peak RSS owner, serving (MB)', fmt(peaks[0]! / MB), '', `<= ${TARGET_RSS / MB}`, peaks[0]! <= TARGET_RSS ? 'yes' : 'NO', ''],
+      ['peak RSS fetcher (MB)', fmt(peaks[1]! / MB), '', `<= ${TARGET_RSS / MB}`, peaks[1]! <= TARGET_RSS ? 'yes' : 'NO', '']
+    ]
+    console.log(`\nkith small-files benchmark: ${count} files of ${FILE_SIZE} bytes in folders of ${PER_FOLDER}, two daemons on 127.0.0.1`)
+    console.log(table(['figure', 'value', 'of tar', 'target', 'met', 'note'], rows))
+  } finally {
+    await net.stop()
+    await rm(root, { recursive: true, force: true })
+  }
+}
