@@ -128,6 +128,14 @@ describe('HTTP engine parts', () => {
     expect(planner.unassigned).toBe(100 * 1024)
   })
 
+  it('hands out pieces in file order, then halves the busiest', () => {
+    const planner = new Planner([[0, 5 * MiB], [6 * MiB, 8 * MiB]], 2 * MiB)
+    const got = [planner.next()!, planner.next()!, planner.next()!, planner.next()!, planner.next()!]
+    // the last: none free, so the second half of the first of the busiest (which now ends where it begins)
+    expect(got.map(s => [s.cursor, s.end])).toEqual([[0, MiB], [2 * MiB, 4 * MiB], [4 * MiB, 5 * MiB], [6 * MiB, 8 * MiB], [MiB, 2 * MiB]])
+    expect(planner.unassigned).toBe(0)
+  })
+
   it('shares the write-back cache budget out: two blocks per connection, within it whatever the count', async () => {
     const fh = await open(join(dir, 'budget'), 'w')
     try {
@@ -159,7 +167,9 @@ describeNeeding('HTTP engine against nginx', [needsNginx()], () => {
   it('splits a file over 8 connections, every byte through the scheduler, and returns its sha256', async () => {
     const run = newRun()
     const result = await download(`${nginx.url}/file.bin`, run, { connections: 8 })
-    expect(result).toEqual({ size: content.length, sha256: sha(content), name: 'file.bin', kind: 'file' })
+    expect(result).toMatchObject({ size: content.length, sha256: sha(content), name: 'file.bin', kind: 'file' })
+    // the version fetched, for the proxy's swarm
+    expect(result.validators?.etag).toMatch(/^"/)
     expect(sha(await readFile(run.partial))).toBe(sha(content))
     expect(run.taken).toBe(content.length)
     expect(run.progress.at(-1)).toMatchObject({ done: content.length, total: content.length })
