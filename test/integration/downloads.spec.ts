@@ -1,11 +1,17 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createHash, randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestnet, befriend, waitFor, TestNode, type Testnet } from '../helpers/testnet.ts'
 import { rangeServer, type RangeServer } from '../helpers/range-server.ts'
+import { needsNginx, startNginx, type Nginx } from '../helpers/nginx.ts'
+import { needsCommands, requireOrSkip } from '../helpers/needs.ts'
+import { freePort } from '../helpers/servers.ts'
+import { makeCertificates } from '../helpers/tls.ts'
+import { tree } from '../helpers/files.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
 /**
@@ -15,6 +21,10 @@ import { ApiClient } from '../../src/services/api/client.ts'
  */
 const SMALL = randomBytes(200 * 1024)
 const BIG = randomBytes(512 * 1024)
+/** fetched from an origin while a friend's folder of two halves of it (two chunks) is fetched, under one cap */
+const SHARED = randomBytes(1024 * 1024)
+/** what https origins need here: nginx (with its ssl module) and openssl */
+const NEEDS_TLS = [needsNginx(), needsCommands(['openssl'])]
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 /** the umask the daemons start with (this process's; the daemon makes its own private and keeps this one for the user's files) */
 const USER_UMASK = process.umask()
@@ -27,14 +37,31 @@ describe('downloads', () => {
   let server: RangeServer
   let slow: RangeServer
   let base: string | undefined
+  /** https origins: one with a certificate of the authority dl trusts (NODE_EXTRA_CA_CERTS), one self-signed */
+  let tls: { nginx: Nginx, trusted: string, stranger: string } | undefined
 
   beforeAll(async () => {
     // dl lists the modules it loads (the last test reads the list)
     base = await mkdtemp(join(tmpdir(), 'kith-downloads-'))
-    dl = new TestNode('dl', join(base, 'dl'), [], { env: { NODE_OPTIONS: `--import ${MODULE_LOG}`, KITH_MODULE_LOG: join(base, 'dl-modules.log') } })
+    const certs = NEEDS_TLS.every(m => m == null) ? await makeCertificates(base) : undefined
+    dl = new TestNode('dl', join(base, 'dl'), [], {
+      env: { NODE_OPTIONS: `--import ${MODULE_LOG}`, KITH_MODULE_LOG: join(base, 'dl-modules.log'), ...(certs != null ? { NODE_EXTRA_CA_CERTS: certs.ca } : {}) }
+    })
+    // one retry: the untrusted origin's refusal is not waited for through five backoffs
+    await mkdir(dl.home, { mode: 0o700 })
+    await writeFile(join(dl.home, 'config.json'), JSON.stringify({ downloads: { retries: 1 } }))
+    if (certs != null) {
+      const root = join(base, 'www')
+      await mkdir(root)
+      await writeFile(join(root, 'small.bin'), SMALL)
+      const [trusted, stranger] = [await freePort(), await freePort()]
+      const ssl = (port: number, cert: string, key: string): string => `server { listen 127.0.0.1:${port} ssl; ssl_certificate ${cert}; ssl_certificate_key ${key}; root ${root}; }`
+      const nginx = await startNginx({ root, http: ssl(trusted, certs.cert, certs.key) + ssl(stranger, certs.strangerCert, certs.strangerKey) })
+      tls = { nginx, trusted: `https://127.0.0.1:${trusted}`, stranger: `https://127.0.0.1:${stranger}` }
+    }
     ;[net, server, slow] = await Promise.all([
       createTestnet(['friend']),
-      rangeServer({ '/small.bin': SMALL, '/big.bin': BIG }),
+      rangeServer({ '/small.bin': SMALL, '/big.bin': BIG, '/shared.bin': SHARED }),
       // 512 KiB at 256 KiB/s a connection: about two seconds on one, time to kill the daemon midway
       rangeServer({ '/big.bin': BIG }, { bytesPerSecond: 256 * 1024 }),
       dl.start()
@@ -48,6 +75,7 @@ describe('downloads', () => {
     if (base !== undefined) await rm(base, { recursive: true, force: true })
     await server?.close()
     await slow?.close()
+    await tls?.nginx.stop()
   })
 
   // polled through the API: a CLI process per look would cost more than the downloads
@@ -148,6 +176,55 @@ describe('downloads', () => {
     expect(fetch).toMatchObject({ state: 'done', ownerLabel: 'friend' })
     // `kith pause` finds a friend fetch's id as well as a download's
     expect((await dl.cli('pause', fetch.id)).stderr).toContain('TRANSFER_STATE')
+  })
+
+  it('https origins: one whose authority the daemon trusts (NODE_EXTRA_CA_CERTS) downloads; an untrusted certificate fails with a typed error', async (ctx) => {
+    requireOrSkip(ctx, ...NEEDS_TLS)
+    const dest = join(dl.home, 'over-tls.bin')
+    const ok = await dl.cli('get', `${tls!.trusted}/small.bin`, '-o', dest)
+    expect(ok.stderr).toBe('')
+    expect(ok.code).toBe(0)
+    expect((await readFile(dest)).equals(SMALL)).toBe(true)
+    const refused = await dl.cli('get', `${tls!.stranger}/small.bin`, '-o', join(dl.home, 'untrusted.bin'), '--json')
+    expect(refused.code).toBe(1)
+    // the HTTP engine reports a failed TLS handshake as a broken connection (networkError in http/request.ts), naming the certificate
+    const { error } = JSON.parse(refused.stderr)
+    expect(error.code).toMatch(/^HTTP_[A-Z_]+$/)
+    expect(error.message).toMatch(/certificate/)
+    expect(existsSync(join(dl.home, 'untrusted.bin'))).toBe(false)
+  })
+
+  it('a friend fetch and a download share the one scheduler: together they stay under the download cap', async () => {
+    // the friend is dl's since the kith:// test; 1 MiB from each at once, under a 1 MB/s cap on all of dl's downloading
+    const CAP = 1_000_000
+    await mkdir(join(friend.home, 'capped'))
+    await writeFile(join(friend.home, 'capped', 'a.bin'), SHARED.subarray(0, SHARED.length / 2))
+    await writeFile(join(friend.home, 'capped', 'b.bin'), SHARED.subarray(SHARED.length / 2))
+    await friend.json('share', join(friend.home, 'capped'), '--with', 'dl')
+    await dl.json('limits', 'set', '--down', '1MB/s')
+    const api = await ApiClient.forHome(dl.home)
+    try {
+      // queued in one request: both start at once
+      const started = performance.now()
+      const queued = await api.call<{ downloads: any[], transfers: any[] }>('POST', '/v1/downloads', { urls: ['kith://friend/capped', server.url('/shared.bin')], dest: join(dl.home, 'capped') + '/' })
+      const [fetched, downloaded] = [queued.transfers[0], queued.downloads[0]]
+      // watched through the API, as any program watches the queue
+      let together = false
+      await waitFor(async () => {
+        const { downloads, fetches } = await api.get<{ downloads: any[], fetches: any[] }>('/v1/downloads')
+        const [f, d] = [fetches.find(x => x.id === fetched.id), downloads.find(x => x.id === downloaded.id)]
+        if (f?.state === 'running' && d?.state === 'running' && f.doneBytes + d.doneBytes > 0) together = true
+        return f?.state === 'done' && d?.state === 'done'
+      }, 'both to finish')
+      const seconds = (performance.now() - started) / 1000
+      expect(together).toBe(true)
+      // 2 MiB in all: at most the cap, with a generous allowance (bursts, polling); had either bypassed the cap, the other alone would have kept to it
+      expect(2 * SHARED.length).toBeLessThanOrEqual(CAP * 1.5 * seconds + 256 * 1024)
+      expect(await tree(join(dl.home, 'capped', 'capped'))).toEqual(await tree(join(friend.home, 'capped')))
+      expect((await readFile(join(dl.home, 'capped', 'shared.bin'))).equals(SHARED)).toBe(true)
+    } finally {
+      await dl.json('limits', 'clear', '--down')
+    }
   })
 
   it('loads the add-on of a scheme only once a URL of it is queued', async () => {
