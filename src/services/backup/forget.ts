@@ -60,6 +60,8 @@ export async function forgetSnapshots (parts: BackupParts, options: ForgetOption
   const kept = keepPolicy(all, options)
   const forgotten = all.filter(s => !kept.includes(s))
   for (const s of forgotten) await index.deleteSnapshot(s.seq)
+  // the file cache keeps only files a kept snapshot's run saw
+  if (forgotten.length > 0) await parts.files.pruneRuns(new Set(kept.map(s => s.seq)))
 
   const needed = new Set<string>()
   for (const s of kept) for (const id of await needsOf(parts, s, signal)) needed.add(id)

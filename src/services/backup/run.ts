@@ -21,6 +21,7 @@ import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
 import { auditRoot } from './audit-tree.ts'
 import { blobId, sealBlob } from './blob.ts'
 import { ByteBudget } from './budget.ts'
+import type { RunFiles } from './file-cache.ts'
 import type { BlobKind, SnapshotRecord } from './owner-index.ts'
 import { unlessBusy, type BackupParts } from './parts.ts'
 import type { PutStatus } from './protocol.ts'
@@ -327,15 +328,18 @@ class Walk {
   private readonly parts: BackupParts
   private readonly options: RunOptions
   private readonly total: number
+  /** the file cache's rows this run reads or trusts */
+  readonly files: RunFiles
   /** bytes of the files being read now */
   private readonly reading = new ByteBudget(READ_BUDGET)
   private lastReport = 0
 
-  constructor (parts: BackupParts, options: RunOptions, placer: Placer, total: number) {
+  constructor (parts: BackupParts, options: RunOptions, placer: Placer, total: number, seq: number) {
     this.parts = parts
     this.options = options
     this.placer = placer
     this.total = total
+    this.files = parts.files.forRun(seq)
   }
 
   /** The entry for `path`, named `name`, or null when it is skipped. */
@@ -407,6 +411,7 @@ class Walk {
   private async file (path: string, info: BigIntStats): Promise<{ size: number, chunks: string[] }> {
     const known = await this.parts.files.chunks(path, info)
     if (known != null && await this.placer.placed(known)) {
+      await this.files.remember(path, info, known)
       const size = Number(info.size)
       this.stats.files++
       this.stats.bytes += size
@@ -433,7 +438,7 @@ class Walk {
       this.reading.give(budget)
     }
     this.stats.files++
-    await this.parts.files.remember(path, info, chunks)
+    await this.files.remember(path, info, chunks)
     return { size, chunks }
   }
 
@@ -511,7 +516,7 @@ export async function runBackup (parts: BackupParts, options: RunOptions): Promi
   // a killed run may have left a partial list of what this seq needs
   await index.clearNeeds(seq)
   const placer = new Placer(parts, options, seq)
-  const walk = new Walk(parts, options, placer, await measure(options.paths, options.signal))
+  const walk = new Walk(parts, options, placer, await measure(options.paths, options.signal), seq)
   try {
     const entries: TreeEntry[] = []
     for (const [i, path] of options.paths.entries()) {
@@ -528,6 +533,8 @@ export async function runBackup (parts: BackupParts, options: RunOptions): Promi
     await placer.finish()
     const snapshot: SnapshotRecord = { seq, id, created: at, label: options.label, paths: options.paths, tree, stats: { ...walk.stats, blobs: placer.blobs }, replicas: options.replicas }
     await index.putSnapshot(snapshot)
+    // rows of files under these paths this run did not see (deleted, moved) go
+    await walk.files.prune(options.paths)
     walk.report(true)
     return { snapshot, blobs: placer.blobs, newBlobs: placer.newBlobs, sentBytes: placer.sentBytes, readBytes: walk.readBytes, skipped: walk.skipped }
   } catch (err) {
