@@ -2,7 +2,7 @@ import fc from 'fast-check'
 import type { z } from 'zod'
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createHash, randomBytes } from 'node:crypto'
-import { appendFile, rm, writeFile } from 'node:fs/promises'
+import { appendFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import nacl from 'tweetnacl'
 import { lpStream } from '@libp2p/utils'
@@ -17,6 +17,7 @@ import { MAX_SWARM_REQUEST, SWARM_CHUNK_SIZE, SWARM_PROTOCOL } from '../../../sr
 import { ChunkHasher, chunkMatches, openHashList, signHashList, type HashList } from '../../../src/services/proxy/swarm/hash-list.ts'
 import { SwarmIndex, type HoldingRecord } from '../../../src/services/proxy/swarm/holdings.ts'
 import { askChunk, askList, askWho, chunkAnswer, listAnswer, parseAnswer, swarmHandler, whoAnswer } from '../../../src/services/proxy/swarm/protocol.ts'
+import { pull, type PullInit } from '../../../src/services/proxy/swarm/pull.ts'
 import { learn, startNode, tempDir } from '../../helpers/chunks.ts'
 import { checkRejection, flipBit, fuzz, fuzzAsync, rejects } from '../../fuzz/budget.ts'
 
@@ -176,6 +177,66 @@ describe('the swarm index and protocol', () => {
     }))
     // a chunk larger than a chunk is refused, whatever its signature would say
     rejects(() => parseAnswer(encodeCanonical({ v: 1, ok: true, bytes: new Uint8Array(SWARM_CHUNK_SIZE + 1) }), chunkAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
+  })
+
+  describe('the pull', () => {
+    // the oversize request above left that connection closing: a fresh one
+    beforeAll(async () => { await friend.hangUp(server.peerId) })
+
+    const origin = (parts: Map<number, Uint8Array>, asked: number[]) => async (index: number): Promise<Uint8Array> => {
+      asked.push(index)
+      const part = parts.get(index)
+      if (part == null) throw new KithError('HTTP_CONNECT_FAILED', 'the origin is down')
+      return part
+    }
+    const run = async (init: Partial<PullInit> & Pick<PullInit, 'list' | 'origin'>): Promise<Buffer> => {
+      const out: Uint8Array[] = []
+      for await (const bytes of pull({ from: 0, to: 1, friends: [server.peerId], dialer: friend, bandwidth: new BandwidthScheduler(), qos: 1, priority: 'normal', signal: AbortSignal.timeout(20_000), ...init })) out.push(bytes)
+      return Buffer.concat(out)
+    }
+    const chunk = (b: Buffer, i: number): Buffer => b.subarray(i * SWARM_CHUNK_SIZE, (i + 1) * SWARM_CHUNK_SIZE)
+
+    it('takes every chunk from a friend at qos=1, in order, the origin untouched', async () => {
+      const asked: number[] = []
+      const got = await run({ list, origin: origin(new Map(), asked) })
+      expect(got.equals(bytes)).toBe(true)
+      expect(asked).toEqual([])
+    })
+
+    it('drops a friend whose chunk does not match the list; the origin gives that chunk', async () => {
+      // the friend's file damaged in its second chunk, its size and mtime as recorded: it still offers it
+      const before = await stat(file)
+      const damaged = Buffer.from(bytes)
+      damaged[SWARM_CHUNK_SIZE + 10]! ^= 0xff
+      await writeFile(file, damaged)
+      await utimes(file, before.atimeMs / 1000, before.mtimeMs / 1000)
+      try {
+        const asked: number[] = []
+        const got = await run({ list, origin: origin(new Map([[1, chunk(bytes, 1)]]), asked) })
+        expect(got.equals(bytes)).toBe(true)
+        // chunk 1 first; then chunk 0 too if the friend, dropped, was still on it (whichever came first was used)
+        expect(asked[0]).toBe(1)
+      } finally {
+        await writeFile(file, bytes)
+        await utimes(file, before.atimeMs / 1000, before.mtimeMs / 1000)
+      }
+    })
+
+    it('fails with SWARM_BAD_LIST when the origin\'s chunk of the same version does not match the list', async () => {
+      const err = await run({ list, friends: [stranger.peerId], origin: origin(new Map([[0, randomBytes(SWARM_CHUNK_SIZE)]]), []) }).catch(e => e)
+      expect(err).toBeInstanceOf(KithError)
+      expect(err.code).toBe('SWARM_BAD_LIST')
+    })
+
+    it('takes everything from the origin when no friend answers, and fails with the origin\'s error when it fails too', async () => {
+      const asked: number[] = []
+      const got = await run({ list, friends: [stranger.peerId], origin: origin(new Map([[0, chunk(bytes, 0)], [1, chunk(bytes, 1)]]), asked) })
+      expect(got.equals(bytes)).toBe(true)
+      expect(asked.sort()).toEqual([0, 1])
+      const err = await run({ list, friends: [stranger.peerId], origin: origin(new Map(), []) }).catch(e => e)
+      expect(err).toBeInstanceOf(KithError)
+      expect(err.code).toBe('HTTP_CONNECT_FAILED')
+    })
   })
 
   it('drops a holding whose file changed or vanished, when asked and across a restart', async () => {

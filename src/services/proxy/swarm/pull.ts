@@ -194,7 +194,7 @@ class Pull {
         // a wrong chunk, a refusal, a friend gone: no more chunks from them in this pull
         // (its other request in flight may fail too: said once)
         if (this.alive.delete(name)) console.error(`kith proxy: friend ${name} dropped from a swarm pull: ${(err as Error).message}`)
-        if (this.alive.size === 0 && !this.originOk) this.failure = err
+        this.failIfStuck(err)
         this.notify()
       }
     }
@@ -234,13 +234,19 @@ class Pull {
         this.giveBack(index)
         if (this.signal.aborted) return
         this.originOk = false
-        if (this.alive.size === 0) this.failure = err
+        this.failIfStuck(err)
         this.notify()
       }
     }
-    // no source left at all: the pull fails (the answer is cut, a client can tell)
-    if (!this.signal.aborted && this.alive.size === 0 && this.failure == null) this.failure = new KithError('HTTP_BAD_RESPONSE', 'neither friends nor the origin can give the rest of the file')
-    this.notify()
+  }
+
+  /**
+   * No source left at all (the origin failed, no friend in the pull, no
+   * chunk on its way from one dropped meanwhile): the pull fails with `err`,
+   * and the answer is cut (a client can tell).
+   */
+  private failIfStuck (err: unknown): void {
+    if (!this.originOk && this.alive.size === 0 && this.atFriends.size === 0 && this.failure == null) this.failure = err
   }
 
   /** The chunk the client waits for, when a friend is on it and the origin has not fetched it too; null otherwise. */
