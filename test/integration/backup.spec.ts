@@ -11,7 +11,7 @@ import { befriend, createTestnet, waitFor, type Testnet, type TestNode } from '.
  * restored identical; a second run of the tree slightly changed sends only
  * the new pieces; forget removes what only the first snapshot needed and
  * frees the hosts' quota; a run killed with kill -9 resumes without offering
- * again what a host confirmed.
+ * again what a host confirmed; a restore killed with kill -9 resumes.
  */
 
 /** Deterministic pseudo-random bytes. */
@@ -193,5 +193,35 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const out = join(owner.home, '..', 'restored-4')
     expect((await owner.cli('backup', 'restore', String(resumed.snapshot.seq), '-o', out)).code).toBe(0)
     expectSameTree(await describeTree(join(out, 'tree-2')), await describeTree(dir))
+  }, 120_000)
+  it('a restore killed with kill -9 resumes: the files it finished are kept, the one cut off is absent until whole', async () => {
+    const api = await ApiClient.forHome(owner.home)
+    const { snapshots } = await owner.json<{ snapshots: Array<{ seq: number, paths: string[] }> }>('backup', 'list')
+    const seq = snapshots.filter(s => s.paths[0] === src).at(-1)!.seq
+    const out = join(owner.home, '..', 'restored-5')
+    // slow enough to be caught halfway: big.bin (6 MiB) at 2 MB/s, the small files done first
+    await owner.json('limits', 'set', '--down', '2MB/s')
+    const { job } = await api.call<{ job: { id: string } }>('POST', '/v1/backup/restores', { snapshot: String(seq), out })
+    await waitFor(async () => {
+      const { job: now } = await api.get<{ job: { files: number, doneBytes: number } }>(`/v1/backup/jobs/${job.id}`)
+      return now.files >= 3 && now.doneBytes > 1024 * 1024
+    }, 'the restore to be under way', 60_000)
+    await owner.kill9()
+    // a destination file is absent or whole: big.bin is not there yet
+    await expect(lstat(join(out, 'tree', 'big.bin'))).rejects.toMatchObject({ code: 'ENOENT' })
+    await owner.start()
+    await owner.json('limits', 'set', '--down', 'unlimited')
+    await waitFor(async () => {
+      const { friends } = await (await ApiClient.forHome(owner.home)).get<{ friends: Array<{ link: { online: boolean } }> }>('/v1/friends')
+      return friends.filter(f => f.link.online).length === 2
+    }, 'the owner to be back with both hosts')
+    const resumed = await owner.cli('backup', 'restore', String(seq), '-o', out, '--json')
+    expect(resumed.code, resumed.stderr).toBe(0)
+    // the files finished before the kill were found in place, not fetched again
+    expect(result(resumed.stdout).skipped).toBeGreaterThanOrEqual(3)
+    expectSameTree(await describeTree(join(out, 'tree')), await describeTree(src))
+    // no partial left behind
+    const names = async (dir: string): Promise<string[]> => (await readdir(dir, { recursive: true })).map(String)
+    expect((await names(out)).filter(n => n.includes('.kith-'))).toEqual([])
   }, 120_000)
 })

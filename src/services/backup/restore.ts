@@ -36,6 +36,8 @@ const PREFETCH = 4
 /** Sealed bytes fetched (or being fetched) and not yet written, at most, over all files: the memory bound. */
 const AHEAD_BYTES = 16 * 1024 * 1024
 const PROGRESS_EVERY_MS = 250
+/** How far (µs) a file's mtime may be from the snapshot's and still count as restored before (see file()). */
+const MTIME_SLACK_US = 2n
 
 export interface RestoreOptions {
   snapshot: string | number
@@ -175,7 +177,9 @@ class Restorer {
   private async file (dest: string, entry: Extract<TreeEntry, { type: 'file' }>): Promise<void> {
     const info = await lstat(dest, { bigint: true }).catch(() => null)
     if (info != null) {
-      if (info.size === BigInt(entry.size) && info.mtimeNs / 1000n === BigInt(entry.mtime)) {
+      // utimes takes a double of seconds: a restored mtime may be a microsecond or two off the snapshot's
+      const drift = info.mtimeNs / 1000n - BigInt(entry.mtime)
+      if (info.size === BigInt(entry.size) && drift <= MTIME_SLACK_US && drift >= -MTIME_SLACK_US) {
         this.counts.skipped++
         this.progress(entry.size)
         return
