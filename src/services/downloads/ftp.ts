@@ -21,7 +21,7 @@ import { Client, FTPError } from 'basic-ftp'
 import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
 import { AddonOptions, decodedPath, needHost, userInfo } from './options.ts'
-import { connectAddress, family, refuseProxy } from './network.ts'
+import { connectAddress, family, proxyFor, proxyRefused } from './network.ts'
 import { abortReason, lengthChanged, openPartial, Progress, writeWith } from './partial.ts'
 
 const OPTIONS = ['user', 'password', 'ca'] as const
@@ -74,7 +74,8 @@ function ftpError (err: unknown, what: string): unknown {
 
 async function download (job: DownloadJob, ctx: DownloadContext): Promise<DownloadResult> {
   const t = target(job.url, job.options)
-  refuseProxy(job.url, ctx.settings, 'ftp')
+  const proxy = proxyFor(job.url, ctx.settings)
+  if (proxy != null) throw proxyRefused(job.url, proxy, 'ftp')
   const client = new Client(ctx.settings.readTimeoutMs)
   // control and data connections alike (basic-ftp connects each with it)
   if (family(ctx.settings) === 4) client.ftp.ipFamily = 4

@@ -2,8 +2,9 @@
  * The download settings (settings.ts) for add-ons that open their own TCP
  * connections (ftp, sftp): the DNS servers and the IPv4-only switch as the
  * HTTP add-on honours them (http/dispatcher.ts resolves with the same
- * lookup), and proxies, which these add-ons can't go through: a proxy that
- * applies to the URL is refused in words, never silently bypassed.
+ * lookup), and the proxy that applies to a URL (ALL_PROXY): sftp goes
+ * through an HTTP one (tunnel.ts); one an add-on can't go through is refused
+ * in words, never silently bypassed.
  */
 import { KithError } from '../../errors.ts'
 import type { DownloadSettings } from './addon.ts'
@@ -31,14 +32,17 @@ export async function connectAddress (host: string, settings: DownloadSettings):
 }
 
 /**
- * Refuses a download whose URL a configured proxy applies to: ALL_PROXY
- * (downloads.proxy.all) applies to every scheme but http and https, unless
- * NO_PROXY names the host. `what` names the add-on ("sftp").
+ * The proxy for a URL that is not http(s): ALL_PROXY (downloads.proxy.all)
+ * applies to every other scheme, unless NO_PROXY names the host; null for none.
  */
-export function refuseProxy (url: URL, settings: DownloadSettings, what: string): void {
+export function proxyFor (url: URL, settings: DownloadSettings): string | null {
   const proxy = settings.proxy.all
-  if (proxy == null || proxy === '' || exempt(url, settings.proxy.noProxy)) return
-  throw new KithError('PROXY_UNSUPPORTED', `ALL_PROXY (or downloads.proxy.all) is ${proxy}, and kith's ${what} downloads can't go through a proxy; ` +
+  return proxy == null || proxy === '' || exempt(url, settings.proxy.noProxy) ? null : proxy
+}
+
+/** PROXY_UNSUPPORTED for `proxy`, which the add-on `what` ("ftp") can't go through. */
+export function proxyRefused (url: URL, proxy: string, what: string): KithError {
+  return new KithError('PROXY_UNSUPPORTED', `ALL_PROXY (or downloads.proxy.all) is ${proxy}, and kith's ${what} downloads can't go through it; ` +
     `to connect to ${url.hostname} directly, add it to NO_PROXY (or downloads.proxy.noProxy in config.json)`)
 }
 

@@ -15,7 +15,8 @@
  *
  * The host is resolved with the downloads' DNS servers and connected to over
  * IPv4 only when IPv6 is off (network.ts); a proxy that applies (ALL_PROXY)
- * is refused (docs/downloads.md says why).
+ * is gone through when it is an HTTP one (a CONNECT tunnel, tunnel.ts), and
+ * refused otherwise.
  */
 import { readFile } from 'node:fs/promises'
 import { homedir, userInfo as osUser } from 'node:os'
@@ -26,10 +27,11 @@ import { Client, type ConnectConfig, type SFTPWrapper } from 'ssh2'
 import { KithError } from '../../errors.ts'
 import type { DownloadAddon, DownloadContext, DownloadJob, DownloadResult } from './addon.ts'
 import { checkHostKey, readKnownHosts } from './known-hosts.ts'
-import { connectAddress, family, refuseProxy } from './network.ts'
+import { connectAddress, family, proxyFor } from './network.ts'
 import { AddonOptions, decodedPath, needHost, userInfo } from './options.ts'
 import { abortReason, lengthChanged, openPartial, Progress, writeWith } from './partial.ts'
 import { readAhead } from './sftp-read.ts'
+import { tunnel } from './tunnel.ts'
 
 const OPTIONS = ['user', 'password', 'keyFile', 'passphrase', 'knownHosts', 'hostKey'] as const
 /** tried in this order when no keyFile is given, as ssh does */
@@ -100,16 +102,20 @@ function sftpError (err: unknown, what: string): unknown {
   return new KithError('REMOTE_FAILED', `SFTP with ${what} failed: ${e.message}`, { cause: err })
 }
 
-async function connect (client: Client, t: SftpTarget, ctx: DownloadContext): Promise<SFTPWrapper> {
+async function connect (client: Client, t: SftpTarget, url: URL, ctx: DownloadContext): Promise<SFTPWrapper> {
   const knownHosts = await readKnownHosts(t.knownHosts)
+  const key = await privateKey(t)
+  const proxy = proxyFor(url, ctx.settings)
+  // through the proxy, which resolves the name; else to the address the settings' DNS gives (the tunnel last: nothing after it may throw and leave it open)
+  const route: ConnectConfig = proxy != null
+    ? { sock: await tunnel(proxy, t.host, t.port, 'sftp', ctx.settings.connectTimeoutMs, ctx.signal) }
+    : { host: await connectAddress(t.host, ctx.settings), port: t.port, forceIPv4: family(ctx.settings) === 4 }
   let refused: unknown
   const config: ConnectConfig = {
-    host: await connectAddress(t.host, ctx.settings),
-    port: t.port,
-    forceIPv4: family(ctx.settings) === 4,
+    ...route,
     username: t.user,
     password: t.password,
-    privateKey: await privateKey(t),
+    privateKey: key,
     passphrase: t.passphrase,
     agent: process.env.SSH_AUTH_SOCK,
     readyTimeout: ctx.settings.connectTimeoutMs,
@@ -135,7 +141,6 @@ async function connect (client: Client, t: SftpTarget, ctx: DownloadContext): Pr
 
 async function download (job: DownloadJob, ctx: DownloadContext): Promise<DownloadResult> {
   const t = target(job.url, job.options)
-  refuseProxy(job.url, ctx.settings, 'sftp')
   const what = `${t.host}:${t.port} ${t.path}`
   const client = new Client()
   // a late error (the connection dropped while closing) must not go unhandled
@@ -144,7 +149,7 @@ async function download (job: DownloadJob, ctx: DownloadContext): Promise<Downlo
   ctx.signal.addEventListener('abort', endOnAbort, { once: true })
   try {
     ctx.signal.throwIfAborted()
-    const sftp = await connect(client, t, ctx)
+    const sftp = await connect(client, t, job.url, ctx)
     const stats = await new Promise<{ size: number, mtime: number }>((resolve, reject) => {
       sftp.stat(t.path, (err, s) => { if (err != null) reject(err); else resolve(s) })
     })

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest'
-import { exempt, refuseProxy } from '../../../src/services/downloads/network.ts'
+import { exempt, proxyFor, proxyRefused } from '../../../src/services/downloads/network.ts'
 import { SETTINGS } from '../../helpers/addon-context.ts'
 
 describe('proxies for add-ons that can\'t use one (network.ts)', () => {
@@ -16,11 +16,12 @@ describe('proxies for add-ons that can\'t use one (network.ts)', () => {
     expect(exempt(url('ftp://10.0.0.1/x'), null)).toBe(false)
   })
 
-  it('refuses only where ALL_PROXY applies, in words that say what to do', () => {
+  it('finds the proxy that applies to a URL that is not http(s): ALL_PROXY, unless NO_PROXY names its host', () => {
     const none = { http: null, https: null, all: null, noProxy: null }
-    expect(() => { refuseProxy(new URL('sftp://h/x'), { ...SETTINGS, proxy: { ...none, http: 'http://p:3128' } }, 'sftp') }).not.toThrow()
-    expect(() => { refuseProxy(new URL('sftp://h/x'), { ...SETTINGS, proxy: { ...none, all: 'socks5://p:1080', noProxy: 'h' } }, 'sftp') }).not.toThrow()
-    expect(() => { refuseProxy(new URL('sftp://h/x'), { ...SETTINGS, proxy: { ...none, all: 'socks5://p:1080' } }, 'sftp') })
-      .toThrow(expect.objectContaining({ code: 'PROXY_UNSUPPORTED', message: expect.stringMatching(/add it to NO_PROXY/) }))
+    const url = new URL('sftp://h/x')
+    expect(proxyFor(url, { ...SETTINGS, proxy: { ...none, http: 'http://p:3128', https: 'http://p:3128' } })).toBeNull()
+    expect(proxyFor(url, { ...SETTINGS, proxy: { ...none, all: 'socks5://p:1080', noProxy: 'h' } })).toBeNull()
+    expect(proxyFor(url, { ...SETTINGS, proxy: { ...none, all: 'socks5://p:1080' } })).toBe('socks5://p:1080')
+    expect(proxyRefused(url, 'socks5://p:1080', 'ftp')).toMatchObject({ code: 'PROXY_UNSUPPORTED', message: expect.stringMatching(/add it to NO_PROXY/) })
   })
 })

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest'
 import { fingerprint } from '../../../src/services/downloads/known-hosts.ts'
 import { sftpAddon } from '../../../src/services/downloads/sftp.ts'
 import { scratch, type Scratch } from '../../helpers/addon-context.ts'
+import { startConnectProxy } from '../../helpers/connect-proxy.ts'
 import { startDnsServer } from '../../helpers/dns-server.ts'
 import { describeNeeding, needsCommands } from '../../helpers/needs.ts'
 import { freePort, startServer, type ServerProcess } from '../../helpers/servers.ts'
@@ -75,10 +76,13 @@ describeNeeding('sftp add-on against sshd', [needsCommands(['sshd', 'ssh-keygen'
     expect((await readFile(s.partial)).equals(content)).toBe(true)
   })
 
-  it('resolves with the DNS servers of the settings (the host key checked for the URL\'s name); refuses a proxy it can\'t go through', async () => {
+  it('resolves with the DNS servers of the settings (the host key checked for the URL\'s name); goes through an HTTP proxy, refuses a SOCKS one', async () => {
     const dns = await startDnsServer({ 'ssh.kith.test': { a: ['127.0.0.1'] } })
+    const proxy = await startConnectProxy()
+    const none = { http: null, https: null, noProxy: null }
     const named = await scratch('named', { dns: [dns.address], ipv6: false })
-    const proxied = await scratch('proxied', { proxy: { http: null, https: null, all: 'http://127.0.0.1:3128', noProxy: 'example.org' } })
+    const proxied = await scratch('proxied', { proxy: { ...none, all: proxy.url } })
+    const socks = await scratch('socks', { proxy: { ...none, all: 'socks5://127.0.0.1:1080' } })
     try {
       const byName = url.replace('127.0.0.1', 'ssh.kith.test')
       // known_hosts holds the key for 127.0.0.1, not for this name: it is checked for the name the URL gives
@@ -86,10 +90,16 @@ describeNeeding('sftp add-on against sshd', [needsCommands(['sshd', 'ssh-keygen'
       expect((await named.run(sftpAddon, byName, { ...options, hostKey: hostPrint })).result.size).toBe(SIZE)
       expect(dns.asked).toContain('ssh.kith.test 1')
       expect(dns.asked).not.toContain('ssh.kith.test 28')
-      await expect(proxied.run(sftpAddon, url, options)).rejects.toMatchObject({ code: 'PROXY_UNSUPPORTED' })
+      const through = await proxied.run(sftpAddon, url, options)
+      expect(through.result.size).toBe(SIZE)
+      expect((await readFile(proxied.partial)).equals(content)).toBe(true)
+      expect(proxy.tunnels).toEqual([new URL(url).host])
+      const refused = await socks.run(sftpAddon, url, options).catch((e: unknown) => e)
+      expect(refused).toMatchObject({ code: 'PROXY_UNSUPPORTED' })
+      expect((refused as Error).message).toMatch(/NO_PROXY/)
     } finally {
-      await named.cleanup()
-      await proxied.cleanup()
+      for (const run of [named, proxied, socks]) await run.cleanup()
+      await proxy.stop()
       await dns.stop()
     }
   })
