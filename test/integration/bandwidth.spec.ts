@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { writeFile, readFile } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, seesOnline, transferOf, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { sha } from '../helpers/files.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
@@ -58,13 +58,13 @@ describe('bandwidth caps between real daemons', () => {
   it('holds a --max-download cap', async () => {
     await bob.stop()
     await bob.start(['--max-download', '4MB/s'])
-    await waitFor(async () => (await bob.json('friends')).friends.find((f: { label: string, link: { online: boolean } }) => f.label === 'alice')?.link.online, 'bob sees alice')
+    await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
     const dest = join(bob.home, 'capped.bin')
     const { transfer: started } = await bob.json('fetch', 'alice:capped.bin', '-o', dest, '--detach')
     const t0 = Date.now()
     let sawEta = false
     const done = await waitFor(async () => {
-      const t = (await bob.json<{ transfers: any[] }>('transfers')).transfers.find(x => x.id === started.id)
+      const t = await transferOf(bob, started.id)
       if (t?.state === 'running' && typeof t.eta === 'number' && t.eta > 0) sawEta = true
       if (t?.state === 'failed') throw new Error(`fetch failed: ${JSON.stringify(t.error)}`)
       return t?.state === 'done' ? t : undefined
@@ -117,7 +117,7 @@ describe('bandwidth caps between real daemons', () => {
     await alice.start()
     expect((await alice.json('limits')).limits.peers[bob.peerId]).toEqual({ upload: 4 * MB })
     expect((await alice.json('limits', 'clear', '--peer', 'bob')).limits.peers).toEqual({})
-    await waitFor(async () => (await bob.json('friends')).friends.find((f: { label: string, link: { online: boolean } }) => f.label === 'alice')?.link.online, 'bob sees alice again')
+    await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice again')
   })
 
   it('lets an urgent fetch overtake a background one from the same capped source', async () => {

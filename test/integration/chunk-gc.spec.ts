@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, writeFile, readdir, stat } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { threeFriends, waitFor, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { threeFriends, waitFor, seesOnline, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { sha } from '../helpers/files.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
@@ -91,7 +91,7 @@ describe('chunk store collection', () => {
     const bobs = (await bob.json('gc')).gc
     expect(bobs.freed).toEqual({ chunks: 0, bytes: 0 })
     expect(bobs.store).toEqual({ chunks: docs.chunks, bytes: 0, inFiles: docs.chunks })
-    await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'bob')?.link.online, 'carol sees bob')
+    await waitFor(async () => await seesOnline(carol, 'bob'), 'carol sees bob')
     await carol.json('resume', started.id)
     const done = await transferDone(carol, started.id)
     const left = done.totalBytes - (done.sources.find((s: any) => s.label === 'alice')?.bytes ?? 0)
@@ -139,7 +139,7 @@ describe('chunk store collection', () => {
     expect(files - (gc.store.chunks - gc.store.inFiles)).toBeLessThanOrEqual(1)
     expect(await stat(join(doomed.root, 'f0.bin'))).toMatchObject({ size: 40 * MiB })
     // what is left is whole: carol fetches from alice what nobody else holds
-    await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'alice')?.link.online, 'carol sees alice')
+    await waitFor(async () => await seesOnline(carol, 'alice'), 'carol sees alice')
     const got = await carol.cli('fetch', 'alice:keep', '-o', join(carol.home, 'keep'))
     expect(got.code, got.stderr).toBe(0)
     expect(await sha(join(carol.home, 'keep', 'f0.bin'))).toBe(await sha(join(keep.root, 'f0.bin')))
@@ -165,7 +165,7 @@ describe('chunk store collection', () => {
     expect(await chunkFiles(alice)).toBe(before.chunks - before.inFiles)
     const made = await alice.json('share', big.root, '--with', 'bob')
     expect(made.share.chunks).toBe(big.chunks)
-    await waitFor(async () => (await bob.json('friends')).friends.find((f: any) => f.label === 'alice')?.link.online, 'bob sees alice')
+    await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
     const got = await bob.cli('fetch', 'alice:interrupted', '-o', join(bob.home, 'interrupted'))
     expect(got.code, got.stderr).toBe(0)
     for (const name of ['f0.bin', 'f15.bin']) expect(await sha(join(bob.home, 'interrupted', name))).toBe(await sha(join(big.root, name)))

@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, writeFile, readFile, readdir } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { threeFriends, waitFor, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { threeFriends, waitFor, seesOnline, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { exists, tree } from '../helpers/files.ts'
 
 /**
@@ -32,7 +32,7 @@ describe('a friend\'s fetch when a daemon is killed', () => {
     await alice.stop()
     await alice.start(['--max-upload', '16MB/s'])
     await alice.json('share', big, '--with', 'bob')
-    await waitFor(async () => (await bob.json('friends')).friends.find((f: { label: string, link: { online: boolean } }) => f.label === 'alice')?.link.online, 'bob sees alice')
+    await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
     const dest = join(bob.home, 'big.bin')
     const { transfer: started } = await bob.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
     const before = await waitFor(async () => {

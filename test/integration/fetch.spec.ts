@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { sharePartialPath } from '../../src/transfer/assemble.ts'
-import { threeFriends, waitFor, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { threeFriends, waitFor, seesOnline, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { exists, tree } from '../helpers/files.ts'
 
 /**
@@ -102,7 +102,7 @@ describe('fetching friends\' files', () => {
       await alice.start(['--max-upload', '16MB/s'])
       await alice.json('limits', 'clear', '--up')
     }
-    await waitFor(async () => (await carol.json('friends')).friends.find((f: any) => f.label === 'alice')?.link.online, 'carol sees alice')
+    await waitFor(async () => await seesOnline(carol, 'alice'), 'carol sees alice')
     await carol.json('resume', t.id)
     await transferDone(carol, t.id, 'the resumed fetch to finish from alice')
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))

@@ -4,7 +4,9 @@ import { createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/
 
 /**
  * Three real daemons, driven only through the CLI: A invites B and C, both
- * accept, A revokes C; every node survives a clean stop and a kill -9.
+ * accept, A revokes C; every node survives a clean stop and a kill -9. (Links
+ * coming up or going down are polled on the API, what `kith friends --json`
+ * prints.)
  */
 interface FriendJson {
   peerId: string
@@ -23,8 +25,10 @@ async function friendOf (node: TestNode, peerId: string): Promise<FriendJson | u
   return (await friends(node)).find(f => f.peerId === peerId)
 }
 
+/** polled by the dozen in waitFor: read from the API, not through a CLI process each time */
 async function online (node: TestNode, other: TestNode): Promise<boolean> {
-  return (await friendOf(node, other.peerId))?.link.online === true
+  const { friends } = await node.get<{ friends: FriendJson[] }>('/v1/friends')
+  return friends.find(f => f.peerId === other.peerId)?.link.online === true
 }
 
 describe('three friends through the CLI', () => {

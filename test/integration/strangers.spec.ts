@@ -21,7 +21,7 @@ import type { Service } from '../../src/trust/grants.ts'
  * connections; friends keep their slots.
  */
 async function online (node: TestNode, peerId: string): Promise<boolean> {
-  const { friends } = await node.json<{ friends: Array<{ peerId: string, link: { online: boolean } }> }>('friends')
+  const { friends } = await node.get<{ friends: Array<{ peerId: string, link: { online: boolean } }> }>('/v1/friends')
   return friends.find(f => f.peerId === peerId)?.link.online === true
 }
 
