@@ -281,7 +281,7 @@ export class FileAssembly {
       else await this.abort()
       throw err
     }
-    await syncDir(dirname(this.dest))
+    await syncFolder(dirname(this.dest))
   }
 
   /** Closes and removes the partial (never the destination). */
@@ -292,6 +292,48 @@ export class FileAssembly {
     if (handle !== undefined) await (await handle).close().catch(() => {})
     await rm(this.partial, { force: true })
   }
+}
+
+interface FolderSyncs {
+  running: Promise<void> | undefined
+  /** the sync that starts once the running one ends: it covers whatever was renamed before it starts */
+  queued: Promise<void> | undefined
+}
+
+const folderSyncs = new Map<string, FolderSyncs>()
+
+/**
+ * fsyncs a folder after a file was placed in it, sharing syncs: files of one
+ * folder placed at about the same time (many small files) wait for one sync
+ * that starts after their renames, not for one each. A rename is durable once
+ * a sync of its folder that began after it has ended, which is what each
+ * caller waits for.
+ */
+export async function syncFolder (dir: string): Promise<void> {
+  let syncs = folderSyncs.get(dir)
+  if (syncs === undefined) folderSyncs.set(dir, syncs = { running: undefined, queued: undefined })
+  const state = syncs
+  const start = async (): Promise<void> => {
+    const sync = syncDir(dir)
+    state.running = sync
+    try {
+      await sync
+    } finally {
+      if (state.running === sync) state.running = undefined
+      if (state.running === undefined && state.queued === undefined && folderSyncs.get(dir) === state) folderSyncs.delete(dir)
+    }
+  }
+  if (state.queued !== undefined) return await state.queued
+  if (state.running === undefined) return await start()
+  const queued = state.running.then(async () => {
+    state.queued = undefined
+    await start()
+  }, async () => {
+    state.queued = undefined
+    await start()
+  })
+  state.queued = queued
+  await queued
 }
 
 /** The partial file a FileAssembly for `dest` writes: named by `partialKey`, random without one. */

@@ -176,7 +176,7 @@ export interface FetchInit {
    * Chunks asked in one GET stream, at most (MAX_GET_IDS at most). A source's
    * first requests ask FIRST_CHUNKS_PER_REQUEST (4); once its rate is known,
    * what it moves in `targetRequestMs`, within 1..chunksPerRequest.
-   * @default 16
+   * @default 16 chunks' worth of CHUNK_SIZE: more, to MAX_GET_IDS, when chunks are smaller
    */
   chunksPerRequest?: number
   /** GET streams open to one source at once. @default 2 */
@@ -891,7 +891,18 @@ class Fetch {
     if (source.rate === undefined) return Math.min(this.opt.chunksPerRequest, FIRST_CHUNKS_PER_REQUEST)
     const chunk = this.averageChunk()
     const perRequest = source.rate / this.opt.requestsPerSource * this.opt.targetRequestMs / 1000
-    return Math.max(1, Math.min(this.opt.chunksPerRequest, Math.floor(perRequest / chunk)))
+    return Math.max(1, Math.min(this.requestCap(chunk), Math.floor(perRequest / chunk)))
+  }
+
+  /**
+   * Chunks one request may ask, at most: `chunksPerRequest` when the caller
+   * set it; by default as many bytes as DEFAULT_CHUNKS_PER_REQUEST chunks of
+   * CHUNK_SIZE, so small chunks (small files) go many to a request (up to
+   * MAX_GET_IDS) rather than a stream each few kilobytes.
+   */
+  private requestCap (chunk: number): number {
+    if (this.init.chunksPerRequest !== undefined) return this.opt.chunksPerRequest
+    return Math.min(MAX_GET_IDS, Math.max(DEFAULT_CHUNKS_PER_REQUEST, Math.floor(DEFAULT_CHUNKS_PER_REQUEST * CHUNK_SIZE / chunk)))
   }
 
   private pick (source: Source): number[] {

@@ -37,6 +37,8 @@ export const DISK_RECHECK_MS = 2_000
 export const DISK_MARGIN_BYTES = 8 * 1024 * 1024
 /** `store.has` checks run this many at a time when a fetch starts. */
 const HAS_CONCURRENCY = 64
+/** Destination files checked (folders made, what is there compared) this many at a time when a fetch starts. */
+const PREPARE_CONCURRENCY = 16
 
 export type TransferState = 'queued' | 'running' | 'paused' | 'done' | 'failed' | 'cancelled'
 
@@ -655,19 +657,27 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   private async assembly (id: string, manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[]): Promise<ShareAssembly> {
     const root = dirname(record.dest)
     await makeRoot(root)
-    const targets: ShareTarget[] = []
-    for (const { entry, index, relative } of files) {
-      const segments = [basename(record.dest), ...(relative === '' ? [] : relative.split('/'))]
-      const dest = await prepareUnder(root, segments)
-      if (await compareFile(dest, entry) === 'same') {
-        // placed before a restart; a kill may have come between placing it, moving its chunks' records and unlinking the partial
-        const partial = sharePartialPath(dest, id, index)
-        await this.init.store.moveInFile(entry.chunks, partial, dest)
-        await rm(partial, { force: true })
-        continue
+    const prepared: Array<ShareTarget | undefined> = new Array(files.length)
+    // a few files at a time: a folder of many small files would otherwise wait on each one's checks in turn
+    let next = 0
+    const prepare = async (): Promise<void> => {
+      while (next < files.length) {
+        const at = next++
+        const { entry, index, relative } = files[at]!
+        const segments = [basename(record.dest), ...(relative === '' ? [] : relative.split('/'))]
+        const dest = await prepareUnder(root, segments)
+        if (await compareFile(dest, entry) === 'same') {
+          // placed before a restart; a kill may have come between placing it, moving its chunks' records and unlinking the partial
+          const partial = sharePartialPath(dest, id, index)
+          await this.init.store.moveInFile(entry.chunks, partial, dest)
+          await rm(partial, { force: true })
+          continue
+        }
+        prepared[at] = { file: index, dest }
       }
-      targets.push({ file: index, dest })
     }
+    await Promise.all(Array.from({ length: Math.min(PREPARE_CONCURRENCY, files.length) }, prepare))
+    const targets = prepared.filter(t => t !== undefined)
     const keys = deriveSealKeys(key, manifest.shareId)
     // this version's key (its manifest is saved by now) joins the share's keys at the next look-up
     this.keys.delete(`${record.owner}/${manifest.shareId}`)
