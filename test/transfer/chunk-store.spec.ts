@@ -71,6 +71,22 @@ describe('chunk store', () => {
     expect(await files(chunks)).toEqual([`${b.id.slice(0, 2)}/${b.id}`])
   })
 
+  it('records chunks put at once in shared database batches, with exact stats', async () => {
+    const many = Array.from({ length: 40 }, (_, i) => chunk(`many-${i}`, 100 + i))
+    let batches = 0
+    const batch = db.batch.bind(db)
+    db.batch = ((...args: Parameters<typeof batch>) => { batches++; return batch(...args) }) as typeof db.batch
+    expect(await Promise.all(many.map(async c => await store.put(c.id, c.bytes)))).toEqual(many.map(() => true))
+    // one change each would be 40 batches; the first goes alone, the rest wait for it and go together
+    expect(batches).toBeGreaterThan(0)
+    expect(batches).toBeLessThan(many.length / 2)
+    const bytes = many.reduce((sum, c) => sum + c.bytes.length, 0)
+    expect(store.stats()).toEqual({ count: 40, bytes, inFiles: 0 })
+    await reopen()
+    expect(store.stats()).toEqual({ count: 40, bytes, inFiles: 0 })
+    for (const c of many) expect(await store.has(c.id)).toBe(true)
+  })
+
   it('stores a chunk once, however often it is put', async () => {
     const a = chunk('a')
     const results = await Promise.all(Array.from({ length: 5 }, async () => store.put(a.id, a.bytes)))
@@ -344,6 +360,19 @@ describe('chunk store', () => {
       // the other chunk's bytes are unchanged: still served
       expect(Buffer.from(await store.get(held[1]!.id)).equals(held[1]!.sealed)).toBe(true)
       expect(await files(chunks)).toEqual([])
+    })
+
+    it('reads a file replaced under its path as the new file at once, though the old one was open', async () => {
+      await putAll(path, held)
+      // read once: the store keeps the file open for the reads that follow
+      expect(Buffer.from(await store.get(held[1]!.id)).equals(held[1]!.sealed)).toBe(true)
+      const other = Buffer.from(content)
+      other[4096 + 10]! ^= 0x01 // in the second chunk
+      await writeFile(path + '.new', other)
+      await rename(path + '.new', path)
+      await expectCodeAsync(store.get(held[1]!.id), 'CHUNK_CORRUPT')
+      // the first chunk's bytes are the same in the new file: still served
+      expect(Buffer.from(await store.get(held[0]!.id)).equals(held[0]!.sealed)).toBe(true)
     })
 
     it('drops chunks whose file was cut short or went away', async () => {
