@@ -13,6 +13,14 @@ import { safeText } from './safe-text.ts'
  * `{ v, ok: false, code, message }`, close. Nothing a peer sends can throw out
  * of here.
  */
+/**
+ * Raw bytes an answer sends after itself, as a second length-prefixed
+ * frame, so bulk bytes skip CBOR (a chunk of /kith/swarm/1.0.0):
+ * `return { length: bytes.length, [TRAILER]: bytes }`. Not part of the
+ * CBOR answer (symbol keys are not encoded).
+ */
+export const TRAILER = Symbol('trailer')
+
 /** Longest message in a failure answer; what is sent is cut to it. */
 export const MAX_FAILURE_MESSAGE = 1024
 
@@ -63,6 +71,8 @@ export async function serveOnce<Req> (stream: Stream, init: ServeOnceInit<Req>,
   }
   try {
     await lp.write(encodeCanonical(response), { signal })
+    const trailer = (response as Record<symbol, unknown>)[TRAILER]
+    if (trailer instanceof Uint8Array) await lp.write(trailer, { signal })
     await stream.close({ signal })
   } catch (err) {
     stream.abort(err as Error)

@@ -163,7 +163,7 @@ describe('the swarm index and protocol', () => {
     const answers = fc.oneof(
       fc.constant({ schema: whoAnswer, value: { v: 1, ok: true, holdings: [{ hash: list.hash, length: 5, etag: null, lastModified: 'Tue, 01 Dec 2026 10:00:00 GMT' }] } }),
       fc.constant({ schema: listAnswer, value: { v: 1, ok: true, body: new Uint8Array(40), sig: new Uint8Array(64) } }),
-      fc.constant({ schema: chunkAnswer, value: { v: 1, ok: true, bytes: new Uint8Array(100) } }),
+      fc.constant({ schema: chunkAnswer, value: { v: 1, ok: true, length: 100 } }),
       fc.constant({ schema: chunkAnswer, value: { v: 1, ok: false, code: 'SWARM_NOT_HELD', message: 'gone' } })
     )
     fuzz(fc.property(answers.chain(a => { const b = encodeCanonical(a.value); return fc.nat(b.length * 8 - 1).chain(bit => fc.nat(b.length).map(cut => ({ a, bytes: [flipBit(b, bit), b.subarray(0, cut)] }))) }), ({ a, bytes }) => {
@@ -175,8 +175,28 @@ describe('the swarm index and protocol', () => {
         }
       }
     }))
-    // a chunk larger than a chunk is refused, whatever its signature would say
-    rejects(() => parseAnswer(encodeCanonical({ v: 1, ok: true, bytes: new Uint8Array(SWARM_CHUNK_SIZE + 1) }), chunkAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
+    // a chunk announced larger than a chunk is refused before its bytes are read
+    rejects(() => parseAnswer(encodeCanonical({ v: 1, ok: true, length: SWARM_CHUNK_SIZE + 1 }), chunkAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
+  })
+
+  it('refuses a chunk whose raw frame is not the length its answer announced', async () => {
+    const liar = await startNode()
+    try {
+      await liar.handle(SWARM_PROTOCOL, async (stream: any) => {
+        const lp = lpStream(stream)
+        await lp.read()
+        await lp.write(encodeCanonical({ v: 1, ok: true, length: 10 }))
+        await lp.write(new Uint8Array(11))
+        await stream.close()
+      })
+      await learn(friend, liar.peerId, liar.getMultiaddrs())
+      const err = await askChunk(friend, liar.peerId, list.hash, 0).catch(e => e)
+      expect(err).toBeInstanceOf(KithError)
+      expect(err.code).toBe('PROTOCOL_VIOLATION')
+      expect(err.message).toMatch(/announced 10 bytes and sent 11/)
+    } finally {
+      await liar.stop()
+    }
   })
 
   describe('the pull', () => {

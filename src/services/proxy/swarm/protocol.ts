@@ -3,7 +3,7 @@ import { lpStream } from '@libp2p/utils'
 import type { Connection, PeerId, Stream, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../../peer/canonical.ts'
-import { failureSchema, serveOnce } from '../../../peer/request-response.ts'
+import { failureSchema, serveOnce, TRAILER } from '../../../peer/request-response.ts'
 import type { BandwidthScheduler } from '../../../transfer/scheduler/index.ts'
 import { MAX_URL_LENGTH } from '../../downloads/constants.ts'
 import { MAX_CLASS_URLS } from '../constants.ts'
@@ -21,7 +21,8 @@ import type { Holding, SwarmIndex } from './holdings.ts'
  *
  *   { v:1, op:'who', urls:[url] }            -> { v:1, ok:true, holdings:[{ hash, length, etag, lastModified }] }
  *   { v:1, op:'list', hash }                 -> { v:1, ok:true, body, sig }   (the signed hash list)
- *   { v:1, op:'chunk', hash, index }         -> { v:1, ok:true, bytes }       (sent through the scheduler, class friend)
+ *   { v:1, op:'chunk', hash, index }         -> { v:1, ok:true, length }, then the chunk's bytes as a second frame
+ *                                               (raw, not CBOR; sent through the scheduler, class friend)
  *   any failure                              -> { v:1, ok:false, code, message }
  */
 const VERSION = 1
@@ -41,7 +42,7 @@ const ok = <T extends z.ZodRawShape>(shape: T) => z.union([z.object({ v: z.liter
 /** The answers, as the asker parses them (exported for the fuzz tests). */
 export const whoAnswer = ok({ holdings: z.array(holdingSchema).max(MAX_HOLDINGS) })
 export const listAnswer = ok({ body: z.instanceof(Uint8Array).refine(b => b.length <= MAX_SWARM_RESPONSE - 1024), sig: z.instanceof(Uint8Array).refine(b => b.length === 64) })
-export const chunkAnswer = ok({ bytes: z.instanceof(Uint8Array).refine(b => b.length >= 1 && b.length <= SWARM_CHUNK_SIZE) })
+export const chunkAnswer = ok({ length: z.number().int().min(1).max(SWARM_CHUNK_SIZE) })
 
 export interface SwarmHandlerInit {
   index: SwarmIndex
@@ -67,7 +68,7 @@ export function swarmHandler (init: SwarmHandlerInit) {
       } finally {
         flow.close()
       }
-      return { bytes }
+      return { length: bytes.length, [TRAILER]: bytes }
     })
   }
 }
@@ -76,8 +77,13 @@ export interface Dialer {
   dialProtocol: (peer: PeerId, protocol: string, options?: AbortOptions) => Promise<Stream>
 }
 
-/** One question to a friend; their failure answer as a KithError with their code, a broken or malformed answer as FRIEND_OFFLINE / PROTOCOL_VIOLATION. */
-async function ask<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, schema: z.ZodType<T>, options: AbortOptions): Promise<T> {
+/**
+ * One question to a friend; their failure answer as a KithError with their
+ * code, a broken or malformed answer as FRIEND_OFFLINE / PROTOCOL_VIOLATION.
+ * With `trailer`, the answer's raw frame that follows it too, of exactly
+ * the length `trailer` reads from the answer.
+ */
+async function ask<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, schema: z.ZodType<T>, options: AbortOptions, trailer?: (answer: T) => number): Promise<{ answer: T, bytes: Uint8Array | null }> {
   const signal = AbortSignal.any([options.signal ?? new AbortController().signal, AbortSignal.timeout(SWARM_TIMEOUT_MS)])
   let stream: Stream
   try {
@@ -89,8 +95,14 @@ async function ask<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, sche
   try {
     await lp.write(encodeCanonical(request), { signal })
     const answer = parseAnswer((await lp.read({ signal })).subarray(), schema, peer.toString())
+    let bytes: Uint8Array | null = null
+    if (trailer != null) {
+      // the frame's length prefix is checked against MAX_SWARM_RESPONSE before anything is read, then against the answer's
+      bytes = (await lp.read({ signal })).subarray()
+      if (bytes.length !== trailer(answer)) throw new KithError('PROTOCOL_VIOLATION', `${peer.toString()} announced ${trailer(answer)} bytes and sent ${bytes.length}`)
+    }
     await stream.close({ signal }).catch(() => {})
-    return answer
+    return { answer, bytes }
   } catch (err) {
     stream.abort(err as Error)
     if (err instanceof KithError) throw err
@@ -108,14 +120,14 @@ export function parseAnswer<T> (bytes: Uint8Array, schema: z.ZodType<T>, peer: s
 }
 
 export async function askWho (dialer: Dialer, peer: PeerId, urls: readonly string[], options: AbortOptions = {}): Promise<Holding[]> {
-  return (await ask(dialer, peer, { v: VERSION, op: 'who', urls: [...urls] }, whoAnswer, options) as { holdings: Holding[] }).holdings
+  return ((await ask(dialer, peer, { v: VERSION, op: 'who', urls: [...urls] }, whoAnswer, options)).answer as { holdings: Holding[] }).holdings
 }
 
 export async function askList (dialer: Dialer, peer: PeerId, hash: string, options: AbortOptions = {}): Promise<SignedHashList> {
-  const { body, sig } = await ask(dialer, peer, { v: VERSION, op: 'list', hash }, listAnswer, options) as { body: Uint8Array, sig: Uint8Array }
+  const { body, sig } = (await ask(dialer, peer, { v: VERSION, op: 'list', hash }, listAnswer, options)).answer as { body: Uint8Array, sig: Uint8Array }
   return { body, sig }
 }
 
 export async function askChunk (dialer: Dialer, peer: PeerId, hash: string, index: number, options: AbortOptions = {}): Promise<Uint8Array> {
-  return (await ask(dialer, peer, { v: VERSION, op: 'chunk', hash, index }, chunkAnswer, options) as { bytes: Uint8Array }).bytes
+  return (await ask(dialer, peer, { v: VERSION, op: 'chunk', hash, index }, chunkAnswer, options, answer => (answer as { length: number }).length)).bytes!
 }
