@@ -200,9 +200,10 @@ describe('downloads', () => {
     await mkdir(join(friend.home, 'capped'))
     await writeFile(join(friend.home, 'capped', 'a.bin'), SHARED.subarray(0, SHARED.length / 2))
     await writeFile(join(friend.home, 'capped', 'b.bin'), SHARED.subarray(SHARED.length / 2))
-    await friend.json('share', join(friend.home, 'capped'), '--with', 'dl')
-    await dl.json('limits', 'set', '--down', '1MB/s')
+    // through the API, as the CLI's share and limits commands do (a CLI process each would cost a second here)
+    await (await ApiClient.forHome(friend.home)).call('POST', '/v1/shares', { path: join(friend.home, 'capped'), with: ['dl'] })
     const api = await ApiClient.forHome(dl.home)
+    await api.call('PUT', '/v1/limits', { download: CAP })
     try {
       // queued in one request: both start at once
       const started = performance.now()
@@ -223,7 +224,7 @@ describe('downloads', () => {
       expect(await tree(join(dl.home, 'capped', 'capped'))).toEqual(await tree(join(friend.home, 'capped')))
       expect((await readFile(join(dl.home, 'capped', 'shared.bin'))).equals(SHARED)).toBe(true)
     } finally {
-      await dl.json('limits', 'clear', '--down')
+      await api.call('PUT', '/v1/limits', { download: null })
     }
   })
 
