@@ -145,7 +145,7 @@ describe('chunk store collection', () => {
     expect(await sha(join(carol.home, 'keep', 'f0.bin'))).toBe(await sha(join(keep.root, 'f0.bin')))
   })
 
-  it('a daemon killed in the middle of a share restarts consistent, and the share made again is fetched whole', async () => {
+  it('a daemon killed in the middle of a share restarts consistent, and the share made again is served whole', async () => {
     const before = (await alice.json('gc')).gc.store
     // 256 MiB: sharing takes a second or more, and the API is asked every 10 ms
     const big = await folder(join(alice.home, 'interrupted'), Array.from({ length: 16 }, () => 16 * MiB))
@@ -166,8 +166,13 @@ describe('chunk store collection', () => {
     const made = await alice.json('share', big.root, '--with', 'bob')
     expect(made.share.chunks).toBe(big.chunks)
     await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
-    const got = await bob.cli('fetch', 'alice:interrupted', '-o', join(bob.home, 'interrupted'))
-    expect(got.code, got.stderr).toBe(0)
-    for (const name of ['f0.bin', 'f15.bin']) expect(await sha(join(bob.home, 'interrupted', name))).toBe(await sha(join(big.root, name)))
+    // the first file in share order, whose chunks the killed share had recorded and the collection forgot, and the
+    // last (f9: names sort bytewise), which it never reached: each fetched and verified chunk by chunk (the other
+    // 224 MiB would prove nothing more)
+    for (const name of ['f0.bin', 'f9.bin']) {
+      const got = await bob.cli('fetch', `alice:interrupted/${name}`, '-o', join(bob.home, name))
+      expect(got.code, got.stderr).toBe(0)
+      expect(await sha(join(bob.home, name))).toBe(await sha(join(big.root, name)))
+    }
   })
 })
