@@ -57,13 +57,13 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
       return friends.length === 2 && friends.every(f => f.link.online === true && f.grantsFromThem.includes('files'))
     }, 'alice sees bob and carol online, granting her files')
     // bob and carol fetched every file through their proxies: they hold them
-    for (const node of [bob, carol]) {
+    await Promise.all([bob, carol].map(async node => {
       for (const name of files.keys()) {
         const got = await curl(['-o', join(base, `${node.name}-${name}`), await proxied(node, name)])
         expect(got.code, got.stderr).toBe(0)
       }
       expect((await proxyStatus(node)).swarm.held).toBe(files.size)
-    }
+    }))
   }, 120_000)
 
   afterAll(async () => {
