@@ -18,7 +18,7 @@ import { MAX_MANY_BLOBS } from './wire.ts'
 /** get-many requests in flight to one host (a host serves 8 requests of one owner at once). */
 const REQUESTS_PER_HOST = 3
 /** A get-many asks for about this many sealed bytes at most (the host's limit is MAX_MANY_BYTES). */
-const BATCH_BYTES = 4 * 1024 * 1024
+const BATCH_BYTES = 2 * 1024 * 1024
 
 interface Want {
   id: string

@@ -34,7 +34,7 @@ const FILES_AT_ONCE = 16
 /** Chunks of one file fetched ahead of the one being written. */
 const PREFETCH = 4
 /** Sealed bytes fetched (or being fetched) and not yet written, at most, over all files: the memory bound. */
-const AHEAD_BYTES = 16 * 1024 * 1024
+const AHEAD_BYTES = 8 * 1024 * 1024
 const PROGRESS_EVERY_MS = 250
 /** How far (µs) a file's mtime may be from the snapshot's and still count as restored before (see file()). */
 const MTIME_SLACK_US = 2n

@@ -33,7 +33,7 @@ import { encodeTree, micros, type TreeEntry } from './tree.ts'
  * Sealed bytes of blobs not yet on enough hosts, at most: the owner's memory
  * bound for placing (each copy shares one buffer). The walk waits for room.
  */
-const IN_FLIGHT_BYTES = 16 * 1024 * 1024
+const IN_FLIGHT_BYTES = 8 * 1024 * 1024
 /** A put-many carries about this many sealed bytes (or MAX_MANY_BLOBS blobs) at most. */
 const BATCH_BYTES = 2 * 1024 * 1024
 /** put-many requests in flight to one host (a host serves 8 requests of one owner at once). */
