@@ -49,8 +49,13 @@ export const DAEMON_STARTUP_FLAGS = ['--max-semi-space-size=4', '--expose-gc']
  *   next ones from its heap, which then never shrinks. Measured on a 512 MiB
  *   share and fetch: the owner's resident memory before the fetch 154-247 ->
  *   137-140 MB, its peak 204-248 -> 187-189 MB; CPU per MB unchanged.
+ * - `UV_THREADPOOL_SIZE=16` (libuv; 4 by default): file system calls and
+ *   LevelDB run on this pool. Fetching many small files keeps fsyncs (a few
+ *   ms each) on it, and with 4 threads every other file and database call
+ *   of the fetch queued behind them. Measured, 2,000 files of 4 KiB fetched
+ *   on a loaded machine: 126 -> 173 files/s; idle RSS unchanged within noise.
  */
-export const DAEMON_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: '131072' }
+export const DAEMON_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: '131072', UV_THREADPOOL_SIZE: '16' }
 
 export function tuneDaemonHeap (): void {
   if (process.versions.node.split('.')[0] !== '24') return
