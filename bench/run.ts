@@ -59,7 +59,10 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * BENCH_SIZE_MIB (1024) file size; BENCH_CAP_MB per-source cap in MB/s (default:
  * a quarter of the 1-source fetch's rate, so the caps, not the fetcher, bind)
  * for the capped run; BENCH_CPU_PROF=DIR writes a V8 CPU profile of every kith
- * daemon into DIR (daemons are then stopped cleanly instead of killed).
+ * daemon into DIR (daemons are then stopped cleanly instead of killed);
+ * BENCH_PIN=1 runs the sending end of the ceilings and the owner on core 0, the
+ * receiving end and the 1-source fetcher on core 1 (taskset), so each side's
+ * CPU ms/MB is measured without the other's on its core.
  * MB/s means 10^6 bytes per second, as in DESIGN.md.
  */
 const HERE = dirname(fileURLToPath(import.meta.url))
@@ -87,7 +90,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|smallfiles|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128 BENCH_SMALL_FILES=100000')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|smallfiles|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128 BENCH_SMALL_FILES=100000 BENCH_PIN=1')
       process.exit(0)
     }
     let value: string | undefined
@@ -116,6 +119,20 @@ const [RUNS, SIZE, CAP_MB] = (() => {
   } catch (err) { return usageError(err) }
 })()
 const CPU_PROF = process.env.BENCH_CPU_PROF
+/** BENCH_PIN=1: each end of a transfer on a core of its own (taskset), so what one side costs is not hidden by the other's */
+const PIN = process.env.BENCH_PIN === '1'
+
+/** `command args` run on core `core` under BENCH_PIN, else as it is. */
+function pinned (core: number, command: string, args: string[]): [string, string[]] {
+  return PIN ? ['taskset', ['-c', String(core), command, ...args]] : [command, args]
+}
+
+/** Moves a running daemon (all its threads) to core `core` under BENCH_PIN. */
+async function pinProcess (pid: number | undefined, core: number): Promise<void> {
+  if (!PIN || pid == null) return
+  const r = await run('taskset', ['-a', '-p', '-c', String(core), String(pid)])
+  if (r.code !== 0) throw new Error(`taskset failed: ${r.stderr.trim()}`)
+}
 /** a share or fetch slower than 2 MB/s (plus a minute) is taken as stuck */
 const SLOW_MS = 60_000 + SIZE / 2e6 * 1000
 
@@ -154,20 +171,21 @@ interface PeerReport { bytes: number, ms: number, peakRss: number, cpuMs: number
 
 type CeilingKind = 'tcp' | 'stream' | 'chunk-path'
 
-async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number }> {
+async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number, senderCpuMs: number, receiverCpuMs: number }> {
   const out = join(dir, `ceiling-${kind}.out`)
   const script = { tcp: TCP_PEER, stream: STREAM_PEER, 'chunk-path': CHUNK_PATH_PEER }[kind]
   // the plain stream runs in the daemon's heap configuration (as `kith start` does)
   const flags = kind === 'tcp' ? [] : DAEMON_STARTUP_FLAGS
   const env = kind === 'tcp' ? {} : DAEMON_ENV
-  const recv = new JsonChild(NODE, [...flags, script, 'recv', out], env)
+  // with BENCH_PIN each end has a core of its own: the receiver (as the fetcher) core 1, the sender (as the owner) core 0
+  const recv = new JsonChild(...pinned(1, NODE, [...flags, script, 'recv', out]), env)
   let send: JsonChild | undefined
   try {
     const hello = await recv.next<{ port?: number, addr?: string }>(60_000)
-    send = new JsonChild(NODE, [...flags, script, 'send', String(kind === 'tcp' ? hello.port : hello.addr), src], env)
+    send = new JsonChild(...pinned(0, NODE, [...flags, script, 'send', String(kind === 'tcp' ? hello.port : hello.addr), src]), env)
     const [r, s] = await Promise.all([recv.next<PeerReport>(), send.next<PeerReport>()])
     if (r.bytes !== SIZE) throw new Error(`${kind} ceiling: the receiver got ${r.bytes} of ${SIZE} bytes`)
-    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs }
+    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs, senderCpuMs: s.cpuMs, receiverCpuMs: r.cpuMs }
   } finally {
     await Promise.all([recv.kill(), send?.kill()])
     await rm(out, { force: true })
@@ -181,7 +199,7 @@ async function ceiling (kind: CeilingKind, label: string, src: string, dir: stri
   const loads: string[] = []
   for (let i = 0; i < RUNS; i++) {
     const r = await ceilingRun(kind, src, dir)
-    const load = `${fmt(r.senderLoad, 2)}/${fmt(r.receiverLoad, 2)}, both ends ${cpuPerMb(r.cpuMs)}`
+    const load = `${fmt(r.senderLoad, 2)}/${fmt(r.receiverLoad, 2)}, both ends ${cpuPerMb(r.cpuMs)} (send ${fmt(r.senderCpuMs / (SIZE / MB), 1)}, recv ${fmt(r.receiverCpuMs / (SIZE / MB), 1)})`
     log(`${label} run ${i + 1}/${RUNS}: ${fmt(r.mbps)} MB/s; CPU load send/recv ${load}`)
     samples.push(r.mbps)
     senders.push(r.sender)
@@ -359,6 +377,8 @@ async function kith (src: string, streamCeiling: number, pathCeiling: number, wo
     const f = node(name)
     await startNode(f)
     await waitOnline(f, ['alice'])
+    await pinProcess(alice.pid, 0)
+    await pinProcess(f.pid, 1)
     const r = await fetchOnce(f, [alice], target, dest(f))
     one.push(r)
     roles[name] = 'fetcher'
@@ -384,6 +404,10 @@ async function kith (src: string, streamCeiling: number, pathCeiling: number, wo
     add({ figure: '  until the last chunk arrived', value: median(chunks), unit: 'MB/s', samples: chunks, ratio: median(chunks) / streamCeiling, of: '(b)', note: 'files are written while chunks arrive; the rest is the last checks and renames' })
     const cpu = one.map((r, i) => (r.cpu.alice! + r.cpu[fetchers[i]!]!) * 1000)
     add({ figure: '  CPU, owner + fetcher', value: median(cpu) / (SIZE / MB), unit: 'ms/MB', samples: cpu.map(c => c / (SIZE / MB)), note: 'compare with the CPU ms/MB of (b) above: on 2 shared cores this bounds MB/s' })
+    const ownerCpu = one.map(r => r.cpu.alice! * 1000 / (SIZE / MB))
+    const fetcherCpu = one.map((r, i) => r.cpu[fetchers[i]!]! * 1000 / (SIZE / MB))
+    add({ figure: '  CPU, owner', value: median(ownerCpu), unit: 'ms/MB', samples: ownerCpu, note: `the sending side; compare with send of (b) and (c) above${PIN ? '; each daemon on a core of its own' : ''}` })
+    add({ figure: '  CPU, fetcher', value: median(fetcherCpu), unit: 'ms/MB', samples: fetcherCpu, note: 'the receiving side; compare with recv of (b) and (c) above' })
     const senderPeaks = one.map(r => r.peak.alice!)
     const receiverPeaks = one.map((r, i) => r.peak[fetchers[i]!]!)
     const sp = Math.max(...senderPeaks)
