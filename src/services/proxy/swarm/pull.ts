@@ -175,7 +175,7 @@ class Pull {
     while (!this.signal.aborted && this.alive.has(name)) {
       const index = this.take()
       if (index == null) {
-        if (this.todo.length === 0) return
+        // nothing free now; a chunk another source fails comes back (the pull's end stops the wait)
         await this.idle()
         continue
       }
