@@ -55,8 +55,7 @@ describe('fetch faults', () => {
     const fetched = await holder.cli('fetch', 'owner:data.bin', '-o', join(holder.home, 'data.bin'))
     expect(fetched.code, fetched.stderr).toBe(0)
     // slow the holder down so the fetcher is still under way when the holder is revoked
-    await holder.stop()
-    await holder.start(['--max-upload', '8MB/s'])
+    await holder.json('limits', 'set', '--up', '8MB/s')
   })
 
   afterAll(async () => {
@@ -65,8 +64,7 @@ describe('fetch faults', () => {
 
   it('cuts off a source revoked mid-transfer and finishes from the others', async () => {
     // the owner throttles too, so both sources are busy when the revocation lands
-    await owner.stop()
-    await owner.start(['--max-upload', '8MB/s'])
+    await owner.json('limits', 'set', '--up', '8MB/s')
     await waitFor(async () => (await fetcher.get('/v1/friends')).friends.every((f: { link: { online: boolean } }) => f.link.online), 'fetcher sees both')
     const dest = join(fetcher.home, 'data.bin')
     const { transfer: t } = await fetcher.json('fetch', 'owner:data.bin', '-o', dest, '--detach')

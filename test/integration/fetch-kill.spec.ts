@@ -28,9 +28,8 @@ describe('a friend\'s fetch when a daemon is killed', () => {
   it('resumes by itself after the fetcher is killed with -9, and never leaves a partial destination', async () => {
     const big = join(alice.home, 'big.bin')
     await writeFile(big, randomBytes(48 * 1024 * 1024))
-    // slow alice's uploads so the kill lands mid-transfer
-    await alice.stop()
-    await alice.start(['--max-upload', '16MB/s'])
+    // slow alice's uploads so the kill lands mid-transfer (kept in her database, across restarts)
+    await alice.json('limits', 'set', '--up', '16MB/s')
     await alice.json('share', big, '--with', 'bob')
     await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
     const dest = join(bob.home, 'big.bin')
@@ -67,7 +66,7 @@ describe('a friend\'s fetch when a daemon is killed', () => {
       expect(done.sources.find((s: { label: string }) => s.label === 'bob')?.bytes).toBeGreaterThan(0)
       expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(join(alice.home, 'big.bin'))).digest('hex'))
     } finally {
-      await alice.start(['--max-upload', '16MB/s'])
+      await alice.start()
     }
   })
 
