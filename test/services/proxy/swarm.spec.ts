@@ -259,6 +259,14 @@ describe('the swarm index and protocol', () => {
     })
   })
 
+  it('does not record what a friend would refuse: a validator that is not printable ASCII, an empty file', async () => {
+    const before = index.count
+    await index.record({ urls: ['https://example.com/b.bin'], etag: '"é"', lastModified: null, hash: '11'.repeat(32), chunks: list.chunks, path: file, length: bytes.length })
+    await index.record({ urls: ['https://example.com/b.bin'], etag: null, lastModified: 'x'.repeat(300), hash: '11'.repeat(32), chunks: list.chunks, path: file, length: bytes.length })
+    await index.record({ urls: ['https://example.com/c.bin'], etag: '"e"', lastModified: null, hash: '22'.repeat(32), chunks: new Uint8Array(), path: file, length: 0 })
+    expect(index.count).toBe(before)
+  })
+
   it('drops a holding whose file changed or vanished, when asked and across a restart', async () => {
     await appendFile(file, 'more')
     expect(await askWho(friend, server.peerId, [URL_A])).toEqual([])

@@ -1,7 +1,7 @@
 import { open, stat } from 'node:fs/promises'
 import type { Sublevel } from '../../../peer/database.ts'
-import { MAX_VALIDATOR_LENGTH, SWARM_CHUNK_SIZE } from './constants.ts'
-import { chunkSpan, signHashList, type HashList, type SignedHashList } from './hash-list.ts'
+import { MAX_SWARM_CHUNKS, SWARM_CHUNK_SIZE } from './constants.ts'
+import { chunkCount, chunkSpan, signHashList, validatorSchema, type HashList, type SignedHashList } from './hash-list.ts'
 
 /**
  * What this node holds whole and verified, for friends who ask (docs/proxy.md,
@@ -72,9 +72,14 @@ export class SwarmIndex {
     return this.records.size
   }
 
-  /** Records a file held whole and verified; its hash list is signed now. Validators too long to tell a friend are not recorded. */
+  /**
+   * Records a file held whole and verified; its hash list is signed now.
+   * What friends would refuse is not recorded: validators that are not
+   * short printable ASCII, an empty file, one over MAX_SWARM_CHUNKS chunks.
+   */
   async record (init: RecordInit): Promise<void> {
-    if ((init.etag?.length ?? 0) > MAX_VALIDATOR_LENGTH || (init.lastModified?.length ?? 0) > MAX_VALIDATOR_LENGTH || init.length === 0) return
+    if (!validatorSchema.safeParse(init.etag).success || !validatorSchema.safeParse(init.lastModified).success) return
+    if (init.length === 0 || chunkCount(init.length) > MAX_SWARM_CHUNKS) return
     const s = await stat(init.path)
     if (s.size !== init.length) return
     const list: HashList = { hash: init.hash, length: init.length, chunkSize: SWARM_CHUNK_SIZE, chunks: init.chunks, etag: init.etag, lastModified: init.lastModified, urls: [...init.urls] }
