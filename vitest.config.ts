@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config'
+import { SlowestFirst } from './test/sequencer.ts'
 
 /**
  * Specs that start daemon processes (kith daemons through test/helpers/testnet.ts,
@@ -28,6 +29,8 @@ export default defineConfig({
     // (2026-12-06, 100 files): 2 files at a time took 341 s, 3 took 304 s (the cores are then busy:
     // load average 5); more would only slow each test towards its deadlines.
     maxWorkers: 3,
+    // the slowest files first, also on a fresh clone (test/sequencer.ts)
+    sequence: { sequencer: SlowestFirst },
     testTimeout: 60_000,
     hookTimeout: 60_000,
     projects: [

@@ -1,0 +1,57 @@
+import { relative } from 'node:path'
+import { BaseSequencer, type TestSpecification } from 'vitest/node'
+
+/**
+ * Seconds the slowest spec files took on a quiet 2-core machine (2026-12-06).
+ * With three files at a time, one of these starting last ends the run alone;
+ * vitest starts the longest first from the durations it cached on this
+ * machine (node_modules/.vite), but a fresh clone has none, and its fallback
+ * (largest file first) started home.spec, small and slow, among the last.
+ * Only the order matters; a file not listed is taken as shorter than these.
+ * Refresh the list when a file grows much slower or faster.
+ */
+export const SLOWEST: Record<string, number> = {
+  'test/integration/nat-relay.spec.ts': 63,
+  'test/integration/fetch-resume.spec.ts': 46,
+  'test/integration/fetch-faults.spec.ts': 44,
+  'test/integration/chunk-gc.spec.ts': 43,
+  'test/integration/home.spec.ts': 43,
+  'test/integration/fetch-kill.spec.ts': 42,
+  'test/integration/friends.spec.ts': 38,
+  'test/integration/bandwidth.spec.ts': 38,
+  'test/integration/fetch-control.spec.ts': 36,
+  'test/integration/fetch.spec.ts': 36,
+  'test/integration/nat.spec.ts': 35,
+  'test/integration/home-private.spec.ts': 33,
+  'test/integration/locate.spec.ts': 30,
+  'test/integration/backup.spec.ts': 28,
+  'test/integration/backup-care.spec.ts': 27,
+  'test/transfer/fetcher.spec.ts': 25,
+  'test/transfer/fetcher-discover.spec.ts': 25,
+  'test/integration/dashboard.spec.ts': 19,
+  'test/integration/downloads.spec.ts': 17,
+  'test/integration/expose.spec.ts': 15
+}
+
+/**
+ * Vitest's order (projects one after the other, the longest cached file
+ * first), with SLOWEST standing in for durations this machine has not
+ * cached yet.
+ */
+export class SlowestFirst extends BaseSequencer {
+  override async sort (files: TestSpecification[]): Promise<TestSpecification[]> {
+    const sorted = await super.sort(files)
+    const cache = this.ctx.cache
+    if (files.every(spec => cache.getTestSpecificationResult(spec) != null)) return sorted
+    const root = this.ctx.config.root
+    const seconds = (spec: TestSpecification): number => {
+      const cached = cache.getTestSpecificationResult(spec)
+      return cached != null ? cached.duration / 1000 : SLOWEST[relative(root, spec.moduleId)] ?? 0
+    }
+    // within each project, in the order vitest runs the projects; the sort is stable, so
+    // files with nothing known keep vitest's fallback order among themselves
+    const byProject = new Map<string, TestSpecification[]>()
+    for (const spec of sorted) byProject.set(spec.project.name, [...byProject.get(spec.project.name) ?? [], spec])
+    return [...byProject.values()].flatMap(specs => specs.sort((a, b) => seconds(b) - seconds(a)))
+  }
+}
