@@ -52,8 +52,9 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
       threeFriends({ before: async node => { await writeFile(join(node.home, 'config.json'), config) } })
     ])
     // alice asks friends who are online and grant her files
+    const aliceApi = await ApiClient.forHome(alice.home)
     await waitFor(async () => {
-      const friends = (await alice.json('friends')).friends as any[]
+      const { friends } = await aliceApi.get<{ friends: any[] }>('/v1/friends')
       return friends.length === 2 && friends.every(f => f.link.online === true && f.grantsFromThem.includes('files'))
     }, 'alice sees bob and carol online, granting her files')
     // bob and carol fetched every file through their proxies: they hold them
