@@ -106,8 +106,9 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
     expect(got.origin).toBeLessThanOrEqual(MiB)
     const { swarm } = (await proxyStatus(alice))
     expect(swarm.fromFriends).toBeGreaterThanOrEqual(SMALL - MiB)
-    // kept and offered in turn
+    // kept and offered in turn, as kith status says
     expect(swarm.held).toBe(1)
+    expect((await alice.cli('status')).stdout).toMatch(/\(1 cached, [^;]+; 1 offered to friends, [\d.]+ MiB taken from friends; docs\/proxy\.md\)/)
   })
 
   it('answers a Range request from friends with 206 and the bytes asked', async () => {

@@ -324,7 +324,7 @@ program.command('status')
       ...(status.services != null && (status.services.exposed > 0 || status.services.connected > 0)
         ? [`services ${status.services.exposed} exposed (${status.services.serving} connections from friends), ${status.services.connected} connected (${status.services.carrying} connections to friends); see \`kith expose --list\`, \`kith connections\``]
         : []),
-      ...(status.proxy != null ? [`proxy    ${status.proxy.url}/proxy?url=ENCODED_URL (${status.proxy.cache.entries} cached, ${bytes(status.proxy.cache.bytes)}; docs/proxy.md)`] : []),
+      ...(status.proxy != null ? [`proxy    ${status.proxy.url}/proxy?url=ENCODED_URL (${status.proxy.cache.entries} cached, ${bytes(status.proxy.cache.bytes)}${status.proxy.swarm != null ? `; ${status.proxy.swarm.held} offered to friends, ${bytes(status.proxy.swarm.fromFriends)} taken from friends` : ''}; docs/proxy.md)`] : []),
       ...active.map(f => `  ${f.label.padEnd(20)} ${f.link.online ? linkText(f, active) : `offline, last seen ${ago(f.lastSeen)}`}`),
       'bandwidth (see `kith limits`)',
       ...bandwidthLines(status.bandwidth).map(l => `  ${l}`)
