@@ -114,6 +114,10 @@ const MAX_DISCOVERED_PER_LOOK = 1024
 const ENDGAME_SETUP_MS = 20
 /** Penalties kept per source in the report (the count is always exact). */
 const MAX_PENALTIES_KEPT = 32
+/** Chunks of one request being stored at once, at most (while later frames are read)... */
+const MAX_STORING = 16
+/** ...and their bytes: about two chunks of CHUNK_SIZE, so big chunks are not held in memory in numbers. */
+const MAX_STORING_BYTES = 2 * CHUNK_SIZE
 /** `store.has` checks run this many at a time when skipping held chunks. */
 const HAS_CONCURRENCY = 64
 /** A `beforeReceive` wait at least this long counts as throttling (shorter ones are noise). */
@@ -1035,6 +1039,9 @@ class Fetch {
     const ids = request.indexes.map(i => this.wanted[i]!)
     let k = 0
     let missing = 0
+    /** chunks received and being stored (each task handles its own failure) */
+    const storing = new Set<Promise<void>>()
+    let storingBytes = 0
     try {
       const items = getChunks(this.init.libp2p, source.peer, ids, {
         signal: request.controller.signal,
@@ -1055,31 +1062,22 @@ class Fetch {
           continue
         }
         if (this.init.beforeReceive !== undefined) await this.throttle(request, item.sealed.byteLength)
-        if (this.state[index] !== DONE) {
-          try {
-            await this.init.store.put(item.id, item.sealed)
-          } catch (err) {
-            const code = (err as KithError).code
-            if (code === 'CHUNK_HASH_MISMATCH' || code === 'CHUNK_TOO_LARGE') {
-              request.fault = { reason: 'corrupt', message: `sent bytes for chunk ${short(item.id)} that do not match its id` }
-              throw err
-            }
-            // the local store failed (disk full, closed): not the source's fault, and fatal. Its own
-            // error goes to the caller as it is, so a full disk's ENOSPC stays one (DISK_FULL, a pause)
-            this.finish({ error: err instanceof Error ? err : asKithError(err) })
-            return
-          }
-        }
+        // stored while the next frames are read: a chunk's writes (many small files: a file each) overlap the next one's
         const size = item.sealed.byteLength
-        // stored (the store copies, or has used the bytes by the time put resolves) or not needed: the next frame may reuse them
-        this.frames.give(item.sealed)
-        if (this.state[index] === DONE) {
-          source.duplicates++
-          this.release(request, index)
-        } else {
-          this.complete(index, size, request)
-        }
+        const task = this.store(request, index, item.id, item.sealed).catch((err: unknown) => { this.finish({ error: asKithError(err) }) })
+        storing.add(task)
+        storingBytes += size
+        void task.finally(() => {
+          storing.delete(task)
+          storingBytes -= size
+        })
+        while (storing.size >= MAX_STORING || storingBytes >= MAX_STORING_BYTES) await Promise.race(storing)
+        if (this.finished) return
+        if (request.fault !== undefined) throw new KithError('CHUNK_FRAME_MALFORMED', request.fault.message)
       }
+      await Promise.all(storing)
+      if (this.finished) return
+      if (request.fault !== undefined) throw new KithError('CHUNK_FRAME_MALFORMED', request.fault.message)
       if (request.fault === undefined && request.winner === undefined) {
         if (missing === 0 && source.strikes > 0) source.strikes--
         source.busyStreak = 0
@@ -1098,11 +1096,47 @@ class Fetch {
         this.penalise(source, this.classify(err), (err as Error).message)
       }
     } finally {
+      // a chunk being stored is not handed back meanwhile: it may be stored yet
+      await Promise.all(storing)
       for (const index of request.indexes) this.release(request, index)
       source.requests.delete(request)
       this.requests.delete(request)
       if (source.requests.size === 0) source.window = undefined
       this.schedule()
+    }
+  }
+
+  /**
+   * Stores one chunk a request received, then counts it (or, if another
+   * source's copy came first, counts a duplicate). Never rejects: bytes that
+   * don't match the id mark the request corrupt and cut it (its source is
+   * dropped as it unwinds); a failure of the local store ends the fetch with
+   * that error as it is (a full disk's ENOSPC stays one: DISK_FULL, a pause).
+   */
+  private async store (request: Request, index: number, id: string, sealed: Uint8Array): Promise<void> {
+    const source = request.source
+    if (this.state[index] !== DONE) {
+      try {
+        await this.init.store.put(id, sealed)
+      } catch (err) {
+        const code = (err as KithError).code
+        if (code === 'CHUNK_HASH_MISMATCH' || code === 'CHUNK_TOO_LARGE') {
+          request.fault ??= { reason: 'corrupt', message: `sent bytes for chunk ${short(id)} that do not match its id` }
+          request.controller.abort()
+        } else {
+          this.finish({ error: err instanceof Error ? err : asKithError(err) })
+        }
+        return
+      }
+    }
+    const size = sealed.byteLength
+    // stored (the store copies, or has used the bytes by the time put resolves) or not needed: a later frame may reuse them
+    this.frames.give(sealed)
+    if (this.state[index] === DONE) {
+      source.duplicates++
+      this.release(request, index)
+    } else {
+      this.complete(index, size, request)
     }
   }
 
