@@ -6,7 +6,7 @@ import type { BandwidthScheduler } from '../../../transfer/scheduler/index.ts'
 import type { FriendBook } from '../../../trust/friends.ts'
 import { friendsOnly } from '../../../trust/gate.ts'
 import { ASK_DEADLINE_MS, MAX_INBOUND_SWARM_STREAMS, SWARM_PROTOCOL } from './constants.ts'
-import { hashFile, openHashList, type HashList } from './hash-list.ts'
+import { chunkHashesOf, openHashList, sameFile, type HashList } from './hash-list.ts'
 import { SwarmIndex, type Holding, type HoldingRecord } from './holdings.ts'
 import { askList, askWho, swarmHandler, type Dialer } from './protocol.ts'
 
@@ -86,15 +86,17 @@ export class Swarm {
 
   /**
    * Offers a file `kith get` placed whole and verified (the queue's
-   * onVerified): hashed in chunks, recorded unless it changed since (its
-   * SHA-256 is not the one the download verified). Not offered when this
-   * node does not serve the swarm.
+   * onVerified): hashed in chunks and recorded, unless it changed while
+   * being hashed or is no longer the size verified. It is stat'ed at once,
+   * microseconds after it was placed: its whole SHA-256 is the one the
+   * download verified, not read again (that doubled the CPU an offer took).
+   * Not offered when this node does not serve the swarm.
    */
   async offer (file: { urls: string[], path: string, size: number, sha256: string, etag: string | null, lastModified: string | null }): Promise<void> {
     if (!this.init.serve || file.size === 0) return
-    const { sha256, chunks } = await hashFile(file.path)
-    if (sha256 !== file.sha256) return
-    await this.index.record({ urls: file.urls, etag: file.etag, lastModified: file.lastModified, hash: sha256, chunks, path: file.path, length: file.size })
+    const { chunks, before, after } = await chunkHashesOf(file.path)
+    if (before.size !== file.size || !sameFile(before, after)) return
+    await this.index.record({ urls: file.urls, etag: file.etag, lastModified: file.lastModified, hash: file.sha256, chunks, path: file.path, length: file.size })
   }
 
   /** Friends connected now who grant me files: the ones worth asking. */
