@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash, randomBytes, type Hash } from 'node:crypto'
 import { lstat, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
@@ -114,7 +114,8 @@ export class FileAssembly {
   private created = false
   private handle: Promise<FileHandle> | undefined
   private busy = 0
-  private readonly whole = createHash('sha256')
+  /** made when the first chunk is hashed, dropped once checked: a share of many files holds one per file being written, not per file */
+  private whole: Hash | undefined
   private hashed = 0
   private hashing: Promise<void> = Promise.resolve()
   private readBuffer: Buffer | undefined
@@ -231,6 +232,7 @@ export class FileAssembly {
     this.hashing = this.hashing.then(async () => {
       while (this.hashed < this.state.length && this.state[this.hashed] === WRITTEN) {
         const at = this.hashed
+        this.whole ??= createHash('sha256')
         this.whole.update(at === index ? plaintext : await this.readBack(at))
         this.hashed++
       }
@@ -268,7 +270,9 @@ export class FileAssembly {
     try {
       if (!this.complete) throw verifyFailed(this.entry.path, `${this.entry.chunks.length - this.written} of its chunks never arrived`)
       await this.hashing
-      if (this.hashed !== this.state.length || this.whole.digest('hex') !== this.entry.sha256) {
+      const whole = this.whole ?? createHash('sha256')
+      this.whole = undefined
+      if (this.hashed !== this.state.length || whole.digest('hex') !== this.entry.sha256) {
         throw verifyFailed(this.entry.path, 'the whole-file sha256 does not match the manifest')
       }
       await this.use(async handle => { await handle.sync() }) // an empty file is created here
@@ -585,6 +589,17 @@ export class ShareAssembly {
     }
   }
 
+  /** A placed file's chunks are wanted there no more: its places go, so a share of many files does not keep them all. */
+  private forget (file: FileAssembly): void {
+    for (const id of file.entry.chunks) {
+      const list = this.places.get(id)
+      if (list === undefined) continue
+      const rest = list.filter(p => p.file !== file)
+      if (rest.length === 0) this.places.delete(id)
+      else this.places.set(id, rest)
+    }
+  }
+
   /** Keeps at most MAX_OPEN_PARTIALS partials open, closing the least recently written. */
   private touch (file: FileAssembly): void {
     this.recent.delete(file)
@@ -603,6 +618,7 @@ export class ShareAssembly {
       await Promise.all(this.recording.get(file) ?? [])
       this.recording.delete(file)
       await this.init.store.moveInFile(file.entry.chunks, file.partial, file.dest)
+      this.forget(file)
     })
     this.placing.add(placing)
     placing.then(() => this.placing.delete(placing), (err: unknown) => {
