@@ -54,9 +54,10 @@ function associatedData (owner: string, kind: BlobKind, id: Buffer): Buffer {
   return Buffer.concat([AD_DOMAIN, Uint8Array.of(BLOB_FORMAT, KIND_BYTE[kind]), id, Buffer.from(owner, 'utf8')])
 }
 
-export function sealBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: string, kind: BlobKind, plaintext: Uint8Array): SealedBlob {
+/** `id`, when the caller has it already (blobId of this kind and plaintext), saves hashing the plaintext again. */
+export function sealBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: string, kind: BlobKind, plaintext: Uint8Array, known?: string): SealedBlob {
   if (plaintext.length > MAX_BLOB_PLAINTEXT) throw new KithError('INTERNAL', `a blob holds at most ${MAX_BLOB_PLAINTEXT} bytes, not ${plaintext.length}`)
-  const id = blobId(keys, kind, plaintext)
+  const id = known ?? blobId(keys, kind, plaintext)
   const idBytes = Buffer.from(id, 'hex')
   const nonce = idBytes.subarray(0, NONCE_LENGTH)
   const cipher = createCipheriv('aes-256-gcm', keys.seal, nonce)

@@ -14,7 +14,7 @@ import type { HostBook } from './host-book.ts'
 import {
   BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_MANY_BYTES, MAX_RECORD_SIZE, MAX_RECORDS_IN_FLIGHT, MAX_STREAMS_PER_OWNER,
   REQUEST_TIMEOUT_MS, STALL_TIMEOUT_MS,
-  decodeHeader, encodeHeader, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest, writeBody,
+  deadline, decodeHeader, encodeHeader, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest, writeBody,
   type BackupRequest, type Frames
 } from './wire.ts'
 
@@ -48,31 +48,41 @@ class Framed {
   readonly lp: ReturnType<typeof lpStream>
   readonly up: Flow
   readonly down: Flow
+  /** the request's signal, also aborted once no frame has moved for STALL_TIMEOUT_MS */
+  readonly signal: AbortSignal
+  /** one stall timer per request, pushed back by every frame (not a timer per frame) */
+  private readonly stall: ReturnType<typeof deadline>
 
-  constructor (stream: Stream, bandwidth: BandwidthScheduler, peer: string, maxBody: number) {
+  constructor (stream: Stream, bandwidth: BandwidthScheduler, peer: string, maxBody: number, request: AbortSignal) {
     // the read buffer holds at most one announced body (the sender waits for `go` before sending one)
     this.lp = lpStream(stream, { maxDataLength: MAX_HEADER, maxBufferSize: maxBody + MAX_HEADER })
     this.up = bandwidth.flow({ direction: 'up', peer, class: 'backup' })
     this.down = bandwidth.flow({ direction: 'down', peer, class: 'backup' })
+    this.stall = deadline(STALL_TIMEOUT_MS, request)
+    this.signal = this.stall.signal
   }
+
+  /** A frame moved: the stall timer starts again. */
+  readonly moved = (): void => { this.stall.refresh() }
 
   get frames (): Frames { return this.lp }
 
   async send (message: Record<string, unknown>, signal: AbortSignal): Promise<void> {
     const bytes = encodeHeader({ v: BACKUP_VERSION, ...message })
-    const step = AbortSignal.any([signal, AbortSignal.timeout(STALL_TIMEOUT_MS)])
-    await this.up.take(bytes.length, step)
-    await this.lp.write(bytes, { signal: step })
+    await this.up.take(bytes.length, signal)
+    await this.lp.write(bytes, { signal })
+    this.moved()
   }
 
   async receive (signal: AbortSignal): Promise<Uint8Array> {
-    const step = AbortSignal.any([signal, AbortSignal.timeout(STALL_TIMEOUT_MS)])
-    const frame = await this.lp.read({ signal: step })
-    await this.down.take(frame.byteLength, step)
+    const frame = await this.lp.read({ signal })
+    this.moved()
+    await this.down.take(frame.byteLength, signal)
     return frame.subarray()
   }
 
   close (): void {
+    this.stall.clear()
     this.up.close()
     this.down.close()
   }
@@ -91,17 +101,21 @@ export function backupHandler (init: BackupHandlerInit) {
   const limits: Limits = { records: 0 }
   return async (stream: Stream, connection: Connection): Promise<void> => {
     const owner = connection.remotePeer.toString()
-    const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
-    const io = new Framed(stream, init.bandwidth, owner, MAX_RECORD_SIZE)
+    const limit = deadline(REQUEST_TIMEOUT_MS)
+    const io = new Framed(stream, init.bandwidth, owner, MAX_RECORD_SIZE, limit.signal)
+    const signal = io.signal
     active.set(owner, (active.get(owner) ?? 0) + 1)
     try {
       if (active.get(owner)! > MAX_STREAMS_PER_OWNER) throw new KithError('BACKUP_HOST_BUSY', `this node serves at most ${MAX_STREAMS_PER_OWNER} of your backup requests at once; try again when one is done`)
       let frame: Uint8Array
+      const header = deadline(HEADER_TIMEOUT_MS, signal)
       try {
-        frame = await io.receive(AbortSignal.any([signal, AbortSignal.timeout(HEADER_TIMEOUT_MS)]))
+        frame = await io.receive(header.signal)
       } catch (err) {
         if (err instanceof Error && err.name === 'InvalidDataLengthError') throw err
         throw new KithError('PROTOCOL_VIOLATION', `the backup request could not be read (${(err as Error).message})`)
+      } finally {
+        header.clear()
       }
       // checked here rather than by libp2p middleware so it binds inbound streams only (see docs/backup.md)
       if (!init.friends.allows(owner, 'backup')) throw new KithError('BACKUP_NOT_GRANTED', 'this node has not granted you backup')
@@ -123,6 +137,8 @@ export function backupHandler (init: BackupHandlerInit) {
       await stream.close({ signal })
     } catch (err) {
       stream.abort(err as Error)
+    } finally {
+      limit.clear()
     }
   }
 }
@@ -153,7 +169,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
       }
       try {
         await io.send({ ok: true, go: true }, signal)
-        const sealed = await readBody(io.frames, size, io.down, signal, 'the owner')
+        const sealed = await readBody(io.frames, size, io.down, signal, 'the owner', io.moved)
         await store.put(id, sealed)
         await book.commit(owner, id)
       } catch (err) {
@@ -175,7 +191,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
     case 'get': {
       const sealed = await readHeld(init, owner, request.id)
       await io.send({ ok: true, size: sealed.length }, signal)
-      await writeBody(io.frames, sealed, io.up, signal)
+      await writeBody(io.frames, sealed, io.up, signal, io.moved)
       return
     }
     case 'remove': {
@@ -216,7 +232,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
       limits.records++
       try {
         await io.send({ ok: true, go: true }, signal)
-        const record = await readBody(io.frames, request.size, io.down, signal, 'the owner')
+        const record = await readBody(io.frames, request.size, io.down, signal, 'the owner', io.moved)
         checkSignature(init, owner, signedBody('put-record', init.self, request.counter, record), request.sig)
         await book.putRecord(owner, record, request.counter)
       } finally {
@@ -229,7 +245,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
       const record = await book.getRecord(owner)
       if (record === null) throw new KithError('BLOB_MISSING', 'this node keeps no recovery record for you')
       await io.send({ ok: true, size: record.length }, signal)
-      await writeBody(io.frames, record, io.up, signal)
+      await writeBody(io.frames, record, io.up, signal, io.moved)
     }
   }
 }
@@ -257,7 +273,7 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
     let failure: unknown = null
     try {
       for (const { id, size } of go) {
-        const sealed = await readBody(io.frames, size, io.down, signal, 'the owner')
+        const sealed = await readBody(io.frames, size, io.down, signal, 'the owner', io.moved)
         // checked now, not only by the store a moment later: a bad body ends the request before the next is awaited
         if (chunkId(sealed) !== id) throw new KithError('CHUNK_HASH_MISMATCH', `the bytes sent as blob ${id} are not it; nothing of it was kept`)
         while (writing.size > 0 && (writingBytes + size > STORE_AHEAD_BYTES || writing.size >= STORE_AHEAD_BLOBS)) await Promise.race(writing)
@@ -302,7 +318,7 @@ async function getMany (init: BackupHandlerInit, io: Framed, owner: string, ids:
       continue
     }
     await io.send({ ok: true, size: sealed.length }, signal)
-    await writeBody(io.frames, sealed, io.up, signal)
+    await writeBody(io.frames, sealed, io.up, signal, io.moved)
   }
 }
 
@@ -395,14 +411,16 @@ export function backupClient (init: BackupClientInit): BackupClient {
 
   /** One request: opens a stream, runs `talk`, closes; failures come out as KithErrors. */
   async function exchange<T> (what: string, outer: AbortSignal | undefined, talk: (io: Framed, answer: <S>(schema: z.ZodType<S>) => Promise<S>, signal: AbortSignal) => Promise<T>): Promise<T> {
-    const signal = outer != null ? AbortSignal.any([outer, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]) : AbortSignal.timeout(REQUEST_TIMEOUT_MS)
+    const limit = deadline(REQUEST_TIMEOUT_MS, outer)
     let stream: Stream
     try {
-      stream = await init.libp2p.dialProtocol(peerId, BACKUP_PROTOCOL, { signal })
+      stream = await init.libp2p.dialProtocol(peerId, BACKUP_PROTOCOL, { signal: limit.signal })
     } catch (err) {
+      limit.clear()
       throw new KithError('FRIEND_OFFLINE', `can't reach backup host ${host} (${(err as Error).message}); they may be offline`, { cause: err })
     }
-    const io = new Framed(stream, init.bandwidth, host, MAX_RECORD_SIZE)
+    const io = new Framed(stream, init.bandwidth, host, MAX_RECORD_SIZE, limit.signal)
+    const signal = io.signal
     const answer = async <S>(schema: z.ZodType<S>): Promise<S> => {
       const frame = await io.receive(signal)
       const reply = decodeHeader(frame, z.union([schema, responseSchemas.failure]), `${host}'s answer to ${what}`) as S | z.infer<typeof responseSchemas.failure>
@@ -423,13 +441,14 @@ export function backupClient (init: BackupClientInit): BackupClient {
       throw new KithError('FRIEND_OFFLINE', `the connection to backup host ${host} broke during ${what} (${(err as Error).message})`, { cause: err })
     } finally {
       io.close()
+      limit.clear()
     }
   }
 
   /** Sends `body` after the host's go; if the host refused meanwhile, its answer is the error. */
   async function sendBody (io: Framed, body: Uint8Array, signal: AbortSignal, answer: <S>(schema: z.ZodType<S>) => Promise<S>): Promise<void> {
     try {
-      await writeBody(io.frames, body, io.up, signal)
+      await writeBody(io.frames, body, io.up, signal, io.moved)
     } catch (err) {
       await answer(responseSchemas.done)
       throw err
@@ -488,7 +507,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
         await io.send({ op: 'get', id }, s)
         const { size } = await answer(responseSchemas.body)
         if (size > MAX_SEALED_CHUNK_SIZE) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} announced a ${size}-byte blob, more than a sealed blob can be`)
-        const sealed = await readBody(io.frames, size, io.down, s, `backup host ${host}`)
+        const sealed = await readBody(io.frames, size, io.down, s, `backup host ${host}`, io.moved)
         if (chunkId(sealed) !== id) throw new KithError('BLOB_CORRUPT', `backup host ${host} sent bytes that are not blob ${id}; it is damaged or swapped there`)
         return sealed
       })
@@ -524,7 +543,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
           }
           total += item.size
           if (total > MAX_MANY_BYTES) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} sent more than the ${MAX_MANY_BYTES} bytes one get-many holds`)
-          const sealed = await readBody(io.frames, item.size, io.down, s, `backup host ${host}`)
+          const sealed = await readBody(io.frames, item.size, io.down, s, `backup host ${host}`, io.moved)
           out.push(chunkId(sealed) === id ? sealed : new KithError('BLOB_CORRUPT', `backup host ${host} sent bytes that are not blob ${id}; it is damaged or swapped there`))
         }
         return out
@@ -575,7 +594,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
         return await exchange('getRecord', signal, async (io, answer, s) => {
           await io.send({ op: 'get-record' }, s)
           const { size } = await answer(responseSchemas.body)
-          return await readBody(io.frames, size, io.down, s, `backup host ${host}`)
+          return await readBody(io.frames, size, io.down, s, `backup host ${host}`, io.moved)
         })
       } catch (err) {
         if (err instanceof KithError && err.code === 'BLOB_MISSING') return null

@@ -159,7 +159,7 @@ class Placer {
       await new Promise<void>(resolve => this.waiters.push(resolve))
       this.check()
     }
-    const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext)
+    const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext, id)
     // sealing is deterministic: the same blob has the same sealed id, so hosts already listed still hold it
     const known = record?.sealedId === sealed.sealedId ? record : null
     const blob: Placing = {

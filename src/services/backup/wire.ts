@@ -165,33 +165,48 @@ export function verifyRequest (body: Uint8Array, sig: Uint8Array, publicKey: Uin
 /** The part of lpStream bulk transfer needs. */
 export type Frames = Pick<LengthPrefixedStream, 'read' | 'write'>
 
-/** Sends `data` as body frames, each taken from `flow` (the 'backup' class) before it goes. */
-export async function writeBody (lp: Frames, data: Uint8Array, flow: Flow, signal: AbortSignal): Promise<void> {
+/**
+ * A signal aborted after `ms` (and with `outer`), whose timer `clear` stops.
+ * AbortSignal.timeout's timer outlives the request and keeps alive whatever
+ * listens to its signal until it fires; a request clears its own.
+ */
+export function deadline (ms: number, outer?: AbortSignal): { signal: AbortSignal, clear: () => void, refresh: () => void } {
+  const controller = new AbortController()
+  const timer = setTimeout(() => { controller.abort(new DOMException(`no progress for ${ms} ms`, 'TimeoutError')) }, ms)
+  return {
+    signal: outer != null ? AbortSignal.any([outer, controller.signal]) : controller.signal,
+    clear: () => { clearTimeout(timer) },
+    refresh: () => { timer.refresh() }
+  }
+}
+
+/** Sends `data` as body frames, each taken from `flow` (the 'backup' class) before it goes; `moved` after each. */
+export async function writeBody (lp: Frames, data: Uint8Array, flow: Flow, signal: AbortSignal, moved?: () => void): Promise<void> {
   for (let at = 0; at < data.length; at += BODY_SLICE) {
     const slice = data.subarray(at, Math.min(data.length, at + BODY_SLICE))
-    const step = AbortSignal.any([signal, AbortSignal.timeout(STALL_TIMEOUT_MS)])
-    await flow.take(slice.length, step)
-    await lp.write(slice, { signal: step })
+    await flow.take(slice.length, signal)
+    await lp.write(slice, { signal })
+    moved?.()
   }
 }
 
 /**
  * Reads exactly `size` body bytes (already checked against its limit) into
- * one buffer, counting each frame on `flow`. A frame that would run past
+ * one buffer, counting each frame on `flow` (`moved` after each). A frame that would run past
  * `size`, or an empty one, is PROTOCOL_VIOLATION.
  */
-export async function readBody (lp: Frames, size: number, flow: Flow, signal: AbortSignal, what: string): Promise<Uint8Array> {
+export async function readBody (lp: Frames, size: number, flow: Flow, signal: AbortSignal, what: string, moved?: () => void): Promise<Uint8Array> {
   const out = Buffer.allocUnsafe(size)
   let at = 0
   while (at < size) {
-    const step = AbortSignal.any([signal, AbortSignal.timeout(STALL_TIMEOUT_MS)])
-    const frame = await lp.read({ signal: step })
+    const frame = await lp.read({ signal })
+    moved?.()
     if (frame.byteLength === 0 || frame.byteLength > size - at) {
       throw new KithError('PROTOCOL_VIOLATION', `${what} sent ${frame.byteLength === 0 ? 'an empty frame' : 'more bytes than it announced'}`)
     }
     out.set(frame.subarray(), at)
     at += frame.byteLength
-    await flow.take(frame.byteLength, step)
+    await flow.take(frame.byteLength, signal)
   }
   return out
 }
