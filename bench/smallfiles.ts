@@ -6,7 +6,8 @@ import { cpuSeconds, fmt, MB, peakRss, resetPeakRss, run, table } from './lib.ts
 
 /**
  * The small-files section of `npm run bench` (`--section smallfiles`): a
- * share of BENCH_SMALL_FILES (100,000) files of 4 KiB, in folders of 1,000,
+ * share of BENCH_SMALL_FILES (45,000) files of 4 KiB, in folders of 1,000
+ * (a share holds at most MAX_ENTRIES, 50,000, files and folders),
  * shared by one daemon and fetched whole by a friend on 127.0.0.1, against a
  * local `tar -cf - | tar -xf -` copy of the same tree (the ceiling: no
  * network, no crypto, no verification):
@@ -42,7 +43,8 @@ async function waitOnline (node: TestNode, label: string): Promise<void> {
   }, `${node.name} to see ${label} online`, 60_000, 250)
 }
 
-export async function smallFilesBench (log: Log, work: string, count: number): Promise<void> {
+/** With `profiles` (BENCH_CPU_PROF), a V8 CPU profile of each daemon is written there. */
+export async function smallFilesBench (log: Log, work: string, count: number, profiles?: string): Promise<void> {
   const root = join(work, 'smallfiles-bench')
   const tree = join(root, 'tree')
   log(`smallfiles: writing ${count} files of ${FILE_SIZE} bytes`)
@@ -58,6 +60,18 @@ export async function smallFilesBench (log: Log, work: string, count: number): P
   const net = await createTestnet(['owner', 'friend'])
   const [owner, friend] = net.nodes as [TestNode, TestNode]
   try {
+    if (profiles !== undefined) {
+      // restarted with the profiler on; stopped cleanly at the end, so the profiles are written
+      const saved = process.env.NODE_OPTIONS
+      process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${profiles}`.trim()
+      try {
+        for (const n of [owner, friend]) { await n.stop(); await n.start() }
+      } finally {
+        if (saved == null) delete process.env.NODE_OPTIONS
+        else process.env.NODE_OPTIONS = saved
+      }
+      log(`smallfiles: CPU profiles of owner (pid ${owner.pid}) and friend (pid ${friend.pid}) go to ${profiles}`)
+    }
     await befriend(owner, friend)
     await waitOnline(friend, 'owner')
     const must = (r: { code: number, stderr: string }, what: string): void => { if (r.code !== 0) throw new Error(`${what} failed: ${r.stderr.slice(-2000)}`) }
@@ -105,6 +119,7 @@ export async function smallFilesBench (log: Log, work: string, count: number): P
     console.log(`\nkith small-files benchmark: ${count} files of ${FILE_SIZE} bytes in folders of ${PER_FOLDER}, two daemons on 127.0.0.1`)
     console.log(table(['figure', 'value', 'of tar', 'target', 'met', 'note'], rows))
   } finally {
+    if (profiles !== undefined) for (const n of [owner, friend]) await n.stop().catch(() => {})
     await net.stop()
     await rm(root, { recursive: true, force: true })
   }
