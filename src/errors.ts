@@ -125,6 +125,8 @@ export const ERROR_CODES = {
   HTTP_TIMEOUT: 504,
   /** connections broke mid-response on every attempt */
   HTTP_CONNECTION_LOST: 502,
+  /** the origin's TLS certificate is not trusted (self-signed, unknown authority, expired, another name): not retried */
+  HTTP_TLS_UNTRUSTED: 502,
   /** an answer that can't be used: a Content-Range other than the one asked, a redirect without Location */
   HTTP_BAD_RESPONSE: 502,
   HTTP_REDIRECT_LOOP: 508,

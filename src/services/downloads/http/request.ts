@@ -154,8 +154,19 @@ export function networkError (err: unknown, url: URL, signal: AbortSignal): unkn
   if (code === 'UND_ERR_CONNECT_TIMEOUT' || ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL'].includes(code)) {
     return ours('HTTP_CONNECT_FAILED', `could not connect to ${url.host}: ${why}${code === 'ENOTFOUND' ? ' (no such host: check the URL, or the DNS settings)' : ''}`)
   }
+  if (TLS_UNTRUSTED.has(code)) {
+    return ours('HTTP_TLS_UNTRUSTED', `${url.host}'s certificate is not trusted (${why}); if you trust the authority that signed it, start the daemon with NODE_EXTRA_CA_CERTS=/path/to/ca.pem (docs/downloads.md)`)
+  }
   return ours('HTTP_CONNECTION_LOST', `the connection to ${url.host} broke: ${why}`)
 }
+
+/** OpenSSL's and Node's codes for a certificate that did not verify: retrying can't change the answer. */
+const TLS_UNTRUSTED = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED', 'CERT_REJECTED',
+  'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_REVOKED', 'CERT_SIGNATURE_FAILURE', 'INVALID_CA',
+  'ERR_TLS_CERT_ALTNAME_INVALID'
+])
 
 /** Drops a body not (or no longer) wanted; undici's destroy emits an abort error nobody needs to hear. */
 export function discard (body: Dispatcher.ResponseData['body']): void {
