@@ -14,10 +14,14 @@ import { safeText } from './safe-text.ts'
  * of here.
  */
 /**
- * Raw bytes an answer sends after itself, as a second length-prefixed
- * frame, so bulk bytes skip CBOR (a chunk of /kith/swarm/1.0.0):
- * `return { length: bytes.length, [TRAILER]: bytes }`. Not part of the
- * CBOR answer (symbol keys are not encoded).
+ * Raw bytes an answer sends after itself, as length-prefixed frames, so
+ * bulk bytes skip CBOR (the chunks of /kith/swarm/2.0.0):
+ * `return { lengths, [TRAILER]: frames }`, one frame per Uint8Array the
+ * iterable yields. Each frame has the whole timeout to itself (a long run
+ * of chunks under an upload cap is not cut for its length); one that
+ * fails to come (a file changed mid-way) resets the stream, the one way
+ * left to tell the asker after the answer said ok. Not part of the CBOR
+ * answer (symbol keys are not encoded).
  */
 export const TRAILER = Symbol('trailer')
 
@@ -71,9 +75,9 @@ export async function serveOnce<Req> (stream: Stream, init: ServeOnceInit<Req>,
   }
   try {
     await lp.write(encodeCanonical(response), { signal })
-    const trailer = (response as Record<symbol, unknown>)[TRAILER]
-    if (trailer instanceof Uint8Array) await lp.write(trailer, { signal })
-    await stream.close({ signal })
+    const trailer = (response as Record<symbol, AsyncIterable<Uint8Array> | undefined>)[TRAILER]
+    if (trailer != null) for await (const frame of trailer) await lp.write(frame, { signal: AbortSignal.timeout(init.timeoutMs) })
+    await stream.close({ signal: AbortSignal.timeout(init.timeoutMs) })
   } catch (err) {
     stream.abort(err as Error)
   }

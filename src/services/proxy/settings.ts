@@ -15,7 +15,7 @@ export interface ProxySettings {
   cacheBytes: number
   /** origins on loopback, private and link-local addresses are served (a LAN's own server, tests) @default false */
   allowPrivateOrigins: boolean
-  /** friends may ask what this node holds and fetch its chunks (/kith/swarm/1.0.0); false: the protocol is not offered (asking friends still works) @default true */
+  /** friends may ask what this node holds and fetch its chunks (/kith/swarm/2.0.0); false: the protocol is not offered (asking friends still works) @default true */
   serveFriends: boolean
 }
 

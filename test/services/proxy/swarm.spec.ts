@@ -13,10 +13,10 @@ import type { KithLibp2p } from '../../../src/peer/node.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
 import { FriendBook } from '../../../src/trust/friends.ts'
 import { friendsOnly } from '../../../src/trust/gate.ts'
-import { MAX_SWARM_REQUEST, SWARM_CHUNK_SIZE, SWARM_PROTOCOL } from '../../../src/services/proxy/swarm/constants.ts'
+import { MAX_CHUNKS_PER_ASK, MAX_SWARM_REQUEST, SWARM_CHUNK_SIZE, SWARM_PROTOCOL } from '../../../src/services/proxy/swarm/constants.ts'
 import { ChunkHasher, chunkMatches, openHashList, signHashList, type HashList } from '../../../src/services/proxy/swarm/hash-list.ts'
 import { SwarmIndex, type HoldingRecord } from '../../../src/services/proxy/swarm/holdings.ts'
-import { askChunk, askList, askWho, chunkAnswer, listAnswer, parseAnswer, swarmHandler, whoAnswer } from '../../../src/services/proxy/swarm/protocol.ts'
+import { askChunks, askList, askWho, chunksAnswer, listAnswer, parseAnswer, swarmHandler, whoAnswer } from '../../../src/services/proxy/swarm/protocol.ts'
 import { pull, type PullInit } from '../../../src/services/proxy/swarm/pull.ts'
 import { learn, startNode, tempDir } from '../../helpers/chunks.ts'
 import { checkRejection, flipBit, fuzz, fuzzAsync, rejects } from '../../fuzz/budget.ts'
@@ -30,6 +30,17 @@ import { checkRejection, flipBit, fuzz, fuzzAsync, rejects } from '../../fuzz/bu
  */
 const URL_A = 'https://example.com/a.bin'
 const keys = nacl.sign.keyPair()
+
+/** Every chunk a `chunks` request yields, and the error it ended with, if any. */
+async function ask (node: KithLibp2p, peer: KithLibp2p['peerId'], hash: string, index: number, count: number): Promise<{ got: Uint8Array[], err: any }> {
+  const got: Uint8Array[] = []
+  try {
+    for await (const bytes of askChunks(node, peer, hash, index, count)) got.push(bytes)
+    return { got, err: null }
+  } catch (err) {
+    return { got, err }
+  }
+}
 
 function listOf (bytes: Buffer, etag: string | null = '"v1"'): HashList {
   const hasher = new ChunkHasher()
@@ -116,12 +127,17 @@ describe('the swarm index and protocol', () => {
     expect(await askWho(friend, server.peerId, ['https://other.example/x', URL_A])).toEqual([{ hash: list.hash, length: bytes.length, etag: '"v1"', lastModified: null }])
     expect(await askWho(friend, server.peerId, ['https://other.example/x'])).toEqual([])
     const opened = openHashList(await askList(friend, server.peerId, list.hash), keys.publicKey, list.hash)
-    const got = Buffer.concat([await askChunk(friend, server.peerId, list.hash, 0), await askChunk(friend, server.peerId, list.hash, 1)])
+    const both = await ask(friend, server.peerId, list.hash, 0, 2)
+    expect(both.err).toBe(null)
+    const got = Buffer.concat(both.got)
     expect(got.equals(bytes)).toBe(true)
     expect(chunkMatches(opened, 1, got.subarray(SWARM_CHUNK_SIZE))).toBe(true)
-    const past = await askChunk(friend, server.peerId, list.hash, 2).catch(err => err)
-    expect(past).toBeInstanceOf(KithError)
-    expect(past.code).toBe('SWARM_NOT_HELD')
+    expect(Buffer.from((await ask(friend, server.peerId, list.hash, 1, 1)).got[0]!).equals(bytes.subarray(SWARM_CHUNK_SIZE))).toBe(true)
+    // a run past the end is refused whole, before any chunk is sent
+    const past = await ask(friend, server.peerId, list.hash, 1, 2)
+    expect(past.got).toEqual([])
+    expect(past.err).toBeInstanceOf(KithError)
+    expect(past.err.code).toBe('SWARM_NOT_HELD')
   })
 
   it('refuses a stranger at the gate', async () => {
@@ -132,9 +148,9 @@ describe('the swarm index and protocol', () => {
 
   it('answers any request with a well-formed answer, a typed refusal for a malformed one', async () => {
     const valid = fc.oneof(
-      fc.constant(encodeCanonical({ v: 1, op: 'who', urls: [URL_A] })),
-      fc.nat(3).map(index => encodeCanonical({ v: 1, op: 'chunk', hash: list.hash, index })),
-      fc.constant(encodeCanonical({ v: 1, op: 'list', hash: list.hash }))
+      fc.constant(encodeCanonical({ v: 2, op: 'who', urls: [URL_A] })),
+      fc.tuple(fc.nat(3), fc.integer({ min: 1, max: 3 })).map(([index, count]) => encodeCanonical({ v: 2, op: 'chunks', hash: list.hash, index, count })),
+      fc.constant(encodeCanonical({ v: 2, op: 'list', hash: list.hash }))
     )
     const damaged = fc.oneof(
       valid.chain(b => fc.nat(b.length * 8 - 1).map(bit => flipBit(b, bit))),
@@ -146,7 +162,7 @@ describe('the swarm index and protocol', () => {
       const lp = lpStream(stream, { maxDataLength: 4 * SWARM_CHUNK_SIZE })
       await lp.write(request)
       const reply = decodeCanonical((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray(), 'PROTOCOL_VIOLATION', 'the answer') as Record<string, unknown>
-      expect(reply.v).toBe(1)
+      expect(reply.v).toBe(2)
       if (reply.ok === false) expect(['PROTOCOL_VIOLATION', 'SWARM_NOT_HELD']).toContain(reply.code)
     }), 0.3)
   })
@@ -154,17 +170,17 @@ describe('the swarm index and protocol', () => {
   it('refuses a request over the size limit before reading it', async () => {
     const stream = await friend.dialProtocol(server.peerId, SWARM_PROTOCOL)
     const lp = lpStream(stream, { maxDataLength: MAX_SWARM_REQUEST * 2 })
-    await lp.write(encodeCanonical({ v: 1, op: 'who', urls: ['x'.repeat(MAX_SWARM_REQUEST)] }))
+    await lp.write(encodeCanonical({ v: 2, op: 'who', urls: ['x'.repeat(MAX_SWARM_REQUEST)] }))
     const reply = decodeCanonical((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray(), 'PROTOCOL_VIOLATION', 'the answer') as Record<string, unknown>
     expect(reply).toMatchObject({ ok: false, code: 'PROTOCOL_VIOLATION' })
   })
 
   it('the asking side takes a well-formed answer or fails with a KithError, whatever the bytes', () => {
     const answers = fc.oneof(
-      fc.constant({ schema: whoAnswer, value: { v: 1, ok: true, holdings: [{ hash: list.hash, length: 5, etag: null, lastModified: 'Tue, 01 Dec 2026 10:00:00 GMT' }] } }),
-      fc.constant({ schema: listAnswer, value: { v: 1, ok: true, body: new Uint8Array(40), sig: new Uint8Array(64) } }),
-      fc.constant({ schema: chunkAnswer, value: { v: 1, ok: true, length: 100 } }),
-      fc.constant({ schema: chunkAnswer, value: { v: 1, ok: false, code: 'SWARM_NOT_HELD', message: 'gone' } })
+      fc.constant({ schema: whoAnswer, value: { v: 2, ok: true, holdings: [{ hash: list.hash, length: 5, etag: null, lastModified: 'Tue, 01 Dec 2026 10:00:00 GMT' }] } }),
+      fc.constant({ schema: listAnswer, value: { v: 2, ok: true, body: new Uint8Array(40), sig: new Uint8Array(64) } }),
+      fc.constant({ schema: chunksAnswer, value: { v: 2, ok: true, lengths: [SWARM_CHUNK_SIZE, 100] } }),
+      fc.constant({ schema: chunksAnswer, value: { v: 2, ok: false, code: 'SWARM_NOT_HELD', message: 'gone' } })
     )
     fuzz(fc.property(answers.chain(a => { const b = encodeCanonical(a.value); return fc.nat(b.length * 8 - 1).chain(bit => fc.nat(b.length).map(cut => ({ a, bytes: [flipBit(b, bit), b.subarray(0, cut)] }))) }), ({ a, bytes }) => {
       for (const b of bytes) {
@@ -175,25 +191,45 @@ describe('the swarm index and protocol', () => {
         }
       }
     }))
-    // a chunk announced larger than a chunk is refused before its bytes are read
-    rejects(() => parseAnswer(encodeCanonical({ v: 1, ok: true, length: SWARM_CHUNK_SIZE + 1 }), chunkAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
+    // a chunk announced larger than a chunk, or more chunks than one request may ask, or none, are refused before any bytes are read
+    rejects(() => parseAnswer(encodeCanonical({ v: 2, ok: true, lengths: [SWARM_CHUNK_SIZE + 1] }), chunksAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
+    rejects(() => parseAnswer(encodeCanonical({ v: 2, ok: true, lengths: new Array(MAX_CHUNKS_PER_ASK + 1).fill(1) }), chunksAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
+    rejects(() => parseAnswer(encodeCanonical({ v: 2, ok: true, lengths: [] }), chunksAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
+    // version 1's answer is not taken for version 2's
+    rejects(() => parseAnswer(encodeCanonical({ v: 1, ok: true, length: 100 }), chunksAnswer, 'peer'), ['PROTOCOL_VIOLATION'])
   })
 
-  it('refuses a chunk whose raw frame is not the length its answer announced', async () => {
+  it('keeps the chunks that came whole and refuses the rest: a frame not of the announced length, another count, a stream cut short', async () => {
     const liar = await startNode()
     try {
+      const answers: Array<[Record<string, unknown>, Uint8Array[]]> = [
+        [{ v: 2, ok: true, lengths: [10, 10] }, [new Uint8Array(10), new Uint8Array(11)]],
+        [{ v: 2, ok: true, lengths: [10] }, [new Uint8Array(10)]],
+        [{ v: 2, ok: true, lengths: [10, 10] }, [new Uint8Array(10)]]
+      ]
+      let next = 0
       await liar.handle(SWARM_PROTOCOL, async (stream: any) => {
         const lp = lpStream(stream)
         await lp.read()
-        await lp.write(encodeCanonical({ v: 1, ok: true, length: 10 }))
-        await lp.write(new Uint8Array(11))
+        const [answer, frames] = answers[next++]!
+        await lp.write(encodeCanonical(answer))
+        for (const f of frames) await lp.write(f)
         await stream.close()
       })
       await learn(friend, liar.peerId, liar.getMultiaddrs())
-      const err = await askChunk(friend, liar.peerId, list.hash, 0).catch(e => e)
-      expect(err).toBeInstanceOf(KithError)
-      expect(err.code).toBe('PROTOCOL_VIOLATION')
-      expect(err.message).toMatch(/announced 10 bytes and sent 11/)
+      const lie = await ask(friend, liar.peerId, list.hash, 0, 2)
+      expect(lie.got.map(b => b.length)).toEqual([10])
+      expect(lie.err).toBeInstanceOf(KithError)
+      expect(lie.err.code).toBe('PROTOCOL_VIOLATION')
+      expect(lie.err.message).toMatch(/announced 10 bytes and sent 11/)
+      const fewer = await ask(friend, liar.peerId, list.hash, 0, 2)
+      expect(fewer.got).toEqual([])
+      expect(fewer.err.code).toBe('PROTOCOL_VIOLATION')
+      expect(fewer.err.message).toMatch(/announced 1 chunks, 2 were asked/)
+      const cut = await ask(friend, liar.peerId, list.hash, 0, 2)
+      expect(cut.got.map(b => b.length)).toEqual([10])
+      expect(cut.err).toBeInstanceOf(KithError)
+      expect(cut.err.code).toBe('FRIEND_OFFLINE')
     } finally {
       await liar.stop()
     }

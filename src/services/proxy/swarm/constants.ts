@@ -1,6 +1,6 @@
 /** Named limits of the friend swarm behind the local proxy (docs/proxy.md, "The friend swarm"; docs/protocols.md). */
 
-export const SWARM_PROTOCOL = '/kith/swarm/1.0.0'
+export const SWARM_PROTOCOL = '/kith/swarm/2.0.0'
 /** bytes per chunk of a hash list; one chunk is one request and one SHA-256 */
 export const SWARM_CHUNK_SIZE = 1024 * 1024
 /** chunks one hash list may name (64 GiB at 1 MiB): its list is at most 2 MiB of hashes */
@@ -17,9 +17,13 @@ export const MAX_VALIDATOR_LENGTH = 256
 export const SWARM_TIMEOUT_MS = 30_000
 /** how long the proxy waits for friends to say who holds a URL class before it goes to the origin alone */
 export const ASK_DEADLINE_MS = 1_500
-/** chunks asked of one friend at once */
+/** chunks one `chunks` request may ask (MiB of one stream's answer) */
+export const MAX_CHUNKS_PER_ASK = 16
+/** chunks the pull asks of a friend in one request: a run on one stream, whose yamux window grows */
+export const CHUNKS_PER_ASK = 4
+/** requests the pull keeps open to one friend at once */
 export const PER_FRIEND_REQUESTS = 2
-/** chunks fetched ahead of what the client took: bounds the memory one request holds (16 MiB) */
-export const WINDOW_CHUNKS = 16
+/** chunks fetched ahead of what the client took: bounds the memory one request holds (32 MiB); two friends' runs in flight fill 16 */
+export const WINDOW_CHUNKS = 32
 /** streams a node answers at once on the swarm protocol */
 export const MAX_INBOUND_SWARM_STREAMS = 64

@@ -1,4 +1,5 @@
 import { open, stat } from 'node:fs/promises'
+import { KithError } from '../../../errors.ts'
 import type { Sublevel } from '../../../peer/database.ts'
 import { MAX_SWARM_CHUNKS, SWARM_CHUNK_SIZE } from './constants.ts'
 import { chunkCount, chunkSpan, signHashList, validatorSchema, type HashList, type SignedHashList } from './hash-list.ts'
@@ -123,24 +124,51 @@ export class SwarmIndex {
   }
 
   /**
-   * Chunk `index` of a holding, read from its file, or null when it is not
-   * held (any longer) or there is no such chunk. The open file's size and
-   * mtime are checked against the record, so a file replaced or rewritten
-   * since is never read as the old one.
+   * The lengths of chunks `index` to `index + count - 1` of a holding, or
+   * null when it is not held (any longer) or a chunk is past its end.
    */
-  async chunk (hash: string, index: number): Promise<Uint8Array | null> {
+  async lengths (hash: string, index: number, count: number): Promise<number[] | null> {
     const record = this.records.get(hash)
     if (record == null) return null
-    const [first, end] = chunkSpan({ length: record.length, chunkSize: SWARM_CHUNK_SIZE }, index)
-    if (index < 0 || first >= record.length) return null
-    const file = await open(record.path, 'r').catch(() => null)
-    if (file == null) { await this.drop(hash); return null }
+    if (index < 0 || count < 1 || index + count > chunkCount(record.length)) return null
+    if (!await this.unchanged(record)) { await this.drop(hash); return null }
+    return Array.from({ length: count }, (_, i) => { const [first, end] = chunkSpan({ length: record.length, chunkSize: SWARM_CHUNK_SIZE }, index + i); return end - first })
+  }
+
+  /**
+   * Chunks `index` to `index + count - 1` of a holding, read from its file,
+   * opened once for them all, the next chunk read while the last one is
+   * sent. Throws SWARM_NOT_HELD when the file changed or vanished: the
+   * open file's size and mtime are checked against the record, so a file
+   * replaced or rewritten since is never read as the old one.
+   */
+  async * read (hash: string, index: number, count: number): AsyncGenerator<Uint8Array> {
+    const record = this.records.get(hash)
+    const file = record == null ? null : await open(record.path, 'r').catch(() => null)
+    if (record == null || file == null) throw new KithError('SWARM_NOT_HELD', 'this node does not hold that file any longer')
     try {
       const s = await file.stat()
-      if (s.size !== record.length || Math.trunc(s.mtimeMs) !== record.mtimeMs) { await this.drop(hash); return null }
-      const bytes = Buffer.allocUnsafe(end - first)
-      const { bytesRead } = await file.read(bytes, 0, bytes.length, first)
-      return bytesRead === bytes.length ? bytes : null
+      if (s.size !== record.length || Math.trunc(s.mtimeMs) !== record.mtimeMs) {
+        await this.drop(hash)
+        throw new KithError('SWARM_NOT_HELD', 'the file changed since this node offered it')
+      }
+      const readChunk = async (i: number): Promise<Uint8Array> => {
+        const [first, end] = chunkSpan({ length: record.length, chunkSize: SWARM_CHUNK_SIZE }, i)
+        const bytes = Buffer.allocUnsafe(end - first)
+        const { bytesRead } = await file.read(bytes, 0, bytes.length, first)
+        if (bytesRead !== bytes.length) throw new KithError('SWARM_NOT_HELD', 'the file was cut short since this node offered it')
+        return bytes
+      }
+      let next = readChunk(index)
+      for (let i = index; i < index + count; i++) {
+        const bytes = await next
+        if (i + 1 < index + count) {
+          next = readChunk(i + 1)
+          // awaited next turn; marked handled for when the asker stops taking first (close waits for the read)
+          next.catch(() => {})
+        }
+        yield bytes
+      }
     } finally {
       await file.close()
     }

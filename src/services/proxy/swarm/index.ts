@@ -13,7 +13,7 @@ import { askList, askWho, swarmHandler, type Dialer } from './protocol.ts'
 /**
  * The friend swarm behind the local proxy (docs/proxy.md, "The friend
  * swarm"): the index of what this node holds, served to friends on
- * `/kith/swarm/1.0.0` (unless config.json says `proxy.serveFriends: false`),
+ * `/kith/swarm/2.0.0` (unless config.json says `proxy.serveFriends: false`),
  * and the asking side: which online friends hold a URL class, and a hash
  * list one of them signed.
  *

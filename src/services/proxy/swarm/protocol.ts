@@ -7,31 +7,37 @@ import { failureSchema, serveOnce, TRAILER } from '../../../peer/request-respons
 import type { BandwidthScheduler } from '../../../transfer/scheduler/index.ts'
 import { MAX_URL_LENGTH } from '../../downloads/constants.ts'
 import { MAX_CLASS_URLS } from '../constants.ts'
-import { MAX_HOLDINGS, MAX_SWARM_CHUNKS, MAX_SWARM_REQUEST, MAX_SWARM_RESPONSE, SWARM_CHUNK_SIZE, SWARM_PROTOCOL, SWARM_TIMEOUT_MS } from './constants.ts'
+import { MAX_CHUNKS_PER_ASK, MAX_HOLDINGS, MAX_SWARM_CHUNKS, MAX_SWARM_REQUEST, MAX_SWARM_RESPONSE, SWARM_CHUNK_SIZE, SWARM_PROTOCOL, SWARM_TIMEOUT_MS } from './constants.ts'
 import { validatorSchema, type SignedHashList } from './hash-list.ts'
 import type { Holding, SwarmIndex } from './holdings.ts'
 
 /**
- * `/kith/swarm/1.0.0` (docs/protocols.md): friends ask each other for what
+ * `/kith/swarm/2.0.0` (docs/protocols.md): friends ask each other for what
  * they downloaded whole, one length-prefixed canonical CBOR request and one
  * answer per stream. Only friends I granted `files` get in (the gate
  * middleware); config.json's `proxy.serveFriends: false` leaves the
  * protocol unregistered. No policy here: the proxy's pull decides whom to
  * ask and what to trust.
  *
- *   { v:1, op:'who', urls:[url] }            -> { v:1, ok:true, holdings:[{ hash, length, etag, lastModified }] }
- *   { v:1, op:'list', hash }                 -> { v:1, ok:true, body, sig }   (the signed hash list)
- *   { v:1, op:'chunk', hash, index }         -> { v:1, ok:true, length }, then the chunk's bytes as a second frame
- *                                               (raw, not CBOR; sent through the scheduler, class friend)
- *   any failure                              -> { v:1, ok:false, code, message }
+ *   { v:2, op:'who', urls:[url] }            -> { v:2, ok:true, holdings:[{ hash, length, etag, lastModified }] }
+ *   { v:2, op:'list', hash }                 -> { v:2, ok:true, body, sig }   (the signed hash list)
+ *   { v:2, op:'chunks', hash, index, count } -> { v:2, ok:true, lengths:[n] }, then chunks index..index+count-1,
+ *                                               one raw frame each (not CBOR; each sent through the scheduler,
+ *                                               class friend); a file that changes mid-way resets the stream
+ *   any failure                              -> { v:2, ok:false, code, message }
+ *
+ * Version 1 asked one chunk per stream: a fresh yamux stream starts with a
+ * 256 KiB window, so every 1 MiB chunk waited several round trips for
+ * window updates and a stream negotiation; a run of chunks on one stream
+ * lets the window grow and the holder read ahead.
  */
-const VERSION = 1
+const VERSION = 2
 const hashHex = z.string().regex(/^[0-9a-f]{64}$/)
 
 const requestSchema = z.discriminatedUnion('op', [
   z.object({ v: z.literal(VERSION), op: z.literal('who'), urls: z.array(z.string().min(1).max(MAX_URL_LENGTH)).min(1).max(MAX_CLASS_URLS) }).strict(),
   z.object({ v: z.literal(VERSION), op: z.literal('list'), hash: hashHex }).strict(),
-  z.object({ v: z.literal(VERSION), op: z.literal('chunk'), hash: hashHex, index: z.number().int().min(0).max(MAX_SWARM_CHUNKS - 1) }).strict()
+  z.object({ v: z.literal(VERSION), op: z.literal('chunks'), hash: hashHex, index: z.number().int().min(0).max(MAX_SWARM_CHUNKS - 1), count: z.number().int().min(1).max(MAX_CHUNKS_PER_ASK) }).strict()
 ])
 export type SwarmRequest = z.infer<typeof requestSchema>
 
@@ -42,7 +48,7 @@ const ok = <T extends z.ZodRawShape>(shape: T) => z.union([z.object({ v: z.liter
 /** The answers, as the asker parses them (exported for the fuzz tests). */
 export const whoAnswer = ok({ holdings: z.array(holdingSchema).max(MAX_HOLDINGS) })
 export const listAnswer = ok({ body: z.instanceof(Uint8Array).refine(b => b.length <= MAX_SWARM_RESPONSE - 1024), sig: z.instanceof(Uint8Array).refine(b => b.length === 64) })
-export const chunkAnswer = ok({ length: z.number().int().min(1).max(SWARM_CHUNK_SIZE) })
+export const chunksAnswer = ok({ lengths: z.array(z.number().int().min(1).max(SWARM_CHUNK_SIZE)).min(1).max(MAX_CHUNKS_PER_ASK) })
 
 export interface SwarmHandlerInit {
   index: SwarmIndex
@@ -59,17 +65,23 @@ export function swarmHandler (init: SwarmHandlerInit) {
         if (signed == null) throw new KithError('SWARM_NOT_HELD', 'this node does not hold that file (any longer)')
         return { body: signed.body, sig: signed.sig }
       }
-      const bytes = await init.index.chunk(request.hash, request.index)
-      if (bytes == null) throw new KithError('SWARM_NOT_HELD', `this node does not hold chunk ${request.index} of that file (any longer)`)
-      // a friend's fetch: class friend, above public and backup traffic, within this node's upload caps
-      const flow = init.bandwidth.flow({ direction: 'up', peer, class: 'friend', label: 'swarm' })
-      try {
-        await flow.take(bytes.length, signal)
-      } finally {
-        flow.close()
-      }
-      return { length: bytes.length, [TRAILER]: bytes }
+      const lengths = await init.index.lengths(request.hash, request.index, request.count)
+      if (lengths == null) throw new KithError('SWARM_NOT_HELD', `this node does not hold chunks ${request.index} to ${request.index + request.count - 1} of that file (any longer)`)
+      return { lengths, [TRAILER]: paced(init.index.read(request.hash, request.index, request.count), init.bandwidth, peer) }
     })
+  }
+}
+
+/** A friend's fetch: class friend, above public and backup traffic, within this node's upload caps. */
+async function * paced (chunks: AsyncIterable<Uint8Array>, bandwidth: BandwidthScheduler, peer: string): AsyncGenerator<Uint8Array> {
+  const flow = bandwidth.flow({ direction: 'up', peer, class: 'friend', label: 'swarm' })
+  try {
+    for await (const bytes of chunks) {
+      await flow.take(bytes.length, AbortSignal.timeout(SWARM_TIMEOUT_MS))
+      yield bytes
+    }
+  } finally {
+    flow.close()
   }
 }
 
@@ -78,12 +90,12 @@ export interface Dialer {
 }
 
 /**
- * One question to a friend; their failure answer as a KithError with their
- * code, a broken or malformed answer as FRIEND_OFFLINE / PROTOCOL_VIOLATION.
- * With `trailer`, the answer's raw frame that follows it too, of exactly
- * the length `trailer` reads from the answer.
+ * One question to a friend on a stream of its own: the answer, and the
+ * stream's length-prefixed reader and the signal for any frames that follow.
+ * Their failure answer as a KithError with their code, a broken or malformed
+ * answer as FRIEND_OFFLINE / PROTOCOL_VIOLATION.
  */
-async function ask<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, schema: z.ZodType<T>, options: AbortOptions, trailer?: (answer: T) => number): Promise<{ answer: T, bytes: Uint8Array | null }> {
+async function open<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, schema: z.ZodType<T>, options: AbortOptions): Promise<{ answer: T, stream: Stream, lp: ReturnType<typeof lpStream> }> {
   const signal = AbortSignal.any([options.signal ?? new AbortController().signal, AbortSignal.timeout(SWARM_TIMEOUT_MS)])
   let stream: Stream
   try {
@@ -94,20 +106,22 @@ async function ask<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, sche
   const lp = lpStream(stream, { maxDataLength: MAX_SWARM_RESPONSE })
   try {
     await lp.write(encodeCanonical(request), { signal })
-    const answer = parseAnswer((await lp.read({ signal })).subarray(), schema, peer.toString())
-    let bytes: Uint8Array | null = null
-    if (trailer != null) {
-      // the frame's length prefix is checked against MAX_SWARM_RESPONSE before anything is read, then against the answer's
-      bytes = (await lp.read({ signal })).subarray()
-      if (bytes.length !== trailer(answer)) throw new KithError('PROTOCOL_VIOLATION', `${peer.toString()} announced ${trailer(answer)} bytes and sent ${bytes.length}`)
-    }
-    await stream.close({ signal }).catch(() => {})
-    return { answer, bytes }
+    return { answer: parseAnswer((await lp.read({ signal })).subarray(), schema, peer.toString()), stream, lp }
   } catch (err) {
-    stream.abort(err as Error)
-    if (err instanceof KithError) throw err
-    throw new KithError('FRIEND_OFFLINE', `the connection to ${peer.toString()} broke (${(err as Error).message})`, { cause: err })
+    throw broken(stream, err, peer)
   }
+}
+
+function broken (stream: Stream, err: unknown, peer: PeerId): KithError {
+  stream.abort(err as Error)
+  if (err instanceof KithError) return err
+  return new KithError('FRIEND_OFFLINE', `the connection to ${peer.toString()} broke (${(err as Error).message})`, { cause: err })
+}
+
+async function ask<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, schema: z.ZodType<T>, options: AbortOptions): Promise<T> {
+  const { answer, stream } = await open(dialer, peer, request, schema, options)
+  await stream.close({ signal: AbortSignal.timeout(SWARM_TIMEOUT_MS) }).catch(() => {})
+  return answer
 }
 
 /** An answer's bytes: canonical CBOR of the expected shape, a success, else the friend's code (exported for the fuzz tests). */
@@ -120,14 +134,40 @@ export function parseAnswer<T> (bytes: Uint8Array, schema: z.ZodType<T>, peer: s
 }
 
 export async function askWho (dialer: Dialer, peer: PeerId, urls: readonly string[], options: AbortOptions = {}): Promise<Holding[]> {
-  return ((await ask(dialer, peer, { v: VERSION, op: 'who', urls: [...urls] }, whoAnswer, options)).answer as { holdings: Holding[] }).holdings
+  return (await ask(dialer, peer, { v: VERSION, op: 'who', urls: [...urls] }, whoAnswer, options) as { holdings: Holding[] }).holdings
 }
 
 export async function askList (dialer: Dialer, peer: PeerId, hash: string, options: AbortOptions = {}): Promise<SignedHashList> {
-  const { body, sig } = (await ask(dialer, peer, { v: VERSION, op: 'list', hash }, listAnswer, options)).answer as { body: Uint8Array, sig: Uint8Array }
+  const { body, sig } = await ask(dialer, peer, { v: VERSION, op: 'list', hash }, listAnswer, options) as { body: Uint8Array, sig: Uint8Array }
   return { body, sig }
 }
 
-export async function askChunk (dialer: Dialer, peer: PeerId, hash: string, index: number, options: AbortOptions = {}): Promise<Uint8Array> {
-  return (await ask(dialer, peer, { v: VERSION, op: 'chunk', hash, index }, chunkAnswer, options, answer => (answer as { length: number }).length)).bytes!
+/**
+ * Chunks `index` to `index + count - 1` (count ≤ MAX_CHUNKS_PER_ASK), each
+ * yielded as it arrives, unverified: the caller checks each against the
+ * hash list. Each frame may take SWARM_TIMEOUT_MS; one not of the length
+ * the answer announced, or a stream cut short, fails with
+ * PROTOCOL_VIOLATION / FRIEND_OFFLINE after the chunks that came whole.
+ */
+export async function * askChunks (dialer: Dialer, peer: PeerId, hash: string, index: number, count: number, options: AbortOptions = {}): AsyncGenerator<Uint8Array> {
+  const { answer, stream, lp } = await open(dialer, peer, { v: VERSION, op: 'chunks', hash, index, count }, chunksAnswer, options)
+  const { lengths } = answer as { lengths: number[] }
+  let done = false
+  try {
+    if (lengths.length !== count) throw new KithError('PROTOCOL_VIOLATION', `${peer.toString()} announced ${lengths.length} chunks, ${count} were asked`)
+    for (const length of lengths) {
+      const signal = AbortSignal.any([options.signal ?? new AbortController().signal, AbortSignal.timeout(SWARM_TIMEOUT_MS)])
+      // the frame's length prefix is checked against MAX_SWARM_RESPONSE before anything is read, then against the answer's
+      const bytes = (await lp.read({ signal })).subarray()
+      if (bytes.length !== length) throw new KithError('PROTOCOL_VIOLATION', `${peer.toString()} announced ${length} bytes and sent ${bytes.length}`)
+      yield bytes
+    }
+    done = true
+    await stream.close({ signal: AbortSignal.timeout(SWARM_TIMEOUT_MS) }).catch(() => {})
+  } catch (err) {
+    throw broken(stream, err, peer)
+  } finally {
+    // the caller stopped taking (the pull ended): the rest is not wanted
+    if (!done) stream.abort(new KithError('FETCH_ABORTED', 'the asker stopped taking chunks'))
+  }
 }

@@ -2,16 +2,17 @@ import type { PeerId } from '@libp2p/interface'
 import { KithError } from '../../../errors.ts'
 import type { BandwidthScheduler, Priority } from '../../../transfer/scheduler/index.ts'
 import { RATE_WINDOW_MS } from '../../../transfer/scheduler/index.ts'
-import { PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
+import { CHUNKS_PER_ASK, PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
 import { chunkMatches, chunkSpan, type HashList } from './hash-list.ts'
-import { askChunk, type Dialer } from './protocol.ts'
+import { askChunks, type Dialer } from './protocol.ts'
 
 /**
  * The multi-source pull of one proxy request (docs/proxy.md, "The friend
  * swarm"): chunks `from`..`to` of a verified hash list, yielded in order
  * (playback order), each checked against the list before it is used.
  * Friends holding the file each work on the lowest chunks not taken yet,
- * a few at a time; one that sends a wrong chunk or fails is dropped and
+ * in runs of consecutive chunks asked on one stream (CHUNKS_PER_ASK), two
+ * runs at a time; one that sends a wrong chunk or fails is dropped and
  * its chunk goes back for another source. The origin tops up by qos:
  * - qos 0: the origin is one more source at full speed; friends take
  *   what they are fast enough to take.
@@ -139,6 +140,13 @@ class Pull {
     return first
   }
 
+  /** The lowest run of consecutive chunks nobody fetches (at most `max`), within the window; empty when none now. */
+  private takeRun (max: number): number[] {
+    const run: number[] = []
+    for (let index = this.take(); index != null; index = run.length < max && this.todo[0] === index + 1 ? this.take() : null) run.push(index)
+    return run
+  }
+
   private giveBack (index: number): void {
     // the other copy came already, or one is on its way
     if (this.have(index) || this.todo.includes(index) || this.atFriends.has(index)) return
@@ -173,23 +181,26 @@ class Pull {
     const name = peer.toString()
     const { list } = this.init
     while (!this.signal.aborted && this.alive.has(name)) {
-      const index = this.take()
-      if (index == null) {
+      const run = this.takeRun(CHUNKS_PER_ASK)
+      if (run.length === 0) {
         // nothing free now; a chunk another source fails comes back (the pull's end stops the wait)
         await this.idle()
         continue
       }
-      const [first, end] = chunkSpan(list, index)
-      this.atFriends.add(index)
+      for (const index of run) this.atFriends.add(index)
+      let index = run[0]!
       try {
-        await flow.take(end - first, this.signal, name)
-        const bytes = await askChunk(this.init.dialer, peer, list.hash, index, { signal: this.signal })
-        if (!chunkMatches(list, index, bytes)) throw new KithError('SWARM_BAD_LIST', `${name} sent chunk ${index} not matching its hash list`)
-        this.atFriends.delete(index)
-        this.arrived(index, bytes, 'friend')
+        await flow.take(chunkSpan(list, run.at(-1)!)[1] - chunkSpan(list, index)[0], this.signal, name)
+        for await (const bytes of askChunks(this.init.dialer, peer, list.hash, index, run.length, { signal: this.signal })) {
+          if (!chunkMatches(list, index, bytes)) throw new KithError('SWARM_BAD_LIST', `${name} sent chunk ${index} not matching its hash list`)
+          this.atFriends.delete(index)
+          this.arrived(index++, bytes, 'friend')
+        }
       } catch (err) {
-        this.atFriends.delete(index)
-        this.giveBack(index)
+        for (const left of run.filter(i => i >= index)) {
+          this.atFriends.delete(left)
+          this.giveBack(left)
+        }
         if (this.signal.aborted) return
         // a wrong chunk, a refusal, a friend gone: no more chunks from them in this pull
         // (its other request in flight may fail too: said once)
