@@ -231,11 +231,25 @@ export async function createTestnet (names: string[], options: TestnetOptions = 
   return { nodes, stop }
 }
 
-/** Makes two nodes friends the way users do: an invite file, accepted. */
+/**
+ * Makes two nodes friends the way users do: an invite made by one, accepted by
+ * the other; `createArgs` are `kith invite create`'s `--grant SERVICE...`. It
+ * sends what `kith invite create` and `kith invite accept` send to the API,
+ * without a CLI process for each (a Node start: tests befriend by the dozen;
+ * friends.spec runs those commands themselves). Nodes in a network namespace,
+ * whose API is in there, run the commands.
+ */
 export async function befriend (issuer: TestNode, accepter: TestNode, ...createArgs: string[]): Promise<void> {
-  const file = join(issuer.home, `for-${accepter.name}.invite`)
-  await issuer.json('invite', 'create', '--name', accepter.name, '-o', file, ...createArgs)
-  await accepter.json('invite', 'accept', file)
+  if (issuer.netns != null || accepter.netns != null) {
+    const file = join(issuer.home, `for-${accepter.name}.invite`)
+    await issuer.json('invite', 'create', '--name', accepter.name, '-o', file, ...createArgs)
+    await accepter.json('invite', 'accept', file)
+    return
+  }
+  const [flag, ...grants] = createArgs
+  if (flag != null && (flag !== '--grant' || grants.length === 0)) throw new Error(`befriend takes --grant SERVICE... only, not ${createArgs.join(' ')}`)
+  const { text } = await (await ApiClient.forHome(issuer.home)).call<{ text: string }>('POST', '/v1/invites', { label: accepter.name, ...(flag != null ? { grants } : {}) })
+  await (await ApiClient.forHome(accepter.home)).call('POST', '/v1/invites/accept', { text })
 }
 
 /** Three daemons, alice, bob and carol, each a friend of the other two (invites with the default grants). */
