@@ -521,8 +521,8 @@ async function main (): Promise<void> {
   work = await mkdtemp(join(tmpdir(), 'kith-bench-'))
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
   const src = join(work, 'data.bin')
-  log(`writing ${SIZE / MiB} MiB of random data; sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
   const transfer = [...sections].some(s => s !== 'smallfiles' && s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads' && s !== 'backup' && s !== 'proxy')
+  log(`${transfer ? `writing ${SIZE / MiB} MiB of random data; ` : ''}sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
   if (transfer) await writeRandomFile(src, SIZE)
   let streamCeiling = NaN
   try {
