@@ -30,7 +30,7 @@ import { decodeTree, MAX_TREE_BYTES, type TreeEntry } from './tree.ts'
 import type { SnapshotRecord } from './owner-index.ts'
 
 /** Files written at once: small files' gets share requests, and their fsyncs overlap. */
-const FILES_AT_ONCE = 8
+const FILES_AT_ONCE = 4
 /** Chunks of one file fetched ahead of the one being written. */
 const PREFETCH = 4
 /** Sealed bytes fetched (or being fetched) and not yet written, at most, over all files: the memory bound. */
