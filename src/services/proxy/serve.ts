@@ -47,35 +47,23 @@ export async function serve (req: IncomingMessage, res: ServerResponse, query: P
   const head = req.method === 'HEAD'
   const range = parseRange(one(req.headers.range))
 
+  // the cache and the swarm are by-products: their failing (a disk full or unwritable, a database that fails, a bug)
+  // is logged, and the origin answers, as without them
   const entry = ctx.cache.find(query.urls)
   if (entry != null) {
     // opened before anything is answered: a file gone from under the index is fetched again, not a broken answer
     const file = await open(ctx.cache.path(entry), 'r').catch(() => null)
     if (file != null && await current(entry, query.urls, ctx.dispatcher, signal).catch(async err => { await file.close(); throw err })) {
-      await ctx.cache.touch(entry)
+      await ctx.cache.touch(entry).catch(cacheFailed)
       await fromCache(res, file, entry, range, head, serviceFor(query.service, query.urls[0]!, entry.contentType))
       return
     }
     await file?.close()
     // the origin has another version now (or can't say), or the file is gone: never serve the old one
-    await ctx.cache.remove(entry)
+    await ctx.cache.remove(entry).catch(cacheFailed)
   }
 
-  if (ctx.swarm != null && !head) {
-    const answered = await answerFromSwarm(res, {
-      swarm: ctx.swarm,
-      urls: query.urls,
-      range,
-      qos: query.qos,
-      service: (url, contentType) => serviceFor(query.service, url, contentType),
-      dispatcher: ctx.dispatcher,
-      cache: ctx.cache,
-      bandwidth: ctx.bandwidth,
-      userAgent: USER_AGENT,
-      signal
-    })
-    if (answered) return
-  }
+  if (ctx.swarm != null && !head && await fromSwarm(res, query, range, ctx, signal)) return
 
   const { answer, url } = await openOrigin(query.urls, head ? 'HEAD' : 'GET', range != null ? one(req.headers.range)! : null, ctx.dispatcher, signal)
   const service = serviceFor(query.service, url, one(answer.headers['content-type']) ?? null)
@@ -122,6 +110,32 @@ export async function serve (req: IncomingMessage, res: ServerResponse, query: P
     if (!signal.aborted) console.error(`kith proxy: ${url.href} failed mid-way: ${(err as Error).message}`)
   } finally {
     flow.close()
+  }
+}
+
+/**
+ * Whether friends answered (swarm/answer.ts). A swarm that fails before
+ * the status went out leaves the answer to the origin; after, the answer
+ * is cut, as any failure mid-way.
+ */
+async function fromSwarm (res: ServerResponse, query: ProxyQuery, range: ReturnType<typeof parseRange>, ctx: ServeContext, signal: AbortSignal): Promise<boolean> {
+  try {
+    return await answerFromSwarm(res, {
+      swarm: ctx.swarm!,
+      urls: query.urls,
+      range,
+      qos: query.qos,
+      service: (url, contentType) => serviceFor(query.service, url, contentType),
+      dispatcher: ctx.dispatcher,
+      cache: ctx.cache,
+      bandwidth: ctx.bandwidth,
+      userAgent: USER_AGENT,
+      signal
+    })
+  } catch (err) {
+    if (signal.aborted || res.headersSent) throw err
+    console.error(`kith proxy: the friend swarm failed (${(err as Error).message}); the origin answers`)
+    return false
   }
 }
 

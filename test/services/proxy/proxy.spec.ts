@@ -267,6 +267,39 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     }
   })
 
+  it('still answers from the origin when its database fails under it (the cache\'s index: touch, remove and keep all fail)', async () => {
+    const home = join(root, 'home-failing')
+    const own = new Level<string, unknown>(join(root, 'db-failing'), { valueEncoding: 'json' })
+    await own.open()
+    const failing = await ProxyService.start({ db: own, home, bandwidth: new BandwidthScheduler(), config: { path: 'config.json', limits: {}, proxy: { allowPrivateOrigins: true } } })
+    try {
+      await writeFile(join(site, 'failing.bin'), SMALL)
+      const url = (name: string): string => `${failing.url}/proxy?url=${enc(`${nginx.url}/${name}`)}`
+      const body = (r: { stdout: Buffer }): Buffer => r.stdout.subarray(r.stdout.indexOf('\r\n\r\n') + 4)
+      expect((await run('curl', ['-sS', '--fail', url('failing.bin')])).code).toBe(0)
+      expect(failing.info.cache.entries).toBe(1)
+      await own.close()
+      // kept and current: served though its use can't be recorded
+      const kept = await run('curl', ['-sS', '--fail', '-D', '-', url('failing.bin')])
+      expect(kept.code).toBe(0)
+      expect(kept.stdout.toString()).toMatch(/x-kith-source: cache/i)
+      expect(body(kept).equals(SMALL)).toBe(true)
+      // changed at the origin (a new mtime, so a new ETag): the stale entry can't leave the index, the origin answers;
+      // a new file can't be kept, the origin answers whole
+      const later = new Date(Date.now() + 5000)
+      await utimes(join(site, 'failing.bin'), later, later)
+      for (const [name, bytes] of [['failing.bin', SMALL], ['big.bin?failing', BIG]] as const) {
+        const r = await run('curl', ['-sS', '--fail', '-D', '-', url(name)])
+        expect(r.code).toBe(0)
+        expect(r.stdout.toString()).toMatch(/x-kith-source: origin/i)
+        expect(body(r).equals(bytes)).toBe(true)
+      }
+    } finally {
+      await failing.stop()
+      await own.close()
+    }
+  })
+
   it('stays within its bound, dropping the least recently used entry first', async () => {
     const small = await ProxyService.start({ db, home: join(root, 'home3'), bandwidth: new BandwidthScheduler(), config: { path: 'config.json', limits: {}, proxy: { allowPrivateOrigins: true, cacheBytes: Math.floor(2.5 * SMALL.length) } } })
     try {
