@@ -80,7 +80,8 @@ async function ask<T> (dialer: Dialer, peer: PeerId, request: unknown, schema: z
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't reach ${peer.toString()} (${(err as Error).message}); they may be offline, or haven't granted you files`, { cause: err })
   }
-  const lp = lpStream(stream, { maxDataLength: MAX_FILES_RESPONSE })
+  // the stream's read buffer must hold a whole answer: libp2p's default (4 MiB) is below a big share's manifest
+  const lp = lpStream(stream, { maxDataLength: MAX_FILES_RESPONSE, maxBufferSize: MAX_FILES_RESPONSE + 16 })
   try {
     await lp.write(encodeCanonical(request), { signal })
     const reply = schema.safeParse(decodeCanonical((await lp.read({ signal })).subarray(), 'PROTOCOL_VIOLATION', 'the files answer'))
