@@ -60,7 +60,8 @@ async function latencies (port: number, path: string): Promise<number[]> {
   return out
 }
 
-async function streamCeiling (src: string, work: string): Promise<number> {
+/** One plain libp2p stream between two processes, file to file (bench/stream-peer.ts): MB/s. Also the proxy section's ceiling. */
+export async function streamCeiling (src: string, work: string, size = SIZE): Promise<number> {
   const out = join(work, 'ceiling.out')
   const recv = new JsonChild(NODE, [...DAEMON_STARTUP_FLAGS, STREAM_PEER, 'recv', out], DAEMON_ENV)
   let send: JsonChild | undefined
@@ -68,7 +69,7 @@ async function streamCeiling (src: string, work: string): Promise<number> {
     const hello = await recv.next<{ addr: string }>(60_000)
     send = new JsonChild(NODE, [...DAEMON_STARTUP_FLAGS, STREAM_PEER, 'send', hello.addr, src], DAEMON_ENV)
     const [r] = await Promise.all([recv.next<{ bytes: number, ms: number }>(), send.next()])
-    if (r.bytes !== SIZE) throw new Error(`the stream ceiling got ${r.bytes} of ${SIZE} bytes`)
+    if (r.bytes !== size) throw new Error(`the stream ceiling got ${r.bytes} of ${size} bytes`)
     return mbps(r.bytes, r.ms)
   } finally {
     await Promise.all([recv.kill(), send?.kill()])

@@ -7,6 +7,7 @@ import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
 import { NODE, TestNode, threeFriends, waitFor } from '../test/helpers/testnet.ts'
 import { ApiClient } from '../src/services/api/client.ts'
 import { fmt, JsonChild, MiB, mbps, median, table, writeRandomFile } from './lib.ts'
+import { streamCeiling } from './expose.ts'
 
 /**
  * The proxy section of `npm run bench` (`--section proxy`): one file served
@@ -31,7 +32,9 @@ import { fmt, JsonChild, MiB, mbps, median, table, writeRandomFile } from './lib
  *               ($body_bytes_sent). Target (issue 15): >= 95%. Its rate is
  *               shown against direct curl and against the proxy from the
  *               origin alone (the same relay to curl, fed by one HTTP
- *               source instead of friends' libp2p streams), one run.
+ *               source instead of friends' libp2p streams) and against one
+ *               plain libp2p stream between two processes, file to file,
+ *               measured right after it (bench/stream-peer.ts), one run.
  *
  * Not measured: the qos floor with friends capped below it (tested in
  * test/integration/proxy-swarm.spec.ts, not benchmarked).
@@ -93,6 +96,9 @@ export async function proxyBench (log: Log, runs: number): Promise<void> {
     }
     await node.kill9()
     const swarm = await offload(log, nginx, size, out)
+    // the friends' bytes come over libp2p streams: one plain stream between two processes is their ceiling
+    const stream = await streamCeiling(join(root, 'big.bin'), work, size)
+    log(`proxy: one plain libp2p stream: ${fmt(stream)} MB/s`)
     const rate = (name: string): number => median(samples[name]!.map(s => mbps(size, s.ms)))
     const ttfb = (name: string): number => median(samples[name]!.map(s => s.ttfbMs))
     const direct = rate('direct')
@@ -110,7 +116,9 @@ export async function proxyBench (log: Log, runs: number): Promise<void> {
         ['first byte, curl -r 0- through proxy, service=streaming', `${fmt(ttfb('ttfbProxied'), 1)} ms`, fmt(ttfb('ttfbProxied') / ttfb('ttfbDirect'), 1), ''],
         ['offload at qos=1, 2 friends holding it: bytes from friends', `${fmt(swarm.fromFriends * 100, 1)} %`, fmt(swarm.fromFriends, 3), `>= ${TARGET_OFFLOAD * 100} % ${swarm.fromFriends >= TARGET_OFFLOAD ? 'met' : 'NOT met'}`],
         ['  its rate (curl through alice\'s proxy, one run)', `${fmt(swarm.rate)} MB/s`, fmt(swarm.rate / direct, 2), ''],
-        ['  the same, against the proxy origin only (same relay, one source)', '', fmt(swarm.rate / proxied, 2), '']
+        ['  the same, against the proxy origin only (same relay, one source)', '', fmt(swarm.rate / proxied, 2), ''],
+        ['one plain libp2p stream, two processes, file to file (ceiling 3)', `${fmt(stream)} MB/s`, fmt(stream / direct, 2), ''],
+        ['  the offload\'s rate against it', '', fmt(swarm.rate / stream, 2), '']
       ]
     )}`)
   } finally {
