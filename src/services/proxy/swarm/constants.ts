@@ -23,7 +23,7 @@ export const MAX_CHUNKS_PER_ASK = 16
 export const CHUNKS_PER_ASK = 4
 /** requests the pull keeps open to one friend at once */
 export const PER_FRIEND_REQUESTS = 2
-/** chunks fetched ahead of what the client took: bounds the memory one request holds (32 MiB); two friends' runs in flight fill 16 */
-export const WINDOW_CHUNKS = 32
+/** chunks fetched ahead of what the client took: bounds the memory one request holds (16 MiB); two friends' runs in flight fill it */
+export const WINDOW_CHUNKS = 16
 /** streams a node answers at once on the swarm protocol */
 export const MAX_INBOUND_SWARM_STREAMS = 64
