@@ -4,11 +4,12 @@ import { pipeline } from 'node:stream/promises'
 import { request, type Dispatcher } from 'undici'
 import { KithError } from '../../errors.ts'
 import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
-import { discard, HttpError, networkError } from '../downloads/http/request.ts'
+import { discard, HttpError, networkError, one } from '../downloads/http/request.ts'
 import { sameVersion, validatorsOf } from '../downloads/http/validators.ts'
 import type { CacheEntry, ProxyCache } from './cache.ts'
 import { serviceFor } from './content-kind.ts'
 import type { ProxyQuery } from './query.ts'
+import { drained } from './drained.ts'
 import { fromStart, parseRange, resolveRange } from './range.ts'
 import { REVALIDATE_TIMEOUT_MS } from './constants.ts'
 import type { Swarm } from './swarm/index.ts'
@@ -240,19 +241,6 @@ async function fromCache (res: ServerResponse, file: FileHandle, entry: CacheEnt
 function cacheFailed (err: unknown): null {
   console.error(`kith proxy: the cache could not keep a file: ${(err as Error).message}`)
   return null
-}
-
-/** Until the client took what was written (or went away); listeners removed, as a body has many chunks. */
-async function drained (res: ServerResponse): Promise<void> {
-  await new Promise<void>(resolve => {
-    const done = (): void => { res.off('drain', done); res.off('close', done); resolve() }
-    res.on('drain', done)
-    res.on('close', done)
-  })
-}
-
-function one (value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value
 }
 
 function numberOf (value: string | string[] | undefined): number | null {

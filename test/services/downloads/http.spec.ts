@@ -2,8 +2,6 @@ import { spawn } from 'node:child_process'
 import { randomBytes, createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer, type Server } from 'node:http'
-import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -17,6 +15,7 @@ import { WriteCache } from '../../../src/services/downloads/http/write-cache.ts'
 import { RangeSet } from '../../../src/services/downloads/http/ranges.ts'
 import { backoffMs, parseRetryAfter } from '../../../src/services/downloads/http/retry.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
+import { startConnectProxy } from '../../helpers/connect-proxy.ts'
 import { startDnsServer } from '../../helpers/dns-server.ts'
 import { startFaultServer, type Fault, type FaultServer } from '../../helpers/fault-server.ts'
 import { needsNginx, startNginx, type Nginx } from '../../helpers/nginx.ts'
@@ -364,22 +363,7 @@ describe('HTTP engine against a faulty server', () => {
   })
 
   it('goes through the HTTP proxy the settings name, unless NO_PROXY names the host', async () => {
-    const tunnels: string[] = []
-    const proxy: Server = createServer()
-    proxy.on('connect', (req, client, head) => {
-      tunnels.push(req.url ?? '')
-      const [host, port] = (req.url ?? '').split(':')
-      const upstream = connect(Number(port), host, () => {
-        client.write('HTTP/1.1 200 Connection Established\r\n\r\n')
-        upstream.write(head)
-        upstream.pipe(client).pipe(upstream)
-      })
-      upstream.on('error', () => client.destroy())
-      client.on('error', () => upstream.destroy())
-    })
-    proxy.listen(0, '127.0.0.1')
-    await once(proxy, 'listening')
-    const proxyUrl = `http://127.0.0.1:${(proxy.address() as { port: number }).port}`
+    const { url: proxyUrl, tunnels, stop } = await startConnectProxy()
     try {
       const path = serve(a)
       const result = await download(server.url + path, newRun(), { connections: 2, settings: { proxy: { http: proxyUrl, https: null, all: null, noProxy: null } } })
@@ -390,8 +374,7 @@ describe('HTTP engine against a faulty server', () => {
       expect(tunnels).toEqual([])
       expect(await codeOf(download(server.url + path, newRun(), { settings: { proxy: { http: null, https: null, all: 'socks5://127.0.0.1:1080', noProxy: null } } }))).toBe('PROXY_UNSUPPORTED')
     } finally {
-      proxy.closeAllConnections()
-      proxy.close()
+      await stop()
     }
   })
 

@@ -214,6 +214,7 @@ function clean (name: string | undefined): string | undefined {
   return base == null || base === '' || base === '.' || base === '..' ? undefined : base
 }
 
-function one (value: string | string[] | undefined): string | undefined {
+/** The first value of a header node:http or undici may give as a list. */
+export function one (value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value
 }

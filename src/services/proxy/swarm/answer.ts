@@ -3,9 +3,10 @@ import { randomInt } from 'node:crypto'
 import { request, type Dispatcher } from 'undici'
 import { KithError } from '../../../errors.ts'
 import type { BandwidthScheduler, Flow } from '../../../transfer/scheduler/index.ts'
-import { discard } from '../../downloads/http/request.ts'
+import { discard, one } from '../../downloads/http/request.ts'
 import { ifRangeOf, validatorsOf, type Validators } from '../../downloads/http/validators.ts'
 import type { ProxyCache } from '../cache.ts'
+import { drained } from '../drained.ts'
 import type { ProxyService } from '../query.ts'
 import { resolveRange, type ByteRange } from '../range.ts'
 import { chunkMatches, chunkSpan, type HashList } from './hash-list.ts'
@@ -187,17 +188,4 @@ async function body (answer: Dispatcher.ResponseData, list: HashList, index: num
     parts.push(part)
   }
   return Buffer.concat(parts)
-}
-
-/** Until the client took what was written (or went away). */
-async function drained (res: ServerResponse): Promise<void> {
-  await new Promise<void>(resolve => {
-    const done = (): void => { res.off('drain', done); res.off('close', done); resolve() }
-    res.on('drain', done)
-    res.on('close', done)
-  })
-}
-
-function one (value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value
 }
