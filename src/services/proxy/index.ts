@@ -14,13 +14,12 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { join } from 'node:path'
 import { rm } from 'node:fs/promises'
-import { interceptors, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { asKithError, KithError } from '../../errors.ts'
 import { sublevel, type Database } from '../../peer/database.ts'
 import { writeFileAtomic } from '../../peer/home.ts'
 import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
 import type { ConfigFile } from '../engine/index.ts'
-import { makeDispatcher } from '../downloads/http/dispatcher.ts'
 import { MAX_REDIRECTS } from '../downloads/http/constants.ts'
 import { queueSettings } from '../downloads/settings.ts'
 import type { DownloadSettings } from '../downloads/addon.ts'
@@ -29,7 +28,6 @@ import { ProxyCache, type CacheEntry } from './cache.ts'
 import { CACHE_DIR, MAX_CONNECTIONS, PROXY_INFO } from './constants.ts'
 import { checkCaller, checkOriginHost, originGuard } from './guard.ts'
 import { parseProxyQuery } from './query.ts'
-import { OriginStatus, serve } from './serve.ts'
 import { proxySettings, type ProxySettings } from './settings.ts'
 import { Swarm, type SwarmInit, type SwarmStats } from './swarm/index.ts'
 
@@ -54,9 +52,19 @@ export interface ProxyInfo {
   swarm: SwarmStats | null
 }
 
+/** What answers a /proxy request from the origin (and friends), loaded on first use. */
+interface OriginSide {
+  dispatcher: Dispatcher
+  serve: typeof import('./serve.ts').serve
+  OriginStatus: typeof import('./serve.ts').OriginStatus
+}
+
 export class ProxyService {
   private readonly server: Server
-  private readonly dispatcher: Dispatcher
+  private readonly network: DownloadSettings
+  /** the origin side, loaded by the first /proxy request (originSide) */
+  private origin: Promise<OriginSide> | null = null
+  private loaded: OriginSide | null = null
   private readonly cache: ProxyCache
   private readonly settings: ProxySettings
   private readonly swarm: Swarm | null
@@ -64,10 +72,10 @@ export class ProxyService {
   private readonly stopping = new AbortController()
   private port = 0
 
-  private constructor (server: Server, dispatcher: Dispatcher, cache: ProxyCache, settings: ProxySettings, swarm: Swarm | null, infoPath: string) {
+  private constructor (server: Server, network: DownloadSettings, cache: ProxyCache, settings: ProxySettings, swarm: Swarm | null, infoPath: string) {
     this.server = server
     this.swarm = swarm
-    this.dispatcher = dispatcher
+    this.network = network
     this.cache = cache
     this.settings = settings
     this.infoPath = infoPath
@@ -78,7 +86,6 @@ export class ProxyService {
     const settings = proxySettings(init.config?.proxy, configPath)
     // the HTTP engine's network settings (proxies, IPv6, DNS, timeouts), with the private-origin guard on each connection
     const network = init.network ?? queueSettings(init.config?.downloads, configPath).network
-    const dispatcher = makeDispatcher(network, originGuard(settings.allowPrivateOrigins)).compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
     const swarm = init.friends != null ? await Swarm.start({ ...init.friends, db: init.db, bandwidth: init.bandwidth, serve: settings.serveFriends }) : null
     const cache = await ProxyCache.open({
       level: sublevel<CacheEntry>(init.db, 'proxy-cache'),
@@ -93,7 +100,7 @@ export class ProxyService {
     })
     const server = createServer()
     server.maxConnections = MAX_CONNECTIONS
-    const service = new ProxyService(server, dispatcher, cache, settings, swarm, join(init.home, PROXY_INFO))
+    const service = new ProxyService(server, network, cache, settings, swarm, join(init.home, PROXY_INFO))
     server.on('request', (req, res) => {
       service.handle(req, res, init.bandwidth).catch(err => service.fail(res, asKithError(err)))
     })
@@ -130,7 +137,8 @@ export class ProxyService {
     this.server.closeAllConnections()
     await new Promise<void>(resolve => this.server.close(() => resolve()))
     await this.swarm?.stop()
-    await this.dispatcher.close().catch(() => {})
+    const origin = await this.origin?.catch(() => null)
+    await origin?.dispatcher.close().catch(() => {})
     await rm(this.infoPath, { force: true })
   }
 
@@ -143,7 +151,24 @@ export class ProxyService {
     if (req.method !== 'GET' && req.method !== 'HEAD') throw new KithError('PROXY_METHOD', `the proxy answers GET and HEAD, not ${req.method ?? ''}`)
     const query = parseProxyQuery(q < 0 ? '' : raw.slice(q + 1))
     for (const url of query.urls) checkOriginHost(url, this.settings.allowPrivateOrigins)
-    await serve(req, res, query, { dispatcher: this.dispatcher, cache: this.cache, bandwidth, signal: this.stopping.signal, swarm: this.swarm })
+    const { serve, dispatcher } = await this.originSide()
+    await serve(req, res, query, { dispatcher, cache: this.cache, bandwidth, signal: this.stopping.signal, swarm: this.swarm })
+  }
+
+  /**
+   * undici, the HTTP engine's dispatcher and serve.ts, loaded by the first
+   * /proxy request rather than at start: most daemons never proxy, and
+   * undici alone costs a daemon's start ~0.2 s of CPU and its idle memory
+   * some MB (it also loads Node's own copy of undici).
+   */
+  private async originSide (): Promise<OriginSide> {
+    this.origin ??= (async () => {
+      const [{ interceptors }, { makeDispatcher }, { serve, OriginStatus }] = await Promise.all([import('undici'), import('../downloads/http/dispatcher.ts'), import('./serve.ts')])
+      const dispatcher = makeDispatcher(this.network, originGuard(this.settings.allowPrivateOrigins)).compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
+      this.loaded = { dispatcher, serve, OriginStatus }
+      return this.loaded
+    })()
+    return await this.origin
   }
 
   /** An error as its status and a small JSON body with the stable code; once bytes went, a cut connection. */
@@ -152,7 +177,7 @@ export class ProxyService {
     if (res.headersSent || res.destroyed) { res.destroy(); return }
     const body = JSON.stringify({ error: err.toJSON() }) + '\n'
     res.writeHead(err.status, {
-      ...(err instanceof OriginStatus ? err.headers : {}),
+      ...(this.loaded != null && err instanceof this.loaded.OriginStatus ? err.headers : {}),
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
       'x-kith-error': err.code,
