@@ -4,21 +4,19 @@
  * Each blob starts at one of its hosts (rotated by its id, so a restore reads
  * from all of them) and waits in that host's queue; a get-many leaves as soon
  * as fewer than REQUESTS_PER_HOST are in flight to that host, carrying what
- * waits (up to BATCH_BYTES), so requests grow when the host is the
+ * waits (up to BATCH_BYTES, batch.ts), so requests grow when the host is the
  * bottleneck. Every blob is checked as fetchBlob checks it (the client the
  * sealed id, openBlob the seal and the keyed id); a host that fails a blob,
  * or the whole request, hands it to the next of its hosts.
  */
 import { KithError, asKithError } from '../../errors.ts'
+import { takeBatch } from './batch.ts'
 import { openBlob } from './blob.ts'
 import type { BlobKind, BlobRecord } from './owner-index.ts'
 import { unlessBusy, type BackupParts } from './parts.ts'
-import { MAX_MANY_BLOBS } from './wire.ts'
 
 /** get-many requests in flight to one host (a host serves 8 requests of one owner at once). */
 const REQUESTS_PER_HOST = 3
-/** A get-many asks for about this many sealed bytes at most (the host's limit is MAX_MANY_BYTES). */
-const BATCH_BYTES = 2 * 1024 * 1024
 
 interface Want {
   id: string
@@ -70,13 +68,7 @@ export class BlobGetter {
 
   private pump (host: string, queue: HostQueue): void {
     while (queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
-      let bytes = 0
-      let count = 0
-      while (count < queue.waiting.length && count < MAX_MANY_BLOBS && (count === 0 || bytes + queue.waiting[count]!.record.size <= BATCH_BYTES)) {
-        bytes += queue.waiting[count]!.record.size
-        count++
-      }
-      const batch = queue.waiting.splice(0, count)
+      const batch = takeBatch(queue.waiting, w => w.record.size)
       queue.inFlight++
       void this.send(host, batch).finally(() => {
         queue.inFlight--

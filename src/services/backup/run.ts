@@ -19,13 +19,13 @@ import { KithError, asKithError } from '../../errors.ts'
 import { BACKUP_CDC_SIZES, cdcChunks } from '../../transfer/cdc.ts'
 import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
 import { auditRoot } from './audit-tree.ts'
+import { takeBatch } from './batch.ts'
 import { blobId, sealBlob } from './blob.ts'
 import { ByteBudget } from './budget.ts'
 import type { RunFiles } from './file-cache.ts'
 import type { BlobKind, SnapshotRecord } from './owner-index.ts'
 import { unlessBusy, type BackupParts } from './parts.ts'
 import type { PutStatus } from './protocol.ts'
-import { MAX_MANY_BLOBS } from './wire.ts'
 import { encodeSnapshot, type SnapshotStats } from './snapshot.ts'
 import { encodeTree, micros, type TreeEntry } from './tree.ts'
 
@@ -34,8 +34,6 @@ import { encodeTree, micros, type TreeEntry } from './tree.ts'
  * bound for placing (each copy shares one buffer). The walk waits for room.
  */
 const IN_FLIGHT_BYTES = 8 * 1024 * 1024
-/** A put-many carries about this many sealed bytes (or MAX_MANY_BLOBS blobs) at most. */
-const BATCH_BYTES = 2 * 1024 * 1024
 /** put-many requests in flight to one host (a host serves 8 requests of one owner at once). */
 const REQUESTS_PER_HOST = 3
 /** How often progress is reported, ms. */
@@ -272,13 +270,7 @@ class Placer {
       return
     }
     while (queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
-      let bytes = 0
-      let count = 0
-      while (count < queue.waiting.length && count < MAX_MANY_BLOBS && (count === 0 || bytes + queue.waiting[count]!.sealed.length <= BATCH_BYTES)) {
-        bytes += queue.waiting[count]!.sealed.length
-        count++
-      }
-      const batch = queue.waiting.splice(0, count)
+      const batch = takeBatch(queue.waiting, w => w.sealed.length)
       queue.inFlight++
       void this.send(host, batch).finally(() => {
         queue.inFlight--

@@ -1,0 +1,29 @@
+import { describe, expect, it } from 'vitest'
+import { BATCH_BYTES, takeBatch } from '../../../src/services/backup/batch.ts'
+import { MAX_MANY_BLOBS } from '../../../src/services/backup/wire.ts'
+
+describe('takeBatch: what one put-many or get-many carries', () => {
+  const size = (n: number): number => n
+
+  it('takes from the front up to BATCH_BYTES, leaving the rest waiting in order', () => {
+    const half = BATCH_BYTES / 2
+    const waiting = [half, half, 1, 5]
+    expect(takeBatch(waiting, size)).toEqual([half, half])
+    expect(waiting).toEqual([1, 5])
+    expect(takeBatch(waiting, size)).toEqual([1, 5])
+    expect(waiting).toEqual([])
+    expect(takeBatch(waiting, size)).toEqual([])
+  })
+
+  it('takes one item bigger than BATCH_BYTES alone, never none', () => {
+    const waiting = [BATCH_BYTES * 3, 1]
+    expect(takeBatch(waiting, size)).toEqual([BATCH_BYTES * 3])
+    expect(waiting).toEqual([1])
+  })
+
+  it('takes at most MAX_MANY_BLOBS items however small', () => {
+    const waiting = new Array<number>(MAX_MANY_BLOBS + 10).fill(1)
+    expect(takeBatch(waiting, size)).toHaveLength(MAX_MANY_BLOBS)
+    expect(waiting).toHaveLength(10)
+  })
+})
