@@ -417,7 +417,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
       stream = await init.libp2p.dialProtocol(peerId, BACKUP_PROTOCOL, { signal: limit.signal })
     } catch (err) {
       limit.clear()
-      throw new KithError('FRIEND_OFFLINE', `can't reach backup host ${host} (${(err as Error).message}); they may be offline`, { cause: err })
+      throw new KithError('FRIEND_OFFLINE', `can't reach backup host ${host} (${whyOf(err)}); they may be offline`, { cause: err })
     }
     const io = new Framed(stream, init.bandwidth, host, MAX_RECORD_SIZE, limit.signal)
     const signal = io.signal
@@ -438,7 +438,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
       stream.abort(err as Error)
       if (err instanceof KithError) throw err
       if (signal.aborted && outer?.aborted === true) throw new KithError('FETCH_ABORTED', `${what} was cancelled`, { cause: err })
-      throw new KithError('FRIEND_OFFLINE', `the connection to backup host ${host} broke during ${what} (${(err as Error).message})`, { cause: err })
+      throw new KithError('FRIEND_OFFLINE', `the connection to backup host ${host} broke during ${what} (${whyOf(err)})`, { cause: err })
     } finally {
       io.close()
       limit.clear()
@@ -603,4 +603,11 @@ export function backupClient (init: BackupClientInit): BackupClient {
     }
   }
   return client
+}
+
+/** What a failure says: libp2p may fail a dial with something that is not an Error (a run once printed "(undefined)"). */
+function whyOf (err: unknown): string {
+  if (err instanceof Error && err.message !== '') return err.message
+  const code = (err as { code?: unknown, name?: unknown } | null)?.code ?? (err as { name?: unknown } | null)?.name
+  return typeof code === 'string' ? code : String(err)
 }
