@@ -83,6 +83,8 @@ export const ERROR_CODES = {
   SHARE_UNKNOWN: 404,
   SHARE_NOT_GRANTED: 403,
   FRIEND_OFFLINE: 503,
+  /** the connection a stream was being opened on closed under it (src/peer/dial.ts) */
+  CONNECTION_CLOSED: 503,
   /** the friend is online, but only through a relay whose budget limits the connection: files don't move there */
   FRIEND_RELAY_LIMITED: 503,
   TRANSFER_UNKNOWN: 404,
