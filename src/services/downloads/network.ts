@@ -9,6 +9,7 @@
 import { KithError } from '../../errors.ts'
 import type { DownloadSettings } from './addon.ts'
 import { serverLookup } from './http/dispatcher.ts'
+import { exempt } from './no-proxy.ts'
 
 /** the address family to connect with: 4 when IPv6 is switched off, else either (0) */
 export function family (settings: DownloadSettings): 0 | 4 {
@@ -33,7 +34,8 @@ export async function connectAddress (host: string, settings: DownloadSettings):
 
 /**
  * The proxy for a URL that is not http(s): ALL_PROXY (downloads.proxy.all)
- * applies to every other scheme, unless NO_PROXY names the host; null for none.
+ * applies to every other scheme, unless NO_PROXY names the host (no-proxy.ts);
+ * null for none.
  */
 export function proxyFor (url: URL, settings: DownloadSettings): string | null {
   const proxy = settings.proxy.all
@@ -44,25 +46,4 @@ export function proxyFor (url: URL, settings: DownloadSettings): string | null {
 export function proxyRefused (url: URL, proxy: string, what: string): KithError {
   return new KithError('PROXY_UNSUPPORTED', `ALL_PROXY (or downloads.proxy.all) is ${proxy}, and kith's ${what} downloads can't go through it; ` +
     `to connect to ${url.hostname} directly, add it to NO_PROXY (or downloads.proxy.noProxy in config.json)`)
-}
-
-/**
- * Whether NO_PROXY names the URL's host, as curl reads it: entries split by
- * commas or spaces, `*` for every host, a name for itself and the names under
- * it (`.example.org` and `*.example.org` too), an optional `:port`.
- */
-export function exempt (url: URL, noProxy: string | null): boolean {
-  if (noProxy == null) return false
-  const host = url.hostname.replace(/^\[|\]$/g, '').toLowerCase()
-  return noProxy.split(/[\s,]+/).filter(Boolean).some(raw => {
-    if (raw === '*') return true
-    let entry = raw.toLowerCase()
-    let port: string | undefined
-    const bracketed = /^\[(.+)\](?::(\d+))?$/.exec(entry)
-    if (bracketed != null) [entry, port] = [bracketed[1]!, bracketed[2]]
-    else if (/^[^:]+:\d+$/.test(entry)) [entry, port] = entry.split(':') as [string, string]
-    if (port !== undefined && port !== url.port) return false
-    entry = entry.replace(/^\*?\./, '')
-    return host === entry || host.endsWith(`.${entry}`)
-  })
 }

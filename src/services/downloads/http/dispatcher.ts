@@ -1,7 +1,8 @@
 import { Resolver } from 'node:dns'
 import { isIP, type LookupFunction } from 'node:net'
-import { buildConnector, EnvHttpProxyAgent, type Dispatcher } from 'undici'
+import { Agent, buildConnector, Dispatcher, ProxyAgent } from 'undici'
 import { KithError } from '../../../errors.ts'
+import { exempt } from '../no-proxy.ts'
 import type { DownloadSettings } from '../addon.ts'
 
 /**
@@ -25,15 +26,68 @@ export function makeDispatcher (settings: DownloadSettings, guard?: ConnectGuard
   const family = settings.ipv6 ? 0 : 4
   const lookup = settings.dns.length > 0 ? serverLookup(settings.dns) : undefined
   const connect = { timeout: settings.connectTimeoutMs, family, ...(lookup != null ? { lookup } : {}) }
-  return new EnvHttpProxyAgent({
-    // '' (not undefined) so undici does not read the environment behind the settings' back
-    httpProxy: httpProxy ?? '',
-    httpsProxy: httpsProxy ?? '',
-    noProxy: noProxy ?? '',
+  const agent = {
     connect: guard != null ? guarded(buildConnector(connect), guard) : connect,
     headersTimeout: settings.readTimeoutMs,
     bodyTimeout: settings.readTimeoutMs
-  })
+  }
+  const direct = new Agent(agent)
+  if (httpProxy == null && httpsProxy == null) return direct
+  return new ProxyRouter(direct, {
+    'http:': httpProxy != null ? new ProxyAgent({ ...agent, uri: httpProxy }) : direct,
+    'https:': httpsProxy != null ? new ProxyAgent({ ...agent, uri: httpsProxy }) : direct
+  }, noProxy)
+}
+
+/**
+ * Each request to its scheme's proxy, or straight to the origin when NO_PROXY
+ * names its host as no-proxy.ts reads it (the reading ftp and sftp use too;
+ * undici's EnvHttpProxyAgent would match differently). Per request, not per
+ * download: a redirect may lead to another host.
+ */
+class ProxyRouter extends Dispatcher {
+  readonly #direct: Dispatcher
+  readonly #proxies: Readonly<Record<'http:' | 'https:', Dispatcher>>
+  readonly #noProxy: string | null
+
+  constructor (direct: Dispatcher, proxies: Readonly<Record<'http:' | 'https:', Dispatcher>>, noProxy: string | null) {
+    super()
+    this.#direct = direct
+    this.#proxies = proxies
+    this.#noProxy = noProxy
+  }
+
+  override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    const origin = new URL(String(options.origin))
+    const via = exempt(origin, this.#noProxy) ? this.#direct : (this.#proxies[origin.protocol as 'http:' | 'https:'] ?? this.#direct)
+    return via.dispatch(options, handler)
+  }
+
+  override close (): Promise<void>
+  override close (callback: () => void): void
+  override close (callback?: () => void): Promise<void> | void {
+    return settle(Promise.all(this.#all().map(async d => { await d.close() })), callback)
+  }
+
+  override destroy (): Promise<void>
+  override destroy (err: Error | null): Promise<void>
+  override destroy (callback: () => void): void
+  override destroy (err: Error | null, callback: () => void): void
+  override destroy (errOrCallback?: Error | null | (() => void), callback?: () => void): Promise<void> | void {
+    const err = typeof errOrCallback === 'function' ? null : (errOrCallback ?? null)
+    return settle(Promise.all(this.#all().map(async d => { await d.destroy(err) })), typeof errOrCallback === 'function' ? errOrCallback : callback)
+  }
+
+  #all (): Dispatcher[] {
+    return [...new Set([this.#direct, ...Object.values(this.#proxies)])]
+  }
+}
+
+/** undici's two call styles: a promise, or a callback when one is given */
+function settle (work: Promise<unknown>, callback: (() => void) | undefined): Promise<void> | void {
+  const done = work.then(() => {})
+  if (callback == null) return done
+  void done.then(callback, callback)
 }
 
 /** Looks at a connection just made: an Error refuses it (the request fails with that error). */
