@@ -5,6 +5,7 @@ import { syncDir } from '../../peer/home.ts'
 import type { Sublevel } from '../../peer/database.ts'
 import type { Validators } from '../downloads/http/validators.ts'
 import { ChunkHasher } from './swarm/hash-list.ts'
+import { CACHE_WRITE_BATCH, MAX_CACHE_UNWRITTEN } from './constants.ts'
 
 /**
  * What the proxy fetched whole, kept for the next request of the same URL
@@ -144,7 +145,13 @@ export class ProxyCache {
   }
 }
 
-/** Bytes of one fetch on their way into the cache: hashed as written; committed only whole. */
+/**
+ * Bytes of one fetch on their way into the cache: hashed as they are
+ * given, written to the partial in batches behind the caller's back (one
+ * writev of CACHE_WRITE_BATCH bytes, not one write per 64 KiB socket read: the
+ * writes cost the daemon more CPU than the hashing did, and each one held
+ * the next origin bytes back from the client); committed only whole.
+ */
 export class CacheWriter {
   private readonly file: FileHandle
   private readonly partial: string
@@ -155,6 +162,14 @@ export class CacheWriter {
   private readonly chunks = new ChunkHasher()
   private written = 0
   private ended = false
+  /** bytes given and not written yet: the batch being gathered */
+  private batch: Uint8Array[] = []
+  private batched = 0
+  /** bytes given that the disk has not taken yet (the batch and the writes under way) */
+  private unwritten = 0
+  /** the writes under way, one after the other */
+  private writing: Promise<void> = Promise.resolve()
+  private failure: Error | null = null
 
   constructor (file: FileHandle, partial: string, onCommit: (sha256: string, chunks: Uint8Array) => Promise<void>, length: number) {
     this.file = file
@@ -163,14 +178,26 @@ export class CacheWriter {
     this.length = length
   }
 
+  /**
+   * Takes `chunk` (kept by reference until written: not to be reused).
+   * Resolves at once unless MAX_CACHE_UNWRITTEN bytes wait for the disk; throws
+   * when an earlier write failed.
+   */
   async write (chunk: Uint8Array): Promise<void> {
+    if (this.failure != null) throw this.failure
     this.hash.update(chunk)
     this.chunks.update(chunk)
     this.written += chunk.length
-    await this.file.write(chunk)
+    this.batch.push(chunk)
+    this.batched += chunk.length
+    this.unwritten += chunk.length
+    if (this.batched >= CACHE_WRITE_BATCH) this.flush()
+    // a disk slower than the origin slows the fetch rather than filling memory
+    if (this.unwritten > MAX_CACHE_UNWRITTEN) await this.writing
+    if (this.failure != null) throw this.failure
   }
 
-  /** every byte of the announced length written */
+  /** every byte of the announced length given */
   get complete (): boolean {
     return this.written === this.length
   }
@@ -181,6 +208,9 @@ export class CacheWriter {
     this.ended = true
     if (this.written !== this.length) { await this.drop(); return }
     try {
+      this.flush()
+      await this.writing
+      if (this.failure != null) throw this.failure
       await this.file.sync()
       await this.file.close()
       await this.onCommit(this.hash.digest('hex'), this.chunks.digest())
@@ -197,7 +227,30 @@ export class CacheWriter {
     await this.drop()
   }
 
+  /** The batch gathered so far, written after the writes under way. */
+  private flush (): void {
+    if (this.batched === 0) return
+    const batch = this.batch
+    const bytes = this.batched
+    this.batch = []
+    this.batched = 0
+    this.writing = this.writing.then(async () => {
+      try {
+        if (this.failure != null || (this.ended && this.written !== this.length)) return
+        // libuv writes every buffer (IOV_MAX at a time, again after a short write) or fails
+        const { bytesWritten } = await this.file.writev(batch)
+        if (bytesWritten !== bytes) throw new Error(`the disk took ${bytesWritten} of ${bytes} bytes`)
+      } catch (err) {
+        this.failure = err as Error
+      } finally {
+        this.unwritten -= bytes
+      }
+    })
+  }
+
   private async drop (): Promise<void> {
+    // a write under way finishes first: the file is not closed under it
+    await this.writing
     await this.file.close().catch(() => {})
     await rm(this.partial, { force: true })
   }

@@ -16,3 +16,7 @@ export const PROXY_INFO = 'proxy.json'
 export const REVALIDATE_TIMEOUT_MS = 10_000
 /** requests served at once; more wait in the kernel's accept queue */
 export const MAX_CONNECTIONS = 256
+/** bytes a cache file is written in at once (one writev): a write per 64 KiB socket read cost the daemon more CPU than hashing the bytes */
+export const CACHE_WRITE_BATCH = 1024 * 1024
+/** bytes a cache writer holds for the disk before the fetch waits for it: a slow disk slows the fetch rather than filling memory */
+export const MAX_CACHE_UNWRITTEN = 8 * 1024 * 1024
