@@ -1,5 +1,5 @@
 import { createHash, randomBytes, type Hash } from 'node:crypto'
-import { lstat, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises'
+import { lstat, readdir, rm, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
@@ -8,7 +8,7 @@ import { PARTIAL_SUFFIX } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } from './manifest.ts'
 import type { ChunkStore } from './chunk-store.ts'
 import { BufferPool } from './buffer-pool.ts'
-import { openChunk, verifySealed, type SealKeys } from './seal.ts'
+import { openChunk, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
 import { DestinationTaken, checkUnder, isPresent, makeRoot, openNoFollow, placeFile, prepareUnder } from './destination.ts'
 
 /**
@@ -137,6 +137,11 @@ export class FileAssembly {
     return this.written === this.entry.chunks.length
   }
 
+  /** `finish` was called: the file is being (or was) checked and placed. */
+  get placing (): boolean {
+    return this.finishing !== undefined
+  }
+
   /** Chunk `index` is neither written nor being written. */
   needs (index: number): boolean {
     return this.state[index] === PENDING
@@ -171,14 +176,14 @@ export class FileAssembly {
     if (this.created) return await openNoFollow(this.partial, 'existing')
     let handle: FileHandle
     try {
-      // one a killed run left: kept, since the store may hold chunks in it; every chunk is written again
-      handle = await openNoFollow(this.partial, 'existing')
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
       handle = await openNoFollow(this.partial, 'create', this.entry.executable ? 0o755 : 0o644)
       this.created = true
       return handle
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
     }
+    // one a killed run left: kept, since the store may hold chunks in it; every chunk is written again
+    handle = await openNoFollow(this.partial, 'existing')
     try {
       await handle.truncate(this.entry.size)
     } catch (err) {
@@ -191,7 +196,7 @@ export class FileAssembly {
 
   /** Every folder between the root and the file is still a real folder (see FileAssemblyOptions.root). */
   private async checkFolders (): Promise<void> {
-    if (this.root !== undefined) await checkUnder(this.root, dirname(this.dest))
+    if (this.root !== undefined) await checkFolder(this.root, dirname(this.dest))
   }
 
   /** Closes the partial's handle if nothing is using it; the next use opens it again. */
@@ -298,13 +303,43 @@ export class FileAssembly {
   }
 }
 
-interface FolderSyncs {
-  running: Promise<void> | undefined
-  /** the sync that starts once the running one ends: it covers whatever was renamed before it starts */
-  queued: Promise<void> | undefined
+/**
+ * Runs of a task per key, shared: a caller waits for a run that began after
+ * its call (so the run sees whatever the caller did before), and callers that
+ * ask while one run is under way share the one queued after it. Many small
+ * files of one folder in flight at once so cost one run, not one each.
+ */
+class SharedRuns {
+  private readonly runs = new Map<string, { running: Promise<void> | undefined, queued: Promise<void> | undefined }>()
+
+  async run (key: string, task: () => Promise<void>): Promise<void> {
+    let state = this.runs.get(key)
+    if (state === undefined) this.runs.set(key, state = { running: undefined, queued: undefined })
+    const runs = state
+    const start = async (): Promise<void> => {
+      const run = task()
+      runs.running = run
+      try {
+        await run
+      } finally {
+        if (runs.running === run) runs.running = undefined
+        if (runs.running === undefined && runs.queued === undefined && this.runs.get(key) === runs) this.runs.delete(key)
+      }
+    }
+    if (runs.queued !== undefined) return await runs.queued
+    if (runs.running === undefined) return await start()
+    const next = async (): Promise<void> => {
+      runs.queued = undefined
+      await start()
+    }
+    const queued = runs.running.then(next, next)
+    runs.queued = queued
+    await queued
+  }
 }
 
-const folderSyncs = new Map<string, FolderSyncs>()
+const folderSyncs = new SharedRuns()
+const folderChecks = new SharedRuns()
 
 /**
  * fsyncs a folder after a file was placed in it, sharing syncs: files of one
@@ -314,30 +349,15 @@ const folderSyncs = new Map<string, FolderSyncs>()
  * caller waits for.
  */
 export async function syncFolder (dir: string): Promise<void> {
-  let syncs = folderSyncs.get(dir)
-  if (syncs === undefined) folderSyncs.set(dir, syncs = { running: undefined, queued: undefined })
-  const state = syncs
-  const start = async (): Promise<void> => {
-    const sync = syncDir(dir)
-    state.running = sync
-    try {
-      await sync
-    } finally {
-      if (state.running === sync) state.running = undefined
-      if (state.running === undefined && state.queued === undefined && folderSyncs.get(dir) === state) folderSyncs.delete(dir)
-    }
-  }
-  if (state.queued !== undefined) return await state.queued
-  if (state.running === undefined) return await start()
-  const queued = state.running.then(async () => {
-    state.queued = undefined
-    await start()
-  }, async () => {
-    state.queued = undefined
-    await start()
-  })
-  state.queued = queued
-  await queued
+  await folderSyncs.run(dir, async () => { await syncDir(dir) })
+}
+
+/**
+ * `checkUnder(root, folder)`, shared like `syncFolder`: a check that began
+ * after the call, so nothing swapped in before the caller asked goes unseen.
+ */
+async function checkFolder (root: string, folder: string): Promise<void> {
+  await folderChecks.run(`${root}\0${folder}`, async () => { await checkUnder(root, folder) })
 }
 
 /** The partial file a FileAssembly for `dest` writes: named by `partialKey`, random without one. */
@@ -566,8 +586,15 @@ export class ShareAssembly {
     const position = { shareId: this.init.manifest.shareId, fileHash: first.file.entry.sha256, index: first.index }
     // a reused buffer: what is written and hashed is done with when write() resolves
     const plaintext = openChunk(this.init.keys, position, sealed, this.plaintexts)
+    /** a file of this one chunk (a small file): placed once written, its chunk recorded only there */
+    let whole: FileAssembly | undefined
     try {
       for (const [i, { file, index }] of list.entries()) {
+        if (i === 0 && file.entry.chunks.length === 1) {
+          await file.write(index, plaintext)
+          whole = file
+          continue
+        }
         // placing the file waits for this: its chunks' records move with it
         const done = Promise.withResolvers<void>()
         const pending = this.recording.get(file) ?? new Set()
@@ -587,6 +614,30 @@ export class ShareAssembly {
     } finally {
       this.plaintexts.give(plaintext)
     }
+    if (whole !== undefined) await this.placeWhole(whole, id, sealed, position)
+  }
+
+  /**
+   * Places a file of one chunk, just written, and then records the chunk as
+   * held in it: one row per small file, not one in its partial and then its
+   * move (and the file is placed by the request that brought it, so files
+   * being placed are as many as the chunks a fetch stores at once). A kill
+   * before the row costs a fetch of that chunk again (the partial is taken
+   * over) or, once placed, its row (the placed file is not offered to other
+   * friends). A file whose destination is taken waits in its partial,
+   * recorded there, so a resume reads it back instead of fetching it.
+   */
+  private async placeWhole (file: FileAssembly, id: string, sealed: Uint8Array, position: ChunkPosition): Promise<void> {
+    const ref = { offset: 0, position, owner: this.init.owner }
+    try {
+      await file.finish()
+    } catch (err) {
+      if (err instanceof DestinationTaken) await this.init.store.putInFile(id, sealed, { ...ref, path: file.partial })
+      throw err
+    }
+    // placed and complete: its size and mtime from now on say whether it was written to since
+    const info = await lstat(file.dest)
+    await this.init.store.putInFile(id, sealed, { ...ref, path: file.dest, ...(info.isFile() ? { seen: { size: info.size, mtimeMs: info.mtimeMs } } : {}) })
   }
 
   /** A placed file's chunks are wanted there no more: its places go, so a share of many files does not keep them all. */
@@ -660,7 +711,7 @@ export class ShareAssembly {
    */
   async finish (options: AbortOptions = {}): Promise<void> {
     await this.fill({ ...options, strict: true })
-    for (const file of this.files) if (file.complete) this.place(file)
+    for (const file of this.files) if (file.complete && !file.placing) this.place(file)
     for (const file of this.files) {
       // a file with no chunks (empty) is complete from the start; the rest were placed above
       await file.finish()

@@ -58,14 +58,18 @@ async function lstatOrUndefined (path: string): Promise<Stats | undefined> {
  * segment is a folder too; else it is the file's name, which may be absent
  * or a regular file (the caller decides what an existing file means) but
  * not a link (DESTINATION_LINK) or anything else (DESTINATION_EXISTS).
+ * `checked`: folders a pass over many files already made and checked, not
+ * looked at again (what is written there is checked again before it is
+ * opened and placed: `checkUnder`); the folders this call checks are added.
  */
-export async function prepareUnder (root: string, segments: string[], options: { dir?: boolean } = {}): Promise<string> {
+export async function prepareUnder (root: string, segments: string[], options: { dir?: boolean, checked?: Set<string> } = {}): Promise<string> {
   for (const segment of segments) checkSegment(segment)
   const dir = options.dir ?? false
   const folders = dir ? segments : segments.slice(0, -1)
   let at = root
   for (const segment of folders) {
     at = join(at, segment)
+    if (options.checked?.has(at) === true) continue
     let info = await lstatOrUndefined(at)
     if (info === undefined) {
       const made = await mkdir(at, { mode: 0o755 }).then(() => true, (err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err; return false })
@@ -74,6 +78,7 @@ export async function prepareUnder (root: string, segments: string[], options: {
     }
     if (info.isSymbolicLink()) throw linkRefused(at)
     if (!info.isDirectory()) throw inTheWay(at)
+    options.checked?.add(at)
   }
   if (dir) return at
   const target = join(at, segments.at(-1)!)
@@ -200,6 +205,8 @@ export async function openNoFollow (path: string, how: 'existing' | 'create' | '
     if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
     throw err
   }
+  // O_CREAT | O_EXCL made it: a new regular file
+  if (how === 'create') return handle
   try {
     if (!(await handle.stat()).isFile()) throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(path)} is in the way (it is not a regular file); move it away, then resume`)
   } catch (err) {

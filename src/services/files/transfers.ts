@@ -492,19 +492,13 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     try {
       const { manifest, key, files } = this.pinned.get(id) ?? await this.pin(record)
       this.pinned.delete(id)
-      const lengths = new Map<string, number>()
-      for (const { entry } of files) {
-        entry.chunks.forEach((chunk, index) => lengths.set(chunk, chunkLength(entry.size, manifest.chunkSize, index)))
-      }
       // files are written while their chunks arrive; chunks held from before are read back alongside
       const assembly = await this.assembly(id, manifest, key, record, files)
       // what files placed before a restart hold is done; of the rest, what the store holds is read back, not fetched
       const ids = assembly.wanted()
       // asked once here: the fetch and the read-back go by this answer
       const inStore = await heldOf(this.init.store, ids)
-      let missing = 0
-      for (const chunk of ids) if (!inStore.has(chunk)) missing += lengths.get(chunk)!
-      const held = Math.max(0, record.totalBytes - missing)
+      const held = Math.max(0, record.totalBytes - missingBytes(files, manifest.chunkSize, ids, inStore))
       const meter = new RateMeter()
       const bandwidth = this.init.bandwidth
       // friends' shares are friend traffic; one flow for the fetch, each take naming its source
@@ -660,12 +654,13 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const prepared: Array<ShareTarget | undefined> = new Array(files.length)
     // a few files at a time: a folder of many small files would otherwise wait on each one's checks in turn
     let next = 0
+    const checked = new Set<string>()
     const prepare = async (): Promise<void> => {
       while (next < files.length) {
         const at = next++
         const { entry, index, relative } = files[at]!
         const segments = [basename(record.dest), ...(relative === '' ? [] : relative.split('/'))]
-        const dest = await prepareUnder(root, segments)
+        const dest = await prepareUnder(root, segments, { checked })
         if (await compareFile(dest, entry) === 'same') {
           // placed before a restart; a kill may have come between placing it, moving its chunks' records and unlinking the partial
           const partial = sharePartialPath(dest, id, index)
@@ -700,6 +695,17 @@ async function heldOf (store: Pick<ChunkStore, 'has'>, ids: string[]): Promise<S
     batch.forEach((id, i) => { if (answers[i] === true) held.add(id) })
   }
   return held
+}
+
+/** Bytes of the chunks in `ids` the store does not hold: what the fetch still moves. */
+function missingBytes (files: Selected[], chunkSize: number, ids: string[], inStore: ReadonlySet<string>): number {
+  const lengths = new Map<string, number>()
+  for (const { entry } of files) {
+    entry.chunks.forEach((chunk, index) => lengths.set(chunk, chunkLength(entry.size, chunkSize, index)))
+  }
+  let missing = 0
+  for (const chunk of ids) if (!inStore.has(chunk)) missing += lengths.get(chunk)!
+  return missing
 }
 
 interface Selected {
