@@ -7,6 +7,7 @@ import type { Connection, Stream, PeerId, IdentifyResult } from '@libp2p/interfa
 import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../peer/request-response.ts'
+import { asError } from '../peer/dial.ts'
 import { safeText } from '../peer/safe-text.ts'
 import type { KithLibp2p } from '../peer/node.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
@@ -162,7 +163,7 @@ export async function askDialBack (libp2p: KithLibp2p, peer: PeerId, ports: numb
   try {
     stream = await connection.newStream(REACH_PROTOCOL, { signal: all })
   } catch (err) {
-    throw new KithError('FRIEND_OFFLINE', `can't ask ${peer.toString()} for a dial-back (${(err as Error).message})`, { cause: err })
+    throw new KithError('FRIEND_OFFLINE', `can't ask ${peer.toString()} for a dial-back (${asError(err, REACH_PROTOCOL).message})`, { cause: err })
   }
   const lp = lpStream(stream, { maxDataLength: MAX_REACH_MESSAGE })
   try {
@@ -545,6 +546,7 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
       if (ip == null) throw new KithError('PUNCH_REFUSED', 'no friend has told me my public address yet')
       const signal = this.controller.signal
       const stream = await relayed.newStream(PUNCH_PROTOCOL, { runOnLimitedConnection: true, signal: AbortSignal.any([signal, AbortSignal.timeout(REACH_STREAM_TIMEOUT_MS)]) })
+        .catch((err: unknown) => { throw asError(err, PUNCH_PROTOCOL) })
       // the punched connection announces itself (connection:open); presence reports it as hole-punched
       await this.libp2p.services.punch.initiate(stream, relayed, ip, { signal })
       ok = true

@@ -1,5 +1,6 @@
 import type { AbortOptions, Connection, PeerId, Stream, StreamHandler } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
+import { dialProtocol } from '../peer/dial.ts'
 import { cleanText } from '../peer/text.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
@@ -812,7 +813,7 @@ export interface GetChunksOptions extends AbortOptions {
 
 async function open (libp2p: ChunkDialer, peer: PeerId, options: AbortOptions): Promise<Stream> {
   try {
-    return await libp2p.dialProtocol(peer, CHUNK_PROTOCOL, options)
+    return await dialProtocol(libp2p, peer, CHUNK_PROTOCOL, options)
   } catch (err) {
     if (options.signal?.aborted === true) throw options.signal.reason
     throw new KithError('CHUNK_PEER_UNREACHABLE', `could not open a chunk stream to ${peer}: ${(err as Error).message}`, { cause: err })

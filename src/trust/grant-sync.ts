@@ -5,6 +5,7 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../peer/request-response.ts'
+import { dialProtocol } from '../peer/dial.ts'
 import type { KithLibp2p } from '../peer/node.ts'
 import { friendsOnly } from './gate.ts'
 import { SERVICES, type Service } from './grants.ts'
@@ -107,7 +108,7 @@ export class GrantSync {
 /** One exchange: sends what I grant `peer`, returns what they grant me. */
 export async function exchange (libp2p: KithLibp2p, peer: PeerId, grants: readonly Service[]): Promise<Service[]> {
   const signal = AbortSignal.timeout(GRANTS_TIMEOUT_MS)
-  const stream = await libp2p.dialProtocol(peer, GRANTS_PROTOCOL, { signal, runOnLimitedConnection: true })
+  const stream = await dialProtocol(libp2p, peer, GRANTS_PROTOCOL, { signal, runOnLimitedConnection: true })
   try {
     const lp = lpStream(stream, { maxDataLength: MAX_GRANTS_MESSAGE + 2048 })
     await lp.write(encodeCanonical({ v: VERSION, grants: [...grants] }), { signal })

@@ -5,6 +5,7 @@ import type { Connection, Libp2p, Stream, AbortOptions } from '@libp2p/interface
 import { KithError, isErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../peer/request-response.ts'
+import { dialProtocol } from '../peer/dial.ts'
 import { dialable, MAX_INVITE_DIALS, type DialPolicy } from '../peer/dial-policy.ts'
 import { safeText } from '../peer/safe-text.ts'
 import { checkValidity, redeemProof, displayName, isMultiaddr, type Invite, MAX_INVITE_ADDRS, MAX_ADDR_LENGTH } from './invite.ts'
@@ -142,15 +143,9 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
   try {
     if (invite.addrs.length === 0) throw new Error('the invite holds no address')
     if (addrs.length === 0) throw new Error(`none of the invite's addresses may be dialled (${refused.map(r => `${r.addr}: ${r.why}`).join('; ')})`)
-    // a few hundred bytes: may run over a relayed connection with a budget
-    const open = async (): Promise<Stream> => await libp2p.dialProtocol(addrs, REDEEM_PROTOCOL, { signal, runOnLimitedConnection: true })
-    try {
-      stream = await open()
-    } catch (err) {
-      // closed while it was being opened (a relay ending a budgeted connection, a duplicate dropped): once more
-      if ((err as Error).name !== 'ConnectionClosedError' || signal.aborted) throw err
-      stream = await open()
-    }
+    // a few hundred bytes: may run over a relayed connection with a budget; tried twice if a connection closes under it
+    // (a relay ending a budgeted connection, a duplicate dropped)
+    stream = await dialProtocol(libp2p, addrs, REDEEM_PROTOCOL, { signal, runOnLimitedConnection: true })
   } catch (err) {
     throw new KithError('INVITE_ISSUER_UNREACHABLE',
       `could not reach ${invite.name} at ${invite.addrs.join(', ') || '(no address)'}: ${reason(err)}; make sure their node is running and try again (a node that ended its friendship with you refuses your connections)`, { cause: err })

@@ -4,6 +4,7 @@ import { z } from 'zod'
 import type { AbortOptions, Connection, PeerId, Stream } from '@libp2p/interface'
 import { KithError, isErrorCode, type ErrorCode } from '../../errors.ts'
 import { MAX_FAILURE_MESSAGE } from '../../peer/request-response.ts'
+import { dialProtocol } from '../../peer/dial.ts'
 import { cleanText } from '../../peer/text.ts'
 import type { ChunkStore } from '../../transfer/chunk-store.ts'
 import { MAX_SEALED_CHUNK_SIZE } from '../../transfer/constants.ts'
@@ -396,9 +397,6 @@ export interface BackupClient {
   getRecord: (signal?: AbortSignal) => Promise<Uint8Array | null>
 }
 
-/** How long a failed dial waits before its one retry, ms. */
-const DIAL_RETRY_MS = 250
-
 /** The last counter signed for each host in this process: two requests in one millisecond still go up. */
 const lastCounters = new Map<string, number>()
 
@@ -417,13 +415,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
     const limit = deadline(REQUEST_TIMEOUT_MS, outer)
     let stream: Stream
     try {
-      stream = await init.libp2p.dialProtocol(peerId, BACKUP_PROTOCOL, { signal: limit.signal }).catch(async (err: unknown) => {
-        // once more after a moment: a dial to a host just seen online has failed once in a while (under CI, about
-        // one backup-care.spec set-up in eight) with libp2p rejecting with a bare Event; cause not found yet
-        if (limit.signal.aborted) throw err
-        await new Promise(resolve => setTimeout(resolve, DIAL_RETRY_MS))
-        return await init.libp2p.dialProtocol(peerId, BACKUP_PROTOCOL, { signal: limit.signal })
-      })
+      stream = await dialProtocol(init.libp2p, peerId, BACKUP_PROTOCOL, { signal: limit.signal })
     } catch (err) {
       limit.clear()
       throw new KithError('FRIEND_OFFLINE', `can't reach backup host ${host} (${whyOf(err)}); they may be offline`, { cause: err })

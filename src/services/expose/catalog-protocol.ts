@@ -4,6 +4,7 @@ import type { AbortOptions, PeerId, Stream } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../../peer/request-response.ts'
+import { dialProtocol } from '../../peer/dial.ts'
 import { safeText } from '../../peer/safe-text.ts'
 import { isServiceName } from './names.ts'
 import { CATALOG_PROTOCOL, CATALOG_TIMEOUT_MS, MAX_CATALOG_REQUEST, MAX_CATALOG_RESPONSE, MAX_DESCRIPTION_LENGTH, MAX_EXPOSED } from './constants.ts'
@@ -55,9 +56,9 @@ export async function askCatalog (dialer: Dialer, peer: PeerId, options: AbortOp
   const signal = options.signal ?? AbortSignal.timeout(CATALOG_TIMEOUT_MS)
   let stream: Stream
   try {
-    stream = await dialer.dialProtocol(peer, CATALOG_PROTOCOL, { signal, runOnLimitedConnection: true })
+    stream = await dialProtocol(dialer, peer, CATALOG_PROTOCOL, { signal, runOnLimitedConnection: true })
   } catch (err) {
-    throw new KithError('FRIEND_OFFLINE', `can't ask them (${(err as Error).message || (err as Error).name}); they may be offline, or run a kith without friend services`, { cause: err })
+    throw new KithError('FRIEND_OFFLINE', `can't ask them (${(err as Error).message}); they may be offline, or run a kith without friend services`, { cause: err })
   }
   const lp = lpStream(stream, { maxDataLength: MAX_CATALOG_RESPONSE })
   try {

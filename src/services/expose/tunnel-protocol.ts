@@ -3,6 +3,7 @@ import type { AbortOptions, PeerId, Stream } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../peer/canonical.ts'
 import { failureSchema, MAX_FAILURE_MESSAGE } from '../../peer/request-response.ts'
+import { dialProtocol } from '../../peer/dial.ts'
 import { cleanText } from '../../peer/text.ts'
 import { Inbox, frameHeader } from './inbox.ts'
 import { isServiceName } from './names.ts'
@@ -71,9 +72,9 @@ export interface OpenedTunnel {
 export async function openTunnel (dialer: Dialer, peer: PeerId, service: string, signal: AbortSignal): Promise<OpenedTunnel> {
   let stream: Stream
   try {
-    stream = await dialer.dialProtocol(peer, TUNNEL_PROTOCOL, { signal, runOnLimitedConnection: true, maxOutboundStreams: MAX_OUTBOUND_TUNNEL_STREAMS })
+    stream = await dialProtocol(dialer, peer, TUNNEL_PROTOCOL, { signal, runOnLimitedConnection: true, maxOutboundStreams: MAX_OUTBOUND_TUNNEL_STREAMS })
   } catch (err) {
-    throw new KithError('FRIEND_OFFLINE', `can't reach them (${(err as Error).message || (err as Error).name}); they may be offline, or not offering services to you`, { cause: err })
+    throw new KithError('FRIEND_OFFLINE', `can't reach them (${(err as Error).message}); they may be offline, or not offering services to you`, { cause: err })
   }
   const inbox = new Inbox(stream, HIGH_WATER)
   try {

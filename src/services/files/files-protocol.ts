@@ -4,6 +4,7 @@ import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface
 import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../../peer/request-response.ts'
+import { dialProtocol } from '../../peer/dial.ts'
 import { safeText } from '../../peer/safe-text.ts'
 import { wrapKey } from '../../peer/key-wrap.ts'
 import { MAX_MANIFEST_BYTES } from '../../transfer/constants.ts'
@@ -76,7 +77,7 @@ async function ask<T> (dialer: Dialer, peer: PeerId, request: unknown, schema: z
   const signal = options.signal ?? AbortSignal.timeout(FILES_TIMEOUT_MS)
   let stream: Stream
   try {
-    stream = await dialer.dialProtocol(peer, FILES_PROTOCOL, { signal })
+    stream = await dialProtocol(dialer, peer, FILES_PROTOCOL, { signal })
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't reach ${peer.toString()} (${(err as Error).message}); they may be offline, or haven't granted you files`, { cause: err })
   }

@@ -4,6 +4,7 @@ import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface
 import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
 import { failureSchema, serveOnce } from '../../peer/request-response.ts'
+import { dialProtocol } from '../../peer/dial.ts'
 import { parseAddressRecord, type AddressRecord } from '../../peer/address-record.ts'
 import { LOCATE_PROTOCOL, LOCATE_PROTOCOL_VERSION as VERSION, MAX_LOCATE_MESSAGE, LOCATE_STREAM_TIMEOUT_MS } from './constants.ts'
 
@@ -64,7 +65,7 @@ async function exchange<T> (dialer: Dialer, peer: PeerId, request: unknown, sche
   let stream: Stream
   try {
     // one small record each way: may run over a relayed connection with a budget
-    stream = await dialer.dialProtocol(peer, LOCATE_PROTOCOL, { signal, runOnLimitedConnection: true })
+    stream = await dialProtocol(dialer, peer, LOCATE_PROTOCOL, { signal, runOnLimitedConnection: true })
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't open the locate protocol with ${peer.toString()} (${(err as Error).message})`, { cause: err })
   }

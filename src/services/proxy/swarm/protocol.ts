@@ -4,6 +4,7 @@ import type { Connection, PeerId, Stream, AbortOptions } from '@libp2p/interface
 import { KithError, isErrorCode } from '../../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../../peer/canonical.ts'
 import { failureSchema, serveOnce, TRAILER } from '../../../peer/request-response.ts'
+import { dialProtocol } from '../../../peer/dial.ts'
 import type { BandwidthScheduler } from '../../../transfer/scheduler/index.ts'
 import { MAX_URL_LENGTH } from '../../downloads/constants.ts'
 import { MAX_CLASS_URLS } from '../constants.ts'
@@ -99,7 +100,7 @@ async function open<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, sch
   const signal = AbortSignal.any([options.signal ?? new AbortController().signal, AbortSignal.timeout(SWARM_TIMEOUT_MS)])
   let stream: Stream
   try {
-    stream = await dialer.dialProtocol(peer, SWARM_PROTOCOL, { signal })
+    stream = await dialProtocol(dialer, peer, SWARM_PROTOCOL, { signal })
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't ask ${peer.toString()} (${(err as Error).message}); they may be offline, not serve the swarm, or not grant you files`, { cause: err })
   }
