@@ -30,7 +30,7 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *   multi     one friend fetches it from three friends at once (the owner and
  *             two friends who fetched it before), uncapped and with each
  *             source capped by `kith start --max-upload`
- *   smallfiles BENCH_SMALL_FILES (45,000) files of 4 KiB shared and fetched
+ *   smallfiles BENCH_SMALL_FILES (100,000) files of 4 KiB shared and fetched
  *             whole by a friend, against `tar | tar` of the same tree;
  *             files per second and peak RSS of both daemons (bench/smallfiles.ts)
  *   cli       how fast `kith status`, `friends`, `transfers`, `--help` answer,
@@ -90,7 +90,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|smallfiles|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128 BENCH_SMALL_FILES=45000 BENCH_PIN=1')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|smallfiles|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128 BENCH_SMALL_FILES=100000 BENCH_PIN=1')
       process.exit(0)
     }
     let value: string | undefined
@@ -531,7 +531,7 @@ async function main (): Promise<void> {
     const pathCeiling = sections.has('fetch') ? await ceiling('chunk-path', 'ceiling (c) chunk path on (b)', src, work) : NaN
     if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, pathCeiling, work)
     // smallfiles (bench/smallfiles.ts): many small files shared and fetched against tar | tar; prints its own table
-    if (sections.has('smallfiles')) await smallFilesBench(log, work, Math.round(envInt('BENCH_SMALL_FILES', 45_000)), CPU_PROF)
+    if (sections.has('smallfiles')) await smallFilesBench(log, work, Math.round(envInt('BENCH_SMALL_FILES', 100_000)), CPU_PROF)
     // reachability (bench/reachability.ts): BENCH_MOVES (10) moves per figure
     if (sections.has('reachability')) reachRows.push(...await reachabilityBench(log, Math.round(envInt('BENCH_MOVES', 10))))
     // scheduler (bench/scheduler.ts): shares, cap accuracy, ETA error; prints its own table

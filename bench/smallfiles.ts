@@ -6,8 +6,7 @@ import { cpuSeconds, fmt, MB, peakRss, resetPeakRss, run, table } from './lib.ts
 
 /**
  * The small-files section of `npm run bench` (`--section smallfiles`): a
- * share of BENCH_SMALL_FILES (45,000) files of 4 KiB, in folders of 1,000
- * (a share holds at most MAX_ENTRIES, 50,000, files and folders),
+ * share of BENCH_SMALL_FILES (100,000) files of 4 KiB, in folders of 1,000,
  * shared by one daemon and fetched whole by a friend on 127.0.0.1, against a
  * local `tar -cf - | tar -xf -` copy of the same tree (the ceiling: no
  * network, no crypto, no verification):

@@ -42,16 +42,18 @@ export const ID_LENGTH = 32
 
 /**
  * A whole encoded manifest (envelope included), checked before any decoding.
- * 8 MiB holds MAX_CHUNKS ids (4 MiB) plus MAX_ENTRIES entries of typical
- * length; a larger tree should be shared as several shares.
+ * 16 MiB holds MAX_CHUNKS ids (4 MiB) plus MAX_ENTRIES entries of typical
+ * length (about 100 bytes each with a 20-byte path; a tree of long paths
+ * meets this limit first); a larger tree should be shared as several shares.
  */
-export const MAX_MANIFEST_BYTES = 8 * MiB
+export const MAX_MANIFEST_BYTES = 16 * MiB
 
 /**
- * Files and folders in one manifest. Bounds the work of validating paths and
- * the memory of the decoded tree; a photo library of 50 000 files fits.
+ * Files and folders in one manifest: as many as chunks (a small file is one
+ * chunk). Bounds the work of validating paths and the memory of the decoded
+ * tree (about 40 MB at the limit); a photo library of 100 000 files fits.
  */
-export const MAX_ENTRIES = 50_000
+export const MAX_ENTRIES = 128 * 1024
 
 /**
  * Chunks in one manifest, summed over its files: 4 MiB of chunk ids. At the

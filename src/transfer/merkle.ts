@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto'
+import { createHash, hash, timingSafeEqual } from 'node:crypto'
 import { ID_LENGTH } from './constants.ts'
 
 /**
@@ -18,15 +18,22 @@ import { ID_LENGTH } from './constants.ts'
  * Leaves are passed as one buffer of concatenated 32-byte ids.
  */
 
-const LEAF = Buffer.from([0x00])
-const NODE = Buffer.from([0x01])
+// One-shot hashes of a prefix and the ids copied into one scratch buffer:
+// a Hash object per leaf and node cost most of decoding a manifest of many
+// small files (about 30 µs each, 200,000 of them for 100,000 files).
+const scratch = Buffer.alloc(1 + 2 * ID_LENGTH)
 
 function leafHash (id: Uint8Array): Buffer {
-  return createHash('sha256').update(LEAF).update(id).digest()
+  scratch[0] = 0x00
+  scratch.set(id, 1)
+  return hash('sha256', scratch.subarray(0, 1 + ID_LENGTH), 'buffer')
 }
 
 function nodeHash (left: Uint8Array, right: Uint8Array): Buffer {
-  return createHash('sha256').update(NODE).update(left).update(right).digest()
+  scratch[0] = 0x01
+  scratch.set(left, 1)
+  scratch.set(right, 1 + ID_LENGTH)
+  return hash('sha256', scratch, 'buffer')
 }
 
 function checkLeaves (ids: Uint8Array): number {

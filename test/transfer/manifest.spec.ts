@@ -143,6 +143,19 @@ describe('manifest limits', () => {
     expect(decodeManifest(signed(wireBody([], { cs: MAX_CHUNK_SIZE }))).chunkSize).toBe(MAX_CHUNK_SIZE)
   })
 
+  it('has room in MAX_MANIFEST_BYTES for 100,000 small files in folders of 1,000 (the small-files bench)', () => {
+    const list: Wire[] = []
+    const digest = Buffer.alloc(32, 7)
+    for (let d = 0; d < 100; d++) {
+      const folder = `d${String(d).padStart(4, '0')}`
+      list.push({ t: 'd', p: folder })
+      for (let f = d * 1000; f < (d + 1) * 1000; f++) list.push({ t: 'f', p: `${folder}/f${String(f).padStart(6, '0')}.dat`, s: 4096, x: false, h: digest, c: digest })
+    }
+    expect(list.length).toBeLessThanOrEqual(MAX_ENTRIES)
+    // the root is not checked: only the size counts here
+    expect(signed({ ...wireBody([]), entries: list }).length).toBeLessThan(MAX_MANIFEST_BYTES)
+  })
+
   it('refuses more than MAX_ENTRIES entries', () => {
     const dirs = Array.from({ length: MAX_ENTRIES + 1 }, (_, i) => ({ t: 'd', p: `d${String(i).padStart(6, '0')}` }))
     expectCode(() => decodeManifest(signed(wireBody(dirs))), 'MANIFEST_LIMIT')
