@@ -1,9 +1,9 @@
 import { randomFillSync } from 'node:crypto'
-import { mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
 import { ApiClient } from '../src/services/api/client.ts'
-import { fmt, MB, MiB, mbps, peakRss, run, table } from './lib.ts'
+import { cpuSeconds, fmt, MB, MiB, mbps, peakRss, run, table } from './lib.ts'
 
 /**
  * The backup section of `npm run bench` (`--section backup`): kith's backup
@@ -23,6 +23,16 @@ import { fmt, MB, MiB, mbps, peakRss, run, table } from './lib.ts'
  *                  Target: >= 0.5.
  *   memory         peak RSS (VmHWM) of the owner's and each host's daemon.
  *                  Target: <= 250 MB each.
+ *
+ *   CPU            CPU ms per MB of the tree for the first backup and the
+ *                  restore: the owner's daemon, each host's, and restic's
+ *                  (user + system, from bash's `times`). On a shared, loaded
+ *                  machine this is the steady figure; MB/s moves with the load.
+ *
+ * BENCH_CPU_PROF=DIR writes a V8 CPU profile of each daemon into DIR (the
+ * daemons are stopped with SIGTERM at the end so they write it; read it with
+ * bench/cpu-summary.ts). Run it as `node_modules/.bin/node bench/run.ts
+ * --section backup`: npm's Node may refuse --cpu-prof in NODE_OPTIONS.
  *
  * restic runs with RESTIC_PASSWORD set and its cache in the work folder; its
  * repository is on the same disk as kith's homes. kith's hosts run on the same
@@ -93,14 +103,33 @@ async function duBytes (dir: string): Promise<number> {
   return n
 }
 
+/** A restic command, timed, with the CPU seconds (user + system) it and its children used, from bash's `times`. */
+async function restic (args: string[]): Promise<{ code: number, stdout: string, stderr: string, ms: number, cpuS: number }> {
+  const r = await run('bash', ['-c', 'restic "$@"; s=$?; times >&2; exit $s', 'restic', ...args])
+  // `times` prints the shell's user and system times, then its children's: "0m1.234s 0m0.056s"
+  const line = r.stderr.trim().split('\n').at(-1) ?? ''
+  const cpuS = [...line.matchAll(/(\d+)m([\d.]+)s/g)].reduce((sum, m) => sum + Number(m[1]) * 60 + Number(m[2]), 0)
+  return { ...r, cpuS }
+}
+
+/** A process's minor page faults so far (/proc/PID/stat): fresh memory touched, which costs CPU on its own. */
+async function minorFaults (pid: number | undefined): Promise<number> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7])
+  } catch {
+    return NaN
+  }
+}
+
 /** The job a `kith backup run|restore --json` ends with (its last line). */
 function lastJob (stdout: string): any {
   return JSON.parse(stdout.trim().split('\n').at(-1)!)
 }
 
 export async function backupBench (log: Log, work: string, size: number): Promise<void> {
-  const restic = await run('restic', ['version']).catch(() => ({ code: 127, stdout: '', stderr: '', ms: 0 }))
-  if (restic.code !== 0) throw new Error('the backup section needs restic (Debian: apt-get install restic) as its reference')
+  const version = await run('restic', ['version']).catch(() => ({ code: 127, stdout: '', stderr: '', ms: 0 }))
+  if (version.code !== 0) throw new Error('the backup section needs restic (Debian: apt-get install restic) as its reference')
   const root = join(work, 'backup-bench')
   const tree = join(root, 'tree')
   const repo = join(root, 'restic-repo')
@@ -108,10 +137,27 @@ export async function backupBench (log: Log, work: string, size: number): Promis
   process.env.RESTIC_CACHE_DIR = join(root, 'restic-cache')
   log(`backup: writing a ${fmt(size / MiB)} MiB mixed tree`)
   const made = await makeTree(tree, size)
-  log(`backup: ${made.files.length} files, ${fmt(made.bytes / MiB)} MiB; ${restic.stdout.trim()}`)
+  log(`backup: ${made.files.length} files, ${fmt(made.bytes / MiB)} MiB; ${version.stdout.trim()}`)
 
-  const net = await createTestnet(['owner', 'h1', 'h2'])
+  const profiles = process.env.BENCH_CPU_PROF
+  const saved = process.env.NODE_OPTIONS
+  // the daemons inherit NODE_OPTIONS when they start; the CLI commands run later don't
+  if (profiles != null) process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${profiles}`.trim()
+  const net = await createTestnet(['owner', 'h1', 'h2']).finally(() => {
+    if (saved == null) delete process.env.NODE_OPTIONS
+    else process.env.NODE_OPTIONS = saved
+  })
   const [owner, h1, h2] = net.nodes as [TestNode, TestNode, TestNode]
+  const daemons = [owner, h1, h2]
+  if (profiles != null) for (const n of daemons) log(`backup: ${n.name} is pid ${n.pid}: its profile is ${profiles}/CPU.*.${n.pid}.*.cpuprofile`)
+  /** CPU seconds each daemon used while `work` ran, and the minor page faults it took */
+  const cpuDuring = async <T>(work: () => Promise<T>): Promise<[T, number[], number[]]> => {
+    const read = async (): Promise<Array<[number, number]>> => await Promise.all(daemons.map(async n => [await cpuSeconds(n.pid), await minorFaults(n.pid)] as [number, number]))
+    const before = await read()
+    const result = await work()
+    const after = await read()
+    return [result, after.map(([s], i) => s - before[i]![0]), after.map(([, f], i) => f - before[i]![1])]
+  }
   try {
     await Promise.all([h1, h2].map(async h => await befriend(h, owner, '--grant', 'backup')))
     await Promise.all([h1, h2].map(async h => await h.json('friend', 'quota', 'owner', `${Math.ceil(size * 3 / MB)}MB`)))
@@ -124,27 +170,28 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     const must = (r: { code: number, stderr: string }, what: string): void => { if (r.code !== 0) throw new Error(`${what} failed: ${r.stderr.slice(-2000)}`) }
     // timed like restic: the whole command, from its process start to its exit
     const kith = async (...args: string[]): Promise<{ code: number, stdout: string, stderr: string, ms: number }> => await run(NODE, [KITH, '--home', owner.home, ...args, '--json'])
-    must(await run('restic', ['init', '--repo', repo]), 'restic init')
+    must(await restic(['init', '--repo', repo]), 'restic init')
     log('backup: restic, first backup')
-    const r1 = await run('restic', ['backup', '--repo', repo, '--quiet', tree]); must(r1, 'restic backup')
+    const r1 = await restic(['backup', '--repo', repo, '--quiet', tree]); must(r1, 'restic backup')
     const repo1 = await duBytes(repo)
     log('backup: kith, first backup to two friends')
-    const k1 = await kith('backup', 'run', tree); must(k1, 'kith backup run')
+    const [k1, cpu1, faults1] = await cpuDuring(async () => await kith('backup', 'run', tree)); must(k1, 'kith backup run')
     const first = lastJob(k1.stdout).result as { sentBytes: number, readBytes: number }
+    const rssFirst = await Promise.all(daemons.map(async n => await peakRss(n.pid)))
 
     const changed = await changeTree(tree, made.files, made.bytes)
     log(`backup: changed ${fmt(changed / MiB, 1)} MiB; second backups`)
-    const r2 = await run('restic', ['backup', '--repo', repo, '--quiet', tree]); must(r2, 'restic backup (second)')
+    const r2 = await restic(['backup', '--repo', repo, '--quiet', tree]); must(r2, 'restic backup (second)')
     const resticAdded = await duBytes(repo) - repo1
     const k2 = await kith('backup', 'run', tree); must(k2, 'kith backup run (second)')
     const second = lastJob(k2.stdout).result as { sentBytes: number }
 
     log('backup: restores')
-    const rr = await run('restic', ['restore', 'latest', '--repo', repo, '--target', join(root, 'restic-out')]); must(rr, 'restic restore')
-    const kr = await kith('backup', 'restore', 'latest', '-o', join(root, 'kith-out')); must(kr, 'kith backup restore')
+    const rr = await restic(['restore', 'latest', '--repo', repo, '--target', join(root, 'restic-out')]); must(rr, 'restic restore')
+    const [kr, cpuR, faultsR] = await cpuDuring(async () => await kith('backup', 'restore', 'latest', '-o', join(root, 'kith-out'))); must(kr, 'kith backup restore')
 
     const firstMs = k1.ms
-    const rss = await Promise.all([owner, h1, h2].map(async n => await peakRss(n.pid)))
+    const rss = await Promise.all(daemons.map(async n => await peakRss(n.pid)))
     const kFirst = mbps(made.bytes, firstMs)
     const rFirst = mbps(made.bytes, r1.ms)
     const total2 = made.bytes + changed
@@ -158,10 +205,22 @@ export async function backupBench (log: Log, work: string, size: number): Promis
       ['restore (MB/s)', fmt(kRestore, 1), fmt(rRestore, 1), fmt(kRestore / rRestore, 2), `>= ${TARGET_RESTORE}`, kRestore / rRestore >= TARGET_RESTORE ? 'yes' : 'NO'],
       ...(['owner', 'h1', 'h2'] as const).map((n, i) => [`peak RSS ${n} (MB)`, fmt(rss[i]! / MB), '-', '-', `<= ${TARGET_RSS / MB}`, rss[i]! <= TARGET_RSS ? 'yes' : 'NO'])
     ]
+    const perMb = (s: number, bytes: number): number => s * 1000 / (bytes / MB)
+    const cpuRows = ([['first backup', cpu1, faults1, r1.cpuS, made.bytes], ['restore', cpuR, faultsR, rr.cpuS, total2]] as const).flatMap(([what, cpu, faults, resticS, bytes]) => {
+      const sum = cpu.reduce((a, b) => a + b, 0)
+      return [
+        [`${what}: CPU ms/MB`, fmt(perMb(cpu[0]!, bytes), 1), fmt(perMb(cpu[1]!, bytes), 1), fmt(perMb(cpu[2]!, bytes), 1), fmt(perMb(sum, bytes), 1), fmt(perMb(resticS, bytes), 1), fmt(sum / resticS, 1)],
+        [`${what}: page faults/MB`, ...faults.map(f => fmt(f / (bytes / MB))), fmt(faults.reduce((a, b) => a + b, 0) / (bytes / MB)), '-', '-']
+      ]
+    })
     console.log(`\nkith backup benchmark: ${fmt(made.bytes / MiB)} MiB in ${made.files.length} files, ${fmt(changed / MiB, 1)} MiB changed; ` +
       `kith sent ${fmt(first.sentBytes / MiB)} MiB (two copies) the first time, ${fmt(second.sentBytes / MiB, 1)} MiB the second; restic's repository grew ${fmt(repo1 / MiB)} then ${fmt(resticAdded / MiB, 1)} MiB`)
     console.log(table(['figure', 'kith', 'restic', 'ratio', 'target', 'met'], rows))
+    console.log(`peak RSS (MB) after the first backup / at the end: ${daemons.map((n, i) => `${n.name} ${fmt(rssFirst[i]! / MB)}/${fmt(rss[i]! / MB)}`).join(', ')}`)
+    console.log(table(['phase', 'owner', 'h1', 'h2', 'kith, all three', 'restic', 'kith / restic'], cpuRows))
   } finally {
+    // a profiled daemon writes its profile only when it exits by itself
+    if (profiles != null) await Promise.all(daemons.map(async n => await n.stop()))
     await net.stop()
     await rm(root, { recursive: true, force: true })
   }

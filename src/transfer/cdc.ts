@@ -16,7 +16,8 @@
  * likely), which packs chunk sizes close to `avg`. The first `min` bytes of a
  * chunk are not hashed at all (cut-point skipping).
  *
- * Memory is bounded by one buffer of `max` bytes plus the chunk handed out.
+ * cdcRead reads into a window of two maximum chunks the caller keeps and
+ * reuses, and hands out views of it: no buffer is made per file or chunk.
  */
 import { KithError } from '../errors.ts'
 
@@ -88,39 +89,55 @@ export function findBoundary (buf: Uint8Array, start: number, length: number, ge
   return end
 }
 
-/**
- * Cuts a stream into content-defined chunks. Each chunk handed out is a
- * fresh copy the consumer may keep; at most 2 x `max` bytes are buffered
- * besides.
- */
-export async function * cdcChunks (source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, gear: Int32Array, sizes: CdcSizes = BACKUP_CDC_SIZES): AsyncGenerator<Uint8Array> {
-  checkSizes(sizes)
+/** Bytes of the window cdcRead cuts in: two maximum chunks, so a refill moves at most one back. */
+export function cdcWindowSize (sizes: CdcSizes = BACKUP_CDC_SIZES): number {
+  return 2 * sizes.max
+}
+
+function checkGear (gear: Int32Array): void {
   if (gear.length !== GEAR_ENTRIES) throw new KithError('INTERNAL', `a gear table has ${GEAR_ENTRIES} entries, not ${gear.length}`)
-  const buf = new Uint8Array(2 * sizes.max)
-  let length = 0
-  for await (const piece of source) {
-    let offset = 0
-    while (offset < piece.length) {
-      const n = Math.min(buf.length - length, piece.length - offset)
-      buf.set(piece.subarray(offset, offset + n), length)
-      length += n
-      offset += n
-      if (length < buf.length) continue
-      // a chunk whose max fits in what is buffered ends where it ends, whatever comes next
-      let start = 0
-      while (length - start >= sizes.max) {
-        const cut = findBoundary(buf, start, length, gear, sizes)
-        yield buf.slice(start, cut)
-        start = cut
-      }
-      buf.copyWithin(0, start, length)
-      length -= start
-    }
-  }
-  let start = 0
-  while (start < length) {
-    const cut = findBoundary(buf, start, length, gear, sizes)
-    yield buf.slice(start, cut)
+}
+
+/** Cuts bytes held in memory into content-defined chunks: views of `data`, nothing copied. */
+export function * cdcCut (data: Uint8Array, gear: Int32Array, sizes: CdcSizes = BACKUP_CDC_SIZES): Generator<Uint8Array> {
+  checkSizes(sizes)
+  checkGear(gear)
+  for (let start = 0; start < data.length;) {
+    const cut = findBoundary(data, start, data.length, gear, sizes)
+    yield data.subarray(start, cut)
     start = cut
+  }
+}
+
+/**
+ * Cuts what `read` gives (a file read into the buffer it is handed, 0 at the
+ * end) into content-defined chunks, reading straight into `window` (at least
+ * cdcWindowSize bytes; the caller may reuse it for the next file). Each chunk
+ * is a view of the window, valid until the next one is asked for: a consumer
+ * that keeps one copies it. Bytes are copied only when a refill moves the
+ * unfinished tail (less than one maximum chunk) to the front.
+ */
+export async function * cdcRead (read: (into: Uint8Array) => Promise<number>, gear: Int32Array, window: Uint8Array, sizes: CdcSizes = BACKUP_CDC_SIZES): AsyncGenerator<Uint8Array> {
+  checkSizes(sizes)
+  checkGear(gear)
+  if (window.length < cdcWindowSize(sizes)) throw new KithError('INTERNAL', `a chunking window holds at least ${cdcWindowSize(sizes)} bytes, not ${window.length}`)
+  let length = 0
+  let ended = false
+  for (;;) {
+    while (!ended && length < window.length) {
+      const n = await read(window.subarray(length))
+      if (n === 0) ended = true
+      length += n
+    }
+    // a chunk whose max fits in what is buffered ends where it ends, whatever comes next
+    let start = 0
+    while (length - start >= sizes.max || (ended && start < length)) {
+      const cut = findBoundary(window, start, length, gear, sizes)
+      yield window.subarray(start, cut)
+      start = cut
+    }
+    if (ended) return
+    window.copyWithin(0, start, length)
+    length -= start
   }
 }

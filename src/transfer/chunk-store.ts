@@ -99,6 +99,12 @@ export interface FileSeen {
 export interface PutOptions {
   /** fsync this chunk whatever the store's default */
   sync?: boolean
+  /**
+   * The caller checked chunkId(sealed) === id just now and hands the buffer
+   * over (nothing changes it any more): it is written as it is, not copied
+   * and hashed a second time.
+   */
+  verified?: boolean
 }
 
 export interface PutInFileOptions {
@@ -312,9 +318,9 @@ class LevelChunkStore implements ChunkStore {
     const sync = options.sync ?? this.sync
     checkId(id)
     checkSealedSize(sealed)
-    // Copied first: the caller's buffer may change while we wait on the disk (the fetcher reuses its frames).
-    const bytes = Buffer.from(sealed)
-    verifySealed(id, bytes)
+    // Copied first, unless handed over: the caller's buffer may change while we wait on the disk (the fetcher reuses its frames).
+    const bytes = options.verified === true ? sealed : Buffer.from(sealed)
+    if (options.verified !== true) verifySealed(id, bytes)
     return await this.locks.run(id, async () => {
       if (await this.index.get(id) !== undefined) return false
       const fanout = join(this.dir, id.slice(0, 2))

@@ -1,6 +1,6 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto'
 import { beforeAll, describe, expect, it } from 'vitest'
-import { BACKUP_CDC_SIZES, cdcChunks, gearTable, type CdcSizes } from '../../src/transfer/cdc.ts'
+import { BACKUP_CDC_SIZES, cdcCut, cdcRead, cdcWindowSize, gearTable, type CdcSizes } from '../../src/transfer/cdc.ts'
 
 /** Deterministic pseudo-random bytes (AES-CTR of zeros under a fixed key). */
 function bytes (length: number, seed = 1): Uint8Array {
@@ -11,12 +11,17 @@ function bytes (length: number, seed = 1): Uint8Array {
 const gearA = gearTable(bytes(1024, 7))
 const gearB = gearTable(bytes(1024, 8))
 
+/** `data` cut by cdcRead from reads of at most `piece` bytes (short reads, as a file or a pipe may give), each chunk copied out of the window. */
 async function cut (data: Uint8Array, gear: Int32Array, sizes: CdcSizes = BACKUP_CDC_SIZES, piece = 100_000): Promise<Uint8Array[]> {
-  function * pieces (): Generator<Uint8Array> {
-    for (let i = 0; i < data.length; i += piece) yield data.subarray(i, i + piece)
+  let at = 0
+  const read = async (into: Uint8Array): Promise<number> => {
+    const n = Math.min(piece, into.length, data.length - at)
+    into.set(data.subarray(at, at + n))
+    at += n
+    return n
   }
   const out: Uint8Array[] = []
-  for await (const chunk of cdcChunks(pieces(), gear, sizes)) out.push(chunk)
+  for await (const chunk of cdcRead(read, gear, new Uint8Array(cdcWindowSize(sizes)), sizes)) out.push(chunk.slice())
   return out
 }
 
@@ -33,6 +38,15 @@ describe('keyed FastCDC', () => {
     const b = await cut(data, gearA, BACKUP_CDC_SIZES, 4 * 1024 * 1024 + 17)
     expect(lengths(base)).toEqual(lengths(b))
     expect(Buffer.concat(base).equals(data)).toBe(true)
+    // in memory, without a window: the same cuts, as views of the data
+    const views = [...cdcCut(data, gearA)]
+    expect(hashes(views)).toEqual(hashes(base))
+    expect(views.every(v => v.buffer === data.buffer)).toBe(true)
+  })
+
+  it('refuses a window smaller than two maximum chunks', async () => {
+    const small = cdcRead(async () => 0, gearA, new Uint8Array(cdcWindowSize() - 1))
+    await expect(small.next()).rejects.toMatchObject({ code: 'INTERNAL' })
   })
 
   it('keeps sizes within 256 KiB..4 MiB, about 1 MiB on average; only the last chunk may be short', async () => {

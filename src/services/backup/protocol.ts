@@ -171,7 +171,8 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
       try {
         await io.send({ ok: true, go: true }, signal)
         const sealed = await readBody(io.frames, size, io.down, signal, 'the owner', io.moved)
-        await store.put(id, sealed)
+        if (chunkId(sealed) !== id) throw new KithError('CHUNK_HASH_MISMATCH', `the bytes sent as blob ${id} are not it; nothing of it was kept`)
+        await store.put(id, sealed, { verified: true })
         await book.commit(owner, id)
       } catch (err) {
         await book.release(owner, id)
@@ -280,7 +281,7 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
         while (writing.size > 0 && (writingBytes + size > STORE_AHEAD_BYTES || writing.size >= STORE_AHEAD_BLOBS)) await Promise.race(writing)
         if (failure != null) break
         writingBytes += size
-        const write: Promise<void> = store.put(id, sealed)
+        const write: Promise<void> = store.put(id, sealed, { verified: true })
           .then(() => { stored.push(id) }, err => { failure ??= err })
           .finally(() => { writingBytes -= size; writing.delete(write) })
         writing.add(write)

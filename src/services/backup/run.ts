@@ -11,12 +11,12 @@
  * bottom up; the signed snapshot blob comes last, after every blob it needs
  * is placed, and only then is the snapshot in the index.
  */
-import { createReadStream, type BigIntStats } from 'node:fs'
+import type { BigIntStats } from 'node:fs'
 import { lstat, open, readdir, readlink } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { KithError, asKithError } from '../../errors.ts'
-import { BACKUP_CDC_SIZES, cdcChunks } from '../../transfer/cdc.ts'
+import { BACKUP_CDC_SIZES, cdcCut, cdcRead, cdcWindowSize } from '../../transfer/cdc.ts'
 import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
 import { auditRoot } from './audit-tree.ts'
 import { takeBatch } from './batch.ts'
@@ -40,8 +40,8 @@ const REQUESTS_PER_HOST = 3
 const PROGRESS_EVERY_MS = 250
 /** Blob needs written to the index in batches of this many. */
 const NEEDS_BATCH = 512
-/** Bytes read from a file at a time. */
-const READ_SIZE = 1024 * 1024
+/** Chunking windows kept for the next file once one is read (more may be in use while files are read at once). */
+const WINDOWS_KEPT = 2
 /**
  * Entries of one folder looked at at once, and bytes of files read at once
  * (a file bigger than this is read alone): small files' lstats, reads and
@@ -324,6 +324,8 @@ class Walk {
   readonly files: RunFiles
   /** bytes of the files being read now */
   private readonly reading = new ByteBudget(READ_BUDGET)
+  /** chunking windows (cdcRead) of files read before: each file read through the chunker takes one */
+  private readonly windows: Buffer[] = []
   private lastReport = 0
 
   constructor (parts: BackupParts, options: RunOptions, placer: Placer, total: number, seq: number) {
@@ -396,7 +398,7 @@ class Walk {
   /** Places a listing as tree blobs (cut like file content, so a big folder that changed a little shares blobs). */
   async tree (entries: TreeEntry[]): Promise<string[]> {
     const ids: string[] = []
-    for await (const piece of cdcChunks([encodeTree(entries)], this.parts.keys.gear)) ids.push(await this.placer.place('tree', piece))
+    for (const piece of cdcCut(encodeTree(entries), this.parts.keys.gear)) ids.push(await this.placer.place('tree', piece))
     return ids
   }
 
@@ -415,7 +417,7 @@ class Walk {
     const budget = Math.min(Number(info.size), READ_BUDGET)
     await this.reading.take(budget)
     try {
-      for await (const chunk of await this.pieces(path, info)) {
+      for await (const chunk of this.pieces(path, info)) {
         chunks.push(await this.placer.place('data', chunk))
         size += chunk.length
         this.readBytes += chunk.length
@@ -435,35 +437,40 @@ class Walk {
   }
 
   /**
-   * A file's chunks. One no bigger than the chunker's minimum is one chunk:
-   * read whole, with no stream or chunker buffers (most files of a tree are
-   * small). One that grew past it since lstat goes through the chunker.
+   * A file's chunks, each placed before the next is read (the chunker hands
+   * out views of its window). One no bigger than the chunker's minimum is
+   * one chunk: read whole into a buffer of its size (most files of a tree are
+   * small). One that grew past it since lstat is read again, through the chunker.
    */
-  private async pieces (path: string, info: BigIntStats): Promise<AsyncIterable<Uint8Array> | Iterable<Uint8Array>> {
-    const signal = this.options.signal != null ? { signal: this.options.signal } : {}
-    if (info.size <= BigInt(BACKUP_CDC_SIZES.min)) {
-      const handle = await open(path, 'r')
-      try {
-        const buffer = Buffer.allocUnsafe(BACKUP_CDC_SIZES.min + 1)
-        let length = 0
-        for (let n = -1; n !== 0 && length < buffer.length;) {
-          n = (await handle.read(buffer, length, buffer.length - length, null)).bytesRead
-          length += n
-        }
-        if (length <= BACKUP_CDC_SIZES.min) return length > 0 ? [buffer.subarray(0, length)] : []
-      } finally {
-        await handle.close()
-      }
+  private async * pieces (path: string, info: BigIntStats): AsyncGenerator<Uint8Array> {
+    const handle = await open(path, 'r')
+    let position = 0
+    const read = async (into: Uint8Array): Promise<number> => {
+      this.options.signal?.throwIfAborted()
+      const { bytesRead } = await handle.read(into, 0, into.length, position)
+      position += bytesRead
+      return bytesRead
     }
-    const stream = createReadStream(path, { highWaterMark: READ_SIZE, ...signal })
-    const gear = this.parts.keys.gear
-    return (async function * () {
-      try {
-        yield * cdcChunks(stream, gear)
-      } finally {
-        stream.destroy()
+    try {
+      if (info.size <= BigInt(BACKUP_CDC_SIZES.min)) {
+        const buffer = Buffer.allocUnsafe(Number(info.size) + 1)
+        let length = 0
+        for (let n = -1; n !== 0 && length < buffer.length;) length += (n = await read(buffer.subarray(length)))
+        if (length <= BACKUP_CDC_SIZES.min) {
+          if (length > 0) yield buffer.subarray(0, length)
+          return
+        }
+        position = 0
       }
-    })()
+      const window = this.windows.pop() ?? Buffer.allocUnsafeSlow(cdcWindowSize())
+      try {
+        yield * cdcRead(read, this.parts.keys.gear, window)
+      } finally {
+        if (this.windows.length < WINDOWS_KEPT) this.windows.push(window)
+      }
+    } finally {
+      await handle.close()
+    }
   }
 
   private skip (path: string, err: unknown): void {
