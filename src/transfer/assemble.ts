@@ -4,7 +4,7 @@ import { dirname, join, resolve } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { syncDir } from '../peer/home.ts'
-import { PARTIAL_SUFFIX } from './constants.ts'
+import { MAX_CHUNKS, PARTIAL_SUFFIX } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } from './manifest.ts'
 import type { ChunkStore } from './chunk-store.ts'
 import { BufferPool } from './buffer-pool.ts'
@@ -490,7 +490,15 @@ export function sharePartialPath (dest: string, partialKey: string, file: number
   return partialPath(dest, `${partialKey}\0${file}`)
 }
 
-interface Place {
+/**
+ * Where a chunk stands: target `t`'s chunk `index`, as one number
+ * (t * MAX_CHUNKS + index; a file has fewer than MAX_CHUNKS chunks), so a
+ * share of many small files keeps a number per chunk, not an object.
+ */
+type Place = number
+
+interface Spot {
+  target: number
   file: FileAssembly
   index: number
 }
@@ -506,8 +514,11 @@ interface Place {
  */
 export class ShareAssembly {
   private readonly init: ShareAssemblyInit
-  private readonly files: FileAssembly[] = []
-  private readonly places = new Map<string, Place[]>()
+  /** per target, its assembly while it is written: made at its first chunk, dropped once it is placed */
+  private readonly files: Array<FileAssembly | undefined>
+  /** per target, 1 once placed (its chunks' records moved with it) */
+  private readonly placed: Uint8Array
+  private readonly places = new Map<string, Place | Place[]>()
   private readonly placing = new Set<Promise<void>>()
   private readonly active = new Set<Promise<void>>()
   /** files with an open partial, least recently written first */
@@ -521,27 +532,52 @@ export class ShareAssembly {
 
   constructor (init: ShareAssemblyInit) {
     this.init = init
-    const { manifest } = init
-    for (const target of init.targets) {
+    const { manifest, targets } = init
+    this.files = new Array(targets.length)
+    this.placed = new Uint8Array(targets.length)
+    targets.forEach((target, t) => {
       const entry = manifest.entries[target.file]
       if (entry?.type !== 'file') throw new KithError('BAD_REQUEST', `entry ${target.file} of the manifest is not a file`)
-      const file = new FileAssembly(target.dest, entry, manifest.chunkSize, {
-        overwrite: init.overwrite,
-        ...(init.root !== undefined ? { root: init.root } : {}),
-        ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${target.file}` } : {})
-      })
-      this.files.push(file)
       entry.chunks.forEach((id, index) => {
+        const place = t * MAX_CHUNKS + index
         const list = this.places.get(id)
-        if (list === undefined) this.places.set(id, [{ file, index }])
-        else list.push({ file, index })
+        if (list === undefined) this.places.set(id, place)
+        else if (typeof list === 'number') this.places.set(id, [list, place])
+        else list.push(place)
       })
-    }
+    })
+  }
+
+  /** Target `t`'s assembly, made on first use. */
+  private fileOf (t: number): FileAssembly {
+    let file = this.files[t]
+    if (file !== undefined) return file
+    const { init } = this
+    const target = init.targets[t]!
+    file = new FileAssembly(target.dest, init.manifest.entries[target.file] as ManifestFile, init.manifest.chunkSize, {
+      overwrite: init.overwrite,
+      ...(init.root !== undefined ? { root: init.root } : {}),
+      ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${target.file}` } : {})
+    })
+    this.files[t] = file
+    return file
+  }
+
+  /** The places of `id` still waiting for it: neither placed, written nor being written. */
+  private waiting (id: string): Place[] {
+    const list = this.places.get(id)
+    if (list === undefined) return []
+    return (typeof list === 'number' ? [list] : list).filter(place => {
+      const t = Math.floor(place / MAX_CHUNKS)
+      return this.placed[t] === 0 && (this.files[t]?.needs(place % MAX_CHUNKS) ?? true)
+    })
   }
 
   /** Ids of every chunk still wanted, each once. */
   wanted (): string[] {
-    return [...this.places.entries()].filter(([, list]) => list.some(p => p.file.needs(p.index))).map(([id]) => id)
+    const ids: string[] = []
+    for (const id of this.places.keys()) if (this.waiting(id).length > 0) ids.push(id)
+    return ids
   }
 
   /**
@@ -580,19 +616,23 @@ export class ShareAssembly {
   private async write (id: string, sealed: Uint8Array): Promise<void> {
     if (this.failure !== undefined) throw this.failure
     if (this.closed) throw new KithError('FETCH_ABORTED', 'the assembly was stopped')
-    const list = this.places.get(id)?.filter(p => p.file.needs(p.index))
-    if (list === undefined || list.length === 0) return
+    const list: Spot[] = this.waiting(id).map(place => {
+      const target = Math.floor(place / MAX_CHUNKS)
+      return { target, file: this.fileOf(target), index: place % MAX_CHUNKS }
+    })
+    if (list.length === 0) return
     const first = list[0]!
     const position = { shareId: this.init.manifest.shareId, fileHash: first.file.entry.sha256, index: first.index }
     // a reused buffer: what is written and hashed is done with when write() resolves
     const plaintext = openChunk(this.init.keys, position, sealed, this.plaintexts)
     /** a file of this one chunk (a small file): placed once written, its chunk recorded only there */
-    let whole: FileAssembly | undefined
+    let whole: Spot | undefined
     try {
-      for (const [i, { file, index }] of list.entries()) {
+      for (const [i, spot] of list.entries()) {
+        const { file, index } = spot
         if (i === 0 && file.entry.chunks.length === 1) {
           await file.write(index, plaintext)
-          whole = file
+          whole = spot
           continue
         }
         // placing the file waits for this: its chunks' records move with it
@@ -608,13 +648,13 @@ export class ShareAssembly {
           done.resolve()
           pending.delete(done.promise)
         }
-        if (file.complete) this.place(file)
+        if (file.complete) this.place(spot.target, file)
         else this.touch(file)
       }
     } finally {
       this.plaintexts.give(plaintext)
     }
-    if (whole !== undefined) await this.placeWhole(whole, id, sealed, position)
+    if (whole !== undefined) await this.placeWhole(whole.target, whole.file, id, sealed, position)
   }
 
   /**
@@ -627,7 +667,7 @@ export class ShareAssembly {
    * friends). A file whose destination is taken waits in its partial,
    * recorded there, so a resume reads it back instead of fetching it.
    */
-  private async placeWhole (file: FileAssembly, id: string, sealed: Uint8Array, position: ChunkPosition): Promise<void> {
+  private async placeWhole (target: number, file: FileAssembly, id: string, sealed: Uint8Array, position: ChunkPosition): Promise<void> {
     const ref = { offset: 0, position, owner: this.init.owner }
     try {
       await file.finish()
@@ -638,16 +678,23 @@ export class ShareAssembly {
     // placed and complete: its size and mtime from now on say whether it was written to since
     const info = await lstat(file.dest)
     await this.init.store.putInFile(id, sealed, { ...ref, path: file.dest, ...(info.isFile() ? { seen: { size: info.size, mtimeMs: info.mtimeMs } } : {}) })
+    this.forget(target, file)
   }
 
-  /** A placed file's chunks are wanted there no more: its places go, so a share of many files does not keep them all. */
-  private forget (file: FileAssembly): void {
+  /**
+   * A placed file is wanted no more: its places and its assembly go, so a
+   * share of many files keeps state only for the files being written.
+   */
+  private forget (target: number, file: FileAssembly): void {
+    this.placed[target] = 1
+    this.files[target] = undefined
+    this.recent.delete(file)
     for (const id of file.entry.chunks) {
       const list = this.places.get(id)
       if (list === undefined) continue
-      const rest = list.filter(p => p.file !== file)
+      const rest = (typeof list === 'number' ? [list] : list).filter(place => Math.floor(place / MAX_CHUNKS) !== target)
       if (rest.length === 0) this.places.delete(id)
-      else this.places.set(id, rest)
+      else this.places.set(id, rest.length === 1 ? rest[0]! : rest)
     }
   }
 
@@ -663,13 +710,13 @@ export class ShareAssembly {
   }
 
   /** Checks and places a complete file without holding up the chunk that completed it. */
-  private place (file: FileAssembly): void {
+  private place (target: number, file: FileAssembly): void {
     this.recent.delete(file)
     const placing = file.finish().then(async () => {
       await Promise.all(this.recording.get(file) ?? [])
       this.recording.delete(file)
       await this.init.store.moveInFile(file.entry.chunks, file.partial, file.dest)
-      this.forget(file)
+      this.forget(target, file)
     })
     this.placing.add(placing)
     placing.then(() => this.placing.delete(placing), (err: unknown) => {
@@ -711,10 +758,14 @@ export class ShareAssembly {
    */
   async finish (options: AbortOptions = {}): Promise<void> {
     await this.fill({ ...options, strict: true })
-    for (const file of this.files) if (file.complete && !file.placing) this.place(file)
-    for (const file of this.files) {
+    for (let t = 0; t < this.files.length; t++) {
+      if (this.placed[t] === 1) continue
+      const file = this.fileOf(t)
+      if (file.complete && !file.placing) this.place(t, file)
+    }
+    for (let t = 0; t < this.files.length; t++) {
       // a file with no chunks (empty) is complete from the start; the rest were placed above
-      await file.finish()
+      if (this.placed[t] === 0) await this.fileOf(t).finish()
     }
     await Promise.allSettled([...this.placing])
     if (this.failure !== undefined) throw this.failure
@@ -729,7 +780,7 @@ export class ShareAssembly {
   async close (): Promise<void> {
     this.closed = true
     await this.settle()
-    await Promise.all(this.files.map(async file => { await file.release() }))
+    await Promise.all(this.files.map(async file => { await file?.release() }))
   }
 
   /** Waits until no write and no placing is under way (a write that completes a file starts a placing). */
@@ -746,6 +797,13 @@ export class ShareAssembly {
   async abort (): Promise<void> {
     this.closed = true
     await this.settle()
-    await Promise.all(this.files.map(async file => { await file.abort() }))
+    // every file not placed, also one this run never wrote to: a killed run may have left its partial
+    for (let t = 0; t < this.files.length; t += MAX_OPEN_PARTIALS) {
+      const batch: Array<Promise<void>> = []
+      for (let at = t; at < Math.min(t + MAX_OPEN_PARTIALS, this.files.length); at++) {
+        if (this.placed[at] === 0) batch.push(this.fileOf(at).abort())
+      }
+      await Promise.all(batch)
+    }
   }
 }
