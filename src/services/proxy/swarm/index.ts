@@ -1,13 +1,13 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
-import { sublevel, type Database } from '../../../peer/database.ts'
+import type { Database } from '../../../peer/database.ts'
 import type { KithLibp2p } from '../../../peer/node.ts'
 import type { BandwidthScheduler } from '../../../transfer/scheduler/index.ts'
 import type { FriendBook } from '../../../trust/friends.ts'
 import { friendsOnly } from '../../../trust/gate.ts'
 import { ASK_DEADLINE_MS, MAX_INBOUND_SWARM_STREAMS, SWARM_PROTOCOL } from './constants.ts'
 import { chunkHashesOf, openHashList, sameFile, type HashList } from './hash-list.ts'
-import { SwarmIndex, type Holding, type HoldingRecord } from './holdings.ts'
+import { SwarmIndex, type Holding } from './holdings.ts'
 import { askList, askWho, swarmHandler, type Dialer } from './protocol.ts'
 
 /**
@@ -56,7 +56,7 @@ export class Swarm {
   }
 
   static async start (init: SwarmInit): Promise<Swarm> {
-    const index = await SwarmIndex.open(sublevel<HoldingRecord>(init.db, 'swarm-index'), init.secretKey)
+    const index = await SwarmIndex.open(init.db, init.secretKey)
     if (init.serve) {
       await init.libp2p.handle(SWARM_PROTOCOL, swarmHandler({ index, bandwidth: init.bandwidth }), {
         maxInboundStreams: MAX_INBOUND_SWARM_STREAMS,
