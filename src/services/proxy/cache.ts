@@ -109,9 +109,11 @@ export class ProxyCache {
 
   /**
    * A writer for a whole file of `length` bytes fetched for `urls`, or null
-   * when it would not fit the bound (or its length is unknown).
+   * when it would not fit the bound (or its length is unknown). `chunks`:
+   * the chunks' hashes when every chunk given is checked against them
+   * already (friends' bytes), so they are not hashed again.
    */
-  async writer (urls: readonly URL[], validators: Validators, length: number | null, contentType: string | null): Promise<CacheWriter | null> {
+  async writer (urls: readonly URL[], validators: Validators, length: number | null, contentType: string | null, chunks?: Uint8Array): Promise<CacheWriter | null> {
     if (length == null || length > this.init.maxBytes || (validators.etag == null && validators.lastModified == null)) return null
     const id = randomBytes(12).toString('hex')
     const partial = join(this.init.dir, `${id}.partial`)
@@ -129,7 +131,7 @@ export class ProxyCache {
       await this.evict(id)
       // friends may ask for it now; not being able to offer it never fails the keeping
       if (this.entries.has(id)) await this.init.onKept?.(entry, join(this.init.dir, id), chunks).catch(err => { console.error(`kith proxy: the swarm index could not record a file: ${(err as Error).message}`) })
-    }, length)
+    }, length, chunks)
   }
 
   /** Drops least recently used entries until the bound holds (never `keep`, just written). */
@@ -158,8 +160,8 @@ export class CacheWriter {
   private readonly onCommit: (sha256: string, chunks: Uint8Array) => Promise<void>
   private readonly length: number
   private readonly hash: Hash = createHash('sha256')
-  /** the swarm's hash list, made as the bytes go by */
-  private readonly chunks = new ChunkHasher()
+  /** the swarm's hash list, made as the bytes go by, or given */
+  private readonly chunks: ChunkHasher | Uint8Array
   private written = 0
   private ended = false
   /** bytes given and not written yet: the batch being gathered */
@@ -171,11 +173,12 @@ export class CacheWriter {
   private writing: Promise<void> = Promise.resolve()
   private failure: Error | null = null
 
-  constructor (file: FileHandle, partial: string, onCommit: (sha256: string, chunks: Uint8Array) => Promise<void>, length: number) {
+  constructor (file: FileHandle, partial: string, onCommit: (sha256: string, chunks: Uint8Array) => Promise<void>, length: number, chunks?: Uint8Array) {
     this.file = file
     this.partial = partial
     this.onCommit = onCommit
     this.length = length
+    this.chunks = chunks ?? new ChunkHasher()
   }
 
   /**
@@ -186,7 +189,7 @@ export class CacheWriter {
   async write (chunk: Uint8Array): Promise<void> {
     if (this.failure != null) throw this.failure
     this.hash.update(chunk)
-    this.chunks.update(chunk)
+    if (this.chunks instanceof ChunkHasher) this.chunks.update(chunk)
     this.written += chunk.length
     this.batch.push(chunk)
     this.batched += chunk.length
@@ -213,7 +216,7 @@ export class CacheWriter {
       if (this.failure != null) throw this.failure
       await this.file.sync()
       await this.file.close()
-      await this.onCommit(this.hash.digest('hex'), this.chunks.digest())
+      await this.onCommit(this.hash.digest('hex'), this.chunks instanceof ChunkHasher ? this.chunks.digest() : this.chunks)
     } catch (err) {
       // a file renamed before the index failed is an orphan the next start removes
       await this.drop()

@@ -73,7 +73,8 @@ export async function answerFromSwarm (res: ServerResponse, init: SwarmAnswerIni
     res.flushHeaders()
     init.swarm.counted('origin', sample.bytes.length)
 
-    let writer = whole ? await init.cache.writer(init.urls, sample.validators, list.length, sample.contentType).catch(() => null) : null
+    // every chunk is checked against the list before it is given: the list's hashes are the file's, not made again
+    let writer = whole ? await init.cache.writer(init.urls, sample.validators, list.length, sample.contentType, list.chunks).catch(() => null) : null
     const chunks = pull({
       list,
       from,
