@@ -2,7 +2,9 @@ import { relative } from 'node:path'
 import { BaseSequencer, type TestSpecification } from 'vitest/node'
 
 /**
- * Seconds the slowest spec files took on a quiet 2-core machine (2026-12-06).
+ * Seconds the slowest spec files took in the last green fresh-clone CI run
+ * on a 2-core machine, three files at a time (2026-12-06; the run took about
+ * 300 s).
  * With three files at a time, one of these starting last ends the run alone;
  * vitest starts the longest first from the durations it cached on this
  * machine (node_modules/.vite), but a fresh clone has none, and its fallback
@@ -11,26 +13,30 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node'
  * Refresh the list when a file grows much slower or faster.
  */
 export const SLOWEST: Record<string, number> = {
-  'test/integration/nat-relay.spec.ts': 63,
-  'test/integration/fetch-resume.spec.ts': 46,
-  'test/integration/fetch-faults.spec.ts': 44,
-  'test/integration/chunk-gc.spec.ts': 43,
-  'test/integration/home.spec.ts': 43,
-  'test/integration/fetch-kill.spec.ts': 42,
-  'test/integration/friends.spec.ts': 38,
-  'test/integration/bandwidth.spec.ts': 38,
-  'test/integration/fetch-control.spec.ts': 36,
-  'test/integration/fetch.spec.ts': 36,
-  'test/integration/nat.spec.ts': 35,
-  'test/integration/home-private.spec.ts': 33,
-  'test/integration/locate.spec.ts': 30,
-  'test/integration/backup.spec.ts': 28,
-  'test/integration/backup-care.spec.ts': 27,
-  'test/transfer/fetcher.spec.ts': 25,
-  'test/transfer/fetcher-discover.spec.ts': 25,
-  'test/integration/dashboard.spec.ts': 19,
-  'test/integration/downloads.spec.ts': 17,
-  'test/integration/expose.spec.ts': 15
+  'test/integration/nat-relay.spec.ts': 65,
+  'test/integration/backup.spec.ts': 52,
+  'test/integration/home.spec.ts': 48,
+  'test/integration/fetch-resume.spec.ts': 45,
+  'test/integration/backup-care.spec.ts': 41,
+  'test/integration/bandwidth.spec.ts': 39,
+  'test/integration/fetch-kill.spec.ts': 39,
+  'test/integration/friends.spec.ts': 37,
+  'test/integration/chunk-gc.spec.ts': 36,
+  'test/integration/fetch-faults.spec.ts': 36,
+  'test/integration/home-private.spec.ts': 36,
+  'test/integration/fetch.spec.ts': 31,
+  'test/integration/nat.spec.ts': 31,
+  'test/transfer/fetcher.spec.ts': 26,
+  'test/integration/fetch-control.spec.ts': 25,
+  'test/integration/locate.spec.ts': 24,
+  'test/integration/dashboard.spec.ts': 24,
+  'test/integration/downloads.spec.ts': 23,
+  'test/integration/proxy-swarm.spec.ts': 23,
+  'test/transfer/fetcher-discover.spec.ts': 21,
+  'test/integration/expose.spec.ts': 16,
+  'test/services/cli-thin.spec.ts': 13,
+  'test/transfer/scheduler.spec.ts': 11,
+  'test/services/chunk-gc.spec.ts': 10
 }
 
 /**
