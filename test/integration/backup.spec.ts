@@ -3,14 +3,18 @@ import { createCipheriv } from 'node:crypto'
 import { chmod, lstat, mkdir, readdir, readFile, readlink, symlink, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ApiClient } from '../../src/services/api/client.ts'
+import { loadIdentity } from '../../src/peer/identity.ts'
+import { deriveBackupKey } from '../../src/services/backup/keys.ts'
+import { openRecovery } from '../../src/services/backup/recovery.ts'
 import { befriend, createTestnet, waitFor, type Testnet, type TestNode } from '../helpers/testnet.ts'
 
 /**
  * Backups between real daemons: an owner and two friends who granted it
  * backup. One run of a tree with every kind of entry, listed, browsed and
  * restored identical; a second run of the tree slightly changed sends only
- * the new pieces; forget removes what only the first snapshot needed and
- * frees the hosts' quota; a run killed with kill -9 resumes without offering
+ * the new pieces; forget removes what only the first snapshot needed,
+ * frees the hosts' quota and pushes them a recovery record without the
+ * forgotten snapshot; a run killed with kill -9 resumes without offering
  * again what a host confirmed; a restore killed with kill -9 resumes.
  */
 
@@ -146,7 +150,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     expectSameTree(await describeTree(join(out, 'docs')), await describeTree(join(src, 'docs')))
   }, 120_000)
 
-  it('forget drops the first snapshot and frees, on each host, what only it needed', async () => {
+  it('forget drops the first snapshot, frees on each host what only it needed, and pushes each host a recovery record without it', async () => {
     const before = await Promise.all(hosts.map(async h => await used(h, owner)))
     const forget = await owner.json<any>('backup', 'forget', '--keep-last', '1')
     expect(forget.forgotten.map((s: any) => s.seq)).toEqual([1])
@@ -159,6 +163,18 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     }
     const { snapshots } = await owner.json<{ snapshots: any[] }>('backup', 'list')
     expect(snapshots.map(s => s.seq)).toEqual([2])
+    // the record each host keeps (the one a restore from the phrase starts from) no longer names snapshot 1:
+    // read as the owner would, from the host's file, with the owner's recovery key
+    const identity = await loadIdentity(join(owner.home, 'identity.key'))
+    const key = deriveBackupKey(identity.secretKey.subarray(0, 32), 'recovery')
+    for (const host of hosts) {
+      await waitFor(async () => {
+        const record = await readFile(join(host.home, 'backup-host', 'records', owner.peerId)).catch(() => null)
+        if (record == null) return false
+        const { content } = openRecovery(record, { owner: owner.peerId, key })
+        return content.snapshots.map(s => s.record.seq).join() === '2'
+      }, `${host.name} to hold a recovery record without the forgotten snapshot`, 10_000)
+    }
     // what snapshot 2 needs is still there
     const out = join(owner.home, '..', 'restored-3')
     expect((await owner.cli('backup', 'restore', '2', '-o', out)).code).toBe(0)
