@@ -278,6 +278,21 @@ describe('the swarm index and protocol', () => {
       }
     })
 
+    it('races a friend late with the chunk the client waits for with another friend, the origin untouched', async () => {
+      // capped at 16 KB/s, the first friend would take a minute for its run, past the pull's deadline
+      const slow = await startNode()
+      try {
+        await slow.handle(SWARM_PROTOCOL, swarmHandler({ index, bandwidth: new BandwidthScheduler({ limits: { upload: 16 * 1024 } }) }))
+        await learn(friend, slow.peerId, slow.getMultiaddrs())
+        const asked: number[] = []
+        const got = await run({ list, friends: [slow.peerId, server.peerId], origin: origin(new Map(), asked) })
+        expect(got.equals(bytes)).toBe(true)
+        expect(asked).toEqual([])
+      } finally {
+        await slow.stop()
+      }
+    })
+
     it('fails with SWARM_BAD_LIST when the origin\'s chunk of the same version does not match the list', async () => {
       const err = await run({ list, friends: [stranger.peerId], origin: origin(new Map([[0, randomBytes(SWARM_CHUNK_SIZE)]]), []) }).catch(e => e)
       expect(err).toBeInstanceOf(KithError)

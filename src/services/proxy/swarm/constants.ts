@@ -21,6 +21,8 @@ export const ASK_DEADLINE_MS = 1_500
 export const MAX_CHUNKS_PER_ASK = 16
 /** chunks the pull asks of a friend in one request: a run on one stream, whose yamux window grows */
 export const CHUNKS_PER_ASK = 4
+/** a chunk the client has waited for this long at one friend is asked of another friend too (one with nothing else to take) */
+export const LATE_CHUNK_MS = 1_000
 /** requests the pull keeps open to one friend at once */
 export const PER_FRIEND_REQUESTS = 2
 /** chunks fetched ahead of what the client took: bounds the memory one request holds (16 MiB); two friends' runs in flight fill it */

@@ -2,7 +2,7 @@ import type { PeerId } from '@libp2p/interface'
 import { KithError } from '../../../errors.ts'
 import type { BandwidthScheduler, Priority } from '../../../transfer/scheduler/index.ts'
 import { RATE_WINDOW_MS } from '../../../transfer/scheduler/index.ts'
-import { CHUNKS_PER_ASK, PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
+import { CHUNKS_PER_ASK, LATE_CHUNK_MS, PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
 import { chunkMatches, chunkSpan, type HashList } from './hash-list.ts'
 import { askChunks, type Dialer } from './protocol.ts'
 
@@ -20,9 +20,12 @@ import { askChunks, type Dialer } from './protocol.ts'
  *   rate window (RATE_WINDOW_MS) is under N B/s; qos 1: only when nothing
  *   at all came for a window (friends stalled).
  * - whatever qos, the origin takes over once no friend is left.
- * When the origin is due and no chunk is free, it fetches the chunk the
- * client waits for if a friend is still on it (a slow or stalled friend
- * holding the client up); the first copy to arrive is used.
+ * A friend with no chunk free to take asks for the chunk the client has
+ * waited for LATE_CHUNK_MS at another friend (and the rest of that
+ * friend's run): a slow or stalled friend is raced by a faster one, not
+ * only by the origin. When the origin is due and no chunk is free, it
+ * fetches the chunk the client waits for if a friend is still on it. The
+ * first copy to arrive is used.
  * Origin chunks come under If-Range and are checked against the list too:
  * an origin that changed its file mid-way is never mixed in (it is
  * dropped; friends finish, or the pull fails), and an origin chunk of the
@@ -66,10 +69,14 @@ class Pull {
   private readonly todo: number[] = []
   private readonly done = new Map<number, Uint8Array>()
   private readonly alive = new Set<string>()
-  /** chunks friends are fetching now */
-  private readonly atFriends = new Set<number>()
+  /** chunks friends are fetching now, and which friends */
+  private readonly atFriends = new Map<number, Set<string>>()
   /** chunks the origin fetched while a friend was on them too */
   private readonly doubled = new Set<number>()
+  /** chunks a second friend fetched while a first was late with them */
+  private readonly raced = new Set<number>()
+  /** the chunk the client waits for, and since when */
+  private waiting = { index: -1, since: 0 }
   /** chunks a source failed: the origin takes them whatever qos says */
   private readonly orphans = new Set<number>()
   private readonly arrivals: Array<[number, number]> = []
@@ -117,6 +124,11 @@ class Pull {
         }
         if (this.failure != null) throw this.failure
         this.signal.throwIfAborted()
+        if (this.waiting.index !== this.next) {
+          this.waiting = { index: this.next, since: performance.now() }
+          // friends with nothing to take start timing it
+          this.notify()
+        }
         await this.changed
       }
     } finally {
@@ -182,23 +194,24 @@ class Pull {
     const { list } = this.init
     while (!this.signal.aborted && this.alive.has(name)) {
       const run = this.takeRun(CHUNKS_PER_ASK)
+      if (run.length === 0) run.push(...this.race(name))
       if (run.length === 0) {
-        // nothing free now; a chunk another source fails comes back (the pull's end stops the wait)
-        await this.idle()
+        // nothing free now; a chunk another source fails comes back, one may become late (the pull's end stops the wait)
+        await this.idle(this.lateIn(name))
         continue
       }
-      for (const index of run) this.atFriends.add(index)
+      for (const index of run) this.onIt(index, name)
       let index = run[0]!
       try {
         await flow.take(chunkSpan(list, run.at(-1)!)[1] - chunkSpan(list, index)[0], this.signal, name)
         for await (const bytes of askChunks(this.init.dialer, peer, list.hash, index, run.length, { signal: this.signal })) {
           if (!chunkMatches(list, index, bytes)) throw new KithError('SWARM_BAD_LIST', `${name} sent chunk ${index} not matching its hash list`)
-          this.atFriends.delete(index)
+          this.offIt(index, name)
           this.arrived(index++, bytes, 'friend')
         }
       } catch (err) {
         for (const left of run.filter(i => i >= index)) {
-          this.atFriends.delete(left)
+          this.offIt(left, name)
           this.giveBack(left)
         }
         if (this.signal.aborted) return
@@ -209,6 +222,46 @@ class Pull {
         this.notify()
       }
     }
+  }
+
+  private onIt (index: number, name: string): void {
+    const friends = this.atFriends.get(index) ?? new Set<string>()
+    friends.add(name)
+    this.atFriends.set(index, friends)
+  }
+
+  private offIt (index: number, name: string): void {
+    const friends = this.atFriends.get(index)
+    friends?.delete(name)
+    if (friends?.size === 0) this.atFriends.delete(index)
+  }
+
+  /** Whether another friend is late with the chunk the client waits for, as `name` sees it: ms until it is, or 0; null when none is on it. */
+  private late (name: string): number | null {
+    const on = this.atFriends.get(this.next)
+    if (on == null || on.has(name) || this.raced.has(this.next) || this.waiting.index !== this.next) return null
+    return Math.max(0, this.waiting.since + LATE_CHUNK_MS - performance.now())
+  }
+
+  /** How long a friend with nothing to take waits before it looks again for a late chunk; undefined: until something changes. */
+  private lateIn (name: string): number | undefined {
+    const ms = this.late(name)
+    return ms == null ? undefined : ms + 1
+  }
+
+  /**
+   * For `name`, which has nothing to take: the chunk the client has waited
+   * LATE_CHUNK_MS for at another friend, and the ones after it that other
+   * friends are on, up to a run; empty when none is late.
+   */
+  private race (name: string): number[] {
+    if (this.late(name) !== 0) return []
+    const run: number[] = []
+    for (let index = this.next; run.length < CHUNKS_PER_ASK && this.atFriends.has(index) && !this.atFriends.get(index)!.has(name) && !this.raced.has(index) && !this.have(index); index++) {
+      this.raced.add(index)
+      run.push(index)
+    }
+    return run
   }
 
   /** Whether the origin should take a chunk now (see the class comment). */
