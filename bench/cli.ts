@@ -1,6 +1,7 @@
-import { spawn, execFileSync } from 'node:child_process'
+import { spawn, execFile, execFileSync } from 'node:child_process'
+import { promisify } from 'node:util'
 import { accessSync, constants, readFileSync } from 'node:fs'
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { cp, mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { delimiter, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -16,14 +17,21 @@ import { fmt, median, table } from './lib.ts'
  *             the same home, and so with the compile cache off;
  *             BENCH_CLI_STARTS (3) of each
  *   commands  `kith status`, `friends`, `transfers` and `--help` against that
- *             daemon, spawned to exit, next to a bare Node 24 process that
+ *             daemon, spawned to exit, from the checkout (TypeScript, Node
+ *             stripping its types) and from the package installed (npm pack
+ *             of JavaScript built into a temp folder, `npm install -g` into
+ *             a temp prefix, once per run: what users run; `installed` in
+ *             the table), next to a bare Node 24 process that
  *             reads the same api.json and api.token and makes one request to
  *             the same API: the floor any Node client has. Target: each
  *             command within 3x that floor. Every command runs with Node's
  *             compile cache warm (primed by an unmeasured round) and cold
  *             (an empty cache each run: the first run after an install or a
  *             cleaned temp folder), and `status` also with the cache off
- *             (NODE_DISABLE_COMPILE_CACHE=1), which shows what the cache saves
+ *             (NODE_DISABLE_COMPILE_CACHE=1), which shows what the cache saves;
+ *             the installed `kith status` also as a shell runs it (the
+ *             prefix's bin/kith, its `#!` line handing over to the package's
+ *             Node 24)
  *   hand-over `kith status` run as a shell runs it (bin/kith.js's `#!` line),
  *             PATH without node_modules (npm run puts node_modules/.bin, and
  *             so Node 24, first), when the shell's `node` is another one (an
@@ -52,6 +60,8 @@ type Cache = 'warm' | 'cold' | 'off'
 
 interface Figure {
   name: string
+  /** which kith: the checkout's TypeScript or the installed package's JavaScript */
+  from: 'checkout' | 'installed' | ''
   command: string
   args: string[]
   cache: Cache | null
@@ -148,11 +158,35 @@ async function daemonStarts (log: Log, work: string): Promise<Starts> {
   return { node: node!, ...starts }
 }
 
+/**
+ * kith as `npm install -g` puts it, in `work/prefix`: the JavaScript built
+ * from this checkout into a staging folder (not the checkout's dist/, which a
+ * package test may be using), packed there without scripts (prepack would
+ * build again) and installed from npm's cache where it can. Returns the
+ * installed bin/kith.js, and the prefix's bin/kith a shell runs.
+ */
+async function installPackage (log: Log, work: string): Promise<{ script: string, bin: string }> {
+  const root = dirname(dirname(KITH))
+  const stage = join(work, 'package')
+  const prefix = join(work, 'prefix')
+  const started = performance.now()
+  const must = async (command: string, args: string[], cwd = work): Promise<string> =>
+    (await promisify(execFile)(command, args, { cwd, timeout: 600_000, maxBuffer: 64 * 1024 * 1024 })).stdout
+  await must(NODE, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'tsconfig.build.json'), '--noCheck', '--outDir', join(stage, 'dist')])
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { files: string[] }
+  for (const entry of ['package.json', 'README.md', ...pkg.files.filter(f => !f.startsWith('dist'))]) await cp(join(root, entry), join(stage, entry), { recursive: true })
+  const packed = JSON.parse(await must('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work], stage)) as Array<{ filename: string }>
+  await must('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', join(work, packed[0]!.filename)])
+  log(`installed the package into a temp prefix in ${fmt((performance.now() - started) / 1000, 1)} s`)
+  return { script: join(prefix, 'lib', 'node_modules', 'kith', 'bin', 'kith.js'), bin: join(prefix, 'bin', 'kith') }
+}
+
 export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${m}\n`)): Promise<string> {
   const load = loadavg()[0]!
   const work = await mkdtemp(join(tmpdir(), 'kith-bench-cli-'))
   let node: TestNode | undefined
   try {
+    const installed = await installPackage(log, work)
     const starts = await daemonStarts(log, work)
     node = starts.node
     const home = node.home
@@ -163,25 +197,30 @@ export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${
     const warmDir = join(work, 'warm')
     await mkdir(warmDir)
 
-    const figures: Figure[] = [{ name: 'bare Node 24, one request', command: NODE, args: ['-e', BARE_CLIENT, home], cache: null, target: false, wall: [], cpu: [] }]
-    for (const args of COMMANDS) {
-      for (const cache of ['warm', 'cold'] as const) {
-        figures.push({ name: `kith ${args.join(' ')}`, command: NODE, args: [KITH, '--home', home, ...args], cache, target: true, wall: [], cpu: [] })
+    const figures: Figure[] = [{ name: 'bare Node 24, one request', from: '', command: NODE, args: ['-e', BARE_CLIENT, home], cache: null, target: false, wall: [], cpu: [] }]
+    for (const [from, kith] of [['checkout', KITH], ['installed', installed.script]] as const) {
+      for (const args of COMMANDS) {
+        for (const cache of ['warm', 'cold'] as const) {
+          figures.push({ name: `kith ${args.join(' ')}`, from, command: NODE, args: [kith, '--home', home, ...args], cache, target: true, wall: [], cpu: [] })
+        }
       }
     }
-    figures.push({ name: 'kith status', command: NODE, args: [KITH, '--home', home, 'status'], cache: 'off', env: { NODE_DISABLE_COMPILE_CACHE: '1' }, target: false, wall: [], cpu: [] })
+    figures.push({ name: 'kith status', from: 'checkout', command: NODE, args: [KITH, '--home', home, 'status'], cache: 'off', env: { NODE_DISABLE_COMPILE_CACHE: '1' }, target: false, wall: [], cpu: [] })
     const shell = { PATH: SHELL_PATH }
+    for (const cache of ['warm', 'cold'] as const) {
+      figures.push({ name: 'kith status from a shell (the prefix\'s bin/kith)', from: 'installed', command: installed.bin, args: ['--home', home, 'status'], cache, env: shell, target: false, wall: [], cpu: [] })
+    }
     const other = systemNode()
     if (other != null) {
       figures.push(
-        { name: `Node ${other.version} bare (node -e 0)`, command: other.path, args: ['-e', '0'], cache: null, env: shell, target: false, wall: [], cpu: [] },
-        { name: `kith status from a shell, its node ${other.version}`, command: KITH, args: ['--home', home, 'status'], cache: 'warm', env: shell, target: false, wall: [], cpu: [] }
+        { name: `Node ${other.version} bare (node -e 0)`, from: '', command: other.path, args: ['-e', '0'], cache: null, env: shell, target: false, wall: [], cpu: [] },
+        { name: `kith status from a shell, its node ${other.version}`, from: 'checkout', command: KITH, args: ['--home', home, 'status'], cache: 'warm', env: shell, target: false, wall: [], cpu: [] }
       )
     } else {
       log('hand-over: no other Node on PATH outside node_modules; not measured')
     }
     const npx = onPath('npx')
-    if (npx != null) figures.push({ name: 'npx kith status', command: npx, args: ['kith', '--home', home, 'status'], cache: 'warm', env: shell, target: false, wall: [], cpu: [] })
+    if (npx != null) figures.push({ name: 'npx kith status', from: 'checkout', command: npx, args: ['kith', '--home', home, 'status'], cache: 'warm', env: shell, target: false, wall: [], cpu: [] })
 
     const run = async (f: Figure, round: number): Promise<{ ms: number, cpuMs: number }> => {
       const cold = f.cache === 'cold' ? join(work, `cold-${round}`) : null
@@ -211,6 +250,7 @@ export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${
       const ratio = median(f.wall) / floor
       return [
         f.name,
+        f.from,
         f.cache ?? '',
         fmt(median(f.wall)),
         fmt(ratio, 2),
@@ -221,12 +261,17 @@ export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${
         f.wall.map(v => fmt(v)).join(' ')
       ]
     })
+    const ranges = (['checkout', 'installed'] as const).map(from => `${from} ${(['warm', 'cold'] as const).map(cache => {
+      const ratios = figures.filter(f => f.target && f.from === from && f.cache === cache).map(f => median(f.wall) / floor)
+      return `${cache} ${fmt(Math.min(...ratios), 2)} to ${fmt(Math.max(...ratios), 2)}x`
+    }).join(', ')}`).join('; ')
     const startFigures: Array<[string, number[]]> = [['new home', starts.fresh], ['same home again', starts.again], ['same home, compile cache off', starts.uncached]]
     const text = [
       `\nkith CLI benchmark: median of ${RUNS} runs, ${cpus().length} cores, Node ${process.versions.node}; ratio = wall time / the bare request's`,
       `load average (1 min) at the start: ${fmt(load, 1)}${load > cpus().length / 2 ? ': other work was running, so milliseconds are noisy; compare ratios' : ''}`,
       `daemon start (kith start to its start-up line), median of ${STARTS}: ${startFigures.map(([what, v]) => `${what} ${fmt(median(v))} ms (${v.map(x => fmt(x)).join(' ')})`).join('; ')}`,
-      table(['figure', 'cache', 'ms', 'ratio', 'target', 'met', 'CPU ms', 'CPU ratio', 'runs (ms)'], rows)
+      `the target's commands, ratio range: ${ranges}`,
+      table(['figure', 'kith', 'cache', 'ms', 'ratio', 'target', 'met', 'CPU ms', 'CPU ratio', 'runs (ms)'], rows)
     ].join('\n')
     console.log(text)
     return text
