@@ -34,8 +34,9 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *             whole by a friend, against `tar | tar` of the same tree;
  *             files per second and peak RSS of both daemons (bench/smallfiles.ts)
  *   cli       how fast `kith status`, `friends`, `transfers`, `--help` answer,
- *             against a bare Node request to the same API; the daemon's time
- *             to start (bench/cli.ts)
+ *             from the checkout and from the package installed into a temp
+ *             prefix, against a bare Node request to the same API; the
+ *             daemon's time to start (bench/cli.ts)
  *   expose    a 1 GiB HTTP response through `kith connect` against one plain
  *             libp2p stream, and a small request's latency against a direct
  *             one (bench/expose.ts)
