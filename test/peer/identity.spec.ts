@@ -92,6 +92,12 @@ describe('createIdentity and loadIdentity', () => {
     expect(verify('invite/1', body, sign('invite/1', body, identity.secretKey), identity.publicKey)).toBe(true)
   })
 
+  it('makes from a seed the key tweetnacl makes from it (a recovery phrase gives back the same identity)', async () => {
+    const seed = new Uint8Array(32).map((_, i) => i * 7 + 1)
+    const identity = await createIdentity(keyFile, undefined, seed)
+    expect(Buffer.from(identity.secretKey)).toEqual(Buffer.from(nacl.sign.keyPair.fromSeed(seed).secretKey))
+  })
+
   it('makes a new identity each time', async () => {
     const one = await createIdentity(keyFile)
     const two = await createIdentity(join(dir, 'other.key'))
