@@ -67,6 +67,13 @@ export const LINGER_MS = 5_000
 export const SEND_HIGH_WATER = 4 * 1024 * 1024
 /** Sends are cut into pieces of this size so a `beforeSend` throttle stays smooth. */
 export const SEND_SLICE = 256 * 1024
+/**
+ * Frames of a GET's answer smaller than this go out together, up to this many
+ * bytes in one send: each send is a muxer frame, an encrypted message and a
+ * socket write here, and a window update, a decryption and a read on the
+ * other side, which for chunks of small files cost more than their bytes.
+ */
+export const COALESCE_BYTES = 64 * 1024
 /** Chunks a GET reads from the store ahead of the one being sent, so disk latency hides behind the network. */
 export const READ_AHEAD = 2
 /** GET requests one holder serves at once, over all peers; more get ERROR(BUSY). */
@@ -566,9 +573,14 @@ export interface SendOptions {
  * than SEND_HIGH_WATER bytes sit in the stream's write buffer.
  */
 export async function sendFrame (stream: Stream, parts: Uint8Array[], options: SendOptions): Promise<void> {
+  await sendFramed(stream, frame(parts), options)
+}
+
+/** `sendFrame` of bytes already framed (one frame or several). */
+async function sendFramed (stream: Stream, framed: Uint8Array[], options: SendOptions): Promise<void> {
   const slice = options.slice ?? SEND_SLICE
   const stallMs = options.stallTimeoutMs ?? SEND_STALL_TIMEOUT_MS
-  for (const part of frame(parts)) {
+  for (const part of framed) {
     for (let at = 0; at < part.byteLength; at += slice) {
       const piece = part.byteLength <= slice ? part : part.subarray(at, at + slice)
       if (options.beforeSend !== undefined) await options.beforeSend(piece.byteLength, options.peer, options.signal)
@@ -742,23 +754,46 @@ export function chunkHandler (init: ChunkHandlerInit): StreamHandler {
             }
           }
           fill()
+          // small frames wait here, copied into one send (COALESCE_BYTES); the rest go as they are
+          let batch: Uint8Array[] = []
+          let batched = 0
+          const flush = async (): Promise<void> => {
+            if (batched === 0) return
+            const bytes = Buffer.concat(batch, batched)
+            batch = []
+            batched = 0
+            await sendFramed(stream, [bytes], send)
+          }
           for (let i = 0; i < ids.length; i++) {
             const got = await raceAbort(ahead.shift()!, signal)
             fill()
             if ('error' in got) {
               served.error = got.error
+              await flush()
               await sendFrame(stream, encodeResponse({ type: 'error', status: STATUS.INTERNAL, message: 'the holder could not read its chunk store' }), send)
               break
             }
+            let parts: Uint8Array[]
             if ('missing' in got) {
               served.missing++
-              await sendFrame(stream, encodeResponse({ type: 'missing', id: ids[i]! }), send)
+              parts = encodeResponse({ type: 'missing', id: ids[i]! })
             } else {
               served.held++
               served.bytes += sealedSize(got.sealed)
-              await sendFrame(stream, encodeChunk(ids[i]!, got.sealed), send)
+              parts = encodeChunk(ids[i]!, got.sealed)
             }
+            const framed = frame(parts)
+            const size = framed.reduce((sum, p) => sum + p.byteLength, 0)
+            if (size >= COALESCE_BYTES) {
+              await flush()
+              await sendFramed(stream, framed, send)
+              continue
+            }
+            batch.push(...framed)
+            batched += size
+            if (batched >= COALESCE_BYTES) await flush()
           }
+          await flush()
         } finally {
           gets--
           const left = (getsOf.get(key) ?? 1) - 1

@@ -8,7 +8,7 @@ import { KithError } from '../../src/errors.ts'
 import type { KithLibp2p } from '../../src/peer/node.ts'
 import { SEAL_OVERHEAD, MAX_SEALED_CHUNK_SIZE } from '../../src/transfer/constants.ts'
 import {
-  CHUNK_PROTOCOL, MAX_GET_IDS, MAX_HAVE_IDS, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, SEND_HIGH_WATER, SEND_SLICE, STATUS,
+  CHUNK_PROTOCOL, COALESCE_BYTES, MAX_GET_IDS, MAX_HAVE_IDS, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, SEND_HIGH_WATER, SEND_SLICE, STATUS,
   askHave, decodeBits, decodeFrame, decodeRequest, decodeResponse, encodeBits, encodeRequest, encodeResponse, encodeVarint,
   chunkHandler, frame, getChunks, readLength, FrameReader, type ChunkItem, type ServedEvent
 } from '../../src/transfer/chunk-protocol.ts'
@@ -391,6 +391,33 @@ describe('chunk protocol over libp2p', () => {
       await node.stop()
       await bigStore.close()
       await big.cleanup()
+    }
+  })
+
+  it('sends the chunks of small files several to a muxer message, in order', async () => {
+    const small = await tempDir()
+    const smallChunks = makeChunks(MAX_GET_IDS, 4096)
+    const smallStore = await openStore(small.dir, smallChunks)
+    const node = await startNode()
+    const handler = chunkHandler({ store: smallStore.store })
+    let sends = 0
+    await node.handle(CHUNK_PROTOCOL, async (stream, connection) => {
+      const send = stream.send.bind(stream)
+      stream.send = data => { sends++; return send(data) }
+      await handler(stream, connection)
+    })
+    await learn(client, node.peerId, node.getMultiaddrs())
+    try {
+      const items = await collect(getChunks(client, node.peerId, smallChunks.map(c => c.id), { signal: AbortSignal.timeout(20_000) }))
+      expect(items.map(item => 'sealed' in item && Buffer.from(item.sealed).equals(smallChunks.find(c => c.id === item.id)!.sealed))).toEqual(smallChunks.map(() => true))
+      expect(items.map(item => item.id)).toEqual(smallChunks.map(c => c.id))
+      // 64 frames of ~4 KiB: a send (a muxer message) for each part of each before; one per COALESCE_BYTES now
+      expect(COALESCE_BYTES).toBeGreaterThanOrEqual(15 * 4200)
+      expect(sends).toBeLessThanOrEqual(MAX_GET_IDS / 8)
+    } finally {
+      await node.stop()
+      await smallStore.close()
+      await small.cleanup()
     }
   })
 
