@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
 import { createServer } from 'node:net'
 import { ApiClient } from '../../src/services/api/client.ts'
+import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../../src/services/daemon-heap.ts'
 
 /**
  * Real kith daemons in separate processes, each with its own temp home, driven
@@ -80,16 +81,19 @@ export class TestNode {
   readonly netns: string | undefined
   /** extra environment for the daemon, like DEBUG=libp2p:dcutr* */
   readonly env: NodeJS.ProcessEnv
+  /** started as a user's `kith start` is: the daemon re-executes itself with its heap flags (bin/kith.js) */
+  readonly reexec: boolean
   private proc: ChildProcess | null = null
   info: StartInfo | null = null
   output = ''
 
-  constructor (name: string, home: string, extraArgs: string[] = [], options: { netns?: string, env?: NodeJS.ProcessEnv } = {}) {
+  constructor (name: string, home: string, extraArgs: string[] = [], options: { netns?: string, env?: NodeJS.ProcessEnv, reexec?: boolean } = {}) {
     this.name = name
     this.home = home
     this.extraArgs = extraArgs
     this.netns = options.netns
     this.env = options.env ?? {}
+    this.reexec = options.reexec ?? false
   }
 
   get peerId (): string {
@@ -123,9 +127,14 @@ export class TestNode {
     const listen = [...this.extraArgs, ...args].includes('--listen') ? [] : ['--listen', '/ip4/127.0.0.1/tcp/0']
     // `ip netns exec` execs the program: the pid is the daemon's
     const [cmd, ...pre] = this.netns != null ? ['ip', 'netns', 'exec', this.netns, NODE] : [NODE]
-    const proc = spawn(cmd!, [...pre, KITH, '--home', this.home, 'start', ...listen, '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
+    // with the heap flags and environment `kith start` would re-execute itself with (bin/kith.js,
+    // src/services/daemon-heap.ts) given here, the daemon starts in one Node process instead of
+    // two: about 0.1 s of CPU less per start
+    const flags = this.reexec ? [] : DAEMON_STARTUP_FLAGS
+    const env = this.reexec ? {} : DAEMON_ENV
+    const proc = spawn(cmd!, [...pre, ...flags, KITH, '--home', this.home, 'start', ...listen, '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ...this.env }
+      env: { ...env, ...process.env, ...this.env }
     })
     this.proc = proc
     live.add(proc)

@@ -83,7 +83,7 @@ describe('the home folder', () => {
   it('takes KITH_PASSPHRASE and KITH_HOME from the environment (the daemon re-execs itself and keeps it)', async () => {
     const envHome = join(home.base, 'from-env')
     const env = { KITH_HOME: envHome, KITH_PASSPHRASE: 'correct horse battery staple' }
-    const sealed = new TestNode('env', envHome, [], { env })
+    const sealed = new TestNode('env', envHome, [], { env, reexec: true })
     const first = await sealed.start()
     await sealed.stop()
     expect(await readFile(join(envHome, 'identity.key'), 'utf8')).toContain('scrypt')
