@@ -18,10 +18,10 @@ export class BufferPool {
     this.max = max
   }
 
-  /** `size` bytes, of unspecified content, in a buffer of its own (never Node's shared pool). */
+  /** `size` bytes, of unspecified content, in a buffer of its own (never Node's shared pool): the last kept one big enough, or a new one. */
   take (size: number): Buffer {
-    const kept = this.free.pop()
-    const whole = kept !== undefined && kept.length >= size ? kept : Buffer.allocUnsafeSlow(size)
+    const at = this.free.findLastIndex(b => b.length >= size)
+    const whole = at >= 0 ? this.free.splice(at, 1)[0]! : Buffer.allocUnsafeSlow(size)
     this.out.add(whole.buffer)
     return whole.subarray(0, size)
   }

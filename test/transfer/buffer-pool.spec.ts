@@ -32,4 +32,14 @@ describe('buffer pool', () => {
     expect(big.buffer).not.toBe(a.buffer)
     expect(big.length).toBe(5000)
   })
+
+  it('hands out a kept buffer big enough even when the last one given back is too small (blobs of many sizes)', () => {
+    const pool = new BufferPool(4)
+    const big = pool.take(4000)
+    const small = pool.take(100)
+    pool.give(big)
+    pool.give(small)
+    expect(pool.take(3000).buffer).toBe(big.buffer)
+    expect(pool.take(50).buffer).toBe(small.buffer)
+  })
 })

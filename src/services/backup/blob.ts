@@ -91,11 +91,12 @@ export function sealBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: str
 
 /**
  * The plaintext of a sealed blob the owner expects to be `kind` with plaintext
- * id `id`. BLOB_MALFORMED for bytes that can't be a blob, BLOB_OPEN_FAILED
- * when they fail authentication (altered, another owner's, another blob or
- * kind, or sealed with other keys).
+ * id `id`, written into `into` when given (a buffer the caller reuses, at
+ * least as long as the plaintext). BLOB_MALFORMED for bytes that can't be a
+ * blob, BLOB_OPEN_FAILED when they fail authentication (altered, another
+ * owner's, another blob or kind, or sealed with other keys).
  */
-export function openBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: string, kind: BlobKind, id: string, sealed: Uint8Array): Uint8Array {
+export function openBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: string, kind: BlobKind, id: string, sealed: Uint8Array, into?: Uint8Array): Uint8Array {
   if (!isBlobId(id)) throw new KithError('BLOB_MALFORMED', `${JSON.stringify(String(id).slice(0, 80))} is not a blob id (64 hex digits)`)
   if (!(sealed instanceof Uint8Array) || sealed.length < SEAL_OVERHEAD || sealed.length > MAX_BLOB_PLAINTEXT + SEAL_OVERHEAD) {
     throw new KithError('BLOB_MALFORMED', `a sealed blob is ${SEAL_OVERHEAD} to ${MAX_BLOB_PLAINTEXT + SEAL_OVERHEAD} bytes, not ${sealed instanceof Uint8Array ? sealed.length : 'a byte array'}`)
@@ -106,7 +107,7 @@ export function openBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: str
   const failed = (): KithError => new KithError('BLOB_OPEN_FAILED', `blob ${id.slice(0, 12)}… (${kind}) failed authentication: it was altered, swapped for another blob, or sealed by someone else`)
   if (!timingSafeEqual(nonce, idBytes.subarray(0, NONCE_LENGTH))) throw failed()
   const body = sealed.subarray(1 + NONCE_LENGTH, sealed.length - TAG_LENGTH)
-  const plaintext = Buffer.allocUnsafe(body.length)
+  const plaintext = into != null && into.length >= body.length ? into.subarray(0, body.length) : Buffer.allocUnsafe(body.length)
   try {
     const decipher = createDecipheriv('aes-256-gcm', keys.seal, nonce)
     decipher.setAAD(associatedData(owner, kind, idBytes))

@@ -10,6 +10,8 @@
  * or the whole request, hands it to the next of its hosts.
  */
 import { KithError, asKithError } from '../../errors.ts'
+import { BufferPool } from '../../transfer/buffer-pool.ts'
+import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
 import { takeBatch } from './batch.ts'
 import { openBlob } from './blob.ts'
 import type { BlobKind, BlobRecord } from './owner-index.ts'
@@ -17,6 +19,15 @@ import { unlessBusy, type BackupParts } from './parts.ts'
 
 /** get-many requests in flight to one host (a host serves 8 requests of one owner at once). */
 const REQUESTS_PER_HOST = 3
+/**
+ * Blobs from this size up are read, and opened, into buffers kept for the
+ * next ones: a fresh buffer of 128 KiB or more is mapped and faulted in page
+ * by page (the daemon's malloc threshold, daemon-heap.ts), and every one
+ * dropped waits for V8's next collection in resident memory.
+ */
+const REUSED_FROM = 128 * 1024
+/** Buffers kept per pool: the restore has at most AHEAD_BYTES (8 MiB) of blobs, ~1 MiB each, in flight. */
+const BUFFERS_KEPT = 8
 
 interface Want {
   id: string
@@ -39,6 +50,10 @@ export class BlobGetter {
   private readonly parts: BackupParts
   private readonly signal: AbortSignal | undefined
   private readonly queues = new Map<string, HostQueue>()
+  /** sealed bodies, given back once opened */
+  private readonly sealedBuffers = new BufferPool(BUFFERS_KEPT)
+  /** plaintexts handed out, given back by release() */
+  private readonly plainBuffers = new BufferPool(BUFFERS_KEPT)
 
   constructor (parts: BackupParts, signal?: AbortSignal) {
     this.parts = parts
@@ -56,6 +71,15 @@ export class BlobGetter {
     return await new Promise<Uint8Array>((resolve, reject) => {
       this.enqueue({ id, kind, record, order, tried: 0, failures: [], resolve, reject })
     })
+  }
+
+  /** Hands back a plaintext get() gave, once nothing uses it (written out): the next blob is opened into it. */
+  release (plaintext: Uint8Array): void {
+    this.plainBuffers.give(plaintext)
+  }
+
+  private buffer (pool: BufferPool, size: number): Uint8Array {
+    return size >= REUSED_FROM ? pool.take(size) : Buffer.allocUnsafe(size)
   }
 
   private enqueue (want: Want): void {
@@ -80,7 +104,7 @@ export class BlobGetter {
   private async send (host: string, batch: Want[]): Promise<void> {
     let answers: Array<Uint8Array | KithError>
     try {
-      answers = await unlessBusy(async () => await this.parts.host(host).getMany(batch.map(w => w.record.sealedId), this.signal), this.signal)
+      answers = await unlessBusy(async () => await this.parts.host(host).getMany(batch.map(w => w.record.sealedId), this.signal, size => this.buffer(this.sealedBuffers, size)), this.signal)
     } catch (err) {
       for (const want of batch) this.failed(want, host, err)
       return
@@ -91,10 +115,14 @@ export class BlobGetter {
         this.failed(want, host, answer)
         continue
       }
+      const into = this.buffer(this.plainBuffers, Math.max(0, answer.length - SEAL_OVERHEAD))
       try {
-        want.resolve(openBlob(this.parts.keys, this.parts.owner, want.kind, want.id, answer))
+        want.resolve(openBlob(this.parts.keys, this.parts.owner, want.kind, want.id, answer, into))
       } catch (err) {
+        this.plainBuffers.give(into)
         this.failed(want, host, err)
+      } finally {
+        this.sealedBuffers.give(answer)
       }
     }
   }

@@ -389,8 +389,12 @@ export interface BackupClient {
    * (past the quota, not sent) or 'busy' (another request is writing it).
    */
   putMany: (blobs: Array<{ id: string, sealed: Uint8Array }>, signal?: AbortSignal) => Promise<{ status: PutStatus[], used: number, quota: number }>
-  /** Many blobs in one request, each verified against its id: the bytes, or BLOB_MISSING / BLOB_CORRUPT for that one */
-  getMany: (ids: string[], signal?: AbortSignal) => Promise<Array<Uint8Array | KithError>>
+  /**
+   * Many blobs in one request, each verified against its id: the bytes, or
+   * BLOB_MISSING / BLOB_CORRUPT for that one. `buffer(size)`, when given,
+   * makes the buffer each body is read into (the caller's, to reuse).
+   */
+  getMany: (ids: string[], signal?: AbortSignal, buffer?: (size: number) => Uint8Array) => Promise<Array<Uint8Array | KithError>>
   remove: (ids: string[], signal?: AbortSignal) => Promise<{ freed: number, used: number }>
   list: (after?: string, limit?: number, signal?: AbortSignal) => Promise<{ ids: Array<{ id: string, size: number }>, next: string | null }>
   audit: (challenges: Array<{ id: string, leaf: number }>, signal?: AbortSignal) => Promise<AuditResult[]>
@@ -532,7 +536,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
       })
     },
 
-    async getMany (ids, signal) {
+    async getMany (ids, signal, buffer) {
       return await exchange('get-many', signal, async (io, answer, s) => {
         await io.send({ op: 'get-many', ids }, s)
         const out: Array<Uint8Array | KithError> = []
@@ -545,7 +549,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
           }
           total += item.size
           if (total > MAX_MANY_BYTES) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} sent more than the ${MAX_MANY_BYTES} bytes one get-many holds`)
-          const sealed = await readBody(io.frames, item.size, io.down, s, `backup host ${host}`, io.moved)
+          const sealed = await readBody(io.frames, item.size, io.down, s, `backup host ${host}`, io.moved, buffer?.(item.size))
           out.push(chunkId(sealed) === id ? sealed : new KithError('BLOB_CORRUPT', `backup host ${host} sent bytes that are not blob ${id}; it is damaged or swapped there`))
         }
         return out

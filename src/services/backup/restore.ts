@@ -216,14 +216,17 @@ class Restorer {
       for (let i = 0; i < entry.chunks.length; i++) {
         const got = await ahead.shift()!
         fetch(i + PREFETCH)
+        let length = 0
         try {
           if (got.error !== undefined) throw got.error
+          length = got.data!.length
           await handle.write(got.data!)
+          this.getter.release(got.data!)
         } finally {
           this.budget.give(got.size)
         }
-        written += got.data!.length
-        this.progress(got.data!.length)
+        written += length
+        this.progress(length)
       }
       if (written !== entry.size) throw new KithError('FILE_VERIFY_FAILED', `${JSON.stringify(dest)}: the snapshot says ${entry.size} bytes, its chunks hold ${written}`)
       await handle.sync()

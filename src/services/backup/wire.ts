@@ -192,11 +192,12 @@ export async function writeBody (lp: Frames, data: Uint8Array, flow: Flow, signa
 
 /**
  * Reads exactly `size` body bytes (already checked against its limit) into
- * one buffer, counting each frame on `flow` (`moved` after each). A frame that would run past
- * `size`, or an empty one, is PROTOCOL_VIOLATION.
+ * one buffer, `into` when given (at least `size` bytes: the caller reuses
+ * buffers), counting each frame on `flow` (`moved` after each). A frame that
+ * would run past `size`, or an empty one, is PROTOCOL_VIOLATION.
  */
-export async function readBody (lp: Frames, size: number, flow: Flow, signal: AbortSignal, what: string, moved?: () => void): Promise<Uint8Array> {
-  const out = Buffer.allocUnsafe(size)
+export async function readBody (lp: Frames, size: number, flow: Flow, signal: AbortSignal, what: string, moved?: () => void, into?: Uint8Array): Promise<Uint8Array> {
+  const out = into != null && into.length >= size ? into.subarray(0, size) : Buffer.allocUnsafe(size)
   let at = 0
   while (at < size) {
     const frame = await lp.read({ signal })
