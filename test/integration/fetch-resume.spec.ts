@@ -3,6 +3,7 @@ import { mkdir, writeFile, readFile, readdir, rm, symlink } from 'node:fs/promis
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { openDatabase, sublevel } from '../../src/peer/database.ts'
+import { ApiClient } from '../../src/services/api/client.ts'
 import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { sharePartialPath } from '../../src/transfer/assemble.ts'
 import { createTestnet, waitFor, befriend, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
@@ -13,8 +14,16 @@ import { exists, sha, tree } from '../helpers/files.ts'
  * paused, cancelled or killed leaves behind and takes up again (its kept
  * partials, damaged held chunks, a file found at its destination), and links
  * planted in a destination. Apart from fetch.spec.ts so the two run side by
- * side.
+ * side. alice's shares and upload caps, the set-up of each test, go to her
+ * API (what `kith share` and `kith limits` send; their CLI is tested in
+ * fetch.spec and bandwidth.spec) rather than through a CLI process each, a
+ * Node start.
  */
+
+/** A request to a node's API. */
+async function call<T = any> (node: TestNode, method: string, path: string, body?: unknown): Promise<T> {
+  return await (await ApiClient.forHome(node.home)).call<T>(method, path, body)
+}
 
 describe('fetching friends\' files: resuming, cancelling, destinations', () => {
   let net: Testnet
@@ -44,14 +53,14 @@ describe('fetching friends\' files: resuming, cancelling, destinations', () => {
   /** As pausedFetch, of what alice already has at `name` in her home (a file or a folder). */
   async function pausedFetchOf (name: string, dest: string, held: number, up = '2MB/s'): Promise<{ t: { id: string }, source: string, held: number }> {
     const source = join(alice.home, name)
-    await alice.json('share', source, '--with', 'carol')
-    await alice.json('limits', 'set', '--up', up)
+    await call(alice, 'POST', '/v1/shares', { path: source, with: ['carol'] })
+    await call(alice, 'PUT', '/v1/limits', { upload: up })
     try {
       const { transfer: t } = await carol.json('fetch', `alice:${name}`, '-o', dest, '--detach')
       await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes >= held, `${held} bytes held`, 30_000)
       return { t, source, held: (await carol.json('pause', t.id)).transfer.doneBytes }
     } finally {
-      await alice.json('limits', 'clear', '--up')
+      await call(alice, 'PUT', '/v1/limits', { upload: null })
     }
   }
 
@@ -133,9 +142,9 @@ describe('fetching friends\' files: resuming, cancelling, destinations', () => {
   it('cancels a fetch and leaves no destination', async () => {
     const source = join(alice.home, 'big3.bin')
     await writeFile(source, randomBytes(48 * 1024 * 1024))
-    await alice.json('share', source, '--with', 'carol')
+    await call(alice, 'POST', '/v1/shares', { path: source, with: ['carol'] })
     // slow enough (~25 s) that the fetch can't end before the cancel lands, however loaded the machine
-    await alice.json('limits', 'set', '--up', '2MB/s')
+    await call(alice, 'PUT', '/v1/limits', { upload: '2MB/s' })
     try {
       const dest = join(carol.home, 'big3.bin')
       const { transfer: t } = await carol.json('fetch', 'alice:big3.bin', '-o', dest, '--detach')
@@ -156,7 +165,7 @@ describe('fetching friends\' files: resuming, cancelling, destinations', () => {
       await carol.json('cancel', p.id)
       expect(await readdir(folder)).toEqual([])
     } finally {
-      await alice.json('limits', 'clear', '--up')
+      await call(alice, 'PUT', '/v1/limits', { upload: null })
     }
   })
 
