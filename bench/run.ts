@@ -48,8 +48,10 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *             backed up again and restored, against restic to a local
  *             repository; peak RSS of each daemon (bench/backup.ts)
  *   proxy     a file from nginx with curl through the daemon's local proxy
- *             (origin only) against curl straight from nginx, and streaming
- *             time to first byte (bench/proxy.ts; BENCH_PROXY_MIB, 256)
+ *             (origin only; cache off, and kept in the cache) against curl
+ *             straight from nginx and a bare Node relay, with each one's CPU
+ *             ms/MB; streaming time to first byte; the offload to two
+ *             friends (bench/proxy.ts; BENCH_PROXY_MIB, 256)
  * `fetch` and `multi` always measure ceiling (b), the figure they are compared to;
  * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
  * (bench/chunk-path-peer.ts: read, seal, hash; verify, open, write, hash the
