@@ -146,10 +146,11 @@ async function daemonStarts (log: Log, work: string): Promise<Starts> {
   for (let i = 0; i < STARTS; i++) {
     if (node != null) await node.stop()
     const home = join(work, `home${i + 1}`)
-    node = new TestNode(`cli${i + 1}`, home)
+    // as a user's `kith start`: the daemon re-executes itself with its heap flags
+    node = new TestNode(`cli${i + 1}`, home, [], { reexec: true })
     await time(node, starts.fresh)
     await node.stop()
-    const uncached = new TestNode(`cli${i + 1}`, home, [], { env: { NODE_DISABLE_COMPILE_CACHE: '1' } })
+    const uncached = new TestNode(`cli${i + 1}`, home, [], { env: { NODE_DISABLE_COMPILE_CACHE: '1' }, reexec: true })
     await time(uncached, starts.uncached)
     await uncached.stop()
     await time(node, starts.again)
