@@ -44,8 +44,14 @@ export const SEAL_FORMAT = 2
 export const SHARE_KEY_LENGTH = 32
 const NONCE_LENGTH = 12
 const TAG_LENGTH = 16
-/** plaintext produced per call when opening into a pooled buffer */
-const OPEN_SLICE = 64 * 1024
+/**
+ * Bytes AES-GCM takes per call, sealing and opening. Each call's output is a
+ * fresh buffer; one of 128 KiB or more glibc maps fresh from the kernel
+ * (DAEMON_ENV's MALLOC_MMAP_THRESHOLD_), a page fault per 4 KiB, while 64 KiB
+ * ones come from its heap. Measured on a 256 MiB fetch, a whole chunk per
+ * call: the owner's CPU was mostly those faults.
+ */
+const CIPHER_SLICE = 64 * 1024
 const AD_DOMAIN = Buffer.from('kith/chunk/2\0', 'utf8')
 export const AD_LENGTH = AD_DOMAIN.length + 1 + ID_LENGTH + ID_LENGTH + 4
 const MAX_U32 = 0xffff_ffff
@@ -118,7 +124,7 @@ export function sealChunk (keys: SealKeys, position: ChunkPosition, plaintext: U
   return Buffer.concat(sealChunkParts(keys, position, plaintext))
 }
 
-/** `sealChunk` as its pieces in order (format and nonce, ciphertext, tag), not joined. */
+/** `sealChunk` as its pieces in order (format and nonce, ciphertext in CIPHER_SLICE pieces, tag), not joined. */
 export function sealChunkParts (keys: SealKeys, position: ChunkPosition, plaintext: Uint8Array): Uint8Array[] {
   checkKeys(keys, position)
   if (plaintext.length > MAX_CHUNK_SIZE) {
@@ -165,17 +171,19 @@ export function sealedSize (sealed: Uint8Array | Uint8Array[]): number {
   return sealed instanceof Uint8Array ? sealed.length : sealed.reduce((sum, part) => sum + part.length, 0)
 }
 
-/** A sealed chunk in pieces: format byte and nonce, ciphertext, then what `final` adds (nothing for GCM) and the tag. */
+/** A sealed chunk in pieces: format byte and nonce, the ciphertext in CIPHER_SLICE pieces, then what `final` adds (nothing for GCM) and the tag. */
 function sealParts (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Uint8Array): Buffer[] {
   const cipher = createCipheriv('aes-256-gcm', keys.enc, nonce, { authTagLength: TAG_LENGTH })
   cipher.setAAD(ad)
   const head = Buffer.allocUnsafe(1 + NONCE_LENGTH)
   head[0] = SEAL_FORMAT
   head.set(nonce, 1)
-  const body = cipher.update(plaintext)
+  const parts = [head]
+  for (let at = 0; at < plaintext.length; at += CIPHER_SLICE) parts.push(cipher.update(plaintext.subarray(at, at + CIPHER_SLICE)))
   const final = cipher.final()
   const tag = cipher.getAuthTag()
-  return [head, body, final.length > 0 ? Buffer.concat([final, tag]) : tag]
+  parts.push(final.length > 0 ? Buffer.concat([final, tag]) : tag)
+  return parts
 }
 
 /**
@@ -183,7 +191,7 @@ function sealParts (keys: SealKeys, ad: Buffer, nonce: Uint8Array, plaintext: Ui
  * CHUNK_DECRYPT_FAILED if the bytes were altered, sealed under another key, or
  * sealed for another share, another file content or another index.
  * With `into`, the plaintext lands in a buffer taken from that pool (decrypted
- * in OPEN_SLICE pieces, so nothing chunk-sized is made per call); the caller
+ * in CIPHER_SLICE pieces, so nothing chunk-sized is made per call); the caller
  * gives it back once done with it.
  */
 export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint8Array, into?: BufferPool): Uint8Array {
@@ -209,8 +217,8 @@ export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint
   } else {
     // in slices, so what node:crypto allocates dies young; the whole lands in a reused buffer
     plaintext = into.take(body.length)
-    for (let at = 0; at < body.length; at += OPEN_SLICE) {
-      plaintext.set(decipher.update(body.subarray(at, at + OPEN_SLICE)), at)
+    for (let at = 0; at < body.length; at += CIPHER_SLICE) {
+      plaintext.set(decipher.update(body.subarray(at, at + CIPHER_SLICE)), at)
     }
   }
   try {
