@@ -1,5 +1,5 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -7,6 +7,7 @@ import { createInterface } from 'node:readline'
 import { createServer } from 'node:net'
 import { ApiClient } from '../../src/services/api/client.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../../src/services/daemon-heap.ts'
+import { homePaths } from '../../src/peer/home.ts'
 
 /**
  * Real kith daemons in separate processes, each with its own temp home, driven
@@ -179,11 +180,30 @@ export class TestNode {
    * `friends`), without starting a CLI process (a Node start each, a fifth of a
    * second of CPU): for polls in waitFor, which a test makes by the dozen. Read
    * anew each time, as the API's port changes on restart. A node in a network
-   * namespace has its API in there: it runs `kith <cli> --json` instead.
+   * namespace has its API in there: curl asks it from in there (a C program,
+   * a hundredth of a CLI process's CPU).
    */
-  async get<T = any> (path: string, ...cli: string[]): Promise<T> {
-    if (this.netns != null) return await this.json<T>(...cli)
-    return await (await ApiClient.forHome(this.home)).get<T>(path)
+  async get<T = any> (path: string): Promise<T> {
+    const api = await ApiClient.forHome(this.home)
+    if (this.netns == null) return await api.get<T>(path)
+    const token = (await readFile(homePaths(this.home).apiToken, 'utf8')).trim()
+    return await new Promise<T>((resolve, reject) => {
+      // the token through stdin (-H @-), not on a command line other users can read
+      const curl = execFile('ip', ['netns', 'exec', this.netns!, 'curl', '-sS', '--max-time', '30', '--fail-with-body', '-H', '@-', new URL(path, api.url).href], (err, stdout, stderr) => {
+        if (err != null) reject(new Error(`GET ${path} on ${this.name}: ${stderr.trim() || err.message} ${stdout}`))
+        else resolve(JSON.parse(stdout) as T)
+      })
+      curl.stdin!.end(`authorization: Bearer ${token}\n`)
+    })
+  }
+
+  /**
+   * A request to the daemon's local API, for a test's set-up (a share, a
+   * limit) that a CLI process (a Node start) would send the same way, where
+   * that command's own output is not what the test is about.
+   */
+  async call<T = any> (method: string, path: string, body?: unknown): Promise<T> {
+    return await (await ApiClient.forHome(this.home)).call<T>(method, path, body)
   }
 
   /** SIGTERM, and wait for a clean exit. */
@@ -215,6 +235,8 @@ export interface Testnet {
 export interface TestnetOptions {
   /** run on each node's home (made, mode 0700) before its daemon starts: a config.json, say */
   before?: (node: TestNode) => Promise<void>
+  /** `kith start` flags by node name, like `{ bob: ['--max-download', '4MB/s'] }` */
+  args?: Record<string, string[]>
 }
 
 export async function createTestnet (names: string[], options: TestnetOptions = {}): Promise<Testnet> {
@@ -229,7 +251,7 @@ export async function createTestnet (names: string[], options: TestnetOptions = 
       await mkdir(n.home, { mode: 0o700 })
       await options.before(n)
     }
-    await n.start()
+    await n.start(options.args?.[n.name])
   }))
   const failed = started.find(s => s.status === 'rejected')
   if (failed != null) {
@@ -278,12 +300,12 @@ export async function threeFriends (options: TestnetOptions = {}): Promise<{ net
 
 /** A node's transfer by id, as `kith transfers --json` shows it. */
 export async function transferOf (node: TestNode, id: string): Promise<any> {
-  return (await node.get<{ transfers: any[] }>('/v1/transfers', 'transfers')).transfers.find(t => t.id === id)
+  return (await node.get<{ transfers: any[] }>('/v1/transfers')).transfers.find(t => t.id === id)
 }
 
 /** Whether `node` sees its friend `label` online, as `kith friends --json` shows it. */
 export async function seesOnline (node: TestNode, label: string): Promise<boolean> {
-  const { friends } = await node.get<{ friends: Array<{ label: string, link: { online: boolean } }> }>('/v1/friends', 'friends')
+  const { friends } = await node.get<{ friends: Array<{ label: string, link: { online: boolean } }> }>('/v1/friends')
   return friends.find(f => f.label === label)?.link.online === true
 }
 
