@@ -209,8 +209,15 @@ export interface NatStatus {
   }>
 }
 
+/**
+ * What `kith status --json` prints, read from the API as the CLI reads it (the
+ * status, and the links of active friends), without a CLI process (a Node
+ * start) for each of a poll's many looks.
+ */
 export async function natStatus (n: TestNode): Promise<NatStatus> {
-  return await n.json<NatStatus>('status')
+  const status = await n.get<Omit<NatStatus, 'friendLinks'>>('/v1/status')
+  const { friends } = await n.get<{ friends: Array<{ label: string, peerId: string, state: string, link: Omit<NatStatus['friendLinks'][number], 'label' | 'peerId'> }> }>('/v1/friends')
+  return { ...status, friendLinks: friends.filter(f => f.state === 'active').map(f => ({ label: f.label, peerId: f.peerId, ...f.link })) }
 }
 
 export async function friendLink (n: TestNode, label: string): Promise<NatStatus['friendLinks'][number] | undefined> {

@@ -90,10 +90,12 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     const dest = join(a.home, 'fetched.bin')
     const kinds = new Set<string>()
     let fetching = true
+    // a look every tenth of a second (each a request to A's API) for as long as the fetch runs
     const watch = (async () => {
       while (fetching) {
         const l = await link(a, 'bob')
         kinds.add(`${l?.kind ?? 'offline'} via ${l?.relay ?? '-'}`)
+        await new Promise(resolve => setTimeout(resolve, 100))
       }
     })()
     const t0 = Date.now()
@@ -208,7 +210,7 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     expect(page.body).toBe('hello from behind a NAT')
     const big = await curlInA('/big')
     expect(big.code).not.toBe(0)
-    const error = await waitFor(async () => (await a.json<{ connections: Array<{ service: string, error: { code: string, message: string } | null }> }>('connections'))
+    const error = await waitFor(async () => (await a.get<{ connections: Array<{ service: string, error: { code: string, message: string } | null }> }>('/v1/connections'))
       .connections.find(c => c.service === 'web' && c.error?.code === 'FRIEND_RELAY_LIMITED')?.error, 'the cut reported', 30_000, 500)
     expect(error.message).toMatch(/reached only through a relay whose budget limits each relayed connection/)
   })
