@@ -3,7 +3,6 @@ import { mkdir, writeFile, readFile, readdir, rm, symlink } from 'node:fs/promis
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { openDatabase, sublevel } from '../../src/peer/database.ts'
-import { ApiClient } from '../../src/services/api/client.ts'
 import { SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { sharePartialPath } from '../../src/transfer/assemble.ts'
 import { createTestnet, waitFor, befriend, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
@@ -19,11 +18,6 @@ import { exists, sha, tree } from '../helpers/files.ts'
  * fetch.spec and bandwidth.spec) rather than through a CLI process each, a
  * Node start.
  */
-
-/** A request to a node's API. */
-async function call<T = any> (node: TestNode, method: string, path: string, body?: unknown): Promise<T> {
-  return await (await ApiClient.forHome(node.home)).call<T>(method, path, body)
-}
 
 describe('fetching friends\' files: resuming, cancelling, destinations', () => {
   let net: Testnet
@@ -53,14 +47,14 @@ describe('fetching friends\' files: resuming, cancelling, destinations', () => {
   /** As pausedFetch, of what alice already has at `name` in her home (a file or a folder). */
   async function pausedFetchOf (name: string, dest: string, held: number, up = '2MB/s'): Promise<{ t: { id: string }, source: string, held: number }> {
     const source = join(alice.home, name)
-    await call(alice, 'POST', '/v1/shares', { path: source, with: ['carol'] })
-    await call(alice, 'PUT', '/v1/limits', { upload: up })
+    await alice.call('POST', '/v1/shares', { path: source, with: ['carol'] })
+    await alice.call('PUT', '/v1/limits', { upload: up })
     try {
       const { transfer: t } = await carol.json('fetch', `alice:${name}`, '-o', dest, '--detach')
       await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes >= held, `${held} bytes held`, 30_000)
       return { t, source, held: (await carol.json('pause', t.id)).transfer.doneBytes }
     } finally {
-      await call(alice, 'PUT', '/v1/limits', { upload: null })
+      await alice.call('PUT', '/v1/limits', { upload: null })
     }
   }
 
@@ -142,9 +136,9 @@ describe('fetching friends\' files: resuming, cancelling, destinations', () => {
   it('cancels a fetch and leaves no destination', async () => {
     const source = join(alice.home, 'big3.bin')
     await writeFile(source, randomBytes(48 * 1024 * 1024))
-    await call(alice, 'POST', '/v1/shares', { path: source, with: ['carol'] })
+    await alice.call('POST', '/v1/shares', { path: source, with: ['carol'] })
     // slow enough (~25 s) that the fetch can't end before the cancel lands, however loaded the machine
-    await call(alice, 'PUT', '/v1/limits', { upload: '2MB/s' })
+    await alice.call('PUT', '/v1/limits', { upload: '2MB/s' })
     try {
       const dest = join(carol.home, 'big3.bin')
       const { transfer: t } = await carol.json('fetch', 'alice:big3.bin', '-o', dest, '--detach')
@@ -165,7 +159,7 @@ describe('fetching friends\' files: resuming, cancelling, destinations', () => {
       await carol.json('cancel', p.id)
       expect(await readdir(folder)).toEqual([])
     } finally {
-      await call(alice, 'PUT', '/v1/limits', { upload: null })
+      await alice.call('PUT', '/v1/limits', { upload: null })
     }
   })
 
