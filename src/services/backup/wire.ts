@@ -205,8 +205,11 @@ export async function readBody (lp: Frames, size: number, flow: Flow, signal: Ab
     if (frame.byteLength === 0 || frame.byteLength > size - at) {
       throw new KithError('PROTOCOL_VIOLATION', `${what} sent ${frame.byteLength === 0 ? 'an empty frame' : 'more bytes than it announced'}`)
     }
-    out.set(frame.subarray(), at)
-    at += frame.byteLength
+    // part by part: frame.subarray() would join the parts into a new buffer first (a frame is up to BODY_SLICE)
+    for (const part of frame) {
+      out.set(part, at)
+      at += part.byteLength
+    }
     await flow.take(frame.byteLength, signal)
   }
   return out
