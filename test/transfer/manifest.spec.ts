@@ -144,16 +144,18 @@ describe('manifest limits', () => {
   })
 
   it('has room in MAX_MANIFEST_BYTES for 100,000 small files in folders of 1,000 (the small-files bench)', () => {
-    const list: Wire[] = []
     const digest = Buffer.alloc(32, 7)
-    for (let d = 0; d < 100; d++) {
-      const folder = `d${String(d).padStart(4, '0')}`
-      list.push({ t: 'd', p: folder })
-      for (let f = d * 1000; f < (d + 1) * 1000; f++) list.push({ t: 'f', p: `${folder}/f${String(f).padStart(6, '0')}.dat`, s: 4096, x: false, h: digest, c: digest })
-    }
-    expect(list.length).toBeLessThanOrEqual(MAX_ENTRIES)
-    // the root is not checked: only the size counts here
-    expect(signed({ ...wireBody([]), entries: list }).length).toBeLessThan(MAX_MANIFEST_BYTES)
+    // one folder of the tree; every folder's entries encode to as many bytes (the paths differ only in digits)
+    const folder = (d: number): Wire[] => [
+      { t: 'd', p: `d${String(d).padStart(4, '0')}` },
+      ...Array.from({ length: 1000 }, (_, i) => ({ t: 'f', p: `d${String(d).padStart(4, '0')}/f${String(d * 1000 + i).padStart(6, '0')}.dat`, s: 4096, x: false, h: digest, c: digest }))
+    ]
+    const empty = signed(wireBody([])).length
+    const one = signed({ ...wireBody([]), entries: folder(99) }).length - empty
+    expect(one).toBeGreaterThan(1001 * 100) // about 105 bytes an entry
+    expect(100 * 1001).toBeLessThanOrEqual(MAX_ENTRIES)
+    // + 8: the entry list's length grows from one byte to five
+    expect(empty + 100 * one + 8).toBeLessThan(MAX_MANIFEST_BYTES)
   })
 
   it('refuses more than MAX_ENTRIES entries', () => {
