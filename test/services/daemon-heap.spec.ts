@@ -46,6 +46,25 @@ describe('releaseMemoryWhenQuiet', () => {
     w.stop()
   })
 
+  it('with afterStartMs, collects once that long after the start, at the first quiet reading, burst or not', () => {
+    let rate = 0
+    let collections = 0
+    let afterStart = 0
+    const w = releaseMemoryWhenQuiet({ rate: () => rate, collect: () => { collections++ }, collectAfterStart: () => { afterStart++ }, intervalMs: 1000, quietMs: 3000, afterStartMs: 10_000 })
+    vi.advanceTimersByTime(9000)
+    expect(afterStart).toBe(0)
+    rate = 10 * MiB // traffic when it is due: it waits
+    vi.advanceTimersByTime(3000)
+    expect(afterStart).toBe(0)
+    rate = 0
+    vi.advanceTimersByTime(1000)
+    expect(afterStart).toBe(1)
+    vi.advanceTimersByTime(60_000) // once only
+    expect(afterStart).toBe(1)
+    expect(collections).toBe(0)
+    w.stop()
+  })
+
   it('leaves small bursts to V8, and stops reading once stopped', () => {
     const w = watch()
     w.setRate(10 * MiB)
