@@ -26,13 +26,13 @@ describe('pausing a friend\'s fetch, and its floor', () => {
   it('pauses and resumes a fetch', async () => {
     const source = join(alice.home, 'big2.bin')
     await writeFile(source, randomBytes(48 * 1024 * 1024))
-    await alice.json('share', source, '--with', 'carol')
+    await alice.call('POST', '/v1/shares', { path: source, with: ['carol'] })
     const dest = join(carol.home, 'big2.bin')
     // slow enough that the fetch can't end before the pause lands, however loaded the machine
-    await alice.json('limits', 'set', '--up', '2MB/s')
+    await alice.call('PUT', '/v1/limits', { upload: '2MB/s' })
     const { transfer: t } = await carol.json('fetch', 'alice:big2.bin', '-o', dest, '--detach')
     const paused = await carol.json('pause', t.id)
-    await alice.json('limits', 'clear', '--up')
+    await alice.call('PUT', '/v1/limits', { upload: null })
     expect(paused.transfer.state).toBe('paused')
     expect((await transferOf(carol, t.id)).state).toBe('paused')
     expect(await exists(dest)).toBe(false)
@@ -50,8 +50,8 @@ describe('pausing a friend\'s fetch, and its floor', () => {
   it('takes on a friend who comes online mid-fetch when its floor falls short', async () => {
     // carol fetched big2.bin above and holds its chunks; bob starts fetching it from alice while carol is away
     const source = join(alice.home, 'big2.bin')
-    await alice.json('share', source, '--with', 'bob', 'carol')
-    await alice.json('limits', 'set', '--up', '4MB/s')
+    await alice.call('POST', '/v1/shares', { path: source, with: ['bob', 'carol'] })
+    await alice.call('PUT', '/v1/limits', { upload: '4MB/s' })
     await carol.stop()
     let carolUp = false
     try {
@@ -65,7 +65,7 @@ describe('pausing a friend\'s fetch, and its floor', () => {
       expect(done.sources.find((s: { label: string }) => s.label === 'carol')?.bytes).toBeGreaterThan(0)
       expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
     } finally {
-      await alice.json('limits', 'clear', '--up')
+      await alice.call('PUT', '/v1/limits', { upload: null })
       if (!carolUp) await carol.start()
     }
   })

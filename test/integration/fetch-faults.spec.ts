@@ -50,12 +50,12 @@ describe('fetch faults', () => {
     await befriend(holder, fetcher)
     source = join(owner.home, 'data.bin')
     await writeFile(source, randomBytes(40 * 1024 * 1024))
-    await owner.json('share', source, '--with', 'holder', 'fetcher')
+    await owner.call('POST', '/v1/shares', { path: source, with: ['holder', 'fetcher'] })
     // the holder fetches it first, so it holds every chunk
     const fetched = await holder.cli('fetch', 'owner:data.bin', '-o', join(holder.home, 'data.bin'))
     expect(fetched.code, fetched.stderr).toBe(0)
     // slow the holder down so the fetcher is still under way when the holder is revoked
-    await holder.json('limits', 'set', '--up', '8MB/s')
+    await holder.call('PUT', '/v1/limits', { upload: '8MB/s' })
   })
 
   afterAll(async () => {
@@ -64,7 +64,7 @@ describe('fetch faults', () => {
 
   it('cuts off a source revoked mid-transfer and finishes from the others', async () => {
     // the owner throttles too, so both sources are busy when the revocation lands
-    await owner.json('limits', 'set', '--up', '8MB/s')
+    await owner.call('PUT', '/v1/limits', { upload: '8MB/s' })
     await waitFor(async () => (await fetcher.get('/v1/friends')).friends.every((f: { link: { online: boolean } }) => f.link.online), 'fetcher sees both')
     const dest = join(fetcher.home, 'data.bin')
     const { transfer: t } = await fetcher.json('fetch', 'owner:data.bin', '-o', dest, '--detach')
@@ -116,8 +116,8 @@ describe('fetch faults', () => {
       await befriend(owner, victim)
       const file = join(owner.home, 'db-fault.bin')
       await writeFile(file, randomBytes(24 * 1024 * 1024))
-      await owner.json('share', file, '--with', 'victim')
-      await owner.json('limits', 'set', '--up', '1MB/s')
+      await owner.call('POST', '/v1/shares', { path: file, with: ['victim'] })
+      await owner.call('PUT', '/v1/limits', { upload: '1MB/s' })
       const dest = join(dirname(fetcher.home), 'db-fault.bin')
       const { transfer: t } = await victim.json('fetch', 'owner:db-fault.bin', '-o', dest, '--detach')
       await waitFor(async () => (await transferOf(victim, t.id))?.doneBytes > 0, 'the fetch under way', 30_000)
@@ -135,13 +135,13 @@ describe('fetch faults', () => {
       // nothing reached the last resort: the failure was the fetch's, handled
       expect(victim.output).not.toContain('BUG')
       // room again: the fetch goes on by itself and finishes
-      await owner.json('limits', 'clear', '--up')
+      await owner.call('PUT', '/v1/limits', { upload: null })
       await rm(filler)
       await transferDone(victim, t.id, 'the fetch to go on once the disk has room')
       expect(sha(await readFile(dest))).toBe(sha(await readFile(file)))
       expect(victim.exited).toBeNull()
     } finally {
-      await owner.json('limits', 'clear', '--up').catch(() => {})
+      await owner.call('PUT', '/v1/limits', { upload: null }).catch(() => {})
       await victim.kill9()
       execFileSync('umount', ['-l', disk])
     }
