@@ -136,7 +136,7 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     const phraseFile = join(owner.home, '..', 'phrase.txt')
     await writeFile(phraseFile, words.join(' ') + '\n')
     // h3 got the recovery record the repair pushed
-    await waitFor(async () => (await h3!.json('backup', 'hosted')).hosted.find((h: any) => h.peerId === owner.peerId)?.record != null, 'h3 to hold the owner\'s recovery record')
+    await waitFor(async () => (await h3!.get('/v1/backup/hosted')).hosted.find((h: any) => h.peerId === owner.peerId)?.record != null, 'h3 to hold the owner\'s recovery record')
     const via = h3!.info!.addrs.find(a => a.startsWith('/ip4/127.0.0.1/'))!
     const ownerId = owner.peerId
     await owner.stop() // the old machine is gone

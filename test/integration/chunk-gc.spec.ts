@@ -35,8 +35,9 @@ async function chunkFiles (node: TestNode): Promise<number> {
   return files
 }
 
+/** The store as `kith status --json` shows it, from the API: polls ask it every 100 ms, a CLI process would be a Node start each */
 async function store (node: TestNode): Promise<{ chunks: number, bytes: number, gc: any }> {
-  return (await node.json('status')).store
+  return (await node.get('/v1/status')).store
 }
 
 describe('chunk store collection', () => {
