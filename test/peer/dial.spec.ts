@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import net from 'node:net'
 import { generateKeyPair } from '@libp2p/crypto/keys'
-import type { Connection, ConnectionGater, Stream } from '@libp2p/interface'
+import { ConnectionClosedError, MuxerClosedError, type Connection, type ConnectionGater, type Stream } from '@libp2p/interface'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
 import { dialProtocol, asError } from '../../src/peer/dial.ts'
@@ -138,5 +138,36 @@ describe('asError', () => {
     const error = new Error('refused')
     expect(asError(error, OTHER)).toBe(error)
     expect(asError(undefined, OTHER)).toMatchObject({ code: 'CONNECTION_CLOSED', message: `libp2p failed to open ${OTHER} without saying why (undefined); try again` })
+  })
+})
+
+describe('dialProtocol retry policy', () => {
+  /** A dialer that fails with each of `failures` in turn, then opens `stream`; counts its calls. */
+  const scripted = (failures: unknown[], stream: Stream): { dialer: { dialProtocol: () => Promise<Stream> }, calls: () => number } => {
+    let calls = 0
+    return {
+      dialer: { dialProtocol: async () => { const failure = failures[calls++]; if (failure !== undefined) throw failure; return stream } },
+      calls: () => calls
+    }
+  }
+  const stream = {} as unknown as Stream
+
+  it('tries a dial whose connection closed (close Event, MuxerClosedError, ConnectionClosedError) twice more, the last after a pause', async () => {
+    const { dialer, calls } = scripted([new MuxerClosedError(), new ConnectionClosedError('closed')], stream)
+    await expect(dialProtocol(dialer, 'peer', OTHER, {})).resolves.toBe(stream)
+    expect(calls()).toBe(3)
+    const again = scripted([new Event('close'), new Event('close'), new Event('close')], stream)
+    await expect(dialProtocol(again.dialer, 'peer', OTHER, {})).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' })
+    expect(again.calls()).toBe(3)
+  })
+
+  it('does not try again on other failures, or once the caller gave up', async () => {
+    const refused = new Error('refused')
+    const { dialer, calls } = scripted([refused], stream)
+    await expect(dialProtocol(dialer, 'peer', OTHER, {})).rejects.toBe(refused)
+    expect(calls()).toBe(1)
+    const gaveUp = scripted([new MuxerClosedError()], stream)
+    await expect(dialProtocol(gaveUp.dialer, 'peer', OTHER, { signal: AbortSignal.abort() })).rejects.toBeInstanceOf(MuxerClosedError)
+    expect(gaveUp.calls()).toBe(1)
   })
 })
