@@ -1,6 +1,8 @@
 // A chunk holder in its own process, serving /kith/chunks/1.0.0 from a chunk
 // store folder with a chosen fault. Prints one JSON line, { peerId, addrs },
-// once it listens; exits when its stdin closes (or on a signal).
+// once it listens, then a line `get` each time a GET asks it for a chunk
+// (before the fault: a test can wait until a bad source was asked); exits
+// when its stdin closes (or on a signal).
 //
 //   node test/helpers/bad-source.ts <mode> <store folder>
 //
@@ -102,6 +104,10 @@ switch (mode) {
     process.stderr.write(`unknown mode ${mode}\n`)
     process.exit(2)
 }
+
+// every GET reads its chunks through getParts, whatever the mode: say so
+const served = handler.store
+handler = { ...handler, store: { has: async id => await served.has(id), getParts: async id => { process.stdout.write('get\n'); return await served.getParts(id) } } }
 
 const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
 await node.handle(CHUNK_PROTOCOL, chunkHandler(handler), { maxInboundStreams: 64 })

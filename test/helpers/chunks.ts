@@ -90,6 +90,8 @@ export class SourceProcess {
   peerId!: PeerId
   addrs: Multiaddr[] = []
   stderr = ''
+  /** chunks it has been asked for so far (its `get` lines) */
+  asked = 0
 
   private constructor (mode: FaultMode, proc: ChildProcess) {
     this.mode = mode
@@ -103,7 +105,12 @@ export class SourceProcess {
     proc.stderr!.on('data', (d: Buffer) => { source.stderr += d.toString() })
     const line = await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => { reject(new Error(`${mode} source did not start: ${source.stderr}`)) }, 20_000)
-      createInterface({ input: proc.stdout! }).once('line', l => { clearTimeout(timer); resolve(l) })
+      const lines = createInterface({ input: proc.stdout! })
+      lines.once('line', l => {
+        clearTimeout(timer)
+        resolve(l)
+        lines.on('line', next => { if (next === 'get') source.asked++ })
+      })
       proc.once('exit', code => { clearTimeout(timer); reject(new Error(`${mode} source exited with ${code}: ${source.stderr}`)) })
     })
     const info = JSON.parse(line) as { peerId: string, addrs: string[] }

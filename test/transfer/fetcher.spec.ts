@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
+import type { PeerId } from '@libp2p/interface'
 import type { KithLibp2p } from '../../src/peer/node.ts'
 import type { ChunkStore } from '../../src/transfer/chunk-store.ts'
 import type { ServedEvent } from '../../src/transfer/chunk-protocol.ts'
@@ -130,7 +131,13 @@ describe('multi-source fetch', () => {
       const bad = procs.get(mode)!
       const mine = await fresh()
       try {
-        const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [bad.peerId, good.peerId], ...options })
+        // the good source's chunks wait until the bad one was asked for one: otherwise a quick good
+        // source could finish before the bad one's HAVE came back, and nothing would be shown of it
+        const askedBefore = bad.asked
+        const beforeReceive = async (_bytes: number, peer: PeerId): Promise<void> => {
+          if (peer.equals(good.peerId)) await until(() => bad.asked > askedBefore, `the ${mode} source to be asked for a chunk`)
+        }
+        const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [bad.peerId, good.peerId], beforeReceive, ...options })
         expect(report.fetchedChunks).toBe(COUNT)
         await expectAllStored(mine.store, chunks)
         const b = source(report, bad.peerId)
