@@ -345,3 +345,24 @@ export async function freePort (avoid: number[] = []): Promise<number> {
     if (!avoid.includes(port)) return port
   }
 }
+
+/**
+ * Starts `node` listening on a free port of 127.0.0.1 (none of `avoid`) and
+ * returns it. A port is free only until someone takes it: another test's
+ * outgoing connection or daemon can bind it between `freePort` and the
+ * start (a CI run saw EADDRINUSE so), so a start that fails on it is tried
+ * again on another port, up to 5 times.
+ */
+export async function startOnFreePort (node: TestNode, avoid: number[] = []): Promise<number> {
+  const taken = [...avoid]
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort(taken)
+    try {
+      await node.start(['--listen', `/ip4/127.0.0.1/tcp/${port}`])
+      return port
+    } catch (err) {
+      if (attempt >= 5 || !String(err).includes('EADDRINUSE')) throw err
+      taken.push(port)
+    }
+  }
+}

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import nacl from 'tweetnacl'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { createTestnet, waitFor, freePort, TestNode, type Testnet } from '../helpers/testnet.ts'
+import { createTestnet, waitFor, startOnFreePort, TestNode, type Testnet } from '../helpers/testnet.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 import { KithError } from '../../src/errors.ts'
 import { openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
@@ -93,10 +93,8 @@ describe('finding friends who moved', () => {
     await Promise.all([b.stop(), c.stop()])
     // a stranger takes over C's old port before either comes back
     await stranger.start(listenOn(oldC))
-    const newB = await freePort([oldB, oldC])
-    const newC = await freePort([oldB, oldC, newB])
     const spawned = Date.now()
-    await Promise.all([b.start(listenOn(newB)), c.start(listenOn(newC))])
+    const [newB, newC] = await Promise.all([startOnFreePort(b, [oldB, oldC]), startOnFreePort(c, [oldB, oldC])])
     const up = Date.now()
     expect([portOf(b), portOf(c)]).toEqual([newB, newC])
     expect([newB, newC]).not.toContain(oldB)
@@ -152,8 +150,7 @@ describe('finding friends who moved', () => {
     console.log(`kith locate with a stranger on C's last address:\n${describeReport(report)}`)
 
     // C comes back on yet another port; `kith locate` (text) walks the steps to it through A
-    const newest = await freePort()
-    await c.start(listenOn(newest))
+    const newest = await startOnFreePort(c, [cPort])
     const up = Date.now()
     await waitFor(async () => await online(a, c), 'C back with A', 5_000, 50)
     const located = await b.cli('locate', 'carol')
