@@ -83,3 +83,15 @@ export const MAX_SHARE_NAME_LENGTH = 255
 
 /** Suffix of the temporary file a download is assembled in, beside its destination. */
 export const PARTIAL_SUFFIX = '.kith-partial'
+
+/**
+ * Bytes AES-GCM takes per call wherever kith seals or opens (chunks in
+ * seal.ts, backup blobs in services/backup/blob.ts). Each call's output is a
+ * fresh buffer; one of 128 KiB or more glibc maps fresh from the kernel (the
+ * daemon's MALLOC_MMAP_THRESHOLD_, services/daemon-heap.ts), a page fault per
+ * 4 KiB, while 64 KiB ones come from its heap. Measured on the bench machine,
+ * a whole chunk or blob per call against 64 KiB: backup blobs sealed 12.9 ->
+ * 2.2-3.7 CPU ms/MB and opened 9.0 -> 1.3-2.4; an owner serving a 256 MiB
+ * fetch 14.5-15.1 -> 8.4-11.3.
+ */
+export const CIPHER_SLICE = 64 * 1024

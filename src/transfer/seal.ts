@@ -1,7 +1,7 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hash, hkdfSync, randomBytes, type KeyObject } from 'node:crypto'
 import { KithError } from '../errors.ts'
 import type { BufferPool } from './buffer-pool.ts'
-import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, MAX_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
+import { CIPHER_SLICE, ID_LENGTH, MAX_SEALED_CHUNK_SIZE, MAX_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 
 /**
  * Chunk sealing: AES-256-GCM under a per-share key.
@@ -44,14 +44,6 @@ export const SEAL_FORMAT = 2
 export const SHARE_KEY_LENGTH = 32
 const NONCE_LENGTH = 12
 const TAG_LENGTH = 16
-/**
- * Bytes AES-GCM takes per call, sealing and opening. Each call's output is a
- * fresh buffer; one of 128 KiB or more glibc maps fresh from the kernel
- * (DAEMON_ENV's MALLOC_MMAP_THRESHOLD_), a page fault per 4 KiB, while 64 KiB
- * ones come from its heap. Measured on a 256 MiB fetch, a whole chunk per
- * call: the owner's CPU was mostly those faults.
- */
-const CIPHER_SLICE = 64 * 1024
 const AD_DOMAIN = Buffer.from('kith/chunk/2\0', 'utf8')
 export const AD_LENGTH = AD_DOMAIN.length + 1 + ID_LENGTH + ID_LENGTH + 4
 const MAX_U32 = 0xffff_ffff

@@ -18,7 +18,7 @@
  */
 import { createCipheriv, createDecipheriv, createHmac, timingSafeEqual } from 'node:crypto'
 import { KithError } from '../../errors.ts'
-import { MAX_CHUNK_SIZE, SEAL_OVERHEAD } from '../../transfer/constants.ts'
+import { CIPHER_SLICE, MAX_CHUNK_SIZE, SEAL_OVERHEAD } from '../../transfer/constants.ts'
 import { chunkId } from '../../transfer/seal.ts'
 import type { BackupKeys } from './keys.ts'
 import type { BlobKind } from './owner-index.ts'
@@ -32,16 +32,6 @@ const TAG_LENGTH = 16
 const AD_DOMAIN = Buffer.from('kith/backup/blob/1\0', 'utf8')
 const KIND_BYTE: Record<BlobKind, number> = { data: 1, tree: 2, snapshot: 3 }
 const HEX_ID = /^[0-9a-f]{64}$/
-/**
- * Plaintext or ciphertext handed to AES-GCM per call, the output copied into
- * one buffer for the whole blob. Each call returns a new buffer: below glibc's
- * mmap threshold (the daemon sets 128 KiB, daemon-heap.ts) it comes from the
- * heap's free memory, while a 1 MiB one is mapped fresh and faulted in page by
- * page, which costs more than the cipher. Measured on the bench machine (1 MiB
- * blobs, that threshold): seal 12.9 -> 2.2-3.7 CPU ms/MB, open 9.0 -> 1.3-2.4
- * (page faults per MB 772 -> 25-115 and 514 -> 9-68).
- */
-const CIPHER_SLICE = 64 * 1024
 
 export interface SealedBlob {
   /** plaintext id (owner only) */
