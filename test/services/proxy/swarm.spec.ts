@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import type { z } from 'zod'
-import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest'
 import { createHash, randomBytes } from 'node:crypto'
 import { appendFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -286,11 +286,42 @@ describe('the swarm index and protocol', () => {
         await slow.handle(SWARM_PROTOCOL, swarmHandler({ index, bandwidth: new BandwidthScheduler({ limits: { upload: 16 * 1024 } }) }))
         await learn(friend, slow.peerId, slow.getMultiaddrs())
         const sources: string[] = []
-        const got = await run({ list, friends: [slow.peerId, server.peerId], origin: origin(new Map(), []), onChunk: source => { sources.push(source) } })
+        const got = await run({ list, friends: [slow.peerId, server.peerId], lateMs: 200, origin: origin(new Map(), []), onChunk: source => { sources.push(source) } })
         expect(got.equals(bytes)).toBe(true)
         expect(sources).toEqual(['friend', 'friend'])
       } finally {
         await slow.stop()
+      }
+    })
+
+    it('drops a friend that is raced and loses twice: it is not asked again in that pull', async () => {
+      // 20 chunks, more than the window: the slow friend (16 KB/s) takes runs at the start and, without the drop, would
+      // take more as the window moves, each won by the other friend once late (200 ms here); the origin is down
+      const big = randomBytes(20 * SWARM_CHUNK_SIZE)
+      const bigList = { ...listOf(big), urls: ['https://example.com/big.bin'] }
+      const path = join(tmp.dir, 'big.bin')
+      await writeFile(path, big)
+      await index.record({ urls: bigList.urls, etag: '"v1"', lastModified: null, hash: bigList.hash, chunks: bigList.chunks, path, length: big.length })
+      const slow = await startNode()
+      const serveSlow = swarmHandler({ index, bandwidth: new BandwidthScheduler({ limits: { upload: 16 * 1024 } }) })
+      const asks: number[] = []
+      let droppedAfter = -1
+      const logged = vi.spyOn(console, 'error').mockImplementation((line: string) => {
+        if (String(line).includes(`friend ${slow.peerId.toString()} dropped`) && String(line).includes('lost 2 races')) droppedAfter = asks.length
+      })
+      try {
+        await slow.handle(SWARM_PROTOCOL, async (stream, connection) => { asks.push(performance.now()); await serveSlow(stream, connection) })
+        await learn(friend, slow.peerId, slow.getMultiaddrs())
+        const sources: string[] = []
+        const got = await run({ list: bigList, from: 0, to: 19, friends: [slow.peerId, server.peerId], lateMs: 200, origin: origin(new Map(), []), onChunk: source => { sources.push(source) } })
+        expect(got.equals(big)).toBe(true)
+        expect(sources).toEqual(Array(20).fill('friend'))
+        expect(droppedAfter).toBeGreaterThan(0)
+        expect(asks.length).toBe(droppedAfter)
+      } finally {
+        logged.mockRestore()
+        await slow.stop()
+        await index.forget(path)
       }
     })
 

@@ -29,3 +29,5 @@ export const PER_FRIEND_REQUESTS = 2
 export const WINDOW_CHUNKS = 16
 /** streams a node answers at once on the swarm protocol */
 export const MAX_INBOUND_SWARM_STREAMS = 64
+/** races a friend may lose in one pull (another source first with a chunk the client waited LATE_CHUNK_MS for) before it is dropped from it */
+export const MAX_LOST_RACES = 2

@@ -2,7 +2,7 @@ import type { PeerId } from '@libp2p/interface'
 import { KithError } from '../../../errors.ts'
 import type { BandwidthScheduler, Priority } from '../../../transfer/scheduler/index.ts'
 import { RATE_WINDOW_MS } from '../../../transfer/scheduler/index.ts'
-import { CHUNKS_PER_ASK, LATE_CHUNK_MS, PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
+import { CHUNKS_PER_ASK, LATE_CHUNK_MS, MAX_LOST_RACES, PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
 import { chunkMatches, chunkSpan, type HashList } from './hash-list.ts'
 import { askChunks, type Dialer } from './protocol.ts'
 
@@ -25,7 +25,11 @@ import { askChunks, type Dialer } from './protocol.ts'
  * friend's run): a slow or stalled friend is raced by a faster one, not
  * only by the origin. When the origin is due and no chunk is free, it
  * fetches the chunk the client waits for if a friend is still on it. The
- * first copy to arrive is used.
+ * first copy to arrive is used, and a request whose chunks all came from
+ * others is cancelled. A friend that loses such a race MAX_LOST_RACES
+ * times (another copy of a chunk the client waited LATE_CHUNK_MS for came
+ * first) is dropped from the pull, as a failing one is: a slow friend is
+ * not raced again for every run.
  * Origin chunks come under If-Range and are checked against the list too:
  * an origin that changed its file mid-way is never mixed in (it is
  * dropped; friends finish, or the pull fails), and an origin chunk of the
@@ -50,6 +54,22 @@ export interface PullInit {
   signal: AbortSignal
   /** told of every verified chunk: who it came from */
   onChunk?: (from: 'friend' | 'origin', bytes: number) => void
+  /** how long the client waits for a chunk at one friend before it is late (raced) @default LATE_CHUNK_MS */
+  lateMs?: number
+}
+
+/** One `chunks` request to a friend under way: its run, the next chunk it brings, and its cancel. */
+interface Ask {
+  run: number[]
+  at: number
+  stop: AbortController
+}
+
+/** A friend in the pull: its requests under way, the races it lost, and its cancel (dropped). */
+interface Source {
+  asks: Set<Ask>
+  lost: number
+  stop: AbortController
 }
 
 export async function * pull (init: PullInit): AsyncGenerator<Uint8Array> {
@@ -68,7 +88,8 @@ class Pull {
   /** chunks nobody is fetching, lowest first */
   private readonly todo: number[] = []
   private readonly done = new Map<number, Uint8Array>()
-  private readonly alive = new Set<string>()
+  /** friends still in the pull */
+  private readonly alive = new Map<string, Source>()
   /** chunks friends are fetching now, and which friends */
   private readonly atFriends = new Map<number, Set<string>>()
   /** chunks the origin fetched while a friend was on them too */
@@ -81,6 +102,7 @@ class Pull {
   private readonly orphans = new Set<number>()
   private readonly arrivals: Array<[number, number]> = []
   private readonly started = performance.now()
+  private readonly lateMs: number
   private next: number
   private originOk = true
   private failure: unknown = null
@@ -91,6 +113,7 @@ class Pull {
     this.init = init
     this.signal = AbortSignal.any([init.signal, this.stopping.signal])
     this.next = init.from
+    this.lateMs = init.lateMs ?? LATE_CHUNK_MS
     for (let i = init.from; i <= init.to; i++) {
       const had = init.have?.get(i)
       if (had != null) this.done.set(i, had)
@@ -108,7 +131,7 @@ class Pull {
     const friendFlow = this.init.bandwidth.flow({ direction: 'down', class: 'friend', priority: this.init.priority, label: 'proxy-swarm' })
     const workers: Array<Promise<void>> = []
     for (const peer of this.init.friends) {
-      this.alive.add(peer.toString())
+      this.alive.set(peer.toString(), { asks: new Set(), lost: 0, stop: new AbortController() })
       for (let n = 0; n < PER_FRIEND_REQUESTS; n++) workers.push(this.friendWorker(peer, friendFlow))
     }
     workers.push(this.originWorker())
@@ -174,11 +197,40 @@ class Pull {
 
   private arrived (index: number, bytes: Uint8Array, from: 'friend' | 'origin'): void {
     if (this.have(index)) return
+    const now = performance.now()
+    // friends still on a chunk the client waited for past lateness, that came from another source first, lost a race
+    const losers = index === this.waiting.index && now - this.waiting.since >= this.lateMs ? [...this.atFriends.get(index) ?? []] : []
     this.orphans.delete(index)
     this.done.set(index, bytes)
-    this.arrivals.push([performance.now(), bytes.length])
+    this.arrivals.push([now, bytes.length])
     this.init.onChunk?.(from, bytes.length)
+    for (const name of losers) this.lostRace(name)
+    this.cancelBeaten()
     this.notify()
+  }
+
+  private lostRace (name: string): void {
+    const source = this.alive.get(name)
+    if (source == null || ++source.lost < MAX_LOST_RACES) return
+    this.drop(name, new KithError('CHUNK_PEER_STALLED', `too slow: it lost ${source.lost} races for chunks the client waited ${this.lateMs} ms for`))
+  }
+
+  /** `name` leaves the pull: its requests are cancelled and their chunks go back for other sources. */
+  private drop (name: string, err: Error): void {
+    const source = this.alive.get(name)
+    if (source == null) return
+    this.alive.delete(name)
+    source.stop.abort(err)
+    console.error(`kith proxy: friend ${name} dropped from a swarm pull: ${err.message}`)
+  }
+
+  /** Cancels friends' requests whose every chunk left came from another source already. */
+  private cancelBeaten (): void {
+    for (const source of this.alive.values()) {
+      for (const ask of source.asks) {
+        if (ask.run.every(i => i < ask.at || this.have(i))) ask.stop.abort()
+      }
+    }
   }
 
   private async idle (ms?: number): Promise<void> {
@@ -192,7 +244,7 @@ class Pull {
   private async friendWorker (peer: PeerId, flow: ReturnType<BandwidthScheduler['flow']>): Promise<void> {
     const name = peer.toString()
     const { list } = this.init
-    while (!this.signal.aborted && this.alive.has(name)) {
+    for (let source = this.alive.get(name); source != null && !this.signal.aborted; source = this.alive.get(name)) {
       const run = this.takeRun(CHUNKS_PER_ASK)
       if (run.length === 0) run.push(...this.race(name))
       if (run.length === 0) {
@@ -201,25 +253,29 @@ class Pull {
         continue
       }
       for (const index of run) this.onIt(index, name)
-      let index = run[0]!
+      const ask: Ask = { run, at: run[0]!, stop: new AbortController() }
+      source.asks.add(ask)
+      const signal = AbortSignal.any([this.signal, source.stop.signal, ask.stop.signal])
       try {
-        await flow.take(chunkSpan(list, run.at(-1)!)[1] - chunkSpan(list, index)[0], this.signal, name)
-        for await (const bytes of askChunks(this.init.dialer, peer, list.hash, index, run.length, { signal: this.signal })) {
-          if (!chunkMatches(list, index, bytes)) throw new KithError('SWARM_BAD_LIST', `${name} sent chunk ${index} not matching its hash list`)
-          this.offIt(index, name)
-          this.arrived(index++, bytes, 'friend')
+        await flow.take(chunkSpan(list, run.at(-1)!)[1] - chunkSpan(list, ask.at)[0], signal, name)
+        for await (const bytes of askChunks(this.init.dialer, peer, list.hash, ask.at, run.length, { signal })) {
+          if (!chunkMatches(list, ask.at, bytes)) throw new KithError('SWARM_BAD_LIST', `${name} sent chunk ${ask.at} not matching its hash list`)
+          this.offIt(ask.at, name)
+          this.arrived(ask.at++, bytes, 'friend')
         }
       } catch (err) {
-        for (const left of run.filter(i => i >= index)) {
+        for (const left of run.filter(i => i >= ask.at)) {
           this.offIt(left, name)
           this.giveBack(left)
         }
-        if (this.signal.aborted) return
+        // the pull ended, the friend was dropped, or every chunk it had left came from others (it takes the next run)
+        if (signal.aborted) continue
         // a wrong chunk, a refusal, a friend gone: no more chunks from them in this pull
-        // (its other request in flight may fail too: said once)
-        if (this.alive.delete(name)) console.error(`kith proxy: friend ${name} dropped from a swarm pull: ${(err as Error).message}`)
+        this.drop(name, err as Error)
         this.failIfStuck(err)
         this.notify()
+      } finally {
+        source.asks.delete(ask)
       }
     }
   }
@@ -240,7 +296,7 @@ class Pull {
   private late (name: string): number | null {
     const on = this.atFriends.get(this.next)
     if (on == null || on.has(name) || this.raced.has(this.next) || this.waiting.index !== this.next) return null
-    return Math.max(0, this.waiting.since + LATE_CHUNK_MS - performance.now())
+    return Math.max(0, this.waiting.since + this.lateMs - performance.now())
   }
 
   /** How long a friend with nothing to take waits before it looks again for a late chunk; undefined: until something changes. */
@@ -251,7 +307,7 @@ class Pull {
 
   /**
    * For `name`, which has nothing to take: the chunk the client has waited
-   * LATE_CHUNK_MS for at another friend, and the ones after it that other
+   * lateMs for at another friend, and the ones after it that other
    * friends are on, up to a run; empty when none is late.
    */
   private race (name: string): number[] {
