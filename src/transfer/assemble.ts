@@ -396,13 +396,37 @@ export async function assembleFile (dest: string, entry: ManifestFile, chunkSize
  * share, that entry's whole-file sha256, and the chunk's index. Reading fails
  * with BAD_REQUEST if that entry is not a file.
  */
-export function storeReader (store: Pick<ChunkStore, 'get'>, keys: SealKeys, manifest: Pick<Manifest, 'shareId' | 'entries'>, file: number): ChunkReader {
+export function storeReader (store: Pick<ChunkStore, 'get'>, keys: SealKeys, manifest: Pick<Manifest, 'shareId' | 'entries' | 'packs'>, file: number): ChunkReader {
   const entry = manifest.entries[file]
   const fileHash = entry?.type === 'file' ? entry.sha256 : undefined
   return async (index, id) => {
     if (fileHash === undefined) throw new KithError('BAD_REQUEST', `entry ${file} of the manifest is not a file, so it has no chunks to read`)
+    if (entry?.type === 'file' && entry.pack !== undefined) return cutFromPack(keys, manifest, entry, await store.get(id))
     return openChunk(keys, { shareId: manifest.shareId, fileHash, index }, await store.get(id))
   }
+}
+
+/**
+ * A packed file's bytes, cut from its pack (`sealed`, its id already
+ * checked): opened at the pack's position, which authenticates every byte of
+ * it, and its length checked against the manifest before anything is cut.
+ * The file's own sha256 is checked when it is placed. With `into`, the
+ * plaintext is a buffer of that pool, for the caller to give back.
+ */
+export function openPack (keys: SealKeys, manifest: Pick<Manifest, 'shareId' | 'packs'>, index: number, sealed: Uint8Array, into?: BufferPool): Uint8Array {
+  const pack = manifest.packs[index]
+  if (pack === undefined) throw new KithError('BAD_REQUEST', `the manifest has no pack ${index}`)
+  const plaintext = openChunk(keys, { shareId: manifest.shareId, fileHash: pack.hash, index: 0 }, sealed, into)
+  if (plaintext.length !== pack.size) {
+    into?.give(plaintext)
+    throw new KithError('FILE_VERIFY_FAILED', `pack ${index} of the share is ${plaintext.length} bytes, not the ${pack.size} its files add up to; nothing was written from it. The share may be damaged; ask the owner to share it again`)
+  }
+  return plaintext
+}
+
+function cutFromPack (keys: SealKeys, manifest: Pick<Manifest, 'shareId' | 'packs'>, entry: ManifestFile, sealed: Uint8Array): Uint8Array {
+  const plaintext = openPack(keys, manifest, entry.pack!.index, sealed)
+  return plaintext.subarray(entry.pack!.offset, entry.pack!.offset + entry.size)
 }
 
 /**
@@ -449,6 +473,13 @@ export async function removePartials (dir: string): Promise<number> {
   return removed
 }
 
+/**
+ * Files of one pack written and placed at once: enough to keep the disk and
+ * libuv's threads busy with their writes, fsyncs and renames, few enough that
+ * a pack of hundreds of files holds few descriptors.
+ */
+const PACK_WRITERS = 16
+
 /** Partials a ShareAssembly keeps open at once; files written out of order past this are reopened. */
 export const MAX_OPEN_PARTIALS = 32
 
@@ -464,11 +495,11 @@ export interface ShareAssemblyInit {
    * Where chunks held before (a resumed fetch) are read from, and where the
    * chunks written are recorded as held in their files.
    */
-  store: Pick<ChunkStore, 'get' | 'has' | 'putInFile' | 'moveInFile'>
+  store: Pick<ChunkStore, 'get' | 'has' | 'put' | 'putInFile' | 'moveInFile'>
   keys: SealKeys
   /** peer id of the share's owner (recorded with chunks held in files) */
   owner: string
-  manifest: Pick<Manifest, 'shareId' | 'chunkSize' | 'entries'>
+  manifest: Pick<Manifest, 'shareId' | 'chunkSize' | 'entries' | 'packs'>
   targets: ShareTarget[]
   /** @see AssembleOptions.overwrite */
   overwrite?: boolean
@@ -622,6 +653,10 @@ export class ShareAssembly {
     })
     if (list.length === 0) return
     const first = list[0]!
+    if (first.file.entry.pack !== undefined) {
+      await this.writePack(id, sealed, list)
+      return
+    }
     const position = { shareId: this.init.manifest.shareId, fileHash: first.file.entry.sha256, index: first.index }
     // a reused buffer: what is written and hashed is done with when write() resolves
     const plaintext = openChunk(this.init.keys, position, sealed, this.plaintexts)
@@ -655,6 +690,37 @@ export class ShareAssembly {
       this.plaintexts.give(plaintext)
     }
     if (whole !== undefined) await this.placeWhole(whole.target, whole.file, id, sealed, position)
+  }
+
+  /**
+   * Writes the files a pack holds (see manifest.ts) that are still wanted.
+   * The pack is opened (its AEAD tag checks every byte) and its length
+   * checked before any file is cut from it, then kept sealed in the store
+   * (one row for all its files; a resume after a kill cuts the files not yet
+   * placed from it instead of fetching it again, and friends are served from
+   * it), then its files are written, fsynced and placed PACK_WRITERS at a
+   * time, their folders' fsyncs shared (`syncFolder`). Each file is still
+   * hashed against its own sha256 before it is placed, and placed from a
+   * fsynced partial: absent or whole across a kill.
+   */
+  private async writePack (id: string, sealed: Uint8Array, list: Spot[]): Promise<void> {
+    const plaintext = openPack(this.init.keys, this.init.manifest, list[0]!.file.entry.pack!.index, sealed, this.plaintexts)
+    try {
+      await this.init.store.put(id, sealed)
+      let next = 0
+      const writer = async (): Promise<void> => {
+        while (next < list.length) {
+          const { target, file } = list[next++]!
+          const { offset } = file.entry.pack!
+          await file.write(0, plaintext.subarray(offset, offset + file.entry.size))
+          await file.finish()
+          this.forget(target, file)
+        }
+      }
+      await Promise.all(Array.from({ length: Math.min(PACK_WRITERS, list.length) }, writer))
+    } finally {
+      this.plaintexts.give(plaintext)
+    }
   }
 
   /**

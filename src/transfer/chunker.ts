@@ -5,8 +5,8 @@ import { basename, join } from 'node:path'
 import { pipe } from 'it-pipe'
 import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
-import { CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MIN_CHUNK_SIZE } from './constants.ts'
-import { checkPath, chunkCount, chunkLength, comparePaths, type ManifestEntry, type ManifestFile } from './manifest.ts'
+import { CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MIN_CHUNK_SIZE, PACKED_FILE_MAX } from './constants.ts'
+import { checkPath, chunkCount, chunkLength, comparePaths, packHash, type ManifestEntry, type ManifestFile } from './manifest.ts'
 import { chunkId, sealChunkParts, type ChunkPosition, type SealKeys } from './seal.ts'
 import type { FileSeen } from './chunk-store.ts'
 
@@ -35,6 +35,16 @@ import type { FileSeen } from './chunk-store.ts'
  * sha256 as the first (which catches a same-size rewrite within one mtime
  * tick). Chunks already stored when such a change is caught are left in the
  * store, referenced by no manifest.
+ *
+ * Small files (1 byte to PACKED_FILE_MAX) are packed when the sink can keep
+ * sealed chunks (`putPack`): each is read once, whole, through one handle
+ * (its size and mtime checked before and after, its length while read), and
+ * consecutive ones in manifest order are concatenated into one chunk of up
+ * to the chunk size, sealed at `packHash` of their hashes (manifest.ts). A
+ * pack's plaintext lies in many files, so the sink keeps it sealed rather
+ * than pointing at a file: a copy of the small files' bytes, bought for one
+ * chunk (one request, one verification, one store row) per pack instead of
+ * per file.
  */
 
 /** Where a chunk's plaintext lies on disk, and the position it is sealed at. */
@@ -54,6 +64,8 @@ export interface ChunkPlace {
 export interface ChunkSink {
   /** `sealed` in pieces (joined in order): a sink that only records where the chunk lies needs no copy */
   put: (id: string, sealed: Uint8Array[], place: ChunkPlace) => Promise<unknown>
+  /** Keeps a sealed pack of small files (see the module doc); without it, nothing is packed. */
+  putPack?: (id: string, sealed: Uint8Array[]) => Promise<unknown>
 }
 
 export interface ChunkSourceInit extends AbortOptions {
@@ -77,6 +89,8 @@ export interface SkippedEntry {
 export interface ChunkResult {
   /** Sorted, ready for `createManifest`. */
   entries: ManifestEntry[]
+  /** The packs' ids, by `pack.index` of the entries packed into them. */
+  packs: string[]
   chunkSize: number
   chunkCount: number
   totalSize: number
@@ -244,6 +258,78 @@ async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: numbe
   }
 }
 
+/** Reads a small file whole, once, checking it did not change meanwhile. */
+async function readSmall (item: Planned, followLinks: boolean): Promise<Buffer> {
+  let handle: FileHandle
+  try {
+    handle = await open(item.source!, followLinks ? constants.O_RDONLY : constants.O_RDONLY | constants.O_NOFOLLOW)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw changed(item.path, 'it became a link')
+    throw unreadable(item.path, err)
+  }
+  try {
+    const unchanged = async (): Promise<void> => {
+      const now = await handle.stat()
+      if (!now.isFile() || now.size !== item.size || now.mtimeMs !== item.mtimeMs) throw changed(item.path, 'it was modified')
+    }
+    await unchanged()
+    // one byte more than expected: a file grown since is seen here
+    const bytes = Buffer.allocUnsafe(item.size + 1)
+    let filled = 0
+    for (;;) {
+      const { bytesRead } = await handle.read(bytes, filled, bytes.length - filled, filled)
+      if (bytesRead === 0) break
+      filled += bytesRead
+      if (filled > item.size) throw changed(item.path, 'it got longer')
+    }
+    if (filled < item.size) throw changed(item.path, 'it got shorter')
+    await unchanged()
+    return bytes.subarray(0, item.size)
+  } finally {
+    await handle.close()
+  }
+}
+
+/** Small files gathered into one chunk, sealed and stored once full (see the module doc). */
+class Packer {
+  readonly ids: string[] = []
+  private pieces: Buffer[] = []
+  private hashes: Buffer[] = []
+  private bytes = 0
+  private readonly init: ChunkSourceInit
+  private readonly chunkSize: number
+  private readonly putPack: NonNullable<ChunkSink['putPack']>
+
+  constructor (init: ChunkSourceInit, chunkSize: number, putPack: NonNullable<ChunkSink['putPack']>) {
+    this.init = init
+    this.chunkSize = chunkSize
+    this.putPack = putPack
+  }
+
+  /** Adds a file's bytes; returns its pack's index and its offset there. */
+  async add (plaintext: Buffer, sha256: Buffer): Promise<{ index: number, offset: number }> {
+    if (this.bytes + plaintext.length > this.chunkSize) await this.flush()
+    const offset = this.bytes
+    this.pieces.push(plaintext)
+    this.hashes.push(sha256)
+    this.bytes += plaintext.length
+    return { index: this.ids.length, offset }
+  }
+
+  /** Seals and stores the pack being filled, if any. */
+  async flush (): Promise<void> {
+    if (this.pieces.length === 0) return
+    const position = { shareId: this.init.keys.shareId, fileHash: packHash(this.hashes), index: 0 }
+    const sealed = sealChunkParts(this.init.keys, position, Buffer.concat(this.pieces, this.bytes))
+    const id = chunkId(sealed)
+    await this.putPack(id, sealed)
+    this.ids.push(id)
+    this.pieces = []
+    this.hashes = []
+    this.bytes = 0
+  }
+}
+
 /**
  * Chunks, seals and stores a file or a folder, returning the manifest entries.
  * A file becomes one entry named after it; a folder becomes its contents,
@@ -283,16 +369,39 @@ export async function chunkSource (source: string, init: ChunkSourceInit): Promi
   const entries: ManifestEntry[] = []
   let chunkTotal = 0
   let totalSize = 0
+  const packer = init.store.putPack !== undefined ? new Packer(init, chunkSize, init.store.putPack) : undefined
+  /** packed entries whose pack is not stored yet: their `chunks` are filled in once it is */
+  let waiting: ManifestFile[] = []
+  const packed = (): void => {
+    for (const entry of waiting) entry.chunks = [packer!.ids[entry.pack!.index]!]
+    waiting = []
+  }
   for (const item of planned) {
     init.signal?.throwIfAborted()
     if (item.source === undefined) {
       entries.push({ type: 'dir', path: item.path })
       continue
     }
+    totalSize += item.size
+    if (packer !== undefined && item.size > 0 && item.size <= Math.min(PACKED_FILE_MAX, chunkSize)) {
+      const plaintext = await readSmall(item, followLinks)
+      const sha256 = createHash('sha256').update(plaintext).digest()
+      const before = packer.ids.length
+      const pack = await packer.add(plaintext, sha256)
+      if (packer.ids.length > before) packed()
+      const entry: ManifestFile = { type: 'file', path: item.path, size: item.size, executable: item.executable, sha256: sha256.toString('hex'), chunks: [], pack }
+      waiting.push(entry)
+      entries.push(entry)
+      continue
+    }
     const entry = await chunkFile(item, init, chunkSize, followLinks)
     chunkTotal += entry.chunks.length
-    totalSize += entry.size
     entries.push(entry)
   }
-  return { entries, chunkSize, chunkCount: chunkTotal, totalSize, skipped }
+  if (packer !== undefined) {
+    await packer.flush()
+    packed()
+  }
+  const packs = packer?.ids ?? []
+  return { entries, packs, chunkSize, chunkCount: chunkTotal + packs.length, totalSize, skipped }
 }

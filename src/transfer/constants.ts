@@ -31,6 +31,17 @@ export const MIN_CHUNK_SIZE = 64 * KiB
  */
 export const MAX_CHUNK_SIZE = 4 * MiB
 
+/**
+ * Files of 1 byte up to this many are packed at share time: concatenated, in
+ * manifest order, into shared chunks of up to the chunk size (manifest.ts).
+ * A fetch of 100,000 files of 4 KiB then asks for ~400 chunks, not 100,000,
+ * and each pack's files are written, fsynced and placed together. Bigger
+ * files gain little from packing (their own chunk's costs are a small part of
+ * moving them) and would make the packs' sealed copies (the owner keeps one,
+ * chunk-store.ts) cost more disk.
+ */
+export const PACKED_FILE_MAX = 64 * KiB
+
 /** Sealed chunks carry a format byte, a 12-byte nonce and a 16-byte GCM tag. */
 export const SEAL_OVERHEAD = 1 + 12 + 16
 

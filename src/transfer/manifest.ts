@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { KithError } from '../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../peer/canonical.ts'
 import { PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, sign, verify } from '../peer/signing.ts'
@@ -14,26 +15,43 @@ import { isId } from './seal.ts'
  *
  *   envelope = { body: bstr, pub: bstr(32), sig: bstr(64) }      canonical CBOR
  *   sig      = Ed25519(owner, "kith/manifest/1\0" || sha256(body))
- *   body     = { v: 1, share: bstr(32), ver: uint, name: tstr, at: uint,
- *                cs: uint, entries: [entry], root: bstr(32) }
+ *   body     = { v: 2, share: bstr(32), ver: uint, name: tstr, at: uint,
+ *                cs: uint, entries: [entry], packs: bstr(32 * m), root: bstr(32) }
  *   entry    = { t: "f", p: tstr, s: uint, x: bool, h: bstr(32), c: bstr(32 * n) }
+ *            | { t: "f", p: tstr, s: uint, x: bool, h: bstr(32), k: uint }
  *            | { t: "d", p: tstr }
  *
  * `c` is the file's chunk ids concatenated, n = ceil(s / cs); `h` is the sha256
- * of the whole plaintext file; `root` is the Merkle root (merkle.ts) over every
- * chunk id of every file in entry order. Entries are sorted by the UTF-8 bytes
- * of their paths. A file's chunks are sealed at (share, `h`, chunk index)
- * (seal.ts), not at the version or the entry's index, so a file unchanged
- * between versions keeps its chunk ids.
+ * of the whole plaintext file. A small file is instead packed (`k`): small
+ * files are concatenated, in entry order, into shared chunks of at most `cs`
+ * plaintext bytes, `packs` lists those chunks' ids, and `k` is the index of
+ * the file's pack. A file's offset in its pack is the sum of the sizes of the
+ * pack's files before it, so files of a pack can neither overlap nor leave
+ * gaps; packed files have 1..cs bytes, `k` starts at 0 and grows by at most
+ * one from one packed file to the next, a pack's files add up to at most
+ * `cs`, and every listed pack holds a file. A pack is sealed at (share,
+ * sha256 of its files' `h` concatenated in order, index 0) (`packHash`), so it
+ * is bound to exactly these files in this order. `root` is the Merkle root
+ * (merkle.ts) over every unpacked file's chunk ids in entry order followed by
+ * the pack ids. Entries are sorted by the UTF-8 bytes of their paths. A
+ * file's chunks are sealed at (share, `h`, chunk index) (seal.ts), not at the
+ * version or the entry's index, so a file unchanged between versions keeps
+ * its chunk ids.
+ *
+ * Format 1 is format 2 without `packs` and `k`; both are read. Other format
+ * versions are refused with UNSUPPORTED_VERSION.
  *
  * Decoding checks, in order, each before the next step's work: byte length,
  * envelope shape, owner, signature, body format version, scalar fields, entry
- * count, then per entry path rules, order, size and the running chunk count,
- * all by arithmetic on the claimed sizes. Only then are chunk ids hashed into
- * the Merkle root and turned into strings.
+ * count, then per entry path rules, order, size, pack placement and the
+ * running chunk count, all by arithmetic on the claimed sizes. Only then are
+ * chunk ids hashed into the Merkle root and turned into strings.
  */
 
-export const MANIFEST_FORMAT = 1
+/** The format `createManifest` writes. */
+export const MANIFEST_FORMAT = 2
+/** Formats `decodeManifest` reads. */
+const READABLE_FORMATS = new Set([1, 2])
 
 export interface ManifestFile {
   type: 'file'
@@ -43,8 +61,26 @@ export interface ManifestFile {
   executable: boolean
   /** Lowercase hex sha256 of the whole plaintext file. */
   sha256: string
-  /** Lowercase hex ids of the sealed chunks, in order. */
+  /** Lowercase hex ids of the sealed chunks, in order; for a packed file, its pack's id alone. */
   chunks: string[]
+  /** Set for a file packed with others into one chunk (see the module doc): `chunks[0]` is the pack. */
+  pack?: PackPlace
+}
+
+/** Where a packed file lies: `size` bytes at `offset` of pack `index`'s plaintext. */
+export interface PackPlace {
+  index: number
+  offset: number
+}
+
+/** A chunk holding several small files' bytes, concatenated in entry order. */
+export interface ManifestPack {
+  /** Lowercase hex chunk id. */
+  id: string
+  /** Plaintext bytes: its files' sizes added up. */
+  size: number
+  /** What it is sealed at in place of a file's sha256 (`packHash` of its files' hashes). */
+  hash: string
 }
 
 export interface ManifestDir {
@@ -65,6 +101,8 @@ export interface Manifest {
   created: number
   chunkSize: number
   entries: ManifestEntry[]
+  /** Chunks holding small files, by `PackPlace.index`; empty in format 1. */
+  packs: ManifestPack[]
   /** Lowercase hex Merkle root over all chunk ids. */
   root: string
   chunkCount: number
@@ -79,8 +117,13 @@ export interface CreateManifestInit {
   name: string
   created?: number
   chunkSize: number
-  /** Already sorted by `comparePaths`; each file's chunks sealed at its `sha256` (seal.ts). */
+  /**
+   * Already sorted by `comparePaths`; each file's chunks sealed at its
+   * `sha256` (seal.ts), each pack at `packHash` of its files.
+   */
   entries: ManifestEntry[]
+  /** The packs' ids, by `PackPlace.index`. @default none */
+  packs?: string[]
 }
 
 export interface DecodeManifestOptions {
@@ -89,6 +132,7 @@ export interface DecodeManifestOptions {
 }
 
 interface WireFile { t: 'f', p: string, s: number, x: boolean, h: Uint8Array, c: Uint8Array }
+interface WirePacked { t: 'f', p: string, s: number, x: boolean, h: Uint8Array, k: number }
 interface WireDir { t: 'd', p: string }
 interface WireBody {
   v: number
@@ -97,13 +141,18 @@ interface WireBody {
   name: string
   at: number
   cs: number
-  entries: Array<WireFile | WireDir>
+  entries: Array<WireFile | WirePacked | WireDir>
+  packs?: Uint8Array
   root: Uint8Array
 }
 
 const ENVELOPE_KEYS = ['body', 'pub', 'sig']
-const BODY_KEYS = ['v', 'share', 'ver', 'name', 'at', 'cs', 'entries', 'root']
+const BODY_KEYS: Record<number, string[]> = {
+  1: ['v', 'share', 'ver', 'name', 'at', 'cs', 'entries', 'root'],
+  2: ['v', 'share', 'ver', 'name', 'at', 'cs', 'entries', 'packs', 'root']
+}
 const FILE_KEYS = ['t', 'p', 's', 'x', 'h', 'c']
+const PACKED_KEYS = ['t', 'p', 's', 'x', 'h', 'k']
 const DIR_KEYS = ['t', 'p']
 
 function malformed (why: string): KithError {
@@ -188,21 +237,26 @@ export function chunkLength (size: number, chunkSize: number, index: number): nu
   return Math.min(chunkSize, size - index * chunkSize)
 }
 
-function toWire (entry: ManifestEntry): WireFile | WireDir {
+/**
+ * What a pack is sealed at, in place of a file's sha256: the sha256 of its
+ * files' sha256s (32 bytes each), concatenated in entry order.
+ */
+export function packHash (fileHashes: Iterable<Uint8Array>): string {
+  const hash = createHash('sha256')
+  for (const h of fileHashes) hash.update(h)
+  return hash.digest('hex')
+}
+
+function toWire (entry: ManifestEntry): WireFile | WirePacked | WireDir {
   // Checked here too: encoding would silently replace a lone surrogate.
   checkPath(entry.path)
   if (entry.type === 'dir') return { t: 'd', p: entry.path }
   if (!isId(entry.sha256) || !entry.chunks.every(isId)) {
     throw new KithError('BAD_REQUEST', `file ${JSON.stringify(entry.path)} has a hash or chunk id that is not 64 lowercase hex characters`)
   }
-  return {
-    t: 'f',
-    p: entry.path,
-    s: entry.size,
-    x: entry.executable,
-    h: Buffer.from(entry.sha256, 'hex'),
-    c: Buffer.from(entry.chunks.join(''), 'hex')
-  }
+  const common = { t: 'f' as const, p: entry.path, s: entry.size, x: entry.executable, h: Buffer.from(entry.sha256, 'hex') }
+  if (entry.pack !== undefined) return { ...common, k: entry.pack.index }
+  return { ...common, c: Buffer.from(entry.chunks.join(''), 'hex') }
 }
 
 /**
@@ -217,7 +271,10 @@ export function createManifest (init: CreateManifestInit): { manifest: Manifest,
   } catch (err) {
     throw new KithError('BAD_REQUEST', `a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control, format or line-separator characters`, { cause: err })
   }
-  const ids = Buffer.from(init.entries.flatMap(e => e.type === 'file' ? e.chunks : []).join(''), 'hex')
+  const packs = init.packs ?? []
+  if (!packs.every(isId)) throw new KithError('BAD_REQUEST', 'a pack id must be 64 lowercase hex characters')
+  const unpacked = init.entries.flatMap(e => e.type === 'file' && e.pack === undefined ? e.chunks : [])
+  const packBytes = Buffer.from(packs.join(''), 'hex')
   const body: WireBody = {
     v: MANIFEST_FORMAT,
     share: Buffer.from(init.shareId, 'hex'),
@@ -226,7 +283,8 @@ export function createManifest (init: CreateManifestInit): { manifest: Manifest,
     at: init.created ?? Date.now(),
     cs: init.chunkSize,
     entries: init.entries.map(toWire),
-    root: merkleRoot(ids)
+    packs: packBytes,
+    root: merkleRoot(Buffer.concat([Buffer.from(unpacked.join(''), 'hex'), packBytes]))
   }
   const bodyBytes = encodeCanonical(body)
   const bytes = encodeCanonical({ body: bodyBytes, pub: init.publicKey, sig: sign('manifest/1', bodyBytes, init.secretKey) })
@@ -261,11 +319,13 @@ export function decodeManifest (bytes: Uint8Array, options: DecodeManifestOption
 
 function parseBody (body: unknown, owner: Uint8Array): Manifest {
   if (!isRecord(body)) throw malformed('the body is not a map')
-  if (typeof body.v === 'number' && body.v !== MANIFEST_FORMAT) {
+  if (typeof body.v === 'number' && !READABLE_FORMATS.has(body.v)) {
     throw new KithError('UNSUPPORTED_VERSION', `this share manifest has format version ${body.v}, which this kith does not know; upgrade kith`)
   }
-  if (!hasKeys(body, BODY_KEYS)) throw malformed(`the body must hold exactly ${BODY_KEYS.join(', ')}`)
+  const keys = BODY_KEYS[body.v as number]
+  if (keys === undefined || !hasKeys(body, keys)) throw malformed(`the body must hold exactly ${BODY_KEYS[MANIFEST_FORMAT]!.join(', ')}`)
   const { share, ver, name, at, cs, entries, root } = body
+  const packs = body.v === 1 ? new Uint8Array(0) : body.packs
   if (!isBytes(share, ID_LENGTH)) throw malformed('the share id must be 32 bytes')
   if (!isUint(ver) || ver < 1) throw malformed('the version must be a positive integer')
   checkShareName(name)
@@ -273,15 +333,22 @@ function parseBody (body: unknown, owner: Uint8Array): Manifest {
   if (!isUint(cs)) throw malformed('the chunk size must be a non-negative integer')
   if (cs < MIN_CHUNK_SIZE || cs > MAX_CHUNK_SIZE) throw limit(`chunk size ${cs} is outside ${MIN_CHUNK_SIZE}..${MAX_CHUNK_SIZE}`)
   if (!isBytes(root, ID_LENGTH)) throw malformed('the Merkle root must be 32 bytes')
+  if (!isBytes(packs) || packs.length % ID_LENGTH !== 0) throw malformed('the pack ids must be 32 bytes each')
   if (!Array.isArray(entries)) throw malformed('entries must be a list')
   if (entries.length > MAX_ENTRIES) throw limit(`${entries.length} entries, more than ${MAX_ENTRIES}`)
+  const packCount = packs.length / ID_LENGTH
 
   // First pass: every check, by arithmetic on claimed sizes; nothing is
   // allocated per chunk until the running total is known to be within bounds.
   const files = new Set<string>()
   let previous: Buffer | undefined
-  let totalChunks = 0
+  let totalChunks = packCount
+  if (totalChunks > MAX_CHUNKS) throw limit(`more than ${MAX_CHUNKS} chunks`)
   let totalSize = 0
+  let unpackedIds = 0
+  /** packs begun so far, and the plaintext bytes of the last one */
+  let packsUsed = 0
+  let packFill = 0
   for (const entry of entries as unknown[]) {
     if (!isRecord(entry)) throw malformed('an entry is not a map')
     checkPath(entry.p)
@@ -302,32 +369,80 @@ function parseBody (body: unknown, owner: Uint8Array): Manifest {
       continue
     }
     if (entry.t !== 'f') throw malformed(`entry ${JSON.stringify(path)} has an unknown type`)
-    if (!hasKeys(entry, FILE_KEYS)) throw malformed(`file ${JSON.stringify(path)} must hold exactly ${FILE_KEYS.join(', ')}`)
+    const packed = packCount > 0 && Object.hasOwn(entry, 'k')
+    if (!hasKeys(entry, packed ? PACKED_KEYS : FILE_KEYS)) throw malformed(`file ${JSON.stringify(path)} must hold exactly ${FILE_KEYS.join(', ')} (or k for c, packed)`)
     files.add(path)
-    const { s, x, h, c } = entry
+    const { s, x, h } = entry
     if (!isUint(s)) throw malformed(`file ${JSON.stringify(path)} has a size that is not a non-negative integer`)
     if (s > MAX_FILE_SIZE) throw limit(`file ${JSON.stringify(path)} claims ${s} bytes, more than ${MAX_FILE_SIZE}`)
-    const n = chunkCount(s, cs)
-    totalChunks += n
-    if (totalChunks > MAX_CHUNKS) throw limit(`more than ${MAX_CHUNKS} chunks`)
     totalSize += s
     if (typeof x !== 'boolean') throw malformed(`file ${JSON.stringify(path)} has a non-boolean executable flag`)
     if (!isBytes(h, ID_LENGTH)) throw malformed(`file ${JSON.stringify(path)} has a hash that is not 32 bytes`)
+    if (packed) {
+      const k = entry.k
+      if (s === 0 || s > cs) throw malformed(`packed file ${JSON.stringify(path)} has ${s} bytes; a packed file has 1 to ${cs}`)
+      if (!isUint(k) || (k !== packsUsed - 1 && k !== packsUsed) || k >= packCount) {
+        throw malformed(`packed file ${JSON.stringify(path)} names pack ${String(k)}; packs are named in order, from 0, below ${packCount}`)
+      }
+      if (k === packsUsed) {
+        packsUsed++
+        packFill = 0
+      }
+      packFill += s
+      if (packFill > cs) throw malformed(`pack ${k}'s files add up to more than its chunk of ${cs} bytes (at ${JSON.stringify(path)})`)
+      continue
+    }
+    const n = chunkCount(s, cs)
+    totalChunks += n
+    if (totalChunks > MAX_CHUNKS) throw limit(`more than ${MAX_CHUNKS} chunks`)
+    const { c } = entry
     if (!isBytes(c) || c.length !== n * ID_LENGTH) {
       throw malformed(`file ${JSON.stringify(path)} of ${s} bytes must list ${n} chunk ids`)
     }
+    unpackedIds += n
   }
+  if (packsUsed !== packCount) throw malformed(`${packCount} packs are listed but files name ${packsUsed}`)
 
   // Second pass: the lists are known to be small enough to hash and convert.
-  const wire = entries as Array<WireFile | WireDir>
-  const ids = Buffer.alloc(totalChunks * ID_LENGTH)
+  const wire = entries as Array<WireFile | WirePacked | WireDir>
+  const ids = Buffer.alloc((unpackedIds + packCount) * ID_LENGTH)
   let offset = 0
   for (const entry of wire) {
-    if (entry.t !== 'f') continue
+    if (entry.t !== 'f' || !('c' in entry)) continue
     ids.set(entry.c, offset)
     offset += entry.c.length
   }
+  ids.set(packs, offset)
   if (!merkleRoot(ids).equals(root)) throw malformed('the Merkle root does not match the chunk ids')
+
+  const packIds = splitIds(packs)
+  const packList: ManifestPack[] = []
+  let packHasher: ReturnType<typeof createHash> | undefined
+  const closePack = (): void => {
+    if (packHasher !== undefined) packList.at(-1)!.hash = packHasher.digest('hex')
+  }
+  const out: ManifestEntry[] = new Array(wire.length)
+  wire.forEach((entry, i) => {
+    if (entry.t === 'd') {
+      out[i] = { type: 'dir', path: entry.p }
+      return
+    }
+    const file = { type: 'file' as const, path: entry.p, size: entry.s, executable: entry.x, sha256: Buffer.from(entry.h).toString('hex') }
+    if ('c' in entry) {
+      out[i] = { ...file, chunks: splitIds(entry.c) }
+      return
+    }
+    if (entry.k === packList.length) {
+      closePack()
+      packList.push({ id: packIds[entry.k]!, size: 0, hash: '' })
+      packHasher = createHash('sha256')
+    }
+    const pack = packList[entry.k]!
+    out[i] = { ...file, chunks: [pack.id], pack: { index: entry.k, offset: pack.size } }
+    pack.size += entry.s
+    packHasher!.update(entry.h)
+  })
+  closePack()
 
   return {
     owner: Uint8Array.from(owner),
@@ -336,16 +451,8 @@ function parseBody (body: unknown, owner: Uint8Array): Manifest {
     name,
     created: at,
     chunkSize: cs,
-    entries: wire.map(entry => entry.t === 'd'
-      ? { type: 'dir', path: entry.p }
-      : {
-          type: 'file',
-          path: entry.p,
-          size: entry.s,
-          executable: entry.x,
-          sha256: Buffer.from(entry.h).toString('hex'),
-          chunks: splitIds(entry.c)
-        }),
+    entries: out,
+    packs: packList,
     root: Buffer.from(root).toString('hex'),
     chunkCount: totalChunks,
     totalSize

@@ -70,7 +70,7 @@ function wireOf (entry: ManifestEntry): Record<string, unknown> {
 
 function bodyOf (f: Fields): Record<string, unknown> {
   const ids = Buffer.from(f.entries.flatMap(e => e.type === 'file' ? e.chunks : []).join(''), 'hex')
-  return { v: MANIFEST_FORMAT, share: Buffer.from(f.shareId, 'hex'), ver: f.version, name: f.name, at: f.created, cs: f.chunkSize, entries: f.entries.map(wireOf), root: merkleRoot(ids) }
+  return { v: MANIFEST_FORMAT, share: Buffer.from(f.shareId, 'hex'), ver: f.version, name: f.name, at: f.created, cs: f.chunkSize, entries: f.entries.map(wireOf), packs: Buffer.alloc(0), root: merkleRoot(ids) }
 }
 
 /** The manifest for a body, signed by `signer` (what createManifest writes, byte for byte, for a valid body). */
@@ -185,7 +185,7 @@ describe('manifests, fuzzed', () => {
       }, p)
       // the manifest parser takes exactly the paths checkPath takes (CBOR can't carry a lone surrogate)
       if (!p.isWellFormed()) return
-      const body = { v: MANIFEST_FORMAT, share: Buffer.alloc(32), ver: 1, name: 'n', at: 0, cs: MIN_CHUNK_SIZE, entries: [{ t: 'd', p }], root: merkleRoot(Buffer.alloc(0)) }
+      const body = { v: MANIFEST_FORMAT, share: Buffer.alloc(32), ver: 1, name: 'n', at: 0, cs: MIN_CHUNK_SIZE, entries: [{ t: 'd', p }], packs: Buffer.alloc(0), root: merkleRoot(Buffer.alloc(0)) }
       const decoded = rejectsOrValid(() => decodeManifest(signed(body, signer)), ['MANIFEST_BAD_PATH', 'MANIFEST_MALFORMED'], checkAccepted, p)
       expect(decoded === undefined).toBe(outcome === undefined)
     }))

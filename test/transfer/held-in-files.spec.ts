@@ -54,7 +54,7 @@ async function fetcherStore (): Promise<ChunkStore> {
 const entry = (): ManifestFile => manifest.entries.find(e => e.type === 'file') as ManifestFile
 const fileIndex = (): number => manifest.entries.findIndex(e => e.type === 'file')
 
-function assembly (store: Pick<ChunkStore, 'get' | 'has' | 'putInFile' | 'moveInFile'>, dest: string, partialKey: string): ShareAssembly {
+function assembly (store: Pick<ChunkStore, 'get' | 'has' | 'put' | 'putInFile' | 'moveInFile'>, dest: string, partialKey: string): ShareAssembly {
   return new ShareAssembly({ store, keys, owner: OWNER, manifest, targets: [{ file: fileIndex(), dest }], partialKey })
 }
 

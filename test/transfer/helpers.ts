@@ -60,3 +60,8 @@ export async function expectCodeAsync (promise: Promise<unknown>, code: ErrorCod
 export function sealedSink (store: ChunkStore): ChunkSink {
   return { put: async (id, sealed) => await store.put(id, Buffer.concat(sealed)) }
 }
+
+/** `sealedSink` that also packs small files, as a daemon's share does (chunker.ts). */
+export function packingSink (store: ChunkStore): ChunkSink {
+  return { ...sealedSink(store), putPack: async (id, sealed) => await store.put(id, Buffer.concat(sealed)) }
+}

@@ -6,7 +6,7 @@ import {
   MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MAX_MANIFEST_BYTES, MAX_PATH_DEPTH, MAX_PATH_LENGTH, MAX_SEGMENT_LENGTH,
   MIN_CHUNK_SIZE
 } from '../../src/transfer/constants.ts'
-import { checkPath, chunkLength, comparePaths, createManifest, decodeManifest, type ManifestEntry } from '../../src/transfer/manifest.ts'
+import { checkPath, chunkLength, comparePaths, createManifest, decodeManifest, packHash, type ManifestEntry } from '../../src/transfer/manifest.ts'
 import { merkleRoot } from '../../src/transfer/merkle.ts'
 import { expectCode, hex, keypair } from './helpers.ts'
 
@@ -34,9 +34,18 @@ function wireFile (path: string, size: number, chunks: number, extra: Wire = {})
   return { t: 'f', p: path, s: size, x: false, h: sha(path), c: Buffer.concat(Array.from({ length: chunks }, (_, i) => sha(`${path}/${i}`))), ...extra }
 }
 function wireBody (list: Wire[], extra: Wire = {}): Wire {
-  const ids = Buffer.concat(list.filter(e => e.t === 'f').map(e => e.c as Buffer))
+  const ids = Buffer.concat(list.filter(e => e.t === 'f' && e.c !== undefined).map(e => e.c as Buffer))
   const root = ids.length % 32 === 0 ? merkleRoot(ids) : Buffer.alloc(32)
   return { v: 1, share: Buffer.alloc(32, 0x11), ver: 1, name: 'test', at: 0, cs: CS, entries: list, root, ...extra }
+}
+function wirePacked (path: string, size: number, k: unknown): Wire {
+  return { t: 'f', p: path, s: size, x: false, h: sha(path), k }
+}
+/** A format 2 body with `packs` pack ids (sha of `pack<i>`) and a matching root. */
+function wireBody2 (list: Wire[], packs: number, extra: Wire = {}): Wire {
+  const packIds = Buffer.concat(Array.from({ length: packs }, (_, i) => sha(`pack${i}`)))
+  const ids = Buffer.concat([...list.filter(e => e.t === 'f' && e.c !== undefined).map(e => e.c as Buffer), packIds])
+  return { ...wireBody(list), v: 2, packs: packIds, root: merkleRoot(ids), ...extra }
 }
 function signed (body: unknown, key = owner): Uint8Array {
   const bodyBytes = encodeCanonical(body)
@@ -60,10 +69,24 @@ describe('manifest codec', () => {
     expect(decodeManifest(bytes, { owner: owner.publicKey })).toEqual(manifest)
   })
 
-  it('is deterministic and matches the format 1 fixture', () => {
+  it('is deterministic and matches the format 2 fixture', () => {
     const { bytes } = createManifest(init)
     expect(Buffer.from(createManifest(init).bytes).equals(Buffer.from(bytes))).toBe(true)
     expect(createHash('sha256').update(bytes).digest('hex')).toBe(MANIFEST_FIXTURE_SHA256)
+  })
+
+  it('still reads format 1: the bytes an older kith made decode to the same entries', () => {
+    const wire = entries.map(e => e.type === 'dir'
+      ? { t: 'd', p: e.path }
+      : { t: 'f', p: e.path, s: e.size, x: e.executable, h: Buffer.from(e.sha256, 'hex'), c: Buffer.from(e.chunks.join(''), 'hex') })
+    const ids = Buffer.from(entries.flatMap(e => e.type === 'file' ? e.chunks : []).join(''), 'hex')
+    const v1 = signed({ v: 1, share: Buffer.from(init.shareId, 'hex'), ver: init.version, name: init.name, at: init.created, cs: CS, entries: wire, root: merkleRoot(ids) })
+    expect(createHash('sha256').update(v1).digest('hex')).toBe(FORMAT_1_FIXTURE_SHA256)
+    const manifest = decodeManifest(v1, { owner: owner.publicKey })
+    expect(manifest.entries).toEqual(entries)
+    expect(manifest.packs).toEqual([])
+    // a format 1 body can't carry packs
+    expectCode(() => decodeManifest(signed(wireBody([wirePacked('a', 5, 0)], { packs: sha('pack0') }))), 'MANIFEST_MALFORMED')
   })
 
   it('refuses a manifest signed by someone other than the expected owner', () => {
@@ -129,7 +152,7 @@ describe('manifest codec', () => {
   })
 
   it('refuses an unknown body format version', () => {
-    expectCode(() => decodeManifest(signed(wireBody([], { v: 2 }))), 'UNSUPPORTED_VERSION')
+    for (const v of [0, 3, 99]) expectCode(() => decodeManifest(signed(wireBody([], { v }))), 'UNSUPPORTED_VERSION')
   })
 })
 
@@ -297,6 +320,63 @@ describe('manifest paths', () => {
   })
 })
 
-// sha256 of createManifest(init): a stored format 1 manifest must keep
+// sha256 of createManifest(init): a stored format 2 manifest must keep
 // decoding and re-encoding to these bytes. Bump MANIFEST_FORMAT instead.
-const MANIFEST_FIXTURE_SHA256 = '1f8afbdea78174a0a0c64904b663a1df4361c1a219814b51d69ca1753bcc7d00'
+const MANIFEST_FIXTURE_SHA256 = '7dfb39415ffef5c2c2ef0aa76b82abab729ba85553c4d0d206fbb28a77e59187'
+// sha256 of what kith wrote for createManifest(init) in format 1 (until format 2)
+const FORMAT_1_FIXTURE_SHA256 = '1f8afbdea78174a0a0c64904b663a1df4361c1a219814b51d69ca1753bcc7d00'
+
+describe('manifest packs (format 2)', () => {
+  const packed = (path: string, size: number, index: number, offset: number, pack: string): ManifestEntry =>
+    ({ type: 'file', path, size, executable: false, sha256: id(path), chunks: [id(pack)], pack: { index, offset } })
+  const list: ManifestEntry[] = [
+    packed('a/1', 10, 0, 0, 'p0'),
+    { type: 'file', path: 'a/big', size: CS + 1, executable: false, sha256: id('big'), chunks: [id('b0'), id('b1')] },
+    packed('a/c', CS - 10, 0, 10, 'p0'),
+    { type: 'file', path: 'a/empty', size: 0, executable: false, sha256: id(''), chunks: [] },
+    packed('a/full', CS, 1, 0, 'p1'),
+    packed('b/1', 1, 2, 0, 'p2')
+  ]
+
+  it('round-trips packed files: each names its pack, its offset is the bytes before it in that pack', () => {
+    const { manifest, bytes } = createManifest({ ...init, entries: list, packs: [id('p0'), id('p1'), id('p2')] })
+    expect(manifest.entries).toEqual(list)
+    expect(manifest.packs).toEqual([
+      { id: id('p0'), size: CS, hash: packHash([sha('a/1'), sha('a/c')]) },
+      { id: id('p1'), size: CS, hash: packHash([sha('a/full')]) },
+      { id: id('p2'), size: 1, hash: packHash([sha('b/1')]) }
+    ])
+    expect(manifest.chunkCount).toBe(5)
+    expect(manifest.root).toBe(merkleRoot(Buffer.from(['b0', 'b1', 'p0', 'p1', 'p2'].map(id).join(''), 'hex')).toString('hex'))
+    expect(decodeManifest(bytes)).toEqual(manifest)
+  })
+
+  it('refuses packed files beyond their chunk, empty, out of order or naming packs that are not there', () => {
+    const ok = signed(wireBody2([wirePacked('a', CS - 1, 0), wirePacked('b', 1, 0), wirePacked('c', 5, 1)], 2))
+    expect(decodeManifest(ok).packs.map(p => p.size)).toEqual([CS, 5])
+    const bad: Array<[string, Wire]> = [
+      ['a pack over its chunk size', wireBody2([wirePacked('a', CS, 0), wirePacked('b', 1, 0)], 1)],
+      ['a packed file bigger than a chunk', wireBody2([wirePacked('a', CS + 1, 0)], 1)],
+      ['an empty packed file', wireBody2([wirePacked('a', 0, 0)], 1)],
+      ['a first pack other than 0', wireBody2([wirePacked('a', 5, 1)], 2)],
+      ['a pack skipped', wireBody2([wirePacked('a', 5, 0), wirePacked('b', 5, 2)], 3)],
+      ['a pack named again after the next (overlap)', wireBody2([wirePacked('a', 5, 0), wirePacked('b', 5, 1), wirePacked('c', 5, 0)], 2)],
+      ['a pack not listed', wireBody2([wirePacked('a', 5, 0), wirePacked('b', 5, 1)], 1)],
+      ['a pack listed and unused', wireBody2([wirePacked('a', 5, 0)], 2)],
+      ['a pack index that is not a number', wireBody2([wirePacked('a', 5, '0')], 1)],
+      ['a negative pack index', wireBody2([wirePacked('a', 5, -1)], 1)],
+      ['pack ids not 32 bytes each', wireBody2([wirePacked('a', 5, 0)], 1, { packs: Buffer.alloc(33) })],
+      ['a file with both c and k', wireBody2([wireFile('a', 5, 1, { k: 0 })], 1)],
+      ['packs missing from a format 2 body', (() => { const b = wireBody2([], 0); delete b.packs; return b })()],
+      ['a wrong root', wireBody2([wirePacked('a', 5, 0)], 1, { root: Buffer.alloc(32) })]
+    ]
+    for (const [why, body] of bad) {
+      const err = expectCode(() => decodeManifest(signed(body)), 'MANIFEST_MALFORMED')
+      expect(err.message, why).toMatch(/not valid/)
+    }
+  })
+
+  it('counts packs against MAX_CHUNKS before reading entries', () => {
+    expectCode(() => decodeManifest(signed(wireBody2([], 0, { packs: Buffer.alloc((MAX_CHUNKS + 1) * 32) }))), 'MANIFEST_LIMIT')
+  })
+})

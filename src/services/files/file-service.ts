@@ -208,12 +208,18 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
         secretKey: this.init.identity.secretKey,
         publicKey: this.init.identity.publicKey,
         // served from the shared files themselves: no sealed copy (a file
-        // changed since is no longer served; sharing it again makes a new version)
+        // changed since is no longer served; sharing it again makes a new version),
+        // except packs of small files
         store: {
           put: async (id, sealed, place) => {
             await gc.use(id, pin)
             // just read there: a row left pointing elsewhere (a renamed file, a duplicate, a sealed copy) moves here
             return await this.engine.store.putInFile(id, sealed, { ...place, owner: this.me }, { replace: true })
+          },
+          // a pack of small files lies in many files: kept sealed (chunker.ts)
+          putPack: async (id, sealed) => {
+            await gc.use(id, pin)
+            return await this.engine.store.put(id, Buffer.concat(sealed), { verified: true })
           }
         }
       })

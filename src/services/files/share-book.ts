@@ -156,7 +156,8 @@ export class ShareBook {
       version,
       name,
       chunkSize: result.chunkSize,
-      entries: result.entries
+      entries: result.entries,
+      packs: result.packs
     })
     const now = Date.now()
     const share: MyShare = {

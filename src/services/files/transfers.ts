@@ -701,7 +701,9 @@ async function heldOf (store: Pick<ChunkStore, 'has'>, ids: string[]): Promise<S
 function missingBytes (files: Selected[], chunkSize: number, ids: string[], inStore: ReadonlySet<string>): number {
   const lengths = new Map<string, number>()
   for (const { entry } of files) {
-    entry.chunks.forEach((chunk, index) => lengths.set(chunk, chunkLength(entry.size, chunkSize, index)))
+    // a pack counts the bytes of its files this fetch selects
+    if (entry.pack !== undefined) lengths.set(entry.chunks[0]!, (lengths.get(entry.chunks[0]!) ?? 0) + entry.size)
+    else entry.chunks.forEach((chunk, index) => lengths.set(chunk, chunkLength(entry.size, chunkSize, index)))
   }
   let missing = 0
   for (const chunk of ids) if (!inStore.has(chunk)) missing += lengths.get(chunk)!
