@@ -20,3 +20,9 @@ export const MAX_CONNECTIONS = 256
 export const CACHE_WRITE_BATCH = 1024 * 1024
 /** bytes a cache writer holds for the disk before the fetch waits for it: a slow disk slows the fetch rather than filling memory */
 export const MAX_CACHE_UNWRITTEN = 8 * 1024 * 1024
+/** bytes a streaming answer's read-ahead fetches beyond a bounded range: a player's next Range usually starts there */
+export const READ_AHEAD_BYTES = 8 * 1024 * 1024
+/** bytes all read-aheads hold at once; the oldest go first */
+export const READ_AHEAD_MEMORY = 32 * 1024 * 1024
+/** a read-ahead older than this is dropped, not served: bytes the origin gave seconds ago, never an old version kept long */
+export const READ_AHEAD_TTL_MS = 30_000

@@ -29,6 +29,7 @@ import { CACHE_DIR, MAX_CONNECTIONS, PROXY_INFO } from './constants.ts'
 import { checkCaller, checkOriginHost, originGuard } from './guard.ts'
 import { parseProxyQuery } from './query.ts'
 import { proxySettings, type ProxySettings } from './settings.ts'
+import { ReadAhead } from './read-ahead.ts'
 import { Swarm, type SwarmInit, type SwarmStats } from './swarm/index.ts'
 
 // node:http taken as a CommonJS builtin, not imported: an ES import of it reads every export,
@@ -75,6 +76,7 @@ export class ProxyService {
   private readonly swarm: Swarm | null
   private readonly infoPath: string
   private readonly stopping = new AbortController()
+  private readonly readAhead = new ReadAhead()
   private port = 0
 
   private constructor (server: Server, network: DownloadSettings, cache: ProxyCache, settings: ProxySettings, swarm: Swarm | null, infoPath: string) {
@@ -140,6 +142,7 @@ export class ProxyService {
   async stop (): Promise<void> {
     this.stopping.abort(new KithError('FETCH_ABORTED', 'the daemon is stopping'))
     this.server.closeAllConnections()
+    this.readAhead.stop()
     await new Promise<void>(resolve => this.server.close(() => resolve()))
     await this.swarm?.stop()
     const origin = await this.origin?.catch(() => null)
@@ -157,7 +160,7 @@ export class ProxyService {
     const query = parseProxyQuery(q < 0 ? '' : raw.slice(q + 1))
     for (const url of query.urls) checkOriginHost(url, this.settings.allowPrivateOrigins)
     const { serve, dispatcher } = await this.originSide()
-    await serve(req, res, query, { dispatcher, cache: this.cache, bandwidth, signal: this.stopping.signal, swarm: this.swarm })
+    await serve(req, res, query, { dispatcher, cache: this.cache, bandwidth, signal: this.stopping.signal, swarm: this.swarm, readAhead: this.readAhead })
   }
 
   /**

@@ -5,13 +5,14 @@ import { request, type Dispatcher } from 'undici'
 import { KithError } from '../../errors.ts'
 import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
 import { discard, HttpError, networkError, one } from '../downloads/http/request.ts'
-import { sameVersion, validatorsOf } from '../downloads/http/validators.ts'
+import { ifRangeOf, sameVersion, validatorsOf } from '../downloads/http/validators.ts'
 import type { CacheEntry, ProxyCache } from './cache.ts'
 import { serviceFor } from './content-kind.ts'
 import type { ProxyQuery } from './query.ts'
 import { drained } from './drained.ts'
 import { fromStart, parseRange, resolveRange } from './range.ts'
 import { REVALIDATE_TIMEOUT_MS } from './constants.ts'
+import type { AheadSpan, AheadVersion, ReadAhead } from './read-ahead.ts'
 import type { Swarm } from './swarm/index.ts'
 import { answerFromSwarm } from './swarm/answer.ts'
 import { MAX_REDIRECTS } from '../downloads/http/constants.ts'
@@ -34,6 +35,8 @@ export interface ServeContext {
   signal: AbortSignal
   /** the friend swarm; null: origin only */
   swarm: Swarm | null
+  /** streaming answers' read-ahead beyond a bounded range */
+  readAhead: ReadAhead
 }
 
 const USER_AGENT = 'kith-proxy (https://github.com/kith)'
@@ -63,6 +66,10 @@ export async function serve (req: IncomingMessage, res: ServerResponse, query: P
     // the origin has another version now (or can't say), or the file is gone: never serve the old one
     await ctx.cache.remove(entry).catch(cacheFailed)
   }
+
+  // a player's next range, read ahead behind its last one
+  const ahead = range != null && !head ? ctx.readAhead.find(query.urls, range) : null
+  if (ahead != null) { await fromReadAhead(res, ahead, query, ctx, signal); return }
 
   if (ctx.swarm != null && !head && await fromSwarm(res, query, range, ctx, signal)) return
 
@@ -103,6 +110,7 @@ export async function serve (req: IncomingMessage, res: ServerResponse, query: P
     if (res.destroyed) throw new KithError('FETCH_ABORTED', 'the client closed the connection')
     await writer?.commit().catch(cacheFailed)
     res.end()
+    if (service === 'streaming' && answer.statusCode === 206) readAheadAfter(ctx, url, answer.headers)
   } catch (err) {
     // the status is sent: a cut connection is the one way left to say the bytes are not whole (curl: "partial file")
     await writer?.abort()
@@ -111,6 +119,83 @@ export async function serve (req: IncomingMessage, res: ServerResponse, query: P
     if (!signal.aborted) console.error(`kith proxy: ${url.href} failed mid-way: ${(err as Error).message}`)
   } finally {
     flow.close()
+  }
+}
+
+/**
+ * A range answered from a read-ahead span (read-ahead.ts): its bytes as
+ * they arrive, then, past the span, the origin's under If-Range (another
+ * version there cuts the answer: bytes of two versions are never mixed).
+ * The span's bytes went through a flow when they were fetched; what the
+ * origin adds takes the request's own.
+ */
+async function fromReadAhead (res: ServerResponse, ahead: { span: AheadSpan, first: number, last: number }, query: ProxyQuery, ctx: ServeContext, signal: AbortSignal): Promise<void> {
+  const { span, first, last } = ahead
+  const version = span.version
+  const service = serviceFor(query.service, new URL(version.url), version.contentType)
+  const headers: OutgoingHttpHeaders = { 'x-kith-source': 'read-ahead', 'x-kith-service': service, 'accept-ranges': 'bytes', 'content-range': `bytes ${first}-${last}/${version.length}`, 'content-length': last - first + 1 }
+  if (version.contentType != null) headers['content-type'] = version.contentType
+  if (version.etag != null) headers.etag = version.etag
+  if (version.lastModified != null) headers['last-modified'] = version.lastModified
+  res.writeHead(206, headers)
+  res.flushHeaders()
+  let at = first
+  const send = async (parts: AsyncIterable<Buffer>): Promise<void> => {
+    for await (const part of parts) {
+      if (res.destroyed) throw new KithError('FETCH_ABORTED', 'the client closed the connection')
+      const piece = part.subarray(0, Math.min(part.length, last + 1 - at))
+      at += piece.length
+      if (!res.write(piece)) await drained(res)
+      if (at > last) return
+    }
+  }
+  try {
+    await send(span.from(first))
+    if (at <= last) await send(originRange(ctx, version, at, last + 1, service === 'streaming' ? 'urgent' : 'normal', query.qos, signal))
+    if (at <= last || res.destroyed) throw new KithError('FETCH_ABORTED', at <= last ? 'the origin ended before the range' : 'the client closed the connection')
+    res.end()
+    if (service === 'streaming') startReadAhead(ctx, version, last + 1, query.qos)
+  } catch (err) {
+    res.destroy()
+    if (!signal.aborted) console.error(`kith proxy: ${version.url} failed mid-way: ${(err as Error).message}`)
+  }
+}
+
+/** After a streaming 206 of a bounded range that ends before the file does, with a validator: the next bytes, read ahead. */
+function readAheadAfter (ctx: ServeContext, url: URL, headers: IncomingHttpHeaders): void {
+  const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(one(headers['content-range']) ?? '')
+  const validators = validatorsOf(headers)
+  if (m == null || ifRangeOf(validators) == null) return
+  startReadAhead(ctx, { url: url.href, ...validators, length: Number(m[3]), contentType: one(headers['content-type']) ?? null }, Number(m[2]) + 1, 0)
+}
+
+function startReadAhead (ctx: ServeContext, version: AheadVersion, from: number, qos: number): void {
+  if (ctx.signal.aborted) return
+  ctx.readAhead.start(version, from, (first, end, signal) => originRange(ctx, version, first, end, 'urgent', qos, AbortSignal.any([signal, ctx.signal])))
+}
+
+/**
+ * Bytes first..end-1 of `version` from its origin, under If-Range and
+ * through a flow of their own (class public; a read-ahead's urgent, as a
+ * player waits for them); another version, or any other answer than exactly that range,
+ * fails with HTTP_BAD_RESPONSE before a byte.
+ */
+async function * originRange (ctx: ServeContext, version: AheadVersion, first: number, end: number, priority: 'urgent' | 'normal', qos: number, signal: AbortSignal): AsyncGenerator<Buffer> {
+  const url = new URL(version.url)
+  const answer = await request(url, { method: 'GET', headers: { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', range: `bytes=${first}-${end - 1}`, 'if-range': ifRangeOf(version)! }, dispatcher: ctx.dispatcher, signal })
+  if (answer.statusCode !== 206 || one(answer.headers['content-range']) !== `bytes ${first}-${end - 1}/${version.length}`) {
+    discard(answer.body)
+    throw new KithError('HTTP_BAD_RESPONSE', `${url.href} answered ${answer.statusCode} ${one(answer.headers['content-range']) ?? ''} to a range of the version read before: it has another version now`)
+  }
+  const flow = ctx.bandwidth.flow({ direction: 'down', class: 'public', priority, label: 'proxy', ...(qos > 0 ? { floor: qos } : {}) })
+  try {
+    for await (const part of answer.body as AsyncIterable<Buffer>) {
+      await flow.take(part.length, signal)
+      yield part
+    }
+  } finally {
+    flow.close()
+    discard(answer.body)
   }
 }
 

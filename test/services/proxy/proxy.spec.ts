@@ -13,6 +13,8 @@ import { startNginx, needsNginx, type Nginx } from '../../helpers/nginx.ts'
 import { needsCommands, describeNeeding } from '../../helpers/needs.ts'
 import { startFaultServer, type FaultServer } from '../../helpers/fault-server.ts'
 import { startDnsServer, type DnsServer } from '../../helpers/dns-server.ts'
+import { waitFor } from '../../helpers/testnet.ts'
+import { READ_AHEAD_BYTES } from '../../../src/services/proxy/constants.ts'
 
 /**
  * The local proxy in-process on real parts: a LevelDB in a temp folder, the
@@ -155,6 +157,39 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     expect(c.stdout.subarray(c.stdout.indexOf('\r\n\r\n') + 4).equals(SMALL.subarray(60000))).toBe(true)
     const past = await run('curl', ['-sS', '-r', `${SMALL.length}-`, '-o', '/dev/null', '-w', '%{http_code}', url])
     expect(past.stdout.toString()).toBe('416')
+  })
+
+  it('reads ahead beyond a streaming Range: the next range comes from memory, the origin is asked under If-Range only past it, and a changed file cuts the answer', async () => {
+    const LONG = randomBytes(READ_AHEAD_BYTES + 256 * 1024)
+    await writeFile(join(site, 'long.mp4'), LONG)
+    const url = `${base}?url=${enc(`${nginx.url}/long.mp4`)}`
+    const range = async (first: number, last: number): Promise<{ code: number, headers: string, body: Buffer }> => {
+      const r = await run('curl', ['-sS', '-r', `${first}-${last}`, '-D', '-', url])
+      const at = r.stdout.indexOf('\r\n\r\n') + 4
+      return { code: r.code, headers: r.stdout.subarray(0, at).toString(), body: r.stdout.subarray(at) }
+    }
+    const first = await range(0, 999)
+    expect(first.headers).toMatch(/x-kith-source: origin/i)
+    expect(first.body.equals(LONG.subarray(0, 1000))).toBe(true)
+    // the read-ahead: the next READ_AHEAD_BYTES, fetched after the answer and whole in nginx's log
+    const ahead = `206 "bytes=1000-${1000 + READ_AHEAD_BYTES - 1}" ${READ_AHEAD_BYTES} `
+    await waitFor(async () => (await nginx.accessLog()).some(line => line.startsWith(ahead)), 'the read-ahead is fetched', 10_000, 20)
+    const mark = (await nginx.accessLog()).length
+    // the next range, which runs past the span: the span's bytes from memory, then the origin's from where it ends, only
+    const end = 1000 + READ_AHEAD_BYTES
+    const next = await range(1000, LONG.length - 1)
+    expect(next.headers).toMatch(/^HTTP\/1.1 206/)
+    expect(next.headers).toMatch(new RegExp(`content-range: bytes 1000-${LONG.length - 1}/${LONG.length}`, 'i'))
+    expect(next.headers).toMatch(/x-kith-source: read-ahead/i)
+    expect(next.body.equals(LONG.subarray(1000))).toBe(true)
+    expect((await nginx.accessLog()).slice(mark).map(line => line.split(' ').slice(0, 3).join(' '))).toEqual([`206 "bytes=${end}-${LONG.length - 1}" ${LONG.length - end}`])
+    // the file changes at the origin: what lies past the span is refused under If-Range, and the answer is cut
+    await writeFile(join(site, 'long.mp4'), randomBytes(LONG.length))
+    await utimes(join(site, 'long.mp4'), new Date(), new Date(Date.now() + 5000))
+    const changed = await range(end - 100_000, LONG.length - 1)
+    expect(changed.code).toBe(18)
+    expect(changed.body.length).toBeLessThanOrEqual(100_000)
+    expect(changed.body.equals(LONG.subarray(end - 100_000, end - 100_000 + changed.body.length))).toBe(true)
   })
 
   it('never serves the cached bytes once the origin file changed (new ETag)', async () => {

@@ -31,3 +31,5 @@ export const WINDOW_CHUNKS = 16
 export const MAX_INBOUND_SWARM_STREAMS = 64
 /** races a friend may lose in one pull (another source first with a chunk the client waited LATE_CHUNK_MS for) before it is dropped from it */
 export const MAX_LOST_RACES = 2
+/** how long a pull with a floor (qos above 1) lets friends alone start before the origin tops up what they give */
+export const FLOOR_GRACE_MS = 500

@@ -2,7 +2,7 @@ import type { PeerId } from '@libp2p/interface'
 import { KithError } from '../../../errors.ts'
 import type { BandwidthScheduler, Priority } from '../../../transfer/scheduler/index.ts'
 import { RATE_WINDOW_MS } from '../../../transfer/scheduler/index.ts'
-import { CHUNKS_PER_ASK, LATE_CHUNK_MS, MAX_LOST_RACES, PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
+import { CHUNKS_PER_ASK, FLOOR_GRACE_MS, LATE_CHUNK_MS, MAX_LOST_RACES, PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
 import { chunkMatches, chunkSpan, type HashList } from './hash-list.ts'
 import { askChunks, type Dialer } from './protocol.ts'
 
@@ -17,8 +17,9 @@ import { askChunks, type Dialer } from './protocol.ts'
  * - qos 0: the origin is one more source at full speed; friends take
  *   what they are fast enough to take.
  * - qos N: the origin takes a chunk whenever what arrived over the last
- *   rate window (RATE_WINDOW_MS) is under N B/s; qos 1: only when nothing
- *   at all came for a window (friends stalled).
+ *   rate window (RATE_WINDOW_MS; over the pull's age while it is younger,
+ *   from FLOOR_GRACE_MS on) is under N B/s; qos 1: only when nothing at
+ *   all came for a whole window (friends stalled).
  * - whatever qos, the origin takes over once no friend is left.
  * A friend with no chunk free to take asks for the chunk the client has
  * waited for LATE_CHUNK_MS at another friend (and the rest of that
@@ -26,10 +27,12 @@ import { askChunks, type Dialer } from './protocol.ts'
  * only by the origin. When the origin is due and no chunk is free, it
  * fetches the chunk the client waits for if a friend is still on it. The
  * first copy to arrive is used, and a request whose chunks all came from
- * others is cancelled. A friend that loses such a race MAX_LOST_RACES
- * times (another copy of a chunk the client waited LATE_CHUNK_MS for came
- * first) is dropped from the pull, as a failing one is: a slow friend is
- * not raced again for every run.
+ * others is cancelled. A friend that loses such a race to another friend
+ * MAX_LOST_RACES times (that friend's copy of a chunk the client waited
+ * LATE_CHUNK_MS for came first) is dropped from the pull, as a failing
+ * one is: a slow friend is not raced again for every run. Losing to the
+ * origin does not count: with a floor above what friends give, the origin
+ * is expected to be faster, and friends still take their share.
  * Origin chunks come under If-Range and are checked against the list too:
  * an origin that changed its file mid-way is never mixed in (it is
  * dropped; friends finish, or the pull fails), and an origin chunk of the
@@ -198,8 +201,9 @@ class Pull {
   private arrived (index: number, bytes: Uint8Array, from: 'friend' | 'origin'): void {
     if (this.have(index)) return
     const now = performance.now()
-    // friends still on a chunk the client waited for past lateness, that came from another source first, lost a race
-    const losers = index === this.waiting.index && now - this.waiting.since >= this.lateMs ? [...this.atFriends.get(index) ?? []] : []
+    // friends still on a chunk the client waited for past lateness, that another friend brought first, lost a race; the
+    // origin beating them does not count: at a floor above what friends give, it is expected to, and friends still offload
+    const losers = from === 'friend' && index === this.waiting.index && now - this.waiting.since >= this.lateMs ? [...this.atFriends.get(index) ?? []] : []
     this.orphans.delete(index)
     this.done.set(index, bytes)
     this.arrivals.push([now, bytes.length])
@@ -324,10 +328,14 @@ class Pull {
   private originDue (): boolean {
     if (this.init.qos === 0 || this.alive.size === 0 || this.orphans.size > 0) return true
     const now = performance.now()
-    if (now - this.started < RATE_WINDOW_MS) return false
+    const elapsed = now - this.started
+    // qos=1 (the most offload) waits for a whole window of nothing; a real floor is kept from FLOOR_GRACE_MS on, over what
+    // came so far while the pull is younger than a window (else friends alone set the rate of its first 2 s)
+    if (elapsed < (this.init.qos === 1 ? RATE_WINDOW_MS : FLOOR_GRACE_MS)) return false
+    const window = this.init.qos === 1 ? RATE_WINDOW_MS : Math.min(elapsed, RATE_WINDOW_MS)
     let bytes = 0
-    for (const [at, n] of this.arrivals) if (at >= now - RATE_WINDOW_MS) bytes += n
-    return bytes * 1000 / RATE_WINDOW_MS < this.init.qos
+    for (const [at, n] of this.arrivals) if (at >= now - window) bytes += n
+    return bytes * 1000 / window < this.init.qos
   }
 
   private async originWorker (): Promise<void> {
