@@ -1,4 +1,4 @@
-import { decode, encode } from 'cborg'
+import { decode, encode, Tokenizer, tokensToObject, Type } from 'cborg'
 import { KithError, type ErrorCode } from '../errors.ts'
 
 /**
@@ -56,4 +56,77 @@ function nestsDeeper (value: unknown, max: number): boolean {
     for (const child of Array.isArray(item) ? item : Object.values(item)) pending.push([child, depth + 1])
   }
   return false
+}
+
+/** What `decodeCanonicalList` calls: `start` once the list's length is known (before any item is read), then `item` for each. */
+export interface ListReader {
+  start: (fields: Record<string, unknown>, count: number) => void
+  item: (value: unknown, index: number) => void
+}
+
+const DONE = Symbol.for('DONE')
+const BREAK = Symbol.for('BREAK')
+
+/**
+ * `decodeCanonical` for a map holding one long list (a manifest body's
+ * entries), read item by item: the map's other fields and then each item of
+ * the list under `listKey` are decoded, checked canonical (re-encoded one at
+ * a time and compared with their own bytes; keys in canonical order), and
+ * handed to `reader`, so memory holds one item's objects at a time rather
+ * than the whole tree and a second encoding of it. `start` gets the fields
+ * that came before the list (in canonical order, shorter keys first) and may
+ * throw to refuse the count before any item is read. Returns every field
+ * but the list.
+ */
+export function decodeCanonicalList (bytes: Uint8Array, code: ErrorCode, what: string, listKey: string, reader: ListReader): Record<string, unknown> {
+  const fail = (why: string): KithError => new KithError(code, `${what} is not valid (${why}); it was altered after it was made, or damaged`)
+  const canonical = (value: unknown, from: number, to: number): void => {
+    if (nestsDeeper(value, MAX_NESTING - 2)) throw fail(`it nests arrays or maps more than ${MAX_NESTING} levels deep`)
+    if (Buffer.compare(Buffer.from(encode(value)), Buffer.from(bytes.buffer, bytes.byteOffset + from, to - from)) !== 0) throw fail('it is not in canonical form')
+  }
+  const tokens = new Tokenizer(bytes, DECODE_OPTIONS)
+  const next = (): unknown => {
+    const value = tokensToObject(tokens, DECODE_OPTIONS)
+    if (value === DONE || value === BREAK) throw new Error('it ends too soon')
+    return value
+  }
+  const fields: Record<string, unknown> = {}
+  try {
+    const head = tokens.next()
+    if (!Type.equals(head.type, Type.map)) throw fail('it is not a map')
+    let previous: Buffer | undefined
+    for (let i = 0; i < head.value; i++) {
+      const keyAt = tokens.pos()
+      const key = next()
+      if (typeof key !== 'string') throw fail('a key is not text')
+      canonical(key, keyAt, tokens.pos())
+      const keyBytes = Buffer.from(bytes.subarray(keyAt, tokens.pos()))
+      // canonical order: shorter keys first, then bytewise; so no key twice
+      if (previous !== undefined && (previous.length > keyBytes.length || (previous.length === keyBytes.length && Buffer.compare(previous, keyBytes) >= 0))) {
+        throw fail('it is not in canonical form: its keys are out of order or repeated')
+      }
+      previous = keyBytes
+      if (key !== listKey) {
+        const at = tokens.pos()
+        const value = next()
+        canonical(value, at, tokens.pos())
+        Object.defineProperty(fields, key, { value, enumerable: true, configurable: true, writable: true })
+        continue
+      }
+      const list = tokens.next()
+      if (!Type.equals(list.type, Type.array)) throw fail(`its ${listKey} is not a list`)
+      reader.start(fields, list.value)
+      for (let n = 0; n < list.value; n++) {
+        const at = tokens.pos()
+        const value = next()
+        canonical(value, at, tokens.pos())
+        reader.item(value, n)
+      }
+    }
+    if (!tokens.done()) throw fail('bytes follow its end')
+  } catch (err) {
+    if (err instanceof KithError) throw err
+    throw new KithError(code, `${what} is not valid CBOR (${(err as Error).message}); it may be truncated or damaged`)
+  }
+  return fields
 }

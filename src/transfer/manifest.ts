@@ -1,6 +1,6 @@
-import { createHash } from 'node:crypto'
+import { createHash, type Hash } from 'node:crypto'
 import { KithError } from '../errors.ts'
-import { decodeCanonical, encodeCanonical } from '../peer/canonical.ts'
+import { decodeCanonical, decodeCanonicalList, encodeCanonical } from '../peer/canonical.ts'
 import { PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, sign, verify } from '../peer/signing.ts'
 import { isSafeText } from '../peer/text.ts'
 import {
@@ -314,17 +314,50 @@ export function decodeManifest (bytes: Uint8Array, options: DecodeManifestOption
   if (!verify('manifest/1', bodyBytes, sig, pub)) {
     throw new KithError('MANIFEST_BAD_SIGNATURE', 'the share manifest signature does not match its key: it was altered or forged; ask the owner to share it again')
   }
-  return parseBody(decodeCanonical(bodyBytes, 'MANIFEST_MALFORMED', 'the share manifest body'), pub)
+  return parseBody(bodyBytes, pub)
 }
 
-function parseBody (body: unknown, owner: Uint8Array): Manifest {
-  if (!isRecord(body)) throw malformed('the body is not a map')
+/**
+ * The body, read entry by entry (canonical.ts `decodeCanonicalList`): the
+ * fields before the entries are checked first (canonical order puts
+ * `entries` last), then each entry is checked and turned into its decoded
+ * form as it is read, so memory holds the result and one entry's CBOR, not
+ * the whole tree and a second encoding of it.
+ */
+function parseBody (bodyBytes: Uint8Array, owner: Uint8Array): Manifest {
+  let walk: EntryWalk | undefined
+  let before = 0
+  const rest = decodeCanonicalList(bodyBytes, 'MANIFEST_MALFORMED', 'the share manifest body', 'entries', {
+    start: (fields, count) => {
+      before = Object.keys(fields).length
+      walk = new EntryWalk(parseHead(fields, count, true))
+    },
+    item: (entry) => { walk!.add(entry) }
+  })
+  // no entries list at all: the head's checks say what is wrong
+  if (walk === undefined) parseHead(rest, 0, false)
+  if (walk === undefined || Object.keys(rest).length !== before) throw malformed(`the body must hold exactly ${BODY_KEYS[MANIFEST_FORMAT]!.join(', ')}`)
+  return walk.finish(owner)
+}
+
+interface Head {
+  share: Uint8Array
+  version: number
+  name: string
+  created: number
+  chunkSize: number
+  packs: Uint8Array
+  root: Uint8Array
+}
+
+/** Every field but the entries (`listed`: they follow, `count` of them), checked before any entry is read. */
+function parseHead (body: Record<string, unknown>, count: number, listed: boolean): Head {
   if (typeof body.v === 'number' && !READABLE_FORMATS.has(body.v)) {
     throw new KithError('UNSUPPORTED_VERSION', `this share manifest has format version ${body.v}, which this kith does not know; upgrade kith`)
   }
   const keys = BODY_KEYS[body.v as number]
-  if (keys === undefined || !hasKeys(body, keys)) throw malformed(`the body must hold exactly ${BODY_KEYS[MANIFEST_FORMAT]!.join(', ')}`)
-  const { share, ver, name, at, cs, entries, root } = body
+  if (keys === undefined || !hasKeys(listed ? { ...body, entries: true } : body, keys)) throw malformed(`the body must hold exactly ${BODY_KEYS[MANIFEST_FORMAT]!.join(', ')}`)
+  const { share, ver, name, at, cs, root } = body
   const packs = body.v === 1 ? new Uint8Array(0) : body.packs
   if (!isBytes(share, ID_LENGTH)) throw malformed('the share id must be 32 bytes')
   if (!isUint(ver) || ver < 1) throw malformed('the version must be a positive integer')
@@ -334,128 +367,125 @@ function parseBody (body: unknown, owner: Uint8Array): Manifest {
   if (cs < MIN_CHUNK_SIZE || cs > MAX_CHUNK_SIZE) throw limit(`chunk size ${cs} is outside ${MIN_CHUNK_SIZE}..${MAX_CHUNK_SIZE}`)
   if (!isBytes(root, ID_LENGTH)) throw malformed('the Merkle root must be 32 bytes')
   if (!isBytes(packs) || packs.length % ID_LENGTH !== 0) throw malformed('the pack ids must be 32 bytes each')
-  if (!Array.isArray(entries)) throw malformed('entries must be a list')
-  if (entries.length > MAX_ENTRIES) throw limit(`${entries.length} entries, more than ${MAX_ENTRIES}`)
-  const packCount = packs.length / ID_LENGTH
+  if (packs.length / ID_LENGTH > MAX_CHUNKS) throw limit(`more than ${MAX_CHUNKS} chunks`)
+  if (count > MAX_ENTRIES) throw limit(`${count} entries, more than ${MAX_ENTRIES}`)
+  return { share, version: ver, name, created: at, chunkSize: cs, packs, root }
+}
 
-  // First pass: every check, by arithmetic on claimed sizes; nothing is
-  // allocated per chunk until the running total is known to be within bounds.
-  const files = new Set<string>()
-  let previous: Buffer | undefined
-  let totalChunks = packCount
-  if (totalChunks > MAX_CHUNKS) throw limit(`more than ${MAX_CHUNKS} chunks`)
-  let totalSize = 0
-  let unpackedIds = 0
-  /** packs begun so far, and the plaintext bytes of the last one */
-  let packsUsed = 0
-  let packFill = 0
-  for (const entry of entries as unknown[]) {
+/**
+ * The entries, checked and decoded one at a time: path rules, order, size,
+ * pack placement and the running chunk count, all by arithmetic on the
+ * claimed sizes before anything per chunk is made.
+ */
+class EntryWalk {
+  private readonly head: Head
+  private readonly entries: ManifestEntry[] = []
+  private readonly files = new Set<string>()
+  private readonly packIds: string[]
+  private readonly packs: ManifestPack[] = []
+  private packHasher: Hash | undefined
+  /** unpacked files' chunk ids, in entry order (views of the body's bytes), and their entries */
+  private readonly ids: Uint8Array[] = []
+  private readonly unpacked: ManifestFile[] = []
+  private previous: Buffer | undefined
+  private totalChunks: number
+  private totalSize = 0
+
+  constructor (head: Head) {
+    this.head = head
+    this.packIds = splitIds(head.packs)
+    this.totalChunks = this.packIds.length
+  }
+
+  add (entry: unknown): void {
     if (!isRecord(entry)) throw malformed('an entry is not a map')
     checkPath(entry.p)
     const path = entry.p
     const pathBytes = Buffer.from(path, 'utf8')
-    if (previous !== undefined) {
-      const order = Buffer.compare(previous, pathBytes)
+    if (this.previous !== undefined) {
+      const order = Buffer.compare(this.previous, pathBytes)
       if (order === 0) throw badPath(path, 'listed twice')
       if (order > 0) throw malformed(`entries are not sorted (at ${JSON.stringify(path)})`)
     }
-    previous = pathBytes
+    this.previous = pathBytes
     // A file can't also be a folder holding other entries.
     for (let i = path.indexOf('/'); i !== -1; i = path.indexOf('/', i + 1)) {
-      if (files.has(path.slice(0, i))) throw badPath(path, `${JSON.stringify(path.slice(0, i))} is a file, not a folder`)
+      if (this.files.has(path.slice(0, i))) throw badPath(path, `${JSON.stringify(path.slice(0, i))} is a file, not a folder`)
     }
     if (entry.t === 'd') {
       if (!hasKeys(entry, DIR_KEYS)) throw malformed(`folder ${JSON.stringify(path)} must hold exactly t and p`)
-      continue
+      this.entries.push({ type: 'dir', path })
+      return
     }
     if (entry.t !== 'f') throw malformed(`entry ${JSON.stringify(path)} has an unknown type`)
-    const packed = packCount > 0 && Object.hasOwn(entry, 'k')
+    const cs = this.head.chunkSize
+    const packed = this.packIds.length > 0 && Object.hasOwn(entry, 'k')
     if (!hasKeys(entry, packed ? PACKED_KEYS : FILE_KEYS)) throw malformed(`file ${JSON.stringify(path)} must hold exactly ${FILE_KEYS.join(', ')} (or k for c, packed)`)
-    files.add(path)
+    this.files.add(path)
     const { s, x, h } = entry
     if (!isUint(s)) throw malformed(`file ${JSON.stringify(path)} has a size that is not a non-negative integer`)
     if (s > MAX_FILE_SIZE) throw limit(`file ${JSON.stringify(path)} claims ${s} bytes, more than ${MAX_FILE_SIZE}`)
-    totalSize += s
+    this.totalSize += s
     if (typeof x !== 'boolean') throw malformed(`file ${JSON.stringify(path)} has a non-boolean executable flag`)
     if (!isBytes(h, ID_LENGTH)) throw malformed(`file ${JSON.stringify(path)} has a hash that is not 32 bytes`)
+    const file = { type: 'file' as const, path, size: s, executable: x, sha256: Buffer.from(h).toString('hex') }
     if (packed) {
       const k = entry.k
+      const used = this.packs.length
       if (s === 0 || s > cs) throw malformed(`packed file ${JSON.stringify(path)} has ${s} bytes; a packed file has 1 to ${cs}`)
-      if (!isUint(k) || (k !== packsUsed - 1 && k !== packsUsed) || k >= packCount) {
-        throw malformed(`packed file ${JSON.stringify(path)} names pack ${String(k)}; packs are named in order, from 0, below ${packCount}`)
+      if (!isUint(k) || (k !== used - 1 && k !== used) || k >= this.packIds.length) {
+        throw malformed(`packed file ${JSON.stringify(path)} names pack ${String(k)}; packs are named in order, from 0, below ${this.packIds.length}`)
       }
-      if (k === packsUsed) {
-        packsUsed++
-        packFill = 0
+      if (k === used) {
+        this.closePack()
+        this.packs.push({ id: this.packIds[k]!, size: 0, hash: '' })
+        this.packHasher = createHash('sha256')
       }
-      packFill += s
-      if (packFill > cs) throw malformed(`pack ${k}'s files add up to more than its chunk of ${cs} bytes (at ${JSON.stringify(path)})`)
-      continue
+      const pack = this.packs[k]!
+      if (pack.size + s > cs) throw malformed(`pack ${k}'s files add up to more than its chunk of ${cs} bytes (at ${JSON.stringify(path)})`)
+      this.entries.push({ ...file, chunks: [pack.id], pack: { index: k, offset: pack.size } })
+      pack.size += s
+      this.packHasher!.update(h)
+      return
     }
     const n = chunkCount(s, cs)
-    totalChunks += n
-    if (totalChunks > MAX_CHUNKS) throw limit(`more than ${MAX_CHUNKS} chunks`)
+    this.totalChunks += n
+    if (this.totalChunks > MAX_CHUNKS) throw limit(`more than ${MAX_CHUNKS} chunks`)
     const { c } = entry
     if (!isBytes(c) || c.length !== n * ID_LENGTH) {
       throw malformed(`file ${JSON.stringify(path)} of ${s} bytes must list ${n} chunk ids`)
     }
-    unpackedIds += n
+    this.ids.push(c)
+    // its ids become strings once every entry is checked: a claim past MAX_CHUNKS costs no string
+    const decoded: ManifestFile = { ...file, chunks: [] }
+    this.unpacked.push(decoded)
+    this.entries.push(decoded)
   }
-  if (packsUsed !== packCount) throw malformed(`${packCount} packs are listed but files name ${packsUsed}`)
 
-  // Second pass: the lists are known to be small enough to hash and convert.
-  const wire = entries as Array<WireFile | WirePacked | WireDir>
-  const ids = Buffer.alloc((unpackedIds + packCount) * ID_LENGTH)
-  let offset = 0
-  for (const entry of wire) {
-    if (entry.t !== 'f' || !('c' in entry)) continue
-    ids.set(entry.c, offset)
-    offset += entry.c.length
+  private closePack (): void {
+    if (this.packHasher !== undefined) this.packs.at(-1)!.hash = this.packHasher.digest('hex')
+    this.packHasher = undefined
   }
-  ids.set(packs, offset)
-  if (!merkleRoot(ids).equals(root)) throw malformed('the Merkle root does not match the chunk ids')
 
-  const packIds = splitIds(packs)
-  const packList: ManifestPack[] = []
-  let packHasher: ReturnType<typeof createHash> | undefined
-  const closePack = (): void => {
-    if (packHasher !== undefined) packList.at(-1)!.hash = packHasher.digest('hex')
-  }
-  const out: ManifestEntry[] = new Array(wire.length)
-  wire.forEach((entry, i) => {
-    if (entry.t === 'd') {
-      out[i] = { type: 'dir', path: entry.p }
-      return
+  finish (owner: Uint8Array): Manifest {
+    this.closePack()
+    const { head } = this
+    if (this.packs.length !== this.packIds.length) throw malformed(`${this.packIds.length} packs are listed but files name ${this.packs.length}`)
+    if (!merkleRoot(Buffer.concat([...this.ids, head.packs])).equals(head.root)) throw malformed('the Merkle root does not match the chunk ids')
+    this.unpacked.forEach((entry, i) => { entry.chunks = splitIds(this.ids[i]!) })
+    return {
+      owner: Uint8Array.from(owner),
+      shareId: Buffer.from(head.share).toString('hex'),
+      version: head.version,
+      name: head.name,
+      created: head.created,
+      chunkSize: head.chunkSize,
+      entries: this.entries,
+      packs: this.packs,
+      root: Buffer.from(head.root).toString('hex'),
+      chunkCount: this.totalChunks,
+      totalSize: this.totalSize
     }
-    const file = { type: 'file' as const, path: entry.p, size: entry.s, executable: entry.x, sha256: Buffer.from(entry.h).toString('hex') }
-    if ('c' in entry) {
-      out[i] = { ...file, chunks: splitIds(entry.c) }
-      return
-    }
-    if (entry.k === packList.length) {
-      closePack()
-      packList.push({ id: packIds[entry.k]!, size: 0, hash: '' })
-      packHasher = createHash('sha256')
-    }
-    const pack = packList[entry.k]!
-    out[i] = { ...file, chunks: [pack.id], pack: { index: entry.k, offset: pack.size } }
-    pack.size += entry.s
-    packHasher!.update(entry.h)
-  })
-  closePack()
-
-  return {
-    owner: Uint8Array.from(owner),
-    shareId: Buffer.from(share).toString('hex'),
-    version: ver,
-    name,
-    created: at,
-    chunkSize: cs,
-    entries: out,
-    packs: packList,
-    root: Buffer.from(root).toString('hex'),
-    chunkCount: totalChunks,
-    totalSize
   }
 }
 

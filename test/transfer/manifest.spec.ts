@@ -151,6 +151,30 @@ describe('manifest codec', () => {
     expectCode(() => decodeManifest(swapped), 'MANIFEST_MALFORMED')
   })
 
+  it('reads the body entry by entry, and still refuses an entry or a body key out of canonical order', () => {
+    const part = (value: object): Buffer => Buffer.from(encodeCanonical(value)).subarray(1)
+    const signBody = (bodyBytes: Uint8Array): Uint8Array =>
+      encodeCanonical({ body: bodyBytes, pub: owner.publicKey, sig: sign('manifest/1', bodyBytes, owner.secretKey) })
+    const file = wireFile('a', 5, 1)
+    const body = Buffer.from(encodeCanonical(wireBody([file])))
+    expect(decodeManifest(signBody(body)).entries).toHaveLength(1)
+    // the entry's keys swapped (canonical is c, h, p, s, t, x): same content, other bytes
+    const entry = Buffer.from(encodeCanonical(file))
+    const swapped = Buffer.concat([entry.subarray(0, 1), part({ h: file.h }), part({ c: file.c }), part({ p: file.p, s: file.s, t: file.t, x: file.x })])
+    expect(swapped.length).toBe(entry.length)
+    const at = body.indexOf(entry)
+    const altered = Buffer.concat([body.subarray(0, at), swapped, body.subarray(at + entry.length)])
+    expect(expectCode(() => decodeManifest(signBody(altered)), 'MANIFEST_MALFORMED').message).toMatch(/canonical/)
+    // body keys out of order: 'v' moved after 'at'
+    const fields = wireBody([file])
+    const { v, at: when, ...others } = fields
+    const reordered = Buffer.concat([body.subarray(0, 1), part({ at: when }), part({ v }), part(others)])
+    expect(reordered.length).toBe(body.length)
+    expect(expectCode(() => decodeManifest(signBody(reordered)), 'MANIFEST_MALFORMED').message).toMatch(/out of order/)
+    // bytes after the body's end
+    expectCode(() => decodeManifest(signBody(Buffer.concat([body, Buffer.from([0])]))), 'MANIFEST_MALFORMED')
+  })
+
   it('refuses an unknown body format version', () => {
     for (const v of [0, 3, 99]) expectCode(() => decodeManifest(signed(wireBody([], { v }))), 'UNSUPPORTED_VERSION')
   })
