@@ -1,6 +1,7 @@
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
+import { corkedWrites } from './corked-writes.ts'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
@@ -148,7 +149,7 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
     // circuit relay: dialing friends through a relay, and listening on the relays
     // src/services/reachability.ts reserves explicitly (no `/p2p-circuit` discovery)
     transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
-    connectionEncrypters: [noise()],
+    connectionEncrypters: [components => corkedWrites(noise()(components))],
     streamMuxers: [yamux({ streamOptions: { maxReadBufferLength: MAX_READ_BUFFER, maxStreamWindowSize: MAX_STREAM_WINDOW } })],
     connectionGater: {
       ...init.gater,
