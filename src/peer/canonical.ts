@@ -29,6 +29,44 @@ export function encodeCanonical (value: unknown): Uint8Array {
   return encode(value)
 }
 
+/**
+ * `encodeCanonical({ ...fields, [listKey]: [...items] })`, encoded item by
+ * item: the bytes are the same (a list's encoding is its header and its
+ * items' encodings in turn), but no encoder state for the whole list is held
+ * at once (cborg makes a token per item of the tree before writing any).
+ * `listKey` must sort after every other key (canonical order: shorter keys
+ * first), so that the list ends the map.
+ */
+export function encodeCanonicalList (fields: Record<string, unknown>, listKey: string, items: Iterable<unknown>): Uint8Array {
+  const keyBytes = Buffer.byteLength(listKey)
+  for (const key of Object.keys(fields)) {
+    const length = Buffer.byteLength(key)
+    if (key === listKey || length > keyBytes || (length === keyBytes && Buffer.compare(Buffer.from(key), Buffer.from(listKey)) > 0)) {
+      throw new Error(`${listKey} must be the last key of the map`)
+    }
+  }
+  const head = encode({ ...fields, [listKey]: [] })
+  const parts: Uint8Array[] = [head.subarray(0, head.length - 1)]
+  let count = 0
+  for (const item of items) {
+    parts.push(encode(item))
+    count++
+  }
+  parts.splice(1, 0, arrayHeader(count))
+  return Buffer.concat(parts)
+}
+
+/** The canonical CBOR header of an array of `count` items (major type 4, shortest length). */
+function arrayHeader (count: number): Uint8Array {
+  if (count < 24) return Uint8Array.of(0x80 | count)
+  if (count < 0x100) return Uint8Array.of(0x98, count)
+  if (count < 0x10000) return Uint8Array.of(0x99, count >> 8, count & 0xff)
+  const header = Buffer.alloc(5)
+  header[0] = 0x9a
+  header.writeUInt32BE(count, 1)
+  return header
+}
+
 export function decodeCanonical (bytes: Uint8Array, code: ErrorCode, what: string): unknown {
   let value: unknown
   try {

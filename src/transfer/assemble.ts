@@ -714,10 +714,16 @@ export class ShareAssembly {
           const { offset } = file.entry.pack!
           await file.write(0, plaintext.subarray(offset, offset + file.entry.size))
           await file.finish()
-          this.forget(target, file)
+          // its place goes with the others' below: one pass over the pack's places, not one per file
+          this.placed[target] = 1
+          this.files[target] = undefined
         }
       }
-      await Promise.all(Array.from({ length: Math.min(PACK_WRITERS, list.length) }, writer))
+      try {
+        await Promise.all(Array.from({ length: Math.min(PACK_WRITERS, list.length) }, writer))
+      } finally {
+        this.prune(id)
+      }
     } finally {
       this.plaintexts.give(plaintext)
     }
@@ -755,13 +761,16 @@ export class ShareAssembly {
     this.placed[target] = 1
     this.files[target] = undefined
     this.recent.delete(file)
-    for (const id of file.entry.chunks) {
-      const list = this.places.get(id)
-      if (list === undefined) continue
-      const rest = (typeof list === 'number' ? [list] : list).filter(place => Math.floor(place / MAX_CHUNKS) !== target)
-      if (rest.length === 0) this.places.delete(id)
-      else this.places.set(id, rest.length === 1 ? rest[0]! : rest)
-    }
+    for (const id of file.entry.chunks) this.prune(id)
+  }
+
+  /** Drops the places of placed files from `id`'s list. */
+  private prune (id: string): void {
+    const list = this.places.get(id)
+    if (list === undefined) return
+    const rest = (typeof list === 'number' ? [list] : list).filter(place => this.placed[Math.floor(place / MAX_CHUNKS)] === 0)
+    if (rest.length === 0) this.places.delete(id)
+    else this.places.set(id, rest.length === 1 ? rest[0]! : rest)
   }
 
   /** Keeps at most MAX_OPEN_PARTIALS partials open, closing the least recently written. */

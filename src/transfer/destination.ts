@@ -61,8 +61,11 @@ async function lstatOrUndefined (path: string): Promise<Stats | undefined> {
  * `checked`: folders a pass over many files already made and checked, not
  * looked at again (what is written there is checked again before it is
  * opened and placed: `checkUnder`); the folders this call checks are added.
+ * `made`: the folders this pass made, to which those this call makes are
+ * added; a file in one of them is not looked for (nothing of ours can be
+ * there yet, and placing never overwrites what someone else put there).
  */
-export async function prepareUnder (root: string, segments: string[], options: { dir?: boolean, checked?: Set<string> } = {}): Promise<string> {
+export async function prepareUnder (root: string, segments: string[], options: { dir?: boolean, checked?: Set<string>, made?: Set<string> } = {}): Promise<string> {
   for (const segment of segments) checkSegment(segment)
   const dir = options.dir ?? false
   const folders = dir ? segments : segments.slice(0, -1)
@@ -73,7 +76,10 @@ export async function prepareUnder (root: string, segments: string[], options: {
     let info = await lstatOrUndefined(at)
     if (info === undefined) {
       const made = await mkdir(at, { mode: 0o755 }).then(() => true, (err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err; return false })
-      if (made) await giveUserMode(at)
+      if (made) {
+        await giveUserMode(at)
+        options.made?.add(at)
+      }
       info = await lstat(at)
     }
     if (info.isSymbolicLink()) throw linkRefused(at)
@@ -82,6 +88,7 @@ export async function prepareUnder (root: string, segments: string[], options: {
   }
   if (dir) return at
   const target = join(at, segments.at(-1)!)
+  if (options.made?.has(at) === true) return target
   const info = await lstatOrUndefined(target)
   if (info?.isSymbolicLink() === true) throw linkRefused(target)
   if (info !== undefined && !info.isFile()) throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(target)} is in the way (it is not a regular file); move it away, then resume`)

@@ -1,6 +1,6 @@
 import { createHash, type Hash } from 'node:crypto'
 import { KithError } from '../errors.ts'
-import { decodeCanonical, decodeCanonicalList, encodeCanonical } from '../peer/canonical.ts'
+import { decodeCanonical, decodeCanonicalList, encodeCanonical, encodeCanonicalList } from '../peer/canonical.ts'
 import { PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, sign, verify } from '../peer/signing.ts'
 import { isSafeText } from '../peer/text.ts'
 import {
@@ -275,18 +275,18 @@ export function createManifest (init: CreateManifestInit): { manifest: Manifest,
   if (!packs.every(isId)) throw new KithError('BAD_REQUEST', 'a pack id must be 64 lowercase hex characters')
   const unpacked = init.entries.flatMap(e => e.type === 'file' && e.pack === undefined ? e.chunks : [])
   const packBytes = Buffer.from(packs.join(''), 'hex')
-  const body: WireBody = {
+  const body: Omit<WireBody, 'entries'> = {
     v: MANIFEST_FORMAT,
     share: Buffer.from(init.shareId, 'hex'),
     ver: init.version,
     name: init.name,
     at: init.created ?? Date.now(),
     cs: init.chunkSize,
-    entries: init.entries.map(toWire),
     packs: packBytes,
     root: merkleRoot(Buffer.concat([Buffer.from(unpacked.join(''), 'hex'), packBytes]))
   }
-  const bodyBytes = encodeCanonical(body)
+  // entry by entry, as it is decoded: a share of many files needs no encoder state for all of them at once
+  const bodyBytes = encodeCanonicalList(body, 'entries', (function * () { for (const entry of init.entries) yield toWire(entry) })())
   const bytes = encodeCanonical({ body: bodyBytes, pub: init.publicKey, sig: sign('manifest/1', bodyBytes, init.secretKey) })
   return { manifest: decodeManifest(bytes, { owner: init.publicKey }), bytes }
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { decodeCanonical, encodeCanonical } from '../../src/peer/canonical.ts'
+import { decodeCanonical, decodeCanonicalList, encodeCanonical, encodeCanonicalList } from '../../src/peer/canonical.ts'
 import { KithError, isErrorCode, type ErrorCode } from '../../src/errors.ts'
 
 const hex = (s: string): Uint8Array => Uint8Array.from(Buffer.from(s.replace(/\s+/g, ''), 'hex'))
@@ -193,5 +193,29 @@ describe('decodeCanonical rejects non-canonical encodings', () => {
     for (const code of codes) {
       expectRejected(hex('f9 3c00'), code, 'the address record')
     }
+  })
+})
+
+describe('a map with one long list, item by item', () => {
+  it('encodes the same bytes as the whole map, and decodes them to the same fields and items', () => {
+    for (const count of [0, 1, 23, 24, 255, 256, 65_535, 65_536]) {
+      const items = Array.from({ length: count }, (_, i) => ({ p: `f${i}`, s: i }))
+      const fields = { v: 2, at: 5, name: 'n' }
+      const bytes = encodeCanonicalList(fields, 'entries', items)
+      expect(Buffer.from(bytes).equals(Buffer.from(encodeCanonical({ ...fields, entries: items }))), `${count} items`).toBe(true)
+      const seen: unknown[] = []
+      let started: [Record<string, unknown>, number] | undefined
+      const rest = decodeCanonicalList(bytes, 'MANIFEST_MALFORMED', 'the test map', 'entries', {
+        start: (before, n) => { started = [{ ...before }, n] },
+        item: (item) => { seen.push(item) }
+      })
+      expect(started).toEqual([fields, count])
+      expect(rest).toEqual(fields)
+      expect(seen).toEqual(items)
+    }
+  })
+
+  it('refuses a list key that would not end the map', () => {
+    expect(() => encodeCanonicalList({ zzzzzzzz: 1 }, 'entries', [])).toThrow(/last key/)
   })
 })

@@ -655,13 +655,15 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     // a few files at a time: a folder of many small files would otherwise wait on each one's checks in turn
     let next = 0
     const checked = new Set<string>()
+    // folders made just now hold nothing to compare: a first run over many files looks at none of them
+    const made = new Set<string>()
     const prepare = async (): Promise<void> => {
       while (next < files.length) {
         const at = next++
         const { entry, index, relative } = files[at]!
         const segments = [basename(record.dest), ...(relative === '' ? [] : relative.split('/'))]
-        const dest = await prepareUnder(root, segments, { checked })
-        if (await compareFile(dest, entry) === 'same') {
+        const dest = await prepareUnder(root, segments, { checked, made })
+        if (!made.has(dirname(dest)) && await compareFile(dest, entry) === 'same') {
           // placed before a restart; a kill may have come between placing it, moving its chunks' records and unlinking the partial
           const partial = sharePartialPath(dest, id, index)
           await this.init.store.moveInFile(entry.chunks, partial, dest)
