@@ -139,28 +139,26 @@ export class Swarm {
    * list pass alone (the origin's sample checks one chunk only).
    */
   async hashList (hash: string, friends: readonly PeerId[], signal: AbortSignal): Promise<{ list: HashList, from: PeerId } | null> {
-    let first: { list: HashList, from: PeerId } | null = null
-    for (const peer of friends) {
-      const publicKey = this.init.friends.get(peer.toString())?.publicKey
-      if (publicKey == null) continue
-      let list: HashList
+    const ask = async (peer: PeerId): Promise<{ list: HashList, from: PeerId } | null> => {
       try {
         const signed = await askList(this.init.libp2p, peer, hash, { signal: AbortSignal.any([signal, AbortSignal.timeout(ASK_DEADLINE_MS * 2)]) })
-        list = openHashList(signed, Buffer.from(publicKey, 'base64'), hash)
+        return { list: openHashList(signed, Buffer.from(this.init.friends.get(peer.toString())!.publicKey, 'base64'), hash), from: peer }
       } catch (err) {
         if (signal.aborted) throw signal.reason
         console.error(`kith proxy: no usable hash list from ${peer.toString()}: ${(err as Error).message}`)
-        continue
+        return null
       }
-      if (first == null) {
-        first = { list, from: peer }
-        continue
-      }
-      if (sameList(first.list, list)) return first
-      console.error(`kith proxy: ${first.from.toString()} and ${peer.toString()} gave different hash lists for one file; the origin serves it`)
-      return null
     }
-    return first
+    const asked = friends.filter(peer => this.init.friends.get(peer.toString())?.publicKey != null)
+    const got: Array<{ list: HashList, from: PeerId }> = []
+    // two friends at once (one round trip before the first byte, not two); more only when one of them fails
+    while (got.length < 2 && asked.length > 0) {
+      for (const list of await Promise.all(asked.splice(0, 2 - got.length).map(ask))) if (list != null) got.push(list)
+    }
+    const [first, second] = got
+    if (first == null || second == null || sameList(first.list, second.list)) return first ?? null
+    console.error(`kith proxy: ${first.from.toString()} and ${second.from.toString()} gave different hash lists for one file; the origin serves it`)
+    return null
   }
 }
 

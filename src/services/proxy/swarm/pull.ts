@@ -185,10 +185,11 @@ class Pull {
     return run
   }
 
-  private giveBack (index: number): void {
+  /** Chunk `index` back for another source; an orphan (the origin takes it whatever qos says) when its source failed. */
+  private giveBack (index: number, orphan = true): void {
     // the other copy came already, or one is on its way
     if (this.have(index) || this.todo.includes(index) || this.atFriends.has(index)) return
-    this.orphans.add(index)
+    if (orphan) this.orphans.add(index)
     const at = this.todo.findIndex(i => i > index)
     this.todo.splice(at < 0 ? this.todo.length : at, 0, index)
     this.notify()
@@ -261,16 +262,22 @@ class Pull {
       source.asks.add(ask)
       const signal = AbortSignal.any([this.signal, source.stop.signal, ask.stop.signal])
       try {
-        await flow.take(chunkSpan(list, run.at(-1)!)[1] - chunkSpan(list, ask.at)[0], signal, name)
+        // each chunk's bytes are taken before it is read (the stream's window holds the friend back meanwhile), not the
+        // whole run's before asking: under a low cap a run's first chunk comes after one chunk's time, not four
+        const size = (index: number): number => chunkSpan(list, index)[1] - chunkSpan(list, index)[0]
+        await flow.take(size(ask.at), signal, name)
         for await (const bytes of askChunks(this.init.dialer, peer, list.hash, ask.at, run.length, { signal })) {
           if (!chunkMatches(list, ask.at, bytes)) throw new KithError('SWARM_BAD_LIST', `${name} sent chunk ${ask.at} not matching its hash list`)
           this.offIt(ask.at, name)
           this.arrived(ask.at++, bytes, 'friend')
+          if (ask.at <= run.at(-1)!) await flow.take(size(ask.at), signal, name)
         }
       } catch (err) {
+        // a friend dropped as too slow failed nothing: its chunks go back to whoever is free, not to the origin
+        const slow = source.stop.signal.aborted
         for (const left of run.filter(i => i >= ask.at)) {
           this.offIt(left, name)
-          this.giveBack(left)
+          this.giveBack(left, !slow)
         }
         // the pull ended, the friend was dropped, or every chunk it had left came from others (it takes the next run)
         if (signal.aborted) continue
