@@ -49,8 +49,10 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  *             repository; peak RSS of each daemon (bench/backup.ts)
  *   proxy     a file from nginx with curl through the daemon's local proxy
  *             (origin only; cache off, and kept in the cache) against curl
- *             straight from nginx and a bare Node relay, with each one's CPU
- *             ms/MB; streaming time to first byte; the offload to two
+ *             straight from nginx, a bare Node HTTP relay and a Node TCP
+ *             relay, with each one's CPU ms/MB; the same with nginx's
+ *             limit_rate per connection; streaming time to first byte; the
+ *             qos floor with friends capped below it; the offload to two
  *             friends (bench/proxy.ts; BENCH_PROXY_MIB, 256)
  * `fetch` and `multi` always measure ceiling (b), the figure they are compared to;
  * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
