@@ -41,6 +41,11 @@ export interface SealedBlob {
   sealed: Uint8Array
 }
 
+/** Bytes a plaintext of `length` bytes seals into. */
+export function sealedSize (length: number): number {
+  return 1 + NONCE_LENGTH + length + TAG_LENGTH
+}
+
 /** Copies `part` into `into` at `at`; its length. */
 function copyIn (into: Uint8Array, at: number, part: Uint8Array): number {
   into.set(part, at)
@@ -60,8 +65,12 @@ function associatedData (owner: string, kind: BlobKind, id: Buffer): Buffer {
   return Buffer.concat([AD_DOMAIN, Uint8Array.of(BLOB_FORMAT, KIND_BYTE[kind]), id, Buffer.from(owner, 'utf8')])
 }
 
-/** `id`, when the caller has it already (blobId of this kind and plaintext), saves hashing the plaintext again. */
-export function sealBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: string, kind: BlobKind, plaintext: Uint8Array, known?: string): SealedBlob {
+/**
+ * `id`, when the caller has it already (blobId of this kind and plaintext),
+ * saves hashing the plaintext again; `into` (`sealedSize` bytes, a buffer
+ * the caller reuses) is where the sealed bytes are written.
+ */
+export function sealBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: string, kind: BlobKind, plaintext: Uint8Array, known?: string, into?: Uint8Array): SealedBlob {
   if (plaintext.length > MAX_BLOB_PLAINTEXT) throw new KithError('INTERNAL', `a blob holds at most ${MAX_BLOB_PLAINTEXT} bytes, not ${plaintext.length}`)
   const id = known ?? blobId(keys, kind, plaintext)
   const idBytes = Buffer.from(id, 'hex')
@@ -69,7 +78,9 @@ export function sealBlob (keys: Pick<BackupKeys, 'chunkId' | 'seal'>, owner: str
   const cipher = createCipheriv('aes-256-gcm', keys.seal, nonce)
   cipher.setAAD(associatedData(owner, kind, idBytes))
   // one buffer for the whole sealed blob, the ciphertext written into it slice by slice
-  const sealed = Buffer.allocUnsafe(1 + NONCE_LENGTH + plaintext.length + TAG_LENGTH)
+  const size = sealedSize(plaintext.length)
+  if (into != null && into.length !== size) throw new KithError('INTERNAL', `a blob of ${plaintext.length} bytes seals into ${size}, not ${into.length}`)
+  const sealed = into ?? Buffer.allocUnsafe(size)
   sealed[0] = BLOB_FORMAT
   sealed.set(nonce, 1)
   let at = 1 + NONCE_LENGTH

@@ -6,6 +6,7 @@ import { KithError, isErrorCode, type ErrorCode } from '../../errors.ts'
 import { MAX_FAILURE_MESSAGE } from '../../peer/request-response.ts'
 import { dialProtocol } from '../../peer/dial.ts'
 import { cleanText } from '../../peer/text.ts'
+import { BufferPool } from '../../transfer/buffer-pool.ts'
 import type { ChunkStore } from '../../transfer/chunk-store.ts'
 import { MAX_SEALED_CHUNK_SIZE } from '../../transfer/constants.ts'
 import { chunkId } from '../../transfer/seal.ts'
@@ -99,7 +100,7 @@ function failureOf (err: unknown): { ok: false, code: ErrorCode, message: string
 export function backupHandler (init: BackupHandlerInit) {
   /** streams being served, per owner */
   const active = new Map<string, number>()
-  const limits: Limits = { records: 0 }
+  const limits: Limits = { records: 0, bodies: new BufferPool(BODIES_KEPT) }
   return async (stream: Stream, connection: Connection): Promise<void> => {
     const owner = connection.remotePeer.toString()
     const limit = deadline(REQUEST_TIMEOUT_MS)
@@ -144,10 +145,20 @@ export function backupHandler (init: BackupHandlerInit) {
   }
 }
 
+/**
+ * Buffers kept for the next put-many bodies once the store has written them:
+ * a fresh buffer of 128 KiB or more is mapped and faulted in page by page
+ * (the daemon's malloc threshold, daemon-heap.ts), about 1,000 faults a
+ * sealed blob of 4 MiB. Enough for what a few put-many requests write at once.
+ */
+const BODIES_KEPT = 16
+
 /** What one handler shares across its streams. */
 interface Limits {
   /** recovery records being received now */
   records: number
+  /** put-many bodies' buffers, given back once stored */
+  bodies: BufferPool
 }
 
 async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner: string, request: BackupRequest, signal: AbortSignal): Promise<void> {
@@ -183,7 +194,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
       return
     }
     case 'put-many': {
-      await putMany(init, io, owner, request.blobs, signal)
+      await putMany(init, io, owner, request.blobs, limits.bodies, signal)
       return
     }
     case 'get-many': {
@@ -263,7 +274,7 @@ const STORE_AHEAD_BLOBS = 16
  * was reserved and not stored (a bad body, a cut stream) is given back, so
  * the quota stays exact; a kill -9 in between is reconciled at start.
  */
-async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blobs: Array<{ id: string, size: number }>, signal: AbortSignal): Promise<void> {
+async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blobs: Array<{ id: string, size: number }>, bodies: BufferPool, signal: AbortSignal): Promise<void> {
   const { book, store } = init
   const status = await book.reserveMany(owner, blobs)
   const go = blobs.filter((_, i) => status[i] === 'go')
@@ -275,15 +286,19 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
     let failure: unknown = null
     try {
       for (const { id, size } of go) {
-        const sealed = await readBody(io.frames, size, io.down, signal, 'the owner', io.moved)
+        const sealed = await readBody(io.frames, size, io.down, signal, 'the owner', io.moved, bodies.take(size))
         // checked now, not only by the store a moment later: a bad body ends the request before the next is awaited
-        if (chunkId(sealed) !== id) throw new KithError('CHUNK_HASH_MISMATCH', `the bytes sent as blob ${id} are not it; nothing of it was kept`)
+        if (chunkId(sealed) !== id) {
+          bodies.give(sealed)
+          throw new KithError('CHUNK_HASH_MISMATCH', `the bytes sent as blob ${id} are not it; nothing of it was kept`)
+        }
         while (writing.size > 0 && (writingBytes + size > STORE_AHEAD_BYTES || writing.size >= STORE_AHEAD_BLOBS)) await Promise.race(writing)
         if (failure != null) break
         writingBytes += size
+        // the store keeps nothing of the buffer once the write is done (or failed): the next body is read into it
         const write: Promise<void> = store.put(id, sealed, { verified: true })
           .then(() => { stored.push(id) }, err => { failure ??= err })
-          .finally(() => { writingBytes -= size; writing.delete(write) })
+          .finally(() => { bodies.give(sealed); writingBytes -= size; writing.delete(write) })
         writing.add(write)
       }
     } finally {

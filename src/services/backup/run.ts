@@ -17,10 +17,10 @@ import { basename, join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { KithError, asKithError } from '../../errors.ts'
 import { BACKUP_CDC_SIZES, cdcCut, cdcRead, cdcWindowSize } from '../../transfer/cdc.ts'
-import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
+import { BufferPool } from '../../transfer/buffer-pool.ts'
 import { auditRoot } from './audit-tree.ts'
 import { takeBatch } from './batch.ts'
-import { blobId, sealBlob } from './blob.ts'
+import { blobId, sealBlob, sealedSize } from './blob.ts'
 import { ByteBudget } from './budget.ts'
 import type { RunFiles } from './file-cache.ts'
 import type { BlobKind, SnapshotRecord } from './owner-index.ts'
@@ -34,6 +34,12 @@ import { encodeTree, micros, type TreeEntry } from './tree.ts'
  * bound for placing (each copy shares one buffer). The walk waits for room.
  */
 const IN_FLIGHT_BYTES = 8 * 1024 * 1024
+/**
+ * Sealed blobs' buffers kept for the next ones once placed: a fresh buffer of
+ * 128 KiB or more is mapped and faulted in page by page (the daemon's malloc
+ * threshold, daemon-heap.ts). IN_FLIGHT_BYTES holds about this many blobs.
+ */
+const SEALED_KEPT = 8
 /** put-many requests in flight to one host (a host serves 8 requests of one owner at once). */
 const REQUESTS_PER_HOST = 3
 /** How often progress is reported, ms. */
@@ -123,6 +129,7 @@ class Placer {
   private needs: Array<[string, BlobKind]> = []
   private readonly queues = new Map<string, HostQueue>()
   private readonly outstanding = new Set<Placing>()
+  private readonly sealedBuffers = new BufferPool(SEALED_KEPT)
   private inFlightBytes = 0
   /** place() calls waiting for room, and finish() calls waiting for the last blob */
   private waiters: Array<() => void> = []
@@ -152,12 +159,12 @@ class Placer {
     if (this.needs.length >= NEEDS_BATCH) await this.flushNeeds()
     const record = await this.parts.index.blob(id)
     if (record != null && record.hosts.length >= this.options.replicas) return id
-    const size = plaintext.length + SEAL_OVERHEAD
+    const size = sealedSize(plaintext.length)
     while (this.inFlightBytes > 0 && this.inFlightBytes + size > IN_FLIGHT_BYTES) {
       await new Promise<void>(resolve => this.waiters.push(resolve))
       this.check()
     }
-    const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext, id)
+    const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext, id, this.sealedBuffers.take(size))
     // sealing is deterministic: the same blob has the same sealed id, so hosts already listed still hold it
     const known = record?.sealedId === sealed.sealedId ? record : null
     const blob: Placing = {
@@ -251,6 +258,8 @@ class Placer {
     }
     this.outstanding.delete(blob)
     this.inFlightBytes -= blob.sealed.length
+    // every request that carried it has its answer (or was aborted, its unsent bytes dropped): the next blob is sealed into it
+    this.sealedBuffers.give(blob.sealed)
     this.wake()
   }
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { deriveBackupKeys, deriveBackupKey } from '../../../src/services/backup/keys.ts'
-import { blobId, openBlob, sealBlob, BLOB_FORMAT } from '../../../src/services/backup/blob.ts'
+import { blobId, openBlob, sealBlob, sealedSize, BLOB_FORMAT } from '../../../src/services/backup/blob.ts'
 import { chunkId } from '../../../src/transfer/seal.ts'
 import { MAX_SEALED_CHUNK_SIZE, MAX_CHUNK_SIZE } from '../../../src/transfer/constants.ts'
 import { codeOf } from '../../helpers/errors.ts'
@@ -42,6 +42,17 @@ describe('blobs', () => {
     expect(a.sealed[0]).toBe(BLOB_FORMAT)
     expect(a.sealed.length).toBe(plain.length + 29)
     expect(Buffer.from(openBlob(keys, owner, 'data', a.id, a.sealed)).toString()).toBe('hello backup')
+  })
+
+  it('seal into a reused buffer the same bytes as into a new one, and only into one of the sealed size', () => {
+    const big = Buffer.alloc(300_000, 7)
+    const fresh = sealBlob(keys, owner, 'data', big)
+    const reused = Buffer.alloc(sealedSize(big.length), 0xee)
+    const into = sealBlob(keys, owner, 'data', big, fresh.id, reused)
+    expect(into.sealed.buffer).toBe(reused.buffer)
+    expect(Buffer.compare(into.sealed, fresh.sealed)).toBe(0)
+    expect(into.sealedId).toBe(fresh.sealedId)
+    expect(codeOf(() => sealBlob(keys, owner, 'data', big, fresh.id, Buffer.alloc(big.length + 28)))).toBe('INTERNAL')
   })
 
   it('refuse to open as another owner, kind or id, under other keys, or after any bit flip', () => {
