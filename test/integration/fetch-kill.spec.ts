@@ -74,6 +74,9 @@ describe('a friend\'s fetch when a daemon is killed', () => {
     const folder = join(alice.home, 'album')
     await mkdir(join(folder, 'inner'), { recursive: true })
     const sizes: Record<string, number> = { 'a.bin': 3 * 1024 * 1024, 'b.bin': 5 * 1024 * 1024 + 1, 'one.txt': 1, 'empty': 0, 'inner/c.bin': 9 * 1024 * 1024 }
+    // small files, packed into shared chunks (two packs): each placed from its pack, absent or whole across the kills
+    await mkdir(join(folder, 'small'))
+    for (let i = 0; i < 400; i++) sizes[`small/${String(i).padStart(3, '0')}.txt`] = 3000 + i
     for (const [name, size] of Object.entries(sizes)) await writeFile(join(folder, name), randomBytes(size))
     await alice.json('share', folder, '--with', 'bob')
     await alice.json('limits', 'set', '--up', '4MB/s') // ~4.5 s for the whole album: room for kills
