@@ -17,6 +17,7 @@
  * other file in the way is left alone and named (DESTINATION_EXISTS).
  */
 import { createHash } from 'node:crypto'
+import type { BigIntStats } from 'node:fs'
 import { lstat, lutimes, readlink, rm, symlink, utimes, chmod } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { KithError } from '../../errors.ts'
@@ -133,6 +134,8 @@ class Restorer {
   private readonly total: number
   private done = 0
   private lastReport = 0
+  /** folders made or checked by this restore (not looked at again), and those it made (nothing is in them but what it put there) */
+  private readonly folders = { checked: new Set<string>(), made: new Set<string>() }
   readonly counts = { files: 0, dirs: 0, links: 0, bytes: 0, skipped: 0 }
 
   constructor (parts: BackupParts, options: RestoreOptions, total: number) {
@@ -147,11 +150,11 @@ class Restorer {
     const { out } = this.options
     switch (entry.type) {
       case 'dir':
-        await prepareUnder(out, segments, { dir: true })
+        await prepareUnder(out, segments, { dir: true, ...this.folders })
         this.counts.dirs++
         return
-      case 'symlink': return await this.link(await prepareLinkPlace(out, segments), entry.target, entry.mtime)
-      case 'file': return await this.file(await prepareUnder(out, segments), entry)
+      case 'symlink': return await this.link(await prepareLinkPlace(out, segments, this.folders), entry.target, entry.mtime)
+      case 'file': return await this.file(await prepareUnder(out, segments, this.folders), entry)
     }
   }
 
@@ -163,8 +166,14 @@ class Restorer {
     await utimes(path, seconds(entry.mtime), seconds(entry.mtime))
   }
 
+  /** What is at `path` now: nothing, in a folder this restore made. */
+  private async found (path: string): Promise<BigIntStats | null> {
+    if (this.folders.made.has(dirname(path))) return null
+    return await lstat(path, { bigint: true }).catch(() => null)
+  }
+
   private async link (path: string, target: string, mtime: number): Promise<void> {
-    const info = await lstat(path).catch(() => null)
+    const info = await this.found(path)
     if (info != null) {
       if (info.isSymbolicLink() && await readlink(path) === target) { this.counts.skipped++; return }
       throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(path)} is in the way of a link the snapshot holds; move it away, then restore again`)
@@ -175,7 +184,7 @@ class Restorer {
   }
 
   private async file (dest: string, entry: Extract<TreeEntry, { type: 'file' }>): Promise<void> {
-    const info = await lstat(dest, { bigint: true }).catch(() => null)
+    const info = await this.found(dest)
     if (info != null) {
       // utimes takes a double of seconds: a restored mtime may be a microsecond or two off the snapshot's
       const drift = info.mtimeNs / 1000n - BigInt(entry.mtime)
@@ -256,8 +265,8 @@ class Restorer {
 }
 
 /** A link's place: its folders made and checked; the name itself may be a link already (checked by the caller). */
-async function prepareLinkPlace (out: string, segments: string[]): Promise<string> {
-  const folder = segments.length > 1 ? await prepareUnder(out, segments.slice(0, -1), { dir: true }) : out
+async function prepareLinkPlace (out: string, segments: string[], folders: { checked: Set<string>, made: Set<string> }): Promise<string> {
+  const folder = segments.length > 1 ? await prepareUnder(out, segments.slice(0, -1), { dir: true, ...folders }) : out
   return join(folder, segments.at(-1)!)
 }
 
