@@ -1,6 +1,6 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto'
 import { beforeAll, describe, expect, it } from 'vitest'
-import { BACKUP_CDC_SIZES, cdcCut, cdcRead, cdcWindowSize, gearTable, type CdcSizes } from '../../src/transfer/cdc.ts'
+import { BACKUP_CDC_SIZES, cdcCut, cdcRead, cdcWindowSize, findBoundary, gearTable, type CdcSizes } from '../../src/transfer/cdc.ts'
 
 /** Deterministic pseudo-random bytes (AES-CTR of zeros under a fixed key). */
 function bytes (length: number, seed = 1): Uint8Array {
@@ -42,6 +42,32 @@ describe('keyed FastCDC', () => {
     const views = [...cdcCut(data, gearA)]
     expect(hashes(views)).toEqual(hashes(base))
     expect(views.every(v => v.buffer === data.buffer)).toBe(true)
+  })
+
+  it('cuts where the gear hash taken one byte at a time cuts (the loop takes two a turn; cut positions are a stored format)', () => {
+    const sizes = { min: 64, avg: 256, max: 1024 }
+    /** the definition: FastCDC's loop, one byte a turn */
+    const reference = (buf: Uint8Array, start: number): number => {
+      if (buf.length - start <= sizes.min) return buf.length
+      const end = Math.min(buf.length, start + sizes.max)
+      let fp = 0
+      for (let i = start + sizes.min; i < end; i++) {
+        fp = (fp << 1) + gearA[buf[i]!]! | 0
+        const mask = i < start + sizes.avg ? (0xffffffff << (32 - 10)) | 0 : (0xffffffff << (32 - 6)) | 0
+        if ((fp & mask) === 0) return i + 1
+      }
+      return end
+    }
+    const small = data.subarray(0, 512 * 1024)
+    let cuts = 0
+    for (let start = 0; start < small.length; cuts++) {
+      // every start, odd and even, and every end: each length of the unrolled loop's tails is met
+      const length = small.length - (cuts % 3)
+      const expected = reference(small.subarray(0, length), start)
+      expect(findBoundary(small, start, length, gearA, sizes)).toBe(expected)
+      start = expected
+    }
+    expect(cuts).toBeGreaterThan(1000)
   })
 
   it('refuses a window smaller than two maximum chunks', async () => {
