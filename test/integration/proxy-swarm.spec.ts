@@ -183,6 +183,18 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
     }
   })
 
+  it('reads a streaming range\'s next chunks ahead from friends: the next range comes from memory, the origin untouched', async () => {
+    const file = files.get('vanish.bin')!
+    // ranges: alice keeps nothing of them (the vanish test below needs her without the file)
+    const first = await fetchAs(alice, 'vanish.bin', '&qos=1&service=streaming', ['-r', `0-${MiB - 1}`])
+    expect(first.headers).toMatch(/x-kith-source: friends/i)
+    const next = await fetchAs(alice, 'vanish.bin', '&qos=1&service=streaming', ['-r', `${MiB}-${5 * MiB - 1}`])
+    expect(next.headers).toMatch(/^HTTP\/1\.1 206/)
+    expect(next.headers).toMatch(/x-kith-source: read-ahead/i)
+    expect(next.body.equals(file.subarray(MiB, 5 * MiB))).toBe(true)
+    expect(next.origin).toBe(0)
+  })
+
   it('completes from the origin when the friends vanish mid-download', async () => {
     const name = 'vanish.bin'
     const out = join(base, 'vanish-got')

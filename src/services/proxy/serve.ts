@@ -216,7 +216,9 @@ async function fromSwarm (res: ServerResponse, query: ProxyQuery, range: ReturnT
       cache: ctx.cache,
       bandwidth: ctx.bandwidth,
       userAgent: USER_AGENT,
-      signal
+      signal,
+      readAhead: ctx.readAhead,
+      stopping: ctx.signal
     })
   } catch (err) {
     if (signal.aborted || res.headersSent) throw err

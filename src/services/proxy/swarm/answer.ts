@@ -2,10 +2,12 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'n
 import { randomInt } from 'node:crypto'
 import { request, type Dispatcher } from 'undici'
 import { KithError } from '../../../errors.ts'
+import type { PeerId } from '@libp2p/interface'
 import type { BandwidthScheduler, Flow } from '../../../transfer/scheduler/index.ts'
 import { discard, one } from '../../downloads/http/request.ts'
 import { ifRangeOf, validatorsOf, type Validators } from '../../downloads/http/validators.ts'
 import type { ProxyCache } from '../cache.ts'
+import type { AheadVersion, ReadAhead } from '../read-ahead.ts'
 import { drained } from '../drained.ts'
 import type { ProxyService } from '../query.ts'
 import { resolveRange, type ByteRange } from '../range.ts'
@@ -37,6 +39,10 @@ export interface SwarmAnswerInit {
   bandwidth: BandwidthScheduler
   userAgent: string
   signal: AbortSignal
+  /** where a streaming answer's next chunks are read ahead */
+  readAhead: ReadAhead
+  /** aborts on the service's stop (a read-ahead outlives its request, not the service) */
+  stopping: AbortSignal
 }
 
 export async function answerFromSwarm (res: ServerResponse, init: SwarmAnswerInit): Promise<boolean> {
@@ -109,6 +115,11 @@ export async function answerFromSwarm (res: ServerResponse, init: SwarmAnswerIni
       }
       if (res.destroyed) throw new KithError('FETCH_ABORTED', 'the client closed the connection')
       res.end()
+      // a player's next range usually starts here: its chunks read ahead from friends (docs/proxy.md, "Read-ahead")
+      if (service === 'streaming' && init.range != null && last + 1 < list.length && !init.stopping.aborted) {
+        const version: AheadVersion = { url: sample.url.href, ...sample.validators, length: list.length, contentType: sample.contentType }
+        init.readAhead.start(version, last + 1, (first, end, signal) => swarmRange(init, list, held.friends, sample.url, first, end, AbortSignal.any([signal, init.stopping])))
+      }
     } catch (err) {
       // the status is sent: a cut connection is the one way left to say the bytes are not whole
       await writer?.abort()
@@ -116,6 +127,35 @@ export async function answerFromSwarm (res: ServerResponse, init: SwarmAnswerIni
       if (!init.signal.aborted) console.error(`kith proxy: a swarm answer failed mid-way: ${(err as Error).message}`)
     }
     return true
+  } finally {
+    originFlow.close()
+  }
+}
+
+/**
+ * Bytes first..end-1 of the list's file pulled from friends (the origin
+ * topping up by qos, through a flow of its own), for a read-ahead.
+ */
+async function * swarmRange (init: SwarmAnswerInit, list: HashList, friends: PeerId[], url: URL, first: number, end: number, signal: AbortSignal): AsyncGenerator<Buffer> {
+  const originFlow = init.bandwidth.flow({ direction: 'down', class: 'public', priority: 'urgent', label: 'proxy', ...(init.qos > 0 ? { floor: init.qos } : {}) })
+  try {
+    let index = Math.floor(first / list.chunkSize)
+    for await (const bytes of pull({
+      list,
+      from: index,
+      to: Math.floor((end - 1) / list.chunkSize),
+      friends,
+      dialer: init.swarm.dialer,
+      origin: async (i, s) => await originChunk(init, url, list, i, originFlow, s),
+      bandwidth: init.bandwidth,
+      qos: init.qos,
+      priority: 'urgent',
+      signal,
+      onChunk: (source, n) => { init.swarm.counted(source, n) }
+    })) {
+      const [at] = chunkSpan(list, index++)
+      yield Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).subarray(Math.max(0, first - at), Math.min(bytes.length, end - at))
+    }
   } finally {
     originFlow.close()
   }
