@@ -206,10 +206,12 @@ interface Floor { qos: number, friendCap: number, rate: number, lowest: number, 
 /**
  * The friend swarm: bob and carol fetch the file through their proxies
  * (bob from nginx, carol then from bob and nginx). Then, through alice's
- * proxy: the first byte of a streaming range; the qos floor, alice capped
- * from each friend below it, over the file's first span (a range: alice
- * keeps nothing of it); and the offload at qos=1, the whole file. nginx's
- * access log says what the origin sent during each.
+ * proxy: the qos floor, alice capped from each friend below it, over the
+ * file's first span (a range: alice keeps nothing of it); the first byte
+ * of a streaming range; and the offload at qos=1, the whole file. nginx's
+ * access log says what the origin sent during each (the read-ahead
+ * behind the streaming range, 8 MiB from friends, runs into the offload's
+ * start).
  */
 async function offload (log: Log, nginx: Awaited<ReturnType<typeof startNginx>>, size: number, out: string): Promise<{ fromFriends: number, rate: number, ttfbMs: number, floor: Floor }> {
   const config = JSON.stringify({ proxy: { allowPrivateOrigins: true, cacheBytes: 2 * size } })
@@ -228,9 +230,10 @@ async function offload (log: Log, nginx: Awaited<ReturnType<typeof startNginx>>,
       log(`proxy: ${holder.name} holds the file`)
     }
     const originSince = async (mark: number): Promise<number> => (await nginx.accessLog()).slice(mark).reduce((sum, line) => sum + Number(line.split(' ').at(-3)), 0)
+    const floor = await qosFloor(log, alice, await via(alice), originSince, (await nginx.accessLog()).length)
+    // after the floor: the 8 MiB this range reads ahead from friends would share their capped bandwidth with it
     const first = await curl(['-r', `0-${8 * MiB - 1}`, '-o', '/dev/null', (await via(alice)).replace('&qos=1', '&service=streaming')])
     log(`proxy: first byte from friends: ${fmt(first.ttfbMs, 1)} ms`)
-    const floor = await qosFloor(log, alice, await via(alice), originSince, (await nginx.accessLog()).length)
     const mark = (await nginx.accessLog()).length
     await rm(out, { force: true })
     const got = await curl(['-o', out, await via(alice)])
