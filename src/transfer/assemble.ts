@@ -550,6 +550,8 @@ export class ShareAssembly {
   /** per target, 1 once placed (its chunks' records moved with it) */
   private readonly placed: Uint8Array
   private readonly places = new Map<string, Place | Place[]>()
+  /** targets a pack's copy is being written to: another copy of the pack (from another source, or the store) leaves them alone */
+  private readonly packing = new Set<number>()
   private readonly placing = new Set<Promise<void>>()
   private readonly active = new Set<Promise<void>>()
   /** files with an open partial, least recently written first */
@@ -600,7 +602,7 @@ export class ShareAssembly {
     if (list === undefined) return []
     return (typeof list === 'number' ? [list] : list).filter(place => {
       const t = Math.floor(place / MAX_CHUNKS)
-      return this.placed[t] === 0 && (this.files[t]?.needs(place % MAX_CHUNKS) ?? true)
+      return this.placed[t] === 0 && !this.packing.has(t) && (this.files[t]?.needs(place % MAX_CHUNKS) ?? true)
     })
   }
 
@@ -704,28 +706,30 @@ export class ShareAssembly {
    * fsynced partial: absent or whole across a kill.
    */
   private async writePack (id: string, sealed: Uint8Array, list: Spot[]): Promise<void> {
-    const plaintext = openPack(this.init.keys, this.init.manifest, list[0]!.file.entry.pack!.index, sealed, this.plaintexts)
+    // claimed before anything is awaited: a second copy arriving meanwhile finds nothing to write
+    for (const { target } of list) this.packing.add(target)
+    let plaintext: Uint8Array | undefined
     try {
+      const bytes = plaintext = openPack(this.init.keys, this.init.manifest, list[0]!.file.entry.pack!.index, sealed, this.plaintexts)
       await this.init.store.put(id, sealed)
       let next = 0
       const writer = async (): Promise<void> => {
         while (next < list.length) {
           const { target, file } = list[next++]!
           const { offset } = file.entry.pack!
-          await file.write(0, plaintext.subarray(offset, offset + file.entry.size))
+          await file.write(0, bytes.subarray(offset, offset + file.entry.size))
           await file.finish()
           // its place goes with the others' below: one pass over the pack's places, not one per file
           this.placed[target] = 1
           this.files[target] = undefined
         }
       }
-      try {
-        await Promise.all(Array.from({ length: Math.min(PACK_WRITERS, list.length) }, writer))
-      } finally {
-        this.prune(id)
-      }
+      await Promise.all(Array.from({ length: Math.min(PACK_WRITERS, list.length) }, writer))
     } finally {
-      this.plaintexts.give(plaintext)
+      // (a failure fails the whole assembly: accept keeps it)
+      for (const { target } of list) this.packing.delete(target)
+      this.prune(id)
+      if (plaintext !== undefined) this.plaintexts.give(plaintext)
     }
   }
 

@@ -102,6 +102,17 @@ describe('packs of small files', () => {
     await expectTree(again)
   })
 
+  it('takes two copies of a pack arriving at once (two sources, or the store and a source): its files are written once', async () => {
+    const out = join(dir, 'out')
+    await makeDirs(out)
+    const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher'), keys: async () => keys })
+    const assembly = new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest, targets: targets(out, p => p.startsWith('a/')), partialKey: 't' })
+    const pack = await ownerStore.get(manifest.packs[0]!.id)
+    await Promise.all([assembly.put(manifest.packs[0]!.id, pack), assembly.put(manifest.packs[0]!.id, pack)])
+    await expectTree(out, ['a/1.txt', 'a/2.txt', 'a/3.txt'])
+    expect(assembly.wanted()).toEqual([manifest.packs[1]!.id])
+  })
+
   it('refuses a bit-flipped pack before any file is cut from it, and one that hashes right but is not the pack', async () => {
     const out = join(dir, 'out')
     await makeDirs(out)
