@@ -40,7 +40,10 @@ import { cpuSeconds, currentRss, fmt, JsonChild, MB, MiB, mbps, median, peakRss,
  * + the write-back cache and its positioned writes. Then "engine alone" adds
  * pieces in file order, the SHA-256 and the control file, and "kith get" the
  * daemon around it. Each row gives its CPU per MB (all its threads), which
- * the load of other work on the machine skews less than its rate.
+ * the load of other work on the machine skews less than its rate (curl's
+ * and aria2c's polled every 20 ms: a lower bound), and nginx's: small, as on
+ * loopback the kernel does most of both ends' TCP work in the receiver's
+ * system calls, so a row's own CPU is nearly all the machine spends on it.
  *
  * After each `kith get` the bench waits for the daemon to be idle and gives
  * the CPU that took ("after it was done"): the proxy's swarm reads and hashes
@@ -67,8 +70,11 @@ const TARGET_LIMITED = 6
 
 type Log = (message: string) => void
 
-/** rssBefore: the daemon's resident memory when the download started (what the download adds is peakRss - rssBefore) */
-interface Sample { ms: number, peakRss: number, cpuMs?: number, rssBefore?: number, afterCpuMs?: number }
+/**
+ * rssBefore: the daemon's resident memory when the download started (what the download adds is peakRss - rssBefore);
+ * serverCpuMs: nginx's CPU (master and workers) during the run
+ */
+interface Sample { ms: number, peakRss: number, cpuMs?: number, rssBefore?: number, afterCpuMs?: number, serverCpuMs?: number }
 
 export interface DownloadsRow { figure: string, value: number, unit: 'MB/s' | 'MB' | 'x', samples: number[], ratio?: number, of?: string, target?: string, met?: boolean, note?: string }
 
@@ -78,24 +84,35 @@ async function sha256 (path: string): Promise<string> {
   return hash.digest('hex')
 }
 
-/** Runs a command to its exit, polling its VmHWM; rejects on a non-zero exit. */
+/** Runs a command to its exit, polling its VmHWM and CPU time (the last poll's: a lower bound); rejects on a non-zero exit. */
 async function timed (command: string, args: string[]): Promise<Sample> {
   const started = performance.now()
   const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
   let peakRss = 0
+  let cpu = 0
   const poll = setInterval(() => {
     readFile(`/proc/${child.pid}/status`, 'utf8').then(s => {
       const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(s)
       if (m != null) peakRss = Math.max(peakRss, Number(m[1]) * 1024)
     }, () => {})
+    void cpuSeconds(child.pid).then(c => { if (c > cpu) cpu = c })
   }, 20)
   const code = await new Promise<number | null>(resolve => child.once('close', resolve))
   clearInterval(poll)
   const ms = performance.now() - started
   if (code !== 0) throw new Error(`${command} exited with ${code}: ${stderr.slice(-2000)}`)
-  return { ms, peakRss }
+  return { ms, peakRss, cpuMs: cpu * 1000 }
+}
+
+/** nginx's CPU seconds so far, master and workers */
+async function nginxCpu (dir: string): Promise<number> {
+  const master = Number((await readFile(join(dir, 'nginx.pid'), 'utf8')).trim())
+  const workers = (await readFile(`/proc/${master}/task/${master}/children`, 'utf8').catch(() => '')).trim().split(/\s+/).filter(Boolean).map(Number)
+  let sum = 0
+  for (const pid of [master, ...workers]) sum += await cpuSeconds(pid)
+  return sum
 }
 
 /** `kith get` through the daemon; the record's created -> updated (done) is the time */
@@ -197,12 +214,13 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
       for (const tool of tools) {
         const url = `${nginx.url}/${tool.limited ? 'limited/' : ''}${tool.file}.bin`
         await rm(out, { force: true })
-        const s = await tool.go(url)
+        const server = await nginxCpu(nginx.dir)
+        const s = { ...await tool.go(url), serverCpuMs: ((await nginxCpu(nginx.dir)) - server) * 1000 }
         const expected = tool.file === 'big' ? sizeBytes : limitedBytes
         const bytes = tool.writes === false ? expected : (await stat(out)).size
         if (tool.writes !== false && (bytes !== expected || await sha256(out) !== want[tool.file])) throw new Error(`${tool.name}: the file is not the source (${bytes} of ${expected} bytes)`)
         samples.get(tool.name)!.push(s)
-        log(`downloads round ${round}/${runs}: ${tool.name}: ${fmt(mbps(bytes, s.ms))} MB/s, peak RSS ${fmt(s.peakRss / MB)} MB${s.rssBefore != null ? ` (${fmt(s.rssBefore / MB)} MB before)` : ''}${s.cpuMs != null ? `, CPU ${fmt(s.cpuMs / s.ms, 2)} of a core` : ''}`)
+        log(`downloads round ${round}/${runs}: ${tool.name}: ${fmt(mbps(bytes, s.ms))} MB/s, peak RSS ${fmt(s.peakRss / MB)} MB${s.rssBefore != null ? ` (${fmt(s.rssBefore / MB)} MB before)` : ''}${s.cpuMs != null ? `, CPU ${fmt(s.cpuMs / s.ms, 2)} of a core` : ''}, nginx ${fmt((s.serverCpuMs ?? NaN) / (bytes / MB), 2)} CPU ms/MB`)
       }
       await rm(out, { force: true })
     }
@@ -217,6 +235,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
       const before = samples.get(tool.name)!.find(s => s.peakRss === rss)?.rssBefore
       const cpu = median(samples.get(tool.name)!.flatMap(s => s.cpuMs != null ? [s.cpuMs / (sizeBytes / MB)] : []))
       const after = median(samples.get(tool.name)!.flatMap(s => s.afterCpuMs != null ? [s.afterCpuMs / (sizeBytes / MB)] : []))
+      const server = median(samples.get(tool.name)!.flatMap(s => s.serverCpuMs != null ? [s.serverCpuMs / (sizeBytes / MB)] : []))
       const eight = tool.name === 'kith get, 8 connections'
       const ours = tool.name.startsWith('kith') || tool.name.startsWith('stage')
       rows.push({
@@ -231,6 +250,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
           `peak RSS ${fmt(rss / MB)} MB${before != null ? ` (${fmt(before / MB)} MB before it)` : ''}`,
           ...(Number.isFinite(cpu) ? [`CPU ${fmt(cpu, 2)} ms/MB`] : []),
           ...(Number.isFinite(after) ? [`then ${fmt(after, 2)} ms/MB after it was done`] : []),
+          ...(Number.isFinite(server) ? [`nginx ${fmt(server, 2)} ms/MB`] : []),
           ...(ours ? [`${fmt(value / undici, 2)} of the undici ceiling`, `${fmt(value / curl, 2)} of curl`] : []),
           ...(eight ? [`undici ceiling: ${value / undici >= TARGET_RATIO ? 'met' : 'NOT met'}`] : [])
         ].join('; ')
