@@ -60,9 +60,12 @@ export class BlobGetter {
     this.signal = signal
   }
 
-  /** A blob's plaintext, verified; BLOB_MISSING once every host holding it failed (each named). */
-  async get (id: string, kind: BlobKind): Promise<Uint8Array> {
-    const record = await this.parts.index.blob(id)
+  /**
+   * A blob's plaintext, verified; BLOB_MISSING once every host holding it
+   * failed (each named). `known`: its index record, when the caller has just read it.
+   */
+  async get (id: string, kind: BlobKind, known?: BlobRecord): Promise<Uint8Array> {
+    const record = known ?? await this.parts.index.blob(id)
     if (record == null) throw new KithError('BLOB_MISSING', `blob ${id.slice(0, 12)}… (${kind}) is not in this node's backup index; was the snapshot forgotten?`)
     if (record.kind !== kind) throw new KithError('BLOB_OPEN_FAILED', `blob ${id.slice(0, 12)}… is a ${record.kind} blob, not a ${kind} blob`)
     if (record.hosts.length === 0) throw new KithError('BLOB_MISSING', `no host holds blob ${id.slice(0, 12)}… (${kind}). kith backup health shows the hosts`)
