@@ -209,15 +209,13 @@ interface Floor { qos: number, friendCap: number, rate: number, lowest: number, 
  * proxy: the qos floor, alice capped from each friend below it, over the
  * file's first span (a range: alice keeps nothing of it); the first byte
  * of a streaming range; and the offload at qos=1, the whole file. nginx's
- * access log says what the origin sent during each (the read-ahead
- * behind the streaming range, 8 MiB from friends, runs into the offload's
- * start).
+ * access log says what the origin sent during each.
  */
 async function offload (log: Log, nginx: Awaited<ReturnType<typeof startNginx>>, size: number, out: string): Promise<{ fromFriends: number, rate: number, ttfbMs: number, floor: Floor }> {
   const config = JSON.stringify({ proxy: { allowPrivateOrigins: true, cacheBytes: 2 * size } })
   const { net, alice, bob, carol } = await threeFriends({ before: async node => { await writeFile(join(node.home, 'config.json'), config) } })
   try {
-    const proxyOf = async (node: TestNode): Promise<{ url: string, swarm: { held: number } }> => (await (await ApiClient.forHome(node.home)).get<{ proxy: { url: string, swarm: { held: number } } }>('/v1/status')).proxy
+    const proxyOf = async (node: TestNode): Promise<{ url: string, swarm: { held: number, fromFriends: number } }> => (await (await ApiClient.forHome(node.home)).get<{ proxy: { url: string, swarm: { held: number, fromFriends: number } } }>('/v1/status')).proxy
     const via = async (node: TestNode): Promise<string> => `${(await proxyOf(node)).url}/proxy?url=${encodeURIComponent(`${nginx.url}/big.bin`)}&qos=1`
     await waitFor(async () => {
       const friends = (await alice.json('friends')).friends as Array<{ link: { online: boolean }, grantsFromThem: string[] }>
@@ -231,9 +229,12 @@ async function offload (log: Log, nginx: Awaited<ReturnType<typeof startNginx>>,
     }
     const originSince = async (mark: number): Promise<number> => (await nginx.accessLog()).slice(mark).reduce((sum, line) => sum + Number(line.split(' ').at(-3)), 0)
     const floor = await qosFloor(log, alice, await via(alice), originSince, (await nginx.accessLog()).length)
-    // after the floor: the 8 MiB this range reads ahead from friends would share their capped bandwidth with it
-    const first = await curl(['-r', `0-${8 * MiB - 1}`, '-o', '/dev/null', (await via(alice)).replace('&qos=1', '&service=streaming')])
+    // after the floor: the 8 MiB this range reads ahead from friends would share their capped bandwidth with it; and
+    // waited for before the offload, which would share friends with it (8 chunks after the sampled one, 8 read ahead)
+    const friendsBefore = (await proxyOf(alice)).swarm.fromFriends
+    const first = await curl(['-r', `0-${8 * MiB - 1}`, '-o', '/dev/null', `${await via(alice)}&service=streaming`])
     log(`proxy: first byte from friends: ${fmt(first.ttfbMs, 1)} ms`)
+    await waitFor(async () => (await proxyOf(alice)).swarm.fromFriends - friendsBefore >= 15 * MiB, 'alice\'s read-ahead from friends', 60_000)
     const mark = (await nginx.accessLog()).length
     await rm(out, { force: true })
     const got = await curl(['-o', out, await via(alice)])

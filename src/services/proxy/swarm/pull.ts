@@ -18,7 +18,9 @@ import { askChunks, type Dialer } from './protocol.ts'
  *   what they are fast enough to take.
  * - qos N: the origin takes a chunk whenever what arrived over the last
  *   rate window (RATE_WINDOW_MS; over the pull's age while it is younger,
- *   from FLOOR_GRACE_MS on) is under N B/s; qos 1: only when nothing at
+ *   from FLOOR_GRACE_MS on) is under N B/s, and, when the client waits
+ *   for its next chunk while what it got in order is under N B/s, that
+ *   chunk first (a friend on it is raced); qos 1: only when nothing at
  *   all came for a whole window (friends stalled).
  * - whatever qos, the origin takes over once no friend is left.
  * A friend with no chunk free to take asks for the chunk the client has
@@ -104,6 +106,8 @@ class Pull {
   /** chunks a source failed: the origin takes them whatever qos says */
   private readonly orphans = new Set<number>()
   private readonly arrivals: Array<[number, number]> = []
+  /** bytes given to the client in order, and when */
+  private readonly given: Array<[number, number]> = []
   private readonly started = performance.now()
   private readonly lateMs: number
   private next: number
@@ -144,6 +148,7 @@ class Pull {
         if (bytes != null) {
           this.done.delete(this.next)
           this.next++
+          this.given.push([performance.now(), bytes.length])
           this.notify()
           yield bytes
           continue
@@ -334,21 +339,42 @@ class Pull {
   /** Whether the origin should take a chunk now (see the class comment). */
   private originDue (): boolean {
     if (this.init.qos === 0 || this.alive.size === 0 || this.orphans.size > 0) return true
-    const now = performance.now()
-    const elapsed = now - this.started
     // qos=1 (the most offload) waits for a whole window of nothing; a real floor is kept from FLOOR_GRACE_MS on, over what
     // came so far while the pull is younger than a window (else friends alone set the rate of its first 2 s)
-    if (elapsed < (this.init.qos === 1 ? RATE_WINDOW_MS : FLOOR_GRACE_MS)) return false
-    const window = this.init.qos === 1 ? RATE_WINDOW_MS : Math.min(elapsed, RATE_WINDOW_MS)
+    if (this.init.qos === 1) return performance.now() - this.started >= RATE_WINDOW_MS && this.rate(this.arrivals, RATE_WINDOW_MS) < 1
+    return this.underFloor(this.arrivals)
+  }
+
+  /**
+   * Whether the client waits for its next chunk while what it got in
+   * order is under a floor (qos above 1): a slow friend holds it back,
+   * whatever arrived ahead of it. The origin then takes that chunk first.
+   */
+  private starved (): boolean {
+    return this.init.qos > 1 && this.next <= this.init.to && this.waiting.index === this.next && !this.done.has(this.next) && this.underFloor(this.given)
+  }
+
+  /** Whether `samples` came slower than qos: over the last window, or over the pull's age from FLOOR_GRACE_MS on. */
+  private underFloor (samples: Array<[number, number]>): boolean {
+    const elapsed = performance.now() - this.started
+    return elapsed >= FLOOR_GRACE_MS && this.rate(samples, Math.min(elapsed, RATE_WINDOW_MS)) < this.init.qos
+  }
+
+  /** B/s of `samples` over the last `window` ms */
+  private rate (samples: Array<[number, number]>, window: number): number {
+    const since = performance.now() - window
     let bytes = 0
-    for (const [at, n] of this.arrivals) if (at >= now - window) bytes += n
-    return bytes * 1000 / window < this.init.qos
+    for (const [at, n] of samples) if (at >= since) bytes += n
+    return bytes * 1000 / window
   }
 
   private async originWorker (): Promise<void> {
     while (!this.signal.aborted && this.originOk) {
-      if (!this.originDue()) { await this.idle(100); continue }
-      const index = this.orphans.size > 0 && this.todo.includes(Math.min(...this.orphans)) ? this.takeOrphan() : this.take() ?? this.double()
+      const starved = this.starved()
+      if (!starved && !this.originDue()) { await this.idle(100); continue }
+      const index = this.orphans.size > 0 && this.todo.includes(Math.min(...this.orphans))
+        ? this.takeOrphan()
+        : starved && this.todo[0] !== this.next ? this.double() ?? this.take() : this.take() ?? this.double()
       if (index == null) {
         // every chunk is in or on its way from a friend the origin already doubled
         if (this.todo.length === 0 && this.atFriends.size === 0) return
