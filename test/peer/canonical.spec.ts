@@ -198,8 +198,9 @@ describe('decodeCanonical rejects non-canonical encodings', () => {
 
 describe('a map with one long list, item by item', () => {
   it('encodes the same bytes as the whole map, and decodes them to the same fields and items', () => {
-    for (const count of [0, 1, 23, 24, 255, 256, 65_535, 65_536]) {
-      const items = Array.from({ length: count }, (_, i) => ({ p: `f${i}`, s: i }))
+    // each length of the list's header: in its byte, 1, 2 and 4 more bytes
+    for (const count of [0, 23, 24, 255, 256, 65_536]) {
+      const items = Array.from({ length: count }, (_, i) => count < 300 ? { p: `f${i}`, s: i } : i % 24)
       const fields = { v: 2, at: 5, name: 'n' }
       const bytes = encodeCanonicalList(fields, 'entries', items)
       expect(Buffer.from(bytes).equals(Buffer.from(encodeCanonical({ ...fields, entries: items }))), `${count} items`).toBe(true)
@@ -211,7 +212,8 @@ describe('a map with one long list, item by item', () => {
       })
       expect(started).toEqual([fields, count])
       expect(rest).toEqual(fields)
-      expect(seen).toEqual(items)
+      expect(seen.length).toBe(count)
+      expect(Buffer.from(encodeCanonical(seen)).equals(Buffer.from(encodeCanonical(items)))).toBe(true)
     }
   })
 
