@@ -8,6 +8,7 @@ import {
 } from '../../src/transfer/constants.ts'
 import { checkPath, chunkLength, comparePaths, createManifest, decodeManifest, packHash, type ManifestEntry } from '../../src/transfer/manifest.ts'
 import { merkleRoot } from '../../src/transfer/merkle.ts'
+import { KithError } from '../../src/errors.ts'
 import { expectCode, hex, keypair } from './helpers.ts'
 
 const owner = keypair(1)
@@ -397,6 +398,16 @@ describe('manifest packs (format 2)', () => {
     for (const [why, body] of bad) {
       const err = expectCode(() => decodeManifest(signed(body)), 'MANIFEST_MALFORMED')
       expect(err.message, why).toMatch(/not valid/)
+    }
+  })
+
+  it('refuses every truncation and every bit flip of a manifest with packs', () => {
+    const { bytes } = createManifest({ ...init, entries: list, packs: [id('p0'), id('p1'), id('p2')] })
+    for (let length = 0; length < bytes.length; length++) expectCode(() => decodeManifest(bytes.subarray(0, length)), 'MANIFEST_MALFORMED')
+    for (let bit = 0; bit < bytes.length * 8; bit += 7) {
+      const flipped = Buffer.from(bytes)
+      flipped[bit >> 3]! ^= 0x80 >> (bit & 7)
+      expect(() => decodeManifest(flipped), `bit ${bit}`).toThrow(KithError)
     }
   })
 
