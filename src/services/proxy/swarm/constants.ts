@@ -31,5 +31,10 @@ export const WINDOW_CHUNKS = 16
 export const MAX_INBOUND_SWARM_STREAMS = 64
 /** races a friend may lose in one pull (another source first with a chunk the client waited LATE_CHUNK_MS for) before it is dropped from it */
 export const MAX_LOST_RACES = 2
+/**
+ * at qos=1 (the most offload) the origin takes a chunk only once nothing came from friends for this long: a stall, not a
+ * busy friend (a loaded machine pauses a friend for 2 s at times, and racing among friends already handles a slow one)
+ */
+export const STALL_MS = 5_000
 /** how long a pull with a floor (qos above 1) lets friends alone start before the origin tops up what they give */
 export const FLOOR_GRACE_MS = 500

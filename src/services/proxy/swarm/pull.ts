@@ -2,7 +2,7 @@ import type { PeerId } from '@libp2p/interface'
 import { KithError } from '../../../errors.ts'
 import type { BandwidthScheduler, Priority } from '../../../transfer/scheduler/index.ts'
 import { RATE_WINDOW_MS } from '../../../transfer/scheduler/index.ts'
-import { CHUNKS_PER_ASK, FLOOR_GRACE_MS, LATE_CHUNK_MS, MAX_LOST_RACES, PER_FRIEND_REQUESTS, WINDOW_CHUNKS } from './constants.ts'
+import { CHUNKS_PER_ASK, FLOOR_GRACE_MS, LATE_CHUNK_MS, MAX_LOST_RACES, PER_FRIEND_REQUESTS, STALL_MS, WINDOW_CHUNKS } from './constants.ts'
 import { chunkMatches, chunkSpan, type HashList } from './hash-list.ts'
 import { askChunks, type Dialer } from './protocol.ts'
 
@@ -21,7 +21,7 @@ import { askChunks, type Dialer } from './protocol.ts'
  *   from FLOOR_GRACE_MS on) is under N B/s, and, when the client waits
  *   for its next chunk while what it got in order is under N B/s, that
  *   chunk first (a friend on it is raced); qos 1: only when nothing at
- *   all came for a whole window (friends stalled).
+ *   all came for STALL_MS (friends stalled).
  * - whatever qos, the origin takes over once no friend is left.
  * A friend with no chunk free to take asks for the chunk the client has
  * waited for LATE_CHUNK_MS at another friend (and the rest of that
@@ -339,9 +339,9 @@ class Pull {
   /** Whether the origin should take a chunk now (see the class comment). */
   private originDue (): boolean {
     if (this.init.qos === 0 || this.alive.size === 0 || this.orphans.size > 0) return true
-    // qos=1 (the most offload) waits for a whole window of nothing; a real floor is kept from FLOOR_GRACE_MS on, over what
+    // qos=1 (the most offload) waits for STALL_MS of nothing; a real floor is kept from FLOOR_GRACE_MS on, over what
     // came so far while the pull is younger than a window (else friends alone set the rate of its first 2 s)
-    if (this.init.qos === 1) return performance.now() - this.started >= RATE_WINDOW_MS && this.rate(this.arrivals, RATE_WINDOW_MS) < 1
+    if (this.init.qos === 1) return performance.now() - this.started >= STALL_MS && this.rate(this.arrivals, STALL_MS) < 1
     return this.underFloor(this.arrivals)
   }
 
