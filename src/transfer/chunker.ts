@@ -216,26 +216,31 @@ function sealStage (keys: SealKeys, fileHash: string, whole: Hash) {
   }
 }
 
-async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: number, followLinks: boolean): Promise<ManifestFile> {
-  let handle: FileHandle
+/** Opens a file of the walk; inside a folder, a file swapped for a link since the walk is refused, not followed. */
+async function openPlanned (item: Planned, followLinks: boolean): Promise<FileHandle> {
   try {
-    // Inside a folder, a file swapped for a link since the walk is refused, not followed.
-    handle = await open(item.source!, followLinks ? constants.O_RDONLY : constants.O_RDONLY | constants.O_NOFOLLOW)
+    return await open(item.source!, followLinks ? constants.O_RDONLY : constants.O_RDONLY | constants.O_NOFOLLOW)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw changed(item.path, 'it became a link')
     throw unreadable(item.path, err)
   }
+}
+
+/** Refuses a file that is no longer what the walk saw (a regular file of that size and mtime). */
+async function checkUnchanged (handle: FileHandle, item: Planned): Promise<void> {
+  const now = await handle.stat()
+  if (!now.isFile() || now.size !== item.size || now.mtimeMs !== item.mtimeMs) throw changed(item.path, 'it was modified')
+}
+
+async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: number, followLinks: boolean): Promise<ManifestFile> {
+  const handle = await openPlanned(item, followLinks)
   try {
     // Both passes read through this one handle, so a file replaced by rename
     // in between is not mixed in; writes in place are caught by the checks.
-    const unchanged = async (): Promise<void> => {
-      const now = await handle.stat()
-      if (!now.isFile() || now.size !== item.size || now.mtimeMs !== item.mtimeMs) throw changed(item.path, 'it was modified')
-    }
-    await unchanged()
+    await checkUnchanged(handle, item)
     // Pass 1: the whole-file hash, which every chunk is sealed at.
     const sha256 = await hashFile(handle, item.path, item.size, chunkSize, init)
-    await unchanged()
+    await checkUnchanged(handle, item)
     // Pass 2: read, seal, store; hashed again to prove it read what pass 1 did.
     const again = createHash('sha256')
     const chunks: string[] = []
@@ -250,7 +255,7 @@ async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: numbe
         }
       }
     )
-    await unchanged()
+    await checkUnchanged(handle, item)
     if (again.digest('hex') !== sha256) throw changed(item.path, 'its content differs between two reads')
     return { type: 'file', path: item.path, size: item.size, executable: item.executable, sha256, chunks }
   } finally {
@@ -260,19 +265,9 @@ async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: numbe
 
 /** Reads a small file whole, once, checking it did not change meanwhile. */
 async function readSmall (item: Planned, followLinks: boolean): Promise<Buffer> {
-  let handle: FileHandle
+  const handle = await openPlanned(item, followLinks)
   try {
-    handle = await open(item.source!, followLinks ? constants.O_RDONLY : constants.O_RDONLY | constants.O_NOFOLLOW)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw changed(item.path, 'it became a link')
-    throw unreadable(item.path, err)
-  }
-  try {
-    const unchanged = async (): Promise<void> => {
-      const now = await handle.stat()
-      if (!now.isFile() || now.size !== item.size || now.mtimeMs !== item.mtimeMs) throw changed(item.path, 'it was modified')
-    }
-    await unchanged()
+    await checkUnchanged(handle, item)
     // one byte more than expected: a file grown since is seen here
     const bytes = Buffer.allocUnsafe(item.size + 1)
     let filled = 0
@@ -283,7 +278,7 @@ async function readSmall (item: Planned, followLinks: boolean): Promise<Buffer> 
       if (filled > item.size) throw changed(item.path, 'it got longer')
     }
     if (filled < item.size) throw changed(item.path, 'it got shorter')
-    await unchanged()
+    await checkUnchanged(handle, item)
     return bytes.subarray(0, item.size)
   } finally {
     await handle.close()
