@@ -154,14 +154,33 @@ async function caps (log: Log): Promise<string[][]> {
   return rows
 }
 
+/** What a take costs when no cap applies: each resolves at once, with no timer (the test checks that; this times it). */
+async function uncappedTake (): Promise<string[]> {
+  const bandwidth = new BandwidthScheduler({ limits: { peers: { other: { upload: 1000 } } } })
+  const up = bandwidth.flow({ direction: 'up', peer: 'a' })
+  const down = bandwidth.flow({ direction: 'down' })
+  const n = 200_000
+  const t0 = performance.now()
+  for (let i = 0; i < n; i++) {
+    await up.take(256 * 1024)
+    await down.take(256 * 1024, undefined, 'b')
+  }
+  const ns = (performance.now() - t0) * 1e6 / (2 * n)
+  up.close()
+  down.close()
+  return ['take with no cap on its flow, ns each', fmt(ns), '', '', '', `${2 * n} takes of 256 KiB, another peer capped`]
+}
+
 /** Runs both parts and prints their table; returns it too. */
 export async function schedulerBench (log: Log = m => process.stderr.write(`[bench] ${m}\n`)): Promise<string> {
   const inProcess = await shares(log)
+  const take = await uncappedTake()
   const daemons = await caps(log)
   const text = [
     `\nkith scheduler benchmark: cap ${CAP_MB} MB/s, shares over ${SECONDS} s in process, ${SIZE / MiB} MiB fetched between real daemons; MB = 10^6 bytes`,
     table(['figure', 'achieved', 'configured', 'error', 'met', 'note'], [
       ...inProcess.map(r => [...r, '', '']),
+      take,
       ...daemons
     ])
   ].join('\n')

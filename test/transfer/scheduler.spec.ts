@@ -303,7 +303,8 @@ describe('bandwidth scheduler', () => {
     await f.stop()
   })
 
-  it('costs nothing without a cap: takes resolve at once, no timer, a few hundred ns each', async () => {
+  // what a take costs in time is printed by `npm run bench -- --section scheduler`, not asserted here
+  it('costs nothing without a cap: takes resolve at once, no timer', async () => {
     const { clock, scheduler } = setup({ peers: { other: { upload: 1000 } } })
     const up = scheduler.flow({ direction: 'up', peer: 'a' })
     const down = scheduler.flow({ direction: 'down' })
@@ -311,16 +312,13 @@ describe('bandwidth scheduler', () => {
     void up.take(1e9).then(() => { done = true })
     await Promise.resolve()
     expect(done).toBe(true)
-    const n = 200_000
-    const t0 = performance.now()
+    const n = 10_000
     for (let i = 0; i < n; i++) {
       await up.take(256 * 1024)
       await down.take(256 * 1024, undefined, 'b')
     }
-    const perTake = (performance.now() - t0) * 1e6 / (2 * n)
     expect(clock.now()).toBe(0)
     expect(clock.pending).toBe(0)
-    expect(perTake).toBeLessThan(5000) // ns; typically ~100
     expect(up.stats().bytes).toBe(1e9 + n * 256 * 1024)
   })
 
