@@ -218,12 +218,13 @@ describe('manifest limits', () => {
     const many = signed(wireBody(Array.from({ length: 1000 }, (_, i) => wireFile(`f${String(i).padStart(4, '0')}`, 1e6 * CS, 0))))
     // Files each under MAX_FILE_SIZE whose sum passes MAX_CHUNKS.
     const sum = signed(wireBody([wireFile('a', (MAX_CHUNKS - 1) * CS, 0, { c: Buffer.alloc((MAX_CHUNKS - 1) * 32, 1) }), wireFile('b', 2 * CS, 0)]))
-    // Generous bounds (GC pauses on a busy CI); what matters is that nothing
-    // proportional to 10^9 is allocated or looped over.
-    for (const [bytes, bound] of [[one, 200], [many, 1000], [sum, 1000]] as const) {
+    // What matters is that nothing proportional to 10^9 is allocated or
+    // looped over: that would take minutes, so the bound is far above any
+    // pause of a loaded machine (tests do not assert on speed).
+    for (const bytes of [one, many, sum]) {
       const started = performance.now()
       expectCode(() => decodeManifest(bytes), 'MANIFEST_LIMIT')
-      expect(performance.now() - started).toBeLessThan(bound)
+      expect(performance.now() - started).toBeLessThan(10_000)
     }
   })
 
