@@ -227,7 +227,7 @@ async function offload (log: Log, nginx: Awaited<ReturnType<typeof startNginx>>,
       if ((await proxyOf(holder)).swarm.held !== 1) throw new Error(`${holder.name} does not offer the file it fetched`)
       log(`proxy: ${holder.name} holds the file`)
     }
-    const originSince = async (mark: number): Promise<number> => (await nginx.accessLog()).slice(mark).reduce((sum, line) => sum + Number(line.split(' ').at(-3)), 0)
+    const originSince = async (mark: number): Promise<number> => (await nginx.accessLog()).slice(mark).reduce((sum, line) => sum + Number(line.split(' ')[2]), 0)
     const floor = await qosFloor(log, alice, await via(alice), originSince, (await nginx.accessLog()).length)
     // after the floor: the 8 MiB this range reads ahead from friends would share their capped bandwidth with it; and
     // waited for before the offload, which would share friends with it (8 chunks after the sampled one, 8 read ahead)

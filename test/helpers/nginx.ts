@@ -22,7 +22,7 @@ export interface Nginx {
   port: number
   /** the temp folder with nginx.conf, logs/error.log and logs/access.log */
   dir: string
-  /** the access log so far: one line per request, `$status "$http_range" $body_bytes_sent $request_time $msec` (seconds; the end, in Unix seconds) */
+  /** the access log so far: one line per request, `$status "$http_range" $body_bytes_sent $request_time $msec $request_uri` (seconds; the end, in Unix seconds) */
   accessLog: () => Promise<string[]>
   stop: () => Promise<void>
 }
@@ -94,7 +94,7 @@ events { worker_connections 512; }
 http {
   default_type application/octet-stream;
   types { text/html html; application/vnd.apple.mpegurl m3u8; video/mp2t ts; }
-  log_format kith '$status "$http_range" $body_bytes_sent $request_time $msec';
+  log_format kith '$status "$http_range" $body_bytes_sent $request_time $msec $request_uri';
   access_log ${dir}/access.log kith;
   client_body_temp_path ${dir}/client_body;
   proxy_temp_path ${dir}/proxy;
