@@ -32,7 +32,8 @@ import { askChunks, type Dialer } from './protocol.ts'
  * others is cancelled. A friend that loses such a race to another friend
  * MAX_LOST_RACES times (that friend's copy of a chunk the client waited
  * LATE_CHUNK_MS for came first) is dropped from the pull, as a failing
- * one is: a slow friend is not raced again for every run. Losing to the
+ * one is (never the last friend left): a slow friend is not raced again
+ * for every run. Losing to the
  * origin does not count: with a floor above what friends give, the origin
  * is expected to be faster, and friends still take their share.
  * Origin chunks come under If-Range and are checked against the list too:
@@ -221,7 +222,9 @@ class Pull {
 
   private lostRace (name: string): void {
     const source = this.alive.get(name)
-    if (source == null || ++source.lost < MAX_LOST_RACES) return
+    // the last friend left is kept: races lost to one another can be the whole machine pausing, not this friend, and
+    // dropping both would hand the rest to the origin whatever qos says
+    if (source == null || ++source.lost < MAX_LOST_RACES || this.alive.size < 2) return
     this.drop(name, new KithError('CHUNK_PEER_STALLED', `too slow: it lost ${source.lost} races for chunks the client waited ${this.lateMs} ms for`))
   }
 
