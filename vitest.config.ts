@@ -37,9 +37,7 @@ export default defineConfig({
       // the unit specs share their worker's module cache (no fresh import of libp2p and level per file):
       // 40% less CPU; each file still sets up and tears down its own nodes and stores
       { extends: true, test: { name: 'unit', include: ['test/**/*.spec.ts'], exclude: [...daemonSpecs, 'test/package/**'], isolate: false } },
-      // the daemon specs too: each file still starts and stops its own daemons (in processes of their own), and a
-      // worker no longer starts anew, with vitest and the helpers, for each of ~30 files (~0.35 s of CPU each)
-      { extends: true, test: { name: 'daemon', include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob), isolate: false } },
+      { extends: true, test: { name: 'daemon', include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob) } },
       { extends: true, test: { name: 'package', include: ['test/package/*.spec.ts'], testTimeout: 300_000, hookTimeout: 300_000 } }
     ]
   }
