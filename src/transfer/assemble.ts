@@ -486,8 +486,8 @@ export const MAX_OPEN_PARTIALS = 32
 export interface ShareTarget {
   /** index of a file entry in the manifest */
   file: number
-  /** where it goes; its folder must exist */
-  dest: string
+  /** where it goes; its folder must exist. Read once its first chunk comes (so it may be made then: a getter) */
+  readonly dest: string
 }
 
 export interface ShareAssemblyInit {

@@ -61,10 +61,54 @@ export interface ManifestFile {
   executable: boolean
   /** Lowercase hex sha256 of the whole plaintext file. */
   sha256: string
-  /** Lowercase hex ids of the sealed chunks, in order; for a packed file, its pack's id alone. */
+  /**
+   * Lowercase hex ids of the sealed chunks, in order; for a packed file, its
+   * pack's id alone (in a decoded manifest, one array shared by the pack's
+   * files: not to be changed).
+   */
   chunks: string[]
   /** Set for a file packed with others into one chunk (see the module doc): `chunks[0]` is the pack. */
   pack?: PackPlace
+}
+
+/**
+ * A file entry as `decodeManifest` gives it, small for a share of many
+ * files: its sha256 stays bytes in one buffer shared by the manifest's files
+ * (hex only when asked for), a packed file's `chunks` is its pack's one
+ * array, and its place in the pack two numbers. So a file costs its path
+ * and a few fields, not four more objects and strings.
+ */
+class DecodedFile implements ManifestFile {
+  readonly type = 'file' as const
+  readonly path: string
+  readonly size: number
+  readonly executable: boolean
+  chunks: string[]
+  readonly #hashes: Buffer
+  /** byte offset of its sha256 in `#hashes` */
+  readonly #hashAt: number
+  /** its pack's index, -1 if it is not packed */
+  readonly #packIndex: number
+  readonly #packOffset: number
+
+  constructor (path: string, size: number, executable: boolean, hashes: Buffer, hashAt: number, chunks: string[], pack?: PackPlace) {
+    this.path = path
+    this.size = size
+    this.executable = executable
+    this.chunks = chunks
+    this.#hashes = hashes
+    this.#hashAt = hashAt
+    this.#packIndex = pack?.index ?? -1
+    this.#packOffset = pack?.offset ?? 0
+  }
+
+  get sha256 (): string {
+    return this.#hashes.toString('hex', this.#hashAt, this.#hashAt + ID_LENGTH)
+  }
+
+  get pack (): PackPlace | undefined {
+    return this.#packIndex < 0 ? undefined : { index: this.#packIndex, offset: this.#packOffset }
+  }
 }
 
 /** Where a packed file lies: `size` bytes at `offset` of pack `index`'s plaintext. */
@@ -330,7 +374,7 @@ function parseBody (bodyBytes: Uint8Array, owner: Uint8Array): Manifest {
   const rest = decodeCanonicalList(bodyBytes, 'MANIFEST_MALFORMED', 'the share manifest body', 'entries', {
     start: (fields, count) => {
       before = Object.keys(fields).length
-      walk = new EntryWalk(parseHead(fields, count, true))
+      walk = new EntryWalk(parseHead(fields, count, true), count)
     },
     item: (entry) => { walk!.add(entry) }
   })
@@ -383,16 +427,22 @@ class EntryWalk {
   private readonly files = new Set<string>()
   private readonly packIds: string[]
   private readonly packs: ManifestPack[] = []
+  /** each pack's `chunks`, shared by its files */
+  private readonly packChunks: string[][] = []
+  /** the files' sha256s, 32 bytes each in entry order (sized by the entry count, checked before) */
+  private readonly hashes: Buffer
+  private fileCount = 0
   private packHasher: Hash | undefined
   /** unpacked files' chunk ids, in entry order (views of the body's bytes), and their entries */
   private readonly ids: Uint8Array[] = []
-  private readonly unpacked: ManifestFile[] = []
+  private readonly unpacked: DecodedFile[] = []
   private previous: Buffer | undefined
   private totalChunks: number
   private totalSize = 0
 
-  constructor (head: Head) {
+  constructor (head: Head, count: number) {
     this.head = head
+    this.hashes = Buffer.allocUnsafe(count * ID_LENGTH)
     this.packIds = splitIds(head.packs)
     this.totalChunks = this.packIds.length
   }
@@ -428,7 +478,8 @@ class EntryWalk {
     this.totalSize += s
     if (typeof x !== 'boolean') throw malformed(`file ${JSON.stringify(path)} has a non-boolean executable flag`)
     if (!isBytes(h, ID_LENGTH)) throw malformed(`file ${JSON.stringify(path)} has a hash that is not 32 bytes`)
-    const file = { type: 'file' as const, path, size: s, executable: x, sha256: Buffer.from(h).toString('hex') }
+    const hashAt = this.fileCount++ * ID_LENGTH
+    this.hashes.set(h, hashAt)
     if (packed) {
       const k = entry.k
       const used = this.packs.length
@@ -439,11 +490,12 @@ class EntryWalk {
       if (k === used) {
         this.closePack()
         this.packs.push({ id: this.packIds[k]!, size: 0, hash: '' })
+        this.packChunks.push([this.packIds[k]!])
         this.packHasher = createHash('sha256')
       }
       const pack = this.packs[k]!
       if (pack.size + s > cs) throw malformed(`pack ${k}'s files add up to more than its chunk of ${cs} bytes (at ${JSON.stringify(path)})`)
-      this.entries.push({ ...file, chunks: [pack.id], pack: { index: k, offset: pack.size } })
+      this.entries.push(new DecodedFile(path, s, x, this.hashes, hashAt, this.packChunks[k]!, { index: k, offset: pack.size }))
       pack.size += s
       this.packHasher!.update(h)
       return
@@ -457,7 +509,7 @@ class EntryWalk {
     }
     this.ids.push(c)
     // its ids become strings once every entry is checked: a claim past MAX_CHUNKS costs no string
-    const decoded: ManifestFile = { ...file, chunks: [] }
+    const decoded = new DecodedFile(path, s, x, this.hashes, hashAt, [])
     this.unpacked.push(decoded)
     this.entries.push(decoded)
   }

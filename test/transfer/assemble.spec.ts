@@ -9,7 +9,7 @@ import { assembleFile, assembleShare, MAX_OPEN_PARTIALS, removePartials, ShareAs
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
 import { waitFor } from '../helpers/testnet.ts'
-import { expectCodeAsync, keypair, pseudoRandom, sealedSink, tempDir } from './helpers.ts'
+import { expectCodeAsync, keypair, plainEntries, pseudoRandom, sealedSink, tempDir } from './helpers.ts'
 
 const CS = MIN_CHUNK_SIZE
 const owner = keypair(4)
@@ -44,7 +44,8 @@ describe('assemble', () => {
     await cleanup()
   })
 
-  const entry = (): ManifestFile => manifest.entries[0] as ManifestFile
+  // plain, so tests may spread it (a decoded file's sha256 is a getter)
+  const entry = (): ManifestFile => plainEntries(manifest.entries)[0] as ManifestFile
 
   it('writes a verified file and nothing else', async () => {
     await assembleShare({ store, keys, manifest, root: out })
@@ -249,7 +250,7 @@ describe('assemble', () => {
       const sub = join(out, 'sub')
       await mkdir(sub)
       const twin = m.entries.findIndex(e => e.path === 'twin1')
-      const swapped = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: { ...m, entries: m.entries.map(e => e.path === 'twin1' ? { ...e, path: 'sub/twin1' } : e) }, targets: [{ file: twin, dest: join(sub, 'twin1') }], partialKey: 'transfer-3', root: out })
+      const swapped = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: { ...m, entries: plainEntries(m.entries).map(e => e.path === 'twin1' ? { ...e, path: 'sub/twin1' } : e) }, targets: [{ file: twin, dest: join(sub, 'twin1') }], partialKey: 'transfer-3', root: out })
       await rm(sub, { recursive: true })
       await symlink(outside, sub)
       const twinChunks = (m.entries[twin] as ManifestFile).chunks

@@ -7,6 +7,7 @@ import { expect } from 'vitest'
 import { KithError, type ErrorCode } from '../../src/errors.ts'
 import type { ChunkStore } from '../../src/transfer/chunk-store.ts'
 import type { ChunkSink } from '../../src/transfer/chunker.ts'
+import type { ManifestEntry } from '../../src/transfer/manifest.ts'
 
 /** A deterministic Ed25519 keypair from a one-byte seed. */
 export function keypair (seed = 1): { publicKey: Uint8Array, secretKey: Uint8Array } {
@@ -24,6 +25,17 @@ export function pseudoRandom (length: number, seed = 'kith'): Buffer {
 
 export function hex (byte: number): string {
   return Buffer.alloc(32, byte).toString('hex')
+}
+
+/**
+ * Manifest entries as plain objects, to compare with `toEqual`: a decoded
+ * file keeps its sha256 and pack place behind getters (manifest.ts), which
+ * `toEqual` and spreading do not see.
+ */
+export function plainEntries (entries: ManifestEntry[]): ManifestEntry[] {
+  return entries.map(e => e.type === 'dir'
+    ? { type: 'dir', path: e.path }
+    : { type: 'file', path: e.path, size: e.size, executable: e.executable, sha256: e.sha256, chunks: [...e.chunks], ...(e.pack !== undefined ? { pack: e.pack } : {}) })
 }
 
 /** A temp folder, removed by the returned cleanup. */

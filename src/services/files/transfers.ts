@@ -490,15 +490,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     let record = this.get(id)
     await this.save({ ...record, state: 'running' }, 'transfer:state')
     try {
-      const { manifest, key, files } = this.pinned.get(id) ?? await this.pin(record)
-      this.pinned.delete(id)
-      // files are written while their chunks arrive; chunks held from before are read back alongside
-      const assembly = await this.assembly(id, manifest, key, record, files)
-      // what files placed before a restart hold is done; of the rest, what the store holds is read back, not fetched
-      const ids = assembly.wanted()
-      // asked once here: the fetch and the read-back go by this answer
-      const inStore = await heldOf(this.init.store, ids)
-      const held = Math.max(0, record.totalBytes - missingBytes(files, manifest.chunkSize, ids, inStore))
+      const { assembly, ids, inStore, held } = await this.prepare(id, record)
       const meter = new RateMeter()
       const bandwidth = this.init.bandwidth
       // friends' shares are friend traffic; one flow for the fetch, each take naming its source
@@ -595,6 +587,24 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   }
 
   /**
+   * A run's files, ready to be written as chunks arrive (chunks held from
+   * before are read back alongside), what it still wants, which of that the
+   * store holds (asked once: the fetch and the read-back go by this answer),
+   * and the bytes it holds already. The selection is not kept: a share of
+   * many files would hold an object per file for the whole fetch.
+   */
+  private async prepare (id: string, record: Transfer): Promise<{ assembly: ShareAssembly, ids: string[], inStore: Set<string>, held: number }> {
+    const { manifest, key, files } = this.pinned.get(id) ?? await this.pin(record)
+    this.pinned.delete(id)
+    const assembly = await this.assembly(id, manifest, key, record, files)
+    // what files placed before a restart hold is done; of the rest, what the store holds is read back, not fetched
+    const ids = assembly.wanted()
+    const inStore = await heldOf(this.init.store, ids)
+    const held = Math.max(0, record.totalBytes - missingBytes(files, manifest.chunkSize, ids, inStore))
+    return { assembly, ids, inStore, held }
+  }
+
+  /**
    * Why `err` (a failure to reach `peerId`) happened, when the friend is
    * online only over limited connections: a relay whose budget (time or
    * bytes) limits each relayed connection. libp2p opens no `files` or
@@ -651,7 +661,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   private async assembly (id: string, manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[]): Promise<ShareAssembly> {
     const root = dirname(record.dest)
     await makeRoot(root)
-    const prepared: Array<ShareTarget | undefined> = new Array(files.length)
+    const prepared: Array<FetchTarget | undefined> = new Array(files.length)
     // a few files at a time: a folder of many small files would otherwise wait on each one's checks in turn
     let next = 0
     const checked = new Set<string>()
@@ -670,7 +680,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
           await rm(partial, { force: true })
           continue
         }
-        prepared[at] = { file: index, dest }
+        // its path again when its first chunk comes, not held meanwhile: a share of many files would hold them all
+        prepared[at] = new FetchTarget(index, relative, record.dest)
       }
     }
     await Promise.all(Array.from({ length: Math.min(PREPARE_CONCURRENCY, files.length) }, prepare))
@@ -679,6 +690,27 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     // this version's key (its manifest is saved by now) joins the share's keys at the next look-up
     this.keys.delete(`${record.owner}/${manifest.shareId}`)
     return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id, root })
+  }
+}
+
+/**
+ * A file of a fetch, prepared (`prepareUnder` made and checked its folders):
+ * its destination is made from its path when asked, once its first chunk
+ * arrives, rather than kept for every file of the fetch from the start.
+ */
+class FetchTarget implements ShareTarget {
+  readonly file: number
+  private readonly relative: string
+  private readonly root: string
+
+  constructor (file: number, relative: string, root: string) {
+    this.file = file
+    this.relative = relative
+    this.root = root
+  }
+
+  get dest (): string {
+    return destOf({ dest: this.root }, this.relative)
   }
 }
 
