@@ -133,6 +133,14 @@ describe('HTTP engine parts', () => {
     // the last: none free, so the second half of the first of the busiest (which now ends where it begins)
     expect(got.map(s => [s.cursor, s.end])).toEqual([[0, MiB], [2 * MiB, 4 * MiB], [4 * MiB, 5 * MiB], [6 * MiB, 8 * MiB], [MiB, 2 * MiB]])
     expect(planner.unassigned).toBe(0)
+    // pieces double up to the most when requests wait long (piece-timing.ts)
+    const growing = new Planner([[0, 64 * MiB]], MiB, 4 * MiB)
+    const sizes = [growing.next()!]
+    for (let i = 0; i < 3; i++) {
+      growing.grow()
+      sizes.push(growing.next()!)
+    }
+    expect(sizes.map(s => s.end - s.cursor)).toEqual([MiB, 2 * MiB, 4 * MiB, 4 * MiB])
   })
 
   it('shares the write-back cache budget out: two blocks per connection, within it whatever the count', async () => {
@@ -149,16 +157,16 @@ describe('HTTP engine parts', () => {
     }
   })
 
-  it('hashes the file in order whatever order its pieces are written in, resumed or not', async () => {
-    // 3 MiB and an odd tail, in 128 KiB pieces written by 4 connections in a shuffled order: the hash
-    // takes some from memory (a piece written where it stands) and reads the rest back
+  it('hashes the file in order whatever order its pieces are written in, from memory when they come in order, resumed or not', async () => {
+    // 3 MiB and an odd tail, in 128 KiB pieces written by 4 connections: the hash takes a block written
+    // where it stands at once, keeps the ones ahead within its budget, and reads the rest back
     const content = randomBytes(3 * MiB + 4321)
     const piece = 128 * 1024
     const starts = Array.from({ length: Math.ceil(content.length / piece) }, (_, i) => i * piece)
     const shuffled = starts.map((s, i) => [s, (i * 7919) % starts.length] as const).sort((a, b) => a[1] - b[1]).map(([s]) => s)
-    async function writeAll (path: string, order: readonly number[], done?: RangeSet): Promise<string> {
+    async function writeAll (path: string, order: readonly number[], ahead: number, done?: RangeSet): Promise<{ sha256: string, readBack: number }> {
       const fh = await open(path, done != null ? 'r+' : 'w+')
-      const hash = new HashCursor()
+      const hash = new HashCursor(ahead, done?.last)
       try {
         const cache = new WriteCache(fh, 4, hash, done, 256 * 1024)
         const gatherers = [cache.gatherer(), cache.gatherer(), cache.gatherer(), cache.gatherer()]
@@ -173,24 +181,33 @@ describe('HTTP engine parts', () => {
           await g.flush()
         }))
         expect(cache.done.prefix).toBe(content.length)
-        return await hash.finish(fh, content.length, new AbortController().signal)
+        return { sha256: await hash.finish(fh, content.length, new AbortController().signal), readBack: hash.readBack }
       } finally {
         await hash.stop()
         await fh.close()
       }
     }
-    expect(await writeAll(join(dir, 'shuffled'), shuffled)).toBe(sha(content))
-    expect(await writeAll(join(dir, 'reversed'), [...starts].reverse())).toBe(sha(content))
-    // a resume: the partial holds two ranges (the rest is garbage), the control file says so
+    // in file order (the planner's way), the 4 connections' pieces ahead fit the budget: nothing is read back
+    expect(await writeAll(join(dir, 'in-order'), starts, MiB)).toEqual({ sha256: sha(content), readBack: 0 })
+    // out of order, with nothing kept, with a budget too small for the spread (some kept, the rest read back), and ample
+    for (const ahead of [0, 256 * 1024, 4 * MiB]) {
+      expect((await writeAll(join(dir, 'shuffled'), shuffled, ahead)).sha256).toBe(sha(content))
+      expect((await writeAll(join(dir, 'reversed'), [...starts].reverse(), ahead)).sha256).toBe(sha(content))
+    }
+    // nothing kept: all but the first piece (hashed as it came, the hash standing there) was read back
+    expect((await writeAll(join(dir, 'reversed'), [...starts].reverse(), 0)).readBack).toBeGreaterThanOrEqual(content.length - piece)
+    // a resume: the partial holds two ranges (the rest is garbage), the control file says so; the held
+    // bytes are read back, the new ones kept or read back
     const resumed = join(dir, 'resumed')
-    const partial = randomBytes(content.length)
     const held: Array<[number, number]> = [[0, MiB + 5], [2 * MiB, 2 * MiB + 3 * piece]]
-    for (const [s, e] of held) content.copy(partial, s, s, e)
-    await writeFile(resumed, partial)
-    const done = new RangeSet(held)
-    const gaps = done.gaps(content.length).flatMap(([s, e]) => starts.filter(p => p + piece > s && p < e).map(p => Math.max(p, s)))
-    expect(await writeAll(resumed, [...gaps].reverse(), done)).toBe(sha(content))
-    expect(sha(await readFile(resumed))).toBe(sha(content))
+    const gaps = new RangeSet(held).gaps(content.length).flatMap(([s, e]) => starts.filter(p => p + piece > s && p < e).map(p => Math.max(p, s)))
+    for (const ahead of [0, 256 * 1024]) {
+      const partial = randomBytes(content.length)
+      for (const [s, e] of held) content.copy(partial, s, s, e)
+      await writeFile(resumed, partial)
+      expect((await writeAll(resumed, [...gaps].reverse(), ahead, new RangeSet(held))).sha256).toBe(sha(content))
+      expect(sha(await readFile(resumed))).toBe(sha(content))
+    }
   })
 })
 

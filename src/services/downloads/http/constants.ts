@@ -7,14 +7,30 @@
  */
 export const MIN_SPLIT_SIZE = 1024 * 1024
 /**
- * With several connections, each request is for at most this much, the
- * first free bytes in file order: so the file fills from its start and its
- * SHA-256 is computed during the download rather than after it (measured,
- * 1 GiB from nginx: hashing it whole at the end took ~0.8 s of a ~3.8 s
- * download). The price is one request (a round trip on a kept-alive
- * connection) per piece: at 50 ms and 10 MB/s per connection, 3%.
+ * With several connections, each request is for one piece, the first free
+ * bytes in file order (aria2's "inorder" piece selection), so the file fills
+ * from its start and its SHA-256 is computed during the download, from
+ * memory: the pieces other connections fetch ahead of the hash wait in
+ * memory for it (HASH_AHEAD), so they are sized to fit in it: HASH_AHEAD
+ * shared by the connections, at least MIN_PIECE (1 MiB at 8 connections).
+ * Each piece costs a request, so a piece doubles, up to MAX_PIECE, whenever
+ * a response's headers took over PIECE_WAIT_SHARE of the time its body
+ * did (a long round trip: at 50 ms and 10 MB/s per connection a 1 MiB piece
+ * would wait a third as long as it flows); bytes that then do not fit in
+ * HASH_AHEAD are read back from the page cache instead.
  */
+export const MIN_PIECE = 1024 * 1024
 export const MAX_PIECE = 16 * 1024 * 1024
+export const PIECE_WAIT_SHARE = 1 / 8
+/** the event loop's use over a piece above which its request's wait is the process's, not the network's (piece-timing.ts) */
+export const PIECE_BUSY = 0.8
+/**
+ * bytes written ahead of the hash that it keeps in memory rather than read
+ * back from the file (hash-cursor.ts), on top of CACHE_BUDGET. 1 GiB on 8
+ * connections from nginx (a loaded machine): 1,012 MB of it read back with
+ * 16 MiB pieces and nothing kept; 21 MB with 1 MiB pieces and this
+ */
+export const HASH_AHEAD = 8 * 1024 * 1024
 /**
  * An idle connection takes over half of the busiest connection's remaining
  * range, but never leaves either with less than this (aria2 splits the same

@@ -3,10 +3,11 @@ import { open as openFile, type FileHandle } from 'node:fs/promises'
 import type { Dispatcher } from 'undici'
 import { KithError } from '../../../errors.ts'
 import type { DownloadContext, DownloadJob, DownloadResult } from '../addon.ts'
-import { CONTROL_INTERVAL_MS, MAX_PIECE, MAX_RESTARTS, MIN_SPLIT_SIZE } from './constants.ts'
+import { CONTROL_INTERVAL_MS, HASH_AHEAD, MAX_PIECE, MAX_RESTARTS, MIN_PIECE, MIN_SPLIT_SIZE } from './constants.ts'
 import { bootId, CONTROL_VERSION, loadControl, saveControl } from './control-file.ts'
 import { makeDispatcher } from './dispatcher.ts'
 import { HashCursor } from './hash-cursor.ts'
+import { PieceTiming } from './piece-timing.ts'
 import { RangeSet, type Range } from './ranges.ts'
 import { discard, HttpError, isRetryable, networkError, open, OriginChanged, type Opened } from './request.ts'
 import { backoffMs, wait } from './retry.ts'
@@ -69,7 +70,7 @@ class RangesRefused extends Error {
 class Attempt {
   private fh!: FileHandle
   private cache!: WriteCache
-  private readonly hash = new HashCursor()
+  private hash = new HashCursor(HASH_AHEAD)
   private planner!: Planner
   private total: number | null = null
   private validators: Validators | null = null
@@ -122,6 +123,7 @@ class Attempt {
       } else {
         this.total = control.total
         this.validators = control.validators
+        this.hash = new HashCursor(HASH_AHEAD, done.last)
         this.cache = new WriteCache(this.fh, 1, this.hash, done)
       }
       this.base = this.cache.done.size
@@ -178,9 +180,10 @@ class Attempt {
     const ranged = probe.status === 206 && this.total != null && !this.single
     const left = this.total != null ? this.total - this.cache.done.size : Infinity
     const connections = ranged ? Math.max(1, Math.min(this.job.connections, Math.floor(left / MIN_SPLIT_SIZE))) : 1
-    // pieces in file order, when there are several connections to share them (constants.ts, MAX_PIECE)
-    const piece = connections > 1 ? Math.min(MAX_PIECE, Math.ceil(left / connections)) : Infinity
-    this.planner = new Planner(this.total != null ? this.cache.done.gaps(this.total) : [[0, Infinity]], piece)
+    // pieces in file order, when there are several connections to share them, sized for the hash to take
+    // the ones ahead of it from memory (constants.ts, MIN_PIECE)
+    const piece = connections > 1 ? Math.min(Math.max(MIN_PIECE, Math.floor(HASH_AHEAD / connections)), Math.ceil(left / connections)) : Infinity
+    this.planner = new Planner(this.total != null ? this.cache.done.gaps(this.total) : [[0, Infinity]], piece, Math.max(piece, MAX_PIECE))
     this.cache = new WriteCache(this.fh, connections, this.hash, this.cache.done)
     await this.save()
     const workers = [this.worker(probe, ranged)]
@@ -200,19 +203,25 @@ class Attempt {
   private async worker (opened: Opened | undefined, ranged: boolean): Promise<void> {
     const gather = this.cache.gatherer()
     let failures = 0
+    const timing = new PieceTiming()
     let segment: Segment | null = this.planner.next()
     try {
       while (segment != null) {
         const current: Segment = segment
         const before = current.cursor
         try {
+          if (opened == null) timing.ask()
+          const request = opened == null
           opened ??= await open(this.url, { start: segment.cursor, end: ranged ? segment.end : null, known: this.validators, total: this.total }, this.dispatcher, this.signal)
           if (opened.status === 200 && segment.cursor > 0) throw new RangesRefused('200 to a range')
+          if (request) timing.answer()
           await this.receive(segment, opened, gather)
           opened = undefined
           if (segment.cursor < segment.end && Number.isFinite(segment.end)) {
             throw new HttpError('HTTP_CONNECTION_LOST', `${this.url.host} ended the response at byte ${segment.cursor}, before ${segment.end}`)
           }
+          // requests wait long against the pieces' flow: larger pieces (piece-timing.ts)
+          if (request && timing.ended(segment.cursor - before)) this.planner.grow()
           if (this.total == null) this.total = segment.cursor
           failures = 0
           this.planner.release(segment)

@@ -7,7 +7,9 @@ import type { Range } from './ranges.ts'
  * What is left to fetch starts as free ranges. An idle connection takes the
  * first free bytes, at most `piece` of them (one request each), so the file
  * fills from its start on and its SHA-256, computed in file order, follows
- * the download instead of waiting for its end (hash-cursor.ts). With none
+ * the download from memory instead of reading the file back after its end
+ * (hash-cursor.ts); `grow` doubles the piece when requests cost too much
+ * waiting (constants.ts, MIN_PIECE). With none
  * free, it takes over the second half of the busy range with the most bytes
  * still to come (a slow or stalled connection's range is that one, since it
  * does not shrink), so the fast finish the slow ones' work. A connection that
@@ -33,12 +35,19 @@ export class Segment {
 export class Planner {
   private readonly free: Array<[number, number]>
   private readonly active = new Set<Segment>()
-  private readonly piece: number
+  private piece: number
+  private readonly maxPiece: number
 
-  /** `piece`: the most bytes one segment takes from a free range (Infinity: the range whole) */
-  constructor (gaps: readonly Range[], piece = Infinity) {
+  /** `piece`: the most bytes one segment takes from a free range (Infinity: the range whole), growing up to `maxPiece` */
+  constructor (gaps: readonly Range[], piece = Infinity, maxPiece = piece) {
     this.free = gaps.map(([s, e]) => [s, e])
     this.piece = piece
+    this.maxPiece = Math.max(piece, maxPiece)
+  }
+
+  /** doubles the piece (up to the most): fewer requests, each waited for once */
+  grow (): void {
+    this.piece = Math.min(this.maxPiece, 2 * this.piece)
   }
 
   /** work for an idle connection, or null when nothing is left to take */

@@ -6,22 +6,29 @@ import { RangeSet } from './ranges.ts'
 
 /**
  * The write-back cache: each connection copies the pieces it receives
- * (undici hands over ~16-64 KiB at a time) into a block of its own, written
- * with one positioned write once full, or when the connection's bytes stop
- * being contiguous, or when it ends. Fewer, larger writes at few places
- * instead of one small random write per piece; and the pieces die young, so
- * the garbage collector frees them cheaply (scavenge.ts). Writing the pieces
- * themselves with writev, without the copy, was tried: pieces held for a
- * write outlived two scavenges, moved to V8's old generation and stayed
- * there until a full collection (the buffers' peak 22-40 MB against 13 MB
- * copied, 1 GiB on 8 connections).
+ * (undici hands over ~16-64 KiB at a time) into a block, written with one
+ * positioned write once full, or when the connection's bytes stop being
+ * contiguous, or when it ends. Fewer, larger writes at few places instead of
+ * one small random write per piece; and the pieces die young, so the garbage
+ * collector frees them cheaply (scavenge.ts). Writing the pieces themselves
+ * with writev, without the copy, was tried: pieces held for a write outlived
+ * two scavenges, moved to V8's old generation and stayed there until a full
+ * collection (the buffers' peak 22-40 MB against 13 MB copied, 1 GiB on 8
+ * connections).
  *
- * Each connection has two blocks: one is written while the other fills, so
- * the socket is read during the write. Memory stays within the budget
- * whatever the connection count: the blocks are the budget shared out (at
- * most MAX_BLOCK, at least MIN_BLOCK each), and a connection whose two blocks
- * are both busy waits for its write before it reads more from its socket:
- * that is the backpressure, the kernel's TCP window then slows the server.
+ * A block is handed to the hash as its write starts (hash-cursor.ts): hashed
+ * at once where the hash has reached, else kept by the hash until it is
+ * (within its own budget, HASH_AHEAD), else read back later. Blocks come
+ * from one free list and go back to it once written and hashed, so they are
+ * allocated once per download, not once per write.
+ *
+ * A connection has at most two blocks of its own: one is written while the
+ * other fills, so the socket is read during the write. Memory stays within
+ * the budget whatever the connection count: the blocks are the budget shared
+ * out (at most MAX_BLOCK, at least MIN_BLOCK each), plus what the hash keeps;
+ * and a connection whose two blocks are both busy waits for its write before
+ * it reads more from its socket: that is the backpressure, the kernel's TCP
+ * window then slows the server.
  *
  * `done` holds what has been written (not yet necessarily on the disk: see
  * the control file's boot id in control-file.ts).
@@ -31,6 +38,8 @@ export class WriteCache {
   readonly blockSize: number
   private readonly fh: FileHandle
   private readonly hash: HashCursor
+  /** blocks written and hashed, for the next to fill */
+  private readonly free: Buffer[] = []
 
   constructor (fh: FileHandle, connections: number, hash: HashCursor, done = new RangeSet(), budget = CACHE_BUDGET) {
     this.fh = fh
@@ -44,8 +53,31 @@ export class WriteCache {
     return new Gatherer(this)
   }
 
-  /** @internal writes `data` at `offset` in full */
-  async write (offset: number, data: Buffer): Promise<void> {
+  /** @internal resolves once a block at `offset` may be written (hash-cursor.ts, room) */
+  async room (offset: number): Promise<void> {
+    await this.hash.room(offset)
+  }
+
+  /** @internal a block to fill */
+  take (): Buffer {
+    return this.free.pop() ?? Buffer.allocUnsafe(this.blockSize)
+  }
+
+  /** @internal Writes `block`'s first `size` bytes at `offset` in full, hashing them meanwhile; the block is free again once both are done. */
+  async write (offset: number, block: Buffer, size: number): Promise<void> {
+    const data = block.subarray(0, size)
+    let holders = 1
+    const release = (): void => { if (--holders === 0) this.free.push(block) }
+    if (this.hash.offer(offset, data, release)) holders++
+    try {
+      await this.put(offset, data)
+    } finally {
+      release()
+    }
+    this.hash.follow(this.fh, this.done.prefix)
+  }
+
+  private async put (offset: number, data: Buffer): Promise<void> {
     let at = 0
     // a write may be short (rarely, on regular files): go on from where it stopped
     while (at < data.length) {
@@ -54,16 +86,13 @@ export class WriteCache {
       at += bytesWritten
     }
     this.done.add(offset, offset + data.length)
-    this.hash.written(offset, data)
-    this.hash.follow(this.fh, this.done.prefix)
   }
 }
 
 export class Gatherer {
   private readonly cache: WriteCache
-  /** the block filling, and the spare (null while it is being written) */
+  /** the block filling */
   private block: Buffer | null = null
-  private spare: Buffer | null = null
   private start = 0
   private size = 0
   private writing: Promise<void> | null = null
@@ -78,7 +107,7 @@ export class Gatherer {
     let at = 0
     while (at < chunk.length) {
       if (this.size === 0) this.start = offset + at
-      this.block ??= Buffer.allocUnsafe(this.cache.blockSize)
+      this.block ??= this.cache.take()
       const n = chunk.copy(this.block, this.size, at)
       this.size += n
       at += n
@@ -92,16 +121,15 @@ export class Gatherer {
     await this.writing
   }
 
-  /** Starts writing the filling block, after the previous write ends; fills the spare meanwhile. */
+  /** Starts writing the filling block, after the previous write ends; the next block fills meanwhile. */
   private async send (): Promise<void> {
     await this.writing
+    await this.cache.room(this.start)
     const block = this.block!
-    const data = block.subarray(0, this.size)
-    const start = this.start
-    this.block = this.spare
-    this.spare = null
+    const size = this.size
+    this.block = null
     this.size = 0
-    this.writing = this.cache.write(start, data).then(() => { this.spare = block })
+    this.writing = this.cache.write(this.start, block, size)
     // a failed write surfaces at the next send or flush
     this.writing.catch(() => {})
   }
