@@ -294,30 +294,43 @@ describe('the swarm index and protocol', () => {
       }
     })
 
-    it('drops a friend that is raced and loses twice: it is not asked again in that pull', async () => {
-      // 20 chunks, more than the window: the slow friend (16 KB/s) takes runs at the start and, without the drop, would
-      // take more as the window moves, each won by the other friend once late (200 ms here); the origin is down
-      const big = randomBytes(20 * SWARM_CHUNK_SIZE)
+    it('drops a friend that is raced and loses twice, then lets it back on probation for one chunk: a lost race drops it again, for twice as long', async () => {
+      // 48 chunks, more than the window: the slow friend (16 KB/s) takes runs at the start and, without the drop, would
+      // take more as the window moves, each won by the other friend once late (200 ms here); the origin is down. Back
+      // after 50 ms, it is asked one chunk, loses that race too and sits out 100 ms. The client stops reading there.
+      const big = Buffer.alloc(48 * SWARM_CHUNK_SIZE)
+      for (let i = 0; i < 48; i++) big.fill(i, i * SWARM_CHUNK_SIZE, (i + 1) * SWARM_CHUNK_SIZE)
       const bigList = { ...listOf(big), urls: ['https://example.com/big.bin'] }
       const path = join(tmp.dir, 'big.bin')
       await writeFile(path, big)
       await index.record({ urls: bigList.urls, etag: '"v1"', lastModified: null, hash: bigList.hash, chunks: bigList.chunks, path, length: big.length })
       const slow = await startNode()
       const serveSlow = swarmHandler({ index, bandwidth: new BandwidthScheduler({ limits: { upload: 16 * 1024 } }) })
-      const asks: number[] = []
-      let droppedAfter = -1
+      // the slow friend's log lines, each after the count of requests it had by then
+      let asks = 0
+      const lines: Array<[number, string]> = []
       const logged = vi.spyOn(console, 'error').mockImplementation((line: string) => {
-        if (String(line).includes(`friend ${slow.peerId.toString()} dropped`) && String(line).includes('lost 2 races')) droppedAfter = asks.length
+        if (String(line).includes(`friend ${slow.peerId.toString()} `)) lines.push([asks, String(line)])
       })
+      const probationLost = (): number => lines.findIndex(([, line]) => line.includes('too slow on probation'))
       try {
-        await slow.handle(SWARM_PROTOCOL, async (stream, connection) => { asks.push(performance.now()); await serveSlow(stream, connection) })
+        await slow.handle(SWARM_PROTOCOL, async (stream, connection) => { asks++; await serveSlow(stream, connection) })
         await learn(friend, slow.peerId, slow.getMultiaddrs())
         const sources: string[] = []
-        const got = await run({ list: bigList, from: 0, to: 19, friends: [slow.peerId, server.peerId], lateMs: 200, origin: origin(new Map(), []), onChunk: source => { sources.push(source) } })
-        expect(got.equals(big)).toBe(true)
-        expect(sources).toEqual(Array(20).fill('friend'))
-        expect(droppedAfter).toBeGreaterThan(0)
-        expect(asks.length).toBe(droppedAfter)
+        const got: Uint8Array[] = []
+        for await (const bytes of pull({ list: bigList, from: 0, to: 47, friends: [slow.peerId, server.peerId], dialer: friend, bandwidth: new BandwidthScheduler(), qos: 1, priority: 'normal', signal: AbortSignal.timeout(20_000), lateMs: 200, probationMs: 50, origin: origin(new Map(), []), onChunk: source => { sources.push(source) } })) {
+          got.push(bytes)
+          if (probationLost() >= 0) break
+        }
+        expect(Buffer.concat(got).equals(big.subarray(0, got.length * SWARM_CHUNK_SIZE))).toBe(true)
+        expect(sources.every(source => source === 'friend')).toBe(true)
+        const texts = lines.map(([, line]) => line)
+        expect(texts[0]).toMatch(/lost 2 races .* back on probation in 50 ms/)
+        expect(texts[1]).toMatch(/back in a swarm pull on probation/)
+        // on probation: one request (of one chunk), lost, and out twice as long
+        const lost = probationLost()
+        expect(texts[lost]).toMatch(/back on probation in 100 ms/)
+        expect(lines[lost]![0] - lines[lost - 1]![0]).toBe(1)
       } finally {
         logged.mockRestore()
         await slow.stop()

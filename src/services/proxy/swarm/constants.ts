@@ -31,10 +31,16 @@ export const WINDOW_CHUNKS = 16
 export const MAX_INBOUND_SWARM_STREAMS = 64
 /** races a friend may lose in one pull (another source first with a chunk the client waited LATE_CHUNK_MS for) before it is dropped from it */
 export const MAX_LOST_RACES = 2
+/** how long a friend dropped as slow sits out before it is let back for one chunk (probation); doubled at each drop in the pull */
+export const PROBATION_MS = 5_000
 /**
  * at qos=1 (the most offload) the origin takes a chunk only once nothing came from friends for this long: a stall, not a
  * busy friend (a loaded machine pauses a friend for 2 s at times, and racing among friends already handles a slow one)
  */
 export const STALL_MS = 5_000
-/** how long a pull with a floor (qos above 1) lets friends alone start before the origin tops up what they give */
+/** a pull with a floor (qos above 1) is due its first chunk this long after it starts at the soonest: friends may start alone */
 export const FLOOR_GRACE_MS = 500
+/** at a floor, the origin takes the lowest chunk friends left once it is due within this (plus the origin's time for a chunk) */
+export const DEADLINE_LEAD_MS = 250
+/** at a floor, a friend takes a chunk only if it would bring it by its deadline in this many times what its rate so far says (rates swing) */
+export const DEADLINE_MARGIN = 1.5
