@@ -3,8 +3,9 @@
  * I placed there, bit for bit?
  *
  * I pick up to AUDIT_BLOBS of the blobs my index says it holds, uniformly at
- * random, and AUDIT_LEAVES random 4 KiB leaves of each; the host answers
- * each (blob, leaf) with the leaf's bytes and its Merkle path, which I check
+ * random, and one random 16 KiB leaf of each (two 4 KiB leaves of a blob whose
+ * root was made before 16 KiB leaves); the host answers each (blob, leaf,
+ * leaf size) with the leaf's bytes and its Merkle path, which I check
  * against the audit root I kept when I sealed the blob (audit-tree.ts). A
  * host that dropped, truncated, corrupted or swapped a blob, or that answers
  * without reading the data, cannot produce a path to that root. It costs the
@@ -19,14 +20,20 @@
  */
 import { randomInt } from 'node:crypto'
 import { asKithError } from '../../errors.ts'
-import { leafCount, verifyAudit } from './audit-tree.ts'
+import { LEGACY_AUDIT_LEAF_SIZE, leafCount, leafSizeOf, verifyAudit, type AuditLeafSize } from './audit-tree.ts'
 import type { BackupClient } from './protocol.ts'
 import type { OwnerIndex } from './owner-index.ts'
 
 /** blobs challenged per audit */
 export const AUDIT_BLOBS = 16
-/** leaves challenged per blob (AUDIT_BLOBS * AUDIT_LEAVES <= 32, the host's bound) */
-export const AUDIT_LEAVES = 2
+/**
+ * Leaves challenged per blob: one of 16 KiB, or two of a legacy root's 4 KiB.
+ * AUDIT_BLOBS of them stay within the host's bounds (32 challenges, 256 KiB
+ * of leaves: MAX_AUDIT_CHALLENGES, MAX_AUDIT_BYTES).
+ */
+function leavesPerBlob (leafSize: AuditLeafSize): number {
+  return leafSize === LEGACY_AUDIT_LEAF_SIZE ? 2 : 1
+}
 
 export interface AuditFailure {
   /** plaintext id (my index's key) */
@@ -51,7 +58,7 @@ export interface AuditOutcome {
   error: { code: string, message: string } | null
 }
 
-interface Candidate { id: string, sealedId: string, size: number, root: string }
+interface Candidate { id: string, sealedId: string, size: number, root: string, leafSize: AuditLeafSize }
 
 /** Up to `k` of the blobs on `host`, uniformly (reservoir sampling: one pass, k kept). */
 async function sample (index: OwnerIndex, host: string, k: number): Promise<Candidate[]> {
@@ -60,7 +67,7 @@ async function sample (index: OwnerIndex, host: string, k: number): Promise<Cand
   for await (const [id, r] of index.blobsOn(host)) {
     if (r.size === 0) continue
     seen++
-    const c = { id, sealedId: r.sealedId, size: r.size, root: r.root }
+    const c = { id, sealedId: r.sealedId, size: r.size, root: r.root, leafSize: leafSizeOf(r) }
     if (kept.length < k) kept.push(c)
     else {
       const j = randomInt(seen)
@@ -74,9 +81,9 @@ export async function auditHost (host: BackupClient, index: OwnerIndex, signal?:
   const at = Date.now()
   const picked = await sample(index, host.peer, AUDIT_BLOBS)
   const challenges = picked.flatMap(c => {
-    const leaves = leafCount(c.size)
+    const leaves = leafCount(c.size, c.leafSize)
     const chosen = new Set<number>()
-    while (chosen.size < Math.min(AUDIT_LEAVES, leaves)) chosen.add(randomInt(leaves))
+    while (chosen.size < Math.min(leavesPerBlob(c.leafSize), leaves)) chosen.add(randomInt(leaves))
     return [...chosen].map(leaf => ({ blob: c, leaf }))
   })
   const base = { host: host.peer, at, challenges: challenges.length, blobs: picked.length }
@@ -84,7 +91,7 @@ export async function auditHost (host: BackupClient, index: OwnerIndex, signal?:
   try {
     results = challenges.length === 0
       ? (await host.usage(signal), []) // nothing placed there yet: at least it answers
-      : await host.audit(challenges.map(c => ({ id: c.blob.sealedId, leaf: c.leaf })), signal)
+      : await host.audit(challenges.map(c => ({ id: c.blob.sealedId, leaf: c.leaf, leafSize: c.blob.leafSize })), signal)
   } catch (err) {
     const e = asKithError(err)
     return { ...base, ok: false, failures: [], error: { code: e.code, message: e.message } }
@@ -94,7 +101,7 @@ export async function auditHost (host: BackupClient, index: OwnerIndex, signal?:
     const { blob, leaf } = challenges[i]!
     const fail = (why: AuditFailure['why']): void => { failures.push({ id: blob.id, sealedId: blob.sealedId, leaf, why }) }
     if (r.answer == null) fail('missing')
-    else if (!verifyAudit(Buffer.from(blob.root, 'hex'), leaf, leafCount(blob.size), r.answer)) fail('wrong')
+    else if (!verifyAudit(Buffer.from(blob.root, 'hex'), leaf, leafCount(blob.size, blob.leafSize), r.answer, blob.leafSize)) fail('wrong')
   })
   return { ...base, ok: failures.length === 0, failures, error: null }
 }

@@ -5,9 +5,10 @@
  * from all of them) and waits in that host's queue; a get-many leaves as soon
  * as fewer than REQUESTS_PER_HOST are in flight to that host, carrying what
  * waits (up to BATCH_BYTES, batch.ts), so requests grow when the host is the
- * bottleneck. Every blob is checked as fetchBlob checks it (the client the
- * sealed id, openBlob the seal and the keyed id); a host that fails a blob,
- * or the whole request, hands it to the next of its hosts.
+ * bottleneck. Every blob is opened (openBlob: the AEAD tag over every byte,
+ * owner, id and kind in its AD, then the keyed id over the plaintext) before
+ * it is handed out; the sealed id is not hashed again on top of that. A host
+ * that fails a blob, or the whole request, hands it to the next of its hosts.
  */
 import { KithError, asKithError } from '../../errors.ts'
 import { BufferPool } from '../../transfer/buffer-pool.ts'
@@ -107,7 +108,11 @@ export class BlobGetter {
   private async send (host: string, batch: Want[]): Promise<void> {
     let answers: Array<Uint8Array | KithError>
     try {
-      answers = await unlessBusy(async () => await this.parts.host(host).getMany(batch.map(w => w.record.sealedId), this.signal, size => this.buffer(this.sealedBuffers, size)), this.signal)
+      answers = await unlessBusy(async () => await this.parts.host(host).getMany(batch.map(w => w.record.sealedId), this.signal, {
+        buffer: size => this.buffer(this.sealedBuffers, size),
+        // each is opened below before anything uses it: the AEAD and the keyed id check every byte
+        opened: true
+      }), this.signal)
     } catch (err) {
       for (const want of batch) this.failed(want, host, err)
       return

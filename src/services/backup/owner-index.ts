@@ -7,6 +7,7 @@
  * blob records its sealed id (what hosts key by), size, audit root and the
  * hosts verified to hold it.
  */
+import type { AuditLeafSize } from './audit-tree.ts'
 import { KithError } from '../../errors.ts'
 import { sublevel, type Database, type Sublevel } from '../../peer/database.ts'
 
@@ -22,6 +23,8 @@ export interface BlobRecord {
   size: number
   /** audit root over the sealed bytes (audit-tree.ts auditRoot), hex */
   root: string
+  /** the root's leaf size; absent in records made before it was kept: 4096 (audit-tree.ts leafSizeOf) */
+  auditLeaf?: AuditLeafSize
   /** peer ids of hosts verified to hold it (put answered, or has() said yes) */
   hosts: string[]
 }

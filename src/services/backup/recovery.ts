@@ -32,6 +32,7 @@ import { sign, verify, SIGNATURE_LENGTH } from '../../peer/signing.ts'
 import type { Identity } from '../../peer/identity.ts'
 import type { Friend } from '../../trust/friends.ts'
 import { SERVICES } from '../../trust/grants.ts'
+import { AUDIT_LEAF_SIZES } from './audit-tree.ts'
 import type { BlobKind, BlobRecord, SnapshotRecord } from './owner-index.ts'
 
 export const RECOVERY_VERSION = 1
@@ -92,8 +93,9 @@ const contentWire = z.object({
   name: text(255),
   friends: z.array(friendWire).max(10_000),
   hosts: z.array(text(128)).max(10_000),
-  // [id, kind, sealedId, size, root, host indexes]
-  blobs: z.array(z.tuple([bytes32, z.number().int().min(0).max(KINDS.length - 1), bytes32, count, bytes32, z.array(count).max(64)])).max(1_000_000),
+  // [id, kind, sealedId, size, root, host indexes, audit leaf size (absent: 4 KiB, records from before it was kept)]
+  blobs: z.array(z.tuple([bytes32, z.number().int().min(0).max(KINDS.length - 1), bytes32, count, bytes32, z.array(count).max(64),
+    z.union(AUDIT_LEAF_SIZES.map(size => z.literal(size))).optional()])).max(1_000_000),
   snapshots: z.array(snapshotWire).max(1_000_000)
 }).strict()
 
@@ -126,7 +128,7 @@ function toWire (content: RecoveryContent): unknown {
       peerId: f.peerId, publicKey: f.publicKey, label: f.label, grantsToThem: f.grantsToThem, grantsFromThem: f.grantsFromThem,
       state: f.state, addrs: f.addrs, lastSeen: f.lastSeen, since: f.since, via: f.via
     })),
-    blobs: content.blobs.map(([id, r]) => [unhex(id), KINDS.indexOf(r.kind), unhex(r.sealedId), r.size, unhex(r.root), r.hosts.map(indexOf)]),
+    blobs: content.blobs.map(([id, r]) => [unhex(id), KINDS.indexOf(r.kind), unhex(r.sealedId), r.size, unhex(r.root), r.hosts.map(indexOf), ...r.auditLeaf != null ? [r.auditLeaf] : []]),
     hosts,
     snapshots: content.snapshots.map(s => ({ r: JSON.parse(JSON.stringify(s.record)) as unknown, n: s.needs.map(id => blobIndex(id)) }))
   }
@@ -139,13 +141,13 @@ function fromWire (value: unknown): RecoveryContent {
     throw new KithError('RECOVERY_MALFORMED', `the recovery record's content breaks its format (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}); it was made by a kith that does not match this one, or forged`)
   }
   const w = parsed.data
-  const blobs = w.blobs.map(([id, kind, sealedId, size, root, hostIdx]): [string, BlobRecord] => {
+  const blobs = w.blobs.map(([id, kind, sealedId, size, root, hostIdx, auditLeaf]): [string, BlobRecord] => {
     const hosts = hostIdx.map(i => {
       const host = w.hosts[i]
       if (host == null) throw new KithError('RECOVERY_MALFORMED', `the recovery record names host ${i} of ${w.hosts.length}`)
       return host
     })
-    return [hex(id), { kind: KINDS[kind]!, sealedId: hex(sealedId), size, root: hex(root), hosts }]
+    return [hex(id), { kind: KINDS[kind]!, sealedId: hex(sealedId), size, root: hex(root), ...auditLeaf != null ? { auditLeaf } : {}, hosts }]
   })
   const snapshots = w.snapshots.map(s => ({
     record: s.r as unknown as SnapshotRecord,

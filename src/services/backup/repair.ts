@@ -20,7 +20,7 @@
  * (dedup finds no holder); health names it until then.
  */
 import { asKithError } from '../../errors.ts'
-import { auditRoot } from './audit-tree.ts'
+import { auditRoot, leafSizeOf } from './audit-tree.ts'
 import type { BackupClient } from './protocol.ts'
 import type { BlobRecord, OwnerIndex } from './owner-index.ts'
 import type { CareBook, HostCare } from './care-book.ts'
@@ -190,7 +190,7 @@ async function fetchGood (init: RepairInit, id: string, r: BlobRecord, sources: 
     if (offline.has(h)) continue
     try {
       const sealed = await init.client(h).get(r.sealedId, init.signal)
-      if (Buffer.from(auditRoot(sealed)).toString('hex') === r.root) return sealed
+      if (Buffer.from(auditRoot(sealed, leafSizeOf(r))).toString('hex') === r.root) return sealed
     } catch (err) {
       if (asKithError(err).code === 'FRIEND_OFFLINE') {
         offline.add(h)

@@ -209,7 +209,8 @@ class Restorer {
     }
     const name = createHash('sha256').update(dest).digest('hex').slice(0, 16)
     const partial = join(dirname(dest), `.kith-${name}${PARTIAL_SUFFIX}`)
-    await rm(partial, { force: true })
+    // a killed restore's partial; none can be in a folder this restore made
+    if (!this.folders.made.has(dirname(dest))) await rm(partial, { force: true })
     const handle = await openNoFollow(partial, 'create', 0o600)
     let written = 0
     const ahead: Array<Promise<Ahead>> = []

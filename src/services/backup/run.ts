@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto'
 import { KithError, asKithError } from '../../errors.ts'
 import { BACKUP_CDC_SIZES, cdcCut, cdcRead, cdcWindowSize } from '../../transfer/cdc.ts'
 import { BufferPool } from '../../transfer/buffer-pool.ts'
-import { auditRoot } from './audit-tree.ts'
+import { AUDIT_LEAF_SIZE, auditRoot, leafSizeOf, type AuditLeafSize } from './audit-tree.ts'
 import { takeBatch } from './batch.ts'
 import { blobId, sealBlob, sealedSize } from './blob.ts'
 import { ByteBudget } from './budget.ts'
@@ -102,6 +102,7 @@ interface Placing {
   sealedId: string
   sealed: Uint8Array
   root: string
+  auditLeaf: AuditLeafSize
   hosts: string[]
   /** hosts not asked yet, in rendezvous order */
   candidates: string[]
@@ -172,7 +173,9 @@ class Placer {
       kind,
       sealedId: sealed.sealedId,
       sealed: sealed.sealed,
-      root: known?.root ?? Buffer.from(auditRoot(sealed.sealed)).toString('hex'),
+      // a root kept before keeps its leaf size (4 KiB if it names none); a new one is cut in AUDIT_LEAF_SIZE leaves
+      root: known?.root ?? Buffer.from(auditRoot(sealed.sealed, AUDIT_LEAF_SIZE)).toString('hex'),
+      auditLeaf: known != null ? leafSizeOf(known) : AUDIT_LEAF_SIZE,
       hosts: [...known?.hosts ?? []],
       candidates: [],
       trying: 0
@@ -313,7 +316,7 @@ class Placer {
     // a host's copy is in the index the moment the host confirms it (and before the blob counts as placed)
     if (confirmed.length > 0) {
       this.writes = this.writes.then(async () => {
-        await this.parts.index.putBlobs(confirmed.map(b => [b.id, { kind: b.kind, sealedId: b.sealedId, size: b.sealed.length, root: b.root, hosts: [...b.hosts] }]))
+        await this.parts.index.putBlobs(confirmed.map(b => [b.id, { kind: b.kind, sealedId: b.sealedId, size: b.sealed.length, root: b.root, auditLeaf: b.auditLeaf, hosts: [...b.hosts] }]))
       }).catch(err => { this.failure ??= err })
       await this.writes
     }

@@ -6,6 +6,7 @@ import { decodeCanonical, encodeCanonical } from '../../peer/canonical.ts'
 import { failureSchema } from '../../peer/request-response.ts'
 import { sign, verify, SIGNATURE_LENGTH } from '../../peer/signing.ts'
 import { MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from '../../transfer/constants.ts'
+import { AUDIT_LEAF_SIZES, LEGACY_AUDIT_LEAF_SIZE } from './audit-tree.ts'
 import type { Flow } from '../../transfer/scheduler/index.ts'
 
 /**
@@ -27,7 +28,7 @@ import type { Flow } from '../../transfer/scheduler/index.ts'
  *   owner -> { v:1, op:'get-many', ids }                  host -> per id, in order: { v, ok, size }, body | { v, ok, missing:true }
  *   owner -> { v:1, op:'remove', ids, counter, sig }      host -> { v, ok, freed, used }
  *   owner -> { v:1, op:'list', after, limit }             host -> { v, ok, ids:[{id,size}], next }
- *   owner -> { v:1, op:'audit', challenges:[{id,leaf}] }  host -> { v, ok, answers:[{id,leaf,leafBytes,path}|{id,leaf,missing:true}] }
+ *   owner -> { v:1, op:'audit', challenges:[{id,leaf,leafSize?}] }  host -> { v, ok, answers:[{id,leaf,leafBytes,path}|{id,leaf,missing:true}] }
  *   owner -> { v:1, op:'put-record', size, counter, sig } host -> { v, ok, go:true }
  *   owner -> body (size bytes)                            host -> { v, ok }
  *   owner -> { v:1, op:'get-record' }                     host -> { v, ok, size, counter }, body
@@ -57,6 +58,8 @@ export const MAX_MANY_BLOBS = 256
 export const MAX_MANY_BYTES = 16 * MiB
 /** Challenges in one audit: each costs the host one blob read. */
 export const MAX_AUDIT_CHALLENGES = 32
+/** Leaf bytes one audit asks for, at most: its answer stays one header (MAX_HEADER), paths included. */
+export const MAX_AUDIT_BYTES = 256 * KiB
 /** The largest recovery record a host keeps (opaque sealed bytes). */
 export const MAX_RECORD_SIZE = 16 * MiB
 /** The largest header frame: a full has or remove. */
@@ -93,7 +96,14 @@ export const requestSchema = z.discriminatedUnion('op', [
     .refine(r => new Set(r.ids).size === r.ids.length, 'names a blob twice'),
   z.object({ v, op: z.literal('remove'), ids: z.array(hexId).min(1).max(MAX_BATCH_IDS), counter, sig: signature }).strict(),
   z.object({ v, op: z.literal('list'), after: hexId.nullable(), limit: z.number().int().min(1).max(MAX_LIST_LIMIT) }).strict(),
-  z.object({ v, op: z.literal('audit'), challenges: z.array(z.object({ id: hexId, leaf: z.number().int().min(0).max(0xffff_ffff) }).strict()).min(1).max(MAX_AUDIT_CHALLENGES) }).strict(),
+  // leafSize: the owner's root's (audit-tree.ts); absent, the 4 KiB of owners before it was sent
+  z.object({
+    v,
+    op: z.literal('audit'),
+    challenges: z.array(z.object({ id: hexId, leaf: z.number().int().min(0).max(0xffff_ffff), leafSize: z.union(AUDIT_LEAF_SIZES.map(size => z.literal(size))).optional() }).strict())
+      .min(1).max(MAX_AUDIT_CHALLENGES)
+      .refine(cs => cs.reduce((sum, c) => sum + (c.leafSize ?? LEGACY_AUDIT_LEAF_SIZE), 0) <= MAX_AUDIT_BYTES, `asks for more than ${MAX_AUDIT_BYTES} bytes of leaves`)
+  }).strict(),
   z.object({ v, op: z.literal('put-record'), size: z.number().int().min(1).max(MAX_RECORD_SIZE), counter, sig: signature }).strict(),
   z.object({ v, op: z.literal('get-record') }).strict()
 ])

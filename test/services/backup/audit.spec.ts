@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
 import { openDatabase, type Database } from '../../../src/peer/database.ts'
 import { LevelOwnerIndex } from '../../../src/services/backup/owner-index.ts'
-import { auditProof, auditRoot } from '../../../src/services/backup/audit-tree.ts'
+import { AUDIT_LEAF_SIZE, LEGACY_AUDIT_LEAF_SIZE, auditProof, auditRoot } from '../../../src/services/backup/audit-tree.ts'
 import { auditHost } from '../../../src/services/backup/audit.ts'
 import { CareBook } from '../../../src/services/backup/care-book.ts'
 import { repair } from '../../../src/services/backup/repair.ts'
@@ -46,14 +46,14 @@ function host (peer: string, behaviour: Behaviour, quota = Infinity): BackupClie
     getMany: refuse,
     remove: refuse,
     list: refuse,
-    audit: async challenges => challenges.map(({ id, leaf }) => {
+    audit: async challenges => challenges.map(({ id, leaf, leafSize }) => {
       const sealed = held.get(id)
       if (sealed == null || behaviour === 'dropped') return { id, leaf, answer: null }
-      const proof = auditProof(sealed, leaf)
+      const proof = auditProof(sealed, leaf, leafSize)
       if (behaviour === 'no-data') return { id, leaf, answer: { leaf: randomBytes(proof.leaf.length), path: proof.path.map(() => randomBytes(32)) } }
       if (behaviour === 'swapped') {
         const other = [...held.entries()].find(([k]) => k !== id)![1]
-        return { id, leaf, answer: auditProof(other, Math.min(leaf, Math.ceil(other.length / 4096) - 1)) }
+        return { id, leaf, answer: auditProof(other, Math.min(leaf, Math.ceil(other.length / leafSize) - 1), leafSize) }
       }
       return { id, leaf, answer: proof }
     }),
@@ -85,14 +85,20 @@ describe('audits and repair', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  /** Places `count` blobs of about 20 KiB on the given hosts. */
+  /**
+   * Places `count` blobs of about 20 KiB on the given hosts: the even ones
+   * with 16 KiB audit leaves, the odd ones as records made before those were
+   * kept (no leaf size: 4 KiB leaves), which must still be audited.
+   */
   async function place (count: number, hosts: Array<ReturnType<typeof host>>): Promise<string[]> {
     const ids: string[] = []
     for (let i = 0; i < count; i++) {
       const sealed = randomBytes(20_000 + i)
       const sealedId = createHash('sha256').update(sealed).digest('hex')
       const id = randomBytes(32).toString('hex')
-      await index.putBlob(id, { kind: 'data', sealedId, size: sealed.length, root: Buffer.from(auditRoot(sealed)).toString('hex'), hosts: [] })
+      const legacy = i % 2 === 1
+      const root = Buffer.from(auditRoot(sealed, legacy ? LEGACY_AUDIT_LEAF_SIZE : AUDIT_LEAF_SIZE)).toString('hex')
+      await index.putBlob(id, { kind: 'data', sealedId, size: sealed.length, root, ...legacy ? {} : { auditLeaf: AUDIT_LEAF_SIZE }, hosts: [] })
       for (const h of hosts) {
         h.held.set(sealedId, sealed)
         await index.addHost(id, h.peer)
@@ -109,11 +115,12 @@ describe('audits and repair', () => {
     const dropped = host('dropped', 'dropped')
     await place(5, [honest, noData, swapped, dropped])
     const good = await auditHost(honest, index)
-    expect(good).toMatchObject({ ok: true, blobs: 5, challenges: 10, failures: [], error: null })
+    // one 16 KiB leaf of each of the 3 current blobs, two 4 KiB leaves of each of the 2 legacy ones
+    expect(good).toMatchObject({ ok: true, blobs: 5, challenges: 7, failures: [], error: null })
     for (const [h, why] of [[noData, 'wrong'], [swapped, 'wrong'], [dropped, 'missing']] as const) {
       const outcome = await auditHost(h, index)
       expect(outcome.ok, h.peer).toBe(false)
-      expect(outcome.failures).toHaveLength(10)
+      expect(outcome.failures).toHaveLength(7)
       expect(new Set(outcome.failures.map(f => f.why))).toEqual(new Set([why]))
     }
     const down = host('down', 'honest')

@@ -13,7 +13,7 @@ import type { Service } from '../../../src/trust/grants.ts'
 import { transferEngine, type TransferEngine } from '../../../src/services/engine/index.ts'
 import { BackupHost } from '../../../src/services/backup/host.ts'
 import { backupClient, type BackupClient } from '../../../src/services/backup/protocol.ts'
-import { auditRoot, leafCount, verifyAudit } from '../../../src/services/backup/audit-tree.ts'
+import { AUDIT_LEAF_SIZE, LEGACY_AUDIT_LEAF_SIZE, auditRoot, leafCount, verifyAudit } from '../../../src/services/backup/audit-tree.ts'
 import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, MAX_MANY_BYTES, MAX_STREAMS_PER_OWNER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
 import { askHave, getChunks } from '../../../src/transfer/chunk-protocol.ts'
@@ -121,13 +121,23 @@ describe('backup protocol', () => {
 
     for (const b of blobs) expect(Buffer.from(await client.get(b.id))).toEqual(b.sealed)
 
+    // challenges name the owner's leaf size; a legacy 4 KiB one goes without it, as owners before it sent them
     const big = blobs[1]!
-    const n = leafCount(big.sealed.length)
-    const results = await client.audit([{ id: big.id, leaf: 0 }, { id: big.id, leaf: n - 1 }, { id: big.id, leaf: n }, { id: blob(10).id, leaf: 0 }])
-    expect(results.map(r => r.answer === null)).toEqual([false, false, true, true])
-    expect(verifyAudit(auditRoot(big.sealed), 0, n, results[0]!.answer!)).toBe(true)
-    expect(verifyAudit(auditRoot(big.sealed), n - 1, n, results[1]!.answer!)).toBe(true)
-    expect(backup.hosted().find(h => h.peerId === alice.peerId)?.trail.at(-1)).toMatchObject({ challenges: 4, answered: 2 })
+    const n = leafCount(big.sealed.length, AUDIT_LEAF_SIZE)
+    const old = leafCount(big.sealed.length, LEGACY_AUDIT_LEAF_SIZE)
+    const results = await client.audit([
+      { id: big.id, leaf: 0, leafSize: AUDIT_LEAF_SIZE }, { id: big.id, leaf: n - 1, leafSize: AUDIT_LEAF_SIZE }, { id: big.id, leaf: n, leafSize: AUDIT_LEAF_SIZE },
+      { id: blob(10).id, leaf: 0, leafSize: AUDIT_LEAF_SIZE }, { id: big.id, leaf: old - 1, leafSize: LEGACY_AUDIT_LEAF_SIZE }
+    ])
+    expect(results.map(r => r.answer === null)).toEqual([false, false, true, true, false])
+    expect(results[0]!.answer!.leaf.length).toBe(AUDIT_LEAF_SIZE)
+    expect(verifyAudit(auditRoot(big.sealed, AUDIT_LEAF_SIZE), 0, n, results[0]!.answer!, AUDIT_LEAF_SIZE)).toBe(true)
+    expect(verifyAudit(auditRoot(big.sealed, AUDIT_LEAF_SIZE), n - 1, n, results[1]!.answer!, AUDIT_LEAF_SIZE)).toBe(true)
+    expect(verifyAudit(auditRoot(big.sealed, LEGACY_AUDIT_LEAF_SIZE), old - 1, old, results[4]!.answer!, LEGACY_AUDIT_LEAF_SIZE)).toBe(true)
+    expect(backup.hosted().find(h => h.peerId === alice.peerId)?.trail.at(-1)).toMatchObject({ challenges: 5, answered: 3 })
+    // more leaf bytes than one answer may hold (17 x 16 KiB) are refused before a blob is read
+    const tooMany = Array.from({ length: 17 }, () => ({ id: big.id, leaf: 0, leafSize: AUDIT_LEAF_SIZE } as const))
+    expect(codeOf(await client.audit(tooMany).catch(e => e))).toBe('PROTOCOL_VIOLATION')
 
     expect(await client.remove([blobs[0]!.id, blob(10).id])).toEqual({ freed: 100, used: total - 100 })
     expect(await client.has([blobs[0]!.id])).toEqual([false])
@@ -152,7 +162,7 @@ describe('backup protocol', () => {
     expect(codeOf(await other.get(b.id).catch(e => e))).toBe('BLOB_MISSING')
     expect((await other.list()).ids.map(x => x.id)).not.toContain(b.id)
     expect(await other.getRecord()).toBeNull()
-    expect((await other.audit([{ id: b.id, leaf: 0 }]))[0]!.answer).toBeNull()
+    expect((await other.audit([{ id: b.id, leaf: 0, leafSize: AUDIT_LEAF_SIZE }]))[0]!.answer).toBeNull()
     // the backup grant opens no way into the chunk protocol (friends granted files only)
     expect(await askHave(bob.node, host.node.peerId, [b.id]).then(() => 'answered', () => 'refused')).toBe('refused')
     expect(await askHave(alice.node, host.node.peerId, [b.id]).then(() => 'answered', () => 'refused')).toBe('answered')

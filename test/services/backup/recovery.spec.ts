@@ -34,7 +34,8 @@ function content (me: Identity, friend: Identity): RecoveryContent {
       via: 'inv1'
     }],
     blobs: [
-      [data, { kind: 'data', sealedId: hex32(), size: 1 << 20, root: hex32(), hosts: [friend.peerId.toString()] }],
+      // a root with 16 KiB audit leaves, and one made before the leaf size was kept (4 KiB, none named)
+      [data, { kind: 'data', sealedId: hex32(), size: 1 << 20, root: hex32(), auditLeaf: 16 * 1024, hosts: [friend.peerId.toString()] }],
       [snap, { kind: 'snapshot', sealedId: hex32(), size: 300, root: hex32(), hosts: [friend.peerId.toString(), me.peerId.toString()] }]
     ],
     snapshots: [{
