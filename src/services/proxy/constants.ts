@@ -20,7 +20,9 @@ export const MAX_CONNECTIONS = 256
 export const CACHE_WRITE_BATCH = 1024 * 1024
 /** bytes a cache writer holds for the disk before the fetch waits for it: a slow disk slows the fetch rather than filling memory */
 export const MAX_CACHE_UNWRITTEN = 8 * 1024 * 1024
-/** bytes a streaming answer's read-ahead fetches beyond a bounded range: a player's next Range usually starts there */
+/** bytes a streaming answer's first read-ahead fetches beyond a bounded range: a player's next Range usually starts there */
+export const READ_AHEAD_FIRST_BYTES = 2 * 1024 * 1024
+/** bytes a read-ahead grows to, doubling each time the client reads on into the last one (a seek starts again from the first size) */
 export const READ_AHEAD_BYTES = 8 * 1024 * 1024
 /** bytes all read-aheads hold at once; the oldest go first */
 export const READ_AHEAD_MEMORY = 32 * 1024 * 1024

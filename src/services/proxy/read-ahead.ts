@@ -1,21 +1,27 @@
 import { KithError } from '../../errors.ts'
-import { READ_AHEAD_BYTES, READ_AHEAD_MEMORY, READ_AHEAD_TTL_MS } from './constants.ts'
+import { READ_AHEAD_BYTES, READ_AHEAD_FIRST_BYTES, READ_AHEAD_MEMORY, READ_AHEAD_TTL_MS } from './constants.ts'
 import { resolveRange, type ByteRange } from './range.ts'
 
 /**
  * Read-ahead for streaming (docs/proxy.md, "Read-ahead"): a player's next
  * Range usually starts right after the one it just got, so once a
  * streaming answer of a bounded range ends before the file does, the next
- * READ_AHEAD_BYTES are fetched from the origin behind it and held in
+ * READ_AHEAD_FIRST_BYTES are fetched from the origin behind it and held in
  * memory. A request that starts inside a span held (or still arriving) is
  * answered from it as its bytes come, and the origin is asked only for
- * what lies beyond. All spans together hold at most READ_AHEAD_MEMORY
+ * what lies beyond; the read-ahead after it is twice as long, up to
+ * READ_AHEAD_BYTES, as the client reads on. A request for the same URL
+ * that starts outside its spans is a seek: they are dropped, their
+ * fetches stopped, and the next read-ahead starts again from the first
+ * size (a player that seeks does not cost 8 MiB of unused bytes each
+ * time). All spans together hold at most READ_AHEAD_MEMORY
  * bytes (the oldest go first, their fetch stopped); a span is dropped
  * READ_AHEAD_TTL_MS after it began, so it is never an old version kept
  * long.
  *
  *   readAhead.start(version, from, (first, end, signal) => originBytes(...))
  *   const found = readAhead.find(urls, range)   // { span, first, last }: then span.from(first)
+ *   readAhead.readOn(found.span, found.last + 1)   // the client read on: the next one, longer
  */
 export interface AheadVersion {
   /** the URL the bytes come from */
@@ -35,6 +41,8 @@ export class AheadSpan {
   readonly start: number
   /** where the span aims to end (exclusive) */
   readonly end: number
+  /** where its bytes come from (the origin, or friends): the read-ahead after it fetches the same way */
+  readonly fetch: AheadFetch
   readonly began = performance.now()
   private readonly parts: Buffer[] = []
   /** bytes held: start..held-1 */
@@ -44,10 +52,11 @@ export class AheadSpan {
   private wake: () => void = () => {}
   private changed: Promise<void>
 
-  constructor (version: AheadVersion, start: number, end: number) {
+  constructor (version: AheadVersion, start: number, end: number, fetch: AheadFetch) {
     this.version = version
     this.start = start
     this.end = end
+    this.fetch = fetch
     this.held = start
     this.changed = new Promise(resolve => { this.wake = resolve })
   }
@@ -78,9 +87,9 @@ export class AheadSpan {
     }
   }
 
-  async fill (fetch: AheadFetch): Promise<void> {
+  async fill (): Promise<void> {
     try {
-      for await (const part of fetch(this.start, this.end, this.stopping.signal)) {
+      for await (const part of this.fetch(this.start, this.end, this.stopping.signal)) {
         if (this.held + part.length > this.end) throw new KithError('HTTP_BAD_RESPONSE', 'the origin sent more than the read-ahead asked')
         this.parts.push(part)
         this.held += part.length
@@ -104,12 +113,19 @@ export class AheadSpan {
 export class ReadAhead {
   private readonly maxBytes: number
   private readonly spanBytes: number
+  private readonly firstBytes: number
   /** spans, oldest first */
   private spans: AheadSpan[] = []
 
-  constructor (maxBytes = READ_AHEAD_MEMORY, spanBytes = READ_AHEAD_BYTES) {
+  constructor (maxBytes = READ_AHEAD_MEMORY, spanBytes = READ_AHEAD_BYTES, firstBytes = Math.min(READ_AHEAD_FIRST_BYTES, spanBytes)) {
     this.maxBytes = maxBytes
     this.spanBytes = spanBytes
+    this.firstBytes = firstBytes
+  }
+
+  /** The length of the read-ahead after a request answered from `span`: the client reads on, so twice that span's, up to spanBytes. */
+  grown (span: AheadSpan): number {
+    return Math.min(this.spanBytes, 2 * (span.end - span.start))
   }
 
   /** bytes the spans may hold when their fetches end */
@@ -117,29 +133,42 @@ export class ReadAhead {
     return this.spans.reduce((sum, s) => sum + s.end - s.start, 0)
   }
 
-  /** The span of one of `urls` that holds (or is fetching) the range's first byte, and the range in its file; null if none. */
+  /**
+   * The span of one of `urls` that holds (or is fetching) the range's first
+   * byte, and the range in its file; null if none. A range that starts
+   * outside every span of its URLs is a seek: those spans are dropped.
+   */
   find (urls: readonly URL[], range: ByteRange): { span: AheadSpan, first: number, last: number } | null {
     this.expire()
+    const passed: AheadSpan[] = []
     for (const span of this.spans) {
       if (!urls.some(u => u.href === span.version.url)) continue
       const resolved = resolveRange(range, span.version.length)
       if (resolved != null && span.covers(resolved[0])) return { span, first: resolved[0], last: resolved[1] }
+      if (resolved != null) passed.push(span)
     }
+    for (const span of passed) this.drop(span)
     return null
   }
 
   /**
-   * Reads ahead from `from` (up to spanBytes, never past the file's end),
-   * unless a span of that version covers it already.
+   * Reads ahead `bytes` from `from` (the first size unless the client read
+   * on: grown(); never past the file's end), unless a span of that
+   * version covers it already.
    */
-  start (version: AheadVersion, from: number, fetch: AheadFetch): void {
+  start (version: AheadVersion, from: number, fetch: AheadFetch, bytes = this.firstBytes): void {
     this.expire()
-    const end = Math.min(version.length, from + this.spanBytes)
+    const end = Math.min(version.length, from + Math.min(bytes, this.spanBytes))
     if (end <= from || this.spans.some(s => s.version.url === version.url && s.covers(from))) return
-    const span = new AheadSpan(version, from, end)
+    const span = new AheadSpan(version, from, end, fetch)
     this.spans.push(span)
     while (this.planned > this.maxBytes && this.spans.length > 1) this.drop(this.spans[0]!)
-    void span.fill(fetch)
+    void span.fill()
+  }
+
+  /** After a request answered from `span` up to `from`: the client reads on, so the next read-ahead, the same way, grown(). */
+  readOn (span: AheadSpan, from: number): void {
+    this.start(span.version, from, span.fetch, this.grown(span))
   }
 
   stop (): void {

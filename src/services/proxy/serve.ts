@@ -154,7 +154,8 @@ async function fromReadAhead (res: ServerResponse, ahead: { span: AheadSpan, fir
     if (at <= last) await send(originRange(ctx, version, at, last + 1, service === 'streaming' ? 'urgent' : 'normal', query.qos, signal))
     if (at <= last || res.destroyed) throw new KithError('FETCH_ABORTED', at <= last ? 'the origin ended before the range' : 'the client closed the connection')
     res.end()
-    if (service === 'streaming') startReadAhead(ctx, version, last + 1, query.qos)
+    // the client read on into the span: the next read-ahead is longer, and comes from where this one did (origin or friends)
+    if (service === 'streaming' && !ctx.signal.aborted) ctx.readAhead.readOn(span, last + 1)
   } catch (err) {
     res.destroy()
     if (!signal.aborted) console.error(`kith proxy: ${version.url} failed mid-way: ${(err as Error).message}`)

@@ -14,7 +14,7 @@ import { needsCommands, describeNeeding } from '../../helpers/needs.ts'
 import { startFaultServer, type FaultServer } from '../../helpers/fault-server.ts'
 import { startDnsServer, type DnsServer } from '../../helpers/dns-server.ts'
 import { waitFor } from '../../helpers/testnet.ts'
-import { READ_AHEAD_BYTES } from '../../../src/services/proxy/constants.ts'
+import { READ_AHEAD_BYTES, READ_AHEAD_FIRST_BYTES } from '../../../src/services/proxy/constants.ts'
 
 /**
  * The local proxy in-process on real parts: a LevelDB in a temp folder, the
@@ -71,7 +71,9 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     await writeFile(join(site, 'small.bin'), SMALL)
     await writeFile(join(site, 'film.mp4'), SMALL)
     await writeFile(join(site, 'changing.bin'), SMALL)
-    nginx = await startNginx({ root: site })
+    // /slow/ at 1 MB/s: a read-ahead still under way when the player seeks
+    await mkdir(join(site, 'slow'))
+    nginx = await startNginx({ root: site, server: 'location /slow/ { limit_rate 1m; }' })
     fault = await startFaultServer(req => req.url === '/dies.bin' ? { kind: 'drop', after: 100_000 } : req.url === '/to-file' ? { kind: 'redirect', to: 'file:///etc/passwd' } : req.url === '/to-small' ? { kind: 'redirect', to: `${nginx.url}/small.bin` } : undefined)
     fault.files.set('/dies.bin', BIG)
     dns = await startDnsServer({ 'rebind.test': { a: ['127.0.0.1'] } })
@@ -159,7 +161,7 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     expect(past.stdout.toString()).toBe('416')
   })
 
-  it('reads ahead beyond a streaming Range: the next range comes from memory, the origin is asked under If-Range only past it, and a changed file cuts the answer', async () => {
+  it('reads ahead beyond a streaming Range, longer as the player reads on: the next range comes from memory, the origin is asked under If-Range only past it, and a changed file cuts the answer', async () => {
     const LONG = randomBytes(READ_AHEAD_BYTES + 256 * 1024)
     await writeFile(join(site, 'long.mp4'), LONG)
     const url = `${base}?url=${enc(`${nginx.url}/long.mp4`)}`
@@ -168,21 +170,31 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
       const at = r.stdout.indexOf('\r\n\r\n') + 4
       return { code: r.code, headers: r.stdout.subarray(0, at).toString(), body: r.stdout.subarray(at) }
     }
+    const fetched = async (first: number, bytes: number): Promise<void> => {
+      const line = `206 "bytes=${first}-${first + bytes - 1}" ${bytes} `
+      await waitFor(async () => (await nginx.accessLog()).some(l => l.startsWith(line)), `the read-ahead of ${bytes} bytes from ${first} is fetched`, 10_000, 20)
+    }
     const first = await range(0, 999)
     expect(first.headers).toMatch(/x-kith-source: origin/i)
     expect(first.body.equals(LONG.subarray(0, 1000))).toBe(true)
-    // the read-ahead: the next READ_AHEAD_BYTES, fetched after the answer and whole in nginx's log
-    const ahead = `206 "bytes=1000-${1000 + READ_AHEAD_BYTES - 1}" ${READ_AHEAD_BYTES} `
-    await waitFor(async () => (await nginx.accessLog()).some(line => line.startsWith(ahead)), 'the read-ahead is fetched', 10_000, 20)
+    // the read-ahead: the next READ_AHEAD_FIRST_BYTES, fetched after the answer and whole in nginx's log
+    await fetched(1000, READ_AHEAD_FIRST_BYTES)
+    // the player reads on, the range from memory: the next read-ahead is twice as long
     const mark = (await nginx.accessLog()).length
+    const second = await range(1000, 1000 + READ_AHEAD_FIRST_BYTES - 1)
+    expect(second.headers).toMatch(/x-kith-source: read-ahead/i)
+    expect(second.body.equals(LONG.subarray(1000, 1000 + READ_AHEAD_FIRST_BYTES))).toBe(true)
+    const start = 1000 + READ_AHEAD_FIRST_BYTES
+    await fetched(start, 2 * READ_AHEAD_FIRST_BYTES)
+    expect((await nginx.accessLog()).length).toBe(mark + 1)
     // the next range, which runs past the span: the span's bytes from memory, then the origin's from where it ends, only
-    const end = 1000 + READ_AHEAD_BYTES
-    const next = await range(1000, LONG.length - 1)
+    const end = start + 2 * READ_AHEAD_FIRST_BYTES
+    const next = await range(start, LONG.length - 1)
     expect(next.headers).toMatch(/^HTTP\/1.1 206/)
-    expect(next.headers).toMatch(new RegExp(`content-range: bytes 1000-${LONG.length - 1}/${LONG.length}`, 'i'))
+    expect(next.headers).toMatch(new RegExp(`content-range: bytes ${start}-${LONG.length - 1}/${LONG.length}`, 'i'))
     expect(next.headers).toMatch(/x-kith-source: read-ahead/i)
-    expect(next.body.equals(LONG.subarray(1000))).toBe(true)
-    expect((await nginx.accessLog()).slice(mark).map(line => line.split(' ').slice(0, 3).join(' '))).toEqual([`206 "bytes=${end}-${LONG.length - 1}" ${LONG.length - end}`])
+    expect(next.body.equals(LONG.subarray(start))).toBe(true)
+    expect((await nginx.accessLog()).slice(mark + 1).map(line => line.split(' ').slice(0, 3).join(' '))).toEqual([`206 "bytes=${end}-${LONG.length - 1}" ${LONG.length - end}`])
     // the file changes at the origin: what lies past the span is refused under If-Range, and the answer is cut
     await writeFile(join(site, 'long.mp4'), randomBytes(LONG.length))
     await utimes(join(site, 'long.mp4'), new Date(), new Date(Date.now() + 5000))
@@ -190,6 +202,24 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     expect(changed.code).toBe(18)
     expect(changed.body.length).toBeLessThanOrEqual(100_000)
     expect(changed.body.equals(LONG.subarray(end - 100_000, end - 100_000 + changed.body.length))).toBe(true)
+  })
+
+  it('stops a read-ahead when the player seeks elsewhere: nginx sent only part of it', async () => {
+    const FILM = randomBytes(4 * READ_AHEAD_FIRST_BYTES)
+    await writeFile(join(site, 'slow', 'seek.mp4'), FILM)
+    const url = `${base}?url=${enc(`${nginx.url}/slow/seek.mp4`)}`
+    const first = await run('curl', ['-sS', '-r', '0-999', '-o', '/dev/null', url])
+    expect(first.code, first.stderr).toBe(0)
+    // the read-ahead from 1000 is under way at 1 MB/s (2 s for all of it): the player seeks past it
+    const ahead = `"bytes=1000-${1000 + READ_AHEAD_FIRST_BYTES - 1}"`
+    const seek = await run('curl', ['-sS', '-r', `${3 * READ_AHEAD_FIRST_BYTES}-${3 * READ_AHEAD_FIRST_BYTES + 999}`, url])
+    expect(seek.code, seek.stderr).toBe(0)
+    expect(seek.stdout.equals(FILM.subarray(3 * READ_AHEAD_FIRST_BYTES, 3 * READ_AHEAD_FIRST_BYTES + 1000))).toBe(true)
+    // its fetch was stopped: nginx logs the request as the connection closes, with what it had sent
+    const isAhead = (line: string): boolean => line.includes(ahead) && line.endsWith(' /slow/seek.mp4')
+    await waitFor(async () => (await nginx.accessLog()).some(isAhead), 'nginx logs the read-ahead', 10_000, 20)
+    const line = (await nginx.accessLog()).find(isAhead)!
+    expect(Number(line.split(' ')[2])).toBeLessThan(READ_AHEAD_FIRST_BYTES)
   })
 
   it('never serves the cached bytes once the origin file changed (new ETag)', async () => {

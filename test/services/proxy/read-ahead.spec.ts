@@ -35,9 +35,9 @@ describe('read-ahead', () => {
     const ahead = new ReadAhead(4096, 1000)
     ahead.start(version('http://a/x.mp4'), 2000, o.fetch('a'))
     expect(ahead.find([new URL('http://b/x.mp4')], { start: 2000, end: null, suffix: null })).toBeNull()
-    expect(ahead.find([new URL('http://a/x.mp4')], { start: 3000, end: null, suffix: null })).toBeNull()
     const found = ahead.find([new URL('http://a/x.mp4')], { start: 2500, end: 2999, suffix: null })!
     expect(found).toMatchObject({ first: 2500, last: 2999 })
+    expect(found.span.covers(3000)).toBe(false)
     const reading = all(found.span.from(2500))
     o.release()
     expect(await reading).toEqual(Buffer.alloc(500, 2000 % 256))
@@ -57,5 +57,32 @@ describe('read-ahead', () => {
     o.release()
     ahead.stop()
     expect(o.stopped.sort()).toEqual(['a', 'b', 'c'])
+  })
+
+  it('drops the spans of a URL when a range of it starts outside them (a seek), its fetch stopped; starts small and doubles as the client reads on, fetched the same way', async () => {
+    const o = origin()
+    const ahead = new ReadAhead(1 << 20, 4000, 1000)
+    const url = [new URL('http://a/x.mp4')]
+    ahead.start(version('http://a/x.mp4'), 0, o.fetch('first'))
+    expect(ahead.planned).toBe(1000)
+    // read on: found, and the next one twice as long, then capped at spanBytes
+    const found = ahead.find(url, { start: 500, end: 999, suffix: null })!
+    expect(ahead.grown(found.span)).toBe(2000)
+    ahead.start(version('http://a/x.mp4'), 1000, o.fetch('second'), ahead.grown(found.span))
+    expect(ahead.planned).toBe(3000)
+    const second = ahead.find(url, { start: 1000, end: 2999, suffix: null })!
+    expect(second.span.end).toBe(3000)
+    expect(ahead.grown(second.span)).toBe(4000)
+    // reading on from a span fetches the same way (from friends when they gave it)
+    ahead.readOn(second.span, 3000)
+    expect(ahead.grown(ahead.find(url, { start: 3000, end: 3999, suffix: null })!.span)).toBe(4000)
+    // another URL's range leaves them alone; a seek of this one drops them all, their fetches stopped
+    expect(ahead.find([new URL('http://b/x.mp4')], { start: 9000, end: null, suffix: null })).toBeNull()
+    expect(o.stopped).toEqual([])
+    expect(ahead.find(url, { start: 9000, end: 9999, suffix: null })).toBeNull()
+    expect(o.stopped.sort()).toEqual(['first', 'second', 'second'])
+    expect(ahead.planned).toBe(0)
+    expect(ahead.find(url, { start: 500, end: 999, suffix: null })).toBeNull()
+    o.release()
   })
 })
