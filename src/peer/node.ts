@@ -2,6 +2,7 @@ import { createLibp2p, type Libp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { corkedWrites } from './corked-writes.ts'
+import { libp2pLogger } from './silent-logger.ts'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
@@ -136,6 +137,7 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
   const node = await createLibp2p({
     start: false,
     privateKey: init.privateKey,
+    logger: libp2pLogger(),
     addresses: { listen: init.listen },
     datastore: init.datastore ?? new NodeDatastore(),
     connectionManager: {
