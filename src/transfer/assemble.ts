@@ -711,7 +711,9 @@ export class ShareAssembly {
     let plaintext: Uint8Array | undefined
     try {
       const bytes = plaintext = openPack(this.init.keys, this.init.manifest, list[0]!.file.entry.pack!.index, sealed, this.plaintexts)
-      await this.init.store.put(id, sealed)
+      // checked against its id already (`put`, or the store it was read from), and not reused until this
+      // resolves: written as it is, not copied and hashed again (a MiB of garbage and a sha256 a pack)
+      await this.init.store.put(id, sealed, { verified: true })
       let next = 0
       const writer = async (): Promise<void> => {
         while (next < list.length) {

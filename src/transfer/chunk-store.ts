@@ -101,8 +101,9 @@ export interface PutOptions {
   sync?: boolean
   /**
    * The caller checked chunkId(sealed) === id just now and hands the buffer
-   * over (nothing changes it any more): it is written as it is, not copied
-   * and hashed a second time.
+   * over (nothing changes it before `put` resolves; the store keeps no
+   * reference after): it is written as it is, not copied and hashed a
+   * second time.
    */
   verified?: boolean
 }
