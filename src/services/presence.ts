@@ -4,6 +4,7 @@ import type { Connection, PeerId } from '@libp2p/interface'
 import type { KithLibp2p } from '../peer/node.ts'
 import { dialable, type DialPolicy } from '../peer/dial-policy.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
+import { backoffCap } from './backoff-cap.ts'
 
 /**
  * Keeps a connection up to every active friend: dials their last known
@@ -14,6 +15,8 @@ import type { FriendBook, FriendEvent } from '../trust/friends.ts'
  */
 export const RECONNECT_BASE_MS = 500
 export const RECONNECT_MAX_MS = 30_000
+/** the cap in use: KITH_RECONNECT_MAX_MS lowers it (test daemons; src/services/backoff-cap.ts), read as the daemon loads */
+const reconnectMaxMs = backoffCap('KITH_RECONNECT_MAX_MS', RECONNECT_MAX_MS)
 export const DIAL_TIMEOUT_MS = 10_000
 
 export interface LinkInfo {
@@ -191,7 +194,7 @@ export class Presence extends EventEmitter<{
     if (!this.running) return
     const retry = this.retries.get(peer) ?? { attempt: 0, timer: null }
     if (retry.timer != null) return
-    const backoff = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** retry.attempt)
+    const backoff = Math.min(reconnectMaxMs, RECONNECT_BASE_MS * 2 ** retry.attempt)
     const wait = delay ?? backoff / 2 + Math.random() * backoff / 2
     retry.timer = setTimeout(() => {
       retry.timer = null

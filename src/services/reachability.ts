@@ -13,6 +13,7 @@ import type { KithLibp2p } from '../peer/node.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
 import { friendsOnly } from '../trust/gate.ts'
 import { PUNCH_PROTOCOL } from '../peer/hole-punch.ts'
+import { backoffCap } from './backoff-cap.ts'
 
 /**
  * Reachability and relays (docs/protocols.md, "Reachability and relays").
@@ -55,6 +56,8 @@ export const RECHECK_MS = 10 * 60_000
 export const CHECK_DEBOUNCE_MS = 500
 export const RESERVE_RETRY_BASE_MS = 2_000
 export const RESERVE_RETRY_MAX_MS = 5 * 60_000
+/** the cap in use: KITH_RESERVE_RETRY_MAX_MS lowers it (test daemons; src/services/backoff-cap.ts), read as the daemon loads */
+const reserveRetryMaxMs = backoffCap('KITH_RESERVE_RETRY_MAX_MS', RESERVE_RETRY_MAX_MS)
 /** first punch this long after the relayed link to a friend appears (both sides finish storing the friendship) */
 export const PUNCH_FIRST_DELAY_MS = 300
 export const PUNCH_RETRY_BASE_MS = 2_000
@@ -482,7 +485,7 @@ export class Reachability extends EventEmitter<{ change: [ReachabilityView] }> {
         .then(() => { this.backoff.delete(peer) })
         .catch(() => {
           const attempt = (this.backoff.get(peer)?.attempt ?? 0) + 1
-          this.backoff.set(peer, { attempt, until: performance.now() + Math.min(RESERVE_RETRY_MAX_MS, RESERVE_RETRY_BASE_MS * 2 ** (attempt - 1)) })
+          this.backoff.set(peer, { attempt, until: performance.now() + Math.min(reserveRetryMaxMs, RESERVE_RETRY_BASE_MS * 2 ** (attempt - 1)) })
         })
         .finally(() => {
           this.reserving.delete(peer)

@@ -34,6 +34,15 @@ process.once('SIGTERM', () => {
   process.kill(process.pid, 'SIGTERM')
 })
 
+/**
+ * Retry caps the test daemons run with (src/services/backoff-cap.ts): a
+ * friend or relay that comes back is redialled, and a reservation on it
+ * made again, within 2 s, where a user's daemon backs off to 30 s and 5
+ * minutes; a test of a restarted relay waited out those backoffs (nat-relay
+ * spent ~20 s of each relay restart so). The environment a test sets wins.
+ */
+export const TEST_DAEMON_ENV: NodeJS.ProcessEnv = { KITH_RECONNECT_MAX_MS: '2000', KITH_RESERVE_RETRY_MAX_MS: '2000' }
+
 export interface CliResult {
   code: number
   stdout: string
@@ -132,7 +141,7 @@ export class TestNode {
     // src/services/daemon-heap.ts) given here, the daemon starts in one Node process instead of
     // two: about 0.1 s of CPU less per start
     const flags = this.reexec ? [] : DAEMON_STARTUP_FLAGS
-    const env = this.reexec ? {} : DAEMON_ENV
+    const env = { ...TEST_DAEMON_ENV, ...(this.reexec ? {} : DAEMON_ENV) }
     const proc = spawn(cmd!, [...pre, ...flags, KITH, '--home', this.home, 'start', ...listen, '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...env, ...process.env, ...this.env }
