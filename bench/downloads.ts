@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
 import { createTestnet, KITH, NODE, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
-import { cpuSeconds, currentRss, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRss, run, table, writeRandomFile } from './lib.ts'
+import { cpuSeconds, currentRss, threadCpuSeconds, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRss, run, table, writeRandomFile } from './lib.ts'
 
 /**
  * The downloads section of `npm run bench` (`--section downloads`): a file
@@ -72,9 +72,10 @@ type Log = (message: string) => void
 
 /**
  * rssBefore: the daemon's resident memory when the download started (what the download adds is peakRss - rssBefore);
- * serverCpuMs: nginx's CPU (master and workers) during the run
+ * serverCpuMs: nginx's CPU (master and workers) during the run;
+ * mainCpuMs: kith's main thread's, the event loop every byte passes (what limits the engine)
  */
-interface Sample { ms: number, peakRss: number, cpuMs?: number, rssBefore?: number, afterCpuMs?: number, serverCpuMs?: number }
+interface Sample { ms: number, peakRss: number, cpuMs?: number, mainCpuMs?: number, rssBefore?: number, afterCpuMs?: number, serverCpuMs?: number }
 
 export interface DownloadsRow { figure: string, value: number, unit: 'MB/s' | 'MB' | 'x', samples: number[], ratio?: number, of?: string, target?: string, met?: boolean, note?: string }
 
@@ -120,6 +121,7 @@ async function kithGet (node: TestNode, url: string, out: string, connections: n
   await resetPeakRss(node.pid)
   const rssBefore = await currentRss(node.pid)
   const cpu = await cpuSeconds(node.pid)
+  const main = await threadCpuSeconds(node.pid)
   const r = await run(NODE, [KITH, '--home', node.home, 'get', url, '-o', out, '--connections', String(connections), '--json'])
   if (r.code !== 0) throw new Error(`kith get failed (${r.code}): ${r.stderr.trim()}`)
   const id = (JSON.parse(r.stdout.split('\n')[0]!) as { id: string }).id
@@ -127,7 +129,7 @@ async function kithGet (node: TestNode, url: string, out: string, connections: n
   const record = downloads.find(d => d.id === id)
   if (record?.state !== 'done') throw new Error(`kith get ${url}: the download ended ${JSON.stringify(record)}`)
   const ms = record.updated - record.created
-  const sample = { ms, peakRss: await peakRss(node.pid), cpuMs: ((await cpuSeconds(node.pid)) - cpu) * 1000, rssBefore }
+  const sample = { ms, peakRss: await peakRss(node.pid), cpuMs: ((await cpuSeconds(node.pid)) - cpu) * 1000, mainCpuMs: ((await threadCpuSeconds(node.pid)) - main) * 1000, rssBefore }
   return { ...sample, afterCpuMs: await settle(node.pid) }
 }
 
@@ -168,8 +170,8 @@ async function stage (mode: 'drain' | 'take' | 'write', url: string, size: numbe
 
 async function kith (url: string, out: string, connections: number): Promise<Sample> {
   const child = new JsonChild(NODE, [...DAEMON_STARTUP_FLAGS, GET, url, out, String(connections)], DAEMON_ENV)
-  const r = await child.next<{ bytes: number, ms: number, peakRss: number, cpuMs: number }>()
-  return { ms: r.ms, peakRss: r.peakRss, cpuMs: r.cpuMs }
+  const r = await child.next<{ bytes: number, ms: number, peakRss: number, cpuMs: number, mainCpuMs: number }>()
+  return { ms: r.ms, peakRss: r.peakRss, cpuMs: r.cpuMs, mainCpuMs: r.mainCpuMs }
 }
 
 export async function downloadsBench (log: Log, runs: number, sizeBytes: number, limitedBytes: number): Promise<DownloadsRow[]> {
@@ -234,6 +236,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
       const rss = Math.max(...samples.get(tool.name)!.map(s => s.peakRss))
       const before = samples.get(tool.name)!.find(s => s.peakRss === rss)?.rssBefore
       const cpu = median(samples.get(tool.name)!.flatMap(s => s.cpuMs != null ? [s.cpuMs / (sizeBytes / MB)] : []))
+      const main = median(samples.get(tool.name)!.flatMap(s => s.mainCpuMs != null ? [s.mainCpuMs / (sizeBytes / MB)] : []))
       const after = median(samples.get(tool.name)!.flatMap(s => s.afterCpuMs != null ? [s.afterCpuMs / (sizeBytes / MB)] : []))
       const server = median(samples.get(tool.name)!.flatMap(s => s.serverCpuMs != null ? [s.serverCpuMs / (sizeBytes / MB)] : []))
       const eight = tool.name === 'kith get, 8 connections'
@@ -248,7 +251,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         ...(eight ? { target: `>= ${TARGET_RATIO} of aria2c (>= ${TARGET_RATIO} of the undici ceiling), peak RSS <= ${TARGET_RSS / MB} MB`, met: value / aria >= TARGET_RATIO && rss <= TARGET_RSS } : {}),
         note: [
           `peak RSS ${fmt(rss / MB)} MB${before != null ? ` (${fmt(before / MB)} MB before it)` : ''}`,
-          ...(Number.isFinite(cpu) ? [`CPU ${fmt(cpu, 2)} ms/MB`] : []),
+          ...(Number.isFinite(cpu) ? [`CPU ${fmt(cpu, 2)} ms/MB${Number.isFinite(main) ? ` (main thread ${fmt(main, 2)})` : ''}`] : []),
           ...(Number.isFinite(after) ? [`then ${fmt(after, 2)} ms/MB after it was done`] : []),
           ...(Number.isFinite(server) ? [`nginx ${fmt(server, 2)} ms/MB`] : []),
           ...(ours ? [`${fmt(value / undici, 2)} of the undici ceiling`, `${fmt(value / curl, 2)} of curl`] : []),

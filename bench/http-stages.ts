@@ -40,7 +40,7 @@ const flow = bandwidth.flow({ direction: 'down', class: 'public' })
 const fh = mode === 'write' ? await openFile(out, 'w') : null
 /** the write stage leaves the SHA-256 to the engine row */
 class NoHash extends HashCursor {
-  override written (): void {}
+  override offer (): boolean { return false }
   override follow (): void {}
 }
 const cache = fh != null ? new WriteCache(fh, connections, new NoHash()) : null

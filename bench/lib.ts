@@ -141,9 +141,17 @@ const USER_HZ = 100
 
 /** CPU time (user + system) a process used so far, in seconds; NaN if unreadable. */
 export async function cpuSeconds (pid: number | undefined): Promise<number> {
-  if (pid == null) return NaN
+  return pid == null ? NaN : await statCpuSeconds(`/proc/${pid}/stat`)
+}
+
+/** CPU time (user + system) a process's main thread used so far, in seconds: what limits a single-threaded event loop; NaN if unreadable. */
+export async function threadCpuSeconds (pid: number | undefined): Promise<number> {
+  return pid == null ? NaN : await statCpuSeconds(`/proc/${pid}/task/${pid}/stat`)
+}
+
+async function statCpuSeconds (path: string): Promise<number> {
   try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    const stat = await readFile(path, 'utf8')
     // fields after the command name, which is in parentheses and may hold spaces
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
     return (Number(fields[11]) + Number(fields[12])) / USER_HZ

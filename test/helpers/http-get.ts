@@ -5,7 +5,7 @@ import type { DownloadSettings } from '../../src/services/downloads/addon.ts'
 import { httpAddon } from '../../src/services/downloads/http/index.ts'
 import { BandwidthScheduler } from '../../src/transfer/scheduler/index.ts'
 import { tuneDaemonHeap } from '../../src/services/daemon-heap.ts'
-import { cpuMs, ownPeakRss } from '../../bench/lib.ts'
+import { cpuMs, ownPeakRss, threadCpuSeconds } from '../../bench/lib.ts'
 
 /**
  * kith's HTTP engine in a process of its own (for bench/downloads.ts, and for
@@ -13,8 +13,9 @@ import { cpuMs, ownPeakRss } from '../../bench/lib.ts'
  * it (a bandwidth scheduler flow, class public, no cap), downloading URL to
  * OUT over CONNECTIONS connections, in the daemon's heap configuration (the
  * parent starts it with DAEMON_STARTUP_FLAGS and DAEMON_ENV). Prints one
- * JSON line: bytes, ms, sha256, its peak RSS and CPU time. With STATE_DIR,
- * the control file stays there (else a temp folder, removed).
+ * JSON line: bytes, ms, sha256, its peak RSS and CPU time (in all, and its
+ * main thread's). With STATE_DIR, the control file stays there (else a temp
+ * folder, removed).
  *
  *   node test/helpers/http-get.ts URL OUT CONNECTIONS [STATE_DIR]
  */
@@ -35,6 +36,7 @@ const stateDir = keptState ?? await mkdtemp(join(tmpdir(), 'kith-bench-http-'))
 const bandwidth = new BandwidthScheduler()
 const flow = bandwidth.flow({ direction: 'down', class: 'public' })
 const cpu = process.cpuUsage()
+const mainCpu = (await threadCpuSeconds(process.pid)) * 1000
 const started = performance.now()
 const result = await httpAddon.download({ id: 'bench00000000', url: new URL(url), connections: Number(connections), options: {} }, {
   partial: out,
@@ -48,4 +50,4 @@ const ms = performance.now() - started
 flow.close()
 bandwidth.close()
 if (keptState == null) await rm(stateDir, { recursive: true, force: true })
-console.log(JSON.stringify({ bytes: result.size, ms, sha256: result.sha256, peakRss: ownPeakRss(), cpuMs: cpuMs(cpu) }))
+console.log(JSON.stringify({ bytes: result.size, ms, sha256: result.sha256, peakRss: ownPeakRss(), cpuMs: cpuMs(cpu), mainCpuMs: (await threadCpuSeconds(process.pid)) * 1000 - mainCpu }))
