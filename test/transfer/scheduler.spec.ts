@@ -33,8 +33,9 @@ describe('bandwidth scheduler', () => {
     const a = backlog(scheduler.flow({ direction: 'up', peer: 'a' }), clock, 256 * 1024)
     const b = backlog(scheduler.flow({ direction: 'up', peer: 'b' }), clock, 3000)
     await clock.advance(1000) // past the initial burst
-    const [x, y] = await measure(clock, 60_000, [a, b])
-    const rate = (x! + y!) / 60
+    // 20 s on the manual clock, 2,000 slices: the error is 0.06 % here (0.02 % over 60 s), the bound 1 %
+    const [x, y] = await measure(clock, 20_000, [a, b])
+    const rate = (x! + y!) / 20
     expect(Math.abs(rate - 10 * MB) / (10 * MB)).toBeLessThan(0.01)
     await a.stop()
     await b.stop()
@@ -50,7 +51,8 @@ describe('bandwidth scheduler', () => {
       backlog(scheduler.flow({ direction: 'down', class: 'public' }), clock, 64 * 1024)
     ]
     await clock.advance(1000)
-    const got = shares(await measure(clock, 120_000, flows))
+    // 40 s on the manual clock: the largest error is 0.035 % here (0.024 % over 120 s), the bound 1 %
+    const got = shares(await measure(clock, 40_000, flows))
     const friend = got[0]! + got[1]! + got[2]!
     expect(friend).toBeCloseTo(8 / 11, 2)
     expect(Math.abs(friend - 8 / 11) / (8 / 11)).toBeLessThan(0.01)
