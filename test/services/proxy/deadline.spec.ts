@@ -1,7 +1,6 @@
 import { describe, it, expect } from 'vitest'
 import { deadline, floorDue, friendRun, type FriendPick } from '../../../src/services/proxy/swarm/deadline.ts'
-import { DEADLINE_MARGIN, FLOOR_GRACE_MS } from '../../../src/services/proxy/swarm/constants.ts'
-import { RATE_WINDOW_MS } from '../../../src/transfer/scheduler/index.ts'
+import { DEADLINE_MARGIN, FLOOR_CREDIT_MS, FLOOR_GRACE_MS } from '../../../src/services/proxy/swarm/constants.ts'
 
 /**
  * The floor's deadlines (deadline.ts): when the client needs each chunk,
@@ -13,18 +12,14 @@ const MiB = 1024 * 1024
 const MB = 1e6
 
 describe('the floor\'s deadlines', () => {
-  it('dues the next chunk when what the client got in order would fall under the floor', () => {
-    // young: over the pull's age, from FLOOR_GRACE_MS on
-    expect(floorDue([], 100, 0, 8 * MB)).toBe(FLOOR_GRACE_MS)
-    expect(floorDue([[300, 4 * MB]], 600, 0, 8 * MB)).toBe(500)
-    expect(floorDue([[300, 8 * MB]], 600, 0, 8 * MB)).toBe(1000)
-    // past a window: the window's bytes leave it oldest first; what came early is time to spare
-    const given: Array<[number, number]> = [[1000, 4 * MB], [2000, 8 * MB], [2500, 8 * MB], [3000, 4 * MB]]
-    expect(floorDue(given, 3100, 0, 8 * MB)).toBe(2000 + RATE_WINDOW_MS)
-    expect(floorDue(given, 3100, 0, 6 * MB)).toBe(2500 + RATE_WINDOW_MS)
-    // under the floor already: due now
-    expect(floorDue(given, 3100, 0, 20 * MB)).toBe(3100)
-    expect(floorDue([[0, MiB]], 9000, 0, 8 * MB)).toBe(9000)
+  it('dues the next chunk on the floor\'s schedule, with at most FLOOR_CREDIT_MS to spare for bytes that came early', () => {
+    // nothing given yet: the first chunk at FLOOR_GRACE_MS; 4 MB given at 8 MB/s: half a second later
+    expect(floorDue(0, 100, 0, 8 * MB)).toBe(FLOOR_GRACE_MS)
+    expect(floorDue(4 * MB, 600, 0, 8 * MB)).toBe(FLOOR_GRACE_MS + 500)
+    // far ahead of the schedule: only FLOOR_CREDIT_MS of it counts
+    expect(floorDue(80 * MB, 1000, 0, 8 * MB)).toBe(1000 + FLOOR_CREDIT_MS)
+    // behind it: due already (in the past)
+    expect(floorDue(8 * MB, 9000, 0, 8 * MB)).toBe(FLOOR_GRACE_MS + 1000)
   })
 
   const pick = (over: Partial<FriendPick>): FriendPick => ({

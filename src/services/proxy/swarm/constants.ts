@@ -40,6 +40,8 @@ export const PROBATION_MS = 5_000
 export const STALL_MS = 5_000
 /** a pull with a floor (qos above 1) is due its first chunk this long after it starts at the soonest: friends may start alone */
 export const FLOOR_GRACE_MS = 500
+/** at a floor, bytes that came ahead of the floor's schedule give friends at most this much time to spare */
+export const FLOOR_CREDIT_MS = 500
 /** at a floor, the origin takes the lowest chunk friends left once it is due within this (plus the origin's time for a chunk) */
 export const DEADLINE_LEAD_MS = 250
 /** at a floor, a friend takes a chunk only if it would bring it by its deadline in this many times what its rate so far says (rates swing) */

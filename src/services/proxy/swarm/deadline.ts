@@ -1,11 +1,9 @@
-import { RATE_WINDOW_MS } from '../../../transfer/scheduler/index.ts'
-import { DEADLINE_MARGIN, FLOOR_GRACE_MS } from './constants.ts'
+import { DEADLINE_MARGIN, FLOOR_CREDIT_MS, FLOOR_GRACE_MS } from './constants.ts'
 
 /**
  * Deadlines of a pull with a floor (qos above 1; docs/proxy.md, "The
- * friend swarm"). The client must get chunk `next` by `floorDue()`, when
- * what it got in order falls under qos B/s (the measure pull.ts's starved()
- * uses), and each chunk after it qos B/s later. A friend takes only the
+ * friend swarm"). The client must get chunk `next` by `floorDue()`, the
+ * floor's schedule, and each chunk after it qos B/s later. A friend takes only the
  * chunks it brings by their deadlines at the rate it gave so far; the
  * origin takes the ones before them, which friends would bring late,
  * when their deadline comes near. Pure arithmetic, so the policy is
@@ -13,26 +11,14 @@ import { DEADLINE_MARGIN, FLOOR_GRACE_MS } from './constants.ts'
  */
 
 /**
- * When bytes given to the client in order (`given`: [time, bytes], oldest
- * first) fall under `qos` B/s unless more come: while the pull is younger
- * than a rate window, its rate is over its age (from FLOOR_GRACE_MS on);
- * after, over the last window, whose bytes leave it oldest first. What
- * came early, faster than the floor, is time friends may use.
+ * When the client must have the chunk it waits for, having been given
+ * `given` bytes in order since the pull `started`: the floor's schedule
+ * (qos B/s from FLOOR_GRACE_MS on). Bytes that came early, ahead of it,
+ * are time to spare, at most FLOOR_CREDIT_MS (a burst long ago does not
+ * excuse a slow stretch now); behind it, the chunk was due already.
  */
-export function floorDue (given: ReadonlyArray<readonly [number, number]>, now: number, started: number, qos: number): number {
-  const since = now - RATE_WINDOW_MS
-  let held = 0
-  for (const [at, n] of given) if (at > since) held += n
-  const young = started + Math.max(FLOOR_GRACE_MS, held * 1000 / qos)
-  if (now - started < RATE_WINDOW_MS && young < started + RATE_WINDOW_MS) return young
-  const need = qos * RATE_WINDOW_MS / 1000
-  if (held < need) return now
-  for (const [at, n] of given) {
-    if (at <= since) continue
-    held -= n
-    if (held < need) return at + RATE_WINDOW_MS
-  }
-  return now
+export function floorDue (given: number, now: number, started: number, qos: number): number {
+  return Math.min(started + FLOOR_GRACE_MS + given * 1000 / qos, now + FLOOR_CREDIT_MS)
 }
 
 export interface FriendPick {

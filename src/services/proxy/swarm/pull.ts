@@ -18,10 +18,9 @@ import { askChunks, type Dialer } from './protocol.ts'
  * - qos 0: the origin is one more source at full speed; friends take
  *   what they are fast enough to take.
  * - qos N (a floor): chunks are picked by deadline (deadline.ts). The
- *   chunk the client waits for is due when what it got in order over
- *   the last rate window (RATE_WINDOW_MS; over the pull's age from
- *   FLOOR_GRACE_MS on while it is younger) would fall under N B/s, each
- *   chunk after it N B/s later. A friend takes the lowest free chunks it
+ *   client is due its bytes on the floor's schedule, N B/s from
+ *   FLOOR_GRACE_MS on (bytes that came early give at most FLOOR_CREDIT_MS
+ *   to spare), so each chunk has a deadline. A friend takes the lowest free chunks it
  *   brings by their deadlines (DEADLINE_MARGIN to spare) at the rate it
  *   gave so far, its requests under way counted, and leaves the ones
  *   before them to the origin, which takes the lowest free chunk once its
@@ -139,6 +138,7 @@ class Pull {
   private readonly arrivals: Array<[number, number]> = []
   /** bytes given to the client in order, and when */
   private readonly given: Array<[number, number]> = []
+  private givenBytes = 0
   private readonly started = performance.now()
   private readonly lateMs: number
   private readonly probationMs: number
@@ -182,6 +182,7 @@ class Pull {
           this.done.delete(this.next)
           this.next++
           this.given.push([performance.now(), bytes.length])
+          this.givenBytes += bytes.length
           this.notify()
           yield bytes
           continue
@@ -249,10 +250,10 @@ class Pull {
     return run
   }
 
-  /** The floor's schedule now: chunk `next` due when what the client got falls under qos (deadline.ts). */
+  /** The floor's schedule now: when chunk `next` is due (deadline.ts). */
   private schedule (): { next: number, size: (index: number) => number, qos: number, due: number, now: number } {
     const now = performance.now()
-    return { next: this.next, size: index => this.size(index), qos: this.init.qos, due: floorDue(this.given, now, this.started, this.init.qos), now }
+    return { next: this.next, size: index => this.size(index), qos: this.init.qos, due: floorDue(this.givenBytes, now, this.started, this.init.qos), now }
   }
 
   private size (index: number): number {
