@@ -6,7 +6,7 @@ import {
   MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MAX_MANIFEST_BYTES, MAX_PATH_DEPTH, MAX_PATH_LENGTH, MAX_SEGMENT_LENGTH,
   MIN_CHUNK_SIZE
 } from '../../src/transfer/constants.ts'
-import { checkPath, chunkLength, comparePaths, createManifest, decodeManifest, packHash, type ManifestEntry } from '../../src/transfer/manifest.ts'
+import { checkPath, chunkLength, comparePaths, createManifest, decodeManifest, packHash, type ManifestEntry, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { merkleRoot } from '../../src/transfer/merkle.ts'
 import { KithError } from '../../src/errors.ts'
 import { expectCode, hex, keypair, plainEntries } from './helpers.ts'
@@ -375,6 +375,18 @@ describe('manifest packs (format 2)', () => {
     expect(manifest.chunkCount).toBe(5)
     expect(manifest.root).toBe(merkleRoot(Buffer.from(['b0', 'b1', 'p0', 'p1', 'p2'].map(id).join(''), 'hex')).toString('hex'))
     expect(plainEntries(decodeManifest(bytes).entries)).toEqual(plainEntries(manifest.entries))
+  })
+
+  it('holds a decoded file small: a pack\'s files share its chunk list, and hashes are copied out of the bytes they came from', () => {
+    const { bytes } = createManifest({ ...init, entries: list, packs: [id('p0'), id('p1'), id('p2')] })
+    const copy = Buffer.from(bytes)
+    const decoded = decodeManifest(copy)
+    const file = (path: string): ManifestFile => decoded.entries.find(e => e.path === path) as ManifestFile
+    expect(file('a/1').chunks).toBe(file('a/c').chunks)
+    expect(file('a/1').chunks).not.toBe(file('a/full').chunks)
+    // the input may be reused once decoded: nothing read later comes from it
+    copy.fill(0)
+    expect(plainEntries(decoded.entries)).toEqual(list)
   })
 
   it('refuses packed files beyond their chunk, empty, out of order or naming packs that are not there', () => {
