@@ -7,6 +7,7 @@ import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
 import { NODE, TestNode, threeFriends, waitFor } from '../test/helpers/testnet.ts'
 import { request } from 'undici'
 import { ApiClient } from '../src/services/api/client.ts'
+import { READ_AHEAD_FIRST_BYTES } from '../src/services/proxy/constants.ts'
 import { cpuSeconds, fmt, JsonChild, MiB, MB, mbps, median, table, writeRandomFile } from './lib.ts'
 import { streamCeiling } from './expose.ts'
 
@@ -229,12 +230,12 @@ async function offload (log: Log, nginx: Awaited<ReturnType<typeof startNginx>>,
     }
     const originSince = async (mark: number): Promise<number> => (await nginx.accessLog()).slice(mark).reduce((sum, line) => sum + Number(line.split(' ')[2]), 0)
     const floor = await qosFloor(log, alice, await via(alice), originSince, (await nginx.accessLog()).length)
-    // after the floor: the 8 MiB this range reads ahead from friends would share their capped bandwidth with it; and
-    // waited for before the offload, which would share friends with it (8 chunks after the sampled one, 8 read ahead)
+    // after the floor: what this range reads ahead from friends would share their capped bandwidth with it; and
+    // waited for before the offload, which would share friends with it (7 chunks besides the sampled one, 2 read ahead)
     const friendsBefore = (await proxyOf(alice)).swarm.fromFriends
     const first = await curl(['-r', `0-${8 * MiB - 1}`, '-o', '/dev/null', `${await via(alice)}&service=streaming`])
     log(`proxy: first byte from friends: ${fmt(first.ttfbMs, 1)} ms`)
-    await waitFor(async () => (await proxyOf(alice)).swarm.fromFriends - friendsBefore >= 15 * MiB, 'alice\'s read-ahead from friends', 60_000)
+    await waitFor(async () => (await proxyOf(alice)).swarm.fromFriends - friendsBefore >= 7 * MiB + READ_AHEAD_FIRST_BYTES, 'alice\'s read-ahead from friends', 60_000)
     const mark = (await nginx.accessLog()).length
     await rm(out, { force: true })
     const got = await curl(['-o', out, await via(alice)])

@@ -5,7 +5,7 @@ import { syncDir } from '../../peer/home.ts'
 import type { Sublevel } from '../../peer/database.ts'
 import type { Validators } from '../downloads/http/validators.ts'
 import { ChunkHasher } from './swarm/hash-list.ts'
-import { CACHE_WRITE_BATCH, MAX_CACHE_UNWRITTEN } from './constants.ts'
+import { CACHE_SYNC_EVERY, CACHE_WRITE_BATCH, MAX_CACHE_UNWRITTEN } from './constants.ts'
 
 /**
  * What the proxy fetched whole, kept for the next request of the same URL
@@ -152,7 +152,10 @@ export class ProxyCache {
  * given, written to the partial in batches behind the caller's back (one
  * writev of CACHE_WRITE_BATCH bytes, not one write per 64 KiB socket read: the
  * writes cost the daemon more CPU than the hashing did, and each one held
- * the next origin bytes back from the client); committed only whole.
+ * the next origin bytes back from the client); flushed to the disk every
+ * CACHE_SYNC_EVERY bytes while the fetch goes on (an fdatasync beside the
+ * writes), so the fsync before the answer's last byte has little left to
+ * flush; committed only whole.
  */
 export class CacheWriter {
   private readonly file: FileHandle
@@ -171,6 +174,9 @@ export class CacheWriter {
   private unwritten = 0
   /** the writes under way, one after the other */
   private writing: Promise<void> = Promise.resolve()
+  /** bytes written since the last flush to the disk began, and that flush while under way */
+  private unsynced = 0
+  private syncing: Promise<void> | null = null
   private failure: Error | null = null
 
   constructor (file: FileHandle, partial: string, onCommit: (sha256: string, chunks: Uint8Array) => Promise<void>, length: number, chunks?: Uint8Array) {
@@ -213,6 +219,7 @@ export class CacheWriter {
     try {
       this.flush()
       await this.writing
+      await this.syncing
       if (this.failure != null) throw this.failure
       await this.file.sync()
       await this.file.close()
@@ -243,6 +250,8 @@ export class CacheWriter {
         // libuv writes every buffer (IOV_MAX at a time, again after a short write) or fails
         const { bytesWritten } = await this.file.writev(batch)
         if (bytesWritten !== bytes) throw new Error(`the disk took ${bytesWritten} of ${bytes} bytes`)
+        this.unsynced += bytes
+        if (this.unsynced >= CACHE_SYNC_EVERY && this.syncing == null) this.syncBeside()
       } catch (err) {
         this.failure = err as Error
       } finally {
@@ -251,9 +260,16 @@ export class CacheWriter {
     })
   }
 
+  /** Flushes what is written to the disk while the writes go on (one flush at a time; a failure fails the keeping). */
+  private syncBeside (): void {
+    this.unsynced = 0
+    this.syncing = this.file.datasync().catch(err => { this.failure ??= err as Error }).finally(() => { this.syncing = null })
+  }
+
   private async drop (): Promise<void> {
-    // a write under way finishes first: the file is not closed under it
+    // a write or flush under way finishes first: the file is not closed under it
     await this.writing
+    await this.syncing
     await this.file.close().catch(() => {})
     await rm(this.partial, { force: true })
   }

@@ -18,6 +18,8 @@ export const REVALIDATE_TIMEOUT_MS = 10_000
 export const MAX_CONNECTIONS = 256
 /** bytes a cache file is written in at once (one writev): a write per 64 KiB socket read cost the daemon more CPU than hashing the bytes */
 export const CACHE_WRITE_BATCH = 1024 * 1024
+/** bytes a cache file is flushed to the disk after while its fetch goes on, so the fsync before the last byte has little left */
+export const CACHE_SYNC_EVERY = 32 * 1024 * 1024
 /** bytes a cache writer holds for the disk before the fetch waits for it: a slow disk slows the fetch rather than filling memory */
 export const MAX_CACHE_UNWRITTEN = 8 * 1024 * 1024
 /** bytes a streaming answer's first read-ahead fetches beyond a bounded range: a player's next Range usually starts there */

@@ -1,11 +1,12 @@
-import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { sublevel } from '../../../src/peer/database.ts'
 import { ProxyCache, type CacheEntry } from '../../../src/services/proxy/cache.ts'
+import { CACHE_SYNC_EVERY } from '../../../src/services/proxy/constants.ts'
 import { SWARM_CHUNK_SIZE } from '../../../src/services/proxy/swarm/constants.ts'
 
 /**
@@ -51,6 +52,26 @@ describe('the proxy cache\'s writer', () => {
     expect((await readFile(cache.path(entry))).equals(bytes)).toBe(true)
     const chunks = Array.from({ length: 13 }, (_, i) => sha(bytes.subarray(i * SWARM_CHUNK_SIZE, (i + 1) * SWARM_CHUNK_SIZE)))
     expect(Buffer.from(kept.at(-1)!.chunks).equals(Buffer.concat(chunks))).toBe(true)
+  })
+
+  it('flushes a long fetch to the disk while it goes on (fdatasync beside the writes), not only before the last byte', async () => {
+    const bytes = Buffer.alloc(CACHE_SYNC_EVERY + 8 * SWARM_CHUNK_SIZE)
+    for (let at = 0; at < bytes.length; at += SWARM_CHUNK_SIZE) bytes.fill(at / SWARM_CHUNK_SIZE, at, at + SWARM_CHUNK_SIZE)
+    // the real FileHandle's datasync, counted
+    const probe = await open(join(root, 'probe'), 'w')
+    const datasync = vi.spyOn(Object.getPrototypeOf(probe), 'datasync')
+    await probe.close()
+    try {
+      const writer = (await cache.writer([new URL('http://origin.test/long-fetch.bin')], { etag: '"f"', lastModified: null }, bytes.length, null))!
+      for (let at = 0; at < bytes.length; at += SWARM_CHUNK_SIZE) await writer.write(bytes.subarray(at, at + SWARM_CHUNK_SIZE))
+      // at most MAX_CACHE_UNWRITTEN (8 MiB) wait for the disk: CACHE_SYNC_EVERY were written, and their flush began
+      expect(datasync).toHaveBeenCalledTimes(1)
+      await writer.commit()
+      const entry = cache.find([new URL('http://origin.test/long-fetch.bin')])!
+      expect((await readFile(cache.path(entry))).equals(bytes)).toBe(true)
+    } finally {
+      datasync.mockRestore()
+    }
   })
 
   it('keeps nothing of a fetch cut short, aborted with writes under way, or longer than announced', async () => {
