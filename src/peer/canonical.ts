@@ -47,14 +47,29 @@ export function encodeCanonicalList (fields: Record<string, unknown>, listKey: s
   }
   const head = encode({ ...fields, [listKey]: [] })
   const parts: Uint8Array[] = [head.subarray(0, head.length - 1)]
+  // items' encodings joined a run at a time: a buffer per item, for a list of 100,000, would
+  // all live until the end (and so be promoted and wait for a full collection)
+  let run: Uint8Array[] = []
+  let runBytes = 0
   let count = 0
   for (const item of items) {
-    parts.push(encode(item))
+    const encoded = encode(item)
+    run.push(encoded)
+    runBytes += encoded.length
     count++
+    if (runBytes >= LIST_RUN_BYTES) {
+      parts.push(Buffer.concat(run, runBytes))
+      run = []
+      runBytes = 0
+    }
   }
+  parts.push(Buffer.concat(run, runBytes))
   parts.splice(1, 0, arrayHeader(count))
   return Buffer.concat(parts)
 }
+
+/** Bytes of item encodings `encodeCanonicalList` joins into one buffer at a time. */
+const LIST_RUN_BYTES = 256 * 1024
 
 /** The canonical CBOR header of an array of `count` items (major type 4, shortest length). */
 function arrayHeader (count: number): Uint8Array {
