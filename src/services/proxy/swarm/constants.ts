@@ -44,5 +44,7 @@ export const FLOOR_GRACE_MS = 500
 export const FLOOR_CREDIT_MS = 500
 /** at a floor, the origin takes the lowest chunk friends left once it is due within this (plus the origin's time for a chunk) */
 export const DEADLINE_LEAD_MS = 250
+/** chunks asked of the origin at once at a floor: one at a time, an origin slow to answer (~150 ms a chunk) can't keep 8 MB/s */
+export const ORIGIN_REQUESTS_AT_FLOOR = 2
 /** at a floor, a friend takes a chunk only if it would bring it by its deadline in this many times what its rate so far says (rates swing) */
 export const DEADLINE_MARGIN = 1.5

@@ -2,7 +2,7 @@ import type { PeerId } from '@libp2p/interface'
 import { KithError } from '../../../errors.ts'
 import type { BandwidthScheduler, Priority } from '../../../transfer/scheduler/index.ts'
 import { RATE_WINDOW_MS } from '../../../transfer/scheduler/index.ts'
-import { CHUNKS_PER_ASK, DEADLINE_LEAD_MS, FLOOR_GRACE_MS, LATE_CHUNK_MS, MAX_LOST_RACES, PER_FRIEND_REQUESTS, PROBATION_MS, STALL_MS, WINDOW_CHUNKS } from './constants.ts'
+import { CHUNKS_PER_ASK, DEADLINE_LEAD_MS, FLOOR_GRACE_MS, LATE_CHUNK_MS, MAX_LOST_RACES, ORIGIN_REQUESTS_AT_FLOOR, PER_FRIEND_REQUESTS, PROBATION_MS, STALL_MS, WINDOW_CHUNKS } from './constants.ts'
 import { deadline, floorDue, friendRun } from './deadline.ts'
 import { chunkMatches, chunkSpan, type HashList } from './hash-list.ts'
 import { askChunks, type Dialer } from './protocol.ts'
@@ -24,8 +24,9 @@ import { askChunks, type Dialer } from './protocol.ts'
  *   brings by their deadlines (DEADLINE_MARGIN to spare) at the rate it
  *   gave so far, its requests under way counted, and leaves the ones
  *   before them to the origin, which takes the lowest free chunk once its
- *   deadline is within DEADLINE_LEAD_MS: the origin fills in below the
- *   friends instead of fetching again what they are about to bring.
+ *   deadline is within DEADLINE_LEAD_MS (ORIGIN_REQUESTS_AT_FLOOR at
+ *   once): the origin fills in below the friends instead of fetching
+ *   again what they are about to bring.
  *   Until a friend has brought a chunk, it takes the free chunk with the
  *   most time to spare, one at a time. When the client waits for its
  *   next chunk while what it got in order is under N B/s, the origin
@@ -174,7 +175,8 @@ class Pull {
       this.alive.set(peer.toString(), this.source(this.probationMs, false))
       for (let n = 0; n < PER_FRIEND_REQUESTS; n++) workers.push(this.friendWorker(peer, friendFlow))
     }
-    workers.push(this.originWorker())
+    // at a floor, chunks from an origin slow to answer (a far server, a loaded machine) overlap, or it can't keep pace
+    for (let n = 0; n < (this.init.qos > 1 ? ORIGIN_REQUESTS_AT_FLOOR : 1); n++) workers.push(this.originWorker())
     try {
       while (this.next <= this.init.to) {
         const bytes = this.done.get(this.next)
