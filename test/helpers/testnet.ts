@@ -94,6 +94,7 @@ export class TestNode {
   /** started as a user's `kith start` is: the daemon re-executes itself with its heap flags (bin/kith.js) */
   readonly reexec: boolean
   private proc: ChildProcess | null = null
+  private apiClient: Promise<ApiClient> | null = null
   info: StartInfo | null = null
   output = ''
 
@@ -142,6 +143,7 @@ export class TestNode {
     // two: about 0.1 s of CPU less per start
     const flags = this.reexec ? [] : DAEMON_STARTUP_FLAGS
     const env = { ...TEST_DAEMON_ENV, ...(this.reexec ? {} : DAEMON_ENV) }
+    this.apiClient = null
     const proc = spawn(cmd!, [...pre, ...flags, KITH, '--home', this.home, 'start', ...listen, '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...env, ...process.env, ...this.env }
@@ -187,14 +189,13 @@ export class TestNode {
    * A GET on the daemon's local API: the JSON that `kith ... --json` prints for
    * a command that only reads and prints what the API answers (`transfers`,
    * `friends`), without starting a CLI process (a Node start each, a fifth of a
-   * second of CPU): for polls in waitFor, which a test makes by the dozen. Read
-   * anew each time, as the API's port changes on restart. A node in a network
-   * namespace has its API in there: curl asks it from in there (a C program,
-   * a hundredth of a CLI process's CPU).
+   * second of CPU): for polls in waitFor, which a test makes by the dozen. A
+   * node in a network namespace has its API in there: curl asks it from in
+   * there (a C program, a hundredth of a CLI process's CPU).
    */
   async get<T = any> (path: string): Promise<T> {
-    const api = await ApiClient.forHome(this.home)
-    if (this.netns == null) return await api.get<T>(path)
+    const api = await this.api()
+    if (this.netns == null) return await this.forgetApiOnError(api.get<T>(path))
     const token = (await readFile(homePaths(this.home).apiToken, 'utf8')).trim()
     return await new Promise<T>((resolve, reject) => {
       // the token through stdin (-H @-), not on a command line other users can read
@@ -212,7 +213,33 @@ export class TestNode {
    * that command's own output is not what the test is about.
    */
   async call<T = any> (method: string, path: string, body?: unknown): Promise<T> {
-    return await (await ApiClient.forHome(this.home)).call<T>(method, path, body)
+    return await this.forgetApiOnError((await this.api()).call<T>(method, path, body))
+  }
+
+  /**
+   * The running daemon's API (its address and token), read from the home once
+   * per start, not for each of the dozens of polls a test makes (reading it
+   * each time cost a poll 0.5-1.2 ms of CPU instead of 0.2-0.3); forgotten
+   * when the daemon starts or stops, and after any failed request, so a
+   * request after a restart reads the new port.
+   */
+  private async api (): Promise<ApiClient> {
+    this.apiClient ??= ApiClient.forHome(this.home)
+    try {
+      return await this.apiClient
+    } catch (err) {
+      this.apiClient = null
+      throw err
+    }
+  }
+
+  private async forgetApiOnError<T> (request: Promise<T>): Promise<T> {
+    try {
+      return await request
+    } catch (err) {
+      this.apiClient = null
+      throw err
+    }
   }
 
   /** SIGTERM, and wait for a clean exit. */
@@ -232,6 +259,7 @@ export class TestNode {
     proc.kill(signal)
     const code = await exited
     this.proc = null
+    this.apiClient = null
     return code
   }
 }
