@@ -35,7 +35,13 @@ import { SERVICES } from '../../trust/grants.ts'
 import { AUDIT_LEAF_SIZES } from './audit-tree.ts'
 import type { BlobKind, BlobRecord, SnapshotRecord } from './owner-index.ts'
 
-export const RECOVERY_VERSION = 1
+/**
+ * The format version records are made in. 2 adds each blob's audit leaf size
+ * (a 7th element of its tuple, audit-tree.ts); version 1 records, made
+ * before, are still opened (their blobs' roots are all 4 KiB ones).
+ */
+export const RECOVERY_VERSION = 2
+const READABLE_VERSIONS: readonly number[] = [1, RECOVERY_VERSION]
 /** what a host keeps per owner (protocol.ts allows the same) */
 export const MAX_RECOVERY_RECORD = 16 * 1024 * 1024
 const MAGIC = Buffer.from('KRCV', 'ascii')
@@ -88,7 +94,7 @@ const snapshotWire = z.object({
 }).strict()
 
 const contentWire = z.object({
-  v: z.literal(RECOVERY_VERSION),
+  v: z.union(READABLE_VERSIONS.map(version => z.literal(version))),
   created: ms,
   name: text(255),
   friends: z.array(friendWire).max(10_000),
@@ -134,13 +140,17 @@ function toWire (content: RecoveryContent): unknown {
   }
 }
 
-function fromWire (value: unknown): RecoveryContent {
+/** The content of a record whose header says `version`: the content must say the same, and a version 1 blob names no leaf size. */
+function fromWire (value: unknown, version: number): RecoveryContent {
   const parsed = contentWire.safeParse(value)
   if (!parsed.success) {
     const issue = parsed.error.issues[0]
     throw new KithError('RECOVERY_MALFORMED', `the recovery record's content breaks its format (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}); it was made by a kith that does not match this one, or forged`)
   }
   const w = parsed.data
+  if (w.v !== version || (version === 1 && w.blobs.some(b => b[6] !== undefined))) {
+    throw new KithError('RECOVERY_MALFORMED', `the recovery record's content is format ${w.v}${w.v === version ? ' with audit leaf sizes, which came with format 2' : ''} under a header of format ${version}; it was forged or damaged`)
+  }
   const blobs = w.blobs.map(([id, kind, sealedId, size, root, hostIdx, auditLeaf]): [string, BlobRecord] => {
     const hosts = hostIdx.map(i => {
       const host = w.hosts[i]
@@ -206,7 +216,7 @@ export function openRecovery (record: Uint8Array, opts: { owner: string, key: Ui
   }
   const buf = Buffer.from(record.buffer, record.byteOffset, record.length)
   const version = buf[MAGIC.length]!
-  if (version !== RECOVERY_VERSION) {
+  if (!READABLE_VERSIONS.includes(version)) {
     throw new KithError('UNSUPPORTED_VERSION', `the recovery record has format version ${version}, which this kith does not know; upgrade kith`)
   }
   const unsigned = buf.subarray(0, buf.length - SIGNATURE_LENGTH)
@@ -233,5 +243,5 @@ export function openRecovery (record: Uint8Array, opts: { owner: string, key: Ui
     // signed by the owner but not sealed under its recovery key: a bug, or keys derived differently
     throw new KithError('RECOVERY_MALFORMED', 'the recovery record does not open with this phrase\'s recovery key', { cause: err })
   }
-  return { seq, content: fromWire(decodeCanonical(plaintext, 'RECOVERY_MALFORMED', 'the recovery record\'s content')) }
+  return { seq, content: fromWire(decodeCanonical(plaintext, 'RECOVERY_MALFORMED', 'the recovery record\'s content'), version) }
 }

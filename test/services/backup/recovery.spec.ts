@@ -1,10 +1,12 @@
 import { describe, it, expect } from 'vitest'
-import { randomBytes } from 'node:crypto'
+import { createCipheriv, randomBytes } from 'node:crypto'
 import nacl from 'tweetnacl'
 import { privateKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { Identity } from '../../../src/peer/identity.ts'
 import { sealRecovery, openRecovery, nextRecoverySeq, MAX_RECOVERY_RECORD, type RecoveryContent } from '../../../src/services/backup/recovery.ts'
+import { encodeCanonical } from '../../../src/peer/canonical.ts'
+import { sign } from '../../../src/peer/signing.ts'
 import { codeOf } from '../../helpers/errors.ts'
 
 function identity (): Identity {
@@ -92,11 +94,43 @@ describe('recovery record', () => {
     expect(codeOf(() => openRecovery(otherKey, { owner, key }))).toBe('RECOVERY_MALFORMED')
   })
 
+  /**
+   * A record as kith made them in format 1, built here from docs/backup.md's
+   * layout: "KRCV" | version | seq | nonce | AES-256-GCM(content) | tag | Ed25519 signature.
+   */
+  function formatOne (blobs: unknown[][], seq: number): Uint8Array {
+    const header = Buffer.alloc(13)
+    header.write('KRCV', 0, 'ascii')
+    header[4] = 1
+    header.writeBigUInt64BE(BigInt(seq), 5)
+    const content = encodeCanonical({
+      v: 1, created: made.created, name: made.name, friends: made.friends, hosts: [bob.peerId.toString()], blobs,
+      snapshots: [{ r: made.snapshots[0]!.record, n: [0] }]
+    })
+    const nonce = randomBytes(12)
+    const cipher = createCipheriv('aes-256-gcm', key, nonce)
+    cipher.setAAD(Buffer.concat([Buffer.from('kith/backup/recovery/1\0'), header, Buffer.from(owner)]))
+    const unsigned = Buffer.concat([header, nonce, cipher.update(content), cipher.final(), cipher.getAuthTag()])
+    return Buffer.concat([unsigned, sign('backup-recovery/1', Buffer.concat([Buffer.from(owner), unsigned]), me.secretKey)])
+  }
+
+  it('is made in format 2, and still opens format 1 records: their blobs name no audit leaf size (4 KiB roots)', () => {
+    expect(record[4]).toBe(2)
+    const id = randomBytes(32)
+    const blob = [id, 0, randomBytes(32), 1 << 20, randomBytes(32), [0]]
+    const opened = openRecovery(formatOne([blob], 3), { owner, key })
+    expect(opened.seq).toBe(3)
+    expect(opened.content.blobs).toEqual([[id.toString('hex'), { kind: 'data', sealedId: expect.any(String), size: 1 << 20, root: expect.any(String), hosts: [bob.peerId.toString()] }]])
+    expect(opened.content.blobs[0]![1].auditLeaf).toBeUndefined()
+    // a format 1 header over content that names a leaf size is neither format: refused
+    expect(codeOf(() => openRecovery(formatOne([[...blob, 16384]], 4), { owner, key }))).toBe('RECOVERY_MALFORMED')
+  })
+
   it('refuses oversize, another version, bad content, without allocating for it', () => {
     expect(codeOf(() => openRecovery(new Uint8Array(MAX_RECOVERY_RECORD + 1), { owner, key }))).toBe('RECOVERY_TOO_LARGE')
-    const v2 = Uint8Array.from(record)
-    v2[4] = 2
-    expect(codeOf(() => openRecovery(v2, { owner, key }))).toBe('UNSUPPORTED_VERSION')
+    const v3 = Uint8Array.from(record)
+    v3[4] = 3
+    expect(codeOf(() => openRecovery(v3, { owner, key }))).toBe('UNSUPPORTED_VERSION')
     expect(codeOf(() => openRecovery(randomBytes(500), { owner, key }))).toBe('RECOVERY_MALFORMED')
     // well signed and sealed, but a friend in a state no kith writes
     const broken = content(me, bob)
