@@ -295,11 +295,11 @@ describe('the swarm index and protocol', () => {
     })
 
     it('drops a friend that is raced and loses twice, then lets it back on probation for one chunk: a lost race drops it again, for twice as long', async () => {
-      // 48 chunks, more than the window: the slow friend (16 KB/s) takes runs at the start and, without the drop, would
-      // take more as the window moves, each won by the other friend once late (200 ms here); the origin is down. Back
+      // 32 chunks, more than the window: the slow friend (16 KB/s) takes runs at the start and, without the drop, would
+      // take more as the window moves, each won by the other friend once late (100 ms here); the origin is down. Back
       // after 50 ms, it is asked one chunk, loses that race too and sits out 100 ms. The client stops reading there.
-      const big = Buffer.alloc(48 * SWARM_CHUNK_SIZE)
-      for (let i = 0; i < 48; i++) big.fill(i, i * SWARM_CHUNK_SIZE, (i + 1) * SWARM_CHUNK_SIZE)
+      const big = Buffer.alloc(32 * SWARM_CHUNK_SIZE)
+      for (let i = 0; i < 32; i++) big.fill(i, i * SWARM_CHUNK_SIZE, (i + 1) * SWARM_CHUNK_SIZE)
       const bigList = { ...listOf(big), urls: ['https://example.com/big.bin'] }
       const path = join(tmp.dir, 'big.bin')
       await writeFile(path, big)
@@ -318,7 +318,7 @@ describe('the swarm index and protocol', () => {
         await learn(friend, slow.peerId, slow.getMultiaddrs())
         const sources: string[] = []
         const got: Uint8Array[] = []
-        for await (const bytes of pull({ list: bigList, from: 0, to: 47, friends: [slow.peerId, server.peerId], dialer: friend, bandwidth: new BandwidthScheduler(), qos: 1, priority: 'normal', signal: AbortSignal.timeout(20_000), lateMs: 200, probationMs: 50, origin: origin(new Map(), []), onChunk: source => { sources.push(source) } })) {
+        for await (const bytes of pull({ list: bigList, from: 0, to: 31, friends: [slow.peerId, server.peerId], dialer: friend, bandwidth: new BandwidthScheduler(), qos: 1, priority: 'normal', signal: AbortSignal.timeout(20_000), lateMs: 100, probationMs: 50, origin: origin(new Map(), []), onChunk: source => { sources.push(source) } })) {
           got.push(bytes)
           if (probationLost() >= 0) break
         }
