@@ -29,6 +29,8 @@ export type Fault =
   | { kind: 'redirect', to: string }
   /** 200, chunked, no Content-Length */
   | { kind: 'chunked' }
+  /** a range answered with no size: `Content-Range: bytes A-B/*` */
+  | { kind: 'unsized' }
 
 export interface Served {
   path: string
@@ -95,7 +97,7 @@ export async function startFaultServer (fault: (req: IncomingMessage, index: num
     }
     const body = content.subarray(start, end)
     const headers: Record<string, string | number> = { ...common, 'content-length': body.length }
-    if (status === 206) headers['content-range'] = `bytes ${start}-${end - 1}/${content.length}`
+    if (status === 206) headers['content-range'] = `bytes ${start}-${end - 1}/${f?.kind === 'unsized' ? '*' : content.length}`
     entry.status = status
     if (f?.kind === 'chunked') {
       delete headers['content-length']

@@ -260,10 +260,13 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
         partial,
         stateDir,
         signal,
-        take: async (bytes, own) => {
+        // called for every read from the origin (64 KiB): without a limit of its own, the flow's promise
+        // itself (a shared resolved one when nothing is rationed), not an async frame around it
+        take: (bytes, own) => {
           const s = own ?? signal
-          await run.limiter?.take(bytes, s)
-          await run.flow.take(bytes, s)
+          const limiter = run.limiter
+          if (limiter === null) return run.flow.take(bytes, s)
+          return limiter.take(bytes, s).then(async () => { await run.flow.take(bytes, s) })
         },
         progress,
         settings: this.init.settings.network

@@ -235,6 +235,11 @@ describeNeeding('HTTP engine against nginx', [needsNginx()], () => {
     expect(run.progress.at(-1)).toMatchObject({ done: content.length, total: content.length })
     const ranged = (await nginx.accessLog()).filter(l => l.startsWith('206 "bytes='))
     expect(ranged.length).toBeGreaterThanOrEqual(8)
+    // the first request asks for its first piece only and is read to its end: its connection is kept, not
+    // closed with the rest of the file in flight as an open-ended probe's was
+    const probe = ranged.filter(l => l.startsWith('206 "bytes=0-'))
+    expect(probe).toHaveLength(1)
+    expect(probe[0]).toMatch(/^206 "bytes=0-1048575" 1048576 /)
   })
 
   it('resumes after an abort and fetches again only the unfinished ranges', async () => {
@@ -331,7 +336,7 @@ describe('HTTP engine against a faulty server', () => {
   })
 
   it('starts over on one connection when a later Range request gets 200', async () => {
-    const path = serve(a, (n, range) => range != null && range !== 'bytes=0-' ? { kind: 'ignore-range' } : undefined)
+    const path = serve(a, (n, range) => range != null && !range.startsWith('bytes=0-') ? { kind: 'ignore-range' } : undefined)
     const run = newRun()
     const result = await download(server.url + path, run, { connections: 3 })
     expect(result.sha256).toBe(sha(a))
@@ -414,6 +419,14 @@ describe('HTTP engine against a faulty server', () => {
     expect(await download(server.url + path, run)).toMatchObject({ size: 0, sha256: sha(Buffer.alloc(0)) })
     expect(server.log.find(e => e.path === path)!.status).toBe(416)
     expect((await readFile(run.partial)).length).toBe(0)
+  })
+
+  it('fetches the rest on one connection when the first range is answered without the size (bytes 0-N/*)', async () => {
+    const path = serve(a, () => ({ kind: 'unsized' }))
+    const run = newRun()
+    const result = await download(server.url + path, run, { connections: 4 })
+    expect(result).toMatchObject({ size: a.length, sha256: sha(a) })
+    expect(server.log.filter(e => e.path === path).map(e => e.range)).toEqual(['bytes=0-1048575', 'bytes=0-'])
   })
 
   it('downloads a body of unknown length on one connection', async () => {

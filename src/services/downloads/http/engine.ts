@@ -167,7 +167,16 @@ class Attempt {
     const gaps = this.total != null ? this.cache.done.gaps(this.total) : [[0, Infinity] as const]
     const first = gaps[0]!
     const known = this.cache.done.size > 0 ? this.validators : null
-    const probe = await this.retrying(() => open(this.url, { start: first[0], end: null, known, total: this.total }, this.dispatcher, this.signal))
+    // a download that may be split asks for its first piece only: an open-ended probe was cut after that
+    // piece, and its connection closed with the bytes in flight (~3 MiB of a 1 GiB file from nginx on
+    // loopback) and opened again; on one connection (asked for, or the server's ranges refused) the rest
+    const probeEnd = this.job.connections > 1 && !this.single ? Math.min(first[1], first[0] + MIN_PIECE) : null
+    let probe = await this.retrying(() => open(this.url, { start: first[0], end: probeEnd, known, total: this.total }, this.dispatcher, this.signal))
+    if (probe.status === 206 && probe.total == null && probeEnd != null) {
+      // a size not given (`bytes 0-N/*`): nothing to split, so the rest on this one connection, to its end
+      discard(probe.body)
+      probe = await this.retrying(() => open(this.url, { start: first[0], end: null, known, total: this.total }, this.dispatcher, this.signal))
+    }
     this.url = probe.url
     this.name = probe.name
     this.validators = probe.validators
@@ -183,7 +192,12 @@ class Attempt {
     // pieces in file order, when there are several connections to share them, sized for the hash to take
     // the ones ahead of it from memory (constants.ts, MIN_PIECE)
     const piece = connections > 1 ? Math.min(Math.max(MIN_PIECE, Math.floor(HASH_AHEAD / connections)), Math.ceil(left / connections)) : Infinity
-    this.planner = new Planner(this.total != null ? this.cache.done.gaps(this.total) : [[0, Infinity]], piece, Math.max(piece, MAX_PIECE))
+    const free: Range[] = this.total != null ? this.cache.done.gaps(this.total).map(([s, e]) => [s, e] as const) : [[0, Infinity]]
+    // the probe's connection goes on with what it was answered: the first free range, up to where its answer ends
+    const answered = ranged && probe.length != null ? probe.start + probe.length : Infinity
+    const head = free[0]
+    if (head != null && answered < head[1]) free.splice(0, 1, [head[0], answered], [answered, head[1]])
+    this.planner = new Planner(free, piece, Math.max(piece, MAX_PIECE))
     this.cache = new WriteCache(this.fh, connections, this.hash, this.cache.done)
     await this.save()
     const workers = [this.worker(probe, ranged)]
@@ -222,7 +236,11 @@ class Attempt {
           }
           // requests wait long against the pieces' flow: larger pieces (piece-timing.ts)
           if (request && timing.ended(segment.cursor - before)) this.planner.grow()
-          if (this.total == null) this.total = segment.cursor
+          if (this.total == null) {
+            // the body of unknown size ended: that is the file, and nothing past it is left to fetch
+            this.total = segment.cursor
+            segment.end = segment.cursor
+          }
           failures = 0
           this.planner.release(segment)
           segment = this.planner.next()
