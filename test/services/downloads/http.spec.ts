@@ -194,8 +194,9 @@ describe('HTTP engine parts', () => {
       expect((await writeAll(join(dir, 'shuffled'), shuffled, ahead)).sha256).toBe(sha(content))
       expect((await writeAll(join(dir, 'reversed'), [...starts].reverse(), ahead)).sha256).toBe(sha(content))
     }
-    // nothing kept: all but the first piece (hashed as it came, the hash standing there) was read back
-    expect((await writeAll(join(dir, 'reversed'), [...starts].reverse(), 0)).readBack).toBeGreaterThanOrEqual(content.length - piece)
+    // nothing kept: all was read back but the last pieces written, the 4 connections' last at once, of which each
+    // may find the hash standing at it as it comes (which do depends on the order the writes finish in)
+    expect((await writeAll(join(dir, 'reversed'), [...starts].reverse(), 0)).readBack).toBeGreaterThanOrEqual(content.length - 4 * piece)
     // a resume: the partial holds two ranges (the rest is garbage), the control file says so; the held
     // bytes are read back, the new ones kept or read back
     const resumed = join(dir, 'resumed')
