@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import net from 'node:net'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { ConnectionClosedError, MuxerClosedError, type Connection, type ConnectionGater, type Stream } from '@libp2p/interface'
+import { UnexpectedEOFError } from '@libp2p/utils'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
 import { dialProtocol, asError } from '../../src/peer/dial.ts'
@@ -152,10 +153,13 @@ describe('dialProtocol retry policy', () => {
   }
   const stream = {} as unknown as Stream
 
-  it('tries a dial whose connection closed (close Event, MuxerClosedError, ConnectionClosedError) twice more, the last after a pause', async () => {
+  it('tries a dial whose connection closed (close Event, MuxerClosedError, ConnectionClosedError) or whose stream closed unanswered (UnexpectedEOFError) twice more, the last after a pause', async () => {
     const { dialer, calls } = scripted([new MuxerClosedError(), new ConnectionClosedError('closed')], stream)
     await expect(dialProtocol(dialer, 'peer', OTHER, {})).resolves.toBe(stream)
     expect(calls()).toBe(3)
+    const unanswered = scripted([new UnexpectedEOFError('Unexpected EOF - stream closed while reading 0/1 bytes')], stream)
+    await expect(dialProtocol(unanswered.dialer, 'peer', OTHER, {})).resolves.toBe(stream)
+    expect(unanswered.calls()).toBe(2)
     const again = scripted([new Event('close'), new Event('close'), new Event('close')], stream)
     await expect(dialProtocol(again.dialer, 'peer', OTHER, {})).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' })
     expect(again.calls()).toBe(3)
