@@ -3,8 +3,8 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node'
 
 /**
  * Seconds the slowest spec files took in the last green fresh-clone CI run
- * on a 2-core machine, three files at a time (2026-12-06; the run took about
- * 300 s).
+ * on a 2-core machine, three files at a time (25432d0, 2026-12-07: the run
+ * took 271 s; every file of 4 s or more).
  * With three files at a time, one of these starting last ends the run alone;
  * vitest starts the longest first from the durations it cached on this
  * machine (node_modules/.vite), but a fresh clone has none, and its fallback
@@ -13,30 +13,39 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node'
  * Refresh the list when a file grows much slower or faster.
  */
 export const SLOWEST: Record<string, number> = {
-  'test/integration/nat-relay.spec.ts': 65,
-  'test/integration/backup.spec.ts': 52,
-  'test/integration/home.spec.ts': 48,
-  'test/integration/fetch-resume.spec.ts': 45,
-  'test/integration/backup-care.spec.ts': 41,
-  'test/integration/bandwidth.spec.ts': 39,
-  'test/integration/fetch-kill.spec.ts': 39,
-  'test/integration/friends.spec.ts': 37,
-  'test/integration/chunk-gc.spec.ts': 36,
-  'test/integration/fetch-faults.spec.ts': 36,
-  'test/integration/home-private.spec.ts': 36,
-  'test/integration/fetch.spec.ts': 31,
-  'test/integration/nat.spec.ts': 31,
-  'test/transfer/fetcher.spec.ts': 26,
-  'test/integration/fetch-control.spec.ts': 25,
+  'test/integration/nat-relay.spec.ts': 69,
+  'test/integration/fetch-resume.spec.ts': 43,
+  'test/integration/home.spec.ts': 42,
+  'test/integration/fetch-kill.spec.ts': 40,
+  'test/integration/bandwidth.spec.ts': 37,
+  'test/integration/fetch.spec.ts': 35,
+  'test/integration/backup.spec.ts': 34,
+  'test/integration/friends.spec.ts': 34,
+  'test/integration/chunk-gc.spec.ts': 33,
+  'test/integration/fetch-faults.spec.ts': 29,
+  'test/integration/nat.spec.ts': 27,
   'test/integration/locate.spec.ts': 24,
-  'test/integration/dashboard.spec.ts': 24,
-  'test/integration/downloads.spec.ts': 23,
-  'test/integration/proxy-swarm.spec.ts': 23,
-  'test/transfer/fetcher-discover.spec.ts': 21,
-  'test/integration/expose.spec.ts': 16,
-  'test/services/cli-thin.spec.ts': 13,
-  'test/transfer/scheduler.spec.ts': 11,
-  'test/services/chunk-gc.spec.ts': 10
+  'test/integration/backup-care.spec.ts': 23,
+  'test/integration/fetch-control.spec.ts': 23,
+  'test/integration/dashboard.spec.ts': 22,
+  'test/integration/downloads.spec.ts': 21,
+  'test/integration/home-private.spec.ts': 21,
+  'test/transfer/fetcher.spec.ts': 19,
+  'test/transfer/fetcher-discover.spec.ts': 18,
+  'test/integration/proxy-swarm.spec.ts': 17,
+  'test/integration/expose.spec.ts': 13,
+  'test/services/cli-thin.spec.ts': 10,
+  'test/services/downloads/http.spec.ts': 7,
+  'test/integration/strangers.spec.ts': 7,
+  'test/services/proxy/proxy.spec.ts': 7,
+  'test/integration/proxy.spec.ts': 7,
+  'test/services/chunk-gc.spec.ts': 6,
+  'test/transfer/scheduler.spec.ts': 6,
+  'test/services/api.spec.ts': 6,
+  'test/integration/backup-host.spec.ts': 5,
+  'test/peer/identity.spec.ts': 5,
+  'test/trust/gate.spec.ts': 4,
+  'test/transfer/fetcher-bandwidth.spec.ts': 4
 }
 
 /**
