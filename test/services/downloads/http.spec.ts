@@ -141,6 +141,15 @@ describe('HTTP engine parts', () => {
       sizes.push(growing.next()!)
     }
     expect(sizes.map(s => s.end - s.cursor)).toEqual([MiB, 2 * MiB, 4 * MiB, 4 * MiB])
+    // a grown piece shrinks to the connections' share of what is left, down to the first size, so the
+    // last pieces end together and a split near the end cuts a small request, not a 16 MiB one
+    const tail = new Planner([[0, 40 * MiB]], MiB, 16 * MiB, 4)
+    for (let i = 0; i < 4; i++) tail.grow()
+    const tailSizes: number[] = []
+    while (tail.unassigned > 0) tailSizes.push(tail.next()!.remaining)
+    expect(tailSizes[0]).toBe(10 * MiB)
+    expect(tailSizes.slice(1).every((size, i) => size <= tailSizes[i]!)).toBe(true)
+    expect(tailSizes.slice(-4, -1)).toEqual([MiB, MiB, MiB])
   })
 
   it('shares the write-back cache budget out: two blocks per connection, within it whatever the count', async () => {

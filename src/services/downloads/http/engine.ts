@@ -197,7 +197,7 @@ class Attempt {
     const answered = ranged && probe.length != null ? probe.start + probe.length : Infinity
     const head = free[0]
     if (head != null && answered < head[1]) free.splice(0, 1, [head[0], answered], [answered, head[1]])
-    this.planner = new Planner(free, piece, Math.max(piece, MAX_PIECE))
+    this.planner = new Planner(free, piece, Math.max(piece, MAX_PIECE), connections)
     this.cache = new WriteCache(this.fh, connections, this.hash, this.cache.done)
     await this.save()
     const workers = [this.worker(probe, ranged)]
