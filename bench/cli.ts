@@ -6,7 +6,7 @@ import { cpus, loadavg, tmpdir } from 'node:os'
 import { delimiter, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { TestNode, NODE, KITH } from '../test/helpers/testnet.ts'
-import { fmt, median, table } from './lib.ts'
+import { cpuSeconds, currentRss, fmt, median, MB, table } from './lib.ts'
 
 /**
  * The cli section of `npm run bench` (`--section cli`), also runnable alone:
@@ -15,7 +15,12 @@ import { fmt, median, table } from './lib.ts'
  *   start     a daemon's time to start: `kith start` spawned to its start-up
  *             line, in a new home (identity and database made), again in
  *             the same home, and so with the compile cache off;
- *             BENCH_CLI_STARTS (3) of each
+ *             BENCH_CLI_STARTS (3) of each. Beside the wall time, the CPU
+ *             time (user + system) the daemon used up to that line, from its
+ *             /proc/PID/stat (the re-execution keeps the pid, so both passes
+ *             count; a test run starts ~110 daemons, so this is most of its
+ *             CPU), and its resident memory (VmRSS) 5 s after the same-home
+ *             start: an idle daemon's size (issue 18's target: 100 MB)
  *   commands  `kith status`, `friends`, `transfers` and `--help` against that
  *             daemon, spawned to exit, from the checkout (TypeScript, Node
  *             stripping its types) and from the package installed (npm pack
@@ -38,6 +43,9 @@ import { fmt, median, table } from './lib.ts'
  *             older Node used to start only to hand over); and that Node
  *             bare; and `npx kith status` (npm exec, as the README shows it)
  *
+ * BENCH_CLI_PARTS=start measures the daemon starts alone (a minute, not
+ * several: no package is built or installed).
+ *
  * Each figure is the median of BENCH_CLI_RUNS (10) runs, taken in rounds (one
  * run of every figure per round) so load from other work spreads evenly; the
  * ratios, not the milliseconds, are what compare between runs on a shared
@@ -49,6 +57,8 @@ import { fmt, median, table } from './lib.ts'
  */
 const RUNS = Math.max(1, Math.round(Number(process.env.BENCH_CLI_RUNS ?? 10)))
 const STARTS = Math.max(1, Math.round(Number(process.env.BENCH_CLI_STARTS ?? 3)))
+/** BENCH_CLI_PARTS=start: the daemon starts only (no package install, no commands) */
+const START_ONLY = process.env.BENCH_CLI_PARTS === 'start'
 const TARGET = 3
 /** the thin commands the target is for */
 const COMMANDS = [['status'], ['friends'], ['transfers'], ['--help']]
@@ -132,29 +142,45 @@ get(new URL('/v1/status', url), { headers: { authorization: 'Bearer ' + token } 
   res.on('end', () => { if (res.statusCode !== 200) process.exitCode = 1; console.log(body) })
 })`
 
-interface Starts { node: TestNode, fresh: number[], again: number[], uncached: number[] }
+interface Starts {
+  node: TestNode
+  /** wall ms to the start-up line */
+  fresh: number[]
+  again: number[]
+  uncached: number[]
+  /** the daemon's CPU ms to its start-up line, the same starts */
+  cpu: { fresh: number[], again: number[], uncached: number[] }
+  /** MB resident 5 s after each same-home start */
+  idleRss: number[]
+}
+
+/** How long after its start-up line an idle daemon's resident memory is read */
+const IDLE_AFTER_MS = 5_000
 
 /** `kith start` to its start-up line: in a new home, again in the same home, and again without the compile cache. */
 async function daemonStarts (log: Log, work: string): Promise<Starts> {
-  const starts: Omit<Starts, 'node'> = { fresh: [], again: [], uncached: [] }
+  const starts: Omit<Starts, 'node'> = { fresh: [], again: [], uncached: [], cpu: { fresh: [], again: [], uncached: [] }, idleRss: [] }
   let node: TestNode | undefined
-  const time = async (n: TestNode, into: number[]): Promise<void> => {
+  const time = async (n: TestNode, kind: 'fresh' | 'again' | 'uncached'): Promise<void> => {
     const started = performance.now()
     await n.start()
-    into.push(performance.now() - started)
+    starts[kind].push(performance.now() - started)
+    starts.cpu[kind].push(await cpuSeconds(n.pid) * 1000)
   }
   for (let i = 0; i < STARTS; i++) {
     if (node != null) await node.stop()
     const home = join(work, `home${i + 1}`)
     // as a user's `kith start`: the daemon re-executes itself with its heap flags
     node = new TestNode(`cli${i + 1}`, home, [], { reexec: true })
-    await time(node, starts.fresh)
+    await time(node, 'fresh')
     await node.stop()
     const uncached = new TestNode(`cli${i + 1}`, home, [], { env: { NODE_DISABLE_COMPILE_CACHE: '1' }, reexec: true })
-    await time(uncached, starts.uncached)
+    await time(uncached, 'uncached')
     await uncached.stop()
-    await time(node, starts.again)
-    log(`daemon start ${i + 1}/${STARTS}: new home ${fmt(starts.fresh.at(-1)!)} ms, same home ${fmt(starts.again.at(-1)!)} ms, without the compile cache ${fmt(starts.uncached.at(-1)!)} ms`)
+    await time(node, 'again')
+    await new Promise(resolve => setTimeout(resolve, IDLE_AFTER_MS))
+    starts.idleRss.push(await currentRss(node.pid) / MB)
+    log(`daemon start ${i + 1}/${STARTS}: new home ${fmt(starts.fresh.at(-1)!)} ms (CPU ${fmt(starts.cpu.fresh.at(-1)!)} ms), same home ${fmt(starts.again.at(-1)!)} ms (CPU ${fmt(starts.cpu.again.at(-1)!)} ms, ${fmt(starts.idleRss.at(-1)!)} MB resident ${IDLE_AFTER_MS / 1000} s later), without the compile cache ${fmt(starts.uncached.at(-1)!)} ms (CPU ${fmt(starts.cpu.uncached.at(-1)!)} ms)`)
   }
   return { node: node!, ...starts }
 }
@@ -182,11 +208,32 @@ async function installPackage (log: Log, work: string): Promise<{ script: string
   return { script: join(prefix, 'lib', 'node_modules', 'kith', 'bin', 'kith.js'), bin: join(prefix, 'bin', 'kith') }
 }
 
+/** The start part's figures, as printed */
+function startLines (starts: Starts): string[] {
+  const figures: Array<[string, number[], number[]]> = [['new home', starts.fresh, starts.cpu.fresh], ['same home again', starts.again, starts.cpu.again], ['same home, compile cache off', starts.uncached, starts.cpu.uncached]]
+  return [
+    `daemon start (kith start to its start-up line), median of ${STARTS}: ${figures.map(([what, v]) => `${what} ${fmt(median(v))} ms (${v.map(x => fmt(x)).join(' ')})`).join('; ')}`,
+    `daemon CPU to its start-up line (user + system), median of ${STARTS}: ${figures.map(([what, , cpu]) => `${what} ${fmt(median(cpu))} ms (${cpu.map(x => fmt(x)).join(' ')})`).join('; ')}`,
+    `idle daemon, resident ${IDLE_AFTER_MS / 1000} s after a same-home start, median of ${STARTS}: ${fmt(median(starts.idleRss))} MB (${starts.idleRss.map(x => fmt(x)).join(' ')}); ratio to issue 18's 100 MB target ${fmt(median(starts.idleRss) / 100, 2)}`
+  ]
+}
+
+function loadLine (load: number): string {
+  return `load average (1 min) at the start: ${fmt(load, 1)}${load > cpus().length / 2 ? ': other work was running, so milliseconds are noisy; compare ratios' : ''}`
+}
+
 export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${m}\n`)): Promise<string> {
   const load = loadavg()[0]!
   const work = await mkdtemp(join(tmpdir(), 'kith-bench-cli-'))
   let node: TestNode | undefined
   try {
+    if (START_ONLY) {
+      const starts = await daemonStarts(log, work)
+      node = starts.node
+      const text = [`\nkith daemon start: ${cpus().length} cores, Node ${process.versions.node}`, loadLine(load), ...startLines(starts)].join('\n')
+      console.log(text)
+      return text
+    }
     const installed = await installPackage(log, work)
     const starts = await daemonStarts(log, work)
     node = starts.node
@@ -266,11 +313,10 @@ export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${
       const ratios = figures.filter(f => f.target && f.from === from && f.cache === cache).map(f => median(f.wall) / floor)
       return `${cache} ${fmt(Math.min(...ratios), 2)} to ${fmt(Math.max(...ratios), 2)}x`
     }).join(', ')}`).join('; ')
-    const startFigures: Array<[string, number[]]> = [['new home', starts.fresh], ['same home again', starts.again], ['same home, compile cache off', starts.uncached]]
     const text = [
       `\nkith CLI benchmark: median of ${RUNS} runs, ${cpus().length} cores, Node ${process.versions.node}; ratio = wall time / the bare request's`,
-      `load average (1 min) at the start: ${fmt(load, 1)}${load > cpus().length / 2 ? ': other work was running, so milliseconds are noisy; compare ratios' : ''}`,
-      `daemon start (kith start to its start-up line), median of ${STARTS}: ${startFigures.map(([what, v]) => `${what} ${fmt(median(v))} ms (${v.map(x => fmt(x)).join(' ')})`).join('; ')}`,
+      loadLine(load),
+      ...startLines(starts),
       `the target's commands, ratio range: ${ranges}`,
       table(['figure', 'kith', 'cache', 'ms', 'ratio', 'target', 'met', 'CPU ms', 'CPU ratio', 'runs (ms)'], rows)
     ].join('\n')
