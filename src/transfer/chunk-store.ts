@@ -233,6 +233,8 @@ class LevelChunkStore implements ChunkStore {
   private writing: Promise<void> | undefined
   /** files that hold chunks, open for reading while chunks are read from them in a row */
   private readonly handles = new ReadHandles()
+  /** index rows read or written lately (see `row`) */
+  private readonly rows = new RowCache()
 
   constructor (init: ChunkStoreInit) {
     this.dir = init.dir
@@ -256,6 +258,23 @@ class LevelChunkStore implements ChunkStore {
       // A fresh store, or one from before stats were kept: count once.
       for await (const [, record] of this.index.iterator()) this.current = add(this.current, weight(record), 1)
     }
+  }
+
+  /**
+   * The index row of `id`, from the rows read or written lately if there: a
+   * chunk asked HAVE and then served (GET), found absent by a fetch and then
+   * recorded in its file, or recorded and then moved with its placed file,
+   * costs one database read, not two or three. Every index change goes
+   * through `drain`, which updates the cache, and a read that a change
+   * overtook is not kept, so it answers as the database does.
+   */
+  private async row (id: string): Promise<ChunkRecord | undefined> {
+    const cached = this.rows.get(id)
+    if (cached !== undefined) return cached ?? undefined
+    const epoch = this.rows.epoch
+    const record = await this.index.get(id)
+    if (this.rows.epoch === epoch) this.rows.set(id, record ?? null)
+    return record
   }
 
   private path (id: string): string {
@@ -307,9 +326,11 @@ class LevelChunkStore implements ChunkStore {
       try {
         await this.db.batch(ops)
       } catch (err) {
+        this.rows.changed(changes.map(c => c.id))
         for (const c of changes) c.done.reject(err)
         continue
       }
+      this.rows.changed(changes.map(c => c.id), changes.map(c => c.record ?? null))
       this.current = next
       for (const c of changes) c.done.resolve()
     }
@@ -323,7 +344,7 @@ class LevelChunkStore implements ChunkStore {
     const bytes = options.verified === true ? sealed : Buffer.from(sealed)
     if (options.verified !== true) verifySealed(id, bytes)
     return await this.locks.run(id, async () => {
-      if (await this.index.get(id) !== undefined) return false
+      if (await this.row(id) !== undefined) return false
       const fanout = join(this.dir, id.slice(0, 2))
       if (!this.fanouts.has(fanout)) {
         await mkdir(fanout, { recursive: true, mode: 0o700 })
@@ -355,7 +376,7 @@ class LevelChunkStore implements ChunkStore {
     if (!Number.isSafeInteger(ref.offset) || ref.offset < 0) throw new KithError('BAD_REQUEST', `offset ${ref.offset} is not a file position`)
     const file: FileRef = { ...ref, nonce: Buffer.from(sealedNonce(sealed)).toString('hex') }
     return await this.locks.run(id, async () => {
-      const held = await this.index.get(id)
+      const held = await this.row(id)
       const replace = options.replace === true
         ? held !== undefined && (held.file?.path !== file.path || held.file.offset !== file.offset ||
           held.file.seen?.size !== file.seen?.size || held.file.seen?.mtimeMs !== file.seen?.mtimeMs)
@@ -379,7 +400,7 @@ class LevelChunkStore implements ChunkStore {
     for (let at = 0; at < unique.length; at += MAX_BATCH) {
       await Promise.all(unique.slice(at, at + MAX_BATCH).map(async id => {
         await this.locks.run(id, async () => {
-          const record = await this.index.get(id)
+          const record = await this.row(id)
           if (record?.file?.path !== from) return
           const file: FileRef = { ...record.file, path: to }
           if (seen !== undefined) file.seen = seen
@@ -392,7 +413,7 @@ class LevelChunkStore implements ChunkStore {
 
   async has (id: string): Promise<boolean> {
     checkId(id)
-    const record = await this.index.get(id)
+    const record = await this.row(id)
     if (record === undefined) return false
     if (record.file === undefined) return true
     // a file the user deleted or replaced holds nothing (get drops the row when asked)
@@ -412,7 +433,7 @@ class LevelChunkStore implements ChunkStore {
       throw err
     }
     await this.locks.run(id, async () => {
-      const again = await this.index.get(id)
+      const again = await this.row(id)
       if (again?.file?.path === record.file!.path) await this.rewrite(id, { ...again, file: { ...again.file, seen: now } })
     })
     return true
@@ -476,13 +497,13 @@ class LevelChunkStore implements ChunkStore {
 
   async getParts (id: string): Promise<Uint8Array[]> {
     checkId(id)
-    const record = await this.index.get(id)
+    const record = await this.row(id)
     if (record === undefined) throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not in this store`)
     const bytes = await this.readVerified(id, record)
     if (bytes !== undefined) return bytes
     // Look again under the lock before dropping: a delete or put may have raced us.
     return await this.locks.run(id, async () => {
-      const again = await this.index.get(id)
+      const again = await this.row(id)
       if (again === undefined) throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… is not in this store`)
       const retry = await this.readVerified(id, again)
       if (retry !== undefined) return retry
@@ -503,7 +524,7 @@ class LevelChunkStore implements ChunkStore {
   async delete (id: string): Promise<boolean> {
     checkId(id)
     return await this.locks.run(id, async () => {
-      const record = await this.index.get(id)
+      const record = await this.row(id)
       // Unindex first: a kill between the two steps leaves an orphan file, never a dangling index row.
       if (record !== undefined) await this.commit(id, undefined, record)
       if (record?.file !== undefined) return true // the file is not ours
@@ -528,6 +549,39 @@ class LevelChunkStore implements ChunkStore {
 
 /** Index changes in one database batch, at most. */
 const MAX_BATCH = 256
+
+/** Index rows cached: the ids of one HAVE (MAX_HAVE_IDS), a few hundred KB. */
+const MAX_CACHED_ROWS = 4096
+
+/**
+ * Index rows by id, null for an id not indexed; the oldest go first past
+ * MAX_CACHED_ROWS. Rows are never changed in place (a change writes a new
+ * object), so a cached one can be handed out as it is. `epoch` moves at every
+ * batch written or failed, so a read that began before one is not kept.
+ */
+class RowCache {
+  private readonly rows = new Map<string, ChunkRecord | null>()
+  epoch = 0
+
+  get (id: string): ChunkRecord | null | undefined {
+    return this.rows.get(id)
+  }
+
+  set (id: string, record: ChunkRecord | null): void {
+    this.rows.delete(id)
+    this.rows.set(id, record)
+    if (this.rows.size > MAX_CACHED_ROWS) this.rows.delete(this.rows.keys().next().value!)
+  }
+
+  /** A batch of changes to `ids` was written (`records`, their new rows) or failed (forgotten). */
+  changed (ids: string[], records?: Array<ChunkRecord | null>): void {
+    this.epoch++
+    ids.forEach((id, i) => {
+      if (records !== undefined) this.set(id, records[i]!)
+      else this.rows.delete(id)
+    })
+  }
+}
 
 interface Change {
   id: string
