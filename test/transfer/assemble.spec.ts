@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { appendFile, mkdir, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { Level } from 'level'
@@ -5,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { assembleFile, assembleShare, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, sharePartialPath, storeReader } from '../../src/transfer/assemble.ts'
+import { assembleFile, assembleShare, FileAssembly, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, sharePartialPath, storeReader } from '../../src/transfer/assemble.ts'
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
 import { waitFor } from '../helpers/testnet.ts'
@@ -132,6 +133,26 @@ describe('assemble', () => {
     expect(await readdir(out)).toEqual(['keep.kith-partial.txt'])
   })
 
+
+  it('flushes a file to the disk beside its writes, and places it whole, or removes it on abort mid-flush', async () => {
+    // the same chunk everywhere (its length is all a write checks), flushed every 2 chunks
+    const chunk = pseudoRandom(CS, 'sync')
+    const count = 9
+    const options = { syncEvery: 2 * CS }
+    const whole = createHash('sha256')
+    for (let i = 0; i < count; i++) whole.update(chunk)
+    const big: ManifestFile = { type: 'file', path: 'big.bin', size: count * chunk.length, sha256: whole.digest('hex'), chunks: Array.from({ length: count }, (_, i) => i.toString(16).padStart(64, '0')), executable: false }
+    // written last chunk first, so every chunk but the last is read back for the hash
+    const placed = new FileAssembly(join(out, 'big.bin'), big, chunk.length, options)
+    for (let i = count - 1; i >= 0; i--) await placed.write(i, chunk)
+    await placed.finish()
+    expect((await stat(join(out, 'big.bin'))).size).toBe(count * chunk.length)
+    const cut = new FileAssembly(join(out, 'cut.bin'), { ...big, path: 'cut.bin' }, chunk.length, options)
+    for (let i = 0; i < count - 1; i++) await cut.write(i, chunk)
+    // a flush began at the last chunk, and may be under way: abort waits for it, and leaves nothing
+    await cut.abort()
+    expect((await readdir(out)).sort()).toEqual(['big.bin'])
+  })
 
   describe('while fetching (ShareAssembly)', () => {
     /** a folder with two identical files (so their chunks share ids), a bigger one and an empty one */
