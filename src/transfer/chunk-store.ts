@@ -235,6 +235,8 @@ class LevelChunkStore implements ChunkStore {
   private readonly handles = new ReadHandles()
   /** index rows read or written lately (see `row`) */
   private readonly rows = new RowCache()
+  /** `seenOf` calls under way, by path (see `seen`) */
+  private readonly looking = new Map<string, Promise<FileSeen | undefined>>()
 
   constructor (init: ChunkStoreInit) {
     this.dir = init.dir
@@ -275,6 +277,20 @@ class LevelChunkStore implements ChunkStore {
     const record = await this.index.get(id)
     if (this.rows.epoch === epoch) this.rows.set(id, record ?? null)
     return record
+  }
+
+  /**
+   * `seenOf(path)`, shared by the calls that ask while one is under way: a
+   * HAVE asks `has` of many chunks of one file at once, and they all get
+   * the answer of one lstat made meanwhile instead of one each.
+   */
+  private async seen (path: string): Promise<FileSeen | undefined> {
+    let looking = this.looking.get(path)
+    if (looking === undefined) {
+      looking = seenOf(path).finally(() => { this.looking.delete(path) })
+      this.looking.set(path, looking)
+    }
+    return await looking
   }
 
   private path (id: string): string {
@@ -417,7 +433,7 @@ class LevelChunkStore implements ChunkStore {
     if (record === undefined) return false
     if (record.file === undefined) return true
     // a file the user deleted or replaced holds nothing (get drops the row when asked)
-    const now = await seenOf(record.file.path)
+    const now = await this.seen(record.file.path)
     if (now === undefined) return false
     const seen = record.file.seen
     if (seen === undefined || (seen.size === now.size && seen.mtimeMs === now.mtimeMs)) return true
