@@ -2,10 +2,10 @@
  * Fetching many blobs back, many per request (a restore's data blobs).
  *
  * Each blob starts at one of its hosts (rotated by its id, so a restore reads
- * from all of them) and waits in that host's queue; a get-many leaves as soon
- * as fewer than REQUESTS_PER_HOST are in flight to that host, carrying what
- * waits (up to BATCH_BYTES, batch.ts), so requests grow when the host is the
- * bottleneck. Every blob is opened (openBlob: the AEAD tag over every byte,
+ * from all of them) and waits in that host's queue; a get-many leaves at once
+ * when none is in flight to that host, and otherwise only with a full batch
+ * (fullBatch, batch.ts) while fewer than REQUESTS_PER_HOST are, carrying what
+ * waits (up to BATCH_BYTES), so blobs share requests. Every blob is opened (openBlob: the AEAD tag over every byte,
  * owner, id and kind in its AD, then the keyed id over the plaintext) before
  * it is handed out; the sealed id is not hashed again on top of that. A host
  * that fails a blob, or the whole request, hands it to the next of its hosts.
@@ -13,7 +13,7 @@
 import { KithError, asKithError } from '../../errors.ts'
 import { BufferPool } from '../../transfer/buffer-pool.ts'
 import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
-import { takeBatch } from './batch.ts'
+import { fullBatch, takeBatch } from './batch.ts'
 import { openBlob } from './blob.ts'
 import type { BlobKind, BlobRecord } from './owner-index.ts'
 import { unlessBusy, type BackupParts } from './parts.ts'
@@ -96,6 +96,7 @@ export class BlobGetter {
 
   private pump (host: string, queue: HostQueue): void {
     while (queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
+      if (queue.inFlight > 0 && !fullBatch(queue.waiting, w => w.record.size)) break
       const batch = takeBatch(queue.waiting, w => w.record.size)
       queue.inFlight++
       void this.send(host, batch).finally(() => {
@@ -106,19 +107,22 @@ export class BlobGetter {
   }
 
   private async send (host: string, batch: Want[]): Promise<void> {
-    let answers: Array<Uint8Array | KithError>
+    // a blob wanted twice (two files, or one file, holding the same chunk) is asked for once: a get-many names each id once
+    const ids = [...new Set(batch.map(w => w.record.sealedId))]
+    let answers: Map<string, Uint8Array | KithError>
     try {
-      answers = await unlessBusy(async () => await this.parts.host(host).getMany(batch.map(w => w.record.sealedId), this.signal, {
+      const got = await unlessBusy(async () => await this.parts.host(host).getMany(ids, this.signal, {
         buffer: size => this.buffer(this.sealedBuffers, size),
         // each is opened below before anything uses it: the AEAD and the keyed id check every byte
         opened: true
       }), this.signal)
+      answers = new Map(ids.map((id, i) => [id, got[i]!]))
     } catch (err) {
       for (const want of batch) this.failed(want, host, err)
       return
     }
-    for (const [i, want] of batch.entries()) {
-      const answer = answers[i]!
+    for (const want of batch) {
+      const answer = answers.get(want.record.sealedId)!
       if (answer instanceof KithError) {
         this.failed(want, host, answer)
         continue
@@ -129,10 +133,9 @@ export class BlobGetter {
       } catch (err) {
         this.plainBuffers.give(into)
         this.failed(want, host, err)
-      } finally {
-        this.sealedBuffers.give(answer)
       }
     }
+    for (const answer of answers.values()) if (!(answer instanceof KithError)) this.sealedBuffers.give(answer)
   }
 
   /** The next of the blob's hosts, or BLOB_MISSING naming what each said. */

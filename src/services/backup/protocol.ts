@@ -316,18 +316,25 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
   await io.send({ ok: true, stored: stored.length, used, quota }, signal)
 }
 
-/** get-many: each blob in turn (one read ahead), or missing; the held ones hold MAX_MANY_BYTES at most. */
+/**
+ * get-many: each blob in turn (one read ahead), or missing; the held ones
+ * hold MAX_MANY_BYTES at most. The book is asked once for all of them, not
+ * again per blob: one removed meanwhile (by this owner) may still be sent.
+ */
 async function getMany (init: BackupHandlerInit, io: Framed, owner: string, ids: string[], signal: AbortSignal): Promise<void> {
-  const total = (await init.book.sizes(owner, ids)).reduce<number>((sum, size) => sum + (size ?? 0), 0)
+  const sizes = await init.book.sizes(owner, ids)
+  const total = sizes.reduce<number>((sum, size) => sum + (size ?? 0), 0)
   if (total > MAX_MANY_BYTES) throw new KithError('PAYLOAD_TOO_LARGE', `these blobs hold ${total} bytes, more than the ${MAX_MANY_BYTES} one get-many may; ask for fewer at once`)
-  const read = (id: string): Promise<Uint8Array | null> => readHeld(init, owner, id).catch(err => {
-    if (err instanceof KithError && err.code === 'BLOB_MISSING') return null
-    throw err
-  })
-  let next: Promise<Uint8Array | null> | null = read(ids[0]!)
+  const read = (i: number): Promise<Uint8Array | null> => sizes[i] == null
+    ? Promise.resolve(null)
+    : readStored(init, owner, ids[i]!).catch(err => {
+      if (err instanceof KithError && err.code === 'BLOB_MISSING') return null
+      throw err
+    })
+  let next: Promise<Uint8Array | null> | null = read(0)
   for (let i = 0; i < ids.length; i++) {
     const current: Promise<Uint8Array | null> = next!
-    next = i + 1 < ids.length ? read(ids[i + 1]!) : null
+    next = i + 1 < ids.length ? read(i + 1) : null
     next?.catch(() => {}) // awaited in turn; a failure must not go unhandled if this one fails first
     const sealed = await current
     if (sealed === null) {
@@ -342,6 +349,11 @@ async function getMany (init: BackupHandlerInit, io: Framed, owner: string, ids:
 /** An owner's blob, read from the store; one the store lost is dropped from the book (BLOB_MISSING). */
 async function readHeld (init: BackupHandlerInit, owner: string, id: string): Promise<Uint8Array> {
   if (!await init.book.held(owner, id)) throw new KithError('BLOB_MISSING', `this node holds no blob ${id} for you`)
+  return await readStored(init, owner, id)
+}
+
+/** readHeld once the book has said the owner holds `id`. */
+async function readStored (init: BackupHandlerInit, owner: string, id: string): Promise<Uint8Array> {
   try {
     return await init.store.get(id)
   } catch (err) {

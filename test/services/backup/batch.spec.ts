@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { BATCH_BYTES, takeBatch } from '../../../src/services/backup/batch.ts'
+import { BATCH_BYTES, fullBatch, takeBatch } from '../../../src/services/backup/batch.ts'
 import { MAX_MANY_BLOBS } from '../../../src/services/backup/wire.ts'
 
 describe('takeBatch: what one put-many or get-many carries', () => {
@@ -25,5 +25,18 @@ describe('takeBatch: what one put-many or get-many carries', () => {
     const waiting = new Array<number>(MAX_MANY_BLOBS + 10).fill(1)
     expect(takeBatch(waiting, size)).toHaveLength(MAX_MANY_BLOBS)
     expect(waiting).toHaveLength(10)
+  })
+})
+
+describe('fullBatch: whether a further request may leave now', () => {
+  const size = (n: number): number => n
+
+  it('is true from BATCH_BYTES waiting, or MAX_MANY_BLOBS items, and not below', () => {
+    expect(fullBatch([], size)).toBe(false)
+    expect(fullBatch([BATCH_BYTES - 2, 1], size)).toBe(false)
+    expect(fullBatch([BATCH_BYTES - 2, 1, 1], size)).toBe(true)
+    expect(fullBatch([BATCH_BYTES * 3], size)).toBe(true)
+    expect(fullBatch(new Array<number>(MAX_MANY_BLOBS - 1).fill(1), size)).toBe(false)
+    expect(fullBatch(new Array<number>(MAX_MANY_BLOBS).fill(1), size)).toBe(true)
   })
 })
