@@ -3,6 +3,7 @@ import { mkdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
 import { cpuSeconds, fmt, MB, peakRss, resetPeakRss, run, table } from './lib.ts'
+import { memorySplit, watchMemory, type MemorySplit } from './smaps.ts'
 
 /**
  * The small-files section of `npm run bench` (`--section smallfiles`): a
@@ -16,7 +17,9 @@ import { cpuSeconds, fmt, MB, peakRss, resetPeakRss, run, table } from './lib.ts
  *                  transfer record's created -> done); target >= 3,000
  *   tar | tar      files per second, and the fetch's ratio to it
  *   memory         peak RSS (VmHWM) of each daemon while sharing and while
- *                  fetching; target <= 200 MB, whatever the number of files
+ *                  fetching; target <= 200 MB, whatever the number of files;
+ *                  the fetcher's before the fetch and at its sampled peak,
+ *                  split by kind (bench/smaps.ts)
  *   CPU            CPU ms per file, owner and fetcher
  */
 const TARGET_FILES_PER_S = 3000
@@ -33,6 +36,11 @@ async function makeTree (root: string, count: number): Promise<void> {
     if (i % PER_FOLDER === 0) await mkdir(dir, { recursive: true })
     await writeFile(join(dir, `f${String(i).padStart(6, '0')}.dat`), randomFillSync(bytes))
   }
+}
+
+/** A memory split (bench/smaps.ts) as a note. */
+function describe (m: MemorySplit): string {
+  return `mapped files ${fmt(m.files / MB)}, glibc heap ${fmt(m.heap / MB)}, thread arenas ${fmt(m.arenas / MB)}, other anonymous (V8 heap, buffers of 128 KiB+) ${fmt(m.anon / MB)}`
 }
 
 async function waitOnline (node: TestNode, label: string): Promise<void> {
@@ -86,6 +94,8 @@ export async function smallFilesBench (log: Log, work: string, count: number, pr
 
     log('smallfiles: kith fetch')
     for (const n of [owner, friend]) await resetPeakRss(n.pid)
+    const before = await memorySplit(friend.pid!)
+    const memory = watchMemory(friend.pid!)
     const cpu = await Promise.all([owner, friend].map(async n => await cpuSeconds(n.pid)))
     // progress lines come while chunks arrive (files are placed meanwhile); none while the last files are placed
     let lastProgressAt = NaN
@@ -98,6 +108,7 @@ export async function smallFilesBench (log: Log, work: string, count: number, pr
     must(fetched, 'kith fetch')
     const fetchCpu = await Promise.all([owner, friend].map(async (n, i) => await cpuSeconds(n.pid) - cpu[i]!))
     const peaks = await Promise.all([owner, friend].map(async n => await peakRss(n.pid)))
+    const atPeak = await memory.stop()
     const last = JSON.parse(fetched.stdout.trim().split('\n').at(-1)!) as { id: string, state: string }
     if (last.state !== 'done') throw new Error(`kith fetch ended ${JSON.stringify(last)}`)
     const { transfers } = await friend.json<{ transfers: Array<{ id: string, created: number, updated: number }> }>('transfers')
@@ -113,7 +124,10 @@ export async function smallFilesBench (log: Log, work: string, count: number, pr
         `${fmt(fetchMs / 1000, 1)} s (command ${fmt(fetched.ms / 1000, 1)} s; the last ${fmt((doneAt - lastProgressAt) / 1000, 1)} s placing); CPU ms/file owner ${fmt(fetchCpu[0]! * 1000 / count, 2)}, fetcher ${fmt(fetchCpu[1]! * 1000 / count, 2)}`],
       ['peak RSS owner, sharing (MB)', fmt(sharePeak / MB), '', `<= ${TARGET_RSS / MB}`, sharePeak <= TARGET_RSS ? 'yes' : 'NO', ''],
       ['peak RSS owner, serving (MB)', fmt(peaks[0]! / MB), '', `<= ${TARGET_RSS / MB}`, peaks[0]! <= TARGET_RSS ? 'yes' : 'NO', ''],
-      ['peak RSS fetcher (MB)', fmt(peaks[1]! / MB), '', `<= ${TARGET_RSS / MB}`, peaks[1]! <= TARGET_RSS ? 'yes' : 'NO', '']
+      ['peak RSS fetcher (MB)', fmt(peaks[1]! / MB), '', `<= ${TARGET_RSS / MB}`, peaks[1]! <= TARGET_RSS ? 'yes' : 'NO',
+        before === undefined ? '' : `${fmt((peaks[1]! - before.total) / MB)} above its ${fmt(before.total / MB)} before the fetch`],
+      ['  fetcher before the fetch (MB)', before === undefined ? '' : fmt(before.total / MB), '', '', '', before === undefined ? '' : describe(before)],
+      ['  fetcher at its sampled peak (MB)', atPeak === undefined ? '' : fmt(atPeak.total / MB), '', '', '', atPeak === undefined ? '' : `${describe(atPeak)} (smaps every 250 ms)`]
     ]
     console.log(`\nkith small-files benchmark: ${count} files of ${FILE_SIZE} bytes in folders of ${PER_FOLDER}, two daemons on 127.0.0.1`)
     console.log(table(['figure', 'value', 'of tar', 'target', 'met', 'note'], rows))
