@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { MAX_SEALED_CHUNK_SIZE } from '../../src/transfer/constants.ts'
+import { MAX_SEALED_CHUNK_SIZE, PARTIAL_SUFFIX } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkId, deriveSealKeys, generateShareId, generateShareKey, sealChunk, type SealKeys } from '../../src/transfer/seal.ts'
 import { expectCodeAsync, pseudoRandom, tempDir } from './helpers.ts'
@@ -434,6 +434,35 @@ describe('chunk store', () => {
       await store.moveInFile(held.map(c => c.id), path, otherPath)
       for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
       // and the move is in the index, not only in memory
+      await openWithKeys()
+      for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+    })
+
+    it('reads each row from the database once: a fetch asks, records and moves it; a friend asks HAVE, then GET', async () => {
+      let reads = 0
+      class CountingLevel extends Level {
+        // every get, of the store's sublevels too, ends in the root's _get (abstract-level)
+        async _get (key: unknown, options: unknown): Promise<unknown> {
+          reads++
+          return await (Level.prototype as any)._get.call(this, key, options)
+        }
+      }
+      await db.close()
+      db = new CountingLevel(join(dir, 'db'))
+      store = await openChunkStore({ dir: chunks, db: db.sublevel('transfer'), keys: async () => keys })
+      reads = 0
+      const ids = held.map(c => c.id)
+      for (const id of ids) expect(await store.has(id)).toBe(false)
+      const partial = join(dir, 'fetched', `.file${PARTIAL_SUFFIX}`)
+      await writeFile(partial, content)
+      await putAll(partial, held)
+      await rename(partial, path)
+      await store.moveInFile(ids, partial, path)
+      expect(reads).toBe(ids.length)
+      for (const id of ids) expect(await store.has(id)).toBe(true)
+      for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
+      expect(reads).toBe(ids.length)
+      // what it answered is what the database holds
       await openWithKeys()
       for (const c of held) expect(Buffer.from(await store.get(c.id)).equals(c.sealed)).toBe(true)
     })
