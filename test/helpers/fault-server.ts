@@ -43,6 +43,8 @@ export interface Served {
   at: number
   /** Date.now() when it came, to compare with an HTTP-date */
   wall: number
+  /** connections open when it came, its own included */
+  open: number
 }
 
 export interface FaultServer {
@@ -65,7 +67,7 @@ export async function startFaultServer (fault: (req: IncomingMessage, index: num
   const log: Served[] = []
   const sockets = new Set<Socket>()
   const server = createServer((req, res) => {
-    const entry: Served = { path: req.url ?? '', range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined, status: 0, bytes: 0, at: performance.now(), wall: Date.now() }
+    const entry: Served = { path: req.url ?? '', range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined, status: 0, bytes: 0, at: performance.now(), wall: Date.now(), open: sockets.size }
     log.push(entry)
     serve(req, res, entry, fault(req, log.length - 1))
   })

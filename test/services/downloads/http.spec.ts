@@ -4,11 +4,13 @@ import { once } from 'node:events'
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { KithError } from '../../../src/errors.ts'
 import type { DownloadProgress, DownloadResult, DownloadSettings } from '../../../src/services/downloads/addon.ts'
 import { httpAddon } from '../../../src/services/downloads/http/index.ts'
 import { CACHE_BUDGET, MAX_BLOCK, MIN_BLOCK } from '../../../src/services/downloads/http/constants.ts'
+import { makeDispatcher } from '../../../src/services/downloads/http/dispatcher.ts'
 import { HashCursor } from '../../../src/services/downloads/http/hash-cursor.ts'
 import { Planner } from '../../../src/services/downloads/http/segments.ts'
 import { WriteCache } from '../../../src/services/downloads/http/write-cache.ts'
@@ -335,6 +337,26 @@ describe('HTTP engine against a faulty server', () => {
     expect(result.sha256).toBe(sha(a))
     expect(sha(await readFile(run.partial))).toBe(sha(a))
     expect(run.taken).toBe(a.length)
+  })
+
+  it('opens no more connections to an origin than the download has', async () => {
+    // the engine's N connections are N workers with one request each; uncapped, undici opened a new
+    // connection for a worker's next piece when the last one's was not yet marked free (15-16 connections
+    // for 8 workers' 1 MiB pieces from nginx). A server of its own: the shared one may still be closing
+    // the other tests' connections
+    const own = await startFaultServer()
+    const content = randomBytes(64 * 1024)
+    own.files.set('/f', content)
+    const dispatcher = makeDispatcher(SETTINGS, undefined, 2)
+    try {
+      const bodies = await Promise.all(Array.from({ length: 6 }, async () => await (await request(own.url + '/f', { dispatcher })).body.arrayBuffer()))
+      expect(bodies.every(b => Buffer.from(b).equals(content))).toBe(true)
+    } finally {
+      await dispatcher.destroy()
+      await own.stop()
+    }
+    expect(own.log).toHaveLength(6)
+    expect(Math.max(...own.log.map(e => e.open))).toBe(2)
   })
 
   it('takes a 200 answer to the first Range request as "no ranges": one connection', async () => {

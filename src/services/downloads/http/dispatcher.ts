@@ -18,8 +18,16 @@ import type { DownloadSettings } from '../addon.ts'
  * resolves to a public address first and a private one later can't slip by.
  * Connections to a configured proxy server are not guarded (the proxy
  * resolves the origin's name).
+ *
+ * `connections`, when given, caps the connections to one origin: the HTTP
+ * engine's N connections are N workers each with one request at a time, and
+ * without the cap undici opens a new connection for a worker's next request
+ * when the one its last response came on is not yet marked free (measured:
+ * 15-16 connections for 8 workers fetching 1 MiB pieces from nginx), each a
+ * handshake and a slow start, and more than N against an origin that limits
+ * per connection.
  */
-export function makeDispatcher (settings: DownloadSettings, guard?: ConnectGuard): Dispatcher {
+export function makeDispatcher (settings: DownloadSettings, guard?: ConnectGuard, connections?: number): Dispatcher {
   const { http, https, all, noProxy } = settings.proxy
   const httpProxy = checkProxy(http ?? all)
   const httpsProxy = checkProxy(https ?? all)
@@ -29,7 +37,8 @@ export function makeDispatcher (settings: DownloadSettings, guard?: ConnectGuard
   const agent = {
     connect: guard != null ? guarded(buildConnector(connect), guard) : connect,
     headersTimeout: settings.readTimeoutMs,
-    bodyTimeout: settings.readTimeoutMs
+    bodyTimeout: settings.readTimeoutMs,
+    ...(connections != null ? { connections } : {})
   }
   const direct = new Agent(agent)
   if (httpProxy == null && httpsProxy == null) return direct

@@ -34,7 +34,7 @@ import { fsError, WriteCache, type Gatherer } from './write-cache.ts'
  * that stops taking ranges midway starts it over on one connection.
  */
 export async function download (job: DownloadJob, ctx: DownloadContext): Promise<DownloadResult> {
-  const dispatcher = makeDispatcher(ctx.settings)
+  const dispatcher = makeDispatcher(ctx.settings, undefined, Math.max(1, job.connections))
   let fresh = false
   let single = false
   let refused = 0
