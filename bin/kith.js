@@ -91,7 +91,7 @@ if (major < 22 || (major === 22 && minor < 18)) {
     // The daemon's memory is tuned (src/services/daemon-heap.ts): heap sizes and
     // malloc's settings can't change once the process runs, so `kith start`
     // replaces itself (same pid) with them.
-    const { DAEMON_ENV, DAEMON_STARTUP_FLAGS, tuneDaemonHeap } = await import(program('services/daemon-heap'))
+    const { DAEMON_ENV, DAEMON_STARTUP_FLAGS, tuneDaemonHeap, holdOptimizingCompilers } = await import(program('services/daemon-heap'))
     const { fileURLToPath } = await import('node:url')
     // a flag already given (by the user, or by the first pass) is left as it is
     const missing = DAEMON_STARTUP_FLAGS.filter(flag => !process.execArgv.some(a => a.split('=')[0] === flag.split('=')[0]))
@@ -100,6 +100,8 @@ if (major < 22 || (major === 22 && minor < 18)) {
       process.execve(process.execPath, [process.execPath, ...process.execArgv, ...missing, fileURLToPath(import.meta.url), ...args], { ...DAEMON_ENV, ...process.env })
     }
     tuneDaemonHeap()
+    // until the start-up line (src/services/cli/start.ts)
+    holdOptimizingCompilers()
   }
   const { main } = await import(program('services/cli/main'))
   process.exitCode = await main(args)

@@ -1,5 +1,8 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { releaseMemoryWhenQuiet } from '../../src/services/daemon-heap.ts'
+import { NODE } from '../helpers/testnet.ts'
 
 const MiB = 1024 * 1024
 
@@ -78,5 +81,29 @@ describe('releaseMemoryWhenQuiet', () => {
     w.setRate(0)
     vi.advanceTimersByTime(10_000)
     expect(w.collections()).toBe(0)
+  })
+})
+
+describe('holdOptimizingCompilers', () => {
+  /**
+   * In a Node of its own (V8's flags are per process), with V8's natives to
+   * read a function's state: a hot function is optimized as usual; held, an
+   * equally hot one is not; released, it is at once.
+   */
+  it('keeps V8 from optimizing until released, and optimizing resumes after', async () => {
+    const script = `
+      const { holdOptimizingCompilers, releaseOptimizingCompilers } = await import(${JSON.stringify(new URL('../../src/services/daemon-heap.ts', import.meta.url).href)})
+      const data = new Float64Array(100).fill(1.5)
+      const make = () => a => { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * 3; return s }
+      const optimized = f => (%GetOptimizationStatus(f) & 16) !== 0
+      const run = async (f, calls) => { for (let i = 0; i < calls && !optimized(f); i++) { f(data); if (i % 100 === 0) await new Promise(r => setImmediate(r)) } return optimized(f) }
+      const usual = await run(make(), 2000)
+      holdOptimizingCompilers()
+      const hot = make()
+      const held = await run(hot, 2000)
+      releaseOptimizingCompilers()
+      console.log(JSON.stringify({ usual, held, released: await run(hot, 2000) }))`
+    const { stdout } = await promisify(execFile)(NODE, ['--allow-natives-syntax', '--input-type=module', '-e', script])
+    expect(JSON.parse(stdout)).toEqual({ usual: true, held: false, released: true })
   })
 })

@@ -6,6 +6,7 @@ import { Daemon, newToken, writeApiInfo } from '../daemon.ts'
 import { startApiServer } from '../api/server.ts'
 import { routes, type Route } from '../api/routes.ts'
 import { installLastResort } from '../last-resort.ts'
+import { releaseOptimizingCompilers } from '../daemon-heap.ts'
 import type { RelayBudget } from '../../peer/node.ts'
 import { terminalText } from './format.ts'
 
@@ -94,6 +95,8 @@ export async function runStart (options: StartOptions): Promise<void> {
   // what Node compiled to start the daemon, kept for the next start now (bin/kith.js enables the
   // cache); at exit would be too late for a daemon that is killed
   module.flushCompileCache?.()
+  // started: code that runs hot from now on is worth V8's optimizing (daemon-heap.ts)
+  releaseOptimizingCompilers()
 
   const status = daemon.status()
   if (options.json === true) {
