@@ -34,7 +34,7 @@ import type { SnapshotRecord } from './owner-index.ts'
 /**
  * Files written at once: small files' gets share requests. With 4, a
  * restore of the bench's mixed tree sent 1.02 blobs per get-many, 1,000
- * requests for 256 MiB, each costing both ends some 3-5 ms of CPU; the
+ * requests for 256 MiB, each costing both ends some 2-5 ms of CPU; the
  * AHEAD_BYTES budget, not this, bounds the memory.
  */
 const FILES_AT_ONCE = 16
