@@ -5,7 +5,7 @@ import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
 import { createServer } from 'node:net'
-import { ApiClient } from '../../src/services/api/client.ts'
+import { ApiClient, REQUEST_TIMEOUT_MS } from '../../src/services/api/client.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../../src/services/daemon-heap.ts'
 import { homePaths } from '../../src/peer/home.ts'
 
@@ -189,31 +189,42 @@ export class TestNode {
    * A GET on the daemon's local API: the JSON that `kith ... --json` prints for
    * a command that only reads and prints what the API answers (`transfers`,
    * `friends`), without starting a CLI process (a Node start each, a fifth of a
-   * second of CPU): for polls in waitFor, which a test makes by the dozen. A
-   * node in a network namespace has its API in there: curl asks it from in
-   * there (a C program, a hundredth of a CLI process's CPU).
+   * second of CPU): for polls in waitFor, which a test makes by the dozen.
    */
   async get<T = any> (path: string): Promise<T> {
-    const api = await this.api()
-    if (this.netns == null) return await this.forgetApiOnError(api.get<T>(path))
-    const token = (await readFile(homePaths(this.home).apiToken, 'utf8')).trim()
-    return await new Promise<T>((resolve, reject) => {
-      // the token through stdin (-H @-), not on a command line other users can read
-      const curl = execFile('ip', ['netns', 'exec', this.netns!, 'curl', '-sS', '--max-time', '30', '--fail-with-body', '-H', '@-', new URL(path, api.url).href], (err, stdout, stderr) => {
-        if (err != null) reject(new Error(`GET ${path} on ${this.name}: ${stderr.trim() || err.message} ${stdout}`))
-        else resolve(JSON.parse(stdout) as T)
-      })
-      curl.stdin!.end(`authorization: Bearer ${token}\n`)
-    })
+    return await this.call<T>('GET', path)
   }
 
   /**
    * A request to the daemon's local API, for a test's set-up (a share, a
-   * limit) that a CLI process (a Node start) would send the same way, where
-   * that command's own output is not what the test is about.
+   * limit, an invite) that a CLI process (a Node start) would send the same
+   * way, where that command's own output is not what the test is about. A
+   * node in a network namespace has its API in there: curl sends the request
+   * from in there (a C program, a hundredth of a CLI process's CPU).
    */
   async call<T = any> (method: string, path: string, body?: unknown): Promise<T> {
-    return await this.forgetApiOnError((await this.api()).call<T>(method, path, body))
+    const api = await this.api()
+    return await this.forgetApiOnError(this.netns == null ? api.call<T>(method, path, body) : this.curl<T>(new URL(path, api.url).href, method, body))
+  }
+
+  /** `call` through curl inside the node's network namespace, with the API client's timeout. */
+  private async curl<T> (url: string, method: string, body?: unknown): Promise<T> {
+    const token = (await readFile(homePaths(this.home).apiToken, 'utf8')).trim()
+    // curl reads the token and the body from its config on stdin (--config -), not from a command
+    // line other users can read; a config string escapes backslashes and double quotes
+    const quoted = (text: string): string => `"${text.replaceAll('\\', '\\\\').replaceAll('"', '\\"')}"`
+    const config = [
+      `request = ${quoted(method)}`,
+      `header = ${quoted(`authorization: Bearer ${token}`)}`,
+      ...(body === undefined ? [] : ['header = "content-type: application/json"', `data-binary = ${quoted(JSON.stringify(body))}`])
+    ].join('\n') + '\n'
+    return await new Promise<T>((resolve, reject) => {
+      const curl = execFile('ip', ['netns', 'exec', this.netns!, 'curl', '-sS', '--max-time', String(REQUEST_TIMEOUT_MS / 1000), '--fail-with-body', '--config', '-', url], (err, stdout, stderr) => {
+        if (err != null) reject(new Error(`${method} ${new URL(url).pathname} on ${this.name}: ${stderr.trim() || err.message} ${stdout}`))
+        else resolve((stdout === '' ? undefined : JSON.parse(stdout)) as T)
+      })
+      curl.stdin!.end(config)
+    })
   }
 
   /**
@@ -304,20 +315,13 @@ export async function createTestnet (names: string[], options: TestnetOptions = 
  * the other; `createArgs` are `kith invite create`'s `--grant SERVICE...`. It
  * sends what `kith invite create` and `kith invite accept` send to the API,
  * without a CLI process for each (a Node start: tests befriend by the dozen;
- * friends.spec runs those commands themselves). Nodes in a network namespace,
- * whose API is in there, run the commands.
+ * friends.spec runs those commands themselves).
  */
 export async function befriend (issuer: TestNode, accepter: TestNode, ...createArgs: string[]): Promise<void> {
-  if (issuer.netns != null || accepter.netns != null) {
-    const file = join(issuer.home, `for-${accepter.name}.invite`)
-    await issuer.json('invite', 'create', '--name', accepter.name, '-o', file, ...createArgs)
-    await accepter.json('invite', 'accept', file)
-    return
-  }
   const [flag, ...grants] = createArgs
   if (flag != null && (flag !== '--grant' || grants.length === 0)) throw new Error(`befriend takes --grant SERVICE... only, not ${createArgs.join(' ')}`)
-  const { text } = await (await ApiClient.forHome(issuer.home)).call<{ text: string }>('POST', '/v1/invites', { label: accepter.name, ...(flag != null ? { grants } : {}) })
-  await (await ApiClient.forHome(accepter.home)).call('POST', '/v1/invites/accept', { text })
+  const { text } = await issuer.call<{ text: string }>('POST', '/v1/invites', { label: accepter.name, ...(flag != null ? { grants } : {}) })
+  await accepter.call('POST', '/v1/invites/accept', { text })
 }
 
 /** Three daemons, alice, bob and carol, each a friend of the other two (invites with the default grants). */
