@@ -13,6 +13,10 @@ import { exists, tree } from '../helpers/files.ts'
  * fetching is in fetch.spec.ts, pausing and floors in fetch-control.spec.ts.
  */
 
+const MiB = 1024 * 1024
+/** the file of the first two tests */
+const SIZE = 12 * MiB
+
 describe('a friend\'s fetch when a daemon is killed', () => {
   let net: Testnet
   let alice: TestNode, bob: TestNode, carol: TestNode
@@ -27,16 +31,19 @@ describe('a friend\'s fetch when a daemon is killed', () => {
 
   it('resumes by itself after the fetcher is killed with -9, and never leaves a partial destination', async () => {
     const big = join(alice.home, 'big.bin')
-    await writeFile(big, randomBytes(48 * 1024 * 1024))
-    // slow alice's uploads so the kill lands mid-transfer (kept in her database, across restarts)
-    await alice.json('limits', 'set', '--up', '16MB/s')
-    await alice.json('share', big, '--with', 'bob')
+    await writeFile(big, randomBytes(SIZE))
+    // slow alice's uploads so the kill lands mid-transfer (kept in her database, across restarts): ~3 s
+    // for the file, as 48 MiB at 16 MB/s took, for a quarter of the bytes (each MiB between daemons is
+    // CPU on both sides). Her shares and caps go to her API, as `kith share` and `kith limits` send
+    // them (their CLI is tested in fetch.spec and bandwidth.spec), without a CLI process each
+    await alice.call('PUT', '/v1/limits', { upload: '4MB/s' })
+    await alice.call('POST', '/v1/shares', { path: big, with: ['bob'] })
     await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
     const dest = join(bob.home, 'big.bin')
     const { transfer: started } = await bob.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
     const before = await waitFor(async () => {
       const t = await transferOf(bob, started.id)
-      return t?.doneBytes > 8 * 1024 * 1024 ? t : undefined
+      return t?.doneBytes > 2 * MiB ? t : undefined
     }, 'some progress', 30_000)
     await bob.kill9()
     expect(await exists(dest)).toBe(false)
@@ -47,7 +54,7 @@ describe('a friend\'s fetch when a daemon is killed', () => {
       const t = await transferOf(bob, started.id)
       return t?.state === 'done' ? t : undefined
     }, 'the resumed fetch to finish', 60_000)
-    expect(done.doneBytes).toBe(48 * 1024 * 1024)
+    expect(done.doneBytes).toBe(SIZE)
     expect(before.doneBytes).toBeGreaterThan(0)
     // the partial the killed run was writing beside the destination was replaced, not left behind
     expect((await readdir(bob.home)).filter(name => name.endsWith('.kith-partial'))).toEqual([])
@@ -55,8 +62,11 @@ describe('a friend\'s fetch when a daemon is killed', () => {
   })
 
   it('goes on from a friend who holds the chunks when the owner vanishes mid-fetch', async () => {
-    // bob fetched big.bin above and holds its chunks in that file (resealed when served); alice is throttled
-    await alice.json('share', join(alice.home, 'big.bin'), '--with', 'bob', 'carol')
+    // bob fetched big.bin above and holds its chunks in that file (resealed when served); alice is
+    // throttled, and so is bob, so the file takes carol over a second even from both: alice is killed
+    // mid-fetch, not after it
+    await alice.call('POST', '/v1/shares', { path: join(alice.home, 'big.bin'), with: ['bob', 'carol'] })
+    await bob.call('PUT', '/v1/limits', { upload: '4MB/s' })
     const dest = join(carol.home, 'big.bin')
     const { transfer: started } = await carol.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
     await waitFor(async () => (await transferOf(carol, started.id))?.doneBytes > 0, 'carol under way', 30_000)
@@ -66,6 +76,7 @@ describe('a friend\'s fetch when a daemon is killed', () => {
       expect(done.sources.find((s: { label: string }) => s.label === 'bob')?.bytes).toBeGreaterThan(0)
       expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(join(alice.home, 'big.bin'))).digest('hex'))
     } finally {
+      await bob.call('PUT', '/v1/limits', { upload: null })
       await alice.start()
     }
   })
@@ -78,8 +89,8 @@ describe('a friend\'s fetch when a daemon is killed', () => {
     await mkdir(join(folder, 'small'))
     for (let i = 0; i < 400; i++) sizes[`small/${String(i).padStart(3, '0')}.txt`] = 3000 + i
     for (const [name, size] of Object.entries(sizes)) await writeFile(join(folder, name), randomBytes(size))
-    await alice.json('share', folder, '--with', 'bob')
-    await alice.json('limits', 'set', '--up', '4MB/s') // ~4.5 s for the whole album: room for kills
+    await alice.call('POST', '/v1/shares', { path: folder, with: ['bob'] })
+    await alice.call('PUT', '/v1/limits', { upload: '4MB/s' }) // ~4.5 s for the whole album: room for kills
     const want = await tree(folder)
     const dest = join(bob.home, 'album-copy')
     /** Files at the destination, leaving out partials: each must be whole and verified */
@@ -111,7 +122,7 @@ describe('a friend\'s fetch when a daemon is killed', () => {
       expect(done.doneBytes).toBe(Object.values(sizes).reduce((a, b) => a + b, 0))
       expect(await tree(dest)).toEqual(want) // every file, and nothing else: no partial left behind
     } finally {
-      await alice.json('limits', 'clear', '--up')
+      await alice.call('PUT', '/v1/limits', { upload: null })
     }
   })
 
