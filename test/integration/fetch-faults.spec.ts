@@ -11,7 +11,11 @@ import { needsRoot, requireOrSkip } from '../helpers/needs.ts'
  * (cut off, the fetch goes on from others), a full disk (paused with
  * DISK_FULL, state intact, going on by itself once there is room), and a
  * database that can't be written mid-fetch (the fetch ends with an error, the
- * daemon stays up).
+ * daemon stays up). The files are 12-20 MiB (each MiB between the daemons is
+ * CPU on both sides), with caps that keep each fetch running for seconds
+ * after its fault lands (the revoked source's: 20 MiB at 4 MB/s from each of
+ * two sources, as 40 MiB at 8 did; the one whose database fills: 12 MiB at
+ * 500 KB/s, as 24 MiB at 1 MB/s).
  */
 function sha (bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex')
@@ -49,13 +53,13 @@ describe('fetch faults', () => {
     await befriend(owner, fetcher)
     await befriend(holder, fetcher)
     source = join(owner.home, 'data.bin')
-    await writeFile(source, randomBytes(40 * 1024 * 1024))
+    await writeFile(source, randomBytes(20 * 1024 * 1024))
     await owner.call('POST', '/v1/shares', { path: source, with: ['holder', 'fetcher'] })
     // the holder fetches it first, so it holds every chunk
     const fetched = await holder.cli('fetch', 'owner:data.bin', '-o', join(holder.home, 'data.bin'))
     expect(fetched.code, fetched.stderr).toBe(0)
     // slow the holder down so the fetcher is still under way when the holder is revoked
-    await holder.call('PUT', '/v1/limits', { upload: '8MB/s' })
+    await holder.call('PUT', '/v1/limits', { upload: '4MB/s' })
   })
 
   afterAll(async () => {
@@ -64,7 +68,7 @@ describe('fetch faults', () => {
 
   it('cuts off a source revoked mid-transfer and finishes from the others', async () => {
     // the owner throttles too, so both sources are busy when the revocation lands
-    await owner.call('PUT', '/v1/limits', { upload: '8MB/s' })
+    await owner.call('PUT', '/v1/limits', { upload: '4MB/s' })
     await waitFor(async () => (await fetcher.get('/v1/friends')).friends.every((f: { link: { online: boolean } }) => f.link.online), 'fetcher sees both')
     const dest = join(fetcher.home, 'data.bin')
     const { transfer: t } = await fetcher.json('fetch', 'owner:data.bin', '-o', dest, '--detach')
@@ -115,9 +119,9 @@ describe('fetch faults', () => {
       await victim.start()
       await befriend(owner, victim)
       const file = join(owner.home, 'db-fault.bin')
-      await writeFile(file, randomBytes(24 * 1024 * 1024))
+      await writeFile(file, randomBytes(12 * 1024 * 1024))
       await owner.call('POST', '/v1/shares', { path: file, with: ['victim'] })
-      await owner.call('PUT', '/v1/limits', { upload: '1MB/s' })
+      await owner.call('PUT', '/v1/limits', { upload: '500KB/s' })
       const dest = join(dirname(fetcher.home), 'db-fault.bin')
       const { transfer: t } = await victim.json('fetch', 'owner:db-fault.bin', '-o', dest, '--detach')
       await waitFor(async () => (await transferOf(victim, t.id))?.doneBytes > 0, 'the fetch under way', 30_000)
