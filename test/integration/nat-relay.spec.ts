@@ -27,6 +27,11 @@ import { startNatFriends, describeNat, natStatus as status, friendLink as link }
  *   (here: paused, then resumed) waits, and goes on by itself once R relays
  *   without a budget again.
  *
+ * Set-up (shares, caps, the exposed service, pausing and resuming) goes to
+ * the daemons' APIs as the CLI would send it (TestNode.call, curl in the
+ * namespace: a CLI process is a Node start); the CLI runs where its own
+ * output is tested (`kith status`, `kith fetch`'s errors).
+ *
  * Needs root, iproute2 and iptables: see nat.spec.ts.
  */
 const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex')
@@ -86,7 +91,7 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     const data = randomBytes(6 * 1024 * 1024 + 5)
     await writeFile(src, data)
     await chmod(src, 0o644)
-    const shared = await b.json<{ share: { name: string } }>('share', src, '--with', 'alice')
+    const shared = await b.call<{ share: { name: string } }>('POST', '/v1/shares', { path: src, with: ['alice'] })
     const dest = join(a.home, 'fetched.bin')
     const kinds = new Set<string>()
     let fetching = true
@@ -128,8 +133,8 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
       `require('node:http').createServer((q, s) => s.end(q.url === '/big' ? Buffer.alloc(3e6, 120) : 'hello from behind a NAT')).listen(${port}, '127.0.0.1', () => console.log('up'))`],
     { stdio: ['ignore', 'pipe', 'inherit'] })
     await once(web.stdout!, 'data')
-    await b.json('expose', 'web', '--port', String(port), '--to', 'alice')
-    webPort = (await a.json<{ connection: { port: number } }>('connect', 'bob:web')).connection.port
+    await b.call('PUT', '/v1/services/web', { port, to: ['alice'] })
+    webPort = (await a.call<{ connection: { port: number } }>('POST', '/v1/connections', { friend: 'bob', service: 'web' })).connection.port
     const page = await curlInA('/')
     expect(page.stderr).toBe('')
     expect(page.body).toBe('hello from behind a NAT')
@@ -145,16 +150,16 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     const src = join(b.home, 'later.bin')
     await writeFile(src, randomBytes(4 * 1024 * 1024))
     await chmod(src, 0o644)
-    await b.json('share', src, '--with', 'alice')
-    await b.json('limits', 'set', '--up', '256KB/s')
+    await b.call('POST', '/v1/shares', { path: src, with: ['alice'] })
+    await b.call('PUT', '/v1/limits', { upload: '256KB/s' })
     try {
       const dest = join(a.home, 'later.bin')
-      const { transfer } = await a.json<{ transfer: { id: string } }>('fetch', 'bob:later.bin', '-o', dest, '--detach')
+      const { transfer } = await a.call<{ transfer: { id: string } }>('POST', '/v1/transfers', { friend: 'bob', share: 'later.bin', priority: 'normal', dest })
       await waitFor(async () => (await transferOf(a, transfer.id))?.doneBytes > 0, 'the fetch under way', 30_000, 200)
-      expect((await a.json<{ transfer: { state: string } }>('pause', transfer.id)).transfer.state).toBe('paused')
+      expect((await a.call<{ transfer: { state: string } }>('POST', `/v1/transfers/${transfer.id}/pause`)).transfer.state).toBe('paused')
       paused = { id: transfer.id, src, dest }
     } finally {
-      await b.json('limits', 'clear', '--up')
+      await b.call('PUT', '/v1/limits', { upload: null })
     }
   })
 
@@ -171,7 +176,7 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     console.log(`kith status on A:\n${text}`)
     expect(text).toMatch(/ bob +relayed through relay since .*\n(?: +hole punch failed .*\n)? +relay limits relayed connections \(a relay budget\): files can't move until a direct connection opens/)
     const dest = join(a.home, 'fetched-limited.bin')
-    const shares = await b.json<{ shares: Array<{ name: string }> }>('shares')
+    const shares = await b.get<{ shares: Array<{ name: string }> }>('/v1/shares')
     const t1 = Date.now()
     const result = await a.cli('fetch', `bob:${shares.shares[0]!.name}`, '-o', dest, '--json')
     timings.limitedFetch = Date.now() - t1
@@ -184,7 +189,7 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     // at once (libp2p's one dial attempt for an unlimited connection), not after stalling until the
     // files protocol's 30 s timeout or a relay reset; nothing was queued, nothing written
     expect(timings.limitedFetch).toBeLessThan(20_000)
-    expect((await a.json<{ transfers: unknown[] }>('transfers')).transfers).toHaveLength(2)
+    expect((await a.get<{ transfers: unknown[] }>('/v1/transfers')).transfers).toHaveLength(2)
     await expect(readFile(dest)).rejects.toThrow(/ENOENT/)
     // the link is still there, still relayed: the failure is the relay's budget, not the friend
     expect(await link(a, 'bob')).toMatchObject({ online: true, kind: 'relayed', relay: r.peerId, limited: true })
@@ -194,11 +199,10 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     // redeem (like locate) is a few hundred bytes, well inside any budget: it opts in to limited
     // connections. Redeeming again as an existing friend is idempotent and needs the exchange itself.
     expect(await link(a, 'bob')).toMatchObject({ online: true, kind: 'relayed', limited: true })
-    const file = join(b.home, 'again-for-alice.invite')
-    await b.json('invite', 'create', '--name', 'alice', '-o', file)
-    const accepted = await a.cli('invite', 'accept', file, '--json')
-    expect(accepted.code, accepted.stderr).toBe(0)
-    expect((await a.json<{ friends: Array<{ label: string, state: string }> }>('friends')).friends.find(f => f.label === 'bob')?.state).toBe('active')
+    const { text } = await b.call<{ text: string }>('POST', '/v1/invites', { label: 'alice' })
+    const accepted = await a.call<{ friend: { label: string } }>('POST', '/v1/invites/accept', { text })
+    expect(accepted.friend.label).toBe('bob')
+    expect((await a.get<{ friends: Array<{ label: string, state: string }> }>('/v1/friends')).friends.find(f => f.label === 'bob')?.state).toBe('active')
   })
 
   it('a small page of B\'s service still comes over the limited relay; a response beyond the budget is cut, and says why', async () => {
@@ -227,7 +231,7 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
   it('a fetch resumed over the limited relay waits, and goes on by itself once R relays without a budget', async () => {
     expect(paused).toBeDefined()
     const { id, src, dest } = paused!
-    await a.json('resume', id)
+    await a.call('POST', `/v1/transfers/${id}/resume`)
     const waiting = await waitFor(async () => {
       const t = await transferOf(a, id)
       return t?.state === 'paused' && t.error?.code === 'FRIEND_RELAY_LIMITED' ? t : undefined
