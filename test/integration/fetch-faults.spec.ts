@@ -15,7 +15,7 @@ import { needsRoot, requireOrSkip } from '../helpers/needs.ts'
  * CPU on both sides), with caps that keep each fetch running for seconds
  * after its fault lands (the revoked source's: 20 MiB at 4 MB/s from each of
  * two sources, as 40 MiB at 8 did; the one whose database fills: 12 MiB at
- * 500 KB/s, as 24 MiB at 1 MB/s).
+ * 1 MB/s, 12 s where the fault lands within 2 s).
  */
 function sha (bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex')
@@ -121,7 +121,7 @@ describe('fetch faults', () => {
       const file = join(owner.home, 'db-fault.bin')
       await writeFile(file, randomBytes(12 * 1024 * 1024))
       await owner.call('POST', '/v1/shares', { path: file, with: ['victim'] })
-      await owner.call('PUT', '/v1/limits', { upload: '500KB/s' })
+      await owner.call('PUT', '/v1/limits', { upload: '1MB/s' })
       const dest = join(dirname(fetcher.home), 'db-fault.bin')
       const { transfer: t } = await victim.json('fetch', 'owner:db-fault.bin', '-o', dest, '--detach')
       await waitFor(async () => (await transferOf(victim, t.id))?.doneBytes > 0, 'the fetch under way', 30_000)
