@@ -4,7 +4,10 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node'
 /**
  * Seconds the slowest spec files took in the last green fresh-clone CI run
  * on a 2-core machine, three files at a time (25432d0, 2026-12-07: the run
- * took 271 s; every file of 4 s or more).
+ * took 271 s; every file of 4 s or more). Four files cut after it carry
+ * their times from a run of the ten slowest, three at a time, at load 3-5
+ * (2026-12-07): fetch-kill 33, fetch-resume 29, fetch-faults 23 (with the
+ * others there at 26-70 s), and fetch-control 17 (alone).
  * With three files at a time, one of these starting last ends the run alone;
  * vitest starts the longest first from the durations it cached on this
  * machine (node_modules/.vite), but a fresh clone has none, and its fallback
@@ -14,25 +17,25 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node'
  */
 export const SLOWEST: Record<string, number> = {
   'test/integration/nat-relay.spec.ts': 69,
-  'test/integration/fetch-resume.spec.ts': 43,
   'test/integration/home.spec.ts': 42,
-  'test/integration/fetch-kill.spec.ts': 40,
   'test/integration/bandwidth.spec.ts': 37,
   'test/integration/fetch.spec.ts': 35,
   'test/integration/backup.spec.ts': 34,
   'test/integration/friends.spec.ts': 34,
   'test/integration/chunk-gc.spec.ts': 33,
-  'test/integration/fetch-faults.spec.ts': 29,
+  'test/integration/fetch-kill.spec.ts': 33,
+  'test/integration/fetch-resume.spec.ts': 29,
   'test/integration/nat.spec.ts': 27,
   'test/integration/locate.spec.ts': 24,
+  'test/integration/fetch-faults.spec.ts': 23,
   'test/integration/backup-care.spec.ts': 23,
-  'test/integration/fetch-control.spec.ts': 23,
   'test/integration/dashboard.spec.ts': 22,
   'test/integration/downloads.spec.ts': 21,
   'test/integration/home-private.spec.ts': 21,
   'test/transfer/fetcher.spec.ts': 19,
   'test/transfer/fetcher-discover.spec.ts': 18,
   'test/integration/proxy-swarm.spec.ts': 17,
+  'test/integration/fetch-control.spec.ts': 17,
   'test/integration/expose.spec.ts': 13,
   'test/services/cli-thin.spec.ts': 10,
   'test/services/downloads/http.spec.ts': 7,
