@@ -215,8 +215,9 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const { snapshots } = await owner.json<{ snapshots: Array<{ seq: number, paths: string[] }> }>('backup', 'list')
     const seq = snapshots.filter(s => s.paths[0] === src).at(-1)!.seq
     const out = join(owner.home, '..', 'restored-5')
-    // slow enough to be caught halfway: big.bin (6 MiB) at 2 MB/s, the small files done first
-    await owner.json('limits', 'set', '--down', '2MB/s')
+    // slow enough to be caught halfway, even when a loaded machine takes seconds between the
+    // poll that sees it under way and the kill: big.bin (6 MiB) at 1 MB/s, the small files done first
+    await owner.json('limits', 'set', '--down', '1MB/s')
     const { job } = await api.call<{ job: { id: string } }>('POST', '/v1/backup/restores', { snapshot: String(seq), out })
     await waitFor(async () => {
       const { job: now } = await api.get<{ job: { files: number, doneBytes: number } }>(`/v1/backup/jobs/${job.id}`)
