@@ -287,7 +287,10 @@ describeNeeding('the local proxy', [needsNginx(), needsCommands(['curl', 'wget']
     }
     const post = await get(proxy.info.port, `/proxy?url=${enc(nginx.url)}`, { host: `127.0.0.1:${proxy.info.port}` }, 'POST')
     expect(post.status).toBe(405)
-    expect((await nginx.accessLog()).length).toBe(before)
+    // none of the origins these queries name was asked (the log's last field is the URI); a request
+    // of an earlier test's that nginx logs only now (a cache fill finishing) is not this test's
+    const named = new Set(['/', ...Array.from({ length: 17 }, (_, i) => `/${i}`)])
+    expect((await nginx.accessLog()).slice(before).filter(line => named.has(line.split(' ').at(-1)!))).toEqual([])
   })
 
   it('refuses cross-site browser requests and DNS-rebinding Host headers', async () => {
