@@ -19,6 +19,7 @@ import { SwarmIndex } from '../../../src/services/proxy/swarm/holdings.ts'
 import { askChunks, askList, askWho, chunksAnswer, listAnswer, parseAnswer, swarmHandler, whoAnswer } from '../../../src/services/proxy/swarm/protocol.ts'
 import { pull, type PullInit } from '../../../src/services/proxy/swarm/pull.ts'
 import { learn, startNode, tempDir } from '../../helpers/chunks.ts'
+import { waitFor } from '../../helpers/testnet.ts'
 import { checkRejection, flipBit, fuzz, fuzzAsync, rejects } from '../../fuzz/budget.ts'
 
 /**
@@ -101,6 +102,7 @@ describe('the swarm index and protocol', () => {
   const bytes = randomBytes(SWARM_CHUNK_SIZE + 1000)
   const list = listOf(bytes)
   let file: string
+  const serverBandwidth = new BandwidthScheduler()
 
   beforeAll(async () => {
     tmp = await tempDir('kith-swarm-')
@@ -113,7 +115,7 @@ describe('the swarm index and protocol', () => {
     const friends = new FriendBook(sublevel(db, 'friends'))
     await friends.load()
     await friends.befriend({ peerId: friend.peerId.toString(), publicKey: Buffer.from(randomBytes(32)).toString('base64'), label: 'friend', grantsToThem: ['files'], grantsFromThem: ['files'], addrs: [], via: 'test' })
-    await server.handle(SWARM_PROTOCOL, swarmHandler({ index, bandwidth: new BandwidthScheduler() }), { middleware: [friendsOnly(friends, 'files')] })
+    await server.handle(SWARM_PROTOCOL, swarmHandler({ index, bandwidth: serverBandwidth }), { middleware: [friendsOnly(friends, 'files')] })
     for (const node of [friend, stranger]) await learn(node, server.peerId, server.getMultiaddrs())
   })
 
@@ -121,6 +123,23 @@ describe('the swarm index and protocol', () => {
     await Promise.all([server, friend, stranger].map(async n => await n?.stop()))
     await db?.close()
     await tmp?.cleanup()
+  })
+
+  it('lets a slow asker take its chunks after the friend sent them all: an ask\'s whole answer fits the read buffer', async () => {
+    // 6 chunks: more than libp2p's default 4 MiB read buffer, which cut the stream ('Read buffer overflow')
+    // when the proxy took its chunks slower than a friend sent them
+    const six = randomBytes(6 * SWARM_CHUNK_SIZE)
+    const sixList = listOf(six)
+    const path = join(tmp.dir, 'six.bin')
+    await writeFile(path, six)
+    await index.record({ urls: ['https://example.com/six.bin'], etag: '"v1"', lastModified: null, hash: sixList.hash, chunks: sixList.chunks, path, length: six.length })
+    const chunks = askChunks(friend, server.peerId, sixList.hash, 0, 6)
+    const got: Uint8Array[] = [(await chunks.next()).value as Uint8Array]
+    // the friend's flow closes once it has handed the last frame on: everything is on its way
+    await waitFor(() => serverBandwidth.stats().flows.length === 0, 'the friend to have sent every chunk', 10_000, 10)
+    for await (const chunk of chunks) got.push(chunk)
+    expect(Buffer.concat(got).equals(six)).toBe(true)
+    await index.forget(path) // the other tests count the index's holdings
   })
 
   it('tells a friend who holds the class, gives the signed list and each chunk from the file itself', async () => {

@@ -33,6 +33,16 @@ import type { Holding, SwarmIndex } from './holdings.ts'
  * lets the window grow and the holder read ahead.
  */
 const VERSION = 2
+/**
+ * Room for one ask's whole answer in the asker's read buffer: its chunk
+ * frames (each with a length prefix of at most 8 bytes) and the answer. The
+ * reader takes bytes off the stream as they come, so yamux grants the friend
+ * more window meanwhile, whatever pace askChunks' caller takes chunks at;
+ * with libp2p's default 4 MiB a friend faster than the proxy's writes cut
+ * the stream ('Read buffer overflow'). A friend can't send more than it
+ * announced without a PROTOCOL_VIOLATION, so this bounds an ask's memory.
+ */
+const MAX_ASK_BUFFER = MAX_CHUNKS_PER_ASK * (SWARM_CHUNK_SIZE + 8) + MAX_SWARM_RESPONSE
 const hashHex = z.string().regex(/^[0-9a-f]{64}$/)
 
 const requestSchema = z.discriminatedUnion('op', [
@@ -104,7 +114,7 @@ async function open<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, sch
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't ask ${peer.toString()} (${(err as Error).message}); they may be offline, not serve the swarm, or not grant you files`, { cause: err })
   }
-  const lp = lpStream(stream, { maxDataLength: MAX_SWARM_RESPONSE })
+  const lp = lpStream(stream, { maxDataLength: MAX_SWARM_RESPONSE, maxBufferSize: MAX_ASK_BUFFER })
   try {
     await lp.write(encodeCanonical(request), { signal })
     return { answer: parseAnswer((await lp.read({ signal })).subarray(), schema, peer.toString()), stream, lp }
