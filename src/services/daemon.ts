@@ -326,6 +326,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     await this.fileService?.stop()
     await this.transferEngine?.stop()
     await this.libp2p.stop()
+    cancelAddressUpdate(this.libp2p)
     await this.db.close()
     await rm(this.paths.apiInfo, { force: true })
   }
@@ -497,6 +498,17 @@ async function startNode (identity: Identity, friends: FriendBook, listen: strin
   } catch (err) {
     throw listenError(listen, err)
   }
+}
+
+/**
+ * libp2p's address manager writes my addresses to the peer store a second
+ * after its listeners change (a debounce), and stopping closes them all: the
+ * write it schedules then, which nothing cancels, kept a stopped daemon's
+ * process up for that second (each `kith stop` and every restart).
+ */
+function cancelAddressUpdate (libp2p: KithLibp2p): void {
+  const manager = (libp2p as unknown as { components?: { addressManager?: { _updatePeerStoreAddresses?: { stop?: () => void } } } }).components?.addressManager
+  manager?._updatePeerStoreAddresses?.stop?.()
 }
 
 function listenError (listen: string[], err: unknown): KithError {
