@@ -1,8 +1,11 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createCipheriv } from 'node:crypto'
-import { mkdir, readdir, readFile, rm, stat, writeFile, open } from 'node:fs/promises'
+import { mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile, open } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ApiClient } from '../../src/services/api/client.ts'
+import { loadIdentity } from '../../src/peer/identity.ts'
+import { deriveBackupKey } from '../../src/services/backup/keys.ts'
+import { openRecovery } from '../../src/services/backup/recovery.ts'
 import { befriend, createTestnet, runCli, waitFor, TestNode, type Testnet } from '../helpers/testnet.ts'
 
 /**
@@ -13,8 +16,10 @@ import { befriend, createTestnet, runCli, waitFor, TestNode, type Testnet } from
  * onto. A third friend, h3, grants backup: the next audit passes h1 and h2
  * on what they still hold, and repair copies the two damaged blobs onto h3;
  * the snapshot restores whole. Then the owner's machine is gone: from the
- * phrase and h3's address alone a new home gets the identity, the friends
- * and the snapshot list back. A phrase nobody hosts for is a clear error.
+ * phrase and h1's address alone a new home gets the identity, the friends
+ * and the snapshot list back, though h1 hands back an old recovery record (h2
+ * has the newest), and restores the tree. A phrase nobody hosts for is a
+ * clear error.
  * (h3 starts late: four daemons starting at once on a loaded machine take
  * longer than the helper waits.)
  */
@@ -46,6 +51,9 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
   let h3: TestNode | undefined
   let src: string
   let reborn: TestNode | undefined
+  /** h1's recovery record from before h3 and the repair */
+  let firstRecord: Buffer
+  const recordFile = (host: TestNode): string => join(host.home, 'backup-host', 'records', owner.peerId)
 
   const backupFriendsOnline = async (n: number): Promise<void> => {
     const api = await ApiClient.forHome(owner.home)
@@ -63,8 +71,11 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     src = join(owner.home, '..', 'tree')
     await mkdir(src, { recursive: true })
     for (let i = 0; i < 4; i++) await writeFile(join(src, `f${i}.bin`), bytes(700_000, i + 1))
+    await mkdir(join(src, 'empty'))
+    await symlink('f0.bin', join(src, 'link'))
     const run = await owner.cli('backup', 'run', src, '--json')
     expect(run.code, run.stderr).toBe(0)
+    firstRecord = await waitFor(async () => await readFile(recordFile(h1)).catch(() => null), 'h1 to hold the owner\'s first recovery record')
   })
 
   afterAll(async () => {
@@ -135,16 +146,24 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     const snapshots = (await owner.json('backup', 'list')).snapshots
     const phraseFile = join(owner.home, '..', 'phrase.txt')
     await writeFile(phraseFile, words.join(' ') + '\n')
-    // h3 got the recovery record the repair pushed
+    // h3 got the recovery record the repair pushed, and so did h2: one that knows h3
     await waitFor(async () => (await h3!.get('/v1/backup/hosted')).hosted.find((h: any) => h.peerId === owner.peerId)?.record != null, 'h3 to hold the owner\'s recovery record')
-    const via = h3!.info!.addrs.find(a => a.startsWith('/ip4/127.0.0.1/'))!
+    const key = deriveBackupKey((await loadIdentity(join(owner.home, 'identity.key'))).secretKey.subarray(0, 32), 'recovery')
+    const newest = await waitFor(async () => {
+      const opened = openRecovery(await readFile(recordFile(h2)), { owner: owner.peerId, key })
+      return opened.content.friends.length === 3 ? opened : null
+    }, 'h2 to hold a recovery record that knows h3')
+    // h1 hands back the record it had before h3 came: the restore must take h2's newer one
+    await writeFile(recordFile(h1), firstRecord)
+    expect(openRecovery(firstRecord, { owner: owner.peerId, key }).content.friends).toHaveLength(2)
+    const via = h1.info!.addrs.find(a => a.startsWith('/ip4/127.0.0.1/'))!
     const ownerId = owner.peerId
     await owner.stop() // the old machine is gone
 
     const home = join(owner.home, '..', 'reborn')
     const restored = await runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--listen', '/ip4/127.0.0.1/tcp/0', '--json'])
     expect(restored.code, restored.stderr).toBe(0)
-    expect(JSON.parse(restored.stdout)).toMatchObject({ peerId: ownerId, name: 'owner', friends: 3, snapshots: 1 })
+    expect(JSON.parse(restored.stdout)).toMatchObject({ peerId: ownerId, name: 'owner', friends: 3, snapshots: 1, record: { seq: newest.seq, from: h2.peerId } })
     // never over a home that has a node (checked while that node starts: the check comes before anything else)
     reborn = new TestNode('owner', home)
     const [twice] = await Promise.all([runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--json']), reborn.start()])
@@ -152,6 +171,19 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     expect(reborn.peerId).toBe(ownerId)
     expect((await reborn.json('backup', 'list')).snapshots).toEqual(snapshots)
     expect((await reborn.json('friends')).friends.map((f: any) => f.label).sort()).toEqual(['h1', 'h2', 'h3'])
+    // and with nothing else, the snapshot restores: contents, modes, mtimes, the link as a link, the empty folder
+    await waitFor(async () => (await reborn!.get('/v1/friends')).friends.filter((f: any) => f.link.online).length === 3, 'the restored node to reach its hosts')
+    const out = join(home, '..', 'reborn-restored')
+    const restore = await reborn.cli('backup', 'restore', 'latest', '-o', out, '--json')
+    expect(restore.code, restore.stderr).toBe(0)
+    for (let i = 0; i < 4; i++) {
+      const [was, now] = await Promise.all([stat(join(src, `f${i}.bin`)), stat(join(out, 'tree', `f${i}.bin`))])
+      expect((await readFile(join(out, 'tree', `f${i}.bin`))).equals(bytes(700_000, i + 1))).toBe(true)
+      expect(now.mode).toBe(was.mode)
+      expect(Math.abs(now.mtimeMs - was.mtimeMs)).toBeLessThan(0.002)
+    }
+    expect(await readlink(join(out, 'tree', 'link'))).toBe('f0.bin')
+    expect(await readdir(join(out, 'tree', 'empty'))).toEqual([])
   })
 
   it('says so when nobody hosts for a phrase, and names a mistyped word', async () => {
