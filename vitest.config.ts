@@ -31,6 +31,8 @@ export default defineConfig({
     maxWorkers: 3,
     // the slowest files first, also on a fresh clone (test/sequencer.ts)
     sequence: { sequencer: SlowestFirst },
+    // the daemons and CLI processes tests start run the bundle a package ships, built once per run
+    globalSetup: ['test/helpers/bundle-setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     projects: [

@@ -27,7 +27,8 @@ exec "$node" "$self" "$@"
 import { existsSync, lstatSync, mkdirSync } from 'node:fs'
 import module from 'node:module'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 
 /**
  * Node keeps V8's compiled code, and the TypeScript stripped of its types,
@@ -55,11 +56,14 @@ function enableCompileCache () {
 
 /**
  * A checkout runs its TypeScript as it is; an installed package runs the
- * JavaScript `npm pack` built (dist/, tsconfig.build.json), since Node strips
- * types only outside node_modules. The package ships no src/.
+ * bundle `npm pack` built (dist/: bundle.ts), since Node strips types only
+ * outside node_modules, and a bundle starts in half the CPU time. The package
+ * ships no src/. KITH_DIST=FOLDER runs a bundle built into that folder from a
+ * checkout instead (the test suite's daemons run so: test/helpers/bundle-setup.ts).
  */
-const fromSource = existsSync(new URL('../src/services/cli/main.ts', import.meta.url))
-const program = (path) => fromSource ? `../src/${path}.ts` : `../dist/${path}.js`
+const dist = process.env.KITH_DIST
+const fromSource = !dist && existsSync(new URL('../src/services/cli/main.ts', import.meta.url))
+const program = (path) => fromSource ? `../src/${path}.ts` : dist ? pathToFileURL(join(resolve(dist), `${path}.js`)).href : `../dist/${path}.js`
 
 const [major, minor] = process.versions.node.split('.').map(Number)
 if (major < 22 || (major === 22 && minor < 18)) {
@@ -67,7 +71,6 @@ if (major < 22 || (major === 22 && minor < 18)) {
   // lines above): hand over to the `node` package's Node 24, wherever npm put it
   const { spawn } = await import('node:child_process')
   const { createRequire } = await import('node:module')
-  const { fileURLToPath } = await import('node:url')
   const { dirname } = await import('node:path')
   const root = dirname(dirname(fileURLToPath(import.meta.url)))
   const needs = () => {
@@ -92,8 +95,7 @@ if (major < 22 || (major === 22 && minor < 18)) {
     // malloc's settings can't change once the process runs, so `kith start`
     // replaces itself (same pid) with them.
     const { DAEMON_ENV, DAEMON_STARTUP_FLAGS, tuneDaemonHeap, holdOptimizingCompilers } = await import(program('services/daemon-heap'))
-    const { fileURLToPath } = await import('node:url')
-    // a flag already given (by the user, or by the first pass) is left as it is
+      // a flag already given (by the user, or by the first pass) is left as it is
     const missing = DAEMON_STARTUP_FLAGS.filter(flag => !process.execArgv.some(a => a.split('=')[0] === flag.split('=')[0]))
     if (missing.length > 0 && typeof process.execve === 'function') {
       // the environment must be passed on: execve's default is an empty one

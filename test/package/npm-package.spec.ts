@@ -8,7 +8,8 @@ import { waitFor } from '../helpers/testnet.ts'
 
 /**
  * kith as a user installs it (issue 17): `npm pack` builds the JavaScript
- * (prepack, tsconfig.build.json) and packs what users need; `npm install -g`
+ * (prepack: the bundle of bundle.ts, and tsconfig.build.json's type
+ * declarations) and packs what users need; `npm install -g`
  * of the tarball into a fresh prefix; then the installed `kith` starts a node,
  * answers `kith status` and stops it with `kith stop`. Node strips types only
  * outside node_modules, so this fails on a package that ships TypeScript.
@@ -20,7 +21,9 @@ import { waitFor } from '../helpers/testnet.ts'
  */
 const ROOT = dirname(dirname(dirname(fileURLToPath(import.meta.url))))
 const userPath = (process.env.PATH ?? '').split(delimiter).filter(dir => !dir.includes(join('node_modules', '.bin'))).join(delimiter)
-const userEnv = { ...process.env, PATH: userPath }
+// and without the test run's own bundle (test/helpers/bundle-setup.ts): the installed kith runs its dist/
+const { KITH_DIST: _testBundle, ...ownEnv } = process.env
+const userEnv = { ...ownEnv, PATH: userPath }
 
 async function run (cmd: string, args: string[], options: { cwd?: string } = {}): Promise<{ code: number, stdout: string, stderr: string }> {
   return await new Promise(resolve => {
@@ -54,10 +57,13 @@ describe('the npm package', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  it('carries the built JavaScript, its source maps and type declarations, the dashboard\'s pages, and no sources, tests, benchmarks or CI', () => {
+  it('carries the bundled JavaScript, its source maps and type declarations, the dashboard\'s pages, and no sources, tests, benchmarks or CI', () => {
     const files = packed.files.map(f => f.path)
     expect(files).toContain('bin/kith.js')
-    expect(files).toEqual(expect.arrayContaining(['dist/services/cli/main.js', 'dist/services/cli/main.js.map', 'dist/services/cli/main.d.ts', 'dist/services/daemon.js', 'web/dashboard/index.html', 'web/dashboard/app.js']))
+    expect(files).toEqual(expect.arrayContaining(['dist/services/cli/main.js', 'dist/services/cli/main.js.map', 'dist/services/cli/main.d.ts', 'dist/services/daemon-heap.js', 'dist/services/daemon.d.ts', 'web/dashboard/index.html', 'web/dashboard/app.js']))
+    // the bundle (bundle.ts): the daemon's code is in chunks, not one file per module
+    expect(files.filter(f => /^dist\/chunks\/.+\.js$/.test(f)).length).toBeGreaterThan(0)
+    expect(files.filter(f => /^dist\/.+(?<!\.d\.ts|\.map)$/.test(f) && !f.startsWith('dist/chunks/') && !['dist/services/cli/main.js', 'dist/services/daemon-heap.js'].includes(f))).toEqual([])
     expect(files.filter(f => /^(src|test|bench|\.ci|scratch|node_modules)\//.test(f) || f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([])
   })
 

@@ -1,10 +1,11 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { execFile } from 'node:child_process'
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestnet, KITH, NODE, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { loadedModules } from '../helpers/loaded-modules.ts'
 
 /**
  * The CLI is a thin client of the local API and loads like one
@@ -23,14 +24,17 @@ const HEAVY = /\/node_modules\/(?:libp2p|@libp2p|@chainsafe|@multiformats|level|
 
 interface Run { code: number, stdout: string, stderr: string, modules: string[] }
 
-async function kithListingModules (node: TestNode, args: string[]): Promise<Run> {
+/** runs the sources (a checkout's `kith`), or with `bundled` the bundle the test run built (test/helpers/bundle-setup.ts) */
+async function kithListingModules (node: TestNode, args: string[], bundled = false): Promise<Run> {
   const log = join(node.home, 'modules.log')
+  const env: NodeJS.ProcessEnv = { ...process.env, KITH_MODULE_LOG: log }
+  if (!bundled) delete env.KITH_DIST
   const run = await new Promise<Omit<Run, 'modules'>>(resolve => {
-    execFile(NODE, ['--import', MODULE_LOG, KITH, '--home', node.home, ...args], { env: { ...process.env, KITH_MODULE_LOG: log }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(NODE, ['--import', MODULE_LOG, KITH, '--home', node.home, ...args], { env, timeout: 60_000 }, (err, stdout, stderr) => {
       resolve({ code: err == null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr })
     })
   })
-  return { ...run, modules: (await readFile(log, 'utf8')).split('\n').filter(Boolean) }
+  return { ...run, modules: await loadedModules(log, bundled ? process.env.KITH_DIST : undefined) }
 }
 
 describe('the CLI loads only what its command needs', () => {
@@ -54,8 +58,11 @@ describe('the CLI loads only what its command needs', () => {
     [['--help'], []], [['status'], ['limits.ts']], [['friends'], []], [['transfers'], ['files.ts']], [['downloads'], ['downloads.ts']],
     [['limits'], ['limits.ts']], [['id'], []], [['invite', 'create', '--json'], []]
   ]
-  it.each(thin.map(([args, own]) => ({ command: args.join(' '), args, own })))('kith $command loads neither libp2p, LevelDB, zod, the daemon nor other commands\' modules', async ({ args, own }) => {
-    const run = await kithListingModules(node, args)
+  // from the sources, as a checkout runs; and from the bundle a package ships (bundle.ts), whose chunks stand for the modules in them
+  const cases = thin.flatMap(([args, own]) => [false, true].map(bundled => ({ command: args.join(' '), args, own, bundled, from: bundled ? 'the bundle' : 'the sources' })))
+  it.each(cases)('kith $command, run from $from, loads neither libp2p, LevelDB, zod, the daemon nor other commands\' modules', async ({ args, own, bundled }) => {
+    if (bundled) expect(process.env.KITH_DIST, 'the test run builds the bundle (vitest.config.ts)').toBeTruthy()
+    const run = await kithListingModules(node, args, bundled)
     expect(run.stderr).toBe('')
     expect(run.code).toBe(0)
     // the list is the real one: the CLI and commander are in it

@@ -1,6 +1,8 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { KithError } from '../../errors.ts'
 
@@ -23,13 +25,30 @@ export const CSRF_HEADER = 'x-kith-csrf'
 const MAX_LINKS = 16
 const MAX_SESSIONS = 32
 
-const WEB = fileURLToPath(new URL('../../../web/dashboard/', import.meta.url))
 /** what is served, by path: nothing else is (no path from a request reaches the file system) */
-const FILES: Record<string, { file: string, type: string }> = {
-  '/': { file: `${WEB}index.html`, type: 'text/html; charset=utf-8' },
-  '/ui/app.js': { file: `${WEB}app.js`, type: 'text/javascript; charset=utf-8' },
-  '/ui/style.css': { file: `${WEB}style.css`, type: 'text/css; charset=utf-8' },
-  '/ui/vendor/lean-qr.mjs': { file: fileURLToPath(import.meta.resolve('lean-qr')), type: 'text/javascript; charset=utf-8' }
+const FILES: Record<string, { file: () => string, type: string }> = {
+  '/': { file: () => webFile('index.html'), type: 'text/html; charset=utf-8' },
+  '/ui/app.js': { file: () => webFile('app.js'), type: 'text/javascript; charset=utf-8' },
+  '/ui/style.css': { file: () => webFile('style.css'), type: 'text/css; charset=utf-8' },
+  '/ui/vendor/lean-qr.mjs': { file: () => fileURLToPath(import.meta.resolve('lean-qr')), type: 'text/javascript; charset=utf-8' }
+}
+
+let web: string | null = null
+
+/**
+ * A file of the package's web/dashboard/, found from this module's folder:
+ * src/services/api/ in a checkout, a folder of the bundle in an installed
+ * package (bundle.ts). Looked up on the first page served.
+ */
+function webFile (name: string): string {
+  if (web == null) {
+    const here = fileURLToPath(import.meta.url)
+    for (let dir = dirname(here); web == null; dir = dirname(dir)) {
+      if (existsSync(join(dir, 'web', 'dashboard', 'index.html'))) web = join(dir, 'web', 'dashboard')
+      else if (dirname(dir) === dir) throw new KithError('INTERNAL', `kith's web/dashboard/ is missing from its package (looked for from ${here}); reinstall kith`)
+    }
+  }
+  return join(web, name)
 }
 
 const PAGE_HEADERS = {
@@ -131,7 +150,7 @@ export function createDashboard (origin: string, origins: string[]): Dashboard {
       sendPage(res, 401, '<h1>Log in first</h1><p>Run <code>kith open</code> and open the link it prints: the dashboard needs it each time.</p>')
       return
     }
-    let body = await readFile(file.file, 'utf8')
+    let body = await readFile(file.file(), 'utf8')
     // the page reads its CSRF token from here; the session cookie itself stays out of reach of scripts
     if (url.pathname === '/') body = body.replace('{{csrf}}', s.csrf)
     res.writeHead(200, { ...PAGE_HEADERS, 'content-type': file.type, 'content-length': Buffer.byteLength(body) })

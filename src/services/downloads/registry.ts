@@ -2,7 +2,8 @@
  * Which add-on takes which URL, and loading it on first use.
  *
  * The table names a module and its export per scheme; nothing is imported
- * until a URL of that scheme is checked, so an add-on's library (ssh2,
+ * until a URL of that scheme is checked (each import is written out, so that
+ * the package's bundle keeps it as a chunk of its own: bundle.ts), so an add-on's library (ssh2,
  * basic-ftp...) costs the daemon nothing until then. Loaded add-ons are kept.
  * A scheme with no entry, or whose module is not in this build, is
  * URL_UNSUPPORTED; a URL that does not parse is URL_INVALID. Both are thrown
@@ -19,11 +20,12 @@ interface Entry {
   /** relative to this file */
   module: string
   export: string
+  import: () => Promise<Record<string, unknown>>
 }
 
-const HTTP: Entry = { module: './http/index.ts', export: 'httpAddon' }
-const FTP: Entry = { module: './ftp.ts', export: 'ftpAddon' }
-const WEBDAV: Entry = { module: './webdav.ts', export: 'webdavAddon' }
+const HTTP: Entry = { module: './http/index.ts', export: 'httpAddon', import: async () => await import('./http/index.ts') }
+const FTP: Entry = { module: './ftp.ts', export: 'ftpAddon', import: async () => await import('./ftp.ts') }
+const WEBDAV: Entry = { module: './webdav.ts', export: 'webdavAddon', import: async () => await import('./webdav.ts') }
 
 /** scheme (lower case, no colon) -> where its add-on is */
 const ADDONS: Readonly<Record<string, Entry>> = {
@@ -31,13 +33,13 @@ const ADDONS: Readonly<Record<string, Entry>> = {
   https: HTTP,
   ftp: FTP,
   ftps: FTP,
-  sftp: { module: './sftp.ts', export: 'sftpAddon' },
-  s3: { module: './s3.ts', export: 's3Addon' },
+  sftp: { module: './sftp.ts', export: 'sftpAddon', import: async () => await import('./sftp.ts') },
+  s3: { module: './s3.ts', export: 's3Addon', import: async () => await import('./s3.ts') },
   webdav: WEBDAV,
   webdavs: WEBDAV,
   dav: WEBDAV,
   davs: WEBDAV,
-  hls: { module: './hls.ts', export: 'hlsAddon' }
+  hls: { module: './hls.ts', export: 'hlsAddon', import: async () => await import('./hls.ts') }
 }
 
 /** http(s) URLs of HLS playlists go to the hls add-on (`hls+https://` also says so explicitly) */
@@ -109,10 +111,11 @@ export async function checkUrl (url: URL, options: Readonly<Record<string, unkno
 async function load (entry: Entry, scheme: string): Promise<DownloadAddon> {
   let mod: Record<string, unknown>
   try {
-    mod = await import(entry.module) as Record<string, unknown>
+    mod = await entry.import()
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw err
-    throw new KithError('URL_UNSUPPORTED', `the ${scheme}:// add-on is not in this build of kith (${entry.module} is missing)`, { cause: err })
+    // the add-on's library (ssh2 is loaded from node_modules: bundle.ts) was left out of this install
+    throw new KithError('URL_UNSUPPORTED', `the ${scheme}:// add-on is not in this build of kith (${(err as Error).message}); reinstall kith with its dependencies`, { cause: err })
   }
   const addon = mod[entry.export] as DownloadAddon | undefined
   if (addon == null || typeof addon.download !== 'function' || !Array.isArray(addon.schemes)) {
