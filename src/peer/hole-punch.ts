@@ -6,6 +6,7 @@ import { TimeoutError, type AbortOptions, type ComponentLogger, type Connection,
 import { KithError } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from './canonical.ts'
 import { safeText } from './safe-text.ts'
+import { msFromEnv } from './timing-env.ts'
 
 /**
  * TCP hole punching between two friends behind NAT (docs/protocols.md,
@@ -36,6 +37,13 @@ export const MAX_PUNCH_MESSAGE = 256
 export const PUNCH_SIGNAL_TIMEOUT_MS = 10_000
 /** how long both sides keep trying to connect once they start */
 export const PUNCH_WINDOW_MS = 5_000
+/** the most KITH_PUNCH_WINDOW_MS may set */
+export const MAX_PUNCH_WINDOW_MS = 60_000
+/**
+ * the window in use unless the service's init sets one: KITH_PUNCH_WINDOW_MS sets it (src/peer/timing-env.ts),
+ * read as the daemon loads; longer for slow links, shorter where failed punches are expected (nat-relay.spec)
+ */
+const punchWindowMs = msFromEnv('KITH_PUNCH_WINDOW_MS', PUNCH_WINDOW_MS, MAX_PUNCH_WINDOW_MS)
 /** pause after a refused attempt (a router that answers RST), with as much jitter again */
 export const PUNCH_RETRY_MS = 25
 /** Noise + yamux on the punched socket */
@@ -230,7 +238,7 @@ export interface HolePunchComponents {
 }
 
 export interface HolePunchInit {
-  /** how long both sides keep trying to connect, ms; @default PUNCH_WINDOW_MS */
+  /** how long both sides keep trying to connect, ms; @default KITH_PUNCH_WINDOW_MS, or PUNCH_WINDOW_MS */
   windowMs?: number
 }
 
@@ -265,7 +273,7 @@ class DefaultHolePunch implements HolePunch {
     }
     this.upgrader = upgrader
     this.log = components.logger.forComponent('kith:punch')
-    this.windowMs = init.windowMs ?? PUNCH_WINDOW_MS
+    this.windowMs = init.windowMs ?? punchWindowMs
   }
 
   readonly [Symbol.toStringTag] = 'kith/punch'

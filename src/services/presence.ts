@@ -4,7 +4,7 @@ import type { Connection, PeerId } from '@libp2p/interface'
 import type { KithLibp2p } from '../peer/node.ts'
 import { dialable, type DialPolicy } from '../peer/dial-policy.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
-import { backoffCap } from './backoff-cap.ts'
+import { backoffCap } from '../peer/timing-env.ts'
 
 /**
  * Keeps a connection up to every active friend: dials their last known
@@ -15,7 +15,7 @@ import { backoffCap } from './backoff-cap.ts'
  */
 export const RECONNECT_BASE_MS = 500
 export const RECONNECT_MAX_MS = 30_000
-/** the cap in use: KITH_RECONNECT_MAX_MS lowers it (test daemons; src/services/backoff-cap.ts), read as the daemon loads */
+/** the cap in use: KITH_RECONNECT_MAX_MS lowers it (test daemons; src/peer/timing-env.ts), read as the daemon loads */
 const reconnectMaxMs = backoffCap('KITH_RECONNECT_MAX_MS', RECONNECT_MAX_MS)
 export const DIAL_TIMEOUT_MS = 10_000
 

@@ -13,7 +13,7 @@ import type { KithLibp2p } from '../peer/node.ts'
 import type { FriendBook, FriendEvent } from '../trust/friends.ts'
 import { friendsOnly } from '../trust/gate.ts'
 import { PUNCH_PROTOCOL } from '../peer/hole-punch.ts'
-import { backoffCap } from './backoff-cap.ts'
+import { backoffCap, msFromEnv } from '../peer/timing-env.ts'
 
 /**
  * Reachability and relays (docs/protocols.md, "Reachability and relays").
@@ -46,6 +46,11 @@ export const MAX_REACH_MESSAGE = 2048
 export const MAX_REACH_PORTS = 4
 export const REACH_STREAM_TIMEOUT_MS = 12_000
 export const DIAL_BACK_TIMEOUT_MS = 5_000
+/**
+ * the dial-back timeout in use: KITH_DIAL_BACK_TIMEOUT_MS sets it (src/peer/timing-env.ts), read as the
+ * daemon loads; up to 2 s short of the asker's wait for the answer (the NAT tests' relay: 1 s, test/helpers/netns.ts)
+ */
+const dialBackTimeoutMs = msFromEnv('KITH_DIAL_BACK_TIMEOUT_MS', DIAL_BACK_TIMEOUT_MS, REACH_STREAM_TIMEOUT_MS - 2_000)
 /** a friend answers one asker at most this often */
 export const MIN_DIAL_BACK_INTERVAL_MS = 3_000
 export const MAX_HELPERS = 3
@@ -56,7 +61,7 @@ export const RECHECK_MS = 10 * 60_000
 export const CHECK_DEBOUNCE_MS = 500
 export const RESERVE_RETRY_BASE_MS = 2_000
 export const RESERVE_RETRY_MAX_MS = 5 * 60_000
-/** the cap in use: KITH_RESERVE_RETRY_MAX_MS lowers it (test daemons; src/services/backoff-cap.ts), read as the daemon loads */
+/** the cap in use: KITH_RESERVE_RETRY_MAX_MS lowers it (test daemons; src/peer/timing-env.ts), read as the daemon loads */
 const reserveRetryMaxMs = backoffCap('KITH_RESERVE_RETRY_MAX_MS', RESERVE_RETRY_MAX_MS)
 /** first punch this long after the relayed link to a friend appears (both sides finish storing the friendship) */
 export const PUNCH_FIRST_DELAY_MS = 300
@@ -142,7 +147,7 @@ export function reachHandler (libp2p: KithLibp2p) {
       const results = await Promise.all(ports.map(async port => {
         const addr = `/${ip.proto}/${ip.ip}/tcp/${port}`
         try {
-          const back = await libp2p.dial(multiaddr(`${addr}/p2p/${asker}`), { force: true, signal: AbortSignal.any([signal, AbortSignal.timeout(DIAL_BACK_TIMEOUT_MS)]) })
+          const back = await libp2p.dial(multiaddr(`${addr}/p2p/${asker}`), { force: true, signal: AbortSignal.any([signal, AbortSignal.timeout(dialBackTimeoutMs)]) })
           const ok = back.remotePeer.equals(connection.remotePeer) && !isCircuit(back.remoteAddr) && back.id !== connection.id
           if (back.id !== connection.id) await back.close().catch(() => {})
           return { addr, ok }

@@ -167,17 +167,28 @@ export interface NatFriends {
 /**
  * The NAT suites' cast: builds the topology and starts R, A and B in it,
  * each with a home under one temp folder and `DEBUG` set to `debug` (or
- * KITH_NAT_DEBUG).
+ * KITH_NAT_DEBUG), and `env` added to each one's environment by its role.
+ *
+ * R waits 1 s for a dial-back (KITH_DIAL_BACK_TIMEOUT_MS, src/peer/timing-env.ts)
+ * where a user's daemon waits 5 s: R dials back only A and B, behind routers
+ * that drop the SYN, so each check of theirs ends when R gives up, and
+ * everything after (behind NAT, the reservations, the relayed link) waits
+ * for it. A and B keep the default, since their dial-backs to R get through
+ * and must not time out on a loaded machine. All three redial friends and
+ * retry reservations within 1 s at most (the test daemons' caps are 2 s):
+ * after R restarts, A and B reconnect to it, it learns it is public again,
+ * they reserve, and they redial each other through it, each step after the
+ * last one's retry.
  */
-export async function startNatFriends (options: NatTopologyOptions, debug: string): Promise<NatFriends> {
+export async function startNatFriends (options: NatTopologyOptions, debug: string, env: Partial<Record<'r' | 'a' | 'b', NodeJS.ProcessEnv>> = {}): Promise<NatFriends> {
   const topo = await createNatTopology(options)
   const base = await mkdtemp(join(tmpdir(), 'kith-nat-'))
   await chmod(base, 0o755)
   const listen = ['--listen', '/ip4/0.0.0.0/tcp/4001']
-  const env = { DEBUG: process.env.KITH_NAT_DEBUG ?? debug }
-  const r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env })
-  const a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env })
-  const b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env })
+  const common = { DEBUG: process.env.KITH_NAT_DEBUG ?? debug, KITH_RECONNECT_MAX_MS: '1000', KITH_RESERVE_RETRY_MAX_MS: '1000' }
+  const r = new TestNode('relay', join(base, 'r'), listen, { netns: topo.ns.r, env: { ...common, KITH_DIAL_BACK_TIMEOUT_MS: '1000', ...env.r } })
+  const a = new TestNode('alice', join(base, 'a'), listen, { netns: topo.ns.a, env: { ...common, ...env.a } })
+  const b = new TestNode('bob', join(base, 'b'), listen, { netns: topo.ns.b, env: { ...common, ...env.b } })
   const stop = async (): Promise<void> => {
     for (const n of [a, b, r]) await n.kill9().catch(() => {})
     await topo.destroy()

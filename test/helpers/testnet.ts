@@ -35,7 +35,7 @@ process.once('SIGTERM', () => {
 })
 
 /**
- * Retry caps the test daemons run with (src/services/backoff-cap.ts): a
+ * Retry caps the test daemons run with (src/peer/timing-env.ts): a
  * friend or relay that comes back is redialled, and a reservation on it
  * made again, within 2 s, where a user's daemon backs off to 30 s and 5
  * minutes; a test of a restarted relay waited out those backoffs (nat-relay
