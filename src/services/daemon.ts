@@ -27,6 +27,7 @@ import { FriendServices } from './expose/index.ts'
 import { BackupService, type BackupEvent } from './backup/index.ts'
 import { BackupCare } from './backup/care.ts'
 import { BackupHost } from './backup/host.ts'
+import { careSettings } from './backup/settings.ts'
 import { Reachability, allAddrs, type ReachabilityView, type RelayInUse, type PunchView } from './reachability.ts'
 import type { TransferEvent } from './files/transfers.ts'
 import { DownloadService, type DownloadEvent } from './downloads/index.ts'
@@ -238,7 +239,8 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
       identity: this.identity,
       friends: this.friends,
       service: this.backupService,
-      name: () => this.displayName
+      name: () => this.displayName,
+      ...careSettings(config?.backup, config?.path ?? '')
     })
     this.backupCare.start()
     // backup hosting: friends' sealed blobs in the engine's store, within the quotas I grant (docs/backup.md, Host)

@@ -164,11 +164,14 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     const restored = await runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--listen', '/ip4/127.0.0.1/tcp/0', '--json'])
     expect(restored.code, restored.stderr).toBe(0)
     expect(JSON.parse(restored.stdout)).toMatchObject({ peerId: ownerId, name: 'owner', friends: 3, snapshots: 1, record: { seq: newest.seq, from: h2.peerId } })
+    // the new machine's config.json (read at start) sets the unreachable threshold
+    await writeFile(join(home, 'config.json'), JSON.stringify({ backup: { unreachableAfterMs: 3 * 24 * 3600_000 } }))
     // never over a home that has a node (checked while that node starts: the check comes before anything else)
     reborn = new TestNode('owner', home)
     const [twice] = await Promise.all([runCli(['--home', home, 'restore', '--phrase-file', phraseFile, '--via', via, '--json']), reborn.start()])
     expect(lastJson(twice.stderr).error.code).toBe('HOME_NOT_EMPTY')
     expect(reborn.peerId).toBe(ownerId)
+    expect((await reborn.json('backup', 'health')).unreachableAfterMs).toBe(3 * 24 * 3600_000)
     expect((await reborn.json('backup', 'list')).snapshots).toEqual(snapshots)
     expect((await reborn.json('friends')).friends.map((f: any) => f.label).sort()).toEqual(['h1', 'h2', 'h3'])
     // and with nothing else, the snapshot restores: contents, modes, mtimes, the link as a link, the empty folder

@@ -105,8 +105,8 @@ export const limitsSchema = z.object({
   classWeights: z.partialRecord(classKey, weight).optional()
 }).strict()
 
-/** `downloads` is the download queue's section, checked by src/services/downloads/settings.ts when the queue starts */
-export const configSchema = z.object({ limits: limitsSchema.optional(), downloads: z.unknown().optional(), proxy: z.unknown().optional() }).strict()
+/** `downloads` is the download queue's section, checked by src/services/downloads/settings.ts when the queue starts (`proxy` and `backup` alike) */
+export const configSchema = z.object({ limits: limitsSchema.optional(), downloads: z.unknown().optional(), proxy: z.unknown().optional(), backup: z.unknown().optional() }).strict()
 
 export const patchSchema = z.object({
   upload: rate.nullable().optional(),
@@ -123,6 +123,8 @@ export interface ConfigFile {
   downloads?: unknown
   /** the `proxy` section as written (proxy/settings.ts checks it) */
   proxy?: unknown
+  /** the `backup` section as written (backup/settings.ts checks it) */
+  backup?: unknown
 }
 
 /**
@@ -150,7 +152,7 @@ export async function loadConfig (home: string): Promise<ConfigFile | null> {
     const issue = result.error.issues[0]
     throw new KithError('CONFIG_INVALID', `${path}: ${issue?.path.join('.') || '(top level)'}: ${issue?.message ?? 'invalid'}; see docs/scheduler.md`)
   }
-  return { path, limits: clean(result.data.limits ?? {}), ...(result.data.downloads !== undefined ? { downloads: result.data.downloads } : {}), ...(result.data.proxy !== undefined ? { proxy: result.data.proxy } : {}) }
+  return { path, limits: clean(result.data.limits ?? {}), ...(result.data.downloads !== undefined ? { downloads: result.data.downloads } : {}), ...(result.data.proxy !== undefined ? { proxy: result.data.proxy } : {}), ...(result.data.backup !== undefined ? { backup: result.data.backup } : {}) }
 }
 
 /** Drops undefined fields (zod leaves them out already; this keeps the type exact). */
