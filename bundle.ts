@@ -1,4 +1,6 @@
-import { build } from 'esbuild'
+import { build, type Metafile } from 'esbuild'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 /**
@@ -17,13 +19,15 @@ import { fileURLToPath } from 'node:url'
  *
  * Source maps link each file back to src/ (sources inlined: the package
  * ships no src/); `node --enable-source-maps` uses them in stack traces.
+ * The licences of the packages bundled in go beside it, in
+ * THIRD-PARTY-LICENSES.txt.
  */
 export const ENTRY_POINTS = ['src/services/cli/main.ts', 'src/services/daemon-heap.ts']
 
 const ROOT = fileURLToPath(new URL('.', import.meta.url))
 
 export async function bundle (outdir = 'dist'): Promise<void> {
-  await build({
+  const { metafile } = await build({
     absWorkingDir: ROOT,
     entryPoints: ENTRY_POINTS,
     outbase: 'src',
@@ -41,8 +45,29 @@ export async function bundle (outdir = 'dist'): Promise<void> {
     sourcemap: 'linked',
     sourcesContent: true,
     legalComments: 'eof',
+    metafile: true,
     logLevel: 'warning'
   })
+  await writeFile(resolve(ROOT, outdir, 'THIRD-PARTY-LICENSES.txt'), await licences(metafile))
+}
+
+/** Each bundled package's name, version and licence text (its LICENSE file, or the licence its package.json names) */
+async function licences (metafile: Metafile): Promise<string> {
+  const folders = new Set<string>()
+  for (const input of Object.keys(metafile.inputs)) {
+    const match = /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input)
+    if (match != null) folders.add(match[1]!)
+  }
+  const parts: string[] = []
+  for (const folder of [...folders].sort()) {
+    const pkg = JSON.parse(await readFile(join(ROOT, folder, 'package.json'), 'utf8')) as { name: string, version: string, license?: string }
+    // LICENSE, LICENSE.md, or one file per licence offered (LICENSE-MIT, LICENSE-APACHE)
+    const files = (await readdir(join(ROOT, folder))).filter(f => /^(?:licen[cs]e|copying)(?:[.-]|$)/i.test(f)).sort()
+    const texts = await Promise.all(files.map(async f => (await readFile(join(ROOT, folder, f), 'utf8')).trim()))
+    const text = texts.length > 0 ? texts.join('\n\n') : `${pkg.license ?? 'no licence named'} (the package has no licence file)`
+    parts.push(`${pkg.name} ${pkg.version}\n\n${text}\n`)
+  }
+  return `kith's bundle (dist/) holds code of these packages, under these licences.\n\n${parts.join('\n' + '-'.repeat(72) + '\n\n')}`
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) await bundle(process.argv[2])

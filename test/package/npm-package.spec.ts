@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { mkdtemp, readlink, rm } from 'node:fs/promises'
+import { mkdtemp, readlink, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { delimiter, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -61,9 +61,10 @@ describe('the npm package', () => {
     const files = packed.files.map(f => f.path)
     expect(files).toContain('bin/kith.js')
     expect(files).toEqual(expect.arrayContaining(['dist/services/cli/main.js', 'dist/services/cli/main.js.map', 'dist/services/cli/main.d.ts', 'dist/services/daemon-heap.js', 'dist/services/daemon.d.ts', 'web/dashboard/index.html', 'web/dashboard/app.js']))
-    // the bundle (bundle.ts): the daemon's code is in chunks, not one file per module
+    // the bundle (bundle.ts): the daemon's code is in chunks, not one file per module, with the bundled packages' licences
     expect(files.filter(f => /^dist\/chunks\/.+\.js$/.test(f)).length).toBeGreaterThan(0)
-    expect(files.filter(f => /^dist\/.+(?<!\.d\.ts|\.map)$/.test(f) && !f.startsWith('dist/chunks/') && !['dist/services/cli/main.js', 'dist/services/daemon-heap.js'].includes(f))).toEqual([])
+    expect(files).toContain('dist/THIRD-PARTY-LICENSES.txt')
+    expect(files.filter(f => /^dist\/.+(?<!\.d\.ts|\.map)$/.test(f) && !f.startsWith('dist/chunks/') && !['dist/services/cli/main.js', 'dist/services/daemon-heap.js', 'dist/THIRD-PARTY-LICENSES.txt'].includes(f))).toEqual([])
     expect(files.filter(f => /^(src|test|bench|\.ci|scratch|node_modules)\//.test(f) || f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([])
   })
 
@@ -76,6 +77,11 @@ describe('the npm package', () => {
     daemon.stderr!.on('data', (c: Buffer) => { err += c.toString() })
     const exited = new Promise<number | null>(resolve => daemon!.on('exit', code => resolve(code)))
     const started = await waitFor(() => out.includes('\n') ? JSON.parse(out.slice(0, out.indexOf('\n'))) as { peerId: string } : undefined, `the installed kith to start (it printed: ${out}${err})`, 60_000)
+
+    // what is bundled is not installed again: only Node, LevelDB's native part, ssh2 and the dashboard's QR library
+    const installed = join(prefix, 'lib', 'node_modules', 'kith', 'node_modules')
+    await expect(stat(join(installed, 'classic-level', 'package.json'))).resolves.toBeTruthy()
+    await expect(stat(join(installed, 'libp2p'))).rejects.toThrow(/ENOENT/)
 
     // the daemon runs on the package's Node 24, not on the Node first on the user's PATH
     if (process.platform === 'linux') {
