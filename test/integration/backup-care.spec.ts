@@ -130,6 +130,8 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     const healed = await owner.json('backup', 'health')
     expect(host(healed, 'h3')).toMatchObject({ state: 'ok', blobs: 2 })
     expect(healed.snapshots).toMatchObject([{ met: true, fewest: 2 }])
+    // one host alone, by name
+    expect((await owner.json('backup', 'audit', 'h3')).audits).toMatchObject([{ host: h3.peerId, ok: true, blobs: 2 }])
     const ledger = await owner.json('backup', 'ledger')
     // each granted the other backup; h3 keeps the two copies for the owner
     expect(ledger.friends.find((f: any) => f.name === 'h3')).toMatchObject({ forThem: { used: 0, blobs: 0 }, forMe: { blobs: 2, state: 'ok' } })
