@@ -18,8 +18,8 @@ import { befriend, createTestnet, runCli, waitFor, TestNode, type Testnet } from
  * the snapshot restores whole. Then the owner's machine is gone: from the
  * phrase and h1's address alone a new home gets the identity, the friends
  * and the snapshot list back, though h1 hands back an old recovery record (h2
- * has the newest), and restores the tree. A phrase nobody hosts for is a
- * clear error.
+ * has the newest), and restores the tree; a run with --to h3 lands on h3
+ * alone. A phrase nobody hosts for is a clear error.
  * (h3 starts late: four daemons starting at once on a loaded machine take
  * longer than the helper waits.)
  */
@@ -189,6 +189,20 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     }
     expect(await readlink(join(out, 'tree', 'link'))).toBe('f0.bin')
     expect(await readdir(join(out, 'tree', 'empty'))).toEqual([])
+  })
+
+  it('places a run with --to on the friends named, and nowhere else', async () => {
+    const dir = join(owner.home, '..', 'for-h3')
+    await mkdir(dir)
+    await writeFile(join(dir, 'x.bin'), bytes(300_000, 42))
+    const usedOn = async (host: TestNode): Promise<number> => (await host.get('/v1/backup/hosted')).hosted.find((h: any) => h.peerId === owner.peerId)?.used ?? 0
+    const before = await Promise.all([h1, h2, h3!].map(usedOn))
+    const run = await reborn!.cli('backup', 'run', dir, '--to', 'h3', '--json')
+    expect(run.code, run.stderr).toBe(0)
+    const { result } = JSON.parse(run.stdout.trim().split('\n').at(-1)!)
+    expect(result.sentBytes).toBeGreaterThan(300_000)
+    const after = await Promise.all([h1, h2, h3!].map(usedOn))
+    expect(after.map((used, i) => used - before[i]!)).toEqual([0, 0, result.sentBytes])
   })
 
   it('says so when nobody hosts for a phrase, and names a mistyped word', async () => {
