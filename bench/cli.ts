@@ -6,6 +6,8 @@ import { cpus, loadavg, tmpdir } from 'node:os'
 import { delimiter, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { TestNode, NODE, KITH } from '../test/helpers/testnet.ts'
+import { buildBundle } from '../test/helpers/bundle-setup.ts'
+import { bundle } from '../bundle.ts'
 import { cpuSeconds, currentRss, fmt, median, MB, table } from './lib.ts'
 
 /**
@@ -15,7 +17,8 @@ import { cpuSeconds, currentRss, fmt, median, MB, table } from './lib.ts'
  *   start     a daemon's time to start: `kith start` spawned to its start-up
  *             line, in a new home (identity and database made), again in
  *             the same home, and so with the compile cache off;
- *             BENCH_CLI_STARTS (3) of each. Beside the wall time, the CPU
+ *             BENCH_CLI_STARTS (3) of each, from the checkout's sources and
+ *             from the bundle an installed kith runs (bundle.ts), in turns. Beside the wall time, the CPU
  *             time (user + system) the daemon used up to that line, from its
  *             /proc/PID/stat (the re-execution keeps the pid, so both passes
  *             count; a test run starts ~110 daemons, so this is most of its
@@ -24,7 +27,7 @@ import { cpuSeconds, currentRss, fmt, median, MB, table } from './lib.ts'
  *   commands  `kith status`, `friends`, `transfers` and `--help` against that
  *             daemon, spawned to exit, from the checkout (TypeScript, Node
  *             stripping its types) and from the package installed (npm pack
- *             of JavaScript built into a temp folder, `npm install -g` into
+ *             of the bundle built into a temp folder, `npm install -g` into
  *             a temp prefix, once per run: what users run; `installed` in
  *             the table), next to a bare Node 24 process that
  *             reads the same api.json and api.token and makes one request to
@@ -142,8 +145,8 @@ get(new URL('/v1/status', url), { headers: { authorization: 'Bearer ' + token } 
   res.on('end', () => { if (res.statusCode !== 200) process.exitCode = 1; console.log(body) })
 })`
 
-interface Starts {
-  node: TestNode
+/** A daemon's starts from one kind of program: the checkout's sources, or the bundle a package ships */
+interface StartFigures {
   /** wall ms to the start-up line */
   fresh: number[]
   again: number[]
@@ -154,39 +157,58 @@ interface Starts {
   idleRss: number[]
 }
 
+type Program = 'sources' | 'bundle'
+
+interface Starts {
+  /** the last daemon started (from the bundle), left running for the commands */
+  node: TestNode
+  from: Record<Program, StartFigures>
+}
+
 /** How long after its start-up line an idle daemon's resident memory is read */
 const IDLE_AFTER_MS = 5_000
 
-/** `kith start` to its start-up line: in a new home, again in the same home, and again without the compile cache. */
-async function daemonStarts (log: Log, work: string): Promise<Starts> {
-  const starts: Omit<Starts, 'node'> = { fresh: [], again: [], uncached: [], cpu: { fresh: [], again: [], uncached: [] }, idleRss: [] }
+/**
+ * `kith start` to its start-up line: in a new home, again in the same home,
+ * and again without the compile cache; from the checkout's sources and from
+ * the bundle an installed kith runs (bundle.ts, built here once into
+ * `bundle`), in turns.
+ */
+async function daemonStarts (log: Log, work: string, bundle: string): Promise<Starts> {
+  const empty = (): StartFigures => ({ fresh: [], again: [], uncached: [], cpu: { fresh: [], again: [], uncached: [] }, idleRss: [] })
+  const from: Record<Program, StartFigures> = { sources: empty(), bundle: empty() }
   let node: TestNode | undefined
-  const time = async (n: TestNode, kind: 'fresh' | 'again' | 'uncached'): Promise<void> => {
+  const time = async (n: TestNode, figures: StartFigures, kind: 'fresh' | 'again' | 'uncached'): Promise<void> => {
     const started = performance.now()
     await n.start()
-    starts[kind].push(performance.now() - started)
-    starts.cpu[kind].push(await cpuSeconds(n.pid) * 1000)
+    figures[kind].push(performance.now() - started)
+    figures.cpu[kind].push(await cpuSeconds(n.pid) * 1000)
   }
   for (let i = 0; i < STARTS; i++) {
-    if (node != null) await node.stop()
-    const home = join(work, `home${i + 1}`)
-    // as a user's `kith start`: the daemon re-executes itself with its heap flags
-    node = new TestNode(`cli${i + 1}`, home, [], { reexec: true })
-    await time(node, 'fresh')
-    await node.stop()
-    const uncached = new TestNode(`cli${i + 1}`, home, [], { env: { NODE_DISABLE_COMPILE_CACHE: '1' }, reexec: true })
-    await time(uncached, 'uncached')
-    await uncached.stop()
-    await time(node, 'again')
-    await new Promise(resolve => setTimeout(resolve, IDLE_AFTER_MS))
-    starts.idleRss.push(await currentRss(node.pid) / MB)
-    log(`daemon start ${i + 1}/${STARTS}: new home ${fmt(starts.fresh.at(-1)!)} ms (CPU ${fmt(starts.cpu.fresh.at(-1)!)} ms), same home ${fmt(starts.again.at(-1)!)} ms (CPU ${fmt(starts.cpu.again.at(-1)!)} ms, ${fmt(starts.idleRss.at(-1)!)} MB resident ${IDLE_AFTER_MS / 1000} s later), without the compile cache ${fmt(starts.uncached.at(-1)!)} ms (CPU ${fmt(starts.cpu.uncached.at(-1)!)} ms)`)
+    for (const program of ['sources', 'bundle'] as const) {
+      const figures = from[program]
+      // an empty KITH_DIST runs the sources (bin/kith.js)
+      const env = { KITH_DIST: program === 'bundle' ? bundle : '' }
+      if (node != null) await node.stop()
+      const home = join(work, `${program}${i + 1}`)
+      // as a user's `kith start`: the daemon re-executes itself with its heap flags
+      node = new TestNode(`cli${i + 1}`, home, [], { env, reexec: true })
+      await time(node, figures, 'fresh')
+      await node.stop()
+      const uncached = new TestNode(`cli${i + 1}`, home, [], { env: { ...env, NODE_DISABLE_COMPILE_CACHE: '1' }, reexec: true })
+      await time(uncached, figures, 'uncached')
+      await uncached.stop()
+      await time(node, figures, 'again')
+      await new Promise(resolve => setTimeout(resolve, IDLE_AFTER_MS))
+      figures.idleRss.push(await currentRss(node.pid) / MB)
+      log(`daemon start ${i + 1}/${STARTS} from the ${program}: new home ${fmt(figures.fresh.at(-1)!)} ms (CPU ${fmt(figures.cpu.fresh.at(-1)!)} ms), same home ${fmt(figures.again.at(-1)!)} ms (CPU ${fmt(figures.cpu.again.at(-1)!)} ms, ${fmt(figures.idleRss.at(-1)!)} MB resident ${IDLE_AFTER_MS / 1000} s later), without the compile cache ${fmt(figures.uncached.at(-1)!)} ms (CPU ${fmt(figures.cpu.uncached.at(-1)!)} ms)`)
+    }
   }
-  return { node: node!, ...starts }
+  return { node: node!, from }
 }
 
 /**
- * kith as `npm install -g` puts it, in `work/prefix`: the JavaScript built
+ * kith as `npm install -g` puts it, in `work/prefix`: the bundle built
  * from this checkout into a staging folder (not the checkout's dist/, which a
  * package test may be using), packed there without scripts (prepack would
  * build again) and installed from npm's cache where it can. Returns the
@@ -199,7 +221,7 @@ async function installPackage (log: Log, work: string): Promise<{ script: string
   const started = performance.now()
   const must = async (command: string, args: string[], cwd = work): Promise<string> =>
     (await promisify(execFile)(command, args, { cwd, timeout: 600_000, maxBuffer: 64 * 1024 * 1024 })).stdout
-  await must(NODE, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'tsconfig.build.json'), '--noCheck', '--outDir', join(stage, 'dist')])
+  await bundle(join(stage, 'dist'))
   const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { files: string[] }
   for (const entry of ['package.json', 'README.md', ...pkg.files.filter(f => !f.startsWith('dist'))]) await cp(join(root, entry), join(stage, entry), { recursive: true })
   const packed = JSON.parse(await must('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work], stage)) as Array<{ filename: string }>
@@ -210,12 +232,16 @@ async function installPackage (log: Log, work: string): Promise<{ script: string
 
 /** The start part's figures, as printed */
 function startLines (starts: Starts): string[] {
-  const figures: Array<[string, number[], number[]]> = [['new home', starts.fresh, starts.cpu.fresh], ['same home again', starts.again, starts.cpu.again], ['same home, compile cache off', starts.uncached, starts.cpu.uncached]]
-  return [
-    `daemon start (kith start to its start-up line), median of ${STARTS}: ${figures.map(([what, v]) => `${what} ${fmt(median(v))} ms (${v.map(x => fmt(x)).join(' ')})`).join('; ')}`,
-    `daemon CPU to its start-up line (user + system), median of ${STARTS}: ${figures.map(([what, , cpu]) => `${what} ${fmt(median(cpu))} ms (${cpu.map(x => fmt(x)).join(' ')})`).join('; ')}`,
-    `idle daemon, resident ${IDLE_AFTER_MS / 1000} s after a same-home start, median of ${STARTS}: ${fmt(median(starts.idleRss))} MB (${starts.idleRss.map(x => fmt(x)).join(' ')}); ratio to issue 18's 100 MB target ${fmt(median(starts.idleRss) / 100, 2)}`
-  ]
+  return (['sources', 'bundle'] as const).flatMap(program => {
+    const f = starts.from[program]
+    const figures: Array<[string, number[], number[]]> = [['new home', f.fresh, f.cpu.fresh], ['same home again', f.again, f.cpu.again], ['same home, compile cache off', f.uncached, f.cpu.uncached]]
+    const what = program === 'bundle' ? 'from the bundle (an installed kith)' : 'from the sources (a checkout)'
+    return [
+      `daemon start ${what} (kith start to its start-up line), median of ${STARTS}: ${figures.map(([name, v]) => `${name} ${fmt(median(v))} ms (${v.map(x => fmt(x)).join(' ')})`).join('; ')}`,
+      `daemon CPU to its start-up line (user + system) ${what}, median of ${STARTS}: ${figures.map(([name, , cpu]) => `${name} ${fmt(median(cpu))} ms (${cpu.map(x => fmt(x)).join(' ')})`).join('; ')}`,
+      `idle daemon ${what}, resident ${IDLE_AFTER_MS / 1000} s after a same-home start, median of ${STARTS}: ${fmt(median(f.idleRss))} MB (${f.idleRss.map(x => fmt(x)).join(' ')}); ratio to issue 18's 100 MB target ${fmt(median(f.idleRss) / 100, 2)}`
+    ]
+  })
 }
 
 function loadLine (load: number): string {
@@ -226,20 +252,25 @@ export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${
   const load = loadavg()[0]!
   const work = await mkdtemp(join(tmpdir(), 'kith-bench-cli-'))
   let node: TestNode | undefined
+  // the bundle the daemon starts compare with the sources: the caller's (bench/run.ts), or one built here
+  const built = process.env.KITH_DIST != null && process.env.KITH_DIST !== '' ? null : await buildBundle()
+  const bundleDir = built?.dir ?? process.env.KITH_DIST!
   try {
     if (START_ONLY) {
-      const starts = await daemonStarts(log, work)
+      const starts = await daemonStarts(log, work, bundleDir)
       node = starts.node
       const text = [`\nkith daemon start: ${cpus().length} cores, Node ${process.versions.node}`, loadLine(load), ...startLines(starts)].join('\n')
       console.log(text)
       return text
     }
     const installed = await installPackage(log, work)
-    const starts = await daemonStarts(log, work)
+    const starts = await daemonStarts(log, work, bundleDir)
     node = starts.node
     const home = node.home
     // the children choose their compile cache through TMPDIR alone
     const env: NodeJS.ProcessEnv = { ...process.env }
+    // the checkout's commands run its sources
+    delete env.KITH_DIST
     delete env.NODE_COMPILE_CACHE
     delete env.NODE_DISABLE_COMPILE_CACHE
     const warmDir = join(work, 'warm')
@@ -325,6 +356,7 @@ export async function cliBench (log: Log = m => process.stderr.write(`[bench] ${
   } finally {
     await node?.stop().catch(() => {})
     await rm(work, { recursive: true, force: true })
+    await built?.remove()
   }
 }
 

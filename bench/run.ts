@@ -4,6 +4,7 @@ import { tmpdir, cpus, loadavg } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestnet, waitFor, NODE, KITH, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
+import { useBundle } from '../test/helpers/bundle-setup.ts'
 import { reachabilityBench, summarise, type ReachRow } from './reachability.ts'
 import { schedulerBench } from './scheduler.ts'
 import { cliBench } from './cli.ts'
@@ -68,6 +69,8 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * BENCH_PIN=1 runs the sending end of the ceilings and the owner on core 0, the
  * receiving end and the 1-source fetcher on core 1 (taskset), so each side's
  * CPU ms/MB is measured without the other's on its core.
+ * The daemons run the bundle an installed kith runs (bundle.ts, built at the
+ * start); BENCH_SOURCES=1 runs the checkout's sources instead.
  * MB/s means 10^6 bytes per second, as in DESIGN.md.
  */
 const HERE = dirname(fileURLToPath(import.meta.url))
@@ -485,6 +488,7 @@ async function cleanup (): Promise<void> {
   }
   if (work != null) await rm(work, { recursive: true, force: true }).catch(() => {})
   work = undefined
+  await removeBundle().catch(() => {})
 }
 
 process.on('exit', () => {
@@ -519,12 +523,16 @@ function report (): void {
 }
 
 const loadAtStart = loadavg()[0]!
+let removeBundle = async (): Promise<void> => {}
 const reachRows: ReachRow[] = []
 
 async function main (): Promise<void> {
   if (loadAtStart > cpus().length / 2) log(`load average is ${fmt(loadAtStart, 1)} on ${cpus().length} cores: other work is running and will skew the figures`)
   work = await mkdtemp(join(tmpdir(), 'kith-bench-'))
   if (CPU_PROF != null) await mkdir(CPU_PROF, { recursive: true })
+  if (process.env.BENCH_SOURCES === '1') process.env.KITH_DIST = ''
+  else removeBundle = await useBundle()
+  log(`the daemons run ${process.env.KITH_DIST ? `the bundle in ${process.env.KITH_DIST}` : 'the sources (BENCH_SOURCES=1)'}`)
   const src = join(work, 'data.bin')
   const transfer = [...sections].some(s => s !== 'smallfiles' && s !== 'reachability' && s !== 'scheduler' && s !== 'cli' && s !== 'expose' && s !== 'downloads' && s !== 'backup' && s !== 'proxy')
   log(`${transfer ? `writing ${SIZE / MiB} MiB of random data; ` : ''}sections: ${[...sections].join(', ')}; ${RUNS} runs each`)
