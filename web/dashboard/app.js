@@ -93,7 +93,7 @@ const pages = {
         <tr><th scope="row">Relays in use</th><td>${s.relays?.using?.map(r => r.label).join(', ') || 'none'}</td></tr>
         <tr><th scope="row">Relaying for</th><td>${s.relays?.serving?.map(r => r.label).join(', ') || 'nobody'}</td></tr>
       </tbody></table>
-      <h2>Bandwidth, last hour</h2>
+      <h2>Bandwidth since this page opened (the last hour at most)</h2>
       ${plot('up', 'Upload')}
       ${plot('down', 'Download')}`
   },
