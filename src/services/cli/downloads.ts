@@ -23,7 +23,7 @@ type Client = (cmd: Command) => Promise<ApiClient>
 const FINAL = new Set(['done', 'failed', 'cancelled'])
 
 /** One line of the queue, a download or a friend fetch. */
-interface Item {
+export interface Item {
   id: string
   kind: 'url' | 'friend'
   what: string
@@ -61,6 +61,12 @@ function rows (items: Item[]): string {
     i.state === 'running' && i.eta != null ? duration(i.eta) : '-',
     i.dest
   ]))
+}
+
+/** Why what waits or failed is waiting or failed (a low disk, an origin's answer), in words; a failed one with what to do about it. */
+export function reasons (items: Item[]): string[] {
+  return items.filter(i => i.error != null && (i.state === 'paused' || i.state === 'failed')).map(i =>
+    `${i.id}: ${i.error!.message}` + (i.state === 'failed' ? ` (\`kith resume ${i.id}\` tries again, \`kith cancel ${i.id}\` drops it)` : ''))
 }
 
 /** "12s left", with what the ETA leaves out */
@@ -200,8 +206,7 @@ export function downloadCommands (program: Command, client: Client, print: Print
         const items = [...result.downloads.map(fromDownload), ...result.fetches.map(fromTransfer)]
         const text = rows(items)
         if (text === '') return 'the queue is empty: `kith get URL`'
-        // why what waits or failed is waiting or failed (a low disk, an origin's answer), in words
-        const why = items.filter(i => i.error != null && (i.state === 'paused' || i.state === 'failed')).map(i => `${i.id}: ${i.error!.message}`)
+        const why = reasons(items)
         return [text, '', queueText(result), ...(why.length > 0 ? ['', ...why] : [])].join('\n')
       })
     })
