@@ -8,11 +8,13 @@ import { ApiClient } from '../../src/services/api/client.ts'
 import { PACKED_FILE_MAX, SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 
 /**
- * Freeing the chunk store between real daemons, through the CLI: an unshared
- * share's chunks go from the owner's store (its files stay) while a friend
- * who fetched it keeps serving them; a share made while collections run loses
- * nothing; a daemon killed mid-sweep comes back consistent. Shared files hold
- * their own chunks, so sharing writes no chunk files.
+ * Freeing the chunk store between real daemons: an unshared share's chunks go
+ * from the owner's store (its files stay) while a friend who fetched it keeps
+ * serving them; a share made while collections run loses nothing; a daemon
+ * killed mid-sweep comes back consistent. Shared files hold their own chunks,
+ * so sharing writes no chunk files. Shares, fetches, limits and collections go
+ * to the daemons' APIs as the CLI sends them (a CLI process is a Node start);
+ * the CLI runs where its own output is tested (`kith status`, `kith gc`).
  */
 const MiB = 1024 * 1024
 
@@ -48,6 +50,27 @@ async function store (node: TestNode): Promise<{ chunks: number, bytes: number, 
   return (await node.get('/v1/status')).store
 }
 
+/** `kith share PATH --with FRIEND...`, as the CLI sends it */
+async function share (node: TestNode, path: string, ...friends: string[]): Promise<{ share: { chunks: number } }> {
+  return await node.call('POST', '/v1/shares', { path, with: friends })
+}
+
+/** `kith fetch FRIEND:SHARE[/PATH] -o DEST --detach`, as the CLI sends it: the transfer */
+async function fetch (node: TestNode, target: string, dest: string): Promise<{ id: string }> {
+  const [, friend, name, path] = /^([^:]+):([^/]+)\/?(.*)$/.exec(target)!
+  return (await node.call('POST', '/v1/transfers', { friend, share: name, ...(path !== '' ? { path } : {}), priority: 'normal', dest })).transfer
+}
+
+/** `kith fetch FRIEND:SHARE[/PATH] -o DEST`: the fetch, done (transferDone throws on a failed one) */
+async function fetched (node: TestNode, target: string, dest: string): Promise<unknown> {
+  return await transferDone(node, (await fetch(node, target, dest)).id, `${node.name}'s fetch of ${target}`)
+}
+
+/** `kith gc --json` */
+async function gc (node: TestNode): Promise<any> {
+  return (await node.call('POST', '/v1/gc')).gc
+}
+
 describe('chunk store collection', () => {
   let net: Testnet
   let alice: TestNode, bob: TestNode, carol: TestNode
@@ -73,22 +96,21 @@ describe('chunk store collection', () => {
   it('kith gc frees an unshared share\'s bytes while a friend who fetched it keeps serving them', async () => {
     const docs = await folder(join(alice.home, 'docs'), [3 * MiB + 1, 2 * MiB, 100_000])
     const sums = await Promise.all(['f0.bin', 'f1.bin', 'f2.bin'].map(async name => await sha(join(docs.root, name))))
-    await alice.json('share', docs.root, '--with', 'bob', 'carol')
+    await share(alice, docs.root, 'bob', 'carol')
     expect(await store(alice)).toMatchObject({ chunks: docs.chunks, bytes: 0, inFiles: docs.chunks })
     expect(await chunkFiles(alice)).toBe(0)
 
     // bob fetches all of it; carol starts, slowly, and pauses: her fetch has pinned the manifest
-    const got = await bob.cli('fetch', 'alice:docs', '-o', join(bob.home, 'docs'))
-    expect(got.code, got.stderr).toBe(0)
-    await carol.json('limits', 'set', '--down', '256KB/s')
-    const { transfer: started } = await carol.json('fetch', 'alice:docs', '-o', join(carol.home, 'docs'), '--detach')
-    await carol.json('pause', started.id)
-    await carol.json('limits', 'clear', '--down')
+    await fetched(bob, 'alice:docs', join(bob.home, 'docs'))
+    await carol.call('PUT', '/v1/limits', { download: '256KB/s' })
+    const started = await fetch(carol, 'alice:docs', join(carol.home, 'docs'))
+    await carol.call('POST', `/v1/transfers/${started.id}/pause`)
+    await carol.call('PUT', '/v1/limits', { download: null })
 
-    await alice.json('unshare', 'docs')
-    const { gc } = await alice.json('gc')
+    await alice.call('DELETE', '/v1/shares/docs')
+    const { gc: collected } = await alice.json('gc')
     // the collection after unshare may have freed them before kith gc ran: either way they are gone
-    expect(gc.store).toEqual({ chunks: 0, bytes: 0, inFiles: 0 })
+    expect(collected.store).toEqual({ chunks: 0, bytes: 0, inFiles: 0 })
     const after = await store(alice)
     expect(after).toMatchObject({ chunks: 0, bytes: 0 })
     expect(after.gc.total).toMatchObject({ chunks: docs.chunks, bytes: 0 })
@@ -97,11 +119,11 @@ describe('chunk store collection', () => {
     expect(await Promise.all(['f0.bin', 'f1.bin', 'f2.bin'].map(async name => await sha(join(docs.root, name))))).toEqual(sums)
 
     // bob finished fetching it from a friend: he keeps it, and serves it from the files he fetched (no sealed copy)
-    const bobs = (await bob.json('gc')).gc
+    const bobs = await gc(bob)
     expect(bobs.freed).toEqual({ chunks: 0, bytes: 0 })
     expect(bobs.store).toEqual({ chunks: docs.chunks, bytes: 0, inFiles: docs.chunks })
     await waitFor(async () => await seesOnline(carol, 'bob'), 'carol sees bob')
-    await carol.json('resume', started.id)
+    await carol.call('POST', `/v1/transfers/${started.id}/resume`)
     const done = await transferDone(carol, started.id)
     const left = done.totalBytes - (done.sources.find((s: any) => s.label === 'alice')?.bytes ?? 0)
     expect(left).toBeGreaterThan(0)
@@ -113,53 +135,51 @@ describe('chunk store collection', () => {
     const api = await ApiClient.forHome(alice.home)
     const big = await folder(join(alice.home, 'big'), Array.from({ length: 24 }, (_, i) => 2 * MiB - i))
     let sharing = true
-    const share = alice.json('share', big.root, '--with', 'bob').finally(() => { sharing = false })
+    const shared = share(alice, big.root, 'bob').finally(() => { sharing = false })
     let during = 0
     while (sharing) {
       const { gc } = await api.call<{ gc: { freed: { chunks: number } } }>('POST', '/v1/gc', undefined, { timeoutMs: 0 })
       expect(gc.freed.chunks).toBe(0)
       if (sharing) during++
     }
-    const made = await share
+    const made = await shared
     expect(during).toBeGreaterThan(0)
     expect(made.share.chunks).toBe(big.chunks)
-    expect((await alice.json('gc')).gc.store).toEqual({ chunks: big.chunks, bytes: 0, inFiles: big.chunks })
-    const got = await bob.cli('fetch', 'alice:big', '-o', join(bob.home, 'big'))
-    expect(got.code, got.stderr).toBe(0)
+    expect((await gc(alice)).store).toEqual({ chunks: big.chunks, bytes: 0, inFiles: big.chunks })
+    await fetched(bob, 'alice:big', join(bob.home, 'big'))
     for (const name of ['f0.bin', 'f23.bin']) expect(await sha(join(bob.home, 'big', name))).toBe(await sha(join(big.root, name)))
   })
 
   it('a daemon killed mid-sweep restarts with a consistent store', async () => {
-    const before = (await alice.json('gc')).gc.store
+    const before = (await gc(alice)).store
     const keep = await folder(join(alice.home, 'keep'), [3 * MiB + 7, 1000])
-    await alice.json('share', keep.root, '--with', 'carol')
+    await share(alice, keep.root, 'carol')
     const doomed = await folder(join(alice.home, 'doomed'), [40 * MiB])
-    await alice.json('share', doomed.root, '--with', 'bob')
+    await share(alice, doomed.root, 'bob')
     expect(await store(alice)).toMatchObject({ chunks: before.chunks + keep.chunks + doomed.chunks })
-    await alice.json('unshare', 'doomed')
+    await alice.call('DELETE', '/v1/shares/doomed')
     // the collection after unshare is under way (or done, on a fast day): kill it
     await alice.kill9()
     await alice.start()
-    const { gc } = await alice.json('gc')
-    expect(gc.store).toEqual({ chunks: before.chunks + keep.chunks, bytes: before.bytes + keep.sealed, inFiles: before.inFiles + keep.chunks - keep.packs })
+    const { store: left } = await gc(alice)
+    expect(left).toEqual({ chunks: before.chunks + keep.chunks, bytes: before.bytes + keep.sealed, inFiles: before.inFiles + keep.chunks - keep.packs })
     // every chunk indexed as sealed has its file; at most the one being deleted was left unindexed
     const files = await chunkFiles(alice)
-    expect(files - (gc.store.chunks - gc.store.inFiles)).toBeGreaterThanOrEqual(0)
-    expect(files - (gc.store.chunks - gc.store.inFiles)).toBeLessThanOrEqual(1)
+    expect(files - (left.chunks - left.inFiles)).toBeGreaterThanOrEqual(0)
+    expect(files - (left.chunks - left.inFiles)).toBeLessThanOrEqual(1)
     expect(await stat(join(doomed.root, 'f0.bin'))).toMatchObject({ size: 40 * MiB })
     // what is left is whole: carol fetches from alice what nobody else holds
     await waitFor(async () => await seesOnline(carol, 'alice'), 'carol sees alice')
-    const got = await carol.cli('fetch', 'alice:keep', '-o', join(carol.home, 'keep'))
-    expect(got.code, got.stderr).toBe(0)
+    await fetched(carol, 'alice:keep', join(carol.home, 'keep'))
     expect(await sha(join(carol.home, 'keep', 'f0.bin'))).toBe(await sha(join(keep.root, 'f0.bin')))
   })
 
   it('a daemon killed in the middle of a share restarts consistent, and the share made again is served whole', async () => {
-    const before = (await alice.json('gc')).gc.store
+    const before = (await gc(alice)).store
     // 256 MiB: sharing takes a second or more, and the API is asked every 10 ms
     const big = await folder(join(alice.home, 'interrupted'), Array.from({ length: 16 }, () => 16 * MiB))
     const api = await ApiClient.forHome(alice.home)
-    const sharing = alice.json('share', big.root, '--with', 'bob').catch(() => null)
+    const sharing = share(alice, big.root, 'bob').catch(() => null)
     // some of its chunks are recorded, the manifest not yet: kill it
     await waitFor(async () => (await api.get<{ store: { chunks: number } }>('/v1/status')).store.chunks > before.chunks, 'the share under way', 30_000, 10)
     await alice.kill9()
@@ -170,17 +190,16 @@ describe('chunk store collection', () => {
       const s = await store(alice)
       return s.gc.last != null && s.chunks === before.chunks ? s : undefined
     }, 'the start-up collection')
-    expect((await alice.json('shares')).shares.map((s: any) => s.name)).not.toContain('interrupted')
+    expect((await alice.get('/v1/shares')).shares.map((s: any) => s.name)).not.toContain('interrupted')
     expect(await chunkFiles(alice)).toBe(before.chunks - before.inFiles)
-    const made = await alice.json('share', big.root, '--with', 'bob')
+    const made = await share(alice, big.root, 'bob')
     expect(made.share.chunks).toBe(big.chunks)
     await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
     // the first file in share order, whose chunks the killed share had recorded and the collection forgot, and the
     // last (f9: names sort bytewise), which it never reached: each fetched and verified chunk by chunk (the other
     // 224 MiB would prove nothing more)
     for (const name of ['f0.bin', 'f9.bin']) {
-      const got = await bob.cli('fetch', `alice:interrupted/${name}`, '-o', join(bob.home, name))
-      expect(got.code, got.stderr).toBe(0)
+      await fetched(bob, `alice:interrupted/${name}`, join(bob.home, name))
       expect(await sha(join(bob.home, name))).toBe(await sha(join(big.root, name)))
     }
   })
