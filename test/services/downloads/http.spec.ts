@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process'
 import { randomBytes, createHash } from 'node:crypto'
 import { once } from 'node:events'
+import { createServer, type AddressInfo, type Socket } from 'node:net'
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -444,6 +445,24 @@ describe('HTTP engine against a faulty server', () => {
     const result = await download(server.url + path, run, { connections: 3, settings: { readTimeoutMs: 250 } })
     expect(result.sha256).toBe(sha(a))
   })
+
+  it('gives up on an origin that takes the connection and never finishes the handshake, at the connect timeout', async () => {
+    // a TCP server that accepts and says nothing: a TLS handshake with it never ends
+    const sockets: Socket[] = []
+    const silent = createServer(socket => { sockets.push(socket) })
+    silent.listen(0, '127.0.0.1')
+    await once(silent, 'listening')
+    try {
+      const url = `https://127.0.0.1:${(silent.address() as AddressInfo).port}/x.bin`
+      // the read timeout is long: only the connect timeout can end it as HTTP_CONNECT_FAILED
+      const err = await download(url, newRun(), { settings: { connectTimeoutMs: 200, readTimeoutMs: 60_000, retries: 1 } }).catch((e: unknown) => e)
+      expect(err).toMatchObject({ code: 'HTTP_CONNECT_FAILED' })
+      expect(sockets).toHaveLength(2) // the first try and its one retry
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      silent.close()
+    }
+  }, 8000) // undici's own connect timeout is 10 s a try: a timeout not passed on fails here
 
   it('downloads an empty file, answered 416 to its Range request', async () => {
     const path = serve(Buffer.alloc(0))
