@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { runCli } from '../../helpers/testnet.ts'
+import { runCli } from '../helpers/testnet.ts'
 
 /** The commands and subcommands listed under "Commands:" in a help text, with their description ('' for none). */
 function listed (help: string): Array<[string, string]> {
