@@ -33,6 +33,9 @@ export async function bundle (outdir = 'dist'): Promise<void> {
     outbase: 'src',
     outdir,
     entryNames: '[dir]/[name]',
+    // ES modules by their name, wherever they lie: a .js file outside a package of "type": "module"
+    // (a test run's bundle in node_modules/.cache) was parsed twice, as Node detected its syntax
+    outExtension: { '.js': '.mjs' },
     chunkNames: 'chunks/[name]-[hash]',
     bundle: true,
     splitting: true,

@@ -63,7 +63,7 @@ function enableCompileCache () {
  */
 const dist = process.env.KITH_DIST
 const fromSource = !dist && existsSync(new URL('../src/services/cli/main.ts', import.meta.url))
-const program = (path) => fromSource ? `../src/${path}.ts` : dist ? pathToFileURL(join(resolve(dist), `${path}.js`)).href : `../dist/${path}.js`
+const program = (path) => fromSource ? `../src/${path}.ts` : dist ? pathToFileURL(join(resolve(dist), `${path}.mjs`)).href : `../dist/${path}.mjs`
 
 const [major, minor] = process.versions.node.split('.').map(Number)
 if (major < 22 || (major === 22 && minor < 18)) {

@@ -60,11 +60,11 @@ describe('the npm package', () => {
   it('carries the bundled JavaScript, its source maps and type declarations, the dashboard\'s pages, and no sources, tests, benchmarks or CI', () => {
     const files = packed.files.map(f => f.path)
     expect(files).toContain('bin/kith.js')
-    expect(files).toEqual(expect.arrayContaining(['dist/services/cli/main.js', 'dist/services/cli/main.js.map', 'dist/services/cli/main.d.ts', 'dist/services/daemon-heap.js', 'dist/services/daemon.d.ts', 'web/dashboard/index.html', 'web/dashboard/app.js']))
+    expect(files).toEqual(expect.arrayContaining(['dist/services/cli/main.mjs', 'dist/services/cli/main.mjs.map', 'dist/services/cli/main.d.ts', 'dist/services/daemon-heap.mjs', 'dist/services/daemon.d.ts', 'web/dashboard/index.html', 'web/dashboard/app.js']))
     // the bundle (bundle.ts): the daemon's code is in chunks, not one file per module, with the bundled packages' licences
-    expect(files.filter(f => /^dist\/chunks\/.+\.js$/.test(f)).length).toBeGreaterThan(0)
+    expect(files.filter(f => /^dist\/chunks\/.+\.mjs$/.test(f)).length).toBeGreaterThan(0)
     expect(files).toContain('dist/THIRD-PARTY-LICENSES.txt')
-    expect(files.filter(f => /^dist\/.+(?<!\.d\.ts|\.map)$/.test(f) && !f.startsWith('dist/chunks/') && !['dist/services/cli/main.js', 'dist/services/daemon-heap.js', 'dist/THIRD-PARTY-LICENSES.txt'].includes(f))).toEqual([])
+    expect(files.filter(f => /^dist\/.+(?<!\.d\.ts|\.map)$/.test(f) && !f.startsWith('dist/chunks/') && !['dist/services/cli/main.mjs', 'dist/services/daemon-heap.mjs', 'dist/THIRD-PARTY-LICENSES.txt'].includes(f))).toEqual([])
     expect(files.filter(f => /^(src|test|bench|\.ci|scratch|node_modules)\//.test(f) || f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([])
   })
 
