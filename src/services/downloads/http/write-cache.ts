@@ -139,6 +139,6 @@ export class Gatherer {
 export function fsError (err: unknown, path: string): unknown {
   const code = (err as NodeJS.ErrnoException).code
   if (code === 'ELOOP') return new KithError('DESTINATION_LINK', `${JSON.stringify(path)} is a symbolic link; kith never writes through one`)
-  if (code === 'ENOSPC') return new KithError('DISK_FULL', `no space left to write ${path}; free some, then resume`)
+  if (code === 'ENOSPC') return new KithError('DISK_FULL', `no space left to write ${path}; free some: the download goes on by itself once there is room (or \`kith resume\`)`)
   return err
 }
