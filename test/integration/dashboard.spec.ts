@@ -16,7 +16,9 @@ import { sha } from '../helpers/files.ts'
  * driven by playwright-core, against two real daemons: log in through the
  * one-time link `kith open` prints; make an invite and see its QR code; see
  * the friend come online once they accept it; change a limit; fetch a file
- * and watch it run, pause, resume and finish; download a URL; and the refusals: a page
+ * and watch it run, pause, resume and finish; download a URL; share and unshare a
+ * folder; rename a friend, grant and take back a service, end the friendship;
+ * and the refusals: a page
  * without login, a used link, and requests from another page of the same
  * site (another port of 127.0.0.1: SameSite cookies don't tell ports apart).
  * A screenshot of each page is kept in test-artifacts/dashboard/.
@@ -183,6 +185,40 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
     expect(await page.textContent('main')).toContain('No host yet')
     expect(await page.locator('main h2').allTextContents()).toEqual(['Backup health', 'Ledger', 'Recent jobs'])
     await shoot('backups')
+  })
+
+  it('shares a folder and unshares it; renames a friend, grants a service and takes it back, and ends the friendship', async () => {
+    const dir = join(alice.home, 'to-share')
+    await mkdir(dir)
+    await writeFile(join(dir, 'a.txt'), 'hello')
+    const shared = async (): Promise<string[]> => (await alice.json('shares')).shares.map((s: any) => s.name)
+    await open('shares')
+    await page.fill('form[data-form="share"] input[name="path"]', dir)
+    await page.fill('form[data-form="share"] input[name="name"]', 'from-page')
+    await page.click('form[data-form="share"] button')
+    await page.waitForSelector('#message:has-text("Share: done")')
+    expect(await shared()).toContain('from-page')
+    await page.click('button[aria-label="Stop sharing from-page"]')
+    await page.waitForSelector('#message:has-text("Unshare: done")')
+    expect(await shared()).not.toContain('from-page')
+
+    const bobOf = async (): Promise<any> => (await alice.json('friends')).friends.find((f: any) => f.peerId === bob.peerId)
+    await open('friends')
+    await page.fill('input[aria-label="New name for bob"]', 'robert')
+    await page.click('form[data-form="rename"] button')
+    await page.waitForSelector('#message:has-text("Rename: done")')
+    expect((await bobOf()).label).toBe('robert')
+    await page.selectOption('select[aria-label="Service to grant robert"]', 'backup')
+    await page.click('form[data-form="grant"] button')
+    await page.waitForSelector('#message:has-text("Grant backup: done")')
+    expect((await bobOf()).grantsToThem).toContain('backup')
+    await page.click('button[aria-label="Stop granting backup to robert"]')
+    await page.waitForSelector('#message:has-text("Stop granting backup: done")')
+    expect((await bobOf()).grantsToThem).not.toContain('backup')
+    page.once('dialog', dialog => { void dialog.accept() })
+    await page.click('button[data-action="revoke"]')
+    await page.waitForSelector('#message:has-text("End friendship with robert: done")')
+    expect((await bobOf()).state).toBe('revoked')
   })
 
   it('refuses requests from other pages of the same site, and changes made without the CSRF header', async () => {
