@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import nacl from 'tweetnacl'
@@ -13,6 +14,8 @@ import type { Service } from '../../../src/trust/grants.ts'
 import { transferEngine, type TransferEngine } from '../../../src/services/engine/index.ts'
 import { BackupHost } from '../../../src/services/backup/host.ts'
 import { backupClient, type BackupClient } from '../../../src/services/backup/protocol.ts'
+import { auditHost } from '../../../src/services/backup/audit.ts'
+import { LevelOwnerIndex } from '../../../src/services/backup/owner-index.ts'
 import { AUDIT_LEAF_SIZE, LEGACY_AUDIT_LEAF_SIZE, auditRoot, leafCount, verifyAudit } from '../../../src/services/backup/audit-tree.ts'
 import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, MAX_MANY_BYTES, MAX_STREAMS_PER_OWNER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
@@ -244,6 +247,29 @@ describe('backup protocol', () => {
     const after = await client.usage()
     expect(after.used).toBe(before.used)
     expect(after.blobs).toBe(before.blobs)
+  })
+
+  it('fails the audit of a host whose disk has two of my blobs swapped, over the wire', async () => {
+    const client = clientOf(bob)
+    const [x, y] = [blob(40_000), blob(40_000)]
+    const ownerDb = await openDatabase(join(tmp.dir, 'bob-owner-db'))
+    const index = LevelOwnerIndex.open(ownerDb)
+    for (const b of [x, y]) {
+      expect(await client.put(b.id, b.sealed)).toMatchObject({ stored: true })
+      const root = Buffer.from(auditRoot(b.sealed, AUDIT_LEAF_SIZE)).toString('hex')
+      await index.putBlob(randomBytes(32).toString('hex'), { kind: 'data', sealedId: b.id, size: b.sealed.length, root, auditLeaf: AUDIT_LEAF_SIZE, hosts: [host.peerId] })
+    }
+    const before = await auditHost(client, index)
+    expect(before).toMatchObject({ ok: true, blobs: 2, failures: [] })
+    // each file now holds the other blob's bytes: the host's store, which checks a chunk's hash as it reads it, can't pass either
+    const file = (id: string): string => join(tmp.dir, 'chunks', id.slice(0, 2), id)
+    await rename(file(x.id), file(x.id) + '.swap')
+    await rename(file(y.id), file(x.id))
+    await rename(file(x.id) + '.swap', file(y.id))
+    const after = await auditHost(client, index)
+    expect(after).toMatchObject({ ok: false, blobs: 2, error: null })
+    expect(after.failures.map(f => f.sealedId).sort()).toEqual([x.id, y.id].sort())
+    await ownerDb.close()
   })
 
   it('tells the owner a host sent bytes that are not the blob', async () => {
