@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { threeFriends, waitFor, seesOnline, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { sha } from '../helpers/files.ts'
+import { share, fetchDetached, fetched } from '../helpers/api.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 import { PACKED_FILE_MAX, SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 
@@ -50,22 +51,6 @@ async function store (node: TestNode): Promise<{ chunks: number, bytes: number, 
   return (await node.get('/v1/status')).store
 }
 
-/** `kith share PATH --with FRIEND...`, as the CLI sends it */
-async function share (node: TestNode, path: string, ...friends: string[]): Promise<{ share: { chunks: number } }> {
-  return await node.call('POST', '/v1/shares', { path, with: friends })
-}
-
-/** `kith fetch FRIEND:SHARE[/PATH] -o DEST --detach`, as the CLI sends it: the transfer */
-async function fetch (node: TestNode, target: string, dest: string): Promise<{ id: string }> {
-  const [, friend, name, path] = /^([^:]+):([^/]+)\/?(.*)$/.exec(target)!
-  return (await node.call('POST', '/v1/transfers', { friend, share: name, ...(path !== '' ? { path } : {}), priority: 'normal', dest })).transfer
-}
-
-/** `kith fetch FRIEND:SHARE[/PATH] -o DEST`: the fetch, done (transferDone throws on a failed one) */
-async function fetched (node: TestNode, target: string, dest: string): Promise<unknown> {
-  return await transferDone(node, (await fetch(node, target, dest)).id, `${node.name}'s fetch of ${target}`)
-}
-
 /** `kith gc --json` */
 async function gc (node: TestNode): Promise<any> {
   return (await node.call('POST', '/v1/gc')).gc
@@ -103,7 +88,7 @@ describe('chunk store collection', () => {
     // bob fetches all of it; carol starts, slowly, and pauses: her fetch has pinned the manifest
     await fetched(bob, 'alice:docs', join(bob.home, 'docs'))
     await carol.call('PUT', '/v1/limits', { download: '256KB/s' })
-    const started = await fetch(carol, 'alice:docs', join(carol.home, 'docs'))
+    const started = await fetchDetached(carol, 'alice:docs', join(carol.home, 'docs'))
     await carol.call('POST', `/v1/transfers/${started.id}/pause`)
     await carol.call('PUT', '/v1/limits', { download: null })
 

@@ -6,11 +6,13 @@ import { PACKED_FILE_MAX, SEAL_OVERHEAD } from '../../src/transfer/constants.ts'
 import { sharePartialPath } from '../../src/transfer/assemble.ts'
 import { threeFriends, waitFor, seesOnline, transferOf, transferDone, transferFailed, type Testnet, type TestNode } from '../helpers/testnet.ts'
 import { exists, tree } from '../helpers/files.ts'
+import { share, fetchDetached, fetched } from '../helpers/api.ts'
 
 /**
  * Friend-to-friend fetch between real daemons, through the CLI: share, list,
- * fetch a whole share and a part of it, refuse bad fetches, and what a holder
- * serves from files that changed. Resuming, cancelling and destinations are
+ * fetch a whole share and a part of it, refuse bad fetches; and what a holder
+ * serves from files that changed, set up through the daemons' APIs as the CLI
+ * sends it (test/helpers/api.ts), with the CLI where its output is tested. Resuming, cancelling and destinations are
  * in fetch-resume.spec.ts; kills in fetch-kill.spec.ts; pausing and floors in
  * fetch-control.spec.ts.
  */
@@ -79,31 +81,30 @@ describe('fetching friends\' files', () => {
   it('never serves a fetched file its user changed: those chunks are dropped, and the fetch gets them elsewhere', async () => {
     const source = join(alice.home, 'edited.bin')
     await writeFile(source, randomBytes(8 * 1024 * 1024))
-    await alice.json('share', source, '--with', 'bob', 'carol')
+    await share(alice, source, 'bob', 'carol')
     const bobs = join(bob.home, 'edited.bin')
-    const got = await bob.cli('fetch', 'alice:edited.bin', '-o', bobs)
-    expect(got.code, got.stderr).toBe(0)
-    const held = (await bob.json('status')).store.inFiles
+    await fetched(bob, 'alice:edited.bin', bobs)
+    const held = (await bob.get('/v1/status')).store.inFiles
     // bob edits his copy in place: same size, other bytes
     await writeFile(bobs, randomBytes(8 * 1024 * 1024))
-    await alice.json('limits', 'set', '--up', '1MB/s')
+    await alice.call('PUT', '/v1/limits', { upload: '1MB/s' })
     const dest = join(carol.home, 'edited.bin')
     let t: { id: string }
     try {
-      ({ transfer: t } = await carol.json('fetch', 'alice:edited.bin', '-o', dest, '--detach'))
+      t = await fetchDetached(carol, 'alice:edited.bin', dest)
       await waitFor(async () => (await transferOf(carol, t.id))?.doneBytes > 0, 'carol under way', 30_000)
       await alice.kill9()
       // bob's file was written to since he fetched it, so he checks each chunk before he claims or sends it: none goes out, and the fetch runs dry
       const failed = await transferFailed(carol, t.id, 'the fetch to fail without alice')
       expect(failed.error.code).toBe('FETCH_NO_SOURCE')
       expect(failed.sources.find((s: { label: string }) => s.label === 'bob')?.bytes ?? 0).toBe(0)
-      expect((await bob.json('status')).store.inFiles).toBeLessThan(held)
+      expect((await bob.get('/v1/status')).store.inFiles).toBeLessThan(held)
     } finally {
       await alice.start(['--max-upload', '16MB/s'])
-      await alice.json('limits', 'clear', '--up')
+      await alice.call('PUT', '/v1/limits', { upload: null })
     }
     await waitFor(async () => await seesOnline(carol, 'alice'), 'carol sees alice')
-    await carol.json('resume', t.id)
+    await carol.call('POST', `/v1/transfers/${t.id}/resume`)
     await transferDone(carol, t.id, 'the resumed fetch to finish from alice')
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(await readFile(source)).digest('hex'))
   })
@@ -113,36 +114,35 @@ describe('fetching friends\' files', () => {
     const source = join(alice.home, 'live.bin')
     const first = randomBytes(4 * MiB)
     await writeFile(source, first)
-    const before = (await alice.json('status')).store
-    const { share } = await alice.json('share', source, '--with', 'bob')
+    const before = (await alice.get('/v1/status')).store
+    const { share: made } = await share(alice, source, 'bob')
     // no sealed copy: the store records where each chunk lies in the file
-    expect((await alice.json('status')).store).toMatchObject({ bytes: before.bytes, inFiles: before.inFiles + share.chunks })
+    expect((await alice.get('/v1/status')).store).toMatchObject({ bytes: before.bytes, inFiles: before.inFiles + made.chunks })
     // alice edits the file after sharing it: same size, 100 other bytes in its third chunk
     const edited = Buffer.from(first).fill(7, 2 * MiB, 2 * MiB + 100)
     await writeFile(source, edited)
     const dest = join(bob.home, 'live.bin')
-    const { transfer: t } = await bob.json('fetch', 'alice:live.bin', '-o', dest, '--detach')
+    const t = await fetchDetached(bob, 'alice:live.bin', dest)
     const failed = await transferFailed(bob, t.id, 'the fetch of the changed file to fail')
     expect(failed.error.code).toBe('FETCH_NO_SOURCE')
     expect(failed.error.message).toMatch(/share it again/)
     // the three unchanged chunks came; the changed one was refused, and alice's store forgot it
     expect(failed.doneBytes).toBe(3 * (MiB + SEAL_OVERHEAD))
-    expect((await alice.json('status')).store.inFiles).toBe(before.inFiles + share.chunks - 1)
+    expect((await alice.get('/v1/status')).store.inFiles).toBe(before.inFiles + made.chunks - 1)
     expect(await exists(dest)).toBe(false)
     // alice is told which file changed, and what to do
-    const mine = await waitFor(async () => (await alice.json('shares')).shares.find((s: any) => s.id === share.id && s.changed !== null), 'alice to see the share changed')
+    const mine = await waitFor(async () => (await alice.get('/v1/shares')).shares.find((s: any) => s.id === made.id && s.changed !== null), 'alice to see the share changed')
     expect(mine.changed.paths).toEqual([source])
-    expect((await alice.cli('shares')).stdout).toContain(`${source} changed since version ${share.version} was shared, so friends can't fetch what changed; run \`kith share ${source}\``)
+    expect((await alice.cli('shares')).stdout).toContain(`${source} changed since version ${made.version} was shared, so friends can't fetch what changed; run \`kith share ${source}\``)
     // a failed fetch keeps its partial for a resume; cancelling it removes it
     expect(await exists(sharePartialPath(dest, t.id, 0))).toBe(true)
-    await bob.json('cancel', t.id)
+    await bob.call('POST', `/v1/transfers/${t.id}/cancel`)
     expect(await exists(sharePartialPath(dest, t.id, 0))).toBe(false)
     // shared again: a new version, fetched whole, and the file was never touched by kith
-    const again = await alice.json('share', source)
-    expect(again.share.version).toBe(share.version + 1)
+    const again = await share(alice, source)
+    expect(again.share.version).toBe(made.version + 1)
     expect(again.share.changed).toBeNull()
-    const got = await bob.cli('fetch', 'alice:live.bin', '-o', dest)
-    expect(got.code, got.stderr).toBe(0)
+    await fetched(bob, 'alice:live.bin', dest)
     expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(edited).digest('hex'))
     expect((await readFile(source)).equals(edited)).toBe(true)
   })
@@ -156,15 +156,14 @@ describe('fetching friends\' files', () => {
     await writeFile(join(logs, 'app.log'), day1)
     await writeFile(join(logs, 'a.bin'), twin)
     await writeFile(join(logs, 'b.bin'), twin)
-    await alice.json('share', logs, '--with', 'bob')
+    await share(alice, logs, 'bob')
     // the log rotates (app.log -> app.log.1, a fresh app.log) and one of two identical files goes
     await rename(join(logs, 'app.log'), join(logs, 'app.log.1'))
     await writeFile(join(logs, 'app.log'), randomBytes(MiB))
     await rm(join(logs, 'b.bin'))
-    await alice.json('share', logs)
+    await share(alice, logs)
     const dest = join(bob.home, 'logs')
-    const got = await bob.cli('fetch', 'alice:logs', '-o', dest)
-    expect(got.code, got.stderr).toBe(0)
+    await fetched(bob, 'alice:logs', dest)
     expect(await tree(dest)).toEqual(await tree(logs))
   })
 
@@ -175,11 +174,11 @@ describe('fetching friends\' files', () => {
     // too big to be packed: each is served from its own file (a pack is kept sealed, so edits don't reach it)
     const size = PACKED_FILE_MAX + 1000
     for (const name of names) await writeFile(join(batch, name), randomBytes(size))
-    await alice.json('share', batch, '--with', 'bob')
+    await share(alice, batch, 'bob')
     // a batch edit of the first 20 (same sizes, other bytes)
     for (const name of names.slice(0, 20)) await writeFile(join(batch, name), randomBytes(size))
     const dest = join(bob.home, 'batch')
-    const { transfer: t } = await bob.json('fetch', 'alice:batch', '-o', dest, '--detach')
+    const t = await fetchDetached(bob, 'alice:batch', dest)
     const failed = await transferFailed(bob, t.id, 'the fetch to end')
     expect(failed.error.code).toBe('FETCH_NO_SOURCE')
     // alice said she no longer holds the edited ones, so she was never dropped: the 4 others all came
@@ -191,14 +190,13 @@ describe('fetching friends\' files', () => {
   it('a friend removed from a share gets none of its next version, sealed under a new key; the friend who stays fetches it', async () => {
     const source = join(alice.home, 'keyed.bin')
     await writeFile(source, randomBytes(2 * 1024 * 1024 + 9))
-    await alice.json('share', source, '--with', 'bob', 'carol')
-    const first = await carol.cli('fetch', 'alice:keyed.bin', '-o', join(carol.home, 'keyed-1.bin'))
-    expect(first.code, first.stderr).toBe(0)
-    const v2 = await alice.json('share', source, '--with', 'carol')
+    await share(alice, source, 'bob', 'carol')
+    await fetched(carol, 'alice:keyed.bin', join(carol.home, 'keyed-1.bin'))
+    const v2 = await share(alice, source, 'carol')
     expect(v2.share.version).toBe(2)
-    expect((await bob.json('ls', 'alice')).shares.map((s: { name: string }) => s.name)).not.toContain('keyed.bin')
+    expect((await bob.get('/v1/friends/alice/shares')).shares.map((s: { name: string }) => s.name)).not.toContain('keyed.bin')
     const dest = join(carol.home, 'keyed-2.bin')
-    const { transfer: t } = await carol.json('fetch', 'alice:keyed.bin', '-o', dest, '--detach')
+    const t = await fetchDetached(carol, 'alice:keyed.bin', dest)
     const done = await transferDone(carol, t.id, 'the second version to arrive')
     // the same bytes under a new key are new chunks: nothing of version 1 carol holds could stand in, all of it came (sealed)
     expect(done.sources.reduce((sum: number, s: { bytes: number }) => sum + s.bytes, 0)).toBeGreaterThanOrEqual(done.totalBytes)
