@@ -171,8 +171,9 @@ export class ProxyService {
    */
   private async originSide (): Promise<OriginSide> {
     this.origin ??= (async () => {
-      const [{ interceptors }, { makeDispatcher }, { serve, OriginStatus }] = await Promise.all([import('undici'), import('../downloads/http/dispatcher.ts'), import('./serve.ts')])
-      const dispatcher = makeDispatcher(this.network, originGuard(this.settings.allowPrivateOrigins)).compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
+      // (undici's names come through dispatcher.ts's static import: a CommonJS package imported dynamically has only a default export in the package's bundle)
+      const [{ makeDispatcher, followingRedirects }, { serve, OriginStatus }] = await Promise.all([import('../downloads/http/dispatcher.ts'), import('./serve.ts')])
+      const dispatcher = followingRedirects(makeDispatcher(this.network, originGuard(this.settings.allowPrivateOrigins)), MAX_REDIRECTS)
       this.loaded = { dispatcher, serve, OriginStatus }
       return this.loaded
     })()

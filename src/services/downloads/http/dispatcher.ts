@@ -1,6 +1,6 @@
 import { Resolver } from 'node:dns'
 import { isIP, type LookupFunction } from 'node:net'
-import { Agent, buildConnector, Dispatcher, ProxyAgent } from 'undici'
+import { Agent, buildConnector, Dispatcher, ProxyAgent, interceptors } from 'undici'
 import { KithError } from '../../../errors.ts'
 import { exempt } from '../no-proxy.ts'
 import type { DownloadSettings } from '../addon.ts'
@@ -125,6 +125,11 @@ function checkProxy (url: string | null): string | null {
     throw new KithError('PROXY_UNSUPPORTED', `the proxy ${JSON.stringify(url)} is ${parsed.protocol.slice(0, -1)}; kith's HTTP downloads go through http:// or https:// proxies only`)
   }
   return url
+}
+
+/** `dispatcher`, following up to `max` redirects (the local proxy's origin side) */
+export function followingRedirects (dispatcher: Dispatcher, max: number): Dispatcher {
+  return dispatcher.compose(interceptors.redirect({ maxRedirections: max }))
 }
 
 /**
