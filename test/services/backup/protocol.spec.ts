@@ -272,6 +272,30 @@ describe('backup protocol', () => {
     await ownerDb.close()
   })
 
+  it('fails the audit of a host that answers without the data, over the wire', async () => {
+    // it kept the ids and nothing else: each answer is a leaf and a path of its own making
+    const liar = await peer()
+    await liar.node.handle(BACKUP_PROTOCOL, async stream => {
+      const lp = lpStream(stream)
+      const request = decodeCanonical((await lp.read()).subarray(), 'PROTOCOL_VIOLATION', 'request') as { challenges: Array<{ id: string, leaf: number }> }
+      await lp.write(encodeCanonical({ v: 1, ok: true, answers: request.challenges.map(c => ({ id: c.id, leaf: c.leaf, leafBytes: randomBytes(AUDIT_LEAF_SIZE), path: [randomBytes(32)] })) }))
+      await stream.close()
+    })
+    await alice.node.peerStore.merge(liar.node.peerId, { multiaddrs: liar.node.getMultiaddrs() })
+    const ownerDb = await openDatabase(join(tmp.dir, 'alice-owner-db'))
+    const index = LevelOwnerIndex.open(ownerDb)
+    const placed = [blob(2 * AUDIT_LEAF_SIZE), blob(2 * AUDIT_LEAF_SIZE)]
+    for (const b of placed) {
+      const root = Buffer.from(auditRoot(b.sealed, AUDIT_LEAF_SIZE)).toString('hex')
+      await index.putBlob(randomBytes(32).toString('hex'), { kind: 'data', sealedId: b.id, size: b.sealed.length, root, auditLeaf: AUDIT_LEAF_SIZE, hosts: [liar.peerId] })
+    }
+    const outcome = await auditHost(backupClient({ libp2p: alice.node, bandwidth, peer: liar.peerId }), index)
+    expect(outcome).toMatchObject({ ok: false, blobs: 2, error: null })
+    expect(outcome.failures.map(f => [f.sealedId, f.why]).sort()).toEqual(placed.map(b => [b.id, 'wrong']).sort())
+    await ownerDb.close()
+    await liar.node.stop()
+  })
+
   it('tells the owner a host sent bytes that are not the blob', async () => {
     const liar = await peer()
     await liar.node.handle(BACKUP_PROTOCOL, async stream => {
