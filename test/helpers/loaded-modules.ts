@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises'
+import { readFile, realpath } from 'node:fs/promises'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 
 /**
@@ -13,7 +13,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 export async function loadedModules (log: string, dist = process.env.KITH_DIST): Promise<string[]> {
   const urls = (await readFile(log, 'utf8')).split('\n').filter(Boolean)
   if (dist == null || dist === '') return urls
-  const bundle = pathToFileURL(dist).href + '/'
+  // Node names modules by their real path (a node_modules that is a link is resolved)
+  const bundle = pathToFileURL(await realpath(dist)).href + '/'
   const out = new Set<string>()
   for (const url of urls) {
     if (!url.startsWith(bundle)) {
