@@ -106,4 +106,30 @@ describe('holdOptimizingCompilers', () => {
     const { stdout } = await promisify(execFile)(NODE, ['--allow-natives-syntax', '--input-type=module', '-e', script])
     expect(JSON.parse(stdout)).toEqual({ usual: true, held: false, released: true })
   })
+
+  /**
+   * The young generation: in a Node of its own with the daemon's 4 MiB
+   * semi-spaces, objects that all survive (what a start makes) grow it to its
+   * most (8 MiB) unless held; held, it stays at 2 MiB at most; released, the
+   * same allocation grows it as usual. Fails if V8 stops reading the growth
+   * factor at run time.
+   */
+  it('keeps the young generation at its first size until released', async () => {
+    const script = `
+      const { holdOptimizingCompilers, releaseOptimizingCompilers } = await import(${JSON.stringify(new URL('../../src/services/daemon-heap.ts', import.meta.url).href)})
+      const { getHeapSpaceStatistics } = await import('node:v8')
+      const young = () => getHeapSpaceStatistics().find(s => s.space_name === 'new_space').space_size
+      const kept = []
+      const survive = () => { for (let i = 0; i < 150_000; i++) kept.push({ i, s: 'x' + i }) }
+      holdOptimizingCompilers()
+      survive()
+      const held = young()
+      releaseOptimizingCompilers()
+      survive()
+      console.log(JSON.stringify({ held, released: young() }))`
+    const { stdout } = await promisify(execFile)(NODE, ['--max-semi-space-size=4', '--input-type=module', '-e', script])
+    const { held, released } = JSON.parse(stdout) as { held: number, released: number }
+    expect(held).toBeLessThanOrEqual(2 * 1024 * 1024)
+    expect(released).toBe(8 * 1024 * 1024)
+  })
 })
