@@ -221,7 +221,11 @@ export class BackupCare {
         if (at <= Date.now()) due.push(peer)
         else soonest = Math.min(soonest, at)
       }
-      if (due.length > 0 && !this.controller.signal.aborted) await this.auditPeers(due, false).catch(() => {})
+      if (due.length > 0 && !this.controller.signal.aborted) {
+        await this.auditPeers(due, false).catch(() => {})
+        // those just audited are due again a period from now (at the earliest, a tenth short of it), not an hour later
+        soonest = Math.min(soonest, Date.now() + every * 0.9)
+      }
       return Math.max(1000, soonest - Date.now())
     }
     const tick = (): void => {
