@@ -191,6 +191,10 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const { job } = await api.call<{ job: { id: string } }>('POST', '/v1/backup/runs', { paths: [dir] })
     // three blobs' worth sent: the first one's confirmation is long in the index
     await waitFor(async () => (await api.get<{ job: { sentBytes: number } }>(`/v1/backup/jobs/${job.id}`)).job.sentBytes > 3 * 1024 * 1024, 'the run to be under way', 60_000)
+    // one snapshot at a time: a second run while this one goes is refused
+    await expect(api.call('POST', '/v1/backup/runs', { paths: [src] })).rejects.toMatchObject({ code: 'BACKUP_BUSY' })
+    // and it is caught halfway, not after its end
+    expect((await api.get<{ job: { state: string } }>(`/v1/backup/jobs/${job.id}`)).job.state).toBe('running')
     await owner.kill9()
     await owner.start()
     await owner.json('limits', 'set', '--up', 'unlimited')

@@ -141,6 +141,8 @@ class Placer {
   private failure: unknown = null
   newBlobs = 0
   sentBytes = 0
+  /** called when hosts confirmed blobs sent: progress moves while reading waits on the hosts */
+  onSent: (() => void) | null = null
 
   constructor (parts: BackupParts, options: RunOptions, seq: number) {
     this.parts = parts
@@ -313,6 +315,7 @@ class Placer {
         this.dropped.set(host, 'QUOTA_EXCEEDED: the quota this friend granted you is full')
       }
     }
+    if (confirmed.length > 0) this.onSent?.()
     // a host's copy is in the index the moment the host confirms it (and before the blob counts as placed)
     if (confirmed.length > 0) {
       this.writes = this.writes.then(async () => {
@@ -528,6 +531,7 @@ export async function runBackup (parts: BackupParts, options: RunOptions): Promi
   await index.clearNeeds(seq)
   const placer = new Placer(parts, options, seq)
   const walk = new Walk(parts, options, placer, await measure(options.paths, options.signal), seq)
+  placer.onSent = () => { walk.report() }
   try {
     const entries: TreeEntry[] = []
     for (const [i, path] of options.paths.entries()) {
