@@ -227,6 +227,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
       const { job: now } = await api.get<{ job: { files: number, doneBytes: number } }>(`/v1/backup/jobs/${job.id}`)
       return now.files >= 3 && now.doneBytes > 1024 * 1024
     }, 'the restore to be under way', 60_000)
+    expect((await api.get<{ job: { state: string } }>(`/v1/backup/jobs/${job.id}`)).job.state).toBe('running')
     await owner.kill9()
     // a destination file is absent or whole: every file under its own name is the source's (a partial has a .kith- name)
     const source = await describeTree(src)
