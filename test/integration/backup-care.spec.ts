@@ -19,7 +19,7 @@ import { befriend, createTestnet, runCli, waitFor, TestNode, type Testnet } from
  * phrase and h1's address alone a new home gets the identity, the friends
  * and the snapshot list back, though h1 hands back an old recovery record (h2
  * has the newest), and restores the tree; a run with --to h3 lands on h3
- * alone. A phrase nobody hosts for is a clear error.
+ * alone, and once h3 is at its quota, a run there fails and h3 takes nothing. A phrase nobody hosts for is a clear error.
  * (h3 starts late: four daemons starting at once on a loaded machine take
  * longer than the helper waits.)
  */
@@ -191,7 +191,7 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     expect(await readdir(join(out, 'tree', 'empty'))).toEqual([])
   })
 
-  it('places a run with --to on the friends named, and nowhere else', async () => {
+  it('places a run with --to on the friends named, and nowhere else; a host at its quota takes no more', async () => {
     const dir = join(owner.home, '..', 'for-h3')
     await mkdir(dir)
     await writeFile(join(dir, 'x.bin'), bytes(300_000, 42))
@@ -203,6 +203,14 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     expect(result.sentBytes).toBeGreaterThan(300_000)
     const after = await Promise.all([h1, h2, h3!].map(usedOn))
     expect(after.map((used, i) => used - before[i]!)).toEqual([0, 0, result.sentBytes])
+
+    // h3 at its quota (set to what it holds): the next run there fails, says why, and h3 keeps not a byte more
+    await h3!.json('friend', 'quota', owner.peerId, String(after[2]))
+    await writeFile(join(dir, 'y.bin'), bytes(300_000, 43))
+    const full = await reborn!.cli('backup', 'run', dir, '--to', 'h3', '--json')
+    expect(full.code).toBe(1)
+    expect(lastJson(full.stderr).error).toMatchObject({ code: 'BACKUP_PLACEMENT_FAILED', message: expect.stringMatching(/QUOTA_EXCEEDED/) })
+    expect(await usedOn(h3!)).toBe(after[2])
   })
 
   it('says so when nobody hosts for a phrase, and names a mistyped word', async () => {
