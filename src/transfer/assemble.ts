@@ -9,7 +9,7 @@ import { checkPath, chunkCount, chunkLength, type Manifest, type ManifestFile } 
 import type { ChunkStore } from './chunk-store.ts'
 import { BufferPool } from './buffer-pool.ts'
 import { openChunk, verifySealed, type ChunkPosition, type SealKeys } from './seal.ts'
-import { DestinationTaken, checkUnder, isPresent, makeRoot, openNoFollow, placeFile, prepareUnder } from './destination.ts'
+import { DestinationTaken, checkUnder, isPresent, makeRoot, openNoFollow, placeFile, prepareUnder, writeWhole } from './destination.ts'
 
 /**
  * Assembling files from verified chunks.
@@ -512,6 +512,16 @@ export async function removePartials (dir: string): Promise<number> {
  */
 const PACK_WRITERS = 16
 
+/** Runs `task` on every item, PACK_WRITERS at a time; the first failure is thrown once all have ended. */
+async function inTurn<T> (items: T[], task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  const results = await Promise.allSettled(Array.from({ length: Math.min(PACK_WRITERS, items.length) }, async () => {
+    while (next < items.length) await task(items[next++]!)
+  }))
+  const failed = results.find(r => r.status === 'rejected')
+  if (failed !== undefined) throw failed.reason
+}
+
 /** Partials a ShareAssembly keeps open at once; files written out of order past this are reopened. */
 export const MAX_OPEN_PARTIALS = 32
 
@@ -681,16 +691,16 @@ export class ShareAssembly {
   private async write (id: string, sealed: Uint8Array): Promise<void> {
     if (this.failure !== undefined) throw this.failure
     if (this.closed) throw new KithError('FETCH_ABORTED', 'the assembly was stopped')
-    const list: Spot[] = this.waiting(id).map(place => {
-      const target = Math.floor(place / MAX_CHUNKS)
-      return { target, file: this.fileOf(target), index: place % MAX_CHUNKS }
-    })
-    if (list.length === 0) return
-    const first = list[0]!
-    if (first.file.entry.pack !== undefined) {
-      await this.writePack(id, sealed, list)
+    const places = this.waiting(id)
+    if (places.length === 0) return
+    const targets = places.map(place => Math.floor(place / MAX_CHUNKS))
+    // a pack's files are written as a batch, without an assembly each
+    if ((this.init.manifest.entries[this.init.targets[targets[0]!]!.file] as ManifestFile).pack !== undefined) {
+      await this.writePack(id, sealed, targets)
       return
     }
+    const list: Spot[] = places.map((place, i) => ({ target: targets[i]!, file: this.fileOf(targets[i]!), index: place % MAX_CHUNKS }))
+    const first = list[0]!
     const position = { shareId: this.init.manifest.shareId, fileHash: first.file.entry.sha256, index: first.index }
     // a reused buffer: what is written and hashed is done with when write() resolves
     const plaintext = openChunk(this.init.keys, position, sealed, this.plaintexts)
@@ -732,36 +742,66 @@ export class ShareAssembly {
    * checked before any file is cut from it, then kept sealed in the store
    * (one row for all its files; a resume after a kill cuts the files not yet
    * placed from it instead of fetching it again, and friends are served from
-   * it), then its files are written, fsynced and placed PACK_WRITERS at a
-   * time, their folders' fsyncs shared (`syncFolder`). Each file is still
-   * hashed against its own sha256 before it is placed, and placed from a
-   * fsynced partial: absent or whole across a kill.
+   * it). Then its files, as a batch: each hashed against its own sha256
+   * before anything of it is written; the folders checked once; each
+   * written whole to its partial and fsynced (`writeWhole`), PACK_WRITERS
+   * at a time; the folders checked again; each placed; each folder fsynced
+   * once. So a destination file is absent or whole and verified across a
+   * kill, and a pack of hundreds of files costs a few folder checks, not
+   * two per file. A partial this run made and did not place is removed on
+   * failure (the pack in the store has its bytes), except behind a taken
+   * destination: there the verified file waits for a resume.
    */
-  private async writePack (id: string, sealed: Uint8Array, list: Spot[]): Promise<void> {
+  private async writePack (id: string, sealed: Uint8Array, targets: number[]): Promise<void> {
     // claimed before anything is awaited: a second copy arriving meanwhile finds nothing to write
-    for (const { target } of list) this.packing.add(target)
+    for (const target of targets) this.packing.add(target)
+    const { init } = this
     let plaintext: Uint8Array | undefined
+    const written = new Set<string>()
+    let taken = false
     try {
-      const bytes = plaintext = openPack(this.init.keys, this.init.manifest, list[0]!.file.entry.pack!.index, sealed, this.plaintexts)
+      const bytes = plaintext = openPack(init.keys, init.manifest, (init.manifest.entries[init.targets[targets[0]!]!.file] as ManifestFile).pack!.index, sealed, this.plaintexts)
+      const files = targets.map(target => {
+        const { file } = init.targets[target]!
+        const entry = init.manifest.entries[file] as ManifestFile
+        const { offset } = entry.pack!
+        const data = bytes.subarray(offset, offset + entry.size)
+        if (createHash('sha256').update(data).digest('hex') !== entry.sha256) throw verifyFailed(entry.path, 'the whole-file sha256 does not match the manifest')
+        const dest = init.targets[target]!.dest
+        return { target, entry, data, dest, partial: partialPath(dest, init.partialKey !== undefined ? `${init.partialKey}\0${file}` : undefined) }
+      })
       // checked against its id already (`put`, or the store it was read from), and not reused until this
       // resolves: written as it is, not copied and hashed again (a MiB of garbage and a sha256 a pack)
-      await this.init.store.put(id, sealed, { verified: true })
-      let next = 0
-      const writer = async (): Promise<void> => {
-        while (next < list.length) {
-          const { target, file } = list[next++]!
-          const { offset } = file.entry.pack!
-          await file.write(0, bytes.subarray(offset, offset + file.entry.size))
-          await file.finish()
-          // its place goes with the others' below: one pass over the pack's places, not one per file
-          this.placed[target] = 1
-          this.files[target] = undefined
-        }
+      await init.store.put(id, sealed, { verified: true })
+      const folders = [...new Set(files.map(f => dirname(f.dest)))]
+      const checkAll = async (): Promise<void> => {
+        if (init.root !== undefined) await Promise.all(folders.map(async folder => { await checkFolder(init.root!, folder) }))
       }
-      await Promise.all(Array.from({ length: Math.min(PACK_WRITERS, list.length) }, writer))
+      await checkAll()
+      await inTurn(files, async f => {
+        written.add(f.partial)
+        await writeWhole(f.partial, f.data, f.entry.executable ? 0o755 : 0o644)
+      })
+      await checkAll()
+      await inTurn(files, async f => {
+        try {
+          await placeFile(f.partial, f.dest, init.overwrite ?? false)
+        } catch (err) {
+          if (err instanceof DestinationTaken) taken = true
+          throw err
+        }
+        written.delete(f.partial)
+        // its place goes with the others' below: one pass over the pack's places, not one per file
+        this.placed[f.target] = 1
+      })
+      await Promise.all(folders.map(syncFolder))
+    } catch (err) {
+      // the verified files behind a taken destination wait in their partials (a resume places them)
+      if (!taken) await Promise.all([...written].map(async partial => { await rm(partial, { force: true }) }))
+      throw err
     } finally {
       // (a failure fails the whole assembly: accept keeps it)
-      for (const { target } of list) this.packing.delete(target)
+      for (const target of targets) this.packing.delete(target)
       this.prune(id)
       if (plaintext !== undefined) this.plaintexts.give(plaintext)
     }

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto'
-import { constants, type Stats } from 'node:fs'
+import { close, constants, fchmod, fstat, fsync, ftruncate, open as openFd, write, type Stats } from 'node:fs'
 import { chmod, link, lstat, mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
+import { promisify } from 'node:util'
 import { KithError } from '../errors.ts'
 import { userMode } from '../peer/home.ts'
 import type { ManifestFile } from './manifest.ts'
@@ -221,6 +222,55 @@ export async function openNoFollow (path: string, how: 'existing' | 'create' | '
     throw err
   }
   return handle
+}
+
+const openFdAsync = promisify(openFd)
+const fchmodAsync = promisify(fchmod)
+const fstatAsync = promisify(fstat)
+const ftruncateAsync = promisify(ftruncate)
+const writeAsync = promisify(write)
+const fsyncAsync = promisify(fsync)
+const closeAsync = promisify(close)
+
+/**
+ * Writes a whole file to `path` (a partial) at once, as `openNoFollow`
+ * would open it: made new with `mode` under the user's umask, or, when a
+ * killed run left one there, that regular file taken over and cut to
+ * `data`'s length; a link gives DESTINATION_LINK, anything else in the way
+ * DESTINATION_EXISTS. The bytes are fsynced before it returns. Through a
+ * descriptor, not a FileHandle: many small files so cost no handle object
+ * and no promise request per call (about a third of the main thread's time
+ * per file, and garbage between collections).
+ */
+export async function writeWhole (path: string, data: Uint8Array, mode = 0o644): Promise<void> {
+  const { O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = constants
+  let fd: number
+  let created = true
+  try {
+    try {
+      fd = await openFdAsync(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      created = false
+      // O_NONBLOCK: a FIFO planted there must not hang the open; it is refused below
+      fd = await openFdAsync(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK)
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
+    throw err
+  }
+  try {
+    const wanted = created ? userMode(mode) : null
+    if (wanted !== null) await fchmodAsync(fd, wanted)
+    if (!created) {
+      if (!(await fstatAsync(fd)).isFile()) throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(path)} is in the way (it is not a regular file); move it away, then resume`)
+      await ftruncateAsync(fd, data.length)
+    }
+    for (let at = 0; at < data.length;) at += (await writeAsync(fd, data, at, data.length - at, at)).bytesWritten
+    await fsyncAsync(fd)
+  } finally {
+    await closeAsync(fd)
+  }
 }
 
 /**
