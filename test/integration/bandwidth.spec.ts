@@ -3,6 +3,7 @@ import { writeFile, readFile } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { befriend, createTestnet, waitFor, seesOnline, transferOf, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { fetchDetached } from '../helpers/api.ts'
 import { sha } from '../helpers/files.ts'
 import { ApiClient } from '../../src/services/api/client.ts'
 
@@ -58,7 +59,7 @@ describe('bandwidth caps between real daemons', () => {
   it('holds a --max-download cap', async () => {
     await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
     const dest = join(bob.home, 'capped.bin')
-    const { transfer: started } = await bob.json('fetch', 'alice:capped.bin', '-o', dest, '--detach')
+    const started = await fetchDetached(bob, 'alice:capped.bin', dest)
     const t0 = Date.now()
     let sawEta = false
     const done = await waitFor(async () => {
@@ -94,7 +95,7 @@ describe('bandwidth caps between real daemons', () => {
 
     const dest = join(bob.home, 'peercap.bin')
     const t0 = Date.now()
-    const { transfer: started } = await bob.json('fetch', 'alice:peercap.bin', '-o', dest, '--detach')
+    const started = await fetchDetached(bob, 'alice:peercap.bin', dest)
     let sawPeer = false
     const done = await waitFor(async () => {
       const status = await api(alice, '/v1/status')
@@ -124,13 +125,13 @@ describe('bandwidth caps between real daemons', () => {
     await bob.json('limits', 'set', '--peer', 'alice', '--down', '3MB/s')
     const bgDest = join(bob.home, 'bg.bin')
     const urgentDest = join(bob.home, 'urgent.bin')
-    const { transfer: bg } = await bob.json('fetch', 'alice:bg.bin', '-o', bgDest, '--detach', '--priority', 'background')
+    const bg = await fetchDetached(bob, 'alice:bg.bin', bgDest, 'background')
     expect(bg.priority).toBe('background')
     await waitFor(async () => {
       const t = await record(bob, bg.id)
       return t?.state === 'running' && t.doneBytes >= MiB
     }, 'the background fetch to be under way', 20_000, 100)
-    const { transfer: urgent } = await bob.json('fetch', 'alice:urgent.bin', '-o', urgentDest, '--detach', '--priority', 'urgent')
+    const urgent = await fetchDetached(bob, 'alice:urgent.bin', urgentDest, 'urgent')
     const [u, b] = await waitFor(async () => {
       const { transfers } = await api<{ transfers: any[] }>(bob, '/v1/transfers')
       const pair = [transfers.find(t => t.id === urgent.id), transfers.find(t => t.id === bg.id)]

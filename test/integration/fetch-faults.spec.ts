@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { dirname, join } from 'node:path'
 import { createTestnet, waitFor, befriend, seesOnline, transferOf, transferDone, TestNode, type Testnet } from '../helpers/testnet.ts'
+import { fetchDetached, fetched } from '../helpers/api.ts'
 import { needsRoot, requireOrSkip } from '../helpers/needs.ts'
 
 /**
@@ -56,8 +57,7 @@ describe('fetch faults', () => {
     await writeFile(source, randomBytes(20 * 1024 * 1024))
     await owner.call('POST', '/v1/shares', { path: source, with: ['holder', 'fetcher'] })
     // the holder fetches it first, so it holds every chunk
-    const fetched = await holder.cli('fetch', 'owner:data.bin', '-o', join(holder.home, 'data.bin'))
-    expect(fetched.code, fetched.stderr).toBe(0)
+    await fetched(holder, 'owner:data.bin', join(holder.home, 'data.bin'))
     // slow the holder down so the fetcher is still under way when the holder is revoked
     await holder.call('PUT', '/v1/limits', { upload: '4MB/s' })
   })
@@ -71,7 +71,7 @@ describe('fetch faults', () => {
     await owner.call('PUT', '/v1/limits', { upload: '4MB/s' })
     await waitFor(async () => (await fetcher.get('/v1/friends')).friends.every((f: { link: { online: boolean } }) => f.link.online), 'fetcher sees both')
     const dest = join(fetcher.home, 'data.bin')
-    const { transfer: t } = await fetcher.json('fetch', 'owner:data.bin', '-o', dest, '--detach')
+    const t = await fetchDetached(fetcher, 'owner:data.bin', dest)
     await waitFor(async () => (await transferOf(fetcher, t.id))?.sources.find((s: { label: string }) => s.label === 'holder')?.bytes > 0, 'the holder serving', 30_000)
     await holder.json('friend', 'revoke', 'fetcher')
     await waitFor(async () => !await seesOnline(fetcher, 'holder'), 'the fetcher cut off', 5_000, 50)
@@ -123,7 +123,7 @@ describe('fetch faults', () => {
       await owner.call('POST', '/v1/shares', { path: file, with: ['victim'] })
       await owner.call('PUT', '/v1/limits', { upload: '1MB/s' })
       const dest = join(dirname(fetcher.home), 'db-fault.bin')
-      const { transfer: t } = await victim.json('fetch', 'owner:db-fault.bin', '-o', dest, '--detach')
+      const t = await fetchDetached(victim, 'owner:db-fault.bin', dest)
       await waitFor(async () => (await transferOf(victim, t.id))?.doneBytes > 0, 'the fetch under way', 30_000)
       // every chunk it stores is recorded in LevelDB: from now on those writes fail
       const filler = join(disk, 'filler')

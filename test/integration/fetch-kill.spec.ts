@@ -3,6 +3,7 @@ import { mkdir, writeFile, readFile, readdir } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { threeFriends, waitFor, seesOnline, transferOf, transferDone, type Testnet, type TestNode } from '../helpers/testnet.ts'
+import { fetchDetached } from '../helpers/api.ts'
 import { exists, tree } from '../helpers/files.ts'
 
 /**
@@ -40,7 +41,7 @@ describe('a friend\'s fetch when a daemon is killed', () => {
     await alice.call('POST', '/v1/shares', { path: big, with: ['bob'] })
     await waitFor(async () => await seesOnline(bob, 'alice'), 'bob sees alice')
     const dest = join(bob.home, 'big.bin')
-    const { transfer: started } = await bob.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
+    const started = await fetchDetached(bob, 'alice:big.bin', dest)
     const before = await waitFor(async () => {
       const t = await transferOf(bob, started.id)
       return t?.doneBytes > 2 * MiB ? t : undefined
@@ -68,7 +69,7 @@ describe('a friend\'s fetch when a daemon is killed', () => {
     await alice.call('POST', '/v1/shares', { path: join(alice.home, 'big.bin'), with: ['bob', 'carol'] })
     await bob.call('PUT', '/v1/limits', { upload: '4MB/s' })
     const dest = join(carol.home, 'big.bin')
-    const { transfer: started } = await carol.json('fetch', 'alice:big.bin', '-o', dest, '--detach')
+    const started = await fetchDetached(carol, 'alice:big.bin', dest)
     await waitFor(async () => (await transferOf(carol, started.id))?.doneBytes > 0, 'carol under way', 30_000)
     await alice.kill9()
     try {
@@ -102,7 +103,7 @@ describe('a friend\'s fetch when a daemon is killed', () => {
       return placed
     }
     try {
-      const { transfer: t } = await bob.json('fetch', 'alice:album', '-o', dest, '--detach')
+      const t = await fetchDetached(bob, 'alice:album', dest)
       const delays: number[] = []
       for (let kill = 0; kill < 3; kill++) {
         const before = (await transferOf(bob, t.id))?.doneBytes ?? 0
