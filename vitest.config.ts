@@ -31,15 +31,14 @@ export default defineConfig({
     maxWorkers: 3,
     // the slowest files first, also on a fresh clone (test/sequencer.ts)
     sequence: { sequencer: SlowestFirst },
-    // the daemons and CLI processes tests start run the bundle a package ships, built once per run
-    globalSetup: ['test/helpers/bundle-setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     projects: [
       // the unit specs share their worker's module cache (no fresh import of libp2p and level per file):
       // 40% less CPU; each file still sets up and tears down its own nodes and stores
       { extends: true, test: { name: 'unit', include: ['test/**/*.spec.ts'], exclude: [...daemonSpecs, 'test/package/**'], isolate: false } },
-      { extends: true, test: { name: 'daemon', include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob) } },
+      // the daemons and CLI processes these specs start run the bundle a package ships, built once per run
+      { extends: true, test: { name: 'daemon', include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob), globalSetup: ['test/helpers/bundle-setup.ts'] } },
       { extends: true, test: { name: 'package', include: ['test/package/*.spec.ts'], testTimeout: 300_000, hookTimeout: 300_000 } }
     ]
   }
