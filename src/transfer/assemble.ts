@@ -779,8 +779,9 @@ export class ShareAssembly {
       }
       await checkAll()
       await inTurn(files, async f => {
-        written.add(f.partial)
         await writeWhole(f.partial, f.data, f.entry.executable ? 0o755 : 0o644)
+        // (one that failed midway is left as it is, like a killed run's: taken over next time; never a link, which it refused)
+        written.add(f.partial)
       })
       await checkAll()
       await inTurn(files, async f => {

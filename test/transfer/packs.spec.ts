@@ -1,13 +1,14 @@
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE, PACKED_FILE_MAX } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { assembleShare, ShareAssembly, type ShareTarget } from '../../src/transfer/assemble.ts'
-import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
-import { chunkId, deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
+import { assembleShare, sharePartialPath, ShareAssembly, type ShareTarget } from '../../src/transfer/assemble.ts'
+import { createManifest, packHash, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
+import { chunkId, deriveSealKeys, generateShareId, generateShareKey, sealChunk } from '../../src/transfer/seal.ts'
 import { expectCodeAsync, keypair, packingSink, pseudoRandom, tempDir } from './helpers.ts'
 
 /**
@@ -154,5 +155,64 @@ describe('packs of small files', () => {
     for (const id of second.wanted()) await second.put(id, await ownerStore.get(id))
     await second.finish()
     await expectTree(out)
+  })
+
+  const partialOf = (root: string, path: string, key = 't'): string =>
+    sharePartialPath(join(root, ...path.split('/')), key, manifest.entries.findIndex(e => e.path === path))
+
+  it('takes over the partial of a packed file a killed run left; refuses a link planted as one, writing nothing through it', async () => {
+    const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher') })
+    const pack = await ownerStore.get(manifest.packs[0]!.id)
+    const out = join(dir, 'out')
+    await makeDirs(out)
+    // longer than the file, and other bytes: cut to the file and written over
+    await writeFile(partialOf(out, 'a/2.txt'), Buffer.alloc(40 * 1024, 1))
+    await new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest, targets: targets(out, p => p.startsWith('a/')), partialKey: 't' }).put(manifest.packs[0]!.id, pack)
+    await expectTree(out, ['a/1.txt', 'a/2.txt', 'a/3.txt'])
+    expect((await readdir(join(out, 'a'))).sort()).toEqual(['1.txt', '2.txt', '3.txt'])
+
+    const other = join(dir, 'other')
+    await makeDirs(other)
+    const victim = join(dir, 'victim')
+    await writeFile(victim, 'not yours')
+    await symlink(victim, partialOf(other, 'a/3.txt'))
+    const assembly = new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest, targets: targets(other, p => p.startsWith('a/')), partialKey: 't' })
+    await expectCodeAsync(assembly.put(manifest.packs[0]!.id, pack), 'DESTINATION_LINK')
+    expect(await readFile(victim, 'utf8')).toBe('not yours')
+    // none of the pack's files placed, the partials it wrote removed, the link left as it was
+    expect(await readdir(join(other, 'a'))).toEqual([partialOf(other, 'a/3.txt').split('/').pop()])
+  })
+
+  it('leaves a file in the way of a packed one as it is; the verified file waits in its partial', async () => {
+    const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher') })
+    const out = join(dir, 'out')
+    await makeDirs(out)
+    await writeFile(join(out, 'a', '2.txt'), 'the user wrote this meanwhile')
+    const assembly = new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest, targets: targets(out, p => p.startsWith('a/')), partialKey: 't' })
+    await expectCodeAsync(assembly.put(manifest.packs[0]!.id, await ownerStore.get(manifest.packs[0]!.id)), 'DESTINATION_EXISTS')
+    expect(await readFile(join(out, 'a', '2.txt'), 'utf8')).toBe('the user wrote this meanwhile')
+    expect((await readFile(partialOf(out, 'a/2.txt'))).equals(pseudoRandom(TREE['a/2.txt']!, 'a/2.txt'))).toBe(true)
+  })
+
+  it('refuses a packed file whose bytes do not hash to its sha256 (an owner that packed other bytes), writing nothing', async () => {
+    const bytes = pseudoRandom(100, 'x')
+    const claimed = createHash('sha256').update('other bytes').digest()
+    const sealed = sealChunk(keys, { shareId, fileHash: packHash([claimed]), index: 0 }, bytes)
+    const id = chunkId(sealed)
+    const bad = createManifest({
+      ...owner,
+      shareId,
+      version: 2,
+      name: 'bad',
+      chunkSize: CS,
+      entries: [{ type: 'file', path: 'a/x.txt', size: 100, executable: false, sha256: claimed.toString('hex'), chunks: [id], pack: { index: 0, offset: 0 } }],
+      packs: [id]
+    }).manifest
+    const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher') })
+    const out = join(dir, 'out')
+    await makeDirs(out)
+    const assembly = new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest: bad, targets: [{ file: 0, dest: join(out, 'a', 'x.txt') }], partialKey: 't' })
+    await expectCodeAsync(assembly.put(id, sealed), 'FILE_VERIFY_FAILED')
+    expect(await readdir(join(out, 'a'))).toEqual([])
   })
 })
