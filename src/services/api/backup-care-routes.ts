@@ -1,12 +1,13 @@
 import { isAbsolute } from 'node:path'
 import { z } from 'zod'
 import { KithError } from '../../errors.ts'
+import { parseTrailQuery } from '../backup/audit-trail.ts'
 import { ledger } from '../backup/health.ts'
 import { scheduleRequest } from '../backup/schedule.ts'
 import type { Daemon } from '../daemon.ts'
 import type { Route } from './routes.ts'
 
-/** Looking after backups (docs/api.md, Backups): audits now, health, the ledger, schedules. */
+/** Looking after backups (docs/api.md, Backups): audits now and their trail, health, the ledger, schedules. */
 const auditBody = z.object({ friend: z.string().min(1).max(128).optional() }).strict()
 const scheduleBody = scheduleRequest.refine(r => r.paths.every(p => isAbsolute(p)), 'paths must be absolute')
 
@@ -21,6 +22,7 @@ export function backupCareRoutes (daemon: Daemon): Route[] {
         return await daemon.care.audit(parsed.data.friend)
       }
     },
+    { method: 'GET', path: /^\/v1\/backup\/audits$/, handler: async ({ query }) => ({ audits: await daemon.care.trail(parseTrailQuery(query)) }) },
     { method: 'GET', path: /^\/v1\/backup\/health$/, handler: async () => await daemon.care.health() },
     {
       method: 'GET',

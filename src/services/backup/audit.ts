@@ -56,6 +56,8 @@ export interface AuditOutcome {
   failures: AuditFailure[]
   /** why the audit could not run (host unreachable, a protocol error); then ok is false and failures empty */
   error: { code: string, message: string } | null
+  /** how long it took, ms (monotonic clock); absent in trails written before 2026-12-07 */
+  tookMs?: number
 }
 
 interface Candidate { id: string, sealedId: string, size: number, root: string, leafSize: AuditLeafSize }
@@ -79,6 +81,7 @@ async function sample (index: OwnerIndex, host: string, k: number): Promise<Cand
 
 export async function auditHost (host: BackupClient, index: OwnerIndex, signal?: AbortSignal): Promise<AuditOutcome> {
   const at = Date.now()
+  const started = performance.now()
   const picked = await sample(index, host.peer, AUDIT_BLOBS)
   const challenges = picked.flatMap(c => {
     const leaves = leafCount(c.size, c.leafSize)
@@ -94,7 +97,7 @@ export async function auditHost (host: BackupClient, index: OwnerIndex, signal?:
       : await host.audit(challenges.map(c => ({ id: c.blob.sealedId, leaf: c.leaf, leafSize: c.blob.leafSize })), signal)
   } catch (err) {
     const e = asKithError(err)
-    return { ...base, ok: false, failures: [], error: { code: e.code, message: e.message } }
+    return { ...base, ok: false, failures: [], error: { code: e.code, message: e.message }, tookMs: Math.round(performance.now() - started) }
   }
   const failures: AuditFailure[] = []
   results.forEach((r, i) => {
@@ -103,5 +106,5 @@ export async function auditHost (host: BackupClient, index: OwnerIndex, signal?:
     if (r.answer == null) fail('missing')
     else if (!verifyAudit(Buffer.from(blob.root, 'hex'), leaf, leafCount(blob.size, blob.leafSize), r.answer, blob.leafSize)) fail('wrong')
   })
-  return { ...base, ok: failures.length === 0, failures, error: null }
+  return { ...base, ok: failures.length === 0, failures, error: null, tookMs: Math.round(performance.now() - started) }
 }

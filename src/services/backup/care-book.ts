@@ -13,6 +13,14 @@ export const MAX_AUDIT_TRAIL = 50
 /** failures kept per audit in the trail (an audit makes at most 32) */
 const MAX_TRAIL_FAILURES = 32
 
+/** what started an audit: the timer (care.ts) or someone asking (`kith backup audit`) */
+export type AuditTrigger = 'schedule' | 'request'
+
+/** One audit in a host's trail; `by` is absent in trails written before 2026-12-07. */
+export interface TrailEntry extends AuditOutcome {
+  by?: AuditTrigger
+}
+
 export interface HostCare {
   /** ms since the epoch the host last answered an audit (passed or not); null: never */
   lastContact: number | null
@@ -24,7 +32,7 @@ export interface HostCare {
   lost: string[]
   /** its quota refused a repair's put: not asked again until it frees space (a later audit) */
   full: boolean
-  trail: AuditOutcome[]
+  trail: TrailEntry[]
 }
 
 interface RecoveryState { seq: number }
@@ -53,7 +61,7 @@ export class CareBook {
   }
 
   /** Records an audit: the trail, contact, failing, and the blobs found lost. */
-  async recordAudit (outcome: AuditOutcome): Promise<HostCare> {
+  async recordAudit (outcome: AuditOutcome, by: AuditTrigger): Promise<HostCare> {
     const care = await this.host(outcome.host)
     const answered = outcome.error == null
     const lost = new Set(care.lost)
@@ -65,7 +73,7 @@ export class CareBook {
       // a host that answers may have freed space since
       full: answered ? false : care.full,
       lost: [...lost],
-      trail: [...care.trail, { ...outcome, failures: outcome.failures.slice(0, MAX_TRAIL_FAILURES) }].slice(-MAX_AUDIT_TRAIL)
+      trail: [...care.trail, { ...outcome, failures: outcome.failures.slice(0, MAX_TRAIL_FAILURES), by }].slice(-MAX_AUDIT_TRAIL)
     }
     await this.put(outcome.host, next)
     return next

@@ -16,7 +16,8 @@ import type { Database } from '../../peer/database.ts'
 import type { Identity } from '../../peer/identity.ts'
 import type { FriendBook } from '../../trust/friends.ts'
 import { auditHost, type AuditOutcome } from './audit.ts'
-import { CareBook } from './care-book.ts'
+import { auditTrail, type TrailItem, type TrailQuery } from './audit-trail.ts'
+import { CareBook, type AuditTrigger } from './care-book.ts'
 import { health, type Health } from './health.ts'
 import { deriveBackupKey } from './keys.ts'
 import type { LevelOwnerIndex } from './owner-index.ts'
@@ -119,23 +120,23 @@ export class BackupCare {
    */
   async audit (name?: string): Promise<AuditReport> {
     const peers = name != null ? [this.init.friends.resolve(name).peerId] : await this.auditees()
-    return await this.auditPeers(peers, true)
+    return await this.auditPeers(peers, 'request')
   }
 
-  /** One audit pass at a time; `mustRepair` false: a pass that finds the service busy leaves repair to the next one. */
-  private async auditPeers (peers: string[], mustRepair: boolean): Promise<AuditReport> {
+  /** One audit pass at a time; a scheduled pass that finds the service busy leaves repair to the next one. */
+  private async auditPeers (peers: string[], by: AuditTrigger): Promise<AuditReport> {
     const run = this.auditing.then(async () => {
       // hosts at once: one that is offline costs its timeout, not everyone's
       const audits = await Promise.all(peers.map(async peer => {
         const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(AUDIT_TIMEOUT_MS)])
         return await auditHost(this.init.service.client(peer), this.init.service.index, signal)
       }))
-      for (const outcome of audits) await this.book.recordAudit(outcome)
+      for (const outcome of audits) await this.book.recordAudit(outcome, by)
       let report: RepairReport | null = null
       try {
         report = await this.repair()
       } catch (err) {
-        if (mustRepair || asKithError(err).code !== 'BACKUP_BUSY') throw err
+        if (by === 'request' || asKithError(err).code !== 'BACKUP_BUSY') throw err
       }
       // hosts get a fresh record after each pass: it also carries what changed without a run (a forget, new friends)
       void this.pushRecovery().catch(() => {})
@@ -156,6 +157,11 @@ export class BackupCare {
       unreachableAfterMs: this.init.unreachableAfterMs ?? DEFAULT_UNREACHABLE_MS,
       signal: this.controller.signal
     }))
+  }
+
+  /** `kith backup audits`: the trail, newest first. */
+  async trail (query: TrailQuery): Promise<TrailItem[]> {
+    return await auditTrail(query, this.book, this.init.friends)
   }
 
   async health (): Promise<Health> {
@@ -222,7 +228,7 @@ export class BackupCare {
         else soonest = Math.min(soonest, at)
       }
       if (due.length > 0 && !this.controller.signal.aborted) {
-        await this.auditPeers(due, false).catch(() => {})
+        await this.auditPeers(due, 'schedule').catch(() => {})
         // those just audited are due again a period from now (at the earliest, a tenth short of it), not an hour later
         soonest = Math.min(soonest, Date.now() + every * 0.9)
       }

@@ -3,24 +3,32 @@ import { KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { AuditReport } from '../backup/care.ts'
 import type { AuditOutcome } from '../backup/audit.ts'
+import type { TrailItem } from '../backup/audit-trail.ts'
 import type { Health, LedgerRow } from '../backup/health.ts'
 import type { Schedule } from '../backup/schedule.ts'
 import { resolve } from 'node:path'
-import { ago, bytes, duration, parseDuration, shortId, table } from './format.ts'
+import { ago, bytes, duration, parseDuration, shellArg, shortId, table } from './format.ts'
 
 /**
- * `kith backup audit|health|ledger|schedule|schedules|unschedule`: looking
+ * `kith backup audit|audits|health|ledger|schedule|schedules|unschedule`: looking
  * after backups once placed (docs/backup.md, Audits and Repair), and runs on
  * a period; added to `kith backup`.
  */
 type Print = (json: boolean | undefined, value: unknown, text: () => string) => void
 type Client = (cmd: Command) => Promise<ApiClient>
 
-function auditText (a: AuditOutcome): string {
+function auditText (a: Pick<AuditOutcome, 'ok' | 'error' | 'challenges' | 'blobs' | 'failures'>): string {
   if (a.error != null) return `no answer: ${a.error.message} [${a.error.code}]`
   if (a.ok) return a.challenges === 0 ? 'answers (nothing placed there yet)' : `passed ${a.challenges} challenges on ${a.blobs} blobs`
   const missing = a.failures.filter(f => f.why === 'missing').length
   return `FAILED ${a.failures.length} of ${a.challenges} challenges (${missing} missing, ${a.failures.length - missing} wrong data)`
+}
+
+/** The blobs an audit found missing or wrong, by sealed id (what `kith backup hosted` on the host shows), a few at most. */
+function failuresText (a: TrailItem): string {
+  if (a.failures.length === 0) return '-'
+  const shown = a.failures.slice(0, 3).map(f => `${f.sealedId.slice(0, 12)} ${f.why}`)
+  return shown.join(', ') + (a.failures.length > shown.length ? ` +${a.failures.length - shown.length} more` : '')
 }
 
 export function backupCareCommands (backup: Command, client: Client, print: Print): void {
@@ -45,6 +53,25 @@ export function backupCareCommands (backup: Command, client: Client, print: Prin
       }
     })
 
+  backup.command('audits')
+    .description('the audit trail, newest first: when each host was audited, by whom, and what it proved')
+    .argument('[name]', 'one friend (default: every host)')
+    .option('--limit <n>', 'how many audits to show (1-1000)', '20')
+    .option('--json', 'print as JSON')
+    .action(async (name: string | undefined, opts: { limit: string, json?: boolean }, cmd: Command) => {
+      if (!/^\d{1,4}$/.test(opts.limit)) throw new KithError('USAGE', `--limit wants a whole number from 1 to 1000; got ${JSON.stringify(opts.limit)}`)
+      const query = new URLSearchParams({ ...(name != null ? { host: name } : {}), limit: opts.limit })
+      const { audits } = await (await client(cmd)).get<{ audits: TrailItem[] }>(`/v1/backup/audits?${query.toString()}`)
+      print(opts.json, { audits }, () => table(['WHEN', 'HOST', 'BY', 'TOOK', 'RESULT', 'FAILED BLOBS'], audits.map(a => [
+        `${new Date(a.at).toISOString().slice(0, 19).replace('T', ' ')} (${ago(a.at)})`,
+        a.name ?? shortId(a.host),
+        a.by === 'schedule' ? 'schedule' : a.by === 'request' ? 'you' : '-',
+        a.tookMs != null ? `${(a.tookMs / 1000).toFixed(1)}s` : '-',
+        auditText(a),
+        failuresText(a)
+      ])) || (name != null ? `no audits of ${name} yet` : 'no audits yet: hosts are audited a day after they first hold something, or now with `kith backup audit`'))
+    })
+
   backup.command('health')
     .description('per host what it holds and how its audits go; per snapshot whether its copies are all there')
     .option('--json', 'print as JSON')
@@ -59,6 +86,10 @@ export function backupCareCommands (backup: Command, client: Client, print: Prin
           x.lastAudit != null ? ago(x.lastAudit.at) : '-',
           x.lastAudit != null ? auditText(x.lastAudit) : '-'
         ])) || 'no backup hosts: ask a friend to run `kith friend grant YOURNAME backup`',
+        ...h.hosts.filter(x => x.lastAudit != null && !x.lastAudit.ok).map(x => {
+          const name = x.name ?? x.peerId
+          return `${name}'s last audit failed: \`kith backup audits ${shellArg(name)}\` shows its trail`
+        }),
         '',
         table(['SNAPSHOT', 'LABEL', 'COPIES', 'STATUS'], h.snapshots.map(s => [
           `${s.seq} ${s.id.slice(0, 8)}`,

@@ -136,7 +136,7 @@ describe('audits and repair', () => {
     const tight = host('tight', 'honest', 10_000)
     const clients = new Map([a, bad, c, tight].map(h => [h.peer, h]))
     const ids = await place(3, [a, bad])
-    await care.recordAudit(await auditHost(bad, index))
+    await care.recordAudit(await auditHost(bad, index), 'request')
     expect((await care.host('bad')).failing).toBe(true)
 
     // only a full host to move to: nothing placed, and that is the reason

@@ -81,7 +81,8 @@ describe('scheduled audits', () => {
     care.start()
     await vi.waitFor(async () => { expect((await care.book.all()).get(hostPeer)?.trail.length ?? 0).toBeGreaterThanOrEqual(2) }, { timeout: 20_000, interval: 200 })
     const { trail } = (await care.book.all()).get(hostPeer)!
-    expect(trail.slice(0, 2)).toMatchObject([{ ok: true, blobs: 3, challenges: 3, error: null }, { ok: true, blobs: 3, challenges: 3, error: null }])
+    expect(trail.slice(0, 2)).toMatchObject([{ ok: true, blobs: 3, challenges: 3, error: null, by: 'schedule' }, { ok: true, blobs: 3, challenges: 3, error: null, by: 'schedule' }])
+    expect(trail[0]!.tookMs).toBeGreaterThanOrEqual(0)
     const { hosts } = await care.health()
     expect(hosts).toMatchObject([{ peerId: hostPeer, state: 'ok', lastAudit: { ok: true } }])
   })
