@@ -68,6 +68,22 @@ describe('local API', () => {
     expect(wrong.body.error.code).toBe('UNAUTHORIZED')
   })
 
+  it('answers the last hour of bandwidth with the token, and refuses it without', async () => {
+    expect(await raw(url, { path: '/v1/bandwidth/history' })).toMatchObject({ status: 401, body: { error: { code: 'UNAUTHORIZED' } } })
+    const { status, body: history } = await raw(url, { path: '/v1/bandwidth/history', headers: auth })
+    expect(status).toBe(200)
+    expect(history).toMatchObject({ intervalMs: 10_000, classes: ['friend', 'foaf', 'public', 'backup', 'service'] })
+    // the closed intervals since the start, and the one in progress, ending now
+    const n = history.at.length
+    expect(n).toBeGreaterThanOrEqual(1)
+    expect(history.at.at(-1)).toBe(history.now)
+    expect(history.ms).toHaveLength(n)
+    for (const dir of ['up', 'down']) {
+      expect(Object.keys(history[dir]).sort()).toEqual(['backup', 'foaf', 'friend', 'public', 'service', 'total'])
+      for (const rates of Object.values(history[dir]) as number[][]) expect(rates.length === n && rates.every(r => Number.isInteger(r) && r >= 0)).toBe(true)
+    }
+  })
+
   it('refuses a foreign Host header and any Origin header', async () => {
     const rebinding = await raw(url, { path: '/v1/status', headers: { ...auth, host: 'evil.example:80' } })
     expect(rebinding.status).toBe(403)

@@ -257,6 +257,8 @@ export function routes (daemon: Daemon): Route[] {
     // bandwidth limits: the body is a merge patch validated by limits.ts (null clears a setting)
     { method: 'GET', path: /^\/v1\/limits$/, handler: async () => daemon.engine.limits.view() },
     { method: 'PUT', path: /^\/v1\/limits$/, handler: async ({ body: b }) => await daemon.engine.limits.update(b) },
+    // the last hour's rates per direction and class, for the dashboard's plot (engine/bandwidth-history.ts)
+    { method: 'GET', path: /^\/v1\/bandwidth\/history$/, handler: async () => daemon.engine.bandwidthHistory() },
     // backups I make (backup-routes.ts)
     ...backupRoutes(daemon),
     // audits, health, the ledger (backup-care-routes.ts)

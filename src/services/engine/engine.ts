@@ -8,6 +8,7 @@ import type { SealKeys } from '../../transfer/seal.ts'
 import { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
 import { LimitsBook, bandwidthView, type BandwidthView, type LimitsDoc } from './limits.ts'
 import { ChunkCollector, type GcResult } from './collector.ts'
+import { BandwidthHistory, type BandwidthHistoryView } from './bandwidth-history.ts'
 import { MAX_INBOUND_CHUNK_STREAMS } from './constants.ts'
 import { UploadFlows } from './uploads.ts'
 import type { EngineComponents, EngineInit, EngineService, StoreStatus, TransferEngine } from './index.ts'
@@ -26,6 +27,7 @@ export class Engine implements TransferEngine {
   private readonly components: EngineComponents
   private readonly services: EngineService[] = []
   private readonly uploads: UploadFlows
+  private readonly history: BandwidthHistory
   private parts: Parts | null = null
 
   constructor (init: EngineInit, components: EngineComponents) {
@@ -35,6 +37,7 @@ export class Engine implements TransferEngine {
     this.bandwidth = new BandwidthScheduler()
     // friends' traffic is 'friend'; friends of friends and public content will come with their features
     this.uploads = new UploadFlows(this.bandwidth, peer => components.friends.isActive(peer) ? 'friend' : 'public')
+    this.history = new BandwidthHistory({ counters: this.bandwidth })
   }
 
   private get ready (): Parts {
@@ -78,6 +81,7 @@ export class Engine implements TransferEngine {
       maxInboundStreams: this.init.maxInboundChunkStreams ?? MAX_INBOUND_CHUNK_STREAMS,
       middleware: [friendsOnly(friends, 'files')]
     })
+    this.history.start()
   }
 
   register (service: EngineService): void {
@@ -133,6 +137,10 @@ export class Engine implements TransferEngine {
     return bandwidthView(this.bandwidth.stats(), peer => this.components.friends.get(peer)?.label ?? null)
   }
 
+  bandwidthHistory (): BandwidthHistoryView {
+    return this.history.view()
+  }
+
   async beforeStop (): Promise<void> {
     await this.parts?.collector.stop()
   }
@@ -140,6 +148,7 @@ export class Engine implements TransferEngine {
   async stop (): Promise<void> {
     await this.parts?.collector.stop()
     if (this.parts != null) await this.components.libp2p.unhandle(CHUNK_PROTOCOL).catch(() => {})
+    this.history.stop()
     this.uploads.close()
     this.bandwidth.close()
   }

@@ -25,9 +25,11 @@ import type { SealKeys } from '../../transfer/seal.ts'
 import type { BandwidthScheduler } from '../../transfer/scheduler/index.ts'
 import type { BandwidthView, ConfigFile, LimitsBook } from './limits.ts'
 import type { ChunkCollector, GcResult, GcStatus } from './collector.ts'
+import type { BandwidthHistoryView } from './bandwidth-history.ts'
 import { Engine } from './engine.ts'
 
 export type { GcResult, GcStatus, Pin } from './collector.ts'
+export type { BandwidthHistoryView } from './bandwidth-history.ts'
 export { loadConfig, type BandwidthView, type ConfigFile, type LimitsView } from './limits.ts'
 export { MAX_INBOUND_CHUNK_STREAMS } from './constants.ts'
 
@@ -100,7 +102,7 @@ export interface TransferEngine {
   /** global, per-peer and time-of-day limits, persisted; `kith limits` */
   readonly limits: LimitsBook
 
-  /** Opens the store and the limits, and serves CHUNK_PROTOCOL. */
+  /** Opens the store and the limits, serves CHUNK_PROTOCOL, and starts the bandwidth history's timer. */
   start: () => Promise<void>
   /**
    * Plugs a service in: from the next collection on, its live chunks are
@@ -115,6 +117,8 @@ export interface TransferEngine {
   storeStatus: () => StoreStatus
   /** current rates per direction, class and peer, peers with their friend labels */
   bandwidthView: () => BandwidthView
+  /** rates per direction and class over the last hour, in intervals (bandwidth-history.ts), sampled from start */
+  bandwidthHistory: () => BandwidthHistoryView
   /** Stops collection (a sweep under way stops between two deletes): call before stopping the services. */
   beforeStop: () => Promise<void>
   /** Stops serving chunks and closes the scheduler (waiting takes reject). */

@@ -761,6 +761,15 @@ export class BandwidthScheduler extends EventEmitter<{ floor: [FloorEvent] }> {
     return { cap: nullable(lane.cap), rate: lane.meter.rate(now), classes, peers, waiting: lane.waiting }
   }
 
+  /**
+   * Bytes granted in all, since the scheduler was made, in one direction and
+   * class: a counter that only grows, read without allocating (the engine's
+   * bandwidth history samples it on a timer).
+   */
+  moved (direction: Direction, cls: TrafficClass): number {
+    return this.lanes[direction].classes[cls].meter.total
+  }
+
   /** Rates now per lane, class, peer and flow, the caps in force, and the schedule's state. */
   stats (): SchedulerStats {
     this.checkSchedule()
