@@ -101,14 +101,15 @@ let compilersHeld: NodeJS.Timeout | null = null
  * Young generation: V8 grows it (doubling, up to `--max-semi-space-size`)
  * when most of what it holds survives a scavenge, which is all of a start
  * (modules, services, their state), so every start grew it to its 8 MiB
- * (two 4 MiB semi-spaces), which an idle daemon then kept resident: no
- * collection but the last-resort one shrinks it. Held at growth factor 1, it
- * stays at its first size (two 1 MiB semi-spaces; what survives goes to the
- * old generation, as it would after the start anyway); from the start-up
- * line it grows as before when traffic needs it. Measured, the bundle, 3
- * interleaved idle starts each: resident 5 s after the start 97.1-97.3 ->
- * 90.3-90.6 MB, CPU to the start-up line within noise (0.71-0.77 s,
- * 0.67-0.79 s).
+ * (two 4 MiB semi-spaces), which an idle daemon then kept resident: V8
+ * shrinks it only in a collection, and an idle daemon runs none. Held at
+ * growth factor 1, it stays at its first size (2 MiB; what survives goes to
+ * the old generation, as it would after the start anyway); from the
+ * start-up line it grows as before when traffic needs it. Measured,
+ * `BENCH_CLI_PARTS=start node bench/cli.ts` against the code before in a
+ * clone, 2 interleaved rounds of 2 starts: resident 5 s after a start, the
+ * bundle 102-103 -> 95 MB, the sources 117-118 -> 108-109 MB; CPU to the
+ * start-up line within noise.
  */
 export function holdOptimizingCompilers (): void {
   if (compilersHeld != null || process.versions.node.split('.')[0] !== '24') return
