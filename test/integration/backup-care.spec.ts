@@ -11,7 +11,8 @@ import { befriend, createTestnet, runCli, waitFor, TestNode, type Testnet } from
 /**
  * Looking after backups between real daemons: an owner and two friends who
  * granted it backup, h1 and h2, hold a snapshot. On disk, h1 loses a blob and
- * h2's copy of another is corrupted: `kith backup audit` finds both, health
+ * h2's copy of another is corrupted: `kith backup audit` finds both, its
+ * trail (`kith backup audits`) keeps what each host lost, health
  * shows them failing and the snapshot short with no other host to repair
  * onto. A third friend, h3, grants backup: the next audit passes h1 and h2
  * on what they still hold, and repair copies the two damaged blobs onto h3;
@@ -110,6 +111,16 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     expect(of(h2).failures.map((f: any) => f.sealedId)).toContain(idOf(corrupted))
     // both hosts failing and nobody else: nothing can move yet
     expect(report.repair).toMatchObject({ short: placed, placed: 0, lost: 0, reasons: { noOtherHost: placed } })
+    // the trail keeps that audit, newest first, as asked for, with the blob each host lost
+    const { audits: trail } = await owner.json('backup', 'audits')
+    const trailOf = (host: TestNode): any => trail.find((a: any) => a.host === host.peerId)
+    expect(trailOf(h1)).toMatchObject({ name: 'h1', ok: false, by: 'request', at: of(h1).at, challenges: of(h1).challenges, error: null })
+    expect(trailOf(h1).tookMs).toBeGreaterThanOrEqual(0)
+    expect(trailOf(h1).failures.map((f: any) => f.sealedId)).toContain(idOf(dropped))
+    expect(trailOf(h2).failures.map((f: any) => f.sealedId)).toContain(idOf(corrupted))
+    const api = await ApiClient.forHome(owner.home)
+    await expect(api.get('/v1/backup/audits?limit=-1')).rejects.toMatchObject({ code: 'BAD_REQUEST' })
+    await expect(api.get('/v1/backup/audits?host=nobody')).rejects.toMatchObject({ code: 'FRIEND_UNKNOWN' })
 
     const health = await owner.json('backup', 'health')
     const host = (h: any, name: string): any => h.hosts.find((x: any) => x.name === name)
@@ -117,7 +128,9 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     expect(host(health, 'h2')).toMatchObject({ state: 'failing' })
     expect(health.snapshots).toMatchObject([{ met: false, fewest: 0, wanted: 2 }])
     expect(health.snapshots[0].why).toMatch(/^no other host/)
-    expect((await owner.cli('backup', 'health')).stdout).toMatch(/h1\s+failing/)
+    const healthText = (await owner.cli('backup', 'health')).stdout
+    expect(healthText).toMatch(/h1\s+failing/)
+    expect(healthText).toContain("h1's last audit failed: `kith backup audits h1` shows its trail")
 
     // a third friend grants backup: the next audit passes h1 and h2 on what they still hold, repair copies the rest to h3
     h3 = new TestNode('h3', join(owner.home, '..', 'h3'))
@@ -132,6 +145,9 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     expect(healed.snapshots).toMatchObject([{ met: true, fewest: 2 }])
     // one host alone, by name
     expect((await owner.json('backup', 'audit', 'h3')).audits).toMatchObject([{ host: h3.peerId, ok: true, blobs: 2 }])
+    const lastOfH3 = await owner.cli('backup', 'audits', 'h3', '--limit', '1')
+    expect(lastOfH3.stdout.trimEnd().split('\n')).toHaveLength(2) // the header and one audit
+    expect(lastOfH3.stdout).toMatch(/ago\)\s+h3\s+you\s+\d+\.\ds\s+passed 2 challenges on 2 blobs/)
     const ledger = await owner.json('backup', 'ledger')
     // each granted the other backup; h3 keeps the two copies for the owner
     expect(ledger.friends.find((f: any) => f.name === 'h3')).toMatchObject({ forThem: { used: 0, blobs: 0 }, forMe: { blobs: 2, state: 'ok' } })
