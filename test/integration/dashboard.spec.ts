@@ -18,6 +18,7 @@ import { sha } from '../helpers/files.ts'
  * the friend come online once they accept it; change a limit; fetch a file
  * and watch it run, pause, resume and finish; download a URL; share and unshare a
  * folder; rename a friend, grant and take back a service, end the friendship;
+ * a page opened after all that plots it, from the daemon's bandwidth history;
  * and the refusals: a page
  * without login, a used link, and requests from another page of the same
  * site (another port of 127.0.0.1: SameSite cookies don't tell ports apart).
@@ -178,6 +179,28 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
     expect(await page.getAttribute('tbody tr progress', 'value')).toBe('100')
     expect(await sha(join(into, 'file.bin'))).toBe(createHash('sha256').update(webFile).digest('hex'))
     await shoot('downloads')
+  })
+
+  it('plots the hour before the page was opened, from the daemon\'s bandwidth history', async () => {
+    // a page opened now, after the fetch (4 MB, friend) and the download (1 MB, public) above: it has seen none of it itself
+    const fresh = await context.newPage()
+    try {
+      await fresh.goto(`${api}/#status`)
+      await fresh.waitForSelector('main[data-page="status"] #plot-down')
+      expect(await fresh.locator('main h2').nth(1).textContent()).toBe('Bandwidth over the last hour')
+      const down = fresh.locator('#plot-down')
+      expect(Number(await down.getAttribute('data-moved'))).toBeGreaterThanOrEqual(5_000_000)
+      expect(Number(await down.getAttribute('data-peak'))).toBeGreaterThan(0)
+      expect(await down.locator('figcaption').textContent()).toMatch(/MB moved in the last hour/)
+      // the friend and public lines are drawn above the axis somewhere
+      for (const cls of ['friend', 'public']) {
+        const ys = (await down.locator(`polyline.c-${cls}`).getAttribute('points'))!.split(' ').map(xy => Number(xy.split(',')[1]))
+        expect(Math.min(...ys)).toBeLessThan(150)
+      }
+      await fresh.screenshot({ path: join(ARTIFACTS, 'status-bandwidth.png'), fullPage: true })
+    } finally {
+      await fresh.close()
+    }
   })
 
   it('shows backup health, the ledger and the jobs, here with nothing backed up yet', async () => {

@@ -93,7 +93,7 @@ const pages = {
         <tr><th scope="row">Relays in use</th><td>${s.relays?.using?.map(r => r.label).join(', ') || 'none'}</td></tr>
         <tr><th scope="row">Relaying for</th><td>${s.relays?.serving?.map(r => r.label).join(', ') || 'nobody'}</td></tr>
       </tbody></table>
-      <h2>Bandwidth since this page opened (the last hour at most)</h2>
+      <h2>Bandwidth over the last hour</h2>
       ${plot('up', 'Upload')}
       ${plot('down', 'Download')}`
   },
@@ -265,18 +265,44 @@ function downloadRow (d) {
   </tr>`
 }
 
-// --- bandwidth history: sampled every 2 s while the page is open ------------
+// --- bandwidth over the last hour: the daemon's history, then the page's own samples every 2 s
 
-const HISTORY = 1800
-const CLASSES = ['friend', 'foaf', 'public', 'backup']
+const HOUR = 3600_000
+const CLASSES = ['friend', 'foaf', 'public', 'backup', 'service']
+const SERIES = ['total', ...CLASSES]
+/**
+ * Points, oldest first: `at` (this browser's clock, ms), `ms` (the time the
+ * rates average over), and per direction the rates in bytes/s of each of
+ * SERIES, with the cap in force where a live sample gave it.
+ */
 const history = []
+
+/** The daemon's last hour (GET /v1/bandwidth/history), once, as the page opens. */
+async function seed () {
+  try {
+    const h = await api('GET', '/v1/bandwidth/history')
+    // the daemon's clock may not be this browser's (a page opened through ssh): times are taken relative to its `now`
+    const shift = Date.now() - h.now
+    h.at.forEach((at, i) => {
+      const point = { at: at + shift, ms: h.ms[i] }
+      for (const dir of ['up', 'down']) point[dir] = Object.fromEntries(SERIES.map(k => [k, h[dir][k]?.[i] ?? 0]))
+      history.push(point)
+    })
+  } catch {}
+}
 
 async function sample () {
   try {
     const s = await api('GET', '/v1/status')
     document.getElementById('node').textContent = `${s.name} ${short(s.peerId)}`
-    history.push({ at: Date.now(), up: s.bandwidth.up, down: s.bandwidth.down })
-    if (history.length > HISTORY) history.shift()
+    const at = Date.now()
+    const point = { at, ms: at - (history.at(-1)?.at ?? at - 2000) }
+    for (const dir of ['up', 'down']) {
+      const b = s.bandwidth[dir]
+      point[dir] = { total: b.rate ?? 0, cap: b.cap ?? null, ...Object.fromEntries(CLASSES.map(c => [c, b.classes?.[c]?.rate ?? 0])) }
+    }
+    history.push(point)
+    while (history[0].at < at - HOUR) history.shift()
     if (current() === 'status') for (const dir of ['up', 'down']) document.getElementById(`plot-${dir}`)?.replaceWith(plotElement(dir))
   } catch {}
 }
@@ -286,20 +312,26 @@ function plot (dir, title) {
 }
 
 function plotElement (dir) {
-  const series = { total: history.map(h => h[dir].rate ?? 0) }
-  for (const c of CLASSES) series[c] = history.map(h => h[dir].classes?.[c]?.rate ?? 0)
-  const peak = Math.max(0, ...series.total)
+  const now = Date.now()
+  const points = history.filter(p => p.at >= now - HOUR)
+  const peak = Math.max(0, ...points.map(p => p[dir].total))
   // the scale: the peak, or 1 B/s while nothing moved
   const max = Math.max(1, peak)
-  const now = history.at(-1)?.[dir]
+  const moved = Math.round(points.reduce((sum, p) => sum + p[dir].total * p.ms / 1000, 0))
+  const latest = points.at(-1)?.[dir]
+  const cap = history.findLast(p => p[dir].cap !== undefined)?.[dir].cap
   const wrap = document.createElement('figure')
   wrap.id = `plot-${dir}`
-  const lines = Object.entries(series).map(([name, values]) => {
-    const points = values.map((v, i) => `${(HISTORY - values.length + i) / HISTORY * 600},${150 - v / max * 140}`).join(' ')
-    return `<polyline class="c-${name}" points="${points}"></polyline>`
+  // figures a test or a script can read without parsing the legend
+  wrap.dataset.peak = String(peak)
+  wrap.dataset.moved = String(moved)
+  const lines = SERIES.map(name => {
+    const xy = points.map(p => `${((p.at - now + HOUR) / HOUR * 600).toFixed(1)},${(150 - p[dir][name] / max * 140).toFixed(1)}`).join(' ')
+    return `<polyline class="c-${name}" points="${xy}"></polyline>`
   }).join('')
-  wrap.innerHTML = `<svg class="plot" viewBox="0 0 600 150" preserveAspectRatio="none" role="img" aria-label="${escape(`${dir === 'up' ? 'upload' : 'download'} now ${rate(now?.rate ?? 0)}, peak ${rate(peak)}`)}">${lines}</svg>
-    <figcaption class="legend">${Object.keys(series).map(n => `<span class="c-${n}">— ${n} ${escape(rate(n === 'total' ? now?.rate ?? 0 : now?.classes?.[n]?.rate ?? 0))}</span>`).join('')} (peak ${escape(rate(peak))} since the page opened, cap ${escape(rate(now?.cap ?? null))})</figcaption>`
+  const summary = `peak ${rate(peak)}, ${bytes(moved)} moved in the last hour${cap !== undefined ? `, cap ${rate(cap)}` : ''}`
+  wrap.innerHTML = `<svg class="plot" viewBox="0 0 600 150" preserveAspectRatio="none" role="img" aria-label="${escape(`${dir === 'up' ? 'upload' : 'download'} now ${rate(latest?.total ?? 0)}, ${summary}`)}">${lines}</svg>
+    <figcaption class="legend">${SERIES.map(n => `<span class="c-${n}">— ${n} ${escape(rate(latest?.[n] ?? 0))}</span>`).join('')} (${escape(summary)})</figcaption>`
   return wrap
 }
 
@@ -432,6 +464,7 @@ for (const [type, shownOn] of Object.entries(redraws)) {
   })
 }
 
+await seed()
 await render()
 await sample()
 setInterval(sample, 2000)
