@@ -3,7 +3,7 @@ import { KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { AuditReport } from '../backup/care.ts'
 import type { AuditOutcome } from '../backup/audit.ts'
-import type { TrailItem } from '../backup/audit-trail.ts'
+import { DEFAULT_TRAIL_LIMIT, MAX_TRAIL_LIMIT, type TrailItem } from '../backup/audit-trail.ts'
 import type { Health, LedgerRow } from '../backup/health.ts'
 import type { Schedule } from '../backup/schedule.ts'
 import { resolve } from 'node:path'
@@ -56,10 +56,11 @@ export function backupCareCommands (backup: Command, client: Client, print: Prin
   backup.command('audits')
     .description('the audit trail, newest first: when each host was audited, by whom, and what it proved')
     .argument('[name]', 'one friend (default: every host)')
-    .option('--limit <n>', 'how many audits to show (1-1000)', '20')
+    .option('--limit <n>', `how many audits to show (1-${MAX_TRAIL_LIMIT})`, String(DEFAULT_TRAIL_LIMIT))
     .option('--json', 'print as JSON')
     .action(async (name: string | undefined, opts: { limit: string, json?: boolean }, cmd: Command) => {
-      if (!/^\d{1,4}$/.test(opts.limit)) throw new KithError('USAGE', `--limit wants a whole number from 1 to 1000; got ${JSON.stringify(opts.limit)}`)
+      const limit = /^\d{1,4}$/.test(opts.limit) ? Number(opts.limit) : NaN
+      if (!(limit >= 1 && limit <= MAX_TRAIL_LIMIT)) throw new KithError('USAGE', `--limit wants a whole number from 1 to ${MAX_TRAIL_LIMIT}; got ${JSON.stringify(opts.limit)}`)
       const query = new URLSearchParams({ ...(name != null ? { host: name } : {}), limit: opts.limit })
       const { audits } = await (await client(cmd)).get<{ audits: TrailItem[] }>(`/v1/backup/audits?${query.toString()}`)
       print(opts.json, { audits }, () => table(['WHEN', 'HOST', 'BY', 'TOOK', 'RESULT', 'FAILED BLOBS'], audits.map(a => [
