@@ -185,7 +185,20 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
 }
 
 /**
- * The libp2p release `fixStreamMiddleware` (and reachability.ts's use of the
+ * Call after `libp2p.stop()`. libp2p 3.3.11's address manager writes the
+ * node's addresses to the peer store a second after its listeners change (a
+ * debounce), and stopping closes them all: the write it schedules then, which
+ * its stop does not cancel, kept a stopped daemon's process up for that
+ * second (each `kith stop`, every restart). test/peer/node.spec.ts fails if
+ * the write is no longer left pending, or if this no longer cancels it.
+ */
+export function cancelPendingAddressWrite (node: Libp2p): void {
+  const manager = (node as unknown as { components?: { addressManager?: { _updatePeerStoreAddresses?: { stop?: () => void } } } }).components?.addressManager
+  manager?._updatePeerStoreAddresses?.stop?.()
+}
+
+/**
+ * The libp2p release `fixStreamMiddleware`, `cancelPendingAddressWrite` (and reachability.ts's use of the
  * transport and address managers) was written against. package.json pins it
  * exactly; test/peer/node.spec.ts fails if the installed libp2p differs or
  * if libp2p stops calling the patched hook, so an upgrade is a deliberate

@@ -7,7 +7,7 @@ import { KithError } from '../errors.ts'
 import { homePaths, ensureHome, makeHomePrivate, makeProcessPrivate, writeFileAtomic, type HomePaths } from '../peer/home.ts'
 import { openHomeDatabase, sublevel, type Database } from '../peer/database.ts'
 import { loadOrCreateIdentity, type Identity } from '../peer/identity.ts'
-import { createNode, DEFAULT_LISTEN, DHT_PROTOCOL, type KithLibp2p, type RelayBudget } from '../peer/node.ts'
+import { cancelPendingAddressWrite, createNode, DEFAULT_LISTEN, DHT_PROTOCOL, type KithLibp2p, type RelayBudget } from '../peer/node.ts'
 import { PING_PROTOCOL } from '../peer/ping.ts'
 import { NodeDatastore } from '../peer/datastore.ts'
 import { dialPolicyFor, type DialPolicy } from '../peer/dial-policy.ts'
@@ -328,7 +328,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     await this.fileService?.stop()
     await this.transferEngine?.stop()
     await this.libp2p.stop()
-    cancelAddressUpdate(this.libp2p)
+    cancelPendingAddressWrite(this.libp2p)
     await this.db.close()
     await rm(this.paths.apiInfo, { force: true })
   }
@@ -500,17 +500,6 @@ async function startNode (identity: Identity, friends: FriendBook, listen: strin
   } catch (err) {
     throw listenError(listen, err)
   }
-}
-
-/**
- * libp2p's address manager writes my addresses to the peer store a second
- * after its listeners change (a debounce), and stopping closes them all: the
- * write it schedules then, which nothing cancels, kept a stopped daemon's
- * process up for that second (each `kith stop` and every restart).
- */
-function cancelAddressUpdate (libp2p: KithLibp2p): void {
-  const manager = (libp2p as unknown as { components?: { addressManager?: { _updatePeerStoreAddresses?: { stop?: () => void } } } }).components?.addressManager
-  manager?._updatePeerStoreAddresses?.stop?.()
 }
 
 function listenError (listen: string[], err: unknown): KithError {
