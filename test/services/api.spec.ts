@@ -73,9 +73,9 @@ describe('local API', () => {
     const { status, body: history } = await raw(url, { path: '/v1/bandwidth/history', headers: auth })
     expect(status).toBe(200)
     expect(history).toMatchObject({ intervalMs: 10_000, classes: ['friend', 'foaf', 'public', 'backup', 'service'] })
-    // the closed intervals since the start, and the one in progress, ending now
+    // the intervals closed since the start, the last one running to now
     const n = history.at.length
-    expect(n).toBeGreaterThanOrEqual(1)
+    expect(n).toBeGreaterThan(0)
     expect(history.at.at(-1)).toBe(history.now)
     expect(history.ms).toHaveLength(n)
     for (const dir of ['up', 'down']) {

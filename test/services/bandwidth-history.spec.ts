@@ -48,6 +48,23 @@ describe('bandwidth history', () => {
     expect(history.view().up.backup).toEqual([2_000, 0, 300])
   })
 
+  it('folds an interval in progress shorter than a tenth into the last closed one: no spike, and rate × ms is still the bytes', async () => {
+    const { clock, scheduler, history } = setup()
+    const flow = scheduler.flow({ direction: 'down', class: 'public' })
+    await clock.advance(10_000)
+    history.sample()
+    await clock.advance(100)
+    await flow.take(5_250)
+    await clock.advance(400)
+    // 5,250 bytes in 0.5 s alone would be 10,500 B/s
+    const view = history.view()
+    expect(view).toMatchObject({ at: [WALL + 10_500], ms: [10_500] })
+    expect(view.down.public).toEqual([500])
+    // a second in: on its own
+    await clock.advance(500)
+    expect(history.view()).toMatchObject({ at: [WALL + 10_000, WALL + 11_000], ms: [10_000, 1_000], down: { public: [0, 5_250] } })
+  })
+
   it('keeps an hour in a fixed ring: the oldest intervals go, the newest stay', async () => {
     const { clock, scheduler, history } = setup()
     const flow = scheduler.flow({ direction: 'up', class: 'public' })

@@ -296,7 +296,8 @@ async function sample () {
     const s = await api('GET', '/v1/status')
     document.getElementById('node').textContent = `${s.name} ${short(s.peerId)}`
     const at = Date.now()
-    const point = { at, ms: at - (history.at(-1)?.at ?? at - 2000) }
+    // /v1/status's rates are over its last 2 s: a point stands for 2 s at most (a tab in the background samples less often)
+    const point = { at, ms: Math.min(2000, at - (history.at(-1)?.at ?? 0)) }
     for (const dir of ['up', 'down']) {
       const b = s.bandwidth[dir]
       point[dir] = { total: b.rate ?? 0, cap: b.cap ?? null, ...Object.fromEntries(CLASSES.map(c => [c, b.classes?.[c]?.rate ?? 0])) }

@@ -29,7 +29,11 @@ export interface BandwidthHistoryView {
   /** the daemon's wall clock at the answer, ms since the epoch */
   now: number
   classes: readonly TrafficClass[]
-  /** wall-clock ms at the end of each interval; the last is the interval in progress, ending `now` */
+  /**
+   * wall-clock ms at the end of each interval; the last ends `now`: the
+   * interval in progress, or, while that is under a tenth of `intervalMs`,
+   * the last closed one and it together (a few ms alone would make a spike)
+   */
   at: number[]
   /** each interval's length, ms (monotonic) */
   ms: number[]
@@ -110,14 +114,16 @@ export class BandwidthHistory {
     if (this.filled < this.slots) this.filled++
   }
 
-  /** The kept intervals and the one in progress, as rates. */
+  /** The kept intervals and the one in progress, as rates (BandwidthHistoryView). */
   view (): BandwidthHistoryView {
     const now = this.now()
     const wall = this.wall()
     const view: BandwidthHistoryView = { intervalMs: this.intervalMs, now: Math.round(wall), classes: TRAFFIC_CLASSES, at: [], ms: [], up: series(), down: series() }
-    const put = (end: number, span: number, bytes: Float64Array, offset: number): void => {
+    const put = (end: number, exact: number, bytes: Float64Array, offset: number): void => {
+      // rates over the length given, so that rate × ms is the bytes moved
+      const span = Math.round(exact)
       view.at.push(Math.round(wall - (now - end)))
-      view.ms.push(Math.round(span))
+      view.ms.push(span)
       for (let d = 0; d < DIRECTIONS.length; d++) {
         const lane = view[DIRECTIONS[d]!]
         let total = 0
@@ -129,14 +135,21 @@ export class BandwidthHistory {
         lane.total.push(perSecond(total, span))
       }
     }
-    for (let k = 0; k < this.filled; k++) {
+    const progress = now - this.lastAt
+    const fold = progress < this.intervalMs / 10 && this.filled > 0
+    const closed = fold ? this.filled - 1 : this.filled
+    for (let k = 0; k < closed; k++) {
       const slot = (this.next - this.filled + k + this.slots) % this.slots
       put(this.ends[slot]!, this.spans[slot]!, this.bytes, slot * WIDTH)
     }
-    if (now > this.lastAt) {
-      const progress = new Float64Array(WIDTH)
-      this.read(progress, 0, false)
-      put(now, now - this.lastAt, progress, 0)
+    const recent = new Float64Array(WIDTH)
+    this.read(recent, 0, false)
+    if (fold) {
+      const slot = (this.next - 1 + this.slots) % this.slots
+      for (let i = 0; i < WIDTH; i++) recent[i]! += this.bytes[slot * WIDTH + i]!
+      put(now, this.spans[slot]! + progress, recent, 0)
+    } else if (progress >= 1) {
+      put(now, progress, recent, 0)
     }
     return view
   }
