@@ -300,7 +300,9 @@ async function sample () {
     const point = { at, ms: Math.min(2000, at - (history.at(-1)?.at ?? 0)) }
     for (const dir of ['up', 'down']) {
       const b = s.bandwidth[dir]
-      point[dir] = { total: b.rate ?? 0, cap: b.cap ?? null, ...Object.fromEntries(CLASSES.map(c => [c, b.classes?.[c]?.rate ?? 0])) }
+      const classes = Object.fromEntries(CLASSES.map(c => [c, b.classes?.[c]?.rate ?? 0]))
+      // the total is the classes' sum, as in the daemon's history (a class's first 2 s would otherwise read above the lane's rate)
+      point[dir] = { total: Object.values(classes).reduce((sum, r) => sum + r, 0), cap: b.cap ?? null, ...classes }
     }
     history.push(point)
     while (history[0].at < at - HOUR) history.shift()
@@ -332,6 +334,7 @@ function plotElement (dir) {
   }).join('')
   const summary = `peak ${rate(peak)}, ${bytes(moved)} moved in the last hour${cap !== undefined ? `, cap ${rate(cap)}` : ''}`
   wrap.innerHTML = `<svg class="plot" viewBox="0 0 600 150" preserveAspectRatio="none" role="img" aria-label="${escape(`${dir === 'up' ? 'upload' : 'download'} now ${rate(latest?.total ?? 0)}, ${summary}`)}">${lines}</svg>
+    <div class="axis" aria-hidden="true"><span>1 h ago</span><span>30 min ago</span><span>now</span></div>
     <figcaption class="legend">${SERIES.map(n => `<span class="c-${n}">— ${n} ${escape(rate(latest?.[n] ?? 0))}</span>`).join('')} (${escape(summary)})</figcaption>`
   return wrap
 }
