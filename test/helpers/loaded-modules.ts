@@ -23,7 +23,8 @@ export async function loadedModules (log: string, dist = process.env.KITH_DIST):
     }
     const text = await readFile(fileURLToPath(url), 'utf8')
     // (a module can be named twice: at its imports, and again where its code follows the modules it imports)
-    for (const [, path] of text.matchAll(/^\/\/ ((?:src|node_modules)\/\S+)$/gm)) out.add(`/${path!}`)
+    // (a path from a checkout whose node_modules is a link begins with the link's target: ../../x/node_modules/...)
+    for (const [, path] of text.matchAll(/^\/\/ (?:\S*?\/)?((?:src|node_modules)\/\S+)$/gm)) out.add(`/${path!}`)
   }
   return [...out]
 }
