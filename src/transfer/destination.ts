@@ -239,8 +239,7 @@ const closeAsync = promisify(close)
  * `data`'s length; a link gives DESTINATION_LINK, anything else in the way
  * DESTINATION_EXISTS. The bytes are fsynced before it returns. Through a
  * descriptor, not a FileHandle: many small files so cost no handle object
- * and no promise request per call (about a third of the main thread's time
- * per file, and garbage between collections).
+ * and no promise request (with its own stats array) per call.
  */
 export async function writeWhole (path: string, data: Uint8Array, mode = 0o644): Promise<void> {
   const { O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = constants
