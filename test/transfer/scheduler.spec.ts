@@ -64,6 +64,37 @@ describe('bandwidth scheduler', () => {
     for (const f of flows) await f.stop()
   })
 
+  it('never shows a class faster than its lane, also in the first 2 s of a class that starts after another', async () => {
+    const { clock, scheduler } = setup({ download: 1 * MB })
+    const check = (): void => {
+      const lane = scheduler.stats().down
+      const sum = Object.values(lane.classes).reduce((total, c) => total + c.rate, 0)
+      expect(lane.rate).toBeCloseTo(sum, 6)
+      for (const c of Object.values(lane.classes)) expect(c.rate).toBeLessThanOrEqual(lane.rate)
+    }
+    // friends move for 1 s, then nothing for 5 s: the lane has moved long before public's first byte
+    const friend = backlog(scheduler.flow({ direction: 'down', class: 'friend' }), clock)
+    await clock.advance(1000)
+    await friend.stop()
+    await clock.advance(5000)
+    const pub = backlog(scheduler.flow({ direction: 'down', class: 'public' }), clock)
+    let moving = false
+    for (let t = 0; t < 3000; t += 100) {
+      await clock.advance(100)
+      check()
+      moving ||= scheduler.stats().down.classes.public.rate > 0.5 * MB
+    }
+    expect(moving).toBe(true)
+    // and when friends come back beside it
+    const again = backlog(scheduler.flow({ direction: 'down', class: 'friend' }), clock)
+    for (let t = 0; t < 3000; t += 100) {
+      await clock.advance(100)
+      check()
+    }
+    await again.stop()
+    await pub.stop()
+  })
+
   it('makes backups yield to friends\' fetches by their weight (8:2 by default, as set), and gives them all when friends are idle', async () => {
     const { clock, scheduler } = setup({ download: 10 * MB })
     expect(scheduler.limits().classWeights.backup).toBeLessThan(scheduler.limits().classWeights.friend)

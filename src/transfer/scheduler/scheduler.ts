@@ -100,7 +100,6 @@ class Lane {
   wakeAt = Infinity
   pumping = false
   again = false
-  readonly meter = new RateMeter()
   readonly peerMeters = new Map<string, RateMeter>()
 
   constructor (direction: Direction, clock: Clock) {
@@ -565,7 +564,6 @@ export class BandwidthScheduler extends EventEmitter<{ floor: [FloorEvent] }> {
 
   private account (flow: FlowImpl, lane: Lane, peer: string | undefined, bytes: number, now: number): void {
     flow.meter.add(bytes, now)
-    lane.meter.add(bytes, now)
     lane.classes[flow.class].meter.add(bytes, now)
     if (peer !== undefined) {
       let meter = lane.peerMeters.get(peer)
@@ -744,9 +742,14 @@ export class BandwidthScheduler extends EventEmitter<{ floor: [FloorEvent] }> {
 
   private laneStats (lane: Lane, now: number): LaneStats {
     const classes = {} as LaneStats['classes']
+    // the lane's rate is its classes' sum, not a meter of its own: each meter
+    // divides by its own age in its first window, so a lane meter started
+    // long before a class's first byte would read below that class
+    let rate = 0
     for (const cls of TRAFFIC_CLASSES) {
       const node = lane.classes[cls]
       classes[cls] = { rate: node.meter.rate(now), weight: this.config.classWeights[cls], flows: node.flows.size }
+      rate += classes[cls].rate
     }
     const peers: LaneStats['peers'] = {}
     for (const [peer, meter] of lane.peerMeters) {
@@ -758,7 +761,7 @@ export class BandwidthScheduler extends EventEmitter<{ floor: [FloorEvent] }> {
       peers[peer] = { rate, cap: nullable(lane.peerCap(peer)) }
     }
     for (const [peer, bucket] of lane.peerBuckets) peers[peer] ??= { rate: 0, cap: bucket.limit }
-    return { cap: nullable(lane.cap), rate: lane.meter.rate(now), classes, peers, waiting: lane.waiting }
+    return { cap: nullable(lane.cap), rate, classes, peers, waiting: lane.waiting }
   }
 
   /**

@@ -131,6 +131,7 @@ export interface FlowStats {
 export interface LaneStats {
   /** the global cap in force now (after the schedule) */
   cap: Rate | null
+  /** bytes/s: the sum of the classes' rates */
   rate: Rate
   classes: Record<TrafficClass, { rate: Rate, weight: number, flows: number }>
   peers: Record<string, { rate: Rate, cap: Rate | null }>
