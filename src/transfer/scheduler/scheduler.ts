@@ -745,11 +745,11 @@ export class BandwidthScheduler extends EventEmitter<{ floor: [FloorEvent] }> {
     // the lane's rate is its classes' sum, not a meter of its own: each meter
     // divides by its own age in its first window, so a lane meter started
     // long before a class's first byte would read below that class
-    let rate = 0
+    let total = 0
     for (const cls of TRAFFIC_CLASSES) {
       const node = lane.classes[cls]
       classes[cls] = { rate: node.meter.rate(now), weight: this.config.classWeights[cls], flows: node.flows.size }
-      rate += classes[cls].rate
+      total += classes[cls].rate
     }
     const peers: LaneStats['peers'] = {}
     for (const [peer, meter] of lane.peerMeters) {
@@ -761,7 +761,7 @@ export class BandwidthScheduler extends EventEmitter<{ floor: [FloorEvent] }> {
       peers[peer] = { rate, cap: nullable(lane.peerCap(peer)) }
     }
     for (const [peer, bucket] of lane.peerBuckets) peers[peer] ??= { rate: 0, cap: bucket.limit }
-    return { cap: nullable(lane.cap), rate, classes, peers, waiting: lane.waiting }
+    return { cap: nullable(lane.cap), rate: total, classes, peers, waiting: lane.waiting }
   }
 
   /**
