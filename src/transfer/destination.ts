@@ -207,11 +207,19 @@ export async function openNoFollow (path: string, how: 'existing' | 'create' | '
   let handle: FileHandle
   try {
     handle = await open(path, flags, mode)
-    const wanted = how === 'create' ? userMode(mode) : null
-    if (wanted !== null) await handle.chmod(wanted)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
     throw err
+  }
+  const wanted = how === 'create' ? userMode(mode) : null
+  if (wanted !== null) {
+    try {
+      await handle.chmod(wanted)
+    } catch (err) {
+      // the file was made: its handle is not left open behind the error
+      await handle.close().catch(() => {})
+      throw err
+    }
   }
   // O_CREAT | O_EXCL made it: a new regular file
   if (how === 'create') return handle
