@@ -22,7 +22,7 @@ import { checkSealedSize, chunkId, isId, resealChunkParts, sealedNonce, sealedSi
  * at any moment leaves at worst an unindexed file (overwritten by the next put
  * of that id) and never an indexed chunk with bad bytes. Reads verify the hash
  * again; a chunk damaged on disk is dropped from the index and reported as
- * CHUNK_CORRUPT, so it gets fetched again.
+ * CHUNK_CORRUPT (CHUNK_NOT_FOUND if its file is gone), so it gets fetched again.
  *
  * The store holds ciphertext only and needs no keys: a node can keep chunks
  * for friends without reading them.
@@ -164,8 +164,9 @@ export interface ChunkStore {
   has: (id: string) => Promise<boolean>
   /**
    * The sealed bytes, verified against the id. Throws CHUNK_NOT_FOUND if the
-   * chunk isn't held, CHUNK_CORRUPT (and forgets it) if its file is damaged or
-   * missing, or (held in a file) that file changed or its keys are unknown.
+   * chunk isn't held (or its own file is gone: then it forgets it),
+   * CHUNK_CORRUPT (and forgets it) if its file is damaged, or (held in a
+   * file) that file changed or its keys are unknown.
    */
   get: (id: string) => Promise<Uint8Array>
   /**
@@ -532,8 +533,11 @@ class LevelChunkStore implements ChunkStore {
         this.onDropped?.(id, again.file)
         throw new KithError('CHUNK_CORRUPT', `chunk ${id.slice(0, 12)}… was held in ${again.file.path}, which changed or went away (or its share's key is gone); it was dropped and will be fetched again when needed`)
       }
+      // gone is not found, bytes that are not it are corrupt: a backup host tells its owner which
+      const gone = await lstat(this.path(id)).then(() => false, (err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return true; throw err })
       await rm(this.path(id), { force: true })
-      throw new KithError('CHUNK_CORRUPT', `chunk ${id.slice(0, 12)}… was damaged or missing on disk; it was dropped and will be fetched again when needed. If this repeats, check the disk`)
+      if (gone) throw new KithError('CHUNK_NOT_FOUND', `chunk ${id.slice(0, 12)}… was indexed but its file is gone; it was dropped and will be fetched again when needed. If this repeats, check the disk`)
+      throw new KithError('CHUNK_CORRUPT', `chunk ${id.slice(0, 12)}… was damaged on disk; it was dropped and will be fetched again when needed. If this repeats, check the disk`)
     })
   }
 

@@ -109,6 +109,9 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     expect(of(h1).failures.map((f: any) => f.sealedId)).toContain(idOf(dropped))
     expect(of(h2)).toMatchObject({ ok: false, error: null })
     expect(of(h2).failures.map((f: any) => f.sealedId)).toContain(idOf(corrupted))
+    // h2's store found its copy's bytes wrong and says so; h1 just has no file
+    expect(of(h1).failures.find((f: any) => f.sealedId === idOf(dropped)).why).toBe('missing')
+    expect(of(h2).failures.find((f: any) => f.sealedId === idOf(corrupted)).why).toBe('damaged')
     // both hosts failing and nobody else: nothing can move yet
     expect(report.repair).toMatchObject({ short: placed, placed: 0, lost: 0, reasons: { noOtherHost: placed } })
     // the trail keeps that audit, newest first, as asked for, with the blob each host lost

@@ -140,7 +140,7 @@ describe('chunk store', () => {
     expect(Buffer.from(await store.get(a.id)).equals(a.bytes)).toBe(true)
   })
 
-  it('detects a truncated or missing chunk file', async () => {
+  it('detects a truncated chunk file (corrupt) and a missing one (not found), and drops both', async () => {
     const a = chunk('a')
     const b = chunk('b')
     await store.put(a.id, a.bytes)
@@ -148,7 +148,8 @@ describe('chunk store', () => {
     await truncate(join(chunks, a.id.slice(0, 2), a.id), 500)
     await rm(join(chunks, b.id.slice(0, 2), b.id))
     await expectCodeAsync(store.get(a.id), 'CHUNK_CORRUPT')
-    await expectCodeAsync(store.get(b.id), 'CHUNK_CORRUPT')
+    // a file that is gone is not found, not damaged (a backup host's audit answer tells the two apart)
+    await expectCodeAsync(store.get(b.id), 'CHUNK_NOT_FOUND')
     expect(store.stats()).toEqual({ count: 0, bytes: 0, inFiles: 0 })
   })
 

@@ -40,8 +40,12 @@ export interface AuditFailure {
   id: string
   sealedId: string
   leaf: number
-  /** missing: the host says it has no such blob; wrong: its answer does not lead to the root */
-  why: 'missing' | 'wrong'
+  /**
+   * missing: the host says it has no such blob; damaged: the host says its
+   * copy was damaged (its store checks each blob's hash as it reads it);
+   * wrong: its answer does not lead to the root
+   */
+  why: 'missing' | 'damaged' | 'wrong'
 }
 
 export interface AuditOutcome {
@@ -103,7 +107,7 @@ export async function auditHost (host: BackupClient, index: OwnerIndex, signal?:
   results.forEach((r, i) => {
     const { blob, leaf } = challenges[i]!
     const fail = (why: AuditFailure['why']): void => { failures.push({ id: blob.id, sealedId: blob.sealedId, leaf, why }) }
-    if (r.answer == null) fail('missing')
+    if (r.answer == null) fail(r.damaged === true ? 'damaged' : 'missing')
     else if (!verifyAudit(Buffer.from(blob.root, 'hex'), leaf, leafCount(blob.size, blob.leafSize), r.answer, blob.leafSize)) fail('wrong')
   })
   return { ...base, ok: failures.length === 0, failures, error: null, tookMs: Math.round(performance.now() - started) }

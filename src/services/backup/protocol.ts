@@ -225,6 +225,11 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
           sealed = await readHeld(init, owner, id)
         } catch (err) {
           if (!(err instanceof KithError && err.code === 'BLOB_MISSING')) throw err
+          if (err.cause instanceof KithError && err.cause.code === 'CHUNK_CORRUPT') {
+            // my copy was damaged (and is dropped now): an empty leaf says so (wire.ts)
+            answers.push({ id, leaf, leafBytes: new Uint8Array(0), path: [] })
+            continue
+          }
         }
         if (sealed === null || leaf >= leafCount(sealed.length, leafSize)) {
           answers.push({ id, leaf, missing: true })
@@ -359,7 +364,7 @@ async function readStored (init: BackupHandlerInit, owner: string, id: string): 
   } catch (err) {
     if (!(err instanceof KithError) || (err.code !== 'CHUNK_NOT_FOUND' && err.code !== 'CHUNK_CORRUPT')) throw err
     await init.book.drop(owner, [id])
-    throw new KithError('BLOB_MISSING', `this node lost blob ${id} (${err.code}); place it again`)
+    throw new KithError('BLOB_MISSING', `this node lost blob ${id} (${err.code}); place it again`, { cause: err })
   }
 }
 
@@ -399,7 +404,9 @@ export type PutStatus = 'go' | 'held' | 'full' | 'busy'
 export interface AuditResult {
   id: string
   leaf: number
+  /** null: the host has no such blob, or (damaged) it found its copy damaged */
   answer: AuditAnswer | null
+  damaged?: true
 }
 
 /** One host, as its owner sees it (docs/backup.md, "Wire protocol"). */
@@ -611,7 +618,11 @@ export function backupClient (init: BackupClientInit): BackupClient {
         if (answers.length !== challenges.length || answers.some((a, i) => a.id !== challenges[i]!.id || a.leaf !== challenges[i]!.leaf)) {
           throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} answered other challenges than those asked`)
         }
-        return answers.map(a => ({ id: a.id, leaf: a.leaf, answer: 'missing' in a ? null : { leaf: a.leafBytes, path: a.path } }))
+        return answers.map(a => 'missing' in a
+          ? { id: a.id, leaf: a.leaf, answer: null }
+          : a.leafBytes.length === 0
+            ? { id: a.id, leaf: a.leaf, answer: null, damaged: true }
+            : { id: a.id, leaf: a.leaf, answer: { leaf: a.leafBytes, path: a.path } })
       })
     },
 

@@ -29,6 +29,7 @@ import type { Flow } from '../../transfer/scheduler/index.ts'
  *   owner -> { v:1, op:'remove', ids, counter, sig }      host -> { v, ok, freed, used }
  *   owner -> { v:1, op:'list', after, limit }             host -> { v, ok, ids:[{id,size}], next }
  *   owner -> { v:1, op:'audit', challenges:[{id,leaf,leafSize?}] }  host -> { v, ok, answers:[{id,leaf,leafBytes,path}|{id,leaf,missing:true}] }
+ *                                                        (leafBytes empty, path []: the host found its copy damaged)
  *   owner -> { v:1, op:'put-record', size, counter, sig } host -> { v, ok, go:true }
  *   owner -> body (size bytes)                            host -> { v, ok }
  *   owner -> { v:1, op:'get-record' }                     host -> { v, ok, size, counter }, body
@@ -135,6 +136,7 @@ export const responseSchemas = {
     v,
     ok,
     answers: z.array(z.union([
+      // an empty leaf (no leaf of a blob is empty): the host's copy was damaged; owners before it read that as wrong data
       z.object({ id: hexId, leaf: z.number().int().min(0), leafBytes: z.instanceof(Uint8Array), path: z.array(z.instanceof(Uint8Array)).max(64) }).strict(),
       z.object({ id: hexId, leaf: z.number().int().min(0), missing: z.literal(true) }).strict()
     ])).max(MAX_AUDIT_CHALLENGES)

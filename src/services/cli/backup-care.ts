@@ -20,8 +20,10 @@ type Client = (cmd: Command) => Promise<ApiClient>
 function auditText (a: Pick<AuditOutcome, 'ok' | 'error' | 'challenges' | 'blobs' | 'failures'>): string {
   if (a.error != null) return `no answer: ${a.error.message} [${a.error.code}]`
   if (a.ok) return a.challenges === 0 ? 'answers (nothing placed there yet)' : `passed ${a.challenges} challenges on ${a.blobs} blobs`
-  const missing = a.failures.filter(f => f.why === 'missing').length
-  return `FAILED ${a.failures.length} of ${a.challenges} challenges (${missing} missing, ${a.failures.length - missing} wrong data)`
+  const kinds = ([['missing', 'missing'], ['damaged', 'damaged on the host'], ['wrong', 'wrong data']] as const)
+    .map(([why, text]) => [a.failures.filter(f => f.why === why).length, text] as const)
+    .filter(([n]) => n > 0)
+  return `FAILED ${a.failures.length} of ${a.challenges} challenges (${kinds.map(([n, text]) => `${n} ${text}`).join(', ')})`
 }
 
 /** The blobs an audit found missing or wrong, by sealed id (what `kith backup hosted` on the host shows), a few at most. */

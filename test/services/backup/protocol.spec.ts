@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { rename } from 'node:fs/promises'
+import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import nacl from 'tweetnacl'
@@ -249,26 +249,32 @@ describe('backup protocol', () => {
     expect(after.blobs).toBe(before.blobs)
   })
 
-  it('fails the audit of a host whose disk has two of my blobs swapped, over the wire', async () => {
+  it('fails the audit of a host whose disk has two of my blobs swapped and one gone, over the wire, saying which were damaged', async () => {
     const client = clientOf(bob)
-    const [x, y] = [blob(40_000), blob(40_000)]
+    const [x, y, z] = [blob(40_000), blob(40_000), blob(40_000)]
     const ownerDb = await openDatabase(join(tmp.dir, 'bob-owner-db'))
     const index = LevelOwnerIndex.open(ownerDb)
-    for (const b of [x, y]) {
+    for (const b of [x, y, z]) {
       expect(await client.put(b.id, b.sealed)).toMatchObject({ stored: true })
       const root = Buffer.from(auditRoot(b.sealed, AUDIT_LEAF_SIZE)).toString('hex')
       await index.putBlob(randomBytes(32).toString('hex'), { kind: 'data', sealedId: b.id, size: b.sealed.length, root, auditLeaf: AUDIT_LEAF_SIZE, hosts: [host.peerId] })
     }
     const before = await auditHost(client, index)
-    expect(before).toMatchObject({ ok: true, blobs: 2, failures: [] })
+    expect(before).toMatchObject({ ok: true, blobs: 3, failures: [] })
     // each file now holds the other blob's bytes: the host's store, which checks a chunk's hash as it reads it, can't pass either
     const file = (id: string): string => join(tmp.dir, 'chunks', id.slice(0, 2), id)
     await rename(file(x.id), file(x.id) + '.swap')
     await rename(file(y.id), file(x.id))
     await rename(file(x.id) + '.swap', file(y.id))
+    await rm(file(z.id))
     const after = await auditHost(client, index)
-    expect(after).toMatchObject({ ok: false, blobs: 2, error: null })
-    expect(after.failures.map(f => f.sealedId).sort()).toEqual([x.id, y.id].sort())
+    expect(after).toMatchObject({ ok: false, blobs: 3, error: null })
+    const whys = (outcome: typeof after): string[][] => outcome.failures.map(f => [f.sealedId, f.why]).sort()
+    expect(whys(after)).toEqual([[x.id, 'damaged'], [y.id, 'damaged'], [z.id, 'missing']].sort())
+    // the host dropped its damaged copies as it found them: asked again, they are missing
+    expect(whys(await auditHost(client, index))).toEqual([[x.id, 'missing'], [y.id, 'missing'], [z.id, 'missing']].sort())
+    // an owner from before the damaged answer reads its empty leaf as wrong data: verifyAudit refuses it
+    expect(verifyAudit(auditRoot(x.sealed, AUDIT_LEAF_SIZE), 0, leafCount(x.sealed.length, AUDIT_LEAF_SIZE), { leaf: new Uint8Array(0), path: [] }, AUDIT_LEAF_SIZE)).toBe(false)
     await ownerDb.close()
   })
 
