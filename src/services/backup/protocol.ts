@@ -12,6 +12,7 @@ import { MAX_SEALED_CHUNK_SIZE } from '../../transfer/constants.ts'
 import { chunkId } from '../../transfer/seal.ts'
 import type { BandwidthScheduler, Flow } from '../../transfer/scheduler/index.ts'
 import { LEGACY_AUDIT_LEAF_SIZE, auditProof, leafCount, type AuditAnswer, type AuditLeafSize } from './audit-tree.ts'
+import { BLOB_FORMAT } from './blob.ts'
 import type { HostBook } from './host-book.ts'
 import {
   BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_MANY_BYTES, MAX_RECORD_SIZE, MAX_RECORDS_IN_FLIGHT, MAX_STREAMS_PER_OWNER,
@@ -183,6 +184,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
         await io.send({ ok: true, go: true }, signal)
         const sealed = await readBody(io.frames, size, io.down, signal, 'the owner', io.moved)
         if (chunkId(sealed) !== id) throw new KithError('CHUNK_HASH_MISMATCH', `the bytes sent as blob ${id} are not it; nothing of it was kept`)
+        checkBlobFormat(id, sealed)
         await store.put(id, sealed, { verified: true })
         await book.commit(owner, id)
       } catch (err) {
@@ -268,6 +270,17 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
   }
 }
 
+/**
+ * A host keeps only sealed backup blobs (blob.ts: their first byte is
+ * BLOB_FORMAT). The store is shared with the file service, whose chunk
+ * protocol serves friends granted files the chunks sealed for sharing, known
+ * by their own first byte (seal.ts: SEAL_FORMAT); bytes of any other format
+ * taken in here would let one friend have this node serve them to others.
+ */
+function checkBlobFormat (id: string, sealed: Uint8Array): void {
+  if (sealed[0] !== BLOB_FORMAT) throw new KithError('BLOB_MALFORMED', `the bytes sent as blob ${id.slice(0, 12)}… are not a sealed backup blob (format ${sealed[0] ?? 'none'}, not ${BLOB_FORMAT}); nothing of it was kept`)
+}
+
 /** Sealed bytes a put-many has read and is writing to the store at once (fsyncs overlap). */
 const STORE_AHEAD_BYTES = 8 * 1024 * 1024
 const STORE_AHEAD_BLOBS = 16
@@ -296,6 +309,12 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
         if (chunkId(sealed) !== id) {
           bodies.give(sealed)
           throw new KithError('CHUNK_HASH_MISMATCH', `the bytes sent as blob ${id} are not it; nothing of it was kept`)
+        }
+        try {
+          checkBlobFormat(id, sealed)
+        } catch (err) {
+          bodies.give(sealed)
+          throw err
         }
         while (writing.size > 0 && (writingBytes + size > STORE_AHEAD_BYTES || writing.size >= STORE_AHEAD_BLOBS)) await Promise.race(writing)
         if (failure != null) break

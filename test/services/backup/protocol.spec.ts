@@ -15,12 +15,13 @@ import { transferEngine, type TransferEngine } from '../../../src/services/engin
 import { BackupHost } from '../../../src/services/backup/host.ts'
 import { backupClient, type BackupClient } from '../../../src/services/backup/protocol.ts'
 import { auditHost } from '../../../src/services/backup/audit.ts'
+import { BLOB_FORMAT } from '../../../src/services/backup/blob.ts'
 import { LevelOwnerIndex } from '../../../src/services/backup/owner-index.ts'
 import { AUDIT_LEAF_SIZE, LEGACY_AUDIT_LEAF_SIZE, auditRoot, leafCount, verifyAudit } from '../../../src/services/backup/audit-tree.ts'
 import { BACKUP_PROTOCOL, BODY_SLICE, MAX_HEADER, MAX_MANY_BYTES, MAX_STREAMS_PER_OWNER, signRequest, signedBody } from '../../../src/services/backup/wire.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
 import { askHave, getChunks } from '../../../src/transfer/chunk-protocol.ts'
-import { chunkId } from '../../../src/transfer/seal.ts'
+import { chunkId, SEAL_FORMAT } from '../../../src/transfer/seal.ts'
 import { tempDir } from '../../helpers/chunks.ts'
 import { KithError } from '../../../src/errors.ts'
 
@@ -46,8 +47,10 @@ async function peer (gater = {}): Promise<Peer> {
 
 const codeOf = (err: unknown): string => err instanceof KithError ? err.code : `not a KithError: ${String(err)}`
 
-const blob = (size: number): { id: string, sealed: Buffer } => {
+/** bytes in the form of a sealed backup blob (its format byte first); what follows is random, as ciphertext looks */
+const blob = (size: number, format = BLOB_FORMAT): { id: string, sealed: Buffer } => {
   const sealed = randomBytes(size)
+  sealed[0] = format
   return { id: chunkId(sealed), sealed }
 }
 
@@ -150,6 +153,21 @@ describe('backup protocol', () => {
     await client.putRecord(Buffer.from('record one'))
     await client.putRecord(Buffer.from('record two'))
     expect(Buffer.from((await client.getRecord())!).toString()).toBe('record two')
+  })
+
+  it('keeps only sealed backup blobs: bytes in the form of a shared chunk are refused, by put and put-many, and nothing is kept', async () => {
+    const client = clientOf(alice)
+    const before = await client.usage()
+    // a chunk sealed for sharing (first byte SEAL_FORMAT) would be served by the chunk protocol to friends granted files
+    const shareLike = blob(5000, SEAL_FORMAT)
+    expect(codeOf(await client.put(shareLike.id, shareLike.sealed).catch(e => e))).toBe('BLOB_MALFORMED')
+    expect(codeOf(await client.putMany([blob(300), shareLike]).catch(e => e))).toBe('BLOB_MALFORMED')
+    expect(await client.has([shareLike.id])).toEqual([false])
+    expect(await engine.store.has(shareLike.id)).toBe(false)
+    const items = []
+    for await (const item of getChunks(alice.node, host.node.peerId, [shareLike.id])) items.push(item)
+    expect(items).toEqual([{ id: shareLike.id, missing: true }])
+    expect((await client.usage()).used).toBeLessThanOrEqual(before.used + 300)
   })
 
   it('refuses strangers and friends not granted backup, and shows no owner another\'s blobs or record', async () => {
