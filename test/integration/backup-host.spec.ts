@@ -15,6 +15,7 @@ import { ApiClient } from '../../src/services/api/client.ts'
 import { backupClient, type BackupClient } from '../../src/services/backup/protocol.ts'
 import { BandwidthScheduler } from '../../src/transfer/scheduler/index.ts'
 import { chunkId } from '../../src/transfer/seal.ts'
+import { BLOB_FORMAT } from '../../src/services/backup/blob.ts'
 import { createTestnet, waitFor, type TestNode, type Testnet } from '../helpers/testnet.ts'
 
 /**
@@ -29,6 +30,13 @@ const BLOB = 256 * 1024
 const QUOTA = 3_000_000 // 11 blobs fit, the 12th does not
 
 const codeOf = (err: unknown): string => err instanceof KithError ? err.code : 'other'
+
+/** bytes in the form of a sealed backup blob: its format byte, then what looks like ciphertext (a host takes nothing else) */
+function sealedBlob (size: number): Buffer {
+  const sealed = randomBytes(size)
+  sealed[0] = BLOB_FORMAT
+  return sealed
+}
 
 describe('backup host under kill -9', () => {
   let net: Testnet
@@ -79,7 +87,7 @@ describe('backup host under kill -9', () => {
     let dead = false
     const writer = async (): Promise<void> => {
       while (!dead) {
-        const sealed = randomBytes(BLOB)
+        const sealed = sealedBlob(BLOB)
         try {
           await client.put(chunkId(sealed), sealed)
           stored++
@@ -109,7 +117,7 @@ describe('backup host under kill -9', () => {
     // fill up: writes stop at the quota, exactly
     let refused = 0
     for (let i = 0; i < 12 && refused === 0; i++) {
-      const sealed = randomBytes(BLOB)
+      const sealed = sealedBlob(BLOB)
       await client.put(chunkId(sealed), sealed).catch(err => { expect(codeOf(err)).toBe('QUOTA_EXCEEDED'); refused++ })
     }
     expect(refused).toBe(1)
@@ -120,7 +128,7 @@ describe('backup host under kill -9', () => {
     // quota 0: nothing new, and the CLI says so
     const zero = await host.cli('friend', 'quota', 'owner', '0')
     expect(zero.stdout).toMatch(/no new writes/)
-    const late = randomBytes(100)
+    const late = sealedBlob(100)
     expect(codeOf(await client.put(chunkId(late), late).catch(e => e))).toBe('QUOTA_EXCEEDED')
     const api = await ApiClient.forHome(host.home)
     const bad: unknown = await api.call('PUT', '/v1/friends/owner/quota', { quota: 'lots' }).catch((e: unknown) => e)
