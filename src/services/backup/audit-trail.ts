@@ -40,10 +40,16 @@ export function parseTrailQuery (query: URLSearchParams): TrailQuery {
   if (host != null && (host.length === 0 || host.length > MAX_HOST_LENGTH)) throw bad(`host must be a friend's name or peer id of 1 to ${MAX_HOST_LENGTH} characters`)
   const text = query.get('limit')
   if (text == null) return { host, limit: DEFAULT_TRAIL_LIMIT }
+  const limit = trailLimit(text)
+  if (limit == null) throw bad(`limit must be a whole number from 1 to ${MAX_TRAIL_LIMIT}; got ${JSON.stringify(text.slice(0, 32))}`)
+  return { host, limit }
+}
+
+/** A listing's limit as written (the query's, `kith backup audits --limit`): 1 to MAX_TRAIL_LIMIT, or null. */
+export function trailLimit (text: string): number | null {
   // digits only, and few of them: no "1e3", " 5", "-1", "0x10" or a 400-digit number
   const limit = /^\d{1,7}$/.test(text) ? Number(text) : NaN
-  if (!(limit >= 1 && limit <= MAX_TRAIL_LIMIT)) throw bad(`limit must be a whole number from 1 to ${MAX_TRAIL_LIMIT}; got ${JSON.stringify(text.slice(0, 32))}`)
-  return { host, limit }
+  return limit >= 1 && limit <= MAX_TRAIL_LIMIT ? limit : null
 }
 
 /**

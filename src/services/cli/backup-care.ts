@@ -3,7 +3,7 @@ import { KithError } from '../../errors.ts'
 import type { ApiClient } from '../api/client.ts'
 import type { AuditReport } from '../backup/care.ts'
 import type { AuditOutcome } from '../backup/audit.ts'
-import { DEFAULT_TRAIL_LIMIT, MAX_TRAIL_LIMIT, type TrailItem } from '../backup/audit-trail.ts'
+import { DEFAULT_TRAIL_LIMIT, MAX_TRAIL_LIMIT, trailLimit, type TrailItem } from '../backup/audit-trail.ts'
 import type { Health, LedgerRow } from '../backup/health.ts'
 import type { Schedule } from '../backup/schedule.ts'
 import { resolve } from 'node:path'
@@ -26,7 +26,7 @@ function auditText (a: Pick<AuditOutcome, 'ok' | 'error' | 'challenges' | 'blobs
   return `FAILED ${a.failures.length} of ${a.challenges} challenges (${kinds.map(([n, text]) => `${n} ${text}`).join(', ')})`
 }
 
-/** The blobs an audit found missing or wrong, by sealed id (what `kith backup hosted` on the host shows), a few at most. */
+/** The blobs an audit failed on (missing, damaged, wrong), by sealed id (what `kith backup hosted` on the host shows), a few at most. */
 function failuresText (a: TrailItem): string {
   if (a.failures.length === 0) return '-'
   const shown = a.failures.slice(0, 3).map(f => `${f.sealedId.slice(0, 12)} ${f.why}`)
@@ -61,8 +61,7 @@ export function backupCareCommands (backup: Command, client: Client, print: Prin
     .option('--limit <n>', `how many audits to show (1-${MAX_TRAIL_LIMIT})`, String(DEFAULT_TRAIL_LIMIT))
     .option('--json', 'print as JSON')
     .action(async (name: string | undefined, opts: { limit: string, json?: boolean }, cmd: Command) => {
-      const limit = /^\d{1,4}$/.test(opts.limit) ? Number(opts.limit) : NaN
-      if (!(limit >= 1 && limit <= MAX_TRAIL_LIMIT)) throw new KithError('USAGE', `--limit wants a whole number from 1 to ${MAX_TRAIL_LIMIT}; got ${JSON.stringify(opts.limit)}`)
+      if (trailLimit(opts.limit) == null) throw new KithError('USAGE', `--limit wants a whole number from 1 to ${MAX_TRAIL_LIMIT}; got ${JSON.stringify(opts.limit.slice(0, 32))}`)
       const query = new URLSearchParams({ ...(name != null ? { host: name } : {}), limit: opts.limit })
       const { audits } = await (await client(cmd)).get<{ audits: TrailItem[] }>(`/v1/backup/audits?${query.toString()}`)
       print(opts.json, { audits }, () => table(['WHEN', 'HOST', 'BY', 'TOOK', 'RESULT', 'FAILED BLOBS'], audits.map(a => [
