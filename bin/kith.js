@@ -94,7 +94,7 @@ if (major < 22 || (major === 22 && minor < 18)) {
     // The daemon's memory is tuned (src/services/daemon-heap.ts): heap sizes and
     // malloc's settings can't change once the process runs, so `kith start`
     // replaces itself (same pid) with them.
-    const { DAEMON_ENV, DAEMON_STARTUP_FLAGS, tuneDaemonHeap, holdOptimizingCompilers } = await import(program('services/daemon-heap'))
+    const { DAEMON_ENV, DAEMON_STARTUP_FLAGS, tuneDaemonHeap, holdDuringStart } = await import(program('services/daemon-heap'))
       // a flag already given (by the user, or by the first pass) is left as it is
     const missing = DAEMON_STARTUP_FLAGS.filter(flag => !process.execArgv.some(a => a.split('=')[0] === flag.split('=')[0]))
     if (missing.length > 0 && typeof process.execve === 'function') {
@@ -103,7 +103,7 @@ if (major < 22 || (major === 22 && minor < 18)) {
     }
     tuneDaemonHeap()
     // until the start-up line (src/services/cli/start.ts)
-    holdOptimizingCompilers()
+    holdDuringStart()
   }
   const { main } = await import(program('services/cli/main'))
   process.exitCode = await main(args)

@@ -76,17 +76,17 @@ export function tuneDaemonHeap (): void {
 
 /** V8's flags for its optimizing compilers (Maglev, then TurboFan); a user who set one keeps it */
 const COMPILER_FLAGS = ['maglev', 'turbofan']
-/** The longest the compilers wait for the start-up line: a start that runs long (a big home) gets them back */
-const COMPILERS_HELD_AT_MOST_MS = 10_000
+/** The longest the hold waits for the start-up line: a start that runs long (a big home) gets compilers and growth back */
+const HELD_AT_MOST_MS = 10_000
 /** V8's factor for growing the young generation (its default, 2), and the one held while the daemon starts */
 const YOUNG_GROWTH = 2
 const YOUNG_GROWTH_HELD = 1
-let compilersHeld: NodeJS.Timeout | null = null
+let startHeld: NodeJS.Timeout | null = null
 
 /**
  * Holds V8's optimizing compilers off while the daemon starts, and the young
  * generation at its first size; `kith start` (bin/kith.js) calls this, and
- * the start-up line gives both back (`releaseOptimizingCompilers`).
+ * the start-up line gives both back (`releaseAfterStart`).
  *
  * Compilers: a start runs ~800 modules' top-level code
  * and set-up once each: V8's background threads spent 0.3-0.45 s of CPU
@@ -111,20 +111,20 @@ let compilersHeld: NodeJS.Timeout | null = null
  * bundle 102-103 -> 95 MB, the sources 117-118 -> 108-109 MB; CPU to the
  * start-up line within noise.
  */
-export function holdOptimizingCompilers (): void {
-  if (compilersHeld != null || process.versions.node.split('.')[0] !== '24') return
+export function holdDuringStart (): void {
+  if (startHeld != null || process.versions.node.split('.')[0] !== '24') return
   if (process.execArgv.some(a => /maglev|turbofan|jitless|max-opt|semi-space-growth/.test(a))) return
   for (const flag of COMPILER_FLAGS) setFlagsFromString(`--no-${flag}`)
   setFlagsFromString(`--semi-space-growth-factor=${YOUNG_GROWTH_HELD}`)
-  compilersHeld = setTimeout(releaseOptimizingCompilers, COMPILERS_HELD_AT_MOST_MS)
-  compilersHeld.unref()
+  startHeld = setTimeout(releaseAfterStart, HELD_AT_MOST_MS)
+  startHeld.unref()
 }
 
-/** Gives V8 its optimizing compilers and the young generation's growth back, if `holdOptimizingCompilers` held them. */
-export function releaseOptimizingCompilers (): void {
-  if (compilersHeld == null) return
-  clearTimeout(compilersHeld)
-  compilersHeld = null
+/** Gives V8 its optimizing compilers and the young generation's growth back, if `holdDuringStart` held them. */
+export function releaseAfterStart (): void {
+  if (startHeld == null) return
+  clearTimeout(startHeld)
+  startHeld = null
   for (const flag of COMPILER_FLAGS) setFlagsFromString(`--${flag}`)
   setFlagsFromString(`--semi-space-growth-factor=${YOUNG_GROWTH}`)
 }

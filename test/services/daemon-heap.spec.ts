@@ -84,7 +84,7 @@ describe('releaseMemoryWhenQuiet', () => {
   })
 })
 
-describe('holdOptimizingCompilers', () => {
+describe('holdDuringStart', () => {
   /**
    * In a Node of its own (V8's flags are per process), with V8's natives to
    * read a function's state: a hot function is optimized as usual; held, an
@@ -92,16 +92,16 @@ describe('holdOptimizingCompilers', () => {
    */
   it('keeps V8 from optimizing until released, and optimizing resumes after', async () => {
     const script = `
-      const { holdOptimizingCompilers, releaseOptimizingCompilers } = await import(${JSON.stringify(new URL('../../src/services/daemon-heap.ts', import.meta.url).href)})
+      const { holdDuringStart, releaseAfterStart } = await import(${JSON.stringify(new URL('../../src/services/daemon-heap.ts', import.meta.url).href)})
       const data = new Float64Array(100).fill(1.5)
       const make = () => a => { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * 3; return s }
       const optimized = f => (%GetOptimizationStatus(f) & 16) !== 0
       const run = async (f, calls) => { for (let i = 0; i < calls && !optimized(f); i++) { f(data); if (i % 100 === 0) await new Promise(r => setImmediate(r)) } return optimized(f) }
       const usual = await run(make(), 2000)
-      holdOptimizingCompilers()
+      holdDuringStart()
       const hot = make()
       const held = await run(hot, 2000)
-      releaseOptimizingCompilers()
+      releaseAfterStart()
       console.log(JSON.stringify({ usual, held, released: await run(hot, 2000) }))`
     const { stdout } = await promisify(execFile)(NODE, ['--allow-natives-syntax', '--input-type=module', '-e', script])
     expect(JSON.parse(stdout)).toEqual({ usual: true, held: false, released: true })
@@ -116,15 +116,15 @@ describe('holdOptimizingCompilers', () => {
    */
   it('keeps the young generation at its first size until released', async () => {
     const script = `
-      const { holdOptimizingCompilers, releaseOptimizingCompilers } = await import(${JSON.stringify(new URL('../../src/services/daemon-heap.ts', import.meta.url).href)})
+      const { holdDuringStart, releaseAfterStart } = await import(${JSON.stringify(new URL('../../src/services/daemon-heap.ts', import.meta.url).href)})
       const { getHeapSpaceStatistics } = await import('node:v8')
       const young = () => getHeapSpaceStatistics().find(s => s.space_name === 'new_space').space_size
       const kept = []
       const survive = () => { for (let i = 0; i < 150_000; i++) kept.push({ i, s: 'x' + i }) }
-      holdOptimizingCompilers()
+      holdDuringStart()
       survive()
       const held = young()
-      releaseOptimizingCompilers()
+      releaseAfterStart()
       survive()
       console.log(JSON.stringify({ held, released: young() }))`
     const { stdout } = await promisify(execFile)(NODE, ['--max-semi-space-size=4', '--input-type=module', '-e', script])

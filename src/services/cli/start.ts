@@ -6,7 +6,7 @@ import { Daemon, newToken, writeApiInfo } from '../daemon.ts'
 import { startApiServer } from '../api/server.ts'
 import { routes, type Route } from '../api/routes.ts'
 import { installLastResort } from '../last-resort.ts'
-import { releaseOptimizingCompilers } from '../daemon-heap.ts'
+import { releaseAfterStart } from '../daemon-heap.ts'
 import type { RelayBudget } from '../../peer/node.ts'
 import { terminalText } from './format.ts'
 
@@ -96,7 +96,7 @@ export async function runStart (options: StartOptions): Promise<void> {
   // cache); at exit would be too late for a daemon that is killed
   module.flushCompileCache?.()
   // started: code that runs hot from now on is worth V8's optimizing (daemon-heap.ts)
-  releaseOptimizingCompilers()
+  releaseAfterStart()
 
   const status = daemon.status()
   if (options.json === true) {
