@@ -83,6 +83,9 @@ export async function serve (store: ChunkHandlerInit['store'], init: Omit<ChunkH
 
 export type FaultMode = 'good' | 'corrupt' | 'claims' | 'stall' | 'trickle' | 'mute'
 
+/** How long a source process may take to print its address line. */
+const START_DEADLINE_MS = 45_000
+
 /** A chunk holder in its own process (test/helpers/bad-source.ts). */
 export class SourceProcess {
   readonly mode: FaultMode
@@ -104,7 +107,11 @@ export class SourceProcess {
     const source = new SourceProcess(mode, proc)
     proc.stderr!.on('data', (d: Buffer) => { source.stderr += d.toString() })
     const line = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => { reject(new Error(`${mode} source did not start: ${source.stderr}`)) }, 20_000)
+      // six of them start at once in fetcher.spec: at a load of 20 a start took over 20 s; the hook allows 60
+      const timer = setTimeout(() => {
+        proc.kill('SIGKILL')
+        reject(new Error(`${mode} source did not start in ${START_DEADLINE_MS / 1000} s: ${source.stderr}`))
+      }, START_DEADLINE_MS)
       const lines = createInterface({ input: proc.stdout! })
       lines.once('line', l => {
         clearTimeout(timer)
