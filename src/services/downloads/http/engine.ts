@@ -9,7 +9,7 @@ import { makeDispatcher } from './dispatcher.ts'
 import { HashCursor } from './hash-cursor.ts'
 import { PieceTiming } from './piece-timing.ts'
 import { RangeSet, type Range } from './ranges.ts'
-import { discard, HttpError, isRetryable, networkError, open, OriginChanged, type Opened } from './request.ts'
+import { HttpError, isRetryable, networkError, open, OriginChanged, type Opened } from './request.ts'
 import { backoffMs, wait } from './retry.ts'
 import { bodyReceived } from './scavenge.ts'
 import { Planner, type Segment } from './segments.ts'
@@ -174,7 +174,7 @@ class Attempt {
     let probe = await this.retrying(() => open(this.url, { start: first[0], end: probeEnd, known, total: this.total }, this.dispatcher, this.signal))
     if (probe.status === 206 && probe.total == null && probeEnd != null) {
       // a size not given (`bytes 0-N/*`): nothing to split, so the rest on this one connection, to its end
-      discard(probe.body)
+      probe.body.discard()
       probe = await this.retrying(() => open(this.url, { start: first[0], end: null, known, total: this.total }, this.dispatcher, this.signal))
     }
     this.url = probe.url
@@ -182,7 +182,7 @@ class Attempt {
     this.validators = probe.validators
     this.ctx.progress({ done: this.base, total: probe.total, ...(this.name != null ? { name: this.name } : {}) })
     if (probe.status === 200 && first[0] > 0) {
-      discard(probe.body)
+      probe.body.discard()
       throw new RangesRefused('200 to a range')
     }
     this.total = probe.total
@@ -245,7 +245,7 @@ class Attempt {
           this.planner.release(segment)
           segment = this.planner.next()
         } catch (err) {
-          if (opened != null) discard(opened.body)
+          if (opened != null) opened.body.discard()
           opened = undefined
           await gather.flush()
           if (current.cursor > before) failures = 0
@@ -270,8 +270,8 @@ class Attempt {
   /** Reads a response into its segment, every byte through ctx.take, until the segment (which may shrink meanwhile) is full. */
   private async receive (segment: Segment, opened: Opened, gather: Gatherer): Promise<void> {
     try {
-      for await (const chunk of opened.body as AsyncIterable<Buffer>) {
-        if (segment.cursor >= segment.end) break
+      await opened.body.read(async chunk => {
+        if (segment.cursor >= segment.end) return true
         await this.ctx.take(Math.min(chunk.length, segment.end - segment.cursor), this.signal)
         // another connection may have taken over the tail meanwhile; the bytes are claimed before the
         // write awaits, so a split meanwhile starts past them (a failed write ends the attempt anyway)
@@ -282,8 +282,8 @@ class Attempt {
         await gather.push(at, piece)
         this.received += piece.length
         this.ctx.progress({ done: this.base + this.received, total: this.total })
-        if (segment.cursor >= segment.end) break
-      }
+        return segment.cursor >= segment.end
+      })
     } catch (err) {
       throw err instanceof KithError ? err : networkError(err, this.url, this.signal)
     }

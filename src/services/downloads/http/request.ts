@@ -1,7 +1,8 @@
 import type { IncomingHttpHeaders } from 'node:http'
-import { request, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { KithError, type ErrorCode } from '../../../errors.ts'
 import { MAX_REDIRECTS } from './constants.ts'
+import { Response } from './response.ts'
 import { parseRetryAfter } from './retry.ts'
 import { ifRangeOf, sameVersion, validatorsOf, type Validators } from './validators.ts'
 
@@ -39,7 +40,7 @@ export class OriginChanged extends Error {
 
 export interface Opened {
   status: 200 | 206
-  body: Dispatcher.ResponseData['body']
+  body: Response
   /** offset in the file of the body's first byte */
   start: number
   /** the body's length, when the server said */
@@ -76,15 +77,16 @@ export async function open (url: URL, want: Want, dispatcher: Dispatcher, signal
     headers.range = `bytes=${want.start}-${want.end != null ? want.end - 1 : ''}`
     const ifRange = want.known != null ? ifRangeOf(want.known) : null
     if (ifRange != null) headers['if-range'] = ifRange
-    let res: Dispatcher.ResponseData
+    const res = new Response(signal)
     try {
-      res = await request(at, { method: 'GET', headers, dispatcher, signal })
+      dispatcher.dispatch({ origin: at.origin, path: `${at.pathname}${at.search}`, method: 'GET', headers }, res)
+      await res.head
     } catch (err) {
       throw networkError(err, at, signal)
     }
     const { statusCode: status } = res
     if (status >= 300 && status < 400 && status !== 304) {
-      discard(res.body)
+      res.discard()
       const location = one(res.headers.location)
       if (location == null) throw new HttpError('HTTP_BAD_RESPONSE', `${at.href} answered ${status} without a Location to go to`)
       const next = parseLocation(location, at)
@@ -96,26 +98,26 @@ export async function open (url: URL, want: Want, dispatcher: Dispatcher, signal
     if (status === 200 || status === 206) return read(res, status, at, want)
     // an empty file has no byte 0 to give: some servers say 416 with "bytes */0" where others say 200
     if (status === 416 && want.start === 0 && /\/0$/.test(one(res.headers['content-range']) ?? '')) return read(res, 200, at, want)
-    discard(res.body)
+    res.discard()
     throw statusError(status, res.headers, at, want)
   }
 }
 
-function read (res: Dispatcher.ResponseData, status: 200 | 206, url: URL, want: Want): Opened {
+function read (res: Response, status: 200 | 206, url: URL, want: Want): Opened {
   const validators = validatorsOf(res.headers)
   const length = contentLength(res.headers)
   const name = dispositionName(one(res.headers['content-disposition'])) ?? lastSegment(url)
   const acceptRanges = one(res.headers['accept-ranges'])?.toLowerCase() === 'bytes'
   if (want.known != null && !sameVersion(want.known, validators)) {
-    discard(res.body)
+    res.discard()
     throw new OriginChanged(`${url.href} changed at the origin (ETag or Last-Modified differ)`)
   }
   if (status === 200) {
     if (want.total != null && length != null && length !== want.total) {
-      discard(res.body)
+      res.discard()
       throw new OriginChanged(`${url.href} is now ${length} bytes, not ${want.total}`)
     }
-    return { status, body: res.body, start: 0, length, total: length, validators, ranges: acceptRanges, url, name }
+    return { status, body: res, start: 0, length, total: length, validators, ranges: acceptRanges, url, name }
   }
   const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(one(res.headers['content-range']) ?? '')
   const first = Number(range?.[1])
@@ -123,14 +125,14 @@ function read (res: Dispatcher.ResponseData, status: 200 | 206, url: URL, want: 
   const total = range?.[3] === '*' ? null : Number(range?.[3])
   const wantedLast = want.end != null ? want.end - 1 : (total ?? Infinity) - 1
   if (range == null || first !== want.start || last < first || last > wantedLast || (length != null && length !== last - first + 1)) {
-    discard(res.body)
+    res.discard()
     throw new HttpError('HTTP_BAD_RESPONSE', `${url.href} answered the range ${want.start}- with "${one(res.headers['content-range']) ?? 'no Content-Range'}"; the server's byte ranges can't be trusted`)
   }
   if (want.total != null && total != null && total !== want.total) {
-    discard(res.body)
+    res.discard()
     throw new OriginChanged(`${url.href} is now ${total} bytes, not ${want.total}`)
   }
-  return { status, body: res.body, start: first, length: last - first + 1, total, validators, ranges: true, url, name }
+  return { status, body: res, start: first, length: last - first + 1, total, validators, ranges: true, url, name }
 }
 
 function statusError (status: number, headers: IncomingHttpHeaders, url: URL, want: Want): Error {
