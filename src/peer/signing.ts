@@ -1,5 +1,4 @@
-import { createHash, createPublicKey, verify as cryptoVerify } from 'node:crypto'
-import nacl from 'tweetnacl'
+import { createHash, createPrivateKey, createPublicKey, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto'
 
 /**
  * Domain-separated Ed25519 signatures for kith's signed records.
@@ -8,10 +7,12 @@ import nacl from 'tweetnacl'
  * made for one record type (an invite, an address record, a manifest) can never
  * be replayed as another, whatever the body bytes.
  *
- * Signing uses tweetnacl; verification uses node:crypto (OpenSSL), about a
- * hundred times faster, which matters once many records arrive. Either way a
- * signature whose scalar S is not fully reduced (S >= L, a malleated copy of
- * a valid one, which tweetnacl accepts) is rejected first, as RFC 8032 asks.
+ * Both sides use node:crypto (OpenSSL): Ed25519 signatures are deterministic,
+ * so they are the bytes tweetnacl made for the same key and message, for a
+ * thirtieth of the CPU or less (0.14 ms a signature against 5 ms). A signature
+ * whose scalar S is not fully reduced (S >= L, a malleated copy of a valid
+ * one, which tweetnacl accepts) is rejected before verifying, as RFC 8032
+ * asks.
  */
 
 export const SIGNATURE_LENGTH = 64
@@ -31,8 +32,14 @@ export function signedMessage (domain: SigningDomain, body: Uint8Array): Uint8Ar
   return Buffer.concat([prefix, digest])
 }
 
+/** PKCS#8 DER of an Ed25519 private key, up to its 32-byte seed (RFC 8410) */
+const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
+
+/** Signs with a 64-byte secret key in tweetnacl's layout (seed || public key); the seed alone makes the key. */
 export function sign (domain: SigningDomain, body: Uint8Array, secretKey: Uint8Array): Uint8Array {
-  return nacl.sign.detached(signedMessage(domain, body), secretKey)
+  const key = createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, secretKey.subarray(0, 32)]), format: 'der', type: 'pkcs8' })
+  const signature = cryptoSign(null, signedMessage(domain, body), key)
+  return new Uint8Array(signature)
 }
 
 /** True when S, the second half of the signature, is below the group order. */
