@@ -64,6 +64,45 @@ function checkSizes ({ min, avg, max }: CdcSizes): void {
 }
 
 /**
+ * The first cut in buf[from..to): the end of the first byte after which the
+ * hash, rolled on from `fp` (its value at `from`), has `mask`'s bits zero;
+ * -1 if none. Eight bytes a turn with one test for all eight (a cut is rare),
+ * then the turn that holds one again a byte at a time: the same cuts as one
+ * byte a turn, for about half of that loop's time.
+ */
+function scan (buf: Uint8Array, from: number, to: number, fp: number, gear: Int32Array, mask: number): number {
+  let i = from
+  for (; i + 7 < to; i += 8) {
+    const f1 = (fp << 1) + gear[buf[i]!]! | 0
+    const f2 = (f1 << 1) + gear[buf[i + 1]!]! | 0
+    const f3 = (f2 << 1) + gear[buf[i + 2]!]! | 0
+    const f4 = (f3 << 1) + gear[buf[i + 3]!]! | 0
+    const f5 = (f4 << 1) + gear[buf[i + 4]!]! | 0
+    const f6 = (f5 << 1) + gear[buf[i + 5]!]! | 0
+    const f7 = (f6 << 1) + gear[buf[i + 6]!]! | 0
+    const f8 = (f7 << 1) + gear[buf[i + 7]!]! | 0
+    if ((f1 & mask) === 0 || (f2 & mask) === 0 || (f3 & mask) === 0 || (f4 & mask) === 0 ||
+      (f5 & mask) === 0 || (f6 & mask) === 0 || (f7 & mask) === 0 || (f8 & mask) === 0) break
+    fp = f8
+  }
+  for (; i < to; i++) {
+    fp = (fp << 1) + gear[buf[i]!]! | 0
+    if ((fp & mask) === 0) return i + 1
+  }
+  return -1
+}
+
+/**
+ * The hash at `at` of bytes hashed from `from`: each byte's share is shifted
+ * left once per byte after it, so only the last 32 count.
+ */
+function hashAt (buf: Uint8Array, from: number, at: number, gear: Int32Array): number {
+  let fp = 0
+  for (let i = Math.max(from, at - 32); i < at; i++) fp = (fp << 1) + gear[buf[i]!]! | 0
+  return fp
+}
+
+/**
  * Where the chunk starting at buf[start] ends, looking at buf[start..length):
  * a cut found by the hash, start + `max`, or `length` when the data runs out
  * first (only the end of a stream may then cut there).
@@ -74,32 +113,11 @@ export function findBoundary (buf: Uint8Array, start: number, length: number, ge
   const end = Math.min(length, start + max)
   const normal = Math.min(end, start + avg)
   const bits = Math.log2(avg)
-  const maskS = topMask(bits + 2)
-  const maskL = topMask(bits - 2)
-  let fp = 0
-  let i = start + min
-  // two bytes a turn, each checked: the same cuts as one a turn, for a fifth less of the loop's time
-  for (; i + 1 < normal; i += 2) {
-    fp = (fp << 1) + gear[buf[i]!]! | 0
-    if ((fp & maskS) === 0) return i + 1
-    fp = (fp << 1) + gear[buf[i + 1]!]! | 0
-    if ((fp & maskS) === 0) return i + 2
-  }
-  for (; i < normal; i++) {
-    fp = (fp << 1) + gear[buf[i]!]! | 0
-    if ((fp & maskS) === 0) return i + 1
-  }
-  for (; i + 1 < end; i += 2) {
-    fp = (fp << 1) + gear[buf[i]!]! | 0
-    if ((fp & maskL) === 0) return i + 1
-    fp = (fp << 1) + gear[buf[i + 1]!]! | 0
-    if ((fp & maskL) === 0) return i + 2
-  }
-  for (; i < end; i++) {
-    fp = (fp << 1) + gear[buf[i]!]! | 0
-    if ((fp & maskL) === 0) return i + 1
-  }
-  return end
+  const first = start + min
+  const small = scan(buf, first, normal, 0, gear, topMask(bits + 2))
+  if (small !== -1) return small
+  const large = scan(buf, normal, end, hashAt(buf, first, normal, gear), gear, topMask(bits - 2))
+  return large !== -1 ? large : end
 }
 
 /** Bytes of the window cdcRead cuts in: two maximum chunks, so a refill moves at most one back. */

@@ -44,30 +44,33 @@ describe('keyed FastCDC', () => {
     expect(views.every(v => v.buffer === data.buffer)).toBe(true)
   })
 
-  it('cuts where the gear hash taken one byte at a time cuts (the loop takes two a turn; cut positions are a stored format)', () => {
-    const sizes = { min: 64, avg: 256, max: 1024 }
+  it('cuts where the gear hash taken one byte at a time cuts (the loop takes eight a turn; cut positions are a stored format)', () => {
     /** the definition: FastCDC's loop, one byte a turn */
-    const reference = (buf: Uint8Array, start: number): number => {
+    const reference = (buf: Uint8Array, start: number, sizes: CdcSizes): number => {
       if (buf.length - start <= sizes.min) return buf.length
       const end = Math.min(buf.length, start + sizes.max)
+      const bits = Math.log2(sizes.avg)
       let fp = 0
       for (let i = start + sizes.min; i < end; i++) {
         fp = (fp << 1) + gearA[buf[i]!]! | 0
-        const mask = i < start + sizes.avg ? (0xffffffff << (32 - 10)) | 0 : (0xffffffff << (32 - 6)) | 0
+        const mask = i < start + sizes.avg ? (0xffffffff << (32 - bits - 2)) | 0 : (0xffffffff << (32 - bits + 2)) | 0
         if ((fp & mask) === 0) return i + 1
       }
       return end
     }
     const small = data.subarray(0, 512 * 1024)
-    let cuts = 0
-    for (let start = 0; start < small.length; cuts++) {
-      // every start, odd and even, and every end: each length of the unrolled loop's tails is met
-      const length = small.length - (cuts % 3)
-      const expected = reference(small.subarray(0, length), start)
-      expect(findBoundary(small, start, length, gearA, sizes)).toBe(expected)
-      start = expected
+    // the second: fewer than 32 bytes (the hash's reach) between min and avg, so the large part rolls on from a hash of fewer
+    for (const sizes of [{ min: 64, avg: 256, max: 1024 }, { min: 250, avg: 256, max: 1024 }]) {
+      let cuts = 0
+      for (let start = 0; start < small.length; cuts++) {
+        // every start, and ends cut short by 0 to 8 bytes: each length of the unrolled loop's tails is met
+        const length = small.length - (cuts % 9)
+        const expected = reference(small.subarray(0, length), start, sizes)
+        expect(findBoundary(small, start, length, gearA, sizes)).toBe(expected)
+        start = expected
+      }
+      expect(cuts).toBeGreaterThan(1000)
     }
-    expect(cuts).toBeGreaterThan(1000)
   })
 
   it('refuses a window smaller than two maximum chunks', async () => {
