@@ -1,3 +1,4 @@
+import { write } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { KithError } from '../../../errors.ts'
 import { CACHE_BUDGET, MAX_BLOCK, MIN_BLOCK } from './constants.ts'
@@ -81,7 +82,7 @@ export class WriteCache {
     let at = 0
     // a write may be short (rarely, on regular files): go on from where it stopped
     while (at < data.length) {
-      const { bytesWritten } = await this.fh.write(data, at, data.length - at, offset + at).catch((err: unknown) => { throw fsError(err, 'the partial file') })
+      const bytesWritten = await writeAt(this.fh.fd, data, at, offset + at).catch((err: unknown) => { throw fsError(err, 'the partial file') })
       if (bytesWritten === 0) throw new Error('write wrote nothing')
       at += bytesWritten
     }
@@ -133,6 +134,19 @@ export class Gatherer {
     // a failed write surfaces at the next send or flush
     this.writing.catch(() => {})
   }
+}
+
+/**
+ * One positioned write of `data` from `from` on, through fs.write's callback
+ * on the handle's descriptor (the handle stays open until every write is
+ * done: the engine closes it after the gatherers' flushes). FileHandle.write
+ * costs the main thread twice as much per call: 1 GiB to tmpfs in 256 KiB
+ * writes, two at a time, 0.19-0.21 CPU ms/MB against 0.09-0.11.
+ */
+async function writeAt (fd: number, data: Buffer, from: number, position: number): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    write(fd, data, from, data.length - from, position, (err, written) => { if (err != null) reject(err); else resolve(written) })
+  })
 }
 
 /** A file system error met while writing as a KithError where it has one (a full disk, a link in the way). */
