@@ -111,6 +111,19 @@ describe('sign and verify', () => {
     expect(nacl.sign.detached.verify(body, signature, alice.publicKey)).toBe(false)
   })
 
+  it('makes the bytes tweetnacl makes for the same key and message', () => {
+    // signing moved from tweetnacl to node:crypto (95fb3bb): records signed before and after must not differ
+    for (const seedByte of [1, 2, 0x7f, 0xff]) {
+      const keys = keyPair(seedByte)
+      for (const domain of DOMAINS) {
+        for (const message of [new Uint8Array(0), body, new Uint8Array(4096).fill(seedByte)]) {
+          expect(Buffer.from(sign(domain, message, keys.secretKey)))
+            .toEqual(Buffer.from(nacl.sign.detached(signedMessage(domain, message), keys.secretKey)))
+        }
+      }
+    }
+  })
+
   it('fails in any other domain', () => {
     for (const signedIn of DOMAINS) {
       const signature = sign(signedIn, body, alice.secretKey)
