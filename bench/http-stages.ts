@@ -1,7 +1,8 @@
 import { open as openFile } from 'node:fs/promises'
-import { Agent, request } from 'undici'
+import { Agent } from 'undici'
 import { tuneDaemonHeap } from '../src/services/daemon-heap.ts'
 import { HashCursor } from '../src/services/downloads/http/hash-cursor.ts'
+import { Response } from '../src/services/downloads/http/response.ts'
 import { bodyReceived } from '../src/services/downloads/http/scavenge.ts'
 import { WriteCache } from '../src/services/downloads/http/write-cache.ts'
 import { BandwidthScheduler } from '../src/transfer/scheduler/index.ts'
@@ -13,7 +14,8 @@ import { cpuMs, ownPeakRss } from './lib.ts'
  * daemon (its heap flags and malloc setting), on CONNECTIONS connections
  * that each fetch an equal range of the SIZE-byte file at URL:
  *
- *   drain  undici's request() per connection, the bodies read and dropped
+ *   drain  one undici request per connection, its body read as the engine
+ *          reads it (src/services/downloads/http/response.ts) and dropped
  *          (with the engine's scavenges, src/services/downloads/http/scavenge.ts)
  *   take   + every chunk asked of a bandwidth scheduler flow (class public, no cap)
  *   write  + the engine's write-back cache: blocks written to OUT with
@@ -50,15 +52,18 @@ let bytes = 0
 await Promise.all(Array.from({ length: connections }, async (_, i) => {
   const start = Math.floor(size * i / connections)
   const end = Math.floor(size * (i + 1) / connections)
-  const res = await request(url, { dispatcher, headers: { range: `bytes=${start}-${end - 1}` } })
+  const res = new Response(new AbortController().signal)
+  dispatcher.dispatch({ origin: url.origin, path: url.pathname, method: 'GET', headers: { range: `bytes=${start}-${end - 1}` } }, res)
+  await res.head
   const gather = cache?.gatherer()
   let at = start
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+  await res.read(async chunk => {
     bodyReceived(chunk.length)
     if (mode !== 'drain') await flow.take(chunk.length)
     if (gather != null) await gather.push(at, chunk)
     at += chunk.length
-  }
+    return false
+  })
   await gather?.flush()
   bytes += at - start
 }))
