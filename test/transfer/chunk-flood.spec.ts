@@ -8,7 +8,7 @@ import { MAX_INBOUND_CHUNK_STREAMS } from '../../src/services/engine/constants.t
 import { learn, makeChunks, openStore, startNode, tempDir, until, type Chunk, type TempStore } from '../helpers/chunks.ts'
 
 /**
- * One friend opening a thousand chunk streams, each a GET it then never
+ * One friend opening hundreds of chunk streams, each a GET it then never
  * reads: the holder, with the daemon's limits (MAX_INBOUND_CHUNK_STREAMS per
  * connection, MAX_GETS_PER_PEER), serves that friend a few GETs at a time,
  * keeps its memory bounded, and another friend's fetch goes through
@@ -16,7 +16,10 @@ import { learn, makeChunks, openStore, startNode, tempDir, until, type Chunk, ty
  */
 const CHUNK = 256 * 1024
 const COUNT = 64
-const FLOOD = 1000
+// 16 times the streams one connection may hold open: the held ones fill it, and libp2p resets nearly every other
+// as it opens (16-26 opened, the rest refused). A thousand, as this test once opened, checked the same for 1.3 s
+// more CPU (3.4 s against 2.0, load 11). A multiple of 4 (the waves below)
+const FLOOD = 256
 
 describe('a flood of chunk streams from one friend', () => {
   let tmp: Awaited<ReturnType<typeof tempDir>>
@@ -63,7 +66,7 @@ describe('a flood of chunk streams from one friend', () => {
     const held: Stream[] = []
     let opened = 0
     let refused = 0
-    // a thousand GETs, a few at a time (a burst is all reset by libp2p's per-connection count), each read by
+    // the GETs, a few at a time (a burst is all reset by libp2p's per-connection count), each read by
     // nobody: its stream is paused, so the holder's sends stall and the GET holds its slot
     const flood = (async () => {
       for (let wave = 0; wave < FLOOD / 4; wave++) {
