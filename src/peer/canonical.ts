@@ -38,37 +38,56 @@ export function encodeCanonical (value: unknown): Uint8Array {
  * first), so that the list ends the map.
  */
 export function encodeCanonicalList (fields: Record<string, unknown>, listKey: string, items: Iterable<unknown>): Uint8Array {
-  const keyBytes = Buffer.byteLength(listKey)
-  for (const key of Object.keys(fields)) {
-    const length = Buffer.byteLength(key)
-    if (key === listKey || length > keyBytes || (length === keyBytes && Buffer.compare(Buffer.from(key), Buffer.from(listKey)) > 0)) {
-      throw new Error(`${listKey} must be the last key of the map`)
-    }
-  }
-  const head = encode({ ...fields, [listKey]: [] })
-  const parts: Uint8Array[] = [head.subarray(0, head.length - 1)]
-  // items' encodings joined a run at a time: a buffer per item, for a list of 100,000, would
-  // all live until the end (and so be promoted and wait for a full collection)
-  let run: Uint8Array[] = []
-  let runBytes = 0
-  let count = 0
-  for (const item of items) {
-    const encoded = encode(item)
-    run.push(encoded)
-    runBytes += encoded.length
-    count++
-    if (runBytes >= LIST_RUN_BYTES) {
-      parts.push(Buffer.concat(run, runBytes))
-      run = []
-      runBytes = 0
-    }
-  }
-  parts.push(Buffer.concat(run, runBytes))
-  parts.splice(1, 0, arrayHeader(count))
-  return Buffer.concat(parts)
+  const list = new CanonicalListWriter()
+  for (const item of items) list.add(item)
+  return list.finish(fields, listKey)
 }
 
-/** Bytes of item encodings `encodeCanonicalList` joins into one buffer at a time. */
+/**
+ * `encodeCanonicalList` for items that come one at a time, with the map's
+ * other fields given at the end (a manifest's Merkle root is known once its
+ * last entry is): what is held meanwhile is the items' encodings, joined a
+ * run at a time, not the items.
+ */
+export class CanonicalListWriter {
+  private readonly parts: Uint8Array[] = []
+  // a buffer per item, for a list of 100,000, would all live until the end
+  // (and so be promoted and wait for a full collection)
+  private run: Uint8Array[] = []
+  private runBytes = 0
+  private count = 0
+
+  add (item: unknown): void {
+    const encoded = encode(item)
+    this.run.push(encoded)
+    this.runBytes += encoded.length
+    this.count++
+    if (this.runBytes >= LIST_RUN_BYTES) this.endRun()
+  }
+
+  /** The map's bytes: `fields`, then the items under `listKey`, which must sort after every field's key. */
+  finish (fields: Record<string, unknown>, listKey: string): Uint8Array {
+    const keyBytes = Buffer.byteLength(listKey)
+    for (const key of Object.keys(fields)) {
+      const length = Buffer.byteLength(key)
+      if (key === listKey || length > keyBytes || (length === keyBytes && Buffer.compare(Buffer.from(key), Buffer.from(listKey)) > 0)) {
+        throw new Error(`${listKey} must be the last key of the map`)
+      }
+    }
+    this.endRun()
+    const head = encode({ ...fields, [listKey]: [] })
+    return Buffer.concat([head.subarray(0, head.length - 1), arrayHeader(this.count), ...this.parts])
+  }
+
+  private endRun (): void {
+    if (this.runBytes === 0) return
+    this.parts.push(Buffer.concat(this.run, this.runBytes))
+    this.run = []
+    this.runBytes = 0
+  }
+}
+
+/** Bytes of item encodings `CanonicalListWriter` joins into one buffer at a time. */
 const LIST_RUN_BYTES = 256 * 1024
 
 /** The canonical CBOR header of an array of `count` items (major type 4, shortest length). */

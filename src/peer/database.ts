@@ -63,6 +63,11 @@ export function sublevel<V> (db: Database, name: string): Sublevel<V> {
   return db.sublevel<string, V>(name, { valueEncoding: 'json' }) as unknown as Sublevel<V>
 }
 
+/** A sublevel whose values are bytes as they are (Uint8Array): for a record that is bytes already, such as a signed manifest, with no JSON or base64 around it. */
+export function bytesSublevel (db: Database, name: string): Sublevel<Uint8Array> {
+  return db.sublevel<string, Uint8Array>(name, { valueEncoding: 'view' }) as unknown as Sublevel<Uint8Array>
+}
+
 /** `get` that returns undefined for a missing key (level 10 already does; this keeps callers typed). */
 export async function getOrUndefined<V> (level: Sublevel<V>, key: string): Promise<V | undefined> {
   return await level.get(key) ?? undefined

@@ -79,6 +79,14 @@ export interface ChunkSourceInit extends AbortOptions {
   store: ChunkSink
   /** @default CHUNK_SIZE (1 MiB) */
   chunkSize?: number
+  /**
+   * Takes each entry as soon as it is made, in manifest order, instead of
+   * the result's `entries` (then empty): a ManifestWriter, so that a share
+   * of many files holds their encodings rather than an object per file. A
+   * packed file's `chunks` is empty there: its pack's id is in the result's
+   * `packs`, at its `pack.index`.
+   */
+  entries?: { add: (entry: ManifestEntry) => void }
 }
 
 export interface SkippedEntry {
@@ -87,7 +95,7 @@ export interface SkippedEntry {
 }
 
 export interface ChunkResult {
-  /** Sorted, ready for `createManifest`. */
+  /** Sorted, ready for `createManifest`; empty when `init.entries` took them. */
   entries: ManifestEntry[]
   /** The packs' ids, by `pack.index` of the entries packed into them. */
   packs: string[]
@@ -97,10 +105,10 @@ export interface ChunkResult {
   skipped: SkippedEntry[]
 }
 
+/** A file or folder the walk found: its absolute path is made again when it is read, not held for every file of a share. */
 interface Planned {
   path: string
-  /** Absolute path on disk; absent for folders. */
-  source?: string
+  folder: boolean
   size: number
   executable: boolean
   mtimeMs: number
@@ -155,13 +163,13 @@ async function plan (root: string, skipped: SkippedEntry[], chunkSize: number, o
         throw unreadable(path, err)
       }
       if (info.isDirectory()) {
-        planned.push({ path, size: 0, executable: false, mtimeMs: info.mtimeMs })
+        planned.push({ path, folder: true, size: 0, executable: false, mtimeMs: info.mtimeMs })
         pending.push(path)
       } else if (info.isFile()) {
         if (info.size > MAX_FILE_SIZE) throw tooMany(`a file of ${info.size} bytes (${path}), more than ${MAX_FILE_SIZE}`)
         chunks += chunkCount(info.size, chunkSize)
         if (chunks > MAX_CHUNKS) throw tooMany(`more than ${MAX_CHUNKS} chunks of ${chunkSize} bytes`)
-        planned.push({ path, source: full, size: info.size, executable: (info.mode & 0o111) !== 0, mtimeMs: info.mtimeMs })
+        planned.push({ path, folder: false, size: info.size, executable: (info.mode & 0o111) !== 0, mtimeMs: info.mtimeMs })
       } else {
         skipped.push({ path, reason: info.isSymbolicLink() ? 'a symbolic link; links are not followed' : 'not a regular file or folder' })
       }
@@ -217,9 +225,9 @@ function sealStage (keys: SealKeys, fileHash: string, whole: Hash) {
 }
 
 /** Opens a file of the walk; inside a folder, a file swapped for a link since the walk is refused, not followed. */
-async function openPlanned (item: Planned, followLinks: boolean): Promise<FileHandle> {
+async function openPlanned (item: Planned, source: string, followLinks: boolean): Promise<FileHandle> {
   try {
-    return await open(item.source!, followLinks ? constants.O_RDONLY : constants.O_RDONLY | constants.O_NOFOLLOW)
+    return await open(source, followLinks ? constants.O_RDONLY : constants.O_RDONLY | constants.O_NOFOLLOW)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw changed(item.path, 'it became a link')
     throw unreadable(item.path, err)
@@ -232,8 +240,8 @@ async function checkUnchanged (handle: FileHandle, item: Planned): Promise<void>
   if (!now.isFile() || now.size !== item.size || now.mtimeMs !== item.mtimeMs) throw changed(item.path, 'it was modified')
 }
 
-async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: number, followLinks: boolean): Promise<ManifestFile> {
-  const handle = await openPlanned(item, followLinks)
+async function chunkFile (item: Planned, source: string, init: ChunkSourceInit, chunkSize: number, followLinks: boolean): Promise<ManifestFile> {
+  const handle = await openPlanned(item, source, followLinks)
   try {
     // Both passes read through this one handle, so a file replaced by rename
     // in between is not mixed in; writes in place are caught by the checks.
@@ -248,9 +256,9 @@ async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: numbe
       // one buffer for every chunk: each is sealed (into new buffers) before the next is read
       readChunks(handle, item.path, item.size, chunkSize, init, true),
       sealStage(init.keys, sha256, again),
-      async (source) => {
-        for await (const { id, sealed, position } of source) {
-          await init.store.put(id, sealed, { path: item.source!, offset: position.index * chunkSize, position, seen: { size: item.size, mtimeMs: item.mtimeMs } })
+      async (sealedChunks) => {
+        for await (const { id, sealed, position } of sealedChunks) {
+          await init.store.put(id, sealed, { path: source, offset: position.index * chunkSize, position, seen: { size: item.size, mtimeMs: item.mtimeMs } })
           chunks.push(id)
         }
       }
@@ -263,32 +271,41 @@ async function chunkFile (item: Planned, init: ChunkSourceInit, chunkSize: numbe
   }
 }
 
-/** Reads a small file whole, once, checking it did not change meanwhile. */
-async function readSmall (item: Planned, followLinks: boolean): Promise<Buffer> {
-  const handle = await openPlanned(item, followLinks)
+/**
+ * Reads a small file whole, once, into `into` at `at` (which has room for one
+ * byte more: a file grown since is seen), checking it did not change
+ * meanwhile; returns the view of its bytes there.
+ */
+async function readSmallInto (item: Planned, source: string, followLinks: boolean, into: Buffer, at: number): Promise<Buffer> {
+  const handle = await openPlanned(item, source, followLinks)
   try {
     await checkUnchanged(handle, item)
-    // one byte more than expected: a file grown since is seen here
-    const bytes = Buffer.allocUnsafe(item.size + 1)
-    let filled = 0
+    const end = at + item.size + 1
+    let filled = at
     for (;;) {
-      const { bytesRead } = await handle.read(bytes, filled, bytes.length - filled, filled)
+      const { bytesRead } = await handle.read(into, filled, end - filled, filled - at)
       if (bytesRead === 0) break
       filled += bytesRead
-      if (filled > item.size) throw changed(item.path, 'it got longer')
+      if (filled - at > item.size) throw changed(item.path, 'it got longer')
     }
-    if (filled < item.size) throw changed(item.path, 'it got shorter')
+    if (filled - at < item.size) throw changed(item.path, 'it got shorter')
     await checkUnchanged(handle, item)
-    return bytes.subarray(0, item.size)
+    return into.subarray(at, at + item.size)
   } finally {
     await handle.close()
   }
 }
 
-/** Small files gathered into one chunk, sealed and stored once full (see the module doc). */
+/**
+ * Small files gathered into one chunk, sealed and stored once full (see the
+ * module doc). Each file is read straight into the pack's one buffer, so a
+ * share of many small files makes no buffer per file (100,000 of 4 KiB went
+ * through glibc's heap one by one, each freed only when V8 collected it).
+ */
 class Packer {
   readonly ids: string[] = []
-  private pieces: Buffer[] = []
+  /** the pack being filled, and a byte more for the read that catches a file grown since the walk */
+  private readonly buffer: Buffer
   private hashes: Buffer[] = []
   private bytes = 0
   private readonly init: ChunkSourceInit
@@ -299,27 +316,29 @@ class Packer {
     this.init = init
     this.chunkSize = chunkSize
     this.putPack = putPack
+    this.buffer = Buffer.allocUnsafe(chunkSize + 1)
   }
 
-  /** Adds a file's bytes; returns its pack's index and its offset there. */
-  async add (plaintext: Buffer, sha256: Buffer): Promise<{ index: number, offset: number }> {
-    if (this.bytes + plaintext.length > this.chunkSize) await this.flush()
+  /** Reads a small file into the pack; returns its sha256, its pack's index and its offset there. */
+  async add (item: Planned, source: string, followLinks: boolean): Promise<{ sha256: Buffer, pack: { index: number, offset: number } }> {
+    if (this.bytes + item.size > this.chunkSize) await this.flush()
     const offset = this.bytes
-    this.pieces.push(plaintext)
+    const plaintext = await readSmallInto(item, source, followLinks, this.buffer, offset)
+    const sha256 = createHash('sha256').update(plaintext).digest()
     this.hashes.push(sha256)
-    this.bytes += plaintext.length
-    return { index: this.ids.length, offset }
+    this.bytes += item.size
+    return { sha256, pack: { index: this.ids.length, offset } }
   }
 
   /** Seals and stores the pack being filled, if any. */
   async flush (): Promise<void> {
-    if (this.pieces.length === 0) return
+    if (this.hashes.length === 0) return
     const position = { shareId: this.init.keys.shareId, fileHash: packHash(this.hashes), index: 0 }
-    const sealed = sealChunkParts(this.init.keys, position, Buffer.concat(this.pieces, this.bytes))
+    // sealed into new buffers: the pack's buffer is free for the next pack once this returns
+    const sealed = sealChunkParts(this.init.keys, position, this.buffer.subarray(0, this.bytes))
     const id = chunkId(sealed)
     await this.putPack(id, sealed)
     this.ids.push(id)
-    this.pieces = []
     this.hashes = []
     this.bytes = 0
   }
@@ -355,17 +374,18 @@ export async function chunkSource (source: string, init: ChunkSourceInit): Promi
     if (info.size > MAX_FILE_SIZE || chunkCount(info.size, chunkSize) > MAX_CHUNKS) {
       throw tooMany(`a file of ${info.size} bytes, more than ${Math.min(MAX_FILE_SIZE, MAX_CHUNKS * chunkSize)}`)
     }
-    planned = [{ path, source: real, size: info.size, executable: (info.mode & 0o111) !== 0, mtimeMs: info.mtimeMs }]
+    planned = [{ path, folder: false, size: info.size, executable: (info.mode & 0o111) !== 0, mtimeMs: info.mtimeMs }]
     followLinks = true
   } else {
     throw new KithError('SOURCE_UNREADABLE', `${JSON.stringify(source)} is neither a file nor a folder`)
   }
 
   const entries: ManifestEntry[] = []
+  const add = init.entries !== undefined ? (entry: ManifestEntry) => { init.entries!.add(entry) } : (entry: ManifestEntry) => { entries.push(entry) }
   let chunkTotal = 0
   let totalSize = 0
   const packer = init.store.putPack !== undefined ? new Packer(init, chunkSize, init.store.putPack) : undefined
-  /** packed entries whose pack is not stored yet: their `chunks` are filled in once it is */
+  /** packed entries (when kept here) whose pack is not stored yet: their `chunks` are filled in once it is */
   let waiting: ManifestFile[] = []
   const packed = (): void => {
     for (const entry of waiting) entry.chunks = [packer!.ids[entry.pack!.index]!]
@@ -373,25 +393,25 @@ export async function chunkSource (source: string, init: ChunkSourceInit): Promi
   }
   for (const item of planned) {
     init.signal?.throwIfAborted()
-    if (item.source === undefined) {
-      entries.push({ type: 'dir', path: item.path })
+    if (item.folder) {
+      add({ type: 'dir', path: item.path })
       continue
     }
+    // a lone file is the source itself, links resolved (its name in the share may be a link's)
+    const source = followLinks ? real : join(real, item.path)
     totalSize += item.size
     if (packer !== undefined && item.size > 0 && item.size <= Math.min(PACKED_FILE_MAX, chunkSize)) {
-      const plaintext = await readSmall(item, followLinks)
-      const sha256 = createHash('sha256').update(plaintext).digest()
       const before = packer.ids.length
-      const pack = await packer.add(plaintext, sha256)
+      const { sha256, pack } = await packer.add(item, source, followLinks)
       if (packer.ids.length > before) packed()
       const entry: ManifestFile = { type: 'file', path: item.path, size: item.size, executable: item.executable, sha256: sha256.toString('hex'), chunks: [], pack }
-      waiting.push(entry)
-      entries.push(entry)
+      if (init.entries === undefined) waiting.push(entry)
+      add(entry)
       continue
     }
-    const entry = await chunkFile(item, init, chunkSize, followLinks)
+    const entry = await chunkFile(item, source, init, chunkSize, followLinks)
     chunkTotal += entry.chunks.length
-    entries.push(entry)
+    add(entry)
   }
   if (packer !== undefined) {
     await packer.flush()

@@ -1,6 +1,6 @@
 import { createHash, type Hash } from 'node:crypto'
 import { KithError } from '../errors.ts'
-import { decodeCanonical, decodeCanonicalList, encodeCanonical, encodeCanonicalList } from '../peer/canonical.ts'
+import { CanonicalListWriter, decodeCanonical, decodeCanonicalList, encodeCanonical } from '../peer/canonical.ts'
 import { PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, sign, verify } from '../peer/signing.ts'
 import { isSafeText } from '../peer/text.ts'
 import {
@@ -309,30 +309,89 @@ function toWire (entry: ManifestEntry): WireFile | WirePacked | WireDir {
  * always one `decodeManifest` accepts; errors carry the same codes.
  */
 export function createManifest (init: CreateManifestInit): { manifest: Manifest, bytes: Uint8Array } {
-  if (!isId(init.shareId)) throw new KithError('BAD_REQUEST', 'a share id must be 64 lowercase hex characters')
-  try {
-    checkShareName(init.name)
-  } catch (err) {
-    throw new KithError('BAD_REQUEST', `a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control, format or line-separator characters`, { cause: err })
-  }
-  const packs = init.packs ?? []
-  if (!packs.every(isId)) throw new KithError('BAD_REQUEST', 'a pack id must be 64 lowercase hex characters')
-  const unpacked = init.entries.flatMap(e => e.type === 'file' && e.pack === undefined ? e.chunks : [])
-  const packBytes = Buffer.from(packs.join(''), 'hex')
-  const body: Omit<WireBody, 'entries'> = {
-    v: MANIFEST_FORMAT,
-    share: Buffer.from(init.shareId, 'hex'),
-    ver: init.version,
-    name: init.name,
-    at: init.created ?? Date.now(),
-    cs: init.chunkSize,
-    packs: packBytes,
-    root: merkleRoot(Buffer.concat([Buffer.from(unpacked.join(''), 'hex'), packBytes]))
-  }
-  // entry by entry, as it is decoded: a share of many files needs no encoder state for all of them at once
-  const bodyBytes = encodeCanonicalList(body, 'entries', (function * () { for (const entry of init.entries) yield toWire(entry) })())
-  const bytes = encodeCanonical({ body: bodyBytes, pub: init.publicKey, sig: sign('manifest/1', bodyBytes, init.secretKey) })
+  const writer = new ManifestWriter(init)
+  for (const entry of init.entries) writer.add(entry)
+  const bytes = writer.finish({ ...init, packs: init.packs ?? [] })
   return { manifest: decodeManifest(bytes, { owner: init.publicKey }), bytes }
+}
+
+export interface ManifestHead {
+  shareId: string
+  version: number
+  name: string
+  /** @default now */
+  created?: number
+  chunkSize: number
+}
+
+/**
+ * A manifest written entry by entry, in manifest order, as a share reads its
+ * files: what it holds meanwhile is the entries' encodings (about 70 bytes
+ * for a small file) and the unpacked files' chunk ids, not an object per
+ * file. `finish` signs it; `summarizeManifest` checks what it made.
+ */
+export class ManifestWriter {
+  private readonly head: ManifestHead
+  private readonly list = new CanonicalListWriter()
+  /** unpacked files' chunk ids, in entry order */
+  private readonly ids: Uint8Array[] = []
+
+  constructor (head: ManifestHead) {
+    if (!isId(head.shareId)) throw new KithError('BAD_REQUEST', 'a share id must be 64 lowercase hex characters')
+    try {
+      checkShareName(head.name)
+    } catch (err) {
+      throw new KithError('BAD_REQUEST', `a share name is 1 to ${MAX_SHARE_NAME_LENGTH} bytes of text without control, format or line-separator characters`, { cause: err })
+    }
+    this.head = head
+  }
+
+  /** The next entry: after the one before in `comparePaths` order; a file's chunks sealed at its `sha256`, a packed file's `pack` placed. */
+  add (entry: ManifestEntry): void {
+    const wire = toWire(entry)
+    if ('c' in wire) this.ids.push(wire.c)
+    this.list.add(wire)
+  }
+
+  /** Signs the manifest: its packs' ids by `PackPlace.index`, each sealed at `packHash` of its files. */
+  finish (init: { secretKey: Uint8Array, publicKey: Uint8Array, packs: string[] }): Uint8Array {
+    if (!init.packs.every(isId)) throw new KithError('BAD_REQUEST', 'a pack id must be 64 lowercase hex characters')
+    const packBytes = Buffer.from(init.packs.join(''), 'hex')
+    const body: Omit<WireBody, 'entries'> = {
+      v: MANIFEST_FORMAT,
+      share: Buffer.from(this.head.shareId, 'hex'),
+      ver: this.head.version,
+      name: this.head.name,
+      at: this.head.created ?? Date.now(),
+      cs: this.head.chunkSize,
+      packs: packBytes,
+      root: merkleRoot(Buffer.concat([...this.ids, packBytes]))
+    }
+    const bodyBytes = this.list.finish(body, 'entries')
+    return encodeCanonical({ body: bodyBytes, pub: init.publicKey, sig: sign('manifest/1', bodyBytes, init.secretKey) })
+  }
+}
+
+/** What a manifest holds, without its entries: what a share's record and the chunk collector need of it. */
+export interface ManifestSummary {
+  shareId: string
+  version: number
+  name: string
+  files: number
+  chunkCount: number
+  totalSize: number
+  /** every chunk id it lists (unpacked files' in entry order, then the packs'), 32 bytes each */
+  chunkIds: Buffer
+}
+
+/**
+ * `decodeManifest`'s checks, every one, without keeping the entries: for a
+ * manifest of 100,000 files, memory holds one entry and the set of paths
+ * (for the file-is-not-a-folder check) at a time, not 100,000 objects.
+ */
+export function summarizeManifest (bytes: Uint8Array, options: DecodeManifestOptions = {}): ManifestSummary {
+  const { body, pub } = openEnvelope(bytes, options)
+  return parseBody(body, pub, false) as ManifestSummary
 }
 
 /**
@@ -342,23 +401,29 @@ export function createManifest (init: CreateManifestInit): { manifest: Manifest,
  * is allocated before that claim is checked.
  */
 export function decodeManifest (bytes: Uint8Array, options: DecodeManifestOptions = {}): Manifest {
+  const { body, pub } = openEnvelope(bytes, options)
+  return parseBody(body, pub, true) as Manifest
+}
+
+/** The envelope's checks: size, shape, owner and signature; returns the signed body. */
+function openEnvelope (bytes: Uint8Array, options: DecodeManifestOptions): { body: Uint8Array, pub: Uint8Array } {
   if (!(bytes instanceof Uint8Array)) throw malformed('expected bytes')
   if (bytes.length > MAX_MANIFEST_BYTES) {
     throw new KithError('MANIFEST_TOO_LARGE', `this share manifest is ${bytes.length} bytes, more than the ${MAX_MANIFEST_BYTES} kith accepts`)
   }
   const envelope = decodeCanonical(bytes, 'MANIFEST_MALFORMED', 'the share manifest')
   if (!isRecord(envelope) || !hasKeys(envelope, ENVELOPE_KEYS)) throw malformed('the envelope must hold exactly body, pub and sig')
-  const { body: bodyBytes, pub, sig } = envelope
-  if (!isBytes(bodyBytes) || !isBytes(pub, PUBLIC_KEY_LENGTH) || !isBytes(sig, SIGNATURE_LENGTH)) {
+  const { body, pub, sig } = envelope
+  if (!isBytes(body) || !isBytes(pub, PUBLIC_KEY_LENGTH) || !isBytes(sig, SIGNATURE_LENGTH)) {
     throw malformed('the envelope fields have the wrong types or lengths')
   }
   if (options.owner !== undefined && Buffer.compare(Buffer.from(options.owner), Buffer.from(pub)) !== 0) {
     throw new KithError('MANIFEST_WRONG_OWNER', 'this share manifest is signed by someone other than the share owner; it was refused')
   }
-  if (!verify('manifest/1', bodyBytes, sig, pub)) {
+  if (!verify('manifest/1', body, sig, pub)) {
     throw new KithError('MANIFEST_BAD_SIGNATURE', 'the share manifest signature does not match its key: it was altered or forged; ask the owner to share it again')
   }
-  return parseBody(bodyBytes, pub)
+  return { body, pub }
 }
 
 /**
@@ -368,20 +433,20 @@ export function decodeManifest (bytes: Uint8Array, options: DecodeManifestOption
  * form as it is read, so memory holds the result and one entry's CBOR, not
  * the whole tree and a second encoding of it.
  */
-function parseBody (bodyBytes: Uint8Array, owner: Uint8Array): Manifest {
+function parseBody (bodyBytes: Uint8Array, owner: Uint8Array, keep: boolean): Manifest | ManifestSummary {
   let walk: EntryWalk | undefined
   let before = 0
   const rest = decodeCanonicalList(bodyBytes, 'MANIFEST_MALFORMED', 'the share manifest body', 'entries', {
     start: (fields, count) => {
       before = Object.keys(fields).length
-      walk = new EntryWalk(parseHead(fields, count, true), count)
+      walk = new EntryWalk(parseHead(fields, count, true), count, keep)
     },
     item: (entry) => { walk!.add(entry) }
   })
   // no entries list at all: the head's checks say what is wrong
   if (walk === undefined) parseHead(rest, 0, false)
   if (walk === undefined || Object.keys(rest).length !== before) throw malformed(`the body must hold exactly ${BODY_KEYS[MANIFEST_FORMAT]!.join(', ')}`)
-  return walk.finish(owner)
+  return keep ? walk.finish(owner) : walk.summary()
 }
 
 interface Head {
@@ -439,10 +504,13 @@ class EntryWalk {
   private previous: Buffer | undefined
   private totalChunks: number
   private totalSize = 0
+  /** whether the entries are kept (`decodeManifest`) or only checked (`summarizeManifest`) */
+  private readonly keep: boolean
 
-  constructor (head: Head, count: number) {
+  constructor (head: Head, count: number, keep: boolean) {
     this.head = head
-    this.hashes = Buffer.allocUnsafe(count * ID_LENGTH)
+    this.keep = keep
+    this.hashes = Buffer.allocUnsafe(keep ? count * ID_LENGTH : 0)
     this.packIds = splitIds(head.packs)
     this.totalChunks = this.packIds.length
   }
@@ -464,7 +532,7 @@ class EntryWalk {
     }
     if (entry.t === 'd') {
       if (!hasKeys(entry, DIR_KEYS)) throw malformed(`folder ${JSON.stringify(path)} must hold exactly t and p`)
-      this.entries.push({ type: 'dir', path })
+      if (this.keep) this.entries.push({ type: 'dir', path })
       return
     }
     if (entry.t !== 'f') throw malformed(`entry ${JSON.stringify(path)} has an unknown type`)
@@ -479,7 +547,7 @@ class EntryWalk {
     if (typeof x !== 'boolean') throw malformed(`file ${JSON.stringify(path)} has a non-boolean executable flag`)
     if (!isBytes(h, ID_LENGTH)) throw malformed(`file ${JSON.stringify(path)} has a hash that is not 32 bytes`)
     const hashAt = this.fileCount++ * ID_LENGTH
-    this.hashes.set(h, hashAt)
+    if (this.keep) this.hashes.set(h, hashAt)
     if (packed) {
       const k = entry.k
       const used = this.packs.length
@@ -495,7 +563,7 @@ class EntryWalk {
       }
       const pack = this.packs[k]!
       if (pack.size + s > cs) throw malformed(`pack ${k}'s files add up to more than its chunk of ${cs} bytes (at ${JSON.stringify(path)})`)
-      this.entries.push(new DecodedFile(path, s, x, this.hashes, hashAt, this.packChunks[k]!, { index: k, offset: pack.size }))
+      if (this.keep) this.entries.push(new DecodedFile(path, s, x, this.hashes, hashAt, this.packChunks[k]!, { index: k, offset: pack.size }))
       pack.size += s
       this.packHasher!.update(h)
       return
@@ -508,6 +576,7 @@ class EntryWalk {
       throw malformed(`file ${JSON.stringify(path)} of ${s} bytes must list ${n} chunk ids`)
     }
     this.ids.push(c)
+    if (!this.keep) return
     // its ids become strings once every entry is checked: a claim past MAX_CHUNKS costs no string
     const decoded = new DecodedFile(path, s, x, this.hashes, hashAt, [])
     this.unpacked.push(decoded)
@@ -519,11 +588,32 @@ class EntryWalk {
     this.packHasher = undefined
   }
 
-  finish (owner: Uint8Array): Manifest {
+  /** The last checks: every listed pack holds a file, and the root matches the ids; returns them all, 32 bytes each. */
+  private check (): Buffer {
     this.closePack()
-    const { head } = this
     if (this.packs.length !== this.packIds.length) throw malformed(`${this.packIds.length} packs are listed but files name ${this.packs.length}`)
-    if (!merkleRoot(Buffer.concat([...this.ids, head.packs])).equals(head.root)) throw malformed('the Merkle root does not match the chunk ids')
+    const ids = Buffer.concat([...this.ids, this.head.packs])
+    if (!merkleRoot(ids).equals(this.head.root)) throw malformed('the Merkle root does not match the chunk ids')
+    return ids
+  }
+
+  summary (): ManifestSummary {
+    const chunkIds = this.check()
+    const { head } = this
+    return {
+      shareId: Buffer.from(head.share).toString('hex'),
+      version: head.version,
+      name: head.name,
+      files: this.fileCount,
+      chunkCount: this.totalChunks,
+      totalSize: this.totalSize,
+      chunkIds
+    }
+  }
+
+  finish (owner: Uint8Array): Manifest {
+    this.check()
+    const { head } = this
     this.unpacked.forEach((entry, i) => { entry.chunks = splitIds(this.ids[i]!) })
     return {
       owner: Uint8Array.from(owner),

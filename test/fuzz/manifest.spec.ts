@@ -6,7 +6,7 @@ import {
   MAX_CHUNK_SIZE, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_PATH_DEPTH, MAX_PATH_LENGTH, MAX_SEGMENT_LENGTH, MIN_CHUNK_SIZE, PARTIAL_SUFFIX
 } from '../../src/transfer/constants.ts'
 import {
-  MANIFEST_FORMAT, checkPath, checkShareName, chunkCount, comparePaths, createManifest, decodeManifest, type Manifest, type ManifestEntry
+  MANIFEST_FORMAT, checkPath, checkShareName, chunkCount, comparePaths, createManifest, decodeManifest, summarizeManifest, type Manifest, type ManifestEntry
 } from '../../src/transfer/manifest.ts'
 import { merkleRoot } from '../../src/transfer/merkle.ts'
 import { plainEntries } from '../transfer/helpers.ts'
@@ -164,6 +164,39 @@ describe('manifests, fuzzed', () => {
     })
     fuzz(fc.property(damaged, ({ m, body }) => {
       rejectsOrValid(() => decodeManifest(signed(body, m.f.keys)), BODY_CODES, checkAccepted, body)
+    }))
+  })
+
+  it('summarizeManifest refuses what decodeManifest refuses, with the same code, and sums up what it accepts', () => {
+    const code = (fn: () => unknown): string | undefined => {
+      try {
+        fn()
+        return undefined
+      } catch (err) {
+        return (err as { code?: string }).code ?? 'not a KithError'
+      }
+    }
+    const damaged = made.chain(m => fc.oneof(
+      fc.nat(m.bytes.length * 8 - 1).map(bit => flipBit(m.bytes, bit)),
+      m.f.entries.length === 0
+        ? fc.constant(m.bytes)
+        : fc.nat(m.f.entries.length - 1).chain(i => {
+          const entries = m.body.entries as Array<Record<string, unknown>>
+          return fc.oneof(mutateField(entries[i]!), cborValue).map(entry => signed({ ...m.body, entries: entries.map((e, j) => j === i ? entry : e) }, m.f.keys))
+        })
+    ).map(bytes => ({ m, bytes })))
+    fuzz(fc.property(damaged, ({ m, bytes }) => {
+      const options = { owner: m.f.keys.publicKey }
+      expect(code(() => summarizeManifest(bytes, options))).toBe(code(() => decodeManifest(bytes, options)))
+      if (code(() => decodeManifest(bytes, options)) !== undefined) return
+      const manifest = decodeManifest(bytes, options)
+      const summary = summarizeManifest(bytes, options)
+      const files = manifest.entries.filter(e => e.type === 'file')
+      expect({ shareId: summary.shareId, version: summary.version, name: summary.name, files: summary.files, chunkCount: summary.chunkCount, totalSize: summary.totalSize })
+        .toEqual({ shareId: manifest.shareId, version: manifest.version, name: manifest.name, files: files.length, chunkCount: manifest.chunkCount, totalSize: manifest.totalSize })
+      const ids = new Set<string>()
+      for (let at = 0; at < summary.chunkIds.length; at += 32) ids.add(summary.chunkIds.toString('hex', at, at + 32))
+      expect(ids).toEqual(new Set(files.flatMap(f => f.chunks)))
     }))
   })
 

@@ -5,7 +5,7 @@ import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
 import { isErrorCode } from '../../src/errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../src/peer/canonical.ts'
-import { openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
+import { bytesSublevel, openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
 import { isSafeText } from '../../src/peer/text.ts'
 import type { KithLibp2p } from '../../src/peer/node.ts'
 import { ADDRESS_RECORD_VERSION, MAX_RECORD_BYTES } from '../../src/peer/address-record.ts'
@@ -129,7 +129,7 @@ describe('request/response protocols, fuzzed over libp2p', () => {
     friends = new FriendBook(sublevel(db, 'friends'))
     await friends.load()
     invites = new InviteBook(sublevel(db, 'invites'))
-    const shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received'))
+    const shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received'), bytesSublevel(db, 'share-manifests'))
     const records = new RecordStore(sublevel(db, 'records'))
     server = await startNode()
     await server.handle(REDEEM_PROTOCOL, redeemHandler({ friends, invites, self: server.peerId.toString(), displayName: () => 'server' }))

@@ -1,7 +1,7 @@
 import { mkdir, writeFile, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
+import { bytesSublevel, openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { assembleShare } from '../../src/transfer/assemble.ts'
 import { decodeManifest, type Manifest } from '../../src/transfer/manifest.ts'
@@ -53,7 +53,10 @@ async function sizeOf (store: ChunkStore, set: Set<string>): Promise<number> {
   return n
 }
 
-function decodeMine (share: MyShare, owner = me.publicKey): Manifest {
+/** A share as the book made it, with its signed manifest in base64 (as a friend saves it) */
+type Made = MyShare & { manifest: string }
+
+function decodeMine (share: Made, owner = me.publicKey): Manifest {
   return decodeManifest(Buffer.from(share.manifest, 'base64'), { owner })
 }
 
@@ -84,10 +87,10 @@ describe('chunk collector', () => {
   let gc: ChunkCollector
 
   /** Shares `path` as FileService does: chunks pinned until the manifest is saved. */
-  async function share (path: string, book = shares, keys = me, into = store, pinned?: (pin: Pin) => Promise<void>): Promise<MyShare> {
+  async function share (path: string, book = shares, keys = me, into = store, pinned?: (pin: Pin) => Promise<void>): Promise<Made> {
     const pin = gc.pin()
     try {
-      const { share } = await book.share({
+      const { share, manifest } = await book.share({
         source: path,
         with: [],
         secretKey: keys.secretKey,
@@ -100,7 +103,7 @@ describe('chunk collector', () => {
           }
         }
       })
-      return share
+      return { ...share, manifest: Buffer.from(manifest).toString('base64') }
     } finally {
       pin.release()
     }
@@ -110,7 +113,7 @@ describe('chunk collector', () => {
     ({ dir, cleanup } = await tempDir())
     db = await openDatabase(join(dir, 'db'))
     store = await openChunkStore({ dir: join(dir, 'chunks'), db: sublevel(db, 'chunk-index'), sync: false })
-    shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received-manifests'))
+    shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received-manifests'), bytesSublevel(db, 'share-manifests'))
     transfers = []
     active = true
     gc = new ChunkCollector({
@@ -191,7 +194,7 @@ describe('chunk collector', () => {
 
     beforeEach(async () => {
       friendStore = await openChunkStore({ dir: join(dir, 'friend-chunks'), db: sublevel(db, 'friend-index'), sync: false })
-      friendShares = new ShareBook(sublevel(db, 'friend-shares'), sublevel(db, 'friend-received'))
+      friendShares = new ShareBook(sublevel(db, 'friend-shares'), sublevel(db, 'friend-received'), bytesSublevel(db, 'friend-share-manifests'))
       shared = await folder('theirs', [['one.bin', MiB + 1], ['sub/two.bin', MiB + 2], ['sub/three.bin', 700]])
     })
 

@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
+import { bytesSublevel, openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
 import { unwrapKey, wrapKey } from '../../src/peer/key-wrap.ts'
 import { FriendBook } from '../../src/trust/friends.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
@@ -59,7 +59,7 @@ describe('share keys when a friend is removed', () => {
     ({ dir, cleanup } = await tempDir())
     db = await openDatabase(join(dir, 'db'))
     store = await openChunkStore({ dir: join(dir, 'chunks'), db: sublevel(db, 'chunk-index'), sync: false })
-    shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received'))
+    shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received'), bytesSublevel(db, 'share-manifests'))
     folder = join(dir, 'photos')
     await mkdir(folder)
     await writeFile(join(folder, 'a.bin'), pseudoRandom(MiB + 7, 'a'))
@@ -71,15 +71,15 @@ describe('share keys when a friend is removed', () => {
     await cleanup()
   })
 
-  async function share (withPeers: string[]): Promise<{ share: MyShare, manifest: Manifest }> {
-    const { share } = await shares.share({
+  async function share (withPeers: string[]): Promise<{ share: MyShare, bytes: Uint8Array, manifest: Manifest }> {
+    const { share, manifest } = await shares.share({
       source: folder,
       with: withPeers,
       secretKey: alice.secretKey,
       publicKey: alice.publicKey,
       store: { put: async (id, sealed) => await store.put(id, Buffer.concat(sealed), { sync: false }) }
     })
-    return { share, manifest: decodeManifest(Buffer.from(share.manifest, 'base64'), { owner: alice.publicKey }) }
+    return { share, bytes: manifest, manifest: decodeManifest(manifest, { owner: alice.publicKey }) }
   }
 
   it('a new version after a friend is removed is sealed under a new key that friend never gets', async () => {
@@ -134,7 +134,7 @@ describe('share keys when a friend is removed', () => {
     const v1 = await share([BOB, CAROL])
     const v2 = await share([CAROL])
     // carol's node: the manifests she received, and her two fetched copies holding the chunks
-    const received = new ShareBook(sublevel(db, 'carol-shares'), sublevel(db, 'carol-received'))
+    const received = new ShareBook(sublevel(db, 'carol-shares'), sublevel(db, 'carol-received'), bytesSublevel(db, 'carol-share-manifests'))
     const held = await openChunkStore({
       dir: join(dir, 'carol-chunks'),
       db: sublevel(db, 'carol-index'),
@@ -143,7 +143,7 @@ describe('share keys when a friend is removed', () => {
     })
     for (const v of [v1, v2]) {
       const wrappedKey = Buffer.from(wrapKey(Buffer.from(v.share.key, 'base64'), carol.publicKey, alice.secretKey)).toString('base64')
-      await received.saveReceived({ owner: ALICE, shareId: v.share.id, version: v.share.version, manifest: v.share.manifest, wrappedKey, received: Date.now() })
+      await received.saveReceived({ owner: ALICE, shareId: v.share.id, version: v.share.version, manifest: Buffer.from(v.bytes).toString('base64'), wrappedKey, received: Date.now() })
       const copy = join(dir, `fetched-v${v.share.version}`)
       await mkdir(copy)
       for (const file of files(v.manifest)) {

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { KithError } from '../../errors.ts'
-import { sublevel, type Database } from '../../peer/database.ts'
+import { bytesSublevel, sublevel, type Database } from '../../peer/database.ts'
 import type { Identity } from '../../peer/identity.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import type { FriendBook } from '../../trust/friends.ts'
@@ -75,7 +75,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     this.init = init
     this.engine = init.engine
     this.me = init.identity.peerId.toString()
-    this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'))
+    this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'), bytesSublevel(init.db, 'share-manifests'))
     this.transfers = new Transfers({
       libp2p: init.libp2p,
       friends: init.friends,
@@ -100,6 +100,8 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   /** Plugs into the started engine, serves the files protocol and resumes transfers. */
   static async start (init: FileServiceInit): Promise<FileService> {
     const service = new FileService(init)
+    // records from before a share's manifest had a row of its own (share-book.ts)
+    await service.shares.migrate()
     init.engine.register({
       name: 'files',
       liveChunks: async live => { await service.liveChunks(live) },
@@ -152,7 +154,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     if (owner !== this.me) return await this.transfers.sealKeys(shareId, owner)
     const cached = this.ownKeys.get(shareId)
     if (cached !== undefined) return cached
-    // a share record holds its whole manifest: read once, not for every chunk served
+    // read once, not for every chunk served
     const generation = this.ownKeysGeneration
     const share = await this.shares.getMine(shareId)
     if (share === undefined) return undefined

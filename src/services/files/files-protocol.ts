@@ -64,7 +64,10 @@ export function filesHandler (init: FilesHandlerInit) {
       if (share == null) throw new KithError('SHARE_UNKNOWN', 'no such share is shared with you')
       const friend = init.friends.get(peer)!
       const key = wrapKey(Buffer.from(share.key, 'base64'), Buffer.from(friend.publicKey, 'base64'), init.secretKey)
-      return { manifest: Buffer.from(share.manifest, 'base64'), key }
+      const manifest = await init.shares.manifestBytes(share.id)
+      // unshared since the list was read
+      if (manifest === undefined) throw new KithError('SHARE_UNKNOWN', 'no such share is shared with you')
+      return { manifest, key }
     })
   }
 }

@@ -1,6 +1,7 @@
 import { KithError, asKithError } from '../../errors.ts'
 import { decodeManifest, type Manifest } from '../../transfer/manifest.ts'
-import { ShareBook } from './share-book.ts'
+import type { ShareBook } from './share-book.ts'
+import { ID_LENGTH } from '../../transfer/constants.ts'
 import { select, type Transfer } from './transfers.ts'
 
 /**
@@ -23,7 +24,8 @@ import { select, type Transfer } from './transfers.ts'
  *    version supersedes the older ones (their changed files' chunks go); a
  *    revoked friend's shares are no longer served, so their chunks go.
  *
- * **Cost.** The mark decodes (and verifies) each manifest it needs once.
+ * **Cost.** The mark decodes (and verifies) each manifest it needs once;
+ * of my shares', it keeps only the chunk ids (ShareBook.summary).
  */
 
 /** What the live set is made from: my shares, my fetches and my friends. */
@@ -48,17 +50,15 @@ const OPEN: ReadonlySet<Transfer['state']> = new Set(['queued', 'running', 'paus
  * store that keeps too much than a share that can no longer be served.
  */
 export async function liveChunks (init: LiveInit, live = new Set<string>()): Promise<Set<string>> {
-  const addAll = (manifest: Manifest): void => {
-    for (const entry of manifest.entries) if (entry.type === 'file') for (const id of entry.chunks) live.add(id)
-  }
   const addSelected = (manifest: Manifest, path: string): void => {
     for (const { entry } of select(manifest, path).files) for (const id of entry.chunks) live.add(id)
   }
 
-  // 1. my shares, newest versions
+  // 1. my shares, newest versions: their chunk ids alone (a share of many files decodes to an object per file)
   for (const share of await init.shares.list()) {
     try {
-      addAll(ShareBook.decode(share.manifest, init.publicKey))
+      const { chunkIds } = await init.shares.summary(share.id, init.publicKey)
+      for (let at = 0; at < chunkIds.length; at += ID_LENGTH) live.add(chunkIds.toString('hex', at, at + ID_LENGTH))
     } catch (err) {
       throw new KithError('INTERNAL', `the stored manifest of your share ${share.name} (${share.id}) can't be read (${asKithError(err).message}); the chunk store was left as it is`, { cause: err })
     }

@@ -2,14 +2,23 @@ import { resolve } from 'node:path'
 import { KithError } from '../../errors.ts'
 import { getOrUndefined, type Sublevel } from '../../peer/database.ts'
 import { unwrapKey } from '../../peer/key-wrap.ts'
-import { createManifest, decodeManifest, type Manifest } from '../../transfer/manifest.ts'
+import { decodeManifest, ManifestWriter, summarizeManifest, type Manifest, type ManifestSummary } from '../../transfer/manifest.ts'
 import { chunkSource, type ChunkSink } from '../../transfer/chunker.ts'
+import { CHUNK_SIZE } from '../../transfer/constants.ts'
 import { deriveSealKeys, generateShareId, generateShareKey, type SealKeys } from '../../transfer/seal.ts'
 
 /**
  * The shares I offer, each a signed manifest over chunks the chunk store holds
  * in the shared files, plus the share key, and the manifests friends sent me.
  * Sharing the same path again makes a new version of the same share.
+ *
+ * A share is two rows, written in one batch (so a kill -9 leaves both or
+ * neither): its record (JSON, small whatever the share's size) and its signed
+ * manifest's bytes (binary, under the same id in a sublevel of their own),
+ * which only serving the manifest, the chunk collector and a dropped chunk's
+ * note read. Before, the record held the manifest as base64 (`manifest`):
+ * megabytes for a share of many files, copied and parsed by every read of
+ * the share list; `migrate` moves such a record's manifest out.
  */
 export interface MyShare {
   id: string
@@ -21,8 +30,6 @@ export interface MyShare {
   /** base64 share key: the same from version to version until a friend is removed from `with` */
   key: string
   version: number
-  /** base64 of the signed manifest */
-  manifest: string
   size: number
   files: number
   chunks: number
@@ -88,14 +95,57 @@ export function listing (share: MyShare): ShareListing {
   }
 }
 
+/** A share's record as stored before its manifest had a row of its own: base64 of the signed manifest. */
+type OldRecord = MyShare & { manifest?: string }
+
 export class ShareBook {
   private readonly mine: Sublevel<MyShare>
   private readonly received: Sublevel<ReceivedManifest>
+  /** my shares' signed manifests by share id (a binary sublevel: sublevel(db, name, 'view')) */
+  private readonly manifests: Sublevel<Uint8Array>
   private writing: Promise<unknown> = Promise.resolve()
 
-  constructor (mine: Sublevel<MyShare>, received: Sublevel<ReceivedManifest>) {
+  constructor (mine: Sublevel<MyShare>, received: Sublevel<ReceivedManifest>, manifests: Sublevel<Uint8Array>) {
     this.mine = mine
     this.received = received
+    this.manifests = manifests
+  }
+
+  /**
+   * Moves the manifest out of records stored before it had a row of its own
+   * (see MyShare), one share per batch: a kill -9 leaves each share in the
+   * old form or the new. Returns how many moved.
+   */
+  async migrate (): Promise<number> {
+    return await this.exclusive(async () => {
+      let moved = 0
+      for await (const [id, record] of this.mine.iterator() as AsyncIterable<[string, OldRecord]>) {
+        if (record.manifest === undefined) continue
+        const { manifest, ...rest } = record
+        await this.mine.db.batch([
+          { type: 'put', sublevel: this.manifests, key: id, value: Buffer.from(manifest, 'base64') },
+          { type: 'put', sublevel: this.mine, key: id, value: rest }
+        ])
+        moved++
+      }
+      return moved
+    })
+  }
+
+  /** The signed manifest of my share `id`, as stored (and served to friends). */
+  async manifestBytes (id: string): Promise<Uint8Array | undefined> {
+    return await getOrUndefined(this.manifests, id)
+  }
+
+  /**
+   * My share's manifest, checked again (its signature by `owner` included)
+   * without its entries: its chunk ids and counts. Throws SHARE_UNKNOWN if
+   * the share has no manifest row.
+   */
+  async summary (id: string, owner: Uint8Array): Promise<ManifestSummary> {
+    const bytes = await this.manifestBytes(id)
+    if (bytes === undefined) throw new KithError('SHARE_UNKNOWN', `your share ${id} has no stored manifest`)
+    return summarizeManifest(bytes, { owner })
   }
 
   async list (): Promise<MyShare[]> {
@@ -134,7 +184,7 @@ export class ShareBook {
    * key: the new version gets a new one, which they never get, so nothing of
    * it opens for them. Its chunks are all new, and friends fetch it whole.
    */
-  async share (init: ShareInit): Promise<{ share: MyShare, manifest: Manifest, skipped: Array<{ path: string, reason: string }> }> {
+  async share (init: ShareInit): Promise<{ share: MyShare, manifest: Uint8Array, skipped: Array<{ path: string, reason: string }> }> {
     const source = resolve(init.source)
     const previous = (await this.list()).find(s => s.source === source)
     const id = previous?.id ?? generateShareId()
@@ -142,23 +192,20 @@ export class ShareBook {
     const dropped = previous?.with.filter(peer => !recipients.includes(peer)) ?? []
     const key = previous != null && dropped.length === 0 ? Buffer.from(previous.key, 'base64') : generateShareKey()
     const version = (previous?.version ?? 0) + 1
+    const name = init.name ?? previous?.name ?? source.split('/').filter(Boolean).pop() ?? 'share'
+    // entries go into the manifest's encoding as the files are read: no object per file is held
+    const writer = new ManifestWriter({ shareId: id, version, name, chunkSize: CHUNK_SIZE })
     const result = await chunkSource(source, {
       keys: deriveSealKeys(key, id),
       version,
       store: init.store,
+      chunkSize: CHUNK_SIZE,
+      entries: writer,
       ...(init.signal != null ? { signal: init.signal } : {})
     })
-    const name = init.name ?? previous?.name ?? source.split('/').filter(Boolean).pop() ?? 'share'
-    const { manifest, bytes } = createManifest({
-      secretKey: init.secretKey,
-      publicKey: init.publicKey,
-      shareId: id,
-      version,
-      name,
-      chunkSize: result.chunkSize,
-      entries: result.entries,
-      packs: result.packs
-    })
+    const bytes = writer.finish({ secretKey: init.secretKey, publicKey: init.publicKey, packs: result.packs })
+    // checked as a friend will check it, so a share made is always one that can be fetched
+    const made = summarizeManifest(bytes, { owner: init.publicKey })
     const now = Date.now()
     const share: MyShare = {
       id,
@@ -167,15 +214,19 @@ export class ShareBook {
       with: recipients,
       key: Buffer.from(key).toString('base64'),
       version,
-      manifest: Buffer.from(bytes).toString('base64'),
-      size: manifest.totalSize,
-      files: manifest.entries.filter(e => e.type === 'file').length,
-      chunks: manifest.chunkCount,
+      size: made.totalSize,
+      files: made.files,
+      chunks: made.chunkCount,
       created: previous?.created ?? now,
       updated: now
     }
-    await this.exclusive(async () => { await this.mine.put(id, share) })
-    return { share, manifest, skipped: result.skipped }
+    await this.exclusive(async () => {
+      await this.mine.db.batch([
+        { type: 'put', sublevel: this.manifests, key: id, value: bytes },
+        { type: 'put', sublevel: this.mine, key: id, value: share }
+      ])
+    })
+    return { share, manifest: bytes, skipped: result.skipped }
   }
 
   /**
@@ -187,8 +238,7 @@ export class ShareBook {
     return await this.exclusive(async () => {
       const share = await this.getMine(id)
       if (share === undefined || share.changed?.paths.includes(path) === true || (share.changed?.paths.length ?? 0) >= MAX_CHANGED_PATHS) return false
-      const manifest = ShareBook.decode(share.manifest, ownerKey)
-      if (!manifest.entries.some(e => e.type === 'file' && e.chunks.includes(chunkId))) return false
+      if (!holds((await this.summary(id, ownerKey)).chunkIds, chunkId)) return false
       await this.mine.put(id, { ...share, changed: { at: share.changed?.at ?? Date.now(), paths: [...(share.changed?.paths ?? []), path] } })
       return true
     })
@@ -197,7 +247,7 @@ export class ShareBook {
   async unshare (ref: string): Promise<MyShare> {
     return await this.exclusive(async () => {
       const share = await this.resolve(ref)
-      await this.mine.del(share.id)
+      await this.mine.db.batch([{ type: 'del', sublevel: this.mine, key: share.id }, { type: 'del', sublevel: this.manifests, key: share.id }])
       return share
     })
   }
@@ -257,4 +307,11 @@ export class ShareBook {
   static decode (manifest: string, owner: Uint8Array): Manifest {
     return decodeManifest(Buffer.from(manifest, 'base64'), { owner })
   }
+}
+
+/** Whether `ids` (32 bytes each) holds the chunk with hex id `id`. */
+function holds (ids: Uint8Array, id: string): boolean {
+  const wanted = Buffer.from(id, 'hex')
+  for (let at = 0; at < ids.length; at += wanted.length) if (wanted.equals(ids.subarray(at, at + wanted.length))) return true
+  return false
 }
