@@ -19,7 +19,7 @@ import { KithError, asKithError } from '../../errors.ts'
 import { BACKUP_CDC_SIZES, cdcCut, cdcRead, cdcWindowSize } from '../../transfer/cdc.ts'
 import { BufferPool } from '../../transfer/buffer-pool.ts'
 import { AUDIT_LEAF_SIZE, auditRoot, leafSizeOf, type AuditLeafSize } from './audit-tree.ts'
-import { takeBatch } from './batch.ts'
+import { PUT_BATCH_BYTES, fullBatch, takeBatch } from './batch.ts'
 import { blobId, sealBlob, sealedSize } from './blob.ts'
 import { ByteBudget } from './budget.ts'
 import type { RunFiles } from './file-cache.ts'
@@ -32,15 +32,22 @@ import { encodeTree, micros, type TreeEntry } from './tree.ts'
 /**
  * Sealed bytes of blobs not yet on enough hosts, at most: the owner's memory
  * bound for placing (each copy shares one buffer). The walk waits for room.
+ * Two put-many batches: one out, the next gathering.
  */
-const IN_FLIGHT_BYTES = 8 * 1024 * 1024
+const IN_FLIGHT_BYTES = 2 * PUT_BATCH_BYTES
 /**
  * Sealed blobs' buffers kept for the next ones once placed: a fresh buffer of
  * 128 KiB or more is mapped and faulted in page by page (the daemon's malloc
- * threshold, daemon-heap.ts). IN_FLIGHT_BYTES holds about this many blobs.
+ * threshold, daemon-heap.ts). IN_FLIGHT_BYTES holds about this many blobs of
+ * 1 MiB. Smaller blobs are sealed into buffers of their own (from malloc's
+ * heap), so that none takes a kept buffer a bigger one needs.
  */
 const SEALED_KEPT = 8
-/** put-many requests in flight to one host (a host serves 8 requests of one owner at once). */
+const SEALED_REUSED_FROM = 128 * 1024
+/**
+ * put-many requests in flight to one host (a host serves 8 requests of one
+ * owner at once): the first leaves at once, a further one only full.
+ */
 const REQUESTS_PER_HOST = 3
 /** How often progress is reported, ms. */
 const PROGRESS_EVERY_MS = 250
@@ -167,7 +174,8 @@ class Placer {
       await new Promise<void>(resolve => this.waiters.push(resolve))
       this.check()
     }
-    const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext, id, this.sealedBuffers.take(size))
+    const into = size >= SEALED_REUSED_FROM ? this.sealedBuffers.take(size) : Buffer.allocUnsafe(size)
+    const sealed = sealBlob(this.parts.keys, this.parts.owner, kind, plaintext, id, into)
     // sealing is deterministic: the same blob has the same sealed id, so hosts already listed still hold it
     const known = record?.sealedId === sealed.sealedId ? record : null
     const blob: Placing = {
@@ -274,7 +282,12 @@ class Placer {
     return queue
   }
 
-  /** Sends what waits for `host` while it has fewer than REQUESTS_PER_HOST requests in flight. */
+  /**
+   * Sends what waits for `host`: at once when nothing is in flight to it,
+   * otherwise only a full batch, while fewer than REQUESTS_PER_HOST are. A
+   * batch held back leaves when the request out comes back: the walk, if it
+   * waits for room meanwhile, waits on that request's blobs.
+   */
   private pump (host: string): void {
     const queue = this.queue(host)
     if (this.dropped.has(host) || this.failure != null || this.options.signal?.aborted === true) {
@@ -284,7 +297,8 @@ class Placer {
       return
     }
     while (queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
-      const batch = takeBatch(queue.waiting, w => w.sealed.length)
+      if (queue.inFlight > 0 && !fullBatch(queue.waiting, w => w.sealed.length, PUT_BATCH_BYTES)) break
+      const batch = takeBatch(queue.waiting, w => w.sealed.length, PUT_BATCH_BYTES)
       queue.inFlight++
       void this.send(host, batch).finally(() => {
         queue.inFlight--
