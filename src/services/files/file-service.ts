@@ -39,6 +39,12 @@ export interface FileServiceInit {
   engine: TransferEngine
 }
 
+/** One full collection of V8's heap, at once, where the daemon exposes `gc` (DAEMON_STARTUP_FLAGS); nothing otherwise. */
+function fullCollection (): void {
+  const gc = (globalThis as { gc?: (options: { type: 'major', execution: 'sync' }) => void }).gc
+  gc?.({ type: 'major', execution: 'sync' })
+}
+
 /** A friend's manifest received this recently is kept whatever the collector finds (a fetch may be starting from it). */
 const RECEIVED_GRACE_MS = 3600 * 1000
 
@@ -209,6 +215,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
         ...(req.name != null ? { name: req.name } : {}),
         secretKey: this.init.identity.secretKey,
         publicKey: this.init.identity.publicKey,
+        collect: fullCollection,
         // served from the shared files themselves: no sealed copy (a file
         // changed since is no longer served; sharing it again makes a new version),
         // except packs of small files
