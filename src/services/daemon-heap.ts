@@ -208,8 +208,8 @@ function lastResortCollection (): void {
   gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' })
 }
 
-/** One full collection, at once (tens of ms for the daemon's heap; the daemon is quiet by then). */
-function fullCollection (): void {
+/** One full collection, at once (tens of ms for the daemon's heap), where the daemon exposes `gc` (DAEMON_STARTUP_FLAGS); nothing otherwise. */
+export function fullCollection (): void {
   const gc = (globalThis as { gc?: (options: { type: 'major', execution: 'sync' }) => void }).gc
   gc?.({ type: 'major', execution: 'sync' })
 }

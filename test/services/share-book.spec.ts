@@ -70,6 +70,17 @@ describe('share book storage', () => {
     await expectCodeAsync(book.summary(share.id, keypair(2).publicKey), 'MANIFEST_WRONG_OWNER')
   })
 
+  it('notes a changed file only for a chunk the share holds, and a malformed chunk id for none', async () => {
+    const { share } = await shareFolder()
+    const summary = await book.summary(share.id, me.publicKey)
+    const held = summary.chunkIds.toString('hex', 0, 32)
+    for (const bad of ['', 'zz', held.slice(0, 62), `${held}00`]) expect(await book.markChanged(share.id, bad, 'big.bin', me.publicKey)).toBe(false)
+    expect(await book.markChanged(share.id, '00'.repeat(32), 'big.bin', me.publicKey)).toBe(false)
+    expect((await book.list())[0]!.changed).toBeUndefined()
+    expect(await book.markChanged(share.id, held, 'big.bin', me.publicKey)).toBe(true)
+    expect((await book.list())[0]!.changed?.paths).toEqual(['big.bin'])
+  })
+
   it('moves the manifest out of a record stored with it in base64, once, and serves the same bytes', async () => {
     const { share, manifest } = await shareFolder()
     // the record as kith stored it before: the manifest inside, no row of its own

@@ -9,6 +9,7 @@ import { friendsOnly } from '../../trust/gate.ts'
 import type { FileRef } from '../../transfer/chunk-store.ts'
 import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
 import type { TransferEngine } from '../engine/index.ts'
+import { fullCollection } from '../daemon-heap.ts'
 import { ShareBook, listing, type ShareListing } from './share-book.ts'
 import { filesHandler, listShares, FILES_PROTOCOL } from './files-protocol.ts'
 import { CANCELLED_CLEANUP_MS, Transfers, type Transfer, type TransferEvent, type StartFetch } from './transfers.ts'
@@ -37,12 +38,6 @@ export interface FileServiceInit {
   friends: FriendBook
   /** the daemon's transfer engine, started: its store, scheduler and collector */
   engine: TransferEngine
-}
-
-/** One full collection of V8's heap, at once, where the daemon exposes `gc` (DAEMON_STARTUP_FLAGS); nothing otherwise. */
-function fullCollection (): void {
-  const gc = (globalThis as { gc?: (options: { type: 'major', execution: 'sync' }) => void }).gc
-  gc?.({ type: 'major', execution: 'sync' })
 }
 
 /** A friend's manifest received this recently is kept whatever the collector finds (a fetch may be starting from it). */

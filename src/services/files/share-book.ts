@@ -4,7 +4,7 @@ import { getOrUndefined, type Sublevel } from '../../peer/database.ts'
 import { unwrapKey } from '../../peer/key-wrap.ts'
 import { decodeManifest, ManifestWriter, summarizeManifest, type Manifest, type ManifestSummary } from '../../transfer/manifest.ts'
 import { chunkSource, type ChunkSink } from '../../transfer/chunker.ts'
-import { CHUNK_SIZE } from '../../transfer/constants.ts'
+import { CHUNK_SIZE, ID_LENGTH } from '../../transfer/constants.ts'
 import { deriveSealKeys, generateShareId, generateShareKey, type SealKeys } from '../../transfer/seal.ts'
 
 /**
@@ -332,6 +332,8 @@ export class ShareBook {
 /** Whether `ids` (32 bytes each) holds the chunk with hex id `id`. */
 function holds (ids: Uint8Array, id: string): boolean {
   const wanted = Buffer.from(id, 'hex')
-  for (let at = 0; at < ids.length; at += wanted.length) if (wanted.equals(ids.subarray(at, at + wanted.length))) return true
+  // a malformed id (not 64 hex digits) is held by no share, and must not step the loop by 0
+  if (wanted.length !== ID_LENGTH) return false
+  for (let at = 0; at < ids.length; at += ID_LENGTH) if (wanted.equals(ids.subarray(at, at + ID_LENGTH))) return true
   return false
 }
