@@ -1,6 +1,6 @@
 import { createHash, type Hash } from 'node:crypto'
 import { KithError } from '../errors.ts'
-import { CanonicalListWriter, decodeCanonical, decodeCanonicalList, encodeCanonical } from '../peer/canonical.ts'
+import { CanonicalListWriter, decodeCanonicalList } from '../peer/canonical.ts'
 import { PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, sign, verify } from '../peer/signing.ts'
 import { isSafeText } from '../peer/text.ts'
 import {
@@ -368,7 +368,7 @@ export class ManifestWriter {
       root: merkleRoot(Buffer.concat([...this.ids, packBytes]))
     }
     const bodyBytes = this.list.finish(body, 'entries')
-    return encodeCanonical({ body: bodyBytes, pub: init.publicKey, sig: sign('manifest/1', bodyBytes, init.secretKey) })
+    return sealEnvelope(bodyBytes, init.publicKey, sign('manifest/1', bodyBytes, init.secretKey))
   }
 }
 
@@ -405,19 +405,63 @@ export function decodeManifest (bytes: Uint8Array, options: DecodeManifestOption
   return parseBody(body, pub, true) as Manifest
 }
 
-/** The envelope's checks: size, shape, owner and signature; returns the signed body. */
+/**
+ * The envelope's one canonical encoding, in which only the body's length
+ * varies (canonical order: the shorter keys pub and sig before body):
+ *
+ *   a3  63 "pub" 58 20 <32 bytes>  63 "sig" 58 40 <64 bytes>  64 "body" <byte string header> <body>
+ *
+ * written and read by hand, so a manifest of megabytes is neither copied
+ * by the CBOR encoder nor decoded (cborg copies byte strings) and encoded
+ * again to check that it is canonical: bytes that are not exactly this are
+ * not a manifest.
+ */
+const ENVELOPE_PUB = Buffer.from([0xa3, 0x63, 0x70, 0x75, 0x62, 0x58, PUBLIC_KEY_LENGTH])
+const ENVELOPE_SIG = Buffer.from([0x63, 0x73, 0x69, 0x67, 0x58, SIGNATURE_LENGTH])
+const ENVELOPE_BODY = Buffer.from([0x64, 0x62, 0x6f, 0x64, 0x79])
+const SIG_KEY_AT = ENVELOPE_PUB.length + PUBLIC_KEY_LENGTH
+const BODY_KEY_AT = SIG_KEY_AT + ENVELOPE_SIG.length + SIGNATURE_LENGTH
+const BODY_HEAD_AT = BODY_KEY_AT + ENVELOPE_BODY.length
+
+/** The canonical CBOR header of a byte string of `length` bytes (major type 2, shortest form; below 2^32). */
+function byteStringHeader (length: number): Buffer {
+  if (length < 24) return Buffer.from([0x40 | length])
+  if (length < 0x100) return Buffer.from([0x58, length])
+  if (length < 0x10000) return Buffer.from([0x59, length >> 8, length & 0xff])
+  const header = Buffer.alloc(5)
+  header[0] = 0x5a
+  header.writeUInt32BE(length, 1)
+  return header
+}
+
+function sealEnvelope (body: Uint8Array, pub: Uint8Array, sig: Uint8Array): Uint8Array {
+  if (pub.length !== PUBLIC_KEY_LENGTH || sig.length !== SIGNATURE_LENGTH) throw new KithError('BAD_REQUEST', 'a manifest is signed with an Ed25519 key')
+  return Buffer.concat([ENVELOPE_PUB, pub, ENVELOPE_SIG, sig, ENVELOPE_BODY, byteStringHeader(body.length), body])
+}
+
+/** The envelope's checks: size, its one encoding, owner and signature; returns the signed body (a view of `bytes`). */
 function openEnvelope (bytes: Uint8Array, options: DecodeManifestOptions): { body: Uint8Array, pub: Uint8Array } {
   if (!(bytes instanceof Uint8Array)) throw malformed('expected bytes')
   if (bytes.length > MAX_MANIFEST_BYTES) {
     throw new KithError('MANIFEST_TOO_LARGE', `this share manifest is ${bytes.length} bytes, more than the ${MAX_MANIFEST_BYTES} kith accepts`)
   }
-  const envelope = decodeCanonical(bytes, 'MANIFEST_MALFORMED', 'the share manifest')
-  if (!isRecord(envelope) || !hasKeys(envelope, ENVELOPE_KEYS)) throw malformed('the envelope must hold exactly body, pub and sig')
-  const { body, pub, sig } = envelope
-  if (!isBytes(body) || !isBytes(pub, PUBLIC_KEY_LENGTH) || !isBytes(sig, SIGNATURE_LENGTH)) {
-    throw malformed('the envelope fields have the wrong types or lengths')
+  const all = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
+  const at = (part: Buffer, offset: number): boolean => all.length >= offset + part.length && all.subarray(offset, offset + part.length).equals(part)
+  if (!at(ENVELOPE_PUB, 0) || !at(ENVELOPE_SIG, SIG_KEY_AT) || !at(ENVELOPE_BODY, BODY_KEY_AT) || all.length <= BODY_HEAD_AT) {
+    throw malformed('the envelope must hold exactly pub (32 bytes), sig (64 bytes) and body, in canonical CBOR')
   }
-  if (options.owner !== undefined && Buffer.compare(Buffer.from(options.owner), Buffer.from(pub)) !== 0) {
+  const head = all[BODY_HEAD_AT]!
+  const size = head & 0x1f
+  const lengthBytes = size < 24 ? 0 : size - 23 === 1 ? 1 : size - 23 === 2 ? 2 : size - 23 === 3 ? 4 : -1
+  if ((head & 0xe0) !== 0x40 || lengthBytes < 0 || all.length < BODY_HEAD_AT + 1 + lengthBytes) throw malformed('the envelope\'s body must be a byte string')
+  const length = lengthBytes === 0 ? size : all.readUIntBE(BODY_HEAD_AT + 1, lengthBytes)
+  const start = BODY_HEAD_AT + 1 + lengthBytes
+  if (!byteStringHeader(length).equals(all.subarray(BODY_HEAD_AT, start))) throw malformed('the envelope is not in canonical form')
+  if (all.length !== start + length) throw malformed(all.length < start + length ? 'it ends too soon' : 'bytes follow its end')
+  const pub = all.subarray(ENVELOPE_PUB.length, SIG_KEY_AT)
+  const sig = all.subarray(SIG_KEY_AT + ENVELOPE_SIG.length, BODY_KEY_AT)
+  const body = all.subarray(start)
+  if (options.owner !== undefined && Buffer.compare(Buffer.from(options.owner), pub) !== 0) {
     throw new KithError('MANIFEST_WRONG_OWNER', 'this share manifest is signed by someone other than the share owner; it was refused')
   }
   if (!verify('manifest/1', body, sig, pub)) {

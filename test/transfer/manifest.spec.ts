@@ -155,6 +155,17 @@ describe('manifest codec', () => {
     expect(swapped.length).toBe(canonical.length)
     expect(swapped.equals(canonical)).toBe(false)
     expectCode(() => decodeManifest(swapped), 'MANIFEST_MALFORMED')
+    // the body's length written longer than it needs (4 bytes for a short body): valid CBOR, not canonical
+    const headAt = canonical.length - bodyBytes.length - (bodyBytes.length < 0x100 ? 2 : 3)
+    const long = Buffer.alloc(5)
+    long[0] = 0x5a
+    long.writeUInt32BE(bodyBytes.length, 1)
+    expect(decodeManifest(canonical).version).toBe(1)
+    expectCode(() => decodeManifest(Buffer.concat([canonical.subarray(0, headAt), long, bodyBytes])), 'MANIFEST_MALFORMED')
+    // or as a text string
+    const text = Buffer.from(canonical)
+    text[headAt] = text[headAt]! + 0x20
+    expectCode(() => decodeManifest(text), 'MANIFEST_MALFORMED')
   })
 
   it('reads the body entry by entry, and still refuses an entry or a body key out of canonical order', () => {
