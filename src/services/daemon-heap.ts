@@ -202,8 +202,8 @@ export function releaseMemoryWhenQuiet (init: QuietWatchInit): { stop: () => voi
   return { stop: () => { clearInterval(timer) } }
 }
 
-/** V8's collection of all it can give back (several full collections, compacting; 130-145 ms for an idle daemon) */
-function lastResortCollection (): void {
+/** V8's collection of all it can give back (several full collections, compacting; 130-145 ms for an idle daemon); also after a share of many files (files/file-service.ts) */
+export function lastResortCollection (): void {
   const gc = (globalThis as { gc?: (options: { type: 'major', execution: 'sync', flavor: 'last-resort' }) => void }).gc
   gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' })
 }

@@ -83,18 +83,18 @@ export interface ShareInit {
   signal?: AbortSignal
   /**
    * A full garbage collection (the daemon's: V8's, `--expose-gc`), run every
-   * COLLECT_EVERY_ENTRIES entries while the share is made and once it is
-   * saved. Each file read leaves a handle, promises and stats behind, which
-   * reach V8's old generation, and the daemon lets that double before it
-   * collects it (`--heap-growing-percent=100`, daemon-heap.ts): a share of
-   * 100,000 small files grew the owner's heap by the share's garbage, and
-   * the owner stayed that big after it.
+   * COLLECT_EVERY_ENTRIES entries while the share is made (the file service
+   * gives memory back after a big share itself). Each file read leaves a
+   * handle, promises and stats behind, which reach V8's old generation, and
+   * the daemon lets that double before it collects it
+   * (`--heap-growing-percent=100`, daemon-heap.ts): a share of 100,000
+   * small files grew the owner's heap by the share's garbage.
    */
   collect?: () => void
 }
 
 /** Entries made between two `ShareInit.collect` calls: a collection of the owner's heap takes tens of ms, 10,000 small files some seconds. */
-const COLLECT_EVERY_ENTRIES = 10_000
+export const COLLECT_EVERY_ENTRIES = 10_000
 
 export function listing (share: MyShare): ShareListing {
   return {
@@ -245,7 +245,6 @@ export class ShareBook {
         { type: 'put', sublevel: this.mine, key: id, value: share }
       ])
     })
-    if (made >= COLLECT_EVERY_ENTRIES) init.collect?.()
     return { share, manifest: bytes, skipped: result.skipped }
   }
 
