@@ -103,8 +103,9 @@ let startHeld: NodeJS.Timeout | null = null
  * (modules, services, their state), so every start grew it to its 8 MiB
  * (two 4 MiB semi-spaces), which an idle daemon then kept resident: V8
  * shrinks it only in a collection, and an idle daemon runs none. Held at
- * growth factor 1, it stays at its first size (2 MiB; what survives goes to
- * the old generation, as it would after the start anyway); from the
+ * growth factor 1, it grows less (what survives goes to the old generation,
+ * as it would after the start anyway; V8 still grows it some: in
+ * daemon-heap.spec's allocation, 2-6.5 MiB held against 8 unheld); from the
  * start-up line it grows as before when traffic needs it. Measured,
  * `BENCH_CLI_PARTS=start node bench/cli.ts` against the code before in a
  * clone, 2 interleaved rounds of 2 starts: resident 5 s after a start, the
