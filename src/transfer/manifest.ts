@@ -259,9 +259,26 @@ export function checkPath (path: unknown): asserts path is string {
   if (path.endsWith(PARTIAL_SUFFIX)) throw badPath(path, `named like a partial download (${PARTIAL_SUFFIX})`)
 }
 
-/** Manifest order: bytewise on UTF-8, so every platform sorts alike. */
+/**
+ * Manifest order: bytewise on UTF-8, so every platform sorts alike.
+ *
+ * UTF-8's byte order is code point order, which differs from JavaScript's
+ * UTF-16 order only where a surrogate (half of a code point above U+FFFF)
+ * meets a unit from U+E000 up: so this compares units and ranks a surrogate
+ * above any other unit, encoding nothing. Paths are well-formed (checkPath).
+ */
 export function comparePaths (a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'))
+  const length = Math.min(a.length, b.length)
+  for (let i = 0; i < length; i++) {
+    const x = a.charCodeAt(i)
+    const y = b.charCodeAt(i)
+    if (x === y) continue
+    const xSurrogate = x >= 0xd800 && x <= 0xdfff
+    const ySurrogate = y >= 0xd800 && y <= 0xdfff
+    if (xSurrogate !== ySurrogate) return xSurrogate ? 1 : -1
+    return x < y ? -1 : 1
+  }
+  return a.length === b.length ? 0 : (a.length < b.length ? -1 : 1)
 }
 
 export function checkShareName (name: unknown): asserts name is string {

@@ -106,6 +106,16 @@ function checkAccepted (manifest: Manifest): void {
 }
 
 describe('manifests, fuzzed', () => {
+  it('comparePaths orders any two well-formed strings as their UTF-8 bytes do', () => {
+    // Units from the places UTF-16 and UTF-8 order disagree: ASCII, the BMP above the surrogates, and astral code points.
+    const char = fc.oneof(fc.constantFrom('a', 'b', '/', '-', '\uffff', '\ue000', '\u00e9', '\u{10000}', '\u{1f600}', '\u{10ffff}'), fc.string({ unit: 'grapheme', maxLength: 1 }))
+    const text = fc.array(char, { maxLength: 6 }).map(parts => parts.join(''))
+    fuzz(fc.property(text, text, (a, b) => {
+      expect(Math.sign(comparePaths(a, b))).toBe(Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8')))
+      expect(comparePaths(a, a)).toBe(0)
+    }), 5)
+  })
+
   it('round-trip: createManifest signs the canonical bytes of any valid manifest, and they decode to the same manifest', () => {
     fuzz(fc.property(fields, f => {
       const { manifest, bytes } = createManifest({
