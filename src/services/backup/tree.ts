@@ -22,6 +22,7 @@ import { KithError } from '../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../peer/canonical.ts'
 import { BACKUP_CDC_SIZES } from '../../transfer/cdc.ts'
 import { MAX_SEGMENT_LENGTH } from '../../transfer/constants.ts'
+import { comparePaths } from '../../transfer/manifest.ts'
 
 export const TREE_FORMAT = 1
 const KiB = 1024
@@ -56,13 +57,9 @@ function bad (message: string): KithError {
   return new KithError('TREE_MALFORMED', `a backup tree ${message}; it was damaged or forged`)
 }
 
-function compareNames (a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'))
-}
-
 export function checkName (name: unknown): string {
   if (typeof name !== 'string' || name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0') ||
-    Buffer.byteLength(name, 'utf8') > MAX_SEGMENT_LENGTH) {
+    !name.isWellFormed() || Buffer.byteLength(name, 'utf8') > MAX_SEGMENT_LENGTH) {
     throw bad(`holds the name ${JSON.stringify(String(name).slice(0, 80))}, which no file in a folder can have`)
   }
   return name
@@ -81,7 +78,7 @@ function bytesToIds (bytes: Uint8Array): string[] {
 
 /** Entries sorted by name, encoded; throws INTERNAL on a duplicate (the scanner never makes one). */
 export function encodeTree (entries: TreeEntry[]): Uint8Array {
-  const sorted = [...entries].sort((a, b) => compareNames(a.name, b.name))
+  const sorted = [...entries].sort((a, b) => comparePaths(a.name, b.name))
   for (let i = 1; i < sorted.length; i++) {
     if (sorted[i - 1]!.name === sorted[i]!.name) throw new KithError('INTERNAL', `two entries named ${JSON.stringify(sorted[i]!.name)} in one tree`)
   }
@@ -158,7 +155,7 @@ export function decodeTree (bytes: Uint8Array): TreeEntry[] {
   if (e.length > MAX_TREE_ENTRIES) throw new KithError('TREE_TOO_LARGE', `a backup tree lists ${e.length} entries, more than the ${MAX_TREE_ENTRIES} one may`)
   const entries = e.map(decodeEntry)
   for (let i = 1; i < entries.length; i++) {
-    if (compareNames(entries[i - 1]!.name, entries[i]!.name) >= 0) throw bad(`lists ${JSON.stringify(entries[i]!.name)} out of order or twice`)
+    if (comparePaths(entries[i - 1]!.name, entries[i]!.name) >= 0) throw bad(`lists ${JSON.stringify(entries[i]!.name)} out of order or twice`)
   }
   return entries
 }
