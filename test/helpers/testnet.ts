@@ -43,6 +43,19 @@ process.once('SIGTERM', () => {
  */
 export const TEST_DAEMON_ENV: NodeJS.ProcessEnv = { KITH_RECONNECT_MAX_MS: '2000', KITH_RESERVE_RETRY_MAX_MS: '2000' }
 
+/**
+ * Where the processes started from a test bundle (KITH_DIST, a new folder each
+ * run: bundle-setup.ts) keep Node's compile cache: inside that folder, so it
+ * goes when the run removes the bundle. In the user's cache (bin/kith.js) each
+ * run would leave its own entries behind, never read again (234 MB here after
+ * a few hours of runs). An explicit NODE_COMPILE_CACHE or
+ * NODE_DISABLE_COMPILE_CACHE in the environment wins.
+ */
+function compileCacheEnv (): NodeJS.ProcessEnv {
+  const dist = process.env.KITH_DIST
+  return dist != null && dist !== '' ? { NODE_COMPILE_CACHE: join(dist, '.compile-cache') } : {}
+}
+
 export interface CliResult {
   code: number
   stdout: string
@@ -53,7 +66,7 @@ export interface CliResult {
 export async function runCli (args: string[], env: NodeJS.ProcessEnv = {}, netns?: string): Promise<CliResult> {
   const [cmd, ...pre] = netns != null ? ['ip', 'netns', 'exec', netns, NODE] : [NODE]
   return await new Promise(resolve => {
-    execFile(cmd!, [...pre, KITH, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(cmd!, [...pre, KITH, ...args], { env: { ...compileCacheEnv(), ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
       const code = err == null ? 0 : typeof err.code === 'number' ? err.code : 1
       resolve({ code, stdout, stderr })
     })
@@ -142,7 +155,7 @@ export class TestNode {
     // src/services/daemon-heap.ts) given here, the daemon starts in one Node process instead of
     // two: about 0.1 s of CPU less per start
     const flags = this.reexec ? [] : DAEMON_STARTUP_FLAGS
-    const env = { ...TEST_DAEMON_ENV, ...(this.reexec ? {} : DAEMON_ENV) }
+    const env = { ...TEST_DAEMON_ENV, ...compileCacheEnv(), ...(this.reexec ? {} : DAEMON_ENV) }
     this.apiClient = null
     const proc = spawn(cmd!, [...pre, ...flags, KITH, '--home', this.home, 'start', ...listen, '--api', '127.0.0.1:0', '--name', this.name, '--json', ...this.extraArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
