@@ -3,7 +3,7 @@ import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/pro
 import { join } from 'node:path'
 import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
 import { ApiClient } from '../src/services/api/client.ts'
-import { cpuSeconds, fmt, MB, MiB, mbps, peakRss, run, table } from './lib.ts'
+import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, run, table, threadCpuSeconds } from './lib.ts'
 
 /**
  * The backup section of `npm run bench` (`--section backup`): kith's backup
@@ -29,9 +29,13 @@ import { cpuSeconds, fmt, MB, MiB, mbps, peakRss, run, table } from './lib.ts'
  *                  (user + system, from bash's `times`). On a shared, loaded
  *                  machine this is the steady figure; MB/s moves with the load.
  *
+ * BENCH_RESTORES=N restores N times (restic, then kith, each into a new
+ * folder, removed after), prints each round and reports the medians: a loop
+ * on the restore alone, after one pair of backups.
+ *
  * BENCH_CPU_PROF=DIR writes a V8 CPU profile of each daemon into DIR (the
  * daemons are stopped with SIGTERM at the end so they write it; read it with
- * bench/cpu-summary.ts). Run it as `node_modules/.bin/node bench/run.ts
+ * bench/cpu-summary.ts, `--from`/`--to` the restore's µs this logs). Run it as `node_modules/.bin/node bench/run.ts
  * --section backup`: npm's Node may refuse --cpu-prof in NODE_OPTIONS.
  *
  * restic runs with RESTIC_PASSWORD set and its cache in the work folder; its
@@ -150,13 +154,15 @@ export async function backupBench (log: Log, work: string, size: number): Promis
   const [owner, h1, h2] = net.nodes as [TestNode, TestNode, TestNode]
   const daemons = [owner, h1, h2]
   if (profiles != null) for (const n of daemons) log(`backup: ${n.name} is pid ${n.pid}: its profile is ${profiles}/CPU.*.${n.pid}.*.cpuprofile`)
-  /** CPU seconds each daemon used while `work` ran, and the minor page faults it took */
-  const cpuDuring = async <T>(work: () => Promise<T>): Promise<[T, number[], number[]]> => {
+  /** CPU seconds each daemon used while `work` ran, the minor page faults it took, and the owner's main thread's CPU seconds */
+  const cpuDuring = async <T>(work: () => Promise<T>): Promise<[T, number[], number[], number]> => {
     const read = async (): Promise<Array<[number, number]>> => await Promise.all(daemons.map(async n => [await cpuSeconds(n.pid), await minorFaults(n.pid)] as [number, number]))
     const before = await read()
+    const mainBefore = await threadCpuSeconds(owner.pid)
     const result = await work()
+    const mainAfter = await threadCpuSeconds(owner.pid)
     const after = await read()
-    return [result, after.map(([s], i) => s - before[i]![0]), after.map(([, f], i) => f - before[i]![1])]
+    return [result, after.map(([s], i) => s - before[i]![0]), after.map(([, f], i) => f - before[i]![1]), mainAfter - mainBefore]
   }
   try {
     await Promise.all([h1, h2].map(async h => await befriend(h, owner, '--grant', 'backup')))
@@ -175,7 +181,7 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     const r1 = await restic(['backup', '--repo', repo, '--quiet', tree]); must(r1, 'restic backup')
     const repo1 = await duBytes(repo)
     log('backup: kith, first backup to two friends')
-    const [k1, cpu1, faults1] = await cpuDuring(async () => await kith('backup', 'run', tree)); must(k1, 'kith backup run')
+    const [k1, cpu1, faults1, main1] = await cpuDuring(async () => await kith('backup', 'run', tree)); must(k1, 'kith backup run')
     const first = lastJob(k1.stdout).result as { sentBytes: number, readBytes: number }
     const rssFirst = await Promise.all(daemons.map(async n => await peakRss(n.pid)))
 
@@ -187,16 +193,32 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     const second = lastJob(k2.stdout).result as { sentBytes: number }
 
     log('backup: restores')
-    const rr = await restic(['restore', 'latest', '--repo', repo, '--target', join(root, 'restic-out')]); must(rr, 'restic restore')
-    const [kr, cpuR, faultsR] = await cpuDuring(async () => await kith('backup', 'restore', 'latest', '-o', join(root, 'kith-out'))); must(kr, 'kith backup restore')
+    const total2 = made.bytes + changed
+    const rounds: Array<{ kithMs: number, resticMs: number, resticS: number, cpu: number[], faults: number[], main: number }> = []
+    const restores = Math.max(1, Number(process.env.BENCH_RESTORES ?? 1))
+    for (let i = 0; i < restores; i++) {
+      const rr = await restic(['restore', 'latest', '--repo', repo, '--target', join(root, 'restic-out')]); must(rr, 'restic restore')
+      const from = process.hrtime.bigint() / 1000n
+      const [kr, cpu, faults, main] = await cpuDuring(async () => await kith('backup', 'restore', 'latest', '-o', join(root, 'kith-out'))); must(kr, 'kith backup restore')
+      const to = process.hrtime.bigint() / 1000n
+      rounds.push({ kithMs: kr.ms, resticMs: rr.ms, resticS: rr.cpuS, cpu, faults, main })
+      const perMb = (s: number): string => fmt(s * 1000 / (total2 / MB), 1)
+      log(`backup: restore ${i + 1}: kith ${fmt(mbps(total2, kr.ms), 1)} MB/s, restic ${fmt(mbps(total2, rr.ms), 1)} (${fmt(rr.ms / kr.ms, 2)}); ` +
+        `CPU ms/MB owner ${perMb(cpu[0]!)} (main thread ${perMb(main)}), hosts ${perMb(cpu[1]!)} ${perMb(cpu[2]!)}, restic ${perMb(rr.cpuS)}` +
+        (profiles != null ? `; profile window --from ${from} --to ${to}` : ''))
+      if (i + 1 < restores) await Promise.all(['restic-out', 'kith-out'].map(async out => { await rm(join(root, out), { recursive: true, force: true }) }))
+    }
+    const mid = (f: (r: typeof rounds[number]) => number): number => median(rounds.map(f))
+    const cpuR = [0, 1, 2].map(i => mid(r => r.cpu[i]!))
+    const faultsR = [0, 1, 2].map(i => mid(r => r.faults[i]!))
+    const mainR = mid(r => r.main)
 
     const firstMs = k1.ms
     const rss = await Promise.all(daemons.map(async n => await peakRss(n.pid)))
     const kFirst = mbps(made.bytes, firstMs)
     const rFirst = mbps(made.bytes, r1.ms)
-    const total2 = made.bytes + changed
-    const kRestore = mbps(total2, kr.ms)
-    const rRestore = mbps(total2, rr.ms)
+    const kRestore = mbps(total2, mid(r => r.kithMs))
+    const rRestore = mbps(total2, mid(r => r.resticMs))
     const kithPerChanged = second.sentBytes / 2 / changed
     const resticPerChanged = resticAdded / changed
     const rows = [
@@ -206,10 +228,11 @@ export async function backupBench (log: Log, work: string, size: number): Promis
       ...(['owner', 'h1', 'h2'] as const).map((n, i) => [`peak RSS ${n} (MB)`, fmt(rss[i]! / MB), '-', '-', `<= ${TARGET_RSS / MB}`, rss[i]! <= TARGET_RSS ? 'yes' : 'NO'])
     ]
     const perMb = (s: number, bytes: number): number => s * 1000 / (bytes / MB)
-    const cpuRows = ([['first backup', cpu1, faults1, r1.cpuS, made.bytes], ['restore', cpuR, faultsR, rr.cpuS, total2]] as const).flatMap(([what, cpu, faults, resticS, bytes]) => {
+    const cpuRows = ([['first backup', cpu1, faults1, main1, r1.cpuS, made.bytes], ['restore', cpuR, faultsR, mainR, mid(r => r.resticS), total2]] as const).flatMap(([what, cpu, faults, main, resticS, bytes]) => {
       const sum = cpu.reduce((a, b) => a + b, 0)
       return [
         [`${what}: CPU ms/MB`, fmt(perMb(cpu[0]!, bytes), 1), fmt(perMb(cpu[1]!, bytes), 1), fmt(perMb(cpu[2]!, bytes), 1), fmt(perMb(sum, bytes), 1), fmt(perMb(resticS, bytes), 1), fmt(sum / resticS, 1)],
+        [`${what}: owner's main thread`, fmt(perMb(main, bytes), 1), '-', '-', '-', '-', '-'],
         [`${what}: page faults/MB`, ...faults.map(f => fmt(f / (bytes / MB))), fmt(faults.reduce((a, b) => a + b, 0) / (bytes / MB)), '-', '-']
       ]
     })

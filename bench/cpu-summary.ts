@@ -6,7 +6,11 @@ import { basename } from 'node:path'
  * with `npm run bench`): where the self time went, by function and by
  * package, so a reader can see what limits throughput without a GUI.
  *
- *   node bench/cpu-summary.ts FILE.cpuprofile [...] [--top 25]
+ *   node bench/cpu-summary.ts FILE.cpuprofile [...] [--top 25] [--from US --to US]
+ *
+ * `--from`/`--to` keep only the samples taken in that window, in µs of the
+ * profile's own clock (CLOCK_MONOTONIC, as `process.hrtime.bigint() / 1000n`
+ * in any process on the machine): one phase of a longer run.
  */
 interface Node {
   id: number
@@ -27,9 +31,13 @@ function where (url: string): string {
 
 const args = process.argv.slice(2)
 let top = 25
+let from = -Infinity
+let to = Infinity
 const files: string[] = []
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--top') top = Number(args[++i])
+  else if (args[i] === '--from') from = Number(args[++i])
+  else if (args[i] === '--to') to = Number(args[++i])
   else files.push(args[i]!)
 }
 if (files.length === 0) {
@@ -43,7 +51,11 @@ for (const file of files) {
   const self = new Map<number, number>()
   const samples = profile.samples ?? []
   const deltas = profile.timeDeltas ?? []
-  for (let i = 0; i < samples.length; i++) self.set(samples[i]!, (self.get(samples[i]!) ?? 0) + (deltas[i + 1] ?? 0))
+  let at = profile.startTime
+  for (let i = 0; i < samples.length; i++) {
+    at += deltas[i] ?? 0
+    if (at >= from && at <= to) self.set(samples[i]!, (self.get(samples[i]!) ?? 0) + (deltas[i + 1] ?? 0))
+  }
   const total = [...self.values()].reduce((a, b) => a + b, 0)
   const byFunction = new Map<string, number>()
   const byPackage = new Map<string, number>()
