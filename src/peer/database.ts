@@ -1,10 +1,10 @@
-import { access, mkdir, mkdtemp, readdir, readFile, rename, open as openFile, rm, symlink } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rename, open as openFile, rm, symlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { Level } from 'level'
 import type { AbstractSublevel } from 'abstract-level'
 import { KithError } from '../errors.ts'
-import type { HomePaths } from './home.ts'
+import { pathExists, type HomePaths } from './home.ts'
 import { checkDatabaseFiles, checkLog, checkTable, type Problem } from './leveldb-check.ts'
 
 /**
@@ -30,10 +30,10 @@ const PROBLEMS_SHOWN = 3
  * no database yet); a home that has an identity but no db/ is refused.
  */
 export async function openHomeDatabase (paths: HomePaths): Promise<Database> {
-  const hasKey = await exists(paths.identity)
+  const hasKey = await pathExists(paths.identity)
   // a first start killed before LevelDB wrote CURRENT left no database yet
-  if (!hasKey && !(await exists(join(paths.db, 'CURRENT')))) return await openDatabase(paths.db, 'new')
-  if (!(await exists(paths.db))) {
+  if (!hasKey && !(await pathExists(join(paths.db, 'CURRENT')))) return await openDatabase(paths.db, 'new')
+  if (!(await pathExists(paths.db))) {
     throw new KithError('DATABASE_MISSING',
       `the database folder ${paths.db} is missing, but this home has an identity (${paths.identity}); restore the folder from a backup. kith will not start an empty node with an old identity`)
   }
@@ -45,7 +45,7 @@ export async function openHomeDatabase (paths: HomePaths): Promise<Database> {
  * checked before it is opened; neither: either (tests and tools).
  */
 export async function openDatabase (path: string, expect?: 'new' | 'existing'): Promise<Database> {
-  const existing = expect === 'existing' || (expect == null && await exists(path))
+  const existing = expect === 'existing' || (expect == null && await pathExists(path))
   if (existing) {
     const problems = await withLock(path, async () => await checkDatabaseFiles(path))
     if (problems.length > 0) throw damaged(path, problems)
@@ -110,7 +110,7 @@ const UNKNOWN_RECORD_TYPE = 0x7f
  * must pass the same check as a start.
  */
 export async function repairDatabase (path: string): Promise<RepairReport> {
-  if (!(await exists(path))) throw new KithError('DATABASE_MISSING', `there is no database at ${path} to repair`)
+  if (!(await pathExists(path))) throw new KithError('DATABASE_MISSING', `there is no database at ${path} to repair`)
   const report: RepairReport = { db: path, problems: [], logs: [], salvaged: [], lost: [], leveldb: [], records: {} }
   await withLock(path, async () => {
     report.problems = await checkDatabaseFiles(path)
@@ -245,13 +245,4 @@ function openError (path: string, err: unknown): KithError {
   }
   return new KithError('DATABASE_CORRUPT',
     `the database ${path} can't be opened (${message}); run \`kith repair\` on this home to salvage what it can, or restore the folder from a backup`, { cause: err })
-}
-
-async function exists (path: string): Promise<boolean> {
-  try {
-    await access(path)
-    return true
-  } catch {
-    return false
-  }
 }

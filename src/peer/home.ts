@@ -155,6 +155,16 @@ export async function writeFileAtomic (path: string, data: string | Uint8Array, 
   await syncDir(dirname(path))
 }
 
+/** Whether anything is at `path`, a dangling link included. */
+export async function pathExists (path: string): Promise<boolean> {
+  try {
+    await lstat(path)
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** fsyncs a folder, so a rename or a new file in it survives a power loss. */
 export async function syncDir (path: string): Promise<void> {
   const handle = await open(path, 'r')

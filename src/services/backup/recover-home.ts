@@ -15,11 +15,10 @@
  *     the next record pushed is newer than any a host holds, and the name;
  *  6. stops the node: `kith start` runs it, and `kith backup list|restore` work.
  */
-import { access } from 'node:fs/promises'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { KithError, asKithError } from '../../errors.ts'
-import { ensureHome, homePaths } from '../../peer/home.ts'
+import { ensureHome, homePaths, pathExists } from '../../peer/home.ts'
 import { openHomeDatabase } from '../../peer/database.ts'
 import { createIdentity } from '../../peer/identity.ts'
 import { phraseToSeed } from '../../peer/phrase.ts'
@@ -54,15 +53,6 @@ export interface RecoverHomeResult {
   blobs: number
 }
 
-async function exists (path: string): Promise<boolean> {
-  try {
-    await access(path)
-    return true
-  } catch {
-    return false
-  }
-}
-
 function viaPeer (via: string): { ma: ReturnType<typeof multiaddr>, peer: string } {
   let ma
   try {
@@ -85,8 +75,8 @@ export async function recoverHome (opts: RecoverHomeOptions): Promise<RecoverHom
   const seed = phraseToSeed(opts.phrase)
   const { ma, peer: via } = viaPeer(opts.via)
   const paths = homePaths(opts.home)
-  if (await exists(paths.identity) || await exists(paths.db)) {
-    throw new KithError('HOME_NOT_EMPTY', `${opts.home} already holds a node (${await exists(paths.identity) ? paths.identity : paths.db}); kith restore makes a new home and never writes over one: give another --home (if an earlier restore was interrupted, remove that folder first)`)
+  if (await pathExists(paths.identity) || await pathExists(paths.db)) {
+    throw new KithError('HOME_NOT_EMPTY', `${opts.home} already holds a node (${await pathExists(paths.identity) ? paths.identity : paths.db}); kith restore makes a new home and never writes over one: give another --home (if an earlier restore was interrupted, remove that folder first)`)
   }
   await ensureHome(paths.root)
   // the database before the key: a home with a key and no database is refused at start (DATABASE_MISSING)

@@ -1,11 +1,12 @@
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { lstat, rm, statfs } from 'node:fs/promises'
+import { rm, statfs } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection } from '@libp2p/interface'
 import { KithError, asKithError } from '../../errors.ts'
 import type { Sublevel } from '../../peer/database.ts'
+import { pathExists } from '../../peer/home.ts'
 import { unwrapKey } from '../../peer/key-wrap.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import type { FriendBook } from '../../trust/friends.ts'
@@ -244,7 +245,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     if (!PRIORITIES.includes(priority)) throw new KithError('BAD_REQUEST', `a priority is one of ${PRIORITIES.join(', ')}, not ${JSON.stringify(priority)}`)
     if (req.minRate != null && !(req.minRate >= 0 && Number.isFinite(req.minRate))) throw new KithError('BAD_REQUEST', 'minRate is a rate in bytes per second')
     const dest = 'dest' in req ? resolve(req.dest) : join(resolve(req.destDir), safeName(path === '' ? manifest.name : path.split('/').pop()!))
-    if (await exists(dest)) throw new KithError('DESTINATION_EXISTS', `${dest} already exists; choose another -o or move it away`)
+    if (await pathExists(dest)) throw new KithError('DESTINATION_EXISTS', `${dest} already exists; choose another -o or move it away`)
     const now = Date.now()
     const record: Transfer = {
       id: randomBytes(6).toString('hex'),
@@ -796,16 +797,6 @@ async function freeBytes (path: string): Promise<number> {
 /** Where the file at `relative` (as `select` gives it) of a fetch goes. */
 function destOf (record: Pick<Transfer, 'dest'>, relative: string): string {
   return relative === '' ? record.dest : join(record.dest, ...relative.split('/'))
-}
-
-/** Anything at `path`, a dangling link included. */
-async function exists (path: string): Promise<boolean> {
-  try {
-    await lstat(path)
-    return true
-  } catch {
-    return false
-  }
 }
 
 function describe (err: unknown): { code: string, message: string } {
