@@ -217,11 +217,18 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
   }, 120_000)
   it('a restore killed with kill -9 resumes: each file is absent or whole at the kill, the files it finished are kept', async () => {
     const api = await ApiClient.forHome(owner.home)
-    const { snapshots } = await owner.json<{ snapshots: Array<{ seq: number, paths: string[] }> }>('backup', 'list')
-    const seq = snapshots.filter(s => s.paths[0] === src).at(-1)!.seq
+    // a restore writes the files in the tree's order, each blob where it goes as it comes:
+    // ten small files, then a big one, so that some are whole while the big one is still coming
+    const dir = join(owner.home, '..', 'tree-3')
+    await mkdir(dir)
+    for (let i = 0; i < 10; i++) await writeFile(join(dir, `a${i}.bin`), bytes(200_000, 10 + i))
+    await writeFile(join(dir, 'z.bin'), bytes(6 * 1024 * 1024, 30))
+    const run = await owner.cli('backup', 'run', dir, '--json')
+    expect(run.code, run.stderr).toBe(0)
+    const seq = result(run.stdout).snapshot.seq as number
     const out = join(owner.home, '..', 'restored-5')
-    // slow enough to be caught halfway: 6.9 MB at 1 MB/s. Which files are done by then depends on
-    // how the blobs shared get-many requests (2 MiB batches), so the test asks no order of them
+    // slow enough to be caught halfway: 8.3 MB at 1 MB/s. Which small files are done by then depends
+    // on how the two hosts' requests shared the blobs, so the test asks no order of them
     await owner.json('limits', 'set', '--down', '1MB/s')
     const { job } = await api.call<{ job: { id: string } }>('POST', '/v1/backup/restores', { snapshot: String(seq), out })
     await waitFor(async () => {
@@ -231,8 +238,8 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     expect((await api.get<{ job: { state: string } }>(`/v1/backup/jobs/${job.id}`)).job.state).toBe('running')
     await owner.kill9()
     // a destination file is absent or whole: every file under its own name is the source's (a partial has a .kith- name)
-    const source = await describeTree(src)
-    const whole = Object.entries(await describeTree(join(out, 'tree'))).filter(([path, seen]) => seen.type === 'file' && !path.includes('.kith-'))
+    const source = await describeTree(dir)
+    const whole = Object.entries(await describeTree(join(out, 'tree-3'))).filter(([path, seen]) => seen.type === 'file' && !path.includes('.kith-'))
     for (const [path, seen] of whole) expect({ path, size: seen.size, content: seen.content }).toEqual({ path, size: source[path]?.size, content: source[path]?.content })
     expect(whole.length).toBeGreaterThanOrEqual(3)
     await owner.start()
@@ -245,7 +252,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     expect(resumed.code, resumed.stderr).toBe(0)
     // the files finished before the kill were found in place, not fetched again
     expect(result(resumed.stdout).skipped).toBeGreaterThanOrEqual(whole.length)
-    expectSameTree(await describeTree(join(out, 'tree')), await describeTree(src))
+    expectSameTree(await describeTree(join(out, 'tree-3')), await describeTree(dir))
     // no partial left behind
     const names = async (dir: string): Promise<string[]> => (await readdir(dir, { recursive: true })).map(String)
     expect((await names(out)).filter(n => n.includes('.kith-'))).toEqual([])

@@ -1,11 +1,21 @@
 /**
- * Fetching many blobs back, many per request (a restore's data blobs).
+ * Fetching a restore's data blobs back: many per request, the requests kept
+ * full and the next one out before the last is read.
  *
- * Each blob starts at one of its hosts (rotated by its id, so a restore reads
- * from all of them) and waits in that host's queue; a get-many leaves at once
- * when none is in flight to that host, and otherwise only with a full batch
- * (fullBatch, batch.ts) while fewer than REQUESTS_PER_HOST are, carrying what
- * waits (up to BATCH_BYTES), so blobs share requests. Every blob is opened (openBlob: the AEAD tag over every byte,
+ * The blobs come from a source in the order the restore writes them (the
+ * plan's files, each file's chunks). Each starts at one of its hosts (rotated
+ * by its id, so a restore reads from all of them) and waits in that host's
+ * queue. A host has up to REQUESTS_PER_HOST get-many requests out at once,
+ * each read as it arrives (BackupClient.getEach); the first leaves at once,
+ * a further one only with BATCH_BYTES waiting (or the last blobs), so
+ * requests carry megabytes: a request costs both ends a few ms of CPU
+ * whatever it carries. The source is read only while the blobs taken from
+ * it and not yet written hold less than AHEAD_BYTES, so a slow host holds
+ * back the rest by that much at most.
+ *
+ * Memory: a body is read only once `budget` (the restore's) grants its size,
+ * given back once the blob is written; the stream's window holds the rest
+ * on the host. Every blob is opened (openBlob: the AEAD tag over every byte,
  * owner, id and kind in its AD, then the keyed id over the plaintext) before
  * it is handed out; the sealed id is not hashed again on top of that. A host
  * that fails a blob, or the whole request, hands it to the next of its hosts.
@@ -13,13 +23,19 @@
 import { KithError, asKithError } from '../../errors.ts'
 import { BufferPool } from '../../transfer/buffer-pool.ts'
 import { SEAL_OVERHEAD } from '../../transfer/constants.ts'
-import { fullBatch, takeBatch } from './batch.ts'
+import { takeBatch } from './batch.ts'
 import { openBlob } from './blob.ts'
-import type { BlobKind, BlobRecord } from './owner-index.ts'
+import type { ByteBudget } from './budget.ts'
+import type { BlobRecord } from './owner-index.ts'
 import { unlessBusy, type BackupParts } from './parts.ts'
+import { MAX_MANY_BLOBS } from './wire.ts'
 
-/** get-many requests in flight to one host (a host serves 8 requests of one owner at once). */
-const REQUESTS_PER_HOST = 3
+/** get-many requests out to one host at once, each read as it arrives (a host serves 8 of one owner's at once). */
+const REQUESTS_PER_HOST = 2
+/** A get-many carries about this many sealed bytes (a host takes up to MAX_MANY_BYTES). */
+export const BATCH_BYTES = 4 * 1024 * 1024
+/** Sealed bytes taken from the source and not yet written, at most (beyond one blob). */
+const AHEAD_BYTES = 32 * 1024 * 1024
 /**
  * Blobs from this size up are read, and opened, into buffers kept for the
  * next ones: a fresh buffer of 128 KiB or more is mapped and faulted in page
@@ -27,130 +43,246 @@ const REQUESTS_PER_HOST = 3
  * dropped waits for V8's next collection in resident memory.
  */
 const REUSED_FROM = 128 * 1024
-/** Buffers kept per pool: the restore has at most AHEAD_BYTES (8 MiB) of blobs, ~1 MiB each, in flight. */
+/** Buffers kept per pool: the budget lets about 8 of ~1 MiB be read and not yet written. */
 const BUFFERS_KEPT = 8
 
-interface Want {
+/** A data blob to fetch, and what to do with it. */
+export interface Want {
   id: string
-  kind: BlobKind
   record: BlobRecord
+}
+
+interface Queued<W extends Want> {
+  want: W
   /** its hosts, in the order they are tried */
   order: string[]
   tried: number
   failures: string[]
-  resolve: (plaintext: Uint8Array) => void
-  reject: (err: unknown) => void
 }
 
-interface HostQueue {
-  waiting: Want[]
+interface HostQueue<W extends Want> {
+  host: string
+  waiting: Array<Queued<W>>
+  waitingBytes: number
   inFlight: number
 }
 
-export class BlobGetter {
-  private readonly parts: BackupParts
-  private readonly signal: AbortSignal | undefined
-  private readonly queues = new Map<string, HostQueue>()
+export interface GetterInit<W extends Want> {
+  parts: BackupParts
+  /** sealed bytes read and not yet written, over the whole restore */
+  budget: ByteBudget
+  signal?: AbortSignal
+  /**
+   * Writes a blob's plaintext (verified). The buffer is the getter's: it is
+   * reused once the promise settles. A rejection ends the fetch.
+   */
+  write: (want: W, plaintext: Uint8Array) => Promise<void>
+}
+
+export class BlobGetter<W extends Want> {
+  private readonly init: GetterInit<W>
+  /** aborted with the first failure, or the caller's signal */
+  private readonly stop = new AbortController()
+  private readonly signal: AbortSignal
+  private readonly queues = new Map<string, HostQueue<W>>()
   /** sealed bodies, given back once opened */
   private readonly sealedBuffers = new BufferPool(BUFFERS_KEPT)
-  /** plaintexts handed out, given back by release() */
+  /** plaintexts being written, given back once written */
   private readonly plainBuffers = new BufferPool(BUFFERS_KEPT)
+  private source: AsyncIterator<W[]> | undefined
+  private sourceDone = false
+  private feeding = false
+  /** sealed bytes of the blobs taken from the source and not yet written */
+  private ahead = 0
+  /** blobs taken from the source and not yet written, or failed */
+  private open = 0
+  private readonly writes = new Set<Promise<void>>()
+  private failure: { error: unknown } | undefined
+  private readonly finished = Promise.withResolvers<void>()
 
-  constructor (parts: BackupParts, signal?: AbortSignal) {
-    this.parts = parts
-    this.signal = signal
+  constructor (init: GetterInit<W>) {
+    this.init = init
+    this.signal = init.signal != null ? AbortSignal.any([init.signal, this.stop.signal]) : this.stop.signal
   }
 
-  /**
-   * A blob's plaintext, verified; BLOB_MISSING once every host holding it
-   * failed (each named). `known`: its index record, when the caller has just read it.
-   */
-  async get (id: string, kind: BlobKind, known?: BlobRecord): Promise<Uint8Array> {
-    const record = known ?? await this.parts.index.blob(id)
-    if (record == null) throw new KithError('BLOB_MISSING', `blob ${id.slice(0, 12)}… (${kind}) is not in this node's backup index; was the snapshot forgotten?`)
-    if (record.kind !== kind) throw new KithError('BLOB_OPEN_FAILED', `blob ${id.slice(0, 12)}… is a ${record.kind} blob, not a ${kind} blob`)
-    if (record.hosts.length === 0) throw new KithError('BLOB_MISSING', `no host holds blob ${id.slice(0, 12)}… (${kind}). kith backup health shows the hosts`)
+  /** Fetches and writes every blob `source` yields; throws the first failure once nothing is being written any more. */
+  async run (source: AsyncIterable<W[]>): Promise<void> {
+    this.source = source[Symbol.asyncIterator]()
+    this.feed()
+    try {
+      await this.finished.promise
+    } finally {
+      while (this.writes.size > 0) await Promise.allSettled(this.writes)
+      await this.source.return?.()
+    }
+  }
+
+  /** Takes blobs from the source into their hosts' queues while AHEAD_BYTES allows. */
+  private feed (): void {
+    if (this.feeding || this.sourceDone || this.failure != null) return
+    this.feeding = true
+    void (async () => {
+      try {
+        while (!this.sourceDone && this.failure == null && this.ahead < AHEAD_BYTES) {
+          const next = await this.source!.next()
+          if (next.done === true) {
+            this.sourceDone = true
+            break
+          }
+          for (const want of next.value) this.take(want)
+          // what is queued goes out while the source is read further
+          for (const queue of this.queues.values()) this.pump(queue)
+        }
+      } catch (err) {
+        this.fail(err)
+      } finally {
+        this.feeding = false
+      }
+      for (const queue of this.queues.values()) this.pump(queue)
+      this.settled()
+    })()
+  }
+
+  private take (want: W): void {
+    const { id, record } = want
+    if (record.hosts.length === 0) {
+      this.fail(new KithError('BLOB_MISSING', `no host holds blob ${id.slice(0, 12)}… (data). kith backup health shows the hosts`))
+      return
+    }
     const first = Number.parseInt(id.slice(0, 8), 16) % record.hosts.length
     const order = [...record.hosts.slice(first), ...record.hosts.slice(0, first)]
-    return await new Promise<Uint8Array>((resolve, reject) => {
-      this.enqueue({ id, kind, record, order, tried: 0, failures: [], resolve, reject })
-    })
+    this.ahead += record.size
+    this.open++
+    this.enqueue({ want, order, tried: 0, failures: [] }, false)
   }
 
-  /** Hands back a plaintext get() gave, once nothing uses it (written out): the next blob is opened into it. */
-  release (plaintext: Uint8Array): void {
-    this.plainBuffers.give(plaintext)
-  }
-
-  private buffer (pool: BufferPool, size: number): Uint8Array {
-    return size >= REUSED_FROM ? pool.take(size) : Buffer.allocUnsafe(size)
-  }
-
-  private enqueue (want: Want): void {
-    const host = want.order[want.tried]!
+  /** Into its next host's queue: at the back, or (a blob another host failed) at the front, it was due already. */
+  private enqueue (queued: Queued<W>, front: boolean): void {
+    const host = queued.order[queued.tried]!
     let queue = this.queues.get(host)
-    if (queue == null) this.queues.set(host, queue = { waiting: [], inFlight: 0 })
-    queue.waiting.push(want)
-    this.pump(host, queue)
+    if (queue == null) this.queues.set(host, queue = { host, waiting: [], waitingBytes: 0, inFlight: 0 })
+    if (front) queue.waiting.unshift(queued)
+    else queue.waiting.push(queued)
+    queue.waitingBytes += queued.want.record.size
   }
 
-  private pump (host: string, queue: HostQueue): void {
-    while (queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
-      if (queue.inFlight > 0 && !fullBatch(queue.waiting, w => w.record.size)) break
-      const batch = takeBatch(queue.waiting, w => w.record.size)
+  private pump (queue: HostQueue<W>): void {
+    while (this.failure == null && queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
+      // one out already: the next waits to be full, unless the source has no more to fill it
+      const full = queue.waitingBytes >= BATCH_BYTES || queue.waiting.length >= MAX_MANY_BLOBS
+      if (queue.inFlight > 0 && !full && !(this.sourceDone || this.ahead >= AHEAD_BYTES)) break
+      const batch = takeBatch(queue.waiting, q => q.want.record.size, BATCH_BYTES)
+      for (const q of batch) queue.waitingBytes -= q.want.record.size
       queue.inFlight++
-      void this.send(host, batch).finally(() => {
+      void this.request(queue.host, batch).finally(() => {
         queue.inFlight--
-        this.pump(host, queue)
+        this.pump(queue)
+        this.settled()
       })
     }
   }
 
-  private async send (host: string, batch: Want[]): Promise<void> {
-    // a blob wanted twice (two files, or one file, holding the same chunk) is asked for once: a get-many names each id once
-    const ids = [...new Set(batch.map(w => w.record.sealedId))]
-    let answers: Map<string, Uint8Array | KithError>
+  private async request (host: string, batch: Array<Queued<W>>): Promise<void> {
+    // a blob is asked for once over the restore (the source names each once): a get-many names each id once
+    const ids = batch.map(q => q.want.record.sealedId)
+    let got = 0
+    /** budget taken for a body being read: given back if the request breaks before it is handed on */
+    let held = 0
     try {
-      const got = await unlessBusy(async () => await this.parts.host(host).getMany(ids, this.signal, {
-        buffer: size => this.buffer(this.sealedBuffers, size),
-        // each is opened below before anything uses it: the AEAD and the keyed id check every byte
-        opened: true
-      }), this.signal)
-      answers = new Map(ids.map((id, i) => [id, got[i]!]))
+      // a host busy with my other requests refuses before it sends anything: asked again for what is left
+      await unlessBusy(async () => {
+        const from = got
+        await this.init.parts.host(host).getEach(ids.slice(from), (i, answer) => {
+          const queued = batch[from + i]!
+          got = from + i + 1
+          if (answer instanceof KithError) {
+            this.failed(queued, host, answer)
+          } else {
+            held = 0
+            this.opened(queued, host, answer)
+          }
+        }, {
+          signal: this.signal,
+          opened: true,
+          buffer: async size => {
+            await this.init.budget.take(size)
+            held = size
+            return size >= REUSED_FROM ? this.sealedBuffers.take(size) : Buffer.allocUnsafe(size)
+          }
+        })
+      }, this.signal)
     } catch (err) {
-      for (const want of batch) this.failed(want, host, err)
+      if (held > 0) this.init.budget.give(held)
+      for (const queued of batch.slice(got)) this.failed(queued, host, err)
+    }
+  }
+
+  /** A sealed body read: opened and handed to the writer, or (bytes that fail) to the next host. */
+  private opened (queued: Queued<W>, host: string, sealed: Uint8Array): void {
+    const { want } = queued
+    const size = want.record.size
+    const into = Math.max(0, sealed.length - SEAL_OVERHEAD) >= REUSED_FROM ? this.plainBuffers.take(sealed.length - SEAL_OVERHEAD) : undefined
+    let plaintext: Uint8Array
+    try {
+      plaintext = openBlob(this.init.parts.keys, this.init.parts.owner, 'data', want.id, sealed, into)
+    } catch (err) {
+      if (into != null) this.plainBuffers.give(into)
+      this.init.budget.give(size)
+      this.failed(queued, host, err)
       return
+    } finally {
+      this.sealedBuffers.give(sealed)
     }
-    for (const want of batch) {
-      const answer = answers.get(want.record.sealedId)!
-      if (answer instanceof KithError) {
-        this.failed(want, host, answer)
-        continue
-      }
-      const into = this.buffer(this.plainBuffers, Math.max(0, answer.length - SEAL_OVERHEAD))
-      try {
-        want.resolve(openBlob(this.parts.keys, this.parts.owner, want.kind, want.id, answer, into))
-      } catch (err) {
-        this.plainBuffers.give(into)
-        this.failed(want, host, err)
-      }
-    }
-    for (const answer of answers.values()) if (!(answer instanceof KithError)) this.sealedBuffers.give(answer)
+    const write: Promise<void> = this.init.write(want, plaintext)
+      .catch(err => { this.fail(err) })
+      .finally(() => {
+        this.plainBuffers.give(plaintext)
+        this.init.budget.give(size)
+        this.ahead -= size
+        this.open--
+        this.writes.delete(write)
+        this.feed()
+        this.settled()
+      })
+    this.writes.add(write)
   }
 
   /** The next of the blob's hosts, or BLOB_MISSING naming what each said. */
-  private failed (want: Want, host: string, err: unknown): void {
-    if (this.signal?.aborted === true) {
-      want.reject(err)
+  private failed (queued: Queued<W>, host: string, err: unknown): void {
+    if (this.failure != null || this.init.signal?.aborted === true) {
+      this.fail(err)
+      this.ahead -= queued.want.record.size
+      this.open--
       return
     }
     const error = asKithError(err)
-    want.failures.push(`${host}: ${error.code} ${error.message}`)
-    want.tried++
-    if (want.tried < want.order.length) {
-      this.enqueue(want)
+    queued.failures.push(`${host}: ${error.code} ${error.message}`)
+    queued.tried++
+    if (queued.tried < queued.order.length) {
+      this.enqueue(queued, true)
+      this.pump(this.queues.get(queued.order[queued.tried]!)!)
       return
     }
-    want.reject(new KithError('BLOB_MISSING', `no host gave back blob ${want.id.slice(0, 12)}… (${want.kind}): ${want.failures.join('; ')}. kith backup health shows the hosts`))
+    this.ahead -= queued.want.record.size
+    this.open--
+    this.fail(new KithError('BLOB_MISSING', `no host gave back blob ${queued.want.id.slice(0, 12)}… (data): ${queued.failures.join('; ')}. kith backup health shows the hosts`))
+  }
+
+  /** The first failure ends the fetch: nothing more is asked for, what is out is cut. */
+  private fail (err: unknown): void {
+    if (this.failure != null) return
+    this.failure = { error: err }
+    this.stop.abort(err)
+    this.settled()
+  }
+
+  /** Resolves run() once every blob is written (or, after a failure, once nothing more is out). */
+  private settled (): void {
+    if (this.failure != null) {
+      const out = [...this.queues.values()].some(q => q.inFlight > 0)
+      if (!out && !this.feeding) this.finished.reject(this.failure.error)
+      return
+    }
+    if (this.sourceDone && this.open === 0 && !this.feeding) this.finished.resolve()
   }
 }

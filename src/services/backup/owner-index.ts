@@ -49,6 +49,8 @@ export interface SnapshotRecord {
 export interface OwnerIndex {
   /** the record of one blob, or undefined if never sealed */
   blob: (id: string) => Promise<BlobRecord | undefined>
+  /** the records of many blobs, in the order asked */
+  blobRecords: (ids: string[]) => Promise<Array<BlobRecord | undefined>>
   /** records a blob once it is sealed (hosts: []) */
   putBlob: (id: string, record: BlobRecord) => Promise<void>
   /** a host was verified to hold a blob */
@@ -106,6 +108,11 @@ export class LevelOwnerIndex implements OwnerIndex {
 
   async blob (id: string): Promise<BlobRecord | undefined> {
     return await this.levels.blobs.get(id)
+  }
+
+  /** Many records at once (one LevelDB read for all: a restore's next files). */
+  async blobRecords (ids: string[]): Promise<Array<BlobRecord | undefined>> {
+    return ids.length === 0 ? [] : await this.levels.blobs.getMany(ids)
   }
 
   async putBlob (id: string, record: BlobRecord): Promise<void> {

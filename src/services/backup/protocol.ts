@@ -451,6 +451,13 @@ export interface BackupClient {
    * check every byte, so the sha256 here would be a second pass for nothing.
    */
   getMany: (ids: string[], signal?: AbortSignal, options?: { buffer?: (size: number) => Uint8Array, opened?: boolean }) => Promise<Array<Uint8Array | KithError>>
+  /**
+   * getMany, each blob handed to `each` in order as it arrives rather than
+   * all at the end, so a request may carry far more than the caller holds.
+   * `buffer(size)` may wait: the next body is not read until it gives one,
+   * and the host, behind the stream's window, waits too.
+   */
+  getEach: (ids: string[], each: (index: number, got: Uint8Array | KithError) => void, options?: { signal?: AbortSignal, buffer?: (size: number) => Uint8Array | Promise<Uint8Array>, opened?: boolean }) => Promise<void>
   remove: (ids: string[], signal?: AbortSignal) => Promise<{ freed: number, used: number }>
   list: (after?: string, limit?: number, signal?: AbortSignal) => Promise<{ ids: Array<{ id: string, size: number }>, next: string | null }>
   /** `leafSize`: the root's (audit-tree.ts); the legacy 4 KiB is not sent, so hosts from before it was sent still answer those */
@@ -594,22 +601,26 @@ export function backupClient (init: BackupClientInit): BackupClient {
     },
 
     async getMany (ids, signal, options = {}) {
-      return await exchange('get-many', signal, async (io, answer, s) => {
+      const out: Array<Uint8Array | KithError> = []
+      await client.getEach(ids, (_, got) => { out.push(got) }, { ...options, ...(signal != null ? { signal } : {}) })
+      return out
+    },
+
+    async getEach (ids, each, options = {}) {
+      await exchange('get-many', options.signal, async (io, answer, s) => {
         await io.send({ op: 'get-many', ids }, s)
-        const out: Array<Uint8Array | KithError> = []
         let total = 0
-        for (const id of ids) {
+        for (const [i, id] of ids.entries()) {
           const item = await answer(responseSchemas.item)
           if ('missing' in item) {
-            out.push(new KithError('BLOB_MISSING', `backup host ${host} holds no blob ${id} for me`))
+            each(i, new KithError('BLOB_MISSING', `backup host ${host} holds no blob ${id} for me`))
             continue
           }
           total += item.size
           if (total > MAX_MANY_BYTES) throw new KithError('PROTOCOL_VIOLATION', `backup host ${host} sent more than the ${MAX_MANY_BYTES} bytes one get-many holds`)
-          const sealed = await readBody(io.frames, item.size, io.down, s, `backup host ${host}`, io.moved, options.buffer?.(item.size))
-          out.push(options.opened === true || chunkId(sealed) === id ? sealed : new KithError('BLOB_CORRUPT', `backup host ${host} sent bytes that are not blob ${id}; it is damaged or swapped there`))
+          const sealed = await readBody(io.frames, item.size, io.down, s, `backup host ${host}`, io.moved, await options.buffer?.(item.size))
+          each(i, options.opened === true || chunkId(sealed) === id ? sealed : new KithError('BLOB_CORRUPT', `backup host ${host} sent bytes that are not blob ${id}; it is damaged or swapped there`))
         }
-        return out
       })
     },
 

@@ -17,41 +17,35 @@
  * other file in the way is left alone and named (DESTINATION_EXISTS).
  */
 import { createHash } from 'node:crypto'
-import type { BigIntStats } from 'node:fs'
-import type { FileHandle } from 'node:fs/promises'
+import { close as fsClose, constants, fchmod, fsync, futimes, open as fsOpen, write as fsWrite, type BigIntStats } from 'node:fs'
 import { lstat, lutimes, readlink, rm, symlink, utimes, chmod } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
+import { promisify } from 'node:util'
 import { KithError } from '../../errors.ts'
-import { PARTIAL_SUFFIX } from '../../transfer/constants.ts'
-import { checkUnder, makeRoot, openNoFollow, placeFile, prepareUnder } from '../../transfer/destination.ts'
+import { PARTIAL_SUFFIX, SEAL_OVERHEAD } from '../../transfer/constants.ts'
+import { checkUnder, makeRoot, placeFile, prepareUnder } from '../../transfer/destination.ts'
 import { ByteBudget } from './budget.ts'
-import { BlobGetter } from './getter.ts'
+import { BlobGetter, type Want } from './getter.ts'
+import { MAX_MANY_BLOBS } from './wire.ts'
 import { fetchBlob, type BackupParts } from './parts.ts'
 import { decodeSnapshot, type Snapshot } from './snapshot.ts'
 import { decodeTree, MAX_TREE_BYTES, type TreeEntry } from './tree.ts'
 import type { SnapshotRecord } from './owner-index.ts'
 
+/** Links made and files' places prepared at once (each an lstat or two where the folder was there before). */
+const PREPARING_AT_ONCE = 16
 /**
- * Files written at once: small files' gets share requests. With 4, a
- * restore of the bench's mixed tree sent 1.02 blobs per get-many, 1,000
- * requests for 256 MiB, each costing both ends some 2-5 ms of CPU; the
- * AHEAD_BYTES budget, not this, bounds the memory.
- */
-const FILES_AT_ONCE = 16
-/**
- * Files written whole and being made durable (fsync, mode, mtime, placed) at
- * once, each holding only its handle: a file's fsync waits on the disk, not
- * the CPU, and on a busy disk the next files' writes would wait behind it.
- * 256 MiB restored, one run each: 32 at once peaked the owner at 262 MB, 8 at
- * 243 MB, at the same speed (25-26 MB/s).
+ * Files written whole and being made durable (mode, mtime, fsync, placed) at
+ * once, each holding only its descriptor: a file's fsync waits on the disk,
+ * not the CPU, and on a busy disk the next files' writes would wait behind
+ * it. 256 MiB restored, one run each: 32 at once peaked the owner at 262 MB,
+ * 8 at 243 MB, at the same speed (25-26 MB/s).
  */
 const FINISHING_AT_ONCE = 8
-/** Chunks of one file fetched ahead of the one being written. */
-const PREFETCH = 4
-/** Sealed bytes fetched (or being fetched) and not yet written, at most, over all files: the memory bound. */
+/** Sealed bytes read from the hosts and not yet written, at most, over all files: the memory bound (getter.ts). */
 const AHEAD_BYTES = 8 * 1024 * 1024
 const PROGRESS_EVERY_MS = 250
-/** How far (µs) a file's mtime may be from the snapshot's and still count as restored before (see file()). */
+/** How far (µs) a file's mtime may be from the snapshot's and still count as restored before (see prepareFile()). */
 const MTIME_SLACK_US = 2n
 
 export interface RestoreOptions {
@@ -137,17 +131,43 @@ async function plan (parts: BackupParts, entries: TreeEntry[], signal?: AbortSig
 
 const seconds = (micros: number): number => micros / 1e6
 
-/** A chunk fetched ahead: its plaintext or why not, and the budget it took. */
-interface Ahead { size: number, data?: Uint8Array, error?: unknown }
+type FileEntry = Extract<TreeEntry, { type: 'file' }>
+
+/** A file to write: its partial made at its first chunk, placed once its last is written. */
+interface FileJob {
+  dest: string
+  partial: string
+  entry: FileEntry
+  /** chunks not yet written */
+  left: number
+  written: number
+  /** the partial's descriptor, once made */
+  fd?: Promise<number>
+}
+
+/** A data blob and every place it goes: a blob several files (or one file twice) hold is fetched once. */
+interface DataWant extends Want {
+  places: Array<{ file: FileJob, offset: number }>
+}
+
+const openFd = promisify(fsOpen)
+const writeFd = promisify(fsWrite)
+const fchmodFd = promisify(fchmod)
+const futimesFd = promisify(futimes)
+const fsyncFd = promisify(fsync)
+const closeFd = promisify(fsClose)
 
 class Restorer {
   private readonly parts: BackupParts
   private readonly options: RestoreOptions
-  private readonly getter: BlobGetter
-  private readonly budget = new ByteBudget(AHEAD_BYTES)
+  readonly budget = new ByteBudget(AHEAD_BYTES)
   private readonly total: number
   private done = 0
   private lastReport = 0
+  /** blobs asked for and not yet written to every place, by plaintext id */
+  private readonly wanted = new Map<string, DataWant>()
+  /** files whose partial is made and that are not yet handed to finish() */
+  private readonly started = new Set<FileJob>()
   /** files written whole and being finished (finish()), and the first that failed */
   private readonly finishing = new Set<Promise<void>>()
   private finishFailure: unknown = null
@@ -159,19 +179,21 @@ class Restorer {
     this.parts = parts
     this.options = options
     this.total = total
-    this.getter = new BlobGetter(parts, options.signal)
   }
 
-  async item ({ segments, entry }: Item): Promise<void> {
+  /** A folder made, a link made, or a file's place prepared (null: restored before, or nothing to fetch). */
+  async item ({ segments, entry }: Item): Promise<FileJob | null> {
     this.options.signal?.throwIfAborted()
     const { out } = this.options
     switch (entry.type) {
       case 'dir':
         await prepareUnder(out, segments, { dir: true, ...this.folders })
         this.counts.dirs++
-        return
-      case 'symlink': return await this.link(await prepareLinkPlace(out, segments, this.folders), entry.target, entry.mtime)
-      case 'file': return await this.file(await prepareUnder(out, segments, this.folders), entry)
+        return null
+      case 'symlink':
+        await this.link(await prepareLinkPlace(out, segments, this.folders), entry.target, entry.mtime)
+        return null
+      case 'file': return await this.prepareFile(await prepareUnder(out, segments, this.folders), entry)
     }
   }
 
@@ -200,7 +222,7 @@ class Restorer {
     this.counts.links++
   }
 
-  private async file (dest: string, entry: Extract<TreeEntry, { type: 'file' }>): Promise<void> {
+  private async prepareFile (dest: string, entry: FileEntry): Promise<FileJob | null> {
     const info = await this.found(dest)
     if (info != null) {
       // utimes takes a double of seconds: a restored mtime may be a microsecond or two off the snapshot's
@@ -208,7 +230,7 @@ class Restorer {
       if (info.size === BigInt(entry.size) && drift <= MTIME_SLACK_US && drift >= -MTIME_SLACK_US) {
         this.counts.skipped++
         this.progress(entry.size)
-        return
+        return null
       }
       throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(dest)} is in the way and is not the file the snapshot holds; restore into an empty folder, or move it away`)
     }
@@ -216,83 +238,112 @@ class Restorer {
     const partial = join(dirname(dest), `.kith-${name}${PARTIAL_SUFFIX}`)
     // a killed restore's partial; none can be in a folder this restore made
     if (!this.folders.made.has(dirname(dest))) await rm(partial, { force: true })
-    const handle = await openNoFollow(partial, 'create', 0o600)
-    let written = 0
-    const ahead: Array<Promise<Ahead>> = []
-    // each file takes the budget for its chunks in order, so the chunk it waits on is never behind its later ones
-    let taking: Promise<unknown> = Promise.resolve()
-    const fetch = (i: number): void => {
-      if (i >= entry.chunks.length) return
-      const id = entry.chunks[i]!
-      const took = taking.then(async () => {
-        const record = await this.parts.index.blob(id) ?? undefined
-        await this.budget.take(record?.size ?? 0)
-        return record
-      })
-      taking = took.catch(() => {})
-      ahead.push(took.then(async record => {
-        const size = record?.size ?? 0
-        try {
-          return { size, data: await this.getter.get(id, 'data', record) }
-        } catch (error) {
-          return { size, error }
-        }
-      }, error => ({ size: 0, error })))
-    }
-    try {
-      for (let i = 0; i < Math.min(PREFETCH, entry.chunks.length); i++) fetch(i)
-      for (let i = 0; i < entry.chunks.length; i++) {
-        const got = await ahead.shift()!
-        fetch(i + PREFETCH)
-        let length = 0
-        try {
-          if (got.error !== undefined) throw got.error
-          length = got.data!.length
-          await handle.write(got.data!)
-          this.getter.release(got.data!)
-        } finally {
-          this.budget.give(got.size)
-        }
-        written += length
-        this.progress(length)
+    return { dest, partial, entry, left: entry.chunks.length, written: 0 }
+  }
+
+  /**
+   * The files' blobs in the order they are written, a few files' at a time
+   * (their index records read in one go), each blob once while it is wanted;
+   * a file of no chunks is finished as it comes.
+   */
+  async * wants (files: FileJob[]): AsyncGenerator<DataWant[]> {
+    for (let at = 0; at < files.length;) {
+      const group: FileJob[] = []
+      let chunks = 0
+      while (at < files.length && (group.length === 0 || chunks + files[at]!.entry.chunks.length <= MAX_MANY_BLOBS)) {
+        chunks += files[at]!.entry.chunks.length
+        group.push(files[at++]!)
       }
-      if (written !== entry.size) throw new KithError('FILE_VERIFY_FAILED', `${JSON.stringify(dest)}: the snapshot says ${entry.size} bytes, its chunks hold ${written}`)
-    } catch (err) {
-      // what is still being fetched gives its budget back when it lands
-      for (const rest of ahead.splice(0)) void rest.then(got => { this.budget.give(got.size) })
-      await handle.close()
-      await rm(partial, { force: true })
-      throw err
+      const ids = [...new Set(group.flatMap(f => f.entry.chunks))]
+      const records = new Map(ids.map((id, i) => [id, i]))
+      const found = await this.parts.index.blobRecords(ids)
+      const out: DataWant[] = []
+      for (const file of group) {
+        if (file.entry.chunks.length === 0) {
+          await this.finishSoon(file)
+          continue
+        }
+        let offset = 0
+        for (const id of file.entry.chunks) {
+          const record = found[records.get(id)!]
+          if (record == null) throw new KithError('BLOB_MISSING', `blob ${id.slice(0, 12)}… (data) is not in this node's backup index; was the snapshot forgotten?`)
+          if (record.kind !== 'data') throw new KithError('BLOB_OPEN_FAILED', `blob ${id.slice(0, 12)}… is a ${record.kind} blob, not a data blob`)
+          const wanted = this.wanted.get(id)
+          if (wanted != null) {
+            wanted.places.push({ file, offset })
+          } else {
+            const want = { id, record, places: [{ file, offset }] }
+            this.wanted.set(id, want)
+            out.push(want)
+          }
+          offset += record.size - SEAL_OVERHEAD
+        }
+        if (offset !== file.entry.size) throw new KithError('FILE_VERIFY_FAILED', `${JSON.stringify(file.dest)}: the snapshot says ${file.entry.size} bytes, its chunks hold ${offset}`)
+      }
+      if (out.length > 0) yield out
     }
-    // the next file starts while this one waits on the disk; settle() waits for it
+  }
+
+  /** A blob's plaintext (verified) written to each of its places; a file whose last chunk this is goes to be finished. */
+  async write (want: DataWant, plaintext: Uint8Array): Promise<void> {
+    if (plaintext.length !== want.record.size - SEAL_OVERHEAD) {
+      throw new KithError('FILE_VERIFY_FAILED', `blob ${want.id.slice(0, 12)}… holds ${plaintext.length} bytes, not the ${want.record.size - SEAL_OVERHEAD} the index says`)
+    }
+    // places added while this one writes are written too: it leaves `wanted` only once the last is
+    for (let i = 0; i < want.places.length; i++) {
+      const { file, offset } = want.places[i]!
+      if (file.fd == null) {
+        file.fd = createPartial(file.partial)
+        this.started.add(file)
+      }
+      const fd = await file.fd
+      for (let at = 0; at < plaintext.length;) at += (await writeFd(fd, plaintext, at, plaintext.length - at, offset + at)).bytesWritten
+      file.written += plaintext.length
+      this.progress(plaintext.length)
+      if (--file.left === 0) await this.finishSoon(file)
+    }
+    this.wanted.delete(want.id)
+  }
+
+  /** Hands a file written whole to finish(), once fewer than FINISHING_AT_ONCE are being finished: the next files are written meanwhile. */
+  private async finishSoon (file: FileJob): Promise<void> {
     while (this.finishing.size >= FINISHING_AT_ONCE) await Promise.race(this.finishing)
-    if (this.finishFailure != null) {
-      await handle.close()
-      await rm(partial, { force: true })
-      throw this.finishFailure
-    }
-    const finish: Promise<void> = this.finish(handle, partial, dest, entry)
+    if (this.finishFailure != null) throw this.finishFailure
+    this.started.delete(file)
+    const finish: Promise<void> = this.finish(file)
       .catch(err => { this.finishFailure ??= err })
       .finally(() => { this.finishing.delete(finish) })
     this.finishing.add(finish)
   }
 
-  /** A file written whole: made durable, given its mode and mtime, then placed (absent or whole, never part). */
-  private async finish (handle: FileHandle, partial: string, dest: string, entry: Extract<TreeEntry, { type: 'file' }>): Promise<void> {
+  /** A file written whole: its length checked, given its mode and mtime, made durable, then placed (absent or whole, never part). */
+  private async finish ({ dest, partial, entry, written, fd: made }: FileJob): Promise<void> {
+    const fd = await (made ?? createPartial(partial))
     try {
-      await handle.sync()
-      await handle.chmod(entry.mode)
+      if (written !== entry.size) throw new KithError('FILE_VERIFY_FAILED', `${JSON.stringify(dest)}: the snapshot says ${entry.size} bytes, its chunks hold ${written}`)
+      await fchmodFd(fd, entry.mode)
+      await futimesFd(fd, seconds(entry.mtime), seconds(entry.mtime))
+      await fsyncFd(fd)
     } catch (err) {
-      await handle.close()
+      await closeFd(fd).catch(() => {})
       await rm(partial, { force: true })
       throw err
     }
-    await handle.close()
-    await utimes(partial, seconds(entry.mtime), seconds(entry.mtime))
+    await closeFd(fd)
     await checkUnder(this.options.out, dirname(dest))
     await placeFile(partial, dest, false)
     this.counts.files++
     this.counts.bytes += entry.size
+  }
+
+  /** After a failure: the partials of files begun and not finished are removed (nothing writes to them any more). */
+  async abandon (): Promise<void> {
+    for (const file of this.started) {
+      const fd = await file.fd!.catch(() => null)
+      if (fd != null) await closeFd(fd).catch(() => {})
+      await rm(file.partial, { force: true })
+    }
+    this.started.clear()
   }
 
   /** Waits for every file being finished; throws the first failure. */
@@ -307,6 +358,17 @@ class Restorer {
     if (now - this.lastReport < PROGRESS_EVERY_MS && this.done < this.total) return
     this.lastReport = now
     this.options.onProgress?.({ doneBytes: this.done, totalBytes: this.total, files: this.counts.files })
+  }
+}
+
+/** A new partial, opened for writing without following a link (destination.ts openNoFollow, as a descriptor). */
+async function createPartial (path: string): Promise<number> {
+  const { O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW } = constants
+  try {
+    return await openFd(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new KithError('DESTINATION_LINK', `${JSON.stringify(path)} is a symbolic link; kith never writes through a link in a destination (it could lead outside it). Remove the link, then resume`)
+    throw err
   }
 }
 
@@ -325,26 +387,35 @@ export async function restoreBackup (parts: BackupParts, options: RestoreOptions
   const total = items.reduce((sum, { entry }) => sum + (entry.type === 'file' ? entry.size : 0), 0)
   await makeRoot(options.out)
   const restorer = new Restorer(parts, options, total)
-  // folders first, in order (parents before children); then files and links, a few at once
+  // folders first, in order (parents before children); then links and the files' places, a few at once
   for (const item of items) if (item.entry.type === 'dir') await restorer.item(item)
   const rest = items.filter(i => i.entry.type !== 'dir')
+  const files: Array<FileJob | null> = new Array(rest.length).fill(null)
   let next = 0
-  let failure: unknown = null
-  await Promise.all(Array.from({ length: FILES_AT_ONCE }, async () => {
-    while (failure == null && next < rest.length) {
-      try {
-        await restorer.item(rest[next++]!)
-      } catch (err) {
-        failure ??= err
-      }
+  await Promise.all(Array.from({ length: PREPARING_AT_ONCE }, async () => {
+    while (next < rest.length) {
+      const at = next++
+      files[at] = await restorer.item(rest[at]!)
     }
   }))
+  // then every file's blobs, many per request from all hosts at once, each written where it goes as it comes
+  const getter = new BlobGetter<DataWant>({
+    parts,
+    budget: restorer.budget,
+    ...(options.signal != null ? { signal: options.signal } : {}),
+    write: async (want, plaintext) => { await restorer.write(want, plaintext) }
+  })
+  let failure: unknown = null
+  await getter.run(restorer.wants(files.filter(f => f !== null))).catch(err => { failure = err })
   // files still being finished end (placed, or their partial removed) before the restore reports
   await restorer.settle().catch(err => { failure ??= err })
-  if (failure != null) throw failure
+  if (failure != null) {
+    await restorer.abandon()
+    throw failure
+  }
   const dirs = items.filter(i => i.entry.type === 'dir').sort((a, b) => b.segments.length - a.segments.length)
   for (const dir of dirs) await restorer.finishDir(dir)
   restorer.progress(0)
-  const { files, links, bytes, skipped } = restorer.counts
-  return { snapshot: record, files, dirs: dirs.length, links, bytes, skipped }
+  const { files: placed, links, bytes, skipped } = restorer.counts
+  return { snapshot: record, files: placed, dirs: dirs.length, links, bytes, skipped }
 }

@@ -44,6 +44,7 @@ function host (peer: string, behaviour: Behaviour, quota = Infinity): BackupClie
     },
     putMany: refuse,
     getMany: refuse,
+    getEach: refuse,
     remove: refuse,
     list: refuse,
     audit: async challenges => challenges.map(({ id, leaf, leafSize }) => {

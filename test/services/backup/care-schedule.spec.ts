@@ -40,6 +40,7 @@ describe('scheduled audits', () => {
     putMany: refuse,
     get: refuse,
     getMany: refuse,
+    getEach: refuse,
     list: refuse,
     remove: refuse,
     getRecord: refuse
