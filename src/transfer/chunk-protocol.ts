@@ -376,26 +376,41 @@ class ByteQueue {
     this.offset = n
   }
 
-  /** Removes and returns the next n bytes; a view when they lie in one buffer, else one copy (into a buffer from `pool` if given). */
-  take (n: number, pool?: BufferPool): Uint8Array {
+  /** Removes and returns the next n bytes; a view when they lie in one buffer, else one copy. */
+  take (n: number): Uint8Array {
     const first = this.bufs[0]!
     if (this.offset + n <= first.byteLength) {
       const out = first.subarray(this.offset, this.offset + n)
       this.skip(n)
       return out
     }
-    const out = pool !== undefined ? pool.take(n) : Buffer.allocUnsafe(n)
+    const out = Buffer.allocUnsafe(n)
+    this.moveInto(out, 0, n)
+    return out
+  }
+
+  /** Removes the next n bytes, copying them into `out` from `at`. */
+  moveInto (out: Uint8Array, at: number, n: number): void {
     let filled = 0
     while (filled < n) {
       const buf = this.bufs[0]!
       const piece = Math.min(n - filled, buf.byteLength - this.offset)
-      out.set(buf.subarray(this.offset, this.offset + piece), filled)
+      out.set(buf.subarray(this.offset, this.offset + piece), at + filled)
       filled += piece
       this.skip(piece)
     }
-    return out
   }
 }
+
+/**
+ * Frame bodies at least this long are copied, piece by piece as the pieces
+ * arrive, into a buffer of their own (from `FrameReaderInit.buffers` if
+ * given): each piece is a view of a decrypted Noise message (up to 64 KiB),
+ * which then dies young instead of waiting for its whole frame (a 1 MiB
+ * chunk is 16 of them) and reaching V8's old generation and glibc's heap.
+ * Shorter bodies are taken as views where they lie in one piece.
+ */
+export const FILL_FRAME_BYTES = 64 * 1024
 
 export interface FrameReaderInit {
   /** largest frame body accepted; longer ones fail before their body is read */
@@ -409,21 +424,38 @@ export interface FrameReaderInit {
   pause: boolean
   /** called with the size of every piece received, for progress and stall detection */
   onBytes?: (bytes: number) => void
-  /** where frame bodies that must be copied together go (see GetChunksOptions.buffers) */
+  /**
+   * Bodies at least this long are copied into a buffer of their own as their
+   * pieces arrive.
+   * @default FILL_FRAME_BYTES
+   */
+  fillFrom?: number
+  /** where those bodies are copied to (see GetChunksOptions.buffers) */
   buffers?: BufferPool
 }
 
 /**
  * Reads length-prefixed frames from a libp2p 3 stream with bounded memory.
- * Finishes on 'end' (never on 'remoteCloseWrite', which can fire while data
- * is still buffered). Pausing makes yamux stop granting window, so what a
- * stream holds is at most `highWater` here plus about two muxer windows (one
- * dispatched on resume, one landing while paused; 16 MiB each at most).
+ * Frames are split off as their pieces arrive (see FILL_FRAME_BYTES); a
+ * malformed or oversize length is reported once the frames before it are
+ * taken. Finishes on 'end' (never on 'remoteCloseWrite', which can fire while
+ * data is still buffered). Pausing makes yamux stop granting window, so what
+ * a stream holds is at most `highWater` here plus about two muxer windows
+ * (one dispatched on resume, one landing while paused; 4 MiB each in kith's
+ * configuration, src/peer/node.ts).
  */
 export class FrameReader {
   private readonly stream: Stream
   private readonly init: FrameReaderInit
+  /** bytes not yet part of a frame body: lengths and short bodies */
   private readonly queue = new ByteQueue()
+  /** whole frame bodies, in order, not yet taken */
+  private readonly ready: Uint8Array[] = []
+  private readyBytes = 0
+  /** a long body being copied into as its pieces arrive */
+  private filling: { body: Uint8Array, at: number } | undefined
+  /** what the bytes after the last whole frame are, if they are no frame: thrown once the frames before are taken */
+  private broken: Error | undefined
   private ended = false
   private error: Error | undefined
   private wake: (() => void) | undefined
@@ -439,12 +471,24 @@ export class FrameReader {
     if (stream.status === 'aborted' || stream.status === 'reset') this.error = new Error(`the stream was ${stream.status}`)
   }
 
+  /** bytes received and not yet taken */
+  private get buffered (): number {
+    return this.readyBytes + this.queue.length + (this.filling?.at ?? 0)
+  }
+
   private readonly onMessage = (evt: { data: Uint8Array | Iterable<Uint8Array> }): void => {
-    const before = this.queue.length
-    if (evt.data instanceof Uint8Array) this.queue.push(evt.data)
-    else for (const buf of evt.data) this.queue.push(buf)
-    this.init.onBytes?.(this.queue.length - before)
-    if (this.queue.length > this.init.highWater) {
+    let bytes = 0
+    if (evt.data instanceof Uint8Array) {
+      bytes = evt.data.byteLength
+      this.receive(evt.data)
+    } else {
+      for (const buf of evt.data) {
+        bytes += buf.byteLength
+        this.receive(buf)
+      }
+    }
+    this.init.onBytes?.(bytes)
+    if (this.buffered > this.init.highWater) {
       if (this.init.pause) {
         // never from inside resume(): yamux resumes granting window after the
         // dispatch, so a pause made during it would leave the stream reading
@@ -456,6 +500,57 @@ export class FrameReader {
       }
     }
     this.notify()
+  }
+
+  /** Takes one piece: into the long body being filled, then into the queue, which is framed. */
+  private receive (piece: Uint8Array): void {
+    if (this.broken !== undefined) return
+    const filling = this.filling
+    if (filling !== undefined) {
+      const n = Math.min(piece.byteLength, filling.body.byteLength - filling.at)
+      filling.body.set(n === piece.byteLength ? piece : piece.subarray(0, n), filling.at)
+      filling.at += n
+      if (filling.at < filling.body.byteLength) return
+      this.filling = undefined
+      this.done(filling.body)
+      piece = piece.subarray(n)
+    }
+    this.queue.push(piece)
+    try {
+      this.frame()
+    } catch (err) {
+      this.broken = err as Error
+    }
+  }
+
+  /** Splits whole frames off the queue, and starts filling a long body whose length it holds. */
+  private frame (): void {
+    const queue = this.queue
+    while (queue.length > 0) {
+      const head = readLength(i => queue.at(i), Math.min(queue.length, 8), this.init.maxFrame)
+      if (head === undefined) return
+      if (head.length < (this.init.fillFrom ?? FILL_FRAME_BYTES)) {
+        if (queue.length < head.size + head.length) return
+        queue.skip(head.size)
+        this.done(queue.take(head.length))
+        continue
+      }
+      queue.skip(head.size)
+      // the length is checked against maxFrame: this is the most a frame may take
+      const body = this.init.buffers?.take(head.length) ?? Buffer.allocUnsafe(head.length)
+      const n = Math.min(queue.length, head.length)
+      queue.moveInto(body, 0, n)
+      if (n < head.length) {
+        this.filling = { body, at: n }
+        return
+      }
+      this.done(body)
+    }
+  }
+
+  private done (body: Uint8Array): void {
+    this.ready.push(body)
+    this.readyBytes += body.byteLength
   }
 
   private readonly onEnd = (): void => {
@@ -487,7 +582,7 @@ export class FrameReader {
     } finally {
       this.resuming = false
     }
-    if (this.queue.length > this.init.highWater) this.pause()
+    if (this.buffered > this.init.highWater) this.pause()
   }
 
   /** The next frame body, or undefined at a clean end of stream between frames. */
@@ -495,22 +590,23 @@ export class FrameReader {
     while (true) {
       options.signal?.throwIfAborted()
       // whole frames that arrived before a reset are still good
-      const head = readLength(i => this.queue.at(i), Math.min(this.queue.length, 8), this.init.maxFrame)
-      if (head !== undefined && this.queue.length >= head.size + head.length) {
-        this.queue.skip(head.size)
-        const body = this.queue.take(head.length, this.init.buffers)
-        if (this.queue.length < this.init.highWater / 2) this.resume()
+      const body = this.ready.shift()
+      if (body !== undefined) {
+        this.readyBytes -= body.byteLength
+        if (this.buffered < this.init.highWater / 2) this.resume()
         return body
       }
+      if (this.broken !== undefined) throw this.broken
       if (this.error !== undefined) throw this.error
       if (this.ended) {
-        if (this.queue.length === 0) return undefined
-        throw malformed(`the stream ended in the middle of a frame (${this.queue.length} bytes left over)`)
+        const left = this.buffered
+        if (left === 0) return undefined
+        throw malformed(`the stream ended in the middle of a frame (${left} bytes left over)`)
       }
       // resume() may hand over buffered data (or the end) at once, with nobody waiting yet
-      const before = this.queue.length
+      const before = this.buffered
       this.resume()
-      if (this.queue.length !== before || this.ended || this.error !== undefined) continue
+      if (this.buffered !== before || this.ready.length > 0 || this.broken !== undefined || this.ended || this.error !== undefined) continue
       await new Promise<void>((resolve, reject) => {
         const signal = options.signal
         const onAbort = (): void => {
@@ -840,8 +936,9 @@ export interface GetChunksOptions extends AbortOptions {
   /** Called with the size of every piece received: progress and stall detection. */
   onBytes?: (bytes: number) => void
   /**
-   * Frames are copied into buffers from here; the caller gives each chunk's
-   * `sealed` back once nothing refers to it, and the next frame reuses it.
+   * Chunk frames are copied into buffers from here as their pieces arrive
+   * (FILL_FRAME_BYTES); the caller gives each chunk's `sealed` back once
+   * nothing refers to it, and the next frame reuses it.
    */
   buffers?: BufferPool
 }
