@@ -86,8 +86,11 @@ describe('fetch timing across wall clock steps', () => {
         chunksPerRequest: 2,
         // a BUSY cools its source for 15 s (the longest cooldown): far longer than this fetch
         retryDelayMs: 15_000,
-        stallTimeoutMs: 2_000,
-        rateWindowMs: 500,
+        // a stall and a rate window longer than a starved worker's pause on a loaded machine (the sources run in this
+        // process: at load 20 the steady one moved 111 bytes in its first 624 ms and was cut as slow). A step read on
+        // the wall clock would still cut it: an hour is past both, and this fetch's 12 MiB over an hour is under the 16 KiB/s floor
+        stallTimeoutMs: 10_000,
+        rateWindowMs: 5_000,
         // the busy source is slow on purpose (its first GET must outlast the next two, so they find it busy): not a fault here
         slowRatio: 0.01,
         progressIntervalMs: 10,
