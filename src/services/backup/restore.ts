@@ -114,17 +114,42 @@ export async function findPath (parts: BackupParts, root: TreeEntry[], path: str
   throw new KithError('INTERNAL', 'unreachable')
 }
 
-/** Everything under `entries`, parents before children: trees fetched as the walk goes. */
+/** `work` on each of `items`, `atOnce` at a time, the results in their order; the first failure stops the rest from starting. */
+async function inTurn<T, R> (items: T[], atOnce: number, work: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length)
+  let next = 0
+  let failed = false
+  await Promise.all(Array.from({ length: Math.min(atOnce, items.length) }, async () => {
+    while (!failed && next < items.length) {
+      const i = next++
+      try {
+        results[i] = await work(items[i]!)
+      } catch (err) {
+        failed = true
+        throw err
+      }
+    }
+  }))
+  return results
+}
+
+/** Folders' tree blobs fetched at once while the plan is made: each is a request of its own. */
+const TREES_AT_ONCE = 8
+
+/** Everything under `entries`, parents before children (a level at a time, in order): trees fetched as the walk goes. */
 async function plan (parts: BackupParts, entries: TreeEntry[], signal?: AbortSignal): Promise<Item[]> {
   const items: Item[] = []
-  const pending: Array<{ prefix: string[], entries: TreeEntry[] }> = [{ prefix: [], entries }]
-  while (pending.length > 0) {
-    const { prefix, entries } = pending.shift()!
-    for (const entry of entries) {
-      const segments = [...prefix, entry.name]
-      items.push({ segments, entry })
-      if (entry.type === 'dir') pending.push({ prefix: segments, entries: await loadTree(parts, entry.tree, signal) })
+  let level: Array<{ prefix: string[], entries: TreeEntry[] }> = [{ prefix: [], entries }]
+  while (level.length > 0) {
+    const dirs: Array<{ segments: string[], tree: string[] }> = []
+    for (const { prefix, entries } of level) {
+      for (const entry of entries) {
+        const segments = [...prefix, entry.name]
+        items.push({ segments, entry })
+        if (entry.type === 'dir') dirs.push({ segments, tree: entry.tree })
+      }
     }
+    level = await inTurn(dirs, TREES_AT_ONCE, async ({ segments, tree }) => ({ prefix: segments, entries: await loadTree(parts, tree, signal) }))
   }
   return items
 }
@@ -171,6 +196,9 @@ class Restorer {
   /** files written whole and being finished (finish()), and the first that failed */
   private readonly finishing = new Set<Promise<void>>()
   private finishFailure: unknown = null
+  /** turns taken of the FINISHING_AT_ONCE, and the files written whole waiting for one, in order */
+  private turnsTaken = 0
+  private readonly turns: Array<() => void> = []
   /** folders made or checked by this restore (not looked at again), and those it made (nothing is in them but what it put there) */
   private readonly folders = { checked: new Set<string>(), made: new Set<string>() }
   readonly counts = { files: 0, dirs: 0, links: 0, bytes: 0, skipped: 0 }
@@ -307,13 +335,27 @@ class Restorer {
 
   /** Hands a file written whole to finish(), once fewer than FINISHING_AT_ONCE are being finished: the next files are written meanwhile. */
   private async finishSoon (file: FileJob): Promise<void> {
-    while (this.finishing.size >= FINISHING_AT_ONCE) await Promise.race(this.finishing)
-    if (this.finishFailure != null) throw this.finishFailure
+    // a turn that ends goes to the first waiting, if any
+    if (this.turnsTaken < FINISHING_AT_ONCE) this.turnsTaken++
+    else await new Promise<void>(resolve => this.turns.push(resolve))
+    if (this.finishFailure != null) {
+      this.endTurn()
+      throw this.finishFailure
+    }
     this.started.delete(file)
     const finish: Promise<void> = this.finish(file)
       .catch(err => { this.finishFailure ??= err })
-      .finally(() => { this.finishing.delete(finish) })
+      .finally(() => {
+        this.finishing.delete(finish)
+        this.endTurn()
+      })
     this.finishing.add(finish)
+  }
+
+  private endTurn (): void {
+    const next = this.turns.shift()
+    if (next != null) next()
+    else this.turnsTaken--
   }
 
   /** A file written whole: its length checked, given its mode and mtime, made durable, then placed (absent or whole, never part). */
@@ -389,15 +431,7 @@ export async function restoreBackup (parts: BackupParts, options: RestoreOptions
   const restorer = new Restorer(parts, options, total)
   // folders first, in order (parents before children); then links and the files' places, a few at once
   for (const item of items) if (item.entry.type === 'dir') await restorer.item(item)
-  const rest = items.filter(i => i.entry.type !== 'dir')
-  const files: Array<FileJob | null> = new Array(rest.length).fill(null)
-  let next = 0
-  await Promise.all(Array.from({ length: PREPARING_AT_ONCE }, async () => {
-    while (next < rest.length) {
-      const at = next++
-      files[at] = await restorer.item(rest[at]!)
-    }
-  }))
+  const files = await inTurn(items.filter(i => i.entry.type !== 'dir'), PREPARING_AT_ONCE, async item => await restorer.item(item))
   // then every file's blobs, many per request from all hosts at once, each written where it goes as it comes
   const getter = new BlobGetter<DataWant>({
     parts,
