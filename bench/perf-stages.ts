@@ -22,6 +22,10 @@ import { createInterface } from 'node:readline'
  *
  * MB is the phase's plaintext (10^6 bytes): figures are CPU ms per MB, as
  * the bench prints them. --top N adds each process's N busiest leaf frames.
+ * Run the daemons from the sources (BENCH_SOURCES=1, or KITH_DIST empty):
+ * the rules know kith's code and libp2p's by their files, which the bundle
+ * merges into chunks; with the bundle, only the native stages (crypto,
+ * kernel, GC, LevelDB) are told apart.
  */
 
 /** A stage named by the first frame, leaf to root, that one of these matches. */
