@@ -45,6 +45,8 @@ describe('fetch timing across wall clock steps', () => {
     const h = await serve(full.store, init)
     holders.push(h)
     await learn(client, h.peerId, h.addrs)
+    // connected before the fetch, so its HAVEs wait on no handshake (the stall timeout bounds a HAVE's answer)
+    await client.dial(h.peerId)
     return h
   }
 
@@ -140,8 +142,9 @@ describe('fetch timing across wall clock steps', () => {
         ids: chunks.map(c => c.id),
         sources: [staller.peerId],
         requestsPerSource: 1,
-        stallTimeoutMs: 1_000,
-        rateWindowMs: 500,
+        // long enough for the HAVE and the first chunk on a loaded machine (at 1 s, a HAVE went unanswered at load 20)
+        stallTimeoutMs: 3_000,
+        rateWindowMs: 3_000,
         maxStrikes: 1,
         // the first chunk is in, the source stalls from here on: the wall clock goes back an hour
         beforeReceive: async () => {
@@ -152,7 +155,7 @@ describe('fetch timing across wall clock steps', () => {
       })
       const outcome = await Promise.race([
         fetching.then(() => 'done', (err: unknown) => err),
-        new Promise(resolve => { setTimeout(resolve, 10_000, 'still waiting after 10 s') })
+        new Promise(resolve => { setTimeout(resolve, 15_000, 'still waiting after 15 s') })
       ])
       expect(stepped).toBe(true)
       expect(outcome).toBeInstanceOf(FetchError)
