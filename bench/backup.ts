@@ -1,6 +1,10 @@
+import { spawn } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
+import { once } from 'node:events'
 import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
 import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
 import { ApiClient } from '../src/services/api/client.ts'
 import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, run, table, threadCpuSeconds } from './lib.ts'
@@ -38,6 +42,13 @@ import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, run, table, threadCpuS
  * bench/cpu-summary.ts, `--from`/`--to` the restore's µs this logs). Run it as `node_modules/.bin/node bench/run.ts
  * --section backup`: npm's Node may refuse --cpu-prof in NODE_OPTIONS.
  *
+ * BENCH_PERF=DIR records the three daemons with Linux `perf record -g`
+ * during the first backup and each restore (DIR/<phase>.data) and prints
+ * where their CPU went, by stage (bench/perf-stages.ts: on-CPU time of
+ * every thread, the kernel's included; a V8 profile samples wall time of
+ * the main thread only). Needs `perf` (Debian's linux-perf) and
+ * BENCH_SOURCES=1, so that JS frames name their files.
+ *
  * restic runs with RESTIC_PASSWORD set and its cache in the work folder; its
  * repository is on the same disk as kith's homes. kith's hosts run on the same
  * machine, so every byte is encrypted once and stored twice here, against
@@ -46,6 +57,7 @@ import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, run, table, threadCpuS
 const TARGET_FIRST = 0.5
 const TARGET_RESTORE = 0.5
 const TARGET_RSS = 250 * MB
+const PERF_STAGES = join(dirname(fileURLToPath(import.meta.url)), 'perf-stages.ts')
 
 type Log = (message: string) => void
 
@@ -147,12 +159,17 @@ export async function backupBench (log: Log, work: string, size: number): Promis
   const saved = process.env.NODE_OPTIONS
   // the daemons inherit NODE_OPTIONS when they start; the CLI commands run later don't
   if (profiles != null) process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${profiles}`.trim()
+  const perfDir = process.env.BENCH_PERF
+  // JS frames named in /tmp/perf-PID.map, which perf reads
+  if (perfDir != null) process.env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --perf-basic-prof-only-functions --interpreted-frames-native-stack`.trim()
   const net = await createTestnet(['owner', 'h1', 'h2']).finally(() => {
     if (saved == null) delete process.env.NODE_OPTIONS
     else process.env.NODE_OPTIONS = saved
   })
   const [owner, h1, h2] = net.nodes as [TestNode, TestNode, TestNode]
   const daemons = [owner, h1, h2]
+  /** the daemons' pids, which a stopped TestNode no longer names */
+  const pids = daemons.map(n => n.pid)
   if (profiles != null) for (const n of daemons) log(`backup: ${n.name} is pid ${n.pid}: its profile is ${profiles}/CPU.*.${n.pid}.*.cpuprofile`)
   /** CPU seconds each daemon used while `work` ran, the minor page faults it took, and the owner's main thread's CPU seconds */
   const cpuDuring = async <T>(work: () => Promise<T>): Promise<[T, number[], number[], number]> => {
@@ -163,6 +180,23 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     const mainAfter = await threadCpuSeconds(owner.pid)
     const after = await read()
     return [result, after.map(([s], i) => s - before[i]![0]), after.map(([, f], i) => f - before[i]![1]), mainAfter - mainBefore]
+  }
+  /** With BENCH_PERF, `perf record` of the three daemons while `work` runs, then where their CPU went per MB of `bytes` */
+  const perfDuring = async <T>(phase: string, bytes: number, work: () => Promise<T>): Promise<T> => {
+    if (perfDir == null) return await work()
+    await mkdir(perfDir, { recursive: true })
+    const file = join(perfDir, `${phase}.data`)
+    const perf = spawn('perf', ['record', '-q', '-F', '499', '-g', '-o', file, '-p', daemons.map(n => n.pid).join(',')], { stdio: 'ignore' })
+    // perf attaches to the running processes; nothing tells when it has
+    await sleep(500)
+    try {
+      return await work()
+    } finally {
+      perf.kill('SIGINT')
+      await once(perf, 'exit')
+      const stages = await run(NODE, [PERF_STAGES, file, '--mb', String(bytes / MB), ...daemons.flatMap(n => ['--name', `${n.pid}=${n.name}`])])
+      log(`backup: where the daemons' CPU went, ${phase} (CPU ms/MB, perf samples in ${file}):\n${stages.stdout}${stages.stderr}`)
+    }
   }
   try {
     await Promise.all([h1, h2].map(async h => await befriend(h, owner, '--grant', 'backup')))
@@ -181,7 +215,7 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     const r1 = await restic(['backup', '--repo', repo, '--quiet', tree]); must(r1, 'restic backup')
     const repo1 = await duBytes(repo)
     log('backup: kith, first backup to two friends')
-    const [k1, cpu1, faults1, main1] = await cpuDuring(async () => await kith('backup', 'run', tree)); must(k1, 'kith backup run')
+    const [k1, cpu1, faults1, main1] = await cpuDuring(async () => await perfDuring('first-backup', made.bytes, async () => await kith('backup', 'run', tree))); must(k1, 'kith backup run')
     const first = lastJob(k1.stdout).result as { sentBytes: number, readBytes: number }
     const rssFirst = await Promise.all(daemons.map(async n => await peakRss(n.pid)))
 
@@ -207,7 +241,7 @@ export async function backupBench (log: Log, work: string, size: number): Promis
       let firstAt = NaN
       const started = performance.now()
       const onLine = (line: string, at: number): void => { if (Number.isNaN(firstAt) && /"doneBytes":[1-9]/.test(line)) firstAt = at - started }
-      const [kr, cpu, faults, main] = await cpuDuring(async () => await run(NODE, [KITH, '--home', owner.home, 'backup', 'restore', 'latest', '-o', join(root, 'kith-out'), '--json'], 600_000, onLine)); must(kr, 'kith backup restore')
+      const [kr, cpu, faults, main] = await cpuDuring(async () => await perfDuring(`restore-${i + 1}`, total2, async () => await run(NODE, [KITH, '--home', owner.home, 'backup', 'restore', 'latest', '-o', join(root, 'kith-out'), '--json'], 600_000, onLine))); must(kr, 'kith backup restore')
       const to = process.hrtime.bigint() / 1000n
       rounds.push({ kithMs: kr.ms, resticMs: rr.ms, resticS: rr.cpuS, cpu, faults, main })
       const perMb = (s: number): string => fmt(s * 1000 / (total2 / MB), 1)
@@ -253,6 +287,8 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     // a profiled daemon writes its profile only when it exits by itself
     if (profiles != null) await Promise.all(daemons.map(async n => await n.stop()))
     await net.stop()
+    // V8 writes the map to /tmp whatever TMPDIR says
+    if (perfDir != null) await Promise.all(pids.map(async pid => await rm(`/tmp/perf-${pid}.map`, { force: true })))
     await rm(root, { recursive: true, force: true })
   }
 }
