@@ -1,6 +1,7 @@
 /**
- * Fetching a restore's data blobs back: many per request, the requests kept
- * full and the next one out before the last is read.
+ * Fetching a restore's blobs back (its data, and its folders' trees a level
+ * at a time): many per request, the requests kept full and the next one out
+ * before the last is read.
  *
  * The blobs come from a source in the order the restore writes them (the
  * plan's files, each file's chunks). Each starts at one of its hosts (rotated
@@ -46,7 +47,7 @@ const REUSED_FROM = 128 * 1024
 /** Buffers kept per pool: the budget lets about 8 of ~1 MiB be read and not yet written. */
 const BUFFERS_KEPT = 8
 
-/** A data blob to fetch, and what to do with it. */
+/** A blob to fetch (its kind is its record's). */
 export interface Want {
   id: string
   record: BlobRecord
@@ -146,7 +147,7 @@ export class BlobGetter<W extends Want> {
   private take (want: W): void {
     const { id, record } = want
     if (record.hosts.length === 0) {
-      this.fail(new KithError('BLOB_MISSING', `no host holds blob ${id.slice(0, 12)}… (data). kith backup health shows the hosts`))
+      this.fail(new KithError('BLOB_MISSING', `no host holds blob ${id.slice(0, 12)}… (${record.kind}). kith backup health shows the hosts`))
       return
     }
     const first = Number.parseInt(id.slice(0, 8), 16) % record.hosts.length
@@ -224,7 +225,7 @@ export class BlobGetter<W extends Want> {
     const into = Math.max(0, sealed.length - SEAL_OVERHEAD) >= REUSED_FROM ? this.plainBuffers.take(sealed.length - SEAL_OVERHEAD) : undefined
     let plaintext: Uint8Array
     try {
-      plaintext = openBlob(this.init.parts.keys, this.init.parts.owner, 'data', want.id, sealed, into)
+      plaintext = openBlob(this.init.parts.keys, this.init.parts.owner, want.record.kind, want.id, sealed, into)
     } catch (err) {
       if (into != null) this.plainBuffers.give(into)
       this.init.budget.give(size)
@@ -265,7 +266,7 @@ export class BlobGetter<W extends Want> {
     }
     this.ahead -= queued.want.record.size
     this.open--
-    this.fail(new KithError('BLOB_MISSING', `no host gave back blob ${queued.want.id.slice(0, 12)}… (data): ${queued.failures.join('; ')}. kith backup health shows the hosts`))
+    this.fail(new KithError('BLOB_MISSING', `no host gave back blob ${queued.want.id.slice(0, 12)}… (${queued.want.record.kind}): ${queued.failures.join('; ')}. kith backup health shows the hosts`))
   }
 
   /** The first failure ends the fetch: nothing more is asked for, what is out is cut. */

@@ -133,8 +133,36 @@ async function inTurn<T, R> (items: T[], atOnce: number, work: (item: T) => Prom
   return results
 }
 
-/** Folders' tree blobs fetched at once while the plan is made: each is a request of its own. */
-const TREES_AT_ONCE = 8
+/** Folders whose trees are fetched together while the plan is made: their blobs share get-many requests. */
+const TREES_AT_ONCE = 256
+/** Tree blobs read and not yet decoded, at most, while the plan is made. */
+const TREES_AHEAD_BYTES = 8 * 1024 * 1024
+
+/** Many folders' entries from their tree blobs, fetched together (getter.ts: get-many from every host at once). */
+async function loadTrees (parts: BackupParts, folders: string[][], signal?: AbortSignal): Promise<TreeEntry[][]> {
+  const ids = [...new Set(folders.flat())]
+  const records = await parts.index.blobRecords(ids)
+  const wants = ids.map((id, i) => {
+    const record = records[i]
+    if (record == null) throw new KithError('BLOB_MISSING', `blob ${id.slice(0, 12)}… (tree) is not in this node's backup index; was the snapshot forgotten?`)
+    if (record.kind !== 'tree') throw new KithError('BLOB_OPEN_FAILED', `blob ${id.slice(0, 12)}… is a ${record.kind} blob, not a tree blob`)
+    return { id, record }
+  })
+  const sizes = new Map(wants.map(w => [w.id, w.record.size - SEAL_OVERHEAD]))
+  for (const tree of folders) {
+    if (tree.reduce((sum, id) => sum + sizes.get(id)!, 0) > MAX_TREE_BYTES) throw new KithError('TREE_TOO_LARGE', `a folder's tree blobs hold more than ${MAX_TREE_BYTES} bytes; they were damaged or forged`)
+  }
+  const got = new Map<string, Uint8Array>()
+  const getter = new BlobGetter<Want>({
+    parts,
+    budget: new ByteBudget(TREES_AHEAD_BYTES),
+    ...(signal != null ? { signal } : {}),
+    // the getter reuses its buffers: each tree kept is a copy
+    write: async (want, plaintext) => { got.set(want.id, Buffer.from(plaintext)) }
+  })
+  await getter.run((async function * () { yield wants })())
+  return folders.map(tree => decodeTree(Buffer.concat(tree.map(id => got.get(id)!))))
+}
 
 /** Everything under `entries`, parents before children (a level at a time, in order): trees fetched as the walk goes. */
 async function plan (parts: BackupParts, entries: TreeEntry[], signal?: AbortSignal): Promise<Item[]> {
@@ -149,7 +177,12 @@ async function plan (parts: BackupParts, entries: TreeEntry[], signal?: AbortSig
         if (entry.type === 'dir') dirs.push({ segments, tree: entry.tree })
       }
     }
-    level = await inTurn(dirs, TREES_AT_ONCE, async ({ segments, tree }) => ({ prefix: segments, entries: await loadTree(parts, tree, signal) }))
+    level = []
+    for (let at = 0; at < dirs.length; at += TREES_AT_ONCE) {
+      const some = dirs.slice(at, at + TREES_AT_ONCE)
+      const trees = await loadTrees(parts, some.map(d => d.tree), signal)
+      level.push(...some.map((d, i) => ({ prefix: d.segments, entries: trees[i]! })))
+    }
   }
   return items
 }
