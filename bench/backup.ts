@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import { once } from 'node:events'
-import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
@@ -47,7 +47,8 @@ import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, run, table, threadCpuS
  * where their CPU went, by stage (bench/perf-stages.ts: on-CPU time of
  * every thread, the kernel's included; a V8 profile samples wall time of
  * the main thread only). Needs `perf` (Debian's linux-perf) and
- * BENCH_SOURCES=1, so that JS frames name their files.
+ * BENCH_SOURCES=1, so that JS frames name their files; each daemon's map of
+ * JS names (/tmp/perf-PID.map) is moved into DIR at the end.
  *
  * restic runs with RESTIC_PASSWORD set and its cache in the work folder; its
  * repository is on the same disk as kith's homes. kith's hosts run on the same
@@ -287,8 +288,9 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     // a profiled daemon writes its profile only when it exits by itself
     if (profiles != null) await Promise.all(daemons.map(async n => await n.stop()))
     await net.stop()
-    // V8 writes the map to /tmp whatever TMPDIR says
-    if (perfDir != null) await Promise.all(pids.map(async pid => await rm(`/tmp/perf-${pid}.map`, { force: true })))
+    // V8 writes the JS names' map to /tmp whatever TMPDIR says, and perf reads it from there: kept
+    // beside the samples (put it back in /tmp to read a .data file again)
+    if (perfDir != null) await Promise.all(pids.map(async pid => { await rename(`/tmp/perf-${pid}.map`, join(perfDir, `perf-${pid}.map`)).catch(() => {}) }))
     await rm(root, { recursive: true, force: true })
   }
 }
