@@ -66,6 +66,9 @@ import { cpuSeconds, currentRss, threadCpuSeconds, fmt, JsonChild, MB, MiB, mbps
  * what the engine costs without the daemon around it. Every download's file
  * is checked against the source's SHA-256. Peak RSS of curl and aria2c is
  * VmHWM read from /proc every 20 ms until they exit (a lower bound).
+ *
+ * BENCH_DL_ROWS=get,engine runs only the rows whose names hold one of these
+ * words, with curl, aria2c and the undici ceiling (the ratios).
  */
 const HERE = dirname(fileURLToPath(import.meta.url))
 const GET = join(HERE, '..', 'test', 'helpers', 'http-get.ts')
@@ -238,6 +241,9 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
           ] satisfies Tool[]
         : [])
     ]
+    // BENCH_DL_ROWS (above)
+    const only = process.env.BENCH_DL_ROWS?.split(',').filter(Boolean)
+    if (only != null && only.length > 0) tools.splice(0, tools.length, ...tools.filter(t => t.name === 'aria2c -x8 -s8' || t.name === UNDICI || t.name === 'curl' || only.some(o => t.name.includes(o))))
     const samples = new Map<string, Sample[]>(tools.map(t => [t.name, []]))
     // rounds: one run of each per round, so load from other work spreads evenly
     for (let round = 1; round <= runs; round++) {
@@ -265,6 +271,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
       const before = samples.get(tool.name)!.find(s => s.peakRss === rss)?.rssBefore
       const cpu = median(samples.get(tool.name)!.flatMap(s => s.cpuMs != null ? [s.cpuMs / (sizeBytes / MB)] : []))
       const main = median(samples.get(tool.name)!.flatMap(s => s.mainCpuMs != null ? [s.mainCpuMs / (sizeBytes / MB)] : []))
+      const other = median(samples.get(tool.name)!.flatMap(s => s.mainCpuMs != null && s.cpuMs != null ? [(s.cpuMs - s.mainCpuMs) / (sizeBytes / MB)] : []))
       const after = median(samples.get(tool.name)!.flatMap(s => s.afterCpuMs != null ? [s.afterCpuMs / (sizeBytes / MB)] : []))
       const server = median(samples.get(tool.name)!.flatMap(s => s.serverCpuMs != null ? [s.serverCpuMs / (sizeBytes / MB)] : []))
       const eight = tool.name === 'kith get, 8 connections'
@@ -279,7 +286,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         ...(eight ? { target: `>= ${TARGET_RATIO} of aria2c (>= ${TARGET_RATIO} of the undici ceiling), peak RSS <= ${TARGET_RSS / MB} MB`, met: value / aria >= TARGET_RATIO && rss <= TARGET_RSS } : {}),
         note: [
           `peak RSS ${fmt(rss / MB)} MB${before != null ? ` (${fmt(before / MB)} MB before it)` : ''}`,
-          ...(Number.isFinite(cpu) ? [`CPU ${fmt(cpu, 2)} ms/MB${Number.isFinite(main) ? ` (main thread ${fmt(main, 2)})` : ''}`] : []),
+          ...(Number.isFinite(cpu) ? [`CPU ${fmt(cpu, 2)} ms/MB${Number.isFinite(main) ? ` (main thread ${fmt(main, 2)}, other threads ${fmt(other, 2)})` : ''}`] : []),
           ...(Number.isFinite(after) ? [`then ${fmt(after, 2)} ms/MB after it was done`] : []),
           ...(Number.isFinite(server) ? [`nginx ${fmt(server, 2)} ms/MB`] : []),
           ...(ours ? [`${fmt(value / undici, 2)} of the undici ceiling`, `${fmt(value / curl, 2)} of curl`] : []),
@@ -287,7 +294,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         ].join('; ')
       })
     }
-    if (limited != null) {
+    if (limited != null && samples.has(LIMITED_EIGHT)) {
       const one = median(rate(LIMITED_ONE, limitedBytes))
       const eight = median(rate(LIMITED_EIGHT, limitedBytes))
       rows.push({ figure: `downloads: ${LIMITED_ONE}`, value: one, unit: 'MB/s', samples: rate(LIMITED_ONE, limitedBytes) })
