@@ -30,6 +30,8 @@ import { createInterface } from 'node:readline'
 
 /** A stage named by the first frame, leaf to root, that one of these matches. */
 const FRAME_STAGES: Array<[string, RegExp]> = [
+  // V8's worker threads compile as well as collect: most of their time in a first backup is Maglev and TurboFan
+  ['V8 compiling (JIT)', /compiler::|maglev::|Maglev|TurboFan|OptimizedCompilationJob|Compiler::|BytecodeGenerator|BaselineBatchCompiler|baseline::|Parser::|PreParser/],
   ['gc', /Heap::|Scavenger|MarkCompact|Sweeper|ConcurrentMarking|MinorMarkSweep|GCTracer|MemoryAllocator|Evacuat|IncrementalMarking/],
   ['kernel: page faults', /^(asm_exc_page_fault|exc_page_fault|do_user_addr_fault|handle_mm_fault)$/],
   ['kernel: loopback tcp', /^(tcp_|__tcp|sock_|inet_|ip_|__ip|__dev_queue_xmit|net_rx_action|__netif|skb_|__skb|do_writev|do_readv)/],
@@ -82,7 +84,7 @@ function stageOf (thread: string, frames: string[]): string {
     stage = FRAME_STAGES.find(([, re]) => re.test(frame))?.[0]
     if (stage != null) break
   }
-  if (/^V8Worker|^V8 DefaultWorke/.test(thread)) return stage == null || stage === 'gc' ? 'gc (V8 worker threads)' : `${stage} (V8 worker threads)`
+  if (/^V8Worker|^V8 DefaultWorke/.test(thread)) return `${stage ?? 'other'} (V8 worker threads)`
   const where = /^libuv-worker/.test(thread) ? ' [libuv pool]' : ''
   if (stage == null || REFINED.has(stage)) {
     for (const frame of frames) {
