@@ -142,7 +142,7 @@ describe('restore getter: data blobs back from two hosts', () => {
     await getter.run(inGroups(wants))
     expect([...written.keys()].sort()).toEqual(wants.map(w => w.id).sort())
     expect([...written.values()].every(n => n === 1)).toBe(true)
-    // 6.3 MiB in requests of about 4 MiB: a few per host (the first at once, then full ones), not one a blob; both hosts served
+    // 6.3 MiB in requests of up to 4 MiB, one out per host at a time: a few per host, not one a blob; both hosts served
     expect(requests.size).toBe(2)
     const sent = [...requests.values()].reduce((a, b) => a + b, 0)
     expect(sent).toBeLessThanOrEqual(6)
