@@ -340,15 +340,18 @@ describe('chunk protocol over libp2p', () => {
   it('answers BUSY past maxConcurrentGets', async () => {
     let release: () => void = () => {}
     const gate = new Promise<void>(resolve => { release = resolve })
+    let entered: () => void = () => {}
+    const serving = new Promise<void>(resolve => { entered = resolve })
     const slow = await serve({
       has: async i => await held.store.has(i),
-      getParts: async i => { await gate; return await held.store.getParts(i) }
+      getParts: async i => { entered(); await gate; return await held.store.getParts(i) }
     }, { maxConcurrentGets: 1 })
     await learn(client, slow.peerId, slow.addrs)
     try {
-      const first = collect(getChunks(client, slow.peerId, [chunks[0]!.id], { signal: AbortSignal.timeout(5000) }))
-      await new Promise(resolve => setTimeout(resolve, 200))
-      await expectCodeAsync(collect(getChunks(client, slow.peerId, [chunks[1]!.id], { signal: AbortSignal.timeout(5000) })), 'CHUNK_PEER_BUSY')
+      const first = collect(getChunks(client, slow.peerId, [chunks[0]!.id], { signal: AbortSignal.timeout(20_000) }))
+      // the first GET holds the one slot once the holder reads its chunk
+      await serving
+      await expectCodeAsync(collect(getChunks(client, slow.peerId, [chunks[1]!.id], { signal: AbortSignal.timeout(20_000) })), 'CHUNK_PEER_BUSY')
       release()
       expect((await first).map(i => i.id)).toEqual([chunks[0]!.id])
     } finally {
