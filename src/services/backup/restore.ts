@@ -43,7 +43,7 @@ const PREPARING_AT_ONCE = 16
  */
 const FINISHING_AT_ONCE = 8
 /** Sealed bytes read from the hosts and not yet written, at most, over all files: the memory bound (getter.ts). */
-const AHEAD_BYTES = 8 * 1024 * 1024
+const AHEAD_BYTES = 4 * 1024 * 1024
 const PROGRESS_EVERY_MS = 250
 /** How far (µs) a file's mtime may be from the snapshot's and still count as restored before (see prepareFile()). */
 const MTIME_SLACK_US = 2n
