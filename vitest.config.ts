@@ -2,11 +2,13 @@ import { defineConfig } from 'vitest/config'
 import { SlowestFirst } from './test/sequencer.ts'
 
 /**
- * Specs that start daemon processes (kith daemons through test/helpers/testnet.ts,
- * or the peer processes of test/helpers/chunks.ts) or need root: the slow part
- * of the suite. A spec under test/integration/ is one by its folder (put new
- * ones there); the few elsewhere are named here. `npm run test:unit` runs every
- * other spec (the "unit" project); `npm test` runs both projects.
+ * Specs that start processes (kith daemons through test/helpers/testnet.ts, the
+ * peer processes of test/helpers/chunks.ts, Node processes with a daemon's flags,
+ * the servers and clients the download add-ons and the proxy are tested against)
+ * or need root: the slow part of the suite. A spec under test/integration/ is one
+ * by its folder (put new ones there); the few elsewhere are named here.
+ * `npm run test:unit` runs every other spec (the "unit" project); `npm test` runs
+ * both projects.
  *
  * test/package/ packs and installs kith as a user would (npm pack, npm install
  * -g, a build, a Node binary): a minute of npm's work that the inner loop and
@@ -19,7 +21,12 @@ const daemonSpecs = [
   'test/services/cli-*.spec.ts', // runs bin/kith.js
   'test/trust/gate.spec.ts',
   'test/transfer/fetcher.spec.ts', // misbehaving sources, each a process of its own
-  'test/transfer/fetcher-discover.spec.ts'
+  'test/transfer/fetcher-discover.spec.ts',
+  // nginx, sshd, vsftpd; curl as the player; Node with a daemon's flags: ~11 s of the unit project's
+  // CPU (its workers' and these processes'), of ~55, and its longest waits (2026-12-07, load 12-19)
+  'test/services/downloads/{http,hls,webdav,sftp,ftp}.spec.ts',
+  'test/services/proxy/proxy.spec.ts',
+  'test/services/{daemon-heap,daemon-modules,last-resort}.spec.ts'
 ]
 
 export default defineConfig({

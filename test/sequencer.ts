@@ -12,7 +12,8 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node'
  * in the same hour (2026-12-07, load 4-17): nat-relay 65 -> 29-41 s and
  * nat 30 -> 15-19 s (the NAT waits as settings); chunk-gc and fetch (set-up
  * through the API, not the CLI) by their CPU, 25 -> 17 s and 18 -> 14 s,
- * their wall times being within the load's noise.
+ * their wall times being within the load's noise. http and proxy moved from
+ * the unit project (2026-12-07) with their times there.
  * With three files at a time, one of these starting last ends the run alone;
  * vitest starts the longest first from the durations it cached on this
  * machine (node_modules/.vite), but a fresh clone has none, and its fallback
@@ -43,23 +44,24 @@ export const SLOWEST: Record<string, number> = {
   'test/integration/nat.spec.ts': 15,
   'test/integration/expose.spec.ts': 13,
   'test/services/cli-thin.spec.ts': 10,
+  'test/services/downloads/http.spec.ts': 10,
+  'test/services/proxy/proxy.spec.ts': 6,
   'test/integration/strangers.spec.ts': 7,
   'test/integration/proxy.spec.ts': 7,
   'test/services/api.spec.ts': 6,
   'test/integration/backup-host.spec.ts': 5,
   'test/trust/gate.spec.ts': 4,
   // the unit project (sorted apart): its files of about 3 s or more in two quiet runs
-  // of `npm run test:unit` (2026-12-07, 40 s each), the mean rounded
-  'test/services/downloads/http.spec.ts': 10,
-  'test/services/proxy/proxy.spec.ts': 6,
+  // of `npm run test:unit` (2026-12-07, 40 s each), the mean rounded; fetcher-bandwidth
+  // and fetcher-clock as they wait since c8db3ba (a 3.5 s hold, 3 s windows)
+  'test/transfer/fetcher-bandwidth.spec.ts': 6,
+  'test/transfer/fetcher-clock.spec.ts': 5,
   'test/transfer/scheduler.spec.ts': 5,
-  'test/transfer/fetcher-bandwidth.spec.ts': 5,
   'test/services/backup/care-schedule.spec.ts': 4,
   'test/peer/identity.spec.ts': 4,
   'test/services/connection-slots.spec.ts': 4,
   'test/services/chunk-gc.spec.ts': 3,
-  'test/transfer/manifest.spec.ts': 3,
-  'test/services/downloads/sftp.spec.ts': 3
+  'test/transfer/manifest.spec.ts': 3
 }
 
 /**
