@@ -6,11 +6,13 @@
  * against the index; every tree and chunk fetched after it is checked
  * against the id its parent names (the host's sealed id, then the AEAD, then
  * the keyed id over the plaintext), so a host can neither alter nor swap
- * anything. Folders are made first; each file is written to a partial
- * beside its place, fsynced, given its mode and mtime, then moved into place
- * (destination.ts: no link is ever followed under the folder); links are made
- * as links; folders get their modes and mtimes last, deepest first (a
- * read-only folder is filled before it is closed).
+ * anything. Folders are made first, then links and each file's place;
+ * then the files' blobs, many per request (getter.ts), each written at its
+ * offsets in a partial beside its file's place as it comes; a file whose
+ * last blob is written is given its mode and mtime, fsynced, then moved into
+ * place (destination.ts: no link is ever followed under the folder);
+ * folders get their modes and mtimes last, deepest first (a read-only
+ * folder is filled before it is closed).
  *
  * Resuming: a file already in place with its snapshot size and mtime was
  * restored before and is skipped; a leftover partial is started again. Any
@@ -242,7 +244,7 @@ class Restorer {
     this.total = total
   }
 
-  /** A folder made, a link made, or a file's place prepared (null: restored before, or nothing to fetch). */
+  /** A folder made, a link made, or a file's place prepared (null: a folder or link, or a file restored before). */
   async item ({ segments, entry }: Item): Promise<FileJob | null> {
     this.options.signal?.throwIfAborted()
     const { out } = this.options
