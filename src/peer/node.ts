@@ -4,6 +4,7 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { corkedWrites } from './corked-writes.ts'
 import { libp2pLogger } from './silent-logger.ts'
 import { yamux } from '@chainsafe/libp2p-yamux'
+import { halfWindowUpdates } from './yamux-window.ts'
 import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
@@ -134,6 +135,8 @@ export interface NodeInit {
 export async function createNode (init: NodeInit): Promise<KithLibp2p> {
   const policy = init.dialPolicy ?? dialPolicyFor(init.listen)
   const self = peerIdFromPrivateKey(init.privateKey).toString()
+  // yamux grants window by halves, not after every frame (yamux-window.ts); KITH_YAMUX_EVERY_FRAME=1 keeps yamux's own, for an A/B
+  halfWindowUpdates(process.env.KITH_YAMUX_EVERY_FRAME !== '1')
   const node = await createLibp2p({
     start: false,
     privateKey: init.privateKey,
