@@ -1,14 +1,6 @@
 import { MAX_MANY_BLOBS } from './wire.ts'
 
 /**
- * A get-many carries about this many sealed bytes at most (a host takes up
- * to MAX_MANY_BYTES): small enough that three requests in flight per host
- * keep the owner's memory bounded, large enough that a request costs little
- * per blob.
- */
-export const BATCH_BYTES = 2 * 1024 * 1024
-
-/**
  * A put-many carries about this many. A request costs both ends a few ms of
  * CPU whatever it carries (a stream, its protocol negotiation and libp2p's
  * peer store update, the headers, the host's two quota batches): put-many
@@ -20,15 +12,14 @@ export const PUT_BATCH_BYTES = 4 * 1024 * 1024
 
 /**
  * Whether `waiting` fills a whole batch (`limit` bytes, or MAX_MANY_BLOBS
- * items). A restore's or a run's queue for a host sends its first request
- * at once and a further one only full: while one is out, what comes
- * meanwhile gathers into the next. A request costs both ends some 2-5 ms of
- * CPU (a stream, its negotiation, the headers, the host's lookups), and a
- * restore's blobs left one per request (1.02 on average) when every request
- * that could be out went at once; a run's, 4.4 (352 of 500 put-many carried
- * one blob, in the 256 MiB bench).
+ * items). A run's queue for a host sends its first request at once and a
+ * further one only full: while one is out, what comes meanwhile gathers into
+ * the next. A request costs both ends some 2-5 ms of CPU (a stream, its
+ * negotiation, the headers, the host's lookups), and a run's blobs left 4.4
+ * a request (352 of 500 put-many carried one blob, in the 256 MiB bench)
+ * when every request that could be out went at once.
  */
-export function fullBatch<T> (waiting: T[], sizeOf: (item: T) => number, limit = BATCH_BYTES): boolean {
+export function fullBatch<T> (waiting: T[], sizeOf: (item: T) => number, limit: number): boolean {
   if (waiting.length >= MAX_MANY_BLOBS) return true
   let bytes = 0
   for (const item of waiting) {
@@ -43,7 +34,7 @@ export function fullBatch<T> (waiting: T[], sizeOf: (item: T) => number, limit =
  * at most MAX_MANY_BLOBS items and `limit` bytes of them (one item alone may
  * be bigger).
  */
-export function takeBatch<T> (waiting: T[], sizeOf: (item: T) => number, limit = BATCH_BYTES): T[] {
+export function takeBatch<T> (waiting: T[], sizeOf: (item: T) => number, limit: number): T[] {
   let bytes = 0
   let count = 0
   while (count < waiting.length && count < MAX_MANY_BLOBS && (count === 0 || bytes + sizeOf(waiting[count]!) <= limit)) {

@@ -1,37 +1,39 @@
 import { describe, expect, it } from 'vitest'
-import { BATCH_BYTES, PUT_BATCH_BYTES, fullBatch, takeBatch } from '../../../src/services/backup/batch.ts'
+import { fullBatch, takeBatch } from '../../../src/services/backup/batch.ts'
 import { MAX_MANY_BLOBS } from '../../../src/services/backup/wire.ts'
+
+/** a request's limit, as the run (PUT_LIMIT) and the restore's getter (its LIMIT) give theirs */
+const LIMIT = 2 * 1024 * 1024
 
 describe('takeBatch: what one put-many or get-many carries', () => {
   const size = (n: number): number => n
 
-  it('takes from the front up to BATCH_BYTES, leaving the rest waiting in order', () => {
-    const half = BATCH_BYTES / 2
+  it('takes from the front up to the limit, leaving the rest waiting in order', () => {
+    const half = LIMIT / 2
     const waiting = [half, half, 1, 5]
-    expect(takeBatch(waiting, size)).toEqual([half, half])
+    expect(takeBatch(waiting, size, LIMIT)).toEqual([half, half])
     expect(waiting).toEqual([1, 5])
-    expect(takeBatch(waiting, size)).toEqual([1, 5])
+    expect(takeBatch(waiting, size, LIMIT)).toEqual([1, 5])
     expect(waiting).toEqual([])
-    expect(takeBatch(waiting, size)).toEqual([])
+    expect(takeBatch(waiting, size, LIMIT)).toEqual([])
   })
 
-  it('takes one item bigger than BATCH_BYTES alone, never none', () => {
-    const waiting = [BATCH_BYTES * 3, 1]
-    expect(takeBatch(waiting, size)).toEqual([BATCH_BYTES * 3])
+  it('takes one item bigger than the limit alone, never none', () => {
+    const waiting = [LIMIT * 3, 1]
+    expect(takeBatch(waiting, size, LIMIT)).toEqual([LIMIT * 3])
     expect(waiting).toEqual([1])
   })
 
-  it('takes up to the limit it is given: a put-many carries PUT_BATCH_BYTES', () => {
-    const waiting = [BATCH_BYTES, BATCH_BYTES, 1]
-    expect(takeBatch([...waiting], size)).toEqual([BATCH_BYTES])
-    expect(PUT_BATCH_BYTES).toBe(2 * BATCH_BYTES)
-    expect(takeBatch(waiting, size, PUT_BATCH_BYTES)).toEqual([BATCH_BYTES, BATCH_BYTES])
+  it('takes up to the limit it is given', () => {
+    const waiting = [LIMIT, LIMIT, 1]
+    expect(takeBatch([...waiting], size, LIMIT)).toEqual([LIMIT])
+    expect(takeBatch(waiting, size, 2 * LIMIT)).toEqual([LIMIT, LIMIT])
     expect(waiting).toEqual([1])
   })
 
   it('takes at most MAX_MANY_BLOBS items however small', () => {
     const waiting = new Array<number>(MAX_MANY_BLOBS + 10).fill(1)
-    expect(takeBatch(waiting, size)).toHaveLength(MAX_MANY_BLOBS)
+    expect(takeBatch(waiting, size, LIMIT)).toHaveLength(MAX_MANY_BLOBS)
     expect(waiting).toHaveLength(10)
   })
 })
@@ -39,17 +41,17 @@ describe('takeBatch: what one put-many or get-many carries', () => {
 describe('fullBatch: whether a further request may leave now', () => {
   const size = (n: number): number => n
 
-  it('is true from BATCH_BYTES waiting, or MAX_MANY_BLOBS items, and not below', () => {
-    expect(fullBatch([], size)).toBe(false)
-    expect(fullBatch([BATCH_BYTES - 2, 1], size)).toBe(false)
-    expect(fullBatch([BATCH_BYTES - 2, 1, 1], size)).toBe(true)
-    expect(fullBatch([BATCH_BYTES * 3], size)).toBe(true)
-    expect(fullBatch(new Array<number>(MAX_MANY_BLOBS - 1).fill(1), size)).toBe(false)
-    expect(fullBatch(new Array<number>(MAX_MANY_BLOBS).fill(1), size)).toBe(true)
+  it('is true from the limit in bytes waiting, or MAX_MANY_BLOBS items, and not below', () => {
+    expect(fullBatch([], size, LIMIT)).toBe(false)
+    expect(fullBatch([LIMIT - 2, 1], size, LIMIT)).toBe(false)
+    expect(fullBatch([LIMIT - 2, 1, 1], size, LIMIT)).toBe(true)
+    expect(fullBatch([LIMIT * 3], size, LIMIT)).toBe(true)
+    expect(fullBatch(new Array<number>(MAX_MANY_BLOBS - 1).fill(1), size, LIMIT)).toBe(false)
+    expect(fullBatch(new Array<number>(MAX_MANY_BLOBS).fill(1), size, LIMIT)).toBe(true)
   })
 
   it('is full at the limit it is given', () => {
-    expect(fullBatch([BATCH_BYTES], size, PUT_BATCH_BYTES)).toBe(false)
-    expect(fullBatch([BATCH_BYTES, BATCH_BYTES], size, PUT_BATCH_BYTES)).toBe(true)
+    expect(fullBatch([LIMIT], size, 2 * LIMIT)).toBe(false)
+    expect(fullBatch([LIMIT, LIMIT], size, 2 * LIMIT)).toBe(true)
   })
 })
