@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto'
-import { close, constants, fchmod, fstat, fsync, ftruncate, open as openFd, write, type Stats } from 'node:fs'
+import { constants, type Stats } from 'node:fs'
 import { chmod, link, lstat, mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { promisify } from 'node:util'
 import { KithError } from '../errors.ts'
 import { userMode } from '../peer/home.ts'
+import { closeFd, fchmodFd, fstatFd, fsyncFd, ftruncateFd, openFd, writeAt } from './fd.ts'
 import type { ManifestFile } from './manifest.ts'
 
 /**
@@ -232,13 +232,20 @@ export async function openNoFollow (path: string, how: 'existing' | 'create' | '
   return handle
 }
 
-const openFdAsync = promisify(openFd)
-const fchmodAsync = promisify(fchmod)
-const fstatAsync = promisify(fstat)
-const ftruncateAsync = promisify(ftruncate)
-const writeAsync = promisify(write)
-const fsyncAsync = promisify(fsync)
-const closeAsync = promisify(close)
+/**
+ * A new file at `path` for writing, as a descriptor (made with `mode` as
+ * given, before the umask): never through a link there (DESTINATION_LINK);
+ * EEXIST when anything else is there.
+ */
+export async function createNoFollow (path: string, mode: number): Promise<number> {
+  const { O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW } = constants
+  try {
+    return await openFd(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
+    throw err
+  }
+}
 
 /**
  * Writes a whole file to `path` (a partial) at once, as `openNoFollow`
@@ -250,33 +257,33 @@ const closeAsync = promisify(close)
  * and no promise request (with its own stats array) per call.
  */
 export async function writeWhole (path: string, data: Uint8Array, mode = 0o644): Promise<void> {
-  const { O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = constants
+  const { O_RDWR, O_NOFOLLOW, O_NONBLOCK } = constants
   let fd: number
   let created = true
   try {
-    try {
-      fd = await openFdAsync(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-      created = false
-      // O_NONBLOCK: a FIFO planted there must not hang the open; it is refused below
-      fd = await openFdAsync(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK)
-    }
+    fd = await createNoFollow(path, mode)
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
-    throw err
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    created = false
+    try {
+      // O_NONBLOCK: a FIFO planted there must not hang the open; it is refused below
+      fd = await openFd(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
+      throw err
+    }
   }
   try {
     const wanted = created ? userMode(mode) : null
-    if (wanted !== null) await fchmodAsync(fd, wanted)
+    if (wanted !== null) await fchmodFd(fd, wanted)
     if (!created) {
-      if (!(await fstatAsync(fd)).isFile()) throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(path)} is in the way (it is not a regular file); move it away, then resume`)
-      await ftruncateAsync(fd, data.length)
+      if (!(await fstatFd(fd)).isFile()) throw new KithError('DESTINATION_EXISTS', `${JSON.stringify(path)} is in the way (it is not a regular file); move it away, then resume`)
+      await ftruncateFd(fd, data.length)
     }
-    for (let at = 0; at < data.length;) at += (await writeAsync(fd, data, at, data.length - at, at)).bytesWritten
-    await fsyncAsync(fd)
+    await writeAt(fd, data, 0)
+    await fsyncFd(fd)
   } finally {
-    await closeAsync(fd)
+    await closeFd(fd)
   }
 }
 

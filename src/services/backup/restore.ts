@@ -19,13 +19,13 @@
  * other file in the way is left alone and named (DESTINATION_EXISTS).
  */
 import { createHash } from 'node:crypto'
-import { close as fsClose, constants, fchmod, fsync, futimes, open as fsOpen, write as fsWrite, type BigIntStats } from 'node:fs'
+import type { BigIntStats } from 'node:fs'
 import { lstat, lutimes, readlink, rm, symlink, utimes, chmod } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { promisify } from 'node:util'
 import { KithError } from '../../errors.ts'
 import { PARTIAL_SUFFIX, SEAL_OVERHEAD } from '../../transfer/constants.ts'
-import { checkUnder, makeRoot, placeFile, prepareUnder } from '../../transfer/destination.ts'
+import { checkUnder, createNoFollow, makeRoot, placeFile, prepareUnder } from '../../transfer/destination.ts'
+import { closeFd, fchmodFd, fsyncFd, futimesFd, writeAt } from '../../transfer/fd.ts'
 import { ByteBudget } from './budget.ts'
 import { BlobGetter, type Want } from './getter.ts'
 import { MAX_MANY_BLOBS } from './wire.ts'
@@ -210,13 +210,6 @@ interface DataWant extends Want {
   places: Array<{ file: FileJob, offset: number }>
 }
 
-const openFd = promisify(fsOpen)
-const writeFd = promisify(fsWrite)
-const fchmodFd = promisify(fchmod)
-const futimesFd = promisify(futimes)
-const fsyncFd = promisify(fsync)
-const closeFd = promisify(fsClose)
-
 class Restorer {
   private readonly parts: BackupParts
   private readonly options: RestoreOptions
@@ -356,11 +349,11 @@ class Restorer {
     for (let i = 0; i < want.places.length; i++) {
       const { file, offset } = want.places[i]!
       if (file.fd == null) {
-        file.fd = createPartial(file.partial)
+        file.fd = createNoFollow(file.partial, 0o600)
         this.started.add(file)
       }
       const fd = await file.fd
-      for (let at = 0; at < plaintext.length;) at += (await writeFd(fd, plaintext, at, plaintext.length - at, offset + at)).bytesWritten
+      await writeAt(fd, plaintext, offset)
       file.written += plaintext.length
       this.progress(plaintext.length)
       if (--file.left === 0) await this.finishSoon(file)
@@ -395,7 +388,7 @@ class Restorer {
 
   /** A file written whole: its length checked, given its mode and mtime, made durable, then placed (absent or whole, never part). */
   private async finish ({ dest, partial, entry, written, fd: made }: FileJob): Promise<void> {
-    const fd = await (made ?? createPartial(partial))
+    const fd = await (made ?? createNoFollow(partial, 0o600))
     try {
       if (written !== entry.size) throw new KithError('FILE_VERIFY_FAILED', `${JSON.stringify(dest)}: the snapshot says ${entry.size} bytes, its chunks hold ${written}`)
       await fchmodFd(fd, entry.mode)
@@ -435,17 +428,6 @@ class Restorer {
     if (now - this.lastReport < PROGRESS_EVERY_MS && this.done < this.total) return
     this.lastReport = now
     this.options.onProgress?.({ doneBytes: this.done, totalBytes: this.total, files: this.counts.files })
-  }
-}
-
-/** A new partial, opened for writing without following a link (destination.ts openNoFollow, as a descriptor). */
-async function createPartial (path: string): Promise<number> {
-  const { O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW } = constants
-  try {
-    return await openFd(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new KithError('DESTINATION_LINK', `${JSON.stringify(path)} is a symbolic link; kith never writes through a link in a destination (it could lead outside it). Remove the link, then resume`)
-    throw err
   }
 }
 

@@ -1,0 +1,22 @@
+import { close, fchmod, fstat, fsync, ftruncate, futimes, open, write } from 'node:fs'
+import { promisify } from 'node:util'
+
+/**
+ * File-descriptor calls as promises, for the paths that write many files or
+ * many pieces (destination.ts's writeWhole, the backup's restore): a
+ * FileHandle costs a handle object and a promise request with its own stats
+ * array per call, these only the request.
+ */
+export const openFd = promisify(open)
+export const fchmodFd = promisify(fchmod)
+export const fstatFd = promisify(fstat)
+export const ftruncateFd = promisify(ftruncate)
+export const futimesFd = promisify(futimes)
+export const fsyncFd = promisify(fsync)
+export const closeFd = promisify(close)
+const writeFd = promisify(write)
+
+/** Writes all of `data` at `position` (a positional write may take less than it is given). */
+export async function writeAt (fd: number, data: Uint8Array, position: number): Promise<void> {
+  for (let at = 0; at < data.length;) at += (await writeFd(fd, data, at, data.length - at, position + at)).bytesWritten
+}
