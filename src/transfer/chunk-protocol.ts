@@ -456,6 +456,8 @@ export class FrameReader {
   private filling: { body: Uint8Array, at: number } | undefined
   /** what the bytes after the last whole frame are, if they are no frame: thrown once the frames before are taken */
   private broken: Error | undefined
+  /** bytes received after the broken frame: dropped, but counted against highWater as if they were queued */
+  private dropped = 0
   private ended = false
   private error: Error | undefined
   private wake: (() => void) | undefined
@@ -473,7 +475,7 @@ export class FrameReader {
 
   /** bytes received and not yet taken */
   private get buffered (): number {
-    return this.readyBytes + this.queue.length + (this.filling?.at ?? 0)
+    return this.readyBytes + this.queue.length + (this.filling?.at ?? 0) + this.dropped
   }
 
   private readonly onMessage = (evt: { data: Uint8Array | Iterable<Uint8Array> }): void => {
@@ -504,7 +506,10 @@ export class FrameReader {
 
   /** Takes one piece: into the long body being filled, then into the queue, which is framed. */
   private receive (piece: Uint8Array): void {
-    if (this.broken !== undefined) return
+    if (this.broken !== undefined) {
+      this.dropped += piece.byteLength
+      return
+    }
     const filling = this.filling
     if (filling !== undefined) {
       const n = Math.min(piece.byteLength, filling.body.byteLength - filling.at)
