@@ -18,14 +18,14 @@ import { ApiClient } from '../../src/services/api/client.ts'
  * raw sockets. A page is browsed; a service not granted to bob is refused, as
  * is one whose program is down (at once, with the reason in `kith
  * connections`); over a long-lived TCP connection, backpressure holds both
- * ways (a reader that stops makes the writer stop) and half-close passes through; a 64 MiB response streams
+ * ways (a reader that stops makes the writer stop) and half-close passes through; a 128 MiB response streams
  * with the daemons' peak RSS bounded; 50 connections run at once; taking
  * the grant back, then revoking the friend, cuts an open download within
  * 5 s. (A port kept across restarts: test/services/expose/protocols.spec.ts,
  * the same code without a daemon's start.)
  */
 const MiB = 1024 * 1024
-const BIG = 64 * MiB
+const BIG = 128 * MiB
 
 /** Through the API: the CLI is exercised once per command; a process per poll would load the box */
 async function api<T = any> (node: TestNode, path: string, method = 'GET', body?: unknown): Promise<T> {
@@ -208,7 +208,7 @@ describeNeeding('friend services between real daemons', [needsNginx(), needsComm
     expect(await atClient).toEqual({ bytes: down.written, sha: down.sha })
   })
 
-  it('streams a 64 MiB response with bounded memory, and carries 50 connections at once', async () => {
+  it('streams a 128 MiB response with bounded memory, and carries 50 connections at once', async () => {
     const dest = join(bob.home, 'big.bin')
     await resetPeak(alice.pid!)
     await resetPeak(bob.pid!)
@@ -218,9 +218,11 @@ describeNeeding('friend services between real daemons', [needsNginx(), needsComm
     expect(await sha(dest)).toBe(await sha(join(root, 'big.bin')))
     const after = { alice: await rss(alice.pid!), bob: await rss(bob.pid!) }
     if (process.env.KITH_DEBUG != null) console.log('RSS before, peak during (MiB)', before.alice.now / MiB, after.alice.peak / MiB, before.bob.now / MiB, after.bob.peak / MiB)
-    // the peak rose by far less than the 64 MiB that moved: a few buffers per connection, not the response
-    expect(after.alice.peak - before.alice.now).toBeLessThan(32 * MiB)
-    expect(after.bob.peak - before.bob.now).toBeLessThan(32 * MiB)
+    // the peak rose by less than half the 128 MiB that moved: buffers, not the response. It moves with
+    // glibc's heap and V8's collections: bob's rose 0.6-36 MiB in 10 runs of a 64 MiB response and 19-36
+    // in 3 of this one, and 39 MiB once in a CI run (so 32 MiB of 64 was too tight)
+    expect(after.alice.peak - before.alice.now).toBeLessThan(64 * MiB)
+    expect(after.bob.peak - before.bob.now).toBeLessThan(64 * MiB)
 
     // 50 at once, through a server that answers none until all 50 wait on it
     await api(alice, '/v1/services/many', 'PUT', { port: (barrier.address() as { port: number }).port, to: ['bob'] })
