@@ -114,7 +114,7 @@ type OldRecord = MyShare & { manifest?: string }
 export class ShareBook {
   private readonly mine: Sublevel<MyShare>
   private readonly received: Sublevel<ReceivedManifest>
-  /** my shares' signed manifests by share id (a binary sublevel: sublevel(db, name, 'view')) */
+  /** my shares' signed manifests by share id (a binary sublevel: bytesSublevel in database.ts) */
   private readonly manifests: Sublevel<Uint8Array>
   private writing: Promise<unknown> = Promise.resolve()
 
