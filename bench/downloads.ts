@@ -342,7 +342,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         ].join('; ')
       })
     }
-    if (limited != null && samples.has(LIMITED_EIGHT)) {
+    if (limited != null && samples.has(LIMITED_ONE) && samples.has(LIMITED_EIGHT)) {
       const one = median(rate(LIMITED_ONE, limitedBytes))
       const eight = median(rate(LIMITED_EIGHT, limitedBytes))
       rows.push({ figure: `downloads: ${LIMITED_ONE}`, value: one, unit: 'MB/s', samples: rate(LIMITED_ONE, limitedBytes) })
