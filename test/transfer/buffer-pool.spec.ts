@@ -25,8 +25,8 @@ describe('buffer pool', () => {
     const b = pool.take(100)
     pool.give(a)
     pool.give(b) // over max: freed at once
-    expect(b.buffer.detached).toBe(true)
-    expect(a.buffer.detached).toBe(false)
+    expect((b.buffer as ArrayBuffer).detached).toBe(true)
+    expect((a.buffer as ArrayBuffer).detached).toBe(false)
     const small = pool.take(50)
     expect(small.buffer).toBe(a.buffer)
     pool.give(small)
