@@ -7,6 +7,7 @@ import type { AbortOptions } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_ENTRIES, MAX_FILE_SIZE, MIN_CHUNK_SIZE, PACKED_FILE_MAX } from './constants.ts'
 import { checkPath, chunkCount, chunkLength, comparePaths, packHash, type ManifestEntry, type ManifestFile } from './manifest.ts'
+import { freeNow } from './buffer-pool.ts'
 import { chunkId, sealChunkParts, type ChunkPosition, type SealKeys } from './seal.ts'
 import type { FileSeen } from './chunk-store.ts'
 
@@ -62,7 +63,11 @@ export interface ChunkPlace {
  * where their plaintext lies (`putInFile`, as kith does for its own shares).
  */
 export interface ChunkSink {
-  /** `sealed` in pieces (joined in order): a sink that only records where the chunk lies needs no copy */
+  /**
+   * `sealed` in pieces (joined in order): a sink that only records where the
+   * chunk lies needs no copy. The sink keeps nothing of the pieces once its
+   * promise settles: the chunker then frees them (`freeNow`).
+   */
   put: (id: string, sealed: Uint8Array[], place: ChunkPlace) => Promise<unknown>
   /** Keeps a sealed pack of small files (see the module doc); without it, nothing is packed. */
   putPack?: (id: string, sealed: Uint8Array[]) => Promise<unknown>
@@ -258,7 +263,13 @@ async function chunkFile (item: Planned, source: string, init: ChunkSourceInit, 
       sealStage(init.keys, sha256, again),
       async (sealedChunks) => {
         for await (const { id, sealed, position } of sealedChunks) {
-          await init.store.put(id, sealed, { path: source, offset: position.index * chunkSize, position, seen: { size: item.size, mtimeMs: item.mtimeMs } })
+          try {
+            await init.store.put(id, sealed, { path: source, offset: position.index * chunkSize, position, seen: { size: item.size, mtimeMs: item.mtimeMs } })
+          } finally {
+            // AES-GCM's 64 KiB outputs, made per chunk and read by nothing once put: given back now, not
+            // when V8 next collects (a share seals every byte; glibc's heap grew with its rate)
+            for (const piece of sealed) freeNow(piece)
+          }
           chunks.push(id)
         }
       }
