@@ -37,6 +37,9 @@ import { closeFd, openFd, writeAt } from '../../transfer/fd.ts'
 export const PACK_SIZE = 16 * 1024 * 1024
 
 const fdatasyncFd = promisify(fdatasync)
+
+/** Bytes appended to a pack after which an fdatasync starts without waiting for the request's end. */
+const SYNC_AHEAD = 1024 * 1024
 const readFd = promisify(read)
 
 /** Where a blob lies: pack `pack` of its owner, from `offset`, for its row's size. */
@@ -58,6 +61,14 @@ export interface Pack {
   retired: boolean
   /** the pack's folder entry is not yet fsynced */
   fresh?: true
+  /** appends done so far (a count) */
+  written: number
+  /** of them, the first this many are durable: an fdatasync began after they were done */
+  synced: number
+  /** bytes appended since the last fdatasync began */
+  unsynced: number
+  /** the fdatasync under way */
+  syncing?: Promise<void>
 }
 
 interface OwnerPacks {
@@ -116,7 +127,7 @@ export class PackStore {
         if (n === null) continue
         const pack = Number(n[1])
         const { size } = await stat(join(this.folder(owner), name))
-        packs.packs.set(pack, { size, live: 0, writers: 0, retired: true })
+        packs.packs.set(pack, { size, live: 0, writers: 0, retired: true, written: 0, synced: 0, unsynced: 0 })
         packs.next = Math.max(packs.next, pack + 1)
       }
     }
@@ -199,7 +210,7 @@ export class PackStore {
     if (state === undefined || (state.size > 0 && state.size + size > this.packSize)) {
       if (state !== undefined) this.retire(state)
       packs.current = packs.next++
-      state = { size: 0, live: 0, writers: 0, retired: false, fresh: true }
+      state = { size: 0, live: 0, writers: 0, retired: false, fresh: true, written: 0, synced: 0, unsynced: 0 }
       packs.packs.set(packs.current, state)
     }
     const place = { pack: packs.current!, offset: state.size }
@@ -230,13 +241,50 @@ export class PackStore {
     return await opening
   }
 
-  /** PackBatch's: makes a pack's appends durable (and its folder entry, for a new pack). */
-  async syncPack (owner: string, state: Pack): Promise<void> {
-    if (state.fd === undefined || !this.sync) return
-    await fdatasyncFd(state.fd)
-    if (state.fresh === true) {
-      await syncDir(this.folder(owner))
-      delete state.fresh
+  /**
+   * PackBatch's: an append to the pack is written. Once SYNC_AHEAD bytes
+   * wait, an fdatasync starts at once (none runs twice at a time), so the
+   * one a request waits for at its end finds little left to write: the disk
+   * works while the next bodies arrive, as it did with a file per blob.
+   */
+  wrote (owner: string, state: Pack, bytes: number): void {
+    state.written++
+    state.unsynced += bytes
+    if (this.sync && state.syncing === undefined && state.unsynced >= SYNC_AHEAD) this.flush(owner, state).catch(() => {})
+  }
+
+  /** One fdatasync of the pack (and its folder, for a new pack): makes durable every append written before it began. */
+  private async flush (owner: string, state: Pack): Promise<void> {
+    const covers = state.written
+    state.unsynced = 0
+    // holds the descriptor open while it runs
+    state.writers++
+    const syncing = (async () => {
+      await fdatasyncFd(state.fd!)
+      if (state.fresh === true) {
+        await syncDir(this.folder(owner))
+        delete state.fresh
+      }
+      state.synced = Math.max(state.synced, covers)
+    })().finally(() => {
+      state.syncing = undefined
+      this.done(state)
+    })
+    state.syncing = syncing
+    await syncing
+  }
+
+  /**
+   * PackBatch's: resolves once the first `upTo` appends of the pack are
+   * durable, sharing an fdatasync under way or one another request starts
+   * (a group commit); one of its own if none covers them. A failed sync
+   * of its own fails it.
+   */
+  async syncPack (owner: string, state: Pack, upTo: number): Promise<void> {
+    if (!this.sync) return
+    while (state.synced < upTo) {
+      if (state.syncing !== undefined) await state.syncing.catch(() => {})
+      else await this.flush(owner, state)
     }
   }
 
@@ -339,11 +387,13 @@ export class PackBatch {
     const { place, state } = await this.store.claim(this.owner, bytes.length)
     this.claims.push(state)
     await writeAt(state.fd!, bytes, place.offset)
+    this.store.wrote(this.owner, state, bytes.length)
     return place
   }
 
+  /** Once every append has resolved: makes them durable. */
   async sync (): Promise<void> {
-    await Promise.all([...new Set(this.claims)].map(async state => { await this.store.syncPack(this.owner, state) }))
+    await Promise.all([...new Set(this.claims)].map(async state => { await this.store.syncPack(this.owner, state, state.written) }))
   }
 
   end (): void {
