@@ -463,7 +463,7 @@ export class HostBook {
    */
   async compact (owner: string): Promise<number[]> {
     return await this.serial(owner, async () => {
-      const victims = new Set(this.packs.compactable(owner))
+      const victims = new Set(this.packs.takeCompactable(owner))
       if (victims.size === 0) return []
       const moving: Array<{ key: string, row: BlobRow }> = []
       for await (const [key, row] of this.rows.iterator({ gt: `${owner}/`, lt: `${owner}0` })) {

@@ -120,7 +120,9 @@ export class PackStore {
   /** Every pack on disk, by owner, with its size (nothing live yet: the book counts its rows in with `count`). */
   async open (): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 })
-    for (const owner of await readdir(this.dir)) {
+    for (const entry of await readdir(this.dir, { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue
+      const owner = entry.name
       const packs = this.ownerPacks(owner)
       for (const name of await readdir(this.folder(owner))) {
         const n = PACK_NAME.exec(name)
@@ -185,13 +187,22 @@ export class PackStore {
   }
 
   /**
-   * Packs to compact: not the current one, no writes under way, and at least
-   * half dead (so a compaction copies at most as much as it frees).
+   * Packs to compact: no writes under way, at least half dead (so a
+   * compaction copies at most as much as it frees), and not the current one
+   * unless nothing in it is live (a forget of everything frees its disk
+   * too); that one is retired at once, so no append lands in it from now on.
    */
-  compactable (owner: string): number[] {
+  takeCompactable (owner: string): number[] {
     const packs = this.owners.get(owner)
     if (packs === undefined) return []
-    return [...packs.packs].filter(([n, s]) => n !== packs.current && s.writers === 0 && 2 * s.live <= s.size).map(([n]) => n)
+    const taken = [...packs.packs]
+      .filter(([n, s]) => s.writers === 0 && 2 * s.live <= s.size && (n !== packs.current || s.live === 0))
+      .map(([n]) => n)
+    if (packs.current !== null && taken.includes(packs.current)) {
+      this.retire(packs.packs.get(packs.current)!)
+      packs.current = null
+    }
+    return taken
   }
 
   /** A batch of appends for `owner`: `append` each blob, `sync` once, index the places, then `end`. */

@@ -306,6 +306,7 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
   const go = blobs.filter((_, i) => status[i] === 'go')
   const batch = book.appender(owner)
   let placed: Array<{ id: string, place: Place }> = []
+  let unsynced: unknown = null
   try {
     await io.send({ ok: true, status, used: book.usage(owner).used, quota: book.quotaOf(owner) }, signal)
     const writing = new Set<Promise<void>>()
@@ -342,8 +343,9 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
   } finally {
     try {
       if (placed.length > 0) await batch.sync()
-    } catch {
+    } catch (err) {
       placed = [] // not durable: nothing is committed, the request fails below
+      unsynced = err
     }
     try {
       await book.commitMany(owner, placed)
@@ -354,7 +356,7 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
     const unstored = go.filter(b => !kept.has(b.id)).map(b => b.id)
     if (unstored.length > 0) await book.drop(owner, unstored, true)
   }
-  if (placed.length < go.length) throw new KithError('INTERNAL', 'the host could not write your blobs to its disk')
+  if (unsynced != null) throw new KithError('INTERNAL', 'the host could not write your blobs to its disk', { cause: unsynced })
   const { used, quota } = book.usage(owner)
   await io.send({ ok: true, stored: placed.length, used, quota }, signal)
 }

@@ -130,6 +130,14 @@ describe('pack store', () => {
     const again = await open()
     expect(again.usage(OWNER)).toMatchObject({ used: kept.length * SIZE, blobs: kept.length })
     expect(await readAll(again, kept)).toEqual(kept.map(() => true))
+    // everything removed: every pack goes, the current one too, and the next put makes a new one
+    await again.remove(OWNER, kept.map(c => c.id), 3)
+    await again.compactSoon(OWNER)
+    expect(await packs()).toEqual([])
+    expect(again.packs.usage(OWNER)).toEqual({ packs: 0, bytes: 0, dead: 0 })
+    await put(again, chunks.slice(0, 1))
+    expect(await packs()).toEqual(['4.pack'])
+    expect(await readAll(again, chunks.slice(0, 1))).toEqual([true])
     await again.close()
   })
 
