@@ -28,6 +28,9 @@ import { ownPeakRss, cpuMs } from './lib.ts'
  *
  *   node bench/chunk-path-peer.ts recv OUTFILE      prints {"addr"}, then {"bytes","ms","peakRss","cpuMs"}
  *   node bench/chunk-path-peer.ts send ADDR SRCFILE prints {"bytes","ms","peakRss","cpuMs"} once closed
+ *
+ * With BENCH_SEND_ON_SIGNAL=1 the sender prints {"ready"} once its node is
+ * up and sends only on SIGUSR2, so a profiler can attach to both ends first.
  */
 const PROTOCOL = '/kith-bench/chunk-path/1.0.0'
 const WRITES_IN_FLIGHT = 4
@@ -85,6 +88,11 @@ async function receive (stream: Stream, out: string): Promise<void> {
 }
 
 async function send (addr: string, src: string): Promise<void> {
+  if (process.env.BENCH_SEND_ON_SIGNAL === '1') {
+    const go = new Promise(resolve => process.once('SIGUSR2', resolve))
+    console.log(JSON.stringify({ ready: true }))
+    await go
+  }
   const stream = await node.dialProtocol(multiaddr(addr), PROTOCOL)
   const started = performance.now()
   const cpuStart = process.cpuUsage()

@@ -1,9 +1,11 @@
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { once } from 'node:events'
 import { createReadStream, existsSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
 import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
@@ -69,11 +71,19 @@ import { cpuSeconds, currentRss, threadCpuSeconds, fmt, JsonChild, MB, MiB, mbps
  *
  * BENCH_DL_ROWS=get,engine runs only the rows whose names hold one of these
  * words, with curl, aria2c and the undici ceiling (the ratios).
+ *
+ * BENCH_PERF=DIR records each kith row with Linux `perf record -g` (every
+ * thread, the kernel included: the daemon while it downloads, a stage's or
+ * the engine's process from its start) and logs where its CPU went per MB
+ * (bench/perf-stages.ts; run from the sources, BENCH_SOURCES=1, for kith's
+ * own stages by file).
  */
 const HERE = dirname(fileURLToPath(import.meta.url))
 const GET = join(HERE, '..', 'test', 'helpers', 'http-get.ts')
 const DRAIN = join(HERE, 'http-drain.ts')
 const STAGES = join(HERE, 'http-stages.ts')
+const PERF_STAGES = join(HERE, 'perf-stages.ts')
+const PERF_DIR = process.env.BENCH_PERF
 const TARGET_RATIO = 0.9
 /** Debian's libnginx-mod-stream: the limited origin */
 const STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so'
@@ -138,7 +148,8 @@ async function kithGet (node: TestNode, url: string, out: string, connections: n
   const rssBefore = await currentRss(node.pid)
   const cpu = await cpuSeconds(node.pid)
   const main = await threadCpuSeconds(node.pid)
-  const r = await run(NODE, [KITH, '--home', node.home, 'get', url, '-o', out, '--connections', String(connections), '--json'])
+  const perf = PERF_DIR != null ? await perfAttached(node.pid!, `get-${connections}-${basename(new URL(url).pathname, '.bin')}`) : null
+  const r = await run(NODE, [KITH, '--home', node.home, 'get', url, '-o', out, '--connections', String(connections), '--json']).finally(() => { perf?.proc.kill('SIGINT') })
   if (r.code !== 0) throw new Error(`kith get failed (${r.code}): ${r.stderr.trim()}`)
   const id = (JSON.parse(r.stdout.split('\n')[0]!) as { id: string }).id
   const { downloads } = await node.json<{ downloads: Array<{ id: string, created: number, updated: number, state: string }> }>('downloads')
@@ -146,6 +157,7 @@ async function kithGet (node: TestNode, url: string, out: string, connections: n
   if (record?.state !== 'done') throw new Error(`kith get ${url}: the download ended ${JSON.stringify(record)}`)
   const ms = record.updated - record.created
   const sample = { ms, peakRss: await peakRss(node.pid), cpuMs: ((await cpuSeconds(node.pid)) - cpu) * 1000, mainCpuMs: ((await threadCpuSeconds(node.pid)) - main) * 1000, rssBefore }
+  if (perf != null) await perfStages(perf.proc, perf.file, `kith get, ${connections} connections`, (await stat(out)).size / MB)
   return { ...sample, afterCpuMs: await settle(node.pid) }
 }
 
@@ -178,15 +190,45 @@ async function drain (mode: 'net' | 'undici', url: string, size: number): Promis
 
 /** one stage of the engine, in a process of its own started as the daemon is (bench/http-stages.ts) */
 async function stage (mode: 'drain' | 'take' | 'write', url: string, size: number, out: string, connections: number): Promise<Sample> {
-  const child = new JsonChild(NODE, [...DAEMON_STARTUP_FLAGS, STAGES, mode, url, String(size), String(connections), out], DAEMON_ENV)
+  const command = await perfWrapped(`stage-${mode}`, [...DAEMON_STARTUP_FLAGS, STAGES, mode, url, String(size), String(connections), out])
+  const child = new JsonChild(command.command, command.args, DAEMON_ENV)
   const r = await child.next<{ bytes: number, ms: number, peakRss: number, cpuMs: number }>()
+  await perfStages(child.proc, command.file, `stage ${mode}`, size / MB)
   if (r.bytes !== size) throw new Error(`stage ${mode} got ${r.bytes} of ${size} bytes`)
   return { ms: r.ms, peakRss: r.peakRss, cpuMs: r.cpuMs }
 }
 
-async function kith (url: string, out: string, connections: number): Promise<Sample> {
-  const child = new JsonChild(NODE, [...DAEMON_STARTUP_FLAGS, GET, url, out, String(connections)], DAEMON_ENV)
+/** `perf record` of the running process `pid` (a daemon) into PERF_DIR/NAME.data, until it is sent SIGINT */
+async function perfAttached (pid: number, name: string): Promise<{ proc: ChildProcess, file: string }> {
+  await mkdir(PERF_DIR!, { recursive: true })
+  const file = join(PERF_DIR!, `${name}.data`)
+  const proc = spawn('perf', ['record', '-q', '-F', '999', '-g', '-o', file, '-p', String(pid)], { stdio: 'ignore' })
+  // perf attaches to the running process; nothing tells when it has
+  await sleep(500)
+  return { proc, file }
+}
+
+/** Node with `args`; with BENCH_PERF, under `perf record` into PERF_DIR/NAME.data, JS frames named (/tmp/perf-PID.map) */
+async function perfWrapped (name: string, args: string[]): Promise<{ command: string, args: string[], file: string | null }> {
+  if (PERF_DIR == null) return { command: NODE, args, file: null }
+  await mkdir(PERF_DIR, { recursive: true })
+  const file = join(PERF_DIR, `${name}.data`)
+  return { command: 'perf', args: ['record', '-q', '-F', '999', '-g', '-o', file, '--', NODE, '--perf-basic-prof-only-functions', '--interpreted-frames-native-stack', ...args], file }
+}
+
+/** With BENCH_PERF: once `proc` (perf, or the process perf runs) has exited, logs where the row's CPU went */
+async function perfStages (proc: ChildProcess, file: string | null, row: string, mb: number): Promise<void> {
+  if (file == null) return
+  if (proc.exitCode == null && proc.signalCode == null) await once(proc, 'exit')
+  const stages = await run(NODE, [PERF_STAGES, file, '--mb', String(mb), '--top', '15'])
+  console.error(`downloads: where ${row}'s CPU went (CPU ms/MB, perf samples in ${file}):\n${stages.stdout}${stages.stderr}`)
+}
+
+async function kith (url: string, out: string, connections: number, size: number): Promise<Sample> {
+  const command = await perfWrapped(`engine-${connections}`, [...DAEMON_STARTUP_FLAGS, GET, url, out, String(connections)])
+  const child = new JsonChild(command.command, command.args, DAEMON_ENV)
   const r = await child.next<{ bytes: number, ms: number, peakRss: number, cpuMs: number, mainCpuMs: number }>()
+  await perfStages(child.proc, command.file, `the engine alone, ${connections} connections`, size / MB)
   return { ms: r.ms, peakRss: r.peakRss, cpuMs: r.cpuMs, mainCpuMs: r.mainCpuMs }
 }
 
@@ -213,7 +255,13 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
   })
   let testnet: Testnet | undefined
   try {
-    testnet = await createTestnet(['getter'])
+    const saved = process.env.NODE_OPTIONS
+    // the daemon inherits NODE_OPTIONS when it starts: its JS frames named in /tmp/perf-PID.map, which perf reads
+    if (PERF_DIR != null) process.env.NODE_OPTIONS = `${saved ?? ''} --perf-basic-prof-only-functions --interpreted-frames-native-stack`.trim()
+    testnet = await createTestnet(['getter']).finally(() => {
+      if (saved == null) delete process.env.NODE_OPTIONS
+      else process.env.NODE_OPTIONS = saved
+    })
     const daemon = testnet.nodes[0]!
     log(`downloads: writing ${sizeBytes / MiB} MiB and ${limitedBytes / MiB} MiB of random data`)
     await writeRandomFile(join(root, 'big.bin'), sizeBytes)
@@ -232,8 +280,8 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
       { name: 'stage 3: + write-back cache, positioned writes', file: 'big', limited: false, go: async url => await stage('write', url, sizeBytes, out, 8) },
       { name: 'kith get, 1 connection', file: 'big', limited: false, go: async url => await kithGet(daemon, url, out, 1) },
       { name: 'kith get, 8 connections', file: 'big', limited: false, go: async url => await kithGet(daemon, url, out, 8) },
-      { name: 'kith engine alone, 1 connection', file: 'big', limited: false, go: async url => await kith(url, out, 1) },
-      { name: 'kith engine alone, 8 connections', file: 'big', limited: false, go: async url => await kith(url, out, 8) },
+      { name: 'kith engine alone, 1 connection', file: 'big', limited: false, go: async url => await kith(url, out, 1, sizeBytes) },
+      { name: 'kith engine alone, 8 connections', file: 'big', limited: false, go: async url => await kith(url, out, 8, sizeBytes) },
       ...(limited != null
         ? [
             { name: LIMITED_ONE, file: 'small', limited: true, go: async url => await kithGet(daemon, url, out, 1) },
@@ -294,7 +342,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         ].join('; ')
       })
     }
-    if (limited != null && samples.has(LIMITED_EIGHT)) {
+    if (limited != null && samples.has(LIMITED_ONE) && samples.has(LIMITED_EIGHT)) {
       const one = median(rate(LIMITED_ONE, limitedBytes))
       const eight = median(rate(LIMITED_EIGHT, limitedBytes))
       rows.push({ figure: `downloads: ${LIMITED_ONE}`, value: one, unit: 'MB/s', samples: rate(LIMITED_ONE, limitedBytes) })

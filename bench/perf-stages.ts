@@ -18,10 +18,13 @@ import { createInterface } from 'node:readline'
  *
  *   NODE_OPTIONS='--perf-basic-prof-only-functions --interpreted-frames-native-stack'   (when the daemons start: JS names)
  *   perf record -F 499 -g -p PID,PID,... -o FILE                                        (while the phase runs; then SIGINT)
- *   node bench/perf-stages.ts FILE --mb MB [--name PID=owner ...] [--top N]
+ *   node bench/perf-stages.ts FILE --mb MB [--name PID=owner ...] [--top N] [--thread REGEX]
  *
  * MB is the phase's plaintext (10^6 bytes): figures are CPU ms per MB, as
- * the bench prints them. --top N adds each process's N busiest leaf frames.
+ * the bench prints them. --top N adds each process's N busiest leaf frames;
+ * --thread REGEX counts only the threads so named (MainThread: what bounds a
+ * side that runs one core flat out). Each process's total is split by thread
+ * kind too (main, V8 workers, libuv pool).
  * Run the daemons from the sources (BENCH_SOURCES=1, or KITH_DIST empty):
  * the rules know kith's code and libp2p's by their files, which the bundle
  * merges into chunks; with the bundle, only the native stages (crypto,
@@ -58,6 +61,8 @@ const CALLER_STAGES: Array<[string, RegExp]> = [
   ['keyed id (blobId)', /JS:\S*blobId /],
   ['seal (sealBlob)', /sealBlob/],
   ['open (openBlob)', /openBlob/],
+  ['seal chunk (sealChunkParts, resealChunk)', /sealChunkParts|resealChunk/],
+  ['open chunk (openChunk, openPack)', /JS:\S*openChunk |openPack/],
   ['noise', /libp2p-noise|as-chacha/],
   ['yamux', /libp2p-yamux/],
   ['bandwidth scheduler', /transfer\/scheduler|token-bucket/],
@@ -65,11 +70,23 @@ const CALLER_STAGES: Array<[string, RegExp]> = [
   ['libp2p streams and the rest of libp2p', /@libp2p|libp2p\/dist|multiformats|p-event|race-signal|it-[a-z-]+\/|corked-writes|progress-events|main-event-loop/],
   ['headers (cborg, zod)', /cborg|zod|canonical\.ts|backup\/wire\.ts/],
   ['chunk store', /chunk-store\.ts/],
+  ['chunk protocol (chunk-protocol.ts: FrameReader, sendFrame, GET)', /transfer\/chunk-protocol\.ts/],
+  ['fetcher (fetcher.ts)', /transfer\/fetcher\.ts/],
+  ['assembly (assemble.ts, destination.ts: writes, whole-file hash)', /transfer\/(assemble|destination|fd)\.ts/],
+  ['files service (transfers, file-service, live-chunks)', /services\/files\//],
+  ['daemon API and events', /services\/api\//],
+  ['(c) chunk path bench', /chunk-path-peer\.ts/],
   ['backup host book', /host-book\.ts/],
   ['backup owner index, file cache', /owner-index\.ts|file-cache\.ts/],
   ['backup run', /backup\/run\.ts/],
   ['backup restore', /backup\/(restore|getter)\.ts/],
   ['backup protocol', /backup\/protocol\.ts/],
+  ['downloads: hash', /downloads\/http\/hash-cursor\.ts/],
+  ['downloads: write-back cache', /downloads\/http\/write-cache\.ts/],
+  ['downloads: response reader', /downloads\/http\/response\.ts/],
+  ['downloads: engine', /downloads\/http\/|bench\/http-stages\.ts/],
+  ['downloads: queue', /services\/downloads\//],
+  ['undici', /node_modules\/undici\/|wasm-function/],
   ['node fs (JS)', /node:internal\/fs|node:fs/],
   ['node net and streams (JS)', /node:net|node:internal\/streams|stream_base/],
   ['kith, other', /\/src\//]
@@ -100,10 +117,12 @@ const args = process.argv.slice(2)
 let file: string | undefined
 let mb = NaN
 let top = 0
+let only: RegExp | undefined
 const names = new Map<string, string>()
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--mb') mb = Number(args[++i])
   else if (args[i] === '--top') top = Number(args[++i])
+  else if (args[i] === '--thread') only = new RegExp(args[++i] ?? '')
   else if (args[i] === '--name') {
     const [pid, name] = (args[++i] ?? '').split('=')
     names.set(pid!, name ?? pid!)
@@ -114,9 +133,10 @@ if (file == null || !(mb > 0)) {
   process.exit(2)
 }
 
-/** per pid: ns per stage, and ns per leaf frame */
+/** per pid: ns per stage, per leaf frame, and per kind of thread */
 const stages = new Map<string, Map<string, number>>()
 const leaves = new Map<string, Map<string, number>>()
+const threads = new Map<string, Map<string, number>>()
 const add = (into: Map<string, Map<string, number>>, pid: string, key: string, ns: number): void => {
   let row = into.get(pid)
   if (row == null) into.set(pid, row = new Map())
@@ -127,9 +147,10 @@ const perf = spawn('perf', ['script', '-i', file, '-F', 'comm,pid,tid,period,ip,
 let head: { thread: string, pid: string, ns: number } | null = null
 let frames: string[] = []
 const flush = (): void => {
-  if (head != null && frames.length > 0) {
+  if (head != null && frames.length > 0 && (only === undefined || only.test(head.thread))) {
     add(stages, head.pid, stageOf(head.thread, frames), head.ns)
     add(leaves, head.pid, frames[0]!.slice(0, 120), head.ns)
+    add(threads, head.pid, head.thread.replace(/[-_ ]*\d+$/, ''), head.ns)
   }
   head = null
   frames = []
@@ -153,7 +174,8 @@ for (const pid of order) {
   const row = stages.get(pid)!
   const total = [...row.values()].reduce((a, b) => a + b, 0)
   all += total
-  console.log(`\n${names.get(pid) ?? 'pid'} ${pid}: ${perMb(total).trim()} CPU ms/MB sampled`)
+  const kinds = [...threads.get(pid)!].sort((a, b) => b[1] - a[1]).map(([thread, ns]) => `${thread} ${perMb(ns).trim()}`).join(', ')
+  console.log(`\n${names.get(pid) ?? 'pid'} ${pid}: ${perMb(total).trim()} CPU ms/MB sampled (${kinds})`)
   for (const [stage, ns] of [...row].sort((a, b) => b[1] - a[1])) if (ns / 1e6 / mb >= 0.05) console.log(`  ${perMb(ns)}  ${stage}`)
   if (top > 0) {
     console.log('  busiest leaf frames')

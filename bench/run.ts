@@ -1,5 +1,8 @@
 import { mkdtemp, rm, mkdir } from 'node:fs/promises'
 import { rmSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { tmpdir, cpus, loadavg } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -69,6 +72,10 @@ import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSec
  * BENCH_PIN=1 runs the sending end of the ceilings and the owner on core 0, the
  * receiving end and the 1-source fetcher on core 1 (taskset), so each side's
  * CPU ms/MB is measured without the other's on its core.
+ * BENCH_PERF=DIR records both ends of each (c) run and of each 1-source fetch
+ * with Linux `perf record -g` and prints where their CPU went, per MB, by
+ * stage (bench/perf-stages.ts; with BENCH_SOURCES=1 kith's own stages are
+ * told apart too).
  * The daemons run the bundle an installed kith runs (bundle.ts, built at the
  * start); BENCH_SOURCES=1 runs the checkout's sources instead.
  * MB/s means 10^6 bytes per second, as in DESIGN.md.
@@ -77,6 +84,7 @@ const HERE = dirname(fileURLToPath(import.meta.url))
 const TCP_PEER = join(HERE, 'tcp-peer.ts')
 const STREAM_PEER = join(HERE, 'stream-peer.ts')
 const CHUNK_PATH_PEER = join(HERE, 'chunk-path-peer.ts')
+const PERF_STAGES = join(HERE, 'perf-stages.ts')
 
 const TARGET_ONE_SOURCE = 0.8
 const TARGET_CAPPED = 0.9
@@ -98,7 +106,7 @@ function parseArgs (argv: string[]): Set<Section> {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '-h' || arg === '--help') {
-      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|smallfiles|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128 BENCH_SMALL_FILES=100000 BENCH_PIN=1')
+      console.log('usage: npm run bench [-- --section ceilings|fetch|multi|smallfiles|reachability|scheduler|cli|expose|downloads|backup|proxy|transfer ...]\nenv: BENCH_RUNS=3 BENCH_SIZE_MIB=1024 BENCH_CAP_MB=15 BENCH_CPU_PROF=DIR BENCH_LIMITED_MIB=128 BENCH_SMALL_FILES=100000 BENCH_PIN=1 BENCH_PERF=DIR')
       process.exit(0)
     }
     let value: string | undefined
@@ -127,6 +135,11 @@ const [RUNS, SIZE, CAP_MB] = (() => {
   } catch (err) { return usageError(err) }
 })()
 const CPU_PROF = process.env.BENCH_CPU_PROF
+const PERF = process.env.BENCH_PERF
+/** JS function names in /tmp/perf-PID.map, which `perf` reads (BENCH_PERF) */
+const PERF_NODE_OPTIONS = '--perf-basic-prof-only-functions --interpreted-frames-native-stack'
+/** NODE_OPTIONS the daemons start with: a V8 CPU profile each (BENCH_CPU_PROF), JS names for perf (BENCH_PERF) */
+const DAEMON_OPTIONS = [CPU_PROF != null ? `--cpu-prof --cpu-prof-dir=${CPU_PROF}` : '', PERF != null ? PERF_NODE_OPTIONS : ''].filter(o => o !== '').join(' ')
 /** BENCH_PIN=1: each end of a transfer on a core of its own (taskset), so what one side costs is not hidden by the other's */
 const PIN = process.env.BENCH_PIN === '1'
 
@@ -141,6 +154,26 @@ async function pinProcess (pid: number | undefined, core: number): Promise<void>
   const r = await run('taskset', ['-a', '-p', '-c', String(core), String(pid)])
   if (r.code !== 0) throw new Error(`taskset failed: ${r.stderr.trim()}`)
 }
+let perfRecords = 0
+
+/** With BENCH_PERF, `perf record` of `procs` while `work` runs, then where each one's CPU went per MB moved. */
+async function perfDuring<T> (phase: string, procs: Array<[pid: number, name: string]>, work: () => Promise<T>): Promise<T> {
+  if (PERF == null) return await work()
+  await mkdir(PERF, { recursive: true })
+  const file = join(PERF, `${++perfRecords}-${phase}.data`)
+  const perf = spawn('perf', ['record', '-q', '-F', '499', '-g', '-o', file, '-p', procs.map(([pid]) => pid).join(',')], { stdio: 'ignore' })
+  // perf attaches to the running processes; nothing tells when it has
+  await sleep(500)
+  try {
+    return await work()
+  } finally {
+    perf.kill('SIGINT')
+    await once(perf, 'exit')
+    const stages = await run(NODE, [PERF_STAGES, file, '--mb', String(SIZE / MB), ...procs.flatMap(([pid, name]) => ['--name', `${pid}=${name}`])])
+    log(`where the CPU went, ${phase} (CPU ms/MB, perf samples in ${file}):\n${stages.stdout}${stages.stderr}`)
+  }
+}
+
 /** a share or fetch slower than 2 MB/s (plus a minute) is taken as stuck */
 const SLOW_MS = 60_000 + SIZE / 2e6 * 1000
 
@@ -184,14 +217,27 @@ async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise
   const script = { tcp: TCP_PEER, stream: STREAM_PEER, 'chunk-path': CHUNK_PATH_PEER }[kind]
   // the plain stream runs in the daemon's heap configuration (as `kith start` does)
   const flags = kind === 'tcp' ? [] : DAEMON_STARTUP_FLAGS
-  const env = kind === 'tcp' ? {} : DAEMON_ENV
+  // with BENCH_PERF, (c)'s ends run as the daemons do (JS names for perf) and its sender waits until perf is attached
+  const profiled = PERF != null && kind === 'chunk-path'
+  const env = kind === 'tcp' ? {} : profiled ? { ...DAEMON_ENV, NODE_OPTIONS: PERF_NODE_OPTIONS, BENCH_SEND_ON_SIGNAL: '1' } : DAEMON_ENV
   // with BENCH_PIN each end has a core of its own: the receiver (as the fetcher) core 1, the sender (as the owner) core 0
   const recv = new JsonChild(...pinned(1, NODE, [...flags, script, 'recv', out]), env)
   let send: JsonChild | undefined
   try {
     const hello = await recv.next<{ port?: number, addr?: string }>(60_000)
-    send = new JsonChild(...pinned(0, NODE, [...flags, script, 'send', String(kind === 'tcp' ? hello.port : hello.addr), src]), env)
-    const [r, s] = await Promise.all([recv.next<PeerReport>(), send.next<PeerReport>()])
+    const sender = send = new JsonChild(...pinned(0, NODE, [...flags, script, 'send', String(kind === 'tcp' ? hello.port : hello.addr), src]), env)
+    const both = async (): Promise<[PeerReport, PeerReport]> => await Promise.all([recv.next<PeerReport>(), sender.next<PeerReport>()])
+    let r: PeerReport
+    let s: PeerReport
+    if (profiled) {
+      await sender.next(60_000)
+      ;[r, s] = await perfDuring(kind, [[sender.pid, 'send'], [recv.pid, 'recv']], async () => {
+        sender.proc.kill('SIGUSR2')
+        return await both()
+      })
+    } else {
+      [r, s] = await both()
+    }
     if (r.bytes !== SIZE) throw new Error(`${kind} ceiling: the receiver got ${r.bytes} of ${SIZE} bytes`)
     return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs, senderCpuMs: s.cpuMs, receiverCpuMs: r.cpuMs }
   } finally {
@@ -225,16 +271,16 @@ async function ceiling (kind: CeilingKind, label: string, src: string, dir: stri
 let testnet: Testnet | undefined
 
 async function startNode (node: TestNode, args: string[] = []): Promise<void> {
-  if (CPU_PROF == null) {
+  if (DAEMON_OPTIONS === '') {
     await node.start(args)
     return
   }
   // the daemon inherits NODE_OPTIONS at spawn time; CLI commands don't
   const saved = process.env.NODE_OPTIONS
-  process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${CPU_PROF}`.trim()
+  process.env.NODE_OPTIONS = `${saved ?? ''} ${DAEMON_OPTIONS}`.trim()
   try {
     await node.start(args)
-    log(`${node.name} is pid ${node.pid}: its profile is ${CPU_PROF}/CPU.*.${node.pid}.*.cpuprofile`)
+    if (CPU_PROF != null) log(`${node.name} is pid ${node.pid}: its profile is ${CPU_PROF}/CPU.*.${node.pid}.*.cpuprofile`)
   } finally {
     if (saved == null) delete process.env.NODE_OPTIONS
     else process.env.NODE_OPTIONS = saved
@@ -353,7 +399,7 @@ async function kith (src: string, streamCeiling: number, pathCeiling: number, wo
   const byName = new Map(testnet.nodes.map(n => [n.name, n]))
   const node = (name: string): TestNode => byName.get(name)!
   const alice = node('alice')
-  if (CPU_PROF != null) {
+  if (DAEMON_OPTIONS !== '') {
     // restart each daemon with the profiler on
     for (const n of testnet.nodes) { await n.stop(); await startNode(n) }
   }
@@ -387,7 +433,7 @@ async function kith (src: string, streamCeiling: number, pathCeiling: number, wo
     await waitOnline(f, ['alice'])
     await pinProcess(alice.pid, 0)
     await pinProcess(f.pid, 1)
-    const r = await fetchOnce(f, [alice], target, dest(f))
+    const r = await perfDuring(`fetch-${name}`, [[alice.pid!, 'owner'], [f.pid!, 'fetcher']], async () => await fetchOnce(f, [alice], target, dest(f)))
     one.push(r)
     roles[name] = 'fetcher'
     log(`1-source fetch by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer), ${fmt(mbps(SIZE, r.wallMs))} MB/s (command); ` +

@@ -2,6 +2,7 @@ import { createLibp2p, type Libp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { corkedWrites } from './corked-writes.ts'
+import { decryptWithoutCopy } from './noise-decrypt.ts'
 import { libp2pLogger } from './silent-logger.ts'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { halfWindowUpdates } from './yamux-window.ts'
@@ -154,7 +155,7 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
     // circuit relay: dialing friends through a relay, and listening on the relays
     // src/services/reachability.ts reserves explicitly (no `/p2p-circuit` discovery)
     transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
-    connectionEncrypters: [components => corkedWrites(noise()(components))],
+    connectionEncrypters: [components => corkedWrites(decryptWithoutCopy(noise()(components)))],
     streamMuxers: [yamux({ streamOptions: { maxReadBufferLength: MAX_READ_BUFFER, maxStreamWindowSize: MAX_STREAM_WINDOW } })],
     connectionGater: {
       ...init.gater,

@@ -1,6 +1,6 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hash, hkdfSync, randomBytes, type KeyObject } from 'node:crypto'
 import { KithError } from '../errors.ts'
-import type { BufferPool } from './buffer-pool.ts'
+import { freeNow, type BufferPool } from './buffer-pool.ts'
 import { CIPHER_SLICE, ID_LENGTH, MAX_SEALED_CHUNK_SIZE, MAX_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 
 /**
@@ -207,10 +207,12 @@ export function openChunk (keys: SealKeys, position: ChunkPosition, sealed: Uint
   if (into === undefined) {
     plaintext = decipher.update(body)
   } else {
-    // in slices, so what node:crypto allocates dies young; the whole lands in a reused buffer
+    // in slices, each freed once copied (node:crypto makes a new one per call); the whole lands in a reused buffer
     plaintext = into.take(body.length)
     for (let at = 0; at < body.length; at += CIPHER_SLICE) {
-      plaintext.set(decipher.update(body.subarray(at, at + CIPHER_SLICE)), at)
+      const slice = decipher.update(body.subarray(at, at + CIPHER_SLICE))
+      plaintext.set(slice, at)
+      freeNow(slice)
     }
   }
   try {

@@ -8,7 +8,8 @@ import { KithError, isErrorCode, type ErrorCode } from '../../src/errors.ts'
  * Every property runs `runs(scale)` cases: KITH_FUZZ_RUNS (default
  * DEFAULT_RUNS, sized so that all of test/fuzz takes about 15 s on a 2-core
  * machine inside `npm test`) times the property's scale, for properties that
- * cost more per case (a signature, a stream, an HTTP request). `npm run fuzz`
+ * cost more per case (a signature, a stream, an HTTP request). `npm run
+ * test:unit` sets KITH_FUZZ_RUNS to 25 (the inner loop), `npm run fuzz`
  * runs test/fuzz alone with a much larger budget.
  *
  * A failure prints fast-check's report (the seed, the shrunk counterexample)

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { BufferPool } from '../../src/transfer/buffer-pool.ts'
+import { BufferPool, freeNow } from '../../src/transfer/buffer-pool.ts'
 
 describe('buffer pool', () => {
   it('hands a given-back buffer out again, and only once', () => {
@@ -41,5 +41,23 @@ describe('buffer pool', () => {
     pool.give(small)
     expect(pool.take(3000).buffer).toBe(big.buffer)
     expect(pool.take(50).buffer).toBe(small.buffer)
+  })
+
+  it('freeNow gives back a buffer of its own at once, and leaves views into larger ones alone', () => {
+    const own = Buffer.allocUnsafeSlow(64 * 1024).fill(7)
+    freeNow(own)
+    expect(own.buffer.detached).toBe(true)
+    expect(own.length).toBe(0)
+    freeNow(own) // again: nothing to do
+    const whole = Buffer.alloc(1000, 1)
+    const view = whole.subarray(0, 500)
+    freeNow(view)
+    freeNow(whole.subarray(500))
+    expect(whole.buffer.detached).toBe(false)
+    expect(whole[999]).toBe(1)
+    // Node's shared pool behind small Buffers
+    const pooled = Buffer.from('abc')
+    freeNow(pooled)
+    expect(pooled.toString()).toBe('abc')
   })
 })
