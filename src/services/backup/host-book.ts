@@ -161,7 +161,7 @@ export class HostBook {
 
   /**
    * Loads the books and reconciles them with what is on disk (see the module
-   * doc), then compacts the packs that are at least half dead.
+   * doc), and starts compacting the packs that are at least half dead.
    */
   async open (): Promise<void> {
     await mkdir(this.recordDir, { recursive: true, mode: 0o700 })
@@ -207,7 +207,8 @@ export class HostBook {
       ...[...this.docs].map(([owner, doc]) => ({ type: 'put' as const, sublevel: this.owners, key: owner, value: doc }))
     ] as never)
     await this.packs.settle(ends)
-    for (const owner of this.docs.keys()) await this.compact(owner)
+    // in the background: a start after a kill that left much dead space does not wait for the copies
+    for (const owner of this.docs.keys()) void this.compactSoon(owner)
   }
 
   /** Waits for the compactions asked for, then closes the packs. */
