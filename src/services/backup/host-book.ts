@@ -146,6 +146,8 @@ export class HostBook {
   private readonly now: () => number
   private readonly docs = new Map<string, OwnerDoc>()
   private readonly tails = new Map<string, Promise<unknown>>()
+  /** some rows have no place (blobs kept by a host from before packs, in the chunk store); new rows always have one */
+  private legacy = false
   /** compactions asked for and not yet begun, by owner */
   private readonly compacting = new Map<string, Promise<void>>()
 
@@ -197,6 +199,7 @@ export class HostBook {
         ops.push({ type: 'del', key })
         continue
       }
+      if (row.pack === undefined) this.legacy = true
       const doc = this.docs.get(owner) ?? blankDoc()
       doc.used += row.size
       doc.blobs += 1
@@ -438,6 +441,7 @@ export class HostBook {
 
   /** Blobs held in the engine's chunk store (kept by a host from before packs): the engine keeps them (liveChunks). */
   async liveChunks (live: Set<string>): Promise<void> {
+    if (!this.legacy) return
     for await (const [key, row] of this.rows.iterator()) if (row.pack === undefined) live.add(key.slice(key.indexOf('/') + 1))
   }
 
