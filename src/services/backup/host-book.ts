@@ -55,6 +55,12 @@ export const DEFAULT_QUOTA = 10 * 1024 ** 3
 export const DEFAULT_GRACE_MS = 30 * 24 * 3600 * 1000
 /** Audit trail entries kept per owner, newest last. */
 export const MAX_TRAIL = 50
+/**
+ * Packs one compaction round copies from (at most half of each is live: 32
+ * MiB of 16 MiB packs): the owner's writes wait for a round, not for a whole
+ * forget's worth of packs, and its batch stays small.
+ */
+const COMPACT_PACKS = 4
 
 export interface AuditEntry {
   /** ms since the epoch */
@@ -445,13 +451,17 @@ export class HostBook {
     for await (const [key, row] of this.rows.iterator()) if (row.pack === undefined) live.add(key.slice(key.indexOf('/') + 1))
   }
 
-  /** Compacts the owner's packs once the removes under way are done (`compact`), one compaction asked for at a time. */
+  /**
+   * Compacts the owner's packs once the removes under way are done
+   * (`compact`, round after round until none is left to compact), one
+   * compaction asked for at a time.
+   */
   compactSoon (owner: string): Promise<void> {
     let asked = this.compacting.get(owner)
     if (asked === undefined) {
       asked = Promise.resolve().then(async () => {
         this.compacting.delete(owner)
-        await this.compact(owner)
+        for (let more = true; more;) more = (await this.compact(owner)).length > 0
       }).catch(() => {})
       this.compacting.set(owner, asked)
     }
@@ -459,16 +469,16 @@ export class HostBook {
   }
 
   /**
-   * Every pack of the owner that is at least half dead and not being written
-   * to: its live blobs are read, checked against their ids (a damaged or
-   * lost one is dropped, as a read would), appended to the current pack and
-   * synced; one batch moves their rows; then the pack is unlinked. Under the
-   * owner's lock, one blob in memory at a time. Resolves to the packs
-   * unlinked.
+   * Up to COMPACT_PACKS packs of the owner that are at least half dead and
+   * not being written to: their live blobs are read, checked against their
+   * ids (a damaged or lost one is dropped, as a read would), appended to the
+   * current pack and synced; one batch moves their rows; then the packs are
+   * unlinked. Under the owner's lock, one blob in memory at a time. Resolves
+   * to the packs unlinked.
    */
   async compact (owner: string): Promise<number[]> {
     return await this.serial(owner, async () => {
-      const victims = new Set(this.packs.takeCompactable(owner))
+      const victims = new Set(this.packs.takeCompactable(owner, COMPACT_PACKS))
       if (victims.size === 0) return []
       const moving: Array<{ key: string, row: BlobRow }> = []
       for await (const [key, row] of this.rows.iterator({ gt: `${owner}/`, lt: `${owner}0` })) {

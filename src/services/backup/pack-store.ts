@@ -191,12 +191,14 @@ export class PackStore {
    * compaction copies at most as much as it frees), and not the current one
    * unless nothing in it is live (a forget of everything frees its disk
    * too); that one is retired at once, so no append lands in it from now on.
+   * At most `max` of them.
    */
-  takeCompactable (owner: string): number[] {
+  takeCompactable (owner: string, max: number): number[] {
     const packs = this.owners.get(owner)
     if (packs === undefined) return []
     const taken = [...packs.packs]
       .filter(([n, s]) => s.writers === 0 && 2 * s.live <= s.size && (n !== packs.current || s.live === 0))
+      .slice(0, max)
       .map(([n]) => n)
     if (packs.current !== null && taken.includes(packs.current)) {
       this.retire(packs.packs.get(packs.current)!)
