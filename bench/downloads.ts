@@ -11,7 +11,7 @@ import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts
 import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
 import { freePort } from '../test/helpers/servers.ts'
 import { createTestnet, KITH, NODE, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
-import { cpuSeconds, currentRss, threadCpuSeconds, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRss, run, table, writeRandomFile } from './lib.ts'
+import { cpuSeconds, currentRss, threadCpuSeconds, threadSchedMs, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRss, run, table, writeRandomFile } from './lib.ts'
 
 /**
  * The downloads section of `npm run bench` (`--section downloads`): a file
@@ -99,9 +99,11 @@ type Log = (message: string) => void
 /**
  * rssBefore: the daemon's resident memory when the download started (what the download adds is peakRss - rssBefore);
  * serverCpuMs: nginx's CPU (master and workers) during the run;
- * mainCpuMs: kith's main thread's, the event loop every byte passes (what limits the engine)
+ * mainCpuMs: kith's main thread's, the event loop every byte passes (what limits the engine);
+ * mainShare: over the download's own time (the record's created -> done), the share that thread was
+ * on a core, and the share it was ready to run but waited for one (its run queue); the rest it slept
  */
-interface Sample { ms: number, peakRss: number, cpuMs?: number, mainCpuMs?: number, rssBefore?: number, afterCpuMs?: number, serverCpuMs?: number }
+interface Sample { ms: number, peakRss: number, cpuMs?: number, mainCpuMs?: number, mainShare?: { run: number, wait: number }, rssBefore?: number, afterCpuMs?: number, serverCpuMs?: number }
 
 export interface DownloadsRow { figure: string, value: number, unit: 'MB/s' | 'MB' | 'x', samples: number[], ratio?: number, of?: string, target?: string, met?: boolean, note?: string }
 
@@ -142,21 +144,42 @@ async function nginxCpu (dir: string): Promise<number> {
   return sum
 }
 
+/**
+ * The main thread's schedstat (time on a core, time waiting for one) every 20 ms, each reading with its
+ * Date.now(), until `stop`; `share(from, to)` is each over the readings that span [from, to]
+ */
+function watchMainThread (pid: number | undefined): { stop: () => void, share: (from: number, to: number) => { run: number, wait: number } } {
+  const readings: Array<{ at: number, run: number, wait: number }> = []
+  const read = (): void => { void threadSchedMs(pid).then(ms => { readings.push({ at: Date.now(), ...ms }) }) }
+  read()
+  const timer = setInterval(read, 20)
+  return {
+    stop: () => { clearInterval(timer); read() },
+    share: (from, to) => {
+      const first = readings.findLast(r => r.at <= from) ?? readings[0]!
+      const last = readings.find(r => r.at >= to) ?? readings.at(-1)!
+      const span = last.at - first.at
+      return { run: (last.run - first.run) / span, wait: (last.wait - first.wait) / span }
+    }
+  }
+}
+
 /** `kith get` through the daemon; the record's created -> updated (done) is the time */
 async function kithGet (node: TestNode, url: string, out: string, connections: number): Promise<Sample> {
   await resetPeakRss(node.pid)
   const rssBefore = await currentRss(node.pid)
   const cpu = await cpuSeconds(node.pid)
   const main = await threadCpuSeconds(node.pid)
+  const sched = watchMainThread(node.pid)
   const perf = PERF_DIR != null ? await perfAttached(node.pid!, `get-${connections}-${basename(new URL(url).pathname, '.bin')}`) : null
-  const r = await run(NODE, [KITH, '--home', node.home, 'get', url, '-o', out, '--connections', String(connections), '--json']).finally(() => { perf?.proc.kill('SIGINT') })
+  const r = await run(NODE, [KITH, '--home', node.home, 'get', url, '-o', out, '--connections', String(connections), '--json']).finally(() => { perf?.proc.kill('SIGINT'); sched.stop() })
   if (r.code !== 0) throw new Error(`kith get failed (${r.code}): ${r.stderr.trim()}`)
   const id = (JSON.parse(r.stdout.split('\n')[0]!) as { id: string }).id
   const { downloads } = await node.json<{ downloads: Array<{ id: string, created: number, updated: number, state: string }> }>('downloads')
   const record = downloads.find(d => d.id === id)
   if (record?.state !== 'done') throw new Error(`kith get ${url}: the download ended ${JSON.stringify(record)}`)
   const ms = record.updated - record.created
-  const sample = { ms, peakRss: await peakRss(node.pid), cpuMs: ((await cpuSeconds(node.pid)) - cpu) * 1000, mainCpuMs: ((await threadCpuSeconds(node.pid)) - main) * 1000, rssBefore }
+  const sample = { ms, peakRss: await peakRss(node.pid), cpuMs: ((await cpuSeconds(node.pid)) - cpu) * 1000, mainCpuMs: ((await threadCpuSeconds(node.pid)) - main) * 1000, mainShare: sched.share(record.created, record.updated), rssBefore }
   if (perf != null) await perfStages(perf.proc, perf.file, `kith get, ${connections} connections`, (await stat(out)).size / MB)
   return { ...sample, afterCpuMs: await settle(node.pid) }
 }
@@ -320,6 +343,9 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
       const cpu = median(samples.get(tool.name)!.flatMap(s => s.cpuMs != null ? [s.cpuMs / (sizeBytes / MB)] : []))
       const main = median(samples.get(tool.name)!.flatMap(s => s.mainCpuMs != null ? [s.mainCpuMs / (sizeBytes / MB)] : []))
       const other = median(samples.get(tool.name)!.flatMap(s => s.mainCpuMs != null && s.cpuMs != null ? [(s.cpuMs - s.mainCpuMs) / (sizeBytes / MB)] : []))
+      // the daemon's main thread over the download's time: on a core, ready but waiting for one, and (the rest) idle
+      const busy = median(samples.get(tool.name)!.flatMap(s => s.mainShare != null ? [s.mainShare.run] : []))
+      const waiting = median(samples.get(tool.name)!.flatMap(s => s.mainShare != null ? [s.mainShare.wait] : []))
       const after = median(samples.get(tool.name)!.flatMap(s => s.afterCpuMs != null ? [s.afterCpuMs / (sizeBytes / MB)] : []))
       const server = median(samples.get(tool.name)!.flatMap(s => s.serverCpuMs != null ? [s.serverCpuMs / (sizeBytes / MB)] : []))
       const eight = tool.name === 'kith get, 8 connections'
@@ -335,6 +361,7 @@ export async function downloadsBench (log: Log, runs: number, sizeBytes: number,
         note: [
           `peak RSS ${fmt(rss / MB)} MB${before != null ? ` (${fmt(before / MB)} MB before it)` : ''}`,
           ...(Number.isFinite(cpu) ? [`CPU ${fmt(cpu, 2)} ms/MB${Number.isFinite(main) ? ` (main thread ${fmt(main, 2)}, other threads ${fmt(other, 2)})` : ''}`] : []),
+          ...(Number.isFinite(waiting) ? [`main thread on a core ${fmt(busy * 100)}% of the download, waiting for one ${fmt(waiting * 100)}%, idle ${fmt(Math.max(0, 1 - busy - waiting) * 100)}%`] : []),
           ...(Number.isFinite(after) ? [`then ${fmt(after, 2)} ms/MB after it was done`] : []),
           ...(Number.isFinite(server) ? [`nginx ${fmt(server, 2)} ms/MB`] : []),
           ...(ours ? [`${fmt(value / undici, 2)} of the undici ceiling`, `${fmt(value / curl, 2)} of curl`] : []),

@@ -149,6 +149,20 @@ export async function threadCpuSeconds (pid: number | undefined): Promise<number
   return pid == null ? NaN : await statCpuSeconds(`/proc/${pid}/task/${pid}/stat`)
 }
 
+/**
+ * A process's main thread's time on a core and waiting in the run queue for one so far, in ms
+ * (/proc/PID/task/PID/schedstat; the kernel's schedstats): what is left of a span is the time it slept
+ * (its event loop idle). NaN if unreadable.
+ */
+export async function threadSchedMs (pid: number | undefined): Promise<{ run: number, wait: number }> {
+  try {
+    const [run, wait] = (await readFile(`/proc/${pid}/task/${pid}/schedstat`, 'utf8')).trim().split(' ').map(Number)
+    return { run: run! / 1e6, wait: wait! / 1e6 }
+  } catch {
+    return { run: NaN, wait: NaN }
+  }
+}
+
 async function statCpuSeconds (path: string): Promise<number> {
   try {
     const stat = await readFile(path, 'utf8')

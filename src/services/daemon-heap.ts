@@ -121,9 +121,24 @@ let startHeld: NodeJS.Timeout | null = null
  * clone, 2 interleaved rounds of 2 starts: resident 5 s after a start, the
  * bundle 102-103 -> 95 MB, the sources 117-118 -> 108-109 MB; CPU to the
  * start-up line within noise.
+ *
+ * What it costs: code that ran hot during the start is optimized late once
+ * given back. libp2p's receive path (AbstractMessageStream's
+ * `dispatchReadBuffer` and `onData`, Node's `emit`), read every second with
+ * V8's natives in bench fetches at load 9-12: held, a fetcher started just
+ * before its 128 MiB fetch still ran it in the baseline tier 24 s after its
+ * start (the whole fetch), and the owner until 47 s; unheld, it was
+ * optimized (Maglev) 4 s after the start. perf of such fetches (BENCH_PERF):
+ * the fetcher's main thread spent 2.9-5.1 CPU ms/MB in V8's builtins (the
+ * inline caches and calls baseline code makes), against 1.1-1.9 for ceiling
+ * (c)'s receiver, which is never held, and 2.4 unheld. Whether it moves a
+ * fetch's CPU per MB was not told apart at that load (3 interleaved pairs:
+ * fetcher 15.9, 13.6, 13.6 held against 12.0, 13.7, 14.2 ms/MB unheld).
+ * `KITH_START_HOLD=0` in the daemon's environment skips the hold, for an A/B.
  */
 export function holdDuringStart (): void {
   if (startHeld != null || process.versions.node.split('.')[0] !== '24') return
+  if (process.env.KITH_START_HOLD === '0') return
   if (process.execArgv.some(a => /maglev|turbofan|jitless|max-opt|semi-space-growth/.test(a))) return
   for (const flag of COMPILER_FLAGS) setFlagsFromString(`--no-${flag}`)
   setFlagsFromString(`--semi-space-growth-factor=${YOUNG_GROWTH_HELD}`)

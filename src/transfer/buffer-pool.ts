@@ -13,7 +13,7 @@ export class BufferPool {
   private readonly out = new WeakSet<ArrayBufferLike>()
   private readonly max: number
 
-  /** @param max buffers kept at most; more given back are left to the collector */
+  /** @param max buffers kept at most; more given back are freed */
   constructor (max: number) {
     this.max = max
   }
@@ -26,11 +26,12 @@ export class BufferPool {
     return whole.subarray(0, size)
   }
 
-  /** Hands back a buffer from `take`, or any view of it, once nothing uses it. */
+  /** Hands back a buffer from `take`, or any view of it, once nothing uses it: kept for reuse, or (over `max`) freed at once rather than left for V8 to collect. */
   give (view: Uint8Array): void {
     const store = view.buffer
-    if (!this.out.delete(store) || this.free.length >= this.max) return
-    this.free.push(Buffer.from(store, 0, store.byteLength))
+    if (!this.out.delete(store)) return
+    if (this.free.length < this.max) this.free.push(Buffer.from(store, 0, store.byteLength))
+    else freeNow(new Uint8Array(store))
   }
 }
 

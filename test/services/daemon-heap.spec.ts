@@ -107,6 +107,21 @@ describe('holdDuringStart', () => {
     expect(JSON.parse(stdout)).toEqual({ usual: true, held: false, released: true })
   })
 
+  /** KITH_START_HOLD=0 (an A/B of the hold against a transfer's CPU): nothing is held, so a hot function is optimized as usual. */
+  it('holds nothing with KITH_START_HOLD=0', async () => {
+    const script = `
+      const { holdDuringStart, releaseAfterStart } = await import(${JSON.stringify(new URL('../../src/services/daemon-heap.ts', import.meta.url).href)})
+      const data = new Float64Array(100).fill(1.5)
+      const hot = a => { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * 3; return s }
+      const optimized = f => (%GetOptimizationStatus(f) & 16) !== 0
+      holdDuringStart()
+      for (let i = 0; i < 2000 && !optimized(hot); i++) { hot(data); if (i % 100 === 0) await new Promise(r => setImmediate(r)) }
+      releaseAfterStart()
+      console.log(JSON.stringify({ optimized: optimized(hot) }))`
+    const { stdout } = await promisify(execFile)(NODE, ['--allow-natives-syntax', '--input-type=module', '-e', script], { env: { ...process.env, KITH_START_HOLD: '0' } })
+    expect(JSON.parse(stdout)).toEqual({ optimized: true })
+  })
+
   /**
    * The young generation: in a Node of its own with the daemon's 4 MiB
    * semi-spaces, objects that all survive (what a start makes) grow it to its

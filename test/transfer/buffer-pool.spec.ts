@@ -18,13 +18,15 @@ describe('buffer pool', () => {
     expect(d.buffer).not.toBe(a.buffer)
   })
 
-  it('ignores buffers it did not make, keeps at most max, and makes a bigger one when needed', () => {
+  it('ignores buffers it did not make, keeps at most max and frees the rest, and makes a bigger one when needed', () => {
     const pool = new BufferPool(1)
     pool.give(Buffer.alloc(4096))
     const a = pool.take(100)
     const b = pool.take(100)
     pool.give(a)
-    pool.give(b) // over max: left to the collector
+    pool.give(b) // over max: freed at once
+    expect((b.buffer as ArrayBuffer).detached).toBe(true)
+    expect((a.buffer as ArrayBuffer).detached).toBe(false)
     const small = pool.take(50)
     expect(small.buffer).toBe(a.buffer)
     pool.give(small)
