@@ -484,6 +484,8 @@ export class HostBook {
       for await (const [key, row] of this.rows.iterator({ gt: `${owner}/`, lt: `${owner}0` })) {
         if (row.pending !== true && row.pack !== undefined && victims.has(row.pack)) moving.push({ key, row })
       }
+      // in the order they were appended: blobs put together stay together
+      moving.sort((a, b) => a.row.pack! - b.row.pack! || a.row.offset! - b.row.offset!)
       const batch = this.packs.begin(owner)
       const ops: RowOp[] = []
       const moved: BlobRow[] = []
