@@ -84,8 +84,8 @@ export function tuneDaemonHeap (): void {
   setFlagsFromString('--heap-growing-percent=100')
 }
 
-/** V8's flags for its optimizing compilers (Maglev, then TurboFan); a user who set one keeps it */
-const COMPILER_FLAGS = ['maglev', 'turbofan']
+/** V8's flags for the optimizing compilers held during a start (TurboFan; not Maglev: see holdDuringStart); a user who set one keeps it */
+const COMPILER_FLAGS = ['turbofan']
 /** The longest the hold waits for the start-up line: a start that runs long (a big home) gets compilers and growth back */
 const HELD_AT_MOST_MS = 10_000
 /** V8's factor for growing the young generation (its default, 2), and the one held while the daemon starts */
@@ -94,9 +94,9 @@ const YOUNG_GROWTH_HELD = 1
 let startHeld: NodeJS.Timeout | null = null
 
 /**
- * Holds V8's optimizing compilers off while the daemon starts, and the young
- * generation at its first size; `kith start` (bin/kith.js) calls this, and
- * the start-up line gives both back (`releaseAfterStart`).
+ * Holds V8's optimizing compiler TurboFan off while the daemon starts, and
+ * the young generation at its first size; `kith start` (bin/kith.js) calls
+ * this, and the start-up line gives both back (`releaseAfterStart`).
  *
  * Compilers: a start runs ~800 modules' top-level code
  * and set-up once each: V8's background threads spent 0.3-0.45 s of CPU
@@ -107,6 +107,21 @@ let startHeld: NodeJS.Timeout | null = null
  * start (110-111 MB resident, was 118-122; 4 interleaved starts each, load
  * 27). From the start-up line on, code that runs hot (a transfer) is
  * optimized as before. Test runs start ~110 daemons.
+ *
+ * Maglev is not held (it was, with TurboFan, until the stop after): code
+ * that ran hot while Maglev was off stayed in the baseline tier long after
+ * it was given back. libp2p's receive path (AbstractMessageStream's
+ * `dispatchReadBuffer` and `onData`), read every second with V8's natives
+ * in bench fetches at load 10-17: in a fetcher started just before its
+ * 128 MiB fetch, baseline 20-24 s after its start (the whole fetch) with
+ * Maglev held, Maglev 7.4 s after it with TurboFan alone held, 4.4 s with
+ * nothing held. `BENCH_SIZE_MIB=128 BENCH_RUNS=2 bench/run.ts --section
+ * fetch`, 3 interleaved pairs, load 4-12: fetcher 14.0, 13.9, 16.4 -> 12.6,
+ * 12.7, 11.4 CPU ms/MB, owner 8.8, 9.1, 10.5 -> 8.5, 8.6, 8.3. Resident 5 s
+ * after a start (`BENCH_CLI_PARTS=start node bench/cli.ts`, 2 interleaved
+ * rounds, load 3-18): the bundle 95, 94 MB with both held, 95, 95 with
+ * TurboFan alone, 104, 104 with nothing held; CPU to the start-up line
+ * within noise.
  *
  * Young generation: V8 grows it (doubling, up to `--max-semi-space-size`)
  * when most of what it holds survives a scavenge, which is all of a start
@@ -122,18 +137,6 @@ let startHeld: NodeJS.Timeout | null = null
  * bundle 102-103 -> 95 MB, the sources 117-118 -> 108-109 MB; CPU to the
  * start-up line within noise.
  *
- * What it costs: code that ran hot during the start is optimized late once
- * given back. libp2p's receive path (AbstractMessageStream's
- * `dispatchReadBuffer` and `onData`, Node's `emit`), read every second with
- * V8's natives in bench fetches at load 9-12: held, a fetcher started just
- * before its 128 MiB fetch still ran it in the baseline tier 24 s after its
- * start (the whole fetch), and the owner until 47 s; unheld, it was
- * optimized (Maglev) 4 s after the start. perf of such fetches (BENCH_PERF):
- * the fetcher's main thread spent 2.9-5.1 CPU ms/MB in V8's builtins (the
- * inline caches and calls baseline code makes), against 1.1-1.9 for ceiling
- * (c)'s receiver, which is never held, and 2.4 unheld. Whether it moves a
- * fetch's CPU per MB was not told apart at that load (3 interleaved pairs:
- * fetcher 15.9, 13.6, 13.6 held against 12.0, 13.7, 14.2 ms/MB unheld).
  * `KITH_START_HOLD=0` in the daemon's environment skips the hold, for an A/B.
  */
 export function holdDuringStart (): void {

@@ -19,9 +19,12 @@ import { BufferPool } from './buffer-pool.ts'
  *    first chunks handed back by failed requests, then the next
  *    wanted chunks it holds, in order. Faster sources free their slots sooner
  *    and so take more; when several are free at once the fastest goes first.
- *    A source's request size follows what it moves in `targetRequestMs`, so
- *    a slow source never sits on many chunks; near the end what is left is
- *    shared among all request slots, so no source queues a long tail.
+ *    A request frees its slot early, once its last chunk is due within about
+ *    twice the time its source takes to start answering a request, so the
+ *    next one is under way when it ends. A source's request size follows
+ *    what it moves in `targetRequestMs`, so a slow source never sits on many
+ *    chunks; near the end what is left is shared among all request slots, so
+ *    no source queues a long tail.
  * 4. Every chunk goes through `store.put`, which checks sha256(sealed) == id,
  *    before it counts.
  * 5. Faults: corrupt bytes or protocol violations drop a source at once.
@@ -183,7 +186,12 @@ export interface FetchInit {
    * @default 16 chunks' worth of CHUNK_SIZE: more, to MAX_GET_IDS, when chunks are smaller
    */
   chunksPerRequest?: number
-  /** GET streams open to one source at once. @default 2 */
+  /**
+   * GET streams open to one source at once, not counting those whose last
+   * chunk is due within the source's start-up time (the next request starts
+   * then, so the source never waits between requests); at most twice this.
+   * @default 2
+   */
   requestsPerSource?: number
   /** Ids asked in one HAVE. @default MAX_HAVE_IDS (4096) */
   haveBatchSize?: number
@@ -356,6 +364,8 @@ class Source {
   dropped: Penalty | undefined
   /** when `beforeReceive` last held one of its requests back */
   throttledAt = -Infinity
+  /** ms from a request's start to its first byte, smoothed: how long before one ends the next must start (see `pipeline`) */
+  startupMs: number | undefined
   /** ms since the fetch started when it joined */
   readonly joinedAtMs: number
   /** when it last answered (or failed) a HAVE for everything it was asked */
@@ -391,6 +401,8 @@ class Request {
   promise: Promise<void> = Promise.resolve()
   /** waiting in `beforeReceive` */
   throttled = false
+  /** no longer counted against its source's limit: its last chunks are due within its source's start-up time (see `pipeline`) */
+  released = false
 
   constructor (source: Source, indexes: number[]) {
     this.source = source
@@ -973,6 +985,13 @@ class Fetch {
     return rate > 0 ? remaining / rate * 1000 : Infinity
   }
 
+  /** Requests counted against `source`'s limit: those open and not released (see `pipeline`). */
+  private busy (source: Source): number {
+    let busy = 0
+    for (const request of source.requests) if (!request.released) busy++
+    return busy
+  }
+
   private schedule (): void {
     if (this.finished) return
     if (this.doneCount === this.n) {
@@ -989,7 +1008,7 @@ class Fetch {
     while (started) {
       started = false
       for (const source of ready) {
-        if (source.requests.size >= source.limit) continue
+        if (this.busy(source) >= source.limit || source.requests.size >= 2 * source.limit) continue
         const picks = this.pick(source)
         if (picks.length === 0) continue
         this.start(source, picks)
@@ -1047,6 +1066,10 @@ class Fetch {
         signal: request.controller.signal,
         buffers: this.frames,
         onBytes: bytes => {
+          if (request.bytes === 0) {
+            const ms = performance.now() - request.startedAt
+            source.startupMs = source.startupMs === undefined ? ms : (source.startupMs + ms) / 2
+          }
           request.bytes += bytes
           request.lastByteAt = performance.now()
           source.received += bytes
@@ -1073,6 +1096,7 @@ class Fetch {
         })
         while (storing.size >= MAX_STORING || storingBytes >= MAX_STORING_BYTES) await Promise.race(storing)
         if (this.finished) return
+        this.pipeline(request)
         if (request.fault !== undefined) throw new KithError('CHUNK_FRAME_MALFORMED', request.fault.message)
       }
       await Promise.all(storing)
@@ -1138,6 +1162,24 @@ class Fetch {
     } else {
       this.complete(index, size, request)
     }
+  }
+
+  /**
+   * Frees `request`'s slot before it ends, once its last chunk is due within
+   * about twice the time its source takes to start delivering a request: the
+   * next one is then under way when this one ends, so the source never
+   * stands idle between requests. (A source's requests otherwise start
+   * together, share its bandwidth, end together, and both wait for the next
+   * ones' first bytes.) A source has at most twice its limit of requests
+   * open (`schedule`), the released ones near their end.
+   */
+  private pipeline (request: Request): void {
+    const source = request.source
+    if (request.released || source.startupMs === undefined) return
+    const last = request.indexes[request.indexes.length - 1]!
+    if (this.arrival(request, last, performance.now(), this.averageChunk()) > 2 * source.startupMs) return
+    request.released = true
+    this.schedule()
   }
 
   /** Waits for `beforeReceive`; the time is ours, so the request's stall clock restarts after it. */

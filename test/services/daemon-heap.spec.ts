@@ -87,24 +87,28 @@ describe('releaseMemoryWhenQuiet', () => {
 describe('holdDuringStart', () => {
   /**
    * In a Node of its own (V8's flags are per process), with V8's natives to
-   * read a function's state: a hot function is optimized as usual; held, an
-   * equally hot one is not; released, it is at once.
+   * read a function's state: held, a hot function is still optimized by
+   * Maglev, as unheld. Only TurboFan is held: code that ran hot while Maglev
+   * was held too stayed in the baseline tier long after it was given back
+   * (holdDuringStart). (TurboFan being held is not told here: a hot loop
+   * still reached it through Maglev in this test; a start's memory shows it,
+   * `BENCH_CLI_PARTS=start node bench/cli.ts`.)
    */
-  it('keeps V8 from optimizing until released, and optimizing resumes after', async () => {
+  it('leaves Maglev on while held', async () => {
     const script = `
       const { holdDuringStart, releaseAfterStart } = await import(${JSON.stringify(new URL('../../src/services/daemon-heap.ts', import.meta.url).href)})
       const data = new Float64Array(100).fill(1.5)
-      const make = () => a => { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * 3; return s }
+      // a function of its own each (closures of one literal would share its optimized code)
+      const make = k => new Function('a', 'let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * ' + k + '; return s')
       const optimized = f => (%GetOptimizationStatus(f) & 16) !== 0
       const run = async (f, calls) => { for (let i = 0; i < calls && !optimized(f); i++) { f(data); if (i % 100 === 0) await new Promise(r => setImmediate(r)) } return optimized(f) }
-      const usual = await run(make(), 2000)
+      const usual = await run(make(2), 20000)
       holdDuringStart()
-      const hot = make()
-      const held = await run(hot, 2000)
+      const held = await run(make(3), 20000)
       releaseAfterStart()
-      console.log(JSON.stringify({ usual, held, released: await run(hot, 2000) }))`
+      console.log(JSON.stringify({ usual, held }))`
     const { stdout } = await promisify(execFile)(NODE, ['--allow-natives-syntax', '--input-type=module', '-e', script])
-    expect(JSON.parse(stdout)).toEqual({ usual: true, held: false, released: true })
+    expect(JSON.parse(stdout)).toEqual({ usual: true, held: true })
   })
 
   /** KITH_START_HOLD=0 (an A/B of the hold against a transfer's CPU): nothing is held, so a hot function is optimized as usual. */

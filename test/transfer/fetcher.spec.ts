@@ -100,6 +100,36 @@ describe('multi-source fetch', () => {
     }
   })
 
+  it('starts a source\'s next request before its last one ends, so the source does not wait between requests', async () => {
+    // as over a far link: a request's first bytes come 100 ms after it, the rest 5 ms a slice (~60 ms for 4 chunks)
+    const serving = new Set<AbortSignal>()
+    let most = 0
+    const h = await holder({
+      beforeSend: async (_bytes, _peer, signal) => {
+        const first = !serving.has(signal)
+        if (first) {
+          serving.add(signal)
+          most = Math.max(most, serving.size)
+          signal.addEventListener('abort', () => serving.delete(signal), { once: true })
+        }
+        await new Promise(resolve => setTimeout(resolve, first ? 100 : 5))
+      }
+    })
+    const mine = await fresh()
+    try {
+      const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [h.peerId], requestsPerSource: 1, chunksPerRequest: 4 })
+      expect(report.fetchedChunks).toBe(COUNT)
+      expect(source(report, h.peerId).requests).toBeGreaterThanOrEqual(COUNT / 4)
+      // one request at a time, each begun once the one before ended, would never have the holder serve two;
+      // begun early, the next is served beside the last one's end, and no more than twice the limit are open
+      expect(most).toBe(2)
+      await expectAllStored(mine.store, chunks)
+    } finally {
+      await h.stop()
+      await mine.close()
+    }
+  })
+
   it('fetches from three sources, and all of them contribute', async () => {
     const hs = await Promise.all([holder(), holder(), holder()])
     const mine = await fresh()
