@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createCipheriv } from 'node:crypto'
-import { mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile, open } from 'node:fs/promises'
+import { mkdir, readdir, readFile, readlink, stat, symlink, truncate, writeFile, open } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ApiClient } from '../../src/services/api/client.ts'
 import { loadIdentity } from '../../src/peer/identity.ts'
@@ -29,15 +29,11 @@ function bytes (length: number, seed: number): Buffer {
   return createCipheriv('aes-256-ctr', Buffer.alloc(32, seed), Buffer.alloc(16)).update(Buffer.alloc(length))
 }
 
-/** Sealed blobs a host keeps (all of them the owner's here), the larger ones first. */
-async function blobFiles (host: TestNode): Promise<string[]> {
-  const root = join(host.home, 'chunks')
-  const files: Array<{ path: string, size: number }> = []
-  for (const fan of await readdir(root)) {
-    if (!/^[0-9a-f]{2}$/.test(fan)) continue
-    for (const name of await readdir(join(root, fan))) files.push({ path: join(root, fan, name), size: (await stat(join(root, fan, name))).size })
-  }
-  return files.sort((a, b) => b.size - a.size || a.path.localeCompare(b.path)).map(f => f.path)
+/** The pack files a host keeps the owner's sealed blobs in, in the order they were made. */
+async function packFiles (host: TestNode, owner: TestNode): Promise<string[]> {
+  const dir = join(host.home, 'backup-host', 'packs', owner.peerId)
+  const names = (await readdir(dir)).filter(name => name.endsWith('.pack'))
+  return names.sort((a, b) => parseInt(a) - parseInt(b)).map(name => join(dir, name))
 }
 
 /** The last line of stderr as JSON (Node may print warnings above it). */
@@ -92,26 +88,25 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     expect(placed).toBeGreaterThanOrEqual(6) // 4 files, a tree and a snapshot at least
     expect(before.hosts.find((h: any) => h.name === 'h1')).toMatchObject({ state: 'unaudited' })
 
-    const dropped = (await blobFiles(h1))[0]!
-    const corrupted = (await blobFiles(h2))[1]!
-    const idOf = (path: string): string => path.split('/').at(-1)!
-    expect(idOf(corrupted)).not.toBe(idOf(dropped))
-    await rm(dropped)
-    const fd = await open(corrupted, 'r+')
-    await fd.write(Buffer.from([0xff, 0x00, 0xff]), 0, 3, 100_000)
+    // h1's last blob (the snapshot's, placed after all it names) is cut off its pack; h2's first (a file's data) gets 3 bytes changed
+    const last = (await packFiles(h1, owner)).at(-1)!
+    await truncate(last, (await stat(last)).size - 1)
+    const fd = await open((await packFiles(h2, owner))[0]!, 'r+')
+    await fd.write(Buffer.from([0xff, 0x00, 0xff]), 0, 3, 100)
     await fd.close()
 
     const audit = await owner.cli('backup', 'audit', '--json')
     expect(lastJson(audit.stderr).error.code).toBe('BACKUP_AUDIT_FAILED')
     const report = JSON.parse(audit.stdout)
     const of = (host: TestNode): any => report.audits.find((a: any) => a.host === host.peerId)
+    const [dropped, corrupted] = [of(h1).failures[0]?.sealedId, of(h2).failures[0]?.sealedId]
+    expect([of(h1).failures.length, of(h2).failures.length]).toEqual([1, 1])
+    expect(corrupted).not.toBe(dropped)
     expect(of(h1)).toMatchObject({ ok: false, error: null })
-    expect(of(h1).failures.map((f: any) => f.sealedId)).toContain(idOf(dropped))
     expect(of(h2)).toMatchObject({ ok: false, error: null })
-    expect(of(h2).failures.map((f: any) => f.sealedId)).toContain(idOf(corrupted))
-    // h2's store found its copy's bytes wrong and says so; h1 just has no file
-    expect(of(h1).failures.find((f: any) => f.sealedId === idOf(dropped)).why).toBe('missing')
-    expect(of(h2).failures.find((f: any) => f.sealedId === idOf(corrupted)).why).toBe('damaged')
+    // h2 found its copy's bytes wrong and says so; h1 just has no bytes there
+    expect(of(h1).failures.find((f: any) => f.sealedId === dropped).why).toBe('missing')
+    expect(of(h2).failures.find((f: any) => f.sealedId === corrupted).why).toBe('damaged')
     // both hosts failing and nobody else: nothing can move yet
     expect(report.repair).toMatchObject({ short: placed, placed: 0, lost: 0, reasons: { noOtherHost: placed } })
     // the trail keeps that audit, newest first, as asked for, with the blob each host lost
@@ -119,8 +114,8 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
     const trailOf = (host: TestNode): any => trail.find((a: any) => a.host === host.peerId)
     expect(trailOf(h1)).toMatchObject({ name: 'h1', ok: false, by: 'request', at: of(h1).at, challenges: of(h1).challenges, error: null })
     expect(trailOf(h1).tookMs).toBeGreaterThanOrEqual(0)
-    expect(trailOf(h1).failures.map((f: any) => f.sealedId)).toContain(idOf(dropped))
-    expect(trailOf(h2).failures.map((f: any) => f.sealedId)).toContain(idOf(corrupted))
+    expect(trailOf(h1).failures.map((f: any) => f.sealedId)).toContain(dropped)
+    expect(trailOf(h2).failures.map((f: any) => f.sealedId)).toContain(corrupted)
     const api = await ApiClient.forHome(owner.home)
     await expect(api.get('/v1/backup/audits?limit=-1')).rejects.toMatchObject({ code: 'BAD_REQUEST' })
     await expect(api.get('/v1/backup/audits?host=nobody')).rejects.toMatchObject({ code: 'FRIEND_UNKNOWN' })

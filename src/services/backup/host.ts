@@ -7,8 +7,10 @@ import { BACKUP_PROTOCOL, MAX_INBOUND_BACKUP_STREAMS, backupHandler } from './pr
 
 /**
  * Backup hosting: keeping my friends' sealed blobs and recovery records
- * (docs/backup.md, "Host"). Plugs into the engine (its blobs are live chunks
- * of the store) and serves `/kith/backup/1.0.0`. The owner's side is
+ * (docs/backup.md, "Host"): blobs in pack files of each owner's
+ * (pack-store.ts), indexed by the host book. Plugs into the engine (blobs
+ * kept by a host from before packs are live chunks of its store) and serves
+ * `/kith/backup/1.0.0`. The owner's side is
  * BackupService (index.ts).
  *
  *   const host = await BackupHost.start({ db, home, libp2p, friends, engine })
@@ -43,17 +45,17 @@ export class BackupHost {
 
   private constructor (init: BackupHostInit) {
     this.init = init
-    this.book = new HostBook({ db: init.db, home: init.home })
+    this.book = new HostBook({ db: init.db, home: init.home, store: init.engine.guardedStore })
   }
 
   static async start (init: BackupHostInit): Promise<BackupHost> {
     const host = new BackupHost(init)
     const { engine, libp2p, friends } = init
-    await host.book.open(engine.store)
+    await host.book.open()
+    // blobs kept by a host from before packs are in the engine's store: they stay live until removed
     engine.register({ name: 'backup-host', liveChunks: async live => { await host.book.liveChunks(live) } })
     await libp2p.handle(BACKUP_PROTOCOL, backupHandler({
       book: host.book,
-      store: engine.guardedStore,
       bandwidth: engine.bandwidth,
       friends,
       self: libp2p.peerId.toString()
@@ -101,5 +103,6 @@ export class BackupHost {
     this.init.friends.off('event', this.onFriend)
     await this.init.libp2p.unhandle(BACKUP_PROTOCOL).catch(() => {})
     await this.sweeping
+    await this.book.close()
   }
 }

@@ -7,13 +7,13 @@ import { MAX_FAILURE_MESSAGE } from '../../peer/request-response.ts'
 import { dialProtocol } from '../../peer/dial.ts'
 import { cleanText } from '../../peer/text.ts'
 import { BufferPool } from '../../transfer/buffer-pool.ts'
-import type { ChunkStore } from '../../transfer/chunk-store.ts'
 import { MAX_SEALED_CHUNK_SIZE } from '../../transfer/constants.ts'
 import { chunkId } from '../../transfer/seal.ts'
 import type { BandwidthScheduler, Flow } from '../../transfer/scheduler/index.ts'
 import { LEGACY_AUDIT_LEAF_SIZE, auditProof, leafCount, type AuditAnswer, type AuditLeafSize } from './audit-tree.ts'
 import { BLOB_FORMAT } from './blob.ts'
 import type { HostBook } from './host-book.ts'
+import type { Place } from './pack-store.ts'
 import {
   BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_MANY_BYTES, MAX_RECORD_SIZE, MAX_RECORDS_IN_FLIGHT, MAX_STREAMS_PER_OWNER,
   REQUEST_TIMEOUT_MS, STALL_TIMEOUT_MS,
@@ -37,9 +37,8 @@ export interface BackupFriends {
 }
 
 export interface BackupHandlerInit {
+  /** the host's books, and through them its pack files */
   book: HostBook
-  /** the engine's store as fetches see it (guardedStore): a blob being written is safe from a collection */
-  store: ChunkStore
   bandwidth: BandwidthScheduler
   friends: BackupFriends
   /** this host's peer id: signed requests must name it */
@@ -163,7 +162,7 @@ interface Limits {
 }
 
 async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner: string, request: BackupRequest, signal: AbortSignal): Promise<void> {
-  const { book, store } = init
+  const { book } = init
   switch (request.op) {
     case 'usage': {
       await io.send({ ok: true, ...book.usage(owner) }, signal)
@@ -180,16 +179,20 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
         await io.send({ ok: true, stored: false, used, quota }, signal)
         return
       }
+      const batch = book.appender(owner)
       try {
         await io.send({ ok: true, go: true }, signal)
         const sealed = await readBody(io.frames, size, io.down, signal, 'the owner', io.moved)
         if (chunkId(sealed) !== id) throw new KithError('CHUNK_HASH_MISMATCH', `the bytes sent as blob ${id} are not it; nothing of it was kept`)
         checkBlobFormat(id, sealed)
-        await store.put(id, sealed, { verified: true })
-        await book.commit(owner, id)
+        const place = await batch.append(sealed)
+        await batch.sync()
+        await book.commitMany(owner, [{ id, place }])
       } catch (err) {
         await book.release(owner, id)
         throw err
+      } finally {
+        batch.end()
       }
       const { used, quota } = book.usage(owner)
       await io.send({ ok: true, stored: true, used, quota }, signal)
@@ -204,7 +207,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
       return
     }
     case 'get': {
-      const sealed = await readHeld(init, owner, request.id)
+      const sealed = await readHeld(book, owner, request.id)
       await io.send({ ok: true, size: sealed.length }, signal)
       await writeBody(io.frames, sealed, io.up, signal, io.moved)
       return
@@ -224,7 +227,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
       for (const { id, leaf, leafSize = LEGACY_AUDIT_LEAF_SIZE } of request.challenges) {
         let sealed: Uint8Array | null = null
         try {
-          sealed = await readHeld(init, owner, id)
+          sealed = await readHeld(book, owner, id)
         } catch (err) {
           if (!(err instanceof KithError && err.code === 'BLOB_MISSING')) throw err
           if (err.cause instanceof KithError && err.cause.code === 'CHUNK_CORRUPT') {
@@ -272,31 +275,38 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
 
 /**
  * A host keeps only sealed backup blobs (blob.ts: their first byte is
- * BLOB_FORMAT). The store is shared with the file service, whose chunk
- * protocol serves friends granted files the chunks sealed for sharing, known
- * by their own first byte (seal.ts: SEAL_FORMAT); bytes of any other format
- * taken in here would let one friend have this node serve them to others.
+ * BLOB_FORMAT). Blobs kept by a host from before packs are in the engine's
+ * chunk store, shared with the file service, whose chunk protocol serves
+ * friends granted files the chunks sealed for sharing, known by their own
+ * first byte (seal.ts: SEAL_FORMAT): bytes of another format taken in there
+ * would have let one friend have this node serve them to others. Packs are
+ * served by this protocol alone, to their owner; the check still keeps a
+ * host to keeping what it agreed to keep.
  */
 function checkBlobFormat (id: string, sealed: Uint8Array): void {
   if (sealed[0] !== BLOB_FORMAT) throw new KithError('BLOB_MALFORMED', `the bytes sent as blob ${id.slice(0, 12)}… are not a sealed backup blob (format ${sealed[0] ?? 'none'}, not ${BLOB_FORMAT}); nothing of it was kept`)
 }
 
-/** Sealed bytes a put-many has read and is writing to the store at once (fsyncs overlap). */
+/** Sealed bytes a put-many has read and is appending to the pack at once (each write overlaps the next read). */
 const STORE_AHEAD_BYTES = 8 * 1024 * 1024
 const STORE_AHEAD_BLOBS = 16
 
 /**
  * put-many: every blob reserved (or found held, or refused) in one step and
- * one LevelDB batch; then the 'go' bodies, in order, each stored while the
- * next is read; then every stored blob committed in one batch. Whatever
- * was reserved and not stored (a bad body, a cut stream) is given back, so
- * the quota stays exact; a kill -9 in between is reconciled at start.
+ * one LevelDB batch; then the 'go' bodies, in order, each appended to the
+ * owner's pack while the next is read; then one fdatasync of the pack and
+ * every appended blob committed, with its place, in one batch. Whatever was
+ * reserved and not stored (a bad body, a cut stream) is given back, so the
+ * quota stays exact; a kill -9 in between is reconciled at start (its
+ * appended bytes are dead space).
  */
 async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blobs: Array<{ id: string, size: number }>, bodies: BufferPool, signal: AbortSignal): Promise<void> {
-  const { book, store } = init
+  const { book } = init
   const status = await book.reserveMany(owner, blobs)
   const go = blobs.filter((_, i) => status[i] === 'go')
-  const stored: string[] = []
+  const batch = book.appender(owner)
+  let placed: Array<{ id: string, place: Place }> = []
+  let unsynced: unknown = null
   try {
     await io.send({ ok: true, status, used: book.usage(owner).used, quota: book.quotaOf(owner) }, signal)
     const writing = new Set<Promise<void>>()
@@ -319,25 +329,36 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
         while (writing.size > 0 && (writingBytes + size > STORE_AHEAD_BYTES || writing.size >= STORE_AHEAD_BLOBS)) await Promise.race(writing)
         if (failure != null) break
         writingBytes += size
-        // the store keeps nothing of the buffer once the write is done (or failed): the next body is read into it
-        const write: Promise<void> = store.put(id, sealed, { verified: true })
-          .then(() => { stored.push(id) }, err => { failure ??= err })
+        // nothing keeps the buffer once the write is done (or failed): the next body is read into it
+        const write: Promise<void> = batch.append(sealed)
+          .then(place => { placed.push({ id, place }) }, err => { failure ??= err })
           .finally(() => { bodies.give(sealed); writingBytes -= size; writing.delete(write) })
         writing.add(write)
       }
     } finally {
-      // whatever reached the store is committed below, even when the request fails
+      // whatever was appended is committed below, even when the request fails
       await Promise.all(writing)
     }
     if (failure != null) throw failure
   } finally {
-    await book.commitMany(owner, stored)
-    const kept = new Set(stored)
+    try {
+      if (placed.length > 0) await batch.sync()
+    } catch (err) {
+      placed = [] // not durable: nothing is committed, the request fails below
+      unsynced = err
+    }
+    try {
+      await book.commitMany(owner, placed)
+    } finally {
+      batch.end()
+    }
+    const kept = new Set(placed.map(p => p.id))
     const unstored = go.filter(b => !kept.has(b.id)).map(b => b.id)
     if (unstored.length > 0) await book.drop(owner, unstored, true)
   }
+  if (unsynced != null) throw new KithError('INTERNAL', 'the host could not write your blobs to its disk', { cause: unsynced })
   const { used, quota } = book.usage(owner)
-  await io.send({ ok: true, stored: stored.length, used, quota }, signal)
+  await io.send({ ok: true, stored: placed.length, used, quota }, signal)
 }
 
 /**
@@ -346,12 +367,12 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
  * again per blob: one removed meanwhile (by this owner) may still be sent.
  */
 async function getMany (init: BackupHandlerInit, io: Framed, owner: string, ids: string[], signal: AbortSignal): Promise<void> {
-  const sizes = await init.book.sizes(owner, ids)
-  const total = sizes.reduce<number>((sum, size) => sum + (size ?? 0), 0)
+  const held = await init.book.locate(owner, ids)
+  const total = held.reduce<number>((sum, h) => sum + (h?.size ?? 0), 0)
   if (total > MAX_MANY_BYTES) throw new KithError('PAYLOAD_TOO_LARGE', `these blobs hold ${total} bytes, more than the ${MAX_MANY_BYTES} one get-many may; ask for fewer at once`)
-  const read = (i: number): Promise<Uint8Array | null> => sizes[i] == null
+  const read = (i: number): Promise<Uint8Array | null> => held[i] == null
     ? Promise.resolve(null)
-    : readStored(init, owner, ids[i]!).catch(err => {
+    : init.book.read(owner, ids[i]!, held[i]!).catch(err => {
       if (err instanceof KithError && err.code === 'BLOB_MISSING') return null
       throw err
     })
@@ -370,21 +391,11 @@ async function getMany (init: BackupHandlerInit, io: Framed, owner: string, ids:
   }
 }
 
-/** An owner's blob, read from the store; one the store lost is dropped from the book (BLOB_MISSING). */
-async function readHeld (init: BackupHandlerInit, owner: string, id: string): Promise<Uint8Array> {
-  if (!await init.book.held(owner, id)) throw new KithError('BLOB_MISSING', `this node holds no blob ${id} for you`)
-  return await readStored(init, owner, id)
-}
-
-/** readHeld once the book has said the owner holds `id`. */
-async function readStored (init: BackupHandlerInit, owner: string, id: string): Promise<Uint8Array> {
-  try {
-    return await init.store.get(id)
-  } catch (err) {
-    if (!(err instanceof KithError) || (err.code !== 'CHUNK_NOT_FOUND' && err.code !== 'CHUNK_CORRUPT')) throw err
-    await init.book.drop(owner, [id])
-    throw new KithError('BLOB_MISSING', `this node lost blob ${id} (${err.code}); place it again`, { cause: err })
-  }
+/** An owner's blob, checked against its id; one lost or damaged here is dropped from the book (BLOB_MISSING, see HostBook.read). */
+async function readHeld (book: HostBook, owner: string, id: string): Promise<Uint8Array> {
+  const held = (await book.locate(owner, [id]))[0]
+  if (held == null) throw new KithError('BLOB_MISSING', `this node holds no blob ${id} for you`)
+  return await book.read(owner, id, held)
 }
 
 function checkSignature (init: BackupHandlerInit, owner: string, body: Uint8Array, sig: Uint8Array): void {

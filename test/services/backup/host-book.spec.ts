@@ -1,16 +1,19 @@
+import { readdir, stat, truncate } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { KithError } from '../../../src/errors.ts'
-import { openDatabase, type Database } from '../../../src/peer/database.ts'
+import { openDatabase, sublevel, type Database } from '../../../src/peer/database.ts'
 import { openChunkStore, type ChunkStore } from '../../../src/transfer/chunk-store.ts'
 import { DEFAULT_QUOTA, HostBook } from '../../../src/services/backup/host-book.ts'
 import { parseSize } from '../../../src/services/backup/quota-text.ts'
-import { makeChunks, tempDir } from '../../helpers/chunks.ts'
+import { makeChunks, tempDir, type Chunk } from '../../helpers/chunks.ts'
 
 /**
- * The host book against a real LevelDB and a real chunk store on disk: what a
- * kill -9 between reserving and storing leaves is reconciled on open, and a
- * friend no longer granted backup loses their data only after the grace period.
+ * The host book against a real LevelDB, real pack files and a real chunk
+ * store on disk: what a kill -9 between reserving and indexing leaves is
+ * reconciled on open, blobs kept by a host from before packs (in the chunk
+ * store) are still held, and a friend no longer granted backup loses their
+ * data only after the grace period.
  */
 const OWNER = '12D3KooWOwnerOwnerOwnerOwnerOwnerOwnerOwnerOwnerOwner'
 const OTHER = '12D3KooWOtherOtherOtherOtherOtherOtherOtherOtherOther'
@@ -22,10 +25,24 @@ describe('host book', () => {
   let now = 1_000_000
 
   const open = async (): Promise<HostBook> => {
-    const book = new HostBook({ db, home: tmp.dir, now: () => now })
-    await book.open(store)
+    const book = new HostBook({ db, home: tmp.dir, store, sync: false, now: () => now })
+    await book.open()
     return book
   }
+
+  /** What a put does once reserved: appended to the owner's pack, synced, indexed. */
+  const place = async (book: HostBook, owner: string, chunks: Chunk[]): Promise<void> => {
+    const batch = book.appender(owner)
+    try {
+      const placed = await Promise.all(chunks.map(async c => ({ id: c.id, place: await batch.append(c.sealed) })))
+      await batch.sync()
+      await book.commitMany(owner, placed)
+    } finally {
+      batch.end()
+    }
+  }
+
+  const packsOf = async (owner: string): Promise<string[]> => (await readdir(join(tmp.dir, 'backup-host', 'packs', owner)).catch(() => [])).sort()
 
   beforeEach(async () => {
     tmp = await tempDir('kith-host-book-')
@@ -38,40 +55,57 @@ describe('host book', () => {
     await tmp.cleanup()
   })
 
-  it('reconciles with the store on open: what a kill left half-done is counted only if its bytes are there', async () => {
-    const [a, b, c] = makeChunks(3, 1000)
+  it('reconciles with the disk on open: what a kill left half-done is dead space, cut off the pack\'s tail', async () => {
+    const [a, b, c, d] = makeChunks(4, 1000)
+    // d: kept by a host from before packs, in the engine's chunk store, its row without a place
+    await store.put(d!.id, d!.sealed)
+    await sublevel(db, 'backup-host-blobs').put(`${OWNER}/${d!.id}`, { size: 1000, at: now })
     let book = await open()
-    await book.setQuota(OWNER, 3000)
-    // a: stored and committed; b: reserved and stored, the kill came before the commit; c: reserved, never stored
+    await book.setQuota(OWNER, 4000)
+    expect(book.usage(OWNER)).toMatchObject({ used: 1000, blobs: 1 })
+    // a: appended and indexed; b: appended, the kill came before the batch; c: reserved, never appended
     for (const x of [a!, b!, c!]) expect(await book.reserve(OWNER, x.id, 1000)).toBe('reserved')
-    await store.put(a!.id, a!.sealed)
-    await book.commit(OWNER, a!.id)
-    await store.put(b!.id, b!.sealed)
-    expect(book.usage(OWNER)).toMatchObject({ used: 3000, blobs: 3 })
+    await place(book, OWNER, [a!])
+    const batch = book.appender(OWNER)
+    await batch.append(b!.sealed)
+    await batch.sync()
+    expect(book.usage(OWNER)).toMatchObject({ used: 4000, blobs: 4 })
     // pending bytes count against the quota: nothing more fits meanwhile
     await expect(book.reserve(OWNER, makeChunks(1, 10)[0]!.id, 10)).rejects.toThrow(KithError)
-    expect(await book.has(OWNER, [a!.id, b!.id, c!.id])).toEqual([true, false, false])
+    expect(await book.has(OWNER, [a!.id, b!.id, c!.id, d!.id])).toEqual([true, false, false, true])
+    const pack = join(tmp.dir, 'backup-host', 'packs', OWNER, '1.pack')
+    expect((await stat(pack)).size).toBe(2000)
 
     book = await open() // as after a restart: the same database, a new book
-    expect(book.usage(OWNER)).toMatchObject({ used: 2000, blobs: 2, quota: 3000 })
-    expect(await book.has(OWNER, [a!.id, b!.id, c!.id])).toEqual([true, true, false])
-    expect((await book.list(OWNER, null, 10)).ids.map(x => x.id).sort()).toEqual([a!.id, b!.id].sort())
+    expect(book.usage(OWNER)).toMatchObject({ used: 2000, blobs: 2, quota: 4000 })
+    expect(await book.has(OWNER, [a!.id, b!.id, c!.id, d!.id])).toEqual([true, false, false, true])
+    expect((await book.list(OWNER, null, 10)).ids.map(x => x.id).sort()).toEqual([a!.id, d!.id].sort())
+    // b's bytes were the pack's tail, no row pointed at them: cut off
+    expect((await stat(pack)).size).toBe(1000)
+    expect(book.packs.usage(OWNER)).toEqual({ packs: 1, bytes: 1000, dead: 0 })
+    for (const x of [a!, d!]) expect(Buffer.from(await book.read(OWNER, x.id, (await book.locate(OWNER, [x.id]))[0]!))).toEqual(x.sealed)
+    // only the blob in the chunk store is the engine's to keep
     const live = new Set<string>()
     await book.liveChunks(live)
-    expect(live).toEqual(new Set([a!.id, b!.id]))
+    expect(live).toEqual(new Set([d!.id]))
+    // the next append goes on at the cut
+    expect(await book.reserve(OWNER, b!.id, 1000)).toBe('reserved')
+    await place(book, OWNER, [b!])
+    expect(await book.locate(OWNER, [b!.id])).toEqual([{ size: 1000, place: { pack: 1, offset: 1000 } }])
 
-    // a blob the store lost since is dropped on the next open
-    await store.delete(a!.id)
+    // blobs whose bytes went since are dropped on the next open: d from the chunk store, b past the pack's end
+    await store.delete(d!.id)
+    await truncate(pack, 1999)
     book = await open()
     expect(book.usage(OWNER)).toMatchObject({ used: 1000, blobs: 1 })
+    expect(await book.has(OWNER, [a!.id, b!.id, d!.id])).toEqual([true, false, false])
   })
 
   it('gives a friend no longer granted backup the grace period, and keeps everything if the grant comes back', async () => {
     const [a] = makeChunks(1, 500)
     const book = await open()
     await book.reserve(OWNER, a!.id, 500)
-    await store.put(a!.id, a!.sealed)
-    await book.commit(OWNER, a!.id)
+    await place(book, OWNER, [a!])
     await book.putRecord(OWNER, Buffer.from('record'), 5)
     await expect(book.putRecord(OWNER, Buffer.from('older'), 5)).rejects.toThrow(/replay/)
     const grace = 30 * 86400_000
@@ -90,6 +124,7 @@ describe('host book', () => {
     expect(book.hosted()[0]).toMatchObject({ used: 0, blobs: 0, record: null, goneSince: null })
     expect(await book.getRecord(OWNER)).toBeNull()
     expect(await book.has(OWNER, [a!.id])).toEqual([false])
+    expect(await packsOf(OWNER)).toEqual([])
     // the counter stays, so nothing they signed before is accepted again
     expect(book.usage(OWNER)).toMatchObject({ used: 0, quota: DEFAULT_QUOTA, counter: 5 })
     // nothing left: later sweeps leave them be
@@ -103,9 +138,10 @@ describe('host book', () => {
     const book = await open()
     for (const owner of [OWNER, OTHER]) {
       await book.reserve(owner, a!.id, 300)
-      await book.commit(owner, a!.id)
+      await place(book, owner, [a!])
     }
-    await store.put(a!.id, a!.sealed)
+    expect(await packsOf(OWNER)).toEqual(['1.pack'])
+    expect(await packsOf(OTHER)).toEqual(['1.pack'])
     expect(await book.remove(OWNER, [a!.id], 7)).toEqual({ freed: 300, used: 0 })
     await expect(book.remove(OWNER, [a!.id], 7)).rejects.toMatchObject({ code: 'BACKUP_REPLAYED' })
     expect(await book.has(OTHER, [a!.id])).toEqual([true])

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { rename, rm } from 'node:fs/promises'
+import { open, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import nacl from 'tweetnacl'
@@ -211,7 +211,7 @@ describe('backup protocol', () => {
     const listed = (await client.list()).ids
     expect(usage).toMatchObject({ used: 5 * size, blobs: 5, quota: 5 * size + size / 2 })
     expect(listed.reduce((n, x) => n + x.size, 0)).toBe(usage.used)
-    for (const { id } of listed) expect(await engine.store.has(id)).toBe(true)
+    expect((await client.getMany(listed.map(x => x.id))).map(got => got instanceof Uint8Array)).toEqual(listed.map(() => true))
 
     await backup.setQuota('bob', 0)
     const late = blob(100)
@@ -279,12 +279,15 @@ describe('backup protocol', () => {
     }
     const before = await auditHost(client, index)
     expect(before).toMatchObject({ ok: true, blobs: 3, failures: [] })
-    // each file now holds the other blob's bytes: the host's store, which checks a chunk's hash as it reads it, can't pass either
-    const file = (id: string): string => join(tmp.dir, 'chunks', id.slice(0, 2), id)
-    await rename(file(x.id), file(x.id) + '.swap')
-    await rename(file(y.id), file(x.id))
-    await rename(file(x.id) + '.swap', file(y.id))
-    await rm(file(z.id))
+    // in the pack, each of x and y now has the other's bytes (the host checks a blob's hash as it reads it), and z, the last, is cut off
+    const places = (await backup.book.locate(bob.peerId, [x.id, y.id, z.id])).map(held => held!.place!)
+    expect(new Set(places.map(p => p.pack)).size).toBe(1)
+    const pack = await open(join(tmp.dir, 'backup-host', 'packs', bob.peerId, `${places[0]!.pack}.pack`), 'r+')
+    await pack.write(y.sealed, 0, y.sealed.length, places[0]!.offset)
+    await pack.write(x.sealed, 0, x.sealed.length, places[1]!.offset)
+    expect((await pack.stat()).size).toBe(places[2]!.offset + z.sealed.length)
+    await pack.truncate(places[2]!.offset)
+    await pack.close()
     const after = await auditHost(client, index)
     expect(after).toMatchObject({ ok: false, blobs: 3, error: null })
     const whys = (outcome: typeof after): string[][] => outcome.failures.map(f => [f.sealedId, f.why]).sort()
@@ -384,7 +387,7 @@ describe('backup protocol', () => {
     expect(usage.used).toBe(start + 5 * size)
     const listed = (await client.list()).ids
     expect(listed.reduce((n, x) => n + x.size, 0)).toBe(usage.used)
-    for (const { id } of listed) expect(await engine.store.has(id)).toBe(true)
+    expect((await client.getMany(listed.map(x => x.id))).map(got => got instanceof Uint8Array)).toEqual(listed.map(() => true))
 
     // get-many: each blob verified, or missing, in the order asked
     const stored = [...new Map(batches.flat().map(x => [x.id, x])).values()].filter(x => listed.some(l => l.id === x.id))
@@ -425,5 +428,7 @@ describe('backup protocol', () => {
     const live = new Set<string>()
     await backup.book.liveChunks(live)
     expect(live.has(b.id)).toBe(false)
+    // their packs went with their rows
+    expect(await readdir(join(tmp.dir, 'backup-host', 'packs'))).not.toContain(bob.peerId)
   })
 })
