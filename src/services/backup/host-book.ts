@@ -156,6 +156,8 @@ export class HostBook {
   private legacy = false
   /** compactions asked for and not yet begun, by owner */
   private readonly compacting = new Map<string, Promise<void>>()
+  /** compaction loops under way (or asked for), until their last round is done: what `close` waits for */
+  private readonly compactions = new Set<Promise<void>>()
 
   constructor (init: HostBookInit) {
     this.db = init.db
@@ -220,9 +222,9 @@ export class HostBook {
     for (const owner of this.docs.keys()) void this.compactSoon(owner)
   }
 
-  /** Waits for the compactions asked for, then closes the packs. */
+  /** Waits for the compactions asked for, every round of them, then closes the packs. */
   async close (): Promise<void> {
-    while (this.compacting.size > 0) await Promise.all(this.compacting.values())
+    while (this.compactions.size > 0) await Promise.all(this.compactions)
     await Promise.all([...this.tails.values()])
     this.packs.close()
   }
@@ -322,12 +324,14 @@ export class HostBook {
 
   /**
    * Reserved blobs now appended to the owner's packs (and synced) at these
-   * places, held from now on: one LevelDB batch. A row gone meanwhile (the
-   * owner's data swept) leaves its bytes dead.
+   * places, held from now on: one LevelDB batch. Resolves to how many were
+   * made held. A row gone meanwhile (the owner's data swept) leaves its bytes
+   * dead: the caller asks for a compaction (`compactSoon`) once its batch
+   * has ended, so a pack made for such a request alone does not stay.
    */
-  async commitMany (owner: string, placed: Array<{ id: string, place: Place }>): Promise<void> {
-    if (placed.length === 0) return
-    await this.serial(owner, async () => {
+  async commitMany (owner: string, placed: Array<{ id: string, place: Place }>): Promise<number> {
+    if (placed.length === 0) return 0
+    return await this.serial(owner, async () => {
       const rows = await this.rows.getMany(placed.map(({ id }) => rowKey(owner, id)))
       const at = this.now()
       const held: BlobRow[] = []
@@ -341,6 +345,7 @@ export class HostBook {
       })
       await this.save(owner, { ...this.doc(owner), lastWrite: at }, ops)
       for (const row of held) this.packs.count(owner, row.pack!, row.size)
+      return held.length
     })
   }
 
@@ -463,6 +468,9 @@ export class HostBook {
         this.compacting.delete(owner)
         for (let more = true; more;) more = (await this.compact(owner)).length > 0
       }).catch(() => {})
+      const loop = asked
+      this.compactions.add(loop)
+      void loop.finally(() => { this.compactions.delete(loop) })
       this.compacting.set(owner, asked)
     }
     return asked

@@ -180,6 +180,7 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
         return
       }
       const batch = book.appender(owner)
+      let stored = 0
       try {
         await io.send({ ok: true, go: true }, signal)
         const sealed = await readBody(io.frames, size, io.down, signal, 'the owner', io.moved)
@@ -187,15 +188,17 @@ async function serve (init: BackupHandlerInit, limits: Limits, io: Framed, owner
         checkBlobFormat(id, sealed)
         const place = await batch.append(sealed)
         await batch.sync()
-        await book.commitMany(owner, [{ id, place }])
+        stored = await book.commitMany(owner, [{ id, place }])
       } catch (err) {
         await book.release(owner, id)
         throw err
       } finally {
         batch.end()
       }
+      // its row went meanwhile (the owner's data swept): what it appended is dead
+      if (stored === 0) void book.compactSoon(owner)
       const { used, quota } = book.usage(owner)
-      await io.send({ ok: true, stored: true, used, quota }, signal)
+      await io.send({ ok: true, stored: stored > 0, used, quota }, signal)
       return
     }
     case 'put-many': {
@@ -306,6 +309,7 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
   const go = blobs.filter((_, i) => status[i] === 'go')
   const batch = book.appender(owner)
   let placed: Array<{ id: string, place: Place }> = []
+  let stored = 0
   let unsynced: unknown = null
   try {
     await io.send({ ok: true, status, used: book.usage(owner).used, quota: book.quotaOf(owner) }, signal)
@@ -348,17 +352,19 @@ async function putMany (init: BackupHandlerInit, io: Framed, owner: string, blob
       unsynced = err
     }
     try {
-      await book.commitMany(owner, placed)
+      stored = await book.commitMany(owner, placed)
     } finally {
       batch.end()
     }
+    // rows that went meanwhile (the owner's data swept): what was appended for them is dead
+    if (stored < placed.length) void book.compactSoon(owner)
     const kept = new Set(placed.map(p => p.id))
     const unstored = go.filter(b => !kept.has(b.id)).map(b => b.id)
     if (unstored.length > 0) await book.drop(owner, unstored, true)
   }
   if (unsynced != null) throw new KithError('INTERNAL', 'the host could not write your blobs to its disk', { cause: unsynced })
   const { used, quota } = book.usage(owner)
-  await io.send({ ok: true, stored: placed.length, used, quota }, signal)
+  await io.send({ ok: true, stored, used, quota }, signal)
 }
 
 /**

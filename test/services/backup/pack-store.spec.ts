@@ -213,4 +213,40 @@ describe('pack store', () => {
     expect(book.usage(OWNER)).toMatchObject({ used: 3 * SIZE, blobs: 3 })
     await book.close()
   })
+
+  it('close() waits for every compaction round asked for, not only the one under way', async () => {
+    const book = await open()
+    const chunks = makeChunks(40, SIZE)
+    for (let p = 0; p < 8; p++) await put(book, chunks.slice(5 * p, 5 * p + 5))
+    const numbered = async (): Promise<number[]> => (await packs()).map(name => parseInt(name)).sort((a, b) => a - b)
+    expect(await numbered()).toEqual([1, 2, 3, 4, 5, 6, 7, 8])
+    // 3 of 5 removed from packs 1-7: seven half dead (8, the current one, is not compacted), two rounds of at most 4
+    await book.remove(OWNER, [0, 1, 2, 3, 4, 5, 6].flatMap(p => [0, 1, 2].map(i => chunks[5 * p + i]!.id)), 1)
+    await book.close()
+    // once close has resolved, nothing more happens to the packs
+    expect((await numbered()).filter(n => n <= 7)).toEqual([])
+  })
+
+  it('a revoked owner\'s sweep during a put-many leaves nothing of theirs on disk once the compaction it asks for is done', async () => {
+    const book = await open()
+    const chunks = makeChunks(4, SIZE)
+    await put(book, chunks.slice(0, 2))
+    // a put-many under way: reserved, one of two appended
+    expect(await book.reserveMany(OWNER, chunks.slice(2).map(c => ({ id: c.id, size: SIZE })))).toEqual(['go', 'go'])
+    const batch = book.appender(OWNER)
+    const placed = [{ id: chunks[2]!.id, place: await batch.append(chunks[2]!.sealed) }]
+    // the owner's grant is gone, with no grace: everything of theirs is deleted
+    expect(await book.sweep(() => false, 0)).toEqual([OWNER])
+    expect(await packs()).toEqual([])
+    // the put-many goes on as protocol.ts's does: its next append, sync, commit (of none), end, a compaction
+    placed.push({ id: chunks[3]!.id, place: await batch.append(chunks[3]!.sealed) })
+    await batch.sync()
+    expect(await book.commitMany(OWNER, placed)).toBe(0)
+    batch.end()
+    await book.compactSoon(OWNER)
+    expect(book.usage(OWNER)).toMatchObject({ used: 0, blobs: 0 })
+    expect(await book.has(OWNER, chunks.map(c => c.id))).toEqual([false, false, false, false])
+    expect({ packs: await packs(), usage: book.packs.usage(OWNER) }).toEqual({ packs: [], usage: { packs: 0, bytes: 0, dead: 0 } })
+    await book.close()
+  })
 })
