@@ -107,7 +107,10 @@ interface Placing {
   id: string
   kind: BlobKind
   sealedId: string
+  /** a buffer of the sealed pool's, given back (and, over the pool's max, freed) when the blob ends: read nothing of it after `dispatch` */
   sealed: Uint8Array
+  /** its sealed size, for what runs after it ended (an index write queued behind another host's) */
+  size: number
   root: string
   auditLeaf: AuditLeafSize
   hosts: string[]
@@ -183,6 +186,7 @@ class Placer {
       kind,
       sealedId: sealed.sealedId,
       sealed: sealed.sealed,
+      size: sealed.sealed.length,
       // a root kept before keeps its leaf size (4 KiB if it names none); a new one is cut in AUDIT_LEAF_SIZE leaves
       root: known?.root ?? Buffer.from(auditRoot(sealed.sealed, AUDIT_LEAF_SIZE)).toString('hex'),
       auditLeaf: known != null ? leafSizeOf(known) : AUDIT_LEAF_SIZE,
@@ -270,7 +274,7 @@ class Placer {
         'What was placed is kept: run the backup again once hosts have room or are back, or ask for fewer --replicas')
     }
     this.outstanding.delete(blob)
-    this.inFlightBytes -= blob.sealed.length
+    this.inFlightBytes -= blob.size
     // every request that carried it has its answer (or was aborted, its unsent bytes dropped): the next blob is sealed into it
     this.sealedBuffers.give(blob.sealed)
     this.wake()
@@ -297,8 +301,8 @@ class Placer {
       return
     }
     while (queue.inFlight < REQUESTS_PER_HOST && queue.waiting.length > 0) {
-      if (queue.inFlight > 0 && !fullBatch(queue.waiting, w => w.sealed.length, PUT_BATCH_BYTES)) break
-      const batch = takeBatch(queue.waiting, w => w.sealed.length, PUT_BATCH_BYTES)
+      if (queue.inFlight > 0 && !fullBatch(queue.waiting, w => w.size, PUT_BATCH_BYTES)) break
+      const batch = takeBatch(queue.waiting, w => w.size, PUT_BATCH_BYTES)
       queue.inFlight++
       void this.send(host, batch).finally(() => {
         queue.inFlight--
@@ -324,16 +328,18 @@ class Placer {
       if (answer === 'go' || answer === 'held') {
         blob.hosts.push(host)
         confirmed.push(blob)
-        if (answer === 'go') this.sentBytes += blob.sealed.length
+        if (answer === 'go') this.sentBytes += blob.size
       } else if (answer === 'full') {
         this.dropped.set(host, 'QUOTA_EXCEEDED: the quota this friend granted you is full')
       }
     }
     if (confirmed.length > 0) this.onSent?.()
-    // a host's copy is in the index the moment the host confirms it (and before the blob counts as placed)
+    // a host's copy is in the index the moment the host confirms it (and before the blob counts as placed).
+    // This write may wait behind another host's for the same blob, whose send then ends the blob and gives
+    // its sealed buffer back: it reads only what the blob keeps (size, never sealed.length)
     if (confirmed.length > 0) {
       this.writes = this.writes.then(async () => {
-        await this.parts.index.putBlobs(confirmed.map(b => [b.id, { kind: b.kind, sealedId: b.sealedId, size: b.sealed.length, root: b.root, auditLeaf: b.auditLeaf, hosts: [...b.hosts] }]))
+        await this.parts.index.putBlobs(confirmed.map(b => [b.id, { kind: b.kind, sealedId: b.sealedId, size: b.size, root: b.root, auditLeaf: b.auditLeaf, hosts: [...b.hosts] }]))
       }).catch(err => { this.failure ??= err })
       await this.writes
     }
