@@ -605,8 +605,11 @@ export class FrameReader {
       if (this.error !== undefined) throw this.error
       if (this.ended) {
         const left = this.buffered
-        if (left === 0) return undefined
-        throw malformed(`the stream ended in the middle of a frame (${left} bytes left over)`)
+        // a long body's length was read and none of it came: that is a frame cut short too, not a clean end
+        if (left === 0 && this.filling === undefined) return undefined
+        throw malformed(this.filling !== undefined
+          ? `the stream ended in the middle of a frame (${this.filling.at} of its ${this.filling.body.byteLength} bytes came)`
+          : `the stream ended in the middle of a frame (${left} bytes left over)`)
       }
       // resume() may hand over buffered data (or the end) at once, with nobody waiting yet
       const before = this.buffered
