@@ -421,18 +421,25 @@ async function createInvite (data) {
 
 const current = () => (location.hash.slice(1) in pages ? location.hash.slice(1) : 'status')
 
+/** renders begun: one that ends after a later one began draws nothing, so a slow, older read never covers a newer one */
+let renders = 0
+
 async function render () {
   const page = current()
+  const turn = ++renders
   for (const a of document.querySelectorAll('nav a')) {
     if (a.getAttribute('href') === `#${page}`) a.setAttribute('aria-current', 'page')
     else a.removeAttribute('aria-current')
   }
+  let text
   try {
-    main.innerHTML = (await pages[page]()).text
-    main.dataset.page = page
+    text = (await pages[page]()).text
   } catch (err) {
-    main.innerHTML = html`<h2>${page}</h2><p class="bad">${err.message}</p>`.text
+    text = html`<h2>${page}</h2><p class="bad">${err.message}</p>`.text
   }
+  if (turn !== renders) return
+  main.innerHTML = text
+  main.dataset.page = page
 }
 
 window.addEventListener('hashchange', async () => {
