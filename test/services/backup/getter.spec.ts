@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import nacl from 'tweetnacl'
 import { privateKeyFromRaw } from '@libp2p/crypto/keys'
@@ -14,6 +16,7 @@ import { sealBlob } from '../../../src/services/backup/blob.ts'
 import { ByteBudget } from '../../../src/services/backup/budget.ts'
 import { FileCache } from '../../../src/services/backup/file-cache.ts'
 import { BlobGetter, type Want } from '../../../src/services/backup/getter.ts'
+import { runBackup } from '../../../src/services/backup/run.ts'
 import { deriveBackupKeys } from '../../../src/services/backup/keys.ts'
 import { LevelOwnerIndex, type BlobRecord } from '../../../src/services/backup/owner-index.ts'
 import type { BackupParts } from '../../../src/services/backup/parts.ts'
@@ -26,7 +29,9 @@ import { tempDir } from '../../helpers/chunks.ts'
  * this process (real libp2p nodes, LevelDB homes, the engine's chunk store
  * and BackupHost), by an owner with real keys and index: many blobs a
  * request, both hosts at once, a blob one host lost taken from the other,
- * no more bodies read than the budget holds, and a blob nobody has named.
+ * no more bodies read than the budget holds, and a blob nobody has named;
+ * and a run to the same two hosts, whose index must record each blob at the
+ * size the hosts hold (run.ts read it from a buffer given back: 0e0b6ca).
  */
 
 const KiB = 1024
@@ -186,5 +191,28 @@ describe('restore getter: data blobs back from two hosts', () => {
     expect((err as KithError).code).toBe('BLOB_MISSING')
     for (const h of hosts) expect((err as KithError).message).toContain(h.node.peerId.toString())
     expect(writing).toBe(0)
+  })
+
+  it('a run to both hosts indexes each blob at the size they hold, however their confirmations and the index writes interleave', async () => {
+    // each index write waits a moment, so a second host's confirmation of a blob queues its write behind the first's,
+    // while the first's send ends the blob and gives its sealed buffer back (a pool over its max frees it: 0e0b6ca)
+    const tree = join(ownerDir.dir, 'run-tree')
+    await mkdir(tree)
+    for (let i = 0; i < 64; i++) await writeFile(join(tree, `f${i}`), randomBytes(200 * KiB + i))
+    const putBlobs = parts.index.putBlobs
+    parts.index.putBlobs = async records => { await sleep(10); await putBlobs.call(parts.index, records) }
+    try {
+      const hostIds = hosts.map(h => h.node.peerId.toString())
+      const { snapshot } = await runBackup(parts, { paths: [tree], hosts: hostIds, replicas: 2, label: null })
+      const ids = [...await parts.index.snapshotBlobs(snapshot.seq)]
+      const records = await parts.index.blobRecords(ids)
+      expect(records.filter(r => r?.kind === 'data').length).toBeGreaterThanOrEqual(64)
+      for (const host of hosts) {
+        const held = await host.backup.book.locate(parts.owner, records.map(r => r!.sealedId))
+        expect(records.map(r => r!.size)).toEqual(held.map(h => h?.size))
+      }
+    } finally {
+      parts.index.putBlobs = putBlobs
+    }
   })
 })
