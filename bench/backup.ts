@@ -1,13 +1,9 @@
-import { spawn } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
-import { once } from 'node:events'
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
 import { ApiClient } from '../src/services/api/client.ts'
-import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, run, table, threadCpuSeconds } from './lib.ts'
+import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, perfDuring, run, table, threadCpuSeconds } from './lib.ts'
 
 /**
  * The backup section of `npm run bench` (`--section backup`): kith's backup
@@ -58,7 +54,6 @@ import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, run, table, threadCpuS
 const TARGET_FIRST = 0.5
 const TARGET_RESTORE = 0.5
 const TARGET_RSS = 250 * MB
-const PERF_STAGES = join(dirname(fileURLToPath(import.meta.url)), 'perf-stages.ts')
 
 type Log = (message: string) => void
 
@@ -183,22 +178,12 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     return [result, after.map(([s], i) => s - before[i]![0]), after.map(([, f], i) => f - before[i]![1]), mainAfter - mainBefore]
   }
   /** With BENCH_PERF, `perf record` of the three daemons while `work` runs, then where their CPU went per MB of `bytes` */
-  const perfDuring = async <T>(phase: string, bytes: number, work: () => Promise<T>): Promise<T> => {
+  const perfWhile = async <T>(phase: string, bytes: number, work: () => Promise<T>): Promise<T> => {
     if (perfDir == null) return await work()
-    await mkdir(perfDir, { recursive: true })
     const file = join(perfDir, `${phase}.data`)
-    const perf = spawn('perf', ['record', '-q', '-F', '499', '-g', '-o', file, '-p', daemons.map(n => n.pid).join(',')], { stdio: 'ignore' })
-    // perf attaches to the running processes; nothing tells when it has
-    await sleep(500)
-    try {
-      return await work()
-    } finally {
-      perf.kill('SIGINT')
-      await once(perf, 'exit')
-      const stages = await run(NODE, [PERF_STAGES, file, '--mb', String(bytes / MB), ...daemons.flatMap(n => ['--name', `${n.pid}=${n.name}`])])
-      log(`backup: where the daemons' CPU went, ${phase} (CPU ms/MB, perf samples in ${file}):\n${stages.stdout}${stages.stderr}`)
-    }
+    return await perfDuring(file, daemons.map(n => [n.pid!, n.name]), bytes / MB, work, stages => { log(`backup: where the daemons' CPU went, ${phase} (CPU ms/MB, perf samples in ${file}):\n${stages}`) })
   }
+
   try {
     await Promise.all([h1, h2].map(async h => await befriend(h, owner, '--grant', 'backup')))
     await Promise.all([h1, h2].map(async h => await h.json('friend', 'quota', 'owner', `${Math.ceil(size * 3 / MB)}MB`)))
@@ -216,7 +201,7 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     const r1 = await restic(['backup', '--repo', repo, '--quiet', tree]); must(r1, 'restic backup')
     const repo1 = await duBytes(repo)
     log('backup: kith, first backup to two friends')
-    const [k1, cpu1, faults1, main1] = await cpuDuring(async () => await perfDuring('first-backup', made.bytes, async () => await kith('backup', 'run', tree))); must(k1, 'kith backup run')
+    const [k1, cpu1, faults1, main1] = await cpuDuring(async () => await perfWhile('first-backup', made.bytes, async () => await kith('backup', 'run', tree))); must(k1, 'kith backup run')
     const first = lastJob(k1.stdout).result as { sentBytes: number, readBytes: number }
     const rssFirst = await Promise.all(daemons.map(async n => await peakRss(n.pid)))
 
@@ -242,7 +227,7 @@ export async function backupBench (log: Log, work: string, size: number): Promis
       let firstAt = NaN
       const started = performance.now()
       const onLine = (line: string, at: number): void => { if (Number.isNaN(firstAt) && /"doneBytes":[1-9]/.test(line)) firstAt = at - started }
-      const [kr, cpu, faults, main] = await cpuDuring(async () => await perfDuring(`restore-${i + 1}`, total2, async () => await run(NODE, [KITH, '--home', owner.home, 'backup', 'restore', 'latest', '-o', join(root, 'kith-out'), '--json'], 600_000, onLine))); must(kr, 'kith backup restore')
+      const [kr, cpu, faults, main] = await cpuDuring(async () => await perfWhile(`restore-${i + 1}`, total2, async () => await run(NODE, [KITH, '--home', owner.home, 'backup', 'restore', 'latest', '-o', join(root, 'kith-out'), '--json'], 600_000, onLine))); must(kr, 'kith backup restore')
       const to = process.hrtime.bigint() / 1000n
       rounds.push({ kithMs: kr.ms, resticMs: rr.ms, resticS: rr.cpuS, cpu, faults, main })
       const perMb = (s: number): string => fmt(s * 1000 / (total2 / MB), 1)

@@ -11,7 +11,7 @@ import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts
 import { needsNginx, startNginx } from '../test/helpers/nginx.ts'
 import { freePort } from '../test/helpers/servers.ts'
 import { createTestnet, KITH, NODE, type Testnet, type TestNode } from '../test/helpers/testnet.ts'
-import { cpuSeconds, currentRss, threadCpuSeconds, threadSchedMs, fmt, JsonChild, MB, MiB, mbps, median, peakRss, resetPeakRss, run, table, writeRandomFile } from './lib.ts'
+import { cpuSeconds, currentRss, threadCpuSeconds, threadSchedMs, fmt, JsonChild, MB, MiB, mbps, median, peakRss, PERF_STAGES, resetPeakRss, run, table, writeRandomFile } from './lib.ts'
 
 /**
  * The downloads section of `npm run bench` (`--section downloads`): a file
@@ -82,7 +82,6 @@ const HERE = dirname(fileURLToPath(import.meta.url))
 const GET = join(HERE, '..', 'test', 'helpers', 'http-get.ts')
 const DRAIN = join(HERE, 'http-drain.ts')
 const STAGES = join(HERE, 'http-stages.ts')
-const PERF_STAGES = join(HERE, 'perf-stages.ts')
 const PERF_DIR = process.env.BENCH_PERF
 const TARGET_RATIO = 0.9
 /** Debian's libnginx-mod-stream: the limited origin */

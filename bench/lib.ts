@@ -1,6 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { dirname, join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
-import { open, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, open, readFile, writeFile } from 'node:fs/promises'
 import { randomFillSync } from 'node:crypto'
 
 /**
@@ -220,4 +224,27 @@ export function table (header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
   const line = (cells: string[]): string => cells.map((c, i) => i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)).join('  ').trimEnd()
   return [line(header), widths.map(w => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n')
+}
+
+/** bench/perf-stages.ts, which reads a `perf record` file into CPU ms/MB per stage */
+export const PERF_STAGES = join(dirname(fileURLToPath(import.meta.url)), 'perf-stages.ts')
+
+/**
+ * Linux `perf record -g` of `procs` (pid and a name for each) into `file`
+ * while `work` runs, then bench/perf-stages.ts's table of where their CPU
+ * went per MB of `mb`, handed to `report` (BENCH_PERF).
+ */
+export async function perfDuring<T> (file: string, procs: Array<[pid: number, name: string]>, mb: number, work: () => Promise<T>, report: (stages: string) => void): Promise<T> {
+  await mkdir(dirname(file), { recursive: true })
+  const perf = spawn('perf', ['record', '-q', '-F', '499', '-g', '-o', file, '-p', procs.map(([pid]) => pid).join(',')], { stdio: 'ignore' })
+  // perf attaches to the running processes; nothing tells when it has
+  await sleep(500)
+  try {
+    return await work()
+  } finally {
+    perf.kill('SIGINT')
+    await once(perf, 'exit')
+    const stages = await run(process.execPath, [PERF_STAGES, file, '--mb', String(mb), ...procs.flatMap(([pid, name]) => ['--name', `${pid}=${name}`])])
+    report(stages.stdout + stages.stderr)
+  }
 }

@@ -1,8 +1,5 @@
 import { mkdtemp, rm, mkdir } from 'node:fs/promises'
 import { rmSync } from 'node:fs'
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { tmpdir, cpus, loadavg } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -17,7 +14,7 @@ import { backupBench } from './backup.ts'
 import { proxyBench } from './proxy.ts'
 import { smallFilesBench } from './smallfiles.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
-import { JsonChild, killChildren, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
+import { JsonChild, killChildren, perfDuring, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
 /**
  * `npm run bench`: how fast kith moves a file between friends, next to
@@ -84,7 +81,6 @@ const HERE = dirname(fileURLToPath(import.meta.url))
 const TCP_PEER = join(HERE, 'tcp-peer.ts')
 const STREAM_PEER = join(HERE, 'stream-peer.ts')
 const CHUNK_PATH_PEER = join(HERE, 'chunk-path-peer.ts')
-const PERF_STAGES = join(HERE, 'perf-stages.ts')
 
 const TARGET_ONE_SOURCE = 0.8
 const TARGET_CAPPED = 0.9
@@ -157,21 +153,10 @@ async function pinProcess (pid: number | undefined, core: number): Promise<void>
 let perfRecords = 0
 
 /** With BENCH_PERF, `perf record` of `procs` while `work` runs, then where each one's CPU went per MB moved. */
-async function perfDuring<T> (phase: string, procs: Array<[pid: number, name: string]>, work: () => Promise<T>): Promise<T> {
+async function perfWhile<T> (phase: string, procs: Array<[pid: number, name: string]>, work: () => Promise<T>): Promise<T> {
   if (PERF == null) return await work()
-  await mkdir(PERF, { recursive: true })
   const file = join(PERF, `${++perfRecords}-${phase}.data`)
-  const perf = spawn('perf', ['record', '-q', '-F', '499', '-g', '-o', file, '-p', procs.map(([pid]) => pid).join(',')], { stdio: 'ignore' })
-  // perf attaches to the running processes; nothing tells when it has
-  await sleep(500)
-  try {
-    return await work()
-  } finally {
-    perf.kill('SIGINT')
-    await once(perf, 'exit')
-    const stages = await run(NODE, [PERF_STAGES, file, '--mb', String(SIZE / MB), ...procs.flatMap(([pid, name]) => ['--name', `${pid}=${name}`])])
-    log(`where the CPU went, ${phase} (CPU ms/MB, perf samples in ${file}):\n${stages.stdout}${stages.stderr}`)
-  }
+  return await perfDuring(file, procs, SIZE / MB, work, stages => { log(`where the CPU went, ${phase} (CPU ms/MB, perf samples in ${file}):\n${stages}`) })
 }
 
 /** a share or fetch slower than 2 MB/s (plus a minute) is taken as stuck */
@@ -231,7 +216,7 @@ async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise
     let s: PeerReport
     if (profiled) {
       await sender.next(60_000)
-      ;[r, s] = await perfDuring(kind, [[sender.pid, 'send'], [recv.pid, 'recv']], async () => {
+      ;[r, s] = await perfWhile(kind, [[sender.pid, 'send'], [recv.pid, 'recv']], async () => {
         sender.proc.kill('SIGUSR2')
         return await both()
       })
@@ -433,7 +418,7 @@ async function kith (src: string, streamCeiling: number, pathCeiling: number, wo
     await waitOnline(f, ['alice'])
     await pinProcess(alice.pid, 0)
     await pinProcess(f.pid, 1)
-    const r = await perfDuring(`fetch-${name}`, [[alice.pid!, 'owner'], [f.pid!, 'fetcher']], async () => await fetchOnce(f, [alice], target, dest(f)))
+    const r = await perfWhile(`fetch-${name}`, [[alice.pid!, 'owner'], [f.pid!, 'fetcher']], async () => await fetchOnce(f, [alice], target, dest(f)))
     one.push(r)
     roles[name] = 'fetcher'
     log(`1-source fetch by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer), ${fmt(mbps(SIZE, r.wallMs))} MB/s (command); ` +
