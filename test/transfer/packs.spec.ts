@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -101,6 +102,28 @@ describe('packs of small files', () => {
     const again = join(dir, 'again')
     await assembleShare({ store: fetcher, keys, manifest, root: again })
     await expectTree(again)
+  })
+
+  it('runs its collection every so many files placed, packed or not', async () => {
+    const out = join(dir, 'out')
+    await makeDirs(out)
+    const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher'), keys: async () => keys })
+    const placed: number[] = []
+    const assembly = new ShareAssembly({
+      store: fetcher,
+      keys,
+      owner: OWNER_PEER,
+      manifest,
+      targets: targets(out),
+      partialKey: 't',
+      collect: () => { placed.push(Object.keys(TREE).filter(name => existsSync(join(out, name))).length) },
+      collectEvery: 3
+    })
+    for (const id of assembly.wanted()) await assembly.put(id, await ownerStore.get(id))
+    await assembly.finish()
+    await expectTree(out)
+    // 9 files placed (7 packed, big.bin as its chunks came, the empty one at the end): a collection after every 3rd
+    expect(placed).toEqual([3, 6, 9])
   })
 
   it('takes two copies of a pack arriving at once (two sources, or the store and a source): its files are written once', async () => {

@@ -17,6 +17,7 @@ import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
 import { ShareAssembly, sharePartialPath, type ShareTarget } from '../../transfer/assemble.ts'
 import { checkUnder, compareFile, makeRoot, prepareUnder } from '../../transfer/destination.ts'
 import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
+import { fullCollection } from '../daemon-heap.ts'
 import { fetchManifest, listShares } from './files-protocol.ts'
 import { ShareBook } from './share-book.ts'
 
@@ -690,7 +691,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const keys = deriveSealKeys(key, manifest.shareId)
     // this version's key (its manifest is saved by now) joins the share's keys at the next look-up
     this.keys.delete(`${record.owner}/${manifest.shareId}`)
-    return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id, root })
+    return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id, root, collect: fullCollection })
   }
 }
 
