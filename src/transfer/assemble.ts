@@ -525,11 +525,28 @@ async function inTurn<T> (items: T[], task: (item: T) => Promise<void>): Promise
 /** Partials a ShareAssembly keeps open at once; files written out of order past this are reopened. */
 export const MAX_OPEN_PARTIALS = 32
 
+/**
+ * The files a ShareAssembly writes, numbered from 0: each a file entry of
+ * the manifest and where it goes, asked for when needed, so a fetch of many
+ * files holds no object per file (`targetList` makes one of a list).
+ */
+export interface ShareTargets {
+  readonly count: number
+  /** index of target `t`'s file entry in the manifest */
+  file: (t: number) => number
+  /** where target `t` goes; its folder must exist. Asked once its first chunk comes (so it may be made then) */
+  dest: (t: number) => string
+}
+
+/** A file entry of the manifest (its index) and where it goes. */
 export interface ShareTarget {
-  /** index of a file entry in the manifest */
   file: number
-  /** where it goes; its folder must exist. Read once its first chunk comes (so it may be made then: a getter) */
-  readonly dest: string
+  dest: string
+}
+
+/** `ShareTargets` of a list. */
+export function targetList (list: ShareTarget[]): ShareTargets {
+  return { count: list.length, file: t => list[t]!.file, dest: t => list[t]!.dest }
 }
 
 export interface ShareAssemblyInit {
@@ -542,7 +559,7 @@ export interface ShareAssemblyInit {
   /** peer id of the share's owner (recorded with chunks held in files) */
   owner: string
   manifest: Pick<Manifest, 'shareId' | 'chunkSize' | 'entries' | 'packs'>
-  targets: ShareTarget[]
+  targets: ShareTargets
   /** @see AssembleOptions.overwrite */
   overwrite?: boolean
   /**
@@ -625,11 +642,11 @@ export class ShareAssembly {
   constructor (init: ShareAssemblyInit) {
     this.init = init
     const { manifest, targets } = init
-    this.files = new Array(targets.length)
-    this.placed = new Uint8Array(targets.length)
-    targets.forEach((target, t) => {
-      const entry = manifest.entries[target.file]
-      if (entry?.type !== 'file') throw new KithError('BAD_REQUEST', `entry ${target.file} of the manifest is not a file`)
+    this.files = new Array(targets.count)
+    this.placed = new Uint8Array(targets.count)
+    for (let t = 0; t < targets.count; t++) {
+      const entry = manifest.entries[targets.file(t)]
+      if (entry?.type !== 'file') throw new KithError('BAD_REQUEST', `entry ${targets.file(t)} of the manifest is not a file`)
       entry.chunks.forEach((id, index) => {
         const place = t * MAX_CHUNKS + index
         const list = this.places.get(id)
@@ -637,7 +654,7 @@ export class ShareAssembly {
         else if (typeof list === 'number') this.places.set(id, [list, place])
         else list.push(place)
       })
-    })
+    }
   }
 
   /** Target `t`'s assembly, made on first use. */
@@ -645,11 +662,11 @@ export class ShareAssembly {
     let file = this.files[t]
     if (file !== undefined) return file
     const { init } = this
-    const target = init.targets[t]!
-    file = new FileAssembly(target.dest, init.manifest.entries[target.file] as ManifestFile, init.manifest.chunkSize, {
+    const entry = init.targets.file(t)
+    file = new FileAssembly(init.targets.dest(t), init.manifest.entries[entry] as ManifestFile, init.manifest.chunkSize, {
       overwrite: init.overwrite,
       ...(init.root !== undefined ? { root: init.root } : {}),
-      ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${target.file}` } : {})
+      ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${entry}` } : {})
     })
     this.files[t] = file
     return file
@@ -712,7 +729,7 @@ export class ShareAssembly {
     if (places.length === 0) return
     const targets = places.map(place => Math.floor(place / MAX_CHUNKS))
     // a pack's files are written as a batch, without an assembly each
-    if ((this.init.manifest.entries[this.init.targets[targets[0]!]!.file] as ManifestFile).pack !== undefined) {
+    if ((this.init.manifest.entries[this.init.targets.file(targets[0]!)] as ManifestFile).pack !== undefined) {
       await this.writePack(id, sealed, targets)
       return
     }
@@ -777,14 +794,14 @@ export class ShareAssembly {
     const written = new Set<string>()
     let taken = false
     try {
-      const bytes = plaintext = openPack(init.keys, init.manifest, (init.manifest.entries[init.targets[targets[0]!]!.file] as ManifestFile).pack!.index, sealed, this.plaintexts)
+      const bytes = plaintext = openPack(init.keys, init.manifest, (init.manifest.entries[init.targets.file(targets[0]!)] as ManifestFile).pack!.index, sealed, this.plaintexts)
       const files = targets.map(target => {
-        const { file } = init.targets[target]!
+        const file = init.targets.file(target)
         const entry = init.manifest.entries[file] as ManifestFile
         const { offset } = entry.pack!
         const data = bytes.subarray(offset, offset + entry.size)
         if (createHash('sha256').update(data).digest('hex') !== entry.sha256) throw verifyFailed(entry.path, 'the whole-file sha256 does not match the manifest')
-        const dest = init.targets[target]!.dest
+        const dest = init.targets.dest(target)
         return { target, entry, data, dest, partial: partialPath(dest, init.partialKey !== undefined ? `${init.partialKey}\0${file}` : undefined) }
       })
       // checked against its id already (`put`, or the store it was read from), and not reused until this

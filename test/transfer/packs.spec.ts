@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE, PACKED_FILE_MAX } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { assembleShare, sharePartialPath, ShareAssembly, type ShareTarget } from '../../src/transfer/assemble.ts'
+import { assembleShare, sharePartialPath, ShareAssembly, targetList, type ShareTargets } from '../../src/transfer/assemble.ts'
 import { createManifest, packHash, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { chunkId, deriveSealKeys, generateShareId, generateShareKey, sealChunk } from '../../src/transfer/seal.ts'
 import { expectCodeAsync, keypair, packingSink, pseudoRandom, tempDir } from './helpers.ts'
@@ -61,8 +61,8 @@ describe('packs of small files', () => {
   })
 
   const file = (path: string): ManifestFile => manifest.entries.find(e => e.path === path) as ManifestFile
-  const targets = (root: string, only?: (path: string) => boolean): ShareTarget[] => manifest.entries.flatMap((e, i) =>
-    e.type === 'file' && (only?.(e.path) ?? true) ? [{ file: i, dest: join(root, ...e.path.split('/')) }] : [])
+  const targets = (root: string, only?: (path: string) => boolean): ShareTargets => targetList(manifest.entries.flatMap((e, i) =>
+    e.type === 'file' && (only?.(e.path) ?? true) ? [{ file: i, dest: join(root, ...e.path.split('/')) }] : []))
   const makeDirs = async (root: string): Promise<void> => {
     for (const d of ['a', 'b', 'c']) await mkdir(join(root, d), { recursive: true })
   }
@@ -234,7 +234,7 @@ describe('packs of small files', () => {
     const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher') })
     const out = join(dir, 'out')
     await makeDirs(out)
-    const assembly = new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest: bad, targets: [{ file: 0, dest: join(out, 'a', 'x.txt') }], partialKey: 't' })
+    const assembly = new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest: bad, targets: targetList([{ file: 0, dest: join(out, 'a', 'x.txt') }]), partialKey: 't' })
     await expectCodeAsync(assembly.put(id, sealed), 'FILE_VERIFY_FAILED')
     expect(await readdir(join(out, 'a'))).toEqual([])
   })
