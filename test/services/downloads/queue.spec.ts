@@ -105,8 +105,9 @@ describe('the download queue', () => {
   })
 
   it('tells of placed files only once no download runs (offering one reads and hashes it on the main thread)', async () => {
-    // 256 KiB at 128 KiB/s: two seconds, while the other one ends in milliseconds
-    const slower = await rangeServer({ '/slower.bin': FILE }, { bytesPerSecond: 128 * 1024 })
+    // held after its first byte until the fast one has been placed (no race with the machine's speed)
+    let open = (): void => {}
+    const slower = await rangeServer({ '/slower.bin': FILE }, { gate: new Promise<void>(resolve => { open = resolve }) })
     try {
       const placed: PlacedDownload[] = []
       const { q, dir } = await queue(undefined, undefined, file => placed.push(file))
@@ -115,6 +116,7 @@ describe('the download queue', () => {
       await until(() => state(q, 'jjjjjjjjjjj2') === 'done', 'the fast one to finish')
       expect(state(q, 'jjjjjjjjjjj1')).toBe('running')
       expect(placed).toEqual([])
+      open()
       await until(() => placed.length === 2, 'both to be told of once neither runs')
       expect(state(q, 'jjjjjjjjjjj1')).toBe('done')
       expect(placed.map(f => f.path).sort()).toEqual([join(dir, 'fast.bin'), join(dir, 'slow.bin')])
