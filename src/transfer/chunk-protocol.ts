@@ -2,6 +2,7 @@ import type { AbortOptions, Connection, PeerId, Stream, StreamHandler } from '@l
 import { Uint8ArrayList } from 'uint8arraylist'
 import { KithError } from '../errors.ts'
 import { dialProtocol } from '../peer/dial.ts'
+import { fillNoiseMessages } from '../peer/noise-fit.ts'
 import { cleanText } from '../peer/text.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
@@ -68,8 +69,8 @@ export const LINGER_MS = 5_000
 export const SEND_HIGH_WATER = 4 * 1024 * 1024
 /** Sends are cleared by `beforeSend` this many bytes at a time, so a throttle stays smooth. */
 export const SEND_SLICE = 256 * 1024
-/** The bytes of one send: with yamux's 12-byte header, one whole Noise message (65,519 bytes of plaintext). */
-export const MUXER_MESSAGE = 65_519 - 12
+/** The bytes of one send: with yamux's header, one whole Noise message (src/peer/noise-fit.ts). */
+export const MUXER_MESSAGE = fillNoiseMessages(1, 0)
 /**
  * Frames of a GET's answer smaller than this go out together, up to this many
  * bytes in one send: each send is a muxer frame, an encrypted message and a
