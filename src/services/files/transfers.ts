@@ -14,7 +14,7 @@ import type { ChunkStore } from '../../transfer/chunk-store.ts'
 import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
-import { ShareAssembly, sharePartialPath, type ShareTargets } from '../../transfer/assemble.ts'
+import { COLLECT_EVERY_FILES, ShareAssembly, sharePartialPath, type ShareTargets } from '../../transfer/assemble.ts'
 import { checkUnder, compareFile, makeRoot, prepareUnder } from '../../transfer/destination.ts'
 import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
 import { fullCollection } from '../daemon-heap.ts'
@@ -493,7 +493,10 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     let record = this.get(id)
     await this.save({ ...record, state: 'running' }, 'transfer:state')
     try {
-      const { assembly, ids, inStore, held } = await this.prepare(id, record)
+      const { assembly, ids, inStore, held, files } = await this.prepare(id, record)
+      // a fetch of many files: what decoding and preparing them left goes before they come, and the
+      // assembly's collections (every COLLECT_EVERY_FILES placed) start from the heap the fetch needs
+      if (files >= COLLECT_EVERY_FILES) fullCollection()
       const meter = new RateMeter()
       const bandwidth = this.init.bandwidth
       // friends' shares are friend traffic; one flow for the fetch, each take naming its source
@@ -596,7 +599,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
    * and the bytes it holds already. The selection is not kept: a share of
    * many files would hold an object per file for the whole fetch.
    */
-  private async prepare (id: string, record: Transfer): Promise<{ assembly: ShareAssembly, ids: string[], inStore: Set<string>, held: number }> {
+  private async prepare (id: string, record: Transfer): Promise<{ assembly: ShareAssembly, ids: string[], inStore: Set<string>, held: number, files: number }> {
     const { manifest, key, files } = this.pinned.get(id) ?? await this.pin(record)
     this.pinned.delete(id)
     const assembly = await this.assembly(id, manifest, key, record, files)
@@ -604,7 +607,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const ids = assembly.wanted()
     const inStore = await heldOf(this.init.store, ids)
     const held = Math.max(0, record.totalBytes - missingBytes(files, manifest.chunkSize, ids, inStore))
-    return { assembly, ids, inStore, held }
+    return { assembly, ids, inStore, held, files: files.length }
   }
 
   /**
