@@ -238,7 +238,7 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
         flow.close()
         this.running.delete(record.id)
         this.kick()
-        if (this.running.size === 0 && !this.stopped) for (const file of this.placed.splice(0)) this.init.onPlaced?.(file)
+        if (this.running.size === 0 && !this.stopped) for (const file of this.placed.splice(0)) this.tell(file)
       })
     }
     this.watchDisk()
@@ -296,13 +296,14 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
       const names = record.name !== null ? [record.name] : Array.from({ length: NUMBERED_NAMES }, (_, n) => numbered(origin, n))
       const checksum = record.checksum === null ? null : record.checksum.slice('sha256:'.length).toLowerCase()
       const { name, sha256 } = await verifyAndPlace(partial, record.dir, names, result, checksum, signal)
+      const path = join(record.dir, name)
+      // the file as placed, for the swarm's offer; one already moved away is not offered, and the download is done all the same
+      const placed = result.kind === 'file' && result.validators != null && this.init.onPlaced != null ? await lstat(path).catch(() => null) : null
       await rm(stateDir, { recursive: true, force: true })
       await this.save({ ...this.get(id), name, state: 'done', kind: result.kind, sha256, doneBytes: result.size, totalBytes: result.size, rate: 0, eta: 0, error: null })
-      if (result.kind === 'file' && result.validators != null && this.init.onPlaced != null) {
-        const path = join(record.dir, name)
-        const placed = await lstat(path)
-        if (placed.isFile()) this.placed.push({ url, path, size: result.size, sha256, validators: result.validators, placed })
-        if (this.placed.length > MAX_UNTOLD) this.init.onPlaced(this.placed.shift()!)
+      if (placed?.isFile() === true && result.validators != null) {
+        this.placed.push({ url, path, size: result.size, sha256, validators: result.validators, placed })
+        if (this.placed.length > MAX_UNTOLD) this.tell(this.placed.shift()!)
       }
     } catch (err) {
       record = this.get(id)
@@ -335,6 +336,15 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
    * running download whose disk fell below the threshold pauses (DISK_LOW);
    * one waiting for room goes on once its disk has it.
    */
+  /** onPlaced, told of a placed file: its failure costs the offer, never a download's state */
+  private tell (file: PlacedDownload): void {
+    try {
+      this.init.onPlaced?.(file)
+    } catch (err) {
+      console.error(`kith downloads: ${file.path} could not be offered to friends: ${(err as Error).message}`)
+    }
+  }
+
   private watchDisk (): void {
     if (this.stopped || this.diskTimer !== undefined) return
     if (this.running.size === 0 && !this.list().some(waitingForRoom)) return

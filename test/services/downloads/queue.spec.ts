@@ -1,6 +1,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { randomBytes, createHash } from 'node:crypto'
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { renameSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
@@ -124,6 +125,24 @@ describe('the download queue', () => {
     } finally {
       await slower.close()
     }
+  })
+
+  it('a download stays done when its file is moved away the moment it says so', async () => {
+    const placed: PlacedDownload[] = []
+    const { q, dir } = await queue(undefined, undefined, file => placed.push(file))
+    const states: string[] = []
+    // a program acting on 'done' at once (a script after `kith get`) takes the file elsewhere
+    q.on('event', e => {
+      if (e.type !== 'download:state' || e.download.id !== 'mmmmmmmmmmm1') return
+      states.push(e.download.state)
+      if (e.download.state === 'done') renameSync(join(dir, 'a.bin'), join(root, 'moved.bin'))
+    })
+    await q.add(record('mmmmmmmmmmm1', server.url('/a.bin'), dir, { name: 'a.bin' }))
+    await until(() => placed.length === 1, 'the download to end and its file to be told of')
+    expect(states.at(-1)).toBe('done')
+    expect(state(q, 'mmmmmmmmmmm1')).toBe('done')
+    expect((await readFile(join(root, 'moved.bin'))).equals(FILE)).toBe(true)
+    await q.stop()
   })
 
   it('a checksum mismatch keeps nothing and says so', async () => {
