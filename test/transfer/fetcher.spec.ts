@@ -253,7 +253,8 @@ describe('multi-source fetch', () => {
       // slowness detection is off (huge window, tiny floor): only the endgame can save the day
       const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [slow.peerId, fast.peerId], rateWindowMs: 60_000, minBytesPerSecond: 1, stallTimeoutMs: 60_000 })
       expect(report.fetchedChunks).toBe(COUNT)
-      expect(report.durationMs).toBeLessThan(10_000)
+      // before the slow source's first request could have ended (a bound of the test's own making, not a speed)
+      expect(report.durationMs).toBeLessThan(16_000)
       expect(source(report, fast.peerId).chunks).toBe(COUNT)
       // it lost the races it had a head start in
       expect(source(report, slow.peerId).penalties.some(p => p.reason === 'slow' || p.reason === 'stalled')).toBe(true)
