@@ -253,9 +253,11 @@ describe('multi-source fetch', () => {
       // slowness detection is off (huge window, tiny floor): only the endgame can save the day
       const report = await fetchChunks({ libp2p: client, store: mine.store, ids: chunks.map(c => c.id), sources: [slow.peerId, fast.peerId], rateWindowMs: 60_000, minBytesPerSecond: 1, stallTimeoutMs: 60_000 })
       expect(report.fetchedChunks).toBe(COUNT)
-      // before the slow source's first request could have ended (a bound of the test's own making, not a speed)
+      // before the slow source's first request (4 chunks) could have ended (a bound of the test's own making, not a
+      // speed): the fast one carried the rest, the slow one's last chunks duplicated (on a loaded machine the slow one
+      // may have finished a chunk or two of its 4 s each first)
       expect(report.durationMs).toBeLessThan(16_000)
-      expect(source(report, fast.peerId).chunks).toBe(COUNT)
+      expect(source(report, fast.peerId).chunks).toBeGreaterThan(COUNT - 4)
       // it lost the races it had a head start in
       expect(source(report, slow.peerId).penalties.some(p => p.reason === 'slow' || p.reason === 'stalled')).toBe(true)
       await expectAllStored(mine.store, chunks)
