@@ -3,6 +3,7 @@ import { z } from 'zod'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 import { KithError } from '../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../peer/canonical.ts'
+import { fillNoiseMessages } from '../../peer/noise-fit.ts'
 import { failureSchema } from '../../peer/request-response.ts'
 import { sign, verify, SIGNATURE_LENGTH } from '../../peer/signing.ts'
 import { MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from '../../transfer/constants.ts'
@@ -65,8 +66,15 @@ export const MAX_AUDIT_BYTES = 256 * KiB
 export const MAX_RECORD_SIZE = 16 * MiB
 /** The largest header frame: a full has or remove. */
 export const MAX_HEADER = 320 * KiB
-/** Bulk bytes travel in frames of at most this; each goes through the bandwidth scheduler on its own. */
-export const BODY_SLICE = 256 * KiB
+/**
+ * Bulk bytes travel in frames of at most this; each goes through the
+ * bandwidth scheduler on its own. Five whole Noise messages with the
+ * frame's length (a 3-byte varint) and yamux's header (noise-fit.ts):
+ * 327,580 bytes, where 256 KiB cost a sixth message of 83 bytes. Under
+ * MAX_HEADER, the most a receiver takes in one frame, so hosts and owners
+ * from before it read these frames.
+ */
+export const BODY_SLICE = fillNoiseMessages(5, 3)
 /** Longest wait for a request's header once the stream is open. */
 export const HEADER_TIMEOUT_MS = 10_000
 /** Longest wait for any one frame (or for the bandwidth scheduler to let it go) before the request is given up. */
