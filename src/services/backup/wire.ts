@@ -123,12 +123,17 @@ const ok = z.literal(true)
 const bytes = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
 const when = z.number().int().min(0).nullable()
 
-/** The answers, as the owner parses them; each also admits the shared failure answer. */
+const go = z.object({ v, ok, go: z.literal(true) }).strict()
+const stored = z.object({ v, ok, stored: z.boolean(), used: bytes, quota: bytes }).strict()
+
+/** The answers, as the owner parses them; each also admits the shared failure answer (orFailure). */
 export const responseSchemas = {
   usage: z.object({ v, ok, used: bytes, quota: bytes, blobs: bytes, lastWrite: when, counter: z.number().int().min(0) }).strict(),
   has: z.object({ v, ok, held: z.array(z.boolean()).max(MAX_BATCH_IDS) }).strict(),
-  go: z.object({ v, ok, go: z.literal(true) }).strict(),
-  stored: z.object({ v, ok, stored: z.boolean(), used: bytes, quota: bytes }).strict(),
+  go,
+  stored,
+  /** put's first answer: send it, or not stored (held already, or past the quota) */
+  goOrStored: z.union([go, stored]),
   /** put-many's first answer: per blob, send it ('go', reserved), held already, past the quota, or being written by another request */
   statuses: z.object({ v, ok, status: z.array(z.enum(['go', 'held', 'full', 'busy'])).max(MAX_MANY_BLOBS), used: bytes, quota: bytes }).strict(),
   storedMany: z.object({ v, ok, stored: z.number().int().min(0).max(MAX_MANY_BLOBS), used: bytes, quota: bytes }).strict(),
@@ -152,6 +157,20 @@ export const responseSchemas = {
   done: z.object({ v, ok }).strict(),
   failure
 } as const
+
+const withFailure = new WeakMap<z.ZodType, z.ZodType>()
+
+/**
+ * `schema`, or the shared failure answer: the union each answer is parsed
+ * with, made once per schema (zod builds a new union's parser on its first
+ * parse; an answer a blob of a get-many or a put-many, made anew, cost about
+ * three times the parse).
+ */
+export function orFailure<S> (schema: z.ZodType<S>): z.ZodType<S | z.infer<typeof failure>> {
+  let union = withFailure.get(schema)
+  if (union === undefined) withFailure.set(schema, union = z.union([schema, failure]))
+  return union as z.ZodType<S | z.infer<typeof failure>>
+}
 
 /** Encodes a header frame's body. */
 export function encodeHeader (message: Record<string, unknown>): Uint8Array {
