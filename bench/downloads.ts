@@ -48,8 +48,9 @@ import { cpuSeconds, currentRss, threadCpuSeconds, threadSchedMs, fmt, JsonChild
  * each adding one part of the engine to the one before (bench/http-stages.ts):
  * undici alone (8 ranges, bodies dropped), + the scheduler's take per chunk,
  * + the write-back cache and its positioned writes. Then "engine alone" adds
- * pieces in file order, the SHA-256 and the control file, and "kith get" the
- * daemon around it. Each row gives its CPU per MB (all its threads), which
+ * pieces in file order and the control file (no checksum is asked for, so no
+ * SHA-256, as aria2c and curl compute none), and "kith get" the daemon
+ * around it. Each row gives its CPU per MB (all its threads), which
  * the load of other work on the machine skews less than its rate (curl's
  * and aria2c's polled every 20 ms: a lower bound), and nginx's: small, as on
  * loopback the kernel does most of both ends' TCP work in the receiver's

@@ -223,7 +223,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     })
     this.fileService.on('event', evt => this.emit('event', evt))
     // downloads share the engine's scheduler and, for kith:// URLs and the one queue, file sharing
-    this.downloadService = await DownloadService.start({ db: this.db, home: this.paths.root, engine, files: this.fileService, config, onVerified: file => { this.proxyService?.offer(file) } })
+    this.downloadService = await DownloadService.start({ db: this.db, home: this.paths.root, engine, files: this.fileService, config, onPlaced: file => { this.proxyService?.offer(file) } })
     this.downloadService.on('event', evt => this.emit('event', evt))
     // the DNA-style local proxy on 127.0.0.1: URLs in, bytes out through the scheduler, kept in its cache and
     // offered to friends, friends who hold a file serving it first (docs/proxy.md)

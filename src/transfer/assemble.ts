@@ -525,11 +525,28 @@ async function inTurn<T> (items: T[], task: (item: T) => Promise<void>): Promise
 /** Partials a ShareAssembly keeps open at once; files written out of order past this are reopened. */
 export const MAX_OPEN_PARTIALS = 32
 
+/**
+ * The files a ShareAssembly writes, numbered from 0: each a file entry of
+ * the manifest and where it goes, asked for when needed, so a fetch of many
+ * files holds no object per file (`targetList` makes one of a list).
+ */
+export interface ShareTargets {
+  readonly count: number
+  /** index of target `t`'s file entry in the manifest */
+  file: (t: number) => number
+  /** where target `t` goes; its folder must exist. Asked once its first chunk comes (so it may be made then) */
+  dest: (t: number) => string
+}
+
+/** A file entry of the manifest (its index) and where it goes. */
 export interface ShareTarget {
-  /** index of a file entry in the manifest */
   file: number
-  /** where it goes; its folder must exist. Read once its first chunk comes (so it may be made then: a getter) */
-  readonly dest: string
+  dest: string
+}
+
+/** `ShareTargets` of a list. */
+export function targetList (list: ShareTarget[]): ShareTargets {
+  return { count: list.length, file: t => list[t]!.file, dest: t => list[t]!.dest }
 }
 
 export interface ShareAssemblyInit {
@@ -542,7 +559,7 @@ export interface ShareAssemblyInit {
   /** peer id of the share's owner (recorded with chunks held in files) */
   owner: string
   manifest: Pick<Manifest, 'shareId' | 'chunkSize' | 'entries' | 'packs'>
-  targets: ShareTarget[]
+  targets: ShareTargets
   /** @see AssembleOptions.overwrite */
   overwrite?: boolean
   /**
@@ -556,7 +573,22 @@ export interface ShareAssemblyInit {
    * partial is opened and each file placed. @see FileAssemblyOptions.root
    */
   root?: string
+  /**
+   * A full garbage collection (the daemon's: V8's, `--expose-gc`), run every
+   * `collectEvery` files placed. Placing a file leaves its paths,
+   * requests and promises behind, which outlive the scavenges while its
+   * writes and fsyncs are under way, so they reach V8's old generation, and
+   * the daemon lets that double before it collects it
+   * (`--heap-growing-percent=100`, daemon-heap.ts): a fetch of 100,000 small
+   * files grew the fetcher's heap by its garbage.
+   */
+  collect?: () => void
+  /** @default COLLECT_EVERY_FILES */
+  collectEvery?: number
 }
+
+/** Files placed between two `ShareAssemblyInit.collect` calls. */
+export const COLLECT_EVERY_FILES = 10_000
 
 /** The partial a ShareAssembly with this `partialKey` writes for manifest entry `file` at `dest`. */
 export function sharePartialPath (dest: string, partialKey: string, file: number): string {
@@ -602,17 +634,19 @@ export class ShareAssembly {
   private readonly recording = new Map<FileAssembly, Set<Promise<void>>>()
   /** plaintext buffers, reused from chunk to chunk: about one per chunk being written at once */
   private readonly plaintexts = new BufferPool(8)
+  /** files placed since the last `init.collect` */
+  private placedSinceCollect = 0
   private failure: unknown
   private closed = false
 
   constructor (init: ShareAssemblyInit) {
     this.init = init
     const { manifest, targets } = init
-    this.files = new Array(targets.length)
-    this.placed = new Uint8Array(targets.length)
-    targets.forEach((target, t) => {
-      const entry = manifest.entries[target.file]
-      if (entry?.type !== 'file') throw new KithError('BAD_REQUEST', `entry ${target.file} of the manifest is not a file`)
+    this.files = new Array(targets.count)
+    this.placed = new Uint8Array(targets.count)
+    for (let t = 0; t < targets.count; t++) {
+      const entry = manifest.entries[targets.file(t)]
+      if (entry?.type !== 'file') throw new KithError('BAD_REQUEST', `entry ${targets.file(t)} of the manifest is not a file`)
       entry.chunks.forEach((id, index) => {
         const place = t * MAX_CHUNKS + index
         const list = this.places.get(id)
@@ -620,7 +654,7 @@ export class ShareAssembly {
         else if (typeof list === 'number') this.places.set(id, [list, place])
         else list.push(place)
       })
-    })
+    }
   }
 
   /** Target `t`'s assembly, made on first use. */
@@ -628,11 +662,11 @@ export class ShareAssembly {
     let file = this.files[t]
     if (file !== undefined) return file
     const { init } = this
-    const target = init.targets[t]!
-    file = new FileAssembly(target.dest, init.manifest.entries[target.file] as ManifestFile, init.manifest.chunkSize, {
+    const entry = init.targets.file(t)
+    file = new FileAssembly(init.targets.dest(t), init.manifest.entries[entry] as ManifestFile, init.manifest.chunkSize, {
       overwrite: init.overwrite,
       ...(init.root !== undefined ? { root: init.root } : {}),
-      ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${target.file}` } : {})
+      ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${entry}` } : {})
     })
     this.files[t] = file
     return file
@@ -695,7 +729,7 @@ export class ShareAssembly {
     if (places.length === 0) return
     const targets = places.map(place => Math.floor(place / MAX_CHUNKS))
     // a pack's files are written as a batch, without an assembly each
-    if ((this.init.manifest.entries[this.init.targets[targets[0]!]!.file] as ManifestFile).pack !== undefined) {
+    if ((this.init.manifest.entries[this.init.targets.file(targets[0]!)] as ManifestFile).pack !== undefined) {
       await this.writePack(id, sealed, targets)
       return
     }
@@ -760,14 +794,14 @@ export class ShareAssembly {
     const written = new Set<string>()
     let taken = false
     try {
-      const bytes = plaintext = openPack(init.keys, init.manifest, (init.manifest.entries[init.targets[targets[0]!]!.file] as ManifestFile).pack!.index, sealed, this.plaintexts)
+      const bytes = plaintext = openPack(init.keys, init.manifest, (init.manifest.entries[init.targets.file(targets[0]!)] as ManifestFile).pack!.index, sealed, this.plaintexts)
       const files = targets.map(target => {
-        const { file } = init.targets[target]!
+        const file = init.targets.file(target)
         const entry = init.manifest.entries[file] as ManifestFile
         const { offset } = entry.pack!
         const data = bytes.subarray(offset, offset + entry.size)
         if (createHash('sha256').update(data).digest('hex') !== entry.sha256) throw verifyFailed(entry.path, 'the whole-file sha256 does not match the manifest')
-        const dest = init.targets[target]!.dest
+        const dest = init.targets.dest(target)
         return { target, entry, data, dest, partial: partialPath(dest, init.partialKey !== undefined ? `${init.partialKey}\0${file}` : undefined) }
       })
       // checked against its id already (`put`, or the store it was read from), and not reused until this
@@ -793,7 +827,7 @@ export class ShareAssembly {
         }
         written.delete(f.partial)
         // its place goes with the others' below: one pass over the pack's places, not one per file
-        this.placed[f.target] = 1
+        this.markPlaced(f.target)
       })
       await Promise.all(folders.map(syncFolder))
     } catch (err) {
@@ -837,10 +871,18 @@ export class ShareAssembly {
    * share of many files keeps state only for the files being written.
    */
   private forget (target: number, file: FileAssembly): void {
-    this.placed[target] = 1
+    this.markPlaced(target)
     this.files[target] = undefined
     this.recent.delete(file)
     for (const id of file.entry.chunks) this.prune(id)
+  }
+
+  /** Target `t` is placed; every COLLECT_EVERY_FILES of them, `init.collect` runs. */
+  private markPlaced (t: number): void {
+    this.placed[t] = 1
+    if (this.init.collect === undefined || ++this.placedSinceCollect < (this.init.collectEvery ?? COLLECT_EVERY_FILES)) return
+    this.placedSinceCollect = 0
+    this.init.collect()
   }
 
   /** Drops the places of placed files from `id`'s list. */

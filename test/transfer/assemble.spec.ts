@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { assembleFile, assembleShare, FileAssembly, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, sharePartialPath, storeReader } from '../../src/transfer/assemble.ts'
+import { assembleFile, assembleShare, FileAssembly, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, sharePartialPath, storeReader, targetList, type ShareTargets } from '../../src/transfer/assemble.ts'
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
 import { waitFor } from '../helpers/testnet.ts'
@@ -166,8 +166,8 @@ describe('assemble', () => {
       return { manifest: createManifest({ ...owner, shareId, version: 2, name: 'f', chunkSize: CS, entries }).manifest, contents }
     }
 
-    const targets = (m: Manifest): Array<{ file: number, dest: string }> =>
-      m.entries.flatMap((e, file) => e.type === 'file' ? [{ file, dest: join(out, e.path) }] : [])
+    const targets = (m: Manifest, only?: (file: number) => boolean): ShareTargets =>
+      targetList(m.entries.flatMap((e, file) => e.type === 'file' && (only?.(file) ?? true) ? [{ file, dest: join(out, e.path) }] : []))
 
     it('writes chunks in any order, each id once for every place it stands, and verifies every file', async () => {
       const { manifest: m, contents } = await folder()
@@ -271,7 +271,7 @@ describe('assemble', () => {
       const sub = join(out, 'sub')
       await mkdir(sub)
       const twin = m.entries.findIndex(e => e.path === 'twin1')
-      const swapped = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: { ...m, entries: plainEntries(m.entries).map(e => e.path === 'twin1' ? { ...e, path: 'sub/twin1' } : e) }, targets: [{ file: twin, dest: join(sub, 'twin1') }], partialKey: 'transfer-3', root: out })
+      const swapped = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: { ...m, entries: plainEntries(m.entries).map(e => e.path === 'twin1' ? { ...e, path: 'sub/twin1' } : e) }, targets: targetList([{ file: twin, dest: join(sub, 'twin1') }]), partialKey: 'transfer-3', root: out })
       await rm(sub, { recursive: true })
       await symlink(outside, sub)
       const twinChunks = (m.entries[twin] as ManifestFile).chunks
@@ -291,7 +291,7 @@ describe('assemble', () => {
       expect((await stat(partial)).size).toBe(4 * CS + 1)
       // moved away, a resume places it from the partial (its chunks read back from the store)
       await rm(join(out, 'big.bin'))
-      const resumed = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m).filter(t => t.file === big), partialKey: 'transfer-4', root: out })
+      const resumed = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest: m, targets: targets(m, file => file === big), partialKey: 'transfer-4', root: out })
       await resumed.finish()
       expect((await readFile(join(out, 'big.bin'))).length).toBe(4 * CS + 1)
     })

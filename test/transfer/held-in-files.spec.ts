@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE, PARTIAL_SUFFIX } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { ShareAssembly, sharePartialPath } from '../../src/transfer/assemble.ts'
+import { ShareAssembly, sharePartialPath, targetList } from '../../src/transfer/assemble.ts'
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
 import { keypair, pseudoRandom, sealedSink, tempDir } from './helpers.ts'
@@ -55,7 +55,7 @@ const entry = (): ManifestFile => manifest.entries.find(e => e.type === 'file') 
 const fileIndex = (): number => manifest.entries.findIndex(e => e.type === 'file')
 
 function assembly (store: Pick<ChunkStore, 'get' | 'has' | 'put' | 'putInFile' | 'moveInFile'>, dest: string, partialKey: string): ShareAssembly {
-  return new ShareAssembly({ store, keys, owner: OWNER, manifest, targets: [{ file: fileIndex(), dest }], partialKey })
+  return new ShareAssembly({ store, keys, owner: OWNER, manifest, targets: targetList([{ file: fileIndex(), dest }]), partialKey })
 }
 
 /** A fetch of the whole file into `out/a.bin`, done: its chunks are held there. */
@@ -151,7 +151,7 @@ describe('chunks held in fetched files', () => {
     expect(await readdir(out)).toEqual(['a.bin'])
     for (const id of ids) expect(Buffer.from(await store.get(id))).toEqual(Buffer.from(await source.get(id)))
     // a run resumed at once skips the placed file (as the transfer service does) and finds nothing to do
-    const b = new ShareAssembly({ store, keys, owner: OWNER, manifest, targets: [], partialKey: 't1' })
+    const b = new ShareAssembly({ store, keys, owner: OWNER, manifest, targets: targetList([]), partialKey: 't1' })
     expect(b.wanted()).toEqual([])
     await b.finish()
   })

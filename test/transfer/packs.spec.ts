@@ -1,12 +1,13 @@
 import { createHash } from 'node:crypto'
 import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE, PACKED_FILE_MAX } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { assembleShare, sharePartialPath, ShareAssembly, type ShareTarget } from '../../src/transfer/assemble.ts'
+import { assembleShare, sharePartialPath, ShareAssembly, targetList, type ShareTargets } from '../../src/transfer/assemble.ts'
 import { createManifest, packHash, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { chunkId, deriveSealKeys, generateShareId, generateShareKey, sealChunk } from '../../src/transfer/seal.ts'
 import { expectCodeAsync, keypair, packingSink, pseudoRandom, tempDir } from './helpers.ts'
@@ -60,8 +61,8 @@ describe('packs of small files', () => {
   })
 
   const file = (path: string): ManifestFile => manifest.entries.find(e => e.path === path) as ManifestFile
-  const targets = (root: string, only?: (path: string) => boolean): ShareTarget[] => manifest.entries.flatMap((e, i) =>
-    e.type === 'file' && (only?.(e.path) ?? true) ? [{ file: i, dest: join(root, ...e.path.split('/')) }] : [])
+  const targets = (root: string, only?: (path: string) => boolean): ShareTargets => targetList(manifest.entries.flatMap((e, i) =>
+    e.type === 'file' && (only?.(e.path) ?? true) ? [{ file: i, dest: join(root, ...e.path.split('/')) }] : []))
   const makeDirs = async (root: string): Promise<void> => {
     for (const d of ['a', 'b', 'c']) await mkdir(join(root, d), { recursive: true })
   }
@@ -101,6 +102,28 @@ describe('packs of small files', () => {
     const again = join(dir, 'again')
     await assembleShare({ store: fetcher, keys, manifest, root: again })
     await expectTree(again)
+  })
+
+  it('runs its collection every so many files placed, packed or not', async () => {
+    const out = join(dir, 'out')
+    await makeDirs(out)
+    const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher'), keys: async () => keys })
+    const placed: number[] = []
+    const assembly = new ShareAssembly({
+      store: fetcher,
+      keys,
+      owner: OWNER_PEER,
+      manifest,
+      targets: targets(out),
+      partialKey: 't',
+      collect: () => { placed.push(Object.keys(TREE).filter(name => existsSync(join(out, name))).length) },
+      collectEvery: 3
+    })
+    for (const id of assembly.wanted()) await assembly.put(id, await ownerStore.get(id))
+    await assembly.finish()
+    await expectTree(out)
+    // 9 files placed (7 packed, big.bin as its chunks came, the empty one at the end): a collection after every 3rd
+    expect(placed).toEqual([3, 6, 9])
   })
 
   it('takes two copies of a pack arriving at once (two sources, or the store and a source): its files are written once', async () => {
@@ -211,7 +234,7 @@ describe('packs of small files', () => {
     const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher') })
     const out = join(dir, 'out')
     await makeDirs(out)
-    const assembly = new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest: bad, targets: [{ file: 0, dest: join(out, 'a', 'x.txt') }], partialKey: 't' })
+    const assembly = new ShareAssembly({ store: fetcher, keys, owner: OWNER_PEER, manifest: bad, targets: targetList([{ file: 0, dest: join(out, 'a', 'x.txt') }]), partialKey: 't' })
     await expectCodeAsync(assembly.put(id, sealed), 'FILE_VERIFY_FAILED')
     expect(await readdir(join(out, 'a'))).toEqual([])
   })

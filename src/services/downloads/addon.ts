@@ -44,6 +44,12 @@ export interface DownloadJob {
   connections: number
   /** add-on-specific options from the request, as given (`options` in POST /v1/downloads); the add-on checks them */
   options: Readonly<Record<string, unknown>>
+  /**
+   * A checksum is to be verified: an add-on that can hash the file in order
+   * while it writes it returns its sha256 (the queue reads the file back
+   * otherwise). False: nothing needs the file's hash, compute none.
+   */
+  hash: boolean
 }
 
 export interface DownloadContext {
@@ -81,7 +87,7 @@ export interface DownloadProgress {
 export interface DownloadResult {
   /** bytes of the file (or of every file of the tree) */
   size: number
-  /** hex sha256 of the file when the add-on computed it while writing (the queue then does not read the file again) */
+  /** hex sha256 of the file when the job asked for it and the add-on computed it while writing (the queue then does not read the file again) */
   sha256?: string
   /** the object's name at the origin, when known */
   name?: string

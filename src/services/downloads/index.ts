@@ -55,8 +55,8 @@ export interface DownloadServiceInit {
   engine: TransferEngine
   files: FileService
   config: ConfigFile | null
-  /** told of each http(s) file placed whole and verified (queue.ts) */
-  onVerified?: QueueInit['onVerified']
+  /** told of each http(s) file placed whole (queue.ts) */
+  onPlaced?: QueueInit['onPlaced']
 }
 
 /** The whole queue (downloads and friend fetches): seconds left, or null when unknown. */
@@ -88,7 +88,7 @@ export class DownloadService extends EventEmitter<{ event: [DownloadEvent] }> {
     await book.load()
     const stateRoot = join(init.home, 'downloads')
     await mkdir(stateRoot, { recursive: true })
-    const queue = new DownloadQueue({ book, bandwidth: init.engine.bandwidth, settings, stateRoot, addonFor, ...(init.onVerified != null ? { onVerified: init.onVerified } : {}) })
+    const queue = new DownloadQueue({ book, bandwidth: init.engine.bandwidth, settings, stateRoot, addonFor, ...(init.onPlaced != null ? { onPlaced: init.onPlaced } : {}) })
     const service = new DownloadService(init, book, queue)
     queue.start()
     return service

@@ -40,16 +40,17 @@ export interface QueueInit {
   addonFor: (url: URL) => Promise<DownloadAddon>
   /** how often free space is looked at while anything runs or waits for room @default DISK_RECHECK_MS */
   diskRecheckMs?: number
-  /** told of each file placed whole and verified whose origin gave validators (the proxy's friend swarm offers it) */
-  onVerified?: (file: VerifiedDownload) => void
+  /** told of each file placed whole whose origin gave validators (the proxy's friend swarm offers it) */
+  onPlaced?: (file: PlacedDownload) => void
 }
 
-/** A file a download placed whole and verified, with the origin's validators of its version. */
-export interface VerifiedDownload {
+/** A file a download placed whole, with the origin's validators of its version. */
+export interface PlacedDownload {
   url: URL
   path: string
   size: number
-  sha256: string
+  /** its sha256 when a checksum was verified, else null (none was computed) */
+  sha256: string | null
   validators: Validators
 }
 
@@ -272,7 +273,7 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
         settings: this.init.settings.network
       }
       // a disk running low while it runs pauses it (watchDisk looks every DISK_RECHECK_MS)
-      const result = await addon.download({ id, url, connections: record.connections, options: record.options }, ctx)
+      const result = await addon.download({ id, url, connections: record.connections, options: record.options, hash: record.checksum !== null }, ctx)
       progress({ done: result.size, total: result.size }, true)
       record = this.get(id)
       // a name the user gave is that name or nothing; one from the origin steps aside from files already there
@@ -282,7 +283,7 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
       const { name, sha256 } = await verifyAndPlace(partial, record.dir, names, result, checksum, signal)
       await rm(stateDir, { recursive: true, force: true })
       await this.save({ ...this.get(id), name, state: 'done', kind: result.kind, sha256, doneBytes: result.size, totalBytes: result.size, rate: 0, eta: 0, error: null })
-      if (result.kind === 'file' && result.validators != null && sha256 != null) this.init.onVerified?.({ url, path: join(record.dir, name), size: result.size, sha256, validators: result.validators })
+      if (result.kind === 'file' && result.validators != null) this.init.onPlaced?.({ url, path: join(record.dir, name), size: result.size, sha256, validators: result.validators })
     } catch (err) {
       record = this.get(id)
       if (record.state === 'cancelled') {

@@ -14,9 +14,10 @@ import type { ChunkStore } from '../../transfer/chunk-store.ts'
 import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
-import { ShareAssembly, sharePartialPath, type ShareTarget } from '../../transfer/assemble.ts'
+import { ShareAssembly, sharePartialPath, type ShareTargets } from '../../transfer/assemble.ts'
 import { checkUnder, compareFile, makeRoot, prepareUnder } from '../../transfer/destination.ts'
 import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
+import { fullCollection } from '../daemon-heap.ts'
 import { fetchManifest, listShares } from './files-protocol.ts'
 import { ShareBook } from './share-book.ts'
 
@@ -662,7 +663,8 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
   private async assembly (id: string, manifest: Manifest, key: Uint8Array, record: Transfer, files: Selected[]): Promise<ShareAssembly> {
     const root = dirname(record.dest)
     await makeRoot(root)
-    const prepared: Array<FetchTarget | undefined> = new Array(files.length)
+    /** per selected file, its entry's index, or -1 once found in place */
+    const prepared = new Int32Array(files.length)
     // a few files at a time: a folder of many small files would otherwise wait on each one's checks in turn
     let next = 0
     const checked = new Set<string>()
@@ -679,39 +681,47 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
           const partial = sharePartialPath(dest, id, index)
           await this.init.store.moveInFile(entry.chunks, partial, dest)
           await rm(partial, { force: true })
+          prepared[at] = -1
           continue
         }
         // its path again when its first chunk comes, not held meanwhile: a share of many files would hold them all
-        prepared[at] = new FetchTarget(index, relative, record.dest)
+        prepared[at] = index
       }
     }
     await Promise.all(Array.from({ length: Math.min(PREPARE_CONCURRENCY, files.length) }, prepare))
-    const targets = prepared.filter(t => t !== undefined)
+    const targets = new FetchTargets(prepared.filter(index => index >= 0), manifest, record)
     const keys = deriveSealKeys(key, manifest.shareId)
     // this version's key (its manifest is saved by now) joins the share's keys at the next look-up
     this.keys.delete(`${record.owner}/${manifest.shareId}`)
-    return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id, root })
+    return new ShareAssembly({ store: this.init.store, keys, owner: record.owner, manifest, targets, partialKey: id, root, collect: fullCollection })
   }
 }
 
 /**
- * A file of a fetch, prepared (`prepareUnder` made and checked its folders):
- * its destination is made from its path when asked, once its first chunk
- * arrives, rather than kept for every file of the fetch from the start.
+ * The files of a fetch to be written, prepared (`prepareUnder` made and
+ * checked their folders): an entry index each, in one typed array, and a
+ * destination made from the entry's path when asked, once its first chunk
+ * arrives. So a fetch of many files holds no object or path per file.
  */
-class FetchTarget implements ShareTarget {
-  readonly file: number
-  private readonly relative: string
-  private readonly root: string
+class FetchTargets implements ShareTargets {
+  readonly count: number
+  private readonly entries: Int32Array
+  private readonly manifest: Manifest
+  private readonly record: Pick<Transfer, 'dest' | 'path'>
 
-  constructor (file: number, relative: string, root: string) {
-    this.file = file
-    this.relative = relative
-    this.root = root
+  constructor (entries: Int32Array, manifest: Manifest, record: Pick<Transfer, 'dest' | 'path'>) {
+    this.count = entries.length
+    this.entries = entries
+    this.manifest = manifest
+    this.record = record
   }
 
-  get dest (): string {
-    return destOf({ dest: this.root }, this.relative)
+  file (t: number): number {
+    return this.entries[t]!
+  }
+
+  dest (t: number): string {
+    return destOf(this.record, relativeOf(this.manifest, this.record.path, this.manifest.entries[this.entries[t]!]!.path)!)
   }
 }
 
@@ -756,18 +766,26 @@ interface Selected {
 /** The files a fetch of `path` covers: one file, a folder's files, or everything. */
 export function select (manifest: Manifest, path: string): { files: Selected[] } {
   const files: Selected[] = []
-  const single = manifest.entries.length === 1 && manifest.entries[0]!.type === 'file' && path === ''
   manifest.entries.forEach((entry, index) => {
     if (entry.type !== 'file') return
-    if (single) files.push({ entry, index, relative: '' })
-    else if (path === '') files.push({ entry, index, relative: entry.path })
-    else if (entry.path === path) files.push({ entry, index, relative: '' })
-    else if (entry.path.startsWith(path + '/')) files.push({ entry, index, relative: entry.path.slice(path.length + 1) })
+    const relative = relativeOf(manifest, path, entry.path)
+    if (relative !== undefined) files.push({ entry, index, relative })
   })
   if (files.length === 0 && path !== '' && !manifest.entries.some(e => e.type === 'dir' && e.path === path)) {
     throw new KithError('SHARE_UNKNOWN', `${JSON.stringify(path)} is not in ${manifest.name}; see \`kith ls\``)
   }
   return { files }
+}
+
+/**
+ * The path under a fetch's destination of the entry at `entryPath`, for a
+ * fetch of `path` ('' when the destination is the file itself: a fetch of
+ * one file, or of a share of one file); undefined if the fetch leaves it out.
+ */
+function relativeOf (manifest: Pick<Manifest, 'entries'>, path: string, entryPath: string): string | undefined {
+  if (path === '') return manifest.entries.length === 1 && manifest.entries[0]!.type === 'file' ? '' : entryPath
+  if (entryPath === path) return ''
+  return entryPath.startsWith(path + '/') ? entryPath.slice(path.length + 1) : undefined
 }
 
 /** A share name as a single file name: no separators, never `.` or `..`. */

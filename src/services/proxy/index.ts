@@ -23,7 +23,7 @@ import type { ConfigFile } from '../engine/index.ts'
 import { MAX_REDIRECTS } from '../downloads/http/constants.ts'
 import { queueSettings } from '../downloads/settings.ts'
 import type { DownloadSettings } from '../downloads/addon.ts'
-import type { VerifiedDownload } from '../downloads/queue.ts'
+import type { PlacedDownload } from '../downloads/queue.ts'
 import { ProxyCache, type CacheEntry } from './cache.ts'
 import { CACHE_DIR, MAX_CONNECTIONS, PROXY_INFO } from './constants.ts'
 import { checkCaller, checkOriginHost, originGuard } from './guard.ts'
@@ -121,10 +121,10 @@ export class ProxyService {
   }
 
   /**
-   * Offers friends a file `kith get` fetched over http(s), whole and
-   * verified (docs/proxy.md, "The friend swarm"); a failure only logs.
+   * Offers friends a file `kith get` fetched over http(s) and placed whole
+   * (docs/proxy.md, "The friend swarm"); a failure only logs.
    */
-  offer (file: VerifiedDownload): void {
+  offer (file: PlacedDownload): void {
     if (this.swarm == null || (file.url.protocol !== 'http:' && file.url.protocol !== 'https:')) return
     this.swarm.offer({ urls: [file.url.href], path: file.path, size: file.size, sha256: file.sha256, ...file.validators }).catch(err => {
       console.error(`kith proxy: ${file.path} could not be offered to friends: ${(err as Error).message}`)

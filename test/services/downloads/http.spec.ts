@@ -67,8 +67,11 @@ function newRun (): Run {
   return { partial: join(dir, `${n}.partial`), stateDir: join(dir, `${n}.state`), taken: 0, progress: [] }
 }
 
-/** Runs the add-on once into `run`'s partial; with `abortAfter`, aborts once that many bytes were taken. */
-async function download (url: string, run: Run, options: { connections?: number, settings?: Partial<DownloadSettings>, abortAfter?: number } = {}): Promise<DownloadResult> {
+/**
+ * Runs the add-on once into `run`'s partial; with `abortAfter`, aborts once that many bytes were taken.
+ * `hash` (default true, as for a download with a checksum): the engine returns the file's sha256.
+ */
+async function download (url: string, run: Run, options: { connections?: number, settings?: Partial<DownloadSettings>, abortAfter?: number, hash?: boolean } = {}): Promise<DownloadResult> {
   const { mkdir } = await import('node:fs/promises')
   await mkdir(run.stateDir, { recursive: true })
   const controller = new AbortController()
@@ -77,7 +80,7 @@ async function download (url: string, run: Run, options: { connections?: number,
   try {
     const parsed = new URL(url)
     httpAddon.check?.(parsed, {})
-    return await httpAddon.download({ id: 'a1b2c3d4e5f6', url: parsed, connections: options.connections ?? 4, options: {} }, {
+    return await httpAddon.download({ id: 'a1b2c3d4e5f6', url: parsed, connections: options.connections ?? 4, options: {}, hash: options.hash ?? true }, {
       partial: run.partial,
       stateDir: run.stateDir,
       signal: controller.signal,
@@ -257,6 +260,19 @@ describeNeeding('HTTP engine against nginx', [needsNginx()], () => {
     const probe = ranged.filter(l => l.startsWith('206 "bytes=0-'))
     expect(probe).toHaveLength(1)
     expect(probe[0]).toMatch(/^206 "bytes=0-1048575" 1048576 /)
+  })
+
+  it('with no checksum to verify, hashes nothing: no sha256, the same file, also when resumed', async () => {
+    const run = newRun()
+    expect(await codeOf(download(`${nginx.url}/file.bin`, run, { connections: 8, abortAfter: 3 * MiB, hash: false }))).toBe('FETCH_ABORTED')
+    const control = JSON.parse(await readFile(join(run.stateDir, 'http.control.json'), 'utf8')) as { done: Array<[number, number]> }
+    const kept = new RangeSet(control.done).size
+    expect(kept).toBeGreaterThan(MiB)
+    const result = await download(`${nginx.url}/file.bin`, run, { connections: 8, hash: false })
+    expect(result).toMatchObject({ size: content.length, name: 'file.bin', kind: 'file' })
+    expect(result.sha256).toBeUndefined()
+    expect(sha(await readFile(run.partial))).toBe(sha(content))
+    expect(run.taken).toBe(content.length - kept)
   })
 
   it('resumes after an abort and fetches again only the unfinished ranges', async () => {

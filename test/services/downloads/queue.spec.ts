@@ -7,7 +7,7 @@ import { Level } from 'level'
 import type { Sublevel } from '../../../src/peer/database.ts'
 import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
 import { DOWNLOAD_RECORD_VERSION, DownloadBook, type Download } from '../../../src/services/downloads/download-book.ts'
-import { DownloadQueue } from '../../../src/services/downloads/queue.ts'
+import { DownloadQueue, type PlacedDownload } from '../../../src/services/downloads/queue.ts'
 import { addonFor } from '../../../src/services/downloads/registry.ts'
 import { downloadPartial } from '../../../src/services/downloads/place.ts'
 import { queueSettings, type QueueSettings } from '../../../src/services/downloads/settings.ts'
@@ -46,11 +46,11 @@ describe('the download queue', () => {
 
   let n = 0
   /** a queue over its own sublevel and folder; `settings` may be changed by the test while it runs */
-  async function queue (settings: QueueSettings = queueSettings({ minFreeBytes: 0 }, 'config.json'), name = `q${n++}`): Promise<{ q: DownloadQueue, book: DownloadBook, dir: string, settings: QueueSettings }> {
+  async function queue (settings: QueueSettings = queueSettings({ minFreeBytes: 0 }, 'config.json'), name = `q${n++}`, onPlaced?: (file: PlacedDownload) => void): Promise<{ q: DownloadQueue, book: DownloadBook, dir: string, settings: QueueSettings }> {
     const book = new DownloadBook(db.sublevel<string, Download>(name, { valueEncoding: 'json' }) as unknown as Sublevel<Download>)
     await book.load()
     const dir = join(root, name)
-    const q = new DownloadQueue({ book, bandwidth: new BandwidthScheduler(), settings, stateRoot: join(root, name + '-state'), addonFor, diskRecheckMs: 100 })
+    const q = new DownloadQueue({ book, bandwidth: new BandwidthScheduler(), settings, stateRoot: join(root, name + '-state'), addonFor, diskRecheckMs: 100, ...(onPlaced != null ? { onPlaced } : {}) })
     q.start()
     return { q, book, dir, settings }
   }
@@ -84,6 +84,23 @@ describe('the download queue', () => {
     expect(q.get('hhhhhhhhhhh1').name).toBe('a (1).bin')
     expect(await readFile(join(dir, 'a.bin'), 'utf8')).toBe('already here')
     expect((await readFile(join(dir, 'a (1).bin'))).equals(FILE)).toBe(true)
+    await q.stop()
+  })
+
+  it('hashes a file only when a checksum is to be verified, and tells who offers it of each file placed', async () => {
+    const placed: PlacedDownload[] = []
+    const { q, dir } = await queue(undefined, undefined, file => placed.push(file))
+    await q.add(record('iiiiiiiiiii1', server.url('/a.bin'), dir, { name: 'plain.bin' }))
+    await q.add(record('iiiiiiiiiii2', server.url('/a.bin'), dir, { name: 'checked.bin', checksum: `sha256:${SHA.toUpperCase()}` }))
+    await until(() => state(q, 'iiiiiiiiiii1') === 'done' && state(q, 'iiiiiiiiiii2') === 'done', 'both downloads to finish')
+    expect((await readFile(join(dir, 'plain.bin'))).equals(FILE)).toBe(true)
+    // no checksum: nothing computed, nothing claimed
+    expect(q.get('iiiiiiiiiii1').sha256).toBeNull()
+    expect(q.get('iiiiiiiiiii2').sha256).toBe(SHA)
+    expect(placed.map(f => [f.path, f.size, f.sha256, f.validators.etag]).sort()).toEqual([
+      [join(dir, 'checked.bin'), FILE.length, SHA, `"${FILE.length}"`],
+      [join(dir, 'plain.bin'), FILE.length, null, `"${FILE.length}"`]
+    ])
     await q.stop()
   })
 

@@ -14,7 +14,7 @@ import { BandwidthScheduler } from '../../../src/transfer/scheduler/index.ts'
 import { FriendBook } from '../../../src/trust/friends.ts'
 import { friendsOnly } from '../../../src/trust/gate.ts'
 import { MAX_CHUNKS_PER_ASK, MAX_SWARM_REQUEST, SWARM_CHUNK_SIZE, SWARM_PROTOCOL } from '../../../src/services/proxy/swarm/constants.ts'
-import { ChunkHasher, chunkMatches, openHashList, signHashList, type HashList } from '../../../src/services/proxy/swarm/hash-list.ts'
+import { ChunkHasher, chunkHashesOf, chunkMatches, openHashList, signHashList, type HashList } from '../../../src/services/proxy/swarm/hash-list.ts'
 import { SwarmIndex } from '../../../src/services/proxy/swarm/holdings.ts'
 import { askChunks, askList, askWho, chunksAnswer, listAnswer, parseAnswer, swarmHandler, whoAnswer } from '../../../src/services/proxy/swarm/protocol.ts'
 import { pull, type PullInit } from '../../../src/services/proxy/swarm/pull.ts'
@@ -140,6 +140,21 @@ describe('the swarm index and protocol', () => {
     for await (const chunk of chunks) got.push(chunk)
     expect(Buffer.concat(got).equals(six)).toBe(true)
     await index.forget(path) // the other tests count the index's holdings
+  })
+
+  it('hashes a placed file in chunks, with its whole SHA-256 in the same read when the download computed none', async () => {
+    const data = randomBytes(2 * SWARM_CHUNK_SIZE + 3)
+    const path = join(tmp.dir, 'placed.bin')
+    await writeFile(path, data)
+    const want = listOf(data)
+    const hashed = await chunkHashesOf(path, { whole: true })
+    expect(hashed.chunks.equals(want.chunks)).toBe(true)
+    expect(hashed.whole).toBe(want.hash)
+    expect(hashed.before.size).toBe(data.length)
+    const verified = await chunkHashesOf(path)
+    expect(verified.chunks.equals(want.chunks)).toBe(true)
+    expect(verified.whole).toBeNull()
+    await rm(path)
   })
 
   it('tells a friend who holds the class, gives the signed list and each chunk from the file itself', async () => {

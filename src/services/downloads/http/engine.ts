@@ -70,7 +70,8 @@ class RangesRefused extends Error {
 class Attempt {
   private fh!: FileHandle
   private cache!: WriteCache
-  private hash = new HashCursor(HASH_AHEAD)
+  /** the file's SHA-256 as it is written, when the job asks for it (a checksum to verify) */
+  private hash: HashCursor | null
   private planner!: Planner
   private total: number | null = null
   private validators: Validators | null = null
@@ -103,6 +104,7 @@ class Attempt {
     this.fresh = fresh
     this.single = single
     this.url = job.url
+    this.hash = job.hash ? new HashCursor(HASH_AHEAD) : null
     this.signal = AbortSignal.any([ctx.signal, this.stop.signal])
   }
 
@@ -123,7 +125,7 @@ class Attempt {
       } else {
         this.total = control.total
         this.validators = control.validators
-        this.hash = new HashCursor(HASH_AHEAD, done.last)
+        if (this.hash != null) this.hash = new HashCursor(HASH_AHEAD, done.last)
         this.cache = new WriteCache(this.fh, 1, this.hash, done)
       }
       this.base = this.cache.done.size
@@ -134,9 +136,9 @@ class Attempt {
       const size = this.total ?? this.cache.done.size
       if (this.cache.done.size !== size || this.cache.done.prefix !== size) throw new KithError('INTERNAL', `the download ended with ${this.cache.done.size} of ${size} bytes written`)
       await this.fh.truncate(size)
-      const sha256 = await this.hash.finish(this.fh, size, this.ctx.signal)
+      const sha256 = await this.hash?.finish(this.fh, size, this.ctx.signal)
       await this.save(true)
-      return { size, sha256, kind: 'file', ...(this.validators != null ? { validators: this.validators } : {}), ...(this.name != null ? { name: this.name } : {}) }
+      return { size, ...(sha256 != null ? { sha256 } : {}), kind: 'file', ...(this.validators != null ? { validators: this.validators } : {}), ...(this.name != null ? { name: this.name } : {}) }
     } catch (err) {
       if (timer != null) clearInterval(timer)
       // keep what is resumable: the ranges written so far, once on disk
@@ -144,7 +146,7 @@ class Attempt {
       throw this.ctx.signal.aborted ? this.ctx.signal.reason : err
     } finally {
       await this.saving.catch(() => {})
-      await this.hash.stop()
+      await this.hash?.stop()
       await this.fh.close()
     }
   }

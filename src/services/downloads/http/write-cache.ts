@@ -17,11 +17,12 @@ import { RangeSet } from './ranges.ts'
  * collection (the buffers' peak 22-40 MB against 13 MB copied, 1 GiB on 8
  * connections).
  *
- * A block is handed to the hash as its write starts (hash-cursor.ts): hashed
- * at once where the hash has reached, else kept by the hash until it is
- * (within its own budget, HASH_AHEAD), else read back later. Blocks come
- * from one free list and go back to it once written and hashed, so they are
- * allocated once per download, not once per write.
+ * With a hash (a download whose checksum is to be verified), a block is
+ * handed to it as its write starts (hash-cursor.ts): hashed at once where the
+ * hash has reached, else kept by the hash until it is (within its own
+ * budget, HASH_AHEAD), else read back later. Blocks come from one free list
+ * and go back to it once written (and hashed), so they are allocated once
+ * per download, not once per write.
  *
  * A connection has at most two blocks of its own: one is written while the
  * other fills, so the socket is read during the write. Memory stays within
@@ -38,11 +39,12 @@ export class WriteCache {
   readonly done: RangeSet
   readonly blockSize: number
   private readonly fh: FileHandle
-  private readonly hash: HashCursor
+  private readonly hash: HashCursor | null
   /** blocks written and hashed, for the next to fill */
   private readonly free: Buffer[] = []
 
-  constructor (fh: FileHandle, connections: number, hash: HashCursor, done = new RangeSet(), budget = CACHE_BUDGET) {
+  /** `hash`: the file's SHA-256 as it is written, or null for none */
+  constructor (fh: FileHandle, connections: number, hash: HashCursor | null, done = new RangeSet(), budget = CACHE_BUDGET) {
     this.fh = fh
     this.hash = hash
     this.done = done
@@ -56,7 +58,7 @@ export class WriteCache {
 
   /** @internal resolves once a block at `offset` may be written (hash-cursor.ts, room) */
   async room (offset: number): Promise<void> {
-    await this.hash.room(offset)
+    await this.hash?.room(offset)
   }
 
   /** @internal a block to fill */
@@ -69,13 +71,13 @@ export class WriteCache {
     const data = block.subarray(0, size)
     let holders = 1
     const release = (): void => { if (--holders === 0) this.free.push(block) }
-    if (this.hash.offer(offset, data, release)) holders++
+    if (this.hash?.offer(offset, data, release) === true) holders++
     try {
       await this.put(offset, data)
     } finally {
       release()
     }
-    this.hash.follow(this.fh, this.done.prefix)
+    this.hash?.follow(this.fh, this.done.prefix)
   }
 
   private async put (offset: number, data: Buffer): Promise<void> {

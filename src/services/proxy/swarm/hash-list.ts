@@ -100,24 +100,27 @@ export function openHashList (signed: SignedHashList, publicKey: Uint8Array, has
 /**
  * The chunks' hashes of a file `kith get` placed (offered to friends), read
  * once into one reused buffer: fresh 1 MiB buffers per read piled up to
- * ~140 MB before a collection freed them, on a 1 GiB file. The whole file's
- * SHA-256 is not computed again (the download verified it); the caller
- * checks with `sameFile` that the file did not change meanwhile.
+ * ~140 MB before a collection freed them, on a 1 GiB file. With `whole`,
+ * the whole file's SHA-256 too, in the same read (hex); without, it is not
+ * computed (the download verified it against a checksum). The caller checks
+ * with `sameFile` that the file did not change meanwhile.
  */
-export async function chunkHashesOf (path: string, signal?: AbortSignal): Promise<{ chunks: Buffer, before: Stats, after: Stats }> {
+export async function chunkHashesOf (path: string, options: { whole?: boolean, signal?: AbortSignal } = {}): Promise<{ chunks: Buffer, whole: string | null, before: Stats, after: Stats }> {
   const handle = await open(path, 'r')
   try {
     const before = await handle.stat()
     const chunks = new ChunkHasher()
+    const whole = options.whole === true ? createHash('sha256') : null
     const buffer = Buffer.allocUnsafe(SWARM_CHUNK_SIZE)
     for (let at = 0; at < before.size;) {
-      signal?.throwIfAborted()
+      options.signal?.throwIfAborted()
       const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, before.size - at), at)
       if (bytesRead === 0) break
       chunks.update(buffer.subarray(0, bytesRead))
+      whole?.update(buffer.subarray(0, bytesRead))
       at += bytesRead
     }
-    return { chunks: chunks.digest(), before, after: await handle.stat() }
+    return { chunks: chunks.digest(), whole: whole?.digest('hex') ?? null, before, after: await handle.stat() }
   } finally {
     await handle.close()
   }

@@ -85,18 +85,21 @@ export class Swarm {
   }
 
   /**
-   * Offers a file `kith get` placed whole and verified (the queue's
-   * onVerified): hashed in chunks and recorded, unless it changed while
-   * being hashed or is no longer the size verified. It is stat'ed at once,
-   * microseconds after it was placed: its whole SHA-256 is the one the
-   * download verified, not read again (that doubled the CPU an offer took).
-   * Not offered when this node does not serve the swarm.
+   * Offers a file `kith get` placed whole (the queue's onPlaced): hashed in
+   * chunks and recorded, unless it changed while being hashed or is no
+   * longer the size placed. It is stat'ed at once, microseconds after it was
+   * placed. Its whole SHA-256 (the content hash friends ask for it by) is
+   * the one the download verified against a checksum when it had one; else
+   * it is computed in the same read as the chunks', after the download, so
+   * a download with no checksum hashes nothing while it runs
+   * (docs/downloads.md, "SHA-256"). Not offered when this node does not
+   * serve the swarm.
    */
-  async offer (file: { urls: string[], path: string, size: number, sha256: string, etag: string | null, lastModified: string | null }): Promise<void> {
+  async offer (file: { urls: string[], path: string, size: number, sha256: string | null, etag: string | null, lastModified: string | null }): Promise<void> {
     if (!this.init.serve || file.size === 0) return
-    const { chunks, before, after } = await chunkHashesOf(file.path)
+    const { chunks, whole, before, after } = await chunkHashesOf(file.path, { whole: file.sha256 === null })
     if (before.size !== file.size || !sameFile(before, after)) return
-    await this.index.record({ urls: file.urls, etag: file.etag, lastModified: file.lastModified, hash: file.sha256, chunks, path: file.path, length: file.size })
+    await this.index.record({ urls: file.urls, etag: file.etag, lastModified: file.lastModified, hash: file.sha256 ?? whole!, chunks, path: file.path, length: file.size })
   }
 
   /** Friends connected now who grant me files: the ones worth asking. */
