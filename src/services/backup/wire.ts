@@ -162,9 +162,9 @@ const withFailure = new WeakMap<z.ZodType, z.ZodType>()
 
 /**
  * `schema`, or the shared failure answer: the union each answer is parsed
- * with, made once per schema (zod builds a new union's parser on its first
- * parse; an answer a blob of a get-many or a put-many, made anew, cost about
- * three times the parse).
+ * with, made once per schema. zod builds a union's parser on its first
+ * parse: made anew for every answer (each put-many answer, each blob of a
+ * get-many), it cost about three times the parse itself.
  */
 export function orFailure<S> (schema: z.ZodType<S>): z.ZodType<S | z.infer<typeof failure>> {
   let union = withFailure.get(schema)
