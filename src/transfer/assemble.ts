@@ -588,7 +588,7 @@ export interface ShareAssemblyInit {
 }
 
 /** Files placed between two `ShareAssemblyInit.collect` calls. */
-export const COLLECT_EVERY_FILES = 10_000
+export const COLLECT_EVERY_FILES = 5_000
 
 /** The partial a ShareAssembly with this `partialKey` writes for manifest entry `file` at `dest`. */
 export function sharePartialPath (dest: string, partialKey: string, file: number): string {

@@ -1,6 +1,8 @@
 import type { AbortOptions, Connection, PeerId, Stream, StreamHandler } from '@libp2p/interface'
+import { Uint8ArrayList } from 'uint8arraylist'
 import { KithError } from '../errors.ts'
 import { dialProtocol } from '../peer/dial.ts'
+import { fillNoiseMessages } from '../peer/noise-fit.ts'
 import { cleanText } from '../peer/text.ts'
 import { ID_LENGTH, MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from './constants.ts'
 import type { ChunkStore } from './chunk-store.ts'
@@ -65,8 +67,10 @@ export const LINGER_MS = 5_000
  * alone does not bound a yamux stream (DESIGN.md), this does.
  */
 export const SEND_HIGH_WATER = 4 * 1024 * 1024
-/** Sends are cut into pieces of this size so a `beforeSend` throttle stays smooth. */
+/** Sends are cleared by `beforeSend` this many bytes at a time, so a throttle stays smooth. */
 export const SEND_SLICE = 256 * 1024
+/** The bytes of one send: with yamux's header, one whole Noise message (src/peer/noise-fit.ts). */
+export const MUXER_MESSAGE = fillNoiseMessages(1, 0)
 /**
  * Frames of a GET's answer smaller than this go out together, up to this many
  * bytes in one send: each send is a muxer frame, an encrypted message and a
@@ -680,19 +684,46 @@ export async function sendFrame (stream: Stream, parts: Uint8Array[], options: S
   await sendFramed(stream, frame(parts), options)
 }
 
-/** `sendFrame` of bytes already framed (one frame or several). */
+/**
+ * `sendFrame` of bytes already framed (one frame or several). The parts go
+ * out in sends of MUXER_MESSAGE bytes, joined without copying where a send
+ * spans parts: each send is a muxer frame, and a frame of that size with its
+ * 12-byte header is exactly one Noise message. (A 64 KiB part sent alone is
+ * a frame over Noise's 65,519 bytes, so two messages, the second of 29
+ * bytes; a frame's header, a sealed chunk's nonce and tag sent alone are a
+ * message each.) `beforeSend` clears `slice` bytes at a time.
+ */
 async function sendFramed (stream: Stream, framed: Uint8Array[], options: SendOptions): Promise<void> {
   const slice = options.slice ?? SEND_SLICE
   const stallMs = options.stallTimeoutMs ?? SEND_STALL_TIMEOUT_MS
+  /** bytes not yet sent, and of them those `beforeSend` has cleared */
+  let left = framed.reduce((sum, part) => sum + part.byteLength, 0)
+  let cleared = 0
+  const send = async (piece: Uint8ArrayList): Promise<void> => {
+    if (cleared < piece.byteLength) {
+      const ask = Math.min(Math.max(slice, piece.byteLength), left) - cleared
+      if (options.beforeSend !== undefined) await options.beforeSend(ask, options.peer, options.signal)
+      cleared += ask
+    }
+    cleared -= piece.byteLength
+    left -= piece.byteLength
+    options.signal.throwIfAborted()
+    if (!stream.send(piece)) await writable(stream, ['drain'], options.signal, stallMs)
+    while (stream.writeBufferLength > SEND_HIGH_WATER) await writable(stream, ['drain', 'idle'], options.signal, stallMs)
+  }
+  let piece = new Uint8ArrayList()
   for (const part of framed) {
-    for (let at = 0; at < part.byteLength; at += slice) {
-      const piece = part.byteLength <= slice ? part : part.subarray(at, at + slice)
-      if (options.beforeSend !== undefined) await options.beforeSend(piece.byteLength, options.peer, options.signal)
-      options.signal.throwIfAborted()
-      if (!stream.send(piece)) await writable(stream, ['drain'], options.signal, stallMs)
-      while (stream.writeBufferLength > SEND_HIGH_WATER) await writable(stream, ['drain', 'idle'], options.signal, stallMs)
+    for (let at = 0; at < part.byteLength;) {
+      const take = Math.min(part.byteLength - at, MUXER_MESSAGE - piece.byteLength)
+      piece.append(take === part.byteLength ? part : part.subarray(at, at + take))
+      at += take
+      if (piece.byteLength === MUXER_MESSAGE) {
+        await send(piece)
+        piece = new Uint8ArrayList()
+      }
     }
   }
+  if (piece.byteLength > 0) await send(piece)
 }
 
 async function raceAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {

@@ -129,7 +129,7 @@ describe('request/response protocols, fuzzed over libp2p', () => {
     friends = new FriendBook(sublevel(db, 'friends'))
     await friends.load()
     invites = new InviteBook(sublevel(db, 'invites'))
-    const shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received'), bytesSublevel(db, 'share-manifests'))
+    const shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received'), bytesSublevel(db, 'share-manifests'), bytesSublevel(db, 'received-bytes'))
     const records = new RecordStore(sublevel(db, 'records'))
     server = await startNode()
     await server.handle(REDEEM_PROTOCOL, redeemHandler({ friends, invites, self: server.peerId.toString(), displayName: () => 'server' }))

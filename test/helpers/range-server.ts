@@ -3,7 +3,8 @@ import { once } from 'node:events'
 
 /**
  * A real node:http server on 127.0.0.1 serving fixed bodies by path, with
- * Range (one range, 206) and an ETag, optionally at a limited rate so a
+ * Range (one range, 206) and an ETag, optionally at a limited rate, or
+ * holding each body after its first bytes until `gate` resolves, so a
  * download is still running when a test acts on it. For the download queue's
  * tests; the HTTP engine's fault cases have their own server.
  */
@@ -14,7 +15,7 @@ export interface RangeServer {
   close: () => Promise<void>
 }
 
-export async function rangeServer (files: Record<string, Buffer>, options: { bytesPerSecond?: number } = {}): Promise<RangeServer> {
+export async function rangeServer (files: Record<string, Buffer>, options: { bytesPerSecond?: number, gate?: Promise<void> } = {}): Promise<RangeServer> {
   const hits = new Map<string, number>()
   const server: Server = createServer((req, res) => {
     const path = new URL(req.url ?? '/', 'http://x').pathname
@@ -41,6 +42,13 @@ export async function rangeServer (files: Record<string, Buffer>, options: { byt
     }
     if (req.method === 'HEAD') {
       res.end()
+      return
+    }
+    const gate = options.gate
+    if (gate !== undefined) {
+      // the first byte now (the download is running), the rest once the test opens the gate
+      res.write(body.subarray(start, start + 1))
+      void gate.then(() => { if (!res.destroyed) res.end(body.subarray(start + 1, end + 1)) })
       return
     }
     const rate = options.bytesPerSecond

@@ -113,7 +113,7 @@ describe('chunk collector', () => {
     ({ dir, cleanup } = await tempDir())
     db = await openDatabase(join(dir, 'db'))
     store = await openChunkStore({ dir: join(dir, 'chunks'), db: sublevel(db, 'chunk-index'), sync: false })
-    shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received-manifests'), bytesSublevel(db, 'share-manifests'))
+    shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received-manifests'), bytesSublevel(db, 'share-manifests'), bytesSublevel(db, 'received-manifest-bytes'))
     transfers = []
     active = true
     gc = new ChunkCollector({
@@ -194,7 +194,7 @@ describe('chunk collector', () => {
 
     beforeEach(async () => {
       friendStore = await openChunkStore({ dir: join(dir, 'friend-chunks'), db: sublevel(db, 'friend-index'), sync: false })
-      friendShares = new ShareBook(sublevel(db, 'friend-shares'), sublevel(db, 'friend-received'), bytesSublevel(db, 'friend-share-manifests'))
+      friendShares = new ShareBook(sublevel(db, 'friend-shares'), sublevel(db, 'friend-received'), bytesSublevel(db, 'friend-share-manifests'), bytesSublevel(db, 'friend-received-bytes'))
       shared = await folder('theirs', [['one.bin', MiB + 1], ['sub/two.bin', MiB + 2], ['sub/three.bin', 700]])
     })
 
@@ -202,7 +202,7 @@ describe('chunk collector', () => {
     async function receive (path = ''): Promise<Manifest> {
       const made = await share(shared, friendShares, friendKeys, friendStore)
       const manifest = decodeMine(made, friendKeys.publicKey)
-      await shares.saveReceived({ owner: FRIEND, shareId: made.id, version: made.version, manifest: made.manifest, wrappedKey: '', received: Date.now() })
+      await shares.saveReceived({ owner: FRIEND, shareId: made.id, version: made.version, wrappedKey: '', received: Date.now() }, Buffer.from(made.manifest, 'base64'))
       for (const id of ids(manifest, path)) await store.put(id, await friendStore.get(id))
       return manifest
     }

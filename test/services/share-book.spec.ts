@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { bytesSublevel, openDatabase, sublevel, type Database, type Sublevel } from '../../src/peer/database.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { decodeManifest, type ManifestFile } from '../../src/transfer/manifest.ts'
-import { ShareBook, type MyShare } from '../../src/services/files/share-book.ts'
+import { ShareBook, type MyShare, type ReceivedManifest } from '../../src/services/files/share-book.ts'
 import { expectCodeAsync, keypair, packingSink, pseudoRandom, tempDir } from '../transfer/helpers.ts'
 
 /**
@@ -14,7 +14,7 @@ import { expectCodeAsync, keypair, packingSink, pseudoRandom, tempDir } from '..
  * record) are moved over once.
  */
 const me = keypair(1)
-const FILES = 300
+const FILES = 50
 
 describe('share book storage', () => {
   let dir: string
@@ -23,6 +23,8 @@ describe('share book storage', () => {
   let store: ChunkStore
   let records: Sublevel<Record<string, unknown>>
   let manifests: Sublevel<Uint8Array>
+  let received: Sublevel<Record<string, unknown>>
+  let receivedBytes: Sublevel<Uint8Array>
   let book: ShareBook
   let folder: string
 
@@ -32,7 +34,9 @@ describe('share book storage', () => {
     store = await openChunkStore({ dir: join(dir, 'chunks'), db: sublevel(db, 'chunk-index'), sync: false })
     records = sublevel(db, 'shares')
     manifests = bytesSublevel(db, 'share-manifests')
-    book = new ShareBook(records as unknown as Sublevel<MyShare>, sublevel(db, 'received'), manifests)
+    received = sublevel(db, 'received')
+    receivedBytes = bytesSublevel(db, 'received-bytes')
+    book = new ShareBook(records as unknown as Sublevel<MyShare>, received as unknown as Sublevel<ReceivedManifest>, manifests, receivedBytes)
     // small files, packed, and one of two chunks
     folder = join(dir, 'photos')
     await mkdir(join(folder, 'small'), { recursive: true })
@@ -53,7 +57,7 @@ describe('share book storage', () => {
     const { share, manifest } = await shareFolder()
     const record = await records.get(share.id)
     expect(record).not.toHaveProperty('manifest')
-    // the record does not grow with the files: a few hundred bytes for 301
+    // the record does not grow with the files: a few hundred bytes for 51 (a record naming 51 paths is 1,109)
     expect(JSON.stringify(record).length).toBeLessThan(600)
     const stored = await book.manifestBytes(share.id)
     expect(Buffer.from(stored!).equals(Buffer.from(manifest))).toBe(true)
@@ -86,12 +90,33 @@ describe('share book storage', () => {
     // the record as kith stored it before: the manifest inside, no row of its own
     await records.put(share.id, { ...share, manifest: Buffer.from(manifest).toString('base64') })
     await manifests.del(share.id)
-    const old = new ShareBook(records as unknown as Sublevel<MyShare>, sublevel(db, 'received'), manifests)
+    const old = new ShareBook(records as unknown as Sublevel<MyShare>, received as unknown as Sublevel<ReceivedManifest>, manifests, receivedBytes)
     expect(await old.migrate()).toBe(1)
     expect(await records.get(share.id)).toEqual(share)
     expect(Buffer.from((await old.manifestBytes(share.id))!).equals(Buffer.from(manifest))).toBe(true)
     expect((await old.summary(share.id, me.publicKey)).files).toBe(FILES + 1)
     expect(await old.migrate()).toBe(0)
+  })
+
+  it('keeps a friend\'s manifest as bytes beside a small record, moves one stored in base64 out once, and prunes both rows', async () => {
+    const { share, manifest } = await shareFolder()
+    const record = { owner: 'friend', shareId: share.id, version: 1, wrappedKey: 'a2V5', received: 1000 }
+    await book.saveReceived(record, manifest)
+    const key = `friend/${share.id}/1`
+    expect(JSON.stringify(await received.get(key)).length).toBeLessThan(300)
+    expect(Buffer.from((await book.receivedManifest('friend', share.id, 1))!).equals(Buffer.from(manifest))).toBe(true)
+    // version 2 as kith stored it before: the manifest inside the record, no row of its own
+    await received.put(`friend/${share.id}/2`, { ...record, version: 2, manifest: Buffer.from(manifest).toString('base64') })
+    expect(await book.receivedManifest('friend', share.id, 2)).toBeUndefined()
+    expect(await book.migrate()).toBe(1)
+    expect(await book.getReceived('friend', share.id, 2)).toEqual({ ...record, version: 2 })
+    expect(decodeManifest((await book.receivedManifest('friend', share.id, 2))!, { owner: me.publicKey }).entries).toHaveLength(FILES + 2)
+    expect(await book.migrate()).toBe(0)
+    // received before 2000 and not kept: version 1 goes, both rows
+    expect(await book.pruneReceived(new Set([`friend/${share.id}/2`]), 2000)).toBe(1)
+    expect(await book.getReceived('friend', share.id, 1)).toBeUndefined()
+    expect(await book.receivedManifest('friend', share.id, 1)).toBeUndefined()
+    expect(await book.receivedManifest('friend', share.id, 2)).toBeDefined()
   })
 
   it('removes both rows on unshare', async () => {

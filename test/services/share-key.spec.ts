@@ -59,7 +59,7 @@ describe('share keys when a friend is removed', () => {
     ({ dir, cleanup } = await tempDir())
     db = await openDatabase(join(dir, 'db'))
     store = await openChunkStore({ dir: join(dir, 'chunks'), db: sublevel(db, 'chunk-index'), sync: false })
-    shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received'), bytesSublevel(db, 'share-manifests'))
+    shares = new ShareBook(sublevel(db, 'shares'), sublevel(db, 'received'), bytesSublevel(db, 'share-manifests'), bytesSublevel(db, 'received-bytes'))
     folder = join(dir, 'photos')
     await mkdir(folder)
     await writeFile(join(folder, 'a.bin'), pseudoRandom(MiB + 7, 'a'))
@@ -134,7 +134,7 @@ describe('share keys when a friend is removed', () => {
     const v1 = await share([BOB, CAROL])
     const v2 = await share([CAROL])
     // carol's node: the manifests she received, and her two fetched copies holding the chunks
-    const received = new ShareBook(sublevel(db, 'carol-shares'), sublevel(db, 'carol-received'), bytesSublevel(db, 'carol-share-manifests'))
+    const received = new ShareBook(sublevel(db, 'carol-shares'), sublevel(db, 'carol-received'), bytesSublevel(db, 'carol-share-manifests'), bytesSublevel(db, 'carol-received-bytes'))
     const held = await openChunkStore({
       dir: join(dir, 'carol-chunks'),
       db: sublevel(db, 'carol-index'),
@@ -143,7 +143,7 @@ describe('share keys when a friend is removed', () => {
     })
     for (const v of [v1, v2]) {
       const wrappedKey = Buffer.from(wrapKey(Buffer.from(v.share.key, 'base64'), carol.publicKey, alice.secretKey)).toString('base64')
-      await received.saveReceived({ owner: ALICE, shareId: v.share.id, version: v.share.version, manifest: Buffer.from(v.bytes).toString('base64'), wrappedKey, received: Date.now() })
+      await received.saveReceived({ owner: ALICE, shareId: v.share.id, version: v.share.version, wrappedKey, received: Date.now() }, v.bytes)
       const copy = join(dir, `fetched-v${v.share.version}`)
       await mkdir(copy)
       for (const file of files(v.manifest)) {

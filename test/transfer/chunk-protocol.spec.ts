@@ -1,16 +1,17 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import type { PeerId, Stream } from '@libp2p/interface'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { KithError } from '../../src/errors.ts'
 import type { KithLibp2p } from '../../src/peer/node.ts'
+import type { NoiseMessageStream } from '../../src/peer/noise-decrypt.ts'
 import { SEAL_OVERHEAD, MAX_SEALED_CHUNK_SIZE } from '../../src/transfer/constants.ts'
 import {
   CHUNK_PROTOCOL, COALESCE_BYTES, MAX_GET_IDS, MAX_HAVE_IDS, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, SEND_HIGH_WATER, SEND_SLICE, STATUS,
   askHave, decodeBits, decodeFrame, decodeRequest, decodeResponse, encodeBits, encodeRequest, encodeResponse, encodeVarint,
-  chunkHandler, frame, getChunks, readLength, FrameReader, type ChunkItem, type ServedEvent
+  chunkHandler, encodeChunk, frame, getChunks, readLength, sendFrame, FrameReader, type ChunkItem, type ServedEvent
 } from '../../src/transfer/chunk-protocol.ts'
 import { expectCode, expectCodeAsync } from './helpers.ts'
 import { learn, makeChunks, openStore, serve, startNode, tempDir, until, type Chunk, type InProcessSource, type TempStore } from '../helpers/chunks.ts'
@@ -426,6 +427,45 @@ describe('chunk protocol over libp2p', () => {
       await node.stop()
       await smallStore.close()
       await small.cleanup()
+    }
+  })
+
+  it('sends a chunk in whole Noise messages, its header, pieces and tag together', async () => {
+    // a sealed chunk as the store hands it over: a nonce, 64 KiB pieces of ciphertext, a tag
+    const sealed = [randomBytes(SEAL_OVERHEAD - 16), ...Array.from({ length: 16 }, () => randomBytes(64 * 1024)), randomBytes(16)]
+    const sealedBytes = sealed.reduce((sum, p) => sum + p.byteLength, 0)
+    const id = createHash('sha256').update(Buffer.concat(sealed)).digest('hex')
+    const chunkCount = 16
+    const receiver = await startNode()
+    const sender = await startNode()
+    try {
+      const got = Promise.withResolvers<number>()
+      await receiver.handle('/test/whole-messages/1.0.0', async (stream) => {
+        const reader = new FrameReader(stream, { maxFrame: MAX_RESPONSE_FRAME, highWater: MAX_RESPONSE_FRAME + 16, pause: true })
+        let bytes = 0
+        for (let body = await reader.next(); body !== undefined; body = await reader.next()) bytes += body.byteLength
+        got.resolve(bytes)
+        await stream.close()
+      })
+      // identify's exchange is over before the counting starts
+      const identified = Promise.all([sender, receiver].map(async node => { await new Promise(resolve => { node.addEventListener('peer:identify', resolve, { once: true }) }) }))
+      const stream = await sender.dialProtocol(receiver.getMultiaddrs()[0]!, '/test/whole-messages/1.0.0')
+      await identified
+      // every Noise message the receiver decrypts from here on
+      const noise = (receiver.getConnections(sender.peerId)[0] as unknown as { muxer: { maConn: NoiseMessageStream } }).muxer.maConn
+      const decrypt = noise.handshake.decrypt.bind(noise.handshake)
+      let messages = 0
+      noise.handshake.decrypt = (ciphertext, dst) => { messages++; return decrypt(ciphertext, dst) }
+      for (let i = 0; i < chunkCount; i++) await sendFrame(stream, encodeChunk(id, sealed), { signal: AbortSignal.timeout(10_000), peer: sender.peerId })
+      await stream.close()
+      expect(await got.promise).toBe(chunkCount * (34 + sealedBytes))
+      // Noise carries at most 65,519 bytes a message: 16 whole ones a chunk and one not full at its end. Sent a part at a
+      // time, each 64 KiB piece with yamux's 12-byte header was a whole message and one of 29 bytes: 35 a chunk. The bound
+      // leaves room for the window updates, pings and identify of the connection, and frames yamux cuts while the window is small
+      expect(messages, 'a chunk no longer goes in whole Noise messages (yamux\'s header or Noise\'s message size changed?)').toBeLessThan(24 * chunkCount)
+    } finally {
+      await sender.stop()
+      await receiver.stop()
     }
   })
 

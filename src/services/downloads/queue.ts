@@ -40,7 +40,12 @@ export interface QueueInit {
   addonFor: (url: URL) => Promise<DownloadAddon>
   /** how often free space is looked at while anything runs or waits for room @default DISK_RECHECK_MS */
   diskRecheckMs?: number
-  /** told of each file placed whole whose origin gave validators (the proxy's friend swarm offers it) */
+  /**
+   * told of each file placed whole whose origin gave validators (the
+   * proxy's friend swarm offers it), once no download runs: offering reads
+   * and hashes the file on the main thread, which running downloads need.
+   * Files placed before a stop and not told yet are not told.
+   */
   onPlaced?: (file: PlacedDownload) => void
 }
 
@@ -70,6 +75,8 @@ function waitingForRoom (d: Download): boolean {
 export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
   private readonly init: QueueInit
   private readonly running = new Map<string, Running>()
+  /** placed files onPlaced is not told of yet: it is once no download runs */
+  private readonly placed: PlacedDownload[] = []
   private stopped = false
   private diskTimer: ReturnType<typeof setTimeout> | undefined
 
@@ -224,6 +231,7 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
         flow.close()
         this.running.delete(record.id)
         this.kick()
+        if (this.running.size === 0 && !this.stopped) for (const file of this.placed.splice(0)) this.init.onPlaced?.(file)
       })
     }
     this.watchDisk()
@@ -283,7 +291,7 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
       const { name, sha256 } = await verifyAndPlace(partial, record.dir, names, result, checksum, signal)
       await rm(stateDir, { recursive: true, force: true })
       await this.save({ ...this.get(id), name, state: 'done', kind: result.kind, sha256, doneBytes: result.size, totalBytes: result.size, rate: 0, eta: 0, error: null })
-      if (result.kind === 'file' && result.validators != null) this.init.onPlaced?.({ url, path: join(record.dir, name), size: result.size, sha256, validators: result.validators })
+      if (result.kind === 'file' && result.validators != null && this.init.onPlaced != null) this.placed.push({ url, path: join(record.dir, name), size: result.size, sha256, validators: result.validators })
     } catch (err) {
       record = this.get(id)
       if (record.state === 'cancelled') {

@@ -76,7 +76,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
     this.init = init
     this.engine = init.engine
     this.me = init.identity.peerId.toString()
-    this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'), bytesSublevel(init.db, 'share-manifests'))
+    this.shares = new ShareBook(sublevel(init.db, 'shares'), sublevel(init.db, 'received-manifests'), bytesSublevel(init.db, 'share-manifests'), bytesSublevel(init.db, 'received-manifest-bytes'))
     this.transfers = new Transfers({
       libp2p: init.libp2p,
       friends: init.friends,
@@ -101,7 +101,7 @@ export class FileService extends EventEmitter<{ event: [TransferEvent] }> {
   /** Plugs into the started engine, serves the files protocol and resumes transfers. */
   static async start (init: FileServiceInit): Promise<FileService> {
     const service = new FileService(init)
-    // records from before a share's manifest had a row of its own (share-book.ts)
+    // records from before a manifest had a row of its own (share-book.ts)
     await service.shares.migrate()
     init.engine.register({
       name: 'files',

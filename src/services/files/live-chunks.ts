@@ -70,14 +70,14 @@ export async function liveChunks (init: LiveInit, live = new Set<string>()): Pro
     init.manifestsUsed?.add(key)
     let manifest = manifests.get(key)
     if (manifest !== undefined) return manifest
-    const saved = await init.shares.getReceived(t.owner, t.shareId, t.version)
+    const saved = await init.shares.receivedManifest(t.owner, t.shareId, t.version)
     if (saved === undefined) {
       throw new KithError('INTERNAL', `the manifest transfer ${t.id} was started from (version ${t.version}) is missing; cancel the transfer to let the chunk store be cleaned`)
     }
     const ownerKey = init.friends.get(t.owner)?.publicKey
     try {
       // checked against the owner's key when they are still in my book; the signature is checked either way
-      manifest = decodeManifest(Buffer.from(saved.manifest, 'base64'), ownerKey !== undefined ? { owner: Buffer.from(ownerKey, 'base64') } : {})
+      manifest = decodeManifest(saved, ownerKey !== undefined ? { owner: Buffer.from(ownerKey, 'base64') } : {})
     } catch (err) {
       throw new KithError('INTERNAL', `the manifest transfer ${t.id} was started from can't be read (${asKithError(err).message}); cancel the transfer to let the chunk store be cleaned`, { cause: err })
     }

@@ -60,13 +60,18 @@ export interface ShareListing {
   updated: string
 }
 
-/** A manifest a friend sent me, with the share key wrapped to me. */
+/**
+ * A manifest a friend sent me, with the share key wrapped to me: this small
+ * record, and the signed manifest's bytes in a row of their own (same key,
+ * written in the same batch; `receivedManifest`). Before, the record held
+ * the manifest as base64 (`manifest`), megabytes for a share of many files,
+ * parsed by every read of the record (the share's keys, pruning);
+ * `migrate` moves it out.
+ */
 export interface ReceivedManifest {
   owner: string
   shareId: string
   version: number
-  /** base64 */
-  manifest: string
   /** base64, wrapped to me by the owner */
   wrappedKey: string
   received: number
@@ -110,24 +115,29 @@ export function listing (share: MyShare): ShareListing {
 
 /** A share's record as stored before its manifest had a row of its own: base64 of the signed manifest. */
 type OldRecord = MyShare & { manifest?: string }
+/** A received manifest's record as stored before it had a row of its own, the same way. */
+type OldReceived = ReceivedManifest & { manifest?: string }
 
 export class ShareBook {
   private readonly mine: Sublevel<MyShare>
   private readonly received: Sublevel<ReceivedManifest>
   /** my shares' signed manifests by share id (a binary sublevel: bytesSublevel in database.ts) */
   private readonly manifests: Sublevel<Uint8Array>
+  /** friends' signed manifests, by the key of their record in `received` (binary too) */
+  private readonly receivedBytes: Sublevel<Uint8Array>
   private writing: Promise<unknown> = Promise.resolve()
 
-  constructor (mine: Sublevel<MyShare>, received: Sublevel<ReceivedManifest>, manifests: Sublevel<Uint8Array>) {
+  constructor (mine: Sublevel<MyShare>, received: Sublevel<ReceivedManifest>, manifests: Sublevel<Uint8Array>, receivedBytes: Sublevel<Uint8Array>) {
     this.mine = mine
     this.received = received
     this.manifests = manifests
+    this.receivedBytes = receivedBytes
   }
 
   /**
    * Moves the manifest out of records stored before it had a row of its own
-   * (see MyShare), one share per batch: a kill -9 leaves each share in the
-   * old form or the new. Returns how many moved.
+   * (see MyShare and ReceivedManifest), one record per batch: a kill -9
+   * leaves each in the old form or the new. Returns how many moved.
    */
   async migrate (): Promise<number> {
     return await this.exclusive(async () => {
@@ -138,6 +148,19 @@ export class ShareBook {
         await this.mine.db.batch([
           { type: 'put', sublevel: this.manifests, key: id, value: Buffer.from(manifest, 'base64') },
           { type: 'put', sublevel: this.mine, key: id, value: rest }
+        ])
+        moved++
+      }
+      // keys first, then each record alone: a record of the old form can be megabytes
+      const keys: string[] = []
+      for await (const key of this.received.keys()) keys.push(key)
+      for (const key of keys) {
+        const record = await getOrUndefined(this.received, key) as OldReceived | undefined
+        if (record?.manifest === undefined) continue
+        const { manifest, ...rest } = record
+        await this.received.db.batch([
+          { type: 'put', sublevel: this.receivedBytes, key, value: Buffer.from(manifest, 'base64') },
+          { type: 'put', sublevel: this.received, key, value: rest }
         ])
         moved++
       }
@@ -278,12 +301,22 @@ export class ShareBook {
     return await run
   }
 
-  async saveReceived (received: ReceivedManifest): Promise<void> {
-    await this.received.put(`${received.owner}/${received.shareId}/${received.version}`, received)
+  /** Keeps a friend's manifest (its signed bytes) and its record, both or neither. */
+  async saveReceived (received: ReceivedManifest, manifest: Uint8Array): Promise<void> {
+    const key = `${received.owner}/${received.shareId}/${received.version}`
+    await this.received.db.batch([
+      { type: 'put', sublevel: this.receivedBytes, key, value: manifest },
+      { type: 'put', sublevel: this.received, key, value: received }
+    ])
   }
 
   async getReceived (owner: string, shareId: string, version: number): Promise<ReceivedManifest | undefined> {
-    return await this.received.get(`${owner}/${shareId}/${version}`) ?? undefined
+    return await getOrUndefined(this.received, `${owner}/${shareId}/${version}`)
+  }
+
+  /** The signed bytes of a friend's manifest I kept (`saveReceived`). */
+  async receivedManifest (owner: string, shareId: string, version: number): Promise<Uint8Array | undefined> {
+    return await getOrUndefined(this.receivedBytes, `${owner}/${shareId}/${version}`)
   }
 
   /**
@@ -293,13 +326,15 @@ export class ShareBook {
    */
   async pruneReceived (keep: ReadonlySet<string>, receivedBefore: number): Promise<number> {
     const doomed: string[] = []
-    // keys first: a manifest can be megabytes, and most are kept
-    for await (const key of this.received.keys()) {
-      if (keep.has(key)) continue
-      const value = await getOrUndefined(this.received, key)
-      if (value !== undefined && value.received < receivedBefore) doomed.push(key)
+    for await (const [key, value] of this.received.iterator()) {
+      if (!keep.has(key) && value.received < receivedBefore) doomed.push(key)
     }
-    if (doomed.length > 0) await this.received.batch(doomed.map(key => ({ type: 'del' as const, key })))
+    if (doomed.length > 0) {
+      await this.received.db.batch(doomed.flatMap(key => [
+        { type: 'del' as const, sublevel: this.received, key },
+        { type: 'del' as const, sublevel: this.receivedBytes, key }
+      ]))
+    }
     return doomed.length
   }
 
@@ -323,8 +358,8 @@ export class ShareBook {
   }
 
   /** Decodes a stored manifest, checking again that its owner signed it. */
-  static decode (manifest: string, owner: Uint8Array): Manifest {
-    return decodeManifest(Buffer.from(manifest, 'base64'), { owner })
+  static decode (manifest: Uint8Array, owner: Uint8Array): Manifest {
+    return decodeManifest(manifest, { owner })
   }
 }
 

@@ -14,7 +14,7 @@ import type { ChunkStore } from '../../transfer/chunk-store.ts'
 import { fetchChunks, type FetchProgress } from '../../transfer/fetcher.ts'
 import { chunkLength, type Manifest, type ManifestFile } from '../../transfer/manifest.ts'
 import { deriveSealKeys, type SealKeys } from '../../transfer/seal.ts'
-import { ShareAssembly, sharePartialPath, type ShareTargets } from '../../transfer/assemble.ts'
+import { COLLECT_EVERY_FILES, ShareAssembly, sharePartialPath, type ShareTargets } from '../../transfer/assemble.ts'
 import { checkUnder, compareFile, makeRoot, prepareUnder } from '../../transfer/destination.ts'
 import { PRIORITIES, type BandwidthScheduler, type Flow, type FloorReport, type Priority } from '../../transfer/scheduler/index.ts'
 import { fullCollection } from '../daemon-heap.ts'
@@ -321,10 +321,10 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
 
   /** Removes the partial files a (not running) fetch left in its destination. */
   private async dropPartials (record: Transfer): Promise<void> {
-    const saved = await this.init.shares.getReceived(record.owner, record.shareId, record.version)
+    const saved = await this.init.shares.receivedManifest(record.owner, record.shareId, record.version)
     const friend = this.init.friends.get(record.owner)
     if (saved === undefined || friend === undefined) return
-    const manifest = ShareBook.decode(saved.manifest, Buffer.from(friend.publicKey, 'base64'))
+    const manifest = ShareBook.decode(saved, Buffer.from(friend.publicKey, 'base64'))
     for (const { index, relative } of select(manifest, record.path).files) {
       const dest = destOf(record, relative)
       // never through a link planted on the way: that partial is not ours to remove
@@ -460,24 +460,25 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const friend = this.init.friends.get(owner)!
     const ownerKey = Buffer.from(friend.publicKey, 'base64')
     const saved = version != null ? await this.init.shares.getReceived(owner, shareId, version) : undefined
-    let manifestB64: string
+    const savedBytes = saved != null ? await this.init.shares.receivedManifest(owner, shareId, saved.version) : undefined
+    let bytes: Uint8Array
     let wrapped: string
-    if (saved != null) {
-      manifestB64 = saved.manifest
+    if (saved != null && savedBytes !== undefined) {
+      bytes = savedBytes
       wrapped = saved.wrappedKey
     } else {
       const fetched = await fetchManifest(this.init.libp2p, peerIdFromString(owner), shareId)
-      manifestB64 = Buffer.from(fetched.manifest).toString('base64')
+      bytes = fetched.manifest
       wrapped = Buffer.from(fetched.key).toString('base64')
     }
-    const manifest = ShareBook.decode(manifestB64, ownerKey)
+    const manifest = ShareBook.decode(bytes, ownerKey)
     if (manifest.shareId !== shareId) throw new KithError('PROTOCOL_VIOLATION', 'the owner sent the manifest of another share')
     if (version != null && manifest.version !== version) {
       throw new KithError('TRANSFER_STATE', `the share changed (version ${manifest.version}, this fetch is of version ${version}); cancel it and fetch again`)
     }
     const key = unwrapKey(Buffer.from(wrapped, 'base64'), ownerKey, this.init.secretKey)
-    if (saved == null) {
-      await this.init.shares.saveReceived({ owner, shareId, version: manifest.version, manifest: manifestB64, wrappedKey: wrapped, received: Date.now() })
+    if (savedBytes === undefined) {
+      await this.init.shares.saveReceived({ owner, shareId, version: manifest.version, wrappedKey: wrapped, received: Date.now() }, bytes)
     }
     return { manifest, key }
   }
@@ -492,7 +493,10 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     let record = this.get(id)
     await this.save({ ...record, state: 'running' }, 'transfer:state')
     try {
-      const { assembly, ids, inStore, held } = await this.prepare(id, record)
+      const { assembly, ids, inStore, held, files } = await this.prepare(id, record)
+      // a fetch of many files: what decoding and preparing them left goes before they come, and the
+      // assembly's collections (every COLLECT_EVERY_FILES placed) start from the heap the fetch needs
+      if (files >= COLLECT_EVERY_FILES) fullCollection()
       const meter = new RateMeter()
       const bandwidth = this.init.bandwidth
       // friends' shares are friend traffic; one flow for the fetch, each take naming its source
@@ -595,7 +599,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
    * and the bytes it holds already. The selection is not kept: a share of
    * many files would hold an object per file for the whole fetch.
    */
-  private async prepare (id: string, record: Transfer): Promise<{ assembly: ShareAssembly, ids: string[], inStore: Set<string>, held: number }> {
+  private async prepare (id: string, record: Transfer): Promise<{ assembly: ShareAssembly, ids: string[], inStore: Set<string>, held: number, files: number }> {
     const { manifest, key, files } = this.pinned.get(id) ?? await this.pin(record)
     this.pinned.delete(id)
     const assembly = await this.assembly(id, manifest, key, record, files)
@@ -603,7 +607,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const ids = assembly.wanted()
     const inStore = await heldOf(this.init.store, ids)
     const held = Math.max(0, record.totalBytes - missingBytes(files, manifest.chunkSize, ids, inStore))
-    return { assembly, ids, inStore, held }
+    return { assembly, ids, inStore, held, files: files.length }
   }
 
   /**

@@ -92,7 +92,7 @@ describe('the download queue', () => {
     const { q, dir } = await queue(undefined, undefined, file => placed.push(file))
     await q.add(record('iiiiiiiiiii1', server.url('/a.bin'), dir, { name: 'plain.bin' }))
     await q.add(record('iiiiiiiiiii2', server.url('/a.bin'), dir, { name: 'checked.bin', checksum: `sha256:${SHA.toUpperCase()}` }))
-    await until(() => state(q, 'iiiiiiiiiii1') === 'done' && state(q, 'iiiiiiiiiii2') === 'done', 'both downloads to finish')
+    await until(() => state(q, 'iiiiiiiiiii1') === 'done' && state(q, 'iiiiiiiiiii2') === 'done' && placed.length === 2, 'both downloads to finish and be told of')
     expect((await readFile(join(dir, 'plain.bin'))).equals(FILE)).toBe(true)
     // no checksum: nothing computed, nothing claimed
     expect(q.get('iiiiiiiiiii1').sha256).toBeNull()
@@ -102,6 +102,28 @@ describe('the download queue', () => {
       [join(dir, 'plain.bin'), FILE.length, null, `"${FILE.length}"`]
     ])
     await q.stop()
+  })
+
+  it('tells of placed files only once no download runs (offering one reads and hashes it on the main thread)', async () => {
+    // held after its first byte until the fast one has been placed (no race with the machine's speed)
+    let open = (): void => {}
+    const slower = await rangeServer({ '/slower.bin': FILE }, { gate: new Promise<void>(resolve => { open = resolve }) })
+    try {
+      const placed: PlacedDownload[] = []
+      const { q, dir } = await queue(undefined, undefined, file => placed.push(file))
+      await q.add(record('jjjjjjjjjjj1', slower.url('/slower.bin'), dir, { name: 'slow.bin' }))
+      await q.add(record('jjjjjjjjjjj2', server.url('/a.bin'), dir, { name: 'fast.bin' }))
+      await until(() => state(q, 'jjjjjjjjjjj2') === 'done', 'the fast one to finish')
+      expect(state(q, 'jjjjjjjjjjj1')).toBe('running')
+      expect(placed).toEqual([])
+      open()
+      await until(() => placed.length === 2, 'both to be told of once neither runs')
+      expect(state(q, 'jjjjjjjjjjj1')).toBe('done')
+      expect(placed.map(f => f.path).sort()).toEqual([join(dir, 'fast.bin'), join(dir, 'slow.bin')])
+      await q.stop()
+    } finally {
+      await slower.close()
+    }
   })
 
   it('a checksum mismatch keeps nothing and says so', async () => {
