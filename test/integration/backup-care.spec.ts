@@ -199,7 +199,7 @@ describe('backup care: audits, repair, health, recovery from the phrase', () => 
       const [was, now] = await Promise.all([stat(join(src, `f${i}.bin`)), stat(join(out, 'tree', `f${i}.bin`))])
       expect((await readFile(join(out, 'tree', `f${i}.bin`))).equals(bytes(700_000, i + 1))).toBe(true)
       expect(now.mode).toBe(was.mode)
-      expect(Math.abs(now.mtimeMs - was.mtimeMs)).toBeLessThan(0.002)
+      expect(Math.abs(now.mtimeMs - was.mtimeMs)).toBeLessThan(0.003) // within 3 µs, as backup.spec explains
     }
     expect(await readlink(join(out, 'tree', 'link'))).toBe('f0.bin')
     expect(await readdir(join(out, 'tree', 'empty'))).toEqual([])

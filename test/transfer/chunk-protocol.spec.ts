@@ -435,7 +435,7 @@ describe('chunk protocol over libp2p', () => {
     const sealed = [randomBytes(SEAL_OVERHEAD - 16), ...Array.from({ length: 16 }, () => randomBytes(64 * 1024)), randomBytes(16)]
     const sealedBytes = sealed.reduce((sum, p) => sum + p.byteLength, 0)
     const id = createHash('sha256').update(Buffer.concat(sealed)).digest('hex')
-    const chunkCount = 16
+    const chunkCount = 4
     const receiver = await startNode()
     const sender = await startNode()
     try {

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events'
-import { mkdir, rm } from 'node:fs/promises'
+import type { Stats } from 'node:fs'
+import { lstat, mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { KithError, asKithError } from '../../errors.ts'
 import { makeRoot } from '../../transfer/destination.ts'
@@ -44,7 +45,8 @@ export interface QueueInit {
    * told of each file placed whole whose origin gave validators (the
    * proxy's friend swarm offers it), once no download runs: offering reads
    * and hashes the file on the main thread, which running downloads need.
-   * Files placed before a stop and not told yet are not told.
+   * At most MAX_UNTOLD wait; past that the oldest is told at once. Files
+   * placed before a stop and not told yet are not told.
    */
   onPlaced?: (file: PlacedDownload) => void
 }
@@ -57,7 +59,12 @@ export interface PlacedDownload {
   /** its sha256 when a checksum was verified, else null (none was computed) */
   sha256: string | null
   validators: Validators
+  /** the file as placed (lstat): an offer hashing it later checks it is still these bytes (sameFile), not the user's edit */
+  placed: Stats
 }
+
+/** placed files waiting for the queue to be idle before onPlaced is told of them */
+const MAX_UNTOLD = 256
 
 interface Running {
   controller: AbortController
@@ -291,7 +298,12 @@ export class DownloadQueue extends EventEmitter<{ event: [DownloadEvent] }> {
       const { name, sha256 } = await verifyAndPlace(partial, record.dir, names, result, checksum, signal)
       await rm(stateDir, { recursive: true, force: true })
       await this.save({ ...this.get(id), name, state: 'done', kind: result.kind, sha256, doneBytes: result.size, totalBytes: result.size, rate: 0, eta: 0, error: null })
-      if (result.kind === 'file' && result.validators != null && this.init.onPlaced != null) this.placed.push({ url, path: join(record.dir, name), size: result.size, sha256, validators: result.validators })
+      if (result.kind === 'file' && result.validators != null && this.init.onPlaced != null) {
+        const path = join(record.dir, name)
+        const placed = await lstat(path)
+        if (placed.isFile()) this.placed.push({ url, path, size: result.size, sha256, validators: result.validators, placed })
+        if (this.placed.length > MAX_UNTOLD) this.init.onPlaced(this.placed.shift()!)
+      }
     } catch (err) {
       record = this.get(id)
       if (record.state === 'cancelled') {

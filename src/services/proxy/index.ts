@@ -126,7 +126,7 @@ export class ProxyService {
    */
   offer (file: PlacedDownload): void {
     if (this.swarm == null || (file.url.protocol !== 'http:' && file.url.protocol !== 'https:')) return
-    this.swarm.offer({ urls: [file.url.href], path: file.path, size: file.size, sha256: file.sha256, ...file.validators }).catch(err => {
+    this.swarm.offer({ urls: [file.url.href], path: file.path, size: file.size, placed: file.placed, sha256: file.sha256, ...file.validators }).catch(err => {
       console.error(`kith proxy: ${file.path} could not be offered to friends: ${(err as Error).message}`)
     })
   }

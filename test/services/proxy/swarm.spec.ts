@@ -16,6 +16,7 @@ import { friendsOnly } from '../../../src/trust/gate.ts'
 import { MAX_CHUNKS_PER_ASK, MAX_SWARM_REQUEST, SWARM_CHUNK_SIZE, SWARM_PROTOCOL } from '../../../src/services/proxy/swarm/constants.ts'
 import { ChunkHasher, chunkHashesOf, chunkMatches, openHashList, signHashList, type HashList } from '../../../src/services/proxy/swarm/hash-list.ts'
 import { SwarmIndex } from '../../../src/services/proxy/swarm/holdings.ts'
+import { Swarm } from '../../../src/services/proxy/swarm/index.ts'
 import { askChunks, askList, askWho, chunksAnswer, listAnswer, parseAnswer, swarmHandler, whoAnswer } from '../../../src/services/proxy/swarm/protocol.ts'
 import { pull, type PullInit } from '../../../src/services/proxy/swarm/pull.ts'
 import { learn, startNode, tempDir } from '../../helpers/chunks.ts'
@@ -155,6 +156,31 @@ describe('the swarm index and protocol', () => {
     expect(verified.chunks.equals(want.chunks)).toBe(true)
     expect(verified.whole).toBeNull()
     await rm(path)
+  })
+
+  it('offers a placed file only while it is the file as placed: not once the user has edited it in place', async () => {
+    // a swarm of its own (its own database and node), so this index's holdings stay as the other tests count them
+    const own = await openDatabase(join(tmp.dir, 'offer-db'))
+    const swarm = await Swarm.start({ db: own, libp2p: stranger, friends: new FriendBook(sublevel(own, 'friends')), secretKey: keys.secretKey, bandwidth: new BandwidthScheduler(), serve: true })
+    try {
+      const data = randomBytes(SWARM_CHUNK_SIZE + 5)
+      const want = listOf(data)
+      const offerOf = async (url: string, path: string): Promise<Parameters<Swarm['offer']>[0]> => ({ urls: [url], path, size: data.length, placed: await stat(path), sha256: null, etag: '"v1"', lastModified: null })
+      const edited = join(tmp.dir, 'edited.bin')
+      await writeFile(edited, data)
+      const placed = await offerOf('https://example.com/edited.bin', edited)
+      // the same size, other bytes: what an editor saving over the file leaves
+      await writeFile(edited, Buffer.concat([Buffer.from('EDITED'), data.subarray(6)]))
+      await swarm.offer(placed)
+      expect(await swarm.index.holdings(['https://example.com/edited.bin'])).toEqual([])
+      const kept = join(tmp.dir, 'kept.bin')
+      await writeFile(kept, data)
+      await swarm.offer(await offerOf('https://example.com/kept.bin', kept))
+      expect((await swarm.index.holdings(['https://example.com/kept.bin'])).map(h => h.hash)).toEqual([want.hash])
+    } finally {
+      await swarm.stop()
+      await own.close()
+    }
   })
 
   it('tells a friend who holds the class, gives the signed list and each chunk from the file itself', async () => {

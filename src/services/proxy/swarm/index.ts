@@ -1,3 +1,4 @@
+import type { Stats } from 'node:fs'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
 import type { Database } from '../../../peer/database.ts'
@@ -86,19 +87,19 @@ export class Swarm {
 
   /**
    * Offers a file `kith get` placed whole (the queue's onPlaced): hashed in
-   * chunks and recorded, unless it changed while being hashed or is no
-   * longer the size placed. It is stat'ed at once, microseconds after it was
-   * placed. Its whole SHA-256 (the content hash friends ask for it by) is
+   * chunks and recorded, unless it is not the file as placed (`placed`, its
+   * lstat then: the user may have edited it since) or changed while being
+   * hashed. Its whole SHA-256 (the content hash friends ask for it by) is
    * the one the download verified against a checksum when it had one; else
    * it is computed in the same read as the chunks', after the download, so
    * a download with no checksum hashes nothing while it runs
    * (docs/downloads.md, "SHA-256"). Not offered when this node does not
    * serve the swarm.
    */
-  async offer (file: { urls: string[], path: string, size: number, sha256: string | null, etag: string | null, lastModified: string | null }): Promise<void> {
-    if (!this.init.serve || file.size === 0) return
+  async offer (file: { urls: string[], path: string, size: number, placed: Stats, sha256: string | null, etag: string | null, lastModified: string | null }): Promise<void> {
+    if (!this.init.serve || file.size === 0 || file.placed.size !== file.size) return
     const { chunks, whole, before, after } = await chunkHashesOf(file.path, { whole: file.sha256 === null })
-    if (before.size !== file.size || !sameFile(before, after)) return
+    if (!sameFile(file.placed, before) || !sameFile(before, after)) return
     await this.index.record({ urls: file.urls, etag: file.etag, lastModified: file.lastModified, hash: file.sha256 ?? whole!, chunks, path: file.path, length: file.size })
   }
 
