@@ -23,7 +23,7 @@ function bytes (length: number, seed: number): Buffer {
   return createCipheriv('aes-256-ctr', Buffer.alloc(32, seed), Buffer.alloc(16)).update(Buffer.alloc(length))
 }
 
-interface Seen { type: string, mode: number, mtimeMs: number, size: number, content?: string, target?: string }
+interface Seen { type: string, mode: number, mtimeUs: bigint, size: number, content?: string, target?: string }
 
 /** Everything under `root` that a restore must reproduce, by relative path. */
 async function describeTree (root: string, prefix = ''): Promise<Record<string, Seen>> {
@@ -31,8 +31,8 @@ async function describeTree (root: string, prefix = ''): Promise<Record<string, 
   // a name that is not UTF-8 (read as U+FFFD) is left out of backups
   for (const name of (await readdir(join(root, prefix))).sort().filter(n => !n.includes('\uFFFD'))) {
     const rel = join(prefix, name)
-    const info = await lstat(join(root, rel))
-    const seen: Seen = { type: info.isDirectory() ? 'dir' : info.isSymbolicLink() ? 'link' : 'file', mode: info.mode & 0o7777, mtimeMs: info.mtimeMs, size: info.size }
+    const info = await lstat(join(root, rel), { bigint: true })
+    const seen: Seen = { type: info.isDirectory() ? 'dir' : info.isSymbolicLink() ? 'link' : 'file', mode: Number(info.mode & 0o7777n), mtimeUs: info.mtimeNs / 1000n, size: Number(info.size) }
     if (info.isSymbolicLink()) { seen.target = await readlink(join(root, rel)); delete (seen as Partial<Seen>).mode; delete (seen as Partial<Seen>).size }
     if (info.isFile()) seen.content = (await readFile(join(root, rel))).toString('base64').slice(0, 64) + (await readFile(join(root, rel))).length
     out[rel] = seen
@@ -41,18 +41,10 @@ async function describeTree (root: string, prefix = ''): Promise<Record<string, 
   return out
 }
 
-/**
- * Trees alike: the same entries, each the same but for mtimes within 3 µs: kith keeps microseconds (up to 1 µs
- * cut), utimes takes a double of seconds that libuv cuts to whole microseconds (up to 1 µs more), and mtimeMs is
- * itself a double (~0.25 µs). 20,000 random times through utimes and stat here: at most 2.2 µs apart.
- */
+/** Trees alike: the same entries, each the same, mtimes to the microsecond (kith keeps microseconds). */
 function expectSameTree (restored: Record<string, Seen>, source: Record<string, Seen>): void {
   expect(Object.keys(restored)).toEqual(Object.keys(source))
-  for (const [path, seen] of Object.entries(source)) {
-    const { mtimeMs, ...rest } = restored[path]!
-    expect({ path, ...rest }).toEqual({ path, ...seen, mtimeMs: undefined })
-    expect(Math.abs(mtimeMs - seen.mtimeMs), `${path}: mtime ${mtimeMs} vs ${seen.mtimeMs}`).toBeLessThan(0.003)
-  }
+  for (const [path, seen] of Object.entries(source)) expect({ path, ...restored[path]! }).toEqual({ path, ...seen })
 }
 
 /** The last line of a --json run or restore: its result. */

@@ -17,7 +17,7 @@ import type { Place } from './pack-store.ts'
 import {
   BACKUP_PROTOCOL, BACKUP_VERSION, HEADER_TIMEOUT_MS, MAX_HEADER, MAX_MANY_BYTES, MAX_RECORD_SIZE, MAX_RECORDS_IN_FLIGHT, MAX_STREAMS_PER_OWNER,
   REQUEST_TIMEOUT_MS, STALL_TIMEOUT_MS,
-  deadline, decodeHeader, encodeHeader, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest, writeBody,
+  deadline, decodeHeader, encodeHeader, orFailure, readBody, requestSchema, responseSchemas, signRequest, signedBody, verifyRequest, writeBody,
   type BackupRequest, type Frames
 } from './wire.ts'
 
@@ -510,7 +510,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
     const signal = io.signal
     const answer = async <S>(schema: z.ZodType<S>): Promise<S> => {
       const frame = await io.receive(signal)
-      const reply = decodeHeader(frame, z.union([schema, responseSchemas.failure]), `${host}'s answer to ${what}`) as S | z.infer<typeof responseSchemas.failure>
+      const reply = decodeHeader(frame, orFailure(schema), `${host}'s answer to ${what}`)
       if ((reply as { ok: boolean }).ok === false) {
         const failure = reply as z.infer<typeof responseSchemas.failure>
         throw new KithError(isErrorCode(failure.code) ? failure.code : 'PROTOCOL_VIOLATION', `backup host ${host}: ${failure.message}`)
@@ -581,7 +581,7 @@ export function backupClient (init: BackupClientInit): BackupClient {
     async put (id, sealed, signal) {
       return await exchange('put', signal, async (io, answer, s) => {
         await io.send({ op: 'put', id, size: sealed.length }, s)
-        const first = await answer(z.union([responseSchemas.go, responseSchemas.stored]))
+        const first = await answer(responseSchemas.goOrStored)
         if (!('go' in first)) return { stored: first.stored, used: first.used, quota: first.quota }
         await sendBody(io, sealed, s, answer)
         const { stored, used, quota } = await answer(responseSchemas.stored)

@@ -3,6 +3,7 @@ import { z } from 'zod'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 import { KithError } from '../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../peer/canonical.ts'
+import { fillNoiseMessages } from '../../peer/noise-fit.ts'
 import { failureSchema } from '../../peer/request-response.ts'
 import { sign, verify, SIGNATURE_LENGTH } from '../../peer/signing.ts'
 import { MAX_SEALED_CHUNK_SIZE, SEAL_OVERHEAD } from '../../transfer/constants.ts'
@@ -65,8 +66,15 @@ export const MAX_AUDIT_BYTES = 256 * KiB
 export const MAX_RECORD_SIZE = 16 * MiB
 /** The largest header frame: a full has or remove. */
 export const MAX_HEADER = 320 * KiB
-/** Bulk bytes travel in frames of at most this; each goes through the bandwidth scheduler on its own. */
-export const BODY_SLICE = 256 * KiB
+/**
+ * Bulk bytes travel in frames of at most this; each goes through the
+ * bandwidth scheduler on its own. Five whole Noise messages with the
+ * frame's length (a 3-byte varint) and yamux's header (noise-fit.ts):
+ * 327,580 bytes, where 256 KiB cost a sixth message of 83 bytes. Under
+ * MAX_HEADER, the most a receiver takes in one frame, so hosts and owners
+ * from before it read these frames.
+ */
+export const BODY_SLICE = fillNoiseMessages(5, 3)
 /** Longest wait for a request's header once the stream is open. */
 export const HEADER_TIMEOUT_MS = 10_000
 /** Longest wait for any one frame (or for the bandwidth scheduler to let it go) before the request is given up. */
@@ -115,12 +123,17 @@ const ok = z.literal(true)
 const bytes = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
 const when = z.number().int().min(0).nullable()
 
-/** The answers, as the owner parses them; each also admits the shared failure answer. */
+const go = z.object({ v, ok, go: z.literal(true) }).strict()
+const stored = z.object({ v, ok, stored: z.boolean(), used: bytes, quota: bytes }).strict()
+
+/** The answers, as the owner parses them; each also admits the shared failure answer (orFailure). */
 export const responseSchemas = {
   usage: z.object({ v, ok, used: bytes, quota: bytes, blobs: bytes, lastWrite: when, counter: z.number().int().min(0) }).strict(),
   has: z.object({ v, ok, held: z.array(z.boolean()).max(MAX_BATCH_IDS) }).strict(),
-  go: z.object({ v, ok, go: z.literal(true) }).strict(),
-  stored: z.object({ v, ok, stored: z.boolean(), used: bytes, quota: bytes }).strict(),
+  go,
+  stored,
+  /** put's first answer: send it, or not stored (held already, or past the quota) */
+  goOrStored: z.union([go, stored]),
   /** put-many's first answer: per blob, send it ('go', reserved), held already, past the quota, or being written by another request */
   statuses: z.object({ v, ok, status: z.array(z.enum(['go', 'held', 'full', 'busy'])).max(MAX_MANY_BLOBS), used: bytes, quota: bytes }).strict(),
   storedMany: z.object({ v, ok, stored: z.number().int().min(0).max(MAX_MANY_BLOBS), used: bytes, quota: bytes }).strict(),
@@ -144,6 +157,20 @@ export const responseSchemas = {
   done: z.object({ v, ok }).strict(),
   failure
 } as const
+
+const withFailure = new WeakMap<z.ZodType, z.ZodType>()
+
+/**
+ * `schema`, or the shared failure answer: the union each answer is parsed
+ * with, made once per schema. zod builds a union's parser on its first
+ * parse: made anew for every answer (each put-many answer, each blob of a
+ * get-many), it cost about three times the parse itself.
+ */
+export function orFailure<S> (schema: z.ZodType<S>): z.ZodType<S | z.infer<typeof failure>> {
+  let union = withFailure.get(schema)
+  if (union === undefined) withFailure.set(schema, union = z.union([schema, failure]))
+  return union as z.ZodType<S | z.infer<typeof failure>>
+}
 
 /** Encodes a header frame's body. */
 export function encodeHeader (message: Record<string, unknown>): Uint8Array {

@@ -267,6 +267,23 @@ describe('backup protocol', () => {
     expect(after.blobs).toBe(before.blobs)
   })
 
+  it('a host stores a body in frames of the old 256 KiB and of the most it takes (MAX_HEADER), as in BODY_SLICE\'s', async () => {
+    // BODY_SLICE fills five Noise messages (noise-fit.ts); owners from before it send 256 KiB, and hosts from before it take up to MAX_HEADER
+    expect(BODY_SLICE).toBeLessThanOrEqual(MAX_HEADER)
+    const client = clientOf(alice)
+    for (const slice of [256 * 1024, MAX_HEADER, BODY_SLICE]) {
+      const b = blob(3 * slice + 5)
+      const stream = await alice.node.dialProtocol(host.node.peerId, BACKUP_PROTOCOL)
+      const lp = lpStream(stream, { maxDataLength: 2 * MAX_HEADER })
+      await lp.write(encodeCanonical({ v: 1, op: 'put', id: b.id, size: b.sealed.length }))
+      expect(decodeCanonical((await lp.read()).subarray(), 'PROTOCOL_VIOLATION', 'go')).toMatchObject({ ok: true, go: true })
+      for (let at = 0; at < b.sealed.length; at += slice) await lp.write(b.sealed.subarray(at, at + slice))
+      expect(decodeCanonical((await lp.read()).subarray(), 'PROTOCOL_VIOLATION', 'answer'), `frames of ${slice} bytes`).toMatchObject({ ok: true, stored: true })
+      await stream.close()
+      expect(Buffer.from(await client.get(b.id))).toEqual(b.sealed)
+    }
+  })
+
   it('fails the audit of a host whose disk has two of my blobs swapped and one gone, over the wire, saying which were damaged', async () => {
     const client = clientOf(bob)
     const [x, y, z] = [blob(40_000), blob(40_000), blob(40_000)]
