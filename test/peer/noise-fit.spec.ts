@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { randomBytes } from 'node:crypto'
-import { generateKeyPair } from '@libp2p/crypto/keys'
 import { lpStream } from '@libp2p/utils'
 import * as varint from 'uint8-varint'
-import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
+import type { KithLibp2p } from '../../src/peer/node.ts'
 import { NOISE_MAX_PLAINTEXT, fillNoiseMessages } from '../../src/peer/noise-fit.ts'
+import { startNode } from '../helpers/chunks.ts'
 
 /**
  * src/peer/noise-fit.ts: a length-prefixed write of a fitted size leaves a
@@ -21,8 +21,7 @@ interface NoiseConnection { handshake: { encrypt: (plaintext: { byteLength: numb
 describe('pieces fitted to Noise messages', () => {
   let x: KithLibp2p, y: KithLibp2p
   beforeAll(async () => {
-    const make = async (): Promise<KithLibp2p> => await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
-    ;[x, y] = [await make(), await make()]
+    ;[x, y] = [await startNode(), await startNode()]
   })
   afterAll(async () => {
     await x?.stop()
