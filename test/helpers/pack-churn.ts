@@ -13,6 +13,7 @@ import { openDatabase } from '../../src/peer/database.ts'
 import { openChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkId } from '../../src/transfer/seal.ts'
 import { HostBook } from '../../src/services/backup/host-book.ts'
+import { placeBlobs } from './host-place.ts'
 
 const [home, CHURN_OWNER, packSize] = process.argv.slice(2) as [string, string, string]
 const db = await openDatabase(join(home, 'db'))
@@ -27,14 +28,7 @@ for (;;) {
     return { id: chunkId(sealed), sealed }
   })
   await book.reserveMany(CHURN_OWNER, blobs.map(b => ({ id: b.id, size: b.sealed.length })))
-  const batch = book.appender(CHURN_OWNER)
-  try {
-    const placed = await Promise.all(blobs.map(async b => ({ id: b.id, place: await batch.append(b.sealed) })))
-    await batch.sync()
-    await book.commitMany(CHURN_OWNER, placed)
-  } finally {
-    batch.end()
-  }
+  await placeBlobs(book, CHURN_OWNER, blobs)
   for (const b of blobs) process.stdout.write(`held ${b.id}\n`)
   held.push(...blobs.map(b => b.id))
   const gone = held.filter(() => Math.random() < 0.5)

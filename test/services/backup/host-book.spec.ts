@@ -6,7 +6,8 @@ import { openDatabase, sublevel, type Database } from '../../../src/peer/databas
 import { openChunkStore, type ChunkStore } from '../../../src/transfer/chunk-store.ts'
 import { DEFAULT_QUOTA, HostBook } from '../../../src/services/backup/host-book.ts'
 import { parseSize } from '../../../src/services/backup/quota-text.ts'
-import { makeChunks, tempDir, type Chunk } from '../../helpers/chunks.ts'
+import { makeChunks, tempDir } from '../../helpers/chunks.ts'
+import { placeBlobs } from '../../helpers/host-place.ts'
 
 /**
  * The host book against a real LevelDB, real pack files and a real chunk
@@ -30,17 +31,6 @@ describe('host book', () => {
     return book
   }
 
-  /** What a put does once reserved: appended to the owner's pack, synced, indexed. */
-  const place = async (book: HostBook, owner: string, chunks: Chunk[]): Promise<void> => {
-    const batch = book.appender(owner)
-    try {
-      const placed = await Promise.all(chunks.map(async c => ({ id: c.id, place: await batch.append(c.sealed) })))
-      await batch.sync()
-      await book.commitMany(owner, placed)
-    } finally {
-      batch.end()
-    }
-  }
 
   const packsOf = async (owner: string): Promise<string[]> => (await readdir(join(tmp.dir, 'backup-host', 'packs', owner)).catch(() => [])).sort()
 
@@ -65,7 +55,7 @@ describe('host book', () => {
     expect(book.usage(OWNER)).toMatchObject({ used: 1000, blobs: 1 })
     // a: appended and indexed; b: appended, the kill came before the batch; c: reserved, never appended
     for (const x of [a!, b!, c!]) expect(await book.reserve(OWNER, x.id, 1000)).toBe('reserved')
-    await place(book, OWNER, [a!])
+    await placeBlobs(book, OWNER, [a!])
     const batch = book.appender(OWNER)
     await batch.append(b!.sealed)
     await batch.sync()
@@ -90,7 +80,7 @@ describe('host book', () => {
     expect(live).toEqual(new Set([d!.id]))
     // the next append goes on at the cut
     expect(await book.reserve(OWNER, b!.id, 1000)).toBe('reserved')
-    await place(book, OWNER, [b!])
+    await placeBlobs(book, OWNER, [b!])
     expect(await book.locate(OWNER, [b!.id])).toEqual([{ size: 1000, place: { pack: 1, offset: 1000 } }])
 
     // blobs whose bytes went since are dropped on the next open: d from the chunk store, b past the pack's end
@@ -105,7 +95,7 @@ describe('host book', () => {
     const [a] = makeChunks(1, 500)
     const book = await open()
     await book.reserve(OWNER, a!.id, 500)
-    await place(book, OWNER, [a!])
+    await placeBlobs(book, OWNER, [a!])
     await book.putRecord(OWNER, Buffer.from('record'), 5)
     await expect(book.putRecord(OWNER, Buffer.from('older'), 5)).rejects.toThrow(/replay/)
     const grace = 30 * 86400_000
@@ -138,7 +128,7 @@ describe('host book', () => {
     const book = await open()
     for (const owner of [OWNER, OTHER]) {
       await book.reserve(owner, a!.id, 300)
-      await place(book, owner, [a!])
+      await placeBlobs(book, owner, [a!])
     }
     expect(await packsOf(OWNER)).toEqual(['1.pack'])
     expect(await packsOf(OTHER)).toEqual(['1.pack'])
