@@ -59,7 +59,9 @@ import { JsonChild, killChildren, perfDuring, run, peakRss, resetPeakRss, curren
  * `fetch` also measures (c), kith's per-chunk work alone on a plain stream
  * (bench/chunk-path-peer.ts: read, seal, hash; verify, open, write, hash the
  * file), so the gap between (b) and a fetch splits into what any encrypted,
- * verified fetch to disk costs and what kith's own machinery adds.
+ * verified fetch to disk costs and what kith's own machinery adds. (c) runs
+ * just before each 1-source fetch (the owner stopped meanwhile), and each
+ * fetch is taken over that run: the ratio to (c) is the median of those.
  *
  * Environment: BENCH_RUNS (3) runs per figure, the median is reported;
  * BENCH_SIZE_MIB (1024) file size; BENCH_CAP_MB per-source cap in MB/s (default:
@@ -130,6 +132,8 @@ const [RUNS, SIZE, CAP_MB] = (() => {
     return [Math.round(envInt('BENCH_RUNS', 3)), Math.round(envInt('BENCH_SIZE_MIB', 1024) * MiB), envInt('BENCH_CAP_MB', 0)] as const
   } catch (err) { return usageError(err) }
 })()
+/** 1-source fetches: two at least with `multi`, whose helpers f1 and f2 are two of them */
+const ONE_SOURCE_RUNS = Math.max(RUNS, sections.has('multi') ? 2 : 1)
 const CPU_PROF = process.env.BENCH_CPU_PROF
 const PERF = process.env.BENCH_PERF
 /** JS function names in /tmp/perf-PID.map, which `perf` reads (BENCH_PERF) */
@@ -231,23 +235,48 @@ async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise
   }
 }
 
-async function ceiling (kind: CeilingKind, label: string, src: string, dir: string): Promise<number> {
-  const samples: number[] = []
-  const senders: number[] = []
-  const receivers: number[] = []
-  const loads: string[] = []
-  for (let i = 0; i < RUNS; i++) {
-    const r = await ceilingRun(kind, src, dir)
-    const load = `${fmt(r.senderLoad, 2)}/${fmt(r.receiverLoad, 2)}, both ends ${cpuPerMb(r.cpuMs)} (send ${fmt(r.senderCpuMs / (SIZE / MB), 1)}, recv ${fmt(r.receiverCpuMs / (SIZE / MB), 1)})`
-    log(`${label} run ${i + 1}/${RUNS}: ${fmt(r.mbps)} MB/s; CPU load send/recv ${load}`)
-    samples.push(r.mbps)
-    senders.push(r.sender)
-    receivers.push(r.receiver)
-    loads.push(load)
+type CeilingResult = Awaited<ReturnType<typeof ceilingRun>>
+
+/** A ceiling's runs, each logged as it ends; `add` reports their median. */
+class CeilingRuns {
+  readonly runs: CeilingResult[] = []
+  private readonly loads: string[] = []
+  private readonly kind: CeilingKind
+  private readonly label: string
+  private readonly src: string
+  private readonly dir: string
+  /** runs to be made, for the log */
+  private readonly of: number
+
+  constructor (kind: CeilingKind, label: string, src: string, dir: string, of: number) {
+    this.kind = kind
+    this.label = label
+    this.src = src
+    this.dir = dir
+    this.of = of
   }
-  const value = median(samples)
-  add({ figure: label, value, unit: 'MB/s', samples, note: `peak RSS send/recv ${fmt(Math.max(...senders) / MB)}/${fmt(Math.max(...receivers) / MB)} MB; CPU load send/recv ${loads[samples.indexOf(value)] ?? loads.join(' ')}` })
-  return value
+
+  async measure (): Promise<CeilingResult> {
+    const r = await ceilingRun(this.kind, this.src, this.dir)
+    const load = `${fmt(r.senderLoad, 2)}/${fmt(r.receiverLoad, 2)}, both ends ${cpuPerMb(r.cpuMs)} (send ${fmt(r.senderCpuMs / (SIZE / MB), 1)}, recv ${fmt(r.receiverCpuMs / (SIZE / MB), 1)})`
+    this.runs.push(r)
+    this.loads.push(load)
+    log(`${this.label} run ${this.runs.length}/${this.of}: ${fmt(r.mbps)} MB/s; CPU load send/recv ${load}`)
+    return r
+  }
+
+  add (): number {
+    const samples = this.runs.map(r => r.mbps)
+    const value = median(samples)
+    add({ figure: this.label, value, unit: 'MB/s', samples, note: `peak RSS send/recv ${fmt(Math.max(...this.runs.map(r => r.sender)) / MB)}/${fmt(Math.max(...this.runs.map(r => r.receiver)) / MB)} MB; CPU load send/recv ${this.loads[samples.indexOf(value)] ?? this.loads.join(' ')}` })
+    return value
+  }
+}
+
+async function ceiling (kind: CeilingKind, label: string, src: string, dir: string): Promise<number> {
+  const runs = new CeilingRuns(kind, label, src, dir, RUNS)
+  for (let i = 0; i < RUNS; i++) await runs.measure()
+  return runs.add()
 }
 
 // ---------------------------------------------------------------------------
@@ -372,9 +401,19 @@ function cpuLoad (r: FetchResult, roles: Record<string, string>): string {
   return Object.entries(r.cpu).map(([name, s]) => `${roles[name] ?? name} ${fmt(s / (r.transferMs / 1000), 2)}`).join(' ')
 }
 
-async function kith (src: string, streamCeiling: number, pathCeiling: number, work: string): Promise<void> {
-  const oneSource = Math.max(RUNS, sections.has('multi') ? 2 : 1)
-  const fetchers = Array.from({ length: oneSource }, (_, i) => `f${i + 1}`)
+/** Runs `work` with `node`'s daemon stopped (SIGSTOP), so its timers and collections take no CPU from `work`. */
+async function whileStopped<T> (node: TestNode, work: () => Promise<T>): Promise<T> {
+  process.kill(node.pid!, 'SIGSTOP')
+  try {
+    return await work()
+  } finally {
+    process.kill(node.pid!, 'SIGCONT')
+  }
+}
+
+/** `pathRuns`: ceiling (c), measured just before each 1-source fetch (the fetch section) */
+async function kith (src: string, streamCeiling: number, pathRuns: CeilingRuns | undefined, work: string): Promise<void> {
+  const fetchers = Array.from({ length: ONE_SOURCE_RUNS }, (_, i) => `f${i + 1}`)
   const multi = sections.has('multi') ? Array.from({ length: RUNS }, (_, i) => `m${i + 1}`) : []
   const capped = sections.has('multi') ? Array.from({ length: RUNS }, (_, i) => `c${i + 1}`) : []
   const helpers = ['f1', 'f2']
@@ -414,6 +453,9 @@ async function kith (src: string, streamCeiling: number, pathCeiling: number, wo
   const one: FetchResult[] = []
   for (const name of fetchers) {
     const f = node(name)
+    // (c) and the fetch in turn, so each fetch is compared with a (c) of the same minutes: (c) swung
+    // 127-159 MB/s within 7 minutes on a quiet machine. The owner, idle, is stopped meanwhile; no other daemon runs.
+    if (pathRuns != null) await whileStopped(alice, async () => await pathRuns.measure())
     await startNode(f)
     await waitOnline(f, ['alice'])
     await pinProcess(alice.pid, 0)
@@ -421,7 +463,9 @@ async function kith (src: string, streamCeiling: number, pathCeiling: number, wo
     const r = await perfWhile(`fetch-${name}`, [[alice.pid!, 'owner'], [f.pid!, 'fetcher']], async () => await fetchOnce(f, [alice], target, dest(f)))
     one.push(r)
     roles[name] = 'fetcher'
-    log(`1-source fetch by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer), ${fmt(mbps(SIZE, r.wallMs))} MB/s (command); ` +
+    const pair = pathRuns?.runs.at(-1)
+    const ofPath = pair == null ? '' : `, ${fmt(mbps(SIZE, r.transferMs) / pair.mbps, 2)} of the (c) run before it; CPU ms/MB owner + fetcher ${fmt(r.cpu.alice! * 1000 / (SIZE / MB), 1)} + ${fmt(r.cpu[name]! * 1000 / (SIZE / MB), 1)} against (c)'s ${fmt(pair.senderCpuMs / (SIZE / MB), 1)} + ${fmt(pair.receiverCpuMs / (SIZE / MB), 1)}`
+    log(`1-source fetch by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer)${ofPath}, ${fmt(mbps(SIZE, r.wallMs))} MB/s (command); ` +
       `peak RSS owner ${fmt(r.peak.alice! / MB)} MB (${fmt(r.before.alice! / MB)} before), fetcher ${fmt(r.peak[name]! / MB)} MB (${fmt(r.before[name]! / MB)} before)` +
       `${r.peakReset ? '' : ' (peaks since daemon start)'}; CPU load ${cpuLoad(r, roles)}; ${phases(r)}`)
     await stopNode(f)
@@ -431,13 +475,15 @@ async function kith (src: string, streamCeiling: number, pathCeiling: number, wo
       await dropChunks(f)
     }
   }
-  if (sections.has('fetch')) {
+  if (pathRuns != null) {
+    pathRuns.add()
     const transfer = one.map(r => mbps(SIZE, r.transferMs))
     const wall = one.map(r => mbps(SIZE, r.wallMs))
     const ownerLoad = median(one.map(r => r.cpu.alice! / (r.transferMs / 1000)))
     const fetcherLoad = median(one.map((r, i) => r.cpu[fetchers[i]!]! / (r.transferMs / 1000)))
     add({ figure: 'kith fetch, 1 source (transfer)', value: median(transfer), unit: 'MB/s', samples: transfer, ratio: median(transfer) / streamCeiling, of: '(b)', target: `>= ${TARGET_ONE_SOURCE}`, met: median(transfer) / streamCeiling >= TARGET_ONE_SOURCE, note: `CPU load owner ${fmt(ownerLoad, 2)}, fetcher ${fmt(fetcherLoad, 2)}; ${phases(one[transfer.indexOf(median(transfer))] ?? one[0]!)}` })
-    add({ figure: '  the same against (c)', value: median(transfer), unit: 'MB/s', samples: transfer, ratio: median(transfer) / pathCeiling, of: '(c)', note: 'what kith adds to the chunk path: requests, scheduling, store records, partial files' })
+    const ofPath = one.map((r, i) => mbps(SIZE, r.transferMs) / pathRuns.runs[i]!.mbps)
+    add({ figure: '  the same against (c)', value: median(transfer), unit: 'MB/s', samples: transfer, ratio: median(ofPath), of: '(c) before it', note: `each fetch over the (c) run just before it: ${ofPath.map(x => fmt(x, 2)).join(' ')}, the median; what kith adds to the chunk path: requests, scheduling, store records, partial files` })
     add({ figure: 'kith fetch, 1 source (command wall)', value: median(wall), unit: 'MB/s', samples: wall, ratio: median(wall) / streamCeiling, of: '(b)' })
     const chunks = one.map(chunkPhase)
     add({ figure: '  until the last chunk arrived', value: median(chunks), unit: 'MB/s', samples: chunks, ratio: median(chunks) / streamCeiling, of: '(b)', note: 'files are written while chunks arrive; the rest is the last checks and renames' })
@@ -572,8 +618,8 @@ async function main (): Promise<void> {
   try {
     if (sections.has('ceilings')) await ceiling('tcp', 'ceiling (a) raw TCP', src, work)
     if (transfer) streamCeiling = await ceiling('stream', 'ceiling (b) libp2p stream', src, work)
-    const pathCeiling = sections.has('fetch') ? await ceiling('chunk-path', 'ceiling (c) chunk path on (b)', src, work) : NaN
-    if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, pathCeiling, work)
+    const pathRuns = sections.has('fetch') ? new CeilingRuns('chunk-path', 'ceiling (c) chunk path on (b)', src, work, ONE_SOURCE_RUNS) : undefined
+    if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, pathRuns, work)
     // smallfiles (bench/smallfiles.ts): many small files shared and fetched against tar | tar; prints its own table
     if (sections.has('smallfiles')) await smallFilesBench(log, work, Math.round(envInt('BENCH_SMALL_FILES', 100_000)), CPU_PROF)
     // reachability (bench/reachability.ts): BENCH_MOVES (10) moves per figure
