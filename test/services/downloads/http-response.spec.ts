@@ -15,8 +15,15 @@ import { waitFor } from '../../helpers/testnet.ts'
 
 const MiB = 1024 * 1024
 /** well over what loopback's socket buffers hold on both ends (a few MiB each), so only a paused reader holds the server back */
-const BODY = Buffer.alloc(48 * MiB)
-for (let i = 0; i < BODY.length; i += 4) BODY.writeUInt32BE(i, i)
+const BODY = bodyOf(48 * MiB)
+
+/** `size` bytes, each 4-byte word its own offset, big-endian: a body whose bytes out of order show */
+function bodyOf (size: number): Buffer {
+  // a typed array's loop and one swap: writeUInt32BE word by word took 0.8 s of CPU at import
+  const words = new Uint32Array(size / 4)
+  for (let k = 0; k < words.length; k++) words[k] = k * 4
+  return Buffer.from(words.buffer).swap32()
+}
 
 interface Sent {
   /** bytes handed to res.write */
