@@ -9,15 +9,17 @@ import { writeAll } from '../src/transfer/assemble.ts'
 import { BufferPool } from '../src/transfer/buffer-pool.ts'
 import { FrameReader, MAX_RESPONSE_FRAME, decodeResponse, encodeChunk, sendFrame } from '../src/transfer/chunk-protocol.ts'
 import { CHUNK_SIZE } from '../src/transfer/constants.ts'
-import { chunkId, deriveSealKeys, openChunk, sealChunkParts, verifySealed, type ChunkPosition } from '../src/transfer/seal.ts'
+import { chunkId, deriveSealKeys, openChunk, resealChunkParts, verifySealed, type ChunkPosition } from '../src/transfer/seal.ts'
 import { ownPeakRss, cpuMs } from './lib.ts'
 
 /**
  * Ceiling (c): the work every chunk of a kith fetch needs, alone on one plain
  * libp2p stream (the same nodes as ceiling (b)), with none of kith's requests,
  * scheduling, chunk store or LevelDB. The sender reads each 1 MiB chunk,
- * seals it (AES-256-GCM) and hashes the sealed bytes, as a holder does before
- * serving; it sends CHUNK frames with kith's `sendFrame`. The receiver reads
+ * seals it (AES-256-GCM) with a nonce it holds and hashes the sealed bytes,
+ * as a holder does before serving (`resealChunkParts`: the nonce's HMAC pass
+ * over the chunk is the share's work, done once, not the holder's); it sends
+ * CHUNK frames with kith's `sendFrame`. The receiver reads
  * them with kith's `FrameReader`, checks each against its id (SHA-256), opens
  * it into a reused buffer, writes it at its offset (up to WRITES_IN_FLIGHT
  * writes at once) and hashes the whole file in order.
@@ -43,6 +45,12 @@ const [role, a, b] = process.argv.slice(2)
 tuneDaemonHeap()
 
 const place = (index: number): ChunkPosition => ({ shareId: SHARE_ID, fileHash: FILE_HASH, index })
+/** the nonce a holder keeps for each chunk (from the share); any distinct 12 bytes do here */
+const nonceOf = (index: number): Uint8Array => {
+  const nonce = Buffer.alloc(12)
+  nonce.writeUInt32BE(index, 8)
+  return nonce
+}
 
 const node = await createNode({
   privateKey: await generateKeyPair('Ed25519'),
@@ -109,7 +117,7 @@ async function send (addr: string, src: string): Promise<void> {
         if (bytesRead === 0) throw new Error(`${src} ended early`)
         at += bytesRead
       }
-      const sealed = sealChunkParts(KEYS, place(index), plaintext)
+      const sealed = resealChunkParts(KEYS, place(index), plaintext, nonceOf(index))
       return { id: chunkId(sealed), sealed }
     } finally {
       plaintexts.give(plaintext)
