@@ -5,7 +5,7 @@ import { scryptSync } from 'node:crypto'
 import nacl from 'tweetnacl'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import {
   IDENTITY_FILE_VERSION,
   createIdentity,
@@ -18,6 +18,20 @@ import { KithError, isErrorCode, type ErrorCode } from '../../src/errors.ts'
 
 let dir: string
 let keyFile: string
+/** one key file createIdentity sealed under 'pw', and its identity: for the tests that need such a file but not a new one (scrypt at the cost createIdentity uses is ~0.13 s of CPU a call) */
+let sealedFixture: { bytes: Buffer, identity: Identity }
+let fixtureDir: string
+
+beforeAll(async () => {
+  fixtureDir = await mkdtemp(join(tmpdir(), 'kith-identity-fixture-'))
+  const path = join(fixtureDir, 'identity.key')
+  const identity = await createIdentity(path, 'pw')
+  sealedFixture = { bytes: await readFile(path), identity }
+})
+
+afterAll(async () => {
+  await rm(fixtureDir, { recursive: true, force: true })
+})
 
 beforeEach(async () => {
   dir = await mkdtemp(join(tmpdir(), 'kith-identity-'))
@@ -54,12 +68,18 @@ async function writeJson (path: string, value: unknown): Promise<void> {
   await writeFile(path, JSON.stringify(value) + '\n', { mode: 0o600 })
 }
 
-/** A sealed key file made by hand, with the cheapest scrypt cost the loader allows. */
+const sealingKeys = new Map<string, Buffer>()
+
+/** A sealed key file made by hand, with the cheapest scrypt cost the loader allows (its key derived once per passphrase: the salt is fixed). */
 function sealedJson (secretKey: Uint8Array, passphrase: string): Record<string, unknown> {
   const kdf = { name: 'scrypt', N: 1 << 14, r: 8, p: 1 }
   const salt = Buffer.alloc(16, 5)
   const nonce = Buffer.alloc(nacl.secretbox.nonceLength, 9)
-  const key = scryptSync(passphrase, salt, 32, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 64 << 20 })
+  let key = sealingKeys.get(passphrase)
+  if (key === undefined) {
+    key = scryptSync(passphrase, salt, 32, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 64 << 20 })
+    sealingKeys.set(passphrase, key)
+  }
   const sealed = nacl.secretbox(secretKey, nonce, key)
   return {
     version: IDENTITY_FILE_VERSION,
@@ -225,8 +245,7 @@ describe('damaged key files', () => {
   })
 
   it('every truncation of a sealed file is refused, naming the file', async () => {
-    const created = await createIdentity(keyFile, 'pw')
-    const full = await readFile(keyFile)
+    const { bytes: full, identity: created } = sealedFixture
     const damaged = join(dir, 'damaged.key')
     expect(full[full.length - 1]).toBe(0x0a)
     // a truncated file fails to parse before any scrypt runs, so every length is cheap
@@ -372,8 +391,7 @@ describe('loadOrCreateIdentity', () => {
   })
 
   it('never creates over a sealed file it cannot open', async () => {
-    await createIdentity(keyFile, 'pw')
-    const sealed = await readFile(keyFile)
+    const sealed = sealedFixture.bytes
     await expectUntouched(sealed, 'IDENTITY_LOCKED')
     await expectUntouched(sealed, 'IDENTITY_LOCKED', 'wrong')
   })
