@@ -112,16 +112,18 @@ describe('sign and verify', () => {
   })
 
   it('makes the bytes tweetnacl makes for the same key and message', () => {
-    // signing moved from tweetnacl to node:crypto (95fb3bb): records signed before and after must not differ
+    // signing moved from tweetnacl to node:crypto (95fb3bb): records signed before and after must not differ.
+    // A domain only changes the message signed (signedMessage), so each key signs each message in one domain,
+    // and each domain is signed in once: tweetnacl takes ~9 ms a signature here, the whole product 0.45 s
+    const same = (domain: SigningDomain, message: Uint8Array, keys: nacl.SignKeyPair): void => {
+      expect(Buffer.from(sign(domain, message, keys.secretKey)))
+        .toEqual(Buffer.from(nacl.sign.detached(signedMessage(domain, message), keys.secretKey)))
+    }
     for (const seedByte of [1, 2, 0x7f, 0xff]) {
       const keys = keyPair(seedByte)
-      for (const domain of DOMAINS) {
-        for (const message of [new Uint8Array(0), body, new Uint8Array(4096).fill(seedByte)]) {
-          expect(Buffer.from(sign(domain, message, keys.secretKey)))
-            .toEqual(Buffer.from(nacl.sign.detached(signedMessage(domain, message), keys.secretKey)))
-        }
-      }
+      for (const message of [new Uint8Array(0), body, new Uint8Array(4096).fill(seedByte)]) same('invite/1', message, keys)
     }
+    for (const domain of DOMAINS.slice(1)) same(domain, body, bob)
   })
 
   it('fails in any other domain', () => {
