@@ -123,6 +123,41 @@ describe('fetch timing across wall clock steps', () => {
     }
   })
 
+  it('a fetch held up longer than its stall timeout (its event loop busy, or not scheduled) cuts no source that kept sending', async () => {
+    const sources = [await holder(), await holder()]
+    const mine: TempStore = await openStore(join(tmp.dir, `local-${local++}`))
+    let held = 0
+    let holding = false
+    try {
+      const report = await fetchChunks({
+        libp2p: client,
+        store: mine.store,
+        ids: chunks.map(c => c.id),
+        sources: sources.map(h => h.peerId),
+        stallTimeoutMs: 3_000,
+        rateWindowMs: 3_000,
+        // with the first chunk in and the requests under way, a timer holds this process for longer than the stall
+        // timeout and a rate window, as a long synchronous task (or a loaded machine's scheduler) would: asleep in
+        // Atomics.wait, so the hold costs no CPU. Held in a timer, as then the fetcher's own timer runs next, before
+        // the bytes that came meanwhile are read
+        beforeReceive: async () => {
+          if (holding) return
+          holding = true
+          setTimeout(() => {
+            const from = performance.now()
+            Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3_500)
+            held = performance.now() - from
+          }, 0)
+        }
+      })
+      expect(held).toBeGreaterThanOrEqual(3_500)
+      expect(report.fetchedChunks).toBe(COUNT)
+      for (const s of report.sources) expect(s.penalties, JSON.stringify(s)).toEqual([])
+    } finally {
+      await mine.close()
+    }
+  })
+
   it('a step back by an hour does not hide a source that stalls', async () => {
     // answers HAVE, sends its first chunk of a GET, then nothing
     const sent = new WeakMap<AbortSignal, number>()
