@@ -1,5 +1,6 @@
 import { decode, encode, Tokenizer, tokensToObject, Type } from 'cborg'
 import { KithError, type ErrorCode } from '../errors.ts'
+import { atOnce } from './slices.ts'
 
 /**
  * Canonical CBOR for signed records: deterministic encoding on the way out,
@@ -151,6 +152,15 @@ const BREAK = Symbol.for('BREAK')
  * but the list.
  */
 export function decodeCanonicalList (bytes: Uint8Array, code: ErrorCode, what: string, listKey: string, reader: ListReader): Record<string, unknown> {
+  return atOnce(canonicalListSteps(bytes, code, what, listKey, reader))
+}
+
+/**
+ * `decodeCanonicalList` as steps, one item each (slices.ts): a caller on
+ * the daemon's event loop runs them `inSlices`. `bytes` must not change
+ * until the last step.
+ */
+export function * canonicalListSteps (bytes: Uint8Array, code: ErrorCode, what: string, listKey: string, reader: ListReader): Generator<void, Record<string, unknown>> {
   const fail = (why: string): KithError => new KithError(code, `${what} is not valid (${why}); it was altered after it was made, or damaged`)
   const canonical = (value: unknown, from: number, to: number): void => {
     if (nestsDeeper(value, MAX_NESTING - 2)) throw fail(`it nests arrays or maps more than ${MAX_NESTING} levels deep`)
@@ -193,6 +203,7 @@ export function decodeCanonicalList (bytes: Uint8Array, code: ErrorCode, what: s
         const value = next()
         canonical(value, at, tokens.pos())
         reader.item(value, n)
+        yield
       }
     }
     if (!tokens.done()) throw fail('bytes follow its end')

@@ -1,6 +1,7 @@
 import { createHash, type Hash } from 'node:crypto'
 import { KithError } from '../errors.ts'
-import { CanonicalListWriter, decodeCanonicalList } from '../peer/canonical.ts'
+import { CanonicalListWriter, canonicalListSteps } from '../peer/canonical.ts'
+import { atOnce, inSlices } from '../peer/slices.ts'
 import { PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, sign, verify } from '../peer/signing.ts'
 import { isSafeText } from '../peer/text.ts'
 import {
@@ -408,7 +409,7 @@ export interface ManifestSummary {
  */
 export function summarizeManifest (bytes: Uint8Array, options: DecodeManifestOptions = {}): ManifestSummary {
   const { body, pub } = openEnvelope(bytes, options)
-  return parseBody(body, pub, false) as ManifestSummary
+  return atOnce(bodySteps(body, pub, false)) as ManifestSummary
 }
 
 /**
@@ -419,7 +420,33 @@ export function summarizeManifest (bytes: Uint8Array, options: DecodeManifestOpt
  */
 export function decodeManifest (bytes: Uint8Array, options: DecodeManifestOptions = {}): Manifest {
   const { body, pub } = openEnvelope(bytes, options)
-  return parseBody(body, pub, true) as Manifest
+  return atOnce(bodySteps(body, pub, true)) as Manifest
+}
+
+/**
+ * `decodeManifest` on the daemon's event loop: the entries are read in
+ * slices (src/peer/slices.ts), each a few ms, with the loop's other work
+ * between them, not in one block (seconds for 100,000 files). `bytes`
+ * must not change until it resolves.
+ */
+export async function decodeManifestInSlices (bytes: Uint8Array, options: DecodeManifestOptions = {}): Promise<Manifest> {
+  const { body, pub } = openEnvelope(bytes, options)
+  return await inSlices(bodySteps(body, pub, true)) as Manifest
+}
+
+/** What `summarizeManifestInSlices` hands over of each entry: its path and, for a file, its chunk ids (a packed file's: its pack's), 32 bytes each; null for a folder. */
+export type EntryVisitor = (path: string, ids: Uint8Array | null) => void
+
+/**
+ * `summarizeManifest` on the daemon's event loop, in slices as
+ * `decodeManifestInSlices`; `visit`, if given, sees each entry as it is
+ * checked (views of `bytes`, not to be kept). Entries come before the
+ * last checks (the Merkle root): what `visit` saw is the manifest's only
+ * once this resolves.
+ */
+export async function summarizeManifestInSlices (bytes: Uint8Array, options: DecodeManifestOptions & { visit?: EntryVisitor } = {}): Promise<ManifestSummary> {
+  const { body, pub } = openEnvelope(bytes, options)
+  return await inSlices(bodySteps(body, pub, false, options.visit)) as ManifestSummary
 }
 
 /**
@@ -488,19 +515,19 @@ function openEnvelope (bytes: Uint8Array, options: DecodeManifestOptions): { bod
 }
 
 /**
- * The body, read entry by entry (canonical.ts `decodeCanonicalList`): the
+ * The body, read entry by entry (canonical.ts `canonicalListSteps`), a step each: the
  * fields before the entries are checked first (canonical order puts
  * `entries` last), then each entry is checked and turned into its decoded
  * form as it is read, so memory holds the result and one entry's CBOR, not
  * the whole tree and a second encoding of it.
  */
-function parseBody (bodyBytes: Uint8Array, owner: Uint8Array, keep: boolean): Manifest | ManifestSummary {
+function * bodySteps (bodyBytes: Uint8Array, owner: Uint8Array, keep: boolean, visit?: EntryVisitor): Generator<void, Manifest | ManifestSummary> {
   let walk: EntryWalk | undefined
   let before = 0
-  const rest = decodeCanonicalList(bodyBytes, 'MANIFEST_MALFORMED', 'the share manifest body', 'entries', {
+  const rest = yield * canonicalListSteps(bodyBytes, 'MANIFEST_MALFORMED', 'the share manifest body', 'entries', {
     start: (fields, count) => {
       before = Object.keys(fields).length
-      walk = new EntryWalk(parseHead(fields, count, true), count, keep)
+      walk = new EntryWalk(parseHead(fields, count, true), count, keep, visit)
     },
     item: (entry) => { walk!.add(entry) }
   })
@@ -567,10 +594,12 @@ class EntryWalk {
   private totalSize = 0
   /** whether the entries are kept (`decodeManifest`) or only checked (`summarizeManifest`) */
   private readonly keep: boolean
+  private readonly visit: EntryVisitor | undefined
 
-  constructor (head: Head, count: number, keep: boolean) {
+  constructor (head: Head, count: number, keep: boolean, visit?: EntryVisitor) {
     this.head = head
     this.keep = keep
+    this.visit = visit
     this.hashes = Buffer.allocUnsafe(keep ? count * ID_LENGTH : 0)
     this.packIds = splitIds(head.packs)
     this.totalChunks = this.packIds.length
@@ -594,6 +623,7 @@ class EntryWalk {
     if (entry.t === 'd') {
       if (!hasKeys(entry, DIR_KEYS)) throw malformed(`folder ${JSON.stringify(path)} must hold exactly t and p`)
       if (this.keep) this.entries.push({ type: 'dir', path })
+      this.visit?.(path, null)
       return
     }
     if (entry.t !== 'f') throw malformed(`entry ${JSON.stringify(path)} has an unknown type`)
@@ -627,6 +657,7 @@ class EntryWalk {
       if (this.keep) this.entries.push(new DecodedFile(path, s, x, this.hashes, hashAt, this.packChunks[k]!, { index: k, offset: pack.size }))
       pack.size += s
       this.packHasher!.update(h)
+      this.visit?.(path, this.head.packs.subarray(k * ID_LENGTH, (k + 1) * ID_LENGTH))
       return
     }
     const n = chunkCount(s, cs)
@@ -637,6 +668,7 @@ class EntryWalk {
       throw malformed(`file ${JSON.stringify(path)} of ${s} bytes must list ${n} chunk ids`)
     }
     this.ids.push(c)
+    this.visit?.(path, c)
     if (!this.keep) return
     // its ids become strings once every entry is checked: a claim past MAX_CHUNKS costs no string
     const decoded = new DecodedFile(path, s, x, this.hashes, hashAt, [])

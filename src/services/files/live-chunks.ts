@@ -1,8 +1,8 @@
 import { KithError, asKithError } from '../../errors.ts'
-import { decodeManifest, type Manifest } from '../../transfer/manifest.ts'
-import type { ShareBook } from './share-book.ts'
+import type { ManifestSummary } from '../../transfer/manifest.ts'
+import { ShareBook } from './share-book.ts'
 import { ID_LENGTH } from '../../transfer/constants.ts'
-import { select, type Transfer } from './transfers.ts'
+import type { Transfer } from './transfers.ts'
 
 /**
  * What file sharing keeps alive in the engine's chunk store: the policy half
@@ -24,8 +24,10 @@ import { select, type Transfer } from './transfers.ts'
  *    version supersedes the older ones (their changed files' chunks go); a
  *    revoked friend's shares are no longer served, so their chunks go.
  *
- * **Cost.** The mark decodes (and verifies) each manifest it needs once;
- * of my shares', it keeps only the chunk ids (ShareBook.summary).
+ * **Cost.** The mark checks (and verifies) each manifest it needs once, in
+ * slices (src/peer/slices.ts), keeping no entry: of my shares', the chunk
+ * ids (ShareBook.summary); of friends', the chunk ids of the files under
+ * the paths it wants, as the entries are walked (ShareBook.walk).
  */
 
 /** What the live set is made from: my shares, my fetches and my friends. */
@@ -50,64 +52,87 @@ const OPEN: ReadonlySet<Transfer['state']> = new Set(['queued', 'running', 'paus
  * store that keeps too much than a share that can no longer be served.
  */
 export async function liveChunks (init: LiveInit, live = new Set<string>()): Promise<Set<string>> {
-  const addSelected = (manifest: Manifest, path: string): void => {
-    for (const { entry } of select(manifest, path).files) for (const id of entry.chunks) live.add(id)
-  }
-
   // 1. my shares, newest versions: their chunk ids alone (a share of many files decodes to an object per file)
   for (const share of await init.shares.list()) {
     try {
       const { chunkIds } = await init.shares.summary(share.id, init.publicKey)
-      for (let at = 0; at < chunkIds.length; at += ID_LENGTH) live.add(chunkIds.toString('hex', at, at + ID_LENGTH))
+      addIds(live, chunkIds)
     } catch (err) {
       throw new KithError('INTERNAL', `the stored manifest of your share ${share.name} (${share.id}) can't be read (${asKithError(err).message}); the chunk store was left as it is`, { cause: err })
     }
   }
 
-  const manifests = new Map<string, Manifest>()
-  const received = async (t: Pick<Transfer, 'id' | 'owner' | 'shareId' | 'version'>): Promise<Manifest> => {
+  // 2. what open fetches need; 3. the newest finished version of each friend's share
+  const wanted = new Map<string, Wanted>()
+  const want = (t: Pick<Transfer, 'id' | 'owner' | 'shareId' | 'version'>, path: string, open: boolean): void => {
     const key = `${t.owner}/${t.shareId}/${t.version}`
     init.manifestsUsed?.add(key)
-    let manifest = manifests.get(key)
-    if (manifest !== undefined) return manifest
-    const saved = await init.shares.receivedManifest(t.owner, t.shareId, t.version)
-    if (saved === undefined) {
-      throw new KithError('INTERNAL', `the manifest transfer ${t.id} was started from (version ${t.version}) is missing; cancel the transfer to let the chunk store be cleaned`)
-    }
-    const ownerKey = init.friends.get(t.owner)?.publicKey
-    try {
-      // checked against the owner's key when they are still in my book; the signature is checked either way
-      manifest = decodeManifest(saved, ownerKey !== undefined ? { owner: Buffer.from(ownerKey, 'base64') } : {})
-    } catch (err) {
-      throw new KithError('INTERNAL', `the manifest transfer ${t.id} was started from can't be read (${asKithError(err).message}); cancel the transfer to let the chunk store be cleaned`, { cause: err })
-    }
-    manifests.set(key, manifest)
-    return manifest
+    const paths = wanted.get(key) ?? { transfer: t, paths: new Map<string, boolean>() }
+    paths.paths.set(path, open || (paths.paths.get(path) ?? false))
+    wanted.set(key, paths)
   }
-
-  // 2. what open fetches need; 3. the newest finished version of each friend's share
-  const finished = new Map<string, { owner: string, shareId: string, newest: Pick<Transfer, 'id' | 'owner' | 'shareId' | 'version'>, paths: Set<string> }>()
+  const finished = new Map<string, { newest: Pick<Transfer, 'id' | 'owner' | 'shareId' | 'version'>, paths: Set<string> }>()
   for (const t of init.transfers()) {
     if (OPEN.has(t.state)) {
-      addSelected(await received(t), t.path)
+      want(t, t.path, true)
     } else if (t.state === 'done' && init.friends.isActive(t.owner)) {
       const key = `${t.owner}/${t.shareId}`
-      const group = finished.get(key) ?? { owner: t.owner, shareId: t.shareId, newest: t, paths: new Set<string>() }
+      const group = finished.get(key) ?? { newest: t, paths: new Set<string>() }
       if (t.version > group.newest.version) group.newest = t
       group.paths.add(t.path)
       finished.set(key, group)
     }
   }
-  for (const group of finished.values()) {
-    const manifest = await received(group.newest)
-    for (const path of group.paths) {
-      try {
-        addSelected(manifest, path)
-      } catch (err) {
-        // a path fetched from an older version that the newest no longer has: superseded
-        if (asKithError(err).code !== 'SHARE_UNKNOWN') throw err
-      }
-    }
-  }
+  // a path fetched from an older version that the newest no longer has is superseded
+  for (const group of finished.values()) for (const path of group.paths) want(group.newest, path, false)
+  for (const manifest of wanted.values()) await addSelected(init, manifest, live)
   return live
+}
+
+/** A received manifest the live set needs: a transfer that uses it, and the paths of it wanted (true: an open fetch's, which it must hold). */
+interface Wanted {
+  transfer: Pick<Transfer, 'id' | 'owner' | 'shareId' | 'version'>
+  paths: Map<string, boolean>
+}
+
+/**
+ * Adds the chunks of the files under the wanted paths of a received
+ * manifest (as `select` picks them) to `live`: its saved bytes are walked
+ * entry by entry, in slices, and nothing of it is kept.
+ */
+async function addSelected (init: LiveInit, { transfer: t, paths }: Wanted, live: Set<string>): Promise<void> {
+  const saved = await init.shares.receivedManifest(t.owner, t.shareId, t.version)
+  if (saved === undefined) {
+    throw new KithError('INTERNAL', `the manifest transfer ${t.id} was started from (version ${t.version}) is missing; cancel the transfer to let the chunk store be cleaned`)
+  }
+  const ownerKey = init.friends.get(t.owner)?.publicKey
+  const found = new Set<string>()
+  // picked as they come, added once the walk has checked the whole manifest
+  const picked = new Set<string>()
+  let summary: ManifestSummary
+  try {
+    // checked against the owner's key when they are still in my book; the signature is checked either way
+    summary = await ShareBook.walk(saved, ownerKey !== undefined ? Buffer.from(ownerKey, 'base64') : undefined, (path, ids) => {
+      for (const wanted of paths.keys()) {
+        if (ids === null) {
+          if (path === wanted) found.add(wanted)
+        } else if (wanted === '' || path === wanted || path.startsWith(wanted + '/')) {
+          found.add(wanted)
+          addIds(picked, ids)
+        }
+      }
+    })
+  } catch (err) {
+    throw new KithError('INTERNAL', `the manifest transfer ${t.id} was started from can't be read (${asKithError(err).message}); cancel the transfer to let the chunk store be cleaned`, { cause: err })
+  }
+  for (const [path, open] of paths) {
+    if (open && path !== '' && !found.has(path)) throw new KithError('SHARE_UNKNOWN', `${JSON.stringify(path)} is not in ${summary.name}; see \`kith ls\``)
+  }
+  for (const id of picked) live.add(id)
+}
+
+/** Adds chunk ids given as bytes, 32 each, to `set` as hex. */
+function addIds (set: Set<string>, ids: Uint8Array): void {
+  const bytes = Buffer.from(ids.buffer, ids.byteOffset, ids.length)
+  for (let at = 0; at < bytes.length; at += ID_LENGTH) set.add(bytes.toString('hex', at, at + ID_LENGTH))
 }

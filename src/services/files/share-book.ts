@@ -2,7 +2,7 @@ import { resolve } from 'node:path'
 import { KithError } from '../../errors.ts'
 import { getOrUndefined, type Sublevel } from '../../peer/database.ts'
 import { unwrapKey } from '../../peer/key-wrap.ts'
-import { decodeManifest, ManifestWriter, summarizeManifest, type Manifest, type ManifestSummary } from '../../transfer/manifest.ts'
+import { decodeManifestInSlices, ManifestWriter, summarizeManifestInSlices, type EntryVisitor, type Manifest, type ManifestSummary } from '../../transfer/manifest.ts'
 import { chunkSource, type ChunkSink } from '../../transfer/chunker.ts'
 import { CHUNK_SIZE, ID_LENGTH } from '../../transfer/constants.ts'
 import { deriveSealKeys, generateShareId, generateShareKey, type SealKeys } from '../../transfer/seal.ts'
@@ -176,12 +176,13 @@ export class ShareBook {
   /**
    * My share's manifest, checked again (its signature by `owner` included)
    * without its entries: its chunk ids and counts. Throws SHARE_UNKNOWN if
-   * the share has no manifest row.
+   * the share has no manifest row. In slices: the daemon goes on answering
+   * meanwhile (src/peer/slices.ts).
    */
   async summary (id: string, owner: Uint8Array): Promise<ManifestSummary> {
     const bytes = await this.manifestBytes(id)
     if (bytes === undefined) throw new KithError('SHARE_UNKNOWN', `your share ${id} has no stored manifest`)
-    return summarizeManifest(bytes, { owner })
+    return await summarizeManifestInSlices(bytes, { owner })
   }
 
   async list (): Promise<MyShare[]> {
@@ -247,7 +248,7 @@ export class ShareBook {
     })
     const bytes = writer.finish({ secretKey: init.secretKey, publicKey: init.publicKey, packs: result.packs })
     // checked as a friend will check it, so a share made is always one that can be fetched
-    const summary = summarizeManifest(bytes, { owner: init.publicKey })
+    const summary = await summarizeManifestInSlices(bytes, { owner: init.publicKey })
     const now = Date.now()
     const share: MyShare = {
       id,
@@ -357,9 +358,19 @@ export class ShareBook {
     return [...keys.values()]
   }
 
-  /** Decodes a stored manifest, checking again that its owner signed it. */
-  static decode (manifest: Uint8Array, owner: Uint8Array): Manifest {
-    return decodeManifest(manifest, { owner })
+  /** Decodes a stored manifest, checking again that its owner signed it; in slices, as `summary`. */
+  static async decode (manifest: Uint8Array, owner: Uint8Array): Promise<Manifest> {
+    return await decodeManifestInSlices(manifest, { owner })
+  }
+
+  /**
+   * A stored manifest's entries as it is checked again (its signature by
+   * `owner`, if given, included), each handed to `visit` and none kept;
+   * in slices, as `summary`. What `visit` saw is the manifest's only once
+   * this resolves.
+   */
+  static async walk (manifest: Uint8Array, owner: Uint8Array | undefined, visit: EntryVisitor): Promise<ManifestSummary> {
+    return await summarizeManifestInSlices(manifest, { ...(owner !== undefined ? { owner } : {}), visit })
   }
 }
 

@@ -7,6 +7,7 @@ import type { Connection } from '@libp2p/interface'
 import { KithError, asKithError } from '../../errors.ts'
 import type { Sublevel } from '../../peer/database.ts'
 import { pathExists } from '../../peer/home.ts'
+import { Slices } from '../../peer/slices.ts'
 import { unwrapKey } from '../../peer/key-wrap.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import type { FriendBook } from '../../trust/friends.ts'
@@ -324,7 +325,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const saved = await this.init.shares.receivedManifest(record.owner, record.shareId, record.version)
     const friend = this.init.friends.get(record.owner)
     if (saved === undefined || friend === undefined) return
-    const manifest = ShareBook.decode(saved, Buffer.from(friend.publicKey, 'base64'))
+    const manifest = await ShareBook.decode(saved, Buffer.from(friend.publicKey, 'base64'))
     for (const { index, relative } of select(manifest, record.path).files) {
       const dest = destOf(record, relative)
       // never through a link planted on the way: that partial is not ours to remove
@@ -471,7 +472,7 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
       bytes = fetched.manifest
       wrapped = Buffer.from(fetched.key).toString('base64')
     }
-    const manifest = ShareBook.decode(bytes, ownerKey)
+    const manifest = await ShareBook.decode(bytes, ownerKey)
     if (manifest.shareId !== shareId) throw new KithError('PROTOCOL_VIOLATION', 'the owner sent the manifest of another share')
     if (version != null && manifest.version !== version) {
       throw new KithError('TRANSFER_STATE', `the share changed (version ${manifest.version}, this fetch is of version ${version}); cancel it and fetch again`)
@@ -674,8 +675,12 @@ export class Transfers extends EventEmitter<{ event: [TransferEvent] }> {
     const checked = new Set<string>()
     // folders made just now hold nothing to compare: a first run over many files looks at none of them
     const made = new Set<string>()
+    // the files of a folder checked already go without a wait: thousands of them, in slices
+    const slices = new Slices()
     const prepare = async (): Promise<void> => {
-      while (next < files.length) {
+      for (;;) {
+        if (slices.due) await slices.pass()
+        if (next >= files.length) return
         const at = next++
         const { entry, index, relative } = files[at]!
         const segments = [basename(record.dest), ...(relative === '' ? [] : relative.split('/'))]
