@@ -1,9 +1,11 @@
 import { randomFillSync } from 'node:crypto'
 import { mkdir, rm, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
 import { cpuSeconds, fmt, MB, peakRss, resetPeakRss, run, table } from './lib.ts'
 import { memorySplit, watchMemory, type MemorySplit } from './smaps.ts'
+import { stallLog, stallsBetween, type Stall } from './stall-probe.ts'
 
 /**
  * The small-files section of `npm run bench` (`--section smallfiles`): a
@@ -21,7 +23,12 @@ import { memorySplit, watchMemory, type MemorySplit } from './smaps.ts'
  *                  the fetcher's before the fetch and at its sampled peak,
  *                  split by kind (bench/smaps.ts)
  *   CPU            CPU ms per file, owner and fetcher
+ *   stalls         the longest time each daemon's event loop stopped
+ *                  answering during the fetch (its API, timers, libp2p's
+ *                  keep-alives), with its main thread's CPU meanwhile
+ *                  (bench/stall-probe.ts), and how many stops of 100 ms or more
  */
+const HERE = dirname(fileURLToPath(import.meta.url))
 const TARGET_FILES_PER_S = 3000
 const TARGET_RSS = 200 * MB
 const FILE_SIZE = 4096
@@ -41,6 +48,27 @@ async function makeTree (root: string, count: number): Promise<void> {
 /** A memory split (bench/smaps.ts) as a note. */
 function describe (m: MemorySplit): string {
   return `mapped files ${fmt(m.files / MB)}, glibc heap ${fmt(m.heap / MB)}, thread arenas ${fmt(m.arenas / MB)}, other anonymous (V8 heap, buffers of 128 KiB+) ${fmt(m.anon / MB)}`
+}
+
+/** The longest of `stalls` (longest first), wall ms. */
+function longest (stalls: Stall[]): string {
+  return fmt(stalls[0]?.wallMs ?? 0)
+}
+
+/**
+ * The longest stall's main-thread CPU and when it began, the stall in which
+ * the main thread itself ran longest (on a loaded machine a stall may be a
+ * wait for a core; this one is the daemon's own work), and how many stalls
+ * of 100 ms or more there were.
+ */
+function stallNote (stalls: Stall[], from: number): string {
+  const top = stalls[0]
+  if (top === undefined) return 'none of 50 ms or more'
+  const busiest = stalls.reduce((a, b) => b.cpuMs > a.cpuMs ? b : a)
+  const long = stalls.filter(s => s.wallMs >= 100)
+  const when = (s: Stall): string => `${fmt((s.at - from) / 1000, 1)} s into the fetch`
+  return `${fmt(top.cpuMs)} CPU ms in it, ${when(top)}; most CPU in one: ${fmt(busiest.cpuMs)} ms (${fmt(busiest.wallMs)} wall), ${when(busiest)}; ` +
+    `${long.length} of 100 ms or more, ${fmt(long.reduce((sum, s) => sum + s.wallMs, 0) / 1000, 1)} s together`
 }
 
 async function waitOnline (node: TestNode, label: string): Promise<void> {
@@ -64,19 +92,30 @@ export async function smallFilesBench (log: Log, work: string, count: number, pr
   if (tar.code !== 0) throw new Error(`tar | tar failed: ${tar.stderr}`)
   await rm(join(root, 'tar-out'), { recursive: true, force: true })
 
-  const net = await createTestnet(['owner', 'friend'])
+  // the daemons (and only they) log their event loop's stalls
+  const stalls = join(root, 'stalls')
+  await mkdir(stalls)
+  const probe = `--import=${join(HERE, 'stall-probe.ts')}`
+  const withProbe = async <T>(options: string, start: () => Promise<T>): Promise<T> => {
+    const saved = process.env.NODE_OPTIONS
+    process.env.NODE_OPTIONS = `${saved ?? ''} ${probe} ${options}`.trim()
+    process.env.KITH_STALL_DIR = stalls
+    try {
+      return await start()
+    } finally {
+      if (saved == null) delete process.env.NODE_OPTIONS
+      else process.env.NODE_OPTIONS = saved
+      delete process.env.KITH_STALL_DIR
+    }
+  }
+  const net = await withProbe('', async () => await createTestnet(['owner', 'friend']))
   const [owner, friend] = net.nodes as [TestNode, TestNode]
   try {
     if (profiles !== undefined) {
       // restarted with the profiler on; stopped cleanly at the end, so the profiles are written
-      const saved = process.env.NODE_OPTIONS
-      process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${profiles}`.trim()
-      try {
+      await withProbe(`--cpu-prof --cpu-prof-dir=${profiles}`, async () => {
         for (const n of [owner, friend]) { await n.stop(); await n.start() }
-      } finally {
-        if (saved == null) delete process.env.NODE_OPTIONS
-        else process.env.NODE_OPTIONS = saved
-      }
+      })
       log(`smallfiles: CPU profiles of owner (pid ${owner.pid}) and friend (pid ${friend.pid}) go to ${profiles}`)
     }
     await befriend(owner, friend)
@@ -100,6 +139,7 @@ export async function smallFilesBench (log: Log, work: string, count: number, pr
     // progress lines come while chunks arrive (files are placed meanwhile); none while the last files are placed
     let lastProgressAt = NaN
     let doneAt = NaN
+    const fetchFrom = Date.now()
     const fetched = await run(NODE, [KITH, '--home', friend.home, 'fetch', `owner:${name}`, '-o', join(root, 'fetched'), '--json'], slow, (line, at) => {
       const t = JSON.parse(line) as { state: string }
       if (t.state === 'running') lastProgressAt = at
@@ -114,6 +154,7 @@ export async function smallFilesBench (log: Log, work: string, count: number, pr
     const { transfers } = await friend.json<{ transfers: Array<{ id: string, created: number, updated: number }> }>('transfers')
     const record = transfers.find(t => t.id === last.id)!
     const fetchMs = record.updated - record.created
+    const [ownerStalls, fetcherStalls] = await Promise.all([owner, friend].map(async n => await stallsBetween(stallLog(stalls, n.pid!), fetchFrom, Date.now()))) as [Stall[], Stall[]]
 
     const perS = (ms: number): number => count / (ms / 1000)
     const tarRate = perS(tar.ms)
@@ -127,6 +168,8 @@ export async function smallFilesBench (log: Log, work: string, count: number, pr
       ['peak RSS fetcher (MB)', fmt(peaks[1]! / MB), '', `<= ${TARGET_RSS / MB}`, peaks[1]! <= TARGET_RSS ? 'yes' : 'NO',
         before === undefined ? '' : `${fmt((peaks[1]! - before.total) / MB)} above its ${fmt(before.total / MB)} before the fetch`],
       ['  fetcher before the fetch (MB)', before === undefined ? '' : fmt(before.total / MB), '', '', '', before === undefined ? '' : describe(before)],
+      ['longest event-loop stall, owner (ms)', longest(ownerStalls), '', '', '', stallNote(ownerStalls, fetchFrom)],
+      ['longest event-loop stall, fetcher (ms)', longest(fetcherStalls), '', '', '', stallNote(fetcherStalls, fetchFrom)],
       ['  fetcher at its sampled peak (MB)', atPeak === undefined ? '' : fmt(atPeak.total / MB), '', '', '', atPeak === undefined ? '' : `${describe(atPeak)} (smaps every 250 ms)`]
     ]
     console.log(`\nkith small-files benchmark: ${count} files of ${FILE_SIZE} bytes in folders of ${PER_FOLDER}, two daemons on 127.0.0.1`)
