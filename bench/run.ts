@@ -14,7 +14,7 @@ import { backupBench } from './backup.ts'
 import { proxyBench } from './proxy.ts'
 import { smallFilesBench } from './smallfiles.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
-import { JsonChild, killChildren, perfDuring, run, peakRss, resetPeakRss, currentRss, cpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
+import { JsonChild, killChildren, perfDuring, run, peakRss, resetPeakRss, currentRss, cpuSeconds, threadCpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
 /**
  * `npm run bench`: how fast kith moves a file between friends, next to
@@ -197,11 +197,12 @@ function add (row: Row): void {
 // ---------------------------------------------------------------------------
 // ceilings
 
-interface PeerReport { bytes: number, ms: number, peakRss: number, cpuMs: number }
+/** mainCpuMs: the main thread's CPU alone, from (c)'s ends (NaN from the others) */
+interface PeerReport { bytes: number, ms: number, peakRss: number, cpuMs: number, mainCpuMs?: number }
 
 type CeilingKind = 'tcp' | 'stream' | 'chunk-path'
 
-async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number, senderCpuMs: number, receiverCpuMs: number }> {
+async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number, senderCpuMs: number, receiverCpuMs: number, senderMainMs: number, receiverMainMs: number }> {
   const out = join(dir, `ceiling-${kind}.out`)
   const script = { tcp: TCP_PEER, stream: STREAM_PEER, 'chunk-path': CHUNK_PATH_PEER }[kind]
   // the plain stream runs in the daemon's heap configuration (as `kith start` does)
@@ -228,7 +229,7 @@ async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise
       [r, s] = await both()
     }
     if (r.bytes !== SIZE) throw new Error(`${kind} ceiling: the receiver got ${r.bytes} of ${SIZE} bytes`)
-    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs, senderCpuMs: s.cpuMs, receiverCpuMs: r.cpuMs }
+    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs, senderCpuMs: s.cpuMs, receiverCpuMs: r.cpuMs, senderMainMs: s.mainCpuMs ?? NaN, receiverMainMs: r.mainCpuMs ?? NaN }
   } finally {
     await Promise.all([recv.kill(), send?.kill()])
     await rm(out, { force: true })
@@ -331,6 +332,8 @@ interface FetchResult {
   sources: Array<{ label: string, bytes: number }> | undefined
   /** per daemon taking part (sources and fetcher): CPU seconds used during the fetch */
   cpu: Record<string, number>
+  /** the same, its main thread alone */
+  mainCpu: Record<string, number>
   /** per daemon: VmHWM during the fetch (reset just before it), and VmRSS just before */
   peak: Record<string, number>
   before: Record<string, number>
@@ -344,10 +347,12 @@ async function fetchOnce (fetcher: TestNode, sources: TestNode[], target: string
   let peakReset = true
   const before: Record<string, number> = {}
   const cpu: Record<string, number> = {}
+  const mainCpu: Record<string, number> = {}
   for (const n of all) {
     peakReset = (await resetPeakRss(n.pid)) && peakReset
     before[n.name] = await currentRss(n.pid)
     cpu[n.name] = await cpuSeconds(n.pid)
+    mainCpu[n.name] = await threadCpuSeconds(n.pid)
   }
   // progress lines come every 250 ms while chunks arrive, none while the file is assembled
   let lastProgressAt = NaN
@@ -360,6 +365,7 @@ async function fetchOnce (fetcher: TestNode, sources: TestNode[], target: string
   const peak: Record<string, number> = {}
   for (const n of all) {
     cpu[n.name] = (await cpuSeconds(n.pid)) - cpu[n.name]!
+    mainCpu[n.name] = (await threadCpuSeconds(n.pid)) - mainCpu[n.name]!
     peak[n.name] = await peakRss(n.pid)
   }
   if (result.code !== 0) throw new Error(`kith fetch ${target} failed (${result.code}): ${result.stderr.trim()}`)
@@ -368,7 +374,7 @@ async function fetchOnce (fetcher: TestNode, sources: TestNode[], target: string
   if (last.state !== 'done' || last.doneBytes !== SIZE) throw new Error(`kith fetch ended ${JSON.stringify(last)}`)
   const { transfers } = await fetcher.json<{ transfers: Array<{ id: string, created: number, updated: number, state: string, sources?: Array<{ label: string, bytes: number }> }> }>('transfers')
   const record = transfers.find(t => t.id === last.id)!
-  return { transferMs: record.updated - record.created, wallMs: result.ms, assembleMs: doneAt - lastProgressAt, sources: record.sources, cpu, peak, before, peakReset }
+  return { transferMs: record.updated - record.created, wallMs: result.ms, assembleMs: doneAt - lastProgressAt, sources: record.sources, cpu, mainCpu, peak, before, peakReset }
 }
 
 /** "alice 34% f1 33% f2 33%" of the bytes, when the transfer reports its sources */
@@ -464,7 +470,12 @@ async function kith (src: string, streamCeiling: number, pathRuns: CeilingRuns |
     one.push(r)
     roles[name] = 'fetcher'
     const pair = pathRuns?.runs.at(-1)
-    const ofPath = pair == null ? '' : `, ${fmt(mbps(SIZE, r.transferMs) / pair.mbps, 2)} of the (c) run before it; CPU ms/MB owner + fetcher ${fmt(r.cpu.alice! * 1000 / (SIZE / MB), 1)} + ${fmt(r.cpu[name]! * 1000 / (SIZE / MB), 1)} against (c)'s ${fmt(pair.senderCpuMs / (SIZE / MB), 1)} + ${fmt(pair.receiverCpuMs / (SIZE / MB), 1)}`
+    const perMb = (seconds: number): string => fmt(seconds * 1000 / (SIZE / MB), 1)
+    const ofPath = pair == null
+      ? ''
+      : `, ${fmt(mbps(SIZE, r.transferMs) / pair.mbps, 2)} of the (c) run before it; CPU ms/MB owner + fetcher ${perMb(r.cpu.alice!)} + ${perMb(r.cpu[name]!)} ` +
+        `(main threads ${perMb(r.mainCpu.alice!)} + ${perMb(r.mainCpu[name]!)}) against (c)'s send + recv ${perMb(pair.senderCpuMs / 1000)} + ${perMb(pair.receiverCpuMs / 1000)} ` +
+        `(${perMb(pair.senderMainMs / 1000)} + ${perMb(pair.receiverMainMs / 1000)})`
     log(`1-source fetch by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer)${ofPath}, ${fmt(mbps(SIZE, r.wallMs))} MB/s (command); ` +
       `peak RSS owner ${fmt(r.peak.alice! / MB)} MB (${fmt(r.before.alice! / MB)} before), fetcher ${fmt(r.peak[name]! / MB)} MB (${fmt(r.before[name]! / MB)} before)` +
       `${r.peakReset ? '' : ' (peaks since daemon start)'}; CPU load ${cpuLoad(r, roles)}; ${phases(r)}`)
