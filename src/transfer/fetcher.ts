@@ -125,7 +125,7 @@ const MAX_STORING = 16
 const MAX_STORING_BYTES = 2 * CHUNK_SIZE
 /** `store.has` checks run this many at a time when skipping held chunks. */
 const HAS_CONCURRENCY = 64
-/** A `beforeReceive` wait at least this long counts as throttling (shorter ones are noise). */
+/** A wait on us (`holdBack`) at least this long holds the source back (shorter ones are noise). */
 const THROTTLE_NOTICE_MS = 5
 
 export interface FetchInit {
@@ -364,7 +364,7 @@ class Source {
   penaltyCount = 0
   readonly penalties: Penalty[] = []
   dropped: Penalty | undefined
-  /** when `beforeReceive` last held one of its requests back */
+  /** when we last held one of its requests back (`beforeReceive`, or a store slower than the network) */
   throttledAt = -Infinity
   /** ms from a request's start to its first byte, smoothed: how long before one ends the next must start (see `pipeline`) */
   startupMs: number | undefined
@@ -401,7 +401,7 @@ class Request {
   /** every chunk it asked for arrived elsewhere first */
   winner: Request | undefined
   promise: Promise<void> = Promise.resolve()
-  /** waiting in `beforeReceive` */
+  /** waiting on us: in `beforeReceive`, or for the store to take the chunks it received */
   throttled = false
   /** no longer counted against its source's limit: its last chunks are due within its source's start-up time (see `pipeline`) */
   released = false
@@ -960,7 +960,7 @@ class Fetch {
       let arrival = Infinity
       let skip = false
       for (const r of set) {
-        // held back by our own beforeReceive: its pace is ours, and a copy would only queue behind it
+        // held back by us (beforeReceive, the store): its pace is ours, and a copy would only queue behind it
         if (r.source === source || r.throttled || r.source.throttledAt >= r.startedAt) skip = true
         arrival = Math.min(arrival, this.arrival(r, index, now, chunk))
       }
@@ -1090,7 +1090,8 @@ class Fetch {
           this.release(request, index)
           continue
         }
-        if (this.init.beforeReceive !== undefined) await this.throttle(request, item.sealed.byteLength)
+        const beforeReceive = this.init.beforeReceive
+        if (beforeReceive !== undefined) await this.holdBack(request, async () => { await beforeReceive(item.sealed.byteLength, source.peer, request.controller.signal) })
         // stored while the next frames are read: a chunk's writes (many small files: a file each) overlap the next one's
         const size = item.sealed.byteLength
         const task = this.store(request, index, item.id, item.sealed).catch((err: unknown) => { this.finish({ error: asKithError(err) }) })
@@ -1100,12 +1101,19 @@ class Fetch {
           storing.delete(task)
           storingBytes -= size
         })
-        while (storing.size >= MAX_STORING || storingBytes >= MAX_STORING_BYTES) await Promise.race(storing)
+        while (storing.size >= MAX_STORING || storingBytes >= MAX_STORING_BYTES) await this.holdBack(request, async () => { await Promise.race(storing) })
         if (this.finished) return
         this.pipeline(request)
         if (request.fault !== undefined) throw new KithError('CHUNK_FRAME_MALFORMED', request.fault.message)
       }
-      await Promise.all(storing)
+      // every byte is in: nothing is due from the source while the store takes the last chunks, so no stall clock runs
+      request.throttled = true
+      try {
+        await Promise.all(storing)
+      } finally {
+        request.throttled = false
+        request.lastByteAt = Math.max(request.lastByteAt, performance.now())
+      }
       if (this.finished) return
       if (request.fault !== undefined) throw new KithError('CHUNK_FRAME_MALFORMED', request.fault.message)
       if (request.fault === undefined && request.winner === undefined) {
@@ -1188,12 +1196,19 @@ class Fetch {
     this.schedule()
   }
 
-  /** Waits for `beforeReceive`; the time is ours, so the request's stall clock restarts after it. */
-  private async throttle (request: Request, bytes: number): Promise<void> {
+  /**
+   * Waits on something of ours that holds the request's source back while
+   * its stream goes unread: `beforeReceive`, or a store slower than the
+   * network. The time is ours, so the request's stall clock restarts after
+   * it. (Store waits counted as the source's: puts of 7 s, a disk under
+   * load, struck a healthy source stalled at each rate window, and the fetch
+   * ended FETCH_NO_SOURCE.)
+   */
+  private async holdBack (request: Request, wait: () => Promise<void>): Promise<void> {
     const started = performance.now()
     request.throttled = true
     try {
-      await this.init.beforeReceive!(bytes, request.source.peer, request.controller.signal)
+      await wait()
     } finally {
       request.throttled = false
       const now = performance.now()

@@ -10,7 +10,8 @@ import { learn, makeChunks, openStore, serve, startNode, tempDir, type Chunk, ty
  * The fetcher's `beforeReceive` hook with the bandwidth scheduler in it, over
  * real libp2p nodes: the download cap holds across sources, and time spent
  * held back by our own cap earns the sources no strike, even with fault
- * detection set far tighter than the cap.
+ * detection set far tighter than the cap. Nor does time held back by our own
+ * store, slower than the network (a disk under load).
  */
 const CHUNK = 256 * 1024
 const COUNT = 8
@@ -87,6 +88,35 @@ describe('multi-source fetch under a download cap', () => {
       expect(Object.keys(peers).sort()).toEqual(holders.map(h => h.peerId.toString()).sort())
     } finally {
       bandwidth.close()
+      await mine.close()
+    }
+  })
+
+  it('strikes no source while our own store is slower than the network', async () => {
+    const mine = await openStore(join(tmp.dir, 'slow-store'))
+    // every put waits until the store opens, longer than the stall timeout and a rate window after the first one
+    let opened: Promise<void> | undefined
+    try {
+      const report = await fetchChunks({
+        libp2p: client,
+        store: {
+          has: async id => await mine.store.has(id),
+          put: async (id, sealed) => {
+            opened ??= sleep(HOLD_MS)
+            await opened
+            return await mine.store.put(id, sealed)
+          }
+        },
+        ids: chunks.map(c => c.id),
+        sources: holders.map(h => h.peerId),
+        stallTimeoutMs: WINDOW_MS,
+        rateWindowMs: WINDOW_MS,
+        retryDelayMs: 50
+      })
+      expect(opened).toBeDefined()
+      expect(report.fetchedChunks).toBe(COUNT)
+      for (const s of report.sources) expect(s.penalties, JSON.stringify(s)).toEqual([])
+    } finally {
       await mine.close()
     }
   })
