@@ -206,7 +206,7 @@ describe('finding friends who moved', () => {
       await waitFor(async () => (await friendOf(a, 'mallet')).addrs.includes(mine), 'A knows my address', 5_000, 50)
       const good = [mine, '/ip4/10.9.9.9/tcp/9']
       await pushRecord(node, alice(), record(100, good).bytes)
-      await waitFor(async () => JSON.stringify((await friendOf(a, 'mallet')).addrs) === JSON.stringify(good), 'A took the record', 2_000, 20)
+      await waitFor(async () => JSON.stringify((await friendOf(a, 'mallet')).addrs) === JSON.stringify(good), 'A took the record', 10_000, 20)
 
       const evil = ['/ip4/10.6.6.6/tcp/6']
       const forgedBody = encodeCanonical({ v: 1, pub: identity.publicKey, addrs: evil, seq: 200, t: Date.now() })

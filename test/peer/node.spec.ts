@@ -46,10 +46,10 @@ describe('stream middleware', () => {
       node.use(protocol, [(stream, connection, next) => { seen[stream.direction]++; next(stream, connection) }])
     }
     for (let i = 0; i < 3; i++) await settle(await y.dialProtocol(x.getMultiaddrs()[0]!, protocol))
-    await waitFor(() => handled.x === 3, 'three inbound streams handled', 2_000, 10)
+    await waitFor(() => handled.x === 3, 'three inbound streams handled', 10_000, 10)
     // x has taken inbound streams; its outbound stream must reach y's handler, not run x's own
     const out = await x.dialProtocol(y.peerId, protocol)
-    await waitFor(() => handled.y === 1, 'y handled the stream from x', 2_000, 10)
+    await waitFor(() => handled.y === 1, 'y handled the stream from x', 10_000, 10)
     await settle(out)
     expect(handled).toEqual({ x: 3, y: 1 })
     expect(seen).toEqual({ inbound: 4, outbound: 4 })
@@ -97,7 +97,7 @@ describe('the libp2p internals kith relies on', () => {
       await x.handle(protocol, async (stream) => { await stream.close() })
       const stream = await y.dialProtocol(x.getMultiaddrs()[0]!, protocol)
       await stream.close({ signal: AbortSignal.timeout(2_000) }).catch(() => {})
-      await waitFor(() => calls.includes(`x ${protocol}`), 'libp2p to ask x for the inbound stream\'s middleware', 2_000, 10)
+      await waitFor(() => calls.includes(`x ${protocol}`), 'libp2p to ask x for the inbound stream\'s middleware', 10_000, 10)
       expect(calls).toContain(`y ${protocol}`)
     } finally {
       await x.stop()

@@ -65,9 +65,9 @@ describe('connection slots', () => {
     await befriend(s1)
     for (const s of [s2, s3, s4]) await s.connect(addr).catch(() => {})
     // the third stranger is closed as soon as it opens
-    await waitFor(() => [s2, s3, s4].filter(s => s.openConnections(addr).length > 0).length === 2, 'two strangers held', 2_000, 10)
+    await waitFor(() => [s2, s3, s4].filter(s => s.openConnections(addr).length > 0).length === 2, 'two strangers held', 10_000, 10)
     expect(s4.openConnections(addr).length).toBe(0)
-    await waitFor(() => s2.openConnections(addr).length === 0 && s3.openConnections(addr).length === 0, 'the strangers closed after their grace period', 6_000, 10)
+    await waitFor(() => s2.openConnections(addr).length === 0 && s3.openConnections(addr).length === 0, 'the strangers closed after their grace period', 15_000, 10)
     // s1 opened first, so its grace period is over too
     expect(s1.openConnections(addr).length).toBe(1)
   })
@@ -81,9 +81,9 @@ describe('connection slots', () => {
     // full: libp2p refuses inbound connections now, so the node dials its friend, one over the limit;
     // the friend's connection is the newest, which libp2p would prune first without the tag
     await n.dial(friend.node.getMultiaddrs()[0]!)
-    await waitFor(() => n.getConnections().length <= 3, 'pruning back to three connections', 3_000, 10)
+    await waitFor(() => n.getConnections().length <= 3, 'pruning back to three connections', 10_000, 10)
     // the pruned side learns it a moment later
-    await waitFor(() => strangers.filter(s => s.openConnections(addr).length > 0).length === 2, 'one stranger pruned', 3_000, 10)
+    await waitFor(() => strangers.filter(s => s.openConnections(addr).length > 0).length === 2, 'one stranger pruned', 10_000, 10)
     expect(friend.openConnections(addr).length).toBe(1)
     expect((await n.peerStore.get(friend.node.peerId)).tags.get(FRIEND_TAG)?.value).toBe(FRIEND_TAG_VALUE)
   })

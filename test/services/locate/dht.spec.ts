@@ -117,7 +117,7 @@ describe('the DHT fallback', () => {
     // a friend putting C's older record back into the DHT: A's validator refuses it and keeps the new one
     const accepted = await putRecord(b.node.services.dht, c.node.peerId, old, { signal: AbortSignal.timeout(5_000) })
     expect(accepted).toBe(0)
-    const held = await getRecords(a.node.services.dht, c.node.peerId, { signal: AbortSignal.timeout(2_000) })
+    const held = await getRecords(a.node.services.dht, c.node.peerId, { signal: AbortSignal.timeout(10_000) })
     expect(held.map(bytes => parseAddressRecord(bytes).seq)).not.toContain(old.seq)
   })
 })
@@ -206,7 +206,7 @@ describe('what a node\'s DHT store holds', () => {
     const p = paper[2]!
     expect(a.datastore.recordUsage.records).toBe(3)
     await a.friends.revoke(p.peerId)
-    await waitFor(() => a.datastore.recordUsage.records === 2, 'A to drop the revoked friend\'s DHT record', 2_000, 10)
+    await waitFor(() => a.datastore.recordUsage.records === 2, 'A to drop the revoked friend\'s DHT record', 10_000, 10)
     expect(a.datastore.dropRecord(p.peerId)).toBe(false)
     // and takes no new one about them
     expect(await put(p, p.record(9))).toBe(0)
