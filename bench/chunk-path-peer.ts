@@ -10,7 +10,7 @@ import { BufferPool } from '../src/transfer/buffer-pool.ts'
 import { FrameReader, MAX_RESPONSE_FRAME, decodeResponse, encodeChunk, sendFrame } from '../src/transfer/chunk-protocol.ts'
 import { CHUNK_SIZE } from '../src/transfer/constants.ts'
 import { chunkId, deriveSealKeys, openChunk, resealChunkParts, verifySealed, type ChunkPosition } from '../src/transfer/seal.ts'
-import { ownPeakRss, cpuMs, threadCpuSeconds } from './lib.ts'
+import { ownPeakRss, cpuMs, threadCpuSeconds, threadSleeps } from './lib.ts'
 
 /**
  * Ceiling (c): the work every chunk of a kith fetch needs, alone on one plain
@@ -28,11 +28,13 @@ import { ownPeakRss, cpuMs, threadCpuSeconds } from './lib.ts'
  * per-chunk crypto and disk work cost, and kith's fetch against (c) is what
  * kith's own machinery costs.
  *
- *   node bench/chunk-path-peer.ts recv OUTFILE      prints {"addr"}, then {"bytes","ms","peakRss","cpuMs","mainCpuMs"}
- *   node bench/chunk-path-peer.ts send ADDR SRCFILE prints {"bytes","ms","peakRss","cpuMs","mainCpuMs"} once closed
+ *   node bench/chunk-path-peer.ts recv OUTFILE      prints {"addr"}, then {"bytes","ms","peakRss","cpuMs","mainCpuMs","mainSleeps"}
+ *   node bench/chunk-path-peer.ts send ADDR SRCFILE prints {"bytes","ms","peakRss","cpuMs","mainCpuMs","mainSleeps"} once closed
  *
  * cpuMs is the process's CPU, mainCpuMs its main thread's alone (the event
- * loop, which bounds each end; the rest is V8's and libuv's threads).
+ * loop, which bounds each end; the rest is V8's and libuv's threads), and
+ * mainSleeps how often that thread went idle (each wake-up after costs the
+ * event loop's round again).
  *
  * With BENCH_SEND_ON_SIGNAL=1 the sender prints {"ready"} once its node is
  * up and sends only on SIGUSR2, so a profiler can attach to both ends first.
@@ -67,6 +69,7 @@ async function receive (stream: Stream, out: string): Promise<void> {
   const started = performance.now()
   const cpuStart = process.cpuUsage()
   const mainStart = await threadCpuSeconds(process.pid)
+  const sleepsStart = await threadSleeps(process.pid)
   const frames = new BufferPool(WRITES_IN_FLIGHT + 2)
   const plaintexts = new BufferPool(WRITES_IN_FLIGHT + 2)
   const reader = new FrameReader(stream, { maxFrame: MAX_RESPONSE_FRAME, highWater: MAX_RESPONSE_FRAME + 16, pause: true, buffers: frames })
@@ -96,7 +99,7 @@ async function receive (stream: Stream, out: string): Promise<void> {
   whole.digest()
   reader.dispose()
   await stream.close()
-  console.log(JSON.stringify({ bytes, ms: performance.now() - started, peakRss: ownPeakRss(), cpuMs: cpuMs(cpuStart), mainCpuMs: ((await threadCpuSeconds(process.pid)) - mainStart) * 1000 }))
+  console.log(JSON.stringify({ bytes, ms: performance.now() - started, peakRss: ownPeakRss(), cpuMs: cpuMs(cpuStart), mainCpuMs: ((await threadCpuSeconds(process.pid)) - mainStart) * 1000, mainSleeps: (await threadSleeps(process.pid)) - sleepsStart }))
 }
 
 async function send (addr: string, src: string): Promise<void> {
@@ -109,6 +112,7 @@ async function send (addr: string, src: string): Promise<void> {
   const started = performance.now()
   const cpuStart = process.cpuUsage()
   const mainStart = await threadCpuSeconds(process.pid)
+  const sleepsStart = await threadSleeps(process.pid)
   const handle = await open(src, 'r')
   const { size } = await handle.stat()
   const plaintexts = new BufferPool(2)
@@ -137,7 +141,7 @@ async function send (addr: string, src: string): Promise<void> {
   }
   await handle.close()
   await stream.close()
-  console.log(JSON.stringify({ bytes: size, ms: performance.now() - started, peakRss: ownPeakRss(), cpuMs: cpuMs(cpuStart), mainCpuMs: ((await threadCpuSeconds(process.pid)) - mainStart) * 1000 }))
+  console.log(JSON.stringify({ bytes: size, ms: performance.now() - started, peakRss: ownPeakRss(), cpuMs: cpuMs(cpuStart), mainCpuMs: ((await threadCpuSeconds(process.pid)) - mainStart) * 1000, mainSleeps: (await threadSleeps(process.pid)) - sleepsStart }))
 }
 
 if (role === 'recv') {

@@ -154,6 +154,18 @@ export async function threadCpuSeconds (pid: number | undefined): Promise<number
 }
 
 /**
+ * Times a process's main thread went to sleep so far (its voluntary context switches: each an event loop
+ * with nothing to do until the next event); NaN if unreadable.
+ */
+export async function threadSleeps (pid: number | undefined): Promise<number> {
+  try {
+    return Number(/voluntary_ctxt_switches:\s+(\d+)/.exec(await readFile(`/proc/${pid}/task/${pid}/status`, 'utf8'))?.[1] ?? NaN)
+  } catch {
+    return NaN
+  }
+}
+
+/**
  * A process's main thread's time on a core and waiting in the run queue for one so far, in ms
  * (/proc/PID/task/PID/schedstat; the kernel's schedstats): what is left of a span is the time it slept
  * (its event loop idle). NaN if unreadable.

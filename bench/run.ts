@@ -14,7 +14,7 @@ import { backupBench } from './backup.ts'
 import { proxyBench } from './proxy.ts'
 import { smallFilesBench } from './smallfiles.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
-import { JsonChild, killChildren, perfDuring, run, peakRss, resetPeakRss, currentRss, cpuSeconds, threadCpuSeconds, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
+import { JsonChild, killChildren, perfDuring, run, peakRss, resetPeakRss, currentRss, cpuSeconds, threadCpuSeconds, threadSleeps, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
 /**
  * `npm run bench`: how fast kith moves a file between friends, next to
@@ -197,12 +197,12 @@ function add (row: Row): void {
 // ---------------------------------------------------------------------------
 // ceilings
 
-/** mainCpuMs: the main thread's CPU alone, from (c)'s ends (NaN from the others) */
-interface PeerReport { bytes: number, ms: number, peakRss: number, cpuMs: number, mainCpuMs?: number }
+/** mainCpuMs: the main thread's CPU alone, mainSleeps the times it went idle, from (c)'s ends (NaN from the others) */
+interface PeerReport { bytes: number, ms: number, peakRss: number, cpuMs: number, mainCpuMs?: number, mainSleeps?: number }
 
 type CeilingKind = 'tcp' | 'stream' | 'chunk-path'
 
-async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number, senderCpuMs: number, receiverCpuMs: number, senderMainMs: number, receiverMainMs: number }> {
+async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise<{ mbps: number, sender: number, receiver: number, senderLoad: number, receiverLoad: number, cpuMs: number, senderCpuMs: number, receiverCpuMs: number, senderMainMs: number, receiverMainMs: number, senderSleeps: number, receiverSleeps: number }> {
   const out = join(dir, `ceiling-${kind}.out`)
   const script = { tcp: TCP_PEER, stream: STREAM_PEER, 'chunk-path': CHUNK_PATH_PEER }[kind]
   // the plain stream runs in the daemon's heap configuration (as `kith start` does)
@@ -229,7 +229,7 @@ async function ceilingRun (kind: CeilingKind, src: string, dir: string): Promise
       [r, s] = await both()
     }
     if (r.bytes !== SIZE) throw new Error(`${kind} ceiling: the receiver got ${r.bytes} of ${SIZE} bytes`)
-    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs, senderCpuMs: s.cpuMs, receiverCpuMs: r.cpuMs, senderMainMs: s.mainCpuMs ?? NaN, receiverMainMs: r.mainCpuMs ?? NaN }
+    return { mbps: mbps(r.bytes, r.ms), sender: s.peakRss, receiver: r.peakRss, senderLoad: s.cpuMs / r.ms, receiverLoad: r.cpuMs / r.ms, cpuMs: s.cpuMs + r.cpuMs, senderCpuMs: s.cpuMs, receiverCpuMs: r.cpuMs, senderMainMs: s.mainCpuMs ?? NaN, receiverMainMs: r.mainCpuMs ?? NaN, senderSleeps: s.mainSleeps ?? NaN, receiverSleeps: r.mainSleeps ?? NaN }
   } finally {
     await Promise.all([recv.kill(), send?.kill()])
     await rm(out, { force: true })
@@ -334,6 +334,8 @@ interface FetchResult {
   cpu: Record<string, number>
   /** the same, its main thread alone */
   mainCpu: Record<string, number>
+  /** per daemon: the times its main thread went idle during the fetch */
+  sleeps: Record<string, number>
   /** per daemon: VmHWM during the fetch (reset just before it), and VmRSS just before */
   peak: Record<string, number>
   before: Record<string, number>
@@ -348,11 +350,13 @@ async function fetchOnce (fetcher: TestNode, sources: TestNode[], target: string
   const before: Record<string, number> = {}
   const cpu: Record<string, number> = {}
   const mainCpu: Record<string, number> = {}
+  const sleeps: Record<string, number> = {}
   for (const n of all) {
     peakReset = (await resetPeakRss(n.pid)) && peakReset
     before[n.name] = await currentRss(n.pid)
     cpu[n.name] = await cpuSeconds(n.pid)
     mainCpu[n.name] = await threadCpuSeconds(n.pid)
+    sleeps[n.name] = await threadSleeps(n.pid)
   }
   // progress lines come every 250 ms while chunks arrive, none while the file is assembled
   let lastProgressAt = NaN
@@ -366,6 +370,7 @@ async function fetchOnce (fetcher: TestNode, sources: TestNode[], target: string
   for (const n of all) {
     cpu[n.name] = (await cpuSeconds(n.pid)) - cpu[n.name]!
     mainCpu[n.name] = (await threadCpuSeconds(n.pid)) - mainCpu[n.name]!
+    sleeps[n.name] = (await threadSleeps(n.pid)) - sleeps[n.name]!
     peak[n.name] = await peakRss(n.pid)
   }
   if (result.code !== 0) throw new Error(`kith fetch ${target} failed (${result.code}): ${result.stderr.trim()}`)
@@ -374,7 +379,7 @@ async function fetchOnce (fetcher: TestNode, sources: TestNode[], target: string
   if (last.state !== 'done' || last.doneBytes !== SIZE) throw new Error(`kith fetch ended ${JSON.stringify(last)}`)
   const { transfers } = await fetcher.json<{ transfers: Array<{ id: string, created: number, updated: number, state: string, sources?: Array<{ label: string, bytes: number }> }> }>('transfers')
   const record = transfers.find(t => t.id === last.id)!
-  return { transferMs: record.updated - record.created, wallMs: result.ms, assembleMs: doneAt - lastProgressAt, sources: record.sources, cpu, mainCpu, peak, before, peakReset }
+  return { transferMs: record.updated - record.created, wallMs: result.ms, assembleMs: doneAt - lastProgressAt, sources: record.sources, cpu, mainCpu, sleeps, peak, before, peakReset }
 }
 
 /** "alice 34% f1 33% f2 33%" of the bytes, when the transfer reports its sources */
@@ -471,11 +476,13 @@ async function kith (src: string, streamCeiling: number, pathRuns: CeilingRuns |
     roles[name] = 'fetcher'
     const pair = pathRuns?.runs.at(-1)
     const perMb = (seconds: number): string => fmt(seconds * 1000 / (SIZE / MB), 1)
+    const countPerMb = (count: number): string => fmt(count / (SIZE / MB), 1)
     const ofPath = pair == null
       ? ''
       : `, ${fmt(mbps(SIZE, r.transferMs) / pair.mbps, 2)} of the (c) run before it; CPU ms/MB owner + fetcher ${perMb(r.cpu.alice!)} + ${perMb(r.cpu[name]!)} ` +
         `(main threads ${perMb(r.mainCpu.alice!)} + ${perMb(r.mainCpu[name]!)}) against (c)'s send + recv ${perMb(pair.senderCpuMs / 1000)} + ${perMb(pair.receiverCpuMs / 1000)} ` +
-        `(${perMb(pair.senderMainMs / 1000)} + ${perMb(pair.receiverMainMs / 1000)})`
+        `(${perMb(pair.senderMainMs / 1000)} + ${perMb(pair.receiverMainMs / 1000)}); main threads idle per MB ${countPerMb(r.sleeps.alice!)} + ${countPerMb(r.sleeps[name]!)} ` +
+        `against (c)'s ${countPerMb(pair.senderSleeps)} + ${countPerMb(pair.receiverSleeps)}`
     log(`1-source fetch by ${name}: ${fmt(mbps(SIZE, r.transferMs))} MB/s (transfer)${ofPath}, ${fmt(mbps(SIZE, r.wallMs))} MB/s (command); ` +
       `peak RSS owner ${fmt(r.peak.alice! / MB)} MB (${fmt(r.before.alice! / MB)} before), fetcher ${fmt(r.peak[name]! / MB)} MB (${fmt(r.before[name]! / MB)} before)` +
       `${r.peakReset ? '' : ' (peaks since daemon start)'}; CPU load ${cpuLoad(r, roles)}; ${phases(r)}`)
