@@ -577,6 +577,8 @@ let interrupted = false
 async function cleanup (): Promise<void> {
   killChildren()
   if (testnet != null) {
+    // a daemon stopped for (c) (whileStopped) would never act on the SIGTERM that stops it
+    for (const n of testnet.nodes) if (n.pid != null) { try { process.kill(n.pid, 'SIGCONT') } catch {} }
     if (CPU_PROF != null) for (const n of testnet.nodes) await n.stop().catch(() => {})
     await testnet.stop().catch(() => {})
     testnet = undefined
