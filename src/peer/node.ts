@@ -1,6 +1,7 @@
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
+import { averagesIgnoreClockSteps } from './clock-steps.ts'
 import { corkedWrites } from './corked-writes.ts'
 import { decryptWithoutCopy } from './noise-decrypt.ts'
 import { libp2pLogger } from './silent-logger.ts'
@@ -138,6 +139,8 @@ export async function createNode (init: NodeInit): Promise<KithLibp2p> {
   const self = peerIdFromPrivateKey(init.privateKey).toString()
   // yamux grants window by halves, not after every frame (yamux-window.ts); KITH_YAMUX_EVERY_FRAME=1 keeps yamux's own, for an A/B
   halfWindowUpdates(process.env.KITH_YAMUX_EVERY_FRAME !== '1')
+  // libp2p's adaptive timeouts (connection monitor, DHT) survive the wall clock stepping back (clock-steps.ts)
+  averagesIgnoreClockSteps()
   const node = await createLibp2p({
     start: false,
     privateKey: init.privateKey,
