@@ -33,7 +33,8 @@ import { JsonChild, killChildren, perfDuring, run, peakRss, resetPeakRss, curren
  *             source capped by `kith start --max-upload`
  *   smallfiles BENCH_SMALL_FILES (100,000) files of 4 KiB shared and fetched
  *             whole by a friend, against `tar | tar` of the same tree;
- *             files per second and peak RSS of both daemons (bench/smallfiles.ts)
+ *             files per second, peak RSS and the longest event-loop stall of
+ *             both daemons (bench/smallfiles.ts)
  *   cli       how fast `kith status`, `friends`, `transfers`, `--help` answer,
  *             from the checkout and from the package installed into a temp
  *             prefix, against a bare Node request to the same API; the
