@@ -387,6 +387,9 @@ class Source {
   }
 }
 
+/** A HAVE asked and not yet answered: aborted once `deadline` (performance.now()) passes */
+interface PendingHave { controller: AbortController, deadline: number }
+
 class Request {
   readonly source: Source
   readonly indexes: number[]
@@ -472,6 +475,8 @@ class Fetch {
   private lastProgress = -Infinity
   private ticker: ReturnType<typeof setInterval> | undefined
   private tickMs = 0
+  /** HAVEs awaiting their answer, each cut by `tick` at its deadline */
+  private readonly haves = new Set<PendingHave>()
   /** when the ticker last ran: how late it runs is time this process did not run (see `tick`) */
   private tickedAt = 0
   private coolTimer: ReturnType<typeof setTimeout> | undefined
@@ -721,9 +726,9 @@ class Fetch {
     const controller = new AbortController()
     const stop = (): void => { controller.abort(this.halt.signal.reason) }
     this.halt.signal.addEventListener('abort', stop, { once: true })
-    const timer = setTimeout(() => {
-      controller.abort(new KithError('CHUNK_PEER_STALLED', `no answer to HAVE within ${this.opt.stallTimeoutMs} ms`))
-    }, this.opt.stallTimeoutMs)
+    // the deadline is kept by `tick`, which excuses time this process did not run (see `excuse`)
+    const have: PendingHave = { controller, deadline: performance.now() + this.opt.stallTimeoutMs }
+    this.haves.add(have)
     try {
       const held = await askHave(this.init.libp2p, source.peer, indexes.map(i => this.wanted[i]!), { signal: controller.signal })
       if (this.finished || source.dropped !== undefined) return []
@@ -736,7 +741,7 @@ class Fetch {
       }
       return fresh
     } finally {
-      clearTimeout(timer)
+      this.haves.delete(have)
       this.halt.signal.removeEventListener('abort', stop)
     }
   }
@@ -1249,6 +1254,11 @@ class Fetch {
       const since = now - this.lastLookAt
       if (since >= this.opt.discoverIntervalMs || (since >= MIN_LOOK_GAP_MS && this.isShort())) this.look()
     }
+    for (const have of this.haves) {
+      if (now < have.deadline) continue
+      this.haves.delete(have)
+      have.controller.abort(new KithError('CHUNK_PEER_STALLED', `no answer to HAVE within ${this.opt.stallTimeoutMs} ms`))
+    }
     for (const request of this.requests) {
       if (request.throttled) continue
       const idle = now - request.lastByteAt
@@ -1298,6 +1308,7 @@ class Fetch {
   private excuse (ms: number): void {
     if (!(ms > 0)) return
     for (const request of this.requests) request.lastByteAt += ms
+    for (const have of this.haves) have.deadline += ms
     for (const source of this.sources) if (source.window !== undefined) source.window.at += ms
   }
 

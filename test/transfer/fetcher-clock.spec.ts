@@ -158,6 +158,45 @@ describe('fetch timing across wall clock steps', () => {
     }
   })
 
+  it('a hold-up while a HAVE is in flight cuts no source that answered', async () => {
+    let held = 0
+    let holding = false
+    // the source's first `has` (its answer to the fetcher's HAVE) holds this process 3.5 s, longer than the stall
+    // timeout: the answer then waits in the socket while the fetcher's timers run first (found by review helper V)
+    const store = {
+      getParts: full.store.getParts.bind(full.store),
+      has: async (id: string) => {
+        if (!holding) {
+          holding = true
+          const from = performance.now()
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3_500)
+          held = performance.now() - from
+        }
+        return await full.store.has(id)
+      }
+    }
+    const h = await serve(store)
+    holders.push(h)
+    await learn(client, h.peerId, h.addrs)
+    await client.dial(h.peerId)
+    const mine: TempStore = await openStore(join(tmp.dir, `local-${local++}`))
+    try {
+      const report = await fetchChunks({
+        libp2p: client,
+        store: mine.store,
+        ids: chunks.map(c => c.id),
+        sources: [h.peerId],
+        stallTimeoutMs: 3_000,
+        rateWindowMs: 3_000
+      })
+      expect(held).toBeGreaterThanOrEqual(3_500)
+      expect(report.fetchedChunks).toBe(COUNT)
+      for (const s of report.sources) expect(s.penalties, JSON.stringify(s)).toEqual([])
+    } finally {
+      await mine.close()
+    }
+  })
+
   it('a step back by an hour does not hide a source that stalls', async () => {
     // answers HAVE, sends its first chunk of a GET, then nothing
     const sent = new WeakMap<AbortSignal, number>()
