@@ -24,6 +24,16 @@ function stepWallClock (offset: number): void {
   vi.spyOn(Date, 'now').mockImplementation(() => real() + offset)
 }
 
+/**
+ * Holds this whole process `ms` (its event loop and every timer), asleep in Atomics.wait so the hold costs no CPU,
+ * as a long synchronous task or a loaded machine's scheduler would; returns how long it was held.
+ */
+function holdProcess (ms: number): number {
+  const from = performance.now()
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+  return performance.now() - from
+}
+
 /** A beforeSend that sends at about `bytesPerSecond`, and stops at once on abort. */
 function pace (bytesPerSecond: number): ChunkHandlerInit['beforeSend'] {
   return async (bytes, _peer, signal) => {
@@ -137,17 +147,12 @@ describe('fetch timing across wall clock steps', () => {
         stallTimeoutMs: 3_000,
         rateWindowMs: 3_000,
         // with the first chunk in and the requests under way, a timer holds this process for longer than the stall
-        // timeout and a rate window, as a long synchronous task (or a loaded machine's scheduler) would: asleep in
-        // Atomics.wait, so the hold costs no CPU. Held in a timer, as then the fetcher's own timer runs next, before
-        // the bytes that came meanwhile are read
+        // timeout and a rate window. Held in a timer, as then the fetcher's own timer runs next, before the bytes
+        // that came meanwhile are read
         beforeReceive: async () => {
           if (holding) return
           holding = true
-          setTimeout(() => {
-            const from = performance.now()
-            Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3_500)
-            held = performance.now() - from
-          }, 0)
+          setTimeout(() => { held = holdProcess(3_500) }, 0)
         }
       })
       expect(held).toBeGreaterThanOrEqual(3_500)
@@ -168,9 +173,7 @@ describe('fetch timing across wall clock steps', () => {
       has: async (id: string) => {
         if (!holding) {
           holding = true
-          const from = performance.now()
-          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3_500)
-          held = performance.now() - from
+          held = holdProcess(3_500)
         }
         return await full.store.has(id)
       }
