@@ -36,9 +36,12 @@ export async function tunnel (proxy: string, host: string, port: number, what: s
     const failed = (why: string, cause?: unknown): void => {
       reject(new KithError('REMOTE_FAILED', `the proxy ${url.host} did not open a tunnel to ${target}: ${why}`, { cause }))
     }
-    req.once('connect', (res: IncomingMessage, socket: Socket) => {
+    req.once('connect', (res: IncomingMessage, socket: Socket, head: Buffer) => {
       if (res.statusCode === 200) {
         req.setTimeout(0)
+        // what the far end sent first (an SSH server speaks first: its banner) may have come in the same read as
+        // the proxy's answer: Node hands it over as `head`, no longer in the socket
+        if (head.length > 0) socket.unshift(head)
         resolve(socket)
         return
       }
