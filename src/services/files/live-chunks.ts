@@ -2,7 +2,7 @@ import { KithError, asKithError } from '../../errors.ts'
 import type { ManifestSummary } from '../../transfer/manifest.ts'
 import { ShareBook } from './share-book.ts'
 import { ID_LENGTH } from '../../transfer/constants.ts'
-import type { Transfer } from './transfers.ts'
+import { notInShare, selects, type Transfer } from './transfers.ts'
 
 /**
  * What file sharing keeps alive in the engine's chunk store: the policy half
@@ -116,7 +116,7 @@ async function addSelected (init: LiveInit, { transfer: t, paths }: Wanted, live
       for (const wanted of paths.keys()) {
         if (ids === null) {
           if (path === wanted) found.add(wanted)
-        } else if (wanted === '' || path === wanted || path.startsWith(wanted + '/')) {
+        } else if (selects(wanted, path)) {
           found.add(wanted)
           addIds(picked, ids)
         }
@@ -126,7 +126,7 @@ async function addSelected (init: LiveInit, { transfer: t, paths }: Wanted, live
     throw new KithError('INTERNAL', `the manifest transfer ${t.id} was started from can't be read (${asKithError(err).message}); cancel the transfer to let the chunk store be cleaned`, { cause: err })
   }
   for (const [path, open] of paths) {
-    if (open && path !== '' && !found.has(path)) throw new KithError('SHARE_UNKNOWN', `${JSON.stringify(path)} is not in ${summary.name}; see \`kith ls\``)
+    if (open && path !== '' && !found.has(path)) throw notInShare(path, summary.name)
   }
   for (const id of picked) live.add(id)
 }

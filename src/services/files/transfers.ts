@@ -780,10 +780,18 @@ export function select (manifest: Manifest, path: string): { files: Selected[] }
     const relative = relativeOf(manifest, path, entry.path)
     if (relative !== undefined) files.push({ entry, index, relative })
   })
-  if (files.length === 0 && path !== '' && !manifest.entries.some(e => e.type === 'dir' && e.path === path)) {
-    throw new KithError('SHARE_UNKNOWN', `${JSON.stringify(path)} is not in ${manifest.name}; see \`kith ls\``)
-  }
+  if (files.length === 0 && path !== '' && !manifest.entries.some(e => e.type === 'dir' && e.path === path)) throw notInShare(path, manifest.name)
   return { files }
+}
+
+/** Whether a fetch of `path` takes the entry at `entryPath` ('' takes every entry); the rule of `select`. */
+export function selects (path: string, entryPath: string): boolean {
+  return path === '' || entryPath === path || entryPath.startsWith(path + '/')
+}
+
+/** `select`'s error for a path that names no file or folder of the share `name`. */
+export function notInShare (path: string, name: string): KithError {
+  return new KithError('SHARE_UNKNOWN', `${JSON.stringify(path)} is not in ${name}; see \`kith ls\``)
 }
 
 /**
@@ -792,9 +800,9 @@ export function select (manifest: Manifest, path: string): { files: Selected[] }
  * one file, or of a share of one file); undefined if the fetch leaves it out.
  */
 function relativeOf (manifest: Pick<Manifest, 'entries'>, path: string, entryPath: string): string | undefined {
+  if (!selects(path, entryPath)) return undefined
   if (path === '') return manifest.entries.length === 1 && manifest.entries[0]!.type === 'file' ? '' : entryPath
-  if (entryPath === path) return ''
-  return entryPath.startsWith(path + '/') ? entryPath.slice(path.length + 1) : undefined
+  return entryPath === path ? '' : entryPath.slice(path.length + 1)
 }
 
 /** A share name as a single file name: no separators, never `.` or `..`. */
