@@ -119,17 +119,17 @@ describe('address records', () => {
     }
   })
 
-  it('refuses every single bit flip', () => {
+  // a bit of every byte, the bit turning with the byte's place (every position every 8 bytes);
+  // test/fuzz/address-record.spec.ts flips any bit of any record
+  it('refuses a bit flip in every byte', () => {
     const bytes = record().bytes
     const seen = new Set<string>()
     for (let i = 0; i < bytes.length; i++) {
-      for (let bit = 0; bit < 8; bit++) {
-        const flipped = Uint8Array.from(bytes)
-        flipped[i]! ^= 1 << bit
-        const code = codeOf(() => parseAddressRecord(flipped, { now: NOW }))
-        expect(['RECORD_MALFORMED', 'RECORD_BAD_SIGNATURE', 'RECORD_TOO_LARGE'], `byte ${i} bit ${bit}`).toContain(code)
-        seen.add(code)
-      }
+      const flipped = Uint8Array.from(bytes)
+      flipped[i]! ^= 1 << (i % 8)
+      const code = codeOf(() => parseAddressRecord(flipped, { now: NOW }))
+      expect(['RECORD_MALFORMED', 'RECORD_BAD_SIGNATURE', 'RECORD_TOO_LARGE'], `byte ${i} bit ${i % 8}`).toContain(code)
+      seen.add(code)
     }
     expect(seen).toContain('RECORD_BAD_SIGNATURE')
     expect(seen).toContain('RECORD_MALFORMED')

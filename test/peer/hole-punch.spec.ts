@@ -38,12 +38,14 @@ describe('punch messages', () => {
     }
   })
 
-  it('every single bit flip is refused or still a well-formed message, never a crash', () => {
+  // a bit of every byte, the bit turning with the byte's place (every position every 8 bytes);
+  // test/fuzz/hole-punch.spec.ts flips any bit of any message
+  it('a bit flip in every byte is refused or still a well-formed message, never a crash', () => {
     for (const m of messages) {
       const bytes = encodePunchMessage(m)
-      for (let i = 0; i < bytes.length * 8; i++) {
+      for (let i = 0; i < bytes.length; i++) {
         const flipped = Uint8Array.from(bytes)
-        flipped[i >> 3]! ^= 1 << (i & 7)
+        flipped[i]! ^= 1 << (i % 8)
         let out: PunchMessage | undefined
         try {
           out = decodePunchMessage(flipped)
