@@ -1,10 +1,15 @@
-// A chunk holder in its own process, serving /kith/chunks/1.0.0 from a chunk
-// store folder with a chosen fault. Prints one JSON line, { peerId, addrs },
-// once it listens, then a line `get` each time a GET asks it for a chunk
-// (before the fault: a test can wait until a bad source was asked); exits
-// when its stdin closes (or on a signal).
+// Chunk holders in a process of their own, each a libp2p node serving
+// /kith/chunks/1.0.0 from a chunk store folder with a chosen fault. Prints one
+// JSON line per holder, { peerId, addrs }, in the order given, once all
+// listen; then a line `get <n>` each time a GET asks holder n (from 0) for a
+// chunk (before the fault: a test can wait until a bad source was asked);
+// exits when its stdin closes (or on a signal).
 //
-//   node test/helpers/bad-source.ts <mode> <store folder>
+//   node test/helpers/bad-source.ts <mode> <store folder> [<mode> <store folder> ...]
+//
+// Holders share the process because a start is mostly loading libp2p's
+// modules: ~1.9 s of CPU a process, so six started apart took ~11 s of CPU
+// and at a load of 40 more than their 45 s (fetcher.spec, 2026-12-07).
 //
 // modes:
 //   good     serves what it holds
@@ -14,24 +19,21 @@
 //   trickle  answers HAVE, then sends GET answers at 1 byte a second
 //   mute     takes every request and never answers
 //
-// The store folder holds `db` (LevelDB) and `chunks`, as made by
+// Each store folder holds `db` (LevelDB) and `chunks`, as made by
 // test/helpers/chunks.ts; its database must not be open elsewhere.
 import { join } from 'node:path'
 import { Level } from 'level'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { KithError } from '../../src/errors.ts'
 import { createNode } from '../../src/peer/node.ts'
-import { openChunkStore } from '../../src/transfer/chunk-store.ts'
+import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkHandler, CHUNK_PROTOCOL, type ChunkHandlerInit } from '../../src/transfer/chunk-protocol.ts'
 
-const [mode, dir] = process.argv.slice(2)
-if (mode === undefined || dir === undefined) {
-  process.stderr.write('usage: bad-source.ts <good|corrupt|claims|stall|trickle|mute> <store folder>\n')
+const args = process.argv.slice(2)
+if (args.length === 0 || args.length % 2 !== 0) {
+  process.stderr.write('usage: bad-source.ts <good|corrupt|claims|stall|trickle|mute> <store folder> [<mode> <folder> ...]\n')
   process.exit(2)
 }
-
-const db = new Level(join(dir, 'db'))
-const store = await openChunkStore({ dir: join(dir, 'chunks'), db, sync: false })
 
 /** Bytes each stream may send at full speed before the fault starts. */
 const allowance = new WeakMap<AbortSignal, number>()
@@ -49,77 +51,78 @@ async function sleep (ms: number, signal: AbortSignal): Promise<void> {
   })
 }
 
-let handler: ChunkHandlerInit
-switch (mode) {
-  case 'good':
-    handler = { store }
-    break
-  case 'corrupt':
-    handler = {
-      store: {
-        has: async id => await store.has(id),
-        getParts: async id => {
-          const bytes = Buffer.from(await store.get(id))
-          bytes[bytes.length - 1]! ^= 1
-          return [bytes]
+/** What a holder in `mode` serves from `store`, and how it misbehaves. */
+function faulty (mode: string, store: ChunkStore): ChunkHandlerInit {
+  switch (mode) {
+    case 'good':
+      return { store }
+    case 'corrupt':
+      return {
+        store: {
+          has: async id => await store.has(id),
+          getParts: async id => {
+            const bytes = Buffer.from(await store.get(id))
+            bytes[bytes.length - 1]! ^= 1
+            return [bytes]
+          }
         }
       }
-    }
-    break
-  case 'claims':
-    handler = {
-      store: {
-        has: async () => true,
-        getParts: async id => { throw new KithError('CHUNK_NOT_FOUND', `no ${id}`) }
+    case 'claims':
+      return {
+        store: {
+          has: async () => true,
+          getParts: async id => { throw new KithError('CHUNK_NOT_FOUND', `no ${id}`) }
+        }
       }
-    }
-    break
-  case 'stall':
-    handler = {
-      store,
-      beforeSend: async (bytes, _peer, signal) => {
-        if (!spend(signal, bytes, 64 * 1024)) await sleep(2 ** 31 - 1, signal)
+    case 'stall':
+      return {
+        store,
+        beforeSend: async (bytes, _peer, signal) => {
+          if (!spend(signal, bytes, 64 * 1024)) await sleep(2 ** 31 - 1, signal)
+        }
       }
-    }
-    break
-  case 'trickle':
-    handler = {
-      store,
-      sendSlice: 1,
-      beforeSend: async (bytes, _peer, signal) => {
-        // a HAVE answer fits the free allowance; chunk data then drips at 1 B/s
-        if (!spend(signal, bytes, 1024)) await sleep(1000, signal)
+    case 'trickle':
+      return {
+        store,
+        sendSlice: 1,
+        beforeSend: async (bytes, _peer, signal) => {
+          // a HAVE answer fits the free allowance; chunk data then drips at 1 B/s
+          if (!spend(signal, bytes, 1024)) await sleep(1000, signal)
+        }
       }
-    }
-    break
-  case 'mute':
-    handler = {
-      store: {
-        has: async () => await new Promise<boolean>(() => {}),
-        getParts: async () => await new Promise<Uint8Array[]>(() => {})
+    case 'mute':
+      return {
+        store: {
+          has: async () => await new Promise<boolean>(() => {}),
+          getParts: async () => await new Promise<Uint8Array[]>(() => {})
+        }
       }
-    }
-    break
-  default:
-    process.stderr.write(`unknown mode ${mode}\n`)
-    process.exit(2)
+    default:
+      process.stderr.write(`unknown mode ${mode}\n`)
+      process.exit(2)
+  }
 }
 
-// every GET reads its chunks through getParts, whatever the mode: say so
-const served = handler.store
-handler = { ...handler, store: { has: async id => await served.has(id), getParts: async id => { process.stdout.write('get\n'); return await served.getParts(id) } } }
-
-const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
-await node.handle(CHUNK_PROTOCOL, chunkHandler(handler), { maxInboundStreams: 64 })
-process.stdout.write(JSON.stringify({ peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(a => a.toString()) }) + '\n')
+const holders = await Promise.all(Array.from({ length: args.length / 2 }, async (_, n) => {
+  const [mode, dir] = [args[2 * n]!, args[2 * n + 1]!]
+  const db = new Level(join(dir, 'db'))
+  const store = await openChunkStore({ dir: join(dir, 'chunks'), db, sync: false })
+  const handler = faulty(mode, store)
+  // every GET reads its chunks through getParts, whatever the mode: say so
+  const served = handler.store
+  const counted = { ...handler, store: { has: async (id: string) => await served.has(id), getParts: async (id: string) => { process.stdout.write(`get ${n}\n`); return await served.getParts(id) } } }
+  const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+  await node.handle(CHUNK_PROTOCOL, chunkHandler(counted), { maxInboundStreams: 64 })
+  return { node, db }
+}))
+for (const { node } of holders) process.stdout.write(JSON.stringify({ peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(a => a.toString()) }) + '\n')
 
 let stopping = false
 async function stop (): Promise<void> {
   if (stopping) return
   stopping = true
   try {
-    await node.stop()
-    await db.close()
+    await Promise.all(holders.map(async ({ node, db }) => { await node.stop(); await db.close() }))
   } catch {}
   process.exit(0)
 }

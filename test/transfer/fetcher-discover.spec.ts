@@ -7,7 +7,7 @@ import type { ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { fetchChunks, FetchError, type FetchInit, type FetchReport, type SourceReport } from '../../src/transfer/fetcher.ts'
 import { expectCodeAsync } from './helpers.ts'
 import {
-  learn, makeChunks, openStore, serve, startNode, tempDir, until, SourceProcess,
+  learn, makeChunks, openStore, serve, startNode, tempDir, until, SourceProcess, SOURCES_START_TIMEOUT_MS,
   type Chunk, type InProcessSource, type TempStore
 } from '../helpers/chunks.ts'
 
@@ -72,7 +72,7 @@ describe('multi-source fetch: sources joining while it runs', () => {
     full = await openStore(join(tmp.dir, 'seed'))
     client = await startNode()
     await learn(client, corrupt.peerId, corrupt.addrs)
-  })
+  }, SOURCES_START_TIMEOUT_MS)
 
   afterAll(async () => {
     await client?.stop()

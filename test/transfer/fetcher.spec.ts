@@ -12,7 +12,7 @@ import type { ServedEvent } from '../../src/transfer/chunk-protocol.ts'
 import { fetchChunks, FetchError, type FetchInit, type FetchProgress, type FetchReport, type SourceReport } from '../../src/transfer/fetcher.ts'
 import { expectCodeAsync } from './helpers.ts'
 import {
-  learn, makeChunks, openStore, serve, startNode, tempDir, until, SourceProcess,
+  learn, makeChunks, openStore, serve, startNode, tempDir, until, SourceProcess, SOURCES_START_TIMEOUT_MS,
   type Chunk, type FaultMode, type InProcessSource, type TempStore
 } from '../helpers/chunks.ts'
 
@@ -60,12 +60,13 @@ describe('multi-source fetch', () => {
     await seed.close()
     const modes: FaultMode[] = ['good', 'corrupt', 'claims', 'stall', 'trickle', 'mute']
     for (const mode of modes) await cp(join(tmp.dir, 'seed'), join(tmp.dir, `proc-${mode}`), { recursive: true })
-    const started = await Promise.all(modes.map(async mode => await SourceProcess.spawn(mode, join(tmp.dir, `proc-${mode}`))))
+    // one process serves all six (see SourceProcess)
+    const started = await SourceProcess.spawnAll(modes.map(mode => ({ mode, dir: join(tmp.dir, `proc-${mode}`) })))
     started.forEach(p => procs.set(p.mode, p))
     full = await openStore(join(tmp.dir, 'seed'))
     client = await startNode()
     for (const p of started) await learn(client, p.peerId, p.addrs)
-  })
+  }, SOURCES_START_TIMEOUT_MS)
 
   afterAll(async () => {
     await client?.stop()
