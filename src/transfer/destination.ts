@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto'
 import { constants, type Stats } from 'node:fs'
-import { chmod, link, lstat, mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises'
+import { chmod, lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { KithError } from '../errors.ts'
 import { userMode } from '../peer/home.ts'
-import { closeFd, fchmodFd, fstatFd, fsyncFd, ftruncateFd, openFd, writeAt } from './fd.ts'
+import { closeFd, fchmodFd, fstatFd, fsyncFd, ftruncateFd, linkPath, openFd, renamePath, unlinkPath, writeAt } from './fd.ts'
 import type { ManifestFile } from './manifest.ts'
 
 /**
@@ -174,21 +174,21 @@ export class DestinationTaken extends KithError {
  */
 export async function placeFile (partial: string, dest: string, overwrite: boolean): Promise<void> {
   if (overwrite) {
-    await rename(partial, dest)
+    await renamePath(partial, dest)
     return
   }
   try {
-    await link(partial, dest) // atomic: fails with EEXIST rather than replace
+    await linkPath(partial, dest) // atomic: fails with EEXIST rather than replace
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'EEXIST') throw new DestinationTaken(dest, partial)
     if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'EMLINK') throw err
     // A filesystem without hard links (or a folder): check, then rename (racy only against other local writers).
     if (await isPresent(dest)) throw new DestinationTaken(dest, partial)
-    await rename(partial, dest)
+    await renamePath(partial, dest)
     return
   }
-  await unlink(partial)
+  await unlinkPath(partial)
 }
 
 /**
