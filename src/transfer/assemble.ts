@@ -76,6 +76,12 @@ export async function writeAll (handle: FileHandle, data: Uint8Array, position: 
  */
 export const SYNC_EVERY = 32 * 1024 * 1024
 
+/**
+ * Bytes of chunks written ahead of their files' hashed prefix that an
+ * assembly keeps copies of for the whole-file hash (see `AheadCopies`).
+ */
+export const AHEAD_BYTES = 8 * 1024 * 1024
+
 /** Chunk states in a FileAssembly */
 const PENDING = 0
 const WRITING = 1
@@ -100,6 +106,47 @@ export interface FileAssemblyOptions {
   root?: string
   /** @see SYNC_EVERY */
   syncEvery?: number
+  /** where copies of chunks written ahead of the hashed prefix are kept; without it, they are read back */
+  ahead?: AheadCopies
+}
+
+/**
+ * Copies of chunks that were written ahead of their file's hashed prefix,
+ * kept until the whole-file sha256 reaches them, so it need not read them
+ * back from the partial: a fetch's GET streams deliver their chunks side by
+ * side, so about half of a big file's chunks from one source come ahead of
+ * the prefix. At most `max` bytes over every file of an assembly; a chunk
+ * that would pass it is read back as before. The buffers are reused.
+ */
+export class AheadCopies {
+  private readonly max: number
+  private readonly pool: BufferPool
+  private used = 0
+
+  constructor (max: number, buffers: number) {
+    this.max = max
+    this.pool = new BufferPool(buffers)
+  }
+
+  /** bytes held in copies now */
+  get held (): number {
+    return this.used
+  }
+
+  /** A copy of `plaintext`, or undefined if it would pass the budget. */
+  copy (plaintext: Uint8Array): Uint8Array | undefined {
+    if (this.used + plaintext.length > this.max) return undefined
+    const copy = this.pool.take(plaintext.length)
+    copy.set(plaintext)
+    this.used += copy.length
+    return copy
+  }
+
+  /** Hands a copy back once hashed (or not needed any more). */
+  give (copy: Uint8Array): void {
+    this.used -= copy.length
+    this.pool.give(copy)
+  }
 }
 
 /**
@@ -130,6 +177,9 @@ export class FileAssembly {
   private hashed = 0
   private hashing: Promise<void> = Promise.resolve()
   private readBuffer: Buffer | undefined
+  private readonly ahead: AheadCopies | undefined
+  /** copies of chunks written ahead of the hashed prefix, by index (see AheadCopies) */
+  private readonly kept = new Map<number, Uint8Array>()
   private finishing: Promise<void> | undefined
   /** bytes written since the last flush began (see SYNC_EVERY) */
   private unsynced = 0
@@ -146,6 +196,7 @@ export class FileAssembly {
     this.overwrite = options.overwrite ?? false
     this.root = options.root
     this.syncEvery = options.syncEvery ?? SYNC_EVERY
+    this.ahead = options.ahead
     this.partial = partialPath(dest, options.partialKey)
     this.state = new Uint8Array(entry.chunks.length)
   }
@@ -261,17 +312,36 @@ export class FileAssembly {
       .finally(() => { this.syncing = undefined })
   }
 
-  /** Hashes the written prefix as far as it reaches; one run at a time, in order. */
+  /**
+   * Hashes the written prefix as far as it reaches; one run at a time, in
+   * order. Chunk `index`, written ahead of the prefix, is kept as a copy if
+   * the budget allows (`ahead`), else read back when the prefix reaches it.
+   */
   private async advance (index: number, plaintext: Uint8Array): Promise<void> {
     this.hashing = this.hashing.then(async () => {
       while (this.hashed < this.state.length && this.state[this.hashed] === WRITTEN) {
         const at = this.hashed
         this.whole ??= createHash('sha256')
-        this.whole.update(at === index ? plaintext : await this.readBack(at))
+        const kept = this.kept.get(at)
+        this.whole.update(at === index ? plaintext : kept ?? await this.readBack(at))
+        if (kept !== undefined) {
+          this.kept.delete(at)
+          this.ahead!.give(kept)
+        }
         this.hashed++
+      }
+      if (this.hashed < index) {
+        const copy = this.ahead?.copy(plaintext)
+        if (copy !== undefined) this.kept.set(index, copy)
       }
     })
     await this.hashing
+  }
+
+  /** Gives back the copies kept for the hash: the file is given up, or it closes with the assembly. */
+  private dropKept (): void {
+    for (const copy of this.kept.values()) this.ahead!.give(copy)
+    this.kept.clear()
   }
 
   /** Reads a written chunk back for the hash, into one buffer reused for every chunk (advance hashes one at a time). */
@@ -327,6 +397,8 @@ export class FileAssembly {
   /** Closes and removes the partial (never the destination). */
   async abort (): Promise<void> {
     this.readBuffer = undefined
+    await this.hashing.catch(() => {})
+    this.dropKept()
     await this.syncing
     const handle = this.handle
     this.handle = undefined
@@ -634,6 +706,8 @@ export class ShareAssembly {
   private readonly recording = new Map<FileAssembly, Set<Promise<void>>>()
   /** plaintext buffers, reused from chunk to chunk: about one per chunk being written at once */
   private readonly plaintexts = new BufferPool(8)
+  /** copies of chunks written ahead of their file's hashed prefix, for the whole-file hash */
+  private readonly ahead = new AheadCopies(AHEAD_BYTES, 8)
   /** files placed since the last `init.collect` */
   private placedSinceCollect = 0
   private failure: unknown
@@ -666,7 +740,8 @@ export class ShareAssembly {
     file = new FileAssembly(init.targets.dest(t), init.manifest.entries[entry] as ManifestFile, init.manifest.chunkSize, {
       overwrite: init.overwrite,
       ...(init.root !== undefined ? { root: init.root } : {}),
-      ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${entry}` } : {})
+      ...(init.partialKey !== undefined ? { partialKey: `${init.partialKey}\0${entry}` } : {}),
+      ahead: this.ahead
     })
     this.files[t] = file
     return file

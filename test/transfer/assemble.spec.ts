@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MIN_CHUNK_SIZE } from '../../src/transfer/constants.ts'
 import { openChunkStore, type ChunkStore } from '../../src/transfer/chunk-store.ts'
 import { chunkSource } from '../../src/transfer/chunker.ts'
-import { assembleFile, assembleShare, FileAssembly, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, sharePartialPath, storeReader, targetList, type ShareTargets } from '../../src/transfer/assemble.ts'
+import { AheadCopies, assembleFile, assembleShare, FileAssembly, MAX_OPEN_PARTIALS, removePartials, ShareAssembly, sharePartialPath, storeReader, targetList, type ShareTargets } from '../../src/transfer/assemble.ts'
 import { createManifest, type Manifest, type ManifestFile } from '../../src/transfer/manifest.ts'
 import { deriveSealKeys, generateShareId, generateShareKey } from '../../src/transfer/seal.ts'
 import { waitFor } from '../helpers/testnet.ts'
@@ -152,6 +152,32 @@ describe('assemble', () => {
     // a flush began at the last chunk, and may be under way: abort waits for it, and leaves nothing
     await cut.abort()
     expect((await readdir(out)).sort()).toEqual(['big.bin'])
+  })
+
+  it('hashes chunks written ahead of the prefix from copies kept within their budget, and reads back the rest', async () => {
+    const count = 6
+    const chunks = Array.from({ length: count }, (_, i) => pseudoRandom(CS, `ahead ${i}`))
+    const whole = createHash('sha256')
+    for (const chunk of chunks) whole.update(chunk)
+    const file: ManifestFile = { type: 'file', path: 'ahead.bin', size: count * CS, sha256: whole.digest('hex'), chunks: chunks.map((_, i) => i.toString(16).padStart(64, '0')), executable: false }
+    const ahead = new AheadCopies(2 * CS, 2)
+    const assembly = new FileAssembly(join(out, 'ahead.bin'), file, CS, { ahead })
+    // the last first: each is ahead of the prefix; the first two fill the budget, the next three are read back
+    for (let i = count - 1; i >= 1; i--) {
+      await assembly.write(i, chunks[i]!)
+      expect(ahead.held).toBe(Math.min(count - i, 2) * CS)
+    }
+    await assembly.write(0, chunks[0]!)
+    expect(ahead.held).toBe(0)
+    await assembly.finish()
+    expect((await readFile(join(out, 'ahead.bin'))).equals(Buffer.concat(chunks))).toBe(true)
+    // given up half-way: its copies go back
+    const cut = new FileAssembly(join(out, 'cut.bin'), { ...file, path: 'cut.bin' }, CS, { ahead })
+    await cut.write(3, chunks[3]!)
+    expect(ahead.held).toBe(CS)
+    await cut.abort()
+    expect(ahead.held).toBe(0)
+    expect((await readdir(out)).sort()).toEqual(['ahead.bin'])
   })
 
   describe('while fetching (ShareAssembly)', () => {
