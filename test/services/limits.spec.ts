@@ -56,6 +56,7 @@ describe('bandwidth limits', () => {
       // noon, local time: outside the 23:00-07:00 rule the tests set, whenever they run
       const bandwidth = new BandwidthScheduler({ clock: new ManualClock(new Date(2026, 0, 15, 12).getTime()) })
       const friends: Record<string, string> = { bob: 'peer-bob' }
+      // a book that fails to open (a bad config) leaves no database open and no folder behind
       const b = await LimitsBook.open({
         level: db.sublevel<string, LimitsDoc>('limits', { valueEncoding: 'json' }) as unknown as Sublevel<LimitsDoc>,
         bandwidth,
@@ -67,6 +68,10 @@ describe('bandwidth limits', () => {
         label: peer => Object.entries(friends).find(([, p]) => p === peer)?.[0] ?? null,
         config: config == null ? null : { path: join(dir, 'config.json'), limits: config },
         override
+      }).catch(async (err: unknown) => {
+        await db.close()
+        await rm(dir, { recursive: true, force: true })
+        throw err
       })
       return { book: b, bandwidth, db, dir }
     }
