@@ -31,6 +31,8 @@ export const DEFAULT_AUDIT_EVERY_MS = 24 * 3600 * 1000
 const AUDIT_TIMEOUT_MS = 60_000
 /** the scheduler looks again at least this often (a host added, a clock moved) */
 const MAX_SLEEP_MS = 3600_000
+/** and at most this often: a second, or a tenth of a shorter period (config.json's is an hour at least; a test's is shorter) */
+const MIN_SLEEP_MS = 1000
 
 /** What care needs of BackupService. */
 export interface CareService {
@@ -213,6 +215,7 @@ export class BackupCare {
   private schedule (): void {
     const every = this.init.auditEveryMs ?? DEFAULT_AUDIT_EVERY_MS
     if (every <= 0 || this.controller.signal.aborted) return
+    const least = Math.min(MIN_SLEEP_MS, every / 10)
     const plan = async (): Promise<number> => {
       const cares = await this.book.all()
       let soonest = Date.now() + MAX_SLEEP_MS
@@ -232,7 +235,7 @@ export class BackupCare {
         // those just audited are due again a period from now (at the earliest, a tenth short of it), not an hour later
         soonest = Math.min(soonest, Date.now() + every * 0.9)
       }
-      return Math.max(1000, soonest - Date.now())
+      return Math.max(least, soonest - Date.now())
     }
     const tick = (): void => {
       plan().catch(() => MAX_SLEEP_MS).then(wait => {
@@ -241,7 +244,7 @@ export class BackupCare {
         this.timer.unref()
       }, () => {})
     }
-    this.timer = setTimeout(tick, 1000)
+    this.timer = setTimeout(tick, least)
     this.timer.unref()
   }
 }
