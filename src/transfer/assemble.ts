@@ -1,4 +1,4 @@
-import { createHash, randomBytes, type Hash } from 'node:crypto'
+import { createHash, hash, randomBytes, type Hash } from 'node:crypto'
 import { lstat, readdir, rm, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
@@ -468,7 +468,7 @@ async function checkFolder (root: string, folder: string): Promise<void> {
 export function partialPath (dest: string, partialKey?: string): string {
   const name = partialKey === undefined
     ? randomBytes(8).toString('hex')
-    : createHash('sha256').update(partialKey).digest('hex').slice(0, 16)
+    : hash('sha256', partialKey).slice(0, 16)
   return join(dirname(dest), `.kith-${name}${PARTIAL_SUFFIX}`)
 }
 
@@ -875,7 +875,7 @@ export class ShareAssembly {
         const entry = init.manifest.entries[file] as ManifestFile
         const { offset } = entry.pack!
         const data = bytes.subarray(offset, offset + entry.size)
-        if (createHash('sha256').update(data).digest('hex') !== entry.sha256) throw verifyFailed(entry.path, 'the whole-file sha256 does not match the manifest')
+        if (hash('sha256', data) !== entry.sha256) throw verifyFailed(entry.path, 'the whole-file sha256 does not match the manifest')
         const dest = init.targets.dest(target)
         return { target, entry, data, dest, partial: partialPath(dest, init.partialKey !== undefined ? `${init.partialKey}\0${file}` : undefined) }
       })
