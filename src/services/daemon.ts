@@ -250,7 +250,7 @@ export class Daemon extends EventEmitter<{ event: [DaemonEvent] }> {
     const bandwidth = engine.bandwidth
     // after bursts of traffic, and once a minute after the start (what loading the program left)
     this.memory = releaseMemoryWhenQuiet({ rate: () => { const { up, down } = bandwidth.stats(); return up.rate + down.rate }, afterStartMs: 60_000 })
-    this.locateService = await LocateService.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, identity: this.identity, dialPolicy: this.net.dialPolicy, dhtRecords: this.net.datastore })
+    this.locateService = await LocateService.start({ db: this.db, libp2p: this.libp2p, friends: this.friends, identity: this.identity, dialPolicy: this.net.dialPolicy, dhtRecords: this.net.datastore, moved: async peer => { await this.presence.moved(peer) } })
     this.presence.on('unreachable', peer => this.locateService?.unreachableFriend(peer))
     this.presence.start()
     await this.reachability.start()

@@ -76,6 +76,8 @@ export class Presence extends EventEmitter<{
   private readonly friends: FriendBook
   private readonly dialPolicy: DialPolicy
   private readonly retries = new Map<string, Retry>()
+  /** the dial under way to each friend, and what drops it when their addresses change (`moved`) */
+  private readonly dialing = new Map<string, { drop: AbortController, done: Promise<void> }>()
   private readonly onlineSince = new Map<string, number>()
   /** direct connections opened while a relayed one to the same friend was up */
   private readonly upgraded = new WeakSet<Connection>()
@@ -184,6 +186,25 @@ export class Presence extends EventEmitter<{
     }
   }
 
+  /**
+   * A friend's addresses changed to a newer record's (locate found it, or
+   * they pushed it): a dial under way to their old addresses is dropped and
+   * the new ones are dialled at once. libp2p joins a dial by address onto a
+   * dial by peer id under way to the same peer, and tries the joined address
+   * only after the addresses that dial is on, each up to libp2p's 6 s
+   * (test/peer/dial-join.spec.ts): locate's dial of the new address, joined
+   * onto this one stuck on an old address, ran out of its 5 s. Resolves once
+   * the old dial has left libp2p's queue, so a dial made next is not joined
+   * onto it (and failed with its abort).
+   */
+  async moved (peer: string): Promise<void> {
+    const dial = this.dialing.get(peer)
+    if (dial == null) return
+    dial.drop.abort()
+    await dial.done
+    void this.dial(peer)
+  }
+
   private clearRetry (peer: string): void {
     const retry = this.retries.get(peer)
     if (retry?.timer != null) clearTimeout(retry.timer)
@@ -209,13 +230,22 @@ export class Presence extends EventEmitter<{
     if (!this.running || friend?.state !== 'active' || this.connections(peer).length > 0) return
     const retry = this.retries.get(peer)
     if (retry != null) retry.attempt++
+    const drop = new AbortController()
+    const done = this.attempt(peer, friend.addrs, drop.signal)
+    this.dialing.set(peer, { drop, done })
+    await done
+    if (this.dialing.get(peer)?.done === done) this.dialing.delete(peer)
+  }
+
+  private async attempt (peer: string, known: string[], drop: AbortSignal): Promise<void> {
     try {
       const peerId = peerIdFromString(peer)
-      const { addrs } = dialable(friend.addrs, this.dialPolicy)
+      const { addrs } = dialable(known, this.dialPolicy)
       if (addrs.length > 0) await this.libp2p.peerStore.merge(peerId, { multiaddrs: addrs })
-      await this.libp2p.dial(peerId, { signal: AbortSignal.any([this.controller.signal, AbortSignal.timeout(DIAL_TIMEOUT_MS)]) })
+      await this.libp2p.dial(peerId, { signal: AbortSignal.any([this.controller.signal, drop, AbortSignal.timeout(DIAL_TIMEOUT_MS)]) })
     } catch {
-      if (!this.running) return
+      // dropped for a dial to the friend's new addresses (`moved`)
+      if (!this.running || drop.aborted) return
       this.emit('unreachable', peer)
       this.schedule(peer)
     }

@@ -39,6 +39,8 @@ export interface LocateServiceInit {
   identity: Identity
   /** which of a record's addresses may be dialled (src/peer/dial-policy.ts) */
   dialPolicy: DialPolicy
+  /** told when a friend's addresses became a newer record's; resolves once presence dropped its dial to the old ones (Presence.moved) */
+  moved?: (peerId: string) => Promise<void>
   /** the node's datastore, to forget a revoked friend's DHT record; none: the DHT keeps it until it expires */
   dhtRecords?: Pick<NodeDatastore, 'dropRecord'>
   /**
@@ -68,7 +70,7 @@ export class LocateService {
     const self = init.identity.peerId.toString()
     this.store = new RecordStore(sublevel<StoredRecord>(init.db, 'address-records'), peer => peer === self || init.friends.isActive(peer))
     this.publisher = new Publisher({ libp2p: init.libp2p, friends: init.friends, store: this.store, identity: init.identity, dht })
-    this.locator = new Locator({ libp2p: init.libp2p, friends: init.friends, store: this.store, dht, dialPolicy: init.dialPolicy })
+    this.locator = new Locator({ libp2p: init.libp2p, friends: init.friends, store: this.store, dht, dialPolicy: init.dialPolicy, ...(init.moved != null ? { moved: init.moved } : {}) })
   }
 
   static async start (init: LocateServiceInit): Promise<LocateService> {

@@ -71,6 +71,8 @@ export interface LocatorInit {
   dht: boolean
   /** which of a record's addresses may be dialled (src/peer/dial-policy.ts) */
   dialPolicy: DialPolicy
+  /** told when a friend's addresses became a newer record's; resolves once presence dropped its dial to the old ones (Presence.moved) */
+  moved?: (peerId: string) => Promise<void>
 }
 
 export interface LocateOptions {
@@ -262,10 +264,11 @@ export class Locator {
  * friend book and in libp2p's peer store: those the dial policy allows (the
  * record keeps them all, signed, for friends it is passed on to).
  */
-export async function applyRecord (init: Pick<LocatorInit, 'libp2p' | 'friends' | 'dialPolicy'>, record: AddressRecord): Promise<void> {
+export async function applyRecord (init: Pick<LocatorInit, 'libp2p' | 'friends' | 'dialPolicy' | 'moved'>, record: AddressRecord): Promise<void> {
   const multiaddrs = dialable(record.addrs, init.dialPolicy).addrs
   if (multiaddrs.length === 0) return
   await init.friends.moved(record.peerId, multiaddrs.map(a => a.toString()))
   // replace, not merge: the stale addresses may belong to somebody else now
   await init.libp2p.peerStore.patch(peerIdFromString(record.peerId), { multiaddrs }).catch(() => {})
+  await init.moved?.(record.peerId)
 }
