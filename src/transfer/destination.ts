@@ -247,6 +247,9 @@ export async function createNoFollow (path: string, mode: number, flags = 0): Pr
   }
 }
 
+/** `O_SYNC` where Node has it (not on Windows: `writeWhole` fsyncs by hand there) */
+const O_SYNC = (constants as Partial<typeof constants>).O_SYNC
+
 /**
  * Writes a whole file to `path` (a partial) at once, as `openNoFollow`
  * would open it: made new with `mode` under the user's umask, or, when a
@@ -260,17 +263,17 @@ export async function createNoFollow (path: string, mode: number, flags = 0): Pr
  * and no promise request (with its own stats array) per call.
  */
 export async function writeWhole (path: string, data: Uint8Array, mode = 0o644): Promise<void> {
-  const { O_RDWR, O_NOFOLLOW, O_NONBLOCK, O_SYNC } = constants
+  const { O_RDWR, O_NOFOLLOW, O_NONBLOCK } = constants
   let fd: number
   let created = true
   try {
-    fd = await createNoFollow(path, mode, O_SYNC)
+    fd = await createNoFollow(path, mode, O_SYNC ?? 0)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
     created = false
     try {
       // O_NONBLOCK: a FIFO planted there must not hang the open; it is refused below
-      fd = await openFd(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_SYNC)
+      fd = await openFd(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK | (O_SYNC ?? 0))
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw linkRefused(path)
       throw err
@@ -284,8 +287,8 @@ export async function writeWhole (path: string, data: Uint8Array, mode = 0o644):
       await ftruncateFd(fd, data.length)
     }
     await writeAt(fd, data, 0)
-    // no write, nothing synced: an empty file (its truncation, its mode) is synced by hand
-    if (data.length === 0) await fsyncFd(fd)
+    // no write, nothing synced: an empty file (its truncation, its mode) is synced by hand, as is any without O_SYNC
+    if (data.length === 0 || O_SYNC === undefined) await fsyncFd(fd)
   } finally {
     await closeFd(fd)
   }
