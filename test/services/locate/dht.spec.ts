@@ -90,7 +90,7 @@ describe('the DHT fallback', () => {
 
   it('finds a friend in the DHT when no common friend answers, and refuses an older record put back', async () => {
     const carolId = c.node.peerId.toString()
-    await waitFor(async () => await b.locate.store.get(carolId), 'B has C\'s record', 5_000, 20)
+    await waitFor(async () => await b.locate.store.get(carolId), 'B has C\'s record', 30_000, 20)
     const old = (await b.locate.store.get(carolId))!
     const oldAddrs = c.node.getMultiaddrs()
     // C moves: same key and database, new port; it puts its new record into the DHT, where A keeps it
@@ -99,7 +99,7 @@ describe('the DHT fallback', () => {
     await c.node.dial(a.node.getMultiaddrs()[0]!)
     const newest = (await c.locate.store.get(carolId))!
     expect(newest.seq).toBeGreaterThan(old.seq)
-    await waitFor(() => c.locate.publisher.dhtPublishedSeq === newest.seq, 'C\'s new record in the DHT', 10_000, 20)
+    await waitFor(() => c.locate.publisher.dhtPublishedSeq === newest.seq, 'C\'s new record in the DHT', 30_000, 20)
 
     // B knows only C's old record and address (the DHT may have connected them meanwhile: undo that)
     await b.node.hangUp(c.node.peerId)
@@ -108,7 +108,8 @@ describe('the DHT fallback', () => {
 
     const report = await b.locate.locator.locate(b.friends.get(carolId)!)
     // (record.from may say carol: the DHT query can connect B to C, who then pushes the same record)
-    expect(report).toMatchObject({ ok: true, via: 'dht', record: { seq: newest.seq } })
+    // its steps say which one failed (ok: false with the new record kept, once at load 23-36: not reproduced in 14 runs)
+    expect(report, JSON.stringify(report.steps)).toMatchObject({ ok: true, via: 'dht', record: { seq: newest.seq } })
     expect(report.steps.find(s => s.step === 'skip')).toMatchObject({ label: 'alice', reason: expect.stringContaining('locate') })
     expect(report.steps.find(s => s.step === 'dht')).toMatchObject({ result: 'record', record: { seq: newest.seq } })
     expect(report.steps.find(s => s.step === 'verify')).toMatchObject({ from: 'dht', known: old.seq, newer: true })
@@ -151,7 +152,7 @@ describe('what a node\'s DHT store holds', () => {
       await a.friends.befriend({ peerId: p.peerId, publicKey: Buffer.from(p.publicKey).toString('base64'), label: `paper${i}`, grantsToThem: [], grantsFromThem: [], addrs: [], via: 'test' })
     }
     await b.node.dial(a.node.getMultiaddrs()[0]!)
-    await waitFor(() => dhtPeers(b.node.services.dht) > 0, 'A in B\'s DHT routing table', 5_000, 20)
+    await waitFor(() => dhtPeers(b.node.services.dht) > 0, 'A in B\'s DHT routing table', 30_000, 20)
   })
 
   afterAll(async () => {
