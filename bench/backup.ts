@@ -29,6 +29,11 @@ import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, perfDuring, run, table
  *                  (user + system, from bash's `times`). On a shared, loaded
  *                  machine this is the steady figure; MB/s moves with the load.
  *
+ * BENCH_SEED=N fixes the tree's shape (sizes, which files are text, the
+ * changes), for A/B pairs over one tree; the section logs the seed it used
+ * and how much of the tree is text (restic compresses it, so its share moves
+ * restic's side).
+ *
  * BENCH_RESTORES=N restores N times (restic, then kith, each into a new
  * folder, removed after), prints each round and reports the medians: a loop
  * on the restore alone, after one pair of backups.
@@ -57,30 +62,50 @@ const TARGET_RSS = 250 * MB
 
 type Log = (message: string) => void
 
-/** Deterministic-enough random bytes; `text` makes a compressible file of words. */
+/**
+ * The tree's shape (file sizes, which files are text, what changes) from
+ * BENCH_SEED when set, so that the two sides of an A/B back up the same
+ * tree: how much of it is text (3 to 27% of the bytes at 128 MiB) moves
+ * restic's work, which compresses, from run to run. Random otherwise.
+ * mulberry32.
+ */
+const SEED = process.env.BENCH_SEED != null && process.env.BENCH_SEED !== '' ? Number(process.env.BENCH_SEED) >>> 0 : Math.floor(Math.random() * 2 ** 32)
+let state = SEED
+function random (): number {
+  state = (state + 0x6D2B79F5) >>> 0
+  let t = state
+  t = Math.imul(t ^ (t >>> 15), t | 1)
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+
+/** Random bytes; `text` makes a compressible file of words. */
 function content (size: number, text: boolean): Buffer {
   if (!text) return randomFillSync(Buffer.allocUnsafe(size))
   const words = ['kith', 'backup', 'friend', 'chunk', 'seal', 'audit', 'restore', 'host', 'quota', 'phrase']
   let s = ''
-  while (s.length < size) s += words[Math.floor(Math.random() * words.length)]! + (Math.random() < 0.1 ? '\n' : ' ')
+  while (s.length < size) s += words[Math.floor(random() * words.length)]! + (random() < 0.1 ? '\n' : ' ')
   return Buffer.from(s.slice(0, size))
 }
 
 /** A mixed tree of about `total` bytes: 10% small files, 40% medium, 50% large; a tenth of them text. */
-async function makeTree (root: string, total: number): Promise<{ files: string[], bytes: number }> {
+async function makeTree (root: string, total: number): Promise<{ files: string[], bytes: number, textBytes: number }> {
   const files: string[] = []
   let bytes = 0
+  let textBytes = 0
   const add = async (dir: string, name: string, size: number): Promise<void> => {
     await mkdir(join(root, dir), { recursive: true })
     const path = join(root, dir, name)
-    await writeFile(path, content(size, files.length % 10 === 0))
+    const text = files.length % 10 === 0
+    await writeFile(path, content(size, text))
     files.push(path)
     bytes += size
+    if (text) textBytes += size
   }
-  for (let i = 0; bytes < total * 0.1; i++) await add(`small/${i % 20}`, `s${i}.dat`, 4096 + Math.floor(Math.random() * 60_000))
-  for (let i = 0; bytes < total * 0.5; i++) await add(`medium/${i % 5}`, `m${i}.dat`, 256 * 1024 + Math.floor(Math.random() * 4 * MiB))
-  for (let i = 0; bytes < total; i++) await add('large', `l${i}.dat`, Math.min(total - bytes, 32 * MiB + Math.floor(Math.random() * 32 * MiB)))
-  return { files, bytes }
+  for (let i = 0; bytes < total * 0.1; i++) await add(`small/${i % 20}`, `s${i}.dat`, 4096 + Math.floor(random() * 60_000))
+  for (let i = 0; bytes < total * 0.5; i++) await add(`medium/${i % 5}`, `m${i}.dat`, 256 * 1024 + Math.floor(random() * 4 * MiB))
+  for (let i = 0; bytes < total; i++) await add('large', `l${i}.dat`, Math.min(total - bytes, 32 * MiB + Math.floor(random() * 32 * MiB)))
+  return { files, bytes, textBytes }
 }
 
 /** Changes about 1% of the tree's bytes: 64 KiB patches in files of 1 MiB or more, and a few new small files. */
@@ -90,16 +115,16 @@ async function changeTree (root: string, files: string[], total: number): Promis
   const big = []
   for (const f of files) if ((await stat(f)).size >= MiB) big.push(f)
   while (changed < total * 0.009) {
-    const f = big[Math.floor(Math.random() * big.length)]!
+    const f = big[Math.floor(random() * big.length)]!
     const size = (await stat(f)).size
     const fh = await open(f, 'r+')
-    await fh.write(randomFillSync(Buffer.allocUnsafe(PATCH)), 0, PATCH, Math.floor(Math.random() * (size - PATCH)))
+    await fh.write(randomFillSync(Buffer.allocUnsafe(PATCH)), 0, PATCH, Math.floor(random() * (size - PATCH)))
     await fh.close()
     changed += PATCH
   }
   await mkdir(join(root, 'new'), { recursive: true })
   for (let i = 0; changed < total * 0.01; i++) {
-    const size = 16 * 1024 + Math.floor(Math.random() * 48 * 1024)
+    const size = 16 * 1024 + Math.floor(random() * 48 * 1024)
     await writeFile(join(root, 'new', `n${i}.dat`), content(size, false))
     changed += size
   }
@@ -149,7 +174,7 @@ export async function backupBench (log: Log, work: string, size: number): Promis
   process.env.RESTIC_CACHE_DIR = join(root, 'restic-cache')
   log(`backup: writing a ${fmt(size / MiB)} MiB mixed tree`)
   const made = await makeTree(tree, size)
-  log(`backup: ${made.files.length} files, ${fmt(made.bytes / MiB)} MiB; ${version.stdout.trim()}`)
+  log(`backup: ${made.files.length} files, ${fmt(made.bytes / MiB)} MiB, ${fmt(100 * made.textBytes / made.bytes, 1)}% of it in text files (BENCH_SEED=${SEED}); ${version.stdout.trim()}`)
 
   const profiles = process.env.BENCH_CPU_PROF
   const saved = process.env.NODE_OPTIONS
