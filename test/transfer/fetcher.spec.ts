@@ -60,8 +60,11 @@ describe('multi-source fetch', () => {
     await seed.close()
     const modes: FaultMode[] = ['good', 'corrupt', 'claims', 'stall', 'trickle', 'mute']
     for (const mode of modes) await cp(join(tmp.dir, 'seed'), join(tmp.dir, `proc-${mode}`), { recursive: true })
-    // one process serves all six (see SourceProcess)
-    const started = await SourceProcess.spawnAll(modes.map(mode => ({ mode, dir: join(tmp.dir, `proc-${mode}`) })))
+    // the good holder in a process of its own, as a friend's node is; the five bad ones share one (see SourceProcess)
+    const started = (await Promise.all([
+      SourceProcess.spawnAll([{ mode: 'good', dir: join(tmp.dir, 'proc-good') }]),
+      SourceProcess.spawnAll(modes.filter(mode => mode !== 'good').map(mode => ({ mode, dir: join(tmp.dir, `proc-${mode}`) })))
+    ])).flat()
     started.forEach(p => procs.set(p.mode, p))
     full = await openStore(join(tmp.dir, 'seed'))
     client = await startNode()
