@@ -80,8 +80,20 @@ export default defineConfig({
           ...(unitTmpdir != null ? { env: { TMPDIR: unitTmpdir } } : {})
         }
       },
-      // the daemons and CLI processes these specs start run the bundle a package ships, built once per run
-      { extends: true, test: { name: 'daemon', include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob), globalSetup: ['test/helpers/bundle-setup.ts'] } },
+      // the daemons and CLI processes these specs start run the bundle a package ships, built once per run.
+      // Their timeouts detect a hang, not a slow machine: every wait inside has its own deadline. Under load
+      // 12-34 (2026-12-07, helpers' benches beside two loops of this project) 4-5 of 263 tests ran past 60 s
+      // (a daemon restarted, a fetch resumed: 30-47 s each run alone at that load, up to 62 s in the loop)
+      {
+        extends: true,
+        test: {
+          name: 'daemon',
+          include: daemonSpecs.map(glob => glob.endsWith('/**') ? `${glob}/*.spec.ts` : glob),
+          globalSetup: ['test/helpers/bundle-setup.ts'],
+          testTimeout: 300_000,
+          hookTimeout: 300_000
+        }
+      },
       { extends: true, test: { name: 'package', include: ['test/package/*.spec.ts'], testTimeout: 300_000, hookTimeout: 300_000 } }
     ]
   }

@@ -125,8 +125,6 @@ describe('a friend\'s fetch when a daemon is killed', () => {
     } finally {
       await alice.call('PUT', '/v1/limits', { upload: null })
     }
-    // three restarts of bob's daemon, each a start of its own: they took most of 108 s at load 21-30 (the default
-    // 60 s timed out then, on the code before and after 3424471); the bound is for a daemon that never comes back
-  }, 240_000)
+  })
 
 })
