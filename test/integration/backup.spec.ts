@@ -95,7 +95,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
       const t = new Date(Date.UTC(2020, 0, 1 + i, 12, 0, 0, 250))
       await utimes(join(src, rel), t, t)
     }
-  }, 120_000)
+  })
 
   afterAll(async () => {
     await net?.stop()
@@ -126,7 +126,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     expect(restore.code).toBe(0)
     expect(result(restore.stdout)).toMatchObject({ files: 6, links: 2 })
     expectSameTree(await describeTree(join(out, 'tree')), await describeTree(src))
-  }, 120_000)
+  })
 
   it('a second run of a slightly changed tree sends only the new pieces, and restores the new tree', async () => {
     const big = await readFile(join(src, 'big.bin'))
@@ -144,7 +144,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const restore = await owner.cli('backup', 'restore', '2', '--path', 'tree/docs', '-o', out, '--json')
     expect(restore.code).toBe(0)
     expectSameTree(await describeTree(join(out, 'docs')), await describeTree(join(src, 'docs')))
-  }, 120_000)
+  })
 
   it('forget drops the first snapshot, frees on each host what only it needed, and pushes each host a recovery record without it', async () => {
     const before = await Promise.all(hosts.map(async h => await used(h, owner)))
@@ -175,7 +175,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const out = join(owner.home, '..', 'restored-3')
     expect((await owner.cli('backup', 'restore', '2', '-o', out)).code).toBe(0)
     expectSameTree(await describeTree(join(out, 'tree')), await describeTree(src))
-  }, 120_000)
+  })
 
   it('a run killed with kill -9 resumes: what the hosts confirmed before is not offered again, and the tree restores whole', async () => {
     const dir = join(owner.home, '..', 'tree-2')
@@ -210,7 +210,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const out = join(owner.home, '..', 'restored-4')
     expect((await owner.cli('backup', 'restore', String(resumed.snapshot.seq), '-o', out)).code).toBe(0)
     expectSameTree(await describeTree(join(out, 'tree-2')), await describeTree(dir))
-  }, 120_000)
+  })
   it('a restore killed with kill -9 resumes: each file is absent or whole at the kill, the files it finished are kept', async () => {
     const api = await ApiClient.forHome(owner.home)
     // a restore writes the files in the tree's order, each blob where it goes as it comes:
@@ -252,5 +252,5 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     // no partial left behind
     const names = async (dir: string): Promise<string[]> => (await readdir(dir, { recursive: true })).map(String)
     expect((await names(out)).filter(n => n.includes('.kith-'))).toEqual([])
-  }, 120_000)
+  })
 })

@@ -153,7 +153,7 @@ describeNeeding('the web dashboard, in a real browser', [CHROMIUM == null ? 'chr
     expect(await page.textContent('tr[data-friend] td.online')).toBe('online')
     expect(await page.textContent('tr[data-friend]')).toContain('bob')
     await shoot('friends')
-  }, 90_000)
+  })
 
   it('changes a limit', async () => {
     await open('limits')

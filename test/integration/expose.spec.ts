@@ -137,7 +137,7 @@ describeNeeding('friend services between real daemons', [needsNginx(), needsComm
     await alice.json('expose', 'blog', '--port', String(nginx.port), '--to', 'bob', '--description', 'my blog')
     await api(alice, '/v1/services/echo', 'PUT', { port: (echo.address() as { port: number }).port, to: ['bob'] })
     blog = await freePort()
-  }, 60_000)
+  })
 
   afterAll(async () => {
     await net?.stop()

@@ -125,7 +125,7 @@ describe('the home folder: its database and its privacy', () => {
       expect((await node.start()).peerId).toBe(first)
       const ids = (await node.json('invite', 'list')).invites.map((i: { id: string }) => i.id)
       expect(ids).toEqual([kept])
-    }, 120_000) // nine kith processes, one after another
+    }) // nine kith processes, one after another
   })
 
   describe('a fresh home', () => {

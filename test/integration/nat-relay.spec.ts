@@ -250,5 +250,5 @@ await describeNat('test/integration/nat-relay.spec.ts', 'friends behind port-ran
     await transferDone(a, id, 'the fetch to go on by itself', 90_000)
     timings.limitLifted = Date.now() - t0
     expect(sha256(await readFile(dest))).toBe(sha256(await readFile(src)))
-  }, 150_000)
+  })
 })

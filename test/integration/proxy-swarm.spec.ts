@@ -65,7 +65,7 @@ describeNeeding('the friend swarm behind the local proxy', [needsNginx(), needsC
       }
       expect((await proxyStatus(node)).swarm.held).toBe(files.size)
     }))
-  }, 120_000)
+  })
 
   afterAll(async () => {
     await net?.stop()
