@@ -194,8 +194,10 @@ export class Presence extends EventEmitter<{
    * only after the addresses that dial is on, each up to libp2p's 6 s
    * (test/peer/dial-join.spec.ts): locate's dial of the new address, joined
    * onto this one stuck on an old address, ran out of its 5 s. Resolves once
-   * the old dial has left libp2p's queue, so a dial made next is not joined
-   * onto it (and failed with its abort).
+   * presence's dial has ended; when it was the only dial on libp2p's job, the
+   * job has then left the queue, so a dial made next is not joined onto it
+   * (and failed with its abort). When another dial by peer id joined it, the
+   * job goes on for that dial on the old addresses (docs/protocols.md).
    */
   async moved (peer: string): Promise<void> {
     const dial = this.dialing.get(peer)
