@@ -33,8 +33,9 @@ const daemonSpecs = [
 /**
  * The unit specs' temp folders (os.tmpdir(): their LevelDB homes, chunk stores, shares and downloads) go
  * on a RAM file system when there is one with room and TMPDIR is not set. The product flushes as it must
- * (fsync, fdatasync) and, on this machine's ext4, each flush waits on the disk and costs the kernel
- * journal work. Two interleaved pairs of `npm run test:unit` at load 23-31 (2026-12-07): 60.7 and 60.2 s
+ * (fsync, fdatasync) and, on this machine's ext4 (without a journal), each flush waits on the disk and
+ * costs the kernel its writeback; creating files costs it a scan past inodes freed in the last minute
+ * (docs/transfer.md, "This machine's disk"). Two interleaved pairs of `npm run test:unit` at load 23-31 (2026-12-07): 60.7 and 60.2 s
  * of CPU with /tmp, 57.9 and 56.9 with /dev/shm; the workers' event loops waited 109 and 105 s in all,
  * 67 and 73. Every spec passes on either. A kill -9 loses nothing written on either (the page cache is
  * the kernel's), and no unit spec cuts the power.
