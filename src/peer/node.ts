@@ -206,7 +206,7 @@ export function cancelPendingAddressWrite (node: Libp2p): void {
 
 /**
  * The libp2p release `fixStreamMiddleware`, `cancelPendingAddressWrite` (and reachability.ts's use of the
- * transport and address managers) was written against. package.json pins it
+ * transport and address managers, dial-at.ts's of the transport manager and gater) was written against. package.json pins it
  * exactly; test/peer/node.spec.ts fails if the installed libp2p differs or
  * if libp2p stops calling the patched hook, so an upgrade is a deliberate
  * change that rechecks these.

@@ -197,7 +197,8 @@ export class Presence extends EventEmitter<{
    * presence's dial has ended; when it was the only dial on libp2p's job, the
    * job has then left the queue, so a dial made next is not joined onto it
    * (and failed with its abort). When another dial by peer id joined it, the
-   * job goes on for that dial on the old addresses (docs/protocols.md).
+   * job goes on for that dial on the old addresses, and locate dials round it
+   * (src/peer/dial-at.ts, docs/protocols.md).
    */
   async moved (peer: string): Promise<void> {
     const dial = this.dialing.get(peer)

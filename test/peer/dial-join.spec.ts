@@ -23,7 +23,8 @@ import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
  *   timeout") and presence's connected over locate's address at 6.1 s;
  *   without presence's dial, locate's took 0.8 s (F, 2026-12-07, load ~20).
  *   So a newer record now drops presence's dial first (Presence.moved,
- *   test/services/presence.spec.ts).
+ *   test/services/presence.spec.ts), and locate dials round any other dial
+ *   by peer id still under way (src/peer/dial-at.ts, dial-at.spec.ts).
  *
  * This test shows the first case, which also fails if libp2p stops joining
  * or dials a joined address at once. Real nodes over real TCP. y holds for x
@@ -88,6 +89,6 @@ describe('a dial by address while a dial by peer id to the same peer is under wa
     expect(progress.includes('dial-queue:already-in-dial-queue') && joined instanceof Error && joined.name === 'DialDeniedError' && inbound.length === 0,
       `libp2p changed: the dial by address ${progress.includes('dial-queue:already-in-dial-queue') ? 'joined' : 'did not join'} the dial by peer id, ended with ${how}, ` +
       `and x saw ${inbound.length} inbound connections. If it no longer joins, or dials a joined address at once: dial.spec's x may serve its DHT again, ` +
-      'Presence.moved need not drop its dial (src/services/presence.ts), and this test may go').toBe(true)
+      'Presence.moved need not drop its dial (src/services/presence.ts), dialAt may always use libp2p.dial (src/peer/dial-at.ts), and this test may go').toBe(true)
   })
 })

@@ -1,12 +1,14 @@
-import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { describe, it, expect, afterEach } from 'vitest'
 import net from 'node:net'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
+import { multiaddr } from '@multiformats/multiaddr'
 import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
 import { openDatabase, sublevel, type Database } from '../../src/peer/database.ts'
 import type { AddressRecord } from '../../src/peer/address-record.ts'
+import { dialAt } from '../../src/peer/dial-at.ts'
 import { FriendBook } from '../../src/trust/friends.ts'
 import { connectionGater } from '../../src/trust/gate.ts'
 import { Presence } from '../../src/services/presence.ts'
@@ -15,57 +17,103 @@ import { waitFor } from '../helpers/testnet.ts'
 
 /**
  * Presence on a real node, with a friend who moved: their old address is a
- * host that takes the connection and never answers, so presence's dial sits
- * on it until libp2p's 6 s per address. A newer record of the friend (what
- * locate finds, or their push: applyRecord) drops that dial and dials the new
- * address; otherwise a dial of the new address joins presence's and waits
- * behind the old one (test/peer/dial-join.spec.ts).
+ * host that takes the connection and never answers, so a dial there sits on
+ * it until libp2p's 6 s per address. A newer record of the friend (what
+ * locate finds, or their push: applyRecord) drops presence's dial and dials
+ * the new address; otherwise a dial of the new address joins presence's and
+ * waits behind the old one (test/peer/dial-join.spec.ts).
  */
 describe('presence, when a friend moved', () => {
-  let base: string
-  let db: Database
-  let friends: FriendBook
-  let x: KithLibp2p, y: KithLibp2p
-  let presence: Presence
-  const held: net.Socket[] = []
-  let old: net.Server
+  let world: World | undefined
 
-  beforeAll(async () => {
-    base = await mkdtemp(join(tmpdir(), 'kith-presence-'))
-    db = await openDatabase(join(base, 'db'))
-    friends = new FriendBook(sublevel(db, 'friends'))
-    await friends.load()
-    old = net.createServer(socket => { held.push(socket) })
-    await new Promise<void>(resolve => old.listen(0, '127.0.0.1', resolve))
-    x = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
-    y = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: connectionGater(friends) })
-  })
-
-  afterAll(async () => {
-    presence?.stop()
-    for (const socket of held) socket.destroy()
-    old?.close()
-    await y?.stop()
-    await x?.stop()
-    await db?.close()
-    await rm(base, { recursive: true, force: true })
+  afterEach(async () => {
+    await world?.close()
+    world = undefined
   })
 
   it('drops the dial to their old address for one to the new address of a newer record', async () => {
-    const oldAddr = `/ip4/127.0.0.1/tcp/${(old.address() as net.AddressInfo).port}`
-    const newAddr = x.getMultiaddrs()[0]!.toString().split('/p2p/')[0]!
-    await friends.befriend({ peerId: x.peerId.toString(), publicKey: Buffer.from(x.peerId.publicKey!.raw).toString('base64'), label: 'x', grantsToThem: [], grantsFromThem: [], addrs: [oldAddr], via: 'test' })
-    presence = new Presence(y, friends, { loopback: true })
-    presence.start()
-    await waitFor(() => held.length > 0, 'presence to dial the old address', 30_000, 10)
-    const stuck = y.getDialQueue().find(d => d.peerId?.equals(x.peerId) === true)
-    expect(stuck?.status).toBe('active')
+    world = await startWorld()
+    const { x, y, presence } = world
+    const stuck = await world.stuckOnOld()
 
-    const record = { peerId: x.peerId.toString(), addrs: [newAddr] } as unknown as AddressRecord
-    await applyRecord({ libp2p: y, friends, dialPolicy: { loopback: true }, moved: async peer => { await presence.moved(peer) } }, record)
+    await applyRecord(world.applyInit(), world.record())
     // gone by the time applyRecord returns: locate dials the new address next
-    expect(y.getDialQueue().map(d => d.id), 'presence\'s dial to the old address is still under way').not.toContain(stuck!.id)
+    expect(y.getDialQueue().map(d => d.id), 'presence\'s dial to the old address is still under way').not.toContain(stuck.id)
     await waitFor(() => presence.link(x.peerId.toString()).online, 'x reached at its new address', 30_000, 10)
-    expect(presence.link(x.peerId.toString()).remoteAddr).toBe(`${newAddr}/p2p/${x.peerId.toString()}`)
+    expect(presence.link(x.peerId.toString()).remoteAddr).toBe(`${world.newAddr}/p2p/${x.peerId.toString()}`)
+  })
+
+  it('locate\'s dial of the new address is not held behind another dial by peer id joined onto presence\'s', async () => {
+    // V's fault 3 (session 14): a fetch's retry, a backup run or the DHT dials x by peer id meanwhile; dropping
+    // presence's dial then leaves libp2p's job on the old address for that dial, and a dial joined onto it waited there
+    world = await startWorld()
+    const { x, y } = world
+    const stuck = await world.stuckOnOld()
+    const stopOther = new AbortController()
+    const other = y.dial(x.peerId, { signal: AbortSignal.any([stopOther.signal, AbortSignal.timeout(30_000)]) }).catch(() => {})
+
+    await applyRecord(world.applyInit(), world.record())
+    expect(y.getDialQueue().map(d => d.id), 'the other dial keeps libp2p\'s job on the old address').toContain(stuck.id)
+    // what Locator.locate dials next
+    const connection = await dialAt(y, x.peerId, [multiaddr(`${world.newAddr}/p2p/${x.peerId.toString()}`)], AbortSignal.timeout(30_000))
+    expect(y.getDialQueue().map(d => d.id), 'locate\'s dial waited for the job on the old address to end').toContain(stuck.id)
+    expect(connection.remotePeer.equals(x.peerId)).toBe(true)
+    expect(y.getConnections(x.peerId).map(c => c.id)).toContain(connection.id)
+    stopOther.abort()
+    await other
   })
 })
+
+/** A node y whose friend x moved from a silent host (`old`) to x's own address; presence runs on y. */
+interface World {
+  x: KithLibp2p
+  y: KithLibp2p
+  presence: Presence
+  newAddr: string
+  /** x befriended at the old address; resolves with presence's dial once it sits on the silent host */
+  stuckOnOld: () => Promise<{ id: string }>
+  applyInit: () => Parameters<typeof applyRecord>[0]
+  /** x's newer record: its own address */
+  record: () => AddressRecord
+  close: () => Promise<void>
+}
+
+async function startWorld (): Promise<World> {
+  const base = await mkdtemp(join(tmpdir(), 'kith-presence-'))
+  const db = await openDatabase(join(base, 'db'))
+  const friends = new FriendBook(sublevel(db, 'friends'))
+  await friends.load()
+  const held: net.Socket[] = []
+  const old = net.createServer(socket => { held.push(socket) })
+  await new Promise<void>(resolve => old.listen(0, '127.0.0.1', resolve))
+  const x = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+  const y = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: connectionGater(friends) })
+  const presence = new Presence(y, friends, { loopback: true })
+  const oldAddr = `/ip4/127.0.0.1/tcp/${(old.address() as net.AddressInfo).port}`
+  const newAddr = x.getMultiaddrs()[0]!.toString().split('/p2p/')[0]!
+  return {
+    x,
+    y,
+    presence,
+    newAddr,
+    stuckOnOld: async () => {
+      await friends.befriend({ peerId: x.peerId.toString(), publicKey: Buffer.from(x.peerId.publicKey!.raw).toString('base64'), label: 'x', grantsToThem: [], grantsFromThem: [], addrs: [oldAddr], via: 'test' })
+      presence.start()
+      await waitFor(() => held.length > 0, 'presence to dial the old address', 30_000, 10)
+      const stuck = y.getDialQueue().find(d => d.peerId?.equals(x.peerId) === true)
+      expect(stuck?.status).toBe('active')
+      return stuck!
+    },
+    applyInit: () => ({ libp2p: y, friends, dialPolicy: { loopback: true }, moved: async peer => { await presence.moved(peer) } }),
+    record: () => ({ peerId: x.peerId.toString(), addrs: [newAddr] }) as unknown as AddressRecord,
+    close: async () => {
+      presence.stop()
+      for (const socket of held) socket.destroy()
+      old.close()
+      await y.stop()
+      await x.stop()
+      await db.close()
+      await rm(base, { recursive: true, force: true })
+    }
+  }
+}

@@ -3,6 +3,7 @@ import { KithError, asKithError, type ErrorCode } from '../../errors.ts'
 import { parseAddressRecord, type AddressRecord } from '../../peer/address-record.ts'
 import type { KithLibp2p } from '../../peer/node.ts'
 import { dialable, type DialPolicy } from '../../peer/dial-policy.ts'
+import { dialAt } from '../../peer/dial-at.ts'
 import type { FriendBook, Friend } from '../../trust/friends.ts'
 import type { RecordStore } from './record-store.ts'
 import { queryRecord } from './locate-protocol.ts'
@@ -248,8 +249,9 @@ export class Locator {
     }
     const signal = outer != null ? AbortSignal.any([outer, AbortSignal.timeout(LOCATE_DIAL_TIMEOUT_MS)]) : AbortSignal.timeout(LOCATE_DIAL_TIMEOUT_MS)
     try {
-      // dialing multiaddrs ending in /p2p/<target>: the Noise handshake must prove that peer id
-      const connection = await this.init.libp2p.dial(targets, { signal })
+      // dialing multiaddrs ending in /p2p/<target>: the Noise handshake must prove that peer id;
+      // not behind a dial by peer id under way to the old addresses (src/peer/dial-at.ts)
+      const connection = await dialAt(this.init.libp2p, peerIdFromString(target), targets, signal)
       if (connection.remotePeer.toString() !== target) throw new KithError('LOCATE_FAILED', `reached ${connection.remotePeer.toString()} instead`)
       return { ok: true, remoteAddr: connection.remoteAddr.toString(), ms: Math.round(performance.now() - started) }
     } catch (err) {

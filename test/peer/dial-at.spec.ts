@@ -1,0 +1,91 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import net from 'node:net'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { PeerId } from '@libp2p/interface'
+import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
+import { dialAt } from '../../src/peer/dial-at.ts'
+import { waitFor } from '../helpers/testnet.ts'
+
+/**
+ * A guard for the libp2p behaviour src/peer/dial-at.ts relies on, on real
+ * nodes over real TCP. y dials x by peer id at an old address, a host that
+ * takes the connection and never answers, so that dial sits in libp2p's
+ * queue (until libp2p's 6 s per address). Meanwhile:
+ *
+ * - a dial of x's real address through libp2p joins it (so dialAt has a
+ *   reason to exist), and dialAt's, through the transport manager, connects
+ *   while it is still there, and the connection manager tracks it;
+ * - dialAt to an address where z answers, asked for x, fails in the Noise
+ *   handshake before y says who it is: z's gate is never asked about y.
+ *
+ * No timing: each step waits on a condition, and "at once" is "while the
+ * dial by peer id is still in the queue".
+ */
+describe('dialAt, while a dial by peer id to the same peer is under way', () => {
+  let x: KithLibp2p, y: KithLibp2p, z: KithLibp2p
+  let silent: net.Server
+  const held: net.Socket[] = []
+  /** the peer ids z's gate was asked about once their Noise handshake with z completed */
+  const zLearned: string[] = []
+  let stuck: { id: string }
+  let stopStuck: AbortController
+  let stuckDial: Promise<unknown>
+
+  const addressOf = (node: KithLibp2p, peer: PeerId): Multiaddr => multiaddr(`${node.getMultiaddrs()[0]!.toString().split('/p2p/')[0]!}/p2p/${peer.toString()}`)
+  const queued = (): string[] => y.getDialQueue().map(d => d.id)
+
+  beforeAll(async () => {
+    silent = net.createServer(socket => { held.push(socket) })
+    await new Promise<void>(resolve => silent.listen(0, '127.0.0.1', resolve))
+    x = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+    z = await createNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      gater: { denyInboundEncryptedConnection: (peer) => { zLearned.push(peer.toString()); return false } }
+    })
+    y = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+    await y.peerStore.save(x.peerId, { multiaddrs: [multiaddr(`/ip4/127.0.0.1/tcp/${(silent.address() as net.AddressInfo).port}`)] })
+    stopStuck = new AbortController()
+    stuckDial = y.dial(x.peerId, { signal: AbortSignal.any([stopStuck.signal, AbortSignal.timeout(60_000)]) }).catch(() => {})
+    await waitFor(() => held.length > 0, 'y\'s dial by peer id to reach the silent host', 30_000, 10)
+    stuck = y.getDialQueue().find(d => d.peerId?.equals(x.peerId) === true)!
+    expect(stuck).toBeDefined()
+  })
+
+  afterAll(async () => {
+    stopStuck?.abort()
+    await stuckDial
+    for (const socket of held) socket.destroy()
+    silent?.close()
+    await y?.stop()
+    await z?.stop()
+    await x?.stop()
+  })
+
+  it('libp2p joins a dial of x\'s address onto it; dialAt connects beside it, and libp2p tracks the connection', async () => {
+    const progress: string[] = []
+    const joining = new AbortController()
+    const joined = y.dial(addressOf(x, x.peerId), { signal: joining.signal, onProgress: (evt) => { progress.push(evt.type) } }).catch(() => {})
+    joining.abort()
+    await joined
+    expect(progress, 'libp2p no longer joins a dial by address onto a dial by peer id under way: dialAt may dial through libp2p.dial always (src/peer/dial-at.ts)').toContain('dial-queue:already-in-dial-queue')
+
+    const connection = await dialAt(y, x.peerId, [addressOf(x, x.peerId)], AbortSignal.timeout(30_000))
+    expect(queued(), 'dialAt waited for the dial by peer id on the silent host').toContain(stuck.id)
+    expect(connection.remotePeer.equals(x.peerId)).toBe(true)
+    expect(y.getConnections(x.peerId).map(c => c.id), 'the connection manager does not track a connection the transport manager dialled').toContain(connection.id)
+    await connection.close()
+  })
+
+  it('dialAt to an address where somebody else answers fails before we say who we are', async () => {
+    const impostor = addressOf(z, x.peerId)
+    const err = await dialAt(y, x.peerId, [impostor], AbortSignal.timeout(30_000)).then(() => null, (e: Error) => e)
+    expect(queued(), 'the test needs the dial by peer id still under way').toContain(stuck.id)
+    expect(`${err?.name}: ${err?.message}`).toMatch(/^EncryptionFailedError: .*does not match/)
+    // the control: once y does finish a handshake with z, z's gate hears of it
+    await y.dial(addressOf(z, z.peerId), { signal: AbortSignal.timeout(30_000) })
+    await waitFor(() => zLearned.length > 0, 'z\'s gate to be asked about y', 30_000, 10)
+    expect(zLearned, 'z learned y\'s peer id from a handshake y should have broken off when z proved not to be x').toEqual([y.peerId.toString()])
+  })
+})
