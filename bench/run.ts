@@ -14,6 +14,8 @@ import { backupBench } from './backup.ts'
 import { proxyBench } from './proxy.ts'
 import { smallFilesBench } from './smallfiles.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../src/services/daemon-heap.ts'
+import { RECONNECT_MAX_MS } from '../src/services/presence.ts'
+import { RESERVE_RETRY_MAX_MS } from '../src/services/reachability.ts'
 import { JsonChild, killChildren, perfDuring, run, peakRss, resetPeakRss, currentRss, cpuSeconds, threadCpuSeconds, threadSleeps, writeRandomFile, median, mbps, fmt, table, MiB, MB } from './lib.ts'
 
 /**
@@ -423,6 +425,28 @@ async function whileStopped<T> (node: TestNode, work: () => Promise<T>): Promise
   }
 }
 
+/**
+ * The retry caps of a user's daemon (presence redials an offline friend at
+ * most every 30 s), not the test daemons' 2 s (TEST_DAEMON_ENV). A fetcher
+ * daemon runs only for its own fetch, so while the owner serves one its other
+ * friends are offline: with the test caps its presence redialled each of
+ * them every 2 s and locate looked each up (DHT queries, record exchanges,
+ * address records verified), work a user's daemon does 15 times less often.
+ * Variables set in the environment win.
+ */
+const USER_RETRY_CAPS: Readonly<Record<string, string>> = { KITH_RECONNECT_MAX_MS: String(RECONNECT_MAX_MS), KITH_RESERVE_RETRY_MAX_MS: String(RESERVE_RETRY_MAX_MS) }
+
+/** Runs `work` with `vars` in the environment the daemons started meanwhile inherit (those already set are kept). */
+async function withEnv<T> (vars: Readonly<Record<string, string>>, work: () => Promise<T>): Promise<T> {
+  const added = Object.keys(vars).filter(name => process.env[name] === undefined)
+  for (const name of added) process.env[name] = vars[name]
+  try {
+    return await work()
+  } finally {
+    for (const name of added) delete process.env[name]
+  }
+}
+
 /** `pathRuns`: ceiling (c), measured just before each 1-source fetch (the fetch section) */
 async function kith (src: string, streamCeiling: number, pathRuns: CeilingRuns | undefined, work: string): Promise<void> {
   const fetchers = Array.from({ length: ONE_SOURCE_RUNS }, (_, i) => `f${i + 1}`)
@@ -640,7 +664,8 @@ async function main (): Promise<void> {
     if (sections.has('ceilings')) await ceiling('tcp', 'ceiling (a) raw TCP', src, work)
     if (transfer) streamCeiling = await ceiling('stream', 'ceiling (b) libp2p stream', src, work)
     const pathRuns = sections.has('fetch') ? new CeilingRuns('chunk-path', 'ceiling (c) chunk path on (b)', src, work, ONE_SOURCE_RUNS) : undefined
-    if (sections.has('fetch') || sections.has('multi')) await kith(src, streamCeiling, pathRuns, work)
+    const dir = work
+    if (sections.has('fetch') || sections.has('multi')) await withEnv(USER_RETRY_CAPS, async () => { await kith(src, streamCeiling, pathRuns, dir) })
     // smallfiles (bench/smallfiles.ts): many small files shared and fetched against tar | tar; prints its own table
     if (sections.has('smallfiles')) await smallFilesBench(log, work, Math.round(envInt('BENCH_SMALL_FILES', 100_000)), CPU_PROF)
     // reachability (bench/reachability.ts): BENCH_MOVES (10) moves per figure
