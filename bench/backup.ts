@@ -281,11 +281,19 @@ export async function backupBench (log: Log, work: string, size: number): Promis
       ...(['owner', 'h1', 'h2'] as const).map((n, i) => [`peak RSS ${n} (MB)`, fmt(rss[i]! / MB), '-', '-', `<= ${TARGET_RSS / MB}`, rss[i]! <= TARGET_RSS ? 'yes' : 'NO'])
     ]
     const perMb = (s: number, bytes: number): number => s * 1000 / (bytes / MB)
-    const cpuRows = ([['first backup', cpu1, faults1, main1, r1.cpuS, made.bytes], ['restore', cpuR, faultsR, mainR, mid(r => r.resticS), total2]] as const).flatMap(([what, cpu, faults, main, resticS, bytes]) => {
+    const phases = [
+      ['first backup', cpu1, faults1, main1, r1.cpuS, made.bytes, firstMs, r1.ms],
+      ['restore', cpuR, faultsR, mainR, mid(r => r.resticS), total2, mid(r => r.kithMs), mid(r => r.resticMs)]
+    ] as const
+    const cpuRows = phases.flatMap(([what, cpu, faults, main, resticS, bytes, kithMs, resticMs]) => {
       const sum = cpu.reduce((a, b) => a + b, 0)
+      /** CPU seconds over the phase's seconds: on a quiet machine, all three well under 2 (this machine's cores) means waiting, not CPU, bounds the rate */
+      const cores = (s: number, ms: number): string => fmt(s / (ms / 1000), 2)
       return [
         [`${what}: CPU ms/MB`, fmt(perMb(cpu[0]!, bytes), 1), fmt(perMb(cpu[1]!, bytes), 1), fmt(perMb(cpu[2]!, bytes), 1), fmt(perMb(sum, bytes), 1), fmt(perMb(resticS, bytes), 1), fmt(sum / resticS, 1)],
         [`${what}: owner's main thread`, fmt(perMb(main, bytes), 1), '-', '-', '-', '-', '-'],
+        [`${what}: cores busy`, ...cpu.map(s => cores(s, kithMs)), cores(sum, kithMs), cores(resticS, resticMs), '-'],
+        [`${what}: owner's main thread busy`, cores(main, kithMs), '-', '-', '-', '-', '-'],
         [`${what}: page faults/MB`, ...faults.map(f => fmt(f / (bytes / MB))), fmt(faults.reduce((a, b) => a + b, 0) / (bytes / MB)), '-', '-']
       ]
     })
