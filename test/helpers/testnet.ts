@@ -8,6 +8,7 @@ import { createServer } from 'node:net'
 import { ApiClient, REQUEST_TIMEOUT_MS } from '../../src/services/api/client.ts'
 import { DAEMON_ENV, DAEMON_STARTUP_FLAGS } from '../../src/services/daemon-heap.ts'
 import { homePaths } from '../../src/peer/home.ts'
+import { cpuSeconds } from '../../bench/lib.ts'
 
 /**
  * Real kith daemons in separate processes, each with its own temp home, driven
@@ -18,6 +19,18 @@ const ROOT = dirname(dirname(dirname(fileURLToPath(import.meta.url))))
 export const KITH = join(ROOT, 'bin', 'kith.js')
 /** vitest runs under the project's Node 24; child processes use the same binary */
 export const NODE = process.execPath
+
+/**
+ * A daemon that has not printed its start-up line after this much of its own
+ * CPU time is stuck: a start from the sources took 1.4 and 2.4 s of CPU, and
+ * 27 and 49 s of wall time, at load 28 (2026-12-07). Its wall time follows
+ * the load: chunk-gc.spec's "alice did not start" under a 30 s wall bound at
+ * load 12-34 (session 14's loops), so the wall bound is only for a daemon
+ * that neither starts nor runs (test/helpers/chunks.ts bounds its holders'
+ * processes the same way).
+ */
+const START_CPU_MS = 20_000
+const START_WALL_MS = 240_000
 
 /**
  * Every daemon this test process started that has not exited: killed when the
@@ -166,17 +179,25 @@ export class TestNode {
     proc.once('exit', () => live.delete(proc))
     proc.stderr.on('data', (d: Buffer) => { this.output += d.toString() })
     const lines = createInterface({ input: proc.stdout })
+    const started = Date.now()
     try {
       this.info = await new Promise<StartInfo>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`${this.name} did not start: ${this.output}`)), 30_000)
+        // bounded by the daemon's own CPU time, not the wall clock, which follows the machine's load
+        const fail = (why: string): void => {
+          clearInterval(watch)
+          reject(new Error(`${this.name} ${why}: ${this.output}`))
+        }
+        const watch = setInterval(() => {
+          void cpuSeconds(proc.pid).then(cpu => {
+            if (cpu * 1000 > START_CPU_MS) fail(`did not start in ${START_CPU_MS / 1000} s of its CPU time`)
+            else if (Date.now() - started > START_WALL_MS) fail(`did not start in ${START_WALL_MS / 1000} s, with ${cpu} s of CPU time`)
+          })
+        }, 250)
         lines.once('line', line => {
-          clearTimeout(timer)
+          clearInterval(watch)
           try { resolve(JSON.parse(line)) } catch { reject(new Error(`${this.name}: unexpected start-up output ${line}`)) }
         })
-        proc.once('exit', code => {
-          clearTimeout(timer)
-          reject(new Error(`${this.name} exited with ${code ?? 'signal'}: ${this.output}`))
-        })
+        proc.once('exit', code => { fail(`exited with ${code ?? 'signal'}`) })
       })
     } catch (err) {
       // a daemon that did not start as expected is not left running
