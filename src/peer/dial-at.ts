@@ -31,7 +31,7 @@ import { KithError } from '../errors.ts'
  */
 export async function dialAt (libp2p: Libp2p, peer: PeerId, addrs: Multiaddr[], signal: AbortSignal): Promise<Connection> {
   if (!libp2p.getDialQueue().some(d => d.peerId?.equals(peer) === true)) return await libp2p.dial(addrs, { signal })
-  const open = libp2p.getConnections(peer).find(c => c.status === 'open')
+  const open = reusable(libp2p.getConnections(peer), addrs)
   if (open != null) return open
   const { transportManager, connectionGater } = internals(libp2p)
   if (await connectionGater.denyDialPeer?.(peer) === true) throw new KithError('FRIEND_REVOKED', `the gate refuses to dial ${peer.toString()}`)
@@ -47,6 +47,20 @@ export async function dialAt (libp2p: Libp2p, peer: PeerId, addrs: Multiaddr[], 
   }
   if (errors.length === 0) throw new KithError('FRIEND_OFFLINE', `the gate refuses every address of ${peer.toString()}`)
   throw errors.length === 1 ? errors[0]! : new AggregateError(errors, 'All multiaddr dials failed')
+}
+
+/**
+ * An open connection libp2p.dial would return instead of dialling `addrs`
+ * (libp2p 3.3.11's findExistingConnection, not exported): one without
+ * limits, a direct one first; a relayed one only when none of `addrs` is
+ * direct, since a dial of a direct address is how a relayed friend gets a
+ * direct connection (V's proof, dial-at.spec.ts).
+ */
+function reusable (connections: Connection[], addrs: Multiaddr[]): Connection | undefined {
+  const open = connections.filter(c => c.status === 'open' && c.limits == null)
+  const direct = open.find(c => c.direct)
+  if (direct != null) return direct
+  return addrs.some(a => !a.getComponents().some(c => c.name === 'p2p-circuit')) ? undefined : open[0]
 }
 
 interface Internals {

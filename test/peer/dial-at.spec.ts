@@ -17,13 +17,16 @@ import { waitFor } from '../helpers/testnet.ts'
  *   reason to exist), and dialAt's, through the transport manager, connects
  *   while it is still there, and the connection manager tracks it;
  * - dialAt to an address where z answers, asked for x, fails in the Noise
- *   handshake before y says who it is: z's gate is never asked about y.
+ *   handshake before y says who it is: z's gate is never asked about y;
+ * - with x reaching y through a relay r, dialAt still dials x's direct
+ *   address, as libp2p.dial would, and does not return the relayed
+ *   connection (V's fault 1 on the first version, session 15).
  *
  * No timing: each step waits on a condition, and "at once" is "while the
  * dial by peer id is still in the queue".
  */
 describe('dialAt, while a dial by peer id to the same peer is under way', () => {
-  let x: KithLibp2p, y: KithLibp2p, z: KithLibp2p
+  let x: KithLibp2p, y: KithLibp2p, z: KithLibp2p, r: KithLibp2p
   let silent: net.Server
   const held: net.Socket[] = []
   /** the peer ids z's gate was asked about once their Noise handshake with z completed */
@@ -45,6 +48,7 @@ describe('dialAt, while a dial by peer id to the same peer is under way', () => 
       gater: { denyInboundEncryptedConnection: (peer) => { zLearned.push(peer.toString()); return false } }
     })
     y = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+    r = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
     await y.peerStore.save(x.peerId, { multiaddrs: [multiaddr(`/ip4/127.0.0.1/tcp/${(silent.address() as net.AddressInfo).port}`)] })
     stopStuck = new AbortController()
     stuckDial = y.dial(x.peerId, { signal: AbortSignal.any([stopStuck.signal, AbortSignal.timeout(60_000)]) }).catch(() => {})
@@ -60,6 +64,7 @@ describe('dialAt, while a dial by peer id to the same peer is under way', () => 
     silent?.close()
     await y?.stop()
     await z?.stop()
+    await r?.stop()
     await x?.stop()
   })
 
@@ -87,5 +92,18 @@ describe('dialAt, while a dial by peer id to the same peer is under way', () => 
     await y.dial(addressOf(z, z.peerId), { signal: AbortSignal.timeout(30_000) })
     await waitFor(() => zLearned.length > 0, 'z\'s gate to be asked about y', 30_000, 10)
     expect(zLearned, 'z learned y\'s peer id from a handshake y should have broken off when z proved not to be x').toEqual([y.peerId.toString()])
+  })
+
+  it('dialAt dials x\'s direct address while x reaches y only through a relay', async () => {
+    await waitFor(() => y.getConnections(x.peerId).length === 0, 'the first test\'s connection to close', 30_000, 10)
+    // y reserves a slot on r, and x reaches y through it: an open, unlimited, relayed connection at y
+    await (y as unknown as { components: { transportManager: { listen: (a: Multiaddr[]) => Promise<void> } } }).components.transportManager.listen([multiaddr(`${addressOf(r, r.peerId).toString()}/p2p-circuit`)])
+    await waitFor(() => y.getMultiaddrs().some(a => a.toString().includes('/p2p-circuit')), 'y\'s reservation on r', 30_000, 10)
+    await x.dial(multiaddr(`${addressOf(r, r.peerId).toString()}/p2p-circuit/p2p/${y.peerId.toString()}`), { signal: AbortSignal.timeout(30_000) })
+    await waitFor(() => y.getConnections(x.peerId).some(c => c.status === 'open' && !c.direct), 'y to see x\'s relayed connection', 30_000, 10)
+
+    const connection = await dialAt(y, x.peerId, [addressOf(x, x.peerId)], AbortSignal.timeout(30_000))
+    expect(queued(), 'the test needs the dial by peer id still under way').toContain(stuck.id)
+    expect(`${connection.remoteAddr.toString()} direct: ${String(connection.direct)}`, 'dialAt returned the relayed connection, never dialling the direct address').toBe(`${addressOf(x, x.peerId).toString()} direct: true`)
   })
 })
