@@ -78,13 +78,14 @@ export const WAITING = new Set([
 ])
 
 /**
- * Vitest's order (projects one after the other, files that failed last time
- * first, then the longest first), with SLOWEST standing in for durations this
- * machine has not cached yet, and the WAITING files one after another: a
- * plan puts them back to back on one worker from the start and the rest,
- * longest first, on the others, and the files go in the order the plan starts
- * them. Vitest hands the next file to the first worker free, so each waiting
- * file starts about when the one before it ends.
+ * Vitest's order (projects one after the other, the longest file first),
+ * with SLOWEST standing in for durations this machine has not cached yet.
+ * Once every file's time is cached, the WAITING files run one after another:
+ * a plan puts them back to back on one worker from the start and the rest,
+ * longest first, on the others, and the files go (those that failed last time
+ * first) in the order the plan starts them. Vitest hands the next file to the
+ * first worker free, so each waiting file starts about when the one before it
+ * ends.
  */
 export class SlowestFirst extends BaseSequencer {
   override async sort (files: TestSpecification[]): Promise<TestSpecification[]> {
@@ -102,6 +103,9 @@ export class SlowestFirst extends BaseSequencer {
     for (const spec of sorted) byProject.set(spec.project.name, [...byProject.get(spec.project.name) ?? [], spec])
     return [...byProject.values()].flatMap(specs => {
       const longest = specs.sort((a, b) => seconds(b) - seconds(a))
+      // the plan needs every file's time: on a fresh clone, where SLOWEST names a few, it put the waiting files
+      // after all the files it knew nothing of, last and side by side (a fresh clone's run at load 15-23)
+      if (!specs.every(spec => cache.getTestSpecificationResult(spec) != null)) return longest
       const start = plan(longest, seconds, spec => WAITING.has(relative(root, spec.moduleId)), specs[0]!.project.config.maxWorkers)
       return longest.sort((a, b) => Number(failed(b)) - Number(failed(a)) || start.get(a)! - start.get(b)!)
     })
