@@ -584,6 +584,17 @@ export async function removePartials (dir: string): Promise<number> {
  */
 const PACK_WRITERS = 16
 
+/**
+ * Packs whose files are written at once. A fetch of many small files is
+ * held by the disk, not the network: chunks arrive faster than their files
+ * are placed, and every pack let in holds its plaintext and its sealed copy
+ * (about 2 MiB), its files' paths and requests, until its last file is
+ * placed. Two keep PACK_WRITERS * 2 writes queued for libuv's threads
+ * (UV_THREADPOOL_SIZE, 16), the next pack's while one ends on its folder
+ * fsyncs; the rest wait as sealed chunks.
+ */
+const PACKS_AT_ONCE = 2
+
 /** Runs `task` on every item, PACK_WRITERS at a time; the first failure is thrown once all have ended. */
 async function inTurn<T> (items: T[], task: (item: T) => Promise<void>): Promise<void> {
   let next = 0
@@ -708,6 +719,9 @@ export class ShareAssembly {
   private readonly plaintexts = new BufferPool(8)
   /** copies of chunks written ahead of their file's hashed prefix, for the whole-file hash */
   private readonly ahead = new AheadCopies(AHEAD_BYTES, 8)
+  /** packs being written (at most PACKS_AT_ONCE), and the ones waiting to start */
+  private packsWriting = 0
+  private readonly packsWaiting: Array<() => void> = []
   /** files placed since the last `init.collect` */
   private placedSinceCollect = 0
   private failure: unknown
@@ -868,7 +882,9 @@ export class ShareAssembly {
     let plaintext: Uint8Array | undefined
     const written = new Set<string>()
     let taken = false
+    await this.packTurn()
     try {
+      if (this.failure !== undefined) throw this.failure
       const bytes = plaintext = openPack(init.keys, init.manifest, (init.manifest.entries[init.targets.file(targets[0]!)] as ManifestFile).pack!.index, sealed, this.plaintexts)
       const files = targets.map(target => {
         const file = init.targets.file(target)
@@ -914,7 +930,23 @@ export class ShareAssembly {
       for (const target of targets) this.packing.delete(target)
       this.prune(id)
       if (plaintext !== undefined) this.plaintexts.give(plaintext)
+      this.packEnded()
     }
+  }
+
+  /** Waits until fewer than PACKS_AT_ONCE packs are being written; `packEnded` hands the turn on. */
+  private async packTurn (): Promise<void> {
+    if (this.packsWriting < PACKS_AT_ONCE) {
+      this.packsWriting++
+      return
+    }
+    await new Promise<void>(resolve => { this.packsWaiting.push(resolve) })
+  }
+
+  private packEnded (): void {
+    const next = this.packsWaiting.shift()
+    if (next !== undefined) next()
+    else this.packsWriting--
   }
 
   /**

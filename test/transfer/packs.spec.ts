@@ -140,6 +140,37 @@ describe('packs of small files', () => {
     expect(assembly.wanted()).toEqual([manifest.packs[1]!.id])
   })
 
+  it('writes the files of two packs at once; the packs that came meanwhile wait, sealed, for their turn', async () => {
+    const out = join(dir, 'out')
+    await makeDirs(out)
+    const fetcher = await openChunkStore({ dir: join(dir, 'fetcher-chunks'), db: db.sublevel('fetcher'), keys: async () => keys })
+    const filesOf = (pack: string): string[] => manifest.entries.flatMap(e => e.type === 'file' && e.pack !== undefined && e.chunks[0] === pack ? [join(out, e.path)] : [])
+    // a pack's sealed copy is stored once its turn has come, before its files are written: how many have begun and not ended then
+    const begun: string[] = []
+    let most = 0
+    const store = {
+      get: fetcher.get.bind(fetcher),
+      has: fetcher.has.bind(fetcher),
+      putInFile: fetcher.putInFile.bind(fetcher),
+      moveInFile: fetcher.moveInFile.bind(fetcher),
+      put: async (...args: Parameters<ChunkStore['put']>) => {
+        begun.push(args[0])
+        most = Math.max(most, begun.filter(pack => !filesOf(pack).every(f => existsSync(f))).length)
+        return await fetcher.put(...args)
+      }
+    }
+    const only = (path: string): boolean => path !== 'b/big.bin' && path !== 'b/empty'
+    const assembly = new ShareAssembly({ store, keys, owner: OWNER_PEER, manifest, targets: targets(out, only), partialKey: 't' })
+    const packs = manifest.packs.map(p => p.id)
+    expect(packs).toHaveLength(4)
+    // all four at once, as from a source's stream when the disk is the slower
+    await Promise.all(packs.map(async id => { await assembly.put(id, await ownerStore.get(id)) }))
+    expect(begun.sort()).toEqual([...packs].sort())
+    expect(most).toBe(2)
+    await assembly.finish()
+    await expectTree(out, Object.keys(TREE).filter(only))
+  })
+
   it('refuses a bit-flipped pack before any file is cut from it, and one that hashes right but is not the pack', async () => {
     const out = join(dir, 'out')
     await makeDirs(out)
