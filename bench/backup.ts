@@ -1,9 +1,11 @@
 import { randomFillSync } from 'node:crypto'
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { loadavg } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { befriend, createTestnet, waitFor, KITH, NODE, type TestNode } from '../test/helpers/testnet.ts'
 import { ApiClient } from '../src/services/api/client.ts'
-import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, perfDuring, run, table, threadCpuSeconds } from './lib.ts'
+import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, perfDuring, run, table, threadCpuSeconds, threadSchedMs } from './lib.ts'
 
 /**
  * The backup section of `npm run bench` (`--section backup`): kith's backup
@@ -35,8 +37,16 @@ import { cpuSeconds, fmt, MB, median, MiB, mbps, peakRss, perfDuring, run, table
  * restic's side).
  *
  * BENCH_RESTORES=N restores N times (restic, then kith, each into a new
- * folder, removed after), prints each round and reports the medians: a loop
- * on the restore alone, after one pair of backups.
+ * folder, all removed at the end), prints each round and reports the
+ * medians: a loop on the restore alone, after one pair of backups. The
+ * rounds' folders are kept until the end, so that no round creates its
+ * files just after the last round's were removed (this machine's ext4,
+ * without a journal, skips inodes freed in the last minute or so when it
+ * makes a file; restic, first after the removal, would pay more of it:
+ * measured alone at 421 files, within the noise). restic does not fsync its
+ * restore; kith fsyncs each file before placing it. Each round prints how
+ * long the `sync` after restic's restore took (its output written back), and
+ * the table a second restore row with restic timed together with it.
  *
  * BENCH_CPU_PROF=DIR writes a V8 CPU profile of each daemon into DIR (the
  * daemons are stopped with SIGTERM at the end so they write it; read it with
@@ -159,6 +169,34 @@ async function minorFaults (pid: number | undefined): Promise<number> {
   }
 }
 
+/** daemon.ts's `afterStartMs` for releaseMemoryWhenQuiet, plus its 5 s reading interval */
+const LAST_RESORT_AFTER_START_MS = 65_000
+/** releaseMemoryWhenQuiet's collection after a burst comes 10-15 s after the traffic stops (its quietMs, read every 5 s), and the rate it reads lags */
+const QUIET_FOR_MS = 16_000
+/** CPU the three daemons use in a second, at most, to count as idle (presence and the DHT use some; a last-resort collection 100-200 ms) */
+const IDLE_CPU_S = 0.05
+
+/**
+ * Waits until `notBefore` (performance.now()) has passed, then until the
+ * processes have used less than IDLE_CPU_S of CPU in each second for
+ * QUIET_FOR_MS (at most two minutes more). Returns how long it waited, ms.
+ */
+async function untilIdle (pids: Array<number | undefined>, notBefore: number): Promise<number> {
+  const started = performance.now()
+  const total = async (): Promise<number> => (await Promise.all(pids.map(async pid => await cpuSeconds(pid)))).reduce((a, b) => a + b, 0)
+  if (started < notBefore) await sleep(notBefore - started)
+  const deadline = performance.now() + 120_000
+  let before = await total()
+  let quietSince = performance.now()
+  while (performance.now() - quietSince < QUIET_FOR_MS && performance.now() < deadline) {
+    await sleep(1000)
+    const now = await total()
+    if (now - before >= IDLE_CPU_S) quietSince = performance.now()
+    before = now
+  }
+  return performance.now() - started
+}
+
 /** The job a `kith backup run|restore --json` ends with (its last line). */
 function lastJob (stdout: string): any {
   return JSON.parse(stdout.trim().split('\n').at(-1)!)
@@ -189,6 +227,7 @@ export async function backupBench (log: Log, work: string, size: number): Promis
   })
   const [owner, h1, h2] = net.nodes as [TestNode, TestNode, TestNode]
   const daemons = [owner, h1, h2]
+  const startedAt = performance.now()
   /** the daemons' pids, which a stopped TestNode no longer names */
   const pids = daemons.map(n => n.pid)
   if (profiles != null) for (const n of daemons) log(`backup: ${n.name} is pid ${n.pid}: its profile is ${profiles}/CPU.*.${n.pid}.*.cpuprofile`)
@@ -239,27 +278,45 @@ export async function backupBench (log: Log, work: string, size: number): Promis
 
     log('backup: restores')
     const total2 = made.bytes + changed
-    const rounds: Array<{ kithMs: number, resticMs: number, resticS: number, cpu: number[], faults: number[], main: number }> = []
+    const rounds: Array<{ kithMs: number, resticMs: number, resticSyncMs: number, resticS: number, cpu: number[], faults: number[], main: number }> = []
     const restores = Math.max(1, Number(process.env.BENCH_RESTORES ?? 1))
     for (let i = 0; i < restores; i++) {
+      // Each daemon runs V8's last-resort collection once, at its first quiet moment a minute after its
+      // start, and a full collection when traffic has stopped for 10 s (daemon-heap.ts): 100-200 ms of
+      // CPU each, landing in either side's restore (370 ms of the daemons' CPU during restic's second
+      // round, at 28 MB/s against 47-52 in its other three). Each round starts with the daemons idle.
+      const waited = await untilIdle(daemons.map(n => n.pid), startedAt + LAST_RESORT_AFTER_START_MS)
+      log(`backup: restore ${i + 1}: waited ${fmt(waited / 1000, 1)} s for the daemons to be idle`)
       // each restore starts with nothing waiting to be written back: restic does not fsync, and the disk
       // writing its output back (or the backups') would slow the fsyncs of whichever restore came next
       must(await run('sync', []), 'sync')
-      const rr = await restic(['restore', 'latest', '--repo', repo, '--target', join(root, 'restic-out')]); must(rr, 'restic restore')
-      must(await run('sync', []), 'sync')
+      // the daemons' own background work (collections when traffic stops, LevelDB compactions) while restic runs
+      const idleBefore = await Promise.all(daemons.map(async n => await cpuSeconds(n.pid)))
+      const rr = await restic(['restore', 'latest', '--repo', repo, '--target', join(root, `restic-out-${i + 1}`)]); must(rr, 'restic restore')
+      const idleCpu = (await Promise.all(daemons.map(async n => await cpuSeconds(n.pid)))).reduce((sum, s, d) => sum + s - idleBefore[d]!, 0)
+      // restic does not fsync: what its restore left to write back, which kith's restore writes and fsyncs inside its time
+      const resticSync = await run('sync', []); must(resticSync, 'sync')
       const from = process.hrtime.bigint() / 1000n
-      // when its first bytes were written: what the command's start, the snapshot and the trees cost before
+      // when its first and last bytes were written: before, the command's start, the snapshot and the trees; after, the last files' fsyncs
       let firstAt = NaN
+      let lastAt = NaN
+      let lastDone = 0
       const started = performance.now()
-      const onLine = (line: string, at: number): void => { if (Number.isNaN(firstAt) && /"doneBytes":[1-9]/.test(line)) firstAt = at - started }
-      const [kr, cpu, faults, main] = await cpuDuring(async () => await perfWhile(`restore-${i + 1}`, total2, async () => await run(NODE, [KITH, '--home', owner.home, 'backup', 'restore', 'latest', '-o', join(root, 'kith-out'), '--json'], 600_000, onLine))); must(kr, 'kith backup restore')
+      const onLine = (line: string, at: number): void => {
+        if (Number.isNaN(firstAt) && /"doneBytes":[1-9]/.test(line)) firstAt = at - started
+        const done = Number(/"doneBytes":(\d+)/.exec(line)?.[1] ?? 0)
+        if (done > lastDone) { lastDone = done; lastAt = at - started }
+      }
+      const schedBefore = await threadSchedMs(owner.pid)
+      const [kr, cpu, faults, main] = await cpuDuring(async () => await perfWhile(`restore-${i + 1}`, total2, async () => await run(NODE, [KITH, '--home', owner.home, 'backup', 'restore', 'latest', '-o', join(root, `kith-out-${i + 1}`), '--json'], 600_000, onLine))); must(kr, 'kith backup restore')
+      const schedAfter = await threadSchedMs(owner.pid)
       const to = process.hrtime.bigint() / 1000n
-      rounds.push({ kithMs: kr.ms, resticMs: rr.ms, resticS: rr.cpuS, cpu, faults, main })
+      rounds.push({ kithMs: kr.ms, resticMs: rr.ms, resticSyncMs: resticSync.ms, resticS: rr.cpuS, cpu, faults, main })
       const perMb = (s: number): string => fmt(s * 1000 / (total2 / MB), 1)
-      log(`backup: restore ${i + 1}: kith ${fmt(mbps(total2, kr.ms), 1)} MB/s (first bytes written after ${fmt(firstAt)} ms), restic ${fmt(mbps(total2, rr.ms), 1)} (${fmt(rr.ms / kr.ms, 2)}); ` +
-        `CPU ms/MB owner ${perMb(cpu[0]!)} (main thread ${perMb(main)}), hosts ${perMb(cpu[1]!)} ${perMb(cpu[2]!)}, restic ${perMb(rr.cpuS)}` +
+      log(`backup: restore ${i + 1}: kith ${fmt(mbps(total2, kr.ms), 1)} MB/s (first bytes written after ${fmt(firstAt)} ms, last at ${fmt(lastAt)}, exit at ${fmt(kr.ms)}), restic ${fmt(mbps(total2, rr.ms), 1)} (${fmt(rr.ms / kr.ms, 2)}; its writeback after it, sync, ${fmt(resticSync.ms)} ms; kith's daemons meanwhile ${fmt(idleCpu * 1000)} CPU ms); ` +
+        `CPU ms/MB owner ${perMb(cpu[0]!)} (main thread ${perMb(main)}, which waited ${fmt(schedAfter.wait - schedBefore.wait)} ms for a core and ran ${fmt(schedAfter.run - schedBefore.run)}), hosts ${perMb(cpu[1]!)} ${perMb(cpu[2]!)}, restic ${perMb(rr.cpuS)}; ` +
+        `owner page faults/MB ${fmt(faults[0]! / (total2 / MB))}; load ${fmt(loadavg()[0]!, 1)}` +
         (profiles != null ? `; profile window --from ${from} --to ${to}` : ''))
-      if (i + 1 < restores) await Promise.all(['restic-out', 'kith-out'].map(async out => { await rm(join(root, out), { recursive: true, force: true }) }))
     }
     const mid = (f: (r: typeof rounds[number]) => number): number => median(rounds.map(f))
     const cpuR = [0, 1, 2].map(i => mid(r => r.cpu[i]!))
@@ -272,12 +329,15 @@ export async function backupBench (log: Log, work: string, size: number): Promis
     const rFirst = mbps(made.bytes, r1.ms)
     const kRestore = mbps(total2, mid(r => r.kithMs))
     const rRestore = mbps(total2, mid(r => r.resticMs))
+    const rSynced = mbps(total2, mid(r => r.resticMs + r.resticSyncMs))
     const kithPerChanged = second.sentBytes / 2 / changed
     const resticPerChanged = resticAdded / changed
     const rows = [
       ['first backup (MB/s)', fmt(kFirst, 1), fmt(rFirst, 1), fmt(kFirst / rFirst, 2), `>= ${TARGET_FIRST}`, kFirst / rFirst >= TARGET_FIRST ? 'yes' : 'NO'],
       ['second: sent / changed', fmt(kithPerChanged, 2), fmt(resticPerChanged, 2), fmt(kithPerChanged / resticPerChanged, 2), '<= 1.10', kithPerChanged / resticPerChanged <= 1.1 ? 'yes' : 'NO'],
       ['restore (MB/s)', fmt(kRestore, 1), fmt(rRestore, 1), fmt(kRestore / rRestore, 2), `>= ${TARGET_RESTORE}`, kRestore / rRestore >= TARGET_RESTORE ? 'yes' : 'NO'],
+      // kith's restore fsyncs every file before placing it; restic's leaves its output to be written back later
+      ['restore, restic with its sync', fmt(kRestore, 1), fmt(rSynced, 1), fmt(kRestore / rSynced, 2), '-', '-'],
       ...(['owner', 'h1', 'h2'] as const).map((n, i) => [`peak RSS ${n} (MB)`, fmt(rss[i]! / MB), '-', '-', `<= ${TARGET_RSS / MB}`, rss[i]! <= TARGET_RSS ? 'yes' : 'NO'])
     ]
     const perMb = (s: number, bytes: number): number => s * 1000 / (bytes / MB)
