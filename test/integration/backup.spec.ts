@@ -253,4 +253,46 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const names = async (dir: string): Promise<string[]> => (await readdir(dir, { recursive: true })).map(String)
     expect((await names(out)).filter(n => n.includes('.kith-'))).toEqual([])
   })
+
+  it('a file that cannot be placed fails the restore: the file in its way is left alone, the files finished are whole, no other partial is left', async () => {
+    const api = await ApiClient.forHome(owner.home)
+    // files written whole wait in a queue for their fsync and placing while the next ones come: the
+    // failure of one ends the restore once those being finished have ended, and nothing hangs on it
+    const dir = join(owner.home, '..', 'tree-4')
+    await mkdir(dir)
+    for (let i = 0; i < 10; i++) await writeFile(join(dir, `a${i}.bin`), bytes(200_000, 40 + i))
+    await writeFile(join(dir, 'z.bin'), bytes(6 * 1024 * 1024, 50))
+    const run = await owner.cli('backup', 'run', dir, '--json')
+    expect(run.code, run.stderr).toBe(0)
+    const seq = result(run.stdout).snapshot.seq as number
+    const out = join(owner.home, '..', 'restored-6')
+    // 8.3 MB at 1 MB/s: z.bin is still coming when the first small files are placed (its place was prepared
+    // before any blob was fetched, so only placing it can meet what is put there now)
+    await owner.json('limits', 'set', '--down', '1MB/s')
+    try {
+      const { job } = await api.call<{ job: { id: string } }>('POST', '/v1/backup/restores', { snapshot: String(seq), out })
+      await waitFor(async () => {
+        const { job: now } = await api.get<{ job: { files: number } }>(`/v1/backup/jobs/${job.id}`)
+        return now.files >= 3
+      }, 'the restore to place its first files', 60_000)
+      await writeFile(join(out, 'tree-4', 'z.bin'), 'mine')
+      let end: { state: string, error?: { code: string, message: string } } = { state: 'running' }
+      await waitFor(async () => {
+        end = (await api.get<{ job: typeof end }>(`/v1/backup/jobs/${job.id}`)).job
+        return end.state !== 'running'
+      }, 'the restore to end', 120_000)
+      expect(end.state).toBe('failed')
+      expect(end.error?.code, end.error?.message).toBe('DESTINATION_EXISTS')
+    } finally {
+      await owner.json('limits', 'set', '--down', 'unlimited')
+    }
+    expect(await readFile(join(out, 'tree-4', 'z.bin'), 'utf8')).toBe('mine')
+    const source = await describeTree(dir)
+    const restored = await describeTree(join(out, 'tree-4'))
+    const placed = Object.entries(restored).filter(([path]) => !path.includes('.kith-') && path !== 'z.bin')
+    for (const [path, seen] of placed) expect({ path, size: seen.size, content: seen.content }).toEqual({ path, size: source[path]?.size, content: source[path]?.content })
+    // z.bin's bytes wait, whole and verified, in its partial (the error names it); no other partial is left
+    const partials = Object.entries(restored).filter(([path]) => path.includes('.kith-'))
+    expect(partials.map(([, seen]) => ({ size: seen.size, content: seen.content }))).toEqual([{ size: source['z.bin']!.size, content: source['z.bin']!.content }])
+  })
 })
