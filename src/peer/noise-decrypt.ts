@@ -2,6 +2,7 @@ import { Socket } from 'node:net'
 import type { ConnectionEncrypter } from '@libp2p/interface'
 import { isUint8ArrayList, Uint8ArrayList } from 'uint8arraylist'
 import { freeNow } from '../transfer/buffer-pool.ts'
+import { uint16Length } from './length-decoders.ts'
 
 /**
  * Noise decrypts each received message without first copying its ciphertext
@@ -30,6 +31,10 @@ import { freeNow } from '../transfer/buffer-pool.ts'
  * by Noise's own method, which writes small messages' plaintext into them)
  * are left to V8.
  *
+ * Its decoder's length decoder is replaced too (`uint16Length`,
+ * length-decoders.ts): Noise's makes a RangeError, stack and all, whenever a
+ * read ends on a message's end.
+ *
  * It replaces the method on each connection Noise makes (the class is not
  * exported). test/peer/noise-decrypt.spec.ts fails if Noise's connections
  * stop having the method this replaces, it stops being used or freeing
@@ -53,8 +58,8 @@ export interface NoiseMessageStream {
   decrypt: (chunk: Uint8Array | Uint8ArrayList) => Uint8ArrayList
   handshake: { decrypt: (ciphertext: Uint8Array | Uint8ArrayList, dst?: Uint8Array) => Uint8Array | Uint8ArrayList }
   metrics?: { decryptedPackets: { increment: () => void }, decryptErrors: { increment: () => void } }
-  /** its LengthPrefixedDecoder: the bytes of the next message, not yet whole */
-  decoder?: { buffer?: unknown }
+  /** its LengthPrefixedDecoder: the bytes of the next message, not yet whole, and how it reads their length */
+  decoder?: { buffer?: unknown, lengthDecoder?: (buf: Uint8ArrayList | Uint8Array) => number }
   /** the connection under it: bytes received and not yet handed to Noise */
   stream?: { readBuffer?: unknown }
 }
@@ -66,6 +71,7 @@ function replaced<R extends { connection: unknown }> (secured: R, raw: unknown):
   const stream = secured.connection as Partial<NoiseMessageStream>
   if (typeof stream.decrypt !== 'function' || typeof stream.handshake?.decrypt !== 'function') return secured
   stream.decrypt = decrypt
+  if (typeof stream.decoder?.lengthDecoder === 'function') stream.decoder.lengthDecoder = uint16Length
   const pending = [stream.decoder?.buffer, stream.stream?.readBuffer]
   if ((raw as { socket?: unknown }).socket instanceof Socket && pending.every(list => isUint8ArrayList(list))) {
     const old = new WeakSet<ArrayBufferLike>()

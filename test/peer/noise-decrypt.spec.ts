@@ -6,6 +6,7 @@ import type { ConnectionEncrypter } from '@libp2p/interface'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { createNode, type KithLibp2p } from '../../src/peer/node.ts'
 import { decrypt, decryptWithoutCopy, type NoiseMessageStream } from '../../src/peer/noise-decrypt.ts'
+import { uint16Length } from '../../src/peer/length-decoders.ts'
 
 /**
  * src/peer/noise-decrypt.ts: a kith node's Noise connections decrypt with the
@@ -72,6 +73,7 @@ describe('Noise decrypt without copying', () => {
       const peer = node === x ? y : x
       const encrypted = (node.getConnections(peer.peerId)[0] as unknown as { muxer: { maConn: NoiseMessageStream } }).muxer.maConn
       expect(encrypted.decrypt, 'the connection under yamux is no longer Noise\'s message stream, or decryptWithoutCopy no longer applies').toBe(decrypt)
+      expect(encrypted.decoder?.lengthDecoder, 'Noise\'s decoder no longer reads lengths through lengthDecoder, or it is no longer replaced').toBe(uint16Length)
     }
     // ArrayBuffer.transfer is what frees a read (freeNow)
     const transfer = Object.getOwnPropertyDescriptor(ArrayBuffer.prototype, 'transfer')!

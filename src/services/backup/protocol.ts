@@ -5,6 +5,7 @@ import type { AbortOptions, Connection, PeerId, Stream } from '@libp2p/interface
 import { KithError, isErrorCode, type ErrorCode } from '../../errors.ts'
 import { MAX_FAILURE_MESSAGE } from '../../peer/request-response.ts'
 import { dialProtocol } from '../../peer/dial.ts'
+import { varintLength } from '../../peer/length-decoders.ts'
 import { cleanText } from '../../peer/text.ts'
 import { BufferPool } from '../../transfer/buffer-pool.ts'
 import { MAX_SEALED_CHUNK_SIZE } from '../../transfer/constants.ts'
@@ -57,7 +58,7 @@ class Framed {
 
   constructor (stream: Stream, bandwidth: BandwidthScheduler, peer: string, maxBody: number, request: AbortSignal) {
     // the read buffer holds at most one announced body (the sender waits for `go` before sending one)
-    this.lp = lpStream(stream, { maxDataLength: MAX_HEADER, maxBufferSize: maxBody + MAX_HEADER })
+    this.lp = lpStream(stream, { maxDataLength: MAX_HEADER, maxBufferSize: maxBody + MAX_HEADER, lengthDecoder: varintLength })
     this.up = bandwidth.flow({ direction: 'up', peer, class: 'backup' })
     this.down = bandwidth.flow({ direction: 'down', peer, class: 'backup' })
     this.stall = deadline(STALL_TIMEOUT_MS, request)
