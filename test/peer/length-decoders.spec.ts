@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest'
+import { randomBytes } from 'node:crypto'
+import { lpStream, streamPair } from '@libp2p/utils'
 import * as varint from 'uint8-varint'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { uint16Length, varintLength } from '../../src/peer/length-decoders.ts'
@@ -6,7 +8,9 @@ import { uint16Length, varintLength } from '../../src/peer/length-decoders.ts'
 /**
  * src/peer/length-decoders.ts: the same lengths as the decoders they stand in
  * for, whole or in pieces, and a RangeError for a length not yet whole, the
- * same one each time (no stack captured per call).
+ * same one each time (no stack captured per call); and libp2p's lpStream
+ * still reads lengths through the decoder it is given, a byte at a time (if
+ * not, backup's lpStream no longer uses varintLength, or no longer needs it).
  */
 
 /** `bytes` as lpStream's reader builds them: a byte at a time */
@@ -46,5 +50,18 @@ describe('length decoders', () => {
     const first = thrown(() => uint16Length(Uint8Array.of(1)))
     expect(first).toBeInstanceOf(RangeError)
     expect(thrown(() => uint16Length(new Uint8ArrayList()))).toBe(first)
+  })
+
+  it('lpStream reads a frame\'s length through the decoder it is given, trying after each byte', async () => {
+    const [outbound, inbound] = await streamPair()
+    const calls: number[] = []
+    const reader = lpStream(inbound, { maxDataLength: 400_000, lengthDecoder: (buf) => { calls.push(buf.byteLength); return varintLength(buf) } })
+    const writer = lpStream(outbound)
+    const frame = randomBytes(327_580)
+    const [, got] = await Promise.all([writer.write(frame), reader.read()])
+    expect(Buffer.from(got.subarray()).equals(frame)).toBe(true)
+    // 327,580 is a 3-byte varint: tried after its first, second and third byte
+    expect(calls).toEqual([1, 2, 3])
+    await Promise.all([outbound.close(), inbound.close()])
   })
 })
