@@ -1,5 +1,4 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import net from 'node:net'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { PeerId } from '@libp2p/interface'
@@ -9,9 +8,11 @@ import { waitFor } from '../helpers/testnet.ts'
 
 /**
  * A guard for the libp2p behaviour src/peer/dial-at.ts relies on, on real
- * nodes over real TCP. y dials x by peer id at an old address, a host that
- * takes the connection and never answers, so that dial sits in libp2p's
- * queue (until libp2p's 6 s per address). Meanwhile:
+ * nodes over real TCP. y dials x by peer id at an old address whose gate
+ * answer y holds back until the tests end, so that dial sits in libp2p's
+ * queue, working out its addresses, for as long as they need (a silent host
+ * instead kept it there only for libp2p's 6 s per address, which three cases
+ * outlasted under load: V's fault 2, session 15). Meanwhile:
  *
  * - a dial of x's real address through libp2p joins it (so dialAt has a
  *   reason to exist), and dialAt's, through the transport manager, connects
@@ -27,41 +28,53 @@ import { waitFor } from '../helpers/testnet.ts'
  */
 describe('dialAt, while a dial by peer id to the same peer is under way', () => {
   let x: KithLibp2p, y: KithLibp2p, z: KithLibp2p, r: KithLibp2p
-  let silent: net.Server
-  const held: net.Socket[] = []
+  /** an address y's gate refuses once let go; its answer waits until afterAll */
+  const old = '/ip4/127.0.0.1/tcp/9'
+  let letGo: () => void
+  const held = new Promise<void>(resolve => { letGo = resolve })
   /** the peer ids z's gate was asked about once their Noise handshake with z completed */
   const zLearned: string[] = []
   let stuck: { id: string }
-  let stopStuck: AbortController
+  const stopStuck = new AbortController()
   let stuckDial: Promise<unknown>
 
   const addressOf = (node: KithLibp2p, peer: PeerId): Multiaddr => multiaddr(`${node.getMultiaddrs()[0]!.toString().split('/p2p/')[0]!}/p2p/${peer.toString()}`)
   const queued = (): string[] => y.getDialQueue().map(d => d.id)
 
   beforeAll(async () => {
-    silent = net.createServer(socket => { held.push(socket) })
-    await new Promise<void>(resolve => silent.listen(0, '127.0.0.1', resolve))
     x = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
     z = await createNode({
       privateKey: await generateKeyPair('Ed25519'),
       listen: ['/ip4/127.0.0.1/tcp/0'],
       gater: { denyInboundEncryptedConnection: (peer) => { zLearned.push(peer.toString()); return false } }
     })
-    y = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
+    let asked: () => void
+    const gateAsked = new Promise<void>(resolve => { asked = resolve })
+    y = await createNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      gater: {
+        denyDialMultiaddr: async (ma) => {
+          if (ma.toString().split('/p2p/')[0] !== old) return false
+          asked()
+          await held
+          return true
+        }
+      }
+    })
     r = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], gater: {} })
-    await y.peerStore.save(x.peerId, { multiaddrs: [multiaddr(`/ip4/127.0.0.1/tcp/${(silent.address() as net.AddressInfo).port}`)] })
-    stopStuck = new AbortController()
-    stuckDial = y.dial(x.peerId, { signal: AbortSignal.any([stopStuck.signal, AbortSignal.timeout(60_000)]) }).catch(() => {})
-    await waitFor(() => held.length > 0, 'y\'s dial by peer id to reach the silent host', 30_000, 10)
+    await y.peerStore.save(x.peerId, { multiaddrs: [multiaddr(old)] })
+    // its own signal, not libp2p's default 10 s: the dial leaves the queue when afterAll ends it
+    stuckDial = y.dial(x.peerId, { signal: stopStuck.signal }).catch(() => {})
+    await gateAsked
     stuck = y.getDialQueue().find(d => d.peerId?.equals(x.peerId) === true)!
     expect(stuck).toBeDefined()
   })
 
   afterAll(async () => {
-    stopStuck?.abort()
+    stopStuck.abort()
+    letGo()
     await stuckDial
-    for (const socket of held) socket.destroy()
-    silent?.close()
     await y?.stop()
     await z?.stop()
     await r?.stop()
