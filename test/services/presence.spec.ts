@@ -12,7 +12,8 @@ import { dialAt } from '../../src/peer/dial-at.ts'
 import { FriendBook } from '../../src/trust/friends.ts'
 import { connectionGater } from '../../src/trust/gate.ts'
 import { Presence } from '../../src/services/presence.ts'
-import { applyRecord } from '../../src/services/locate/locator.ts'
+import { applyRecord, Locator } from '../../src/services/locate/locator.ts'
+import { RecordStore } from '../../src/services/locate/record-store.ts'
 import { waitFor } from '../helpers/testnet.ts'
 
 /**
@@ -65,6 +66,18 @@ describe('presence, when a friend moved', () => {
     stopOther.abort()
     await other
   })
+
+  it('kith locate reaches them at the address it knows while presence\'s dial sits on the old ones', async () => {
+    // the locator's own dial (src/services/locate/locator.ts), through dialAt: libp2p.dial would join presence's dial
+    // and wait behind its old addresses past LOCATE_DIAL_TIMEOUT_MS
+    world = await startWorld()
+    const { x, y, friends, locator } = world
+    const stuck = await world.stuckOnOld()
+    await friends.moved(x.peerId.toString(), [world.newAddr])
+    const report = await locator.locate(friends.get(x.peerId.toString())!, { dialKnown: true })
+    expect(y.getDialQueue().map(d => d.id), 'locate waited for presence\'s dial on the old addresses to end').toContain(stuck.id)
+    expect(report, JSON.stringify(report.steps)).toMatchObject({ ok: true, via: 'known', remoteAddr: `${world.newAddr}/p2p/${x.peerId.toString()}` })
+  })
 })
 
 /** libp2p dials a peer's addresses one after another, 6 s each: a dial on these stays under way for 48 s */
@@ -75,6 +88,9 @@ interface World {
   x: KithLibp2p
   y: KithLibp2p
   presence: Presence
+  /** a Locator on y, as the daemon's: friends' records in y's database, no DHT */
+  locator: Locator
+  friends: FriendBook
   newAddr: string
   /** x befriended at the old address; resolves with presence's dial once it sits on the silent host */
   stuckOnOld: () => Promise<{ id: string }>
@@ -100,10 +116,13 @@ async function startWorld (): Promise<World> {
   const presence = new Presence(y, friends, { loopback: true })
   const oldAddrs = old.map(server => `/ip4/127.0.0.1/tcp/${(server.address() as net.AddressInfo).port}`)
   const newAddr = x.getMultiaddrs()[0]!.toString().split('/p2p/')[0]!
+  const locator = new Locator({ libp2p: y, friends, store: new RecordStore(sublevel(db, 'records')), dht: false, dialPolicy: { loopback: true } })
   return {
     x,
     y,
     presence,
+    locator,
+    friends,
     newAddr,
     stuckOnOld: async () => {
       await friends.befriend({ peerId: x.peerId.toString(), publicKey: Buffer.from(x.peerId.publicKey!.raw).toString('base64'), label: 'x', grantsToThem: [], grantsFromThem: [], addrs: oldAddrs, via: 'test' })
