@@ -26,7 +26,8 @@ import { KithError } from '../errors.ts'
  * at an address learns nothing of us unless it is `peer`
  * (test/peer/dial-at.spec.ts guards both). The gate's dial checks, which the
  * queue makes, are made here; addresses go in libp2p's order, one at a time.
- * The other dial goes on at the old addresses and gets its own answer.
+ * The other dial is given the addresses too, and dials them once its old
+ * ones fail, as it would have without dialAt (joinWithoutWaiting).
  * Otherwise, the ordinary `libp2p.dial`.
  */
 export async function dialAt (libp2p: Libp2p, peer: PeerId, addrs: Multiaddr[], signal: AbortSignal): Promise<Connection> {
@@ -35,6 +36,7 @@ export async function dialAt (libp2p: Libp2p, peer: PeerId, addrs: Multiaddr[], 
   if (open != null) return open
   const { transportManager, connectionGater } = internals(libp2p)
   if (await connectionGater.denyDialPeer?.(peer) === true) throw new KithError('FRIEND_REVOKED', `the gate refuses to dial ${peer.toString()}`)
+  joinWithoutWaiting(libp2p, addrs)
   const errors: Error[] = []
   for (const addr of defaultMultiaddrSorter([...addrs])) {
     if (await connectionGater.denyDialMultiaddr?.(addr) === true) continue
@@ -47,6 +49,21 @@ export async function dialAt (libp2p: Libp2p, peer: PeerId, addrs: Multiaddr[], 
   }
   if (errors.length === 0) throw new KithError('FRIEND_OFFLINE', `the gate refuses every address of ${peer.toString()}`)
   throw errors.length === 1 ? errors[0]! : new AggregateError(errors, 'All multiaddr dials failed')
+}
+
+/**
+ * Gives `addrs` to the dial by peer id under way, as libp2p.dial would have,
+ * without waiting behind it: libp2p adds a joining dial's addresses to the
+ * job in the same turn as the call (dial-queue.js), and keeps them when the
+ * joiner leaves, which this one does at once. Once the job's own addresses
+ * fail, it dials these, and whoever waits on it (a fetch's retry, a backup
+ * run's host dial) gets a connection, as before dialAt, not a failure while
+ * the friend is connected (V's fault 3, session 15; dial-at.spec.ts).
+ */
+function joinWithoutWaiting (libp2p: Libp2p, addrs: Multiaddr[]): void {
+  const leave = new AbortController()
+  libp2p.dial(addrs, { signal: leave.signal }).catch(() => {})
+  leave.abort()
 }
 
 /**
