@@ -52,81 +52,37 @@ export const SLOWEST: Record<string, number> = {
   'test/integration/backup-host.spec.ts': 5,
   'test/trust/gate.spec.ts': 4,
   // the unit project (sorted apart): its files of about 3 s or more in two quiet runs
-  // of `npm run test:unit` (2026-12-07, 40 s each), the mean rounded; fetcher-clock,
-  // fetcher-bandwidth and connection-slots (WAITING) as one run took them at load 0.5-3
-  // (2026-12-07, 22:33); care-schedule, 4 s then, waits 0.7 s since its scheduler sleeps
-  // a tenth of its 200 ms period (1f04c30)
-  'test/transfer/fetcher-clock.spec.ts': 13,
-  'test/transfer/fetcher-bandwidth.spec.ts': 10,
+  // of `npm run test:unit` (2026-12-07, 40 s each), the mean rounded; fetcher-bandwidth
+  // and fetcher-clock as they wait since c8db3ba (a 3.5 s hold, 3 s windows); care-schedule, 4 s then,
+  // waits 0.7 s since its scheduler sleeps a tenth of its 200 ms period (1f04c30)
+  'test/transfer/fetcher-bandwidth.spec.ts': 6,
+  'test/transfer/fetcher-clock.spec.ts': 5,
   'test/transfer/scheduler.spec.ts': 5,
-  'test/services/connection-slots.spec.ts': 5,
   'test/peer/identity.spec.ts': 4,
+  'test/services/connection-slots.spec.ts': 4,
   'test/services/chunk-gc.spec.ts': 3,
   'test/transfer/manifest.spec.ts': 3
 }
 
 /**
- * Unit files that mostly wait, by design, on timers (a process held past a
- * stall timeout, 3 s rate windows, a grace period's bounds): 12, 10 and 5 s
- * of which 2, 1 and 0.5 s are CPU (2026-12-07). Two of them at once leave one
- * of three workers running, and one of the two cores idle.
- */
-export const WAITING = new Set([
-  'test/transfer/fetcher-clock.spec.ts',
-  'test/transfer/fetcher-bandwidth.spec.ts',
-  'test/services/connection-slots.spec.ts'
-])
-
-/**
- * Vitest's order (projects one after the other, the longest file first),
- * with SLOWEST standing in for durations this machine has not cached yet.
- * Once every file's time is cached, the WAITING files run one after another:
- * a plan puts them back to back on one worker from the start and the rest,
- * longest first, on the others, and the files go (those that failed last time
- * first) in the order the plan starts them. Vitest hands the next file to the
- * first worker free, so each waiting file starts about when the one before it
- * ends.
+ * Vitest's order (projects one after the other, the longest cached file
+ * first), with SLOWEST standing in for durations this machine has not
+ * cached yet.
  */
 export class SlowestFirst extends BaseSequencer {
   override async sort (files: TestSpecification[]): Promise<TestSpecification[]> {
     const sorted = await super.sort(files)
     const cache = this.ctx.cache
+    if (files.every(spec => cache.getTestSpecificationResult(spec) != null)) return sorted
     const root = this.ctx.config.root
     const seconds = (spec: TestSpecification): number => {
       const cached = cache.getTestSpecificationResult(spec)
       return cached != null ? cached.duration / 1000 : SLOWEST[relative(root, spec.moduleId)] ?? 0
     }
-    const failed = (spec: TestSpecification): boolean => cache.getTestSpecificationResult(spec)?.failed === true
-    // within each project, in the order vitest runs the projects; the sorts are stable, so
+    // within each project, in the order vitest runs the projects; the sort is stable, so
     // files with nothing known keep vitest's fallback order among themselves
     const byProject = new Map<string, TestSpecification[]>()
     for (const spec of sorted) byProject.set(spec.project.name, [...byProject.get(spec.project.name) ?? [], spec])
-    return [...byProject.values()].flatMap(specs => {
-      const longest = specs.sort((a, b) => seconds(b) - seconds(a))
-      // the plan needs every file's time: on a fresh clone, where SLOWEST names a few, it put the waiting files
-      // after all the files it knew nothing of, last and side by side (a fresh clone's run at load 15-23)
-      if (!specs.every(spec => cache.getTestSpecificationResult(spec) != null)) return longest
-      const start = plan(longest, seconds, spec => WAITING.has(relative(root, spec.moduleId)), specs[0]!.project.config.maxWorkers)
-      return longest.sort((a, b) => Number(failed(b)) - Number(failed(a)) || start.get(a)! - start.get(b)!)
-    })
+    return [...byProject.values()].flatMap(specs => specs.sort((a, b) => seconds(b) - seconds(a)))
   }
-}
-
-/** When each of `longest` (longest first) starts: the waiting ones back to back on one of `workers`, the rest on the others. */
-function plan (longest: TestSpecification[], seconds: (spec: TestSpecification) => number, waiting: (spec: TestSpecification) => boolean, workers: number): Map<TestSpecification, number> {
-  const start = new Map<TestSpecification, number>()
-  const apart = workers > 1 && longest.some(waiting)
-  let waitingFree = 0
-  const free: number[] = new Array(apart ? workers - 1 : Math.max(1, workers)).fill(0)
-  for (const spec of longest) {
-    if (apart && waiting(spec)) {
-      start.set(spec, waitingFree)
-      waitingFree += seconds(spec)
-      continue
-    }
-    const i = free.indexOf(Math.min(...free))
-    start.set(spec, free[i]!)
-    free[i]! += seconds(spec)
-  }
-  return start
 }
