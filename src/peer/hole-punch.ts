@@ -1,12 +1,13 @@
 import net from 'node:net'
 import { z } from 'zod'
-import { lpStream, AbstractMultiaddrConnection, isPrivate, type AbstractMultiaddrConnectionInit, type SendResult } from '@libp2p/utils'
+import { AbstractMultiaddrConnection, isPrivate, type AbstractMultiaddrConnectionInit, type SendResult } from '@libp2p/utils'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { TimeoutError, type AbortOptions, type ComponentLogger, type Connection, type Logger, type Stream, type Upgrader } from '@libp2p/interface'
 import { KithError } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from './canonical.ts'
 import { safeText } from './safe-text.ts'
 import { msFromEnv } from './timing-env.ts'
+import { lengthPrefixed } from './length-decoders.ts'
 
 /**
  * TCP hole punching between two friends behind NAT (docs/protocols.md,
@@ -300,7 +301,7 @@ class DefaultHolePunch implements HolePunch {
   private async runInitiator (stream: Stream, relayed: Connection, publicIp: string, options: AbortOptions): Promise<PunchResult> {
     const t0 = performance.now()
     const signal = this.signal(options)
-    const lp = lpStream(stream, { maxDataLength: MAX_PUNCH_MESSAGE })
+    const lp = lengthPrefixed(stream, { maxDataLength: MAX_PUNCH_MESSAGE })
     let remote: Endpoint
     let localPort: number
     let rttMs: number
@@ -331,7 +332,7 @@ class DefaultHolePunch implements HolePunch {
   async respond (stream: Stream, relayed: Connection, publicIp: string | null, options: AbortOptions = {}): Promise<PunchResult | null> {
     const t0 = performance.now()
     const signal = this.signal(options)
-    const lp = lpStream(stream, { maxDataLength: MAX_PUNCH_MESSAGE })
+    const lp = lengthPrefixed(stream, { maxDataLength: MAX_PUNCH_MESSAGE })
     let remote: Endpoint
     let localPort: number
     try {
@@ -399,7 +400,7 @@ class DefaultHolePunch implements HolePunch {
   }
 }
 
-async function readMessage (lp: ReturnType<typeof lpStream>, signal: AbortSignal): Promise<PunchMessage> {
+async function readMessage (lp: ReturnType<typeof lengthPrefixed>, signal: AbortSignal): Promise<PunchMessage> {
   let bytes: Uint8Array
   try {
     bytes = (await lp.read({ signal })).subarray()

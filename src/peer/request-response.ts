@@ -1,10 +1,10 @@
 import { z } from 'zod'
-import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
 import { KithError, type ErrorCode } from '../errors.ts'
 import { encodeCanonical, decodeCanonical } from './canonical.ts'
 import { cleanText } from './text.ts'
 import { safeText } from './safe-text.ts'
+import { lengthPrefixed } from './length-decoders.ts'
 
 /**
  * The answering side of kith's one-request, one-answer protocols (redeem,
@@ -56,7 +56,7 @@ export interface ServeOnceInit<Req> {
 export async function serveOnce<Req> (stream: Stream, init: ServeOnceInit<Req>,
   handle: (request: Req, signal: AbortSignal) => Promise<Record<string, unknown>>): Promise<void> {
   const signal = AbortSignal.timeout(init.timeoutMs)
-  const lp = lpStream(stream, { maxDataLength: init.maxRequest })
+  const lp = lengthPrefixed(stream, { maxDataLength: init.maxRequest })
   let response: Record<string, unknown>
   try {
     let bytes: Uint8Array

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { z } from 'zod'
-import { lpStream, isPrivate } from '@libp2p/utils'
+import { isPrivate } from '@libp2p/utils'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Connection, Stream, PeerId, IdentifyResult } from '@libp2p/interface'
@@ -14,6 +14,7 @@ import type { FriendBook, FriendEvent } from '../trust/friends.ts'
 import { friendsOnly } from '../trust/gate.ts'
 import { PUNCH_PROTOCOL } from '../peer/hole-punch.ts'
 import { backoffCap, msFromEnv } from '../peer/timing-env.ts'
+import { lengthPrefixed } from '../peer/length-decoders.ts'
 
 /**
  * Reachability and relays (docs/protocols.md, "Reachability and relays").
@@ -173,7 +174,7 @@ export async function askDialBack (libp2p: KithLibp2p, peer: PeerId, ports: numb
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't ask ${peer.toString()} for a dial-back (${asError(err, REACH_PROTOCOL).message})`, { cause: err })
   }
-  const lp = lpStream(stream, { maxDataLength: MAX_REACH_MESSAGE })
+  const lp = lengthPrefixed(stream, { maxDataLength: MAX_REACH_MESSAGE })
   try {
     await lp.write(encodeCanonical({ v: VERSION, ports: ports.slice(0, MAX_REACH_PORTS) }), { signal: all })
     const reply = responseSchema.safeParse(decodeCanonical((await lp.read({ signal: all })).subarray(), 'PROTOCOL_VIOLATION', 'the reach answer'))

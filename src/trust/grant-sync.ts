@@ -1,5 +1,4 @@
 import { z } from 'zod'
-import { lpStream } from '@libp2p/utils'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../errors.ts'
@@ -10,6 +9,7 @@ import type { KithLibp2p } from '../peer/node.ts'
 import { friendsOnly } from './gate.ts'
 import { SERVICES, type Service } from './grants.ts'
 import type { FriendBook, FriendEvent } from './friends.ts'
+import { lengthPrefixed } from '../peer/length-decoders.ts'
 
 /**
  * `/kith/grants/1.0.0`: friends tell each other what they grant, so
@@ -110,7 +110,7 @@ export async function exchange (libp2p: KithLibp2p, peer: PeerId, grants: readon
   const signal = AbortSignal.timeout(GRANTS_TIMEOUT_MS)
   const stream = await dialProtocol(libp2p, peer, GRANTS_PROTOCOL, { signal, runOnLimitedConnection: true })
   try {
-    const lp = lpStream(stream, { maxDataLength: MAX_GRANTS_MESSAGE + 2048 })
+    const lp = lengthPrefixed(stream, { maxDataLength: MAX_GRANTS_MESSAGE + 2048 })
     await lp.write(encodeCanonical({ v: VERSION, grants: [...grants] }), { signal })
     const reply = responseSchema.safeParse(decodeCanonical((await lp.read({ signal })).subarray(), 'PROTOCOL_VIOLATION', 'the grants answer'))
     await stream.close({ signal }).catch(() => {})

@@ -1,5 +1,4 @@
 import { z } from 'zod'
-import { lpStream } from '@libp2p/utils'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import type { Connection, Libp2p, Stream, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../errors.ts'
@@ -12,6 +11,7 @@ import { checkValidity, redeemProof, displayName, isMultiaddr, type Invite, MAX_
 import { SERVICES, type Service } from './grants.ts'
 import type { FriendBook, Friend } from './friends.ts'
 import type { InviteBook } from './invite-book.ts'
+import { lengthPrefixed } from '../peer/length-decoders.ts'
 
 /**
  * The redeem protocol: the one friend protocol a stranger may open. The
@@ -150,7 +150,7 @@ export async function redeem (init: RedeemInit): Promise<Friend> {
     throw new KithError('INVITE_ISSUER_UNREACHABLE',
       `could not reach ${invite.name} at ${invite.addrs.join(', ') || '(no address)'}: ${reason(err)}; make sure their node is running and try again (a node that ended its friendship with you refuses your connections)`, { cause: err })
   }
-  const lp = lpStream(stream, { maxDataLength: MAX_REDEEM_MESSAGE })
+  const lp = lengthPrefixed(stream, { maxDataLength: MAX_REDEEM_MESSAGE })
   const request: RedeemRequest = {
     v: VERSION,
     id: invite.id,

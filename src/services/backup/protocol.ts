@@ -1,11 +1,10 @@
-import { lpStream } from '@libp2p/utils'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { z } from 'zod'
 import type { AbortOptions, Connection, PeerId, Stream } from '@libp2p/interface'
 import { KithError, isErrorCode, type ErrorCode } from '../../errors.ts'
 import { MAX_FAILURE_MESSAGE } from '../../peer/request-response.ts'
 import { dialProtocol } from '../../peer/dial.ts'
-import { varintLength } from '../../peer/length-decoders.ts'
+import { lengthPrefixed } from '../../peer/length-decoders.ts'
 import { cleanText } from '../../peer/text.ts'
 import { BufferPool } from '../../transfer/buffer-pool.ts'
 import { MAX_SEALED_CHUNK_SIZE } from '../../transfer/constants.ts'
@@ -48,7 +47,7 @@ export interface BackupHandlerInit {
 
 /** Reads and writes one stream's frames, each counted in the 'backup' class. */
 class Framed {
-  readonly lp: ReturnType<typeof lpStream>
+  readonly lp: ReturnType<typeof lengthPrefixed>
   readonly up: Flow
   readonly down: Flow
   /** the request's signal, also aborted once no frame has moved for STALL_TIMEOUT_MS */
@@ -58,7 +57,7 @@ class Framed {
 
   constructor (stream: Stream, bandwidth: BandwidthScheduler, peer: string, maxBody: number, request: AbortSignal) {
     // the read buffer holds at most one announced body (the sender waits for `go` before sending one)
-    this.lp = lpStream(stream, { maxDataLength: MAX_HEADER, maxBufferSize: maxBody + MAX_HEADER, lengthDecoder: varintLength })
+    this.lp = lengthPrefixed(stream, { maxDataLength: MAX_HEADER, maxBufferSize: maxBody + MAX_HEADER })
     this.up = bandwidth.flow({ direction: 'up', peer, class: 'backup' })
     this.down = bandwidth.flow({ direction: 'down', peer, class: 'backup' })
     this.stall = deadline(STALL_TIMEOUT_MS, request)

@@ -1,5 +1,4 @@
 import { z } from 'zod'
-import { lpStream } from '@libp2p/utils'
 import type { AbortOptions, PeerId, Stream } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../peer/canonical.ts'
@@ -9,6 +8,7 @@ import { safeText } from '../../peer/safe-text.ts'
 import { isServiceName } from './names.ts'
 import { CATALOG_PROTOCOL, CATALOG_TIMEOUT_MS, MAX_CATALOG_REQUEST, MAX_CATALOG_RESPONSE, MAX_DESCRIPTION_LENGTH, MAX_EXPOSED } from './constants.ts'
 import type { Dialer } from './tunnel-protocol.ts'
+import { lengthPrefixed } from '../../peer/length-decoders.ts'
 
 /**
  * `/kith/services/1.0.0`: what a friend offers me (docs/protocols.md,
@@ -60,7 +60,7 @@ export async function askCatalog (dialer: Dialer, peer: PeerId, options: AbortOp
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't ask them (${(err as Error).message}); they may be offline, or run a kith without friend services`, { cause: err })
   }
-  const lp = lpStream(stream, { maxDataLength: MAX_CATALOG_RESPONSE })
+  const lp = lengthPrefixed(stream, { maxDataLength: MAX_CATALOG_RESPONSE })
   try {
     await lp.write(encodeCanonical({ v: VERSION, op: 'list' }), { signal })
     const reply = catalogResponse.safeParse(decodeCanonical((await lp.read({ signal })).subarray(), 'PROTOCOL_VIOLATION', 'the services answer'))

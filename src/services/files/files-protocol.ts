@@ -1,5 +1,4 @@
 import { z } from 'zod'
-import { lpStream } from '@libp2p/utils'
 import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
@@ -10,6 +9,7 @@ import { wrapKey } from '../../peer/key-wrap.ts'
 import { MAX_MANIFEST_BYTES } from '../../transfer/constants.ts'
 import type { FriendBook } from '../../trust/friends.ts'
 import { listing, type ShareBook, type ShareListing } from './share-book.ts'
+import { lengthPrefixed } from '../../peer/length-decoders.ts'
 
 /**
  * `/kith/files/1.0.0`: what a friend shares with me, and a share's manifest
@@ -85,7 +85,7 @@ async function ask<T> (dialer: Dialer, peer: PeerId, request: unknown, schema: z
     throw new KithError('FRIEND_OFFLINE', `can't reach ${peer.toString()} (${(err as Error).message}); they may be offline, or haven't granted you files`, { cause: err })
   }
   // the stream's read buffer must hold a whole answer: libp2p's default (4 MiB) is below a big share's manifest
-  const lp = lpStream(stream, { maxDataLength: MAX_FILES_RESPONSE, maxBufferSize: MAX_FILES_RESPONSE + 16 })
+  const lp = lengthPrefixed(stream, { maxDataLength: MAX_FILES_RESPONSE, maxBufferSize: MAX_FILES_RESPONSE + 16 })
   try {
     await lp.write(encodeCanonical(request), { signal })
     const reply = schema.safeParse(decodeCanonical((await lp.read({ signal })).subarray(), 'PROTOCOL_VIOLATION', 'the files answer'))

@@ -1,5 +1,4 @@
 import { z } from 'zod'
-import { lpStream } from '@libp2p/utils'
 import type { Connection, Stream, PeerId, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../errors.ts'
 import { encodeCanonical, decodeCanonical } from '../../peer/canonical.ts'
@@ -7,6 +6,7 @@ import { failureSchema, serveOnce } from '../../peer/request-response.ts'
 import { dialProtocol } from '../../peer/dial.ts'
 import { parseAddressRecord, type AddressRecord } from '../../peer/address-record.ts'
 import { LOCATE_PROTOCOL, LOCATE_PROTOCOL_VERSION as VERSION, MAX_LOCATE_MESSAGE, LOCATE_STREAM_TIMEOUT_MS } from './constants.ts'
+import { lengthPrefixed } from '../../peer/length-decoders.ts'
 
 /**
  * `/kith/locate/1.0.0`: one request, one answer, canonical CBOR, each
@@ -69,7 +69,7 @@ async function exchange<T> (dialer: Dialer, peer: PeerId, request: unknown, sche
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't open the locate protocol with ${peer.toString()} (${(err as Error).message})`, { cause: err })
   }
-  const lp = lpStream(stream, { maxDataLength: MAX_LOCATE_MESSAGE })
+  const lp = lengthPrefixed(stream, { maxDataLength: MAX_LOCATE_MESSAGE })
   let data: T
   try {
     await lp.write(encodeCanonical(request), { signal })

@@ -1,5 +1,4 @@
 import { z } from 'zod'
-import { lpStream } from '@libp2p/utils'
 import type { Connection, PeerId, Stream, AbortOptions } from '@libp2p/interface'
 import { KithError, isErrorCode } from '../../../errors.ts'
 import { decodeCanonical, encodeCanonical } from '../../../peer/canonical.ts'
@@ -11,6 +10,7 @@ import { MAX_CLASS_URLS } from '../constants.ts'
 import { MAX_CHUNKS_PER_ASK, MAX_HOLDINGS, MAX_SWARM_CHUNKS, MAX_SWARM_REQUEST, MAX_SWARM_RESPONSE, SWARM_CHUNK_SIZE, SWARM_PROTOCOL, SWARM_TIMEOUT_MS } from './constants.ts'
 import { validatorSchema, type SignedHashList } from './hash-list.ts'
 import type { Holding, SwarmIndex } from './holdings.ts'
+import { lengthPrefixed } from '../../../peer/length-decoders.ts'
 
 /**
  * `/kith/swarm/2.0.0` (docs/protocols.md): friends ask each other for what
@@ -106,7 +106,7 @@ export interface Dialer {
  * Their failure answer as a KithError with their code, a broken or malformed
  * answer as FRIEND_OFFLINE / PROTOCOL_VIOLATION.
  */
-async function open<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, schema: z.ZodType<T>, options: AbortOptions): Promise<{ answer: T, stream: Stream, lp: ReturnType<typeof lpStream> }> {
+async function open<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, schema: z.ZodType<T>, options: AbortOptions): Promise<{ answer: T, stream: Stream, lp: ReturnType<typeof lengthPrefixed> }> {
   const signal = AbortSignal.any([options.signal ?? new AbortController().signal, AbortSignal.timeout(SWARM_TIMEOUT_MS)])
   let stream: Stream
   try {
@@ -114,7 +114,7 @@ async function open<T> (dialer: Dialer, peer: PeerId, request: SwarmRequest, sch
   } catch (err) {
     throw new KithError('FRIEND_OFFLINE', `can't ask ${peer.toString()} (${(err as Error).message}); they may be offline, not serve the swarm, or not grant you files`, { cause: err })
   }
-  const lp = lpStream(stream, { maxDataLength: MAX_SWARM_RESPONSE, maxBufferSize: MAX_ASK_BUFFER })
+  const lp = lengthPrefixed(stream, { maxDataLength: MAX_SWARM_RESPONSE, maxBufferSize: MAX_ASK_BUFFER })
   try {
     await lp.write(encodeCanonical(request), { signal })
     return { answer: parseAnswer((await lp.read({ signal })).subarray(), schema, peer.toString()), stream, lp }
