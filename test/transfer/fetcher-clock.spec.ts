@@ -123,7 +123,7 @@ describe('fetch timing across wall clock steps', () => {
       const s = report.sources.find(x => x.peer === steady.peerId.toString())!
       // the step cut nobody as stalled or slow
       expect(s.penalties).toEqual([])
-      expect(b.penalties.every(p => p.reason === 'busy')).toBe(true)
+      expect(b.penalties.every(p => p.reason === 'busy'), `the busy source's penalties: ${JSON.stringify(b.penalties)}`).toBe(true)
       // and the busy source's cooldown did not end at the step: it got its first three requests (two answered BUSY) and
       // no more, unless the fetch outlasted the cooldown (seen over no sooner than ~15 s after it was first seen)
       if (coolingOver == null) expect(b.requests).toBe(3)
