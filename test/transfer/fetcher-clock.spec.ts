@@ -121,9 +121,12 @@ describe('fetch timing across wall clock steps', () => {
       expect(report.fetchedChunks).toBe(COUNT)
       const b = report.sources.find(s => s.peer === busy.peerId.toString())!
       const s = report.sources.find(x => x.peer === steady.peerId.toString())!
-      // the step cut nobody as stalled or slow
+      // the step cut nobody as stalled or slow; the busy source may also lose the endgame race for its slow first GET
+      // to the steady one (judged on the monotonic clock, whichever way the load moves them: 'sent n of m bytes ...
+      // while <steady> delivered the same chunks'), which is no cut of the step's
       expect(s.penalties).toEqual([])
-      expect(b.penalties.every(p => p.reason === 'busy'), `the busy source's penalties: ${JSON.stringify(b.penalties)}`).toBe(true)
+      const cuts = b.penalties.filter(p => p.reason !== 'busy' && !p.message.includes('delivered the same chunks'))
+      expect(cuts, `the busy source's penalties: ${JSON.stringify(b.penalties)}`).toEqual([])
       // and the busy source's cooldown did not end at the step: it got its first three requests (two answered BUSY) and
       // no more, unless the fetch outlasted the cooldown (seen over no sooner than ~15 s after it was first seen)
       if (coolingOver == null) expect(b.requests).toBe(3)
