@@ -211,17 +211,22 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     expect((await owner.cli('backup', 'restore', String(resumed.snapshot.seq), '-o', out)).code).toBe(0)
     expectSameTree(await describeTree(join(out, 'tree-2')), await describeTree(dir))
   })
+  /** Backs up a tree of ten 200 kB files (a0-a9.bin) and a 6 MiB z.bin after them, its bytes from `seed` on: the tree and its snapshot */
+  async function backUpSmallThenBig (name: string, seed: number): Promise<{ dir: string, seq: number }> {
+    const dir = join(owner.home, '..', name)
+    await mkdir(dir)
+    for (let i = 0; i < 10; i++) await writeFile(join(dir, `a${i}.bin`), bytes(200_000, seed + i))
+    await writeFile(join(dir, 'z.bin'), bytes(6 * 1024 * 1024, seed + 20))
+    const run = await owner.cli('backup', 'run', dir, '--json')
+    expect(run.code, run.stderr).toBe(0)
+    return { dir, seq: result(run.stdout).snapshot.seq as number }
+  }
+
   it('a restore killed with kill -9 resumes: each file is absent or whole at the kill, the files it finished are kept', async () => {
     const api = await ApiClient.forHome(owner.home)
     // a restore writes the files in the tree's order, each blob where it goes as it comes:
     // ten small files, then a big one, so that some are whole while the big one is still coming
-    const dir = join(owner.home, '..', 'tree-3')
-    await mkdir(dir)
-    for (let i = 0; i < 10; i++) await writeFile(join(dir, `a${i}.bin`), bytes(200_000, 10 + i))
-    await writeFile(join(dir, 'z.bin'), bytes(6 * 1024 * 1024, 30))
-    const run = await owner.cli('backup', 'run', dir, '--json')
-    expect(run.code, run.stderr).toBe(0)
-    const seq = result(run.stdout).snapshot.seq as number
+    const { dir, seq } = await backUpSmallThenBig('tree-3', 10)
     const out = join(owner.home, '..', 'restored-5')
     // slow enough to be caught halfway: 8.3 MB at 1 MB/s. Which small files are done by then depends
     // on how the two hosts' requests shared the blobs, so the test asks no order of them
@@ -258,13 +263,7 @@ describe('backup: run, list, ls, restore and forget between real daemons', () =>
     const api = await ApiClient.forHome(owner.home)
     // files written whole wait in a queue for their fsync and placing while the next ones come: the
     // failure of one ends the restore once those being finished have ended, and nothing hangs on it
-    const dir = join(owner.home, '..', 'tree-4')
-    await mkdir(dir)
-    for (let i = 0; i < 10; i++) await writeFile(join(dir, `a${i}.bin`), bytes(200_000, 40 + i))
-    await writeFile(join(dir, 'z.bin'), bytes(6 * 1024 * 1024, 50))
-    const run = await owner.cli('backup', 'run', dir, '--json')
-    expect(run.code, run.stderr).toBe(0)
-    const seq = result(run.stdout).snapshot.seq as number
+    const { dir, seq } = await backUpSmallThenBig('tree-4', 40)
     const out = join(owner.home, '..', 'restored-6')
     // 8.3 MB at 1 MB/s: z.bin is still coming when the first small files are placed (its place was prepared
     // before any blob was fetched, so only placing it can meet what is put there now)
